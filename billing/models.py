@@ -1,0 +1,59 @@
+from django.db import models
+
+from tenants.models import ApiKey, Team, Tenant, TenantScopedQuerySet
+
+COST_FIELD = {"max_digits": 20, "decimal_places": 10}
+
+
+class CacheStatus(models.TextChoices):
+    MISS = "miss", "Miss"
+    HIT_EXACT = "hit-exact", "Exact hit"
+    HIT_SEMANTIC = "hit-semantic", "Semantic hit"
+    BYPASS = "bypass", "Bypass"
+
+
+class ImmutableRowError(Exception):
+    pass
+
+
+class UsageRecord(models.Model):
+    """One row per request that reached the pipeline. Written once, never changed."""
+
+    request_id = models.CharField(max_length=64, unique=True)
+    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="usage_records")
+    team = models.ForeignKey(Team, on_delete=models.PROTECT, related_name="usage_records")
+    api_key = models.ForeignKey(ApiKey, on_delete=models.PROTECT, related_name="usage_records")
+    endpoint = models.CharField(max_length=64, default="/v1/chat/completions")
+    requested_model = models.CharField(max_length=128, blank=True)
+    served_model = models.CharField(max_length=128, blank=True)
+    is_stream = models.BooleanField(default=False)
+    prompt_tokens = models.PositiveIntegerField(default=0)
+    cached_tokens = models.PositiveIntegerField(default=0)
+    completion_tokens = models.PositiveIntegerField(default=0)
+    usage_estimated = models.BooleanField(
+        default=False, help_text="The provider returned no usage; tokens were counted by the gateway."
+    )
+    cost_usd = models.DecimalField(**COST_FIELD, default=0)
+    upstream_latency_ms = models.PositiveIntegerField(null=True, blank=True)
+    total_latency_ms = models.PositiveIntegerField(default=0)
+    cache_status = models.CharField(max_length=16, choices=CacheStatus.choices, default=CacheStatus.MISS)
+    http_status = models.PositiveSmallIntegerField()
+    error_code = models.CharField(max_length=64, blank=True)
+    created_at = models.DateTimeField(db_index=True)
+
+    objects = TenantScopedQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["tenant", "created_at"], name="usage_tenant_created")]
+
+    def __str__(self):
+        return self.request_id
+
+    def save(self, *args, **kwargs):
+        if self.pk is not None and not kwargs.get("force_insert"):
+            raise ImmutableRowError("usage records are immutable")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args, **kwargs):
+        raise ImmutableRowError("usage records are immutable")

@@ -1,0 +1,77 @@
+"""OpenAI-shaped errors: ``{"error": {"message", "type", "param", "code"}}`` with OpenAI's statuses,
+so the official SDK raises its own exception classes."""
+
+import logging
+
+import orjson
+from django.core.exceptions import RequestDataTooBig
+from django.http import Http404, HttpResponse
+from rest_framework import exceptions
+
+logger = logging.getLogger(__name__)
+
+ERROR_TYPE_BY_STATUS = {
+    400: "invalid_request_error",
+    401: "invalid_request_error",
+    403: "permission_error",
+    404: "invalid_request_error",
+    405: "invalid_request_error",
+    413: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
+
+class GatewayError(exceptions.APIException):
+    """An error the gateway answers with, already in OpenAI's terms."""
+
+    def __init__(self, message: str, *, status: int, code: str, param: str | None = None, error_type: str = ""):
+        super().__init__(message)
+        self.status_code = status
+        self.message = message
+        self.code = code
+        self.param = param
+        self.error_type = error_type or ERROR_TYPE_BY_STATUS.get(status, "api_error" if status >= 500 else "")
+
+
+def invalid_request(message: str, *, param: str | None = None, code: str = "invalid_request") -> GatewayError:
+    return GatewayError(message, status=400, code=code, param=param)
+
+
+def error_response(error: GatewayError, headers: dict[str, str] | None = None) -> HttpResponse:
+    payload = {"error": {"message": error.message, "type": error.error_type, "param": error.param, "code": error.code}}
+    response = HttpResponse(orjson.dumps(payload), status=error.status_code, content_type="application/json")
+    for name, value in (headers or {}).items():
+        response[name] = value
+    return response
+
+
+def as_gateway_error(exc: Exception) -> GatewayError | None:
+    """Translate what DRF and Django raise into the OpenAI error it stands for."""
+    if isinstance(exc, GatewayError):
+        return exc
+    if isinstance(exc, exceptions.NotAuthenticated):
+        return GatewayError(str(exc.detail), status=401, code="missing_api_key")
+    if isinstance(exc, exceptions.AuthenticationFailed):
+        return GatewayError(str(exc.detail), status=401, code="invalid_api_key")
+    if isinstance(exc, exceptions.ParseError):
+        return invalid_request(f"We could not parse the JSON body of your request: {exc.detail}", code="invalid_json")
+    if isinstance(exc, RequestDataTooBig):
+        return GatewayError("The request body is too large.", status=413, code="request_too_large")
+    if isinstance(exc, exceptions.MethodNotAllowed):
+        return GatewayError(str(exc.detail), status=405, code="method_not_allowed")
+    if isinstance(exc, (Http404, exceptions.NotFound)):
+        return GatewayError("Not found.", status=404, code="not_found")
+    if isinstance(exc, exceptions.APIException):
+        return GatewayError(str(exc.detail), status=exc.status_code, code=exc.default_code)
+    return None
+
+
+def openai_exception_handler(exc, context):
+    error = as_gateway_error(exc)
+    if error is None:
+        logger.exception("unhandled error on %s", context["request"].path, exc_info=exc)
+        error = GatewayError(
+            "The server had an error while processing your request.", status=500, code="internal_error"
+        )
+    headers = {"WWW-Authenticate": 'Bearer realm="llmops"'} if error.status_code == 401 else None
+    return error_response(error, headers)

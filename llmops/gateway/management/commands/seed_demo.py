@@ -1,0 +1,93 @@
+import os
+import secrets
+from decimal import Decimal
+from pathlib import Path
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand
+from django.db import transaction
+
+from routing.models import Model, Provider
+from routing.services import model_create, provider_create, tenant_model_access_set
+from tenants.models import Role, Tenant
+from tenants.services import api_key_create, membership_set, tenant_create
+
+DEMO_SLUG = "demo"
+# (public name, upstream name, input, cached input, output) in USD per 1M tokens.
+MOCK_MODELS = [
+    ("mock-small", "mock-small", "0.15", "0.075", "0.60"),  # priced like gpt-4o-mini
+    ("mock-large", "mock-large", "2.50", "1.25", "10.00"),  # priced like gpt-4o
+]
+OPENAI_MODELS = [
+    ("gpt-4o-mini", "gpt-4o-mini", "0.15", "0.075", "0.60"),
+    ("gpt-4o", "gpt-4o", "2.50", "1.25", "10.00"),
+]
+
+
+def demo_files_dir() -> Path:
+    return Path(settings.BASE_DIR) / "var"
+
+
+def _write_secret_file(path: Path, value: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(value + "\n")
+    path.chmod(0o600)
+
+
+class Command(BaseCommand):
+    help = "Create the demo tenant, teams, a key, a mock provider with a small and a large model, and an admin user."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--upstream-url", default="http://127.0.0.1:9100/v1")
+
+    def handle(self, *args, upstream_url, **options):
+        key_file = demo_files_dir() / "demo-api-key"
+        if Tenant.objects.filter(slug=DEMO_SLUG).exists():
+            self.stdout.write(f"The demo tenant exists already; nothing changed. Its key is in {key_file}.")
+            return
+        with transaction.atomic():
+            api_key, admin_password = self._seed(upstream_url)
+        _write_secret_file(key_file, api_key)
+        password_file = demo_files_dir() / "demo-admin-password"
+        if admin_password:
+            _write_secret_file(password_file, admin_password)
+        self.stdout.write(self.style.SUCCESS("Demo tenant 'demo' created (teams: support, analytics)."))
+        self.stdout.write(f"API key (shown once, also written to {key_file}):\n  {api_key}")
+        if admin_password:
+            self.stdout.write(f"Admin login: admin / {admin_password} (also in {password_file})")
+
+    def _seed(self, upstream_url: str) -> tuple[str, str]:
+        tenant = tenant_create(slug=DEMO_SLUG, name="Demo Inc.", team_slugs=["support", "analytics"])
+        provider = Provider.objects.filter(name="mock").first() or provider_create(name="mock", base_url=upstream_url)
+        models = [self._model(provider, row) for row in MOCK_MODELS]
+        if os.environ.get("OPENAI_API_KEY"):
+            openai = Provider.objects.filter(name="openai").first() or provider_create(
+                name="openai", base_url="https://api.openai.com/v1", credential_env_var="OPENAI_API_KEY"
+            )
+            models += [self._model(openai, row) for row in OPENAI_MODELS]
+        tenant_model_access_set(tenant=tenant, allowed_models=models, default_model=models[0])
+        _, full_key = api_key_create(team=tenant.teams.get(slug="support"), name="demo key")
+        return full_key, self._admin_user(tenant)
+
+    @staticmethod
+    def _model(provider, row):
+        name, upstream, input_price, cached_price, output_price = row
+        return Model.objects.filter(name=name).first() or model_create(
+            name=name,
+            provider=provider,
+            upstream_name=upstream,
+            input_price_per_million=Decimal(input_price),
+            cached_input_price_per_million=Decimal(cached_price),
+            output_price_per_million=Decimal(output_price),
+        )
+
+    @staticmethod
+    def _admin_user(tenant) -> str:
+        user_model = get_user_model()
+        if user_model.objects.filter(username="admin").exists():
+            return ""
+        password = secrets.token_urlsafe(12)
+        admin = user_model.objects.create_superuser("admin", "admin@example.com", password)
+        membership_set(tenant=tenant, user=admin, role=Role.OWNER)
+        return password

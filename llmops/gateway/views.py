@@ -1,0 +1,104 @@
+import time
+
+import orjson
+from adrf.views import APIView
+from django.db import connection
+from django.http import HttpResponse, JsonResponse
+from rest_framework.permissions import IsAuthenticated
+
+from llmops.gateway.errors import GatewayError, as_gateway_error, openai_exception_handler
+from llmops.gateway.parsers import OrjsonParser
+from llmops.gateway.pipeline import GatewayCall, complete_chat, record_usage, resolve_model, stream_chat
+from llmops.gateway.snapshot import config_snapshot
+from llmops.gateway.validation import validate_chat_request
+from tenants.authentication import ApiKeyAuthentication
+
+
+class SnapshotKeyAuthentication(ApiKeyAuthentication):
+    def key_index(self):
+        return config_snapshot.current.keys
+
+
+class GatewayView(APIView):
+    """Base of the /v1 endpoints: key auth against the in-memory snapshot, orjson, OpenAI-shaped errors."""
+
+    authentication_classes = [SnapshotKeyAuthentication]
+    permission_classes = [IsAuthenticated]
+    parser_classes = [OrjsonParser]
+
+    async def async_dispatch(self, request, *args, **kwargs):
+        await config_snapshot.ensure_fresh()
+        return await super().async_dispatch(request, *args, **kwargs)
+
+    def get_exception_handler(self):
+        return openai_exception_handler
+
+
+class ChatCompletionsView(GatewayView):
+    async def post(self, request):
+        call = GatewayCall(principal=request.user, endpoint=request.path)
+        self.call = call
+        try:
+            body = validate_chat_request(request.data)
+            call.requested_model = body["model"]
+            call.is_stream = bool(body.get("stream"))
+            call.served = resolve_model(
+                config_snapshot.current.catalog, tenant_id=call.principal.tenant_id, requested=body["model"]
+            )
+            if call.is_stream:
+                return await stream_chat(call, body)
+            return await complete_chat(call, body)
+        except Exception as exc:
+            error = as_gateway_error(exc)
+            if error is not None:
+                await record_usage(call.usage_event(http_status=error.status_code, error_code=error.code))
+            raise
+
+    def finalize_response(self, request, response, *args, **kwargs):
+        response = super().finalize_response(request, response, *args, **kwargs)
+        call = getattr(self, "call", None)
+        if call is not None and "x-llmops-request-id" not in response:
+            for name, value in call.response_headers().items():
+                response[name] = value
+        return response
+
+
+class ModelsView(GatewayView):
+    async def get(self, request):
+        catalog = config_snapshot.current.catalog
+        created = int(time.time())
+        data = [
+            {"id": model.name, "object": "model", "created": created, "owned_by": model.provider.name}
+            for model in catalog.models_for(request.user.tenant_id)
+        ]
+        return HttpResponse(orjson.dumps({"object": "list", "data": data}), content_type="application/json")
+
+
+class ModelDetailView(GatewayView):
+    async def get(self, request, model_name: str):
+        catalog = config_snapshot.current.catalog
+        for model in catalog.models_for(request.user.tenant_id):
+            if model.name == model_name:
+                body = {
+                    "id": model.name,
+                    "object": "model",
+                    "created": int(time.time()),
+                    "owned_by": model.provider.name,
+                }
+                return HttpResponse(orjson.dumps(body), content_type="application/json")
+        raise GatewayError(
+            f"The model `{model_name}` does not exist.", status=404, code="model_not_found", param="model"
+        )
+
+
+def healthz(request):
+    return JsonResponse({"status": "ok"})
+
+
+def readyz(request):
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+    except Exception as exc:
+        return JsonResponse({"status": "unavailable", "database": exc.__class__.__name__}, status=503)
+    return JsonResponse({"status": "ok", "database": "ok"})

@@ -1,0 +1,199 @@
+"""A local OpenAI-compatible upstream for the demo, the tests and the benchmarks.
+
+A plain ASGI app (no Django), so it costs little next to the gateway it stands behind.
+Usage figures are plausible and deterministic: about four characters a token, and OpenAI's
+prompt caching imitated (a prompt of 1,024 tokens or more seen before reports its cached
+prefix in 128-token steps). The upstream model name switches on failure modes for tests:
+``fail-<status>`` answers with that status, ``stall`` waits STALL_SECONDS before answering,
+``no-usage`` leaves usage out, ``break`` cuts a stream off half way.
+"""
+
+import asyncio
+import hashlib
+import re
+import time
+from collections import OrderedDict
+
+import orjson
+
+STALL_SECONDS = 30
+CACHE_MIN_TOKENS = 1024
+CACHE_STEP = 128
+SEEN_PROMPTS_LIMIT = 10_000
+FAIL_PATTERN = re.compile(r"fail-(\d{3})")
+
+
+def _text_of(content) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(part.get("text", "") for part in content if isinstance(part, dict))
+    return ""
+
+
+def estimate_tokens(text: str) -> int:
+    return max(1, -(-len(text) // 4))
+
+
+class MockUpstream:
+    def __init__(self, *, latency_ms: float = 0.0, required_key: str = ""):
+        self.latency = latency_ms / 1000
+        self.required_key = required_key
+        self.seen_prompts: OrderedDict[str, None] = OrderedDict()
+        self.requests_served = 0
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        path, method = scope["path"], scope["method"]
+        if self.required_key and dict(scope["headers"]).get(b"authorization") != f"Bearer {self.required_key}".encode():
+            await self._error(send, 401, "Incorrect API key provided.", "invalid_api_key")
+            return
+        if path == "/v1/models" and method == "GET":
+            await self._json(send, 200, {"object": "list", "data": [{"id": "mock-small", "object": "model"}]})
+            return
+        if path != "/v1/chat/completions" or method != "POST":
+            await self._error(send, 404, f"Unknown path {method} {path}", "not_found")
+            return
+        try:
+            body = orjson.loads(await self._read_body(receive))
+            messages = body["messages"]
+            model = str(body["model"])
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            await self._error(send, 400, "Body must be JSON with 'model' and 'messages'.", "invalid_request")
+            return
+        self.requests_served += 1
+        if self.latency:
+            await asyncio.sleep(self.latency)
+        failure = FAIL_PATTERN.search(model)
+        if failure:
+            await self._error(
+                send, int(failure.group(1)), f"mock upstream told to fail by model {model}", "mock_failure"
+            )
+            return
+        if "stall" in model:
+            await asyncio.sleep(STALL_SECONDS)
+        usage = self._usage(messages, body)
+        answer = self._answer(messages, usage["completion_tokens"])
+        if body.get("stream"):
+            await self._stream(send, body, model, answer, usage)
+        else:
+            await self._json(send, 200, self._completion(model, answer, None if "no-usage" in model else usage))
+
+    async def _lifespan(self, receive, send):
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    @staticmethod
+    async def _read_body(receive) -> bytes:
+        chunks = []
+        while True:
+            message = await receive()
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body"):
+                return b"".join(chunks)
+
+    def _usage(self, messages: list, body: dict) -> dict:
+        prompt_text = "\n".join(f"{m.get('role')}: {_text_of(m.get('content'))}" for m in messages)
+        prompt_tokens = estimate_tokens(prompt_text) + 3 * len(messages) + 3
+        cached = 0
+        if prompt_tokens >= CACHE_MIN_TOKENS:
+            digest = hashlib.sha256(prompt_text.encode()).hexdigest()
+            if digest in self.seen_prompts:
+                cached = (prompt_tokens // CACHE_STEP) * CACHE_STEP
+                self.seen_prompts.move_to_end(digest)
+            else:
+                self.seen_prompts[digest] = None
+                if len(self.seen_prompts) > SEEN_PROMPTS_LIMIT:
+                    self.seen_prompts.popitem(last=False)
+        cap = body.get("max_completion_tokens") or body.get("max_tokens") or 64
+        completion_tokens = max(1, min(int(cap), 24))
+        return {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": cached},
+        }
+
+    @staticmethod
+    def _answer(messages: list, completion_tokens: int) -> list[str]:
+        last_user = next((_text_of(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), "")
+        words = ["Mock", "answer", "to:"] + last_user.split()[:8] + ["and", "some", "more", "words"] * 8
+        return [("" if i == 0 else " ") + word for i, word in enumerate(words[:completion_tokens])]
+
+    @staticmethod
+    def _completion(model: str, answer: list[str], usage: dict | None) -> dict:
+        reply = {
+            "id": f"chatcmpl-mock{time.monotonic_ns()}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": "".join(answer), "refusal": None},
+                    "logprobs": None,
+                    "finish_reason": "stop",
+                }
+            ],
+            "system_fingerprint": "fp_mock",
+        }
+        if usage is not None:
+            reply["usage"] = usage
+        return reply
+
+    async def _stream(self, send, body: dict, model: str, answer: list[str], usage: dict) -> None:
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")],
+            }
+        )
+        base = {
+            "id": f"chatcmpl-mock{time.monotonic_ns()}",
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": model,
+            "system_fingerprint": "fp_mock",
+        }
+
+        async def event(payload) -> None:
+            data = payload if isinstance(payload, bytes) else orjson.dumps(payload)
+            await send({"type": "http.response.body", "body": b"data: " + data + b"\n\n", "more_body": True})
+
+        await event(
+            {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}
+        )
+        for i, piece in enumerate(answer):
+            if "break" in model and i == len(answer) // 2:
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                return
+            await event({**base, "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]})
+        await event({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+        if (body.get("stream_options") or {}).get("include_usage") and "no-usage" not in model:
+            await event({**base, "choices": [], "usage": usage})
+        await event(b"[DONE]")
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    @staticmethod
+    async def _json(send, status: int, payload: dict) -> None:
+        data = orjson.dumps(payload)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())],
+            }
+        )
+        await send({"type": "http.response.body", "body": data})
+
+    async def _error(self, send, status: int, message: str, code: str) -> None:
+        error_type = "server_error" if status >= 500 else "invalid_request_error"
+        await self._json(send, status, {"error": {"message": message, "type": error_type, "param": None, "code": code}})

@@ -1,0 +1,106 @@
+"""The model catalog as plain frozen objects, built once per configuration snapshot."""
+
+import logging
+import os
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import NamedTuple
+
+from routing.crypto import CredentialDecryptionError, decrypt_secret
+from routing.models import Model, Provider, TenantModelAccess
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL_ALIAS = "default"
+
+
+class ModelPrices(NamedTuple):
+    """USD per million tokens."""
+
+    input_per_million: Decimal
+    cached_input_per_million: Decimal
+    output_per_million: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderEntry:
+    name: str
+    kind: str
+    base_url: str
+    api_key: str
+    timeout_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class ModelEntry:
+    name: str
+    upstream_name: str
+    provider: ProviderEntry
+    prices: ModelPrices
+    context_window: int
+
+
+@dataclass(frozen=True, slots=True)
+class TenantAccess:
+    default_model: str | None
+    allowed_models: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelCatalog:
+    models: dict[str, ModelEntry]
+    access_by_tenant: dict[int, TenantAccess]
+
+    def access_for(self, tenant_id: int) -> TenantAccess:
+        return self.access_by_tenant.get(tenant_id, NO_ACCESS)
+
+    def models_for(self, tenant_id: int) -> list[ModelEntry]:
+        allowed = self.access_for(tenant_id).allowed_models
+        return [entry for name, entry in sorted(self.models.items()) if name in allowed]
+
+
+NO_ACCESS = TenantAccess(default_model=None, allowed_models=frozenset())
+
+
+def provider_credential(provider: Provider) -> str:
+    """The plaintext credential: the encrypted one, else the named environment variable, else empty."""
+    if provider.credential_encrypted:
+        try:
+            return decrypt_secret(provider.credential_encrypted)
+        except CredentialDecryptionError:
+            logger.error("credential of provider %s cannot be decrypted; calls will be unauthenticated", provider.name)
+            return ""
+    if provider.credential_env_var:
+        return os.environ.get(provider.credential_env_var, "")
+    return ""
+
+
+def build_model_catalog() -> ModelCatalog:
+    providers = {
+        provider.pk: ProviderEntry(
+            name=provider.name,
+            kind=provider.kind,
+            base_url=provider.base_url.rstrip("/"),
+            api_key=provider_credential(provider),
+            timeout_seconds=float(provider.timeout_seconds),
+        )
+        for provider in Provider.objects.filter(is_active=True)
+    }
+    models = {
+        model.name: ModelEntry(
+            name=model.name,
+            upstream_name=model.upstream_name,
+            provider=providers[model.provider_id],
+            prices=ModelPrices(
+                model.input_price_per_million, model.cached_input_price_per_million, model.output_price_per_million
+            ),
+            context_window=model.context_window,
+        )
+        for model in Model.objects.filter(is_active=True, provider_id__in=providers)
+    }
+    access = {}
+    for row in TenantModelAccess.objects.select_related("default_model").prefetch_related("allowed_models"):
+        allowed = frozenset(m.name for m in row.allowed_models.all() if m.name in models)
+        default = row.default_model.name if row.default_model and row.default_model.name in allowed else None
+        access[row.tenant_id] = TenantAccess(default_model=default, allowed_models=allowed)
+    return ModelCatalog(models=models, access_by_tenant=access)

@@ -1,0 +1,68 @@
+from decimal import Decimal
+
+from django.core.validators import MinValueValidator
+from django.db import models
+
+from tenants.models import Tenant
+
+PRICE_FIELD = {"max_digits": 12, "decimal_places": 6, "validators": [MinValueValidator(Decimal("0"))]}
+
+
+class ProviderKind(models.TextChoices):
+    OPENAI = "openai", "OpenAI-compatible"
+
+
+class Provider(models.Model):
+    """An upstream endpoint. The credential is stored encrypted, or read from a named environment variable."""
+
+    name = models.SlugField(max_length=64, unique=True)
+    kind = models.CharField(max_length=16, choices=ProviderKind.choices, default=ProviderKind.OPENAI)
+    base_url = models.URLField(max_length=500, help_text="e.g. https://api.openai.com/v1")
+    credential_encrypted = models.TextField(blank=True, editable=False)
+    credential_env_var = models.CharField(
+        max_length=128, blank=True, help_text="Name of an environment variable holding the credential."
+    )
+    timeout_seconds = models.DecimalField(max_digits=6, decimal_places=2, default=Decimal("60"))
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self):
+        return self.name
+
+
+class Model(models.Model):
+    """A model in the catalog with its price per million tokens (USD)."""
+
+    name = models.CharField(max_length=128, unique=True, help_text="Public name clients send as `model`.")
+    provider = models.ForeignKey(Provider, on_delete=models.PROTECT, related_name="models")
+    upstream_name = models.CharField(max_length=128)
+    context_window = models.PositiveIntegerField(default=128_000)
+    input_price_per_million = models.DecimalField(**PRICE_FIELD)
+    cached_input_price_per_million = models.DecimalField(**PRICE_FIELD)
+    output_price_per_million = models.DecimalField(**PRICE_FIELD)
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self):
+        return self.name
+
+
+class TenantModelAccess(models.Model):
+    """Which models a tenant may call, and the one used when a request names none of them by alias."""
+
+    tenant = models.OneToOneField(Tenant, on_delete=models.CASCADE, related_name="model_access")
+    default_model = models.ForeignKey(Model, on_delete=models.PROTECT, related_name="+", null=True, blank=True)
+    allowed_models = models.ManyToManyField(Model, related_name="allowed_for", blank=True)
+
+    class Meta:
+        verbose_name = "tenant model access"
+        verbose_name_plural = "tenant model access"
+
+    def __str__(self):
+        return f"models for {self.tenant.slug}"

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The embedded demo: SQLite, no Redis, the mock upstream on :9100 and the gateway on :8000.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=.venv/bin/python
+MOCK_PORT=${MOCK_PORT:-9100}
+PORT=${PORT:-8000}
+
+mkdir -p var
+$PY manage.py migrate --no-input -v 0
+$PY manage.py collectstatic --no-input -v 0
+$PY manage.py seed_demo --upstream-url "http://127.0.0.1:${MOCK_PORT}/v1"
+
+$PY manage.py mock_upstream --port "$MOCK_PORT" > var/mock-upstream.log 2>&1 &
+MOCK_PID=$!
+trap 'kill $MOCK_PID 2>/dev/null || true' EXIT
+
+KEY=$(cat var/demo-api-key)
+cat <<SNIPPET
+
+Gateway: http://127.0.0.1:${PORT}/v1   Admin: http://127.0.0.1:${PORT}/admin/ (login in var/demo-admin-password)
+Paste this into python (pip install openai):
+
+from openai import OpenAI
+client = OpenAI(base_url="http://127.0.0.1:${PORT}/v1", api_key="${KEY}")
+reply = client.chat.completions.with_raw_response.create(
+    model="mock-small", messages=[{"role": "user", "content": "Summarise our refund policy"}])
+print(reply.parse().choices[0].message.content)
+print({k: v for k, v in reply.headers.items() if k.startswith("x-llmops")})
+
+Press Ctrl+C to stop.
+SNIPPET
+$PY -m uvicorn llmops.asgi:application --host 127.0.0.1 --port "$PORT" --no-access-log

@@ -1,0 +1,94 @@
+"""Bearer-key authentication for the gateway, against an in-memory index of keys.
+
+The index is built once from the database (``build_key_index``) and held by the caller's
+configuration snapshot, so authenticating a request runs no query.
+"""
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from django.utils import timezone
+from rest_framework import authentication, exceptions
+
+from tenants.keys import parse_key, secret_matches
+from tenants.models import ApiKey
+
+
+@dataclass(frozen=True, slots=True)
+class KeyPrincipal:
+    """Who is calling: the key, its team and its tenant. Stands in for request.user."""
+
+    key_id: int
+    key_prefix: str
+    secret_hash: str
+    tenant_id: int
+    tenant_slug: str
+    team_id: int
+    team_slug: str
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    tenant_active: bool
+    team_active: bool
+
+    is_authenticated = True
+    is_anonymous = False
+
+
+def build_key_index() -> dict[str, KeyPrincipal]:
+    return {
+        key.prefix: KeyPrincipal(
+            key_id=key.pk,
+            key_prefix=key.prefix,
+            secret_hash=key.secret_hash,
+            tenant_id=key.tenant_id,
+            tenant_slug=key.tenant.slug,
+            team_id=key.team_id,
+            team_slug=key.team.slug,
+            expires_at=key.expires_at,
+            revoked_at=key.revoked_at,
+            tenant_active=key.tenant.is_active,
+            team_active=key.team.is_active,
+        )
+        for key in ApiKey.objects.select_related("tenant", "team")
+    }
+
+
+class InvalidApiKey(exceptions.AuthenticationFailed):
+    default_code = "invalid_api_key"
+
+
+class ApiKeyAuthentication(authentication.BaseAuthentication):
+    """Subclasses say where the key index comes from by overriding ``key_index``."""
+
+    def key_index(self) -> dict[str, KeyPrincipal]:
+        raise NotImplementedError
+
+    def authenticate(self, request):
+        header = request.META.get("HTTP_AUTHORIZATION", "")
+        scheme, _, raw_key = header.partition(" ")
+        if scheme.lower() != "bearer" or not raw_key.strip():
+            raise exceptions.NotAuthenticated(
+                "You didn't provide an API key. Send it as 'Authorization: Bearer YOUR_KEY'."
+            )
+        principal = self.principal_for(raw_key.strip())
+        return principal, principal
+
+    def principal_for(self, raw_key: str) -> KeyPrincipal:
+        parsed = parse_key(raw_key)
+        principal = self.key_index().get(parsed.prefix) if parsed else None
+        if principal is None or not secret_matches(parsed.secret, principal.secret_hash):
+            raise InvalidApiKey(f"Incorrect API key provided: {_masked(raw_key)}.")
+        if principal.revoked_at is not None:
+            raise InvalidApiKey(f"The API key {principal.key_prefix}… has been revoked.")
+        if principal.expires_at is not None and principal.expires_at <= timezone.now():
+            raise InvalidApiKey(f"The API key {principal.key_prefix}… expired at {principal.expires_at.isoformat()}.")
+        if not (principal.tenant_active and principal.team_active):
+            raise InvalidApiKey(f"The API key {principal.key_prefix}… belongs to a disabled tenant or team.")
+        return principal
+
+    def authenticate_header(self, request):
+        return 'Bearer realm="llmops"'
+
+
+def _masked(raw_key: str) -> str:
+    return f"{raw_key[:10]}…{raw_key[-4:]}" if len(raw_key) > 16 else "***"

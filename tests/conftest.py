@@ -1,0 +1,106 @@
+from dataclasses import dataclass
+from decimal import Decimal
+
+import pytest
+from django.db import connection
+
+from llmops.gateway.snapshot import config_snapshot
+from llmops.mock_upstream import MockUpstream
+from routing.models import Model
+from routing.services import tenant_model_access_set
+from tenants.models import ApiKey, Team, Tenant
+from tenants.services import api_key_create
+from tests.factories import ModelFactory, ProviderFactory, TeamFactory, TenantFactory
+from tests.servers import ThreadedServer
+
+SMALL_PRICES = (Decimal("0.15"), Decimal("0.075"), Decimal("0.60"))
+LARGE_PRICES = (Decimal("2.50"), Decimal("1.25"), Decimal("10.00"))
+
+
+@pytest.fixture(scope="session")
+def mock_upstream():
+    app = MockUpstream()
+    with ThreadedServer(app) as server:
+        server.app = app
+        yield server
+
+
+@pytest.fixture(scope="session")
+def gateway_server(django_db_setup, django_db_blocker):
+    from llmops.asgi import application
+
+    with ThreadedServer(application) as server:
+        yield server
+    with django_db_blocker.unblock():
+        _close_other_connections()
+
+
+def _close_other_connections() -> None:
+    """The server's worker threads hold connections to the test database; drop them so it can be destroyed."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+
+
+@pytest.fixture
+def gateway(gateway_server, transactional_db):
+    """The live gateway over loopback HTTP, with data committed where its threads can see it."""
+    config_snapshot.mark_stale()
+    yield gateway_server
+    config_snapshot.mark_stale()
+
+
+@dataclass
+class TenantSetup:
+    tenant: Tenant
+    team: Team
+    api_key: ApiKey
+    key: str
+    small: Model
+    large: Model
+
+
+def make_tenant_setup(upstream_url: str, *, slug: str) -> TenantSetup:
+    provider = ProviderFactory(name=f"mock-for-{slug}", base_url=f"{upstream_url}/v1")
+    small = ModelFactory(
+        name=f"{slug}-small",
+        provider=provider,
+        upstream_name="mock-small",
+        input_price_per_million=SMALL_PRICES[0],
+        cached_input_price_per_million=SMALL_PRICES[1],
+        output_price_per_million=SMALL_PRICES[2],
+    )
+    large = ModelFactory(
+        name=f"{slug}-large",
+        provider=provider,
+        upstream_name="mock-large",
+        input_price_per_million=LARGE_PRICES[0],
+        cached_input_price_per_million=LARGE_PRICES[1],
+        output_price_per_million=LARGE_PRICES[2],
+    )
+    tenant = TenantFactory(slug=slug)
+    team = TeamFactory(tenant=tenant, slug="support")
+    tenant_model_access_set(tenant=tenant, allowed_models=[small, large], default_model=small)
+    api_key, key = api_key_create(team=team, name=f"{slug} key")
+    return TenantSetup(tenant=tenant, team=team, api_key=api_key, key=key, small=small, large=large)
+
+
+@pytest.fixture
+def acme(gateway, mock_upstream) -> TenantSetup:
+    return make_tenant_setup(mock_upstream.url, slug="acme")
+
+
+@pytest.fixture
+def globex(gateway, mock_upstream) -> TenantSetup:
+    return make_tenant_setup(mock_upstream.url, slug="globex")
+
+
+@pytest.fixture
+def openai_client(gateway, acme):
+    from openai import OpenAI
+
+    with OpenAI(base_url=f"{gateway.url}/v1", api_key=acme.key, max_retries=0, timeout=20) as client:
+        yield client
