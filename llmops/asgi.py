@@ -1,22 +1,48 @@
-"""ASGI entry point: ``uvicorn llmops.asgi:application``."""
+"""ASGI entry point: ``uvicorn llmops.asgi:application``.
+
+Requests under /v1/ go to a Django handler without the middleware stack. The /v1 API is for
+bearer keys, not browsers, so it needs no session, CSRF, auth or message middleware, and each
+of those would hop to a worker thread on every request (they are sync-first in Django).
+Everything else (admin, /api, health) gets the full stack.
+"""
 
 import os
 
 from django.core.asgi import get_asgi_application
+from django.core.handlers.asgi import ASGIHandler
+from django.core.handlers.exception import convert_exception_to_response
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "llmops.settings")
 
-django_application = get_asgi_application()
+site_application = get_asgi_application()
+
+GATEWAY_PATH_PREFIX = "/v1/"
 
 
-def _build_application():
+class GatewayASGIHandler(ASGIHandler):
+    def load_middleware(self, is_async=False):
+        self._view_middleware = []
+        self._template_response_middleware = []
+        self._exception_middleware = []
+        self._middleware_chain = convert_exception_to_response(self._get_response_async)
+
+
+def _build_site_application():
     from django.conf import settings
 
     if settings.SERVE_STATIC:
         from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
 
-        return ASGIStaticFilesHandler(django_application)
-    return django_application
+        return ASGIStaticFilesHandler(site_application)
+    return site_application
 
 
-application = _build_application()
+gateway_application = GatewayASGIHandler()
+site_with_static = _build_site_application()
+
+
+async def application(scope, receive, send):
+    if scope["type"] == "http" and scope["path"].startswith(GATEWAY_PATH_PREFIX):
+        await gateway_application(scope, receive, send)
+    else:
+        await site_with_static(scope, receive, send)

@@ -5,7 +5,8 @@ Usage figures are plausible and deterministic: about four characters a token, an
 prompt caching imitated (a prompt of 1,024 tokens or more seen before reports its cached
 prefix in 128-token steps). The upstream model name switches on failure modes for tests:
 ``fail-<status>`` answers with that status, ``stall`` waits STALL_SECONDS before answering,
-``no-usage`` leaves usage out, ``break`` cuts a stream off half way.
+``no-usage`` leaves usage out, ``break`` ends a stream half way without ``[DONE]``, ``slow-stream``
+waits SLOW_STREAM_SECONDS between chunks.
 """
 
 import asyncio
@@ -17,6 +18,7 @@ from collections import OrderedDict
 import orjson
 
 STALL_SECONDS = 30
+SLOW_STREAM_SECONDS = 0.2
 CACHE_MIN_TOKENS = 1024
 CACHE_STEP = 128
 SEEN_PROMPTS_LIMIT = 10_000
@@ -175,6 +177,8 @@ class MockUpstream:
             if "break" in model and i == len(answer) // 2:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
                 return
+            if "slow-stream" in model:
+                await asyncio.sleep(SLOW_STREAM_SECONDS)
             await event({**base, "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]})
         await event({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
         if (body.get("stream_options") or {}).get("include_usage") and "no-usage" not in model:

@@ -38,6 +38,12 @@ class UpstreamConnectionError(UpstreamError):
     code = "upstream_connection_error"
 
 
+class UpstreamStreamTruncated(UpstreamError):
+    """The stream ended without OpenAI's closing ``data: [DONE]``."""
+
+    code = "upstream_stream_truncated"
+
+
 class UpstreamRejected(UpstreamError):
     """The upstream answered with an error status (4xx or 5xx)."""
 

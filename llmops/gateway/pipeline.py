@@ -226,7 +226,10 @@ class StreamRelay:
                 if data is not None and not self._take(data):
                     continue
                 yield f"{event}\n\n".encode()
-            await self._record(http_status=200)
+            raise upstream.UpstreamStreamTruncated(
+                f"provider {self.stream.provider.name} ended the stream before [DONE]",
+                elapsed_ms=self.stream.elapsed_ms(),
+            )
         except upstream.UpstreamError as error:
             failure = upstream_failure(error)
             await self._record(http_status=failure.status_code, error_code=failure.code)

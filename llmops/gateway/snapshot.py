@@ -59,7 +59,8 @@ class SnapshotHolder:
 
     async def ensure_fresh(self) -> ConfigSnapshot:
         now = time.monotonic()
-        if self._dirty or now - self._checked_at >= settings.LLMOPS_SNAPSHOT_CHECK_SECONDS:
+        stale = self._dirty or now - self._checked_at >= settings.LLMOPS_SNAPSHOT_CHECK_SECONDS
+        if self._snapshot is None or stale:
             # Claim the check first, so concurrent requests keep using the snapshot they have.
             self._checked_at = now
             await sync_to_async(self.refresh, thread_sensitive=False)()
@@ -68,7 +69,7 @@ class SnapshotHolder:
     def refresh(self) -> ConfigSnapshot:
         with self._refresh_lock:
             version = _read_version()
-            if self._dirty or self._snapshot.version != version:
+            if self._snapshot is None or self._dirty or self._snapshot.version != version:
                 # Version and flag are taken before the data, so a change committed mid-build triggers another build.
                 self._dirty = False
                 self._snapshot = ConfigSnapshot(version=version, keys=build_key_index(), catalog=build_model_catalog())

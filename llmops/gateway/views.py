@@ -1,3 +1,4 @@
+import inspect
 import time
 
 import orjson
@@ -27,8 +28,30 @@ class GatewayView(APIView):
     parser_classes = [OrjsonParser]
 
     async def async_dispatch(self, request, *args, **kwargs):
+        """adrf's dispatch, minus its hop to a worker thread for ``initial()``.
+
+        Authentication, permissions and negotiation here read only the in-memory snapshot, so they
+        run on the event loop; the one thing that may touch the database is the snapshot refresh,
+        which is awaited first (off the loop).
+        """
         await config_snapshot.ensure_fresh()
-        return await super().async_dispatch(request, *args, **kwargs)
+        self.args, self.kwargs = args, kwargs
+        request = self.initialize_request(request, *args, **kwargs)
+        self.request = request
+        self.headers = self.default_response_headers
+        try:
+            self.initial(request, *args, **kwargs)
+            method = request.method.lower()
+            handler = getattr(self, method, None) if method in self.http_method_names else None
+            if handler is None:
+                self.http_method_not_allowed(request)
+            response = handler(request, *args, **kwargs)
+            if inspect.isawaitable(response):
+                response = await response
+        except Exception as exc:
+            response = self.handle_exception(exc)
+        self.response = self.finalize_response(request, response, *args, **kwargs)
+        return self.response
 
     def get_exception_handler(self):
         return openai_exception_handler
