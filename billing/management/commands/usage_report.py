@@ -1,0 +1,103 @@
+import argparse
+import csv
+import io
+import json
+from dataclasses import asdict, fields
+from datetime import date, datetime, timedelta
+from zoneinfo import ZoneInfoNotFoundError
+
+from django.core.management.base import BaseCommand, CommandError
+from django.utils import timezone
+
+from billing.costs import format_cost
+from billing.selectors import UsageGroupBy, UsageRow, tenant_zone, usage_summary, usage_total
+from tenants.models import Tenant
+
+DEFAULT_PERIOD_DAYS = 30
+COLUMNS = [field.name for field in fields(UsageRow)]
+
+
+def parse_date(value: str) -> date:
+    try:
+        return datetime.strptime(value, "%Y-%m-%d").date()
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{value}' is not a date in the form YYYY-MM-DD") from None
+
+
+class Command(BaseCommand):
+    help = (
+        "Requests, errors, tokens and cost of one tenant, grouped by team, served model, key or day. "
+        f"Dates are days in the tenant's time zone, both inclusive; the default is the last {DEFAULT_PERIOD_DAYS} days."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument("--tenant", dest="tenant_slug", required=True, metavar="SLUG")
+        parser.add_argument("--since", type=parse_date, metavar="YYYY-MM-DD")
+        parser.add_argument("--until", type=parse_date, metavar="YYYY-MM-DD")
+        parser.add_argument("--group-by", required=True, choices=UsageGroupBy.values)
+        parser.add_argument("--format", dest="output_format", default="table", choices=["table", "csv", "json"])
+
+    def handle(self, *args, tenant_slug, since, until, group_by, output_format, **options):
+        tenant = Tenant.objects.filter(slug=tenant_slug).first()
+        if tenant is None:
+            raise CommandError(f"no tenant with slug '{tenant_slug}'")
+        try:
+            zone = tenant_zone(tenant=tenant)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise CommandError(f"tenant '{tenant.slug}' has an unknown time zone '{tenant.time_zone}'") from None
+        until = until or timezone.localdate(timezone=zone)
+        since = since or until - timedelta(days=DEFAULT_PERIOD_DAYS - 1)
+        if since > until:
+            raise CommandError(f"--since {since} is after --until {until}")
+
+        rows = usage_summary(tenant=tenant, since=since, until=until, group_by=group_by)
+        total = usage_total(rows=rows)
+        if output_format == "json":
+            self._write_json(tenant, since, until, group_by, rows, total)
+        elif output_format == "csv":
+            self._write_csv(group_by, [*rows, total])
+        else:
+            self.stdout.write(f"Usage of {tenant.slug} from {since} to {until} ({tenant.time_zone}), by {group_by}")
+            self._write_table(group_by, [*rows, total])
+
+    def _write_json(self, tenant, since, until, group_by, rows, total):
+        report = {
+            "tenant": tenant.slug,
+            "time_zone": tenant.time_zone,
+            "since": since.isoformat(),
+            "until": until.isoformat(),
+            "group_by": group_by,
+            "rows": [_json_row(row) for row in rows],
+            "total": _json_row(total),
+        }
+        self.stdout.write(json.dumps(report, indent=2))
+
+    def _write_csv(self, group_by, rows):
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow([group_by, *COLUMNS[1:]])
+        writer.writerows(_text_cells(row) for row in rows)
+        self.stdout.write(buffer.getvalue(), ending="")
+
+    def _write_table(self, group_by, rows):
+        lines = [[group_by, *COLUMNS[1:]], *(_text_cells(row) for row in rows)]
+        widths = [max(len(line[column]) for line in lines) for column in range(len(COLUMNS))]
+        for label, *numbers in lines:
+            padded_numbers = [number.rjust(width) for number, width in zip(numbers, widths[1:], strict=True)]
+            self.stdout.write("  ".join([label.ljust(widths[0]), *padded_numbers]))
+
+
+def _text_cells(row: UsageRow) -> list[str]:
+    return [
+        row.group,
+        str(row.requests),
+        str(row.errors),
+        str(row.prompt_tokens),
+        str(row.cached_tokens),
+        str(row.completion_tokens),
+        format_cost(row.cost_usd),
+    ]
+
+
+def _json_row(row: UsageRow) -> dict:
+    return {**asdict(row), "cost_usd": format_cost(row.cost_usd)}

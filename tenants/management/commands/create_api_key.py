@@ -1,0 +1,42 @@
+import argparse
+from datetime import timedelta
+
+from django.core.management.base import BaseCommand, CommandError
+from django.utils import timezone
+
+from tenants.models import Team, Tenant
+from tenants.services import api_key_create
+
+
+def positive_days(value: str) -> int:
+    days = int(value) if value.isdigit() else 0
+    if days < 1:
+        raise argparse.ArgumentTypeError(f"'{value}' is not a whole number of days of at least 1")
+    return days
+
+
+class Command(BaseCommand):
+    help = "Create an API key for a team of a tenant. The key is printed once and cannot be shown again."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--tenant", dest="tenant_slug", required=True, metavar="SLUG")
+        parser.add_argument("--team", dest="team_slug", required=True, metavar="SLUG", help="A team of that tenant.")
+        parser.add_argument("--name", default="")
+        parser.add_argument(
+            "--expires-in-days", type=positive_days, metavar="DAYS", help="Never expires when left out."
+        )
+
+    def handle(self, *args, tenant_slug, team_slug, name, expires_in_days, **options):
+        tenant = Tenant.objects.filter(slug=tenant_slug).first()
+        if tenant is None:
+            raise CommandError(f"no tenant with slug '{tenant_slug}'")
+        team = Team.objects.for_tenant(tenant).filter(slug=team_slug).first()
+        if team is None:
+            raise CommandError(f"tenant '{tenant.slug}' has no team '{team_slug}'")
+        expires_at = timezone.now() + timedelta(days=expires_in_days) if expires_in_days else None
+
+        api_key, full_key = api_key_create(team=team, name=name, expires_at=expires_at)
+        expiry = f"expires {api_key.expires_at:%Y-%m-%d %H:%M %Z}" if api_key.expires_at else "never expires"
+        self.stdout.write(self.style.SUCCESS(f"Created API key {api_key.prefix} for {team} ({expiry}):"))
+        self.stdout.write(full_key)
+        self.stdout.write("Store it now: it cannot be shown again.")
