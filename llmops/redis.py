@@ -1,0 +1,36 @@
+"""Shared Redis clients, or None where REDIS_URL is unset (the embedded default runs without Redis).
+
+Callers must handle None with their documented fallback (database, or in-process).
+"""
+
+import asyncio
+from functools import lru_cache
+
+import redis
+import redis.asyncio as aioredis
+from django.conf import settings
+
+_async_clients: dict[asyncio.AbstractEventLoop, aioredis.Redis] = {}
+
+
+@lru_cache(maxsize=2)
+def _sync_client(url: str) -> redis.Redis:
+    return redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+
+
+def sync_redis() -> redis.Redis | None:
+    return _sync_client(settings.REDIS_URL) if settings.REDIS_URL else None
+
+
+def async_redis() -> aioredis.Redis | None:
+    """One client (and connection pool) per event loop: a pool cannot be shared between loops."""
+    if not settings.REDIS_URL:
+        return None
+    loop = asyncio.get_running_loop()
+    client = _async_clients.get(loop)
+    if client is None:
+        for stale_loop in [known for known in _async_clients if known.is_closed()]:
+            del _async_clients[stale_loop]
+        client = aioredis.Redis.from_url(settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
+        _async_clients[loop] = client
+    return client
