@@ -2,7 +2,7 @@ SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/llmops
-TEST_REDIS_URL ?= redis://127.0.0.1:6379/0
+TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
 
 # tiktoken's encodings ship beside the checkout, so nothing downloads at run time.
 SHARED_TIKTOKEN := $(abspath ../shared/tiktoken)

@@ -1,2 +1,44 @@
+from django.contrib import admin
 
-# Register your models here.
+from billing.models import UsageRecord
+from tenants.admin import TenantScopedAdmin
+
+
+@admin.register(UsageRecord)
+class UsageRecordAdmin(TenantScopedAdmin):
+    """The ledger, read-only for everyone: a usage record is written once by the gateway and never changed."""
+
+    list_display = (
+        "request_id",
+        "created_at",
+        "tenant",
+        "team",
+        "requested_model",
+        "served_model",
+        "prompt_tokens",
+        "cached_tokens",
+        "completion_tokens",
+        "cost_usd",
+        "http_status",
+        "error_code",
+        "cache_status",
+    )
+    list_filter = ("served_model", "http_status", "cache_status")
+    list_select_related = ("tenant", "team__tenant")
+    date_hierarchy = "created_at"
+    search_fields = ("request_id",)
+    # The ledger grows without bound; skip the second, unfiltered count on every page.
+    show_full_result_count = False
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+import billing.admin_budgets  # noqa: E402  (registers the budget and alert admin)
+import billing.admin_finance  # noqa: E402, F401  (finance exports, KPI dashboard and statements)

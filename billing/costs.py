@@ -1,7 +1,9 @@
 """Cost of a request from the usage the provider returned.
 
-Prices are USD per million tokens. Cached input tokens are part of prompt_tokens (as OpenAI
-reports them) and are charged at the cached price instead of the input price. The ledger
+Prices are USD per million tokens. Cached input tokens (cache reads) and cache-write tokens
+(Anthropic's cache creation) are part of prompt_tokens, as the gateway reports usage, and are
+charged at the cached price and the cache-write price (the input price when unset) instead of
+the input price. The ledger
 keeps 10 decimal places, rounded half-even; reports round only at display and export.
 """
 
@@ -13,12 +15,19 @@ LEDGER_QUANTUM = Decimal("0.0000000001")
 ONE_MILLION = Decimal(1_000_000)
 
 
-def usage_cost(*, prices: ModelPrices, prompt_tokens: int, cached_tokens: int, completion_tokens: int) -> Decimal:
+def usage_cost(
+    *, prices: ModelPrices, prompt_tokens: int, cached_tokens: int, completion_tokens: int, cache_write_tokens: int = 0
+) -> Decimal:
     cached = min(cached_tokens, prompt_tokens)
-    uncached = prompt_tokens - cached
+    cache_writes = min(cache_write_tokens, prompt_tokens - cached)
+    uncached = prompt_tokens - cached - cache_writes
+    cache_write_price = prices.cache_write_per_million
+    if cache_write_price is None:
+        cache_write_price = prices.input_per_million
     cost = (
         uncached * prices.input_per_million
         + cached * prices.cached_input_per_million
+        + cache_writes * cache_write_price
         + completion_tokens * prices.output_per_million
     ) / ONE_MILLION
     return cost.quantize(LEDGER_QUANTUM, rounding=ROUND_HALF_EVEN)

@@ -21,6 +21,7 @@ class UsageEvent:
     is_stream: bool = False
     prompt_tokens: int = 0
     cached_tokens: int = 0
+    cache_write_tokens: int = 0
     completion_tokens: int = 0
     usage_estimated: bool = False
     cost_usd: Decimal = field(default_factory=Decimal)
@@ -28,6 +29,18 @@ class UsageEvent:
     total_latency_ms: int = 0
     cache_status: str = CacheStatus.MISS
     error_code: str = ""
+    route: str = ""
+    routed_to_large: bool = False
+    policy_version: int | None = None
+    prompt_tokens_before_compression: int | None = None
+    prompt_tokens_after_compression: int | None = None
+    injection_flagged: bool = False
+    attempts: int = 0
+    tags: list[str] = field(default_factory=list)
+    saved_cache_usd: Decimal = field(default_factory=Decimal)
+    saved_routing_usd: Decimal = field(default_factory=Decimal)
+    saved_compression_usd: Decimal = field(default_factory=Decimal)
+    saved_batch_usd: Decimal = field(default_factory=Decimal)
 
 
 def usage_record_create(*, event: UsageEvent) -> None:

@@ -1,7 +1,7 @@
 """A local OpenAI-compatible upstream for the demo, the tests and the benchmarks.
 
 A plain ASGI app (no Django), so it costs little next to the gateway it stands behind.
-Usage figures are plausible and deterministic: about four characters a token, and OpenAI's
+Usage figures are plausible and deterministic: prompts counted with tiktoken as OpenAI counts them, and OpenAI's
 prompt caching imitated (a prompt of 1,024 tokens or more seen before reports its cached
 prefix in 128-token steps). The upstream model name switches on failure modes for tests:
 ``fail-<status>`` answers with that status, ``stall`` waits STALL_SECONDS before answering,
@@ -17,6 +17,8 @@ from collections import OrderedDict
 
 import orjson
 
+from routing.tokens import count_chat_tokens
+
 STALL_SECONDS = 30
 SLOW_STREAM_SECONDS = 0.2
 CACHE_MIN_TOKENS = 1024
@@ -31,10 +33,6 @@ def _text_of(content) -> str:
     if isinstance(content, list):
         return " ".join(part.get("text", "") for part in content if isinstance(part, dict))
     return ""
-
-
-def estimate_tokens(text: str) -> int:
-    return max(1, -(-len(text) // 4))
 
 
 class MockUpstream:
@@ -103,7 +101,8 @@ class MockUpstream:
 
     def _usage(self, messages: list, body: dict) -> dict:
         prompt_text = "\n".join(f"{m.get('role')}: {_text_of(m.get('content'))}" for m in messages)
-        prompt_tokens = estimate_tokens(prompt_text) + 3 * len(messages) + 3
+        # Counted the way OpenAI counts, so the gateway's reservations match what the mock then reports.
+        prompt_tokens = count_chat_tokens(messages, model=str(body.get("model", "")))
         cached = 0
         if prompt_tokens >= CACHE_MIN_TOKENS:
             digest = hashlib.sha256(prompt_text.encode()).hexdigest()

@@ -31,6 +31,10 @@ def async_redis() -> aioredis.Redis | None:
     if client is None:
         for stale_loop in [known for known in _async_clients if known.is_closed()]:
             del _async_clients[stale_loop]
-        client = aioredis.Redis.from_url(settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
+        # Blocking: a burst of concurrent requests waits briefly for a connection instead of failing.
+        pool = aioredis.BlockingConnectionPool.from_url(
+            settings.REDIS_URL, max_connections=100, timeout=2, socket_timeout=2, socket_connect_timeout=2
+        )
+        client = aioredis.Redis(connection_pool=pool)
         _async_clients[loop] = client
     return client

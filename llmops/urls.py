@@ -7,5 +7,8 @@ urlpatterns = [
     path("v1/", include("llmops.gateway.urls")),
     path("healthz", healthz, name="healthz"),
     path("readyz", readyz, name="readyz"),
+    path("api/routing/", include("routing.urls")),
+    path("", include("billing.urls_usage")),
+    path("api/", include("billing.urls")),
     path("admin/", admin.site.urls),
 ]

@@ -1,2 +1,383 @@
+"""Admin for the platform's model catalog (superusers change it) and each tenant's model access (scoped)."""
 
-# Register your models here.
+import json
+
+from django import forms
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import models
+from django.http import Http404
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils.html import format_html
+
+from routing.models import (
+    Model,
+    Provider,
+    RoutingAlias,
+    RoutingPolicy,
+    RoutingPolicyAudit,
+    RoutingPolicyVersion,
+    RoutingRule,
+    TenantModelAccess,
+)
+from routing.policy.simulation import routing_simulation
+from routing.services import (
+    model_create,
+    provider_create,
+    provider_credential_set,
+    routing_policy_create,
+    routing_policy_publish,
+    routing_policy_rollback,
+    tenant_model_access_set,
+)
+from tenants.admin import ServiceCreateAdmin, TenantScopedAdmin, adopt_saved_row, tenant_scope
+
+PRICE_FIELDS = ("input_price_per_million", "cached_input_price_per_million", "output_price_per_million")
+
+
+class SuperuserOnlyAdmin(ServiceCreateAdmin):
+    """The catalog belongs to the platform, not to a tenant: only superusers see or change it."""
+
+    def has_module_permission(self, request):
+        return request.user.is_superuser
+
+    def has_view_permission(self, request, obj=None):
+        return request.user.is_superuser
+
+    def has_add_permission(self, request):
+        return request.user.is_superuser
+
+    def has_change_permission(self, request, obj=None):
+        return request.user.is_superuser
+
+    def has_delete_permission(self, request, obj=None):
+        return request.user.is_superuser
+
+
+class ProviderForm(forms.ModelForm):
+    credential = forms.CharField(
+        required=False,
+        widget=forms.PasswordInput(render_value=False),
+        help_text="Write-only: stored encrypted and never shown. Leave blank to keep the stored credential.",
+    )
+
+
+@admin.register(Provider)
+class ProviderAdmin(SuperuserOnlyAdmin):
+    form = ProviderForm
+    formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
+    list_display = ("name", "kind", "base_url", "credential_env_var", "credential_stored", "is_active")
+    list_filter = ("kind", "is_active")
+    search_fields = ("name", "base_url")
+    add_fields = ("name", "kind", "base_url", "credential", "credential_env_var", "timeout_seconds")
+    readonly_fields = ("credential_stored", "created_at")
+
+    @admin.display(boolean=True, description="credential stored")
+    def credential_stored(self, provider: Provider) -> bool:
+        return bool(provider.credential_encrypted)
+
+    def create_with_service(self, request, form) -> Provider:
+        return provider_create(
+            name=form.cleaned_data["name"],
+            kind=form.cleaned_data["kind"],
+            base_url=form.cleaned_data["base_url"],
+            credential=form.cleaned_data["credential"],
+            credential_env_var=form.cleaned_data["credential_env_var"],
+            timeout_seconds=form.cleaned_data["timeout_seconds"],
+        )
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        if change and form.cleaned_data["credential"]:
+            provider_credential_set(provider=obj, credential=form.cleaned_data["credential"])
+
+
+@admin.register(Model)
+class CatalogModelAdmin(SuperuserOnlyAdmin):
+    list_display = ("name", "provider", "upstream_name", *PRICE_FIELDS, "context_window", "is_active")
+    list_select_related = ("provider",)
+    list_filter = ("provider", "is_active")
+    search_fields = ("name",)
+    add_fields = ("name", "provider", "upstream_name", "context_window", *PRICE_FIELDS)
+    readonly_fields = ("created_at",)
+    # Members compare names and prices; which provider serves a model stays with the platform.
+    member_fields = ("name", *PRICE_FIELDS, "context_window", "is_active")
+
+    def has_module_permission(self, request):
+        return request.user.is_superuser or bool(tenant_scope(request).viewable)
+
+    def has_view_permission(self, request, obj=None):
+        return self.has_module_permission(request)
+
+    def get_fields(self, request, obj=None):
+        if request.user.is_superuser:
+            return super().get_fields(request, obj)
+        return self.member_fields
+
+    def get_list_display(self, request):
+        if request.user.is_superuser:
+            return super().get_list_display(request)
+        return self.member_fields
+
+    def get_list_filter(self, request):
+        if request.user.is_superuser:
+            return super().get_list_filter(request)
+        return ("is_active",)
+
+    def create_with_service(self, request, form) -> Model:
+        return model_create(
+            name=form.cleaned_data["name"],
+            provider=form.cleaned_data["provider"],
+            upstream_name=form.cleaned_data["upstream_name"],
+            context_window=form.cleaned_data["context_window"],
+            **{price: form.cleaned_data[price] for price in PRICE_FIELDS},
+        )
+
+
+class TenantModelAccessForm(forms.ModelForm):
+    def clean(self):
+        cleaned_data = super().clean()
+        default_model = cleaned_data.get("default_model")
+        allowed_models = cleaned_data.get("allowed_models")
+        # tenant_model_access_set enforces this too; checking here turns it into a form error instead of a 500.
+        if default_model is not None and allowed_models is not None and default_model not in allowed_models:
+            self.add_error(
+                "default_model", f"The default model {default_model.name} must be one of the allowed models."
+            )
+        return cleaned_data
+
+
+@admin.register(TenantModelAccess)
+class TenantModelAccessAdmin(TenantScopedAdmin):
+    form = TenantModelAccessForm
+    list_display = ("tenant", "default_model")
+    list_select_related = ("tenant", "default_model")
+    filter_horizontal = ("allowed_models",)
+    fields = ("tenant", "default_model", "allowed_models")
+    readonly_fields = ("tenant",)
+
+    def save_model(self, request, obj, form, change):
+        self.ensure_tenant_editable(request, obj)
+        # The service stores the default and the allowed list together, on change as on add.
+        access = tenant_model_access_set(
+            tenant=obj.tenant,
+            allowed_models=list(form.cleaned_data["allowed_models"]),
+            default_model=form.cleaned_data["default_model"],
+        )
+        adopt_saved_row(target=obj, source=access)
+
+    def save_related(self, request, form, formsets, change):
+        # allowed_models is already saved by the service; only inline formsets are left.
+        for formset in formsets:
+            self.save_formset(request, form, formset, change)
+
+
+class PolicyDraftInline:
+    """Draft rows follow their policy's tenant: its editors change them, its members see them."""
+
+    extra = 0
+
+    @staticmethod
+    def _can_edit(request, policy) -> bool:
+        return policy is not None and (request.user.is_superuser or policy.tenant_id in tenant_scope(request).editable)
+
+    def has_view_permission(self, request, obj=None):
+        return obj is None or request.user.is_superuser or obj.tenant_id in tenant_scope(request).viewable
+
+    def has_add_permission(self, request, obj=None):
+        return self._can_edit(request, obj)
+
+    def has_change_permission(self, request, obj=None):
+        return self._can_edit(request, obj)
+
+    def has_delete_permission(self, request, obj=None):
+        return self.has_change_permission(request, obj)
+
+
+class RoutingAliasInline(PolicyDraftInline, admin.TabularInline):
+    model = RoutingAlias
+    fields = ("name", "small_model", "large_model")
+
+
+class RoutingRuleInline(PolicyDraftInline, admin.StackedInline):
+    model = RoutingRule
+    fieldsets = (
+        (None, {"fields": (("priority", "name"),)}),
+        (
+            "Match (empty fields match anything)",
+            {
+                "fields": (
+                    ("requested_models", "task_types", "user_tiers", "team_slugs"),
+                    ("prompt_tokens_min", "prompt_tokens_max", "has_tools", "has_images"),
+                    ("keywords", "message_regex"),
+                )
+            },
+        ),
+        (
+            "Outcome",
+            {
+                "fields": (
+                    ("target_model", "fallback_models"),
+                    ("prompt_token_cap", "over_cap_action"),
+                    ("max_tokens_cap", "default_max_tokens"),
+                    ("cache_ttl_seconds", "cache_nondeterministic"),
+                )
+            },
+        ),
+    )
+
+
+@admin.register(RoutingPolicy)
+class RoutingPolicyAdmin(TenantScopedAdmin):
+    list_display = ("tenant", "live_version", "auto_threshold", "injection_guard_action", "updated_at")
+    list_select_related = ("tenant", "live_version__tenant")
+    add_fields = ("tenant", "auto_threshold", "injection_guard_action")
+    fields = ("tenant", "live_version", "auto_threshold", "injection_guard_action", "updated_at", "test_console")
+    readonly_fields = ("tenant", "live_version", "updated_at", "test_console")
+    inlines = (RoutingAliasInline, RoutingRuleInline)
+    actions = ("publish_drafts",)
+
+    def get_inline_instances(self, request, obj=None):
+        return super().get_inline_instances(request, obj) if obj is not None else []
+
+    def create_with_service(self, request, form) -> RoutingPolicy:
+        return routing_policy_create(
+            tenant=form.cleaned_data["tenant"],
+            auto_threshold=form.cleaned_data["auto_threshold"],
+            injection_guard_action=form.cleaned_data["injection_guard_action"],
+        )
+
+    @admin.display(description="test console")
+    def test_console(self, policy: RoutingPolicy) -> str:
+        url = reverse("admin:routing_routingpolicy_console", args=[policy.pk])
+        return format_html('<a href="{}">Try a request under the draft and the live version</a>', url)
+
+    @admin.action(description="Publish the draft of the selected policies", permissions=["change"])
+    def publish_drafts(self, request, queryset):
+        policies = list(queryset)
+        if not all(self.has_change_permission(request, policy) for policy in policies):
+            raise PermissionDenied
+        for policy in policies:
+            try:
+                version = routing_policy_publish(policy=policy, actor=request.user)
+            except ValidationError as error:
+                self.message_user(
+                    request, f"{policy.tenant.slug}: not published — {'; '.join(error.messages)}", messages.ERROR
+                )
+                continue
+            self.log_change(request, policy, f"Published version {version.number}.")
+            self.message_user(request, f"{policy.tenant.slug}: version {version.number} is live.", messages.SUCCESS)
+
+    def get_urls(self):
+        console = path(
+            "<int:policy_id>/console/",
+            self.admin_site.admin_view(self.console_view),
+            name="routing_routingpolicy_console",
+        )
+        return [console, *super().get_urls()]
+
+    def console_view(self, request, policy_id: int):
+        policy = self.get_queryset(request).select_related("tenant", "live_version").filter(pk=policy_id).first()
+        if policy is None or not self.can_edit_tenant(request, policy.tenant_id):
+            raise Http404("no routing policy")
+        form = RoutingConsoleForm(request.POST or None)
+        result = None
+        if request.method == "POST" and form.is_valid():
+            result = routing_simulation(
+                policy=policy,
+                body=form.cleaned_data["request_json"],
+                headers=form.cleaned_data["headers_json"],
+                team_slug=form.cleaned_data["team"],
+            )
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"Routing test console — {policy.tenant.slug}",
+            "opts": self.model._meta,
+            "original": policy,
+            "form": form,
+            "result": result,
+            "result_json": json.dumps(result, indent=2) if result else "",
+        }
+        return TemplateResponse(request, "admin/routing/routingpolicy/console.html", context)
+
+
+class RoutingConsoleForm(forms.Form):
+    request_json = forms.JSONField(
+        label="Request",
+        widget=forms.Textarea(attrs={"rows": 14, "cols": 100}),
+        help_text='An OpenAI chat request, e.g. {"model": "auto", "messages": [{"role": "user", "content": "Hi"}]}',
+    )
+    headers_json = forms.JSONField(
+        label="Headers", required=False, widget=forms.Textarea(attrs={"rows": 3, "cols": 100}), initial=dict
+    )
+    team = forms.SlugField(required=False)
+
+    def clean_request_json(self):
+        body = self.cleaned_data["request_json"]
+        if not isinstance(body, dict) or not isinstance(body.get("model"), str):
+            raise ValidationError("The request must be a JSON object with a `model`.")
+        messages_ = body.get("messages")
+        if not isinstance(messages_, list) or not messages_ or not all(isinstance(m, dict) for m in messages_):
+            raise ValidationError("The request needs `messages`, a non-empty list of message objects.")
+        return body
+
+    def clean_headers_json(self):
+        headers = self.cleaned_data["headers_json"] or {}
+        if not isinstance(headers, dict):
+            raise ValidationError('Headers must be a JSON object, e.g. {"x-llmops-user-tier": "enterprise"}.')
+        return {str(name): str(value) for name, value in headers.items()}
+
+
+class PublishedRecordAdmin(TenantScopedAdmin):
+    """Published versions and the audit log are history: readable by the tenant's members, changed by nobody."""
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(RoutingPolicyVersion)
+class RoutingPolicyVersionAdmin(PublishedRecordAdmin):
+    list_display = ("__str__", "tenant", "number", "is_live", "published_by", "published_at")
+    list_filter = (("tenant", admin.RelatedOnlyFieldListFilter),)
+    list_select_related = ("tenant", "published_by", "policy")
+    fields = ("tenant", "number", "is_live", "published_by", "published_at", "document")
+    readonly_fields = fields
+    actions = ("rollback_to_version",)
+
+    @admin.display(boolean=True, description="live")
+    def is_live(self, version: RoutingPolicyVersion) -> bool:
+        return version.policy.live_version_id == version.pk
+
+    @admin.action(description="Roll back to the selected version (publishes it again)")
+    def rollback_to_version(self, request, queryset):
+        versions = list(queryset.select_related("policy__tenant"))
+        if len(versions) != 1:
+            self.message_user(request, "Select exactly one version to roll back to.", messages.ERROR)
+            return
+        version = versions[0]
+        if not self.can_edit_tenant(request, version.tenant_id):
+            raise PermissionDenied
+        try:
+            new_version = routing_policy_rollback(policy=version.policy, version=version, actor=request.user)
+        except ValidationError as error:
+            self.message_user(request, f"Not rolled back — {'; '.join(error.messages)}", messages.ERROR)
+            return
+        self.message_user(
+            request, f"Version {version.number} is live again as version {new_version.number}.", messages.SUCCESS
+        )
+
+
+@admin.register(RoutingPolicyAudit)
+class RoutingPolicyAuditAdmin(PublishedRecordAdmin):
+    list_display = ("created_at", "tenant", "action", "version", "previous_version", "actor")
+    list_filter = (("tenant", admin.RelatedOnlyFieldListFilter), "action")
+    list_select_related = ("tenant", "version__tenant", "previous_version__tenant", "actor")
+    fields = ("tenant", "action", "actor", "created_at", "previous_version", "version", "diff")
+    readonly_fields = fields

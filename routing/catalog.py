@@ -15,11 +15,12 @@ DEFAULT_MODEL_ALIAS = "default"
 
 
 class ModelPrices(NamedTuple):
-    """USD per million tokens."""
+    """USD per million tokens. ``cache_write_per_million`` None means cache writes cost the input price."""
 
     input_per_million: Decimal
     cached_input_per_million: Decimal
     output_per_million: Decimal
+    cache_write_per_million: Decimal | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +30,7 @@ class ProviderEntry:
     base_url: str
     api_key: str
     timeout_seconds: float
+    region: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +85,7 @@ def build_model_catalog() -> ModelCatalog:
             base_url=provider.base_url.rstrip("/"),
             api_key=provider_credential(provider),
             timeout_seconds=float(provider.timeout_seconds),
+            region=provider.region,
         )
         for provider in Provider.objects.filter(is_active=True)
     }
@@ -92,7 +95,10 @@ def build_model_catalog() -> ModelCatalog:
             upstream_name=model.upstream_name,
             provider=providers[model.provider_id],
             prices=ModelPrices(
-                model.input_price_per_million, model.cached_input_price_per_million, model.output_price_per_million
+                model.input_price_per_million,
+                model.cached_input_price_per_million,
+                model.output_price_per_million,
+                model.cache_write_price_per_million,
             ),
             context_window=model.context_window,
         )

@@ -2,10 +2,25 @@ from decimal import Decimal
 
 from django.core.exceptions import ValidationError
 from django.db import transaction
+from django.db.models import Max
 
 from routing.crypto import encrypt_secret
-from routing.models import Model, Provider, ProviderKind, TenantModelAccess
+from routing.models import (
+    InjectionGuardAction,
+    Model,
+    Provider,
+    ProviderKind,
+    RoutingPolicy,
+    RoutingPolicyAudit,
+    RoutingPolicyAuditAction,
+    RoutingPolicyVersion,
+    TenantModelAccess,
+)
+from routing.policy.document import AUTO_ALIAS, document_diff, normalized_document, policy_document_errors
+from routing.policy.drafts import policy_draft_document, policy_draft_replace
 from tenants.models import Tenant
+
+DEFAULT_PROMPT_TOKEN_CAP = 4000
 
 
 def provider_create(
@@ -16,9 +31,15 @@ def provider_create(
     credential: str = "",
     credential_env_var: str = "",
     timeout_seconds: Decimal = Decimal("60"),
+    region: str = "",
 ) -> Provider:
     provider = Provider(
-        name=name, kind=kind, base_url=base_url, credential_env_var=credential_env_var, timeout_seconds=timeout_seconds
+        name=name,
+        kind=kind,
+        base_url=base_url,
+        credential_env_var=credential_env_var,
+        timeout_seconds=timeout_seconds,
+        region=region,
     )
     if credential:
         provider.credential_encrypted = encrypt_secret(credential)
@@ -42,6 +63,7 @@ def model_create(
     input_price_per_million: Decimal,
     cached_input_price_per_million: Decimal,
     output_price_per_million: Decimal,
+    cache_write_price_per_million: Decimal | None = None,
     context_window: int = 128_000,
 ) -> Model:
     model = Model(
@@ -51,6 +73,7 @@ def model_create(
         input_price_per_million=input_price_per_million,
         cached_input_price_per_million=cached_input_price_per_million,
         output_price_per_million=output_price_per_million,
+        cache_write_price_per_million=cache_write_price_per_million,
         context_window=context_window,
     )
     model.full_clean()
@@ -69,3 +92,142 @@ def tenant_model_access_set(
     access.save()
     access.allowed_models.set(allowed_models)
     return access
+
+
+def routing_policy_create(
+    *, tenant: Tenant, auto_threshold: int = 50, injection_guard_action: str = InjectionGuardAction.FLAG
+) -> RoutingPolicy:
+    """An empty draft; nothing changes for the tenant's traffic until it is published."""
+    if RoutingPolicy.objects.filter(tenant=tenant).exists():
+        raise ValidationError(f"tenant '{tenant.slug}' already has a routing policy")
+    policy = RoutingPolicy(tenant=tenant, auto_threshold=auto_threshold, injection_guard_action=injection_guard_action)
+    policy.full_clean()
+    policy.save()
+    return policy
+
+
+def _tenant_model_names(tenant: Tenant) -> tuple[frozenset[str], frozenset[str]]:
+    """(allowed for the tenant, known in the catalog) model names."""
+    allowed = frozenset(Model.objects.filter(allowed_for__tenant=tenant, is_active=True).values_list("name", flat=True))
+    return allowed, frozenset(Model.objects.values_list("name", flat=True))
+
+
+def _routing_policy_publish_document(
+    *, policy: RoutingPolicy, document: dict, actor, action: RoutingPolicyAuditAction
+) -> RoutingPolicyVersion:
+    allowed, known = _tenant_model_names(policy.tenant)
+    errors = policy_document_errors(document, allowed_models=allowed, known_models=known)
+    if errors:
+        raise ValidationError(errors)
+    previous = policy.live_version
+    number = (policy.versions.aggregate(highest=Max("number"))["highest"] or 0) + 1
+    version = RoutingPolicyVersion.objects.create(
+        policy=policy, tenant=policy.tenant, number=number, document=normalized_document(document), published_by=actor
+    )
+    policy.live_version = version
+    policy.save(update_fields=["live_version", "updated_at"])
+    RoutingPolicyAudit.objects.create(
+        policy=policy,
+        tenant=policy.tenant,
+        action=action,
+        actor=actor,
+        previous_version=previous,
+        version=version,
+        diff=document_diff(previous.document if previous else None, version.document),
+    )
+    return version
+
+
+@transaction.atomic
+def routing_policy_publish(*, policy: RoutingPolicy, actor) -> RoutingPolicyVersion:
+    """Publish the draft as a new live version; refused with every reason (each naming its rule) if it is invalid."""
+    policy = (
+        RoutingPolicy.objects.select_for_update(of=("self",)).select_related("tenant", "live_version").get(pk=policy.pk)
+    )
+    return _routing_policy_publish_document(
+        policy=policy,
+        document=policy_draft_document(policy=policy),
+        actor=actor,
+        action=RoutingPolicyAuditAction.PUBLISH,
+    )
+
+
+@transaction.atomic
+def routing_policy_rollback(*, policy: RoutingPolicy, version: RoutingPolicyVersion, actor) -> RoutingPolicyVersion:
+    """Publish an earlier version's document again as a new version, and reset the draft to it."""
+    policy = (
+        RoutingPolicy.objects.select_for_update(of=("self",)).select_related("tenant", "live_version").get(pk=policy.pk)
+    )
+    if version.policy_id != policy.pk:
+        raise ValidationError("that version belongs to another policy")
+    new_version = _routing_policy_publish_document(
+        policy=policy, document=version.document, actor=actor, action=RoutingPolicyAuditAction.ROLLBACK
+    )
+    policy_draft_replace(policy=policy, document=version.document)
+    return new_version
+
+
+def default_policy_document(*, small_model: str, large_model: str) -> dict:
+    """The template every tenant starts from: cheap by default, large for enterprise users, prompts capped at 4,000."""
+    cap = {"prompt_token_cap": DEFAULT_PROMPT_TOKEN_CAP, "over_cap_action": "reject"}
+    return normalized_document(
+        {
+            "aliases": {AUTO_ALIAS: {"small": small_model, "large": large_model}},
+            "rules": [
+                {
+                    "priority": 10,
+                    "name": "short-classification-and-summaries",
+                    "match": {
+                        "requested_models": [AUTO_ALIAS],
+                        "task_types": ["classification", "summarization"],
+                        "prompt_tokens_max": 1199,
+                    },
+                    "outcome": {"target_model": small_model, **cap},
+                },
+                {
+                    "priority": 20,
+                    "name": "enterprise-tier",
+                    "match": {"requested_models": [AUTO_ALIAS], "user_tiers": ["enterprise"]},
+                    "outcome": {"target_model": large_model, "fallback_models": [small_model], **cap},
+                },
+                {
+                    "priority": 30,
+                    "name": "otherwise-small",
+                    "match": {"requested_models": [AUTO_ALIAS]},
+                    "outcome": {"target_model": small_model, **cap},
+                },
+                # Requests naming a model keep it, under the same prompt cap.
+                {"priority": 100, "name": "prompt-cap", "outcome": cap},
+            ],
+        }
+    )
+
+
+@transaction.atomic
+def routing_policy_create_default(
+    *, tenant: Tenant, small_model: Model, large_model: Model, actor=None
+) -> RoutingPolicy:
+    """Create the tenant's policy from the default template and publish it."""
+    policy = routing_policy_create(tenant=tenant)
+    policy_draft_replace(
+        policy=policy, document=default_policy_document(small_model=small_model.name, large_model=large_model.name)
+    )
+    routing_policy_publish(policy=policy, actor=actor)
+    policy.refresh_from_db()
+    return policy
+
+
+def routing_policy_ensure_default(*, tenant: Tenant, actor=None) -> RoutingPolicy | None:
+    """Give a tenant without a policy the default one, its cheapest allowed model as small and dearest as large.
+
+    Returns None when the tenant already has a policy or may use no model yet.
+    """
+    if RoutingPolicy.objects.filter(tenant=tenant).exists():
+        return None
+    models = sorted(
+        Model.objects.filter(allowed_for__tenant=tenant, is_active=True),
+        key=lambda model: (model.input_price_per_million + model.output_price_per_million, model.name),
+    )
+    if not models:
+        return None
+    return routing_policy_create_default(tenant=tenant, small_model=models[0], large_model=models[-1], actor=actor)

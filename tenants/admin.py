@@ -1,2 +1,251 @@
+"""Admin for tenants, scoped by membership.
 
-# Register your models here.
+A superuser sees everything. A staff user sees only the tenants they are a member of: owners
+and admins edit them, finance and viewer members only look. The roles decide this, not Django's
+per-model permissions, so a membership is all a staff user needs, and a staff user without one
+sees no tenant data at all.
+"""
+
+from dataclasses import dataclass
+
+from django import forms
+from django.contrib import admin, messages
+from django.contrib.auth import get_user_model
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import models
+from django.http import HttpRequest
+from django.utils import timezone
+
+from tenants.models import ApiKey, Membership, Team, Tenant
+from tenants.selectors import tenant_ids_editable_by, tenants_for_user
+from tenants.services import api_key_create, api_key_revoke, membership_set, team_create, tenant_create
+
+
+@dataclass(frozen=True, slots=True)
+class TenantScope:
+    viewable: frozenset[int]
+    editable: frozenset[int]
+
+
+def tenant_scope(request: HttpRequest) -> TenantScope:
+    """The tenants a non-superuser may see and edit, read once per request (an admin page asks many times)."""
+    scope = getattr(request, "_tenant_scope", None)
+    if scope is None:
+        scope = TenantScope(
+            viewable=frozenset(tenants_for_user(user=request.user).values_list("pk", flat=True)),
+            editable=frozenset(tenant_ids_editable_by(user=request.user)),
+        )
+        request._tenant_scope = scope
+    return scope
+
+
+def adopt_saved_row(*, target: models.Model, source: models.Model) -> None:
+    """Make the admin's unsaved form instance stand for the row a service saved, for the log entry and redirect."""
+    for field in source._meta.concrete_fields:
+        setattr(target, field.attname, getattr(source, field.attname))
+    target._state.adding = False
+    target._state.db = source._state.db
+
+
+class ServiceCreateAdmin(admin.ModelAdmin):
+    """Creates rows through the app's service, whose arguments are `add_fields`; the rest is edited afterwards."""
+
+    add_fields: tuple[str, ...] = ()
+
+    def get_fields(self, request, obj=None):
+        if obj is None and self.add_fields:
+            return self.add_fields
+        return super().get_fields(request, obj)
+
+    def get_readonly_fields(self, request, obj=None):
+        if obj is None:
+            return ()
+        return super().get_readonly_fields(request, obj)
+
+    def save_model(self, request, obj, form, change):
+        if change:
+            super().save_model(request, obj, form, change)
+        else:
+            adopt_saved_row(target=obj, source=self.create_with_service(request, form))
+
+    def create_with_service(self, request, form) -> models.Model:
+        raise NotImplementedError(f"{type(self).__name__} must create rows through a service")
+
+
+class TenantScopedAdmin(ServiceCreateAdmin):
+    """Base admin for tenant-owned rows: querysets, permissions and form choices follow the user's memberships."""
+
+    tenant_lookup = "tenant"
+
+    def tenant_id_of(self, obj) -> int | None:
+        return obj.tenant_id
+
+    def can_view_tenant(self, request, tenant_id: int | None) -> bool:
+        return request.user.is_superuser or tenant_id in tenant_scope(request).viewable
+
+    def can_edit_tenant(self, request, tenant_id: int | None) -> bool:
+        return request.user.is_superuser or tenant_id in tenant_scope(request).editable
+
+    def editable_tenants(self, request):
+        if request.user.is_superuser:
+            return Tenant.objects.all()
+        return Tenant.objects.filter(pk__in=tenant_scope(request).editable)
+
+    def get_queryset(self, request):
+        queryset = super().get_queryset(request)
+        if request.user.is_superuser:
+            return queryset
+        return queryset.filter(**{f"{self.tenant_lookup}__in": tenant_scope(request).viewable})
+
+    def has_module_permission(self, request):
+        return request.user.is_superuser or bool(tenant_scope(request).viewable)
+
+    def has_view_permission(self, request, obj=None):
+        if obj is None:
+            return self.has_module_permission(request)
+        return self.can_view_tenant(request, self.tenant_id_of(obj))
+
+    def has_add_permission(self, request):
+        return request.user.is_superuser or bool(tenant_scope(request).editable)
+
+    def has_change_permission(self, request, obj=None):
+        if obj is None:
+            return request.user.is_superuser or bool(tenant_scope(request).editable)
+        return self.can_edit_tenant(request, self.tenant_id_of(obj))
+
+    def has_delete_permission(self, request, obj=None):
+        return self.has_change_permission(request, obj)
+
+    def formfield_for_foreignkey(self, db_field, request, **kwargs):
+        related_model = db_field.related_model
+        if related_model is Tenant:
+            kwargs["queryset"] = self.editable_tenants(request)
+        elif any(field.name == "tenant" for field in related_model._meta.fields):
+            kwargs["queryset"] = related_model._default_manager.select_related("tenant").filter(
+                tenant__in=self.editable_tenants(request)
+            )
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
+    def ensure_tenant_editable(self, request, obj) -> None:
+        # Form choices already leave out other tenants; this catches anything that gets past them.
+        if not self.can_edit_tenant(request, self.tenant_id_of(obj)):
+            raise PermissionDenied
+
+    def save_model(self, request, obj, form, change):
+        self.ensure_tenant_editable(request, obj)
+        super().save_model(request, obj, form, change)
+
+
+@admin.register(Tenant)
+class TenantAdmin(TenantScopedAdmin):
+    tenant_lookup = "pk"
+    list_display = ("slug", "name", "time_zone", "is_active", "created_at")
+    list_filter = ("is_active",)
+    search_fields = ("slug", "name")
+    add_fields = ("slug", "name")
+    fields = ("slug", "name", "time_zone", "is_active", "created_at")
+    readonly_fields = ("slug", "created_at")
+
+    def tenant_id_of(self, obj) -> int | None:
+        return obj.pk
+
+    def has_add_permission(self, request):
+        return request.user.is_superuser
+
+    def has_delete_permission(self, request, obj=None):
+        return request.user.is_superuser
+
+    def create_with_service(self, request, form) -> Tenant:
+        return tenant_create(slug=form.cleaned_data["slug"], name=form.cleaned_data["name"])
+
+
+@admin.register(Team)
+class TeamAdmin(TenantScopedAdmin):
+    list_display = ("slug", "name", "tenant", "is_active", "created_at")
+    list_filter = (("tenant", admin.RelatedOnlyFieldListFilter), "is_active")
+    list_select_related = ("tenant",)
+    search_fields = ("slug", "name")
+    add_fields = ("tenant", "slug", "name")
+    fields = ("tenant", "slug", "name", "is_active", "created_at")
+    # Keys and usage hang off a team within its tenant, where its slug is unique: both stay as created.
+    readonly_fields = ("tenant", "slug", "created_at")
+
+    def create_with_service(self, request, form) -> Team:
+        return team_create(
+            tenant=form.cleaned_data["tenant"], slug=form.cleaned_data["slug"], name=form.cleaned_data["name"]
+        )
+
+
+class ApiKeyForm(forms.ModelForm):
+    def clean_expires_at(self):
+        expires_at = self.cleaned_data["expires_at"]
+        # api_key_create refuses this too; checking here makes it a form error instead of a 500.
+        if self.instance._state.adding and expires_at is not None and expires_at <= timezone.now():
+            raise ValidationError("A new key's expiry must be in the future.")
+        return expires_at
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(TenantScopedAdmin):
+    form = ApiKeyForm
+    list_display = ("prefix", "tenant", "team", "name", "created_at", "expires_at", "revoked_at")
+    list_filter = (("tenant", admin.RelatedOnlyFieldListFilter), ("revoked_at", admin.EmptyFieldListFilter))
+    list_select_related = ("tenant", "team__tenant")
+    search_fields = ("prefix", "name")
+    actions = ("revoke_keys",)
+    add_fields = ("team", "name", "expires_at")
+    fields = ("prefix", "tenant", "team", "name", "created_at", "expires_at", "revoked_at")
+    readonly_fields = ("prefix", "tenant", "team", "created_at", "revoked_at")
+
+    def tenant_id_of(self, obj) -> int | None:
+        # A new key has no tenant yet; it takes its team's.
+        return obj.tenant_id if obj.tenant_id is not None else obj.team.tenant_id
+
+    def create_with_service(self, request, form) -> ApiKey:
+        api_key, full_key = api_key_create(
+            team=form.cleaned_data["team"], name=form.cleaned_data["name"], expires_at=form.cleaned_data["expires_at"]
+        )
+        messages.success(
+            request, f"New API key: {full_key} — copy it now; it is not stored and will not be shown again."
+        )
+        return api_key
+
+    @admin.action(description="Revoke selected keys", permissions=["change"])
+    def revoke_keys(self, request, queryset):
+        api_keys = list(queryset)
+        # Changelist rows include tenants the user only views; one of those in the selection refuses it all.
+        if not all(self.has_change_permission(request, api_key) for api_key in api_keys):
+            raise PermissionDenied
+        for api_key in api_keys:
+            api_key_revoke(api_key=api_key)
+            self.log_change(request, api_key, "Revoked.")
+        self.message_user(request, f"Revoked {len(api_keys)} key(s).", messages.SUCCESS)
+
+
+@admin.register(Membership)
+class MembershipAdmin(TenantScopedAdmin):
+    list_display = ("user", "tenant", "role", "created_at")
+    list_filter = (("tenant", admin.RelatedOnlyFieldListFilter), "role")
+    list_select_related = ("tenant", "user")
+    search_fields = ("user__username",)
+    add_fields = ("tenant", "user", "role")
+    fields = ("tenant", "user", "role", "created_at")
+    readonly_fields = ("tenant", "user", "created_at")
+
+    def formfield_for_dbfield(self, db_field, request, **kwargs):
+        if db_field.name == "user":
+            # Typed, not picked from a list: a list of every account would show one tenant the users of all others.
+            user_model = get_user_model()
+            return forms.ModelChoiceField(
+                queryset=user_model._default_manager.filter(is_active=True),
+                to_field_name=user_model.USERNAME_FIELD,
+                widget=forms.TextInput,
+                label="Username",
+                error_messages={"invalid_choice": "There is no active user with this username."},
+            )
+        return super().formfield_for_dbfield(db_field, request, **kwargs)
+
+    def create_with_service(self, request, form) -> Membership:
+        return membership_set(
+            tenant=form.cleaned_data["tenant"], user=form.cleaned_data["user"], role=form.cleaned_data["role"]
+        )

@@ -6,6 +6,7 @@ from django.db import connection
 
 from llmops.gateway.snapshot import config_snapshot
 from llmops.mock_upstream import MockUpstream
+from llmops.redis import sync_redis
 from routing.models import Model
 from routing.services import tenant_model_access_set
 from tenants.models import ApiKey, Team, Tenant
@@ -43,6 +44,14 @@ def _close_other_connections() -> None:
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                 "WHERE datname = current_database() AND pid <> pg_backend_pid()"
             )
+
+
+@pytest.fixture(autouse=True)
+def clean_redis():
+    """Each test starts with an empty Redis database (circuit breakers, counters, cache), as it does with Postgres."""
+    client = sync_redis()
+    if client is not None:
+        client.flushdb()
 
 
 @pytest.fixture

@@ -42,3 +42,30 @@ class ModelFactory(factory.django.DjangoModelFactory):
     input_price_per_million = Decimal("0.15")
     cached_input_price_per_million = Decimal("0.075")
     output_price_per_million = Decimal("0.60")
+
+
+class UserFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = "auth.User"
+
+    username = factory.Sequence(lambda n: f"user-{n}")
+    email = factory.LazyAttribute(lambda o: f"{o.username}@example.com")
+
+
+class UsageRecordFactory(factory.django.DjangoModelFactory):
+    """Pass the api_key; tenant, team and time follow from it."""
+
+    class Meta:
+        model = "billing.UsageRecord"
+
+    request_id = factory.Sequence(lambda n: f"req-{n}")
+    tenant = factory.SelfAttribute("api_key.tenant")
+    team = factory.SelfAttribute("api_key.team")
+    requested_model = "default"
+    served_model = "model-small"
+    prompt_tokens = 12
+    completion_tokens = 30
+    cost_usd = Decimal("0.0000198")
+    total_latency_ms = 40
+    http_status = 200
+    created_at = factory.SelfAttribute("api_key.created_at")

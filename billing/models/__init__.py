@@ -1,5 +1,53 @@
 """billing's models, one module per topic; each is imported here so Django registers it."""
 
+from billing.models.alerts import (
+    AlertChannel,
+    AlertDelivery,
+    Anomaly,
+    AnomalyDirection,
+    AnomalyMetric,
+    AnomalyWindow,
+    BudgetAlert,
+    ChannelKind,
+    DeliveryStatus,
+)
+from billing.models.budgets import (
+    DEFAULT_THRESHOLDS,
+    Budget,
+    BudgetAction,
+    BudgetCounter,
+    BudgetPeriod,
+    BudgetScope,
+    RateLimit,
+)
+from billing.models.exports import ExportStatus, UsageExport
 from billing.models.ledger import COST_FIELD, CacheStatus, ImmutableRowError, UsageRecord
+from billing.models.rollups import RollupCursor, UsageRollupDaily, UsageRollupHourly
 
-__all__ = ["COST_FIELD", "CacheStatus", "ImmutableRowError", "UsageRecord"]
+__all__ = [
+    "COST_FIELD",
+    "DEFAULT_THRESHOLDS",
+    "AlertChannel",
+    "AlertDelivery",
+    "Anomaly",
+    "AnomalyDirection",
+    "AnomalyMetric",
+    "AnomalyWindow",
+    "Budget",
+    "BudgetAction",
+    "BudgetAlert",
+    "BudgetCounter",
+    "BudgetPeriod",
+    "BudgetScope",
+    "CacheStatus",
+    "ChannelKind",
+    "DeliveryStatus",
+    "ExportStatus",
+    "ImmutableRowError",
+    "RateLimit",
+    "RollupCursor",
+    "UsageExport",
+    "UsageRecord",
+    "UsageRollupDaily",
+    "UsageRollupHourly",
+]

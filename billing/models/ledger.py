@@ -29,6 +29,7 @@ class UsageRecord(models.Model):
     is_stream = models.BooleanField(default=False)
     prompt_tokens = models.PositiveIntegerField(default=0)
     cached_tokens = models.PositiveIntegerField(default=0)
+    cache_write_tokens = models.PositiveIntegerField(default=0, help_text="Prompt-cache writes (Anthropic).")
     completion_tokens = models.PositiveIntegerField(default=0)
     usage_estimated = models.BooleanField(
         default=False, help_text="The provider returned no usage; tokens were counted by the gateway."
@@ -37,6 +38,28 @@ class UsageRecord(models.Model):
     upstream_latency_ms = models.PositiveIntegerField(null=True, blank=True)
     total_latency_ms = models.PositiveIntegerField(default=0)
     cache_status = models.CharField(max_length=16, choices=CacheStatus.choices, default=CacheStatus.MISS)
+    route = models.CharField(
+        max_length=128, blank=True, help_text="The routing rule that decided, `score`, or `direct`."
+    )
+    routed_to_large = models.BooleanField(default=False)
+    policy_version = models.PositiveIntegerField(null=True, blank=True)
+    prompt_tokens_before_compression = models.PositiveIntegerField(null=True, blank=True)
+    prompt_tokens_after_compression = models.PositiveIntegerField(null=True, blank=True)
+    injection_flagged = models.BooleanField(default=False)
+    tags = models.JSONField(default=list, blank=True, help_text="From the x-llmops-tags header, sorted, no duplicates.")
+    saved_cache_usd = models.DecimalField(**COST_FIELD, default=0)
+    saved_routing_usd = models.DecimalField(
+        **COST_FIELD,
+        default=0,
+        help_text="What the requested (or alias's large) model would have cost, minus the cost.",
+    )
+    saved_compression_usd = models.DecimalField(
+        **COST_FIELD, default=0, help_text="Prompt tokens removed by compression, at the served model's input price."
+    )
+    saved_batch_usd = models.DecimalField(**COST_FIELD, default=0)
+    attempts = models.PositiveSmallIntegerField(
+        default=0, help_text="Upstream calls made, retries and fallbacks included."
+    )
     http_status = models.PositiveSmallIntegerField()
     error_code = models.CharField(max_length=64, blank=True)
     created_at = models.DateTimeField(db_index=True)

@@ -24,8 +24,18 @@ ERROR_TYPE_BY_STATUS = {
 class GatewayError(exceptions.APIException):
     """An error the gateway answers with, already in OpenAI's terms."""
 
-    def __init__(self, message: str, *, status: int, code: str, param: str | None = None, error_type: str = ""):
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int,
+        code: str,
+        param: str | None = None,
+        error_type: str = "",
+        headers: dict[str, str] | None = None,
+    ):
         super().__init__(message)
+        self.headers = headers or {}
         self.status_code = status
         self.message = message
         self.code = code
@@ -73,5 +83,7 @@ def openai_exception_handler(exc, context):
         error = GatewayError(
             "The server had an error while processing your request.", status=500, code="internal_error"
         )
-    headers = {"WWW-Authenticate": 'Bearer realm="llmops"'} if error.status_code == 401 else None
+    headers = dict(error.headers)
+    if error.status_code == 401:
+        headers["WWW-Authenticate"] = 'Bearer realm="llmops"'
     return error_response(error, headers)

@@ -1,175 +1,66 @@
-"""The chat completion pipeline: resolve the model, call upstream, price the usage, record the ledger row.
+"""The upstream call and what follows it: fallbacks down the chain, pricing, the ledger row, the response.
 
 It composes the apps in the one direction the design allows: gateway → billing → routing → tenants.
 """
 
 import asyncio
 import logging
-import secrets
-import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
-from datetime import datetime
 
 import orjson
 from asgiref.sync import sync_to_async
 from django.http import HttpResponse, StreamingHttpResponse
-from django.utils import timezone
 
-from billing.costs import format_cost, usage_cost
-from billing.models import CacheStatus
+from billing.budgets.reservations import reservation_settle
+from billing.costs import format_cost
 from billing.services import UsageEvent, usage_record_create
+from llmops.gateway.call import GatewayCall, Usage
 from llmops.gateway.errors import GatewayError
+from llmops.gateway.planning import ChatPlan
+from llmops.metrics import record_request_metrics
 from routing import upstream
-from routing.catalog import DEFAULT_MODEL_ALIAS, ModelCatalog, ModelEntry
+from routing.catalog import ModelEntry
+from routing.resilience import FallbackResult, RetryPolicy, call_with_fallbacks
 from routing.tokens import count_chat_tokens, count_text_tokens
-from tenants.authentication import KeyPrincipal
 
 logger = logging.getLogger(__name__)
 
-# Ledger writes started while a client disconnected mid-stream; held so they are not garbage-collected.
+RETRY_POLICY = RetryPolicy()
+# Settlements started while a client disconnected mid-stream; held so they are not garbage-collected.
 _pending_writes: set[asyncio.Task] = set()
-
-
-def new_request_id() -> str:
-    return f"req_{secrets.token_hex(12)}"
-
-
-@dataclass(slots=True)
-class Usage:
-    prompt_tokens: int = 0
-    cached_tokens: int = 0
-    completion_tokens: int = 0
-    estimated: bool = False
-
-    @classmethod
-    def from_provider(cls, usage: dict) -> "Usage":
-        details = usage.get("prompt_tokens_details") or {}
-        return cls(
-            prompt_tokens=int(usage.get("prompt_tokens") or 0),
-            cached_tokens=int(details.get("cached_tokens") or 0),
-            completion_tokens=int(usage.get("completion_tokens") or 0),
-        )
-
-
-@dataclass(slots=True)
-class GatewayCall:
-    """One request as it moves through the pipeline; becomes its ledger row."""
-
-    principal: KeyPrincipal
-    endpoint: str
-    request_id: str = field(default_factory=new_request_id)
-    started: float = field(default_factory=time.perf_counter)
-    created_at: datetime = field(default_factory=timezone.now)
-    requested_model: str = ""
-    served: ModelEntry | None = None
-    is_stream: bool = False
-    upstream_ms: int | None = None
-    cost_usd: str | None = None
-
-    def elapsed_ms(self) -> int:
-        return int((time.perf_counter() - self.started) * 1000)
-
-    def overhead_ms(self) -> float:
-        total = (time.perf_counter() - self.started) * 1000
-        return max(total - (self.upstream_ms or 0), 0.0)
-
-    def usage_event(self, *, http_status: int, usage: Usage | None = None, error_code: str = "") -> UsageEvent:
-        usage = usage or Usage()
-        cost = (
-            usage_cost(
-                prices=self.served.prices,
-                prompt_tokens=usage.prompt_tokens,
-                cached_tokens=usage.cached_tokens,
-                completion_tokens=usage.completion_tokens,
-            )
-            if self.served
-            else None
-        )
-        event = UsageEvent(
-            request_id=self.request_id,
-            tenant_id=self.principal.tenant_id,
-            team_id=self.principal.team_id,
-            api_key_id=self.principal.key_id,
-            created_at=self.created_at,
-            endpoint=self.endpoint,
-            http_status=http_status,
-            requested_model=self.requested_model,
-            served_model=self.served.name if self.served else "",
-            is_stream=self.is_stream,
-            prompt_tokens=usage.prompt_tokens,
-            cached_tokens=usage.cached_tokens,
-            completion_tokens=usage.completion_tokens,
-            usage_estimated=usage.estimated,
-            upstream_latency_ms=self.upstream_ms,
-            total_latency_ms=self.elapsed_ms(),
-            cache_status=CacheStatus.MISS,
-            error_code=error_code,
-        )
-        if cost is not None:
-            event.cost_usd = cost
-            self.cost_usd = format_cost(cost)
-        return event
-
-    def response_headers(self) -> dict[str, str]:
-        headers = {"x-llmops-request-id": self.request_id, "x-llmops-cache": CacheStatus.MISS}
-        if self.served:
-            headers["x-llmops-model"] = self.served.name
-        if self.cost_usd is not None:
-            headers["x-llmops-cost-usd"] = self.cost_usd
-        headers["x-llmops-overhead-ms"] = f"{self.overhead_ms():.2f}"
-        return headers
 
 
 async def record_usage(event: UsageEvent) -> None:
     await sync_to_async(usage_record_create, thread_sensitive=False)(event=event)
 
 
-def resolve_model(catalog: ModelCatalog, *, tenant_id: int, requested: str) -> ModelEntry:
-    access = catalog.access_for(tenant_id)
-    name = requested
-    if requested == DEFAULT_MODEL_ALIAS:
-        if access.default_model is None:
-            raise GatewayError(
-                "Your tenant has no default model configured; name a model.",
-                status=400,
-                code="no_default_model",
-                param="model",
-            )
-        name = access.default_model
-    model = catalog.models.get(name)
-    if model is None:
-        raise GatewayError(
-            f"The model `{requested}` does not exist. GET /v1/models lists the models your key may use.",
-            status=404,
-            code="model_not_found",
-            param="model",
-        )
-    if name not in access.allowed_models:
-        raise GatewayError(
-            f"Your key is not allowed to use the model `{requested}`. GET /v1/models lists the models it may use.",
-            status=403,
-            code="model_not_allowed",
-            param="model",
-        )
-    return model
+async def finish(call: GatewayCall, *, http_status: int, usage: Usage | None = None, error_code: str = "") -> None:
+    """Settle the budget reservation with what was really spent, then write the ledger row."""
+    event = call.usage_event(http_status=http_status, usage=usage, error_code=error_code)
+    if call.reservation is not None and not call.reservation.settled:
+        remaining = await reservation_settle(call.reservation, actual=event.cost_usd)
+        if remaining is not None:
+            call.budget_remaining_usd = format_cost(remaining)
+    record_request_metrics(event)
+    await record_usage(event)
 
 
 def upstream_failure(error: upstream.UpstreamError) -> GatewayError:
-    """What the client is told when the upstream could not answer."""
+    """What the client is told when the upstream could not answer (after retries and fallbacks)."""
     if isinstance(error, upstream.UpstreamTimeout):
         return GatewayError(error.message, status=504, code=error.code)
     if isinstance(error, upstream.UpstreamRejected):
         status = error.upstream_status
         if status == 429:
             return GatewayError(error.message, status=429, code="upstream_rate_limited")
-        if status in (400, 404, 409, 422):
+        if status in (400, 404, 409, 413, 422):
             return GatewayError(error.message, status=400, code="upstream_invalid_request")
-    return GatewayError(error.message, status=502, code=error.code)
+    status = 503 if error.code == "upstream_circuit_open" else 502
+    return GatewayError(error.message, status=status, code=error.code)
 
 
-def _upstream_body(body: dict, served: ModelEntry) -> dict:
-    return {**body, "model": served.upstream_name}
+def _for_model(body: dict, model: ModelEntry) -> dict:
+    return {**body, "model": model.upstream_name}
 
 
 def _estimated_usage(body: dict, completion_text: str, model: ModelEntry) -> Usage:
@@ -180,20 +71,31 @@ def _estimated_usage(body: dict, completion_text: str, model: ModelEntry) -> Usa
     )
 
 
-async def complete_chat(call: GatewayCall, body: dict) -> HttpResponse:
-    served = call.served
+async def _call_chain(call: GatewayCall, plan: ChatPlan, attempt) -> FallbackResult:
     try:
-        reply = await upstream.chat_completion(served.provider, _upstream_body(body, served))
+        result = await call_with_fallbacks(plan.chain, attempt, policy=RETRY_POLICY)
     except upstream.UpstreamError as error:
+        call.attempts = error.attempts
         call.upstream_ms = error.elapsed_ms
+        if error.last_model is not None:
+            call.served = error.last_model
         raise upstream_failure(error) from error
+    call.served, call.attempts = result.served, result.attempts
+    return result
+
+
+async def complete_chat(call: GatewayCall, plan: ChatPlan) -> HttpResponse:
+    result = await _call_chain(
+        call, plan, lambda model: upstream.chat_completion(model.provider, _for_model(plan.body, model))
+    )
+    reply = result.value
     call.upstream_ms = reply.elapsed_ms
     if isinstance(reply.body.get("usage"), dict):
         usage = Usage.from_provider(reply.body["usage"])
     else:
         text = "".join((choice.get("message") or {}).get("content") or "" for choice in reply.body.get("choices") or [])
-        usage = _estimated_usage(body, text, served)
-    await record_usage(call.usage_event(http_status=200, usage=usage))
+        usage = _estimated_usage(plan.body, text, call.served)
+    await finish(call, http_status=200, usage=usage)
     response = HttpResponse(reply.raw, content_type="application/json")
     for name, value in call.response_headers().items():
         response[name] = value
@@ -206,7 +108,7 @@ class StreamRelay:
     The upstream is always asked for a usage chunk; the client sees it only if it asked too.
     """
 
-    def __init__(self, call: GatewayCall, body: dict, stream: upstream.UpstreamStream):
+    def __init__(self, call: GatewayCall, body: dict, stream):
         self.call = call
         self.body = body
         self.stream = stream
@@ -240,8 +142,9 @@ class StreamRelay:
             if not self.recorded:
                 # The client went away mid-stream: charge what was generated until then.
                 self.recorded = True
-                event = self.call.usage_event(http_status=499, usage=self._usage(), error_code="client_disconnected")
-                task = asyncio.get_running_loop().create_task(record_usage(event))
+                task = asyncio.get_running_loop().create_task(
+                    finish(self.call, http_status=499, usage=self._usage(), error_code="client_disconnected")
+                )
                 _pending_writes.add(task)
                 task.add_done_callback(_pending_writes.discard)
 
@@ -268,18 +171,18 @@ class StreamRelay:
     async def _record(self, *, http_status: int, error_code: str = "") -> None:
         self.call.upstream_ms = self.stream.elapsed_ms()
         self.recorded = True
-        await record_usage(self.call.usage_event(http_status=http_status, usage=self._usage(), error_code=error_code))
+        await finish(self.call, http_status=http_status, usage=self._usage(), error_code=error_code)
 
 
-async def stream_chat(call: GatewayCall, body: dict) -> StreamingHttpResponse:
-    served = call.served
-    upstream_body = _upstream_body(body, served)
-    upstream_body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
-    try:
-        stream = await upstream.open_chat_stream(served.provider, upstream_body)
-    except upstream.UpstreamError as error:
-        call.upstream_ms = error.elapsed_ms
-        raise upstream_failure(error) from error
+async def stream_chat(call: GatewayCall, plan: ChatPlan) -> StreamingHttpResponse:
+    body = plan.body
+    stream_options = {**(body.get("stream_options") or {}), "include_usage": True}
+
+    def open_stream(model: ModelEntry):
+        return upstream.open_chat_stream(model.provider, {**_for_model(body, model), "stream_options": stream_options})
+
+    result = await _call_chain(call, plan, open_stream)
+    stream = result.value
     call.upstream_ms = stream.elapsed_ms()
     response = StreamingHttpResponse(StreamRelay(call, body, stream).events(), content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"

@@ -1,4 +1,4 @@
-"""The configuration the request path needs (keys, models, prices, access), held in memory.
+"""The configuration the request path needs (keys, models, prices, policies, budgets, limits), in memory.
 
 A request reads the snapshot and runs no configuration query. Any saved change to the
 configuration bumps ``ConfigVersion`` when its transaction commits; each process checks that
@@ -17,15 +17,29 @@ from django.db import transaction
 from django.db.models import F
 from django.db.models.signals import m2m_changed, post_delete, post_save
 
+from billing.budgets.index import BudgetIndex, RateLimitIndex, build_budget_index, build_rate_limit_index
+from billing.models import Budget, RateLimit
 from llmops.gateway.models import ConfigVersion
 from routing.catalog import ModelCatalog, build_model_catalog
-from routing.models import Model, Provider, TenantModelAccess
+from routing.models import Model, Provider, RoutingPolicy, RoutingPolicyVersion, TenantModelAccess
+from routing.policy import CompiledPolicy, build_live_policies
 from tenants.authentication import KeyPrincipal, build_key_index
 from tenants.models import ApiKey, Team, Tenant
 
 logger = logging.getLogger(__name__)
 
-SNAPSHOT_MODELS = (Tenant, Team, ApiKey, Provider, Model, TenantModelAccess)
+SNAPSHOT_MODELS = (
+    Tenant,
+    Team,
+    ApiKey,
+    Provider,
+    Model,
+    TenantModelAccess,
+    RoutingPolicy,
+    RoutingPolicyVersion,
+    Budget,
+    RateLimit,
+)
 CONFIG_VERSION_ID = 1
 
 
@@ -34,6 +48,9 @@ class ConfigSnapshot:
     version: int
     keys: dict[str, KeyPrincipal]
     catalog: ModelCatalog
+    policies: dict[int, CompiledPolicy]
+    budgets: BudgetIndex
+    rate_limits: RateLimitIndex
 
 
 def _read_version() -> int:
@@ -72,7 +89,14 @@ class SnapshotHolder:
             if self._snapshot is None or self._dirty or self._snapshot.version != version:
                 # Version and flag are taken before the data, so a change committed mid-build triggers another build.
                 self._dirty = False
-                self._snapshot = ConfigSnapshot(version=version, keys=build_key_index(), catalog=build_model_catalog())
+                self._snapshot = ConfigSnapshot(
+                    version=version,
+                    keys=build_key_index(),
+                    catalog=build_model_catalog(),
+                    policies=build_live_policies(),
+                    budgets=build_budget_index(),
+                    rate_limits=build_rate_limit_index(),
+                )
                 logger.info("configuration snapshot loaded at version %s", version)
             return self._snapshot
 

@@ -7,9 +7,12 @@ from django.db import connection
 from django.http import HttpResponse, JsonResponse
 from rest_framework.permissions import IsAuthenticated
 
+from llmops.gateway.admission import admit
+from llmops.gateway.call import GatewayCall
 from llmops.gateway.errors import GatewayError, as_gateway_error, openai_exception_handler
 from llmops.gateway.parsers import OrjsonParser
-from llmops.gateway.pipeline import GatewayCall, complete_chat, record_usage, resolve_model, stream_chat
+from llmops.gateway.pipeline import complete_chat, finish, stream_chat
+from llmops.gateway.planning import plan_chat
 from llmops.gateway.snapshot import config_snapshot
 from llmops.gateway.validation import validate_chat_request
 from tenants.authentication import ApiKeyAuthentication
@@ -65,16 +68,16 @@ class ChatCompletionsView(GatewayView):
             body = validate_chat_request(request.data)
             call.requested_model = body["model"]
             call.is_stream = bool(body.get("stream"))
-            call.served = resolve_model(
-                config_snapshot.current.catalog, tenant_id=call.principal.tenant_id, requested=body["model"]
-            )
+            snapshot = config_snapshot.current
+            plan = await plan_chat(snapshot, call, body, request.headers)
+            await admit(snapshot, call, plan)
             if call.is_stream:
-                return await stream_chat(call, body)
-            return await complete_chat(call, body)
+                return await stream_chat(call, plan)
+            return await complete_chat(call, plan)
         except Exception as exc:
             error = as_gateway_error(exc)
             if error is not None:
-                await record_usage(call.usage_event(http_status=error.status_code, error_code=error.code))
+                await finish(call, http_status=error.status_code, error_code=error.code)
             raise
 
     def finalize_response(self, request, response, *args, **kwargs):

@@ -1,5 +1,29 @@
 """routing's models, one module per topic; each is imported here so Django registers it."""
 
 from routing.models.catalog import PRICE_FIELD, Model, Provider, ProviderKind, TenantModelAccess
+from routing.models.policies import (
+    InjectionGuardAction,
+    OverCapAction,
+    RoutingAlias,
+    RoutingPolicy,
+    RoutingPolicyAudit,
+    RoutingPolicyAuditAction,
+    RoutingPolicyVersion,
+    RoutingRule,
+)
 
-__all__ = ["PRICE_FIELD", "Model", "Provider", "ProviderKind", "TenantModelAccess"]
+__all__ = [
+    "PRICE_FIELD",
+    "InjectionGuardAction",
+    "Model",
+    "OverCapAction",
+    "Provider",
+    "ProviderKind",
+    "RoutingAlias",
+    "RoutingPolicy",
+    "RoutingPolicyAudit",
+    "RoutingPolicyAuditAction",
+    "RoutingPolicyVersion",
+    "RoutingRule",
+    "TenantModelAccess",
+]

@@ -1,5 +1,6 @@
 from decimal import Decimal
 
+from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator
 from django.db import models
 
@@ -10,14 +11,25 @@ PRICE_FIELD = {"max_digits": 12, "decimal_places": 6, "validators": [MinValueVal
 
 class ProviderKind(models.TextChoices):
     OPENAI = "openai", "OpenAI-compatible"
+    ANTHROPIC = "anthropic", "Anthropic Messages API"
+    BEDROCK = "bedrock", "AWS Bedrock Converse"
 
 
 class Provider(models.Model):
-    """An upstream endpoint. The credential is stored encrypted, or read from a named environment variable."""
+    """An upstream endpoint. The credential is stored encrypted, or read from a named environment variable.
+
+    For Bedrock the credential is ``ACCESS_KEY_ID:SECRET_ACCESS_KEY``; left empty, boto3's default chain
+    (environment, profile, instance role) applies, and ``base_url``, when set, replaces the AWS endpoint.
+    """
 
     name = models.SlugField(max_length=64, unique=True)
     kind = models.CharField(max_length=16, choices=ProviderKind.choices, default=ProviderKind.OPENAI)
-    base_url = models.URLField(max_length=500, help_text="e.g. https://api.openai.com/v1")
+    base_url = models.URLField(
+        max_length=500,
+        blank=True,
+        help_text="e.g. https://api.openai.com/v1 or https://api.anthropic.com/v1; for Bedrock blank means AWS's own.",
+    )
+    region = models.CharField(max_length=32, blank=True, help_text="AWS region, for Bedrock (e.g. us-east-1).")
     credential_encrypted = models.TextField(blank=True, editable=False)
     credential_env_var = models.CharField(
         max_length=128, blank=True, help_text="Name of an environment variable holding the credential."
@@ -32,6 +44,12 @@ class Provider(models.Model):
     def __str__(self):
         return self.name
 
+    def clean(self):
+        if not self.base_url and self.kind != ProviderKind.BEDROCK:
+            raise ValidationError({"base_url": f"A {self.get_kind_display()} provider needs a base URL."})
+        if self.kind == ProviderKind.BEDROCK and not self.region:
+            raise ValidationError({"region": "A Bedrock provider needs an AWS region."})
+
 
 class Model(models.Model):
     """A model in the catalog with its price per million tokens (USD)."""
@@ -43,6 +61,12 @@ class Model(models.Model):
     input_price_per_million = models.DecimalField(**PRICE_FIELD)
     cached_input_price_per_million = models.DecimalField(**PRICE_FIELD)
     output_price_per_million = models.DecimalField(**PRICE_FIELD)
+    cache_write_price_per_million = models.DecimalField(
+        **PRICE_FIELD,
+        null=True,
+        blank=True,
+        help_text="Price of prompt tokens written to the provider's cache (Anthropic); blank charges the input price.",
+    )
     is_active = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
 

@@ -9,7 +9,7 @@ from tests.conftest import LARGE_PRICES
 
 
 def test_cached_prompt_tokens_are_priced_exactly(openai_client, acme):
-    long_context = "Our refund policy covers every order placed within thirty days. " * 80
+    long_context = "Our refund policy covers every order placed within thirty days. " * 120
     messages = [{"role": "system", "content": long_context}, {"role": "user", "content": "Summarise it."}]
 
     openai_client.chat.completions.create(model=acme.large.name, messages=messages)

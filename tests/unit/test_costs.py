@@ -46,3 +46,22 @@ def test_cost_is_exact_to_the_ledger_quantum(prompt, cached_share, completion, p
     exact = ((prompt - cached) * prices[0] + cached * prices[1] + completion * prices[2]) / Decimal(1_000_000)
     assert cost.as_tuple().exponent == LEDGER_QUANTUM.as_tuple().exponent
     assert abs(cost - exact) <= LEDGER_QUANTUM / 2
+
+
+def test_anthropic_cache_writes_are_charged_at_their_own_price():
+    # Claude 3.5 Sonnet prices: input 3.00, cache read 0.30, cache write 3.75, output 15.00 per 1M.
+    sonnet = ModelPrices(Decimal("3.00"), Decimal("0.30"), Decimal("15.00"), Decimal("3.75"))
+    # 3,000 prompt tokens = 1,000 uncached + 1,500 cache reads + 500 cache writes.
+    cost = usage_cost(
+        prices=sonnet, prompt_tokens=3_000, cached_tokens=1_500, cache_write_tokens=500, completion_tokens=200
+    )
+
+    assert cost == Decimal("0.0083250000")
+
+
+def test_cache_writes_default_to_the_input_price():
+    cost = usage_cost(
+        prices=GPT_4O, prompt_tokens=1_000, cached_tokens=0, cache_write_tokens=1_000, completion_tokens=0
+    )
+
+    assert cost == usage_cost(prices=GPT_4O, prompt_tokens=1_000, cached_tokens=0, completion_tokens=0)

@@ -8,12 +8,22 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
 from django.db import transaction
 
+from billing.budgets.services import budget_create
+from billing.models import BudgetAction, BudgetPeriod, BudgetScope
+from billing.rollups_seed import seed_demo_usage
 from routing.models import Model, Provider
-from routing.services import model_create, provider_create, tenant_model_access_set
+from routing.services import (
+    model_create,
+    provider_create,
+    routing_policy_create_default,
+    tenant_model_access_set,
+)
 from tenants.models import Role, Tenant
 from tenants.services import api_key_create, membership_set, tenant_create
 
 DEMO_SLUG = "demo"
+DEMO_BUDGET_USD = Decimal("500")
+DEMO_HISTORY_DAYS = 21
 # (public name, upstream name, input, cached input, output) in USD per 1M tokens.
 MOCK_MODELS = [
     ("mock-small", "mock-small", "0.15", "0.075", "0.60"),  # priced like gpt-4o-mini
@@ -36,7 +46,10 @@ def _write_secret_file(path: Path, value: str) -> None:
 
 
 class Command(BaseCommand):
-    help = "Create the demo tenant, teams, a key, a mock provider with a small and a large model, and an admin user."
+    help = (
+        "Create the demo tenant, teams, a key, a mock provider with a small and a large model, the default routing "
+        "policy, a budget, a few weeks of synthetic usage, and an admin user."
+    )
 
     def add_arguments(self, parser):
         parser.add_argument("--upstream-url", default="http://127.0.0.1:9100/v1")
@@ -52,7 +65,12 @@ class Command(BaseCommand):
         password_file = demo_files_dir() / "demo-admin-password"
         if admin_password:
             _write_secret_file(password_file, admin_password)
-        self.stdout.write(self.style.SUCCESS("Demo tenant 'demo' created (teams: support, analytics)."))
+        self.stdout.write(
+            self.style.SUCCESS(
+                f"Demo tenant 'demo' created (teams: support, analytics), with the default routing policy live, "
+                f"a ${DEMO_BUDGET_USD} monthly notify budget and {DEMO_HISTORY_DAYS} days of synthetic usage."
+            )
+        )
         self.stdout.write(f"API key (shown once, also written to {key_file}):\n  {api_key}")
         if admin_password:
             self.stdout.write(f"Admin login: admin / {admin_password} (also in {password_file})")
@@ -67,6 +85,15 @@ class Command(BaseCommand):
             )
             models += [self._model(openai, row) for row in OPENAI_MODELS]
         tenant_model_access_set(tenant=tenant, allowed_models=models, default_model=models[0])
+        routing_policy_create_default(tenant=tenant, small_model=models[0], large_model=models[1])
+        budget_create(
+            tenant=tenant,
+            scope=BudgetScope.TENANT,
+            period=BudgetPeriod.MONTH,
+            limit_usd=DEMO_BUDGET_USD,
+            action=BudgetAction.NOTIFY,
+        )
+        seed_demo_usage(tenant=tenant, days=DEMO_HISTORY_DAYS)
         _, full_key = api_key_create(team=tenant.teams.get(slug="support"), name="demo key")
         return full_key, self._admin_user(tenant)
 

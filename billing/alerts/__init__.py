@@ -1,0 +1,1 @@
+"""Alerts: channels that carry them, and the exactly-once raising and retried delivery of each."""

@@ -1,0 +1,110 @@
+"""Sending one alert payload to one channel. Each sender raises ChannelSendError when the channel did not take it.
+
+Signed webhooks carry two headers so a receiver can check origin and freshness:
+  X-Llmops-Timestamp: <unix seconds>
+  X-Llmops-Signature: v1=<hex HMAC-SHA256 of "<timestamp>.<raw body>" keyed by the channel's signing secret>
+A receiver recomputes the HMAC, compares in constant time, and rejects timestamps older than a few minutes.
+"""
+
+import hashlib
+import hmac
+import time
+from urllib.parse import urlsplit
+
+import boto3
+import httpx
+import orjson
+from botocore.exceptions import BotoCoreError, ClientError
+from django.conf import settings
+from django.core.mail import send_mail
+
+from billing.models import AlertChannel, ChannelKind
+from routing.crypto import CredentialDecryptionError, decrypt_secret
+
+SEND_TIMEOUT_SECONDS = 10
+SIGNATURE_HEADER = "X-Llmops-Signature"
+TIMESTAMP_HEADER = "X-Llmops-Timestamp"
+SNS_ARN_PARTS = 6  # arn:aws:sns:<region>:<account>:<topic>
+
+
+class ChannelSendError(Exception):
+    pass
+
+
+def webhook_signature(*, secret: str, timestamp: str, body: bytes) -> str:
+    digest = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+    return f"v1={digest}"
+
+
+def is_http_url(url: str) -> bool:
+    parts = urlsplit(url)
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
+def sns_region(topic_arn: str) -> str | None:
+    parts = topic_arn.split(":")
+    if len(parts) != SNS_ARN_PARTS or parts[0] != "arn" or parts[2] != "sns" or not parts[3] or not parts[5]:
+        return None
+    return parts[3]
+
+
+def channel_send(*, channel: AlertChannel, subject: str, text: str, payload: dict) -> None:
+    senders = {
+        ChannelKind.EMAIL: _send_email,
+        ChannelKind.SLACK: _send_slack,
+        ChannelKind.WEBHOOK: _send_webhook,
+        ChannelKind.SNS: _send_sns,
+    }
+    senders[channel.kind](channel, subject, text, payload)
+
+
+def _send_email(channel: AlertChannel, subject: str, text: str, payload: dict) -> None:
+    try:
+        send_mail(subject, text, settings.DEFAULT_FROM_EMAIL, [channel.target])
+    except Exception as exc:  # SMTP and backend errors have no common base class
+        raise ChannelSendError(f"email to {channel.target} failed: {exc}") from exc
+
+
+def _post(url: str, body: bytes, headers: dict[str, str]) -> None:
+    if not is_http_url(url):
+        raise ChannelSendError("the webhook URL must be http or https")
+    try:
+        response = httpx.post(
+            url, content=body, headers={"Content-Type": "application/json", **headers}, timeout=SEND_TIMEOUT_SECONDS
+        )
+    except httpx.HTTPError as exc:
+        raise ChannelSendError(f"POST {url} failed: {exc!r}") from exc
+    if response.status_code >= 300:
+        raise ChannelSendError(f"POST {url} answered {response.status_code}: {response.text[:300]}")
+
+
+def _send_slack(channel: AlertChannel, subject: str, text: str, payload: dict) -> None:
+    _post(channel.target, orjson.dumps({"text": f"*{subject}*\n{text}"}), {})
+
+
+def _send_webhook(channel: AlertChannel, subject: str, text: str, payload: dict) -> None:
+    try:
+        secret = decrypt_secret(channel.signing_secret_encrypted) if channel.signing_secret_encrypted else ""
+    except CredentialDecryptionError as exc:
+        raise ChannelSendError("the webhook signing secret cannot be decrypted with the configured keys") from exc
+    if not secret:
+        raise ChannelSendError("the webhook channel has no signing secret")
+    body = orjson.dumps(payload)
+    timestamp = str(int(time.time()))
+    headers = {
+        TIMESTAMP_HEADER: timestamp,
+        SIGNATURE_HEADER: webhook_signature(secret=secret, timestamp=timestamp, body=body),
+    }
+    _post(channel.target, body, headers)
+
+
+def _send_sns(channel: AlertChannel, subject: str, text: str, payload: dict) -> None:
+    region = sns_region(channel.target)
+    if region is None:
+        raise ChannelSendError(f"{channel.target} is not an SNS topic ARN")
+    try:
+        boto3.client("sns", region_name=region).publish(
+            TopicArn=channel.target, Subject=subject[:100], Message=orjson.dumps(payload).decode()
+        )
+    except (BotoCoreError, ClientError) as exc:
+        raise ChannelSendError(f"SNS publish to {channel.target} failed: {exc}") from exc

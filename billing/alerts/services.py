@@ -1,0 +1,215 @@
+"""Alert channels, and raising and delivering alerts.
+
+Exactly-once: a budget alert is a BudgetAlert row, unique per budget, period and threshold, and only
+the caller whose insert created it creates the deliveries. A delivery is sent under its row lock and
+skipped once sent, so a duplicated or retried task does not send it again.
+"""
+
+import logging
+from decimal import ROUND_HALF_EVEN, Decimal
+
+from django.core.exceptions import ValidationError
+from django.core.validators import validate_email
+from django.db import transaction
+from django.utils import timezone
+
+from billing.alerts.channels import ChannelSendError, channel_send, is_http_url, sns_region
+from billing.budgets.reservations import units_to_usd
+from billing.models import (
+    AlertChannel,
+    AlertDelivery,
+    Anomaly,
+    Budget,
+    BudgetAlert,
+    ChannelKind,
+    DeliveryStatus,
+)
+from routing.crypto import encrypt_secret
+from tenants.models import Tenant
+
+logger = logging.getLogger(__name__)
+
+CENT = Decimal("0.01")
+MAX_ERROR_CHARS = 2000
+
+
+def alert_channel_validate(*, kind: str, target: str, has_signing_secret: bool) -> None:
+    if kind not in ChannelKind.values:
+        raise ValidationError({"kind": f"Kind must be one of {', '.join(ChannelKind.values)}."})
+    if kind == ChannelKind.EMAIL:
+        try:
+            validate_email(target)
+        except ValidationError:
+            raise ValidationError({"target": "Enter a valid email address."}) from None
+    elif kind in (ChannelKind.SLACK, ChannelKind.WEBHOOK) and not is_http_url(target):
+        raise ValidationError({"target": "The webhook URL must start with http:// or https:// and name a host."})
+    elif kind == ChannelKind.SNS and sns_region(target) is None:
+        raise ValidationError({"target": "Enter an SNS topic ARN: arn:aws:sns:<region>:<account>:<topic>."})
+    if kind == ChannelKind.WEBHOOK and not has_signing_secret:
+        raise ValidationError({"signing_secret": "A signed webhook needs a signing secret."})
+
+
+def alert_channel_create(
+    *, tenant: Tenant, name: str, kind: str, target: str, signing_secret: str = "", is_active: bool = True
+) -> AlertChannel:
+    alert_channel_validate(kind=kind, target=target, has_signing_secret=bool(signing_secret))
+    return AlertChannel.objects.create(
+        tenant=tenant,
+        name=name,
+        kind=kind,
+        target=target,
+        signing_secret_encrypted=encrypt_secret(signing_secret) if signing_secret else "",
+        is_active=is_active,
+    )
+
+
+def alert_channel_update(
+    *, channel: AlertChannel, name: str, target: str, is_active: bool, signing_secret: str = ""
+) -> AlertChannel:
+    """Change a channel; an empty `signing_secret` keeps the one it has."""
+    if signing_secret:
+        channel.signing_secret_encrypted = encrypt_secret(signing_secret)
+    alert_channel_validate(kind=channel.kind, target=target, has_signing_secret=bool(channel.signing_secret_encrypted))
+    channel.name, channel.target, channel.is_active = name, target, is_active
+    channel.save()
+    return channel
+
+
+def budget_alert_raise(*, budget_id: int, period_key: str, threshold: int, spent_units: int) -> BudgetAlert | None:
+    """Record the alert and queue its deliveries, unless it was raised before. Returns it when raised now."""
+    budget = Budget.objects.select_related("tenant").filter(pk=budget_id).first()
+    if budget is None:
+        return None
+    with transaction.atomic():
+        alert, created = BudgetAlert.objects.get_or_create(
+            budget=budget,
+            period_key=period_key,
+            threshold=threshold,
+            defaults={"spent_usd": units_to_usd(spent_units), "limit_usd": budget.limit_usd},
+        )
+        if not created:
+            return None
+        channels = list(budget.channels.filter(is_active=True))
+        deliveries = [AlertDelivery.objects.create(budget_alert=alert, channel=channel) for channel in channels]
+        _send_on_commit(deliveries)
+    logger.info("budget %s reached %s%% in %s; %s deliveries queued", budget_id, threshold, period_key, len(deliveries))
+    return alert
+
+
+def anomaly_alert_raise(*, anomaly: Anomaly) -> list[AlertDelivery]:
+    """Tell every active channel of the anomaly's tenant."""
+    with transaction.atomic():
+        channels = AlertChannel.objects.for_tenant(anomaly.tenant_id).filter(is_active=True)
+        deliveries = [AlertDelivery.objects.create(anomaly=anomaly, channel=channel) for channel in channels]
+        _send_on_commit(deliveries)
+    return deliveries
+
+
+def _send_on_commit(deliveries: list[AlertDelivery]) -> None:
+    from billing.tasks import alert_delivery_send
+
+    for delivery in deliveries:
+        transaction.on_commit(lambda delivery_id=delivery.pk: alert_delivery_send.delay(delivery_id))
+
+
+def alert_delivery_attempt(*, delivery_id: int) -> None:
+    """Send one delivery unless it was sent; raise ChannelSendError after recording why it failed."""
+    failure = None
+    with transaction.atomic():
+        delivery = (
+            AlertDelivery.objects.select_for_update(of=("self",))
+            .select_related("channel", "budget_alert__budget__tenant", "anomaly__tenant", "anomaly__team")
+            .get(pk=delivery_id)
+        )
+        if delivery.status == DeliveryStatus.SENT:
+            return
+        delivery.attempts += 1
+        subject, text, payload = alert_message(delivery=delivery)
+        try:
+            channel_send(channel=delivery.channel, subject=subject, text=text, payload=payload)
+        except ChannelSendError as exc:
+            failure = exc
+            delivery.last_error = str(exc)[:MAX_ERROR_CHARS]
+        else:
+            delivery.status, delivery.sent_at = DeliveryStatus.SENT, timezone.now()
+        delivery.save(update_fields=["attempts", "last_error", "status", "sent_at"])
+    if failure is not None:
+        raise failure
+
+
+def alert_delivery_give_up(*, delivery_id: int) -> None:
+    AlertDelivery.objects.filter(pk=delivery_id).exclude(status=DeliveryStatus.SENT).update(
+        status=DeliveryStatus.FAILED
+    )
+
+
+def alert_delivery_requeue(*, delivery: AlertDelivery) -> None:
+    """Try a failed delivery again from the admin."""
+    from billing.tasks import alert_delivery_send
+
+    if delivery.status != DeliveryStatus.SENT:
+        AlertDelivery.objects.filter(pk=delivery.pk).update(status=DeliveryStatus.PENDING)
+        transaction.on_commit(lambda: alert_delivery_send.delay(delivery.pk))
+
+
+def _usd(amount: Decimal) -> str:
+    return f"${amount.quantize(CENT, rounding=ROUND_HALF_EVEN):,}"
+
+
+def alert_message(*, delivery: AlertDelivery) -> tuple[str, str, dict]:
+    """Subject, text and JSON payload of a delivery's alert."""
+    if delivery.budget_alert_id:
+        return _budget_alert_message(delivery.budget_alert)
+    return _anomaly_message(delivery.anomaly)
+
+
+def _budget_alert_message(alert: BudgetAlert) -> tuple[str, str, dict]:
+    budget = alert.budget
+    subject = f"[llmops] {budget.tenant.slug}: {budget.target_label()} budget at {alert.threshold}%"
+    text = (
+        f"The {budget.period} budget of {budget.tenant.slug} for {budget.target_label()} reached {alert.threshold}% "
+        f"in {alert.period_key}: {_usd(alert.spent_usd)} of {_usd(alert.limit_usd)} (action at 100%: {budget.action})."
+    )
+    payload = {
+        "type": "budget.threshold",
+        "alert_id": alert.pk,
+        "tenant": budget.tenant.slug,
+        "budget": {
+            "id": budget.pk,
+            "scope": budget.scope,
+            "target": budget.target_label(),
+            "period": budget.period,
+            "action": budget.action,
+        },
+        "period_key": alert.period_key,
+        "threshold_percent": alert.threshold,
+        "spent_usd": f"{alert.spent_usd:f}",
+        "limit_usd": f"{alert.limit_usd:f}",
+        "created_at": alert.created_at.isoformat(),
+    }
+    return subject, text, payload
+
+
+def _anomaly_message(anomaly: Anomaly) -> tuple[str, str, dict]:
+    who = f"{anomaly.tenant.slug}/{anomaly.team.slug}" if anomaly.team_id else anomaly.tenant.slug
+    subject = f"[llmops] {who}: {anomaly.get_metric_display().lower()} {anomaly.direction} ({anomaly.window})"
+    text = (
+        f"{anomaly.get_metric_display()} of {who} in the {anomaly.get_window_display().lower()} to "
+        f"{anomaly.window_end.isoformat()} was {anomaly.observed.normalize():f}; the 14-day baseline median is "
+        f"{anomaly.baseline_median.normalize():f} (MAD {anomaly.baseline_mad.normalize():f}), score {anomaly.score}."
+    )
+    payload = {
+        "type": "anomaly",
+        "anomaly_id": anomaly.pk,
+        "tenant": anomaly.tenant.slug,
+        "team": anomaly.team.slug if anomaly.team_id else None,
+        "metric": anomaly.metric,
+        "window": anomaly.window,
+        "window_end": anomaly.window_end.isoformat(),
+        "direction": anomaly.direction,
+        "observed": f"{anomaly.observed:f}",
+        "baseline_median": f"{anomaly.baseline_median:f}",
+        "baseline_mad": f"{anomaly.baseline_mad:f}",
+        "score": f"{anomaly.score:f}",
+    }
+    return subject, text, payload

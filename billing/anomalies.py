@@ -1,0 +1,192 @@
+"""Anomaly detection over the ledger: the last hour and the last day against a robust 14-day baseline.
+
+For each tenant, and each of its teams, every metric of the window ending at the last full hour is
+compared with the same window on each of the 14 days before (the hour window with the same hour of
+day, so a quiet night is not compared with a busy afternoon). The baseline is the median of those 14
+values and its spread the median absolute deviation (MAD), which one bad day cannot move. The score
+is (observed - median) / max(1.4826 * MAD, floor), the floor keeping a flat baseline from flagging
+noise. Metrics are judged only with volume: at least half the baseline windows, and for the ratios
+the window itself, need LLMOPS_ANOMALY_MIN_REQUESTS requests.
+"""
+
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Count, F, Q, Sum
+from django.db.models.functions import TruncHour
+
+from billing.alerts.services import anomaly_alert_raise
+from billing.models import (
+    COST_FIELD,
+    Anomaly,
+    AnomalyDirection,
+    AnomalyMetric,
+    AnomalyWindow,
+    CacheStatus,
+    UsageRecord,
+)
+from tenants.models import Tenant
+
+BASELINE_DAYS = 14
+MAD_TO_SIGMA = Decimal("1.4826")  # makes the MAD comparable to a standard deviation for normal data
+SCORE_QUANTUM = Decimal("0.0001")
+VALUE_QUANTUM = Decimal(1).scaleb(-COST_FIELD["decimal_places"])
+RELATIVE_FLOOR = Decimal("0.1")  # deviations under 10% of the median are never a spike on their own
+ABSOLUTE_FLOORS = {
+    AnomalyMetric.SPEND: Decimal("0.01"),
+    AnomalyMetric.TOKENS_PER_REQUEST: Decimal(1),
+    AnomalyMetric.CACHE_HIT_RATE: Decimal("0.02"),
+    AnomalyMetric.ERROR_RATE: Decimal("0.02"),
+}
+WINDOW_HOURS = {AnomalyWindow.HOUR: 1, AnomalyWindow.DAY: 24}
+
+
+@dataclass(slots=True)
+class Traffic:
+    requests: int = 0
+    errors: int = 0
+    cache_hits: int = 0
+    tokens: int = 0
+    cost: Decimal = Decimal(0)
+
+    def add(self, other: "Traffic") -> None:
+        self.requests += other.requests
+        self.errors += other.errors
+        self.cache_hits += other.cache_hits
+        self.tokens += other.tokens
+        self.cost += other.cost
+
+    def metric(self, metric: str) -> Decimal:
+        if metric == AnomalyMetric.SPEND:
+            return self.cost
+        requests = Decimal(self.requests)
+        if metric == AnomalyMetric.TOKENS_PER_REQUEST:
+            return Decimal(self.tokens) / requests
+        if metric == AnomalyMetric.CACHE_HIT_RATE:
+            return Decimal(self.cache_hits) / requests
+        return Decimal(self.errors) / requests
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    metric: str
+    observed: Decimal
+    median: Decimal
+    mad: Decimal
+    score: Decimal
+
+    @property
+    def direction(self) -> str:
+        return AnomalyDirection.SPIKE if self.score > 0 else AnomalyDirection.DROP
+
+
+def robust_finding(*, metric: str, observed: Decimal, baseline: list[Decimal]) -> Finding:
+    median = statistics.median(baseline)
+    mad = statistics.median(abs(value - median) for value in baseline)
+    scale = max(MAD_TO_SIGMA * mad, RELATIVE_FLOOR * abs(median), ABSOLUTE_FLOORS[metric])
+    score = ((observed - median) / scale).quantize(SCORE_QUANTUM)
+    return Finding(metric=metric, observed=observed, median=median, mad=mad, score=score)
+
+
+def window_findings(*, observed: Traffic, baseline: list[Traffic], min_requests: int) -> list[Finding]:
+    """Findings for every metric the volume allows judging, anomalous or not."""
+    busy = [traffic for traffic in baseline if traffic.requests >= min_requests]
+    if len(busy) * 2 < len(baseline) or not baseline:
+        return []
+    findings = [
+        robust_finding(
+            metric=AnomalyMetric.SPEND, observed=observed.cost, baseline=[traffic.cost for traffic in baseline]
+        )
+    ]
+    if observed.requests >= min_requests:
+        for metric in (AnomalyMetric.TOKENS_PER_REQUEST, AnomalyMetric.CACHE_HIT_RATE, AnomalyMetric.ERROR_RATE):
+            findings.append(
+                robust_finding(
+                    metric=metric,
+                    observed=observed.metric(metric),
+                    baseline=[traffic.metric(metric) for traffic in busy],
+                )
+            )
+    return findings
+
+
+def _hourly_traffic(*, tenant: Tenant, since: datetime, until: datetime) -> dict[int | None, dict[datetime, Traffic]]:
+    """Traffic per team and hour, plus the tenant's total under the key None."""
+    rows = (
+        UsageRecord.objects.for_tenant(tenant)
+        .filter(created_at__gte=since, created_at__lt=until)
+        .annotate(hour=TruncHour("created_at", tzinfo=UTC))
+        .values("team_id", "hour")
+        .annotate(
+            requests=Count("id"),
+            errors=Count("id", filter=Q(http_status__gte=400)),
+            cache_hits=Count("id", filter=Q(cache_status__in=[CacheStatus.HIT_EXACT, CacheStatus.HIT_SEMANTIC])),
+            tokens=Sum(F("prompt_tokens") + F("completion_tokens")),
+            cost=Sum("cost_usd"),
+        )
+    )
+    hourly: dict[int | None, dict[datetime, Traffic]] = defaultdict(lambda: defaultdict(Traffic))
+    for row in rows:
+        traffic = Traffic(row["requests"], row["errors"], row["cache_hits"], row["tokens"] or 0, row["cost"] or 0)
+        hourly[row["team_id"]][row["hour"]].add(traffic)
+        hourly[None][row["hour"]].add(traffic)
+    return hourly
+
+
+def _traffic_between(hours: dict[datetime, Traffic], start: datetime, end: datetime) -> Traffic:
+    total = Traffic()
+    for hour, traffic in hours.items():
+        if start <= hour < end:
+            total.add(traffic)
+    return total
+
+
+def tenant_anomalies_detect(*, tenant: Tenant, now: datetime) -> list[Anomaly]:
+    """Store and alert the anomalies of the windows ending at the last full hour; a rerun adds nothing."""
+    window_end = now.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+    day = timedelta(days=1)
+    hourly = _hourly_traffic(tenant=tenant, since=window_end - (BASELINE_DAYS + 1) * day, until=window_end)
+    min_requests = settings.LLMOPS_ANOMALY_MIN_REQUESTS
+    min_score = Decimal(str(settings.LLMOPS_ANOMALY_MIN_SCORE))
+    anomalies = []
+    for team_id, hours in hourly.items():
+        for window, window_hours in WINDOW_HOURS.items():
+            length = timedelta(hours=window_hours)
+            observed = _traffic_between(hours, window_end - length, window_end)
+            baseline = [
+                _traffic_between(hours, window_end - length - days_back * day, window_end - days_back * day)
+                for days_back in range(1, BASELINE_DAYS + 1)
+            ]
+            for finding in window_findings(observed=observed, baseline=baseline, min_requests=min_requests):
+                if abs(finding.score) >= min_score:
+                    anomaly = _anomaly_record(tenant, team_id, window, window_end, finding)
+                    if anomaly is not None:
+                        anomalies.append(anomaly)
+    return anomalies
+
+
+def _anomaly_record(tenant, team_id, window, window_end, finding: Finding) -> Anomaly | None:
+    with transaction.atomic():
+        anomaly, created = Anomaly.objects.get_or_create(
+            tenant=tenant,
+            team_id=team_id,
+            metric=finding.metric,
+            window=window,
+            window_end=window_end,
+            defaults={
+                "observed": finding.observed.quantize(VALUE_QUANTUM),
+                "baseline_median": finding.median.quantize(VALUE_QUANTUM),
+                "baseline_mad": finding.mad.quantize(VALUE_QUANTUM),
+                "score": finding.score,
+                "direction": finding.direction,
+            },
+        )
+        if not created:
+            return None
+        anomaly_alert_raise(anomaly=anomaly)
+    return anomaly

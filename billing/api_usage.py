@@ -1,0 +1,307 @@
+"""The usage API for finance users and tenant admins: usage rows or groups, CSV exports, async exports.
+
+The tenant comes from `?tenant=<slug>` checked against the caller's memberships (owner, admin or finance);
+a tenant the caller may not export answers 404 exactly like one that does not exist.
+"""
+
+from django.core.files.storage import default_storage
+from django.http import FileResponse, Http404
+from django.shortcuts import get_object_or_404
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from rest_framework import serializers, status
+from rest_framework.negotiation import BaseContentNegotiation
+from rest_framework.pagination import CursorPagination, LimitOffsetPagination
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from billing.costs import format_cost
+from billing.exports import (
+    ExportError,
+    ExportGrouping,
+    ExportParams,
+    aggregate_queryset,
+    csv_streaming_response,
+    export_params_parse,
+    group_labels,
+    is_sync_exportable,
+    sync_export_max_days,
+    tenants_exportable_by,
+    usage_export_chunks,
+    usage_filters_parse,
+    usage_ledger_queryset,
+)
+from billing.exports_async import usage_export_request
+from billing.models import ExportStatus, UsageExport, UsageRecord
+from billing.selectors import tenant_zone
+from tenants.models import Tenant
+
+
+def error_response(message: str, *, code: str, field: str = "", http_status: int = 400, **extra) -> Response:
+    return Response({"error": {"message": message, "code": code, "field": field, **extra}}, status=http_status)
+
+
+def export_error_response(error: ExportError) -> Response:
+    return error_response(error.message, code=error.code, field=error.field)
+
+
+def finance_tenant(request: Request) -> Tenant:
+    """The tenant named by ?tenant=, if the caller may export it; the only one they may export if unnamed."""
+    tenants = tenants_exportable_by(user=request.user)
+    slug = request.query_params.get("tenant") or request.data.get("tenant")
+    if slug:
+        return get_object_or_404(tenants, slug=slug)
+    only = list(tenants[:2])
+    if len(only) != 1:
+        raise ExportError("Name the tenant with ?tenant=<slug>.", code="missing_tenant", field="tenant")
+    return only[0]
+
+
+def _params(request: Request, source) -> tuple[ExportParams, object]:
+    params = export_params_parse(since=source.get("since"), until=source.get("until"), group_by=source.get("group_by"))
+    filters = usage_filters_parse(
+        team=source.get("team", ""),
+        key=source.get("key", ""),
+        model=source.get("model", ""),
+        status=source.get("status", ""),
+        cache=source.get("cache", ""),
+    )
+    return params, filters
+
+
+RANGE_PARAMETERS = [
+    OpenApiParameter("tenant", str, description="Tenant slug; optional when you may see exactly one tenant."),
+    OpenApiParameter("since", OpenApiTypes.DATE, required=True, description="First day, tenant time zone."),
+    OpenApiParameter("until", OpenApiTypes.DATE, required=True, description="Last day (inclusive), tenant time zone."),
+    OpenApiParameter(
+        "group_by",
+        str,
+        description=f"Comma-separated, among {', '.join(ExportGrouping.values)}; omit for one row per request.",
+    ),
+    OpenApiParameter("team", str, description="Team slug."),
+    OpenApiParameter("key", str, description="API key prefix."),
+    OpenApiParameter("model", str, description="Served model."),
+    OpenApiParameter("status", str, description="ok, error, or an HTTP status code."),
+    OpenApiParameter("cache", str, description="Cache status: miss, hit-exact, hit-semantic, bypass."),
+]
+
+
+class FirstRendererNegotiation(BaseContentNegotiation):
+    """The CSV endpoint answers CSV, or JSON errors, whatever the client's Accept header says."""
+
+    def select_parser(self, request, parsers):
+        return parsers[0]
+
+    def select_renderer(self, request, renderers, format_suffix=None):
+        return renderers[0], renderers[0].media_type
+
+
+class UsageRecordSerializer(serializers.ModelSerializer):
+    team = serializers.CharField(source="team.slug")
+    api_key_prefix = serializers.CharField(source="api_key.prefix")
+    cost_usd = serializers.SerializerMethodField()
+
+    class Meta:
+        model = UsageRecord
+        fields = (
+            "request_id",
+            "created_at",
+            "team",
+            "api_key_prefix",
+            "endpoint",
+            "requested_model",
+            "served_model",
+            "is_stream",
+            "prompt_tokens",
+            "cached_tokens",
+            "completion_tokens",
+            "usage_estimated",
+            "cost_usd",
+            "upstream_latency_ms",
+            "total_latency_ms",
+            "cache_status",
+            "routed_to_large",
+            "http_status",
+            "error_code",
+        )
+
+    def get_cost_usd(self, record: UsageRecord) -> str:
+        return format_cost(record.cost_usd)
+
+
+UsageGroupSerializer = inline_serializer(
+    "UsageGroup",
+    fields={
+        **{grouping: serializers.CharField(required=False) for grouping in ExportGrouping.values},
+        "requests": serializers.IntegerField(),
+        "errors": serializers.IntegerField(),
+        "prompt_tokens": serializers.IntegerField(),
+        "cached_tokens": serializers.IntegerField(),
+        "completion_tokens": serializers.IntegerField(),
+        "cost_usd": serializers.DecimalField(max_digits=20, decimal_places=10),
+    },
+)
+
+
+class UsageCursorPagination(CursorPagination):
+    ordering = ("-created_at", "-id")
+    page_size = 100
+    page_size_query_param = "page_size"
+    max_page_size = 1000
+
+
+class UsageGroupPagination(LimitOffsetPagination):
+    default_limit = 100
+    max_limit = 1000
+
+
+class UsageView(APIView):
+    """Usage of one tenant: one row per request (cursor-paginated), or groups with ?group_by= (limit/offset)."""
+
+    @extend_schema(
+        parameters=[
+            *RANGE_PARAMETERS,
+            OpenApiParameter("cursor", str, description="Page cursor (ungrouped)."),
+            OpenApiParameter("page_size", int, description="Rows per page (ungrouped), at most 1000."),
+            OpenApiParameter("limit", int, description="Groups per page (grouped), at most 1000."),
+            OpenApiParameter("offset", int, description="First group (grouped)."),
+        ],
+        responses={200: UsageRecordSerializer(many=True)},
+        description="Ungrouped: paginated ledger rows, newest first. Grouped: paginated UsageGroup rows.",
+    )
+    def get(self, request: Request) -> Response:
+        try:
+            tenant = finance_tenant(request)
+            params, filters = _params(request, request.query_params)
+        except ExportError as error:
+            return export_error_response(error)
+        records = filters.apply(usage_ledger_queryset(tenant=tenant, params=params))
+        if not params.group_by:
+            paginator = UsageCursorPagination()
+            page = paginator.paginate_queryset(records.select_related("team", "api_key"), request, view=self)
+            return paginator.get_paginated_response(UsageRecordSerializer(page, many=True).data)
+        groups = aggregate_queryset(records, group_by=params.group_by, zone=tenant_zone(tenant=tenant))
+        paginator = UsageGroupPagination()
+        page = paginator.paginate_queryset(groups, request, view=self)
+        return paginator.get_paginated_response([_group_payload(row, params.group_by) for row in page])
+
+
+def _group_payload(row: dict, group_by: tuple[ExportGrouping, ...]) -> dict:
+    return {
+        **group_labels(row, group_by),
+        "requests": row["requests"],
+        "errors": row["errors"],
+        "prompt_tokens": row["prompt_tokens"],
+        "cached_tokens": row["cached_tokens"],
+        "completion_tokens": row["completion_tokens"],
+        "cost_usd": format_cost(row["cost_usd"]),
+    }
+
+
+class UsageExportCsvView(APIView):
+    """Stream a CSV export; ranges longer than the synchronous limit are refused with a pointer to the async export."""
+
+    content_negotiation_class = FirstRendererNegotiation
+
+    @extend_schema(parameters=RANGE_PARAMETERS, responses={(200, "text/csv"): OpenApiTypes.STR})
+    def get(self, request: Request):
+        try:
+            tenant = finance_tenant(request)
+            params, filters = _params(request, request.query_params)
+        except ExportError as error:
+            return export_error_response(error)
+        if not is_sync_exportable(params):
+            return error_response(
+                f"A range of {params.days} days is too long to stream (the limit is {sync_export_max_days()} days). "
+                "POST the same parameters to the async export and fetch the file when it is ready.",
+                code="range_too_large_for_sync_export",
+                field="until",
+                async_export={"method": "POST", "url": "/api/usage/exports/"},
+            )
+        chunks = usage_export_chunks(tenant=tenant, params=params, queryset=filters.apply(UsageRecord.objects.all()))
+        return csv_streaming_response(request._request, chunks, filename=params.filename(tenant))
+
+
+ExportStatusSerializer = inline_serializer(
+    "UsageExportStatus",
+    fields={
+        "id": serializers.IntegerField(),
+        "status": serializers.ChoiceField(choices=ExportStatus.choices),
+        "since": serializers.DateField(),
+        "until": serializers.DateField(),
+        "group_by": serializers.CharField(),
+        "error": serializers.CharField(),
+        "status_url": serializers.CharField(),
+        "download_url": serializers.CharField(allow_null=True),
+    },
+)
+
+
+def _export_payload(export: UsageExport) -> dict:
+    base = f"/api/usage/exports/{export.pk}/"
+    return {
+        "id": export.pk,
+        "status": export.status,
+        "since": export.since.isoformat(),
+        "until": export.until.isoformat(),
+        "group_by": export.group_by,
+        "error": export.error,
+        "status_url": base,
+        "download_url": f"{base}download" if export.status == ExportStatus.DONE else None,
+    }
+
+
+class UsageExportCreateView(APIView):
+    @extend_schema(
+        request=inline_serializer(
+            "UsageExportRequest",
+            fields={
+                "tenant": serializers.CharField(required=False),
+                "since": serializers.DateField(),
+                "until": serializers.DateField(),
+                "group_by": serializers.CharField(required=False),
+            },
+        ),
+        responses={202: ExportStatusSerializer},
+    )
+    def post(self, request: Request) -> Response:
+        try:
+            tenant = finance_tenant(request)
+            params = export_params_parse(
+                since=request.data.get("since"), until=request.data.get("until"), group_by=request.data.get("group_by")
+            )
+        except ExportError as error:
+            return export_error_response(error)
+        export = usage_export_request(tenant=tenant, user=request.user, params=params)
+        export.refresh_from_db()
+        return Response(_export_payload(export), status=status.HTTP_202_ACCEPTED)
+
+
+def _visible_export(request: Request, export_id: int) -> UsageExport:
+    return get_object_or_404(
+        UsageExport.objects.filter(tenant__in=tenants_exportable_by(user=request.user)), pk=export_id
+    )
+
+
+class UsageExportStatusView(APIView):
+    @extend_schema(responses={200: ExportStatusSerializer})
+    def get(self, request: Request, export_id: int) -> Response:
+        return Response(_export_payload(_visible_export(request, export_id)))
+
+
+class UsageExportDownloadView(APIView):
+    content_negotiation_class = FirstRendererNegotiation
+
+    @extend_schema(responses={(200, "text/csv"): OpenApiTypes.STR})
+    def get(self, request: Request, export_id: int):
+        export = _visible_export(request, export_id)
+        if export.status != ExportStatus.DONE:
+            raise Http404("The export is not ready.")
+        filename = export.file_name.rsplit("/", 1)[-1].split("-", 1)[1]
+        return FileResponse(
+            default_storage.open(export.file_name, "rb"),
+            as_attachment=True,
+            filename=filename,
+            content_type="text/csv; charset=utf-8",
+        )

@@ -1,0 +1,1 @@
+"""Budgets: the in-memory index the gateway holds, and the reservation engine that enforces it."""

@@ -1,0 +1,39 @@
+"""Budget periods as windows in the tenant's time zone. The window key is part of each counter's key."""
+
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta
+from zoneinfo import ZoneInfo
+
+from billing.models import BudgetPeriod
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetWindow:
+    key: str
+    start: datetime
+    end: datetime
+
+
+def budget_window(*, period: str, zone: ZoneInfo, now: datetime) -> BudgetWindow:
+    """The period holding `now`: a day ("2026-11-03"), an ISO week from Monday ("2026-W45"), or a month ("2026-11")."""
+    today = now.astimezone(zone).date()
+    if period == BudgetPeriod.DAY:
+        first, following = today, today + timedelta(days=1)
+        key = today.isoformat()
+    elif period == BudgetPeriod.WEEK:
+        first = today - timedelta(days=today.weekday())
+        following = first + timedelta(days=7)
+        iso_year, iso_week, _ = today.isocalendar()
+        key = f"{iso_year}-W{iso_week:02d}"
+    elif period == BudgetPeriod.MONTH:
+        first = today.replace(day=1)
+        following = (first + timedelta(days=32)).replace(day=1)
+        key = f"{first:%Y-%m}"
+    else:
+        raise ValueError(f"unknown budget period {period!r}")
+    return BudgetWindow(key=key, start=_midnight(first, zone), end=_midnight(following, zone))
+
+
+def _midnight(day: date, zone: ZoneInfo) -> datetime:
+    # Through UTC, so a DST change inside the period cannot shift the boundary.
+    return datetime.combine(day, time.min, tzinfo=zone).astimezone(ZoneInfo("UTC"))

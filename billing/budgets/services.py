@@ -1,0 +1,250 @@
+"""Creating, changing and repairing budgets. The admin, the API and `manage.py budget_set` all come here."""
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from itertools import pairwise
+
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.utils import timezone
+
+from billing.budgets.index import UNITS_PER_USD, budget_entry
+from billing.budgets.reservations import BudgetHold, units_to_usd, usd_to_units
+from billing.budgets.selectors import budget_current_window, budget_ledger_spend
+from billing.models import AlertChannel, Budget, BudgetAction, BudgetCounter, BudgetPeriod, BudgetScope
+from llmops.redis import sync_redis
+from tenants.models import ApiKey, Team, Tenant
+
+logger = logging.getLogger(__name__)
+
+BUDGET_FIELDS = ("scope", "team", "api_key", "model_name", "period", "limit_usd", "thresholds", "action", "is_active")
+
+
+def budget_validate(
+    *,
+    tenant: Tenant,
+    scope: str,
+    team: Team | None,
+    api_key: ApiKey | None,
+    model_name: str,
+    period: str,
+    limit_usd: Decimal,
+    thresholds: list[int],
+    action: str,
+) -> None:
+    """Refuse a budget that cannot mean anything, with one message per field."""
+    errors: dict[str, str] = {}
+    if scope not in BudgetScope.values:
+        errors["scope"] = f"Scope must be one of {', '.join(BudgetScope.values)}."
+    if period not in BudgetPeriod.values:
+        errors["period"] = f"Period must be one of {', '.join(BudgetPeriod.values)}."
+    if action not in BudgetAction.values:
+        errors["action"] = f"Action must be one of {', '.join(BudgetAction.values)}."
+    if limit_usd is None or limit_usd <= 0:
+        errors["limit_usd"] = "The limit must be more than 0 USD."
+    elif -limit_usd.as_tuple().exponent > 10 or limit_usd * UNITS_PER_USD >= 10**20:
+        errors["limit_usd"] = "The limit must have at most 10 decimal places and fewer than 10 digits before them."
+    thresholds_error = _thresholds_error(thresholds)
+    if thresholds_error:
+        errors["thresholds"] = thresholds_error
+    wanted = {BudgetScope.TEAM: "team", BudgetScope.KEY: "api_key", BudgetScope.TENANT_MODEL: "model_name"}
+    targets = {"team": team, "api_key": api_key, "model_name": model_name}
+    for field, value in targets.items():
+        if wanted.get(scope) == field and not value:
+            errors[field] = f"A {scope} budget needs a {field.replace('_', ' ')}."
+        elif wanted.get(scope) != field and value:
+            errors[field] = f"A {scope} budget takes no {field.replace('_', ' ')}."
+    if team is not None and team.tenant_id != tenant.pk:
+        errors["team"] = "No such team in this tenant."
+    if api_key is not None and api_key.tenant_id != tenant.pk:
+        errors["api_key"] = "No such API key in this tenant."
+    if errors:
+        raise ValidationError(errors)
+
+
+def _thresholds_error(thresholds) -> str:
+    if not isinstance(thresholds, list | tuple) or not all(
+        isinstance(value, int) and not isinstance(value, bool) for value in thresholds
+    ):
+        return "Thresholds must be a list of whole percentages, e.g. 50, 80, 100."
+    if any(value <= 0 or value > 100 for value in thresholds):
+        return "Each threshold must be a percentage from 1 to 100."
+    if any(later <= earlier for earlier, later in pairwise(thresholds)):
+        return "Thresholds must be in increasing order, each once."
+    return ""
+
+
+@transaction.atomic
+def budget_create(
+    *,
+    tenant: Tenant,
+    limit_usd: Decimal,
+    period: str = BudgetPeriod.MONTH,
+    scope: str = BudgetScope.TENANT,
+    team: Team | None = None,
+    api_key: ApiKey | None = None,
+    model_name: str = "",
+    thresholds: list[int] | None = None,
+    action: str = BudgetAction.BLOCK,
+    is_active: bool = True,
+    channels: list[AlertChannel] | None = None,
+) -> Budget:
+    budget = Budget(tenant=tenant, limit_usd=limit_usd, period=period, scope=scope, team=team, api_key=api_key)
+    budget.model_name, budget.action, budget.is_active = model_name, action, is_active
+    budget.thresholds = list(thresholds) if thresholds is not None else budget.thresholds
+    _validate_instance(budget)
+    budget.save()
+    if channels is not None:
+        budget_channels_set(budget=budget, channels=channels)
+    return budget
+
+
+@transaction.atomic
+def budget_update(*, budget: Budget, channels: list[AlertChannel] | None = None, **changes) -> Budget:
+    unknown = set(changes) - set(BUDGET_FIELDS)
+    if unknown:
+        raise TypeError(f"budget_update() got unknown fields {sorted(unknown)}")
+    for field, value in changes.items():
+        setattr(budget, field, list(value) if field == "thresholds" else value)
+    _validate_instance(budget)
+    budget.save()
+    if channels is not None:
+        budget_channels_set(budget=budget, channels=channels)
+    return budget
+
+
+def budget_channels_set(*, budget: Budget, channels: list[AlertChannel]) -> None:
+    if any(channel.tenant_id != budget.tenant_id for channel in channels):
+        raise ValidationError({"channels": "No such alert channel in this tenant."})
+    budget.channels.set(channels)
+
+
+def budget_set(
+    *,
+    tenant: Tenant,
+    period: str,
+    limit_usd: Decimal,
+    team: Team | None = None,
+    api_key: ApiKey | None = None,
+    model_name: str = "",
+    action: str | None = None,
+    thresholds: list[int] | None = None,
+) -> tuple[Budget, bool]:
+    """Create the budget for this target and period, or change the one there is. Returns it and whether it is new."""
+    scope = (
+        BudgetScope.TEAM
+        if team
+        else BudgetScope.KEY
+        if api_key
+        else BudgetScope.TENANT_MODEL
+        if model_name
+        else BudgetScope.TENANT
+    )
+    existing = (
+        Budget.objects.for_tenant(tenant)
+        .filter(scope=scope, team=team, api_key=api_key, model_name=model_name, period=period)
+        .order_by("pk")
+        .first()
+    )
+    if existing is None:
+        budget = budget_create(
+            tenant=tenant,
+            scope=scope,
+            team=team,
+            api_key=api_key,
+            model_name=model_name,
+            period=period,
+            limit_usd=limit_usd,
+            action=action or BudgetAction.BLOCK,
+            thresholds=thresholds,
+        )
+        return budget, True
+    changes = {"limit_usd": limit_usd, "is_active": True}
+    if action is not None:
+        changes["action"] = action
+    if thresholds is not None:
+        changes["thresholds"] = thresholds
+    return budget_update(budget=existing, **changes), False
+
+
+def _validate_instance(budget: Budget) -> None:
+    budget_validate(
+        tenant=budget.tenant,
+        scope=budget.scope,
+        team=budget.team,
+        api_key=budget.api_key,
+        model_name=budget.model_name,
+        period=budget.period,
+        limit_usd=budget.limit_usd,
+        thresholds=budget.thresholds,
+        action=budget.action,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class CounterCheck:
+    budget_id: int
+    period_key: str
+    counted_usd: Decimal
+    ledger_usd: Decimal
+
+    @property
+    def agrees(self) -> bool:
+        return self.counted_usd == self.ledger_usd
+
+
+def _hold(budget: Budget, now: datetime) -> BudgetHold:
+    return BudgetHold(entry=budget_entry(budget), window=budget_current_window(budget=budget, now=now))
+
+
+def budget_counters_rebuild(*, budget: Budget, now: datetime | None = None) -> Decimal:
+    """Set the current period's spent counter (Redis, else the database row) to the ledger's sum; keep reservations."""
+    hold = _hold(budget, now or timezone.now())
+    spent = budget_ledger_spend(budget=budget, window=hold.window)
+    client = sync_redis()
+    if client is not None:
+        client.hset(hold.redis_key, "spent", usd_to_units(spent))
+    else:
+        BudgetCounter.objects.update_or_create(budget=budget, period_key=hold.window.key, defaults={"spent_usd": spent})
+    logger.info("budget %s counter for %s rebuilt from the ledger: %s USD", budget.pk, hold.window.key, spent)
+    return spent
+
+
+def budget_counter_check(*, budget: Budget, now: datetime) -> CounterCheck:
+    hold = _hold(budget, now)
+    client = sync_redis()
+    if client is not None:
+        counted = units_to_usd(int(client.hget(hold.redis_key, "spent") or 0))
+    else:
+        counter = BudgetCounter.objects.filter(budget=budget, period_key=hold.window.key).first()
+        counted = counter.spent_usd if counter else Decimal(0)
+    return CounterCheck(
+        budget_id=budget.pk,
+        period_key=hold.window.key,
+        counted_usd=counted,
+        ledger_usd=budget_ledger_spend(budget=budget, window=hold.window),
+    )
+
+
+def budget_counters_check(*, now: datetime | None = None) -> list[CounterCheck]:
+    """Compare every active budget's counter with the ledger; log each that disagrees and return those."""
+    now = now or timezone.now()
+    disagreeing = []
+    for budget in Budget.objects.filter(is_active=True).select_related("tenant"):
+        check = budget_counter_check(budget=budget, now=now)
+        if not check.agrees:
+            logger.warning(
+                "budget %s counter for %s says %s USD, the ledger %s USD; run budget_counters_rebuild",
+                check.budget_id,
+                check.period_key,
+                check.counted_usd,
+                check.ledger_usd,
+            )
+            disagreeing.append(check)
+    return disagreeing
+
+
+def budget_delete(*, budget: Budget) -> None:
+    budget.delete()

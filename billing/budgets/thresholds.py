@@ -1,0 +1,66 @@
+"""Threshold crossings noticed on the request path, handed to Celery without blocking the event loop.
+
+The request path only notices; billing.tasks.budget_threshold_alert inserts the BudgetAlert row whose
+unique constraint makes the alert exactly-once across replicas and retries. The in-process set below
+only spares the broker a task per refused request.
+"""
+
+import logging
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+
+from django.db import connections
+
+from billing.budgets.index import BudgetEntry
+
+logger = logging.getLogger(__name__)
+
+MAX_REMEMBERED_CROSSINGS = 10_000
+
+_enqueue_executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="budget-alerts")
+_enqueued: set[tuple[int, str, int]] = set()
+_pending: set[Future] = set()
+_lock = threading.Lock()
+
+Crossing = tuple[BudgetEntry, str, int, int]  # entry, period key, threshold %, spent units
+
+
+def crossed_thresholds(*, entry: BudgetEntry, spent_before: int, spent_after: int) -> list[int]:
+    """Thresholds (percent of the limit) that spend passed on its way from `spent_before` to `spent_after`."""
+    limit = entry.limit_units
+    return [threshold for threshold in entry.thresholds if spent_before * 100 < threshold * limit <= spent_after * 100]
+
+
+def threshold_alerts_enqueue(*, crossings: list[Crossing]) -> None:
+    fresh = []
+    with _lock:
+        if len(_enqueued) > MAX_REMEMBERED_CROSSINGS:
+            _enqueued.clear()
+        for entry, period_key, threshold, spent_units in crossings:
+            if (entry.budget_id, period_key, threshold) not in _enqueued:
+                _enqueued.add((entry.budget_id, period_key, threshold))
+                fresh.append((entry.budget_id, period_key, threshold, spent_units))
+    if fresh:
+        future = _enqueue_executor.submit(_send_tasks, fresh)
+        _pending.add(future)
+        future.add_done_callback(_pending.discard)
+
+
+def threshold_alerts_wait(timeout: float = 10.0) -> None:
+    """Wait for enqueues in flight, e.g. before a worker process exits."""
+    wait(list(_pending), timeout=timeout)
+
+
+def _send_tasks(crossings: list[tuple[int, str, int, int]]) -> None:
+    from billing.tasks import budget_threshold_alert
+
+    try:
+        for budget_id, period_key, threshold, spent_units in crossings:
+            budget_threshold_alert.delay(budget_id, period_key, threshold, spent_units)
+    except Exception:
+        logger.exception("could not enqueue budget threshold alerts %s", crossings)
+        with _lock:
+            _enqueued.difference_update((b, p, t) for b, p, t, _ in crossings)
+    finally:
+        # A thread seldom used: hold no database connection between crossings.
+        connections.close_all()

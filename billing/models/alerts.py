@@ -1,0 +1,149 @@
+"""Where alerts go, the alerts raised, each delivery attempt's outcome, and detected anomalies."""
+
+from django.db import models
+from django.db.models import Q
+
+from billing.models.budgets import Budget
+from billing.models.ledger import COST_FIELD
+from tenants.models import Team, Tenant, TenantScopedQuerySet
+
+
+class ChannelKind(models.TextChoices):
+    EMAIL = "email", "Email"
+    SLACK = "slack", "Slack incoming webhook"
+    WEBHOOK = "webhook", "Signed webhook (HMAC-SHA256)"
+    SNS = "sns", "AWS SNS topic"
+
+
+class AlertChannel(models.Model):
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="alert_channels")
+    name = models.CharField(max_length=200)
+    kind = models.CharField(max_length=16, choices=ChannelKind.choices)
+    target = models.CharField(max_length=1000, help_text="Email address, webhook URL, or SNS topic ARN.")
+    signing_secret_encrypted = models.TextField(blank=True, editable=False)
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    objects = TenantScopedQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["tenant__slug", "name"]
+
+    def __str__(self):
+        return f"{self.tenant.slug}/{self.name} ({self.kind})"
+
+
+class BudgetAlert(models.Model):
+    """One per budget, period and threshold: the unique constraint is what makes alerting exactly-once."""
+
+    budget = models.ForeignKey(Budget, on_delete=models.CASCADE, related_name="alerts")
+    period_key = models.CharField(max_length=16)
+    threshold = models.PositiveSmallIntegerField()
+    spent_usd = models.DecimalField(**COST_FIELD)
+    limit_usd = models.DecimalField(**COST_FIELD)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["budget", "period_key", "threshold"], name="budget_alert_once_per_period")
+        ]
+
+    def __str__(self):
+        return f"{self.budget} {self.period_key} {self.threshold}%"
+
+
+class AnomalyMetric(models.TextChoices):
+    SPEND = "spend", "Spend (USD)"
+    TOKENS_PER_REQUEST = "tokens_per_request", "Tokens per request"
+    CACHE_HIT_RATE = "cache_hit_rate", "Cache hit rate"
+    ERROR_RATE = "error_rate", "Error rate"
+
+
+class AnomalyWindow(models.TextChoices):
+    HOUR = "hour", "Last hour"
+    DAY = "day", "Last day"
+
+
+class AnomalyDirection(models.TextChoices):
+    SPIKE = "spike", "Spike"
+    DROP = "drop", "Drop"
+
+
+class Anomaly(models.Model):
+    """A window whose metric lies far from its trailing robust baseline, with the numbers that said so."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="anomalies")
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, null=True, blank=True, related_name="anomalies")
+    metric = models.CharField(max_length=32, choices=AnomalyMetric.choices)
+    window = models.CharField(max_length=8, choices=AnomalyWindow.choices)
+    window_end = models.DateTimeField()
+    observed = models.DecimalField(**COST_FIELD)
+    baseline_median = models.DecimalField(**COST_FIELD)
+    baseline_mad = models.DecimalField(**COST_FIELD)
+    score = models.DecimalField(max_digits=14, decimal_places=4)
+    direction = models.CharField(max_length=8, choices=AnomalyDirection.choices)
+    detected_at = models.DateTimeField(auto_now_add=True)
+
+    objects = TenantScopedQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-detected_at"]
+        verbose_name_plural = "anomalies"
+        # Two partial constraints instead of nulls_distinct=False, which SQLite (the demo) cannot enforce.
+        constraints = [
+            models.UniqueConstraint(
+                fields=["tenant", "team", "metric", "window", "window_end"],
+                condition=models.Q(team__isnull=False),
+                name="anomaly_once_per_window_team",
+            ),
+            models.UniqueConstraint(
+                fields=["tenant", "metric", "window", "window_end"],
+                condition=models.Q(team__isnull=True),
+                name="anomaly_once_per_window_tenant",
+            ),
+        ]
+
+    def __str__(self):
+        who = self.team.slug if self.team_id else self.tenant.slug
+        return f"{who} {self.metric} {self.direction} ({self.window} to {self.window_end:%Y-%m-%d %H:%M})"
+
+
+class DeliveryStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    SENT = "sent", "Sent"
+    FAILED = "failed", "Failed after all retries"
+
+
+class AlertDelivery(models.Model):
+    """One alert (budget threshold or anomaly) to one channel, with its attempts and last error."""
+
+    budget_alert = models.ForeignKey(
+        BudgetAlert, on_delete=models.CASCADE, null=True, blank=True, related_name="deliveries"
+    )
+    anomaly = models.ForeignKey(Anomaly, on_delete=models.CASCADE, null=True, blank=True, related_name="deliveries")
+    channel = models.ForeignKey(AlertChannel, on_delete=models.CASCADE, related_name="deliveries")
+    status = models.CharField(max_length=8, choices=DeliveryStatus.choices, default=DeliveryStatus.PENDING)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    last_error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name_plural = "alert deliveries"
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(budget_alert__isnull=False, anomaly__isnull=True)
+                | Q(budget_alert__isnull=True, anomaly__isnull=False),
+                name="alert_delivery_one_subject",
+            ),
+            models.UniqueConstraint(fields=["budget_alert", "channel"], name="alert_delivery_once_per_budget_alert"),
+            models.UniqueConstraint(fields=["anomaly", "channel"], name="alert_delivery_once_per_anomaly"),
+        ]
+
+    def __str__(self):
+        return f"{self.subject()} → {self.channel}"
+
+    def subject(self) -> BudgetAlert | Anomaly:
+        return self.budget_alert if self.budget_alert_id else self.anomaly

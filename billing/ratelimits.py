@@ -1,0 +1,203 @@
+"""Requests and tokens per minute, per key and per team, in fixed one-minute windows.
+
+With Redis one Lua script checks every applicable limit and counts the request only if all pass,
+so replicas share the limits. Without Redis, or while it is unreachable, each process counts on
+its own (a limit then holds per process). A refused request is not counted.
+"""
+
+import logging
+import math
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from django.core.exceptions import ValidationError
+from redis.exceptions import RedisError
+
+from billing.budgets.index import RateLimitEntry, RateLimitIndex
+from billing.models import RateLimit
+from llmops.redis import async_redis
+from tenants.models import ApiKey, Team, Tenant
+
+logger = logging.getLogger(__name__)
+
+WINDOW_SECONDS = 60
+COUNTER_TTL_SECONDS = 2 * WINDOW_SECONDS
+
+# KEYS: request and token counters of each limit, in pairs. ARGV[1]: tokens; ARGV[2]: ttl;
+# then per limit: requests per minute and tokens per minute, 0 for none.
+# Returns {allowed 1/0, then per limit the request and token counts after (or as they stand, when refused)}.
+RATE_LIMIT_SCRIPT = """
+local tokens = tonumber(ARGV[1])
+local counts = {}
+local allowed = 1
+for i = 1, #KEYS / 2 do
+  local requests = tonumber(redis.call('GET', KEYS[2 * i - 1]) or '0')
+  local used_tokens = tonumber(redis.call('GET', KEYS[2 * i]) or '0')
+  local rpm, tpm = tonumber(ARGV[2 * i + 1]), tonumber(ARGV[2 * i + 2])
+  if (rpm > 0 and requests + 1 > rpm) or (tpm > 0 and used_tokens + tokens > tpm) then
+    allowed = 0
+  end
+  counts[2 * i - 1], counts[2 * i] = requests, used_tokens
+end
+if allowed == 1 then
+  for i = 1, #KEYS / 2 do
+    counts[2 * i - 1] = redis.call('INCR', KEYS[2 * i - 1])
+    redis.call('EXPIRE', KEYS[2 * i - 1], ARGV[2])
+    counts[2 * i] = redis.call('INCRBY', KEYS[2 * i], tokens)
+    redis.call('EXPIRE', KEYS[2 * i], ARGV[2])
+  end
+end
+local result = {allowed}
+for i = 1, #counts do result[i + 1] = counts[i] end
+return result
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitResult:
+    allowed: bool
+    retry_after_seconds: int | None  # when refused: until the window resets
+    headers: dict[str, str] = field(default_factory=dict)  # OpenAI's x-ratelimit-* headers, for every answer
+
+
+ALLOWED_UNLIMITED = RateLimitResult(allowed=True, retry_after_seconds=None)
+
+
+class _LocalCounters:
+    """The in-process fallback: request and token counts per limit in the current window."""
+
+    def __init__(self):
+        self._window = -1
+        self._counts: dict[str, tuple[int, int]] = {}
+        self._lock = threading.Lock()
+
+    def check(self, limits: list[RateLimitEntry], window: int, tokens: int) -> tuple[bool, list[tuple[int, int]]]:
+        with self._lock:
+            if window != self._window:
+                self._window, self._counts = window, {}
+            current = [self._counts.get(limit.subject, (0, 0)) for limit in limits]
+            allowed = all(
+                _fits(limit, requests, used, tokens) for limit, (requests, used) in zip(limits, current, strict=True)
+            )
+            if allowed:
+                current = [(requests + 1, used + tokens) for requests, used in current]
+                self._counts.update((limit.subject, counts) for limit, counts in zip(limits, current, strict=True))
+            return allowed, current
+
+
+_local_counters = _LocalCounters()
+
+
+def _fits(limit: RateLimitEntry, requests: int, used_tokens: int, tokens: int) -> bool:
+    requests_fit = limit.requests_per_minute is None or requests + 1 <= limit.requests_per_minute
+    tokens_fit = limit.tokens_per_minute is None or used_tokens + tokens <= limit.tokens_per_minute
+    return requests_fit and tokens_fit
+
+
+async def rate_limit_check(
+    *, limits: RateLimitIndex, key_id: int, team_id: int, tokens: int, now: datetime
+) -> RateLimitResult:
+    """Count the request (prompt tokens + max_tokens) against the key's and the team's limits if all allow it."""
+    applicable = limits.applicable(key_id=key_id, team_id=team_id)
+    if not applicable:
+        return ALLOWED_UNLIMITED
+    epoch = now.timestamp()
+    window = int(epoch // WINDOW_SECONDS)
+    reset_seconds = (window + 1) * WINDOW_SECONDS - epoch
+    client = async_redis()
+    counts = None
+    if client is not None:
+        try:
+            allowed, counts = await _redis_check(client, applicable, window, tokens)
+        except RedisError as exc:
+            logger.warning("rate limits in Redis unreachable (%s); counting in this process", exc)
+    if counts is None:
+        allowed, counts = _local_counters.check(applicable, window, tokens)
+    return RateLimitResult(
+        allowed=allowed,
+        retry_after_seconds=None if allowed else max(math.ceil(reset_seconds), 1),
+        headers=_headers(applicable, counts, reset_seconds),
+    )
+
+
+async def _redis_check(client, limits: list[RateLimitEntry], window: int, tokens: int):
+    keys, arguments = [], [tokens, COUNTER_TTL_SECONDS]
+    for limit in limits:
+        keys += [f"llmops:rl:{limit.subject}:{window}:requests", f"llmops:rl:{limit.subject}:{window}:tokens"]
+        arguments += [limit.requests_per_minute or 0, limit.tokens_per_minute or 0]
+    result = await client.eval(RATE_LIMIT_SCRIPT, len(keys), *keys, *arguments)
+    counts = [(int(result[2 * i + 1]), int(result[2 * i + 2])) for i in range(len(limits))]
+    return result[0] == 1, counts
+
+
+def _headers(limits: list[RateLimitEntry], counts: list[tuple[int, int]], reset_seconds: float) -> dict[str, str]:
+    """The tightest of the limits for requests and for tokens, as OpenAI names them."""
+    reset = _duration(reset_seconds)
+    headers = {}
+    request_limits = [
+        (limit.requests_per_minute, limit.requests_per_minute - requests)
+        for limit, (requests, _) in zip(limits, counts, strict=True)
+        if limit.requests_per_minute is not None
+    ]
+    if request_limits:
+        ceiling, remaining = min(request_limits, key=lambda pair: pair[1])
+        headers["x-ratelimit-limit-requests"] = str(ceiling)
+        headers["x-ratelimit-remaining-requests"] = str(max(remaining, 0))
+        headers["x-ratelimit-reset-requests"] = reset
+    token_limits = [
+        (limit.tokens_per_minute, limit.tokens_per_minute - used)
+        for limit, (_, used) in zip(limits, counts, strict=True)
+        if limit.tokens_per_minute is not None
+    ]
+    if token_limits:
+        ceiling, remaining = min(token_limits, key=lambda pair: pair[1])
+        headers["x-ratelimit-limit-tokens"] = str(ceiling)
+        headers["x-ratelimit-remaining-tokens"] = str(max(remaining, 0))
+        headers["x-ratelimit-reset-tokens"] = reset
+    return headers
+
+
+def _duration(seconds: float) -> str:
+    """OpenAI's format: "59s", "1.5s", "250ms"."""
+    if seconds < 1:
+        return f"{max(round(seconds * 1000), 1)}ms"
+    return f"{seconds:.3f}".rstrip("0").rstrip(".") + "s"
+
+
+def rate_limit_validate(
+    *, tenant: Tenant, team: Team | None, api_key: ApiKey | None, requests_per_minute, tokens_per_minute
+) -> None:
+    if (team is None) == (api_key is None):
+        raise ValidationError("A rate limit is for one team or one API key.")
+    if (team or api_key).tenant_id != tenant.pk:
+        raise ValidationError("No such team or API key in this tenant.")
+    if requests_per_minute is None and tokens_per_minute is None:
+        raise ValidationError("Set requests per minute, tokens per minute, or both.")
+
+
+def rate_limit_create(
+    *,
+    tenant: Tenant,
+    team: Team | None = None,
+    api_key: ApiKey | None = None,
+    requests_per_minute: int | None = None,
+    tokens_per_minute: int | None = None,
+) -> RateLimit:
+    rate_limit_validate(
+        tenant=tenant,
+        team=team,
+        api_key=api_key,
+        requests_per_minute=requests_per_minute,
+        tokens_per_minute=tokens_per_minute,
+    )
+    rate_limit = RateLimit(
+        tenant=tenant,
+        team=team,
+        api_key=api_key,
+        requests_per_minute=requests_per_minute,
+        tokens_per_minute=tokens_per_minute,
+    )
+    rate_limit.full_clean()
+    rate_limit.save()
+    return rate_limit

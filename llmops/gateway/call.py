@@ -1,0 +1,150 @@
+"""One request as it moves through the gateway, and what becomes of it in the ledger."""
+
+import secrets
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+
+from django.utils import timezone
+
+from billing.budgets.reservations import Reservation
+from billing.costs import format_cost, usage_cost
+from billing.models import CacheStatus
+from billing.services import UsageEvent
+from routing.catalog import ModelEntry
+from tenants.authentication import KeyPrincipal
+
+
+def new_request_id() -> str:
+    return f"req_{secrets.token_hex(12)}"
+
+
+@dataclass(slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    cache_write_tokens: int = 0
+    completion_tokens: int = 0
+    estimated: bool = False
+
+    @classmethod
+    def from_provider(cls, usage: dict) -> "Usage":
+        details = usage.get("prompt_tokens_details") or {}
+        return cls(
+            prompt_tokens=int(usage.get("prompt_tokens") or 0),
+            cached_tokens=int(details.get("cached_tokens") or 0),
+            cache_write_tokens=int(details.get("cache_write_tokens") or 0),
+            completion_tokens=int(usage.get("completion_tokens") or 0),
+        )
+
+
+@dataclass(slots=True)
+class GatewayCall:
+    """One request as it moves through the pipeline; becomes its ledger row."""
+
+    principal: KeyPrincipal
+    endpoint: str
+    request_id: str = field(default_factory=new_request_id)
+    started: float = field(default_factory=time.perf_counter)
+    created_at: datetime = field(default_factory=timezone.now)
+    requested_model: str = ""
+    served: ModelEntry | None = None
+    is_stream: bool = False
+    route: str = ""
+    route_explanation: str = ""
+    routed_to_large: bool = False
+    policy_version: int | None = None
+    prompt_tokens_before_compression: int | None = None
+    prompt_tokens_after_compression: int | None = None
+    injection_flagged: bool = False
+    attempts: int = 0
+    tags: list[str] = field(default_factory=list)
+    # The model the request would have used without routing: the one it named, or its alias's large model.
+    routing_baseline: ModelEntry | None = None
+    upstream_ms: int | None = None
+    cost_usd: str | None = None
+    reservation: Reservation | None = None
+    budget_remaining_usd: str | None = None
+    extra_headers: dict[str, str] = field(default_factory=dict)
+
+    def elapsed_ms(self) -> int:
+        return int((time.perf_counter() - self.started) * 1000)
+
+    def overhead_ms(self) -> float:
+        total = (time.perf_counter() - self.started) * 1000
+        return max(total - (self.upstream_ms or 0), 0.0)
+
+    def usage_event(self, *, http_status: int, usage: Usage | None = None, error_code: str = "") -> UsageEvent:
+        usage = usage or Usage()
+        event = UsageEvent(
+            request_id=self.request_id,
+            tenant_id=self.principal.tenant_id,
+            team_id=self.principal.team_id,
+            api_key_id=self.principal.key_id,
+            created_at=self.created_at,
+            endpoint=self.endpoint,
+            http_status=http_status,
+            requested_model=self.requested_model,
+            served_model=self.served.name if self.served else "",
+            is_stream=self.is_stream,
+            prompt_tokens=usage.prompt_tokens,
+            cached_tokens=usage.cached_tokens,
+            cache_write_tokens=usage.cache_write_tokens,
+            completion_tokens=usage.completion_tokens,
+            usage_estimated=usage.estimated,
+            upstream_latency_ms=self.upstream_ms,
+            total_latency_ms=self.elapsed_ms(),
+            cache_status=CacheStatus.MISS,
+            error_code=error_code,
+            route=self.route,
+            routed_to_large=self.routed_to_large,
+            policy_version=self.policy_version,
+            prompt_tokens_before_compression=self.prompt_tokens_before_compression,
+            prompt_tokens_after_compression=self.prompt_tokens_after_compression,
+            injection_flagged=self.injection_flagged,
+            attempts=self.attempts,
+            tags=self.tags,
+        )
+        if self.served is not None:
+            event.cost_usd = self._cost(self.served, usage)
+            self.cost_usd = format_cost(event.cost_usd)
+            event.saved_routing_usd = self._routing_saving(usage, event.cost_usd)
+            event.saved_compression_usd = self._compression_saving()
+        return event
+
+    @staticmethod
+    def _cost(model: ModelEntry, usage: Usage) -> Decimal:
+        return usage_cost(
+            prices=model.prices,
+            prompt_tokens=usage.prompt_tokens,
+            cached_tokens=usage.cached_tokens,
+            completion_tokens=usage.completion_tokens,
+            cache_write_tokens=usage.cache_write_tokens,
+        )
+
+    def _routing_saving(self, usage: Usage, cost: Decimal) -> Decimal:
+        baseline = self.routing_baseline
+        if baseline is None or baseline.name == self.served.name:
+            return Decimal(0)
+        return max(self._cost(baseline, usage) - cost, Decimal(0))
+
+    def _compression_saving(self) -> Decimal:
+        before, after = self.prompt_tokens_before_compression, self.prompt_tokens_after_compression
+        if not before or not after or after >= before:
+            return Decimal(0)
+        return usage_cost(prices=self.served.prices, prompt_tokens=before - after, cached_tokens=0, completion_tokens=0)
+
+    def response_headers(self) -> dict[str, str]:
+        headers = {"x-llmops-request-id": self.request_id, "x-llmops-cache": CacheStatus.MISS}
+        if self.served:
+            headers["x-llmops-model"] = self.served.name
+        if self.route_explanation:
+            headers["x-llmops-route"] = self.route_explanation
+        if self.cost_usd is not None:
+            headers["x-llmops-cost-usd"] = self.cost_usd
+        if self.budget_remaining_usd is not None:
+            headers["x-llmops-budget-remaining-usd"] = self.budget_remaining_usd
+        headers["x-llmops-overhead-ms"] = f"{self.overhead_ms():.2f}"
+        headers.update(self.extra_headers)
+        return headers

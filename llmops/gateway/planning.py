@@ -1,0 +1,161 @@
+"""Before the upstream call: route the request, resolve the model chain, enforce caps, run the guard.
+
+Everything here reads the in-memory snapshot; the only I/O is the optional summary call that
+context compression makes through the tenant's default model.
+"""
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from llmops.gateway.call import GatewayCall
+from llmops.gateway.errors import GatewayError
+from llmops.gateway.snapshot import ConfigSnapshot
+from routing import upstream
+from routing.caps import apply_token_caps
+from routing.catalog import DEFAULT_MODEL_ALIAS, ModelCatalog, ModelEntry
+from routing.guard import PromptInjectionBlocked, guard_request
+from routing.policy import RouteDecision, RoutingRefusal, route_request, route_request_from_body
+from routing.tokens import count_chat_tokens
+
+logger = logging.getLogger(__name__)
+
+SUMMARY_INSTRUCTIONS = (
+    "Summarise the following conversation turns in a few sentences. Keep names, numbers, decisions "
+    "and open questions. Answer with the summary only."
+)
+SUMMARY_MAX_TOKENS = 300
+TAGS_HEADER = "x-llmops-tags"
+MAX_TAGS = 10
+MAX_TAG_LENGTH = 64
+# Fields that steer the gateway and are not part of OpenAI's request (`metadata` needs `store` upstream).
+GATEWAY_ONLY_FIELDS = ("metadata",)
+
+
+@dataclass(slots=True)
+class ChatPlan:
+    chain: list[ModelEntry]
+    body: dict
+    decision: RouteDecision
+
+
+def resolve_model(catalog: ModelCatalog, *, tenant_id: int, requested: str) -> ModelEntry:
+    access = catalog.access_for(tenant_id)
+    name = requested
+    if requested == DEFAULT_MODEL_ALIAS:
+        if access.default_model is None:
+            raise GatewayError(
+                "Your tenant has no default model configured; name a model.",
+                status=400,
+                code="no_default_model",
+                param="model",
+            )
+        name = access.default_model
+    model = catalog.models.get(name)
+    if model is None:
+        raise GatewayError(
+            f"The model `{requested}` does not exist. GET /v1/models lists the models your key may use.",
+            status=404,
+            code="model_not_found",
+            param="model",
+        )
+    if name not in access.allowed_models:
+        raise GatewayError(
+            f"Your key is not allowed to use the model `{requested}`. GET /v1/models lists the models it may use.",
+            status=403,
+            code="model_not_allowed",
+            param="model",
+        )
+    return model
+
+
+def request_tags(headers: Mapping[str, str]) -> list[str]:
+    """`x-llmops-tags: a, b` → sorted, unique, bounded tags for cost attribution."""
+    raw = headers.get(TAGS_HEADER) or ""
+    tags = sorted({tag.strip()[:MAX_TAG_LENGTH] for tag in raw.split(",") if tag.strip()})
+    if len(tags) > MAX_TAGS:
+        raise GatewayError(f"At most {MAX_TAGS} tags per request in {TAGS_HEADER}.", status=400, code="too_many_tags")
+    return tags
+
+
+def _routing_baseline(catalog: ModelCatalog, policy, requested: str) -> ModelEntry | None:
+    alias = policy.aliases.get(requested) if policy is not None else None
+    return catalog.models.get(alias.large_model if alias is not None else requested)
+
+
+def refusal_error(refusal: RoutingRefusal) -> GatewayError:
+    return GatewayError(refusal.message, status=refusal.status, code=refusal.code, param=refusal.param)
+
+
+def _counting_model(catalog: ModelCatalog, tenant_id: int, requested: str) -> str:
+    """The upstream name whose encoding counts the prompt before the served model is known."""
+    entry = catalog.models.get(requested) or catalog.models.get(catalog.access_for(tenant_id).default_model or "")
+    return entry.upstream_name if entry else requested
+
+
+def _summarizer(catalog: ModelCatalog, call: GatewayCall):
+    """Summaries of dropped turns come from the tenant's default (small) model."""
+    default_name = catalog.access_for(call.principal.tenant_id).default_model
+    summary_model = catalog.models.get(default_name or "")
+    if summary_model is None:
+        return None
+
+    async def summarize(messages: list[dict]) -> str:
+        transcript = "\n".join(f"{m.get('role')}: {m.get('content')}" for m in messages)
+        reply = await upstream.chat_completion(
+            summary_model.provider,
+            {
+                "model": summary_model.upstream_name,
+                "messages": [
+                    {"role": "system", "content": SUMMARY_INSTRUCTIONS},
+                    {"role": "user", "content": transcript},
+                ],
+                "max_tokens": SUMMARY_MAX_TOKENS,
+                "temperature": 0,
+            },
+        )
+        return reply.body["choices"][0]["message"]["content"] or ""
+
+    return summarize
+
+
+async def plan_chat(snapshot: ConfigSnapshot, call: GatewayCall, body: dict, headers: Mapping[str, str]) -> ChatPlan:
+    catalog = snapshot.catalog
+    tenant_id = call.principal.tenant_id
+    policy = snapshot.policies.get(tenant_id)
+    call.tags = request_tags(headers)
+    call.routing_baseline = _routing_baseline(catalog, policy, body["model"])
+    try:
+        prompt_tokens = count_chat_tokens(body["messages"], model=_counting_model(catalog, tenant_id, body["model"]))
+        decision = route_request(
+            policy,
+            route_request_from_body(
+                body,
+                headers=headers,
+                tenant_id=tenant_id,
+                team_slug=call.principal.team_slug,
+                prompt_tokens=prompt_tokens,
+            ),
+            catalog,
+        )
+        call.route, call.route_explanation = decision.route, decision.explanation
+        call.routed_to_large, call.policy_version = decision.routed_to_large, decision.policy_version
+        served = resolve_model(catalog, tenant_id=tenant_id, requested=decision.target_model)
+        call.served = served
+        chain = [served] + [catalog.models[name] for name in decision.fallback_models if name in catalog.models]
+        upstream_body = {k: v for k, v in body.items() if k not in GATEWAY_ONLY_FIELDS}
+        capped = await apply_token_caps(
+            upstream_body,
+            decision=decision,
+            model=served.upstream_name,
+            summarize=_summarizer(catalog, call),
+            namespace=str(tenant_id),
+        )
+        call.prompt_tokens_before_compression = capped.prompt_tokens_before
+        call.prompt_tokens_after_compression = capped.prompt_tokens_after
+        verdict = guard_request(capped.body["messages"], action=policy.injection_guard_action if policy else "none")
+        call.injection_flagged = verdict.flagged
+    except RoutingRefusal as refusal:
+        call.injection_flagged = isinstance(refusal, PromptInjectionBlocked)
+        raise refusal_error(refusal) from refusal
+    return ChatPlan(chain=chain, body=capped.body, decision=decision)

@@ -1,0 +1,110 @@
+"""Prometheus metrics for the gateway, scraped at /metrics.
+
+`record_request_metrics` runs on the hot path once per request: it only updates in-process counters
+(no I/O, no database, no lock beyond prometheus_client's own).
+
+Labels are `tenant` (the tenant id) and `model` (the served model). Each is capped at a fixed number of
+distinct values per process; later values are folded into "other", so a flood of made-up model names cannot
+blow up the series count.
+
+Several worker processes (uvicorn --workers N, gunicorn): each process counts on its own, so set
+PROMETHEUS_MULTIPROC_DIR to an empty directory shared by the workers, writable, and wiped at deploy;
+prometheus_client then writes each process's values there and this view aggregates them with
+MultiProcessCollector. Gauges are not used, so no multiprocess_mode choices are needed.
+"""
+
+import hmac
+import os
+import threading
+
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from billing.services import UsageEvent
+
+OTHER_LABEL = "other"
+MAX_TENANT_LABELS = 200
+MAX_MODEL_LABELS = 50
+CACHE_HIT_STATUSES = frozenset({"hit-exact", "hit-semantic"})
+BUDGET_REJECTION_CODE = "budget_exceeded"
+LATENCY_BUCKETS_SECONDS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60)
+
+
+class BoundedLabel:
+    """Hands out at most `limit` distinct label values; any value beyond them becomes "other"."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self._seen: set[str] = set()
+        self._lock = threading.Lock()
+
+    def __call__(self, value: str) -> str:
+        if value in self._seen:
+            return value
+        with self._lock:
+            if len(self._seen) < self.limit:
+                self._seen.add(value)
+                return value
+        return OTHER_LABEL
+
+
+tenant_label = BoundedLabel(MAX_TENANT_LABELS)
+model_label = BoundedLabel(MAX_MODEL_LABELS)
+LABELS = ("tenant", "model")
+
+REQUESTS = Counter("llmops_requests", "Requests answered by the gateway.", [*LABELS, "status_class"])
+PROMPT_TOKENS = Counter("llmops_prompt_tokens", "Prompt tokens, as billed.", LABELS)
+COMPLETION_TOKENS = Counter("llmops_completion_tokens", "Completion tokens, as billed.", LABELS)
+COST = Counter("llmops_cost_usd", "Cost charged to tenants, USD (float: for graphs, not billing).", LABELS)
+CACHE_HITS = Counter("llmops_cache_hits", "Requests answered from the response cache.", LABELS)
+ROUTED_TO_LARGE = Counter("llmops_routed_to_large", "Requests the router sent to the tenant's large model.", LABELS)
+UPSTREAM_ERRORS = Counter("llmops_upstream_errors", "Requests that failed upstream (HTTP 5xx to the client).", LABELS)
+BUDGET_REJECTIONS = Counter("llmops_budget_rejections", "Requests refused because a budget was spent.", LABELS)
+LATENCY = Histogram(
+    "llmops_request_latency_seconds",
+    "Total request latency seen by the client.",
+    LABELS,
+    buckets=LATENCY_BUCKETS_SECONDS,
+)
+UPSTREAM_LATENCY = Histogram(
+    "llmops_upstream_latency_seconds", "Latency of the upstream call.", LABELS, buckets=LATENCY_BUCKETS_SECONDS
+)
+
+
+def record_request_metrics(event: UsageEvent) -> None:
+    labels = (tenant_label(str(event.tenant_id)), model_label(event.served_model or event.requested_model or "none"))
+    REQUESTS.labels(*labels, f"{event.http_status // 100}xx").inc()
+    if event.prompt_tokens:
+        PROMPT_TOKENS.labels(*labels).inc(event.prompt_tokens)
+    if event.completion_tokens:
+        COMPLETION_TOKENS.labels(*labels).inc(event.completion_tokens)
+    if event.cost_usd:
+        COST.labels(*labels).inc(float(event.cost_usd))
+    if event.cache_status in CACHE_HIT_STATUSES:
+        CACHE_HITS.labels(*labels).inc()
+    if event.routed_to_large:
+        ROUTED_TO_LARGE.labels(*labels).inc()
+    if event.http_status >= 500:
+        UPSTREAM_ERRORS.labels(*labels).inc()
+    if event.error_code == BUDGET_REJECTION_CODE:
+        BUDGET_REJECTIONS.labels(*labels).inc()
+    LATENCY.labels(*labels).observe(event.total_latency_ms / 1000)
+    if event.upstream_latency_ms is not None:
+        UPSTREAM_LATENCY.labels(*labels).observe(event.upstream_latency_ms / 1000)
+
+
+def _registry():
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+        return registry
+    return REGISTRY
+
+
+def metrics_view(request: HttpRequest) -> HttpResponse:
+    token = settings.LLMOPS_METRICS_TOKEN
+    if token and not hmac.compare_digest(request.headers.get("Authorization", ""), f"Bearer {token}"):
+        return HttpResponse("Unauthorized\n", status=401, content_type="text/plain")
+    return HttpResponse(generate_latest(_registry()), content_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,231 @@
+"""Context compression: keep the system messages and the most recent turns within a token budget.
+
+Counts are exact (routing.tokens, the way OpenAI counts chat prompts). Whole turns are dropped,
+oldest first; an assistant message with tool calls and the tool results that answer it go together.
+Only when the turns that must stay are over budget alone is one message's text truncated.
+"""
+
+import hashlib
+import logging
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import orjson
+
+from llmops.redis import async_redis
+from routing.tokens import REPLY_PRIMING_TOKENS, count_chat_tokens, count_text_tokens
+
+logger = logging.getLogger(__name__)
+
+PINNED_ROLES = frozenset({"system", "developer"})
+TRUNCATION_MARKER = "\n[…truncated…]\n"
+SUMMARY_PREFIX = "Summary of the earlier conversation, which was shortened to fit: "
+# At most this share of the budget goes to the summary of the dropped turns.
+SUMMARY_BUDGET_SHARE = 5
+SUMMARY_CACHE_SIZE = 1024
+SUMMARY_CACHE_TTL_SECONDS = 24 * 3600
+
+Summarizer = Callable[[list[dict]], Awaitable[str]]
+
+
+@dataclass(frozen=True, slots=True)
+class CompressionResult:
+    messages: list[dict]
+    tokens_before: int
+    tokens_after: int
+    dropped_messages: int
+    truncated: bool
+    summarized: bool
+
+    @property
+    def compressed(self) -> bool:
+        return self.dropped_messages > 0 or self.truncated
+
+
+def message_tokens(message: dict, *, model: str) -> int:
+    """A message's share of the prompt: chat counts are a sum over messages plus the reply priming."""
+    return count_chat_tokens([message], model=model) - REPLY_PRIMING_TOKENS
+
+
+def _turn_groups(indexes: list[int], messages: list[dict]) -> list[list[int]]:
+    """Group unpinned message indexes so a tool call and its results are never split."""
+    groups: list[list[int]] = []
+    open_call_ids: set[str] = set()
+    for index in indexes:
+        message = messages[index]
+        if (
+            message.get("role") == "tool"
+            and groups
+            and (message.get("tool_call_id") in open_call_ids or not open_call_ids)
+        ):
+            groups[-1].append(index)
+            continue
+        groups.append([index])
+        open_call_ids = {call.get("id") for call in message.get("tool_calls") or [] if isinstance(call, dict)}
+    return groups
+
+
+def _head_and_tail(text: str, keep_chars: int) -> str:
+    head = keep_chars // 2
+    return text[:head] + TRUNCATION_MARKER + text[len(text) - (keep_chars - head) :]
+
+
+def truncate_text(text: str, *, max_tokens: int, model: str) -> str:
+    """Keep the start and the end of the text (instructions and the question usually sit there) within max_tokens."""
+    if count_text_tokens(text, model=model) <= max_tokens:
+        return text
+    # Binary search on characters; only a candidate whose exact count fits is returned.
+    best, low, high = "", 0, len(text) - 1
+    while low <= high:
+        keep_chars = (low + high) // 2
+        candidate = _head_and_tail(text, keep_chars)
+        if count_text_tokens(candidate, model=model) <= max_tokens:
+            best, low = candidate, keep_chars + 1
+        else:
+            high = keep_chars - 1
+    return best
+
+
+def _truncated_message(message: dict, *, max_tokens: int, model: str) -> dict | None:
+    """The message with its text cut to fit max_tokens, or None when it has no plain text to cut."""
+    content = message.get("content")
+    if not isinstance(content, str):
+        return None
+    framing = message_tokens({**message, "content": ""}, model=model)
+    if framing >= max_tokens:
+        return None
+    return {**message, "content": truncate_text(content, max_tokens=max_tokens - framing, model=model)}
+
+
+class SummaryCache:
+    """Summaries of dropped turns by a hash of those turns: an in-process LRU, and Redis when configured."""
+
+    def __init__(self, size: int = SUMMARY_CACHE_SIZE):
+        self.size = size
+        self._entries: OrderedDict[str, str] = OrderedDict()
+
+    @staticmethod
+    def key(namespace: str, messages: list[dict]) -> str:
+        digest = hashlib.sha256(orjson.dumps(messages, option=orjson.OPT_SORT_KEYS)).hexdigest()
+        return f"llmops:summary:{namespace}:{digest}"
+
+    async def get(self, key: str) -> str | None:
+        if key in self._entries:
+            self._entries.move_to_end(key)
+            return self._entries[key]
+        client = async_redis()
+        if client is None:
+            return None
+        try:
+            value = await client.get(key)
+        except Exception:
+            logger.warning("summary cache read from Redis failed", exc_info=True)
+            return None
+        if value is None:
+            return None
+        self._remember(key, value.decode())
+        return self._entries[key]
+
+    async def set(self, key: str, summary: str) -> None:
+        self._remember(key, summary)
+        client = async_redis()
+        if client is None:
+            return
+        try:
+            await client.set(key, summary, ex=SUMMARY_CACHE_TTL_SECONDS)
+        except Exception:
+            logger.warning("summary cache write to Redis failed", exc_info=True)
+
+    def _remember(self, key: str, summary: str) -> None:
+        self._entries[key] = summary
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.size:
+            self._entries.popitem(last=False)
+
+
+summary_cache = SummaryCache()
+
+
+async def _summary_message(
+    dropped: list[dict], *, summarize: Summarizer, namespace: str, max_tokens: int, model: str
+) -> dict | None:
+    key = SummaryCache.key(namespace, dropped)
+    summary = await summary_cache.get(key)
+    if summary is None:
+        try:
+            summary = (await summarize(dropped)).strip()
+        except Exception:
+            # A failed summary costs context, not the request.
+            logger.warning("summarizing dropped turns failed; compressing without a summary", exc_info=True)
+            return None
+        if not summary:
+            return None
+        await summary_cache.set(key, summary)
+    message = {"role": "system", "content": SUMMARY_PREFIX + summary}
+    return _truncated_message(message, max_tokens=max_tokens, model=model)
+
+
+async def compress_messages(
+    messages: list[dict],
+    *,
+    budget: int,
+    model: str,
+    summarize: Summarizer | None = None,
+    namespace: str = "",
+) -> CompressionResult:
+    """Fit the conversation in `budget` prompt tokens (reply priming included, as OpenAI counts).
+
+    `namespace` scopes cached summaries (pass the tenant id). If the system messages alone are over
+    budget the result stays over it; the caller decides what to do (caps reject it).
+    """
+    tokens_before = count_chat_tokens(messages, model=model)
+    if tokens_before <= budget:
+        return CompressionResult(list(messages), tokens_before, tokens_before, 0, False, False)
+    costs = [message_tokens(message, model=model) for message in messages]
+    pinned = [index for index, message in enumerate(messages) if message.get("role") in PINNED_ROLES]
+    groups = _turn_groups([index for index in range(len(messages)) if index not in set(pinned)], messages)
+    available = budget - REPLY_PRIMING_TOKENS - sum(costs[index] for index in pinned)
+    summary_reserve = budget // SUMMARY_BUDGET_SHARE if summarize is not None and len(groups) > 1 else 0
+    replaced: dict[int, dict] = {}
+    kept: list[list[int]] = []
+    if groups:
+        latest = groups[-1]
+        latest_cost = sum(costs[index] for index in latest)
+        if latest_cost > available:
+            # The current turn alone does not fit: cut its largest text message, the only cut inside a message.
+            largest = max(latest, key=lambda index: costs[index])
+            room = available - (latest_cost - costs[largest])
+            cut = _truncated_message(messages[largest], max_tokens=room, model=model) if room > 0 else None
+            if cut is not None:
+                replaced[largest] = cut
+                latest_cost = latest_cost - costs[largest] + message_tokens(cut, model=model)
+        kept.append(latest)
+        used = latest_cost
+        for group in reversed(groups[:-1]):
+            group_cost = sum(costs[index] for index in group)
+            if used + group_cost > available - summary_reserve:
+                break
+            kept.append(group)
+            used += group_cost
+    kept_indexes = {index for group in kept for index in group} | set(pinned)
+    dropped = [messages[index] for index in range(len(messages)) if index not in kept_indexes]
+    result = [replaced.get(index, messages[index]) for index in range(len(messages)) if index in kept_indexes]
+    summarized = False
+    if dropped and summarize is not None:
+        room = budget - count_chat_tokens(result, model=model)
+        summary = await _summary_message(
+            dropped, summarize=summarize, namespace=namespace, max_tokens=room, model=model
+        )
+        if summary is not None:
+            position = next((i for i, message in enumerate(result) if message.get("role") not in PINNED_ROLES), 0)
+            result.insert(position, summary)
+            summarized = True
+    return CompressionResult(
+        messages=result,
+        tokens_before=tokens_before,
+        tokens_after=count_chat_tokens(result, model=model),
+        dropped_messages=len(dropped),
+        truncated=bool(replaced),
+        summarized=summarized,
+    )

@@ -1,0 +1,235 @@
+"""Route one request under a compiled policy: pure, no queries, fast enough for every request."""
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from routing.catalog import DEFAULT_MODEL_ALIAS, ModelCatalog
+from routing.policy.document import AUTO_ALIAS, NO_OUTCOME, CompiledPolicy, CompiledRule, RuleOutcome
+from routing.policy.errors import RoutingRefusal
+from routing.policy.scoring import DifficultyScore, difficulty_score
+
+TASK_TYPE_HEADER = "x-llmops-task-type"
+USER_TIER_HEADER = "x-llmops-user-tier"
+
+
+@dataclass(frozen=True, slots=True)
+class RouteRequest:
+    tenant_id: int
+    requested_model: str
+    prompt_tokens: int
+    task_type: str = ""
+    user_tier: str = ""
+    team_slug: str = ""
+    has_tools: bool = False
+    has_images: bool = False
+    last_user_message: str = ""
+    requested_max_tokens: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RouteDecision:
+    target_model: str
+    fallback_models: tuple[str, ...]
+    prompt_token_cap: int | None
+    over_cap_action: str
+    max_tokens_cap: int | None
+    default_max_tokens: int | None
+    cache_ttl_seconds: int | None
+    cache_nondeterministic: bool
+    rule_name: str
+    difficulty: DifficultyScore | None
+    routed_to_large: bool
+    policy_version: int | None
+    explanation: str
+    trace: tuple[str, ...] = field(default=())
+
+    @property
+    def route(self) -> str:
+        """What the ledger stores as the route: the rule's name, `score`, or `direct`."""
+        if self.rule_name and not self.difficulty:
+            return self.rule_name
+        if self.difficulty:
+            return f"{self.rule_name}+score" if self.rule_name else "score"
+        return "direct"
+
+
+def _content_parts(message: dict) -> list:
+    content = message.get("content")
+    return content if isinstance(content, list) else []
+
+
+def _message_text(message: dict) -> str:
+    content = message.get("content")
+    if isinstance(content, str):
+        return content
+    return "".join(part.get("text", "") for part in _content_parts(message) if isinstance(part, dict))
+
+
+def route_request_from_body(
+    body: dict, *, headers: Mapping[str, str], tenant_id: int, team_slug: str, prompt_tokens: int
+) -> RouteRequest:
+    """The routing features of a validated chat body; body metadata wins over the x-llmops-* headers."""
+    metadata = body.get("metadata") or {}
+    messages = body.get("messages") or []
+    user_messages = [message for message in messages if message.get("role") == "user"]
+    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
+    return RouteRequest(
+        tenant_id=tenant_id,
+        requested_model=body["model"],
+        prompt_tokens=prompt_tokens,
+        task_type=str(metadata.get("task_type") or headers.get(TASK_TYPE_HEADER) or ""),
+        user_tier=str(metadata.get("user_tier") or headers.get(USER_TIER_HEADER) or ""),
+        team_slug=team_slug,
+        has_tools=bool(body.get("tools") or body.get("functions")),
+        has_images=any(
+            isinstance(part, dict) and part.get("type") == "image_url"
+            for message in messages
+            for part in _content_parts(message)
+        ),
+        last_user_message=_message_text(user_messages[-1]) if user_messages else "",
+        requested_max_tokens=max_tokens,
+    )
+
+
+def _mismatch(rule: CompiledRule, request: RouteRequest, message_lower: str) -> str:
+    """Why the rule does not match, or "" when it does. Conditions are checked cheapest first."""
+    if rule.requested_models and request.requested_model not in rule.requested_models:
+        return f"model {request.requested_model!r} not in {sorted(rule.requested_models)}"
+    if rule.task_types and request.task_type.lower() not in rule.task_types:
+        return f"task_type {request.task_type!r} not in {sorted(rule.task_types)}"
+    if rule.user_tiers and request.user_tier.lower() not in rule.user_tiers:
+        return f"user_tier {request.user_tier!r} not in {sorted(rule.user_tiers)}"
+    if rule.team_slugs and request.team_slug not in rule.team_slugs:
+        return f"team {request.team_slug!r} not in {sorted(rule.team_slugs)}"
+    if rule.prompt_tokens_min is not None and request.prompt_tokens < rule.prompt_tokens_min:
+        return f"prompt_tokens {request.prompt_tokens} < {rule.prompt_tokens_min}"
+    if rule.prompt_tokens_max is not None and request.prompt_tokens > rule.prompt_tokens_max:
+        return f"prompt_tokens {request.prompt_tokens} > {rule.prompt_tokens_max}"
+    if rule.has_tools is not None and request.has_tools != rule.has_tools:
+        return f"has_tools is {request.has_tools}"
+    if rule.has_images is not None and request.has_images != rule.has_images:
+        return f"has_images is {request.has_images}"
+    if rule.keywords and not any(keyword in message_lower for keyword in rule.keywords):
+        return f"none of the keywords {list(rule.keywords)} in the last user message"
+    if rule.message_regex is not None and not rule.message_regex.search(request.last_user_message):
+        return f"regex {rule.message_regex.pattern!r} does not match the last user message"
+    return ""
+
+
+def _why(rule: CompiledRule, request: RouteRequest) -> str:
+    reasons = []
+    if rule.requested_models:
+        reasons.append(f"model={request.requested_model}")
+    if rule.task_types:
+        reasons.append(f"task_type={request.task_type}")
+    if rule.user_tiers:
+        reasons.append(f"user_tier={request.user_tier}")
+    if rule.team_slugs:
+        reasons.append(f"team={request.team_slug}")
+    if rule.prompt_tokens_min is not None or rule.prompt_tokens_max is not None:
+        reasons.append(f"prompt_tokens={request.prompt_tokens}")
+    if rule.has_tools is not None:
+        reasons.append(f"has_tools={request.has_tools}")
+    if rule.has_images is not None:
+        reasons.append(f"has_images={request.has_images}")
+    if rule.keywords:
+        reasons.append("keyword")
+    if rule.message_regex is not None:
+        reasons.append("regex")
+    return ",".join(reasons) or "catch-all"
+
+
+def _allowed_chain(models: tuple[str, ...], catalog: ModelCatalog, tenant_id: int) -> tuple[str, ...]:
+    # A model removed from the tenant's access after publishing is skipped rather than tried and refused.
+    allowed = catalog.access_for(tenant_id).allowed_models
+    return tuple(model for model in models if model in allowed)
+
+
+def route_request(
+    policy: CompiledPolicy | None, request: RouteRequest, catalog: ModelCatalog, *, trace: bool = False
+) -> RouteDecision:
+    """Pick the model chain and the caps for a request.
+
+    The first rule (by priority) that matches decides. A rule without a target keeps the requested
+    model, or lets the difficulty score pick when the request names an alias. `auto` and aliases
+    that no rule resolves are scored too. Raises RoutingRefusal for an alias the policy lacks.
+    The target is not checked against the tenant's access here; the gateway's model resolution does that.
+    """
+    requested = request.requested_model
+    steps: list[str] = []
+    matched: CompiledRule | None = None
+    if policy is not None:
+        message_lower = request.last_user_message.lower() if any(rule.keywords for rule in policy.rules) else ""
+        for rule in policy.rules:
+            mismatch = _mismatch(rule, request, message_lower)
+            if not mismatch:
+                matched = rule
+                if trace:
+                    steps.append(f"rule {rule.name} (priority {rule.priority}) matched: {_why(rule, request)}")
+                break
+            if trace:
+                steps.append(f"rule {rule.name} (priority {rule.priority}) skipped: {mismatch}")
+    outcome: RuleOutcome = matched.outcome if matched else NO_OUTCOME
+    rule_name = matched.name if matched else ""
+    score: DifficultyScore | None = None
+    target = outcome.target_model
+    alias_note = ""
+    if not target:
+        alias = policy.aliases.get(requested) if policy is not None else None
+        if alias is not None:
+            score = difficulty_score(
+                prompt_tokens=request.prompt_tokens,
+                last_user_message=request.last_user_message,
+                has_tools=request.has_tools,
+                requested_max_tokens=request.requested_max_tokens,
+            )
+            use_large = score.total >= policy.auto_threshold
+            target = alias.large_model if use_large else alias.small_model
+            alias_note = (
+                f"score={score.total}{'>=' if use_large else '<'}{policy.auto_threshold}"
+                f"({score.describe()})->{'large' if use_large else 'small'}"
+            )
+            if trace:
+                steps.append(f"alias {requested}: {alias_note}")
+        elif requested == DEFAULT_MODEL_ALIAS:
+            target = catalog.access_for(request.tenant_id).default_model or DEFAULT_MODEL_ALIAS
+        elif requested == AUTO_ALIAS:
+            if policy is not None:
+                raise RoutingRefusal(
+                    "The model `auto` is not defined by your routing policy; name a model or one of its aliases.",
+                    status=400,
+                    code="unknown_alias",
+                    param="model",
+                )
+            # Without a policy, `auto` means the tenant's default model.
+            target = catalog.access_for(request.tenant_id).default_model or DEFAULT_MODEL_ALIAS
+        else:
+            target = requested
+    explanation_parts = []
+    if rule_name:
+        explanation_parts.append(f"rule={rule_name}")
+    if alias_note:
+        explanation_parts.append(f"alias={requested};{alias_note}")
+    if not explanation_parts:
+        explanation_parts.append("direct" if policy is not None else "no-policy")
+    explanation = f"{' '.join(explanation_parts)} model={target}"
+    if policy is not None:
+        explanation += f" policy=v{policy.version}"
+    return RouteDecision(
+        target_model=target,
+        fallback_models=_allowed_chain(
+            tuple(m for m in outcome.fallback_models if m != target), catalog, request.tenant_id
+        ),
+        prompt_token_cap=outcome.prompt_token_cap,
+        over_cap_action=outcome.over_cap_action,
+        max_tokens_cap=outcome.max_tokens_cap,
+        default_max_tokens=outcome.default_max_tokens,
+        cache_ttl_seconds=outcome.cache_ttl_seconds,
+        cache_nondeterministic=outcome.cache_nondeterministic,
+        rule_name=rule_name,
+        difficulty=score,
+        routed_to_large=policy is not None and target in policy.large_models,
+        policy_version=policy.version if policy is not None else None,
+        explanation=explanation,
+        trace=tuple(steps),
+    )

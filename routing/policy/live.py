@@ -1,0 +1,20 @@
+import logging
+import re
+
+from routing.models import RoutingPolicy
+from routing.policy.document import CompiledPolicy, compile_policy
+
+logger = logging.getLogger(__name__)
+
+
+def build_live_policies() -> dict[int, CompiledPolicy]:
+    """Tenant id → its live policy, compiled once per configuration snapshot."""
+    policies = {}
+    for policy in RoutingPolicy.objects.filter(live_version__isnull=False).select_related("live_version"):
+        version = policy.live_version
+        try:
+            policies[policy.tenant_id] = compile_policy(version.document, version=version.number)
+        except (re.error, KeyError, TypeError):
+            # Publishing validates documents, so this is a hand-edited row; the tenant runs without a policy.
+            logger.exception("live routing policy v%s of tenant %s does not compile", version.number, policy.tenant_id)
+    return policies

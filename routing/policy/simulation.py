@@ -1,0 +1,82 @@
+"""The test console: how a request would be routed under a policy's draft and under its live version."""
+
+import re
+
+from routing.catalog import build_model_catalog
+from routing.guard import inspect_messages
+from routing.models import RoutingPolicy
+from routing.policy.document import CompiledPolicy, compile_policy
+from routing.policy.drafts import policy_draft_document
+from routing.policy.engine import RouteDecision, route_request, route_request_from_body
+from routing.policy.errors import RoutingRefusal
+from routing.tokens import count_chat_tokens
+
+
+def _decision_view(policy: CompiledPolicy, features, catalog, messages: list[dict]) -> dict:
+    try:
+        decision: RouteDecision = route_request(policy, features, catalog, trace=True)
+    except RoutingRefusal as refusal:
+        return {"refused": {"status": refusal.status, "code": refusal.code, "message": refusal.message}}
+    over_cap = decision.prompt_token_cap is not None and features.prompt_tokens > decision.prompt_token_cap
+    guard = inspect_messages(messages, action=policy.injection_guard_action)
+    return {
+        "target_model": decision.target_model,
+        "fallback_models": list(decision.fallback_models),
+        "rule": decision.rule_name or None,
+        "difficulty_score": decision.difficulty.total if decision.difficulty else None,
+        "difficulty_points": decision.difficulty.points if decision.difficulty else None,
+        "auto_threshold": policy.auto_threshold,
+        "routed_to_large": decision.routed_to_large,
+        "prompt_token_cap": decision.prompt_token_cap,
+        "over_cap_action": decision.over_cap_action,
+        "prompt_over_cap": over_cap,
+        "max_tokens_cap": decision.max_tokens_cap,
+        "default_max_tokens": decision.default_max_tokens,
+        "cache_ttl_seconds": decision.cache_ttl_seconds,
+        "cache_nondeterministic": decision.cache_nondeterministic,
+        "guard": {"action": policy.injection_guard_action, "reasons": list(guard.reasons)},
+        "explanation": decision.explanation,
+        "trace": list(decision.trace),
+    }
+
+
+def routing_simulation(*, policy: RoutingPolicy, body: dict, headers: dict[str, str], team_slug: str = "") -> dict:
+    """Route `body` (an OpenAI chat request) under the draft and the live version, explaining each step."""
+    catalog = build_model_catalog()
+    messages = body.get("messages") or []
+    requested = str(body.get("model") or "")
+    encoding_model = catalog.models[requested].upstream_name if requested in catalog.models else requested
+    prompt_tokens = count_chat_tokens(messages, model=encoding_model)
+    features = route_request_from_body(
+        body,
+        headers={name.lower(): value for name, value in headers.items()},
+        tenant_id=policy.tenant_id,
+        team_slug=team_slug,
+        prompt_tokens=prompt_tokens,
+    )
+    try:
+        draft = _decision_view(compile_policy(policy_draft_document(policy=policy)), features, catalog, messages)
+    except re.error as error:
+        draft = {"invalid": f"the draft does not compile: {error}"}
+    live_version = policy.live_version
+    live = (
+        _decision_view(compile_policy(live_version.document, version=live_version.number), features, catalog, messages)
+        if live_version
+        else None
+    )
+    return {
+        "tenant": policy.tenant.slug,
+        "request": {
+            "model": requested,
+            "prompt_tokens": prompt_tokens,
+            "task_type": features.task_type,
+            "user_tier": features.user_tier,
+            "team": features.team_slug,
+            "has_tools": features.has_tools,
+            "has_images": features.has_images,
+            "requested_max_tokens": features.requested_max_tokens,
+        },
+        "live_version": live_version.number if live_version else None,
+        "draft": draft,
+        "live": live,
+    }

@@ -1,0 +1,337 @@
+"""Anthropic's Messages API behind OpenAI's chat completion format, both ways.
+
+``base_url`` is the API root with its version, e.g. ``https://api.anthropic.com/v1``; requests go to
+``{base_url}/messages``. Anthropic requires ``max_tokens``: when the client sent none, DEFAULT_MAX_TOKENS applies.
+"""
+
+import time
+from collections.abc import AsyncIterator
+
+import httpx
+import orjson
+
+from routing.catalog import ProviderEntry
+from routing.providers.base import (
+    SSE_DONE,
+    ChunkBuilder,
+    UpstreamError,
+    UpstreamRejected,
+    UpstreamReply,
+    chat_completion_reply,
+    completion_id,
+    elapsed_ms_since,
+    message_text,
+    openai_tool_call,
+    openai_usage,
+    parse_data_url,
+    provider_timeout,
+    rejection,
+    requested_max_tokens,
+    send_request,
+    sse_event,
+    sse_lines,
+    stop_sequences,
+    tool_call_arguments,
+    upstream_client,
+    wants_usage_chunk,
+)
+
+ANTHROPIC_VERSION = "2023-06-01"
+DEFAULT_MAX_TOKENS = 4096
+# Anthropic answers 529 when overloaded; it is a server-side failure like any 5xx.
+OVERLOADED_STATUS = 529
+
+FINISH_REASONS = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "pause_turn": "stop",
+    "max_tokens": "length",
+    "tool_use": "tool_calls",
+    "refusal": "content_filter",
+}
+
+
+def _content_blocks(content) -> list[dict]:
+    """Text and image parts as Anthropic blocks; a part's ``cache_control`` marks a prompt-cache breakpoint."""
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}] if content else []
+    blocks = []
+    for part in content or []:
+        if part.get("type") == "text":
+            blocks.append({"type": "text", "text": part["text"]})
+        elif part.get("type") == "image_url":
+            url = part["image_url"]["url"]
+            inline = parse_data_url(url)
+            source = (
+                {"type": "base64", "media_type": inline[0], "data": inline[1]}
+                if inline
+                else {"type": "url", "url": url}
+            )
+            blocks.append({"type": "image", "source": source})
+        else:
+            continue
+        if part.get("cache_control"):
+            blocks[-1]["cache_control"] = part["cache_control"]
+    return blocks
+
+
+def _tool_use_block(tool_call: dict) -> dict:
+    name = tool_call["function"]["name"]
+    return {"type": "tool_use", "id": tool_call["id"], "name": name, "input": tool_call_arguments(tool_call)}
+
+
+def _messages(openai_messages: list[dict]) -> tuple[list[dict], list[dict]]:
+    """System blocks and Anthropic messages; consecutive turns of one role merge, as Anthropic requires alternation."""
+    system: list[dict] = []
+    messages: list[dict] = []
+    for message in openai_messages:
+        role = message.get("role")
+        if role in ("system", "developer"):
+            system.extend(block for block in _content_blocks(message.get("content")) if block["type"] == "text")
+            continue
+        if role == "tool":
+            blocks = [
+                {
+                    "type": "tool_result",
+                    "tool_use_id": message["tool_call_id"],
+                    "content": message_text(message.get("content")),
+                }
+            ]
+            role = "user"
+        else:
+            blocks = _content_blocks(message.get("content"))
+            if role == "assistant":
+                blocks += [_tool_use_block(call) for call in message.get("tool_calls") or []]
+        if messages and messages[-1]["role"] == role:
+            messages[-1]["content"].extend(blocks)
+        else:
+            messages.append({"role": role, "content": blocks})
+    return system, messages
+
+
+def _tool_choice(choice, parallel_tool_calls) -> dict | None:
+    if choice is None:
+        translated = {"type": "auto"} if parallel_tool_calls is False else None
+    elif choice == "auto":
+        translated = {"type": "auto"}
+    elif choice == "required":
+        translated = {"type": "any"}
+    elif choice == "none":
+        return {"type": "none"}
+    else:
+        translated = {"type": "tool", "name": choice["function"]["name"]}
+    if translated is not None and parallel_tool_calls is False:
+        translated["disable_parallel_tool_use"] = True
+    return translated
+
+
+def messages_request(body: dict) -> dict:
+    """OpenAI chat completion request → Anthropic Messages request."""
+    system, messages = _messages(body["messages"])
+    request = {
+        "model": body["model"],
+        "messages": messages,
+        "max_tokens": requested_max_tokens(body) or DEFAULT_MAX_TOKENS,
+    }
+    if system:
+        request["system"] = system
+    for openai_name, anthropic_name in (("temperature", "temperature"), ("top_p", "top_p")):
+        if body.get(openai_name) is not None:
+            request[anthropic_name] = body[openai_name]
+    if stop := stop_sequences(body):
+        request["stop_sequences"] = stop
+    if body.get("tools"):
+        request["tools"] = [
+            {
+                "name": tool["function"]["name"],
+                "description": tool["function"].get("description", ""),
+                "input_schema": tool["function"].get("parameters") or {"type": "object", "properties": {}},
+            }
+            for tool in body["tools"]
+        ]
+        if choice := _tool_choice(body.get("tool_choice"), body.get("parallel_tool_calls")):
+            request["tool_choice"] = choice
+    if body.get("user"):
+        request["metadata"] = {"user_id": str(body["user"])}
+    if body.get("stream"):
+        request["stream"] = True
+    return request
+
+
+def _usage(usage: dict) -> dict:
+    return openai_usage(
+        uncached_input=int(usage.get("input_tokens") or 0),
+        cache_read=int(usage.get("cache_read_input_tokens") or 0),
+        cache_write=int(usage.get("cache_creation_input_tokens") or 0),
+        output=int(usage.get("output_tokens") or 0),
+    )
+
+
+def chat_completion_body(message: dict, *, model: str) -> dict:
+    """Anthropic message → OpenAI chat.completion body."""
+    blocks = message.get("content") or []
+    return chat_completion_reply(
+        reply_id=message.get("id", ""),
+        model=message.get("model") or model,
+        text="".join(block["text"] for block in blocks if block["type"] == "text"),
+        tool_calls=[
+            openai_tool_call(call_id=block["id"], name=block["name"], arguments=block["input"])
+            for block in blocks
+            if block["type"] == "tool_use"
+        ],
+        finish_reason=FINISH_REASONS.get(message.get("stop_reason"), "stop"),
+        usage=_usage(message.get("usage") or {}),
+    )
+
+
+def _request(provider: ProviderEntry, body: dict) -> httpx.Request:
+    headers = {"content-type": "application/json", "anthropic-version": ANTHROPIC_VERSION}
+    if provider.api_key:
+        headers["x-api-key"] = provider.api_key
+    return upstream_client().build_request(
+        "POST",
+        f"{provider.base_url}/messages",
+        content=orjson.dumps(messages_request(body)),
+        headers=headers,
+        timeout=provider_timeout(provider),
+    )
+
+
+async def chat_completion(provider: ProviderEntry, body: dict) -> UpstreamReply:
+    started = time.perf_counter()
+    response = await send_request(
+        provider, _request(provider, {**body, "stream": False}), stream=False, started=started
+    )
+    if response.status_code >= 400:
+        raise rejection(provider, response, response.content, started)
+    try:
+        reply = chat_completion_body(orjson.loads(response.content), model=body["model"])
+    except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+        raise UpstreamError(
+            f"provider {provider.name} sent a body that is not an Anthropic message",
+            elapsed_ms=elapsed_ms_since(started),
+        ) from exc
+    return UpstreamReply(body=reply, raw=orjson.dumps(reply), elapsed_ms=elapsed_ms_since(started))
+
+
+class ChunkTranslator(ChunkBuilder):
+    """Anthropic stream events → OpenAI chat.completion.chunk payloads, keeping the usage seen so far."""
+
+    def __init__(self, *, model: str, include_usage: bool):
+        super().__init__(model=model, include_usage=include_usage)
+        self.usage_so_far: dict = {}
+        self.finished = False
+
+    def translate(self, event: dict) -> list[dict]:
+        kind = event.get("type")
+        if kind == "message_start":
+            message = event["message"]
+            self.base["id"] = completion_id(message.get("id", ""))
+            self.base["model"] = message.get("model") or self.base["model"]
+            self.usage_so_far.update(message.get("usage") or {})
+            return [self.delta({"role": "assistant", "content": ""})]
+        if kind == "content_block_start":
+            block = event["content_block"]
+            if block["type"] == "tool_use":
+                return [self.tool_call_start(block_index=event["index"], call_id=block["id"], name=block["name"])]
+            if block["type"] == "text" and block.get("text"):
+                return [self.delta({"content": block["text"]})]
+            return []
+        if kind == "content_block_delta":
+            delta = event["delta"]
+            if delta["type"] == "text_delta":
+                return [self.delta({"content": delta["text"]})]
+            if delta["type"] == "input_json_delta":
+                return self.tool_call_arguments(block_index=event["index"], partial_json=delta["partial_json"])
+            return []
+        if kind == "message_delta":
+            self.usage_so_far.update({key: value for key, value in (event.get("usage") or {}).items() if value})
+            stop_reason = (event.get("delta") or {}).get("stop_reason")
+            return [self.delta({}, FINISH_REASONS.get(stop_reason, "stop"))] if stop_reason else []
+        if kind == "message_stop":
+            self.finished = True
+            return [self.usage(_usage(self.usage_so_far))] if self.include_usage else []
+        return []
+
+
+def _stream_error(provider: ProviderEntry, event: dict, elapsed_ms: int) -> UpstreamError:
+    error = event.get("error") or {}
+    status = OVERLOADED_STATUS if error.get("type") == "overloaded_error" else 500
+    return UpstreamRejected(
+        f"provider {provider.name} failed mid-stream: {error.get('message', 'unknown error')}",
+        upstream_status=status,
+        error_body=event,
+        elapsed_ms=elapsed_ms,
+    )
+
+
+class AnthropicStream:
+    """Anthropic's SSE stream re-emitted as OpenAI chunks. The first event is read on open, so a provider
+    that fails before sending anything fails the open (where a fallback can still take over)."""
+
+    def __init__(self, provider: ProviderEntry, response: httpx.Response, started: float, body: dict):
+        self.provider = provider
+        self.response = response
+        self.started = started
+        self.translator = ChunkTranslator(model=body["model"], include_usage=wants_usage_chunk(body))
+        self._source = self._anthropic_events()
+        self._first: dict | None = None
+
+    async def prime(self) -> None:
+        self._first = await anext(self._source, None)
+        if self._first is not None and self._first.get("type") == "error":
+            raise _stream_error(self.provider, self._first, self.elapsed_ms())
+
+    async def _anthropic_events(self) -> AsyncIterator[dict]:
+        data_lines: list[str] = []
+        try:
+            async for line in sse_lines(self.provider, self.response, self.started):
+                if line.startswith("data:"):
+                    data_lines.append(line[5:].lstrip())
+                elif not line and data_lines:
+                    yield orjson.loads("\n".join(data_lines))
+                    data_lines = []
+            if data_lines:
+                yield orjson.loads("\n".join(data_lines))
+        except orjson.JSONDecodeError as exc:
+            raise UpstreamError(
+                f"provider {self.provider.name} sent an event that is not JSON", elapsed_ms=self.elapsed_ms()
+            ) from exc
+
+    async def events(self) -> AsyncIterator[str]:
+        pending = [self._first] if self._first is not None else []
+        self._first = None
+        while True:
+            event = pending.pop() if pending else await anext(self._source, None)
+            if event is None:
+                return
+            if event.get("type") == "error":
+                raise _stream_error(self.provider, event, self.elapsed_ms())
+            for chunk in self.translator.translate(event):
+                yield sse_event(chunk)
+            if self.translator.finished:
+                yield SSE_DONE
+                return
+
+    def elapsed_ms(self) -> int:
+        return elapsed_ms_since(self.started)
+
+    async def aclose(self) -> None:
+        await self._source.aclose()
+        await self.response.aclose()
+
+
+async def open_chat_stream(provider: ProviderEntry, body: dict) -> AnthropicStream:
+    started = time.perf_counter()
+    response = await send_request(provider, _request(provider, {**body, "stream": True}), stream=True, started=started)
+    if response.status_code >= 400:
+        content = await response.aread()
+        await response.aclose()
+        raise rejection(provider, response, content, started)
+    stream = AnthropicStream(provider, response, started, body)
+    try:
+        await stream.prime()
+    except BaseException:
+        await stream.aclose()
+        raise
+    return stream

@@ -1,0 +1,306 @@
+"""What every provider adapter shares: the error classes, the reply and stream shapes, the pooled HTTP client.
+
+Adapters speak their provider's API and hand back OpenAI's chat completion format, so the
+pipeline reads one shape whatever the provider.
+"""
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Protocol
+
+import httpx
+import orjson
+from django.conf import settings
+
+from routing.catalog import ModelEntry, ProviderEntry
+
+_clients: dict[asyncio.AbstractEventLoop, httpx.AsyncClient] = {}
+
+
+class UpstreamError(Exception):
+    """The upstream could not give an answer. ``upstream_status`` is its HTTP status when it sent one.
+
+    ``retry_after`` is the wait in seconds the provider asked for, if any. The fallback logic sets
+    ``attempts`` to the number of calls made before giving up and ``last_model`` to the model tried last.
+    """
+
+    code = "upstream_error"
+
+    def __init__(
+        self, message: str, *, upstream_status: int | None = None, elapsed_ms: int = 0, retry_after: float | None = None
+    ):
+        super().__init__(message)
+        self.message = message
+        self.upstream_status = upstream_status
+        self.elapsed_ms = elapsed_ms
+        self.retry_after = retry_after
+        self.attempts = 1
+        self.last_model: ModelEntry | None = None
+
+
+class UpstreamTimeout(UpstreamError):
+    code = "upstream_timeout"
+
+
+class UpstreamConnectionError(UpstreamError):
+    code = "upstream_connection_error"
+
+
+class UpstreamStreamTruncated(UpstreamError):
+    """The stream ended without OpenAI's closing ``data: [DONE]``."""
+
+    code = "upstream_stream_truncated"
+
+
+class UpstreamRejected(UpstreamError):
+    """The upstream answered with an error status (4xx or 5xx)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        upstream_status: int,
+        error_body: dict | None,
+        elapsed_ms: int,
+        retry_after: float | None = None,
+    ):
+        super().__init__(message, upstream_status=upstream_status, elapsed_ms=elapsed_ms, retry_after=retry_after)
+        self.error_body = error_body
+
+
+@dataclass(slots=True)
+class UpstreamReply:
+    body: dict
+    raw: bytes
+    elapsed_ms: int
+
+
+class UpstreamStream(Protocol):
+    """An open streaming answer in OpenAI's SSE format: ``data: {chunk}`` events, then ``data: [DONE]``."""
+
+    provider: ProviderEntry
+
+    def events(self) -> AsyncIterator[str]: ...
+
+    def elapsed_ms(self) -> int: ...
+
+    async def aclose(self) -> None: ...
+
+
+def upstream_client() -> httpx.AsyncClient:
+    """One client per event loop: connections are reused across requests, never shared between loops."""
+    loop = asyncio.get_running_loop()
+    client = _clients.get(loop)
+    if client is None or client.is_closed:
+        for stale_loop in [known for known in _clients if known.is_closed()]:
+            del _clients[stale_loop]
+        limit = settings.LLMOPS_UPSTREAM_MAX_CONNECTIONS
+        client = httpx.AsyncClient(
+            limits=httpx.Limits(max_connections=limit, max_keepalive_connections=limit),
+            timeout=httpx.Timeout(60.0, connect=5.0),
+        )
+        _clients[loop] = client
+    return client
+
+
+def provider_timeout(provider: ProviderEntry) -> httpx.Timeout:
+    return httpx.Timeout(provider.timeout_seconds, connect=min(provider.timeout_seconds, 5.0))
+
+
+def elapsed_ms_since(started: float) -> int:
+    return int((time.perf_counter() - started) * 1000)
+
+
+def parse_retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds to wait from ``retry-after-ms``, or ``retry-after`` as seconds or an HTTP date."""
+    milliseconds = headers.get("retry-after-ms")
+    if milliseconds:
+        try:
+            return max(float(milliseconds) / 1000, 0.0)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max((when - datetime.now(UTC)).total_seconds(), 0.0)
+
+
+async def send_request(
+    provider: ProviderEntry, request: httpx.Request, *, stream: bool, started: float
+) -> httpx.Response:
+    """Send over the pooled client, turning transport failures into upstream errors."""
+    try:
+        return await upstream_client().send(request, stream=stream)
+    except httpx.TimeoutException as exc:
+        raise UpstreamTimeout(
+            f"provider {provider.name} did not answer within {provider.timeout_seconds:g}s",
+            elapsed_ms=elapsed_ms_since(started),
+        ) from exc
+    except httpx.TransportError as exc:
+        raise UpstreamConnectionError(
+            f"cannot reach provider {provider.name}: {exc.__class__.__name__}", elapsed_ms=elapsed_ms_since(started)
+        ) from exc
+
+
+def rejection(provider: ProviderEntry, response: httpx.Response, content: bytes, started: float) -> UpstreamRejected:
+    """An error status as an UpstreamRejected, with the provider's own message (OpenAI and Anthropic nest it alike)."""
+    try:
+        error_body = orjson.loads(content)
+        message = error_body["error"]["message"]
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        error_body, message = None, content[:200].decode(errors="replace")
+    return UpstreamRejected(
+        f"provider {provider.name} answered {response.status_code}: {message}",
+        upstream_status=response.status_code,
+        error_body=error_body,
+        elapsed_ms=elapsed_ms_since(started),
+        retry_after=parse_retry_after(response.headers),
+    )
+
+
+def sse_event(payload: dict) -> str:
+    return "data: " + orjson.dumps(payload).decode()
+
+
+SSE_DONE = "data: [DONE]"
+
+
+def openai_usage(*, uncached_input: int, cache_read: int, cache_write: int, output: int) -> dict:
+    """Usage in OpenAI's shape: prompt_tokens counts every input token, cached or written to the cache."""
+    prompt_tokens = uncached_input + cache_read + cache_write
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": output,
+        "total_tokens": prompt_tokens + output,
+        "prompt_tokens_details": {"cached_tokens": cache_read, "cache_write_tokens": cache_write},
+    }
+
+
+def message_text(content) -> str:
+    """The text of an OpenAI message content: a string, or the text parts of a list."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(
+            part.get("text", "") for part in content if isinstance(part, dict) and part.get("type") == "text"
+        )
+    return ""
+
+
+def parse_data_url(url: str) -> tuple[str, str] | None:
+    """``data:image/png;base64,AAAA`` → ("image/png", "AAAA"); None for any other URL."""
+    if not url.startswith("data:") or ";base64," not in url:
+        return None
+    media_type, data = url[5:].split(";base64,", 1)
+    return media_type, data
+
+
+def requested_max_tokens(body: dict) -> int | None:
+    value = body.get("max_completion_tokens") or body.get("max_tokens")
+    return int(value) if value else None
+
+
+def stop_sequences(body: dict) -> list[str]:
+    stop = body.get("stop")
+    if not stop:
+        return []
+    return [stop] if isinstance(stop, str) else list(stop)
+
+
+def wants_usage_chunk(body: dict) -> bool:
+    return bool((body.get("stream_options") or {}).get("include_usage"))
+
+
+def completion_id(provider_id: str) -> str:
+    return f"chatcmpl-{provider_id}" if provider_id else f"chatcmpl-{time.monotonic_ns()}"
+
+
+def tool_call_arguments(tool_call: dict) -> dict:
+    """An OpenAI tool call's JSON arguments as the object providers want; unparsable text is kept, not lost."""
+    arguments = tool_call["function"].get("arguments") or "{}"
+    try:
+        return orjson.loads(arguments)
+    except orjson.JSONDecodeError:
+        return {"arguments": arguments}
+
+
+def openai_tool_call(*, call_id: str, name: str, arguments: dict) -> dict:
+    return {
+        "id": call_id,
+        "type": "function",
+        "function": {"name": name, "arguments": orjson.dumps(arguments).decode()},
+    }
+
+
+def chat_completion_reply(
+    *, reply_id: str, model: str, text: str, tool_calls: list[dict], finish_reason: str, usage: dict
+) -> dict:
+    """An OpenAI chat.completion body with one choice."""
+    message = {"role": "assistant", "content": text or None, "refusal": None}
+    if tool_calls:
+        message["tool_calls"] = tool_calls
+    return {
+        "id": completion_id(reply_id),
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason}],
+        "usage": usage,
+    }
+
+
+class ChunkBuilder:
+    """OpenAI chat.completion.chunk payloads of one stream, numbering tool calls as OpenAI does."""
+
+    def __init__(self, *, model: str, include_usage: bool):
+        self.include_usage = include_usage
+        self.base = {"id": completion_id(""), "object": "chat.completion.chunk", "created": int(time.time())}
+        self.base["model"] = model
+        self.tool_index_by_block: dict[int, int] = {}
+
+    def delta(self, delta: dict, finish_reason: str | None = None) -> dict:
+        return {**self.base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}]}
+
+    def usage(self, usage: dict) -> dict:
+        return {**self.base, "choices": [], "usage": usage}
+
+    def tool_call_start(self, *, block_index: int, call_id: str, name: str) -> dict:
+        tool_index = len(self.tool_index_by_block)
+        self.tool_index_by_block[block_index] = tool_index
+        call = {"index": tool_index, "id": call_id, "type": "function", "function": {"name": name, "arguments": ""}}
+        return self.delta({"tool_calls": [call]})
+
+    def tool_call_arguments(self, *, block_index: int, partial_json: str) -> list[dict]:
+        if block_index not in self.tool_index_by_block:
+            return []
+        call = {"index": self.tool_index_by_block[block_index], "function": {"arguments": partial_json}}
+        return [self.delta({"tool_calls": [call]})]
+
+
+async def sse_lines(provider: ProviderEntry, response: httpx.Response, started: float) -> AsyncIterator[str]:
+    """The lines of a streaming response, with transport failures as upstream errors."""
+    try:
+        async for line in response.aiter_lines():
+            yield line
+    except httpx.TimeoutException as exc:
+        raise UpstreamTimeout(
+            f"provider {provider.name} stalled mid-stream", elapsed_ms=elapsed_ms_since(started)
+        ) from exc
+    except httpx.TransportError as exc:
+        raise UpstreamConnectionError(
+            f"provider {provider.name} broke off the stream", elapsed_ms=elapsed_ms_since(started)
+        ) from exc

@@ -1,0 +1,429 @@
+"""AWS Bedrock's Converse API (through boto3) behind OpenAI's chat completion format, both ways.
+
+boto3 blocks, so every call runs on a bounded thread pool and never on the event loop; a
+ConverseStream is read by one pool thread and handed to the loop through an asyncio queue.
+The credential is ``ACCESS_KEY_ID:SECRET_ACCESS_KEY`` (optionally ``:SESSION_TOKEN``); empty uses
+boto3's default chain. ``base_url``, when set, is the endpoint URL (a VPC endpoint, or a test server).
+"""
+
+import asyncio
+import base64
+import binascii
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache
+
+import boto3
+import orjson
+from botocore.config import Config
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectionClosedError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    HTTPClientError,
+    ReadTimeoutError,
+)
+
+from routing.catalog import ProviderEntry
+from routing.providers.base import (
+    SSE_DONE,
+    ChunkBuilder,
+    UpstreamConnectionError,
+    UpstreamError,
+    UpstreamRejected,
+    UpstreamReply,
+    UpstreamTimeout,
+    chat_completion_reply,
+    elapsed_ms_since,
+    message_text,
+    openai_tool_call,
+    openai_usage,
+    parse_data_url,
+    parse_retry_after,
+    requested_max_tokens,
+    sse_event,
+    stop_sequences,
+    tool_call_arguments,
+    wants_usage_chunk,
+)
+
+# Threads (and pooled connections) for Bedrock calls; a stream holds one for its whole length.
+MAX_CONCURRENT_CALLS = 64
+IMAGE_FORMATS = {
+    "image/png": "png",
+    "image/jpeg": "jpeg",
+    "image/jpg": "jpeg",
+    "image/gif": "gif",
+    "image/webp": "webp",
+}
+FINISH_REASONS = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "max_tokens": "length",
+    "tool_use": "tool_calls",
+    "guardrail_intervened": "content_filter",
+    "content_filtered": "content_filter",
+}
+# Error codes of Bedrock, for the event-stream exceptions that carry no HTTP status.
+STATUS_BY_ERROR_CODE = {
+    "ThrottlingException": 429,
+    "ServiceUnavailableException": 503,
+    "ModelNotReadyException": 503,
+    "InternalServerException": 500,
+    "ModelStreamErrorException": 500,
+    "ValidationException": 400,
+    "AccessDeniedException": 403,
+    "ResourceNotFoundException": 404,
+}
+
+_executor: ThreadPoolExecutor | None = None
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _executor
+    if _executor is None:
+        _executor = ThreadPoolExecutor(max_workers=MAX_CONCURRENT_CALLS, thread_name_prefix="bedrock")
+    return _executor
+
+
+@lru_cache(maxsize=32)
+def _client(region: str, endpoint_url: str, credential: str, timeout_seconds: float):
+    """A bedrock-runtime client per configuration; boto3 clients are thread-safe once built.
+
+    botocore's own retries are off: retries and fallbacks are decided in routing.resilience.
+    """
+    access_key_id, _, rest = credential.partition(":")
+    secret_access_key, _, session_token = rest.partition(":")
+    session = boto3.session.Session(
+        aws_access_key_id=access_key_id or None,
+        aws_secret_access_key=secret_access_key or None,
+        aws_session_token=session_token or None,
+        region_name=region or None,
+    )
+    config = Config(
+        connect_timeout=min(timeout_seconds, 5.0),
+        read_timeout=timeout_seconds,
+        retries={"total_max_attempts": 1, "mode": "standard"},
+        max_pool_connections=MAX_CONCURRENT_CALLS,
+    )
+    return session.client("bedrock-runtime", endpoint_url=endpoint_url or None, config=config)
+
+
+def _client_for(provider: ProviderEntry):
+    return _client(provider.region, provider.base_url, provider.api_key, provider.timeout_seconds)
+
+
+class UnsupportedForBedrock(UpstreamRejected):
+    """The request uses something Converse cannot take; refused before any call, like a 400 from AWS."""
+
+    def __init__(self, message: str):
+        super().__init__(message, upstream_status=400, error_body=None, elapsed_ms=0)
+
+
+def _image_block(url: str) -> dict:
+    inline = parse_data_url(url)
+    if inline is None:
+        raise UnsupportedForBedrock("Bedrock takes images only inline, as base64 data: URLs")
+    media_type, data = inline
+    if media_type not in IMAGE_FORMATS:
+        raise UnsupportedForBedrock(f"Bedrock cannot take images of type {media_type}")
+    try:
+        image_bytes = base64.b64decode(data, validate=True)
+    except binascii.Error as exc:
+        raise UnsupportedForBedrock("an image data: URL is not valid base64") from exc
+    return {"image": {"format": IMAGE_FORMATS[media_type], "source": {"bytes": image_bytes}}}
+
+
+def _content_blocks(content) -> list[dict]:
+    if isinstance(content, str):
+        return [{"text": content}] if content else []
+    blocks = []
+    for part in content or []:
+        if part.get("type") == "text" and part.get("text"):
+            blocks.append({"text": part["text"]})
+        elif part.get("type") == "image_url":
+            blocks.append(_image_block(part["image_url"]["url"]))
+    return blocks
+
+
+def _tool_use_block(tool_call: dict) -> dict:
+    tool_use = {"toolUseId": tool_call["id"], "name": tool_call["function"]["name"]}
+    return {"toolUse": {**tool_use, "input": tool_call_arguments(tool_call)}}
+
+
+def _messages(openai_messages: list[dict]) -> tuple[list[dict], list[dict]]:
+    """System blocks and Converse messages; consecutive turns of one role merge, as Converse requires alternation."""
+    system: list[dict] = []
+    messages: list[dict] = []
+    for message in openai_messages:
+        role = message.get("role")
+        if role in ("system", "developer"):
+            if text := message_text(message.get("content")):
+                system.append({"text": text})
+            continue
+        if role == "tool":
+            result = {"toolUseId": message["tool_call_id"], "content": [{"text": message_text(message.get("content"))}]}
+            blocks = [{"toolResult": result}]
+            role = "user"
+        else:
+            blocks = _content_blocks(message.get("content"))
+            if role == "assistant":
+                blocks += [_tool_use_block(call) for call in message.get("tool_calls") or []]
+        if messages and messages[-1]["role"] == role:
+            messages[-1]["content"].extend(blocks)
+        else:
+            messages.append({"role": role, "content": blocks})
+    return system, messages
+
+
+def _tool_config(body: dict) -> dict:
+    config = {
+        "tools": [
+            {
+                "toolSpec": {
+                    "name": tool["function"]["name"],
+                    "description": tool["function"].get("description") or tool["function"]["name"],
+                    "inputSchema": {"json": tool["function"].get("parameters") or {"type": "object", "properties": {}}},
+                }
+            }
+            for tool in body["tools"]
+        ]
+    }
+    choice = body.get("tool_choice")
+    if choice == "required":
+        config["toolChoice"] = {"any": {}}
+    elif isinstance(choice, dict):
+        config["toolChoice"] = {"tool": {"name": choice["function"]["name"]}}
+    elif choice == "auto":
+        config["toolChoice"] = {"auto": {}}
+    return config
+
+
+def converse_request(body: dict) -> dict:
+    """OpenAI chat completion request → keyword arguments of Converse / ConverseStream."""
+    system, messages = _messages(body["messages"])
+    request = {"modelId": body["model"], "messages": messages}
+    if system:
+        request["system"] = system
+    inference = {}
+    if max_tokens := requested_max_tokens(body):
+        inference["maxTokens"] = max_tokens
+    if body.get("temperature") is not None:
+        inference["temperature"] = body["temperature"]
+    if body.get("top_p") is not None:
+        inference["topP"] = body["top_p"]
+    if stop := stop_sequences(body):
+        inference["stopSequences"] = stop
+    if inference:
+        request["inferenceConfig"] = inference
+    # Converse has no "none" choice: with tool_choice none the tools are left out entirely.
+    if body.get("tools") and body.get("tool_choice") != "none":
+        request["toolConfig"] = _tool_config(body)
+    return request
+
+
+def _usage(usage: dict) -> dict:
+    return openai_usage(
+        uncached_input=int(usage.get("inputTokens") or 0),
+        cache_read=int(usage.get("cacheReadInputTokens") or 0),
+        cache_write=int(usage.get("cacheWriteInputTokens") or 0),
+        output=int(usage.get("outputTokens") or 0),
+    )
+
+
+def chat_completion_body(response: dict, *, model: str) -> dict:
+    """Converse response → OpenAI chat.completion body."""
+    blocks = response["output"]["message"]["content"]
+    return chat_completion_reply(
+        reply_id=(response.get("ResponseMetadata") or {}).get("RequestId", ""),
+        model=model,
+        text="".join(block["text"] for block in blocks if "text" in block),
+        tool_calls=[
+            openai_tool_call(
+                call_id=block["toolUse"]["toolUseId"],
+                name=block["toolUse"]["name"],
+                arguments=block["toolUse"]["input"],
+            )
+            for block in blocks
+            if "toolUse" in block
+        ],
+        finish_reason=FINISH_REASONS.get(response.get("stopReason"), "stop"),
+        usage=_usage(response.get("usage") or {}),
+    )
+
+
+def upstream_error(provider: ProviderEntry, exc: Exception, started: float) -> UpstreamError:
+    """A boto3 failure as the upstream error the pipeline and the fallbacks understand."""
+    elapsed = elapsed_ms_since(started)
+    if isinstance(exc, UpstreamError):
+        return exc
+    if isinstance(exc, ReadTimeoutError | ConnectTimeoutError):
+        return UpstreamTimeout(
+            f"provider {provider.name} did not answer within {provider.timeout_seconds:g}s", elapsed_ms=elapsed
+        )
+    if isinstance(exc, EndpointConnectionError | ConnectionClosedError | HTTPClientError):
+        return UpstreamConnectionError(f"cannot reach provider {provider.name}: {exc}", elapsed_ms=elapsed)
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error") or {}
+        # Event-stream exceptions name the code as a member (throttlingException); HTTP errors capitalise it.
+        code = error.get("Code", "")[:1].upper() + error.get("Code", "")[1:]
+        message = f"provider {provider.name} answered {code}: {error.get('Message', '')}"
+        if code == "ModelTimeoutException":
+            return UpstreamTimeout(message, elapsed_ms=elapsed)
+        metadata = exc.response.get("ResponseMetadata") or {}
+        status = STATUS_BY_ERROR_CODE.get(code) or metadata.get("HTTPStatusCode") or 500
+        return UpstreamRejected(
+            message,
+            upstream_status=status,
+            error_body={"error": {"message": error.get("Message", ""), "code": code}},
+            elapsed_ms=elapsed,
+            retry_after=parse_retry_after(metadata.get("HTTPHeaders") or {}),
+        )
+    if isinstance(exc, BotoCoreError):
+        return UpstreamError(f"provider {provider.name} could not be called: {exc}", elapsed_ms=elapsed)
+    raise exc
+
+
+async def chat_completion(provider: ProviderEntry, body: dict) -> UpstreamReply:
+    started = time.perf_counter()
+    request = converse_request(body)
+
+    def converse() -> dict:
+        return _client_for(provider).converse(**request)
+
+    try:
+        response = await asyncio.get_running_loop().run_in_executor(_pool(), converse)
+    except Exception as exc:
+        raise upstream_error(provider, exc, started) from exc
+    reply = chat_completion_body(response, model=body["model"])
+    return UpstreamReply(body=reply, raw=orjson.dumps(reply), elapsed_ms=elapsed_ms_since(started))
+
+
+class ChunkTranslator(ChunkBuilder):
+    """ConverseStream events → OpenAI chat.completion.chunk payloads."""
+
+    def __init__(self, *, model: str, include_usage: bool):
+        super().__init__(model=model, include_usage=include_usage)
+        self.stopped = False
+
+    def translate(self, event: dict) -> list[dict]:
+        if "messageStart" in event:
+            return [self.delta({"role": "assistant", "content": ""})]
+        if "contentBlockStart" in event:
+            start = event["contentBlockStart"]
+            tool_use = (start.get("start") or {}).get("toolUse")
+            if not tool_use:
+                return []
+            block_index = start["contentBlockIndex"]
+            return [self.tool_call_start(block_index=block_index, call_id=tool_use["toolUseId"], name=tool_use["name"])]
+        if "contentBlockDelta" in event:
+            block = event["contentBlockDelta"]
+            delta = block["delta"]
+            if "text" in delta:
+                return [self.delta({"content": delta["text"]})]
+            if "toolUse" in delta:
+                partial_json = delta["toolUse"]["input"]
+                return self.tool_call_arguments(block_index=block["contentBlockIndex"], partial_json=partial_json)
+            return []
+        if "messageStop" in event:
+            self.stopped = True
+            return [self.delta({}, FINISH_REASONS.get(event["messageStop"].get("stopReason"), "stop"))]
+        if "metadata" in event and self.include_usage:
+            return [self.usage(_usage(event["metadata"].get("usage") or {}))]
+        return []
+
+
+_OPENED, _EVENT, _END, _FAILED = "opened", "event", "end", "failed"
+
+
+class BedrockStream:
+    """A ConverseStream read on a pool thread and handed over through a queue, as OpenAI chunks.
+
+    Opening waits for the first event, so a provider that fails before sending anything fails the open
+    (where a fallback can still take over).
+    """
+
+    def __init__(self, provider: ProviderEntry, body: dict, started: float):
+        self.provider = provider
+        self.started = started
+        self.translator = ChunkTranslator(model=body["model"], include_usage=wants_usage_chunk(body))
+        self._request = converse_request(body)
+        self._loop = asyncio.get_running_loop()
+        self._queue: asyncio.Queue[tuple[str, object]] = asyncio.Queue()
+        self._event_stream = None
+        self._cancelled = False
+        self._pending: tuple[str, object] | None = None
+
+    def _hand_over(self, kind: str, item: object = None) -> bool:
+        try:
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, (kind, item))
+        except RuntimeError:  # the loop is gone: nobody is reading any more
+            return False
+        return True
+
+    def _pump(self) -> None:
+        """Runs on a pool thread: the blocking call and the blocking reads."""
+        try:
+            self._event_stream = _client_for(self.provider).converse_stream(**self._request)["stream"]
+        except Exception as exc:
+            self._hand_over(_FAILED, exc)
+            return
+        if not self._hand_over(_OPENED):
+            self._event_stream.close()
+            return
+        try:
+            for event in self._event_stream:
+                if self._cancelled or not self._hand_over(_EVENT, event):
+                    return
+            self._hand_over(_END)
+        except Exception as exc:
+            if not self._cancelled:
+                self._hand_over(_FAILED, exc)
+        finally:
+            self._event_stream.close()
+
+    async def _next(self) -> tuple[str, object]:
+        kind, item = await self._queue.get()
+        if kind == _FAILED:
+            raise upstream_error(self.provider, item, self.started) from item
+        return kind, item
+
+    async def open(self) -> None:
+        self._loop.run_in_executor(_pool(), self._pump)
+        await self._next()
+        self._pending = await self._next()
+
+    async def events(self) -> AsyncIterator[str]:
+        while True:
+            if self._pending is not None:
+                (kind, event), self._pending = self._pending, None
+            else:
+                kind, event = await self._next()
+            if kind == _END:
+                if self.translator.stopped:
+                    yield SSE_DONE
+                return
+            for chunk in self.translator.translate(event):
+                yield sse_event(chunk)
+
+    def elapsed_ms(self) -> int:
+        return elapsed_ms_since(self.started)
+
+    async def aclose(self) -> None:
+        self._cancelled = True
+        if self._event_stream is not None:
+            # Closing the connection stops the reading thread (and the generation) early.
+            await self._loop.run_in_executor(_pool(), self._event_stream.close)
+
+
+async def open_chat_stream(provider: ProviderEntry, body: dict) -> BedrockStream:
+    stream = BedrockStream(provider, body, time.perf_counter())
+    try:
+        await stream.open()
+    except BaseException:
+        await stream.aclose()
+        raise
+    return stream

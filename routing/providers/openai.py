@@ -1,0 +1,82 @@
+"""OpenAI-compatible upstreams: the request and the answer already have the shape the gateway speaks."""
+
+import time
+from collections.abc import AsyncIterator
+
+import httpx
+import orjson
+
+from routing.catalog import ProviderEntry
+from routing.providers.base import (
+    UpstreamError,
+    UpstreamReply,
+    elapsed_ms_since,
+    provider_timeout,
+    rejection,
+    send_request,
+    sse_lines,
+    upstream_client,
+)
+
+
+def _request(provider: ProviderEntry, body: dict) -> httpx.Request:
+    headers = {"content-type": "application/json"}
+    if provider.api_key:
+        headers["authorization"] = f"Bearer {provider.api_key}"
+    return upstream_client().build_request(
+        "POST",
+        f"{provider.base_url}/chat/completions",
+        content=orjson.dumps(body),
+        headers=headers,
+        timeout=provider_timeout(provider),
+    )
+
+
+async def chat_completion(provider: ProviderEntry, body: dict) -> UpstreamReply:
+    started = time.perf_counter()
+    response = await send_request(provider, _request(provider, body), stream=False, started=started)
+    if response.status_code >= 400:
+        raise rejection(provider, response, response.content, started)
+    try:
+        reply = orjson.loads(response.content)
+    except orjson.JSONDecodeError as exc:
+        raise UpstreamError(
+            f"provider {provider.name} sent a body that is not JSON", elapsed_ms=elapsed_ms_since(started)
+        ) from exc
+    return UpstreamReply(body=reply, raw=response.content, elapsed_ms=elapsed_ms_since(started))
+
+
+class OpenAIStream:
+    """An open streaming response. Iterate ``events()`` for raw SSE event blocks; always ``aclose()``."""
+
+    def __init__(self, provider: ProviderEntry, response: httpx.Response, started: float):
+        self.provider = provider
+        self.response = response
+        self.started = started
+
+    async def events(self) -> AsyncIterator[str]:
+        lines: list[str] = []
+        async for line in sse_lines(self.provider, self.response, self.started):
+            if line:
+                lines.append(line)
+            elif lines:
+                yield "\n".join(lines)
+                lines = []
+        if lines:
+            yield "\n".join(lines)
+
+    def elapsed_ms(self) -> int:
+        return elapsed_ms_since(self.started)
+
+    async def aclose(self) -> None:
+        await self.response.aclose()
+
+
+async def open_chat_stream(provider: ProviderEntry, body: dict) -> OpenAIStream:
+    started = time.perf_counter()
+    response = await send_request(provider, _request(provider, body), stream=True, started=started)
+    if response.status_code >= 400:
+        content = await response.aread()
+        await response.aclose()
+        raise rejection(provider, response, content, started)
+    return OpenAIStream(provider, response, started)

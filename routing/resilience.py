@@ -1,0 +1,272 @@
+"""Surviving a failing provider: retries with backoff, fallbacks down a model chain, a circuit breaker.
+
+A call is retried on the same model while the failure is worth retrying (429, 5xx, timeouts,
+connection errors), with exponential backoff and full jitter, never sooner than the provider's
+``Retry-After``; then the next model of the chain is tried. A bounded number of attempts and a
+total deadline cap the whole. Each provider has a circuit breaker whose state lives in Redis, so
+every gateway process skips a dead provider after a few failures instead of waiting on it.
+"""
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from redis.exceptions import RedisError
+
+from llmops.redis import async_redis
+from routing.catalog import ModelEntry
+from routing.providers.base import UpstreamConnectionError, UpstreamError, UpstreamRejected, UpstreamTimeout
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    attempts_per_model: int = 2
+    max_attempts: int = 4
+    deadline_seconds: float = 60.0
+    base_delay_seconds: float = 0.2
+    max_delay_seconds: float = 5.0
+    # A provider asking to wait longer than this is not waited for: the next model is tried.
+    max_retry_after_seconds: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerPolicy:
+    failure_threshold: int = 5
+    window_seconds: float = 30.0
+    cooldown_seconds: float = 15.0
+    # How long one half-open probe may take before another request may probe.
+    probe_seconds: float = 30.0
+
+
+@dataclass(slots=True)
+class FallbackResult(Generic[T]):
+    value: T
+    served: ModelEntry
+    attempts: int
+
+
+class CircuitOpen(UpstreamError):
+    """Every model of the chain sits on a provider whose circuit is open; nothing was called."""
+
+    code = "upstream_circuit_open"
+
+
+def is_retryable(error: UpstreamError) -> bool:
+    """Worth another try or another model: rate limits, server failures, timeouts, unreachable hosts."""
+    if isinstance(error, UpstreamTimeout | UpstreamConnectionError):
+        return True
+    if isinstance(error, UpstreamRejected):
+        return error.upstream_status == 429 or error.upstream_status >= 500
+    return error.upstream_status is None or error.upstream_status >= 500
+
+
+def backoff_delay(policy: RetryPolicy, retry_number: int, retry_after: float | None) -> float:
+    """Full jitter over an exponential ceiling, but never less than what the provider asked for."""
+    ceiling = min(policy.max_delay_seconds, policy.base_delay_seconds * 2**retry_number)
+    return max(random.uniform(0, ceiling), retry_after or 0.0)
+
+
+# Lua keeps each transition atomic across processes. KEYS: failures, open, tripped, probe.
+_RECORD_FAILURE = """
+if redis.call('EXISTS', KEYS[3]) == 1 and redis.call('EXISTS', KEYS[2]) == 0 then
+    redis.call('SET', KEYS[2], '1', 'PX', ARGV[2])
+    redis.call('DEL', KEYS[4])
+    return 1
+end
+local failures = redis.call('INCR', KEYS[1])
+if failures == 1 then
+    redis.call('PEXPIRE', KEYS[1], ARGV[1])
+end
+if failures >= tonumber(ARGV[3]) then
+    redis.call('SET', KEYS[2], '1', 'PX', ARGV[2])
+    redis.call('SET', KEYS[3], '1', 'PX', ARGV[4])
+    redis.call('DEL', KEYS[1])
+    return 1
+end
+return 0
+"""
+_ALLOW = """
+if redis.call('EXISTS', KEYS[2]) == 1 then
+    return 0
+end
+if redis.call('EXISTS', KEYS[3]) == 1 then
+    if redis.call('SET', KEYS[4], '1', 'NX', 'PX', ARGV[1]) then
+        return 1
+    end
+    return 0
+end
+return 1
+"""
+# A tripped breaker forgets itself after this many cool-downs without traffic.
+_TRIPPED_MEMORY_COOLDOWNS = 20
+
+
+class _LocalBreakerState:
+    """The same state machine in process memory, for deployments without Redis."""
+
+    def __init__(self):
+        self.failures = 0
+        self.window_ends = 0.0
+        self.open_until = 0.0
+        self.tripped = False
+        self.probe_until = 0.0
+
+
+_local_states: dict[str, _LocalBreakerState] = {}
+
+
+class CircuitBreaker:
+    """Per provider: closed → open after N consecutive failures in a window → half-open after the cool-down,
+    where one request probes; its success closes the circuit, its failure opens it again."""
+
+    def __init__(self, provider_name: str, *, policy: BreakerPolicy, key_prefix: str = "llmops:breaker"):
+        self.provider_name = provider_name
+        self.policy = policy
+        base = f"{key_prefix}:{provider_name}"
+        self.keys = [f"{base}:failures", f"{base}:open", f"{base}:tripped", f"{base}:probe"]
+
+    async def allow(self) -> bool:
+        """Whether a call may go to the provider now (in half-open, only the one probing call may)."""
+        redis = async_redis()
+        if redis is None:
+            return self._local_allow()
+        try:
+            return bool(await redis.eval(_ALLOW, 4, *self.keys, self._ms(self.policy.probe_seconds)))
+        except RedisError:
+            logger.warning("circuit breaker for %s cannot reach Redis; letting the call through", self.provider_name)
+            return True
+
+    async def record_success(self) -> None:
+        redis = async_redis()
+        if redis is None:
+            _local_states.pop(self.provider_name, None)
+            return
+        try:
+            await redis.delete(self.keys[0], self.keys[2], self.keys[3])
+        except RedisError:
+            logger.warning("circuit breaker for %s cannot reach Redis", self.provider_name)
+
+    async def record_failure(self) -> bool:
+        """Count a failure; returns whether the circuit is now open."""
+        redis = async_redis()
+        if redis is None:
+            return self._local_failure()
+        policy = self.policy
+        args = (
+            self._ms(policy.window_seconds),
+            self._ms(policy.cooldown_seconds),
+            policy.failure_threshold,
+            self._ms(policy.cooldown_seconds * _TRIPPED_MEMORY_COOLDOWNS),
+        )
+        try:
+            opened = bool(await redis.eval(_RECORD_FAILURE, 4, *self.keys, *args))
+        except RedisError:
+            logger.warning("circuit breaker for %s cannot reach Redis", self.provider_name)
+            return False
+        if opened:
+            logger.warning("circuit opened for provider %s", self.provider_name)
+        return opened
+
+    @staticmethod
+    def _ms(seconds: float) -> int:
+        return max(int(seconds * 1000), 1)
+
+    def _local_allow(self) -> bool:
+        state = _local_states.get(self.provider_name)
+        now = time.monotonic()
+        if state is None or not state.tripped:
+            return True
+        if now < state.open_until or now < state.probe_until:
+            return False
+        state.probe_until = now + self.policy.probe_seconds
+        return True
+
+    def _local_failure(self) -> bool:
+        state = _local_states.setdefault(self.provider_name, _LocalBreakerState())
+        now = time.monotonic()
+        if state.tripped and now >= state.open_until:
+            state.open_until, state.probe_until = now + self.policy.cooldown_seconds, 0.0
+            return True
+        if now >= state.window_ends:
+            state.failures, state.window_ends = 0, now + self.policy.window_seconds
+        state.failures += 1
+        if state.failures >= self.policy.failure_threshold:
+            state.failures, state.tripped = 0, True
+            state.open_until = now + self.policy.cooldown_seconds
+            return True
+        return False
+
+
+async def call_with_fallbacks(
+    chain: list[ModelEntry],
+    attempt: Callable[[ModelEntry], Awaitable[T]],
+    *,
+    policy: RetryPolicy,
+    breaker_policy: BreakerPolicy | None = None,
+) -> FallbackResult[T]:
+    """Call ``attempt`` down the chain until one succeeds.
+
+    Raises the last UpstreamError, with ``attempts`` and ``last_model`` set, when the chain is exhausted,
+    the attempts or the deadline are used up, or the failure is not worth retrying (a 400 would fail on
+    any model); raises CircuitOpen when every provider of the chain was skipped. For a stream, ``attempt`` should
+    open it (up to its first event), so a fallback happens only before anything reached the client.
+    """
+    breaker_policy = breaker_policy or BreakerPolicy()
+    deadline = time.monotonic() + policy.deadline_seconds
+    attempts = 0
+    last_error: UpstreamError | None = None
+    for entry in chain:
+        breaker = CircuitBreaker(entry.provider.name, policy=breaker_policy)
+        if not await breaker.allow():
+            logger.info("skipping model %s: circuit open for provider %s", entry.name, entry.provider.name)
+            continue
+        for try_number in range(policy.attempts_per_model):
+            remaining = deadline - time.monotonic()
+            if attempts >= policy.max_attempts or remaining <= 0:
+                break
+            attempts += 1
+            try:
+                async with asyncio.timeout(remaining):
+                    value = await attempt(entry)
+            except TimeoutError:
+                last_error = UpstreamTimeout(
+                    f"no answer within the {policy.deadline_seconds:g}s deadline (model {entry.name})",
+                    elapsed_ms=int(remaining * 1000),
+                )
+                last_error.last_model = entry
+                await breaker.record_failure()
+                break
+            except UpstreamError as error:
+                last_error, error.last_model = error, entry
+                if not is_retryable(error):
+                    await breaker.record_success()
+                    error.attempts = attempts
+                    raise
+                if await breaker.record_failure():
+                    break
+                if try_number + 1 >= policy.attempts_per_model:
+                    break
+                if error.retry_after is not None and error.retry_after > policy.max_retry_after_seconds:
+                    break
+                delay = backoff_delay(policy, try_number, error.retry_after)
+                if time.monotonic() + delay >= deadline:
+                    break
+                await asyncio.sleep(delay)
+                continue
+            await breaker.record_success()
+            return FallbackResult(value=value, served=entry, attempts=attempts)
+        if attempts >= policy.max_attempts or time.monotonic() >= deadline:
+            break
+    if last_error is None:
+        names = ", ".join(sorted({entry.provider.name for entry in chain}))
+        last_error = CircuitOpen(f"every provider of the model chain is failing and skipped for now ({names})")
+    last_error.attempts = attempts
+    raise last_error

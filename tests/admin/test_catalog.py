@@ -1,0 +1,115 @@
+from decimal import Decimal
+
+import pytest
+
+from routing.crypto import decrypt_secret
+from routing.models import Model, Provider
+from routing.services import provider_create
+from tenants.models import Role
+from tests.admin.scenario import SUPERUSER, World, admin_url, make_user
+
+CREDENTIAL = "sk-live-typed-into-the-admin-1234"
+
+
+@pytest.fixture
+def superuser_client(client, world: World):
+    client.force_login(make_user(SUPERUSER, tenant=world.acme.tenant))
+    return client
+
+
+def provider_form_data(**overrides) -> dict:
+    return {
+        "name": "openai-eu",
+        "kind": "openai",
+        "base_url": "https://api.example.com/v1",
+        "credential": "",
+        "credential_env_var": "",
+        "timeout_seconds": "30",
+        "is_active": "on",
+        **overrides,
+    }
+
+
+def admin_pages_of(client, provider: Provider) -> list[str]:
+    urls = [
+        admin_url("routing_provider", "changelist"),
+        admin_url("routing_provider", "change", provider.pk),
+        admin_url("routing_provider", "history", provider.pk),
+    ]
+    return [client.get(url).content.decode() for url in urls]
+
+
+def test_provider_credential_is_stored_encrypted_and_never_shown(superuser_client):
+    response = superuser_client.post(admin_url("routing_provider", "add"), provider_form_data(credential=CREDENTIAL))
+
+    assert response.status_code == 302
+    provider = Provider.objects.get(name="openai-eu")
+    assert CREDENTIAL not in provider.credential_encrypted
+    assert decrypt_secret(provider.credential_encrypted) == CREDENTIAL
+    for html in admin_pages_of(superuser_client, provider):
+        assert CREDENTIAL not in html
+        assert provider.credential_encrypted not in html
+
+
+def test_blank_credential_on_change_keeps_the_stored_one(superuser_client):
+    provider = provider_create(name="openai-eu", base_url="https://api.example.com/v1", credential=CREDENTIAL)
+
+    superuser_client.post(admin_url("routing_provider", "change", provider.pk), provider_form_data(timeout_seconds="9"))
+
+    provider.refresh_from_db()
+    assert provider.timeout_seconds == Decimal("9")
+    assert decrypt_secret(provider.credential_encrypted) == CREDENTIAL
+
+
+def test_new_credential_on_change_replaces_the_stored_one(superuser_client):
+    provider = provider_create(name="openai-eu", base_url="https://api.example.com/v1", credential=CREDENTIAL)
+
+    superuser_client.post(
+        admin_url("routing_provider", "change", provider.pk), provider_form_data(credential="sk-rotated")
+    )
+
+    provider.refresh_from_db()
+    assert decrypt_secret(provider.credential_encrypted) == "sk-rotated"
+    for html in admin_pages_of(superuser_client, provider):
+        assert "sk-rotated" not in html
+
+
+@pytest.mark.parametrize(("credential", "icon"), [(CREDENTIAL, "icon-yes.svg"), ("", "icon-no.svg")])
+def test_change_page_says_whether_a_credential_is_stored(superuser_client, credential, icon):
+    provider = provider_create(name="openai-eu", base_url="https://api.example.com/v1", credential=credential)
+
+    html = superuser_client.get(admin_url("routing_provider", "change", provider.pk)).content.decode()
+
+    assert icon in html
+
+
+def test_superuser_adds_a_model_to_the_catalog(superuser_client, world: World):
+    response = superuser_client.post(
+        admin_url("routing_model", "add"),
+        {
+            "name": "large",
+            "provider": world.acme.provider.pk,
+            "upstream_name": "mock-large",
+            "context_window": "200000",
+            "input_price_per_million": "2.5",
+            "cached_input_price_per_million": "1.25",
+            "output_price_per_million": "10",
+        },
+    )
+
+    assert response.status_code == 302
+    model = Model.objects.get(name="large")
+    assert (model.provider, model.output_price_per_million) == (world.acme.provider, Decimal("10"))
+
+
+@pytest.mark.parametrize("role", [Role.OWNER, Role.VIEWER])
+def test_member_sees_model_names_and_prices_but_not_its_provider(client, world: World, role):
+    client.force_login(make_user(role, tenant=world.acme.tenant))
+    model = world.acme.catalog_model
+
+    for url in (admin_url("routing_model", "changelist"), admin_url("routing_model", "change", model.pk)):
+        html = client.get(url).content.decode()
+        assert model.name in html
+        assert "0.150000" in html
+        assert model.provider.name not in html
+        assert model.upstream_name not in html

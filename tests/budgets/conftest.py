@@ -1,0 +1,164 @@
+import asyncio
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+
+import pytest
+import redis
+from django.db import connection
+
+from billing.budgets.thresholds import threshold_alerts_wait
+from tenants.models import ApiKey, Team, Tenant
+from tenants.services import api_key_create
+from tests.factories import TeamFactory, TenantFactory
+from tests.servers import ThreadedServer
+
+# Closed on loopback: connecting is refused at once, the way an unreachable Redis fails.
+UNREACHABLE_REDIS_URL = "redis://127.0.0.1:1/0"
+
+
+@dataclass
+class Org:
+    tenant: Tenant
+    team: Team
+    other_team: Team
+    api_key: ApiKey
+    other_key: ApiKey
+
+
+def make_org(slug: str, *, time_zone: str = "UTC") -> Org:
+    tenant = TenantFactory(slug=slug, time_zone=time_zone)
+    team = TeamFactory(tenant=tenant, slug=f"{slug}-support")
+    other_team = TeamFactory(tenant=tenant, slug=f"{slug}-search")
+    api_key, _ = api_key_create(team=team, name=f"{slug}-key")
+    other_key, _ = api_key_create(team=other_team, name=f"{slug}-other-key")
+    return Org(tenant=tenant, team=team, other_team=other_team, api_key=api_key, other_key=other_key)
+
+
+@pytest.fixture
+def org(db) -> Org:
+    return make_org("acme")
+
+
+@pytest.fixture
+def live_org(transactional_db) -> Org:
+    """Committed, so the worker threads of the database fallback and the alert enqueuer see it."""
+    yield make_org("acme")
+    threshold_alerts_wait()
+    _close_other_connections()
+
+
+@pytest.fixture(autouse=True)
+def _alert_enqueues_finish():
+    """Alerts enqueued in the background by one test must not run into the next."""
+    yield
+    threshold_alerts_wait()
+
+
+def _close_other_connections() -> None:
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+
+
+@pytest.fixture
+def redis_counters(settings):
+    """The test Redis (REDIS_URL from `make test`), emptied of llmops keys before and after."""
+    if not settings.REDIS_URL:
+        pytest.fail("these tests need REDIS_URL; run them with `make test`")
+    client = redis.Redis.from_url(settings.REDIS_URL)
+
+    def flush():
+        keys = list(client.scan_iter("llmops:*"))
+        if keys:
+            client.delete(*keys)
+
+    flush()
+    yield client
+    flush()
+    client.close()
+
+
+@pytest.fixture
+def no_redis(settings):
+    settings.REDIS_URL = ""
+
+
+@pytest.fixture
+def unreachable_redis(settings):
+    settings.REDIS_URL = UNREACHABLE_REDIS_URL
+
+
+def run(coroutine):
+    """A fresh event loop per call, so Redis clients never outlive their loop."""
+    return asyncio.run(coroutine)
+
+
+@dataclass
+class ReceivedRequest:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass
+class Receiver:
+    """An HTTP endpoint on loopback that records what it receives and answers with the statuses queued."""
+
+    statuses: deque = field(default_factory=deque)
+    received: list[ReceivedRequest] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        headers = {name.decode().lower(): value.decode() for name, value in scope["headers"]}
+        with self.lock:
+            self.received.append(ReceivedRequest(scope["path"], headers, body))
+            status = self.statuses.popleft() if self.statuses else 200
+        await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", b"text/plain")]})
+        await send({"type": "http.response.body", "body": b"ok" if status < 300 else b"receiver says no"})
+
+
+@pytest.fixture(scope="session")
+def receiver_server():
+    with ThreadedServer(Receiver()) as server:
+        yield server
+
+
+@pytest.fixture
+def receiver(receiver_server) -> tuple[Receiver, str]:
+    app: Receiver = receiver_server.server.config.app
+    app.statuses.clear()
+    app.received.clear()
+    return app, receiver_server.url
+
+
+@pytest.fixture(autouse=True)
+def eager_celery():
+    """Tasks run in the caller and their errors reach the test."""
+    from llmops.celery import app
+
+    previous = app.conf.task_always_eager, app.conf.task_eager_propagates
+    app.conf.task_always_eager, app.conf.task_eager_propagates = True, True
+    yield
+    app.conf.task_always_eager, app.conf.task_eager_propagates = previous
+
+
+@pytest.fixture
+def eager_retries(eager_celery):
+    """Like a worker: a task's self.retry() runs it again (at once, here) instead of raising into the test."""
+    from llmops.celery import app
+
+    app.conf.task_eager_propagates = False
+    yield
+    app.conf.task_eager_propagates = True

@@ -1,0 +1,161 @@
+import json
+import threading
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import boto3
+import pytest
+from django.core.exceptions import ValidationError
+from moto import mock_aws
+
+from billing.alerts.channels import SIGNATURE_HEADER, TIMESTAMP_HEADER, webhook_signature
+from billing.alerts.services import alert_channel_create
+from billing.budgets.index import build_budget_index
+from billing.budgets.reservations import budget_reserve, reservation_settle
+from billing.budgets.services import budget_create
+from billing.budgets.thresholds import threshold_alerts_wait
+from billing.models import AlertDelivery, BudgetAlert, ChannelKind, DeliveryStatus
+from billing.tasks import ALERT_DELIVERY_MAX_RETRIES, budget_threshold_alert
+from tests.budgets.conftest import run
+
+UNITS = 10**10
+
+
+def test_email_alert_is_sent_exactly_once_under_duplicated_and_retried_tasks(live_org, mailoutbox):
+    channel = alert_channel_create(
+        tenant=live_org.tenant, name="on-call", kind=ChannelKind.EMAIL, target="oncall@example.com"
+    )
+    budget = budget_create(tenant=live_org.tenant, limit_usd=Decimal("100"), channels=[channel])
+    # Many replicas noticed the same crossing at once, and the broker redelivered some of their tasks.
+    threads = [
+        threading.Thread(target=budget_threshold_alert, args=(budget.pk, "2026-11", 80, 81 * UNITS)) for _ in range(8)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    budget_threshold_alert(budget.pk, "2026-11", 80, 82 * UNITS)
+    assert BudgetAlert.objects.filter(budget=budget).count() == 1
+    assert AlertDelivery.objects.get().status == DeliveryStatus.SENT
+    assert len(mailoutbox) == 1
+    assert "80%" in mailoutbox[0].subject
+    assert "$81.00 of $100.00" in mailoutbox[0].body
+    # The next period, or the next threshold, is a new alert.
+    budget_threshold_alert(budget.pk, "2026-12", 80, 81 * UNITS)
+    budget_threshold_alert(budget.pk, "2026-11", 100, 100 * UNITS)
+    assert len(mailoutbox) == 3
+
+
+def test_slack_alert_posts_json_text(org, receiver, django_capture_on_commit_callbacks):
+    app, url = receiver
+    channel = alert_channel_create(tenant=org.tenant, name="slack", kind=ChannelKind.SLACK, target=f"{url}/slack")
+    budget = budget_create(tenant=org.tenant, limit_usd=Decimal("10"), channels=[channel])
+    with django_capture_on_commit_callbacks(execute=True):
+        budget_threshold_alert(budget.pk, "2026-11", 50, 5 * UNITS)
+    [request] = app.received
+    assert request.path == "/slack"
+    assert "budget at 50%" in json.loads(request.body)["text"]
+
+
+def test_webhook_is_signed_and_retried_until_it_lands(org, receiver, eager_retries, django_capture_on_commit_callbacks):
+    app, url = receiver
+    app.statuses.extend([500, 503])
+    channel = alert_channel_create(
+        tenant=org.tenant, name="hook", kind=ChannelKind.WEBHOOK, target=f"{url}/hook", signing_secret="s3cret"
+    )
+    budget = budget_create(tenant=org.tenant, limit_usd=Decimal("10"), channels=[channel])
+    with django_capture_on_commit_callbacks(execute=True):
+        budget_threshold_alert(budget.pk, "2026-11", 80, 8 * UNITS)
+    delivery = AlertDelivery.objects.get()
+    assert (delivery.status, delivery.attempts) == (DeliveryStatus.SENT, 3)
+    assert "503" in delivery.last_error
+    assert len(app.received) == 3
+    landed = app.received[-1]
+    timestamp = landed.headers[TIMESTAMP_HEADER.lower()]
+    assert landed.headers[SIGNATURE_HEADER.lower()] == webhook_signature(
+        secret="s3cret", timestamp=timestamp, body=landed.body
+    )
+    assert landed.headers[SIGNATURE_HEADER.lower()] != webhook_signature(
+        secret="other", timestamp=timestamp, body=landed.body
+    )
+    payload = json.loads(landed.body)
+    assert (payload["type"], payload["threshold_percent"], payload["spent_usd"]) == (
+        "budget.threshold",
+        80,
+        "8.0000000000",
+    )
+
+
+def test_a_delivery_that_never_lands_is_marked_failed_with_its_error(
+    org, receiver, eager_retries, django_capture_on_commit_callbacks
+):
+    app, url = receiver
+    app.statuses.extend([500] * (ALERT_DELIVERY_MAX_RETRIES + 5))
+    channel = alert_channel_create(tenant=org.tenant, name="slack", kind=ChannelKind.SLACK, target=f"{url}/down")
+    budget = budget_create(tenant=org.tenant, limit_usd=Decimal("10"), channels=[channel])
+    with django_capture_on_commit_callbacks(execute=True):
+        budget_threshold_alert(budget.pk, "2026-11", 50, 5 * UNITS)
+    delivery = AlertDelivery.objects.get()
+    assert delivery.status == DeliveryStatus.FAILED
+    assert delivery.attempts == ALERT_DELIVERY_MAX_RETRIES + 1
+    assert "answered 500" in delivery.last_error
+
+
+@mock_aws
+def test_sns_alert_is_published_to_the_topic(org, django_capture_on_commit_callbacks):
+    sns = boto3.client("sns", region_name="eu-west-1")
+    sqs = boto3.client("sqs", region_name="eu-west-1")
+    topic_arn = sns.create_topic(Name="llmops-alerts")["TopicArn"]
+    queue_url = sqs.create_queue(QueueName="alerts-inbox")["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    sns.subscribe(TopicArn=topic_arn, Protocol="sqs", Endpoint=queue_arn)
+    channel = alert_channel_create(tenant=org.tenant, name="sns", kind=ChannelKind.SNS, target=topic_arn)
+    budget = budget_create(tenant=org.tenant, limit_usd=Decimal("10"), channels=[channel])
+    with django_capture_on_commit_callbacks(execute=True):
+        budget_threshold_alert(budget.pk, "2026-11", 100, 10 * UNITS)
+    [message] = sqs.receive_message(QueueUrl=queue_url)["Messages"]
+    published = json.loads(json.loads(message["Body"])["Message"])
+    assert (published["tenant"], published["threshold_percent"]) == ("acme", 100)
+    assert AlertDelivery.objects.get().status == DeliveryStatus.SENT
+
+
+@pytest.mark.parametrize(
+    ("kind", "target"),
+    [
+        (ChannelKind.WEBHOOK, "ftp://hooks.example.com/x"),
+        (ChannelKind.SLACK, "file:///etc/passwd"),
+        (ChannelKind.SLACK, "javascript:alert(1)"),
+        (ChannelKind.EMAIL, "not-an-address"),
+        (ChannelKind.SNS, "arn:aws:sqs:eu-west-1:123:queue"),
+    ],
+)
+def test_bad_channel_targets_are_refused(org, kind, target):
+    with pytest.raises(ValidationError):
+        alert_channel_create(tenant=org.tenant, name="bad", kind=kind, target=target, signing_secret="x")
+
+
+def test_webhook_without_a_signing_secret_is_refused(org):
+    with pytest.raises(ValidationError, match="signing secret"):
+        alert_channel_create(tenant=org.tenant, name="hook", kind=ChannelKind.WEBHOOK, target="https://h.example")
+
+
+def test_settles_crossing_thresholds_alert_once_each(live_org, mailoutbox, redis_counters):
+    channel = alert_channel_create(tenant=live_org.tenant, name="mail", kind=ChannelKind.EMAIL, target="a@example.com")
+    budget_create(tenant=live_org.tenant, limit_usd=Decimal("10"), action="notify", channels=[channel])
+    budgets = build_budget_index().applicable(live_org.tenant.pk, live_org.team.pk, live_org.api_key.pk, "m")
+    now = datetime(2026, 11, 27, 12, tzinfo=UTC)
+
+    async def spend(amounts):
+        for number, amount in enumerate(amounts):
+            reservation = await budget_reserve(budgets=budgets, amount=Decimal(5), request_id=f"r{number}", now=now)
+            await reservation_settle(reservation, actual=Decimal(amount))
+
+    run(spend(["4", "0.5", "1", "2", "1", "2", "3"]))  # 4, 4.5, 5.5 (50%), 7.5, 8.5 (80%), 10.5 (100%), 13.5
+    threshold_alerts_wait()
+    alerts = BudgetAlert.objects.order_by("threshold")
+    assert [(alert.threshold, alert.spent_usd) for alert in alerts] == [
+        (50, Decimal("5.5")),
+        (80, Decimal("8.5")),
+        (100, Decimal("10.5")),
+    ]
+    assert len(mailoutbox) == 3

@@ -1,0 +1,111 @@
+from decimal import Decimal
+
+import pytest
+
+from billing.alerts.services import alert_channel_create
+from billing.budgets.services import budget_create
+from billing.models import Budget
+from tenants.models import Role
+from tenants.services import membership_set
+from tests.budgets.conftest import make_org
+from tests.factories import UserFactory
+
+
+@pytest.fixture
+def globex(db):
+    return make_org("globex")
+
+
+def member(org, role):
+    user = UserFactory()
+    membership_set(tenant=org.tenant, user=user, role=role)
+    return user
+
+
+def test_owner_creates_lists_changes_and_deletes_a_budget(client, org):
+    client.force_login(member(org, Role.OWNER))
+    channel = alert_channel_create(tenant=org.tenant, name="mail", kind="email", target="a@example.com")
+    created = client.post(
+        "/api/budgets/",
+        {"scope": "team", "team": "acme-support", "period": "day", "limit_usd": "12.5", "channels": [channel.pk]},
+        content_type="application/json",
+    )
+    assert created.status_code == 201, created.json()
+    body = created.json()
+    assert (body["tenant"], body["team"], body["limit_usd"], body["thresholds"]) == (
+        "acme",
+        "acme-support",
+        "12.5000000000",
+        [50, 80, 100],
+    )
+    assert body["channels"] == [channel.pk]
+    assert body["current_period"]["spent_usd"] == "0.0000000000"
+
+    assert [budget["id"] for budget in client.get("/api/budgets/").json()] == [body["id"]]
+    changed = client.patch(
+        f"/api/budgets/{body['id']}/", {"limit_usd": "20", "action": "notify"}, content_type="application/json"
+    )
+    assert changed.status_code == 200
+    assert (changed.json()["limit_usd"], changed.json()["action"]) == ("20.0000000000", "notify")
+    assert client.delete(f"/api/budgets/{body['id']}/").status_code == 204
+    assert not Budget.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("payload", "field"),
+    [
+        ({"limit_usd": "-1"}, "limit_usd"),
+        ({"limit_usd": "0"}, "limit_usd"),
+        ({"limit_usd": "5", "thresholds": [80, 50]}, "thresholds"),
+        ({"limit_usd": "5", "thresholds": [50, 101]}, "thresholds"),
+        ({"limit_usd": "5", "scope": "team"}, "team"),
+        ({"limit_usd": "5", "scope": "team", "team": "globex-support"}, "team"),
+    ],
+)
+def test_bad_budgets_are_refused(client, org, globex, payload, field):
+    client.force_login(member(org, Role.ADMIN))
+    response = client.post("/api/budgets/", payload, content_type="application/json")
+    assert response.status_code == 400
+    assert field in response.json()
+    assert not Budget.objects.exists()
+
+
+def test_another_tenants_budget_answers_404(client, org, globex):
+    theirs = budget_create(tenant=globex.tenant, limit_usd=Decimal(5))
+    client.force_login(member(org, Role.OWNER))
+    assert client.get("/api/budgets/").json() == []
+    assert client.get(f"/api/budgets/{theirs.pk}/").status_code == 404
+    assert (
+        client.patch(f"/api/budgets/{theirs.pk}/", {"limit_usd": "1"}, content_type="application/json").status_code
+        == 404
+    )
+    assert client.delete(f"/api/budgets/{theirs.pk}/").status_code == 404
+    assert (
+        client.post("/api/budgets/?tenant=globex", {"limit_usd": "1"}, content_type="application/json").status_code
+        == 404
+    )
+    assert client.get("/api/budgets/999999/").status_code == 404
+    theirs.refresh_from_db()
+    assert theirs.limit_usd == 5
+
+
+def test_a_channel_of_another_tenant_cannot_be_attached(client, org, globex):
+    their_channel = alert_channel_create(tenant=globex.tenant, name="x", kind="email", target="x@example.com")
+    client.force_login(member(org, Role.OWNER))
+    response = client.post(
+        "/api/budgets/", {"limit_usd": "1", "channels": [their_channel.pk]}, content_type="application/json"
+    )
+    assert response.status_code == 400
+
+
+@pytest.mark.parametrize("role", [Role.VIEWER, Role.FINANCE])
+def test_members_who_are_not_owners_or_admins_see_no_budgets(client, org, role):
+    budget = budget_create(tenant=org.tenant, limit_usd=Decimal(5))
+    client.force_login(member(org, role))
+    assert client.get("/api/budgets/").json() == []
+    assert client.get(f"/api/budgets/{budget.pk}/").status_code == 404
+    assert client.post("/api/budgets/", {"limit_usd": "1"}, content_type="application/json").status_code == 400
+
+
+def test_anonymous_is_refused(client, org):
+    assert client.get("/api/budgets/").status_code == 403

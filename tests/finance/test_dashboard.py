@@ -1,0 +1,99 @@
+import math
+import re
+from datetime import timedelta
+from decimal import ROUND_HALF_EVEN, Decimal
+
+import pytest
+from django.urls import reverse
+from django.utils import timezone
+
+from billing.models import UsageRecord
+from billing.models.rollups import LATENCY_BUCKET_EDGES_MS
+from billing.selectors import tenant_zone
+from tests.factories import UserFactory
+from tests.finance.conftest import make_finance_tenant
+
+KPI = re.compile(r'id="kpi-([\w-]+)"><span class="label">[^<]*</span><span class="value">([^<]*)</span>')
+
+
+def dashboard_kpis(client, **params) -> dict[str, str]:
+    response = client.get(reverse("admin:billing_usage_dashboard"), params)
+    assert response.status_code == 200
+    return dict(KPI.findall(response.content.decode()))
+
+
+def latency_bucket(latency_ms: float) -> int:
+    return next((index for index, edge in enumerate(LATENCY_BUCKET_EDGES_MS) if latency_ms <= edge), 99)
+
+
+def test_dashboard_kpis_match_the_ledger(client, seeded):
+    client.force_login(UserFactory(is_staff=True, is_superuser=True))
+    zone = tenant_zone(tenant=seeded.tenant)
+    today = timezone.now().astimezone(zone).date()
+    since, until = today - timedelta(days=6), today - timedelta(days=1)
+    team = seeded.teams[1]
+    kpis = dashboard_kpis(client, tenant=seeded.tenant.pk, since=since, until=until, team=team.pk)
+
+    records = [
+        record
+        for record in UsageRecord.objects.filter(tenant=seeded.tenant, team=team)
+        if since <= record.created_at.astimezone(zone).date() <= until
+    ]
+    count = len(records)
+    assert count > 500
+    cost = sum((record.cost_usd for record in records), Decimal(0))
+    hits = sum(record.cache_status in ("hit-exact", "hit-semantic") for record in records)
+    assert any(record.routed_to_large for record in records)
+    errors = sum(record.http_status >= 400 for record in records)
+    latencies = sorted(record.total_latency_ms for record in records)
+    exact_p95 = latencies[math.ceil(0.95 * count) - 1]
+
+    assert kpis["requests"] == str(count)
+    assert kpis["spend"] == f"{cost.quantize(Decimal('0.01'), rounding=ROUND_HALF_EVEN):f}"
+    assert kpis["cost-per-1k"] == f"{(cost * 1000 / count).quantize(Decimal('0.0001'), rounding=ROUND_HALF_EVEN):f}"
+    assert kpis["avg-prompt"] == f"{sum(r.prompt_tokens for r in records) / count:.1f}"
+    assert kpis["avg-completion"] == f"{sum(r.completion_tokens for r in records) / count:.1f}"
+    assert kpis["cache-hit-rate"] == f"{hits / count * 100:.1f} %"
+    assert kpis["error-rate"] == f"{errors / count * 100:.1f} %"
+    assert kpis["routed-large"] == f"{sum(r.routed_to_large for r in records) / count * 100:.1f} %"
+    assert latency_bucket(float(kpis["p95"])) == latency_bucket(exact_p95)
+
+
+def test_dashboard_page_loads_chart_library_from_local_static_files(client, seeded):
+    client.force_login(UserFactory(is_staff=True, is_superuser=True))
+    page = client.get(reverse("admin:billing_usage_dashboard"), {"tenant": seeded.tenant.pk}).content.decode()
+    assert "/static/vendor/chartjs/chart.umd.min.js" in page
+    assert 'id="dashboard-data"' in page
+    assert "cdn" not in page.lower() and "https://" not in page
+
+
+def test_staff_member_sees_only_their_tenants_dashboard(client, seeded):
+    other = make_finance_tenant("other-co")
+    client.force_login(other.finance_user)
+    assert client.get(reverse("admin:billing_usage_dashboard"), {"tenant": seeded.tenant.pk}).status_code == 404
+    own = client.get(reverse("admin:billing_usage_dashboard")).content.decode()
+    assert "other-co" in own.lower() or "Other-Co" in own
+    assert "seeded" not in own.lower()
+
+
+def test_another_tenants_team_is_refused(client, seeded):
+    other = make_finance_tenant("other-co")
+    client.force_login(UserFactory(is_staff=True, is_superuser=True))
+    response = client.get(
+        reverse("admin:billing_usage_dashboard"), {"tenant": seeded.tenant.pk, "team": other.teams[0].pk}
+    )
+    assert response.status_code == 404
+
+
+@pytest.mark.parametrize("name", ["admin:billing_usage_export", "admin:billing_usage_statement"])
+def test_finance_pages_show_nothing_of_another_tenant(client, seeded, name):
+    other = make_finance_tenant("other-co")
+    client.force_login(other.finance_user)
+    page = client.get(reverse(name)).content.decode()
+    assert "seeded" not in page.lower()
+    if name.endswith("statement"):
+        assert client.get(reverse(name), {"tenant": "seeded"}).status_code == 404
+    else:
+        refused = client.post(reverse(name), {"tenant": seeded.tenant.pk, "since": "2025-01-01", "until": "2025-01-02"})
+        assert refused.status_code == 200
+        assert "Select a valid choice" in refused.content.decode()

@@ -1,0 +1,76 @@
+from datetime import UTC, datetime
+from decimal import Decimal
+
+from billing.services import UsageEvent
+from llmops.metrics import MAX_MODEL_LABELS, record_request_metrics
+
+
+def event(**overrides) -> UsageEvent:
+    fields = {
+        "request_id": "req-metrics",
+        "tenant_id": 4242,
+        "team_id": 1,
+        "api_key_id": 1,
+        "created_at": datetime(2025, 3, 3, tzinfo=UTC),
+        "http_status": 200,
+        "served_model": "metrics-small",
+        "prompt_tokens": 11,
+        "completion_tokens": 7,
+        "cost_usd": Decimal("0.0000123"),
+        "total_latency_ms": 180,
+        "upstream_latency_ms": 150,
+    }
+    return UsageEvent(**{**fields, **overrides})
+
+
+def sample(text: str, name: str, **labels) -> float:
+    wanted = ",".join(f'{key}="{value}"' for key, value in labels.items())
+    for line in text.splitlines():
+        if line.startswith(f"{name}{{") and all(part in line for part in wanted.split(",")):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_metrics_endpoint_exposes_request_counters_and_histograms(client):
+    before = client.get("/metrics").content.decode()
+    record_request_metrics(event(routed_to_large=True))
+    record_request_metrics(event(cache_status="hit-exact", cost_usd=Decimal(0)))
+    record_request_metrics(event(http_status=502, error_code="upstream_error"))
+    record_request_metrics(event(http_status=429, error_code="budget_exceeded"))
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    assert response["Content-Type"].startswith("text/plain")
+    text = response.content.decode()
+    labels = {"tenant": "4242", "model": "metrics-small"}
+
+    def delta(name, **extra):
+        return sample(text, name, **labels, **extra) - sample(before, name, **labels, **extra)
+
+    assert delta("llmops_requests_total", status_class="2xx") == 2
+    assert delta("llmops_requests_total", status_class="5xx") == 1
+    assert delta("llmops_prompt_tokens_total") == 44
+    assert delta("llmops_cache_hits_total") == 1
+    assert delta("llmops_routed_to_large_total") == 1
+    assert delta("llmops_upstream_errors_total") == 1
+    assert delta("llmops_budget_rejections_total") == 1
+    assert delta("llmops_request_latency_seconds_bucket", le="0.25") == 4
+    assert delta("llmops_cost_usd_total") > 0
+
+
+def test_model_label_is_capped_and_the_rest_folded_into_other(client):
+    for index in range(MAX_MODEL_LABELS + 20):
+        record_request_metrics(event(served_model=f"made-up-{index}"))
+    text = client.get("/metrics").content.decode()
+    models = {
+        line.split('model="')[1].split('"')[0]
+        for line in text.splitlines()
+        if line.startswith("llmops_requests_total{")
+    }
+    assert len(models) <= MAX_MODEL_LABELS + 1
+    assert "other" in models
+
+
+def test_metrics_token_is_required_when_configured(client, settings):
+    settings.LLMOPS_METRICS_TOKEN = "scrape-secret"
+    assert client.get("/metrics").status_code == 401
+    assert client.get("/metrics", HTTP_AUTHORIZATION="Bearer scrape-secret").status_code == 200

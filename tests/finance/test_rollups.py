@@ -1,0 +1,100 @@
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+
+from billing.models import RollupCursor, UsageRecord, UsageRollupDaily, UsageRollupHourly
+from billing.rollups import latency_p95_ms, usage_rollups_rebuild, usage_rollups_refresh
+from tests.finance.conftest import make_finance_tenant, usage_row
+
+START = datetime(2025, 3, 3, 22, 10, tzinfo=UTC)
+
+
+def rollup_snapshot(model) -> list[tuple]:
+    fields = [field.attname for field in model._meta.concrete_fields if field.name not in ("id",)]
+    return sorted(tuple(str(value) for value in row) for row in model.objects.values_list(*fields))
+
+
+@pytest.fixture
+def kolkata(db):
+    return make_finance_tenant("kolkata", time_zone="Asia/Kolkata")
+
+
+def write_usage(setup, *, offsets_minutes, cost="0.0012345678", latency_ms=120):
+    UsageRecord.objects.bulk_create(
+        [
+            usage_row(
+                setup.keys[index % 2],
+                created_at=START + timedelta(minutes=offset),
+                cost=cost,
+                latency_ms=latency_ms + index,
+            )
+            for index, offset in enumerate(offsets_minutes)
+        ]
+    )
+
+
+def test_refresh_is_idempotent_and_equals_a_full_rebuild(kolkata):
+    write_usage(kolkata, offsets_minutes=[0, 5, 70, 130, 60 * 24])
+    assert usage_rollups_refresh() == UsageRecord.objects.latest("id").id
+    after_first = (rollup_snapshot(UsageRollupHourly), rollup_snapshot(UsageRollupDaily))
+    assert usage_rollups_refresh() == 0
+    usage_rollups_rebuild(tenant=kolkata.tenant, first=date(2025, 3, 1), last=date(2025, 3, 10))
+    assert (rollup_snapshot(UsageRollupHourly), rollup_snapshot(UsageRollupDaily)) == after_first
+
+
+def test_rollups_sum_to_the_ledger_by_local_day(kolkata):
+    write_usage(kolkata, offsets_minutes=[0, 5, 70, 130])
+    usage_rollups_refresh()
+    # 22:10 UTC is 03:40 the next day in Kolkata.
+    daily = UsageRollupDaily.objects.for_tenant(kolkata.tenant)
+    assert {rollup.day for rollup in daily} == {date(2025, 3, 4)}
+    assert sum(rollup.requests for rollup in daily) == 4
+    assert sum(rollup.cost_usd for rollup in daily) == Decimal("0.0049382712")
+    hourly = UsageRollupHourly.objects.for_tenant(kolkata.tenant)
+    assert sum(rollup.cost_usd for rollup in hourly) == Decimal("0.0049382712")
+    assert sorted({rollup.bucket_start.hour for rollup in hourly}) == [0, 22, 23]
+
+
+def test_late_rows_rebuild_only_their_buckets_and_keep_the_rest(kolkata):
+    write_usage(kolkata, offsets_minutes=[0, 180])
+    usage_rollups_refresh()
+    cursor = RollupCursor.objects.get()
+    write_usage(kolkata, offsets_minutes=[1, 2], cost="1.0000000000")
+    assert usage_rollups_refresh() == 2
+    assert RollupCursor.objects.get().last_usage_id == cursor.last_usage_id + 2
+    first_hour = UsageRollupHourly.objects.get(
+        tenant=kolkata.tenant, bucket_start=START.replace(minute=0), team=kolkata.teams[0]
+    )
+    assert first_hour.requests == 2
+    assert UsageRollupHourly.objects.for_tenant(kolkata.tenant).count() == 3
+    assert sum(UsageRollupDaily.objects.values_list("requests", flat=True)) == 4
+
+
+def test_rollups_of_one_tenant_never_touch_another(kolkata):
+    other = make_finance_tenant("other")
+    write_usage(other, offsets_minutes=[0])
+    usage_rollups_refresh()
+    write_usage(kolkata, offsets_minutes=[0])
+    usage_rollups_refresh()
+    assert UsageRollupDaily.objects.for_tenant(other.tenant).get().requests == 1
+
+
+def test_latency_histogram_records_counts_per_bucket(kolkata):
+    write_usage(kolkata, offsets_minutes=[0, 1, 2], latency_ms=49)
+    usage_rollups_refresh()
+    histogram = UsageRollupDaily.objects.for_tenant(kolkata.tenant).order_by("team_id")[0].latency_histogram
+    assert histogram[:2] == [1, 1]
+
+
+@pytest.mark.parametrize(
+    ("histogram", "expected"),
+    [
+        ([0] * 11, None),
+        ([100] + [0] * 10, 47.5),
+        ([90, 10] + [0] * 9, 75.0),
+        ([0] * 10 + [3], 60_000.0),
+    ],
+)
+def test_p95_estimate_interpolates_inside_the_bucket(histogram, expected):
+    assert latency_p95_ms(histogram) == expected

@@ -1,0 +1,155 @@
+"""Budgets and rate limits hold through the live gateway, under concurrency and with streams in the mix."""
+
+import asyncio
+from collections import Counter
+import time
+from decimal import Decimal
+
+import httpx
+import pytest
+from django.db.models import Sum
+
+from billing.budgets.services import budget_create
+from billing.costs import usage_cost
+from billing.models import UsageRecord
+from billing.ratelimits import rate_limit_create
+from routing.catalog import ModelPrices
+from routing.tokens import count_chat_tokens
+from tests.conftest import LARGE_PRICES, SMALL_PRICES
+
+MESSAGES = [{"role": "user", "content": "Classify this support ticket: my refund has not arrived."}]
+MAX_TOKENS = 10
+
+
+def worst_case(prices) -> Decimal:
+    prompt = count_chat_tokens(MESSAGES, model="mock-small")
+    return usage_cost(prices=ModelPrices(*prices), prompt_tokens=prompt, cached_tokens=0, completion_tokens=MAX_TOKENS)
+
+
+async def fire(gateway, key, model, count, *, streaming_every=4):
+    headers = {"authorization": f"Bearer {key}"}
+    limits = httpx.Limits(max_connections=count)
+    async with httpx.AsyncClient(base_url=gateway.url, headers=headers, limits=limits, timeout=60) as client:
+
+        async def one(index):
+            body = {"model": model, "messages": MESSAGES, "max_tokens": MAX_TOKENS}
+            if index % streaming_every == 0:
+                body |= {"stream": True, "stream_options": {"include_usage": True}}
+                async with client.stream("POST", "/v1/chat/completions", json=body) as response:
+                    text = (await response.aread()).decode()
+                    return response.status_code, response.headers.get("x-llmops-request-id"), text
+            response = await client.post("/v1/chat/completions", json=body)
+            return response.status_code, response.headers.get("x-llmops-request-id"), response.text
+
+        return await asyncio.gather(*(one(i) for i in range(count)))
+
+
+def test_200_concurrent_requests_never_overspend_a_budget_that_covers_50(gateway, acme):
+    limit = worst_case(SMALL_PRICES) * 50
+    budget_create(tenant=acme.tenant, scope="team", team=acme.team, period="day", limit_usd=limit)
+
+    results = asyncio.run(fire(gateway, acme.key, acme.small.name, 200))
+
+    answered = [(request_id, text) for status, request_id, text in results if status == 200]
+    refused = [text for status, _, text in results if status == 429]
+    assert len(answered) + len(refused) == 200, Counter(status for status, _, _ in results)
+    assert all('"budget_exceeded"' in text for text in refused)
+    assert 40 <= len(answered) <= 50
+    assert all(text.rstrip().endswith("data: [DONE]") for _, text in answered if text.startswith("data:"))
+    recorded = UsageRecord.objects.filter(tenant=acme.tenant, http_status=200)
+    assert set(recorded.values_list("request_id", flat=True)) == {request_id for request_id, _ in answered}
+    assert recorded.filter(is_stream=True).exists()
+    assert recorded.aggregate(spent=Sum("cost_usd"))["spent"] <= limit
+
+
+def test_block_answers_429_with_retry_after_until_the_period_resets(gateway, acme):
+    budget_create(tenant=acme.tenant, scope="key", api_key=acme.api_key, period="day", limit_usd=Decimal("0.000001"))
+
+    response = httpx.post(
+        f"{gateway.url}/v1/chat/completions",
+        headers={"authorization": f"Bearer {acme.key}"},
+        json={"model": acme.small.name, "messages": MESSAGES, "max_tokens": MAX_TOKENS},
+    )
+
+    assert response.status_code == 429
+    assert response.json()["error"]["code"] == "budget_exceeded"
+    assert 0 < int(response.headers["retry-after"]) <= 24 * 3600
+    assert UsageRecord.objects.get().error_code == "budget_exceeded"
+
+
+def test_downgrade_routes_to_the_cheaper_model_while_it_fits(gateway, acme):
+    limit = worst_case(SMALL_PRICES) * 3
+    assert worst_case(LARGE_PRICES) > limit
+    budget_create(tenant=acme.tenant, scope="team", team=acme.team, period="day", limit_usd=limit, action="downgrade")
+    body = {"model": acme.large.name, "messages": MESSAGES, "max_tokens": MAX_TOKENS}
+    headers = {"authorization": f"Bearer {acme.key}"}
+
+    served = [httpx.post(f"{gateway.url}/v1/chat/completions", json=body, headers=headers) for _ in range(4)]
+
+    assert [r.status_code for r in served] == [200, 200, 200, 429]
+    assert {r.headers["x-llmops-model"] for r in served[:3]} == {acme.small.name}
+    assert "budget-downgrade" in served[0].headers["x-llmops-route"]
+
+
+def test_notify_never_blocks_and_the_remaining_header_is_the_tightest(gateway, acme):
+    budget_create(tenant=acme.tenant, scope="tenant", period="month", limit_usd=Decimal("0.000001"), action="notify")
+    budget_create(tenant=acme.tenant, scope="team", team=acme.team, period="day", limit_usd=Decimal("5"))
+
+    response = httpx.post(
+        f"{gateway.url}/v1/chat/completions",
+        headers={"authorization": f"Bearer {acme.key}"},
+        json={"model": acme.small.name, "messages": MESSAGES, "max_tokens": MAX_TOKENS},
+    )
+
+    assert response.status_code == 200
+    remaining = Decimal(response.headers["x-llmops-budget-remaining-usd"])
+    assert remaining == Decimal(0)
+
+
+def test_a_request_without_max_tokens_under_a_budget_is_capped_for_its_worst_case(gateway, acme, settings):
+    settings.LLMOPS_RESERVATION_MAX_TOKENS = 5
+    budget_create(tenant=acme.tenant, scope="team", team=acme.team, period="day", limit_usd=Decimal("1"))
+
+    response = httpx.post(
+        f"{gateway.url}/v1/chat/completions",
+        headers={"authorization": f"Bearer {acme.key}"},
+        json={"model": acme.small.name, "messages": MESSAGES},
+    )
+
+    assert response.json()["usage"]["completion_tokens"] == 5
+    assert Decimal(response.headers["x-llmops-budget-remaining-usd"]) == Decimal(1) - Decimal(
+        response.headers["x-llmops-cost-usd"]
+    )
+
+
+def test_rate_limits_answer_429_with_openai_headers(gateway, acme):
+    rate_limit_create(tenant=acme.tenant, api_key=acme.api_key, requests_per_minute=2, tokens_per_minute=100_000)
+    headers = {"authorization": f"Bearer {acme.key}"}
+    body = {"model": acme.small.name, "messages": MESSAGES, "max_tokens": MAX_TOKENS}
+
+    responses = [httpx.post(f"{gateway.url}/v1/chat/completions", json=body, headers=headers) for _ in range(3)]
+
+    assert [r.status_code for r in responses] == [200, 200, 429]
+    assert responses[0].headers["x-ratelimit-limit-requests"] == "2"
+    assert responses[1].headers["x-ratelimit-remaining-requests"] == "0"
+    assert responses[2].json()["error"]["code"] == "rate_limit_exceeded"
+    assert int(responses[2].headers["retry-after"]) >= 1
+
+
+@pytest.mark.parametrize("target", ["key", "team", "tenant"])
+def test_kill_switch_reaches_the_gateway_within_a_second(gateway, acme, target):
+    headers = {"authorization": f"Bearer {acme.key}"}
+    body = {"model": acme.small.name, "messages": MESSAGES, "max_tokens": MAX_TOKENS}
+    assert httpx.post(f"{gateway.url}/v1/chat/completions", json=body, headers=headers).status_code == 200
+    victim = {"key": acme.api_key, "team": acme.team, "tenant": acme.tenant}[target]
+    if target == "key":
+        victim.revoked_at = victim.created_at
+    else:
+        victim.is_active = False
+    victim.save()
+
+    deadline = time.monotonic() + 1.0
+    status = 200
+    while status == 200 and time.monotonic() < deadline:
+        status = httpx.post(f"{gateway.url}/v1/chat/completions", json=body, headers=headers).status_code
+    assert status == 401

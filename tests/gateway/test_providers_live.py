@@ -1,0 +1,128 @@
+"""Anthropic and Bedrock behind the gateway: the openai SDK talks OpenAI, the ledger prices their usage."""
+
+from decimal import Decimal
+
+import pytest
+
+from billing.models import UsageRecord
+from routing.services import provider_create
+from tests.factories import ModelFactory
+from tests.providers.anthropic_server import AnthropicServer
+from tests.providers.bedrock_server import BedrockServer
+from tests.servers import ThreadedServer
+
+SONNET_PRICES = {
+    "input_price_per_million": Decimal("3.00"),
+    "cached_input_price_per_million": Decimal("0.30"),
+    "cache_write_price_per_million": Decimal("3.75"),
+    "output_price_per_million": Decimal("15.00"),
+}
+
+
+@pytest.fixture(scope="module")
+def anthropic_upstream():
+    app = AnthropicServer()
+    with ThreadedServer(app) as server:
+        server.app = app
+        yield server
+
+
+@pytest.fixture(scope="module")
+def bedrock_upstream():
+    with ThreadedServer(BedrockServer()) as server:
+        yield server
+
+
+@pytest.fixture
+def claude(acme, anthropic_upstream):
+    provider = provider_create(
+        name="anthropic-local",
+        kind="anthropic",
+        base_url=f"{anthropic_upstream.url}/v1",
+        credential=anthropic_upstream.app.api_key,
+    )
+    model = ModelFactory(name="claude-sonnet", provider=provider, upstream_name="claude-3-5-sonnet", **SONNET_PRICES)
+    acme.tenant.model_access.allowed_models.add(model)
+    return model
+
+
+@pytest.fixture
+def nova(acme, bedrock_upstream, monkeypatch, tmp_path):
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "aws-credentials"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    provider = provider_create(
+        name="bedrock-local",
+        kind="bedrock",
+        base_url=bedrock_upstream.url,
+        credential="AKIDTESTONLY:test-secret-key",
+        region="us-east-1",
+    )
+    model = ModelFactory(name="nova-lite", provider=provider, upstream_name="amazon.nova-lite-v1:0")
+    acme.tenant.model_access.allowed_models.add(model)
+    return model
+
+
+def expected_cost(record: UsageRecord, prices: dict) -> Decimal:
+    uncached = record.prompt_tokens - record.cached_tokens - record.cache_write_tokens
+    return (
+        uncached * prices["input_price_per_million"]
+        + record.cached_tokens * prices["cached_input_price_per_million"]
+        + record.cache_write_tokens * prices["cache_write_price_per_million"]
+        + record.completion_tokens * prices["output_price_per_million"]
+    ) / Decimal(1_000_000)
+
+
+def test_anthropic_through_the_sdk_with_prompt_caching_priced(openai_client, claude):
+    system = [{"type": "text", "text": "Policy handbook. " * 400, "cache_control": {"type": "ephemeral"}}]
+    messages = [{"role": "system", "content": system}, {"role": "user", "content": "What is the refund window?"}]
+
+    first = openai_client.chat.completions.create(model=claude.name, messages=messages, max_tokens=50)
+    second = openai_client.chat.completions.create(model=claude.name, messages=messages, max_tokens=50)
+
+    assert first.choices[0].message.content
+    writes, reads = UsageRecord.objects.order_by("created_at")
+    assert writes.cache_write_tokens > 0 and writes.cached_tokens == 0
+    assert reads.cached_tokens > 0 and reads.cache_write_tokens == 0
+    assert second.usage.prompt_tokens_details.cached_tokens == reads.cached_tokens
+    for record in (writes, reads):
+        assert record.served_model == claude.name
+        assert record.cost_usd == expected_cost(record, SONNET_PRICES)
+
+
+def test_anthropic_streams_through_the_sdk(openai_client, claude):
+    stream = openai_client.chat.completions.create(
+        model=claude.name,
+        messages=[{"role": "user", "content": "Stream me a haiku"}],
+        stream=True,
+        stream_options={"include_usage": True},
+        max_tokens=40,
+    )
+    chunks = list(stream)
+
+    text = "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices)
+    assert text
+    usage = next(chunk.usage for chunk in chunks if chunk.usage)
+    record = UsageRecord.objects.get()
+    assert record.is_stream and (record.prompt_tokens, record.completion_tokens) == (
+        usage.prompt_tokens,
+        usage.completion_tokens,
+    )
+
+
+def test_bedrock_through_the_sdk_streaming_and_not(openai_client, nova):
+    completion = openai_client.chat.completions.create(
+        model=nova.name, messages=[{"role": "user", "content": "Hello Bedrock"}], max_tokens=30
+    )
+    chunks = list(
+        openai_client.chat.completions.create(
+            model=nova.name, messages=[{"role": "user", "content": "Hello again"}], max_tokens=30, stream=True
+        )
+    )
+
+    assert completion.choices[0].message.content
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    records = list(UsageRecord.objects.order_by("created_at"))
+    assert [r.is_stream for r in records] == [False, True]
+    assert all(r.served_model == nova.name and r.prompt_tokens > 0 and r.cost_usd > 0 for r in records)
+    assert records[0].completion_tokens == completion.usage.completion_tokens

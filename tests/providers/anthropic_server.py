@@ -1,0 +1,196 @@
+"""A loopback server speaking Anthropic's Messages API, strict about what the real one refuses.
+
+It echoes the last user text, calls the first tool when tools are offered and no tool result came
+back yet, and imitates prompt caching: the blocks up to the last ``cache_control`` mark are written
+to the cache the first time and read from it afterwards. The model name switches on failure modes:
+``overloaded`` answers 529, ``stall`` waits STALL_SECONDS, ``stream-overloaded`` sends an overloaded
+error as the first stream event, ``stream-break`` ends a stream before ``message_stop``. ``failures``
+queues (status, headers) answers to give before the next normal ones.
+"""
+
+import asyncio
+import hashlib
+import time
+from collections import deque
+
+import orjson
+
+from tests.providers.asgi import end_stream, estimate_tokens, read_body, send_chunk, send_json, start_stream
+
+STALL_SECONDS = 10
+BLOCK_TYPES = {"user": {"text", "image", "tool_result"}, "assistant": {"text", "tool_use"}}
+
+
+class InvalidRequest(Exception):
+    pass
+
+
+def _block_text(block: dict) -> str:
+    if block["type"] == "text":
+        return block["text"]
+    if block["type"] == "tool_result":
+        return str(block["content"])
+    if block["type"] == "tool_use":
+        return orjson.dumps(block["input"]).decode()
+    return "[image]"
+
+
+def validate(body: dict) -> None:
+    if not isinstance(body.get("max_tokens"), int) or body["max_tokens"] < 1:
+        raise InvalidRequest("max_tokens: Field required")
+    messages = body.get("messages")
+    if not messages:
+        raise InvalidRequest("messages: at least one message is required")
+    tool_use_ids: set[str] = set()
+    for index, message in enumerate(messages):
+        expected = "user" if index % 2 == 0 else "assistant"
+        if message.get("role") != expected:
+            raise InvalidRequest(
+                f"messages.{index}.role: roles must alternate starting with user, got {message['role']}"
+            )
+        for block in message["content"]:
+            if block.get("type") not in BLOCK_TYPES[expected]:
+                raise InvalidRequest(f"messages.{index}: block type {block.get('type')} not allowed for {expected}")
+            if block["type"] == "tool_use":
+                tool_use_ids.add(block["id"])
+            if block["type"] == "tool_result" and block["tool_use_id"] not in tool_use_ids:
+                raise InvalidRequest(f"messages.{index}: tool_result for unknown tool_use_id {block['tool_use_id']}")
+            if block["type"] == "image" and block["source"]["type"] not in ("base64", "url"):
+                raise InvalidRequest(f"messages.{index}: unknown image source")
+    system = body.get("system", [])
+    if not isinstance(system, str) and any(block.get("type") != "text" for block in system):
+        raise InvalidRequest("system: only text blocks")
+
+
+class AnthropicServer:
+    def __init__(self, *, api_key: str = "sk-ant-test"):
+        self.api_key = api_key
+        self.requests: list[dict] = []
+        self.arrivals: list[float] = []
+        self.failures: deque[tuple[int, dict[str, str]]] = deque()
+        self.cached_prefixes: set[str] = set()
+
+    async def __call__(self, scope, receive, send):
+        headers = dict(scope["headers"])
+        if scope["path"] != "/v1/messages" or scope["method"] != "POST":
+            await self._error(send, 404, "not_found_error", f"Unknown path {scope['path']}")
+            return
+        if headers.get(b"x-api-key") != self.api_key.encode():
+            await self._error(send, 401, "authentication_error", "invalid x-api-key")
+            return
+        if not headers.get(b"anthropic-version"):
+            await self._error(send, 400, "invalid_request_error", "anthropic-version header is required")
+            return
+        body = orjson.loads(await read_body(receive))
+        self.requests.append(body)
+        self.arrivals.append(time.monotonic())
+        if self.failures:
+            status, extra_headers = self.failures.popleft()
+            await self._error(
+                send, status, "rate_limit_error" if status == 429 else "api_error", "scripted", extra_headers
+            )
+            return
+        try:
+            validate(body)
+        except InvalidRequest as exc:
+            await self._error(send, 400, "invalid_request_error", str(exc))
+            return
+        model = body["model"]
+        if "stream-overloaded" not in model and "overloaded" in model:
+            await self._error(send, 529, "overloaded_error", "Overloaded")
+            return
+        if "stall" in model:
+            await asyncio.sleep(STALL_SECONDS)
+        message = self._message(body)
+        if body.get("stream"):
+            await self._stream(send, message, model)
+        else:
+            await send_json(send, 200, message)
+
+    def _usage(self, body: dict) -> dict:
+        system = body.get("system") or []
+        blocks = ([{"type": "text", "text": system}] if isinstance(system, str) else list(system)) + [
+            block for message in body["messages"] for block in message["content"]
+        ]
+        marked = [index for index, block in enumerate(blocks) if block.get("cache_control")]
+        prefix = blocks[: marked[-1] + 1] if marked else []
+        total = estimate_tokens("".join(_block_text(block) for block in blocks))
+        prefix_tokens = estimate_tokens("".join(_block_text(block) for block in prefix)) if prefix else 0
+        digest = hashlib.sha256(orjson.dumps(prefix)).hexdigest()
+        cache_read = prefix_tokens if prefix and digest in self.cached_prefixes else 0
+        cache_write = prefix_tokens - cache_read
+        self.cached_prefixes.add(digest)
+        return {
+            "input_tokens": max(total - prefix_tokens, 0),
+            "cache_creation_input_tokens": cache_write,
+            "cache_read_input_tokens": cache_read,
+        }
+
+    def _message(self, body: dict) -> dict:
+        last = body["messages"][-1]["content"]
+        answered_tool = any(block["type"] == "tool_result" for block in last)
+        if body.get("tools") and not answered_tool and (body.get("tool_choice") or {}).get("type") != "none":
+            tool = body["tools"][0]
+            arguments = {name: "Paris" for name in tool["input_schema"].get("required", [])}
+            content = [{"type": "tool_use", "id": "toolu_01", "name": tool["name"], "input": arguments}]
+            stop_reason, output_tokens = "tool_use", 12
+        else:
+            words = ("Echo: " + " ".join(_block_text(block) for block in last)).split(" ")
+            stop_reason = "end_turn"
+            if len(words) > body["max_tokens"]:
+                words, stop_reason = words[: body["max_tokens"]], "max_tokens"
+            content = [{"type": "text", "text": " ".join(words)}]
+            output_tokens = len(words)
+        return {
+            "id": "msg_test01",
+            "type": "message",
+            "role": "assistant",
+            "model": body["model"],
+            "content": content,
+            "stop_reason": stop_reason,
+            "stop_sequence": None,
+            "usage": {**self._usage(body), "output_tokens": output_tokens},
+        }
+
+    @staticmethod
+    async def _stream(send, message: dict, model: str) -> None:
+        await start_stream(send, b"text/event-stream")
+
+        async def event(kind: str, payload: dict) -> None:
+            await send_chunk(
+                send, f"event: {kind}\ndata: ".encode() + orjson.dumps({"type": kind, **payload}) + b"\n\n"
+            )
+
+        if "stream-overloaded" in model:
+            await event("error", {"error": {"type": "overloaded_error", "message": "Overloaded"}})
+            await end_stream(send)
+            return
+        usage = message["usage"]
+        start_usage = {**usage, "output_tokens": 1}
+        await event("message_start", {"message": {**message, "content": [], "stop_reason": None, "usage": start_usage}})
+        await event("ping", {})
+        for index, block in enumerate(message["content"]):
+            if block["type"] == "text":
+                await event("content_block_start", {"index": index, "content_block": {"type": "text", "text": ""}})
+                for i, word in enumerate(block["text"].split(" ")):
+                    delta = {"type": "text_delta", "text": word if i == 0 else " " + word}
+                    await event("content_block_delta", {"index": index, "delta": delta})
+                    if "stream-break" in model and i == 1:
+                        await end_stream(send)
+                        return
+            else:
+                await event("content_block_start", {"index": index, "content_block": {**block, "input": {}}})
+                arguments = orjson.dumps(block["input"]).decode()
+                for piece in (arguments[: len(arguments) // 2], arguments[len(arguments) // 2 :]):
+                    delta = {"type": "input_json_delta", "partial_json": piece}
+                    await event("content_block_delta", {"index": index, "delta": delta})
+            await event("content_block_stop", {"index": index})
+        delta = {"stop_reason": message["stop_reason"], "stop_sequence": None}
+        await event("message_delta", {"delta": delta, "usage": {"output_tokens": usage["output_tokens"]}})
+        await event("message_stop", {})
+        await end_stream(send)
+
+    @staticmethod
+    async def _error(send, status: int, error_type: str, message: str, headers: dict[str, str] | None = None) -> None:
+        payload = {"type": "error", "error": {"type": error_type, "message": message}}
+        await send_json(send, status, payload, headers)

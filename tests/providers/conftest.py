@@ -1,0 +1,118 @@
+import asyncio
+from decimal import Decimal
+
+import orjson
+import pytest
+
+from routing.catalog import ModelEntry, ModelPrices, ProviderEntry
+from tests.providers.anthropic_server import AnthropicServer
+from tests.providers.bedrock_server import BedrockServer
+from tests.servers import ThreadedServer
+
+PRICES = ModelPrices(Decimal("3.00"), Decimal("0.30"), Decimal("15.00"), Decimal("3.75"))
+# A transparent PNG of one pixel.
+PNG_DATA_URL = (
+    "data:image/png;base64,"
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg=="
+)
+
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Weather for a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
+
+
+def run(coroutine):
+    return asyncio.run(coroutine)
+
+
+def provider_entry(kind: str, base_url: str, *, name: str = "", api_key: str = "", timeout: float = 5.0, region=""):
+    return ProviderEntry(
+        name=name or f"{kind}-test",
+        kind=kind,
+        base_url=base_url,
+        api_key=api_key,
+        timeout_seconds=timeout,
+        region=region,
+    )
+
+
+def model_entry(name: str, provider: ProviderEntry, upstream_name: str | None = None) -> ModelEntry:
+    return ModelEntry(
+        name=name, upstream_name=upstream_name or name, provider=provider, prices=PRICES, context_window=200_000
+    )
+
+
+async def collect_stream(stream) -> list[str]:
+    try:
+        return [event async for event in stream.events()]
+    finally:
+        await stream.aclose()
+
+
+def chunks_of(events: list[str]) -> list[dict]:
+    assert events[-1] == "data: [DONE]"
+    return [orjson.loads(event[6:]) for event in events[:-1]]
+
+
+def streamed_text(chunks: list[dict]) -> str:
+    return "".join(choice["delta"].get("content") or "" for chunk in chunks for choice in chunk["choices"])
+
+
+@pytest.fixture(scope="session")
+def anthropic_server_session():
+    app = AnthropicServer()
+    with ThreadedServer(app) as server:
+        server.app = app
+        yield server
+
+
+@pytest.fixture
+def anthropic_server(anthropic_server_session):
+    app = anthropic_server_session.app
+    app.requests.clear()
+    app.arrivals.clear()
+    app.failures.clear()
+    app.cached_prefixes.clear()
+    return anthropic_server_session
+
+
+@pytest.fixture
+def anthropic_provider(anthropic_server):
+    return provider_entry("anthropic", f"{anthropic_server.url}/v1", api_key=anthropic_server.app.api_key)
+
+
+@pytest.fixture(scope="session")
+def bedrock_server_session():
+    app = BedrockServer()
+    with ThreadedServer(app) as server:
+        server.app = app
+        yield server
+
+
+@pytest.fixture
+def aws_sandbox(monkeypatch, tmp_path):
+    """Keep boto3 away from real AWS configuration, credentials and the instance metadata service."""
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_REGION"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "aws-credentials"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+
+
+@pytest.fixture
+def bedrock_server(bedrock_server_session, aws_sandbox):
+    bedrock_server_session.app.requests.clear()
+    bedrock_server_session.app.authorizations.clear()
+    return bedrock_server_session
+
+
+@pytest.fixture
+def bedrock_provider(bedrock_server):
+    return provider_entry(
+        "bedrock", bedrock_server.url, api_key="AKIDTESTONLY:test-secret-key", region="us-east-1", name="bedrock-test"
+    )

@@ -1,0 +1,312 @@
+"""The Anthropic adapter against a loopback server speaking the Messages API."""
+
+import orjson
+import pytest
+
+from routing import upstream
+from tests.providers.conftest import (
+    PNG_DATA_URL,
+    WEATHER_TOOL,
+    chunks_of,
+    collect_stream,
+    provider_entry,
+    run,
+    streamed_text,
+)
+from tests.servers import free_port
+
+
+def test_text_reply_with_system_prompts_and_sampling_options(anthropic_server, anthropic_provider):
+    body = {
+        "model": "claude-test",
+        "messages": [
+            {"role": "system", "content": "You are terse."},
+            {"role": "developer", "content": "Answer in English."},
+            {"role": "user", "content": "Hello there"},
+        ],
+        "temperature": 0.2,
+        "top_p": 0.9,
+        "stop": "END",
+        "max_tokens": 50,
+    }
+
+    reply = run(upstream.chat_completion(anthropic_provider, body))
+
+    sent = anthropic_server.app.requests[-1]
+    assert sent["system"] == [
+        {"type": "text", "text": "You are terse."},
+        {"type": "text", "text": "Answer in English."},
+    ]
+    assert sent["messages"] == [{"role": "user", "content": [{"type": "text", "text": "Hello there"}]}]
+    assert (sent["temperature"], sent["top_p"], sent["stop_sequences"], sent["max_tokens"]) == (0.2, 0.9, ["END"], 50)
+    choice = reply.body["choices"][0]
+    assert reply.body["object"] == "chat.completion"
+    assert choice["message"] == {"role": "assistant", "content": "Echo: Hello there", "refusal": None}
+    assert choice["finish_reason"] == "stop"
+    assert orjson.loads(reply.raw) == reply.body
+
+
+def test_max_tokens_is_always_sent_and_a_cut_answer_finishes_with_length(anthropic_server, anthropic_provider):
+    reply = run(
+        upstream.chat_completion(
+            anthropic_provider,
+            {"model": "claude-test", "messages": [{"role": "user", "content": "one two three four"}]},
+        )
+    )
+    assert anthropic_server.app.requests[-1]["max_tokens"] == 4096
+    assert reply.body["choices"][0]["finish_reason"] == "stop"
+
+    cut = run(
+        upstream.chat_completion(
+            anthropic_provider,
+            {
+                "model": "claude-test",
+                "messages": [{"role": "user", "content": "one two three four"}],
+                "max_completion_tokens": 2,
+            },
+        )
+    )
+    assert cut.body["choices"][0]["finish_reason"] == "length"
+    assert cut.body["choices"][0]["message"]["content"] == "Echo: one"
+
+
+def test_images_go_as_base64_or_url_sources(anthropic_server, anthropic_provider):
+    content = [
+        {"type": "text", "text": "What is in these?"},
+        {"type": "image_url", "image_url": {"url": PNG_DATA_URL}},
+        {"type": "image_url", "image_url": {"url": "https://example.com/cat.jpg"}},
+    ]
+
+    reply = run(
+        upstream.chat_completion(
+            anthropic_provider, {"model": "claude-test", "messages": [{"role": "user", "content": content}]}
+        )
+    )
+
+    blocks = anthropic_server.app.requests[-1]["messages"][0]["content"]
+    assert blocks[1] == {
+        "type": "image",
+        "source": {"type": "base64", "media_type": "image/png", "data": PNG_DATA_URL.split(",", 1)[1]},
+    }
+    assert blocks[2] == {"type": "image", "source": {"type": "url", "url": "https://example.com/cat.jpg"}}
+    assert reply.body["choices"][0]["message"]["content"] == "Echo: What is in these? [image] [image]"
+
+
+def test_tool_call_and_tool_result_round_trip(anthropic_server, anthropic_provider):
+    first = run(
+        upstream.chat_completion(
+            anthropic_provider,
+            {
+                "model": "claude-test",
+                "messages": [{"role": "user", "content": "Weather in Paris?"}],
+                "tools": [WEATHER_TOOL],
+                "tool_choice": "required",
+                "parallel_tool_calls": False,
+            },
+        )
+    )
+
+    sent = anthropic_server.app.requests[-1]
+    assert sent["tools"] == [
+        {
+            "name": "get_weather",
+            "description": "Weather for a city",
+            "input_schema": WEATHER_TOOL["function"]["parameters"],
+        }
+    ]
+    assert sent["tool_choice"] == {"type": "any", "disable_parallel_tool_use": True}
+    message = first.body["choices"][0]["message"]
+    assert first.body["choices"][0]["finish_reason"] == "tool_calls"
+    assert message["content"] is None
+    (call,) = message["tool_calls"]
+    assert call["function"]["name"] == "get_weather" and orjson.loads(call["function"]["arguments"]) == {
+        "city": "Paris"
+    }
+
+    second = run(
+        upstream.chat_completion(
+            anthropic_provider,
+            {
+                "model": "claude-test",
+                "messages": [
+                    {"role": "user", "content": "Weather in Paris?"},
+                    message,
+                    {"role": "tool", "tool_call_id": call["id"], "content": "18C and sunny"},
+                ],
+                "tools": [WEATHER_TOOL],
+                "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+            },
+        )
+    )
+
+    sent = anthropic_server.app.requests[-1]
+    assert sent["messages"][1]["content"] == [
+        {"type": "tool_use", "id": call["id"], "name": "get_weather", "input": {"city": "Paris"}}
+    ]
+    assert sent["messages"][2]["content"] == [
+        {"type": "tool_result", "tool_use_id": call["id"], "content": "18C and sunny"}
+    ]
+    assert sent["tool_choice"] == {"type": "tool", "name": "get_weather"}
+    assert second.body["choices"][0]["message"]["content"] == "Echo: 18C and sunny"
+
+
+def test_consecutive_turns_of_one_role_are_merged_as_anthropic_requires(anthropic_server, anthropic_provider):
+    body = {
+        "model": "claude-test",
+        "messages": [{"role": "user", "content": "first"}, {"role": "user", "content": "second"}],
+    }
+
+    reply = run(upstream.chat_completion(anthropic_provider, body))
+
+    assert len(anthropic_server.app.requests[-1]["messages"]) == 1
+    assert reply.body["choices"][0]["message"]["content"] == "Echo: first second"
+
+
+def cached_prompt_body(stream: bool = False) -> dict:
+    long_context = "The policy handbook says many things. " * 100
+    body = {
+        "model": "claude-test",
+        "messages": [
+            {
+                "role": "system",
+                "content": [{"type": "text", "text": long_context, "cache_control": {"type": "ephemeral"}}],
+            },
+            {"role": "user", "content": "Summarise the handbook"},
+        ],
+    }
+    if stream:
+        body.update(stream=True, stream_options={"include_usage": True})
+    return body
+
+
+def test_usage_counts_cache_reads_and_writes_in_prompt_tokens(anthropic_server, anthropic_provider):
+    first = run(upstream.chat_completion(anthropic_provider, cached_prompt_body()))
+    second = run(upstream.chat_completion(anthropic_provider, cached_prompt_body()))
+
+    assert anthropic_server.app.requests[-1]["system"][0]["cache_control"] == {"type": "ephemeral"}
+    written, read = first.body["usage"], second.body["usage"]
+    assert written["prompt_tokens_details"]["cache_write_tokens"] > 900
+    assert written["prompt_tokens_details"]["cached_tokens"] == 0
+    assert read["prompt_tokens_details"]["cached_tokens"] == written["prompt_tokens_details"]["cache_write_tokens"]
+    assert read["prompt_tokens_details"]["cache_write_tokens"] == 0
+    # prompt_tokens counts every input token, cached or not, as OpenAI reports it.
+    assert read["prompt_tokens"] == written["prompt_tokens"] > written["prompt_tokens_details"]["cache_write_tokens"]
+    assert read["total_tokens"] == read["prompt_tokens"] + read["completion_tokens"]
+
+
+def test_stream_of_text_ends_with_usage_and_done(anthropic_server, anthropic_provider):
+    run(upstream.chat_completion(anthropic_provider, cached_prompt_body()))
+
+    events = run(_open_and_collect(anthropic_provider, cached_prompt_body(stream=True)))
+
+    chunks = chunks_of(events)
+    assert anthropic_server.app.requests[-1]["stream"] is True
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert all(chunk["object"] == "chat.completion.chunk" for chunk in chunks)
+    assert streamed_text(chunks) == "Echo: Summarise the handbook"
+    assert chunks[-2]["choices"][0]["finish_reason"] == "stop"
+    usage_chunk = chunks[-1]
+    assert usage_chunk["choices"] == []
+    assert usage_chunk["usage"]["prompt_tokens_details"]["cached_tokens"] > 900
+    assert usage_chunk["usage"]["completion_tokens"] == 4
+
+
+def test_stream_without_include_usage_has_no_usage_chunk(anthropic_provider):
+    body = {"model": "claude-test", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+
+    chunks = chunks_of(run(_open_and_collect(anthropic_provider, body)))
+
+    assert not any("usage" in chunk for chunk in chunks)
+
+
+def test_stream_of_a_tool_call(anthropic_provider):
+    body = {
+        "model": "claude-test",
+        "messages": [{"role": "user", "content": "Weather in Paris?"}],
+        "tools": [WEATHER_TOOL],
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+
+    chunks = chunks_of(run(_open_and_collect(anthropic_provider, body)))
+
+    calls = [call for chunk in chunks for choice in chunk["choices"] for call in choice["delta"].get("tool_calls", [])]
+    assert calls[0]["id"] == "toolu_01" and calls[0]["function"]["name"] == "get_weather"
+    assert orjson.loads("".join(call["function"]["arguments"] for call in calls)) == {"city": "Paris"}
+    assert {call["index"] for call in calls} == {0}
+    assert chunks[-2]["choices"][0]["finish_reason"] == "tool_calls"
+
+
+async def _open_and_collect(provider, body):
+    return await collect_stream(await upstream.open_chat_stream(provider, body))
+
+
+def test_overloaded_529_is_a_server_side_rejection(anthropic_provider):
+    with pytest.raises(upstream.UpstreamRejected) as excinfo:
+        run(
+            upstream.chat_completion(
+                anthropic_provider, {"model": "claude-overloaded", "messages": [{"role": "user", "content": "hi"}]}
+            )
+        )
+
+    assert excinfo.value.upstream_status == 529
+    assert "Overloaded" in excinfo.value.message
+
+
+def test_overloaded_as_first_stream_event_fails_the_open(anthropic_provider):
+    body = {"model": "claude-stream-overloaded", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+
+    with pytest.raises(upstream.UpstreamRejected) as excinfo:
+        run(upstream.open_chat_stream(anthropic_provider, body))
+
+    assert excinfo.value.upstream_status == 529
+
+
+def test_stream_cut_short_has_no_done(anthropic_provider):
+    body = {"model": "claude-stream-break", "messages": [{"role": "user", "content": "a b c d"}], "stream": True}
+
+    events = run(_open_and_collect(anthropic_provider, body))
+
+    assert events and "data: [DONE]" not in events
+
+
+def test_invalid_request_and_bad_key_carry_the_provider_message(anthropic_server, anthropic_provider):
+    bad_order = {"model": "claude-test", "messages": [{"role": "assistant", "content": "I start"}]}
+    with pytest.raises(upstream.UpstreamRejected) as excinfo:
+        run(upstream.chat_completion(anthropic_provider, bad_order))
+    assert excinfo.value.upstream_status == 400
+    assert "roles must alternate" in excinfo.value.message
+
+    wrong_key = provider_entry("anthropic", anthropic_provider.base_url, api_key="sk-ant-wrong")
+    with pytest.raises(upstream.UpstreamRejected) as excinfo:
+        run(
+            upstream.chat_completion(
+                wrong_key, {"model": "claude-test", "messages": [{"role": "user", "content": "hi"}]}
+            )
+        )
+    assert excinfo.value.upstream_status == 401 and "invalid x-api-key" in excinfo.value.message
+
+
+def test_retry_after_is_read_from_a_rejection(anthropic_server, anthropic_provider):
+    anthropic_server.app.failures.append((429, {"retry-after": "7"}))
+
+    with pytest.raises(upstream.UpstreamRejected) as excinfo:
+        run(
+            upstream.chat_completion(
+                anthropic_provider, {"model": "claude-test", "messages": [{"role": "user", "content": "hi"}]}
+            )
+        )
+
+    assert excinfo.value.upstream_status == 429 and excinfo.value.retry_after == 7.0
+
+
+def test_timeout_and_connection_errors(anthropic_server):
+    slow = provider_entry("anthropic", f"{anthropic_server.url}/v1", api_key="sk-ant-test", timeout=0.3)
+    with pytest.raises(upstream.UpstreamTimeout):
+        run(upstream.chat_completion(slow, {"model": "claude-stall", "messages": [{"role": "user", "content": "hi"}]}))
+
+    closed = provider_entry("anthropic", f"http://127.0.0.1:{free_port()}/v1", api_key="sk-ant-test")
+    with pytest.raises(upstream.UpstreamConnectionError):
+        run(
+            upstream.open_chat_stream(closed, {"model": "claude-test", "messages": [{"role": "user", "content": "hi"}]})
+        )

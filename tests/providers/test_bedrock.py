@@ -1,0 +1,267 @@
+"""The Bedrock adapter, through boto3 with endpoint_url, against a loopback Converse server."""
+
+import asyncio
+import base64
+
+import orjson
+import pytest
+
+from routing import upstream
+from tests.providers.conftest import (
+    PNG_DATA_URL,
+    WEATHER_TOOL,
+    chunks_of,
+    collect_stream,
+    provider_entry,
+    run,
+    streamed_text,
+)
+from tests.servers import free_port
+
+
+def user(content) -> dict:
+    return {"role": "user", "content": content}
+
+
+async def _open_and_collect(provider, body):
+    return await collect_stream(await upstream.open_chat_stream(provider, body))
+
+
+def test_text_reply_with_system_prompt_and_inference_config(bedrock_server, bedrock_provider):
+    body = {
+        "model": "anthropic.claude-3-haiku-20240307-v1:0",
+        "messages": [{"role": "system", "content": "Be brief."}, user("Hello there")],
+        "max_tokens": 100,
+        "temperature": 0.1,
+        "top_p": 0.5,
+        "stop": ["END", "STOP"],
+    }
+
+    reply = run(upstream.chat_completion(bedrock_provider, body))
+
+    sent = bedrock_server.app.requests[-1]
+    assert sent["modelId"] == "anthropic.claude-3-haiku-20240307-v1:0"
+    assert sent["system"] == [{"text": "Be brief."}]
+    assert sent["messages"] == [{"role": "user", "content": [{"text": "Hello there"}]}]
+    assert sent["inferenceConfig"] == {
+        "maxTokens": 100,
+        "temperature": 0.1,
+        "topP": 0.5,
+        "stopSequences": ["END", "STOP"],
+    }
+    assert reply.body["choices"][0]["message"]["content"] == "Echo: Hello there"
+    assert reply.body["choices"][0]["finish_reason"] == "stop"
+    assert orjson.loads(reply.raw) == reply.body
+    # Signed with the provider's own key pair, not whatever the machine has.
+    assert "Credential=AKIDTESTONLY/" in bedrock_server.app.authorizations[-1]
+
+
+def test_default_credential_chain_when_no_credential_is_stored(bedrock_server, monkeypatch):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDFROMENVIRONMENT")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "env-secret")
+    provider = provider_entry("bedrock", bedrock_server.url, region="eu-west-1", name="bedrock-env")
+
+    run(upstream.chat_completion(provider, {"model": "amazon.nova-lite-v1:0", "messages": [user("hi")]}))
+
+    authorization = bedrock_server.app.authorizations[-1]
+    assert "Credential=AKIDFROMENVIRONMENT/" in authorization and "/eu-west-1/bedrock/" in authorization
+
+
+def test_images_are_sent_as_bytes(bedrock_server, bedrock_provider):
+    content = [{"type": "text", "text": "Describe"}, {"type": "image_url", "image_url": {"url": PNG_DATA_URL}}]
+
+    reply = run(upstream.chat_completion(bedrock_provider, {"model": "nova", "messages": [user(content)]}))
+
+    image = bedrock_server.app.requests[-1]["messages"][0]["content"][1]["image"]
+    assert image["format"] == "png"
+    assert image["source"]["bytes"] == PNG_DATA_URL.split(",", 1)[1]
+    assert base64.b64decode(image["source"]["bytes"]).startswith(b"\x89PNG")
+    assert reply.body["choices"][0]["message"]["content"] == "Echo: Describe [image]"
+
+
+def test_image_by_url_is_refused_before_any_call(bedrock_server, bedrock_provider):
+    content = [{"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}]
+
+    with pytest.raises(upstream.UpstreamRejected) as excinfo:
+        run(upstream.chat_completion(bedrock_provider, {"model": "nova", "messages": [user(content)]}))
+
+    assert excinfo.value.upstream_status == 400 and "data: URLs" in excinfo.value.message
+    assert bedrock_server.app.requests == []
+
+
+def test_tool_call_and_tool_result_round_trip(bedrock_server, bedrock_provider):
+    first = run(
+        upstream.chat_completion(
+            bedrock_provider,
+            {
+                "model": "nova",
+                "messages": [user("Weather in Paris?")],
+                "tools": [WEATHER_TOOL],
+                "tool_choice": "required",
+            },
+        )
+    )
+
+    tool_config = bedrock_server.app.requests[-1]["toolConfig"]
+    assert tool_config["tools"][0]["toolSpec"]["inputSchema"] == {"json": WEATHER_TOOL["function"]["parameters"]}
+    assert tool_config["toolChoice"] == {"any": {}}
+    message = first.body["choices"][0]["message"]
+    (call,) = message["tool_calls"]
+    assert first.body["choices"][0]["finish_reason"] == "tool_calls"
+    assert orjson.loads(call["function"]["arguments"]) == {"city": "Paris"}
+
+    second = run(
+        upstream.chat_completion(
+            bedrock_provider,
+            {
+                "model": "nova",
+                "messages": [
+                    user("Weather in Paris?"),
+                    message,
+                    {"role": "tool", "tool_call_id": call["id"], "content": "18C"},
+                ],
+                "tools": [WEATHER_TOOL],
+            },
+        )
+    )
+
+    sent = bedrock_server.app.requests[-1]["messages"]
+    assert sent[1]["content"] == [
+        {"toolUse": {"toolUseId": call["id"], "name": "get_weather", "input": {"city": "Paris"}}}
+    ]
+    assert sent[2]["content"] == [{"toolResult": {"toolUseId": call["id"], "content": [{"text": "18C"}]}}]
+    assert second.body["choices"][0]["message"]["content"] == "Echo: 18C"
+
+
+def test_usage_includes_cache_tokens(bedrock_provider):
+    reply = run(upstream.chat_completion(bedrock_provider, {"model": "nova-cached", "messages": [user("hi there")]}))
+
+    usage = reply.body["usage"]
+    assert usage["prompt_tokens_details"] == {"cached_tokens": 1024, "cache_write_tokens": 256}
+    assert usage["prompt_tokens"] == 1024 + 256 + 2
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+
+
+def test_stream_of_text_with_usage(bedrock_provider):
+    body = {
+        "model": "nova-cached",
+        "messages": [user("stream me please")],
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+
+    chunks = chunks_of(run(_open_and_collect(bedrock_provider, body)))
+
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert streamed_text(chunks) == "Echo: stream me please"
+    assert chunks[-2]["choices"][0]["finish_reason"] == "stop"
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["prompt_tokens_details"]["cached_tokens"] == 1024
+
+
+def test_stream_of_a_tool_call(bedrock_provider):
+    body = {"model": "nova", "messages": [user("Weather?")], "tools": [WEATHER_TOOL], "stream": True}
+
+    chunks = chunks_of(run(_open_and_collect(bedrock_provider, body)))
+
+    calls = [call for chunk in chunks for choice in chunk["choices"] for call in choice["delta"].get("tool_calls", [])]
+    assert calls[0]["id"] == "tooluse_01" and calls[0]["function"]["name"] == "get_weather"
+    assert orjson.loads("".join(call["function"]["arguments"] for call in calls)) == {"city": "Paris"}
+    assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
+    assert not any("usage" in chunk for chunk in chunks)
+
+
+def test_errors_map_to_upstream_errors(bedrock_server, bedrock_provider):
+    def call(model, provider=bedrock_provider):
+        return run(upstream.chat_completion(provider, {"model": model, "messages": [user("hi")]}))
+
+    with pytest.raises(upstream.UpstreamRejected) as excinfo:
+        call("nova-throttle")
+    assert excinfo.value.upstream_status == 429 and "ThrottlingException" in excinfo.value.message
+
+    with pytest.raises(upstream.UpstreamRejected) as excinfo:
+        call("nova-unavailable")
+    assert excinfo.value.upstream_status == 503
+
+    with pytest.raises(upstream.UpstreamRejected) as excinfo:
+        run(
+            upstream.chat_completion(
+                bedrock_provider, {"model": "nova", "messages": [{"role": "assistant", "content": "x"}]}
+            )
+        )
+    assert excinfo.value.upstream_status == 400 and "alternate" in excinfo.value.message
+
+    slow = provider_entry("bedrock", bedrock_server.url, api_key="AKIDTESTONLY:s", region="us-east-1", timeout=0.3)
+    with pytest.raises(upstream.UpstreamTimeout):
+        call("nova-stall", slow)
+
+    closed = provider_entry("bedrock", f"http://127.0.0.1:{free_port()}", api_key="AKIDTESTONLY:s", region="us-east-1")
+    with pytest.raises(upstream.UpstreamConnectionError):
+        call("nova", closed)
+
+
+def test_stream_exception_before_any_event_fails_the_open(bedrock_provider):
+    body = {"model": "nova-stream-exception", "messages": [user("hi")], "stream": True}
+
+    with pytest.raises(upstream.UpstreamRejected) as excinfo:
+        run(upstream.open_chat_stream(bedrock_provider, body))
+
+    assert excinfo.value.upstream_status == 503
+
+
+def test_stream_exception_midway_raises_from_events(bedrock_provider):
+    body = {"model": "nova-stream-midfail", "messages": [user("one two three four")], "stream": True}
+
+    async def read():
+        stream = await upstream.open_chat_stream(bedrock_provider, body)
+        received = []
+        try:
+            async for event in stream.events():
+                received.append(event)
+        finally:
+            await stream.aclose()
+
+    with pytest.raises(upstream.UpstreamRejected) as excinfo:
+        run(read())
+    assert excinfo.value.upstream_status == 500 and "model failed" in excinfo.value.message
+
+
+def test_a_stalled_bedrock_call_leaves_the_event_loop_free(bedrock_server):
+    """While boto3 waits on a stalled call, other work on the loop keeps running."""
+    slow = provider_entry("bedrock", bedrock_server.url, api_key="AKIDTESTONLY:s", region="us-east-1", timeout=0.5)
+
+    async def scenario():
+        ticks = 0
+
+        async def ticker():
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.02)
+                ticks += 1
+
+        ticking = asyncio.create_task(ticker())
+        try:
+            await upstream.chat_completion(slow, {"model": "nova-stall", "messages": [user("hi")]})
+        except upstream.UpstreamTimeout:
+            pass
+        finally:
+            ticking.cancel()
+        return ticks
+
+    # About 25 ticks fit in the half-second stall; a blocked loop would manage none.
+    assert run(scenario()) >= 10
+
+
+def test_closing_a_stream_early_stops_reading(bedrock_provider):
+    body = {"model": "nova", "messages": [user("many words " * 50)], "stream": True}
+
+    async def read_two():
+        stream = await upstream.open_chat_stream(bedrock_provider, body)
+        events = stream.events()
+        first = [await anext(events), await anext(events)]
+        await events.aclose()
+        await stream.aclose()
+        return first
+
+    first, second = run(read_two())
+    assert orjson.loads(first[6:])["choices"][0]["delta"]["role"] == "assistant"
+    assert orjson.loads(second[6:])["choices"][0]["delta"]["content"] == "Echo:"

@@ -1,0 +1,189 @@
+"""Prompt caps, the max_tokens clamp, and compression with exact counts."""
+
+import asyncio
+import functools
+import uuid
+
+import pytest
+
+from routing.caps import TokenCapExceeded, apply_token_caps, clamp_max_tokens
+from routing.compression import TRUNCATION_MARKER, compress_messages, summary_cache
+from routing.policy import RouteDecision
+from routing.tokens import count_chat_tokens
+
+MODEL = "gpt-4o"
+
+
+def async_test(function):
+    """Run a coroutine test on its own event loop (the suite has no asyncio plugin)."""
+
+    @functools.wraps(function)
+    def run(*args, **kwargs):
+        return asyncio.run(function(*args, **kwargs))
+
+    return run
+
+
+def decision(**fields) -> RouteDecision:
+    defaults = {
+        "target_model": "m",
+        "fallback_models": (),
+        "prompt_token_cap": None,
+        "over_cap_action": "reject",
+        "max_tokens_cap": None,
+        "default_max_tokens": None,
+        "cache_ttl_seconds": None,
+        "cache_nondeterministic": False,
+        "rule_name": "capped",
+        "difficulty": None,
+        "routed_to_large": False,
+        "policy_version": 1,
+        "explanation": "",
+    }
+    return RouteDecision(**{**defaults, **fields})
+
+
+def turn(index: int, words: int = 40) -> list[dict]:
+    return [
+        {"role": "user", "content": f"question {index} " + "word " * words},
+        {"role": "assistant", "content": f"answer {index} " + "reply " * words},
+    ]
+
+
+def conversation(turns: int = 6) -> list[dict]:
+    messages = [{"role": "system", "content": "You are terse."}]
+    for index in range(turns):
+        messages += turn(index)
+    return [*messages, {"role": "user", "content": "the latest question"}]
+
+
+@async_test
+async def test_over_the_cap_is_refused_with_the_numbers():
+    messages = conversation()
+    total = count_chat_tokens(messages, model=MODEL)
+    with pytest.raises(TokenCapExceeded) as refused:
+        await apply_token_caps({"messages": messages}, decision=decision(prompt_token_cap=100), model=MODEL)
+    assert (refused.value.status, refused.value.code) == (400, "token_cap_exceeded")
+    assert f"has {total} tokens" in refused.value.message
+    assert "cap of 100 tokens of routing rule 'capped'" in refused.value.message
+
+
+@async_test
+async def test_at_the_cap_passes_untouched():
+    messages = conversation()
+    total = count_chat_tokens(messages, model=MODEL)
+    capped = await apply_token_caps({"messages": messages}, decision=decision(prompt_token_cap=total), model=MODEL)
+    assert capped.body["messages"] == messages
+    assert (capped.prompt_tokens_before, capped.prompt_tokens_after, capped.compressed) == (total, total, False)
+
+
+@async_test
+async def test_compression_keeps_system_and_recent_turns_within_the_cap_with_exact_counts():
+    messages = conversation()
+    total = count_chat_tokens(messages, model=MODEL)
+    cap = total // 2
+    capped = await apply_token_caps(
+        {"messages": messages}, decision=decision(prompt_token_cap=cap, over_cap_action="compress"), model=MODEL
+    )
+    kept = capped.body["messages"]
+    assert capped.compressed
+    assert capped.prompt_tokens_before == total
+    assert capped.prompt_tokens_after == count_chat_tokens(kept, model=MODEL) <= cap
+    assert kept[0] == messages[0]
+    assert kept[-1] == messages[-1]
+    # Every kept message is one of the originals, whole, and in order: nothing was cut inside a message.
+    original_positions = [messages.index(message) for message in kept]
+    assert original_positions == sorted(original_positions)
+    # The most recent turns are the ones kept.
+    assert original_positions[1:] == list(range(original_positions[1], len(messages)))
+
+
+@async_test
+async def test_compression_never_splits_a_tool_call_from_its_results():
+    tool_turn = [
+        {"role": "user", "content": "weather? " + "pad " * 60},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "w", "arguments": "{}"}}],
+        },
+        {"role": "tool", "tool_call_id": "call_1", "content": "sunny " * 30},
+    ]
+    messages = [{"role": "system", "content": "s"}, *turn(0), *tool_turn, {"role": "user", "content": "thanks"}]
+    for budget in range(20, count_chat_tokens(messages, model=MODEL)):
+        kept = (await compress_messages(messages, budget=budget, model=MODEL)).messages
+        has_call = messages[4] in kept
+        has_result = messages[5] in kept
+        assert has_call == has_result, budget
+
+
+@async_test
+async def test_one_message_alone_over_budget_is_truncated_to_fit_exactly():
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "lorem ipsum " * 500}]
+    result = await compress_messages(messages, budget=200, model=MODEL)
+    assert result.truncated
+    assert result.messages[0] == messages[0]
+    assert TRUNCATION_MARKER in result.messages[1]["content"]
+    assert result.tokens_after == count_chat_tokens(result.messages, model=MODEL)
+    assert 190 <= result.tokens_after <= 200
+
+
+@async_test
+async def test_system_messages_alone_over_the_cap_still_refuse():
+    messages = [{"role": "system", "content": "rule " * 300}, {"role": "user", "content": "hi"}]
+    with pytest.raises(TokenCapExceeded, match="after compressing"):
+        await apply_token_caps(
+            {"messages": messages}, decision=decision(prompt_token_cap=50, over_cap_action="compress"), model=MODEL
+        )
+
+
+@async_test
+async def test_the_dropped_middle_is_summarized_once_per_history():
+    calls = []
+
+    async def summarize(dropped):
+        calls.append(len(dropped))
+        return "they talked about questions 0 to 3"
+
+    messages = conversation()
+    budget = count_chat_tokens(messages, model=MODEL) // 2
+    namespace = uuid.uuid4().hex  # Redis keeps summaries between runs
+    first = await compress_messages(messages, budget=budget, model=MODEL, summarize=summarize, namespace=namespace)
+    second = await compress_messages(messages, budget=budget, model=MODEL, summarize=summarize, namespace=namespace)
+    assert first.summarized and second.summarized
+    assert len(calls) == 1
+    summary = first.messages[1]
+    assert summary["role"] == "system" and "questions 0 to 3" in summary["content"]
+    assert first.tokens_after <= budget
+    assert first.messages == second.messages
+    summary_cache._entries.clear()
+
+
+@async_test
+async def test_a_failing_summarizer_only_costs_the_summary():
+    async def summarize(dropped):
+        raise RuntimeError("upstream down")
+
+    messages = conversation()
+    budget = count_chat_tokens(messages, model=MODEL) // 2
+    result = await compress_messages(
+        messages, budget=budget, model=MODEL, summarize=summarize, namespace=uuid.uuid4().hex
+    )
+    assert not result.summarized
+    assert result.dropped_messages > 0 and result.tokens_after <= budget
+
+
+@pytest.mark.parametrize(
+    ("body", "cap", "default", "expected"),
+    [
+        ({}, 500, 200, {"max_tokens": 200}),
+        ({}, 500, None, {"max_tokens": 500}),
+        ({}, None, None, {}),
+        ({"max_tokens": 900}, 500, 200, {"max_tokens": 500}),
+        ({"max_completion_tokens": 900}, 500, None, {"max_completion_tokens": 500}),
+        ({"max_tokens": 100}, 500, 200, {"max_tokens": 100}),
+        ({"max_tokens": 9000}, None, 200, {"max_tokens": 9000}),
+    ],
+)
+def test_max_tokens_is_clamped_to_the_cap_or_set_to_the_default(body, cap, default, expected):
+    assert clamp_max_tokens(body, cap=cap, default=default) == expected
