@@ -61,7 +61,9 @@ class SnapshotHolder:
     def __init__(self):
         self._snapshot: ConfigSnapshot | None = None
         self._checked_at = 0.0
-        self._dirty = True
+        # Bumped by every local change; a snapshot built before the latest bump is stale.
+        self._generation = 0
+        self._built_generation = -1
         self._refresh_lock = threading.Lock()
 
     @property
@@ -71,24 +73,26 @@ class SnapshotHolder:
         return self._snapshot
 
     def mark_stale(self) -> None:
-        """Rebuild on the next request: this process changed the configuration itself."""
-        self._dirty = True
+        """Rebuild before the next request: this process changed the configuration itself."""
+        self._generation += 1
 
     async def ensure_fresh(self) -> ConfigSnapshot:
         now = time.monotonic()
-        stale = self._dirty or now - self._checked_at >= settings.LLMOPS_SNAPSHOT_CHECK_SECONDS
-        if self._snapshot is None or stale:
-            # Claim the check first, so concurrent requests keep using the snapshot they have.
+        if self._built_generation != self._generation:
+            # A known change: every request waits for the rebuild rather than run on what it replaces.
+            await sync_to_async(self.refresh, thread_sensitive=False)()
+        elif now - self._checked_at >= settings.LLMOPS_SNAPSHOT_CHECK_SECONDS:
+            # Claim the periodic check first, so concurrent requests keep using the snapshot they have.
             self._checked_at = now
             await sync_to_async(self.refresh, thread_sensitive=False)()
         return self._snapshot
 
     def refresh(self) -> ConfigSnapshot:
         with self._refresh_lock:
+            # Generation and version are taken before the data, so a change made mid-build triggers another build.
+            generation = self._generation
             version = _read_version()
-            if self._snapshot is None or self._dirty or self._snapshot.version != version:
-                # Version and flag are taken before the data, so a change committed mid-build triggers another build.
-                self._dirty = False
+            if self._built_generation != generation or self._snapshot.version != version:
                 self._snapshot = ConfigSnapshot(
                     version=version,
                     keys=build_key_index(),
@@ -97,6 +101,8 @@ class SnapshotHolder:
                     budgets=build_budget_index(),
                     rate_limits=build_rate_limit_index(),
                 )
+                self._built_generation = generation
+                self._checked_at = time.monotonic()
                 logger.info("configuration snapshot loaded at version %s", version)
             return self._snapshot
 

@@ -7,14 +7,11 @@ from django.db import connection
 from django.http import HttpResponse, JsonResponse
 from rest_framework.permissions import IsAuthenticated
 
-from llmops.gateway.admission import admit
 from llmops.gateway.call import GatewayCall
-from llmops.gateway.errors import GatewayError, as_gateway_error, openai_exception_handler
+from llmops.gateway.chat import chat_completion_run
+from llmops.gateway.errors import GatewayError, openai_exception_handler
 from llmops.gateway.parsers import OrjsonParser
-from llmops.gateway.pipeline import complete_chat, finish, stream_chat
-from llmops.gateway.planning import plan_chat
 from llmops.gateway.snapshot import config_snapshot
-from llmops.gateway.validation import validate_chat_request
 from tenants.authentication import ApiKeyAuthentication
 
 
@@ -62,23 +59,8 @@ class GatewayView(APIView):
 
 class ChatCompletionsView(GatewayView):
     async def post(self, request):
-        call = GatewayCall(principal=request.user, endpoint=request.path)
-        self.call = call
-        try:
-            body = validate_chat_request(request.data)
-            call.requested_model = body["model"]
-            call.is_stream = bool(body.get("stream"))
-            snapshot = config_snapshot.current
-            plan = await plan_chat(snapshot, call, body, request.headers)
-            await admit(snapshot, call, plan)
-            if call.is_stream:
-                return await stream_chat(call, plan)
-            return await complete_chat(call, plan)
-        except Exception as exc:
-            error = as_gateway_error(exc)
-            if error is not None:
-                await finish(call, http_status=error.status_code, error_code=error.code)
-            raise
+        self.call = GatewayCall(principal=request.user, endpoint=request.path)
+        return await chat_completion_run(self.call, read_body=lambda: request.data, headers=request.headers)
 
     def finalize_response(self, request, response, *args, **kwargs):
         response = super().finalize_response(request, response, *args, **kwargs)

@@ -1,0 +1,38 @@
+"""One chat completion through the whole pipeline, for the /v1 view and for work that runs later (batches, jobs)."""
+
+from collections.abc import Callable, Mapping
+
+from django.http import HttpResponse
+
+from llmops.gateway.admission import admit
+from llmops.gateway.call import GatewayCall
+from llmops.gateway.errors import as_gateway_error
+from llmops.gateway.pipeline import complete_chat, finish, stream_chat
+from llmops.gateway.planning import plan_chat
+from llmops.gateway.snapshot import config_snapshot
+from llmops.gateway.validation import validate_chat_request
+
+
+async def chat_completion_run(
+    call: GatewayCall, *, read_body: Callable[[], object], headers: Mapping[str, str]
+) -> HttpResponse:
+    """Validate, route, cap, admit, call and record. Every failure after authentication leaves its ledger row
+    and is raised as the exception it was (``as_gateway_error`` turns it into the OpenAI error).
+
+    The caller has awaited ``config_snapshot.ensure_fresh()`` (the view does, to authenticate the key).
+    """
+    try:
+        body = validate_chat_request(read_body())
+        call.requested_model = body["model"]
+        call.is_stream = bool(body.get("stream"))
+        snapshot = config_snapshot.current
+        plan = await plan_chat(snapshot, call, body, headers)
+        await admit(snapshot, call, plan)
+        if call.is_stream:
+            return await stream_chat(call, plan)
+        return await complete_chat(call, plan)
+    except Exception as exc:
+        error = as_gateway_error(exc)
+        if error is not None:
+            await finish(call, http_status=error.status_code, error_code=error.code)
+        raise
