@@ -15,6 +15,7 @@ from billing.budgets.reservations import BudgetHold, units_to_usd, usd_to_units
 from billing.budgets.selectors import budget_current_window, budget_ledger_spend
 from billing.models import AlertChannel, Budget, BudgetAction, BudgetCounter, BudgetPeriod, BudgetScope
 from llmops.redis import sync_redis
+from routing.models import Model
 from tenants.models import ApiKey, Team, Tenant
 
 logger = logging.getLogger(__name__)
@@ -60,8 +61,24 @@ def budget_validate(
         errors["team"] = "No such team in this tenant."
     if api_key is not None and api_key.tenant_id != tenant.pk:
         errors["api_key"] = "No such API key in this tenant."
+    if action == BudgetAction.DOWNGRADE and "action" not in errors and not _has_cheaper_route(tenant, model_name):
+        errors["action"] = "Downgrade needs a cheaper route: the tenant may use no model cheaper than " + (
+            f"'{model_name}'." if model_name else "its dearest one."
+        )
     if errors:
         raise ValidationError(errors)
+
+
+def _has_cheaper_route(tenant: Tenant, model_name: str) -> bool:
+    """Whether the tenant may use a model with lower prices than the budget's model (or than its dearest model)."""
+    prices = {
+        model.name: (model.input_price_per_million + model.output_price_per_million)
+        for model in Model.objects.filter(allowed_for__tenant=tenant, is_active=True)
+    }
+    if not prices:
+        return False
+    ceiling = prices.get(model_name) if model_name else max(prices.values())
+    return ceiling is not None and any(price < ceiling for price in prices.values())
 
 
 def _thresholds_error(thresholds) -> str:

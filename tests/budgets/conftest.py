@@ -10,7 +10,8 @@ from django.db import connection
 from billing.budgets.thresholds import threshold_alerts_wait
 from tenants.models import ApiKey, Team, Tenant
 from tenants.services import api_key_create
-from tests.factories import TeamFactory, TenantFactory
+from routing.services import tenant_model_access_set
+from tests.factories import ModelFactory, TeamFactory, TenantFactory
 from tests.servers import ThreadedServer
 
 # Closed on loopback: connecting is refused at once, the way an unreachable Redis fails.
@@ -32,6 +33,8 @@ def make_org(slug: str, *, time_zone: str = "UTC") -> Org:
     other_team = TeamFactory(tenant=tenant, slug=f"{slug}-search")
     api_key, _ = api_key_create(team=team, name=f"{slug}-key")
     other_key, _ = api_key_create(team=other_team, name=f"{slug}-other-key")
+    small, large = ModelFactory(name=f"{slug}-small"), ModelFactory(name=f"{slug}-large", output_price_per_million=9)
+    tenant_model_access_set(tenant=tenant, allowed_models=[small, large], default_model=small)
     return Org(tenant=tenant, team=team, other_team=other_team, api_key=api_key, other_key=other_key)
 
 

@@ -67,6 +67,20 @@ def test_bad_input_is_refused_with_a_clear_message(org, args, message):
     assert not Budget.objects.exists()
 
 
+def test_downgrade_without_a_cheaper_route_is_refused(org):
+    with pytest.raises(CommandError, match="cheaper route"):
+        budget_set(
+            "--tenant", "acme", "--period", "day", "--limit-usd", "5", "--action", "downgrade", "--model", "acme-small"
+        )
+    assert not Budget.objects.exists()
+
+
+def test_downgrade_with_a_cheaper_route_is_accepted(org):
+    budget_set("--tenant", "acme", "--period", "day", "--limit-usd", "5", "--action", "downgrade")
+
+    assert Budget.objects.get().action == "downgrade"
+
+
 def test_unknown_tenant(org):
     with pytest.raises(CommandError, match="no tenant"):
         budget_set("--tenant", "nope", "--period", "month", "--limit-usd", "5")
