@@ -1,6 +1,6 @@
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
-from decimal import Decimal
+from decimal import ROUND_HALF_EVEN, Decimal
 from zoneinfo import ZoneInfo
 
 from django.db import models
@@ -11,6 +11,7 @@ from billing.models import UsageRecord
 from tenants.models import Tenant
 
 NO_SERVED_MODEL = "(none)"
+NO_POLICY = "(no policy)"
 TOTAL_LABEL = "TOTAL"
 
 
@@ -19,6 +20,7 @@ class UsageGroupBy(models.TextChoices):
     MODEL = "model", "Served model"
     KEY = "key", "API key prefix"
     DAY = "day", "Day in the tenant's time zone"
+    POLICY = "policy", "Routing policy version"
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +32,14 @@ class UsageRow:
     cached_tokens: int
     completion_tokens: int
     cost_usd: Decimal
+    routed_to_large: int
+
+    @property
+    def routed_to_large_percent(self) -> Decimal:
+        """Share of the group's requests that routing sent to a large model, in percent with one decimal."""
+        if not self.requests:
+            return Decimal("0.0")
+        return (Decimal(100) * self.routed_to_large / self.requests).quantize(Decimal("0.1"), rounding=ROUND_HALF_EVEN)
 
 
 def tenant_zone(*, tenant: Tenant) -> ZoneInfo:
@@ -45,6 +55,7 @@ def usage_summary(*, tenant: Tenant, since: date, until: date, group_by: UsageGr
         UsageGroupBy.MODEL: F("served_model"),
         UsageGroupBy.KEY: F("api_key__prefix"),
         UsageGroupBy.DAY: TruncDate("created_at", tzinfo=zone),
+        UsageGroupBy.POLICY: F("policy_version"),
     }
     groups = (
         UsageRecord.objects.for_tenant(tenant)
@@ -61,6 +72,7 @@ def usage_summary(*, tenant: Tenant, since: date, until: date, group_by: UsageGr
             cached_tokens=Sum("cached_tokens"),
             completion_tokens=Sum("completion_tokens"),
             cost_usd=Sum("cost_usd"),
+            routed_to_large=Count("id", filter=Q(routed_to_large=True)),
         )
         .order_by("group_key")
     )
@@ -76,6 +88,7 @@ def usage_total(*, rows: list[UsageRow]) -> UsageRow:
         cached_tokens=sum(row.cached_tokens for row in rows),
         completion_tokens=sum(row.completion_tokens for row in rows),
         cost_usd=sum((row.cost_usd for row in rows), Decimal(0)),
+        routed_to_large=sum(row.routed_to_large for row in rows),
     )
 
 
@@ -84,4 +97,6 @@ def _group_label(value: str | date, group_by: UsageGroupBy) -> str:
         return value.isoformat()
     if group_by == UsageGroupBy.MODEL:
         return value or NO_SERVED_MODEL
+    if group_by == UsageGroupBy.POLICY:
+        return f"v{value}" if value is not None else NO_POLICY
     return value

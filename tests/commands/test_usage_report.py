@@ -29,6 +29,15 @@ class Usage:
     cost_usd: Decimal = Decimal(0)
     berlin_day: str = ""  # the day in Europe/Berlin (UTC+1 in March 2024); empty when outside the period
 
+    @property
+    def routed_to_large(self) -> bool:
+        """In this ledger, the policy (v2) sent every large-model request there."""
+        return self.served_model.endswith("-large")
+
+    @property
+    def policy_version(self) -> int | None:
+        return 2 if self.routed_to_large else (1 if self.served_model else None)
+
 
 def utc(day: int, hour: int, minute: int = 0) -> datetime:
     return datetime(2024, 3, day, hour, minute, tzinfo=UTC)
@@ -65,6 +74,8 @@ def record_usage(tenant, keys_by_team, usage: Usage) -> UsageRecord:
         cost_usd=usage.cost_usd,
         http_status=usage.http_status,
         created_at=usage.created_at,
+        routed_to_large=usage.routed_to_large,
+        policy_version=usage.policy_version,
     )
 
 
@@ -122,7 +133,20 @@ def summarise(usages: list[Usage]) -> dict[str, str]:
         "cached_tokens": str(sum(usage.cached_tokens for usage in usages)),
         "completion_tokens": str(sum(usage.completion_tokens for usage in usages)),
         "cost_usd": f"{sum((usage.cost_usd for usage in usages), Decimal(0)):.10f}",
+        "routed_to_large": str(sum(usage.routed_to_large for usage in usages)),
+        "routed_to_large_percent": f"{Decimal(100) * sum(u.routed_to_large for u in usages) / (len(usages) or 1):.1f}",
     }
+
+
+def test_by_policy_version_shows_the_routed_to_large_share(acme_keys, globex_key):
+    def version_label(usage):
+        return f"v{usage.policy_version}" if usage.policy_version else "(no policy)"
+
+    report = csv_report("--tenant", "acme", *PERIOD, "--group-by", "policy")
+
+    assert report == expected_report(version_label)
+    assert report["v2"]["routed_to_large_percent"] == "100.0"
+    assert report["TOTAL"]["routed_to_large_percent"] == "40.0"
 
 
 def test_by_team(acme_keys, globex_key):
@@ -167,10 +191,12 @@ def test_total_is_the_exact_ledger_sum(acme_keys, globex_key):
 
     table = run_usage_report("--tenant", "acme", *PERIOD, "--group-by", "model")
 
-    total_line = table.splitlines()[-1].split()
-    assert total_line[0] == "TOTAL"
-    assert Decimal(total_line[-1]) == ledger_sum
-    assert total_line[-1] == "0.1234580240"
+    lines = [line.split() for line in table.splitlines()]
+    header = next(line for line in lines if line and line[0] == "model")
+    total = dict(zip(header, lines[-1], strict=True))
+    assert total["model"] == "TOTAL"
+    assert Decimal(total["cost_usd"]) == ledger_sum
+    assert total["cost_usd"] == "0.1234580240"
 
 
 def test_json_gives_decimal_strings_that_add_up(acme_keys, globex_key):

@@ -14,7 +14,7 @@ from billing.selectors import UsageGroupBy, UsageRow, tenant_zone, usage_summary
 from tenants.models import Tenant
 
 DEFAULT_PERIOD_DAYS = 30
-COLUMNS = [field.name for field in fields(UsageRow)]
+COLUMNS = [*(field.name for field in fields(UsageRow)), "routed_to_large_percent"]
 
 
 def parse_date(value: str) -> date:
@@ -96,8 +96,14 @@ def _text_cells(row: UsageRow) -> list[str]:
         str(row.cached_tokens),
         str(row.completion_tokens),
         format_cost(row.cost_usd),
+        str(row.routed_to_large),
+        str(row.routed_to_large_percent),
     ]
 
 
 def _json_row(row: UsageRow) -> dict:
-    return {**asdict(row), "cost_usd": format_cost(row.cost_usd)}
+    return {
+        **asdict(row),
+        "cost_usd": format_cost(row.cost_usd),
+        "routed_to_large_percent": str(row.routed_to_large_percent),
+    }
