@@ -12,14 +12,15 @@ Definitions (all over the requests in the range, errors included):
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import date, timedelta
+from datetime import date, datetime, time, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 
-from django.conf import settings
-from django.utils.module_loading import import_string
+from django.utils import timezone
 
-from billing.models import UsageRollupDaily
+from billing.budgets.selectors import budget_status
+from billing.models import Budget, UsageRollupDaily
 from billing.rollups import SAVINGS_LEVERS, histogram_sum, latency_p95_ms
+from billing.selectors import tenant_zone
 from tenants.models import Team, Tenant
 
 SUMMED_FIELDS = (
@@ -168,11 +169,20 @@ def _percent(rate: float | None) -> float | None:
 
 
 def budget_usage(*, tenant: Tenant, since: date, until: date) -> list[BudgetUsage]:
-    """Budgets in scope, from the selector named by LLMOPS_BUDGET_USAGE_SELECTOR; none while it is unset."""
-    selector_path = getattr(settings, "LLMOPS_BUDGET_USAGE_SELECTOR", "")
-    if not selector_path:
-        return []
-    return list(import_string(selector_path)(tenant=tenant, since=since, until=until))
+    """Each active budget's spend in its period that contains `until` (the current one for a range ending today)."""
+    zone = tenant_zone(tenant=tenant)
+    end_of_range = datetime.combine(until, time.max, tzinfo=zone)
+    moment = min(timezone.now(), end_of_range)
+    statuses = [
+        budget_status(budget=budget, now=moment)
+        for budget in Budget.objects.for_tenant(tenant).filter(is_active=True).select_related("team", "api_key")
+    ]
+    return [
+        BudgetUsage(
+            name=f"{status.budget} ({status.window.key})", limit_usd=status.budget.limit_usd, spent_usd=status.spent_usd
+        )
+        for status in statuses
+    ]
 
 
 def dashboard_build(*, tenant: Tenant, since: date, until: date, team: Team | None = None) -> Dashboard:

@@ -97,3 +97,27 @@ def test_finance_pages_show_nothing_of_another_tenant(client, seeded, name):
         refused = client.post(reverse(name), {"tenant": seeded.tenant.pk, "since": "2025-01-01", "until": "2025-01-02"})
         assert refused.status_code == 200
         assert "Select a valid choice" in refused.content.decode()
+
+
+def test_dashboard_shows_each_budget_with_its_spend_in_the_current_period(client, seeded):
+    from billing.budgets.services import budget_create
+
+    budget = budget_create(
+        tenant=seeded.tenant, scope="team", team=seeded.teams[0], period="month", limit_usd=Decimal("123.45")
+    )
+    client.force_login(UserFactory(is_staff=True, is_superuser=True))
+    zone = tenant_zone(tenant=seeded.tenant)
+    now = timezone.now().astimezone(zone)
+    month_start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    spent = sum(
+        (
+            r.cost_usd
+            for r in UsageRecord.objects.filter(tenant=seeded.tenant, team=seeded.teams[0], created_at__gte=month_start)
+        ),
+        Decimal(0),
+    )
+
+    html = client.get(reverse("admin:billing_usage_dashboard"), {"tenant": seeded.tenant.pk}).content.decode()
+
+    assert str(budget) in html and "123.45" in html
+    assert f"{spent.quantize(Decimal('0.01'), rounding=ROUND_HALF_EVEN):f}" in html
