@@ -27,6 +27,7 @@ from routing.services import (
     provider_create,
     provider_credential_set,
     routing_policy_create,
+    routing_policy_ensure_default,
     routing_policy_publish,
     routing_policy_rollback,
     tenant_model_access_set,
@@ -166,6 +167,9 @@ class TenantModelAccessAdmin(TenantScopedAdmin):
             default_model=form.cleaned_data["default_model"],
         )
         adopt_saved_row(target=obj, source=access)
+        # A tenant's first models come with the default routing policy live, as the template promises.
+        if routing_policy_ensure_default(tenant=obj.tenant, actor=request.user):
+            messages.info(request, f"The default routing policy is now live for {obj.tenant.slug}.")
 
     def save_related(self, request, form, formsets, change):
         # allowed_models is already saved by the service; only inline formsets are left.

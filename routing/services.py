@@ -188,7 +188,12 @@ def default_policy_document(*, small_model: str, large_model: str) -> dict:
                     "priority": 20,
                     "name": "enterprise-tier",
                     "match": {"requested_models": [AUTO_ALIAS], "user_tiers": ["enterprise"]},
-                    "outcome": {"target_model": large_model, "fallback_models": [small_model], **cap},
+                    "outcome": {
+                        "target_model": large_model,
+                        # With one model there is nothing to fall back to.
+                        "fallback_models": [small_model] if small_model != large_model else [],
+                        **cap,
+                    },
                 },
                 {
                     "priority": 30,

@@ -1,0 +1,39 @@
+from django.urls import reverse
+
+from routing.models import RoutingPolicy
+from tests.factories import ModelFactory, TenantFactory, UserFactory
+
+
+def test_granting_a_tenant_its_first_models_in_the_admin_makes_the_default_policy_live(client, db):
+    tenant = TenantFactory(slug="newco")
+    cheap = ModelFactory(name="newco-cheap", input_price_per_million=1, output_price_per_million=2)
+    dear = ModelFactory(name="newco-dear", input_price_per_million=5, output_price_per_million=20)
+    client.force_login(UserFactory(is_staff=True, is_superuser=True))
+
+    response = client.post(
+        reverse("admin:routing_tenantmodelaccess_add"),
+        {"tenant": tenant.pk, "default_model": cheap.pk, "allowed_models": [cheap.pk, dear.pk]},
+    )
+
+    assert response.status_code == 302, response.content.decode()[:2000]
+    policy = RoutingPolicy.objects.get(tenant=tenant)
+    assert policy.live_version is not None
+    aliases = policy.live_version.document["aliases"]
+    assert aliases["auto"] == {"small": "newco-cheap", "large": "newco-dear"}
+
+
+def test_a_tenant_that_has_a_policy_keeps_it(client, db):
+    tenant = TenantFactory(slug="oldco")
+    model = ModelFactory(name="oldco-model")
+    client.force_login(UserFactory(is_staff=True, is_superuser=True))
+    url = reverse("admin:routing_tenantmodelaccess_add")
+    client.post(url, {"tenant": tenant.pk, "default_model": model.pk, "allowed_models": [model.pk]})
+    first_version = RoutingPolicy.objects.get(tenant=tenant).live_version_id
+
+    access = tenant.model_access
+    client.post(
+        reverse("admin:routing_tenantmodelaccess_change", args=[access.pk]),
+        {"default_model": model.pk, "allowed_models": [model.pk]},
+    )
+
+    assert RoutingPolicy.objects.get(tenant=tenant).live_version_id == first_version
