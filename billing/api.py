@@ -6,7 +6,6 @@ A new budget goes to the tenant named by `?tenant=<slug>`, or to the caller's on
 
 from django.core.exceptions import ValidationError
 from django.db import transaction
-from django.shortcuts import get_object_or_404
 from django.utils import timezone
 from rest_framework import serializers, status
 from rest_framework.exceptions import NotFound
@@ -20,6 +19,7 @@ from billing.budgets.services import budget_create, budget_delete, budget_update
 from billing.costs import format_cost
 from billing.models import AlertChannel, Budget, BudgetAction, BudgetPeriod, BudgetScope
 from tenants.models import EDITING_ROLES, ApiKey, Team, Tenant
+from tenants.selectors import tenant_named
 
 
 class BudgetInputSerializer(serializers.Serializer):
@@ -68,7 +68,7 @@ def _editable_tenant(request: Request) -> Tenant:
         tenants = tenants.filter(memberships__user=request.user, memberships__role__in=EDITING_ROLES)
     slug = request.query_params.get("tenant")
     if slug:
-        return get_object_or_404(tenants, slug=slug)
+        return tenant_named(tenants=tenants, slug=slug)
     only = list(tenants[:2])
     if len(only) != 1:
         raise ApiValidationError({"tenant": "Name the tenant with ?tenant=<slug>."})
@@ -106,7 +106,7 @@ class BudgetListView(APIView):
     def get(self, request: Request) -> Response:
         budgets = budgets_editable_by(user=request.user)
         if request.query_params.get("tenant"):
-            budgets = budgets.filter(tenant__slug=request.query_params["tenant"])
+            budgets = budgets.filter(tenant=_editable_tenant(request))
         return Response([budget_output(budget) for budget in budgets.distinct()])
 
     def post(self, request: Request) -> Response:

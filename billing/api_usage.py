@@ -36,6 +36,7 @@ from billing.exports_async import usage_export_request
 from billing.models import ExportStatus, UsageExport, UsageRecord
 from billing.selectors import tenant_zone
 from tenants.models import Tenant
+from tenants.selectors import tenant_named
 
 
 def error_response(message: str, *, code: str, field: str = "", http_status: int = 400, **extra) -> Response:
@@ -51,7 +52,7 @@ def finance_tenant(request: Request) -> Tenant:
     tenants = tenants_exportable_by(user=request.user)
     slug = request.query_params.get("tenant") or request.data.get("tenant")
     if slug:
-        return get_object_or_404(tenants, slug=slug)
+        return tenant_named(tenants=tenants, slug=slug)
     only = list(tenants[:2])
     if len(only) != 1:
         raise ExportError("Name the tenant with ?tenant=<slug>.", code="missing_tenant", field="tenant")

@@ -20,6 +20,12 @@ GATEWAY_PATH_PREFIX = "/v1/"
 
 
 class GatewayASGIHandler(ASGIHandler):
+    async def __call__(self, scope, receive, send):
+        """Django's handler minus its per-request ``ThreadSensitiveContext``: that context gives each request a
+        thread of its own for thread-sensitive sync calls (signals, ``response.close``) and starts another to
+        join it, two thread starts per request. Without it those few short calls share asgiref's one thread."""
+        await self.handle(scope, receive, send)
+
     def load_middleware(self, is_async=False):
         self._view_middleware = []
         self._template_response_middleware = []

@@ -7,6 +7,10 @@ prefix in 128-token steps). The upstream model name switches on failure modes fo
 ``fail-<status>`` answers with that status, ``stall`` waits STALL_SECONDS before answering,
 ``no-usage`` leaves usage out, ``break`` ends a stream half way without ``[DONE]``, ``slow-stream``
 waits SLOW_STREAM_SECONDS between chunks.
+
+OpenAI's Files and Batch API are imitated in memory (``POST /v1/files``, ``GET /v1/files/{id}/content``,
+``POST /v1/batches``, ``GET /v1/batches/{id}``): a batch reports ``in_progress`` until BATCH_SECONDS have
+passed, then ``completed`` with an output file answering every line as ``/v1/chat/completions`` would.
 """
 
 import asyncio
@@ -25,6 +29,9 @@ CACHE_MIN_TOKENS = 1024
 CACHE_STEP = 128
 SEEN_PROMPTS_LIMIT = 10_000
 FAIL_PATTERN = re.compile(r"fail-(\d{3})")
+BATCH_SECONDS = 0.5
+FILE_PATH = re.compile(r"/v1/files/([\w-]+)/content")
+BATCH_PATH = re.compile(r"/v1/batches/([\w-]+)")
 
 
 def _text_of(content) -> str:
@@ -35,12 +42,27 @@ def _text_of(content) -> str:
     return ""
 
 
+def _multipart_file(body: bytes, content_type: str) -> bytes | None:
+    """The content of the part named ``file`` of a multipart/form-data body."""
+    _, _, boundary = content_type.partition("boundary=")
+    if not boundary:
+        return None
+    for part in body.split(b"--" + boundary.strip('"').encode()):
+        headers, _, content = part.partition(b"\r\n\r\n")
+        if b'name="file"' in headers:
+            return content.removesuffix(b"\r\n")
+    return None
+
+
 class MockUpstream:
     def __init__(self, *, latency_ms: float = 0.0, required_key: str = ""):
         self.latency = latency_ms / 1000
         self.required_key = required_key
         self.seen_prompts: OrderedDict[str, None] = OrderedDict()
         self.requests_served = 0
+        self.files: dict[str, bytes] = {}
+        self.batches: dict[str, dict] = {}
+        self.batch_lines_served = 0
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "lifespan":
@@ -52,6 +74,9 @@ class MockUpstream:
             return
         if path == "/v1/models" and method == "GET":
             await self._json(send, 200, {"object": "list", "data": [{"id": "mock-small", "object": "model"}]})
+            return
+        if path.startswith(("/v1/files", "/v1/batches")):
+            await self._batch_api(send, method, path, scope, await self._read_body(receive))
             return
         if path != "/v1/chat/completions" or method != "POST":
             await self._error(send, 404, f"Unknown path {method} {path}", "not_found")
@@ -80,6 +105,72 @@ class MockUpstream:
             await self._stream(send, body, model, answer, usage)
         else:
             await self._json(send, 200, self._completion(model, answer, None if "no-usage" in model else usage))
+
+    async def _batch_api(self, send, method: str, path: str, scope, body: bytes) -> None:
+        if path == "/v1/files" and method == "POST":
+            content_type = dict(scope["headers"]).get(b"content-type", b"").decode()
+            content = _multipart_file(body, content_type)
+            if content is None:
+                await self._error(send, 400, "Expected a multipart body with a 'file' part.", "invalid_request")
+                return
+            file_id = f"file-mock{len(self.files)}{time.monotonic_ns()}"
+            self.files[file_id] = content
+            payload = {
+                "id": file_id,
+                "object": "file",
+                "bytes": len(content),
+                "purpose": "batch",
+                "status": "processed",
+            }
+            await self._json(send, 200, payload)
+            return
+        match = FILE_PATH.fullmatch(path)
+        if match and method == "GET" and match.group(1) in self.files:
+            await self._raw(send, 200, self.files[match.group(1)], b"application/octet-stream")
+            return
+        if path == "/v1/batches" and method == "POST":
+            request = orjson.loads(body or b"{}")
+            if request.get("input_file_id") not in self.files:
+                await self._error(send, 400, "input_file_id is not a known file.", "invalid_request")
+                return
+            batch_id = f"batch_mock{len(self.batches)}{time.monotonic_ns()}"
+            self.batches[batch_id] = {"id": batch_id, "input_file_id": request["input_file_id"], "at": time.monotonic()}
+            await self._json(send, 200, self._batch_state(batch_id))
+            return
+        match = BATCH_PATH.fullmatch(path)
+        if match and method == "GET" and match.group(1) in self.batches:
+            await self._json(send, 200, self._batch_state(match.group(1)))
+            return
+        await self._error(send, 404, f"Unknown path {method} {path}", "not_found")
+
+    def _batch_state(self, batch_id: str) -> dict:
+        batch = self.batches[batch_id]
+        state = {"id": batch_id, "object": "batch", "input_file_id": batch["input_file_id"], "status": "in_progress"}
+        if time.monotonic() - batch["at"] < BATCH_SECONDS:
+            return state
+        if "output_file_id" not in batch:
+            batch["output_file_id"] = f"file-mockout{time.monotonic_ns()}"
+            self.files[batch["output_file_id"]] = self._batch_output(self.files[batch["input_file_id"]])
+        return {**state, "status": "completed", "output_file_id": batch["output_file_id"], "error_file_id": None}
+
+    def _batch_output(self, content: bytes) -> bytes:
+        rows = []
+        for raw in content.splitlines():
+            if not raw.strip():
+                continue
+            line = orjson.loads(raw)
+            body, model = line["body"], str(line["body"].get("model"))
+            self.batch_lines_served += 1
+            failure = FAIL_PATTERN.search(model)
+            if failure:
+                error = {"message": f"mock upstream told to fail by model {model}", "code": "mock_failure"}
+                response = {"status_code": int(failure.group(1)), "request_id": "mock", "body": {"error": error}}
+            else:
+                usage = self._usage(body["messages"], body)
+                answer = self._answer(body["messages"], usage["completion_tokens"])
+                response = {"status_code": 200, "request_id": "mock", "body": self._completion(model, answer, usage)}
+            rows.append({"id": f"batch_req_{line['custom_id']}", "custom_id": line["custom_id"], "response": response})
+        return b"".join(orjson.dumps({**row, "error": None}) + b"\n" for row in rows)
 
     async def _lifespan(self, receive, send):
         while True:
@@ -195,6 +286,12 @@ class MockUpstream:
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())],
             }
         )
+        await send({"type": "http.response.body", "body": data})
+
+    @staticmethod
+    async def _raw(send, status: int, data: bytes, content_type: bytes) -> None:
+        headers = [(b"content-type", content_type), (b"content-length", str(len(data)).encode())]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": data})
 
     async def _error(self, send, status: int, message: str, code: str) -> None:

@@ -4,6 +4,7 @@ The defaults are the embedded demo: SQLite, no Redis, Celery eager. Production s
 DATABASE_URL, REDIS_URL, CELERY_BROKER_URL, SECRET_KEY and LLMOPS_ENCRYPTION_KEY.
 """
 
+from datetime import timedelta
 from pathlib import Path
 
 import environ
@@ -31,6 +32,7 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "axes",
     "rest_framework",
     "drf_spectacular",
     "drf_spectacular_sidecar",
@@ -43,12 +45,16 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "llmops.middleware.SecurityHeadersMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "llmops.middleware.AuditActorMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: it turns a locked-out login into its lockout answer.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "llmops.urls"
@@ -72,6 +78,8 @@ ASGI_APPLICATION = "llmops.asgi.application"
 
 DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'var' / 'db.sqlite3'}")}
 DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("DB_CONN_MAX_AGE", default=60))
+# Reused connections are checked before use, so a restarted database costs one failed check, not errors.
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 if (
     DEBUG
     and "sqlite" not in DATABASES["default"]["ENGINE"]
@@ -106,12 +114,15 @@ MEDIA_ROOT = env.path("MEDIA_ROOT", default=BASE_DIR / "var" / "media")
 LLMOPS_EXPORT_SYNC_MAX_DAYS = env.int("LLMOPS_EXPORT_SYNC_MAX_DAYS", default=62)
 # Monthly statements are pushed to this S3 bucket when set (boto3's usual AWS credentials).
 LLMOPS_STATEMENTS_BUCKET = env("LLMOPS_STATEMENTS_BUCKET", default="")
-# Dotted path of a callable(*, tenant, since, until) -> iterable of billing.dashboard.BudgetUsage; blank: no budgets.
-LLMOPS_BUDGET_USAGE_SELECTOR = env("LLMOPS_BUDGET_USAGE_SELECTOR", default="")
 # /metrics: a bearer token, when set, is required to scrape.
 LLMOPS_METRICS_TOKEN = env("LLMOPS_METRICS_TOKEN", default="")
 
 REDIS_URL = env("REDIS_URL", default="")
+# "stream": ledger records are appended to a Redis stream that `manage.py ledger_drain` writes to Postgres in bulk
+# (needs REDIS_URL); "direct": each request inserts its row. See docs/performance.md.
+LLMOPS_LEDGER_MODE = env.str("LLMOPS_LEDGER_MODE", default="stream" if REDIS_URL else "direct")
+if LLMOPS_LEDGER_MODE not in ("stream", "direct") or (LLMOPS_LEDGER_MODE == "stream" and not REDIS_URL):
+    raise ImproperlyConfigured("LLMOPS_LEDGER_MODE must be 'direct', or 'stream' with REDIS_URL set")
 
 CELERY_BROKER_URL = env("CELERY_BROKER_URL", default=REDIS_URL or "memory://")
 CELERY_RESULT_BACKEND = env("CELERY_RESULT_BACKEND", default=None)
@@ -121,6 +132,7 @@ CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 # Periodic tasks, by name. Each app's issue adds its own entries here.
 CELERY_BEAT_SCHEDULE: dict[str, dict] = {
+    "routing-cache-entries-expire": {"task": "routing.tasks.cache_expiry_run", "schedule": crontab(minute="*/10")},
     "billing-anomalies-detect": {"task": "billing.tasks.anomalies_detect", "schedule": crontab(minute=5)},
     "billing-budget-counters-check": {
         "task": "billing.tasks.budget_counters_check",
@@ -162,6 +174,19 @@ LLMOPS_MAX_BODY_BYTES = env.int("LLMOPS_MAX_BODY_BYTES", default=8 * 1024 * 1024
 DATA_UPLOAD_MAX_MEMORY_SIZE = LLMOPS_MAX_BODY_BYTES
 # How often a process checks whether its configuration snapshot (keys, models, prices) is stale.
 LLMOPS_SNAPSHOT_CHECK_SECONDS = env.float("LLMOPS_SNAPSHOT_CHECK_SECONDS", default=1.0)
+# Response cache (routing/cache). The embedder is a dotted path to a class with .embed(texts) -> float32 vectors;
+# blank turns semantic caching off. A semantic candidate must reach the threshold (cosine similarity), per rule
+# name in LLMOPS_CACHE_RULE_THRESHOLDS ("rule-a=0.9,rule-b=0.85"), else the default.
+LLMOPS_CACHE_EMBEDDER = env("LLMOPS_CACHE_EMBEDDER", default="routing.cache.embedders.SentenceTransformerEmbedder")
+LLMOPS_CACHE_EMBEDDINGS_URL = env("LLMOPS_CACHE_EMBEDDINGS_URL", default="")
+LLMOPS_CACHE_EMBEDDINGS_MODEL = env("LLMOPS_CACHE_EMBEDDINGS_MODEL", default="text-embedding-3-small")
+LLMOPS_CACHE_EMBEDDINGS_KEY_ENV = env("LLMOPS_CACHE_EMBEDDINGS_KEY_ENV", default="OPENAI_API_KEY")
+LLMOPS_CACHE_SEMANTIC_THRESHOLD = env.float("LLMOPS_CACHE_SEMANTIC_THRESHOLD", default=0.80)
+LLMOPS_CACHE_RULE_THRESHOLDS = {
+    rule: float(value) for rule, value in env.dict("LLMOPS_CACHE_RULE_THRESHOLDS", default={}).items()
+}
+# How often a process re-reads the semantic index of a tenant and model for entries other processes stored.
+LLMOPS_CACHE_INDEX_REFRESH_SECONDS = env.float("LLMOPS_CACHE_INDEX_REFRESH_SECONDS", default=30.0)
 # Budgets when REDIS_URL is set but Redis cannot be reached: "fail_closed" refuses requests under a block or
 # downgrade budget (503 budget_unavailable); "database" counts in BudgetCounter rows instead. Never open.
 # The answer cap set on a request under a budget that sent none, so its reservation is a true worst case.
@@ -183,6 +208,76 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    # Every handler redacts: no prompt text's secrets, key or credential reaches a log line.
+    "filters": {"redact": {"()": "llmops.log_redaction.RedactingFilter"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["redact"]}},
     "root": {"handlers": ["console"], "level": env("LOG_LEVEL", default="INFO")},
+}
+
+# Files and batches (/v1/files, /v1/batches; see docs/batch.md).
+# Uploaded and generated files go to this S3 bucket when set (boto3's usual AWS credentials), else under MEDIA_ROOT.
+LLMOPS_FILES_S3_BUCKET = env("LLMOPS_FILES_S3_BUCKET", default="")
+LLMOPS_FILES_S3_PREFIX = env("LLMOPS_FILES_S3_PREFIX", default="llmops-files/")
+LLMOPS_FILES_MAX_BYTES = env.int("LLMOPS_FILES_MAX_BYTES", default=100 * 1024 * 1024)
+LLMOPS_BATCH_MAX_LINES = env.int("LLMOPS_BATCH_MAX_LINES", default=50_000)
+# Lines in flight at once within one worker process: per tenant (one batch's lines), and per upstream provider.
+LLMOPS_BATCH_TENANT_CONCURRENCY = env.int("LLMOPS_BATCH_TENANT_CONCURRENCY", default=8)
+LLMOPS_BATCH_PROVIDER_CONCURRENCY = env.int("LLMOPS_BATCH_PROVIDER_CONCURRENCY", default=16)
+# A batch's runner renews its lease while it runs; a lease this old means the runner died and another takes over,
+# running again the lines it had claimed but not recorded.
+LLMOPS_BATCH_LEASE_SECONDS = env.int("LLMOPS_BATCH_LEASE_SECONDS", default=60)
+# A line whose answer was a transient failure (429, 5xx) is run again, up to this many attempts in all.
+LLMOPS_BATCH_LINE_MAX_ATTEMPTS = env.int("LLMOPS_BATCH_LINE_MAX_ATTEMPTS", default=2)
+# Provider names (comma-separated) whose batch endpoint receives the lines they would serve, at the batch discount.
+LLMOPS_BATCH_DELEGATE_PROVIDERS = env.list("LLMOPS_BATCH_DELEGATE_PROVIDERS", default=[])
+# How often an unfinished batch is looked at again: provider batches polled, lines of a dead worker taken over.
+LLMOPS_BATCH_POLL_SECONDS = env.float("LLMOPS_BATCH_POLL_SECONDS", default=30.0)
+# Async jobs' webhooks: per-attempt timeout and attempts before giving up.
+LLMOPS_JOBS_WEBHOOK_TIMEOUT_SECONDS = env.float("LLMOPS_JOBS_WEBHOOK_TIMEOUT_SECONDS", default=10.0)
+LLMOPS_JOBS_WEBHOOK_MAX_ATTEMPTS = env.int("LLMOPS_JOBS_WEBHOOK_MAX_ATTEMPTS", default=5)
+CELERY_IMPORTS = ("llmops.gateway.batch_tasks", "llmops.gateway.jobs_tasks")
+CELERY_BEAT_SCHEDULE["gateway-batches-resume"] = {"task": "llmops.gateway.batch_tasks.batches_resume", "schedule": 60.0}
+
+# Security (docs/security.md).
+# Admin login throttling (django-axes): this many failures for a username from one address locks it out.
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
+AXES_FAILURE_LIMIT = env.int("LLMOPS_LOGIN_FAILURE_LIMIT", default=5)
+AXES_COOLOFF_TIME = timedelta(minutes=env.int("LLMOPS_LOGIN_LOCKOUT_MINUTES", default=15))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+# Behind a TLS-terminating proxy (LLMOPS_HTTPS=true, never with DEBUG): secure cookies, HSTS, HTTPS redirects.
+LLMOPS_HTTPS = env.bool("LLMOPS_HTTPS", default=False) and not DEBUG
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = LLMOPS_HTTPS
+SESSION_COOKIE_HTTPONLY = True
+SECURE_SSL_REDIRECT = LLMOPS_HTTPS and env.bool("LLMOPS_SSL_REDIRECT", default=True)
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if LLMOPS_HTTPS else None
+SECURE_HSTS_SECONDS = env.int("LLMOPS_HSTS_SECONDS", default=31_536_000) if LLMOPS_HTTPS else 0
+SECURE_HSTS_INCLUDE_SUBDOMAINS = LLMOPS_HTTPS
+SECURE_HSTS_PRELOAD = LLMOPS_HTTPS and env.bool("LLMOPS_HSTS_PRELOAD", default=True)
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+LLMOPS_CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; font-src 'self'; "
+    "connect-src 'self'; object-src 'none'; base-uri 'self'; form-action 'self'; frame-ancestors 'none'"
+)
+LLMOPS_CSP_DOCS_PATHS = ("/api/schema/docs/", "/api/schema/redoc/")
+LLMOPS_CSP_DOCS = (
+    "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; worker-src 'self' blob:; object-src 'none'; base-uri 'self'; frame-ancestors 'none'"
+)
+LLMOPS_PERMISSIONS_POLICY = "camera=(), microphone=(), geolocation=(), payment=()"
+# /v1 request bodies: JSON nested deeper than this is refused with 400 (orjson's own limit is 1024).
+LLMOPS_MAX_JSON_DEPTH = env.int("LLMOPS_MAX_JSON_DEPTH", default=64)
+# Provider base URLs and alert webhooks may point at loopback, private or link-local addresses only when this is on:
+# the embedded demo's mock upstream is on 127.0.0.1; production turns it off (the cloud metadata service is the risk).
+LLMOPS_ALLOW_PRIVATE_UPSTREAMS = env.bool("LLMOPS_ALLOW_PRIVATE_UPSTREAMS", default=not LLMOPS_HTTPS)
+# Provider credentials referenced as aws-sm://<secret id> or aws-ssm://<parameter name> are cached this long.
+LLMOPS_SECRET_REFERENCE_TTL_SECONDS = env.float("LLMOPS_SECRET_REFERENCE_TTL_SECONDS", default=300.0)
+# Payload logging (off unless a tenant turns it on): how long a process trusts the settings it read.
+LLMOPS_PAYLOAD_LOG_SETTINGS_TTL_SECONDS = env.float("LLMOPS_PAYLOAD_LOG_SETTINGS_TTL_SECONDS", default=5.0)
+CELERY_BEAT_SCHEDULE["tenants-payload-logs-purge"] = {
+    "task": "tenants.tasks.payload_logs_purge_task",
+    "schedule": crontab(minute=40),
 }

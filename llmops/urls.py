@@ -7,6 +7,7 @@ urlpatterns = [
     path("v1/", include("llmops.gateway.urls")),
     path("healthz", healthz, name="healthz"),
     path("readyz", readyz, name="readyz"),
+    path("api/", include("llmops.gateway.jobs_urls")),
     path("api/routing/", include("routing.urls")),
     path("", include("billing.urls_usage")),
     path("api/", include("billing.urls")),

@@ -1,6 +1,7 @@
 """Admin for the platform's model catalog (superusers change it) and each tenant's model access (scoped)."""
 
 import json
+from datetime import timedelta
 
 from django import forms
 from django.contrib import admin, messages
@@ -11,7 +12,9 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
 
+from routing.cache.store import cache_entries_delete, cache_entries_purge
 from routing.models import (
+    CacheEntry,
     Model,
     Provider,
     RoutingAlias,
@@ -33,6 +36,8 @@ from routing.services import (
     tenant_model_access_set,
 )
 from tenants.admin import ServiceCreateAdmin, TenantScopedAdmin, adopt_saved_row, tenant_scope
+from tenants.models import Tenant
+from tenants.outbound import outbound_url_errors
 
 PRICE_FIELDS = ("input_price_per_million", "cached_input_price_per_million", "output_price_per_million")
 
@@ -62,6 +67,12 @@ class ProviderForm(forms.ModelForm):
         widget=forms.PasswordInput(render_value=False),
         help_text="Write-only: stored encrypted and never shown. Leave blank to keep the stored credential.",
     )
+
+    def clean_base_url(self):
+        base_url = self.cleaned_data["base_url"]
+        if base_url and (errors := outbound_url_errors(base_url)):
+            raise ValidationError(errors)
+        return base_url
 
 
 @admin.register(Provider)
@@ -385,3 +396,69 @@ class RoutingPolicyAuditAdmin(PublishedRecordAdmin):
     list_select_related = ("tenant", "version__tenant", "previous_version__tenant", "actor")
     fields = ("tenant", "action", "actor", "created_at", "previous_version", "version", "diff")
     readonly_fields = fields
+
+
+@admin.register(CacheEntry)
+class CacheEntryAdmin(TenantScopedAdmin):
+    """Cached answers per tenant: read-only rows, hit counts, and purges that also clear Redis and the index."""
+
+    list_display = ("__str__", "tenant", "served_model", "kind", "rule_name", "hit_count", "last_hit_at", "expires_at")
+    list_filter = (("tenant", admin.RelatedOnlyFieldListFilter), "served_model", "kind", "rule_name")
+    list_select_related = ("tenant",)
+    search_fields = ("normalized_prompt", "key_hash")
+    fields = (
+        "tenant",
+        "served_model",
+        "kind",
+        "rule_name",
+        "key_hash",
+        "normalized_prompt",
+        "context_fingerprint",
+        "request",
+        "answer",
+        "hit_count",
+        "last_hit_at",
+        "created_at",
+        "expires_at",
+    )
+    readonly_fields = fields
+    actions = ("purge_selected", "purge_tenant", "purge_model", "purge_rule", "purge_older_than_a_week")
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def _purge_each(self, request, queryset, scope) -> None:
+        """Purge the scope of every selected entry, per tenant the user may edit; Redis and the index follow."""
+        deleted = 0
+        for key in {(entry.tenant_id, tuple(sorted(scope(entry).items()))) for entry in queryset}:
+            tenant_id, options = key
+            if not self.can_edit_tenant(request, tenant_id):
+                raise PermissionDenied
+            deleted += cache_entries_purge(tenant=Tenant.objects.get(pk=tenant_id), **dict(options))
+        self.message_user(request, f"Purged {deleted} cache entries.", messages.SUCCESS)
+
+    @admin.action(description="Purge the selected entries")
+    def purge_selected(self, request, queryset):
+        for entry in queryset:
+            if not self.can_edit_tenant(request, entry.tenant_id):
+                raise PermissionDenied
+        self.message_user(request, f"Purged {cache_entries_delete(entries=queryset)} cache entries.", messages.SUCCESS)
+
+    @admin.action(description="Purge all entries of the selected entries' tenants")
+    def purge_tenant(self, request, queryset):
+        self._purge_each(request, queryset, lambda entry: {})
+
+    @admin.action(description="Purge all entries of the selected entries' tenant and model")
+    def purge_model(self, request, queryset):
+        self._purge_each(request, queryset, lambda entry: {"model": entry.served_model})
+
+    @admin.action(description="Purge all entries of the selected entries' tenant and rule")
+    def purge_rule(self, request, queryset):
+        self._purge_each(request, queryset, lambda entry: {"rule": entry.rule_name})
+
+    @admin.action(description="Purge the selected entries' tenants' entries older than a week")
+    def purge_older_than_a_week(self, request, queryset):
+        self._purge_each(request, queryset, lambda entry: {"older_than": timedelta(days=7)})

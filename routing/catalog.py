@@ -8,6 +8,7 @@ from typing import NamedTuple
 
 from routing.crypto import CredentialDecryptionError, decrypt_secret
 from routing.models import Model, Provider, TenantModelAccess
+from routing.secret_references import SecretReferenceError, is_secret_reference, secret_reference_resolve
 
 logger = logging.getLogger(__name__)
 
@@ -65,16 +66,29 @@ NO_ACCESS = TenantAccess(default_model=None, allowed_models=frozenset())
 
 
 def provider_credential(provider: Provider) -> str:
-    """The plaintext credential: the encrypted one, else the named environment variable, else empty."""
+    """The plaintext credential: the encrypted one, else the named environment variable, else empty.
+
+    Either may hold a reference to AWS Secrets Manager or Parameter Store instead, resolved here.
+    """
     if provider.credential_encrypted:
         try:
-            return decrypt_secret(provider.credential_encrypted)
+            credential = decrypt_secret(provider.credential_encrypted)
         except CredentialDecryptionError:
             logger.error("credential of provider %s cannot be decrypted; calls will be unauthenticated", provider.name)
             return ""
-    if provider.credential_env_var:
-        return os.environ.get(provider.credential_env_var, "")
-    return ""
+    elif provider.credential_env_var:
+        credential = os.environ.get(provider.credential_env_var, "")
+    else:
+        return ""
+    if not is_secret_reference(credential):
+        return credential
+    try:
+        return secret_reference_resolve(credential)
+    except SecretReferenceError as exc:
+        logger.error(
+            "credential of provider %s cannot be resolved (%s); calls will be unauthenticated", provider.name, exc
+        )
+        return ""
 
 
 def build_model_catalog() -> ModelCatalog:

@@ -1,13 +1,16 @@
 """Prompt-injection guard: checks user and tool content for override phrases, attempts to reveal
-the system prompt, and base64/hex payloads that decode to either. Cheap regexes, run before the call."""
+the system prompt, and base64/hex payloads that decode to either. Cheap regexes, run before the call.
+After the call, the answer check refuses answers that echo a credential back (exfiltration)."""
 
 import base64
 import binascii
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from routing.models import InjectionGuardAction
 from routing.policy.errors import RoutingRefusal
+from tenants.redaction import secret_kinds_in
 
 CHECKED_ROLES = frozenset({"user", "tool"})
 OVERRIDE_PATTERN = re.compile(
@@ -111,4 +114,55 @@ def guard_request(messages: list[dict], *, action: str) -> GuardVerdict:
     verdict = inspect_messages(messages, action=action)
     if verdict.blocked:
         raise PromptInjectionBlocked(verdict)
+    return verdict
+
+
+class SecretEchoBlocked(RoutingRefusal):
+    def __init__(self, verdict: GuardVerdict):
+        super().__init__(
+            f"The answer was withheld because it contained a secret: {'; '.join(verdict.reasons)}.",
+            status=502,
+            code="answer_contains_secret",
+        )
+        self.verdict = verdict
+
+
+def answer_texts(answer: dict) -> list[str]:
+    """The text a chat completion answer carries: message content and tool-call arguments of every choice."""
+    texts = []
+    for choice in answer.get("choices") or []:
+        message = (choice or {}).get("message") or (choice or {}).get("delta") or {}
+        texts.extend(_texts(message.get("content")))
+        for tool_call in message.get("tool_calls") or []:
+            arguments = ((tool_call or {}).get("function") or {}).get("arguments")
+            if isinstance(arguments, str):
+                texts.append(arguments)
+    return texts
+
+
+MIN_KNOWN_SECRET_CHARS = 8
+
+
+def inspect_answer(texts: list[str], *, action: str, known_secrets: Iterable[str] = ()) -> GuardVerdict:
+    """Check an answer for the tenant's own secrets (exact strings, e.g. the credentials of the providers that
+    serve it) and for anything shaped like a credential (tenants.redaction's secret patterns).
+
+    `action` is the policy's injection guard action: an echoed secret is what a successful injection exfiltrates.
+    """
+    if action == InjectionGuardAction.NONE:
+        return CLEAN
+    secrets = [secret for secret in known_secrets if len(secret) >= MIN_KNOWN_SECRET_CHARS]
+    reasons = []
+    for text in texts:
+        if any(secret in text for secret in secrets):
+            reasons.append("the answer repeats one of the tenant's credentials")
+        reasons.extend(f"the answer contains a value shaped like {kind}" for kind in secret_kinds_in(text))
+    return GuardVerdict(action=action, reasons=tuple(dict.fromkeys(reasons)))
+
+
+def guard_answer(answer: dict, *, action: str, known_secrets: Iterable[str] = ()) -> GuardVerdict:
+    """Inspect a complete answer and enforce: raises SecretEchoBlocked when the policy blocks."""
+    verdict = inspect_answer(answer_texts(answer), action=action, known_secrets=known_secrets)
+    if verdict.blocked:
+        raise SecretEchoBlocked(verdict)
     return verdict

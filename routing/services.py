@@ -19,8 +19,11 @@ from routing.models import (
 from routing.policy.document import AUTO_ALIAS, document_diff, normalized_document, policy_document_errors
 from routing.policy.drafts import policy_draft_document, policy_draft_replace
 from tenants.models import Tenant
+from tenants.outbound import outbound_url_validate
 
 DEFAULT_PROMPT_TOKEN_CAP = 4000
+# The template caches deterministic answers (exact and semantic) for an hour.
+DEFAULT_CACHE_TTL_SECONDS = 3600
 
 
 def provider_create(
@@ -43,6 +46,8 @@ def provider_create(
     )
     if credential:
         provider.credential_encrypted = encrypt_secret(credential)
+    if base_url:
+        outbound_url_validate(base_url, field="base_url")
     provider.full_clean()
     provider.save()
     return provider
@@ -168,8 +173,13 @@ def routing_policy_rollback(*, policy: RoutingPolicy, version: RoutingPolicyVers
 
 
 def default_policy_document(*, small_model: str, large_model: str) -> dict:
-    """The template every tenant starts from: cheap by default, large for enterprise users, prompts capped at 4,000."""
-    cap = {"prompt_token_cap": DEFAULT_PROMPT_TOKEN_CAP, "over_cap_action": "reject"}
+    """The template every tenant starts from: cheap by default, large for enterprise users, prompts capped at 4,000,
+    deterministic answers cached for an hour."""
+    cap = {
+        "prompt_token_cap": DEFAULT_PROMPT_TOKEN_CAP,
+        "over_cap_action": "reject",
+        "cache_ttl_seconds": DEFAULT_CACHE_TTL_SECONDS,
+    }
     return normalized_document(
         {
             "aliases": {AUTO_ALIAS: {"small": small_model, "large": large_model}},

@@ -7,6 +7,7 @@ sees no tenant data at all.
 """
 
 from dataclasses import dataclass
+from datetime import timedelta
 
 from django import forms
 from django.contrib import admin, messages
@@ -16,9 +17,19 @@ from django.db import models
 from django.http import HttpRequest
 from django.utils import timezone
 
-from tenants.models import ApiKey, Membership, Team, Tenant
+from tenants.models import ApiKey, AuditEvent, Membership, PayloadLog, PayloadLogSettings, Team, Tenant
 from tenants.selectors import tenant_ids_editable_by, tenants_for_user
-from tenants.services import api_key_create, api_key_revoke, membership_set, team_create, tenant_create
+from tenants.services import (
+    api_key_create,
+    api_key_revoke,
+    api_key_rotate,
+    membership_set,
+    payload_log_settings_set,
+    team_create,
+    tenant_create,
+)
+
+ROTATION_OVERLAP = timedelta(hours=24)
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +41,9 @@ class TenantScope:
 def tenant_scope(request: HttpRequest) -> TenantScope:
     """The tenants a non-superuser may see and edit, read once per request (an admin page asks many times)."""
     scope = getattr(request, "_tenant_scope", None)
+    if scope is None and not request.user.is_authenticated:
+        # The login page lists apps for whoever asks, signed in or not (a locked-out login included).
+        scope = request._tenant_scope = TenantScope(viewable=frozenset(), editable=frozenset())
     if scope is None:
         scope = TenantScope(
             viewable=frozenset(tenants_for_user(user=request.user).values_list("pk", flat=True)),
@@ -192,7 +206,7 @@ class ApiKeyAdmin(TenantScopedAdmin):
     list_filter = (("tenant", admin.RelatedOnlyFieldListFilter), ("revoked_at", admin.EmptyFieldListFilter))
     list_select_related = ("tenant", "team__tenant")
     search_fields = ("prefix", "name")
-    actions = ("revoke_keys",)
+    actions = ("revoke_keys", "rotate_keys")
     add_fields = ("team", "name", "expires_at")
     fields = ("prefix", "tenant", "team", "name", "created_at", "expires_at", "revoked_at")
     readonly_fields = ("prefix", "tenant", "team", "created_at", "revoked_at")
@@ -220,6 +234,26 @@ class ApiKeyAdmin(TenantScopedAdmin):
             api_key_revoke(api_key=api_key)
             self.log_change(request, api_key, "Revoked.")
         self.message_user(request, f"Revoked {len(api_keys)} key(s).", messages.SUCCESS)
+
+    @admin.action(
+        description=f"Rotate selected keys (old keys keep working for {ROTATION_OVERLAP})", permissions=["change"]
+    )
+    def rotate_keys(self, request, queryset):
+        api_keys = list(queryset.select_related("team__tenant"))
+        if not all(self.has_change_permission(request, api_key) for api_key in api_keys):
+            raise PermissionDenied
+        for api_key in api_keys:
+            try:
+                successor, full_key = api_key_rotate(api_key=api_key, overlap=ROTATION_OVERLAP)
+            except ValidationError as exc:
+                self.message_user(request, f"{api_key.prefix}: {'; '.join(exc.messages)}", messages.ERROR)
+                continue
+            self.log_change(request, api_key, f"Rotated; successor {successor.prefix}.")
+            messages.success(
+                request,
+                f"{api_key.prefix} rotated, new key: {full_key} — copy it now; it will not be shown again. "
+                f"The old key stops working at {api_key.expires_at:%Y-%m-%d %H:%M %Z}.",
+            )
 
 
 @admin.register(Membership)
@@ -249,3 +283,66 @@ class MembershipAdmin(TenantScopedAdmin):
         return membership_set(
             tenant=form.cleaned_data["tenant"], user=form.cleaned_data["user"], role=form.cleaned_data["role"]
         )
+
+
+@admin.register(PayloadLogSettings)
+class PayloadLogSettingsAdmin(TenantScopedAdmin):
+    list_display = ("tenant", "enabled", "retention_days", "updated_at")
+    list_filter = ("enabled",)
+    list_select_related = ("tenant",)
+    add_fields = ("tenant", "enabled", "retention_days", "custom_patterns")
+    fields = ("tenant", "enabled", "retention_days", "custom_patterns", "updated_at")
+    readonly_fields = ("tenant", "updated_at")
+
+    def create_with_service(self, request, form) -> PayloadLogSettings:
+        return payload_log_settings_set(
+            tenant=form.cleaned_data["tenant"],
+            enabled=form.cleaned_data["enabled"],
+            retention_days=form.cleaned_data["retention_days"],
+            custom_patterns=form.cleaned_data["custom_patterns"],
+        )
+
+
+class ReadOnlyScopedAdmin(TenantScopedAdmin):
+    """Rows only the system writes: members of the tenant look, nobody adds, changes or deletes."""
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(PayloadLog)
+class PayloadLogAdmin(ReadOnlyScopedAdmin):
+    list_display = ("request_id", "tenant", "created_at")
+    list_filter = (("tenant", admin.RelatedOnlyFieldListFilter),)
+    list_select_related = ("tenant",)
+    search_fields = ("request_id",)
+    fields = ("tenant", "request_id", "created_at", "request", "response")
+    readonly_fields = fields
+
+
+@admin.register(AuditEvent)
+class AuditEventAdmin(ReadOnlyScopedAdmin):
+    """The audit log: per tenant for its members; events on platform rows (providers, prices) for superusers."""
+
+    list_display = ("at", "tenant_slug", "actor_name", "action", "object_type", "object_repr")
+    list_filter = ("action", "object_type")
+    search_fields = ("object_repr", "actor_name", "object_id")
+    date_hierarchy = "at"
+    fields = (
+        "at",
+        "tenant_slug",
+        "actor_name",
+        "action",
+        "object_type",
+        "object_id",
+        "object_repr",
+        "before",
+        "after",
+    )
+    readonly_fields = fields

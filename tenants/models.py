@@ -1,6 +1,10 @@
 from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.utils import timezone
+
+from tenants.redaction import custom_pattern_errors
 
 
 class TenantScopedQuerySet(models.QuerySet):
@@ -89,3 +93,109 @@ class Membership(models.Model):
 
     def __str__(self):
         return f"{self.user} @ {self.tenant.slug} ({self.role})"
+
+
+def _validate_custom_patterns(value: str) -> None:
+    if errors := custom_pattern_errors(value.splitlines()):
+        raise ValidationError(errors)
+
+
+class PayloadLogSettings(models.Model):
+    """Whether a tenant's prompts and answers are kept (redacted) for debugging and review, and for how long."""
+
+    tenant = models.OneToOneField(Tenant, on_delete=models.CASCADE, related_name="payload_log_settings")
+    enabled = models.BooleanField(default=False)
+    retention_days = models.PositiveSmallIntegerField(
+        default=7, validators=[MinValueValidator(1), MaxValueValidator(365)]
+    )
+    custom_patterns = models.TextField(
+        blank=True,
+        validators=[_validate_custom_patterns],
+        help_text="Extra regular expressions to redact, one per line, replaced by [REDACTED].",
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+
+    objects = TenantScopedQuerySet.as_manager()
+
+    class Meta:
+        verbose_name = "payload logging settings"
+        verbose_name_plural = "payload logging settings"
+
+    def __str__(self):
+        return f"payload logging of {self.tenant.slug} ({'on' if self.enabled else 'off'})"
+
+
+class PayloadLog(models.Model):
+    """One request's body and answer, stored only redacted, deleted after the tenant's retention."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="payload_logs")
+    request_id = models.CharField(max_length=64, db_index=True)
+    request = models.JSONField()
+    response = models.JSONField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    objects = TenantScopedQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self):
+        return self.request_id
+
+
+class AuditAction(models.TextChoices):
+    CREATE = "create", "Create"
+    UPDATE = "update", "Update"
+    DELETE = "delete", "Delete"
+
+
+class ImmutableAuditError(Exception):
+    pass
+
+
+class AuditEventQuerySet(TenantScopedQuerySet):
+    def update(self, **kwargs):
+        raise ImmutableAuditError("audit events cannot be changed")
+
+    def delete(self):
+        raise ImmutableAuditError("audit events cannot be deleted")
+
+
+class AuditEvent(models.Model):
+    """Who changed which configuration row, when, and its fields before and after (secrets masked).
+
+    The tenant is kept without a database constraint so a deleted tenant's history, and its deletion, remain.
+    """
+
+    tenant = models.ForeignKey(
+        Tenant, on_delete=models.DO_NOTHING, db_constraint=False, null=True, blank=True, related_name="+"
+    )
+    tenant_slug = models.CharField(max_length=64, blank=True)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    actor_name = models.CharField(max_length=200)
+    action = models.CharField(max_length=8, choices=AuditAction.choices)
+    object_type = models.CharField(max_length=100, db_index=True)
+    object_id = models.CharField(max_length=64)
+    object_repr = models.CharField(max_length=200)
+    before = models.JSONField(null=True, blank=True)
+    after = models.JSONField(null=True, blank=True)
+    at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    objects = AuditEventQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-at", "-pk"]
+        indexes = [models.Index(fields=["tenant", "-at"], name="audit_tenant_at")]
+
+    def __str__(self):
+        return f"{self.action} {self.object_type} {self.object_id} by {self.actor_name}"
+
+    def save(self, *args, **kwargs):
+        if not self._state.adding:
+            raise ImmutableAuditError("audit events cannot be changed")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args, **kwargs):
+        raise ImmutableAuditError("audit events cannot be deleted")

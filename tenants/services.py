@@ -1,4 +1,4 @@
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
@@ -6,7 +6,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from tenants.keys import generate_key
-from tenants.models import ApiKey, Membership, Role, Team, Tenant
+from tenants.models import ApiKey, Membership, PayloadLogSettings, Role, Team, Tenant
 
 
 @transaction.atomic
@@ -51,3 +51,35 @@ def api_key_revoke(*, api_key: ApiKey) -> ApiKey:
 def membership_set(*, tenant: Tenant, user: AbstractBaseUser, role: Role) -> Membership:
     membership, _ = Membership.objects.update_or_create(tenant=tenant, user=user, defaults={"role": role})
     return membership
+
+
+@transaction.atomic
+def api_key_rotate(*, api_key: ApiKey, overlap: timedelta, expires_at: datetime | None = None) -> tuple[ApiKey, str]:
+    """A successor key for the same team (expiring at `expires_at`), and the old key expiring after `overlap`,
+    so clients can switch over without a failed request.
+
+    The old key's expiry only moves earlier: rotating never extends a key that expires sooner.
+    """
+    if api_key.revoked_at is not None:
+        raise ValidationError("a revoked key cannot be rotated")
+    if overlap < timedelta(0):
+        raise ValidationError("the overlap cannot be negative")
+    now = timezone.now()
+    old_expires_at = now + overlap
+    if api_key.expires_at is not None and api_key.expires_at <= now:
+        raise ValidationError("an expired key cannot be rotated")
+    successor, full_key = api_key_create(team=api_key.team, name=api_key.name, expires_at=expires_at)
+    if api_key.expires_at is None or api_key.expires_at > old_expires_at:
+        api_key.expires_at = old_expires_at
+        api_key.save(update_fields=["expires_at"])
+    return successor, full_key
+
+
+def payload_log_settings_set(
+    *, tenant: Tenant, enabled: bool, retention_days: int = 7, custom_patterns: str = ""
+) -> PayloadLogSettings:
+    row = PayloadLogSettings.objects.filter(tenant=tenant).first() or PayloadLogSettings(tenant=tenant)
+    row.enabled, row.retention_days, row.custom_patterns = enabled, retention_days, custom_patterns
+    row.full_clean()
+    row.save()
+    return row

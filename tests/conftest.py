@@ -1,12 +1,17 @@
+import asyncio
+import threading
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
 
 import pytest
 from django.db import connection
 
+from billing.ledger_stream import STREAM_KEY, ledger_stream_client, ledger_stream_run, ledger_streaming
 from llmops.gateway.snapshot import config_snapshot
 from llmops.mock_upstream import MockUpstream
-from llmops.redis import sync_redis
+from llmops.redis import async_redis, sync_redis
 from routing.models import Model
 from routing.services import tenant_model_access_set
 from tenants.models import ApiKey, Team, Tenant
@@ -26,11 +31,93 @@ def mock_upstream():
         yield server
 
 
+class LedgerDrainer:
+    """A real ledger drainer (billing.ledger_stream) on a thread, when the ledger is streamed through Redis.
+
+    The stream's length is the backlog, so "drained" means every appended record is a committed row.
+    Work that records usage outside the live gateway (batches, jobs) calls ``wait_drained()`` before it
+    reads the ledger.
+    """
+
+    def __init__(self):
+        self.streaming = ledger_streaming()
+        self.stop_event = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    def _run(self, stop: threading.Event) -> None:
+        ledger_stream_run(client=ledger_stream_client(), consumer="test-drainer", stop=stop, block_ms=100)
+        connection.close()
+
+    def start(self) -> None:
+        if self.streaming:
+            self.stop_event = threading.Event()
+            self.thread = threading.Thread(
+                target=self._run, args=(self.stop_event,), name="ledger-drainer", daemon=True
+            )
+            self.thread.start()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        if self.thread is not None and self.thread.is_alive():
+            self.thread.join(timeout=5)
+
+    @contextmanager
+    def paused(self):
+        """For tests that play the drainer themselves and must see the stream as they left it."""
+        running = self.thread is not None and self.thread.is_alive()
+        self.stop()
+        try:
+            yield
+        finally:
+            if running:
+                self.start()
+
+    def wait_drained(self, timeout: float = 10.0) -> None:
+        client = sync_redis()
+        deadline = time.monotonic() + timeout
+        while self.streaming and client.xlen(STREAM_KEY):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the ledger stream still holds {client.xlen(STREAM_KEY)} records")
+            time.sleep(0.005)
+
+    async def wait_drained_async(self, timeout: float = 10.0) -> None:
+        client = async_redis()
+        deadline = time.monotonic() + timeout
+        while self.streaming and await client.xlen(STREAM_KEY):
+            if time.monotonic() > deadline:
+                raise AssertionError("the ledger stream was not drained in time")
+            await asyncio.sleep(0.002)
+
+
 @pytest.fixture(scope="session")
-def gateway_server(django_db_setup, django_db_blocker):
+def ledger_drainer():
+    drainer = LedgerDrainer()
+    drainer.start()
+    yield drainer
+    drainer.stop()
+
+
+def completing_after_the_ledger(app, drainer: LedgerDrainer):
+    """The live gateway for tests: each body chunk waits until the ledger records appended so far are rows
+    (a stream records at `[DONE]`, which SSE clients stop at), so a test that has its answer can read the
+    ledger at once, as it could when the row was written inline."""
+
+    async def application(scope, receive, send):
+        async def send_when_drained(message):
+            if message["type"] == "http.response.body":
+                await drainer.wait_drained_async()
+            await send(message)
+
+        await app(scope, receive, send_when_drained)
+
+    return application
+
+
+@pytest.fixture(scope="session")
+def gateway_server(django_db_setup, django_db_blocker, ledger_drainer):
     from llmops.asgi import application
 
-    with ThreadedServer(application) as server:
+    with ThreadedServer(completing_after_the_ledger(application, ledger_drainer)) as server:
         yield server
     with django_db_blocker.unblock():
         _close_other_connections()

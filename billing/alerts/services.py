@@ -26,6 +26,7 @@ from billing.models import (
 )
 from routing.crypto import encrypt_secret
 from tenants.models import Tenant
+from tenants.outbound import outbound_url_validate
 
 logger = logging.getLogger(__name__)
 
@@ -41,8 +42,10 @@ def alert_channel_validate(*, kind: str, target: str, has_signing_secret: bool) 
             validate_email(target)
         except ValidationError:
             raise ValidationError({"target": "Enter a valid email address."}) from None
-    elif kind in (ChannelKind.SLACK, ChannelKind.WEBHOOK) and not is_http_url(target):
-        raise ValidationError({"target": "The webhook URL must start with http:// or https:// and name a host."})
+    elif kind in (ChannelKind.SLACK, ChannelKind.WEBHOOK):
+        if not is_http_url(target):
+            raise ValidationError({"target": "The webhook URL must start with http:// or https:// and name a host."})
+        outbound_url_validate(target, field="target")
     elif kind == ChannelKind.SNS and sns_region(target) is None:
         raise ValidationError({"target": "Enter an SNS topic ARN: arn:aws:sns:<region>:<account>:<topic>."})
     if kind == ChannelKind.WEBHOOK and not has_signing_secret:

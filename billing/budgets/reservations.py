@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import ROUND_CEILING, Decimal
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Q
@@ -25,6 +24,7 @@ from billing.budgets.index import UNITS_PER_USD, BudgetEntry
 from billing.budgets.periods import BudgetWindow, budget_window
 from billing.budgets.thresholds import crossed_thresholds, threshold_alerts_enqueue
 from billing.models import BudgetAction, BudgetCounter
+from llmops.db import database_sync_to_async
 from llmops.redis import async_redis
 
 logger = logging.getLogger(__name__)
@@ -148,7 +148,7 @@ async def budget_reserve(*, budgets: list[BudgetEntry], amount: Decimal, request
         except RedisError as exc:
             if not _use_database(exc):
                 return _fail_closed(holds, amount_units, request_id)
-    used = await sync_to_async(_database_reserve, thread_sensitive=False)(holds, amount_units, now)
+    used = await database_sync_to_async(_database_reserve)(holds, amount_units, now)
     return Reservation(request_id, amount_units, holds, backend="database", remaining_usd=_remaining(holds, used))
 
 
@@ -238,9 +238,7 @@ async def reservation_settle(reservation: Reservation, *, actual: Decimal) -> De
             return reservation.remaining_usd
         after = [(int(result[2 * i]), int(result[2 * i + 1])) for i in range(len(holds))]
     else:
-        after = await sync_to_async(_database_settle, thread_sensitive=False)(
-            holds, reservation.amount_units, actual_units
-        )
+        after = await database_sync_to_async(_database_settle)(holds, reservation.amount_units, actual_units)
     _note_thresholds(holds, after, actual_units)
     reservation.remaining_usd = _remaining(holds, [spent + reserved for spent, reserved in after])
     return reservation.remaining_usd

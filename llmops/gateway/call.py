@@ -67,6 +67,14 @@ class GatewayCall:
     reservation: Reservation | None = None
     budget_remaining_usd: str | None = None
     extra_headers: dict[str, str] = field(default_factory=dict)
+    # The validated client body, kept for the payload log of tenants that turned it on.
+    request_body: dict | None = None
+    payload_logging: bool = False
+    finished: bool = False
+    cache_status: str = CacheStatus.MISS
+    cache_similarity: float | None = None
+    # On a cache hit: the stored answer's usage, what the request would have cost had it missed.
+    cache_saved_usage: Usage | None = None
 
     def elapsed_ms(self) -> int:
         return int((time.perf_counter() - self.started) * 1000)
@@ -95,7 +103,7 @@ class GatewayCall:
             usage_estimated=usage.estimated,
             upstream_latency_ms=self.upstream_ms,
             total_latency_ms=self.elapsed_ms(),
-            cache_status=CacheStatus.MISS,
+            cache_status=self.cache_status,
             error_code=error_code,
             route=self.route,
             routed_to_large=self.routed_to_large,
@@ -111,6 +119,8 @@ class GatewayCall:
             self.cost_usd = format_cost(event.cost_usd)
             event.saved_routing_usd = self._routing_saving(usage, event.cost_usd)
             event.saved_compression_usd = self._compression_saving()
+            if self.cache_saved_usage is not None:
+                event.saved_cache_usd = self._cost(self.served, self.cache_saved_usage)
         return event
 
     @staticmethod
@@ -136,7 +146,9 @@ class GatewayCall:
         return usage_cost(prices=self.served.prices, prompt_tokens=before - after, cached_tokens=0, completion_tokens=0)
 
     def response_headers(self) -> dict[str, str]:
-        headers = {"x-llmops-request-id": self.request_id, "x-llmops-cache": CacheStatus.MISS}
+        headers = {"x-llmops-request-id": self.request_id, "x-llmops-cache": str(self.cache_status)}
+        if self.cache_similarity is not None:
+            headers["x-llmops-cache-similarity"] = f"{self.cache_similarity:.4f}"
         if self.served:
             headers["x-llmops-model"] = self.served.name
         if self.route_explanation:

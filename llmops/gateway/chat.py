@@ -7,7 +7,7 @@ from django.http import HttpResponse
 from llmops.gateway.admission import admit
 from llmops.gateway.call import GatewayCall
 from llmops.gateway.errors import as_gateway_error
-from llmops.gateway.pipeline import complete_chat, finish, stream_chat
+from llmops.gateway.pipeline import answer_from_cache, complete_chat, finish, stream_chat
 from llmops.gateway.planning import plan_chat
 from llmops.gateway.snapshot import config_snapshot
 from llmops.gateway.validation import validate_chat_request
@@ -16,17 +16,22 @@ from llmops.gateway.validation import validate_chat_request
 async def chat_completion_run(
     call: GatewayCall, *, read_body: Callable[[], object], headers: Mapping[str, str]
 ) -> HttpResponse:
-    """Validate, route, cap, admit, call and record. Every failure after authentication leaves its ledger row
-    and is raised as the exception it was (``as_gateway_error`` turns it into the OpenAI error).
+    """Validate, route, cap, answer from the cache or admit, call and record. Every failure after authentication
+    leaves its ledger row and is raised as the exception it was (``as_gateway_error`` turns it into the OpenAI error).
 
     The caller has awaited ``config_snapshot.ensure_fresh()`` (the view does, to authenticate the key).
     """
     try:
         body = validate_chat_request(read_body())
+        snapshot = config_snapshot.current
+        call.request_body = body
+        call.payload_logging = call.principal.tenant_id in snapshot.payload_logging_tenants
         call.requested_model = body["model"]
         call.is_stream = bool(body.get("stream"))
-        snapshot = config_snapshot.current
         plan = await plan_chat(snapshot, call, body, headers)
+        cached = await answer_from_cache(call, plan)
+        if cached is not None:
+            return cached
         await admit(snapshot, call, plan)
         if call.is_stream:
             return await stream_chat(call, plan)

@@ -9,3 +9,6 @@ class ConfigVersion(models.Model):
 
     def __str__(self):
         return f"config version {self.version}"
+
+
+from llmops.gateway.batch_models import Batch, BatchLine, File, Job, JobWebhookSecret  # noqa: E402, F401

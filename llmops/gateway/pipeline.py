@@ -8,20 +8,25 @@ import logging
 from collections.abc import AsyncIterator
 
 import orjson
-from asgiref.sync import sync_to_async
 from django.http import HttpResponse, StreamingHttpResponse
 
 from billing.budgets.reservations import reservation_settle
 from billing.costs import format_cost
-from billing.services import UsageEvent, usage_record_create
+from billing.ledger_stream import ledger_event_append
+from billing.models import CacheStatus
+from billing.services import UsageEvent
+from llmops.db import database_sync_to_async
 from llmops.gateway.call import GatewayCall, Usage
 from llmops.gateway.errors import GatewayError
-from llmops.gateway.planning import ChatPlan
+from llmops.gateway.planning import ChatPlan, refusal_error
 from llmops.metrics import record_request_metrics
 from routing import upstream
+from routing.cache.store import CacheHit, CacheRequest, cache_lookup, cache_store
 from routing.catalog import ModelEntry
+from routing.guard import SecretEchoBlocked, guard_answer
 from routing.resilience import FallbackResult, RetryPolicy, call_with_fallbacks
 from routing.tokens import count_chat_tokens, count_text_tokens
+from tenants.payload_logs import payload_log_record
 
 logger = logging.getLogger(__name__)
 
@@ -31,11 +36,18 @@ _pending_writes: set[asyncio.Task] = set()
 
 
 async def record_usage(event: UsageEvent) -> None:
-    await sync_to_async(usage_record_create, thread_sensitive=False)(event=event)
+    """Durable before the response completes: on the Redis ledger stream, or in the database without Redis."""
+    await ledger_event_append(event=event)
 
 
-async def finish(call: GatewayCall, *, http_status: int, usage: Usage | None = None, error_code: str = "") -> None:
-    """Settle the budget reservation with what was really spent, then write the ledger row."""
+async def finish(
+    call: GatewayCall, *, http_status: int, usage: Usage | None = None, error_code: str = "", answer=None
+) -> None:
+    """Settle the budget reservation with what was really spent, write the ledger row, and the payload log
+    when the tenant keeps one. Once per request: a later call (an error raised after finishing) does nothing."""
+    if call.finished:
+        return
+    call.finished = True
     event = call.usage_event(http_status=http_status, usage=usage, error_code=error_code)
     if call.reservation is not None and not call.reservation.settled:
         remaining = await reservation_settle(call.reservation, actual=event.cost_usd)
@@ -43,6 +55,13 @@ async def finish(call: GatewayCall, *, http_status: int, usage: Usage | None = N
             call.budget_remaining_usd = format_cost(remaining)
     record_request_metrics(event)
     await record_usage(event)
+    if call.payload_logging and call.request_body is not None:
+        await database_sync_to_async(payload_log_record)(
+            tenant_id=call.principal.tenant_id,
+            request_id=call.request_id,
+            request_body=call.request_body,
+            response_body=answer,
+        )
 
 
 def upstream_failure(error: upstream.UpstreamError) -> GatewayError:
@@ -95,11 +114,24 @@ async def complete_chat(call: GatewayCall, plan: ChatPlan) -> HttpResponse:
     else:
         text = "".join((choice.get("message") or {}).get("content") or "" for choice in reply.body.get("choices") or [])
         usage = _estimated_usage(plan.body, text, call.served)
-    await finish(call, http_status=200, usage=usage)
+    try:
+        verdict = guard_answer(reply.body, action=plan.guard_action, known_secrets=_provider_secrets(plan))
+    except SecretEchoBlocked as blocked:
+        call.injection_flagged = True
+        await finish(call, http_status=blocked.status, usage=usage, error_code=blocked.code)
+        raise refusal_error(blocked) from blocked
+    call.injection_flagged |= verdict.flagged
+    await finish(call, http_status=200, usage=usage, answer=reply.body)
+    await _keep_answer(call, plan.cache, reply.body)
     response = HttpResponse(reply.raw, content_type="application/json")
     for name, value in call.response_headers().items():
         response[name] = value
     return response
+
+
+def _provider_secrets(plan: ChatPlan) -> list[str]:
+    """Credentials an answer must never echo: those of the providers this request could reach."""
+    return [model.provider.api_key for model in plan.chain if model.provider.api_key]
 
 
 class StreamRelay:
@@ -108,13 +140,18 @@ class StreamRelay:
     The upstream is always asked for a usage chunk; the client sees it only if it asked too.
     """
 
-    def __init__(self, call: GatewayCall, body: dict, stream):
+    def __init__(self, call: GatewayCall, body: dict, stream, cache: CacheRequest | None = None):
         self.call = call
         self.body = body
         self.stream = stream
+        self.cache = cache
         self.client_wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         self.usage: Usage | None = None
         self.content_parts: list[str] = []
+        self.finish_reason: str | None = None
+        self.upstream_model = ""
+        # Streamed tool calls and several choices are not assembled into a cacheable answer.
+        self.cacheable = cache is not None
         self.recorded = False
 
     async def events(self) -> AsyncIterator[bytes]:
@@ -123,6 +160,7 @@ class StreamRelay:
                 data = event[6:] if event.startswith("data: ") else None
                 if data == "[DONE]":
                     await self._record(http_status=200)
+                    await self._keep_answer()
                     yield f": x-llmops-cost-usd={self.call.cost_usd}\n\ndata: [DONE]\n\n".encode()
                     return
                 if data is not None and not self._take(data):
@@ -150,16 +188,22 @@ class StreamRelay:
 
     def _take(self, data: str) -> bool:
         """Note what the chunk tells about usage and content; return whether the client should see it."""
-        if '"usage"' not in data and '"content"' not in data:
+        if not self.cacheable and '"usage"' not in data and '"content"' not in data:
             return True
         try:
             chunk = orjson.loads(data)
         except orjson.JSONDecodeError:
+            self.cacheable = False
             return True
+        self.upstream_model = chunk.get("model") or self.upstream_model
         for choice in chunk.get("choices") or []:
-            content = (choice.get("delta") or {}).get("content")
+            delta = choice.get("delta") or {}
+            if delta.get("tool_calls") or delta.get("function_call") or choice.get("index", 0) != 0:
+                self.cacheable = False
+            content = delta.get("content")
             if content:
                 self.content_parts.append(content)
+            self.finish_reason = choice.get("finish_reason") or self.finish_reason
         if isinstance(chunk.get("usage"), dict):
             self.usage = Usage.from_provider(chunk["usage"])
             return self.client_wants_usage or bool(chunk.get("choices"))
@@ -171,7 +215,35 @@ class StreamRelay:
     async def _record(self, *, http_status: int, error_code: str = "") -> None:
         self.call.upstream_ms = self.stream.elapsed_ms()
         self.recorded = True
-        await finish(self.call, http_status=http_status, usage=self._usage(), error_code=error_code)
+        answer = {"content": "".join(self.content_parts)} if self.content_parts else None
+        await finish(self.call, http_status=http_status, usage=self._usage(), error_code=error_code, answer=answer)
+
+    async def _keep_answer(self) -> None:
+        """A stream that ended with [DONE] and a finish reason is complete: cache it as the answer it assembled."""
+        if not self.cacheable or self.finish_reason is None:
+            return
+        usage = self._usage()
+        answer = {
+            "id": f"chatcmpl-{self.call.request_id}",
+            "object": "chat.completion",
+            "created": int(self.call.created_at.timestamp()),
+            "model": self.upstream_model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": "".join(self.content_parts), "refusal": None},
+                    "logprobs": None,
+                    "finish_reason": self.finish_reason,
+                }
+            ],
+            "usage": {
+                "prompt_tokens": usage.prompt_tokens,
+                "completion_tokens": usage.completion_tokens,
+                "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+                "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
+            },
+        }
+        await _keep_answer(self.call, self.cache, answer)
 
 
 async def stream_chat(call: GatewayCall, plan: ChatPlan) -> StreamingHttpResponse:
@@ -184,9 +256,88 @@ async def stream_chat(call: GatewayCall, plan: ChatPlan) -> StreamingHttpRespons
     result = await _call_chain(call, plan, open_stream)
     stream = result.value
     call.upstream_ms = stream.elapsed_ms()
-    response = StreamingHttpResponse(StreamRelay(call, body, stream).events(), content_type="text/event-stream")
+    relay = StreamRelay(call, body, stream, plan.cache)
+    return _event_stream_response(call, relay.events())
+
+
+def _event_stream_response(call: GatewayCall, events: AsyncIterator[bytes]) -> StreamingHttpResponse:
+    response = StreamingHttpResponse(events, content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"
     for name, value in call.response_headers().items():
         response[name] = value
     return response
+
+
+async def _keep_answer(call: GatewayCall, cache: CacheRequest | None, answer: dict) -> None:
+    """Cache an answer only if the model the key names served it (not a fallback or a budget downgrade)."""
+    if cache is None or call.served is None or call.served.name != cache.served_model:
+        return
+    try:
+        await cache_store(cache, answer=answer)
+    except Exception:
+        logger.warning("cache: answer not stored for %s", call.request_id, exc_info=True)
+
+
+async def answer_from_cache(call: GatewayCall, plan: ChatPlan) -> HttpResponse | StreamingHttpResponse | None:
+    """The stored answer when the cache has one: no reservation, no upstream call, a ledger row costing 0 that
+    records what the miss would have cost. None on a miss (or when the request may not read the cache)."""
+    cache = plan.cache
+    if cache is None or not cache.control.read:
+        call.cache_status = CacheStatus.BYPASS
+        return None
+    try:
+        hit = await cache_lookup(cache)
+    except Exception:
+        logger.warning("cache: lookup failed for %s; treated as a miss", call.request_id, exc_info=True)
+        hit = None
+    if hit is None:
+        call.cache_status = CacheStatus.MISS
+        return None
+    call.cache_status = CacheStatus.HIT_EXACT if hit.kind == "exact" else CacheStatus.HIT_SEMANTIC
+    call.cache_similarity = hit.similarity
+    call.upstream_ms = 0
+    call.cache_saved_usage = _stored_usage(hit, plan.body, call.served)
+    await finish(call, http_status=200)
+    answer = {**hit.answer, "id": f"chatcmpl-{call.request_id}", "created": int(call.created_at.timestamp())}
+    if call.is_stream:
+        return _event_stream_response(call, _replay_events(call, plan.body, answer))
+    response = HttpResponse(orjson.dumps(answer), content_type="application/json")
+    for name, value in call.response_headers().items():
+        response[name] = value
+    return response
+
+
+def _stored_usage(hit: CacheHit, body: dict, model: ModelEntry) -> Usage:
+    usage = hit.answer.get("usage")
+    if isinstance(usage, dict):
+        return Usage.from_provider(usage)
+    text = "".join((choice.get("message") or {}).get("content") or "" for choice in hit.answer["choices"])
+    return _estimated_usage(body, text, model)
+
+
+REPLAY_PIECE_CHARS = 64
+
+
+async def _replay_events(call: GatewayCall, body: dict, answer: dict) -> AsyncIterator[bytes]:
+    """A cached answer as the SSE chunks an upstream would have sent, usage chunk only if the client asked."""
+    base = {key: answer.get(key) for key in ("id", "created", "model", "system_fingerprint")}
+    base["object"] = "chat.completion.chunk"
+
+    def event(choices: list, **extra) -> bytes:
+        return b"data: " + orjson.dumps({**base, "choices": choices, **extra}) + b"\n\n"
+
+    for choice in answer["choices"]:
+        index, message = choice.get("index", 0), choice["message"]
+        yield event([{"index": index, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
+        content = message.get("content") or ""
+        for start in range(0, len(content), REPLAY_PIECE_CHARS):
+            piece = content[start : start + REPLAY_PIECE_CHARS]
+            yield event([{"index": index, "delta": {"content": piece}, "finish_reason": None}])
+        if message.get("tool_calls"):
+            tool_calls = [{"index": i, **tool_call} for i, tool_call in enumerate(message["tool_calls"])]
+            yield event([{"index": index, "delta": {"tool_calls": tool_calls}, "finish_reason": None}])
+        yield event([{"index": index, "delta": {}, "finish_reason": choice.get("finish_reason") or "stop"}])
+    if (body.get("stream_options") or {}).get("include_usage") and isinstance(answer.get("usage"), dict):
+        yield event([], usage=answer["usage"])
+    yield f": x-llmops-cost-usd={call.cost_usd}\n\ndata: [DONE]\n\n".encode()

@@ -12,6 +12,8 @@ from llmops.gateway.call import GatewayCall
 from llmops.gateway.errors import GatewayError
 from llmops.gateway.snapshot import ConfigSnapshot
 from routing import upstream
+from routing.cache.keys import cache_control_from_headers
+from routing.cache.store import CacheRequest, cache_request_prepare
 from routing.caps import apply_token_caps
 from routing.catalog import DEFAULT_MODEL_ALIAS, ModelCatalog, ModelEntry
 from routing.guard import PromptInjectionBlocked, guard_request
@@ -37,6 +39,10 @@ class ChatPlan:
     chain: list[ModelEntry]
     body: dict
     decision: RouteDecision
+    # None when this request neither reads nor writes the response cache.
+    cache: CacheRequest | None = None
+    # What the guard does with a flagged prompt or answer: none, flag or block (the tenant's live policy).
+    guard_action: str = "none"
 
 
 def resolve_model(catalog: ModelCatalog, *, tenant_id: int, requested: str) -> ModelEntry:
@@ -158,4 +164,14 @@ async def plan_chat(snapshot: ConfigSnapshot, call: GatewayCall, body: dict, hea
     except RoutingRefusal as refusal:
         call.injection_flagged = isinstance(refusal, PromptInjectionBlocked)
         raise refusal_error(refusal) from refusal
-    return ChatPlan(chain=chain, body=capped.body, decision=decision)
+    cache = cache_request_prepare(
+        tenant_id=tenant_id,
+        served_model=served.name,
+        body=capped.body,
+        rule_name=decision.rule_name,
+        ttl_seconds=decision.cache_ttl_seconds,
+        allow_nondeterministic=decision.cache_nondeterministic,
+        control=cache_control_from_headers(headers),
+    )
+    guard_action = policy.injection_guard_action if policy else "none"
+    return ChatPlan(chain=chain, body=capped.body, decision=decision, cache=cache, guard_action=guard_action)

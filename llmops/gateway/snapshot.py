@@ -11,7 +11,6 @@ import threading
 import time
 from dataclasses import dataclass
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import transaction
 from django.db.models import F
@@ -19,12 +18,13 @@ from django.db.models.signals import m2m_changed, post_delete, post_save
 
 from billing.budgets.index import BudgetIndex, RateLimitIndex, build_budget_index, build_rate_limit_index
 from billing.models import Budget, RateLimit
+from llmops.db import database_sync_to_async
 from llmops.gateway.models import ConfigVersion
 from routing.catalog import ModelCatalog, build_model_catalog
 from routing.models import Model, Provider, RoutingPolicy, RoutingPolicyVersion, TenantModelAccess
 from routing.policy import CompiledPolicy, build_live_policies
 from tenants.authentication import KeyPrincipal, build_key_index
-from tenants.models import ApiKey, Team, Tenant
+from tenants.models import ApiKey, PayloadLogSettings, Team, Tenant
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +39,7 @@ SNAPSHOT_MODELS = (
     RoutingPolicyVersion,
     Budget,
     RateLimit,
+    PayloadLogSettings,
 )
 CONFIG_VERSION_ID = 1
 
@@ -51,6 +52,7 @@ class ConfigSnapshot:
     policies: dict[int, CompiledPolicy]
     budgets: BudgetIndex
     rate_limits: RateLimitIndex
+    payload_logging_tenants: frozenset[int]
 
 
 def _read_version() -> int:
@@ -80,11 +82,11 @@ class SnapshotHolder:
         now = time.monotonic()
         if self._built_generation != self._generation:
             # A known change: every request waits for the rebuild rather than run on what it replaces.
-            await sync_to_async(self.refresh, thread_sensitive=False)()
+            await database_sync_to_async(self.refresh)()
         elif now - self._checked_at >= settings.LLMOPS_SNAPSHOT_CHECK_SECONDS:
             # Claim the periodic check first, so concurrent requests keep using the snapshot they have.
             self._checked_at = now
-            await sync_to_async(self.refresh, thread_sensitive=False)()
+            await database_sync_to_async(self.refresh)()
         return self._snapshot
 
     def refresh(self) -> ConfigSnapshot:
@@ -100,6 +102,9 @@ class SnapshotHolder:
                     policies=build_live_policies(),
                     budgets=build_budget_index(),
                     rate_limits=build_rate_limit_index(),
+                    payload_logging_tenants=frozenset(
+                        PayloadLogSettings.objects.filter(enabled=True).values_list("tenant_id", flat=True)
+                    ),
                 )
                 self._built_generation = generation
                 self._checked_at = time.monotonic()

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from llmops.gateway import views
+from llmops.gateway import batch_views, views
 
 app_name = "gateway"
 
@@ -8,4 +8,10 @@ urlpatterns = [
     path("chat/completions", views.ChatCompletionsView.as_view(), name="chat-completions"),
     path("models", views.ModelsView.as_view(), name="models"),
     path("models/<path:model_name>", views.ModelDetailView.as_view(), name="model-detail"),
+    path("files", batch_views.FilesView.as_view(), name="files"),
+    path("files/<str:file_id>", batch_views.FileDetailView.as_view(), name="file-detail"),
+    path("files/<str:file_id>/content", batch_views.FileContentView.as_view(), name="file-content"),
+    path("batches", batch_views.BatchesView.as_view(), name="batches"),
+    path("batches/<str:batch_id>", batch_views.BatchDetailView.as_view(), name="batch-detail"),
+    path("batches/<str:batch_id>/cancel", batch_views.BatchCancelView.as_view(), name="batch-cancel"),
 ]

@@ -65,6 +65,9 @@ def _validate_message(index: int, message) -> None:
         )
 
 
+MAX_MODEL_NAME_CHARS = 256
+
+
 def validate_chat_request(body) -> dict:
     if not isinstance(body, dict):
         raise invalid_request("The request body must be a JSON object.", code="invalid_json")
@@ -73,6 +76,13 @@ def validate_chat_request(body) -> dict:
         raise invalid_request("Missing required parameter: 'model'.", param="model", code="missing_required_parameter")
     if not isinstance(model, str) or not model.strip():
         raise _type_error("model", "a non-empty string", model)
+    # The name is echoed in response headers (x-llmops-route), where a control character would break the answer.
+    if len(model) > MAX_MODEL_NAME_CHARS or not model.isprintable():
+        raise invalid_request(
+            f"'model' must be a model name of at most {MAX_MODEL_NAME_CHARS} printable characters.",
+            param="model",
+            code="invalid_value",
+        )
     messages = body.get("messages")
     if messages is None:
         raise invalid_request(

@@ -1,5 +1,6 @@
 """routing's models, one module per topic; each is imported here so Django registers it."""
 
+from routing.models.cache import CacheEntry, CacheEntryKind
 from routing.models.catalog import PRICE_FIELD, Model, Provider, ProviderKind, TenantModelAccess
 from routing.models.policies import (
     InjectionGuardAction,
@@ -14,6 +15,8 @@ from routing.models.policies import (
 
 __all__ = [
     "PRICE_FIELD",
+    "CacheEntry",
+    "CacheEntryKind",
     "InjectionGuardAction",
     "Model",
     "OverCapAction",

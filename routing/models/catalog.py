@@ -67,6 +67,13 @@ class Model(models.Model):
         blank=True,
         help_text="Price of prompt tokens written to the provider's cache (Anthropic); blank charges the input price.",
     )
+    batch_price_multiplier = models.DecimalField(
+        max_digits=4,
+        decimal_places=3,
+        default=Decimal("0.5"),
+        validators=[MinValueValidator(Decimal("0"))],
+        help_text="Share of the price charged for lines sent to the provider's batch endpoint (0.5 = half).",
+    )
     is_active = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
 

@@ -105,6 +105,7 @@ TARGETS = [
             "input_price_per_million": "1",
             "cached_input_price_per_million": "0.5",
             "output_price_per_million": "2",
+            "batch_price_multiplier": "0.5",
             "is_active": "on",
         },
         is_changed=lambda model: model.name == "renamed-model",
@@ -307,6 +308,12 @@ def test_member_index_lists_tenant_models_and_catalog_but_not_providers(client, 
         "BudgetAlert",
         "AlertDelivery",
         "Anomaly",
+        "CacheEntry",
+        "Batch",
+        "Job",
+        "AuditEvent",
+        "PayloadLogSettings",
+        "PayloadLog",
     }
 
 

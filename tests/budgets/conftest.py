@@ -8,9 +8,9 @@ import redis
 from django.db import connection
 
 from billing.budgets.thresholds import threshold_alerts_wait
+from routing.services import tenant_model_access_set
 from tenants.models import ApiKey, Team, Tenant
 from tenants.services import api_key_create
-from routing.services import tenant_model_access_set
 from tests.factories import ModelFactory, TeamFactory, TenantFactory
 from tests.servers import ThreadedServer
 

@@ -109,3 +109,10 @@ def test_members_who_are_not_owners_or_admins_see_no_budgets(client, org, role):
 
 def test_anonymous_is_refused(client, org):
     assert client.get("/api/budgets/").status_code == 403
+
+
+@pytest.mark.parametrize("tenant", ["%00", "acme\x00", "../globex", "globex"])
+def test_a_tenant_param_that_is_not_one_of_yours_answers_404(client, org, globex, tenant):
+    client.force_login(member(org, Role.OWNER))
+
+    assert client.get("/api/budgets/", {"tenant": tenant}).status_code == 404

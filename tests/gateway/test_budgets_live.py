@@ -1,8 +1,8 @@
 """Budgets and rate limits hold through the live gateway, under concurrency and with streams in the mix."""
 
 import asyncio
-from collections import Counter
 import time
+from collections import Counter
 from decimal import Decimal
 
 import httpx

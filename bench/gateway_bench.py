@@ -1,0 +1,346 @@
+"""Throughput and added latency of the gateway, every feature on, optionally side by side with LiteLLM's proxy.
+
+Starts, as separate processes on loopback: the mock upstream (``--latency-ms``), the gateway the way production
+runs it (uvicorn, one worker per core, Postgres, Redis, the ledger streamed and drained by ``ledger_drain``),
+and with ``--vs-litellm`` LiteLLM's proxy (its own virtualenv, ``litellm[proxy]==LITELLM_VERSION``) in front of
+the same mock. wrk drives each scenario at each concurrency, first straight at the mock, then through each
+gateway; "added" is the gateway's percentile minus the mock's in the same run. Figures, not a test.
+
+    .venv/bin/python bench/gateway_bench.py --vs-litellm
+
+Needs wrk (Debian: ``apt-get install -y wrk``), a local Postgres and Redis (``make services``).
+"""
+
+import argparse
+import json
+import os
+import secrets
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from overhead import ensure_database, refuse_busy_port, wait_until_up
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+WRK_SCRIPT = Path(__file__).resolve().parent / "wrk_chat.lua"
+LITELLM_VERSION = "1.77.7"
+LITELLM_VENV = ROOT / "var" / "litellm-venv"
+LITELLM_KEY = "sk-bench-litellm"
+CPUS = os.cpu_count() or 1
+
+
+@dataclass
+class Scenario:
+    name: str
+    mode: str
+    expected_cache: str = "miss"
+
+
+SCENARIOS = [
+    Scenario("miss, all features", "unique"),
+    Scenario("exact cache hit", "same", "hit-exact"),
+    Scenario("semantic cache hit", "paraphrase", "hit-semantic"),
+    Scenario("streaming", "stream"),
+]
+
+
+@dataclass
+class Measured:
+    requests: int
+    seconds: float
+    p50: float
+    p95: float
+    p99: float
+    errors: int
+
+    @property
+    def throughput(self) -> float:
+        return self.requests / self.seconds
+
+
+def wrk(url: str, *, model: str, mode: str, key: str, concurrency: int, seconds: float) -> Measured:
+    threads = min(CPUS, concurrency)
+    command = ["wrk", "-t", str(threads), "-c", str(concurrency), "-d", f"{seconds:g}s", "--timeout", "30s"]
+    command += ["-s", str(WRK_SCRIPT), url, "--", model, mode, key, uuid.uuid4().hex[:8]]
+    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    line = next(line for line in output.splitlines() if line.startswith("WRK_JSON "))
+    data = json.loads(line.removeprefix("WRK_JSON "))
+    return Measured(
+        requests=data["requests"],
+        seconds=data["duration_us"] / 1e6,
+        p50=data["p50"] / 1000,
+        p95=data["p95"] / 1000,
+        p99=data["p99"] / 1000,
+        errors=data["socket_errors"] + data["non2xx"],
+    )
+
+
+def setup_bench_tenant(database_url: str, upstream_url: str) -> str:
+    """A tenant with every feature on the path: a live routing policy (`auto`), a budget and a rate limit in
+    scope. Returns a fresh key."""
+    os.environ["DATABASE_URL"] = database_url
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "llmops.settings")
+    sys.path.insert(0, str(ROOT))
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    from billing.budgets.services import budget_create
+    from billing.models import Budget, RateLimit
+    from billing.ratelimits import rate_limit_create
+    from routing.models import Model, Provider
+    from routing.services import model_create, provider_create, routing_policy_ensure_default, tenant_model_access_set
+    from tenants.models import Tenant
+    from tenants.services import api_key_create, tenant_create
+
+    call_command("migrate", verbosity=0)
+    tenant = Tenant.objects.filter(slug="bench-full").first() or tenant_create(slug="bench-full", team_slugs=["load"])
+    team = tenant.teams.get(slug="load")
+    provider = Provider.objects.filter(name="bench-full-mock").first() or provider_create(
+        name="bench-full-mock", base_url=upstream_url
+    )
+    if provider.base_url != upstream_url:
+        provider.base_url = upstream_url
+        provider.save()
+    prices = {
+        "bench-full-small": ("mock-small", "0.15", "0.075", "0.60"),
+        "bench-full-large": ("mock-large", "2.50", "1.25", "10.00"),
+    }
+    models = []
+    for name, (upstream_name, input_price, cached_price, output_price) in prices.items():
+        models.append(
+            Model.objects.filter(name=name).first()
+            or model_create(
+                name=name,
+                provider=provider,
+                upstream_name=upstream_name,
+                input_price_per_million=Decimal(input_price),
+                cached_input_price_per_million=Decimal(cached_price),
+                output_price_per_million=Decimal(output_price),
+            )
+        )
+    tenant_model_access_set(tenant=tenant, allowed_models=models, default_model=models[0])
+    routing_policy_ensure_default(tenant=tenant)
+    if not Budget.objects.filter(tenant=tenant).exists():
+        budget_create(tenant=tenant, limit_usd=Decimal("1000000"))
+    if not RateLimit.objects.filter(tenant=tenant).exists():
+        rate_limit_create(tenant=tenant, team=team, requests_per_minute=100_000_000)
+    _, key = api_key_create(team=team, name=f"bench {secrets.token_hex(3)}")
+    return key
+
+
+def worker_pids(master_pid: int) -> list[int]:
+    children = Path(f"/proc/{master_pid}/task/{master_pid}/children").read_text().split()
+    return [int(pid) for pid in children]
+
+
+def rss_mb(pids: list[int]) -> list[float]:
+    sizes = []
+    for pid in pids:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                sizes.append(int(line.split()[1]) / 1024)
+    return sizes
+
+
+def cache_status(url: str, key: str, model: str, mode: str) -> str:
+    """What the gateway answers for the scenario's prompt after it has seen it (or a rewording) once."""
+    prompts = {
+        "same": ["Summarise the refund policy for late orders"] * 2,
+        "paraphrase": ["What is the refund policy for late orders?", "Explain the refund policy for late orders"],
+    }[mode]
+    status = ""
+    for prompt in prompts:
+        body = {"model": model, "max_tokens": 64, "messages": [{"role": "user", "content": prompt}]}
+        response = httpx.post(url, json=body, headers={"authorization": f"Bearer {key}"}, timeout=30)
+        status = response.headers.get("x-llmops-cache", "")
+    return status
+
+
+def start_litellm(*, port: int, upstream_url: str, workers: int) -> subprocess.Popen:
+    if not (LITELLM_VENV / "bin" / "litellm").exists():
+        subprocess.run(["python3.11", "-m", "venv", str(LITELLM_VENV)], check=True)
+        pip = [str(LITELLM_VENV / "bin" / "pip"), "install", "--quiet", "--disable-pip-version-check"]
+        subprocess.run([*pip, f"litellm[proxy]=={LITELLM_VERSION}"], check=True)
+    config = LITELLM_VENV.parent / "litellm-bench.yaml"
+    # No database: LiteLLM then keeps no spend log or per-key usage (its Postgres needs Prisma engines fetched at
+    # run time); auth is its master key. Our side writes every request to the ledger.
+    config.write_text(
+        json.dumps(
+            {
+                "model_list": [
+                    {
+                        "model_name": "bench-small",
+                        "litellm_params": {"model": "openai/mock-small", "api_base": upstream_url, "api_key": "mock"},
+                    }
+                ],
+                "general_settings": {"master_key": LITELLM_KEY},
+                "litellm_settings": {"set_verbose": False, "json_logs": True, "drop_params": True},
+            }
+        )
+    )
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in ("DATABASE_URL", "REDIS_URL", "DJANGO_SETTINGS_MODULE")
+    }
+    env.update({"LITELLM_LOG": "ERROR", "LITELLM_MODE": "PRODUCTION", "NO_DOCS": "True"})
+    command = [str(LITELLM_VENV / "bin" / "litellm"), "--config", str(config), "--host", "127.0.0.1"]
+    command += ["--port", str(port), "--num_workers", str(workers)]
+    return subprocess.Popen(command, cwd=LITELLM_VENV.parent, env=env, stdout=subprocess.DEVNULL)
+
+
+def print_row(name: str, concurrency: int, target: str, result: Measured, direct: Measured | None) -> None:
+    added = (
+        ""
+        if direct is None
+        else (f"{result.p50 - direct.p50:>9.2f}{result.p95 - direct.p95:>9.2f}{result.p99 - direct.p99:>9.2f}")
+    )
+    print(
+        f"{name:<22}{concurrency:>5} {target:<9}{result.throughput:>9.0f}{result.p50:>9.2f}{result.p95:>9.2f}"
+        f"{result.p99:>9.2f}{added}{'' if not result.errors else f'  errors={result.errors}'}",
+        flush=True,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--latency-ms", type=float, default=20.0, help="the mock upstream's own latency")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[8, 32])
+    parser.add_argument("--seconds", type=float, default=15.0, help="per measured run")
+    parser.add_argument("--workers", type=int, default=CPUS, help="gateway (and LiteLLM) worker processes")
+    parser.add_argument("--scenarios", nargs="+", default=[scenario.mode for scenario in SCENARIOS])
+    parser.add_argument("--sustained-requests", type=int, default=100_000, help="0 skips the memory run")
+    parser.add_argument("--vs-litellm", action="store_true")
+    parser.add_argument(
+        "--database-url",
+        default=os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/llmops_bench"),
+    )
+    parser.add_argument("--redis-url", default=os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/11"))
+    parser.add_argument("--mock-port", type=int, default=9191)
+    parser.add_argument("--gateway-port", type=int, default=8191)
+    parser.add_argument("--litellm-port", type=int, default=4191)
+    args = parser.parse_args()
+
+    for port in (args.mock_port, args.gateway_port, args.litellm_port):
+        refuse_busy_port(port)
+    ensure_database(args.database_url)
+    upstream_url = f"http://127.0.0.1:{args.mock_port}/v1"
+    key = setup_bench_tenant(args.database_url, upstream_url)
+    env = {
+        **os.environ,
+        "DATABASE_URL": args.database_url,
+        "REDIS_URL": args.redis_url,
+        "LLMOPS_LEDGER_MODE": "stream",
+        "LOG_LEVEL": "WARNING",
+        "SERVE_STATIC": "false",
+    }
+    shared_tiktoken = ROOT.parent / "shared" / "tiktoken"
+    if shared_tiktoken.is_dir():
+        env.setdefault("TIKTOKEN_CACHE_DIR", str(shared_tiktoken))
+    mock_command = [PYTHON, "manage.py", "mock_upstream", "--port", str(args.mock_port)]
+    gateway_command = [PYTHON, "-m", "uvicorn", "llmops.asgi:application", "--host", "127.0.0.1"]
+    gateway_command += ["--port", str(args.gateway_port), "--workers", str(args.workers), "--no-access-log"]
+    gateway_command += ["--log-level", "warning"]
+    processes = [
+        subprocess.Popen([*mock_command, "--latency-ms", str(args.latency_ms)], cwd=ROOT, env=env),
+        subprocess.Popen(gateway_command, cwd=ROOT, env=env),
+        subprocess.Popen([PYTHON, "manage.py", "ledger_drain", "--consumer", "bench"], cwd=ROOT, env=env),
+    ]
+    if args.vs_litellm:
+        processes.append(start_litellm(port=args.litellm_port, upstream_url=upstream_url, workers=args.workers))
+    try:
+        wait_until_up(f"http://127.0.0.1:{args.mock_port}/v1/models")
+        wait_until_up(f"http://127.0.0.1:{args.gateway_port}/healthz")
+        if args.vs_litellm:
+            wait_until_up(f"http://127.0.0.1:{args.litellm_port}/health/liveliness", timeout=120)
+        run(args, key, processes[1].pid)
+    finally:
+        for process in reversed(processes):
+            process.terminate()
+            process.wait(timeout=20)
+
+
+def run(args, key: str, gateway_pid: int) -> None:
+    direct_url = f"http://127.0.0.1:{args.mock_port}/v1/chat/completions"
+    gateway_url = f"http://127.0.0.1:{args.gateway_port}/v1/chat/completions"
+    litellm_url = f"http://127.0.0.1:{args.litellm_port}/v1/chat/completions"
+    warmup = 3.0
+    print(
+        f"upstream latency={args.latency_ms:g} ms, gateway workers={args.workers}, cpus={CPUS}, "
+        f"{args.seconds:g} s per run, wrk on the same cores; latencies in ms; added = minus direct in the same run"
+    )
+    print(
+        f"{'scenario':<22}{'conc':>5} {'target':<9}{'req/s':>9}{'p50':>9}{'p95':>9}{'p99':>9}"
+        f"{'+p50':>9}{'+p95':>9}{'+p99':>9}"
+    )
+    litellm_results: dict[int, tuple[Measured, Measured, Measured]] = {}
+    for scenario in (scenario for scenario in SCENARIOS if scenario.mode in args.scenarios):
+        if scenario.expected_cache != "miss":
+            status = cache_status(gateway_url, key, "auto", scenario.mode)
+            if status != scenario.expected_cache:
+                print(f"{scenario.name:<22} pending: the gateway answered x-llmops-cache={status or 'none'}")
+                continue
+        for concurrency in args.concurrency:
+            mock_mode = "stream" if scenario.mode == "stream" else "unique"
+            wrk(direct_url, model="mock-small", mode=mock_mode, key="mock", concurrency=concurrency, seconds=warmup)
+            direct = wrk(
+                direct_url,
+                model="mock-small",
+                mode=mock_mode,
+                key="mock",
+                concurrency=concurrency,
+                seconds=args.seconds,
+            )
+            print_row(scenario.name, concurrency, "direct", direct, None)
+            wrk(gateway_url, model="auto", mode=scenario.mode, key=key, concurrency=concurrency, seconds=warmup)
+            ours = wrk(
+                gateway_url, model="auto", mode=scenario.mode, key=key, concurrency=concurrency, seconds=args.seconds
+            )
+            print_row(scenario.name, concurrency, "llmops", ours, direct)
+            if args.vs_litellm and scenario.mode == "unique":
+                common = {"model": "bench-small", "mode": "unique", "key": LITELLM_KEY, "concurrency": concurrency}
+                wrk(litellm_url, **common, seconds=warmup)
+                theirs = wrk(litellm_url, **common, seconds=args.seconds)
+                print_row(scenario.name, concurrency, "litellm", theirs, direct)
+                litellm_results[concurrency] = (direct, ours, theirs)
+    for concurrency, (direct, ours, theirs) in sorted(litellm_results.items()):
+        added_ours, added_theirs = ours.p50 - direct.p50, theirs.p50 - direct.p50
+        print(
+            f"vs LiteLLM {LITELLM_VERSION} at concurrency {concurrency}: "
+            f"throughput x{ours.throughput / theirs.throughput:.2f}"
+            f", added p50 {added_ours:.2f} ms vs {added_theirs:.2f} ms (ratio {added_ours / added_theirs:.2f})"
+        )
+    if args.sustained_requests:
+        sustained(args, key, gateway_pid, gateway_url)
+
+
+def sustained(args, key: str, gateway_pid: int, gateway_url: str) -> None:
+    """RSS of the gateway's workers before and after at least ``--sustained-requests`` cache-miss requests."""
+    pids = worker_pids(gateway_pid)
+    before = rss_mb(pids)
+    print(f"memory: worker RSS MB before {', '.join(f'{size:.1f}' for size in before)}", flush=True)
+    done = 0
+    started = time.monotonic()
+    while done < args.sustained_requests:
+        result = wrk(gateway_url, model="auto", mode="unique", key=key, concurrency=32, seconds=20)
+        done += result.requests
+    minutes = (time.monotonic() - started) / 60
+    after = rss_mb(pids)
+    print(
+        f"memory: {done} requests in {minutes:.1f} min; worker RSS MB after "
+        f"{', '.join(f'{size:.1f}' for size in after)} (before {', '.join(f'{size:.1f}' for size in before)})"
+    )
+
+
+if __name__ == "__main__":
+    main()

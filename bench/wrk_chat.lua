@@ -1,0 +1,51 @@
+-- wrk script for bench/gateway_bench.py: POSTs one chat completion per request.
+-- Arguments after "--": <model> <mode> <bearer key> <run nonce>, mode one of
+--   unique      every prompt differs (a cache miss every time)
+--   same        one prompt (an exact cache hit after the first)
+--   paraphrase  rewordings of one question (semantic cache hits)
+--   stream      unique prompts with "stream": true
+local threads = {}
+local counter = 0
+local paraphrases = {
+  "What is the refund policy for late orders?",
+  "Whats the refund policy for orders that arrive late?",
+  "Explain the refund policy for late orders",
+  "What is your refund policy for late orders?",
+}
+
+function setup(thread)
+  thread:set("tid", #threads)
+  table.insert(threads, thread)
+end
+
+function init(args)
+  model, mode, nonce = args[1], args[2], args[4]
+  wrk.method = "POST"
+  wrk.headers["Content-Type"] = "application/json"
+  wrk.headers["Authorization"] = "Bearer " .. args[3]
+end
+
+function request()
+  counter = counter + 1
+  local content
+  if mode == "same" then
+    content = "Summarise the refund policy for late orders"
+  elseif mode == "paraphrase" then
+    content = paraphrases[(counter % #paraphrases) + 1]
+  else
+    content = "Summarise support ticket " .. nonce .. "-" .. tid .. "-" .. counter .. " about a late refund"
+  end
+  local stream = ""
+  if mode == "stream" then stream = ',"stream":true' end
+  local body = '{"model":"' .. model .. '","max_tokens":64,"messages":[{"role":"user","content":"'
+    .. content .. '"}]' .. stream .. '}'
+  return wrk.format(nil, nil, nil, body)
+end
+
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'WRK_JSON {"requests":%d,"duration_us":%d,"socket_errors":%d,"non2xx":%d,"p50":%d,"p95":%d,"p99":%d}\n',
+    summary.requests, summary.duration, e.connect + e.read + e.write + e.timeout, e.status,
+    latency:percentile(50), latency:percentile(95), latency:percentile(99)))
+end

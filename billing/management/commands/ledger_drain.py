@@ -1,0 +1,61 @@
+import signal
+import threading
+
+from django.core.management.base import BaseCommand, CommandError
+
+from billing.ledger_stream import (
+    BATCH_SIZE,
+    BLOCK_MS,
+    CLAIM_IDLE_MS,
+    default_consumer_name,
+    ledger_stream_backlog,
+    ledger_stream_client,
+    ledger_stream_drain,
+    ledger_stream_recover,
+    ledger_stream_run,
+    ledger_streaming,
+)
+
+
+class Command(BaseCommand):
+    help = (
+        "Move the gateway's ledger stream (Redis) into UsageRecord rows in bulk. Runs until SIGTERM/SIGINT; "
+        "--once drains what is there and exits. Run one or more per deployment; each needs a distinct --consumer."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument("--consumer", default="", help="Consumer name in the group; default drainer-<hostname>.")
+        parser.add_argument("--once", action="store_true", help="Recover, drain the backlog, then exit.")
+        parser.add_argument("--batch-size", type=int, default=BATCH_SIZE)
+        parser.add_argument("--block-ms", type=int, default=BLOCK_MS)
+        parser.add_argument(
+            "--claim-idle-seconds",
+            type=float,
+            default=CLAIM_IDLE_MS / 1000,
+            help="Take over entries another consumer has held unacknowledged this long (it died).",
+        )
+
+    def handle(self, *args, **options):
+        if not ledger_streaming():
+            raise CommandError("the ledger is not streamed: set REDIS_URL (and LLMOPS_LEDGER_MODE=stream)")
+        client = ledger_stream_client()
+        consumer = options["consumer"] or default_consumer_name()
+        claim_idle_ms = int(options["claim_idle_seconds"] * 1000)
+        if options["once"]:
+            settled = ledger_stream_recover(client=client, consumer=consumer, claim_idle_ms=claim_idle_ms)
+            while drained := ledger_stream_drain(client=client, consumer=consumer, batch_size=options["batch_size"]):
+                settled += drained
+            self.stdout.write(f"settled {settled} entries; backlog {ledger_stream_backlog(client=client)}")
+            return
+        stop = threading.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: stop.set())
+        self.stdout.write(f"draining {consumer}; backlog {ledger_stream_backlog(client=client)}")
+        ledger_stream_run(
+            client=client,
+            consumer=consumer,
+            stop=stop,
+            batch_size=options["batch_size"],
+            block_ms=options["block_ms"],
+            claim_idle_ms=claim_idle_ms,
+        )

@@ -1,0 +1,158 @@
+"""Running a batch's lines through the same pipeline as a synchronous call, in a Celery worker.
+
+Each line is one ``chat_completion_run`` under the batch's key: routing, caps, budgets, rate limits and the ledger
+apply as they do on /v1/chat/completions; its ledger row has endpoint ``/v1/batches`` and the tag ``batch:<id>``.
+
+Concurrency is bounded within one worker process, by asyncio semaphores: LLMOPS_BATCH_TENANT_CONCURRENCY lines of
+one tenant in flight at once, and LLMOPS_BATCH_PROVIDER_CONCURRENCY lines to one upstream provider (the provider
+of the model a line names; lines naming an alias share one slot group). N worker processes allow N times as many.
+"""
+
+import asyncio
+import logging
+from decimal import Decimal
+
+import orjson
+from django.conf import settings
+
+from llmops.db import database_sync_to_async
+from llmops.gateway import batch_delegation
+from llmops.gateway.batch_models import Batch, BatchStatus
+from llmops.gateway.batch_services import (
+    ClaimedLine,
+    batch_expire_if_due,
+    batch_finalize,
+    batch_lease_acquire,
+    batch_lease_release,
+    batch_lease_renew,
+    batch_validate,
+    line_record,
+    line_request_id,
+    lines_claim,
+)
+from llmops.gateway.call import GatewayCall
+from llmops.gateway.chat import chat_completion_run
+from llmops.gateway.errors import as_gateway_error
+from llmops.gateway.snapshot import config_snapshot
+from tenants.authentication import KeyPrincipal
+
+logger = logging.getLogger(__name__)
+
+BATCH_ENDPOINT = "/v1/batches"
+ALIAS_SLOT = "(routed)"
+
+_tenant_slots: dict[int, asyncio.Semaphore] = {}
+_provider_slots: dict[str, asyncio.Semaphore] = {}
+
+
+def _slot(slots: dict, key, size: int) -> asyncio.Semaphore:
+    if key not in slots:
+        slots[key] = asyncio.Semaphore(size)
+    return slots[key]
+
+
+def _db(function):
+    return database_sync_to_async(function)
+
+
+def batch_principal(batch: Batch) -> KeyPrincipal | None:
+    """The batch's key as the snapshot knows it now: a key revoked since the upload runs nothing more."""
+    principal = config_snapshot.current.keys.get(batch.api_key.prefix)
+    if principal is None or principal.revoked_at is not None or not principal.tenant_active:
+        return None
+    return principal
+
+
+async def batch_process(batch_id: str) -> None:
+    """Validate if needed, run what is left to run, and finalize; nothing when another runner holds the batch.
+
+    Safe to call again at any point: a runner that died leaves its lease to lapse, and the next one takes over.
+    """
+    if not await _db(batch_lease_acquire)(batch_id=batch_id):
+        return
+    heartbeat = asyncio.get_running_loop().create_task(_renew_lease(batch_id))
+    try:
+        await _process_leased(batch_id)
+    finally:
+        heartbeat.cancel()
+        await _db(batch_lease_release)(batch_id=batch_id)
+
+
+async def _renew_lease(batch_id: str) -> None:
+    while True:
+        await asyncio.sleep(settings.LLMOPS_BATCH_LEASE_SECONDS / 3)
+        await _db(batch_lease_renew)(batch_id=batch_id)
+
+
+async def _process_leased(batch_id: str) -> None:
+    await config_snapshot.ensure_fresh()
+    batch = await _db(Batch.objects.select_related("api_key").get)(pk=batch_id)
+    principal = batch_principal(batch)
+    if principal is None and batch.status in (BatchStatus.VALIDATING, BatchStatus.IN_PROGRESS):
+        logger.warning("batch %s stops: its key is revoked or its tenant disabled", batch_id)
+        await _db(Batch.objects.filter(pk=batch_id, status=batch.status).update)(status=BatchStatus.CANCELLING)
+    if batch.status == BatchStatus.VALIDATING and principal is not None:
+        batch = await _db(batch_validate)(batch=batch, snapshot=config_snapshot.current, principal=principal)
+    await _db(batch_expire_if_due)(batch_id=batch_id)
+    batch = await _db(Batch.objects.get)(pk=batch_id)
+    if batch.status == BatchStatus.IN_PROGRESS and principal is not None:
+        await batch_delegation.lines_delegate(batch=batch, principal=principal)
+        await _run_lines(batch, principal)
+    elif batch.provider_batches and principal is not None:
+        await batch_delegation.lines_delegate(batch=batch, principal=principal)
+    await _db(batch_finalize)(batch_id=batch_id)
+
+
+async def _run_lines(batch: Batch, principal: KeyPrincipal) -> None:
+    tenant_slots = settings.LLMOPS_BATCH_TENANT_CONCURRENCY
+    await asyncio.gather(*(_line_worker(batch, principal) for _ in range(tenant_slots)))
+
+
+async def _line_worker(batch: Batch, principal: KeyPrincipal) -> None:
+    tenant_slot = _slot(_tenant_slots, principal.tenant_id, settings.LLMOPS_BATCH_TENANT_CONCURRENCY)
+    while True:
+        async with tenant_slot:
+            claimed = await _db(lines_claim)(batch_id=batch.id, limit=1)
+            if not claimed:
+                return
+            await line_run(batch.id, principal, claimed[0])
+
+
+def _provider_of(line: ClaimedLine) -> str:
+    model = config_snapshot.current.catalog.models.get(str(line.body.get("model")))
+    return model.provider.name if model is not None else ALIAS_SLOT
+
+
+async def line_run(batch_id: str, principal: KeyPrincipal, line: ClaimedLine) -> None:
+    request_id = line_request_id(batch_id=batch_id, custom_id=line.custom_id, attempt=line.attempt)
+    call = GatewayCall(principal=principal, endpoint=BATCH_ENDPOINT, request_id=request_id)
+    provider_slot = _slot(_provider_slots, _provider_of(line), settings.LLMOPS_BATCH_PROVIDER_CONCURRENCY)
+    async with provider_slot:
+        try:
+            response = await chat_completion_run(
+                call, read_body=lambda: line.body, headers={"x-llmops-tags": f"batch:{batch_id}"}
+            )
+            status_code, body = response.status_code, orjson.loads(response.content)
+        except Exception as exc:
+            error = as_gateway_error(exc)
+            if error is None:
+                logger.exception("batch %s line %s failed unexpectedly", batch_id, line.custom_id)
+                status_code, message, code, error_type, param = (
+                    500,
+                    "Internal error.",
+                    "internal_error",
+                    "api_error",
+                    None,
+                )
+            else:
+                status_code, message, code = error.status_code, error.message, error.code
+                error_type, param = error.error_type, error.param
+            body = {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+    await _db(line_record)(
+        line=line,
+        batch_id=batch_id,
+        status_code=status_code,
+        response_body=body,
+        request_id=request_id,
+        cost_usd=Decimal(call.cost_usd or 0),
+    )

@@ -1,0 +1,48 @@
+"""/api/jobs: one chat completion run in the background, key-authenticated like /v1."""
+
+import orjson
+from django.db import transaction
+from django.http import HttpResponse
+
+from llmops.db import database_sync_to_async
+from llmops.gateway.batch_models import Job
+from llmops.gateway.errors import GatewayError
+from llmops.gateway.jobs_services import job_create, job_payload, job_webhook_secret
+from llmops.gateway.jobs_tasks import job_run_task
+from llmops.gateway.views import GatewayView
+
+
+def _json(payload: dict, status: int = 200) -> HttpResponse:
+    return HttpResponse(orjson.dumps(payload), status=status, content_type="application/json")
+
+
+def _job_create_and_enqueue(**arguments) -> Job:
+    with transaction.atomic():
+        job = job_create(**arguments)
+        transaction.on_commit(lambda: job_run_task.delay(job.id))
+    return job
+
+
+def _job_get(*, tenant_id: int, job_id: str) -> Job:
+    job = Job.objects.for_tenant(tenant_id).filter(pk=job_id).first()
+    if job is None:
+        raise GatewayError(f"No such job: {job_id}", status=404, code="not_found", param="id")
+    return job
+
+
+class JobsView(GatewayView):
+    async def post(self, request):
+        job = await database_sync_to_async(_job_create_and_enqueue)(principal=request.user, body=request.data)
+        return _json(job_payload(job), status=202)
+
+
+class JobDetailView(GatewayView):
+    async def get(self, request, job_id: str):
+        job = await database_sync_to_async(_job_get)(tenant_id=request.user.tenant_id, job_id=job_id)
+        return _json(job_payload(job))
+
+
+class JobWebhookSecretView(GatewayView):
+    async def get(self, request):
+        secret = await database_sync_to_async(job_webhook_secret)(tenant_id=request.user.tenant_id)
+        return _json({"object": "webhook_secret", "secret": secret, "algorithm": "hmac-sha256"})

@@ -1,0 +1,70 @@
+"""Payload logging: a tenant's prompts and answers, kept only when it turned logging on, and only redacted.
+
+`payload_log_record` runs on the gateway's path once a request is answered, in a worker thread (it writes
+to the database). Each process re-reads a tenant's settings at most every LLMOPS_PAYLOAD_LOG_SETTINGS_TTL_SECONDS.
+"""
+
+import re
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db.models import Q
+
+from tenants.models import PayloadLog, PayloadLogSettings
+from tenants.redaction import compile_custom_patterns, redact_value
+
+
+@dataclass(frozen=True, slots=True)
+class PayloadLogPolicy:
+    enabled: bool
+    custom_patterns: tuple[re.Pattern, ...]
+
+
+DISABLED = PayloadLogPolicy(enabled=False, custom_patterns=())
+_policies: dict[int, tuple[float, PayloadLogPolicy]] = {}
+
+
+def payload_log_policy(*, tenant_id: int) -> PayloadLogPolicy:
+    now = time.monotonic()
+    cached = _policies.get(tenant_id)
+    if cached is not None and cached[0] > now:
+        return cached[1]
+    row = PayloadLogSettings.objects.filter(tenant_id=tenant_id).first()
+    policy = DISABLED
+    if row is not None and row.enabled:
+        policy = PayloadLogPolicy(
+            enabled=True,
+            custom_patterns=compile_custom_patterns(tuple(line for line in row.custom_patterns.splitlines() if line)),
+        )
+    _policies[tenant_id] = (now + settings.LLMOPS_PAYLOAD_LOG_SETTINGS_TTL_SECONDS, policy)
+    return policy
+
+
+def payload_log_policies_forget() -> None:
+    """Drop what this process remembers, so the next request reads the settings again (tests, settings saves)."""
+    _policies.clear()
+
+
+def payload_log_record(*, tenant_id: int, request_id: str, request_body, response_body) -> PayloadLog | None:
+    """Store the request and answer, redacted, when the tenant logs payloads; otherwise store nothing."""
+    policy = payload_log_policy(tenant_id=tenant_id)
+    if not policy.enabled:
+        return None
+    return PayloadLog.objects.create(
+        tenant_id=tenant_id,
+        request_id=request_id,
+        request=redact_value(request_body, custom_patterns=policy.custom_patterns),
+        response=redact_value(response_body, custom_patterns=policy.custom_patterns),
+    )
+
+
+def payload_logs_purge(*, now: datetime) -> int:
+    """Delete rows older than their tenant's retention; a tenant with no settings row keeps none."""
+    expired = Q()
+    for tenant_id, retention_days in PayloadLogSettings.objects.values_list("tenant_id", "retention_days"):
+        expired |= Q(tenant_id=tenant_id, created_at__lt=now - timedelta(days=retention_days))
+    with_settings = PayloadLogSettings.objects.values("tenant_id")
+    deleted, _ = PayloadLog.objects.filter(expired | ~Q(tenant_id__in=with_settings)).delete()
+    return deleted

@@ -1,0 +1,190 @@
+"""Redaction of personal data and secrets from text before it is stored or logged.
+
+It lives in tenants, the bottom of the dependency chain, because every layer needs it: the logging
+filter, payload logs, the audit log and the gateway's answer check. Patterns are compiled once; each
+rule is one linear pass. Rules run in order, most specific first, so an API key is not half-eaten
+as a phone number; a candidate that fails its checksum (Luhn for cards, mod-97 for IBANs) is kept.
+"""
+
+import ipaddress
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from functools import lru_cache
+
+EMAIL = "[EMAIL]"
+PHONE = "[PHONE]"
+CARD = "[CARD]"
+IBAN = "[IBAN]"
+API_KEY = "[API_KEY]"
+AWS_ACCESS_KEY = "[AWS_ACCESS_KEY]"
+AWS_SECRET_KEY = "[AWS_SECRET_KEY]"
+JWT = "[JWT]"
+IP_ADDRESS = "[IP]"
+CUSTOM = "[REDACTED]"
+
+MAX_CUSTOM_PATTERN_CHARS = 500
+
+
+def luhn_valid(digits: str) -> bool:
+    total = 0
+    for position, char in enumerate(reversed(digits)):
+        digit = int(char)
+        if position % 2:
+            digit = digit * 2 - 9 if digit > 4 else digit * 2
+        total += digit
+    return total % 10 == 0
+
+
+def iban_valid(compact: str) -> bool:
+    if not 15 <= len(compact) <= 34:
+        return False
+    rearranged = compact[4:] + compact[:4]
+    return int("".join(str(int(char, 36)) for char in rearranged)) % 97 == 1
+
+
+def _card(match: re.Match) -> str:
+    digits = re.sub(r"[ -]", "", match.group(0))
+    return CARD if 13 <= len(digits) <= 19 and luhn_valid(digits) else match.group(0)
+
+
+def _iban(match: re.Match) -> str:
+    return IBAN if iban_valid(match.group(0).replace(" ", "")) else match.group(0)
+
+
+def _phone(match: re.Match) -> str:
+    digit_count = sum(char.isdigit() for char in match.group(0))
+    return PHONE if 7 <= digit_count <= 15 else match.group(0)
+
+
+def _ipv6(match: re.Match) -> str:
+    candidate = match.group(0)
+    if not any(char.isdigit() for char in candidate):
+        return candidate
+    try:
+        ipaddress.IPv6Address(candidate)
+    except ValueError:
+        return candidate
+    return IP_ADDRESS
+
+
+def _keep_prefix(placeholder: str) -> Callable[[re.Match], str]:
+    """Replace only the secret group, keeping the label in front of it (``aws_secret_access_key=``)."""
+
+    def replace(match: re.Match) -> str:
+        group = next(name for name in ("secret", "after_id") if name in match.re.groupindex and match.group(name))
+        return match.group(0)[: match.start(group) - match.start(0)] + placeholder
+
+    return replace
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    kind: str
+    pattern: re.Pattern
+    replacement: str | Callable[[re.Match], str]
+    is_secret: bool
+
+
+RULES: tuple[Rule, ...] = (
+    Rule(JWT, re.compile(r"\beyJ[A-Za-z0-9_-]{5,}\.eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{10,}"), JWT, True),
+    Rule(API_KEY, re.compile(r"\bsk-ant-[A-Za-z0-9_-]{20,}"), API_KEY, True),
+    Rule(API_KEY, re.compile(r"\bsk-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_-]{20,}"), API_KEY, True),
+    Rule(API_KEY, re.compile(r"\b(?:sk|rk)_(?:live|test)_[A-Za-z0-9]{16,}"), API_KEY, True),
+    Rule(API_KEY, re.compile(r"\b(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{22,})"), API_KEY, True),
+    Rule(API_KEY, re.compile(r"\bxox[abposr]-[A-Za-z0-9-]{10,}"), API_KEY, True),
+    Rule(API_KEY, re.compile(r"https://hooks\.slack\.com/services/[A-Za-z0-9/_-]+"), API_KEY, True),
+    Rule(API_KEY, re.compile(r"\bAIza[0-9A-Za-z_-]{35}(?![0-9A-Za-z_-])"), API_KEY, True),
+    Rule(API_KEY, re.compile(r"\bllmops-[0-9a-f]{12}-[A-Za-z0-9_-]{16,}"), API_KEY, True),
+    Rule(API_KEY, re.compile(r"(?i)\bbearer\s+(?P<secret>[A-Za-z0-9._~+/-]{16,}=*)"), _keep_prefix(API_KEY), True),
+    Rule(AWS_ACCESS_KEY, re.compile(r"\b(?:AKIA|ASIA|ABIA|ACCA)[0-9A-Z]{16}\b"), AWS_ACCESS_KEY, True),
+    # A secret access key is 40 base64 characters, too common a shape alone: it needs its label, or to follow
+    # an access key id the way Bedrock credentials are written (ACCESS_KEY_ID:SECRET_ACCESS_KEY).
+    Rule(
+        AWS_SECRET_KEY,
+        re.compile(
+            r"(?i:aws_?secret_?access_?key|secret_?access_?key|aws_?secret)[\"']?\s*[:=]\s*[\"']?"
+            r"(?P<secret>[A-Za-z0-9/+]{40})(?![A-Za-z0-9/+])"
+            r"|\[AWS_ACCESS_KEY\][:\s]"
+            r"(?P<after_id>[A-Za-z0-9/+]{40})(?![A-Za-z0-9/+])"
+        ),
+        _keep_prefix(AWS_SECRET_KEY),
+        True,
+    ),
+    Rule(EMAIL, re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b"), EMAIL, False),
+    Rule(IBAN, re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?\b"), _iban, False),
+    Rule(CARD, re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d-])"), _card, False),
+    Rule(
+        PHONE,
+        re.compile(
+            r"(?<![\w+])\+\d{1,3}(?:[ .-]?\(?\d{1,4}\)?){2,5}(?!\w)"
+            r"|(?<![\w.-])\(?\d{3}\)?[ .-]\d{3}[ .-]\d{4}(?![\w.-])"
+        ),
+        _phone,
+        False,
+    ),
+    Rule(
+        IP_ADDRESS,
+        re.compile(
+            r"(?<!\d\.)(?<!\w)(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?!\.?\d)(?!\w)"
+        ),
+        IP_ADDRESS,
+        False,
+    ),
+    Rule(IP_ADDRESS, re.compile(r"(?<![\w:])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![\w:])"), _ipv6, False),
+)
+SECRET_RULES = tuple(rule for rule in RULES if rule.is_secret)
+
+
+@lru_cache(maxsize=256)
+def compile_custom_patterns(patterns: tuple[str, ...]) -> tuple[re.Pattern, ...]:
+    """A tenant's own patterns, compiled once per distinct set. Invalid ones raise re.error (checked at save)."""
+    return tuple(re.compile(pattern) for pattern in patterns if pattern)
+
+
+def custom_pattern_errors(patterns: Iterable[str]) -> list[str]:
+    errors = []
+    for pattern in patterns:
+        if len(pattern) > MAX_CUSTOM_PATTERN_CHARS:
+            errors.append(f"{pattern[:40]}…: longer than {MAX_CUSTOM_PATTERN_CHARS} characters")
+            continue
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            errors.append(f"{pattern}: {exc}")
+    return errors
+
+
+def redact(text: str, *, custom_patterns: tuple[re.Pattern, ...] = ()) -> str:
+    """`text` with every recognised secret and personal datum replaced by its typed placeholder."""
+    for rule in RULES:
+        text = rule.pattern.sub(rule.replacement, text)
+    for pattern in custom_patterns:
+        text = pattern.sub(CUSTOM, text)
+    return text
+
+
+def redact_value(value, *, custom_patterns: tuple[re.Pattern, ...] = ()):
+    """Redact every string inside a JSON-like value (dict keys included), keeping its shape."""
+    if isinstance(value, str):
+        return redact(value, custom_patterns=custom_patterns)
+    if isinstance(value, dict):
+        return {
+            redact(str(key), custom_patterns=custom_patterns): redact_value(item, custom_patterns=custom_patterns)
+            for key, item in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [redact_value(item, custom_patterns=custom_patterns) for item in value]
+    return value
+
+
+def secret_kinds_in(text: str) -> list[str]:
+    """The kinds of credential (not personal data) that appear in `text`, for checks that refuse rather than redact."""
+    kinds = []
+    for rule in SECRET_RULES:
+        for match in rule.pattern.finditer(text):
+            replaced = rule.replacement(match) if callable(rule.replacement) else rule.replacement
+            if replaced != match.group(0):
+                kinds.append(rule.kind)
+                break
+    return kinds

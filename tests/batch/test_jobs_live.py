@@ -1,0 +1,88 @@
+"""Async single jobs: 202 at once, run by the live worker, the answer kept and sent to a signed webhook."""
+
+import hashlib
+import hmac
+
+import httpx
+import orjson
+import pytest
+
+from billing.models import UsageRecord
+from tests.batch.conftest import wait_for
+from tests.servers import ThreadedServer
+
+pytestmark = pytest.mark.live
+
+
+class WebhookReceiver:
+    def __init__(self):
+        self.received: list[tuple[dict, bytes]] = []
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        self.received.append(({k.decode(): v.decode() for k, v in scope["headers"]}, body))
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+
+@pytest.fixture
+def receiver():
+    app = WebhookReceiver()
+    with ThreadedServer(app) as server:
+        server.app = app
+        yield server
+
+
+def test_job_runs_in_the_background_and_posts_a_signed_webhook(worker, gateway, acme, receiver):
+    headers = {"Authorization": f"Bearer {acme.key}"}
+    request = {
+        "model": "acme-small",
+        "messages": [{"role": "user", "content": "Write the quarterly report"}],
+        "callback_url": f"{receiver.url}/hooks/llmops",
+    }
+
+    accepted = httpx.post(f"{gateway.url}/api/jobs", json=request, headers=headers)
+    job_id = accepted.json()["id"]
+    wait_for(lambda: receiver.app.received)
+    finished = httpx.get(f"{gateway.url}/api/jobs/{job_id}", headers=headers).json()
+    secret = httpx.get(f"{gateway.url}/api/jobs/webhook-secret", headers=headers).json()["secret"]
+
+    assert accepted.status_code == 202 and accepted.json()["status"] == "queued"
+    assert finished["status"] == "completed" and finished["status_code"] == 200
+    assert finished["result"]["object"] == "chat.completion"
+    record = wait_for(lambda: UsageRecord.objects.filter(request_id=finished["request_id"]).first(), timeout=10)
+    assert record.endpoint == "/api/jobs" and f"{record.cost_usd:f}" == finished["cost_usd"]
+    (hook_headers, body), *_ = receiver.app.received
+    expected = hmac.new(
+        secret.encode(), f"{hook_headers['x-llmops-timestamp']}.".encode() + body, hashlib.sha256
+    ).hexdigest()
+    assert hook_headers["x-llmops-signature"] == f"sha256={expected}"
+    assert hook_headers["x-llmops-job-id"] == job_id and orjson.loads(body)["id"] == job_id
+    wait_for(
+        lambda: httpx.get(f"{gateway.url}/api/jobs/{job_id}", headers=headers).json()["webhook"]["state"] == "delivered"
+    )
+
+
+def test_job_refusals_and_another_tenants_job(live_broker, gateway, acme, globex):
+    headers = {"Authorization": f"Bearer {acme.key}"}
+    body = {"model": "acme-small", "messages": [{"role": "user", "content": "hi"}]}
+
+    bad_url = httpx.post(
+        f"{gateway.url}/api/jobs", json={**body, "callback_url": "file:///etc/passwd"}, headers=headers
+    )
+    bad_body = httpx.post(f"{gateway.url}/api/jobs", json={"model": "acme-small"}, headers=headers)
+    no_key = httpx.post(f"{gateway.url}/api/jobs", json=body)
+    job_id = httpx.post(f"{gateway.url}/api/jobs", json=body, headers=headers).json()["id"]
+    foreign = httpx.get(f"{gateway.url}/api/jobs/{job_id}", headers={"Authorization": f"Bearer {globex.key}"})
+
+    assert (bad_url.status_code, bad_url.json()["error"]["param"]) == (400, "callback_url")
+    assert (bad_body.status_code, bad_body.json()["error"]["param"]) == (400, "messages")
+    assert no_key.status_code == 401
+    assert foreign.status_code == 404

@@ -1,0 +1,129 @@
+"""Bad input rejected at validation with per-line errors and nothing run; another tenant's ids answer 404."""
+
+import io
+from decimal import Decimal
+
+import openai
+import pytest
+from openai import OpenAI
+
+from billing.budgets.services import budget_create
+from billing.models import UsageRecord
+from llmops.gateway.batch_models import BatchLine
+from tests.batch.conftest import chat_line, jsonl
+from tests.batch.test_batches_live import rows, upload, wait_finished
+
+pytestmark = pytest.mark.live
+
+
+def test_invalid_lines_fail_validation_with_line_numbers_and_run_nothing(worker, openai_client, acme):
+    lines = [
+        chat_line("fine", "acme-small"),
+        b"{not json",
+        {**chat_line("other-endpoint", "acme-small"), "url": "/v1/embeddings"},
+        chat_line("fine", "acme-small"),
+        {**chat_line("no-messages", "acme-small"), "body": {"model": "acme-small"}},
+    ]
+    batch = openai_client.batches.create(
+        input_file_id=upload(openai_client, lines), endpoint="/v1/chat/completions", completion_window="24h"
+    )
+
+    done = wait_finished(openai_client, batch.id)
+
+    assert done.status == "failed" and done.failed_at
+    assert [(error.line, error.code) for error in done.errors.data] == [
+        (2, "invalid_json_line"),
+        (3, "mismatched_endpoint"),
+        (4, "duplicate_custom_id"),
+        (5, "missing_required_parameter"),
+    ]
+    assert [row["line"] for row in rows(openai_client, done.error_file_id)] == [2, 3, 4, 5]
+    assert done.output_file_id is None
+    assert not BatchLine.objects.filter(batch_id=batch.id).exists()
+    assert not UsageRecord.objects.filter(tenant=acme.tenant).exists()
+
+
+def test_batch_over_the_budget_is_refused_before_anything_runs(worker, openai_client, acme):
+    budget_create(tenant=acme.tenant, limit_usd=Decimal("0.001"))
+    # Worst case of each line: 4,096 answer tokens at 0.60 USD per million, about 0.0025 USD: over the budget.
+    batch = openai_client.batches.create(
+        input_file_id=upload(openai_client, [chat_line("a", "acme-small"), chat_line("b", "acme-small")]),
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+    )
+
+    done = wait_finished(openai_client, batch.id)
+
+    assert done.status == "failed"
+    assert [error.code for error in done.errors.data] == ["budget_exceeded"]
+    assert not UsageRecord.objects.filter(tenant=acme.tenant).exists()
+
+
+def test_upload_refusals(live_broker, files_root, openai_client, settings):
+    settings.LLMOPS_FILES_MAX_BYTES = 100
+    big = jsonl([chat_line(f"line-{n}", "acme-small") for n in range(5)])
+
+    with pytest.raises(openai.APIStatusError) as too_large:
+        openai_client.files.create(file=("big.jsonl", io.BytesIO(big)), purpose="batch")
+    with pytest.raises(openai.BadRequestError) as wrong_purpose:
+        openai_client.files.create(file=("a.jsonl", io.BytesIO(b"{}\n")), purpose="fine-tune")
+    with pytest.raises(openai.BadRequestError) as wrong_window:
+        file_id = openai_client.files.create(file=("a.jsonl", io.BytesIO(b"{}\n")), purpose="batch").id
+        openai_client.batches.create(input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="1h")
+
+    assert (too_large.value.status_code, too_large.value.code) == (413, "file_too_large")
+    assert wrong_purpose.value.param == "purpose"
+    assert wrong_window.value.param == "completion_window"
+
+
+def test_files_and_batches_of_another_tenant_answer_404(live_broker, files_root, gateway, openai_client, acme, globex):
+    file_id = upload(openai_client, [chat_line("a", "acme-small")])
+    batch = openai_client.batches.create(
+        input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    with OpenAI(base_url=f"{gateway.url}/v1", api_key=globex.key, max_retries=0) as intruder:
+        calls = [
+            lambda: intruder.files.retrieve(file_id),
+            lambda: intruder.files.content(file_id),
+            lambda: intruder.files.delete(file_id),
+            lambda: intruder.batches.retrieve(batch.id),
+            lambda: intruder.batches.cancel(batch.id),
+            lambda: intruder.batches.create(
+                input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h"
+            ),
+        ]
+        for call in calls:
+            with pytest.raises(openai.NotFoundError):
+                call()
+        assert intruder.files.list().data == [] and intruder.batches.list().data == []
+
+    assert [f.id for f in openai_client.files.list().data] == [file_id]
+    assert [b.id for b in openai_client.batches.list().data] == [batch.id]
+
+
+def test_batches_list_pages_with_after_and_limit(live_broker, files_root, openai_client, acme):
+    file_id = upload(openai_client, [chat_line("a", "acme-small")])
+    created = [
+        openai_client.batches.create(input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h").id
+        for _ in range(5)
+    ]
+
+    first = openai_client.batches.list(limit=2)
+    second = openai_client.batches.list(limit=2, after=first.data[-1].id)
+    every = [batch.id for batch in openai_client.batches.list(limit=2)]
+
+    newest_first = list(reversed(created))
+    assert [b.id for b in first.data] == newest_first[:2] and first.has_more
+    assert [b.id for b in second.data] == newest_first[2:4]
+    assert every == newest_first
+
+
+def test_deleted_file_is_gone_but_its_content_was_removed_too(live_broker, files_root, openai_client, acme):
+    file_id = upload(openai_client, [chat_line("a", "acme-small")])
+
+    deleted = openai_client.files.delete(file_id)
+
+    assert deleted.deleted and deleted.id == file_id
+    with pytest.raises(openai.NotFoundError):
+        openai_client.files.retrieve(file_id)
+    assert not any(files_root.rglob(f"{file_id}*"))

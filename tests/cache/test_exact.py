@@ -1,0 +1,159 @@
+"""Exact caching through the live gateway: keys, TTL, tenant isolation, tiers, client control, bad entries."""
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from billing.models import UsageRecord
+from llmops.redis import sync_redis
+from routing.cache.store import cache_entries_expire, redis_key
+from routing.models import CacheEntry
+from routing.services import tenant_model_access_set
+from tests.cache.conftest import CACHE_TTL_SECONDS, cache_policy, chat
+from tests.factories import ModelFactory
+
+QUESTION = "What is our refund window for annual plans?"
+
+
+def ledger(response) -> UsageRecord:
+    return UsageRecord.objects.get(request_id=response.headers["x-llmops-request-id"])
+
+
+def test_a_repeated_request_is_an_exact_hit_that_costs_nothing(gateway, acme_caching, mock_upstream):
+    first = chat(gateway, acme_caching, QUESTION)
+    served_before = mock_upstream.app.requests_served
+    second = chat(gateway, acme_caching, QUESTION)
+
+    assert first.headers["x-llmops-cache"] == "miss"
+    assert second.status_code == 200
+    assert second.headers["x-llmops-cache"] == "hit-exact"
+    assert mock_upstream.app.requests_served == served_before
+    assert second.json()["choices"] == first.json()["choices"]
+    assert second.json()["id"] != first.json()["id"]
+    missed, hit = ledger(first), ledger(second)
+    assert missed.cost_usd > 0
+    assert (hit.cost_usd, hit.cache_status, hit.saved_cache_usd) == (0, "hit-exact", missed.cost_usd)
+    assert second.headers["x-llmops-cost-usd"] == "0.0000000000"
+    assert CacheEntry.objects.get(tenant=acme_caching.tenant).hit_count == 1
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"max_tokens": 7}, {"seed": 42}, {"top_p": 0.5}, {"stop": ["\n"]}, {"response_format": {"type": "json_object"}}],
+)
+def test_any_option_that_changes_the_answer_misses(gateway, acme_caching, change):
+    chat(gateway, acme_caching, QUESTION)
+    assert chat(gateway, acme_caching, QUESTION, **change).headers["x-llmops-cache"] == "miss"
+
+
+def test_another_model_misses(gateway, acme_caching):
+    chat(gateway, acme_caching, QUESTION)
+    assert chat(gateway, acme_caching, QUESTION, model=acme_caching.large.name).headers["x-llmops-cache"] == "miss"
+
+
+def test_nondeterministic_requests_and_several_choices_bypass_unless_the_rule_opts_in(gateway, acme, embedder):
+    cache_policy(acme)
+    for options in ({"temperature": None}, {"temperature": 0.7}, {"n": 2}):
+        responses = [chat(gateway, acme, QUESTION, **options) for _ in range(2)]
+        assert [r.headers["x-llmops-cache"] for r in responses] == ["bypass", "bypass"], options
+    assert not CacheEntry.objects.exists()
+
+
+def test_a_rule_may_cache_nondeterministic_requests(gateway, acme, embedder):
+    cache_policy(acme, nondeterministic=True)
+    chat(gateway, acme, QUESTION, temperature=0.7)
+    assert chat(gateway, acme, QUESTION, temperature=0.7).headers["x-llmops-cache"] == "hit-exact"
+
+
+def test_without_a_ttl_on_the_rule_nothing_is_cached(gateway, acme):
+    responses = [chat(gateway, acme, QUESTION) for _ in range(2)]
+    assert [r.headers["x-llmops-cache"] for r in responses] == ["bypass", "bypass"]
+
+
+def test_an_expired_entry_misses_and_the_expiry_job_deletes_it(gateway, acme_caching):
+    chat(gateway, acme_caching, QUESTION)
+    entry = CacheEntry.objects.get()
+    key = redis_key(acme_caching.tenant.pk, entry.served_model, entry.key_hash)
+    assert 0 < sync_redis().ttl(key) <= CACHE_TTL_SECONDS
+    assert entry.expires_at - entry.created_at == pytest.approx(
+        timedelta(seconds=CACHE_TTL_SECONDS), abs=timedelta(seconds=5)
+    )
+
+    CacheEntry.objects.update(expires_at=timezone.now() - timedelta(seconds=1))
+    sync_redis().delete(key)  # Redis drops it by the same TTL
+    assert chat(gateway, acme_caching, QUESTION).headers["x-llmops-cache"] == "miss"
+    CacheEntry.objects.update(expires_at=timezone.now() - timedelta(seconds=1))
+    assert cache_entries_expire() == 1
+    assert not CacheEntry.objects.exists()
+
+
+def test_identical_prompts_from_two_tenants_never_share_an_answer(gateway, acme_caching, globex_caching):
+    # globex may use acme's model too, so only the tenant tells the two requests apart.
+    tenant_model_access_set(
+        tenant=globex_caching.tenant, allowed_models=[acme_caching.small], default_model=acme_caching.small
+    )
+    assert chat(gateway, acme_caching, QUESTION).headers["x-llmops-cache"] == "miss"
+    assert chat(gateway, acme_caching, QUESTION).headers["x-llmops-cache"] == "hit-exact"
+    as_globex = {"model": acme_caching.small.name, "headers": {"x-llmops-cache": "no-store"}}
+    assert chat(gateway, globex_caching, QUESTION, **as_globex).headers["x-llmops-cache"] == "miss"
+    paraphrase = "For annual plans, what is our refund window?"
+    assert chat(gateway, acme_caching, paraphrase).headers["x-llmops-cache"] == "hit-semantic"
+    assert chat(gateway, globex_caching, paraphrase, **as_globex).headers["x-llmops-cache"] == "miss"
+    assert not CacheEntry.objects.filter(tenant=globex_caching.tenant).exists()
+
+
+def test_a_flushed_redis_still_hits_from_postgres_and_is_refilled(gateway, acme_caching):
+    chat(gateway, acme_caching, QUESTION)
+    sync_redis().flushdb()
+    assert chat(gateway, acme_caching, QUESTION).headers["x-llmops-cache"] == "hit-exact"
+    entry = CacheEntry.objects.get()
+    assert sync_redis().exists(redis_key(acme_caching.tenant.pk, entry.served_model, entry.key_hash))
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        ({"x-llmops-cache": "bypass"}, "bypass"),
+        ({"cache-control": "no-cache"}, "bypass"),
+        ({"x-llmops-cache": "no-store"}, "hit-exact"),
+        ({"cache-control": "no-store"}, "hit-exact"),
+    ],
+)
+def test_client_cache_control_on_reading(gateway, acme_caching, headers, status):
+    chat(gateway, acme_caching, QUESTION)
+    assert chat(gateway, acme_caching, QUESTION, headers=headers).headers["x-llmops-cache"] == status
+
+
+@pytest.mark.parametrize("headers", [{"x-llmops-cache": "no-store"}, {"cache-control": "no-store"}])
+def test_no_store_keeps_nothing(gateway, acme_caching, headers):
+    chat(gateway, acme_caching, QUESTION, headers=headers)
+    assert not CacheEntry.objects.exists()
+    assert chat(gateway, acme_caching, QUESTION).headers["x-llmops-cache"] == "miss"
+
+
+def test_bypass_still_stores_the_fresh_answer(gateway, acme_caching):
+    chat(gateway, acme_caching, QUESTION, headers={"x-llmops-cache": "bypass"})
+    assert chat(gateway, acme_caching, QUESTION).headers["x-llmops-cache"] == "hit-exact"
+
+
+def test_upstream_errors_are_not_cached(gateway, acme_caching):
+    failing = ModelFactory(name="acme-failing", provider=acme_caching.small.provider, upstream_name="fail-500")
+    tenant_model_access_set(
+        tenant=acme_caching.tenant, allowed_models=[acme_caching.small, failing], default_model=acme_caching.small
+    )
+    assert chat(gateway, acme_caching, QUESTION, model=failing.name).status_code >= 500
+    assert chat(gateway, acme_caching, QUESTION, model=failing.name).headers.get("x-llmops-cache") != "hit-exact"
+    assert not CacheEntry.objects.exists()
+
+
+def test_a_corrupt_entry_is_a_miss_not_an_error(gateway, acme_caching):
+    chat(gateway, acme_caching, QUESTION)
+    entry = CacheEntry.objects.get()
+    CacheEntry.objects.update(answer={"choices": "not a list"})
+    sync_redis().set(redis_key(acme_caching.tenant.pk, entry.served_model, entry.key_hash), b"{not json")
+
+    response = chat(gateway, acme_caching, QUESTION)
+    assert response.status_code == 200
+    assert response.headers["x-llmops-cache"] == "miss"
+    assert chat(gateway, acme_caching, QUESTION).headers["x-llmops-cache"] == "hit-exact"

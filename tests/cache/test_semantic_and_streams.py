@@ -1,0 +1,97 @@
+"""Semantic hits and the near-miss guard, and streamed answers, through the live gateway."""
+
+import openai
+import pytest
+
+from billing.models import UsageRecord
+from routing.models import CacheEntry, CacheEntryKind
+from routing.services import tenant_model_access_set
+from tests.cache.conftest import chat
+from tests.factories import ModelFactory
+
+NEAR_MISSES = [
+    ("numbers", "How many days are there in 3 weeks?", "How many days are there in 5 weeks?"),
+    ("identifier", "What is the shipping status of order #A10482?", "What is the shipping status of order #A10428?"),
+    ("named entity", "What is the capital of France?", "What is the capital of Germany?"),
+    ("negation", "How do I enable 2FA on my account?", "How do I disable 2FA on my account?"),
+    ("language", "How do I reverse a string in Python?", "How do I reverse a string in JavaScript?"),
+    ("unit direction", "Convert 30 degrees Celsius to Fahrenheit", "Convert 30 degrees Fahrenheit to Celsius"),
+    (
+        "format",
+        "Summarize the benefits of exercise in 3 bullet points",
+        "Summarize the benefits of exercise in 5 bullet points",
+    ),
+]
+
+
+def test_a_paraphrase_is_a_semantic_hit(gateway, acme_caching, mock_upstream):
+    first = chat(gateway, acme_caching, "What is the capital of France?")
+    served_before = mock_upstream.app.requests_served
+    second = chat(gateway, acme_caching, "what's France's capital city")
+
+    assert first.headers["x-llmops-cache"] == "miss"
+    assert second.headers["x-llmops-cache"] == "hit-semantic"
+    assert 0.8 <= float(second.headers["x-llmops-cache-similarity"]) < 1
+    assert mock_upstream.app.requests_served == served_before
+    assert second.json()["choices"] == first.json()["choices"]
+    row = UsageRecord.objects.get(request_id=second.headers["x-llmops-request-id"])
+    assert (row.cost_usd, row.cache_status) == (0, "hit-semantic")
+    assert row.saved_cache_usd > 0
+    assert CacheEntry.objects.get().kind == CacheEntryKind.SEMANTIC
+
+
+@pytest.mark.parametrize(("kind", "stored", "asked"), NEAR_MISSES, ids=[kind for kind, *_ in NEAR_MISSES])
+def test_a_near_miss_is_refused(gateway, acme_caching, kind, stored, asked):
+    chat(gateway, acme_caching, stored)
+    response = chat(gateway, acme_caching, asked)
+    assert response.headers["x-llmops-cache"] == "miss"
+    assert "x-llmops-cache-similarity" not in response.headers
+
+
+def test_the_same_question_in_another_conversation_misses(gateway, acme_caching):
+    chat(gateway, acme_caching, "And what about the second one?", system="You answer questions about invoices.")
+    other = chat(gateway, acme_caching, "And what about the second one?", system="You answer questions about cars.")
+    assert other.headers["x-llmops-cache"] == "miss"
+
+
+def _stream(openai_client, model, content, **options):
+    return list(
+        openai_client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": content}], temperature=0, stream=True, **options
+        )
+    )
+
+
+def test_a_streamed_answer_is_cached_and_replayed_as_a_stream(gateway, acme_caching, openai_client, mock_upstream):
+    question = "Describe the onboarding checklist"
+    first = _stream(openai_client, acme_caching.small.name, question)
+    served_before = mock_upstream.app.requests_served
+    raw = openai_client.chat.completions.with_raw_response.create(
+        model=acme_caching.small.name,
+        messages=[{"role": "user", "content": question}],
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    replay = list(raw.parse())
+
+    assert raw.headers["x-llmops-cache"] == "hit-exact"
+    assert mock_upstream.app.requests_served == served_before
+    text = "".join(chunk.choices[0].delta.content or "" for chunk in first if chunk.choices)
+    assert "".join(chunk.choices[0].delta.content or "" for chunk in replay if chunk.choices) == text
+    assert replay[-1].usage is not None and replay[-1].usage.completion_tokens > 0
+    assert [c.choices[0].finish_reason for c in replay if c.choices][-1] == "stop"
+    # The stored stream also answers a non-streaming request.
+    plain = chat(gateway, acme_caching, question)
+    assert plain.headers["x-llmops-cache"] == "hit-exact"
+    assert plain.json()["choices"][0]["message"]["content"] == text
+
+
+def test_a_truncated_stream_is_not_cached(gateway, acme_caching, openai_client):
+    breaking = ModelFactory(name="acme-breaking", provider=acme_caching.small.provider, upstream_name="mock-break")
+    tenant_model_access_set(
+        tenant=acme_caching.tenant, allowed_models=[acme_caching.small, breaking], default_model=acme_caching.small
+    )
+    with pytest.raises(openai.APIError, match="ended the stream"):
+        _stream(openai_client, breaking.name, "Tell me a long story about caching")
+    assert not CacheEntry.objects.exists()

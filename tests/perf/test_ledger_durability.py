@@ -1,0 +1,213 @@
+"""The durable ledger: kill -9 of the gateway and the drainer under load loses no row a client was answered for,
+and draining again, or with two drainers, never duplicates one."""
+
+import asyncio
+import threading
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+import httpx
+import pytest
+from django.core.management import call_command
+from django.db import connection
+from django.db.models import Sum
+from django.utils import timezone
+
+from billing.ledger_stream import (
+    EVENT_FIELD,
+    GROUP,
+    STREAM_KEY,
+    ledger_event_append,
+    ledger_stream_client,
+    ledger_stream_drain,
+    ledger_stream_recover,
+    usage_event_encode,
+)
+from billing.models import UsageRecord
+from billing.services import UsageEvent, usage_record_create
+from llmops.redis import sync_redis
+from tests.conftest import make_tenant_setup
+
+TOTAL_REQUESTS = 600
+CONCURRENCY = 16
+KILL_AFTER_ANSWERS = 150
+
+
+@dataclass
+class LoadOutcome:
+    answered: dict[str, Decimal] = field(default_factory=dict)
+    failed: int = 0
+
+
+async def drive_load(url: str, key: str, model: str, on_answered) -> LoadOutcome:
+    """Send TOTAL_REQUESTS chat completions, CONCURRENCY at a time; note the cost of each one answered with 200."""
+    outcome = LoadOutcome()
+    remaining = iter(range(TOTAL_REQUESTS))
+    body = {"model": model, "messages": [{"role": "user", "content": "Summarise the refund policy"}]}
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        for _ in remaining:
+            try:
+                response = await client.post(f"{url}/v1/chat/completions", json=body)
+            except httpx.TransportError:
+                outcome.failed += 1
+                await asyncio.sleep(0.05)
+                continue
+            if response.status_code != 200:
+                outcome.failed += 1
+                continue
+            outcome.answered[response.headers["x-llmops-request-id"]] = Decimal(response.headers["x-llmops-cost-usd"])
+            await on_answered(len(outcome.answered))
+
+    headers = {"authorization": f"Bearer {key}"}
+    async with httpx.AsyncClient(headers=headers, timeout=10) as client:
+        await asyncio.gather(*(worker(client) for _ in range(CONCURRENCY)))
+    return outcome
+
+
+def wait_for_empty_stream(timeout: float = 30.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while sync_redis().xlen(STREAM_KEY):
+        assert time.monotonic() < deadline, f"{sync_redis().xlen(STREAM_KEY)} ledger records never drained"
+        time.sleep(0.05)
+
+
+def test_kill_9_of_gateway_and_drainer_mid_load_loses_no_answered_request(spawn, gateway_port, mock_upstream):
+    setup = make_tenant_setup(mock_upstream.url, slug="perf")
+    start_gateway, start_drainer = spawn
+    gateway = start_gateway(gateway_port).start()
+    drainer = start_drainer("perf-a").start()
+    killed = asyncio.Event()
+
+    async def kill_and_restart_mid_load(answered: int) -> None:
+        if answered < KILL_AFTER_ANSWERS or killed.is_set():
+            return
+        killed.set()
+        gateway.kill()
+        drainer.kill()
+        await asyncio.to_thread(gateway.start)
+        drainer.start()
+        start_drainer("perf-b").start()
+
+    outcome = asyncio.run(
+        drive_load(f"http://127.0.0.1:{gateway_port}", setup.key, setup.small.name, kill_and_restart_mid_load)
+    )
+    wait_for_empty_stream()
+    call_command("ledger_drain", "--once", "--consumer", "perf-check")
+    call_command("ledger_drain", "--once", "--consumer", "perf-check")
+
+    assert killed.is_set() and outcome.failed > 0, "the gateway was not killed while requests were in flight"
+    assert len(outcome.answered) > KILL_AFTER_ANSWERS
+    answered = UsageRecord.objects.filter(request_id__in=outcome.answered)
+    assert answered.count() == len(outcome.answered)
+    assert answered.aggregate(total=Sum("cost_usd"))["total"] == sum(outcome.answered.values())
+    # Requests cut off by the kill may or may not have their row; none has two, and nothing else appears.
+    assert UsageRecord.objects.count() <= len(outcome.answered) + outcome.failed
+
+
+@pytest.fixture
+def ledger_tenant(transactional_db, ledger_drainer):
+    """A tenant to charge, with the session's drainer thread paused: these tests are the drainers."""
+    with ledger_drainer.paused():
+        yield make_tenant_setup("http://127.0.0.1:9", slug="ledger")
+
+
+def make_events(setup, count: int) -> list[UsageEvent]:
+    now = timezone.now()
+    return [
+        UsageEvent(
+            request_id=f"req_drain_{index:04d}",
+            tenant_id=setup.tenant.id,
+            team_id=setup.team.id,
+            api_key_id=setup.api_key.id,
+            created_at=now,
+            http_status=200,
+            served_model=setup.small.name,
+            prompt_tokens=100 + index,
+            completion_tokens=20,
+            cost_usd=Decimal("0.0000123457") * (index + 1),
+            tags=["drain"],
+        )
+        for index in range(count)
+    ]
+
+
+async def append_all(events: list[UsageEvent]) -> None:
+    for event in events:
+        await ledger_event_append(event=event)
+
+
+def run_in_threads(*targets) -> None:
+    """Each target runs on its own thread, with its own database connection, as separate drainers would."""
+
+    def closing(target):
+        def run():
+            try:
+                target()
+            finally:
+                connection.close()
+
+        return run
+
+    threads = [threading.Thread(target=closing(target)) for target in targets]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+
+
+def test_restarted_and_competing_drainers_settle_every_record_exactly_once(ledger_tenant):
+    events = make_events(ledger_tenant, 50)
+    client = ledger_stream_client()
+    asyncio.run(append_all(events))
+    assert client.xlen(STREAM_KEY) == 50 and not UsageRecord.objects.exists()
+
+    # One drainer read 20 entries and died; another read 10, inserted them, and died before acknowledging.
+    ledger_stream_recover(client=client, consumer="died-after-read")
+    client.xreadgroup(GROUP, "died-after-read", {STREAM_KEY: ">"}, count=20)
+    client.xreadgroup(GROUP, "died-after-insert", {STREAM_KEY: ">"}, count=10)
+    for event in events[20:30]:
+        usage_record_create(event=event)
+
+    # The first restarts under its name and settles its own pending entries, leaving the other's alone.
+    assert ledger_stream_recover(client=client, consumer="died-after-read", claim_idle_ms=600_000) == 20
+    assert UsageRecord.objects.count() == 30
+
+    # Two drainers at once: they claim the dead one's entries and share the rest; the replayed inserts are no-ops.
+    def drainer(name: str):
+        return lambda: (
+            ledger_stream_recover(client=ledger_stream_client(), consumer=name, claim_idle_ms=0),
+            ledger_stream_drain(client=ledger_stream_client(), consumer=name, batch_size=7),
+            ledger_stream_drain(client=ledger_stream_client(), consumer=name, batch_size=7),
+            ledger_stream_drain(client=ledger_stream_client(), consumer=name, batch_size=7),
+        )
+
+    run_in_threads(drainer("b"), drainer("c"))
+    # The same events appended again (a client retry of the XADD, a replayed stream) change nothing.
+    client.xadd(STREAM_KEY, {EVENT_FIELD: usage_event_encode(events[0])})
+    client.xadd(STREAM_KEY, {EVENT_FIELD: usage_event_encode(events[49])})
+    call_command("ledger_drain", "--once", "--consumer", "b")
+    call_command("ledger_drain", "--once", "--consumer", "c")
+
+    assert client.xlen(STREAM_KEY) == 0
+    assert client.xpending(STREAM_KEY, GROUP)["pending"] == 0
+    assert UsageRecord.objects.count() == 50
+    assert UsageRecord.objects.aggregate(total=Sum("cost_usd"))["total"] == sum(event.cost_usd for event in events)
+    stored = UsageRecord.objects.get(request_id="req_drain_0007")
+    assert (stored.prompt_tokens, stored.tags, stored.cost_usd) == (107, ["drain"], Decimal("0.0000987656"))
+
+
+def test_a_record_that_can_never_be_a_row_is_set_aside_not_retried_forever(ledger_tenant):
+    good, orphan = make_events(ledger_tenant, 2)
+    orphan.tenant_id = ledger_tenant.tenant.id + 1000
+    client = ledger_stream_client()
+    asyncio.run(append_all([orphan, good]))
+
+    call_command("ledger_drain", "--once")
+
+    assert list(UsageRecord.objects.values_list("request_id", flat=True)) == [good.request_id]
+    assert client.xlen(STREAM_KEY) == 0
+    ((_entry_id, dead_fields),) = client.xrange("llmops:ledger:dead")
+    assert orphan.request_id.encode() in dead_fields[EVENT_FIELD]

@@ -1,0 +1,118 @@
+import os
+import re
+import secrets
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+from django.urls import reverse
+
+from tests.factories import TenantFactory, UserFactory
+
+ROOT = Path(__file__).resolve().parents[2]
+PRODUCTION_ENV = {
+    "DEBUG": "false",
+    "LLMOPS_HTTPS": "true",
+    "LLMOPS_REQUIRE_SECRET_KEY": "true",
+    "ALLOWED_HOSTS": "llmops.example.com",
+}
+INLINE_SCRIPT = re.compile(rb"<script(?![^>]*\bsrc=)(?![^>]*type=\"application/json\")[^>]*>", re.IGNORECASE)
+INLINE_HANDLER = re.compile(rb"<[^>]+\son[a-z]+\s*=", re.IGNORECASE)
+INLINE_STYLE = re.compile(rb"<[^>]+\sstyle\s*=|<style[\s>]", re.IGNORECASE)
+
+
+def _production_check(*extra: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, **PRODUCTION_ENV, "SECRET_KEY": secrets.token_urlsafe(60)}
+    return subprocess.run(
+        [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING", *extra],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_check_deploy_is_clean_with_production_settings():
+    result = _production_check("--tag", "security")
+    assert result.returncode == 0, result.stderr
+    full = _production_check()
+    assert "security." not in full.stderr + full.stdout
+
+
+def test_the_demo_settings_would_fail_check_deploy():
+    env = {k: v for k, v in os.environ.items() if k not in ("LLMOPS_HTTPS", "SECRET_KEY")}
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check", "--deploy", "--tag", "security", "--fail-level", "WARNING"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode != 0 and "security.W004" in result.stderr
+
+
+@pytest.fixture
+def superuser_client(client, db):
+    TenantFactory(slug="acme")
+    client.force_login(UserFactory(is_staff=True, is_superuser=True))
+    return client
+
+
+@pytest.mark.parametrize(
+    "url_name",
+    [
+        "admin:index",
+        "admin:billing_usage_dashboard",
+        "admin:billing_usage_statement",
+        "admin:tenants_tenant_add",
+        "admin:tenants_auditevent_changelist",
+        "admin:routing_provider_add",
+    ],
+)
+def test_pages_carry_the_security_headers_and_nothing_the_policy_would_block(superuser_client, url_name):
+    response = superuser_client.get(reverse(url_name))
+    assert response.status_code == 200
+    csp = response.headers["Content-Security-Policy"]
+    assert "script-src 'self';" in csp and "frame-ancestors 'none'" in csp and "unsafe-inline" not in csp
+    assert response.headers["X-Frame-Options"] == "DENY"
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert response.headers["Referrer-Policy"] == "same-origin"
+    body = response.content
+    assert not INLINE_SCRIPT.search(body), INLINE_SCRIPT.search(body)
+    assert not INLINE_HANDLER.search(body), INLINE_HANDLER.search(body)
+    assert not INLINE_STYLE.search(body), INLINE_STYLE.search(body)
+
+
+def test_the_dashboard_loads_its_scripts_from_our_own_static_files(superuser_client):
+    body = superuser_client.get(reverse("admin:billing_usage_dashboard")).content.decode()
+    sources = re.findall(r'<script[^>]*src="([^"]+)"', body)
+    assert f"{settings.STATIC_URL}vendor/chartjs/chart.umd.min.js" in sources
+    assert all(source.startswith("/") and not source.startswith("//") for source in sources)
+
+
+@pytest.mark.django_db
+def test_login_is_locked_after_repeated_failures_even_with_the_right_password(client):
+    user = UserFactory(username="target", is_staff=True)
+    user.set_password("the-right-password-123")
+    user.save()
+    login = reverse("admin:login")
+    for _ in range(settings.AXES_FAILURE_LIMIT - 1):
+        assert client.post(login, {"username": "target", "password": "wrong"}).status_code == 200
+    assert client.post(login, {"username": "target", "password": "wrong"}).status_code == 429
+    locked = client.post(login, {"username": "target", "password": "the-right-password-123"})
+    assert locked.status_code in (403, 429)
+    assert "_auth_user_id" not in client.session
+
+
+@pytest.mark.django_db
+def test_a_successful_login_is_not_throttled(client):
+    user = UserFactory(username="fine", is_staff=True)
+    user.set_password("the-right-password-123")
+    user.save()
+    client.post(reverse("admin:login"), {"username": "fine", "password": "wrong"})
+    response = client.post(reverse("admin:login"), {"username": "fine", "password": "the-right-password-123"})
+    assert response.status_code == 302
