@@ -97,8 +97,16 @@ def setup_bench_tenant(database_url: str, upstream_url: str) -> str:
     from billing.budgets.services import budget_create
     from billing.models import Budget, RateLimit
     from billing.ratelimits import rate_limit_create
-    from routing.models import Model, Provider
-    from routing.services import model_create, provider_create, routing_policy_ensure_default, tenant_model_access_set
+    from routing.models import Model, Provider, RoutingPolicy
+    from routing.policy.drafts import policy_draft_replace
+    from routing.services import (
+        default_policy_document,
+        model_create,
+        provider_create,
+        routing_policy_ensure_default,
+        routing_policy_publish,
+        tenant_model_access_set,
+    )
     from tenants.models import Tenant
     from tenants.services import api_key_create, tenant_create
 
@@ -129,7 +137,12 @@ def setup_bench_tenant(database_url: str, upstream_url: str) -> str:
             )
         )
     tenant_model_access_set(tenant=tenant, allowed_models=models, default_model=models[0])
-    routing_policy_ensure_default(tenant=tenant)
+    policy = routing_policy_ensure_default(tenant=tenant) or RoutingPolicy.objects.get(tenant=tenant)
+    # An older bench database keeps its policy: bring it to today's template (caching included).
+    template = default_policy_document(small_model=models[0].name, large_model=models[-1].name)
+    if policy.live_version.document != template:
+        policy_draft_replace(policy=policy, document=template)
+        routing_policy_publish(policy=policy, actor=None)
     if not Budget.objects.filter(tenant=tenant).exists():
         budget_create(tenant=tenant, limit_usd=Decimal("1000000"))
     if not RateLimit.objects.filter(tenant=tenant).exists():
@@ -160,7 +173,7 @@ def cache_status(url: str, key: str, model: str, mode: str) -> str:
     }[mode]
     status = ""
     for prompt in prompts:
-        body = {"model": model, "max_tokens": 64, "messages": [{"role": "user", "content": prompt}]}
+        body = {"model": model, "max_tokens": 64, "temperature": 0, "messages": [{"role": "user", "content": prompt}]}
         response = httpx.post(url, json=body, headers={"authorization": f"Bearer {key}"}, timeout=30)
         status = response.headers.get("x-llmops-cache", "")
     return status

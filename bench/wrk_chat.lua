@@ -37,7 +37,7 @@ function request()
   end
   local stream = ""
   if mode == "stream" then stream = ',"stream":true' end
-  local body = '{"model":"' .. model .. '","max_tokens":64,"messages":[{"role":"user","content":"'
+  local body = '{"model":"' .. model .. '","max_tokens":64,"temperature":0,"messages":[{"role":"user","content":"'
     .. content .. '"}]' .. stream .. '}'
   return wrk.format(nil, nil, nil, body)
 end

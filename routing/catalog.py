@@ -41,6 +41,8 @@ class ModelEntry:
     provider: ProviderEntry
     prices: ModelPrices
     context_window: int
+    supports_tools: bool = True
+    supports_images: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +117,8 @@ def build_model_catalog() -> ModelCatalog:
                 model.cache_write_price_per_million,
             ),
             context_window=model.context_window,
+            supports_tools=model.supports_tools,
+            supports_images=model.supports_images,
         )
         for model in Model.objects.filter(is_active=True, provider_id__in=providers)
     }

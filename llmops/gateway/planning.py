@@ -17,7 +17,7 @@ from routing.cache.store import CacheRequest, cache_request_prepare
 from routing.caps import apply_token_caps
 from routing.catalog import DEFAULT_MODEL_ALIAS, ModelCatalog, ModelEntry
 from routing.guard import PromptInjectionBlocked, guard_request
-from routing.policy import RouteDecision, RoutingRefusal, route_request, route_request_from_body
+from routing.policy import RouteDecision, RouteRequest, RoutingRefusal, route_request, route_request_from_body
 from routing.tokens import count_chat_tokens
 
 logger = logging.getLogger(__name__)
@@ -89,6 +89,27 @@ def _routing_baseline(catalog: ModelCatalog, policy, requested: str) -> ModelEnt
     return catalog.models.get(alias.large_model if alias is not None else requested)
 
 
+def _can_take(model: ModelEntry, features: RouteRequest) -> bool:
+    return (model.supports_tools or not features.has_tools) and (model.supports_images or not features.has_images)
+
+
+def _refuse_what_the_model_cannot_take(model: ModelEntry, features: RouteRequest) -> None:
+    if features.has_tools and not model.supports_tools:
+        raise GatewayError(
+            f"The model `{model.name}` cannot take tools; send the request without `tools` or to another model.",
+            status=400,
+            code="model_capability_unsupported",
+            param="tools",
+        )
+    if features.has_images and not model.supports_images:
+        raise GatewayError(
+            f"The model `{model.name}` cannot take images; send text only or use another model.",
+            status=400,
+            code="model_capability_unsupported",
+            param="messages",
+        )
+
+
 def refusal_error(refusal: RoutingRefusal) -> GatewayError:
     return GatewayError(refusal.message, status=refusal.status, code=refusal.code, param=refusal.param)
 
@@ -133,22 +154,21 @@ async def plan_chat(snapshot: ConfigSnapshot, call: GatewayCall, body: dict, hea
     call.routing_baseline = _routing_baseline(catalog, policy, body["model"])
     try:
         prompt_tokens = count_chat_tokens(body["messages"], model=_counting_model(catalog, tenant_id, body["model"]))
-        decision = route_request(
-            policy,
-            route_request_from_body(
-                body,
-                headers=headers,
-                tenant_id=tenant_id,
-                team_slug=call.principal.team_slug,
-                prompt_tokens=prompt_tokens,
-            ),
-            catalog,
+        features = route_request_from_body(
+            body,
+            headers=headers,
+            tenant_id=tenant_id,
+            team_slug=call.principal.team_slug,
+            prompt_tokens=prompt_tokens,
         )
+        decision = route_request(policy, features, catalog)
         call.route, call.route_explanation = decision.route, decision.explanation
         call.routed_to_large, call.policy_version = decision.routed_to_large, decision.policy_version
         served = resolve_model(catalog, tenant_id=tenant_id, requested=decision.target_model)
         call.served = served
-        chain = [served] + [catalog.models[name] for name in decision.fallback_models if name in catalog.models]
+        _refuse_what_the_model_cannot_take(served, features)
+        fallbacks = [catalog.models[name] for name in decision.fallback_models if name in catalog.models]
+        chain = [served] + [model for model in fallbacks if _can_take(model, features)]
         upstream_body = {k: v for k, v in body.items() if k not in GATEWAY_ONLY_FIELDS}
         capped = await apply_token_caps(
             upstream_body,

@@ -58,6 +58,8 @@ class Model(models.Model):
     provider = models.ForeignKey(Provider, on_delete=models.PROTECT, related_name="models")
     upstream_name = models.CharField(max_length=128)
     context_window = models.PositiveIntegerField(default=128_000)
+    supports_tools = models.BooleanField(default=True, help_text="Takes `tools` / function calling.")
+    supports_images = models.BooleanField(default=True, help_text="Takes image content parts.")
     input_price_per_million = models.DecimalField(**PRICE_FIELD)
     cached_input_price_per_million = models.DecimalField(**PRICE_FIELD)
     output_price_per_million = models.DecimalField(**PRICE_FIELD)

@@ -193,3 +193,36 @@ def test_the_circuit_opens_and_a_dead_provider_is_skipped(gateway, acme, failing
     assert response.status_code == 200
     assert max(attempts_before) >= 2
     assert UsageRecord.objects.order_by("-created_at").first().attempts == 1, f"took {elapsed:.2f}s"
+
+
+@pytest.mark.parametrize(
+    ("capability", "extra", "param"),
+    [
+        ("supports_tools", {"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, "tools"),
+        (
+            "supports_images",
+            {
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [
+                            {"type": "text", "text": "What is this?"},
+                            {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
+                        ],
+                    }
+                ]
+            },
+            "messages",
+        ),
+    ],
+)
+def test_tools_or_images_to_a_model_that_cannot_take_them_are_refused(gateway, acme, capability, extra, param):
+    setattr(acme.small, capability, False)
+    acme.small.save()
+
+    response = chat(gateway, acme, {"model": acme.small.name, "messages": user("hi"), **extra})
+
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert (error["code"], error["param"]) == ("model_capability_unsupported", param)
+    assert acme.small.name in error["message"]
