@@ -46,6 +46,7 @@ class Scenario:
 
 SCENARIOS = [
     Scenario("miss, all features", "unique"),
+    Scenario("miss, cache on", "unique-cached"),
     Scenario("exact cache hit", "same", "hit-exact"),
     Scenario("semantic cache hit", "paraphrase", "hit-semantic"),
     Scenario("streaming", "stream"),

@@ -1,6 +1,7 @@
 -- wrk script for bench/gateway_bench.py: POSTs one chat completion per request.
 -- Arguments after "--": <model> <mode> <bearer key> <run nonce>, mode one of
---   unique      every prompt differs (a cache miss every time)
+--   unique      every prompt differs, sent with "x-llmops-cache: bypass, no-store" (no cache work at all)
+--   unique-cached  every prompt differs, cache on: each miss pays the exact and semantic lookups and the store
 --   same        one prompt (an exact cache hit after the first)
 --   paraphrase  rewordings of one question (semantic cache hits)
 --   stream      unique prompts with "stream": true
@@ -23,6 +24,7 @@ function init(args)
   wrk.method = "POST"
   wrk.headers["Content-Type"] = "application/json"
   wrk.headers["Authorization"] = "Bearer " .. args[3]
+  if mode == "unique" then wrk.headers["x-llmops-cache"] = "bypass, no-store" end
 end
 
 function request()
