@@ -34,10 +34,14 @@ class Candidate:
 
 
 class SemanticIndex:
+    """One tenant's vectors for one served model. Rows live in a buffer that grows by doubling, so a store
+    appends in place instead of copying the whole matrix; a replaced or discarded entry frees its row."""
+
     def __init__(self, tenant_id: int, served_model: str):
         self.tenant_id = tenant_id
         self.served_model = served_model
-        self.entries: list[IndexedEntry] = []
+        self.entries: list[IndexedEntry | None] = []
+        self.rows_by_key: dict[str, int] = {}
         self.vectors = np.zeros((0, 0), dtype=np.float32)
         self.last_entry_id = 0
         self.refreshed_at = float("-inf")
@@ -70,40 +74,46 @@ class SemanticIndex:
             self._add([(entry, vector.astype(np.float32))])
 
     def _add(self, loaded: list[tuple[IndexedEntry, np.ndarray]]) -> None:
-        if not loaded:
-            return
-        self.last_entry_id = max(self.last_entry_id, *(entry.entry_id for entry, _ in loaded))
-        dimensions = self.vectors.shape[1] if self.entries else loaded[0][1].shape[0]
-        # A vector of another size was written by another embedder and cannot be compared with this one's.
-        loaded = [(entry, vector) for entry, vector in loaded if vector.shape == (dimensions,)]
-        replaced = {entry.key_hash for entry, _ in loaded}
-        kept = [i for i, known in enumerate(self.entries) if known.key_hash not in replaced]
-        base = self.vectors[kept] if self.entries else np.zeros((0, dimensions), dtype=np.float32)
-        self.entries = [self.entries[i] for i in kept] + [entry for entry, _ in loaded]
-        self.vectors = np.vstack([base, *(vector[None, :] for _, vector in loaded)])
+        for entry, vector in loaded:
+            self.last_entry_id = max(self.last_entry_id, entry.entry_id)
+            if not self.rows_by_key and not self.entries:
+                self.vectors = np.zeros((16, vector.shape[0]), dtype=np.float32)
+            # A vector of another size was written by another embedder and cannot be compared with this one's.
+            if vector.shape != (self.vectors.shape[1],):
+                continue
+            row = self.rows_by_key.get(entry.key_hash)
+            if row is None:
+                row = len(self.entries)
+                if row == self.vectors.shape[0]:
+                    self.vectors = np.concatenate([self.vectors, np.zeros_like(self.vectors)])
+                self.entries.append(entry)
+                self.rows_by_key[entry.key_hash] = row
+            self.entries[row] = entry
+            self.vectors[row] = vector
 
     def discard(self, key_hash: str) -> None:
         with self.lock:
-            keep = [i for i, entry in enumerate(self.entries) if entry.key_hash != key_hash]
-            self.entries = [self.entries[i] for i in keep]
-            self.vectors = self.vectors[keep] if self.entries else self.vectors
+            row = self.rows_by_key.pop(key_hash, None)
+            if row is not None:
+                self.entries[row] = None
+                self.vectors[row] = 0
 
     def search(self, vector: np.ndarray, *, context_fingerprint: str, threshold: float) -> list[Candidate]:
         """Live entries of the same context at or above the threshold, most similar first."""
         with self.lock:
-            if not self.entries:
+            if not self.rows_by_key:
                 return []
-            similarities = self.vectors @ vector.astype(np.float32)
-            entries = self.entries
+            similarities = self.vectors[: len(self.entries)] @ vector.astype(np.float32)
+            entries = list(self.entries)
         now = time.time()
-        order = np.argsort(-similarities)
+        above = np.flatnonzero(similarities >= threshold)
         found = []
-        for i in order:
-            if similarities[i] < threshold or len(found) == MAX_CANDIDATES:
-                break
+        for i in above[np.argsort(-similarities[above])]:
             entry = entries[i]
-            if entry.context_fingerprint == context_fingerprint and entry.expires_at > now:
+            if entry is not None and entry.context_fingerprint == context_fingerprint and entry.expires_at > now:
                 found.append(Candidate(entry, float(similarities[i])))
+                if len(found) == MAX_CANDIDATES:
+                    break
         return found
 
 
