@@ -7,6 +7,7 @@ Everything else (admin, /api, health) gets the full stack.
 """
 
 import os
+import threading
 
 from django.core.asgi import get_asgi_application
 from django.core.handlers.asgi import ASGIHandler
@@ -44,6 +45,16 @@ def _build_site_application():
 
 
 gateway_application = GatewayASGIHandler()
+
+
+def _load_embedder_in_background() -> None:
+    """Load the semantic cache's model when the server starts, not on the first cacheable request."""
+    from routing.cache.embedders import configured_embedder
+
+    threading.Thread(target=configured_embedder, name="embedder-load", daemon=True).start()
+
+
+_load_embedder_in_background()
 site_with_static = _build_site_application()
 
 

@@ -19,14 +19,16 @@ KEY=$(cat var/demo-api-key)
 cat <<SNIPPET
 
 Gateway: http://127.0.0.1:${PORT}/v1   Admin: http://127.0.0.1:${PORT}/admin/ (login in var/demo-admin-password)
-Paste this into python (pip install openai):
+Paste this into .venv/bin/python: routed by the demo policy (model "auto"), then answered from the
+exact and the semantic cache (temperature 0 makes a request cacheable):
 
 from openai import OpenAI
 client = OpenAI(base_url="http://127.0.0.1:${PORT}/v1", api_key="${KEY}")
-reply = client.chat.completions.with_raw_response.create(
-    model="mock-small", messages=[{"role": "user", "content": "Summarise our refund policy"}])
-print(reply.parse().choices[0].message.content)
-print({k: v for k, v in reply.headers.items() if k.startswith("x-llmops")})
+for question in ["Summarise our refund policy", "Summarise our refund policy", "Can you summarise our refund policy?"]:
+    reply = client.chat.completions.with_raw_response.create(
+        model="auto", temperature=0, messages=[{"role": "user", "content": question}])
+    print(reply.parse().choices[0].message.content)
+    print({k: v for k, v in reply.headers.items() if k.startswith("x-llmops")})
 
 Press Ctrl+C to stop.
 SNIPPET
