@@ -101,6 +101,7 @@ def setup_bench_tenant(database_url: str, upstream_url: str) -> str:
     from routing.models import Model, Provider, RoutingPolicy
     from routing.policy.drafts import policy_draft_replace
     from routing.services import (
+        DEMO_CACHE_TTL_SECONDS,
         default_policy_document,
         model_create,
         provider_create,
@@ -140,7 +141,9 @@ def setup_bench_tenant(database_url: str, upstream_url: str) -> str:
     tenant_model_access_set(tenant=tenant, allowed_models=models, default_model=models[0])
     policy = routing_policy_ensure_default(tenant=tenant) or RoutingPolicy.objects.get(tenant=tenant)
     # An older bench database keeps its policy: bring it to today's template (caching included).
-    template = default_policy_document(small_model=models[0].name, large_model=models[-1].name)
+    template = default_policy_document(
+        small_model=models[0].name, large_model=models[-1].name, cache_ttl_seconds=DEMO_CACHE_TTL_SECONDS
+    )
     if policy.live_version.document != template:
         policy_draft_replace(policy=policy, document=template)
         routing_policy_publish(policy=policy, actor=None)

@@ -23,7 +23,9 @@ from tenants.outbound import outbound_url_validate
 
 DEFAULT_PROMPT_TOKEN_CAP = 4000
 # The template caches deterministic answers (exact and semantic) for an hour.
-DEFAULT_CACHE_TTL_SECONDS = 3600
+# The demo's policy caches deterministic answers for an hour; new tenants opt in per rule, because a
+# cacheable miss pays an embedding (see README, Performance).
+DEMO_CACHE_TTL_SECONDS = 3600
 
 
 def provider_create(
@@ -172,13 +174,13 @@ def routing_policy_rollback(*, policy: RoutingPolicy, version: RoutingPolicyVers
     return new_version
 
 
-def default_policy_document(*, small_model: str, large_model: str) -> dict:
-    """The template every tenant starts from: cheap by default, large for enterprise users, prompts capped at 4,000,
-    deterministic answers cached for an hour."""
+def default_policy_document(*, small_model: str, large_model: str, cache_ttl_seconds: int | None = None) -> dict:
+    """The template every tenant starts from: cheap by default, large for enterprise users, prompts capped at 4,000;
+    with `cache_ttl_seconds`, deterministic answers are cached that long."""
     cap = {
         "prompt_token_cap": DEFAULT_PROMPT_TOKEN_CAP,
         "over_cap_action": "reject",
-        "cache_ttl_seconds": DEFAULT_CACHE_TTL_SECONDS,
+        "cache_ttl_seconds": cache_ttl_seconds,
     }
     return normalized_document(
         {
@@ -220,12 +222,15 @@ def default_policy_document(*, small_model: str, large_model: str) -> dict:
 
 @transaction.atomic
 def routing_policy_create_default(
-    *, tenant: Tenant, small_model: Model, large_model: Model, actor=None
+    *, tenant: Tenant, small_model: Model, large_model: Model, actor=None, cache_ttl_seconds: int | None = None
 ) -> RoutingPolicy:
     """Create the tenant's policy from the default template and publish it."""
     policy = routing_policy_create(tenant=tenant)
     policy_draft_replace(
-        policy=policy, document=default_policy_document(small_model=small_model.name, large_model=large_model.name)
+        policy=policy,
+        document=default_policy_document(
+            small_model=small_model.name, large_model=large_model.name, cache_ttl_seconds=cache_ttl_seconds
+        ),
     )
     routing_policy_publish(policy=policy, actor=actor)
     policy.refresh_from_db()

@@ -13,6 +13,7 @@ from billing.models import BudgetAction, BudgetPeriod, BudgetScope
 from billing.rollups_seed import seed_demo_usage
 from routing.models import Model, Provider
 from routing.services import (
+    DEMO_CACHE_TTL_SECONDS,
     model_create,
     provider_create,
     routing_policy_create_default,
@@ -85,7 +86,9 @@ class Command(BaseCommand):
             )
             models += [self._model(openai, row) for row in OPENAI_MODELS]
         tenant_model_access_set(tenant=tenant, allowed_models=models, default_model=models[0])
-        routing_policy_create_default(tenant=tenant, small_model=models[0], large_model=models[1])
+        routing_policy_create_default(
+            tenant=tenant, small_model=models[0], large_model=models[1], cache_ttl_seconds=DEMO_CACHE_TTL_SECONDS
+        )
         budget_create(
             tenant=tenant,
             scope=BudgetScope.TENANT,
