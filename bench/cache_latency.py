@@ -12,7 +12,6 @@ latency is what the gateway adds. A figure, not a test.
 import argparse
 import asyncio
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -21,14 +20,12 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from overhead import (
-    PYTHON,
-    ROOT,
     drive,
     ensure_database,
     percentile,
     refuse_busy_port,
     setup_bench_tenant,
-    wait_until_up,
+    start_mock_and_gateway,
 )
 
 STORED = "What is the refund policy for annual plans?"
@@ -79,29 +76,9 @@ def main() -> None:
     key = setup_bench_tenant(args.database_url, upstream_url)
     publish_caching_policy()
     env = {**os.environ, "DATABASE_URL": args.database_url, "REDIS_URL": args.redis_url, "LOG_LEVEL": "WARNING"}
-    processes = [
-        subprocess.Popen(
-            [PYTHON, "manage.py", "mock_upstream", "--port", str(args.mock_port), "--latency-ms", str(args.latency_ms)],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-        ),
-        subprocess.Popen(
-            [
-                PYTHON,
-                "-m",
-                "uvicorn",
-                "llmops.asgi:application",
-                "--port",
-                str(args.gateway_port),
-                "--no-access-log",
-                "--log-level",
-                "warning",
-            ],
-            cwd=ROOT,
-            env=env,
-        ),
-    ]
+    processes = start_mock_and_gateway(
+        mock_port=args.mock_port, gateway_port=args.gateway_port, latency_ms=args.latency_ms, env=env
+    )
     gateway_url = f"http://127.0.0.1:{args.gateway_port}/v1/chat/completions"
     auth = {"authorization": f"Bearer {key}"}
     runs = {
@@ -112,8 +89,6 @@ def main() -> None:
     }
     results = {}
     try:
-        wait_until_up(f"http://127.0.0.1:{args.mock_port}/v1/models")
-        wait_until_up(f"http://127.0.0.1:{args.gateway_port}/healthz")
         stored = httpx.post(gateway_url, json=body(STORED), headers=auth, timeout=60)
         for name, expected in (("exact hit", "hit-exact"), ("semantic hit", "hit-semantic")):
             url, headers, payload = runs[name]

@@ -85,6 +85,38 @@ def wait_until_up(url: str, timeout: float = 30) -> None:
     raise RuntimeError(f"{url} did not come up")
 
 
+def start_mock_and_gateway(
+    *, mock_port: int, gateway_port: int, latency_ms: float, env: dict, workers: int = 1
+) -> list[subprocess.Popen]:
+    """The mock upstream and the gateway (uvicorn), as separate processes, once both answer."""
+    mock = [PYTHON, "manage.py", "mock_upstream", "--port", str(mock_port), "--latency-ms", str(latency_ms)]
+    gateway = [
+        PYTHON,
+        "-m",
+        "uvicorn",
+        "llmops.asgi:application",
+        "--port",
+        str(gateway_port),
+        "--workers",
+        str(workers),
+        "--no-access-log",
+        "--log-level",
+        "warning",
+    ]
+    processes = [
+        subprocess.Popen(mock, cwd=ROOT, env=env, stdout=subprocess.DEVNULL),
+        subprocess.Popen(gateway, cwd=ROOT, env=env),
+    ]
+    try:
+        wait_until_up(f"http://127.0.0.1:{mock_port}/v1/models")
+        wait_until_up(f"http://127.0.0.1:{gateway_port}/healthz")
+    except RuntimeError:
+        for process in processes:
+            process.terminate()
+        raise
+    return processes
+
+
 async def drive(url: str, headers: dict, body: dict, *, requests: int, concurrency: int) -> tuple[list[float], float]:
     latencies: list[float] = []
     remaining = iter(range(requests))
@@ -124,34 +156,14 @@ def main() -> None:
     upstream_url = f"http://127.0.0.1:{args.mock_port}/v1"
     key = setup_bench_tenant(args.database_url, upstream_url)
     env = {**os.environ, "DATABASE_URL": args.database_url, "LOG_LEVEL": "WARNING"}
-    processes = [
-        subprocess.Popen(
-            [PYTHON, "manage.py", "mock_upstream", "--port", str(args.mock_port), "--latency-ms", str(args.latency_ms)],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-        ),
-        subprocess.Popen(
-            [
-                PYTHON,
-                "-m",
-                "uvicorn",
-                "llmops.asgi:application",
-                "--port",
-                str(args.gateway_port),
-                "--workers",
-                str(args.workers),
-                "--no-access-log",
-                "--log-level",
-                "warning",
-            ],
-            cwd=ROOT,
-            env=env,
-        ),
-    ]
+    processes = start_mock_and_gateway(
+        mock_port=args.mock_port,
+        gateway_port=args.gateway_port,
+        latency_ms=args.latency_ms,
+        env=env,
+        workers=args.workers,
+    )
     try:
-        wait_until_up(f"http://127.0.0.1:{args.mock_port}/v1/models")
-        wait_until_up(f"http://127.0.0.1:{args.gateway_port}/healthz")
         body = {
             "model": "bench-small",
             "messages": [{"role": "user", "content": "Classify this ticket: refund"}],
