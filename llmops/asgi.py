@@ -6,12 +6,17 @@ of those would hop to a worker thread on every request (they are sync-first in D
 Everything else (admin, /api, health) gets the full stack.
 """
 
+import asyncio
+import contextlib
 import os
 import threading
 
+from django.core import signals
 from django.core.asgi import get_asgi_application
-from django.core.handlers.asgi import ASGIHandler
+from django.core.exceptions import RequestAborted
+from django.core.handlers.asgi import ASGIHandler, get_script_prefix
 from django.core.handlers.exception import convert_exception_to_response
+from django.urls import set_script_prefix
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "llmops.settings")
 
@@ -26,6 +31,51 @@ class GatewayASGIHandler(ASGIHandler):
         thread of its own for thread-sensitive sync calls (signals, ``response.close``) and starts another to
         join it, two thread starts per request. Without it those few short calls share asgiref's one thread."""
         await self.handle(scope, receive, send)
+
+    async def handle(self, scope, receive, send):
+        """Django's ``handle`` with the request signals sent on the event loop instead of through a worker thread
+        each (two hops per request). Their receivers reset the calling thread's database connections, query log
+        and caches; /v1 uses none on the loop (its database work runs in worker threads, ``llmops.db``)."""
+        try:
+            body_file = await self.read_body(receive)
+        except RequestAborted:
+            return
+        set_script_prefix(get_script_prefix(scope))
+        signals.request_started.send(sender=self.__class__, scope=scope)
+        request, error_response = self.create_request(scope, body_file)
+        if request is None:
+            body_file.close()
+            await self.send_response(error_response, send)
+            error_response.close()
+            return
+
+        async def process_request():
+            response = await self.run_get_response(request)
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.send_response(response, send)
+            return response
+
+        # As in Django: a client that disconnects cancels the view (a stream then records what was sent).
+        tasks = [
+            asyncio.create_task(self.listen_for_disconnect(receive)),
+            asyncio.create_task(process_request()),
+        ]
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in tasks:
+            if task.done():
+                with contextlib.suppress(RequestAborted):
+                    task.result()
+            else:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        try:
+            response = tasks[1].result()
+        except asyncio.CancelledError:
+            signals.request_finished.send(sender=self.__class__)
+        else:
+            response.close()
+        body_file.close()
 
     def load_middleware(self, is_async=False):
         self._view_middleware = []
@@ -58,8 +108,24 @@ _load_embedder_in_background()
 site_with_static = _build_site_application()
 
 
+async def _lifespan(receive, send) -> None:
+    """Startup has nothing to wait for; shutdown closes the connections kept open to providers."""
+    from routing.providers.base import upstream_client_close
+
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await upstream_client_close()
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
 async def application(scope, receive, send):
-    if scope["type"] == "http" and scope["path"].startswith(GATEWAY_PATH_PREFIX):
+    if scope["type"] == "lifespan":
+        await _lifespan(receive, send)
+    elif scope["type"] == "http" and scope["path"].startswith(GATEWAY_PATH_PREFIX):
         await gateway_application(scope, receive, send)
     else:
         await site_with_static(scope, receive, send)

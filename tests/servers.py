@@ -17,7 +17,7 @@ class ThreadedServer:
     def __init__(self, app, *, port: int | None = None):
         self.port = port or free_port()
         config = uvicorn.Config(
-            app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off", timeout_graceful_shutdown=1
+            app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="auto", timeout_graceful_shutdown=1
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)

@@ -17,6 +17,7 @@ import orjson
 from django.conf import settings
 
 from routing.catalog import ModelEntry, ProviderEntry
+from routing.providers.transport import AiohttpTransport
 
 _clients: dict[asyncio.AbstractEventLoop, httpx.AsyncClient] = {}
 
@@ -98,13 +99,19 @@ def upstream_client() -> httpx.AsyncClient:
     if client is None or client.is_closed:
         for stale_loop in [known for known in _clients if known.is_closed()]:
             del _clients[stale_loop]
-        limit = settings.LLMOPS_UPSTREAM_MAX_CONNECTIONS
         client = httpx.AsyncClient(
-            limits=httpx.Limits(max_connections=limit, max_keepalive_connections=limit),
+            transport=AiohttpTransport(max_connections=settings.LLMOPS_UPSTREAM_MAX_CONNECTIONS),
             timeout=httpx.Timeout(60.0, connect=5.0),
         )
         _clients[loop] = client
     return client
+
+
+async def upstream_client_close() -> None:
+    """Close this event loop's client and its connections; for a loop that ends before its process does."""
+    client = _clients.pop(asyncio.get_running_loop(), None)
+    if client is not None:
+        await client.aclose()
 
 
 def provider_timeout(provider: ProviderEntry) -> httpx.Timeout:

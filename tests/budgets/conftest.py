@@ -1,4 +1,3 @@
-import asyncio
 import threading
 from collections import deque
 from dataclasses import dataclass, field
@@ -93,11 +92,6 @@ def no_redis(settings):
 @pytest.fixture
 def unreachable_redis(settings):
     settings.REDIS_URL = UNREACHABLE_REDIS_URL
-
-
-def run(coroutine):
-    """A fresh event loop per call, so Redis clients never outlive their loop."""
-    return asyncio.run(coroutine)
 
 
 @dataclass

@@ -16,7 +16,7 @@ from billing.budgets.services import budget_create
 from billing.budgets.thresholds import threshold_alerts_wait
 from billing.models import AlertDelivery, BudgetAlert, ChannelKind, DeliveryStatus
 from billing.tasks import ALERT_DELIVERY_MAX_RETRIES, budget_threshold_alert
-from tests.budgets.conftest import run
+from tests.loops import run
 
 UNITS = 10**10
 

@@ -8,7 +8,7 @@ from billing.budgets.reservations import budget_reserve, reservation_settle
 from billing.budgets.services import budget_counter_check, budget_counters_check, budget_counters_rebuild, budget_create
 from billing.models import BudgetScope, UsageRecord
 from billing.tasks import budget_counters_check as budget_counters_check_task
-from tests.budgets.conftest import run
+from tests.loops import run
 
 NOW = datetime(2026, 11, 27, 12, tzinfo=UTC)
 

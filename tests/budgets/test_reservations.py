@@ -15,7 +15,7 @@ from billing.budgets.reservations import (
 )
 from billing.budgets.services import budget_create
 from billing.models import BudgetAction, BudgetCounter, BudgetPeriod, BudgetScope
-from tests.budgets.conftest import run
+from tests.loops import run
 
 NOW = datetime(2026, 11, 27, 15, 0, tzinfo=UTC)
 

@@ -1,4 +1,3 @@
-import asyncio
 from decimal import Decimal
 
 import orjson
@@ -24,10 +23,6 @@ WEATHER_TOOL = {
         "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
     },
 }
-
-
-def run(coroutine):
-    return asyncio.run(coroutine)
 
 
 def provider_entry(kind: str, base_url: str, *, name: str = "", api_key: str = "", timeout: float = 5.0, region=""):

@@ -7,13 +7,13 @@ import orjson
 import pytest
 
 from routing import upstream
+from tests.loops import run
 from tests.providers.conftest import (
     PNG_DATA_URL,
     WEATHER_TOOL,
     chunks_of,
     collect_stream,
     provider_entry,
-    run,
     streamed_text,
 )
 from tests.servers import free_port

@@ -1,6 +1,5 @@
 """Prompt caps, the max_tokens clamp, and compression with exact counts."""
 
-import asyncio
 import functools
 import uuid
 
@@ -10,6 +9,7 @@ from routing.caps import TokenCapExceeded, apply_token_caps, clamp_max_tokens
 from routing.compression import TRUNCATION_MARKER, compress_messages, summary_cache
 from routing.policy import RouteDecision
 from routing.tokens import count_chat_tokens
+from tests.loops import run as run_on_fresh_loop
 
 MODEL = "gpt-4o"
 
@@ -19,7 +19,7 @@ def async_test(function):
 
     @functools.wraps(function)
     def run(*args, **kwargs):
-        return asyncio.run(function(*args, **kwargs))
+        return run_on_fresh_loop(function(*args, **kwargs))
 
     return run
 

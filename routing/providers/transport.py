@@ -1,0 +1,95 @@
+"""httpx's client API over aiohttp's connection pool, for the calls to providers.
+
+Adapters build and read ``httpx`` requests and responses; only the transport underneath is aiohttp's. Profiled
+at concurrency 32, httpcore's pool spent about a third of the gateway's event loop on each request (it polls every
+idle connection's socket to see whether it expired, through anyio's attribute lookups); aiohttp's connector hands
+out a kept-alive connection without that scan. Failures are raised as the httpx exceptions the adapters catch.
+"""
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import aiohttp
+import httpx
+
+
+def _timeout(request: httpx.Request) -> aiohttp.ClientTimeout:
+    """httpx's per-request timeouts (connect, read, pool) as aiohttp's; read applies to each read, as in httpx."""
+    timeouts = request.extensions.get("timeout") or {}
+    connect = timeouts.get("connect")
+    pool = timeouts.get("pool")
+    return aiohttp.ClientTimeout(
+        total=None,
+        connect=None if connect is None or pool is None else connect + pool,
+        sock_connect=connect,
+        sock_read=timeouts.get("read"),
+    )
+
+
+def _as_httpx_error(exc: BaseException, request: httpx.Request, *, reading: bool) -> httpx.TransportError:
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return httpx.ConnectTimeout(str(exc) or "connect timeout", request=request)
+    if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
+        return httpx.ReadTimeout(str(exc) or "read timeout", request=request)
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return httpx.ConnectError(str(exc), request=request)
+    if reading or isinstance(exc, aiohttp.ServerDisconnectedError):
+        return httpx.RemoteProtocolError(str(exc) or exc.__class__.__name__, request=request)
+    return httpx.NetworkError(str(exc) or exc.__class__.__name__, request=request)
+
+
+class _ResponseStream(httpx.AsyncByteStream):
+    def __init__(self, response: aiohttp.ClientResponse, request: httpx.Request):
+        self._response = response
+        self._request = request
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._response.content.iter_any():
+                yield chunk
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise _as_httpx_error(exc, self._request, reading=True) from exc
+
+    async def aclose(self) -> None:
+        # A body read to the end returns its connection to the pool; one cut short closes it.
+        self._response.release()
+
+
+class AiohttpTransport(httpx.AsyncBaseTransport):
+    """One aiohttp session per transport; httpx's client is per event loop, so this is too."""
+
+    def __init__(self, *, max_connections: int):
+        self._max_connections = max_connections
+        self._session: aiohttp.ClientSession | None = None
+
+    def _client_session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(limit=self._max_connections, limit_per_host=0, ttl_dns_cache=300)
+            # Bodies go through as bytes: httpx decodes content-encoding itself, and adds its own default headers.
+            self._session = aiohttp.ClientSession(
+                connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent", "Accept-Encoding")
+            )
+        return self._session
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        try:
+            response = await self._client_session().request(
+                request.method,
+                str(request.url),
+                headers=request.headers.multi_items(),
+                data=request.content or None,
+                timeout=_timeout(request),
+                allow_redirects=False,
+            )
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise _as_httpx_error(exc, request, reading=False) from exc
+        return httpx.Response(
+            status_code=response.status,
+            headers=[(name.decode("latin-1"), value.decode("latin-1")) for name, value in response.raw_headers],
+            stream=_ResponseStream(response, request),
+            request=request,
+        )
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()

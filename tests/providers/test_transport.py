@@ -1,0 +1,134 @@
+"""The aiohttp transport under the providers' httpx client, against a raw HTTP server on loopback that misbehaves
+on purpose: keep-alive reuse, gzip, and the failures the adapters must see as upstream errors."""
+
+import asyncio
+import gzip
+
+import orjson
+import pytest
+
+from routing import upstream
+from routing.providers import openai
+from tests.loops import run
+from tests.providers.conftest import provider_entry
+
+ANSWER = {
+    "id": "chatcmpl-1",
+    "object": "chat.completion",
+    "created": 1,
+    "model": "m",
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
+    "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
+}
+BODY = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+
+
+class RawServer:
+    """Reads each request's head and body, then answers with ``respond(writer)``; counts connections."""
+
+    def __init__(self, respond):
+        self.respond = respond
+        self.connections = 0
+        self.requests: list[bytes] = []
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            while head := await reader.readuntil(b"\r\n\r\n"):
+                length = next(
+                    int(line.split(b":")[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length")
+                )
+                self.requests.append(head + await reader.readexactly(length))
+                if not await self.respond(writer):
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    async def __aenter__(self) -> str:
+        self.server = await asyncio.start_server(self.handle, "127.0.0.1", 0)
+        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/v1"
+
+    async def __aexit__(self, *exc) -> None:
+        self.server.close()
+
+
+def head(status: int, headers: dict[str, str]) -> bytes:
+    lines = [f"HTTP/1.1 {status} X"] + [f"{name}: {value}" for name, value in headers.items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+async def json_answer(writer, *, encoding: str = "") -> bool:
+    payload = orjson.dumps(ANSWER)
+    headers = {"content-type": "application/json"}
+    if encoding == "gzip":
+        payload, headers["content-encoding"] = gzip.compress(payload), "gzip"
+    headers["content-length"] = str(len(payload))
+    writer.write(head(200, headers) + payload)
+    await writer.drain()
+    return True
+
+
+def test_requests_reuse_one_kept_alive_connection_and_gzip_is_decoded():
+    server = RawServer(lambda writer: json_answer(writer, encoding="gzip"))
+
+    async def scenario():
+        async with server as url:
+            provider = provider_entry("openai", url)
+            return [await openai.chat_completion(provider, BODY) for _ in range(3)]
+
+    replies = run(scenario())
+
+    assert [reply.body["choices"][0]["message"]["content"] for reply in replies] == ["hi"] * 3
+    assert server.connections == 1 and len(server.requests) == 3
+    assert server.requests[0].startswith(b"POST /v1/chat/completions HTTP/1.1")
+
+
+def test_a_body_cut_short_is_a_connection_error():
+    async def cut_short(writer) -> bool:
+        writer.write(head(200, {"content-type": "application/json", "content-length": "500"}) + b'{"id": "chat')
+        await writer.drain()
+        return False
+
+    async def scenario():
+        async with RawServer(cut_short) as url:
+            await openai.chat_completion(provider_entry("openai", url), BODY)
+
+    with pytest.raises(upstream.UpstreamConnectionError):
+        run(scenario())
+
+
+def test_a_stream_that_stalls_after_its_first_event_times_out():
+    async def stall(writer) -> bool:
+        writer.write(head(200, {"content-type": "text/event-stream", "transfer-encoding": "chunked"}))
+        event = b'data: {"choices": [{"index": 0, "delta": {"content": "h"}}]}\n\n'
+        writer.write(f"{len(event):x}\r\n".encode() + event + b"\r\n")
+        await writer.drain()
+        await asyncio.sleep(5)
+        return False
+
+    async def scenario():
+        async with RawServer(stall) as url:
+            stream = await openai.open_chat_stream(provider_entry("openai", url, timeout=0.3), {**BODY, "stream": True})
+            events = []
+            try:
+                async for event in stream.events():
+                    events.append(event)
+            finally:
+                await stream.aclose()
+
+    with pytest.raises(upstream.UpstreamTimeout, match="stalled mid-stream"):
+        run(scenario())
+
+
+def test_an_unreachable_provider_is_a_connection_error():
+    async def scenario():
+        async with RawServer(json_answer) as url:
+            pass
+        await openai.chat_completion(provider_entry("openai", url), BODY)
+
+    with pytest.raises(upstream.UpstreamConnectionError):
+        run(scenario())
