@@ -16,7 +16,7 @@ from redis.exceptions import RedisError
 
 from billing.budgets.index import RateLimitEntry, RateLimitIndex
 from billing.models import RateLimit
-from llmops.redis import async_redis
+from llmops.redis import RedisScript, async_redis
 from tenants.models import ApiKey, Team, Tenant
 
 logger = logging.getLogger(__name__)
@@ -27,7 +27,7 @@ COUNTER_TTL_SECONDS = 2 * WINDOW_SECONDS
 # KEYS: request and token counters of each limit, in pairs. ARGV[1]: tokens; ARGV[2]: ttl;
 # then per limit: requests per minute and tokens per minute, 0 for none.
 # Returns {allowed 1/0, then per limit the request and token counts after (or as they stand, when refused)}.
-RATE_LIMIT_SCRIPT = """
+RATE_LIMIT_SCRIPT = RedisScript("""
 local tokens = tonumber(ARGV[1])
 local counts = {}
 local allowed = 1
@@ -51,7 +51,7 @@ end
 local result = {allowed}
 for i = 1, #counts do result[i + 1] = counts[i] end
 return result
-"""
+""")
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +126,7 @@ async def _redis_check(client, limits: list[RateLimitEntry], window: int, tokens
     for limit in limits:
         keys += [f"llmops:rl:{limit.subject}:{window}:requests", f"llmops:rl:{limit.subject}:{window}:tokens"]
         arguments += [limit.requests_per_minute or 0, limit.tokens_per_minute or 0]
-    result = await client.eval(RATE_LIMIT_SCRIPT, len(keys), *keys, *arguments)
+    result = await RATE_LIMIT_SCRIPT.run(client, keys, arguments)
     counts = [(int(result[2 * i + 1]), int(result[2 * i + 2])) for i in range(len(limits))]
     return result[0] == 1, counts
 

@@ -4,11 +4,14 @@ Callers must handle None with their documented fallback (database, or in-process
 """
 
 import asyncio
+import hashlib
+from collections.abc import Sequence
 from functools import lru_cache
 
 import redis
 import redis.asyncio as aioredis
 from django.conf import settings
+from redis.exceptions import NoScriptError
 
 _async_clients: dict[asyncio.AbstractEventLoop, aioredis.Redis] = {}
 
@@ -38,3 +41,18 @@ def async_redis() -> aioredis.Redis | None:
         client = aioredis.Redis(connection_pool=pool)
         _async_clients[loop] = client
     return client
+
+
+class RedisScript:
+    """A Lua script called by its SHA1 (EVALSHA): the source crosses the wire, and is compiled, only when the server
+    does not have it yet (first call, or after a restart or SCRIPT FLUSH)."""
+
+    def __init__(self, source: str):
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
+
+    async def run(self, client: aioredis.Redis, keys: Sequence, args: Sequence):
+        try:
+            return await client.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            return await client.eval(self.source, len(keys), *keys, *args)

@@ -17,7 +17,7 @@ from typing import Generic, TypeVar
 
 from redis.exceptions import RedisError
 
-from llmops.redis import async_redis
+from llmops.redis import RedisScript, async_redis
 from routing.catalog import ModelEntry
 from routing.providers.base import UpstreamConnectionError, UpstreamError, UpstreamRejected, UpstreamTimeout
 
@@ -75,7 +75,7 @@ def backoff_delay(policy: RetryPolicy, retry_number: int, retry_after: float | N
 
 
 # Lua keeps each transition atomic across processes. KEYS: failures, open, tripped, probe.
-_RECORD_FAILURE = """
+_RECORD_FAILURE = RedisScript("""
 if redis.call('EXISTS', KEYS[3]) == 1 and redis.call('EXISTS', KEYS[2]) == 0 then
     redis.call('SET', KEYS[2], '1', 'PX', ARGV[2])
     redis.call('DEL', KEYS[4])
@@ -92,8 +92,9 @@ if failures >= tonumber(ARGV[3]) then
     return 1
 end
 return 0
-"""
-_ALLOW = """
+""")
+# 0: refused; 1: allowed, with failures or a trip to clear on success; 2: allowed, nothing recorded to clear.
+_ALLOW = RedisScript("""
 if redis.call('EXISTS', KEYS[2]) == 1 then
     return 0
 end
@@ -103,8 +104,12 @@ if redis.call('EXISTS', KEYS[3]) == 1 then
     end
     return 0
 end
-return 1
-"""
+if redis.call('EXISTS', KEYS[1]) == 1 then
+    return 1
+end
+return 2
+""")
+_ALLOWED_CLEAN = 2
 # A tripped breaker forgets itself after this many cool-downs without traffic.
 _TRIPPED_MEMORY_COOLDOWNS = 20
 
@@ -132,6 +137,8 @@ class CircuitBreaker:
         self.policy = policy
         base = f"{key_prefix}:{provider_name}"
         self.keys = [f"{base}:failures", f"{base}:open", f"{base}:tripped", f"{base}:probe"]
+        # Set by allow(): a success after a clean allow has nothing to clear, which saves a round trip per call.
+        self.allowed_clean = False
 
     async def allow(self) -> bool:
         """Whether a call may go to the provider now (in half-open, only the one probing call may)."""
@@ -139,15 +146,19 @@ class CircuitBreaker:
         if redis is None:
             return self._local_allow()
         try:
-            return bool(await redis.eval(_ALLOW, 4, *self.keys, self._ms(self.policy.probe_seconds)))
+            verdict = await _ALLOW.run(redis, self.keys, [self._ms(self.policy.probe_seconds)])
         except RedisError:
             logger.warning("circuit breaker for %s cannot reach Redis; letting the call through", self.provider_name)
             return True
+        self.allowed_clean = verdict == _ALLOWED_CLEAN
+        return bool(verdict)
 
     async def record_success(self) -> None:
         redis = async_redis()
         if redis is None:
             _local_states.pop(self.provider_name, None)
+            return
+        if self.allowed_clean:
             return
         try:
             await redis.delete(self.keys[0], self.keys[2], self.keys[3])
@@ -156,6 +167,7 @@ class CircuitBreaker:
 
     async def record_failure(self) -> bool:
         """Count a failure; returns whether the circuit is now open."""
+        self.allowed_clean = False
         redis = async_redis()
         if redis is None:
             return self._local_failure()
@@ -167,7 +179,7 @@ class CircuitBreaker:
             self._ms(policy.cooldown_seconds * _TRIPPED_MEMORY_COOLDOWNS),
         )
         try:
-            opened = bool(await redis.eval(_RECORD_FAILURE, 4, *self.keys, *args))
+            opened = bool(await _RECORD_FAILURE.run(redis, self.keys, args))
         except RedisError:
             logger.warning("circuit breaker for %s cannot reach Redis", self.provider_name)
             return False

@@ -25,7 +25,7 @@ from billing.budgets.periods import BudgetWindow, budget_window
 from billing.budgets.thresholds import crossed_thresholds, threshold_alerts_enqueue
 from billing.models import BudgetAction, BudgetCounter
 from llmops.db import database_sync_to_async
-from llmops.redis import async_redis
+from llmops.redis import RedisScript, async_redis
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ COUNTER_GRACE = timedelta(days=2)
 
 # KEYS: one counter hash per budget. ARGV[1]: amount; then per budget: limit, enforced (1/0), ttl seconds.
 # Returns {1, used after...} when reserved, or {0, index of the budget that refused, its use before}.
-RESERVE_SCRIPT = """
+RESERVE_SCRIPT = RedisScript("""
 local amount = tonumber(ARGV[1])
 local used = {}
 for i = 1, #KEYS do
@@ -53,11 +53,11 @@ for i = 1, #KEYS do
   result[i + 1] = used[i] + amount
 end
 return result
-"""
+""")
 
 # KEYS: the counters reserved against. ARGV[1]: the reservation to release; ARGV[2]: the actual cost.
 # Returns spent and reserved of each counter after, flattened.
-SETTLE_SCRIPT = """
+SETTLE_SCRIPT = RedisScript("""
 local result = {}
 for i = 1, #KEYS do
   local reserved = redis.call('HINCRBY', KEYS[i], 'reserved', -tonumber(ARGV[1]))
@@ -69,7 +69,7 @@ for i = 1, #KEYS do
   result[2 * i] = reserved
 end
 return result
-"""
+""")
 
 
 class BudgetExceeded(Exception):
@@ -164,7 +164,7 @@ async def _redis_reserve(client, holds, amount_units: int, request_id: str, now:
     for hold in holds:
         ttl = int((hold.window.end + COUNTER_GRACE - now).total_seconds())
         arguments += [hold.entry.limit_units, 1 if hold.entry.enforced else 0, max(ttl, 1)]
-    result = await client.eval(RESERVE_SCRIPT, len(holds), *(hold.redis_key for hold in holds), *arguments)
+    result = await RESERVE_SCRIPT.run(client, [hold.redis_key for hold in holds], arguments)
     if result[0] == 0:
         refusing = holds[result[1] - 1]
         _raise_exceeded(refusing, used_units=int(result[2]), now=now)
@@ -229,8 +229,8 @@ async def reservation_settle(reservation: Reservation, *, actual: Decimal) -> De
     if reservation.backend == "redis":
         client = async_redis()
         try:
-            result = await client.eval(
-                SETTLE_SCRIPT, len(holds), *(hold.redis_key for hold in holds), reservation.amount_units, actual_units
+            result = await SETTLE_SCRIPT.run(
+                client, [hold.redis_key for hold in holds], [reservation.amount_units, actual_units]
             )
         except RedisError as exc:
             # The ledger row still has the cost; budget_counters_rebuild brings the counter back in line.

@@ -4,8 +4,8 @@ import pytest
 from django.core.exceptions import ValidationError
 
 from billing.budgets.index import build_rate_limit_index
-from billing.ratelimits import rate_limit_check, rate_limit_create
-from tests.budgets.conftest import run
+from billing.ratelimits import RATE_LIMIT_SCRIPT, rate_limit_check, rate_limit_create
+from tests.loops import run
 
 # 45 s into a minute: the window resets in 15 s.
 NOW = datetime(2026, 11, 27, 12, 30, 45, tzinfo=UTC)
@@ -77,3 +77,13 @@ def test_a_rate_limit_needs_one_target_and_a_limit(org):
         rate_limit_create(tenant=org.tenant, team=org.team, api_key=org.api_key, requests_per_minute=1)
     with pytest.raises(ValidationError):
         rate_limit_create(tenant=org.tenant, team=org.team)
+
+
+def test_counting_goes_on_after_redis_forgets_its_scripts(org, redis_counters):
+    """The scripts run by SHA1; a Redis that restarted (SCRIPT FLUSH here) is sent the source again."""
+    rate_limit_create(tenant=org.tenant, api_key=org.api_key, requests_per_minute=2)
+    assert checks(org, count=1)[0].allowed
+    redis_counters.script_flush()
+
+    assert [result.allowed for result in checks(org, count=2)] == [True, False]
+    assert redis_counters.script_exists(RATE_LIMIT_SCRIPT.sha) == [True]

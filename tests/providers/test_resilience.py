@@ -11,7 +11,8 @@ import pytest
 from routing import upstream
 from routing.providers.base import parse_retry_after
 from routing.resilience import BreakerPolicy, CircuitBreaker, CircuitOpen, RetryPolicy, call_with_fallbacks
-from tests.providers.conftest import chunks_of, collect_stream, model_entry, provider_entry, run, streamed_text
+from tests.loops import run
+from tests.providers.conftest import chunks_of, collect_stream, model_entry, provider_entry, streamed_text
 from tests.servers import free_port
 
 FAST = RetryPolicy(attempts_per_model=2, max_attempts=6, deadline_seconds=10, base_delay_seconds=0.01)
@@ -245,5 +246,22 @@ def test_failures_spread_beyond_the_window_do_not_open_the_breaker():
         await asyncio.sleep(0.3)
         await breaker.record_failure()
         return await breaker.allow()
+
+    assert run(scenario()) is True
+
+
+def test_a_success_clears_the_failures_counted_since_a_clean_allow(settings):
+    """A clean allow lets a success skip clearing; a failure in between must still be cleared by the success."""
+    assert settings.REDIS_URL, "run with TEST_REDIS_URL so the breaker state goes through Redis"
+    name = unique("provider")
+    policy = BreakerPolicy(failure_threshold=2, window_seconds=10, cooldown_seconds=30)
+
+    async def scenario():
+        breaker, other = CircuitBreaker(name, policy=policy), CircuitBreaker(name, policy=policy)
+        assert await breaker.allow()
+        await breaker.record_failure()
+        await breaker.record_success()
+        await other.record_failure()
+        return await other.allow()
 
     assert run(scenario()) is True
