@@ -9,9 +9,9 @@ import httpx
 import pytest
 from django.db.models import Sum
 
-from billing.budgets.services import budget_create
+from billing.budgets.services import budget_create, budget_update
 from billing.costs import usage_cost
-from billing.models import UsageRecord
+from billing.models import RateLimit, UsageRecord
 from billing.ratelimits import rate_limit_create
 from routing.catalog import ModelPrices
 from routing.tokens import count_chat_tokens
@@ -134,6 +134,25 @@ def test_rate_limits_answer_429_with_openai_headers(gateway, acme):
     assert responses[1].headers["x-ratelimit-remaining-requests"] == "0"
     assert responses[2].json()["error"]["code"] == "rate_limit_exceeded"
     assert int(responses[2].headers["retry-after"]) >= 1
+
+
+def test_a_request_the_rate_limit_refuses_leaves_nothing_reserved_against_the_budget(gateway, acme):
+    """The rate limit and the reservation go to Redis together; a refused request's reservation is released."""
+    rate_limit_create(tenant=acme.tenant, api_key=acme.api_key, requests_per_minute=1)
+    budget = budget_create(tenant=acme.tenant, scope="team", team=acme.team, period="day", limit_usd=Decimal("1"))
+    headers = {"authorization": f"Bearer {acme.key}"}
+    body = {"model": acme.small.name, "messages": MESSAGES, "max_tokens": MAX_TOKENS}
+    answered = httpx.post(f"{gateway.url}/v1/chat/completions", json=body, headers=headers)
+    assert answered.status_code == 200
+    budget_update(budget=budget, limit_usd=Decimal(answered.headers["x-llmops-cost-usd"]) + worst_case(SMALL_PRICES))
+
+    refused = httpx.post(f"{gateway.url}/v1/chat/completions", json=body, headers=headers)
+    RateLimit.objects.filter(tenant=acme.tenant).delete()
+    again = httpx.post(f"{gateway.url}/v1/chat/completions", json=body, headers=headers)
+
+    assert refused.json()["error"]["code"] == "rate_limit_exceeded"
+    # Room for exactly one more worst case: there only if the refused request's reservation was given back.
+    assert again.status_code == 200, again.text
 
 
 @pytest.mark.parametrize("target", ["key", "team", "tenant"])
