@@ -48,6 +48,8 @@ BLOCK_MS = 1000
 CLAIM_IDLE_MS = 60_000
 CLAIM_EVERY_SECONDS = 30.0
 RETRY_PAUSE_SECONDS = 1.0
+# After a batch that did not fill up, let the next one gather for this long: one commit per batch, not per few rows.
+LINGER_SECONDS = 0.05
 
 _EVENT_FIELDS = tuple(f.name for f in fields(UsageEvent))
 _DECIMAL_FIELDS = tuple(f.name for f in fields(UsageEvent) if f.type is Decimal)
@@ -228,7 +230,9 @@ def ledger_stream_run(
             if recovered_at is None or time.monotonic() - recovered_at > CLAIM_EVERY_SECONDS:
                 ledger_stream_recover(client=client, consumer=consumer, claim_idle_ms=claim_idle_ms)
                 recovered_at = time.monotonic()
-            ledger_stream_drain(client=client, consumer=consumer, batch_size=batch_size, block_ms=block_ms)
+            settled = ledger_stream_drain(client=client, consumer=consumer, batch_size=batch_size, block_ms=block_ms)
+            if 0 < settled < batch_size:
+                stop.wait(LINGER_SECONDS)
         except Exception:
             # A worker outlives any one failure; what it read stays pending and is recovered on the next pass.
             logger.exception("ledger drain failed; retrying in %.0f s", RETRY_PAUSE_SECONDS)
