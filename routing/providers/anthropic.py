@@ -32,7 +32,7 @@ from routing.providers.base import (
     sse_lines,
     stop_sequences,
     tool_call_arguments,
-    upstream_client,
+    upstream_request,
     wants_usage_chunk,
 )
 
@@ -188,7 +188,7 @@ def _request(provider: ProviderEntry, body: dict) -> httpx.Request:
     headers = {"content-type": "application/json", "anthropic-version": ANTHROPIC_VERSION}
     if provider.api_key:
         headers["x-api-key"] = provider.api_key
-    return upstream_client().build_request(
+    return upstream_request(
         "POST",
         f"{provider.base_url}/messages",
         content=orjson.dumps(messages_request(body)),

@@ -1,4 +1,4 @@
-"""What every provider adapter shares: the error classes, the reply and stream shapes, the pooled HTTP client.
+"""What every provider adapter shares: the error classes, the reply and stream shapes, the pooled HTTP transport.
 
 Adapters speak their provider's API and hand back OpenAI's chat completion format, so the
 pipeline reads one shape whatever the provider.
@@ -19,7 +19,8 @@ from django.conf import settings
 from routing.catalog import ModelEntry, ProviderEntry
 from routing.providers.transport import AiohttpTransport
 
-_clients: dict[asyncio.AbstractEventLoop, httpx.AsyncClient] = {}
+USER_AGENT = "llmops"
+_transports: dict[asyncio.AbstractEventLoop, AiohttpTransport] = {}
 
 
 class UpstreamError(Exception):
@@ -92,26 +93,34 @@ class UpstreamStream(Protocol):
     async def aclose(self) -> None: ...
 
 
-def upstream_client() -> httpx.AsyncClient:
-    """One client per event loop: connections are reused across requests, never shared between loops."""
+def upstream_transport() -> AiohttpTransport:
+    """One connection pool per event loop: connections are reused across requests, never shared between loops."""
     loop = asyncio.get_running_loop()
-    client = _clients.get(loop)
-    if client is None or client.is_closed:
-        for stale_loop in [known for known in _clients if known.is_closed()]:
-            del _clients[stale_loop]
-        client = httpx.AsyncClient(
-            transport=AiohttpTransport(max_connections=settings.LLMOPS_UPSTREAM_MAX_CONNECTIONS),
-            timeout=httpx.Timeout(60.0, connect=5.0),
-        )
-        _clients[loop] = client
-    return client
+    transport = _transports.get(loop)
+    if transport is None:
+        for stale_loop in [known for known in _transports if known.is_closed()]:
+            del _transports[stale_loop]
+        transport = _transports[loop] = AiohttpTransport(max_connections=settings.LLMOPS_UPSTREAM_MAX_CONNECTIONS)
+    return transport
 
 
 async def upstream_client_close() -> None:
-    """Close this event loop's client and its connections; for a loop that ends before its process does."""
-    client = _clients.pop(asyncio.get_running_loop(), None)
-    if client is not None:
-        await client.aclose()
+    """Close this event loop's pool and its connections; for a loop that ends before its process does."""
+    transport = _transports.pop(asyncio.get_running_loop(), None)
+    if transport is not None:
+        await transport.aclose()
+
+
+def upstream_request(method: str, url: str, *, content: bytes, headers: dict, timeout: httpx.Timeout) -> httpx.Request:
+    """A request to a provider. It goes straight to the transport, without an httpx client: no cookie jar (a
+    provider's cookie must not follow one tenant's request into another's), no redirects, no auth but the headers."""
+    return httpx.Request(
+        method,
+        url,
+        content=content,
+        headers={"user-agent": USER_AGENT, **headers},
+        extensions={"timeout": timeout.as_dict()},
+    )
 
 
 def provider_timeout(provider: ProviderEntry) -> httpx.Timeout:
@@ -149,9 +158,15 @@ def parse_retry_after(headers: Mapping[str, str]) -> float | None:
 async def send_request(
     provider: ProviderEntry, request: httpx.Request, *, stream: bool, started: float
 ) -> httpx.Response:
-    """Send over the pooled client, turning transport failures into upstream errors."""
+    """Send over the pool, turning transport failures into upstream errors. Unless ``stream``, the body is read."""
     try:
-        return await upstream_client().send(request, stream=stream)
+        response = await upstream_transport().handle_async_request(request)
+        if not stream:
+            try:
+                await response.aread()
+            finally:
+                await response.aclose()
+        return response
     except httpx.TimeoutException as exc:
         raise UpstreamTimeout(
             f"provider {provider.name} did not answer within {provider.timeout_seconds:g}s",

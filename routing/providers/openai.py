@@ -15,7 +15,7 @@ from routing.providers.base import (
     rejection,
     send_request,
     sse_lines,
-    upstream_client,
+    upstream_request,
 )
 
 
@@ -23,7 +23,7 @@ def _request(provider: ProviderEntry, body: dict) -> httpx.Request:
     headers = {"content-type": "application/json"}
     if provider.api_key:
         headers["authorization"] = f"Bearer {provider.api_key}"
-    return upstream_client().build_request(
+    return upstream_request(
         "POST",
         f"{provider.base_url}/chat/completions",
         content=orjson.dumps(body),

@@ -1,6 +1,6 @@
-"""httpx's client API over aiohttp's connection pool, for the calls to providers.
+"""httpx's request and response types over aiohttp's connection pool, for the calls to providers.
 
-Adapters build and read ``httpx`` requests and responses; only the transport underneath is aiohttp's. Profiled
+Adapters build and read ``httpx`` requests and responses; the connections underneath are aiohttp's. Profiled
 at concurrency 32, httpcore's pool spent about a third of the gateway's event loop on each request (it polls every
 idle connection's socket to see whether it expired, through anyio's attribute lookups); aiohttp's connector hands
 out a kept-alive connection without that scan. Failures are raised as the httpx exceptions the adapters catch.
@@ -56,7 +56,7 @@ class _ResponseStream(httpx.AsyncByteStream):
 
 
 class AiohttpTransport(httpx.AsyncBaseTransport):
-    """One aiohttp session per transport; httpx's client is per event loop, so this is too."""
+    """One aiohttp session per transport, and one transport per event loop (``base.upstream_transport``)."""
 
     def __init__(self, *, max_connections: int):
         self._max_connections = max_connections
@@ -65,7 +65,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
     def _client_session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             connector = aiohttp.TCPConnector(limit=self._max_connections, limit_per_host=0, ttl_dns_cache=300)
-            # Bodies go through as bytes: httpx decodes content-encoding itself, and adds its own default headers.
+            # Bodies go through as bytes (httpx's Response decodes content-encoding); requests carry their own headers.
             self._session = aiohttp.ClientSession(
                 connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent", "Accept-Encoding")
             )

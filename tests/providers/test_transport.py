@@ -63,7 +63,7 @@ def head(status: int, headers: dict[str, str]) -> bytes:
 
 async def json_answer(writer, *, encoding: str = "") -> bool:
     payload = orjson.dumps(ANSWER)
-    headers = {"content-type": "application/json"}
+    headers = {"content-type": "application/json", "set-cookie": "session=tenant-a; Path=/"}
     if encoding == "gzip":
         payload, headers["content-encoding"] = gzip.compress(payload), "gzip"
     headers["content-length"] = str(len(payload))
@@ -72,7 +72,7 @@ async def json_answer(writer, *, encoding: str = "") -> bool:
     return True
 
 
-def test_requests_reuse_one_kept_alive_connection_and_gzip_is_decoded():
+def test_requests_reuse_one_kept_alive_connection_decode_gzip_and_keep_no_cookies():
     server = RawServer(lambda writer: json_answer(writer, encoding="gzip"))
 
     async def scenario():
@@ -85,6 +85,8 @@ def test_requests_reuse_one_kept_alive_connection_and_gzip_is_decoded():
     assert [reply.body["choices"][0]["message"]["content"] for reply in replies] == ["hi"] * 3
     assert server.connections == 1 and len(server.requests) == 3
     assert server.requests[0].startswith(b"POST /v1/chat/completions HTTP/1.1")
+    # No cookie jar: what a provider sets for one tenant's request never rides along on the next one.
+    assert not any(b"\r\ncookie:" in request.lower() for request in server.requests)
 
 
 def test_a_body_cut_short_is_a_connection_error():
