@@ -1,0 +1,53 @@
+"""On a warm process the request path reads its configuration from the in-process snapshot: no query per request."""
+
+import threading
+import time
+from decimal import Decimal
+
+import httpx
+import pytest
+from django.db.backends.utils import CursorWrapper
+
+from billing.budgets.services import budget_create
+from billing.ratelimits import rate_limit_create
+from routing.services import routing_policy_ensure_default
+
+SNAPSHOT_VERSION_TABLE = '"gateway_configversion"'
+
+
+@pytest.fixture
+def queries(monkeypatch):
+    """Every SQL statement run on any thread but the ledger drainer's (it writes the rows, off the request path)."""
+    seen: list[str] = []
+    execute = CursorWrapper._execute_with_wrappers
+
+    def counting(self, sql, *args, **kwargs):
+        if threading.current_thread().name != "ledger-drainer":
+            seen.append(sql)
+        return execute(self, sql, *args, **kwargs)
+
+    monkeypatch.setattr(CursorWrapper, "_execute_with_wrappers", counting)
+    return seen
+
+
+def test_a_warm_process_answers_with_no_configuration_query(gateway, acme, queries):
+    """Every feature in scope: a live policy routing `auto`, a budget, a rate limit, key auth, the ledger."""
+    routing_policy_ensure_default(tenant=acme.tenant)
+    budget_create(tenant=acme.tenant, scope="team", team=acme.team, period="day", limit_usd=Decimal("10"))
+    rate_limit_create(tenant=acme.tenant, api_key=acme.api_key, requests_per_minute=1000)
+    headers = {"authorization": f"Bearer {acme.key}", "x-llmops-cache": "bypass, no-store"}
+    body = {"model": "auto", "max_tokens": 16, "messages": [{"role": "user", "content": "Say hi"}]}
+    with httpx.Client(base_url=gateway.url, headers=headers, timeout=30) as client:
+        assert client.post("/v1/chat/completions", json=body).status_code == 200  # warms the snapshot
+        queries.clear()
+        started = time.monotonic()
+        responses = [client.post("/v1/chat/completions", json=body) for _ in range(20)]
+        elapsed = time.monotonic() - started
+
+    assert [response.status_code for response in responses] == [200] * 20
+    assert all("rule=" in response.headers["x-llmops-route"] for response in responses)
+    assert all(response.headers["x-llmops-budget-remaining-usd"] for response in responses)
+    assert all(response.headers["x-ratelimit-limit-requests"] == "1000" for response in responses)
+    # The only query allowed is the snapshot's version check, at most once a second per process.
+    assert all(SNAPSHOT_VERSION_TABLE in sql for sql in queries), queries
+    assert len(queries) <= elapsed + 1
