@@ -110,6 +110,10 @@ end
 return 2
 """)
 _ALLOWED_CLEAN = 2
+# How long this process trusts a clean verdict from Redis: a circuit that another process opens is honoured
+# within this, and calls in between save a round trip. A failure seen here forgets the verdict at once.
+CLEAN_VERDICT_SECONDS = 0.25
+_clean_until: dict[str, float] = {}
 # A tripped breaker forgets itself after this many cool-downs without traffic.
 _TRIPPED_MEMORY_COOLDOWNS = 20
 
@@ -145,12 +149,17 @@ class CircuitBreaker:
         redis = async_redis()
         if redis is None:
             return self._local_allow()
+        if _clean_until.get(self.keys[1], 0.0) > time.monotonic():
+            self.allowed_clean = True
+            return True
         try:
             verdict = await _ALLOW.run(redis, self.keys, [self._ms(self.policy.probe_seconds)])
         except RedisError:
             logger.warning("circuit breaker for %s cannot reach Redis; letting the call through", self.provider_name)
             return True
         self.allowed_clean = verdict == _ALLOWED_CLEAN
+        if self.allowed_clean:
+            _clean_until[self.keys[1]] = time.monotonic() + CLEAN_VERDICT_SECONDS
         return bool(verdict)
 
     async def record_success(self) -> None:
@@ -168,6 +177,7 @@ class CircuitBreaker:
     async def record_failure(self) -> bool:
         """Count a failure; returns whether the circuit is now open."""
         self.allowed_clean = False
+        _clean_until.pop(self.keys[1], None)
         redis = async_redis()
         if redis is None:
             return self._local_failure()

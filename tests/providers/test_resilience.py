@@ -8,9 +8,17 @@ from email.utils import format_datetime
 
 import pytest
 
+from llmops.redis import async_redis
 from routing import upstream
 from routing.providers.base import parse_retry_after
-from routing.resilience import BreakerPolicy, CircuitBreaker, CircuitOpen, RetryPolicy, call_with_fallbacks
+from routing.resilience import (
+    CLEAN_VERDICT_SECONDS,
+    BreakerPolicy,
+    CircuitBreaker,
+    CircuitOpen,
+    RetryPolicy,
+    call_with_fallbacks,
+)
 from tests.loops import run
 from tests.providers.conftest import chunks_of, collect_stream, model_entry, provider_entry, streamed_text
 from tests.servers import free_port
@@ -265,3 +273,20 @@ def test_a_success_clears_the_failures_counted_since_a_clean_allow(settings):
         return await other.allow()
 
     assert run(scenario()) is True
+
+
+def test_a_circuit_opened_by_another_process_is_honoured_within_the_clean_verdict_time(settings):
+    assert settings.REDIS_URL, "run with TEST_REDIS_URL so the breaker state goes through Redis"
+    name = unique("provider")
+    policy = BreakerPolicy(failure_threshold=1, window_seconds=10, cooldown_seconds=30)
+
+    async def scenario():
+        here = CircuitBreaker(name, policy=policy)
+        first = await here.allow()
+        # Another process trips the circuit: here only Redis says so.
+        await async_redis().set(here.keys[1], "1", px=30_000)
+        trusted = await here.allow()
+        await asyncio.sleep(CLEAN_VERDICT_SECONDS + 0.05)
+        return first, trusted, await here.allow()
+
+    assert run(scenario()) == (True, True, False)
