@@ -66,8 +66,12 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         if self._session is None or self._session.closed:
             connector = aiohttp.TCPConnector(limit=self._max_connections, limit_per_host=0, ttl_dns_cache=300)
             # Bodies go through as bytes (httpx's Response decodes content-encoding); requests carry their own headers.
+            # HTTP(S)_PROXY and NO_PROXY from the environment apply, as they did with httpx's client.
             self._session = aiohttp.ClientSession(
-                connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent", "Accept-Encoding")
+                connector=connector,
+                auto_decompress=False,
+                skip_auto_headers=("User-Agent", "Accept-Encoding"),
+                trust_env=True,
             )
         return self._session
 

@@ -134,3 +134,20 @@ def test_an_unreachable_provider_is_a_connection_error():
 
     with pytest.raises(upstream.UpstreamConnectionError):
         run(scenario())
+
+
+def test_an_egress_proxy_from_the_environment_carries_the_calls(monkeypatch):
+    """HTTP_PROXY applies as it did with httpx's client: the proxy receives the absolute URL."""
+    proxy = RawServer(json_answer)
+
+    async def scenario():
+        async with proxy as proxy_url:
+            monkeypatch.setenv("HTTP_PROXY", proxy_url.removesuffix("/v1"))
+            monkeypatch.delenv("NO_PROXY", raising=False)
+            monkeypatch.delenv("no_proxy", raising=False)
+            return await openai.chat_completion(provider_entry("openai", "http://provider.invalid/v1"), BODY)
+
+    reply = run(scenario())
+
+    assert reply.body["choices"][0]["message"]["content"] == "hi"
+    assert proxy.requests[0].startswith(b"POST http://provider.invalid/v1/chat/completions HTTP/1.1")
