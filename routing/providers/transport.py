@@ -64,7 +64,10 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
 
     def _client_session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(limit=self._max_connections, limit_per_host=0, ttl_dns_cache=300)
+            # httpx's TLS context: certifi's CA bundle, or SSL_CERT_FILE / SSL_CERT_DIR when set.
+            connector = aiohttp.TCPConnector(
+                limit=self._max_connections, limit_per_host=0, ttl_dns_cache=300, ssl=httpx.create_ssl_context()
+            )
             # Bodies go through as bytes (httpx's Response decodes content-encoding); requests carry their own headers.
             # HTTP(S)_PROXY and NO_PROXY from the environment apply, as they did with httpx's client.
             self._session = aiohttp.ClientSession(

@@ -2,10 +2,17 @@
 on purpose: keep-alive reuse, gzip, and the failures the adapters must see as upstream errors."""
 
 import asyncio
+import datetime
 import gzip
+import ipaddress
+import ssl
 
 import orjson
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from routing import upstream
 from routing.providers import openai
@@ -151,3 +158,56 @@ def test_an_egress_proxy_from_the_environment_carries_the_calls(monkeypatch):
 
     assert reply.body["choices"][0]["message"]["content"] == "hi"
     assert proxy.requests[0].startswith(b"POST http://provider.invalid/v1/chat/completions HTTP/1.1")
+
+
+@pytest.fixture
+def self_signed_certificate(tmp_path):
+    """A certificate for 127.0.0.1 that no public CA signed: (certificate file, key file)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "llmops test provider")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        .sign(key, hashes.SHA256())
+    )
+    certificate_file, key_file = tmp_path / "provider.pem", tmp_path / "provider.key"
+    certificate_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return certificate_file, key_file
+
+
+@pytest.mark.parametrize("trusted", [False, True])
+def test_tls_certificates_are_verified_against_the_configured_authorities(
+    self_signed_certificate, monkeypatch, trusted
+):
+    certificate_file, key_file = self_signed_certificate
+    if trusted:
+        monkeypatch.setenv("SSL_CERT_FILE", str(certificate_file))
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_context.load_cert_chain(certificate_file, key_file)
+    server = RawServer(json_answer)
+
+    async def scenario():
+        server.server = await asyncio.start_server(server.handle, "127.0.0.1", 0, ssl=server_context)
+        try:
+            url = f"https://127.0.0.1:{server.server.sockets[0].getsockname()[1]}/v1"
+            return await openai.chat_completion(provider_entry("openai", url), BODY)
+        finally:
+            server.server.close()
+
+    if trusted:
+        assert run(scenario()).body["choices"][0]["message"]["content"] == "hi"
+    else:
+        with pytest.raises(upstream.UpstreamConnectionError):
+            run(scenario())
+        assert server.requests == []
