@@ -187,6 +187,8 @@ LLMOPS_CACHE_RULE_THRESHOLDS = {
 }
 # How often a process re-reads the semantic index of a tenant and model for entries other processes stored.
 LLMOPS_CACHE_INDEX_REFRESH_SECONDS = env.float("LLMOPS_CACHE_INDEX_REFRESH_SECONDS", default=30.0)
+# The most texts the embedding thread embeds in one call (the lookups that queued while the previous call ran).
+LLMOPS_CACHE_EMBED_BATCH = env.int("LLMOPS_CACHE_EMBED_BATCH", default=32)
 # Budgets when REDIS_URL is set but Redis cannot be reached: "fail_closed" refuses requests under a block or
 # downgrade budget (503 budget_unavailable); "database" counts in BudgetCounter rows instead. Never open.
 # The answer cap set on a request under a budget that sent none, so its reservation is a true worst case.

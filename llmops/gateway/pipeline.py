@@ -126,7 +126,7 @@ async def complete_chat(call: GatewayCall, plan: ChatPlan) -> HttpResponse:
         raise refusal_error(blocked) from blocked
     call.injection_flagged |= verdict.flagged
     await finish(call, http_status=200, usage=usage, answer=reply.body)
-    await _keep_answer(call, plan.cache, reply.body)
+    _keep_answer(call, plan.cache, reply.body)
     response = HttpResponse(reply.raw, content_type="application/json")
     for name, value in call.response_headers().items():
         response[name] = value
@@ -164,7 +164,7 @@ class StreamRelay:
                 data = event[6:] if event.startswith("data: ") else None
                 if data == "[DONE]":
                     await self._record(http_status=200)
-                    await self._keep_answer()
+                    self._keep_answer()
                     yield f": x-llmops-cost-usd={self.call.cost_usd}\n\ndata: [DONE]\n\n".encode()
                     return
                 if data is not None and not self._take(data):
@@ -222,7 +222,7 @@ class StreamRelay:
         answer = {"content": "".join(self.content_parts)} if self.content_parts else None
         await finish(self.call, http_status=http_status, usage=self._usage(), error_code=error_code, answer=answer)
 
-    async def _keep_answer(self) -> None:
+    def _keep_answer(self) -> None:
         """A stream that ended with [DONE] and a finish reason is complete: cache it as the answer it assembled."""
         if not self.cacheable or self.finish_reason is None:
             return
@@ -247,7 +247,7 @@ class StreamRelay:
                 "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
             },
         }
-        await _keep_answer(self.call, self.cache, answer)
+        _keep_answer(self.call, self.cache, answer)
 
 
 async def stream_chat(call: GatewayCall, plan: ChatPlan) -> StreamingHttpResponse:
@@ -273,12 +273,13 @@ def _event_stream_response(call: GatewayCall, events: AsyncIterator[bytes]) -> S
     return response
 
 
-async def _keep_answer(call: GatewayCall, cache: CacheRequest | None, answer: dict) -> None:
-    """Cache an answer only if the model the key names served it (not a fallback or a budget downgrade)."""
+def _keep_answer(call: GatewayCall, cache: CacheRequest | None, answer: dict) -> None:
+    """Cache an answer only if the model the key names served it (not a fallback or a budget downgrade). The write
+    is queued: the response does not wait for it."""
     if cache is None or call.served is None or call.served.name != cache.served_model:
         return
     try:
-        await cache_store(cache, answer=answer)
+        cache_store(cache, answer=answer)
     except Exception:
         logger.warning("cache: answer not stored for %s", call.request_id, exc_info=True)
 

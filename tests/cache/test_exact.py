@@ -7,7 +7,7 @@ from django.utils import timezone
 
 from billing.models import UsageRecord
 from llmops.redis import sync_redis
-from routing.cache.store import cache_entries_expire, redis_key
+from routing.cache.store import cache_entries_expire, cache_writes_flush, redis_key
 from routing.models import CacheEntry
 from routing.services import tenant_model_access_set
 from tests.cache.conftest import CACHE_TTL_SECONDS, cache_policy, chat
@@ -35,6 +35,7 @@ def test_a_repeated_request_is_an_exact_hit_that_costs_nothing(gateway, acme_cac
     assert missed.cost_usd > 0
     assert (hit.cost_usd, hit.cache_status, hit.saved_cache_usd) == (0, "hit-exact", missed.cost_usd)
     assert second.headers["x-llmops-cost-usd"] == "0.0000000000"
+    cache_writes_flush()
     assert CacheEntry.objects.get(tenant=acme_caching.tenant).hit_count == 1
 
 
@@ -57,6 +58,7 @@ def test_nondeterministic_requests_and_several_choices_bypass_unless_the_rule_op
     for options in ({"temperature": None}, {"temperature": 0.7}, {"n": 2}):
         responses = [chat(gateway, acme, QUESTION, **options) for _ in range(2)]
         assert [r.headers["x-llmops-cache"] for r in responses] == ["bypass", "bypass"], options
+    cache_writes_flush()
     assert not CacheEntry.objects.exists()
 
 
@@ -73,6 +75,7 @@ def test_without_a_ttl_on_the_rule_nothing_is_cached(gateway, acme):
 
 def test_an_expired_entry_misses_and_the_expiry_job_deletes_it(gateway, acme_caching):
     chat(gateway, acme_caching, QUESTION)
+    cache_writes_flush()
     entry = CacheEntry.objects.get()
     key = redis_key(acme_caching.tenant.pk, entry.served_model, entry.key_hash)
     assert 0 < sync_redis().ttl(key) <= CACHE_TTL_SECONDS
@@ -100,11 +103,13 @@ def test_identical_prompts_from_two_tenants_never_share_an_answer(gateway, acme_
     paraphrase = "For annual plans, what is our refund window?"
     assert chat(gateway, acme_caching, paraphrase).headers["x-llmops-cache"] == "hit-semantic"
     assert chat(gateway, globex_caching, paraphrase, **as_globex).headers["x-llmops-cache"] == "miss"
+    cache_writes_flush()
     assert not CacheEntry.objects.filter(tenant=globex_caching.tenant).exists()
 
 
 def test_a_flushed_redis_still_hits_from_postgres_and_is_refilled(gateway, acme_caching):
     chat(gateway, acme_caching, QUESTION)
+    cache_writes_flush()
     sync_redis().flushdb()
     assert chat(gateway, acme_caching, QUESTION).headers["x-llmops-cache"] == "hit-exact"
     entry = CacheEntry.objects.get()
@@ -128,6 +133,7 @@ def test_client_cache_control_on_reading(gateway, acme_caching, headers, status)
 @pytest.mark.parametrize("headers", [{"x-llmops-cache": "no-store"}, {"cache-control": "no-store"}])
 def test_no_store_keeps_nothing(gateway, acme_caching, headers):
     chat(gateway, acme_caching, QUESTION, headers=headers)
+    cache_writes_flush()
     assert not CacheEntry.objects.exists()
     assert chat(gateway, acme_caching, QUESTION).headers["x-llmops-cache"] == "miss"
 
@@ -144,11 +150,13 @@ def test_upstream_errors_are_not_cached(gateway, acme_caching):
     )
     assert chat(gateway, acme_caching, QUESTION, model=failing.name).status_code >= 500
     assert chat(gateway, acme_caching, QUESTION, model=failing.name).headers.get("x-llmops-cache") != "hit-exact"
+    cache_writes_flush()
     assert not CacheEntry.objects.exists()
 
 
 def test_a_corrupt_entry_is_a_miss_not_an_error(gateway, acme_caching):
     chat(gateway, acme_caching, QUESTION)
+    cache_writes_flush()
     entry = CacheEntry.objects.get()
     CacheEntry.objects.update(answer={"choices": "not a list"})
     sync_redis().set(redis_key(acme_caching.tenant.pk, entry.served_model, entry.key_hash), b"{not json")

@@ -8,6 +8,7 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
+from routing.cache.store import cache_writes_flush
 from routing.models import CacheEntry
 from tenants.models import Membership
 from tests.cache.conftest import chat
@@ -43,6 +44,7 @@ def test_cache_purge_command_refuses_an_unknown_tenant(db):
 def test_a_tenant_admin_sees_and_purges_only_their_entries(gateway, acme_caching, globex_caching, django_user_model):
     chat(gateway, acme_caching, QUESTION)
     chat(gateway, globex_caching, QUESTION)
+    cache_writes_flush()
     user = django_user_model.objects.create_user(username="acme-admin", password="pw", is_staff=True)
     Membership.objects.create(user=user, tenant=acme_caching.tenant, role="admin")
     client = Client()

@@ -1,14 +1,19 @@
 """Semantic hits and the near-miss guard, and streamed answers, through the live gateway."""
 
+from datetime import timedelta
+
 import openai
 import pytest
+from django.utils import timezone
 
 from billing.models import UsageRecord
+from routing.cache.store import cache_writes_flush
 from routing.models import CacheEntry, CacheEntryKind
 from routing.services import tenant_model_access_set
-from tests.cache.conftest import chat
+from tests.cache.conftest import cache_request, chat, stored_answer
 from tests.factories import ModelFactory
 
+NO_STORE = {"x-llmops-cache": "no-store"}
 NEAR_MISSES = [
     ("numbers", "How many days are there in 3 weeks?", "How many days are there in 5 weeks?"),
     ("identifier", "What is the shipping status of order #A10482?", "What is the shipping status of order #A10428?"),
@@ -37,7 +42,37 @@ def test_a_paraphrase_is_a_semantic_hit(gateway, acme_caching, mock_upstream):
     row = UsageRecord.objects.get(request_id=second.headers["x-llmops-request-id"])
     assert (row.cost_usd, row.cache_status) == (0, "hit-semantic")
     assert row.saved_cache_usd > 0
+    cache_writes_flush()
     assert CacheEntry.objects.get().kind == CacheEntryKind.SEMANTIC
+
+
+def test_an_entry_another_process_stored_is_found_by_meaning_once_the_index_refreshes(
+    gateway, acme_caching, embedder, settings
+):
+    settings.LLMOPS_CACHE_INDEX_REFRESH_SECONDS = 3600
+    assert chat(gateway, acme_caching, "How do I reset my password?").headers["x-llmops-cache"] == "miss"
+    cache = cache_request(acme_caching, "What is the capital of France?")
+    # Written straight to Postgres, as another gateway process would.
+    CacheEntry.objects.create(
+        tenant=acme_caching.tenant,
+        served_model=cache.served_model,
+        key_hash=cache.key_hash,
+        kind=CacheEntryKind.SEMANTIC,
+        request=cache.request,
+        answer=stored_answer("Paris."),
+        embedding=embedder.embed([cache.semantic.prompt])[0].tobytes(),
+        normalized_prompt=cache.semantic.prompt,
+        context_fingerprint=cache.semantic.context_fingerprint,
+        rule_name=cache.rule_name,
+        expires_at=timezone.now() + timedelta(minutes=10),
+    )
+
+    paraphrase = "what's France's capital city"
+    assert chat(gateway, acme_caching, paraphrase, headers=NO_STORE).headers["x-llmops-cache"] == "miss"
+    settings.LLMOPS_CACHE_INDEX_REFRESH_SECONDS = 0
+    found = chat(gateway, acme_caching, paraphrase, headers=NO_STORE)
+    assert found.headers["x-llmops-cache"] == "hit-semantic"
+    assert found.json()["choices"][0]["message"]["content"] == "Paris."
 
 
 @pytest.mark.parametrize(("kind", "stored", "asked"), NEAR_MISSES, ids=[kind for kind, *_ in NEAR_MISSES])
@@ -94,4 +129,5 @@ def test_a_truncated_stream_is_not_cached(gateway, acme_caching, openai_client):
     )
     with pytest.raises(openai.APIError, match="ended the stream"):
         _stream(openai_client, breaking.name, "Tell me a long story about caching")
+    cache_writes_flush()
     assert not CacheEntry.objects.exists()

@@ -1,0 +1,109 @@
+"""Stores off the response path: the answer goes out before its cache write, this process finds what it is still
+writing (exact and by meaning, never for another tenant), and the writer's batched upserts are idempotent."""
+
+import logging
+
+from llmops.redis import sync_redis
+from routing.cache.store import (
+    cache_entries_purge,
+    cache_lookup,
+    cache_store,
+    cache_writes_flush,
+    redis_key,
+)
+from routing.models import CacheEntry, CacheEntryKind
+from routing.services import tenant_model_access_set
+from tests.cache.conftest import cache_request, cache_writes_blocked, chat, stored_answer
+from tests.loops import run
+
+QUESTION = "What is the capital of France?"
+PARAPHRASE = "what's France's capital city"
+
+
+def share_acme_model(acme, globex) -> dict:
+    """globex may use acme's model, so only the tenant tells their requests apart."""
+    tenant_model_access_set(tenant=globex.tenant, allowed_models=[acme.small], default_model=acme.small)
+    return {"model": acme.small.name}
+
+
+def test_the_answer_does_not_wait_for_its_cache_write_and_this_process_finds_it(
+    gateway, acme_caching, globex_caching, mock_upstream
+):
+    as_globex = {**share_acme_model(acme_caching, globex_caching), "headers": {"x-llmops-cache": "no-store"}}
+    with cache_writes_blocked():
+        first = chat(gateway, acme_caching, QUESTION)
+        served = mock_upstream.app.requests_served
+        exact = chat(gateway, acme_caching, QUESTION)
+        semantic = chat(gateway, acme_caching, PARAPHRASE)
+        other_tenant = [chat(gateway, globex_caching, prompt, **as_globex) for prompt in (QUESTION, PARAPHRASE)]
+        assert not CacheEntry.objects.exists()
+
+    assert first.headers["x-llmops-cache"] == "miss"
+    assert (exact.headers["x-llmops-cache"], semantic.headers["x-llmops-cache"]) == ("hit-exact", "hit-semantic")
+    assert exact.json()["choices"] == semantic.json()["choices"] == first.json()["choices"]
+    assert [reply.headers["x-llmops-cache"] for reply in other_tenant] == ["miss", "miss"]
+    assert mock_upstream.app.requests_served == served + 2
+    cache_writes_flush()
+    entry = CacheEntry.objects.get()
+    assert (entry.tenant, entry.kind, entry.hit_count) == (acme_caching.tenant, CacheEntryKind.SEMANTIC, 2)
+    assert sync_redis().exists(redis_key(acme_caching.tenant.pk, entry.served_model, entry.key_hash))
+
+
+def test_stores_of_one_key_queued_together_leave_one_row_per_tenant(gateway, acme_caching, globex_caching, caplog):
+    shared = share_acme_model(acme_caching, globex_caching)
+    bypass = {"headers": {"x-llmops-cache": "bypass"}, **shared}
+    with cache_writes_blocked():
+        # The first write waits on the lock; the others queue behind it and go to Postgres as one batch.
+        for setup in (acme_caching, acme_caching, globex_caching, acme_caching, globex_caching):
+            assert chat(gateway, setup, QUESTION, **bypass).headers["x-llmops-cache"] == "bypass"
+    cache_writes_flush()
+
+    entries = CacheEntry.objects.order_by("tenant_id")
+    assert [entry.tenant for entry in entries] == [acme_caching.tenant, globex_caching.tenant]
+    assert all(entry.kind == CacheEntryKind.SEMANTIC and entry.hit_count == 0 for entry in entries)
+    assert not [record for record in caplog.records if record.levelno >= logging.WARNING]
+    assert chat(gateway, acme_caching, QUESTION, **shared).headers["x-llmops-cache"] == "hit-exact"
+    assert chat(gateway, globex_caching, QUESTION, **shared).headers["x-llmops-cache"] == "hit-exact"
+
+
+def test_an_entry_postgres_refuses_costs_only_itself(gateway, acme, embedder, caplog):
+    with cache_writes_blocked():
+        cache_store(cache_request(acme, "How do I reset my password?"), answer=stored_answer("Use the reset link."))
+        # jsonb cannot hold a NUL character: this row fails, queued in one batch with the next one behind the lock.
+        cache_store(cache_request(acme, "Print a NUL byte"), answer=stored_answer("here: \x00"))
+        cache_store(
+            cache_request(acme, "Which plans include single sign-on?"), answer=stored_answer("Business and up.")
+        )
+    cache_writes_flush()
+
+    assert sorted(CacheEntry.objects.values_list("normalized_prompt", flat=True)) == [
+        "how do i reset my password",
+        "which plans include single sign-on",
+    ]
+    assert "not stored" in caplog.text
+    assert run(cache_lookup(cache_request(acme, "Print a NUL byte"))) is None
+    assert run(cache_lookup(cache_request(acme, "How do I reset my password?"))).answer == stored_answer(
+        "Use the reset link."
+    )
+
+
+def test_an_answer_stored_without_a_lookup_is_embedded_later_and_found_by_meaning(gateway, acme_caching):
+    bypassed = chat(gateway, acme_caching, QUESTION, headers={"x-llmops-cache": "bypass"})
+    paraphrase = chat(gateway, acme_caching, PARAPHRASE)
+
+    assert bypassed.headers["x-llmops-cache"] == "bypass"
+    assert paraphrase.headers["x-llmops-cache"] == "hit-semantic"
+    cache_writes_flush()
+    assert CacheEntry.objects.get().kind == CacheEntryKind.SEMANTIC
+
+
+def test_a_purge_deletes_what_this_process_was_still_writing(gateway, acme, settings):
+    settings.LLMOPS_CACHE_EMBEDDER = ""
+    cache = cache_request(acme, QUESTION)
+    cache_store(cache, answer=stored_answer("Paris."))
+    assert cache_entries_purge(tenant=acme.tenant) == 1
+
+    cache_writes_flush()
+    assert not CacheEntry.objects.exists()
+    assert not sync_redis().exists(redis_key(acme.tenant.pk, cache.served_model, cache.key_hash))
+    assert run(cache_lookup(cache)) is None
