@@ -49,7 +49,7 @@ SCENARIOS = [
     Scenario("miss, cache on", "unique-cached"),
     Scenario("exact cache hit", "same", "hit-exact"),
     Scenario("semantic cache hit", "paraphrase", "hit-semantic"),
-    Scenario("streaming", "stream"),
+    Scenario("streaming miss", "stream"),
 ]
 
 
@@ -98,6 +98,7 @@ def setup_bench_tenant(database_url: str, upstream_url: str) -> str:
     from billing.budgets.services import budget_create
     from billing.models import Budget, RateLimit
     from billing.ratelimits import rate_limit_create
+    from routing.cache.store import cache_entries_purge
     from routing.models import Model, Provider, RoutingPolicy
     from routing.policy.drafts import policy_draft_replace
     from routing.services import (
@@ -151,6 +152,8 @@ def setup_bench_tenant(database_url: str, upstream_url: str) -> str:
         budget_create(tenant=tenant, limit_usd=Decimal("1000000"))
     if not RateLimit.objects.filter(tenant=tenant).exists():
         rate_limit_create(tenant=tenant, team=team, requests_per_minute=100_000_000)
+    # Every run starts with an empty cache, so its cache scenarios measure the same index size.
+    cache_entries_purge(tenant=tenant)
     _, key = api_key_create(team=team, name=f"bench {secrets.token_hex(3)}")
     return key
 

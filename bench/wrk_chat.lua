@@ -4,7 +4,7 @@
 --   unique-cached  every prompt differs, cache on: each miss pays the exact and semantic lookups and the store
 --   same        one prompt (an exact cache hit after the first)
 --   paraphrase  rewordings of one question (semantic cache hits)
---   stream      unique prompts with "stream": true
+--   stream      unique prompts with "stream": true, cache bypassed like unique
 local threads = {}
 local counter = 0
 local paraphrases = {
@@ -24,7 +24,7 @@ function init(args)
   wrk.method = "POST"
   wrk.headers["Content-Type"] = "application/json"
   wrk.headers["Authorization"] = "Bearer " .. args[3]
-  if mode == "unique" then wrk.headers["x-llmops-cache"] = "bypass, no-store" end
+  if mode == "unique" or mode == "stream" then wrk.headers["x-llmops-cache"] = "bypass, no-store" end
 end
 
 function request()
