@@ -1,11 +1,11 @@
 from django.contrib import admin
 
 from billing.models import UsageRecord
-from tenants.admin import TenantScopedAdmin
+from tenants.admin import ReadOnlyScopedAdmin
 
 
 @admin.register(UsageRecord)
-class UsageRecordAdmin(TenantScopedAdmin):
+class UsageRecordAdmin(ReadOnlyScopedAdmin):
     """The ledger, read-only for everyone: a usage record is written once by the gateway and never changed."""
 
     list_display = (
@@ -29,15 +29,6 @@ class UsageRecordAdmin(TenantScopedAdmin):
     search_fields = ("request_id",)
     # The ledger grows without bound; skip the second, unfiltered count on every page.
     show_full_result_count = False
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
 
 import billing.admin_budgets  # noqa: E402  (registers the budget and alert admin)

@@ -16,7 +16,7 @@ from billing.alerts.services import (
 from billing.budgets.services import budget_counters_rebuild, budget_create, budget_update, budget_validate
 from billing.models import AlertChannel, AlertDelivery, Anomaly, Budget, BudgetAlert, RateLimit
 from billing.ratelimits import rate_limit_create, rate_limit_validate
-from tenants.admin import TenantScopedAdmin, adopt_saved_row
+from tenants.admin import ReadOnlyScopedAdmin, TenantScopedAdmin, adopt_saved_row
 
 
 class ThresholdsField(forms.CharField):
@@ -171,19 +171,6 @@ class AlertChannelAdmin(TenantScopedAdmin):
             adopt_saved_row(target=obj, source=channel)
 
 
-class ReadOnlyTenantAdmin(TenantScopedAdmin):
-    """Rows the system writes; people only look (and retry deliveries)."""
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
-
-
 class AlertDeliveryInline(admin.TabularInline):
     model = AlertDelivery
     fields = ("channel", "status", "attempts", "last_error", "sent_at")
@@ -196,7 +183,7 @@ class AlertDeliveryInline(admin.TabularInline):
 
 
 @admin.register(BudgetAlert)
-class BudgetAlertAdmin(ReadOnlyTenantAdmin):
+class BudgetAlertAdmin(ReadOnlyScopedAdmin):
     tenant_lookup = "budget__tenant"
     list_display = ("budget", "period_key", "threshold", "spent_usd", "limit_usd", "created_at")
     list_filter = ("threshold",)
@@ -208,7 +195,7 @@ class BudgetAlertAdmin(ReadOnlyTenantAdmin):
 
 
 @admin.register(AlertDelivery)
-class AlertDeliveryAdmin(ReadOnlyTenantAdmin):
+class AlertDeliveryAdmin(ReadOnlyScopedAdmin):
     tenant_lookup = "channel__tenant"
     list_display = ("__str__", "status", "attempts", "last_error", "created_at", "sent_at")
     list_filter = ("status", "channel__kind")
@@ -229,7 +216,7 @@ class AlertDeliveryAdmin(ReadOnlyTenantAdmin):
 
 
 @admin.register(Anomaly)
-class AnomalyAdmin(ReadOnlyTenantAdmin):
+class AnomalyAdmin(ReadOnlyScopedAdmin):
     list_display = (
         "__str__",
         "metric",

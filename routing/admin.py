@@ -35,7 +35,7 @@ from routing.services import (
     routing_policy_rollback,
     tenant_model_access_set,
 )
-from tenants.admin import ServiceCreateAdmin, TenantScopedAdmin, adopt_saved_row, tenant_scope
+from tenants.admin import ReadOnlyScopedAdmin, ServiceCreateAdmin, TenantScopedAdmin, adopt_saved_row, tenant_scope
 from tenants.models import Tenant
 from tenants.outbound import outbound_url_errors
 
@@ -344,21 +344,8 @@ class RoutingConsoleForm(forms.Form):
         return {str(name): str(value) for name, value in headers.items()}
 
 
-class PublishedRecordAdmin(TenantScopedAdmin):
-    """Published versions and the audit log are history: readable by the tenant's members, changed by nobody."""
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
-
-
 @admin.register(RoutingPolicyVersion)
-class RoutingPolicyVersionAdmin(PublishedRecordAdmin):
+class RoutingPolicyVersionAdmin(ReadOnlyScopedAdmin):
     list_display = ("__str__", "tenant", "number", "is_live", "published_by", "published_at")
     list_filter = (("tenant", admin.RelatedOnlyFieldListFilter),)
     list_select_related = ("tenant", "published_by", "policy")
@@ -390,7 +377,7 @@ class RoutingPolicyVersionAdmin(PublishedRecordAdmin):
 
 
 @admin.register(RoutingPolicyAudit)
-class RoutingPolicyAuditAdmin(PublishedRecordAdmin):
+class RoutingPolicyAuditAdmin(ReadOnlyScopedAdmin):
     list_display = ("created_at", "tenant", "action", "version", "previous_version", "actor")
     list_filter = (("tenant", admin.RelatedOnlyFieldListFilter), "action")
     list_select_related = ("tenant", "version__tenant", "previous_version__tenant", "actor")

@@ -6,18 +6,7 @@ Read-only: batches and jobs are created through the API by a tenant's key, and c
 from django.contrib import admin
 
 from llmops.gateway.batch_models import Batch, Job
-from tenants.admin import TenantScopedAdmin
-
-
-class ReadOnlyScopedAdmin(TenantScopedAdmin):
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
+from tenants.admin import ReadOnlyScopedAdmin
 
 
 @admin.register(Batch)
