@@ -1,10 +1,21 @@
-"""Run ASGI apps on loopback in a background thread, for tests that speak real HTTP."""
+"""Run ASGI apps on loopback in a background thread, and services as child processes, for tests that speak real
+HTTP."""
 
+import os
+import signal
 import socket
+import subprocess
 import threading
 import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
 
+import httpx
 import uvicorn
+from django.db import connection
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def free_port() -> int:
@@ -38,3 +49,78 @@ class ThreadedServer:
     def __exit__(self, *exc) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=10)
+
+
+@dataclass
+class ReceivedRequest:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass
+class Receiver:
+    """An HTTP endpoint on loopback that records what it receives and answers with the statuses queued."""
+
+    statuses: deque = field(default_factory=deque)
+    received: list[ReceivedRequest] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        headers = {name.decode().lower(): value.decode() for name, value in scope["headers"]}
+        with self.lock:
+            self.received.append(ReceivedRequest(scope["path"], headers, body))
+            status = self.statuses.popleft() if self.statuses else 200
+        await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", b"text/plain")]})
+        await send({"type": "http.response.body", "body": b"ok" if status < 300 else b"receiver says no"})
+
+
+def committed_database_url() -> str:
+    """The test database pytest-django created (test_<name>), where this test's committed rows are."""
+    db = connection.settings_dict
+    password = f":{db['PASSWORD']}" if db["PASSWORD"] else ""
+    return f"postgres://{db['USER']}{password}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+
+
+class ServiceProcess:
+    """A child process that can be started again after a SIGKILL."""
+
+    def __init__(self, args: list[str], env: dict[str, str], *, health_url: str = ""):
+        self.args, self.env, self.health_url = args, env, health_url
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> "ServiceProcess":
+        self.process = subprocess.Popen(self.args, cwd=ROOT, env=self.env)
+        if self.health_url:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    if httpx.get(self.health_url, timeout=1).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                if time.monotonic() > deadline or self.process.poll() is not None:
+                    raise RuntimeError(f"{self.args} did not come up")
+                time.sleep(0.05)
+        return self
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.kill()

@@ -1,24 +1,19 @@
 """A live Celery worker process on the test broker and database, slow and fast mock upstreams, webhook receivers."""
 
 import os
-import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import orjson
 import pytest
 from django.conf import settings
-from django.db import connection
 
 from llmops.mock_upstream import MockUpstream
 from tests.conftest import TenantSetup
 from tests.factories import ModelFactory, ProviderFactory
-from tests.servers import ThreadedServer
+from tests.servers import ServiceProcess, ThreadedServer, committed_database_url
 
-ROOT = Path(__file__).resolve().parents[2]
 DELEGATING_PROVIDER = "mock-batch-endpoint"
 WORKER_ENV = {
     "LLMOPS_BATCH_LEASE_SECONDS": "2",
@@ -30,54 +25,20 @@ WORKER_ENV = {
 }
 
 
-class Worker:
+def celery_worker() -> ServiceProcess:
     """``celery -A llmops worker`` as a child process, on the test database and the test Redis as broker."""
-
-    def __init__(self):
-        database = connection.settings_dict
-        self.env = {
-            **os.environ,
-            **WORKER_ENV,
-            "DATABASE_URL": f"postgres://{database['USER']}@{database['HOST']}:{database['PORT']}/{database['NAME']}",
-            "REDIS_URL": settings.REDIS_URL,
-            "CELERY_BROKER_URL": settings.REDIS_URL,
-            "CELERY_TASK_ALWAYS_EAGER": "false",
-            "MEDIA_ROOT": str(settings.MEDIA_ROOT),
-        }
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> "Worker":
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "llmops",
-                "worker",
-                "--pool=solo",
-                "--without-gossip",
-                "--without-mingle",
-                "--without-heartbeat",
-                "-l",
-                "warning",
-            ],
-            cwd=ROOT,
-            env=self.env,
-        )
-        return self
-
-    def kill(self) -> None:
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.kill()
+    env = {
+        **os.environ,
+        **WORKER_ENV,
+        "DATABASE_URL": committed_database_url(),
+        "REDIS_URL": settings.REDIS_URL,
+        "CELERY_BROKER_URL": settings.REDIS_URL,
+        "CELERY_TASK_ALWAYS_EAGER": "false",
+        "MEDIA_ROOT": str(settings.MEDIA_ROOT),
+    }
+    args = [sys.executable, "-m", "celery", "-A", "llmops", "worker", "--pool=solo", "--without-gossip"]
+    args += ["--without-mingle", "--without-heartbeat", "-l", "warning"]
+    return ServiceProcess(args, env)
 
 
 @pytest.fixture
@@ -100,7 +61,7 @@ def files_root(settings, tmp_path):
 
 @pytest.fixture
 def worker(gateway, live_broker, files_root):
-    running = Worker().start()
+    running = celery_worker().start()
     yield running
     running.stop()
 

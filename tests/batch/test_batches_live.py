@@ -10,7 +10,7 @@ import pytest
 from billing.models import UsageRecord
 from llmops.gateway.batch_models import Batch, BatchLine
 from llmops.gateway.batch_services import line_request_id
-from tests.batch.conftest import DELEGATING_PROVIDER, Worker, chat_line, jsonl, provider_model, wait_for
+from tests.batch.conftest import DELEGATING_PROVIDER, celery_worker, chat_line, jsonl, provider_model, wait_for
 from tests.factories import ModelFactory
 
 pytestmark = pytest.mark.live
@@ -110,7 +110,7 @@ def test_worker_killed_mid_batch_resumes_and_runs_every_line_once(worker, openai
 
     worker.kill()
     before = openai_client.batches.retrieve(batch.id).request_counts.completed
-    restarted = Worker().start()
+    restarted = celery_worker().start()
     try:
         done = wait_finished(openai_client, batch.id)
     finally:

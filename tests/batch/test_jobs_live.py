@@ -9,32 +9,14 @@ import pytest
 
 from billing.models import UsageRecord
 from tests.batch.conftest import wait_for
-from tests.servers import ThreadedServer
+from tests.servers import Receiver, ThreadedServer
 
 pytestmark = pytest.mark.live
 
 
-class WebhookReceiver:
-    def __init__(self):
-        self.received: list[tuple[dict, bytes]] = []
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
-        self.received.append(({k.decode(): v.decode() for k, v in scope["headers"]}, body))
-        await send({"type": "http.response.start", "status": 204, "headers": []})
-        await send({"type": "http.response.body", "body": b""})
-
-
 @pytest.fixture
 def receiver():
-    app = WebhookReceiver()
+    app = Receiver()
     with ThreadedServer(app) as server:
         server.app = app
         yield server
@@ -59,7 +41,8 @@ def test_job_runs_in_the_background_and_posts_a_signed_webhook(worker, gateway, 
     assert finished["result"]["object"] == "chat.completion"
     record = wait_for(lambda: UsageRecord.objects.filter(request_id=finished["request_id"]).first(), timeout=10)
     assert record.endpoint == "/api/jobs" and f"{record.cost_usd:f}" == finished["cost_usd"]
-    (hook_headers, body), *_ = receiver.app.received
+    hook = receiver.app.received[0]
+    hook_headers, body = hook.headers, hook.body
     expected = hmac.new(
         secret.encode(), f"{hook_headers['x-llmops-timestamp']}.".encode() + body, hashlib.sha256
     ).hexdigest()

@@ -1,6 +1,4 @@
-import threading
-from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pytest
 import redis
@@ -11,7 +9,7 @@ from routing.services import tenant_model_access_set
 from tenants.models import ApiKey, Team, Tenant
 from tenants.services import api_key_create
 from tests.factories import ModelFactory, TeamFactory, TenantFactory
-from tests.servers import ThreadedServer
+from tests.servers import Receiver, ThreadedServer
 
 # Closed on loopback: connecting is refused at once, the way an unreachable Redis fails.
 UNREACHABLE_REDIS_URL = "redis://127.0.0.1:1/0"
@@ -92,38 +90,6 @@ def no_redis(settings):
 @pytest.fixture
 def unreachable_redis(settings):
     settings.REDIS_URL = UNREACHABLE_REDIS_URL
-
-
-@dataclass
-class ReceivedRequest:
-    path: str
-    headers: dict[str, str]
-    body: bytes
-
-
-@dataclass
-class Receiver:
-    """An HTTP endpoint on loopback that records what it receives and answers with the statuses queued."""
-
-    statuses: deque = field(default_factory=deque)
-    received: list[ReceivedRequest] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
-        headers = {name.decode().lower(): value.decode() for name, value in scope["headers"]}
-        with self.lock:
-            self.received.append(ReceivedRequest(scope["path"], headers, body))
-            status = self.statuses.popleft() if self.statuses else 200
-        await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", b"text/plain")]})
-        await send({"type": "http.response.body", "body": b"ok" if status < 300 else b"receiver says no"})
 
 
 @pytest.fixture(scope="session")

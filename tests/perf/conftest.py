@@ -1,63 +1,12 @@
 """Gateway and drainer as real separate processes, against the test database and Redis, for kill -9 tests."""
 
 import os
-import signal
-import subprocess
 import sys
-import time
-from pathlib import Path
 
-import httpx
 import pytest
 from django.conf import settings
-from django.db import connection
 
-from tests.servers import free_port
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _database_url() -> str:
-    """The test database pytest-django created (test_<name>), where this test's committed rows are."""
-    db = connection.settings_dict
-    password = f":{db['PASSWORD']}" if db["PASSWORD"] else ""
-    return f"postgres://{db['USER']}{password}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
-
-
-class ServiceProcess:
-    """A child process that can be started again after a SIGKILL."""
-
-    def __init__(self, args: list[str], env: dict[str, str], *, health_url: str = ""):
-        self.args, self.env, self.health_url = args, env, health_url
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> "ServiceProcess":
-        self.process = subprocess.Popen(self.args, cwd=ROOT, env=self.env)
-        if self.health_url:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    if httpx.get(self.health_url, timeout=1).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() > deadline or self.process.poll() is not None:
-                    raise RuntimeError(f"{self.args} did not come up")
-                time.sleep(0.05)
-        return self
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.kill()
+from tests.servers import ServiceProcess, committed_database_url, free_port
 
 
 @pytest.fixture
@@ -66,7 +15,7 @@ def process_env(transactional_db) -> dict[str, str]:
         pytest.skip("the durable ledger stream needs REDIS_URL")
     return {
         **os.environ,
-        "DATABASE_URL": _database_url(),
+        "DATABASE_URL": committed_database_url(),
         "REDIS_URL": settings.REDIS_URL,
         "LLMOPS_LEDGER_MODE": "stream",
         "LOG_LEVEL": "WARNING",
