@@ -1,4 +1,6 @@
 import asyncio
+import os
+import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -6,6 +8,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 import pytest
+from django.conf import settings
 from django.db import connection
 
 from billing.ledger_stream import STREAM_KEY, ledger_stream_client, ledger_stream_run, ledger_streaming
@@ -17,7 +20,7 @@ from routing.services import tenant_model_access_set
 from tenants.models import ApiKey, Team, Tenant
 from tenants.services import api_key_create
 from tests.factories import ModelFactory, ProviderFactory, TeamFactory, TenantFactory
-from tests.servers import ThreadedServer
+from tests.servers import ServiceProcess, ThreadedServer, committed_database_url, free_port
 
 SMALL_PRICES = (Decimal("0.15"), Decimal("0.075"), Decimal("0.60"))
 LARGE_PRICES = (Decimal("2.50"), Decimal("1.25"), Decimal("10.00"))
@@ -200,3 +203,48 @@ def openai_client(gateway, acme):
 
     with OpenAI(base_url=f"{gateway.url}/v1", api_key=acme.key, max_retries=0, timeout=20) as client:
         yield client
+
+
+@pytest.fixture
+def process_env(transactional_db) -> dict[str, str]:
+    if not settings.REDIS_URL:
+        pytest.skip("the durable ledger stream needs REDIS_URL")
+    return {
+        **os.environ,
+        "DATABASE_URL": committed_database_url(),
+        "REDIS_URL": settings.REDIS_URL,
+        "LLMOPS_LEDGER_MODE": "stream",
+        "LOG_LEVEL": "WARNING",
+        "DJANGO_SETTINGS_MODULE": "llmops.settings",
+    }
+
+
+@pytest.fixture
+def spawn(process_env):
+    """Start gateway (uvicorn, one process or `workers` of them) and drainer processes; all are stopped after the test.
+
+    They run against the committed test database and the test Redis, as production runs: for tests of what holds
+    across processes (kill -9, a change seen by every worker)."""
+    started: list[ServiceProcess] = []
+
+    def gateway(port: int, *, workers: int = 1) -> ServiceProcess:
+        args = [sys.executable, "-m", "uvicorn", "llmops.asgi:application", "--host", "127.0.0.1"]
+        args += ["--port", str(port), "--workers", str(workers), "--no-access-log", "--log-level", "warning"]
+        service = ServiceProcess(args, process_env, health_url=f"http://127.0.0.1:{port}/healthz")
+        started.append(service)
+        return service
+
+    def drainer(consumer: str) -> ServiceProcess:
+        args = [sys.executable, "manage.py", "ledger_drain", "--consumer", consumer, "--claim-idle-seconds", "1"]
+        service = ServiceProcess(args, process_env)
+        started.append(service)
+        return service
+
+    yield gateway, drainer
+    for service in started:
+        service.stop()
+
+
+@pytest.fixture
+def gateway_port() -> int:
+    return free_port()
