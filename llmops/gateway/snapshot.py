@@ -50,7 +50,16 @@ REDIS_VERSION_PREFIX = "llmops:config:"
 MAX_UNKNOWN_PREFIXES = 10_000
 
 SHARED_MODELS = (Provider, Model)
-TENANT_MODELS = (Team, ApiKey, TenantModelAccess, RoutingPolicy, RoutingPolicyVersion, Budget, RateLimit)
+TENANT_MODELS = (
+    Team,
+    ApiKey,
+    TenantModelAccess,
+    RoutingPolicy,
+    RoutingPolicyVersion,
+    Budget,
+    RateLimit,
+    PayloadLogSettings,
+)
 
 
 def tenant_scope(tenant_id: int) -> str:
@@ -303,7 +312,7 @@ def _on_access_change(sender, instance, action, reverse, pk_set, **kwargs):
 
 
 def connect_invalidation_signals() -> None:
-    for model in (*SHARED_MODELS, Tenant, *TENANT_MODELS, PayloadLogSettings):
+    for model in (*SHARED_MODELS, Tenant, *TENANT_MODELS):
         post_save.connect(_on_save, sender=model, dispatch_uid=f"config-save-{model.__name__}")
         post_delete.connect(_on_delete, sender=model, dispatch_uid=f"config-delete-{model.__name__}")
     m2m_changed.connect(
