@@ -15,7 +15,9 @@ caught by the next request (its bump gives a new version), never stored under th
 
 A key prefix no loaded slice knows (a brand-new key) is looked up in the database once, under the ``keys`` version
 that every key creation bumps; an unknown prefix stays refused without a query until a key is created.
-If Redis cannot be read, each request loads its slices from the database (and a warning is logged).
+If Redis cannot be read, the process forgets every slice and each request loads its own from the database.
+A change saved while Redis is unreachable from the saving process is committed but not announced (logged at
+ERROR): save it again once Redis is back.
 """
 
 import asyncio
@@ -129,9 +131,8 @@ def tenant_slice_build(*, tenant_id: int, version: str | None) -> TenantSlice:
     )
 
 
-def _unverified_version() -> str:
-    """A version no stored slice has, so the request loads what it needs from the database."""
-    return f"unverified-{secrets.token_hex(8)}"
+class VersionsUnreadable(Exception):
+    """Redis holds the versions and cannot be read."""
 
 
 async def config_versions_read(scopes: list[str]) -> list[str | None]:
@@ -142,8 +143,7 @@ async def config_versions_read(scopes: list[str]) -> list[str | None]:
     try:
         values = await client.mget([REDIS_VERSION_PREFIX + scope for scope in scopes])
     except RedisError as exc:
-        logger.warning("configuration versions unreadable in Redis (%s); loading from the database", exc)
-        return [_unverified_version() for _ in scopes]
+        raise VersionsUnreadable(str(exc)) from exc
     return [value.decode() if value is not None else None for value in values]
 
 
@@ -166,8 +166,11 @@ def config_versions_bump(scopes: set[str]) -> None:
     try:
         pipeline.execute()
     except RedisError:
-        logger.exception("configuration change to %s not announced: Redis unreachable", ", ".join(sorted(scopes)))
-        raise
+        # The change is committed; raising would not undo it. Gateways that lose Redis too reload everything.
+        logger.exception(
+            "configuration change to %s saved but not announced (Redis unreachable): save it again once Redis is back",
+            ", ".join(sorted(scopes)),
+        )
 
 
 def _database_version_bump(scope: str) -> None:
@@ -203,11 +206,22 @@ class ConfigCache:
         return await self._for_unknown_prefix(parsed.prefix)
 
     async def for_tenant(self, tenant_id: int) -> ConfigSnapshot:
-        shared_version, tenant_version = await config_versions_read([SHARED_SCOPE, tenant_scope(tenant_id)])
+        shared_version, tenant_version = await self._versions([SHARED_SCOPE, tenant_scope(tenant_id)])
         return await self._snapshot(tenant_id, shared_version, tenant_version)
 
+    async def _versions(self, scopes: list[str]) -> list[str | None]:
+        try:
+            return await config_versions_read(scopes)
+        except VersionsUnreadable as exc:
+            # Nothing held can be vouched for, now or after Redis returns (a change may go unannounced meanwhile):
+            # forget it all, and load what this request needs under a version no slice has.
+            logger.warning("configuration versions unreadable in Redis (%s); loading from the database", exc)
+            self._shared, self._tenants, self._snapshots = None, {}, {}
+            self._tenant_of_prefix, self._unknown_prefixes = {}, {}
+            return [f"unverified-{secrets.token_hex(8)}" for _ in scopes]
+
     async def _for_unknown_prefix(self, prefix: str) -> ConfigSnapshot | None:
-        shared_version, keys_version = await config_versions_read([SHARED_SCOPE, KEYS_SCOPE])
+        shared_version, keys_version = await self._versions([SHARED_SCOPE, KEYS_SCOPE])
         if prefix in self._unknown_prefixes and self._unknown_prefixes[prefix] == keys_version:
             return None
         tenant_id = await database_sync_to_async(key_tenant_id)(prefix=prefix)
@@ -217,7 +231,7 @@ class ConfigCache:
             self._unknown_prefixes[prefix] = keys_version
             return None
         # Read after the key was found, so the tenant's slice is loaded from data that holds the key.
-        (tenant_version,) = await config_versions_read([tenant_scope(tenant_id)])
+        (tenant_version,) = await self._versions([tenant_scope(tenant_id)])
         return await self._snapshot(tenant_id, shared_version, tenant_version)
 
     async def _snapshot(self, tenant_id: int, shared_version: str | None, tenant_version: str | None):

@@ -92,3 +92,18 @@ def test_a_process_serves_a_committed_change_from_the_next_request(versions_back
     assert again is before  # unchanged: nothing reloaded
     assert before.keys[api_key.prefix].revoked_at is None
     assert after.keys[api_key.prefix].revoked_at is not None
+
+
+def test_with_redis_unreachable_changes_still_save_and_every_request_reads_the_database(settings, transactional_db):
+    team = TeamFactory()
+    api_key, _ = api_key_create(team=team)
+    cache = ConfigCache()
+    before = asyncio.run(cache.for_tenant(team.tenant_id))
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"
+
+    api_key_revoke(api_key=api_key)
+    during = asyncio.run(cache.for_tenant(team.tenant_id))
+
+    assert before.keys[api_key.prefix].revoked_at is None
+    assert during.keys[api_key.prefix].revoked_at is not None
+    _close_other_connections()
