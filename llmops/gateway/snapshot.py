@@ -36,7 +36,14 @@ from billing.models import Budget, RateLimit
 from llmops.db import database_sync_to_async
 from llmops.gateway.models import ConfigVersion
 from llmops.redis import async_redis, sync_redis
-from routing.catalog import ModelCatalog, ModelEntry, ModelGrant, build_model_grants, build_models_by_id
+from routing.catalog import (
+    ModelCatalog,
+    ModelEntry,
+    ModelGrant,
+    build_model_grants,
+    build_models_by_id,
+    model_catalog_compose,
+)
 from routing.models import Model, Provider, RoutingPolicy, RoutingPolicyVersion, TenantModelAccess
 from routing.policy import CompiledPolicy, build_live_policies
 from tenants.authentication import KeyPrincipal, build_key_index, key_tenant_id
@@ -85,10 +92,6 @@ class SharedSlice:
     version: str | None
     models_by_id: dict[int, ModelEntry]
 
-    @property
-    def models(self) -> dict[str, ModelEntry]:
-        return {entry.name: entry for entry in self.models_by_id.values()}
-
 
 @dataclass(frozen=True, slots=True)
 class TenantSlice:
@@ -102,10 +105,10 @@ class TenantSlice:
     payload_logging: bool
 
     def snapshot(self, shared: SharedSlice) -> ConfigSnapshot:
-        access = {self.tenant_id: self.grant.resolve(shared.models_by_id)} if self.grant is not None else {}
+        grants = {self.tenant_id: self.grant} if self.grant is not None else {}
         return ConfigSnapshot(
             keys=self.keys,
-            catalog=ModelCatalog(models=shared.models, access_by_tenant=access),
+            catalog=model_catalog_compose(shared.models_by_id, grants),
             policies={self.tenant_id: self.policy} if self.policy is not None else {},
             budgets=BudgetIndex(by_tenant={self.tenant_id: self.budgets} if self.budgets else {}),
             rate_limits=self.rate_limits,
