@@ -9,6 +9,9 @@ Two ways in, both idempotent (a bucket is always rebuilt whole from the ledger, 
   backfills call it directly.
 
 Both take the cursor row's lock, so two rollup writers never interleave a bucket's delete and insert.
+
+Pages that read the rollups call `usage_rollups_refresh_if_stale` first: when a ledger row older than
+LLMOPS_ROLLUPS_MAX_AGE_SECONDS is not folded in yet, it runs the refresh, unless another one holds the lock.
 """
 
 from collections import defaultdict
@@ -16,9 +19,11 @@ from collections.abc import Iterable
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 
+from django.conf import settings
 from django.db import transaction
 from django.db.models import Count, DecimalField, Max, Q, Sum, Value
 from django.db.models.functions import Coalesce, TruncDate, TruncHour
+from django.utils import timezone
 
 from billing.models import CacheStatus, RollupCursor, UsageRecord, UsageRollupDaily, UsageRollupHourly
 from billing.models.rollups import LATENCY_BUCKET_EDGES_MS
@@ -129,15 +134,21 @@ def _ceil_hour(moment: datetime) -> datetime:
     return floor if floor == moment else floor + HOUR
 
 
-def _lock_rollups() -> RollupCursor:
+def _lock_rollups(*, wait: bool = True) -> RollupCursor | None:
+    """The cursor row, locked; None when `wait` is false and another writer holds the lock."""
     cursor, _ = RollupCursor.objects.get_or_create(name=ROLLUP_CURSOR_NAME)
-    return RollupCursor.objects.select_for_update().get(pk=cursor.pk)
+    return RollupCursor.objects.select_for_update(skip_locked=not wait).filter(pk=cursor.pk).first()
 
 
-def usage_rollups_refresh(*, max_rows: int = 200_000) -> int:
-    """Fold ledger rows written since the last run into the rollups; returns how many ledger rows it covered."""
+def usage_rollups_refresh(*, max_rows: int = 200_000, wait: bool = True) -> int:
+    """Fold ledger rows written since the last run into the rollups; returns how many ledger rows it covered.
+
+    With `wait=False` it returns 0 at once when another refresh or rebuild is running.
+    """
     with transaction.atomic():
-        cursor = _lock_rollups()
+        cursor = _lock_rollups(wait=wait)
+        if cursor is None:
+            return 0
         newest_id = UsageRecord.objects.aggregate(newest=Max("id"))["newest"] or 0
         upper_id = min(newest_id, cursor.last_usage_id + max_rows)
         if upper_id <= cursor.last_usage_id:
@@ -161,6 +172,19 @@ def usage_rollups_refresh(*, max_rows: int = 200_000) -> int:
         cursor.last_usage_id = upper_id
         cursor.save(update_fields=["last_usage_id", "updated_at"])
     return covered
+
+
+def usage_rollups_refresh_if_stale() -> int:
+    """Refresh when the rollups lack a ledger row older than LLMOPS_ROLLUPS_MAX_AGE_SECONDS.
+
+    For pages that read the rollups: when they are fresh this costs two indexed reads, and a page never waits for a
+    refresh another process is running. Returns how many ledger rows it covered.
+    """
+    folded = RollupCursor.objects.filter(name=ROLLUP_CURSOR_NAME).values_list("last_usage_id", flat=True).first()
+    too_old = timezone.now() - timedelta(seconds=settings.LLMOPS_ROLLUPS_MAX_AGE_SECONDS)
+    if not UsageRecord.objects.filter(id__gt=folded or 0, created_at__lte=too_old).exists():
+        return 0
+    return usage_rollups_refresh(wait=False)
 
 
 def usage_rollups_rebuild(*, tenant: Tenant, first: date, last: date) -> None:
