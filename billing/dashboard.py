@@ -22,23 +22,11 @@ from django.utils import timezone
 
 from billing.budgets.selectors import budget_status
 from billing.models import Budget, UsageRollupDaily
-from billing.rollups import SAVINGS_LEVERS, histogram_sum, latency_p95_ms
+from billing.rollups import ROLLUP_SUMS, SAVINGS_LEVERS, histogram_sum, latency_p95_ms
 from billing.selectors import tenant_zone
 from billing.templatetags.finance import cents
 from tenants.models import Team, Tenant
 
-SUMMED_FIELDS = (
-    "requests",
-    "errors",
-    "upstream_errors",
-    "cache_hits",
-    "routed_to_large",
-    "prompt_tokens",
-    "cached_tokens",
-    "completion_tokens",
-    "cost_usd",
-    *(f"saved_{lever}_usd" for lever in SAVINGS_LEVERS),
-)
 LEVER_LABELS = {
     "cache": "Response cache (exact + semantic)",
     "routing": "Routing to a cheaper model",
@@ -75,10 +63,11 @@ class UsageTotals:
     saved_routing_usd: Decimal = Decimal(0)
     saved_compression_usd: Decimal = Decimal(0)
     saved_batch_usd: Decimal = Decimal(0)
+    latency_sum_ms: int = 0
     latency_histogram: list[int] = field(default_factory=list)
 
     def add(self, rollup: UsageRollupDaily) -> None:
-        for name in SUMMED_FIELDS:
+        for name in ROLLUP_SUMS:
             setattr(self, name, getattr(self, name) + getattr(rollup, name))
         self.latency_histogram = histogram_sum([self.latency_histogram, rollup.latency_histogram])
 

@@ -34,6 +34,20 @@ ROLLUP_CURSOR_NAME = "usage"
 CACHE_HIT_STATUSES = (CacheStatus.HIT_EXACT, CacheStatus.HIT_SEMANTIC)
 SAVINGS_LEVERS = ("cache", "routing", "compression", "batch")
 HOUR = timedelta(hours=1)
+# The rollup fields that add up across buckets (the latency histogram adds element by element).
+ROLLUP_SUMS = (
+    "requests",
+    "errors",
+    "upstream_errors",
+    "cache_hits",
+    "routed_to_large",
+    "prompt_tokens",
+    "cached_tokens",
+    "completion_tokens",
+    "cost_usd",
+    *(f"saved_{lever}_usd" for lever in SAVINGS_LEVERS),
+    "latency_sum_ms",
+)
 ZERO_USD = Decimal(0)
 
 
@@ -90,23 +104,46 @@ def _rebuild_hours(*, tenant: Tenant, start: datetime, end: datetime) -> int:
 
 
 def _rebuild_days(*, tenant: Tenant, first: date, last: date) -> int:
-    """Replace the tenant's daily rollups for local days first..last with fresh ledger aggregates."""
+    """Replace the tenant's daily rollups for local days first..last with fresh aggregates.
+
+    Summed from the hourly rollups when every day starts on a whole UTC hour (a day holds a few hundred hourly rows
+    instead of a day of ledger rows); from the ledger in half-hour zones. Rebuild the hours first.
+    """
     zone = tenant_zone(tenant=tenant)
-    rows = (
-        UsageRecord.objects.for_tenant(tenant)
-        .filter(
-            created_at__gte=datetime.combine(first, time.min, tzinfo=zone),
-            created_at__lt=datetime.combine(last + timedelta(days=1), time.min, tzinfo=zone),
+    start = datetime.combine(first, time.min, tzinfo=zone)
+    end = datetime.combine(last + timedelta(days=1), time.min, tzinfo=zone)
+    days = [first + timedelta(days=offset) for offset in range((last - first).days + 2)]
+    if all(datetime.combine(day, time.min, tzinfo=zone).utcoffset() % HOUR == timedelta(0) for day in days):
+        rollups = _days_from_hours(tenant=tenant, zone=zone, start=start, end=end)
+    else:
+        rows = (
+            UsageRecord.objects.for_tenant(tenant)
+            .filter(created_at__gte=start, created_at__lt=end)
+            .annotate(day=TruncDate("created_at", tzinfo=zone))
+            .values("day", "team_id", "served_model")
+            .annotate(**rollup_aggregates())
+            .order_by()
         )
-        .annotate(day=TruncDate("created_at", tzinfo=zone))
-        .values("day", "team_id", "served_model")
-        .annotate(**rollup_aggregates())
-        .order_by()
-    )
-    rollups = [UsageRollupDaily(tenant=tenant, **_rollup_values(row)) for row in rows]
+        rollups = [UsageRollupDaily(tenant=tenant, **_rollup_values(row)) for row in rows]
     UsageRollupDaily.objects.for_tenant(tenant).filter(day__gte=first, day__lte=last).delete()
     UsageRollupDaily.objects.bulk_create(rollups, batch_size=1000)
     return len(rollups)
+
+
+def _days_from_hours(*, tenant: Tenant, zone, start: datetime, end: datetime) -> list[UsageRollupDaily]:
+    days: dict[tuple, UsageRollupDaily] = {}
+    hours = UsageRollupHourly.objects.for_tenant(tenant).filter(bucket_start__gte=start, bucket_start__lt=end)
+    for hour in hours.order_by("bucket_start"):
+        key = (hour.bucket_start.astimezone(zone).date(), hour.team_id, hour.served_model)
+        day = days.get(key)
+        if day is None:
+            days[key] = day = UsageRollupDaily(
+                tenant=tenant, day=key[0], team_id=hour.team_id, served_model=hour.served_model, latency_histogram=[]
+            )
+        for name in ROLLUP_SUMS:
+            setattr(day, name, getattr(day, name) + getattr(hour, name))
+        day.latency_histogram = histogram_sum([day.latency_histogram, hour.latency_histogram])
+    return list(days.values())
 
 
 def _contiguous_runs(hours: Iterable[datetime]) -> list[tuple[datetime, datetime]]:
