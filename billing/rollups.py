@@ -1,6 +1,7 @@
 """Keep the hourly and daily rollups equal to the ledger.
 
-Two ways in, both idempotent (a bucket is always rebuilt whole from the ledger, never incremented):
+Two ways in, both idempotent (a bucket is always rebuilt whole, an hour from the ledger and a day from its hours,
+never incremented):
 
 - `usage_rollups_refresh` folds in ledger rows written since the last run (by ledger id), rebuilding only the
   hours and days they touch. Beat runs it every minute.
