@@ -80,6 +80,18 @@ DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / '
 DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("DB_CONN_MAX_AGE", default=60))
 # Reused connections are checked before use, so a restarted database costs one failed check, not errors.
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # Concurrent writers (batch lines, the ledger, a Celery worker beside the gateway) wait their turn instead of
+    # failing with "database is locked": a transaction takes the write lock when it begins (so it never has to
+    # upgrade a read lock, which SQLite refuses without waiting), a busy writer is waited for up to the timeout,
+    # and WAL lets reads go on while one writes.
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        {
+            "transaction_mode": "IMMEDIATE",
+            "timeout": 30,
+            "init_command": "PRAGMA journal_mode=WAL;",
+        }
+    )
 if (
     DEBUG
     and "sqlite" not in DATABASES["default"]["ENGINE"]
