@@ -10,7 +10,7 @@ ifneq ($(wildcard $(SHARED_TIKTOKEN)),)
 export TIKTOKEN_CACHE_DIR ?= $(SHARED_TIKTOKEN)
 endif
 
-.PHONY: demo test lint format bench install services
+.PHONY: demo serve test lint format bench install services
 
 install: $(VENV)/.installed
 
@@ -21,6 +21,11 @@ $(VENV)/.installed: requirements.txt
 
 demo: install
 	scripts/demo.sh
+
+# The production topology on one machine (Procfile): `make serve`, or `make serve ARGS=--mock` with the mock upstream
+# and the demo tenant.
+serve: install services
+	scripts/serve.sh $(ARGS)
 
 services:
 	scripts/ensure-services.sh

@@ -108,6 +108,8 @@ STATIC_ROOT = env.path("STATIC_ROOT", default=BASE_DIR / "var" / "static")
 # The embedded demo serves static files from the ASGI app; production puts a CDN or proxy in front.
 SERVE_STATIC = env.bool("SERVE_STATIC", default=True)
 STATICFILES_DIRS = [BASE_DIR / "static"]
+# `manage.py seed_demo` writes the demo key and admin password here (`make serve ARGS=--mock` uses var/serve).
+LLMOPS_DEMO_DIR = env.path("LLMOPS_DEMO_DIR", default=BASE_DIR / "var")
 # Async CSV exports are written here (default storage); production may point STORAGES at S3 instead.
 MEDIA_ROOT = env.path("MEDIA_ROOT", default=BASE_DIR / "var" / "media")
 # Exports longer than this many days go through the async export instead of streaming.
