@@ -2,7 +2,8 @@
 played by moto's server over HTTP, for tests that drive it only through its public interfaces.
 
 One topology serves the whole module: its own database (created, migrated and seeded with the same management
-commands `make serve ARGS=--mock` runs), the test Redis database, beat at a short interval
+commands `make serve ARGS=--mock` runs), its own Redis database (E2E_REDIS_URL, `make test` sets it; the suite's
+in-process ledger drainer reads REDIS_URL's stream), beat at a short interval
 (LLMOPS_BEAT_INTERVAL_SECONDS). Process output goes to files under pytest's temporary directory.
 """
 
@@ -117,12 +118,6 @@ def _fresh_database(base_url: str) -> str:
     return url._replace(path=f"/{name}").geturl()
 
 
-@pytest.fixture
-def clean_redis():
-    """The topology's broker, ledger stream and counters live in the test Redis for the whole module: never flushed
-    between these tests (tests/conftest.py flushes it before every other test)."""
-
-
 @pytest.fixture(scope="module")
 def moto_server(tmp_path_factory):
     port = free_port()
@@ -164,9 +159,9 @@ def webhook_receiver():
 
 @pytest.fixture(scope="module")
 def topology(tmp_path_factory, moto_server, aws):
-    database_url, redis_url = os.environ.get("DATABASE_URL", ""), os.environ.get("REDIS_URL", "")
+    database_url, redis_url = os.environ.get("DATABASE_URL", ""), os.environ.get("E2E_REDIS_URL", "")
     if not database_url.startswith("postgres") or not redis_url:
-        pytest.skip("the production topology needs Postgres (DATABASE_URL) and Redis (REDIS_URL)")
+        pytest.skip("the production topology needs Postgres (DATABASE_URL) and a Redis database (E2E_REDIS_URL)")
     aws["s3"].create_bucket(Bucket=STATEMENTS_BUCKET)
     redis.Redis.from_url(redis_url).flushdb()
     work = tmp_path_factory.mktemp("topology")
