@@ -133,6 +133,11 @@ CELERY_BROKER_URL = env("CELERY_BROKER_URL", default=REDIS_URL or "memory://")
 CELERY_RESULT_BACKEND = env("CELERY_RESULT_BACKEND", default=None)
 CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=CELERY_BROKER_URL == "memory://")
 CELERY_TASK_EAGER_PROPAGATES = True
+# The dashboard refreshes the rollups when they lack a ledger row older than this. With no worker and beat (Celery
+# eager, the embedded default) nothing else refreshes them, so every page open does.
+LLMOPS_ROLLUPS_MAX_AGE_SECONDS = env.int(
+    "LLMOPS_ROLLUPS_MAX_AGE_SECONDS", default=0 if CELERY_TASK_ALWAYS_EAGER else 60
+)
 CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 # Periodic tasks, by name. Each app's issue adds its own entries here.
