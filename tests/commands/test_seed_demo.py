@@ -17,7 +17,7 @@ def seed_demo(upstream_url: str) -> str:
 
 
 def test_a_rerun_with_another_mock_port_points_the_demo_provider_there(gateway, mock_upstream, settings, tmp_path):
-    settings.BASE_DIR = tmp_path
+    settings.LLMOPS_DEMO_DIR = tmp_path / "var"
     seed_demo(f"http://127.0.0.1:{free_port()}/v1")
     key = (tmp_path / "var" / "demo-api-key").read_text().strip()
 

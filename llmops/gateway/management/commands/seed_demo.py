@@ -40,7 +40,7 @@ OPENAI_MODELS = [
 
 
 def demo_files_dir() -> Path:
-    return Path(settings.BASE_DIR) / "var"
+    return Path(settings.LLMOPS_DEMO_DIR)
 
 
 def _write_secret_file(path: Path, value: str) -> None:
