@@ -8,18 +8,23 @@ import os
 import re
 import signal
 import threading
+import time
 import uuid
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 from pathlib import Path
 
 import httpx
+import pytest
 from openai import OpenAI
 
 from tests.e2e.conftest import BEAT_INTERVAL_SECONDS, CLOUDWATCH_NAMESPACE, STATEMENTS_BUCKET, usage_total, wait_for
 
 BATCH_TERMINAL = {"completed", "failed", "expired", "cancelled"}
+HOUR_END_MARGIN_SECONDS = 60
+DUPLICATE_GRACE_SECONDS = 2
 
 
 def _today() -> datetime:
@@ -134,7 +139,9 @@ def _received(receiver, kind: str) -> list[dict]:
     return [body for body in bodies if body.get("type") == kind]
 
 
-def test_a_budget_alert_reaches_the_webhook_once(topology, demo, webhook_receiver):
+@pytest.fixture(scope="module")
+def webhook_channel(demo, webhook_receiver) -> int:
+    """The demo tenant's signed webhook channel to the local receiver, added in the admin; its id."""
     admin = demo["admin"]
     page = admin.get("/admin/billing/alertchannel/add/").text
     tenant_id = re.search(r'<option value="(\d+)">demo</option>', page)[1]
@@ -151,7 +158,11 @@ def test_a_budget_alert_reaches_the_webhook_once(topology, demo, webhook_receive
     )
     assert created.status_code == 302, created.text[:2000]
     channels = admin.get("/admin/billing/alertchannel/").text
-    channel_id = int(re.search(r"/admin/billing/alertchannel/(\d+)/change/", channels)[1])
+    return int(re.search(r"/admin/billing/alertchannel/(\d+)/change/", channels)[1])
+
+
+def test_a_budget_alert_reaches_the_webhook_once(topology, demo, webhook_receiver, webhook_channel):
+    admin = demo["admin"]
     printed = topology.manage("create_api_key", "--tenant", "demo", "--team", "support", "--name", "e2e budget key")
     key = re.search(r"llmops-[A-Za-z0-9]+-[A-Za-z0-9_-]+", printed)[0]
     budget = admin.post_json(
@@ -164,7 +175,7 @@ def test_a_budget_alert_reaches_the_webhook_once(topology, demo, webhook_receive
             "limit_usd": "0.0001",
             "thresholds": [50, 100],
             "action": "notify",
-            "channels": [channel_id],
+            "channels": [webhook_channel],
         },
     )
     assert budget.status_code == 201, budget.text
@@ -179,6 +190,65 @@ def test_a_budget_alert_reaches_the_webhook_once(topology, demo, webhook_receive
     alerts = _received(receiver, "budget.threshold")
     assert sorted(alert["threshold_percent"] for alert in alerts) == [50, 100], alerts
     assert {alert["budget"]["id"] for alert in alerts} == {budget.json()["id"]}
+
+
+def _error_burst(topology, key: str, count: int) -> set[str]:
+    """An app shipped with a mistyped model name: every request answers 404 and leaves its ledger row."""
+
+    def ask(client: httpx.Client, index: int) -> httpx.Response:
+        return client.post(
+            f"{topology.url}/v1/chat/completions",
+            headers={"Authorization": f"Bearer {key}"},
+            json={"model": "mock-smal", "messages": [{"role": "user", "content": f"typo {index}"}]},
+        )
+
+    with httpx.Client(timeout=30) as client, ThreadPoolExecutor(max_workers=6) as pool:
+        answers = list(pool.map(lambda index: ask(client, index), range(count)))
+    assert {answer.status_code for answer in answers} == {404}
+    assert {answer.json()["error"]["code"] for answer in answers} == {"model_not_found"}
+    return {answer.headers["x-llmops-request-id"] for answer in answers}
+
+
+def _anomaly_alerts(receiver, window_end: datetime) -> Counter:
+    """How many times each anomaly of the windows ending at window_end reached the webhook."""
+    return Counter(
+        alert["anomaly_id"]
+        for alert in _received(receiver, "anomaly")
+        if datetime.fromisoformat(alert["window_end"]) == window_end
+    )
+
+
+def test_an_anomaly_alert_reaches_the_webhook_once(topology, demo, webhook_receiver, webhook_channel):
+    now = _today()
+    hour_end = now.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
+    if hour_end - now < timedelta(seconds=HOUR_END_MARGIN_SECONDS):
+        # The burst and the run must fall in one hour; beat judges the hour itself once it has ended.
+        time.sleep((hour_end - now).total_seconds() + 1)
+        hour_end += timedelta(hours=1)
+    # The demo's history fails about 1.6% of 150 to 500 requests a day, so the day's error rate pages from about 12%
+    # (5 x the 0.02 floor above the median): 120 errors reach it up to some 880 requests in the day. In busy hours
+    # the hour window is judged too.
+    request_ids = _error_burst(topology, demo["key"], 120)
+    wait_for(lambda: _ledger_has(demo, request_ids), timeout=30, what="the errors are in the ledger")
+
+    # The hour in progress, judged before it ends, as an operator checks it.
+    output = topology.manage("anomalies_detect", "--tenant", "demo", "--at", hour_end.isoformat())
+    found = dict(re.findall(r"^  anomaly (\d+): (.+)$", output, re.MULTILINE))
+    assert f"tenant, error rate spike in the day to {hour_end.isoformat()}" in "\n".join(found.values()), output
+    alerted = {int(pk) for pk, line in found.items() if line.endswith("alerted to 1 channel")}
+    assert alerted, output
+    receiver = webhook_receiver.receiver
+    wait_for(
+        lambda: _anomaly_alerts(receiver, hour_end).keys() >= alerted,
+        timeout=30,
+        what="every alerted anomaly reaches the webhook",
+    )
+
+    again = topology.manage("anomalies_detect", "--tenant", "demo", "--at", hour_end.isoformat())
+    assert "demo: 0 new anomalies" in again, again
+    # Nothing was queued by the second run; a duplicate of the first would have arrived with the others.
+    time.sleep(DUPLICATE_GRACE_SECONDS)
+    assert _anomaly_alerts(receiver, hour_end) == Counter(dict.fromkeys(alerted, 1))
 
 
 def test_last_months_statement_lands_in_s3_and_equals_the_ledger(topology, demo, aws):
