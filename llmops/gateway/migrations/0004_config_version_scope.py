@@ -8,7 +8,7 @@ def forget_versions(apps, schema_editor):
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("gateway", "0002_files_batches_jobs"),
+        ("gateway", "0003_batch_idempotency_key"),
     ]
 
     operations = [

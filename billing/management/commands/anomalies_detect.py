@@ -1,0 +1,69 @@
+import argparse
+from datetime import datetime, timedelta
+
+from django.core.management.base import BaseCommand, CommandError
+from django.utils import timezone
+
+from billing.anomalies import tenant_anomalies_detect
+from billing.models import Anomaly
+from tenants.models import Tenant
+
+
+def parse_moment(value: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{value}' is not an ISO-8601 date and time") from None
+    if timezone.is_naive(moment):
+        raise argparse.ArgumentTypeError(f"'{value}' needs a UTC offset, e.g. 2026-12-04T22:00Z")
+    return moment
+
+
+class Command(BaseCommand):
+    help = (
+        "Run anomaly detection now, as beat does hourly, or as of --at: the windows ending at the last full hour "
+        "before that moment are judged against their 14-day baseline. New anomalies are stored and alerted to the "
+        "tenant's active channels; a window judged before adds nothing."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument("--tenant", dest="tenant_slug", metavar="SLUG", help="Default: every active tenant.")
+        parser.add_argument(
+            "--at",
+            type=parse_moment,
+            metavar="ISO-8601",
+            help="Default: now. An earlier time re-runs a missed hour; up to an hour ahead judges the hour in "
+            "progress on its traffic so far.",
+        )
+
+    def handle(self, *args, tenant_slug, at, **options):
+        now = timezone.now()
+        at = at or now
+        if at - timedelta(hours=1) > now:
+            raise CommandError(f"--at {at.isoformat()} is more than an hour ahead: that hour has not started yet")
+        if tenant_slug:
+            tenants = list(Tenant.objects.filter(slug=tenant_slug))
+            if not tenants:
+                raise CommandError(f"no tenant with slug '{tenant_slug}'")
+        else:
+            tenants = list(Tenant.objects.filter(is_active=True).order_by("slug"))
+        self.stdout.write(f"Anomaly detection as of {at.isoformat()}")
+        if at > now:
+            self.stdout.write("The hour in progress is judged on its traffic so far: a drop may mean it is not over.")
+        for tenant in tenants:
+            anomalies = tenant_anomalies_detect(tenant=tenant, now=at)
+            noun = "anomaly" if len(anomalies) == 1 else "anomalies"
+            self.stdout.write(f"{tenant.slug}: {len(anomalies)} new {noun}")
+            for anomaly in anomalies:
+                self.stdout.write(f"  {_describe(anomaly)}")
+
+
+def _describe(anomaly: Anomaly) -> str:
+    who = f"team {anomaly.team.slug}" if anomaly.team_id else "tenant"
+    alerted = anomaly.deliveries.count()
+    return (
+        f"anomaly {anomaly.pk}: {who}, {anomaly.get_metric_display().lower()} {anomaly.direction} in the "
+        f"{anomaly.window} to {anomaly.window_end.isoformat()}: {anomaly.observed.normalize():f} against a median of "
+        f"{anomaly.baseline_median.normalize():f} (MAD {anomaly.baseline_mad.normalize():f}), score {anomaly.score}; "
+        f"alerted to {alerted} {'channel' if alerted == 1 else 'channels'}"
+    )
