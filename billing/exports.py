@@ -58,6 +58,8 @@ LEDGER_COLUMNS = (
     "routed_to_large",
     "http_status",
     "error_code",
+    "kind",
+    "parent_request_id",
 )
 AGGREGATE_COLUMNS = (
     "requests",
@@ -217,6 +219,8 @@ def ledger_rows(queryset: QuerySet[UsageRecord], *, zone) -> Iterator[tuple]:
         "routed_to_large",
         "http_status",
         "error_code",
+        "kind",
+        "parent_request_id",
     )
     for row in rows.iterator(chunk_size=CHUNK_ROWS):
         created_at, cost = row[1], row[12]

@@ -21,7 +21,7 @@ from billing.models.budgets import (
     RateLimit,
 )
 from billing.models.exports import ExportStatus, UsageExport
-from billing.models.ledger import COST_FIELD, CacheStatus, ImmutableRowError, UsageRecord
+from billing.models.ledger import COST_FIELD, CacheStatus, ImmutableRowError, UsageKind, UsageRecord
 from billing.models.rollups import RollupCursor, UsageRollupDaily, UsageRollupHourly
 
 __all__ = [
@@ -47,6 +47,7 @@ __all__ = [
     "RateLimit",
     "RollupCursor",
     "UsageExport",
+    "UsageKind",
     "UsageRecord",
     "UsageRollupDaily",
     "UsageRollupHourly",

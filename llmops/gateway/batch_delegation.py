@@ -25,8 +25,8 @@ from llmops.gateway.batch_models import Batch, BatchLine, LineStatus
 from llmops.gateway.batch_services import CHAT_ENDPOINT, ClaimedLine, line_record, line_request_id, lines_claim
 from llmops.gateway.call import GatewayCall, Usage
 from llmops.gateway.errors import GatewayError
-from llmops.gateway.pipeline import record_usage
 from llmops.gateway.planning import plan_chat
+from llmops.gateway.recording import record_usage
 from llmops.gateway.snapshot import config_snapshot
 from llmops.metrics import record_request_metrics
 from llmops.redis import async_redis
