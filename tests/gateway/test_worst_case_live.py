@@ -236,3 +236,28 @@ def test_a_summary_the_budget_cannot_cover_refuses_the_request_before_it_is_made
     assert mock_upstream.app.requests_served == served_before
     main, summary = rows_of(response)
     assert main.error_code == "budget_exceeded" and summary is None
+
+
+def test_without_max_tokens_the_models_maximum_output_is_reserved_for_every_choice(gateway, acme):
+    acme.small.max_output_tokens = 1000
+    acme.small.save()
+    limit = worst_case(choices=2, max_tokens=1000) - Decimal("0.0000001")
+    budget_create(tenant=acme.tenant, scope="key", api_key=acme.api_key, period="day", limit_usd=limit)
+    headers = {"authorization": f"Bearer {acme.key}"}
+
+    refused = httpx.post(
+        f"{gateway.url}/v1/chat/completions",
+        headers=headers,
+        json={"model": acme.small.name, "messages": MESSAGES, "n": 2},
+    )
+    answered = httpx.post(
+        f"{gateway.url}/v1/chat/completions", headers=headers, json={"model": acme.small.name, "messages": MESSAGES}
+    )
+
+    assert refused.status_code == 429
+    assert refused.json()["error"]["message"].startswith(
+        f"This request may cost up to {format_usd(worst_case(choices=2, max_tokens=1000))}, more than the "
+    )
+    assert "max_tokens=999 per choice (2 choices) would fit." in refused.json()["error"]["message"]
+    # One choice of up to 1,000 tokens fits.
+    assert answered.status_code == 200, answered.text
