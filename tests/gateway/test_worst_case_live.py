@@ -14,6 +14,7 @@ from billing.budgets.services import budget_create
 from billing.costs import LEDGER_QUANTUM, format_usd, usage_cost
 from billing.ledger_stream import STREAM_KEY
 from billing.models import UsageKind, UsageRecord
+from billing.ratelimits import rate_limit_create
 from llmops.redis import sync_redis
 from routing.catalog import ModelPrices
 from routing.tokens import count_chat_tokens
@@ -114,6 +115,19 @@ def test_the_answer_to_n_has_n_choices_and_is_billed_for_all_of_them(gateway, ac
     assert response.status_code == 200
     assert [choice["index"] for choice in response.json()["choices"]] == [0, 1, 2, 3, 4]
     assert Decimal(response.headers["x-llmops-cost-usd"]) == worst_case(choices=5)
+
+
+def test_a_token_rate_limit_counts_every_choice(gateway, acme):
+    prompt = count_chat_tokens(MESSAGES, model="mock-small")
+    rate_limit_create(tenant=acme.tenant, api_key=acme.api_key, tokens_per_minute=prompt + 4 * MAX_TOKENS)
+    headers = {"authorization": f"Bearer {acme.key}"}
+    body = {"model": acme.small.name, "messages": MESSAGES, "max_tokens": MAX_TOKENS}
+
+    eight = httpx.post(f"{gateway.url}/v1/chat/completions", headers=headers, json={**body, "n": 8})
+    four = httpx.post(f"{gateway.url}/v1/chat/completions", headers=headers, json={**body, "n": 4})
+
+    assert eight.status_code == 429 and eight.json()["error"]["code"] == "rate_limit_exceeded"
+    assert four.status_code == 200, four.text
 
 
 def test_a_spent_budget_says_it_is_spent(gateway, acme):
