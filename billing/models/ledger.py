@@ -1,4 +1,5 @@
 from django.db import models
+from django.db.models import Q
 
 from tenants.models import ApiKey, Team, Tenant, TenantScopedQuerySet
 
@@ -15,6 +16,11 @@ class CacheStatus(models.TextChoices):
 class UsageKind(models.TextChoices):
     REQUEST = "request", "Request"
     COMPRESSION_SUMMARY = "compression_summary", "Compression summary"
+
+
+# The rows that are requests, not calls the gateway made for one: what reports count as requests and errors (their
+# cost and tokens are summed from every row).
+REQUEST_ROWS = Q(kind=UsageKind.REQUEST)
 
 
 class ImmutableRowError(Exception):

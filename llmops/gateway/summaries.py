@@ -12,7 +12,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from billing.budgets.reservations import BudgetExceeded, BudgetUnavailable, budget_reserve
-from billing.models import UsageKind
+from billing.models import CacheStatus, UsageKind
 from llmops.gateway.call import GatewayCall, Usage, estimated_usage
 from llmops.gateway.errors import GatewayError, upstream_failure
 from llmops.gateway.recording import finish
@@ -84,6 +84,7 @@ def metered_summarizer(snapshot: ConfigSnapshot, call: GatewayCall) -> Summarize
             tags=call.tags,
             kind=UsageKind.COMPRESSION_SUMMARY,
             parent_request_id=call.request_id,
+            cache_status=CacheStatus.BYPASS,
         )
         await _reserve(snapshot, summary, body)
         summary.attempts = 1

@@ -5,6 +5,7 @@ ledger row of its own that counts against the budget, and refusals say why with 
 import asyncio
 import time
 import uuid
+from datetime import UTC
 from decimal import ROUND_DOWN, Decimal
 
 import httpx
@@ -12,6 +13,7 @@ from django.db.models import Sum
 
 from billing.budgets.services import budget_create
 from billing.costs import LEDGER_QUANTUM, format_usd, usage_cost
+from billing.exports import ExportGrouping, aggregate_queryset
 from billing.ledger_stream import STREAM_KEY
 from billing.models import UsageKind, UsageRecord
 from billing.ratelimits import rate_limit_create
@@ -210,6 +212,10 @@ def test_the_compression_summary_is_a_ledger_row_of_its_request_and_counts_again
     removed = main.prompt_tokens_before_compression - main.prompt_tokens_after_compression
     gross = usage_cost(prices=ModelPrices(*SMALL_PRICES), prompt_tokens=removed, cached_tokens=0, completion_tokens=0)
     assert main.saved_compression_usd == gross - summary.cost_usd
+    (group,) = aggregate_queryset(
+        UsageRecord.objects.filter(tenant=acme.tenant), group_by=(ExportGrouping.MODEL,), zone=UTC
+    )
+    assert (group["requests"], group["cost_usd"]) == (1, main.cost_usd + summary.cost_usd)
 
 
 def test_a_budget_that_covers_the_request_but_not_its_summary_too_refuses(gateway, acme, globex):
