@@ -95,6 +95,10 @@ def metered_summarizer(snapshot: ConfigSnapshot, call: GatewayCall) -> Summarize
             failure = upstream_failure(error)
             await finish(summary, http_status=failure.status_code, error_code=failure.code)
             raise
+        except Exception:
+            # Whatever failed, the reservation is released and the attempt recorded.
+            await finish(summary, http_status=502, error_code=upstream.UpstreamError.code)
+            raise
         summary.upstream_ms = reply.elapsed_ms
         text = ((reply.body.get("choices") or [{}])[0].get("message") or {}).get("content") or ""
         usage = reply.body.get("usage")

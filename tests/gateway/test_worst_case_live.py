@@ -19,9 +19,11 @@ from billing.models import UsageKind, UsageRecord
 from billing.ratelimits import rate_limit_create
 from llmops.redis import sync_redis
 from routing.catalog import ModelPrices
+from routing.services import tenant_model_access_set
 from routing.tokens import count_chat_tokens
 from tenants.services import api_key_create
 from tests.conftest import SMALL_PRICES, make_tenant_setup
+from tests.factories import ModelFactory
 from tests.gateway.test_routing_live import chat, publish
 
 MESSAGES = [{"role": "user", "content": "Classify this support ticket: my refund has not arrived."}]
@@ -281,3 +283,19 @@ def test_without_max_tokens_the_models_maximum_output_is_reserved_for_every_choi
     assert "max_tokens=999 per choice (2 choices) would fit." in refused.json()["error"]["message"]
     # One choice of up to 1,000 tokens fits.
     assert answered.status_code == 200, answered.text
+
+
+def test_a_failed_summary_is_recorded_releases_its_reservation_and_only_costs_the_summary(gateway, acme):
+    failing = ModelFactory(name="acme-failing", provider=acme.small.provider, upstream_name="fail-503")
+    tenant_model_access_set(tenant=acme.tenant, allowed_models=[acme.small, acme.large, failing], default_model=failing)
+    publish(acme, COMPRESS)
+    limit = Decimal("1")
+    budget_create(tenant=acme.tenant, scope="key", api_key=acme.api_key, period="day", limit_usd=limit)
+
+    response = chat(gateway, acme, {"model": acme.small.name, "messages": long_conversation(), "max_tokens": 10})
+
+    assert response.status_code == 200, response.text
+    main, summary = rows_of(response)
+    assert (summary.http_status, summary.error_code, summary.cost_usd) == (502, "upstream_error", 0)
+    assert summary.served_model == failing.name
+    assert Decimal(response.headers["x-llmops-budget-remaining-usd"]) == limit - main.cost_usd
