@@ -36,11 +36,3 @@ def usage_cost(
 def format_cost(cost: Decimal) -> str:
     """The ledger's full precision as a plain decimal string, e.g. 0.0000123450."""
     return f"{cost.quantize(LEDGER_QUANTUM, rounding=ROUND_HALF_EVEN):f}"
-
-
-def format_usd(amount: Decimal) -> str:
-    """Money for people: at least cents, and as many of the ledger's places as its non-zero digits need, so a small
-    amount never reads as $0.00: $1.15, $0.001, $0.000012345."""
-    digits = format_cost(amount).rstrip("0")
-    whole, _, places = digits.partition(".")
-    return f"${whole}.{places.ljust(2, '0')}"

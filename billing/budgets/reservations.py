@@ -76,34 +76,32 @@ return result
 class BudgetExceeded(Exception):
     """An enforced budget would go over its limit. Answer 429 budget_exceeded, or downgrade when `downgrade`.
 
-    Says what was spent, what requests in flight hold, and what was asked, so the answer can tell a spent budget
-    from a request whose worst case does not fit what remains."""
+    The amounts say why: `spent_usd` settled this period, `reserved_usd` held by requests in flight, and
+    `remaining_usd` what is left of `limit_usd` after both; `requested_usd` is this request's worst case.
+    """
 
     def __init__(
-        self,
-        *,
-        entry: BudgetEntry,
-        window: BudgetWindow,
-        now: datetime,
-        spent_units: int,
-        reserved_units: int,
+        self, *, entry: BudgetEntry, window: BudgetWindow, now: datetime, spent_units: int, reserved_units: int,
         requested_units: int,
-    ):
+    ):  # fmt: skip
         self.budget_id = entry.budget_id
-        self.label = f"{entry.scope}, {entry.period} {window.key}"
         self.period_end = window.end
         self.retry_after_seconds = max(math.ceil((window.end - now).total_seconds()), 1)
         self.downgrade = entry.action == BudgetAction.DOWNGRADE
         self.limit_usd = entry.limit_usd
         self.spent_usd = units_to_usd(spent_units)
         self.reserved_usd = units_to_usd(reserved_units)
-        self.requested_usd = units_to_usd(requested_units)
         self.remaining_usd = units_to_usd(max(entry.limit_units - spent_units - reserved_units, 0))
-        super().__init__(
-            f"Budget {entry.budget_id} ({self.label}) of ${entry.limit_usd.normalize():f} cannot take "
-            f"${self.requested_usd:f}: ${self.spent_usd:f} spent, ${self.reserved_usd:f} reserved. "
-            f"It resets at {window.end.isoformat()}."
-        )
+        self.requested_usd = units_to_usd(requested_units)
+        budget = f"Budget {entry.budget_id} ({entry.scope}, {entry.period} {window.key}) of ${entry.limit_usd:f}"
+        if spent_units >= entry.limit_units:
+            reason = f"is used up: ${self.spent_usd:f} spent."
+        else:
+            reason = (
+                f"cannot hold this request's worst case of ${self.requested_usd:f}: ${self.spent_usd:f} spent, "
+                f"${self.reserved_usd:f} reserved by requests in flight, ${self.remaining_usd:f} remains."
+            )
+        super().__init__(f"{budget} {reason} It resets at {window.end.isoformat()}.")
 
 
 class BudgetUnavailable(Exception):

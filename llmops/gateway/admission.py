@@ -74,7 +74,7 @@ def _refusal(exceeded: BudgetExceeded, chain: list[ModelEntry], *, prompt_tokens
     fitting = fitting_max_tokens(
         chain, prompt_tokens=prompt_tokens, bound=bound, fallback=_fallback(), available=exceeded.remaining_usd
     )
-    return budget_refusal(exceeded, what="This request", fitting=fitting, choices=bound.choices)
+    return budget_refusal(exceeded, fitting=fitting, choices=bound.choices)
 
 
 async def admit(snapshot: ConfigSnapshot, call: GatewayCall, plan: ChatPlan) -> None:

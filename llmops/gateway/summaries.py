@@ -60,8 +60,8 @@ async def _reserve(snapshot: ConfigSnapshot, summary: GatewayCall, body: dict) -
             budgets=budgets, amount=amount, request_id=summary.request_id, now=timezone.now()
         )
     except BudgetExceeded as exceeded:
-        what = "The summary of the dropped turns that this request's compression needs"
-        raise SummaryRefused(budget_refusal(exceeded, what=what)) from exceeded
+        context = "Compressing this request needs a summary of the dropped turns, and the budget cannot cover it. "
+        raise SummaryRefused(budget_refusal(exceeded, context=context)) from exceeded
     except BudgetUnavailable as unavailable:
         raise SummaryRefused(GatewayError(str(unavailable), status=503, code="budget_unavailable")) from unavailable
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from billing.budgets.reservations import BudgetExceeded
-from billing.costs import format_usd, usage_cost
+from billing.costs import usage_cost
 from llmops.gateway.errors import GatewayError
 from routing.catalog import ModelEntry
 from routing.tokens import count_text_tokens
@@ -103,28 +103,19 @@ def fitting_max_tokens(
 
 
 def budget_refusal(
-    exceeded: BudgetExceeded, *, what: str, fitting: int | None = None, choices: int = 1
+    exceeded: BudgetExceeded, *, fitting: int | None = None, choices: int = 1, context: str = ""
 ) -> GatewayError:
-    """The 429 for a refused reservation: whether the money is spent, or what `what` may cost does not fit what is
-    left (both figures), and the max_tokens that would fit when one would."""
-    budget = f"Budget {exceeded.budget_id} ({exceeded.label}) of {format_usd(exceeded.limit_usd)}"
-    resets = f"It resets at {exceeded.period_end.isoformat()}."
-    if exceeded.spent_usd >= exceeded.limit_usd:
-        message = f"{budget} is spent: {format_usd(exceeded.spent_usd)} this period, nothing remains. {resets}"
-    else:
-        held = f", {format_usd(exceeded.reserved_usd)} held by requests in flight" if exceeded.reserved_usd else ""
+    """The 429 for a refused reservation: the budget's own account (spent, or the worst case does not fit what is
+    left, with the amounts), `context` before it, and when the money is not spent, the max_tokens that would fit."""
+    message = f"{context}{exceeded}"
+    if exceeded.spent_usd < exceeded.limit_usd:
         if fitting is not None:
             per = f" per choice ({choices} choices)" if choices > 1 else ""
-            hint = f" max_tokens={fitting}{per} would fit."
+            message += f" With max_tokens={fitting}{per} it would fit."
         else:
-            hint = " No max_tokens would fit; send a shorter prompt" + (
+            message += " No max_tokens would fit; send a shorter prompt" + (
                 " or fewer choices (n)." if choices > 1 else "."
             )
-        message = (
-            f"{what} may cost up to {format_usd(exceeded.requested_usd)}, more than the "
-            f"{format_usd(exceeded.remaining_usd)} left of {budget[0].lower()}{budget[1:]} "
-            f"({format_usd(exceeded.spent_usd)} spent{held}).{hint} {resets}"
-        )
     return GatewayError(
         message,
         status=429,

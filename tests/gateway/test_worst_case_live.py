@@ -12,7 +12,7 @@ import httpx
 from django.db.models import Sum
 
 from billing.budgets.services import budget_create
-from billing.costs import LEDGER_QUANTUM, format_usd, usage_cost
+from billing.costs import LEDGER_QUANTUM, usage_cost
 from billing.exports import ExportGrouping, aggregate_queryset
 from billing.ledger_stream import STREAM_KEY
 from billing.models import UsageKind, UsageRecord
@@ -35,6 +35,11 @@ CONCURRENT = 20
 def quantum(amount: Decimal) -> Decimal:
     """To the ledger's ten places, as a budget's limit is stored."""
     return amount.quantize(LEDGER_QUANTUM, rounding=ROUND_DOWN)
+
+
+def usd(amount: Decimal) -> str:
+    """An amount as a refusal states it: the ledger's ten places."""
+    return f"${amount.quantize(LEDGER_QUANTUM):f}"
 
 
 def worst_case(*, choices: int, max_tokens: int = MAX_TOKENS, prompt_tokens: int | None = None) -> Decimal:
@@ -101,8 +106,8 @@ def test_n_under_a_small_key_budget_never_overshoots_on_two_workers(spawn, proce
         print(f"n={choices}: {len(answered)} answered, {len(refused)} refused of {CONCURRENT}")
         assert len(answered) + len(refused) == CONCURRENT
         assert 1 <= len(answered) <= int(limits[choices] / worst_case(choices=choices))
-        assert all('"budget_exceeded"' in text and "may cost up to" in text for text in refused)
-        assert any(f"per choice ({choices} choices) would fit" in text for text in refused)
+        assert all('"budget_exceeded"' in text and "cannot hold this request's worst case" in text for text in refused)
+        assert any(f"per choice ({choices} choices) it would fit" in text for text in refused)
         rows = UsageRecord.objects.filter(api_key=key, http_status=200)
         assert rows.count() == len(answered)
         assert all(row.completion_tokens == choices * MAX_TOKENS for row in rows)
@@ -146,7 +151,7 @@ def test_a_spent_budget_says_it_is_spent(gateway, acme):
     assert first.status_code == 200
     assert second.status_code == 429
     message = second.json()["error"]["message"]
-    assert f"of {format_usd(limit)} is spent: {format_usd(limit)} this period, nothing remains." in message
+    assert f"of {usd(limit)} is used up: {usd(limit)} spent." in message
 
 
 def test_a_worst_case_that_does_not_fit_says_so_with_both_figures_and_the_max_tokens_that_fits(gateway, acme):
@@ -161,11 +166,9 @@ def test_a_worst_case_that_does_not_fit_says_so_with_both_figures_and_the_max_to
 
     assert response.status_code == 429
     message = response.json()["error"]["message"]
-    assert message.startswith(
-        f"This request may cost up to {format_usd(worst_case(choices=1, max_tokens=1000))}, more than the "
-        f"{format_usd(limit)} left of budget"
-    )
-    assert "($0.00 spent). max_tokens=8 would fit." in message
+    worst = usd(worst_case(choices=1, max_tokens=1000))
+    assert f"cannot hold this request's worst case of {worst}: {usd(Decimal(0))} spent" in message
+    assert f"{usd(limit)} remains." in message and message.endswith("With max_tokens=8 it would fit.")
     fitting = httpx.post(
         f"{gateway.url}/v1/chat/completions",
         headers={"authorization": f"Bearer {acme.key}"},
@@ -236,7 +239,9 @@ def test_a_budget_that_covers_the_request_but_not_its_summary_too_refuses(gatewa
     assert response.status_code == 429, response.text
     message = response.json()["error"]["message"]
     left = limit - measured_summary.cost_usd
-    assert message.startswith(f"This request may cost up to {format_usd(main_worst)}, more than the {format_usd(left)}")
+    spent = usd(measured_summary.cost_usd)
+    assert f"cannot hold this request's worst case of {usd(main_worst)}: {spent} spent" in message
+    assert f"{usd(left)} remains." in message
     main, summary = rows_of(response)
     assert main.error_code == "budget_exceeded"
     assert summary.cost_usd == measured_summary.cost_usd
@@ -253,7 +258,7 @@ def test_a_summary_the_budget_cannot_cover_refuses_the_request_before_it_is_made
 
     assert response.status_code == 429, response.text
     assert response.json()["error"]["message"].startswith(
-        "The summary of the dropped turns that this request's compression needs may cost up to $"
+        "Compressing this request needs a summary of the dropped turns, and the budget cannot cover it. Budget "
     )
     assert mock_upstream.app.requests_served == served_before
     main, summary = rows_of(response)
@@ -277,10 +282,11 @@ def test_without_max_tokens_the_models_maximum_output_is_reserved_for_every_choi
     )
 
     assert refused.status_code == 429
-    assert refused.json()["error"]["message"].startswith(
-        f"This request may cost up to {format_usd(worst_case(choices=2, max_tokens=1000))}, more than the "
+    assert (
+        f"cannot hold this request's worst case of {usd(worst_case(choices=2, max_tokens=1000))}: "
+        in (refused.json()["error"]["message"])
     )
-    assert "max_tokens=999 per choice (2 choices) would fit." in refused.json()["error"]["message"]
+    assert refused.json()["error"]["message"].endswith("With max_tokens=999 per choice (2 choices) it would fit.")
     # One choice of up to 1,000 tokens fits.
     assert answered.status_code == 200, answered.text
 
