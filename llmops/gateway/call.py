@@ -91,6 +91,10 @@ class GatewayCall:
     parent_request_id: str = ""
     # What this request's compression summary calls cost: compression's saving is net of it.
     compression_summary_usd: Decimal = field(default_factory=Decimal)
+    # Work that stores its result and its ledger row in one transaction (batch lines, jobs) sets ledger_deferred:
+    # finish() then leaves the row's event in ledger_event for it to write, instead of recording it.
+    ledger_deferred: bool = False
+    ledger_event: UsageEvent | None = None
 
     def elapsed_ms(self) -> int:
         return int((time.perf_counter() - self.started) * 1000)

@@ -17,6 +17,13 @@ async def record_usage(event: UsageEvent) -> None:
     await ledger_event_append(event=event)
 
 
+async def _record_or_defer(call: GatewayCall, event: UsageEvent) -> None:
+    if call.ledger_deferred:
+        call.ledger_event = event
+    else:
+        await record_usage(event)
+
+
 async def finish(
     call: GatewayCall, *, http_status: int, usage: Usage | None = None, error_code: str = "", answer=None
 ) -> None:
@@ -30,12 +37,12 @@ async def finish(
     if call.reservation is not None and not call.reservation.settled:
         # Settled and recorded at once: one wait on Redis instead of two.
         remaining, _ = await asyncio.gather(
-            reservation_settle(call.reservation, actual=event.cost_usd), record_usage(event)
+            reservation_settle(call.reservation, actual=event.cost_usd), _record_or_defer(call, event)
         )
         if remaining is not None:
             call.budget_remaining_usd = format_cost(remaining)
     else:
-        await record_usage(event)
+        await _record_or_defer(call, event)
     if call.payload_logging and call.request_body is not None:
         await database_sync_to_async(payload_log_record)(
             tenant_id=call.principal.tenant_id,
