@@ -23,6 +23,7 @@ from django.db.models.functions import TruncHour
 from billing.alerts.services import anomaly_alert_raise
 from billing.models import (
     COST_FIELD,
+    REQUEST_ROWS,
     Anomaly,
     AnomalyDirection,
     AnomalyMetric,
@@ -123,8 +124,8 @@ def _hourly_traffic(*, tenant: Tenant, since: datetime, until: datetime) -> dict
         .annotate(hour=TruncHour("created_at", tzinfo=UTC))
         .values("team_id", "hour")
         .annotate(
-            requests=Count("id"),
-            errors=Count("id", filter=Q(http_status__gte=400)),
+            requests=Count("id", filter=REQUEST_ROWS),
+            errors=Count("id", filter=REQUEST_ROWS & Q(http_status__gte=400)),
             cache_hits=Count("id", filter=Q(cache_status__in=[CacheStatus.HIT_EXACT, CacheStatus.HIT_SEMANTIC])),
             tokens=Sum(F("prompt_tokens") + F("completion_tokens")),
             cost=Sum("cost_usd"),

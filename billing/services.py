@@ -2,12 +2,12 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from decimal import Decimal
 
-from billing.models import CacheStatus, UsageRecord
+from billing.models import CacheStatus, UsageKind, UsageRecord
 
 
 @dataclass(slots=True)
 class UsageEvent:
-    """What the gateway knows about one request when it is done with it."""
+    """What the gateway knows about one request (or one call made on a request's behalf) when it is done with it."""
 
     request_id: str
     tenant_id: int
@@ -41,6 +41,8 @@ class UsageEvent:
     saved_routing_usd: Decimal = field(default_factory=Decimal)
     saved_compression_usd: Decimal = field(default_factory=Decimal)
     saved_batch_usd: Decimal = field(default_factory=Decimal)
+    kind: str = UsageKind.REQUEST
+    parent_request_id: str = ""
 
 
 def usage_record_create(*, event: UsageEvent) -> None:

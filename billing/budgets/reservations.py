@@ -35,15 +35,16 @@ REDIS_FAILURE_FAIL_CLOSED = "fail_closed"
 COUNTER_GRACE = timedelta(days=2)
 
 # KEYS: one counter hash per budget. ARGV[1]: amount; then per budget: limit, enforced (1/0), ttl seconds.
-# Returns {1, used after...} when reserved, or {0, index of the budget that refused, its use before}.
+# Returns {1, used after...} when reserved, or {0, index of the budget that refused, its spent, its reserved}.
 RESERVE_SCRIPT = RedisScript("""
 local amount = tonumber(ARGV[1])
 local used = {}
 for i = 1, #KEYS do
   local counter = redis.call('HMGET', KEYS[i], 'spent', 'reserved')
-  used[i] = (tonumber(counter[1]) or 0) + (tonumber(counter[2]) or 0)
+  local spent, reserved = tonumber(counter[1]) or 0, tonumber(counter[2]) or 0
+  used[i] = spent + reserved
   if ARGV[3 * i] == '1' and used[i] + amount > tonumber(ARGV[3 * i - 1]) then
-    return {0, i, used[i]}
+    return {0, i, spent, reserved}
   end
 end
 local result = {1}
@@ -73,19 +74,34 @@ return result
 
 
 class BudgetExceeded(Exception):
-    """An enforced budget would go over its limit. Answer 429 budget_exceeded, or downgrade when `downgrade`."""
+    """An enforced budget would go over its limit. Answer 429 budget_exceeded, or downgrade when `downgrade`.
 
-    def __init__(self, *, entry: BudgetEntry, window: BudgetWindow, now: datetime, remaining_usd: Decimal):
+    The amounts say why: `spent_usd` settled this period, `reserved_usd` held by requests in flight, and
+    `remaining_usd` what is left of `limit_usd` after both; `requested_usd` is this request's worst case.
+    """
+
+    def __init__(
+        self, *, entry: BudgetEntry, window: BudgetWindow, now: datetime, spent_units: int, reserved_units: int,
+        requested_units: int,
+    ):  # fmt: skip
         self.budget_id = entry.budget_id
         self.period_end = window.end
         self.retry_after_seconds = max(math.ceil((window.end - now).total_seconds()), 1)
         self.downgrade = entry.action == BudgetAction.DOWNGRADE
-        self.remaining_usd = remaining_usd
-        super().__init__(
-            f"Budget {entry.budget_id} ({entry.scope}, {entry.period} {window.key}) "
-            f"of ${entry.limit_usd.normalize():f} is used up; ${remaining_usd:f} remains. "
-            f"It resets at {window.end.isoformat()}."
-        )
+        self.limit_usd = entry.limit_usd
+        self.spent_usd = units_to_usd(spent_units)
+        self.reserved_usd = units_to_usd(reserved_units)
+        self.remaining_usd = units_to_usd(max(entry.limit_units - spent_units - reserved_units, 0))
+        self.requested_usd = units_to_usd(requested_units)
+        budget = f"Budget {entry.budget_id} ({entry.scope}, {entry.period} {window.key}) of ${entry.limit_usd:f}"
+        if spent_units >= entry.limit_units:
+            reason = f"is used up: ${self.spent_usd:f} spent."
+        else:
+            reason = (
+                f"cannot hold this request's worst case of ${self.requested_usd:f}: ${self.spent_usd:f} spent, "
+                f"${self.reserved_usd:f} reserved by requests in flight, ${self.remaining_usd:f} remains."
+            )
+        super().__init__(f"{budget} {reason} It resets at {window.end.isoformat()}.")
 
 
 class BudgetUnavailable(Exception):
@@ -167,17 +183,25 @@ async def _redis_reserve(client, holds, amount_units: int, request_id: str, now:
     result = await RESERVE_SCRIPT.run(client, [hold.redis_key for hold in holds], arguments)
     if result[0] == 0:
         refusing = holds[result[1] - 1]
-        _raise_exceeded(refusing, used_units=int(result[2]), now=now)
+        _raise_exceeded(
+            refusing, spent_units=int(result[2]), reserved_units=int(result[3]), amount_units=amount_units, now=now
+        )
     used = [int(value) for value in result[1:]]
     return Reservation(request_id, amount_units, holds, backend="redis", remaining_usd=_remaining(holds, used))
 
 
-def _raise_exceeded(hold: BudgetHold, *, used_units: int, now: datetime):
+def _raise_exceeded(hold: BudgetHold, *, spent_units: int, reserved_units: int, amount_units: int, now: datetime):
     # A refused budget is at its limit even though its settled spend may stay just under it: say so once.
     if 100 in hold.entry.thresholds:
-        threshold_alerts_enqueue(crossings=[(hold.entry, hold.window.key, 100, used_units)])
-    remaining = units_to_usd(max(hold.entry.limit_units - used_units, 0))
-    raise BudgetExceeded(entry=hold.entry, window=hold.window, now=now, remaining_usd=remaining)
+        threshold_alerts_enqueue(crossings=[(hold.entry, hold.window.key, 100, spent_units + reserved_units)])
+    raise BudgetExceeded(
+        entry=hold.entry,
+        window=hold.window,
+        now=now,
+        spent_units=spent_units,
+        reserved_units=reserved_units,
+        requested_units=amount_units,
+    )
 
 
 def _counter_filter(holds) -> Q:
@@ -204,9 +228,12 @@ def _database_reserve(holds, amount_units: int, now: datetime) -> list[int]:
         used = []
         for hold in holds:
             counter = counters[hold.entry.budget_id, hold.window.key]
-            used_units = usd_to_units(counter.spent_usd + counter.reserved_usd)
+            spent_units, reserved_units = usd_to_units(counter.spent_usd), usd_to_units(counter.reserved_usd)
+            used_units = spent_units + reserved_units
             if hold.entry.enforced and used_units + amount_units > hold.entry.limit_units:
-                _raise_exceeded(hold, used_units=used_units, now=now)
+                _raise_exceeded(
+                    hold, spent_units=spent_units, reserved_units=reserved_units, amount_units=amount_units, now=now
+                )
             used.append(used_units + amount_units)
         for counter in counters.values():
             counter.reserved_usd += amount
