@@ -51,10 +51,8 @@ async def finish(
     event = call.usage_event(http_status=http_status, usage=usage, error_code=error_code)
     record_request_metrics(event)
     if call.reservation is not None and not call.reservation.settled:
-        # Settled and recorded at once: one wait on Redis instead of two.
-        remaining, _ = await asyncio.gather(
-            reservation_settle(call.reservation, actual=event.cost_usd), record_usage(event)
-        )
+        # Settled and recorded in one step, so a counter seeded from the ledger counts the request exactly once.
+        remaining = await reservation_settle(call.reservation, actual=event.cost_usd, event=event)
         if remaining is not None:
             call.budget_remaining_usd = format_cost(remaining)
     else:
