@@ -7,6 +7,7 @@ in Redis, one hash per budget and period (`llmops:budget:<id>:<period key>`, fie
 Without Redis the same happens in BudgetCounter rows under row locks. When Redis is configured
 but unreachable, LLMOPS_BUDGET_REDIS_FAILURE decides: "database" uses the rows, "fail_closed"
 (the default) refuses requests that an enforced budget covers — never silently open.
+A counter that does not know the period's spend yet is seeded from the ledger first (billing.budgets.counters).
 """
 
 import asyncio
