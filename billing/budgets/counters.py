@@ -56,17 +56,25 @@ BACKLOG_PAGE = 1000
 ID_CHUNK = 5000
 
 # Replies of the reserve script.
-REFUSED, RESERVED, NEEDS_SEED = 0, 1, 2
+REFUSED, RESERVED, NEEDS_SEED, SEEDING = 0, 1, 2, 3
 
 # KEYS: one counter per budget. ARGV[1]: amount; then per budget: limit, enforced (1/0), ttl seconds, version.
 # Returns {1, used after..., epoch...} when reserved; {0, index that refused, spent, reserved} when refused;
-# {2, index} when that counter must be seeded first (missing, seeding, or seeded for an older version).
+# {2, index} when that counter must be seeded first (missing, or seeded for an older version, or its seeder's lease
+# ran out); {3, index} while another process seeds it.
 RESERVE_SCRIPT = RedisScript("""
 local amount = tonumber(ARGV[1])
 local used, epochs = {}, {}
 for i = 1, #KEYS do
-  local counter = redis.call('HMGET', KEYS[i], 'spent', 'reserved', 'version', 'seeding', 'epoch')
-  if not counter[1] or counter[4] or (tonumber(counter[3]) or -1) < tonumber(ARGV[4 * i + 1]) then
+  local counter = redis.call('HMGET', KEYS[i], 'spent', 'reserved', 'version', 'seeding', 'epoch', 'seed_until')
+  if counter[4] then
+    local time = redis.call('TIME')
+    if tonumber(counter[6]) > tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000) then
+      return {3, i}
+    end
+    return {2, i}
+  end
+  if not counter[1] or (tonumber(counter[3]) or -1) < tonumber(ARGV[4 * i + 1]) then
     return {2, i}
   end
   local spent, reserved = tonumber(counter[1]), tonumber(counter[2]) or 0

@@ -26,6 +26,7 @@ from billing.budgets.counters import (
     NEEDS_SEED,
     REFUSED,
     RESERVE_SCRIPT,
+    SEEDING,
     SETTLE_SCRIPT,
     BudgetHold,
     counter_seed,
@@ -146,12 +147,15 @@ async def _redis_reserve(client, holds, amount_units: int, request_id: str, now:
     deadline = time.monotonic() + SEED_WAIT_SECONDS
     while True:
         result = await RESERVE_SCRIPT.run(client, keys, arguments)
-        if result[0] != NEEDS_SEED:
+        if result[0] not in (NEEDS_SEED, SEEDING):
             break
-        if await database_sync_to_async(counter_seed)(hold=holds[result[1] - 1], now=now) is None:
-            if time.monotonic() > deadline:
-                raise BudgetUnavailable("A budget counter is being rebuilt from the ledger; try again shortly.")
-            await asyncio.sleep(SEED_POLL_SECONDS)
+        if result[0] == NEEDS_SEED:
+            seeded = await database_sync_to_async(counter_seed)(hold=holds[result[1] - 1], now=now)
+            if seeded is not None:
+                continue
+        if time.monotonic() > deadline:
+            raise BudgetUnavailable("A budget counter is being rebuilt from the ledger; try again shortly.")
+        await asyncio.sleep(SEED_POLL_SECONDS)
     if result[0] == REFUSED:
         raise _exceeded(holds[result[1] - 1], int(result[2]), int(result[3]), amount_units, now)
     used = [int(value) for value in result[1 : len(holds) + 1]]
