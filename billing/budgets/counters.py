@@ -21,6 +21,9 @@ Seeding, exactly once per counter even with many processes racing (the mark scri
 
 After a flush the reservations of requests in flight are gone with the counter; each settles its actual cost
 (counted once: it is in the ledger or pending), but until then the new counter does not hold their worst case.
+A change of scope keeps the counter (and the reservations in flight under the old scope, which is cautious); a
+change of period or of the tenant's time zone starts another counter, and requests in flight under the old one
+settle there: the new one counts them at the nightly check.
 With LLMOPS_LEDGER_MODE=direct a request that settles in the instant of a seed can be missed; the nightly check
 (``budget_counters_check``) seeds again every counter that disagrees with the ledger.
 
