@@ -179,6 +179,14 @@ redis.call('DEL', KEYS[2])
 return tonumber(redis.call('HGET', KEYS[1], 'spent'))
 """
 
+# KEYS: counter. ARGV: seeder token. A seeder that failed lets go at once instead of holding its lease.
+RELEASE_SCRIPT = """
+if redis.call('HGET', KEYS[1], 'seeding') == ARGV[1] then
+  redis.call('HDEL', KEYS[1], 'seeding', 'seed_until')
+end
+return 0
+"""
+
 
 @dataclass(frozen=True, slots=True)
 class BudgetHold:
@@ -249,7 +257,11 @@ def counter_seed(*, hold: BudgetHold, now: datetime, force: bool = False) -> Dec
     if marked[0] != 1:
         return None
     boundary = marked[1].decode() if isinstance(marked[1], bytes) else marked[1]
-    ledger_units = usd_to_units(_ledger_spend_before_mark(hold, client=client, boundary=boundary))
+    try:
+        ledger_units = usd_to_units(_ledger_spend_before_mark(hold, client=client, boundary=boundary))
+    except Exception:
+        client.register_script(RELEASE_SCRIPT)(keys=[hold.redis_key], args=[token])
+        raise
     spent = client.register_script(FINALIZE_SCRIPT)(keys=[hold.redis_key, hold.pending_key], args=[token, ledger_units])
     if spent < 0:
         return None

@@ -19,7 +19,7 @@ from datetime import datetime
 from decimal import Decimal
 
 from django.conf import settings
-from django.db import transaction
+from django.db import DatabaseError, transaction
 from redis.exceptions import RedisError
 
 from billing.budgets.counters import (
@@ -150,7 +150,11 @@ async def _redis_reserve(client, holds, amount_units: int, request_id: str, now:
         if result[0] not in (NEEDS_SEED, SEEDING):
             break
         if result[0] == NEEDS_SEED:
-            seeded = await database_sync_to_async(counter_seed)(hold=holds[result[1] - 1], now=now)
+            try:
+                seeded = await database_sync_to_async(counter_seed)(hold=holds[result[1] - 1], now=now)
+            except DatabaseError as exc:
+                logger.error("budget counter cannot be seeded, the ledger is unreachable: %s", exc)
+                raise BudgetUnavailable("Budget counters cannot be set from the ledger; try again shortly.") from exc
             if seeded is not None:
                 continue
         if time.monotonic() > deadline:

@@ -13,7 +13,7 @@ from django.db import connection, transaction
 from billing.budgets.counters import BudgetHold
 from billing.budgets.index import build_budget_index
 from billing.budgets.periods import budget_window
-from billing.budgets.reservations import BudgetExceeded, budget_reserve, reservation_settle
+from billing.budgets.reservations import BudgetExceeded, BudgetUnavailable, budget_reserve, reservation_settle
 from billing.budgets.services import budget_counter_check, budget_counters_rebuild, budget_create, budget_update
 from billing.ledger_stream import STREAM_KEY, ledger_stream_drain, ledger_stream_recover, usage_event_encode
 from billing.models import BudgetCounter, BudgetScope, UsageRecord
@@ -227,6 +227,30 @@ def test_a_request_that_settles_while_the_counter_is_seeded_counts_once(live_org
     assert seeded == [Decimal("1.5")]
     assert budget_counter_check(budget=budget, now=NOW).counted_usd == Decimal("1.5")
     assert int(redis_counters.hget(hold.redis_key, "reserved")) == 0
+
+
+def test_a_counter_that_cannot_be_seeded_answers_unavailable_and_is_let_go(live_org, redis_counters):
+    """The ledger cannot be read (here: locked longer than the seeder's lock_timeout): the request is refused as
+    unavailable (503), never admitted, and the counter is not left marked as being seeded."""
+    budget_create(tenant=live_org.tenant, scope=BudgetScope.TEAM, team=live_org.team, limit_usd=Decimal(10))
+    budgets = entries(live_org)
+    hold = BudgetHold(entry=budgets[0], window=budget_window(period="month", zone=UTC, now=NOW))
+    options = connection.settings_dict["OPTIONS"]
+    previous = options.get("options")
+    options["options"] = "-c lock_timeout=200"  # for the seeder thread's new connection
+    try:
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute("LOCK TABLE billing_usagerecord IN ACCESS EXCLUSIVE MODE")
+            with pytest.raises(BudgetUnavailable):
+                reserve(live_org, "1")
+    finally:
+        if previous is None:
+            options.pop("options")
+        else:
+            options["options"] = previous
+
+    assert redis_counters.hget(hold.redis_key, "seeding") is None
+    assert reserve(live_org, "1").remaining_usd == Decimal(9)
 
 
 def test_the_database_backend_writes_the_ledger_row_with_the_settle(live_org, no_redis):
