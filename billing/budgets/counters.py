@@ -45,7 +45,7 @@ from billing.budgets.index import BudgetEntry, units_to_usd, usd_to_units
 from billing.budgets.periods import BudgetWindow
 from billing.budgets.thresholds import threshold_alerts_enqueue
 from billing.costs import format_cost
-from billing.ledger_stream import STREAM_KEY, ledger_streaming, usage_event_decode
+from billing.ledger_stream import EVENT_FIELD, STREAM_KEY, ledger_streaming, usage_event_decode
 from billing.models import BudgetCounter, BudgetScope, UsageRecord
 from llmops.redis import RedisScript, sync_redis
 
@@ -265,12 +265,10 @@ def counter_seed(*, hold: BudgetHold, now: datetime, force: bool = False) -> Dec
     spent = client.register_script(FINALIZE_SCRIPT)(keys=[hold.redis_key, hold.pending_key], args=[token, ledger_units])
     if spent < 0:
         return None
-    spent_usd = units_to_usd(spent)
-    logger.info(
-        "budget %s counter for %s seeded from the ledger: %s USD", hold.entry.budget_id, hold.window.key, spent_usd
-    )
+    seeded = units_to_usd(spent)
+    logger.info("budget %s counter for %s seeded: %s USD", hold.entry.budget_id, hold.window.key, format_cost(seeded))
     _alert_seeded_thresholds(hold, spent)
-    return spent_usd
+    return seeded
 
 
 def _backlog_costs(client, hold: BudgetHold, *, boundary: str) -> dict[str, Decimal]:
@@ -280,7 +278,7 @@ def _backlog_costs(client, hold: BudgetHold, *, boundary: str) -> dict[str, Deci
     while True:
         entries = client.xrange(STREAM_KEY, min=start, max=boundary, count=BACKLOG_PAGE)
         for _entry_id, fields in entries:
-            raw = fields.get(b"event")
+            raw = fields.get(EVENT_FIELD)
             if raw is None:
                 continue
             try:
