@@ -3,6 +3,8 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/llmops
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
+# tests/e2e's topology gets a Redis database of its own: the suite's in-process ledger drainer reads TEST_REDIS_URL's.
+TEST_E2E_REDIS_URL ?= redis://127.0.0.1:6379/14
 
 # tiktoken's encodings ship beside the checkout, so nothing downloads at run time.
 SHARED_TIKTOKEN := $(abspath ../shared/tiktoken)
@@ -10,7 +12,7 @@ ifneq ($(wildcard $(SHARED_TIKTOKEN)),)
 export TIKTOKEN_CACHE_DIR ?= $(SHARED_TIKTOKEN)
 endif
 
-.PHONY: demo test lint format bench install services
+.PHONY: demo serve test lint format bench install services
 
 install: $(VENV)/.installed
 
@@ -22,12 +24,18 @@ $(VENV)/.installed: requirements.txt
 demo: install
 	scripts/demo.sh
 
+# The production topology on one machine (Procfile): `make serve`, or `make serve ARGS=--mock` with the mock upstream
+# and the demo tenant.
+serve: install services
+	scripts/serve.sh $(ARGS)
+
 services:
 	scripts/ensure-services.sh
 
 # pytest's exit code 5 (no tests collected) fails the run: a suite that runs nothing proves nothing.
 test: install services
-	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(VENV)/bin/pytest $(PYTEST_ARGS); \
+	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) E2E_REDIS_URL=$(TEST_E2E_REDIS_URL) \
+		$(VENV)/bin/pytest $(PYTEST_ARGS); \
 	status=$$?; if [ $$status -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$status
 
 lint: install

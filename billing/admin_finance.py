@@ -33,6 +33,7 @@ from billing.exports import (
 )
 from billing.exports_async import usage_export_request
 from billing.models import UsageRecord
+from billing.rollups import usage_rollups_refresh_if_stale
 from billing.selectors import tenant_zone
 from billing.statements import month_start, statement_build, statement_csv
 from tenants.models import Team, Tenant
@@ -145,6 +146,7 @@ class FinanceUsageRecordAdmin(UsageRecordAdmin):
         since = data.get("since") or until - timedelta(days=DEFAULT_DASHBOARD_DAYS - 1)
         if since > until:
             since, until = until, since
+        usage_rollups_refresh_if_stale()
         dashboard = dashboard_build(tenant=tenant, since=since, until=until, team=team)
         form = DashboardForm(initial={"tenant": tenant, "since": since, "until": until, "team": team}, tenants=tenants)
         context = {

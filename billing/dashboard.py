@@ -7,6 +7,9 @@ Definitions (all over the requests in the range, errors included):
 - routed-to-large % = requests the router sent to the tenant's large model / requests
 - p95 latency = estimated from the summed latency histogram (see billing.rollups.latency_p95_ms)
 - error rate = requests answered with HTTP status ≥ 400 / requests
+- saved = the savings every lever recorded in the ledger (cache, routing, compression, batch discount)
+- baseline = spend + saved: what the requests would have cost on the premium model with no cache, compression or
+  batch discount; saved % = saved / baseline
 """
 
 from collections import defaultdict
@@ -19,22 +22,17 @@ from django.utils import timezone
 
 from billing.budgets.selectors import budget_status
 from billing.models import Budget, UsageRollupDaily
-from billing.rollups import SAVINGS_LEVERS, histogram_sum, latency_p95_ms
+from billing.rollups import ROLLUP_SUMS, SAVINGS_LEVERS, histogram_sum, latency_p95_ms
 from billing.selectors import tenant_zone
+from billing.templatetags.finance import cents
 from tenants.models import Team, Tenant
 
-SUMMED_FIELDS = (
-    "requests",
-    "errors",
-    "upstream_errors",
-    "cache_hits",
-    "routed_to_large",
-    "prompt_tokens",
-    "cached_tokens",
-    "completion_tokens",
-    "cost_usd",
-    *(f"saved_{lever}_usd" for lever in SAVINGS_LEVERS),
-)
+LEVER_LABELS = {
+    "cache": "Response cache (exact + semantic)",
+    "routing": "Routing to a cheaper model",
+    "compression": "Prompt compression",
+    "batch": "Batch discount",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,10 +63,11 @@ class UsageTotals:
     saved_routing_usd: Decimal = Decimal(0)
     saved_compression_usd: Decimal = Decimal(0)
     saved_batch_usd: Decimal = Decimal(0)
+    latency_sum_ms: int = 0
     latency_histogram: list[int] = field(default_factory=list)
 
     def add(self, rollup: UsageRollupDaily) -> None:
-        for name in SUMMED_FIELDS:
+        for name in ROLLUP_SUMS:
             setattr(self, name, getattr(self, name) + getattr(rollup, name))
         self.latency_histogram = histogram_sum([self.latency_histogram, rollup.latency_histogram])
 
@@ -109,6 +108,18 @@ class UsageTotals:
     def savings_by_lever(self) -> dict[str, Decimal]:
         return {lever: getattr(self, f"saved_{lever}_usd") for lever in SAVINGS_LEVERS}
 
+    @property
+    def saved_usd(self) -> Decimal:
+        return sum(self.savings_by_lever.values(), Decimal(0))
+
+    @property
+    def baseline_usd(self) -> Decimal:
+        """What the requests would have cost on the premium model with no cache, compression or batch discount."""
+        return self.cost_usd + self.saved_usd
+
+    def share_of_baseline(self, amount: Decimal) -> float | None:
+        return float(amount / self.baseline_usd) if self.baseline_usd else None
+
 
 @dataclass
 class Dashboard:
@@ -121,12 +132,30 @@ class Dashboard:
     spend_by_model: dict[str, Decimal]
     budgets: list[BudgetUsage]
 
+    def headline(self) -> dict[str, str]:
+        """Saved against the all-premium, no-cache baseline, as displayed: money in cents, the share to one place."""
+        totals = self.totals
+        return {
+            "saved": cents(totals.saved_usd),
+            "saved_percent": _percent_text(totals.share_of_baseline(totals.saved_usd)),
+            "baseline": cents(totals.baseline_usd),
+            "spend": cents(totals.cost_usd),
+        }
+
+    def savings_rows(self) -> list[tuple[str, str, str, str]]:
+        """(lever, label, saved in cents, share of the baseline) per lever."""
+        totals = self.totals
+        return [
+            (lever, LEVER_LABELS[lever], cents(saved), _percent_text(totals.share_of_baseline(saved)))
+            for lever, saved in totals.savings_by_lever.items()
+        ]
+
     def kpis(self) -> list[tuple[str, str, str]]:
         """(id, label, displayed value) per KPI card; rates as percentages to one place, money rounded half-even."""
         totals = self.totals
         p95 = totals.p95_latency_ms
         return [
-            ("spend", "Spend (USD)", f"{totals.cost_usd.quantize(Decimal('0.01'), rounding=ROUND_HALF_EVEN):f}"),
+            ("spend", "Spend (USD)", cents(totals.cost_usd)),
             ("requests", "Requests", str(totals.requests)),
             ("cost-per-1k", "Cost per 1,000 requests (USD)", _or_dash(totals.cost_per_1k_requests)),
             ("avg-prompt", "Avg prompt tokens", _or_dash(totals.avg_prompt_tokens, "{:.1f}")),
@@ -139,10 +168,6 @@ class Dashboard:
 
     def chart_data(self) -> dict:
         """The series the charts draw, as JSON-safe values (money as strings rounded to cents for the axis)."""
-
-        def cents(value: Decimal) -> str:
-            return f"{value.quantize(Decimal('0.01'), rounding=ROUND_HALF_EVEN):f}"
-
         return {
             "days": [day.isoformat() for day, _ in self.days],
             "spend": [cents(totals.cost_usd) for _, totals in self.days],
@@ -151,7 +176,7 @@ class Dashboard:
             "cache_hit_rate": [_percent(totals.cache_hit_rate) for _, totals in self.days],
             "routed_to_large": [_percent(totals.routed_to_large_rate) for _, totals in self.days],
             "p95_latency_ms": [totals.p95_latency_ms for _, totals in self.days],
-            "savings": {lever: cents(value) for lever, value in self.totals.savings_by_lever.items()},
+            "savings": {LEVER_LABELS[lever]: cents(value) for lever, value in self.totals.savings_by_lever.items()},
             "spend_by_model": {model: cents(value) for model, value in self.spend_by_model.items()},
         }
 

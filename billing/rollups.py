@@ -1,6 +1,7 @@
 """Keep the hourly and daily rollups equal to the ledger.
 
-Two ways in, both idempotent (a bucket is always rebuilt whole from the ledger, never incremented):
+Two ways in, both idempotent (a bucket is always rebuilt whole, an hour from the ledger and a day from its hours,
+never incremented):
 
 - `usage_rollups_refresh` folds in ledger rows written since the last run (by ledger id), rebuilding only the
   hours and days they touch. Beat runs it every minute.
@@ -9,6 +10,9 @@ Two ways in, both idempotent (a bucket is always rebuilt whole from the ledger, 
   backfills call it directly.
 
 Both take the cursor row's lock, so two rollup writers never interleave a bucket's delete and insert.
+
+Pages that read the rollups call `usage_rollups_refresh_if_stale` first: when a ledger row older than
+LLMOPS_ROLLUPS_MAX_AGE_SECONDS is not folded in yet, it runs the refresh, unless another one holds the lock.
 """
 
 from collections import defaultdict
@@ -16,9 +20,11 @@ from collections.abc import Iterable
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 
+from django.conf import settings
 from django.db import transaction
 from django.db.models import Count, DecimalField, Max, Q, Sum, Value
 from django.db.models.functions import Coalesce, TruncDate, TruncHour
+from django.utils import timezone
 
 from billing.models import CacheStatus, RollupCursor, UsageRecord, UsageRollupDaily, UsageRollupHourly
 from billing.models.rollups import LATENCY_BUCKET_EDGES_MS
@@ -29,6 +35,20 @@ ROLLUP_CURSOR_NAME = "usage"
 CACHE_HIT_STATUSES = (CacheStatus.HIT_EXACT, CacheStatus.HIT_SEMANTIC)
 SAVINGS_LEVERS = ("cache", "routing", "compression", "batch")
 HOUR = timedelta(hours=1)
+# The rollup fields that add up across buckets (the latency histogram adds element by element).
+ROLLUP_SUMS = (
+    "requests",
+    "errors",
+    "upstream_errors",
+    "cache_hits",
+    "routed_to_large",
+    "prompt_tokens",
+    "cached_tokens",
+    "completion_tokens",
+    "cost_usd",
+    *(f"saved_{lever}_usd" for lever in SAVINGS_LEVERS),
+    "latency_sum_ms",
+)
 ZERO_USD = Decimal(0)
 
 
@@ -85,23 +105,46 @@ def _rebuild_hours(*, tenant: Tenant, start: datetime, end: datetime) -> int:
 
 
 def _rebuild_days(*, tenant: Tenant, first: date, last: date) -> int:
-    """Replace the tenant's daily rollups for local days first..last with fresh ledger aggregates."""
+    """Replace the tenant's daily rollups for local days first..last with fresh aggregates.
+
+    Summed from the hourly rollups when every day starts on a whole UTC hour (a day holds a few hundred hourly rows
+    instead of a day of ledger rows); from the ledger in half-hour zones. Rebuild the hours first.
+    """
     zone = tenant_zone(tenant=tenant)
-    rows = (
-        UsageRecord.objects.for_tenant(tenant)
-        .filter(
-            created_at__gte=datetime.combine(first, time.min, tzinfo=zone),
-            created_at__lt=datetime.combine(last + timedelta(days=1), time.min, tzinfo=zone),
+    start = datetime.combine(first, time.min, tzinfo=zone)
+    end = datetime.combine(last + timedelta(days=1), time.min, tzinfo=zone)
+    days = [first + timedelta(days=offset) for offset in range((last - first).days + 2)]
+    if all(datetime.combine(day, time.min, tzinfo=zone).utcoffset() % HOUR == timedelta(0) for day in days):
+        rollups = _days_from_hours(tenant=tenant, zone=zone, start=start, end=end)
+    else:
+        rows = (
+            UsageRecord.objects.for_tenant(tenant)
+            .filter(created_at__gte=start, created_at__lt=end)
+            .annotate(day=TruncDate("created_at", tzinfo=zone))
+            .values("day", "team_id", "served_model")
+            .annotate(**rollup_aggregates())
+            .order_by()
         )
-        .annotate(day=TruncDate("created_at", tzinfo=zone))
-        .values("day", "team_id", "served_model")
-        .annotate(**rollup_aggregates())
-        .order_by()
-    )
-    rollups = [UsageRollupDaily(tenant=tenant, **_rollup_values(row)) for row in rows]
+        rollups = [UsageRollupDaily(tenant=tenant, **_rollup_values(row)) for row in rows]
     UsageRollupDaily.objects.for_tenant(tenant).filter(day__gte=first, day__lte=last).delete()
     UsageRollupDaily.objects.bulk_create(rollups, batch_size=1000)
     return len(rollups)
+
+
+def _days_from_hours(*, tenant: Tenant, zone, start: datetime, end: datetime) -> list[UsageRollupDaily]:
+    days: dict[tuple, UsageRollupDaily] = {}
+    hours = UsageRollupHourly.objects.for_tenant(tenant).filter(bucket_start__gte=start, bucket_start__lt=end)
+    for hour in hours.order_by("bucket_start"):
+        key = (hour.bucket_start.astimezone(zone).date(), hour.team_id, hour.served_model)
+        day = days.get(key)
+        if day is None:
+            days[key] = day = UsageRollupDaily(
+                tenant=tenant, day=key[0], team_id=hour.team_id, served_model=hour.served_model, latency_histogram=[]
+            )
+        for name in ROLLUP_SUMS:
+            setattr(day, name, getattr(day, name) + getattr(hour, name))
+        day.latency_histogram = histogram_sum([day.latency_histogram, hour.latency_histogram])
+    return list(days.values())
 
 
 def _contiguous_runs(hours: Iterable[datetime]) -> list[tuple[datetime, datetime]]:
@@ -129,15 +172,21 @@ def _ceil_hour(moment: datetime) -> datetime:
     return floor if floor == moment else floor + HOUR
 
 
-def _lock_rollups() -> RollupCursor:
+def _lock_rollups(*, wait: bool = True) -> RollupCursor | None:
+    """The cursor row, locked; None when `wait` is false and another writer holds the lock."""
     cursor, _ = RollupCursor.objects.get_or_create(name=ROLLUP_CURSOR_NAME)
-    return RollupCursor.objects.select_for_update().get(pk=cursor.pk)
+    return RollupCursor.objects.select_for_update(skip_locked=not wait).filter(pk=cursor.pk).first()
 
 
-def usage_rollups_refresh(*, max_rows: int = 200_000) -> int:
-    """Fold ledger rows written since the last run into the rollups; returns how many ledger rows it covered."""
+def usage_rollups_refresh(*, max_rows: int = 200_000, wait: bool = True) -> int:
+    """Fold ledger rows written since the last run into the rollups; returns how many ledger rows it covered.
+
+    With `wait=False` it returns 0 at once when another refresh or rebuild is running.
+    """
     with transaction.atomic():
-        cursor = _lock_rollups()
+        cursor = _lock_rollups(wait=wait)
+        if cursor is None:
+            return 0
         newest_id = UsageRecord.objects.aggregate(newest=Max("id"))["newest"] or 0
         upper_id = min(newest_id, cursor.last_usage_id + max_rows)
         if upper_id <= cursor.last_usage_id:
@@ -161,6 +210,19 @@ def usage_rollups_refresh(*, max_rows: int = 200_000) -> int:
         cursor.last_usage_id = upper_id
         cursor.save(update_fields=["last_usage_id", "updated_at"])
     return covered
+
+
+def usage_rollups_refresh_if_stale() -> int:
+    """Refresh when the rollups lack a ledger row older than LLMOPS_ROLLUPS_MAX_AGE_SECONDS.
+
+    For pages that read the rollups: when they are fresh this costs two indexed reads, and a page never waits for a
+    refresh another process is running. Returns how many ledger rows it covered.
+    """
+    folded = RollupCursor.objects.filter(name=ROLLUP_CURSOR_NAME).values_list("last_usage_id", flat=True).first()
+    too_old = timezone.now() - timedelta(seconds=settings.LLMOPS_ROLLUPS_MAX_AGE_SECONDS)
+    if not UsageRecord.objects.filter(id__gt=folded or 0, created_at__lte=too_old).exists():
+        return 0
+    return usage_rollups_refresh(wait=False)
 
 
 def usage_rollups_rebuild(*, tenant: Tenant, first: date, last: date) -> None:

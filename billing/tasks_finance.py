@@ -10,6 +10,7 @@ from django.utils import timezone
 from billing.exports_async import usage_export_write
 from billing.models import UsageExport
 from billing.rollups import usage_rollups_rebuild_recent, usage_rollups_refresh
+from billing.rollups_cloudwatch import rollups_cloudwatch_publish_closed_hours
 from billing.statements import month_start, statement_push_to_s3
 from tenants.models import Tenant
 
@@ -22,6 +23,12 @@ def usage_rollups_refresh_task() -> int:
 @shared_task
 def usage_rollups_rebuild_recent_task() -> int:
     return usage_rollups_rebuild_recent(days=2)
+
+
+@shared_task
+def rollups_cloudwatch_publish_task() -> int:
+    """Hourly from beat when LLMOPS_CLOUDWATCH_NAMESPACE is set."""
+    return rollups_cloudwatch_publish_closed_hours(namespace=settings.LLMOPS_CLOUDWATCH_NAMESPACE, now=timezone.now())
 
 
 @shared_task

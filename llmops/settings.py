@@ -80,6 +80,18 @@ DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / '
 DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("DB_CONN_MAX_AGE", default=60))
 # Reused connections are checked before use, so a restarted database costs one failed check, not errors.
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # Concurrent writers (batch lines, the ledger, a Celery worker beside the gateway) wait their turn instead of
+    # failing with "database is locked": a transaction takes the write lock when it begins (so it never has to
+    # upgrade a read lock, which SQLite refuses without waiting), a busy writer is waited for up to the timeout,
+    # and WAL lets reads go on while one writes.
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        {
+            "transaction_mode": "IMMEDIATE",
+            "timeout": 30,
+            "init_command": "PRAGMA journal_mode=WAL;",
+        }
+    )
 if (
     DEBUG
     and "sqlite" not in DATABASES["default"]["ENGINE"]
@@ -108,12 +120,17 @@ STATIC_ROOT = env.path("STATIC_ROOT", default=BASE_DIR / "var" / "static")
 # The embedded demo serves static files from the ASGI app; production puts a CDN or proxy in front.
 SERVE_STATIC = env.bool("SERVE_STATIC", default=True)
 STATICFILES_DIRS = [BASE_DIR / "static"]
+# `manage.py seed_demo` writes the demo key and admin password here (`make serve ARGS=--mock` uses var/serve).
+LLMOPS_DEMO_DIR = env.path("LLMOPS_DEMO_DIR", default=BASE_DIR / "var")
 # Async CSV exports are written here (default storage); production may point STORAGES at S3 instead.
 MEDIA_ROOT = env.path("MEDIA_ROOT", default=BASE_DIR / "var" / "media")
 # Exports longer than this many days go through the async export instead of streaming.
 LLMOPS_EXPORT_SYNC_MAX_DAYS = env.int("LLMOPS_EXPORT_SYNC_MAX_DAYS", default=62)
 # Monthly statements are pushed to this S3 bucket when set (boto3's usual AWS credentials).
 LLMOPS_STATEMENTS_BUCKET = env("LLMOPS_STATEMENTS_BUCKET", default="")
+# Hourly rollups are published to Amazon CloudWatch under this namespace when set (boto3's usual AWS credentials),
+# each hour once after it has closed; the record of what is out lives in Redis.
+LLMOPS_CLOUDWATCH_NAMESPACE = env("LLMOPS_CLOUDWATCH_NAMESPACE", default="")
 # /metrics: a bearer token, when set, is required to scrape.
 LLMOPS_METRICS_TOKEN = env("LLMOPS_METRICS_TOKEN", default="")
 
@@ -128,6 +145,11 @@ CELERY_BROKER_URL = env("CELERY_BROKER_URL", default=REDIS_URL or "memory://")
 CELERY_RESULT_BACKEND = env("CELERY_RESULT_BACKEND", default=None)
 CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=CELERY_BROKER_URL == "memory://")
 CELERY_TASK_EAGER_PROPAGATES = True
+# The dashboard refreshes the rollups when they lack a ledger row older than this. With no worker and beat (Celery
+# eager, the embedded default) nothing else refreshes them, so every page open does.
+LLMOPS_ROLLUPS_MAX_AGE_SECONDS = env.int(
+    "LLMOPS_ROLLUPS_MAX_AGE_SECONDS", default=0 if CELERY_TASK_ALWAYS_EAGER else 60
+)
 CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 # Periodic tasks, by name. Each app's issue adds its own entries here.
@@ -148,6 +170,13 @@ CELERY_BEAT_SCHEDULE: dict[str, dict] = {
         "schedule": crontab(day_of_month=1, hour=4, minute=0),
     },
 }
+if LLMOPS_CLOUDWATCH_NAMESPACE:
+    if not REDIS_URL:
+        raise ImproperlyConfigured("LLMOPS_CLOUDWATCH_NAMESPACE needs REDIS_URL (for the publisher watermark)")
+    CELERY_BEAT_SCHEDULE["billing-rollups-cloudwatch-publish"] = {
+        "task": "billing.tasks_finance.rollups_cloudwatch_publish_task",
+        "schedule": crontab(minute=5),
+    }
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework.authentication.SessionAuthentication"],
@@ -237,7 +266,6 @@ LLMOPS_BATCH_POLL_SECONDS = env.float("LLMOPS_BATCH_POLL_SECONDS", default=30.0)
 # Async jobs' webhooks: per-attempt timeout and attempts before giving up.
 LLMOPS_JOBS_WEBHOOK_TIMEOUT_SECONDS = env.float("LLMOPS_JOBS_WEBHOOK_TIMEOUT_SECONDS", default=10.0)
 LLMOPS_JOBS_WEBHOOK_MAX_ATTEMPTS = env.int("LLMOPS_JOBS_WEBHOOK_MAX_ATTEMPTS", default=5)
-CELERY_IMPORTS = ("llmops.gateway.batch_tasks", "llmops.gateway.jobs_tasks")
 CELERY_BEAT_SCHEDULE["gateway-batches-resume"] = {"task": "llmops.gateway.batch_tasks.batches_resume", "schedule": 60.0}
 
 # Security (docs/security.md).
@@ -283,3 +311,9 @@ CELERY_BEAT_SCHEDULE["tenants-payload-logs-purge"] = {
     "task": "tenants.tasks.payload_logs_purge_task",
     "schedule": crontab(minute=40),
 }
+
+# Every periodic task at this interval instead of its schedule, when set: for end-to-end tests, never production.
+LLMOPS_BEAT_INTERVAL_SECONDS = env.float("LLMOPS_BEAT_INTERVAL_SECONDS", default=0.0)
+if LLMOPS_BEAT_INTERVAL_SECONDS:
+    for entry in CELERY_BEAT_SCHEDULE.values():
+        entry["schedule"] = LLMOPS_BEAT_INTERVAL_SECONDS

@@ -55,6 +55,17 @@ def provider_create(
     return provider
 
 
+def provider_base_url_set(*, provider: Provider, base_url: str) -> Provider:
+    """Point the provider at another URL; saves nothing when it is already there."""
+    if provider.base_url == base_url:
+        return provider
+    outbound_url_validate(base_url, field="base_url")
+    provider.base_url = base_url
+    provider.full_clean()
+    provider.save(update_fields=["base_url"])
+    return provider
+
+
 def provider_credential_set(*, provider: Provider, credential: str) -> Provider:
     """Store a new credential, encrypted. An empty one clears it."""
     provider.credential_encrypted = encrypt_secret(credential) if credential else ""

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The embedded demo: SQLite, no Redis, the mock upstream on :9100 and the gateway on :8000.
+# The embedded demo: SQLite, no Redis, the mock upstream on :MOCK_PORT (9100) and the gateway on :PORT (8000).
+# seed_demo points the demo provider at MOCK_PORT, on an existing database too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python

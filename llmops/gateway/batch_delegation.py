@@ -25,7 +25,6 @@ from llmops.gateway.batch_models import Batch, BatchLine, LineStatus
 from llmops.gateway.batch_services import CHAT_ENDPOINT, ClaimedLine, line_record, line_request_id, lines_claim
 from llmops.gateway.call import GatewayCall, Usage
 from llmops.gateway.errors import GatewayError
-from llmops.gateway.pipeline import record_usage
 from llmops.gateway.planning import plan_chat
 from llmops.gateway.snapshot import config_snapshot
 from llmops.metrics import record_request_metrics
@@ -209,7 +208,6 @@ async def _record(batch, principal, line: BatchLine, info: dict, status_code: in
     event.saved_batch_usd, event.cost_usd = event.cost_usd - discounted, discounted
     await _charge_budgets(principal, info["served"], request_id, discounted)
     record_request_metrics(event)
-    await record_usage(event)
     claimed = ClaimedLine(id=line.pk, custom_id=line.custom_id, body=line.body, attempt=line.attempt)
     await _db(line_record)(
         line=claimed,
@@ -217,8 +215,7 @@ async def _record(batch, principal, line: BatchLine, info: dict, status_code: in
         status_code=status_code,
         response_body=body,
         request_id=request_id,
-        cost_usd=event.cost_usd,
-        saved_batch_usd=event.saved_batch_usd,
+        usage=event,
         provider=line.provider,
     )
 

@@ -102,6 +102,9 @@ class Batch(models.Model):
     # One runner at a time: it holds the lease and renews it; a lease left to lapse means the runner died.
     lease_until = models.DateTimeField(null=True, blank=True)
     recheck_at = models.DateTimeField(null=True, blank=True, help_text="When the next look at this batch is due.")
+    idempotency_key = models.CharField(
+        max_length=255, blank=True, help_text="The create request's Idempotency-Key header: a retry gets this batch."
+    )
 
     objects = TenantScopedQuerySet.as_manager()
 
@@ -111,6 +114,13 @@ class Batch(models.Model):
         indexes = [
             models.Index(fields=["tenant", "created_at"], name="batch_tenant_created"),
             models.Index(fields=["status"], name="batch_status"),
+        ]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["tenant", "api_key", "idempotency_key"],
+                condition=~models.Q(idempotency_key=""),
+                name="batch_idempotency_key_unique",
+            )
         ]
 
     def __str__(self):

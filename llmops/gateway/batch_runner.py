@@ -3,14 +3,17 @@
 Each line is one ``chat_completion_run`` under the batch's key: routing, caps, budgets, rate limits and the ledger
 apply as they do on /v1/chat/completions; its ledger row has endpoint ``/v1/batches`` and the tag ``batch:<id>``.
 
-Concurrency is bounded within one worker process, by asyncio semaphores: LLMOPS_BATCH_TENANT_CONCURRENCY lines of
-one tenant in flight at once, and LLMOPS_BATCH_PROVIDER_CONCURRENCY lines to one upstream provider (the provider
-of the model a line names; lines naming an alias share one slot group). N worker processes allow N times as many.
+Concurrency is bounded within one event loop (a worker process runs its tasks on one), by asyncio semaphores:
+LLMOPS_BATCH_TENANT_CONCURRENCY lines of one tenant in flight at once, and LLMOPS_BATCH_PROVIDER_CONCURRENCY lines
+to one upstream provider (the provider of the model a line names; lines naming an alias share one slot group).
+N worker processes allow N times as many. The semaphores are kept per loop, as a semaphore cannot outlive the loop
+it was first waited on: in eager mode each thread that runs a batch has its own loop.
 """
 
 import asyncio
+import contextlib
 import logging
-from decimal import Decimal
+import weakref
 
 import orjson
 from django.conf import settings
@@ -41,14 +44,17 @@ logger = logging.getLogger(__name__)
 BATCH_ENDPOINT = "/v1/batches"
 ALIAS_SLOT = "(routed)"
 
-_tenant_slots: dict[int, asyncio.Semaphore] = {}
-_provider_slots: dict[str, asyncio.Semaphore] = {}
+# {event loop: {("tenant", id) or ("provider", name): semaphore}}; an entry goes with its loop.
+_slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple, asyncio.Semaphore]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
-def _slot(slots: dict, key, size: int) -> asyncio.Semaphore:
-    if key not in slots:
-        slots[key] = asyncio.Semaphore(size)
-    return slots[key]
+def _slot(kind: str, key, size: int) -> asyncio.Semaphore:
+    slots = _slots.setdefault(asyncio.get_running_loop(), {})
+    if (kind, key) not in slots:
+        slots[kind, key] = asyncio.Semaphore(size)
+    return slots[kind, key]
 
 
 def _db(function):
@@ -75,6 +81,8 @@ async def batch_process(batch_id: str) -> None:
         await _process_leased(batch_id)
     finally:
         heartbeat.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await heartbeat
         await _db(batch_lease_release)(batch_id=batch_id)
 
 
@@ -104,12 +112,14 @@ async def _process_leased(batch_id: str) -> None:
 
 
 async def _run_lines(batch: Batch, principal: KeyPrincipal) -> None:
-    tenant_slots = settings.LLMOPS_BATCH_TENANT_CONCURRENCY
-    await asyncio.gather(*(_line_worker(batch, principal) for _ in range(tenant_slots)))
+    """Line workers until no line is left to claim; one that fails stops the others (no task outlives the run)."""
+    async with asyncio.TaskGroup() as workers:
+        for _ in range(settings.LLMOPS_BATCH_TENANT_CONCURRENCY):
+            workers.create_task(_line_worker(batch, principal))
 
 
 async def _line_worker(batch: Batch, principal: KeyPrincipal) -> None:
-    tenant_slot = _slot(_tenant_slots, principal.tenant_id, settings.LLMOPS_BATCH_TENANT_CONCURRENCY)
+    tenant_slot = _slot("tenant", principal.tenant_id, settings.LLMOPS_BATCH_TENANT_CONCURRENCY)
     while True:
         async with tenant_slot:
             claimed = await _db(lines_claim)(batch_id=batch.id, limit=1)
@@ -125,8 +135,8 @@ def _provider_of(line: ClaimedLine) -> str:
 
 async def line_run(batch_id: str, principal: KeyPrincipal, line: ClaimedLine) -> None:
     request_id = line_request_id(batch_id=batch_id, custom_id=line.custom_id, attempt=line.attempt)
-    call = GatewayCall(principal=principal, endpoint=BATCH_ENDPOINT, request_id=request_id)
-    provider_slot = _slot(_provider_slots, _provider_of(line), settings.LLMOPS_BATCH_PROVIDER_CONCURRENCY)
+    call = GatewayCall(principal=principal, endpoint=BATCH_ENDPOINT, request_id=request_id, ledger_deferred=True)
+    provider_slot = _slot("provider", _provider_of(line), settings.LLMOPS_BATCH_PROVIDER_CONCURRENCY)
     async with provider_slot:
         try:
             response = await chat_completion_run(
@@ -154,5 +164,5 @@ async def line_run(batch_id: str, principal: KeyPrincipal, line: ClaimedLine) ->
         status_code=status_code,
         response_body=body,
         request_id=request_id,
-        cost_usd=Decimal(call.cost_usd or 0),
+        usage=call.ledger_event,
     )

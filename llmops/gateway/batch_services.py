@@ -2,9 +2,12 @@
 
 Exactly once: one runner at a time holds a batch's lease (renewed while it runs). A line is claimed by a status
 change (pending → running) and recorded by a second one (running → succeeded/failed, only for the attempt that
-was claimed), counted in the same transaction. A runner that takes over a lapsed lease finds the lines its dead
+was claimed), in one transaction with the run's ledger row and the batch's counters and cost, so the batch's cost
+is the sum of its ledger rows at every moment. A runner that takes over a lapsed lease finds the lines its dead
 predecessor had claimed but never recorded and runs them again with the same attempt number, so the same ledger
-request id: the ledger, idempotent on request id, keeps one row per line.
+request id; nothing of the unrecorded run reached the ledger.
+
+Lock order, where rows are locked: the batch's row, then its lines' rows.
 """
 
 import hashlib
@@ -15,12 +18,13 @@ from decimal import Decimal
 
 import orjson
 from django.conf import settings
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
 from billing.budgets.selectors import budget_status
 from billing.models import Budget
+from billing.services import UsageEvent, usage_record_create
 from llmops.gateway.admission import worst_case_cost
 from llmops.gateway.batch_models import (
     BATCH_FINISHED,
@@ -45,6 +49,7 @@ SUPPORTED_ENDPOINTS = (CHAT_ENDPOINT,)
 COMPLETION_WINDOWS = {"24h": timedelta(hours=24)}
 MAX_METADATA_PAIRS = 16
 TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
+IDEMPOTENCY_KEY_MAX_LENGTH = 255
 
 
 def line_request_id(*, batch_id: str, custom_id: str, attempt: int) -> str:
@@ -100,8 +105,16 @@ def file_delete(*, file: File) -> None:
 
 
 def batch_create(
-    *, principal: KeyPrincipal, input_file_id: str, endpoint: str, completion_window: str, metadata: dict | None
-) -> Batch:
+    *,
+    principal: KeyPrincipal,
+    input_file_id: str,
+    endpoint: str,
+    completion_window: str,
+    metadata: dict | None,
+    idempotency_key: str = "",
+) -> tuple[Batch, bool]:
+    """The new batch and True; or, for a create repeated with the same Idempotency-Key by the same key of the same
+    tenant, the batch the first one made and False (409 if the parameters differ)."""
     if endpoint not in SUPPORTED_ENDPOINTS:
         raise invalid_request(
             f"Unsupported endpoint {endpoint!r}; supported: {', '.join(SUPPORTED_ENDPOINTS)}.", param="endpoint"
@@ -119,22 +132,60 @@ def batch_create(
         raise invalid_request(
             f"metadata must be an object of at most {MAX_METADATA_PAIRS} string values.", param="metadata"
         )
+    if len(idempotency_key) > IDEMPOTENCY_KEY_MAX_LENGTH:
+        raise invalid_request(
+            f"The Idempotency-Key header is longer than {IDEMPOTENCY_KEY_MAX_LENGTH} characters.",
+            param="Idempotency-Key",
+        )
+    parameters = (input_file_id, endpoint, completion_window, metadata)
+    earlier = _batch_by_idempotency_key(principal, idempotency_key, parameters)
+    if earlier is not None:
+        return earlier, False
     input_file = File.objects.for_tenant(principal.tenant_id).filter(pk=input_file_id).first()
     if input_file is None:
         raise GatewayError(f"No such File object: {input_file_id}", status=404, code="not_found", param="input_file_id")
     if input_file.purpose != FilePurpose.BATCH:
         raise invalid_request("The input file must have purpose 'batch'.", param="input_file_id")
-    batch = Batch.objects.create(
-        tenant_id=principal.tenant_id,
-        team_id=principal.team_id,
-        api_key_id=principal.key_id,
-        input_file=input_file,
-        endpoint=endpoint,
-        completion_window=completion_window,
-        metadata=metadata,
-        expires_at=timezone.now() + COMPLETION_WINDOWS[completion_window],
+    try:
+        with transaction.atomic():
+            batch = Batch.objects.create(
+                tenant_id=principal.tenant_id,
+                team_id=principal.team_id,
+                api_key_id=principal.key_id,
+                input_file=input_file,
+                endpoint=endpoint,
+                completion_window=completion_window,
+                metadata=metadata,
+                expires_at=timezone.now() + COMPLETION_WINDOWS[completion_window],
+                idempotency_key=idempotency_key,
+            )
+    except IntegrityError:
+        # A concurrent create with the same Idempotency-Key committed first.
+        earlier = _batch_by_idempotency_key(principal, idempotency_key, parameters)
+        if earlier is None:
+            raise
+        return earlier, False
+    return batch, True
+
+
+def _batch_by_idempotency_key(principal: KeyPrincipal, idempotency_key: str, parameters: tuple) -> Batch | None:
+    if not idempotency_key:
+        return None
+    earlier = (
+        Batch.objects.for_tenant(principal.tenant_id)
+        .filter(api_key_id=principal.key_id, idempotency_key=idempotency_key)
+        .first()
     )
-    return batch
+    if earlier is None:
+        return None
+    if (earlier.input_file_id, earlier.endpoint, earlier.completion_window, earlier.metadata) != parameters:
+        raise GatewayError(
+            f"The Idempotency-Key was used for batch {earlier.id}, created with other parameters.",
+            status=409,
+            code="idempotency_key_reused",
+            param="Idempotency-Key",
+        )
+    return earlier
 
 
 def batch_cancel(*, batch: Batch) -> Batch:
@@ -383,10 +434,15 @@ def batches_unfinished() -> list[str]:
     return list(Batch.objects.exclude(status__in=BATCH_FINISHED).values_list("pk", flat=True))
 
 
+def _batch_lock(batch_id: str) -> str | None:
+    """Lock the batch's row for the transaction (a cancel waits, or is waited for); its status."""
+    return Batch.objects.select_for_update().filter(pk=batch_id).values_list("status", flat=True).first()
+
+
 def lines_claim(*, batch_id: str, limit: int) -> list[ClaimedLine]:
-    """Take up to ``limit`` pending lines of a batch that is still in progress."""
+    """Take up to ``limit`` pending lines of a batch that is still in progress: none once a cancel has committed."""
     with transaction.atomic():
-        if not Batch.objects.filter(pk=batch_id, status=BatchStatus.IN_PROGRESS).exists():
+        if _batch_lock(batch_id) != BatchStatus.IN_PROGRESS:
             return []
         lines = list(
             BatchLine.objects.select_for_update(skip_locked=True)
@@ -408,43 +464,46 @@ def line_record(
     status_code: int,
     response_body: dict,
     request_id: str,
-    cost_usd: Decimal,
-    saved_batch_usd: Decimal = Decimal(0),
+    usage: UsageEvent | None,
     provider: str = "",
 ) -> bool:
-    """Record one finished run; a transient failure with attempts left sends the line back to pending.
+    """Record one finished run, with its ledger row (``usage``; None for a run that never reached the pipeline's
+    end) and the batch's counters and cost, in one transaction. A transient failure with attempts left sends the
+    line back to pending.
 
     Returns False when the claim was lost (another worker took the line over), and records nothing.
     """
     retry = status_code in TRANSIENT_STATUSES and line.attempt + 1 < settings.LLMOPS_BATCH_LINE_MAX_ATTEMPTS
+    succeeded = 200 <= status_code < 300
     held = BatchLine.objects.filter(
         pk=line.id, attempt=line.attempt, status__in=(LineStatus.RUNNING, LineStatus.DELEGATED)
     )
     with transaction.atomic():
+        _batch_lock(batch_id)
         if retry:
             changed = held.update(status=LineStatus.PENDING, attempt=F("attempt") + 1, claimed_at=None)
-            if changed:
-                Batch.objects.filter(pk=batch_id).update(
-                    cost_usd=F("cost_usd") + cost_usd, saved_batch_usd=F("saved_batch_usd") + saved_batch_usd
-                )
-            return bool(changed)
-        succeeded = 200 <= status_code < 300
-        changed = held.update(
-            status=LineStatus.SUCCEEDED if succeeded else LineStatus.FAILED,
-            status_code=status_code,
-            response_body=response_body,
-            request_id=request_id,
-            provider=provider,
-            finished_at=timezone.now(),
-        )
-        if changed:
-            counter = "completed_count" if succeeded else "failed_count"
-            Batch.objects.filter(pk=batch_id).update(
-                **{counter: F(counter) + 1},
-                cost_usd=F("cost_usd") + cost_usd,
-                saved_batch_usd=F("saved_batch_usd") + saved_batch_usd,
+            counters = {}
+        else:
+            changed = held.update(
+                status=LineStatus.SUCCEEDED if succeeded else LineStatus.FAILED,
+                status_code=status_code,
+                response_body=response_body,
+                request_id=request_id,
+                provider=provider,
+                finished_at=timezone.now(),
             )
-    return bool(changed)
+            counter = "completed_count" if succeeded else "failed_count"
+            counters = {counter: F(counter) + 1}
+        if not changed:
+            return False
+        if usage is not None:
+            usage_record_create(event=usage)
+            counters.update(
+                cost_usd=F("cost_usd") + usage.cost_usd, saved_batch_usd=F("saved_batch_usd") + usage.saved_batch_usd
+            )
+        if counters:
+            Batch.objects.filter(pk=batch_id).update(**counters)
+    return True
 
 
 def batch_expire_if_due(*, batch_id: str) -> None:

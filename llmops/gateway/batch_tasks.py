@@ -27,9 +27,12 @@ def run_in_worker_loop(coroutine):
 
 @shared_task(acks_late=True, reject_on_worker_lost=True)
 def batch_process_task(batch_id: str) -> None:
-    run_in_worker_loop(batch_process(batch_id))
-    if batch_recheck_claim(batch_id=batch_id):
-        batch_process_task.apply_async((batch_id,), countdown=settings.LLMOPS_BATCH_POLL_SECONDS)
+    try:
+        run_in_worker_loop(batch_process(batch_id))
+    finally:
+        # A run that failed half-way is looked at again too: its claimed lines go back to pending then.
+        if batch_recheck_claim(batch_id=batch_id):
+            batch_process_task.apply_async((batch_id,), countdown=settings.LLMOPS_BATCH_POLL_SECONDS)
 
 
 @shared_task

@@ -1,12 +1,14 @@
 """/v1/files and /v1/batches in OpenAI's shapes, so the SDK's ``files`` and ``batches`` calls work unchanged."""
 
+from functools import partial
+
 import orjson
 from django.db import transaction
 from django.http import HttpResponse
 from rest_framework.parsers import MultiPartParser
 
 from llmops.db import database_sync_to_async
-from llmops.gateway.batch_models import Batch, File
+from llmops.gateway.batch_models import Batch, BatchStatus, File
 from llmops.gateway.batch_selectors import batch_get, batches_page, file_get, files_page
 from llmops.gateway.batch_services import batch_cancel, batch_create, file_content, file_create, file_delete
 from llmops.gateway.batch_tasks import batch_process_task
@@ -14,6 +16,7 @@ from llmops.gateway.errors import invalid_request
 from llmops.gateway.parsers import OrjsonParser
 from llmops.gateway.views import GatewayView
 
+IDEMPOTENCY_HEADER = "Idempotency-Key"
 DEFAULT_PAGE_SIZE = 20
 MAX_PAGE_SIZE = 100
 
@@ -151,10 +154,27 @@ class FileContentView(GatewayView):
         return HttpResponse(await _db(file_content)(file=file), content_type="application/octet-stream")
 
 
+def _enqueue_on_commit(batch: Batch) -> None:
+    """Run the batch once the transaction commits. Robust: the batch exists whatever the enqueue does, so its
+    request must not fail (a client would retry and create another); beat's resume picks up a missed enqueue.
+    In eager mode the batch runs here, before the response (which shows the batch as the request left it)."""
+    transaction.on_commit(partial(batch_process_task.delay, batch.id), robust=True)
+
+
 def _batch_create_and_enqueue(**arguments) -> Batch:
     with transaction.atomic():
-        batch = batch_create(**arguments)
-        transaction.on_commit(lambda: batch_process_task.delay(batch.id))
+        batch, created = batch_create(**arguments)
+        if created:
+            _enqueue_on_commit(batch)
+    return batch
+
+
+def _batch_cancel_and_enqueue(*, batch: Batch) -> Batch:
+    """Stop the batch; a runner finishes it as ``cancelled``: the one running it, or a new one if none is."""
+    with transaction.atomic():
+        batch = batch_cancel(batch=batch)
+        if batch.status == BatchStatus.CANCELLING:
+            _enqueue_on_commit(batch)
     return batch
 
 
@@ -180,6 +200,7 @@ class BatchesView(GatewayView):
             endpoint=body["endpoint"],
             completion_window=body["completion_window"],
             metadata=body.get("metadata"),
+            idempotency_key=request.headers.get(IDEMPOTENCY_HEADER, ""),
         )
         return _json(batch_object(batch))
 
@@ -192,4 +213,4 @@ class BatchDetailView(GatewayView):
 class BatchCancelView(GatewayView):
     async def post(self, request, batch_id: str):
         batch = await _db(batch_get)(tenant_id=request.user.tenant_id, batch_id=batch_id)
-        return _json(batch_object(await _db(batch_cancel)(batch=batch)))
+        return _json(batch_object(await _db(_batch_cancel_and_enqueue)(batch=batch)))

@@ -75,6 +75,10 @@ class GatewayCall:
     cache_similarity: float | None = None
     # On a cache hit: the stored answer's usage, what the request would have cost had it missed.
     cache_saved_usage: Usage | None = None
+    # Work that stores its result and its ledger row in one transaction (batch lines, jobs) sets ledger_deferred:
+    # finish() then leaves the row's event in ledger_event for it to write, instead of recording it.
+    ledger_deferred: bool = False
+    ledger_event: UsageEvent | None = None
 
     def elapsed_ms(self) -> int:
         return int((time.perf_counter() - self.started) * 1000)

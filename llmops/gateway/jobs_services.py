@@ -9,7 +9,6 @@ import hashlib
 import hmac
 import secrets
 import time
-from decimal import Decimal
 from urllib.parse import urlsplit
 
 import httpx
@@ -18,6 +17,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from billing.services import UsageEvent, usage_record_create
 from llmops.db import database_sync_to_async
 from llmops.gateway.batch_models import Job, JobStatus, JobWebhookSecret, WebhookState
 from llmops.gateway.call import GatewayCall
@@ -79,15 +79,20 @@ def _job_start(*, job_id: str) -> Job | None:
     return Job.objects.select_related("api_key").get(pk=job_id) if updated else None
 
 
-def _job_finish(*, job_id: str, status_code: int, result: dict, request_id: str, cost_usd: str | None) -> None:
-    Job.objects.filter(pk=job_id, status=JobStatus.IN_PROGRESS).update(
-        status=JobStatus.COMPLETED if status_code < 400 else JobStatus.FAILED,
-        status_code=status_code,
-        result=result,
-        request_id=request_id,
-        cost_usd=Decimal(cost_usd) if cost_usd is not None else None,
-        finished_at=timezone.now(),
-    )
+def _job_finish(*, job_id: str, status_code: int, result: dict, request_id: str, usage: UsageEvent | None) -> None:
+    """The job's answer and its ledger row in one transaction: its cost is its ledger row's, and a second run of the
+    same job (a redelivered task) records nothing."""
+    with transaction.atomic():
+        finished = Job.objects.filter(pk=job_id, status=JobStatus.IN_PROGRESS).update(
+            status=JobStatus.COMPLETED if status_code < 400 else JobStatus.FAILED,
+            status_code=status_code,
+            result=result,
+            request_id=request_id,
+            cost_usd=usage.cost_usd if usage is not None else None,
+            finished_at=timezone.now(),
+        )
+        if finished and usage is not None:
+            usage_record_create(event=usage)
 
 
 async def job_run(*, job_id: str) -> None:
@@ -101,7 +106,9 @@ async def job_run(*, job_id: str) -> None:
     if principal is None or principal.revoked_at is not None:
         status_code, body = 401, {"error": {"message": "The job's API key was revoked.", "code": "invalid_api_key"}}
     else:
-        call = GatewayCall(principal=principal, endpoint=JOBS_ENDPOINT, request_id=job_request_id(job.id))
+        call = GatewayCall(
+            principal=principal, endpoint=JOBS_ENDPOINT, request_id=job_request_id(job.id), ledger_deferred=True
+        )
         try:
             response = await chat_completion_run(call, read_body=lambda: dict(job.body), headers={})
             status_code, body = response.status_code, orjson.loads(response.content)
@@ -116,7 +123,7 @@ async def job_run(*, job_id: str) -> None:
         status_code=status_code,
         result=body,
         request_id=call.request_id if call else "",
-        cost_usd=call.cost_usd if call else None,
+        usage=call.ledger_event if call else None,
     )
 
 

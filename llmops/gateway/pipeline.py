@@ -50,13 +50,17 @@ async def finish(
     call.finished = True
     event = call.usage_event(http_status=http_status, usage=usage, error_code=error_code)
     record_request_metrics(event)
+    # Work that writes its ledger row with its own result (batch lines, jobs) takes the event instead.
+    if call.ledger_deferred:
+        call.ledger_event = event
+    recorded = None if call.ledger_deferred else event
     if call.reservation is not None and not call.reservation.settled:
         # Settled and recorded in one step, so a counter seeded from the ledger counts the request exactly once.
-        remaining = await reservation_settle(call.reservation, actual=event.cost_usd, event=event)
+        remaining = await reservation_settle(call.reservation, actual=event.cost_usd, event=recorded)
         if remaining is not None:
             call.budget_remaining_usd = format_cost(remaining)
-    else:
-        await record_usage(event)
+    elif recorded is not None:
+        await record_usage(recorded)
     if call.payload_logging and call.request_body is not None:
         await database_sync_to_async(payload_log_record)(
             tenant_id=call.principal.tenant_id,

@@ -1,9 +1,11 @@
 """A live Celery worker process on the test broker and database, slow and fast mock upstreams, webhook receivers."""
 
+import io
 import os
 import sys
 import time
 from collections.abc import Callable
+from decimal import Decimal
 
 import orjson
 import pytest
@@ -25,8 +27,16 @@ WORKER_ENV = {
 }
 
 
+def celery_worker_process(env: dict[str, str], *, concurrency: int | None = None) -> ServiceProcess:
+    """``celery -A llmops worker`` as a child process: one solo process, or a prefork pool of ``concurrency``."""
+    pool = ["--pool=solo"] if concurrency is None else ["--pool=prefork", f"--concurrency={concurrency}"]
+    args = [sys.executable, "-m", "celery", "-A", "llmops", "worker", *pool, "--without-gossip"]
+    args += ["--without-mingle", "--without-heartbeat", "-l", "warning"]
+    return ServiceProcess(args, env)
+
+
 def celery_worker() -> ServiceProcess:
-    """``celery -A llmops worker`` as a child process, on the test database and the test Redis as broker."""
+    """A worker on the test database, with the test Redis as broker."""
     env = {
         **os.environ,
         **WORKER_ENV,
@@ -36,9 +46,7 @@ def celery_worker() -> ServiceProcess:
         "CELERY_TASK_ALWAYS_EAGER": "false",
         "MEDIA_ROOT": str(settings.MEDIA_ROOT),
     }
-    args = [sys.executable, "-m", "celery", "-A", "llmops", "worker", "--pool=solo", "--without-gossip"]
-    args += ["--without-mingle", "--without-heartbeat", "-l", "warning"]
-    return ServiceProcess(args, env)
+    return celery_worker_process(env)
 
 
 @pytest.fixture
@@ -104,6 +112,28 @@ def chat_line(custom_id: str, model: str, text: str = "hello", **body) -> dict:
         "url": "/v1/chat/completions",
         "body": {"model": model, "messages": [{"role": "user", "content": text}], **body},
     }
+
+
+FINISHED = ("completed", "failed", "cancelled", "expired")
+
+
+def upload(client, lines: list) -> str:
+    return client.files.create(file=("batch.jsonl", io.BytesIO(jsonl(lines))), purpose="batch").id
+
+
+def wait_finished(client, batch_id: str, timeout: float = 30):
+    return wait_for(lambda: (b := client.batches.retrieve(batch_id)).status in FINISHED and b, timeout=timeout)
+
+
+def rows(client, file_id: str | None) -> list[dict]:
+    if file_id is None:
+        return []
+    return [orjson.loads(line) for line in client.files.content(file_id).content.splitlines()]
+
+
+def reported_cost(batch) -> Decimal:
+    """The batch's cost as the API reports it (``llmops.cost_usd``)."""
+    return Decimal(batch.model_extra["llmops"]["cost_usd"])
 
 
 def wait_for(predicate: Callable[[], object], *, timeout: float = 30, interval: float = 0.1):

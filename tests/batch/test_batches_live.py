@@ -1,41 +1,51 @@
 """The Batch API with the openai SDK against the live gateway and a live Celery worker."""
 
-import io
 from decimal import Decimal
 
 import openai
-import orjson
 import pytest
+from django.db import connection, transaction
+from django.db.models import Sum
 
 from billing.models import UsageRecord
 from llmops.gateway.batch_models import Batch, BatchLine
+from llmops.gateway.batch_runner import batch_process
 from llmops.gateway.batch_services import line_request_id
-from tests.batch.conftest import DELEGATING_PROVIDER, celery_worker, chat_line, jsonl, provider_model, wait_for
+from tests.batch.conftest import (
+    DELEGATING_PROVIDER,
+    celery_worker,
+    chat_line,
+    provider_model,
+    reported_cost,
+    rows,
+    upload,
+    wait_finished,
+    wait_for,
+)
 from tests.factories import ModelFactory
+from tests.loops import run as run_on_a_new_loop
 
 pytestmark = pytest.mark.live
-FINISHED = ("completed", "failed", "cancelled", "expired")
 
 
-def upload(client, lines: list) -> str:
-    return client.files.create(file=("batch.jsonl", io.BytesIO(jsonl(lines))), purpose="batch").id
+def batch_ledger(batch_id: str) -> list[UsageRecord]:
+    """The batch's ledger rows: written with each line's result, so all there when the batch has finished."""
+    return list(UsageRecord.objects.filter(endpoint="/v1/batches", tags__contains=[f"batch:{batch_id}"]))
 
 
-def wait_finished(client, batch_id: str, timeout: float = 30):
-    return wait_for(lambda: (b := client.batches.retrieve(batch_id)).status in FINISHED and b, timeout=timeout)
+def cost_and_ledger_at_one_moment(batch_id: str) -> tuple[str, int, Decimal, Decimal]:
+    """The batch's status, lines done and cost, and the sum of its ledger rows, read in one database snapshot."""
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        batch = Batch.objects.get(pk=batch_id)
+        ledger = UsageRecord.objects.filter(endpoint="/v1/batches", tags__contains=[f"batch:{batch_id}"])
+        total = ledger.aggregate(total=Sum("cost_usd"))["total"] or Decimal(0)
+    return batch.status, batch.completed_count + batch.failed_count, batch.cost_usd, total
 
 
-def rows(client, file_id: str | None) -> list[dict]:
-    if file_id is None:
-        return []
-    return [orjson.loads(line) for line in client.files.content(file_id).content.splitlines()]
-
-
-def batch_ledger(batch_id: str, *, expect: int):
-    """The batch's ledger rows, once ``expect`` of them are drained from the ledger stream (none more after)."""
-    records = UsageRecord.objects.filter(endpoint="/v1/batches", tags__contains=[f"batch:{batch_id}"])
-    wait_for(lambda: records.count() >= expect, timeout=10)
-    return list(records)
+def sdk(gateway, key: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=key, max_retries=0, timeout=20)
 
 
 def test_mixed_batch_completes_with_output_and_error_files(worker, openai_client, acme):
@@ -69,10 +79,10 @@ def test_mixed_batch_completes_with_output_and_error_files(worker, openai_client
     assert first["body"]["usage"]["completion_tokens"] == 5
     assert errors["refused"]["response"]["status_code"] == 400
     assert errors["unknown-model"]["response"]["body"]["error"]["code"] == "model_not_found"
-    ledger = {record.request_id: record for record in batch_ledger(batch.id, expect=4)}
+    ledger = {record.request_id: record for record in batch_ledger(batch.id)}
     assert set(ledger) == {row["response"]["request_id"] for row in [*output.values(), *errors.values()]}
     assert ledger[first["request_id"]].cost_usd > 0 and ledger[first["request_id"]].api_key_id == acme.api_key.pk
-    assert Batch.objects.get(pk=batch.id).cost_usd == sum(r.cost_usd for r in ledger.values())
+    assert reported_cost(done) == sum(r.cost_usd for r in ledger.values())
     assert openai_client.files.retrieve(done.output_file_id).purpose == "batch_output"
     with pytest.raises(openai.ConflictError):
         openai_client.batches.cancel(batch.id)
@@ -80,6 +90,7 @@ def test_mixed_batch_completes_with_output_and_error_files(worker, openai_client
 
 def test_cancel_mid_run_keeps_finished_lines_and_runs_no_more(worker, openai_client, acme, slow_upstream):
     provider_model(slow_upstream.url, provider_name="slow-mock", model_name="acme-slow", tenant=acme)
+    served_before = slow_upstream.app.requests_served
     file_id = upload(openai_client, [chat_line(f"line-{n}", "acme-slow") for n in range(30)])
     batch = openai_client.batches.create(
         input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h"
@@ -95,7 +106,10 @@ def test_cancel_mid_run_keeps_finished_lines_and_runs_no_more(worker, openai_cli
     assert 2 <= completed < 30
     cancelled = [row for row in rows(openai_client, done.error_file_id) if row["error"]]
     assert len(cancelled) == 30 - completed and {row["error"]["code"] for row in cancelled} == {"batch_cancelled"}
-    assert len(batch_ledger(batch.id, expect=completed)) == completed
+    # Lines in flight when the cancel came finished; none was sent after it.
+    assert slow_upstream.app.requests_served - served_before == completed
+    ledger = batch_ledger(batch.id)
+    assert len(ledger) == completed and reported_cost(done) == sum(r.cost_usd for r in ledger)
 
 
 def test_worker_killed_mid_batch_resumes_and_runs_every_line_once(worker, openai_client, acme, slow_upstream):
@@ -120,7 +134,7 @@ def test_worker_killed_mid_batch_resumes_and_runs_every_line_once(worker, openai
     assert done.status == "completed" and done.request_counts.completed == total
     output = rows(openai_client, done.output_file_id)
     assert sorted(row["custom_id"] for row in output) == sorted(f"line-{n}" for n in range(total))
-    ledger = batch_ledger(batch.id, expect=total)
+    ledger = batch_ledger(batch.id)
     assert len(ledger) == total
     expected_ids = {line_request_id(batch_id=batch.id, custom_id=f"line-{n}", attempt=0) for n in range(total)}
     assert {record.request_id for record in ledger} == expected_ids
@@ -147,7 +161,7 @@ def test_delegated_to_provider_batch_endpoint_at_the_discount(worker, openai_cli
     stored = Batch.objects.get(pk=batch.id)
     assert list(stored.provider_batches) == [DELEGATING_PROVIDER]
     assert set(BatchLine.objects.filter(batch=stored).values_list("provider", flat=True)) == {DELEGATING_PROVIDER}
-    ledger = batch_ledger(batch.id, expect=3)
+    ledger = batch_ledger(batch.id)
     assert len(ledger) == 3
     for record in ledger:
         full = (
@@ -160,3 +174,78 @@ def test_delegated_to_provider_batch_endpoint_at_the_discount(worker, openai_cli
     assert stored.saved_batch_usd == sum(record.saved_batch_usd for record in ledger)
     output = rows(openai_client, done.output_file_id)
     assert {row["response"]["request_id"] for row in output} == {record.request_id for record in ledger}
+
+
+def test_batch_cost_is_the_sum_of_its_ledger_rows_at_every_moment(worker, openai_client, acme, slow_upstream):
+    provider_model(slow_upstream.url, provider_name="slow-mock", model_name="acme-slow", tenant=acme)
+    total = 12
+    lines = [chat_line(f"line-{n}", "acme-slow", f"question {n}") for n in range(total)]
+    batch = openai_client.batches.create(
+        input_file_id=upload(openai_client, lines), endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    moments = []
+
+    def observe_until(condition) -> None:
+        def observed():
+            moments.append(cost_and_ledger_at_one_moment(batch.id))
+            return condition(*moments[-1])
+
+        wait_for(observed, interval=0.02)
+
+    observe_until(lambda status, done, cost, ledger: status == "in_progress" and 0 < done < total)
+    observe_until(lambda status, done, cost, ledger: status == "completed")
+
+    assert [(cost, ledger) for _, _, cost, ledger in moments if cost != ledger] == []
+    final = openai_client.batches.retrieve(batch.id)
+    assert reported_cost(final) == moments[-1][3] > 0 and final.request_counts.completed == total
+
+
+def test_a_retried_create_gets_the_same_batch_per_key_and_tenant(worker, gateway, openai_client, acme, globex):
+    from tenants.services import api_key_create
+
+    _, second_key = api_key_create(team=acme.team, name="acme second key")
+    headers = {"Idempotency-Key": "nightly-2026-12-04"}
+    lines = [chat_line(f"line-{n}", "acme-small", f"question {n}") for n in range(3)]
+    create = {
+        "input_file_id": upload(openai_client, lines),
+        "endpoint": "/v1/chat/completions",
+        "completion_window": "24h",
+        "extra_headers": headers,
+    }
+
+    first = openai_client.batches.create(**create)
+    retried = openai_client.batches.create(**create)
+    with pytest.raises(openai.ConflictError) as reused:
+        openai_client.batches.create(**create, metadata={"run": "another"})
+    with sdk(gateway, second_key) as second_client:
+        other_key = second_client.batches.create(**create)
+    with sdk(gateway, globex.key) as globex_client:
+        globex_file = upload(globex_client, [chat_line("only", "globex-small")])
+        other_tenant = globex_client.batches.create(**{**create, "input_file_id": globex_file})
+        globex_done = wait_finished(globex_client, other_tenant.id)
+    done = [wait_finished(openai_client, batch_id) for batch_id in (first.id, other_key.id)]
+
+    assert retried.id == first.id
+    assert (reused.value.status_code, reused.value.code) == (409, "idempotency_key_reused")
+    assert len({first.id, other_key.id, other_tenant.id}) == 3
+    assert [batch.status for batch in [*done, globex_done]] == ["completed"] * 3
+    assert [len(batch_ledger(batch_id)) for batch_id in (first.id, other_key.id, other_tenant.id)] == [3, 3, 1]
+
+
+def test_batches_run_one_after_another_on_new_event_loops(live_broker, files_root, openai_client, acme, settings):
+    """As eager mode runs batches, each on the loop of the thread that created it: a semaphore made on one loop and
+    waited on from another would fail every later batch."""
+    settings.LLMOPS_BATCH_PROVIDER_CONCURRENCY = 1  # the line workers wait on the provider's semaphore
+    lines = [chat_line(f"line-{n}", "acme-small", f"question {n}") for n in range(4)]
+    batch_ids = [
+        openai_client.batches.create(
+            input_file_id=upload(openai_client, lines), endpoint="/v1/chat/completions", completion_window="24h"
+        ).id
+        for _ in range(2)
+    ]
+
+    for batch_id in batch_ids:
+        run_on_a_new_loop(batch_process(batch_id))
+
+    done = [openai_client.batches.retrieve(batch_id) for batch_id in batch_ids]
+    assert [(batch.status, batch.request_counts.completed) for batch in done] == [("completed", 4)] * 2

@@ -1,6 +1,6 @@
 import math
 import re
-from datetime import timedelta
+from datetime import date, datetime, time, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 
 import pytest
@@ -11,7 +11,7 @@ from billing.models import UsageRecord
 from billing.models.rollups import LATENCY_BUCKET_EDGES_MS
 from billing.selectors import tenant_zone
 from tests.factories import UserFactory
-from tests.finance.conftest import make_finance_tenant
+from tests.finance.conftest import make_finance_tenant, usage_row
 
 KPI = re.compile(r'id="kpi-([\w-]+)"><span class="label">[^<]*</span><span class="value">([^<]*)</span>')
 
@@ -20,6 +20,17 @@ def dashboard_kpis(client, **params) -> dict[str, str]:
     response = client.get(reverse("admin:billing_usage_dashboard"), params)
     assert response.status_code == 200
     return dict(KPI.findall(response.content.decode()))
+
+
+def local_today(tenant) -> date:
+    return timezone.now().astimezone(tenant_zone(tenant=tenant)).date()
+
+
+def requests_on(tenant, day: date) -> int:
+    zone = tenant_zone(tenant=tenant)
+    start = datetime.combine(day, time.min, tzinfo=zone)
+    end = start + timedelta(days=1)
+    return UsageRecord.objects.filter(tenant=tenant, created_at__gte=start, created_at__lt=end).count()
 
 
 def latency_bucket(latency_ms: float) -> int:
@@ -121,3 +132,30 @@ def test_dashboard_shows_each_budget_with_its_spend_in_the_current_period(client
 
     assert str(budget) in html and "123.45" in html
     assert f"{spent.quantize(Decimal('0.01'), rounding=ROUND_HALF_EVEN):f}" in html
+
+
+def test_rollups_missing_a_row_older_than_a_minute_are_refreshed_when_the_dashboard_opens(client, seeded):
+    client.force_login(UserFactory(is_staff=True, is_superuser=True))
+    today = local_today(seeded.tenant)
+    page = {"tenant": seeded.tenant.pk, "since": today, "until": today}
+    dashboard_kpis(client, **page)
+    now = timezone.now()
+    UsageRecord.objects.bulk_create([usage_row(seeded.keys[0], created_at=now - timedelta(seconds=30)) for _ in "abc"])
+    within_a_minute = dashboard_kpis(client, **page)
+
+    UsageRecord.objects.bulk_create([usage_row(seeded.keys[1], created_at=now - timedelta(seconds=61))])
+    after_a_minute = dashboard_kpis(client, **page)
+
+    assert within_a_minute["requests"] == str(requests_on(seeded.tenant, today) - 4)
+    assert after_a_minute["requests"] == str(requests_on(seeded.tenant, today))
+
+
+def test_with_no_maximum_age_every_open_folds_in_new_rows(client, seeded, settings):
+    settings.LLMOPS_ROLLUPS_MAX_AGE_SECONDS = 0
+    client.force_login(UserFactory(is_staff=True, is_superuser=True))
+    today = local_today(seeded.tenant)
+    for offset in range(1, 3):
+        row = usage_row(seeded.keys[1], created_at=timezone.now() - timedelta(seconds=offset))
+        UsageRecord.objects.bulk_create([row])
+        kpis = dashboard_kpis(client, tenant=seeded.tenant.pk, since=today, until=today)
+        assert kpis["requests"] == str(requests_on(seeded.tenant, today))

@@ -1,9 +1,12 @@
+from bisect import bisect_left
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
+from zoneinfo import ZoneInfo
 
 import pytest
 
 from billing.models import RollupCursor, UsageRecord, UsageRollupDaily, UsageRollupHourly
+from billing.models.rollups import LATENCY_BUCKET_EDGES_MS
 from billing.rollups import latency_p95_ms, usage_rollups_rebuild, usage_rollups_refresh
 from tests.finance.conftest import make_finance_tenant, usage_row
 
@@ -98,3 +101,49 @@ def test_latency_histogram_records_counts_per_bucket(kolkata):
 )
 def test_p95_estimate_interpolates_inside_the_bucket(histogram, expected):
     assert latency_p95_ms(histogram) == expected
+
+
+def ledger_by_local_day(tenant, zone) -> dict[tuple, tuple]:
+    days: dict[tuple, list] = {}
+    for record in UsageRecord.objects.filter(tenant=tenant):
+        key = (record.created_at.astimezone(zone).date(), record.team_id, record.served_model)
+        total = days.setdefault(key, [0, Decimal(0), Decimal(0), 0])
+        total[0] += 1
+        total[1] += record.cost_usd
+        total[2] += record.saved_routing_usd
+        total[3] += record.total_latency_ms
+    return {key: tuple(total) for key, total in days.items()}
+
+
+def test_days_summed_from_hours_equal_the_ledger_across_a_daylight_saving_change(db):
+    new_york = make_finance_tenant("new-york", time_zone="America/New_York")
+    zone = ZoneInfo("America/New_York")
+    # Sunday 9 March 2025 has 23 hours in New York.
+    start = datetime(2025, 3, 8, 20, tzinfo=zone)
+    rows = []
+    for index in range(60):
+        row = usage_row(
+            new_york.keys[index % 2], created_at=start + timedelta(minutes=47 * index), latency_ms=40 + 37 * index
+        )
+        row.saved_routing_usd = Decimal("0.0000000003") * index
+        rows.append(row)
+    UsageRecord.objects.bulk_create(rows)
+
+    usage_rollups_refresh()
+
+    daily = {
+        (rollup.day, rollup.team_id, rollup.served_model): (
+            rollup.requests,
+            rollup.cost_usd,
+            rollup.saved_routing_usd,
+            rollup.latency_sum_ms,
+        )
+        for rollup in UsageRollupDaily.objects.for_tenant(new_york.tenant)
+    }
+    assert daily == ledger_by_local_day(new_york.tenant, zone)
+    assert {day for day, _, _ in daily} == {date(2025, 3, 8), date(2025, 3, 9), date(2025, 3, 10)}
+    histograms = [rollup.latency_histogram for rollup in UsageRollupDaily.objects.for_tenant(new_york.tenant)]
+    expected = [0] * (len(LATENCY_BUCKET_EDGES_MS) + 1)
+    for row in rows:
+        expected[bisect_left(LATENCY_BUCKET_EDGES_MS, row.total_latency_ms)] += 1
+    assert [sum(column) for column in zip(*histograms, strict=True)] == expected

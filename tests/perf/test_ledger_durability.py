@@ -3,6 +3,7 @@ and draining again, or with two drainers, never duplicates one."""
 
 import asyncio
 import threading
+import time
 from dataclasses import dataclass, field
 from decimal import Decimal
 
@@ -28,9 +29,11 @@ from billing.services import UsageEvent, usage_record_create
 from llmops.redis import sync_redis
 from tests.conftest import make_tenant_setup
 
-TOTAL_REQUESTS = 600
 CONCURRENCY = 16
-KILL_AFTER_ANSWERS = 150
+ANSWERS_BEFORE_KILL = 150
+ANSWERS_AFTER_RESTART = 150
+MAX_ATTEMPTS = 1000
+LOAD_TIMEOUT_SECONDS = 180
 
 
 @dataclass
@@ -39,19 +42,24 @@ class LoadOutcome:
     failed: int = 0
 
 
-async def drive_load(url: str, key: str, model: str, on_answered) -> LoadOutcome:
-    """Send TOTAL_REQUESTS chat completions, CONCURRENCY at a time; note the cost of each one answered with 200."""
+async def drive_load(url: str, key: str, model: str, on_answered, *, gateway_up: asyncio.Event) -> LoadOutcome:
+    """Send chat completions, CONCURRENCY at a time, until ANSWERS_BEFORE_KILL + ANSWERS_AFTER_RESTART were answered
+    with 200 (noting each one's cost); a request that fails waits until the gateway is up again, so the load goes on
+    by answers, not by the clock. Bounded by MAX_ATTEMPTS and LOAD_TIMEOUT_SECONDS."""
     outcome = LoadOutcome()
-    remaining = iter(range(TOTAL_REQUESTS))
+    attempts = iter(range(MAX_ATTEMPTS))
+    target = ANSWERS_BEFORE_KILL + ANSWERS_AFTER_RESTART
     body = {"model": model, "messages": [{"role": "user", "content": "Summarise the refund policy"}]}
 
     async def worker(client: httpx.AsyncClient) -> None:
-        for _ in remaining:
+        for _ in attempts:
+            if len(outcome.answered) >= target:
+                return
             try:
                 response = await client.post(f"{url}/v1/chat/completions", json=body)
             except httpx.TransportError:
                 outcome.failed += 1
-                await asyncio.sleep(0.05)
+                await gateway_up.wait()
                 continue
             if response.status_code != 200:
                 outcome.failed += 1
@@ -61,13 +69,13 @@ async def drive_load(url: str, key: str, model: str, on_answered) -> LoadOutcome
 
     headers = {"authorization": f"Bearer {key}"}
     async with httpx.AsyncClient(headers=headers, timeout=10) as client:
-        await asyncio.gather(*(worker(client) for _ in range(CONCURRENCY)))
+        await asyncio.wait_for(
+            asyncio.gather(*(worker(client) for _ in range(CONCURRENCY))), timeout=LOAD_TIMEOUT_SECONDS
+        )
     return outcome
 
 
 def wait_for_empty_stream(timeout: float = 30.0) -> None:
-    import time
-
     deadline = time.monotonic() + timeout
     while sync_redis().xlen(STREAM_KEY):
         assert time.monotonic() < deadline, f"{sync_redis().xlen(STREAM_KEY)} ledger records never drained"
@@ -75,31 +83,43 @@ def wait_for_empty_stream(timeout: float = 30.0) -> None:
 
 
 def test_kill_9_of_gateway_and_drainer_mid_load_loses_no_answered_request(spawn, gateway_port, mock_upstream):
+    """The kill is triggered by a count of answers and the load then runs to a count of answers after the restart,
+    so every assertion holds whatever the machine's speed."""
     setup = make_tenant_setup(mock_upstream.url, slug="perf")
     start_gateway, start_drainer = spawn
     gateway = start_gateway(gateway_port).start()
     drainer = start_drainer("perf-a").start()
     killed = asyncio.Event()
+    gateway_up = asyncio.Event()
+    gateway_up.set()
 
     async def kill_and_restart_mid_load(answered: int) -> None:
-        if answered < KILL_AFTER_ANSWERS or killed.is_set():
+        if answered < ANSWERS_BEFORE_KILL or killed.is_set():
             return
         killed.set()
+        gateway_up.clear()
         gateway.kill()
         drainer.kill()
         await asyncio.to_thread(gateway.start)
         drainer.start()
         start_drainer("perf-b").start()
+        gateway_up.set()
 
     outcome = asyncio.run(
-        drive_load(f"http://127.0.0.1:{gateway_port}", setup.key, setup.small.name, kill_and_restart_mid_load)
+        drive_load(
+            f"http://127.0.0.1:{gateway_port}",
+            setup.key,
+            setup.small.name,
+            kill_and_restart_mid_load,
+            gateway_up=gateway_up,
+        )
     )
     wait_for_empty_stream()
     call_command("ledger_drain", "--once", "--consumer", "perf-check")
     call_command("ledger_drain", "--once", "--consumer", "perf-check")
 
     assert killed.is_set() and outcome.failed > 0, "the gateway was not killed while requests were in flight"
-    assert len(outcome.answered) > KILL_AFTER_ANSWERS
+    assert len(outcome.answered) >= ANSWERS_BEFORE_KILL + ANSWERS_AFTER_RESTART
     answered = UsageRecord.objects.filter(request_id__in=outcome.answered)
     assert answered.count() == len(outcome.answered)
     assert answered.aggregate(total=Sum("cost_usd"))["total"] == sum(outcome.answered.values())

@@ -16,4 +16,4 @@ class Command(BaseCommand):
     def handle(self, *args, host, port, latency_ms, require_key, **options):
         self.stdout.write(f"mock upstream on http://{host}:{port}/v1 (latency {latency_ms:g} ms)")
         app = MockUpstream(latency_ms=latency_ms, required_key=require_key)
-        uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+        uvicorn.run(app, host=host, port=port, workers=1, log_level="warning", access_log=False)

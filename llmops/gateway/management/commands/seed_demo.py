@@ -15,14 +15,17 @@ from routing.models import Model, Provider
 from routing.services import (
     DEMO_CACHE_TTL_SECONDS,
     model_create,
+    provider_base_url_set,
     provider_create,
     routing_policy_create_default,
     tenant_model_access_set,
 )
+from tenants.audit import audit_actor
 from tenants.models import Role, Tenant
 from tenants.services import api_key_create, membership_set, tenant_create
 
 DEMO_SLUG = "demo"
+MOCK_PROVIDER = "mock"
 DEMO_BUDGET_USD = Decimal("500")
 DEMO_HISTORY_DAYS = 21
 # (public name, upstream name, input, cached input, output) in USD per 1M tokens.
@@ -37,7 +40,7 @@ OPENAI_MODELS = [
 
 
 def demo_files_dir() -> Path:
-    return Path(settings.BASE_DIR) / "var"
+    return Path(settings.LLMOPS_DEMO_DIR)
 
 
 def _write_secret_file(path: Path, value: str) -> None:
@@ -57,8 +60,9 @@ class Command(BaseCommand):
 
     def handle(self, *args, upstream_url, **options):
         key_file = demo_files_dir() / "demo-api-key"
+        self._follow_upstream(upstream_url)
         if Tenant.objects.filter(slug=DEMO_SLUG).exists():
-            self.stdout.write(f"The demo tenant exists already; nothing changed. Its key is in {key_file}.")
+            self.stdout.write(f"The demo tenant exists already. Its key is in {key_file}.")
             return
         with transaction.atomic():
             api_key, admin_password = self._seed(upstream_url)
@@ -78,7 +82,9 @@ class Command(BaseCommand):
 
     def _seed(self, upstream_url: str) -> tuple[str, str]:
         tenant = tenant_create(slug=DEMO_SLUG, name="Demo Inc.", team_slugs=["support", "analytics"])
-        provider = Provider.objects.filter(name="mock").first() or provider_create(name="mock", base_url=upstream_url)
+        provider = Provider.objects.filter(name=MOCK_PROVIDER).first() or provider_create(
+            name=MOCK_PROVIDER, base_url=upstream_url
+        )
         models = [self._model(provider, row) for row in MOCK_MODELS]
         if os.environ.get("OPENAI_API_KEY"):
             openai = Provider.objects.filter(name="openai").first() or provider_create(
@@ -99,6 +105,14 @@ class Command(BaseCommand):
         seed_demo_usage(tenant=tenant, days=DEMO_HISTORY_DAYS)
         _, full_key = api_key_create(team=tenant.teams.get(slug="support"), name="demo key")
         return full_key, self._admin_user(tenant)
+
+    def _follow_upstream(self, upstream_url: str) -> None:
+        """The mock provider answers where the mock upstream runs now (MOCK_PORT may differ from the first run)."""
+        provider = Provider.objects.filter(name=MOCK_PROVIDER).first()
+        if provider is not None and provider.base_url != upstream_url:
+            with audit_actor(name="manage.py seed_demo"):
+                provider_base_url_set(provider=provider, base_url=upstream_url)
+            self.stdout.write(f"The mock provider now points at {upstream_url}.")
 
     @staticmethod
     def _model(provider, row):

@@ -1,0 +1,296 @@
+"""The production topology, driven only through its public interfaces: the openai SDK, HTTP, the admin's HTTP
+endpoints and management commands. Tests run in file order on one topology (see conftest.py)."""
+
+import csv
+import io
+import json
+import os
+import re
+import signal
+import threading
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from decimal import ROUND_HALF_EVEN, Decimal
+from pathlib import Path
+
+import httpx
+from openai import OpenAI
+
+from tests.e2e.conftest import BEAT_INTERVAL_SECONDS, CLOUDWATCH_NAMESPACE, STATEMENTS_BUCKET, usage_total, wait_for
+
+BATCH_TERMINAL = {"completed", "failed", "expired", "cancelled"}
+
+
+def _today() -> datetime:
+    return datetime.now(UTC)
+
+
+def _days_around_today():
+    today = _today().date()
+    return today - timedelta(days=1), today
+
+
+def _chat(topology, key: str, content: str, **headers) -> httpx.Response:
+    return httpx.post(
+        f"{topology.url}/v1/chat/completions",
+        headers={"Authorization": f"Bearer {key}", "x-llmops-cache": "bypass", **headers},
+        json={"model": "mock-small", "messages": [{"role": "user", "content": content}]},
+        timeout=30,
+    )
+
+
+def _ledger_has(demo, request_ids: set[str]) -> dict[str, dict] | None:
+    since, until = _days_around_today()
+    ledger = demo["admin"].ledger(since=since, until=until)
+    return ledger if request_ids <= ledger.keys() else None
+
+
+def test_a_batch_through_the_sdk_completes_and_its_cost_is_its_ledger_rows(topology, demo):
+    lines = [
+        {
+            "custom_id": f"line-{index}",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {"model": "mock-small", "messages": [{"role": "user", "content": f"e2e batch question {index}"}]},
+        }
+        for index in range(5)
+    ]
+    with OpenAI(base_url=f"{topology.url}/v1", api_key=demo["key"], max_retries=0, timeout=30) as client:
+        upload = client.files.create(
+            file=("e2e.jsonl", "\n".join(json.dumps(line) for line in lines).encode()), purpose="batch"
+        )
+        batch = client.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h")
+        batch = wait_for(
+            lambda: (found := client.batches.retrieve(batch.id)).status in BATCH_TERMINAL and found,
+            timeout=60,
+            what=f"batch {batch.id} finishes",
+            interval=0.5,
+        )
+        assert batch.status == "completed", batch
+        assert (batch.request_counts.completed, batch.request_counts.failed) == (5, 0)
+        output = [json.loads(line) for line in client.files.content(batch.output_file_id).text.splitlines()]
+
+    assert sorted(row["custom_id"] for row in output) == [line["custom_id"] for line in lines]
+    assert {row["response"]["status_code"] for row in output} == {200}
+    request_ids = {row["response"]["request_id"] for row in output}
+    ledger = wait_for(lambda: _ledger_has(demo, request_ids), timeout=30, what="the batch's rows are in the ledger")
+    ledger_cost = sum((Decimal(ledger[request_id]["cost_usd"]) for request_id in request_ids), Decimal(0))
+    assert ledger_cost > 0
+    assert Decimal(batch.model_extra["llmops"]["cost_usd"]) == ledger_cost
+
+
+def test_an_async_export_completes_and_sums_to_the_ledger(topology, demo):
+    until = _today().date()
+    since = until - timedelta(days=29)
+    admin = demo["admin"]
+    created = admin.post_json(
+        "/api/usage/exports/", {"tenant": "demo", "since": since.isoformat(), "until": until.isoformat()}
+    )
+    assert created.status_code == 202, created.text
+    status_url = created.json()["status_url"]
+    done = wait_for(
+        lambda: (status := admin.get(status_url).json())["status"] == "done" and status,
+        timeout=30,
+        what="the async export is written by the worker",
+    )
+    rows = list(csv.DictReader(io.StringIO(admin.get(done["download_url"]).text)))
+    total = usage_total(topology, since=since, until=until)
+    assert len(rows) == total["requests"] > 0
+    assert sum((Decimal(row["cost_usd"]) for row in rows), Decimal(0)) == Decimal(total["cost_usd"])
+
+
+def _dashboard_kpis(admin, day) -> dict[str, str]:
+    page = admin.get("/admin/billing/usagerecord/finance/dashboard/", since=day.isoformat(), until=day.isoformat()).text
+    return dict(re.findall(r'id="kpi-([a-z0-9-]+)"><span class="label">[^<]*</span><span class="value">([^<]*)<', page))
+
+
+def _ledger_day(admin, day) -> dict:
+    (total,) = admin.usage(since=day, until=day, group_by="day")
+    return total
+
+
+def test_the_dashboard_equals_the_ledger_within_one_refresh_interval(topology, demo):
+    answers = [_chat(topology, demo["key"], f"dashboard question {uuid.uuid4()}") for _ in range(5)]
+    assert {answer.status_code for answer in answers} == {200}
+    request_ids = {answer.headers["x-llmops-request-id"] for answer in answers}
+    wait_for(lambda: _ledger_has(demo, request_ids), timeout=30, what="the requests are in the ledger")
+    today = _today().date()
+    admin = demo["admin"]
+    ledger = _ledger_day(admin, today)
+    spend = Decimal(ledger["cost_usd"]).quantize(Decimal("0.01"), rounding=ROUND_HALF_EVEN)
+
+    def dashboard_matches_ledger():
+        kpis = _dashboard_kpis(admin, today)
+        return kpis.get("requests") == str(ledger["requests"]) and kpis.get("spend") == f"{spend:f}"
+
+    wait_for(dashboard_matches_ledger, timeout=2 * BEAT_INTERVAL_SECONDS + 5, what="the dashboard equals the ledger")
+    assert _ledger_day(admin, today) == ledger, "the ledger moved under the comparison"
+
+
+def _received(receiver, kind: str) -> list[dict]:
+    with receiver.lock:
+        bodies = [json.loads(request.body) for request in receiver.received]
+    return [body for body in bodies if body.get("type") == kind]
+
+
+def test_a_budget_alert_reaches_the_webhook_once(topology, demo, webhook_receiver):
+    admin = demo["admin"]
+    page = admin.get("/admin/billing/alertchannel/add/").text
+    tenant_id = re.search(r'<option value="(\d+)">demo</option>', page)[1]
+    created = admin.post_form(
+        "/admin/billing/alertchannel/add/",
+        {
+            "tenant": tenant_id,
+            "name": "e2e webhook",
+            "kind": "webhook",
+            "target": f"{webhook_receiver.url}/alerts",
+            "signing_secret": "e2e-secret",
+            "is_active": "on",
+        },
+    )
+    assert created.status_code == 302, created.text[:2000]
+    channels = admin.get("/admin/billing/alertchannel/").text
+    channel_id = int(re.search(r"/admin/billing/alertchannel/(\d+)/change/", channels)[1])
+    printed = topology.manage("create_api_key", "--tenant", "demo", "--team", "support", "--name", "e2e budget key")
+    key = re.search(r"llmops-[A-Za-z0-9]+-[A-Za-z0-9_-]+", printed)[0]
+    budget = admin.post_json(
+        "/api/budgets/",
+        {
+            "tenant": "demo",
+            "scope": "key",
+            "api_key": key.split("-")[1],
+            "period": "day",
+            "limit_usd": "0.0001",
+            "thresholds": [50, 100],
+            "action": "notify",
+            "channels": [channel_id],
+        },
+    )
+    assert budget.status_code == 201, budget.text
+
+    # About 0.000017 USD a request: ten go past both thresholds, five more cross none.
+    for index in range(10):
+        assert _chat(topology, key, f"budget question {uuid.uuid4()} {index}").status_code == 200
+    receiver = webhook_receiver.receiver
+    wait_for(lambda: len(_received(receiver, "budget.threshold")) >= 2, timeout=30, what="both budget alerts arrive")
+    for index in range(5):
+        assert _chat(topology, key, f"more budget question {uuid.uuid4()} {index}").status_code == 200
+    alerts = _received(receiver, "budget.threshold")
+    assert sorted(alert["threshold_percent"] for alert in alerts) == [50, 100], alerts
+    assert {alert["budget"]["id"] for alert in alerts} == {budget.json()["id"]}
+
+
+def test_last_months_statement_lands_in_s3_and_equals_the_ledger(topology, demo, aws):
+    last_month = (_today().date().replace(day=1) - timedelta(days=1)).replace(day=1)
+    key = f"statements/demo/{last_month:%Y-%m}.csv"
+
+    def statement():
+        listed = aws["s3"].list_objects_v2(Bucket=STATEMENTS_BUCKET, Prefix=key)
+        return listed.get("KeyCount") and aws["s3"].get_object(Bucket=STATEMENTS_BUCKET, Key=key)["Body"].read()
+
+    body = wait_for(statement, timeout=4 * BEAT_INTERVAL_SECONDS + 20, what=f"s3://{STATEMENTS_BUCKET}/{key}")
+    total_row = next(row for row in csv.reader(io.StringIO(body.decode())) if row and row[0] == "total")
+    until = _today().date().replace(day=1) - timedelta(days=1)
+    groups = demo["admin"].usage(since=last_month, until=until, group_by="team")
+    assert int(total_row[3]) == sum(group["requests"] for group in groups)
+    assert Decimal(total_row[7]) == sum((Decimal(group["cost_usd"]) for group in groups), Decimal(0))
+
+
+def test_closed_hours_are_published_to_cloudwatch_once_and_equal_the_ledger(topology, demo, aws):
+    cloudwatch = aws["cloudwatch"]
+
+    def published_request_metrics():
+        metrics = cloudwatch.list_metrics(Namespace=CLOUDWATCH_NAMESPACE, MetricName="Requests")["Metrics"]
+        return [metric for metric in metrics if {"Name": "Tenant", "Value": "demo"} in metric["Dimensions"]]
+
+    metrics = wait_for(published_request_metrics, timeout=4 * BEAT_INTERVAL_SECONDS + 20, what="metrics in CloudWatch")
+    now = _today()
+    dimension_sets = {tuple(sorted((item["Name"], item["Value"]) for item in m["Dimensions"])) for m in metrics}
+    published: dict[datetime, float] = {}
+    for dimensions in dimension_sets:
+        points = cloudwatch.get_metric_statistics(
+            Namespace=CLOUDWATCH_NAMESPACE,
+            MetricName="Requests",
+            Dimensions=[{"Name": name, "Value": value} for name, value in dimensions],
+            StartTime=now - timedelta(days=2),
+            EndTime=now,
+            Period=3600,
+            Statistics=["Sum"],
+        )["Datapoints"]
+        for point in points:
+            published[point["Timestamp"]] = published.get(point["Timestamp"], 0) + point["Sum"]
+    assert published, "no data points"
+    # Only closed hours, each once (the publisher ran every few seconds): the ledger's count for each hour.
+    ledger = demo["admin"].ledger(since=now.date() - timedelta(days=2), until=now.date())
+    created = [datetime.fromisoformat(row["created_at"]).astimezone(UTC) for row in ledger.values()]
+    for hour, requests in published.items():
+        assert hour + timedelta(hours=1) <= now
+        assert requests == sum(1 for moment in created if hour <= moment < hour + timedelta(hours=1)), hour
+
+
+def _uvicorn_workers(topology) -> list[int]:
+    master = topology.processes["web"].pid
+    children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+    # uvicorn spawns its workers (multiprocessing's spawn_main); the resource tracker is the other child.
+    return [int(pid) for pid in children if "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text()]
+
+
+def test_kill_9_of_a_gateway_worker_and_of_the_drainer_mid_load_loses_no_answered_request(topology, demo):
+    """Kills happen on counts of answered requests, not on time: the assertion is exact, so no margin to tune."""
+    answered: list[str] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def load(worker: int) -> None:
+        with httpx.Client(timeout=30) as client:
+            for index in range(400):
+                if stop.is_set():
+                    return
+                try:
+                    response = client.post(
+                        f"{topology.url}/v1/chat/completions",
+                        headers={"Authorization": f"Bearer {demo['key']}", "x-llmops-cache": "bypass"},
+                        json={
+                            "model": "mock-small",
+                            "messages": [{"role": "user", "content": f"load {worker} {index}"}],
+                        },
+                    )
+                except httpx.TransportError:
+                    continue
+                if response.status_code == 200:
+                    with lock:
+                        answered.append(response.headers["x-llmops-request-id"])
+
+    def answered_at_least(count: int):
+        return lambda: len(answered) >= count
+
+    workers = _uvicorn_workers(topology)
+    assert len(workers) == 2, workers
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        loads = [pool.submit(load, worker) for worker in range(6)]
+        try:
+            wait_for(answered_at_least(50), timeout=60, what="50 answers before the kills", interval=0.01)
+            os.kill(workers[0], signal.SIGKILL)
+            wait_for(answered_at_least(100), timeout=60, what="answers after a gateway worker died", interval=0.01)
+            topology.kill("drain")
+            after_drainer_died = len(answered)
+            wait_for(
+                answered_at_least(after_drainer_died + 50),
+                timeout=60,
+                what="answers while no drainer runs",
+                interval=0.01,
+            )
+            topology.start("drain")
+            wait_for(answered_at_least(len(answered) + 50), timeout=60, what="answers after the restart", interval=0.01)
+        finally:
+            stop.set()
+        for future in loads:
+            future.result()
+
+    request_ids = set(answered)
+    assert len(request_ids) == len(answered) >= 200
+    ledger = wait_for(
+        lambda: _ledger_has(demo, request_ids), timeout=60, what="every answered request is in the ledger"
+    )
+    assert request_ids <= ledger.keys()
