@@ -7,6 +7,9 @@ values and its spread the median absolute deviation (MAD), which one bad day can
 is (observed - median) / max(1.4826 * MAD, floor), the floor keeping a flat baseline from flagging
 noise. Metrics are judged only with volume: at least half the baseline windows, and for the ratios
 the window itself, need LLMOPS_ANOMALY_MIN_REQUESTS requests.
+
+Each hourly run stores what it finds, but alerts once per episode: a window that was already anomalous in the
+same direction an hour before (a day-window spike stays in view for 24 runs) is the same episode, not news.
 """
 
 import statistics
@@ -189,5 +192,14 @@ def _anomaly_record(tenant, team_id, window, window_end, finding: Finding) -> An
         )
         if not created:
             return None
-        anomaly_alert_raise(anomaly=anomaly)
+        continues = Anomaly.objects.filter(
+            tenant=tenant,
+            team_id=team_id,
+            metric=finding.metric,
+            window=window,
+            direction=finding.direction,
+            window_end=window_end - timedelta(hours=1),
+        ).exists()
+        if not continues:
+            anomaly_alert_raise(anomaly=anomaly)
     return anomaly

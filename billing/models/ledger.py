@@ -27,6 +27,21 @@ class ImmutableRowError(Exception):
     pass
 
 
+class LedgerQuerySet(TenantScopedQuerySet):
+    """Append-only: rows are inserted, never changed, and removed only by the retention purge
+    (billing.services.usage_records_purge). On Postgres a trigger refuses the rest too, raw SQL included."""
+
+    def update(self, **kwargs):
+        raise ImmutableRowError("usage records are immutable")
+
+    def delete(self):
+        raise ImmutableRowError("usage records are removed only by the retention purge (manage.py ledger_purge)")
+
+    def retention_purge(self) -> int:
+        """Delete these rows. Only for billing.services.usage_records_purge, which lets the trigger allow it."""
+        return super().delete()[0]
+
+
 class UsageRecord(models.Model):
     """One row per request that reached the pipeline, and one per upstream call the gateway made on a request's
     behalf (a compression summary), linked to it by ``parent_request_id``. Written once, never changed."""
@@ -83,7 +98,7 @@ class UsageRecord(models.Model):
     error_code = models.CharField(max_length=64, blank=True)
     created_at = models.DateTimeField(db_index=True)
 
-    objects = TenantScopedQuerySet.as_manager()
+    objects = LedgerQuerySet.as_manager()
 
     class Meta:
         ordering = ["-created_at"]

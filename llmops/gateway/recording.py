@@ -1,7 +1,5 @@
 """Settle and record: the budget reservation replaced by the actual cost, and the ledger row made durable."""
 
-import asyncio
-
 from billing.budgets.reservations import reservation_settle
 from billing.costs import format_cost
 from billing.ledger_stream import ledger_event_append
@@ -17,13 +15,6 @@ async def record_usage(event: UsageEvent) -> None:
     await ledger_event_append(event=event)
 
 
-async def _record_or_defer(call: GatewayCall, event: UsageEvent) -> None:
-    if call.ledger_deferred:
-        call.ledger_event = event
-    else:
-        await record_usage(event)
-
-
 async def finish(
     call: GatewayCall, *, http_status: int, usage: Usage | None = None, error_code: str = "", answer=None
 ) -> None:
@@ -34,15 +25,17 @@ async def finish(
     call.finished = True
     event = call.usage_event(http_status=http_status, usage=usage, error_code=error_code)
     record_request_metrics(event)
+    # Work that writes its ledger row with its own result (batch lines, jobs) takes the event instead.
+    if call.ledger_deferred:
+        call.ledger_event = event
+    recorded = None if call.ledger_deferred else event
     if call.reservation is not None and not call.reservation.settled:
-        # Settled and recorded at once: one wait on Redis instead of two.
-        remaining, _ = await asyncio.gather(
-            reservation_settle(call.reservation, actual=event.cost_usd), _record_or_defer(call, event)
-        )
+        # Settled and recorded in one step, so a counter seeded from the ledger counts the request exactly once.
+        remaining = await reservation_settle(call.reservation, actual=event.cost_usd, event=recorded)
         if remaining is not None:
             call.budget_remaining_usd = format_cost(remaining)
-    else:
-        await _record_or_defer(call, event)
+    elif recorded is not None:
+        await record_usage(recorded)
     if call.payload_logging and call.request_body is not None:
         await database_sync_to_async(payload_log_record)(
             tenant_id=call.principal.tenant_id,

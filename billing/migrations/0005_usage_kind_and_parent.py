@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('billing', '0002_ledger_routing_budgets_alerts_rollups'),
+        ('billing', '0004_ledger_append_only'),
     ]
 
     operations = [
