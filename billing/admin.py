@@ -22,11 +22,13 @@ class UsageRecordAdmin(ReadOnlyScopedAdmin):
         "http_status",
         "error_code",
         "cache_status",
+        "kind",
     )
-    list_filter = ("served_model", "http_status", "cache_status")
+    list_filter = ("served_model", "http_status", "cache_status", "kind")
     list_select_related = ("tenant", "team__tenant")
     date_hierarchy = "created_at"
-    search_fields = ("request_id",)
+    # A request's id finds its row and the rows of the calls made for it (a compression summary).
+    search_fields = ("request_id", "parent_request_id")
     # The ledger grows without bound; skip the second, unfiltered count on every page.
     show_full_result_count = False
 

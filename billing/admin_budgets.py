@@ -6,6 +6,7 @@ Rows are created and changed through billing's services, as the API and `manage.
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied, ValidationError
+from django.utils import timezone
 
 from billing.alerts.services import (
     alert_channel_create,
@@ -13,7 +14,9 @@ from billing.alerts.services import (
     alert_channel_validate,
     alert_delivery_requeue,
 )
+from billing.budgets.selectors import budget_status
 from billing.budgets.services import budget_counters_rebuild, budget_create, budget_update, budget_validate
+from billing.costs import format_money
 from billing.models import AlertChannel, AlertDelivery, Anomaly, Budget, BudgetAlert, RateLimit
 from billing.ratelimits import rate_limit_create, rate_limit_validate
 from tenants.admin import ReadOnlyScopedAdmin, TenantScopedAdmin, adopt_saved_row
@@ -82,14 +85,25 @@ class TenantScopedManyToManyMixin:
 @admin.register(Budget)
 class BudgetAdmin(TenantScopedManyToManyMixin, TenantScopedAdmin):
     form = BudgetForm
-    list_display = ("__str__", "tenant", "scope", "period", "limit_usd", "action", "is_active", "updated_at")
+    list_display = ("__str__", "tenant", "scope", "period", "limit_usd", "this_period", "action", "is_active")
     list_filter = (("tenant", admin.RelatedOnlyFieldListFilter), "scope", "period", "action", "is_active")
     list_select_related = ("tenant", "team__tenant", "api_key__team")
     filter_horizontal = ("channels",)
     actions = ("rebuild_counters",)
     add_fields = BudgetForm.Meta.fields
-    fields = (*BudgetForm.Meta.fields, "created_at", "updated_at")
-    readonly_fields = ("tenant", "created_at", "updated_at")
+    fields = (*BudgetForm.Meta.fields, "this_period", "created_at", "updated_at")
+    readonly_fields = ("tenant", "this_period", "created_at", "updated_at")
+
+    @admin.display(description="This period")
+    def this_period(self, budget: Budget) -> str:
+        """Spent (the ledger), reserved (requests in flight) and what remains of the limit, in the current period."""
+        if budget.pk is None:
+            return "–"
+        status = budget_status(budget=budget, now=timezone.now())
+        return (
+            f"{status.window.key}: spent {format_money(status.spent_usd)}, "
+            f"reserved {format_money(status.reserved_usd)}, remaining {format_money(status.remaining_usd)}"
+        )
 
     def save_model(self, request, obj, form, change):
         self.ensure_tenant_editable(request, obj)
@@ -113,7 +127,9 @@ class BudgetAdmin(TenantScopedManyToManyMixin, TenantScopedAdmin):
             raise PermissionDenied
         for budget in budgets:
             spent = budget_counters_rebuild(budget=budget)
-            self.message_user(request, f"{budget}: counter set to the ledger's {spent} USD.", messages.SUCCESS)
+            self.message_user(
+                request, f"{budget}: counter set to the ledger's {format_money(spent)}.", messages.SUCCESS
+            )
 
 
 class AlertChannelForm(forms.ModelForm):

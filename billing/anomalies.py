@@ -7,6 +7,9 @@ values and its spread the median absolute deviation (MAD), which one bad day can
 is (observed - median) / max(1.4826 * MAD, floor), the floor keeping a flat baseline from flagging
 noise. Metrics are judged only with volume: at least half the baseline windows, and for the ratios
 the window itself, need LLMOPS_ANOMALY_MIN_REQUESTS requests.
+
+Each hourly run stores what it finds, but alerts once per episode: a window that was already anomalous in the
+same direction an hour before (a day-window spike stays in view for 24 runs) is the same episode, not news.
 """
 
 import statistics
@@ -23,6 +26,7 @@ from django.db.models.functions import TruncHour
 from billing.alerts.services import anomaly_alert_raise
 from billing.models import (
     COST_FIELD,
+    REQUEST_ROWS,
     Anomaly,
     AnomalyDirection,
     AnomalyMetric,
@@ -123,8 +127,8 @@ def _hourly_traffic(*, tenant: Tenant, since: datetime, until: datetime) -> dict
         .annotate(hour=TruncHour("created_at", tzinfo=UTC))
         .values("team_id", "hour")
         .annotate(
-            requests=Count("id"),
-            errors=Count("id", filter=Q(http_status__gte=400)),
+            requests=Count("id", filter=REQUEST_ROWS),
+            errors=Count("id", filter=REQUEST_ROWS & Q(http_status__gte=400)),
             cache_hits=Count("id", filter=Q(cache_status__in=[CacheStatus.HIT_EXACT, CacheStatus.HIT_SEMANTIC])),
             tokens=Sum(F("prompt_tokens") + F("completion_tokens")),
             cost=Sum("cost_usd"),
@@ -188,5 +192,14 @@ def _anomaly_record(tenant, team_id, window, window_end, finding: Finding) -> An
         )
         if not created:
             return None
-        anomaly_alert_raise(anomaly=anomaly)
+        continues = Anomaly.objects.filter(
+            tenant=tenant,
+            team_id=team_id,
+            metric=finding.metric,
+            window=window,
+            direction=finding.direction,
+            window_end=window_end - timedelta(hours=1),
+        ).exists()
+        if not continues:
+            anomaly_alert_raise(anomaly=anomaly)
     return anomaly

@@ -57,6 +57,7 @@ def budget_output(budget: Budget) -> dict:
             "start": current.window.start.isoformat(),
             "end": current.window.end.isoformat(),
             "spent_usd": format_cost(current.spent_usd),
+            "reserved_usd": format_cost(current.reserved_usd),
             "remaining_usd": format_cost(current.remaining_usd),
         },
     }

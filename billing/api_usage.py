@@ -125,6 +125,8 @@ class UsageRecordSerializer(serializers.ModelSerializer):
             "routed_to_large",
             "http_status",
             "error_code",
+            "kind",
+            "parent_request_id",
         )
 
     def get_cost_usd(self, record: UsageRecord) -> str:

@@ -33,6 +33,18 @@ def usage_cost(
     return cost.quantize(LEDGER_QUANTUM, rounding=ROUND_HALF_EVEN)
 
 
+CENT = Decimal("0.01")
+
+
+def format_money(amount: Decimal) -> str:
+    """Dollars for people (alerts, admin pages): cents, or for less than a cent as many places as show its first two
+    significant digits (at most the ledger's 10), so a small amount never reads $0.00. Rounded half-even."""
+    places = 2
+    if amount and abs(amount) < CENT:
+        places = min(1 - amount.adjusted(), 10)
+    return f"${amount.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_EVEN):,f}"
+
+
 def format_cost(cost: Decimal) -> str:
     """The ledger's full precision as a plain decimal string, e.g. 0.0000123450."""
     return f"{cost.quantize(LEDGER_QUANTUM, rounding=ROUND_HALF_EVEN):f}"

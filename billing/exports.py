@@ -25,7 +25,7 @@ from django.db.models.functions import TruncDate
 from django.http import HttpRequest, StreamingHttpResponse
 
 from billing.costs import format_cost
-from billing.models import CacheStatus, UsageRecord
+from billing.models import REQUEST_ROWS, CacheStatus, UsageRecord
 from billing.selectors import NO_SERVED_MODEL, tenant_zone
 from tenants.models import Membership, Role, Tenant
 
@@ -58,6 +58,8 @@ LEDGER_COLUMNS = (
     "routed_to_large",
     "http_status",
     "error_code",
+    "kind",
+    "parent_request_id",
 )
 AGGREGATE_COLUMNS = (
     "requests",
@@ -217,6 +219,8 @@ def ledger_rows(queryset: QuerySet[UsageRecord], *, zone) -> Iterator[tuple]:
         "routed_to_large",
         "http_status",
         "error_code",
+        "kind",
+        "parent_request_id",
     )
     for row in rows.iterator(chunk_size=CHUNK_ROWS):
         created_at, cost = row[1], row[12]
@@ -261,8 +265,8 @@ def aggregate_queryset(queryset: QuerySet[UsageRecord], *, group_by: tuple[Expor
         queryset.annotate(**keys)
         .values(*keys)
         .annotate(
-            requests=Count("id"),
-            errors=Count("id", filter=Q(http_status__gte=400)),
+            requests=Count("id", filter=REQUEST_ROWS),
+            errors=Count("id", filter=REQUEST_ROWS & Q(http_status__gte=400)),
             prompt_tokens=Sum("prompt_tokens"),
             cached_tokens=Sum("cached_tokens"),
             completion_tokens=Sum("completion_tokens"),

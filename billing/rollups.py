@@ -26,7 +26,7 @@ from django.db.models import Count, DecimalField, Max, Q, Sum, Value
 from django.db.models.functions import Coalesce, TruncDate, TruncHour
 from django.utils import timezone
 
-from billing.models import CacheStatus, RollupCursor, UsageRecord, UsageRollupDaily, UsageRollupHourly
+from billing.models import REQUEST_ROWS, CacheStatus, RollupCursor, UsageRecord, UsageRollupDaily, UsageRollupHourly
 from billing.models.rollups import LATENCY_BUCKET_EDGES_MS
 from billing.selectors import tenant_zone
 from tenants.models import Tenant
@@ -59,9 +59,9 @@ def _sum_or_zero(field_name: str):
 def rollup_aggregates() -> dict:
     """The ledger aggregates every rollup row holds, as ORM expressions."""
     aggregates = {
-        "requests": Count("id"),
-        "errors": Count("id", filter=Q(http_status__gte=400)),
-        "upstream_errors": Count("id", filter=Q(http_status__gte=500)),
+        "requests": Count("id", filter=REQUEST_ROWS),
+        "errors": Count("id", filter=REQUEST_ROWS & Q(http_status__gte=400)),
+        "upstream_errors": Count("id", filter=REQUEST_ROWS & Q(http_status__gte=500)),
         "cache_hits": Count("id", filter=Q(cache_status__in=CACHE_HIT_STATUSES)),
         "routed_to_large": Count("id", filter=Q(routed_to_large=True)),
         "prompt_tokens": Sum("prompt_tokens"),

@@ -7,7 +7,7 @@ from django.db import models
 from django.db.models import Count, F, Q, Sum
 from django.db.models.functions import TruncDate
 
-from billing.models import UsageRecord
+from billing.models import REQUEST_ROWS, UsageRecord
 from tenants.models import Tenant
 
 NO_SERVED_MODEL = "(none)"
@@ -66,8 +66,8 @@ def usage_summary(*, tenant: Tenant, since: date, until: date, group_by: UsageGr
         .annotate(group_key=group_expressions[group_by])
         .values("group_key")
         .annotate(
-            requests=Count("id"),
-            errors=Count("id", filter=Q(http_status__gte=400)),
+            requests=Count("id", filter=REQUEST_ROWS),
+            errors=Count("id", filter=REQUEST_ROWS & Q(http_status__gte=400)),
             prompt_tokens=Sum("prompt_tokens"),
             cached_tokens=Sum("cached_tokens"),
             completion_tokens=Sum("completion_tokens"),

@@ -2,12 +2,15 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from decimal import Decimal
 
-from billing.models import CacheStatus, UsageRecord
+from django.db import connection, transaction
+
+from billing.models import CacheStatus, UsageKind, UsageRecord
+from tenants.models import Tenant
 
 
 @dataclass(slots=True)
 class UsageEvent:
-    """What the gateway knows about one request when it is done with it."""
+    """What the gateway knows about one request (or one call made on a request's behalf) when it is done with it."""
 
     request_id: str
     tenant_id: int
@@ -41,8 +44,31 @@ class UsageEvent:
     saved_routing_usd: Decimal = field(default_factory=Decimal)
     saved_compression_usd: Decimal = field(default_factory=Decimal)
     saved_batch_usd: Decimal = field(default_factory=Decimal)
+    kind: str = UsageKind.REQUEST
+    parent_request_id: str = ""
 
 
 def usage_record_create(*, event: UsageEvent) -> None:
     """Write the ledger row for a request in one INSERT. Idempotent on request_id: a replay changes nothing."""
     UsageRecord.objects.bulk_create([UsageRecord(**asdict(event))], ignore_conflicts=True)
+
+
+@transaction.atomic
+def usage_records_purge(*, before: datetime, tenant: Tenant | None = None) -> int:
+    """The retention purge, the one way ledger rows leave: those created before `before` (of one tenant, or all).
+
+    On Postgres the append-only trigger lets the DELETE through only in a transaction that set llmops.ledger_purge.
+    Rollups already built keep their totals. Returns how many rows were deleted.
+    """
+    records = UsageRecord.objects.filter(created_at__lt=before)
+    if tenant is not None:
+        records = records.for_tenant(tenant)
+    if connection.vendor != "postgresql":
+        return records.retention_purge()
+    with connection.cursor() as cursor:
+        cursor.execute("SET LOCAL llmops.ledger_purge = 'on'")
+        try:
+            return records.retention_purge()
+        finally:
+            # Off again at once, also when the caller's transaction goes on after the purge.
+            cursor.execute("SET LOCAL llmops.ledger_purge = 'off'")

@@ -16,6 +16,7 @@ from django.db.models import Count, Q, Sum
 from billing.costs import format_cost
 from billing.dashboard import BudgetUsage, budget_usage
 from billing.exports import ExportParams, usage_ledger_queryset
+from billing.models import REQUEST_ROWS
 from billing.rollups import SAVINGS_LEVERS
 from billing.selectors import NO_SERVED_MODEL
 from tenants.models import Tenant
@@ -86,8 +87,8 @@ def statement_build(*, tenant: Tenant, month: date) -> Statement:
     rows = (
         ledger.values("team__slug", "served_model")
         .annotate(
-            requests=Count("id"),
-            errors=Count("id", filter=Q(http_status__gte=400)),
+            requests=Count("id", filter=REQUEST_ROWS),
+            errors=Count("id", filter=REQUEST_ROWS & Q(http_status__gte=400)),
             prompt=Sum("prompt_tokens"),
             completion=Sum("completion_tokens"),
             cost=Sum("cost_usd"),

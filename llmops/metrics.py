@@ -22,6 +22,7 @@ from django.http import HttpRequest, HttpResponse
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from billing.models import UsageKind
 from billing.services import UsageEvent
 
 OTHER_LABEL = "other"
@@ -75,13 +76,18 @@ UPSTREAM_LATENCY = Histogram(
 
 def record_request_metrics(event: UsageEvent) -> None:
     labels = (tenant_label(str(event.tenant_id)), model_label(event.served_model or event.requested_model or "none"))
-    REQUESTS.labels(*labels, f"{event.http_status // 100}xx").inc()
     if event.prompt_tokens:
         PROMPT_TOKENS.labels(*labels).inc(event.prompt_tokens)
     if event.completion_tokens:
         COMPLETION_TOKENS.labels(*labels).inc(event.completion_tokens)
     if event.cost_usd:
         COST.labels(*labels).inc(float(event.cost_usd))
+    if event.upstream_latency_ms is not None:
+        UPSTREAM_LATENCY.labels(*labels).observe(event.upstream_latency_ms / 1000)
+    if event.kind != UsageKind.REQUEST:
+        # A call made for a request (a compression summary): its tokens and cost count, it is no request of its own.
+        return
+    REQUESTS.labels(*labels, f"{event.http_status // 100}xx").inc()
     if event.cache_status in CACHE_HIT_STATUSES:
         CACHE_HITS.labels(*labels).inc()
     if event.routed_to_large:
@@ -91,8 +97,6 @@ def record_request_metrics(event: UsageEvent) -> None:
     if event.error_code == BUDGET_REJECTION_CODE:
         BUDGET_REJECTIONS.labels(*labels).inc()
     LATENCY.labels(*labels).observe(event.total_latency_ms / 1000)
-    if event.upstream_latency_ms is not None:
-        UPSTREAM_LATENCY.labels(*labels).observe(event.upstream_latency_ms / 1000)
 
 
 def _registry():

@@ -6,7 +6,7 @@ prompt caching imitated (a prompt of 1,024 tokens or more seen before reports it
 prefix in 128-token steps). The upstream model name switches on failure modes for tests:
 ``fail-<status>`` answers with that status, ``stall`` waits STALL_SECONDS before answering,
 ``no-usage`` leaves usage out, ``break`` ends a stream half way without ``[DONE]``, ``slow-stream``
-waits SLOW_STREAM_SECONDS between chunks.
+waits SLOW_STREAM_SECONDS between chunks. ``n`` is honoured as OpenAI does: n choices, and usage bills n completions.
 
 OpenAI's Files and Batch API are imitated in memory (``POST /v1/files``, ``GET /v1/files/{id}/content``,
 ``POST /v1/batches``, ``GET /v1/batches/{id}``): a batch reports ``in_progress`` until BATCH_SECONDS have
@@ -52,6 +52,16 @@ def _multipart_file(body: bytes, content_type: str) -> bytes | None:
         if b'name="file"' in headers:
             return content.removesuffix(b"\r\n")
     return None
+
+
+def _choices(body: dict) -> int:
+    return int(body.get("n") or 1)
+
+
+def _per_choice_tokens(body: dict) -> int:
+    """Each answer runs to max_tokens, at most 24 tokens."""
+    cap = body.get("max_completion_tokens") or body.get("max_tokens") or 64
+    return max(1, min(int(cap), 24))
 
 
 class MockUpstream:
@@ -100,11 +110,12 @@ class MockUpstream:
         if "stall" in model:
             await asyncio.sleep(STALL_SECONDS)
         usage = self._usage(messages, body)
-        answer = self._answer(messages, usage["completion_tokens"])
+        answer = self._answer(messages, _per_choice_tokens(body))
         if body.get("stream"):
             await self._stream(send, body, model, answer, usage)
         else:
-            await self._json(send, 200, self._completion(model, answer, None if "no-usage" in model else usage))
+            reply = self._completion(model, answer, None if "no-usage" in model else usage, choices=_choices(body))
+            await self._json(send, 200, reply)
 
     async def _batch_api(self, send, method: str, path: str, scope, body: bytes) -> None:
         if path == "/v1/files" and method == "POST":
@@ -167,8 +178,9 @@ class MockUpstream:
                 response = {"status_code": int(failure.group(1)), "request_id": "mock", "body": {"error": error}}
             else:
                 usage = self._usage(body["messages"], body)
-                answer = self._answer(body["messages"], usage["completion_tokens"])
-                response = {"status_code": 200, "request_id": "mock", "body": self._completion(model, answer, usage)}
+                answer = self._answer(body["messages"], _per_choice_tokens(body))
+                reply = self._completion(model, answer, usage, choices=_choices(body))
+                response = {"status_code": 200, "request_id": "mock", "body": reply}
             rows.append({"id": f"batch_req_{line['custom_id']}", "custom_id": line["custom_id"], "response": response})
         return b"".join(orjson.dumps({**row, "error": None}) + b"\n" for row in rows)
 
@@ -204,8 +216,7 @@ class MockUpstream:
                 self.seen_prompts[digest] = None
                 if len(self.seen_prompts) > SEEN_PROMPTS_LIMIT:
                     self.seen_prompts.popitem(last=False)
-        cap = body.get("max_completion_tokens") or body.get("max_tokens") or 64
-        completion_tokens = max(1, min(int(cap), 24))
+        completion_tokens = _per_choice_tokens(body) * _choices(body)
         return {
             "prompt_tokens": prompt_tokens,
             "completion_tokens": completion_tokens,
@@ -220,7 +231,7 @@ class MockUpstream:
         return [("" if i == 0 else " ") + word for i, word in enumerate(words[:completion_tokens])]
 
     @staticmethod
-    def _completion(model: str, answer: list[str], usage: dict | None) -> dict:
+    def _completion(model: str, answer: list[str], usage: dict | None, *, choices: int = 1) -> dict:
         reply = {
             "id": f"chatcmpl-mock{time.monotonic_ns()}",
             "object": "chat.completion",
@@ -228,11 +239,12 @@ class MockUpstream:
             "model": model,
             "choices": [
                 {
-                    "index": 0,
+                    "index": index,
                     "message": {"role": "assistant", "content": "".join(answer), "refusal": None},
                     "logprobs": None,
                     "finish_reason": "stop",
                 }
+                for index in range(choices)
             ],
             "system_fingerprint": "fp_mock",
         }
@@ -260,17 +272,21 @@ class MockUpstream:
             data = payload if isinstance(payload, bytes) else orjson.dumps(payload)
             await send({"type": "http.response.body", "body": b"data: " + data + b"\n\n", "more_body": True})
 
-        await event(
-            {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}
-        )
-        for i, piece in enumerate(answer):
-            if "break" in model and i == len(answer) // 2:
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
-                return
-            if "slow-stream" in model:
-                await asyncio.sleep(SLOW_STREAM_SECONDS)
-            await event({**base, "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]})
-        await event({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+        for index in range(_choices(body)):
+            await event(
+                {
+                    **base,
+                    "choices": [{"index": index, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}],
+                }
+            )
+            for i, piece in enumerate(answer):
+                if "break" in model and i == len(answer) // 2:
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+                    return
+                if "slow-stream" in model:
+                    await asyncio.sleep(SLOW_STREAM_SECONDS)
+                await event({**base, "choices": [{"index": index, "delta": {"content": piece}, "finish_reason": None}]})
+            await event({**base, "choices": [{"index": index, "delta": {}, "finish_reason": "stop"}]})
         if (body.get("stream_options") or {}).get("include_usage") and "no-usage" not in model:
             await event({**base, "choices": [], "usage": usage})
         await event(b"[DONE]")

@@ -111,10 +111,10 @@ class CatalogModelAdmin(SuperuserOnlyAdmin):
     list_select_related = ("provider",)
     list_filter = ("provider", "is_active")
     search_fields = ("name",)
-    add_fields = ("name", "provider", "upstream_name", "context_window", *PRICE_FIELDS)
+    add_fields = ("name", "provider", "upstream_name", "context_window", "max_output_tokens", *PRICE_FIELDS)
     readonly_fields = ("created_at",)
     # Members compare names and prices; which provider serves a model stays with the platform.
-    member_fields = ("name", *PRICE_FIELDS, "context_window", "is_active")
+    member_fields = ("name", *PRICE_FIELDS, "context_window", "max_output_tokens", "is_active")
 
     def has_module_permission(self, request):
         return request.user.is_superuser or bool(tenant_scope(request).viewable)
@@ -143,6 +143,7 @@ class CatalogModelAdmin(SuperuserOnlyAdmin):
             provider=form.cleaned_data["provider"],
             upstream_name=form.cleaned_data["upstream_name"],
             context_window=form.cleaned_data["context_window"],
+            max_output_tokens=form.cleaned_data["max_output_tokens"],
             **{price: form.cleaned_data[price] for price in PRICE_FIELDS},
         )
 

@@ -41,6 +41,8 @@ class ModelEntry:
     provider: ProviderEntry
     prices: ModelPrices
     context_window: int
+    # None: unknown, so a budgeted request without max_tokens is capped at LLMOPS_RESERVATION_MAX_TOKENS.
+    max_output_tokens: int | None = None
     supports_tools: bool = True
     supports_images: bool = True
 
@@ -135,6 +137,7 @@ def build_models_by_id() -> dict[int, ModelEntry]:
                 model.cache_write_price_per_million,
             ),
             context_window=model.context_window,
+            max_output_tokens=model.max_output_tokens,
             supports_tools=model.supports_tools,
             supports_images=model.supports_images,
         )

@@ -29,6 +29,15 @@ SUMMARY_CACHE_TTL_SECONDS = 24 * 3600
 Summarizer = Callable[[list[dict]], Awaitable[str]]
 
 
+class SummaryRefused(Exception):
+    """A summarizer refusing the whole request (it may not spend what the summary would cost), with the error to
+    answer in `reason`. Any other failure of a summarizer only costs the summary."""
+
+    def __init__(self, reason: Exception):
+        super().__init__(str(reason))
+        self.reason = reason
+
+
 @dataclass(frozen=True, slots=True)
 class CompressionResult:
     messages: list[dict]
@@ -155,6 +164,8 @@ async def _summary_message(
     if summary is None:
         try:
             summary = (await summarize(dropped)).strip()
+        except SummaryRefused:
+            raise
         except Exception:
             # A failed summary costs context, not the request.
             logger.warning("summarizing dropped turns failed; compressing without a summary", exc_info=True)

@@ -83,6 +83,7 @@ def model_create(
     output_price_per_million: Decimal,
     cache_write_price_per_million: Decimal | None = None,
     context_window: int = 128_000,
+    max_output_tokens: int | None = None,
 ) -> Model:
     model = Model(
         name=name,
@@ -93,6 +94,7 @@ def model_create(
         output_price_per_million=output_price_per_million,
         cache_write_price_per_million=cache_write_price_per_million,
         context_window=context_window,
+        max_output_tokens=max_output_tokens,
     )
     model.full_clean()
     model.save()

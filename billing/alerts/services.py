@@ -3,10 +3,13 @@
 Exactly-once: a budget alert is a BudgetAlert row, unique per budget, period and threshold, and only
 the caller whose insert created it creates the deliveries. A delivery is sent under its row lock and
 skipped once sent, so a duplicated or retried task does not send it again.
+
+In order: alerts of one budget are raised under its row lock, lower thresholds first (spend that reached 100%
+reached 80% too, whichever process noticed first), and a channel gets a threshold's alert only after the lower
+thresholds' alerts to it went out.
 """
 
 import logging
-from decimal import ROUND_HALF_EVEN, Decimal
 
 from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
@@ -14,7 +17,8 @@ from django.db import transaction
 from django.utils import timezone
 
 from billing.alerts.channels import ChannelSendError, channel_send, is_http_url, sns_region
-from billing.budgets.reservations import units_to_usd
+from billing.budgets.index import units_to_usd
+from billing.costs import format_money
 from billing.models import (
     AlertChannel,
     AlertDelivery,
@@ -30,8 +34,11 @@ from tenants.outbound import outbound_url_validate
 
 logger = logging.getLogger(__name__)
 
-CENT = Decimal("0.01")
 MAX_ERROR_CHARS = 2000
+
+
+class AlertNotYet(ChannelSendError):
+    """A lower threshold's alert to the same channel has not gone out yet; this one waits its turn."""
 
 
 def alert_channel_validate(*, kind: str, target: str, has_signing_secret: bool) -> None:
@@ -79,23 +86,30 @@ def alert_channel_update(
 
 
 def budget_alert_raise(*, budget_id: int, period_key: str, threshold: int, spent_units: int) -> BudgetAlert | None:
-    """Record the alert and queue its deliveries, unless it was raised before. Returns it when raised now."""
-    budget = Budget.objects.select_related("tenant").filter(pk=budget_id).first()
-    if budget is None:
-        return None
+    """Record the alert, and first those of the lower thresholds not raised yet, and queue their deliveries.
+    Returns the alert when this call raised it, None when it was raised before."""
     with transaction.atomic():
-        alert, created = BudgetAlert.objects.get_or_create(
-            budget=budget,
-            period_key=period_key,
-            threshold=threshold,
-            defaults={"spent_usd": units_to_usd(spent_units), "limit_usd": budget.limit_usd},
-        )
-        if not created:
+        # One raiser at a time per budget, so the alerts are created (and their deliveries queued) in order.
+        budget = Budget.objects.select_for_update(of=("self",)).select_related("tenant").filter(pk=budget_id).first()
+        if budget is None:
             return None
+        raised = set(
+            BudgetAlert.objects.filter(budget=budget, period_key=period_key).values_list("threshold", flat=True)
+        )
+        if threshold in raised:
+            return None
+        reached = sorted({percent for percent in budget.thresholds if percent < threshold} - raised | {threshold})
         channels = list(budget.channels.filter(is_active=True))
-        deliveries = [AlertDelivery.objects.create(budget_alert=alert, channel=channel) for channel in channels]
-        _send_on_commit(deliveries)
-    logger.info("budget %s reached %s%% in %s; %s deliveries queued", budget_id, threshold, period_key, len(deliveries))
+        for percent in reached:
+            alert = BudgetAlert.objects.create(
+                budget=budget,
+                period_key=period_key,
+                threshold=percent,
+                spent_usd=units_to_usd(spent_units),
+                limit_usd=budget.limit_usd,
+            )
+            _send_on_commit([AlertDelivery.objects.create(budget_alert=alert, channel=channel) for channel in channels])
+    logger.info("budget %s reached %s in %s; %s channels", budget_id, reached, period_key, len(channels))
     return alert
 
 
@@ -126,6 +140,7 @@ def alert_delivery_attempt(*, delivery_id: int) -> None:
         )
         if delivery.status == DeliveryStatus.SENT:
             return
+        _wait_for_lower_thresholds(delivery)
         delivery.attempts += 1
         subject, text, payload = alert_message(delivery=delivery)
         try:
@@ -138,6 +153,21 @@ def alert_delivery_attempt(*, delivery_id: int) -> None:
         delivery.save(update_fields=["attempts", "last_error", "status", "sent_at"])
     if failure is not None:
         raise failure
+
+
+def _wait_for_lower_thresholds(delivery: AlertDelivery) -> None:
+    alert = delivery.budget_alert
+    if alert is None:
+        return
+    earlier = AlertDelivery.objects.filter(
+        channel_id=delivery.channel_id,
+        budget_alert__budget_id=alert.budget_id,
+        budget_alert__period_key=alert.period_key,
+        budget_alert__threshold__lt=alert.threshold,
+        status=DeliveryStatus.PENDING,
+    )
+    if earlier.exists():
+        raise AlertNotYet(f"the lower thresholds' alerts to {delivery.channel} go out first")
 
 
 def alert_delivery_give_up(*, delivery_id: int) -> None:
@@ -155,10 +185,6 @@ def alert_delivery_requeue(*, delivery: AlertDelivery) -> None:
         transaction.on_commit(lambda: alert_delivery_send.delay(delivery.pk))
 
 
-def _usd(amount: Decimal) -> str:
-    return f"${amount.quantize(CENT, rounding=ROUND_HALF_EVEN):,}"
-
-
 def alert_message(*, delivery: AlertDelivery) -> tuple[str, str, dict]:
     """Subject, text and JSON payload of a delivery's alert."""
     if delivery.budget_alert_id:
@@ -171,7 +197,8 @@ def _budget_alert_message(alert: BudgetAlert) -> tuple[str, str, dict]:
     subject = f"[llmops] {budget.tenant.slug}: {budget.target_label()} budget at {alert.threshold}%"
     text = (
         f"The {budget.period} budget of {budget.tenant.slug} for {budget.target_label()} reached {alert.threshold}% "
-        f"in {alert.period_key}: {_usd(alert.spent_usd)} of {_usd(alert.limit_usd)} (action at 100%: {budget.action})."
+        f"in {alert.period_key}: {format_money(alert.spent_usd)} of {format_money(alert.limit_usd)} "
+        f"(action at 100%: {budget.action})."
     )
     payload = {
         "type": "budget.threshold",

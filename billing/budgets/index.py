@@ -5,14 +5,24 @@ The gateway reloads a tenant's when one of its Budget, RateLimit or Tenant (time
 
 import logging
 from dataclasses import dataclass, field
-from decimal import Decimal
+from datetime import UTC, datetime, timedelta
+from decimal import ROUND_CEILING, Decimal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from billing.models import Budget, BudgetAction, BudgetScope, RateLimit
 
 logger = logging.getLogger(__name__)
 
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 UNITS_PER_USD = 10**10  # the ledger's quantum, 1e-10 USD, so counters are exact integers
+
+
+def usd_to_units(amount: Decimal) -> int:
+    return int((amount * UNITS_PER_USD).to_integral_value(rounding=ROUND_CEILING))
+
+
+def units_to_usd(units: int) -> Decimal:
+    return Decimal(units).scaleb(-10)
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +38,8 @@ class BudgetEntry:
     thresholds: tuple[int, ...]
     action: str
     zone: ZoneInfo
+    # The budget's last change (updated_at in microseconds): a counter seeded for an older version is seeded again.
+    version: int
 
     @property
     def limit_units(self) -> int:
@@ -46,6 +58,10 @@ class BudgetEntry:
         if self.scope == BudgetScope.TENANT_MODEL:
             return self.model_name == model_name
         return True
+
+    def counts(self, *, tenant_id: int, team_id: int, key_id: int, served_model: str) -> bool:
+        """Whether a ledger record with these fields is spend of this budget (the model is the one that served)."""
+        return tenant_id == self.tenant_id and self.applies_to(team_id=team_id, key_id=key_id, model_name=served_model)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +97,7 @@ def budget_entry(budget: Budget) -> BudgetEntry:
         thresholds=tuple(sorted(budget.thresholds)),
         action=budget.action,
         zone=tenant_zone_or_utc(budget.tenant.time_zone),
+        version=(budget.updated_at - EPOCH) // timedelta(microseconds=1),
     )
 
 

@@ -7,99 +7,82 @@ in Redis, one hash per budget and period (`llmops:budget:<id>:<period key>`, fie
 Without Redis the same happens in BudgetCounter rows under row locks. When Redis is configured
 but unreachable, LLMOPS_BUDGET_REDIS_FAILURE decides: "database" uses the rows, "fail_closed"
 (the default) refuses requests that an enforced budget covers — never silently open.
+A counter that does not know the period's spend yet is seeded from the ledger first (billing.budgets.counters).
 """
 
+import asyncio
 import logging
 import math
+import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from decimal import ROUND_CEILING, Decimal
+from datetime import datetime
+from decimal import Decimal
 
 from django.conf import settings
-from django.db import transaction
-from django.db.models import Q
+from django.db import DatabaseError, transaction
 from redis.exceptions import RedisError
 
-from billing.budgets.index import UNITS_PER_USD, BudgetEntry
+from billing.budgets.counters import (
+    NEEDS_SEED,
+    REFUSED,
+    RESERVE_SCRIPT,
+    SEEDING,
+    SETTLE_SCRIPT,
+    BudgetHold,
+    counter_seed,
+    database_counters_locked,
+)
+from billing.budgets.index import BudgetEntry, units_to_usd, usd_to_units
 from billing.budgets.periods import BudgetWindow, budget_window
 from billing.budgets.thresholds import crossed_thresholds, threshold_alerts_enqueue
-from billing.models import BudgetAction, BudgetCounter
+from billing.ledger_stream import STREAM_KEY, ledger_event_append, ledger_streaming, usage_event_encode
+from billing.models import BudgetAction
+from billing.services import UsageEvent, usage_record_create
 from llmops.db import database_sync_to_async
-from llmops.redis import RedisScript, async_redis
+from llmops.redis import async_redis
 
 logger = logging.getLogger(__name__)
 
 REDIS_FAILURE_DATABASE = "database"
 REDIS_FAILURE_FAIL_CLOSED = "fail_closed"
-# Counters outlive their period long enough for late settles and the nightly ledger check.
-COUNTER_GRACE = timedelta(days=2)
-
-# KEYS: one counter hash per budget. ARGV[1]: amount; then per budget: limit, enforced (1/0), ttl seconds.
-# Returns {1, used after...} when reserved, or {0, index of the budget that refused, its use before}.
-RESERVE_SCRIPT = RedisScript("""
-local amount = tonumber(ARGV[1])
-local used = {}
-for i = 1, #KEYS do
-  local counter = redis.call('HMGET', KEYS[i], 'spent', 'reserved')
-  used[i] = (tonumber(counter[1]) or 0) + (tonumber(counter[2]) or 0)
-  if ARGV[3 * i] == '1' and used[i] + amount > tonumber(ARGV[3 * i - 1]) then
-    return {0, i, used[i]}
-  end
-end
-local result = {1}
-for i = 1, #KEYS do
-  redis.call('HINCRBY', KEYS[i], 'reserved', amount)
-  redis.call('EXPIRE', KEYS[i], ARGV[3 * i + 1])
-  result[i + 1] = used[i] + amount
-end
-return result
-""")
-
-# KEYS: the counters reserved against. ARGV[1]: the reservation to release; ARGV[2]: the actual cost.
-# Returns spent and reserved of each counter after, flattened.
-SETTLE_SCRIPT = RedisScript("""
-local result = {}
-for i = 1, #KEYS do
-  local reserved = redis.call('HINCRBY', KEYS[i], 'reserved', -tonumber(ARGV[1]))
-  if reserved < 0 then
-    redis.call('HSET', KEYS[i], 'reserved', 0)
-    reserved = 0
-  end
-  result[2 * i - 1] = redis.call('HINCRBY', KEYS[i], 'spent', ARGV[2])
-  result[2 * i] = reserved
-end
-return result
-""")
+# A request waits at most this long for another process to seed a counter it needs.
+SEED_WAIT_SECONDS = 10.0
+SEED_POLL_SECONDS = 0.01
 
 
 class BudgetExceeded(Exception):
-    """An enforced budget would go over its limit. Answer 429 budget_exceeded, or downgrade when `downgrade`."""
+    """An enforced budget would go over its limit. Answer 429 budget_exceeded, or downgrade when `downgrade`.
 
-    def __init__(self, *, entry: BudgetEntry, window: BudgetWindow, now: datetime, remaining_usd: Decimal):
+    The amounts say why: `spent_usd` settled this period, `reserved_usd` held by requests in flight, and
+    `remaining_usd` what is left of `limit_usd` after both; `requested_usd` is this request's worst case.
+    """
+
+    def __init__(
+        self, *, entry: BudgetEntry, window: BudgetWindow, now: datetime, spent_units: int, reserved_units: int,
+        requested_units: int,
+    ):  # fmt: skip
         self.budget_id = entry.budget_id
         self.period_end = window.end
         self.retry_after_seconds = max(math.ceil((window.end - now).total_seconds()), 1)
         self.downgrade = entry.action == BudgetAction.DOWNGRADE
-        self.remaining_usd = remaining_usd
-        super().__init__(
-            f"Budget {entry.budget_id} ({entry.scope}, {entry.period} {window.key}) "
-            f"of ${entry.limit_usd.normalize():f} is used up; ${remaining_usd:f} remains. "
-            f"It resets at {window.end.isoformat()}."
-        )
+        self.limit_usd = entry.limit_usd
+        self.spent_usd = units_to_usd(spent_units)
+        self.reserved_usd = units_to_usd(reserved_units)
+        self.remaining_usd = units_to_usd(max(entry.limit_units - spent_units - reserved_units, 0))
+        self.requested_usd = units_to_usd(requested_units)
+        budget = f"Budget {entry.budget_id} ({entry.scope}, {entry.period} {window.key}) of ${entry.limit_usd:f}"
+        if spent_units >= entry.limit_units:
+            reason = f"is used up: ${self.spent_usd:f} spent."
+        else:
+            reason = (
+                f"cannot hold this request's worst case of ${self.requested_usd:f}: ${self.spent_usd:f} spent, "
+                f"${self.reserved_usd:f} reserved by requests in flight, ${self.remaining_usd:f} remains."
+            )
+        super().__init__(f"{budget} {reason} It resets at {window.end.isoformat()}.")
 
 
 class BudgetUnavailable(Exception):
     """The budget counters cannot be reached and the configuration says to fail closed. Answer 503."""
-
-
-@dataclass(frozen=True, slots=True)
-class BudgetHold:
-    entry: BudgetEntry
-    window: BudgetWindow
-
-    @property
-    def redis_key(self) -> str:
-        return f"llmops:budget:{self.entry.budget_id}:{self.window.key}"
 
 
 @dataclass(slots=True)
@@ -110,19 +93,13 @@ class Reservation:
     backend: str  # "redis", "database", or "none" when nothing was counted
     remaining_usd: Decimal | None  # of the tightest budget; None when no budget applies
     settled: bool = False
+    # The incarnation of each Redis counter the amount was reserved in; a counter seeded anew does not hold it.
+    epochs: tuple[str, ...] = ()
 
 
-def usd_to_units(amount: Decimal) -> int:
-    return int((amount * UNITS_PER_USD).to_integral_value(rounding=ROUND_CEILING))
-
-
-def units_to_usd(units: int) -> Decimal:
-    return Decimal(units).scaleb(-10)
-
-
-def _remaining(holds: tuple[BudgetHold, ...], used_units: list[int]) -> Decimal:
-    tightest = min(hold.entry.limit_units - used for hold, used in zip(holds, used_units, strict=True))
-    return units_to_usd(max(tightest, 0))
+def _remaining(holds: tuple[BudgetHold, ...], used_units: list[int | None]) -> Decimal | None:
+    known = [hold.entry.limit_units - used for hold, used in zip(holds, used_units, strict=True) if used is not None]
+    return units_to_usd(max(min(known), 0)) if known else None
 
 
 def _use_database(exc: Exception | None) -> bool:
@@ -160,64 +137,76 @@ def _fail_closed(holds: tuple[BudgetHold, ...], amount_units: int, request_id: s
 
 
 async def _redis_reserve(client, holds, amount_units: int, request_id: str, now: datetime) -> Reservation:
+    """Reserve in Redis; a counter that must be seeded first is seeded (by this process or another) and the
+    reservation tried again, so nothing is admitted under a counter that does not know the period's spend."""
     arguments = [amount_units]
     for hold in holds:
-        ttl = int((hold.window.end + COUNTER_GRACE - now).total_seconds())
-        arguments += [hold.entry.limit_units, 1 if hold.entry.enforced else 0, max(ttl, 1)]
-    result = await RESERVE_SCRIPT.run(client, [hold.redis_key for hold in holds], arguments)
-    if result[0] == 0:
-        refusing = holds[result[1] - 1]
-        _raise_exceeded(refusing, used_units=int(result[2]), now=now)
-    used = [int(value) for value in result[1:]]
-    return Reservation(request_id, amount_units, holds, backend="redis", remaining_usd=_remaining(holds, used))
-
-
-def _raise_exceeded(hold: BudgetHold, *, used_units: int, now: datetime):
-    # A refused budget is at its limit even though its settled spend may stay just under it: say so once.
-    if 100 in hold.entry.thresholds:
-        threshold_alerts_enqueue(crossings=[(hold.entry, hold.window.key, 100, used_units)])
-    remaining = units_to_usd(max(hold.entry.limit_units - used_units, 0))
-    raise BudgetExceeded(entry=hold.entry, window=hold.window, now=now, remaining_usd=remaining)
-
-
-def _counter_filter(holds) -> Q:
-    query = Q(pk__in=[])
-    for hold in holds:
-        query |= Q(budget_id=hold.entry.budget_id, period_key=hold.window.key)
-    return query
-
-
-def _locked_counters(holds) -> dict[tuple[int, str], BudgetCounter]:
-    BudgetCounter.objects.bulk_create(
-        [BudgetCounter(budget_id=hold.entry.budget_id, period_key=hold.window.key) for hold in holds],
-        ignore_conflicts=True,
+        entry = hold.entry
+        arguments += [entry.limit_units, 1 if entry.enforced else 0, hold.ttl_seconds(now), entry.version]
+    keys = [hold.redis_key for hold in holds]
+    deadline = time.monotonic() + SEED_WAIT_SECONDS
+    while True:
+        result = await RESERVE_SCRIPT.run(client, keys, arguments)
+        if result[0] not in (NEEDS_SEED, SEEDING):
+            break
+        if result[0] == NEEDS_SEED:
+            try:
+                seeded = await database_sync_to_async(counter_seed)(hold=holds[result[1] - 1], now=now)
+            except DatabaseError as exc:
+                logger.error("budget counter cannot be seeded, the ledger is unreachable: %s", exc)
+                raise BudgetUnavailable("Budget counters cannot be set from the ledger; try again shortly.") from exc
+            if seeded is not None:
+                continue
+        if time.monotonic() > deadline:
+            raise BudgetUnavailable("A budget counter is being rebuilt from the ledger; try again shortly.")
+        await asyncio.sleep(SEED_POLL_SECONDS)
+    if result[0] == REFUSED:
+        raise _exceeded(holds[result[1] - 1], int(result[2]), int(result[3]), amount_units, now)
+    used = [int(value) for value in result[1 : len(holds) + 1]]
+    epochs = tuple(epoch.decode() for epoch in result[len(holds) + 1 :])
+    return Reservation(
+        request_id, amount_units, holds, backend="redis", remaining_usd=_remaining(holds, used), epochs=epochs
     )
-    # Locked in budget order, so two requests over the same budgets cannot deadlock.
-    counters = BudgetCounter.objects.select_for_update().filter(_counter_filter(holds)).order_by("budget_id")
-    return {(counter.budget_id, counter.period_key): counter for counter in counters}
+
+
+def _exceeded(hold: BudgetHold, spent: int, reserved: int, requested: int, now: datetime) -> BudgetExceeded:
+    return BudgetExceeded(
+        entry=hold.entry, window=hold.window, now=now, spent_units=spent, reserved_units=reserved,
+        requested_units=requested,
+    )  # fmt: skip
 
 
 def _database_reserve(holds, amount_units: int, now: datetime) -> list[int]:
     amount = units_to_usd(amount_units)
+    refused = None
+    # A refusal leaves the transaction normally, so a counter seeded on the way is kept.
     with transaction.atomic():
-        counters = _locked_counters(holds)
+        counters = database_counters_locked(holds, seed=True)
         used = []
         for hold in holds:
             counter = counters[hold.entry.budget_id, hold.window.key]
-            used_units = usd_to_units(counter.spent_usd + counter.reserved_usd)
-            if hold.entry.enforced and used_units + amount_units > hold.entry.limit_units:
-                _raise_exceeded(hold, used_units=used_units, now=now)
-            used.append(used_units + amount_units)
-        for counter in counters.values():
-            counter.reserved_usd += amount
-            counter.save(update_fields=["reserved_usd", "updated_at"])
+            spent, reserved = usd_to_units(counter.spent_usd), usd_to_units(counter.reserved_usd)
+            if hold.entry.enforced and spent + reserved + amount_units > hold.entry.limit_units:
+                refused = _exceeded(hold, spent, reserved, amount_units, now)
+                break
+            used.append(spent + reserved + amount_units)
+        else:
+            for counter in counters.values():
+                counter.reserved_usd += amount
+                counter.save(update_fields=["reserved_usd", "updated_at"])
+    if refused is not None:
+        raise refused
     return used
 
 
-async def reservation_settle(reservation: Reservation, *, actual: Decimal) -> Decimal | None:
+async def reservation_settle(
+    reservation: Reservation, *, actual: Decimal, event: UsageEvent | None = None
+) -> Decimal | None:
     """Replace the reservation by what was really spent (0 is fine); returns the tightest budget's remaining USD.
 
-    Call it exactly once per reservation, also after an upstream failure or a client disconnect.
+    Call it exactly once per reservation, also after an upstream failure or a client disconnect. With `event`, the
+    request's ledger record is written in the same step (one Redis script with the ledger stream, or one database
+    transaction with the counter rows), so a counter seeded from the ledger counts it exactly once.
     """
     if reservation.settled:
         raise RuntimeError(f"reservation {reservation.request_id} is already settled")
@@ -225,28 +214,45 @@ async def reservation_settle(reservation: Reservation, *, actual: Decimal) -> De
     actual_units = usd_to_units(actual)
     holds = reservation.holds
     if reservation.backend == "none":
+        if event is not None:
+            await ledger_event_append(event=event)
         return reservation.remaining_usd
     if reservation.backend == "redis":
-        client = async_redis()
-        try:
-            result = await SETTLE_SCRIPT.run(
-                client, [hold.redis_key for hold in holds], [reservation.amount_units, actual_units]
-            )
-        except RedisError as exc:
-            # The ledger row still has the cost; budget_counters_rebuild brings the counter back in line.
-            logger.error("settling %s in Redis failed (%s); counters need a rebuild", reservation.request_id, exc)
+        after = await _redis_settle(reservation, actual_units, event)
+        if after is None:
             return reservation.remaining_usd
-        after = [(int(result[2 * i]), int(result[2 * i + 1])) for i in range(len(holds))]
     else:
-        after = await database_sync_to_async(_database_settle)(holds, reservation.amount_units, actual_units)
+        after = await database_sync_to_async(_database_settle)(holds, reservation.amount_units, actual_units, event)
     _note_thresholds(holds, after, actual_units)
-    reservation.remaining_usd = _remaining(holds, [spent + reserved for spent, reserved in after])
+    remaining = _remaining(holds, [None if spent < 0 else spent + reserved for spent, reserved in after])
+    reservation.remaining_usd = remaining if remaining is not None else reservation.remaining_usd
     return reservation.remaining_usd
 
 
-def _database_settle(holds, reserved_units: int, actual_units: int) -> list[tuple[int, int]]:
+async def _redis_settle(reservation: Reservation, actual_units: int, event: UsageEvent | None):
+    holds = reservation.holds
+    appended = event is not None and ledger_streaming()
+    keys = [hold.redis_key for hold in holds] + [hold.pending_key for hold in holds]
+    keys += [STREAM_KEY] if appended else []
+    epochs = reservation.epochs or ("",) * len(holds)
+    arguments = [len(holds), reservation.amount_units, actual_units, reservation.request_id]
+    arguments += [usage_event_encode(event) if appended else "", *epochs]
+    try:
+        result = await SETTLE_SCRIPT.run(async_redis(), keys, arguments)
+    except RedisError as exc:
+        # The ledger row still gets written; the nightly check seeds the counter again from the ledger.
+        logger.error("settling %s in Redis failed (%s); counters need a rebuild", reservation.request_id, exc)
+        if event is not None:
+            await database_sync_to_async(usage_record_create)(event=event)
+        return None
+    if event is not None and not appended:
+        await ledger_event_append(event=event)
+    return [(int(result[2 * i]), int(result[2 * i + 1])) for i in range(len(holds))]
+
+
+def _database_settle(holds, reserved_units: int, actual_units: int, event: UsageEvent | None) -> list[tuple[int, int]]:
     with transaction.atomic():
-        counters = _locked_counters(holds)
+        counters = database_counters_locked(holds, seed=False)
         after = []
         for hold in holds:
             counter = counters[hold.entry.budget_id, hold.window.key]
@@ -254,12 +260,16 @@ def _database_settle(holds, reserved_units: int, actual_units: int) -> list[tupl
             counter.spent_usd += units_to_usd(actual_units)
             counter.save(update_fields=["spent_usd", "reserved_usd", "updated_at"])
             after.append((usd_to_units(counter.spent_usd), usd_to_units(counter.reserved_usd)))
+        if event is not None:
+            usage_record_create(event=event)
     return after
 
 
 def _note_thresholds(holds, after: list[tuple[int, int]], actual_units: int) -> None:
     crossings = []
     for hold, (spent_after, _) in zip(holds, after, strict=True):
+        if spent_after < 0:
+            continue  # no counter to judge by yet: the seed raises what the ledger has reached
         for threshold in crossed_thresholds(
             entry=hold.entry, spent_before=spent_after - actual_units, spent_after=spent_after
         ):

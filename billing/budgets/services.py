@@ -1,6 +1,7 @@
 """Creating, changing and repairing budgets. The admin, the API and `manage.py budget_set` all come here."""
 
 import logging
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -10,9 +11,15 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
-from billing.budgets.index import UNITS_PER_USD, budget_entry
-from billing.budgets.reservations import BudgetHold, units_to_usd, usd_to_units
-from billing.budgets.selectors import budget_current_window, budget_ledger_spend
+from billing.budgets.counters import (
+    BudgetHold,
+    counter_seed,
+    database_counter_seed,
+    database_counters_locked,
+    ledger_spend,
+)
+from billing.budgets.index import UNITS_PER_USD, budget_entry, units_to_usd
+from billing.budgets.selectors import budget_current_window
 from billing.models import AlertChannel, Budget, BudgetAction, BudgetCounter, BudgetPeriod, BudgetScope
 from llmops.redis import sync_redis
 from routing.models import Model
@@ -204,12 +211,15 @@ def _validate_instance(budget: Budget) -> None:
 class CounterCheck:
     budget_id: int
     period_key: str
-    counted_usd: Decimal
+    counted_usd: Decimal | None  # None: no counter yet (it is seeded by the next request under the budget)
     ledger_usd: Decimal
 
     @property
     def agrees(self) -> bool:
-        return self.counted_usd == self.ledger_usd
+        return self.counted_usd is None or self.counted_usd == self.ledger_usd
+
+
+REBUILD_WAIT_SECONDS = 10.0
 
 
 def _hold(budget: Budget, now: datetime) -> BudgetHold:
@@ -217,15 +227,19 @@ def _hold(budget: Budget, now: datetime) -> BudgetHold:
 
 
 def budget_counters_rebuild(*, budget: Budget, now: datetime | None = None) -> Decimal:
-    """Set the current period's spent counter (Redis, else the database row) to the ledger's sum; keep reservations."""
-    hold = _hold(budget, now or timezone.now())
-    spent = budget_ledger_spend(budget=budget, window=hold.window)
-    client = sync_redis()
-    if client is not None:
-        client.hset(hold.redis_key, "spent", usd_to_units(spent))
-    else:
-        BudgetCounter.objects.update_or_create(budget=budget, period_key=hold.window.key, defaults={"spent_usd": spent})
-    logger.info("budget %s counter for %s rebuilt from the ledger: %s USD", budget.pk, hold.window.key, spent)
+    """Seed the current period's counter (Redis, else the database row) from the ledger again, as a missing counter
+    is seeded: the ledger's spend, the stream's backlog included, with the reservations in flight kept."""
+    now = now or timezone.now()
+    hold = _hold(budget, now)
+    if sync_redis() is None:
+        with transaction.atomic():
+            counter = database_counters_locked([hold], seed=False)[budget.pk, hold.window.key]
+            return database_counter_seed(hold=hold, counter=counter)
+    deadline = time.monotonic() + REBUILD_WAIT_SECONDS
+    while (spent := counter_seed(hold=hold, now=now, force=True)) is None:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"budget {budget.pk}: another process kept seeding the counter")
+        time.sleep(0.05)
     return spent
 
 
@@ -233,31 +247,34 @@ def budget_counter_check(*, budget: Budget, now: datetime) -> CounterCheck:
     hold = _hold(budget, now)
     client = sync_redis()
     if client is not None:
-        counted = units_to_usd(int(client.hget(hold.redis_key, "spent") or 0))
+        spent, seeding = client.hmget(hold.redis_key, "spent", "seeding")
+        counted = units_to_usd(int(spent)) if spent is not None and seeding is None else None
     else:
         counter = BudgetCounter.objects.filter(budget=budget, period_key=hold.window.key).first()
-        counted = counter.spent_usd if counter else Decimal(0)
+        counted = counter.spent_usd if counter else None
     return CounterCheck(
-        budget_id=budget.pk,
-        period_key=hold.window.key,
-        counted_usd=counted,
-        ledger_usd=budget_ledger_spend(budget=budget, window=hold.window),
+        budget_id=budget.pk, period_key=hold.window.key, counted_usd=counted, ledger_usd=ledger_spend(hold=hold)
     )
 
 
 def budget_counters_check(*, now: datetime | None = None) -> list[CounterCheck]:
-    """Compare every active budget's counter with the ledger; log each that disagrees and return those."""
+    """Compare every active budget's counter with the ledger and seed again each that disagrees; returns those.
+
+    A request settling during the comparison can make a counter look wrong; seeding it again is exact either way.
+    """
     now = now or timezone.now()
     disagreeing = []
     for budget in Budget.objects.filter(is_active=True).select_related("tenant"):
         check = budget_counter_check(budget=budget, now=now)
         if not check.agrees:
+            spent = budget_counters_rebuild(budget=budget, now=now)
             logger.warning(
-                "budget %s counter for %s says %s USD, the ledger %s USD; run budget_counters_rebuild",
+                "budget %s counter for %s said %s USD, the ledger %s USD; seeded again from the ledger: %s USD",
                 check.budget_id,
                 check.period_key,
                 check.counted_usd,
                 check.ledger_usd,
+                spent,
             )
             disagreeing.append(check)
     return disagreeing

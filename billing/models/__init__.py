@@ -21,12 +21,13 @@ from billing.models.budgets import (
     RateLimit,
 )
 from billing.models.exports import ExportStatus, UsageExport
-from billing.models.ledger import COST_FIELD, CacheStatus, ImmutableRowError, UsageRecord
+from billing.models.ledger import COST_FIELD, REQUEST_ROWS, CacheStatus, ImmutableRowError, UsageKind, UsageRecord
 from billing.models.rollups import RollupCursor, UsageRollupDaily, UsageRollupHourly
 
 __all__ = [
     "COST_FIELD",
     "DEFAULT_THRESHOLDS",
+    "REQUEST_ROWS",
     "AlertChannel",
     "AlertDelivery",
     "Anomaly",
@@ -47,6 +48,7 @@ __all__ = [
     "RateLimit",
     "RollupCursor",
     "UsageExport",
+    "UsageKind",
     "UsageRecord",
     "UsageRollupDaily",
     "UsageRollupHourly",

@@ -76,6 +76,7 @@ class BudgetCounter(models.Model):
     period_key = models.CharField(max_length=16)
     spent_usd = models.DecimalField(**COST_FIELD, default=0)
     reserved_usd = models.DecimalField(**COST_FIELD, default=0)
+    version = models.BigIntegerField(default=0, help_text="The budget version the spend was seeded for.")
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:

@@ -1,4 +1,5 @@
 from django.db import models
+from django.db.models import Q
 
 from tenants.models import ApiKey, Team, Tenant, TenantScopedQuerySet
 
@@ -12,14 +13,44 @@ class CacheStatus(models.TextChoices):
     BYPASS = "bypass", "Bypass"
 
 
+class UsageKind(models.TextChoices):
+    REQUEST = "request", "Request"
+    COMPRESSION_SUMMARY = "compression_summary", "Compression summary"
+
+
+# The rows that are requests, not calls the gateway made for one: what reports count as requests and errors (their
+# cost and tokens are summed from every row).
+REQUEST_ROWS = Q(kind=UsageKind.REQUEST)
+
+
 class ImmutableRowError(Exception):
     pass
 
 
+class LedgerQuerySet(TenantScopedQuerySet):
+    """Append-only: rows are inserted, never changed, and removed only by the retention purge
+    (billing.services.usage_records_purge). On Postgres a trigger refuses the rest too, raw SQL included."""
+
+    def update(self, **kwargs):
+        raise ImmutableRowError("usage records are immutable")
+
+    def delete(self):
+        raise ImmutableRowError("usage records are removed only by the retention purge (manage.py ledger_purge)")
+
+    def retention_purge(self) -> int:
+        """Delete these rows. Only for billing.services.usage_records_purge, which lets the trigger allow it."""
+        return super().delete()[0]
+
+
 class UsageRecord(models.Model):
-    """One row per request that reached the pipeline. Written once, never changed."""
+    """One row per request that reached the pipeline, and one per upstream call the gateway made on a request's
+    behalf (a compression summary), linked to it by ``parent_request_id``. Written once, never changed."""
 
     request_id = models.CharField(max_length=64, unique=True)
+    kind = models.CharField(max_length=32, choices=UsageKind.choices, default=UsageKind.REQUEST)
+    parent_request_id = models.CharField(
+        max_length=64, blank=True, help_text="The request this call was made for; blank for a request."
+    )
     tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="usage_records")
     team = models.ForeignKey(Team, on_delete=models.PROTECT, related_name="usage_records")
     api_key = models.ForeignKey(ApiKey, on_delete=models.PROTECT, related_name="usage_records")
@@ -54,7 +85,10 @@ class UsageRecord(models.Model):
         help_text="What the requested (or alias's large) model would have cost, minus the cost.",
     )
     saved_compression_usd = models.DecimalField(
-        **COST_FIELD, default=0, help_text="Prompt tokens removed by compression, at the served model's input price."
+        **COST_FIELD,
+        default=0,
+        help_text="Prompt tokens removed by compression, at the served model's input price, minus what the summary "
+        "call cost (negative when the summary cost more than it saved).",
     )
     saved_batch_usd = models.DecimalField(**COST_FIELD, default=0)
     attempts = models.PositiveSmallIntegerField(
@@ -64,7 +98,7 @@ class UsageRecord(models.Model):
     error_code = models.CharField(max_length=64, blank=True)
     created_at = models.DateTimeField(db_index=True)
 
-    objects = TenantScopedQuerySet.as_manager()
+    objects = LedgerQuerySet.as_manager()
 
     class Meta:
         ordering = ["-created_at"]

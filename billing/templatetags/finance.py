@@ -2,6 +2,8 @@ from decimal import ROUND_HALF_EVEN, Decimal
 
 from django import template
 
+from billing.costs import format_money
+
 register = template.Library()
 
 
@@ -11,3 +13,9 @@ def cents(value: Decimal | None) -> str:
     if value is None:
         return "–"
     return f"{Decimal(value).quantize(Decimal('0.01'), rounding=ROUND_HALF_EVEN):f}"
+
+
+@register.filter
+def money(value: Decimal | None) -> str:
+    """Dollars with places enough that a small amount is not shown as $0.00 (billing.costs.format_money)."""
+    return "–" if value is None else format_money(Decimal(value))

@@ -1,8 +1,9 @@
 """Rate limits and budget reservations, after the route is known and before the upstream call.
 
-A budget is a promise: the worst-case cost of the request (prompt tokens at the input price plus
-max_tokens at the output price, on the dearest model of the chain) is reserved atomically against
-every budget in scope before anything is spent, and replaced by the actual cost afterwards.
+A budget is a promise: the worst-case cost of the request (llmops.gateway.worst_case: every choice at its max_tokens
+or the model's maximum output, on the dearest model of the chain) is reserved atomically against every budget in
+scope before anything is spent, and replaced by the actual cost afterwards. Token rate limits count the same
+worst case in tokens.
 """
 
 import asyncio
@@ -18,36 +19,35 @@ from billing.budgets.reservations import (
     budget_reserve,
     reservation_settle,
 )
-from billing.costs import format_cost, usage_cost
+from billing.costs import format_cost
 from billing.ratelimits import RateLimitResult, rate_limit_check
 from llmops.gateway.call import GatewayCall
 from llmops.gateway.errors import GatewayError
 from llmops.gateway.planning import ChatPlan
 from llmops.gateway.snapshot import ConfigSnapshot
+from llmops.gateway.worst_case import OutputBound, budget_refusal, chain_worst_case, fitting_max_tokens
 from routing.catalog import ModelEntry
-
-MAX_TOKENS_FIELDS = ("max_completion_tokens", "max_tokens")
-
-
-def _requested_max_tokens(body: dict) -> int | None:
-    return next((body[field] for field in MAX_TOKENS_FIELDS if body.get(field) is not None), None)
-
-
-def worst_case_cost(model: ModelEntry, *, prompt_tokens: int, max_tokens: int) -> Decimal:
-    return usage_cost(prices=model.prices, prompt_tokens=prompt_tokens, cached_tokens=0, completion_tokens=max_tokens)
 
 
 def _cheaper_route(
-    snapshot: ConfigSnapshot, call: GatewayCall, plan: ChatPlan, *, prompt_tokens: int, max_tokens: int
+    snapshot: ConfigSnapshot, call: GatewayCall, plan: ChatPlan, *, prompt_tokens: int, bound: OutputBound
 ) -> ModelEntry | None:
     """The cheapest of the chain's fallbacks and the tenant's default model, if it costs less than the primary."""
     catalog = snapshot.catalog
     default = catalog.models.get(catalog.access_for(call.principal.tenant_id).default_model or "")
     candidates = [*plan.chain[1:], *([default] if default else [])]
-    primary_cost = worst_case_cost(plan.chain[0], prompt_tokens=prompt_tokens, max_tokens=max_tokens)
-    priced = [(worst_case_cost(m, prompt_tokens=prompt_tokens, max_tokens=max_tokens), m.name, m) for m in candidates]
+
+    def worst(model: ModelEntry) -> Decimal:
+        return chain_worst_case([model], prompt_tokens=prompt_tokens, bound=bound, fallback=_fallback())
+
+    primary_cost = worst(plan.chain[0])
+    priced = [(worst(m), m.name, m) for m in candidates]
     cheaper = sorted(entry for entry in priced if entry[0] < primary_cost)
     return cheaper[0][2] if cheaper else None
+
+
+def _fallback() -> int:
+    return settings.LLMOPS_RESERVATION_MAX_TOKENS
 
 
 def _count_or_refuse(call: GatewayCall, limited: RateLimitResult) -> None:
@@ -61,14 +61,20 @@ def _count_or_refuse(call: GatewayCall, limited: RateLimitResult) -> None:
         )
 
 
-def _budget_exceeded(exceeded: BudgetExceeded) -> GatewayError:
-    return GatewayError(
-        str(exceeded),
-        status=429,
-        code="budget_exceeded",
-        error_type="insufficient_quota",
-        headers={"Retry-After": str(exceeded.retry_after_seconds)},
+def _bounded(plan: ChatPlan, bound: OutputBound) -> OutputBound:
+    """Without max_tokens a model the catalog knows no maximum output for could answer without end: send the
+    reservation's cap as max_tokens so the worst case is a true bound."""
+    if bound.max_tokens is not None or all(model.max_output_tokens for model in plan.chain):
+        return bound
+    plan.body = {**plan.body, "max_tokens": _fallback()}
+    return OutputBound(_fallback(), bound.choices, bound.predicted_tokens)
+
+
+def _refusal(exceeded: BudgetExceeded, chain: list[ModelEntry], *, prompt_tokens: int, bound: OutputBound):
+    fitting = fitting_max_tokens(
+        chain, prompt_tokens=prompt_tokens, bound=bound, fallback=_fallback(), available=exceeded.remaining_usd
     )
+    return budget_refusal(exceeded, fitting=fitting, choices=bound.choices)
 
 
 async def admit(snapshot: ConfigSnapshot, call: GatewayCall, plan: ChatPlan) -> None:
@@ -77,23 +83,21 @@ async def admit(snapshot: ConfigSnapshot, call: GatewayCall, plan: ChatPlan) -> 
     now = timezone.now()
     prompt_tokens = call.prompt_tokens_after_compression or 0
     budgets = snapshot.budgets.applicable(principal.tenant_id, principal.team_id, principal.key_id, plan.chain[0].name)
-    max_tokens = _requested_max_tokens(plan.body)
-    if budgets and max_tokens is None:
-        # Without a cap the worst case is unbounded; cap the answer so the reservation is a true bound.
-        max_tokens = settings.LLMOPS_RESERVATION_MAX_TOKENS
-        plan.body = {**plan.body, "max_tokens": max_tokens}
-
+    bound = OutputBound.of(plan.body, model=plan.chain[0].upstream_name)
+    if budgets:
+        bound = _bounded(plan, bound)
+    completion_tokens = max(bound.completion_tokens(model, fallback=_fallback()) for model in plan.chain)
     counting = rate_limit_check(
         limits=snapshot.rate_limits,
         key_id=principal.key_id,
         team_id=principal.team_id,
-        tokens=prompt_tokens + (max_tokens or 0),
+        tokens=prompt_tokens + completion_tokens,
         now=now,
     )
     if not budgets:
         _count_or_refuse(call, await counting)
         return
-    amount = max(worst_case_cost(model, prompt_tokens=prompt_tokens, max_tokens=max_tokens) for model in plan.chain)
+    amount = chain_worst_case(plan.chain, prompt_tokens=prompt_tokens, bound=bound, fallback=_fallback())
     # Counted and reserved at once: one wait on Redis instead of two. The rate limit still decides first, and a
     # reservation made for a request it refuses is released straight away.
     limited, reserved = await asyncio.gather(
@@ -110,18 +114,19 @@ async def admit(snapshot: ConfigSnapshot, call: GatewayCall, plan: ChatPlan) -> 
     if isinstance(reserved, BudgetUnavailable):
         raise GatewayError(str(reserved), status=503, code="budget_unavailable") from reserved
     if isinstance(reserved, BudgetExceeded):
-        cheaper = _cheaper_route(snapshot, call, plan, prompt_tokens=prompt_tokens, max_tokens=max_tokens)
+        cheaper = _cheaper_route(snapshot, call, plan, prompt_tokens=prompt_tokens, bound=bound)
         if not reserved.downgrade or cheaper is None:
-            raise _budget_exceeded(reserved) from reserved
+            raise _refusal(reserved, plan.chain, prompt_tokens=prompt_tokens, bound=bound) from reserved
         plan.chain = [cheaper]
+        bound = _bounded(plan, bound)
         call.served, call.route = cheaper, f"{call.route}+budget-downgrade"
         call.route_explanation = f"{call.route_explanation} budget-downgrade={cheaper.name}"
         budgets = snapshot.budgets.applicable(principal.tenant_id, principal.team_id, principal.key_id, cheaper.name)
-        amount = worst_case_cost(cheaper, prompt_tokens=prompt_tokens, max_tokens=max_tokens)
+        amount = chain_worst_case([cheaper], prompt_tokens=prompt_tokens, bound=bound, fallback=_fallback())
         try:
             reserved = await budget_reserve(budgets=budgets, amount=amount, request_id=call.request_id, now=now)
         except BudgetExceeded as still_exceeded:
-            raise _budget_exceeded(still_exceeded) from still_exceeded
+            raise _refusal(still_exceeded, [cheaper], prompt_tokens=prompt_tokens, bound=bound) from still_exceeded
     elif isinstance(reserved, BaseException):
         raise reserved
     call.reservation = reserved

@@ -25,7 +25,6 @@ from django.utils import timezone
 from billing.budgets.selectors import budget_status
 from billing.models import Budget
 from billing.services import UsageEvent, usage_record_create
-from llmops.gateway.admission import worst_case_cost
 from llmops.gateway.batch_models import (
     BATCH_FINISHED,
     LINE_FINISHED,
@@ -40,6 +39,7 @@ from llmops.gateway.batch_storage import file_store
 from llmops.gateway.errors import GatewayError, invalid_request
 from llmops.gateway.snapshot import ConfigSnapshot
 from llmops.gateway.validation import validate_chat_request
+from llmops.gateway.worst_case import OutputBound, chain_worst_case
 from routing.catalog import ModelEntry
 from routing.tokens import count_chat_tokens
 from tenants.authentication import KeyPrincipal
@@ -290,11 +290,11 @@ def _budget_errors(snapshot: ConfigSnapshot, principal: KeyPrincipal, lines: lis
         budgets = snapshot.budgets.applicable(principal.tenant_id, principal.team_id, principal.key_id, model.name)
         if not budgets:
             continue
-        max_tokens = line.body.get("max_completion_tokens") or line.body.get("max_tokens")
-        cost = worst_case_cost(
-            model,
+        cost = chain_worst_case(
+            [model],
             prompt_tokens=count_chat_tokens(line.body["messages"], model=model.upstream_name),
-            max_tokens=max_tokens or settings.LLMOPS_RESERVATION_MAX_TOKENS,
+            bound=OutputBound.of(line.body, model=model.upstream_name),
+            fallback=settings.LLMOPS_RESERVATION_MAX_TOKENS,
         )
         for entry in budgets:
             if entry.enforced:

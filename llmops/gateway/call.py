@@ -10,9 +10,10 @@ from django.utils import timezone
 
 from billing.budgets.reservations import Reservation
 from billing.costs import format_cost, usage_cost
-from billing.models import CacheStatus
+from billing.models import CacheStatus, UsageKind
 from billing.services import UsageEvent
 from routing.catalog import ModelEntry
+from routing.tokens import count_chat_tokens, count_text_tokens
 from tenants.authentication import KeyPrincipal
 
 
@@ -37,6 +38,15 @@ class Usage:
             cache_write_tokens=int(details.get("cache_write_tokens") or 0),
             completion_tokens=int(usage.get("completion_tokens") or 0),
         )
+
+
+def estimated_usage(body: dict, completion_text: str, model: ModelEntry) -> Usage:
+    """Usage counted by the gateway, for a provider that returned none."""
+    return Usage(
+        prompt_tokens=count_chat_tokens(body["messages"], model=model.upstream_name),
+        completion_tokens=count_text_tokens(completion_text, model=model.upstream_name),
+        estimated=True,
+    )
 
 
 @dataclass(slots=True)
@@ -75,6 +85,12 @@ class GatewayCall:
     cache_similarity: float | None = None
     # On a cache hit: the stored answer's usage, what the request would have cost had it missed.
     cache_saved_usage: Usage | None = None
+    # A call the gateway makes on a request's behalf (a compression summary) is a GatewayCall of its own kind,
+    # linked to the request by its id.
+    kind: str = UsageKind.REQUEST
+    parent_request_id: str = ""
+    # What this request's compression summary calls cost: compression's saving is net of it.
+    compression_summary_usd: Decimal = field(default_factory=Decimal)
     # Work that stores its result and its ledger row in one transaction (batch lines, jobs) sets ledger_deferred:
     # finish() then leaves the row's event in ledger_event for it to write, instead of recording it.
     ledger_deferred: bool = False
@@ -117,6 +133,8 @@ class GatewayCall:
             injection_flagged=self.injection_flagged,
             attempts=self.attempts,
             tags=self.tags,
+            kind=self.kind,
+            parent_request_id=self.parent_request_id,
         )
         if self.served is not None:
             event.cost_usd = self._cost(self.served, usage)
@@ -145,9 +163,12 @@ class GatewayCall:
 
     def _compression_saving(self) -> Decimal:
         before, after = self.prompt_tokens_before_compression, self.prompt_tokens_after_compression
-        if not before or not after or after >= before:
-            return Decimal(0)
-        return usage_cost(prices=self.served.prices, prompt_tokens=before - after, cached_tokens=0, completion_tokens=0)
+        removed = Decimal(0)
+        if before and after and after < before:
+            removed = usage_cost(
+                prices=self.served.prices, prompt_tokens=before - after, cached_tokens=0, completion_tokens=0
+            )
+        return removed - self.compression_summary_usd
 
     def response_headers(self) -> dict[str, str]:
         headers = {"x-llmops-request-id": self.request_id, "x-llmops-cache": str(self.cache_status)}

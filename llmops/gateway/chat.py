@@ -7,8 +7,9 @@ from django.http import HttpResponse
 from llmops.gateway.admission import admit
 from llmops.gateway.call import GatewayCall
 from llmops.gateway.errors import as_gateway_error
-from llmops.gateway.pipeline import answer_from_cache, complete_chat, finish, stream_chat
+from llmops.gateway.pipeline import answer_from_cache, complete_chat, stream_chat
 from llmops.gateway.planning import plan_chat
+from llmops.gateway.recording import finish
 from llmops.gateway.snapshot import ConfigSnapshot
 from llmops.gateway.validation import validate_chat_request
 

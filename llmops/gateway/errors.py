@@ -8,6 +8,8 @@ from django.core.exceptions import RequestDataTooBig
 from django.http import Http404, HttpResponse
 from rest_framework import exceptions
 
+from routing import upstream
+
 logger = logging.getLogger(__name__)
 
 ERROR_TYPE_BY_STATUS = {
@@ -87,3 +89,17 @@ def openai_exception_handler(exc, context):
     if error.status_code == 401:
         headers["WWW-Authenticate"] = 'Bearer realm="llmops"'
     return error_response(error, headers)
+
+
+def upstream_failure(error: upstream.UpstreamError) -> GatewayError:
+    """What the client is told when the upstream could not answer (after retries and fallbacks)."""
+    if isinstance(error, upstream.UpstreamTimeout):
+        return GatewayError(error.message, status=504, code=error.code)
+    if isinstance(error, upstream.UpstreamRejected):
+        status = error.upstream_status
+        if status == 429:
+            return GatewayError(error.message, status=429, code="upstream_rate_limited")
+        if status in (400, 404, 409, 413, 422):
+            return GatewayError(error.message, status=400, code="upstream_invalid_request")
+    status = 503 if error.code == "upstream_circuit_open" else 502
+    return GatewayError(error.message, status=status, code=error.code)

@@ -10,23 +10,16 @@ from collections.abc import AsyncIterator
 import orjson
 from django.http import HttpResponse, StreamingHttpResponse
 
-from billing.budgets.reservations import reservation_settle
-from billing.costs import format_cost
-from billing.ledger_stream import ledger_event_append
 from billing.models import CacheStatus
-from billing.services import UsageEvent
-from llmops.db import database_sync_to_async
-from llmops.gateway.call import GatewayCall, Usage
-from llmops.gateway.errors import GatewayError
+from llmops.gateway.call import GatewayCall, Usage, estimated_usage
+from llmops.gateway.errors import upstream_failure
 from llmops.gateway.planning import ChatPlan, refusal_error
-from llmops.metrics import record_request_metrics
+from llmops.gateway.recording import finish
 from routing import upstream
 from routing.cache.store import CacheHit, CacheRequest, cache_lookup, cache_store
 from routing.catalog import ModelEntry
 from routing.guard import SecretEchoBlocked, guard_answer
 from routing.resilience import FallbackResult, RetryPolicy, call_with_fallbacks
-from routing.tokens import count_chat_tokens, count_text_tokens
-from tenants.payload_logs import payload_log_record
 
 logger = logging.getLogger(__name__)
 
@@ -35,70 +28,8 @@ RETRY_POLICY = RetryPolicy()
 _pending_writes: set[asyncio.Task] = set()
 
 
-async def record_usage(event: UsageEvent) -> None:
-    """Durable before the response completes: on the Redis ledger stream, or in the database without Redis."""
-    await ledger_event_append(event=event)
-
-
-async def _record_or_defer(call: GatewayCall, event: UsageEvent) -> None:
-    if call.ledger_deferred:
-        call.ledger_event = event
-    else:
-        await record_usage(event)
-
-
-async def finish(
-    call: GatewayCall, *, http_status: int, usage: Usage | None = None, error_code: str = "", answer=None
-) -> None:
-    """Settle the budget reservation with what was really spent, write the ledger row, and the payload log
-    when the tenant keeps one. Once per request: a later call (an error raised after finishing) does nothing."""
-    if call.finished:
-        return
-    call.finished = True
-    event = call.usage_event(http_status=http_status, usage=usage, error_code=error_code)
-    record_request_metrics(event)
-    if call.reservation is not None and not call.reservation.settled:
-        # Settled and recorded at once: one wait on Redis instead of two.
-        remaining, _ = await asyncio.gather(
-            reservation_settle(call.reservation, actual=event.cost_usd), _record_or_defer(call, event)
-        )
-        if remaining is not None:
-            call.budget_remaining_usd = format_cost(remaining)
-    else:
-        await _record_or_defer(call, event)
-    if call.payload_logging and call.request_body is not None:
-        await database_sync_to_async(payload_log_record)(
-            tenant_id=call.principal.tenant_id,
-            request_id=call.request_id,
-            request_body=call.request_body,
-            response_body=answer,
-        )
-
-
-def upstream_failure(error: upstream.UpstreamError) -> GatewayError:
-    """What the client is told when the upstream could not answer (after retries and fallbacks)."""
-    if isinstance(error, upstream.UpstreamTimeout):
-        return GatewayError(error.message, status=504, code=error.code)
-    if isinstance(error, upstream.UpstreamRejected):
-        status = error.upstream_status
-        if status == 429:
-            return GatewayError(error.message, status=429, code="upstream_rate_limited")
-        if status in (400, 404, 409, 413, 422):
-            return GatewayError(error.message, status=400, code="upstream_invalid_request")
-    status = 503 if error.code == "upstream_circuit_open" else 502
-    return GatewayError(error.message, status=status, code=error.code)
-
-
 def _for_model(body: dict, model: ModelEntry) -> dict:
     return {**body, "model": model.upstream_name}
-
-
-def _estimated_usage(body: dict, completion_text: str, model: ModelEntry) -> Usage:
-    return Usage(
-        prompt_tokens=count_chat_tokens(body["messages"], model=model.upstream_name),
-        completion_tokens=count_text_tokens(completion_text, model=model.upstream_name),
-        estimated=True,
-    )
 
 
 async def _call_chain(call: GatewayCall, plan: ChatPlan, attempt) -> FallbackResult:
@@ -124,7 +55,7 @@ async def complete_chat(call: GatewayCall, plan: ChatPlan) -> HttpResponse:
         usage = Usage.from_provider(reply.body["usage"])
     else:
         text = "".join((choice.get("message") or {}).get("content") or "" for choice in reply.body.get("choices") or [])
-        usage = _estimated_usage(plan.body, text, call.served)
+        usage = estimated_usage(plan.body, text, call.served)
     try:
         verdict = guard_answer(reply.body, action=plan.guard_action, known_secrets=_provider_secrets(plan))
     except SecretEchoBlocked as blocked:
@@ -221,7 +152,7 @@ class StreamRelay:
         return True
 
     def _usage(self) -> Usage:
-        return self.usage or _estimated_usage(self.body, "".join(self.content_parts), self.call.served)
+        return self.usage or estimated_usage(self.body, "".join(self.content_parts), self.call.served)
 
     async def _record(self, *, http_status: int, error_code: str = "") -> None:
         self.call.upstream_ms = self.stream.elapsed_ms()
@@ -325,7 +256,7 @@ def _stored_usage(hit: CacheHit, body: dict, model: ModelEntry) -> Usage:
     if isinstance(usage, dict):
         return Usage.from_provider(usage)
     text = "".join((choice.get("message") or {}).get("content") or "" for choice in hit.answer["choices"])
-    return _estimated_usage(body, text, model)
+    return estimated_usage(body, text, model)
 
 
 REPLAY_PIECE_CHARS = 64

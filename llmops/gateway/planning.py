@@ -1,7 +1,7 @@
 """Before the upstream call: route the request, resolve the model chain, enforce caps, run the guard.
 
 Everything here reads the in-memory snapshot; the only I/O is the optional summary call that
-context compression makes through the tenant's default model.
+context compression makes through the tenant's default model, metered in llmops.gateway.summaries.
 """
 
 import logging
@@ -11,22 +11,18 @@ from dataclasses import dataclass
 from llmops.gateway.call import GatewayCall
 from llmops.gateway.errors import GatewayError
 from llmops.gateway.snapshot import ConfigSnapshot
-from routing import upstream
+from llmops.gateway.summaries import metered_summarizer
 from routing.cache.keys import cache_control_from_headers
 from routing.cache.store import CacheRequest, cache_request_prepare
 from routing.caps import apply_token_caps
 from routing.catalog import DEFAULT_MODEL_ALIAS, ModelCatalog, ModelEntry
+from routing.compression import SummaryRefused
 from routing.guard import PromptInjectionBlocked, guard_request
 from routing.policy import RouteDecision, RouteRequest, RoutingRefusal, route_request, route_request_from_body
 from routing.tokens import count_chat_tokens
 
 logger = logging.getLogger(__name__)
 
-SUMMARY_INSTRUCTIONS = (
-    "Summarise the following conversation turns in a few sentences. Keep names, numbers, decisions "
-    "and open questions. Answer with the summary only."
-)
-SUMMARY_MAX_TOKENS = 300
 TAGS_HEADER = "x-llmops-tags"
 MAX_TAGS = 10
 MAX_TAG_LENGTH = 64
@@ -120,32 +116,6 @@ def _counting_model(catalog: ModelCatalog, tenant_id: int, requested: str) -> st
     return entry.upstream_name if entry else requested
 
 
-def _summarizer(catalog: ModelCatalog, call: GatewayCall):
-    """Summaries of dropped turns come from the tenant's default (small) model."""
-    default_name = catalog.access_for(call.principal.tenant_id).default_model
-    summary_model = catalog.models.get(default_name or "")
-    if summary_model is None:
-        return None
-
-    async def summarize(messages: list[dict]) -> str:
-        transcript = "\n".join(f"{m.get('role')}: {m.get('content')}" for m in messages)
-        reply = await upstream.chat_completion(
-            summary_model.provider,
-            {
-                "model": summary_model.upstream_name,
-                "messages": [
-                    {"role": "system", "content": SUMMARY_INSTRUCTIONS},
-                    {"role": "user", "content": transcript},
-                ],
-                "max_tokens": SUMMARY_MAX_TOKENS,
-                "temperature": 0,
-            },
-        )
-        return reply.body["choices"][0]["message"]["content"] or ""
-
-    return summarize
-
-
 async def plan_chat(snapshot: ConfigSnapshot, call: GatewayCall, body: dict, headers: Mapping[str, str]) -> ChatPlan:
     catalog = snapshot.catalog
     tenant_id = call.principal.tenant_id
@@ -174,7 +144,7 @@ async def plan_chat(snapshot: ConfigSnapshot, call: GatewayCall, body: dict, hea
             upstream_body,
             decision=decision,
             model=served.upstream_name,
-            summarize=_summarizer(catalog, call),
+            summarize=metered_summarizer(snapshot, call),
             namespace=str(tenant_id),
         )
         call.prompt_tokens_before_compression = capped.prompt_tokens_before
@@ -184,6 +154,8 @@ async def plan_chat(snapshot: ConfigSnapshot, call: GatewayCall, body: dict, hea
     except RoutingRefusal as refusal:
         call.injection_flagged = isinstance(refusal, PromptInjectionBlocked)
         raise refusal_error(refusal) from refusal
+    except SummaryRefused as refused:
+        raise refused.reason from refused
     cache = cache_request_prepare(
         tenant_id=tenant_id,
         served_model=served.name,

@@ -9,9 +9,17 @@ NUMBER_RANGES = {
     "presence_penalty": (-2.0, 2.0),
     "frequency_penalty": (-2.0, 2.0),
 }
-POSITIVE_INT_FIELDS = ("max_tokens", "max_completion_tokens", "n")
+POSITIVE_INT_FIELDS = ("max_tokens", "max_completion_tokens", "n", "best_of")
+CHOICE_FIELDS = ("n", "best_of")
 MAX_TOKENS_LIMIT = 1_000_000
 MAX_CHOICES = 128
+# Parameters billed beyond the catalog's token prices (audio output, web search calls, priority processing): a
+# budget could not bound what they cost, so they are refused rather than passed through.
+UNPRICED_PARAMETERS = {
+    "audio": "audio output is billed at audio token prices the catalog does not hold",
+    "web_search_options": "web search is billed per search call, which the catalog does not price",
+}
+UNPRICED_SERVICE_TIERS = frozenset({"priority"})
 
 
 def _is_int(value) -> bool:
@@ -110,7 +118,7 @@ def validate_chat_request(body) -> dict:
             continue
         if not _is_int(value):
             raise _type_error(field, "an integer", value)
-        upper = MAX_CHOICES if field == "n" else MAX_TOKENS_LIMIT
+        upper = MAX_CHOICES if field in CHOICE_FIELDS else MAX_TOKENS_LIMIT
         if not 1 <= value <= upper:
             raise invalid_request(
                 f"Invalid value for '{field}': {value}. It must be between 1 and {upper}.",
@@ -132,4 +140,24 @@ def validate_chat_request(body) -> dict:
     metadata = body.get("metadata")
     if metadata is not None and not isinstance(metadata, dict):
         raise _type_error("metadata", "an object", metadata)
+    _refuse_unpriced(body)
     return body
+
+
+def _unsupported(param: str, why: str) -> Exception:
+    return invalid_request(
+        f"'{param}' is not supported by this gateway: {why}, so its cost could not be held within budgets.",
+        param=param,
+        code="unsupported_parameter",
+    )
+
+
+def _refuse_unpriced(body: dict) -> None:
+    for param, why in UNPRICED_PARAMETERS.items():
+        if body.get(param) is not None:
+            raise _unsupported(param, why)
+    modalities = body.get("modalities")
+    if isinstance(modalities, list) and "audio" in modalities:
+        raise _unsupported("modalities", UNPRICED_PARAMETERS["audio"])
+    if body.get("service_tier") in UNPRICED_SERVICE_TIERS:
+        raise _unsupported("service_tier", f"the {body['service_tier']} tier is billed above the catalog's prices")

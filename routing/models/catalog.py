@@ -58,6 +58,12 @@ class Model(models.Model):
     provider = models.ForeignKey(Provider, on_delete=models.PROTECT, related_name="models")
     upstream_name = models.CharField(max_length=128)
     context_window = models.PositiveIntegerField(default=128_000)
+    max_output_tokens = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="The most completion tokens one answer can have. Budgets reserve it for a request that sets no "
+        "max_tokens; blank reserves LLMOPS_RESERVATION_MAX_TOKENS and sends that as max_tokens.",
+    )
     supports_tools = models.BooleanField(default=True, help_text="Takes `tools` / function calling.")
     supports_images = models.BooleanField(default=True, help_text="Takes image content parts.")
     input_price_per_million = models.DecimalField(**PRICE_FIELD)

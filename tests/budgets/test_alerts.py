@@ -9,9 +9,9 @@ from django.core.exceptions import ValidationError
 from moto import mock_aws
 
 from billing.alerts.channels import SIGNATURE_HEADER, TIMESTAMP_HEADER, webhook_signature
-from billing.alerts.services import alert_channel_create
+from billing.alerts.services import AlertNotYet, alert_channel_create, alert_delivery_attempt
 from billing.budgets.index import build_budget_index
-from billing.budgets.reservations import budget_reserve, reservation_settle
+from billing.budgets.reservations import BudgetExceeded, budget_reserve, reservation_settle
 from billing.budgets.services import budget_create
 from billing.budgets.thresholds import threshold_alerts_wait
 from billing.models import AlertDelivery, BudgetAlert, ChannelKind, DeliveryStatus
@@ -25,7 +25,7 @@ def test_email_alert_is_sent_exactly_once_under_duplicated_and_retried_tasks(liv
     channel = alert_channel_create(
         tenant=live_org.tenant, name="on-call", kind=ChannelKind.EMAIL, target="oncall@example.com"
     )
-    budget = budget_create(tenant=live_org.tenant, limit_usd=Decimal("100"), channels=[channel])
+    budget = budget_create(tenant=live_org.tenant, limit_usd=Decimal("100"), channels=[channel], thresholds=[80, 100])
     # Many replicas noticed the same crossing at once, and the broker redelivered some of their tasks.
     threads = [
         threading.Thread(target=budget_threshold_alert, args=(budget.pk, "2026-11", 80, 81 * UNITS)) for _ in range(8)
@@ -63,7 +63,7 @@ def test_webhook_is_signed_and_retried_until_it_lands(org, receiver, eager_retri
     channel = alert_channel_create(
         tenant=org.tenant, name="hook", kind=ChannelKind.WEBHOOK, target=f"{url}/hook", signing_secret="s3cret"
     )
-    budget = budget_create(tenant=org.tenant, limit_usd=Decimal("10"), channels=[channel])
+    budget = budget_create(tenant=org.tenant, limit_usd=Decimal("10"), channels=[channel], thresholds=[80])
     with django_capture_on_commit_callbacks(execute=True):
         budget_threshold_alert(budget.pk, "2026-11", 80, 8 * UNITS)
     delivery = AlertDelivery.objects.get()
@@ -110,7 +110,7 @@ def test_sns_alert_is_published_to_the_topic(org, django_capture_on_commit_callb
     queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
     sns.subscribe(TopicArn=topic_arn, Protocol="sqs", Endpoint=queue_arn)
     channel = alert_channel_create(tenant=org.tenant, name="sns", kind=ChannelKind.SNS, target=topic_arn)
-    budget = budget_create(tenant=org.tenant, limit_usd=Decimal("10"), channels=[channel])
+    budget = budget_create(tenant=org.tenant, limit_usd=Decimal("10"), channels=[channel], thresholds=[100])
     with django_capture_on_commit_callbacks(execute=True):
         budget_threshold_alert(budget.pk, "2026-11", 100, 10 * UNITS)
     [message] = sqs.receive_message(QueueUrl=queue_url)["Messages"]
@@ -159,3 +159,43 @@ def test_settles_crossing_thresholds_alert_once_each(live_org, mailoutbox, redis
         (100, Decimal("10.5")),
     ]
     assert len(mailoutbox) == 3
+
+
+def test_a_refused_reservation_raises_no_alert(live_org, redis_counters):
+    budget_create(tenant=live_org.tenant, limit_usd=Decimal("1"))
+    budgets = build_budget_index().applicable(live_org.tenant.pk, live_org.team.pk, live_org.api_key.pk, "m")
+    now = datetime(2026, 11, 27, 12, tzinfo=UTC)
+
+    with pytest.raises(BudgetExceeded):
+        run(budget_reserve(budgets=budgets, amount=Decimal(2), request_id="r", now=now))
+    threshold_alerts_wait()
+
+    assert not BudgetAlert.objects.exists()
+
+
+def test_a_higher_threshold_noticed_first_still_goes_out_after_the_lower_ones(org, receiver):
+    app, url = receiver
+    channel = alert_channel_create(tenant=org.tenant, name="slack", kind=ChannelKind.SLACK, target=f"{url}/slack")
+    budget = budget_create(tenant=org.tenant, limit_usd=Decimal("10"), channels=[channel])
+
+    budget_threshold_alert(budget.pk, "2026-11", 100, 10 * UNITS)  # the process that saw 100% was quicker
+    budget_threshold_alert(budget.pk, "2026-11", 80, 8 * UNITS)
+    budget_threshold_alert(budget.pk, "2026-11", 50, 5 * UNITS)
+
+    assert list(BudgetAlert.objects.order_by("pk").values_list("threshold", flat=True)) == [50, 80, 100]
+    deliveries = {delivery.budget_alert.threshold: delivery for delivery in AlertDelivery.objects.all()}
+    with pytest.raises(AlertNotYet):
+        alert_delivery_attempt(delivery_id=deliveries[100].pk)
+    for threshold in (50, 80, 100):
+        alert_delivery_attempt(delivery_id=deliveries[threshold].pk)
+    subjects = [json.loads(request.body)["text"].split("\n")[0] for request in app.received]
+    assert [subject.rsplit(" ", 1)[-1] for subject in subjects] == ["50%*", "80%*", "100%*"]
+
+
+def test_small_amounts_are_written_with_places_enough_to_be_seen(live_org, mailoutbox):
+    channel = alert_channel_create(tenant=live_org.tenant, name="mail", kind=ChannelKind.EMAIL, target="a@example.com")
+    budget = budget_create(tenant=live_org.tenant, limit_usd=Decimal("0.00005"), channels=[channel], thresholds=[100])
+
+    budget_threshold_alert(budget.pk, "2026-11", 100, 523_000)
+
+    assert "$0.000052 of $0.000050" in mailoutbox[0].body

@@ -97,6 +97,15 @@ def test_an_injected_spend_spike_is_flagged_with_its_numbers_and_alerted(
     assert any("spend (usd) spike (hour)" in mail.subject.lower() for mail in mailoutbox)
     # The next run over the same window stores and sends nothing again.
     assert tenant_anomalies_detect(tenant=org.tenant, now=NOW) == []
+    # An hour later the day window still holds the spike: the same episode, stored again but not alerted again.
+    sent = AlertDelivery.objects.count()
+    with django_capture_on_commit_callbacks(execute=True):
+        later = tenant_anomalies_detect(tenant=org.tenant, now=NOW + timedelta(hours=1))
+    assert {(anomaly.team_id, anomaly.window) for anomaly in later if anomaly.metric == AnomalyMetric.SPEND} == {
+        (None, AnomalyWindow.DAY),
+        (org.team.pk, AnomalyWindow.DAY),
+    }
+    assert AlertDelivery.objects.count() == sent
 
 
 def test_an_error_burst_is_flagged_as_error_rate_spike_and_tokens_per_request_drop(org):

@@ -1,14 +1,19 @@
+from datetime import timedelta
 from decimal import Decimal
 
 import pytest
+from django.utils import timezone
 
 from billing.alerts.services import alert_channel_create
+from billing.budgets.index import build_budget_index
+from billing.budgets.reservations import budget_reserve
 from billing.budgets.services import budget_create
-from billing.models import Budget
+from billing.models import Budget, UsageRecord
 from tenants.models import Role
 from tenants.services import membership_set
 from tests.budgets.conftest import make_org
 from tests.factories import UserFactory
+from tests.loops import run
 
 
 @pytest.fixture
@@ -116,3 +121,29 @@ def test_a_tenant_param_that_is_not_one_of_yours_answers_404(client, org, globex
     client.force_login(member(org, Role.OWNER))
 
     assert client.get("/api/budgets/", {"tenant": tenant}).status_code == 404
+
+
+def test_the_current_period_shows_spent_reserved_and_remaining(client, admin_client, org, redis_counters):
+    budget = budget_create(tenant=org.tenant, limit_usd=Decimal(10))
+    UsageRecord.objects.create(
+        request_id="spent",
+        tenant=org.tenant,
+        team=org.team,
+        api_key=org.api_key,
+        cost_usd=Decimal("1.5"),
+        http_status=200,
+        created_at=timezone.now() - timedelta(seconds=5),
+    )
+    budgets = build_budget_index().applicable(org.tenant.pk, org.team.pk, org.api_key.pk, "m")
+    run(budget_reserve(budgets=budgets, amount=Decimal(2), request_id="in-flight", now=timezone.now()))
+    client.force_login(member(org, Role.OWNER))
+
+    current = client.get(f"/api/budgets/{budget.pk}/").json()["current_period"]
+    listed = admin_client.get("/admin/billing/budget/").content.decode()
+
+    assert (current["spent_usd"], current["reserved_usd"], current["remaining_usd"]) == (
+        "1.5000000000",
+        "2.0000000000",
+        "6.5000000000",
+    )
+    assert "spent $1.50, reserved $2.00, remaining $6.50" in listed

@@ -30,7 +30,7 @@ def test_creates_then_updates_a_team_budget_and_prints_its_spend(org):
     assert (budget.scope, budget.team, budget.limit_usd, budget.action) == (BudgetScope.TEAM, org.team, 20, "block")
     assert budget.thresholds == [50, 80, 100]
     assert output.startswith(f"Created budget {budget.pk}: acme team acme-support, month limit $20.0000000000")
-    assert "spent $1.2500000000, remaining $18.7500000000" in output
+    assert "spent $1.2500000000, reserved $0.0000000000 by requests in flight, remaining $18.7500000000" in output
 
     output = budget_set(
         "--tenant", "acme", "--team", "acme-support", "--period", "month", "--limit-usd", "30",

@@ -1,57 +1,282 @@
+"""Counters start from the truth: the ledger's spend in the period (the stream's backlog included, each record once)
+plus the reservations in flight, for a new budget, a changed one, and a counter that went missing."""
+
+import asyncio
+import threading
+import time
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
+from django.db import connection, transaction
 
+from billing.budgets.counters import BudgetHold
 from billing.budgets.index import build_budget_index
-from billing.budgets.reservations import budget_reserve, reservation_settle
-from billing.budgets.services import budget_counter_check, budget_counters_check, budget_counters_rebuild, budget_create
-from billing.models import BudgetScope, UsageRecord
+from billing.budgets.periods import budget_window
+from billing.budgets.reservations import BudgetExceeded, BudgetUnavailable, budget_reserve, reservation_settle
+from billing.budgets.services import budget_counter_check, budget_counters_rebuild, budget_create, budget_update
+from billing.ledger_stream import STREAM_KEY, ledger_stream_drain, ledger_stream_recover, usage_event_encode
+from billing.models import BudgetCounter, BudgetScope, UsageRecord
+from billing.services import UsageEvent
 from billing.tasks import budget_counters_check as budget_counters_check_task
 from tests.loops import run
 
 NOW = datetime(2026, 11, 27, 12, tzinfo=UTC)
 
 
-def ledger(org, *, cost: str, created_at: datetime, api_key=None):
+def event(org, *, request_id: str, cost: str, created_at: datetime = NOW, api_key=None) -> UsageEvent:
+    api_key = api_key or org.api_key
+    return UsageEvent(
+        request_id=request_id,
+        tenant_id=org.tenant.pk,
+        team_id=api_key.team_id,
+        api_key_id=api_key.pk,
+        created_at=created_at,
+        http_status=200,
+        cost_usd=Decimal(cost),
+    )
+
+
+def ledger(org, *, cost: str, created_at: datetime = NOW, api_key=None, request_id: str = ""):
+    found = event(org, request_id=request_id or f"r-{UsageRecord.objects.count()}", cost=cost, created_at=created_at)
     api_key = api_key or org.api_key
     UsageRecord.objects.create(
-        request_id=f"r-{UsageRecord.objects.count()}",
+        request_id=found.request_id,
         tenant=org.tenant,
         team=api_key.team,
         api_key=api_key,
-        cost_usd=Decimal(cost),
+        cost_usd=found.cost_usd,
         http_status=200,
         created_at=created_at,
     )
 
 
+def drain(client) -> None:
+    """Play the drainer: move every record in the ledger stream into Postgres."""
+    ledger_stream_recover(client=client, consumer="test")
+    while ledger_stream_drain(client=client, consumer="test"):
+        pass
+
+
+def wait_for_row(request_id: str, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not UsageRecord.objects.filter(request_id=request_id).exists():
+        assert time.monotonic() < deadline, f"{request_id} never reached the ledger"
+        time.sleep(0.05)
+
+
+def entries(org):
+    return build_budget_index().applicable(org.tenant.pk, org.team.pk, org.api_key.pk, "m")
+
+
+def reserve(org, amount: str, request_id: str = "x"):
+    return run(budget_reserve(budgets=entries(org), amount=Decimal(amount), request_id=request_id, now=NOW))
+
+
+def refusal(org, amount: str) -> BudgetExceeded:
+    with pytest.raises(BudgetExceeded) as refused:
+        reserve(org, amount)
+    return refused.value
+
+
+def past_spend(org):
+    ledger(org, cost="1.5", created_at=NOW - timedelta(days=1))
+    ledger(org, cost="0.25", created_at=NOW - timedelta(hours=1))
+    ledger(org, cost="7", created_at=datetime(2026, 10, 31, 23, tzinfo=UTC))  # last month
+    ledger(org, cost="9", api_key=org.other_key)  # another team
+
+
 @pytest.mark.parametrize("backend", ["redis", "database"])
-def test_counters_are_rebuilt_from_the_ledger_and_then_agree(live_org, backend, settings, redis_counters):
+def test_a_new_budget_counts_what_the_period_already_spent(live_org, backend, settings, redis_counters):
     if backend == "database":
         settings.REDIS_URL = ""
+    past_spend(live_org)
+    budget_create(tenant=live_org.tenant, scope=BudgetScope.TEAM, team=live_org.team, limit_usd=Decimal(3))
+
+    refused = refusal(live_org, "2")
+
+    assert (refused.spent_usd, refused.reserved_usd, refused.remaining_usd) == (Decimal("1.75"), 0, Decimal("1.25"))
+    assert (refused.limit_usd, refused.requested_usd) == (Decimal(3), Decimal(2))
+    assert "cannot hold this request's worst case of $2" in str(refused)
+    assert reserve(live_org, "1").remaining_usd == Decimal("0.25")
+
+
+def test_a_budget_created_below_the_period_spend_says_it_is_used_up(live_org, redis_counters):
+    past_spend(live_org)
+    budget_create(tenant=live_org.tenant, scope=BudgetScope.TEAM, team=live_org.team, limit_usd=Decimal("0.05"))
+
+    refused = refusal(live_org, "0.0000001")
+
+    assert (refused.spent_usd, refused.remaining_usd) == (Decimal("1.75"), 0)
+    assert "is used up: $1.7500000000 spent" in str(refused)
+
+
+def test_the_seed_counts_the_stream_backlog_and_drained_records_once_each(live_org, redis_counters):
+    """Records appended to the ledger stream and not drained yet are spend too; one drained but not yet deleted
+    from the stream is in both places and counts once."""
+    ledger(live_org, cost="1", request_id="in-postgres")
+    ledger(live_org, cost="2", request_id="in-both")
+    redis_counters.xadd(STREAM_KEY, {"event": usage_event_encode(event(live_org, request_id="in-both", cost="2"))})
+    redis_counters.xadd(STREAM_KEY, {"event": usage_event_encode(event(live_org, request_id="in-stream", cost="4"))})
+    other_team = event(live_org, request_id="other-team", cost="8", api_key=live_org.other_key)
+    redis_counters.xadd(STREAM_KEY, {"event": usage_event_encode(other_team)})
+    budget_create(tenant=live_org.tenant, scope=BudgetScope.TEAM, team=live_org.team, limit_usd=Decimal(10))
+
+    assert refusal(live_org, "3.5").spent_usd == Decimal(7)
+    assert reserve(live_org, "3").remaining_usd == 0
+
+
+def test_a_changed_budget_is_seeded_again_and_keeps_the_reservations_in_flight(live_org, redis_counters):
     budget = budget_create(tenant=live_org.tenant, scope=BudgetScope.TEAM, team=live_org.team, limit_usd=Decimal(10))
-    ledger(live_org, cost="1.5", created_at=NOW - timedelta(days=1))
-    ledger(live_org, cost="0.25", created_at=NOW - timedelta(hours=1))
-    ledger(live_org, cost="7", created_at=datetime(2026, 10, 31, 23, tzinfo=UTC))  # last month
-    ledger(live_org, cost="9", created_at=NOW, api_key=live_org.other_key)  # another team
-    budgets = build_budget_index().applicable(live_org.tenant.pk, live_org.team.pk, live_org.api_key.pk, "m")
+    in_flight = reserve(live_org, "2", request_id="in-flight")
+    ledger(live_org, cost="3")  # spend the counter never saw (recorded while it was not there)
 
-    async def one_request():
-        reservation = await budget_reserve(budgets=budgets, amount=Decimal(2), request_id="x", now=NOW)
-        await reservation_settle(reservation, actual=Decimal("0.5"))
+    budget_update(budget=budget, limit_usd=Decimal(6))
+    refused = refusal(live_org, "1.5")
 
-    run(one_request())  # counted, but (in this test) never written to the ledger
+    assert (refused.spent_usd, refused.reserved_usd, refused.remaining_usd) == (3, 2, 1)
+    # The request in flight settles into the new counter: its reservation goes, its cost stays.
+    run(reservation_settle(in_flight, actual=Decimal("0.5"), event=event(live_org, request_id="in-flight", cost="0.5")))
+    assert reserve(live_org, "2.5").remaining_usd == 0
+
+
+def test_a_flushed_counter_is_seeded_again_before_the_next_request(live_org, redis_counters):
+    budget_create(tenant=live_org.tenant, scope=BudgetScope.TEAM, team=live_org.team, limit_usd=Decimal(5))
+    first = reserve(live_org, "4", request_id="first")
+    run(reservation_settle(first, actual=Decimal(4), event=event(live_org, request_id="first", cost="4")))
+    drain(redis_counters)
+    wait_for_row("first")  # a drainer of the session may hold it instead of this test's
+    in_flight = reserve(live_org, "1", request_id="in-flight")
+
+    redis_counters.flushdb()
+
+    assert refusal(live_org, "1.5").spent_usd == Decimal(4)
+    # The reservation made before the flush is not in the new counter, and its settle takes nothing from it.
+    late = event(live_org, request_id="in-flight", cost="0.25")
+    run(reservation_settle(in_flight, actual=Decimal("0.25"), event=late))
+    assert reserve(live_org, "0.75").remaining_usd == 0
+
+
+def test_settles_racing_with_reseeds_are_counted_exactly_once(live_org, redis_counters):
+    """Requests settle (appending to the ledger stream) while the counter is seeded again and again and a drainer
+    moves the stream into Postgres: at the end the counter equals the ledger."""
+    budget = budget_create(tenant=live_org.tenant, scope=BudgetScope.TEAM, team=live_org.team, limit_usd=Decimal(1000))
+    stop = threading.Event()
+    seeds = []
+
+    def reseed():
+        while not stop.is_set():
+            seeds.append(budget_counters_rebuild(budget=budget, now=NOW))
+
+    def drain_continuously():
+        while not stop.is_set():
+            ledger_stream_drain(client=redis_counters, consumer="test", batch_size=7)
+
+    budgets = entries(live_org)
+    costs = [Decimal(number % 7 + 1) / 100 for number in range(600)]
+    events = [event(live_org, request_id=f"q{number}", cost=str(cost)) for number, cost in enumerate(costs)]
+
+    async def requests():
+        async def one(number: int):
+            reservation = await budget_reserve(budgets=budgets, amount=Decimal(1), request_id=f"q{number}", now=NOW)
+            await asyncio.sleep(0.001 * (number % 5))
+            await reservation_settle(reservation, actual=costs[number], event=events[number])
+
+        for start in range(0, len(costs), 60):
+            await asyncio.gather(*(one(number) for number in range(start, start + 60)))
+
+    workers = [threading.Thread(target=reseed), threading.Thread(target=drain_continuously)]
+    for worker in workers:
+        worker.start()
+    try:
+        run(requests())
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join()
+    drain(redis_counters)
+
+    expected = sum(costs, Decimal(0))
+    assert len(seeds) > 3
     check = budget_counter_check(budget=budget, now=NOW)
-    assert (check.counted_usd, check.ledger_usd, check.agrees) == (Decimal("0.5"), Decimal("1.75"), False)
-    assert [found.budget_id for found in budget_counters_check(now=NOW)] == [budget.pk]
+    assert (check.counted_usd, check.ledger_usd) == (expected, expected)
+    hold = BudgetHold(entry=budgets[0], window=budget_window(period="month", zone=UTC, now=NOW))
+    assert int(redis_counters.hget(hold.redis_key, "reserved")) == 0
 
-    assert budget_counters_rebuild(budget=budget, now=NOW) == Decimal("1.75")
+
+def test_a_request_that_settles_while_the_counter_is_seeded_counts_once(live_org, redis_counters):
+    """The seed is held inside its ledger query (the table locked) while a request settles: that cost reaches the
+    counter through the pending hash, not twice and not never; its record is appended after the seed's boundary."""
+    budget = budget_create(tenant=live_org.tenant, scope=BudgetScope.TEAM, team=live_org.team, limit_usd=Decimal(10))
+    ledger(live_org, cost="1")
+    budgets = entries(live_org)
+    hold = BudgetHold(entry=budgets[0], window=budget_window(period="month", zone=UTC, now=NOW))
+    in_flight = reserve(live_org, "2", request_id="late")
+    seeded = []
+
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("LOCK TABLE billing_usagerecord IN ACCESS EXCLUSIVE MODE")
+        seeder = threading.Thread(target=lambda: seeded.append(budget_counters_rebuild(budget=budget, now=NOW)))
+        seeder.start()
+        while redis_counters.hget(hold.redis_key, "seeding") is None:
+            time.sleep(0.005)
+        run(reservation_settle(in_flight, actual=Decimal("0.5"), event=event(live_org, request_id="late", cost="0.5")))
+    seeder.join()
+    drain(redis_counters)
+
+    assert seeded == [Decimal("1.5")]
+    assert budget_counter_check(budget=budget, now=NOW).counted_usd == Decimal("1.5")
+    assert int(redis_counters.hget(hold.redis_key, "reserved")) == 0
+
+
+def test_a_counter_that_cannot_be_seeded_answers_unavailable_and_is_let_go(live_org, redis_counters):
+    """The ledger cannot be read (here: locked longer than the seeder's lock_timeout): the request is refused as
+    unavailable (503), never admitted, and the counter is not left marked as being seeded."""
+    budget_create(tenant=live_org.tenant, scope=BudgetScope.TEAM, team=live_org.team, limit_usd=Decimal(10))
+    budgets = entries(live_org)
+    hold = BudgetHold(entry=budgets[0], window=budget_window(period="month", zone=UTC, now=NOW))
+    options = connection.settings_dict["OPTIONS"]
+    previous = options.get("options")
+    options["options"] = "-c lock_timeout=200"  # for the seeder thread's new connection
+    try:
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute("LOCK TABLE billing_usagerecord IN ACCESS EXCLUSIVE MODE")
+            with pytest.raises(BudgetUnavailable):
+                reserve(live_org, "1")
+    finally:
+        if previous is None:
+            options.pop("options")
+        else:
+            options["options"] = previous
+
+    assert redis_counters.hget(hold.redis_key, "seeding") is None
+    assert reserve(live_org, "1").remaining_usd == Decimal(9)
+
+
+def test_the_database_backend_writes_the_ledger_row_with_the_settle(live_org, no_redis):
+    budget = budget_create(tenant=live_org.tenant, scope=BudgetScope.TEAM, team=live_org.team, limit_usd=Decimal(2))
+    ledger(live_org, cost="0.5")
+    reservation = reserve(live_org, "1", request_id="a")
+    run(reservation_settle(reservation, actual=Decimal("0.75"), event=event(live_org, request_id="a", cost="0.75")))
+
+    counter = BudgetCounter.objects.get(budget=budget)
+    assert (counter.spent_usd, counter.reserved_usd) == (Decimal("1.25"), 0)
+    assert UsageRecord.objects.get(request_id="a").cost_usd == Decimal("0.75")
     assert budget_counter_check(budget=budget, now=NOW).agrees
-    assert budget_counters_check(now=NOW) == []
 
 
-def test_the_nightly_task_reports_disagreeing_counters(live_org, redis_counters):
-    budget_create(tenant=live_org.tenant, limit_usd=Decimal(10))
-    ledger(live_org, cost="1", created_at=datetime.now(UTC) - timedelta(seconds=1))
+@pytest.mark.parametrize("backend", ["redis", "database"])
+def test_the_nightly_check_repairs_a_counter_that_disagrees(live_org, backend, settings, redis_counters):
+    if backend == "database":
+        settings.REDIS_URL = ""
+    budget = budget_create(tenant=live_org.tenant, limit_usd=Decimal(10))
+    now = datetime.now(UTC)
+    ledger(live_org, cost="1", created_at=now - timedelta(seconds=1))
+    run(budget_reserve(budgets=entries(live_org), amount=Decimal(1), request_id="x", now=now))
+    ledger(live_org, cost="2", created_at=now - timedelta(seconds=1))  # written behind the counter's back
+
+    assert budget_counter_check(budget=budget, now=now).counted_usd == Decimal(1)
     assert budget_counters_check_task() == 1
+
+    assert budget_counter_check(budget=budget, now=now).counted_usd == Decimal(3)
+    assert budget_counters_check_task() == 0

@@ -1,6 +1,7 @@
 from datetime import UTC, datetime
 from decimal import Decimal
 
+from billing.models import UsageKind
 from billing.services import UsageEvent
 from llmops.metrics import MAX_MODEL_LABELS, record_request_metrics
 
@@ -54,6 +55,21 @@ def test_metrics_endpoint_exposes_request_counters_and_histograms(client):
     assert delta("llmops_upstream_errors_total") == 1
     assert delta("llmops_budget_rejections_total") == 1
     assert delta("llmops_request_latency_seconds_bucket", le="0.25") == 4
+    assert delta("llmops_cost_usd_total") > 0
+
+
+def test_a_compression_summary_counts_its_tokens_and_cost_but_is_no_request(client):
+    labels = {"tenant": "4243", "model": "metrics-small"}
+    before = client.get("/metrics").content.decode()
+    record_request_metrics(event(tenant_id=4243, kind=UsageKind.COMPRESSION_SUMMARY, parent_request_id="req-parent"))
+    text = client.get("/metrics").content.decode()
+
+    def delta(name, **extra):
+        return sample(text, name, **labels, **extra) - sample(before, name, **labels, **extra)
+
+    assert delta("llmops_requests_total", status_class="2xx") == 0
+    assert delta("llmops_request_latency_seconds_bucket", le="0.25") == 0
+    assert delta("llmops_prompt_tokens_total") == 11
     assert delta("llmops_cost_usd_total") > 0
 
 

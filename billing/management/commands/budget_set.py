@@ -73,5 +73,6 @@ class Command(BaseCommand):
         )
         self.stdout.write(
             f"Period {current.window.key} ({tenant.time_zone}, until {current.window.end.isoformat()}): "
-            f"spent ${format_cost(current.spent_usd)}, remaining ${format_cost(current.remaining_usd)}"
+            f"spent ${format_cost(current.spent_usd)}, reserved ${format_cost(current.reserved_usd)} "
+            f"by requests in flight, remaining ${format_cost(current.remaining_usd)}"
         )

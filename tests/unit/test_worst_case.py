@@ -1,0 +1,172 @@
+"""The worst case a budget reserves: every choice, the model's maximum output, the dearest model of the chain;
+the max_tokens a refusal offers; and the parameters whose cost no budget could bound."""
+
+from datetime import UTC, datetime
+from decimal import Decimal
+from zoneinfo import ZoneInfo
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from billing.budgets.index import BudgetEntry
+from billing.budgets.periods import budget_window
+from billing.budgets.reservations import BudgetExceeded, usd_to_units
+from billing.costs import usage_cost
+from llmops.gateway.errors import GatewayError
+from llmops.gateway.validation import validate_chat_request
+from llmops.gateway.worst_case import OutputBound, budget_refusal, chain_worst_case, fitting_max_tokens
+from routing.catalog import ModelEntry, ModelPrices, ProviderEntry
+
+PROVIDER = ProviderEntry(name="p", kind="openai", base_url="http://127.0.0.1:9", api_key="", timeout_seconds=1)
+SMALL = ModelPrices(Decimal("0.15"), Decimal("0.075"), Decimal("0.60"))
+LARGE = ModelPrices(Decimal("2.50"), Decimal("1.25"), Decimal("10.00"))
+FALLBACK = 4096
+NOW = datetime(2026, 12, 4, 15, 0, tzinfo=UTC)
+
+
+def model(name: str, prices: ModelPrices = SMALL, max_output: int | None = None) -> ModelEntry:
+    return ModelEntry(
+        name=name, upstream_name="gpt-4o-mini", provider=PROVIDER, prices=prices, context_window=128_000,
+        max_output_tokens=max_output,
+    )  # fmt: skip
+
+
+prices = st.tuples(*[st.decimals(min_value=0, max_value=100, places=6) for _ in range(3)]).map(
+    lambda three: ModelPrices(*three)
+)
+
+
+@given(
+    prompt=st.integers(0, 500_000),
+    choices=st.integers(1, 128),
+    max_tokens=st.integers(1, 100_000),
+    chain_prices=st.lists(prices, min_size=1, max_size=4),
+    generated=st.data(),
+)
+def test_no_bill_the_upstream_may_send_exceeds_the_worst_case(prompt, choices, max_tokens, chain_prices, generated):
+    chain = [model(f"m{i}", p) for i, p in enumerate(chain_prices)]
+    bound = OutputBound(max_tokens=max_tokens, choices=choices)
+    worst = chain_worst_case(chain, prompt_tokens=prompt, bound=bound, fallback=FALLBACK)
+
+    served = generated.draw(st.sampled_from(chain))
+    completion = generated.draw(st.integers(0, choices * max_tokens))
+    billed = usage_cost(prices=served.prices, prompt_tokens=prompt, cached_tokens=0, completion_tokens=completion)
+
+    assert billed <= worst
+    # ...and the bill of every choice running to max_tokens on the dearest model is exactly the worst case.
+    assert worst == max(
+        usage_cost(prices=m.prices, prompt_tokens=prompt, cached_tokens=0, completion_tokens=choices * max_tokens)
+        for m in chain
+    )
+
+
+def test_n_multiplies_the_output_and_the_prompt_is_billed_once():
+    one = chain_worst_case([model("s")], prompt_tokens=1_000, bound=OutputBound(100), fallback=FALLBACK)
+    many = chain_worst_case([model("s")], prompt_tokens=1_000, bound=OutputBound(100, choices=128), fallback=FALLBACK)
+
+    # 1,000 * 0.15/1M + 100 * 0.60/1M, then with 128 * 100 completion tokens.
+    assert (one, many) == (Decimal("0.00021"), Decimal("0.00783"))
+
+
+def test_without_max_tokens_the_models_maximum_output_is_reserved_else_the_setting():
+    known, unknown = model("known", max_output=16_384), model("unknown")
+    bound = OutputBound(max_tokens=None, choices=2)
+
+    assert bound.completion_tokens(known, fallback=FALLBACK) == 2 * 16_384
+    assert bound.completion_tokens(unknown, fallback=FALLBACK) == 2 * FALLBACK
+    # A max_tokens over what the model can produce bills no more than the model's maximum.
+    assert OutputBound(max_tokens=50_000).completion_tokens(known, fallback=FALLBACK) == 16_384
+
+
+def test_n_best_of_and_prediction_are_read_from_the_body():
+    body = {"n": 3, "best_of": 5, "max_completion_tokens": 40, "prediction": {"content": "hello world"}}
+
+    bound = OutputBound.of(body, model="gpt-4o-mini")
+
+    assert (bound.max_tokens, bound.choices, bound.predicted_tokens) == (40, 5, 2)
+    assert bound.completion_tokens(model("s"), fallback=FALLBACK) == 5 * (40 + 2)
+    assert OutputBound.of({"messages": []}, model="gpt-4o-mini") == OutputBound(max_tokens=None)
+
+
+@given(
+    prompt=st.integers(0, 200_000),
+    choices=st.integers(1, 128),
+    max_tokens=st.integers(2, 50_000),
+    available=st.decimals(min_value=0, max_value=5, places=10),
+)
+def test_the_max_tokens_a_refusal_offers_is_the_largest_that_fits(prompt, choices, max_tokens, available):
+    chain = [model("small"), model("large", LARGE, max_output=30_000)]
+    bound = OutputBound(max_tokens=max_tokens, choices=choices)
+
+    fitting = fitting_max_tokens(chain, prompt_tokens=prompt, bound=bound, fallback=FALLBACK, available=available)
+
+    def worst(m: int) -> Decimal:
+        return chain_worst_case(chain, prompt_tokens=prompt, bound=OutputBound(m, choices), fallback=FALLBACK)
+
+    if fitting is None:
+        assert worst(1) > available or max_tokens == 1
+    else:
+        assert 1 <= fitting < max_tokens
+        assert worst(fitting) <= available
+        assert fitting == max_tokens - 1 or worst(fitting + 1) > available
+
+
+def exceeded(*, limit: str, spent: str, reserved: str, requested: str) -> BudgetExceeded:
+    entry = BudgetEntry(
+        budget_id=7, tenant_id=1, scope="key", team_id=None, key_id=3, model_name="", period="day",
+        limit_usd=Decimal(limit), thresholds=(80, 100), action="block", zone=ZoneInfo("UTC"),
+    )  # fmt: skip
+    return BudgetExceeded(
+        entry=entry,
+        window=budget_window(period="day", zone=ZoneInfo("UTC"), now=NOW),
+        now=NOW,
+        spent_units=usd_to_units(Decimal(spent)),
+        reserved_units=usd_to_units(Decimal(reserved)),
+        requested_units=usd_to_units(Decimal(requested)),
+    )
+
+
+def test_a_refusal_of_a_spent_budget_says_it_is_spent():
+    error = budget_refusal(exceeded(limit="0.01", spent="0.0100123", reserved="0", requested="0.0003"))
+
+    assert error.status_code == 429 and error.code == "budget_exceeded"
+    assert error.message == (
+        "Budget 7 (key, day 2026-12-04) of $0.01 is used up: $0.0100123000 spent. "
+        "It resets at 2026-12-05T00:00:00+00:00."
+    )
+    assert error.headers["Retry-After"] == str(9 * 3600)
+
+
+def test_a_refusal_of_a_worst_case_that_does_not_fit_gives_both_figures_and_the_max_tokens_that_fits():
+    refused = exceeded(limit="0.01", spent="0.0089", reserved="0.0001", requested="1.15")
+
+    error = budget_refusal(refused, fitting=37, choices=128)
+
+    assert error.message == (
+        "Budget 7 (key, day 2026-12-04) of $0.01 cannot hold this request's worst case of $1.1500000000: "
+        "$0.0089000000 spent, $0.0001000000 reserved by requests in flight, $0.0010000000 remains. "
+        "It resets at 2026-12-05T00:00:00+00:00. With max_tokens=37 per choice (128 choices) it would fit."
+    )
+    none_fits = budget_refusal(refused, fitting=None, choices=1).message
+    assert none_fits.endswith("No max_tokens would fit; send a shorter prompt.")
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"audio": {"voice": "alloy", "format": "wav"}, "modalities": ["text", "audio"]}, "audio"),
+        ({"modalities": ["text", "audio"]}, "modalities"),
+        ({"web_search_options": {}}, "web_search_options"),
+        ({"service_tier": "priority"}, "service_tier"),
+        ({"best_of": 129}, "best_of"),
+        ({"n": 0}, "n"),
+    ],
+)
+def test_parameters_whose_cost_cannot_be_bounded_are_refused(extra, param):
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], **extra}
+
+    with pytest.raises(GatewayError) as refused:
+        validate_chat_request(body)
+
+    assert (refused.value.status_code, refused.value.param) == (400, param)
