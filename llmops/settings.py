@@ -201,8 +201,6 @@ LLMOPS_ENCRYPTION_KEY = env("LLMOPS_ENCRYPTION_KEY", default="")
 # Gateway limits.
 LLMOPS_MAX_BODY_BYTES = env.int("LLMOPS_MAX_BODY_BYTES", default=8 * 1024 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = LLMOPS_MAX_BODY_BYTES
-# How often a process checks whether its configuration snapshot (keys, models, prices) is stale.
-LLMOPS_SNAPSHOT_CHECK_SECONDS = env.float("LLMOPS_SNAPSHOT_CHECK_SECONDS", default=1.0)
 # Response cache (routing/cache). The embedder is a dotted path to a class with .embed(texts) -> float32 vectors;
 # blank turns semantic caching off. A semantic candidate must reach the threshold (cosine similarity), per rule
 # name in LLMOPS_CACHE_RULE_THRESHOLDS ("rule-a=0.9,rule-b=0.85"), else the default.

@@ -1,4 +1,4 @@
-"""The model catalog as plain frozen objects, built once per configuration snapshot."""
+"""The model catalog as plain frozen objects: the shared models and prices, and each tenant's grant of them."""
 
 import logging
 import os
@@ -95,7 +95,25 @@ def provider_credential(provider: Provider) -> str:
         return ""
 
 
-def build_model_catalog() -> ModelCatalog:
+@dataclass(frozen=True, slots=True)
+class ModelGrant:
+    """A tenant's model access as stored (model ids), resolved against the active models when a catalog is composed,
+    so a model renamed, priced or switched off changes no tenant's grant."""
+
+    default_model_id: int | None
+    allowed_model_ids: frozenset[int]
+
+    def resolve(self, models_by_id: dict[int, ModelEntry]) -> TenantAccess:
+        allowed = frozenset(models_by_id[pk].name for pk in self.allowed_model_ids if pk in models_by_id)
+        default = models_by_id.get(self.default_model_id)
+        return TenantAccess(
+            default_model=default.name if default is not None and default.name in allowed else None,
+            allowed_models=allowed,
+        )
+
+
+def build_models_by_id() -> dict[int, ModelEntry]:
+    """The active models of active providers, by primary key: the configuration every tenant shares."""
     providers = {
         provider.pk: ProviderEntry(
             name=provider.name,
@@ -107,8 +125,8 @@ def build_model_catalog() -> ModelCatalog:
         )
         for provider in Provider.objects.filter(is_active=True)
     }
-    models = {
-        model.name: ModelEntry(
+    return {
+        model.pk: ModelEntry(
             name=model.name,
             upstream_name=model.upstream_name,
             provider=providers[model.provider_id],
@@ -125,9 +143,29 @@ def build_model_catalog() -> ModelCatalog:
         )
         for model in Model.objects.filter(is_active=True, provider_id__in=providers)
     }
-    access = {}
-    for row in TenantModelAccess.objects.select_related("default_model").prefetch_related("allowed_models"):
-        allowed = frozenset(m.name for m in row.allowed_models.all() if m.name in models)
-        default = row.default_model.name if row.default_model and row.default_model.name in allowed else None
-        access[row.tenant_id] = TenantAccess(default_model=default, allowed_models=allowed)
-    return ModelCatalog(models=models, access_by_tenant=access)
+
+
+def build_model_grants(*, tenant_id: int | None = None) -> dict[int, ModelGrant]:
+    """Tenant id → its model grant; one tenant's when ``tenant_id`` is given."""
+    rows = TenantModelAccess.objects.prefetch_related("allowed_models")
+    if tenant_id is not None:
+        rows = rows.filter(tenant_id=tenant_id)
+    return {
+        row.tenant_id: ModelGrant(
+            default_model_id=row.default_model_id,
+            allowed_model_ids=frozenset(model.pk for model in row.allowed_models.all()),
+        )
+        for row in rows
+    }
+
+
+def model_catalog_compose(models_by_id: dict[int, ModelEntry], grants: dict[int, ModelGrant]) -> ModelCatalog:
+    return ModelCatalog(
+        models={entry.name: entry for entry in models_by_id.values()},
+        access_by_tenant={tenant_id: grant.resolve(models_by_id) for tenant_id, grant in grants.items()},
+    )
+
+
+def build_model_catalog() -> ModelCatalog:
+    """Every tenant's catalog at once (the policy test console); the gateway composes one tenant's at a time."""
+    return model_catalog_compose(build_models_by_id(), build_model_grants())

@@ -1,9 +1,10 @@
-"""Bearer-key authentication for the gateway, against an in-memory index of keys.
+"""Bearer-key authentication for the gateway, against an in-memory index of a tenant's keys.
 
-The index is built once from the database (``build_key_index``) and held by the caller's
-configuration snapshot, so authenticating a request runs no query.
+The index is built from the database per tenant (``build_key_index``) and held by the caller's
+configuration cache, so authenticating a request runs no query.
 """
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -34,7 +35,8 @@ class KeyPrincipal:
     is_anonymous = False
 
 
-def build_key_index() -> dict[str, KeyPrincipal]:
+def build_key_index(*, tenant_id: int) -> dict[str, KeyPrincipal]:
+    """The tenant's keys by prefix, revoked and expired ones included (they are refused with their reason)."""
     return {
         key.prefix: KeyPrincipal(
             key_id=key.pk,
@@ -49,8 +51,21 @@ def build_key_index() -> dict[str, KeyPrincipal]:
             tenant_active=key.tenant.is_active,
             team_active=key.team.is_active,
         )
-        for key in ApiKey.objects.select_related("tenant", "team")
+        for key in ApiKey.objects.filter(tenant_id=tenant_id).select_related("tenant", "team")
     }
+
+
+def key_tenant_id(*, prefix: str) -> int | None:
+    """Which tenant a key prefix belongs to, for a prefix the caller has not seen yet (a brand-new key)."""
+    return ApiKey.objects.filter(prefix=prefix).values_list("tenant_id", flat=True).first()
+
+
+def bearer_key(authorization: str) -> str | None:
+    """The key of an ``Authorization: Bearer <key>`` header, or None."""
+    scheme, _, raw_key = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not raw_key.strip():
+        return None
+    return raw_key.strip()
 
 
 class InvalidApiKey(exceptions.AuthenticationFailed):
@@ -58,24 +73,23 @@ class InvalidApiKey(exceptions.AuthenticationFailed):
 
 
 class ApiKeyAuthentication(authentication.BaseAuthentication):
-    """Subclasses say where the key index comes from by overriding ``key_index``."""
+    """Authenticates against the keys it is given: those of the tenant the caller's key prefix belongs to."""
 
-    def key_index(self) -> dict[str, KeyPrincipal]:
-        raise NotImplementedError
+    def __init__(self, keys: Mapping[str, KeyPrincipal]):
+        self.keys = keys
 
     def authenticate(self, request):
-        header = request.META.get("HTTP_AUTHORIZATION", "")
-        scheme, _, raw_key = header.partition(" ")
-        if scheme.lower() != "bearer" or not raw_key.strip():
+        raw_key = bearer_key(request.META.get("HTTP_AUTHORIZATION", ""))
+        if raw_key is None:
             raise exceptions.NotAuthenticated(
                 "You didn't provide an API key. Send it as 'Authorization: Bearer YOUR_KEY'."
             )
-        principal = self.principal_for(raw_key.strip())
+        principal = self.principal_for(raw_key)
         return principal, principal
 
     def principal_for(self, raw_key: str) -> KeyPrincipal:
         parsed = parse_key(raw_key)
-        principal = self.key_index().get(parsed.prefix) if parsed else None
+        principal = self.keys.get(parsed.prefix) if parsed else None
         if principal is None or not secret_matches(parsed.secret, principal.secret_hash):
             raise InvalidApiKey(f"Incorrect API key provided: {_masked(raw_key)}.")
         if principal.revoked_at is not None:

@@ -12,7 +12,6 @@ from django.conf import settings
 from django.db import connection
 
 from billing.ledger_stream import STREAM_KEY, ledger_stream_client, ledger_stream_run, ledger_streaming
-from llmops.gateway.snapshot import config_snapshot
 from llmops.mock_upstream import MockUpstream
 from llmops.redis import async_redis, sync_redis
 from routing.models import Model
@@ -147,9 +146,7 @@ def clean_redis():
 @pytest.fixture
 def gateway(gateway_server, transactional_db):
     """The live gateway over loopback HTTP, with data committed where its threads can see it."""
-    config_snapshot.mark_stale()
     yield gateway_server
-    config_snapshot.mark_stale()
 
 
 @dataclass

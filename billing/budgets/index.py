@@ -1,6 +1,6 @@
-"""The active budgets and rate limits as frozen objects, built once per configuration snapshot.
+"""The active budgets and rate limits as frozen objects, built per tenant when its configuration is loaded.
 
-The gateway's snapshot must be rebuilt when a Budget, RateLimit or Tenant (time zone) is saved or deleted.
+The gateway reloads a tenant's when one of its Budget, RateLimit or Tenant (time zone) rows is saved or deleted.
 """
 
 import logging
@@ -101,9 +101,13 @@ def budget_entry(budget: Budget) -> BudgetEntry:
     )
 
 
-def build_budget_index() -> BudgetIndex:
+def build_budget_index(*, tenant_id: int | None = None) -> BudgetIndex:
+    """Every tenant's active budgets, or one tenant's when ``tenant_id`` is given."""
+    budgets = Budget.objects.filter(is_active=True).select_related("tenant").order_by("pk")
+    if tenant_id is not None:
+        budgets = budgets.filter(tenant_id=tenant_id)
     by_tenant: dict[int, list[BudgetEntry]] = {}
-    for budget in Budget.objects.filter(is_active=True).select_related("tenant").order_by("pk"):
+    for budget in budgets:
         by_tenant.setdefault(budget.tenant_id, []).append(budget_entry(budget))
     return BudgetIndex(by_tenant={tenant_id: tuple(entries) for tenant_id, entries in by_tenant.items()})
 
@@ -125,9 +129,13 @@ class RateLimitIndex:
         return [entry for entry in (self.by_key.get(key_id), self.by_team.get(team_id)) if entry is not None]
 
 
-def build_rate_limit_index() -> RateLimitIndex:
+def build_rate_limit_index(*, tenant_id: int | None = None) -> RateLimitIndex:
+    """Every tenant's active rate limits, or one tenant's when ``tenant_id`` is given."""
+    rate_limits = RateLimit.objects.filter(is_active=True).order_by("pk")
+    if tenant_id is not None:
+        rate_limits = rate_limits.filter(tenant_id=tenant_id)
     by_key, by_team = {}, {}
-    for rate_limit in RateLimit.objects.filter(is_active=True).order_by("pk"):
+    for rate_limit in rate_limits:
         if rate_limit.api_key_id:
             by_key[rate_limit.api_key_id] = RateLimitEntry(
                 rate_limit.pk,

@@ -26,7 +26,7 @@ from llmops.gateway.batch_services import CHAT_ENDPOINT, ClaimedLine, line_recor
 from llmops.gateway.call import GatewayCall, Usage
 from llmops.gateway.errors import GatewayError
 from llmops.gateway.planning import plan_chat
-from llmops.gateway.snapshot import config_snapshot
+from llmops.gateway.snapshot import ConfigSnapshot, config_snapshot
 from llmops.metrics import record_request_metrics
 from llmops.redis import async_redis
 from routing.catalog import ProviderEntry
@@ -62,7 +62,7 @@ async def lines_delegate(*, batch: Batch, principal: KeyPrincipal) -> None:
     if not settings.LLMOPS_BATCH_DELEGATE_PROVIDERS:
         return
     claimed = await _db(lines_claim)(batch_id=batch.id, limit=CLAIM_ALL)
-    snapshot = config_snapshot.current
+    snapshot = await config_snapshot.for_tenant(principal.tenant_id)
     groups: dict[str, tuple[ProviderEntry, list[tuple[ClaimedLine, dict, str, str]]]] = {}
     keep = []
     for line in claimed:
@@ -134,7 +134,7 @@ def _mark_delegated(*, batch_id: str, submitted: dict, groups: dict) -> None:
 
 
 async def _poll(batch: Batch, principal: KeyPrincipal) -> None:
-    catalog = config_snapshot.current.catalog
+    catalog = (await config_snapshot.for_tenant(principal.tenant_id)).catalog
     for name, state in batch.provider_batches.items():
         if state["status"] in PROVIDER_DONE:
             continue
@@ -194,7 +194,8 @@ async def _merge(batch: Batch, principal: KeyPrincipal, state: dict, results: li
 
 
 async def _record(batch, principal, line: BatchLine, info: dict, status_code: int, body: dict, multipliers) -> None:
-    served = config_snapshot.current.catalog.models.get(info["served"])
+    snapshot = await config_snapshot.for_tenant(principal.tenant_id)
+    served = snapshot.catalog.models.get(info["served"])
     request_id = line_request_id(batch_id=batch.id, custom_id=line.custom_id, attempt=line.attempt)
     call = GatewayCall(principal=principal, endpoint=BATCH_ENDPOINT, request_id=request_id)
     call.requested_model, call.served, call.route = str(line.body.get("model")), served, info["route"]
@@ -206,7 +207,7 @@ async def _record(batch, principal, line: BatchLine, info: dict, status_code: in
     multiplier = multipliers.get(info["served"], Decimal("0.5"))
     discounted = (event.cost_usd * multiplier).quantize(LEDGER_QUANTUM, rounding=ROUND_HALF_EVEN)
     event.saved_batch_usd, event.cost_usd = event.cost_usd - discounted, discounted
-    await _charge_budgets(principal, info["served"], request_id, discounted)
+    await _charge_budgets(snapshot, principal, info["served"], request_id, discounted)
     record_request_metrics(event)
     claimed = ClaimedLine(id=line.pk, custom_id=line.custom_id, body=line.body, attempt=line.attempt)
     await _db(line_record)(
@@ -220,11 +221,11 @@ async def _record(batch, principal, line: BatchLine, info: dict, status_code: in
     )
 
 
-async def _charge_budgets(principal: KeyPrincipal, model_name: str, request_id: str, amount: Decimal) -> None:
+async def _charge_budgets(
+    snapshot: ConfigSnapshot, principal: KeyPrincipal, model_name: str, request_id: str, amount: Decimal
+) -> None:
     """Add the spend to the budget counters, as settling a reservation of nothing does."""
-    entries = config_snapshot.current.budgets.applicable(
-        principal.tenant_id, principal.team_id, principal.key_id, model_name
-    )
+    entries = snapshot.budgets.applicable(principal.tenant_id, principal.team_id, principal.key_id, model_name)
     if not entries:
         return
     now = timezone.now()

@@ -36,7 +36,7 @@ from llmops.gateway.batch_services import (
 from llmops.gateway.call import GatewayCall
 from llmops.gateway.chat import chat_completion_run
 from llmops.gateway.errors import as_gateway_error
-from llmops.gateway.snapshot import config_snapshot
+from llmops.gateway.snapshot import ConfigSnapshot, config_snapshot
 from tenants.authentication import KeyPrincipal
 
 logger = logging.getLogger(__name__)
@@ -61,9 +61,9 @@ def _db(function):
     return database_sync_to_async(function)
 
 
-def batch_principal(batch: Batch) -> KeyPrincipal | None:
-    """The batch's key as the snapshot knows it now: a key revoked since the upload runs nothing more."""
-    principal = config_snapshot.current.keys.get(batch.api_key.prefix)
+def batch_principal(batch: Batch, snapshot: ConfigSnapshot) -> KeyPrincipal | None:
+    """The batch's key as its tenant's configuration has it now: a key revoked since the upload runs nothing more."""
+    principal = snapshot.keys.get(batch.api_key.prefix)
     if principal is None or principal.revoked_at is not None or not principal.tenant_active:
         return None
     return principal
@@ -93,14 +93,14 @@ async def _renew_lease(batch_id: str) -> None:
 
 
 async def _process_leased(batch_id: str) -> None:
-    await config_snapshot.ensure_fresh()
     batch = await _db(Batch.objects.select_related("api_key").get)(pk=batch_id)
-    principal = batch_principal(batch)
+    snapshot = await config_snapshot.for_tenant(batch.api_key.tenant_id)
+    principal = batch_principal(batch, snapshot)
     if principal is None and batch.status in (BatchStatus.VALIDATING, BatchStatus.IN_PROGRESS):
         logger.warning("batch %s stops: its key is revoked or its tenant disabled", batch_id)
         await _db(Batch.objects.filter(pk=batch_id, status=batch.status).update)(status=BatchStatus.CANCELLING)
     if batch.status == BatchStatus.VALIDATING and principal is not None:
-        batch = await _db(batch_validate)(batch=batch, snapshot=config_snapshot.current, principal=principal)
+        batch = await _db(batch_validate)(batch=batch, snapshot=snapshot, principal=principal)
     await _db(batch_expire_if_due)(batch_id=batch_id)
     batch = await _db(Batch.objects.get)(pk=batch_id)
     if batch.status == BatchStatus.IN_PROGRESS and principal is not None:
@@ -128,19 +128,20 @@ async def _line_worker(batch: Batch, principal: KeyPrincipal) -> None:
             await line_run(batch.id, principal, claimed[0])
 
 
-def _provider_of(line: ClaimedLine) -> str:
-    model = config_snapshot.current.catalog.models.get(str(line.body.get("model")))
+def _provider_of(line: ClaimedLine, snapshot: ConfigSnapshot) -> str:
+    model = snapshot.catalog.models.get(str(line.body.get("model")))
     return model.provider.name if model is not None else ALIAS_SLOT
 
 
 async def line_run(batch_id: str, principal: KeyPrincipal, line: ClaimedLine) -> None:
     request_id = line_request_id(batch_id=batch_id, custom_id=line.custom_id, attempt=line.attempt)
     call = GatewayCall(principal=principal, endpoint=BATCH_ENDPOINT, request_id=request_id, ledger_deferred=True)
-    provider_slot = _slot("provider", _provider_of(line), settings.LLMOPS_BATCH_PROVIDER_CONCURRENCY)
+    snapshot = await config_snapshot.for_tenant(principal.tenant_id)
+    provider_slot = _slot("provider", _provider_of(line, snapshot), settings.LLMOPS_BATCH_PROVIDER_CONCURRENCY)
     async with provider_slot:
         try:
             response = await chat_completion_run(
-                call, read_body=lambda: line.body, headers={"x-llmops-tags": f"batch:{batch_id}"}
+                call, snapshot=snapshot, read_body=lambda: line.body, headers={"x-llmops-tags": f"batch:{batch_id}"}
             )
             status_code, body = response.status_code, orjson.loads(response.content)
         except Exception as exc:

@@ -10,21 +10,21 @@ from llmops.gateway.errors import as_gateway_error
 from llmops.gateway.pipeline import answer_from_cache, complete_chat, stream_chat
 from llmops.gateway.planning import plan_chat
 from llmops.gateway.recording import finish
-from llmops.gateway.snapshot import config_snapshot
+from llmops.gateway.snapshot import ConfigSnapshot
 from llmops.gateway.validation import validate_chat_request
 
 
 async def chat_completion_run(
-    call: GatewayCall, *, read_body: Callable[[], object], headers: Mapping[str, str]
+    call: GatewayCall, *, snapshot: ConfigSnapshot, read_body: Callable[[], object], headers: Mapping[str, str]
 ) -> HttpResponse:
     """Validate, route, cap, answer from the cache or admit, call and record. Every failure after authentication
     leaves its ledger row and is raised as the exception it was (``as_gateway_error`` turns it into the OpenAI error).
 
-    The caller has awaited ``config_snapshot.ensure_fresh()`` (the view does, to authenticate the key).
+    ``snapshot`` is the configuration of the caller's tenant, made current for this request
+    (``config_snapshot.for_key`` or ``for_tenant``).
     """
     try:
         body = validate_chat_request(read_body())
-        snapshot = config_snapshot.current
         call.request_body = body
         call.payload_logging = call.principal.tenant_id in snapshot.payload_logging_tenants
         call.requested_model = body["model"]

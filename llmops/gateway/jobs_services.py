@@ -100,8 +100,8 @@ async def job_run(*, job_id: str) -> None:
     job = await database_sync_to_async(_job_start)(job_id=job_id)
     if job is None:
         return
-    await config_snapshot.ensure_fresh()
-    principal = config_snapshot.current.keys.get(job.api_key.prefix)
+    snapshot = await config_snapshot.for_tenant(job.api_key.tenant_id)
+    principal = snapshot.keys.get(job.api_key.prefix)
     call = None
     if principal is None or principal.revoked_at is not None:
         status_code, body = 401, {"error": {"message": "The job's API key was revoked.", "code": "invalid_api_key"}}
@@ -110,7 +110,7 @@ async def job_run(*, job_id: str) -> None:
             principal=principal, endpoint=JOBS_ENDPOINT, request_id=job_request_id(job.id), ledger_deferred=True
         )
         try:
-            response = await chat_completion_run(call, read_body=lambda: dict(job.body), headers={})
+            response = await chat_completion_run(call, snapshot=snapshot, read_body=lambda: dict(job.body), headers={})
             status_code, body = response.status_code, orjson.loads(response.content)
         except Exception as exc:
             error = as_gateway_error(exc) or GatewayError("Internal error.", status=500, code="internal_error")

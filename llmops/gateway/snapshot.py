@@ -1,39 +1,67 @@
-"""The configuration the request path needs (keys, models, prices, policies, budgets, limits), in memory.
+"""The configuration the request path needs, in memory per tenant, and never stale.
 
-A request reads the snapshot and runs no configuration query. Any saved change to the
-configuration bumps ``ConfigVersion`` when its transaction commits; each process checks that
-counter at most once every LLMOPS_SNAPSHOT_CHECK_SECONDS and rebuilds when it moved, so a
-change made in the admin or a management command reaches every process within that interval.
+The configuration is held in slices: one shared by every tenant (providers, models and prices) and one per tenant
+(its keys with their team's and tenant's state, model access, live routing policy, budgets, rate limits, payload
+logging). A change bumps the version of the slice it belongs to once its transaction commits
+(``transaction.on_commit``): a fresh random token in Redis (``llmops:config:<scope>``), or a counter row
+(``ConfigVersion``) in the database without Redis.
+
+Every request reads the shared version and its tenant's version in one round trip (MGET; one query without Redis)
+and runs on slices loaded under exactly those versions. A slice whose version moved is reloaded before the request
+goes on, and only that slice: a change to one tenant costs the other tenants nothing, and applying it costs the
+same at any number of tenants. Concurrent requests of a tenant share one load of each version per process. A load
+is keyed by the version its requests read *before* it reads the data, so a change that commits during a load is
+caught by the next request (its bump gives a new version), never stored under the version it replaced.
+
+A key prefix no loaded slice knows (a brand-new key) is looked up in the database once, under the ``keys`` version
+that every key creation bumps; an unknown prefix stays refused without a query until a key is created.
+If Redis cannot be read, the process forgets every slice and each request loads its own from the database.
+A change saved while Redis is unreachable from the saving process is committed but not announced (logged at
+ERROR): save it again once Redis is back.
 """
 
+import asyncio
 import logging
-import threading
-import time
+import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from django.conf import settings
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.db.models.signals import m2m_changed, post_delete, post_save
+from redis.exceptions import RedisError
 
-from billing.budgets.index import BudgetIndex, RateLimitIndex, build_budget_index, build_rate_limit_index
+from billing.budgets.index import BudgetEntry, BudgetIndex, RateLimitIndex, build_budget_index, build_rate_limit_index
 from billing.models import Budget, RateLimit
 from llmops.db import database_sync_to_async
 from llmops.gateway.models import ConfigVersion
-from routing.catalog import ModelCatalog, build_model_catalog
+from llmops.redis import async_redis, sync_redis
+from routing.catalog import (
+    ModelCatalog,
+    ModelEntry,
+    ModelGrant,
+    build_model_grants,
+    build_models_by_id,
+    model_catalog_compose,
+)
 from routing.models import Model, Provider, RoutingPolicy, RoutingPolicyVersion, TenantModelAccess
 from routing.policy import CompiledPolicy, build_live_policies
-from tenants.authentication import KeyPrincipal, build_key_index
+from tenants.authentication import KeyPrincipal, build_key_index, key_tenant_id
+from tenants.keys import parse_key
 from tenants.models import ApiKey, PayloadLogSettings, Team, Tenant
 
 logger = logging.getLogger(__name__)
 
-SNAPSHOT_MODELS = (
-    Tenant,
+SHARED_SCOPE = "shared"
+KEYS_SCOPE = "keys"
+REDIS_VERSION_PREFIX = "llmops:config:"
+# Unknown prefixes remembered as refused; past this many the memory is dropped rather than grown.
+MAX_UNKNOWN_PREFIXES = 10_000
+
+SHARED_MODELS = (Provider, Model)
+TENANT_MODELS = (
     Team,
     ApiKey,
-    Provider,
-    Model,
     TenantModelAccess,
     RoutingPolicy,
     RoutingPolicyVersion,
@@ -41,12 +69,16 @@ SNAPSHOT_MODELS = (
     RateLimit,
     PayloadLogSettings,
 )
-CONFIG_VERSION_ID = 1
+
+
+def tenant_scope(tenant_id: int) -> str:
+    return f"tenant:{tenant_id}"
 
 
 @dataclass(frozen=True, slots=True)
 class ConfigSnapshot:
-    version: int
+    """One tenant's view of the configuration, what a request runs on: the indexes hold that tenant only."""
+
     keys: dict[str, KeyPrincipal]
     catalog: ModelCatalog
     policies: dict[int, CompiledPolicy]
@@ -55,81 +87,251 @@ class ConfigSnapshot:
     payload_logging_tenants: frozenset[int]
 
 
-def _read_version() -> int:
-    return ConfigVersion.objects.filter(pk=CONFIG_VERSION_ID).values_list("version", flat=True).first() or 0
+@dataclass(frozen=True, slots=True)
+class SharedSlice:
+    version: str | None
+    models_by_id: dict[int, ModelEntry]
 
 
-class SnapshotHolder:
+@dataclass(frozen=True, slots=True)
+class TenantSlice:
+    tenant_id: int
+    version: str | None
+    keys: dict[str, KeyPrincipal]
+    grant: ModelGrant | None
+    policy: CompiledPolicy | None
+    budgets: tuple[BudgetEntry, ...]
+    rate_limits: RateLimitIndex
+    payload_logging: bool
+
+    def snapshot(self, shared: SharedSlice) -> ConfigSnapshot:
+        grants = {self.tenant_id: self.grant} if self.grant is not None else {}
+        return ConfigSnapshot(
+            keys=self.keys,
+            catalog=model_catalog_compose(shared.models_by_id, grants),
+            policies={self.tenant_id: self.policy} if self.policy is not None else {},
+            budgets=BudgetIndex(by_tenant={self.tenant_id: self.budgets} if self.budgets else {}),
+            rate_limits=self.rate_limits,
+            payload_logging_tenants=frozenset({self.tenant_id}) if self.payload_logging else frozenset(),
+        )
+
+
+def shared_slice_build(*, version: str | None) -> SharedSlice:
+    return SharedSlice(version=version, models_by_id=build_models_by_id())
+
+
+def tenant_slice_build(*, tenant_id: int, version: str | None) -> TenantSlice:
+    """The tenant's configuration as it is now; a deleted tenant is an empty slice (its keys are refused)."""
+    return TenantSlice(
+        tenant_id=tenant_id,
+        version=version,
+        keys=build_key_index(tenant_id=tenant_id),
+        grant=build_model_grants(tenant_id=tenant_id).get(tenant_id),
+        policy=build_live_policies(tenant_id=tenant_id).get(tenant_id),
+        budgets=build_budget_index(tenant_id=tenant_id).by_tenant.get(tenant_id, ()),
+        rate_limits=build_rate_limit_index(tenant_id=tenant_id),
+        payload_logging=PayloadLogSettings.objects.filter(tenant_id=tenant_id, enabled=True).exists(),
+    )
+
+
+class VersionsUnreadable(Exception):
+    """Redis holds the versions and cannot be read."""
+
+
+async def config_versions_read(scopes: list[str]) -> list[str | None]:
+    """The current version of each scope: one MGET in Redis, or one query without Redis."""
+    client = async_redis()
+    if client is None:
+        return await database_sync_to_async(_database_versions)(scopes)
+    try:
+        values = await client.mget([REDIS_VERSION_PREFIX + scope for scope in scopes])
+    except RedisError as exc:
+        raise VersionsUnreadable(str(exc)) from exc
+    return [value.decode() if value is not None else None for value in values]
+
+
+def _database_versions(scopes: list[str]) -> list[str | None]:
+    found = dict(ConfigVersion.objects.filter(scope__in=scopes).values_list("scope", "version"))
+    return [str(found[scope]) if scope in found else None for scope in scopes]
+
+
+def config_versions_bump(scopes: set[str]) -> None:
+    """Give each scope a new version. Called once the change has committed, so a load under the new version
+    cannot read the data from before it."""
+    client = sync_redis()
+    if client is None:
+        for scope in sorted(scopes):
+            _database_version_bump(scope)
+        return
+    pipeline = client.pipeline(transaction=False)
+    for scope in scopes:
+        pipeline.set(REDIS_VERSION_PREFIX + scope, secrets.token_hex(8))
+    try:
+        pipeline.execute()
+    except RedisError:
+        # The change is committed; raising would not undo it. Gateways that lose Redis too reload everything.
+        logger.exception(
+            "configuration change to %s saved but not announced (Redis unreachable): save it again once Redis is back",
+            ", ".join(sorted(scopes)),
+        )
+
+
+def _database_version_bump(scope: str) -> None:
+    if ConfigVersion.objects.filter(scope=scope).update(version=F("version") + 1):
+        return
+    try:
+        with transaction.atomic():
+            ConfigVersion.objects.create(scope=scope, version=1)
+    except IntegrityError:
+        ConfigVersion.objects.filter(scope=scope).update(version=F("version") + 1)
+
+
+class ConfigCache:
+    """This process's slices, each under the version it was loaded at."""
+
     def __init__(self):
-        self._snapshot: ConfigSnapshot | None = None
-        self._checked_at = 0.0
-        # Bumped by every local change; a snapshot built before the latest bump is stale.
-        self._generation = 0
-        self._built_generation = -1
-        self._refresh_lock = threading.Lock()
+        self._shared: SharedSlice | None = None
+        self._tenants: dict[int, TenantSlice] = {}
+        # Tenant id → the snapshot composed of the two slices it names, so a warm request composes nothing.
+        self._snapshots: dict[int, tuple[SharedSlice, TenantSlice, ConfigSnapshot]] = {}
+        self._tenant_of_prefix: dict[str, int] = {}
+        self._unknown_prefixes: dict[str, str | None] = {}
+        self._loading: dict[tuple, asyncio.Task] = {}
 
-    @property
-    def current(self) -> ConfigSnapshot:
-        if self._snapshot is None:
-            raise RuntimeError("configuration snapshot not loaded; await ensure_fresh() first")
-        return self._snapshot
+    async def for_key(self, raw_key: str) -> ConfigSnapshot | None:
+        """The configuration of the tenant the key belongs to, or None when no tenant has such a key."""
+        parsed = parse_key(raw_key)
+        if parsed is None:
+            return None
+        tenant_id = self._tenant_of_prefix.get(parsed.prefix)
+        if tenant_id is not None:
+            return await self.for_tenant(tenant_id)
+        return await self._for_unknown_prefix(parsed.prefix)
 
-    def mark_stale(self) -> None:
-        """Rebuild before the next request: this process changed the configuration itself."""
-        self._generation += 1
+    async def for_tenant(self, tenant_id: int) -> ConfigSnapshot:
+        shared_version, tenant_version = await self._versions([SHARED_SCOPE, tenant_scope(tenant_id)])
+        return await self._snapshot(tenant_id, shared_version, tenant_version)
 
-    async def ensure_fresh(self) -> ConfigSnapshot:
-        now = time.monotonic()
-        if self._built_generation != self._generation:
-            # A known change: every request waits for the rebuild rather than run on what it replaces.
-            await database_sync_to_async(self.refresh)()
-        elif now - self._checked_at >= settings.LLMOPS_SNAPSHOT_CHECK_SECONDS:
-            # Claim the periodic check first, so concurrent requests keep using the snapshot they have.
-            self._checked_at = now
-            await database_sync_to_async(self.refresh)()
-        return self._snapshot
+    async def _versions(self, scopes: list[str]) -> list[str | None]:
+        try:
+            return await config_versions_read(scopes)
+        except VersionsUnreadable as exc:
+            # Nothing held can be vouched for, now or after Redis returns (a change may go unannounced meanwhile):
+            # forget it all, and load what this request needs under a version no slice has.
+            logger.warning("configuration versions unreadable in Redis (%s); loading from the database", exc)
+            self._shared, self._tenants, self._snapshots = None, {}, {}
+            self._tenant_of_prefix, self._unknown_prefixes = {}, {}
+            return [f"unverified-{secrets.token_hex(8)}" for _ in scopes]
 
-    def refresh(self) -> ConfigSnapshot:
-        with self._refresh_lock:
-            # Generation and version are taken before the data, so a change made mid-build triggers another build.
-            generation = self._generation
-            version = _read_version()
-            if self._built_generation != generation or self._snapshot.version != version:
-                self._snapshot = ConfigSnapshot(
-                    version=version,
-                    keys=build_key_index(),
-                    catalog=build_model_catalog(),
-                    policies=build_live_policies(),
-                    budgets=build_budget_index(),
-                    rate_limits=build_rate_limit_index(),
-                    payload_logging_tenants=frozenset(
-                        PayloadLogSettings.objects.filter(enabled=True).values_list("tenant_id", flat=True)
-                    ),
-                )
-                self._built_generation = generation
-                self._checked_at = time.monotonic()
-                logger.info("configuration snapshot loaded at version %s", version)
-            return self._snapshot
+    async def _for_unknown_prefix(self, prefix: str) -> ConfigSnapshot | None:
+        shared_version, keys_version = await self._versions([SHARED_SCOPE, KEYS_SCOPE])
+        if prefix in self._unknown_prefixes and self._unknown_prefixes[prefix] == keys_version:
+            return None
+        tenant_id = await database_sync_to_async(key_tenant_id)(prefix=prefix)
+        if tenant_id is None:
+            if len(self._unknown_prefixes) >= MAX_UNKNOWN_PREFIXES:
+                self._unknown_prefixes.clear()
+            self._unknown_prefixes[prefix] = keys_version
+            return None
+        # Read after the key was found, so the tenant's slice is loaded from data that holds the key.
+        (tenant_version,) = await self._versions([tenant_scope(tenant_id)])
+        return await self._snapshot(tenant_id, shared_version, tenant_version)
+
+    async def _snapshot(self, tenant_id: int, shared_version: str | None, tenant_version: str | None):
+        shared = self._shared
+        if shared is None or shared.version != shared_version:
+            shared = await self._load((SHARED_SCOPE, shared_version), shared_slice_build, version=shared_version)
+        tenant = self._tenants.get(tenant_id)
+        if tenant is None or tenant.version != tenant_version:
+            tenant = await self._load(
+                (tenant_scope(tenant_id), tenant_version),
+                tenant_slice_build,
+                tenant_id=tenant_id,
+                version=tenant_version,
+            )
+        composed = self._snapshots.get(tenant_id)
+        if composed is not None and composed[0] is shared and composed[1] is tenant:
+            return composed[2]
+        snapshot = tenant.snapshot(shared)
+        self._snapshots[tenant_id] = (shared, tenant, snapshot)
+        return snapshot
+
+    async def _load(self, key: tuple, build: Callable, **kwargs):
+        """One load per slice and version in this process; the requests that read the same version await it."""
+        loop = asyncio.get_running_loop()
+        flight = (loop, *key)
+        task = self._loading.get(flight)
+        if task is None:
+            task = loop.create_task(database_sync_to_async(build)(**kwargs))
+            self._loading[flight] = task
+            task.add_done_callback(lambda done: self._loaded(flight, done))
+        # Shielded: a client that goes away does not cancel the load the other requests wait for.
+        return await asyncio.shield(task)
+
+    def _loaded(self, flight: tuple, task: asyncio.Task) -> None:
+        self._loading.pop(flight, None)
+        if task.cancelled() or task.exception() is not None:
+            return
+        loaded = task.result()
+        if isinstance(loaded, SharedSlice):
+            self._shared = loaded
+            return
+        previous = self._tenants.get(loaded.tenant_id)
+        for prefix in previous.keys if previous is not None else ():
+            if prefix not in loaded.keys:
+                self._tenant_of_prefix.pop(prefix, None)
+        self._tenants[loaded.tenant_id] = loaded
+        for prefix in loaded.keys:
+            self._tenant_of_prefix[prefix] = loaded.tenant_id
+        logger.debug("configuration of tenant %s loaded at version %s", loaded.tenant_id, loaded.version)
 
 
-config_snapshot = SnapshotHolder()
+config_snapshot = ConfigCache()
 
 
-def config_version_bump() -> None:
-    updated = ConfigVersion.objects.filter(pk=CONFIG_VERSION_ID).update(version=F("version") + 1)
-    if not updated:
-        ConfigVersion.objects.get_or_create(pk=CONFIG_VERSION_ID, defaults={"version": 1})
-    config_snapshot.mark_stale()
+def _scopes_of(instance) -> set[str]:
+    if isinstance(instance, SHARED_MODELS):
+        return {SHARED_SCOPE}
+    if isinstance(instance, Tenant):
+        return {tenant_scope(instance.pk)}
+    return {tenant_scope(instance.tenant_id)}
 
 
-def _on_config_change(sender, **kwargs):
-    transaction.on_commit(config_version_bump)
+def _announce(scopes: set[str]) -> None:
+    if scopes:
+        transaction.on_commit(lambda: config_versions_bump(scopes))
+
+
+def _on_save(sender, instance, created=False, **kwargs):
+    scopes = _scopes_of(instance)
+    if created and isinstance(instance, ApiKey):
+        scopes.add(KEYS_SCOPE)
+    _announce(scopes)
+
+
+def _on_delete(sender, instance, **kwargs):
+    _announce(_scopes_of(instance))
+
+
+def _on_access_change(sender, instance, action, reverse, pk_set, **kwargs):
+    """A tenant's allowed models changed: from its TenantModelAccess, or from a model's side (``reverse``)."""
+    if not reverse:
+        if action.startswith("post_"):
+            _announce({tenant_scope(instance.tenant_id)})
+        return
+    if action == "pre_clear":
+        tenant_ids = TenantModelAccess.objects.filter(allowed_models=instance).values_list("tenant_id", flat=True)
+    elif action in ("post_add", "post_remove"):
+        tenant_ids = TenantModelAccess.objects.filter(pk__in=pk_set).values_list("tenant_id", flat=True)
+    else:
+        return
+    _announce({tenant_scope(tenant_id) for tenant_id in tenant_ids})
 
 
 def connect_invalidation_signals() -> None:
-    for model in SNAPSHOT_MODELS:
-        post_save.connect(_on_config_change, sender=model, dispatch_uid=f"snapshot-save-{model.__name__}")
-        post_delete.connect(_on_config_change, sender=model, dispatch_uid=f"snapshot-delete-{model.__name__}")
+    for model in (*SHARED_MODELS, Tenant, *TENANT_MODELS):
+        post_save.connect(_on_save, sender=model, dispatch_uid=f"config-save-{model.__name__}")
+        post_delete.connect(_on_delete, sender=model, dispatch_uid=f"config-delete-{model.__name__}")
     m2m_changed.connect(
-        _on_config_change, sender=TenantModelAccess.allowed_models.through, dispatch_uid="snapshot-m2m-access"
+        _on_access_change, sender=TenantModelAccess.allowed_models.through, dispatch_uid="config-m2m-access"
     )

@@ -11,30 +11,26 @@ from llmops.gateway.call import GatewayCall
 from llmops.gateway.chat import chat_completion_run
 from llmops.gateway.errors import GatewayError, openai_exception_handler
 from llmops.gateway.parsers import OrjsonParser
-from llmops.gateway.snapshot import config_snapshot
-from tenants.authentication import ApiKeyAuthentication
-
-
-class SnapshotKeyAuthentication(ApiKeyAuthentication):
-    def key_index(self):
-        return config_snapshot.current.keys
+from llmops.gateway.snapshot import ConfigSnapshot, config_snapshot
+from tenants.authentication import ApiKeyAuthentication, bearer_key
 
 
 class GatewayView(APIView):
-    """Base of the /v1 endpoints: key auth against the in-memory snapshot, orjson, OpenAI-shaped errors."""
+    """Base of the /v1 endpoints: key auth against the caller's tenant configuration, orjson, OpenAI-shaped errors."""
 
-    authentication_classes = [SnapshotKeyAuthentication]
     permission_classes = [IsAuthenticated]
     parser_classes = [OrjsonParser]
+    # The configuration of the tenant the caller's key belongs to, current as of this request.
+    config: ConfigSnapshot | None = None
 
     async def async_dispatch(self, request, *args, **kwargs):
         """adrf's dispatch, minus its hop to a worker thread for ``initial()``.
 
-        Authentication, permissions and negotiation here read only the in-memory snapshot, so they
-        run on the event loop; the one thing that may touch the database is the snapshot refresh,
-        which is awaited first (off the loop).
+        The caller's tenant configuration is made current first (one version read; a reload only when it
+        changed), so authentication, permissions and negotiation read memory only and run on the event loop.
         """
-        await config_snapshot.ensure_fresh()
+        raw_key = bearer_key(request.META.get("HTTP_AUTHORIZATION", ""))
+        self.config = await config_snapshot.for_key(raw_key) if raw_key else None
         self.args, self.kwargs = args, kwargs
         request = self.initialize_request(request, *args, **kwargs)
         self.request = request
@@ -53,6 +49,9 @@ class GatewayView(APIView):
         self.response = self.finalize_response(request, response, *args, **kwargs)
         return self.response
 
+    def get_authenticators(self):
+        return [ApiKeyAuthentication(self.config.keys if self.config is not None else {})]
+
     def get_exception_handler(self):
         return openai_exception_handler
 
@@ -60,7 +59,9 @@ class GatewayView(APIView):
 class ChatCompletionsView(GatewayView):
     async def post(self, request):
         self.call = GatewayCall(principal=request.user, endpoint=request.path)
-        return await chat_completion_run(self.call, read_body=lambda: request.data, headers=request.headers)
+        return await chat_completion_run(
+            self.call, snapshot=self.config, read_body=lambda: request.data, headers=request.headers
+        )
 
     def finalize_response(self, request, response, *args, **kwargs):
         response = super().finalize_response(request, response, *args, **kwargs)
@@ -73,7 +74,7 @@ class ChatCompletionsView(GatewayView):
 
 class ModelsView(GatewayView):
     async def get(self, request):
-        catalog = config_snapshot.current.catalog
+        catalog = self.config.catalog
         created = int(time.time())
         data = [
             {"id": model.name, "object": "model", "created": created, "owned_by": model.provider.name}
@@ -84,7 +85,7 @@ class ModelsView(GatewayView):
 
 class ModelDetailView(GatewayView):
     async def get(self, request, model_name: str):
-        catalog = config_snapshot.current.catalog
+        catalog = self.config.catalog
         for model in catalog.models_for(request.user.tenant_id):
             if model.name == model_name:
                 body = {

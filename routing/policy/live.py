@@ -7,10 +7,14 @@ from routing.policy.document import CompiledPolicy, compile_policy
 logger = logging.getLogger(__name__)
 
 
-def build_live_policies() -> dict[int, CompiledPolicy]:
-    """Tenant id → its live policy, compiled once per configuration snapshot."""
+def build_live_policies(*, tenant_id: int | None = None) -> dict[int, CompiledPolicy]:
+    """Tenant id → its live policy, compiled once per load of the tenant's configuration; one tenant's when
+    ``tenant_id`` is given."""
+    rows = RoutingPolicy.objects.filter(live_version__isnull=False).select_related("live_version")
+    if tenant_id is not None:
+        rows = rows.filter(tenant_id=tenant_id)
     policies = {}
-    for policy in RoutingPolicy.objects.filter(live_version__isnull=False).select_related("live_version"):
+    for policy in rows:
         version = policy.live_version
         try:
             policies[policy.tenant_id] = compile_policy(version.document, version=version.number)

@@ -25,9 +25,7 @@ MOST_REQUESTS = 60
 
 @pytest.fixture
 def process_env(process_env):
-    # Until the per-tenant reload lands, a process notices a configuration change only within
-    # LLMOPS_SNAPSHOT_CHECK_SECONDS; 0 here, so these tests test the counters, not the propagation.
-    return {**process_env, "LLMOPS_SNAPSHOT_CHECK_SECONDS": "0", "LLMOPS_CACHE_EMBEDDER": ""}
+    return {**process_env, "LLMOPS_CACHE_EMBEDDER": ""}
 
 
 def ask(url: str, setup) -> httpx.Response:

@@ -4,7 +4,6 @@ import httpx
 import pytest
 from django.db import connection, transaction
 
-from llmops.gateway.snapshot import config_snapshot
 from routing.cache.embedders import configured_embedder
 from routing.cache.keys import CacheControl
 from routing.cache.store import CacheRequest, cache_request_prepare, cache_writes_flush
@@ -59,7 +58,6 @@ def cache_policy(setup, *, ttl=CACHE_TTL_SECONDS, nondeterministic=False):
     }
     policy_draft_replace(policy=policy, document={"aliases": {}, "rules": [rule]})
     routing_policy_publish(policy=policy, actor=None)
-    config_snapshot.mark_stale()
     return policy
 
 

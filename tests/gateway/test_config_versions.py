@@ -1,0 +1,109 @@
+"""Which configuration versions a committed change moves, and what a process serves after it, with Redis and without."""
+
+import asyncio
+from decimal import Decimal
+
+import pytest
+from django.db import transaction
+
+from billing.budgets.services import budget_create
+from llmops.gateway.snapshot import (
+    KEYS_SCOPE,
+    SHARED_SCOPE,
+    ConfigCache,
+    config_versions_read,
+    tenant_scope,
+)
+from routing.services import tenant_model_access_set
+from tenants.services import api_key_create, api_key_revoke
+from tests.conftest import _close_other_connections
+from tests.factories import ModelFactory, TeamFactory, TenantFactory
+
+
+@pytest.fixture(params=["redis", "database"])
+def versions_backend(request, settings, transactional_db):
+    """Every test runs against the Redis versions and the database ones (the embedded default, no REDIS_URL)."""
+    if request.param == "redis" and not settings.REDIS_URL:
+        pytest.skip("needs REDIS_URL")
+    if request.param == "database":
+        settings.REDIS_URL = ""
+    yield request.param
+    # Loads ran on worker threads whose connections outlive them; the test database must be droppable.
+    _close_other_connections()
+
+
+def read(*scopes: str) -> list[str | None]:
+    return asyncio.run(config_versions_read(list(scopes)))
+
+
+def test_a_change_to_one_tenant_moves_that_tenant_s_version_only(versions_backend):
+    acme, globex = TenantFactory(slug="acme"), TenantFactory(slug="globex")
+    before = read(SHARED_SCOPE, KEYS_SCOPE, tenant_scope(acme.pk), tenant_scope(globex.pk))
+
+    budget_create(tenant=acme, limit_usd=Decimal("5"))
+
+    after = read(SHARED_SCOPE, KEYS_SCOPE, tenant_scope(acme.pk), tenant_scope(globex.pk))
+    assert after[2] != before[2]
+    assert [after[0], after[1], after[3]] == [before[0], before[1], before[3]]
+
+
+def test_a_new_key_moves_its_tenant_and_the_keys_version_and_a_model_the_shared_one(versions_backend):
+    team = TeamFactory()
+    before = read(SHARED_SCOPE, KEYS_SCOPE, tenant_scope(team.tenant_id))
+
+    api_key_create(team=team)
+    after_key = read(SHARED_SCOPE, KEYS_SCOPE, tenant_scope(team.tenant_id))
+    ModelFactory()
+    after_model = read(SHARED_SCOPE, KEYS_SCOPE, tenant_scope(team.tenant_id))
+
+    assert after_key[0] == before[0] and after_key[1] != before[1] and after_key[2] != before[2]
+    assert after_model[0] != after_key[0] and after_model[1:] == after_key[1:]
+
+
+def test_a_model_granted_from_the_model_s_side_moves_the_tenant_s_version(versions_backend):
+    tenant, model = TenantFactory(), ModelFactory()
+    access = tenant_model_access_set(tenant=tenant, allowed_models=[], default_model=None)
+    before = read(tenant_scope(tenant.pk))
+
+    model.allowed_for.add(access)
+
+    assert read(tenant_scope(tenant.pk)) != before
+
+
+def test_the_version_moves_only_when_the_change_commits(versions_backend):
+    tenant = TenantFactory()
+    before = read(tenant_scope(tenant.pk))
+    with transaction.atomic():
+        budget_create(tenant=tenant, limit_usd=Decimal("5"))
+        assert read(tenant_scope(tenant.pk)) == before
+    assert read(tenant_scope(tenant.pk)) != before
+
+
+def test_a_process_serves_a_committed_change_from_the_next_request(versions_backend):
+    team = TeamFactory()
+    api_key, _ = api_key_create(team=team)
+    cache = ConfigCache()
+
+    before = asyncio.run(cache.for_tenant(team.tenant_id))
+    again = asyncio.run(cache.for_tenant(team.tenant_id))
+    api_key_revoke(api_key=api_key)
+    after = asyncio.run(cache.for_tenant(team.tenant_id))
+
+    assert again is before  # unchanged: nothing reloaded
+    assert before.keys[api_key.prefix].revoked_at is None
+    assert after.keys[api_key.prefix].revoked_at is not None
+
+
+def test_with_redis_unreachable_changes_still_save_and_every_request_reads_the_database(settings, transactional_db):
+    team = TeamFactory()
+    api_key, _ = api_key_create(team=team)
+    cache = ConfigCache()
+    before = asyncio.run(cache.for_tenant(team.tenant_id))
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"
+
+    api_key_revoke(api_key=api_key)
+    during = asyncio.run(cache.for_tenant(team.tenant_id))
+
+    assert before.keys[api_key.prefix].revoked_at is None
+    assert during.keys[api_key.prefix].revoked_at is not None
+    _close_other_connections()
