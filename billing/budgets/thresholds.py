@@ -17,7 +17,8 @@ logger = logging.getLogger(__name__)
 
 MAX_REMEMBERED_CROSSINGS = 10_000
 
-_enqueue_executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="budget-alerts")
+# One thread, so a process hands its crossings to Celery in the order it noticed them (50 % before 80 %).
+_enqueue_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="budget-alerts")
 _enqueued: set[tuple[int, str, int]] = set()
 _pending: set[Future] = set()
 _lock = threading.Lock()

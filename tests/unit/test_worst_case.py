@@ -115,7 +115,7 @@ def test_the_max_tokens_a_refusal_offers_is_the_largest_that_fits(prompt, choice
 def exceeded(*, limit: str, spent: str, reserved: str, requested: str) -> BudgetExceeded:
     entry = BudgetEntry(
         budget_id=7, tenant_id=1, scope="key", team_id=None, key_id=3, model_name="", period="day",
-        limit_usd=Decimal(limit), thresholds=(80, 100), action="block", zone=ZoneInfo("UTC"),
+        limit_usd=Decimal(limit), thresholds=(80, 100), action="block", zone=ZoneInfo("UTC"), version=1,
     )  # fmt: skip
     return BudgetExceeded(
         entry=entry,
