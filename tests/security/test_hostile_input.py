@@ -221,7 +221,7 @@ def test_management_api_survives_schema_driven_input(gateway, acme, globex):
 def _fuzz_operation(operation, *, base_url: str, headers: dict[str, str]) -> None:
     label = f"{operation.method.upper()} {operation.path}"
 
-    @settings(max_examples=200, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    @settings(max_examples=100, deadline=None, database=None, suppress_health_check=list(HealthCheck))
     @given(case=operation.as_strategy())
     def run(case):
         response = case.call(base_url=base_url, headers=headers, timeout=15)
