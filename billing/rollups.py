@@ -163,12 +163,12 @@ def _local_days(*, tenant: Tenant, start: datetime, end: datetime) -> tuple[date
     return start.astimezone(zone).date(), (end - timedelta(microseconds=1)).astimezone(zone).date()
 
 
-def _floor_hour(moment: datetime) -> datetime:
+def floor_hour(moment: datetime) -> datetime:
     return moment.replace(minute=0, second=0, microsecond=0)
 
 
 def _ceil_hour(moment: datetime) -> datetime:
-    floor = _floor_hour(moment)
+    floor = floor_hour(moment)
     return floor if floor == moment else floor + HOUR
 
 
@@ -233,7 +233,7 @@ def usage_rollups_rebuild(*, tenant: Tenant, first: date, last: date) -> None:
     with transaction.atomic():
         _lock_rollups()
         # Whole UTC hours covering the local days; for a half-hour zone this reaches 30 minutes past either end.
-        _rebuild_hours(tenant=tenant, start=_floor_hour(start), end=_ceil_hour(end))
+        _rebuild_hours(tenant=tenant, start=floor_hour(start), end=_ceil_hour(end))
         _rebuild_days(tenant=tenant, first=first, last=last)
 
 

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta
 
 from billing.models import UsageRollupHourly
-from billing.rollups import HOUR, _floor_hour
+from billing.rollups import HOUR, floor_hour
 from llmops.redis import sync_redis
 
 MAX_DATA_PER_CALL = 1000
@@ -82,7 +82,7 @@ def rollups_cloudwatch_publish_closed_hours(*, namespace: str, now: datetime, cl
     The first run publishes the hour before `now`'s. A run that finds another one running does nothing.
     """
     redis = sync_redis()
-    until = _floor_hour(now)
+    until = floor_hour(now)
     lock = redis.lock(PUBLISH_LOCK_KEY, timeout=600, blocking=False)
     if not lock.acquire():
         return 0
