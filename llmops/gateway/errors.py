@@ -57,6 +57,10 @@ def error_response(error: GatewayError, headers: dict[str, str] | None = None) -
     return response
 
 
+def internal_error() -> GatewayError:
+    return GatewayError("The server had an error while processing your request.", status=500, code="internal_error")
+
+
 def as_gateway_error(exc: Exception) -> GatewayError | None:
     """Translate what DRF and Django raise into the OpenAI error it stands for."""
     if isinstance(exc, GatewayError):
@@ -82,9 +86,7 @@ def openai_exception_handler(exc, context):
     error = as_gateway_error(exc)
     if error is None:
         logger.exception("unhandled error on %s", context["request"].path, exc_info=exc)
-        error = GatewayError(
-            "The server had an error while processing your request.", status=500, code="internal_error"
-        )
+        error = internal_error()
     headers = dict(error.headers)
     if error.status_code == 401:
         headers["WWW-Authenticate"] = 'Bearer realm="llmops"'
