@@ -269,8 +269,7 @@ def _stored_usage(hit: CacheHit, body: dict, model: ModelEntry) -> Usage:
     usage = hit.answer.get("usage")
     if isinstance(usage, dict):
         return Usage.from_provider(usage)
-    text = "".join((choice.get("message") or {}).get("content") or "" for choice in hit.answer["choices"])
-    return estimated_usage(body, text, model)
+    return estimated_usage(body, upstream.answer_text(hit.answer), model)
 
 
 REPLAY_PIECE_CHARS = 64

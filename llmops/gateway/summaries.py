@@ -21,6 +21,7 @@ from llmops.gateway.worst_case import OutputBound, budget_refusal, chain_worst_c
 from routing import upstream
 from routing.catalog import ModelEntry
 from routing.compression import Summarizer, SummaryRefused
+from routing.providers.base import message_text
 from routing.tokens import count_chat_tokens
 
 SUMMARY_INSTRUCTIONS = (
@@ -104,7 +105,7 @@ def metered_summarizer(snapshot: ConfigSnapshot, call: GatewayCall) -> Summarize
             await finish(summary, http_status=502, error_code=upstream.UpstreamError.code)
             raise
         summary.upstream_ms = reply.elapsed_ms
-        text = reply.body["choices"][0]["message"].get("content") or ""
+        text = message_text(reply.body["choices"][0]["message"].get("content"))
         await finish(summary, http_status=200, usage=measured)
         call.compression_summary_usd += Decimal(summary.cost_usd or 0)
         return text

@@ -278,11 +278,19 @@ def checked_usage(usage) -> dict | None:
     return usage
 
 
+def _is_parts(content) -> bool:
+    return isinstance(content, list) and all(
+        isinstance(part, dict) and (part.get("type") != "text" or isinstance(part.get("text"), str)) for part in content
+    )
+
+
 def _check_message(message, where: str) -> None:
+    """A message's content is a string or null; a whole message's may also be a list of parts, as some
+    OpenAI-compatible providers send (a stream's delta is appended as text, so it may not)."""
     if not isinstance(message, dict):
         raise MalformedAnswer(f"{where} is not an object")
     content = message.get("content")
-    if content is not None and not isinstance(content, str):
+    if not (content is None or isinstance(content, str) or (where.endswith("message") and _is_parts(content))):
         raise MalformedAnswer(f"{where}.content is not a string")
     tool_calls = message.get("tool_calls")
     if tool_calls is not None and not (isinstance(tool_calls, list) and all(isinstance(c, dict) for c in tool_calls)):
@@ -292,7 +300,7 @@ def _check_message(message, where: str) -> None:
 def _check_choice(choice, *, part: str) -> None:
     if not isinstance(choice, dict):
         raise MalformedAnswer("a choice is not an object")
-    if type(choice.get("index", 0)) is not int:
+    if choice.get("index") is not None and type(choice["index"]) is not int:
         raise MalformedAnswer("a choice's index is not an integer")
     finish_reason = choice.get("finish_reason")
     if finish_reason is not None and not isinstance(finish_reason, str):
@@ -342,8 +350,7 @@ def answer_text(body) -> str:
     if not isinstance(choices, list):
         return ""
     messages = (choice.get("message") for choice in choices if isinstance(choice, dict))
-    contents = (message.get("content") for message in messages if isinstance(message, dict))
-    return "".join(content for content in contents if isinstance(content, str))
+    return "".join(message_text(message.get("content")) for message in messages if isinstance(message, dict))
 
 
 def sse_event(payload: dict) -> str:
@@ -370,7 +377,9 @@ def message_text(content) -> str:
         return content
     if isinstance(content, list):
         return "".join(
-            part.get("text", "") for part in content if isinstance(part, dict) and part.get("type") == "text"
+            part["text"]
+            for part in content
+            if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)
         )
     return ""
 
