@@ -390,7 +390,11 @@ class RoutingPolicyAuditAdmin(ReadOnlyScopedAdmin):
 
 @admin.register(CacheEntry)
 class CacheEntryAdmin(TenantScopedAdmin):
-    """Cached answers per tenant: read-only rows, hit counts, and purges that also clear Redis and the index."""
+    """Cached answers per tenant: read-only rows, hit counts, and purges that also clear Redis and the index.
+
+    Answers (and the text of semantic entries) are what the tenant's users asked and were told: only the tenant's
+    owners and admins see them, redacted; its finance and viewer members do not see this page at all.
+    """
 
     list_display = ("__str__", "tenant", "served_model", "kind", "rule_name", "hit_count", "last_hit_at", "expires_at")
     list_filter = (("tenant", admin.RelatedOnlyFieldListFilter), "served_model", "kind", "rule_name")
@@ -411,6 +415,18 @@ class CacheEntryAdmin(TenantScopedAdmin):
     )
     readonly_fields = fields
     actions = ("purge_selected", "purge_tenant", "purge_model", "purge_rule", "purge_older_than_a_week")
+
+    def can_view_tenant(self, request, tenant_id: int | None) -> bool:
+        return self.can_edit_tenant(request, tenant_id)
+
+    def get_queryset(self, request):
+        queryset = super().get_queryset(request)
+        if request.user.is_superuser:
+            return queryset
+        return queryset.filter(tenant__in=tenant_scope(request).editable)
+
+    def has_module_permission(self, request):
+        return request.user.is_superuser or bool(tenant_scope(request).editable)
 
     def has_add_permission(self, request):
         return False
