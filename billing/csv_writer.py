@@ -13,12 +13,12 @@ wrote it, and quoting it would turn a credit into text that no longer sums.
 import csv
 import re
 
-FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
+FORMULA_TRIGGERS = frozenset("=+-@\t\r")
 PLAIN_NUMBER = re.compile(r"-?[0-9]+(?:\.[0-9]+)?")
 
 
 def formula_safe(cell):
-    if isinstance(cell, str) and cell.startswith(FORMULA_TRIGGERS) and not PLAIN_NUMBER.fullmatch(cell):
+    if isinstance(cell, str) and cell and cell[0] in FORMULA_TRIGGERS and not PLAIN_NUMBER.fullmatch(cell):
         return "'" + cell
     return cell
 

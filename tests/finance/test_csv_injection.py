@@ -39,7 +39,7 @@ def hostile_ledger(acme):
 
 def assert_formula_safe(text: str, *, expected: list[str]) -> None:
     cells = [cell for row in csv.reader(io.StringIO(text)) for cell in row]
-    dangerous = [cell for cell in cells if cell.startswith(FORMULA_TRIGGERS) and not PLAIN_NUMBER.fullmatch(cell)]
+    dangerous = [cell for cell in cells if cell[:1] in FORMULA_TRIGGERS and not PLAIN_NUMBER.fullmatch(cell)]
     assert dangerous == []
     assert {f"'{value}" for value in expected} <= set(cells)
     assert CREDIT in cells
