@@ -44,6 +44,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First, so that it sees every error answer under /api/ and makes it JSON.
+    "llmops.middleware.ApiJsonErrorsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "llmops.middleware.SecurityHeadersMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -183,7 +185,8 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "UNAUTHENTICATED_USER": None,
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "llmops.api_schema.ApiAutoSchema",
+    "EXCEPTION_HANDLER": "llmops.api.api_exception_handler",
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "llmops management API",
@@ -192,6 +195,8 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # The schema describes the management API; /v1 follows OpenAI's own API reference.
+    "PREPROCESSING_HOOKS": ["llmops.api_schema.management_api_endpoints"],
 }
 
 # Key for provider credentials encrypted at rest (Fernet, urlsafe base64 of 32 bytes).
