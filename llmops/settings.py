@@ -306,6 +306,9 @@ LLMOPS_MAX_JSON_DEPTH = env.int("LLMOPS_MAX_JSON_DEPTH", default=64)
 # Provider base URLs and alert webhooks may point at loopback, private or link-local addresses only when this is on:
 # the embedded demo's mock upstream is on 127.0.0.1; production turns it off (the cloud metadata service is the risk).
 LLMOPS_ALLOW_PRIVATE_UPSTREAMS = env.bool("LLMOPS_ALLOW_PRIVATE_UPSTREAMS", default=not LLMOPS_HTTPS)
+# Internal destinations outbound calls may reach although private ones are refused, as ADDRESS[/PREFIX]:PORT[-PORT]
+# (comma-separated, e.g. "10.0.5.7:443,[fd00::5]:8443"): an internal webhook relay. Never a metadata address.
+LLMOPS_OUTBOUND_ALLOWLIST = env.list("LLMOPS_OUTBOUND_ALLOWLIST", default=[])
 # Provider credentials referenced as aws-sm://<secret id> or aws-ssm://<parameter name> are cached this long.
 LLMOPS_SECRET_REFERENCE_TTL_SECONDS = env.float("LLMOPS_SECRET_REFERENCE_TTL_SECONDS", default=300.0)
 # Payload logging (off unless a tenant turns it on): how long a process trusts the settings it read.
