@@ -278,6 +278,11 @@ AXES_FAILURE_LIMIT = env.int("LLMOPS_LOGIN_FAILURE_LIMIT", default=5)
 AXES_COOLOFF_TIME = timedelta(minutes=env.int("LLMOPS_LOGIN_LOCKOUT_MINUTES", default=15))
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
+# The client address counts failures: REMOTE_ADDR, or with this many proxies in front, the address the outermost saw in
+# X-Forwarded-For (llmops/client_ip.py). Never more than the proxies that really append to it: each one more lets a
+# client name its own address. django-axes's AXES_IPWARE_* settings need django-ipware, which is not installed.
+LLMOPS_TRUSTED_PROXY_COUNT = env.int("LLMOPS_TRUSTED_PROXY_COUNT", default=0)
+AXES_CLIENT_IP_CALLABLE = "llmops.client_ip.client_ip"
 # Behind a TLS-terminating proxy (LLMOPS_HTTPS=true, never with DEBUG): secure cookies, HSTS, HTTPS redirects.
 LLMOPS_HTTPS = env.bool("LLMOPS_HTTPS", default=False) and not DEBUG
 SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = LLMOPS_HTTPS

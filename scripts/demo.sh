@@ -33,4 +33,4 @@ for question in ["Summarise our refund policy", "Summarise our refund policy", "
 
 Press Ctrl+C to stop.
 SNIPPET
-$PY -m uvicorn llmops.asgi:application --host 127.0.0.1 --port "$PORT" --no-access-log
+$PY -m uvicorn llmops.asgi:application --host 127.0.0.1 --port "$PORT" --no-access-log --no-proxy-headers
