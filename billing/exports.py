@@ -10,7 +10,6 @@ Rows come from a server-side cursor in chunks and are written as they are read, 
 however many rows a range holds.
 """
 
-import csv
 from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
@@ -25,6 +24,7 @@ from django.db.models.functions import TruncDate
 from django.http import HttpRequest, StreamingHttpResponse
 
 from billing.costs import format_cost
+from billing.csv_writer import FormulaSafeWriter
 from billing.models import REQUEST_ROWS, CacheStatus, UsageRecord
 from billing.selectors import NO_SERVED_MODEL, tenant_zone
 from tenants.models import Membership, Role, Tenant
@@ -315,8 +315,8 @@ class _LineBuffer:
 
 
 def csv_chunks(header: Iterable[str], rows: Iterable[tuple]) -> Iterator[bytes]:
-    """Encode rows as CSV in chunks of about CHUNK_BYTES, so a response sends few, full packets."""
-    writer = csv.writer(_LineBuffer())
+    """Encode rows as CSV (formula-safe) in chunks of about CHUNK_BYTES, so a response sends few, full packets."""
+    writer = FormulaSafeWriter(_LineBuffer())
     pending = [writer.writerow(header)]
     size = len(pending[0])
     for row in rows:

@@ -133,8 +133,10 @@ LLMOPS_STATEMENTS_BUCKET = env("LLMOPS_STATEMENTS_BUCKET", default="")
 # Hourly rollups are published to Amazon CloudWatch under this namespace when set (boto3's usual AWS credentials),
 # each hour once after it has closed; the record of what is out lives in Redis.
 LLMOPS_CLOUDWATCH_NAMESPACE = env("LLMOPS_CLOUDWATCH_NAMESPACE", default="")
-# /metrics: a bearer token, when set, is required to scrape.
+# /metrics shows every tenant's traffic and cost: scrapers send this bearer token; unset, /metrics answers 401 to all,
+# unless LLMOPS_METRICS_PUBLIC=true opens it to anyone who can reach it.
 LLMOPS_METRICS_TOKEN = env("LLMOPS_METRICS_TOKEN", default="")
+LLMOPS_METRICS_PUBLIC = env.bool("LLMOPS_METRICS_PUBLIC", default=False)
 
 REDIS_URL = env("REDIS_URL", default="")
 # "stream": ledger records are appended to a Redis stream that `manage.py ledger_drain` writes to Postgres in bulk
