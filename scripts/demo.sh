@@ -38,4 +38,4 @@ Prometheus metrics: curl -H "Authorization: Bearer ${LLMOPS_METRICS_TOKEN}" http
 
 Press Ctrl+C to stop.
 SNIPPET
-$PY -m uvicorn llmops.asgi:application --host 127.0.0.1 --port "$PORT" --no-access-log
+$PY -m uvicorn llmops.asgi:application --host 127.0.0.1 --port "$PORT" --no-access-log --no-proxy-headers

@@ -30,7 +30,13 @@ class ThreadedServer:
     def __init__(self, app, *, port: int | None = None):
         self.port = port or free_port()
         config = uvicorn.Config(
-            app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="auto", timeout_graceful_shutdown=1
+            app,
+            host="127.0.0.1",
+            port=self.port,
+            log_level="warning",
+            lifespan="auto",
+            timeout_graceful_shutdown=1,
+            proxy_headers=False,  # as production runs uvicorn (Procfile): the app decides whom to believe
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
