@@ -6,7 +6,7 @@ from django.http import HttpResponse
 
 from llmops.gateway.admission import admit
 from llmops.gateway.call import GatewayCall
-from llmops.gateway.errors import as_gateway_error
+from llmops.gateway.errors import as_gateway_error, internal_error
 from llmops.gateway.pipeline import answer_from_cache, complete_chat, stream_chat
 from llmops.gateway.planning import plan_chat
 from llmops.gateway.recording import finish
@@ -18,7 +18,8 @@ async def chat_completion_run(
     call: GatewayCall, *, snapshot: ConfigSnapshot, read_body: Callable[[], object], headers: Mapping[str, str]
 ) -> HttpResponse:
     """Validate, route, cap, answer from the cache or admit, call and record. Every failure after authentication
-    leaves its ledger row and is raised as the exception it was (``as_gateway_error`` turns it into the OpenAI error).
+    leaves its ledger row and is raised as the exception it was (``as_gateway_error`` turns it into the OpenAI error;
+    what it cannot translate is a 500 ``internal_error``).
 
     ``snapshot`` is the configuration of the caller's tenant, made current for this request
     (``config_snapshot.for_key`` or ``for_tenant``).
@@ -38,7 +39,7 @@ async def chat_completion_run(
             return await stream_chat(call, plan)
         return await complete_chat(call, plan)
     except Exception as exc:
-        error = as_gateway_error(exc)
-        if error is not None:
-            await finish(call, http_status=error.status_code, error_code=error.code)
+        # Whatever failed, even a fault of the gateway's own, the request is recorded and its reservation settled.
+        error = as_gateway_error(exc) or internal_error()
+        await finish(call, http_status=error.status_code, error_code=error.code)
         raise
