@@ -38,10 +38,12 @@ ADMIN_PAGES = [
 
 @pytest.fixture
 def process_env(process_env):
-    # PGAPPNAME (libpq) names the topology's connections, so the count leaves out the test process's own.
+    # PGAPPNAME (libpq) names the topology's connections, so the count leaves out the test process's own. Requests
+    # queue for the pools' few connections, longer on a loaded machine: the bound, not the wait, is tested here.
     return {
         **process_env,
         "DB_POOL_MAX_SIZE": str(POOL_MAX_SIZE),
+        "DB_POOL_TIMEOUT": "30",
         "PGAPPNAME": APPLICATION_NAME,
         "LLMOPS_CACHE_EMBEDDER": "",
     }
