@@ -21,11 +21,18 @@ from billing.budgets.reservations import (
 )
 from billing.costs import format_cost
 from billing.ratelimits import RateLimitResult, rate_limit_check
+from llmops.cpu import run_sized
 from llmops.gateway.call import GatewayCall
 from llmops.gateway.errors import GatewayError
 from llmops.gateway.planning import ChatPlan
 from llmops.gateway.snapshot import ConfigSnapshot
-from llmops.gateway.worst_case import OutputBound, budget_refusal, chain_worst_case, fitting_max_tokens
+from llmops.gateway.worst_case import (
+    OutputBound,
+    budget_refusal,
+    chain_worst_case,
+    fitting_max_tokens,
+    prediction_chars,
+)
 from routing.catalog import ModelEntry
 
 
@@ -83,7 +90,7 @@ async def admit(snapshot: ConfigSnapshot, call: GatewayCall, plan: ChatPlan) -> 
     now = timezone.now()
     prompt_tokens = call.prompt_tokens_after_compression or 0
     budgets = snapshot.budgets.applicable(principal.tenant_id, principal.team_id, principal.key_id, plan.chain[0].name)
-    bound = OutputBound.of(plan.body, model=plan.chain[0].upstream_name)
+    bound = await run_sized(prediction_chars(plan.body), OutputBound.of, plan.body, model=plan.chain[0].upstream_name)
     if budgets:
         bound = _bounded(plan, bound)
     completion_tokens = max(bound.completion_tokens(model, fallback=_fallback()) for model in plan.chain)

@@ -4,6 +4,7 @@ from collections.abc import Callable, Mapping
 
 from django.http import HttpResponse
 
+from llmops.cpu import run_sized
 from llmops.gateway.admission import admit
 from llmops.gateway.call import GatewayCall
 from llmops.gateway.errors import as_gateway_error
@@ -12,6 +13,12 @@ from llmops.gateway.planning import plan_chat
 from llmops.gateway.recording import finish
 from llmops.gateway.snapshot import ConfigSnapshot
 from llmops.gateway.validation import validate_chat_request
+
+
+def _declared_size(headers: Mapping[str, str]) -> int:
+    """The body's Content-Length (uvicorn refuses a malformed one, and DRF reads no body without one)."""
+    length = headers.get("content-length") or ""
+    return int(length) if length.isdigit() else 0
 
 
 async def chat_completion_run(
@@ -24,7 +31,8 @@ async def chat_completion_run(
     (``config_snapshot.for_key`` or ``for_tenant``).
     """
     try:
-        body = validate_chat_request(read_body())
+        # Parsing and validating a large body is Python work in proportion to it: on the CPU pool.
+        body = await run_sized(_declared_size(headers), lambda: validate_chat_request(read_body()))
         call.request_body = body
         call.payload_logging = call.principal.tenant_id in snapshot.payload_logging_tenants
         call.requested_model = body["model"]

@@ -21,7 +21,7 @@ from llmops.gateway.worst_case import OutputBound, budget_refusal, chain_worst_c
 from routing import upstream
 from routing.catalog import ModelEntry
 from routing.compression import Summarizer, SummaryRefused
-from routing.tokens import count_chat_tokens
+from routing.tokens import count_chat_tokens_async
 
 SUMMARY_INSTRUCTIONS = (
     "Summarise the following conversation turns in a few sentences. Keep names, numbers, decisions "
@@ -51,7 +51,7 @@ async def _reserve(snapshot: ConfigSnapshot, summary: GatewayCall, body: dict) -
         return
     amount = chain_worst_case(
         [model],
-        prompt_tokens=count_chat_tokens(body["messages"], model=model.upstream_name),
+        prompt_tokens=await count_chat_tokens_async(body["messages"], model=model.upstream_name),
         bound=OutputBound(SUMMARY_MAX_TOKENS),
         fallback=settings.LLMOPS_RESERVATION_MAX_TOKENS,
     )
