@@ -12,6 +12,7 @@ from billing.budgets.reservations import Reservation
 from billing.costs import format_cost, usage_cost
 from billing.models import CacheStatus, UsageKind
 from billing.services import UsageEvent
+from llmops.gateway.concurrency import InflightSlot
 from routing.catalog import ModelEntry
 from routing.tokens import count_chat_tokens, count_text_tokens
 from tenants.authentication import KeyPrincipal
@@ -75,6 +76,8 @@ class GatewayCall:
     upstream_ms: int | None = None
     cost_usd: str | None = None
     reservation: Reservation | None = None
+    # The tenant's slot for a request in flight (live /v1 requests past admission); given back when it ends.
+    inflight: InflightSlot | None = None
     budget_remaining_usd: str | None = None
     extra_headers: dict[str, str] = field(default_factory=dict)
     # The validated client body, kept for the payload log of tenants that turned it on.
