@@ -1,12 +1,13 @@
 """What one tenant's huge prompts cost another tenant's small requests.
 
-Starts, as separate processes on loopback, the mock upstream (``--latency-ms``), the gateway the way production runs
-it (uvicorn, one worker per core, Postgres, Redis, the ledger streamed and drained by ``ledger_drain``) and three
-tenants: `fair-quiet` sends small requests at ``--quiet-concurrency`` throughout; `fair-capped` (the default routing
-policy, prompts capped at 4,000 tokens) sends prompts of ``--huge-mb`` that the cap refuses; `fair-uncapped` (no
-routing policy, so no cap) sends prompts of ``--large-mb`` that go all the way upstream. Each phase runs
-``--seconds``: the quiet tenant alone, then beside each noisy tenant. Prints the quiet tenant's latency percentiles per
-phase and what the noisy tenant got. Figures, not a test.
+Starts, as separate processes on loopback, two mock upstreams (``--latency-ms``; the noisy tenants get their own, as
+another provider would be, so the mock's own token counting of their prompts does not hold up the quiet tenant's
+answers), the gateway the way production runs it (uvicorn, one worker per core, Postgres, Redis, the ledger streamed
+and drained by ``ledger_drain``) and three tenants: `fair-quiet` sends small requests at ``--quiet-concurrency``
+throughout; `fair-capped` (the default routing policy, prompts capped at 4,000 tokens) sends prompts of ``--huge-mb``
+that the cap refuses; `fair-uncapped` (no routing policy, so no cap) sends prompts of ``--large-mb`` that go all the
+way upstream. Each phase runs ``--seconds``: the quiet tenant alone, then beside each noisy tenant. Prints the quiet
+tenant's latency percentiles per phase and what the noisy tenant got. Figures, not a test.
 
     .venv/bin/python bench/fairness.py --redis-url redis://127.0.0.1:6379/11
 """
@@ -38,8 +39,8 @@ CPUS = os.cpu_count() or 1
 WORDS = ["refund", "policy", "invoice", "the", "customer", "asked", "late", "café", "日本語", "1234", "ok"]
 
 
-def setup_tenants(database_url: str, upstream_url: str) -> dict[str, tuple[str, str]]:
-    """The three tenants, each with its own model on the mock; returns tenant slug -> (key, model name)."""
+def setup_tenants(database_url: str, quiet_upstream: str, noisy_upstream: str) -> dict[str, tuple[str, str]]:
+    """The three tenants, each with its own model; returns tenant slug -> (key, model name)."""
     os.environ["DATABASE_URL"] = database_url
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "llmops.settings")
     sys.path.insert(0, str(ROOT))
@@ -55,14 +56,16 @@ def setup_tenants(database_url: str, upstream_url: str) -> dict[str, tuple[str, 
     from tenants.services import api_key_create, tenant_create
 
     call_command("migrate", verbosity=0)
-    provider = Provider.objects.filter(name="fair-mock").first() or provider_create(
-        name="fair-mock", base_url=upstream_url
-    )
-    if provider.base_url != upstream_url:
-        provider.base_url = upstream_url
-        provider.save()
+    providers = {}
+    for name, url in (("fair-mock", quiet_upstream), ("fair-noisy-mock", noisy_upstream)):
+        provider = Provider.objects.filter(name=name).first() or provider_create(name=name, base_url=url)
+        if provider.base_url != url:
+            provider.base_url = url
+            provider.save()
+        providers[name] = provider
     keys = {}
     for slug in ("fair-quiet", "fair-capped", "fair-uncapped"):
+        provider = providers["fair-mock" if slug == "fair-quiet" else "fair-noisy-mock"]
         tenant = Tenant.objects.filter(slug=slug).first() or tenant_create(slug=slug, team_slugs=["load"])
         name = f"{slug}-small"
         model = Model.objects.filter(name=name).first() or model_create(
@@ -73,6 +76,9 @@ def setup_tenants(database_url: str, upstream_url: str) -> dict[str, tuple[str, 
             cached_input_price_per_million=Decimal("0.075"),
             output_price_per_million=Decimal("0.60"),
         )
+        if model.provider_id != provider.pk:
+            model.provider = provider
+            model.save()
         tenant_model_access_set(tenant=tenant, allowed_models=[model], default_model=model)
         if slug != "fair-uncapped" and not RoutingPolicy.objects.filter(tenant=tenant).exists():
             routing_policy_create_default(tenant=tenant, small_model=model, large_model=model)
@@ -177,14 +183,17 @@ def main() -> None:
         default=os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/llmops_bench"),
     )
     parser.add_argument("--redis-url", default=os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/11"))
-    parser.add_argument("--mock-port", type=int, default=9192)
+    parser.add_argument("--mock-port", type=int, default=9192, help="and the next port, for the noisy tenants' mock")
     parser.add_argument("--gateway-port", type=int, default=8192)
     args = parser.parse_args()
 
-    for port in (args.mock_port, args.gateway_port):
+    noisy_mock_port = args.mock_port + 1
+    for port in (args.mock_port, noisy_mock_port, args.gateway_port):
         refuse_busy_port(port)
     ensure_database(args.database_url)
-    keys = setup_tenants(args.database_url, f"http://127.0.0.1:{args.mock_port}/v1")
+    keys = setup_tenants(
+        args.database_url, f"http://127.0.0.1:{args.mock_port}/v1", f"http://127.0.0.1:{noisy_mock_port}/v1"
+    )
     env = {
         **os.environ,
         "DATABASE_URL": args.database_url,
@@ -200,14 +209,16 @@ def main() -> None:
     gateway_command = [PYTHON, "-m", "uvicorn", "llmops.asgi:application", "--host", "127.0.0.1"]
     gateway_command += ["--port", str(args.gateway_port), "--workers", str(args.workers), "--no-access-log"]
     gateway_command += ["--log-level", "warning"]
-    mock_command = [PYTHON, "manage.py", "mock_upstream", "--port", str(args.mock_port)]
+    mock_command = [PYTHON, "manage.py", "mock_upstream", "--latency-ms", str(args.latency_ms), "--port"]
     processes = [
-        subprocess.Popen([*mock_command, "--latency-ms", str(args.latency_ms)], cwd=ROOT, env=env),
+        subprocess.Popen([*mock_command, str(args.mock_port)], cwd=ROOT, env=env),
+        subprocess.Popen([*mock_command, str(noisy_mock_port)], cwd=ROOT, env=env),
         subprocess.Popen(gateway_command, cwd=ROOT, env=env),
         subprocess.Popen([PYTHON, "manage.py", "ledger_drain", "--consumer", "fairness"], cwd=ROOT, env=env),
     ]
     try:
         wait_until_up(f"http://127.0.0.1:{args.mock_port}/v1/models")
+        wait_until_up(f"http://127.0.0.1:{noisy_mock_port}/v1/models")
         wait_until_up(f"http://127.0.0.1:{args.gateway_port}/healthz")
         run(args, keys)
     finally:
