@@ -8,7 +8,7 @@ from llmops.cpu import run_sized
 from llmops.gateway.admission import admit
 from llmops.gateway.call import GatewayCall
 from llmops.gateway.concurrency import inflight_release_after
-from llmops.gateway.errors import as_gateway_error
+from llmops.gateway.errors import as_gateway_error, internal_error
 from llmops.gateway.pipeline import answer_from_cache, complete_chat, stream_chat
 from llmops.gateway.planning import plan_chat
 from llmops.gateway.recording import finish
@@ -31,7 +31,8 @@ async def chat_completion_run(
     limit_concurrency: bool = False,
 ) -> HttpResponse:
     """Validate, route, cap, answer from the cache or admit, call and record. Every failure after authentication
-    leaves its ledger row and is raised as the exception it was (``as_gateway_error`` turns it into the OpenAI error).
+    leaves its ledger row and is raised as the exception it was (``as_gateway_error`` turns it into the OpenAI error;
+    what it cannot translate is a 500 ``internal_error``).
 
     ``snapshot`` is the configuration of the caller's tenant, made current for this request
     (``config_snapshot.for_key`` or ``for_tenant``). With ``limit_concurrency`` (live /v1 requests) the request holds
@@ -53,9 +54,9 @@ async def chat_completion_run(
         response = await (stream_chat if call.is_stream else complete_chat)(call, plan)
         return response
     except Exception as exc:
-        error = as_gateway_error(exc)
-        if error is not None:
-            await finish(call, http_status=error.status_code, error_code=error.code)
+        # Whatever failed, even a fault of the gateway's own, the request is recorded and its reservation settled.
+        error = as_gateway_error(exc) or internal_error()
+        await finish(call, http_status=error.status_code, error_code=error.code)
         raise
     finally:
         inflight_release_after(call.inflight, response)
