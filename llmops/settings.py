@@ -247,6 +247,11 @@ LLMOPS_RESERVATION_MAX_TOKENS = env.int("LLMOPS_RESERVATION_MAX_TOKENS", default
 LLMOPS_BUDGET_REDIS_FAILURE = env.str("LLMOPS_BUDGET_REDIS_FAILURE", default="fail_closed")
 if LLMOPS_BUDGET_REDIS_FAILURE not in ("fail_closed", "database"):
     raise ImproperlyConfigured("LLMOPS_BUDGET_REDIS_FAILURE must be 'fail_closed' or 'database'")
+# Chat completions one tenant may have in flight at once, across every gateway process, unless the tenant's own
+# setting says otherwise (0: no limit). Each is held under a lease renewed while it runs, so the slots of a gateway
+# process that dies are free again after the lease.
+LLMOPS_TENANT_MAX_INFLIGHT = env.int("LLMOPS_TENANT_MAX_INFLIGHT", default=256)
+LLMOPS_TENANT_INFLIGHT_LEASE_SECONDS = env.float("LLMOPS_TENANT_INFLIGHT_LEASE_SECONDS", default=30.0)
 # Anomaly detection: a window is flagged when it lies this many robust deviations from its 14-day baseline,
 # judged only where baseline windows and the window itself saw at least the minimum number of requests.
 LLMOPS_ANOMALY_MIN_SCORE = env.float("LLMOPS_ANOMALY_MIN_SCORE", default=5.0)

@@ -158,11 +158,16 @@ class TenantAdmin(TenantScopedAdmin):
     list_filter = ("is_active",)
     search_fields = ("slug", "name")
     add_fields = ("slug", "name")
-    fields = ("slug", "name", "time_zone", "is_active", "created_at")
+    fields = ("slug", "name", "time_zone", "is_active", "max_inflight_requests", "created_at")
     readonly_fields = ("slug", "created_at")
 
     def tenant_id_of(self, obj) -> int | None:
         return obj.pk
+
+    def get_readonly_fields(self, request, obj=None):
+        # The cap on requests in flight protects the other tenants: the platform sets it, not the tenant's admins.
+        readonly = super().get_readonly_fields(request, obj)
+        return readonly if request.user.is_superuser else (*readonly, "max_inflight_requests")
 
     def has_add_permission(self, request):
         return request.user.is_superuser

@@ -12,6 +12,7 @@ from billing.budgets.reservations import Reservation
 from billing.costs import format_cost, usage_cost
 from billing.models import CacheStatus, UsageKind
 from billing.services import UsageEvent
+from llmops.gateway.concurrency import InflightSlot
 from llmops.gateway.worst_case import OutputBound
 from routing.catalog import ModelEntry
 from routing.providers.base import MalformedAnswer, UpstreamReply, answer_text, invalid_response
@@ -125,6 +126,8 @@ class GatewayCall:
     upstream_ms: int | None = None
     cost_usd: str | None = None
     reservation: Reservation | None = None
+    # The tenant's slot for a request in flight (live /v1 requests past admission); given back when it ends.
+    inflight: InflightSlot | None = None
     budget_remaining_usd: str | None = None
     extra_headers: dict[str, str] = field(default_factory=dict)
     # The validated client body, kept for the payload log of tenants that turned it on.

@@ -22,7 +22,7 @@ from routing import upstream
 from routing.catalog import ModelEntry
 from routing.compression import Summarizer, SummaryRefused
 from routing.providers.base import message_text
-from routing.tokens import count_chat_tokens
+from routing.tokens import count_chat_tokens_async
 
 SUMMARY_INSTRUCTIONS = (
     "Summarise the following conversation turns in a few sentences. Keep names, numbers, decisions "
@@ -52,7 +52,7 @@ async def _reserve(snapshot: ConfigSnapshot, summary: GatewayCall, body: dict) -
         return
     amount = chain_worst_case(
         [model],
-        prompt_tokens=count_chat_tokens(body["messages"], model=model.upstream_name),
+        prompt_tokens=await count_chat_tokens_async(body["messages"], model=model.upstream_name),
         bound=OutputBound(SUMMARY_MAX_TOKENS),
         fallback=settings.LLMOPS_RESERVATION_MAX_TOKENS,
     )

@@ -75,7 +75,11 @@ class ChatCompletionsView(GatewayView):
     async def post(self, request):
         self.call = GatewayCall(principal=request.user, endpoint=request.path, request_id=self.request_id)
         return await chat_completion_run(
-            self.call, snapshot=self.config, read_body=lambda: request.data, headers=request.headers
+            self.call,
+            snapshot=self.config,
+            read_body=lambda: request.data,
+            headers=request.headers,
+            limit_concurrency=True,
         )
 
     def finalize_response(self, request, response, *args, **kwargs):
