@@ -21,6 +21,11 @@ from tenants.services import api_key_create
 from tests.factories import ModelFactory, ProviderFactory, TeamFactory, TenantFactory
 from tests.servers import ServiceProcess, ThreadedServer, committed_database_url, free_port
 
+# Threads of this process (the in-process gateway, the drainer thread, tests' own) may end holding a connection, which
+# a pool would never get back: the suite's process runs without one (DB_POOL_MAX_SIZE=0's mode). The processes tests
+# start (spawn, tests/e2e) use the pool, as production does.
+settings.DATABASES["default"].get("OPTIONS", {}).pop("pool", None)
+
 SMALL_PRICES = (Decimal("0.15"), Decimal("0.075"), Decimal("0.60"))
 LARGE_PRICES = (Decimal("2.50"), Decimal("1.25"), Decimal("10.00"))
 
