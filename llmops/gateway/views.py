@@ -7,9 +7,9 @@ from django.db import connection
 from django.http import HttpResponse, JsonResponse
 from rest_framework.permissions import IsAuthenticated
 
-from llmops.gateway.call import GatewayCall
+from llmops.gateway.call import GatewayCall, new_request_id
 from llmops.gateway.chat import chat_completion_run
-from llmops.gateway.errors import GatewayError, openai_exception_handler
+from llmops.gateway.errors import REQUEST_ID_HEADER, GatewayError, openai_exception_handler
 from llmops.gateway.parsers import OrjsonParser
 from llmops.gateway.snapshot import ConfigSnapshot, config_snapshot
 from tenants.authentication import ApiKeyAuthentication, bearer_key
@@ -28,14 +28,22 @@ class GatewayView(APIView):
 
         The caller's tenant configuration is made current first (one version read; a reload only when it
         changed), so authentication, permissions and negotiation read memory only and run on the event loop.
+        A refresh that fails (Postgres or Redis unreachable) is answered by the error handler like any other failure.
         """
+        self.request_id = new_request_id()
         raw_key = bearer_key(request.META.get("HTTP_AUTHORIZATION", ""))
-        self.config = await config_snapshot.for_key(raw_key) if raw_key else None
+        refresh_failure = None
+        try:
+            self.config = await config_snapshot.for_key(raw_key) if raw_key else None
+        except Exception as exc:
+            refresh_failure = exc
         self.args, self.kwargs = args, kwargs
         request = self.initialize_request(request, *args, **kwargs)
         self.request = request
         self.headers = self.default_response_headers
         try:
+            if refresh_failure is not None:
+                raise refresh_failure
             self.initial(request, *args, **kwargs)
             method = request.method.lower()
             handler = getattr(self, method, None) if method in self.http_method_names else None
@@ -55,21 +63,31 @@ class GatewayView(APIView):
     def get_exception_handler(self):
         return openai_exception_handler
 
+    def finalize_response(self, request, response, *args, **kwargs):
+        """Every answer names its request, refusals before any ledger row included."""
+        response = super().finalize_response(request, response, *args, **kwargs)
+        if REQUEST_ID_HEADER not in response:
+            response[REQUEST_ID_HEADER] = self.request_id
+        return response
+
 
 class ChatCompletionsView(GatewayView):
     async def post(self, request):
-        self.call = GatewayCall(principal=request.user, endpoint=request.path)
+        self.call = GatewayCall(principal=request.user, endpoint=request.path, request_id=self.request_id)
         return await chat_completion_run(
-            self.call, snapshot=self.config, read_body=lambda: request.data, headers=request.headers
+            self.call,
+            snapshot=self.config,
+            read_body=lambda: request.data,
+            headers=request.headers,
+            limit_concurrency=True,
         )
 
     def finalize_response(self, request, response, *args, **kwargs):
-        response = super().finalize_response(request, response, *args, **kwargs)
         call = getattr(self, "call", None)
-        if call is not None and "x-llmops-request-id" not in response:
+        if call is not None and REQUEST_ID_HEADER not in response:
             for name, value in call.response_headers().items():
                 response[name] = value
-        return response
+        return super().finalize_response(request, response, *args, **kwargs)
 
 
 class ModelsView(GatewayView):
