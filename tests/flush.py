@@ -2,12 +2,13 @@
 
 Postgres's TRUNCATE gives every table, index and sequence of the schema a new file (over 300 of them here): 0.4 to
 2 s per test measured on the 2-core machine, and the suite has some 200 tests on committed data. A DELETE of the
-few rows a test left, with the locks and the signal below, took 0.05 to 0.15 s. The result is the state Django's flush leaves: every table
-of an installed model empty, under the same ACCESS EXCLUSIVE locks TRUNCATE takes (so a write still in flight
-finishes first, and none starts until the tables are empty), and the post_migrate signal sent after. The content
-types and permissions that signal creates are left in place rather than deleted and recreated; the signal restores
-any a test removed. The ledger's append-only trigger lets the DELETE through the way it lets the retention purge
-(billing.services.usage_records_purge) through, with llmops.ledger_purge set for this transaction only.
+few rows a test left, with the locks and the signal below, took 0.05 to 0.15 s. The result is the state Django's
+flush leaves: every table of an installed model empty, under the same ACCESS EXCLUSIVE locks TRUNCATE takes (so a
+write still in flight finishes first, and none starts until the tables are empty), and the post_migrate signal
+sent after. The content types and permissions that signal creates are left in place rather than deleted and
+recreated; the signal restores any a test removed. The ledger's append-only trigger lets the DELETE through the
+way it lets the retention purge (billing.services.usage_records_purge) through, with llmops.ledger_purge set for
+this transaction only.
 """
 
 from contextlib import contextmanager
