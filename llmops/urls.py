@@ -13,3 +13,5 @@ urlpatterns = [
     path("api/", include("billing.urls")),
     path("admin/", admin.site.urls),
 ]
+
+handler500 = "llmops.error_pages.server_error"

@@ -17,7 +17,7 @@ import orjson
 import pytest
 from django.db import OperationalError
 from django.http import Http404
-from django.test import RequestFactory
+from django.test import Client, RequestFactory
 from django.utils import timezone
 
 from billing.budgets.selectors import budget_status
@@ -27,12 +27,13 @@ from llmops.gateway.last_resort import json_errors
 from llmops.mock_upstream import MALFORMED_BODIES, MALFORMED_USAGE
 from tenants.keys import generate_key
 from tests.conftest import make_tenant_setup
-from tests.factories import ModelFactory, ProviderFactory
+from tests.factories import ModelFactory, ProviderFactory, UserFactory
 from tests.gateway.test_config_changes_live import TwoWorkers
 from tests.gateway.test_worst_case_live import wait_for_empty_stream
 from tests.servers import TcpProxy, committed_database_url
 
 OUTAGE_SECONDS = 5
+RECOVERY_SECONDS = 20
 MALFORMED = [(kind, stream) for kind in (*MALFORMED_USAGE, *MALFORMED_BODIES) for stream in (False, True)]
 _prompts = count()
 
@@ -93,6 +94,21 @@ def test_what_no_view_handles_is_an_openai_error_with_a_request_id_never_django_
         assert response["retry-after"] == "2"
 
 
+SITE_PATHS = ["/admin/", "/admin/billing/usagerecord/", "/api/usage/?tenant=warm&since=2026-01-01&until=2026-01-31"]
+
+
+def signed_in_session() -> str:
+    """A superuser's session id, stored in the database the gateway reads its sessions from."""
+    browser = Client()
+    browser.force_login(UserFactory(is_staff=True, is_superuser=True))
+    return browser.cookies["sessionid"].value
+
+
+def site_answer(url: str, session_cookie: str, path: str) -> httpx.Response:
+    with httpx.Client(base_url=url, cookies={"sessionid": session_cookie}, timeout=30) as client:
+        return client.get(path)
+
+
 @pytest.fixture
 def process_env(process_env):
     return {**process_env, "LLMOPS_CACHE_EMBEDDER": ""}
@@ -122,6 +138,8 @@ def test_malformed_answers_and_a_postgres_outage_get_json_lose_no_row_and_leak_n
         workers = TwoWorkers(gateway_port, gateway.process.pid)
         workers.served_by_both(warm.key, warm.small.name, status=200)
         url = workers.url
+        session_cookie = signed_in_session()
+        site_before = [site_answer(url, session_cookie, path) for path in SITE_PATHS]
 
         def round_of(phase: str, *, with_malformed: bool = False) -> list[Answer]:
             """Requests at once, each kind once (every malformed answer, when asked), until all are answered."""
@@ -136,20 +154,33 @@ def test_malformed_answers_and_a_postgres_outage_get_json_lose_no_row_and_leak_n
             ]
             return [future.result() for future in futures]
 
-        with ThreadPoolExecutor(max_workers=8) as pool:
+        with ThreadPoolExecutor(max_workers=8 + len(SITE_PATHS)) as pool:
             answers = round_of("before", with_malformed=True)
             with proxy.outage():
                 deadline = time.monotonic() + OUTAGE_SECONDS
                 answers += round_of("during", with_malformed=True)
                 rounds = 1
+                # At once, each answered within DB_POOL_TIMEOUT, well inside the outage.
+                site_during = [pool.submit(site_answer, url, session_cookie, path) for path in SITE_PATHS]
                 while time.monotonic() < deadline:
                     answers += round_of("during")
                     rounds += 1
-            answers += round_of("after")
+            site_during = [future.result() for future in site_during]
+            # Each worker's pool reconnects with backoff once Postgres is back: a key that needs the database is
+            # answered 503 until then, and 200 from the first round after.
+            outage_ended = time.monotonic()
+            recovered_by = outage_ended + RECOVERY_SECONDS
+            after = round_of("after")
+            while any(answer.status == 503 for answer in after) and time.monotonic() < recovered_by:
+                answers += after
+                after = round_of("after")
+            answers += after
+            recovery_seconds = time.monotonic() - outage_ended
         wait_for_empty_stream()
 
     print(
-        f"{len(answers)} answers, {rounds} rounds of requests during the {OUTAGE_SECONDS} s outage:",
+        f"{len(answers)} answers, {rounds} rounds of requests during the {OUTAGE_SECONDS} s outage,"
+        f" all answered again {recovery_seconds:.1f} s after it:",
         {(a.what, a.status, a.error_code) for a in answers},
     )
     assert rounds >= 3
@@ -165,11 +196,22 @@ def test_malformed_answers_and_a_postgres_outage_get_json_lose_no_row_and_leak_n
     }
     for answer in answers:
         if answer.what == "cold" and answer.phase == "after":
-            assert (answer.status, answer.error_code) == (200, None), answer
+            assert (answer.status, answer.error_code) in {(200, None), (503, "service_unavailable")}, answer
         else:
             assert (answer.status, answer.error_code) in expected[answer.what], answer
         if answer.status == 503:
             assert answer.headers["retry-after"] == "2"
+    assert all(answer.status in (200, 401) for answer in after), after
+
+    # The admin and the management API answer 503 with Retry-After while the database is away: JSON under /api/.
+    assert [response.status_code for response in site_before] == [200] * len(SITE_PATHS)
+    for path, response in zip(SITE_PATHS, site_during, strict=True):
+        assert response.status_code == 503, (path, response.status_code, response.headers, response.text[:300])
+        assert response.headers["retry-after"] == "2", (path, response.headers)
+        if path.startswith("/api/"):
+            assert response.json()["error"]["code"] == "service_unavailable"
+        else:
+            assert "<html" not in response.text.lower()
 
     # Every request whose key was checked has its row; a key that could not be checked (the configuration could not
     # load) has none.
