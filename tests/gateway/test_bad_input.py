@@ -60,6 +60,21 @@ def test_malformed_json_is_a_400_with_a_ledger_row(gateway, acme):
         ),
         ({"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": "yes"}, "invalid_type", "stream"),
         ([1, 2, 3], "invalid_json", None),
+        ({"model": "m", "messages": [{"role": ["user"], "content": "hi"}]}, "invalid_type", "messages[0].role"),
+        ({"model": "m", "messages": [{"role": {"a": "user"}, "content": "hi"}]}, "invalid_type", "messages[0].role"),
+        (
+            {
+                "model": "m",
+                "messages": [{"role": "user", "content": "hi"}, {"role": "user", "content": "a", "name": {}}],
+            },
+            "invalid_type",
+            "messages[1].name",
+        ),
+        (
+            {"model": "m", "messages": [{"role": "user", "content": [{"type": "text", "text": ["a"]}]}]},
+            "invalid_type",
+            "messages[0].content[0].text",
+        ),
     ],
 )
 def test_wrong_fields_name_the_parameter(gateway, acme, body, code, param):
