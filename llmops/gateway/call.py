@@ -16,6 +16,8 @@ from routing.catalog import ModelEntry
 from routing.tokens import count_chat_tokens, count_text_tokens
 from tenants.authentication import KeyPrincipal
 
+REQUEST_ID_HEADER = "x-llmops-request-id"
+
 
 def new_request_id() -> str:
     return f"req_{secrets.token_hex(12)}"
@@ -171,7 +173,7 @@ class GatewayCall:
         return removed - self.compression_summary_usd
 
     def response_headers(self) -> dict[str, str]:
-        headers = {"x-llmops-request-id": self.request_id, "x-llmops-cache": str(self.cache_status)}
+        headers = {REQUEST_ID_HEADER: self.request_id, "x-llmops-cache": str(self.cache_status)}
         if self.cache_similarity is not None:
             headers["x-llmops-cache-similarity"] = f"{self.cache_similarity:.4f}"
         if self.served:

@@ -5,11 +5,12 @@ import orjson
 from adrf.views import APIView
 from django.db import connection
 from django.http import HttpResponse, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
 from rest_framework.permissions import IsAuthenticated
 
-from llmops.gateway.call import GatewayCall
+from llmops.gateway.call import REQUEST_ID_HEADER, GatewayCall, new_request_id
 from llmops.gateway.chat import chat_completion_run
-from llmops.gateway.errors import GatewayError, openai_exception_handler
+from llmops.gateway.errors import GatewayError, error_response, openai_exception_handler
 from llmops.gateway.parsers import OrjsonParser
 from llmops.gateway.snapshot import ConfigSnapshot, config_snapshot
 from tenants.authentication import ApiKeyAuthentication, bearer_key
@@ -55,6 +56,13 @@ class GatewayView(APIView):
     def get_exception_handler(self):
         return openai_exception_handler
 
+    def finalize_response(self, request, response, *args, **kwargs):
+        """Every /v1 answer names a request id; a chat completion's is its ledger row's (set before this runs)."""
+        response = super().finalize_response(request, response, *args, **kwargs)
+        if REQUEST_ID_HEADER not in response:
+            response[REQUEST_ID_HEADER] = new_request_id()
+        return response
+
 
 class ChatCompletionsView(GatewayView):
     async def post(self, request):
@@ -64,12 +72,11 @@ class ChatCompletionsView(GatewayView):
         )
 
     def finalize_response(self, request, response, *args, **kwargs):
-        response = super().finalize_response(request, response, *args, **kwargs)
         call = getattr(self, "call", None)
-        if call is not None and "x-llmops-request-id" not in response:
+        if call is not None and REQUEST_ID_HEADER not in response:
             for name, value in call.response_headers().items():
                 response[name] = value
-        return response
+        return super().finalize_response(request, response, *args, **kwargs)
 
 
 class ModelsView(GatewayView):
@@ -98,6 +105,22 @@ class ModelDetailView(GatewayView):
         raise GatewayError(
             f"The model `{model_name}` does not exist.", status=404, code="model_not_found", param="model"
         )
+
+
+MAX_ECHOED_PATH_CHARS = 200
+
+
+@csrf_exempt
+async def unknown_url(request, *args, **kwargs):
+    """Any /v1 path no endpoint serves, whatever the method: OpenAI's JSON 404 rather than Django's HTML page."""
+    path = request.path[:MAX_ECHOED_PATH_CHARS]
+    error = GatewayError(
+        f"Unknown request URL: {request.method} {path}. Please check the URL for typos; the /v1 endpoints are "
+        "chat/completions, models, files and batches.",
+        status=404,
+        code="unknown_url",
+    )
+    return error_response(error, {REQUEST_ID_HEADER: new_request_id()})
 
 
 def healthz(request):
