@@ -9,6 +9,7 @@ translation) meets a shape it cannot handle. Fields the gateway does not know pa
 from collections.abc import Callable
 from functools import partial
 
+from llmops.db import unstorable_part
 from llmops.gateway.errors import invalid_request
 
 MESSAGE_ROLES = ("system", "developer", "user", "assistant", "tool", "function")
@@ -377,3 +378,14 @@ def _refuse_unpriced(body: dict) -> None:
         raise _unsupported("modalities", UNPRICED_PARAMETERS["audio"])
     if body.get("service_tier") in UNPRICED_SERVICE_TIERS:
         raise _unsupported("service_tier", f"the {body['service_tier']} tier is billed above the catalog's prices")
+
+
+def validate_storable(value, *, param: str = "") -> None:
+    """Refuse what is stored to run later (a job's body, a batch line, batch metadata) when part of it would not come
+    back from the database as it was sent (``llmops.db.unstorable_part``); ``param`` is the path of ``value``."""
+    unstorable = unstorable_part(value)
+    if unstorable is not None:
+        where, why = unstorable
+        path = ".".join(part for part in (param, where) if part)
+        message = f"'{path}' {why}, which could not be stored and given back exactly to run later."
+        raise invalid_request(message, param=path, code="invalid_value")

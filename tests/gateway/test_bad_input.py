@@ -8,7 +8,8 @@ import pytest
 from django.utils import timezone
 
 from billing.models import UsageRecord
-from tenants.services import api_key_revoke
+from tenants.models import PayloadLog
+from tenants.services import api_key_revoke, payload_log_settings_set
 
 
 def post(gateway, key, body=None, *, content=None, headers=None):
@@ -213,3 +214,14 @@ def test_no_error_costs_money(gateway, acme):
 
     assert UsageRecord.objects.count() == 2
     assert all(record.cost_usd == Decimal(0) for record in UsageRecord.objects.all())
+
+
+def test_a_nul_character_in_a_logged_prompt_is_answered_and_logged(gateway, acme):
+    payload_log_settings_set(tenant=acme.tenant, enabled=True)
+    body = {"model": acme.small.name, "messages": [{"role": "user", "content": "before\x00after"}]}
+
+    response = post(gateway, acme.key, body)
+
+    assert response.status_code == 200, response.text
+    assert UsageRecord.objects.get().http_status == 200
+    assert PayloadLog.objects.get().request["messages"][0]["content"] == "before\ufffdafter"
