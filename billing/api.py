@@ -7,6 +7,7 @@ A new budget goes to the tenant named by `?tenant=<slug>`, or to the caller's on
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
+from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
 from rest_framework.exceptions import NotFound
 from rest_framework.exceptions import ValidationError as ApiValidationError
@@ -18,6 +19,7 @@ from billing.budgets.selectors import budget_status, budgets_editable_by
 from billing.budgets.services import budget_create, budget_delete, budget_update
 from billing.costs import format_cost
 from billing.models import AlertChannel, Budget, BudgetAction, BudgetPeriod, BudgetScope
+from llmops.api import TenantSlugField
 from tenants.models import EDITING_ROLES, ApiKey, Team, Tenant
 from tenants.selectors import tenant_named
 
@@ -26,15 +28,50 @@ class BudgetInputSerializer(serializers.Serializer):
     """Shapes only; budget_validate decides what makes sense. Team by slug, key by prefix, channels by id."""
 
     scope = serializers.ChoiceField(choices=BudgetScope.choices, default=BudgetScope.TENANT)
-    team = serializers.CharField(required=False, allow_blank=True, default="")
-    api_key = serializers.CharField(required=False, allow_blank=True, default="")
+    team = serializers.CharField(required=False, allow_blank=True, default="", max_length=64)
+    api_key = serializers.CharField(required=False, allow_blank=True, default="", max_length=16)
     model_name = serializers.CharField(required=False, allow_blank=True, default="", max_length=128)
     period = serializers.ChoiceField(choices=BudgetPeriod.choices, default=BudgetPeriod.MONTH)
     limit_usd = serializers.DecimalField(max_digits=20, decimal_places=10)
-    thresholds = serializers.ListField(child=serializers.IntegerField(), required=False)
+    thresholds = serializers.ListField(child=serializers.IntegerField(min_value=1, max_value=1000), required=False)
     action = serializers.ChoiceField(choices=BudgetAction.choices, default=BudgetAction.BLOCK)
     is_active = serializers.BooleanField(default=True)
-    channels = serializers.ListField(child=serializers.IntegerField(), required=False)
+    channels = serializers.ListField(child=serializers.IntegerField(min_value=1, max_value=2**63 - 1), required=False)
+
+
+class TenantQuerySerializer(serializers.Serializer):
+    tenant = TenantSlugField(help_text="Tenant slug; optional when you may edit exactly one tenant.")
+
+
+def _money() -> serializers.CharField:
+    return serializers.CharField(help_text="USD, a decimal string at the ledger's 10 places.")
+
+
+class BudgetPeriodStatusSerializer(serializers.Serializer):
+    key = serializers.CharField()
+    start = serializers.DateTimeField()
+    end = serializers.DateTimeField()
+    spent_usd = _money()
+    reserved_usd = _money()
+    remaining_usd = _money()
+
+
+class BudgetSerializer(serializers.Serializer):
+    """A budget as the API answers it (budget_output); documentation only."""
+
+    id = serializers.IntegerField()
+    tenant = serializers.CharField()
+    scope = serializers.ChoiceField(choices=BudgetScope.choices)
+    team = serializers.CharField(allow_null=True)
+    api_key = serializers.CharField(allow_null=True)
+    model_name = serializers.CharField(allow_blank=True)
+    period = serializers.ChoiceField(choices=BudgetPeriod.choices)
+    limit_usd = _money()
+    thresholds = serializers.ListField(child=serializers.IntegerField())
+    action = serializers.ChoiceField(choices=BudgetAction.choices)
+    is_active = serializers.BooleanField()
+    channels = serializers.ListField(child=serializers.IntegerField())
+    current_period = BudgetPeriodStatusSerializer()
 
 
 def budget_output(budget: Budget) -> dict:
@@ -63,12 +100,17 @@ def budget_output(budget: Budget) -> dict:
     }
 
 
+def _tenant_slug(request: Request) -> str:
+    query = TenantQuerySerializer(data=request.query_params.dict())
+    query.is_valid(raise_exception=True)
+    return query.validated_data.get("tenant", "")
+
+
 def _editable_tenant(request: Request) -> Tenant:
     tenants = Tenant.objects.all()
     if not request.user.is_superuser:
         tenants = tenants.filter(memberships__user=request.user, memberships__role__in=EDITING_ROLES)
-    slug = request.query_params.get("tenant")
-    if slug:
+    if slug := _tenant_slug(request):
         return tenant_named(tenants=tenants, slug=slug)
     only = list(tenants[:2])
     if len(only) != 1:
@@ -100,16 +142,20 @@ def _targets(tenant: Tenant, data: dict) -> dict:
 
 
 def _as_api_error(error: ValidationError) -> ApiValidationError:
-    return ApiValidationError(error.message_dict if hasattr(error, "error_dict") else {"detail": error.messages})
+    return ApiValidationError(error.message_dict if hasattr(error, "error_dict") else error.messages)
 
 
 class BudgetListView(APIView):
+    @extend_schema(
+        operation_id="api_budgets_list", parameters=[TenantQuerySerializer], responses=BudgetSerializer(many=True)
+    )
     def get(self, request: Request) -> Response:
         budgets = budgets_editable_by(user=request.user)
-        if request.query_params.get("tenant"):
+        if _tenant_slug(request):
             budgets = budgets.filter(tenant=_editable_tenant(request))
         return Response([budget_output(budget) for budget in budgets.distinct()])
 
+    @extend_schema(parameters=[TenantQuerySerializer], request=BudgetInputSerializer, responses={201: BudgetSerializer})
     def post(self, request: Request) -> Response:
         tenant = _editable_tenant(request)
         serializer = BudgetInputSerializer(data=request.data)
@@ -129,9 +175,11 @@ class BudgetDetailView(APIView):
             raise NotFound("No such budget.")
         return budget
 
+    @extend_schema(responses=BudgetSerializer)
     def get(self, request: Request, budget_id: int) -> Response:
         return Response(budget_output(self.budget(request, budget_id)))
 
+    @extend_schema(request=BudgetInputSerializer, responses=BudgetSerializer)
     def patch(self, request: Request, budget_id: int) -> Response:
         budget = self.budget(request, budget_id)
         serializer = BudgetInputSerializer(data=request.data, partial=True)
@@ -145,6 +193,7 @@ class BudgetDetailView(APIView):
             raise _as_api_error(error) from error
         return Response(budget_output(budget))
 
+    @extend_schema(responses={204: None})
     def delete(self, request: Request, budget_id: int) -> Response:
         budget_delete(budget=self.budget(request, budget_id))
         return Response(status=status.HTTP_204_NO_CONTENT)

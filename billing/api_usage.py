@@ -4,12 +4,14 @@ The tenant comes from `?tenant=<slug>` checked against the caller's memberships 
 a tenant the caller may not export answers 404 exactly like one that does not exist.
 """
 
+from django.core.exceptions import ValidationError as DjangoValidationError
 from django.core.files.storage import default_storage
 from django.http import FileResponse, Http404
 from django.shortcuts import get_object_or_404
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from drf_spectacular.utils import PolymorphicProxySerializer, extend_schema, extend_schema_field, inline_serializer
 from rest_framework import serializers, status
+from rest_framework.exceptions import NotFound
 from rest_framework.negotiation import BaseContentNegotiation
 from rest_framework.pagination import CursorPagination, LimitOffsetPagination
 from rest_framework.request import Request
@@ -21,6 +23,7 @@ from billing.exports import (
     ExportError,
     ExportGrouping,
     ExportParams,
+    UsageFilters,
     aggregate_queryset,
     csv_streaming_response,
     export_params_parse,
@@ -35,22 +38,18 @@ from billing.exports import (
 from billing.exports_async import usage_export_request
 from billing.models import ExportStatus, UsageExport, UsageRecord
 from billing.selectors import tenant_zone
+from llmops.api import TenantSlugField, api_error_response
 from tenants.models import Tenant
 from tenants.selectors import tenant_named
 
 
-def error_response(message: str, *, code: str, field: str = "", http_status: int = 400, **extra) -> Response:
-    return Response({"error": {"message": message, "code": code, "field": field, **extra}}, status=http_status)
-
-
 def export_error_response(error: ExportError) -> Response:
-    return error_response(error.message, code=error.code, field=error.field)
+    return api_error_response(error.message, code=error.code, field=error.field)
 
 
-def finance_tenant(request: Request) -> Tenant:
-    """The tenant named by ?tenant=, if the caller may export it; the only one they may export if unnamed."""
-    tenants = tenants_exportable_by(user=request.user)
-    slug = request.query_params.get("tenant") or request.data.get("tenant")
+def finance_tenant(*, user, slug: str) -> Tenant:
+    """The tenant named by its slug, if the caller may export it; the only one they may export if unnamed."""
+    tenants = tenants_exportable_by(user=user)
     if slug:
         return tenant_named(tenants=tenants, slug=slug)
     only = list(tenants[:2])
@@ -59,33 +58,67 @@ def finance_tenant(request: Request) -> Tenant:
     return only[0]
 
 
-def _params(request: Request, source) -> tuple[ExportParams, object]:
-    params = export_params_parse(since=source.get("since"), until=source.get("until"), group_by=source.get("group_by"))
+@extend_schema_field(OpenApiTypes.DATE)
+class DayField(serializers.CharField):
+    """A calendar day like 2025-01-31, read by export_params_parse so the API and the admin refuse alike."""
+
+    def __init__(self, **kwargs):
+        super().__init__(max_length=10, **kwargs)
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str):  # CharField would take 20250301 and read it as a day
+            raise serializers.ValidationError("Must be a date string like 2025-01-31.", code="invalid")
+        return super().to_internal_value(data)
+
+
+def _text(max_length: int, help_text: str) -> serializers.CharField:
+    return serializers.CharField(required=False, allow_blank=True, max_length=max_length, help_text=help_text)
+
+
+class UsageRangeQuerySerializer(serializers.Serializer):
+    """What every usage read and export takes: the tenant, the days, the grouping and the filters."""
+
+    tenant = TenantSlugField(help_text="Tenant slug; optional when you may see exactly one tenant.")
+    since = DayField(help_text="First day, tenant time zone.")
+    until = DayField(help_text="Last day (inclusive), tenant time zone.")
+    group_by = _text(200, f"Comma-separated, among {', '.join(ExportGrouping.values)}; omit for one row per request.")
+    team = _text(64, "Team slug.")
+    key = _text(16, "API key prefix.")
+    model = _text(128, "Served model.")
+    status = _text(32, "ok, error, or an HTTP status code.")
+    cache = _text(32, "Cache status: miss, hit-exact, hit-semantic, bypass.")
+
+
+class UsagePageQuerySerializer(UsageRangeQuerySerializer):
+    cursor = serializers.CharField(required=False, max_length=1000, help_text="Page cursor (ungrouped).")
+    page_size = serializers.IntegerField(required=False, min_value=1, max_value=1000, help_text="Rows per page.")
+    limit = serializers.IntegerField(required=False, min_value=1, max_value=1000, help_text="Groups per page.")
+    offset = serializers.IntegerField(required=False, min_value=0, max_value=10**9, help_text="First group.")
+
+
+class UsageExportRequestSerializer(serializers.Serializer):
+    tenant = TenantSlugField(help_text="Tenant slug; optional when you may see exactly one tenant.")
+    since = DayField()
+    until = DayField()
+    group_by = serializers.CharField(required=False, allow_blank=True, max_length=200)
+
+
+def _validated(serializer_class: type[serializers.Serializer], data) -> dict:
+    serializer = serializer_class(data=data)
+    serializer.is_valid(raise_exception=True)
+    return serializer.validated_data
+
+
+def _params(query: dict) -> tuple[ExportParams, UsageFilters]:
+    params = export_params_parse(since=query["since"], until=query["until"], group_by=query.get("group_by"))
     filters = usage_filters_parse(
-        team=source.get("team", ""),
-        key=source.get("key", ""),
-        model=source.get("model", ""),
-        status=source.get("status", ""),
-        cache=source.get("cache", ""),
+        team=query.get("team", ""),
+        key=query.get("key", ""),
+        model=query.get("model", ""),
+        status=query.get("status", ""),
+        cache=query.get("cache", ""),
     )
     return params, filters
-
-
-RANGE_PARAMETERS = [
-    OpenApiParameter("tenant", str, description="Tenant slug; optional when you may see exactly one tenant."),
-    OpenApiParameter("since", OpenApiTypes.DATE, required=True, description="First day, tenant time zone."),
-    OpenApiParameter("until", OpenApiTypes.DATE, required=True, description="Last day (inclusive), tenant time zone."),
-    OpenApiParameter(
-        "group_by",
-        str,
-        description=f"Comma-separated, among {', '.join(ExportGrouping.values)}; omit for one row per request.",
-    ),
-    OpenApiParameter("team", str, description="Team slug."),
-    OpenApiParameter("key", str, description="API key prefix."),
-    OpenApiParameter("model", str, description="Served model."),
-    OpenApiParameter("status", str, description="ok, error, or an HTTP status code."),
-    OpenApiParameter("cache", str, description="Cache status: miss, hit-exact, hit-semantic, bypass."),
-]
 
 
 class FirstRendererNegotiation(BaseContentNegotiation):
@@ -147,11 +180,40 @@ UsageGroupSerializer = inline_serializer(
 )
 
 
+@extend_schema_field(
+    PolymorphicProxySerializer(
+        component_name="UsageRow",
+        serializers=[UsageRecordSerializer, UsageGroupSerializer],
+        resource_type_field_name=None,
+        many=True,
+    )
+)
+class UsageRowsField(serializers.ListField):
+    pass
+
+
+UsagePageSerializer = inline_serializer(
+    "UsagePage",
+    fields={
+        "count": serializers.IntegerField(required=False, help_text="Grouped only: how many groups in all."),
+        "next": serializers.URLField(allow_null=True),
+        "previous": serializers.URLField(allow_null=True),
+        "results": UsageRowsField(help_text="Ledger rows (UsageRecord), or groups (UsageGroup) with ?group_by=."),
+    },
+)
+
+
 class UsageCursorPagination(CursorPagination):
     ordering = ("-created_at", "-id")
     page_size = 100
     page_size_query_param = "page_size"
     max_page_size = 1000
+
+    def paginate_queryset(self, queryset, request, view=None):
+        try:
+            return super().paginate_queryset(queryset, request, view)
+        except DjangoValidationError:  # a cursor whose position is not a time
+            raise NotFound(self.invalid_cursor_message) from None
 
 
 class UsageGroupPagination(LimitOffsetPagination):
@@ -163,20 +225,15 @@ class UsageView(APIView):
     """Usage of one tenant: one row per request (cursor-paginated), or groups with ?group_by= (limit/offset)."""
 
     @extend_schema(
-        parameters=[
-            *RANGE_PARAMETERS,
-            OpenApiParameter("cursor", str, description="Page cursor (ungrouped)."),
-            OpenApiParameter("page_size", int, description="Rows per page (ungrouped), at most 1000."),
-            OpenApiParameter("limit", int, description="Groups per page (grouped), at most 1000."),
-            OpenApiParameter("offset", int, description="First group (grouped)."),
-        ],
-        responses={200: UsageRecordSerializer(many=True)},
+        parameters=[UsagePageQuerySerializer],
+        responses={200: UsagePageSerializer},
         description="Ungrouped: paginated ledger rows, newest first. Grouped: paginated UsageGroup rows.",
     )
     def get(self, request: Request) -> Response:
+        query = _validated(UsagePageQuerySerializer, request.query_params.dict())
         try:
-            tenant = finance_tenant(request)
-            params, filters = _params(request, request.query_params)
+            tenant = finance_tenant(user=request.user, slug=query.get("tenant", ""))
+            params, filters = _params(query)
         except ExportError as error:
             return export_error_response(error)
         records = filters.apply(usage_ledger_queryset(tenant=tenant, params=params))
@@ -207,15 +264,16 @@ class UsageExportCsvView(APIView):
 
     content_negotiation_class = FirstRendererNegotiation
 
-    @extend_schema(parameters=RANGE_PARAMETERS, responses={(200, "text/csv"): OpenApiTypes.STR})
+    @extend_schema(parameters=[UsageRangeQuerySerializer], responses={(200, "text/csv"): OpenApiTypes.STR})
     def get(self, request: Request):
+        query = _validated(UsageRangeQuerySerializer, request.query_params.dict())
         try:
-            tenant = finance_tenant(request)
-            params, filters = _params(request, request.query_params)
+            tenant = finance_tenant(user=request.user, slug=query.get("tenant", ""))
+            params, filters = _params(query)
         except ExportError as error:
             return export_error_response(error)
         if not is_sync_exportable(params):
-            return error_response(
+            return api_error_response(
                 f"A range of {params.days} days is too long to stream (the limit is {sync_export_max_days()} days). "
                 "POST the same parameters to the async export and fetch the file when it is ready.",
                 code="range_too_large_for_sync_export",
@@ -233,8 +291,8 @@ ExportStatusSerializer = inline_serializer(
         "status": serializers.ChoiceField(choices=ExportStatus.choices),
         "since": serializers.DateField(),
         "until": serializers.DateField(),
-        "group_by": serializers.CharField(),
-        "error": serializers.CharField(),
+        "group_by": serializers.CharField(allow_blank=True),
+        "error": serializers.CharField(allow_blank=True),
         "status_url": serializers.CharField(),
         "download_url": serializers.CharField(allow_null=True),
     },
@@ -256,24 +314,13 @@ def _export_payload(export: UsageExport) -> dict:
 
 
 class UsageExportCreateView(APIView):
-    @extend_schema(
-        request=inline_serializer(
-            "UsageExportRequest",
-            fields={
-                "tenant": serializers.CharField(required=False),
-                "since": serializers.DateField(),
-                "until": serializers.DateField(),
-                "group_by": serializers.CharField(required=False),
-            },
-        ),
-        responses={202: ExportStatusSerializer},
-    )
+    @extend_schema(request=UsageExportRequestSerializer, responses={202: ExportStatusSerializer})
     def post(self, request: Request) -> Response:
+        body = _validated(UsageExportRequestSerializer, request.data)
         try:
-            tenant = finance_tenant(request)
-            params = export_params_parse(
-                since=request.data.get("since"), until=request.data.get("until"), group_by=request.data.get("group_by")
-            )
+            slug = body.get("tenant") or request.query_params.get("tenant", "")
+            tenant = finance_tenant(user=request.user, slug=slug)
+            params = export_params_parse(since=body["since"], until=body["until"], group_by=body.get("group_by"))
         except ExportError as error:
             return export_error_response(error)
         export = usage_export_request(tenant=tenant, user=request.user, params=params)

@@ -10,7 +10,6 @@ Rows come from a server-side cursor in chunks and are written as they are read, 
 however many rows a range holds.
 """
 
-import csv
 from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
@@ -25,6 +24,7 @@ from django.db.models.functions import TruncDate
 from django.http import HttpRequest, StreamingHttpResponse
 
 from billing.costs import format_cost
+from billing.csv_writer import FormulaSafeWriter
 from billing.models import REQUEST_ROWS, CacheStatus, UsageRecord
 from billing.selectors import NO_SERVED_MODEL, tenant_zone
 from tenants.models import Membership, Role, Tenant
@@ -109,6 +109,10 @@ class ExportParams:
         return f"usage-{tenant.slug}-{kind}-{self.since}-{self.until}.csv"
 
 
+FIRST_DAY = date(1970, 1, 1)
+LAST_DAY = date(9998, 12, 31)
+
+
 def sync_export_max_days() -> int:
     return getattr(settings, "LLMOPS_EXPORT_SYNC_MAX_DAYS", DEFAULT_SYNC_MAX_DAYS)
 
@@ -119,15 +123,22 @@ def export_max_days() -> int:
 
 def _parse_day(value: str | date | None, *, field: str) -> date:
     if isinstance(value, date):
-        return value
-    if not value:
+        day = value
+    elif not value:
         raise ExportError(f"'{field}' is required, as a date like 2025-01-31.", code="missing_date", field=field)
-    try:
-        return date.fromisoformat(value)
-    except ValueError:
+    else:
+        try:
+            day = date.fromisoformat(value)
+        except ValueError:
+            raise ExportError(
+                f"'{field}' must be a date like 2025-01-31, not '{value}'.", code="invalid_date", field=field
+            ) from None
+    if not FIRST_DAY <= day <= LAST_DAY:
+        # The ledger's range ends the day after `until`, in the tenant's time zone: near date.max that overflows.
         raise ExportError(
-            f"'{field}' must be a date like 2025-01-31, not '{value}'.", code="invalid_date", field=field
-        ) from None
+            f"'{field}' must be a day from {FIRST_DAY} to {LAST_DAY}, not {day}.", code="invalid_date", field=field
+        )
+    return day
 
 
 def parse_group_by(value: str | Iterable[str] | None) -> tuple[ExportGrouping, ...]:
@@ -304,8 +315,8 @@ class _LineBuffer:
 
 
 def csv_chunks(header: Iterable[str], rows: Iterable[tuple]) -> Iterator[bytes]:
-    """Encode rows as CSV in chunks of about CHUNK_BYTES, so a response sends few, full packets."""
-    writer = csv.writer(_LineBuffer())
+    """Encode rows as CSV (formula-safe) in chunks of about CHUNK_BYTES, so a response sends few, full packets."""
+    writer = FormulaSafeWriter(_LineBuffer())
     pending = [writer.writerow(header)]
     size = len(pending[0])
     for row in rows:
@@ -389,7 +400,8 @@ class UsageFilters:
 def usage_filters_parse(
     *, team: str = "", key: str = "", model: str = "", status: str = "", cache: str = ""
 ) -> UsageFilters:
-    if status and status not in ("ok", "error") and not (status.isdigit() and 100 <= int(status) <= 599):
+    is_code = status.isascii() and status.isdigit() and 100 <= int(status) <= 599
+    if status and status not in ("ok", "error") and not is_code:
         raise ExportError(
             f"'status' must be ok, error or an HTTP status code, not '{status}'.", code="invalid_status", field="status"
         )

@@ -5,7 +5,6 @@ money keeps the ledger's 10 places, with a cents column rounded half to even for
 """
 
 import calendar
-import csv
 import io
 from dataclasses import dataclass
 from datetime import date
@@ -14,6 +13,7 @@ from decimal import ROUND_HALF_EVEN, Decimal
 from django.db.models import Count, Q, Sum
 
 from billing.costs import format_cost
+from billing.csv_writer import FormulaSafeWriter
 from billing.dashboard import BudgetUsage, budget_usage
 from billing.exports import ExportParams, usage_ledger_queryset
 from billing.models import REQUEST_ROWS
@@ -124,7 +124,7 @@ def _cents(value: Decimal) -> str:
 def statement_csv(statement: Statement) -> str:
     """The statement as one CSV: a `section` column tells detail lines, subtotals, savings and budgets apart."""
     buffer = io.StringIO()
-    writer = csv.writer(buffer)
+    writer = FormulaSafeWriter(buffer)
     writer.writerow(["tenant", statement.tenant.slug, "month", statement.month.strftime("%Y-%m")])
     writer.writerow([*STATEMENT_COLUMNS, "cost_usd_rounded"])
     for line in statement.lines:

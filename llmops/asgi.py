@@ -16,7 +16,6 @@ from django.core import signals
 from django.core.asgi import get_asgi_application
 from django.core.exceptions import RequestAborted
 from django.core.handlers.asgi import ASGIHandler, get_script_prefix
-from django.core.handlers.exception import convert_exception_to_response
 from django.urls import set_script_prefix
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "llmops.settings")
@@ -78,11 +77,22 @@ class GatewayASGIHandler(ASGIHandler):
             response.close()
         body_file.close()
 
+    def create_request(self, scope, body_file):
+        request, error_response = super().create_request(scope, body_file)
+        if error_response is not None:
+            from llmops.gateway.last_resort import unreadable_request_response
+
+            error_response = unreadable_request_response(error_response.status_code)
+        return request, error_response
+
     def load_middleware(self, is_async=False):
+        """No middleware; an exception no view handled is answered as the API's JSON error, not Django's page."""
+        from llmops.gateway.last_resort import json_errors
+
         self._view_middleware = []
         self._template_response_middleware = []
         self._exception_middleware = []
-        self._middleware_chain = convert_exception_to_response(self._get_response_async)
+        self._middleware_chain = json_errors(self._get_response_async)
 
 
 def _build_site_application():

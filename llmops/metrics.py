@@ -3,9 +3,15 @@
 `record_request_metrics` runs on the hot path once per request: it only updates in-process counters
 (no I/O, no database, no lock beyond prometheus_client's own).
 
-Labels are `tenant` (the tenant id) and `model` (the served model). Each is capped at a fixed number of
-distinct values per process; later values are folded into "other", so a flood of made-up model names cannot
-blow up the series count.
+Labels are `tenant` (the tenant id) and `model`. `model` is the served model, a name from the catalog (the gateway
+sets it only from the catalog entry that served the request), or "unknown" when no model served it (an unknown model
+name, a refusal before routing): a client's made-up model names never become label values, so the series count is
+bounded by the catalog. `tenant` is capped at a fixed number of distinct values per process; later ones are folded
+into "other".
+
+The page shows every tenant's traffic and cost: scrapers send `Authorization: Bearer <LLMOPS_METRICS_TOKEN>`
+(compared in constant time); without a configured token it answers 401 to everyone, unless LLMOPS_METRICS_PUBLIC
+opens it.
 
 Several worker processes (uvicorn --workers N, gunicorn): each process counts on its own, so set
 PROMETHEUS_MULTIPROC_DIR to an empty directory shared by the workers, writable, and wiped at deploy;
@@ -18,7 +24,7 @@ import os
 import threading
 
 from django.conf import settings
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
@@ -26,8 +32,8 @@ from billing.models import UsageKind
 from billing.services import UsageEvent
 
 OTHER_LABEL = "other"
+UNKNOWN_MODEL_LABEL = "unknown"
 MAX_TENANT_LABELS = 200
-MAX_MODEL_LABELS = 50
 CACHE_HIT_STATUSES = frozenset({"hit-exact", "hit-semantic"})
 BUDGET_REJECTION_CODE = "budget_exceeded"
 LATENCY_BUCKETS_SECONDS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60)
@@ -52,7 +58,6 @@ class BoundedLabel:
 
 
 tenant_label = BoundedLabel(MAX_TENANT_LABELS)
-model_label = BoundedLabel(MAX_MODEL_LABELS)
 LABELS = ("tenant", "model")
 
 REQUESTS = Counter("llmops_requests", "Requests answered by the gateway.", [*LABELS, "status_class"])
@@ -75,7 +80,7 @@ UPSTREAM_LATENCY = Histogram(
 
 
 def record_request_metrics(event: UsageEvent) -> None:
-    labels = (tenant_label(str(event.tenant_id)), model_label(event.served_model or event.requested_model or "none"))
+    labels = (tenant_label(str(event.tenant_id)), event.served_model or UNKNOWN_MODEL_LABEL)
     if event.prompt_tokens:
         PROMPT_TOKENS.labels(*labels).inc(event.prompt_tokens)
     if event.completion_tokens:
@@ -107,8 +112,21 @@ def _registry():
     return REGISTRY
 
 
-def metrics_view(request: HttpRequest) -> HttpResponse:
+def _scraper_authorized(request: HttpRequest) -> bool:
     token = settings.LLMOPS_METRICS_TOKEN
-    if token and not hmac.compare_digest(request.headers.get("Authorization", ""), f"Bearer {token}"):
-        return HttpResponse("Unauthorized\n", status=401, content_type="text/plain")
+    # Compared as bytes: compare_digest refuses str with non-ASCII characters, which a client may send.
+    sent = request.headers.get("Authorization", "").encode()
+    return bool(token) and hmac.compare_digest(sent, f"Bearer {token}".encode())
+
+
+def metrics_view(request: HttpRequest) -> HttpResponse:
+    if not settings.LLMOPS_METRICS_PUBLIC and not _scraper_authorized(request):
+        error = {
+            "code": "metrics_token_required",
+            "message": "Send Authorization: Bearer <LLMOPS_METRICS_TOKEN>. Without that setting /metrics is closed "
+            "unless LLMOPS_METRICS_PUBLIC=true.",
+        }
+        response = JsonResponse({"error": error}, status=401)
+        response["WWW-Authenticate"] = 'Bearer realm="metrics"'
+        return response
     return HttpResponse(generate_latest(_registry()), content_type=CONTENT_TYPE_LATEST)

@@ -2,7 +2,10 @@
 
 from django.conf import settings
 
+from llmops.api import api_error_for_status
 from tenants.audit import audit_actor
+
+API_PATH_PREFIX = "/api/"
 
 
 class AuditActorMiddleware:
@@ -31,4 +34,26 @@ class SecurityHeadersMiddleware:
         policy = settings.LLMOPS_CSP_DOCS if loose else settings.LLMOPS_CSP
         response.headers.setdefault("Content-Security-Policy", policy)
         response.headers.setdefault("Permissions-Policy", settings.LLMOPS_PERMISSIONS_POLICY)
+        return response
+
+
+class ApiJsonErrorsMiddleware:
+    """Errors under /api/ that no API view answered (an unknown path, a method on it, a 500 anywhere in the stack)
+    come back in the management API's JSON shape instead of Django's HTML pages. Outermost, so it sees them all."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        response = self.get_response(request)
+        if (
+            request.path.startswith(API_PATH_PREFIX)
+            and response.status_code >= 400
+            and not response.get("Content-Type", "").startswith("application/json")
+        ):
+            json_response = api_error_for_status(response.status_code, response.reason_phrase)
+            for header in ("Allow", "Retry-After"):
+                if header in response:
+                    json_response[header] = response[header]
+            return json_response
         return response

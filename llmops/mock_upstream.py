@@ -6,7 +6,9 @@ prompt caching imitated (a prompt of 1,024 tokens or more seen before reports it
 prefix in 128-token steps). The upstream model name switches on failure modes for tests:
 ``fail-<status>`` answers with that status, ``stall`` waits STALL_SECONDS before answering,
 ``no-usage`` leaves usage out, ``break`` ends a stream half way without ``[DONE]``, ``slow-stream``
-waits SLOW_STREAM_SECONDS between chunks. ``n`` is honoured as OpenAI does: n choices, and usage bills n completions.
+waits SLOW_STREAM_SECONDS between chunks, ``malformed-<kind>`` answers 200 with something that is not a usable chat
+completion (MALFORMED_USAGE and MALFORMED_BODIES; streamed, a usage kind spoils the final usage chunk and a body kind
+is one event half way through). ``n`` is honoured as OpenAI does: n choices, and usage bills n completions.
 
 OpenAI's Files and Batch API are imitated in memory (``POST /v1/files``, ``GET /v1/files/{id}/content``,
 ``POST /v1/batches``, ``GET /v1/batches/{id}``): a batch reports ``in_progress`` until BATCH_SECONDS have
@@ -32,6 +34,20 @@ FAIL_PATTERN = re.compile(r"fail-(\d{3})")
 BATCH_SECONDS = 0.5
 FILE_PATH = re.compile(r"/v1/files/([\w-]+)/content")
 BATCH_PATH = re.compile(r"/v1/batches/([\w-]+)")
+MALFORMED_PATTERN = re.compile(r"malformed-([a-z]+-[a-z]+)")
+# Usage kinds: the usage field spoiled and the value it reports.
+MALFORMED_USAGE = {
+    "usage-text": ("prompt_tokens", "abc"),
+    "usage-negative": ("completion_tokens", -1_125_000),
+    "usage-float": ("completion_tokens", 1e30),
+    "usage-inflated": ("completion_tokens", 10**12),
+}
+# Body kinds: the whole answer (or, streamed, one event) as sent.
+MALFORMED_BODIES = {
+    "body-array": lambda payload: orjson.dumps([payload]),
+    "choices-text": lambda payload: orjson.dumps({**payload, "choices": "abc"}),
+    "body-truncated": lambda payload: orjson.dumps(payload)[:20],
+}
 
 
 def _text_of(content) -> str:
@@ -111,10 +127,18 @@ class MockUpstream:
             await asyncio.sleep(STALL_SECONDS)
         usage = self._usage(messages, body)
         answer = self._answer(messages, _per_choice_tokens(body))
+        malformed = MALFORMED_PATTERN.search(model)
+        malformed = malformed.group(1) if malformed else ""
+        if malformed in MALFORMED_USAGE:
+            field, value = MALFORMED_USAGE[malformed]
+            usage = {**usage, field: value}
         if body.get("stream"):
-            await self._stream(send, body, model, answer, usage)
+            await self._stream(send, body, model, answer, usage, spoil=MALFORMED_BODIES.get(malformed))
+            return
+        reply = self._completion(model, answer, None if "no-usage" in model else usage, choices=_choices(body))
+        if malformed in MALFORMED_BODIES:
+            await self._raw(send, 200, MALFORMED_BODIES[malformed](reply), b"application/json")
         else:
-            reply = self._completion(model, answer, None if "no-usage" in model else usage, choices=_choices(body))
             await self._json(send, 200, reply)
 
     async def _batch_api(self, send, method: str, path: str, scope, body: bytes) -> None:
@@ -252,7 +276,7 @@ class MockUpstream:
             reply["usage"] = usage
         return reply
 
-    async def _stream(self, send, body: dict, model: str, answer: list[str], usage: dict) -> None:
+    async def _stream(self, send, body: dict, model: str, answer: list[str], usage: dict, spoil=None) -> None:
         await send(
             {
                 "type": "http.response.start",
@@ -285,7 +309,8 @@ class MockUpstream:
                     return
                 if "slow-stream" in model:
                     await asyncio.sleep(SLOW_STREAM_SECONDS)
-                await event({**base, "choices": [{"index": index, "delta": {"content": piece}, "finish_reason": None}]})
+                chunk = {**base, "choices": [{"index": index, "delta": {"content": piece}, "finish_reason": None}]}
+                await event(spoil(chunk) if spoil is not None and i == len(answer) // 2 else chunk)
             await event({**base, "choices": [{"index": index, "delta": {}, "finish_reason": "stop"}]})
         if (body.get("stream_options") or {}).get("include_usage") and "no-usage" not in model:
             await event({**base, "choices": [], "usage": usage})

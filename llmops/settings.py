@@ -44,6 +44,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First, so that it sees every error answer under /api/ and makes it JSON.
+    "llmops.middleware.ApiJsonErrorsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "llmops.middleware.SecurityHeadersMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -131,8 +133,10 @@ LLMOPS_STATEMENTS_BUCKET = env("LLMOPS_STATEMENTS_BUCKET", default="")
 # Hourly rollups are published to Amazon CloudWatch under this namespace when set (boto3's usual AWS credentials),
 # each hour once after it has closed; the record of what is out lives in Redis.
 LLMOPS_CLOUDWATCH_NAMESPACE = env("LLMOPS_CLOUDWATCH_NAMESPACE", default="")
-# /metrics: a bearer token, when set, is required to scrape.
+# /metrics shows every tenant's traffic and cost: scrapers send this bearer token; unset, /metrics answers 401 to all,
+# unless LLMOPS_METRICS_PUBLIC=true opens it to anyone who can reach it.
 LLMOPS_METRICS_TOKEN = env("LLMOPS_METRICS_TOKEN", default="")
+LLMOPS_METRICS_PUBLIC = env.bool("LLMOPS_METRICS_PUBLIC", default=False)
 
 REDIS_URL = env("REDIS_URL", default="")
 # "stream": ledger records are appended to a Redis stream that `manage.py ledger_drain` writes to Postgres in bulk
@@ -183,7 +187,8 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "UNAUTHENTICATED_USER": None,
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "llmops.api_schema.ApiAutoSchema",
+    "EXCEPTION_HANDLER": "llmops.api.api_exception_handler",
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "llmops management API",
@@ -192,6 +197,8 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # The schema describes the management API; /v1 follows OpenAI's own API reference.
+    "PREPROCESSING_HOOKS": ["llmops.api_schema.management_api_endpoints"],
 }
 
 # Key for provider credentials encrypted at rest (Fernet, urlsafe base64 of 32 bytes).
@@ -223,6 +230,11 @@ LLMOPS_RESERVATION_MAX_TOKENS = env.int("LLMOPS_RESERVATION_MAX_TOKENS", default
 LLMOPS_BUDGET_REDIS_FAILURE = env.str("LLMOPS_BUDGET_REDIS_FAILURE", default="fail_closed")
 if LLMOPS_BUDGET_REDIS_FAILURE not in ("fail_closed", "database"):
     raise ImproperlyConfigured("LLMOPS_BUDGET_REDIS_FAILURE must be 'fail_closed' or 'database'")
+# Chat completions one tenant may have in flight at once, across every gateway process, unless the tenant's own
+# setting says otherwise (0: no limit). Each is held under a lease renewed while it runs, so the slots of a gateway
+# process that dies are free again after the lease.
+LLMOPS_TENANT_MAX_INFLIGHT = env.int("LLMOPS_TENANT_MAX_INFLIGHT", default=256)
+LLMOPS_TENANT_INFLIGHT_LEASE_SECONDS = env.float("LLMOPS_TENANT_INFLIGHT_LEASE_SECONDS", default=30.0)
 # Anomaly detection: a window is flagged when it lies this many robust deviations from its 14-day baseline,
 # judged only where baseline windows and the window itself saw at least the minimum number of requests.
 LLMOPS_ANOMALY_MIN_SCORE = env.float("LLMOPS_ANOMALY_MIN_SCORE", default=5.0)
@@ -273,6 +285,11 @@ AXES_FAILURE_LIMIT = env.int("LLMOPS_LOGIN_FAILURE_LIMIT", default=5)
 AXES_COOLOFF_TIME = timedelta(minutes=env.int("LLMOPS_LOGIN_LOCKOUT_MINUTES", default=15))
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
+# The client address counts failures: REMOTE_ADDR, or with this many proxies in front, the address the outermost saw in
+# X-Forwarded-For (llmops/client_ip.py). Never more than the proxies that really append to it: each one more lets a
+# client name its own address. django-axes's AXES_IPWARE_* settings need django-ipware, which is not installed.
+LLMOPS_TRUSTED_PROXY_COUNT = env.int("LLMOPS_TRUSTED_PROXY_COUNT", default=0)
+AXES_CLIENT_IP_CALLABLE = "llmops.client_ip.client_ip"
 # Behind a TLS-terminating proxy (LLMOPS_HTTPS=true, never with DEBUG): secure cookies, HSTS, HTTPS redirects.
 LLMOPS_HTTPS = env.bool("LLMOPS_HTTPS", default=False) and not DEBUG
 SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = LLMOPS_HTTPS
@@ -301,6 +318,9 @@ LLMOPS_MAX_JSON_DEPTH = env.int("LLMOPS_MAX_JSON_DEPTH", default=64)
 # Provider base URLs and alert webhooks may point at loopback, private or link-local addresses only when this is on:
 # the embedded demo's mock upstream is on 127.0.0.1; production turns it off (the cloud metadata service is the risk).
 LLMOPS_ALLOW_PRIVATE_UPSTREAMS = env.bool("LLMOPS_ALLOW_PRIVATE_UPSTREAMS", default=not LLMOPS_HTTPS)
+# Internal destinations outbound calls may reach although private ones are refused, as ADDRESS[/PREFIX]:PORT[-PORT]
+# (comma-separated, e.g. "10.0.5.7:443,[fd00::5]:8443"): an internal webhook relay. Never a metadata address.
+LLMOPS_OUTBOUND_ALLOWLIST = env.list("LLMOPS_OUTBOUND_ALLOWLIST", default=[])
 # Provider credentials referenced as aws-sm://<secret id> or aws-ssm://<parameter name> are cached this long.
 LLMOPS_SECRET_REFERENCE_TTL_SECONDS = env.float("LLMOPS_SECRET_REFERENCE_TTL_SECONDS", default=300.0)
 # Payload logging (off unless a tenant turns it on): how long a process trusts the settings it read.

@@ -12,6 +12,7 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
 
+from routing.cache.sealed import open_answer, open_prompt
 from routing.cache.store import cache_entries_delete, cache_entries_purge
 from routing.models import (
     CacheEntry,
@@ -38,6 +39,7 @@ from routing.services import (
 from tenants.admin import ReadOnlyScopedAdmin, ServiceCreateAdmin, TenantScopedAdmin, adopt_saved_row, tenant_scope
 from tenants.models import Tenant
 from tenants.outbound import outbound_url_errors
+from tenants.redaction import redact, redact_value
 
 PRICE_FIELDS = ("input_price_per_million", "cached_input_price_per_million", "output_price_per_million")
 
@@ -388,21 +390,23 @@ class RoutingPolicyAuditAdmin(ReadOnlyScopedAdmin):
 
 @admin.register(CacheEntry)
 class CacheEntryAdmin(TenantScopedAdmin):
-    """Cached answers per tenant: read-only rows, hit counts, and purges that also clear Redis and the index."""
+    """Cached answers per tenant: read-only rows, hit counts, and purges that also clear Redis and the index.
+
+    Answers (and the text of semantic entries) are what the tenant's users asked and were told: only the tenant's
+    owners and admins see them, redacted; its finance and viewer members do not see this page at all.
+    """
 
     list_display = ("__str__", "tenant", "served_model", "kind", "rule_name", "hit_count", "last_hit_at", "expires_at")
     list_filter = (("tenant", admin.RelatedOnlyFieldListFilter), "served_model", "kind", "rule_name")
     list_select_related = ("tenant",)
-    search_fields = ("normalized_prompt", "key_hash")
     fields = (
         "tenant",
         "served_model",
         "kind",
         "rule_name",
         "key_hash",
-        "normalized_prompt",
         "context_fingerprint",
-        "request",
+        "prompt",
         "answer",
         "hit_count",
         "last_hit_at",
@@ -412,11 +416,38 @@ class CacheEntryAdmin(TenantScopedAdmin):
     readonly_fields = fields
     actions = ("purge_selected", "purge_tenant", "purge_model", "purge_rule", "purge_older_than_a_week")
 
+    def can_view_tenant(self, request, tenant_id: int | None) -> bool:
+        return self.can_edit_tenant(request, tenant_id)
+
+    def get_queryset(self, request):
+        queryset = super().get_queryset(request)
+        if request.user.is_superuser:
+            return queryset
+        return queryset.filter(tenant__in=tenant_scope(request).editable)
+
+    def has_module_permission(self, request):
+        return request.user.is_superuser or bool(tenant_scope(request).editable)
+
     def has_add_permission(self, request):
         return False
 
     def has_change_permission(self, request, obj=None):
         return False
+
+    @admin.display(description="Prompt (redacted)")
+    def prompt(self, entry: CacheEntry) -> str:
+        if not entry.prompt_encrypted:
+            return "— not kept: an exact-only entry is found by its key alone"
+        prompt = open_prompt(entry.prompt_encrypted)
+        # Redacted again on display: a rule added since the entry was stored applies to it too.
+        return "— cannot be decrypted with the configured keys" if prompt is None else redact(prompt)
+
+    @admin.display(description="Answer (redacted)")
+    def answer(self, entry: CacheEntry) -> str:
+        answer = open_answer(entry.answer_encrypted)
+        if answer is None:
+            return "— cannot be decrypted with the configured keys"
+        return format_html("<pre>{}</pre>", json.dumps(redact_value(answer), indent=2, ensure_ascii=False))
 
     def _purge_each(self, request, queryset, scope) -> None:
         """Purge the scope of every selected entry, per tenant the user may edit; Redis and the index follow."""

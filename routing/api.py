@@ -1,6 +1,7 @@
 """Management API for routing policies: the test console (`POST /api/routing/simulate`)."""
 
 from django.http import Http404
+from drf_spectacular.utils import extend_schema, extend_schema_field, inline_serializer
 from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -10,23 +11,85 @@ from routing.models import RoutingPolicy
 from routing.policy.simulation import routing_simulation
 from tenants.selectors import tenant_ids_editable_by
 
+MESSAGE_ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 
-class ChatRequestField(serializers.DictField):
+
+class ContentPartSerializer(serializers.Serializer):
+    type = serializers.CharField(max_length=64)
+    text = serializers.CharField(required=False, allow_blank=True, trim_whitespace=False)
+    image_url = serializers.JSONField(required=False)
+
+
+@extend_schema_field(
+    {
+        "oneOf": [
+            {"type": "string"},
+            {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {"type": {"type": "string"}, "text": {"type": "string"}, "image_url": {}},
+                    "required": ["type"],
+                },
+            },
+        ],
+        "nullable": True,
+    }
+)
+class MessageContentField(serializers.Field):
+    """A message's content as OpenAI takes it: text, a list of typed parts, or null (an assistant's tool call)."""
+
     def to_internal_value(self, data):
-        data = super().to_internal_value(data)
-        if not isinstance(data.get("model"), str) or not data["model"]:
-            raise serializers.ValidationError("needs a `model` string")
-        messages = data.get("messages")
-        if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
-            raise serializers.ValidationError("needs `messages`, a non-empty list of message objects")
-        return data
+        if data is None or isinstance(data, str):
+            return data
+        if isinstance(data, list):
+            parts = ContentPartSerializer(data=data, many=True)
+            parts.is_valid(raise_exception=True)
+            return [dict(part) for part in parts.validated_data]
+        raise serializers.ValidationError("Must be a string, a list of content parts, or null.")
+
+    def to_representation(self, value):
+        return value
+
+
+class SimulatedMessageSerializer(serializers.Serializer):
+    role = serializers.ChoiceField(choices=MESSAGE_ROLES)
+    content = MessageContentField(required=False, allow_null=True)
+    name = serializers.CharField(required=False, max_length=256)
+    tool_calls = serializers.ListField(child=serializers.DictField(), required=False)
+
+
+class SimulatedRequestSerializer(serializers.Serializer):
+    """The parts of an OpenAI chat request that routing reads; other fields are ignored."""
+
+    model = serializers.CharField(max_length=256)
+    messages = SimulatedMessageSerializer(many=True, allow_empty=False)
+    metadata = serializers.DictField(child=serializers.CharField(allow_blank=True, max_length=512), required=False)
+    tools = serializers.ListField(child=serializers.DictField(), required=False)
+    functions = serializers.ListField(child=serializers.DictField(), required=False)
+    max_tokens = serializers.IntegerField(required=False, allow_null=True, min_value=1, max_value=2**31 - 1)
+    max_completion_tokens = serializers.IntegerField(required=False, allow_null=True, min_value=1, max_value=2**31 - 1)
 
 
 class SimulateSerializer(serializers.Serializer):
-    tenant = serializers.SlugField()
-    request = ChatRequestField()
-    headers = serializers.DictField(child=serializers.CharField(allow_blank=True), required=False, default=dict)
-    team = serializers.SlugField(required=False, default="", allow_blank=True)
+    tenant = serializers.SlugField(max_length=64)
+    request = SimulatedRequestSerializer()
+    headers = serializers.DictField(
+        child=serializers.CharField(allow_blank=True, max_length=1024), required=False, default=dict
+    )
+    team = serializers.SlugField(required=False, default="", allow_blank=True, max_length=64)
+
+
+SimulationSerializer = inline_serializer(
+    "RoutingSimulation",
+    fields={
+        "tenant": serializers.CharField(),
+        "request": serializers.DictField(help_text="The routing features read from the request."),
+        "live_version": serializers.IntegerField(allow_null=True),
+        "draft": serializers.DictField(help_text="The draft's decision, refusal, or why it does not compile."),
+        "live": serializers.DictField(allow_null=True, help_text="The live version's decision, if one is live."),
+    },
+)
 
 
 def policy_for_editor(*, user, tenant_slug: str) -> RoutingPolicy:
@@ -41,6 +104,7 @@ def policy_for_editor(*, user, tenant_slug: str) -> RoutingPolicy:
 
 
 class RoutingSimulateView(APIView):
+    @extend_schema(request=SimulateSerializer, responses=SimulationSerializer)
     def post(self, request: Request) -> Response:
         serializer = SimulateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)

@@ -1,23 +1,39 @@
-"""Token caps enforced on the server: the prompt cap (reject or compress) and the max_tokens clamp."""
+"""Token caps enforced on the server: the prompt cap (reject or compress) and the max_tokens clamp.
+
+A prompt is counted exactly before its cap is applied, except when its length alone proves it is over every cap that
+could apply (routing.tokens.chat_tokens_lower_bound): a multi-megabyte prompt is then refused at once, before it is
+counted, routed or scanned.
+"""
 
 from dataclasses import dataclass
 
 from routing.compression import Summarizer, compress_messages
+from routing.policy.document import CompiledPolicy, CompiledRule
 from routing.policy.engine import RouteDecision
 from routing.policy.errors import RoutingRefusal
-from routing.tokens import count_chat_tokens
+from routing.tokens import chat_tokens_lower_bound, count_chat_tokens_async
 
 MAX_TOKENS_FIELDS = ("max_tokens", "max_completion_tokens")
+COMPRESS = "compress"
 
 
 class TokenCapExceeded(RoutingRefusal):
-    def __init__(self, *, prompt_tokens: int, cap: int, rule_name: str, after_compression: int | None = None):
+    def __init__(
+        self,
+        *,
+        prompt_tokens: int,
+        cap: int,
+        rule_name: str,
+        after_compression: int | None = None,
+        at_least: bool = False,
+    ):
         rule = f" of routing rule '{rule_name}'" if rule_name else ""
         compressed = (
             f" (still {after_compression} after compressing the conversation)" if after_compression is not None else ""
         )
+        counted = f"at least {prompt_tokens}" if at_least else str(prompt_tokens)
         super().__init__(
-            f"Your prompt has {prompt_tokens} tokens{compressed}, over the cap of {cap} tokens{rule}. "
+            f"Your prompt has {counted} tokens{compressed}, over the cap of {cap} tokens{rule}. "
             "Shorten the conversation.",
             status=400,
             code="token_cap_exceeded",
@@ -34,6 +50,51 @@ class CappedRequest:
     prompt_tokens_after: int
     compressed: bool
     summarized: bool
+
+
+def _refuses(rule: CompiledRule, at_least: int) -> bool:
+    cap = rule.outcome.prompt_token_cap
+    return cap is not None and rule.outcome.over_cap_action != COMPRESS and at_least > cap
+
+
+def _sure_to_match(rule: CompiledRule, at_least: int) -> bool:
+    """Whether the rule matches any request (for the model it names) whose prompt has at least `at_least` tokens."""
+    return (
+        not (rule.task_types or rule.user_tiers or rule.team_slugs or rule.keywords)
+        and rule.message_regex is None
+        and rule.has_tools is None
+        and rule.has_images is None
+        and rule.prompt_tokens_max is None
+        and (rule.prompt_tokens_min is None or rule.prompt_tokens_min <= at_least)
+    )
+
+
+def cap_refusal_before_counting(
+    policy: CompiledPolicy | None, messages: list[dict], *, requested_model: str
+) -> TokenCapExceeded | None:
+    """The refusal any rule the request can match would give, when the prompt's length alone proves it.
+
+    Only what is known without reading the prompt is judged: the requested model, and the bound against each rule's
+    prompt-token range. A rule that may match must reject over a cap the bound exceeds; the walk stops, refusing, at
+    the first rule sure to match. Without such a rule the request might match none, and no rule caps it.
+    """
+    if policy is None:
+        return None
+    at_least = chat_tokens_lower_bound(messages)
+    refusing: list[CompiledRule] = []
+    for rule in policy.rules:
+        if rule.requested_models and requested_model not in rule.requested_models:
+            continue
+        if rule.prompt_tokens_max is not None and at_least > rule.prompt_tokens_max:
+            continue
+        if not _refuses(rule, at_least):
+            return None
+        refusing.append(rule)
+        if _sure_to_match(rule, at_least):
+            cap = max(candidate.outcome.prompt_token_cap for candidate in refusing)
+            rule_name = refusing[0].name if len(refusing) == 1 else ""
+            return TokenCapExceeded(prompt_tokens=at_least, cap=cap, rule_name=rule_name, at_least=True)
+    return None
 
 
 def clamp_max_tokens(body: dict, *, cap: int | None, default: int | None) -> dict:
@@ -56,20 +117,27 @@ async def apply_token_caps(
     model: str,
     summarize: Summarizer | None = None,
     namespace: str = "",
+    prompt_tokens: int | None = None,
 ) -> CappedRequest:
     """The body to send upstream under the decision's caps; `model` is the served model's upstream name (encoding).
+    `prompt_tokens`, when given, is the prompt already counted with that encoding.
 
     Raises TokenCapExceeded over the prompt cap when the rule rejects, or when compression cannot get under it.
     """
     messages = body["messages"]
-    tokens_before = count_chat_tokens(messages, model=model)
+    cap = decision.prompt_token_cap
+    rejects = cap is not None and decision.over_cap_action != COMPRESS
+    if prompt_tokens is None and rejects and (at_least := chat_tokens_lower_bound(messages)) > cap:
+        raise TokenCapExceeded(prompt_tokens=at_least, cap=cap, rule_name=decision.rule_name, at_least=True)
+    tokens_before = prompt_tokens if prompt_tokens is not None else await count_chat_tokens_async(messages, model=model)
     tokens_after = tokens_before
     compressed = summarized = False
-    cap = decision.prompt_token_cap
     if cap is not None and tokens_before > cap:
-        if decision.over_cap_action != "compress":
+        if rejects:
             raise TokenCapExceeded(prompt_tokens=tokens_before, cap=cap, rule_name=decision.rule_name)
-        result = await compress_messages(messages, budget=cap, model=model, summarize=summarize, namespace=namespace)
+        result = await compress_messages(
+            messages, budget=cap, model=model, summarize=summarize, namespace=namespace, tokens_before=tokens_before
+        )
         if result.tokens_after > cap:
             raise TokenCapExceeded(
                 prompt_tokens=tokens_before,

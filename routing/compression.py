@@ -3,6 +3,7 @@
 Counts are exact (routing.tokens, the way OpenAI counts chat prompts). Whole turns are dropped,
 oldest first; an assistant message with tool calls and the tool results that answer it go together.
 Only when the turns that must stay are over budget alone is one message's text truncated.
+Counting a large conversation runs on the CPU pool (llmops.cpu), off the event loop.
 """
 
 import hashlib
@@ -13,8 +14,16 @@ from dataclasses import dataclass
 
 import orjson
 
+from llmops.cpu import run_sized
 from llmops.redis import async_redis
-from routing.tokens import REPLY_PRIMING_TOKENS, count_chat_tokens, count_text_tokens
+from routing.tokens import (
+    MAX_TOKEN_BYTES,
+    REPLY_PRIMING_TOKENS,
+    count_chat_tokens,
+    count_chat_tokens_async,
+    count_text_tokens,
+    prompt_chars,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +66,10 @@ def message_tokens(message: dict, *, model: str) -> int:
     return count_chat_tokens([message], model=model) - REPLY_PRIMING_TOKENS
 
 
+def _message_costs(messages: list[dict], *, model: str) -> list[int]:
+    return [message_tokens(message, model=model) for message in messages]
+
+
 def _turn_groups(indexes: list[int], messages: list[dict]) -> list[list[int]]:
     """Group unpinned message indexes so a tool call and its results are never split."""
     groups: list[list[int]] = []
@@ -82,10 +95,12 @@ def _head_and_tail(text: str, keep_chars: int) -> str:
 
 def truncate_text(text: str, *, max_tokens: int, model: str) -> str:
     """Keep the start and the end of the text (instructions and the question usually sit there) within max_tokens."""
-    if count_text_tokens(text, model=model) <= max_tokens:
+    # No token stands for more than MAX_TOKEN_BYTES bytes, so more characters than this cannot fit.
+    most_chars = max_tokens * MAX_TOKEN_BYTES
+    if len(text) <= most_chars and count_text_tokens(text, model=model) <= max_tokens:
         return text
     # Binary search on characters; only a candidate whose exact count fits is returned.
-    best, low, high = "", 0, len(text) - 1
+    best, low, high = "", 0, min(len(text) - 1, most_chars)
     while low <= high:
         keep_chars = (low + high) // 2
         candidate = _head_and_tail(text, keep_chars)
@@ -105,6 +120,11 @@ def _truncated_message(message: dict, *, max_tokens: int, model: str) -> dict | 
     if framing >= max_tokens:
         return None
     return {**message, "content": truncate_text(content, max_tokens=max_tokens - framing, model=model)}
+
+
+def _truncated_with_cost(message: dict, *, max_tokens: int, model: str) -> tuple[dict, int] | None:
+    cut = _truncated_message(message, max_tokens=max_tokens, model=model)
+    return None if cut is None else (cut, message_tokens(cut, model=model))
 
 
 class SummaryCache:
@@ -184,16 +204,20 @@ async def compress_messages(
     model: str,
     summarize: Summarizer | None = None,
     namespace: str = "",
+    tokens_before: int | None = None,
 ) -> CompressionResult:
     """Fit the conversation in `budget` prompt tokens (reply priming included, as OpenAI counts).
 
     `namespace` scopes cached summaries (pass the tenant id). If the system messages alone are over
-    budget the result stays over it; the caller decides what to do (caps reject it).
+    budget the result stays over it; the caller decides what to do (caps reject it). `tokens_before` is the
+    conversation's count when the caller has it.
     """
-    tokens_before = count_chat_tokens(messages, model=model)
+    size = prompt_chars(messages)
+    if tokens_before is None:
+        tokens_before = await run_sized(size, count_chat_tokens, messages, model=model)
     if tokens_before <= budget:
         return CompressionResult(list(messages), tokens_before, tokens_before, 0, False, False)
-    costs = [message_tokens(message, model=model) for message in messages]
+    costs = await run_sized(size, _message_costs, messages, model=model)
     pinned = [index for index, message in enumerate(messages) if message.get("role") in PINNED_ROLES]
     groups = _turn_groups([index for index in range(len(messages)) if index not in set(pinned)], messages)
     available = budget - REPLY_PRIMING_TOKENS - sum(costs[index] for index in pinned)
@@ -207,10 +231,18 @@ async def compress_messages(
             # The current turn alone does not fit: cut its largest text message, the only cut inside a message.
             largest = max(latest, key=lambda index: costs[index])
             room = available - (latest_cost - costs[largest])
-            cut = _truncated_message(messages[largest], max_tokens=room, model=model) if room > 0 else None
+            cut = None
+            if room > 0:
+                cut = await run_sized(
+                    prompt_chars([messages[largest]]),
+                    _truncated_with_cost,
+                    messages[largest],
+                    max_tokens=room,
+                    model=model,
+                )
             if cut is not None:
-                replaced[largest] = cut
-                latest_cost = latest_cost - costs[largest] + message_tokens(cut, model=model)
+                replaced[largest] = cut[0]
+                latest_cost = latest_cost - costs[largest] + cut[1]
         kept.append(latest)
         used = latest_cost
         for group in reversed(groups[:-1]):
@@ -224,7 +256,7 @@ async def compress_messages(
     result = [replaced.get(index, messages[index]) for index in range(len(messages)) if index in kept_indexes]
     summarized = False
     if dropped and summarize is not None:
-        room = budget - count_chat_tokens(result, model=model)
+        room = budget - await count_chat_tokens_async(result, model=model)
         summary = await _summary_message(
             dropped, summarize=summarize, namespace=namespace, max_tokens=room, model=model
         )
@@ -235,7 +267,7 @@ async def compress_messages(
     return CompressionResult(
         messages=result,
         tokens_before=tokens_before,
-        tokens_after=count_chat_tokens(result, model=model),
+        tokens_after=await count_chat_tokens_async(result, model=model),
         dropped_messages=len(dropped),
         truncated=bool(replaced),
         summarized=summarized,

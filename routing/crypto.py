@@ -1,7 +1,9 @@
-"""Encryption at rest for provider credentials (Fernet).
+"""Encryption at rest (Fernet) for provider credentials and cached prompts and answers, and keyed hashes.
 
 LLMOPS_ENCRYPTION_KEY holds one or more comma-separated Fernet keys: the first encrypts,
 all of them decrypt, so a key can be rotated without losing what older keys wrote.
+Keyed hashes (HMAC-SHA256) use a key derived from SECRET_KEY for each purpose, so a hash kept next to the data
+cannot be confirmed by hashing guesses without the server's secret.
 """
 
 import base64
@@ -13,6 +15,7 @@ from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from django.apps import apps
 from django.conf import settings
 from django.db import transaction
+from django.utils.crypto import salted_hmac
 
 
 class CredentialDecryptionError(Exception):
@@ -33,14 +36,28 @@ def _current_fernet() -> MultiFernet:
 
 
 def encrypt_secret(plaintext: str) -> str:
-    return _current_fernet().encrypt(plaintext.encode()).decode()
+    return encrypt_bytes(plaintext.encode()).decode()
 
 
 def decrypt_secret(token: str) -> str:
+    return decrypt_bytes(token.encode()).decode()
+
+
+def encrypt_bytes(plaintext: bytes) -> bytes:
+    """A Fernet token (URL-safe base64, ASCII) of `plaintext` under the first configured key."""
+    return _current_fernet().encrypt(plaintext)
+
+
+def decrypt_bytes(token: bytes) -> bytes:
     try:
-        return _current_fernet().decrypt(token.encode()).decode()
+        return _current_fernet().decrypt(token)
     except InvalidToken as exc:
-        raise CredentialDecryptionError("provider credential cannot be decrypted with the configured keys") from exc
+        raise CredentialDecryptionError("secret cannot be decrypted with the configured keys") from exc
+
+
+def keyed_hash(*, purpose: str, value: bytes) -> str:
+    """HMAC-SHA256 (hex) of `value` under a key derived from SECRET_KEY for `purpose` alone."""
+    return salted_hmac(f"llmops.{purpose}", value, algorithm="sha256").hexdigest()
 
 
 def reencrypt_secret(token: str) -> str:

@@ -3,8 +3,10 @@
 A call is retried on the same model while the failure is worth retrying (429, 5xx, timeouts,
 connection errors), with exponential backoff and full jitter, never sooner than the provider's
 ``Retry-After``; then the next model of the chain is tried. A bounded number of attempts and a
-total deadline cap the whole. Each provider has a circuit breaker whose state lives in Redis, so
-every gateway process skips a dead provider after a few failures instead of waiting on it.
+total deadline cap the whole. Each model of each provider has a circuit breaker whose state lives in Redis, so
+every gateway process skips a dead model after a few failures instead of waiting on it. The circuit is the model's,
+not the provider's: one model failing (overloaded, withdrawn, slowed by one tenant's traffic) leaves the provider's
+other models answering. A provider holds one credential, so the provider's name stands for the credential too.
 """
 
 import asyncio
@@ -54,7 +56,7 @@ class FallbackResult(Generic[T]):
 
 
 class CircuitOpen(UpstreamError):
-    """Every model of the chain sits on a provider whose circuit is open; nothing was called."""
+    """Every model of the chain has its circuit open; nothing was called."""
 
     code = "upstream_circuit_open"
 
@@ -133,13 +135,17 @@ _local_states: dict[str, _LocalBreakerState] = {}
 
 
 class CircuitBreaker:
-    """Per provider: closed → open after N consecutive failures in a window → half-open after the cool-down,
-    where one request probes; its success closes the circuit, its failure opens it again."""
+    """Per model of a provider (its upstream name there): closed → open after N consecutive failures in a window →
+    half-open after the cool-down, where one request probes; its success closes the circuit, its failure opens it
+    again."""
 
-    def __init__(self, provider_name: str, *, policy: BreakerPolicy, key_prefix: str = "llmops:breaker"):
-        self.provider_name = provider_name
+    def __init__(
+        self, provider_name: str, model_name: str, *, policy: BreakerPolicy, key_prefix: str = "llmops:breaker"
+    ):
+        # Provider names are slugs, so the separator cannot make two circuits one.
+        self.name = f"{provider_name}:{model_name}"
         self.policy = policy
-        base = f"{key_prefix}:{provider_name}"
+        base = f"{key_prefix}:{self.name}"
         self.keys = [f"{base}:failures", f"{base}:open", f"{base}:tripped", f"{base}:probe"]
         # Set by allow(): a success after a clean allow has nothing to clear, which saves a round trip per call.
         self.allowed_clean = False
@@ -155,7 +161,7 @@ class CircuitBreaker:
         try:
             verdict = await _ALLOW.run(redis, self.keys, [self._ms(self.policy.probe_seconds)])
         except RedisError:
-            logger.warning("circuit breaker for %s cannot reach Redis; letting the call through", self.provider_name)
+            logger.warning("circuit breaker for %s cannot reach Redis; letting the call through", self.name)
             return True
         self.allowed_clean = verdict == _ALLOWED_CLEAN
         if self.allowed_clean:
@@ -165,14 +171,14 @@ class CircuitBreaker:
     async def record_success(self) -> None:
         redis = async_redis()
         if redis is None:
-            _local_states.pop(self.provider_name, None)
+            _local_states.pop(self.name, None)
             return
         if self.allowed_clean:
             return
         try:
             await redis.delete(self.keys[0], self.keys[2], self.keys[3])
         except RedisError:
-            logger.warning("circuit breaker for %s cannot reach Redis", self.provider_name)
+            logger.warning("circuit breaker for %s cannot reach Redis", self.name)
 
     async def record_failure(self) -> bool:
         """Count a failure; returns whether the circuit is now open."""
@@ -191,10 +197,10 @@ class CircuitBreaker:
         try:
             opened = bool(await _RECORD_FAILURE.run(redis, self.keys, args))
         except RedisError:
-            logger.warning("circuit breaker for %s cannot reach Redis", self.provider_name)
+            logger.warning("circuit breaker for %s cannot reach Redis", self.name)
             return False
         if opened:
-            logger.warning("circuit opened for provider %s", self.provider_name)
+            logger.warning("circuit opened for %s", self.name)
         return opened
 
     @staticmethod
@@ -202,7 +208,7 @@ class CircuitBreaker:
         return max(int(seconds * 1000), 1)
 
     def _local_allow(self) -> bool:
-        state = _local_states.get(self.provider_name)
+        state = _local_states.get(self.name)
         now = time.monotonic()
         if state is None or not state.tripped:
             return True
@@ -212,7 +218,7 @@ class CircuitBreaker:
         return True
 
     def _local_failure(self) -> bool:
-        state = _local_states.setdefault(self.provider_name, _LocalBreakerState())
+        state = _local_states.setdefault(self.name, _LocalBreakerState())
         now = time.monotonic()
         if state.tripped and now >= state.open_until:
             state.open_until, state.probe_until = now + self.policy.cooldown_seconds, 0.0
@@ -238,7 +244,7 @@ async def call_with_fallbacks(
 
     Raises the last UpstreamError, with ``attempts`` and ``last_model`` set, when the chain is exhausted,
     the attempts or the deadline are used up, or the failure is not worth retrying (a 400 would fail on
-    any model); raises CircuitOpen when every provider of the chain was skipped. For a stream, ``attempt`` should
+    any model); raises CircuitOpen when every model of the chain was skipped. For a stream, ``attempt`` should
     open it (up to its first event), so a fallback happens only before anything reached the client.
     """
     breaker_policy = breaker_policy or BreakerPolicy()
@@ -246,9 +252,9 @@ async def call_with_fallbacks(
     attempts = 0
     last_error: UpstreamError | None = None
     for entry in chain:
-        breaker = CircuitBreaker(entry.provider.name, policy=breaker_policy)
+        breaker = CircuitBreaker(entry.provider.name, entry.upstream_name, policy=breaker_policy)
         if not await breaker.allow():
-            logger.info("skipping model %s: circuit open for provider %s", entry.name, entry.provider.name)
+            logger.info("skipping model %s: its circuit (%s) is open", entry.name, breaker.name)
             continue
         for try_number in range(policy.attempts_per_model):
             remaining = deadline - time.monotonic()
@@ -288,7 +294,7 @@ async def call_with_fallbacks(
         if attempts >= policy.max_attempts or time.monotonic() >= deadline:
             break
     if last_error is None:
-        names = ", ".join(sorted({entry.provider.name for entry in chain}))
-        last_error = CircuitOpen(f"every provider of the model chain is failing and skipped for now ({names})")
+        names = ", ".join(sorted({f"{entry.provider.name}:{entry.upstream_name}" for entry in chain}))
+        last_error = CircuitOpen(f"every model of the chain is failing and skipped for now ({names})")
     last_error.attempts = attempts
     raise last_error

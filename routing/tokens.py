@@ -2,12 +2,19 @@
 
 Encodings are loaded from TIKTOKEN_CACHE_DIR; where one cannot be loaded (no cache and no
 network) counting falls back to an estimate of four characters a token and logs a warning once.
+
+Counting costs CPU in proportion to the text. ``count_chat_tokens_async`` counts a large prompt on the CPU pool
+(llmops.cpu: tiktoken releases the GIL while it encodes), and ``chat_tokens_lower_bound`` gives, from lengths alone,
+a count the prompt cannot go under, so a prompt provably over a cap is refused without being counted at all.
 """
 
 import logging
+from collections.abc import Iterator
 from functools import lru_cache
 
 import orjson
+
+from llmops.cpu import OFFLOAD_MIN_CHARS, run_sized
 
 logger = logging.getLogger(__name__)
 
@@ -17,6 +24,9 @@ TOKENS_PER_MESSAGE = 3
 TOKENS_PER_NAME = 1
 REPLY_PRIMING_TOKENS = 3
 CHARS_PER_TOKEN_ESTIMATE = 4
+# The longest token of cl100k_base and of o200k_base stands for 128 bytes (a run of spaces); a test holds every
+# encoding encoding_name_for can pick to it.
+MAX_TOKEN_BYTES = 128
 
 
 def encoding_name_for(model: str) -> str:
@@ -38,6 +48,13 @@ def count_text_tokens(text: str, *, model: str) -> int:
     encoding = _encoding(encoding_name_for(model))
     if encoding is None:
         return -(-len(text) // CHARS_PER_TOKEN_ESTIMATE)
+    if len(text) >= OFFLOAD_MIN_CHARS:
+        try:
+            # One buffer instead of a list of ints: once the Rust core is done, the GIL is held for microseconds
+            # instead of tens of milliseconds.
+            return len(encoding.encode_to_numpy(text, disallowed_special=()))
+        except UnicodeEncodeError:
+            pass  # lone surrogates, which encode() replaces
     return len(encoding.encode(text, disallowed_special=()))
 
 
@@ -51,14 +68,51 @@ def _content_text(content) -> str:
     return orjson.dumps(content).decode()
 
 
+def _counted_texts(message: dict) -> Iterator[str]:
+    """The texts of a message that are counted, each on its own."""
+    yield message.get("role", "")
+    yield _content_text(message.get("content"))
+    if message.get("name"):
+        yield message["name"]
+    if message.get("tool_calls"):
+        yield orjson.dumps(message["tool_calls"]).decode()
+
+
+def _framing_tokens(messages: list[dict]) -> int:
+    return REPLY_PRIMING_TOKENS + sum(
+        TOKENS_PER_MESSAGE + (TOKENS_PER_NAME if message.get("name") else 0) for message in messages
+    )
+
+
 def count_chat_tokens(messages: list[dict], *, model: str) -> int:
-    total = REPLY_PRIMING_TOKENS
+    total = _framing_tokens(messages)
     for message in messages:
-        total += TOKENS_PER_MESSAGE
-        total += count_text_tokens(message.get("role", ""), model=model)
-        total += count_text_tokens(_content_text(message.get("content")), model=model)
-        if message.get("name"):
-            total += TOKENS_PER_NAME + count_text_tokens(message["name"], model=model)
-        if message.get("tool_calls"):
-            total += count_text_tokens(orjson.dumps(message["tool_calls"]).decode(), model=model)
+        total += sum(count_text_tokens(text, model=model) for text in _counted_texts(message))
     return total
+
+
+def prompt_chars(messages: list[dict]) -> int:
+    """How much text counting the prompt reads: what decides whether it is counted off the event loop."""
+    return sum(len(text) for message in messages for text in _counted_texts(message))
+
+
+async def count_chat_tokens_async(messages: list[dict], *, model: str) -> int:
+    """count_chat_tokens, on the CPU pool when the prompt is large."""
+    return await run_sized(prompt_chars(messages), count_chat_tokens, messages, model=model)
+
+
+def _utf8_length(text: str) -> int:
+    # A surrogate (never in a body orjson parsed) counts as one byte, which can only lower the bound.
+    return len(text) if text.isascii() else len(text.encode("utf-8", "replace"))
+
+
+def chat_tokens_lower_bound(messages: list[dict]) -> int:
+    """A number count_chat_tokens never goes under, for any model, from lengths only (no encoding runs).
+
+    tiktoken splits a text into tokens whose byte strings, joined, are the text's UTF-8 bytes (special tokens are
+    counted as plain text here), and no token of the encodings in use stands for more than MAX_TOKEN_BYTES bytes: a
+    text of b bytes is at least ceil(b / MAX_TOKEN_BYTES) tokens. The estimate used without an encoding,
+    ceil(chars / 4), is never below that, as b <= 4 x chars. The chat framing is added exactly as it is counted.
+    """
+    content = sum(-(-_utf8_length(text) // MAX_TOKEN_BYTES) for message in messages for text in _counted_texts(message))
+    return _framing_tokens(messages) + content

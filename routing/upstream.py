@@ -1,31 +1,43 @@
 """Calls to upstream providers, in OpenAI's chat completion format whatever the provider speaks.
 
 ``chat_completion`` and ``open_chat_stream`` pick the adapter in ``routing.providers`` by the
-provider's kind; the error classes, reply and stream shapes are shared by all adapters.
+provider's kind; the error classes, reply and stream shapes are shared by all adapters. A reply has been checked
+(``checked_chat_completion``: readable choices, usage as bounded counts of tokens); a stream's events are checked
+by whoever reads them (``checked_chunk``), where they are parsed once.
 """
 
 from routing.catalog import ProviderEntry
 from routing.models import ProviderKind
 from routing.providers import anthropic, bedrock, openai
 from routing.providers.base import (
+    MalformedAnswer,
     UpstreamConnectionError,
     UpstreamError,
+    UpstreamInvalidResponse,
     UpstreamRejected,
     UpstreamReply,
     UpstreamStream,
     UpstreamStreamTruncated,
     UpstreamTimeout,
+    answer_text,
+    checked_chunk,
+    invalid_response,
 )
 
 __all__ = [
+    "MalformedAnswer",
     "UpstreamConnectionError",
     "UpstreamError",
+    "UpstreamInvalidResponse",
     "UpstreamRejected",
     "UpstreamReply",
     "UpstreamStream",
     "UpstreamStreamTruncated",
     "UpstreamTimeout",
+    "answer_text",
     "chat_completion",
+    "checked_chunk",
+    "invalid_response",
     "open_chat_stream",
 ]
 

@@ -17,6 +17,9 @@ MOCK_PID=$!
 trap 'kill $MOCK_PID 2>/dev/null || true' EXIT
 
 KEY=$(cat var/demo-api-key)
+# /metrics answers only a bearer token: the demo makes one once (var/demo-metrics-token) unless one is set.
+[ -s var/demo-metrics-token ] || $PY -c 'import secrets; print(secrets.token_urlsafe(24))' > var/demo-metrics-token
+export LLMOPS_METRICS_TOKEN=${LLMOPS_METRICS_TOKEN:-$(cat var/demo-metrics-token)}
 cat <<SNIPPET
 
 Gateway: http://127.0.0.1:${PORT}/v1   Admin: http://127.0.0.1:${PORT}/admin/ (login in var/demo-admin-password)
@@ -31,6 +34,8 @@ for question in ["Summarise our refund policy", "Summarise our refund policy", "
     print(reply.parse().choices[0].message.content)
     print({k: v for k, v in reply.headers.items() if k.startswith("x-llmops")})
 
+Prometheus metrics: curl -H "Authorization: Bearer ${LLMOPS_METRICS_TOKEN}" http://127.0.0.1:${PORT}/metrics
+
 Press Ctrl+C to stop.
 SNIPPET
-$PY -m uvicorn llmops.asgi:application --host 127.0.0.1 --port "$PORT" --no-access-log
+$PY -m uvicorn llmops.asgi:application --host 127.0.0.1 --port "$PORT" --no-access-log --no-proxy-headers

@@ -18,7 +18,7 @@ from django.http import HttpRequest
 from django.utils import timezone
 
 from tenants.models import ApiKey, AuditEvent, Membership, PayloadLog, PayloadLogSettings, Team, Tenant
-from tenants.selectors import tenant_ids_editable_by, tenants_for_user
+from tenants.selectors import tenant_ids_editable_by, tenants_for_user, users_addable_by
 from tenants.services import (
     api_key_create,
     api_key_revoke,
@@ -30,6 +30,7 @@ from tenants.services import (
 )
 
 ROTATION_OVERLAP = timedelta(hours=24)
+MEMBERSHIP_USER_UNKNOWN = "No user with this username that you may add."
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,11 +158,16 @@ class TenantAdmin(TenantScopedAdmin):
     list_filter = ("is_active",)
     search_fields = ("slug", "name")
     add_fields = ("slug", "name")
-    fields = ("slug", "name", "time_zone", "is_active", "created_at")
+    fields = ("slug", "name", "time_zone", "is_active", "max_inflight_requests", "created_at")
     readonly_fields = ("slug", "created_at")
 
     def tenant_id_of(self, obj) -> int | None:
         return obj.pk
+
+    def get_readonly_fields(self, request, obj=None):
+        # The cap on requests in flight protects the other tenants: the platform sets it, not the tenant's admins.
+        readonly = super().get_readonly_fields(request, obj)
+        return readonly if request.user.is_superuser else (*readonly, "max_inflight_requests")
 
     def has_add_permission(self, request):
         return request.user.is_superuser
@@ -269,13 +275,15 @@ class MembershipAdmin(TenantScopedAdmin):
     def formfield_for_dbfield(self, db_field, request, **kwargs):
         if db_field.name == "user":
             # Typed, not picked from a list: a list of every account would show one tenant the users of all others.
-            user_model = get_user_model()
+            # Only users the editor may add (users_addable_by); one error for "no such user" and "not one of yours",
+            # so the form tells nobody which usernames exist.
             return forms.ModelChoiceField(
-                queryset=user_model._default_manager.filter(is_active=True),
-                to_field_name=user_model.USERNAME_FIELD,
+                queryset=users_addable_by(user=request.user),
+                to_field_name=get_user_model().USERNAME_FIELD,
                 widget=forms.TextInput,
                 label="Username",
-                error_messages={"invalid_choice": "There is no active user with this username."},
+                help_text="A user who is already a member of one of the tenants you own or administer.",
+                error_messages={"invalid_choice": MEMBERSHIP_USER_UNKNOWN},
             )
         return super().formfield_for_dbfield(db_field, request, **kwargs)
 

@@ -17,6 +17,14 @@ class Tenant(models.Model):
     name = models.CharField(max_length=200)
     is_active = models.BooleanField(default=True)
     time_zone = models.CharField(max_length=64, default="UTC")
+    max_inflight_requests = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        verbose_name="max requests in flight",
+        help_text="Chat completions this tenant may have in flight at once, across every gateway process; over it, "
+        "429 tenant_concurrency_limit_exceeded. Empty: the installation default (LLMOPS_TENANT_MAX_INFLIGHT). "
+        "0: no limit.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -1,17 +1,26 @@
-"""SSRF defence for URLs the platform calls on a tenant's or admin's behalf (provider base URLs, alert webhooks).
+"""SSRF defence for URLs the platform calls on a tenant's or admin's behalf (provider base URLs, alert webhooks, job
+callbacks).
 
 Only http and https; no credentials in the URL; never a cloud metadata endpoint; and no loopback, private,
 link-local or otherwise internal address unless LLMOPS_ALLOW_PRIVATE_UPSTREAMS is on (the embedded demo's mock
-upstream is on 127.0.0.1). A host name is resolved and every address it resolves to is checked; a name that does
-not resolve passes (the call will fail), which leaves DNS rebinding to the network's egress rules.
+upstream is on 127.0.0.1) or the address and port are in LLMOPS_OUTBOUND_ALLOWLIST. A host name is resolved and every
+address it resolves to is checked. When a URL is saved, a name that does not resolve passes (the call will fail);
+when the platform sends to a tenant-given URL (`outbound_post`), the name is resolved again, every address checked,
+and the connection made to the checked address, so a DNS answer that changed since (rebinding) reaches nothing
+internal. Redirects are never followed.
 """
 
 import ipaddress
+import logging
 import socket
-from urllib.parse import urlsplit
+from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
 
+import httpx
 from django.conf import settings
-from django.core.exceptions import ValidationError
+from django.core.exceptions import ImproperlyConfigured, ValidationError
+
+logger = logging.getLogger(__name__)
 
 ALLOWED_SCHEMES = frozenset({"http", "https"})
 METADATA_HOSTS = frozenset({"metadata.google.internal", "metadata", "instance-data", "instance-data.ec2.internal"})
@@ -24,8 +33,6 @@ LOCAL_HOST_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localho
 
 
 def _is_internal(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
     return (
         address.is_private
         or address.is_loopback
@@ -37,47 +44,139 @@ def _is_internal(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool
     )
 
 
+def _unmapped(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """::ffff:169.254.169.254 is 169.254.169.254."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
 def _resolved_addresses(host: str) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
     try:
-        return [ipaddress.ip_address(host)]
+        return [_unmapped(ipaddress.ip_address(host))]
     except ValueError:
         pass
     try:
         infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
     except (socket.gaierror, UnicodeError):
         return []
-    return [ipaddress.ip_address(info[4][0].split("%", 1)[0]) for info in infos]
+    return [_unmapped(ipaddress.ip_address(info[4][0].split("%", 1)[0])) for info in infos]
 
 
-def outbound_url_errors(url: str, *, allow_private: bool | None = None) -> list[str]:
+@dataclass(frozen=True, slots=True)
+class AllowedDestination:
+    network: ipaddress.IPv4Network | ipaddress.IPv6Network
+    first_port: int
+    last_port: int
+
+    def admits(self, address: ipaddress.IPv4Address | ipaddress.IPv6Address, port: int) -> bool:
+        return (
+            address.version == self.network.version
+            and address in self.network
+            and self.first_port <= port <= self.last_port
+        )
+
+
+def allowed_destination_parse(entry: str) -> AllowedDestination:
+    """`ADDRESS[/PREFIX]:PORT[-PORT]`, an IPv6 address in brackets: `127.0.0.1:9000-9100`, `[::1]:8443`,
+    `10.0.0.0/8:443`."""
+    address, separator, ports = entry.strip().rpartition(":")
+    first, _, last = ports.partition("-")
+    try:
+        network = ipaddress.ip_network(address.strip("[]"), strict=False)
+        first_port, last_port = int(first), int(last or first)
+    except ValueError:
+        raise ImproperlyConfigured(
+            f"LLMOPS_OUTBOUND_ALLOWLIST: cannot read {entry!r} as ADDRESS[/PREFIX]:PORT[-PORT]"
+        ) from None
+    if not separator or not 1 <= first_port <= last_port <= 65535:
+        raise ImproperlyConfigured(f"LLMOPS_OUTBOUND_ALLOWLIST: cannot read {entry!r} as ADDRESS[/PREFIX]:PORT[-PORT]")
+    return AllowedDestination(network=network, first_port=first_port, last_port=last_port)
+
+
+def _allow_listed(address: ipaddress.IPv4Address | ipaddress.IPv6Address, port: int) -> bool:
+    return any(allowed_destination_parse(entry).admits(address, port) for entry in settings.LLMOPS_OUTBOUND_ALLOWLIST)
+
+
+@dataclass(frozen=True, slots=True)
+class CheckedUrl:
+    """A URL that passed the check, with the addresses its host resolved to then (empty if it did not resolve)."""
+
+    url: str
+    host: str
+    port: int
+    addresses: tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...]
+
+
+def _checked(url: str, *, allow_private: bool | None) -> tuple[CheckedUrl | None, list[str]]:
     if allow_private is None:
         allow_private = settings.LLMOPS_ALLOW_PRIVATE_UPSTREAMS
     try:
         parts = urlsplit(url)
         host = parts.hostname
-        parts.port  # noqa: B018 - raises ValueError for a port out of range
+        port = parts.port
     except ValueError:
-        return ["The URL cannot be parsed."]
+        return None, ["The URL cannot be parsed."]
     if parts.scheme.lower() not in ALLOWED_SCHEMES:
-        return ["The URL must start with http:// or https://."]
+        return None, ["The URL must start with http:// or https://."]
     if not host:
-        return ["The URL must name a host."]
+        return None, ["The URL must name a host."]
     if parts.username is not None or parts.password is not None:
-        return ["Credentials do not belong in the URL; store them as the credential or signing secret."]
+        return None, ["Credentials do not belong in the URL; store them as the credential or signing secret."]
     host = host.rstrip(".").lower()
+    port = port or (443 if parts.scheme.lower() == "https" else 80)
     if host in METADATA_HOSTS:
-        return [f"{host} is a cloud metadata service."]
-    addresses = _resolved_addresses(host)
+        return None, [f"{host} is a cloud metadata service."]
+    addresses = tuple(_resolved_addresses(host))
     if any(address in METADATA_ADDRESSES for address in addresses):
-        return [f"{host} is a cloud metadata address."]
-    if not allow_private and (host in LOCAL_HOST_NAMES or any(_is_internal(address) for address in addresses)):
-        return [
+        return None, [f"{host} is a cloud metadata address."]
+    internal = (host in LOCAL_HOST_NAMES and not addresses) or any(
+        _is_internal(address) and not _allow_listed(address, port) for address in addresses
+    )
+    if not allow_private and internal:
+        return None, [
             f"{host} is a loopback, private or link-local address; set LLMOPS_ALLOW_PRIVATE_UPSTREAMS=true to allow it."
         ]
-    return []
+    return CheckedUrl(url=url, host=host, port=port, addresses=addresses), []
+
+
+def outbound_url_errors(url: str, *, allow_private: bool | None = None) -> list[str]:
+    return _checked(url, allow_private=allow_private)[1]
 
 
 def outbound_url_validate(url: str, *, field: str) -> None:
     """Raise a ValidationError on `field` when the platform must not call `url`."""
     if errors := outbound_url_errors(url):
         raise ValidationError({field: errors})
+
+
+class OutboundRefused(Exception):
+    """The URL, as resolved now, is one the platform must not call; nothing was sent."""
+
+
+def _pinned(checked: CheckedUrl) -> tuple[str, dict[str, str], dict]:
+    """The URL with its host replaced by the checked address, the Host header, and TLS's server name."""
+    parts = urlsplit(checked.url)
+    address = checked.addresses[0]
+    literal = f"[{address}]" if address.version == 6 else str(address)
+    default_port = 443 if parts.scheme.lower() == "https" else 80
+    netloc = literal if checked.port == default_port else f"{literal}:{checked.port}"
+    host_header = parts.netloc.rpartition("@")[2]
+    extensions = {"sni_hostname": checked.host} if parts.scheme.lower() == "https" else {}
+    return urlunsplit(parts._replace(netloc=netloc)), {"Host": host_header}, extensions
+
+
+def outbound_post(url: str, *, content: bytes, headers: dict[str, str], timeout: float) -> httpx.Response:
+    """POST to a URL a tenant gave (a webhook, a callback): checked again now, sent to the address that was checked,
+    redirects not followed (a 3xx is the answer). Raises OutboundRefused before sending anything the check refuses,
+    httpx.HTTPError when the call fails."""
+    checked, errors = _checked(url, allow_private=None)
+    if checked is None or not checked.addresses:
+        logger.warning("outbound POST refused: %s", "; ".join(errors) or "the host does not resolve")
+        raise OutboundRefused("; ".join(errors) or "the host does not resolve")
+    target, host_header, extensions = _pinned(checked)
+    with httpx.Client(timeout=timeout, follow_redirects=False) as client:
+        request = client.build_request(
+            "POST", target, content=content, headers={**headers, **host_header}, extensions=extensions
+        )
+        return client.send(request)

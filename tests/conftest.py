@@ -226,7 +226,8 @@ def spawn(process_env):
 
     def gateway(port: int, *, workers: int = 1) -> ServiceProcess:
         args = [sys.executable, "-m", "uvicorn", "llmops.asgi:application", "--host", "127.0.0.1"]
-        args += ["--port", str(port), "--workers", str(workers), "--no-access-log", "--log-level", "warning"]
+        args += ["--port", str(port), "--workers", str(workers), "--no-access-log", "--no-proxy-headers"]
+        args += ["--log-level", "warning"]
         service = ServiceProcess(args, process_env, health_url=f"http://127.0.0.1:{port}/healthz")
         started.append(service)
         return service

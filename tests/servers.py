@@ -8,8 +8,10 @@ import subprocess
 import threading
 import time
 from collections import deque
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import uvicorn
@@ -28,7 +30,13 @@ class ThreadedServer:
     def __init__(self, app, *, port: int | None = None):
         self.port = port or free_port()
         config = uvicorn.Config(
-            app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="auto", timeout_graceful_shutdown=1
+            app,
+            host="127.0.0.1",
+            port=self.port,
+            log_level="warning",
+            lifespan="auto",
+            timeout_graceful_shutdown=1,
+            proxy_headers=False,  # as production runs uvicorn (Procfile): the app decides whom to believe
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
@@ -124,3 +132,85 @@ class ServiceProcess:
                 self.process.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+
+class TcpProxy:
+    """A loopback TCP proxy to ``target`` (host, port) that can be cut, to take a server away from the processes that
+    reach it through the proxy without touching the server: during ``outage()`` every connection through it is
+    dropped and new ones are closed as soon as they are accepted, as a server that went away refuses them."""
+
+    def __init__(self, target: tuple[str, int]):
+        self.target = target
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.cut = threading.Event()
+        self.lock = threading.Lock()
+        self.sockets: set[socket.socket] = set()
+        self.thread = threading.Thread(target=self._accept, name="tcp-proxy", daemon=True)
+
+    def url_for(self, url: str) -> str:
+        """``url`` (a database or service URL for the target) pointed at the proxy instead."""
+        parts = urlsplit(url)
+        credentials = parts.netloc.rpartition("@")[0]
+        netloc = f"{credentials}@127.0.0.1:{self.port}" if credentials else f"127.0.0.1:{self.port}"
+        return parts._replace(netloc=netloc).geturl()
+
+    def __enter__(self) -> "TcpProxy":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.listener.close()
+        self._drop_all()
+
+    @contextmanager
+    def outage(self):
+        self.cut.set()
+        self._drop_all()
+        try:
+            yield
+        finally:
+            self.cut.clear()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            if self.cut.is_set():
+                client.close()
+                continue
+            try:
+                server = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            server.settimeout(None)
+            with self.lock:
+                self.sockets |= {client, server}
+            for source, sink in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            self._drop(source)
+            self._drop(sink)
+
+    def _drop(self, sock: socket.socket) -> None:
+        with self.lock:
+            self.sockets.discard(sock)
+        with suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+        sock.close()
+
+    def _drop_all(self) -> None:
+        with self.lock:
+            sockets = list(self.sockets)
+        for sock in sockets:
+            self._drop(sock)

@@ -20,6 +20,7 @@ from django.core.mail import send_mail
 
 from billing.models import AlertChannel, ChannelKind
 from routing.crypto import CredentialDecryptionError, decrypt_secret
+from tenants.outbound import OutboundRefused, outbound_post
 
 SEND_TIMEOUT_SECONDS = 10
 SIGNATURE_HEADER = "X-Llmops-Signature"
@@ -69,9 +70,11 @@ def _post(url: str, body: bytes, headers: dict[str, str]) -> None:
     if not is_http_url(url):
         raise ChannelSendError("the webhook URL must be http or https")
     try:
-        response = httpx.post(
+        response = outbound_post(
             url, content=body, headers={"Content-Type": "application/json", **headers}, timeout=SEND_TIMEOUT_SECONDS
         )
+    except OutboundRefused as exc:
+        raise ChannelSendError(f"POST {url} refused: {exc}") from exc
     except httpx.HTTPError as exc:
         raise ChannelSendError(f"POST {url} failed: {exc!r}") from exc
     if response.status_code >= 300:

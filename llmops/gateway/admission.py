@@ -1,9 +1,10 @@
-"""Rate limits and budget reservations, after the route is known and before the upstream call.
+"""Rate limits, the tenant's cap on requests in flight and budget reservations, after the route is known and before
+the upstream call.
 
 A budget is a promise: the worst-case cost of the request (llmops.gateway.worst_case: every choice at its max_tokens
 or the model's maximum output, on the dearest model of the chain) is reserved atomically against every budget in
 scope before anything is spent, and replaced by the actual cost afterwards. Token rate limits count the same
-worst case in tokens.
+worst case in tokens. Requests in flight are counted per tenant across processes (llmops.gateway.concurrency).
 """
 
 import asyncio
@@ -21,11 +22,19 @@ from billing.budgets.reservations import (
 )
 from billing.costs import format_cost
 from billing.ratelimits import RateLimitResult, rate_limit_check
+from llmops.cpu import run_sized
 from llmops.gateway.call import GatewayCall
+from llmops.gateway.concurrency import InflightSlot, inflight_acquire, inflight_limit
 from llmops.gateway.errors import GatewayError
 from llmops.gateway.planning import ChatPlan
 from llmops.gateway.snapshot import ConfigSnapshot
-from llmops.gateway.worst_case import OutputBound, budget_refusal, chain_worst_case, fitting_max_tokens
+from llmops.gateway.worst_case import (
+    OutputBound,
+    budget_refusal,
+    chain_worst_case,
+    fitting_max_tokens,
+    prediction_chars,
+)
 from routing.catalog import ModelEntry
 
 
@@ -77,13 +86,21 @@ def _refusal(exceeded: BudgetExceeded, chain: list[ModelEntry], *, prompt_tokens
     return budget_refusal(exceeded, fitting=fitting, choices=bound.choices)
 
 
-async def admit(snapshot: ConfigSnapshot, call: GatewayCall, plan: ChatPlan) -> None:
-    """Count the request against rate limits and reserve its worst case against budgets, or refuse it."""
+async def _nothing() -> None:
+    return None
+
+
+async def admit(
+    snapshot: ConfigSnapshot, call: GatewayCall, plan: ChatPlan, *, limit_concurrency: bool = False
+) -> None:
+    """Count the request against rate limits, take one of its tenant's slots for requests in flight (with
+    `limit_concurrency`: live /v1 requests) and reserve its worst case against budgets, or refuse it. A slot taken is
+    left on ``call.inflight`` for the caller to give back when the request ends, refused here or not."""
     principal = call.principal
     now = timezone.now()
     prompt_tokens = call.prompt_tokens_after_compression or 0
     budgets = snapshot.budgets.applicable(principal.tenant_id, principal.team_id, principal.key_id, plan.chain[0].name)
-    bound = OutputBound.of(plan.body, model=plan.chain[0].upstream_name)
+    bound = await run_sized(prediction_chars(plan.body), OutputBound.of, plan.body, model=plan.chain[0].upstream_name)
     if budgets:
         bound = _bounded(plan, bound)
     completion_tokens = max(bound.completion_tokens(model, fallback=_fallback()) for model in plan.chain)
@@ -94,23 +111,38 @@ async def admit(snapshot: ConfigSnapshot, call: GatewayCall, plan: ChatPlan) -> 
         tokens=prompt_tokens + completion_tokens,
         now=now,
     )
-    if not budgets:
+    inflight_cap = inflight_limit(snapshot.max_inflight) if limit_concurrency else 0
+    if not budgets and not inflight_cap:
         _count_or_refuse(call, await counting)
         return
-    amount = chain_worst_case(plan.chain, prompt_tokens=prompt_tokens, bound=bound, fallback=_fallback())
-    # Counted and reserved at once: one wait on Redis instead of two. The rate limit still decides first, and a
-    # reservation made for a request it refuses is released straight away.
-    limited, reserved = await asyncio.gather(
+    amount = (
+        chain_worst_case(plan.chain, prompt_tokens=prompt_tokens, bound=bound, fallback=_fallback())
+        if budgets
+        else Decimal(0)
+    )
+    # Counted, held and reserved at once: one wait on Redis instead of three. The rate limit still decides first,
+    # then the tenant's cap on requests in flight; a reservation made for a request either refuses is released
+    # straight away.
+    limited, slot, reserved = await asyncio.gather(
         counting,
-        budget_reserve(budgets=budgets, amount=amount, request_id=call.request_id, now=now),
+        inflight_acquire(tenant_id=principal.tenant_id, request_id=call.request_id, limit=inflight_cap)
+        if inflight_cap
+        else _nothing(),
+        budget_reserve(budgets=budgets, amount=amount, request_id=call.request_id, now=now) if budgets else _nothing(),
         return_exceptions=True,
     )
-    if isinstance(limited, BaseException) or not limited.allowed:
-        if isinstance(reserved, Reservation):
-            await reservation_settle(reserved, actual=Decimal(0))
-        if isinstance(limited, BaseException):
-            raise limited
+    if isinstance(slot, InflightSlot):
+        call.inflight = slot
+    refused = isinstance(limited, BaseException) or not limited.allowed or isinstance(slot, BaseException)
+    if refused and isinstance(reserved, Reservation):
+        await reservation_settle(reserved, actual=Decimal(0))
+    if isinstance(limited, BaseException):
+        raise limited
     _count_or_refuse(call, limited)
+    if isinstance(slot, BaseException):
+        raise slot
+    if reserved is None:
+        return
     if isinstance(reserved, BudgetUnavailable):
         raise GatewayError(str(reserved), status=503, code="budget_unavailable") from reserved
     if isinstance(reserved, BudgetExceeded):

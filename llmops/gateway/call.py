@@ -12,11 +12,12 @@ from billing.budgets.reservations import Reservation
 from billing.costs import format_cost, usage_cost
 from billing.models import CacheStatus, UsageKind
 from billing.services import UsageEvent
+from llmops.gateway.concurrency import InflightSlot
+from llmops.gateway.worst_case import OutputBound
 from routing.catalog import ModelEntry
+from routing.providers.base import MalformedAnswer, UpstreamReply, answer_text, invalid_response
 from routing.tokens import count_chat_tokens, count_text_tokens
 from tenants.authentication import KeyPrincipal
-
-REQUEST_ID_HEADER = "x-llmops-request-id"
 
 
 def new_request_id() -> str:
@@ -33,6 +34,7 @@ class Usage:
 
     @classmethod
     def from_provider(cls, usage: dict) -> "Usage":
+        """From a usage object the adapter checked (``routing.providers.base.checked_usage``)."""
         details = usage.get("prompt_tokens_details") or {}
         return cls(
             prompt_tokens=int(usage.get("prompt_tokens") or 0),
@@ -42,6 +44,39 @@ class Usage:
         )
 
 
+# An answer may report up to this many times what its request could hold (the model's context window, or the prompt
+# as the gateway counted it when that is more) and produce (every choice at its max_tokens, else the model's maximum
+# output, else its context window). Tokenizers differ, and providers add framing, but never by this much.
+USAGE_SLACK = 4
+
+
+@dataclass(frozen=True, slots=True)
+class UsageCeiling:
+    """The most tokens an answer of one model to one request may report and still be priced."""
+
+    prompt_tokens: int
+    completion_tokens: int
+
+    @classmethod
+    def of(cls, model: ModelEntry, *, body: dict, prompt_tokens: int) -> "UsageCeiling":
+        """For ``model`` answering ``body``; ``prompt_tokens`` as the gateway counted the prompt (0: not counted)."""
+        output = OutputBound.of(body, model=model.upstream_name)
+        return cls(
+            prompt_tokens=USAGE_SLACK * max(model.context_window, prompt_tokens),
+            completion_tokens=USAGE_SLACK * output.completion_tokens(model, fallback=model.context_window),
+        )
+
+    def check(self, usage: Usage) -> Usage:
+        """The usage when it is believable; raises MalformedAnswer when it reports more than the request allows."""
+        for name, reported, ceiling in (
+            ("prompt_tokens", usage.prompt_tokens, self.prompt_tokens),
+            ("completion_tokens", usage.completion_tokens, self.completion_tokens),
+        ):
+            if reported > ceiling:
+                raise MalformedAnswer(f"usage.{name} is {reported}, more than this request allows ({ceiling})")
+        return usage
+
+
 def estimated_usage(body: dict, completion_text: str, model: ModelEntry) -> Usage:
     """Usage counted by the gateway, for a provider that returned none."""
     return Usage(
@@ -49,6 +84,20 @@ def estimated_usage(body: dict, completion_text: str, model: ModelEntry) -> Usag
         completion_tokens=count_text_tokens(completion_text, model=model.upstream_name),
         estimated=True,
     )
+
+
+def reply_usage(reply: UpstreamReply, *, body: dict, model: ModelEntry, prompt_tokens: int) -> Usage:
+    """What an answer of ``model`` to ``body`` is priced at: its usage when that is believable for the request
+    (else the answer is the model's failure, an UpstreamInvalidResponse), the gateway's own count when it has none.
+    ``prompt_tokens`` is the prompt as the gateway counted it (0 when not counted)."""
+    if reply.body.get("usage") is None:
+        return estimated_usage(body, answer_text(reply.body), model)
+    ceiling = UsageCeiling.of(model, body=body, prompt_tokens=prompt_tokens)
+    try:
+        return ceiling.check(Usage.from_provider(reply.body["usage"]))
+    except MalformedAnswer as problem:
+        text = answer_text(reply.body)
+        raise invalid_response(model.provider, problem, elapsed_ms=reply.elapsed_ms, completion_text=text) from problem
 
 
 @dataclass(slots=True)
@@ -77,6 +126,8 @@ class GatewayCall:
     upstream_ms: int | None = None
     cost_usd: str | None = None
     reservation: Reservation | None = None
+    # The tenant's slot for a request in flight (live /v1 requests past admission); given back when it ends.
+    inflight: InflightSlot | None = None
     budget_remaining_usd: str | None = None
     extra_headers: dict[str, str] = field(default_factory=dict)
     # The validated client body, kept for the payload log of tenants that turned it on.
@@ -173,7 +224,7 @@ class GatewayCall:
         return removed - self.compression_summary_usd
 
     def response_headers(self) -> dict[str, str]:
-        headers = {REQUEST_ID_HEADER: self.request_id, "x-llmops-cache": str(self.cache_status)}
+        headers = {"x-llmops-request-id": self.request_id, "x-llmops-cache": str(self.cache_status)}
         if self.cache_similarity is not None:
             headers["x-llmops-cache-similarity"] = f"{self.cache_similarity:.4f}"
         if self.served:

@@ -4,9 +4,11 @@ from collections.abc import Callable, Mapping
 
 from django.http import HttpResponse
 
+from llmops.cpu import run_sized
 from llmops.gateway.admission import admit
 from llmops.gateway.call import GatewayCall
-from llmops.gateway.errors import as_gateway_error
+from llmops.gateway.concurrency import inflight_release_after
+from llmops.gateway.errors import as_gateway_error, internal_error
 from llmops.gateway.pipeline import answer_from_cache, complete_chat, stream_chat
 from llmops.gateway.planning import plan_chat
 from llmops.gateway.recording import finish
@@ -14,17 +16,32 @@ from llmops.gateway.snapshot import ConfigSnapshot
 from llmops.gateway.validation import validate_chat_request
 
 
+def _declared_size(headers: Mapping[str, str]) -> int:
+    """The body's Content-Length (uvicorn refuses a malformed one, and DRF reads no body without one)."""
+    length = headers.get("content-length") or ""
+    return int(length) if length.isdigit() else 0
+
+
 async def chat_completion_run(
-    call: GatewayCall, *, snapshot: ConfigSnapshot, read_body: Callable[[], object], headers: Mapping[str, str]
+    call: GatewayCall,
+    *,
+    snapshot: ConfigSnapshot,
+    read_body: Callable[[], object],
+    headers: Mapping[str, str],
+    limit_concurrency: bool = False,
 ) -> HttpResponse:
     """Validate, route, cap, answer from the cache or admit, call and record. Every failure after authentication
-    leaves its ledger row and is raised as the exception it was (``as_gateway_error`` turns it into the OpenAI error).
+    leaves its ledger row and is raised as the exception it was (``as_gateway_error`` turns it into the OpenAI error;
+    what it cannot translate is a 500 ``internal_error``).
 
     ``snapshot`` is the configuration of the caller's tenant, made current for this request
-    (``config_snapshot.for_key`` or ``for_tenant``).
+    (``config_snapshot.for_key`` or ``for_tenant``). With ``limit_concurrency`` (live /v1 requests) the request holds
+    one of its tenant's slots for requests in flight from admission to its end.
     """
+    response = None
     try:
-        body = validate_chat_request(read_body())
+        # Parsing and validating a large body is Python work in proportion to it: on the CPU pool.
+        body = await run_sized(_declared_size(headers), lambda: validate_chat_request(read_body()))
         call.request_body = body
         call.payload_logging = call.principal.tenant_id in snapshot.payload_logging_tenants
         call.requested_model = body["model"]
@@ -33,12 +50,13 @@ async def chat_completion_run(
         cached = await answer_from_cache(call, plan)
         if cached is not None:
             return cached
-        await admit(snapshot, call, plan)
-        if call.is_stream:
-            return await stream_chat(call, plan)
-        return await complete_chat(call, plan)
+        await admit(snapshot, call, plan, limit_concurrency=limit_concurrency)
+        response = await (stream_chat if call.is_stream else complete_chat)(call, plan)
+        return response
     except Exception as exc:
-        error = as_gateway_error(exc)
-        if error is not None:
-            await finish(call, http_status=error.status_code, error_code=error.code)
+        # Whatever failed, even a fault of the gateway's own, the request is recorded and its reservation settled.
+        error = as_gateway_error(exc) or internal_error()
+        await finish(call, http_status=error.status_code, error_code=error.code)
         raise
+    finally:
+        inflight_release_after(call.inflight, response)

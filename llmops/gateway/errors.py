@@ -5,12 +5,21 @@ import logging
 
 import orjson
 from django.core.exceptions import RequestDataTooBig
+from django.db import InterfaceError, OperationalError
 from django.http import Http404, HttpResponse
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from rest_framework import exceptions
 
 from routing import upstream
 
 logger = logging.getLogger(__name__)
+
+REQUEST_ID_HEADER = "x-llmops-request-id"
+# What an outage of Postgres or Redis raises (a refused or dropped connection, a timeout, an exhausted pool).
+OUTAGE_ERRORS = (OperationalError, InterfaceError, RedisConnectionError, RedisTimeoutError)
+# What a client is told to wait before trying again through an outage.
+OUTAGE_RETRY_AFTER_SECONDS = 2
 
 ERROR_TYPE_BY_STATUS = {
     400: "invalid_request_error",
@@ -57,10 +66,25 @@ def error_response(error: GatewayError, headers: dict[str, str] | None = None) -
     return response
 
 
+def internal_error() -> GatewayError:
+    return GatewayError("The server had an error while processing your request.", status=500, code="internal_error")
+
+
+def service_unavailable() -> GatewayError:
+    return GatewayError(
+        "The service is briefly unavailable (its database or Redis cannot be reached); retry after Retry-After.",
+        status=503,
+        code="service_unavailable",
+        headers={"Retry-After": str(OUTAGE_RETRY_AFTER_SECONDS)},
+    )
+
+
 def as_gateway_error(exc: Exception) -> GatewayError | None:
     """Translate what DRF and Django raise into the OpenAI error it stands for."""
     if isinstance(exc, GatewayError):
         return exc
+    if isinstance(exc, OUTAGE_ERRORS):
+        return service_unavailable()
     if isinstance(exc, exceptions.NotAuthenticated):
         return GatewayError(str(exc.detail), status=401, code="missing_api_key")
     if isinstance(exc, exceptions.AuthenticationFailed):
@@ -82,9 +106,9 @@ def openai_exception_handler(exc, context):
     error = as_gateway_error(exc)
     if error is None:
         logger.exception("unhandled error on %s", context["request"].path, exc_info=exc)
-        error = GatewayError(
-            "The server had an error while processing your request.", status=500, code="internal_error"
-        )
+        error = internal_error()
+    elif isinstance(exc, OUTAGE_ERRORS):
+        logger.warning("%s answered 503: %s: %s", context["request"].path, exc.__class__.__name__, exc)
     headers = dict(error.headers)
     if error.status_code == 401:
         headers["WWW-Authenticate"] = 'Bearer realm="llmops"'

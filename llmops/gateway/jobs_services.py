@@ -9,7 +9,6 @@ import hashlib
 import hmac
 import secrets
 import time
-from urllib.parse import urlsplit
 
 import httpx
 import orjson
@@ -27,6 +26,7 @@ from llmops.gateway.snapshot import config_snapshot
 from llmops.gateway.validation import validate_chat_request, validate_storable
 from routing.crypto import decrypt_secret, encrypt_secret
 from tenants.authentication import KeyPrincipal
+from tenants.outbound import OutboundRefused, outbound_post, outbound_url_errors
 
 JOBS_ENDPOINT = "/api/jobs"
 SIGNATURE_HEADER = "X-Llmops-Signature"
@@ -34,18 +34,21 @@ TIMESTAMP_HEADER = "X-Llmops-Timestamp"
 JOB_ID_HEADER = "X-Llmops-Job-Id"
 
 
+WEBHOOK_UNREACHABLE = "The callback URL could not be reached."
+
+
 class WebhookDeliveryError(Exception):
     pass
 
 
 def _callback_url_check(url) -> str:
+    """The provider and webhook SSRF check (tenants/outbound.py); the URL is checked again when the webhook is sent."""
     if url in (None, ""):
         return ""
     if not isinstance(url, str) or len(url) > 2000:
         raise invalid_request("callback_url must be a URL string.", param="callback_url")
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise invalid_request("callback_url must be an absolute http or https URL.", param="callback_url")
+    if errors := outbound_url_errors(url):
+        raise invalid_request(f"callback_url is not allowed: {' '.join(errors)}", param="callback_url")
     return url
 
 
@@ -184,12 +187,13 @@ def job_webhook_attempt(*, job_id: str) -> None:
     }
     Job.objects.filter(pk=job_id).update(webhook_attempts=job.webhook_attempts + 1)
     try:
-        answer = httpx.post(
+        answer = outbound_post(
             job.callback_url, content=body, headers=headers, timeout=settings.LLMOPS_JOBS_WEBHOOK_TIMEOUT_SECONDS
         )
-    except httpx.HTTPError as exc:
-        Job.objects.filter(pk=job_id).update(webhook_last_error=str(exc)[:500])
-        raise WebhookDeliveryError(str(exc)) from exc
+    except (OutboundRefused, httpx.HTTPError) as exc:
+        # One reason for a refused address and a failed connection, so the job never tells what is reachable.
+        Job.objects.filter(pk=job_id).update(webhook_last_error=WEBHOOK_UNREACHABLE)
+        raise WebhookDeliveryError(WEBHOOK_UNREACHABLE) from exc
     if not 200 <= answer.status_code < 300:
         Job.objects.filter(pk=job_id).update(webhook_last_error=f"HTTP {answer.status_code}")
         raise WebhookDeliveryError(f"callback answered {answer.status_code}")

@@ -11,8 +11,8 @@ import orjson
 from django.http import HttpResponse, StreamingHttpResponse
 
 from billing.models import CacheStatus
-from llmops.gateway.call import GatewayCall, Usage, estimated_usage
-from llmops.gateway.errors import upstream_failure
+from llmops.gateway.call import GatewayCall, Usage, UsageCeiling, estimated_usage, reply_usage
+from llmops.gateway.errors import GatewayError, internal_error, upstream_failure
 from llmops.gateway.planning import ChatPlan, refusal_error
 from llmops.gateway.recording import finish
 from routing import upstream
@@ -40,22 +40,25 @@ async def _call_chain(call: GatewayCall, plan: ChatPlan, attempt) -> FallbackRes
         call.upstream_ms = error.elapsed_ms
         if error.last_model is not None:
             call.served = error.last_model
-        raise upstream_failure(error) from error
+        failure = upstream_failure(error)
+        if isinstance(error, upstream.UpstreamInvalidResponse):
+            # The provider answered, and may bill for it: charge what the gateway counts itself.
+            usage = estimated_usage(plan.body, error.completion_text, call.served)
+            await finish(call, http_status=failure.status_code, usage=usage, error_code=failure.code)
+        raise failure from error
     call.served, call.attempts = result.served, result.attempts
     return result
 
 
 async def complete_chat(call: GatewayCall, plan: ChatPlan) -> HttpResponse:
-    result = await _call_chain(
-        call, plan, lambda model: upstream.chat_completion(model.provider, _for_model(plan.body, model))
-    )
-    reply = result.value
+    async def attempt(model: ModelEntry) -> tuple[upstream.UpstreamReply, Usage]:
+        """The reply and what it costs; a reply whose usage is not believable is the model's failure."""
+        reply = await upstream.chat_completion(model.provider, _for_model(plan.body, model))
+        prompt_tokens = call.prompt_tokens_after_compression or 0
+        return reply, reply_usage(reply, body=plan.body, model=model, prompt_tokens=prompt_tokens)
+
+    reply, usage = (await _call_chain(call, plan, attempt)).value
     call.upstream_ms = reply.elapsed_ms
-    if isinstance(reply.body.get("usage"), dict):
-        usage = Usage.from_provider(reply.body["usage"])
-    else:
-        text = "".join((choice.get("message") or {}).get("content") or "" for choice in reply.body.get("choices") or [])
-        usage = estimated_usage(plan.body, text, call.served)
     try:
         verdict = guard_answer(reply.body, action=plan.guard_action, known_secrets=_provider_secrets(plan))
     except SecretEchoBlocked as blocked:
@@ -82,10 +85,11 @@ class StreamRelay:
     The upstream is always asked for a usage chunk; the client sees it only if it asked too.
     """
 
-    def __init__(self, call: GatewayCall, body: dict, stream, cache: CacheRequest | None = None):
+    def __init__(self, call: GatewayCall, body: dict, stream, ceiling: UsageCeiling, cache: CacheRequest | None = None):
         self.call = call
         self.body = body
         self.stream = stream
+        self.ceiling = ceiling
         self.cache = cache
         self.client_wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         self.usage: Usage | None = None
@@ -105,7 +109,7 @@ class StreamRelay:
                     self._keep_answer()
                     yield f": x-llmops-cost-usd={self.call.cost_usd}\n\ndata: [DONE]\n\n".encode()
                     return
-                if data is not None and not self._take(data):
+                if data is not None and not self._take_checked(data):
                     continue
                 yield f"{event}\n\n".encode()
             raise upstream.UpstreamStreamTruncated(
@@ -113,10 +117,11 @@ class StreamRelay:
                 elapsed_ms=self.stream.elapsed_ms(),
             )
         except upstream.UpstreamError as error:
-            failure = upstream_failure(error)
-            await self._record(http_status=failure.status_code, error_code=failure.code)
-            payload = {"error": {"message": failure.message, "type": failure.error_type, "code": failure.code}}
-            yield b"data: " + orjson.dumps(payload) + b"\n\n"
+            yield await self._fail(upstream_failure(error))
+        except Exception:
+            # A fault of the gateway's own: the stream still ends with an error event, and the request is recorded.
+            logger.exception("stream relay failed for %s", self.call.request_id)
+            yield await self._fail(internal_error())
         finally:
             await self.stream.aclose()
             if not self.recorded:
@@ -128,15 +133,23 @@ class StreamRelay:
                 _pending_writes.add(task)
                 task.add_done_callback(_pending_writes.discard)
 
-    def _take(self, data: str) -> bool:
-        """Note what the chunk tells about usage and content; return whether the client should see it."""
-        if not self.cacheable and '"usage"' not in data and '"content"' not in data:
-            return True
+    async def _fail(self, failure: GatewayError) -> bytes:
+        """Record the request as failed; the error event that ends the stream."""
+        await self._record(http_status=failure.status_code, error_code=failure.code)
+        payload = {"error": {"message": failure.message, "type": failure.error_type, "code": failure.code}}
+        return b"data: " + orjson.dumps(payload) + b"\n\n"
+
+    def _take_checked(self, data: str) -> bool:
         try:
-            chunk = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            self.cacheable = False
-            return True
+            return self._take(data)
+        except upstream.MalformedAnswer as problem:
+            elapsed_ms = self.stream.elapsed_ms()
+            raise upstream.invalid_response(self.stream.provider, problem, elapsed_ms=elapsed_ms) from problem
+
+    def _take(self, data: str) -> bool:
+        """Note what the chunk tells about usage and content; return whether the client should see it. Raises
+        MalformedAnswer for a chunk that is not a chat.completion.chunk or whose usage is not believable."""
+        chunk = upstream.checked_chunk(data)
         self.upstream_model = chunk.get("model") or self.upstream_model
         for choice in chunk.get("choices") or []:
             delta = choice.get("delta") or {}
@@ -146,8 +159,8 @@ class StreamRelay:
             if content:
                 self.content_parts.append(content)
             self.finish_reason = choice.get("finish_reason") or self.finish_reason
-        if isinstance(chunk.get("usage"), dict):
-            self.usage = Usage.from_provider(chunk["usage"])
+        if chunk.get("usage") is not None:
+            self.usage = self.ceiling.check(Usage.from_provider(chunk["usage"]))
             return self.client_wants_usage or bool(chunk.get("choices"))
         return True
 
@@ -198,7 +211,8 @@ async def stream_chat(call: GatewayCall, plan: ChatPlan) -> StreamingHttpRespons
     result = await _call_chain(call, plan, open_stream)
     stream = result.value
     call.upstream_ms = stream.elapsed_ms()
-    relay = StreamRelay(call, body, stream, plan.cache)
+    ceiling = UsageCeiling.of(result.served, body=body, prompt_tokens=call.prompt_tokens_after_compression or 0)
+    relay = StreamRelay(call, body, stream, ceiling, plan.cache)
     return _event_stream_response(call, relay.events())
 
 
@@ -255,8 +269,7 @@ def _stored_usage(hit: CacheHit, body: dict, model: ModelEntry) -> Usage:
     usage = hit.answer.get("usage")
     if isinstance(usage, dict):
         return Usage.from_provider(usage)
-    text = "".join((choice.get("message") or {}).get("content") or "" for choice in hit.answer["choices"])
-    return estimated_usage(body, text, model)
+    return estimated_usage(body, upstream.answer_text(hit.answer), model)
 
 
 REPLAY_PIECE_CHARS = 64

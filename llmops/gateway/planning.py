@@ -14,12 +14,12 @@ from llmops.gateway.snapshot import ConfigSnapshot
 from llmops.gateway.summaries import metered_summarizer
 from routing.cache.keys import cache_control_from_headers
 from routing.cache.store import CacheRequest, cache_request_prepare
-from routing.caps import apply_token_caps
+from routing.caps import apply_token_caps, cap_refusal_before_counting
 from routing.catalog import DEFAULT_MODEL_ALIAS, ModelCatalog, ModelEntry
 from routing.compression import SummaryRefused
 from routing.guard import PromptInjectionBlocked, guard_request
 from routing.policy import RouteDecision, RouteRequest, RoutingRefusal, route_request, route_request_from_body
-from routing.tokens import count_chat_tokens
+from routing.tokens import count_chat_tokens_async, encoding_name_for
 
 logger = logging.getLogger(__name__)
 
@@ -123,7 +123,11 @@ async def plan_chat(snapshot: ConfigSnapshot, call: GatewayCall, body: dict, hea
     call.tags = request_tags(headers)
     call.routing_baseline = _routing_baseline(catalog, policy, body["model"])
     try:
-        prompt_tokens = count_chat_tokens(body["messages"], model=_counting_model(catalog, tenant_id, body["model"]))
+        refusal = cap_refusal_before_counting(policy, body["messages"], requested_model=body["model"])
+        if refusal is not None:
+            raise refusal
+        counting_model = _counting_model(catalog, tenant_id, body["model"])
+        prompt_tokens = await count_chat_tokens_async(body["messages"], model=counting_model)
         features = route_request_from_body(
             body,
             headers=headers,
@@ -140,12 +144,14 @@ async def plan_chat(snapshot: ConfigSnapshot, call: GatewayCall, body: dict, hea
         fallbacks = [catalog.models[name] for name in decision.fallback_models if name in catalog.models]
         chain = [served] + [model for model in fallbacks if _can_take(model, features)]
         upstream_body = {k: v for k, v in body.items() if k not in GATEWAY_ONLY_FIELDS}
+        same_encoding = encoding_name_for(served.upstream_name) == encoding_name_for(counting_model)
         capped = await apply_token_caps(
             upstream_body,
             decision=decision,
             model=served.upstream_name,
             summarize=metered_summarizer(snapshot, call),
             namespace=str(tenant_id),
+            prompt_tokens=prompt_tokens if same_encoding else None,
         )
         call.prompt_tokens_before_compression = capped.prompt_tokens_before
         call.prompt_tokens_after_compression = capped.prompt_tokens_after

@@ -2,8 +2,8 @@
 
 The configuration is held in slices: one shared by every tenant (providers, models and prices) and one per tenant
 (its keys with their team's and tenant's state, model access, live routing policy, budgets, rate limits, payload
-logging). A change bumps the version of the slice it belongs to once its transaction commits
-(``transaction.on_commit``): a fresh random token in Redis (``llmops:config:<scope>``), or a counter row
+logging, its cap on requests in flight). A change bumps the version of the slice it belongs to once its transaction
+commits (``transaction.on_commit``): a fresh random token in Redis (``llmops:config:<scope>``), or a counter row
 (``ConfigVersion``) in the database without Redis.
 
 Every request reads the shared version and its tenant's version in one round trip (MGET; one query without Redis)
@@ -85,6 +85,8 @@ class ConfigSnapshot:
     budgets: BudgetIndex
     rate_limits: RateLimitIndex
     payload_logging_tenants: frozenset[int]
+    # The tenant's cap on chat completions in flight; None: the installation default, 0: no cap.
+    max_inflight: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +105,7 @@ class TenantSlice:
     budgets: tuple[BudgetEntry, ...]
     rate_limits: RateLimitIndex
     payload_logging: bool
+    max_inflight: int | None
 
     def snapshot(self, shared: SharedSlice) -> ConfigSnapshot:
         grants = {self.tenant_id: self.grant} if self.grant is not None else {}
@@ -113,6 +116,7 @@ class TenantSlice:
             budgets=BudgetIndex(by_tenant={self.tenant_id: self.budgets} if self.budgets else {}),
             rate_limits=self.rate_limits,
             payload_logging_tenants=frozenset({self.tenant_id}) if self.payload_logging else frozenset(),
+            max_inflight=self.max_inflight,
         )
 
 
@@ -131,6 +135,7 @@ def tenant_slice_build(*, tenant_id: int, version: str | None) -> TenantSlice:
         budgets=build_budget_index(tenant_id=tenant_id).by_tenant.get(tenant_id, ()),
         rate_limits=build_rate_limit_index(tenant_id=tenant_id),
         payload_logging=PayloadLogSettings.objects.filter(tenant_id=tenant_id, enabled=True).exists(),
+        max_inflight=Tenant.objects.filter(pk=tenant_id).values_list("max_inflight_requests", flat=True).first(),
     )
 
 

@@ -13,7 +13,7 @@ from django.utils import timezone
 
 from billing.budgets.reservations import BudgetExceeded, BudgetUnavailable, budget_reserve
 from billing.models import CacheStatus, UsageKind
-from llmops.gateway.call import GatewayCall, Usage, estimated_usage
+from llmops.gateway.call import GatewayCall, estimated_usage, reply_usage
 from llmops.gateway.errors import GatewayError, upstream_failure
 from llmops.gateway.recording import finish
 from llmops.gateway.snapshot import ConfigSnapshot
@@ -21,7 +21,8 @@ from llmops.gateway.worst_case import OutputBound, budget_refusal, chain_worst_c
 from routing import upstream
 from routing.catalog import ModelEntry
 from routing.compression import Summarizer, SummaryRefused
-from routing.tokens import count_chat_tokens
+from routing.providers.base import message_text
+from routing.tokens import count_chat_tokens_async
 
 SUMMARY_INSTRUCTIONS = (
     "Summarise the following conversation turns in a few sentences. Keep names, numbers, decisions "
@@ -51,7 +52,7 @@ async def _reserve(snapshot: ConfigSnapshot, summary: GatewayCall, body: dict) -
         return
     amount = chain_worst_case(
         [model],
-        prompt_tokens=count_chat_tokens(body["messages"], model=model.upstream_name),
+        prompt_tokens=await count_chat_tokens_async(body["messages"], model=model.upstream_name),
         bound=OutputBound(SUMMARY_MAX_TOKENS),
         fallback=settings.LLMOPS_RESERVATION_MAX_TOKENS,
     )
@@ -90,19 +91,21 @@ def metered_summarizer(snapshot: ConfigSnapshot, call: GatewayCall) -> Summarize
         summary.attempts = 1
         try:
             reply = await upstream.chat_completion(model.provider, body)
+            measured = reply_usage(reply, body=body, model=model, prompt_tokens=0)
         except upstream.UpstreamError as error:
             summary.upstream_ms = error.elapsed_ms
             failure = upstream_failure(error)
-            await finish(summary, http_status=failure.status_code, error_code=failure.code)
+            usage = None
+            if isinstance(error, upstream.UpstreamInvalidResponse):
+                usage = estimated_usage(body, error.completion_text, model)
+            await finish(summary, http_status=failure.status_code, usage=usage, error_code=failure.code)
             raise
         except Exception:
             # Whatever failed, the reservation is released and the attempt recorded.
             await finish(summary, http_status=502, error_code=upstream.UpstreamError.code)
             raise
         summary.upstream_ms = reply.elapsed_ms
-        text = ((reply.body.get("choices") or [{}])[0].get("message") or {}).get("content") or ""
-        usage = reply.body.get("usage")
-        measured = Usage.from_provider(usage) if isinstance(usage, dict) else estimated_usage(body, text, model)
+        text = message_text(reply.body["choices"][0]["message"].get("content"))
         await finish(summary, http_status=200, usage=measured)
         call.compression_summary_usd += Decimal(summary.cost_usd or 0)
         return text

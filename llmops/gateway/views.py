@@ -8,9 +8,10 @@ from django.http import HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from rest_framework.permissions import IsAuthenticated
 
-from llmops.gateway.call import REQUEST_ID_HEADER, GatewayCall, new_request_id
+from llmops.gateway.call import GatewayCall, new_request_id
 from llmops.gateway.chat import chat_completion_run
-from llmops.gateway.errors import GatewayError, error_response, openai_exception_handler
+from llmops.gateway.errors import REQUEST_ID_HEADER, GatewayError, openai_exception_handler
+from llmops.gateway.last_resort import json_error_response
 from llmops.gateway.parsers import OrjsonParser
 from llmops.gateway.snapshot import ConfigSnapshot, config_snapshot
 from tenants.authentication import ApiKeyAuthentication, bearer_key
@@ -29,14 +30,22 @@ class GatewayView(APIView):
 
         The caller's tenant configuration is made current first (one version read; a reload only when it
         changed), so authentication, permissions and negotiation read memory only and run on the event loop.
+        A refresh that fails (Postgres or Redis unreachable) is answered by the error handler like any other failure.
         """
+        self.request_id = new_request_id()
         raw_key = bearer_key(request.META.get("HTTP_AUTHORIZATION", ""))
-        self.config = await config_snapshot.for_key(raw_key) if raw_key else None
+        refresh_failure = None
+        try:
+            self.config = await config_snapshot.for_key(raw_key) if raw_key else None
+        except Exception as exc:
+            refresh_failure = exc
         self.args, self.kwargs = args, kwargs
         request = self.initialize_request(request, *args, **kwargs)
         self.request = request
         self.headers = self.default_response_headers
         try:
+            if refresh_failure is not None:
+                raise refresh_failure
             self.initial(request, *args, **kwargs)
             method = request.method.lower()
             handler = getattr(self, method, None) if method in self.http_method_names else None
@@ -57,18 +66,22 @@ class GatewayView(APIView):
         return openai_exception_handler
 
     def finalize_response(self, request, response, *args, **kwargs):
-        """Every /v1 answer names a request id; a chat completion's is its ledger row's (set before this runs)."""
+        """Every answer names its request, refusals before any ledger row included."""
         response = super().finalize_response(request, response, *args, **kwargs)
         if REQUEST_ID_HEADER not in response:
-            response[REQUEST_ID_HEADER] = new_request_id()
+            response[REQUEST_ID_HEADER] = self.request_id
         return response
 
 
 class ChatCompletionsView(GatewayView):
     async def post(self, request):
-        self.call = GatewayCall(principal=request.user, endpoint=request.path)
+        self.call = GatewayCall(principal=request.user, endpoint=request.path, request_id=self.request_id)
         return await chat_completion_run(
-            self.call, snapshot=self.config, read_body=lambda: request.data, headers=request.headers
+            self.call,
+            snapshot=self.config,
+            read_body=lambda: request.data,
+            headers=request.headers,
+            limit_concurrency=True,
         )
 
     def finalize_response(self, request, response, *args, **kwargs):
@@ -112,7 +125,7 @@ MAX_ECHOED_PATH_CHARS = 200
 
 @csrf_exempt
 async def unknown_url(request, *args, **kwargs):
-    """Any /v1 path no endpoint serves, whatever the method: OpenAI's JSON 404 rather than Django's HTML page."""
+    """Any /v1 path no endpoint serves, whatever the method: OpenAI's 404 and message, before any key check."""
     path = request.path[:MAX_ECHOED_PATH_CHARS]
     error = GatewayError(
         f"Unknown request URL: {request.method} {path}. Please check the URL for typos; the /v1 endpoints are "
@@ -120,7 +133,7 @@ async def unknown_url(request, *args, **kwargs):
         status=404,
         code="unknown_url",
     )
-    return error_response(error, {REQUEST_ID_HEADER: new_request_id()})
+    return json_error_response(error)
 
 
 def healthz(request):

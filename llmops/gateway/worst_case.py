@@ -31,6 +31,11 @@ def _predicted_text(prediction) -> str:
     return content if isinstance(content, str) else ""
 
 
+def prediction_chars(body: dict) -> int:
+    """How much text counting the request's `prediction` reads."""
+    return len(_predicted_text(body.get("prediction")))
+
+
 @dataclass(frozen=True, slots=True)
 class OutputBound:
     """What one request may make the upstream generate and bill as output."""

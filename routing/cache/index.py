@@ -14,6 +14,7 @@ import numpy as np
 from django.conf import settings
 from django.utils import timezone
 
+from routing.cache.sealed import open_prompt
 from routing.models import CacheEntry, CacheEntryKind
 
 MAX_CANDIDATES = 5
@@ -91,11 +92,13 @@ class SemanticIndex:
                 kind=CacheEntryKind.SEMANTIC,
                 expires_at__gt=timezone.now(),
                 pk__gt=self.last_entry_id,
-            ).values_list("pk", "key_hash", "normalized_prompt", "context_fingerprint", "expires_at", "embedding")
+            ).values_list("pk", "key_hash", "prompt_encrypted", "context_fingerprint", "expires_at", "embedding")
             loaded = []
-            for pk, key_hash, prompt, context, expires_at, embedding in rows:
+            for pk, key_hash, sealed_prompt, context, expires_at, embedding in rows:
                 self.last_entry_id = max(self.last_entry_id, pk)
-                if embedding:
+                prompt = open_prompt(sealed_prompt)
+                # Without its text the guard cannot vouch for an entry: it still answers exact repeats.
+                if embedding and prompt is not None:
                     entry = IndexedEntry(key_hash, prompt, context, expires_at.timestamp())
                     loaded.append((entry, np.frombuffer(bytes(embedding), np.float32)))
             with self.lock:

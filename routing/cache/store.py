@@ -3,6 +3,9 @@
 Every key is scoped by tenant (Redis key prefix, Postgres tenant column, one vector index per tenant and model),
 so no lookup can see another tenant's answer. Anything unreadable in either tier is a miss, never an error.
 
+Both tiers hold the answer encrypted (one Fernet token, made once by the writer thread), and Postgres keeps no
+request: keys are keyed hashes, and only a semantic entry keeps its prompt's text, encrypted (routing/models/cache.py).
+
 Nothing here waits on the event loop for more than Redis: embeddings and vector searches run on the embedding
 thread (routing/cache/embedders.py), and stores and hit counts are queued for this process's writer thread, which
 upserts whatever is queued in one statement, then copies it to Redis. Until then a store sits in a per-process
@@ -21,7 +24,6 @@ from datetime import datetime, timedelta
 from functools import partial
 
 import numpy as np
-import orjson
 from django.conf import settings
 from django.db import DatabaseError, close_old_connections, transaction
 from django.db.models import F
@@ -41,6 +43,7 @@ from routing.cache.keys import (
     is_cacheable,
     semantic_key,
 )
+from routing.cache.sealed import open_answer, seal_answer, seal_prompt
 from routing.models import CacheEntry, CacheEntryKind
 from tenants.models import Tenant
 
@@ -52,10 +55,9 @@ ENTRY_KEY_FIELDS = ["tenant", "served_model", "key_hash"]
 # A store replaces an entry of the same key whole, hit count included.
 ENTRY_STORED_FIELDS = [
     "kind",
-    "request",
-    "answer",
+    "answer_encrypted",
     "embedding",
-    "normalized_prompt",
+    "prompt_encrypted",
     "context_fingerprint",
     "rule_name",
     "expires_at",
@@ -84,7 +86,6 @@ class CacheRequest:
     served_model: str
     rule_name: str
     ttl_seconds: int
-    request: dict
     key_hash: str
     semantic: SemanticKey | None
     control: CacheControl
@@ -120,7 +121,6 @@ def cache_request_prepare(
         served_model=served_model,
         rule_name=rule_name,
         ttl_seconds=ttl_seconds,
-        request=request,
         key_hash=exact_key(tenant_id=tenant_id, served_model=served_model, request=request),
         semantic=semantic_key(request) if settings.LLMOPS_CACHE_EMBEDDER else None,
         control=control,
@@ -164,15 +164,20 @@ _pending: dict[EntryKey, _PendingStore] = {}
 _pending_lock = threading.Lock()
 
 
-def _stored_answer(tenant_id: int, served_model: str, key_hash: str) -> tuple[dict, datetime] | None:
+def _stored_answer(tenant_id: int, served_model: str, key_hash: str) -> tuple[dict, str, datetime] | None:
+    """The answer, its sealed form and its expiry (decrypted here, on the worker thread)."""
     row = (
         CacheEntry.objects.filter(
             tenant_id=tenant_id, served_model=served_model, key_hash=key_hash, expires_at__gt=timezone.now()
         )
-        .values_list("answer", "expires_at")
+        .values_list("answer_encrypted", "expires_at")
         .first()
     )
-    return row if row is not None and _valid_answer(row[0]) else None
+    if row is None:
+        return None
+    sealed, expires_at = row
+    answer = open_answer(sealed)
+    return (answer, sealed, expires_at) if _valid_answer(answer) else None
 
 
 async def _answer_for(tenant_id: int, served_model: str, key_hash: str) -> dict | None:
@@ -190,29 +195,22 @@ async def _answer_for(tenant_id: int, served_model: str, key_hash: str) -> dict 
             logger.warning("cache: Redis unavailable, reading Postgres", exc_info=True)
             raw, client = None, None
         if raw is not None:
-            try:
-                answer = orjson.loads(raw)["answer"]
-            except (orjson.JSONDecodeError, KeyError, TypeError):
-                answer = None
+            answer = open_answer(raw)
             if _valid_answer(answer):
                 return answer
             logger.warning("cache: unreadable Redis entry %s ignored", key)
     row = await database_sync_to_async(_stored_answer)(tenant_id, served_model, key_hash)
     if row is None:
         return None
-    answer, expires_at = row
+    answer, sealed, expires_at = row
     if client is not None:
         ttl = int((expires_at - timezone.now()).total_seconds())
         if ttl > 0:
             try:
-                await client.set(key, _redis_value(answer), ex=ttl)
+                await client.set(key, sealed, ex=ttl)
             except Exception:
                 logger.warning("cache: Redis write failed; Postgres still holds the entry", exc_info=True)
     return answer
-
-
-def _redis_value(answer: dict) -> bytes:
-    return orjson.dumps({"answer": answer})
 
 
 def _note_hit(cache: CacheRequest, key_hash: str) -> None:
@@ -305,19 +303,25 @@ def _stored_vector(pending: _PendingStore) -> np.ndarray | None:
 def _entry_row(pending: _PendingStore) -> CacheEntry:
     cache = pending.cache
     vector = _stored_vector(pending) if cache.semantic is not None else None
+    return cache_entry_build(cache, answer=pending.answer, vector=vector, expires_at=pending.expires_at)
+
+
+def cache_entry_build(
+    cache: CacheRequest, *, answer: dict, vector: np.ndarray | None, expires_at: datetime
+) -> CacheEntry:
+    """The row a store writes (unsaved): semantic when it has a vector, with its text and answer encrypted."""
     semantic = cache.semantic if vector is not None else None
     return CacheEntry(
         tenant_id=cache.tenant_id,
         served_model=cache.served_model,
         key_hash=cache.key_hash,
         kind=CacheEntryKind.SEMANTIC if semantic else CacheEntryKind.EXACT,
-        request=cache.request,
-        answer=pending.answer,
+        answer_encrypted=seal_answer(answer),
         embedding=vector.astype(np.float32).tobytes() if semantic else None,
-        normalized_prompt=semantic.prompt if semantic else "",
+        prompt_encrypted=seal_prompt(semantic.prompt) if semantic else "",
         context_fingerprint=semantic.context_fingerprint if semantic else "",
         rule_name=cache.rule_name,
-        expires_at=pending.expires_at,
+        expires_at=expires_at,
         hit_count=0,
         last_hit_at=None,
     )
@@ -333,12 +337,12 @@ def _stores_write(stores: list[_PendingStore]) -> None:
     """One upsert for the batch (the last store of a key wins), then Redis; a batch the database refuses is
     retried entry by entry, so one bad entry costs only itself."""
     latest = list({pending.key: pending for pending in stores}.values())
-    written: list[_PendingStore] = []
+    written: list[tuple[_PendingStore, CacheEntry]] = []
     try:
         rows = [_entry_row(pending) for pending in latest]
         try:
             _upsert(rows)
-            written = latest
+            written = list(zip(latest, rows, strict=True))
         except DatabaseError:
             logger.warning(
                 "cache: a batch of %d entries was refused; storing them one by one", len(rows), exc_info=True
@@ -346,7 +350,7 @@ def _stores_write(stores: list[_PendingStore]) -> None:
             for pending, row in zip(latest, rows, strict=True):
                 try:
                     _upsert([row])
-                    written.append(pending)
+                    written.append((pending, row))
                 except DatabaseError:
                     logger.warning("cache: entry %s not stored", row, exc_info=True)
         _redis_copy(written)
@@ -357,17 +361,18 @@ def _stores_write(stores: list[_PendingStore]) -> None:
                     del _pending[pending.key]
 
 
-def _redis_copy(written: list[_PendingStore]) -> None:
+def _redis_copy(written: list[tuple[_PendingStore, CacheEntry]]) -> None:
+    """The rows' sealed answers, as Postgres holds them, copied to Redis."""
     client = sync_redis()
     if client is None or not written:
         return
     now = timezone.now()
     try:
         with client.pipeline(transaction=False) as pipe:
-            for pending in written:
+            for pending, row in written:
                 ttl = math.ceil((pending.expires_at - now).total_seconds())
                 if ttl > 0:
-                    pipe.set(redis_key(*pending.key), _redis_value(pending.answer), ex=ttl)
+                    pipe.set(redis_key(*pending.key), row.answer_encrypted, ex=ttl)
             pipe.execute()
     except Exception:
         logger.warning("cache: Redis write failed; Postgres still holds the entries", exc_info=True)

@@ -1,7 +1,10 @@
 """Cached answers: the durable tier of the response cache (Redis holds the hot copy).
 
-An entry is found by its exact key (tenant + served model + canonical request). A `semantic` entry also carries
-the embedding of its normalised last user turn, so a paraphrase in the same context can find it.
+An entry is found by its exact key, a keyed hash of the tenant, served model and canonical request; the request
+itself is not kept. A `semantic` entry also carries the embedding of its normalised last user turn and that turn's
+text, which the near-miss guard compares, so a paraphrase in the same context can find it. Its text is what
+redaction leaves unchanged (a prompt with personal data or a secret is cached for exact repeats only), and it and
+the answer are Fernet-encrypted (routing/crypto.py): a database dump or backup holds no prompt or answer in clear.
 """
 
 from django.db import models
@@ -17,14 +20,21 @@ class CacheEntryKind(models.TextChoices):
 class CacheEntry(models.Model):
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="cache_entries")
     served_model = models.CharField(max_length=128)
-    key_hash = models.CharField(max_length=64, help_text="SHA-256 of the tenant, served model and canonical request.")
+    key_hash = models.CharField(
+        max_length=64, help_text="HMAC-SHA256 (server key) of the tenant, served model and canonical request."
+    )
     kind = models.CharField(max_length=8, choices=CacheEntryKind.choices, default=CacheEntryKind.EXACT)
-    request = models.JSONField(help_text="The canonical request the key was computed from.")
-    answer = models.JSONField(help_text="The OpenAI chat.completion body; a streamed answer is stored assembled.")
+    answer_encrypted = models.TextField(
+        help_text="The OpenAI chat.completion body (a streamed answer assembled), as JSON, encrypted."
+    )
     embedding = models.BinaryField(null=True, blank=True, editable=False, help_text="float32 vector, semantic only.")
-    normalized_prompt = models.TextField(blank=True, help_text="The normalised last user turn.")
+    prompt_encrypted = models.TextField(
+        blank=True, help_text="The normalised last user turn, semantic only, encrypted; redaction finds nothing in it."
+    )
     context_fingerprint = models.CharField(
-        max_length=64, blank=True, help_text="SHA-256 of the system prompt, earlier turns and answer-changing options."
+        max_length=64,
+        blank=True,
+        help_text="HMAC-SHA256 (server key) of the system prompt, earlier turns and answer-changing options.",
     )
     rule_name = models.CharField(max_length=128, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)

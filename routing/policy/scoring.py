@@ -27,6 +27,10 @@ MULTI_STEP_PATTERN = re.compile(
 )
 NUMBERED_LINE = re.compile(r"^\s*(\d+[.)]|[-*•])\s+\S", re.MULTILINE)
 NUMBERED_LINES_FOR_MULTI_STEP = 3
+# The features are looked for in the first and the last SCAN_CHARS / 2 characters of the message. A regex search holds
+# the GIL to its end, and over a multi-megabyte message these took seconds of the worker's event loop; the length
+# points still count the whole prompt.
+SCAN_CHARS = 16_384
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,16 +43,27 @@ class DifficultyScore:
         return ",".join(parts) or "no-features"
 
 
+def _scanned_parts(text: str) -> tuple[str, ...]:
+    if len(text) <= SCAN_CHARS:
+        return (text,)
+    return text[: SCAN_CHARS // 2], text[-(SCAN_CHARS // 2) :]
+
+
 def difficulty_score(
     *, prompt_tokens: int, last_user_message: str, has_tools: bool, requested_max_tokens: int | None
 ) -> DifficultyScore:
-    multi_step = bool(MULTI_STEP_PATTERN.search(last_user_message)) or (
-        len(NUMBERED_LINE.findall(last_user_message)) >= NUMBERED_LINES_FOR_MULTI_STEP
+    parts = _scanned_parts(last_user_message)
+
+    def found(pattern: re.Pattern) -> bool:
+        return any(pattern.search(part) for part in parts)
+
+    multi_step = found(MULTI_STEP_PATTERN) or (
+        sum(len(NUMBERED_LINE.findall(part)) for part in parts) >= NUMBERED_LINES_FOR_MULTI_STEP
     )
     points = {
         "length": min(LENGTH_POINTS_MAX, prompt_tokens // TOKENS_PER_LENGTH_POINT),
-        "code": CODE_POINTS if CODE_PATTERN.search(last_user_message) else 0,
-        "math": MATH_POINTS if MATH_PATTERN.search(last_user_message) else 0,
+        "code": CODE_POINTS if found(CODE_PATTERN) else 0,
+        "math": MATH_POINTS if found(MATH_PATTERN) else 0,
         "multi_step": MULTI_STEP_POINTS if multi_step else 0,
         "tools": TOOLS_POINTS if has_tools else 0,
         "output": min(OUTPUT_POINTS_MAX, (requested_max_tokens or 0) // OUTPUT_TOKENS_PER_POINT),

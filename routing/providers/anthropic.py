@@ -13,25 +13,31 @@ import orjson
 from routing.catalog import ProviderEntry
 from routing.providers.base import (
     SSE_DONE,
+    TRANSLATION_ERRORS,
     ChunkBuilder,
+    MalformedAnswer,
     UpstreamError,
     UpstreamRejected,
     UpstreamReply,
     chat_completion_reply,
+    checked_chat_completion,
     completion_id,
     elapsed_ms_since,
+    invalid_response,
     message_text,
     openai_tool_call,
     openai_usage,
     parse_data_url,
     provider_timeout,
     rejection,
+    reported_tokens,
     requested_max_tokens,
     send_request,
     sse_event,
     sse_lines,
     stop_sequences,
     tool_call_arguments,
+    untranslatable,
     upstream_request,
     wants_usage_chunk,
 )
@@ -160,10 +166,10 @@ def messages_request(body: dict) -> dict:
 
 def _usage(usage: dict) -> dict:
     return openai_usage(
-        uncached_input=int(usage.get("input_tokens") or 0),
-        cache_read=int(usage.get("cache_read_input_tokens") or 0),
-        cache_write=int(usage.get("cache_creation_input_tokens") or 0),
-        output=int(usage.get("output_tokens") or 0),
+        uncached_input=reported_tokens(usage, "input_tokens"),
+        cache_read=reported_tokens(usage, "cache_read_input_tokens"),
+        cache_write=reported_tokens(usage, "cache_creation_input_tokens"),
+        output=reported_tokens(usage, "output_tokens"),
     )
 
 
@@ -205,12 +211,10 @@ async def chat_completion(provider: ProviderEntry, body: dict) -> UpstreamReply:
     if response.status_code >= 400:
         raise rejection(provider, response, response.content, started)
     try:
-        reply = chat_completion_body(orjson.loads(response.content), model=body["model"])
-    except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
-        raise UpstreamError(
-            f"provider {provider.name} sent a body that is not an Anthropic message",
-            elapsed_ms=elapsed_ms_since(started),
-        ) from exc
+        reply = checked_chat_completion(chat_completion_body(orjson.loads(response.content), model=body["model"]))
+    except TRANSLATION_ERRORS as exc:
+        problem = untranslatable(exc, what="a body")
+        raise invalid_response(provider, problem, elapsed_ms=elapsed_ms_since(started)) from exc
     return UpstreamReply(body=reply, raw=orjson.dumps(reply), elapsed_ms=elapsed_ms_since(started))
 
 
@@ -255,7 +259,7 @@ class ChunkTranslator(ChunkBuilder):
 
 
 def _stream_error(provider: ProviderEntry, event: dict, elapsed_ms: int) -> UpstreamError:
-    error = event.get("error") or {}
+    error = event.get("error") if isinstance(event.get("error"), dict) else {}
     status = OVERLOADED_STATUS if error.get("type") == "overloaded_error" else 500
     return UpstreamRejected(
         f"provider {provider.name} failed mid-stream: {error.get('message', 'unknown error')}",
@@ -289,14 +293,20 @@ class AnthropicStream:
                 if line.startswith("data:"):
                     data_lines.append(line[5:].lstrip())
                 elif not line and data_lines:
-                    yield orjson.loads("\n".join(data_lines))
+                    yield self._event("\n".join(data_lines))
                     data_lines = []
             if data_lines:
-                yield orjson.loads("\n".join(data_lines))
+                yield self._event("\n".join(data_lines))
         except orjson.JSONDecodeError as exc:
-            raise UpstreamError(
-                f"provider {self.provider.name} sent an event that is not JSON", elapsed_ms=self.elapsed_ms()
-            ) from exc
+            problem = MalformedAnswer("a stream event that is not JSON")
+            raise invalid_response(self.provider, problem, elapsed_ms=self.elapsed_ms()) from exc
+
+    def _event(self, data: str) -> dict:
+        event = orjson.loads(data)
+        if not isinstance(event, dict):
+            problem = MalformedAnswer("a stream event that is not a JSON object")
+            raise invalid_response(self.provider, problem, elapsed_ms=self.elapsed_ms())
+        return event
 
     async def events(self) -> AsyncIterator[str]:
         pending = [self._first] if self._first is not None else []
@@ -307,7 +317,12 @@ class AnthropicStream:
                 return
             if event.get("type") == "error":
                 raise _stream_error(self.provider, event, self.elapsed_ms())
-            for chunk in self.translator.translate(event):
+            try:
+                chunks = self.translator.translate(event)
+            except TRANSLATION_ERRORS as exc:
+                problem = untranslatable(exc, what="a stream event")
+                raise invalid_response(self.provider, problem, elapsed_ms=self.elapsed_ms()) from exc
+            for chunk in chunks:
                 yield sse_event(chunk)
             if self.translator.finished:
                 yield SSE_DONE

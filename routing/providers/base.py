@@ -58,6 +58,25 @@ class UpstreamStreamTruncated(UpstreamError):
     code = "upstream_stream_truncated"
 
 
+class UpstreamInvalidResponse(UpstreamError):
+    """The upstream answered, but not with a chat completion the gateway can read and price: a body or an event that
+    is not the shape OpenAI's API gives (or that the adapter could not translate), or usage that is not a count of
+    tokens. ``completion_text`` is whatever answer text could be read, for the gateway's own estimate of the cost.
+
+    Like a body that is not JSON, it counts as a failure of the provider: retried, then the next model of the chain.
+    """
+
+    code = "upstream_invalid_response"
+
+    def __init__(self, message: str, *, elapsed_ms: int = 0, completion_text: str = ""):
+        super().__init__(message, elapsed_ms=elapsed_ms)
+        self.completion_text = completion_text
+
+
+class MalformedAnswer(ValueError):
+    """What is wrong with an upstream body, event or usage; adapters raise it as an UpstreamInvalidResponse."""
+
+
 class UpstreamRejected(UpstreamError):
     """The upstream answered with an error status (4xx or 5xx)."""
 
@@ -194,6 +213,146 @@ def rejection(provider: ProviderEntry, response: httpx.Response, content: bytes,
     )
 
 
+def invalid_response(
+    provider: ProviderEntry, problem: Exception, *, elapsed_ms: int, completion_text: str = ""
+) -> UpstreamInvalidResponse:
+    return UpstreamInvalidResponse(
+        f"provider {provider.name} sent an answer the gateway cannot use: {problem}",
+        elapsed_ms=elapsed_ms,
+        completion_text=completion_text,
+    )
+
+
+# No model's context comes near this: a count above it is a provider's fault, never a bill. The gateway also
+# bounds usage by what the request could take and produce (llmops.gateway.call.UsageCeiling).
+MAX_TOKEN_COUNT = 100_000_000
+USAGE_DETAIL_FIELDS = ("cached_tokens", "cache_write_tokens")
+
+
+def token_count(value, name: str) -> int:
+    """A token count as providers must report it: a JSON integer from 0 to MAX_TOKEN_COUNT."""
+    if type(value) is not int or not 0 <= value <= MAX_TOKEN_COUNT:
+        raise MalformedAnswer(f"{name} is {repr(value)[:40]}, not a count of tokens")
+    return value
+
+
+def reported_tokens(usage, name: str) -> int:
+    """One field of a provider's own usage object (0 when absent), checked as ``token_count`` checks."""
+    if not isinstance(usage, dict):
+        raise MalformedAnswer("usage is not an object")
+    value = usage.get(name)
+    return 0 if value is None else token_count(value, f"usage.{name}")
+
+
+def untranslatable(exc: Exception, *, what: str) -> MalformedAnswer:
+    """A provider's body or event that an adapter could not translate into OpenAI's format."""
+    if isinstance(exc, MalformedAnswer):
+        return exc
+    return MalformedAnswer(f"{what} that cannot be read ({exc.__class__.__name__}: {str(exc)[:80]})")
+
+
+# What reading a provider's JSON of an unexpected shape raises.
+TRANSLATION_ERRORS = (KeyError, IndexError, TypeError, ValueError, AttributeError)
+
+
+def checked_usage(usage) -> dict | None:
+    """An OpenAI usage object the gateway can price (None when there is none); raises MalformedAnswer otherwise."""
+    if usage is None:
+        return None
+    if not isinstance(usage, dict):
+        raise MalformedAnswer("usage is not an object")
+    prompt_tokens = token_count(usage.get("prompt_tokens"), "usage.prompt_tokens")
+    token_count(usage.get("completion_tokens"), "usage.completion_tokens")
+    details = usage.get("prompt_tokens_details")
+    if details is None:
+        return usage
+    if not isinstance(details, dict):
+        raise MalformedAnswer("usage.prompt_tokens_details is not an object")
+    counted = sum(
+        token_count(details[name], f"usage.prompt_tokens_details.{name}")
+        for name in USAGE_DETAIL_FIELDS
+        if details.get(name) is not None
+    )
+    if counted > prompt_tokens:
+        raise MalformedAnswer("usage counts more cached prompt tokens than prompt tokens")
+    return usage
+
+
+def _is_parts(content) -> bool:
+    return isinstance(content, list) and all(
+        isinstance(part, dict) and (part.get("type") != "text" or isinstance(part.get("text"), str)) for part in content
+    )
+
+
+def _check_message(message, where: str) -> None:
+    """A message's content is a string or null; a whole message's may also be a list of parts, as some
+    OpenAI-compatible providers send (a stream's delta is appended as text, so it may not)."""
+    if not isinstance(message, dict):
+        raise MalformedAnswer(f"{where} is not an object")
+    content = message.get("content")
+    if not (content is None or isinstance(content, str) or (where.endswith("message") and _is_parts(content))):
+        raise MalformedAnswer(f"{where}.content is not a string")
+    tool_calls = message.get("tool_calls")
+    if tool_calls is not None and not (isinstance(tool_calls, list) and all(isinstance(c, dict) for c in tool_calls)):
+        raise MalformedAnswer(f"{where}.tool_calls is not a list of objects")
+
+
+def _check_choice(choice, *, part: str) -> None:
+    if not isinstance(choice, dict):
+        raise MalformedAnswer("a choice is not an object")
+    if choice.get("index") is not None and type(choice["index"]) is not int:
+        raise MalformedAnswer("a choice's index is not an integer")
+    finish_reason = choice.get("finish_reason")
+    if finish_reason is not None and not isinstance(finish_reason, str):
+        raise MalformedAnswer("a choice's finish_reason is not a string")
+    if part == "delta" and choice.get("delta") is None:
+        return
+    _check_message(choice.get(part), f"choices[].{part}")
+
+
+def checked_chat_completion(body) -> dict:
+    """A chat.completion body the gateway can read, cache and price; raises MalformedAnswer otherwise."""
+    if not isinstance(body, dict):
+        raise MalformedAnswer("the body is not a JSON object")
+    choices = body.get("choices")
+    if not isinstance(choices, list) or not choices:
+        raise MalformedAnswer("choices is not a list of answers")
+    for choice in choices:
+        _check_choice(choice, part="message")
+    checked_usage(body.get("usage"))
+    return body
+
+
+def checked_chunk(data: str) -> dict:
+    """One streamed chat.completion.chunk (an SSE event's data) the gateway can read; raises MalformedAnswer."""
+    try:
+        chunk = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        raise MalformedAnswer("a stream event that is not JSON") from None
+    if not isinstance(chunk, dict):
+        raise MalformedAnswer("a stream event that is not a JSON object")
+    choices = chunk.get("choices")
+    if choices is not None:
+        if not isinstance(choices, list):
+            raise MalformedAnswer("a stream event's choices is not a list")
+        for choice in choices:
+            _check_choice(choice, part="delta")
+    model = chunk.get("model")
+    if model is not None and not isinstance(model, str):
+        raise MalformedAnswer("a stream event's model is not a string")
+    checked_usage(chunk.get("usage"))
+    return chunk
+
+
+def answer_text(body) -> str:
+    """The text of a chat.completion's answers, read as far as its shape allows (for an estimate of its cost)."""
+    choices = body.get("choices") if isinstance(body, dict) else None
+    if not isinstance(choices, list):
+        return ""
+    messages = (choice.get("message") for choice in choices if isinstance(choice, dict))
+    return "".join(message_text(message.get("content")) for message in messages if isinstance(message, dict))
+
+
 def sse_event(payload: dict) -> str:
     return "data: " + orjson.dumps(payload).decode()
 
@@ -218,7 +377,9 @@ def message_text(content) -> str:
         return content
     if isinstance(content, list):
         return "".join(
-            part.get("text", "") for part in content if isinstance(part, dict) and part.get("type") == "text"
+            part["text"]
+            for part in content
+            if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)
         )
     return ""
 

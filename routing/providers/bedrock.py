@@ -30,6 +30,7 @@ from botocore.exceptions import (
 from routing.catalog import ProviderEntry
 from routing.providers.base import (
     SSE_DONE,
+    TRANSLATION_ERRORS,
     ChunkBuilder,
     UpstreamConnectionError,
     UpstreamError,
@@ -37,16 +38,20 @@ from routing.providers.base import (
     UpstreamReply,
     UpstreamTimeout,
     chat_completion_reply,
+    checked_chat_completion,
     elapsed_ms_since,
+    invalid_response,
     message_text,
     openai_tool_call,
     openai_usage,
     parse_data_url,
     parse_retry_after,
+    reported_tokens,
     requested_max_tokens,
     sse_event,
     stop_sequences,
     tool_call_arguments,
+    untranslatable,
     wants_usage_chunk,
 )
 
@@ -227,10 +232,10 @@ def converse_request(body: dict) -> dict:
 
 def _usage(usage: dict) -> dict:
     return openai_usage(
-        uncached_input=int(usage.get("inputTokens") or 0),
-        cache_read=int(usage.get("cacheReadInputTokens") or 0),
-        cache_write=int(usage.get("cacheWriteInputTokens") or 0),
-        output=int(usage.get("outputTokens") or 0),
+        uncached_input=reported_tokens(usage, "inputTokens"),
+        cache_read=reported_tokens(usage, "cacheReadInputTokens"),
+        cache_write=reported_tokens(usage, "cacheWriteInputTokens"),
+        output=reported_tokens(usage, "outputTokens"),
     )
 
 
@@ -298,7 +303,11 @@ async def chat_completion(provider: ProviderEntry, body: dict) -> UpstreamReply:
         response = await asyncio.get_running_loop().run_in_executor(_pool(), converse)
     except Exception as exc:
         raise upstream_error(provider, exc, started) from exc
-    reply = chat_completion_body(response, model=body["model"])
+    try:
+        reply = checked_chat_completion(chat_completion_body(response, model=body["model"]))
+    except TRANSLATION_ERRORS as exc:
+        problem = untranslatable(exc, what="a Converse response")
+        raise invalid_response(provider, problem, elapsed_ms=elapsed_ms_since(started)) from exc
     return UpstreamReply(body=reply, raw=orjson.dumps(reply), elapsed_ms=elapsed_ms_since(started))
 
 
@@ -406,7 +415,12 @@ class BedrockStream:
                 if self.translator.stopped:
                     yield SSE_DONE
                 return
-            for chunk in self.translator.translate(event):
+            try:
+                chunks = self.translator.translate(event)
+            except TRANSLATION_ERRORS as exc:
+                problem = untranslatable(exc, what="a stream event")
+                raise invalid_response(self.provider, problem, elapsed_ms=self.elapsed_ms()) from exc
+            for chunk in chunks:
                 yield sse_event(chunk)
 
     def elapsed_ms(self) -> int:

@@ -8,9 +8,12 @@ import orjson
 
 from routing.catalog import ProviderEntry
 from routing.providers.base import (
-    UpstreamError,
+    MalformedAnswer,
     UpstreamReply,
+    answer_text,
+    checked_chat_completion,
     elapsed_ms_since,
+    invalid_response,
     provider_timeout,
     rejection,
     send_request,
@@ -38,11 +41,17 @@ async def chat_completion(provider: ProviderEntry, body: dict) -> UpstreamReply:
     if response.status_code >= 400:
         raise rejection(provider, response, response.content, started)
     try:
-        reply = orjson.loads(response.content)
+        parsed = orjson.loads(response.content)
     except orjson.JSONDecodeError as exc:
-        raise UpstreamError(
-            f"provider {provider.name} sent a body that is not JSON", elapsed_ms=elapsed_ms_since(started)
-        ) from exc
+        problem = MalformedAnswer("the body is not JSON")
+        raise invalid_response(provider, problem, elapsed_ms=elapsed_ms_since(started)) from exc
+    try:
+        reply = checked_chat_completion(parsed)
+    except MalformedAnswer as problem:
+        text = answer_text(parsed)
+        raise invalid_response(
+            provider, problem, elapsed_ms=elapsed_ms_since(started), completion_text=text
+        ) from problem
     return UpstreamReply(body=reply, raw=response.content, elapsed_ms=elapsed_ms_since(started))
 
 

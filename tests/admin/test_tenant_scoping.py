@@ -286,6 +286,7 @@ def test_staff_user_without_membership_sees_no_apps(client, world: World):
 
 
 def test_member_index_lists_tenant_models_and_catalog_but_not_providers(client, world: World):
+    # Not cache entries either: those are for the tenant's owners and admins.
     client.force_login(make_user(Role.VIEWER, tenant=world.acme.tenant))
 
     response = client.get(reverse("admin:index"))
@@ -308,7 +309,6 @@ def test_member_index_lists_tenant_models_and_catalog_but_not_providers(client, 
         "BudgetAlert",
         "AlertDelivery",
         "Anomaly",
-        "CacheEntry",
         "Batch",
         "Job",
         "AuditEvent",
@@ -366,8 +366,12 @@ class TestOwnerOfOneTenantViewerOfAnother:
 
 
 def test_membership_add_takes_a_username_and_lists_no_users(client, world: World):
-    client.force_login(make_user(Role.ADMIN, tenant=world.acme.tenant))
+    admin = make_user(Role.ADMIN, tenant=world.acme.tenant)
     newcomer = UserFactory(username="newcomer")
+    # Users an admin may add are those of the tenants they edit (users_addable_by): here globex, where both are.
+    membership_set(tenant=world.globex.tenant, user=admin, role=Role.ADMIN)
+    membership_set(tenant=world.globex.tenant, user=newcomer, role=Role.VIEWER)
+    client.force_login(admin)
 
     form_html = client.get(admin_url("tenants_membership", "add")).content.decode()
     response = client.post(
@@ -377,4 +381,46 @@ def test_membership_add_takes_a_username_and_lists_no_users(client, world: World
 
     assert "acme-member" not in form_html
     assert response.status_code == 302
-    assert newcomer.tenant_memberships.get().role == Role.FINANCE
+    assert newcomer.tenant_memberships.get(tenant=world.acme.tenant).role == Role.FINANCE
+
+
+def _add_membership(client, tenant, username: str):
+    data = {"tenant": tenant.pk, "user": username, "role": Role.VIEWER}
+    return client.post(admin_url("tenants_membership", "add"), data)
+
+
+def _form_errors(response) -> list[str]:
+    return [str(error) for error in response.context["adminform"].form.errors.get("user", [])]
+
+
+@pytest.mark.parametrize("role", [Role.OWNER, Role.ADMIN])
+def test_an_editor_cannot_add_someone_of_another_tenant_and_cannot_tell_who_exists(client, world: World, role):
+    client.force_login(make_user(role, tenant=world.acme.tenant))
+    memberships = Membership.objects.count()
+
+    someone_elses = _add_membership(client, world.acme.tenant, "globex-member")
+    nobody = _add_membership(client, world.acme.tenant, "no-such-user-at-all")
+
+    assert someone_elses.status_code == nobody.status_code == 200
+    assert _form_errors(someone_elses) == _form_errors(nobody) == ["No user with this username that you may add."]
+    assert Membership.objects.count() == memberships
+    assert not Membership.objects.filter(tenant=world.acme.tenant, user__username="globex-member").exists()
+
+
+def test_an_editor_may_bring_a_member_of_one_of_their_tenants_into_another(client, world: World):
+    owner = make_user(Role.OWNER, tenant=world.acme.tenant)
+    membership_set(tenant=world.globex.tenant, user=owner, role=Role.ADMIN)
+    client.force_login(owner)
+
+    response = _add_membership(client, world.acme.tenant, "globex-member")
+
+    assert response.status_code == 302
+    assert Membership.objects.filter(tenant=world.acme.tenant, user__username="globex-member").exists()
+
+
+def test_a_superuser_may_add_any_active_user(client, world: World):
+    client.force_login(make_user(SUPERUSER, tenant=world.acme.tenant))
+    UserFactory(username="brand-new")
+
+    assert _add_membership(client, world.acme.tenant, "brand-new").status_code == 302
+    assert Membership.objects.filter(tenant=world.acme.tenant, user__username="brand-new").exists()

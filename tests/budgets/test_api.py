@@ -71,7 +71,7 @@ def test_bad_budgets_are_refused(client, org, globex, payload, field):
     client.force_login(member(org, Role.ADMIN))
     response = client.post("/api/budgets/", payload, content_type="application/json")
     assert response.status_code == 400
-    assert field in response.json()
+    assert field in response.json()["error"]["details"]
     assert not Budget.objects.exists()
 
 

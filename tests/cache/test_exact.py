@@ -7,6 +7,7 @@ from django.utils import timezone
 
 from billing.models import UsageRecord
 from llmops.redis import sync_redis
+from routing.cache.sealed import seal_answer
 from routing.cache.store import cache_entries_expire, cache_writes_flush, redis_key
 from routing.models import CacheEntry
 from routing.services import tenant_model_access_set
@@ -86,6 +87,8 @@ def test_an_expired_entry_misses_and_the_expiry_job_deletes_it(gateway, acme_cac
     CacheEntry.objects.update(expires_at=timezone.now() - timedelta(seconds=1))
     sync_redis().delete(key)  # Redis drops it by the same TTL
     assert chat(gateway, acme_caching, QUESTION).headers["x-llmops-cache"] == "miss"
+    # The miss stores its answer after responding: let that write land before expiring the row it renews.
+    cache_writes_flush()
     CacheEntry.objects.update(expires_at=timezone.now() - timedelta(seconds=1))
     assert cache_entries_expire() == 1
     assert not CacheEntry.objects.exists()
@@ -158,7 +161,7 @@ def test_a_corrupt_entry_is_a_miss_not_an_error(gateway, acme_caching):
     chat(gateway, acme_caching, QUESTION)
     cache_writes_flush()
     entry = CacheEntry.objects.get()
-    CacheEntry.objects.update(answer={"choices": "not a list"})
+    CacheEntry.objects.update(answer_encrypted=seal_answer({"choices": "not a list"}))
     sync_redis().set(redis_key(acme_caching.tenant.pk, entry.served_model, entry.key_hash), b"{not json")
 
     response = chat(gateway, acme_caching, QUESTION)

@@ -7,7 +7,7 @@ import pytest
 from django.utils import timezone
 
 from billing.models import UsageRecord
-from routing.cache.store import cache_writes_flush
+from routing.cache.store import cache_entry_build, cache_writes_flush
 from routing.models import CacheEntry, CacheEntryKind
 from routing.services import tenant_model_access_set
 from tests.cache.conftest import cache_request, chat, stored_answer
@@ -53,19 +53,12 @@ def test_an_entry_another_process_stored_is_found_by_meaning_once_the_index_refr
     assert chat(gateway, acme_caching, "How do I reset my password?").headers["x-llmops-cache"] == "miss"
     cache = cache_request(acme_caching, "What is the capital of France?")
     # Written straight to Postgres, as another gateway process would.
-    CacheEntry.objects.create(
-        tenant=acme_caching.tenant,
-        served_model=cache.served_model,
-        key_hash=cache.key_hash,
-        kind=CacheEntryKind.SEMANTIC,
-        request=cache.request,
+    cache_entry_build(
+        cache,
         answer=stored_answer("Paris."),
-        embedding=embedder.embed([cache.semantic.prompt])[0].tobytes(),
-        normalized_prompt=cache.semantic.prompt,
-        context_fingerprint=cache.semantic.context_fingerprint,
-        rule_name=cache.rule_name,
+        vector=embedder.embed([cache.semantic.prompt])[0],
         expires_at=timezone.now() + timedelta(minutes=10),
-    )
+    ).save()
 
     paraphrase = "what's France's capital city"
     assert chat(gateway, acme_caching, paraphrase, headers=NO_STORE).headers["x-llmops-cache"] == "miss"

@@ -1,9 +1,11 @@
 """Stores off the response path: the answer goes out before its cache write, this process finds what it is still
 writing (exact and by meaning, never for another tenant), and the writer's batched upserts are idempotent."""
 
+import dataclasses
 import logging
 
 from llmops.redis import sync_redis
+from routing.cache.sealed import open_prompt
 from routing.cache.store import (
     cache_entries_purge,
     cache_lookup,
@@ -13,6 +15,7 @@ from routing.cache.store import (
 )
 from routing.models import CacheEntry, CacheEntryKind
 from routing.services import tenant_model_access_set
+from tenants.models import Tenant
 from tests.cache.conftest import cache_request, cache_writes_blocked, chat, stored_answer
 from tests.loops import run
 
@@ -67,21 +70,24 @@ def test_stores_of_one_key_queued_together_leave_one_row_per_tenant(gateway, acm
 
 
 def test_an_entry_postgres_refuses_costs_only_itself(gateway, acme, embedder, caplog):
+    deleted_tenant = dataclasses.replace(
+        cache_request(acme, "Print a NUL byte"), tenant_id=Tenant.objects.order_by("pk").last().pk + 1000
+    )
     with cache_writes_blocked():
         cache_store(cache_request(acme, "How do I reset my password?"), answer=stored_answer("Use the reset link."))
-        # jsonb cannot hold a NUL character: this row fails, queued in one batch with the next one behind the lock.
-        cache_store(cache_request(acme, "Print a NUL byte"), answer=stored_answer("here: \x00"))
+        # A tenant deleted while its answer was queued: this row fails, queued in one batch with the next one.
+        cache_store(deleted_tenant, answer=stored_answer("here: \x00"))
         cache_store(
             cache_request(acme, "Which plans include single sign-on?"), answer=stored_answer("Business and up.")
         )
     cache_writes_flush()
 
-    assert sorted(CacheEntry.objects.values_list("normalized_prompt", flat=True)) == [
+    assert sorted(open_prompt(sealed) for sealed in CacheEntry.objects.values_list("prompt_encrypted", flat=True)) == [
         "how do i reset my password",
         "which plans include single sign-on",
     ]
     assert "not stored" in caplog.text
-    assert run(cache_lookup(cache_request(acme, "Print a NUL byte"))) is None
+    assert run(cache_lookup(deleted_tenant)) is None
     assert run(cache_lookup(cache_request(acme, "How do I reset my password?"))).answer == stored_answer(
         "Use the reset link."
     )

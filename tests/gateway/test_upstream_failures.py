@@ -1,14 +1,23 @@
-"""An upstream that fails, stalls or cannot be reached becomes a clear 502/504 and a ledger row."""
+"""An upstream that fails, stalls, cannot be reached or answers what cannot be priced becomes a clear 502/504 and a
+ledger row."""
 
 from decimal import Decimal
 
 import httpx
 import openai
+import orjson
 import pytest
+from django.utils import timezone
 
+from billing.budgets.selectors import budget_status
+from billing.budgets.services import budget_create
 from billing.models import UsageRecord
+from llmops.mock_upstream import MALFORMED_BODIES, MALFORMED_USAGE
 from tests.factories import ModelFactory, ProviderFactory
+from tests.gateway.test_routing_live import publish
 from tests.servers import free_port
+
+MALFORMED_KINDS = [*MALFORMED_USAGE, *MALFORMED_BODIES]
 
 
 def allow(setup, model):
@@ -123,3 +132,69 @@ def wait_for_record(timeout: float = 10.0) -> UsageRecord:
             return record
         time.sleep(0.05)
     raise AssertionError("no ledger row was written")
+
+
+def ask(gateway, setup, model: str, *, stream: bool) -> tuple[httpx.Response, str]:
+    body = {"model": model, "messages": [{"role": "user", "content": "a short answer please"}], "stream": stream}
+    with httpx.stream(
+        "POST",
+        f"{gateway.url}/v1/chat/completions",
+        json=body,
+        headers={"authorization": f"Bearer {setup.key}"},
+        timeout=30,
+    ) as response:
+        return response, response.read().decode()
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["complete", "streamed"])
+def test_a_malformed_answer_is_a_502_with_an_estimated_row_and_its_reservation_settled(
+    gateway, acme, failing_model, stream
+):
+    budget = budget_create(tenant=acme.tenant, limit_usd=Decimal("1"), period="day")
+
+    for kind in MALFORMED_KINDS:
+        model = failing_model(f"mock-malformed-{kind}")
+        response, text = ask(gateway, acme, model.name, stream=stream)
+
+        request_id = response.headers["x-llmops-request-id"]
+        if stream:
+            last_event = text.strip().rsplit("\n\n", 1)[-1]
+            assert response.status_code == 200 and "[DONE]" not in text, (kind, text)
+            error = orjson.loads(last_event.removeprefix("data: "))["error"]
+        else:
+            assert response.status_code == 502, (kind, text)
+            assert response.headers["content-type"] == "application/json"
+            error = orjson.loads(text)["error"]
+        assert error["code"] == "upstream_invalid_response", (kind, error)
+        record = UsageRecord.objects.get(request_id=request_id)
+        assert (record.http_status, record.error_code, record.served_model) == (502, error["code"], model.name)
+        assert record.usage_estimated and record.prompt_tokens > 0 and record.cost_usd >= 0, kind
+        if stream or kind in MALFORMED_USAGE:
+            assert record.completion_tokens > 0, kind  # the answer's text arrived and is counted
+
+    assert budget_status(budget=budget, now=timezone.now()).reserved_usd == 0
+    response, _ = ask(gateway, acme, acme.small.name, stream=stream)
+    assert response.status_code == 200
+
+
+def test_a_malformed_answer_falls_back_down_the_chain(gateway, acme, failing_model):
+    malformed = failing_model("mock-malformed-usage-negative")
+    publish(
+        acme,
+        [
+            {
+                "priority": 1,
+                "name": "malformed-first",
+                "match": {"requested_models": ["auto"]},
+                "outcome": {"target_model": malformed.name, "fallback_models": [acme.small.name]},
+            }
+        ],
+        aliases={"auto": {"small": acme.small.name, "large": acme.large.name}},
+    )
+
+    response, text = ask(gateway, acme, "auto", stream=False)
+
+    assert response.status_code == 200, text
+    record = UsageRecord.objects.get()
+    assert (record.served_model, record.attempts, record.usage_estimated) == (acme.small.name, 3, False)
+    assert record.cost_usd > 0

@@ -4,7 +4,9 @@ It echoes the last user text, calls the first tool when tools are offered and no
 back yet, and imitates prompt caching: the blocks up to the last ``cache_control`` mark are written
 to the cache the first time and read from it afterwards. The model name switches on failure modes:
 ``overloaded`` answers 529, ``stall`` waits STALL_SECONDS, ``stream-overloaded`` sends an overloaded
-error as the first stream event, ``stream-break`` ends a stream before ``message_stop``. ``failures``
+error as the first stream event, ``stream-break`` ends a stream before ``message_stop``, ``malformed-usage`` reports
+a negative output token count, ``malformed-content`` sends content that is not a list of blocks (streamed: an event
+that is a JSON array after the first words). ``failures``
 queues (status, headers) answers to give before the next normal ones.
 """
 
@@ -102,6 +104,10 @@ class AnthropicServer:
         if "stall" in model:
             await asyncio.sleep(STALL_SECONDS)
         message = self._message(body)
+        if "malformed-usage" in model:
+            message["usage"]["output_tokens"] = -3
+        if "malformed-content" in model and not body.get("stream"):
+            message["content"] = "not a list of blocks"
         if body.get("stream"):
             await self._stream(send, message, model)
         else:
@@ -175,6 +181,8 @@ class AnthropicServer:
                 for i, word in enumerate(block["text"].split(" ")):
                     delta = {"type": "text_delta", "text": word if i == 0 else " " + word}
                     await event("content_block_delta", {"index": index, "delta": delta})
+                    if "malformed-content" in model and i == 1:
+                        await send_chunk(send, b"event: content_block_delta\ndata: [1, 2]\n\n")
                     if "stream-break" in model and i == 1:
                         await end_stream(send)
                         return

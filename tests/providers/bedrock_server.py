@@ -5,7 +5,8 @@ parser (CRC checks included) reads it. The server echoes the last user text, cal
 when tools are offered and no result came back yet, and checks what the real API refuses. The
 model id switches on failure modes: ``throttle`` answers 429 ThrottlingException, ``unavailable``
 503, ``stall`` waits STALL_SECONDS, ``stream-exception`` sends an exception as the first stream event,
-``stream-midfail`` one after the first words; ``cached`` reports cache read and write tokens.
+``stream-midfail`` one after the first words; ``cached`` reports cache read and write tokens, ``malformed-usage`` a
+negative output token count.
 """
 
 import asyncio
@@ -152,6 +153,8 @@ class BedrockServer:
         usage = {"inputTokens": estimate_tokens(prompt), "outputTokens": output_tokens}
         if "cached" in model_id:
             usage.update(cacheReadInputTokens=CACHE_READ_TOKENS, cacheWriteInputTokens=CACHE_WRITE_TOKENS)
+        if "malformed-usage" in model_id:
+            usage["outputTokens"] = -3
         usage["totalTokens"] = sum(usage.values())
         return {
             "output": {"message": {"role": "assistant", "content": content}},

@@ -16,6 +16,10 @@ from tests.providers.conftest import (
 from tests.servers import free_port
 
 
+def user(content) -> dict:
+    return {"role": "user", "content": content}
+
+
 def test_text_reply_with_system_prompts_and_sampling_options(anthropic_server, anthropic_provider):
     body = {
         "model": "claude-test",
@@ -310,3 +314,31 @@ def test_timeout_and_connection_errors(anthropic_server):
         run(
             upstream.open_chat_stream(closed, {"model": "claude-test", "messages": [{"role": "user", "content": "hi"}]})
         )
+
+
+def test_a_malformed_message_or_usage_is_an_invalid_response(anthropic_provider):
+    def call(model):
+        return run(upstream.chat_completion(anthropic_provider, {"model": model, "messages": [user("hi")]}))
+
+    with pytest.raises(upstream.UpstreamInvalidResponse) as excinfo:
+        call("claude-malformed-usage")
+    assert "usage.output_tokens is -3, not a count of tokens" in excinfo.value.message
+
+    with pytest.raises(upstream.UpstreamInvalidResponse) as excinfo:
+        call("claude-malformed-content")
+    assert excinfo.value.code == "upstream_invalid_response"
+
+
+def test_a_malformed_stream_event_or_usage_is_an_invalid_response_from_events(anthropic_provider):
+    def read(model):
+        body = {"model": model, "messages": [user("one two three")], "stream": True}
+        body["stream_options"] = {"include_usage": True}
+        return run(_open_and_collect(anthropic_provider, body))
+
+    with pytest.raises(upstream.UpstreamInvalidResponse) as excinfo:
+        read("claude-malformed-usage")
+    assert "usage.output_tokens is -3" in excinfo.value.message
+
+    with pytest.raises(upstream.UpstreamInvalidResponse) as excinfo:
+        read("claude-malformed-content")
+    assert "not a JSON object" in excinfo.value.message

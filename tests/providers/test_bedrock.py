@@ -265,3 +265,15 @@ def test_closing_a_stream_early_stops_reading(bedrock_provider):
     first, second = run(read_two())
     assert orjson.loads(first[6:])["choices"][0]["delta"]["role"] == "assistant"
     assert orjson.loads(second[6:])["choices"][0]["delta"]["content"] == "Echo:"
+
+
+def test_malformed_usage_is_an_invalid_response_answered_or_streamed(bedrock_provider):
+    body = {"model": "nova-malformed-usage", "messages": [user("hi there")]}
+
+    with pytest.raises(upstream.UpstreamInvalidResponse) as excinfo:
+        run(upstream.chat_completion(bedrock_provider, body))
+    assert "usage.outputTokens is -3, not a count of tokens" in excinfo.value.message
+
+    streamed = {**body, "stream": True, "stream_options": {"include_usage": True}}
+    with pytest.raises(upstream.UpstreamInvalidResponse):
+        run(_open_and_collect(bedrock_provider, streamed))

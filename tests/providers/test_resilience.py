@@ -196,7 +196,10 @@ def breaker_scenario(policy: BreakerPolicy):
     name = unique("provider")
 
     async def scenario():
-        one, other = CircuitBreaker(name, policy=policy), CircuitBreaker(name, policy=policy)
+        one, other = (
+            CircuitBreaker(name, "mock-small", policy=policy),
+            CircuitBreaker(name, "mock-small", policy=policy),
+        )
         seen = {}
         await one.record_failure()
         seen["after_one_failure"] = await other.allow()
@@ -249,7 +252,7 @@ def test_failures_spread_beyond_the_window_do_not_open_the_breaker():
     policy = BreakerPolicy(failure_threshold=2, window_seconds=0.2, cooldown_seconds=30)
 
     async def scenario():
-        breaker = CircuitBreaker(name, policy=policy)
+        breaker = CircuitBreaker(name, "mock-small", policy=policy)
         await breaker.record_failure()
         await asyncio.sleep(0.3)
         await breaker.record_failure()
@@ -265,7 +268,10 @@ def test_a_success_clears_the_failures_counted_since_a_clean_allow(settings):
     policy = BreakerPolicy(failure_threshold=2, window_seconds=10, cooldown_seconds=30)
 
     async def scenario():
-        breaker, other = CircuitBreaker(name, policy=policy), CircuitBreaker(name, policy=policy)
+        breaker, other = (
+            CircuitBreaker(name, "mock-small", policy=policy),
+            CircuitBreaker(name, "mock-small", policy=policy),
+        )
         assert await breaker.allow()
         await breaker.record_failure()
         await breaker.record_success()
@@ -281,7 +287,7 @@ def test_a_circuit_opened_by_another_process_is_honoured_within_the_clean_verdic
     policy = BreakerPolicy(failure_threshold=1, window_seconds=10, cooldown_seconds=30)
 
     async def scenario():
-        here = CircuitBreaker(name, policy=policy)
+        here = CircuitBreaker(name, "mock-small", policy=policy)
         first = await here.allow()
         # Another process trips the circuit: here only Redis says so.
         await async_redis().set(here.keys[1], "1", px=30_000)
@@ -290,3 +296,20 @@ def test_a_circuit_opened_by_another_process_is_honoured_within_the_clean_verdic
         return first, trusted, await here.allow()
 
     assert run(scenario()) == (True, True, False)
+
+
+def test_one_failing_model_opens_only_its_own_circuit_and_the_providers_other_models_keep_answering(mock_upstream):
+    """Issue 15: the circuit was the provider's, so one model's failures (another tenant's traffic) took down the
+    provider's healthy models with it."""
+    provider = provider_entry("openai", f"{mock_upstream.url}/v1", name=unique("shared"))
+    failing = model_entry(unique("failing"), provider, "mock-fail-503")
+    healthy = model_entry(unique("healthy"), provider, "mock-small")
+    breaker_policy = BreakerPolicy(failure_threshold=2, window_seconds=10, cooldown_seconds=30)
+    with pytest.raises(upstream.UpstreamRejected):
+        fallbacks([failing], breaker_policy=breaker_policy)
+
+    with pytest.raises(CircuitOpen):
+        fallbacks([failing], breaker_policy=breaker_policy)
+    served = fallbacks([healthy], breaker_policy=breaker_policy)
+
+    assert (served.served, served.attempts) == (healthy, 1)

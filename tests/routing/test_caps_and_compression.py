@@ -5,10 +5,12 @@ import uuid
 
 import pytest
 
-from routing.caps import TokenCapExceeded, apply_token_caps, clamp_max_tokens
+from routing import caps, tokens
+from routing.caps import TokenCapExceeded, apply_token_caps, cap_refusal_before_counting, clamp_max_tokens
 from routing.compression import TRUNCATION_MARKER, compress_messages, summary_cache
-from routing.policy import RouteDecision
-from routing.tokens import count_chat_tokens
+from routing.policy import RouteDecision, compile_policy
+from routing.services import default_policy_document
+from routing.tokens import chat_tokens_lower_bound, count_chat_tokens
 from tests.loops import run as run_on_fresh_loop
 
 MODEL = "gpt-4o"
@@ -187,3 +189,84 @@ async def test_a_failing_summarizer_only_costs_the_summary():
 )
 def test_max_tokens_is_clamped_to_the_cap_or_set_to_the_default(body, cap, default, expected):
     assert clamp_max_tokens(body, cap=cap, default=default) == expected
+
+
+DEFAULT_POLICY = compile_policy(default_policy_document(small_model="small", large_model="large"), version=1)
+# 600,000 bytes: at least 4,688 tokens in any encoding in use, over the default template's cap of 4,000.
+HUGE_PROMPT = [{"role": "user", "content": "word " * 120_000}]
+
+
+def uncountable(*args, **kwargs):
+    raise AssertionError("the prompt was counted")
+
+
+@pytest.mark.parametrize(("requested", "rule"), [("auto", ""), ("gpt-4o", " of routing rule 'prompt-cap'")])
+def test_a_prompt_its_length_proves_over_every_cap_that_could_apply_is_refused_uncounted(requested, rule, monkeypatch):
+    monkeypatch.setattr(tokens, "count_chat_tokens", uncountable)
+
+    refusal = cap_refusal_before_counting(DEFAULT_POLICY, HUGE_PROMPT, requested_model=requested)
+
+    assert (refusal.status, refusal.code, refusal.cap) == (400, "token_cap_exceeded", 4000)
+    assert f"has at least {chat_tokens_lower_bound(HUGE_PROMPT)} tokens, over the cap of 4000 tokens{rule}." in (
+        refusal.message
+    )
+
+
+def rules_policy(*rules: dict):
+    return compile_policy(
+        {"rules": [{"priority": index, "name": f"rule-{index}", **rule} for index, rule in enumerate(rules, 1)]}
+    )
+
+
+REJECT_4000 = {"outcome": {"prompt_token_cap": 4000, "over_cap_action": "reject"}}
+
+
+@pytest.mark.parametrize(
+    ("policy", "messages"),
+    [
+        (None, HUGE_PROMPT),
+        (DEFAULT_POLICY, [{"role": "user", "content": "word " * 10_000}]),
+        (rules_policy({"outcome": {"prompt_token_cap": 4000, "over_cap_action": "compress"}}), HUGE_PROMPT),
+        (rules_policy({"match": {"task_types": ["chat"]}, **REJECT_4000}), HUGE_PROMPT),
+        (rules_policy({"match": {"task_types": ["chat"]}, "outcome": {}}, REJECT_4000), HUGE_PROMPT),
+        (rules_policy({"match": {"prompt_tokens_min": 10_000}, **REJECT_4000}), HUGE_PROMPT),
+        (rules_policy({"outcome": {"prompt_token_cap": 100_000, "over_cap_action": "reject"}}), HUGE_PROMPT),
+    ],
+    ids=[
+        "no-policy",
+        "under-the-bound",
+        "compress",
+        "no-rule-sure-to-match",
+        "an-uncapped-rule-may-match",
+        "minimum-over-the-bound",
+        "cap-over-the-bound",
+    ],
+)
+def test_no_refusal_before_counting_unless_every_rule_that_could_apply_refuses(policy, messages):
+    assert cap_refusal_before_counting(policy, messages, requested_model="gpt-4o") is None
+
+
+def test_a_rule_whose_maximum_is_under_the_bound_cannot_match_and_is_passed_over():
+    policy = rules_policy({"match": {"prompt_tokens_max": 1000}, "outcome": {}}, REJECT_4000)
+
+    assert cap_refusal_before_counting(policy, HUGE_PROMPT, requested_model="gpt-4o").cap == 4000
+
+
+@async_test
+async def test_a_decision_whose_cap_the_length_proves_exceeded_refuses_without_counting(monkeypatch):
+    monkeypatch.setattr(caps, "count_chat_tokens_async", uncountable)
+
+    with pytest.raises(TokenCapExceeded, match="has at least"):
+        await apply_token_caps({"messages": HUGE_PROMPT}, decision=decision(prompt_token_cap=4000), model=MODEL)
+
+
+@async_test
+async def test_one_huge_message_is_truncated_to_fit_exactly():
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "lorem ipsum " * 50_000}]
+
+    result = await compress_messages(messages, budget=200, model=MODEL)
+
+    assert result.truncated and TRUNCATION_MARKER in result.messages[1]["content"]
+    assert result.tokens_before == count_chat_tokens(messages, model=MODEL)
+    assert result.tokens_after == count_chat_tokens(result.messages, model=MODEL)
+    assert 190 <= result.tokens_after <= 200

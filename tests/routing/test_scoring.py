@@ -65,3 +65,11 @@ def test_the_threshold_splits_small_from_large_and_the_header_shows_the_score(th
         f"alias=auto;score=35{relation}{threshold}(code+20,tools+15)->{expected} model={expected} policy=v0"
     )
     assert decision.route == "score"
+
+
+def test_features_of_a_long_message_are_looked_for_at_its_start_and_end_only():
+    filler = "plain words " * 5_000
+
+    assert score(last_user_message=f"Prove it. {filler}").points["math"] == 15
+    assert score(last_user_message=f"{filler} Explain step by step").points["multi_step"] == 15
+    assert score(last_user_message=f"{filler[:30_000]} def parse(x): {filler[:30_000]}").points["code"] == 0

@@ -5,10 +5,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 from django.conf import settings
 from django.urls import reverse
 
+from llmops.client_ip import client_ip
 from tests.factories import TenantFactory, UserFactory
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -116,3 +118,62 @@ def test_a_successful_login_is_not_throttled(client):
     client.post(reverse("admin:login"), {"username": "fine", "password": "wrong"})
     response = client.post(reverse("admin:login"), {"username": "fine", "password": "the-right-password-123"})
     assert response.status_code == 302
+
+
+def _live_login(gateway, username: str, password: str, *, forwarded_for: str) -> httpx.Response:
+    """One admin login over real HTTP through uvicorn as production runs it, claiming an X-Forwarded-For."""
+    with httpx.Client(base_url=gateway.url, timeout=15) as browser:
+        browser.get("/admin/login/")
+        form = {"username": username, "password": password, "csrfmiddlewaretoken": browser.cookies["csrftoken"]}
+        return browser.post("/admin/login/", data=form, headers={"X-Forwarded-For": forwarded_for})
+
+
+@pytest.fixture
+def target(gateway, settings):
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # the throttle is under test
+    user = UserFactory(username="target", is_staff=True)
+    user.set_password("the-right-password-123")
+    user.save()
+    return user
+
+
+def test_a_new_x_forwarded_for_with_each_wrong_password_still_locks_the_login(gateway, target, settings):
+    settings.LLMOPS_TRUSTED_PROXY_COUNT = 0
+    for attempt in range(settings.AXES_FAILURE_LIMIT):
+        _live_login(gateway, "target", "wrong", forwarded_for=f"198.51.100.{attempt + 1}")
+    locked = _live_login(gateway, "target", "the-right-password-123", forwarded_for="203.0.113.250")
+    assert locked.status_code == 429
+
+
+def test_behind_one_trusted_proxy_the_forwarded_client_is_the_one_locked_out(gateway, target, settings):
+    settings.LLMOPS_TRUSTED_PROXY_COUNT = 1
+    for _ in range(settings.AXES_FAILURE_LIMIT):
+        _live_login(gateway, "target", "wrong", forwarded_for="forged, 203.0.113.7")
+    assert _live_login(gateway, "target", "the-right-password-123", forwarded_for="203.0.113.7").status_code == 429
+    other_client = _live_login(gateway, "target", "the-right-password-123", forwarded_for="198.51.100.9")
+    assert other_client.status_code == 302
+
+
+@pytest.mark.parametrize(
+    ("proxies", "forwarded", "expected"),
+    [
+        (0, "203.0.113.7", "127.0.0.1"),
+        (1, "forged, 203.0.113.7", "203.0.113.7"),
+        (2, "forged, 203.0.113.7, 10.0.0.2", "203.0.113.7"),
+        (2, "203.0.113.7", "127.0.0.1"),
+        (1, "not-an-address", "127.0.0.1"),
+        (1, "", "127.0.0.1"),
+    ],
+)
+def test_client_ip_believes_x_forwarded_for_only_as_far_as_the_trusted_proxies(
+    rf, settings, proxies, forwarded, expected
+):
+    settings.LLMOPS_TRUSTED_PROXY_COUNT = proxies
+    request = rf.get("/admin/login/", REMOTE_ADDR="127.0.0.1", HTTP_X_FORWARDED_FOR=forwarded)
+    assert client_ip(request) == expected
+
+
+def test_production_runs_uvicorn_without_its_own_proxy_header_handling():
+    """uvicorn would otherwise take X-Forwarded-For from any loopback peer as REMOTE_ADDR, before the app decides."""
+    web = next(line for line in (ROOT / "Procfile").read_text().splitlines() if line.startswith("web:"))
+    assert "--no-proxy-headers" in web

@@ -1,9 +1,21 @@
+import asyncio
 import logging
+import threading
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from llmops.cpu import OFFLOAD_MIN_CHARS
 from routing import tokens
-from routing.tokens import count_chat_tokens, count_text_tokens, encoding_name_for
+from routing.tokens import (
+    MAX_TOKEN_BYTES,
+    chat_tokens_lower_bound,
+    count_chat_tokens,
+    count_chat_tokens_async,
+    count_text_tokens,
+    encoding_name_for,
+)
 
 # OpenAI's cookbook example: the API reports 129 prompt tokens for it on gpt-4 and gpt-3.5 (cl100k_base)
 # and 124 on gpt-4o (o200k_base).
@@ -79,3 +91,68 @@ def test_an_encoding_that_cannot_load_falls_back_to_an_estimate(monkeypatch, cap
         assert "cannot be loaded" in caplog.text
     finally:
         tokens._encoding.cache_clear()
+
+
+@pytest.mark.parametrize("name", ["cl100k_base", "o200k_base"])
+def test_no_token_of_an_encoding_in_use_stands_for_more_bytes_than_the_lower_bound_assumes(name):
+    encoding = tokens._encoding(name)
+
+    assert max(len(token) for token in encoding.token_byte_values()) == MAX_TOKEN_BYTES
+
+
+TEXT = st.text(st.characters(codec="utf-8"), max_size=400) | st.builds(
+    lambda unit, times: unit * times,
+    st.sampled_from([" ", "=", "\n", "é", "日本", "<|endoftext|>", "ab"]),
+    st.integers(0, 600),
+)
+MESSAGE = st.fixed_dictionaries(
+    {"role": st.sampled_from(["system", "user", "assistant"]), "content": TEXT},
+    optional={"name": st.sampled_from(["bob", "example_user"])},
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(messages=st.lists(MESSAGE, max_size=4), model=st.sampled_from(["gpt-4", "gpt-4o"]))
+def test_the_lower_bound_never_exceeds_the_count(messages, model):
+    assert chat_tokens_lower_bound(messages) <= count_chat_tokens(messages, model=model)
+
+
+def test_the_lower_bound_is_close_for_the_longest_tokens():
+    messages = [{"role": "user", "content": " " * 128_000}]
+
+    assert chat_tokens_lower_bound(messages) >= count_chat_tokens(messages, model="gpt-4o") - 10
+
+
+def test_a_large_text_counts_the_same_as_with_a_list_of_tokens():
+    text = "Tokens <|endoftext|> café 日本語 1234 " * 3000
+    assert len(text) >= OFFLOAD_MIN_CHARS
+    for model in ("gpt-4", "gpt-4o"):
+        encoding = tokens._encoding(encoding_name_for(model))
+        assert count_text_tokens(text, model=model) == len(encoding.encode(text, disallowed_special=()))
+
+
+def test_large_prompts_are_counted_on_the_cpu_pool_and_small_ones_inline(monkeypatch):
+    threads = []
+    count = tokens.count_chat_tokens
+
+    def spy(messages, *, model):
+        threads.append(threading.current_thread().name)
+        return count(messages, model=model)
+
+    monkeypatch.setattr(tokens, "count_chat_tokens", spy)
+    small = [{"role": "user", "content": "hello"}]
+    large = [{"role": "user", "content": "x" * OFFLOAD_MIN_CHARS}]
+
+    async def both():
+        loop_thread = threading.current_thread().name
+        counts = (
+            await count_chat_tokens_async(small, model="gpt-4o"),
+            await count_chat_tokens_async(large, model="gpt-4o"),
+        )
+        return loop_thread, counts
+
+    loop_thread, counts = asyncio.run(both())
+
+    assert counts == (count(small, model="gpt-4o"), count(large, model="gpt-4o"))
+    assert threads[0] == loop_thread
+    assert threads[1].startswith("llmops-cpu")

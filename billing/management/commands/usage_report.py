@@ -1,5 +1,4 @@
 import argparse
-import csv
 import io
 import json
 from dataclasses import asdict, fields
@@ -10,6 +9,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
 from billing.costs import format_cost
+from billing.csv_writer import FormulaSafeWriter
 from billing.selectors import UsageGroupBy, UsageRow, tenant_zone, usage_summary, usage_total
 from tenants.models import Tenant
 
@@ -74,7 +74,7 @@ class Command(BaseCommand):
 
     def _write_csv(self, group_by, rows):
         buffer = io.StringIO()
-        writer = csv.writer(buffer)
+        writer = FormulaSafeWriter(buffer)
         writer.writerow([group_by, *COLUMNS[1:]])
         writer.writerows(_text_cells(row) for row in rows)
         self.stdout.write(buffer.getvalue(), ending="")

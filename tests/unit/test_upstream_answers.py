@@ -1,0 +1,109 @@
+"""What an upstream answer must be before the gateway prices it: the shapes accepted and refused, and the usage
+ceiling of a request."""
+
+import re
+from decimal import Decimal
+
+import orjson
+import pytest
+
+from llmops.gateway.call import USAGE_SLACK, Usage, UsageCeiling
+from routing.catalog import ModelEntry, ModelPrices, ProviderEntry
+from routing.providers.base import MalformedAnswer, answer_text, checked_chat_completion, checked_chunk
+
+USAGE = {"prompt_tokens": 12, "completion_tokens": 5, "total_tokens": 17, "prompt_tokens_details": {"cached_tokens": 0}}
+
+
+def completion(**changes) -> dict:
+    message = {"role": "assistant", "content": "Hello", "refusal": None}
+    body = {"id": "x", "choices": [{"index": 0, "message": message, "finish_reason": "stop"}], "usage": USAGE}
+    return {**body, **changes}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        completion(),
+        completion(usage=None),
+        completion(choices=[{"index": 0, "message": {"content": None, "tool_calls": [{"id": "c"}]}}]),
+        # Some OpenAI-compatible providers send a message's content as parts.
+        completion(choices=[{"message": {"content": [{"type": "text", "text": "Hi"}, {"type": "thinking"}]}}]),
+        completion(usage={**USAGE, "prompt_tokens_details": {"cached_tokens": 12, "cache_write_tokens": None}}),
+    ],
+)
+def test_a_chat_completion_the_gateway_can_read_is_accepted(body):
+    assert checked_chat_completion(body) is body
+
+
+@pytest.mark.parametrize(
+    ("body", "problem"),
+    [
+        ([completion()], "not a JSON object"),
+        (completion(choices="abc"), "choices is not a list"),
+        (completion(choices=[]), "choices is not a list"),
+        (completion(choices=["abc"]), "choice is not an object"),
+        (completion(choices=[{"message": "abc"}]), "message is not an object"),
+        (completion(choices=[{"message": {"content": 5}}]), "content is not a string"),
+        (completion(choices=[{"message": {"content": [{"type": "text", "text": 5}]}}]), "content is not a string"),
+        (completion(choices=[{"message": {"tool_calls": "abc"}}]), "tool_calls is not a list"),
+        (completion(choices=[{"index": "0", "message": {}}]), "index is not an integer"),
+        (completion(usage="abc"), "usage is not an object"),
+        (completion(usage={**USAGE, "prompt_tokens": "abc"}), "usage.prompt_tokens is 'abc'"),
+        (completion(usage={**USAGE, "completion_tokens": -5}), "usage.completion_tokens is -5"),
+        (completion(usage={**USAGE, "completion_tokens": 1e30}), "usage.completion_tokens is 1e+30"),
+        (completion(usage={**USAGE, "completion_tokens": True}), "usage.completion_tokens is True"),
+        (completion(usage={**USAGE, "completion_tokens": 10**9}), "not a count of tokens"),
+        (completion(usage={"prompt_tokens": 3}), "usage.completion_tokens is None"),
+        (completion(usage={**USAGE, "prompt_tokens_details": {"cached_tokens": 13}}), "more cached prompt tokens"),
+    ],
+)
+def test_an_answer_that_cannot_be_read_or_priced_is_refused_saying_why(body, problem):
+    with pytest.raises(MalformedAnswer, match=re.escape(problem)):
+        checked_chat_completion(body)
+
+
+def test_stream_chunks_are_checked_the_same_way():
+    delta = {"index": 0, "delta": {"content": "Hi"}, "finish_reason": None}
+    assert checked_chunk(orjson.dumps({"choices": [delta]}).decode())["choices"] == [delta]
+    assert checked_chunk(orjson.dumps({"choices": [], "usage": USAGE}).decode())["usage"] == USAGE
+    for data, problem in [
+        ("{not json", "not JSON"),
+        ("[1, 2]", "not a JSON object"),
+        ('{"choices": "abc"}', "choices is not a list"),
+        ('{"choices": [{"delta": {"content": [{"type": "text", "text": "a"}]}}]}', "content is not a string"),
+        ('{"choices": [], "usage": {"prompt_tokens": -1, "completion_tokens": 0}}', "is -1"),
+        ('{"model": 5, "choices": []}', "model is not a string"),
+    ]:
+        with pytest.raises(MalformedAnswer, match=re.escape(problem)):
+            checked_chunk(data)
+
+
+def test_the_text_of_an_answer_is_read_as_far_as_its_shape_allows():
+    assert answer_text(completion()) == "Hello"
+    assert answer_text(completion(choices=[{"message": {"content": [{"type": "text", "text": "Hi"}]}}, 5])) == "Hi"
+    assert answer_text(completion(choices="abc")) == answer_text([1]) == ""
+
+
+MODEL = ModelEntry(
+    name="m",
+    upstream_name="gpt-4o-mini",
+    provider=ProviderEntry(name="p", kind="openai", base_url="", api_key="", timeout_seconds=5.0),
+    prices=ModelPrices(Decimal(1), Decimal(1), Decimal(1)),
+    context_window=1000,
+    max_output_tokens=500,
+)
+
+
+def test_usage_is_believed_up_to_a_multiple_of_what_the_request_could_take_and_produce():
+    ceiling = UsageCeiling.of(MODEL, body={"messages": [], "max_tokens": 20, "n": 3}, prompt_tokens=10)
+    assert (ceiling.prompt_tokens, ceiling.completion_tokens) == (USAGE_SLACK * 1000, USAGE_SLACK * 60)
+    assert UsageCeiling.of(MODEL, body={"messages": []}, prompt_tokens=5000).prompt_tokens == USAGE_SLACK * 5000
+    assert UsageCeiling.of(MODEL, body={"messages": []}, prompt_tokens=0).completion_tokens == USAGE_SLACK * 500
+
+    believable = Usage(prompt_tokens=4000, completion_tokens=240)
+    assert ceiling.check(believable) is believable
+    too_many = re.escape("usage.completion_tokens is 241, more than this request allows (240)")
+    with pytest.raises(MalformedAnswer, match=too_many):
+        ceiling.check(Usage(prompt_tokens=1, completion_tokens=241))
+    with pytest.raises(MalformedAnswer, match=re.escape("usage.prompt_tokens is 4001")):
+        ceiling.check(Usage(prompt_tokens=4001, completion_tokens=1))
