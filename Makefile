@@ -25,8 +25,9 @@ demo: install
 	scripts/demo.sh
 
 # The production topology on one machine (Procfile): `make serve`, or `make serve ARGS=--mock` with the mock upstream
-# and the demo tenant.
-serve: install services
+# and the demo tenant. A Redis it has to start persists with AOF (var/redis), as production's must.
+serve: install
+	scripts/ensure-services.sh --redis-aof
 	scripts/serve.sh $(ARGS)
 
 services:

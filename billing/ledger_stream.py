@@ -218,6 +218,7 @@ def ledger_stream_run(
     batch_size: int = BATCH_SIZE,
     block_ms: int = BLOCK_MS,
     claim_idle_ms: int = CLAIM_IDLE_MS,
+    linger_seconds: float = LINGER_SECONDS,
 ) -> None:
     """Drain until ``stop`` is set. Recovers first, then claims abandoned entries every CLAIM_EVERY_SECONDS.
 
@@ -232,7 +233,7 @@ def ledger_stream_run(
                 recovered_at = time.monotonic()
             settled = ledger_stream_drain(client=client, consumer=consumer, batch_size=batch_size, block_ms=block_ms)
             if 0 < settled < batch_size:
-                stop.wait(LINGER_SECONDS)
+                stop.wait(linger_seconds)
         except Exception:
             # A worker outlives any one failure; what it read stays pending and is recovered on the next pass.
             logger.exception("ledger drain failed; retrying in %.0f s", RETRY_PAUSE_SECONDS)

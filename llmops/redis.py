@@ -11,7 +11,7 @@ from functools import lru_cache
 import redis
 import redis.asyncio as aioredis
 from django.conf import settings
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, RedisError
 
 _async_clients: dict[asyncio.AbstractEventLoop, aioredis.Redis] = {}
 
@@ -41,6 +41,22 @@ def async_redis() -> aioredis.Redis | None:
         client = aioredis.Redis(connection_pool=pool)
         _async_clients[loop] = client
     return client
+
+
+def redis_persistence_problem(client: redis.Redis) -> str:
+    """What a restart of this Redis would lose, when it runs without AOF; '' when it persists, or will not say
+    (CONFIG refused, as on some managed services)."""
+    try:
+        appendonly = client.config_get("appendonly").get("appendonly")
+    except RedisError:
+        return ""
+    if appendonly in ("yes", b"yes"):
+        return ""
+    return (
+        "Redis (REDIS_URL) runs without AOF (appendonly no): a restart loses the ledger records not yet drained into "
+        "Postgres, and budget counters restart from the ledger without the requests in flight. Run it with "
+        "--appendonly yes --appendfsync everysec (README, Production deployment)."
+    )
 
 
 class RedisScript:

@@ -79,8 +79,25 @@ TEMPLATES = [
 ASGI_APPLICATION = "llmops.asgi.application"
 
 DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'var' / 'db.sqlite3'}")}
-DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("DB_CONN_MAX_AGE", default=60))
-# Reused connections are checked before use, so a restarted database costs one failed check, not errors.
+# No persistent connections: under ASGI Django runs each admin and /api request on a thread of its own, and a
+# connection kept past its request stayed open with its dead thread (a sweep of the admin reached Postgres's limit).
+# Postgres connections come from a pool per process instead (psycopg_pool): a request borrows one and gives it back
+# when it ends, so a process never holds more than DB_POOL_MAX_SIZE; a borrower waits up to DB_POOL_TIMEOUT seconds
+# for one (short: a pool that cannot reach Postgres makes borrowers wait that long, and a Postgres outage should
+# answer 503 soon). DB_POOL_MAX_SIZE=0 turns the pool off (behind PgBouncer, say): a connection per request.
+# A thread of our own that uses the ORM gives its connection back when done (connections.close_all()), or the pool
+# never gets it back.
+DATABASES["default"]["CONN_MAX_AGE"] = 0
+DB_POOL_MAX_SIZE = env.int("DB_POOL_MAX_SIZE", default=8)
+if DATABASES["default"]["ENGINE"].endswith(("postgresql", "postgis")) and DB_POOL_MAX_SIZE:
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": min(env.int("DB_POOL_MIN_SIZE", default=1), DB_POOL_MAX_SIZE),
+        "max_size": DB_POOL_MAX_SIZE,
+        "timeout": env.float("DB_POOL_TIMEOUT", default=2.0),
+        # Connections above min_size that stay idle this long are closed.
+        "max_idle": 60.0,
+    }
+# Connections are checked before use (by the pool, when there is one), so a restarted database costs one failed check.
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Concurrent writers (batch lines, the ledger, a Celery worker beside the gateway) wait their turn instead of

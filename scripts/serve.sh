@@ -34,6 +34,26 @@ if url.scheme.startswith("postgres"):
 PYTHON
 $PY manage.py migrate --no-input -v 0
 
+# Redis holds the ledger records not yet drained and the budget counters: it must persist with AOF. A Redis that does
+# not is left as it is (it may be shared) with a warning, unless LLMOPS_REDIS_ENABLE_AOF=true allows turning AOF on.
+$PY - <<'PYTHON'
+import os
+import sys
+
+import redis
+
+from llmops.redis import redis_persistence_problem
+
+client = redis.Redis.from_url(os.environ["REDIS_URL"], socket_connect_timeout=5)
+if problem := redis_persistence_problem(client):
+    if os.environ.get("LLMOPS_REDIS_ENABLE_AOF", "").lower() in ("1", "true", "yes"):
+        client.config_set("appendfsync", "everysec")
+        client.config_set("appendonly", "yes")
+        print("Redis: AOF turned on (appendonly yes, appendfsync everysec), as LLMOPS_REDIS_ENABLE_AOF=true asks")
+    else:
+        print(f"WARNING: {problem} Or set LLMOPS_REDIS_ENABLE_AOF=true to let make serve turn it on.", file=sys.stderr)
+PYTHON
+
 if $mock; then
   # Its own key file, so the embedded demo's (var/demo-api-key) stays valid for its own database.
   export LLMOPS_DEMO_DIR=${LLMOPS_DEMO_DIR:-var/serve}

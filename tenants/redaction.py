@@ -43,9 +43,36 @@ def iban_valid(compact: str) -> bool:
     return int("".join(str(int(char, 36)) for char in rearranged)) % 97 == 1
 
 
+# Card numbers as people write them: 13 to 19 digits in one run, or grouped the way the card shows them with one
+# separator throughout (4-4-4-4 with up to 3 more digits, Amex 4-6-5, Diners 4-6-4), not inside a word, a longer
+# number or a longer run of groups (an IBAN). Stream ids ("1733350000000-0"), request ids and decimals do not have
+# these shapes.
+CARD_PATTERN = re.compile(
+    r"(?<![\w.-])(?<!\d[ -])(?:\d{13,19}"
+    r"|\d{4}(?P<sep>[ -])\d{4}(?P=sep)\d{4}(?P=sep)\d{4}(?:(?P=sep)\d{1,3})?"
+    r"|\d{4}(?P<amex>[ -])\d{6}(?P=amex)\d{4,5})(?![\w-])"
+)
+# Issuer prefixes of payment cards: 3 (Amex, JCB, Diners), 4 (Visa), 5 (Mastercard, Maestro), 6 (Discover,
+# UnionPay, Maestro), 22-27 (Mastercard's 2-series, Mir). Epoch timestamps (1...) and dates (20...) are not cards.
+CARD_ISSUER_PREFIXES = ("3", "4", "5", "6", "22", "23", "24", "25", "26", "27")
+
+
+def _card_number(candidate: str) -> bool:
+    digits = re.sub(r"[ -]", "", candidate)
+    return digits.startswith(CARD_ISSUER_PREFIXES) and luhn_valid(digits)
+
+
 def _card(match: re.Match) -> str:
-    digits = re.sub(r"[ -]", "", match.group(0))
-    return CARD if 13 <= len(digits) <= 19 and luhn_valid(digits) else match.group(0)
+    candidate = match.group(0)
+    if _card_number(candidate):
+        return CARD
+    # Sixteen grouped digits followed by an unrelated short number ("4111 1111 1111 1111 123"): the card alone.
+    separator = match.group("sep")
+    if separator and candidate.count(separator) == 4:
+        head, tail = candidate.rsplit(separator, 1)
+        if _card_number(head):
+            return f"{CARD}{separator}{tail}"
+    return candidate
 
 
 def _iban(match: re.Match) -> str:
@@ -113,7 +140,7 @@ RULES: tuple[Rule, ...] = (
     ),
     Rule(EMAIL, re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b"), EMAIL, False),
     Rule(IBAN, re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?\b"), _iban, False),
-    Rule(CARD, re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d-])"), _card, False),
+    Rule(CARD, CARD_PATTERN, _card, False),
     Rule(
         PHONE,
         re.compile(

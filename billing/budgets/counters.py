@@ -19,8 +19,10 @@ Seeding, exactly once per counter even with many processes racing (the mark scri
    before the mark is in the backlog or in Postgres, and every request settled after it is pending.
 3. Finalize: ``spent`` = that sum + everything pending, and the counter admits again.
 
-After a flush the reservations of requests in flight are gone with the counter; each settles its actual cost
-(counted once: it is in the ledger or pending), but until then the new counter does not hold their worst case.
+After a flush (or a restart of a Redis without AOF) the reservations of requests in flight are gone with the
+counter; each settles its actual cost (counted once: it is in the ledger or pending), but until then the new
+counter does not hold their worst case. A Redis with AOF restarts with its counters and reservations; a settle that
+meets it down is sent again once it answers (billing.budgets.reservations), its ledger row written to the database.
 A change of scope keeps the counter (and the reservations in flight under the old scope, which is cautious); a
 change of period or of the tenant's time zone starts another counter, and requests in flight under the old one
 settle there: the new one counts them at the nightly check.

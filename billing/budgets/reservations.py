@@ -48,6 +48,10 @@ REDIS_FAILURE_FAIL_CLOSED = "fail_closed"
 # A request waits at most this long for another process to seed a counter it needs.
 SEED_WAIT_SECONDS = 10.0
 SEED_POLL_SECONDS = 0.01
+# A settle that failed on Redis is sent again, pausing from the first to the most between tries, for this long.
+RESETTLE_SECONDS = 300.0
+RESETTLE_FIRST_PAUSE_SECONDS = 0.05
+RESETTLE_MAX_PAUSE_SECONDS = 0.5
 
 
 class BudgetExceeded(Exception):
@@ -229,25 +233,66 @@ async def reservation_settle(
     return reservation.remaining_usd
 
 
-async def _redis_settle(reservation: Reservation, actual_units: int, event: UsageEvent | None):
+def _settle_call(reservation: Reservation, actual_units: int, event: UsageEvent | None) -> tuple[list, list]:
+    """The keys and arguments of the settle script; the ledger stream among them when `event` is appended."""
     holds = reservation.holds
-    appended = event is not None and ledger_streaming()
     keys = [hold.redis_key for hold in holds] + [hold.pending_key for hold in holds]
-    keys += [STREAM_KEY] if appended else []
+    keys += [STREAM_KEY] if event is not None else []
     epochs = reservation.epochs or ("",) * len(holds)
     arguments = [len(holds), reservation.amount_units, actual_units, reservation.request_id]
-    arguments += [usage_event_encode(event) if appended else "", *epochs]
+    arguments += [usage_event_encode(event) if event is not None else "", *epochs]
+    return keys, arguments
+
+
+async def _redis_settle(reservation: Reservation, actual_units: int, event: UsageEvent | None):
+    appended = event if event is not None and ledger_streaming() else None
+    keys, arguments = _settle_call(reservation, actual_units, appended)
     try:
         result = await SETTLE_SCRIPT.run(async_redis(), keys, arguments)
     except RedisError as exc:
-        # The ledger row still gets written; the nightly check seeds the counter again from the ledger.
-        logger.error("settling %s in Redis failed (%s); counters need a rebuild", reservation.request_id, exc)
+        # The answer waits for nothing more: its ledger row goes to the database now, and the counters get their
+        # share (the actual cost, the reservation released) once Redis answers again.
+        logger.error("settling %s in Redis failed (%s); settling again once Redis answers", reservation.request_id, exc)
         if event is not None:
             await database_sync_to_async(usage_record_create)(event=event)
+        _resettle_later(reservation, actual_units)
         return None
-    if event is not None and not appended:
+    if event is not None and appended is None:
         await ledger_event_append(event=event)
-    return [(int(result[2 * i]), int(result[2 * i + 1])) for i in range(len(holds))]
+    return [(int(result[2 * i]), int(result[2 * i + 1])) for i in range(len(reservation.holds))]
+
+
+_resettling: set[asyncio.Task] = set()
+
+
+def _resettle_later(reservation: Reservation, actual_units: int) -> None:
+    task = asyncio.get_running_loop().create_task(_resettle(reservation, actual_units))
+    _resettling.add(task)
+    task.add_done_callback(_resettling.discard)
+
+
+async def _resettle(reservation: Reservation, actual_units: int) -> None:
+    """Send a failed settle again (without its ledger event, which is in the database) until Redis answers, for up
+    to RESETTLE_SECONDS. If the first attempt did reach Redis and only its reply was lost, the cost counts twice and
+    the reservation is released twice: cautious on spend, generous by one reservation."""
+    keys, arguments = _settle_call(reservation, actual_units, None)
+    deadline = time.monotonic() + RESETTLE_SECONDS
+    pause = RESETTLE_FIRST_PAUSE_SECONDS
+    while True:
+        await asyncio.sleep(pause)
+        try:
+            await SETTLE_SCRIPT.run(async_redis(), keys, arguments)
+        except RedisError as exc:
+            if time.monotonic() > deadline:
+                logger.error(
+                    "settling %s: Redis unreachable for %.0f s (%s); counters need a rebuild",
+                    reservation.request_id, RESETTLE_SECONDS, exc,
+                )  # fmt: skip
+                return
+            pause = min(pause * 2, RESETTLE_MAX_PAUSE_SECONDS)
+            continue
+        logger.warning("settled %s in Redis once it answered again", reservation.request_id)
+        return
 
 
 def _database_settle(holds, reserved_units: int, actual_units: int, event: UsageEvent | None) -> list[tuple[int, int]]:

@@ -12,11 +12,12 @@ from billing.budgets.reservations import Reservation
 from billing.costs import format_cost, usage_cost
 from billing.models import CacheStatus, UsageKind
 from billing.services import UsageEvent
+from llmops.cpu import run_sized
 from llmops.gateway.concurrency import InflightSlot
 from llmops.gateway.worst_case import OutputBound
 from routing.catalog import ModelEntry
 from routing.providers.base import MalformedAnswer, UpstreamReply, answer_text, invalid_response
-from routing.tokens import count_chat_tokens, count_text_tokens
+from routing.tokens import count_chat_tokens_async, count_text_tokens
 from tenants.authentication import KeyPrincipal
 
 
@@ -77,21 +78,24 @@ class UsageCeiling:
         return usage
 
 
-def estimated_usage(body: dict, completion_text: str, model: ModelEntry) -> Usage:
-    """Usage counted by the gateway, for a provider that returned none."""
+async def estimated_usage(body: dict, completion_text: str, model: ModelEntry) -> Usage:
+    """Usage counted by the gateway, for a provider that returned none or one not believed; counted on the CPU pool
+    when large, since a client can bring this about (a stream it leaves) for a prompt of any size."""
     return Usage(
-        prompt_tokens=count_chat_tokens(body["messages"], model=model.upstream_name),
-        completion_tokens=count_text_tokens(completion_text, model=model.upstream_name),
+        prompt_tokens=await count_chat_tokens_async(body["messages"], model=model.upstream_name),
+        completion_tokens=await run_sized(
+            len(completion_text), count_text_tokens, completion_text, model=model.upstream_name
+        ),
         estimated=True,
     )
 
 
-def reply_usage(reply: UpstreamReply, *, body: dict, model: ModelEntry, prompt_tokens: int) -> Usage:
+async def reply_usage(reply: UpstreamReply, *, body: dict, model: ModelEntry, prompt_tokens: int) -> Usage:
     """What an answer of ``model`` to ``body`` is priced at: its usage when that is believable for the request
     (else the answer is the model's failure, an UpstreamInvalidResponse), the gateway's own count when it has none.
     ``prompt_tokens`` is the prompt as the gateway counted it (0 when not counted)."""
     if reply.body.get("usage") is None:
-        return estimated_usage(body, answer_text(reply.body), model)
+        return await estimated_usage(body, answer_text(reply.body), model)
     ceiling = UsageCeiling.of(model, body=body, prompt_tokens=prompt_tokens)
     try:
         return ceiling.check(Usage.from_provider(reply.body["usage"]))

@@ -43,7 +43,7 @@ async def _call_chain(call: GatewayCall, plan: ChatPlan, attempt) -> FallbackRes
         failure = upstream_failure(error)
         if isinstance(error, upstream.UpstreamInvalidResponse):
             # The provider answered, and may bill for it: charge what the gateway counts itself.
-            usage = estimated_usage(plan.body, error.completion_text, call.served)
+            usage = await estimated_usage(plan.body, error.completion_text, call.served)
             await finish(call, http_status=failure.status_code, usage=usage, error_code=failure.code)
         raise failure from error
     call.served, call.attempts = result.served, result.attempts
@@ -55,7 +55,7 @@ async def complete_chat(call: GatewayCall, plan: ChatPlan) -> HttpResponse:
         """The reply and what it costs; a reply whose usage is not believable is the model's failure."""
         reply = await upstream.chat_completion(model.provider, _for_model(plan.body, model))
         prompt_tokens = call.prompt_tokens_after_compression or 0
-        return reply, reply_usage(reply, body=plan.body, model=model, prompt_tokens=prompt_tokens)
+        return reply, await reply_usage(reply, body=plan.body, model=model, prompt_tokens=prompt_tokens)
 
     reply, usage = (await _call_chain(call, plan, attempt)).value
     call.upstream_ms = reply.elapsed_ms
@@ -127,9 +127,7 @@ class StreamRelay:
             if not self.recorded:
                 # The client went away mid-stream: charge what was generated until then.
                 self.recorded = True
-                task = asyncio.get_running_loop().create_task(
-                    finish(self.call, http_status=499, usage=self._usage(), error_code="client_disconnected")
-                )
+                task = asyncio.get_running_loop().create_task(self._record_disconnected())
                 _pending_writes.add(task)
                 task.add_done_callback(_pending_writes.discard)
 
@@ -164,20 +162,30 @@ class StreamRelay:
             return self.client_wants_usage or bool(chunk.get("choices"))
         return True
 
-    def _usage(self) -> Usage:
-        return self.usage or estimated_usage(self.body, "".join(self.content_parts), self.call.served)
+    async def _settled_usage(self) -> Usage:
+        """What the stream is charged: the provider's usage, else the gateway's count of what was sent and received
+        (kept, so the cached answer carries the same figures)."""
+        if self.usage is None:
+            self.usage = await estimated_usage(self.body, "".join(self.content_parts), self.call.served)
+        return self.usage
+
+    async def _record_disconnected(self) -> None:
+        """The client went away mid-stream: charge what was generated until then."""
+        usage = await self._settled_usage()
+        await finish(self.call, http_status=499, usage=usage, error_code="client_disconnected")
 
     async def _record(self, *, http_status: int, error_code: str = "") -> None:
         self.call.upstream_ms = self.stream.elapsed_ms()
         self.recorded = True
         answer = {"content": "".join(self.content_parts)} if self.content_parts else None
-        await finish(self.call, http_status=http_status, usage=self._usage(), error_code=error_code, answer=answer)
+        usage = await self._settled_usage()
+        await finish(self.call, http_status=http_status, usage=usage, error_code=error_code, answer=answer)
 
     def _keep_answer(self) -> None:
         """A stream that ended with [DONE] and a finish reason is complete: cache it as the answer it assembled."""
-        if not self.cacheable or self.finish_reason is None:
+        if not self.cacheable or self.finish_reason is None or self.usage is None:
             return
-        usage = self._usage()
+        usage = self.usage
         answer = {
             "id": f"chatcmpl-{self.call.request_id}",
             "object": "chat.completion",
@@ -254,7 +262,7 @@ async def answer_from_cache(call: GatewayCall, plan: ChatPlan) -> HttpResponse |
     call.cache_status = CacheStatus.HIT_EXACT if hit.kind == "exact" else CacheStatus.HIT_SEMANTIC
     call.cache_similarity = hit.similarity
     call.upstream_ms = 0
-    call.cache_saved_usage = _stored_usage(hit, plan.body, call.served)
+    call.cache_saved_usage = await _stored_usage(hit, plan.body, call.served)
     await finish(call, http_status=200)
     answer = {**hit.answer, "id": f"chatcmpl-{call.request_id}", "created": int(call.created_at.timestamp())}
     if call.is_stream:
@@ -265,11 +273,11 @@ async def answer_from_cache(call: GatewayCall, plan: ChatPlan) -> HttpResponse |
     return response
 
 
-def _stored_usage(hit: CacheHit, body: dict, model: ModelEntry) -> Usage:
+async def _stored_usage(hit: CacheHit, body: dict, model: ModelEntry) -> Usage:
     usage = hit.answer.get("usage")
     if isinstance(usage, dict):
         return Usage.from_provider(usage)
-    return estimated_usage(body, upstream.answer_text(hit.answer), model)
+    return await estimated_usage(body, upstream.answer_text(hit.answer), model)
 
 
 REPLAY_PIECE_CHARS = 64

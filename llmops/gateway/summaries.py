@@ -91,13 +91,13 @@ def metered_summarizer(snapshot: ConfigSnapshot, call: GatewayCall) -> Summarize
         summary.attempts = 1
         try:
             reply = await upstream.chat_completion(model.provider, body)
-            measured = reply_usage(reply, body=body, model=model, prompt_tokens=0)
+            measured = await reply_usage(reply, body=body, model=model, prompt_tokens=0)
         except upstream.UpstreamError as error:
             summary.upstream_ms = error.elapsed_ms
             failure = upstream_failure(error)
             usage = None
             if isinstance(error, upstream.UpstreamInvalidResponse):
-                usage = estimated_usage(body, error.completion_text, model)
+                usage = await estimated_usage(body, error.completion_text, model)
             await finish(summary, http_status=failure.status_code, usage=usage, error_code=failure.code)
             raise
         except Exception:

@@ -82,6 +82,13 @@ def wait_for_empty_stream(timeout: float = 30.0) -> None:
         time.sleep(0.05)
 
 
+@pytest.fixture
+def process_env(process_env):
+    """No embedding model in the spawned gateway (seconds of CPU at each start): this test does not use the semantic
+    cache."""
+    return {**process_env, "LLMOPS_CACHE_EMBEDDER": ""}
+
+
 def test_kill_9_of_gateway_and_drainer_mid_load_loses_no_answered_request(spawn, gateway_port, mock_upstream):
     """The kill is triggered by a count of answers and the load then runs to a count of answers after the restart,
     so every assertion holds whatever the machine's speed."""

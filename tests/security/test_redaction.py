@@ -39,6 +39,11 @@ POSITIVES = [
     (CARD, "card 4111 1111 1111 1111 exp 12/29", "4111 1111 1111 1111"),
     (CARD, "card 5500-0000-0000-0004", "5500-0000-0000-0004"),
     (CARD, "amex 378282246310005", "378282246310005"),
+    (CARD, "amex 3782 822463 10005 on file", "3782 822463 10005"),
+    (CARD, "diners 3056-930902-5904", "3056-930902-5904"),
+    (CARD, "discover:6011111111111117.", "6011111111111117"),
+    (CARD, "mastercard 2223 0031 2200 3222", "2223 0031 2200 3222"),
+    (CARD, "card 4111 1111 1111 1111 123 is the CVV", "4111 1111 1111 1111"),
     (IBAN, "iban DE89 3704 0044 0532 0130 00 please", "DE89 3704 0044 0532 0130 00"),
     (IBAN, "GB82WEST12345698765432", "GB82WEST12345698765432"),
     (API_KEY, "key sk-proj-abcdEFGH1234ijklMNOP5678qrst", "sk-proj-abcdEFGH1234ijklMNOP5678qrst"),
@@ -87,6 +92,13 @@ NEGATIVES = [
     ("a bare word Bearer", "the bearer of bad news"),
     ("a price", "costs 1299.99 USD"),
     ("a short number", "room 212"),
+    # Each of these passes Luhn as a run of digits, and was masked as a card before separators and prefixes counted.
+    ("a Redis stream id", "ledger entry 1733350000005-0 cannot be written"),
+    ("an epoch in milliseconds", "at 1733350000001 ms"),
+    ("an epoch in microseconds", "ts=1733350000000001"),
+    ("a request id with a run of digits", "request req_027333500000000000ab12cd failed"),
+    ("card-like digits with mixed separators", "ref 4111 1111-1111 1111"),
+    ("the decimals of a number", "ratio 0.4111111111111111"),
 ]
 
 

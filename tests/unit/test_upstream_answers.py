@@ -1,13 +1,17 @@
 """What an upstream answer must be before the gateway prices it: the shapes accepted and refused, and the usage
 ceiling of a request."""
 
+import asyncio
 import re
+import threading
 from decimal import Decimal
 
 import orjson
 import pytest
 
-from llmops.gateway.call import USAGE_SLACK, Usage, UsageCeiling
+from llmops.cpu import OFFLOAD_MIN_CHARS
+from llmops.gateway.call import USAGE_SLACK, Usage, UsageCeiling, estimated_usage
+from routing import tokens
 from routing.catalog import ModelEntry, ModelPrices, ProviderEntry
 from routing.providers.base import MalformedAnswer, answer_text, checked_chat_completion, checked_chunk
 
@@ -107,3 +111,22 @@ def test_usage_is_believed_up_to_a_multiple_of_what_the_request_could_take_and_p
         ceiling.check(Usage(prompt_tokens=1, completion_tokens=241))
     with pytest.raises(MalformedAnswer, match=re.escape("usage.prompt_tokens is 4001")):
         ceiling.check(Usage(prompt_tokens=4001, completion_tokens=1))
+
+
+def test_the_gateways_own_count_of_a_large_prompt_runs_off_the_event_loop(monkeypatch):
+    """A client can make the gateway count a prompt itself (by leaving a stream), so a large one is counted on the CPU
+    pool like the routing count, and the loop keeps serving other tenants."""
+    threads = []
+    count = tokens.count_chat_tokens
+
+    def spy(messages, *, model):
+        threads.append(threading.current_thread().name)
+        return count(messages, model=model)
+
+    monkeypatch.setattr(tokens, "count_chat_tokens", spy)
+    body = {"messages": [{"role": "user", "content": "x" * OFFLOAD_MIN_CHARS}]}
+
+    usage = asyncio.run(estimated_usage(body, "partial answer", MODEL))
+
+    assert usage.estimated and usage.prompt_tokens == count(body["messages"], model=MODEL.upstream_name)
+    assert threads and threads[0].startswith("llmops-cpu")

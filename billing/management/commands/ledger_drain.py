@@ -1,3 +1,4 @@
+import logging
 import signal
 import threading
 
@@ -15,6 +16,9 @@ from billing.ledger_stream import (
     ledger_stream_run,
     ledger_streaming,
 )
+from llmops.redis import redis_persistence_problem
+
+logger = logging.getLogger(__name__)
 
 
 class Command(BaseCommand):
@@ -39,6 +43,8 @@ class Command(BaseCommand):
         if not ledger_streaming():
             raise CommandError("the ledger is not streamed: set REDIS_URL (and LLMOPS_LEDGER_MODE=stream)")
         client = ledger_stream_client()
+        if problem := redis_persistence_problem(client):
+            logger.warning(problem)
         consumer = options["consumer"] or default_consumer_name()
         claim_idle_ms = int(options["claim_idle_seconds"] * 1000)
         if options["once"]:
