@@ -1,10 +1,11 @@
 from django.contrib import admin
-from django.urls import include, path
+from django.urls import include, path, re_path
 
-from llmops.gateway.views import healthz, readyz
+from llmops.gateway.views import healthz, readyz, unknown_url
 
 urlpatterns = [
     path("v1/", include("llmops.gateway.urls")),
+    re_path(r"^v1$", unknown_url),
     path("healthz", healthz, name="healthz"),
     path("readyz", readyz, name="readyz"),
     path("api/", include("llmops.gateway.jobs_urls")),

@@ -191,13 +191,19 @@ def redact(text: str, *, custom_patterns: tuple[re.Pattern, ...] = ()) -> str:
     return text
 
 
+def _redacted_storable(text: str, custom_patterns: tuple[re.Pattern, ...]) -> str:
+    # PostgreSQL's jsonb cannot hold NUL: the stored copy shows U+FFFD in its place.
+    return redact(text, custom_patterns=custom_patterns).replace("\x00", "\ufffd")
+
+
 def redact_value(value, *, custom_patterns: tuple[re.Pattern, ...] = ()):
-    """Redact every string inside a JSON-like value (dict keys included), keeping its shape."""
+    """Redact every string inside a JSON-like value (dict keys included), keeping its shape; the copy can be stored
+    in a jsonb column (NUL becomes U+FFFD)."""
     if isinstance(value, str):
-        return redact(value, custom_patterns=custom_patterns)
+        return _redacted_storable(value, custom_patterns)
     if isinstance(value, dict):
         return {
-            redact(str(key), custom_patterns=custom_patterns): redact_value(item, custom_patterns=custom_patterns)
+            _redacted_storable(str(key), custom_patterns): redact_value(item, custom_patterns=custom_patterns)
             for key, item in value.items()
         }
     if isinstance(value, list | tuple):

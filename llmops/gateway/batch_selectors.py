@@ -2,6 +2,7 @@
 
 from django.db.models import QuerySet
 
+from llmops.db import storable
 from llmops.gateway.batch_models import Batch, File
 from llmops.gateway.errors import GatewayError
 
@@ -11,14 +12,14 @@ def _not_found(kind: str, object_id: str) -> GatewayError:
 
 
 def file_get(*, tenant_id: int, file_id: str) -> File:
-    file = File.objects.for_tenant(tenant_id).filter(pk=file_id).first()
+    file = File.objects.for_tenant(tenant_id).filter(pk=file_id).first() if storable(file_id) else None
     if file is None:
         raise _not_found("File", file_id)
     return file
 
 
 def batch_get(*, tenant_id: int, batch_id: str) -> Batch:
-    batch = Batch.objects.for_tenant(tenant_id).filter(pk=batch_id).first()
+    batch = Batch.objects.for_tenant(tenant_id).filter(pk=batch_id).first() if storable(batch_id) else None
     if batch is None:
         raise _not_found("Batch", batch_id)
     return batch
@@ -28,7 +29,7 @@ def _after(queryset: QuerySet, *, after: str | None, ascending: bool) -> QuerySe
     """Rows past the cursor in the page order (created_at, then id), as OpenAI's ``after`` does."""
     if after is None:
         return queryset
-    cursor = queryset.filter(pk=after).values("created_at", "pk").first()
+    cursor = queryset.filter(pk=after).values("created_at", "pk").first() if storable(after) else None
     if cursor is None:
         raise _not_found("cursor", after)
     created_at, pk = cursor["created_at"], cursor["pk"]
@@ -48,7 +49,7 @@ def files_page(
 ) -> tuple[list[File], bool]:
     files = File.objects.for_tenant(tenant_id)
     if purpose:
-        files = files.filter(purpose=purpose)
+        files = files.filter(purpose=purpose) if storable(purpose) else files.none()
     return _page(files, after=after, limit=limit, ascending=ascending)
 
 

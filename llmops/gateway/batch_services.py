@@ -25,6 +25,7 @@ from django.utils import timezone
 from billing.budgets.selectors import budget_status
 from billing.models import Budget
 from billing.services import UsageEvent, usage_record_create
+from llmops.db import storable
 from llmops.gateway.batch_models import (
     BATCH_FINISHED,
     LINE_FINISHED,
@@ -38,7 +39,7 @@ from llmops.gateway.batch_models import (
 from llmops.gateway.batch_storage import file_store
 from llmops.gateway.errors import GatewayError, invalid_request
 from llmops.gateway.snapshot import ConfigSnapshot
-from llmops.gateway.validation import validate_chat_request
+from llmops.gateway.validation import validate_chat_request, validate_metadata, validate_storable
 from llmops.gateway.worst_case import OutputBound, chain_worst_case
 from routing.catalog import ModelEntry
 from routing.tokens import count_chat_tokens
@@ -47,7 +48,6 @@ from tenants.authentication import KeyPrincipal
 CHAT_ENDPOINT = "/v1/chat/completions"
 SUPPORTED_ENDPOINTS = (CHAT_ENDPOINT,)
 COMPLETION_WINDOWS = {"24h": timedelta(hours=24)}
-MAX_METADATA_PAIRS = 16
 TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
 IDEMPOTENCY_KEY_MAX_LENGTH = 255
 
@@ -73,6 +73,7 @@ def file_create(*, principal: KeyPrincipal, filename: str, purpose: str, content
         )
     if not content.strip():
         raise invalid_request("The file is empty.", param="file", code="empty_file")
+    validate_storable(filename, param="file")
     try:
         content.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -124,14 +125,9 @@ def batch_create(
             f"Unsupported completion_window {completion_window!r}; supported: {', '.join(COMPLETION_WINDOWS)}.",
             param="completion_window",
         )
-    if metadata is not None and (
-        not isinstance(metadata, dict)
-        or len(metadata) > MAX_METADATA_PAIRS
-        or not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items())
-    ):
-        raise invalid_request(
-            f"metadata must be an object of at most {MAX_METADATA_PAIRS} string values.", param="metadata"
-        )
+    if metadata is not None:
+        validate_metadata("metadata", metadata)
+        validate_storable(metadata, param="metadata")
     if len(idempotency_key) > IDEMPOTENCY_KEY_MAX_LENGTH:
         raise invalid_request(
             f"The Idempotency-Key header is longer than {IDEMPOTENCY_KEY_MAX_LENGTH} characters.",
@@ -141,7 +137,8 @@ def batch_create(
     earlier = _batch_by_idempotency_key(principal, idempotency_key, parameters)
     if earlier is not None:
         return earlier, False
-    input_file = File.objects.for_tenant(principal.tenant_id).filter(pk=input_file_id).first()
+    files = File.objects.for_tenant(principal.tenant_id)
+    input_file = files.filter(pk=input_file_id).first() if storable(input_file_id) else None
     if input_file is None:
         raise GatewayError(f"No such File object: {input_file_id}", status=404, code="not_found", param="input_file_id")
     if input_file.purpose != FilePurpose.BATCH:
@@ -229,6 +226,11 @@ def _parse_lines(content: bytes, endpoint: str) -> tuple[list[ParsedLine], list[
             continue
         if not isinstance(item, dict):
             errors.append(_line_error(number, "invalid_json_line", "Each line must be a JSON object."))
+            continue
+        try:
+            validate_storable(item)
+        except GatewayError as error:
+            errors.append(_line_error(number, error.code, error.message, error.param))
             continue
         custom_id = item.get("custom_id")
         if not isinstance(custom_id, str) or not custom_id or len(custom_id) > 512:

@@ -23,7 +23,7 @@ from llmops.gateway.call import GatewayCall
 from llmops.gateway.chat import chat_completion_run
 from llmops.gateway.errors import GatewayError, as_gateway_error, invalid_request
 from llmops.gateway.snapshot import config_snapshot
-from llmops.gateway.validation import validate_chat_request
+from llmops.gateway.validation import validate_chat_request, validate_storable
 from routing.crypto import decrypt_secret, encrypt_secret
 from tenants.authentication import KeyPrincipal
 from tenants.outbound import OutboundRefused, outbound_post, outbound_url_errors
@@ -55,6 +55,7 @@ def _callback_url_check(url) -> str:
 def job_create(*, principal: KeyPrincipal, body) -> Job:
     if not isinstance(body, dict):
         raise invalid_request("The request body must be a JSON object.", code="invalid_json")
+    validate_storable(body)
     request = {name: value for name, value in body.items() if name != "callback_url"}
     validate_chat_request(request)
     if request.get("stream"):

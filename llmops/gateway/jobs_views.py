@@ -6,7 +6,7 @@ from django.http import HttpResponse
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers
 
-from llmops.db import database_sync_to_async
+from llmops.db import database_sync_to_async, storable
 from llmops.gateway.batch_models import Job, JobStatus, WebhookState
 from llmops.gateway.errors import GatewayError
 from llmops.gateway.jobs_services import job_create, job_payload, job_webhook_secret
@@ -62,7 +62,7 @@ def _job_create_and_enqueue(**arguments) -> Job:
 
 
 def _job_get(*, tenant_id: int, job_id: str) -> Job:
-    job = Job.objects.for_tenant(tenant_id).filter(pk=job_id).first()
+    job = Job.objects.for_tenant(tenant_id).filter(pk=job_id).first() if storable(job_id) else None
     if job is None:
         raise GatewayError(f"No such job: {job_id}", status=404, code="not_found", param="id")
     return job

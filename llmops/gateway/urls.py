@@ -1,4 +1,4 @@
-from django.urls import path
+from django.urls import path, re_path
 
 from llmops.gateway import batch_views, views
 
@@ -14,4 +14,6 @@ urlpatterns = [
     path("batches", batch_views.BatchesView.as_view(), name="batches"),
     path("batches/<str:batch_id>", batch_views.BatchDetailView.as_view(), name="batch-detail"),
     path("batches/<str:batch_id>/cancel", batch_views.BatchCancelView.as_view(), name="batch-cancel"),
+    # Last: whatever no endpoint above serves answers OpenAI's JSON 404.
+    re_path(r"", views.unknown_url, name="unknown-url"),
 ]

@@ -5,11 +5,13 @@ import orjson
 from adrf.views import APIView
 from django.db import connection
 from django.http import HttpResponse, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
 from rest_framework.permissions import IsAuthenticated
 
 from llmops.gateway.call import GatewayCall, new_request_id
 from llmops.gateway.chat import chat_completion_run
 from llmops.gateway.errors import REQUEST_ID_HEADER, GatewayError, openai_exception_handler
+from llmops.gateway.last_resort import json_error_response
 from llmops.gateway.parsers import OrjsonParser
 from llmops.gateway.snapshot import ConfigSnapshot, config_snapshot
 from tenants.authentication import ApiKeyAuthentication, bearer_key
@@ -116,6 +118,22 @@ class ModelDetailView(GatewayView):
         raise GatewayError(
             f"The model `{model_name}` does not exist.", status=404, code="model_not_found", param="model"
         )
+
+
+MAX_ECHOED_PATH_CHARS = 200
+
+
+@csrf_exempt
+async def unknown_url(request, *args, **kwargs):
+    """Any /v1 path no endpoint serves, whatever the method: OpenAI's 404 and message, before any key check."""
+    path = request.path[:MAX_ECHOED_PATH_CHARS]
+    error = GatewayError(
+        f"Unknown request URL: {request.method} {path}. Please check the URL for typos; the /v1 endpoints are "
+        "chat/completions, models, files and batches.",
+        status=404,
+        code="unknown_url",
+    )
+    return json_error_response(error)
 
 
 def healthz(request):

@@ -3,15 +3,18 @@
 import io
 from decimal import Decimal
 
+import httpx
 import openai
 import pytest
 from openai import OpenAI
 
 from billing.budgets.services import budget_create
 from billing.models import UsageRecord
-from llmops.gateway.batch_models import BatchLine
+from llmops.gateway.batch_models import BatchLine, Job
+from llmops.gateway.batch_runner import batch_process
 from tests.batch.conftest import chat_line, jsonl
 from tests.batch.test_batches_live import rows, upload, wait_finished
+from tests.loops import run as run_on_a_new_loop
 
 pytestmark = pytest.mark.live
 
@@ -127,3 +130,35 @@ def test_deleted_file_is_gone_but_its_content_was_removed_too(live_broker, files
     with pytest.raises(openai.NotFoundError):
         openai_client.files.retrieve(file_id)
     assert not any(files_root.rglob(f"{file_id}*"))
+
+
+def test_what_the_database_could_not_give_back_is_refused_by_name(live_broker, files_root, gateway, acme):
+    """PostgreSQL's text and jsonb hold no NUL, and jsonb gives 1e21 back as an integer no JSON encoder takes: a job
+    body, batch metadata or a batch line with either is refused (by line for a batch) rather than failing later."""
+    headers = {"Authorization": f"Bearer {acme.key}"}
+    job = {"model": "acme-small", "messages": [{"role": "user", "content": "a\x00b"}]}
+    with httpx.Client(base_url=gateway.url, headers=headers) as client:
+        refused_job = client.post("/api/jobs", json=job)
+        huge_job = client.post("/api/jobs", json={**job, "messages": [{"role": "user", "content": "hi"}], "x": 1e21})
+        nul_ids = [client.get(path).status_code for path in ("/v1/files/a%00", "/v1/batches/a%00", "/api/jobs/a%00")]
+        lines = [chat_line("fine", "acme-small"), chat_line("nul", "acme-small", text="a\x00b")]
+        uploaded = client.post("/v1/files", files={"file": ("b.jsonl", jsonl(lines))}, data={"purpose": "batch"})
+        create = {
+            "input_file_id": uploaded.json()["id"],
+            "endpoint": "/v1/chat/completions",
+            "completion_window": "24h",
+        }
+        refused_metadata = client.post("/v1/batches", json={**create, "metadata": {"run": "a\x00"}})
+        batch_id = client.post("/v1/batches", json=create).json()["id"]
+        run_on_a_new_loop(batch_process(batch_id))
+        batch = client.get(f"/v1/batches/{batch_id}").json()
+
+    assert (refused_job.status_code, refused_job.json()["error"]["param"]) == (400, "messages[0].content")
+    assert (huge_job.status_code, huge_job.json()["error"]["param"]) == (400, "x")
+    assert nul_ids == [404, 404, 404]
+    assert (refused_metadata.status_code, refused_metadata.json()["error"]["param"]) == (400, "metadata.run")
+    assert batch["status"] == "failed"
+    assert [(e["line"], e["code"], e["param"]) for e in batch["errors"]["data"]] == [
+        (2, "invalid_value", "body.messages[0].content")
+    ]
+    assert not Job.objects.exists() and not UsageRecord.objects.exists()

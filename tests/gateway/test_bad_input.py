@@ -8,7 +8,8 @@ import pytest
 from django.utils import timezone
 
 from billing.models import UsageRecord
-from tenants.services import api_key_revoke
+from tenants.models import PayloadLog
+from tenants.services import api_key_revoke, payload_log_settings_set
 
 
 def post(gateway, key, body=None, *, content=None, headers=None):
@@ -60,6 +61,21 @@ def test_malformed_json_is_a_400_with_a_ledger_row(gateway, acme):
         ),
         ({"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": "yes"}, "invalid_type", "stream"),
         ([1, 2, 3], "invalid_json", None),
+        ({"model": "m", "messages": [{"role": ["user"], "content": "hi"}]}, "invalid_type", "messages[0].role"),
+        ({"model": "m", "messages": [{"role": {"a": "user"}, "content": "hi"}]}, "invalid_type", "messages[0].role"),
+        (
+            {
+                "model": "m",
+                "messages": [{"role": "user", "content": "hi"}, {"role": "user", "content": "a", "name": {}}],
+            },
+            "invalid_type",
+            "messages[1].name",
+        ),
+        (
+            {"model": "m", "messages": [{"role": "user", "content": [{"type": "text", "text": ["a"]}]}]},
+            "invalid_type",
+            "messages[0].content[0].text",
+        ),
     ],
 )
 def test_wrong_fields_name_the_parameter(gateway, acme, body, code, param):
@@ -146,10 +162,50 @@ def test_key_of_another_tenant_cannot_use_its_models(gateway, acme, globex):
 
 
 def test_wrong_method_is_an_openai_error(gateway, acme):
-    response = httpx.get(f"{gateway.url}/v1/chat/completions", headers={"authorization": f"Bearer {acme.key}"})
+    headers = {"authorization": f"Bearer {acme.key}"}
+    for method, path in [("GET", "/v1/chat/completions"), ("PUT", "/v1/models"), ("DELETE", "/v1/batches")]:
+        response = httpx.request(method, f"{gateway.url}{path}", headers=headers)
 
-    assert response.status_code == 405
-    assert response.json()["error"]["code"] == "method_not_allowed"
+        assert_openai_error(response, 405, "method_not_allowed")
+    assert not UsageRecord.objects.exists()
+
+
+UNKNOWN_URLS = [
+    ("POST", "/v1/foo"),
+    ("POST", "/v1/chat/completion"),
+    ("GET", "/v1/embeddings"),
+    ("DELETE", "/v1/"),
+    ("POST", "/v1"),
+    ("PUT", "/v1/files/a/b/c"),
+    ("GET", "/v1/%00"),
+]
+
+
+def test_unknown_v1_urls_answer_openai_json(gateway, acme):
+    for headers in ({"authorization": f"Bearer {acme.key}"}, {}):
+        for method, path in UNKNOWN_URLS:
+            response = httpx.request(method, f"{gateway.url}{path}", headers=headers)
+
+            error = assert_openai_error(response, 404, "unknown_url")
+            assert error["type"] == "invalid_request_error"
+            assert error["message"].startswith(f"Unknown request URL: {method} {path.replace('%00', chr(0))}")
+            assert response.headers["content-type"] == "application/json"
+    assert not UsageRecord.objects.exists()
+
+
+def test_every_v1_answer_names_a_request_id(gateway, acme):
+    headers = {"authorization": f"Bearer {acme.key}"}
+
+    answers = [
+        httpx.get(f"{gateway.url}/v1/models", headers=headers),
+        httpx.get(f"{gateway.url}/v1/models", headers={"authorization": "Bearer nope"}),
+        httpx.get(f"{gateway.url}/v1/files", headers=headers),
+        httpx.get(f"{gateway.url}/v1/batches/batch_missing", headers=headers),
+    ]
+
+    assert [answer.status_code for answer in answers] == [200, 401, 200, 404]
+    request_ids = {answer.headers["x-llmops-request-id"] for answer in answers}
+    assert len(request_ids) == 4 and all(request_id.startswith("req_") for request_id in request_ids)
 
 
 def test_no_error_costs_money(gateway, acme):
@@ -158,3 +214,14 @@ def test_no_error_costs_money(gateway, acme):
 
     assert UsageRecord.objects.count() == 2
     assert all(record.cost_usd == Decimal(0) for record in UsageRecord.objects.all())
+
+
+def test_a_nul_character_in_a_logged_prompt_is_answered_and_logged(gateway, acme):
+    payload_log_settings_set(tenant=acme.tenant, enabled=True)
+    body = {"model": acme.small.name, "messages": [{"role": "user", "content": "before\x00after"}]}
+
+    response = post(gateway, acme.key, body)
+
+    assert response.status_code == 200, response.text
+    assert UsageRecord.objects.get().http_status == 200
+    assert PayloadLog.objects.get().request["messages"][0]["content"] == "before\ufffdafter"

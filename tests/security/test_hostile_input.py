@@ -1,16 +1,22 @@
-"""Hostile input against the live gateway: property-based (hypothesis) on /v1, schema-driven (schemathesis) on /api.
+"""Hostile input against the live gateway: property-based (hypothesis) on /v1 and on the batch, files and jobs
+endpoints, schema-driven (schemathesis) on /api.
 
-No 500, no hang (every call has a timeout), and no answer or ledger row that belongs to another tenant.
-The figures (examples per endpoint) are printed with `-s`; docs/security.md records a run.
+No 5xx (the mock upstream never fails here), no hang (every call has a timeout), no answer or ledger row that
+belongs to another tenant, and the ledger checked afterwards: every chat completion that passed authentication
+(over HTTP, as a job, as a batch line) has exactly one ledger row, found by its request id, and there is no other.
+The figures (requests, status classes, authenticated requests and ledger rows per endpoint) are printed with `-s`;
+docs/security.md records a run.
 """
 
 import json
 import secrets
 import string
 import time
-from collections import Counter
+from collections import Counter, defaultdict
+from urllib.parse import quote
 
 import httpx
+import hypothesis
 import pytest
 import schemathesis
 from django.test import Client
@@ -21,50 +27,36 @@ from schemathesis import GenerationMode
 from schemathesis.core.failures import FailureGroup
 
 from billing.models import UsageRecord
+from llmops.gateway.batch_models import BatchLine, Job
+from llmops.gateway.batch_runner import batch_process
+from llmops.gateway.errors import GatewayError
+from llmops.gateway.jobs_services import job_request_id, job_run
+from llmops.gateway.validation import validate_chat_request, validate_storable
+from tests.chat_bodies import (
+    chat_bodies,
+    edge_text,
+    json_values,
+    numbers,
+    right_or_one_field_wrong,
+    well_shaped_bodies,
+)
 from tests.factories import UserFactory
+from tests.loops import run as run_on_a_new_loop
 
 EXAMPLES = Counter()
 FAILURES: list[str] = []
+# Per endpoint: answers by status class, and authenticated chat completions against the ledger rows found for them.
+STATUSES: defaultdict[str, Counter] = defaultdict(Counter)
+LEDGER: defaultdict[str, Counter] = defaultdict(Counter)
 FUZZ = settings(
     max_examples=150, deadline=None, database=None, suppress_health_check=list(HealthCheck), derandomize=True
 )
 TIMEOUT = httpx.Timeout(15)
-
-json_scalars = st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False) | st.text()
-json_values = st.recursive(
-    json_scalars,
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
-    max_leaves=20,
-)
-edge_text = st.text(
-    alphabet=st.characters(codec="utf-8", categories=["L", "M", "N", "P", "S", "Z", "Cf", "Co"]), max_size=200
-) | st.sampled_from(["", "\u202e\u2066", "\ufeff", "𝕳𝖊𝖑𝖑𝖔", "a" * 5000, "\x00", "🦜" * 50, "globex"])
-numbers = st.integers(-(2**63), 2**64) | st.floats(allow_nan=False, allow_infinity=False) | st.sampled_from([0, -1])
-roles = st.sampled_from(["user", "system", "assistant", "tool", "developer", "function", "", "root"])
-content = edge_text | st.lists(
-    st.fixed_dictionaries({"type": st.sampled_from(["text", "image_url", "bogus"]), "text": edge_text}), max_size=3
-)
-messages = st.lists(st.fixed_dictionaries({"role": roles, "content": content | json_values}), max_size=4)
+CHAT = "/v1/chat/completions"
 
 
-def chat_bodies(model: str):
-    """Mostly well-formed bodies with one or more fields wrong in type, range or encoding, plus unknown fields."""
-    return st.fixed_dictionaries(
-        {"model": st.just(model) | edge_text | json_values, "messages": messages | json_values},
-        optional={
-            "max_tokens": numbers | json_values,
-            "temperature": numbers | json_values,
-            "top_p": numbers,
-            "n": numbers,
-            "stream": st.booleans() | json_values,
-            "stream_options": json_values,
-            "metadata": json_values,
-            "tools": json_values,
-            "user": edge_text,
-            "x-unknown-field": json_values,
-            "logit_bias": json_values,
-        },
-    )
+def fuzz(examples: int):
+    return settings(FUZZ, max_examples=examples)
 
 
 def _sendable_header(text: str) -> bytes:
@@ -83,77 +75,294 @@ def fuzz_client(gateway, acme, globex):
         yield client
 
 
-def _no_server_error(response: httpx.Response, label: str) -> None:
+@pytest.fixture
+def files_root(settings, tmp_path):
+    settings.MEDIA_ROOT = tmp_path / "media"
+    return settings.MEDIA_ROOT
+
+
+def _auth(tenant) -> dict[str, str]:
+    return {"Authorization": f"Bearer {tenant.key}"}
+
+
+def _answered(response: httpx.Response, label: str) -> httpx.Response:
     EXAMPLES[label] += 1
-    if response.status_code >= 500 and response.status_code not in (502, 503, 504):
+    STATUSES[label][f"{response.status_code // 100}xx"] += 1
+    if response.status_code >= 500:
         FAILURES.append(f"{label}: {response.status_code} {response.text[:200]}")
-    assert response.status_code < 500 or response.status_code in (502, 503, 504), response.text[:500]
+    assert response.status_code < 500, response.text[:500]
+    if response.status_code >= 400 and response.request.url.path.startswith("/v1/"):
+        assert set(response.json()["error"]) == {"message", "type", "param", "code"}
+        assert response.headers["x-llmops-request-id"].startswith("req_")
+    return response
 
 
 def _no_other_tenant(response: httpx.Response, other) -> None:
     assert other.small.name not in response.text and other.key not in response.text
 
 
+def _ledger_holds_exactly(label: str, request_ids: list[str], tenant, *, counted_as: str = "authenticated") -> None:
+    """Each of these requests has one ledger row, and the tenant has no other."""
+    rows = list(UsageRecord.objects.filter(tenant=tenant).values_list("request_id", flat=True))
+    LEDGER[label][counted_as] += len(request_ids)
+    LEDGER[label]["ledger rows"] += len(set(rows) & set(request_ids))
+    assert sorted(rows) == sorted(request_ids)
+
+
 def test_chat_completions_survive_malformed_bodies(fuzz_client, acme, globex):
+    label = f"POST {CHAT} (json bodies)"
+    request_ids = []
+
     @FUZZ
     @given(body=chat_bodies(acme.small.name))
+    @hypothesis.example(body={"model": acme.small.name, "messages": [{"role": ["user"], "content": "hi"}]})
+    @hypothesis.example(body={"model": acme.small.name, "messages": [{"role": {"user": 1}, "content": "hi"}]})
+    @hypothesis.example(body={"model": acme.small.name, "messages": [{"role": 1, "content": "hi"}]})
+    @hypothesis.example(body={"model": acme.small.name, "messages": [{"role": "user", "content": "hi", "name": {}}]})
     def run(body):
-        response = fuzz_client.post(
-            "/v1/chat/completions", headers={"Authorization": f"Bearer {acme.key}"}, content=json.dumps(body)
-        )
-        _no_server_error(response, "POST /v1/chat/completions (json bodies)")
+        response = _answered(fuzz_client.post(CHAT, headers=_auth(acme), content=json.dumps(body)), label)
+        request_ids.append(response.headers["x-llmops-request-id"])
         _no_other_tenant(response, globex)
 
     run()
+    _ledger_holds_exactly(label, request_ids, acme.tenant)
     assert not UsageRecord.objects.filter(tenant=globex.tenant).exists()
 
 
 def test_chat_completions_survive_raw_bytes(fuzz_client, acme):
-    @FUZZ
+    label = f"POST {CHAT} (raw bytes)"
+    request_ids = []
+
+    @fuzz(75)
     @given(raw=st.binary(max_size=2000) | st.text(max_size=2000).map(str.encode))
     def run(raw):
-        response = fuzz_client.post(
-            "/v1/chat/completions",
-            headers={"Authorization": f"Bearer {acme.key}", "Content-Type": "application/json"},
-            content=raw,
-        )
-        _no_server_error(response, "POST /v1/chat/completions (raw bytes)")
+        headers = {**_auth(acme), "Content-Type": "application/json"}
+        response = _answered(fuzz_client.post(CHAT, headers=headers, content=raw), label)
+        request_ids.append(response.headers["x-llmops-request-id"])
 
     run()
+    _ledger_holds_exactly(label, request_ids, acme.tenant)
 
 
 def test_headers_and_keys_survive_garbage(fuzz_client, acme):
-    @FUZZ
+    label = f"POST {CHAT} (headers)"
+    request_ids = []
+
+    @fuzz(75)
     @given(tags=header_values, task=header_values, auth=header_values)
     def run(tags, task, auth):
         body = {"model": acme.small.name, "messages": [{"role": "user", "content": "hi"}]}
         for authorization in (f"Bearer {acme.key}", auth):
-            response = fuzz_client.post(
-                "/v1/chat/completions",
-                headers={
-                    "Authorization": authorization,
-                    "x-llmops-tags": tags,
-                    "x-llmops-task-type": task,
-                    "x-llmops-user-tier": tags,
-                },
-                json=body,
-            )
-            _no_server_error(response, "POST /v1/chat/completions (headers)")
+            headers = {
+                "Authorization": authorization,
+                "x-llmops-tags": tags,
+                "x-llmops-task-type": task,
+                "x-llmops-user-tier": tags,
+            }
+            response = _answered(fuzz_client.post(CHAT, headers=headers, json=body), label)
             assert "\r" not in "".join(response.headers.values())
+            if response.status_code != 401:
+                request_ids.append(response.headers["x-llmops-request-id"])
 
     run()
+    _ledger_holds_exactly(label, request_ids, acme.tenant)
 
 
 def test_models_endpoints_survive_hostile_ids(fuzz_client, acme, globex):
     @FUZZ
     @given(model_id=st.text(alphabet=string.ascii_letters + string.digits + "-._~%:@", min_size=1, max_size=300))
     def run(model_id):
-        response = fuzz_client.get(f"/v1/models/{model_id}", headers={"Authorization": f"Bearer {acme.key}"})
-        _no_server_error(response, "GET /v1/models/{id}")
+        _answered(fuzz_client.get(f"/v1/models/{model_id}", headers=_auth(acme)), "GET /v1/models/{id}")
 
     run()
-    other = fuzz_client.get(f"/v1/models/{globex.small.name}", headers={"Authorization": f"Bearer {acme.key}"})
+    other = fuzz_client.get(f"/v1/models/{globex.small.name}", headers=_auth(acme))
     assert other.status_code == 404
+
+
+hostile_ids = st.text(min_size=1, max_size=60) | st.sampled_from(["\x00", "file-\x00", "../../etc/passwd", "%", " "])
+query_values = st.none() | st.text(max_size=40) | st.integers(-5, 500).map(str) | st.just("a\x00")
+
+
+def test_files_batches_and_jobs_survive_hostile_ids_and_parameters(fuzz_client, acme, files_root):
+    @fuzz(20)
+    @given(
+        object_id=hostile_ids,
+        after=query_values,
+        limit=query_values,
+        other=query_values,
+        any_method=st.sampled_from(["GET", "POST", "PUT", "PATCH", "DELETE"]),
+    )
+    def run(object_id, after, limit, other, any_method):
+        quoted = quote(object_id, safe="")
+        response = fuzz_client.request(any_method, f"/v1/{quoted}", headers=_auth(acme))
+        _answered(response, "any method /v1/{anything}")
+        for method, template in [
+            ("GET", "/v1/files/{id}"),
+            ("GET", "/v1/files/{id}/content"),
+            ("DELETE", "/v1/files/{id}"),
+            ("GET", "/v1/batches/{id}"),
+            ("POST", "/v1/batches/{id}/cancel"),
+            ("GET", "/api/jobs/{id}"),
+        ]:
+            response = fuzz_client.request(method, template.format(id=quoted), headers=_auth(acme))
+            _answered(response, f"{method} {template}")
+        pages = {"after": after, "limit": limit}
+        _answered(
+            fuzz_client.get("/v1/files", headers=_auth(acme), params={**pages, "purpose": other, "order": other}),
+            "GET /v1/files",
+        )
+        _answered(fuzz_client.get("/v1/batches", headers=_auth(acme), params=pages), "GET /v1/batches")
+
+    run()
+
+
+def _jsonl(lines: list) -> bytes:
+    return b"\n".join(line if isinstance(line, bytes) else json.dumps(line).encode() for line in lines) + b"\n"
+
+
+def _chat_line(body) -> dict:
+    return {"custom_id": secrets.token_hex(4), "method": "POST", "url": CHAT, "body": body}
+
+
+def _not_streamed(body: dict) -> dict:
+    return {name: value for name, value in body.items() if name not in ("stream", "stream_options")}
+
+
+def batch_lines(model: str):
+    """Chat lines with a body from ``chat_bodies``, and lines broken in every other way OpenAI names."""
+    line = chat_bodies(model).map(_chat_line)
+    return st.one_of(
+        line,
+        line,
+        line,
+        line.map(lambda item: {**item, "custom_id": 7}),
+        line.map(lambda item: {**item, "custom_id": "same"}),
+        line.map(lambda item: {**item, "method": "GET"}),
+        line.map(lambda item: {**item, "url": "/v1/embeddings"}),
+        json_values,
+        st.binary(max_size=40).filter(lambda raw: b"\n" not in raw and b"\r" not in raw),
+    )
+
+
+def _valid(body: dict) -> bool:
+    try:
+        validate_chat_request(body)
+        validate_storable(body)
+    except GatewayError:
+        return False
+    return True
+
+
+def valid_batch_files(model: str):
+    lines = well_shaped_bodies(model).map(_not_streamed).filter(_valid).map(_chat_line)
+    return st.lists(lines, min_size=1, max_size=3)
+
+
+def _upload(client: httpx.Client, tenant, *, content: bytes, purpose="batch", filename="batch.jsonl") -> httpx.Response:
+    return client.post(
+        "/v1/files", headers=_auth(tenant), files={"file": (filename, content)}, data={"purpose": purpose}
+    )
+
+
+def test_file_uploads_and_batch_creation_survive_malformed_input(fuzz_client, acme, files_root):
+    uploaded = _upload(fuzz_client, acme, content=_jsonl([{"custom_id": "a", "method": "POST", "url": CHAT}]))
+    file_id = _answered(uploaded, "POST /v1/files").json()["id"]
+
+    @fuzz(40)
+    @given(
+        purpose=st.one_of(st.just("batch"), st.just("batch"), edge_text),
+        filename=edge_text,
+        content=st.one_of(lines := st.lists(batch_lines(acme.small.name), max_size=3).map(_jsonl), lines, st.binary()),
+    )
+    def upload(purpose, filename, content):
+        _answered(_upload(fuzz_client, acme, content=content, purpose=purpose, filename=filename), "POST /v1/files")
+
+    @fuzz(40)
+    @given(
+        body=right_or_one_field_wrong(
+            st.fixed_dictionaries(
+                {"input_file_id": st.just(file_id), "endpoint": st.just(CHAT), "completion_window": st.just("24h")},
+                optional={"metadata": st.dictionaries(st.text(max_size=64), edge_text, max_size=3)},
+            )
+        )
+        | json_values,
+        idempotency_key=st.one_of(st.none(), st.none(), header_values),
+    )
+    def create(body, idempotency_key):
+        headers = _auth(acme) | ({"Idempotency-Key": idempotency_key} if idempotency_key else {})
+        _answered(fuzz_client.post("/v1/batches", headers=headers, content=json.dumps(body)), "POST /v1/batches")
+
+    upload()
+    create()
+
+
+def test_batch_lines_are_refused_line_by_line_or_run_with_one_ledger_row_each(fuzz_client, acme, files_root):
+    """The input file and the batch through the live gateway, validation and the run in this process (as a Celery
+    worker runs them): a malformed line fails the batch with an error naming its line, as OpenAI does; a valid
+    batch runs every line, each with one ledger row."""
+    label = "batch lines"
+    request_ids = []
+
+    def submitted_and_run(lines: list) -> dict | None:
+        uploaded = _answered(_upload(fuzz_client, acme, content=_jsonl(lines)), f"POST /v1/files ({label})")
+        if uploaded.status_code != 200:
+            return None
+        body = {"input_file_id": uploaded.json()["id"], "endpoint": CHAT, "completion_window": "24h"}
+        created = fuzz_client.post("/v1/batches", headers=_auth(acme), json=body)
+        batch_id = _answered(created, f"POST /v1/batches ({label})").json()["id"]
+        run_on_a_new_loop(batch_process(batch_id))
+        batch = fuzz_client.get(f"/v1/batches/{batch_id}", headers=_auth(acme))
+        batch = _answered(batch, f"GET /v1/batches/{{id}} ({label})").json()
+        ran = BatchLine.objects.filter(batch_id=batch["id"]).values_list("status_code", "request_id")
+        assert all(status < 500 for status, _ in ran), list(ran)
+        request_ids.extend(request_id for _, request_id in ran)
+        LEDGER[label]["lines submitted"] += len(lines)
+        return batch
+
+    @fuzz(15)
+    @given(lines=st.lists(batch_lines(acme.small.name), min_size=1, max_size=4))
+    def refused_by_line_or_run(lines):
+        batch = submitted_and_run(lines)
+        if batch is None or batch["status"] == "completed":
+            return
+        assert batch["status"] == "failed", batch
+        errors = batch["errors"]["data"]
+        assert errors and all(error["code"] and error["message"] and error["line"] is not None for error in errors)
+        error_file = fuzz_client.get(f"/v1/files/{batch['error_file_id']}/content", headers=_auth(acme))
+        rows = _answered(error_file, f"GET /v1/files/{{id}}/content ({label})").content.splitlines()
+        assert [json.loads(row)["line"] for row in rows] == [error["line"] for error in errors]
+
+    @fuzz(6)
+    @given(lines=valid_batch_files(acme.small.name))
+    def run(lines):
+        batch = submitted_and_run(lines)
+        assert batch["status"] == "completed" and batch["request_counts"]["total"] == len(lines), batch
+
+    refused_by_line_or_run()
+    run()
+    _ledger_holds_exactly(label, request_ids, acme.tenant, counted_as="lines run")
+
+
+def test_jobs_survive_malformed_bodies_and_each_run_has_one_ledger_row(fuzz_client, acme):
+    label = "POST /api/jobs"
+    accepted = []
+
+    @fuzz(60)
+    @given(body=chat_bodies(acme.small.name), callback_url=st.none() | json_values | numbers)
+    def create(body, callback_url):
+        if callback_url is not None and isinstance(body, dict):
+            body = {**body, "callback_url": callback_url}
+        response = _answered(fuzz_client.post("/api/jobs", headers=_auth(acme), content=json.dumps(body)), label)
+        if response.status_code == 202:
+            accepted.append(response.json()["id"])
+
+    create()
+    for job_id in accepted:
+        run_on_a_new_loop(job_run(job_id=job_id))
+    statuses = dict(Job.objects.filter(pk__in=accepted).values_list("pk", "status_code"))
+    assert all(status is not None and status < 500 for status in statuses.values()), statuses
+    request_ids = [job_request_id(job_id) for job_id in accepted]
+    _ledger_holds_exactly(f"{label} (accepted, then run)", request_ids, acme.tenant, counted_as="jobs run")
 
 
 @pytest.mark.parametrize(
@@ -170,7 +379,7 @@ def test_models_endpoints_survive_hostile_ids(fuzz_client, acme, globex):
     ids=["65-deep", "200-deep-in-messages", "5000-deep", "unclosed-100k", "bad-utf8", "duplicate-keys", "nan"],
 )
 def test_deep_and_broken_json_get_a_clear_400(fuzz_client, acme, body, status, code):
-    response = fuzz_client.post("/v1/chat/completions", headers={"Authorization": f"Bearer {acme.key}"}, content=body)
+    response = fuzz_client.post(CHAT, headers=_auth(acme), content=body)
     assert response.status_code == status
     if code:
         assert response.json()["error"]["code"] == code
@@ -178,27 +387,28 @@ def test_deep_and_broken_json_get_a_clear_400(fuzz_client, acme, body, status, c
 
 def test_nesting_within_the_limit_is_not_refused_for_depth(fuzz_client, acme):
     nested = {"role": "user", "content": "hi"}
-    metadata: dict = {}
-    cursor = metadata
+    schema: dict = {}
+    cursor = schema
     for _ in range(60):
         cursor["k"] = {}
         cursor = cursor["k"]
-    body = {"model": acme.small.name, "messages": [nested], "metadata": metadata}
-    response = fuzz_client.post("/v1/chat/completions", headers={"Authorization": f"Bearer {acme.key}"}, json=body)
+    response_format = {"type": "json_schema", "json_schema": {"name": "deep", "schema": schema}}
+    body = {"model": acme.small.name, "messages": [nested], "response_format": response_format}
+    response = fuzz_client.post(CHAT, headers=_auth(acme), json=body)
     assert response.json().get("error", {}).get("code") != "json_too_deep"
 
 
 def test_a_body_over_the_limit_is_refused_with_413(fuzz_client, acme, settings):
     settings.LLMOPS_MAX_BODY_BYTES = 64 * 1024
     body = {"model": acme.small.name, "messages": [{"role": "user", "content": "x" * 70_000}]}
-    response = fuzz_client.post("/v1/chat/completions", headers={"Authorization": f"Bearer {acme.key}"}, json=body)
+    response = fuzz_client.post(CHAT, headers=_auth(acme), json=body)
     assert response.status_code == 413 and response.json()["error"]["code"] == "request_too_large"
 
 
 @pytest.mark.parametrize("max_tokens", [2**31, 10**18, -1, 0, 1.5, "100", None])
 def test_enormous_or_negative_max_tokens_never_reach_a_500(fuzz_client, acme, max_tokens):
     body = {"model": acme.small.name, "messages": [{"role": "user", "content": "hi"}], "max_tokens": max_tokens}
-    response = fuzz_client.post("/v1/chat/completions", headers={"Authorization": f"Bearer {acme.key}"}, json=body)
+    response = fuzz_client.post(CHAT, headers=_auth(acme), json=body)
     assert response.status_code < 500
 
 
@@ -281,6 +491,9 @@ def _fuzz_operation(operation, *, base_url: str, credentials: dict) -> dict:
 
 def teardown_module(module):
     for label, count in sorted(EXAMPLES.items()):
-        print(f"FUZZ {count:6d} {label}")
+        statuses = " ".join(f"{status}={STATUSES[label][status]}" for status in sorted(STATUSES[label]))
+        print(f"FUZZ {count:6d} {label}  {statuses}".rstrip())
+    for label, ledger in sorted(LEDGER.items()):
+        print(f"FUZZ LEDGER {label}: " + ", ".join(f"{name} {count}" for name, count in ledger.items()))
     for failure in FAILURES:
         print(f"FUZZ FAILURE {failure}")
