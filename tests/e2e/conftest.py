@@ -178,7 +178,7 @@ def topology(tmp_path_factory, moto_server, aws):
         "MOCK_PORT": str(free_port()),
         "WEB_CONCURRENCY": "2",
         "WORKER_CONCURRENCY": "2",
-        "LOG_LEVEL": "WARNING",
+        "LOG_LEVEL": "INFO",
         "LLMOPS_BEAT_INTERVAL_SECONDS": str(BEAT_INTERVAL_SECONDS),
         "LLMOPS_BATCH_POLL_SECONDS": "1",
         "LLMOPS_DEMO_DIR": str(work / "demo"),
