@@ -1,19 +1,28 @@
 """One chat completion through the whole pipeline, for the /v1 view and for work that runs later (batches, jobs)."""
 
+import asyncio
 from collections.abc import Callable, Mapping
 
 from django.http import HttpResponse
 
 from llmops.cpu import run_sized
 from llmops.gateway.admission import admit
-from llmops.gateway.call import GatewayCall
+from llmops.gateway.call import GatewayCall, Usage
 from llmops.gateway.concurrency import inflight_release_after
 from llmops.gateway.errors import as_gateway_error, internal_error
 from llmops.gateway.pipeline import answer_from_cache, complete_chat, stream_chat
 from llmops.gateway.planning import plan_chat
-from llmops.gateway.recording import finish
+from llmops.gateway.recording import finish, record_in_background
 from llmops.gateway.snapshot import ConfigSnapshot
 from llmops.gateway.validation import validate_chat_request
+
+
+def _prompt_sent(call: GatewayCall) -> Usage | None:
+    """What a request cancelled after admission may have cost: the prompt, as the gateway counted it, that the
+    provider may have been sent and bills for; nothing when it was not admitted (no provider was called)."""
+    if call.reservation is None or call.served is None:
+        return None
+    return Usage(prompt_tokens=call.prompt_tokens_after_compression or 0, estimated=True)
 
 
 def _declared_size(headers: Mapping[str, str]) -> int:
@@ -57,6 +66,11 @@ async def chat_completion_run(
         # Whatever failed, even a fault of the gateway's own, the request is recorded and its reservation settled.
         error = as_gateway_error(exc) or internal_error()
         await finish(call, http_status=error.status_code, error_code=error.code)
+        raise
+    except asyncio.CancelledError:
+        # The client went away before its answer, and the server cancelled this task: the request is still recorded
+        # and its reservation settled, by a task of its own that the cancellation does not reach.
+        record_in_background(finish(call, http_status=499, usage=_prompt_sent(call), error_code="client_disconnected"))
         raise
     finally:
         inflight_release_after(call.inflight, response)

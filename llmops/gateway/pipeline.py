@@ -3,7 +3,6 @@
 It composes the apps in the one direction the design allows: gateway → billing → routing → tenants.
 """
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator
 
@@ -14,7 +13,7 @@ from billing.models import CacheStatus
 from llmops.gateway.call import GatewayCall, Usage, UsageCeiling, estimated_usage, reply_usage
 from llmops.gateway.errors import GatewayError, internal_error, upstream_failure
 from llmops.gateway.planning import ChatPlan, refusal_error
-from llmops.gateway.recording import finish
+from llmops.gateway.recording import finish, record_in_background
 from routing import upstream
 from routing.cache.store import CacheHit, CacheRequest, cache_lookup, cache_store
 from routing.catalog import ModelEntry
@@ -24,8 +23,6 @@ from routing.resilience import FallbackResult, RetryPolicy, call_with_fallbacks
 logger = logging.getLogger(__name__)
 
 RETRY_POLICY = RetryPolicy()
-# Settlements started while a client disconnected mid-stream; held so they are not garbage-collected.
-_pending_writes: set[asyncio.Task] = set()
 
 
 def _for_model(body: dict, model: ModelEntry) -> dict:
@@ -127,9 +124,7 @@ class StreamRelay:
             if not self.recorded:
                 # The client went away mid-stream: charge what was generated until then.
                 self.recorded = True
-                task = asyncio.get_running_loop().create_task(self._record_disconnected())
-                _pending_writes.add(task)
-                task.add_done_callback(_pending_writes.discard)
+                record_in_background(self._record_disconnected())
 
     async def _fail(self, failure: GatewayError) -> bytes:
         """Record the request as failed; the error event that ends the stream."""

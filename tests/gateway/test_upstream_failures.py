@@ -122,6 +122,28 @@ def test_client_disconnect_mid_stream_charges_what_was_generated(gateway, acme, 
     assert 0 < record.completion_tokens < 24 and record.usage_estimated
 
 
+def test_a_client_that_leaves_before_a_complete_answer_is_charged_its_prompt_and_settled(gateway, acme, failing_model):
+    """The server cancels the request's task when its client goes away; the row and the settlement still happen."""
+    budget = budget_create(tenant=acme.tenant, limit_usd=Decimal("1"), period="day")
+    model = failing_model("mock-stall", timeout=Decimal("20"))
+    body = {"model": model.name, "messages": [{"role": "user", "content": "an answer that never comes"}]}
+
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(
+            f"{gateway.url}/v1/chat/completions",
+            json=body,
+            headers={"authorization": f"Bearer {acme.key}"},
+            timeout=httpx.Timeout(10, read=1),
+        )
+
+    record = wait_for_record()
+    assert (record.http_status, record.error_code) == (499, "client_disconnected")
+    assert record.usage_estimated and record.prompt_tokens > 0 and record.completion_tokens == 0
+    assert record.cost_usd > 0
+    status = budget_status(budget=budget, now=timezone.now())
+    assert status.reserved_usd == 0 and status.spent_usd == record.cost_usd
+
+
 def wait_for_record(timeout: float = 10.0) -> UsageRecord:
     import time
 
