@@ -100,19 +100,23 @@ return result
 """)
 
 # KEYS: the n counters reserved against, their n pending hashes, then the ledger stream when an event is appended.
-# ARGV: n, the reservation to release, the actual cost, the request id, the ledger event ('' for none), then the
-# epoch each counter had when reserved. A reservation is released only from the counter incarnation that holds it.
+# ARGV: n, the reservation to release, the actual cost, the request id, the ledger event ('' for none), '1' when the
+# request's row is in the database ledger already (a settle sent again after Redis was away), then the epoch each
+# counter had when reserved. A reservation is released only from the counter incarnation that holds it; a row already
+# in the ledger is added only to that incarnation too, since a counter seeded since then has read it.
 # Returns spent and reserved of each counter after, flattened; spent is -1 where it is not known yet (no counter,
 # or one being seeded: the cost is then pending, or already in the ledger the seed reads).
 SETTLE_SCRIPT = RedisScript("""
 local n = tonumber(ARGV[1])
 local amount, actual = tonumber(ARGV[2]), tonumber(ARGV[3])
+local in_ledger = ARGV[6] == '1'
 local result = {}
 for i = 1, n do
   local spent, reserved = -1, 0
   if redis.call('EXISTS', KEYS[i]) == 1 then
     local state = redis.call('HMGET', KEYS[i], 'epoch', 'seeding')
-    if amount > 0 and state[1] == ARGV[5 + i] then
+    local same_incarnation = state[1] == ARGV[6 + i]
+    if amount > 0 and same_incarnation then
       reserved = redis.call('HINCRBY', KEYS[i], 'reserved', -amount)
       if reserved < 0 then
         redis.call('HSET', KEYS[i], 'reserved', 0)
@@ -122,11 +126,11 @@ for i = 1, n do
       reserved = tonumber(redis.call('HGET', KEYS[i], 'reserved')) or 0
     end
     if state[2] then
-      if actual > 0 then
+      if actual > 0 and not in_ledger then
         redis.call('HSET', KEYS[n + i], ARGV[4], actual)
         redis.call('PEXPIRE', KEYS[n + i], 600000)
       end
-    else
+    elseif same_incarnation or not in_ledger then
       spent = redis.call('HINCRBY', KEYS[i], 'spent', actual)
     end
   end

@@ -233,14 +233,17 @@ async def reservation_settle(
     return reservation.remaining_usd
 
 
-def _settle_call(reservation: Reservation, actual_units: int, event: UsageEvent | None) -> tuple[list, list]:
-    """The keys and arguments of the settle script; the ledger stream among them when `event` is appended."""
+def _settle_call(
+    reservation: Reservation, actual_units: int, event: UsageEvent | None, *, in_ledger: bool = False
+) -> tuple[list, list]:
+    """The keys and arguments of the settle script; the ledger stream among them when `event` is appended.
+    `in_ledger`: the request's row is in the database already (a settle sent again once Redis answers)."""
     holds = reservation.holds
     keys = [hold.redis_key for hold in holds] + [hold.pending_key for hold in holds]
     keys += [STREAM_KEY] if event is not None else []
     epochs = reservation.epochs or ("",) * len(holds)
     arguments = [len(holds), reservation.amount_units, actual_units, reservation.request_id]
-    arguments += [usage_event_encode(event) if event is not None else "", *epochs]
+    arguments += [usage_event_encode(event) if event is not None else "", "1" if in_ledger else "0", *epochs]
     return keys, arguments
 
 
@@ -273,9 +276,10 @@ def _resettle_later(reservation: Reservation, actual_units: int) -> None:
 
 async def _resettle(reservation: Reservation, actual_units: int) -> None:
     """Send a failed settle again (without its ledger event, which is in the database) until Redis answers, for up
-    to RESETTLE_SECONDS. If the first attempt did reach Redis and only its reply was lost, the cost counts twice and
-    the reservation is released twice: cautious on spend, generous by one reservation."""
-    keys, arguments = _settle_call(reservation, actual_units, None)
+    to RESETTLE_SECONDS. A counter seeded since the reservation has read the row, so only the incarnation that holds
+    the reservation gets the cost. If the first attempt did reach Redis and only its reply was lost, the cost counts
+    twice and the reservation is released twice: cautious on spend, generous by one reservation."""
+    keys, arguments = _settle_call(reservation, actual_units, None, in_ledger=True)
     deadline = time.monotonic() + RESETTLE_SECONDS
     pause = RESETTLE_FIRST_PAUSE_SECONDS
     while True:

@@ -11,9 +11,15 @@ import pytest
 from django.db import connection, transaction
 
 from billing.budgets.counters import BudgetHold
-from billing.budgets.index import build_budget_index
+from billing.budgets.index import build_budget_index, usd_to_units
 from billing.budgets.periods import budget_window
-from billing.budgets.reservations import BudgetExceeded, BudgetUnavailable, budget_reserve, reservation_settle
+from billing.budgets.reservations import (
+    BudgetExceeded,
+    BudgetUnavailable,
+    _resettle,
+    budget_reserve,
+    reservation_settle,
+)
 from billing.budgets.services import budget_counter_check, budget_counters_rebuild, budget_create, budget_update
 from billing.ledger_stream import STREAM_KEY, ledger_stream_drain, ledger_stream_recover, usage_event_encode
 from billing.models import BudgetCounter, BudgetScope, UsageRecord
@@ -155,6 +161,22 @@ def test_a_flushed_counter_is_seeded_again_before_the_next_request(live_org, red
     late = event(live_org, request_id="in-flight", cost="0.25")
     run(reservation_settle(in_flight, actual=Decimal("0.25"), event=late))
     assert reserve(live_org, "0.75").remaining_usd == 0
+
+
+def test_a_settle_sent_again_after_redis_came_back_is_not_counted_twice_by_a_reseeded_counter(live_org, redis_counters):
+    """A settle that met Redis down wrote its row to Postgres and is sent again later; a counter seeded in between has
+    read that row already, so the resend releases nothing of it and adds no spend."""
+    budget = budget_create(tenant=live_org.tenant, scope=BudgetScope.TEAM, team=live_org.team, limit_usd=Decimal(5))
+    in_flight = reserve(live_org, "2", request_id="resent")
+    ledger(live_org, cost="1", request_id="resent")  # the row the failed settle wrote to the database
+    redis_counters.flushdb()  # Redis came back without the counter
+    assert refusal(live_org, "4.5").spent_usd == Decimal(1)  # seeded again, from the ledger
+
+    run(_resettle(in_flight, usd_to_units(Decimal(1))))
+
+    check = budget_counter_check(budget=budget, now=NOW)
+    assert check.counted_usd == check.ledger_usd == Decimal(1)
+    assert reserve(live_org, "4").remaining_usd == 0
 
 
 def test_settles_racing_with_reseeds_are_counted_exactly_once(live_org, redis_counters):
