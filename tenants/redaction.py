@@ -44,13 +44,13 @@ def iban_valid(compact: str) -> bool:
 
 
 # Card numbers as people write them: 13 to 19 digits in one run, or grouped the way the card shows them with one
-# separator throughout (4-4-4-4 with up to 3 more digits, Amex 4-6-5, Diners 4-6-4), not inside a word, a longer
-# number or a longer run of groups (an IBAN). Stream ids ("1733350000000-0"), request ids and decimals do not have
-# these shapes.
+# separator throughout (4-4-4-4 with up to 3 more digits, Amex 4-6-5, Diners 4-6-4), not inside a longer number or a
+# longer run of groups (an IBAN), but right after a word or a label ("cc4111…", "No.4111…", "Visa-4111…"). Stream ids
+# ("1733350000000-0"), request ids and decimals do not have these shapes, or fail the issuer and Luhn checks.
 CARD_PATTERN = re.compile(
-    r"(?<![\w.-])(?<!\d[ -])(?:\d{13,19}"
-    r"|\d{4}(?P<sep>[ -])\d{4}(?P=sep)\d{4}(?P=sep)\d{4}(?:(?P=sep)\d{1,3})?"
-    r"|\d{4}(?P<amex>[ -])\d{6}(?P=amex)\d{4,5})(?![\w-])"
+    r"(?<!\d)(?<!\d[ .-])(?:\d{13,19}"
+    r"|\d{4}(?P<sep>[ .-])\d{4}(?P=sep)\d{4}(?P=sep)\d{4}(?:(?P=sep)\d{1,3})?"
+    r"|\d{4}(?P<amex>[ -])\d{6}(?P=amex)\d{4,5})(?!\d)(?![.-]\d)"
 )
 # Issuer prefixes of payment cards: 3 (Amex, JCB, Diners), 4 (Visa), 5 (Mastercard, Maestro), 6 (Discover,
 # UnionPay, Maestro), 22-27 (Mastercard's 2-series, Mir). Epoch timestamps (1...) and dates (20...) are not cards.
@@ -58,7 +58,7 @@ CARD_ISSUER_PREFIXES = ("3", "4", "5", "6", "22", "23", "24", "25", "26", "27")
 
 
 def _card_number(candidate: str) -> bool:
-    digits = re.sub(r"[ -]", "", candidate)
+    digits = re.sub(r"[ .-]", "", candidate)
     return digits.startswith(CARD_ISSUER_PREFIXES) and luhn_valid(digits)
 
 
