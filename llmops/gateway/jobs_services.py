@@ -35,6 +35,7 @@ JOB_ID_HEADER = "X-Llmops-Job-Id"
 
 
 WEBHOOK_UNREACHABLE = "The callback URL could not be reached."
+CALLBACK_URL_REFUSED = "callback_url is not allowed: it must be an http(s) URL of a public host."
 
 
 class WebhookDeliveryError(Exception):
@@ -47,8 +48,9 @@ def _callback_url_check(url) -> str:
         return ""
     if not isinstance(url, str) or len(url) > 2000:
         raise invalid_request("callback_url must be a URL string.", param="callback_url")
-    if errors := outbound_url_errors(url):
-        raise invalid_request(f"callback_url is not allowed: {' '.join(errors)}", param="callback_url")
+    if outbound_url_errors(url):
+        # One message whatever the reason, as for a delivery: which names resolve to internal addresses stays unsaid.
+        raise invalid_request(CALLBACK_URL_REFUSED, param="callback_url")
     return url
 
 

@@ -1,7 +1,6 @@
 """/api/jobs: one chat completion run in the background, key-authenticated like /v1."""
 
 import orjson
-from django.db import transaction
 from django.http import HttpResponse
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers
@@ -55,9 +54,10 @@ def _json(payload: dict, status: int = 200) -> HttpResponse:
 
 
 def _job_create_and_enqueue(**arguments) -> Job:
-    with transaction.atomic():
-        job = job_create(**arguments)
-        transaction.on_commit(lambda: job_run_task.delay(job.id))
+    """No transaction around the checks: the callback URL's DNS lookup can take seconds, and must not hold a pooled
+    connection meanwhile. The job is one INSERT, committed when it returns, so the task is enqueued after it."""
+    job = job_create(**arguments)
+    job_run_task.delay(job.id)
     return job
 
 
