@@ -38,6 +38,7 @@ from billing.budgets.thresholds import crossed_thresholds, threshold_alerts_enqu
 from billing.ledger_stream import STREAM_KEY, ledger_event_append, ledger_streaming, usage_event_encode
 from billing.models import BudgetAction
 from billing.services import UsageEvent, usage_record_create
+from llmops.background import run_in_background
 from llmops.db import database_sync_to_async
 from llmops.redis import async_redis
 
@@ -258,20 +259,11 @@ async def _redis_settle(reservation: Reservation, actual_units: int, event: Usag
         logger.error("settling %s in Redis failed (%s); settling again once Redis answers", reservation.request_id, exc)
         if event is not None:
             await database_sync_to_async(usage_record_create)(event=event)
-        _resettle_later(reservation, actual_units)
+        run_in_background(_resettle(reservation, actual_units))
         return None
     if event is not None and appended is None:
         await ledger_event_append(event=event)
     return [(int(result[2 * i]), int(result[2 * i + 1])) for i in range(len(reservation.holds))]
-
-
-_resettling: set[asyncio.Task] = set()
-
-
-def _resettle_later(reservation: Reservation, actual_units: int) -> None:
-    task = asyncio.get_running_loop().create_task(_resettle(reservation, actual_units))
-    _resettling.add(task)
-    task.add_done_callback(_resettling.discard)
 
 
 async def _resettle(reservation: Reservation, actual_units: int) -> None:

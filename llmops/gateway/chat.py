@@ -5,6 +5,7 @@ from collections.abc import Callable, Mapping
 
 from django.http import HttpResponse
 
+from llmops.background import run_in_background
 from llmops.cpu import run_sized
 from llmops.gateway.admission import admit
 from llmops.gateway.call import GatewayCall, Usage
@@ -12,7 +13,7 @@ from llmops.gateway.concurrency import inflight_release_after
 from llmops.gateway.errors import as_gateway_error, internal_error
 from llmops.gateway.pipeline import answer_from_cache, complete_chat, stream_chat
 from llmops.gateway.planning import plan_chat
-from llmops.gateway.recording import finish, record_in_background
+from llmops.gateway.recording import finish
 from llmops.gateway.snapshot import ConfigSnapshot
 from llmops.gateway.validation import validate_chat_request
 
@@ -70,7 +71,7 @@ async def chat_completion_run(
     except asyncio.CancelledError:
         # The client went away before its answer, and the server cancelled this task: the request is still recorded
         # and its reservation settled, by a task of its own that the cancellation does not reach.
-        record_in_background(finish(call, http_status=499, usage=_prompt_sent(call), error_code="client_disconnected"))
+        run_in_background(finish(call, http_status=499, usage=_prompt_sent(call), error_code="client_disconnected"))
         raise
     finally:
         inflight_release_after(call.inflight, response)

@@ -23,6 +23,7 @@ from django.conf import settings
 from django.http import HttpResponse, StreamingHttpResponse
 from redis.exceptions import RedisError
 
+from llmops.background import run_in_background
 from llmops.gateway.errors import GatewayError
 from llmops.redis import RedisScript, async_redis
 
@@ -141,8 +142,6 @@ class _LocalCounts:
 
 
 _local_counts = _LocalCounts()
-# Releases sent to Redis after the answer; held so they are not garbage-collected mid-flight.
-_pending_releases: set[asyncio.Task] = set()
 
 
 @dataclass(slots=True)
@@ -187,9 +186,7 @@ def inflight_release(slot: InflightSlot) -> None:
         _local_counts.give_back(slot.tenant_id)
         return
     slot.renewals.drop(slot)
-    task = slot.renewals.loop.create_task(_forget(slot))
-    _pending_releases.add(task)
-    task.add_done_callback(_pending_releases.discard)
+    run_in_background(_forget(slot), loop=slot.renewals.loop)
 
 
 async def _forget(slot: InflightSlot) -> None:

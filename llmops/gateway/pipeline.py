@@ -10,10 +10,11 @@ import orjson
 from django.http import HttpResponse, StreamingHttpResponse
 
 from billing.models import CacheStatus
+from llmops.background import run_in_background
 from llmops.gateway.call import GatewayCall, Usage, UsageCeiling, estimated_usage, reply_usage
 from llmops.gateway.errors import GatewayError, internal_error, upstream_failure
 from llmops.gateway.planning import ChatPlan, refusal_error
-from llmops.gateway.recording import finish, record_in_background
+from llmops.gateway.recording import finish
 from routing import upstream
 from routing.cache.store import CacheHit, CacheRequest, cache_lookup, cache_store
 from routing.catalog import ModelEntry
@@ -124,7 +125,7 @@ class StreamRelay:
             if not self.recorded:
                 # The client went away mid-stream: charge what was generated until then.
                 self.recorded = True
-                record_in_background(self._record_disconnected())
+                run_in_background(self._record_disconnected())
 
     async def _fail(self, failure: GatewayError) -> bytes:
         """Record the request as failed; the error event that ends the stream."""

@@ -1,8 +1,5 @@
 """Settle and record: the budget reservation replaced by the actual cost, and the ledger row made durable."""
 
-import asyncio
-from collections.abc import Coroutine
-
 from billing.budgets.reservations import reservation_settle
 from billing.costs import format_cost
 from billing.ledger_stream import ledger_event_append
@@ -11,16 +8,6 @@ from llmops.db import database_sync_to_async
 from llmops.gateway.call import GatewayCall, Usage
 from llmops.metrics import record_request_metrics
 from tenants.payload_logs import payload_log_record
-
-# Recordings started for a client that went away; held here so they are not garbage-collected before they finish.
-_recordings_in_background: set[asyncio.Task] = set()
-
-
-def record_in_background(recording: Coroutine) -> None:
-    """Run ``recording`` as a task of its own: the request's task is being cancelled and cannot await it."""
-    task = asyncio.get_running_loop().create_task(recording)
-    _recordings_in_background.add(task)
-    task.add_done_callback(_recordings_in_background.discard)
 
 
 async def record_usage(event: UsageEvent) -> None:
