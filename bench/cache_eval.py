@@ -37,8 +37,8 @@ def main() -> None:
     from django.conf import settings
 
     from routing.cache.embedders import configured_embedder
-    from routing.cache.guard import near_miss_reason
     from routing.cache.keys import normalize_prompt
+    from routing.cache.near_miss import near_miss_reason
 
     embedder = configured_embedder()
     if embedder is None:

@@ -117,7 +117,7 @@ def time_page_open_with_new_rows(client, *, tenant, keys, rows: int, days: int) 
     minute of new rows older than LLMOPS_ROLLUPS_MAX_AGE_SECONDS arrives and the page open folds it in."""
     from django.utils import timezone
 
-    from billing.rollups import usage_rollups_refresh
+    from billing.finance.rollups import usage_rollups_refresh
 
     per_day, now = rows // days, timezone.now()
     day_start = now - timedelta(days=1, minutes=2)
@@ -141,10 +141,10 @@ def main() -> None:
     from django.contrib.auth.models import User
     from django.test import Client
 
-    from billing.dashboard import dashboard_build
-    from billing.exports import export_params_parse, usage_export_chunks
+    from billing.finance.dashboard import dashboard_build
+    from billing.finance.exports import export_params_parse, usage_export_chunks
+    from billing.finance.rollups import usage_rollups_rebuild, usage_rollups_refresh
     from billing.models import UsageRollupDaily, UsageRollupHourly
-    from billing.rollups import usage_rollups_rebuild, usage_rollups_refresh
 
     first_day = date(2025, 3, 1)
     last_day = first_day + timedelta(days=arguments.days - 1)

@@ -16,7 +16,7 @@ from redis.exceptions import RedisError
 
 from billing.budgets.index import RateLimitEntry, RateLimitIndex
 from billing.models import RateLimit
-from llmops.redis import RedisScript, async_redis
+from core.redis import RedisScript, async_redis
 from tenants.models import ApiKey, Team, Tenant
 
 logger = logging.getLogger(__name__)

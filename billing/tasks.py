@@ -5,9 +5,9 @@ from datetime import datetime
 from celery import shared_task
 from django.utils import timezone
 
+from billing.alerts.anomalies import tenant_anomalies_detect
 from billing.alerts.channels import ChannelSendError
 from billing.alerts.services import alert_delivery_attempt, alert_delivery_give_up, budget_alert_raise
-from billing.anomalies import tenant_anomalies_detect
 from billing.budgets.services import budget_counters_check as budget_counters_compare
 from tenants.models import Tenant
 

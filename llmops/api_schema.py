@@ -1,7 +1,7 @@
 """The OpenAPI schema at /api/schema/ (drf-spectacular): the management API, every error answer included.
 
 Each operation documents the errors it can answer besides its own: the management API's shape (`ApiError`,
-llmops/api.py) for session-authenticated endpoints, OpenAI's (`OpenAIError`) for the key-authenticated `/api/jobs`.
+core/api.py) for session-authenticated endpoints, OpenAI's (`OpenAIError`) for the key-authenticated `/api/jobs`.
 schemathesis checks the live answers against it (tests/security/test_hostile_input.py).
 """
 
@@ -10,7 +10,7 @@ from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.utils import OpenApiResponse
 from rest_framework import serializers
 
-from llmops.api import ApiErrorSerializer
+from core.api import ApiErrorSerializer
 from tenants.authentication import ApiKeyAuthentication
 
 MANAGEMENT_API_PREFIX = "/api/"

@@ -35,7 +35,7 @@ class GatewayASGIHandler(ASGIHandler):
     async def handle(self, scope, receive, send):
         """Django's ``handle`` with the request signals sent on the event loop instead of through a worker thread
         each (two hops per request). Their receivers reset the calling thread's database connections, query log
-        and caches; /v1 uses none on the loop (its database work runs in worker threads, ``llmops.db``)."""
+        and caches; /v1 uses none on the loop (its database work runs in worker threads, ``core.db``)."""
         try:
             body_file = await self.read_body(receive)
         except RequestAborted:

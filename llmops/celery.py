@@ -2,32 +2,31 @@
 
 Embedded default: no broker, tasks run eagerly in the calling process.
 
-A worker registers the tasks of every module that follows the naming convention for task modules in an installed
-app: `tasks`, `tasks_<topic>` or `<topic>_tasks` (billing.tasks_finance, llmops.gateway.batch_tasks). Celery's own
-discovery looks only for `tasks`, which left the finance tasks unregistered in a real worker while beat sent them.
+A worker registers the tasks of every `tasks` module in an installed app, at any depth (billing.tasks,
+billing.finance.tasks, llmops.gateway.batches.tasks). Celery's own discovery looks only at the app's top level, which
+left the tasks of a feature package unregistered in a real worker while beat sent them.
 """
 
 import os
 import pkgutil
+from pathlib import Path
 
 from celery import Celery
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "llmops.settings")
 
 
-def is_task_module(name: str) -> bool:
-    return name == "tasks" or name.startswith("tasks_") or name.endswith("_tasks")
-
-
 def task_modules() -> list[str]:
     """The dotted names of the task modules of every installed app; called once Django's apps are ready."""
     from django.apps import apps
+    from django.conf import settings
 
+    project_apps = [config for config in apps.get_app_configs() if Path(config.path).is_relative_to(settings.BASE_DIR)]
     return [
-        f"{config.name}.{module.name}"
-        for config in apps.get_app_configs()
-        for module in pkgutil.iter_modules([config.path])
-        if is_task_module(module.name)
+        module.name
+        for config in project_apps
+        for module in pkgutil.walk_packages([config.path], prefix=f"{config.name}.")
+        if module.name.rsplit(".", 1)[-1] == "tasks"
     ]
 
 

@@ -2,7 +2,7 @@
 
 import logging
 
-from tenants.redaction import redact
+from core.redaction import redact
 
 
 class RedactingFilter(logging.Filter):

@@ -28,8 +28,8 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from billing.ledger.services import UsageEvent
 from billing.models import UsageKind
-from billing.services import UsageEvent
 
 OTHER_LABEL = "other"
 UNKNOWN_MODEL_LABEL = "unknown"

@@ -2,7 +2,7 @@
 
 from django.conf import settings
 
-from llmops.api import api_error_for_status
+from core.api import api_error_for_status
 from tenants.audit import audit_actor
 
 API_PATH_PREFIX = "/api/"

@@ -181,13 +181,13 @@ CELERY_BEAT_SCHEDULE: dict[str, dict] = {
         "task": "billing.tasks.budget_counters_check",
         "schedule": crontab(hour=3, minute=15),
     },
-    "billing-usage-rollups-refresh": {"task": "billing.tasks_finance.usage_rollups_refresh_task", "schedule": 60.0},
+    "billing-usage-rollups-refresh": {"task": "billing.finance.tasks.usage_rollups_refresh_task", "schedule": 60.0},
     "billing-usage-rollups-rebuild-recent": {
-        "task": "billing.tasks_finance.usage_rollups_rebuild_recent_task",
+        "task": "billing.finance.tasks.usage_rollups_rebuild_recent_task",
         "schedule": crontab(hour=2, minute=30),
     },
     "billing-statements-push": {
-        "task": "billing.tasks_finance.statements_push_task",
+        "task": "billing.finance.tasks.statements_push_task",
         "schedule": crontab(day_of_month=1, hour=4, minute=0),
     },
 }
@@ -195,7 +195,7 @@ if LLMOPS_CLOUDWATCH_NAMESPACE:
     if not REDIS_URL:
         raise ImproperlyConfigured("LLMOPS_CLOUDWATCH_NAMESPACE needs REDIS_URL (for the publisher watermark)")
     CELERY_BEAT_SCHEDULE["billing-rollups-cloudwatch-publish"] = {
-        "task": "billing.tasks_finance.rollups_cloudwatch_publish_task",
+        "task": "billing.finance.tasks.rollups_cloudwatch_publish_task",
         "schedule": crontab(minute=5),
     }
 
@@ -205,7 +205,7 @@ REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "UNAUTHENTICATED_USER": None,
     "DEFAULT_SCHEMA_CLASS": "llmops.api_schema.ApiAutoSchema",
-    "EXCEPTION_HANDLER": "llmops.api.api_exception_handler",
+    "EXCEPTION_HANDLER": "core.api.api_exception_handler",
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "llmops management API",
@@ -293,7 +293,10 @@ LLMOPS_BATCH_POLL_SECONDS = env.float("LLMOPS_BATCH_POLL_SECONDS", default=30.0)
 # Async jobs' webhooks: per-attempt timeout and attempts before giving up.
 LLMOPS_JOBS_WEBHOOK_TIMEOUT_SECONDS = env.float("LLMOPS_JOBS_WEBHOOK_TIMEOUT_SECONDS", default=10.0)
 LLMOPS_JOBS_WEBHOOK_MAX_ATTEMPTS = env.int("LLMOPS_JOBS_WEBHOOK_MAX_ATTEMPTS", default=5)
-CELERY_BEAT_SCHEDULE["gateway-batches-resume"] = {"task": "llmops.gateway.batch_tasks.batches_resume", "schedule": 60.0}
+CELERY_BEAT_SCHEDULE["gateway-batches-resume"] = {
+    "task": "llmops.gateway.batches.tasks.batches_resume",
+    "schedule": 60.0,
+}
 
 # Security (docs/security.md).
 # Admin login throttling (django-axes): this many failures for a username from one address locks it out.

@@ -1,17 +1,23 @@
 from django.contrib import admin
 from django.urls import include, path, re_path
+from drf_spectacular.views import SpectacularRedocView, SpectacularSwaggerView
 
 from llmops.gateway.views import healthz, readyz, unknown_url
+from llmops.metrics import metrics_view
+from llmops.schema_view import ApiSchemaView
 
 urlpatterns = [
     path("v1/", include("llmops.gateway.urls")),
     re_path(r"^v1$", unknown_url),
     path("healthz", healthz, name="healthz"),
     path("readyz", readyz, name="readyz"),
-    path("api/", include("llmops.gateway.jobs_urls")),
+    path("metrics", metrics_view, name="metrics"),
+    path("api/", include("llmops.gateway.jobs.urls")),
     path("api/routing/", include("routing.urls")),
-    path("", include("billing.urls_usage")),
     path("api/", include("billing.urls")),
+    path("api/schema/", ApiSchemaView.as_view(), name="schema"),
+    path("api/schema/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="schema-docs"),
+    path("api/schema/redoc/", SpectacularRedocView.as_view(url_name="schema"), name="schema-redoc"),
     path("admin/", admin.site.urls),
 ]
 

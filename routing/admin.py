@@ -12,6 +12,8 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
 
+from core.outbound import outbound_url_errors
+from core.redaction import redact, redact_value
 from routing.cache.sealed import open_answer, open_prompt
 from routing.cache.store import cache_entries_delete, cache_entries_purge
 from routing.models import (
@@ -38,8 +40,6 @@ from routing.services import (
 )
 from tenants.admin import ReadOnlyScopedAdmin, ServiceCreateAdmin, TenantScopedAdmin, adopt_saved_row, tenant_scope
 from tenants.models import Tenant
-from tenants.outbound import outbound_url_errors
-from tenants.redaction import redact, redact_value
 
 PRICE_FIELDS = ("input_price_per_million", "cached_input_price_per_million", "output_price_per_million")
 

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import NamedTuple
 
-from routing.crypto import CredentialDecryptionError, decrypt_secret
+from core.crypto import CredentialDecryptionError, decrypt_secret
+from core.secret_references import SecretReferenceError, is_secret_reference, secret_reference_resolve
 from routing.models import Model, Provider, TenantModelAccess
-from routing.secret_references import SecretReferenceError, is_secret_reference, secret_reference_resolve
 
 logger = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 Counts are exact (routing.tokens, the way OpenAI counts chat prompts). Whole turns are dropped,
 oldest first; an assistant message with tool calls and the tool results that answer it go together.
 Only when the turns that must stay are over budget alone is one message's text truncated.
-Counting a large conversation runs on the CPU pool (llmops.cpu), off the event loop.
+Counting a large conversation runs on the CPU pool (core.cpu), off the event loop.
 """
 
 import hashlib
@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import orjson
 
-from llmops.cpu import run_sized
-from llmops.redis import async_redis
+from core.cpu import run_sized
+from core.redis import async_redis
 from routing.tokens import (
     MAX_TOKEN_BYTES,
     REPLY_PRIMING_TOKENS,

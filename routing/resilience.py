@@ -19,7 +19,7 @@ from typing import Generic, TypeVar
 
 from redis.exceptions import RedisError
 
-from llmops.redis import RedisScript, async_redis
+from core.redis import RedisScript, async_redis
 from routing.catalog import ModelEntry
 from routing.providers.base import UpstreamConnectionError, UpstreamError, UpstreamRejected, UpstreamTimeout
 

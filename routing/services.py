@@ -4,7 +4,8 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import Max
 
-from routing.crypto import encrypt_secret
+from core.crypto import encrypt_secret
+from core.outbound import outbound_url_validate
 from routing.models import (
     InjectionGuardAction,
     Model,
@@ -19,7 +20,6 @@ from routing.models import (
 from routing.policy.document import AUTO_ALIAS, document_diff, normalized_document, policy_document_errors
 from routing.policy.drafts import policy_draft_document, policy_draft_replace
 from tenants.models import Tenant
-from tenants.outbound import outbound_url_validate
 
 DEFAULT_PROMPT_TOKEN_CAP = 4000
 # The template caches deterministic answers (exact and semantic) for an hour.

@@ -4,7 +4,7 @@ Encodings are loaded from TIKTOKEN_CACHE_DIR; where one cannot be loaded (no cac
 network) counting falls back to an estimate of four characters a token and logs a warning once.
 
 Counting costs CPU in proportion to the text. ``count_chat_tokens_async`` counts a large prompt on the CPU pool
-(llmops.cpu: tiktoken releases the GIL while it encodes), and ``chat_tokens_lower_bound`` gives, from lengths alone,
+(core.cpu: tiktoken releases the GIL while it encodes), and ``chat_tokens_lower_bound`` gives, from lengths alone,
 a count the prompt cannot go under, so a prompt provably over a cap is refused without being counted at all.
 """
 
@@ -14,7 +14,7 @@ from functools import lru_cache
 
 import orjson
 
-from llmops.cpu import OFFLOAD_MIN_CHARS, run_sized
+from core.cpu import OFFLOAD_MIN_CHARS, run_sized
 
 logger = logging.getLogger(__name__)
 

@@ -42,7 +42,7 @@ import sys
 
 import redis
 
-from llmops.redis import redis_persistence_problem
+from core.redis import redis_persistence_problem
 
 client = redis.Redis.from_url(os.environ["REDIS_URL"], socket_connect_timeout=5)
 if problem := redis_persistence_problem(client):

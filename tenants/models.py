@@ -4,7 +4,7 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.utils import timezone
 
-from tenants.redaction import custom_pattern_errors
+from core.redaction import custom_pattern_errors
 
 
 class TenantScopedQuerySet(models.QuerySet):

@@ -12,8 +12,8 @@ from datetime import datetime, timedelta
 from django.conf import settings
 from django.db.models import Q
 
+from core.redaction import compile_custom_patterns, redact_value
 from tenants.models import PayloadLog, PayloadLogSettings
-from tenants.redaction import compile_custom_patterns, redact_value
 
 
 @dataclass(frozen=True, slots=True)

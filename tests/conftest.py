@@ -11,9 +11,9 @@ import pytest
 from django.conf import settings
 from django.db import connection
 
-from billing.ledger_stream import STREAM_KEY, ledger_stream_client, ledger_stream_run, ledger_streaming
+from billing.ledger.stream import STREAM_KEY, ledger_stream_client, ledger_stream_run, ledger_streaming
+from core.redis import async_redis, sync_redis
 from llmops.mock_upstream import MockUpstream
-from llmops.redis import async_redis, sync_redis
 from routing.models import Model
 from routing.services import tenant_model_access_set
 from tenants.models import ApiKey, Team, Tenant
@@ -40,7 +40,7 @@ def mock_upstream():
 
 
 class LedgerDrainer:
-    """A real ledger drainer (billing.ledger_stream) on a thread, when the ledger is streamed through Redis.
+    """A real ledger drainer (billing.ledger.stream) on a thread, when the ledger is streamed through Redis.
 
     The stream's length is the backlog, so "drained" means every appended record is a committed row.
     Work that records usage outside the live gateway (batches, jobs) calls ``wait_drained()`` before it

@@ -7,7 +7,7 @@ flush leaves: every table of an installed model empty, under the same ACCESS EXC
 write still in flight finishes first, and none starts until the tables are empty), and the post_migrate signal
 sent after. The content types and permissions that signal creates are left in place rather than deleted and
 recreated; the signal restores any a test removed. The ledger's append-only trigger lets the DELETE through the
-way it lets the retention purge (billing.services.usage_records_purge) through, with llmops.ledger_purge set for
+way it lets the retention purge (billing.ledger.services.usage_records_purge) through, with llmops.ledger_purge set for
 this transaction only.
 """
 

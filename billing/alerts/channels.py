@@ -19,8 +19,8 @@ from django.conf import settings
 from django.core.mail import send_mail
 
 from billing.models import AlertChannel, ChannelKind
-from routing.crypto import CredentialDecryptionError, decrypt_secret
-from tenants.outbound import OutboundRefused, outbound_post
+from core.crypto import CredentialDecryptionError, decrypt_secret
+from core.outbound import OutboundRefused, outbound_post
 
 SEND_TIMEOUT_SECONDS = 10
 SIGNATURE_HEADER = "X-Llmops-Signature"

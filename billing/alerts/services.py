@@ -18,7 +18,7 @@ from django.utils import timezone
 
 from billing.alerts.channels import ChannelSendError, channel_send, is_http_url, sns_region
 from billing.budgets.index import units_to_usd
-from billing.costs import format_money
+from billing.ledger.costs import format_money
 from billing.models import (
     AlertChannel,
     AlertDelivery,
@@ -28,9 +28,9 @@ from billing.models import (
     ChannelKind,
     DeliveryStatus,
 )
-from routing.crypto import encrypt_secret
+from core.crypto import encrypt_secret
+from core.outbound import outbound_url_validate
 from tenants.models import Tenant
-from tenants.outbound import outbound_url_validate
 
 logger = logging.getLogger(__name__)
 

@@ -46,10 +46,10 @@ from redis.exceptions import RedisError
 from billing.budgets.index import BudgetEntry, units_to_usd, usd_to_units
 from billing.budgets.periods import BudgetWindow
 from billing.budgets.thresholds import threshold_alerts_enqueue
-from billing.costs import format_cost
-from billing.ledger_stream import EVENT_FIELD, STREAM_KEY, ledger_streaming, usage_event_decode
+from billing.ledger.costs import format_cost
+from billing.ledger.stream import EVENT_FIELD, STREAM_KEY, ledger_streaming, usage_event_decode
 from billing.models import BudgetCounter, BudgetScope, UsageRecord
-from llmops.redis import RedisScript, sync_redis
+from core.redis import RedisScript, sync_redis
 
 logger = logging.getLogger(__name__)
 

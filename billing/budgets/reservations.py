@@ -35,12 +35,12 @@ from billing.budgets.counters import (
 from billing.budgets.index import BudgetEntry, units_to_usd, usd_to_units
 from billing.budgets.periods import BudgetWindow, budget_window
 from billing.budgets.thresholds import crossed_thresholds, threshold_alerts_enqueue
-from billing.ledger_stream import STREAM_KEY, ledger_event_append, ledger_streaming, usage_event_encode
+from billing.ledger.services import UsageEvent, usage_record_create
+from billing.ledger.stream import STREAM_KEY, ledger_event_append, ledger_streaming, usage_event_encode
 from billing.models import BudgetAction
-from billing.services import UsageEvent, usage_record_create
-from llmops.background import run_in_background
-from llmops.db import database_sync_to_async
-from llmops.redis import async_redis
+from core.background import run_in_background
+from core.db import database_sync_to_async
+from core.redis import async_redis
 
 logger = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from billing.budgets.counters import (
 from billing.budgets.index import UNITS_PER_USD, budget_entry, units_to_usd
 from billing.budgets.selectors import budget_current_window
 from billing.models import AlertChannel, Budget, BudgetAction, BudgetCounter, BudgetPeriod, BudgetScope
-from llmops.redis import sync_redis
+from core.redis import sync_redis
 from routing.models import Model
 from tenants.models import ApiKey, Team, Tenant
 

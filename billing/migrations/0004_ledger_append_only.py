@@ -1,6 +1,6 @@
 """The ledger is append-only in Postgres: a trigger refuses UPDATE and DELETE of usage rows, from any client.
 
-The one exception is the retention purge (billing.services.usage_records_purge), which sets the transaction-local
+The one exception is the retention purge (billing.ledger.services.usage_records_purge), which sets the transaction-local
 setting llmops.ledger_purge = 'on' before it deletes. SQLite (the embedded demo) relies on the model's guards.
 """
 

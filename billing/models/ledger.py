@@ -29,7 +29,7 @@ class ImmutableRowError(Exception):
 
 class LedgerQuerySet(TenantScopedQuerySet):
     """Append-only: rows are inserted, never changed, and removed only by the retention purge
-    (billing.services.usage_records_purge). On Postgres a trigger refuses the rest too, raw SQL included."""
+    (billing.ledger.services.usage_records_purge). On Postgres a trigger refuses the rest too, raw SQL included."""
 
     def update(self, **kwargs):
         raise ImmutableRowError("usage records are immutable")
@@ -38,7 +38,7 @@ class LedgerQuerySet(TenantScopedQuerySet):
         raise ImmutableRowError("usage records are removed only by the retention purge (manage.py ledger_purge)")
 
     def retention_purge(self) -> int:
-        """Delete these rows. Only for billing.services.usage_records_purge, which lets the trigger allow it."""
+        """Delete these rows. Only for billing.ledger.services.usage_records_purge, which lets the trigger allow it."""
         return super().delete()[0]
 
 

@@ -2,7 +2,7 @@ from decimal import ROUND_HALF_EVEN, Decimal
 
 from django import template
 
-from billing.costs import format_money
+from billing.ledger.costs import format_money
 
 register = template.Library()
 
@@ -17,5 +17,5 @@ def cents(value: Decimal | None) -> str:
 
 @register.filter
 def money(value: Decimal | None) -> str:
-    """Dollars with places enough that a small amount is not shown as $0.00 (billing.costs.format_money)."""
+    """Dollars with places enough that a small amount is not shown as $0.00 (billing.ledger.costs.format_money)."""
     return "–" if value is None else format_money(Decimal(value))

@@ -5,7 +5,7 @@ Read-only: batches and jobs are created through the API by a tenant's key, and c
 
 from django.contrib import admin
 
-from llmops.gateway.batch_models import Batch, Job
+from llmops.gateway.batches.models import Batch, Job
 from tenants.admin import ReadOnlyScopedAdmin
 
 

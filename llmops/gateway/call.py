@@ -9,12 +9,12 @@ from decimal import Decimal
 from django.utils import timezone
 
 from billing.budgets.reservations import Reservation
-from billing.costs import format_cost, usage_cost
+from billing.ledger.costs import format_cost, usage_cost
+from billing.ledger.services import UsageEvent
 from billing.models import CacheStatus, UsageKind
-from billing.services import UsageEvent
-from llmops.cpu import run_sized
+from core.cpu import run_sized
+from llmops.gateway.chat.worst_case import OutputBound
 from llmops.gateway.concurrency import InflightSlot
-from llmops.gateway.worst_case import OutputBound
 from routing.catalog import ModelEntry
 from routing.providers.base import MalformedAnswer, UpstreamReply, answer_text, invalid_response
 from routing.tokens import count_chat_tokens_async, count_text_tokens

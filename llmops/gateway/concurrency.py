@@ -23,9 +23,9 @@ from django.conf import settings
 from django.http import HttpResponse, StreamingHttpResponse
 from redis.exceptions import RedisError
 
-from llmops.background import run_in_background
+from core.background import run_in_background
+from core.redis import RedisScript, async_redis
 from llmops.gateway.errors import GatewayError
-from llmops.redis import RedisScript, async_redis
 
 logger = logging.getLogger(__name__)
 

@@ -14,4 +14,4 @@ class ConfigVersion(models.Model):
         return f"{self.scope} at version {self.version}"
 
 
-from llmops.gateway.batch_models import Batch, BatchLine, File, Job, JobWebhookSecret  # noqa: E402, F401
+from llmops.gateway.batches.models import Batch, BatchLine, File, Job, JobWebhookSecret  # noqa: E402, F401

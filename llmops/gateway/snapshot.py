@@ -33,9 +33,9 @@ from redis.exceptions import RedisError
 
 from billing.budgets.index import BudgetEntry, BudgetIndex, RateLimitIndex, build_budget_index, build_rate_limit_index
 from billing.models import Budget, RateLimit
-from llmops.db import database_sync_to_async
+from core.db import database_sync_to_async
+from core.redis import async_redis, sync_redis
 from llmops.gateway.models import ConfigVersion
-from llmops.redis import async_redis, sync_redis
 from routing.catalog import (
     ModelCatalog,
     ModelEntry,

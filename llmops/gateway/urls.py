@@ -1,6 +1,7 @@
 from django.urls import path, re_path
 
-from llmops.gateway import batch_views, views
+from llmops.gateway import views
+from llmops.gateway.batches import views as batch_views
 
 app_name = "gateway"
 

@@ -9,7 +9,7 @@ from django.views.decorators.csrf import csrf_exempt
 from rest_framework.permissions import IsAuthenticated
 
 from llmops.gateway.call import GatewayCall, new_request_id
-from llmops.gateway.chat import chat_completion_run
+from llmops.gateway.chat.completion import chat_completion_run
 from llmops.gateway.errors import REQUEST_ID_HEADER, GatewayError, openai_exception_handler
 from llmops.gateway.last_resort import json_error_response
 from llmops.gateway.parsers import OrjsonParser

@@ -1,6 +1,6 @@
 """What a request's cache key is made of, and whether the request may use the cache at all.
 
-Keys and fingerprints are keyed hashes (routing/crypto.py): the rows they sit in never let anyone confirm a guessed
+Keys and fingerprints are keyed hashes (core/crypto.py): the rows they sit in never let anyone confirm a guessed
 prompt by hashing it. Apart from that server key, these are pure functions.
 """
 
@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import orjson
 
-from routing.crypto import keyed_hash
-from tenants.redaction import redact
+from core.crypto import keyed_hash
+from core.redaction import redact
 
 CACHE_HEADER = "x-llmops-cache"
 # Fields that change how an answer is delivered or attributed, never what it says.

@@ -1,10 +1,10 @@
-"""What the response cache keeps encrypted (routing/crypto.py, LLMOPS_ENCRYPTION_KEY): answers, in Postgres and
+"""What the response cache keeps encrypted (core/crypto.py, LLMOPS_ENCRYPTION_KEY): answers, in Postgres and
 Redis alike, and the prompt text of semantic entries. Anything that cannot be opened is None: a miss, never an error
 (an entry written under a key since dropped from LLMOPS_ENCRYPTION_KEY, a corrupt value)."""
 
 import orjson
 
-from routing.crypto import CredentialDecryptionError, decrypt_bytes, encrypt_bytes
+from core.crypto import CredentialDecryptionError, decrypt_bytes, encrypt_bytes
 
 
 def seal_answer(answer: dict) -> str:

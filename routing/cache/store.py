@@ -29,11 +29,10 @@ from django.db import DatabaseError, close_old_connections, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from llmops.db import database_sync_to_async
-from llmops.redis import async_redis, sync_redis
+from core.db import database_sync_to_async
+from core.redis import async_redis, sync_redis
 from routing.cache.batching import BatchWorker
 from routing.cache.embedders import embed_soon
-from routing.cache.guard import near_miss_reason
 from routing.cache.index import Candidate, IndexedEntry, SemanticIndex, semantic_index, semantic_indexes_forget
 from routing.cache.keys import (
     CacheControl,
@@ -43,6 +42,7 @@ from routing.cache.keys import (
     is_cacheable,
     semantic_key,
 )
+from routing.cache.near_miss import near_miss_reason
 from routing.cache.sealed import open_answer, seal_answer, seal_prompt
 from routing.models import CacheEntry, CacheEntryKind
 from tenants.models import Tenant

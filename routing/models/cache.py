@@ -4,7 +4,7 @@ An entry is found by its exact key, a keyed hash of the tenant, served model and
 itself is not kept. A `semantic` entry also carries the embedding of its normalised last user turn and that turn's
 text, which the near-miss guard compares, so a paraphrase in the same context can find it. Its text is what
 redaction leaves unchanged (a prompt with personal data or a secret is cached for exact repeats only), and it and
-the answer are Fernet-encrypted (routing/crypto.py): a database dump or backup holds no prompt or answer in clear.
+the answer are Fernet-encrypted (core/crypto.py): a database dump or backup holds no prompt or answer in clear.
 """
 
 from django.db import models

@@ -3,7 +3,7 @@
 import re
 
 from routing.catalog import build_model_catalog
-from routing.guard import inspect_messages
+from routing.injection_guard import inspect_messages
 from routing.models import RoutingPolicy
 from routing.policy.document import CompiledPolicy, compile_policy
 from routing.policy.drafts import policy_draft_document

@@ -2,7 +2,7 @@ from decimal import Decimal
 
 import pytest
 
-from routing.crypto import decrypt_secret
+from core.crypto import decrypt_secret
 from routing.models import Model, Provider
 from routing.services import provider_create
 from tenants.models import Role

@@ -5,7 +5,7 @@ from decimal import Decimal
 import pytest
 from django.utils import timezone
 
-from llmops.gateway.batch_models import Batch, File, Job
+from llmops.gateway.batches.models import Batch, File, Job
 from tenants.models import Role
 from tests.admin import conftest as admin_conftest
 from tests.admin.scenario import World, admin_url, make_user

@@ -8,9 +8,9 @@ from django.db import connection, transaction
 from django.db.models import Sum
 
 from billing.models import UsageRecord
-from llmops.gateway.batch_models import Batch, BatchLine
-from llmops.gateway.batch_runner import batch_process
-from llmops.gateway.batch_services import line_request_id
+from llmops.gateway.batches.models import Batch, BatchLine
+from llmops.gateway.batches.runner import batch_process
+from llmops.gateway.batches.services import line_request_id
 from tests.batch.conftest import (
     DELEGATING_PROVIDER,
     celery_worker,

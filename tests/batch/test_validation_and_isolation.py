@@ -10,8 +10,8 @@ from openai import OpenAI
 
 from billing.budgets.services import budget_create
 from billing.models import UsageRecord
-from llmops.gateway.batch_models import BatchLine, Job
-from llmops.gateway.batch_runner import batch_process
+from llmops.gateway.batches.models import BatchLine, Job
+from llmops.gateway.batches.runner import batch_process
 from tests.batch.conftest import chat_line, jsonl
 from tests.batch.test_batches_live import rows, upload, wait_finished
 from tests.loops import run as run_on_a_new_loop

@@ -4,8 +4,8 @@ from decimal import Decimal
 
 import pytest
 
+from billing.alerts.anomalies import tenant_anomalies_detect
 from billing.alerts.services import alert_channel_create
-from billing.anomalies import tenant_anomalies_detect
 from billing.models import AlertDelivery, Anomaly, AnomalyDirection, AnomalyMetric, AnomalyWindow, UsageRecord
 
 NOW = datetime(2026, 11, 27, 12, 10, tzinfo=UTC)

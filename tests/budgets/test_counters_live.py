@@ -12,9 +12,9 @@ from django.core.management import call_command
 from django.utils import timezone
 
 from billing.budgets.services import budget_counter_check
-from billing.ledger_stream import STREAM_KEY
+from billing.ledger.stream import STREAM_KEY
 from billing.models import Budget, UsageRecord
-from llmops.redis import sync_redis
+from core.redis import sync_redis
 from tests.budgets.conftest import UNREACHABLE_REDIS_URL
 from tests.conftest import make_tenant_setup
 

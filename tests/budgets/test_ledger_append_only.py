@@ -9,8 +9,8 @@ import pytest
 from django.core.management import call_command
 from django.db import DatabaseError, connection, transaction
 
+from billing.ledger.services import usage_records_purge
 from billing.models import ImmutableRowError, UsageRecord
-from billing.services import usage_records_purge
 from tests.budgets.conftest import make_org
 
 NOW = datetime(2026, 11, 27, 12, tzinfo=UTC)

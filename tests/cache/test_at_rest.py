@@ -10,7 +10,7 @@ from django.db import connection
 from django.db.migrations.executor import MigrationExecutor
 from django.utils import timezone
 
-from llmops.redis import sync_redis
+from core.redis import sync_redis
 from routing.cache.keys import SEMANTIC_MAX_PROMPT_CHARS, canonical_json, exact_key, semantic_key
 from routing.cache.sealed import open_answer, open_prompt
 from routing.cache.store import cache_writes_flush

@@ -6,7 +6,7 @@ import pytest
 from django.utils import timezone
 
 from billing.models import UsageRecord
-from llmops.redis import sync_redis
+from core.redis import sync_redis
 from routing.cache.sealed import seal_answer
 from routing.cache.store import cache_entries_expire, cache_writes_flush, redis_key
 from routing.models import CacheEntry

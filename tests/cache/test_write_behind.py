@@ -4,7 +4,7 @@ writing (exact and by meaning, never for another tenant), and the writer's batch
 import dataclasses
 import logging
 
-from llmops.redis import sync_redis
+from core.redis import sync_redis
 from routing.cache.sealed import open_prompt
 from routing.cache.store import (
     cache_entries_purge,

@@ -11,7 +11,8 @@ from django.core.management import CommandError, call_command
 from django.db.models import Sum
 from django.utils import timezone
 
-from billing.ledger_stream import (
+from billing.ledger.services import UsageEvent, usage_record_create
+from billing.ledger.stream import (
     DEAD_LETTER_KEY,
     EVENT_FIELD,
     STREAM_KEY,
@@ -20,7 +21,6 @@ from billing.ledger_stream import (
     usage_event_encode,
 )
 from billing.models import UsageRecord
-from billing.services import UsageEvent, usage_record_create
 from tenants.services import api_key_create
 from tests.factories import TeamFactory, TenantFactory
 

@@ -86,7 +86,7 @@ def eager_celery():
 @pytest.fixture
 def seeded(db):
     """A tenant with a small and a large model and a few weeks of synthetic usage, rollups built."""
-    from billing.rollups_seed import seed_demo_usage
+    from billing.finance.rollups_seed import seed_demo_usage
     from routing.services import tenant_model_access_set
     from tests.factories import ModelFactory
 

@@ -4,14 +4,14 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from billing.models import UsageRecord
-from billing.rollups import usage_rollups_refresh
-from billing.rollups_cloudwatch import (
+from billing.finance.cloudwatch import (
     MAX_DATA_PER_CALL,
     PUBLISHED_COUNTS,
     rollups_cloudwatch_publish_closed_hours,
     rollups_publish_cloudwatch,
 )
+from billing.finance.rollups import usage_rollups_refresh
+from billing.models import UsageRecord
 from tests.finance.conftest import usage_row
 
 START = datetime(2025, 3, 3, tzinfo=UTC)

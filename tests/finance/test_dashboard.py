@@ -7,9 +7,9 @@ import pytest
 from django.urls import reverse
 from django.utils import timezone
 
+from billing.ledger.selectors import tenant_zone
 from billing.models import UsageRecord
 from billing.models.rollups import LATENCY_BUCKET_EDGES_MS
-from billing.selectors import tenant_zone
 from tests.factories import UserFactory
 from tests.finance.conftest import make_finance_tenant, usage_row
 

@@ -3,8 +3,8 @@ from decimal import Decimal
 
 import pytest
 
+from billing.ledger.services import UsageEvent
 from billing.models import UsageKind
-from billing.services import UsageEvent
 from llmops.metrics import record_request_metrics
 
 

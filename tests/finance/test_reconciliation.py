@@ -12,7 +12,7 @@ from django.db import transaction
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from billing.exports import export_params_parse, usage_export_chunks
+from billing.finance.exports import export_params_parse, usage_export_chunks
 from billing.models import UsageRecord
 from tests.finance.conftest import make_finance_tenant, usage_row
 

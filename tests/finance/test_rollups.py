@@ -5,9 +5,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from billing.finance.rollups import latency_p95_ms, usage_rollups_rebuild, usage_rollups_refresh
 from billing.models import RollupCursor, UsageRecord, UsageRollupDaily, UsageRollupHourly
 from billing.models.rollups import LATENCY_BUCKET_EDGES_MS
-from billing.rollups import latency_p95_ms, usage_rollups_rebuild, usage_rollups_refresh
 from tests.finance.conftest import make_finance_tenant, usage_row
 
 START = datetime(2025, 3, 3, 22, 10, tzinfo=UTC)

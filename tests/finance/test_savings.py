@@ -9,9 +9,9 @@ from django.db.models import Sum
 from django.urls import reverse
 from django.utils import timezone
 
-from billing.costs import LEDGER_QUANTUM, usage_cost
+from billing.finance.rollups import SAVINGS_LEVERS
+from billing.ledger.costs import LEDGER_QUANTUM, usage_cost
 from billing.models import UsageRecord
-from billing.rollups import SAVINGS_LEVERS
 from routing.catalog import ModelPrices
 from routing.models import Model
 from tests.factories import UserFactory

@@ -8,9 +8,9 @@ import pytest
 from django.urls import reverse
 from moto import mock_aws
 
+from billing.finance.statements import statement_build, statement_csv
+from billing.finance.tasks import statements_push_task
 from billing.models import UsageRecord
-from billing.statements import statement_build, statement_csv
-from billing.tasks_finance import statements_push_task
 from tests.factories import UserFactory
 from tests.finance.conftest import usage_row
 
@@ -70,7 +70,7 @@ def test_monthly_job_pushes_every_tenants_statement_to_s3(march_usage, globex, s
         s3 = boto3.client("s3", region_name="us-east-1")
         s3.create_bucket(Bucket="finance-statements")
         with monkeypatch.context() as patch:
-            patch.setattr("billing.tasks_finance.timezone.now", lambda: datetime(2025, 4, 1, 4, tzinfo=UTC))
+            patch.setattr("billing.finance.tasks.timezone.now", lambda: datetime(2025, 4, 1, 4, tzinfo=UTC))
             assert statements_push_task.delay().get() == 2
         body = s3.get_object(Bucket="finance-statements", Key="statements/acme/2025-03.csv")["Body"].read().decode()
         keys = sorted(item["Key"] for item in s3.list_objects_v2(Bucket="finance-statements")["Contents"])

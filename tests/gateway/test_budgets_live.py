@@ -10,7 +10,7 @@ import pytest
 from django.db.models import Sum
 
 from billing.budgets.services import budget_create, budget_update
-from billing.costs import usage_cost
+from billing.ledger.costs import usage_cost
 from billing.models import RateLimit, UsageRecord
 from billing.ratelimits import rate_limit_create
 from routing.catalog import ModelPrices

@@ -14,9 +14,9 @@ import pytest
 
 from billing.budgets.services import budget_create
 from billing.models import BudgetScope, UsageRecord
+from core.redis import sync_redis
 from llmops.gateway.concurrency import KEY_PREFIX
 from llmops.mock_upstream import MockUpstream
-from llmops.redis import sync_redis
 from routing.services import routing_policy_ensure_default
 from tests.conftest import make_tenant_setup
 from tests.factories import ModelFactory, ProviderFactory

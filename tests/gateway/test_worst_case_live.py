@@ -12,12 +12,12 @@ import httpx
 from django.db.models import Sum
 
 from billing.budgets.services import budget_create
-from billing.costs import LEDGER_QUANTUM, usage_cost
-from billing.exports import ExportGrouping, aggregate_queryset
-from billing.ledger_stream import STREAM_KEY
+from billing.finance.exports import ExportGrouping, aggregate_queryset
+from billing.ledger.costs import LEDGER_QUANTUM, usage_cost
+from billing.ledger.stream import STREAM_KEY
 from billing.models import UsageKind, UsageRecord
 from billing.ratelimits import rate_limit_create
-from llmops.redis import sync_redis
+from core.redis import sync_redis
 from routing.catalog import ModelPrices
 from routing.services import tenant_model_access_set
 from routing.tokens import count_chat_tokens

@@ -14,7 +14,8 @@ from django.db import connection
 from django.db.models import Sum
 from django.utils import timezone
 
-from billing.ledger_stream import (
+from billing.ledger.services import UsageEvent, usage_record_create
+from billing.ledger.stream import (
     EVENT_FIELD,
     GROUP,
     STREAM_KEY,
@@ -25,8 +26,7 @@ from billing.ledger_stream import (
     usage_event_encode,
 )
 from billing.models import UsageRecord
-from billing.services import UsageEvent, usage_record_create
-from llmops.redis import sync_redis
+from core.redis import sync_redis
 from tests.conftest import make_tenant_setup
 
 CONCURRENCY = 16

@@ -25,10 +25,10 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from billing.budgets.services import budget_counter_check
-from billing.ledger_stream import STREAM_KEY, ledger_stream_client
+from billing.ledger.stream import STREAM_KEY, ledger_stream_client
 from billing.models import Budget, UsageRecord
+from core.redis import redis_persistence_problem
 from llmops.mock_upstream import MockUpstream
-from llmops.redis import redis_persistence_problem
 from tests.conftest import make_tenant_setup
 from tests.servers import ServiceProcess, ThreadedServer, free_port
 

@@ -5,8 +5,8 @@ from decimal import Decimal
 import pytest
 from django.core.exceptions import ValidationError
 
+from core.crypto import encrypt_secret
 from routing.catalog import build_model_catalog
-from routing.crypto import encrypt_secret
 from routing.models import Provider, ProviderKind
 from tests.factories import ModelFactory, ProviderFactory
 

@@ -8,7 +8,7 @@ from email.utils import format_datetime
 
 import pytest
 
-from llmops.redis import async_redis
+from core.redis import async_redis
 from routing import upstream
 from routing.providers.base import parse_retry_after
 from routing.resilience import (

@@ -3,8 +3,8 @@ import logging
 
 import pytest
 
+from core.secret_references import secret_references_forget
 from llmops.log_redaction import RedactingFilter
-from routing.secret_references import secret_references_forget
 from tenants.payload_logs import payload_log_policies_forget
 
 

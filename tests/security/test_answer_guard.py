@@ -1,6 +1,6 @@
 import pytest
 
-from routing.guard import SecretEchoBlocked, guard_answer
+from routing.injection_guard import SecretEchoBlocked, guard_answer
 from routing.models import InjectionGuardAction
 
 

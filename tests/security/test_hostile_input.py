@@ -27,11 +27,11 @@ from schemathesis import GenerationMode
 from schemathesis.core.failures import FailureGroup
 
 from billing.models import UsageRecord
-from llmops.gateway.batch_models import BatchLine, Job
-from llmops.gateway.batch_runner import batch_process
+from llmops.gateway.batches.models import BatchLine, Job
+from llmops.gateway.batches.runner import batch_process
+from llmops.gateway.chat.validation import validate_chat_request, validate_storable
 from llmops.gateway.errors import GatewayError
-from llmops.gateway.jobs_services import job_request_id, job_run
-from llmops.gateway.validation import validate_chat_request, validate_storable
+from llmops.gateway.jobs.services import job_request_id, job_run
 from tests.chat_bodies import (
     chat_bodies,
     edge_text,

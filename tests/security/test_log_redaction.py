@@ -53,7 +53,7 @@ def test_records_without_args_and_with_broken_args_are_still_written(app_log):
 
 
 def test_the_drainers_dead_letter_line_keeps_its_stream_id_and_masks_a_card(app_log):
-    logging.getLogger("billing.ledger_stream").error(
+    logging.getLogger("billing.ledger.stream").error(
         "ledger entry %s cannot be written (%s); moved to %s", b"1733350000005-0", "card 4111111111111111", "dead"
     )
     written = app_log.getvalue()

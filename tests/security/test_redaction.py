@@ -2,7 +2,7 @@
 
 import pytest
 
-from tenants.redaction import (
+from core.redaction import (
     API_KEY,
     AWS_ACCESS_KEY,
     AWS_SECRET_KEY,

@@ -11,8 +11,8 @@ from django.utils import timezone
 from moto import mock_aws
 
 from billing.alerts.services import alert_channel_create
+from core.crypto import decrypt_secret
 from routing.catalog import provider_credential
-from routing.crypto import decrypt_secret
 from routing.models import Provider
 from routing.services import provider_create
 from tenants.models import ApiKey
@@ -85,7 +85,7 @@ def test_a_referenced_credential_is_cached_for_the_ttl(aws, settings, monkeypatc
     secrets.put_secret_value(SecretId="llm/rotating", SecretString="second")
     assert provider_credential(provider) == "first"
     settings.LLMOPS_SECRET_REFERENCE_TTL_SECONDS = 0
-    monkeypatch.setattr("routing.secret_references.time.monotonic", lambda: 10**9)
+    monkeypatch.setattr("core.secret_references.time.monotonic", lambda: 10**9)
     assert provider_credential(provider) == "second"
 
 

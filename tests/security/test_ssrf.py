@@ -8,9 +8,10 @@ from django.urls import reverse
 from billing.alerts.channels import ChannelSendError, channel_send
 from billing.alerts.services import alert_channel_create
 from billing.models import AlertChannel, ChannelKind
-from llmops.gateway.batch_models import Job, JobStatus, WebhookState
+from core.outbound import allowed_destination_parse, outbound_url_errors
+from llmops.gateway.batches.models import Job, JobStatus, WebhookState
 from llmops.gateway.errors import GatewayError
-from llmops.gateway.jobs_services import (
+from llmops.gateway.jobs.services import (
     CALLBACK_URL_REFUSED,
     WEBHOOK_UNREACHABLE,
     WebhookDeliveryError,
@@ -22,7 +23,6 @@ from llmops.gateway.jobs_services import (
 from routing.models import Provider
 from routing.services import provider_create
 from tenants.authentication import build_key_index
-from tenants.outbound import allowed_destination_parse, outbound_url_errors
 from tenants.services import api_key_create
 from tests.factories import TeamFactory, TenantFactory, UserFactory
 from tests.servers import ReceivedRequest, Receiver, ThreadedServer, free_port

@@ -3,7 +3,7 @@ from decimal import Decimal
 from hypothesis import given
 from hypothesis import strategies as st
 
-from billing.costs import LEDGER_QUANTUM, format_cost, usage_cost
+from billing.ledger.costs import LEDGER_QUANTUM, format_cost, usage_cost
 from routing.catalog import ModelPrices
 
 GPT_4O = ModelPrices(Decimal("2.50"), Decimal("1.25"), Decimal("10.00"))

@@ -1,7 +1,7 @@
 import pytest
 from cryptography.fernet import Fernet
 
-from routing import crypto
+from core import crypto
 from tenants.keys import generate_key, hash_secret, parse_key, secret_matches
 
 

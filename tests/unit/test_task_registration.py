@@ -86,6 +86,6 @@ def test_every_scheduled_and_enqueued_task_is_registered_in_a_worker():
     assert sorted(enqueued - registered) == [], "the code enqueues tasks a worker does not know"
     # The scan finds what it must: the async export and the batch runner are enqueued, the CloudWatch publisher
     # is scheduled when its namespace is set.
-    assert "billing.tasks_finance.usage_export_write_task" in enqueued
-    assert "llmops.gateway.batch_tasks.batch_process_task" in enqueued
-    assert "billing.tasks_finance.rollups_cloudwatch_publish_task" in view["beat"].values()
+    assert "billing.finance.tasks.usage_export_write_task" in enqueued
+    assert "llmops.gateway.batches.tasks.batch_process_task" in enqueued
+    assert "billing.finance.tasks.rollups_cloudwatch_publish_task" in view["beat"].values()

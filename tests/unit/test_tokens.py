@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llmops.cpu import OFFLOAD_MIN_CHARS
+from core.cpu import OFFLOAD_MIN_CHARS
 from routing import tokens
 from routing.tokens import (
     MAX_TOKEN_BYTES,

@@ -9,7 +9,7 @@ from decimal import Decimal
 import orjson
 import pytest
 
-from llmops.cpu import OFFLOAD_MIN_CHARS
+from core.cpu import OFFLOAD_MIN_CHARS
 from llmops.gateway.call import USAGE_SLACK, Usage, UsageCeiling, estimated_usage
 from routing import tokens
 from routing.catalog import ModelEntry, ModelPrices, ProviderEntry

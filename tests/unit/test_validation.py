@@ -10,14 +10,14 @@ import orjson
 import pytest
 from hypothesis import HealthCheck, given, reject, settings
 
+from llmops.gateway.chat.validation import validate_chat_request
+from llmops.gateway.chat.worst_case import OutputBound
 from llmops.gateway.errors import GatewayError
-from llmops.gateway.validation import validate_chat_request
-from llmops.gateway.worst_case import OutputBound
 from routing import upstream
 from routing.cache.keys import canonical_request, exact_key, is_cacheable, semantic_key
 from routing.caps import clamp_max_tokens
 from routing.compression import compress_messages
-from routing.guard import inspect_messages
+from routing.injection_guard import inspect_messages
 from routing.policy import route_request_from_body
 from routing.providers.anthropic import messages_request
 from routing.providers.bedrock import converse_request

@@ -12,10 +12,10 @@ from hypothesis import strategies as st
 from billing.budgets.index import BudgetEntry
 from billing.budgets.periods import budget_window
 from billing.budgets.reservations import BudgetExceeded, usd_to_units
-from billing.costs import usage_cost
+from billing.ledger.costs import usage_cost
+from llmops.gateway.chat.validation import validate_chat_request
+from llmops.gateway.chat.worst_case import OutputBound, budget_refusal, chain_worst_case, fitting_max_tokens
 from llmops.gateway.errors import GatewayError
-from llmops.gateway.validation import validate_chat_request
-from llmops.gateway.worst_case import OutputBound, budget_refusal, chain_worst_case, fitting_max_tokens
 from routing.catalog import ModelEntry, ModelPrices, ProviderEntry
 
 PROVIDER = ProviderEntry(name="p", kind="openai", base_url="http://127.0.0.1:9", api_key="", timeout_seconds=1)

@@ -4,7 +4,7 @@ from datetime import datetime, timedelta
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
-from billing.anomalies import tenant_anomalies_detect
+from billing.alerts.anomalies import tenant_anomalies_detect
 from billing.models import Anomaly
 from tenants.models import Tenant
 

@@ -6,7 +6,7 @@ from django.utils import timezone
 
 from billing.budgets.selectors import budget_status
 from billing.budgets.services import budget_set
-from billing.costs import format_cost
+from billing.ledger.costs import format_cost
 from billing.models import BudgetAction, BudgetPeriod
 from tenants.models import ApiKey, Team, Tenant
 

@@ -2,14 +2,14 @@ import re
 
 from django.core.management.base import BaseCommand, CommandError
 
-from billing.costs import format_cost
-from billing.ledger_deadletters import (
+from billing.ledger.costs import format_cost
+from billing.ledger.deadletters import (
     DeadLetter,
     deadletters_drop,
     deadletters_replay,
     deadletters_select,
 )
-from billing.ledger_stream import DEAD_LETTER_KEY, ledger_stream_client, ledger_streaming
+from billing.ledger.stream import DEAD_LETTER_KEY, ledger_stream_client, ledger_streaming
 
 DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}

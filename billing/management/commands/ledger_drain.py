@@ -4,7 +4,7 @@ import threading
 
 from django.core.management.base import BaseCommand, CommandError
 
-from billing.ledger_stream import (
+from billing.ledger.stream import (
     BATCH_SIZE,
     BLOCK_MS,
     CLAIM_IDLE_MS,
@@ -16,7 +16,7 @@ from billing.ledger_stream import (
     ledger_stream_run,
     ledger_streaming,
 )
-from llmops.redis import redis_persistence_problem
+from core.redis import redis_persistence_problem
 
 logger = logging.getLogger(__name__)
 

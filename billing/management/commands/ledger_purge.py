@@ -3,7 +3,7 @@ from datetime import date, datetime, time
 from django.core.management.base import BaseCommand, CommandError
 
 from billing.budgets.index import tenant_zone_or_utc
-from billing.services import usage_records_purge
+from billing.ledger.services import usage_records_purge
 from tenants.models import Tenant
 
 

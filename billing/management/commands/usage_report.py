@@ -8,9 +8,9 @@ from zoneinfo import ZoneInfoNotFoundError
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
-from billing.costs import format_cost
-from billing.csv_writer import FormulaSafeWriter
-from billing.selectors import UsageGroupBy, UsageRow, tenant_zone, usage_summary, usage_total
+from billing.finance.csv_writer import FormulaSafeWriter
+from billing.ledger.costs import format_cost
+from billing.ledger.selectors import UsageGroupBy, UsageRow, tenant_zone, usage_summary, usage_total
 from tenants.models import Tenant
 
 DEFAULT_PERIOD_DAYS = 30

@@ -1,6 +1,6 @@
 from django.core.management.base import BaseCommand, CommandError
 
-from routing.crypto import encrypted_secrets_reencrypt
+from core.crypto import encrypted_secrets_reencrypt
 
 
 class Command(BaseCommand):

@@ -9,8 +9,8 @@ from django.core.management.base import BaseCommand
 from django.db import transaction
 
 from billing.budgets.services import budget_create
+from billing.finance.rollups_seed import seed_demo_usage
 from billing.models import BudgetAction, BudgetPeriod, BudgetScope
-from billing.rollups_seed import seed_demo_usage
 from routing.models import Model, Provider
 from routing.services import (
     DEMO_CACHE_TTL_SECONDS,

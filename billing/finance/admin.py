@@ -1,0 +1,211 @@
+"""Finance pages in the admin: CSV exports (a changelist action and a form), the KPI dashboard, monthly statements.
+
+They hang off the ledger's admin (billing/usagerecord/finance/...). A superuser may pick any tenant; a staff
+user only the tenants they are a member of (any role for the dashboard; owner, admin or finance for exports
+and statements). A tenant outside that answers 404.
+"""
+
+from datetime import UTC, timedelta
+
+from django import forms
+from django.contrib import admin, messages
+from django.http import Http404, HttpResponse
+from django.shortcuts import get_object_or_404
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils import timezone
+from django.utils.http import urlencode
+
+from billing.finance.dashboard import dashboard_build
+from billing.finance.exports import (
+    LEDGER_COLUMNS,
+    ExportError,
+    ExportGrouping,
+    csv_chunks,
+    csv_streaming_response,
+    export_params_parse,
+    is_sync_exportable,
+    ledger_rows,
+    sync_export_max_days,
+    tenants_exportable_by,
+    usage_export_chunks,
+)
+from billing.finance.exports_async import usage_export_request
+from billing.finance.rollups import usage_rollups_refresh_if_stale
+from billing.finance.statements import month_start, statement_build, statement_csv
+from billing.ledger.selectors import tenant_zone
+from billing.models import UsageRecord
+from tenants.admin import ReadOnlyScopedAdmin
+from tenants.models import Team, Tenant
+from tenants.selectors import tenants_for_user
+
+DEFAULT_DASHBOARD_DAYS = 14
+
+
+class ExportForm(forms.Form):
+    tenant = forms.ModelChoiceField(queryset=Tenant.objects.none())
+    since = forms.DateField(widget=forms.DateInput(attrs={"type": "date"}), help_text="Tenant time zone.")
+    until = forms.DateField(widget=forms.DateInput(attrs={"type": "date"}), help_text="Inclusive.")
+    group_by = forms.MultipleChoiceField(
+        choices=[choice for choice in ExportGrouping.choices],
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+        help_text="Leave all unticked for one row per request.",
+    )
+
+    def __init__(self, *args, tenants, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["tenant"].queryset = tenants
+
+    def clean(self):
+        cleaned = super().clean()
+        if self.errors:
+            return cleaned
+        try:
+            cleaned["params"] = export_params_parse(
+                since=cleaned["since"], until=cleaned["until"], group_by=cleaned.get("group_by")
+            )
+        except ExportError as error:
+            raise forms.ValidationError(error.message, code=error.code) from None
+        return cleaned
+
+
+class DashboardForm(forms.Form):
+    tenant = forms.ModelChoiceField(queryset=Tenant.objects.none(), required=False)
+    since = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}))
+    until = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}))
+    team = forms.ModelChoiceField(queryset=Team.objects.none(), required=False, empty_label="All teams")
+
+    def __init__(self, *args, tenants, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["tenant"].queryset = tenants
+        self.fields["team"].queryset = Team.objects.filter(tenant__in=tenants).select_related("tenant")
+
+
+@admin.register(UsageRecord)
+class UsageRecordAdmin(ReadOnlyScopedAdmin):
+    """The ledger, read-only for everyone: a usage record is written once by the gateway and never changed."""
+
+    list_display = (
+        "request_id",
+        "created_at",
+        "tenant",
+        "team",
+        "requested_model",
+        "served_model",
+        "prompt_tokens",
+        "cached_tokens",
+        "completion_tokens",
+        "cost_usd",
+        "http_status",
+        "error_code",
+        "cache_status",
+        "kind",
+    )
+    list_filter = ("served_model", "http_status", "cache_status", "kind")
+    list_select_related = ("tenant", "team__tenant")
+    date_hierarchy = "created_at"
+    # A request's id finds its row and the rows of the calls made for it (a compression summary).
+    search_fields = ("request_id", "parent_request_id")
+    # The ledger grows without bound; skip the second, unfiltered count on every page.
+    show_full_result_count = False
+
+    actions = ("export_selected_csv",)
+    change_list_template = "admin/billing/usagerecord/change_list.html"
+
+    def get_urls(self):
+        wrap = self.admin_site.admin_view
+        return [
+            path("finance/export/", wrap(self.export_view), name="billing_usage_export"),
+            path("finance/dashboard/", wrap(self.dashboard_view), name="billing_usage_dashboard"),
+            path("finance/statement/", wrap(self.statement_view), name="billing_usage_statement"),
+            *super().get_urls(),
+        ]
+
+    def _page_context(self, request, title: str) -> dict:
+        return {**self.admin_site.each_context(request), "title": title, "opts": self.model._meta}
+
+    @admin.action(description="Export selected rows as CSV (full ledger precision)")
+    def export_selected_csv(self, request, queryset):
+        selected = queryset.filter(tenant__in=tenants_exportable_by(user=request.user))
+        tenant_ids = set(selected.order_by().values_list("tenant_id", flat=True).distinct()[:2])
+        if len(tenant_ids) != 1:
+            self.message_user(request, "Select rows of exactly one tenant you may export.", messages.ERROR)
+            return None
+        tenant = Tenant.objects.get(pk=tenant_ids.pop())
+        rows = ledger_rows(selected.select_related(None), zone=tenant_zone(tenant=tenant))
+        stamp = timezone.now().astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
+        return csv_streaming_response(
+            request, csv_chunks(LEDGER_COLUMNS, rows), filename=f"usage-{tenant.slug}-selected-{stamp}.csv"
+        )
+
+    def export_view(self, request):
+        tenants = tenants_exportable_by(user=request.user)
+        form = ExportForm(request.POST or None, tenants=tenants)
+        if request.method == "POST" and form.is_valid():
+            tenant, params = form.cleaned_data["tenant"], form.cleaned_data["params"]
+            if is_sync_exportable(params):
+                chunks = usage_export_chunks(tenant=tenant, params=params)
+                return csv_streaming_response(request, chunks, filename=params.filename(tenant))
+            export = usage_export_request(tenant=tenant, user=request.user, params=params)
+            self.message_user(
+                request,
+                f"{params.days} days is more than the {sync_export_max_days()} days streamed directly; export "
+                f"{export.pk} is being written. Download it from /api/usage/exports/{export.pk}/ when ready.",
+                messages.INFO,
+            )
+        context = {**self._page_context(request, "Export usage as CSV"), "form": form}
+        return TemplateResponse(request, "admin/billing/usage_export.html", context)
+
+    def dashboard_view(self, request):
+        tenants = tenants_for_user(user=request.user)
+        form = DashboardForm(request.GET or None, tenants=tenants)
+        if form.is_bound and not form.is_valid():
+            raise Http404("Unknown tenant or team.")
+        data = form.cleaned_data if form.is_bound else {}
+        tenant = data.get("tenant") or tenants.first()
+        if tenant is None:
+            raise Http404("You are not a member of any tenant.")
+        team = data.get("team")
+        if team is not None and team.tenant_id != tenant.pk:
+            raise Http404("Unknown team.")
+        until = data.get("until") or timezone.now().astimezone(tenant_zone(tenant=tenant)).date()
+        since = data.get("since") or until - timedelta(days=DEFAULT_DASHBOARD_DAYS - 1)
+        if since > until:
+            since, until = until, since
+        usage_rollups_refresh_if_stale()
+        dashboard = dashboard_build(tenant=tenant, since=since, until=until, team=team)
+        form = DashboardForm(initial={"tenant": tenant, "since": since, "until": until, "team": team}, tenants=tenants)
+        context = {
+            **self._page_context(request, f"KPI dashboard: {tenant.name}"),
+            "form": form,
+            "dashboard": dashboard,
+            "chart_data": dashboard.chart_data(),
+        }
+        return TemplateResponse(request, "admin/billing/dashboard.html", context)
+
+    def statement_view(self, request):
+        tenants = tenants_exportable_by(user=request.user)
+        tenant_slug = request.GET.get("tenant")
+        tenant = get_object_or_404(tenants, slug=tenant_slug) if tenant_slug else tenants.first()
+        if tenant is None:
+            raise Http404("You may not see any tenant's statement.")
+        try:
+            month = month_start(request.GET.get("month") or timezone.now().date())
+        except ValueError:
+            raise Http404("Give the month as YYYY-MM.") from None
+        statement = statement_build(tenant=tenant, month=month)
+        if request.GET.get("format") == "csv":
+            response = HttpResponse(statement_csv(statement), content_type="text/csv; charset=utf-8")
+            response["Content-Disposition"] = f'attachment; filename="statement-{tenant.slug}-{month:%Y-%m}.csv"'
+            return response
+        context = {
+            **self._page_context(request, f"Statement {tenant.name}, {month:%B %Y}"),
+            "statement": statement,
+            "tenants": tenants,
+            "month_value": f"{month:%Y-%m}",
+            "csv_url": reverse("admin:billing_usage_statement")
+            + "?"
+            + urlencode({"tenant": tenant.slug, "month": f"{month:%Y-%m}", "format": "csv"}),
+        }
+        return TemplateResponse(request, "admin/billing/statement.html", context)

@@ -1,0 +1,357 @@
+"""The usage API for finance users and tenant admins: usage rows or groups, CSV exports, async exports.
+
+The tenant comes from `?tenant=<slug>` checked against the caller's memberships (owner, admin or finance);
+a tenant the caller may not export answers 404 exactly like one that does not exist.
+"""
+
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.core.files.storage import default_storage
+from django.http import FileResponse, Http404
+from django.shortcuts import get_object_or_404
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import PolymorphicProxySerializer, extend_schema, extend_schema_field, inline_serializer
+from rest_framework import serializers, status
+from rest_framework.exceptions import NotFound
+from rest_framework.negotiation import BaseContentNegotiation
+from rest_framework.pagination import CursorPagination, LimitOffsetPagination
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from billing.finance.exports import (
+    ExportError,
+    ExportGrouping,
+    ExportParams,
+    UsageFilters,
+    aggregate_queryset,
+    csv_streaming_response,
+    export_params_parse,
+    group_labels,
+    is_sync_exportable,
+    sync_export_max_days,
+    tenants_exportable_by,
+    usage_export_chunks,
+    usage_filters_parse,
+    usage_ledger_queryset,
+)
+from billing.finance.exports_async import usage_export_request
+from billing.ledger.costs import format_cost
+from billing.ledger.selectors import tenant_zone
+from billing.models import ExportStatus, UsageExport, UsageRecord
+from core.api import TenantSlugField, api_error_response
+from tenants.models import Tenant
+from tenants.selectors import tenant_named
+
+
+def export_error_response(error: ExportError) -> Response:
+    return api_error_response(error.message, code=error.code, field=error.field)
+
+
+def finance_tenant(*, user, slug: str) -> Tenant:
+    """The tenant named by its slug, if the caller may export it; the only one they may export if unnamed."""
+    tenants = tenants_exportable_by(user=user)
+    if slug:
+        return tenant_named(tenants=tenants, slug=slug)
+    only = list(tenants[:2])
+    if len(only) != 1:
+        raise ExportError("Name the tenant with ?tenant=<slug>.", code="missing_tenant", field="tenant")
+    return only[0]
+
+
+@extend_schema_field(OpenApiTypes.DATE)
+class DayField(serializers.CharField):
+    """A calendar day like 2025-01-31, read by export_params_parse so the API and the admin refuse alike."""
+
+    def __init__(self, **kwargs):
+        super().__init__(max_length=10, **kwargs)
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str):  # CharField would take 20250301 and read it as a day
+            raise serializers.ValidationError("Must be a date string like 2025-01-31.", code="invalid")
+        return super().to_internal_value(data)
+
+
+def _text(max_length: int, help_text: str) -> serializers.CharField:
+    return serializers.CharField(required=False, allow_blank=True, max_length=max_length, help_text=help_text)
+
+
+class UsageRangeQuerySerializer(serializers.Serializer):
+    """What every usage read and export takes: the tenant, the days, the grouping and the filters."""
+
+    tenant = TenantSlugField(help_text="Tenant slug; optional when you may see exactly one tenant.")
+    since = DayField(help_text="First day, tenant time zone.")
+    until = DayField(help_text="Last day (inclusive), tenant time zone.")
+    group_by = _text(200, f"Comma-separated, among {', '.join(ExportGrouping.values)}; omit for one row per request.")
+    team = _text(64, "Team slug.")
+    key = _text(16, "API key prefix.")
+    model = _text(128, "Served model.")
+    status = _text(32, "ok, error, or an HTTP status code.")
+    cache = _text(32, "Cache status: miss, hit-exact, hit-semantic, bypass.")
+
+
+class UsagePageQuerySerializer(UsageRangeQuerySerializer):
+    cursor = serializers.CharField(required=False, max_length=1000, help_text="Page cursor (ungrouped).")
+    page_size = serializers.IntegerField(required=False, min_value=1, max_value=1000, help_text="Rows per page.")
+    limit = serializers.IntegerField(required=False, min_value=1, max_value=1000, help_text="Groups per page.")
+    offset = serializers.IntegerField(required=False, min_value=0, max_value=10**9, help_text="First group.")
+
+
+class UsageExportRequestSerializer(serializers.Serializer):
+    tenant = TenantSlugField(help_text="Tenant slug; optional when you may see exactly one tenant.")
+    since = DayField()
+    until = DayField()
+    group_by = serializers.CharField(required=False, allow_blank=True, max_length=200)
+
+
+def _validated(serializer_class: type[serializers.Serializer], data) -> dict:
+    serializer = serializer_class(data=data)
+    serializer.is_valid(raise_exception=True)
+    return serializer.validated_data
+
+
+def _params(query: dict) -> tuple[ExportParams, UsageFilters]:
+    params = export_params_parse(since=query["since"], until=query["until"], group_by=query.get("group_by"))
+    filters = usage_filters_parse(
+        team=query.get("team", ""),
+        key=query.get("key", ""),
+        model=query.get("model", ""),
+        status=query.get("status", ""),
+        cache=query.get("cache", ""),
+    )
+    return params, filters
+
+
+class FirstRendererNegotiation(BaseContentNegotiation):
+    """The CSV endpoint answers CSV, or JSON errors, whatever the client's Accept header says."""
+
+    def select_parser(self, request, parsers):
+        return parsers[0]
+
+    def select_renderer(self, request, renderers, format_suffix=None):
+        return renderers[0], renderers[0].media_type
+
+
+class UsageRecordSerializer(serializers.ModelSerializer):
+    team = serializers.CharField(source="team.slug")
+    api_key_prefix = serializers.CharField(source="api_key.prefix")
+    cost_usd = serializers.SerializerMethodField()
+
+    class Meta:
+        model = UsageRecord
+        fields = (
+            "request_id",
+            "created_at",
+            "team",
+            "api_key_prefix",
+            "endpoint",
+            "requested_model",
+            "served_model",
+            "is_stream",
+            "prompt_tokens",
+            "cached_tokens",
+            "completion_tokens",
+            "usage_estimated",
+            "cost_usd",
+            "upstream_latency_ms",
+            "total_latency_ms",
+            "cache_status",
+            "routed_to_large",
+            "http_status",
+            "error_code",
+            "kind",
+            "parent_request_id",
+        )
+
+    def get_cost_usd(self, record: UsageRecord) -> str:
+        return format_cost(record.cost_usd)
+
+
+UsageGroupSerializer = inline_serializer(
+    "UsageGroup",
+    fields={
+        **{grouping: serializers.CharField(required=False) for grouping in ExportGrouping.values},
+        "requests": serializers.IntegerField(),
+        "errors": serializers.IntegerField(),
+        "prompt_tokens": serializers.IntegerField(),
+        "cached_tokens": serializers.IntegerField(),
+        "completion_tokens": serializers.IntegerField(),
+        "cost_usd": serializers.DecimalField(max_digits=20, decimal_places=10),
+    },
+)
+
+
+@extend_schema_field(
+    PolymorphicProxySerializer(
+        component_name="UsageRow",
+        serializers=[UsageRecordSerializer, UsageGroupSerializer],
+        resource_type_field_name=None,
+        many=True,
+    )
+)
+class UsageRowsField(serializers.ListField):
+    pass
+
+
+UsagePageSerializer = inline_serializer(
+    "UsagePage",
+    fields={
+        "count": serializers.IntegerField(required=False, help_text="Grouped only: how many groups in all."),
+        "next": serializers.URLField(allow_null=True),
+        "previous": serializers.URLField(allow_null=True),
+        "results": UsageRowsField(help_text="Ledger rows (UsageRecord), or groups (UsageGroup) with ?group_by=."),
+    },
+)
+
+
+class UsageCursorPagination(CursorPagination):
+    ordering = ("-created_at", "-id")
+    page_size = 100
+    page_size_query_param = "page_size"
+    max_page_size = 1000
+
+    def paginate_queryset(self, queryset, request, view=None):
+        try:
+            return super().paginate_queryset(queryset, request, view)
+        except DjangoValidationError:  # a cursor whose position is not a time
+            raise NotFound(self.invalid_cursor_message) from None
+
+
+class UsageGroupPagination(LimitOffsetPagination):
+    default_limit = 100
+    max_limit = 1000
+
+
+class UsageView(APIView):
+    """Usage of one tenant: one row per request (cursor-paginated), or groups with ?group_by= (limit/offset)."""
+
+    @extend_schema(
+        parameters=[UsagePageQuerySerializer],
+        responses={200: UsagePageSerializer},
+        description="Ungrouped: paginated ledger rows, newest first. Grouped: paginated UsageGroup rows.",
+    )
+    def get(self, request: Request) -> Response:
+        query = _validated(UsagePageQuerySerializer, request.query_params.dict())
+        try:
+            tenant = finance_tenant(user=request.user, slug=query.get("tenant", ""))
+            params, filters = _params(query)
+        except ExportError as error:
+            return export_error_response(error)
+        records = filters.apply(usage_ledger_queryset(tenant=tenant, params=params))
+        if not params.group_by:
+            paginator = UsageCursorPagination()
+            page = paginator.paginate_queryset(records.select_related("team", "api_key"), request, view=self)
+            return paginator.get_paginated_response(UsageRecordSerializer(page, many=True).data)
+        groups = aggregate_queryset(records, group_by=params.group_by, zone=tenant_zone(tenant=tenant))
+        paginator = UsageGroupPagination()
+        page = paginator.paginate_queryset(groups, request, view=self)
+        return paginator.get_paginated_response([_group_payload(row, params.group_by) for row in page])
+
+
+def _group_payload(row: dict, group_by: tuple[ExportGrouping, ...]) -> dict:
+    return {
+        **group_labels(row, group_by),
+        "requests": row["requests"],
+        "errors": row["errors"],
+        "prompt_tokens": row["prompt_tokens"],
+        "cached_tokens": row["cached_tokens"],
+        "completion_tokens": row["completion_tokens"],
+        "cost_usd": format_cost(row["cost_usd"]),
+    }
+
+
+class UsageExportCsvView(APIView):
+    """Stream a CSV export; ranges longer than the synchronous limit are refused with a pointer to the async export."""
+
+    content_negotiation_class = FirstRendererNegotiation
+
+    @extend_schema(parameters=[UsageRangeQuerySerializer], responses={(200, "text/csv"): OpenApiTypes.STR})
+    def get(self, request: Request):
+        query = _validated(UsageRangeQuerySerializer, request.query_params.dict())
+        try:
+            tenant = finance_tenant(user=request.user, slug=query.get("tenant", ""))
+            params, filters = _params(query)
+        except ExportError as error:
+            return export_error_response(error)
+        if not is_sync_exportable(params):
+            return api_error_response(
+                f"A range of {params.days} days is too long to stream (the limit is {sync_export_max_days()} days). "
+                "POST the same parameters to the async export and fetch the file when it is ready.",
+                code="range_too_large_for_sync_export",
+                field="until",
+                async_export={"method": "POST", "url": "/api/usage/exports/"},
+            )
+        chunks = usage_export_chunks(tenant=tenant, params=params, queryset=filters.apply(UsageRecord.objects.all()))
+        return csv_streaming_response(request._request, chunks, filename=params.filename(tenant))
+
+
+ExportStatusSerializer = inline_serializer(
+    "UsageExportStatus",
+    fields={
+        "id": serializers.IntegerField(),
+        "status": serializers.ChoiceField(choices=ExportStatus.choices),
+        "since": serializers.DateField(),
+        "until": serializers.DateField(),
+        "group_by": serializers.CharField(allow_blank=True),
+        "error": serializers.CharField(allow_blank=True),
+        "status_url": serializers.CharField(),
+        "download_url": serializers.CharField(allow_null=True),
+    },
+)
+
+
+def _export_payload(export: UsageExport) -> dict:
+    base = f"/api/usage/exports/{export.pk}/"
+    return {
+        "id": export.pk,
+        "status": export.status,
+        "since": export.since.isoformat(),
+        "until": export.until.isoformat(),
+        "group_by": export.group_by,
+        "error": export.error,
+        "status_url": base,
+        "download_url": f"{base}download" if export.status == ExportStatus.DONE else None,
+    }
+
+
+class UsageExportCreateView(APIView):
+    @extend_schema(request=UsageExportRequestSerializer, responses={202: ExportStatusSerializer})
+    def post(self, request: Request) -> Response:
+        body = _validated(UsageExportRequestSerializer, request.data)
+        try:
+            slug = body.get("tenant") or request.query_params.get("tenant", "")
+            tenant = finance_tenant(user=request.user, slug=slug)
+            params = export_params_parse(since=body["since"], until=body["until"], group_by=body.get("group_by"))
+        except ExportError as error:
+            return export_error_response(error)
+        export = usage_export_request(tenant=tenant, user=request.user, params=params)
+        export.refresh_from_db()
+        return Response(_export_payload(export), status=status.HTTP_202_ACCEPTED)
+
+
+def _visible_export(request: Request, export_id: int) -> UsageExport:
+    return get_object_or_404(
+        UsageExport.objects.filter(tenant__in=tenants_exportable_by(user=request.user)), pk=export_id
+    )
+
+
+class UsageExportStatusView(APIView):
+    @extend_schema(responses={200: ExportStatusSerializer})
+    def get(self, request: Request, export_id: int) -> Response:
+        return Response(_export_payload(_visible_export(request, export_id)))
+
+
+class UsageExportDownloadView(APIView):
+    content_negotiation_class = FirstRendererNegotiation
+
+    @extend_schema(responses={(200, "text/csv"): OpenApiTypes.STR})
+    def get(self, request: Request, export_id: int):
+        export = _visible_export(request, export_id)
+        if export.status != ExportStatus.DONE:
+            raise Http404("The export is not ready.")
+        filename = export.file_name.rsplit("/", 1)[-1].split("-", 1)[1]
+        return FileResponse(
+            default_storage.open(export.file_name, "rb"),
+            as_attachment=True,
+            filename=filename,
+            content_type="text/csv; charset=utf-8",
+        )

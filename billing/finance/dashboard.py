@@ -1,0 +1,237 @@
+"""KPI figures for the admin dashboard, read from the daily rollups only (never the raw ledger).
+
+Definitions (all over the requests in the range, errors included):
+- cost per 1,000 requests = total cost / requests * 1000
+- average prompt / completion tokens = token total / requests
+- cache hit rate = exact + semantic cache hits / requests
+- routed-to-large % = requests the router sent to the tenant's large model / requests
+- p95 latency = estimated from the summed latency histogram (see billing.finance.rollups.latency_p95_ms)
+- error rate = requests answered with HTTP status ≥ 400 / requests
+- saved = the savings every lever recorded in the ledger (cache, routing, compression, batch discount)
+- baseline = spend + saved: what the requests would have cost on the premium model with no cache, compression or
+  batch discount; saved % = saved / baseline
+"""
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import date, datetime, time, timedelta
+from decimal import ROUND_HALF_EVEN, Decimal
+
+from django.utils import timezone
+
+from billing.budgets.selectors import budget_status
+from billing.finance.rollups import ROLLUP_SUMS, SAVINGS_LEVERS, histogram_sum, latency_p95_ms
+from billing.ledger.selectors import tenant_zone
+from billing.models import Budget, UsageRollupDaily
+from billing.templatetags.finance import cents
+from tenants.models import Team, Tenant
+
+LEVER_LABELS = {
+    "cache": "Response cache (exact + semantic)",
+    "routing": "Routing to a cheaper model",
+    "compression": "Prompt compression",
+    "batch": "Batch discount",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetUsage:
+    """What the budget hook returns for each budget in scope."""
+
+    name: str
+    limit_usd: Decimal
+    spent_usd: Decimal
+
+    @property
+    def used_percent(self) -> float | None:
+        return float(self.spent_usd / self.limit_usd * 100) if self.limit_usd else None
+
+
+@dataclass
+class UsageTotals:
+    requests: int = 0
+    errors: int = 0
+    upstream_errors: int = 0
+    cache_hits: int = 0
+    routed_to_large: int = 0
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: Decimal = Decimal(0)
+    saved_cache_usd: Decimal = Decimal(0)
+    saved_routing_usd: Decimal = Decimal(0)
+    saved_compression_usd: Decimal = Decimal(0)
+    saved_batch_usd: Decimal = Decimal(0)
+    latency_sum_ms: int = 0
+    latency_histogram: list[int] = field(default_factory=list)
+
+    def add(self, rollup: UsageRollupDaily) -> None:
+        for name in ROLLUP_SUMS:
+            setattr(self, name, getattr(self, name) + getattr(rollup, name))
+        self.latency_histogram = histogram_sum([self.latency_histogram, rollup.latency_histogram])
+
+    def _rate(self, count: int) -> float | None:
+        return count / self.requests if self.requests else None
+
+    @property
+    def cost_per_1k_requests(self) -> Decimal | None:
+        if not self.requests:
+            return None
+        return (self.cost_usd * 1000 / self.requests).quantize(Decimal("0.0001"), rounding=ROUND_HALF_EVEN)
+
+    @property
+    def avg_prompt_tokens(self) -> float | None:
+        return self._rate(self.prompt_tokens)
+
+    @property
+    def avg_completion_tokens(self) -> float | None:
+        return self._rate(self.completion_tokens)
+
+    @property
+    def cache_hit_rate(self) -> float | None:
+        return self._rate(self.cache_hits)
+
+    @property
+    def error_rate(self) -> float | None:
+        return self._rate(self.errors)
+
+    @property
+    def routed_to_large_rate(self) -> float | None:
+        return self._rate(self.routed_to_large)
+
+    @property
+    def p95_latency_ms(self) -> float | None:
+        return latency_p95_ms(self.latency_histogram)
+
+    @property
+    def savings_by_lever(self) -> dict[str, Decimal]:
+        return {lever: getattr(self, f"saved_{lever}_usd") for lever in SAVINGS_LEVERS}
+
+    @property
+    def saved_usd(self) -> Decimal:
+        return sum(self.savings_by_lever.values(), Decimal(0))
+
+    @property
+    def baseline_usd(self) -> Decimal:
+        """What the requests would have cost on the premium model with no cache, compression or batch discount."""
+        return self.cost_usd + self.saved_usd
+
+    def share_of_baseline(self, amount: Decimal) -> float | None:
+        return float(amount / self.baseline_usd) if self.baseline_usd else None
+
+
+@dataclass
+class Dashboard:
+    tenant: Tenant
+    since: date
+    until: date
+    team: Team | None
+    totals: UsageTotals
+    days: list[tuple[date, UsageTotals]]
+    spend_by_model: dict[str, Decimal]
+    budgets: list[BudgetUsage]
+
+    def headline(self) -> dict[str, str]:
+        """Saved against the all-premium, no-cache baseline, as displayed: money in cents, the share to one place."""
+        totals = self.totals
+        return {
+            "saved": cents(totals.saved_usd),
+            "saved_percent": _percent_text(totals.share_of_baseline(totals.saved_usd)),
+            "baseline": cents(totals.baseline_usd),
+            "spend": cents(totals.cost_usd),
+        }
+
+    def savings_rows(self) -> list[tuple[str, str, str, str]]:
+        """(lever, label, saved in cents, share of the baseline) per lever."""
+        totals = self.totals
+        return [
+            (lever, LEVER_LABELS[lever], cents(saved), _percent_text(totals.share_of_baseline(saved)))
+            for lever, saved in totals.savings_by_lever.items()
+        ]
+
+    def kpis(self) -> list[tuple[str, str, str]]:
+        """(id, label, displayed value) per KPI card; rates as percentages to one place, money rounded half-even."""
+        totals = self.totals
+        p95 = totals.p95_latency_ms
+        return [
+            ("spend", "Spend (USD)", cents(totals.cost_usd)),
+            ("requests", "Requests", str(totals.requests)),
+            ("cost-per-1k", "Cost per 1,000 requests (USD)", _or_dash(totals.cost_per_1k_requests)),
+            ("avg-prompt", "Avg prompt tokens", _or_dash(totals.avg_prompt_tokens, "{:.1f}")),
+            ("avg-completion", "Avg completion tokens", _or_dash(totals.avg_completion_tokens, "{:.1f}")),
+            ("cache-hit-rate", "Cache hit rate", _percent_text(totals.cache_hit_rate)),
+            ("routed-large", "Routed to large model", _percent_text(totals.routed_to_large_rate)),
+            ("p95", "p95 latency (ms, estimated)", _or_dash(p95, "{:.0f}")),
+            ("error-rate", "Error rate", _percent_text(totals.error_rate)),
+        ]
+
+    def chart_data(self) -> dict:
+        """The series the charts draw, as JSON-safe values (money as strings rounded to cents for the axis)."""
+        return {
+            "days": [day.isoformat() for day, _ in self.days],
+            "spend": [cents(totals.cost_usd) for _, totals in self.days],
+            "requests": [totals.requests for _, totals in self.days],
+            "error_rate": [_percent(totals.error_rate) for _, totals in self.days],
+            "cache_hit_rate": [_percent(totals.cache_hit_rate) for _, totals in self.days],
+            "routed_to_large": [_percent(totals.routed_to_large_rate) for _, totals in self.days],
+            "p95_latency_ms": [totals.p95_latency_ms for _, totals in self.days],
+            "savings": {LEVER_LABELS[lever]: cents(value) for lever, value in self.totals.savings_by_lever.items()},
+            "spend_by_model": {model: cents(value) for model, value in self.spend_by_model.items()},
+        }
+
+
+def _or_dash(value, template: str = "{}") -> str:
+    return "–" if value is None else template.format(value)
+
+
+def _percent_text(rate: float | None) -> str:
+    return "–" if rate is None else f"{rate * 100:.1f} %"
+
+
+def _percent(rate: float | None) -> float | None:
+    return round(rate * 100, 2) if rate is not None else None
+
+
+def budget_usage(*, tenant: Tenant, since: date, until: date) -> list[BudgetUsage]:
+    """Each active budget's spend in its period that contains `until` (the current one for a range ending today)."""
+    zone = tenant_zone(tenant=tenant)
+    end_of_range = datetime.combine(until, time.max, tzinfo=zone)
+    moment = min(timezone.now(), end_of_range)
+    statuses = [
+        budget_status(budget=budget, now=moment)
+        for budget in Budget.objects.for_tenant(tenant).filter(is_active=True).select_related("team", "api_key")
+    ]
+    return [
+        BudgetUsage(
+            name=f"{status.budget} ({status.window.key})", limit_usd=status.budget.limit_usd, spent_usd=status.spent_usd
+        )
+        for status in statuses
+    ]
+
+
+def dashboard_build(*, tenant: Tenant, since: date, until: date, team: Team | None = None) -> Dashboard:
+    rollups = UsageRollupDaily.objects.for_tenant(tenant).filter(day__gte=since, day__lte=until)
+    if team is not None:
+        rollups = rollups.filter(team=team)
+    totals = UsageTotals()
+    by_day: dict[date, UsageTotals] = defaultdict(UsageTotals)
+    spend_by_model: dict[str, Decimal] = defaultdict(Decimal)
+    for rollup in rollups.order_by("day"):
+        totals.add(rollup)
+        by_day[rollup.day].add(rollup)
+        spend_by_model[rollup.served_model or "(none)"] += rollup.cost_usd
+    return Dashboard(
+        tenant=tenant,
+        since=since,
+        until=until,
+        team=team,
+        totals=totals,
+        days=[(day, by_day.get(day, UsageTotals())) for day in _days(since, until)],
+        spend_by_model=dict(sorted(spend_by_model.items(), key=lambda item: -item[1])),
+        budgets=budget_usage(tenant=tenant, since=since, until=until),
+    )
+
+
+def _days(since: date, until: date) -> Iterable[date]:
+    return (since + timedelta(days=offset) for offset in range((until - since).days + 1))

@@ -1,0 +1,274 @@
+"""Keep the hourly and daily rollups equal to the ledger.
+
+Two ways in, both idempotent (a bucket is always rebuilt whole, an hour from the ledger and a day from its hours,
+never incremented):
+
+- `usage_rollups_refresh` folds in ledger rows written since the last run (by ledger id), rebuilding only the
+  hours and days they touch. Beat runs it every minute.
+- `usage_rollups_rebuild` rebuilds every bucket of a tenant in a time range. Beat runs it nightly over the last two
+  days, which picks up rows whose insert committed after a later id had already been folded in; the seed and
+  backfills call it directly.
+
+Both take the cursor row's lock, so two rollup writers never interleave a bucket's delete and insert.
+
+Pages that read the rollups call `usage_rollups_refresh_if_stale` first: when a ledger row older than
+LLMOPS_ROLLUPS_MAX_AGE_SECONDS is not folded in yet, it runs the refresh, unless another one holds the lock.
+"""
+
+from collections import defaultdict
+from collections.abc import Iterable
+from datetime import UTC, date, datetime, time, timedelta
+from decimal import Decimal
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Count, DecimalField, Max, Q, Sum, Value
+from django.db.models.functions import Coalesce, TruncDate, TruncHour
+from django.utils import timezone
+
+from billing.ledger.selectors import tenant_zone
+from billing.models import REQUEST_ROWS, CacheStatus, RollupCursor, UsageRecord, UsageRollupDaily, UsageRollupHourly
+from billing.models.rollups import LATENCY_BUCKET_EDGES_MS
+from tenants.models import Tenant
+
+ROLLUP_CURSOR_NAME = "usage"
+CACHE_HIT_STATUSES = (CacheStatus.HIT_EXACT, CacheStatus.HIT_SEMANTIC)
+SAVINGS_LEVERS = ("cache", "routing", "compression", "batch")
+HOUR = timedelta(hours=1)
+# The rollup fields that add up across buckets (the latency histogram adds element by element).
+ROLLUP_SUMS = (
+    "requests",
+    "errors",
+    "upstream_errors",
+    "cache_hits",
+    "routed_to_large",
+    "prompt_tokens",
+    "cached_tokens",
+    "completion_tokens",
+    "cost_usd",
+    *(f"saved_{lever}_usd" for lever in SAVINGS_LEVERS),
+    "latency_sum_ms",
+)
+ZERO_USD = Decimal(0)
+
+
+def _sum_or_zero(field_name: str):
+    return Coalesce(Sum(field_name), Value(ZERO_USD), output_field=DecimalField(max_digits=20, decimal_places=10))
+
+
+def rollup_aggregates() -> dict:
+    """The ledger aggregates every rollup row holds, as ORM expressions."""
+    aggregates = {
+        "requests": Count("id", filter=REQUEST_ROWS),
+        "errors": Count("id", filter=REQUEST_ROWS & Q(http_status__gte=400)),
+        "upstream_errors": Count("id", filter=REQUEST_ROWS & Q(http_status__gte=500)),
+        "cache_hits": Count("id", filter=Q(cache_status__in=CACHE_HIT_STATUSES)),
+        "routed_to_large": Count("id", filter=Q(routed_to_large=True)),
+        "prompt_tokens": Sum("prompt_tokens"),
+        "cached_tokens": Sum("cached_tokens"),
+        "completion_tokens": Sum("completion_tokens"),
+        "cost_usd": Sum("cost_usd"),
+        "latency_sum_ms": Sum("total_latency_ms"),
+    }
+    for lever in SAVINGS_LEVERS:
+        aggregates[f"saved_{lever}_usd"] = _sum_or_zero(f"saved_{lever}_usd")
+    lower = -1
+    for index, upper in enumerate(LATENCY_BUCKET_EDGES_MS):
+        aggregates[f"latency_le_{index}"] = Count(
+            "id", filter=Q(total_latency_ms__gt=lower, total_latency_ms__lte=upper)
+        )
+        lower = upper
+    aggregates["latency_overflow"] = Count("id", filter=Q(total_latency_ms__gt=lower))
+    return aggregates
+
+
+def _rollup_values(row: dict) -> dict:
+    histogram = [row.pop(f"latency_le_{index}") for index in range(len(LATENCY_BUCKET_EDGES_MS))]
+    histogram.append(row.pop("latency_overflow"))
+    return {**row, "latency_histogram": histogram}
+
+
+def _rebuild_hours(*, tenant: Tenant, start: datetime, end: datetime) -> int:
+    """Replace the tenant's hourly rollups for the UTC hours in [start, end) with fresh ledger aggregates."""
+    rows = (
+        UsageRecord.objects.for_tenant(tenant)
+        .filter(created_at__gte=start, created_at__lt=end)
+        .annotate(bucket_start=TruncHour("created_at", tzinfo=UTC))
+        .values("bucket_start", "team_id", "served_model")
+        .annotate(**rollup_aggregates())
+        .order_by()
+    )
+    rollups = [UsageRollupHourly(tenant=tenant, **_rollup_values(row)) for row in rows]
+    UsageRollupHourly.objects.for_tenant(tenant).filter(bucket_start__gte=start, bucket_start__lt=end).delete()
+    UsageRollupHourly.objects.bulk_create(rollups, batch_size=1000)
+    return len(rollups)
+
+
+def _rebuild_days(*, tenant: Tenant, first: date, last: date) -> int:
+    """Replace the tenant's daily rollups for local days first..last with fresh aggregates.
+
+    Summed from the hourly rollups when every day starts on a whole UTC hour (a day holds a few hundred hourly rows
+    instead of a day of ledger rows); from the ledger in half-hour zones. Rebuild the hours first.
+    """
+    zone = tenant_zone(tenant=tenant)
+    start = datetime.combine(first, time.min, tzinfo=zone)
+    end = datetime.combine(last + timedelta(days=1), time.min, tzinfo=zone)
+    days = [first + timedelta(days=offset) for offset in range((last - first).days + 2)]
+    if all(datetime.combine(day, time.min, tzinfo=zone).utcoffset() % HOUR == timedelta(0) for day in days):
+        rollups = _days_from_hours(tenant=tenant, zone=zone, start=start, end=end)
+    else:
+        rows = (
+            UsageRecord.objects.for_tenant(tenant)
+            .filter(created_at__gte=start, created_at__lt=end)
+            .annotate(day=TruncDate("created_at", tzinfo=zone))
+            .values("day", "team_id", "served_model")
+            .annotate(**rollup_aggregates())
+            .order_by()
+        )
+        rollups = [UsageRollupDaily(tenant=tenant, **_rollup_values(row)) for row in rows]
+    UsageRollupDaily.objects.for_tenant(tenant).filter(day__gte=first, day__lte=last).delete()
+    UsageRollupDaily.objects.bulk_create(rollups, batch_size=1000)
+    return len(rollups)
+
+
+def _days_from_hours(*, tenant: Tenant, zone, start: datetime, end: datetime) -> list[UsageRollupDaily]:
+    days: dict[tuple, UsageRollupDaily] = {}
+    hours = UsageRollupHourly.objects.for_tenant(tenant).filter(bucket_start__gte=start, bucket_start__lt=end)
+    for hour in hours.order_by("bucket_start"):
+        key = (hour.bucket_start.astimezone(zone).date(), hour.team_id, hour.served_model)
+        day = days.get(key)
+        if day is None:
+            days[key] = day = UsageRollupDaily(
+                tenant=tenant, day=key[0], team_id=hour.team_id, served_model=hour.served_model, latency_histogram=[]
+            )
+        for name in ROLLUP_SUMS:
+            setattr(day, name, getattr(day, name) + getattr(hour, name))
+        day.latency_histogram = histogram_sum([day.latency_histogram, hour.latency_histogram])
+    return list(days.values())
+
+
+def _contiguous_runs(hours: Iterable[datetime]) -> list[tuple[datetime, datetime]]:
+    """Sorted hour starts as [start, end) runs of consecutive hours."""
+    runs: list[tuple[datetime, datetime]] = []
+    for hour in sorted(hours):
+        if runs and runs[-1][1] == hour:
+            runs[-1] = (runs[-1][0], hour + HOUR)
+        else:
+            runs.append((hour, hour + HOUR))
+    return runs
+
+
+def _local_days(*, tenant: Tenant, start: datetime, end: datetime) -> tuple[date, date]:
+    zone = tenant_zone(tenant=tenant)
+    return start.astimezone(zone).date(), (end - timedelta(microseconds=1)).astimezone(zone).date()
+
+
+def floor_hour(moment: datetime) -> datetime:
+    return moment.replace(minute=0, second=0, microsecond=0)
+
+
+def _ceil_hour(moment: datetime) -> datetime:
+    floor = floor_hour(moment)
+    return floor if floor == moment else floor + HOUR
+
+
+def _lock_rollups(*, wait: bool = True) -> RollupCursor | None:
+    """The cursor row, locked; None when `wait` is false and another writer holds the lock."""
+    cursor, _ = RollupCursor.objects.get_or_create(name=ROLLUP_CURSOR_NAME)
+    return RollupCursor.objects.select_for_update(skip_locked=not wait).filter(pk=cursor.pk).first()
+
+
+def usage_rollups_refresh(*, max_rows: int = 200_000, wait: bool = True) -> int:
+    """Fold ledger rows written since the last run into the rollups; returns how many ledger rows it covered.
+
+    With `wait=False` it returns 0 at once when another refresh or rebuild is running.
+    """
+    with transaction.atomic():
+        cursor = _lock_rollups(wait=wait)
+        if cursor is None:
+            return 0
+        newest_id = UsageRecord.objects.aggregate(newest=Max("id"))["newest"] or 0
+        upper_id = min(newest_id, cursor.last_usage_id + max_rows)
+        if upper_id <= cursor.last_usage_id:
+            return 0
+        touched = (
+            UsageRecord.objects.filter(id__gt=cursor.last_usage_id, id__lte=upper_id)
+            .annotate(hour=TruncHour("created_at", tzinfo=UTC))
+            .values_list("tenant_id", "hour")
+            .distinct()
+            .order_by()
+        )
+        hours_by_tenant: dict[int, set[datetime]] = defaultdict(set)
+        for tenant_id, hour in touched:
+            hours_by_tenant[tenant_id].add(hour)
+        for tenant in Tenant.objects.filter(pk__in=hours_by_tenant):
+            for start, end in _contiguous_runs(hours_by_tenant[tenant.pk]):
+                _rebuild_hours(tenant=tenant, start=start, end=end)
+                first, last = _local_days(tenant=tenant, start=start, end=end)
+                _rebuild_days(tenant=tenant, first=first, last=last)
+        covered = upper_id - cursor.last_usage_id
+        cursor.last_usage_id = upper_id
+        cursor.save(update_fields=["last_usage_id", "updated_at"])
+    return covered
+
+
+def usage_rollups_refresh_if_stale() -> int:
+    """Refresh when the rollups lack a ledger row older than LLMOPS_ROLLUPS_MAX_AGE_SECONDS.
+
+    For pages that read the rollups: when they are fresh this costs two indexed reads, and a page never waits for a
+    refresh another process is running. Returns how many ledger rows it covered.
+    """
+    folded = RollupCursor.objects.filter(name=ROLLUP_CURSOR_NAME).values_list("last_usage_id", flat=True).first()
+    too_old = timezone.now() - timedelta(seconds=settings.LLMOPS_ROLLUPS_MAX_AGE_SECONDS)
+    if not UsageRecord.objects.filter(id__gt=folded or 0, created_at__lte=too_old).exists():
+        return 0
+    return usage_rollups_refresh(wait=False)
+
+
+def usage_rollups_rebuild(*, tenant: Tenant, first: date, last: date) -> None:
+    """Rebuild every hourly and daily rollup of the tenant for local days first..last, from the ledger."""
+    zone = tenant_zone(tenant=tenant)
+    start = datetime.combine(first, time.min, tzinfo=zone).astimezone(UTC)
+    end = datetime.combine(last + timedelta(days=1), time.min, tzinfo=zone).astimezone(UTC)
+    with transaction.atomic():
+        _lock_rollups()
+        # Whole UTC hours covering the local days; for a half-hour zone this reaches 30 minutes past either end.
+        _rebuild_hours(tenant=tenant, start=floor_hour(start), end=_ceil_hour(end))
+        _rebuild_days(tenant=tenant, first=first, last=last)
+
+
+def usage_rollups_rebuild_recent(*, days: int = 2) -> int:
+    """Rebuild the last `days` local days of every active tenant; returns how many tenants it covered."""
+    tenants = list(Tenant.objects.filter(is_active=True))
+    for tenant in tenants:
+        today = datetime.now(tenant_zone(tenant=tenant)).date()
+        usage_rollups_rebuild(tenant=tenant, first=today - timedelta(days=days - 1), last=today)
+    return len(tenants)
+
+
+def latency_p95_ms(histogram: list[int]) -> float | None:
+    """Estimate the 95th percentile from a summed latency histogram.
+
+    Nearest rank, then linear interpolation inside the bucket the rank falls in, so the estimate always lies
+    in the same bucket as the true p95. A rank in the overflow bucket answers the last edge (a lower bound).
+    """
+    total = sum(histogram)
+    if total == 0:
+        return None
+    rank = -(-95 * total // 100)
+    seen = 0
+    lower = 0
+    for count, upper in zip(histogram, LATENCY_BUCKET_EDGES_MS, strict=False):
+        if seen + count >= rank:
+            return lower + (upper - lower) * (rank - seen) / count
+        seen += count
+        lower = upper
+    return float(LATENCY_BUCKET_EDGES_MS[-1])
+
+
+def histogram_sum(histograms: Iterable[list[int]]) -> list[int]:
+    total = [0] * (len(LATENCY_BUCKET_EDGES_MS) + 1)
+    for histogram in histograms:
+        for index, count in enumerate(histogram):
+            total[index] += count
+    return total

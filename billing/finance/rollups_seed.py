@@ -1,0 +1,192 @@
+"""Synthetic usage for the demo tenant, so the dashboard has weeks of history on first run.
+
+Each row is what the gateway would have written for the request, savings included, priced with billing.ledger.costs:
+
+- requests name the `auto` alias and are routed as the default policy does: most to the tenant's cheapest allowed
+  model, enterprise-tier ones to its dearest (the premium model). One served by the cheap model saved what the
+  premium model would have charged for the same tokens, minus what the cheap one charged.
+- some long prompts were compressed: the removed tokens are saved at the served model's input price.
+- cache hits (exact and semantic) replay an earlier answered request of the same model: cost 0, no tokens, and a
+  saving equal to what that request cost.
+- some lines went to the provider's batch endpoint: charged the model's `batch_price_multiplier` of the list price,
+  the rest saved.
+- a few upstream failures: no tokens, no cost, no saving.
+"""
+
+import math
+import random
+from collections import defaultdict
+from datetime import UTC, date, datetime, timedelta
+from decimal import ROUND_HALF_EVEN, Decimal
+
+from django.utils import timezone
+
+from billing.finance.rollups import usage_rollups_rebuild
+from billing.ledger.costs import LEDGER_QUANTUM, usage_cost
+from billing.ledger.selectors import tenant_zone
+from billing.models import CacheStatus, UsageRecord
+from routing.catalog import ModelPrices
+from routing.models import Model, TenantModelAccess
+from tenants.models import ApiKey, Tenant
+from tenants.services import api_key_create
+
+WEEKDAY_REQUESTS = 420
+WEEKEND_FACTOR = 0.35
+EXACT_HIT_SHARE = 0.12
+SEMANTIC_HIT_SHARE = 0.06
+PREMIUM_SHARE = 0.25
+FAILURE_SHARE = 0.02
+BATCH_SHARE = 0.08
+# Prompts longer than this are compressed (most of the time) to between these shares of their length.
+COMPRESSION_ABOVE_TOKENS = 1200
+COMPRESSION_KEEPS = (0.45, 0.8)
+# How many recent answers per model a cache hit may replay (roughly an hour's traffic).
+CACHE_WINDOW = 40
+BATCH_ENDPOINT = "/v1/batches"
+
+
+def _hour_weight(hour: int) -> float:
+    """Busy office hours, quiet nights."""
+    return 0.15 + math.exp(-((hour - 14) ** 2) / 18)
+
+
+def _keys_by_team(tenant: Tenant) -> list[ApiKey]:
+    keys = []
+    for team in tenant.teams.filter(is_active=True):
+        key = ApiKey.objects.for_tenant(tenant).filter(team=team).first()
+        keys.append(key or api_key_create(team=team, name=f"{team.slug} synthetic usage")[0])
+    return keys
+
+
+def _prices(model: Model) -> ModelPrices:
+    return ModelPrices(
+        model.input_price_per_million,
+        model.cached_input_price_per_million,
+        model.output_price_per_million,
+        model.cache_write_price_per_million,
+    )
+
+
+def seed_demo_usage(*, tenant: Tenant, days: int = 21, seed: int = 7) -> int:
+    """Write `days` days of realistic ledger rows for the tenant's teams and allowed models, then build the rollups.
+
+    Deterministic for a seed and a day: a rerun the same day writes the same request ids, which the ledger
+    ignores. Returns the number of rows offered to the ledger.
+    """
+    access = TenantModelAccess.objects.prefetch_related("allowed_models").get(tenant=tenant)
+    # Cheapest and dearest, ordered as the default routing policy picks its small and large model.
+    models = sorted(
+        access.allowed_models.all(),
+        key=lambda model: (model.input_price_per_million + model.output_price_per_million, model.name),
+    )
+    keys = _keys_by_team(tenant)
+    if not models or not keys:
+        raise ValueError(f"tenant '{tenant.slug}' needs at least one allowed model and one team")
+    history = _SyntheticHistory(tenant=tenant, small=models[0], premium=models[-1], randomness=random.Random(seed))
+    zone = tenant_zone(tenant=tenant)
+    today = timezone.now().astimezone(zone).date()
+    first_day = today - timedelta(days=days - 1)
+    now = timezone.now()
+    records = []
+    for offset in range(days):
+        day = first_day + timedelta(days=offset)
+        for moment in history.moments(day, zone=zone):
+            record = history.record(key=history.randomness.choice(keys), moment=moment)
+            if record.created_at <= now:
+                records.append(record)
+    UsageRecord.objects.bulk_create(records, batch_size=2000, ignore_conflicts=True)
+    usage_rollups_rebuild(tenant=tenant, first=first_day, last=today)
+    return len(records)
+
+
+class _SyntheticHistory:
+    def __init__(self, *, tenant: Tenant, small: Model, premium: Model, randomness: random.Random):
+        self.tenant = tenant
+        self.small = small
+        self.premium = premium
+        self.randomness = randomness
+        self.answers: dict[str, list[Decimal]] = defaultdict(list)
+
+    def moments(self, day: date, *, zone) -> list[datetime]:
+        volume = WEEKDAY_REQUESTS * (WEEKEND_FACTOR if day.weekday() >= 5 else 1.0) * self.randomness.uniform(0.8, 1.2)
+        weights = [_hour_weight(hour) for hour in range(24)]
+        start = datetime(day.year, day.month, day.day, tzinfo=zone)
+        moments = [
+            start + timedelta(hours=hour, seconds=self.randomness.randrange(3600))
+            for hour, weight in enumerate(weights)
+            for _ in range(int(volume * weight / sum(weights)))
+        ]
+        return sorted(moments)
+
+    def record(self, *, key: ApiKey, moment: datetime) -> UsageRecord:
+        randomness = self.randomness
+        model = self.premium if randomness.random() < PREMIUM_SHARE else self.small
+        record = UsageRecord(
+            request_id=f"seed_{self.tenant.pk}_{moment.astimezone(UTC):%Y%m%d%H%M%S}_{randomness.getrandbits(40):010x}",
+            tenant=self.tenant,
+            team_id=key.team_id,
+            api_key=key,
+            requested_model="auto",
+            served_model=model.name,
+            route="enterprise-tier" if model == self.premium else "otherwise-small",
+            routed_to_large=model == self.premium and model != self.small,
+            is_stream=randomness.random() < 0.4,
+            http_status=200,
+            created_at=moment,
+        )
+        roll = randomness.random()
+        answers = self.answers[model.name]
+        if roll < EXACT_HIT_SHARE + SEMANTIC_HIT_SHARE and answers:
+            record.cache_status = CacheStatus.HIT_EXACT if roll < EXACT_HIT_SHARE else CacheStatus.HIT_SEMANTIC
+            record.saved_cache_usd = randomness.choice(answers[-CACHE_WINDOW:])
+            record.total_latency_ms = 5 + randomness.randrange(15)
+            record.attempts = 0
+            return record
+        record.cache_status = CacheStatus.MISS
+        record.attempts = 1
+        if randomness.random() < FAILURE_SHARE:
+            record.http_status, record.error_code = 502, "upstream_error"
+            record.total_latency_ms = int(randomness.lognormvariate(7.5, 0.4))
+            return record
+        self._answer(record, model)
+        return record
+
+    def _answer(self, record: UsageRecord, model: Model) -> None:
+        """Tokens, latency, cost and the routing, compression and batch savings of a request answered upstream."""
+        randomness = self.randomness
+        prompt = int(randomness.lognormvariate(6.3, 0.7))
+        if prompt > COMPRESSION_ABOVE_TOKENS and randomness.random() < 0.7:
+            record.prompt_tokens_before_compression = prompt
+            prompt = int(prompt * randomness.uniform(*COMPRESSION_KEEPS))
+            record.prompt_tokens_after_compression = prompt
+            record.saved_compression_usd = usage_cost(
+                prices=_prices(model),
+                prompt_tokens=record.prompt_tokens_before_compression - prompt,
+                cached_tokens=0,
+                completion_tokens=0,
+            )
+        record.prompt_tokens = prompt
+        record.cached_tokens = int(prompt * randomness.uniform(0, 0.5)) if randomness.random() < 0.3 else 0
+        record.completion_tokens = int(randomness.lognormvariate(5.0, 0.6))
+        tokens = {
+            "prompt_tokens": record.prompt_tokens,
+            "cached_tokens": record.cached_tokens,
+            "completion_tokens": record.completion_tokens,
+        }
+        list_cost = usage_cost(prices=_prices(model), **tokens)
+        if model != self.premium:
+            record.saved_routing_usd = max(usage_cost(prices=_prices(self.premium), **tokens) - list_cost, Decimal(0))
+        record.cost_usd = list_cost
+        is_large = model == self.premium
+        record.total_latency_ms = int(
+            randomness.lognormvariate(6.6 if is_large else 6.0, 0.5) + record.completion_tokens * (8 if is_large else 3)
+        )
+        record.upstream_latency_ms = max(record.total_latency_ms - 8, 1)
+        if not record.is_stream and randomness.random() < BATCH_SHARE:
+            record.endpoint = BATCH_ENDPOINT
+            record.tags = [f"batch:seed-{record.created_at:%Y%m%d}"]
+            record.cost_usd = (list_cost * model.batch_price_multiplier).quantize(LEDGER_QUANTUM, ROUND_HALF_EVEN)
+            record.saved_batch_usd = list_cost - record.cost_usd
+            return
+        # Only synchronous answers are stored in the response cache.
+        self.answers[model.name].append(list_cost)

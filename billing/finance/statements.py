@@ -1,0 +1,170 @@
+"""Monthly statement of a tenant: what each team and model cost, what each lever saved, how budgets were used.
+
+Read straight from the ledger (one grouped query per month), so the statement equals the ledger exactly;
+money keeps the ledger's 10 places, with a cents column rounded half to even for reading.
+"""
+
+import calendar
+import io
+from dataclasses import dataclass
+from datetime import date
+from decimal import ROUND_HALF_EVEN, Decimal
+
+from django.db.models import Count, Q, Sum
+
+from billing.finance.csv_writer import FormulaSafeWriter
+from billing.finance.dashboard import BudgetUsage, budget_usage
+from billing.finance.exports import ExportParams, usage_ledger_queryset
+from billing.finance.rollups import SAVINGS_LEVERS
+from billing.ledger.costs import format_cost
+from billing.ledger.selectors import NO_SERVED_MODEL
+from billing.models import REQUEST_ROWS
+from tenants.models import Tenant
+
+CENT = Decimal("0.01")
+STATEMENT_COLUMNS = ("section", "team", "model", "requests", "errors", "prompt_tokens", "completion_tokens", "cost_usd")
+
+
+@dataclass(frozen=True, slots=True)
+class StatementLine:
+    team: str
+    model: str
+    requests: int
+    errors: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class Statement:
+    tenant: Tenant
+    month: date
+    lines: list[StatementLine]
+    savings: dict[str, Decimal]
+    budgets: list[BudgetUsage]
+
+    @property
+    def period_end(self) -> date:
+        return self.month.replace(day=calendar.monthrange(self.month.year, self.month.month)[1])
+
+    @property
+    def total_usd(self) -> Decimal:
+        return sum((line.cost_usd for line in self.lines), Decimal(0))
+
+    @property
+    def total_requests(self) -> int:
+        return sum(line.requests for line in self.lines)
+
+    def _totals_by(self, attribute: str) -> dict[str, Decimal]:
+        totals: dict[str, Decimal] = {}
+        for line in self.lines:
+            key = getattr(line, attribute)
+            totals[key] = totals.get(key, Decimal(0)) + line.cost_usd
+        return dict(sorted(totals.items()))
+
+    @property
+    def by_team(self) -> dict[str, Decimal]:
+        return self._totals_by("team")
+
+    @property
+    def by_model(self) -> dict[str, Decimal]:
+        return self._totals_by("model")
+
+
+def month_start(value: str | date) -> date:
+    """The first day of a month given as 2025-03 or any date in it; ValueError for anything else."""
+    if isinstance(value, date):
+        return value.replace(day=1)
+    year, month = value.split("-")[:2]
+    return date(int(year), int(month), 1)
+
+
+def statement_build(*, tenant: Tenant, month: date) -> Statement:
+    month = month_start(month)
+    last = month.replace(day=calendar.monthrange(month.year, month.month)[1])
+    ledger = usage_ledger_queryset(tenant=tenant, params=ExportParams(since=month, until=last, group_by=()))
+    rows = (
+        ledger.values("team__slug", "served_model")
+        .annotate(
+            requests=Count("id", filter=REQUEST_ROWS),
+            errors=Count("id", filter=REQUEST_ROWS & Q(http_status__gte=400)),
+            prompt=Sum("prompt_tokens"),
+            completion=Sum("completion_tokens"),
+            cost=Sum("cost_usd"),
+        )
+        .order_by("team__slug", "served_model")
+    )
+    lines = [
+        StatementLine(
+            team=row["team__slug"],
+            model=row["served_model"] or NO_SERVED_MODEL,
+            requests=row["requests"],
+            errors=row["errors"],
+            prompt_tokens=row["prompt"],
+            completion_tokens=row["completion"],
+            cost_usd=row["cost"],
+        )
+        for row in rows
+    ]
+    saved = ledger.aggregate(**{f"saved_{lever}_usd": Sum(f"saved_{lever}_usd") for lever in SAVINGS_LEVERS})
+    return Statement(
+        tenant=tenant,
+        month=month,
+        lines=lines,
+        savings={lever: saved.get(f"saved_{lever}_usd") or Decimal(0) for lever in SAVINGS_LEVERS},
+        budgets=budget_usage(tenant=tenant, since=month, until=last),
+    )
+
+
+def _cents(value: Decimal) -> str:
+    return f"{value.quantize(CENT, rounding=ROUND_HALF_EVEN):f}"
+
+
+def statement_csv(statement: Statement) -> str:
+    """The statement as one CSV: a `section` column tells detail lines, subtotals, savings and budgets apart."""
+    buffer = io.StringIO()
+    writer = FormulaSafeWriter(buffer)
+    writer.writerow(["tenant", statement.tenant.slug, "month", statement.month.strftime("%Y-%m")])
+    writer.writerow([*STATEMENT_COLUMNS, "cost_usd_rounded"])
+    for line in statement.lines:
+        writer.writerow(
+            [
+                "line",
+                line.team,
+                line.model,
+                line.requests,
+                line.errors,
+                line.prompt_tokens,
+                line.completion_tokens,
+                format_cost(line.cost_usd),
+                _cents(line.cost_usd),
+            ]
+        )
+    for team, cost in statement.by_team.items():
+        writer.writerow(["team_total", team, "", "", "", "", "", format_cost(cost), _cents(cost)])
+    for model, cost in statement.by_model.items():
+        writer.writerow(["model_total", "", model, "", "", "", "", format_cost(cost), _cents(cost)])
+    total = statement.total_usd
+    writer.writerow(["total", "", "", statement.total_requests, "", "", "", format_cost(total), _cents(total)])
+    for lever, saved in statement.savings.items():
+        writer.writerow([f"saved_{lever}", "", "", "", "", "", "", format_cost(saved), _cents(saved)])
+    for budget in statement.budgets:
+        writer.writerow(
+            ["budget_spent", budget.name, "", "", "", "", "", format_cost(budget.spent_usd), _cents(budget.spent_usd)]
+        )
+        writer.writerow(
+            ["budget_limit", budget.name, "", "", "", "", "", format_cost(budget.limit_usd), _cents(budget.limit_usd)]
+        )
+    return buffer.getvalue()
+
+
+def statement_push_to_s3(*, tenant: Tenant, month: date, bucket: str, client=None) -> str:
+    """Upload the month's statement CSV to s3://bucket/statements/<tenant>/<YYYY-MM>.csv; returns the key."""
+    import boto3
+
+    client = client or boto3.client("s3")
+    key = f"statements/{tenant.slug}/{month_start(month):%Y-%m}.csv"
+    body = statement_csv(statement_build(tenant=tenant, month=month)).encode()
+    client.put_object(Bucket=bucket, Key=key, Body=body, ContentType="text/csv; charset=utf-8")
+    return key

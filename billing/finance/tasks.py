@@ -1,0 +1,61 @@
+"""Celery tasks for finance: rollups, async exports, statements. Thin: ids in, load, call one service."""
+
+from datetime import timedelta
+
+from botocore.exceptions import BotoCoreError, ClientError
+from celery import shared_task
+from django.conf import settings
+from django.utils import timezone
+
+from billing.finance.cloudwatch import rollups_cloudwatch_publish_closed_hours
+from billing.finance.exports_async import usage_export_write
+from billing.finance.rollups import usage_rollups_rebuild_recent, usage_rollups_refresh
+from billing.finance.statements import month_start, statement_push_to_s3
+from billing.models import UsageExport
+from tenants.models import Tenant
+
+
+@shared_task
+def usage_rollups_refresh_task() -> int:
+    return usage_rollups_refresh()
+
+
+@shared_task
+def usage_rollups_rebuild_recent_task() -> int:
+    return usage_rollups_rebuild_recent(days=2)
+
+
+@shared_task
+def rollups_cloudwatch_publish_task() -> int:
+    """Hourly from beat when LLMOPS_CLOUDWATCH_NAMESPACE is set."""
+    return rollups_cloudwatch_publish_closed_hours(namespace=settings.LLMOPS_CLOUDWATCH_NAMESPACE, now=timezone.now())
+
+
+# The name predates the move into this package; tasks already queued under it still run.
+@shared_task(name="billing.tasks_finance.usage_export_write_task")
+def usage_export_write_task(export_id: int) -> None:
+    usage_export_write(export=UsageExport.objects.select_related("tenant").get(pk=export_id))
+
+
+@shared_task
+def statements_push_task() -> int:
+    """On the 1st: push last month's statement of every active tenant to S3, when a bucket is configured."""
+    bucket = settings.LLMOPS_STATEMENTS_BUCKET
+    if not bucket:
+        return 0
+    last_month = (timezone.now().date().replace(day=1) - timedelta(days=1)).replace(day=1)
+    tenant_ids = list(Tenant.objects.filter(is_active=True).values_list("pk", flat=True))
+    for tenant_id in tenant_ids:
+        statement_push_task.delay(tenant_id, last_month.isoformat())
+    return len(tenant_ids)
+
+
+# The name predates the move into this package; tasks already queued under it still run.
+@shared_task(name="billing.tasks_finance.statement_push_task", bind=True, max_retries=5)
+def statement_push_task(self, tenant_id: int, month: str) -> str:
+    try:
+        return statement_push_to_s3(
+            tenant=Tenant.objects.get(pk=tenant_id), month=month_start(month), bucket=settings.LLMOPS_STATEMENTS_BUCKET
+        )
+    except (BotoCoreError, ClientError) as error:
+        raise self.retry(exc=error, countdown=60 * 2**self.request.retries) from error

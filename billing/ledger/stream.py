@@ -1,0 +1,242 @@
+"""The durable ledger, off the request's critical path.
+
+With ``LLMOPS_LEDGER_MODE=stream`` (the default when ``REDIS_URL`` is set) the gateway appends each request's
+UsageEvent to a Redis stream and awaits the XADD, so the record is in Redis before the response completes; a
+drainer (``manage.py ledger_drain``) moves the stream into ``UsageRecord`` rows in bulk. Redis persistence is
+what makes an appended record survive a Redis restart: run Redis with ``appendonly yes`` (``appendfsync
+everysec`` may lose the last second on a crash of the Redis host, ``always`` loses nothing).
+
+The drainer reads with a consumer group, inserts a batch idempotently (``ignore_conflicts`` on the unique
+``request_id``), then acknowledges and deletes it, so an entry leaves the stream only once its row is
+committed. A drainer killed between insert and acknowledgement re-reads its pending entries when it restarts
+(same consumer name) or another drainer claims them once idle, and the replayed insert changes nothing.
+The stream's length is therefore the backlog: events appended and not yet in Postgres.
+
+Without Redis (the embedded demo), or while Redis cannot be reached, the row is written to the database
+directly, as before.
+"""
+
+import logging
+import socket
+import threading
+import time
+from dataclasses import fields
+from datetime import datetime
+from decimal import Decimal
+
+import orjson
+import redis
+from django.conf import settings
+from django.db import DataError, IntegrityError, connection, transaction
+from redis.exceptions import RedisError, ResponseError
+
+from billing.ledger.services import UsageEvent, usage_record_create
+from billing.models import UsageRecord
+from core.db import database_sync_to_async
+from core.redis import async_redis
+
+logger = logging.getLogger(__name__)
+
+STREAM_KEY = "llmops:ledger"
+GROUP = "ledger-drainers"
+# Entries that can never become a row (a reference that no longer exists, a malformed event): kept for an
+# operator to inspect instead of blocking the stream.
+DEAD_LETTER_KEY = "llmops:ledger:dead"
+EVENT_FIELD = b"event"
+BATCH_SIZE = 500
+BLOCK_MS = 1000
+CLAIM_IDLE_MS = 60_000
+CLAIM_EVERY_SECONDS = 30.0
+RETRY_PAUSE_SECONDS = 1.0
+# After a batch that did not fill up, let the next one gather for this long: one commit per batch, not per few rows.
+LINGER_SECONDS = 0.05
+
+_EVENT_FIELDS = tuple(f.name for f in fields(UsageEvent))
+_DECIMAL_FIELDS = tuple(f.name for f in fields(UsageEvent) if f.type is Decimal)
+_DATETIME_FIELDS = tuple(f.name for f in fields(UsageEvent) if f.type is datetime)
+
+
+def _json_default(value):
+    if isinstance(value, Decimal):
+        return str(value)
+    raise TypeError(f"cannot encode {type(value).__name__}")
+
+
+def usage_event_encode(event: UsageEvent) -> bytes:
+    """orjson, money as decimal strings so nothing passes through float."""
+    return orjson.dumps({name: getattr(event, name) for name in _EVENT_FIELDS}, default=_json_default)
+
+
+def usage_event_decode(raw: bytes) -> UsageEvent:
+    data = orjson.loads(raw)
+    for name in _DECIMAL_FIELDS:
+        data[name] = Decimal(data[name])
+    for name in _DATETIME_FIELDS:
+        data[name] = datetime.fromisoformat(data[name])
+    return UsageEvent(**data)
+
+
+def ledger_streaming() -> bool:
+    return settings.LLMOPS_LEDGER_MODE == "stream" and bool(settings.REDIS_URL)
+
+
+async def ledger_event_append(*, event: UsageEvent) -> None:
+    """Make the request's ledger record durable: appended to the stream, or written to the database."""
+    client = async_redis() if ledger_streaming() else None
+    if client is not None:
+        try:
+            await client.xadd(STREAM_KEY, {EVENT_FIELD: usage_event_encode(event)})
+            return
+        except RedisError:
+            logger.warning("ledger stream unreachable; writing %s to the database directly", event.request_id)
+    await database_sync_to_async(usage_record_create)(event=event)
+
+
+def ledger_stream_client() -> redis.Redis:
+    """A client of its own for a drainer: its blocking reads must outlast the shared client's socket timeout."""
+    return redis.Redis.from_url(
+        settings.REDIS_URL, socket_timeout=BLOCK_MS / 1000 + 10, socket_connect_timeout=5, health_check_interval=30
+    )
+
+
+def ledger_stream_backlog(*, client: redis.Redis) -> int:
+    """Events appended and not yet committed to Postgres (entries leave the stream once their row is in)."""
+    return client.xlen(STREAM_KEY)
+
+
+def default_consumer_name() -> str:
+    """Stable across restarts on one host, so a restarted drainer finds its own pending entries by name."""
+    return f"drainer-{socket.gethostname()}"
+
+
+def _ensure_group(client: redis.Redis) -> None:
+    try:
+        client.xgroup_create(STREAM_KEY, GROUP, id="0", mkstream=True)
+    except ResponseError as error:
+        if "BUSYGROUP" not in str(error):
+            raise
+
+
+def _entries(reply) -> list[tuple[bytes, dict | None]]:
+    """The (id, fields) pairs of an XREADGROUP reply for our one stream."""
+    if not reply:
+        return []
+    if isinstance(reply, dict):
+        return [entry for stream_entries in reply.values() for entry in stream_entries[0]]
+    return [entry for _stream, stream_entries in reply for entry in stream_entries]
+
+
+def _read(client: redis.Redis, consumer: str, *, start: str, count: int, block_ms: int | None):
+    try:
+        return _entries(client.xreadgroup(GROUP, consumer, {STREAM_KEY: start}, count=count, block=block_ms))
+    except ResponseError as error:
+        # The stream or group was deleted (FLUSHDB, an operator): start again from the stream's first entry.
+        if "NOGROUP" not in str(error) and "UNBLOCKED" not in str(error):
+            raise
+        _ensure_group(client)
+        return []
+
+
+def _insert(records: list[UsageRecord]) -> None:
+    with transaction.atomic():
+        UsageRecord.objects.bulk_create(records, ignore_conflicts=True)
+
+
+def _store(client: redis.Redis, entries: list[tuple[bytes, dict | None]]) -> int:
+    """Write the entries' rows, then acknowledge and delete them. Returns how many entries were settled.
+
+    A database that is down raises before anything is acknowledged, so the entries stay pending and are read
+    again. An entry whose row cannot be written at all goes to the dead-letter stream.
+    """
+    if not entries:
+        return 0
+    records: list[tuple[bytes, bytes, UsageRecord]] = []
+    dead: list[tuple[bytes, bytes, str]] = []
+    for entry_id, entry_fields in entries:
+        raw = (entry_fields or {}).get(EVENT_FIELD)
+        if raw is None:
+            # Listed as pending but already deleted from the stream: settled by an earlier run.
+            continue
+        try:
+            event = usage_event_decode(raw)
+            records.append((entry_id, raw, UsageRecord(**{name: getattr(event, name) for name in _EVENT_FIELDS})))
+        except (ValueError, TypeError, KeyError) as error:
+            dead.append((entry_id, raw, f"undecodable: {error}"))
+    try:
+        _insert([record for _id, _raw, record in records])
+    except (IntegrityError, DataError):
+        for entry_id, raw, record in records:
+            try:
+                _insert([record])
+            except (IntegrityError, DataError) as error:
+                dead.append((entry_id, raw, str(error)))
+    ids = [entry_id for entry_id, _fields in entries]
+    pipe = client.pipeline(transaction=True)
+    for entry_id, raw, reason in dead:
+        logger.error("ledger entry %s cannot be written (%s); moved to %s", entry_id, reason, DEAD_LETTER_KEY)
+        pipe.xadd(DEAD_LETTER_KEY, {EVENT_FIELD: raw, b"reason": reason.encode(), b"entry_id": entry_id})
+    pipe.xack(STREAM_KEY, GROUP, *ids)
+    pipe.xdel(STREAM_KEY, *ids)
+    pipe.execute()
+    return len(ids)
+
+
+def ledger_stream_drain(
+    *, client: redis.Redis, consumer: str, batch_size: int = BATCH_SIZE, block_ms: int | None = None
+) -> int:
+    """Read new entries once (waiting up to ``block_ms`` for some), write them, acknowledge them.
+
+    Returns how many entries were settled; 0 means the stream had nothing new for this consumer.
+    """
+    return _store(client, _read(client, consumer, start=">", count=batch_size, block_ms=block_ms))
+
+
+def ledger_stream_recover(
+    *, client: redis.Redis, consumer: str, claim_idle_ms: int = CLAIM_IDLE_MS, batch_size: int = BATCH_SIZE
+) -> int:
+    """Settle what an earlier run left unacknowledged: this consumer's own pending entries, then entries that
+    other (dead) consumers have held longer than ``claim_idle_ms``. Returns how many were settled."""
+    _ensure_group(client)
+    settled = 0
+    while entries := _read(client, consumer, start="0", count=batch_size, block_ms=None):
+        settled += _store(client, entries)
+    start = "0-0"
+    while True:
+        start, claimed, *_deleted = client.xautoclaim(
+            STREAM_KEY, GROUP, consumer, min_idle_time=claim_idle_ms, start_id=start, count=batch_size
+        )
+        settled += _store(client, claimed)
+        if start in (b"0-0", "0-0"):
+            return settled
+
+
+def ledger_stream_run(
+    *,
+    client: redis.Redis,
+    consumer: str,
+    stop: threading.Event,
+    batch_size: int = BATCH_SIZE,
+    block_ms: int = BLOCK_MS,
+    claim_idle_ms: int = CLAIM_IDLE_MS,
+    linger_seconds: float = LINGER_SECONDS,
+) -> None:
+    """Drain until ``stop`` is set. Recovers first, then claims abandoned entries every CLAIM_EVERY_SECONDS.
+
+    Any failure (Redis or Postgres down) is logged and retried after a pause, starting again with recovery,
+    so nothing read before the failure is left behind.
+    """
+    recovered_at: float | None = None
+    while not stop.is_set():
+        try:
+            if recovered_at is None or time.monotonic() - recovered_at > CLAIM_EVERY_SECONDS:
+                ledger_stream_recover(client=client, consumer=consumer, claim_idle_ms=claim_idle_ms)
+                recovered_at = time.monotonic()
+            settled = ledger_stream_drain(client=client, consumer=consumer, batch_size=batch_size, block_ms=block_ms)
+            if 0 < settled < batch_size:
+                stop.wait(linger_seconds)
+        except Exception:
+            # A worker outlives any one failure; what it read stays pending and is recovered on the next pass.
+            logger.exception("ledger drain failed; retrying in %.0f s", RETRY_PAUSE_SECONDS)
+            connection.close()
+            recovered_at = None
+            stop.wait(RETRY_PAUSE_SECONDS)

@@ -1,0 +1,169 @@
+"""Running a batch's lines through the same pipeline as a synchronous call, in a Celery worker.
+
+Each line is one ``chat_completion_run`` under the batch's key: routing, caps, budgets, rate limits and the ledger
+apply as they do on /v1/chat/completions; its ledger row has endpoint ``/v1/batches`` and the tag ``batch:<id>``.
+
+Concurrency is bounded within one event loop (a worker process runs its tasks on one), by asyncio semaphores:
+LLMOPS_BATCH_TENANT_CONCURRENCY lines of one tenant in flight at once, and LLMOPS_BATCH_PROVIDER_CONCURRENCY lines
+to one upstream provider (the provider of the model a line names; lines naming an alias share one slot group).
+N worker processes allow N times as many. The semaphores are kept per loop, as a semaphore cannot outlive the loop
+it was first waited on: in eager mode each thread that runs a batch has its own loop.
+"""
+
+import asyncio
+import contextlib
+import logging
+import weakref
+
+import orjson
+from django.conf import settings
+
+from core.db import database_sync_to_async
+from llmops.gateway.batches import delegation
+from llmops.gateway.batches.models import Batch, BatchStatus
+from llmops.gateway.batches.services import (
+    ClaimedLine,
+    batch_expire_if_due,
+    batch_finalize,
+    batch_lease_acquire,
+    batch_lease_release,
+    batch_lease_renew,
+    batch_validate,
+    line_record,
+    line_request_id,
+    lines_claim,
+)
+from llmops.gateway.call import GatewayCall
+from llmops.gateway.chat.completion import chat_completion_run
+from llmops.gateway.errors import as_gateway_error
+from llmops.gateway.snapshot import ConfigSnapshot, config_snapshot
+from tenants.authentication import KeyPrincipal
+
+logger = logging.getLogger(__name__)
+
+BATCH_ENDPOINT = "/v1/batches"
+ALIAS_SLOT = "(routed)"
+
+# {event loop: {("tenant", id) or ("provider", name): semaphore}}; an entry goes with its loop.
+_slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple, asyncio.Semaphore]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _slot(kind: str, key, size: int) -> asyncio.Semaphore:
+    slots = _slots.setdefault(asyncio.get_running_loop(), {})
+    if (kind, key) not in slots:
+        slots[kind, key] = asyncio.Semaphore(size)
+    return slots[kind, key]
+
+
+def _db(function):
+    return database_sync_to_async(function)
+
+
+def batch_principal(batch: Batch, snapshot: ConfigSnapshot) -> KeyPrincipal | None:
+    """The batch's key as its tenant's configuration has it now: a key revoked since the upload runs nothing more."""
+    principal = snapshot.keys.get(batch.api_key.prefix)
+    if principal is None or principal.revoked_at is not None or not principal.tenant_active:
+        return None
+    return principal
+
+
+async def batch_process(batch_id: str) -> None:
+    """Validate if needed, run what is left to run, and finalize; nothing when another runner holds the batch.
+
+    Safe to call again at any point: a runner that died leaves its lease to lapse, and the next one takes over.
+    """
+    if not await _db(batch_lease_acquire)(batch_id=batch_id):
+        return
+    heartbeat = asyncio.get_running_loop().create_task(_renew_lease(batch_id))
+    try:
+        await _process_leased(batch_id)
+    finally:
+        heartbeat.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await heartbeat
+        await _db(batch_lease_release)(batch_id=batch_id)
+
+
+async def _renew_lease(batch_id: str) -> None:
+    while True:
+        await asyncio.sleep(settings.LLMOPS_BATCH_LEASE_SECONDS / 3)
+        await _db(batch_lease_renew)(batch_id=batch_id)
+
+
+async def _process_leased(batch_id: str) -> None:
+    batch = await _db(Batch.objects.select_related("api_key").get)(pk=batch_id)
+    snapshot = await config_snapshot.for_tenant(batch.api_key.tenant_id)
+    principal = batch_principal(batch, snapshot)
+    if principal is None and batch.status in (BatchStatus.VALIDATING, BatchStatus.IN_PROGRESS):
+        logger.warning("batch %s stops: its key is revoked or its tenant disabled", batch_id)
+        await _db(Batch.objects.filter(pk=batch_id, status=batch.status).update)(status=BatchStatus.CANCELLING)
+    if batch.status == BatchStatus.VALIDATING and principal is not None:
+        batch = await _db(batch_validate)(batch=batch, snapshot=snapshot, principal=principal)
+    await _db(batch_expire_if_due)(batch_id=batch_id)
+    batch = await _db(Batch.objects.get)(pk=batch_id)
+    if batch.status == BatchStatus.IN_PROGRESS and principal is not None:
+        await delegation.lines_delegate(batch=batch, principal=principal)
+        await _run_lines(batch, principal)
+    elif batch.provider_batches and principal is not None:
+        await delegation.lines_delegate(batch=batch, principal=principal)
+    await _db(batch_finalize)(batch_id=batch_id)
+
+
+async def _run_lines(batch: Batch, principal: KeyPrincipal) -> None:
+    """Line workers until no line is left to claim; one that fails stops the others (no task outlives the run)."""
+    async with asyncio.TaskGroup() as workers:
+        for _ in range(settings.LLMOPS_BATCH_TENANT_CONCURRENCY):
+            workers.create_task(_line_worker(batch, principal))
+
+
+async def _line_worker(batch: Batch, principal: KeyPrincipal) -> None:
+    tenant_slot = _slot("tenant", principal.tenant_id, settings.LLMOPS_BATCH_TENANT_CONCURRENCY)
+    while True:
+        async with tenant_slot:
+            claimed = await _db(lines_claim)(batch_id=batch.id, limit=1)
+            if not claimed:
+                return
+            await line_run(batch.id, principal, claimed[0])
+
+
+def _provider_of(line: ClaimedLine, snapshot: ConfigSnapshot) -> str:
+    model = snapshot.catalog.models.get(str(line.body.get("model")))
+    return model.provider.name if model is not None else ALIAS_SLOT
+
+
+async def line_run(batch_id: str, principal: KeyPrincipal, line: ClaimedLine) -> None:
+    request_id = line_request_id(batch_id=batch_id, custom_id=line.custom_id, attempt=line.attempt)
+    call = GatewayCall(principal=principal, endpoint=BATCH_ENDPOINT, request_id=request_id, ledger_deferred=True)
+    snapshot = await config_snapshot.for_tenant(principal.tenant_id)
+    provider_slot = _slot("provider", _provider_of(line, snapshot), settings.LLMOPS_BATCH_PROVIDER_CONCURRENCY)
+    async with provider_slot:
+        try:
+            response = await chat_completion_run(
+                call, snapshot=snapshot, read_body=lambda: line.body, headers={"x-llmops-tags": f"batch:{batch_id}"}
+            )
+            status_code, body = response.status_code, orjson.loads(response.content)
+        except Exception as exc:
+            error = as_gateway_error(exc)
+            if error is None:
+                logger.exception("batch %s line %s failed unexpectedly", batch_id, line.custom_id)
+                status_code, message, code, error_type, param = (
+                    500,
+                    "Internal error.",
+                    "internal_error",
+                    "api_error",
+                    None,
+                )
+            else:
+                status_code, message, code = error.status_code, error.message, error.code
+                error_type, param = error.error_type, error.param
+            body = {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+    await _db(line_record)(
+        line=line,
+        batch_id=batch_id,
+        status_code=status_code,
+        response_body=body,
+        request_id=request_id,
+        usage=call.ledger_event,
+    )

@@ -1,0 +1,562 @@
+"""Files and batches: upload, create, validate, claim and record lines, cancel, finalize.
+
+Exactly once: one runner at a time holds a batch's lease (renewed while it runs). A line is claimed by a status
+change (pending → running) and recorded by a second one (running → succeeded/failed, only for the attempt that
+was claimed), in one transaction with the run's ledger row and the batch's counters and cost, so the batch's cost
+is the sum of its ledger rows at every moment. A runner that takes over a lapsed lease finds the lines its dead
+predecessor had claimed but never recorded and runs them again with the same attempt number, so the same ledger
+request id; nothing of the unrecorded run reached the ledger.
+
+Lock order, where rows are locked: the batch's row, then its lines' rows.
+"""
+
+import hashlib
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import timedelta
+from decimal import Decimal
+
+import orjson
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from billing.budgets.selectors import budget_status
+from billing.ledger.services import UsageEvent, usage_record_create
+from billing.models import Budget
+from core.db import storable
+from llmops.gateway.batches.models import (
+    BATCH_FINISHED,
+    LINE_FINISHED,
+    Batch,
+    BatchLine,
+    BatchStatus,
+    File,
+    FilePurpose,
+    LineStatus,
+)
+from llmops.gateway.batches.storage import file_store
+from llmops.gateway.chat.validation import validate_chat_request, validate_metadata, validate_storable
+from llmops.gateway.chat.worst_case import OutputBound, chain_worst_case
+from llmops.gateway.errors import GatewayError, invalid_request
+from llmops.gateway.snapshot import ConfigSnapshot
+from routing.catalog import ModelEntry
+from routing.tokens import count_chat_tokens
+from tenants.authentication import KeyPrincipal
+
+CHAT_ENDPOINT = "/v1/chat/completions"
+SUPPORTED_ENDPOINTS = (CHAT_ENDPOINT,)
+COMPLETION_WINDOWS = {"24h": timedelta(hours=24)}
+TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
+IDEMPOTENCY_KEY_MAX_LENGTH = 255
+
+
+def line_request_id(*, batch_id: str, custom_id: str, attempt: int) -> str:
+    """The ledger request id of one run of a line: the same after a worker dies, a new one after a retry."""
+    digest = hashlib.sha256(f"{batch_id}\x00{custom_id}\x00{attempt}".encode()).hexdigest()
+    return f"req_b{digest[:31]}"
+
+
+def _output_line_id(batch_id: str, custom_id: str) -> str:
+    digest = hashlib.sha256(f"{batch_id}\x00{custom_id}".encode()).hexdigest()
+    return f"batch_req_{digest[:24]}"
+
+
+def file_create(*, principal: KeyPrincipal, filename: str, purpose: str, content: bytes) -> File:
+    if purpose != FilePurpose.BATCH:
+        raise invalid_request(f"Invalid purpose {purpose!r}: only 'batch' files are accepted.", param="purpose")
+    limit = settings.LLMOPS_FILES_MAX_BYTES
+    if len(content) > limit:
+        raise GatewayError(
+            f"The file is {len(content)} bytes; the limit is {limit} bytes.", status=413, code="file_too_large"
+        )
+    if not content.strip():
+        raise invalid_request("The file is empty.", param="file", code="empty_file")
+    validate_storable(filename, param="file")
+    try:
+        content.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise invalid_request("The file must be UTF-8 encoded JSONL.", param="file", code="invalid_file") from exc
+    return _file_save(principal=principal, filename=filename, purpose=purpose, content=content)
+
+
+def _file_save(*, principal: KeyPrincipal, filename: str, purpose: str, content: bytes) -> File:
+    file = File(
+        tenant_id=principal.tenant_id,
+        team_id=principal.team_id,
+        api_key_id=principal.key_id,
+        purpose=purpose,
+        filename=filename[:255] or "upload.jsonl",
+        bytes=len(content),
+    )
+    file.storage_key = f"{principal.tenant_id}/{file.id}.jsonl"
+    file_store().save(file.storage_key, content)
+    file.save(force_insert=True)
+    return file
+
+
+def file_content(*, file: File) -> bytes:
+    return file_store().read(file.storage_key)
+
+
+def file_delete(*, file: File) -> None:
+    file.delete()
+    file_store().delete(file.storage_key)
+
+
+def batch_create(
+    *,
+    principal: KeyPrincipal,
+    input_file_id: str,
+    endpoint: str,
+    completion_window: str,
+    metadata: dict | None,
+    idempotency_key: str = "",
+) -> tuple[Batch, bool]:
+    """The new batch and True; or, for a create repeated with the same Idempotency-Key by the same key of the same
+    tenant, the batch the first one made and False (409 if the parameters differ)."""
+    if endpoint not in SUPPORTED_ENDPOINTS:
+        raise invalid_request(
+            f"Unsupported endpoint {endpoint!r}; supported: {', '.join(SUPPORTED_ENDPOINTS)}.", param="endpoint"
+        )
+    if completion_window not in COMPLETION_WINDOWS:
+        raise invalid_request(
+            f"Unsupported completion_window {completion_window!r}; supported: {', '.join(COMPLETION_WINDOWS)}.",
+            param="completion_window",
+        )
+    if metadata is not None:
+        validate_metadata("metadata", metadata)
+        validate_storable(metadata, param="metadata")
+    if len(idempotency_key) > IDEMPOTENCY_KEY_MAX_LENGTH:
+        raise invalid_request(
+            f"The Idempotency-Key header is longer than {IDEMPOTENCY_KEY_MAX_LENGTH} characters.",
+            param="Idempotency-Key",
+        )
+    parameters = (input_file_id, endpoint, completion_window, metadata)
+    earlier = _batch_by_idempotency_key(principal, idempotency_key, parameters)
+    if earlier is not None:
+        return earlier, False
+    files = File.objects.for_tenant(principal.tenant_id)
+    input_file = files.filter(pk=input_file_id).first() if storable(input_file_id) else None
+    if input_file is None:
+        raise GatewayError(f"No such File object: {input_file_id}", status=404, code="not_found", param="input_file_id")
+    if input_file.purpose != FilePurpose.BATCH:
+        raise invalid_request("The input file must have purpose 'batch'.", param="input_file_id")
+    try:
+        with transaction.atomic():
+            batch = Batch.objects.create(
+                tenant_id=principal.tenant_id,
+                team_id=principal.team_id,
+                api_key_id=principal.key_id,
+                input_file=input_file,
+                endpoint=endpoint,
+                completion_window=completion_window,
+                metadata=metadata,
+                expires_at=timezone.now() + COMPLETION_WINDOWS[completion_window],
+                idempotency_key=idempotency_key,
+            )
+    except IntegrityError:
+        # A concurrent create with the same Idempotency-Key committed first.
+        earlier = _batch_by_idempotency_key(principal, idempotency_key, parameters)
+        if earlier is None:
+            raise
+        return earlier, False
+    return batch, True
+
+
+def _batch_by_idempotency_key(principal: KeyPrincipal, idempotency_key: str, parameters: tuple) -> Batch | None:
+    if not idempotency_key:
+        return None
+    earlier = (
+        Batch.objects.for_tenant(principal.tenant_id)
+        .filter(api_key_id=principal.key_id, idempotency_key=idempotency_key)
+        .first()
+    )
+    if earlier is None:
+        return None
+    if (earlier.input_file_id, earlier.endpoint, earlier.completion_window, earlier.metadata) != parameters:
+        raise GatewayError(
+            f"The Idempotency-Key was used for batch {earlier.id}, created with other parameters.",
+            status=409,
+            code="idempotency_key_reused",
+            param="Idempotency-Key",
+        )
+    return earlier
+
+
+def batch_cancel(*, batch: Batch) -> Batch:
+    with transaction.atomic():
+        batch = Batch.objects.select_for_update().get(pk=batch.pk)
+        if batch.status in (BatchStatus.CANCELLING, BatchStatus.CANCELLED):
+            return batch
+        if batch.status not in (BatchStatus.VALIDATING, BatchStatus.IN_PROGRESS):
+            raise GatewayError(
+                f"Cannot cancel a batch with status {batch.status}.", status=409, code="batch_not_cancellable"
+            )
+        batch.status, batch.cancelling_at = BatchStatus.CANCELLING, timezone.now()
+        batch.save(update_fields=["status", "cancelling_at"])
+    return batch
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedLine:
+    line_number: int
+    custom_id: str
+    body: dict
+
+
+def _line_error(line_number: int, code: str, message: str, param: str | None = None) -> dict:
+    return {"code": code, "message": message, "param": param, "line": line_number}
+
+
+def _parse_lines(content: bytes, endpoint: str) -> tuple[list[ParsedLine], list[dict]]:
+    """Every line checked as OpenAI does at validation; errors name the 1-based line number."""
+    parsed, errors, seen = [], [], set()
+    lines = content.decode("utf-8").splitlines()
+    if len(lines) > settings.LLMOPS_BATCH_MAX_LINES:
+        return [], [_line_error(0, "too_many_lines", f"At most {settings.LLMOPS_BATCH_MAX_LINES} lines per batch.")]
+    for number, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            continue
+        try:
+            item = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            errors.append(_line_error(number, "invalid_json_line", "This line is not valid JSON."))
+            continue
+        if not isinstance(item, dict):
+            errors.append(_line_error(number, "invalid_json_line", "Each line must be a JSON object."))
+            continue
+        try:
+            validate_storable(item)
+        except GatewayError as error:
+            errors.append(_line_error(number, error.code, error.message, error.param))
+            continue
+        custom_id = item.get("custom_id")
+        if not isinstance(custom_id, str) or not custom_id or len(custom_id) > 512:
+            errors.append(_line_error(number, "missing_required_parameter", "custom_id must be a string.", "custom_id"))
+            continue
+        if custom_id in seen:
+            errors.append(
+                _line_error(number, "duplicate_custom_id", f"The custom_id {custom_id!r} is used twice.", "custom_id")
+            )
+            continue
+        seen.add(custom_id)
+        if item.get("method") != "POST":
+            errors.append(_line_error(number, "invalid_method", "method must be 'POST'.", "method"))
+            continue
+        if item.get("url") != endpoint:
+            errors.append(
+                _line_error(
+                    number,
+                    "mismatched_endpoint",
+                    f"The url {item.get('url')!r} does not match the batch's endpoint {endpoint}.",
+                    "url",
+                )
+            )
+            continue
+        body = item.get("body")
+        try:
+            validate_chat_request(body)
+        except GatewayError as error:
+            errors.append(_line_error(number, error.code, error.message, f"body.{error.param or ''}".rstrip(".")))
+            continue
+        if body.get("stream"):
+            errors.append(_line_error(number, "invalid_value", "Batch lines cannot stream.", "body.stream"))
+            continue
+        parsed.append(ParsedLine(line_number=number, custom_id=custom_id, body=body))
+    if not parsed and not errors:
+        errors.append(_line_error(0, "empty_file", "The input file has no lines."))
+    return parsed, errors
+
+
+def _costliest_model(snapshot: ConfigSnapshot, tenant_id: int, requested: str) -> ModelEntry | None:
+    """The model a line is priced at for the worst case: the named one, else (an alias) the dearest allowed."""
+    catalog = snapshot.catalog
+    allowed = catalog.models_for(tenant_id)
+    named = next((model for model in allowed if model.name == requested), None)
+    if named is not None:
+        return named
+    if not allowed:
+        return None
+    return max(allowed, key=lambda m: (m.prices.input_per_million + m.prices.output_per_million, m.name))
+
+
+def _budget_errors(snapshot: ConfigSnapshot, principal: KeyPrincipal, lines: list[ParsedLine]) -> list[dict]:
+    """The whole batch's worst case (admission's formula, line by line) against each enforced budget's remainder."""
+    worst_by_budget: dict[int, Decimal] = defaultdict(Decimal)
+    for line in lines:
+        model = _costliest_model(snapshot, principal.tenant_id, line.body["model"])
+        if model is None:
+            continue
+        budgets = snapshot.budgets.applicable(principal.tenant_id, principal.team_id, principal.key_id, model.name)
+        if not budgets:
+            continue
+        cost = chain_worst_case(
+            [model],
+            prompt_tokens=count_chat_tokens(line.body["messages"], model=model.upstream_name),
+            bound=OutputBound.of(line.body, model=model.upstream_name),
+            fallback=settings.LLMOPS_RESERVATION_MAX_TOKENS,
+        )
+        for entry in budgets:
+            if entry.enforced:
+                worst_by_budget[entry.budget_id] += cost
+    errors = []
+    now = timezone.now()
+    for budget in Budget.objects.filter(pk__in=worst_by_budget):
+        remaining = budget_status(budget=budget, now=now).remaining_usd
+        if worst_by_budget[budget.pk] > remaining:
+            errors.append(
+                {
+                    "code": "budget_exceeded",
+                    "message": (
+                        f"The batch could cost up to {worst_by_budget[budget.pk]} USD; budget {budget.pk} has "
+                        f"{remaining} USD left this period."
+                    ),
+                    "param": None,
+                    "line": None,
+                }
+            )
+    return errors
+
+
+def batch_validate(*, batch: Batch, snapshot: ConfigSnapshot, principal: KeyPrincipal) -> Batch:
+    """validating → in_progress with one BatchLine per request, or → failed with ``errors`` and nothing run."""
+    if batch.status != BatchStatus.VALIDATING:
+        return batch
+    input_file = File.objects.filter(pk=batch.input_file_id).first()
+    if input_file is None:
+        errors = [_line_error(0, "file_not_found", f"The input file {batch.input_file_id} was deleted.")]
+        lines = []
+    else:
+        lines, errors = _parse_lines(file_content(file=input_file), batch.endpoint)
+    if not errors:
+        errors = _budget_errors(snapshot, principal, lines)
+    with transaction.atomic():
+        locked = Batch.objects.select_for_update().get(pk=batch.pk)
+        if locked.status != BatchStatus.VALIDATING:
+            return locked
+        now = timezone.now()
+        if errors:
+            locked.errors = errors
+            locked.status, locked.failed_at = BatchStatus.FAILED, now
+            locked.error_file = _errors_file(locked, errors)
+            locked.save(update_fields=["errors", "status", "failed_at", "error_file"])
+            return locked
+        BatchLine.objects.bulk_create(
+            BatchLine(batch=locked, custom_id=line.custom_id, line_number=line.line_number, body=line.body)
+            for line in lines
+        )
+        locked.total_count = len(lines)
+        locked.status, locked.in_progress_at = BatchStatus.IN_PROGRESS, now
+        locked.save(update_fields=["total_count", "status", "in_progress_at"])
+        return locked
+
+
+def _errors_file(batch: Batch, errors: list[dict]) -> File:
+    rows = [
+        {
+            "id": None,
+            "custom_id": None,
+            "line": e["line"],
+            "response": None,
+            "error": {"code": e["code"], "message": e["message"]},
+        }
+        for e in errors
+    ]
+    return _output_file(batch, "errors", rows)
+
+
+def _output_file(batch: Batch, kind: str, rows: list[dict]) -> File:
+    content = b"".join(orjson.dumps(row) + b"\n" for row in rows)
+    principal = KeyPrincipal(
+        key_id=batch.api_key_id,
+        key_prefix="",
+        secret_hash="",
+        tenant_id=batch.tenant_id,
+        tenant_slug="",
+        team_id=batch.team_id,
+        team_slug="",
+        expires_at=None,
+        revoked_at=None,
+        tenant_active=True,
+        team_active=True,
+    )
+    return _file_save(
+        principal=principal, filename=f"{batch.id}_{kind}.jsonl", purpose=FilePurpose.BATCH_OUTPUT, content=content
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedLine:
+    id: int
+    custom_id: str
+    body: dict
+    attempt: int
+
+
+def batch_lease_acquire(*, batch_id: str) -> bool:
+    """Become the batch's only runner, or learn that a live one exists. Lines a dead runner held go back to pending."""
+    now = timezone.now()
+    with transaction.atomic():
+        acquired = (
+            Batch.objects.filter(pk=batch_id)
+            .filter(Q(lease_until__isnull=True) | Q(lease_until__lt=now))
+            .update(lease_until=now + timedelta(seconds=settings.LLMOPS_BATCH_LEASE_SECONDS))
+        )
+        if acquired:
+            BatchLine.objects.filter(batch_id=batch_id, status=LineStatus.RUNNING).update(
+                status=LineStatus.PENDING, claimed_at=None
+            )
+    return bool(acquired)
+
+
+def batch_lease_renew(*, batch_id: str) -> None:
+    Batch.objects.filter(pk=batch_id).update(
+        lease_until=timezone.now() + timedelta(seconds=settings.LLMOPS_BATCH_LEASE_SECONDS)
+    )
+
+
+def batch_lease_release(*, batch_id: str) -> None:
+    Batch.objects.filter(pk=batch_id).update(lease_until=None)
+
+
+def batch_recheck_claim(*, batch_id: str) -> bool:
+    """Whether this runner should schedule the next look at an unfinished batch (one schedule at a time)."""
+    now = timezone.now()
+    return bool(
+        Batch.objects.filter(pk=batch_id)
+        .exclude(status__in=BATCH_FINISHED)
+        .filter(Q(recheck_at__isnull=True) | Q(recheck_at__lte=now))
+        .update(recheck_at=now + timedelta(seconds=settings.LLMOPS_BATCH_POLL_SECONDS))
+    )
+
+
+def batches_unfinished() -> list[str]:
+    return list(Batch.objects.exclude(status__in=BATCH_FINISHED).values_list("pk", flat=True))
+
+
+def _batch_lock(batch_id: str) -> str | None:
+    """Lock the batch's row for the transaction (a cancel waits, or is waited for); its status."""
+    return Batch.objects.select_for_update().filter(pk=batch_id).values_list("status", flat=True).first()
+
+
+def lines_claim(*, batch_id: str, limit: int) -> list[ClaimedLine]:
+    """Take up to ``limit`` pending lines of a batch that is still in progress: none once a cancel has committed."""
+    with transaction.atomic():
+        if _batch_lock(batch_id) != BatchStatus.IN_PROGRESS:
+            return []
+        lines = list(
+            BatchLine.objects.select_for_update(skip_locked=True)
+            .filter(batch_id=batch_id, status=LineStatus.PENDING)
+            .order_by("line_number")[:limit]
+        )
+        if not lines:
+            return []
+        BatchLine.objects.filter(pk__in=[line.pk for line in lines]).update(
+            status=LineStatus.RUNNING, claimed_at=timezone.now()
+        )
+    return [ClaimedLine(id=line.pk, custom_id=line.custom_id, body=line.body, attempt=line.attempt) for line in lines]
+
+
+def line_record(
+    *,
+    line: ClaimedLine,
+    batch_id: str,
+    status_code: int,
+    response_body: dict,
+    request_id: str,
+    usage: UsageEvent | None,
+    provider: str = "",
+) -> bool:
+    """Record one finished run, with its ledger row (``usage``; None for a run that never reached the pipeline's
+    end) and the batch's counters and cost, in one transaction. A transient failure with attempts left sends the
+    line back to pending.
+
+    Returns False when the claim was lost (another worker took the line over), and records nothing.
+    """
+    retry = status_code in TRANSIENT_STATUSES and line.attempt + 1 < settings.LLMOPS_BATCH_LINE_MAX_ATTEMPTS
+    succeeded = 200 <= status_code < 300
+    held = BatchLine.objects.filter(
+        pk=line.id, attempt=line.attempt, status__in=(LineStatus.RUNNING, LineStatus.DELEGATED)
+    )
+    with transaction.atomic():
+        _batch_lock(batch_id)
+        if retry:
+            changed = held.update(status=LineStatus.PENDING, attempt=F("attempt") + 1, claimed_at=None)
+            counters = {}
+        else:
+            changed = held.update(
+                status=LineStatus.SUCCEEDED if succeeded else LineStatus.FAILED,
+                status_code=status_code,
+                response_body=response_body,
+                request_id=request_id,
+                provider=provider,
+                finished_at=timezone.now(),
+            )
+            counter = "completed_count" if succeeded else "failed_count"
+            counters = {counter: F(counter) + 1}
+        if not changed:
+            return False
+        if usage is not None:
+            usage_record_create(event=usage)
+            counters.update(
+                cost_usd=F("cost_usd") + usage.cost_usd, saved_batch_usd=F("saved_batch_usd") + usage.saved_batch_usd
+            )
+        if counters:
+            Batch.objects.filter(pk=batch_id).update(**counters)
+    return True
+
+
+def batch_expire_if_due(*, batch_id: str) -> None:
+    now = timezone.now()
+    Batch.objects.filter(
+        pk=batch_id, status__in=(BatchStatus.VALIDATING, BatchStatus.IN_PROGRESS), expires_at__lte=now
+    ).update(status=BatchStatus.CANCELLING, expired_at=now)
+
+
+def batch_finalize(*, batch_id: str) -> Batch | None:
+    """Write the output and error files once no line is left to run; None while lines are still out."""
+    with transaction.atomic():
+        batch = Batch.objects.select_for_update().get(pk=batch_id)
+        if batch.status in BATCH_FINISHED:
+            return batch
+        stopping = batch.status == BatchStatus.CANCELLING
+        lines = batch.lines.all()
+        if stopping:
+            # Nothing more starts; what finished is kept. Lines at a provider's batch endpoint are waited for.
+            lines.filter(status__in=(LineStatus.PENDING, LineStatus.RUNNING)).update(
+                status=LineStatus.CANCELLED, finished_at=timezone.now()
+            )
+        if lines.exclude(status__in=LINE_FINISHED).exists():
+            return None
+        if batch.status != BatchStatus.FINALIZING:
+            batch.status, batch.finalizing_at = BatchStatus.FINALIZING, timezone.now()
+            batch.save(update_fields=["status", "finalizing_at"])
+        expired = batch.expired_at is not None
+        outcome = BatchStatus.EXPIRED if expired else BatchStatus.CANCELLED if stopping else BatchStatus.COMPLETED
+        outputs, failures = [], []
+        for line in batch.lines.order_by("line_number"):
+            row = {"id": _output_line_id(batch.id, line.custom_id), "custom_id": line.custom_id}
+            if line.status == LineStatus.CANCELLED:
+                code = "batch_expired" if expired else "batch_cancelled"
+                message = (
+                    "This request could not be executed before the completion window expired."
+                    if expired
+                    else "This request was not executed because the batch was cancelled."
+                )
+                failures.append({**row, "response": None, "error": {"code": code, "message": message}})
+                continue
+            row["response"] = {
+                "status_code": line.status_code,
+                "request_id": line.request_id,
+                "body": line.response_body,
+            }
+            row["error"] = None
+            (outputs if line.status == LineStatus.SUCCEEDED else failures).append(row)
+        batch.output_file = _output_file(batch, "output", outputs) if outputs else None
+        batch.error_file = _output_file(batch, "errors", failures) if failures else None
+        batch.status = outcome
+        setattr(batch, f"{outcome}_at", batch.expired_at or timezone.now())
+        batch.save()
+    return batch

@@ -1,0 +1,47 @@
+"""Celery tasks for batches: ids in, one service each.
+
+A worker that starts (or restarts after a crash) looks at every unfinished batch, as beat does every
+LLMOPS_BATCH_POLL_SECONDS; the batch lease keeps two runners off the same batch.
+"""
+
+import asyncio
+import threading
+
+from celery import shared_task
+from celery.signals import worker_ready
+from django.conf import settings
+
+from llmops.gateway.batches.runner import batch_process
+from llmops.gateway.batches.services import batch_recheck_claim, batches_unfinished
+
+_loops = threading.local()
+
+
+def run_in_worker_loop(coroutine):
+    """Run on this thread's own event loop, kept for the process's life so pooled clients are reused."""
+    loop = getattr(_loops, "loop", None)
+    if loop is None:
+        loop = _loops.loop = asyncio.new_event_loop()
+    return loop.run_until_complete(coroutine)
+
+
+# The name predates the move into this package; tasks already queued under it still run.
+@shared_task(name="llmops.gateway.batch_tasks.batch_process_task", acks_late=True, reject_on_worker_lost=True)
+def batch_process_task(batch_id: str) -> None:
+    try:
+        run_in_worker_loop(batch_process(batch_id))
+    finally:
+        # A run that failed half-way is looked at again too: its claimed lines go back to pending then.
+        if batch_recheck_claim(batch_id=batch_id):
+            batch_process_task.apply_async((batch_id,), countdown=settings.LLMOPS_BATCH_POLL_SECONDS)
+
+
+@shared_task
+def batches_resume() -> None:
+    for batch_id in batches_unfinished():
+        batch_process_task.delay(batch_id)
+
+
+@worker_ready.connect
+def _resume_on_start(sender, **kwargs) -> None:
+    batches_resume.delay()

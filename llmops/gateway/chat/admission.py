@@ -1,0 +1,166 @@
+"""Rate limits, the tenant's cap on requests in flight and budget reservations, after the route is known and before
+the upstream call.
+
+A budget is a promise: the worst-case cost of the request (llmops.gateway.chat.worst_case: every choice at its
+max_tokens or the model's maximum output, on the dearest model of the chain) is reserved atomically against every
+budget in scope before anything is spent, and replaced by the actual cost afterwards. Token rate limits count the same
+worst case in tokens. Requests in flight are counted per tenant across processes (llmops.gateway.concurrency).
+"""
+
+import asyncio
+from decimal import Decimal
+
+from django.conf import settings
+from django.utils import timezone
+
+from billing.budgets.reservations import (
+    BudgetExceeded,
+    BudgetUnavailable,
+    Reservation,
+    budget_reserve,
+    reservation_settle,
+)
+from billing.ledger.costs import format_cost
+from billing.ratelimits import RateLimitResult, rate_limit_check
+from core.cpu import run_sized
+from llmops.gateway.call import GatewayCall
+from llmops.gateway.chat.planning import ChatPlan
+from llmops.gateway.chat.worst_case import (
+    OutputBound,
+    budget_refusal,
+    chain_worst_case,
+    fitting_max_tokens,
+    prediction_chars,
+)
+from llmops.gateway.concurrency import InflightSlot, inflight_acquire, inflight_limit
+from llmops.gateway.errors import GatewayError
+from llmops.gateway.snapshot import ConfigSnapshot
+from routing.catalog import ModelEntry
+
+
+def _cheaper_route(
+    snapshot: ConfigSnapshot, call: GatewayCall, plan: ChatPlan, *, prompt_tokens: int, bound: OutputBound
+) -> ModelEntry | None:
+    """The cheapest of the chain's fallbacks and the tenant's default model, if it costs less than the primary."""
+    catalog = snapshot.catalog
+    default = catalog.models.get(catalog.access_for(call.principal.tenant_id).default_model or "")
+    candidates = [*plan.chain[1:], *([default] if default else [])]
+
+    def worst(model: ModelEntry) -> Decimal:
+        return chain_worst_case([model], prompt_tokens=prompt_tokens, bound=bound, fallback=_fallback())
+
+    primary_cost = worst(plan.chain[0])
+    priced = [(worst(m), m.name, m) for m in candidates]
+    cheaper = sorted(entry for entry in priced if entry[0] < primary_cost)
+    return cheaper[0][2] if cheaper else None
+
+
+def _fallback() -> int:
+    return settings.LLMOPS_RESERVATION_MAX_TOKENS
+
+
+def _count_or_refuse(call: GatewayCall, limited: RateLimitResult) -> None:
+    call.extra_headers.update(limited.headers)
+    if not limited.allowed:
+        raise GatewayError(
+            "Rate limit reached for your key or team; retry after the time in Retry-After.",
+            status=429,
+            code="rate_limit_exceeded",
+            headers={"Retry-After": str(limited.retry_after_seconds)},
+        )
+
+
+def _bounded(plan: ChatPlan, bound: OutputBound) -> OutputBound:
+    """Without max_tokens a model the catalog knows no maximum output for could answer without end: send the
+    reservation's cap as max_tokens so the worst case is a true bound."""
+    if bound.max_tokens is not None or all(model.max_output_tokens for model in plan.chain):
+        return bound
+    plan.body = {**plan.body, "max_tokens": _fallback()}
+    return OutputBound(_fallback(), bound.choices, bound.predicted_tokens)
+
+
+def _refusal(exceeded: BudgetExceeded, chain: list[ModelEntry], *, prompt_tokens: int, bound: OutputBound):
+    fitting = fitting_max_tokens(
+        chain, prompt_tokens=prompt_tokens, bound=bound, fallback=_fallback(), available=exceeded.remaining_usd
+    )
+    return budget_refusal(exceeded, fitting=fitting, choices=bound.choices)
+
+
+async def _nothing() -> None:
+    return None
+
+
+async def admit(
+    snapshot: ConfigSnapshot, call: GatewayCall, plan: ChatPlan, *, limit_concurrency: bool = False
+) -> None:
+    """Count the request against rate limits, take one of its tenant's slots for requests in flight (with
+    `limit_concurrency`: live /v1 requests) and reserve its worst case against budgets, or refuse it. A slot taken is
+    left on ``call.inflight`` for the caller to give back when the request ends, refused here or not."""
+    principal = call.principal
+    now = timezone.now()
+    prompt_tokens = call.prompt_tokens_after_compression or 0
+    budgets = snapshot.budgets.applicable(principal.tenant_id, principal.team_id, principal.key_id, plan.chain[0].name)
+    bound = await run_sized(prediction_chars(plan.body), OutputBound.of, plan.body, model=plan.chain[0].upstream_name)
+    if budgets:
+        bound = _bounded(plan, bound)
+    completion_tokens = max(bound.completion_tokens(model, fallback=_fallback()) for model in plan.chain)
+    counting = rate_limit_check(
+        limits=snapshot.rate_limits,
+        key_id=principal.key_id,
+        team_id=principal.team_id,
+        tokens=prompt_tokens + completion_tokens,
+        now=now,
+    )
+    inflight_cap = inflight_limit(snapshot.max_inflight) if limit_concurrency else 0
+    if not budgets and not inflight_cap:
+        _count_or_refuse(call, await counting)
+        return
+    amount = (
+        chain_worst_case(plan.chain, prompt_tokens=prompt_tokens, bound=bound, fallback=_fallback())
+        if budgets
+        else Decimal(0)
+    )
+    # Counted, held and reserved at once: one wait on Redis instead of three. The rate limit still decides first,
+    # then the tenant's cap on requests in flight; a reservation made for a request either refuses is released
+    # straight away.
+    limited, slot, reserved = await asyncio.gather(
+        counting,
+        inflight_acquire(tenant_id=principal.tenant_id, request_id=call.request_id, limit=inflight_cap)
+        if inflight_cap
+        else _nothing(),
+        budget_reserve(budgets=budgets, amount=amount, request_id=call.request_id, now=now) if budgets else _nothing(),
+        return_exceptions=True,
+    )
+    if isinstance(slot, InflightSlot):
+        call.inflight = slot
+    refused = isinstance(limited, BaseException) or not limited.allowed or isinstance(slot, BaseException)
+    if refused and isinstance(reserved, Reservation):
+        await reservation_settle(reserved, actual=Decimal(0))
+    if isinstance(limited, BaseException):
+        raise limited
+    _count_or_refuse(call, limited)
+    if isinstance(slot, BaseException):
+        raise slot
+    if reserved is None:
+        return
+    if isinstance(reserved, BudgetUnavailable):
+        raise GatewayError(str(reserved), status=503, code="budget_unavailable") from reserved
+    if isinstance(reserved, BudgetExceeded):
+        cheaper = _cheaper_route(snapshot, call, plan, prompt_tokens=prompt_tokens, bound=bound)
+        if not reserved.downgrade or cheaper is None:
+            raise _refusal(reserved, plan.chain, prompt_tokens=prompt_tokens, bound=bound) from reserved
+        plan.chain = [cheaper]
+        bound = _bounded(plan, bound)
+        call.served, call.route = cheaper, f"{call.route}+budget-downgrade"
+        call.route_explanation = f"{call.route_explanation} budget-downgrade={cheaper.name}"
+        budgets = snapshot.budgets.applicable(principal.tenant_id, principal.team_id, principal.key_id, cheaper.name)
+        amount = chain_worst_case([cheaper], prompt_tokens=prompt_tokens, bound=bound, fallback=_fallback())
+        try:
+            reserved = await budget_reserve(budgets=budgets, amount=amount, request_id=call.request_id, now=now)
+        except BudgetExceeded as still_exceeded:
+            raise _refusal(still_exceeded, [cheaper], prompt_tokens=prompt_tokens, bound=bound) from still_exceeded
+    elif isinstance(reserved, BaseException):
+        raise reserved
+    call.reservation = reserved
+    if call.reservation.remaining_usd is not None:
+        call.budget_remaining_usd = format_cost(call.reservation.remaining_usd)

@@ -1,0 +1,77 @@
+"""One chat completion through the whole pipeline, for the /v1 view and for work that runs later (batches, jobs)."""
+
+import asyncio
+from collections.abc import Callable, Mapping
+
+from django.http import HttpResponse
+
+from core.background import run_in_background
+from core.cpu import run_sized
+from llmops.gateway.call import GatewayCall, Usage
+from llmops.gateway.chat.admission import admit
+from llmops.gateway.chat.pipeline import answer_from_cache, complete_chat, stream_chat
+from llmops.gateway.chat.planning import plan_chat
+from llmops.gateway.chat.recording import finish
+from llmops.gateway.chat.validation import validate_chat_request
+from llmops.gateway.concurrency import inflight_release_after
+from llmops.gateway.errors import as_gateway_error, internal_error
+from llmops.gateway.snapshot import ConfigSnapshot
+
+
+def _prompt_sent(call: GatewayCall) -> Usage | None:
+    """What a request cancelled after admission may have cost: the prompt, as the gateway counted it, that the
+    provider may have been sent and bills for; nothing when it was not admitted (no provider was called)."""
+    if call.reservation is None or call.served is None:
+        return None
+    return Usage(prompt_tokens=call.prompt_tokens_after_compression or 0, estimated=True)
+
+
+def _declared_size(headers: Mapping[str, str]) -> int:
+    """The body's Content-Length (uvicorn refuses a malformed one, and DRF reads no body without one)."""
+    length = headers.get("content-length") or ""
+    return int(length) if length.isdigit() else 0
+
+
+async def chat_completion_run(
+    call: GatewayCall,
+    *,
+    snapshot: ConfigSnapshot,
+    read_body: Callable[[], object],
+    headers: Mapping[str, str],
+    limit_concurrency: bool = False,
+) -> HttpResponse:
+    """Validate, route, cap, answer from the cache or admit, call and record. Every failure after authentication
+    leaves its ledger row and is raised as the exception it was (``as_gateway_error`` turns it into the OpenAI error;
+    what it cannot translate is a 500 ``internal_error``).
+
+    ``snapshot`` is the configuration of the caller's tenant, made current for this request
+    (``config_snapshot.for_key`` or ``for_tenant``). With ``limit_concurrency`` (live /v1 requests) the request holds
+    one of its tenant's slots for requests in flight from admission to its end.
+    """
+    response = None
+    try:
+        # Parsing and validating a large body is Python work in proportion to it: on the CPU pool.
+        body = await run_sized(_declared_size(headers), lambda: validate_chat_request(read_body()))
+        call.request_body = body
+        call.payload_logging = call.principal.tenant_id in snapshot.payload_logging_tenants
+        call.requested_model = body["model"]
+        call.is_stream = bool(body.get("stream"))
+        plan = await plan_chat(snapshot, call, body, headers)
+        cached = await answer_from_cache(call, plan)
+        if cached is not None:
+            return cached
+        await admit(snapshot, call, plan, limit_concurrency=limit_concurrency)
+        response = await (stream_chat if call.is_stream else complete_chat)(call, plan)
+        return response
+    except Exception as exc:
+        # Whatever failed, even a fault of the gateway's own, the request is recorded and its reservation settled.
+        error = as_gateway_error(exc) or internal_error()
+        await finish(call, http_status=error.status_code, error_code=error.code)
+        raise
+    except asyncio.CancelledError:
+        # The client went away before its answer, and the server cancelled this task: the request is still recorded
+        # and its reservation settled, by a task of its own that the cancellation does not reach.
+        run_in_background(finish(call, http_status=499, usage=_prompt_sent(call), error_code="client_disconnected"))
+        raise
+    finally:
+        inflight_release_after(call.inflight, response)

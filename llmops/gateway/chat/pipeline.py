@@ -1,0 +1,303 @@
+"""The upstream call and what follows it: fallbacks down the chain, pricing, the ledger row, the response.
+
+It composes the apps in the one direction the design allows: gateway → billing → routing → tenants.
+"""
+
+import logging
+from collections.abc import AsyncIterator
+
+import orjson
+from django.http import HttpResponse, StreamingHttpResponse
+
+from billing.models import CacheStatus
+from core.background import run_in_background
+from llmops.gateway.call import GatewayCall, Usage, UsageCeiling, estimated_usage, reply_usage
+from llmops.gateway.chat.planning import ChatPlan, refusal_error
+from llmops.gateway.chat.recording import finish
+from llmops.gateway.errors import GatewayError, internal_error, upstream_failure
+from routing import upstream
+from routing.cache.store import CacheHit, CacheRequest, cache_lookup, cache_store
+from routing.catalog import ModelEntry
+from routing.injection_guard import SecretEchoBlocked, guard_answer
+from routing.resilience import FallbackResult, RetryPolicy, call_with_fallbacks
+
+logger = logging.getLogger(__name__)
+
+RETRY_POLICY = RetryPolicy()
+
+
+def _for_model(body: dict, model: ModelEntry) -> dict:
+    return {**body, "model": model.upstream_name}
+
+
+async def _call_chain(call: GatewayCall, plan: ChatPlan, attempt) -> FallbackResult:
+    try:
+        result = await call_with_fallbacks(plan.chain, attempt, policy=RETRY_POLICY)
+    except upstream.UpstreamError as error:
+        call.attempts = error.attempts
+        call.upstream_ms = error.elapsed_ms
+        if error.last_model is not None:
+            call.served = error.last_model
+        failure = upstream_failure(error)
+        if isinstance(error, upstream.UpstreamInvalidResponse):
+            # The provider answered, and may bill for it: charge what the gateway counts itself.
+            usage = await estimated_usage(plan.body, error.completion_text, call.served)
+            await finish(call, http_status=failure.status_code, usage=usage, error_code=failure.code)
+        raise failure from error
+    call.served, call.attempts = result.served, result.attempts
+    return result
+
+
+async def complete_chat(call: GatewayCall, plan: ChatPlan) -> HttpResponse:
+    async def attempt(model: ModelEntry) -> tuple[upstream.UpstreamReply, Usage]:
+        """The reply and what it costs; a reply whose usage is not believable is the model's failure."""
+        reply = await upstream.chat_completion(model.provider, _for_model(plan.body, model))
+        prompt_tokens = call.prompt_tokens_after_compression or 0
+        return reply, await reply_usage(reply, body=plan.body, model=model, prompt_tokens=prompt_tokens)
+
+    reply, usage = (await _call_chain(call, plan, attempt)).value
+    call.upstream_ms = reply.elapsed_ms
+    try:
+        verdict = guard_answer(reply.body, action=plan.guard_action, known_secrets=_provider_secrets(plan))
+    except SecretEchoBlocked as blocked:
+        call.injection_flagged = True
+        await finish(call, http_status=blocked.status, usage=usage, error_code=blocked.code)
+        raise refusal_error(blocked) from blocked
+    call.injection_flagged |= verdict.flagged
+    await finish(call, http_status=200, usage=usage, answer=reply.body)
+    _keep_answer(call, plan.cache, reply.body)
+    response = HttpResponse(reply.raw, content_type="application/json")
+    for name, value in call.response_headers().items():
+        response[name] = value
+    return response
+
+
+def _provider_secrets(plan: ChatPlan) -> list[str]:
+    """Credentials an answer must never echo: those of the providers this request could reach."""
+    return [model.provider.api_key for model in plan.chain if model.provider.api_key]
+
+
+class StreamRelay:
+    """Passes the upstream's SSE events to the client as they arrive and records the ledger row at the end.
+
+    The upstream is always asked for a usage chunk; the client sees it only if it asked too.
+    """
+
+    def __init__(self, call: GatewayCall, body: dict, stream, ceiling: UsageCeiling, cache: CacheRequest | None = None):
+        self.call = call
+        self.body = body
+        self.stream = stream
+        self.ceiling = ceiling
+        self.cache = cache
+        self.client_wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        self.usage: Usage | None = None
+        self.content_parts: list[str] = []
+        self.finish_reason: str | None = None
+        self.upstream_model = ""
+        # Streamed tool calls and several choices are not assembled into a cacheable answer.
+        self.cacheable = cache is not None
+        self.recorded = False
+
+    async def events(self) -> AsyncIterator[bytes]:
+        try:
+            async for event in self.stream.events():
+                data = event[6:] if event.startswith("data: ") else None
+                if data == "[DONE]":
+                    await self._record(http_status=200)
+                    self._keep_answer()
+                    yield f": x-llmops-cost-usd={self.call.cost_usd}\n\ndata: [DONE]\n\n".encode()
+                    return
+                if data is not None and not self._take_checked(data):
+                    continue
+                yield f"{event}\n\n".encode()
+            raise upstream.UpstreamStreamTruncated(
+                f"provider {self.stream.provider.name} ended the stream before [DONE]",
+                elapsed_ms=self.stream.elapsed_ms(),
+            )
+        except upstream.UpstreamError as error:
+            yield await self._fail(upstream_failure(error))
+        except Exception:
+            # A fault of the gateway's own: the stream still ends with an error event, and the request is recorded.
+            logger.exception("stream relay failed for %s", self.call.request_id)
+            yield await self._fail(internal_error())
+        finally:
+            await self.stream.aclose()
+            if not self.recorded:
+                # The client went away mid-stream: charge what was generated until then.
+                self.recorded = True
+                run_in_background(self._record_disconnected())
+
+    async def _fail(self, failure: GatewayError) -> bytes:
+        """Record the request as failed; the error event that ends the stream."""
+        await self._record(http_status=failure.status_code, error_code=failure.code)
+        payload = {"error": {"message": failure.message, "type": failure.error_type, "code": failure.code}}
+        return b"data: " + orjson.dumps(payload) + b"\n\n"
+
+    def _take_checked(self, data: str) -> bool:
+        try:
+            return self._take(data)
+        except upstream.MalformedAnswer as problem:
+            elapsed_ms = self.stream.elapsed_ms()
+            raise upstream.invalid_response(self.stream.provider, problem, elapsed_ms=elapsed_ms) from problem
+
+    def _take(self, data: str) -> bool:
+        """Note what the chunk tells about usage and content; return whether the client should see it. Raises
+        MalformedAnswer for a chunk that is not a chat.completion.chunk or whose usage is not believable."""
+        chunk = upstream.checked_chunk(data)
+        self.upstream_model = chunk.get("model") or self.upstream_model
+        for choice in chunk.get("choices") or []:
+            delta = choice.get("delta") or {}
+            if delta.get("tool_calls") or delta.get("function_call") or choice.get("index", 0) != 0:
+                self.cacheable = False
+            content = delta.get("content")
+            if content:
+                self.content_parts.append(content)
+            self.finish_reason = choice.get("finish_reason") or self.finish_reason
+        if chunk.get("usage") is not None:
+            self.usage = self.ceiling.check(Usage.from_provider(chunk["usage"]))
+            return self.client_wants_usage or bool(chunk.get("choices"))
+        return True
+
+    async def _settled_usage(self) -> Usage:
+        """What the stream is charged: the provider's usage, else the gateway's count of what was sent and received
+        (kept, so the cached answer carries the same figures)."""
+        if self.usage is None:
+            self.usage = await estimated_usage(self.body, "".join(self.content_parts), self.call.served)
+        return self.usage
+
+    async def _record_disconnected(self) -> None:
+        """The client went away mid-stream: charge what was generated until then."""
+        usage = await self._settled_usage()
+        await finish(self.call, http_status=499, usage=usage, error_code="client_disconnected")
+
+    async def _record(self, *, http_status: int, error_code: str = "") -> None:
+        self.call.upstream_ms = self.stream.elapsed_ms()
+        self.recorded = True
+        answer = {"content": "".join(self.content_parts)} if self.content_parts else None
+        usage = await self._settled_usage()
+        await finish(self.call, http_status=http_status, usage=usage, error_code=error_code, answer=answer)
+
+    def _keep_answer(self) -> None:
+        """A stream that ended with [DONE] and a finish reason is complete: cache it as the answer it assembled."""
+        if not self.cacheable or self.finish_reason is None or self.usage is None:
+            return
+        usage = self.usage
+        answer = {
+            "id": f"chatcmpl-{self.call.request_id}",
+            "object": "chat.completion",
+            "created": int(self.call.created_at.timestamp()),
+            "model": self.upstream_model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": "".join(self.content_parts), "refusal": None},
+                    "logprobs": None,
+                    "finish_reason": self.finish_reason,
+                }
+            ],
+            "usage": {
+                "prompt_tokens": usage.prompt_tokens,
+                "completion_tokens": usage.completion_tokens,
+                "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+                "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
+            },
+        }
+        _keep_answer(self.call, self.cache, answer)
+
+
+async def stream_chat(call: GatewayCall, plan: ChatPlan) -> StreamingHttpResponse:
+    body = plan.body
+    stream_options = {**(body.get("stream_options") or {}), "include_usage": True}
+
+    def open_stream(model: ModelEntry):
+        return upstream.open_chat_stream(model.provider, {**_for_model(body, model), "stream_options": stream_options})
+
+    result = await _call_chain(call, plan, open_stream)
+    stream = result.value
+    call.upstream_ms = stream.elapsed_ms()
+    ceiling = UsageCeiling.of(result.served, body=body, prompt_tokens=call.prompt_tokens_after_compression or 0)
+    relay = StreamRelay(call, body, stream, ceiling, plan.cache)
+    return _event_stream_response(call, relay.events())
+
+
+def _event_stream_response(call: GatewayCall, events: AsyncIterator[bytes]) -> StreamingHttpResponse:
+    response = StreamingHttpResponse(events, content_type="text/event-stream")
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"
+    for name, value in call.response_headers().items():
+        response[name] = value
+    return response
+
+
+def _keep_answer(call: GatewayCall, cache: CacheRequest | None, answer: dict) -> None:
+    """Cache an answer only if the model the key names served it (not a fallback or a budget downgrade). The write
+    is queued: the response does not wait for it."""
+    if cache is None or call.served is None or call.served.name != cache.served_model:
+        return
+    try:
+        cache_store(cache, answer=answer)
+    except Exception:
+        logger.warning("cache: answer not stored for %s", call.request_id, exc_info=True)
+
+
+async def answer_from_cache(call: GatewayCall, plan: ChatPlan) -> HttpResponse | StreamingHttpResponse | None:
+    """The stored answer when the cache has one: no reservation, no upstream call, a ledger row costing 0 that
+    records what the miss would have cost. None on a miss (or when the request may not read the cache)."""
+    cache = plan.cache
+    if cache is None or not cache.control.read:
+        call.cache_status = CacheStatus.BYPASS
+        return None
+    try:
+        hit = await cache_lookup(cache)
+    except Exception:
+        logger.warning("cache: lookup failed for %s; treated as a miss", call.request_id, exc_info=True)
+        hit = None
+    if hit is None:
+        call.cache_status = CacheStatus.MISS
+        return None
+    call.cache_status = CacheStatus.HIT_EXACT if hit.kind == "exact" else CacheStatus.HIT_SEMANTIC
+    call.cache_similarity = hit.similarity
+    call.upstream_ms = 0
+    call.cache_saved_usage = await _stored_usage(hit, plan.body, call.served)
+    await finish(call, http_status=200)
+    answer = {**hit.answer, "id": f"chatcmpl-{call.request_id}", "created": int(call.created_at.timestamp())}
+    if call.is_stream:
+        return _event_stream_response(call, _replay_events(call, plan.body, answer))
+    response = HttpResponse(orjson.dumps(answer), content_type="application/json")
+    for name, value in call.response_headers().items():
+        response[name] = value
+    return response
+
+
+async def _stored_usage(hit: CacheHit, body: dict, model: ModelEntry) -> Usage:
+    usage = hit.answer.get("usage")
+    if isinstance(usage, dict):
+        return Usage.from_provider(usage)
+    return await estimated_usage(body, upstream.answer_text(hit.answer), model)
+
+
+REPLAY_PIECE_CHARS = 64
+
+
+async def _replay_events(call: GatewayCall, body: dict, answer: dict) -> AsyncIterator[bytes]:
+    """A cached answer as the SSE chunks an upstream would have sent, usage chunk only if the client asked."""
+    base = {key: answer.get(key) for key in ("id", "created", "model", "system_fingerprint")}
+    base["object"] = "chat.completion.chunk"
+
+    def event(choices: list, **extra) -> bytes:
+        return b"data: " + orjson.dumps({**base, "choices": choices, **extra}) + b"\n\n"
+
+    for choice in answer["choices"]:
+        index, message = choice.get("index", 0), choice["message"]
+        yield event([{"index": index, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
+        content = message.get("content") or ""
+        for start in range(0, len(content), REPLAY_PIECE_CHARS):
+            piece = content[start : start + REPLAY_PIECE_CHARS]
+            yield event([{"index": index, "delta": {"content": piece}, "finish_reason": None}])
+        if message.get("tool_calls"):
+            tool_calls = [{"index": i, **tool_call} for i, tool_call in enumerate(message["tool_calls"])]
+            yield event([{"index": index, "delta": {"tool_calls": tool_calls}, "finish_reason": None}])
+        yield event([{"index": index, "delta": {}, "finish_reason": choice.get("finish_reason") or "stop"}])
+    if (body.get("stream_options") or {}).get("include_usage") and isinstance(answer.get("usage"), dict):
+        yield event([], usage=answer["usage"])
+    yield f": x-llmops-cost-usd={call.cost_usd}\n\ndata: [DONE]\n\n".encode()

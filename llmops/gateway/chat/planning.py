@@ -1,0 +1,175 @@
+"""Before the upstream call: route the request, resolve the model chain, enforce caps, run the guard.
+
+Everything here reads the in-memory snapshot; the only I/O is the optional summary call that
+context compression makes through the tenant's default model, metered in llmops.gateway.chat.summaries.
+"""
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from llmops.gateway.call import GatewayCall
+from llmops.gateway.chat.summaries import metered_summarizer
+from llmops.gateway.errors import GatewayError
+from llmops.gateway.snapshot import ConfigSnapshot
+from routing.cache.keys import cache_control_from_headers
+from routing.cache.store import CacheRequest, cache_request_prepare
+from routing.caps import apply_token_caps, cap_refusal_before_counting
+from routing.catalog import DEFAULT_MODEL_ALIAS, ModelCatalog, ModelEntry
+from routing.compression import SummaryRefused
+from routing.injection_guard import PromptInjectionBlocked, guard_request
+from routing.policy import RouteDecision, RouteRequest, RoutingRefusal, route_request, route_request_from_body
+from routing.tokens import count_chat_tokens_async, encoding_name_for
+
+logger = logging.getLogger(__name__)
+
+TAGS_HEADER = "x-llmops-tags"
+MAX_TAGS = 10
+MAX_TAG_LENGTH = 64
+# Fields that steer the gateway and are not part of OpenAI's request (`metadata` needs `store` upstream).
+GATEWAY_ONLY_FIELDS = ("metadata",)
+
+
+@dataclass(slots=True)
+class ChatPlan:
+    chain: list[ModelEntry]
+    body: dict
+    decision: RouteDecision
+    # None when this request neither reads nor writes the response cache.
+    cache: CacheRequest | None = None
+    # What the guard does with a flagged prompt or answer: none, flag or block (the tenant's live policy).
+    guard_action: str = "none"
+
+
+def resolve_model(catalog: ModelCatalog, *, tenant_id: int, requested: str) -> ModelEntry:
+    access = catalog.access_for(tenant_id)
+    name = requested
+    if requested == DEFAULT_MODEL_ALIAS:
+        if access.default_model is None:
+            raise GatewayError(
+                "Your tenant has no default model configured; name a model.",
+                status=400,
+                code="no_default_model",
+                param="model",
+            )
+        name = access.default_model
+    model = catalog.models.get(name)
+    if model is None:
+        raise GatewayError(
+            f"The model `{requested}` does not exist. GET /v1/models lists the models your key may use.",
+            status=404,
+            code="model_not_found",
+            param="model",
+        )
+    if name not in access.allowed_models:
+        raise GatewayError(
+            f"Your key is not allowed to use the model `{requested}`. GET /v1/models lists the models it may use.",
+            status=403,
+            code="model_not_allowed",
+            param="model",
+        )
+    return model
+
+
+def request_tags(headers: Mapping[str, str]) -> list[str]:
+    """`x-llmops-tags: a, b` → sorted, unique, bounded tags for cost attribution."""
+    raw = headers.get(TAGS_HEADER) or ""
+    tags = sorted({tag.strip()[:MAX_TAG_LENGTH] for tag in raw.split(",") if tag.strip()})
+    if len(tags) > MAX_TAGS:
+        raise GatewayError(f"At most {MAX_TAGS} tags per request in {TAGS_HEADER}.", status=400, code="too_many_tags")
+    return tags
+
+
+def _routing_baseline(catalog: ModelCatalog, policy, requested: str) -> ModelEntry | None:
+    alias = policy.aliases.get(requested) if policy is not None else None
+    return catalog.models.get(alias.large_model if alias is not None else requested)
+
+
+def _can_take(model: ModelEntry, features: RouteRequest) -> bool:
+    return (model.supports_tools or not features.has_tools) and (model.supports_images or not features.has_images)
+
+
+def _refuse_what_the_model_cannot_take(model: ModelEntry, features: RouteRequest) -> None:
+    if features.has_tools and not model.supports_tools:
+        raise GatewayError(
+            f"The model `{model.name}` cannot take tools; send the request without `tools` or to another model.",
+            status=400,
+            code="model_capability_unsupported",
+            param="tools",
+        )
+    if features.has_images and not model.supports_images:
+        raise GatewayError(
+            f"The model `{model.name}` cannot take images; send text only or use another model.",
+            status=400,
+            code="model_capability_unsupported",
+            param="messages",
+        )
+
+
+def refusal_error(refusal: RoutingRefusal) -> GatewayError:
+    return GatewayError(refusal.message, status=refusal.status, code=refusal.code, param=refusal.param)
+
+
+def _counting_model(catalog: ModelCatalog, tenant_id: int, requested: str) -> str:
+    """The upstream name whose encoding counts the prompt before the served model is known."""
+    entry = catalog.models.get(requested) or catalog.models.get(catalog.access_for(tenant_id).default_model or "")
+    return entry.upstream_name if entry else requested
+
+
+async def plan_chat(snapshot: ConfigSnapshot, call: GatewayCall, body: dict, headers: Mapping[str, str]) -> ChatPlan:
+    catalog = snapshot.catalog
+    tenant_id = call.principal.tenant_id
+    policy = snapshot.policies.get(tenant_id)
+    call.tags = request_tags(headers)
+    call.routing_baseline = _routing_baseline(catalog, policy, body["model"])
+    try:
+        refusal = cap_refusal_before_counting(policy, body["messages"], requested_model=body["model"])
+        if refusal is not None:
+            raise refusal
+        counting_model = _counting_model(catalog, tenant_id, body["model"])
+        prompt_tokens = await count_chat_tokens_async(body["messages"], model=counting_model)
+        features = route_request_from_body(
+            body,
+            headers=headers,
+            tenant_id=tenant_id,
+            team_slug=call.principal.team_slug,
+            prompt_tokens=prompt_tokens,
+        )
+        decision = route_request(policy, features, catalog)
+        call.route, call.route_explanation = decision.route, decision.explanation
+        call.routed_to_large, call.policy_version = decision.routed_to_large, decision.policy_version
+        served = resolve_model(catalog, tenant_id=tenant_id, requested=decision.target_model)
+        call.served = served
+        _refuse_what_the_model_cannot_take(served, features)
+        fallbacks = [catalog.models[name] for name in decision.fallback_models if name in catalog.models]
+        chain = [served] + [model for model in fallbacks if _can_take(model, features)]
+        upstream_body = {k: v for k, v in body.items() if k not in GATEWAY_ONLY_FIELDS}
+        same_encoding = encoding_name_for(served.upstream_name) == encoding_name_for(counting_model)
+        capped = await apply_token_caps(
+            upstream_body,
+            decision=decision,
+            model=served.upstream_name,
+            summarize=metered_summarizer(snapshot, call),
+            namespace=str(tenant_id),
+            prompt_tokens=prompt_tokens if same_encoding else None,
+        )
+        call.prompt_tokens_before_compression = capped.prompt_tokens_before
+        call.prompt_tokens_after_compression = capped.prompt_tokens_after
+        verdict = guard_request(capped.body["messages"], action=policy.injection_guard_action if policy else "none")
+        call.injection_flagged = verdict.flagged
+    except RoutingRefusal as refusal:
+        call.injection_flagged = isinstance(refusal, PromptInjectionBlocked)
+        raise refusal_error(refusal) from refusal
+    except SummaryRefused as refused:
+        raise refused.reason from refused
+    cache = cache_request_prepare(
+        tenant_id=tenant_id,
+        served_model=served.name,
+        body=capped.body,
+        rule_name=decision.rule_name,
+        ttl_seconds=decision.cache_ttl_seconds,
+        allow_nondeterministic=decision.cache_nondeterministic,
+        control=cache_control_from_headers(headers),
+    )
+    guard_action = policy.injection_guard_action if policy else "none"
+    return ChatPlan(chain=chain, body=capped.body, decision=decision, cache=cache, guard_action=guard_action)

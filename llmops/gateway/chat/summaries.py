@@ -1,0 +1,113 @@
+"""Compression's summary call, metered like a request: its worst case is reserved against the budgets of the key
+that sent the request before it is made, it is settled with what it cost, and it has a ledger row of its own
+(kind `compression_summary`) whose `parent_request_id` is the request it was made for.
+
+A summary the budget cannot cover refuses the request (429 budget_exceeded) rather than compress it differently
+than its rule says; an upstream failure only costs the summary, as before.
+"""
+
+from decimal import Decimal
+
+from django.conf import settings
+from django.utils import timezone
+
+from billing.budgets.reservations import BudgetExceeded, BudgetUnavailable, budget_reserve
+from billing.models import CacheStatus, UsageKind
+from llmops.gateway.call import GatewayCall, estimated_usage, reply_usage
+from llmops.gateway.chat.recording import finish
+from llmops.gateway.chat.worst_case import OutputBound, budget_refusal, chain_worst_case
+from llmops.gateway.errors import GatewayError, upstream_failure
+from llmops.gateway.snapshot import ConfigSnapshot
+from routing import upstream
+from routing.catalog import ModelEntry
+from routing.compression import Summarizer, SummaryRefused
+from routing.providers.base import message_text
+from routing.tokens import count_chat_tokens_async
+
+SUMMARY_INSTRUCTIONS = (
+    "Summarise the following conversation turns in a few sentences. Keep names, numbers, decisions "
+    "and open questions. Answer with the summary only."
+)
+SUMMARY_MAX_TOKENS = 300
+SUMMARY_ROUTE = "compression-summary"
+
+
+def _summary_body(model: ModelEntry, messages: list[dict]) -> dict:
+    transcript = "\n".join(f"{m.get('role')}: {m.get('content')}" for m in messages)
+    return {
+        "model": model.upstream_name,
+        "messages": [
+            {"role": "system", "content": SUMMARY_INSTRUCTIONS},
+            {"role": "user", "content": transcript},
+        ],
+        "max_tokens": SUMMARY_MAX_TOKENS,
+        "temperature": 0,
+    }
+
+
+async def _reserve(snapshot: ConfigSnapshot, summary: GatewayCall, body: dict) -> None:
+    principal, model = summary.principal, summary.served
+    budgets = snapshot.budgets.applicable(principal.tenant_id, principal.team_id, principal.key_id, model.name)
+    if not budgets:
+        return
+    amount = chain_worst_case(
+        [model],
+        prompt_tokens=await count_chat_tokens_async(body["messages"], model=model.upstream_name),
+        bound=OutputBound(SUMMARY_MAX_TOKENS),
+        fallback=settings.LLMOPS_RESERVATION_MAX_TOKENS,
+    )
+    try:
+        summary.reservation = await budget_reserve(
+            budgets=budgets, amount=amount, request_id=summary.request_id, now=timezone.now()
+        )
+    except BudgetExceeded as exceeded:
+        context = "Compressing this request needs a summary of the dropped turns, and the budget cannot cover it. "
+        raise SummaryRefused(budget_refusal(exceeded, context=context)) from exceeded
+    except BudgetUnavailable as unavailable:
+        raise SummaryRefused(GatewayError(str(unavailable), status=503, code="budget_unavailable")) from unavailable
+
+
+def metered_summarizer(snapshot: ConfigSnapshot, call: GatewayCall) -> Summarizer | None:
+    """Summaries of dropped turns come from the tenant's default (small) model, charged to the request's key."""
+    catalog = snapshot.catalog
+    model = catalog.models.get(catalog.access_for(call.principal.tenant_id).default_model or "")
+    if model is None:
+        return None
+
+    async def summarize(messages: list[dict]) -> str:
+        body = _summary_body(model, messages)
+        summary = GatewayCall(
+            principal=call.principal,
+            endpoint=call.endpoint,
+            requested_model=model.name,
+            served=model,
+            route=SUMMARY_ROUTE,
+            tags=call.tags,
+            kind=UsageKind.COMPRESSION_SUMMARY,
+            parent_request_id=call.request_id,
+            cache_status=CacheStatus.BYPASS,
+        )
+        await _reserve(snapshot, summary, body)
+        summary.attempts = 1
+        try:
+            reply = await upstream.chat_completion(model.provider, body)
+            measured = await reply_usage(reply, body=body, model=model, prompt_tokens=0)
+        except upstream.UpstreamError as error:
+            summary.upstream_ms = error.elapsed_ms
+            failure = upstream_failure(error)
+            usage = None
+            if isinstance(error, upstream.UpstreamInvalidResponse):
+                usage = await estimated_usage(body, error.completion_text, model)
+            await finish(summary, http_status=failure.status_code, usage=usage, error_code=failure.code)
+            raise
+        except Exception:
+            # Whatever failed, the reservation is released and the attempt recorded.
+            await finish(summary, http_status=502, error_code=upstream.UpstreamError.code)
+            raise
+        summary.upstream_ms = reply.elapsed_ms
+        text = message_text(reply.body["choices"][0]["message"].get("content"))
+        await finish(summary, http_status=200, usage=measured)
+        call.compression_summary_usd += Decimal(summary.cost_usd or 0)
+        return text
+
+    return summarize

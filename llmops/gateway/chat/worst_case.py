@@ -1,0 +1,130 @@
+"""The most a chat completion can cost before it is made: what budgets reserve and token rate limits count.
+
+The upstream bills the prompt once and every choice's output: `n` answers (`best_of` where a provider takes it)
+of up to max_tokens each, and with a `prediction` the predicted tokens it rejects, billed as output too. A request
+without max_tokens may run to the model's maximum output (the catalog's `max_output_tokens`); where the catalog
+does not know it, LLMOPS_RESERVATION_MAX_TOKENS is reserved and sent as max_tokens, so the bound holds. Any model
+of the chain may serve, so the dearest is reserved.
+"""
+
+from dataclasses import dataclass
+from decimal import Decimal
+
+from billing.budgets.reservations import BudgetExceeded
+from billing.ledger.costs import usage_cost
+from llmops.gateway.errors import GatewayError
+from routing.catalog import ModelEntry
+from routing.tokens import count_text_tokens
+
+MAX_TOKENS_FIELDS = ("max_completion_tokens", "max_tokens")
+CHOICE_FIELDS = ("n", "best_of")
+
+
+def requested_max_tokens(body: dict) -> int | None:
+    return next((body[field] for field in MAX_TOKENS_FIELDS if body.get(field) is not None), None)
+
+
+def _predicted_text(prediction) -> str:
+    content = prediction.get("content") if isinstance(prediction, dict) else None
+    if isinstance(content, list):
+        return "".join(part.get("text", "") for part in content if isinstance(part, dict))
+    return content if isinstance(content, str) else ""
+
+
+def prediction_chars(body: dict) -> int:
+    """How much text counting the request's `prediction` reads."""
+    return len(_predicted_text(body.get("prediction")))
+
+
+@dataclass(frozen=True, slots=True)
+class OutputBound:
+    """What one request may make the upstream generate and bill as output."""
+
+    # The client's max_tokens / max_completion_tokens after caps; None when it sent neither.
+    max_tokens: int | None
+    # Answers generated: the larger of `n` and `best_of`.
+    choices: int = 1
+    # Tokens of a `prediction`: rejected ones are billed as output on top of the answer.
+    predicted_tokens: int = 0
+
+    @classmethod
+    def of(cls, body: dict, *, model: str) -> "OutputBound":
+        """`model` is an upstream name, for the encoding the prediction is counted in."""
+        choices = max([body.get(field) or 1 for field in CHOICE_FIELDS])
+        predicted = _predicted_text(body.get("prediction"))
+        return cls(
+            max_tokens=requested_max_tokens(body),
+            choices=choices,
+            predicted_tokens=count_text_tokens(predicted, model=model) if predicted else 0,
+        )
+
+    def per_choice(self, model: ModelEntry, *, fallback: int) -> int:
+        """Completion tokens one answer of `model` may have."""
+        ceiling = model.max_output_tokens
+        if self.max_tokens is None:
+            return ceiling or fallback
+        return min(self.max_tokens, ceiling) if ceiling else self.max_tokens
+
+    def completion_tokens(self, model: ModelEntry, *, fallback: int) -> int:
+        return self.choices * (self.per_choice(model, fallback=fallback) + self.predicted_tokens)
+
+
+def worst_case_cost(model: ModelEntry, *, prompt_tokens: int, completion_tokens: int) -> Decimal:
+    return usage_cost(
+        prices=model.prices, prompt_tokens=prompt_tokens, cached_tokens=0, completion_tokens=completion_tokens
+    )
+
+
+def chain_worst_case(chain: list[ModelEntry], *, prompt_tokens: int, bound: OutputBound, fallback: int) -> Decimal:
+    """The dearest model's worst case: whichever of the chain serves, the request costs at most this."""
+    return max(
+        worst_case_cost(
+            model, prompt_tokens=prompt_tokens, completion_tokens=bound.completion_tokens(model, fallback=fallback)
+        )
+        for model in chain
+    )
+
+
+def fitting_max_tokens(
+    chain: list[ModelEntry], *, prompt_tokens: int, bound: OutputBound, fallback: int, available: Decimal
+) -> int | None:
+    """The largest max_tokens below the request's own whose worst case fits in `available`; None when none does."""
+    upper = max(bound.per_choice(model, fallback=fallback) for model in chain) - 1
+
+    def fits(max_tokens: int) -> bool:
+        trial = OutputBound(max_tokens, bound.choices, bound.predicted_tokens)
+        return chain_worst_case(chain, prompt_tokens=prompt_tokens, bound=trial, fallback=fallback) <= available
+
+    if upper < 1 or not fits(1):
+        return None
+    low, high = 1, upper
+    while low < high:
+        middle = (low + high + 1) // 2
+        if fits(middle):
+            low = middle
+        else:
+            high = middle - 1
+    return low
+
+
+def budget_refusal(
+    exceeded: BudgetExceeded, *, fitting: int | None = None, choices: int = 1, context: str = ""
+) -> GatewayError:
+    """The 429 for a refused reservation: the budget's own account (spent, or the worst case does not fit what is
+    left, with the amounts), `context` before it, and when the money is not spent, the max_tokens that would fit."""
+    message = f"{context}{exceeded}"
+    if exceeded.spent_usd < exceeded.limit_usd:
+        if fitting is not None:
+            per = f" per choice ({choices} choices)" if choices > 1 else ""
+            message += f" With max_tokens={fitting}{per} it would fit."
+        else:
+            message += " No max_tokens would fit; send a shorter prompt" + (
+                " or fewer choices (n)." if choices > 1 else "."
+            )
+    return GatewayError(
+        message,
+        status=429,
+        code="budget_exceeded",
+        error_type="insufficient_quota",
+        headers={"Retry-After": str(exceeded.retry_after_seconds)},
+    )

@@ -1,0 +1,206 @@
+"""Async single jobs: one chat completion run in the background, its answer kept and sent to a signed webhook.
+
+Webhook requests carry ``X-Llmops-Timestamp`` (Unix seconds), ``X-Llmops-Job-Id`` and
+``X-Llmops-Signature: sha256=<hex>``, the HMAC-SHA256 of ``<timestamp>.<body>`` under the tenant's webhook secret
+(``GET /api/jobs/webhook-secret``).
+"""
+
+import hashlib
+import hmac
+import secrets
+import time
+
+import httpx
+import orjson
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from billing.ledger.services import UsageEvent, usage_record_create
+from core.crypto import decrypt_secret, encrypt_secret
+from core.db import database_sync_to_async
+from core.outbound import OutboundRefused, outbound_post, outbound_url_errors
+from llmops.gateway.batches.models import Job, JobStatus, JobWebhookSecret, WebhookState
+from llmops.gateway.call import GatewayCall
+from llmops.gateway.chat.completion import chat_completion_run
+from llmops.gateway.chat.validation import validate_chat_request, validate_storable
+from llmops.gateway.errors import GatewayError, as_gateway_error, invalid_request
+from llmops.gateway.snapshot import config_snapshot
+from tenants.authentication import KeyPrincipal
+
+JOBS_ENDPOINT = "/api/jobs"
+SIGNATURE_HEADER = "X-Llmops-Signature"
+TIMESTAMP_HEADER = "X-Llmops-Timestamp"
+JOB_ID_HEADER = "X-Llmops-Job-Id"
+
+
+WEBHOOK_UNREACHABLE = "The callback URL could not be reached."
+CALLBACK_URL_REFUSED = "callback_url is not allowed: it must be an http(s) URL of a public host."
+
+
+class WebhookDeliveryError(Exception):
+    pass
+
+
+def _callback_url_check(url) -> str:
+    """The provider and webhook SSRF check (core/outbound.py); the URL is checked again when the webhook is sent."""
+    if url in (None, ""):
+        return ""
+    if not isinstance(url, str) or len(url) > 2000:
+        raise invalid_request("callback_url must be a URL string.", param="callback_url")
+    if outbound_url_errors(url):
+        # One message whatever the reason, as for a delivery: which names resolve to internal addresses stays unsaid.
+        raise invalid_request(CALLBACK_URL_REFUSED, param="callback_url")
+    return url
+
+
+def job_create(*, principal: KeyPrincipal, body) -> Job:
+    if not isinstance(body, dict):
+        raise invalid_request("The request body must be a JSON object.", code="invalid_json")
+    validate_storable(body)
+    request = {name: value for name, value in body.items() if name != "callback_url"}
+    validate_chat_request(request)
+    if request.get("stream"):
+        raise invalid_request("A job cannot stream; poll GET /api/jobs/{id} or use callback_url.", param="stream")
+    callback_url = _callback_url_check(body.get("callback_url"))
+    return Job.objects.create(
+        tenant_id=principal.tenant_id,
+        team_id=principal.team_id,
+        api_key_id=principal.key_id,
+        body=request,
+        callback_url=callback_url,
+        webhook_state=WebhookState.PENDING if callback_url else WebhookState.NONE,
+    )
+
+
+def job_request_id(job_id: str) -> str:
+    """One ledger row per job however often a worker retries it."""
+    return f"req_j{hashlib.sha256(job_id.encode()).hexdigest()[:31]}"
+
+
+def _job_start(*, job_id: str) -> Job | None:
+    updated = Job.objects.filter(pk=job_id, status__in=(JobStatus.QUEUED, JobStatus.IN_PROGRESS)).update(
+        status=JobStatus.IN_PROGRESS, started_at=timezone.now()
+    )
+    return Job.objects.select_related("api_key").get(pk=job_id) if updated else None
+
+
+def _job_finish(*, job_id: str, status_code: int, result: dict, request_id: str, usage: UsageEvent | None) -> None:
+    """The job's answer and its ledger row in one transaction: its cost is its ledger row's, and a second run of the
+    same job (a redelivered task) records nothing."""
+    with transaction.atomic():
+        finished = Job.objects.filter(pk=job_id, status=JobStatus.IN_PROGRESS).update(
+            status=JobStatus.COMPLETED if status_code < 400 else JobStatus.FAILED,
+            status_code=status_code,
+            result=result,
+            request_id=request_id,
+            cost_usd=usage.cost_usd if usage is not None else None,
+            finished_at=timezone.now(),
+        )
+        if finished and usage is not None:
+            usage_record_create(event=usage)
+
+
+async def job_run(*, job_id: str) -> None:
+    """Run the job's request through the gateway pipeline under the key that created it."""
+    job = await database_sync_to_async(_job_start)(job_id=job_id)
+    if job is None:
+        return
+    snapshot = await config_snapshot.for_tenant(job.api_key.tenant_id)
+    principal = snapshot.keys.get(job.api_key.prefix)
+    call = None
+    if principal is None or principal.revoked_at is not None:
+        status_code, body = 401, {"error": {"message": "The job's API key was revoked.", "code": "invalid_api_key"}}
+    else:
+        call = GatewayCall(
+            principal=principal, endpoint=JOBS_ENDPOINT, request_id=job_request_id(job.id), ledger_deferred=True
+        )
+        try:
+            response = await chat_completion_run(call, snapshot=snapshot, read_body=lambda: dict(job.body), headers={})
+            status_code, body = response.status_code, orjson.loads(response.content)
+        except Exception as exc:
+            error = as_gateway_error(exc) or GatewayError("Internal error.", status=500, code="internal_error")
+            status_code = error.status_code
+            body = {
+                "error": {"message": error.message, "type": error.error_type, "param": error.param, "code": error.code}
+            }
+    await database_sync_to_async(_job_finish)(
+        job_id=job.id,
+        status_code=status_code,
+        result=body,
+        request_id=call.request_id if call else "",
+        usage=call.ledger_event if call else None,
+    )
+
+
+def job_webhook_secret(*, tenant_id: int) -> str:
+    row = JobWebhookSecret.objects.filter(tenant_id=tenant_id).first()
+    if row is None:
+        with transaction.atomic():
+            row, _ = JobWebhookSecret.objects.get_or_create(
+                tenant_id=tenant_id, defaults={"secret_encrypted": encrypt_secret(f"whsec_{secrets.token_hex(24)}")}
+            )
+    return decrypt_secret(row.secret_encrypted)
+
+
+def webhook_signature(*, secret: str, timestamp: int, body: bytes) -> str:
+    digest = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+    return f"sha256={digest}"
+
+
+def job_payload(job: Job) -> dict:
+    def stamp(value):
+        return int(value.timestamp()) if value else None
+
+    return {
+        "id": job.id,
+        "object": "job",
+        "status": job.status,
+        "created_at": stamp(job.created_at),
+        "started_at": stamp(job.started_at),
+        "finished_at": stamp(job.finished_at),
+        "request_id": job.request_id or None,
+        "status_code": job.status_code,
+        "result": job.result,
+        "cost_usd": f"{job.cost_usd:f}" if job.cost_usd is not None else None,
+        "callback_url": job.callback_url or None,
+        "webhook": {
+            "state": job.webhook_state,
+            "attempts": job.webhook_attempts,
+            "delivered_at": stamp(job.webhook_delivered_at),
+        },
+    }
+
+
+def job_webhook_attempt(*, job_id: str) -> None:
+    """POST the finished job to its callback URL, signed; raises WebhookDeliveryError to be retried."""
+    job = Job.objects.get(pk=job_id)
+    if job.webhook_state != WebhookState.PENDING or job.status not in (JobStatus.COMPLETED, JobStatus.FAILED):
+        return
+    body = orjson.dumps(job_payload(job))
+    timestamp = int(time.time())
+    headers = {
+        "Content-Type": "application/json",
+        TIMESTAMP_HEADER: str(timestamp),
+        JOB_ID_HEADER: job.id,
+        SIGNATURE_HEADER: webhook_signature(
+            secret=job_webhook_secret(tenant_id=job.tenant_id), timestamp=timestamp, body=body
+        ),
+    }
+    Job.objects.filter(pk=job_id).update(webhook_attempts=job.webhook_attempts + 1)
+    try:
+        answer = outbound_post(
+            job.callback_url, content=body, headers=headers, timeout=settings.LLMOPS_JOBS_WEBHOOK_TIMEOUT_SECONDS
+        )
+    except (OutboundRefused, httpx.HTTPError) as exc:
+        # One reason for a refused address and a failed connection, so the job never tells what is reachable.
+        Job.objects.filter(pk=job_id).update(webhook_last_error=WEBHOOK_UNREACHABLE)
+        raise WebhookDeliveryError(WEBHOOK_UNREACHABLE) from exc
+    if not 200 <= answer.status_code < 300:
+        Job.objects.filter(pk=job_id).update(webhook_last_error=f"HTTP {answer.status_code}")
+        raise WebhookDeliveryError(f"callback answered {answer.status_code}")
+    Job.objects.filter(pk=job_id).update(webhook_state=WebhookState.DELIVERED, webhook_delivered_at=timezone.now())
+
+
+def job_webhook_give_up(*, job_id: str) -> None:
+    Job.objects.filter(pk=job_id, webhook_state=WebhookState.PENDING).update(webhook_state=WebhookState.FAILED)

@@ -1,0 +1,29 @@
+"""Celery tasks for async jobs: ids in, one service each."""
+
+from celery import shared_task
+from django.conf import settings
+
+from llmops.gateway.batches.tasks import run_in_worker_loop
+from llmops.gateway.jobs.services import WebhookDeliveryError, job_run, job_webhook_attempt, job_webhook_give_up
+
+WEBHOOK_RETRY_BASE_SECONDS = 5
+
+
+# The name predates the move into this package; tasks already queued under it still run.
+@shared_task(name="llmops.gateway.jobs_tasks.job_run_task", acks_late=True, reject_on_worker_lost=True)
+def job_run_task(job_id: str) -> None:
+    run_in_worker_loop(job_run(job_id=job_id))
+    job_webhook_task.delay(job_id)
+
+
+# The name predates the move into this package; tasks already queued under it still run.
+@shared_task(name="llmops.gateway.jobs_tasks.job_webhook_task", bind=True)
+def job_webhook_task(self, job_id: str) -> None:
+    try:
+        job_webhook_attempt(job_id=job_id)
+    except WebhookDeliveryError as exc:
+        if self.request.retries + 1 >= settings.LLMOPS_JOBS_WEBHOOK_MAX_ATTEMPTS:
+            job_webhook_give_up(job_id=job_id)
+            return
+        countdown = WEBHOOK_RETRY_BASE_SECONDS * 2**self.request.retries
+        raise self.retry(exc=exc, countdown=countdown, max_retries=settings.LLMOPS_JOBS_WEBHOOK_MAX_ATTEMPTS) from exc
