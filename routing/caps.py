@@ -8,12 +8,12 @@ counted, routed or scanned.
 from dataclasses import dataclass
 
 from routing.compression import Summarizer, compress_messages
+from routing.max_tokens import MAX_TOKENS_FIELDS, with_max_tokens
 from routing.policy.document import CompiledPolicy, CompiledRule
 from routing.policy.engine import RouteDecision
 from routing.policy.errors import RoutingRefusal
 from routing.tokens import chat_tokens_lower_bound, count_chat_tokens_async
 
-MAX_TOKENS_FIELDS = ("max_tokens", "max_completion_tokens")
 COMPRESS = "compress"
 
 
@@ -98,13 +98,13 @@ def cap_refusal_before_counting(
 
 
 def clamp_max_tokens(body: dict, *, cap: int | None, default: int | None) -> dict:
-    """Clamp whichever of max_tokens / max_completion_tokens the client sent; set `max_tokens` when it sent none."""
+    """Clamp whichever of the max_tokens fields the client sent; set one (routing.max_tokens) when it sent none."""
     sent = [field for field in MAX_TOKENS_FIELDS if body.get(field) is not None]
     if not sent:
         value = default if default is not None else cap
         if value is None:
             return body
-        return {**body, "max_tokens": min(value, cap) if cap is not None else value}
+        return with_max_tokens(body, min(value, cap) if cap is not None else value)
     if cap is None:
         return body
     return {**body, **{field: min(body[field], cap) for field in sent}}

@@ -4,6 +4,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from routing.catalog import DEFAULT_MODEL_ALIAS, ModelCatalog
+from routing.max_tokens import requested_max_tokens
 from routing.policy.document import AUTO_ALIAS, NO_OUTCOME, CompiledPolicy, CompiledRule, RuleOutcome
 from routing.policy.errors import RoutingRefusal
 from routing.policy.scoring import DifficultyScore, difficulty_score
@@ -72,7 +73,6 @@ def route_request_from_body(
     metadata = body.get("metadata") or {}
     messages = body.get("messages") or []
     user_messages = [message for message in messages if message.get("role") == "user"]
-    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
     return RouteRequest(
         tenant_id=tenant_id,
         requested_model=body["model"],
@@ -87,7 +87,7 @@ def route_request_from_body(
             for part in _content_parts(message)
         ),
         last_user_message=_message_text(user_messages[-1]) if user_messages else "",
-        requested_max_tokens=max_tokens,
+        requested_max_tokens=requested_max_tokens(body),
     )
 
 

@@ -11,6 +11,7 @@ import httpx
 import orjson
 
 from routing.catalog import ProviderEntry
+from routing.max_tokens import requested_max_tokens
 from routing.providers.base import (
     SSE_DONE,
     TRANSLATION_ERRORS,
@@ -31,7 +32,6 @@ from routing.providers.base import (
     provider_timeout,
     rejection,
     reported_tokens,
-    requested_max_tokens,
     send_request,
     sse_event,
     sse_lines,

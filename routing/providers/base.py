@@ -392,11 +392,6 @@ def parse_data_url(url: str) -> tuple[str, str] | None:
     return media_type, data
 
 
-def requested_max_tokens(body: dict) -> int | None:
-    value = body.get("max_completion_tokens") or body.get("max_tokens")
-    return int(value) if value else None
-
-
 def stop_sequences(body: dict) -> list[str]:
     stop = body.get("stop")
     if not stop:

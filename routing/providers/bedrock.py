@@ -28,6 +28,7 @@ from botocore.exceptions import (
 )
 
 from routing.catalog import ProviderEntry
+from routing.max_tokens import requested_max_tokens
 from routing.providers.base import (
     SSE_DONE,
     TRANSLATION_ERRORS,
@@ -47,7 +48,6 @@ from routing.providers.base import (
     parse_data_url,
     parse_retry_after,
     reported_tokens,
-    requested_max_tokens,
     sse_event,
     stop_sequences,
     tool_call_arguments,

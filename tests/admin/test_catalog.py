@@ -95,7 +95,9 @@ def test_every_provider_kind_has_an_add_case():
     assert set(PROVIDER_OF_EACH_KIND) == set(ProviderKind)
 
 
-@pytest.mark.parametrize(("kind", "fields"), [pytest.param(*case, id=case[0]) for case in PROVIDER_OF_EACH_KIND.items()])
+@pytest.mark.parametrize(
+    ("kind", "fields"), [pytest.param(*case, id=case[0]) for case in PROVIDER_OF_EACH_KIND.items()]
+)
 def test_superuser_adds_a_provider_of_each_kind(superuser_client, kind, fields):
     form = superuser_client.get(admin_url("routing_provider", "add")).content.decode()
     response = superuser_client.post(
