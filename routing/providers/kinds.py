@@ -14,15 +14,18 @@ CREDENTIAL_FIELDS = ("credential", "credential_env_var")
 
 @dataclass(frozen=True, slots=True)
 class ProviderKindSpec:
+    """A kind of upstream API: which adapter calls it, and what a Provider of the kind must and may say."""
+
     value: str
     label: str
     # The module with ``chat_completion(provider, body)`` and ``open_chat_stream(provider, body)``.
     adapter: str
-    # Connection fields the kind cannot run without, and the others it reads when they are set.
-    required: tuple[str, ...]
-    optional: tuple[str, ...]
     # What a field holds for this kind, in the admin's words.
     notes: dict[str, str]
+    # Connection fields the kind cannot run without, and the others it reads when they are set; by default an HTTP
+    # API at a base URL, with an optional key.
+    required: tuple[str, ...] = ("base_url",)
+    optional: tuple[str, ...] = CREDENTIAL_FIELDS
     # It has OpenAI's Batch API, so whole batches can be delegated to it at its batch discount.
     batch_endpoint: bool = False
 
@@ -39,8 +42,6 @@ PROVIDER_KINDS = (
         value="openai",
         label="OpenAI-compatible",
         adapter="routing.providers.openai",
-        required=("base_url",),
-        optional=CREDENTIAL_FIELDS,
         notes={
             "base_url": "the API root, e.g. https://api.openai.com/v1",
             "credential": "the API key, sent as a bearer token",
@@ -51,8 +52,6 @@ PROVIDER_KINDS = (
         value="anthropic",
         label="Anthropic Messages API",
         adapter="routing.providers.anthropic",
-        required=("base_url",),
-        optional=CREDENTIAL_FIELDS,
         notes={
             "base_url": "the API root with its version, e.g. https://api.anthropic.com/v1",
             "credential": "the API key, sent as x-api-key",
@@ -62,14 +61,14 @@ PROVIDER_KINDS = (
         value="bedrock",
         label="AWS Bedrock Converse",
         adapter="routing.providers.bedrock",
-        required=("region",),
-        optional=("base_url", *CREDENTIAL_FIELDS),
         notes={
             "region": "the AWS region, e.g. us-east-1",
             "base_url": "blank for AWS's own endpoint, else a VPC endpoint or a test server",
             "credential": "ACCESS_KEY_ID:SECRET_ACCESS_KEY (optionally :SESSION_TOKEN); blank uses boto3's default "
             "chain (environment, profile, instance role)",
         },
+        required=("region",),
+        optional=("base_url", *CREDENTIAL_FIELDS),
     ),
 )
 PROVIDER_KINDS_BY_VALUE = {spec.value: spec for spec in PROVIDER_KINDS}
