@@ -125,8 +125,9 @@ async def apply_token_caps(
     Raises TokenCapExceeded over the prompt cap when the rule rejects, or when compression cannot get under it.
     """
     messages = body["messages"]
-    cap = decision.prompt_token_cap
-    rejects = cap is not None and decision.over_cap_action != COMPRESS
+    outcome = decision.outcome
+    cap = outcome.prompt_token_cap
+    rejects = cap is not None and outcome.over_cap_action != COMPRESS
     if prompt_tokens is None and rejects and (at_least := chat_tokens_lower_bound(messages)) > cap:
         raise TokenCapExceeded(prompt_tokens=at_least, cap=cap, rule_name=decision.rule_name, at_least=True)
     tokens_before = prompt_tokens if prompt_tokens is not None else await count_chat_tokens_async(messages, model=model)
@@ -147,7 +148,7 @@ async def apply_token_caps(
             )
         body = {**body, "messages": result.messages}
         tokens_after, compressed, summarized = result.tokens_after, result.compressed, result.summarized
-    body = clamp_max_tokens(body, cap=decision.max_tokens_cap, default=decision.default_max_tokens)
+    body = clamp_max_tokens(body, cap=outcome.max_tokens_cap, default=outcome.default_max_tokens)
     return CappedRequest(
         body=body,
         prompt_tokens_before=tokens_before,
