@@ -176,20 +176,15 @@ def rate_limit_create(
     requests_per_minute: int | None = None,
     tokens_per_minute: int | None = None,
 ) -> RateLimit:
-    rate_limit_validate(
-        tenant=tenant,
-        team=team,
-        api_key=api_key,
-        requests_per_minute=requests_per_minute,
-        tokens_per_minute=tokens_per_minute,
-    )
-    rate_limit = RateLimit(
-        tenant=tenant,
-        team=team,
-        api_key=api_key,
-        requests_per_minute=requests_per_minute,
-        tokens_per_minute=tokens_per_minute,
-    )
+    fields = {
+        "tenant": tenant,
+        "team": team,
+        "api_key": api_key,
+        "requests_per_minute": requests_per_minute,
+        "tokens_per_minute": tokens_per_minute,
+    }
+    rate_limit_validate(**fields)
+    rate_limit = RateLimit(**fields)
     rate_limit.full_clean()
     rate_limit.save()
     return rate_limit
