@@ -134,27 +134,19 @@ async def _redis_check(client, limits: list[RateLimitEntry], window: int, tokens
 def _headers(limits: list[RateLimitEntry], counts: list[tuple[int, int]], reset_seconds: float) -> dict[str, str]:
     """The tightest of the limits for requests and for tokens, as OpenAI names them."""
     reset = _duration(reset_seconds)
+    ceilings = [(limit.requests_per_minute, limit.tokens_per_minute) for limit in limits]
     headers = {}
-    request_limits = [
-        (limit.requests_per_minute, limit.requests_per_minute - requests)
-        for limit, (requests, _) in zip(limits, counts, strict=True)
-        if limit.requests_per_minute is not None
-    ]
-    if request_limits:
-        ceiling, remaining = min(request_limits, key=lambda pair: pair[1])
-        headers["x-ratelimit-limit-requests"] = str(ceiling)
-        headers["x-ratelimit-remaining-requests"] = str(max(remaining, 0))
-        headers["x-ratelimit-reset-requests"] = reset
-    token_limits = [
-        (limit.tokens_per_minute, limit.tokens_per_minute - used)
-        for limit, (_, used) in zip(limits, counts, strict=True)
-        if limit.tokens_per_minute is not None
-    ]
-    if token_limits:
-        ceiling, remaining = min(token_limits, key=lambda pair: pair[1])
-        headers["x-ratelimit-limit-tokens"] = str(ceiling)
-        headers["x-ratelimit-remaining-tokens"] = str(max(remaining, 0))
-        headers["x-ratelimit-reset-tokens"] = reset
+    for position, unit in enumerate(("requests", "tokens")):
+        room = [
+            (ceiling[position], ceiling[position] - used[position])
+            for ceiling, used in zip(ceilings, counts, strict=True)
+            if ceiling[position] is not None
+        ]
+        if room:
+            ceiling, remaining = min(room, key=lambda pair: pair[1])
+            headers[f"x-ratelimit-limit-{unit}"] = str(ceiling)
+            headers[f"x-ratelimit-remaining-{unit}"] = str(max(remaining, 0))
+            headers[f"x-ratelimit-reset-{unit}"] = reset
     return headers
 
 
@@ -184,20 +176,15 @@ def rate_limit_create(
     requests_per_minute: int | None = None,
     tokens_per_minute: int | None = None,
 ) -> RateLimit:
-    rate_limit_validate(
-        tenant=tenant,
-        team=team,
-        api_key=api_key,
-        requests_per_minute=requests_per_minute,
-        tokens_per_minute=tokens_per_minute,
-    )
-    rate_limit = RateLimit(
-        tenant=tenant,
-        team=team,
-        api_key=api_key,
-        requests_per_minute=requests_per_minute,
-        tokens_per_minute=tokens_per_minute,
-    )
+    fields = {
+        "tenant": tenant,
+        "team": team,
+        "api_key": api_key,
+        "requests_per_minute": requests_per_minute,
+        "tokens_per_minute": tokens_per_minute,
+    }
+    rate_limit_validate(**fields)
+    rate_limit = RateLimit(**fields)
     rate_limit.full_clean()
     rate_limit.save()
     return rate_limit

@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 from django.conf import settings
 from redis.exceptions import NoScriptError, RedisError
 
-_async_clients: dict[asyncio.AbstractEventLoop, aioredis.Redis] = {}
+from core.event_loops import PerEventLoop
 
 
 @lru_cache(maxsize=2)
@@ -25,22 +25,20 @@ def sync_redis() -> redis.Redis | None:
     return _sync_client(settings.REDIS_URL) if settings.REDIS_URL else None
 
 
+def _async_client(loop: asyncio.AbstractEventLoop) -> aioredis.Redis:
+    # Blocking: a burst of concurrent requests waits briefly for a connection instead of failing.
+    pool = aioredis.BlockingConnectionPool.from_url(
+        settings.REDIS_URL, max_connections=100, timeout=2, socket_timeout=2, socket_connect_timeout=2
+    )
+    return aioredis.Redis(connection_pool=pool)
+
+
+# One client (and connection pool) per event loop: a pool cannot be shared between loops.
+_async_clients = PerEventLoop(_async_client)
+
+
 def async_redis() -> aioredis.Redis | None:
-    """One client (and connection pool) per event loop: a pool cannot be shared between loops."""
-    if not settings.REDIS_URL:
-        return None
-    loop = asyncio.get_running_loop()
-    client = _async_clients.get(loop)
-    if client is None:
-        for stale_loop in [known for known in _async_clients if known.is_closed()]:
-            del _async_clients[stale_loop]
-        # Blocking: a burst of concurrent requests waits briefly for a connection instead of failing.
-        pool = aioredis.BlockingConnectionPool.from_url(
-            settings.REDIS_URL, max_connections=100, timeout=2, socket_timeout=2, socket_connect_timeout=2
-        )
-        client = aioredis.Redis(connection_pool=pool)
-        _async_clients[loop] = client
-    return client
+    return _async_clients.get() if settings.REDIS_URL else None
 
 
 def redis_persistence_problem(client: redis.Redis) -> str:

@@ -2,8 +2,8 @@
 
 Embedded default: no broker, tasks run eagerly in the calling process.
 
-A worker registers the tasks of every `tasks` module in an installed app, at any depth (billing.tasks,
-billing.finance.tasks, llmops.gateway.batches.tasks). Celery's own discovery looks only at the app's top level, which
+A worker registers the tasks of every `tasks` module in an installed app, at any depth (routing.tasks,
+billing.alerts.tasks, llmops.gateway.batches.tasks). Celery's own discovery looks only at the app's top level, which
 left the tasks of a feature package unregistered in a real worker while beat sent them.
 """
 

@@ -176,9 +176,9 @@ CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 # Periodic tasks, by name. Each app's issue adds its own entries here.
 CELERY_BEAT_SCHEDULE: dict[str, dict] = {
     "routing-cache-entries-expire": {"task": "routing.tasks.cache_expiry_run", "schedule": crontab(minute="*/10")},
-    "billing-anomalies-detect": {"task": "billing.tasks.anomalies_detect", "schedule": crontab(minute=5)},
+    "billing-anomalies-detect": {"task": "billing.alerts.tasks.anomalies_detect", "schedule": crontab(minute=5)},
     "billing-budget-counters-check": {
-        "task": "billing.tasks.budget_counters_check",
+        "task": "billing.budgets.tasks.budget_counters_check",
         "schedule": crontab(hour=3, minute=15),
     },
     "billing-usage-rollups-refresh": {"task": "billing.finance.tasks.usage_rollups_refresh_task", "schedule": 60.0},

@@ -151,7 +151,8 @@ def _traffic_between(hours: dict[datetime, Traffic], start: datetime, end: datet
 
 
 def tenant_anomalies_detect(*, tenant: Tenant, now: datetime) -> list[Anomaly]:
-    """Store and alert the anomalies of the windows ending at the last full hour; a rerun adds nothing."""
+    """Store the anomalies of the windows ending at the last full hour, each with its alert deliveries for the caller
+    to queue (alert_deliveries_send); a rerun adds nothing."""
     window_end = now.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
     day = timedelta(days=1)
     hourly = _hourly_traffic(tenant=tenant, since=window_end - (BASELINE_DAYS + 1) * day, until=window_end)

@@ -85,21 +85,22 @@ def alert_channel_update(
     return channel
 
 
-def budget_alert_raise(*, budget_id: int, period_key: str, threshold: int, spent_units: int) -> BudgetAlert | None:
-    """Record the alert, and first those of the lower thresholds not raised yet, and queue their deliveries.
-    Returns the alert when this call raised it, None when it was raised before."""
+def budget_alert_raise(*, budget_id: int, period_key: str, threshold: int, spent_units: int) -> list[AlertDelivery]:
+    """Record the alert, and first those of the lower thresholds not raised yet, with a delivery per active channel.
+    Returns those deliveries, lowest threshold first; none when the alert was raised before."""
     with transaction.atomic():
-        # One raiser at a time per budget, so the alerts are created (and their deliveries queued) in order.
+        # One raiser at a time per budget, so the alerts and their deliveries are created in order.
         budget = Budget.objects.select_for_update(of=("self",)).select_related("tenant").filter(pk=budget_id).first()
         if budget is None:
-            return None
+            return []
         raised = set(
             BudgetAlert.objects.filter(budget=budget, period_key=period_key).values_list("threshold", flat=True)
         )
         if threshold in raised:
-            return None
+            return []
         reached = sorted({percent for percent in budget.thresholds if percent < threshold} - raised | {threshold})
         channels = list(budget.channels.filter(is_active=True))
+        deliveries = []
         for percent in reached:
             alert = BudgetAlert.objects.create(
                 budget=budget,
@@ -108,25 +109,16 @@ def budget_alert_raise(*, budget_id: int, period_key: str, threshold: int, spent
                 spent_usd=units_to_usd(spent_units),
                 limit_usd=budget.limit_usd,
             )
-            _send_on_commit([AlertDelivery.objects.create(budget_alert=alert, channel=channel) for channel in channels])
+            deliveries += [AlertDelivery.objects.create(budget_alert=alert, channel=channel) for channel in channels]
     logger.info("budget %s reached %s in %s; %s channels", budget_id, reached, period_key, len(channels))
-    return alert
-
-
-def anomaly_alert_raise(*, anomaly: Anomaly) -> list[AlertDelivery]:
-    """Tell every active channel of the anomaly's tenant."""
-    with transaction.atomic():
-        channels = AlertChannel.objects.for_tenant(anomaly.tenant_id).filter(is_active=True)
-        deliveries = [AlertDelivery.objects.create(anomaly=anomaly, channel=channel) for channel in channels]
-        _send_on_commit(deliveries)
     return deliveries
 
 
-def _send_on_commit(deliveries: list[AlertDelivery]) -> None:
-    from billing.tasks import alert_delivery_send
-
-    for delivery in deliveries:
-        transaction.on_commit(lambda delivery_id=delivery.pk: alert_delivery_send.delay(delivery_id))
+def anomaly_alert_raise(*, anomaly: Anomaly) -> list[AlertDelivery]:
+    """A delivery to every active channel of the anomaly's tenant."""
+    with transaction.atomic():
+        channels = AlertChannel.objects.for_tenant(anomaly.tenant_id).filter(is_active=True)
+        return [AlertDelivery.objects.create(anomaly=anomaly, channel=channel) for channel in channels]
 
 
 def alert_delivery_attempt(*, delivery_id: int) -> None:
@@ -182,13 +174,13 @@ def alert_delivery_give_up(*, delivery_id: int) -> None:
     )
 
 
-def alert_delivery_requeue(*, delivery: AlertDelivery) -> None:
-    """Try a failed delivery again from the admin."""
-    from billing.tasks import alert_delivery_send
-
-    if delivery.status != DeliveryStatus.SENT:
-        AlertDelivery.objects.filter(pk=delivery.pk).update(status=DeliveryStatus.PENDING)
-        transaction.on_commit(lambda: alert_delivery_send.delay(delivery.pk))
+def alert_delivery_reopen(*, delivery: AlertDelivery) -> bool:
+    """Make a failed delivery pending again, for the admin to retry; False when it was sent."""
+    return bool(
+        AlertDelivery.objects.filter(pk=delivery.pk)
+        .exclude(status=DeliveryStatus.SENT)
+        .update(status=DeliveryStatus.PENDING)
+    )
 
 
 def alert_delivery_message_id(delivery: AlertDelivery) -> str:

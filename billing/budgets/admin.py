@@ -12,8 +12,9 @@ from billing.alerts.services import (
     alert_channel_create,
     alert_channel_update,
     alert_channel_validate,
-    alert_delivery_requeue,
+    alert_delivery_reopen,
 )
+from billing.alerts.tasks import alert_deliveries_send
 from billing.budgets.selectors import budget_status
 from billing.budgets.services import budget_counters_rebuild, budget_create, budget_update, budget_validate
 from billing.ledger.costs import format_money
@@ -227,8 +228,7 @@ class AlertDeliveryAdmin(ReadOnlyScopedAdmin):
         deliveries = list(queryset.select_related("channel"))
         if not all(self.can_edit_tenant(request, delivery.channel.tenant_id) for delivery in deliveries):
             raise PermissionDenied
-        for delivery in deliveries:
-            alert_delivery_requeue(delivery=delivery)
+        alert_deliveries_send([delivery for delivery in deliveries if alert_delivery_reopen(delivery=delivery)])
         self.message_user(request, f"Queued {len(deliveries)} deliveries again.", messages.SUCCESS)
 
 

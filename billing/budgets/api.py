@@ -118,21 +118,23 @@ def _editable_tenant(request: Request) -> Tenant:
     return only[0]
 
 
+# A body field naming a team or key, how it is found in the tenant, and what is said when it is not.
+_TARGET_LOOKUPS = (
+    ("team", Team, "slug", "No team '{}' in this tenant."),
+    ("api_key", ApiKey, "prefix", "No API key with prefix '{}' in this tenant."),
+)
+
+
 def _targets(tenant: Tenant, data: dict) -> dict:
     """Team, key and channels named in the body, looked up in the tenant only."""
     targets = {}
-    if data.get("team"):
-        targets["team"] = Team.objects.for_tenant(tenant).filter(slug=data["team"]).first()
-        if targets["team"] is None:
-            raise ApiValidationError({"team": f"No team '{data['team']}' in this tenant."})
-    elif "team" in data:
-        targets["team"] = None
-    if data.get("api_key"):
-        targets["api_key"] = ApiKey.objects.for_tenant(tenant).filter(prefix=data["api_key"]).first()
-        if targets["api_key"] is None:
-            raise ApiValidationError({"api_key": f"No API key with prefix '{data['api_key']}' in this tenant."})
-    elif "api_key" in data:
-        targets["api_key"] = None
+    for field, model, lookup, missing in _TARGET_LOOKUPS:
+        if data.get(field):
+            targets[field] = model.objects.for_tenant(tenant).filter(**{lookup: data[field]}).first()
+            if targets[field] is None:
+                raise ApiValidationError({field: missing.format(data[field])})
+        elif field in data:
+            targets[field] = None
     if "channels" in data:
         channels = list(AlertChannel.objects.for_tenant(tenant).filter(pk__in=data["channels"]))
         if len(channels) != len(set(data["channels"])):

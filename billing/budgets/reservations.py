@@ -45,7 +45,6 @@ from core.redis import async_redis
 logger = logging.getLogger(__name__)
 
 REDIS_FAILURE_DATABASE = "database"
-REDIS_FAILURE_FAIL_CLOSED = "fail_closed"
 # A request waits at most this long for another process to seed a counter it needs.
 SEED_WAIT_SECONDS = 10.0
 SEED_POLL_SECONDS = 0.01

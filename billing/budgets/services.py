@@ -166,31 +166,17 @@ def budget_set(
         if model_name
         else BudgetScope.TENANT
     )
-    existing = (
-        Budget.objects.for_tenant(tenant)
-        .filter(scope=scope, team=team, api_key=api_key, model_name=model_name, period=period)
-        .order_by("pk")
-        .first()
-    )
-    if existing is None:
-        budget = budget_create(
-            tenant=tenant,
-            scope=scope,
-            team=team,
-            api_key=api_key,
-            model_name=model_name,
-            period=period,
-            limit_usd=limit_usd,
-            action=action or BudgetAction.BLOCK,
-            thresholds=thresholds,
-        )
-        return budget, True
-    changes = {"limit_usd": limit_usd, "is_active": True}
+    target = {"scope": scope, "team": team, "api_key": api_key, "model_name": model_name, "period": period}
+    existing = Budget.objects.for_tenant(tenant).filter(**target).order_by("pk").first()
+    # What is left out keeps its value, or takes budget_create's default.
+    changes = {"limit_usd": limit_usd}
     if action is not None:
         changes["action"] = action
     if thresholds is not None:
         changes["thresholds"] = thresholds
-    return budget_update(budget=existing, **changes), False
+    if existing is None:
+        return budget_create(tenant=tenant, **target, **changes), True
+    return budget_update(budget=existing, is_active=True, **changes), False
 
 
 def _validate_instance(budget: Budget) -> None:

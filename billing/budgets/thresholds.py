@@ -1,6 +1,6 @@
 """Threshold crossings noticed on the request path, handed to Celery without blocking the event loop.
 
-The request path only notices; billing.tasks.budget_threshold_alert inserts the BudgetAlert row whose
+The request path only notices; billing.alerts.tasks.budget_threshold_alert inserts the BudgetAlert row whose
 unique constraint makes the alert exactly-once across replicas and retries. The in-process set below
 only spares the broker a task per refused request.
 """
@@ -11,6 +11,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 
 from django.db import connections
 
+from billing.alerts.tasks import budget_threshold_alert
 from billing.budgets.index import BudgetEntry
 
 logger = logging.getLogger(__name__)
@@ -53,8 +54,6 @@ def threshold_alerts_wait(timeout: float = 10.0) -> None:
 
 
 def _send_tasks(crossings: list[tuple[int, str, int, int]]) -> None:
-    from billing.tasks import budget_threshold_alert
-
     try:
         for budget_id, period_key, threshold, spent_units in crossings:
             budget_threshold_alert.delay(budget_id, period_key, threshold, spent_units)

@@ -24,6 +24,7 @@ from django.http import HttpResponse, StreamingHttpResponse
 from redis.exceptions import RedisError
 
 from core.background import run_in_background
+from core.event_loops import PerEventLoop
 from core.redis import RedisScript, async_redis
 from llmops.gateway.errors import GatewayError
 
@@ -105,17 +106,7 @@ class _Renewals:
                 logger.warning("in-flight leases not renewed, Redis unreachable: %s", failures[0])
 
 
-_renewals: dict[asyncio.AbstractEventLoop, _Renewals] = {}
-
-
-def _renewals_here() -> _Renewals:
-    loop = asyncio.get_running_loop()
-    renewals = _renewals.get(loop)
-    if renewals is None:
-        for closed in [known for known in _renewals if known.is_closed()]:
-            del _renewals[closed]
-        renewals = _renewals[loop] = _Renewals(loop)
-    return renewals
+_renewals = PerEventLoop(_Renewals)
 
 
 class _LocalCounts:
@@ -171,7 +162,7 @@ async def inflight_acquire(*, tenant_id: int, request_id: str, limit: int) -> In
         return None
     if not admitted:
         raise TenantConcurrencyExceeded(limit)
-    slot = InflightSlot(tenant_id, request_id, renewals=_renewals_here())
+    slot = InflightSlot(tenant_id, request_id, renewals=_renewals.get())
     slot.renewals.hold(slot)
     return slot
 

@@ -12,7 +12,6 @@ from dataclasses import asdict, dataclass, fields
 
 SCHEMA_VERSION = 1
 AUTO_ALIAS = "auto"
-LIST_MATCH_FIELDS = ("requested_models", "task_types", "user_tiers", "team_slugs", "keywords")
 EMPTY_MATCH = {
     "requested_models": [],
     "task_types": [],

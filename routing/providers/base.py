@@ -4,7 +4,6 @@ Adapters speak their provider's API and hand back OpenAI's chat completion forma
 pipeline reads one shape whatever the provider.
 """
 
-import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
@@ -16,11 +15,13 @@ import httpx
 import orjson
 from django.conf import settings
 
+from core.event_loops import PerEventLoop
 from routing.catalog import ModelEntry, ProviderEntry
 from routing.providers.transport import AiohttpTransport
 
 USER_AGENT = "llmops"
-_transports: dict[asyncio.AbstractEventLoop, AiohttpTransport] = {}
+# One connection pool per event loop: connections are reused across requests, never shared between loops.
+_transports = PerEventLoop(lambda loop: AiohttpTransport(max_connections=settings.LLMOPS_UPSTREAM_MAX_CONNECTIONS))
 
 
 class UpstreamError(Exception):
@@ -113,19 +114,12 @@ class UpstreamStream(Protocol):
 
 
 def upstream_transport() -> AiohttpTransport:
-    """One connection pool per event loop: connections are reused across requests, never shared between loops."""
-    loop = asyncio.get_running_loop()
-    transport = _transports.get(loop)
-    if transport is None:
-        for stale_loop in [known for known in _transports if known.is_closed()]:
-            del _transports[stale_loop]
-        transport = _transports[loop] = AiohttpTransport(max_connections=settings.LLMOPS_UPSTREAM_MAX_CONNECTIONS)
-    return transport
+    return _transports.get()
 
 
 async def upstream_client_close() -> None:
     """Close this event loop's pool and its connections; for a loop that ends before its process does."""
-    transport = _transports.pop(asyncio.get_running_loop(), None)
+    transport = _transports.pop()
     if transport is not None:
         await transport.aclose()
 

@@ -15,12 +15,12 @@ from billing.alerts.services import (
     alert_delivery_attempt,
     alert_delivery_message_id,
 )
+from billing.alerts.tasks import ALERT_DELIVERY_MAX_RETRIES, budget_threshold_alert
 from billing.budgets.index import build_budget_index
 from billing.budgets.reservations import BudgetExceeded, budget_reserve, reservation_settle
 from billing.budgets.services import budget_create
 from billing.budgets.thresholds import threshold_alerts_wait
 from billing.models import AlertDelivery, BudgetAlert, ChannelKind, DeliveryStatus
-from billing.tasks import ALERT_DELIVERY_MAX_RETRIES, budget_threshold_alert
 from core.webhooks import webhook_secret_new
 from tests.loops import run
 from tests.webhooks import assert_verified_and_not_forgeable
@@ -118,6 +118,33 @@ def test_a_delivery_that_never_lands_is_marked_failed_with_its_error(
     assert delivery.status == DeliveryStatus.FAILED
     assert delivery.attempts == ALERT_DELIVERY_MAX_RETRIES + 1
     assert "answered 500" in delivery.last_error
+
+
+def test_the_admin_retries_a_failed_delivery_and_not_a_sent_one(
+    org, receiver, eager_retries, admin_client, django_capture_on_commit_callbacks
+):
+    app, url = receiver
+    app.statuses.extend([500] * (ALERT_DELIVERY_MAX_RETRIES + 1))
+    channel = alert_channel_create(tenant=org.tenant, name="slack", kind=ChannelKind.SLACK, target=f"{url}/slack")
+    budget = budget_create(tenant=org.tenant, limit_usd=Decimal("10"), channels=[channel], thresholds=[50, 80])
+    with django_capture_on_commit_callbacks(execute=True):
+        budget_threshold_alert(budget.pk, "2026-11", 50, 5 * UNITS)
+    with django_capture_on_commit_callbacks(execute=True):
+        budget_threshold_alert(budget.pk, "2026-11", 80, 8 * UNITS)
+    failed = AlertDelivery.objects.get(budget_alert__threshold=50, status=DeliveryStatus.FAILED)
+    sent = AlertDelivery.objects.get(budget_alert__threshold=80, status=DeliveryStatus.SENT)
+    app.received.clear()
+
+    with django_capture_on_commit_callbacks(execute=True):
+        admin_client.post(
+            "/admin/billing/alertdelivery/",
+            {"action": "retry_deliveries", "_selected_action": [failed.pk, sent.pk]},
+        )
+
+    [request] = app.received
+    assert "budget at 50%" in json.loads(request.body)["text"]
+    failed.refresh_from_db()
+    assert failed.status == DeliveryStatus.SENT
 
 
 @mock_aws

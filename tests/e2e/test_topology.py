@@ -20,7 +20,7 @@ import httpx
 import pytest
 from openai import OpenAI
 
-from billing.tasks import ALERT_RETRY_BASE_SECONDS
+from billing.alerts.tasks import ALERT_RETRY_BASE_SECONDS
 from tests.e2e.conftest import BEAT_INTERVAL_SECONDS, CLOUDWATCH_NAMESPACE, STATEMENTS_BUCKET, usage_total, wait_for
 
 BATCH_TERMINAL = {"completed", "failed", "expired", "cancelled"}
@@ -185,7 +185,7 @@ def test_a_budget_alert_reaches_the_webhook_once(topology, demo, webhook_receive
     for index in range(10):
         assert _chat(topology, key, f"budget question {uuid.uuid4()} {index}").status_code == 200
     receiver = webhook_receiver.receiver
-    # A delivery that fails is sent again 30 s later (billing.tasks.alert_retry_countdown): that still arrives once.
+    # A delivery that fails is sent again 30 s later (alert_retry_countdown): that still arrives once.
     late = ALERT_RETRY_BASE_SECONDS + 15
     wait_for(lambda: len(_received(receiver, "budget.threshold")) >= 2, timeout=late, what="both budget alerts arrive")
     for index in range(5):

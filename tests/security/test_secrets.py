@@ -127,6 +127,15 @@ def test_rotate_command_prints_the_successor_once(capsys):
         call_command("rotate_api_key", "--prefix", "nope")
 
 
+@pytest.mark.django_db
+@pytest.mark.parametrize("hours", ["-1", "soon", "inf", "nan"])
+def test_rotate_command_refuses_an_overlap_that_is_not_a_number_of_hours(hours):
+    old, _ = api_key_create(team=TeamFactory())
+    with pytest.raises(CommandError, match="--overlap-hours"):
+        call_command("rotate_api_key", "--prefix", old.prefix, "--overlap-hours", hours)
+    assert ApiKey.objects.get() == old
+
+
 def test_old_and_rotated_keys_authenticate_at_the_gateway_during_the_overlap(gateway, acme):
     _, full_key = api_key_rotate(api_key=acme.api_key, overlap=timedelta(hours=1))
     body = {"model": acme.small.name, "messages": [{"role": "user", "content": "hi"}]}

@@ -5,7 +5,8 @@ from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
 from billing.alerts.anomalies import tenant_anomalies_detect
-from billing.models import Anomaly
+from billing.alerts.tasks import alert_deliveries_send
+from billing.models import AlertDelivery, Anomaly
 from tenants.models import Tenant
 
 
@@ -52,6 +53,7 @@ class Command(BaseCommand):
             self.stdout.write("The hour in progress is judged on its traffic so far: a drop may mean it is not over.")
         for tenant in tenants:
             anomalies = tenant_anomalies_detect(tenant=tenant, now=at)
+            alert_deliveries_send(AlertDelivery.objects.filter(anomaly__in=anomalies))
             noun = "anomaly" if len(anomalies) == 1 else "anomalies"
             self.stdout.write(f"{tenant.slug}: {len(anomalies)} new {noun}")
             for anomaly in anomalies:

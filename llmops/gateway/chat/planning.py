@@ -85,24 +85,23 @@ def _routing_baseline(catalog: ModelCatalog, policy, requested: str) -> ModelEnt
     return catalog.models.get(alias.large_model if alias is not None else requested)
 
 
-def _can_take(model: ModelEntry, features: RouteRequest) -> bool:
-    return (model.supports_tools or not features.has_tools) and (model.supports_images or not features.has_images)
+def _lacking(model: ModelEntry, features: RouteRequest) -> tuple[str, str, str] | None:
+    """What the request needs and the model cannot take: (what, the parameter that asks for it, what to do instead)."""
+    if features.has_tools and not model.supports_tools:
+        return "tools", "tools", "send the request without `tools` or to another model"
+    if features.has_images and not model.supports_images:
+        return "images", "messages", "send text only or use another model"
+    return None
 
 
 def _refuse_what_the_model_cannot_take(model: ModelEntry, features: RouteRequest) -> None:
-    if features.has_tools and not model.supports_tools:
+    if lacking := _lacking(model, features):
+        what, param, instead = lacking
         raise GatewayError(
-            f"The model `{model.name}` cannot take tools; send the request without `tools` or to another model.",
+            f"The model `{model.name}` cannot take {what}; {instead}.",
             status=400,
             code="model_capability_unsupported",
-            param="tools",
-        )
-    if features.has_images and not model.supports_images:
-        raise GatewayError(
-            f"The model `{model.name}` cannot take images; send text only or use another model.",
-            status=400,
-            code="model_capability_unsupported",
-            param="messages",
+            param=param,
         )
 
 
@@ -142,7 +141,7 @@ async def plan_chat(snapshot: ConfigSnapshot, call: GatewayCall, body: dict, hea
         call.served = served
         _refuse_what_the_model_cannot_take(served, features)
         fallbacks = [catalog.models[name] for name in decision.outcome.fallback_models if name in catalog.models]
-        chain = [served] + [model for model in fallbacks if _can_take(model, features)]
+        chain = [served] + [model for model in fallbacks if _lacking(model, features) is None]
         upstream_body = {k: v for k, v in body.items() if k not in GATEWAY_ONLY_FIELDS}
         same_encoding = encoding_name_for(served.upstream_name) == encoding_name_for(counting_model)
         capped = await apply_token_caps(

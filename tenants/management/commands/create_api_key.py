@@ -1,18 +1,11 @@
-import argparse
 from datetime import timedelta
 
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
+from tenants.management.arguments import number_of
 from tenants.models import Team, Tenant
 from tenants.services import api_key_create
-
-
-def positive_days(value: str) -> int:
-    days = int(value) if value.isdigit() else 0
-    if days < 1:
-        raise argparse.ArgumentTypeError(f"'{value}' is not a whole number of days of at least 1")
-    return days
 
 
 class Command(BaseCommand):
@@ -23,7 +16,10 @@ class Command(BaseCommand):
         parser.add_argument("--team", dest="team_slug", required=True, metavar="SLUG", help="A team of that tenant.")
         parser.add_argument("--name", default="")
         parser.add_argument(
-            "--expires-in-days", type=positive_days, metavar="DAYS", help="Never expires when left out."
+            "--expires-in-days",
+            type=number_of("days", at_least=1, whole=True),
+            metavar="DAYS",
+            help="Never expires when left out.",
         )
 
     def handle(self, *args, tenant_slug, team_slug, name, expires_in_days, **options):

@@ -1,22 +1,12 @@
-import argparse
 from datetime import timedelta
 
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
 from tenants.audit import audit_actor
+from tenants.management.arguments import number_of
 from tenants.models import ApiKey
 from tenants.services import api_key_rotate
-
-
-def non_negative_hours(value: str) -> float:
-    try:
-        hours = float(value)
-    except ValueError:
-        hours = -1
-    if hours < 0:
-        raise argparse.ArgumentTypeError(f"'{value}' is not a number of hours of at least 0")
-    return hours
 
 
 class Command(BaseCommand):
@@ -25,7 +15,10 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--prefix", required=True, help="The prefix of the key to rotate (shown in the admin).")
         parser.add_argument(
-            "--overlap-hours", type=non_negative_hours, default=24.0, help="How long the old key keeps working."
+            "--overlap-hours",
+            type=number_of("hours", at_least=0),
+            default=24.0,
+            help="How long the old key keeps working.",
         )
 
     def handle(self, *args, prefix, overlap_hours, **options):

@@ -1,14 +1,17 @@
-"""billing's Celery tasks: ids in, one service each."""
+"""Alert tasks: ids in, one service each. The services create the delivery rows; these tasks, the admin's retry and
+`manage.py anomalies_detect` queue their sending, so no service imports a task module."""
 
+from collections.abc import Iterable
 from datetime import datetime
 
 from celery import shared_task
+from django.db import transaction
 from django.utils import timezone
 
 from billing.alerts.anomalies import tenant_anomalies_detect
 from billing.alerts.channels import ChannelSendError
 from billing.alerts.services import alert_delivery_attempt, alert_delivery_give_up, budget_alert_raise
-from billing.budgets.services import budget_counters_check as budget_counters_compare
+from billing.models import AlertDelivery
 from tenants.models import Tenant
 
 ALERT_DELIVERY_MAX_RETRIES = 8
@@ -21,12 +24,22 @@ def alert_retry_countdown(retries: int) -> int:
     return min(ALERT_RETRY_BASE_SECONDS * 2**retries, ALERT_RETRY_MAX_SECONDS)
 
 
-@shared_task
+def alert_deliveries_send(deliveries: Iterable[AlertDelivery]) -> None:
+    """Queue each delivery's sending once the transaction that wrote it commits, so the task finds its row."""
+    for delivery in deliveries:
+        transaction.on_commit(lambda delivery_id=delivery.pk: alert_delivery_send.delay(delivery_id))
+
+
+# The name predates this module; tasks already queued under it still run.
+@shared_task(name="billing.tasks.budget_threshold_alert")
 def budget_threshold_alert(budget_id: int, period_key: str, threshold: int, spent_units: int) -> None:
-    budget_alert_raise(budget_id=budget_id, period_key=period_key, threshold=threshold, spent_units=spent_units)
+    alert_deliveries_send(
+        budget_alert_raise(budget_id=budget_id, period_key=period_key, threshold=threshold, spent_units=spent_units)
+    )
 
 
-@shared_task(bind=True, max_retries=ALERT_DELIVERY_MAX_RETRIES)
+# The name predates this module; tasks already queued under it still run.
+@shared_task(name="billing.tasks.alert_delivery_send", bind=True, max_retries=ALERT_DELIVERY_MAX_RETRIES)
 def alert_delivery_send(self, delivery_id: int) -> None:
     try:
         alert_delivery_attempt(delivery_id=delivery_id)
@@ -45,14 +58,10 @@ def anomalies_detect() -> None:
         anomalies_detect_tenant.delay(tenant_id, now)
 
 
-@shared_task
+# The name predates this module; tasks already queued under it still run.
+@shared_task(name="billing.tasks.anomalies_detect_tenant")
 def anomalies_detect_tenant(tenant_id: int, now: str) -> None:
     tenant = Tenant.objects.filter(pk=tenant_id).first()
     if tenant is not None:
-        tenant_anomalies_detect(tenant=tenant, now=datetime.fromisoformat(now))
-
-
-@shared_task
-def budget_counters_check() -> int:
-    """Nightly from beat: logs each budget whose counter disagrees with the ledger; returns how many."""
-    return len(budget_counters_compare())
+        anomalies = tenant_anomalies_detect(tenant=tenant, now=datetime.fromisoformat(now))
+        alert_deliveries_send(AlertDelivery.objects.filter(anomaly__in=anomalies))

@@ -1,0 +1,11 @@
+"""Budget tasks: ids in, one service each."""
+
+from celery import shared_task
+
+from billing.budgets.services import budget_counters_check as budget_counters_compare
+
+
+@shared_task
+def budget_counters_check() -> int:
+    """Nightly from beat: logs each budget whose counter disagrees with the ledger; returns how many."""
+    return len(budget_counters_compare())
