@@ -23,6 +23,7 @@ from collections import OrderedDict
 
 import orjson
 
+from routing.max_tokens import requested_max_tokens
 from routing.tokens import count_chat_tokens
 
 STALL_SECONDS = 30
@@ -76,8 +77,7 @@ def _choices(body: dict) -> int:
 
 def _per_choice_tokens(body: dict) -> int:
     """Each answer runs to max_tokens, at most 24 tokens."""
-    cap = body.get("max_completion_tokens") or body.get("max_tokens") or 64
-    return max(1, min(int(cap), 24))
+    return max(1, min(int(requested_max_tokens(body) or 64), 24))
 
 
 class MockUpstream:

@@ -10,7 +10,7 @@ from django.db import models
 from django.http import Http404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 
 from core.outbound import outbound_url_errors
 from core.redaction import redact, redact_value
@@ -28,6 +28,7 @@ from routing.models import (
     TenantModelAccess,
 )
 from routing.policy.simulation import routing_simulation
+from routing.providers.kinds import CONNECTION_FIELDS, PROVIDER_KINDS
 from routing.services import (
     model_create,
     provider_create,
@@ -63,12 +64,26 @@ class SuperuserOnlyAdmin(ServiceCreateAdmin):
         return request.user.is_superuser
 
 
+def _connection_help(field: str) -> str:
+    """What a connection field holds for each kind of provider that reads it (routing.providers.kinds)."""
+    parts = [
+        f"{spec.label}: {'required' if field in spec.required else 'optional'}, {spec.notes[field]}"
+        for spec in PROVIDER_KINDS
+        if spec.reads(field) and field in spec.notes
+    ]
+    return ". ".join(parts) + "." if parts else ""
+
+
 class ProviderForm(forms.ModelForm):
-    credential = forms.CharField(
-        required=False,
-        widget=forms.PasswordInput(render_value=False),
-        help_text="Write-only: stored encrypted and never shown. Leave blank to keep the stored credential.",
-    )
+    credential = forms.CharField(required=False, widget=forms.PasswordInput(render_value=False))
+    write_only = "Write-only: stored encrypted and never shown. Leave blank to keep the stored credential."
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # The kinds' notes replace the model's generic help; the credential's says what becomes of it too.
+        for name in CONNECTION_FIELDS:
+            if name in self.fields and (kinds_help := _connection_help(name)):
+                self.fields[name].help_text = f"{kinds_help} {self.write_only}" if name == "credential" else kinds_help
 
     def clean_base_url(self):
         base_url = self.cleaned_data["base_url"]
@@ -84,22 +99,27 @@ class ProviderAdmin(SuperuserOnlyAdmin):
     list_display = ("name", "kind", "base_url", "credential_env_var", "credential_stored", "is_active")
     list_filter = ("kind", "is_active")
     search_fields = ("name", "base_url")
-    add_fields = ("name", "kind", "base_url", "credential", "credential_env_var", "timeout_seconds")
+    # The connection fields are every field any kind reads, so each kind can be added here.
+    add_fields = ("name", "kind", *CONNECTION_FIELDS, "timeout_seconds")
     readonly_fields = ("credential_stored", "created_at")
 
     @admin.display(boolean=True, description="credential stored")
     def credential_stored(self, provider: Provider) -> bool:
         return bool(provider.credential_encrypted)
 
-    def create_with_service(self, request, form) -> Provider:
-        return provider_create(
-            name=form.cleaned_data["name"],
-            kind=form.cleaned_data["kind"],
-            base_url=form.cleaned_data["base_url"],
-            credential=form.cleaned_data["credential"],
-            credential_env_var=form.cleaned_data["credential_env_var"],
-            timeout_seconds=form.cleaned_data["timeout_seconds"],
+    def get_fieldsets(self, request, obj=None):
+        fields = self.get_fields(request, obj)
+        connection = tuple(name for name in CONNECTION_FIELDS if name in fields)
+        needs = format_html_join(
+            "", "<li>{}: {}</li>", ((spec.label, ", ".join(spec.required)) for spec in PROVIDER_KINDS)
         )
+        return (
+            (None, {"fields": [name for name in fields if name not in connection]}),
+            ("Connection", {"fields": connection, "description": format_html("Each kind needs:<ul>{}</ul>", needs)}),
+        )
+
+    def create_with_service(self, request, form) -> Provider:
+        return provider_create(**{name: form.cleaned_data[name] for name in self.add_fields})
 
     def save_model(self, request, obj, form, change):
         super().save_model(request, obj, form, change)

@@ -7,6 +7,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from routing.max_tokens import MAX_TOKENS_FIELDS
 from routing.models import RoutingPolicy
 from routing.policy.simulation import routing_simulation
 from tenants.selectors import tenant_ids_editable_by
@@ -67,8 +68,13 @@ class SimulatedRequestSerializer(serializers.Serializer):
     metadata = serializers.DictField(child=serializers.CharField(allow_blank=True, max_length=512), required=False)
     tools = serializers.ListField(child=serializers.DictField(), required=False)
     functions = serializers.ListField(child=serializers.DictField(), required=False)
-    max_tokens = serializers.IntegerField(required=False, allow_null=True, min_value=1, max_value=2**31 - 1)
-    max_completion_tokens = serializers.IntegerField(required=False, allow_null=True, min_value=1, max_value=2**31 - 1)
+
+    def get_fields(self):
+        caps = {
+            name: serializers.IntegerField(required=False, allow_null=True, min_value=1, max_value=2**31 - 1)
+            for name in MAX_TOKENS_FIELDS
+        }
+        return {**super().get_fields(), **caps}
 
 
 class SimulateSerializer(serializers.Serializer):

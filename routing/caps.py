@@ -8,12 +8,12 @@ counted, routed or scanned.
 from dataclasses import dataclass
 
 from routing.compression import Summarizer, compress_messages
+from routing.max_tokens import MAX_TOKENS_FIELDS, with_max_tokens
 from routing.policy.document import CompiledPolicy, CompiledRule
 from routing.policy.engine import RouteDecision
 from routing.policy.errors import RoutingRefusal
 from routing.tokens import chat_tokens_lower_bound, count_chat_tokens_async
 
-MAX_TOKENS_FIELDS = ("max_tokens", "max_completion_tokens")
 COMPRESS = "compress"
 
 
@@ -98,13 +98,13 @@ def cap_refusal_before_counting(
 
 
 def clamp_max_tokens(body: dict, *, cap: int | None, default: int | None) -> dict:
-    """Clamp whichever of max_tokens / max_completion_tokens the client sent; set `max_tokens` when it sent none."""
+    """Clamp whichever of the max_tokens fields the client sent; set one (routing.max_tokens) when it sent none."""
     sent = [field for field in MAX_TOKENS_FIELDS if body.get(field) is not None]
     if not sent:
         value = default if default is not None else cap
         if value is None:
             return body
-        return {**body, "max_tokens": min(value, cap) if cap is not None else value}
+        return with_max_tokens(body, min(value, cap) if cap is not None else value)
     if cap is None:
         return body
     return {**body, **{field: min(body[field], cap) for field in sent}}
@@ -125,8 +125,9 @@ async def apply_token_caps(
     Raises TokenCapExceeded over the prompt cap when the rule rejects, or when compression cannot get under it.
     """
     messages = body["messages"]
-    cap = decision.prompt_token_cap
-    rejects = cap is not None and decision.over_cap_action != COMPRESS
+    outcome = decision.outcome
+    cap = outcome.prompt_token_cap
+    rejects = cap is not None and outcome.over_cap_action != COMPRESS
     if prompt_tokens is None and rejects and (at_least := chat_tokens_lower_bound(messages)) > cap:
         raise TokenCapExceeded(prompt_tokens=at_least, cap=cap, rule_name=decision.rule_name, at_least=True)
     tokens_before = prompt_tokens if prompt_tokens is not None else await count_chat_tokens_async(messages, model=model)
@@ -147,7 +148,7 @@ async def apply_token_caps(
             )
         body = {**body, "messages": result.messages}
         tokens_after, compressed, summarized = result.tokens_after, result.compressed, result.summarized
-    body = clamp_max_tokens(body, cap=decision.max_tokens_cap, default=decision.default_max_tokens)
+    body = clamp_max_tokens(body, cap=outcome.max_tokens_cap, default=outcome.default_max_tokens)
     return CappedRequest(
         body=body,
         prompt_tokens_before=tokens_before,

@@ -1,14 +1,14 @@
 """Calls to upstream providers, in OpenAI's chat completion format whatever the provider speaks.
 
-``chat_completion`` and ``open_chat_stream`` pick the adapter in ``routing.providers`` by the
-provider's kind; the error classes, reply and stream shapes are shared by all adapters. A reply has been checked
-(``checked_chat_completion``: readable choices, usage as bounded counts of tokens); a stream's events are checked
-by whoever reads them (``checked_chunk``), where they are parsed once.
+``chat_completion`` and ``open_chat_stream`` pick the adapter in ``routing.providers`` by the provider's kind
+(``routing.providers.kinds``); the error classes, reply and stream shapes are shared by all adapters. A reply has been
+checked (``checked_chat_completion``: readable choices, usage as bounded counts of tokens); a stream's events are
+checked by whoever reads them (``checked_chunk``), where they are parsed once.
 """
 
+from importlib import import_module
+
 from routing.catalog import ProviderEntry
-from routing.models import ProviderKind
-from routing.providers import anthropic, bedrock, openai
 from routing.providers.base import (
     MalformedAnswer,
     UpstreamConnectionError,
@@ -23,6 +23,7 @@ from routing.providers.base import (
     checked_chunk,
     invalid_response,
 )
+from routing.providers.kinds import PROVIDER_KINDS
 
 __all__ = [
     "MalformedAnswer",
@@ -41,7 +42,8 @@ __all__ = [
     "open_chat_stream",
 ]
 
-ADAPTERS = {ProviderKind.OPENAI: openai, ProviderKind.ANTHROPIC: anthropic, ProviderKind.BEDROCK: bedrock}
+# Imported when the gateway starts, not on a provider's first request (boto3 alone takes a while).
+ADAPTERS = {spec.value: import_module(spec.adapter) for spec in PROVIDER_KINDS}
 
 
 def _adapter(provider: ProviderEntry):

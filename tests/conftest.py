@@ -20,7 +20,7 @@ from tenants.models import ApiKey, Team, Tenant
 from tenants.services import api_key_create
 from tests.factories import ModelFactory, ProviderFactory, TeamFactory, TenantFactory
 from tests.flush import flush_by_delete
-from tests.servers import ServiceProcess, ThreadedServer, committed_database_url, free_port
+from tests.servers import Receiver, ServiceProcess, ThreadedServer, committed_database_url, free_port
 
 # Threads of this process (the in-process gateway, the drainer thread, tests' own) may end holding a connection, which
 # a pool would never get back: the suite's process runs without one (DB_POOL_MAX_SIZE=0's mode). The processes tests
@@ -279,3 +279,12 @@ def spawn(process_env):
 @pytest.fixture
 def gateway_port() -> int:
     return free_port()
+
+
+@pytest.fixture
+def receiver():
+    """An HTTP endpoint on loopback (tests.servers.Receiver); ``receiver.app.received`` is what it was sent."""
+    app = Receiver()
+    with ThreadedServer(app) as server:
+        server.app = app
+        yield server

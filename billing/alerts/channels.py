@@ -1,14 +1,9 @@
 """Sending one alert payload to one channel. Each sender raises ChannelSendError when the channel did not take it.
 
-Signed webhooks carry two headers so a receiver can check origin and freshness:
-  X-Llmops-Timestamp: <unix seconds>
-  X-Llmops-Signature: v1=<hex HMAC-SHA256 of "<timestamp>.<raw body>" keyed by the channel's signing secret>
-A receiver recomputes the HMAC, compares in constant time, and rejects timestamps older than a few minutes.
+Signed webhooks are signed as Standard Webhooks (core.webhooks) under the channel's signing secret; their
+``webhook-id`` names the delivery, so its retries share it.
 """
 
-import hashlib
-import hmac
-import time
 from urllib.parse import urlsplit
 
 import boto3
@@ -21,20 +16,14 @@ from django.core.mail import send_mail
 from billing.models import AlertChannel, ChannelKind
 from core.crypto import CredentialDecryptionError, decrypt_secret
 from core.outbound import OutboundRefused, outbound_post
+from core.webhooks import webhook_headers
 
 SEND_TIMEOUT_SECONDS = 10
-SIGNATURE_HEADER = "X-Llmops-Signature"
-TIMESTAMP_HEADER = "X-Llmops-Timestamp"
 SNS_ARN_PARTS = 6  # arn:aws:sns:<region>:<account>:<topic>
 
 
 class ChannelSendError(Exception):
     pass
-
-
-def webhook_signature(*, secret: str, timestamp: str, body: bytes) -> str:
-    digest = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
-    return f"v1={digest}"
 
 
 def is_http_url(url: str) -> bool:
@@ -49,17 +38,18 @@ def sns_region(topic_arn: str) -> str | None:
     return parts[3]
 
 
-def channel_send(*, channel: AlertChannel, subject: str, text: str, payload: dict) -> None:
+def channel_send(*, channel: AlertChannel, message_id: str, subject: str, text: str, payload: dict) -> None:
+    """``message_id`` is the same for every attempt of one delivery (a signed webhook's ``webhook-id``)."""
     senders = {
         ChannelKind.EMAIL: _send_email,
         ChannelKind.SLACK: _send_slack,
         ChannelKind.WEBHOOK: _send_webhook,
         ChannelKind.SNS: _send_sns,
     }
-    senders[channel.kind](channel, subject, text, payload)
+    senders[channel.kind](channel, message_id, subject, text, payload)
 
 
-def _send_email(channel: AlertChannel, subject: str, text: str, payload: dict) -> None:
+def _send_email(channel: AlertChannel, message_id: str, subject: str, text: str, payload: dict) -> None:
     try:
         send_mail(subject, text, settings.DEFAULT_FROM_EMAIL, [channel.target])
     except Exception as exc:  # SMTP and backend errors have no common base class
@@ -81,11 +71,11 @@ def _post(url: str, body: bytes, headers: dict[str, str]) -> None:
         raise ChannelSendError(f"POST {url} answered {response.status_code}: {response.text[:300]}")
 
 
-def _send_slack(channel: AlertChannel, subject: str, text: str, payload: dict) -> None:
+def _send_slack(channel: AlertChannel, message_id: str, subject: str, text: str, payload: dict) -> None:
     _post(channel.target, orjson.dumps({"text": f"*{subject}*\n{text}"}), {})
 
 
-def _send_webhook(channel: AlertChannel, subject: str, text: str, payload: dict) -> None:
+def _send_webhook(channel: AlertChannel, message_id: str, subject: str, text: str, payload: dict) -> None:
     try:
         secret = decrypt_secret(channel.signing_secret_encrypted) if channel.signing_secret_encrypted else ""
     except CredentialDecryptionError as exc:
@@ -93,15 +83,10 @@ def _send_webhook(channel: AlertChannel, subject: str, text: str, payload: dict)
     if not secret:
         raise ChannelSendError("the webhook channel has no signing secret")
     body = orjson.dumps(payload)
-    timestamp = str(int(time.time()))
-    headers = {
-        TIMESTAMP_HEADER: timestamp,
-        SIGNATURE_HEADER: webhook_signature(secret=secret, timestamp=timestamp, body=body),
-    }
-    _post(channel.target, body, headers)
+    _post(channel.target, body, webhook_headers(secret=secret, message_id=message_id, body=body))
 
 
-def _send_sns(channel: AlertChannel, subject: str, text: str, payload: dict) -> None:
+def _send_sns(channel: AlertChannel, message_id: str, subject: str, text: str, payload: dict) -> None:
     region = sns_region(channel.target)
     if region is None:
         raise ChannelSendError(f"{channel.target} is not an SNS topic ARN")

@@ -136,7 +136,13 @@ def alert_delivery_attempt(*, delivery_id: int) -> None:
         delivery.attempts += 1
         subject, text, payload = alert_message(delivery=delivery)
         try:
-            channel_send(channel=delivery.channel, subject=subject, text=text, payload=payload)
+            channel_send(
+                channel=delivery.channel,
+                message_id=alert_delivery_message_id(delivery),
+                subject=subject,
+                text=text,
+                payload=payload,
+            )
         except ChannelSendError as exc:
             failure = exc
             delivery.last_error = str(exc)[:MAX_ERROR_CHARS]
@@ -175,6 +181,10 @@ def alert_delivery_reopen(*, delivery: AlertDelivery) -> bool:
         .exclude(status=DeliveryStatus.SENT)
         .update(status=DeliveryStatus.PENDING)
     )
+
+
+def alert_delivery_message_id(delivery: AlertDelivery) -> str:
+    return f"alert_delivery_{delivery.pk}"
 
 
 def alert_message(*, delivery: AlertDelivery) -> tuple[str, str, dict]:

@@ -137,7 +137,8 @@ class AlertChannelForm(forms.ModelForm):
     signing_secret = forms.CharField(
         required=False,
         widget=forms.PasswordInput,
-        help_text="For signed webhooks. Stored encrypted and never shown; leave empty to keep the current one.",
+        help_text="For signed webhooks (Standard Webhooks): a whsec_… secret, or any text, whose bytes are then the "
+        "key. Stored encrypted and never shown; leave empty to keep the current one.",
     )
 
     class Meta:

@@ -4,22 +4,20 @@ from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator
 from django.db import models
 
+from routing.providers.kinds import CONNECTION_FIELDS, PROVIDER_KINDS, provider_kind
 from tenants.models import Tenant
 
 PRICE_FIELD = {"max_digits": 12, "decimal_places": 6, "validators": [MinValueValidator(Decimal("0"))]}
 
-
-class ProviderKind(models.TextChoices):
-    OPENAI = "openai", "OpenAI-compatible"
-    ANTHROPIC = "anthropic", "Anthropic Messages API"
-    BEDROCK = "bedrock", "AWS Bedrock Converse"
+ProviderKind = models.TextChoices(
+    "ProviderKind", [(spec.value.upper(), (spec.value, spec.label)) for spec in PROVIDER_KINDS]
+)
 
 
 class Provider(models.Model):
     """An upstream endpoint. The credential is stored encrypted, or read from a named environment variable.
 
-    For Bedrock the credential is ``ACCESS_KEY_ID:SECRET_ACCESS_KEY``; left empty, boto3's default chain
-    (environment, profile, instance role) applies, and ``base_url``, when set, replaces the AWS endpoint.
+    Which fields a provider needs, and what they hold, depends on its kind: routing.providers.kinds.
     """
 
     name = models.SlugField(max_length=64, unique=True)
@@ -45,10 +43,19 @@ class Provider(models.Model):
         return self.name
 
     def clean(self):
-        if not self.base_url and self.kind != ProviderKind.BEDROCK:
-            raise ValidationError({"base_url": f"A {self.get_kind_display()} provider needs a base URL."})
-        if self.kind == ProviderKind.BEDROCK and not self.region:
-            raise ValidationError({"region": "A Bedrock provider needs an AWS region."})
+        spec = provider_kind(self.kind)
+        if spec is None:
+            return  # the field's choices refuse it
+        errors = {}
+        for name in CONNECTION_FIELDS:
+            # The credential is only ever stored encrypted.
+            value = self.credential_encrypted if name == "credential" else getattr(self, name)
+            if name in spec.required and not value:
+                errors[name] = f"A provider of kind {spec.label} needs its {name.replace('_', ' ')}."
+            elif value and not spec.reads(name):
+                errors[name] = f"A provider of kind {spec.label} takes no {name.replace('_', ' ')}: leave it blank."
+        if errors:
+            raise ValidationError(errors)
 
 
 class Model(models.Model):

@@ -8,7 +8,7 @@ A document is plain JSON so a version row holds the whole policy and a rollback 
 """
 
 import re
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 
 SCHEMA_VERSION = 1
 AUTO_ALIAS = "auto"
@@ -24,16 +24,6 @@ EMPTY_MATCH = {
     "keywords": [],
     "message_regex": "",
 }
-EMPTY_OUTCOME = {
-    "target_model": "",
-    "fallback_models": [],
-    "prompt_token_cap": None,
-    "over_cap_action": "reject",
-    "max_tokens_cap": None,
-    "default_max_tokens": None,
-    "cache_ttl_seconds": None,
-    "cache_nondeterministic": False,
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,26 +34,30 @@ class Alias:
 
 @dataclass(frozen=True, slots=True)
 class RuleOutcome:
-    target_model: str
-    fallback_models: tuple[str, ...]
-    prompt_token_cap: int | None
-    over_cap_action: str
-    max_tokens_cap: int | None
-    default_max_tokens: int | None
-    cache_ttl_seconds: int | None
-    cache_nondeterministic: bool
+    """What a rule decides when it matches: the one list of a rule's outcome. It is the ``outcome`` of a rule in the
+    published document, the outcome columns of a draft RoutingRule, and, resolved for one request, the outcome of
+    a RouteDecision. The defaults are a rule that decides nothing: no target, no fallbacks, no caps, no caching."""
+
+    target_model: str = ""
+    fallback_models: tuple[str, ...] = ()
+    prompt_token_cap: int | None = None
+    over_cap_action: str = "reject"
+    max_tokens_cap: int | None = None
+    default_max_tokens: int | None = None
+    cache_ttl_seconds: int | None = None
+    cache_nondeterministic: bool = False
+
+    @classmethod
+    def from_document(cls, outcome: dict) -> "RuleOutcome":
+        return cls(**{**outcome, "fallback_models": tuple(outcome["fallback_models"])})
+
+    def as_document(self) -> dict:
+        return {**asdict(self), "fallback_models": list(self.fallback_models)}
 
 
-NO_OUTCOME = RuleOutcome(
-    target_model="",
-    fallback_models=(),
-    prompt_token_cap=None,
-    over_cap_action="reject",
-    max_tokens_cap=None,
-    default_max_tokens=None,
-    cache_ttl_seconds=None,
-    cache_nondeterministic=False,
-)
+OUTCOME_FIELDS = tuple(field.name for field in fields(RuleOutcome))
+NO_OUTCOME = RuleOutcome()
+EMPTY_OUTCOME = NO_OUTCOME.as_document()
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +136,7 @@ def compile_policy(document: dict, *, version: int = 0) -> CompiledPolicy:
                 has_images=match["has_images"],
                 keywords=tuple(keyword.lower() for keyword in match["keywords"]),
                 message_regex=compile_regex(match["message_regex"]) if match["message_regex"] else None,
-                outcome=RuleOutcome(**{**outcome, "fallback_models": tuple(outcome["fallback_models"])}),
+                outcome=RuleOutcome.from_document(outcome),
             )
         )
     return CompiledPolicy(

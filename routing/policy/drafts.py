@@ -1,7 +1,7 @@
 """Between a policy's draft rows and its JSON document (these read and write the database)."""
 
 from routing.models import Model, RoutingAlias, RoutingPolicy, RoutingRule
-from routing.policy.document import normalized_document
+from routing.policy.document import OUTCOME_FIELDS, normalized_document
 
 
 def _split(value: str) -> list[str]:
@@ -10,6 +10,24 @@ def _split(value: str) -> list[str]:
 
 def _join(values: list[str]) -> str:
     return ", ".join(values)
+
+
+def _outcome_of(rule: RoutingRule) -> dict:
+    """A draft rule's outcome columns as a document's outcome: the target by name, the fallbacks as a list."""
+    return {
+        **{name: getattr(rule, name) for name in OUTCOME_FIELDS},
+        "target_model": rule.target_model.name if rule.target_model else "",
+        "fallback_models": _split(rule.fallback_models),
+    }
+
+
+def _outcome_columns(outcome: dict, models: dict[str, Model]) -> dict:
+    """A document's outcome as a draft rule's columns."""
+    return {
+        **{name: outcome[name] for name in OUTCOME_FIELDS},
+        "target_model": models.get(outcome["target_model"]),
+        "fallback_models": _join(outcome["fallback_models"]),
+    }
 
 
 def policy_draft_document(*, policy: RoutingPolicy) -> dict:
@@ -33,16 +51,7 @@ def policy_draft_document(*, policy: RoutingPolicy) -> dict:
                 "keywords": _split(rule.keywords),
                 "message_regex": rule.message_regex,
             },
-            "outcome": {
-                "target_model": rule.target_model.name if rule.target_model else "",
-                "fallback_models": _split(rule.fallback_models),
-                "prompt_token_cap": rule.prompt_token_cap,
-                "over_cap_action": rule.over_cap_action,
-                "max_tokens_cap": rule.max_tokens_cap,
-                "default_max_tokens": rule.default_max_tokens,
-                "cache_ttl_seconds": rule.cache_ttl_seconds,
-                "cache_nondeterministic": rule.cache_nondeterministic,
-            },
+            "outcome": _outcome_of(rule),
         }
         for rule in policy.rules.select_related("target_model")
     ]
@@ -73,7 +82,7 @@ def policy_draft_replace(*, policy: RoutingPolicy, document: dict) -> None:
     )
     rules = []
     for rule in document["rules"]:
-        match, outcome = rule["match"], rule["outcome"]
+        match = rule["match"]
         rules.append(
             RoutingRule(
                 policy=policy,
@@ -89,14 +98,7 @@ def policy_draft_replace(*, policy: RoutingPolicy, document: dict) -> None:
                 has_images=match["has_images"],
                 keywords=_join(match["keywords"]),
                 message_regex=match["message_regex"],
-                target_model=models.get(outcome["target_model"]),
-                fallback_models=_join(outcome["fallback_models"]),
-                prompt_token_cap=outcome["prompt_token_cap"],
-                over_cap_action=outcome["over_cap_action"],
-                max_tokens_cap=outcome["max_tokens_cap"],
-                default_max_tokens=outcome["default_max_tokens"],
-                cache_ttl_seconds=outcome["cache_ttl_seconds"],
-                cache_nondeterministic=outcome["cache_nondeterministic"],
+                **_outcome_columns(rule["outcome"], models),
             )
         )
     RoutingRule.objects.bulk_create(rules)

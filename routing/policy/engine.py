@@ -1,9 +1,10 @@
 """Route one request under a compiled policy: pure, no queries, fast enough for every request."""
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 
 from routing.catalog import DEFAULT_MODEL_ALIAS, ModelCatalog
+from routing.max_tokens import requested_max_tokens
 from routing.policy.document import AUTO_ALIAS, NO_OUTCOME, CompiledPolicy, CompiledRule, RuleOutcome
 from routing.policy.errors import RoutingRefusal
 from routing.policy.scoring import DifficultyScore, difficulty_score
@@ -28,20 +29,20 @@ class RouteRequest:
 
 @dataclass(frozen=True, slots=True)
 class RouteDecision:
-    target_model: str
-    fallback_models: tuple[str, ...]
-    prompt_token_cap: int | None
-    over_cap_action: str
-    max_tokens_cap: int | None
-    default_max_tokens: int | None
-    cache_ttl_seconds: int | None
-    cache_nondeterministic: bool
-    rule_name: str
-    difficulty: DifficultyScore | None
-    routed_to_large: bool
-    policy_version: int | None
-    explanation: str
-    trace: tuple[str, ...] = field(default=())
+    """What routing decided for one request, and why: the shape the gateway's plan, the caps, the ledger's route
+    columns, the simulate API and the admin's test console all read.
+
+    ``outcome`` is the matched rule's (NO_OUTCOME when none matched) with its target resolved — the requested model,
+    the alias's pick by difficulty score, or the tenant's default — and its fallbacks cut to the tenant's models.
+    """
+
+    outcome: RuleOutcome
+    rule_name: str = ""
+    difficulty: DifficultyScore | None = None
+    routed_to_large: bool = False
+    policy_version: int | None = None
+    explanation: str = ""
+    trace: tuple[str, ...] = ()
 
     @property
     def route(self) -> str:
@@ -51,6 +52,19 @@ class RouteDecision:
         if self.difficulty:
             return f"{self.rule_name}+score" if self.rule_name else "score"
         return "direct"
+
+    def as_json(self) -> dict:
+        """The decision as the simulate API and the test console show it."""
+        return {
+            **self.outcome.as_document(),
+            "rule": self.rule_name or None,
+            "difficulty_score": self.difficulty.total if self.difficulty else None,
+            "difficulty_points": self.difficulty.points if self.difficulty else None,
+            "routed_to_large": self.routed_to_large,
+            "policy_version": self.policy_version,
+            "explanation": self.explanation,
+            "trace": list(self.trace),
+        }
 
 
 def _content_parts(message: dict) -> list:
@@ -72,7 +86,6 @@ def route_request_from_body(
     metadata = body.get("metadata") or {}
     messages = body.get("messages") or []
     user_messages = [message for message in messages if message.get("role") == "user"]
-    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
     return RouteRequest(
         tenant_id=tenant_id,
         requested_model=body["model"],
@@ -87,7 +100,7 @@ def route_request_from_body(
             for part in _content_parts(message)
         ),
         last_user_message=_message_text(user_messages[-1]) if user_messages else "",
-        requested_max_tokens=max_tokens,
+        requested_max_tokens=requested_max_tokens(body),
     )
 
 
@@ -215,17 +228,11 @@ def route_request(
     explanation = f"{' '.join(explanation_parts)} model={target}"
     if policy is not None:
         explanation += f" policy=v{policy.version}"
+    fallbacks = tuple(model for model in outcome.fallback_models if model != target)
     return RouteDecision(
-        target_model=target,
-        fallback_models=_allowed_chain(
-            tuple(m for m in outcome.fallback_models if m != target), catalog, request.tenant_id
+        outcome=replace(
+            outcome, target_model=target, fallback_models=_allowed_chain(fallbacks, catalog, request.tenant_id)
         ),
-        prompt_token_cap=outcome.prompt_token_cap,
-        over_cap_action=outcome.over_cap_action,
-        max_tokens_cap=outcome.max_tokens_cap,
-        default_max_tokens=outcome.default_max_tokens,
-        cache_ttl_seconds=outcome.cache_ttl_seconds,
-        cache_nondeterministic=outcome.cache_nondeterministic,
         rule_name=rule_name,
         difficulty=score,
         routed_to_large=policy is not None and target in policy.large_models,

@@ -17,26 +17,13 @@ def _decision_view(policy: CompiledPolicy, features, catalog, messages: list[dic
         decision: RouteDecision = route_request(policy, features, catalog, trace=True)
     except RoutingRefusal as refusal:
         return {"refused": {"status": refusal.status, "code": refusal.code, "message": refusal.message}}
-    over_cap = decision.prompt_token_cap is not None and features.prompt_tokens > decision.prompt_token_cap
+    cap = decision.outcome.prompt_token_cap
     guard = inspect_messages(messages, action=policy.injection_guard_action)
     return {
-        "target_model": decision.target_model,
-        "fallback_models": list(decision.fallback_models),
-        "rule": decision.rule_name or None,
-        "difficulty_score": decision.difficulty.total if decision.difficulty else None,
-        "difficulty_points": decision.difficulty.points if decision.difficulty else None,
+        **decision.as_json(),
         "auto_threshold": policy.auto_threshold,
-        "routed_to_large": decision.routed_to_large,
-        "prompt_token_cap": decision.prompt_token_cap,
-        "over_cap_action": decision.over_cap_action,
-        "prompt_over_cap": over_cap,
-        "max_tokens_cap": decision.max_tokens_cap,
-        "default_max_tokens": decision.default_max_tokens,
-        "cache_ttl_seconds": decision.cache_ttl_seconds,
-        "cache_nondeterministic": decision.cache_nondeterministic,
+        "prompt_over_cap": cap is not None and features.prompt_tokens > cap,
         "guard": {"action": policy.injection_guard_action, "reasons": list(guard.reasons)},
-        "explanation": decision.explanation,
-        "trace": list(decision.trace),
     }
 
 

@@ -11,34 +11,31 @@ import httpx
 import orjson
 
 from routing.catalog import ProviderEntry
+from routing.max_tokens import requested_max_tokens
 from routing.providers.base import (
     SSE_DONE,
-    TRANSLATION_ERRORS,
     ChunkBuilder,
     MalformedAnswer,
     UpstreamError,
     UpstreamRejected,
     UpstreamReply,
+    UsageFields,
     chat_completion_reply,
-    checked_chat_completion,
     completion_id,
+    conversation,
     elapsed_ms_since,
     invalid_response,
+    json_post,
     message_text,
     openai_tool_call,
-    openai_usage,
     parse_data_url,
-    provider_timeout,
-    rejection,
-    reported_tokens,
-    requested_max_tokens,
-    send_request,
-    sse_event,
+    send_or_reject,
     sse_lines,
     stop_sequences,
+    stream_opened,
     tool_call_arguments,
-    untranslatable,
-    upstream_request,
+    translated_events,
+    translated_reply,
     wants_usage_chunk,
 )
 
@@ -86,33 +83,23 @@ def _tool_use_block(tool_call: dict) -> dict:
     return {"type": "tool_use", "id": tool_call["id"], "name": name, "input": tool_call_arguments(tool_call)}
 
 
+def _tool_result_block(message: dict) -> dict:
+    return {
+        "type": "tool_result",
+        "tool_use_id": message["tool_call_id"],
+        "content": message_text(message.get("content")),
+    }
+
+
 def _messages(openai_messages: list[dict]) -> tuple[list[dict], list[dict]]:
-    """System blocks and Anthropic messages; consecutive turns of one role merge, as Anthropic requires alternation."""
-    system: list[dict] = []
-    messages: list[dict] = []
-    for message in openai_messages:
-        role = message.get("role")
-        if role in ("system", "developer"):
-            system.extend(block for block in _content_blocks(message.get("content")) if block["type"] == "text")
-            continue
-        if role == "tool":
-            blocks = [
-                {
-                    "type": "tool_result",
-                    "tool_use_id": message["tool_call_id"],
-                    "content": message_text(message.get("content")),
-                }
-            ]
-            role = "user"
-        else:
-            blocks = _content_blocks(message.get("content"))
-            if role == "assistant":
-                blocks += [_tool_use_block(call) for call in message.get("tool_calls") or []]
-        if messages and messages[-1]["role"] == role:
-            messages[-1]["content"].extend(blocks)
-        else:
-            messages.append({"role": role, "content": blocks})
-    return system, messages
+    """System blocks (text only) and Anthropic messages."""
+    return conversation(
+        openai_messages,
+        system_blocks=lambda content: [block for block in _content_blocks(content) if block["type"] == "text"],
+        content_blocks=_content_blocks,
+        tool_use_block=_tool_use_block,
+        tool_result_block=_tool_result_block,
+    )
 
 
 def _tool_choice(choice, parallel_tool_calls) -> dict | None:
@@ -164,13 +151,7 @@ def messages_request(body: dict) -> dict:
     return request
 
 
-def _usage(usage: dict) -> dict:
-    return openai_usage(
-        uncached_input=reported_tokens(usage, "input_tokens"),
-        cache_read=reported_tokens(usage, "cache_read_input_tokens"),
-        cache_write=reported_tokens(usage, "cache_creation_input_tokens"),
-        output=reported_tokens(usage, "output_tokens"),
-    )
+USAGE_FIELDS = UsageFields("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens", "output_tokens")
 
 
 def chat_completion_body(message: dict, *, model: str) -> dict:
@@ -186,36 +167,27 @@ def chat_completion_body(message: dict, *, model: str) -> dict:
             if block["type"] == "tool_use"
         ],
         finish_reason=FINISH_REASONS.get(message.get("stop_reason"), "stop"),
-        usage=_usage(message.get("usage") or {}),
+        usage=USAGE_FIELDS.openai_usage_of(message.get("usage") or {}),
     )
 
 
 def _request(provider: ProviderEntry, body: dict) -> httpx.Request:
-    headers = {"content-type": "application/json", "anthropic-version": ANTHROPIC_VERSION}
+    headers = {"anthropic-version": ANTHROPIC_VERSION}
     if provider.api_key:
         headers["x-api-key"] = provider.api_key
-    return upstream_request(
-        "POST",
-        f"{provider.base_url}/messages",
-        content=orjson.dumps(messages_request(body)),
-        headers=headers,
-        timeout=provider_timeout(provider),
-    )
+    return json_post(provider, "/messages", messages_request(body), headers=headers)
 
 
 async def chat_completion(provider: ProviderEntry, body: dict) -> UpstreamReply:
     started = time.perf_counter()
-    response = await send_request(
-        provider, _request(provider, {**body, "stream": False}), stream=False, started=started
+    request = _request(provider, {**body, "stream": False})
+    response = await send_or_reject(provider, request, stream=False, started=started)
+    return translated_reply(
+        provider,
+        lambda: chat_completion_body(orjson.loads(response.content), model=body["model"]),
+        what="a body",
+        started=started,
     )
-    if response.status_code >= 400:
-        raise rejection(provider, response, response.content, started)
-    try:
-        reply = checked_chat_completion(chat_completion_body(orjson.loads(response.content), model=body["model"]))
-    except TRANSLATION_ERRORS as exc:
-        problem = untranslatable(exc, what="a body")
-        raise invalid_response(provider, problem, elapsed_ms=elapsed_ms_since(started)) from exc
-    return UpstreamReply(body=reply, raw=orjson.dumps(reply), elapsed_ms=elapsed_ms_since(started))
 
 
 class ChunkTranslator(ChunkBuilder):
@@ -254,7 +226,7 @@ class ChunkTranslator(ChunkBuilder):
             return [self.delta({}, FINISH_REASONS.get(stop_reason, "stop"))] if stop_reason else []
         if kind == "message_stop":
             self.finished = True
-            return [self.usage(_usage(self.usage_so_far))] if self.include_usage else []
+            return [self.usage(USAGE_FIELDS.openai_usage_of(self.usage_so_far))] if self.include_usage else []
         return []
 
 
@@ -281,7 +253,7 @@ class AnthropicStream:
         self._source = self._anthropic_events()
         self._first: dict | None = None
 
-    async def prime(self) -> None:
+    async def open(self) -> None:
         self._first = await anext(self._source, None)
         if self._first is not None and self._first.get("type") == "error":
             raise _stream_error(self.provider, self._first, self.elapsed_ms())
@@ -317,13 +289,8 @@ class AnthropicStream:
                 return
             if event.get("type") == "error":
                 raise _stream_error(self.provider, event, self.elapsed_ms())
-            try:
-                chunks = self.translator.translate(event)
-            except TRANSLATION_ERRORS as exc:
-                problem = untranslatable(exc, what="a stream event")
-                raise invalid_response(self.provider, problem, elapsed_ms=self.elapsed_ms()) from exc
-            for chunk in chunks:
-                yield sse_event(chunk)
+            for sse in translated_events(self.provider, self.translator.translate, event, elapsed_ms=self.elapsed_ms()):
+                yield sse
             if self.translator.finished:
                 yield SSE_DONE
                 return
@@ -338,15 +305,6 @@ class AnthropicStream:
 
 async def open_chat_stream(provider: ProviderEntry, body: dict) -> AnthropicStream:
     started = time.perf_counter()
-    response = await send_request(provider, _request(provider, {**body, "stream": True}), stream=True, started=started)
-    if response.status_code >= 400:
-        content = await response.aread()
-        await response.aclose()
-        raise rejection(provider, response, content, started)
-    stream = AnthropicStream(provider, response, started, body)
-    try:
-        await stream.prime()
-    except BaseException:
-        await stream.aclose()
-        raise
-    return stream
+    request = _request(provider, {**body, "stream": True})
+    response = await send_or_reject(provider, request, stream=True, started=started)
+    return await stream_opened(AnthropicStream(provider, response, started, body))

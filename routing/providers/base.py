@@ -5,11 +5,11 @@ pipeline reads one shape whatever the provider.
 """
 
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Protocol
+from typing import NamedTuple, Protocol, TypeVar
 
 import httpx
 import orjson
@@ -124,6 +124,17 @@ async def upstream_client_close() -> None:
         await transport.aclose()
 
 
+def json_post(provider: ProviderEntry, path: str, payload: dict, *, headers: dict[str, str]) -> httpx.Request:
+    """A JSON POST to ``path`` under the provider's base URL."""
+    return upstream_request(
+        "POST",
+        f"{provider.base_url}{path}",
+        content=orjson.dumps(payload),
+        headers={"content-type": "application/json", **headers},
+        timeout=provider_timeout(provider),
+    )
+
+
 def upstream_request(method: str, url: str, *, content: bytes, headers: dict, timeout: httpx.Timeout) -> httpx.Request:
     """A request to a provider. It goes straight to the transport, without an httpx client: no cookie jar (a
     provider's cookie must not follow one tenant's request into another's), no redirects, no auth but the headers."""
@@ -191,6 +202,21 @@ async def send_request(
         ) from exc
 
 
+async def send_or_reject(
+    provider: ProviderEntry, request: httpx.Request, *, stream: bool, started: float
+) -> httpx.Response:
+    """``send_request``, with an error status raised as its UpstreamRejected (a stream's body read and closed first)."""
+    response = await send_request(provider, request, stream=stream, started=started)
+    if response.status_code < 400:
+        return response
+    if stream:
+        content = await response.aread()
+        await response.aclose()
+    else:
+        content = response.content
+    raise rejection(provider, response, content, started)
+
+
 def rejection(provider: ProviderEntry, response: httpx.Response, content: bytes, started: float) -> UpstreamRejected:
     """An error status as an UpstreamRejected, with the provider's own message (OpenAI and Anthropic nest it alike)."""
     try:
@@ -247,6 +273,95 @@ def untranslatable(exc: Exception, *, what: str) -> MalformedAnswer:
 
 # What reading a provider's JSON of an unexpected shape raises.
 TRANSLATION_ERRORS = (KeyError, IndexError, TypeError, ValueError, AttributeError)
+
+
+def translated_reply(
+    provider: ProviderEntry, translate: Callable[[], dict], *, what: str, started: float
+) -> UpstreamReply:
+    """The chat.completion an adapter translated from its provider's answer (``what``, e.g. "a body"), checked; an
+    answer it cannot translate is the provider's failure."""
+    try:
+        reply = checked_chat_completion(translate())
+    except TRANSLATION_ERRORS as exc:
+        problem = untranslatable(exc, what=what)
+        raise invalid_response(provider, problem, elapsed_ms=elapsed_ms_since(started)) from exc
+    return UpstreamReply(body=reply, raw=orjson.dumps(reply), elapsed_ms=elapsed_ms_since(started))
+
+
+def translated_events(
+    provider: ProviderEntry, translate: Callable[[dict], list[dict]], event: dict, *, elapsed_ms: int
+) -> list[str]:
+    """A provider's stream event as OpenAI SSE events; one the adapter cannot translate is the provider's failure."""
+    try:
+        chunks = translate(event)
+    except TRANSLATION_ERRORS as exc:
+        problem = untranslatable(exc, what="a stream event")
+        raise invalid_response(provider, problem, elapsed_ms=elapsed_ms) from exc
+    return [sse_event(chunk) for chunk in chunks]
+
+
+class TranslatedStream(Protocol):
+    async def open(self) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+Opening = TypeVar("Opening", bound=TranslatedStream)
+
+
+async def stream_opened(stream: Opening) -> Opening:
+    """The stream once its first event is in, so a provider that fails before sending anything fails the open (where
+    a fallback can still take over); closed when the open fails."""
+    try:
+        await stream.open()
+    except BaseException:
+        await stream.aclose()
+        raise
+    return stream
+
+
+class UsageFields(NamedTuple):
+    """Where a provider's usage object keeps each count OpenAI's usage needs."""
+
+    uncached_input: str
+    cache_read: str
+    cache_write: str
+    output: str
+
+    def openai_usage_of(self, usage: dict) -> dict:
+        """The provider's usage object, each count checked, in OpenAI's shape."""
+        return openai_usage(**{count: reported_tokens(usage, name) for count, name in self._asdict().items()})
+
+
+def conversation(
+    openai_messages: list[dict],
+    *,
+    system_blocks: Callable[[object], list[dict]],
+    content_blocks: Callable[[object], list[dict]],
+    tool_use_block: Callable[[dict], dict],
+    tool_result_block: Callable[[dict], dict],
+) -> tuple[list[dict], list[dict]]:
+    """OpenAI messages as a system prompt apart and alternating user and assistant turns, as Anthropic and Converse
+    take them: consecutive turns of one role merge, and tool results are the user's. The callables build the blocks
+    of the provider's format from a message's content, a tool call, and a tool message."""
+    system: list[dict] = []
+    messages: list[dict] = []
+    for message in openai_messages:
+        role = message.get("role")
+        if role in ("system", "developer"):
+            system.extend(system_blocks(message.get("content")))
+            continue
+        if role == "tool":
+            blocks, role = [tool_result_block(message)], "user"
+        else:
+            blocks = content_blocks(message.get("content"))
+            if role == "assistant":
+                blocks += [tool_use_block(call) for call in message.get("tool_calls") or []]
+        if messages and messages[-1]["role"] == role:
+            messages[-1]["content"].extend(blocks)
+        else:
+            messages.append({"role": role, "content": blocks})
+    return system, messages
 
 
 def checked_usage(usage) -> dict | None:
@@ -384,11 +499,6 @@ def parse_data_url(url: str) -> tuple[str, str] | None:
         return None
     media_type, data = url[5:].split(";base64,", 1)
     return media_type, data
-
-
-def requested_max_tokens(body: dict) -> int | None:
-    value = body.get("max_completion_tokens") or body.get("max_tokens")
-    return int(value) if value else None
 
 
 def stop_sequences(body: dict) -> list[str]:

@@ -15,7 +15,6 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 
 import boto3
-import orjson
 from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
@@ -28,30 +27,28 @@ from botocore.exceptions import (
 )
 
 from routing.catalog import ProviderEntry
+from routing.max_tokens import requested_max_tokens
 from routing.providers.base import (
     SSE_DONE,
-    TRANSLATION_ERRORS,
     ChunkBuilder,
     UpstreamConnectionError,
     UpstreamError,
     UpstreamRejected,
     UpstreamReply,
     UpstreamTimeout,
+    UsageFields,
     chat_completion_reply,
-    checked_chat_completion,
+    conversation,
     elapsed_ms_since,
-    invalid_response,
     message_text,
     openai_tool_call,
-    openai_usage,
     parse_data_url,
     parse_retry_after,
-    reported_tokens,
-    requested_max_tokens,
-    sse_event,
     stop_sequences,
+    stream_opened,
     tool_call_arguments,
-    untranslatable,
+    translated_events,
+    translated_reply,
     wants_usage_chunk,
 )
 
@@ -159,29 +156,20 @@ def _tool_use_block(tool_call: dict) -> dict:
     return {"toolUse": {**tool_use, "input": tool_call_arguments(tool_call)}}
 
 
+def _tool_result_block(message: dict) -> dict:
+    result = {"toolUseId": message["tool_call_id"], "content": [{"text": message_text(message.get("content"))}]}
+    return {"toolResult": result}
+
+
 def _messages(openai_messages: list[dict]) -> tuple[list[dict], list[dict]]:
-    """System blocks and Converse messages; consecutive turns of one role merge, as Converse requires alternation."""
-    system: list[dict] = []
-    messages: list[dict] = []
-    for message in openai_messages:
-        role = message.get("role")
-        if role in ("system", "developer"):
-            if text := message_text(message.get("content")):
-                system.append({"text": text})
-            continue
-        if role == "tool":
-            result = {"toolUseId": message["tool_call_id"], "content": [{"text": message_text(message.get("content"))}]}
-            blocks = [{"toolResult": result}]
-            role = "user"
-        else:
-            blocks = _content_blocks(message.get("content"))
-            if role == "assistant":
-                blocks += [_tool_use_block(call) for call in message.get("tool_calls") or []]
-        if messages and messages[-1]["role"] == role:
-            messages[-1]["content"].extend(blocks)
-        else:
-            messages.append({"role": role, "content": blocks})
-    return system, messages
+    """System blocks (the text of each system message) and Converse messages."""
+    return conversation(
+        openai_messages,
+        system_blocks=lambda content: [{"text": text}] if (text := message_text(content)) else [],
+        content_blocks=_content_blocks,
+        tool_use_block=_tool_use_block,
+        tool_result_block=_tool_result_block,
+    )
 
 
 def _tool_config(body: dict) -> dict:
@@ -230,13 +218,7 @@ def converse_request(body: dict) -> dict:
     return request
 
 
-def _usage(usage: dict) -> dict:
-    return openai_usage(
-        uncached_input=reported_tokens(usage, "inputTokens"),
-        cache_read=reported_tokens(usage, "cacheReadInputTokens"),
-        cache_write=reported_tokens(usage, "cacheWriteInputTokens"),
-        output=reported_tokens(usage, "outputTokens"),
-    )
+USAGE_FIELDS = UsageFields("inputTokens", "cacheReadInputTokens", "cacheWriteInputTokens", "outputTokens")
 
 
 def chat_completion_body(response: dict, *, model: str) -> dict:
@@ -256,7 +238,7 @@ def chat_completion_body(response: dict, *, model: str) -> dict:
             if "toolUse" in block
         ],
         finish_reason=FINISH_REASONS.get(response.get("stopReason"), "stop"),
-        usage=_usage(response.get("usage") or {}),
+        usage=USAGE_FIELDS.openai_usage_of(response.get("usage") or {}),
     )
 
 
@@ -303,12 +285,12 @@ async def chat_completion(provider: ProviderEntry, body: dict) -> UpstreamReply:
         response = await asyncio.get_running_loop().run_in_executor(_pool(), converse)
     except Exception as exc:
         raise upstream_error(provider, exc, started) from exc
-    try:
-        reply = checked_chat_completion(chat_completion_body(response, model=body["model"]))
-    except TRANSLATION_ERRORS as exc:
-        problem = untranslatable(exc, what="a Converse response")
-        raise invalid_response(provider, problem, elapsed_ms=elapsed_ms_since(started)) from exc
-    return UpstreamReply(body=reply, raw=orjson.dumps(reply), elapsed_ms=elapsed_ms_since(started))
+    return translated_reply(
+        provider,
+        lambda: chat_completion_body(response, model=body["model"]),
+        what="a Converse response",
+        started=started,
+    )
 
 
 class ChunkTranslator(ChunkBuilder):
@@ -341,7 +323,7 @@ class ChunkTranslator(ChunkBuilder):
             self.stopped = True
             return [self.delta({}, FINISH_REASONS.get(event["messageStop"].get("stopReason"), "stop"))]
         if "metadata" in event and self.include_usage:
-            return [self.usage(_usage(event["metadata"].get("usage") or {}))]
+            return [self.usage(USAGE_FIELDS.openai_usage_of(event["metadata"].get("usage") or {}))]
         return []
 
 
@@ -415,13 +397,8 @@ class BedrockStream:
                 if self.translator.stopped:
                     yield SSE_DONE
                 return
-            try:
-                chunks = self.translator.translate(event)
-            except TRANSLATION_ERRORS as exc:
-                problem = untranslatable(exc, what="a stream event")
-                raise invalid_response(self.provider, problem, elapsed_ms=self.elapsed_ms()) from exc
-            for chunk in chunks:
-                yield sse_event(chunk)
+            for sse in translated_events(self.provider, self.translator.translate, event, elapsed_ms=self.elapsed_ms()):
+                yield sse
 
     def elapsed_ms(self) -> int:
         return elapsed_ms_since(self.started)
@@ -434,10 +411,4 @@ class BedrockStream:
 
 
 async def open_chat_stream(provider: ProviderEntry, body: dict) -> BedrockStream:
-    stream = BedrockStream(provider, body, time.perf_counter())
-    try:
-        await stream.open()
-    except BaseException:
-        await stream.aclose()
-        raise
-    return stream
+    return await stream_opened(BedrockStream(provider, body, time.perf_counter()))

@@ -14,32 +14,20 @@ from routing.providers.base import (
     checked_chat_completion,
     elapsed_ms_since,
     invalid_response,
-    provider_timeout,
-    rejection,
-    send_request,
+    json_post,
+    send_or_reject,
     sse_lines,
-    upstream_request,
 )
 
 
 def _request(provider: ProviderEntry, body: dict) -> httpx.Request:
-    headers = {"content-type": "application/json"}
-    if provider.api_key:
-        headers["authorization"] = f"Bearer {provider.api_key}"
-    return upstream_request(
-        "POST",
-        f"{provider.base_url}/chat/completions",
-        content=orjson.dumps(body),
-        headers=headers,
-        timeout=provider_timeout(provider),
-    )
+    headers = {"authorization": f"Bearer {provider.api_key}"} if provider.api_key else {}
+    return json_post(provider, "/chat/completions", body, headers=headers)
 
 
 async def chat_completion(provider: ProviderEntry, body: dict) -> UpstreamReply:
     started = time.perf_counter()
-    response = await send_request(provider, _request(provider, body), stream=False, started=started)
-    if response.status_code >= 400:
-        raise rejection(provider, response, response.content, started)
+    response = await send_or_reject(provider, _request(provider, body), stream=False, started=started)
     try:
         parsed = orjson.loads(response.content)
     except orjson.JSONDecodeError as exc:
@@ -83,9 +71,5 @@ class OpenAIStream:
 
 async def open_chat_stream(provider: ProviderEntry, body: dict) -> OpenAIStream:
     started = time.perf_counter()
-    response = await send_request(provider, _request(provider, body), stream=True, started=started)
-    if response.status_code >= 400:
-        content = await response.aread()
-        await response.aclose()
-        raise rejection(provider, response, content, started)
+    response = await send_or_reject(provider, _request(provider, body), stream=True, started=started)
     return OpenAIStream(provider, response, started)

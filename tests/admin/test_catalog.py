@@ -3,7 +3,7 @@ from decimal import Decimal
 import pytest
 
 from core.crypto import decrypt_secret
-from routing.models import Model, Provider
+from routing.models import Model, Provider, ProviderKind
 from routing.services import provider_create
 from tenants.models import Role
 from tests.admin.scenario import SUPERUSER, World, admin_url, make_user
@@ -81,6 +81,45 @@ def test_change_page_says_whether_a_credential_is_stored(superuser_client, crede
     html = superuser_client.get(admin_url("routing_provider", "change", provider.pk)).content.decode()
 
     assert icon in html
+
+
+# What the admin's add form takes for each kind of provider: every kind must be addable there.
+PROVIDER_OF_EACH_KIND = {
+    ProviderKind.OPENAI: {"base_url": "https://api.example.com/v1", "credential": "sk-openai-key"},
+    ProviderKind.ANTHROPIC: {"base_url": "https://api.anthropic.example/v1", "credential": "sk-ant-key"},
+    ProviderKind.BEDROCK: {"base_url": "", "region": "eu-west-1", "credential": "AKIDEXAMPLE:secret"},
+}
+
+
+def test_every_provider_kind_has_an_add_case():
+    assert set(PROVIDER_OF_EACH_KIND) == set(ProviderKind)
+
+
+@pytest.mark.parametrize(
+    ("kind", "fields"), [pytest.param(*case, id=case[0]) for case in PROVIDER_OF_EACH_KIND.items()]
+)
+def test_superuser_adds_a_provider_of_each_kind(superuser_client, kind, fields):
+    form = superuser_client.get(admin_url("routing_provider", "add")).content.decode()
+    response = superuser_client.post(
+        admin_url("routing_provider", "add"), provider_form_data(name=f"{kind}-added", kind=kind, **fields)
+    )
+
+    assert response.status_code == 302
+    provider = Provider.objects.get(name=f"{kind}-added")
+    assert (provider.kind, provider.base_url, provider.region) == (kind, fields["base_url"], fields.get("region", ""))
+    assert decrypt_secret(provider.credential_encrypted) == fields["credential"]
+    for name in fields:
+        assert f'name="{name}"' in form
+
+
+def test_bedrock_provider_without_a_region_is_a_form_error(superuser_client):
+    response = superuser_client.post(
+        admin_url("routing_provider", "add"), provider_form_data(name="aws", kind="bedrock", base_url="", region="")
+    )
+
+    assert response.status_code == 200
+    assert "region" in response.context["adminform"].form.errors
+    assert not Provider.objects.filter(name="aws").exists()
 
 
 def test_superuser_adds_a_model_to_the_catalog(superuser_client, world: World):

@@ -1,25 +1,16 @@
 """Async single jobs: 202 at once, run by the live worker, the answer kept and sent to a signed webhook."""
 
-import hashlib
-import hmac
-
 import httpx
 import orjson
 import pytest
+from standardwebhooks import Webhook, WebhookVerificationError
 
 from billing.models import UsageRecord
+from core.webhooks import webhook_secret_new
 from tests.batch.conftest import wait_for
-from tests.servers import Receiver, ThreadedServer
+from tests.webhooks import assert_verified_and_not_forgeable
 
 pytestmark = pytest.mark.live
-
-
-@pytest.fixture
-def receiver():
-    app = Receiver()
-    with ThreadedServer(app) as server:
-        server.app = app
-        yield server
 
 
 def test_job_runs_in_the_background_and_posts_a_signed_webhook(worker, gateway, acme, receiver):
@@ -34,7 +25,8 @@ def test_job_runs_in_the_background_and_posts_a_signed_webhook(worker, gateway, 
     job_id = accepted.json()["id"]
     wait_for(lambda: receiver.app.received)
     finished = httpx.get(f"{gateway.url}/api/jobs/{job_id}", headers=headers).json()
-    secret = httpx.get(f"{gateway.url}/api/jobs/webhook-secret", headers=headers).json()["secret"]
+    shown = httpx.get(f"{gateway.url}/api/jobs/webhook-secret", headers=headers).json()
+    secret = shown["secret"]
 
     assert accepted.status_code == 202 and accepted.json()["status"] == "queued"
     assert finished["status"] == "completed" and finished["status_code"] == 200
@@ -43,11 +35,11 @@ def test_job_runs_in_the_background_and_posts_a_signed_webhook(worker, gateway, 
     assert record.endpoint == "/api/jobs" and f"{record.cost_usd:f}" == finished["cost_usd"]
     hook = receiver.app.received[0]
     hook_headers, body = hook.headers, hook.body
-    expected = hmac.new(
-        secret.encode(), f"{hook_headers['x-llmops-timestamp']}.".encode() + body, hashlib.sha256
-    ).hexdigest()
-    assert hook_headers["x-llmops-signature"] == f"sha256={expected}"
-    assert hook_headers["x-llmops-job-id"] == job_id and orjson.loads(body)["id"] == job_id
+    assert secret.startswith("whsec_") and shown["algorithm"] == "standard-webhooks-v1"
+    assert assert_verified_and_not_forgeable(Webhook(secret), body, hook_headers)["id"] == job_id
+    with pytest.raises(WebhookVerificationError):
+        Webhook(webhook_secret_new()).verify(body, hook_headers)
+    assert hook_headers["webhook-id"] == job_id and orjson.loads(body)["id"] == job_id
     wait_for(
         lambda: httpx.get(f"{gateway.url}/api/jobs/{job_id}", headers=headers).json()["webhook"]["state"] == "delivered"
     )

@@ -7,16 +7,23 @@ import boto3
 import pytest
 from django.core.exceptions import ValidationError
 from moto import mock_aws
+from standardwebhooks import Webhook, WebhookVerificationError
 
-from billing.alerts.channels import SIGNATURE_HEADER, TIMESTAMP_HEADER, webhook_signature
-from billing.alerts.services import AlertNotYet, alert_channel_create, alert_delivery_attempt
+from billing.alerts.services import (
+    AlertNotYet,
+    alert_channel_create,
+    alert_delivery_attempt,
+    alert_delivery_message_id,
+)
 from billing.alerts.tasks import ALERT_DELIVERY_MAX_RETRIES, budget_threshold_alert
 from billing.budgets.index import build_budget_index
 from billing.budgets.reservations import BudgetExceeded, budget_reserve, reservation_settle
 from billing.budgets.services import budget_create
 from billing.budgets.thresholds import threshold_alerts_wait
 from billing.models import AlertDelivery, BudgetAlert, ChannelKind, DeliveryStatus
+from core.webhooks import webhook_secret_new
 from tests.loops import run
+from tests.webhooks import assert_verified_and_not_forgeable
 
 UNITS = 10**10
 
@@ -71,19 +78,31 @@ def test_webhook_is_signed_and_retried_until_it_lands(org, receiver, eager_retri
     assert "503" in delivery.last_error
     assert len(app.received) == 3
     landed = app.received[-1]
-    timestamp = landed.headers[TIMESTAMP_HEADER.lower()]
-    assert landed.headers[SIGNATURE_HEADER.lower()] == webhook_signature(
-        secret="s3cret", timestamp=timestamp, body=landed.body
-    )
-    assert landed.headers[SIGNATURE_HEADER.lower()] != webhook_signature(
-        secret="other", timestamp=timestamp, body=landed.body
-    )
-    payload = json.loads(landed.body)
+    # A secret typed as text is the key's bytes, as it was before webhooks moved to Standard Webhooks.
+    payload = assert_verified_and_not_forgeable(Webhook(b"s3cret"), landed.body, landed.headers)
+    with pytest.raises(WebhookVerificationError):
+        Webhook(b"other").verify(landed.body, landed.headers)
+    # Every attempt of the delivery is one message to the receiver, which drops the ones it has seen.
+    assert {hook.headers["webhook-id"] for hook in app.received} == {alert_delivery_message_id(delivery)}
     assert (payload["type"], payload["threshold_percent"], payload["spent_usd"]) == (
         "budget.threshold",
         80,
         "8.0000000000",
     )
+
+
+def test_webhook_with_a_standard_webhooks_secret_verifies_with_it(org, receiver, django_capture_on_commit_callbacks):
+    app, url = receiver
+    secret = webhook_secret_new()
+    channel = alert_channel_create(
+        tenant=org.tenant, name="hook", kind=ChannelKind.WEBHOOK, target=f"{url}/hook", signing_secret=secret
+    )
+    budget = budget_create(tenant=org.tenant, limit_usd=Decimal("10"), channels=[channel], thresholds=[80])
+    with django_capture_on_commit_callbacks(execute=True):
+        budget_threshold_alert(budget.pk, "2026-11", 80, 8 * UNITS)
+    [landed] = app.received
+    payload = assert_verified_and_not_forgeable(Webhook(secret), landed.body, landed.headers)
+    assert (payload["type"], payload["threshold_percent"]) == ("budget.threshold", 80)
 
 
 def test_a_delivery_that_never_lands_is_marked_failed_with_its_error(

@@ -25,6 +25,10 @@ WEATHER_TOOL = {
 }
 
 
+def user(content) -> dict:
+    return {"role": "user", "content": content}
+
+
 def provider_entry(kind: str, base_url: str, *, name: str = "", api_key: str = "", timeout: float = 5.0, region=""):
     return ProviderEntry(
         name=name or f"{kind}-test",

@@ -12,12 +12,9 @@ from tests.providers.conftest import (
     collect_stream,
     provider_entry,
     streamed_text,
+    user,
 )
 from tests.servers import free_port
-
-
-def user(content) -> dict:
-    return {"role": "user", "content": content}
 
 
 def test_text_reply_with_system_prompts_and_sampling_options(anthropic_server, anthropic_provider):

@@ -15,12 +15,9 @@ from tests.providers.conftest import (
     collect_stream,
     provider_entry,
     streamed_text,
+    user,
 )
 from tests.servers import free_port
-
-
-def user(content) -> dict:
-    return {"role": "user", "content": content}
 
 
 async def _open_and_collect(provider, body):

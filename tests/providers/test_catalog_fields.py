@@ -8,6 +8,8 @@ from django.core.exceptions import ValidationError
 from core.crypto import encrypt_secret
 from routing.catalog import build_model_catalog
 from routing.models import Provider, ProviderKind
+from routing.providers.kinds import CONNECTION_FIELDS, provider_kind
+from routing.upstream import ADAPTERS
 from tests.factories import ModelFactory, ProviderFactory
 
 
@@ -54,3 +56,22 @@ def test_bedrock_without_endpoint_and_anthropic_with_one_are_valid():
     Provider(name="claude", kind=ProviderKind.ANTHROPIC, base_url="https://api.anthropic.com/v1").full_clean(
         validate_unique=False
     )
+
+
+def test_a_field_its_kind_does_not_read_is_refused():
+    provider = Provider(
+        name="openai", kind=ProviderKind.OPENAI, base_url="https://api.openai.com/v1", region="eu-west-1"
+    )
+
+    with pytest.raises(ValidationError) as excinfo:
+        provider.full_clean(validate_unique=False)
+
+    assert list(excinfo.value.message_dict) == ["region"]
+
+
+@pytest.mark.parametrize("kind", list(ProviderKind))
+def test_every_kind_has_an_adapter_and_names_only_connection_fields(kind):
+    spec = provider_kind(kind)
+
+    assert callable(ADAPTERS[kind].chat_completion) and callable(ADAPTERS[kind].open_chat_stream)
+    assert set(spec.fields) <= set(CONNECTION_FIELDS) and set(spec.notes) <= set(spec.fields)

@@ -9,6 +9,7 @@ from routing import caps, tokens
 from routing.caps import TokenCapExceeded, apply_token_caps, cap_refusal_before_counting, clamp_max_tokens
 from routing.compression import TRUNCATION_MARKER, compress_messages, summary_cache
 from routing.policy import RouteDecision, compile_policy
+from routing.policy.document import RuleOutcome
 from routing.services import default_policy_document
 from routing.tokens import chat_tokens_lower_bound, count_chat_tokens
 from tests.loops import run as run_on_fresh_loop
@@ -26,23 +27,8 @@ def async_test(function):
     return run
 
 
-def decision(**fields) -> RouteDecision:
-    defaults = {
-        "target_model": "m",
-        "fallback_models": (),
-        "prompt_token_cap": None,
-        "over_cap_action": "reject",
-        "max_tokens_cap": None,
-        "default_max_tokens": None,
-        "cache_ttl_seconds": None,
-        "cache_nondeterministic": False,
-        "rule_name": "capped",
-        "difficulty": None,
-        "routed_to_large": False,
-        "policy_version": 1,
-        "explanation": "",
-    }
-    return RouteDecision(**{**defaults, **fields})
+def decision(**outcome) -> RouteDecision:
+    return RouteDecision(outcome=RuleOutcome(target_model="m", **outcome), rule_name="capped", policy_version=1)
 
 
 def turn(index: int, words: int = 40) -> list[dict]:

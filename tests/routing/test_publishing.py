@@ -137,14 +137,18 @@ def test_the_default_template_routes_like_the_seed(acme_routing):
     assert route(task_type="classification").rule_name == "short-classification-and-summaries"
     assert route(task_type="summarization", prompt_tokens=1200).rule_name == "otherwise-small"
     enterprise = route(user_tier="enterprise")
-    assert (enterprise.target_model, enterprise.fallback_models, enterprise.routed_to_large) == (
+    assert (enterprise.outcome.target_model, enterprise.outcome.fallback_models, enterprise.routed_to_large) == (
         "acme-large",
         ("acme-small",),
         True,
     )
-    assert route().target_model == "acme-small"
+    assert route().outcome.target_model == "acme-small"
     named = route(requested_model="acme-large")
-    assert (named.target_model, named.rule_name, named.prompt_token_cap) == ("acme-large", "prompt-cap", 4000)
+    assert (named.outcome.target_model, named.rule_name, named.outcome.prompt_token_cap) == (
+        "acme-large",
+        "prompt-cap",
+        4000,
+    )
 
 
 def test_ensure_default_picks_the_cheapest_and_dearest_allowed_models_once(acme_routing):

@@ -51,9 +51,9 @@ def test_each_match_field_decides_whether_the_rule_applies(match, matching, not_
     policy = policy_with(match)
     hit = route_request(policy, request(**matching), CATALOG)
     miss = route_request(policy, request(**not_matching), CATALOG)
-    assert (hit.target_model, hit.rule_name) == ("mid", "the-rule")
+    assert (hit.outcome.target_model, hit.rule_name) == ("mid", "the-rule")
     assert miss.rule_name == ""
-    assert miss.target_model != "mid"
+    assert miss.outcome.target_model != "mid"
 
 
 def test_the_lowest_priority_number_that_matches_decides_and_the_trace_says_why_others_were_skipped():
@@ -75,7 +75,7 @@ def test_the_lowest_priority_number_that_matches_decides_and_the_trace_says_why_
     assert decision.rule_name == "catch-all"
     assert decision.trace[0] == "rule vip (priority 10) skipped: user_tier 'free' not in ['enterprise']"
     assert decision.trace[1].startswith("rule catch-all (priority 20) matched")
-    assert route_request(policy, request(user_tier="enterprise"), CATALOG).target_model == "large"
+    assert route_request(policy, request(user_tier="enterprise"), CATALOG).outcome.target_model == "large"
 
 
 def test_outcome_carries_chain_caps_and_cache_settings_and_the_header_names_the_rule():
@@ -90,10 +90,10 @@ def test_outcome_carries_chain_caps_and_cache_settings_and_the_header_names_the_
         "cache_nondeterministic": True,
     }
     decision = route_request(policy_with({}, outcome=outcome), request(), CATALOG)
-    assert decision.fallback_models == ("mid", "small")
-    assert (decision.prompt_token_cap, decision.over_cap_action) == (4000, "compress")
-    assert (decision.max_tokens_cap, decision.default_max_tokens) == (500, 200)
-    assert (decision.cache_ttl_seconds, decision.cache_nondeterministic) == (600, True)
+    assert decision.outcome.fallback_models == ("mid", "small")
+    assert (decision.outcome.prompt_token_cap, decision.outcome.over_cap_action) == (4000, "compress")
+    assert (decision.outcome.max_tokens_cap, decision.outcome.default_max_tokens) == (500, 200)
+    assert (decision.outcome.cache_ttl_seconds, decision.outcome.cache_nondeterministic) == (600, True)
     assert decision.explanation == "rule=the-rule model=large policy=v3"
     assert decision.routed_to_large is True
     assert decision.route == "the-rule"
@@ -103,18 +103,24 @@ def test_fallbacks_the_tenant_lost_access_to_are_skipped():
     decision = route_request(
         policy_with({}, outcome={"target_model": "large", "fallback_models": ["gone", "small"]}), request(), CATALOG
     )
-    assert decision.fallback_models == ("small",)
+    assert decision.outcome.fallback_models == ("small",)
 
 
 def test_a_rule_without_target_keeps_a_named_model_and_applies_its_cap():
     policy = policy_with({}, outcome={"prompt_token_cap": 4000})
     decision = route_request(policy, request(requested_model="mid"), CATALOG)
-    assert (decision.target_model, decision.prompt_token_cap, decision.rule_name) == ("mid", 4000, "the-rule")
+    assert (decision.outcome.target_model, decision.outcome.prompt_token_cap, decision.rule_name) == (
+        "mid",
+        4000,
+        "the-rule",
+    )
 
 
 def test_default_resolves_to_the_tenants_default_model():
     assert (
-        route_request(policy_with({"user_tiers": ["x"]}), request(requested_model="default"), CATALOG).target_model
+        route_request(
+            policy_with({"user_tiers": ["x"]}), request(requested_model="default"), CATALOG
+        ).outcome.target_model
         == "small"
     )
 
@@ -125,7 +131,7 @@ def test_an_alias_the_policy_lacks_is_refused_and_without_a_policy_auto_means_de
         route_request(policy, request(), CATALOG)
     assert (refused.value.status, refused.value.code) == (400, "unknown_alias")
     decision = route_request(None, request(), CATALOG)
-    assert (decision.target_model, decision.explanation) == ("small", "no-policy model=small")
+    assert (decision.outcome.target_model, decision.explanation) == ("small", "no-policy model=small")
 
 
 def test_features_come_from_body_metadata_before_headers():

@@ -57,7 +57,7 @@ def test_the_threshold_splits_small_from_large_and_the_header_shows_the_score(th
         tenant_id=1, requested_model="auto", prompt_tokens=10, last_user_message="```x```", has_tools=True
     )
     decision = route_request(policy, request, CATALOG)
-    assert decision.target_model == expected
+    assert decision.outcome.target_model == expected
     assert decision.difficulty.total == 35
     assert decision.routed_to_large is (expected == "large")
     relation = ">=" if expected == "large" else "<"

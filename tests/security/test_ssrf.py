@@ -151,14 +151,6 @@ class RedirectingReceiver(Receiver):
         await send({"type": "http.response.body", "body": b""})
 
 
-@pytest.fixture
-def receiver():
-    app = Receiver()
-    with ThreadedServer(app) as server:
-        server.app = app
-        yield server
-
-
 def _finished_job(principal, callback_url: str) -> Job:
     return Job.objects.create(
         tenant_id=principal.tenant_id,
@@ -244,9 +236,9 @@ def test_a_callback_redirect_is_not_followed(strict, principal, receiver):
 def test_alert_webhooks_are_sent_through_the_same_check(strict, receiver):
     channel = AlertChannel(kind=ChannelKind.SLACK, target=f"{receiver.url}/slack")
     with pytest.raises(ChannelSendError, match="refused"):
-        channel_send(channel=channel, subject="s", text="t", payload={})
+        channel_send(channel=channel, message_id="alert_delivery_1", subject="s", text="t", payload={})
     strict.LLMOPS_OUTBOUND_ALLOWLIST = [f"127.0.0.1:{receiver.port}"]
-    channel_send(channel=channel, subject="s", text="t", payload={})
+    channel_send(channel=channel, message_id="alert_delivery_1", subject="s", text="t", payload={})
     assert len(receiver.app.received) == 1
 
 

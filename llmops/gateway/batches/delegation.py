@@ -30,13 +30,13 @@ from llmops.gateway.errors import GatewayError
 from llmops.gateway.snapshot import ConfigSnapshot, config_snapshot
 from llmops.metrics import record_request_metrics
 from routing.catalog import ProviderEntry
-from routing.models import Model, ProviderKind
+from routing.models import Model
+from routing.providers.kinds import provider_kind
 from tenants.authentication import KeyPrincipal
 
 logger = logging.getLogger(__name__)
 
 BATCH_ENDPOINT = "/v1/batches"
-DELEGATABLE_KINDS = (ProviderKind.OPENAI,)
 PROVIDER_DONE = ("completed", "failed", "expired", "cancelled")
 CLAIM_ALL = 1_000_000
 
@@ -46,7 +46,8 @@ def _db(function):
 
 
 def _delegates(provider: ProviderEntry) -> bool:
-    return provider.name in settings.LLMOPS_BATCH_DELEGATE_PROVIDERS and provider.kind in DELEGATABLE_KINDS
+    kind = provider_kind(provider.kind)
+    return provider.name in settings.LLMOPS_BATCH_DELEGATE_PROVIDERS and kind is not None and kind.batch_endpoint
 
 
 def _client(provider: ProviderEntry) -> httpx.AsyncClient:

@@ -36,6 +36,7 @@ from llmops.gateway.concurrency import InflightSlot, inflight_acquire, inflight_
 from llmops.gateway.errors import GatewayError
 from llmops.gateway.snapshot import ConfigSnapshot
 from routing.catalog import ModelEntry
+from routing.max_tokens import with_max_tokens
 
 
 def _cheaper_route(
@@ -75,7 +76,7 @@ def _bounded(plan: ChatPlan, bound: OutputBound) -> OutputBound:
     reservation's cap as max_tokens so the worst case is a true bound."""
     if bound.max_tokens is not None or all(model.max_output_tokens for model in plan.chain):
         return bound
-    plan.body = {**plan.body, "max_tokens": _fallback()}
+    plan.body = with_max_tokens(plan.body, _fallback())
     return OutputBound(_fallback(), bound.choices, bound.predicted_tokens)
 
 

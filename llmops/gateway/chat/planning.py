@@ -137,10 +137,10 @@ async def plan_chat(snapshot: ConfigSnapshot, call: GatewayCall, body: dict, hea
         decision = route_request(policy, features, catalog)
         call.route, call.route_explanation = decision.route, decision.explanation
         call.routed_to_large, call.policy_version = decision.routed_to_large, decision.policy_version
-        served = resolve_model(catalog, tenant_id=tenant_id, requested=decision.target_model)
+        served = resolve_model(catalog, tenant_id=tenant_id, requested=decision.outcome.target_model)
         call.served = served
         _refuse_what_the_model_cannot_take(served, features)
-        fallbacks = [catalog.models[name] for name in decision.fallback_models if name in catalog.models]
+        fallbacks = [catalog.models[name] for name in decision.outcome.fallback_models if name in catalog.models]
         chain = [served] + [model for model in fallbacks if _lacking(model, features) is None]
         upstream_body = {k: v for k, v in body.items() if k not in GATEWAY_ONLY_FIELDS}
         same_encoding = encoding_name_for(served.upstream_name) == encoding_name_for(counting_model)
@@ -166,8 +166,8 @@ async def plan_chat(snapshot: ConfigSnapshot, call: GatewayCall, body: dict, hea
         served_model=served.name,
         body=capped.body,
         rule_name=decision.rule_name,
-        ttl_seconds=decision.cache_ttl_seconds,
-        allow_nondeterministic=decision.cache_nondeterministic,
+        ttl_seconds=decision.outcome.cache_ttl_seconds,
+        allow_nondeterministic=decision.outcome.cache_nondeterministic,
         control=cache_control_from_headers(headers),
     )
     guard_action = policy.injection_guard_action if policy else "none"

@@ -11,6 +11,7 @@ from functools import partial
 
 from core.db import unstorable_part
 from llmops.gateway.errors import invalid_request
+from routing.max_tokens import MAX_TOKENS_FIELDS
 
 MESSAGE_ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 # The content parts OpenAI accepts in a message of each role.
@@ -293,8 +294,7 @@ def _tool(param: str, value) -> None:
 FIELD_CHECKS: dict[str, Check] = {
     "stream": _boolean,
     "stream_options": _stream_options,
-    "max_tokens": partial(_integer, low=1, high=MAX_TOKENS_LIMIT),
-    "max_completion_tokens": partial(_integer, low=1, high=MAX_TOKENS_LIMIT),
+    **dict.fromkeys(MAX_TOKENS_FIELDS, partial(_integer, low=1, high=MAX_TOKENS_LIMIT)),
     "n": partial(_integer, low=1, high=MAX_CHOICES),
     "best_of": partial(_integer, low=1, high=MAX_CHOICES),
     "temperature": partial(_number, low=0.0, high=2.0),

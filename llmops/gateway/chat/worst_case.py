@@ -14,14 +14,10 @@ from billing.budgets.reservations import BudgetExceeded
 from billing.ledger.costs import usage_cost
 from llmops.gateway.errors import GatewayError
 from routing.catalog import ModelEntry
+from routing.max_tokens import requested_max_tokens
 from routing.tokens import count_text_tokens
 
-MAX_TOKENS_FIELDS = ("max_completion_tokens", "max_tokens")
 CHOICE_FIELDS = ("n", "best_of")
-
-
-def requested_max_tokens(body: dict) -> int | None:
-    return next((body[field] for field in MAX_TOKENS_FIELDS if body.get(field) is not None), None)
 
 
 def _predicted_text(prediction) -> str:

@@ -1,14 +1,10 @@
 """Async single jobs: one chat completion run in the background, its answer kept and sent to a signed webhook.
 
-Webhook requests carry ``X-Llmops-Timestamp`` (Unix seconds), ``X-Llmops-Job-Id`` and
-``X-Llmops-Signature: sha256=<hex>``, the HMAC-SHA256 of ``<timestamp>.<body>`` under the tenant's webhook secret
-(``GET /api/jobs/webhook-secret``).
+The webhook is signed as Standard Webhooks (core.webhooks) under the tenant's webhook secret
+(``GET /api/jobs/webhook-secret``); its ``webhook-id`` is the job's id.
 """
 
 import hashlib
-import hmac
-import secrets
-import time
 
 import httpx
 import orjson
@@ -20,6 +16,7 @@ from billing.ledger.services import UsageEvent, usage_record_create
 from core.crypto import decrypt_secret, encrypt_secret
 from core.db import database_sync_to_async
 from core.outbound import OutboundRefused, outbound_post, outbound_url_errors
+from core.webhooks import webhook_headers, webhook_secret_new
 from llmops.gateway.batches.models import Job, JobStatus, JobWebhookSecret, WebhookState
 from llmops.gateway.call import GatewayCall
 from llmops.gateway.chat.completion import chat_completion_run
@@ -29,10 +26,6 @@ from llmops.gateway.snapshot import config_snapshot
 from tenants.authentication import KeyPrincipal
 
 JOBS_ENDPOINT = "/api/jobs"
-SIGNATURE_HEADER = "X-Llmops-Signature"
-TIMESTAMP_HEADER = "X-Llmops-Timestamp"
-JOB_ID_HEADER = "X-Llmops-Job-Id"
-
 
 WEBHOOK_UNREACHABLE = "The callback URL could not be reached."
 CALLBACK_URL_REFUSED = "callback_url is not allowed: it must be an http(s) URL of a public host."
@@ -138,14 +131,9 @@ def job_webhook_secret(*, tenant_id: int) -> str:
     if row is None:
         with transaction.atomic():
             row, _ = JobWebhookSecret.objects.get_or_create(
-                tenant_id=tenant_id, defaults={"secret_encrypted": encrypt_secret(f"whsec_{secrets.token_hex(24)}")}
+                tenant_id=tenant_id, defaults={"secret_encrypted": encrypt_secret(webhook_secret_new())}
             )
     return decrypt_secret(row.secret_encrypted)
-
-
-def webhook_signature(*, secret: str, timestamp: int, body: bytes) -> str:
-    digest = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
-    return f"sha256={digest}"
 
 
 def job_payload(job: Job) -> dict:
@@ -178,14 +166,9 @@ def job_webhook_attempt(*, job_id: str) -> None:
     if job.webhook_state != WebhookState.PENDING or job.status not in (JobStatus.COMPLETED, JobStatus.FAILED):
         return
     body = orjson.dumps(job_payload(job))
-    timestamp = int(time.time())
     headers = {
         "Content-Type": "application/json",
-        TIMESTAMP_HEADER: str(timestamp),
-        JOB_ID_HEADER: job.id,
-        SIGNATURE_HEADER: webhook_signature(
-            secret=job_webhook_secret(tenant_id=job.tenant_id), timestamp=timestamp, body=body
-        ),
+        **webhook_headers(secret=job_webhook_secret(tenant_id=job.tenant_id), message_id=job.id, body=body),
     }
     Job.objects.filter(pk=job_id).update(webhook_attempts=job.webhook_attempts + 1)
     try:

@@ -6,6 +6,7 @@ from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers
 
 from core.db import database_sync_to_async, storable
+from core.webhooks import WEBHOOK_SCHEME
 from llmops.gateway.batches.models import Job, JobStatus, WebhookState
 from llmops.gateway.errors import GatewayError
 from llmops.gateway.jobs.services import job_create, job_payload, job_webhook_secret
@@ -93,10 +94,10 @@ class JobWebhookSecretView(GatewayView):
             fields={
                 "object": serializers.ChoiceField(choices=["webhook_secret"]),
                 "secret": serializers.CharField(),
-                "algorithm": serializers.ChoiceField(choices=["hmac-sha256"]),
+                "algorithm": serializers.ChoiceField(choices=[WEBHOOK_SCHEME]),
             },
         )
     )
     async def get(self, request):
         secret = await database_sync_to_async(job_webhook_secret)(tenant_id=request.user.tenant_id)
-        return _json({"object": "webhook_secret", "secret": secret, "algorithm": "hmac-sha256"})
+        return _json({"object": "webhook_secret", "secret": secret, "algorithm": WEBHOOK_SCHEME})
