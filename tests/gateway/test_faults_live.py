@@ -162,7 +162,8 @@ def test_malformed_answers_and_a_postgres_outage_get_json_lose_no_row_and_leak_n
                 rounds = 1
                 # At once, each answered within DB_POOL_TIMEOUT, well inside the outage.
                 site_during = [pool.submit(site_answer, url, session_cookie, path) for path in SITE_PATHS]
-                while time.monotonic() < deadline:
+                # At least three rounds however slow the machine: the outage lasts until they are answered.
+                while time.monotonic() < deadline or rounds < 3:
                     answers += round_of("during")
                     rounds += 1
             site_during = [future.result() for future in site_during]
@@ -183,7 +184,6 @@ def test_malformed_answers_and_a_postgres_outage_get_json_lose_no_row_and_leak_n
         f" all answered again {recovery_seconds:.1f} s after it:",
         {(a.what, a.status, a.error_code) for a in answers},
     )
-    assert rounds >= 3
     for answer in answers:
         assert answer.status != 500 and "<html" not in answer.text.lower(), answer
         assert answer.request_id.startswith("req_"), answer
