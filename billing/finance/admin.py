@@ -26,10 +26,11 @@ from billing.finance.exports import (
     sync_export_max_days,
     tenants_exportable_by,
     usage_export_chunks,
+    usage_export_create,
 )
-from billing.finance.exports_async import usage_export_request
 from billing.finance.rollups import usage_rollups_refresh_if_stale
 from billing.finance.statements import month_start, statement_build, statement_csv
+from billing.finance.tasks import usage_export_queue
 from billing.ledger.columns import ExportGrouping
 from billing.ledger.selectors import tenant_zone
 from billing.models import UsageRecord
@@ -143,7 +144,8 @@ class UsageRecordAdmin(ReadOnlyScopedAdmin):
             if is_sync_exportable(params):
                 chunks = usage_export_chunks(tenant=tenant, params=params)
                 return csv_streaming_response(request, chunks, filename=params.filename(tenant))
-            export = usage_export_request(tenant=tenant, user=request.user, params=params)
+            export = usage_export_create(tenant=tenant, user=request.user, params=params)
+            usage_export_queue(export)
             self.message_user(
                 request,
                 f"{params.days} days is more than the {sync_export_max_days()} days streamed directly; export "

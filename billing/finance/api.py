@@ -30,9 +30,10 @@ from billing.finance.exports import (
     sync_export_max_days,
     tenants_exportable_by,
     usage_export_chunks,
+    usage_export_create,
     usage_filters_parse,
 )
-from billing.finance.exports_async import usage_export_request
+from billing.finance.tasks import usage_export_queue
 from billing.ledger.columns import AGGREGATE_COLUMNS, GROUPINGS, REQUEST_COLUMNS, Column, ColumnType, ExportGrouping
 from billing.ledger.costs import format_cost
 from billing.ledger.selectors import ledger_between, tenant_zone
@@ -326,7 +327,8 @@ class UsageExportCreateView(APIView):
             params = export_params_parse(since=body["since"], until=body["until"], group_by=body.get("group_by"))
         except ExportError as error:
             return export_error_response(error)
-        export = usage_export_request(tenant=tenant, user=request.user, params=params)
+        export = usage_export_create(tenant=tenant, user=request.user, params=params)
+        usage_export_queue(export)
         export.refresh_from_db()
         return Response(_export_payload(export), status=status.HTTP_202_ACCEPTED)
 

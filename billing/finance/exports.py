@@ -7,18 +7,23 @@ is the same figure rounded to cents, half to even; it is for reading, and its co
 the rounded total by a few cents.
 
 Rows come from a server-side cursor in chunks and are written as they are read, so memory stays flat
-however many rows a range holds.
+however many rows a range holds. An export too long to stream while the client waits is recorded
+(usage_export_create) and written to storage by a Celery task (usage_export_write).
 """
 
+import tempfile
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.core.files import File
+from django.core.files.storage import default_storage
 from django.core.handlers.asgi import ASGIRequest
 from django.db.models import Q, QuerySet
 from django.http import HttpRequest, StreamingHttpResponse
+from django.utils import timezone
 
 from billing.finance.csv_writer import FormulaSafeWriter
 from billing.ledger.columns import (
@@ -32,7 +37,7 @@ from billing.ledger.columns import (
 )
 from billing.ledger.selectors import ledger_between, tenant_zone
 from billing.ledger.totals import ledger_aggregates
-from billing.models import CacheStatus, UsageRecord
+from billing.models import CacheStatus, ExportStatus, UsageExport, UsageRecord
 from tenants.models import Membership, Role, Tenant
 
 CHUNK_ROWS = 2_000
@@ -224,6 +229,37 @@ def usage_export_chunks(*, tenant: Tenant, params: ExportParams, queryset: Query
         return request_csv_chunks(records, zone=zone)
     header = [*params.group_by, *(column.name for column in AGGREGATE_COLUMNS)]
     return csv_chunks(header, aggregate_rows(records, group_by=params.group_by, zone=zone))
+
+
+def usage_export_create(*, tenant: Tenant, user, params: ExportParams) -> UsageExport:
+    """Record an export too long to stream while the client waits; the caller queues its writing
+    (billing.finance.tasks.usage_export_queue)."""
+    return UsageExport.objects.create(
+        tenant=tenant, requested_by=user, since=params.since, until=params.until, group_by=params.group_by_text
+    )
+
+
+def usage_export_write(*, export: UsageExport) -> UsageExport:
+    """Write an export's CSV to storage under a name only the export row knows; a failure is recorded on the row.
+    The Celery task billing.finance.tasks.usage_export_write_task runs it."""
+    params = export_params_parse(since=export.since, until=export.until, group_by=export.group_by)
+    UsageExport.objects.filter(pk=export.pk).update(status=ExportStatus.RUNNING)
+    name = f"usage-exports/{export.tenant_id}/{export.pk}-{params.filename(export.tenant)}"
+    try:
+        # Spooled to a local temporary file first, so any storage backend (S3 included) gets one upload.
+        with tempfile.TemporaryFile() as spool:
+            for chunk in usage_export_chunks(tenant=export.tenant, params=params):
+                spool.write(chunk)
+            spool.seek(0)
+            name = default_storage.save(name, File(spool))
+    except Exception as error:
+        export.status, export.error = ExportStatus.FAILED, str(error)
+        export.finished_at = timezone.now()
+        export.save(update_fields=["status", "error", "finished_at"])
+        raise
+    export.status, export.file_name, export.finished_at = ExportStatus.DONE, name, timezone.now()
+    export.save(update_fields=["status", "file_name", "finished_at"])
+    return export
 
 
 def csv_streaming_response(request: HttpRequest, chunks: Iterator[bytes], *, filename: str) -> StreamingHttpResponse:
