@@ -95,6 +95,11 @@ def statement_build(*, tenant: Tenant, month: date) -> Statement:
     )
 
 
+def _money_line(section: str, amount: Decimal, *, team: str = "", model: str = "", requests: int | str = "") -> list:
+    """A subtotal, saving or budget line: its section, what it names, and its money in STATEMENT_COLUMNS' places."""
+    return [section, team, model, requests, "", "", "", format_cost(amount), format_cents(amount)]
+
+
 def statement_csv(statement: Statement) -> str:
     """The statement as one CSV: a `section` column tells detail lines, subtotals, savings and budgets apart."""
     buffer = io.StringIO()
@@ -116,40 +121,15 @@ def statement_csv(statement: Statement) -> str:
             ]
         )
     for team, cost in statement.by_team.items():
-        writer.writerow(["team_total", team, "", "", "", "", "", format_cost(cost), format_cents(cost)])
+        writer.writerow(_money_line("team_total", cost, team=team))
     for model, cost in statement.by_model.items():
-        writer.writerow(["model_total", "", model, "", "", "", "", format_cost(cost), format_cents(cost)])
-    total = statement.total_usd
-    writer.writerow(["total", "", "", statement.total_requests, "", "", "", format_cost(total), format_cents(total)])
+        writer.writerow(_money_line("model_total", cost, model=model))
+    writer.writerow(_money_line("total", statement.total_usd, requests=statement.total_requests))
     for lever, saved in statement.savings.items():
-        writer.writerow([f"saved_{lever}", "", "", "", "", "", "", format_cost(saved), format_cents(saved)])
+        writer.writerow(_money_line(f"saved_{lever}", saved))
     for budget in statement.budgets:
-        writer.writerow(
-            [
-                "budget_spent",
-                budget.name,
-                "",
-                "",
-                "",
-                "",
-                "",
-                format_cost(budget.spent_usd),
-                format_cents(budget.spent_usd),
-            ]
-        )
-        writer.writerow(
-            [
-                "budget_limit",
-                budget.name,
-                "",
-                "",
-                "",
-                "",
-                "",
-                format_cost(budget.limit_usd),
-                format_cents(budget.limit_usd),
-            ]
-        )
+        writer.writerow(_money_line("budget_spent", budget.spent_usd, team=budget.name))
+        writer.writerow(_money_line("budget_limit", budget.limit_usd, team=budget.name))
     return buffer.getvalue()
 
 

@@ -57,6 +57,12 @@ class Column:
         return self.source or self.name
 
 
+# In both tables.
+CACHED_TOKENS = Column("cached_tokens", ColumnType.INTEGER, "Prompt tokens read from the provider's prompt cache.")
+COST_USD_ROUNDED = Column(
+    "cost_usd_rounded", ColumnType.CENTS, "`cost_usd` rounded to cents, half to even.", source="cost_usd", in_api=False
+)
+
 REQUEST_COLUMNS = (
     Column("request_id", ColumnType.TEXT, "The request's id, as in its `x-llmops-request-id` header."),
     Column(
@@ -71,17 +77,11 @@ REQUEST_COLUMNS = (
     Column("served_model", ColumnType.TEXT, "The catalog model that answered; empty when none did."),
     Column("is_stream", ColumnType.BOOLEAN, "The answer was streamed."),
     Column("prompt_tokens", ColumnType.INTEGER, "Prompt tokens, cached and cache-write tokens included."),
-    Column("cached_tokens", ColumnType.INTEGER, "Prompt tokens read from the provider's prompt cache."),
+    CACHED_TOKENS,
     Column("completion_tokens", ColumnType.INTEGER, "Completion tokens."),
     Column("usage_estimated", ColumnType.BOOLEAN, "The provider returned no usage; the gateway counted the tokens."),
     Column("cost_usd", ColumnType.MONEY, "What the request cost, as the ledger stores it."),
-    Column(
-        "cost_usd_rounded",
-        ColumnType.CENTS,
-        "`cost_usd` rounded to cents, half to even.",
-        source="cost_usd",
-        in_api=False,
-    ),
+    COST_USD_ROUNDED,
     Column("upstream_latency_ms", ColumnType.INTEGER, "Time spent waiting on providers; empty when none was called."),
     Column("total_latency_ms", ColumnType.INTEGER, "Time from the request's arrival to the end of its answer."),
     Column("cache_status", ColumnType.TEXT, "`miss`, `hit-exact`, `hit-semantic` or `bypass`."),
@@ -102,16 +102,10 @@ AGGREGATE_COLUMNS = (
     Column("requests", ColumnType.INTEGER, "Requests (not the calls made for them)."),
     Column("errors", ColumnType.INTEGER, "Requests answered with HTTP status ≥ 400."),
     Column("prompt_tokens", ColumnType.INTEGER, "Prompt tokens, those of the calls made for the requests included."),
-    Column("cached_tokens", ColumnType.INTEGER, "Prompt tokens read from the provider's prompt cache."),
+    CACHED_TOKENS,
     Column("completion_tokens", ColumnType.INTEGER, "Completion tokens, those of the calls made for them included."),
     Column("cost_usd", ColumnType.MONEY, "The exact sum of the rows' cost, calls made for the requests included."),
-    Column(
-        "cost_usd_rounded",
-        ColumnType.CENTS,
-        "`cost_usd` rounded to cents, half to even.",
-        source="cost_usd",
-        in_api=False,
-    ),
+    COST_USD_ROUNDED,
 )
 
 
@@ -146,6 +140,7 @@ class Grouping:
     """A way to group the ledger: what rows are grouped by (in the tenant's time zone) and how a group is named."""
 
     name: str
+    title: str  # a form's or a command's choice
     description: str
     expression: Callable[[ZoneInfo], Expression]
     label: Callable[[object], str]
@@ -156,20 +151,23 @@ GROUPINGS = {
     for grouping in (
         Grouping(
             "day",
+            "Day in the tenant's time zone",
             "Day in the tenant's time zone, YYYY-MM-DD.",
             lambda zone: TruncDate("created_at", tzinfo=zone),
             date.isoformat,
         ),
-        Grouping("team", "Team slug.", lambda zone: F("team__slug"), str),
-        Grouping("key", "API key prefix.", lambda zone: F("api_key__prefix"), str),
+        Grouping("team", "Team", "Team slug.", lambda zone: F("team__slug"), str),
+        Grouping("key", "API key prefix", "API key prefix.", lambda zone: F("api_key__prefix"), str),
         Grouping(
             "model",
+            "Served model",
             f"Served model; `{NO_SERVED_MODEL}` for requests that never reached one.",
             lambda zone: F("served_model"),
             lambda model: model or NO_SERVED_MODEL,
         ),
         Grouping(
             "tag",
+            "Tag set",
             f"The request's whole tag set, sorted, joined by `+`; `{UNTAGGED_LABEL}` without tags. Tag sets "
             "partition the ledger, so they reconcile like every other grouping.",
             lambda zone: F("tags"),
@@ -177,6 +175,7 @@ GROUPINGS = {
         ),
         Grouping(
             "policy",
+            "Routing policy version",
             f"Routing policy version, `v3`; `{NO_POLICY}` for requests no published policy routed.",
             lambda zone: F("policy_version"),
             lambda version: f"v{version}" if version is not None else NO_POLICY,
@@ -185,14 +184,15 @@ GROUPINGS = {
 }
 
 
-class ExportGrouping(models.TextChoices):
-    """The groupings CSV exports and the usage API offer, in any combination and order."""
+def grouping_choices(name: str, groupings: Iterable[str]) -> type[models.TextChoices]:
+    """The choices of the groupings one surface offers, in its order, each titled as GROUPINGS title it."""
+    return models.TextChoices(
+        name, [(grouping.upper(), (grouping, GROUPINGS[grouping].title)) for grouping in groupings]
+    )
 
-    DAY = "day", "Day in the tenant's time zone"
-    TEAM = "team", "Team"
-    KEY = "key", "API key prefix"
-    MODEL = "model", "Served model"
-    TAG = "tag", "Tag set"
+
+# The groupings CSV exports and the usage API offer, in any combination and order.
+ExportGrouping = grouping_choices("ExportGrouping", ("day", "team", "key", "model", "tag"))
 
 
 def group_key(grouping: str) -> str:

@@ -43,6 +43,16 @@ class RequestFacts:
 REQUEST_FACTS = tuple(f.name for f in fields(RequestFacts))
 
 
+# The event's usage fields, and the Usage field each holds.
+USAGE_FIELDS = {
+    "prompt_tokens": "prompt_tokens",
+    "cached_tokens": "cached_tokens",
+    "cache_write_tokens": "cache_write_tokens",
+    "completion_tokens": "completion_tokens",
+    "usage_estimated": "estimated",
+}
+
+
 @dataclass(slots=True, kw_only=True)
 class UsageEvent(RequestFacts):
     """A request's ledger row: its facts, whose key made it, how it ended, what it used, cost and saved."""
@@ -69,25 +79,12 @@ class UsageEvent(RequestFacts):
     @classmethod
     def of(cls, facts: RequestFacts, *, usage: Usage, **outcome) -> "UsageEvent":
         """The row of a request with these facts and usage; ``outcome`` names the rest (who, status, latency)."""
-        return cls(
-            **facts.request_facts(),
-            prompt_tokens=usage.prompt_tokens,
-            cached_tokens=usage.cached_tokens,
-            cache_write_tokens=usage.cache_write_tokens,
-            completion_tokens=usage.completion_tokens,
-            usage_estimated=usage.estimated,
-            **outcome,
-        )
+        usage_fields = {name: getattr(usage, usage_name) for name, usage_name in USAGE_FIELDS.items()}
+        return cls(**facts.request_facts(), **usage_fields, **outcome)
 
     @property
     def usage(self) -> Usage:
-        return Usage(
-            prompt_tokens=self.prompt_tokens,
-            cached_tokens=self.cached_tokens,
-            cache_write_tokens=self.cache_write_tokens,
-            completion_tokens=self.completion_tokens,
-            estimated=self.usage_estimated,
-        )
+        return Usage(**{usage_name: getattr(self, name) for name, usage_name in USAGE_FIELDS.items()})
 
     def price(
         self,

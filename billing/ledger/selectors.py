@@ -3,10 +3,9 @@ from datetime import date, datetime, time, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 from zoneinfo import ZoneInfo
 
-from django.db import models
 from django.db.models import QuerySet
 
-from billing.ledger.columns import GROUPINGS
+from billing.ledger.columns import GROUPINGS, grouping_choices
 from billing.ledger.totals import LedgerTotals, ledger_aggregates
 from billing.models import UsageRecord
 from tenants.models import Tenant
@@ -14,12 +13,8 @@ from tenants.models import Tenant
 TOTAL_LABEL = "TOTAL"
 
 
-class UsageGroupBy(models.TextChoices):
-    TEAM = "team", "Team"
-    MODEL = "model", "Served model"
-    KEY = "key", "API key prefix"
-    DAY = "day", "Day in the tenant's time zone"
-    POLICY = "policy", "Routing policy version"
+# The groupings of usage_summary (manage.py usage_report).
+UsageGroupBy = grouping_choices("UsageGroupBy", ("team", "model", "key", "day", "policy"))
 
 
 @dataclass(slots=True, kw_only=True)
