@@ -28,7 +28,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from billing.ledger.services import UsageEvent
+from billing.ledger.events import UsageEvent
 from billing.models import UsageKind
 
 OTHER_LABEL = "other"

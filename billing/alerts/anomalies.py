@@ -20,20 +20,11 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Count, F, Q, Sum
 from django.db.models.functions import TruncHour
 
 from billing.alerts.services import anomaly_alert_raise
-from billing.models import (
-    COST_FIELD,
-    REQUEST_ROWS,
-    Anomaly,
-    AnomalyDirection,
-    AnomalyMetric,
-    AnomalyWindow,
-    CacheStatus,
-    UsageRecord,
-)
+from billing.ledger.totals import LedgerTotals, ledger_aggregates
+from billing.models import COST_FIELD, Anomaly, AnomalyDirection, AnomalyMetric, AnomalyWindow, UsageRecord
 from tenants.models import Tenant
 
 BASELINE_DAYS = 14
@@ -50,30 +41,18 @@ ABSOLUTE_FLOORS = {
 WINDOW_HOURS = {AnomalyWindow.HOUR: 1, AnomalyWindow.DAY: 24}
 
 
-@dataclass(slots=True)
-class Traffic:
-    requests: int = 0
-    errors: int = 0
-    cache_hits: int = 0
-    tokens: int = 0
-    cost: Decimal = Decimal(0)
+TRAFFIC_TOTALS = ("requests", "errors", "cache_hits", "prompt_tokens", "completion_tokens", "cost_usd")
 
-    def add(self, other: "Traffic") -> None:
-        self.requests += other.requests
-        self.errors += other.errors
-        self.cache_hits += other.cache_hits
-        self.tokens += other.tokens
-        self.cost += other.cost
 
-    def metric(self, metric: str) -> Decimal:
-        if metric == AnomalyMetric.SPEND:
-            return self.cost
-        requests = Decimal(self.requests)
-        if metric == AnomalyMetric.TOKENS_PER_REQUEST:
-            return Decimal(self.tokens) / requests
-        if metric == AnomalyMetric.CACHE_HIT_RATE:
-            return Decimal(self.cache_hits) / requests
-        return Decimal(self.errors) / requests
+def metric_value(traffic: LedgerTotals, metric: str) -> Decimal:
+    if metric == AnomalyMetric.SPEND:
+        return traffic.cost_usd
+    requests = Decimal(traffic.requests)
+    if metric == AnomalyMetric.TOKENS_PER_REQUEST:
+        return Decimal(traffic.tokens) / requests
+    if metric == AnomalyMetric.CACHE_HIT_RATE:
+        return Decimal(traffic.cache_hits) / requests
+    return Decimal(traffic.errors) / requests
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,14 +76,14 @@ def robust_finding(*, metric: str, observed: Decimal, baseline: list[Decimal]) -
     return Finding(metric=metric, observed=observed, median=median, mad=mad, score=score)
 
 
-def window_findings(*, observed: Traffic, baseline: list[Traffic], min_requests: int) -> list[Finding]:
+def window_findings(*, observed: LedgerTotals, baseline: list[LedgerTotals], min_requests: int) -> list[Finding]:
     """Findings for every metric the volume allows judging, anomalous or not."""
     busy = [traffic for traffic in baseline if traffic.requests >= min_requests]
     if len(busy) * 2 < len(baseline) or not baseline:
         return []
     findings = [
         robust_finding(
-            metric=AnomalyMetric.SPEND, observed=observed.cost, baseline=[traffic.cost for traffic in baseline]
+            metric=AnomalyMetric.SPEND, observed=observed.cost_usd, baseline=[traffic.cost_usd for traffic in baseline]
         )
     ]
     if observed.requests >= min_requests:
@@ -112,38 +91,34 @@ def window_findings(*, observed: Traffic, baseline: list[Traffic], min_requests:
             findings.append(
                 robust_finding(
                     metric=metric,
-                    observed=observed.metric(metric),
-                    baseline=[traffic.metric(metric) for traffic in busy],
+                    observed=metric_value(observed, metric),
+                    baseline=[metric_value(traffic, metric) for traffic in busy],
                 )
             )
     return findings
 
 
-def _hourly_traffic(*, tenant: Tenant, since: datetime, until: datetime) -> dict[int | None, dict[datetime, Traffic]]:
+def _hourly_traffic(
+    *, tenant: Tenant, since: datetime, until: datetime
+) -> dict[int | None, dict[datetime, LedgerTotals]]:
     """Traffic per team and hour, plus the tenant's total under the key None."""
     rows = (
         UsageRecord.objects.for_tenant(tenant)
         .filter(created_at__gte=since, created_at__lt=until)
         .annotate(hour=TruncHour("created_at", tzinfo=UTC))
         .values("team_id", "hour")
-        .annotate(
-            requests=Count("id", filter=REQUEST_ROWS),
-            errors=Count("id", filter=REQUEST_ROWS & Q(http_status__gte=400)),
-            cache_hits=Count("id", filter=Q(cache_status__in=[CacheStatus.HIT_EXACT, CacheStatus.HIT_SEMANTIC])),
-            tokens=Sum(F("prompt_tokens") + F("completion_tokens")),
-            cost=Sum("cost_usd"),
-        )
+        .annotate(**ledger_aggregates(*TRAFFIC_TOTALS))
     )
-    hourly: dict[int | None, dict[datetime, Traffic]] = defaultdict(lambda: defaultdict(Traffic))
+    hourly: dict[int | None, dict[datetime, LedgerTotals]] = defaultdict(lambda: defaultdict(LedgerTotals))
     for row in rows:
-        traffic = Traffic(row["requests"], row["errors"], row["cache_hits"], row["tokens"] or 0, row["cost"] or 0)
+        traffic = LedgerTotals.of(row)
         hourly[row["team_id"]][row["hour"]].add(traffic)
         hourly[None][row["hour"]].add(traffic)
     return hourly
 
 
-def _traffic_between(hours: dict[datetime, Traffic], start: datetime, end: datetime) -> Traffic:
-    total = Traffic()
+def _traffic_between(hours: dict[datetime, LedgerTotals], start: datetime, end: datetime) -> LedgerTotals:
+    total = LedgerTotals()
     for hour, traffic in hours.items():
         if start <= hour < end:
             total.add(traffic)

@@ -35,7 +35,8 @@ from billing.budgets.counters import (
 from billing.budgets.index import BudgetEntry, units_to_usd, usd_to_units
 from billing.budgets.periods import BudgetWindow, budget_window
 from billing.budgets.thresholds import crossed_thresholds, threshold_alerts_enqueue
-from billing.ledger.services import UsageEvent, usage_record_create
+from billing.ledger.events import UsageEvent
+from billing.ledger.services import usage_record_create
 from billing.ledger.stream import STREAM_KEY, ledger_event_append, ledger_streaming, usage_event_encode
 from billing.models import BudgetAction
 from core.background import run_in_background

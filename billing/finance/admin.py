@@ -18,21 +18,20 @@ from django.utils.http import urlencode
 
 from billing.finance.dashboard import dashboard_build
 from billing.finance.exports import (
-    LEDGER_COLUMNS,
     ExportError,
-    ExportGrouping,
-    csv_chunks,
     csv_streaming_response,
     export_params_parse,
     is_sync_exportable,
-    ledger_rows,
+    request_csv_chunks,
     sync_export_max_days,
     tenants_exportable_by,
     usage_export_chunks,
+    usage_export_create,
 )
-from billing.finance.exports_async import usage_export_request
 from billing.finance.rollups import usage_rollups_refresh_if_stale
 from billing.finance.statements import month_start, statement_build, statement_csv
+from billing.finance.tasks import usage_export_queue
+from billing.ledger.columns import ExportGrouping
 from billing.ledger.selectors import tenant_zone
 from billing.models import UsageRecord
 from tenants.admin import ReadOnlyScopedAdmin
@@ -133,11 +132,9 @@ class UsageRecordAdmin(ReadOnlyScopedAdmin):
             self.message_user(request, "Select rows of exactly one tenant you may export.", messages.ERROR)
             return None
         tenant = Tenant.objects.get(pk=tenant_ids.pop())
-        rows = ledger_rows(selected.select_related(None), zone=tenant_zone(tenant=tenant))
+        chunks = request_csv_chunks(selected.select_related(None), zone=tenant_zone(tenant=tenant))
         stamp = timezone.now().astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
-        return csv_streaming_response(
-            request, csv_chunks(LEDGER_COLUMNS, rows), filename=f"usage-{tenant.slug}-selected-{stamp}.csv"
-        )
+        return csv_streaming_response(request, chunks, filename=f"usage-{tenant.slug}-selected-{stamp}.csv")
 
     def export_view(self, request):
         tenants = tenants_exportable_by(user=request.user)
@@ -147,7 +144,8 @@ class UsageRecordAdmin(ReadOnlyScopedAdmin):
             if is_sync_exportable(params):
                 chunks = usage_export_chunks(tenant=tenant, params=params)
                 return csv_streaming_response(request, chunks, filename=params.filename(tenant))
-            export = usage_export_request(tenant=tenant, user=request.user, params=params)
+            export = usage_export_create(tenant=tenant, user=request.user, params=params)
+            usage_export_queue(export)
             self.message_user(
                 request,
                 f"{params.days} days is more than the {sync_export_max_days()} days streamed directly; export "

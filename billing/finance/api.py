@@ -20,7 +20,6 @@ from rest_framework.views import APIView
 
 from billing.finance.exports import (
     ExportError,
-    ExportGrouping,
     ExportParams,
     UsageFilters,
     aggregate_queryset,
@@ -31,12 +30,13 @@ from billing.finance.exports import (
     sync_export_max_days,
     tenants_exportable_by,
     usage_export_chunks,
+    usage_export_create,
     usage_filters_parse,
-    usage_ledger_queryset,
 )
-from billing.finance.exports_async import usage_export_request
+from billing.finance.tasks import usage_export_queue
+from billing.ledger.columns import AGGREGATE_COLUMNS, GROUPINGS, REQUEST_COLUMNS, Column, ColumnType, ExportGrouping
 from billing.ledger.costs import format_cost
-from billing.ledger.selectors import tenant_zone
+from billing.ledger.selectors import ledger_between, tenant_zone
 from billing.models import ExportStatus, UsageExport, UsageRecord
 from core.api import TenantSlugField, api_error_response
 from tenants.models import Tenant
@@ -109,7 +109,12 @@ def _validated(serializer_class: type[serializers.Serializer], data) -> dict:
     return serializer.validated_data
 
 
-def _params(query: dict) -> tuple[ExportParams, UsageFilters]:
+def _usage_query(
+    request: Request, serializer_class: type[serializers.Serializer]
+) -> tuple[Tenant, ExportParams, UsageFilters]:
+    """The tenant, days, grouping and filters of a usage read or export; raises ExportError."""
+    query = _validated(serializer_class, request.query_params.dict())
+    tenant = finance_tenant(user=request.user, slug=query.get("tenant", ""))
     params = export_params_parse(since=query["since"], until=query["until"], group_by=query.get("group_by"))
     filters = usage_filters_parse(
         team=query.get("team", ""),
@@ -118,7 +123,7 @@ def _params(query: dict) -> tuple[ExportParams, UsageFilters]:
         status=query.get("status", ""),
         cache=query.get("cache", ""),
     )
-    return params, filters
+    return tenant, params, filters
 
 
 class FirstRendererNegotiation(BaseContentNegotiation):
@@ -131,53 +136,65 @@ class FirstRendererNegotiation(BaseContentNegotiation):
         return renderers[0], renderers[0].media_type
 
 
+@extend_schema_field({"type": "string", "format": "decimal", "example": "0.0012345678"})
+class MoneyField(serializers.Field):
+    """USD as a decimal string with the ledger's 10 places."""
+
+    def __init__(self, **kwargs):
+        super().__init__(read_only=True, **kwargs)
+
+    def to_representation(self, value) -> str:
+        return format_cost(value)
+
+
+API_FIELD_TYPES = {
+    ColumnType.TEXT: serializers.CharField,
+    ColumnType.INTEGER: serializers.IntegerField,
+    ColumnType.BOOLEAN: serializers.BooleanField,
+    ColumnType.TIMESTAMP: serializers.DateTimeField,
+    ColumnType.MONEY: MoneyField,
+}
+API_REQUEST_COLUMNS = {column.name: column for column in REQUEST_COLUMNS if column.in_api}
+
+
+def _source(column: Column) -> dict:
+    return {} if column.field == column.name else {"source": column.field.replace("__", ".")}
+
+
+# The REQUEST_COLUMNS the API has, in their order and with their meaning; a column that is a field of the ledger keeps
+# the model's type, choices and limits in the schema. (The docstring is the schema's description.)
 class UsageRecordSerializer(serializers.ModelSerializer):
-    team = serializers.CharField(source="team.slug")
-    api_key_prefix = serializers.CharField(source="api_key.prefix")
-    cost_usd = serializers.SerializerMethodField()
+    """One ledger row: a request, or a call the gateway made for one."""
 
     class Meta:
         model = UsageRecord
-        fields = (
-            "request_id",
-            "created_at",
-            "team",
-            "api_key_prefix",
-            "endpoint",
-            "requested_model",
-            "served_model",
-            "is_stream",
-            "prompt_tokens",
-            "cached_tokens",
-            "completion_tokens",
-            "usage_estimated",
-            "cost_usd",
-            "upstream_latency_ms",
-            "total_latency_ms",
-            "cache_status",
-            "routed_to_large",
-            "http_status",
-            "error_code",
-            "kind",
-            "parent_request_id",
-        )
+        fields = tuple(API_REQUEST_COLUMNS)
+        extra_kwargs = {name: {"help_text": column.description} for name, column in API_REQUEST_COLUMNS.items()}
 
-    def get_cost_usd(self, record: UsageRecord) -> str:
-        return format_cost(record.cost_usd)
+    def build_field(self, field_name, info, model_class, nested_depth):
+        column = API_REQUEST_COLUMNS[field_name]
+        if column.type == ColumnType.MONEY or column.field != field_name:
+            return API_FIELD_TYPES[column.type], _source(column)
+        return super().build_field(field_name, info, model_class, nested_depth)
 
 
-UsageGroupSerializer = inline_serializer(
-    "UsageGroup",
-    fields={
-        **{grouping: serializers.CharField(required=False) for grouping in ExportGrouping.values},
-        "requests": serializers.IntegerField(),
-        "errors": serializers.IntegerField(),
-        "prompt_tokens": serializers.IntegerField(),
-        "cached_tokens": serializers.IntegerField(),
-        "completion_tokens": serializers.IntegerField(),
-        "cost_usd": serializers.DecimalField(max_digits=20, decimal_places=10),
-    },
-)
+# The groupings asked for (every one in the schema), in the order asked, then the AGGREGATE_COLUMNS the API has.
+class UsageGroupSerializer(serializers.Serializer):
+    """The totals of one group of ledger rows, named by the groupings asked for, in the order asked."""
+
+    def get_fields(self) -> dict[str, serializers.Field]:
+        group_by = self.context.get("group_by") or ExportGrouping.values
+        return {
+            **{
+                grouping: serializers.CharField(required=False, help_text=GROUPINGS[grouping].description)
+                for grouping in group_by
+            },
+            **{
+                column.name: API_FIELD_TYPES[column.type](help_text=column.description, **_source(column))
+                for column in AGGREGATE_COLUMNS
+                if column.in_api
+            },
+        }
 
 
 @extend_schema_field(
@@ -230,33 +247,22 @@ class UsageView(APIView):
         description="Ungrouped: paginated ledger rows, newest first. Grouped: paginated UsageGroup rows.",
     )
     def get(self, request: Request) -> Response:
-        query = _validated(UsagePageQuerySerializer, request.query_params.dict())
         try:
-            tenant = finance_tenant(user=request.user, slug=query.get("tenant", ""))
-            params, filters = _params(query)
+            tenant, params, filters = _usage_query(request, UsagePageQuerySerializer)
         except ExportError as error:
             return export_error_response(error)
-        records = filters.apply(usage_ledger_queryset(tenant=tenant, params=params))
+        records = filters.apply(ledger_between(tenant=tenant, since=params.since, until=params.until))
         if not params.group_by:
             paginator = UsageCursorPagination()
             page = paginator.paginate_queryset(records.select_related("team", "api_key"), request, view=self)
             return paginator.get_paginated_response(UsageRecordSerializer(page, many=True).data)
         groups = aggregate_queryset(records, group_by=params.group_by, zone=tenant_zone(tenant=tenant))
         paginator = UsageGroupPagination()
-        page = paginator.paginate_queryset(groups, request, view=self)
-        return paginator.get_paginated_response([_group_payload(row, params.group_by) for row in page])
-
-
-def _group_payload(row: dict, group_by: tuple[ExportGrouping, ...]) -> dict:
-    return {
-        **group_labels(row, group_by),
-        "requests": row["requests"],
-        "errors": row["errors"],
-        "prompt_tokens": row["prompt_tokens"],
-        "cached_tokens": row["cached_tokens"],
-        "completion_tokens": row["completion_tokens"],
-        "cost_usd": format_cost(row["cost_usd"]),
-    }
+        page = [
+            {**group_labels(row, params.group_by), **row} for row in paginator.paginate_queryset(groups, request, self)
+        ]
+        serializer = UsageGroupSerializer(page, many=True, context={"group_by": params.group_by})
+        return paginator.get_paginated_response(serializer.data)
 
 
 class UsageExportCsvView(APIView):
@@ -266,10 +272,8 @@ class UsageExportCsvView(APIView):
 
     @extend_schema(parameters=[UsageRangeQuerySerializer], responses={(200, "text/csv"): OpenApiTypes.STR})
     def get(self, request: Request):
-        query = _validated(UsageRangeQuerySerializer, request.query_params.dict())
         try:
-            tenant = finance_tenant(user=request.user, slug=query.get("tenant", ""))
-            params, filters = _params(query)
+            tenant, params, filters = _usage_query(request, UsageRangeQuerySerializer)
         except ExportError as error:
             return export_error_response(error)
         if not is_sync_exportable(params):
@@ -323,7 +327,8 @@ class UsageExportCreateView(APIView):
             params = export_params_parse(since=body["since"], until=body["until"], group_by=body.get("group_by"))
         except ExportError as error:
             return export_error_response(error)
-        export = usage_export_request(tenant=tenant, user=request.user, params=params)
+        export = usage_export_create(tenant=tenant, user=request.user, params=params)
+        usage_export_queue(export)
         export.refresh_from_db()
         return Response(_export_payload(export), status=status.HTTP_202_ACCEPTED)
 

@@ -21,8 +21,10 @@ from decimal import ROUND_HALF_EVEN, Decimal
 from django.utils import timezone
 
 from billing.budgets.selectors import budget_status
-from billing.finance.rollups import ROLLUP_SUMS, SAVINGS_LEVERS, histogram_sum, latency_p95_ms
+from billing.finance.rollups import histogram_sum, latency_p95_ms
+from billing.ledger.columns import NO_SERVED_MODEL
 from billing.ledger.selectors import tenant_zone
+from billing.ledger.totals import LedgerTotals
 from billing.models import Budget, UsageRollupDaily
 from billing.templatetags.finance import cents
 from tenants.models import Team, Tenant
@@ -48,27 +50,14 @@ class BudgetUsage:
         return float(self.spent_usd / self.limit_usd * 100) if self.limit_usd else None
 
 
-@dataclass
-class UsageTotals:
-    requests: int = 0
-    errors: int = 0
-    upstream_errors: int = 0
-    cache_hits: int = 0
-    routed_to_large: int = 0
-    prompt_tokens: int = 0
-    cached_tokens: int = 0
-    completion_tokens: int = 0
-    cost_usd: Decimal = Decimal(0)
-    saved_cache_usd: Decimal = Decimal(0)
-    saved_routing_usd: Decimal = Decimal(0)
-    saved_compression_usd: Decimal = Decimal(0)
-    saved_batch_usd: Decimal = Decimal(0)
-    latency_sum_ms: int = 0
+@dataclass(slots=True)
+class UsageTotals(LedgerTotals):
+    """The totals of daily rollups, with their latency histograms summed."""
+
     latency_histogram: list[int] = field(default_factory=list)
 
     def add(self, rollup: UsageRollupDaily) -> None:
-        for name in ROLLUP_SUMS:
-            setattr(self, name, getattr(self, name) + getattr(rollup, name))
+        LedgerTotals.add(self, rollup)  # not super(): a slots dataclass is a rebuilt class, which super() misses
         self.latency_histogram = histogram_sum([self.latency_histogram, rollup.latency_histogram])
 
     def _rate(self, count: int) -> float | None:
@@ -103,19 +92,6 @@ class UsageTotals:
     @property
     def p95_latency_ms(self) -> float | None:
         return latency_p95_ms(self.latency_histogram)
-
-    @property
-    def savings_by_lever(self) -> dict[str, Decimal]:
-        return {lever: getattr(self, f"saved_{lever}_usd") for lever in SAVINGS_LEVERS}
-
-    @property
-    def saved_usd(self) -> Decimal:
-        return sum(self.savings_by_lever.values(), Decimal(0))
-
-    @property
-    def baseline_usd(self) -> Decimal:
-        """What the requests would have cost on the premium model with no cache, compression or batch discount."""
-        return self.cost_usd + self.saved_usd
 
     def share_of_baseline(self, amount: Decimal) -> float | None:
         return float(amount / self.baseline_usd) if self.baseline_usd else None
@@ -220,7 +196,7 @@ def dashboard_build(*, tenant: Tenant, since: date, until: date, team: Team | No
     for rollup in rollups.order_by("day"):
         totals.add(rollup)
         by_day[rollup.day].add(rollup)
-        spend_by_model[rollup.served_model or "(none)"] += rollup.cost_usd
+        spend_by_model[rollup.served_model or NO_SERVED_MODEL] += rollup.cost_usd
     return Dashboard(
         tenant=tenant,
         since=since,

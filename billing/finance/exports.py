@@ -7,77 +7,44 @@ is the same figure rounded to cents, half to even; it is for reading, and its co
 the rounded total by a few cents.
 
 Rows come from a server-side cursor in chunks and are written as they are read, so memory stays flat
-however many rows a range holds.
+however many rows a range holds. An export too long to stream while the client waits is recorded
+(usage_export_create) and written to storage by a Celery task (usage_export_write).
 """
 
-from collections.abc import AsyncIterator, Iterable, Iterator
+import tempfile
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta
-from decimal import ROUND_HALF_EVEN, Decimal
+from datetime import date
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.core.files import File
+from django.core.files.storage import default_storage
 from django.core.handlers.asgi import ASGIRequest
-from django.db import models
-from django.db.models import Count, F, Q, QuerySet, Sum
-from django.db.models.functions import TruncDate
+from django.db.models import Q, QuerySet
 from django.http import HttpRequest, StreamingHttpResponse
+from django.utils import timezone
 
 from billing.finance.csv_writer import FormulaSafeWriter
-from billing.ledger.costs import format_cost
-from billing.ledger.selectors import NO_SERVED_MODEL, tenant_zone
-from billing.models import REQUEST_ROWS, CacheStatus, UsageRecord
+from billing.ledger.columns import (
+    AGGREGATE_COLUMNS,
+    GROUPINGS,
+    REQUEST_COLUMNS,
+    ExportGrouping,
+    column_fields,
+    csv_cells,
+    group_key,
+)
+from billing.ledger.selectors import ledger_between, tenant_zone
+from billing.ledger.totals import ledger_aggregates
+from billing.models import CacheStatus, ExportStatus, UsageExport, UsageRecord
 from tenants.models import Membership, Role, Tenant
 
-CENT = Decimal("0.01")
 CHUNK_ROWS = 2_000
 CHUNK_BYTES = 64 * 1024
 FINANCE_ROLES = frozenset({Role.OWNER, Role.ADMIN, Role.FINANCE})
 DEFAULT_SYNC_MAX_DAYS = 62
 DEFAULT_MAX_DAYS = 366
-UNTAGGED_LABEL = "(untagged)"
-
-LEDGER_COLUMNS = (
-    "request_id",
-    "created_at",
-    "team",
-    "api_key_prefix",
-    "endpoint",
-    "requested_model",
-    "served_model",
-    "is_stream",
-    "prompt_tokens",
-    "cached_tokens",
-    "completion_tokens",
-    "usage_estimated",
-    "cost_usd",
-    "cost_usd_rounded",
-    "upstream_latency_ms",
-    "total_latency_ms",
-    "cache_status",
-    "routed_to_large",
-    "http_status",
-    "error_code",
-    "kind",
-    "parent_request_id",
-)
-AGGREGATE_COLUMNS = (
-    "requests",
-    "errors",
-    "prompt_tokens",
-    "cached_tokens",
-    "completion_tokens",
-    "cost_usd",
-    "cost_usd_rounded",
-)
-
-
-class ExportGrouping(models.TextChoices):
-    DAY = "day", "Day in the tenant's time zone"
-    TEAM = "team", "Team"
-    KEY = "key", "API key prefix"
-    MODEL = "model", "Served model"
-    TAG = "tag", "Tag set"
 
 
 class ExportError(Exception):
@@ -192,119 +159,39 @@ def tenants_exportable_by(*, user) -> QuerySet[Tenant]:
     return Tenant.objects.filter(pk__in=tenant_ids)
 
 
-def _ledger_range(queryset: QuerySet, *, tenant: Tenant, params: ExportParams) -> QuerySet:
-    zone = tenant_zone(tenant=tenant)
-    return queryset.for_tenant(tenant).filter(
-        created_at__gte=datetime.combine(params.since, time.min, tzinfo=zone),
-        created_at__lt=datetime.combine(params.until + timedelta(days=1), time.min, tzinfo=zone),
-    )
-
-
-def usage_ledger_queryset(*, tenant: Tenant, params: ExportParams) -> QuerySet[UsageRecord]:
-    return _ledger_range(UsageRecord.objects.all(), tenant=tenant, params=params)
-
-
-def _rounded(cost: Decimal) -> str:
-    return f"{cost.quantize(CENT, rounding=ROUND_HALF_EVEN):f}"
-
-
-def ledger_rows(queryset: QuerySet[UsageRecord], *, zone) -> Iterator[tuple]:
-    """One tuple per ledger row, in LEDGER_COLUMNS order, oldest first."""
-    rows = queryset.order_by("created_at", "id").values_list(
-        "request_id",
-        "created_at",
-        "team__slug",
-        "api_key__prefix",
-        "endpoint",
-        "requested_model",
-        "served_model",
-        "is_stream",
-        "prompt_tokens",
-        "cached_tokens",
-        "completion_tokens",
-        "usage_estimated",
-        "cost_usd",
-        "upstream_latency_ms",
-        "total_latency_ms",
-        "cache_status",
-        "routed_to_large",
-        "http_status",
-        "error_code",
-        "kind",
-        "parent_request_id",
-    )
+def request_rows(records: QuerySet[UsageRecord], *, zone) -> Iterator[list]:
+    """One row of REQUEST_COLUMNS per ledger row, oldest first."""
+    rows = records.order_by("created_at", "id").values(*column_fields(REQUEST_COLUMNS))
+    cells = csv_cells(REQUEST_COLUMNS, zone=zone)
     for row in rows.iterator(chunk_size=CHUNK_ROWS):
-        created_at, cost = row[1], row[12]
-        yield (
-            row[0],
-            created_at.astimezone(zone).isoformat(),
-            *row[2:12],
-            format_cost(cost),
-            _rounded(cost),
-            *row[13:],
-        )
+        yield cells(row)
 
 
-def _tag_label(tags) -> str:
-    return "+".join(sorted(tags)) if tags else UNTAGGED_LABEL
+def request_csv_chunks(records: QuerySet[UsageRecord], *, zone) -> Iterator[bytes]:
+    return csv_chunks([column.name for column in REQUEST_COLUMNS], request_rows(records, zone=zone))
 
 
-GROUP_EXPRESSIONS = {
-    ExportGrouping.TEAM: lambda zone: F("team__slug"),
-    ExportGrouping.KEY: lambda zone: F("api_key__prefix"),
-    ExportGrouping.MODEL: lambda zone: F("served_model"),
-    ExportGrouping.DAY: lambda zone: TruncDate("created_at", tzinfo=zone),
-    ExportGrouping.TAG: lambda zone: F("tags"),
-}
-GROUP_LABELS = {
-    ExportGrouping.TEAM: str,
-    ExportGrouping.KEY: str,
-    ExportGrouping.MODEL: lambda value: value or NO_SERVED_MODEL,
-    ExportGrouping.DAY: lambda value: value.isoformat(),
-    ExportGrouping.TAG: _tag_label,
-}
-
-
-def aggregate_queryset(queryset: QuerySet[UsageRecord], *, group_by: tuple[ExportGrouping, ...], zone) -> QuerySet:
-    """Aggregates per group, as dicts with `group_<grouping>` keys, ordered by the groups.
+def aggregate_queryset(records: QuerySet[UsageRecord], *, group_by: tuple[ExportGrouping, ...], zone) -> QuerySet:
+    """The AGGREGATE_COLUMNS' totals per group, as dicts that also hold each grouping's value under group_key(),
+    ordered by the groups.
 
     Every grouping partitions the ledger (a tag grouping groups by the whole tag set of a request), so the
     groups' costs always sum to the ledger's.
     """
-    keys = {f"group_{grouping}": GROUP_EXPRESSIONS[grouping](zone) for grouping in group_by}
-    return (
-        queryset.annotate(**keys)
-        .values(*keys)
-        .annotate(
-            requests=Count("id", filter=REQUEST_ROWS),
-            errors=Count("id", filter=REQUEST_ROWS & Q(http_status__gte=400)),
-            prompt_tokens=Sum("prompt_tokens"),
-            cached_tokens=Sum("cached_tokens"),
-            completion_tokens=Sum("completion_tokens"),
-            cost_usd=Sum("cost_usd"),
-        )
-        .order_by(*keys)
-    )
+    keys = {group_key(grouping): GROUPINGS[grouping].expression(zone) for grouping in group_by}
+    totals = ledger_aggregates(*column_fields(AGGREGATE_COLUMNS))
+    return records.annotate(**keys).values(*keys).annotate(**totals).order_by(*keys)
 
 
 def group_labels(row: dict, group_by: tuple[ExportGrouping, ...]) -> dict[str, str]:
-    return {str(grouping): GROUP_LABELS[grouping](row[f"group_{grouping}"]) for grouping in group_by}
+    return {str(grouping): GROUPINGS[grouping].label(row[group_key(grouping)]) for grouping in group_by}
 
 
-def aggregate_rows(queryset: QuerySet[UsageRecord], *, group_by: tuple[ExportGrouping, ...], zone) -> Iterator[tuple]:
-    """One tuple per group: the group labels, then AGGREGATE_COLUMNS."""
-    for row in aggregate_queryset(queryset, group_by=group_by, zone=zone).iterator(chunk_size=CHUNK_ROWS):
-        cost = row["cost_usd"]
-        yield (
-            *group_labels(row, group_by).values(),
-            row["requests"],
-            row["errors"],
-            row["prompt_tokens"],
-            row["cached_tokens"],
-            row["completion_tokens"],
-            format_cost(cost),
-            _rounded(cost),
-        )
+def aggregate_rows(records: QuerySet[UsageRecord], *, group_by: tuple[ExportGrouping, ...], zone) -> Iterator[list]:
+    """One row per group: the group labels, then AGGREGATE_COLUMNS."""
+    cells = csv_cells(AGGREGATE_COLUMNS, zone=zone)
+    for row in aggregate_queryset(records, group_by=group_by, zone=zone).iterator(chunk_size=CHUNK_ROWS):
+        yield [*group_labels(row, group_by).values(), *cells(row)]
 
 
 class _LineBuffer:
@@ -314,7 +201,7 @@ class _LineBuffer:
         return line
 
 
-def csv_chunks(header: Iterable[str], rows: Iterable[tuple]) -> Iterator[bytes]:
+def csv_chunks(header: Iterable[str], rows: Iterable[Sequence]) -> Iterator[bytes]:
     """Encode rows as CSV (formula-safe) in chunks of about CHUNK_BYTES, so a response sends few, full packets."""
     writer = FormulaSafeWriter(_LineBuffer())
     pending = [writer.writerow(header)]
@@ -336,12 +223,43 @@ def usage_export_chunks(*, tenant: Tenant, params: ExportParams, queryset: Query
     `queryset` narrows the ledger further (the admin action passes the rows it selected); the tenant and range
     always apply.
     """
-    base = _ledger_range(queryset if queryset is not None else UsageRecord.objects.all(), tenant=tenant, params=params)
+    records = ledger_between(tenant=tenant, since=params.since, until=params.until, records=queryset)
     zone = tenant_zone(tenant=tenant)
-    if params.group_by:
-        header = [str(grouping) for grouping in params.group_by] + list(AGGREGATE_COLUMNS)
-        return csv_chunks(header, aggregate_rows(base, group_by=params.group_by, zone=zone))
-    return csv_chunks(LEDGER_COLUMNS, ledger_rows(base, zone=zone))
+    if not params.group_by:
+        return request_csv_chunks(records, zone=zone)
+    header = [*params.group_by, *(column.name for column in AGGREGATE_COLUMNS)]
+    return csv_chunks(header, aggregate_rows(records, group_by=params.group_by, zone=zone))
+
+
+def usage_export_create(*, tenant: Tenant, user, params: ExportParams) -> UsageExport:
+    """Record an export too long to stream while the client waits; the caller queues its writing
+    (billing.finance.tasks.usage_export_queue)."""
+    return UsageExport.objects.create(
+        tenant=tenant, requested_by=user, since=params.since, until=params.until, group_by=params.group_by_text
+    )
+
+
+def usage_export_write(*, export: UsageExport) -> UsageExport:
+    """Write an export's CSV to storage under a name only the export row knows; a failure is recorded on the row.
+    The Celery task billing.finance.tasks.usage_export_write_task runs it."""
+    params = export_params_parse(since=export.since, until=export.until, group_by=export.group_by)
+    UsageExport.objects.filter(pk=export.pk).update(status=ExportStatus.RUNNING)
+    name = f"usage-exports/{export.tenant_id}/{export.pk}-{params.filename(export.tenant)}"
+    try:
+        # Spooled to a local temporary file first, so any storage backend (S3 included) gets one upload.
+        with tempfile.TemporaryFile() as spool:
+            for chunk in usage_export_chunks(tenant=export.tenant, params=params):
+                spool.write(chunk)
+            spool.seek(0)
+            name = default_storage.save(name, File(spool))
+    except Exception as error:
+        export.status, export.error = ExportStatus.FAILED, str(error)
+        export.finished_at = timezone.now()
+        export.save(update_fields=["status", "error", "finished_at"])
+        raise
+    export.status, export.file_name, export.finished_at = ExportStatus.DONE, name, timezone.now()
+    export.save(update_fields=["status", "file_name", "finished_at"])
+    return export
 
 
 def csv_streaming_response(request: HttpRequest, chunks: Iterator[bytes], *, filename: str) -> StreamingHttpResponse:

@@ -18,60 +18,26 @@ LLMOPS_ROLLUPS_MAX_AGE_SECONDS is not folded in yet, it runs the refresh, unless
 from collections import defaultdict
 from collections.abc import Iterable
 from datetime import UTC, date, datetime, time, timedelta
-from decimal import Decimal
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Count, DecimalField, Max, Q, Sum, Value
-from django.db.models.functions import Coalesce, TruncDate, TruncHour
+from django.db.models import Count, Expression, Max, Q
+from django.db.models.functions import TruncDate, TruncHour
 from django.utils import timezone
 
-from billing.ledger.selectors import tenant_zone
-from billing.models import REQUEST_ROWS, CacheStatus, RollupCursor, UsageRecord, UsageRollupDaily, UsageRollupHourly
+from billing.ledger.selectors import tenant_days_bounds, tenant_zone
+from billing.ledger.totals import TOTALS, ledger_aggregates
+from billing.models import RollupCursor, UsageRecord, UsageRollupDaily, UsageRollupHourly
 from billing.models.rollups import LATENCY_BUCKET_EDGES_MS
 from tenants.models import Tenant
 
 ROLLUP_CURSOR_NAME = "usage"
-CACHE_HIT_STATUSES = (CacheStatus.HIT_EXACT, CacheStatus.HIT_SEMANTIC)
-SAVINGS_LEVERS = ("cache", "routing", "compression", "batch")
 HOUR = timedelta(hours=1)
-# The rollup fields that add up across buckets (the latency histogram adds element by element).
-ROLLUP_SUMS = (
-    "requests",
-    "errors",
-    "upstream_errors",
-    "cache_hits",
-    "routed_to_large",
-    "prompt_tokens",
-    "cached_tokens",
-    "completion_tokens",
-    "cost_usd",
-    *(f"saved_{lever}_usd" for lever in SAVINGS_LEVERS),
-    "latency_sum_ms",
-)
-ZERO_USD = Decimal(0)
-
-
-def _sum_or_zero(field_name: str):
-    return Coalesce(Sum(field_name), Value(ZERO_USD), output_field=DecimalField(max_digits=20, decimal_places=10))
 
 
 def rollup_aggregates() -> dict:
-    """The ledger aggregates every rollup row holds, as ORM expressions."""
-    aggregates = {
-        "requests": Count("id", filter=REQUEST_ROWS),
-        "errors": Count("id", filter=REQUEST_ROWS & Q(http_status__gte=400)),
-        "upstream_errors": Count("id", filter=REQUEST_ROWS & Q(http_status__gte=500)),
-        "cache_hits": Count("id", filter=Q(cache_status__in=CACHE_HIT_STATUSES)),
-        "routed_to_large": Count("id", filter=Q(routed_to_large=True)),
-        "prompt_tokens": Sum("prompt_tokens"),
-        "cached_tokens": Sum("cached_tokens"),
-        "completion_tokens": Sum("completion_tokens"),
-        "cost_usd": Sum("cost_usd"),
-        "latency_sum_ms": Sum("total_latency_ms"),
-    }
-    for lever in SAVINGS_LEVERS:
-        aggregates[f"saved_{lever}_usd"] = _sum_or_zero(f"saved_{lever}_usd")
+    """The ledger aggregates every rollup row holds, as ORM expressions: every total, and the latency histogram."""
+    aggregates = ledger_aggregates()
     lower = -1
     for index, upper in enumerate(LATENCY_BUCKET_EDGES_MS):
         aggregates[f"latency_le_{index}"] = Count(
@@ -88,17 +54,23 @@ def _rollup_values(row: dict) -> dict:
     return {**row, "latency_histogram": histogram}
 
 
-def _rebuild_hours(*, tenant: Tenant, start: datetime, end: datetime) -> int:
-    """Replace the tenant's hourly rollups for the UTC hours in [start, end) with fresh ledger aggregates."""
+def _ledger_buckets(*, tenant: Tenant, start: datetime, end: datetime, **bucket: Expression) -> list[dict]:
+    """The rollup values of the tenant's ledger rows in [start, end), per bucket, team and served model."""
     rows = (
         UsageRecord.objects.for_tenant(tenant)
         .filter(created_at__gte=start, created_at__lt=end)
-        .annotate(bucket_start=TruncHour("created_at", tzinfo=UTC))
-        .values("bucket_start", "team_id", "served_model")
+        .annotate(**bucket)
+        .values(*bucket, "team_id", "served_model")
         .annotate(**rollup_aggregates())
         .order_by()
     )
-    rollups = [UsageRollupHourly(tenant=tenant, **_rollup_values(row)) for row in rows]
+    return [_rollup_values(row) for row in rows]
+
+
+def _rebuild_hours(*, tenant: Tenant, start: datetime, end: datetime) -> int:
+    """Replace the tenant's hourly rollups for the UTC hours in [start, end) with fresh ledger aggregates."""
+    buckets = _ledger_buckets(tenant=tenant, start=start, end=end, bucket_start=TruncHour("created_at", tzinfo=UTC))
+    rollups = [UsageRollupHourly(tenant=tenant, **values) for values in buckets]
     UsageRollupHourly.objects.for_tenant(tenant).filter(bucket_start__gte=start, bucket_start__lt=end).delete()
     UsageRollupHourly.objects.bulk_create(rollups, batch_size=1000)
     return len(rollups)
@@ -111,21 +83,13 @@ def _rebuild_days(*, tenant: Tenant, first: date, last: date) -> int:
     instead of a day of ledger rows); from the ledger in half-hour zones. Rebuild the hours first.
     """
     zone = tenant_zone(tenant=tenant)
-    start = datetime.combine(first, time.min, tzinfo=zone)
-    end = datetime.combine(last + timedelta(days=1), time.min, tzinfo=zone)
+    start, end = tenant_days_bounds(tenant=tenant, since=first, until=last)
     days = [first + timedelta(days=offset) for offset in range((last - first).days + 2)]
     if all(datetime.combine(day, time.min, tzinfo=zone).utcoffset() % HOUR == timedelta(0) for day in days):
         rollups = _days_from_hours(tenant=tenant, zone=zone, start=start, end=end)
     else:
-        rows = (
-            UsageRecord.objects.for_tenant(tenant)
-            .filter(created_at__gte=start, created_at__lt=end)
-            .annotate(day=TruncDate("created_at", tzinfo=zone))
-            .values("day", "team_id", "served_model")
-            .annotate(**rollup_aggregates())
-            .order_by()
-        )
-        rollups = [UsageRollupDaily(tenant=tenant, **_rollup_values(row)) for row in rows]
+        buckets = _ledger_buckets(tenant=tenant, start=start, end=end, day=TruncDate("created_at", tzinfo=zone))
+        rollups = [UsageRollupDaily(tenant=tenant, **values) for values in buckets]
     UsageRollupDaily.objects.for_tenant(tenant).filter(day__gte=first, day__lte=last).delete()
     UsageRollupDaily.objects.bulk_create(rollups, batch_size=1000)
     return len(rollups)
@@ -141,7 +105,7 @@ def _days_from_hours(*, tenant: Tenant, zone, start: datetime, end: datetime) ->
             days[key] = day = UsageRollupDaily(
                 tenant=tenant, day=key[0], team_id=hour.team_id, served_model=hour.served_model, latency_histogram=[]
             )
-        for name in ROLLUP_SUMS:
+        for name in TOTALS:
             setattr(day, name, getattr(day, name) + getattr(hour, name))
         day.latency_histogram = histogram_sum([day.latency_histogram, hour.latency_histogram])
     return list(days.values())
@@ -227,9 +191,7 @@ def usage_rollups_refresh_if_stale() -> int:
 
 def usage_rollups_rebuild(*, tenant: Tenant, first: date, last: date) -> None:
     """Rebuild every hourly and daily rollup of the tenant for local days first..last, from the ledger."""
-    zone = tenant_zone(tenant=tenant)
-    start = datetime.combine(first, time.min, tzinfo=zone).astimezone(UTC)
-    end = datetime.combine(last + timedelta(days=1), time.min, tzinfo=zone).astimezone(UTC)
+    start, end = (moment.astimezone(UTC) for moment in tenant_days_bounds(tenant=tenant, since=first, until=last))
     with transaction.atomic():
         _lock_rollups()
         # Whole UTC hours covering the local days; for a half-hour zone this reaches 30 minutes past either end.

@@ -17,12 +17,12 @@ import math
 import random
 from collections import defaultdict
 from datetime import UTC, date, datetime, timedelta
-from decimal import ROUND_HALF_EVEN, Decimal
+from decimal import Decimal
 
 from django.utils import timezone
 
 from billing.finance.rollups import usage_rollups_rebuild
-from billing.ledger.costs import LEDGER_QUANTUM, usage_cost
+from billing.ledger.costs import Usage, batch_price, compression_saving, routing_saving
 from billing.ledger.selectors import tenant_zone
 from billing.models import CacheStatus, UsageRecord
 from routing.catalog import ModelPrices
@@ -154,28 +154,26 @@ class _SyntheticHistory:
     def _answer(self, record: UsageRecord, model: Model) -> None:
         """Tokens, latency, cost and the routing, compression and batch savings of a request answered upstream."""
         randomness = self.randomness
+        prices = _prices(model)
         prompt = int(randomness.lognormvariate(6.3, 0.7))
         if prompt > COMPRESSION_ABOVE_TOKENS and randomness.random() < 0.7:
             record.prompt_tokens_before_compression = prompt
             prompt = int(prompt * randomness.uniform(*COMPRESSION_KEEPS))
             record.prompt_tokens_after_compression = prompt
-            record.saved_compression_usd = usage_cost(
-                prices=_prices(model),
-                prompt_tokens=record.prompt_tokens_before_compression - prompt,
-                cached_tokens=0,
-                completion_tokens=0,
+            record.saved_compression_usd = compression_saving(
+                prices, tokens_before=record.prompt_tokens_before_compression, tokens_after=prompt
             )
         record.prompt_tokens = prompt
         record.cached_tokens = int(prompt * randomness.uniform(0, 0.5)) if randomness.random() < 0.3 else 0
         record.completion_tokens = int(randomness.lognormvariate(5.0, 0.6))
-        tokens = {
-            "prompt_tokens": record.prompt_tokens,
-            "cached_tokens": record.cached_tokens,
-            "completion_tokens": record.completion_tokens,
-        }
-        list_cost = usage_cost(prices=_prices(model), **tokens)
+        usage = Usage(
+            prompt_tokens=record.prompt_tokens,
+            cached_tokens=record.cached_tokens,
+            completion_tokens=record.completion_tokens,
+        )
+        list_cost = usage.cost(prices)
         if model != self.premium:
-            record.saved_routing_usd = max(usage_cost(prices=_prices(self.premium), **tokens) - list_cost, Decimal(0))
+            record.saved_routing_usd = routing_saving(usage, cost=list_cost, baseline=_prices(self.premium))
         record.cost_usd = list_cost
         is_large = model == self.premium
         record.total_latency_ms = int(
@@ -185,8 +183,7 @@ class _SyntheticHistory:
         if not record.is_stream and randomness.random() < BATCH_SHARE:
             record.endpoint = BATCH_ENDPOINT
             record.tags = [f"batch:seed-{record.created_at:%Y%m%d}"]
-            record.cost_usd = (list_cost * model.batch_price_multiplier).quantize(LEDGER_QUANTUM, ROUND_HALF_EVEN)
-            record.saved_batch_usd = list_cost - record.cost_usd
+            record.cost_usd, record.saved_batch_usd = batch_price(list_cost, multiplier=model.batch_price_multiplier)
             return
         # Only synchronous answers are stored in the response cache.
         self.answers[model.name].append(list_cost)

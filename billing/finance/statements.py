@@ -8,32 +8,24 @@ import calendar
 import io
 from dataclasses import dataclass
 from datetime import date
-from decimal import ROUND_HALF_EVEN, Decimal
-
-from django.db.models import Count, Q, Sum
+from decimal import Decimal
 
 from billing.finance.csv_writer import FormulaSafeWriter
 from billing.finance.dashboard import BudgetUsage, budget_usage
-from billing.finance.exports import ExportParams, usage_ledger_queryset
-from billing.finance.rollups import SAVINGS_LEVERS
-from billing.ledger.costs import format_cost
-from billing.ledger.selectors import NO_SERVED_MODEL
-from billing.models import REQUEST_ROWS
+from billing.ledger.columns import NO_SERVED_MODEL
+from billing.ledger.costs import ZERO_USD, format_cents, format_cost
+from billing.ledger.selectors import ledger_between
+from billing.ledger.totals import SAVINGS_LEVERS, LedgerTotals, ledger_aggregates
 from tenants.models import Tenant
 
-CENT = Decimal("0.01")
 STATEMENT_COLUMNS = ("section", "team", "model", "requests", "errors", "prompt_tokens", "completion_tokens", "cost_usd")
+LINE_TOTALS = ("requests", "errors", "prompt_tokens", "completion_tokens", "cost_usd")
 
 
-@dataclass(frozen=True, slots=True)
-class StatementLine:
+@dataclass(slots=True, kw_only=True)
+class StatementLine(LedgerTotals):
     team: str
     model: str
-    requests: int
-    errors: int
-    prompt_tokens: int
-    completion_tokens: int
-    cost_usd: Decimal
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +42,7 @@ class Statement:
 
     @property
     def total_usd(self) -> Decimal:
-        return sum((line.cost_usd for line in self.lines), Decimal(0))
+        return sum((line.cost_usd for line in self.lines), ZERO_USD)
 
     @property
     def total_requests(self) -> int:
@@ -60,7 +52,7 @@ class Statement:
         totals: dict[str, Decimal] = {}
         for line in self.lines:
             key = getattr(line, attribute)
-            totals[key] = totals.get(key, Decimal(0)) + line.cost_usd
+            totals[key] = totals.get(key, ZERO_USD) + line.cost_usd
         return dict(sorted(totals.items()))
 
     @property
@@ -83,42 +75,29 @@ def month_start(value: str | date) -> date:
 def statement_build(*, tenant: Tenant, month: date) -> Statement:
     month = month_start(month)
     last = month.replace(day=calendar.monthrange(month.year, month.month)[1])
-    ledger = usage_ledger_queryset(tenant=tenant, params=ExportParams(since=month, until=last, group_by=()))
+    ledger = ledger_between(tenant=tenant, since=month, until=last)
     rows = (
         ledger.values("team__slug", "served_model")
-        .annotate(
-            requests=Count("id", filter=REQUEST_ROWS),
-            errors=Count("id", filter=REQUEST_ROWS & Q(http_status__gte=400)),
-            prompt=Sum("prompt_tokens"),
-            completion=Sum("completion_tokens"),
-            cost=Sum("cost_usd"),
-        )
+        .annotate(**ledger_aggregates(*LINE_TOTALS))
         .order_by("team__slug", "served_model")
     )
     lines = [
-        StatementLine(
-            team=row["team__slug"],
-            model=row["served_model"] or NO_SERVED_MODEL,
-            requests=row["requests"],
-            errors=row["errors"],
-            prompt_tokens=row["prompt"],
-            completion_tokens=row["completion"],
-            cost_usd=row["cost"],
-        )
+        StatementLine(team=row.pop("team__slug"), model=row.pop("served_model") or NO_SERVED_MODEL, **row)
         for row in rows
     ]
-    saved = ledger.aggregate(**{f"saved_{lever}_usd": Sum(f"saved_{lever}_usd") for lever in SAVINGS_LEVERS})
+    saved = ledger.aggregate(**ledger_aggregates(*(f"saved_{lever}_usd" for lever in SAVINGS_LEVERS)))
     return Statement(
         tenant=tenant,
         month=month,
         lines=lines,
-        savings={lever: saved.get(f"saved_{lever}_usd") or Decimal(0) for lever in SAVINGS_LEVERS},
+        savings=LedgerTotals.of(saved).savings_by_lever,
         budgets=budget_usage(tenant=tenant, since=month, until=last),
     )
 
 
-def _cents(value: Decimal) -> str:
-    return f"{value.quantize(CENT, rounding=ROUND_HALF_EVEN):f}"
+def _money_line(section: str, amount: Decimal, *, team: str = "", model: str = "", requests: int | str = "") -> list:
+    """A subtotal, saving or budget line: its section, what it names, and its money in STATEMENT_COLUMNS' places."""
+    return [section, team, model, requests, "", "", "", format_cost(amount), format_cents(amount)]
 
 
 def statement_csv(statement: Statement) -> str:
@@ -138,24 +117,19 @@ def statement_csv(statement: Statement) -> str:
                 line.prompt_tokens,
                 line.completion_tokens,
                 format_cost(line.cost_usd),
-                _cents(line.cost_usd),
+                format_cents(line.cost_usd),
             ]
         )
     for team, cost in statement.by_team.items():
-        writer.writerow(["team_total", team, "", "", "", "", "", format_cost(cost), _cents(cost)])
+        writer.writerow(_money_line("team_total", cost, team=team))
     for model, cost in statement.by_model.items():
-        writer.writerow(["model_total", "", model, "", "", "", "", format_cost(cost), _cents(cost)])
-    total = statement.total_usd
-    writer.writerow(["total", "", "", statement.total_requests, "", "", "", format_cost(total), _cents(total)])
+        writer.writerow(_money_line("model_total", cost, model=model))
+    writer.writerow(_money_line("total", statement.total_usd, requests=statement.total_requests))
     for lever, saved in statement.savings.items():
-        writer.writerow([f"saved_{lever}", "", "", "", "", "", "", format_cost(saved), _cents(saved)])
+        writer.writerow(_money_line(f"saved_{lever}", saved))
     for budget in statement.budgets:
-        writer.writerow(
-            ["budget_spent", budget.name, "", "", "", "", "", format_cost(budget.spent_usd), _cents(budget.spent_usd)]
-        )
-        writer.writerow(
-            ["budget_limit", budget.name, "", "", "", "", "", format_cost(budget.limit_usd), _cents(budget.limit_usd)]
-        )
+        writer.writerow(_money_line("budget_spent", budget.spent_usd, team=budget.name))
+        writer.writerow(_money_line("budget_limit", budget.limit_usd, team=budget.name))
     return buffer.getvalue()
 
 

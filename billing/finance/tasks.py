@@ -1,14 +1,17 @@
-"""Celery tasks for finance: rollups, async exports, statements. Thin: ids in, load, call one service."""
+"""Celery tasks for finance: rollups, async exports, statements. Thin: ids in, load, call one service.
+
+Services do not import this module: the views that record an export queue its writing (usage_export_queue)."""
 
 from datetime import timedelta
 
 from botocore.exceptions import BotoCoreError, ClientError
 from celery import shared_task
 from django.conf import settings
+from django.db import transaction
 from django.utils import timezone
 
 from billing.finance.cloudwatch import rollups_cloudwatch_publish_closed_hours
-from billing.finance.exports_async import usage_export_write
+from billing.finance.exports import usage_export_write
 from billing.finance.rollups import usage_rollups_rebuild_recent, usage_rollups_refresh
 from billing.finance.statements import month_start, statement_push_to_s3
 from billing.models import UsageExport
@@ -29,6 +32,11 @@ def usage_rollups_rebuild_recent_task() -> int:
 def rollups_cloudwatch_publish_task() -> int:
     """Hourly from beat when LLMOPS_CLOUDWATCH_NAMESPACE is set."""
     return rollups_cloudwatch_publish_closed_hours(namespace=settings.LLMOPS_CLOUDWATCH_NAMESPACE, now=timezone.now())
+
+
+def usage_export_queue(export: UsageExport) -> None:
+    """Queue the writing of an export once the transaction that recorded it commits, so the task finds its row."""
+    transaction.on_commit(lambda: usage_export_write_task.delay(export.pk))
 
 
 # The name predates the move into this package; tasks already queued under it still run.

@@ -1,4 +1,4 @@
-"""Cost of a request from the usage the provider returned.
+"""Cost of a request from the usage the provider returned, and what each cost lever saved.
 
 Prices are USD per million tokens. Cached input tokens (cache reads) and cache-write tokens
 (Anthropic's cache creation) are part of prompt_tokens, as the gateway reports usage, and are
@@ -7,12 +7,14 @@ the input price. The ledger
 keeps 10 decimal places, rounded half-even; reports round only at display and export.
 """
 
+from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, Decimal
 
 from routing.catalog import ModelPrices
 
 LEDGER_QUANTUM = Decimal("0.0000000001")
 ONE_MILLION = Decimal(1_000_000)
+ZERO_USD = Decimal(0)
 
 
 def usage_cost(
@@ -33,6 +35,65 @@ def usage_cost(
     return cost.quantize(LEDGER_QUANTUM, rounding=ROUND_HALF_EVEN)
 
 
+@dataclass(slots=True)
+class Usage:
+    """The tokens of one answer, as the provider reported them (or, when ``estimated``, as the gateway counted)."""
+
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    cache_write_tokens: int = 0
+    completion_tokens: int = 0
+    estimated: bool = False
+
+    @classmethod
+    def from_provider(cls, usage: dict) -> "Usage":
+        """From a usage object the adapter checked (``routing.providers.base.checked_usage``)."""
+        details = usage.get("prompt_tokens_details") or {}
+        return cls(
+            prompt_tokens=int(usage.get("prompt_tokens") or 0),
+            cached_tokens=int(details.get("cached_tokens") or 0),
+            cache_write_tokens=int(details.get("cache_write_tokens") or 0),
+            completion_tokens=int(usage.get("completion_tokens") or 0),
+        )
+
+    def cost(self, prices: ModelPrices) -> Decimal:
+        return usage_cost(
+            prices=prices,
+            prompt_tokens=self.prompt_tokens,
+            cached_tokens=self.cached_tokens,
+            completion_tokens=self.completion_tokens,
+            cache_write_tokens=self.cache_write_tokens,
+        )
+
+
+def routing_saving(usage: Usage, *, cost: Decimal, baseline: ModelPrices | None) -> Decimal:
+    """What the same tokens would have cost on the model the request would have used without routing (the one it
+    named, or its alias's large model), minus what they cost (``cost``); never negative. Nothing when routing kept
+    the request on that model (no ``baseline``)."""
+    if baseline is None:
+        return ZERO_USD
+    return max(usage.cost(baseline) - cost, ZERO_USD)
+
+
+def compression_saving(
+    served: ModelPrices, *, tokens_before: int | None, tokens_after: int | None, summary_usd: Decimal = ZERO_USD
+) -> Decimal:
+    """The prompt tokens compression removed, at the served model's input price, minus what its summary calls cost
+    (negative when the summary cost more than it saved)."""
+    removed = ZERO_USD
+    if tokens_before and tokens_after and tokens_after < tokens_before:
+        removed = usage_cost(
+            prices=served, prompt_tokens=tokens_before - tokens_after, cached_tokens=0, completion_tokens=0
+        )
+    return removed - summary_usd
+
+
+def batch_price(list_cost: Decimal, *, multiplier: Decimal) -> tuple[Decimal, Decimal]:
+    """(charged, saved) for an answer of the provider's batch endpoint, charged ``multiplier`` of the list price."""
+    charged = (list_cost * multiplier).quantize(LEDGER_QUANTUM, rounding=ROUND_HALF_EVEN)
+    return charged, list_cost - charged
+
+
 CENT = Decimal("0.01")
 
 
@@ -48,3 +109,8 @@ def format_money(amount: Decimal) -> str:
 def format_cost(cost: Decimal) -> str:
     """The ledger's full precision as a plain decimal string, e.g. 0.0000123450."""
     return f"{cost.quantize(LEDGER_QUANTUM, rounding=ROUND_HALF_EVEN):f}"
+
+
+def format_cents(amount: Decimal) -> str:
+    """Rounded to cents, half to even (0.005 → 0.00, 0.015 → 0.02): the rule exports, statements and pages document."""
+    return f"{amount.quantize(CENT, rounding=ROUND_HALF_EVEN):f}"

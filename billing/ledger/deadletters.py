@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 import redis
 from django.db import DataError, IntegrityError, connection, transaction
 
-from billing.ledger.services import UsageEvent
+from billing.ledger.events import UsageEvent
 from billing.ledger.stream import DEAD_LETTER_KEY, EVENT_FIELD, usage_event_decode
 from billing.models import UsageRecord
 

@@ -30,7 +30,8 @@ from django.conf import settings
 from django.db import DataError, IntegrityError, connection, transaction
 from redis.exceptions import RedisError, ResponseError
 
-from billing.ledger.services import UsageEvent, usage_record_create
+from billing.ledger.events import UsageEvent
+from billing.ledger.services import usage_record_create
 from billing.models import UsageRecord
 from core.db import database_sync_to_async
 from core.redis import async_redis

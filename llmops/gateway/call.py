@@ -9,9 +9,8 @@ from decimal import Decimal
 from django.utils import timezone
 
 from billing.budgets.reservations import Reservation
-from billing.ledger.costs import format_cost, usage_cost
-from billing.ledger.services import UsageEvent
-from billing.models import CacheStatus, UsageKind
+from billing.ledger.costs import Usage, format_cost
+from billing.ledger.events import RequestFacts, UsageEvent
 from core.cpu import run_sized
 from llmops.gateway.chat.worst_case import OutputBound
 from llmops.gateway.concurrency import InflightSlot
@@ -23,26 +22,6 @@ from tenants.authentication import KeyPrincipal
 
 def new_request_id() -> str:
     return f"req_{secrets.token_hex(12)}"
-
-
-@dataclass(slots=True)
-class Usage:
-    prompt_tokens: int = 0
-    cached_tokens: int = 0
-    cache_write_tokens: int = 0
-    completion_tokens: int = 0
-    estimated: bool = False
-
-    @classmethod
-    def from_provider(cls, usage: dict) -> "Usage":
-        """From a usage object the adapter checked (``routing.providers.base.checked_usage``)."""
-        details = usage.get("prompt_tokens_details") or {}
-        return cls(
-            prompt_tokens=int(usage.get("prompt_tokens") or 0),
-            cached_tokens=int(details.get("cached_tokens") or 0),
-            cache_write_tokens=int(details.get("cache_write_tokens") or 0),
-            completion_tokens=int(usage.get("completion_tokens") or 0),
-        )
 
 
 # An answer may report up to this many times what its request could hold (the model's context window, or the prompt
@@ -104,27 +83,17 @@ async def reply_usage(reply: UpstreamReply, *, body: dict, model: ModelEntry, pr
         raise invalid_response(model.provider, problem, elapsed_ms=reply.elapsed_ms, completion_text=text) from problem
 
 
-@dataclass(slots=True)
-class GatewayCall:
-    """One request as it moves through the pipeline; becomes its ledger row."""
+@dataclass(slots=True, kw_only=True)
+class GatewayCall(RequestFacts):
+    """One request as it moves through the pipeline: the facts its ledger row keeps (RequestFacts), filled in as
+    the pipeline learns them, and what the pipeline needs on the way."""
 
     principal: KeyPrincipal
-    endpoint: str
     request_id: str = field(default_factory=new_request_id)
-    started: float = field(default_factory=time.perf_counter)
     created_at: datetime = field(default_factory=timezone.now)
-    requested_model: str = ""
+    started: float = field(default_factory=time.perf_counter)
     served: ModelEntry | None = None
-    is_stream: bool = False
-    route: str = ""
     route_explanation: str = ""
-    routed_to_large: bool = False
-    policy_version: int | None = None
-    prompt_tokens_before_compression: int | None = None
-    prompt_tokens_after_compression: int | None = None
-    injection_flagged: bool = False
-    attempts: int = 0
-    tags: list[str] = field(default_factory=list)
     # The model the request would have used without routing: the one it named, or its alias's large model.
     routing_baseline: ModelEntry | None = None
     upstream_ms: int | None = None
@@ -138,14 +107,9 @@ class GatewayCall:
     request_body: dict | None = None
     payload_logging: bool = False
     finished: bool = False
-    cache_status: str = CacheStatus.MISS
     cache_similarity: float | None = None
     # On a cache hit: the stored answer's usage, what the request would have cost had it missed.
     cache_saved_usage: Usage | None = None
-    # A call the gateway makes on a request's behalf (a compression summary) is a GatewayCall of its own kind,
-    # linked to the request by its id.
-    kind: str = UsageKind.REQUEST
-    parent_request_id: str = ""
     # What this request's compression summary calls cost: compression's saving is net of it.
     compression_summary_usd: Decimal = field(default_factory=Decimal)
     # Work that stores its result and its ledger row in one transaction (batch lines, jobs) sets ledger_deferred:
@@ -161,71 +125,28 @@ class GatewayCall:
         return max(total - (self.upstream_ms or 0), 0.0)
 
     def usage_event(self, *, http_status: int, usage: Usage | None = None, error_code: str = "") -> UsageEvent:
-        usage = usage or Usage()
-        event = UsageEvent(
-            request_id=self.request_id,
+        event = UsageEvent.of(
+            self,
+            usage=usage or Usage(),
             tenant_id=self.principal.tenant_id,
             team_id=self.principal.team_id,
             api_key_id=self.principal.key_id,
-            created_at=self.created_at,
-            endpoint=self.endpoint,
             http_status=http_status,
-            requested_model=self.requested_model,
+            error_code=error_code,
             served_model=self.served.name if self.served else "",
-            is_stream=self.is_stream,
-            prompt_tokens=usage.prompt_tokens,
-            cached_tokens=usage.cached_tokens,
-            cache_write_tokens=usage.cache_write_tokens,
-            completion_tokens=usage.completion_tokens,
-            usage_estimated=usage.estimated,
             upstream_latency_ms=self.upstream_ms,
             total_latency_ms=self.elapsed_ms(),
-            cache_status=self.cache_status,
-            error_code=error_code,
-            route=self.route,
-            routed_to_large=self.routed_to_large,
-            policy_version=self.policy_version,
-            prompt_tokens_before_compression=self.prompt_tokens_before_compression,
-            prompt_tokens_after_compression=self.prompt_tokens_after_compression,
-            injection_flagged=self.injection_flagged,
-            attempts=self.attempts,
-            tags=self.tags,
-            kind=self.kind,
-            parent_request_id=self.parent_request_id,
         )
         if self.served is not None:
-            event.cost_usd = self._cost(self.served, usage)
-            self.cost_usd = format_cost(event.cost_usd)
-            event.saved_routing_usd = self._routing_saving(usage, event.cost_usd)
-            event.saved_compression_usd = self._compression_saving()
-            if self.cache_saved_usage is not None:
-                event.saved_cache_usd = self._cost(self.served, self.cache_saved_usage)
-        return event
-
-    @staticmethod
-    def _cost(model: ModelEntry, usage: Usage) -> Decimal:
-        return usage_cost(
-            prices=model.prices,
-            prompt_tokens=usage.prompt_tokens,
-            cached_tokens=usage.cached_tokens,
-            completion_tokens=usage.completion_tokens,
-            cache_write_tokens=usage.cache_write_tokens,
-        )
-
-    def _routing_saving(self, usage: Usage, cost: Decimal) -> Decimal:
-        baseline = self.routing_baseline
-        if baseline is None or baseline.name == self.served.name:
-            return Decimal(0)
-        return max(self._cost(baseline, usage) - cost, Decimal(0))
-
-    def _compression_saving(self) -> Decimal:
-        before, after = self.prompt_tokens_before_compression, self.prompt_tokens_after_compression
-        removed = Decimal(0)
-        if before and after and after < before:
-            removed = usage_cost(
-                prices=self.served.prices, prompt_tokens=before - after, cached_tokens=0, completion_tokens=0
+            baseline = self.routing_baseline
+            event.price(
+                self.served.prices,
+                routing_baseline=baseline.prices if baseline and baseline.name != self.served.name else None,
+                cache_hit_usage=self.cache_saved_usage,
+                compression_summary_usd=self.compression_summary_usd,
             )
-        return removed - self.compression_summary_usd
+            self.cost_usd = format_cost(event.cost_usd)
+        return event
 
     def response_headers(self) -> dict[str, str]:
         headers = {"x-llmops-request-id": self.request_id, "x-llmops-cache": str(self.cache_status)}

@@ -22,7 +22,7 @@ from billing.budgets.reservations import (
 )
 from billing.budgets.services import budget_counter_check, budget_counters_rebuild, budget_create, budget_update
 from billing.budgets.tasks import budget_counters_check as budget_counters_check_task
-from billing.ledger.services import UsageEvent
+from billing.ledger.events import UsageEvent
 from billing.ledger.stream import STREAM_KEY, ledger_stream_drain, ledger_stream_recover, usage_event_encode
 from billing.models import BudgetCounter, BudgetScope, UsageRecord
 from tests.loops import run

@@ -11,7 +11,8 @@ from django.core.management import CommandError, call_command
 from django.db.models import Sum
 from django.utils import timezone
 
-from billing.ledger.services import UsageEvent, usage_record_create
+from billing.ledger.events import UsageEvent
+from billing.ledger.services import usage_record_create
 from billing.ledger.stream import (
     DEAD_LETTER_KEY,
     EVENT_FIELD,

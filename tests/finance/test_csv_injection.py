@@ -12,7 +12,7 @@ from django.core.management import call_command
 from django.urls import reverse
 
 from billing.finance.csv_writer import FORMULA_TRIGGERS, PLAIN_NUMBER, formula_safe
-from billing.finance.exports_async import usage_export_write
+from billing.finance.exports import usage_export_write
 from billing.models import UsageExport, UsageRecord
 from tests.factories import UserFactory
 from tests.finance.conftest import usage_row

@@ -3,7 +3,7 @@ from decimal import Decimal
 
 import pytest
 
-from billing.ledger.services import UsageEvent
+from billing.ledger.events import UsageEvent
 from billing.models import UsageKind
 from llmops.metrics import record_request_metrics
 

@@ -9,8 +9,8 @@ from django.db.models import Sum
 from django.urls import reverse
 from django.utils import timezone
 
-from billing.finance.rollups import SAVINGS_LEVERS
 from billing.ledger.costs import LEDGER_QUANTUM, usage_cost
+from billing.ledger.totals import SAVINGS_LEVERS
 from billing.models import UsageRecord
 from routing.catalog import ModelPrices
 from routing.models import Model

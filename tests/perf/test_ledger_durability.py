@@ -14,7 +14,8 @@ from django.db import connection
 from django.db.models import Sum
 from django.utils import timezone
 
-from billing.ledger.services import UsageEvent, usage_record_create
+from billing.ledger.events import UsageEvent
+from billing.ledger.services import usage_record_create
 from billing.ledger.stream import (
     EVENT_FIELD,
     GROUP,

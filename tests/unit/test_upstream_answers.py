@@ -9,8 +9,9 @@ from decimal import Decimal
 import orjson
 import pytest
 
+from billing.ledger.costs import Usage
 from core.cpu import OFFLOAD_MIN_CHARS
-from llmops.gateway.call import USAGE_SLACK, Usage, UsageCeiling, estimated_usage
+from llmops.gateway.call import USAGE_SLACK, UsageCeiling, estimated_usage
 from routing import tokens
 from routing.catalog import ModelEntry, ModelPrices, ProviderEntry
 from routing.providers.base import MalformedAnswer, answer_text, checked_chat_completion, checked_chunk

@@ -1,7 +1,6 @@
 import argparse
 import io
 import json
-from dataclasses import asdict, fields
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfoNotFoundError
 
@@ -10,11 +9,11 @@ from django.utils import timezone
 
 from billing.finance.csv_writer import FormulaSafeWriter
 from billing.ledger.costs import format_cost
-from billing.ledger.selectors import UsageGroupBy, UsageRow, tenant_zone, usage_summary, usage_total
+from billing.ledger.selectors import USAGE_ROW_TOTALS, UsageGroupBy, UsageRow, tenant_zone, usage_summary, usage_total
 from tenants.models import Tenant
 
 DEFAULT_PERIOD_DAYS = 30
-COLUMNS = [*(field.name for field in fields(UsageRow)), "routed_to_large_percent"]
+COLUMNS = ["group", *USAGE_ROW_TOTALS, "routed_to_large_percent"]
 
 
 def parse_date(value: str) -> date:
@@ -87,23 +86,15 @@ class Command(BaseCommand):
             self.stdout.write("  ".join([label.ljust(widths[0]), *padded_numbers]))
 
 
-def _text_cells(row: UsageRow) -> list[str]:
-    return [
-        row.group,
-        str(row.requests),
-        str(row.errors),
-        str(row.prompt_tokens),
-        str(row.cached_tokens),
-        str(row.completion_tokens),
-        format_cost(row.cost_usd),
-        str(row.routed_to_large),
-        str(row.routed_to_large_percent),
-    ]
-
-
 def _json_row(row: UsageRow) -> dict:
+    """The row's COLUMNS: money as a decimal string with the ledger's 10 places, the percentage as a string."""
+    values = {name: getattr(row, name) for name in COLUMNS}
     return {
-        **asdict(row),
+        **values,
         "cost_usd": format_cost(row.cost_usd),
         "routed_to_large_percent": str(row.routed_to_large_percent),
     }
+
+
+def _text_cells(row: UsageRow) -> list[str]:
+    return [str(value) for value in _json_row(row).values()]

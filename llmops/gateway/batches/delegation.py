@@ -9,7 +9,7 @@ charged the discounted cost when the result arrives (the whole batch's worst cas
 """
 
 import logging
-from decimal import ROUND_HALF_EVEN, Decimal
+from decimal import Decimal
 
 import httpx
 import orjson
@@ -19,12 +19,12 @@ from django.utils import timezone
 
 from billing.budgets.periods import budget_window
 from billing.budgets.reservations import BudgetHold, Reservation, reservation_settle
-from billing.ledger.costs import LEDGER_QUANTUM
+from billing.ledger.costs import Usage
 from core.db import database_sync_to_async
 from core.redis import async_redis
 from llmops.gateway.batches.models import Batch, BatchLine, LineStatus
 from llmops.gateway.batches.services import CHAT_ENDPOINT, ClaimedLine, line_record, line_request_id, lines_claim
-from llmops.gateway.call import GatewayCall, Usage
+from llmops.gateway.call import GatewayCall
 from llmops.gateway.chat.planning import plan_chat
 from llmops.gateway.errors import GatewayError
 from llmops.gateway.snapshot import ConfigSnapshot, config_snapshot
@@ -205,10 +205,8 @@ async def _record(batch, principal, line: BatchLine, info: dict, status_code: in
     event = call.usage_event(
         http_status=status_code, usage=usage, error_code="" if status_code < 400 else "provider_batch_error"
     )
-    multiplier = multipliers.get(info["served"], Decimal("0.5"))
-    discounted = (event.cost_usd * multiplier).quantize(LEDGER_QUANTUM, rounding=ROUND_HALF_EVEN)
-    event.saved_batch_usd, event.cost_usd = event.cost_usd - discounted, discounted
-    await _charge_budgets(snapshot, principal, info["served"], request_id, discounted)
+    event.batch_discount(multiplier=multipliers.get(info["served"], Decimal("0.5")))
+    await _charge_budgets(snapshot, principal, info["served"], request_id, event.cost_usd)
     record_request_metrics(event)
     claimed = ClaimedLine(id=line.pk, custom_id=line.custom_id, body=line.body, attempt=line.attempt)
     await _db(line_record)(

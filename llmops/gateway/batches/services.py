@@ -23,7 +23,8 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from billing.budgets.selectors import budget_status
-from billing.ledger.services import UsageEvent, usage_record_create
+from billing.ledger.events import UsageEvent
+from billing.ledger.services import usage_record_create
 from billing.models import Budget
 from core.db import storable
 from llmops.gateway.batches.models import (

@@ -5,9 +5,10 @@ from collections.abc import Callable, Mapping
 
 from django.http import HttpResponse
 
+from billing.ledger.costs import Usage
 from core.background import run_in_background
 from core.cpu import run_sized
-from llmops.gateway.call import GatewayCall, Usage
+from llmops.gateway.call import GatewayCall
 from llmops.gateway.chat.admission import admit
 from llmops.gateway.chat.pipeline import answer_from_cache, complete_chat, stream_chat
 from llmops.gateway.chat.planning import plan_chat

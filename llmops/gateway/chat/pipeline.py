@@ -9,9 +9,10 @@ from collections.abc import AsyncIterator
 import orjson
 from django.http import HttpResponse, StreamingHttpResponse
 
+from billing.ledger.costs import Usage
 from billing.models import CacheStatus
 from core.background import run_in_background
-from llmops.gateway.call import GatewayCall, Usage, UsageCeiling, estimated_usage, reply_usage
+from llmops.gateway.call import GatewayCall, UsageCeiling, estimated_usage, reply_usage
 from llmops.gateway.chat.planning import ChatPlan, refusal_error
 from llmops.gateway.chat.recording import finish
 from llmops.gateway.errors import GatewayError, internal_error, upstream_failure

@@ -1,11 +1,11 @@
 """Settle and record: the budget reservation replaced by the actual cost, and the ledger row made durable."""
 
 from billing.budgets.reservations import reservation_settle
-from billing.ledger.costs import format_cost
-from billing.ledger.services import UsageEvent
+from billing.ledger.costs import Usage, format_cost
+from billing.ledger.events import UsageEvent
 from billing.ledger.stream import ledger_event_append
 from core.db import database_sync_to_async
-from llmops.gateway.call import GatewayCall, Usage
+from llmops.gateway.call import GatewayCall
 from llmops.metrics import record_request_metrics
 from tenants.payload_logs import payload_log_record
 

@@ -12,7 +12,8 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from billing.ledger.services import UsageEvent, usage_record_create
+from billing.ledger.events import UsageEvent
+from billing.ledger.services import usage_record_create
 from core.crypto import decrypt_secret, encrypt_secret
 from core.db import database_sync_to_async
 from core.outbound import OutboundRefused, outbound_post, outbound_url_errors
