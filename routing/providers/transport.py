@@ -69,9 +69,11 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 limit=self._max_connections, limit_per_host=0, ttl_dns_cache=300, ssl=httpx.create_ssl_context()
             )
             # Bodies go through as bytes (httpx's Response decodes content-encoding); requests carry their own headers.
-            # HTTP(S)_PROXY and NO_PROXY from the environment apply, as they did with httpx's client.
+            # HTTP(S)_PROXY and NO_PROXY from the environment apply, as they did with httpx's client. No cookie jar:
+            # the session is shared by every tenant, so a cookie a provider sets must not ride on the next request.
             self._session = aiohttp.ClientSession(
                 connector=connector,
+                cookie_jar=aiohttp.DummyCookieJar(),
                 auto_decompress=False,
                 skip_auto_headers=("User-Agent", "Accept-Encoding"),
                 trust_env=True,
