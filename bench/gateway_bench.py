@@ -172,6 +172,15 @@ def rss_mb(pids: list[int]) -> list[float]:
     return sizes
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """User plus system CPU time the processes have used so far (/proc/<pid>/stat, fields 14 and 15)."""
+    ticks = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def cache_status(url: str, key: str, model: str, mode: str) -> str:
     """What the gateway answers for the scenario's prompt after it has seen it (or a rewording) once."""
     prompts = {
@@ -219,15 +228,18 @@ def start_litellm(*, port: int, upstream_url: str, workers: int) -> subprocess.P
     return subprocess.Popen(command, cwd=LITELLM_VENV.parent, env=env, stdout=subprocess.DEVNULL)
 
 
-def print_row(name: str, concurrency: int, target: str, result: Measured, direct: Measured | None) -> None:
+def print_row(
+    name: str, concurrency: int, target: str, result: Measured, direct: Measured | None, cpu_ms: float | None = None
+) -> None:
     added = (
         ""
         if direct is None
         else (f"{result.p50 - direct.p50:>9.2f}{result.p95 - direct.p95:>9.2f}{result.p99 - direct.p99:>9.2f}")
     )
+    cpu = "" if cpu_ms is None else f"{cpu_ms:>9.2f}"
     print(
         f"{name:<22}{concurrency:>5} {target:<9}{result.throughput:>9.0f}{result.p50:>9.2f}{result.p95:>9.2f}"
-        f"{result.p99:>9.2f}{added}{'' if not result.errors else f'  errors={result.errors}'}",
+        f"{result.p99:>9.2f}{added}{cpu}{'' if not result.errors else f'  errors={result.errors}'}",
         flush=True,
     )
 
@@ -297,12 +309,14 @@ def run(args, key: str, gateway_pid: int) -> None:
     warmup = 3.0
     print(
         f"upstream latency={args.latency_ms:g} ms, gateway workers={args.workers}, cpus={CPUS}, "
-        f"{args.seconds:g} s per run, wrk on the same cores; latencies in ms; added = minus direct in the same run"
+        f"{args.seconds:g} s per run, wrk on the same cores; latencies in ms; added = minus direct in the same run; "
+        "cpu = the gateway workers' CPU ms per request, which other load on the machine leaves about the same"
     )
     print(
         f"{'scenario':<22}{'conc':>5} {'target':<9}{'req/s':>9}{'p50':>9}{'p95':>9}{'p99':>9}"
-        f"{'+p50':>9}{'+p95':>9}{'+p99':>9}"
+        f"{'+p50':>9}{'+p95':>9}{'+p99':>9}{'cpu':>9}"
     )
+    gateway_workers = worker_pids(gateway_pid)
     litellm_results: dict[int, tuple[Measured, Measured, Measured]] = {}
     for scenario in (scenario for scenario in SCENARIOS if scenario.mode in args.scenarios):
         if scenario.expected_cache != "miss":
@@ -323,10 +337,12 @@ def run(args, key: str, gateway_pid: int) -> None:
             )
             print_row(scenario.name, concurrency, "direct", direct, None)
             wrk(gateway_url, model="auto", mode=scenario.mode, key=key, concurrency=concurrency, seconds=warmup)
+            cpu_before = cpu_seconds(gateway_workers)
             ours = wrk(
                 gateway_url, model="auto", mode=scenario.mode, key=key, concurrency=concurrency, seconds=args.seconds
             )
-            print_row(scenario.name, concurrency, "llmops", ours, direct)
+            cpu_ms = (cpu_seconds(gateway_workers) - cpu_before) * 1000 / max(ours.requests, 1)
+            print_row(scenario.name, concurrency, "llmops", ours, direct, cpu_ms)
             if args.vs_litellm and scenario.mode == "unique":
                 common = {"model": "bench-small", "mode": "unique", "key": LITELLM_KEY, "concurrency": concurrency}
                 wrk(litellm_url, **common, seconds=warmup)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import environ
 from celery.schedules import crontab
+from csp.constants import NONE, SELF, UNSAFE_INLINE
 from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -33,6 +34,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "axes",
+    "csp",
     "rest_framework",
     "drf_spectacular",
     "drf_spectacular_sidecar",
@@ -47,7 +49,8 @@ MIDDLEWARE = [
     # First, so that it sees every error answer under /api/ and makes it JSON.
     "llmops.middleware.ApiJsonErrorsMiddleware",
     "django.middleware.security.SecurityMiddleware",
-    "llmops.middleware.SecurityHeadersMiddleware",
+    "csp.middleware.CSPMiddleware",
+    "llmops.middleware.PermissionsPolicyMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -323,15 +326,33 @@ SECURE_HSTS_PRELOAD = LLMOPS_HTTPS and env.bool("LLMOPS_HSTS_PRELOAD", default=T
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
-LLMOPS_CSP = (
-    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; font-src 'self'; "
-    "connect-src 'self'; object-src 'none'; base-uri 'self'; form-action 'self'; frame-ancestors 'none'"
-)
-LLMOPS_CSP_DOCS_PATHS = ("/api/schema/docs/", "/api/schema/redoc/")
-LLMOPS_CSP_DOCS = (
-    "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
-    "img-src 'self' data:; worker-src 'self' blob:; object-src 'none'; base-uri 'self'; frame-ancestors 'none'"
-)
+# Content-Security-Policy of every browser-facing answer (django-csp's middleware; /v1 runs without the stack).
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [SELF],
+        "script-src": [SELF],
+        "style-src": [SELF],
+        "img-src": [SELF, "data:"],
+        "font-src": [SELF],
+        "connect-src": [SELF],
+        "object-src": [NONE],
+        "base-uri": [SELF],
+        "form-action": [SELF],
+        "frame-ancestors": [NONE],
+    }
+}
+# The API docs (Swagger UI, Redoc) boot from inline scripts and blob workers: their two views get this policy instead
+# (llmops/urls.py).
+LLMOPS_CSP_API_DOCS = {
+    "default-src": [SELF],
+    "script-src": [SELF, UNSAFE_INLINE],
+    "style-src": [SELF, UNSAFE_INLINE],
+    "img-src": [SELF, "data:"],
+    "worker-src": [SELF, "blob:"],
+    "object-src": [NONE],
+    "base-uri": [SELF],
+    "frame-ancestors": [NONE],
+}
 LLMOPS_PERMISSIONS_POLICY = "camera=(), microphone=(), geolocation=(), payment=()"
 # /v1 request bodies: JSON nested deeper than this is refused with 400 (orjson's own limit is 1024).
 LLMOPS_MAX_JSON_DEPTH = env.int("LLMOPS_MAX_JSON_DEPTH", default=64)

@@ -30,7 +30,7 @@ from routing.providers.base import (
     openai_tool_call,
     parse_data_url,
     send_or_reject,
-    sse_lines,
+    sse_events,
     stop_sequences,
     stream_opened,
     tool_call_arguments,
@@ -259,16 +259,10 @@ class AnthropicStream:
             raise _stream_error(self.provider, self._first, self.elapsed_ms())
 
     async def _anthropic_events(self) -> AsyncIterator[dict]:
-        data_lines: list[str] = []
         try:
-            async for line in sse_lines(self.provider, self.response, self.started):
-                if line.startswith("data:"):
-                    data_lines.append(line[5:].lstrip())
-                elif not line and data_lines:
-                    yield self._event("\n".join(data_lines))
-                    data_lines = []
-            if data_lines:
-                yield self._event("\n".join(data_lines))
+            async for event in sse_events(self.provider, self.response, self.started):
+                if event.data:
+                    yield self._event(event.data)
         except orjson.JSONDecodeError as exc:
             problem = MalformedAnswer("a stream event that is not JSON")
             raise invalid_response(self.provider, problem, elapsed_ms=self.elapsed_ms()) from exc

@@ -14,6 +14,7 @@ from typing import NamedTuple, Protocol, TypeVar
 import httpx
 import orjson
 from django.conf import settings
+from httpx_sse import EventSource, ServerSentEvent, SSEError
 
 from core.event_loops import PerEventLoop
 from routing.catalog import ModelEntry, ProviderEntry
@@ -578,11 +579,21 @@ class ChunkBuilder:
         return [self.delta({"tool_calls": [call]})]
 
 
-async def sse_lines(provider: ProviderEntry, response: httpx.Response, started: float) -> AsyncIterator[str]:
-    """The lines of a streaming response, with transport failures as upstream errors."""
+async def sse_events(
+    provider: ProviderEntry, response: httpx.Response, started: float
+) -> AsyncIterator[ServerSentEvent]:
+    """The events of a streaming response, with transport failures as upstream errors.
+
+    httpx-sse parses them as the SSE specification says: lines end only at CR or LF (an answer's U+2028 or NEL stays
+    inside its line, where httpx's ``aiter_lines`` would break it), comments are skipped, and an event the stream cut
+    off before its blank line is not dispatched.
+    """
     try:
-        async for line in response.aiter_lines():
-            yield line
+        async for event in EventSource(response).aiter_sse():
+            yield event
+    except SSEError as exc:
+        problem = MalformedAnswer("a stream that is not text/event-stream")
+        raise invalid_response(provider, problem, elapsed_ms=elapsed_ms_since(started)) from exc
     except httpx.TimeoutException as exc:
         raise UpstreamTimeout(
             f"provider {provider.name} stalled mid-stream", elapsed_ms=elapsed_ms_since(started)

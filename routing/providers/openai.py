@@ -16,7 +16,7 @@ from routing.providers.base import (
     invalid_response,
     json_post,
     send_or_reject,
-    sse_lines,
+    sse_events,
 )
 
 
@@ -44,7 +44,7 @@ async def chat_completion(provider: ProviderEntry, body: dict) -> UpstreamReply:
 
 
 class OpenAIStream:
-    """An open streaming response. Iterate ``events()`` for raw SSE event blocks; always ``aclose()``."""
+    """An open streaming response. Iterate ``events()`` for its ``data: ...`` events; always ``aclose()``."""
 
     def __init__(self, provider: ProviderEntry, response: httpx.Response, started: float):
         self.provider = provider
@@ -52,15 +52,9 @@ class OpenAIStream:
         self.started = started
 
     async def events(self) -> AsyncIterator[str]:
-        lines: list[str] = []
-        async for line in sse_lines(self.provider, self.response, self.started):
-            if line:
-                lines.append(line)
-            elif lines:
-                yield "\n".join(lines)
-                lines = []
-        if lines:
-            yield "\n".join(lines)
+        async for event in sse_events(self.provider, self.response, self.started):
+            if event.data:
+                yield "data: " + event.data
 
     def elapsed_ms(self) -> int:
         return elapsed_ms_since(self.started)

@@ -4,6 +4,14 @@ Adapters build and read ``httpx`` requests and responses; the connections undern
 at concurrency 32, httpcore's pool spent about a third of the gateway's event loop on each request (it polls every
 idle connection's socket to see whether it expired, through anyio's attribute lookups); aiohttp's connector hands
 out a kept-alive connection without that scan. Failures are raised as the httpx exceptions the adapters catch.
+
+Kept by hand rather than httpx-aiohttp 0.2.0's ``AiohttpTransport`` on the same session (#16). The library maps
+``aiohttp.ClientConnectionError``, the base of ``ClientConnectorError``, to ``httpx.ConnectTimeout``: a refused
+connection or a failed TLS verification became a 504 ``upstream_timeout`` instead of a 502
+``upstream_connection_error`` (four tests fail). And it was no faster: ``bench/gateway_bench.py --scenarios unique
+stream --concurrency 8 32 --sustained-requests 0``, five runs of each interleaved, median req/s by hand / library:
+miss 139 / 163 at concurrency 8 and 235 / 173 at 32, streaming 151 / 142 and 182 / 216, within the noise of this
+shared machine (docs/performance.md, "Libraries measured (#16)").
 """
 
 import asyncio
@@ -69,9 +77,11 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 limit=self._max_connections, limit_per_host=0, ttl_dns_cache=300, ssl=httpx.create_ssl_context()
             )
             # Bodies go through as bytes (httpx's Response decodes content-encoding); requests carry their own headers.
-            # HTTP(S)_PROXY and NO_PROXY from the environment apply, as they did with httpx's client.
+            # HTTP(S)_PROXY and NO_PROXY from the environment apply, as they did with httpx's client. No cookie jar:
+            # the session is shared by every tenant, so a cookie a provider sets must not ride on the next request.
             self._session = aiohttp.ClientSession(
                 connector=connector,
+                cookie_jar=aiohttp.DummyCookieJar(),
                 auto_decompress=False,
                 skip_auto_headers=("User-Agent", "Accept-Encoding"),
                 trust_env=True,

@@ -79,12 +79,14 @@ async def json_answer(writer, *, encoding: str = "") -> bool:
     return True
 
 
-def test_requests_reuse_one_kept_alive_connection_decode_gzip_and_keep_no_cookies():
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
+def test_requests_reuse_one_kept_alive_connection_decode_gzip_and_keep_no_cookies(host):
+    """By name as well as by address: aiohttp's default cookie jar ignores cookies only from IP addresses."""
     server = RawServer(lambda writer: json_answer(writer, encoding="gzip"))
 
     async def scenario():
         async with server as url:
-            provider = provider_entry("openai", url)
+            provider = provider_entry("openai", url.replace("127.0.0.1", host))
             return [await openai.chat_completion(provider, BODY) for _ in range(3)]
 
     replies = run(scenario())
