@@ -36,10 +36,10 @@ def publish_caching_policy() -> None:
     from routing.models import RoutingPolicy
     from routing.policy.drafts import policy_draft_replace
     from routing.services import routing_policy_create, routing_policy_publish
-    from tenants.models import Tenant
+    from tenants.selectors import tenant_by_slug
 
-    tenant = Tenant.objects.get(slug="bench")
-    policy = RoutingPolicy.objects.filter(tenant=tenant).first() or routing_policy_create(tenant=tenant)
+    tenant = tenant_by_slug(slug="bench")
+    policy = RoutingPolicy.objects.for_tenant(tenant).first() or routing_policy_create(tenant=tenant)
     rule = {"priority": 10, "name": "bench-cache", "outcome": {"cache_ttl_seconds": 3600}}
     policy_draft_replace(policy=policy, document={"aliases": {}, "rules": [rule]})
     routing_policy_publish(policy=policy, actor=None)

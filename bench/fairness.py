@@ -52,7 +52,7 @@ def setup_tenants(database_url: str, quiet_upstream: str, noisy_upstream: str) -
 
     from routing.models import Model, Provider, RoutingPolicy
     from routing.services import model_create, provider_create, routing_policy_create_default, tenant_model_access_set
-    from tenants.models import Tenant
+    from tenants.selectors import tenant_by_slug
     from tenants.services import api_key_create, tenant_create
 
     call_command("migrate", verbosity=0)
@@ -66,7 +66,7 @@ def setup_tenants(database_url: str, quiet_upstream: str, noisy_upstream: str) -
     keys = {}
     for slug in ("fair-quiet", "fair-capped", "fair-uncapped"):
         provider = providers["fair-mock" if slug == "fair-quiet" else "fair-noisy-mock"]
-        tenant = Tenant.objects.filter(slug=slug).first() or tenant_create(slug=slug, team_slugs=["load"])
+        tenant = tenant_by_slug(slug=slug) or tenant_create(slug=slug, team_slugs=["load"])
         name = f"{slug}-small"
         model = Model.objects.filter(name=name).first() or model_create(
             name=name,
@@ -80,7 +80,7 @@ def setup_tenants(database_url: str, quiet_upstream: str, noisy_upstream: str) -
             model.provider = provider
             model.save()
         tenant_model_access_set(tenant=tenant, allowed_models=[model], default_model=model)
-        if slug != "fair-uncapped" and not RoutingPolicy.objects.filter(tenant=tenant).exists():
+        if slug != "fair-uncapped" and not RoutingPolicy.objects.for_tenant(tenant).exists():
             routing_policy_create_default(tenant=tenant, small_model=model, large_model=model)
         _, key = api_key_create(team=tenant.teams.get(slug="load"), name=f"fairness {secrets.token_hex(3)}")
         keys[slug] = (key, name)

@@ -110,11 +110,11 @@ def setup_bench_tenant(database_url: str, upstream_url: str) -> str:
         routing_policy_publish,
         tenant_model_access_set,
     )
-    from tenants.models import Tenant
+    from tenants.selectors import tenant_by_slug
     from tenants.services import api_key_create, tenant_create
 
     call_command("migrate", verbosity=0)
-    tenant = Tenant.objects.filter(slug="bench-full").first() or tenant_create(slug="bench-full", team_slugs=["load"])
+    tenant = tenant_by_slug(slug="bench-full") or tenant_create(slug="bench-full", team_slugs=["load"])
     team = tenant.teams.get(slug="load")
     provider = Provider.objects.filter(name="bench-full-mock").first() or provider_create(
         name="bench-full-mock", base_url=upstream_url
@@ -140,7 +140,7 @@ def setup_bench_tenant(database_url: str, upstream_url: str) -> str:
             )
         )
     tenant_model_access_set(tenant=tenant, allowed_models=models, default_model=models[0])
-    policy = routing_policy_ensure_default(tenant=tenant) or RoutingPolicy.objects.get(tenant=tenant)
+    policy = routing_policy_ensure_default(tenant=tenant) or RoutingPolicy.objects.for_tenant(tenant).get()
     # An older bench database keeps its policy: bring it to today's template (caching included).
     template = default_policy_document(
         small_model=models[0].name, large_model=models[-1].name, cache_ttl_seconds=DEMO_CACHE_TTL_SECONDS
@@ -148,9 +148,9 @@ def setup_bench_tenant(database_url: str, upstream_url: str) -> str:
     if policy.live_version.document != template:
         policy_draft_replace(policy=policy, document=template)
         routing_policy_publish(policy=policy, actor=None)
-    if not Budget.objects.filter(tenant=tenant).exists():
+    if not Budget.objects.for_tenant(tenant).exists():
         budget_create(tenant=tenant, limit_usd=Decimal("1000000"))
-    if not RateLimit.objects.filter(tenant=tenant).exists():
+    if not RateLimit.objects.for_tenant(tenant).exists():
         rate_limit_create(tenant=tenant, team=team, requests_per_minute=100_000_000)
     # Every run starts with an empty cache, so its cache scenarios measure the same index size.
     cache_entries_purge(tenant=tenant)

@@ -44,11 +44,11 @@ def setup_bench_tenant(database_url: str, upstream_url: str) -> str:
 
     from routing.models import Model, Provider
     from routing.services import model_create, provider_create, tenant_model_access_set
-    from tenants.models import Tenant
+    from tenants.selectors import tenant_by_slug
     from tenants.services import api_key_create, tenant_create
 
     call_command("migrate", verbosity=0)
-    tenant = Tenant.objects.filter(slug="bench").first() or tenant_create(slug="bench", team_slugs=["load"])
+    tenant = tenant_by_slug(slug="bench") or tenant_create(slug="bench", team_slugs=["load"])
     provider = Provider.objects.filter(name="bench-mock").first() or provider_create(
         name="bench-mock", base_url=upstream_url
     )

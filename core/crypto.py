@@ -90,13 +90,15 @@ def encrypted_secrets_reencrypt() -> ReencryptionResult:
                 field.name for field in model._meta.concrete_fields if field.name.endswith(ENCRYPTED_FIELD_SUFFIX)
             ]
             for field in fields:
-                rows = model._default_manager.exclude(**{field: ""}).select_for_update().values_list("pk", field)
+                # Every row, on purpose: the plain base manager, past any scoping of the default manager,
+                # because key rotation re-encrypts every secret stored, and reads none out.
+                rows = model._base_manager.exclude(**{field: ""}).select_for_update().values_list("pk", field)
                 for pk, token in rows:
                     try:
                         new_token = reencrypt_secret(token)
                     except CredentialDecryptionError:
                         undecryptable.append(f"{model._meta.label}.{field} pk={pk}")
                         continue
-                    model._default_manager.filter(pk=pk).update(**{field: new_token})
+                    model._base_manager.filter(pk=pk).update(**{field: new_token})
                     reencrypted += 1
     return ReencryptionResult(reencrypted=reencrypted, undecryptable=undecryptable)

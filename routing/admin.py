@@ -39,8 +39,17 @@ from routing.services import (
     routing_policy_rollback,
     tenant_model_access_set,
 )
-from tenants.admin import ReadOnlyScopedAdmin, ServiceCreateAdmin, TenantScopedAdmin, adopt_saved_row, tenant_scope
+from tenants.admin import (
+    ReadOnlyScopedAdmin,
+    ServiceCreateAdmin,
+    TenantListFilter,
+    TenantScopedAdmin,
+    TenantScopedInline,
+    adopt_saved_row,
+    request_access,
+)
 from tenants.models import Tenant
+from tenants.permissions import Action
 
 PRICE_FIELDS = ("input_price_per_million", "cached_input_price_per_million", "output_price_per_million")
 
@@ -139,7 +148,7 @@ class CatalogModelAdmin(SuperuserOnlyAdmin):
     member_fields = ("name", *PRICE_FIELDS, "context_window", "max_output_tokens", "is_active")
 
     def has_module_permission(self, request):
-        return request.user.is_superuser or bool(tenant_scope(request).viewable)
+        return request_access(request).allows_somewhere(Action.VIEW)
 
     def has_view_permission(self, request, obj=None):
         return self.has_module_permission(request)
@@ -211,17 +220,17 @@ class TenantModelAccessAdmin(TenantScopedAdmin):
             self.save_formset(request, form, formset, change)
 
 
-class PolicyDraftInline:
+class PolicyDraftInline(TenantScopedInline):
     """Draft rows follow their policy's tenant: its editors change them, its members see them."""
 
     extra = 0
 
     @staticmethod
     def _can_edit(request, policy) -> bool:
-        return policy is not None and (request.user.is_superuser or policy.tenant_id in tenant_scope(request).editable)
+        return policy is not None and request_access(request).allows(Action.EDIT, policy.tenant_id)
 
     def has_view_permission(self, request, obj=None):
-        return obj is None or request.user.is_superuser or obj.tenant_id in tenant_scope(request).viewable
+        return obj is None or request_access(request).allows(Action.VIEW, obj.tenant_id)
 
     def has_add_permission(self, request, obj=None):
         return self._can_edit(request, obj)
@@ -317,7 +326,7 @@ class RoutingPolicyAdmin(TenantScopedAdmin):
 
     def console_view(self, request, policy_id: int):
         policy = self.get_queryset(request).select_related("tenant", "live_version").filter(pk=policy_id).first()
-        if policy is None or not self.can_edit_tenant(request, policy.tenant_id):
+        if policy is None or not self.allows(request, Action.EDIT, policy):
             raise Http404("no routing policy")
         form = RoutingConsoleForm(request.POST or None)
         result = None
@@ -370,7 +379,7 @@ class RoutingConsoleForm(forms.Form):
 @admin.register(RoutingPolicyVersion)
 class RoutingPolicyVersionAdmin(ReadOnlyScopedAdmin):
     list_display = ("__str__", "tenant", "number", "is_live", "published_by", "published_at")
-    list_filter = (("tenant", admin.RelatedOnlyFieldListFilter),)
+    list_filter = (("tenant", TenantListFilter),)
     list_select_related = ("tenant", "published_by", "policy")
     fields = ("tenant", "number", "is_live", "published_by", "published_at", "document")
     readonly_fields = fields
@@ -387,7 +396,7 @@ class RoutingPolicyVersionAdmin(ReadOnlyScopedAdmin):
             self.message_user(request, "Select exactly one version to roll back to.", messages.ERROR)
             return
         version = versions[0]
-        if not self.can_edit_tenant(request, version.tenant_id):
+        if not self.allows(request, Action.EDIT, version):
             raise PermissionDenied
         try:
             new_version = routing_policy_rollback(policy=version.policy, version=version, actor=request.user)
@@ -402,7 +411,7 @@ class RoutingPolicyVersionAdmin(ReadOnlyScopedAdmin):
 @admin.register(RoutingPolicyAudit)
 class RoutingPolicyAuditAdmin(ReadOnlyScopedAdmin):
     list_display = ("created_at", "tenant", "action", "version", "previous_version", "actor")
-    list_filter = (("tenant", admin.RelatedOnlyFieldListFilter), "action")
+    list_filter = (("tenant", TenantListFilter), "action")
     list_select_related = ("tenant", "version__tenant", "previous_version__tenant", "actor")
     fields = ("tenant", "action", "actor", "created_at", "previous_version", "version", "diff")
     readonly_fields = fields
@@ -416,8 +425,10 @@ class CacheEntryAdmin(TenantScopedAdmin):
     owners and admins see them, redacted; its finance and viewer members do not see this page at all.
     """
 
+    view_action = Action.VIEW_ANSWERS
+
     list_display = ("__str__", "tenant", "served_model", "kind", "rule_name", "hit_count", "last_hit_at", "expires_at")
-    list_filter = (("tenant", admin.RelatedOnlyFieldListFilter), "served_model", "kind", "rule_name")
+    list_filter = (("tenant", TenantListFilter), "served_model", "kind", "rule_name")
     list_select_related = ("tenant",)
     fields = (
         "tenant",
@@ -435,18 +446,6 @@ class CacheEntryAdmin(TenantScopedAdmin):
     )
     readonly_fields = fields
     actions = ("purge_selected", "purge_tenant", "purge_model", "purge_rule", "purge_older_than_a_week")
-
-    def can_view_tenant(self, request, tenant_id: int | None) -> bool:
-        return self.can_edit_tenant(request, tenant_id)
-
-    def get_queryset(self, request):
-        queryset = super().get_queryset(request)
-        if request.user.is_superuser:
-            return queryset
-        return queryset.filter(tenant__in=tenant_scope(request).editable)
-
-    def has_module_permission(self, request):
-        return request.user.is_superuser or bool(tenant_scope(request).editable)
 
     def has_add_permission(self, request):
         return False
@@ -474,15 +473,15 @@ class CacheEntryAdmin(TenantScopedAdmin):
         deleted = 0
         for key in {(entry.tenant_id, tuple(sorted(scope(entry).items()))) for entry in queryset}:
             tenant_id, options = key
-            if not self.can_edit_tenant(request, tenant_id):
+            if not request_access(request).allows(Action.EDIT, tenant_id):
                 raise PermissionDenied
-            deleted += cache_entries_purge(tenant=Tenant.objects.get(pk=tenant_id), **dict(options))
+            deleted += cache_entries_purge(tenant=Tenant.objects.for_tenant(tenant_id).get(), **dict(options))
         self.message_user(request, f"Purged {deleted} cache entries.", messages.SUCCESS)
 
     @admin.action(description="Purge the selected entries")
     def purge_selected(self, request, queryset):
         for entry in queryset:
-            if not self.can_edit_tenant(request, entry.tenant_id):
+            if not self.allows(request, Action.EDIT, entry):
                 raise PermissionDenied
         self.message_user(request, f"Purged {cache_entries_delete(entries=queryset)} cache entries.", messages.SUCCESS)
 

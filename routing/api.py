@@ -10,7 +10,7 @@ from rest_framework.views import APIView
 from routing.max_tokens import MAX_TOKENS_FIELDS
 from routing.models import RoutingPolicy
 from routing.policy.simulation import routing_simulation
-from tenants.selectors import tenant_ids_editable_by
+from tenants.permissions import Action
 
 MESSAGE_ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 
@@ -100,9 +100,7 @@ SimulationSerializer = inline_serializer(
 
 def policy_for_editor(*, user, tenant_slug: str) -> RoutingPolicy:
     """The tenant's policy if the user may edit it; another tenant's answers like a missing one."""
-    policies = RoutingPolicy.objects.select_related("tenant", "live_version")
-    if not user.is_superuser:
-        policies = policies.filter(tenant_id__in=tenant_ids_editable_by(user=user))
+    policies = RoutingPolicy.objects.restrict(user, Action.EDIT).select_related("tenant", "live_version")
     policy = policies.filter(tenant__slug=tenant_slug).first()
     if policy is None:
         raise Http404("no routing policy")

@@ -145,11 +145,9 @@ def build_models_by_id() -> dict[int, ModelEntry]:
     }
 
 
-def build_model_grants(*, tenant_id: int | None = None) -> dict[int, ModelGrant]:
-    """Tenant id → its model grant; one tenant's when ``tenant_id`` is given."""
-    rows = TenantModelAccess.objects.prefetch_related("allowed_models")
-    if tenant_id is not None:
-        rows = rows.filter(tenant_id=tenant_id)
+def build_model_grants(*, tenant_id: int) -> dict[int, ModelGrant]:
+    """Tenant id → its model grant, for the one tenant (none if it has no model access yet)."""
+    rows = TenantModelAccess.objects.for_tenant(tenant_id).prefetch_related("allowed_models")
     return {
         row.tenant_id: ModelGrant(
             default_model_id=row.default_model_id,
@@ -166,6 +164,6 @@ def model_catalog_compose(models_by_id: dict[int, ModelEntry], grants: dict[int,
     )
 
 
-def build_model_catalog() -> ModelCatalog:
-    """Every tenant's catalog at once (the policy test console); the gateway composes one tenant's at a time."""
-    return model_catalog_compose(build_models_by_id(), build_model_grants())
+def build_model_catalog(*, tenant_id: int) -> ModelCatalog:
+    """One tenant's catalog, composed afresh (the policy test console); the gateway keeps its own in its snapshot."""
+    return model_catalog_compose(build_models_by_id(), build_model_grants(tenant_id=tenant_id))

@@ -107,7 +107,7 @@ def tenant_model_access_set(
 ) -> TenantModelAccess:
     if default_model is not None and default_model not in allowed_models:
         raise ValidationError(f"the default model {default_model.name} must be one of the allowed models")
-    access, _ = TenantModelAccess.objects.get_or_create(tenant=tenant)
+    access, _ = TenantModelAccess.objects.for_tenant(tenant).get_or_create(tenant=tenant)
     access.default_model = default_model
     access.save()
     access.allowed_models.set(allowed_models)
@@ -118,7 +118,7 @@ def routing_policy_create(
     *, tenant: Tenant, auto_threshold: int = 50, injection_guard_action: str = InjectionGuardAction.FLAG
 ) -> RoutingPolicy:
     """An empty draft; nothing changes for the tenant's traffic until it is published."""
-    if RoutingPolicy.objects.filter(tenant=tenant).exists():
+    if RoutingPolicy.objects.for_tenant(tenant).exists():
         raise ValidationError(f"tenant '{tenant.slug}' already has a routing policy")
     policy = RoutingPolicy(tenant=tenant, auto_threshold=auto_threshold, injection_guard_action=injection_guard_action)
     policy.full_clean()
@@ -162,7 +162,10 @@ def _routing_policy_publish_document(
 def routing_policy_publish(*, policy: RoutingPolicy, actor) -> RoutingPolicyVersion:
     """Publish the draft as a new live version; refused with every reason (each naming its rule) if it is invalid."""
     policy = (
-        RoutingPolicy.objects.select_for_update(of=("self",)).select_related("tenant", "live_version").get(pk=policy.pk)
+        RoutingPolicy.objects.for_tenant(policy.tenant_id)
+        .select_for_update(of=("self",))
+        .select_related("tenant", "live_version")
+        .get(pk=policy.pk)
     )
     return _routing_policy_publish_document(
         policy=policy,
@@ -176,7 +179,10 @@ def routing_policy_publish(*, policy: RoutingPolicy, actor) -> RoutingPolicyVers
 def routing_policy_rollback(*, policy: RoutingPolicy, version: RoutingPolicyVersion, actor) -> RoutingPolicyVersion:
     """Publish an earlier version's document again as a new version, and reset the draft to it."""
     policy = (
-        RoutingPolicy.objects.select_for_update(of=("self",)).select_related("tenant", "live_version").get(pk=policy.pk)
+        RoutingPolicy.objects.for_tenant(policy.tenant_id)
+        .select_for_update(of=("self",))
+        .select_related("tenant", "live_version")
+        .get(pk=policy.pk)
     )
     if version.policy_id != policy.pk:
         raise ValidationError("that version belongs to another policy")
@@ -255,7 +261,7 @@ def routing_policy_ensure_default(*, tenant: Tenant, actor=None) -> RoutingPolic
 
     Returns None when the tenant already has a policy or may use no model yet.
     """
-    if RoutingPolicy.objects.filter(tenant=tenant).exists():
+    if RoutingPolicy.objects.for_tenant(tenant).exists():
         return None
     models = sorted(
         Model.objects.filter(allowed_for__tenant=tenant, is_active=True),

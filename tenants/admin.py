@@ -1,12 +1,12 @@
 """Admin for tenants, scoped by membership.
 
-A superuser sees everything. A staff user sees only the tenants they are a member of: owners
-and admins edit them, finance and viewer members only look. The roles decide this, not Django's
-per-model permissions, so a membership is all a staff user needs, and a staff user without one
-sees no tenant data at all.
+A superuser sees everything. A staff user sees only the tenants they are a member of, and does there what their
+role allows (tenants.permissions): owners and admins edit, finance and viewer members only look. The roles decide
+this, not Django's per-model permissions, so a membership is all a staff user needs, and a staff user without one
+sees no tenant data at all. Every queryset goes through `restrict(user, action)`, so a row of another tenant
+answers exactly like a missing one.
 """
 
-from dataclasses import dataclass
 from datetime import timedelta
 
 from django import forms
@@ -18,7 +18,9 @@ from django.http import HttpRequest
 from django.utils import timezone
 
 from tenants.models import ApiKey, AuditEvent, Membership, PayloadLog, PayloadLogSettings, Team, Tenant
-from tenants.selectors import tenant_ids_editable_by, tenants_for_user, users_addable_by
+from tenants.permissions import Action, TenantAccess
+from tenants.scoping import TenantScopedManager, tenant_id_of
+from tenants.selectors import tenant_access, users_addable_by
 from tenants.services import (
     api_key_create,
     api_key_revoke,
@@ -33,25 +35,34 @@ ROTATION_OVERLAP = timedelta(hours=24)
 MEMBERSHIP_USER_UNKNOWN = "No user with this username that you may add."
 
 
-@dataclass(frozen=True, slots=True)
-class TenantScope:
-    viewable: frozenset[int]
-    editable: frozenset[int]
+def request_access(request: HttpRequest) -> TenantAccess:
+    """The user's roles, read once per request (an admin page asks many times). The login page lists apps for
+    whoever asks, signed in or not (a locked-out login included): an anonymous user has no role anywhere."""
+    access = getattr(request, "_tenant_access", None)
+    if access is None:
+        access = request._tenant_access = tenant_access(user=request.user)
+    return access
 
 
-def tenant_scope(request: HttpRequest) -> TenantScope:
-    """The tenants a non-superuser may see and edit, read once per request (an admin page asks many times)."""
-    scope = getattr(request, "_tenant_scope", None)
-    if scope is None and not request.user.is_authenticated:
-        # The login page lists apps for whoever asks, signed in or not (a locked-out login included).
-        scope = request._tenant_scope = TenantScope(viewable=frozenset(), editable=frozenset())
-    if scope is None:
-        scope = TenantScope(
-            viewable=frozenset(tenants_for_user(user=request.user).values_list("pk", flat=True)),
-            editable=frozenset(tenant_ids_editable_by(user=request.user)),
-        )
-        request._tenant_scope = scope
-    return scope
+def scoped_choices(model: type[models.Model], request: HttpRequest, action: Action) -> models.QuerySet | None:
+    """A form's choices of tenant-owned rows: those of the tenants where the user may `action`; None for other
+    models (the platform's catalog), whose choices Django makes as usual."""
+    manager = model._default_manager
+    if not isinstance(manager, TenantScopedManager):
+        return None
+    choices = manager.restrict(request.user, action)
+    return choices.select_related("tenant") if manager.tenant_path == "tenant" else choices
+
+
+class TenantListFilter(admin.RelatedOnlyFieldListFilter):
+    """Filter by the tenants of the rows shown. Django's own asks the Tenant table unscoped, which it refuses."""
+
+    def field_choices(self, field, request, model_admin):
+        shown = model_admin.get_queryset(request).values(f"{self.field_path}__pk")
+        return [
+            (tenant.pk, str(tenant))
+            for tenant in Tenant.objects.restrict(request.user, Action.VIEW).filter(pk__in=shown)
+        ]
 
 
 def adopt_saved_row(*, target: models.Model, source: models.Model) -> None:
@@ -88,62 +99,55 @@ class ServiceCreateAdmin(admin.ModelAdmin):
 
 
 class TenantScopedAdmin(ServiceCreateAdmin):
-    """Base admin for tenant-owned rows: querysets, permissions and form choices follow the user's memberships."""
+    """Base admin for tenant-owned rows: rows, permissions and form choices follow the user's role in each tenant.
 
-    tenant_lookup = "tenant"
+    `view_action` is what a role must allow to see the rows, `edit_action` to add, change or delete them.
+    """
+
+    view_action = Action.VIEW
+    edit_action = Action.EDIT
 
     def tenant_id_of(self, obj) -> int | None:
-        return obj.tenant_id
+        return tenant_id_of(obj)
 
-    def can_view_tenant(self, request, tenant_id: int | None) -> bool:
-        return request.user.is_superuser or tenant_id in tenant_scope(request).viewable
-
-    def can_edit_tenant(self, request, tenant_id: int | None) -> bool:
-        return request.user.is_superuser or tenant_id in tenant_scope(request).editable
-
-    def editable_tenants(self, request):
-        if request.user.is_superuser:
-            return Tenant.objects.all()
-        return Tenant.objects.filter(pk__in=tenant_scope(request).editable)
+    def allows(self, request, action: Action, obj) -> bool:
+        return request_access(request).allows(action, self.tenant_id_of(obj))
 
     def get_queryset(self, request):
-        queryset = super().get_queryset(request)
-        if request.user.is_superuser:
-            return queryset
-        return queryset.filter(**{f"{self.tenant_lookup}__in": tenant_scope(request).viewable})
+        return super().get_queryset(request).restrict(request.user, self.view_action)
 
     def has_module_permission(self, request):
-        return request.user.is_superuser or bool(tenant_scope(request).viewable)
+        return request_access(request).allows_somewhere(self.view_action)
 
     def has_view_permission(self, request, obj=None):
         if obj is None:
             return self.has_module_permission(request)
-        return self.can_view_tenant(request, self.tenant_id_of(obj))
+        return self.allows(request, self.view_action, obj)
 
     def has_add_permission(self, request):
-        return request.user.is_superuser or bool(tenant_scope(request).editable)
+        return request_access(request).allows_somewhere(self.edit_action)
 
     def has_change_permission(self, request, obj=None):
         if obj is None:
-            return request.user.is_superuser or bool(tenant_scope(request).editable)
-        return self.can_edit_tenant(request, self.tenant_id_of(obj))
+            return request_access(request).allows_somewhere(self.edit_action)
+        return self.allows(request, self.edit_action, obj)
 
     def has_delete_permission(self, request, obj=None):
         return self.has_change_permission(request, obj)
 
     def formfield_for_foreignkey(self, db_field, request, **kwargs):
-        related_model = db_field.related_model
-        if related_model is Tenant:
-            kwargs["queryset"] = self.editable_tenants(request)
-        elif any(field.name == "tenant" for field in related_model._meta.fields):
-            kwargs["queryset"] = related_model._default_manager.select_related("tenant").filter(
-                tenant__in=self.editable_tenants(request)
-            )
+        if (choices := scoped_choices(db_field.related_model, request, self.edit_action)) is not None:
+            kwargs["queryset"] = choices
         return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
+    def formfield_for_manytomany(self, db_field, request, **kwargs):
+        if (choices := scoped_choices(db_field.related_model, request, self.edit_action)) is not None:
+            kwargs["queryset"] = choices
+        return super().formfield_for_manytomany(db_field, request, **kwargs)
 
     def ensure_tenant_editable(self, request, obj) -> None:
         # Form choices already leave out other tenants; this catches anything that gets past them.
-        if not self.can_edit_tenant(request, self.tenant_id_of(obj)):
+        if not self.allows(request, self.edit_action, obj):
             raise PermissionDenied
 
     def save_model(self, request, obj, form, change):
@@ -151,18 +155,23 @@ class TenantScopedAdmin(ServiceCreateAdmin):
         super().save_model(request, obj, form, change)
 
 
+class TenantScopedInline:
+    """Inline rows of a tenant-owned parent: read through `restrict` like the parent's own admin."""
+
+    view_action = Action.VIEW
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).restrict(request.user, self.view_action)
+
+
 @admin.register(Tenant)
 class TenantAdmin(TenantScopedAdmin):
-    tenant_lookup = "pk"
     list_display = ("slug", "name", "time_zone", "is_active", "created_at")
     list_filter = ("is_active",)
     search_fields = ("slug", "name")
     add_fields = ("slug", "name")
     fields = ("slug", "name", "time_zone", "is_active", "max_inflight_requests", "created_at")
     readonly_fields = ("slug", "created_at")
-
-    def tenant_id_of(self, obj) -> int | None:
-        return obj.pk
 
     def get_readonly_fields(self, request, obj=None):
         # The cap on requests in flight protects the other tenants: the platform sets it, not the tenant's admins.
@@ -182,7 +191,7 @@ class TenantAdmin(TenantScopedAdmin):
 @admin.register(Team)
 class TeamAdmin(TenantScopedAdmin):
     list_display = ("slug", "name", "tenant", "is_active", "created_at")
-    list_filter = (("tenant", admin.RelatedOnlyFieldListFilter), "is_active")
+    list_filter = (("tenant", TenantListFilter), "is_active")
     list_select_related = ("tenant",)
     search_fields = ("slug", "name")
     add_fields = ("tenant", "slug", "name")
@@ -209,7 +218,7 @@ class ApiKeyForm(forms.ModelForm):
 class ApiKeyAdmin(TenantScopedAdmin):
     form = ApiKeyForm
     list_display = ("prefix", "tenant", "team", "name", "created_at", "expires_at", "revoked_at")
-    list_filter = (("tenant", admin.RelatedOnlyFieldListFilter), ("revoked_at", admin.EmptyFieldListFilter))
+    list_filter = (("tenant", TenantListFilter), ("revoked_at", admin.EmptyFieldListFilter))
     list_select_related = ("tenant", "team__tenant")
     search_fields = ("prefix", "name")
     actions = ("revoke_keys", "rotate_keys")
@@ -264,8 +273,9 @@ class ApiKeyAdmin(TenantScopedAdmin):
 
 @admin.register(Membership)
 class MembershipAdmin(TenantScopedAdmin):
+    edit_action = Action.MANAGE_MEMBERS
     list_display = ("user", "tenant", "role", "created_at")
-    list_filter = (("tenant", admin.RelatedOnlyFieldListFilter), "role")
+    list_filter = (("tenant", TenantListFilter), "role")
     list_select_related = ("tenant", "user")
     search_fields = ("user__username",)
     add_fields = ("tenant", "user", "role")
@@ -327,7 +337,7 @@ class ReadOnlyScopedAdmin(TenantScopedAdmin):
 @admin.register(PayloadLog)
 class PayloadLogAdmin(ReadOnlyScopedAdmin):
     list_display = ("request_id", "tenant", "created_at")
-    list_filter = (("tenant", admin.RelatedOnlyFieldListFilter),)
+    list_filter = (("tenant", TenantListFilter),)
     list_select_related = ("tenant",)
     search_fields = ("request_id",)
     fields = ("tenant", "request_id", "created_at", "request", "response")

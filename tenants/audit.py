@@ -153,7 +153,8 @@ def _capture_before(sender, instance, raw=False, **kwargs) -> None:
         return
     instance._audit_before = None
     if instance.pk is not None and not instance._state.adding:
-        stored = sender._default_manager.filter(pk=instance.pk).first()
+        # The row being saved, as stored: the plain base manager, as refresh_from_db reads it.
+        stored = sender._base_manager.filter(pk=instance.pk).first()
         instance._audit_before = audit_snapshot(stored) if stored is not None else None
 
 

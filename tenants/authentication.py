@@ -51,13 +51,15 @@ def build_key_index(*, tenant_id: int) -> dict[str, KeyPrincipal]:
             tenant_active=key.tenant.is_active,
             team_active=key.team.is_active,
         )
-        for key in ApiKey.objects.filter(tenant_id=tenant_id).select_related("tenant", "team")
+        for key in ApiKey.objects.for_tenant(tenant_id).select_related("tenant", "team")
     }
 
 
 def key_tenant_id(*, prefix: str) -> int | None:
     """Which tenant a key prefix belongs to, for a prefix the caller has not seen yet (a brand-new key)."""
-    return ApiKey.objects.filter(prefix=prefix).values_list("tenant_id", flat=True).first()
+    # Unscoped, reviewed: a key's prefix is how the gateway learns its tenant; the secret is then checked against
+    # that tenant's keys only (build_key_index), and the answer is an id, never a row.
+    return ApiKey.objects.unscoped().filter(prefix=prefix).values_list("tenant_id", flat=True).first()
 
 
 def bearer_key(authorization: str) -> str | None:

@@ -5,14 +5,11 @@ from django.db import models
 from django.utils import timezone
 
 from core.redaction import custom_pattern_errors
+from tenants.permissions import Role
+from tenants.scoping import TenantOwned, TenantScopedManager, TenantScopedQuerySet
 
 
-class TenantScopedQuerySet(models.QuerySet):
-    def for_tenant(self, tenant):
-        return self.filter(tenant=tenant)
-
-
-class Tenant(models.Model):
+class Tenant(TenantOwned, models.Model):
     slug = models.SlugField(max_length=64, unique=True)
     name = models.CharField(max_length=200)
     is_active = models.BooleanField(default=True)
@@ -27,6 +24,9 @@ class Tenant(models.Model):
     )
     created_at = models.DateTimeField(auto_now_add=True)
 
+    # A tenant's own row is scoped like its other rows: nobody lists the platform's customers by accident.
+    objects = TenantScopedManager(tenant_path="pk")
+
     class Meta:
         ordering = ["slug"]
 
@@ -34,14 +34,14 @@ class Tenant(models.Model):
         return self.slug
 
 
-class Team(models.Model):
+class Team(TenantOwned, models.Model):
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="teams")
     slug = models.SlugField(max_length=64)
     name = models.CharField(max_length=200)
     is_active = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
-    objects = TenantScopedQuerySet.as_manager()
+    objects = TenantScopedManager()
 
     class Meta:
         ordering = ["tenant__slug", "slug"]
@@ -51,7 +51,7 @@ class Team(models.Model):
         return f"{self.tenant.slug}/{self.slug}"
 
 
-class ApiKey(models.Model):
+class ApiKey(TenantOwned, models.Model):
     """A gateway key. Only a SHA-256 of the secret is kept; the full key is shown once."""
 
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="api_keys")
@@ -63,7 +63,7 @@ class ApiKey(models.Model):
     expires_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
 
-    objects = TenantScopedQuerySet.as_manager()
+    objects = TenantScopedManager()
 
     class Meta:
         ordering = ["tenant__slug", "-created_at"]
@@ -77,23 +77,19 @@ class ApiKey(models.Model):
         return self.revoked_at is None and (self.expires_at is None or self.expires_at > now)
 
 
-class Role(models.TextChoices):
-    OWNER = "owner", "Owner"
-    ADMIN = "admin", "Admin"
-    FINANCE = "finance", "Finance"
-    VIEWER = "viewer", "Viewer"
+class MembershipQuerySet(TenantScopedQuerySet):
+    def of_user(self, user):
+        """The user's own memberships, in every tenant: what their permissions are computed from."""
+        return self._scoped().filter(user=user)
 
 
-EDITING_ROLES = frozenset({Role.OWNER, Role.ADMIN})
-
-
-class Membership(models.Model):
+class Membership(TenantOwned, models.Model):
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="memberships")
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="tenant_memberships")
     role = models.CharField(max_length=16, choices=Role.choices, default=Role.VIEWER)
     created_at = models.DateTimeField(auto_now_add=True)
 
-    objects = TenantScopedQuerySet.as_manager()
+    objects = TenantScopedManager.from_queryset(MembershipQuerySet)()
 
     class Meta:
         ordering = ["tenant__slug", "user__username"]
@@ -108,7 +104,7 @@ def _validate_custom_patterns(value: str) -> None:
         raise ValidationError(errors)
 
 
-class PayloadLogSettings(models.Model):
+class PayloadLogSettings(TenantOwned, models.Model):
     """Whether a tenant's prompts and answers are kept (redacted) for debugging and review, and for how long."""
 
     tenant = models.OneToOneField(Tenant, on_delete=models.CASCADE, related_name="payload_log_settings")
@@ -123,7 +119,7 @@ class PayloadLogSettings(models.Model):
     )
     updated_at = models.DateTimeField(auto_now=True)
 
-    objects = TenantScopedQuerySet.as_manager()
+    objects = TenantScopedManager()
 
     class Meta:
         verbose_name = "payload logging settings"
@@ -142,7 +138,7 @@ class PayloadLog(models.Model):
     response = models.JSONField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
 
-    objects = TenantScopedQuerySet.as_manager()
+    objects = TenantScopedManager()
 
     class Meta:
         ordering = ["-created_at"]
@@ -191,7 +187,7 @@ class AuditEvent(models.Model):
     after = models.JSONField(null=True, blank=True)
     at = models.DateTimeField(default=timezone.now, db_index=True)
 
-    objects = AuditEventQuerySet.as_manager()
+    objects = TenantScopedManager.from_queryset(AuditEventQuerySet)()
 
     class Meta:
         ordering = ["-at", "-pk"]

@@ -31,7 +31,7 @@ def payload_log_policy(*, tenant_id: int) -> PayloadLogPolicy:
     cached = _policies.get(tenant_id)
     if cached is not None and cached[0] > now:
         return cached[1]
-    row = PayloadLogSettings.objects.filter(tenant_id=tenant_id).first()
+    row = PayloadLogSettings.objects.for_tenant(tenant_id).first()
     policy = DISABLED
     if row is not None and row.enabled:
         policy = PayloadLogPolicy(
@@ -62,9 +62,11 @@ def payload_log_record(*, tenant_id: int, request_id: str, request_body, respons
 
 def payload_logs_purge(*, now: datetime) -> int:
     """Delete rows older than their tenant's retention; a tenant with no settings row keeps none."""
+    # Unscoped, reviewed: the periodic purge applies every tenant's own retention, and reads no payload.
+    every_settings, every_log = PayloadLogSettings.objects.unscoped(), PayloadLog.objects.unscoped()
     expired = Q()
-    for tenant_id, retention_days in PayloadLogSettings.objects.values_list("tenant_id", "retention_days"):
+    for tenant_id, retention_days in every_settings.values_list("tenant_id", "retention_days"):
         expired |= Q(tenant_id=tenant_id, created_at__lt=now - timedelta(days=retention_days))
-    with_settings = PayloadLogSettings.objects.values("tenant_id")
-    deleted, _ = PayloadLog.objects.filter(expired | ~Q(tenant_id__in=with_settings)).delete()
+    with_settings = every_settings.values("tenant_id")
+    deleted, _ = every_log.filter(expired | ~Q(tenant_id__in=with_settings)).delete()
     return deleted

@@ -4,28 +4,39 @@ from django.db.models import QuerySet
 from django.http import Http404
 from django.shortcuts import get_object_or_404
 
-from tenants.models import EDITING_ROLES, Membership, Tenant
+from tenants.models import Membership, Tenant
+from tenants.permissions import Action, TenantAccess
 
 
-def tenants_for_user(*, user) -> QuerySet[Tenant]:
-    """Tenants a user may see: all for a superuser, otherwise those they are a member of."""
-    if user.is_superuser:
-        return Tenant.objects.all()
-    return Tenant.objects.filter(memberships__user=user)
-
-
-def tenant_ids_editable_by(*, user) -> set[int]:
-    return set(Membership.objects.filter(user=user, role__in=EDITING_ROLES).values_list("tenant_id", flat=True))
+def tenant_access(*, user) -> TenantAccess:
+    """The user's role in each of their tenants (none for an anonymous user)."""
+    if not user.is_authenticated:
+        return TenantAccess(is_superuser=False, roles={})
+    roles = dict(Membership.objects.of_user(user).values_list("tenant_id", "role"))
+    return TenantAccess(is_superuser=user.is_superuser, roles=roles)
 
 
 def users_addable_by(*, user) -> QuerySet:
-    """Active users `user` may add to a tenant they edit: anyone for a superuser; for an owner or admin, only people
-    already in one of the tenants they own or administer. Accounts are made by superusers, who place a new user in
-    a first tenant; from there its owners and admins can bring the user into their other tenants."""
+    """Active users `user` may add to a tenant whose members they manage: anyone for a superuser; for an owner or
+    admin, only people already in one of the tenants whose members they manage. Accounts are made by superusers, who
+    place a new user in a first tenant; from there its owners and admins can bring the user into their other tenants."""
     users = get_user_model()._default_manager.filter(is_active=True)
     if user.is_superuser:
         return users
-    return users.filter(tenant_memberships__tenant_id__in=tenant_ids_editable_by(user=user)).distinct()
+    managed = Tenant.objects.restrict(user, Action.MANAGE_MEMBERS)
+    return users.filter(tenant_memberships__tenant__in=managed).distinct()
+
+
+def tenants_active() -> QuerySet[Tenant]:
+    """Every active tenant, for the periodic jobs that visit each one (anomalies, rollups, statements)."""
+    # Unscoped, reviewed: beat's jobs work on every tenant, each tenant's rows for that tenant only.
+    return Tenant.objects.unscoped().filter(is_active=True)
+
+
+def tenant_by_slug(*, slug: str) -> Tenant | None:
+    """The tenant an operator names on the command line (manage.py commands), or None."""
+    # Unscoped: management commands are run by the platform's operators, who act on any tenant.
+    return Tenant.objects.unscoped().filter(slug=slug).first()
 
 
 def tenant_named(*, tenants: QuerySet[Tenant], slug: object) -> Tenant:

@@ -11,7 +11,8 @@ from tenants.models import ApiKey, Membership, PayloadLogSettings, Role, Team, T
 
 @transaction.atomic
 def tenant_create(*, slug: str, name: str = "", team_slugs: list[str] | None = None) -> Tenant:
-    if Tenant.objects.filter(slug=slug).exists():
+    # Unscoped, reviewed: a slug names one tenant on the whole platform; the check answers only whether it is taken.
+    if Tenant.objects.unscoped().filter(slug=slug).exists():
         raise ValidationError(f"a tenant with slug '{slug}' already exists")
     tenant = Tenant(slug=slug, name=name or slug)
     tenant.full_clean()
@@ -49,7 +50,9 @@ def api_key_revoke(*, api_key: ApiKey) -> ApiKey:
 
 
 def membership_set(*, tenant: Tenant, user: AbstractBaseUser, role: Role) -> Membership:
-    membership, _ = Membership.objects.update_or_create(tenant=tenant, user=user, defaults={"role": role})
+    membership, _ = Membership.objects.for_tenant(tenant).update_or_create(
+        tenant=tenant, user=user, defaults={"role": role}
+    )
     return membership
 
 
@@ -78,7 +81,7 @@ def api_key_rotate(*, api_key: ApiKey, overlap: timedelta, expires_at: datetime 
 def payload_log_settings_set(
     *, tenant: Tenant, enabled: bool, retention_days: int = 7, custom_patterns: str = ""
 ) -> PayloadLogSettings:
-    row = PayloadLogSettings.objects.filter(tenant=tenant).first() or PayloadLogSettings(tenant=tenant)
+    row = PayloadLogSettings.objects.for_tenant(tenant).first() or PayloadLogSettings(tenant=tenant)
     row.enabled, row.retention_days, row.custom_patterns = enabled, retention_days, custom_patterns
     row.full_clean()
     row.save()

@@ -152,7 +152,7 @@ def tenant_anomalies_detect(*, tenant: Tenant, now: datetime) -> list[Anomaly]:
 
 def _anomaly_record(tenant, team_id, window, window_end, finding: Finding) -> Anomaly | None:
     with transaction.atomic():
-        anomaly, created = Anomaly.objects.get_or_create(
+        anomaly, created = Anomaly.objects.for_tenant(tenant).get_or_create(
             tenant=tenant,
             team_id=team_id,
             metric=finding.metric,
@@ -168,14 +168,17 @@ def _anomaly_record(tenant, team_id, window, window_end, finding: Finding) -> An
         )
         if not created:
             return None
-        continues = Anomaly.objects.filter(
-            tenant=tenant,
-            team_id=team_id,
-            metric=finding.metric,
-            window=window,
-            direction=finding.direction,
-            window_end=window_end - timedelta(hours=1),
-        ).exists()
+        continues = (
+            Anomaly.objects.for_tenant(tenant)
+            .filter(
+                team_id=team_id,
+                metric=finding.metric,
+                window=window,
+                direction=finding.direction,
+                window_end=window_end - timedelta(hours=1),
+            )
+            .exists()
+        )
         if not continues:
             anomaly_alert_raise(anomaly=anomaly)
     return anomaly

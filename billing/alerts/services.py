@@ -90,12 +90,12 @@ def budget_alert_raise(*, budget_id: int, period_key: str, threshold: int, spent
     Returns those deliveries, lowest threshold first; none when the alert was raised before."""
     with transaction.atomic():
         # One raiser at a time per budget, so the alerts and their deliveries are created in order.
-        budget = Budget.objects.select_for_update(of=("self",)).select_related("tenant").filter(pk=budget_id).first()
+        # Unscoped, reviewed: the id comes from the gateway's settlement of that budget's own tenant's request.
+        budgets = Budget.objects.unscoped().select_for_update(of=("self",)).select_related("tenant")
+        budget = budgets.filter(pk=budget_id).first()
         if budget is None:
             return []
-        raised = set(
-            BudgetAlert.objects.filter(budget=budget, period_key=period_key).values_list("threshold", flat=True)
-        )
+        raised = set(budget.alerts.filter(period_key=period_key).values_list("threshold", flat=True))
         if threshold in raised:
             return []
         reached = sorted({percent for percent in budget.thresholds if percent < threshold} - raised | {threshold})
@@ -121,12 +121,19 @@ def anomaly_alert_raise(*, anomaly: Anomaly) -> list[AlertDelivery]:
         return [AlertDelivery.objects.create(anomaly=anomaly, channel=channel) for channel in channels]
 
 
+def deliveries_for_workers():
+    """Every tenant's alert deliveries, for the task that sends them."""
+    # Unscoped, reviewed: the ids come from the task queue, filled when the alert was raised for the channel's tenant.
+    return AlertDelivery.objects.unscoped()
+
+
 def alert_delivery_attempt(*, delivery_id: int) -> None:
     """Send one delivery unless it was sent; raise ChannelSendError after recording why it failed."""
     failure = None
     with transaction.atomic():
         delivery = (
-            AlertDelivery.objects.select_for_update(of=("self",))
+            deliveries_for_workers()
+            .select_for_update(of=("self",))
             .select_related("channel", "budget_alert__budget__tenant", "anomaly__tenant", "anomaly__team")
             .get(pk=delivery_id)
         )
@@ -157,8 +164,7 @@ def _wait_for_lower_thresholds(delivery: AlertDelivery) -> None:
     alert = delivery.budget_alert
     if alert is None:
         return
-    earlier = AlertDelivery.objects.filter(
-        channel_id=delivery.channel_id,
+    earlier = delivery.channel.deliveries.filter(
         budget_alert__budget_id=alert.budget_id,
         budget_alert__period_key=alert.period_key,
         budget_alert__threshold__lt=alert.threshold,
@@ -169,7 +175,7 @@ def _wait_for_lower_thresholds(delivery: AlertDelivery) -> None:
 
 
 def alert_delivery_give_up(*, delivery_id: int) -> None:
-    AlertDelivery.objects.filter(pk=delivery_id).exclude(status=DeliveryStatus.SENT).update(
+    deliveries_for_workers().filter(pk=delivery_id).exclude(status=DeliveryStatus.SENT).update(
         status=DeliveryStatus.FAILED
     )
 
@@ -177,7 +183,8 @@ def alert_delivery_give_up(*, delivery_id: int) -> None:
 def alert_delivery_reopen(*, delivery: AlertDelivery) -> bool:
     """Make a failed delivery pending again, for the admin to retry; False when it was sent."""
     return bool(
-        AlertDelivery.objects.filter(pk=delivery.pk)
+        AlertDelivery.objects.for_tenant(delivery.channel.tenant_id)
+        .filter(pk=delivery.pk)
         .exclude(status=DeliveryStatus.SENT)
         .update(status=DeliveryStatus.PENDING)
     )

@@ -13,6 +13,7 @@ from billing.alerts.channels import ChannelSendError
 from billing.alerts.services import alert_delivery_attempt, alert_delivery_give_up, budget_alert_raise
 from billing.models import AlertDelivery
 from tenants.models import Tenant
+from tenants.selectors import tenants_active
 
 ALERT_DELIVERY_MAX_RETRIES = 8
 ALERT_RETRY_BASE_SECONDS = 30
@@ -54,14 +55,14 @@ def alert_delivery_send(self, delivery_id: int) -> None:
 def anomalies_detect() -> None:
     """Hourly from beat: one task per active tenant, all judging the same last full hour."""
     now = timezone.now().isoformat()
-    for tenant_id in Tenant.objects.filter(is_active=True).values_list("pk", flat=True):
+    for tenant_id in tenants_active().values_list("pk", flat=True):
         anomalies_detect_tenant.delay(tenant_id, now)
 
 
 # The name predates this module; tasks already queued under it still run.
 @shared_task(name="billing.tasks.anomalies_detect_tenant")
 def anomalies_detect_tenant(tenant_id: int, now: str) -> None:
-    tenant = Tenant.objects.filter(pk=tenant_id).first()
+    tenant = Tenant.objects.for_tenant(tenant_id).first()
     if tenant is not None:
         anomalies = tenant_anomalies_detect(tenant=tenant, now=datetime.fromisoformat(now))
-        alert_deliveries_send(AlertDelivery.objects.filter(anomaly__in=anomalies))
+        alert_deliveries_send(AlertDelivery.objects.for_tenant(tenant).filter(anomaly__in=anomalies))

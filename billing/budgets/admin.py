@@ -20,7 +20,14 @@ from billing.budgets.services import budget_counters_rebuild, budget_create, bud
 from billing.ledger.costs import format_money
 from billing.models import AlertChannel, AlertDelivery, Anomaly, Budget, BudgetAlert, RateLimit
 from billing.ratelimits import rate_limit_create, rate_limit_validate
-from tenants.admin import ReadOnlyScopedAdmin, TenantScopedAdmin, adopt_saved_row
+from tenants.admin import (
+    ReadOnlyScopedAdmin,
+    TenantListFilter,
+    TenantScopedAdmin,
+    TenantScopedInline,
+    adopt_saved_row,
+)
+from tenants.permissions import Action
 
 
 class ThresholdsField(forms.CharField):
@@ -77,17 +84,11 @@ class BudgetForm(forms.ModelForm):
         return data
 
 
-class TenantScopedManyToManyMixin:
-    def formfield_for_manytomany(self, db_field, request, **kwargs):
-        kwargs["queryset"] = db_field.related_model._default_manager.filter(tenant__in=self.editable_tenants(request))
-        return super().formfield_for_manytomany(db_field, request, **kwargs)
-
-
 @admin.register(Budget)
-class BudgetAdmin(TenantScopedManyToManyMixin, TenantScopedAdmin):
+class BudgetAdmin(TenantScopedAdmin):
     form = BudgetForm
     list_display = ("__str__", "tenant", "scope", "period", "limit_usd", "this_period", "action", "is_active")
-    list_filter = (("tenant", admin.RelatedOnlyFieldListFilter), "scope", "period", "action", "is_active")
+    list_filter = (("tenant", TenantListFilter), "scope", "period", "action", "is_active")
     list_select_related = ("tenant", "team__tenant", "api_key__team")
     filter_horizontal = ("channels",)
     actions = ("rebuild_counters",)
@@ -159,7 +160,7 @@ class AlertChannelForm(forms.ModelForm):
 class AlertChannelAdmin(TenantScopedAdmin):
     form = AlertChannelForm
     list_display = ("name", "tenant", "kind", "target", "is_active", "created_at")
-    list_filter = (("tenant", admin.RelatedOnlyFieldListFilter), "kind", "is_active")
+    list_filter = (("tenant", TenantListFilter), "kind", "is_active")
     list_select_related = ("tenant",)
     search_fields = ("name", "target")
     add_fields = ("tenant", "name", "kind", "target", "signing_secret", "is_active")
@@ -189,7 +190,7 @@ class AlertChannelAdmin(TenantScopedAdmin):
             adopt_saved_row(target=obj, source=channel)
 
 
-class AlertDeliveryInline(admin.TabularInline):
+class AlertDeliveryInline(TenantScopedInline, admin.TabularInline):
     model = AlertDelivery
     fields = ("channel", "status", "attempts", "last_error", "sent_at")
     readonly_fields = fields
@@ -202,31 +203,23 @@ class AlertDeliveryInline(admin.TabularInline):
 
 @admin.register(BudgetAlert)
 class BudgetAlertAdmin(ReadOnlyScopedAdmin):
-    tenant_lookup = "budget__tenant"
     list_display = ("budget", "period_key", "threshold", "spent_usd", "limit_usd", "created_at")
     list_filter = ("threshold",)
     list_select_related = ("budget__tenant", "budget__team", "budget__api_key")
     inlines = (AlertDeliveryInline,)
 
-    def tenant_id_of(self, obj) -> int | None:
-        return obj.budget.tenant_id
-
 
 @admin.register(AlertDelivery)
 class AlertDeliveryAdmin(ReadOnlyScopedAdmin):
-    tenant_lookup = "channel__tenant"
     list_display = ("__str__", "status", "attempts", "last_error", "created_at", "sent_at")
     list_filter = ("status", "channel__kind")
     list_select_related = ("channel__tenant", "budget_alert__budget__tenant", "anomaly__tenant", "anomaly__team")
     actions = ("retry_deliveries",)
 
-    def tenant_id_of(self, obj) -> int | None:
-        return obj.channel.tenant_id
-
     @admin.action(description="Retry the selected deliveries")
     def retry_deliveries(self, request, queryset):
         deliveries = list(queryset.select_related("channel"))
-        if not all(self.can_edit_tenant(request, delivery.channel.tenant_id) for delivery in deliveries):
+        if not all(self.allows(request, Action.EDIT, delivery) for delivery in deliveries):
             raise PermissionDenied
         alert_deliveries_send([delivery for delivery in deliveries if alert_delivery_reopen(delivery=delivery)])
         self.message_user(request, f"Queued {len(deliveries)} deliveries again.", messages.SUCCESS)
@@ -245,7 +238,7 @@ class AnomalyAdmin(ReadOnlyScopedAdmin):
         "score",
         "detected_at",
     )
-    list_filter = (("tenant", admin.RelatedOnlyFieldListFilter), "metric", "window", "direction")
+    list_filter = (("tenant", TenantListFilter), "metric", "window", "direction")
     list_select_related = ("tenant", "team")
     date_hierarchy = "detected_at"
     inlines = (AlertDeliveryInline,)
@@ -274,7 +267,7 @@ class RateLimitForm(forms.ModelForm):
 class RateLimitAdmin(TenantScopedAdmin):
     form = RateLimitForm
     list_display = ("__str__", "tenant", "requests_per_minute", "tokens_per_minute", "is_active")
-    list_filter = (("tenant", admin.RelatedOnlyFieldListFilter), "is_active")
+    list_filter = (("tenant", TenantListFilter), "is_active")
     list_select_related = ("tenant", "team", "api_key")
     add_fields = RateLimitForm.Meta.fields
     fields = RateLimitForm.Meta.fields

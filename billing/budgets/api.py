@@ -15,12 +15,13 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from billing.budgets.selectors import budget_status, budgets_editable_by
+from billing.budgets.selectors import budget_status
 from billing.budgets.services import budget_create, budget_delete, budget_update
 from billing.ledger.costs import format_cost
 from billing.models import AlertChannel, Budget, BudgetAction, BudgetPeriod, BudgetScope
 from core.api import TenantSlugField
-from tenants.models import EDITING_ROLES, ApiKey, Team, Tenant
+from tenants.models import ApiKey, Team, Tenant
+from tenants.permissions import Action
 from tenants.selectors import tenant_named
 
 
@@ -107,15 +108,21 @@ def _tenant_slug(request: Request) -> str:
 
 
 def _editable_tenant(request: Request) -> Tenant:
-    tenants = Tenant.objects.all()
-    if not request.user.is_superuser:
-        tenants = tenants.filter(memberships__user=request.user, memberships__role__in=EDITING_ROLES)
+    tenants = Tenant.objects.restrict(request.user, Action.EDIT)
     if slug := _tenant_slug(request):
         return tenant_named(tenants=tenants, slug=slug)
     only = list(tenants[:2])
     if len(only) != 1:
         raise ApiValidationError({"tenant": "Name the tenant with ?tenant=<slug>."})
     return only[0]
+
+
+def _editable_budgets(request: Request):
+    return (
+        Budget.objects.restrict(request.user, Action.EDIT)
+        .select_related("tenant", "team", "api_key")
+        .prefetch_related("channels")
+    )
 
 
 # A body field naming a team or key, how it is found in the tenant, and what is said when it is not.
@@ -152,10 +159,10 @@ class BudgetListView(APIView):
         operation_id="api_budgets_list", parameters=[TenantQuerySerializer], responses=BudgetSerializer(many=True)
     )
     def get(self, request: Request) -> Response:
-        budgets = budgets_editable_by(user=request.user)
+        budgets = _editable_budgets(request)
         if _tenant_slug(request):
             budgets = budgets.filter(tenant=_editable_tenant(request))
-        return Response([budget_output(budget) for budget in budgets.distinct()])
+        return Response([budget_output(budget) for budget in budgets])
 
     @extend_schema(parameters=[TenantQuerySerializer], request=BudgetInputSerializer, responses={201: BudgetSerializer})
     def post(self, request: Request) -> Response:
@@ -172,7 +179,7 @@ class BudgetListView(APIView):
 
 class BudgetDetailView(APIView):
     def budget(self, request: Request, budget_id: int) -> Budget:
-        budget = budgets_editable_by(user=request.user).filter(pk=budget_id).first()
+        budget = _editable_budgets(request).filter(pk=budget_id).first()
         if budget is None:
             raise NotFound("No such budget.")
         return budget

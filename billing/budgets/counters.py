@@ -233,7 +233,8 @@ def counter_reserved(*, hold: BudgetHold) -> Decimal:
     """What the requests in flight hold against the budget now (0 when the counter cannot be read)."""
     client = sync_redis()
     if client is None:
-        counter = BudgetCounter.objects.filter(budget_id=hold.entry.budget_id, period_key=hold.window.key).first()
+        counters = BudgetCounter.objects.for_tenant(hold.entry.tenant_id)
+        counter = counters.filter(budget_id=hold.entry.budget_id, period_key=hold.window.key).first()
         return counter.reserved_usd if counter else Decimal(0)
     try:
         return units_to_usd(int(client.hget(hold.redis_key, "reserved") or 0))
@@ -346,8 +347,11 @@ def database_counters_locked(holds, *, seed: bool) -> dict[tuple[int, str], Budg
     )
     query = BudgetCounter.objects.none()
     for hold in holds:
-        query |= BudgetCounter.objects.filter(budget_id=hold.entry.budget_id, period_key=hold.window.key)
-    counters = {(c.budget_id, c.period_key): c for c in query.select_for_update().order_by("budget_id")}
+        query |= BudgetCounter.objects.for_tenant(hold.entry.tenant_id).filter(
+            budget_id=hold.entry.budget_id, period_key=hold.window.key
+        )
+    # Locks the counters only, not the budgets their scope joins.
+    counters = {(c.budget_id, c.period_key): c for c in query.select_for_update(of=("self",)).order_by("budget_id")}
     if seed:
         for hold in holds:
             counter = counters[hold.entry.budget_id, hold.window.key]

@@ -101,11 +101,9 @@ def budget_entry(budget: Budget) -> BudgetEntry:
     )
 
 
-def build_budget_index(*, tenant_id: int | None = None) -> BudgetIndex:
-    """Every tenant's active budgets, or one tenant's when ``tenant_id`` is given."""
-    budgets = Budget.objects.filter(is_active=True).select_related("tenant").order_by("pk")
-    if tenant_id is not None:
-        budgets = budgets.filter(tenant_id=tenant_id)
+def build_budget_index(*, tenant_id: int) -> BudgetIndex:
+    """The tenant's active budgets."""
+    budgets = Budget.objects.for_tenant(tenant_id).filter(is_active=True).select_related("tenant").order_by("pk")
     by_tenant: dict[int, list[BudgetEntry]] = {}
     for budget in budgets:
         by_tenant.setdefault(budget.tenant_id, []).append(budget_entry(budget))
@@ -129,11 +127,9 @@ class RateLimitIndex:
         return [entry for entry in (self.by_key.get(key_id), self.by_team.get(team_id)) if entry is not None]
 
 
-def build_rate_limit_index(*, tenant_id: int | None = None) -> RateLimitIndex:
-    """Every tenant's active rate limits, or one tenant's when ``tenant_id`` is given."""
-    rate_limits = RateLimit.objects.filter(is_active=True).order_by("pk")
-    if tenant_id is not None:
-        rate_limits = rate_limits.filter(tenant_id=tenant_id)
+def build_rate_limit_index(*, tenant_id: int) -> RateLimitIndex:
+    """The tenant's active rate limits."""
+    rate_limits = RateLimit.objects.for_tenant(tenant_id).filter(is_active=True).order_by("pk")
     by_key, by_team = {}, {}
     for rate_limit in rate_limits:
         if rate_limit.api_key_id:

@@ -2,13 +2,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
-from django.db.models import QuerySet
-
 from billing.budgets.counters import BudgetHold, counter_reserved, ledger_spend
 from billing.budgets.index import budget_entry
 from billing.budgets.periods import BudgetWindow, budget_window
 from billing.models import Budget
-from tenants.models import EDITING_ROLES
 
 
 def budget_current_window(*, budget: Budget, now: datetime) -> BudgetWindow:
@@ -36,11 +33,3 @@ def budget_status(*, budget: Budget, now: datetime) -> BudgetStatus:
         spent_usd=ledger_spend(hold=hold),
         reserved_usd=counter_reserved(hold=hold),
     )
-
-
-def budgets_editable_by(*, user) -> QuerySet[Budget]:
-    """Budgets of the tenants where the user is an owner or admin (all of them for a superuser)."""
-    budgets = Budget.objects.select_related("tenant", "team", "api_key").prefetch_related("channels")
-    if user.is_superuser:
-        return budgets
-    return budgets.filter(tenant__memberships__user=user, tenant__memberships__role__in=EDITING_ROLES)

@@ -20,7 +20,7 @@ from billing.budgets.counters import (
 )
 from billing.budgets.index import UNITS_PER_USD, budget_entry, units_to_usd
 from billing.budgets.selectors import budget_current_window
-from billing.models import AlertChannel, Budget, BudgetAction, BudgetCounter, BudgetPeriod, BudgetScope
+from billing.models import AlertChannel, Budget, BudgetAction, BudgetPeriod, BudgetScope
 from core.redis import sync_redis
 from routing.models import Model
 from tenants.models import ApiKey, Team, Tenant
@@ -236,7 +236,7 @@ def budget_counter_check(*, budget: Budget, now: datetime) -> CounterCheck:
         spent, seeding = client.hmget(hold.redis_key, "spent", "seeding")
         counted = units_to_usd(int(spent)) if spent is not None and seeding is None else None
     else:
-        counter = BudgetCounter.objects.filter(budget=budget, period_key=hold.window.key).first()
+        counter = budget.counters.filter(period_key=hold.window.key).first()
         counted = counter.spent_usd if counter else None
     return CounterCheck(
         budget_id=budget.pk, period_key=hold.window.key, counted_usd=counted, ledger_usd=ledger_spend(hold=hold)
@@ -250,7 +250,8 @@ def budget_counters_check(*, now: datetime | None = None) -> list[CounterCheck]:
     """
     now = now or timezone.now()
     disagreeing = []
-    for budget in Budget.objects.filter(is_active=True).select_related("tenant"):
+    # Unscoped, reviewed: the nightly check compares each budget's own counter with its own tenant's ledger.
+    for budget in Budget.objects.unscoped().filter(is_active=True).select_related("tenant"):
         check = budget_counter_check(budget=budget, now=now)
         if not check.agrees:
             spent = budget_counters_rebuild(budget=budget, now=now)

@@ -24,7 +24,6 @@ from billing.finance.exports import (
     is_sync_exportable,
     request_csv_chunks,
     sync_export_max_days,
-    tenants_exportable_by,
     usage_export_chunks,
     usage_export_create,
 )
@@ -36,7 +35,7 @@ from billing.ledger.selectors import tenant_zone
 from billing.models import UsageRecord
 from tenants.admin import ReadOnlyScopedAdmin
 from tenants.models import Team, Tenant
-from tenants.selectors import tenants_for_user
+from tenants.permissions import Action
 
 DEFAULT_DASHBOARD_DAYS = 14
 
@@ -75,10 +74,10 @@ class DashboardForm(forms.Form):
     until = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}))
     team = forms.ModelChoiceField(queryset=Team.objects.none(), required=False, empty_label="All teams")
 
-    def __init__(self, *args, tenants, **kwargs):
+    def __init__(self, *args, user, **kwargs):
         super().__init__(*args, **kwargs)
-        self.fields["tenant"].queryset = tenants
-        self.fields["team"].queryset = Team.objects.filter(tenant__in=tenants).select_related("tenant")
+        self.fields["tenant"].queryset = Tenant.objects.restrict(user, Action.VIEW)
+        self.fields["team"].queryset = Team.objects.restrict(user, Action.VIEW).select_related("tenant")
 
 
 @admin.register(UsageRecord)
@@ -126,18 +125,18 @@ class UsageRecordAdmin(ReadOnlyScopedAdmin):
 
     @admin.action(description="Export selected rows as CSV (full ledger precision)")
     def export_selected_csv(self, request, queryset):
-        selected = queryset.filter(tenant__in=tenants_exportable_by(user=request.user))
+        selected = queryset.restrict(request.user, Action.EXPORT)
         tenant_ids = set(selected.order_by().values_list("tenant_id", flat=True).distinct()[:2])
         if len(tenant_ids) != 1:
             self.message_user(request, "Select rows of exactly one tenant you may export.", messages.ERROR)
             return None
-        tenant = Tenant.objects.get(pk=tenant_ids.pop())
+        tenant = Tenant.objects.for_tenant(tenant_ids.pop()).get()
         chunks = request_csv_chunks(selected.select_related(None), zone=tenant_zone(tenant=tenant))
         stamp = timezone.now().astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
         return csv_streaming_response(request, chunks, filename=f"usage-{tenant.slug}-selected-{stamp}.csv")
 
     def export_view(self, request):
-        tenants = tenants_exportable_by(user=request.user)
+        tenants = Tenant.objects.restrict(request.user, Action.EXPORT)
         form = ExportForm(request.POST or None, tenants=tenants)
         if request.method == "POST" and form.is_valid():
             tenant, params = form.cleaned_data["tenant"], form.cleaned_data["params"]
@@ -156,12 +155,11 @@ class UsageRecordAdmin(ReadOnlyScopedAdmin):
         return TemplateResponse(request, "admin/billing/usage_export.html", context)
 
     def dashboard_view(self, request):
-        tenants = tenants_for_user(user=request.user)
-        form = DashboardForm(request.GET or None, tenants=tenants)
+        form = DashboardForm(request.GET or None, user=request.user)
         if form.is_bound and not form.is_valid():
             raise Http404("Unknown tenant or team.")
         data = form.cleaned_data if form.is_bound else {}
-        tenant = data.get("tenant") or tenants.first()
+        tenant = data.get("tenant") or form.fields["tenant"].queryset.first()
         if tenant is None:
             raise Http404("You are not a member of any tenant.")
         team = data.get("team")
@@ -173,7 +171,9 @@ class UsageRecordAdmin(ReadOnlyScopedAdmin):
             since, until = until, since
         usage_rollups_refresh_if_stale()
         dashboard = dashboard_build(tenant=tenant, since=since, until=until, team=team)
-        form = DashboardForm(initial={"tenant": tenant, "since": since, "until": until, "team": team}, tenants=tenants)
+        form = DashboardForm(
+            initial={"tenant": tenant, "since": since, "until": until, "team": team}, user=request.user
+        )
         context = {
             **self._page_context(request, f"KPI dashboard: {tenant.name}"),
             "form": form,
@@ -183,7 +183,7 @@ class UsageRecordAdmin(ReadOnlyScopedAdmin):
         return TemplateResponse(request, "admin/billing/dashboard.html", context)
 
     def statement_view(self, request):
-        tenants = tenants_exportable_by(user=request.user)
+        tenants = Tenant.objects.restrict(request.user, Action.EXPORT)
         tenant_slug = request.GET.get("tenant")
         tenant = get_object_or_404(tenants, slug=tenant_slug) if tenant_slug else tenants.first()
         if tenant is None:

@@ -28,7 +28,6 @@ from billing.finance.exports import (
     group_labels,
     is_sync_exportable,
     sync_export_max_days,
-    tenants_exportable_by,
     usage_export_chunks,
     usage_export_create,
     usage_filters_parse,
@@ -40,6 +39,7 @@ from billing.ledger.selectors import ledger_between, tenant_zone
 from billing.models import ExportStatus, UsageExport, UsageRecord
 from core.api import TenantSlugField, api_error_response
 from tenants.models import Tenant
+from tenants.permissions import Action
 from tenants.selectors import tenant_named
 
 
@@ -49,7 +49,7 @@ def export_error_response(error: ExportError) -> Response:
 
 def finance_tenant(*, user, slug: str) -> Tenant:
     """The tenant named by its slug, if the caller may export it; the only one they may export if unnamed."""
-    tenants = tenants_exportable_by(user=user)
+    tenants = Tenant.objects.restrict(user, Action.EXPORT)
     if slug:
         return tenant_named(tenants=tenants, slug=slug)
     only = list(tenants[:2])
@@ -334,9 +334,7 @@ class UsageExportCreateView(APIView):
 
 
 def _visible_export(request: Request, export_id: int) -> UsageExport:
-    return get_object_or_404(
-        UsageExport.objects.filter(tenant__in=tenants_exportable_by(user=request.user)), pk=export_id
-    )
+    return get_object_or_404(UsageExport.objects.restrict(request.user, Action.EXPORT), pk=export_id)
 
 
 class UsageExportStatusView(APIView):

@@ -38,11 +38,10 @@ from billing.ledger.columns import (
 from billing.ledger.selectors import ledger_between, tenant_zone
 from billing.ledger.totals import ledger_aggregates
 from billing.models import CacheStatus, ExportStatus, UsageExport, UsageRecord
-from tenants.models import Membership, Role, Tenant
+from tenants.models import Tenant
 
 CHUNK_ROWS = 2_000
 CHUNK_BYTES = 64 * 1024
-FINANCE_ROLES = frozenset({Role.OWNER, Role.ADMIN, Role.FINANCE})
 DEFAULT_SYNC_MAX_DAYS = 62
 DEFAULT_MAX_DAYS = 366
 
@@ -150,15 +149,6 @@ def is_sync_exportable(params: ExportParams) -> bool:
     return params.days <= sync_export_max_days()
 
 
-def tenants_exportable_by(*, user) -> QuerySet[Tenant]:
-    """Tenants whose usage a user may export: every tenant for a superuser, else where they are owner, admin or
-    finance."""
-    if user.is_superuser:
-        return Tenant.objects.all()
-    tenant_ids = Membership.objects.filter(user=user, role__in=FINANCE_ROLES).values("tenant_id")
-    return Tenant.objects.filter(pk__in=tenant_ids)
-
-
 def request_rows(records: QuerySet[UsageRecord], *, zone) -> Iterator[list]:
     """One row of REQUEST_COLUMNS per ledger row, oldest first."""
     rows = records.order_by("created_at", "id").values(*column_fields(REQUEST_COLUMNS))
@@ -243,7 +233,7 @@ def usage_export_write(*, export: UsageExport) -> UsageExport:
     """Write an export's CSV to storage under a name only the export row knows; a failure is recorded on the row.
     The Celery task billing.finance.tasks.usage_export_write_task runs it."""
     params = export_params_parse(since=export.since, until=export.until, group_by=export.group_by)
-    UsageExport.objects.filter(pk=export.pk).update(status=ExportStatus.RUNNING)
+    UsageExport.objects.for_tenant(export.tenant_id).filter(pk=export.pk).update(status=ExportStatus.RUNNING)
     name = f"usage-exports/{export.tenant_id}/{export.pk}-{params.filename(export.tenant)}"
     try:
         # Spooled to a local temporary file first, so any storage backend (S3 included) gets one upload.

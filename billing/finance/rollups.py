@@ -30,6 +30,7 @@ from billing.ledger.totals import TOTALS, ledger_aggregates
 from billing.models import RollupCursor, UsageRecord, UsageRollupDaily, UsageRollupHourly
 from billing.models.rollups import LATENCY_BUCKET_EDGES_MS
 from tenants.models import Tenant
+from tenants.selectors import tenants_active
 
 ROLLUP_CURSOR_NAME = "usage"
 HOUR = timedelta(hours=1)
@@ -151,12 +152,15 @@ def usage_rollups_refresh(*, max_rows: int = 200_000, wait: bool = True) -> int:
         cursor = _lock_rollups(wait=wait)
         if cursor is None:
             return 0
-        newest_id = UsageRecord.objects.aggregate(newest=Max("id"))["newest"] or 0
+        # Unscoped, reviewed: the fold reads every tenant's new ledger rows (and those tenants, inactive ones too), each
+        # into its own tenant's rollups.
+        ledger = UsageRecord.objects.unscoped()
+        newest_id = ledger.aggregate(newest=Max("id"))["newest"] or 0
         upper_id = min(newest_id, cursor.last_usage_id + max_rows)
         if upper_id <= cursor.last_usage_id:
             return 0
         touched = (
-            UsageRecord.objects.filter(id__gt=cursor.last_usage_id, id__lte=upper_id)
+            ledger.filter(id__gt=cursor.last_usage_id, id__lte=upper_id)
             .annotate(hour=TruncHour("created_at", tzinfo=UTC))
             .values_list("tenant_id", "hour")
             .distinct()
@@ -165,7 +169,7 @@ def usage_rollups_refresh(*, max_rows: int = 200_000, wait: bool = True) -> int:
         hours_by_tenant: dict[int, set[datetime]] = defaultdict(set)
         for tenant_id, hour in touched:
             hours_by_tenant[tenant_id].add(hour)
-        for tenant in Tenant.objects.filter(pk__in=hours_by_tenant):
+        for tenant in Tenant.objects.unscoped().filter(pk__in=hours_by_tenant):
             for start, end in _contiguous_runs(hours_by_tenant[tenant.pk]):
                 _rebuild_hours(tenant=tenant, start=start, end=end)
                 first, last = _local_days(tenant=tenant, start=start, end=end)
@@ -184,7 +188,8 @@ def usage_rollups_refresh_if_stale() -> int:
     """
     folded = RollupCursor.objects.filter(name=ROLLUP_CURSOR_NAME).values_list("last_usage_id", flat=True).first()
     too_old = timezone.now() - timedelta(seconds=settings.LLMOPS_ROLLUPS_MAX_AGE_SECONDS)
-    if not UsageRecord.objects.filter(id__gt=folded or 0, created_at__lte=too_old).exists():
+    # Unscoped, reviewed: whether any tenant's row waits to be folded; a yes or no, no row is read.
+    if not UsageRecord.objects.unscoped().filter(id__gt=folded or 0, created_at__lte=too_old).exists():
         return 0
     return usage_rollups_refresh(wait=False)
 
@@ -201,7 +206,7 @@ def usage_rollups_rebuild(*, tenant: Tenant, first: date, last: date) -> None:
 
 def usage_rollups_rebuild_recent(*, days: int = 2) -> int:
     """Rebuild the last `days` local days of every active tenant; returns how many tenants it covered."""
-    tenants = list(Tenant.objects.filter(is_active=True))
+    tenants = list(tenants_active())
     for tenant in tenants:
         today = datetime.now(tenant_zone(tenant=tenant)).date()
         usage_rollups_rebuild(tenant=tenant, first=today - timedelta(days=days - 1), last=today)

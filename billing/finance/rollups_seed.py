@@ -73,7 +73,7 @@ def seed_demo_usage(*, tenant: Tenant, days: int = 21, seed: int = 7) -> int:
     Deterministic for a seed and a day: a rerun the same day writes the same request ids, which the ledger
     ignores. Returns the number of rows offered to the ledger.
     """
-    access = TenantModelAccess.objects.prefetch_related("allowed_models").get(tenant=tenant)
+    access = TenantModelAccess.objects.for_tenant(tenant).prefetch_related("allowed_models").get()
     # Cheapest and dearest, ordered as the default routing policy picks its small and large model.
     models = sorted(
         access.allowed_models.all(),

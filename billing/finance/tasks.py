@@ -16,6 +16,7 @@ from billing.finance.rollups import usage_rollups_rebuild_recent, usage_rollups_
 from billing.finance.statements import month_start, statement_push_to_s3
 from billing.models import UsageExport
 from tenants.models import Tenant
+from tenants.selectors import tenants_active
 
 
 @shared_task
@@ -42,7 +43,8 @@ def usage_export_queue(export: UsageExport) -> None:
 # The name predates the move into this package; tasks already queued under it still run.
 @shared_task(name="billing.tasks_finance.usage_export_write_task")
 def usage_export_write_task(export_id: int) -> None:
-    usage_export_write(export=UsageExport.objects.select_related("tenant").get(pk=export_id))
+    # Unscoped, reviewed: the id comes from usage_export_request, which queued it for the requester's tenant.
+    usage_export_write(export=UsageExport.objects.unscoped().select_related("tenant").get(pk=export_id))
 
 
 @shared_task
@@ -52,7 +54,7 @@ def statements_push_task() -> int:
     if not bucket:
         return 0
     last_month = (timezone.now().date().replace(day=1) - timedelta(days=1)).replace(day=1)
-    tenant_ids = list(Tenant.objects.filter(is_active=True).values_list("pk", flat=True))
+    tenant_ids = list(tenants_active().values_list("pk", flat=True))
     for tenant_id in tenant_ids:
         statement_push_task.delay(tenant_id, last_month.isoformat())
     return len(tenant_ids)
@@ -63,7 +65,9 @@ def statements_push_task() -> int:
 def statement_push_task(self, tenant_id: int, month: str) -> str:
     try:
         return statement_push_to_s3(
-            tenant=Tenant.objects.get(pk=tenant_id), month=month_start(month), bucket=settings.LLMOPS_STATEMENTS_BUCKET
+            tenant=Tenant.objects.for_tenant(tenant_id).get(),
+            month=month_start(month),
+            bucket=settings.LLMOPS_STATEMENTS_BUCKET,
         )
     except (BotoCoreError, ClientError) as error:
         raise self.retry(exc=error, countdown=60 * 2**self.request.retries) from error

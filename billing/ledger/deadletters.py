@@ -100,7 +100,9 @@ def deadletters_replay(*, client: redis.Redis, letters: list[DeadLetter], dry_ru
     the ledger. With `dry_run`, report the same and change nothing."""
     report = ReplayReport()
     request_ids = [letter.event.request_id for letter in letters if letter.event is not None]
-    in_ledger = set(UsageRecord.objects.filter(request_id__in=request_ids).values_list("request_id", flat=True))
+    # Unscoped, reviewed: dead letters come from every tenant's requests; only their request ids are read back.
+    ledger = UsageRecord.objects.unscoped()
+    in_ledger = set(ledger.filter(request_id__in=request_ids).values_list("request_id", flat=True))
     with transaction.atomic():
         for letter in letters:
             if letter.event is None:

@@ -20,9 +20,9 @@ def usage_records_purge(*, before: datetime, tenant: Tenant | None = None) -> in
     On Postgres the append-only trigger lets the DELETE through only in a transaction that set llmops.ledger_purge.
     Rollups already built keep their totals. Returns how many rows were deleted.
     """
-    records = UsageRecord.objects.filter(created_at__lt=before)
-    if tenant is not None:
-        records = records.for_tenant(tenant)
+    # Unscoped without a tenant, reviewed: the operator's retention purge (manage.py ledger_purge) reads no row.
+    records = UsageRecord.objects.for_tenant(tenant) if tenant is not None else UsageRecord.objects.unscoped()
+    records = records.filter(created_at__lt=before)
     if connection.vendor != "postgresql":
         return records.retention_purge()
     with connection.cursor() as cursor:

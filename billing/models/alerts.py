@@ -5,7 +5,8 @@ from django.db.models import Q
 
 from billing.models.budgets import Budget
 from billing.models.ledger import COST_FIELD
-from tenants.models import Team, Tenant, TenantScopedQuerySet
+from tenants.models import Team, Tenant
+from tenants.scoping import TenantOwned, TenantScopedManager
 
 
 class ChannelKind(models.TextChoices):
@@ -15,7 +16,7 @@ class ChannelKind(models.TextChoices):
     SNS = "sns", "AWS SNS topic"
 
 
-class AlertChannel(models.Model):
+class AlertChannel(TenantOwned, models.Model):
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="alert_channels")
     name = models.CharField(max_length=200)
     kind = models.CharField(max_length=16, choices=ChannelKind.choices)
@@ -24,7 +25,7 @@ class AlertChannel(models.Model):
     is_active = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
-    objects = TenantScopedQuerySet.as_manager()
+    objects = TenantScopedManager()
 
     class Meta:
         ordering = ["tenant__slug", "name"]
@@ -42,6 +43,8 @@ class BudgetAlert(models.Model):
     spent_usd = models.DecimalField(**COST_FIELD)
     limit_usd = models.DecimalField(**COST_FIELD)
     created_at = models.DateTimeField(auto_now_add=True)
+
+    objects = TenantScopedManager(tenant_path="budget__tenant")
 
     class Meta:
         ordering = ["-created_at"]
@@ -85,7 +88,7 @@ class Anomaly(models.Model):
     direction = models.CharField(max_length=8, choices=AnomalyDirection.choices)
     detected_at = models.DateTimeField(auto_now_add=True)
 
-    objects = TenantScopedQuerySet.as_manager()
+    objects = TenantScopedManager()
 
     class Meta:
         ordering = ["-detected_at"]
@@ -128,6 +131,8 @@ class AlertDelivery(models.Model):
     last_error = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     sent_at = models.DateTimeField(null=True, blank=True)
+
+    objects = TenantScopedManager(tenant_path="channel__tenant")
 
     class Meta:
         ordering = ["-created_at"]

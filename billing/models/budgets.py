@@ -5,7 +5,8 @@ from django.db import models
 from django.db.models import Q
 
 from billing.models.ledger import COST_FIELD
-from tenants.models import ApiKey, Team, Tenant, TenantScopedQuerySet
+from tenants.models import ApiKey, Team, Tenant
+from tenants.scoping import TenantOwned, TenantScopedManager
 
 DEFAULT_THRESHOLDS = (50, 80, 100)
 
@@ -33,7 +34,7 @@ class BudgetAction(models.TextChoices):
     NOTIFY = "notify", "Notify only"
 
 
-class Budget(models.Model):
+class Budget(TenantOwned, models.Model):
     """A spending limit per period in the tenant's time zone. Validated by billing.budgets.services."""
 
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="budgets")
@@ -50,7 +51,7 @@ class Budget(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
-    objects = TenantScopedQuerySet.as_manager()
+    objects = TenantScopedManager()
 
     class Meta:
         ordering = ["tenant__slug", "scope", "period", "pk"]
@@ -79,6 +80,8 @@ class BudgetCounter(models.Model):
     version = models.BigIntegerField(default=0, help_text="The budget version the spend was seeded for.")
     updated_at = models.DateTimeField(auto_now=True)
 
+    objects = TenantScopedManager(tenant_path="budget__tenant")
+
     class Meta:
         ordering = ["budget", "-period_key"]
         constraints = [models.UniqueConstraint(fields=["budget", "period_key"], name="budget_counter_unique_period")]
@@ -87,7 +90,7 @@ class BudgetCounter(models.Model):
         return f"{self.budget_id}:{self.period_key}"
 
 
-class RateLimit(models.Model):
+class RateLimit(TenantOwned, models.Model):
     """Requests and tokens per minute for one key or one team; empty means unlimited."""
 
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="rate_limits")
@@ -98,7 +101,7 @@ class RateLimit(models.Model):
     is_active = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
-    objects = TenantScopedQuerySet.as_manager()
+    objects = TenantScopedManager()
 
     class Meta:
         ordering = ["tenant__slug", "pk"]

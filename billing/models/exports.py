@@ -1,7 +1,8 @@
 from django.conf import settings
 from django.db import models
 
-from tenants.models import Tenant, TenantScopedQuerySet
+from tenants.models import Tenant
+from tenants.scoping import TenantScopedManager
 
 
 class ExportStatus(models.TextChoices):
@@ -25,7 +26,7 @@ class UsageExport(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     finished_at = models.DateTimeField(null=True, blank=True)
 
-    objects = TenantScopedQuerySet.as_manager()
+    objects = TenantScopedManager()
 
     class Meta:
         ordering = ["-created_at"]

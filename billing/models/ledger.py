@@ -1,7 +1,8 @@
 from django.db import models
 from django.db.models import Q
 
-from tenants.models import ApiKey, Team, Tenant, TenantScopedQuerySet
+from tenants.models import ApiKey, Team, Tenant
+from tenants.scoping import TenantScopedManager, TenantScopedQuerySet
 
 COST_FIELD = {"max_digits": 20, "decimal_places": 10}
 
@@ -98,7 +99,7 @@ class UsageRecord(models.Model):
     error_code = models.CharField(max_length=64, blank=True)
     created_at = models.DateTimeField(db_index=True)
 
-    objects = LedgerQuerySet.as_manager()
+    objects = TenantScopedManager.from_queryset(LedgerQuerySet)()
 
     class Meta:
         ordering = ["-created_at"]

@@ -7,7 +7,8 @@ rebuilding a bucket from the ledger always gives the same row, which makes the r
 from django.db import models
 
 from billing.models.ledger import COST_FIELD
-from tenants.models import Team, Tenant, TenantScopedQuerySet
+from tenants.models import Team, Tenant
+from tenants.scoping import TenantScopedManager
 
 # Upper edges, in milliseconds, of the latency histogram kept per bucket; one more count holds everything slower.
 LATENCY_BUCKET_EDGES_MS = (50, 100, 250, 500, 1_000, 2_000, 5_000, 10_000, 30_000, 60_000)
@@ -35,7 +36,7 @@ class UsageRollupFields(models.Model):
         default=list, help_text="Request counts per latency bucket, by LATENCY_BUCKET_EDGES_MS, plus one overflow."
     )
 
-    objects = TenantScopedQuerySet.as_manager()
+    objects = TenantScopedManager()
 
     class Meta:
         abstract = True

@@ -6,13 +6,13 @@ Read-only: batches and jobs are created through the API by a tenant's key, and c
 from django.contrib import admin
 
 from llmops.gateway.batches.models import Batch, Job
-from tenants.admin import ReadOnlyScopedAdmin
+from tenants.admin import ReadOnlyScopedAdmin, TenantListFilter
 
 
 @admin.register(Batch)
 class BatchAdmin(ReadOnlyScopedAdmin):
     list_display = ("id", "tenant", "team", "status", "progress", "cost_usd", "saved_batch_usd", "created_at")
-    list_filter = (("tenant", admin.RelatedOnlyFieldListFilter), "status")
+    list_filter = (("tenant", TenantListFilter), "status")
     list_select_related = ("tenant", "team")
     search_fields = ("id",)
     fields = (
@@ -53,7 +53,7 @@ class BatchAdmin(ReadOnlyScopedAdmin):
 @admin.register(Job)
 class JobAdmin(ReadOnlyScopedAdmin):
     list_display = ("id", "tenant", "team", "status", "status_code", "cost_usd", "webhook_state", "created_at")
-    list_filter = (("tenant", admin.RelatedOnlyFieldListFilter), "status", "webhook_state")
+    list_filter = (("tenant", TenantListFilter), "status", "webhook_state")
     list_select_related = ("tenant", "team")
     search_fields = ("id", "request_id")
     fields = (

@@ -134,8 +134,8 @@ def tenant_slice_build(*, tenant_id: int, version: str | None) -> TenantSlice:
         policy=build_live_policies(tenant_id=tenant_id).get(tenant_id),
         budgets=build_budget_index(tenant_id=tenant_id).by_tenant.get(tenant_id, ()),
         rate_limits=build_rate_limit_index(tenant_id=tenant_id),
-        payload_logging=PayloadLogSettings.objects.filter(tenant_id=tenant_id, enabled=True).exists(),
-        max_inflight=Tenant.objects.filter(pk=tenant_id).values_list("max_inflight_requests", flat=True).first(),
+        payload_logging=PayloadLogSettings.objects.for_tenant(tenant_id).filter(enabled=True).exists(),
+        max_inflight=Tenant.objects.for_tenant(tenant_id).values_list("max_inflight_requests", flat=True).first(),
     )
 
 
@@ -324,10 +324,12 @@ def _on_access_change(sender, instance, action, reverse, pk_set, **kwargs):
         if action.startswith("post_"):
             _announce({tenant_scope(instance.tenant_id)})
         return
+    # Unscoped, reviewed: a catalog model's grants span tenants; only their ids are read, to announce their changes.
+    grants = TenantModelAccess.objects.unscoped()
     if action == "pre_clear":
-        tenant_ids = TenantModelAccess.objects.filter(allowed_models=instance).values_list("tenant_id", flat=True)
+        tenant_ids = grants.filter(allowed_models=instance).values_list("tenant_id", flat=True)
     elif action in ("post_add", "post_remove"):
-        tenant_ids = TenantModelAccess.objects.filter(pk__in=pk_set).values_list("tenant_id", flat=True)
+        tenant_ids = grants.filter(pk__in=pk_set).values_list("tenant_id", flat=True)
     else:
         return
     _announce({tenant_scope(tenant_id) for tenant_id in tenant_ids})

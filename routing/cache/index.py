@@ -86,13 +86,16 @@ class SemanticIndex:
         with self.refresh_lock:
             if not self.stale():
                 return
-            rows = CacheEntry.objects.filter(
-                tenant_id=self.tenant_id,
-                served_model=self.served_model,
-                kind=CacheEntryKind.SEMANTIC,
-                expires_at__gt=timezone.now(),
-                pk__gt=self.last_entry_id,
-            ).values_list("pk", "key_hash", "prompt_encrypted", "context_fingerprint", "expires_at", "embedding")
+            rows = (
+                CacheEntry.objects.for_tenant(self.tenant_id)
+                .filter(
+                    served_model=self.served_model,
+                    kind=CacheEntryKind.SEMANTIC,
+                    expires_at__gt=timezone.now(),
+                    pk__gt=self.last_entry_id,
+                )
+                .values_list("pk", "key_hash", "prompt_encrypted", "context_fingerprint", "expires_at", "embedding")
+            )
             loaded = []
             for pk, key_hash, sealed_prompt, context, expires_at, embedding in rows:
                 self.last_entry_id = max(self.last_entry_id, pk)

@@ -167,9 +167,8 @@ _pending_lock = threading.Lock()
 def _stored_answer(tenant_id: int, served_model: str, key_hash: str) -> tuple[dict, str, datetime] | None:
     """The answer, its sealed form and its expiry (decrypted here, on the worker thread)."""
     row = (
-        CacheEntry.objects.filter(
-            tenant_id=tenant_id, served_model=served_model, key_hash=key_hash, expires_at__gt=timezone.now()
-        )
+        CacheEntry.objects.for_tenant(tenant_id)
+        .filter(served_model=served_model, key_hash=key_hash, expires_at__gt=timezone.now())
         .values_list("answer_encrypted", "expires_at")
         .first()
     )
@@ -381,7 +380,7 @@ def _redis_copy(written: list[tuple[_PendingStore, CacheEntry]]) -> None:
 def _hits_count(hits: Counter) -> None:
     now = timezone.now()
     for (tenant_id, served_model, key_hash), count in hits.items():
-        CacheEntry.objects.filter(tenant_id=tenant_id, served_model=served_model, key_hash=key_hash).update(
+        CacheEntry.objects.for_tenant(tenant_id).filter(served_model=served_model, key_hash=key_hash).update(
             hit_count=F("hit_count") + count, last_hit_at=now
         )
 
@@ -451,7 +450,8 @@ def cache_entries_delete(*, entries) -> int:
     """Delete these entries (a queryset already scoped by the caller) from Postgres, Redis and vector indexes."""
     cache_writes_flush()
     doomed = list(entries.values_list("pk", "tenant_id", "served_model", "key_hash"))
-    CacheEntry.objects.filter(pk__in=[pk for pk, *_ in doomed]).delete()
+    # Unscoped, reviewed: exactly the rows just read through the caller's scope.
+    CacheEntry.objects.unscoped().filter(pk__in=[pk for pk, *_ in doomed]).delete()
     _redis_delete([redis_key(tenant_id, model, key_hash) for _, tenant_id, model, key_hash in doomed])
     for tenant_id in {tenant_id for _, tenant_id, *_ in doomed}:
         semantic_indexes_forget(tenant_id)
@@ -460,4 +460,6 @@ def cache_entries_delete(*, entries) -> int:
 
 def cache_entries_expire(*, now: datetime | None = None) -> int:
     """Delete every tenant's expired entries (Redis drops its copies by TTL). A cross-tenant job."""
-    return cache_entries_delete(entries=CacheEntry.objects.filter(expires_at__lte=now or timezone.now()))
+    # Unscoped, reviewed: the periodic expiry removes every tenant's expired entries and reads none of them.
+    expired = CacheEntry.objects.unscoped().filter(expires_at__lte=now or timezone.now())
+    return cache_entries_delete(entries=expired)

@@ -9,7 +9,8 @@ the answer are Fernet-encrypted (core/crypto.py): a database dump or backup hold
 
 from django.db import models
 
-from tenants.models import Tenant, TenantScopedQuerySet
+from tenants.models import Tenant
+from tenants.scoping import TenantScopedManager
 
 
 class CacheEntryKind(models.TextChoices):
@@ -42,7 +43,7 @@ class CacheEntry(models.Model):
     hit_count = models.PositiveIntegerField(default=0)
     last_hit_at = models.DateTimeField(null=True, blank=True)
 
-    objects = TenantScopedQuerySet.as_manager()
+    objects = TenantScopedManager()
 
     class Meta:
         verbose_name_plural = "cache entries"

@@ -6,6 +6,7 @@ from django.db import models
 
 from routing.providers.kinds import CONNECTION_FIELDS, PROVIDER_KINDS, provider_kind
 from tenants.models import Tenant
+from tenants.scoping import TenantOwned, TenantScopedManager
 
 PRICE_FIELD = {"max_digits": 12, "decimal_places": 6, "validators": [MinValueValidator(Decimal("0"))]}
 
@@ -99,12 +100,14 @@ class Model(models.Model):
         return self.name
 
 
-class TenantModelAccess(models.Model):
+class TenantModelAccess(TenantOwned, models.Model):
     """Which models a tenant may call, and the one used when a request names none of them by alias."""
 
     tenant = models.OneToOneField(Tenant, on_delete=models.CASCADE, related_name="model_access")
     default_model = models.ForeignKey(Model, on_delete=models.PROTECT, related_name="+", null=True, blank=True)
     allowed_models = models.ManyToManyField(Model, related_name="allowed_for", blank=True)
+
+    objects = TenantScopedManager()
 
     class Meta:
         verbose_name = "tenant model access"

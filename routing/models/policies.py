@@ -10,6 +10,7 @@ from django.db import models
 
 from routing.models.catalog import Model
 from tenants.models import Tenant
+from tenants.scoping import TenantOwned, TenantScopedManager
 
 LIST_HELP = "Comma-separated; empty matches anything."
 
@@ -25,7 +26,7 @@ class OverCapAction(models.TextChoices):
     COMPRESS = "compress", "Compress the conversation"
 
 
-class RoutingPolicy(models.Model):
+class RoutingPolicy(TenantOwned, models.Model):
     """The draft of a tenant's policy, and which published version is live."""
 
     tenant = models.OneToOneField(Tenant, on_delete=models.CASCADE, related_name="routing_policy")
@@ -41,6 +42,8 @@ class RoutingPolicy(models.Model):
         "RoutingPolicyVersion", on_delete=models.PROTECT, related_name="+", null=True, blank=True, editable=False
     )
     updated_at = models.DateTimeField(auto_now=True)
+
+    objects = TenantScopedManager()
 
     class Meta:
         verbose_name_plural = "routing policies"
@@ -59,13 +62,15 @@ class RoutingPolicy(models.Model):
         super().save(*args, **kwargs)
 
 
-class RoutingAlias(models.Model):
+class RoutingAlias(TenantOwned, models.Model):
     """A model name clients may send (`auto`, `fast`, ...) that the policy turns into its small or large model."""
 
     policy = models.ForeignKey(RoutingPolicy, on_delete=models.CASCADE, related_name="aliases")
     name = models.SlugField(max_length=64)
     small_model = models.ForeignKey(Model, on_delete=models.PROTECT, related_name="+")
     large_model = models.ForeignKey(Model, on_delete=models.PROTECT, related_name="+")
+
+    objects = TenantScopedManager(tenant_path="policy__tenant")
 
     class Meta:
         ordering = ["name"]
@@ -76,7 +81,7 @@ class RoutingAlias(models.Model):
         return self.name
 
 
-class RoutingRule(models.Model):
+class RoutingRule(TenantOwned, models.Model):
     """A draft rule. The lowest priority number that matches decides; empty match fields match anything."""
 
     policy = models.ForeignKey(RoutingPolicy, on_delete=models.CASCADE, related_name="rules")
@@ -112,6 +117,8 @@ class RoutingRule(models.Model):
         default=False, help_text="Cache answers even when the request is not deterministic (temperature > 0)."
     )
 
+    objects = TenantScopedManager(tenant_path="policy__tenant")
+
     class Meta:
         ordering = ["priority", "name"]
 
@@ -130,6 +137,8 @@ class RoutingPolicyVersion(models.Model):
         settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
     )
     published_at = models.DateTimeField(auto_now_add=True)
+
+    objects = TenantScopedManager()
 
     class Meta:
         ordering = ["tenant__slug", "-number"]
@@ -164,6 +173,8 @@ class RoutingPolicyAudit(models.Model):
     )
     version = models.ForeignKey(RoutingPolicyVersion, on_delete=models.CASCADE, related_name="audits")
     diff = models.JSONField(default=dict)
+
+    objects = TenantScopedManager()
 
     class Meta:
         ordering = ["-created_at", "-pk"]

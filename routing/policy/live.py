@@ -7,12 +7,9 @@ from routing.policy.document import CompiledPolicy, compile_policy
 logger = logging.getLogger(__name__)
 
 
-def build_live_policies(*, tenant_id: int | None = None) -> dict[int, CompiledPolicy]:
-    """Tenant id → its live policy, compiled once per load of the tenant's configuration; one tenant's when
-    ``tenant_id`` is given."""
-    rows = RoutingPolicy.objects.filter(live_version__isnull=False).select_related("live_version")
-    if tenant_id is not None:
-        rows = rows.filter(tenant_id=tenant_id)
+def build_live_policies(*, tenant_id: int) -> dict[int, CompiledPolicy]:
+    """Tenant id → its live policy (none before its first publish), compiled once per load of its configuration."""
+    rows = RoutingPolicy.objects.for_tenant(tenant_id).filter(live_version__isnull=False).select_related("live_version")
     policies = {}
     for policy in rows:
         version = policy.live_version

@@ -29,7 +29,7 @@ def _decision_view(policy: CompiledPolicy, features, catalog, messages: list[dic
 
 def routing_simulation(*, policy: RoutingPolicy, body: dict, headers: dict[str, str], team_slug: str = "") -> dict:
     """Route `body` (an OpenAI chat request) under the draft and the live version, explaining each step."""
-    catalog = build_model_catalog()
+    catalog = build_model_catalog(tenant_id=policy.tenant_id)
     messages = body.get("messages") or []
     requested = str(body.get("model") or "")
     encoding_model = catalog.models[requested].upstream_name if requested in catalog.models else requested

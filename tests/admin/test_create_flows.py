@@ -12,7 +12,7 @@ def test_superuser_adds_a_tenant(client, world: World):
     response = client.post(admin_url("tenants_tenant", "add"), {"slug": "initech", "name": "Initech"})
 
     assert response.status_code == 302
-    assert Tenant.objects.get(slug="initech").name == "Initech"
+    assert Tenant.objects.unscoped().get(slug="initech").name == "Initech"
 
 
 def test_duplicate_tenant_slug_is_a_form_error(client, world: World):
@@ -21,7 +21,7 @@ def test_duplicate_tenant_slug_is_a_form_error(client, world: World):
     response = client.post(admin_url("tenants_tenant", "add"), {"slug": "acme", "name": "Another Acme"})
 
     assert response.status_code == 200
-    assert Tenant.objects.filter(slug="acme").count() == 1
+    assert Tenant.objects.unscoped().filter(slug="acme").count() == 1
 
 
 def test_owner_adds_a_team_to_their_tenant(client, world: World):
@@ -32,7 +32,7 @@ def test_owner_adds_a_team_to_their_tenant(client, world: World):
     )
 
     assert response.status_code == 302
-    assert Team.objects.get(slug="research").tenant == world.acme.tenant
+    assert Team.objects.unscoped().get(slug="research").tenant == world.acme.tenant
 
 
 def test_owner_sets_model_access_for_a_tenant_without_it(client, world: World):
@@ -47,7 +47,7 @@ def test_owner_sets_model_access_for_a_tenant_without_it(client, world: World):
     )
 
     assert response.status_code == 302
-    access = TenantModelAccess.objects.get(tenant=initech)
+    access = TenantModelAccess.objects.unscoped().get(tenant=initech)
     assert (access.default_model, list(access.allowed_models.all())) == (model, [model])
 
 

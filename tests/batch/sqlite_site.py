@@ -117,7 +117,9 @@ def _ledger(*batch_ids: str) -> dict:
 
     answer = {}
     for batch_id in batch_ids:
-        records = list(UsageRecord.objects.filter(endpoint="/v1/batches", tags__icontains=f"batch:{batch_id}"))
+        records = list(
+            UsageRecord.objects.unscoped().filter(endpoint="/v1/batches", tags__icontains=f"batch:{batch_id}")
+        )
         answer[batch_id] = {"rows": len(records), "cost_usd": str(sum((r.cost_usd for r in records), Decimal(0)))}
     return answer
 

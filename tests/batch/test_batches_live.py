@@ -30,7 +30,7 @@ pytestmark = pytest.mark.live
 
 def batch_ledger(batch_id: str) -> list[UsageRecord]:
     """The batch's ledger rows: written with each line's result, so all there when the batch has finished."""
-    return list(UsageRecord.objects.filter(endpoint="/v1/batches", tags__contains=[f"batch:{batch_id}"]))
+    return list(UsageRecord.objects.unscoped().filter(endpoint="/v1/batches", tags__contains=[f"batch:{batch_id}"]))
 
 
 def cost_and_ledger_at_one_moment(batch_id: str) -> tuple[str, int, Decimal, Decimal]:
@@ -38,8 +38,8 @@ def cost_and_ledger_at_one_moment(batch_id: str) -> tuple[str, int, Decimal, Dec
     with transaction.atomic():
         with connection.cursor() as cursor:
             cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-        batch = Batch.objects.get(pk=batch_id)
-        ledger = UsageRecord.objects.filter(endpoint="/v1/batches", tags__contains=[f"batch:{batch_id}"])
+        batch = Batch.objects.unscoped().get(pk=batch_id)
+        ledger = UsageRecord.objects.unscoped().filter(endpoint="/v1/batches", tags__contains=[f"batch:{batch_id}"])
         total = ledger.aggregate(total=Sum("cost_usd"))["total"] or Decimal(0)
     return batch.status, batch.completed_count + batch.failed_count, batch.cost_usd, total
 
@@ -158,9 +158,11 @@ def test_delegated_to_provider_batch_endpoint_at_the_discount(worker, openai_cli
     assert done.status == "completed" and done.request_counts.completed == 3
     assert mock_upstream.app.batch_lines_served - batch_lines_before == 3
     assert mock_upstream.app.requests_served == served_before
-    stored = Batch.objects.get(pk=batch.id)
+    stored = Batch.objects.unscoped().get(pk=batch.id)
     assert list(stored.provider_batches) == [DELEGATING_PROVIDER]
-    assert set(BatchLine.objects.filter(batch=stored).values_list("provider", flat=True)) == {DELEGATING_PROVIDER}
+    assert set(BatchLine.objects.unscoped().filter(batch=stored).values_list("provider", flat=True)) == {
+        DELEGATING_PROVIDER
+    }
     ledger = batch_ledger(batch.id)
     assert len(ledger) == 3
     for record in ledger:

@@ -42,8 +42,8 @@ def test_invalid_lines_fail_validation_with_line_numbers_and_run_nothing(worker,
     ]
     assert [row["line"] for row in rows(openai_client, done.error_file_id)] == [2, 3, 4, 5]
     assert done.output_file_id is None
-    assert not BatchLine.objects.filter(batch_id=batch.id).exists()
-    assert not UsageRecord.objects.filter(tenant=acme.tenant).exists()
+    assert not BatchLine.objects.unscoped().filter(batch_id=batch.id).exists()
+    assert not UsageRecord.objects.unscoped().filter(tenant=acme.tenant).exists()
 
 
 def test_batch_over_the_budget_is_refused_before_anything_runs(worker, openai_client, acme):
@@ -59,7 +59,7 @@ def test_batch_over_the_budget_is_refused_before_anything_runs(worker, openai_cl
 
     assert done.status == "failed"
     assert [error.code for error in done.errors.data] == ["budget_exceeded"]
-    assert not UsageRecord.objects.filter(tenant=acme.tenant).exists()
+    assert not UsageRecord.objects.unscoped().filter(tenant=acme.tenant).exists()
 
 
 def test_upload_refusals(live_broker, files_root, openai_client, settings):
@@ -161,4 +161,4 @@ def test_what_the_database_could_not_give_back_is_refused_by_name(live_broker, f
     assert [(e["line"], e["code"], e["param"]) for e in batch["errors"]["data"]] == [
         (2, "invalid_value", "body.messages[0].content")
     ]
-    assert not Job.objects.exists() and not UsageRecord.objects.exists()
+    assert not Job.objects.unscoped().exists() and not UsageRecord.objects.unscoped().exists()

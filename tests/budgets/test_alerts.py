@@ -42,8 +42,8 @@ def test_email_alert_is_sent_exactly_once_under_duplicated_and_retried_tasks(liv
     for thread in threads:
         thread.join()
     budget_threshold_alert(budget.pk, "2026-11", 80, 82 * UNITS)
-    assert BudgetAlert.objects.filter(budget=budget).count() == 1
-    assert AlertDelivery.objects.get().status == DeliveryStatus.SENT
+    assert BudgetAlert.objects.unscoped().filter(budget=budget).count() == 1
+    assert AlertDelivery.objects.unscoped().get().status == DeliveryStatus.SENT
     assert len(mailoutbox) == 1
     assert "80%" in mailoutbox[0].subject
     assert "$81.00 of $100.00" in mailoutbox[0].body
@@ -73,7 +73,7 @@ def test_webhook_is_signed_and_retried_until_it_lands(org, receiver, eager_retri
     budget = budget_create(tenant=org.tenant, limit_usd=Decimal("10"), channels=[channel], thresholds=[80])
     with django_capture_on_commit_callbacks(execute=True):
         budget_threshold_alert(budget.pk, "2026-11", 80, 8 * UNITS)
-    delivery = AlertDelivery.objects.get()
+    delivery = AlertDelivery.objects.unscoped().get()
     assert (delivery.status, delivery.attempts) == (DeliveryStatus.SENT, 3)
     assert "503" in delivery.last_error
     assert len(app.received) == 3
@@ -114,7 +114,7 @@ def test_a_delivery_that_never_lands_is_marked_failed_with_its_error(
     budget = budget_create(tenant=org.tenant, limit_usd=Decimal("10"), channels=[channel])
     with django_capture_on_commit_callbacks(execute=True):
         budget_threshold_alert(budget.pk, "2026-11", 50, 5 * UNITS)
-    delivery = AlertDelivery.objects.get()
+    delivery = AlertDelivery.objects.unscoped().get()
     assert delivery.status == DeliveryStatus.FAILED
     assert delivery.attempts == ALERT_DELIVERY_MAX_RETRIES + 1
     assert "answered 500" in delivery.last_error
@@ -131,8 +131,8 @@ def test_the_admin_retries_a_failed_delivery_and_not_a_sent_one(
         budget_threshold_alert(budget.pk, "2026-11", 50, 5 * UNITS)
     with django_capture_on_commit_callbacks(execute=True):
         budget_threshold_alert(budget.pk, "2026-11", 80, 8 * UNITS)
-    failed = AlertDelivery.objects.get(budget_alert__threshold=50, status=DeliveryStatus.FAILED)
-    sent = AlertDelivery.objects.get(budget_alert__threshold=80, status=DeliveryStatus.SENT)
+    failed = AlertDelivery.objects.unscoped().get(budget_alert__threshold=50, status=DeliveryStatus.FAILED)
+    sent = AlertDelivery.objects.unscoped().get(budget_alert__threshold=80, status=DeliveryStatus.SENT)
     app.received.clear()
 
     with django_capture_on_commit_callbacks(execute=True):
@@ -162,7 +162,7 @@ def test_sns_alert_is_published_to_the_topic(org, django_capture_on_commit_callb
     [message] = sqs.receive_message(QueueUrl=queue_url)["Messages"]
     published = json.loads(json.loads(message["Body"])["Message"])
     assert (published["tenant"], published["threshold_percent"]) == ("acme", 100)
-    assert AlertDelivery.objects.get().status == DeliveryStatus.SENT
+    assert AlertDelivery.objects.unscoped().get().status == DeliveryStatus.SENT
 
 
 @pytest.mark.parametrize(
@@ -188,7 +188,9 @@ def test_webhook_without_a_signing_secret_is_refused(org):
 def test_settles_crossing_thresholds_alert_once_each(live_org, mailoutbox, redis_counters):
     channel = alert_channel_create(tenant=live_org.tenant, name="mail", kind=ChannelKind.EMAIL, target="a@example.com")
     budget_create(tenant=live_org.tenant, limit_usd=Decimal("10"), action="notify", channels=[channel])
-    budgets = build_budget_index().applicable(live_org.tenant.pk, live_org.team.pk, live_org.api_key.pk, "m")
+    budgets = build_budget_index(tenant_id=live_org.tenant.pk).applicable(
+        live_org.tenant.pk, live_org.team.pk, live_org.api_key.pk, "m"
+    )
     now = datetime(2026, 11, 27, 12, tzinfo=UTC)
 
     async def spend(amounts):
@@ -198,7 +200,7 @@ def test_settles_crossing_thresholds_alert_once_each(live_org, mailoutbox, redis
 
     run(spend(["4", "0.5", "1", "2", "1", "2", "3"]))  # 4, 4.5, 5.5 (50%), 7.5, 8.5 (80%), 10.5 (100%), 13.5
     threshold_alerts_wait()
-    alerts = BudgetAlert.objects.order_by("threshold")
+    alerts = BudgetAlert.objects.unscoped().order_by("threshold")
     assert [(alert.threshold, alert.spent_usd) for alert in alerts] == [
         (50, Decimal("5.5")),
         (80, Decimal("8.5")),
@@ -209,14 +211,16 @@ def test_settles_crossing_thresholds_alert_once_each(live_org, mailoutbox, redis
 
 def test_a_refused_reservation_raises_no_alert(live_org, redis_counters):
     budget_create(tenant=live_org.tenant, limit_usd=Decimal("1"))
-    budgets = build_budget_index().applicable(live_org.tenant.pk, live_org.team.pk, live_org.api_key.pk, "m")
+    budgets = build_budget_index(tenant_id=live_org.tenant.pk).applicable(
+        live_org.tenant.pk, live_org.team.pk, live_org.api_key.pk, "m"
+    )
     now = datetime(2026, 11, 27, 12, tzinfo=UTC)
 
     with pytest.raises(BudgetExceeded):
         run(budget_reserve(budgets=budgets, amount=Decimal(2), request_id="r", now=now))
     threshold_alerts_wait()
 
-    assert not BudgetAlert.objects.exists()
+    assert not BudgetAlert.objects.unscoped().exists()
 
 
 def test_a_higher_threshold_noticed_first_still_goes_out_after_the_lower_ones(org, receiver):
@@ -228,8 +232,8 @@ def test_a_higher_threshold_noticed_first_still_goes_out_after_the_lower_ones(or
     budget_threshold_alert(budget.pk, "2026-11", 80, 8 * UNITS)
     budget_threshold_alert(budget.pk, "2026-11", 50, 5 * UNITS)
 
-    assert list(BudgetAlert.objects.order_by("pk").values_list("threshold", flat=True)) == [50, 80, 100]
-    deliveries = {delivery.budget_alert.threshold: delivery for delivery in AlertDelivery.objects.all()}
+    assert list(BudgetAlert.objects.unscoped().order_by("pk").values_list("threshold", flat=True)) == [50, 80, 100]
+    deliveries = {delivery.budget_alert.threshold: delivery for delivery in AlertDelivery.objects.unscoped().all()}
     with pytest.raises(AlertNotYet):
         alert_delivery_attempt(delivery_id=deliveries[100].pk)
     for threshold in (50, 80, 100):

@@ -77,7 +77,7 @@ def test_an_injected_spend_spike_is_flagged_with_its_numbers_and_alerted(
     spike_rows(org, count=40, cost="0.05")  # a runaway loop: $2 in the last half hour, normally ~$0.02 an hour
     with django_capture_on_commit_callbacks(execute=True):
         anomalies_detect_tenant(org.tenant.pk, NOW.isoformat())  # as beat runs it
-    anomalies = list(Anomaly.objects.filter(tenant=org.tenant))
+    anomalies = list(Anomaly.objects.unscoped().filter(tenant=org.tenant))
     spend_spikes = {
         (anomaly.team_id, anomaly.window)
         for anomaly in anomalies
@@ -90,24 +90,24 @@ def test_an_injected_spend_spike_is_flagged_with_its_numbers_and_alerted(
         (None, AnomalyWindow.DAY),
         (org.team.pk, AnomalyWindow.DAY),
     }
-    hourly = Anomaly.objects.get(team=None, metric=AnomalyMetric.SPEND, window=AnomalyWindow.HOUR)
+    hourly = Anomaly.objects.unscoped().get(team=None, metric=AnomalyMetric.SPEND, window=AnomalyWindow.HOUR)
     assert hourly.window_end == WINDOW_END
     assert hourly.observed > Decimal(2)
     assert Decimal("0.02") < hourly.baseline_median < Decimal("0.03")
     assert hourly.score > 5
-    assert AlertDelivery.objects.filter(anomaly__isnull=False).count() == len(anomalies)
+    assert AlertDelivery.objects.unscoped().filter(anomaly__isnull=False).count() == len(anomalies)
     assert any("spend (usd) spike (hour)" in mail.subject.lower() for mail in mailoutbox)
     # The next run over the same window stores and sends nothing again.
     assert tenant_anomalies_detect(tenant=org.tenant, now=NOW) == []
     # An hour later the day window still holds the spike: the same episode, stored again but not alerted again.
-    sent = AlertDelivery.objects.count()
+    sent = AlertDelivery.objects.unscoped().count()
     with django_capture_on_commit_callbacks(execute=True):
         later = tenant_anomalies_detect(tenant=org.tenant, now=NOW + timedelta(hours=1))
     assert {(anomaly.team_id, anomaly.window) for anomaly in later if anomaly.metric == AnomalyMetric.SPEND} == {
         (None, AnomalyWindow.DAY),
         (org.team.pk, AnomalyWindow.DAY),
     }
-    assert AlertDelivery.objects.count() == sent
+    assert AlertDelivery.objects.unscoped().count() == sent
 
 
 def test_an_error_burst_is_flagged_as_error_rate_spike_and_tokens_per_request_drop(org):

@@ -26,7 +26,7 @@ def test_creates_then_updates_a_team_budget_and_prints_its_spend(org):
         created_at=timezone.now() - timedelta(seconds=5),
     )
     output = budget_set("--tenant", "acme", "--team", "acme-support", "--period", "month", "--limit-usd", "20")
-    budget = Budget.objects.get()
+    budget = Budget.objects.unscoped().get()
     assert (budget.scope, budget.team, budget.limit_usd, budget.action) == (BudgetScope.TEAM, org.team, 20, "block")
     assert budget.thresholds == [50, 80, 100]
     assert output.startswith(f"Created budget {budget.pk}: acme team acme-support, month limit $20.0000000000")
@@ -37,7 +37,7 @@ def test_creates_then_updates_a_team_budget_and_prints_its_spend(org):
         "--action", "notify", "--thresholds", "75,100",
     )  # fmt: skip
     budget.refresh_from_db()
-    assert Budget.objects.count() == 1
+    assert Budget.objects.unscoped().count() == 1
     assert (budget.limit_usd, budget.action, budget.thresholds) == (30, "notify", [75, 100])
     assert output.startswith("Updated budget")
 
@@ -45,7 +45,7 @@ def test_creates_then_updates_a_team_budget_and_prints_its_spend(org):
 def test_key_and_model_budgets(org):
     budget_set("--tenant", "acme", "--key", org.api_key.prefix, "--period", "day", "--limit-usd", "1.5")
     budget_set("--tenant", "acme", "--model", "m-large", "--period", "week", "--limit-usd", "3")
-    scopes = set(Budget.objects.values_list("scope", "period"))
+    scopes = set(Budget.objects.unscoped().values_list("scope", "period"))
     assert scopes == {(BudgetScope.KEY, "day"), (BudgetScope.TENANT_MODEL, "week")}
 
 
@@ -64,7 +64,7 @@ def test_key_and_model_budgets(org):
 def test_bad_input_is_refused_with_a_clear_message(org, args, message):
     with pytest.raises(CommandError, match=message):
         budget_set("--tenant", "acme", "--period", "month", *args)
-    assert not Budget.objects.exists()
+    assert not Budget.objects.unscoped().exists()
 
 
 def test_downgrade_without_a_cheaper_route_is_refused(org):
@@ -72,13 +72,13 @@ def test_downgrade_without_a_cheaper_route_is_refused(org):
         budget_set(
             "--tenant", "acme", "--period", "day", "--limit-usd", "5", "--action", "downgrade", "--model", "acme-small"
         )
-    assert not Budget.objects.exists()
+    assert not Budget.objects.unscoped().exists()
 
 
 def test_downgrade_with_a_cheaper_route_is_accepted(org):
     budget_set("--tenant", "acme", "--period", "day", "--limit-usd", "5", "--action", "downgrade")
 
-    assert Budget.objects.get().action == "downgrade"
+    assert Budget.objects.unscoped().get().action == "downgrade"
 
 
 def test_unknown_tenant(org):

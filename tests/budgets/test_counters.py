@@ -44,7 +44,9 @@ def event(org, *, request_id: str, cost: str, created_at: datetime = NOW, api_ke
 
 
 def ledger(org, *, cost: str, created_at: datetime = NOW, api_key=None, request_id: str = ""):
-    found = event(org, request_id=request_id or f"r-{UsageRecord.objects.count()}", cost=cost, created_at=created_at)
+    found = event(
+        org, request_id=request_id or f"r-{UsageRecord.objects.unscoped().count()}", cost=cost, created_at=created_at
+    )
     api_key = api_key or org.api_key
     UsageRecord.objects.create(
         request_id=found.request_id,
@@ -66,13 +68,13 @@ def drain(client) -> None:
 
 def wait_for_row(request_id: str, timeout: float = 15.0) -> None:
     deadline = time.monotonic() + timeout
-    while not UsageRecord.objects.filter(request_id=request_id).exists():
+    while not UsageRecord.objects.unscoped().filter(request_id=request_id).exists():
         assert time.monotonic() < deadline, f"{request_id} never reached the ledger"
         time.sleep(0.05)
 
 
 def entries(org):
-    return build_budget_index().applicable(org.tenant.pk, org.team.pk, org.api_key.pk, "m")
+    return build_budget_index(tenant_id=org.tenant.pk).applicable(org.tenant.pk, org.team.pk, org.api_key.pk, "m")
 
 
 def reserve(org, amount: str, request_id: str = "x"):
@@ -281,9 +283,9 @@ def test_the_database_backend_writes_the_ledger_row_with_the_settle(live_org, no
     reservation = reserve(live_org, "1", request_id="a")
     run(reservation_settle(reservation, actual=Decimal("0.75"), event=event(live_org, request_id="a", cost="0.75")))
 
-    counter = BudgetCounter.objects.get(budget=budget)
+    counter = BudgetCounter.objects.unscoped().get(budget=budget)
     assert (counter.spent_usd, counter.reserved_usd) == (Decimal("1.25"), 0)
-    assert UsageRecord.objects.get(request_id="a").cost_usd == Decimal("0.75")
+    assert UsageRecord.objects.unscoped().get(request_id="a").cost_usd == Decimal("0.75")
     assert budget_counter_check(budget=budget, now=NOW).agrees
 
 

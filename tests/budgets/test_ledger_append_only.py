@@ -32,11 +32,11 @@ def test_queryset_update_and_delete_are_refused(org):
     record(org, "r1", days_ago=1)
 
     with pytest.raises(ImmutableRowError):
-        UsageRecord.objects.filter(request_id="r1").update(cost_usd=0)
+        UsageRecord.objects.unscoped().filter(request_id="r1").update(cost_usd=0)
     with pytest.raises(ImmutableRowError):
-        UsageRecord.objects.all().delete()
+        UsageRecord.objects.unscoped().all().delete()
 
-    assert UsageRecord.objects.get().cost_usd == 1
+    assert UsageRecord.objects.unscoped().get().cost_usd == 1
 
 
 @pytest.mark.parametrize(
@@ -55,7 +55,7 @@ def test_raw_sql_updates_and_deletes_are_refused_by_the_database(org, sql):
     with pytest.raises(DatabaseError, match="append-only"), transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(sql)
 
-    assert UsageRecord.objects.get().cost_usd == 1
+    assert UsageRecord.objects.unscoped().get().cost_usd == 1
 
 
 def test_a_purge_setting_outside_the_purge_does_not_allow_updates(org):
@@ -75,12 +75,12 @@ def test_the_retention_purge_removes_old_rows_only(org):
     record(other, "theirs-old", days_ago=40)
 
     assert usage_records_purge(before=NOW - timedelta(days=30), tenant=org.tenant) == 1
-    assert set(UsageRecord.objects.values_list("request_id", flat=True)) == {"recent", "theirs-old"}
+    assert set(UsageRecord.objects.unscoped().values_list("request_id", flat=True)) == {"recent", "theirs-old"}
 
     out = StringIO()
     call_command("ledger_purge", "--before", (NOW - timedelta(days=30)).date().isoformat(), stdout=out)
     assert "Deleted 1 usage records" in out.getvalue()
-    assert list(UsageRecord.objects.values_list("request_id", flat=True)) == ["recent"]
+    assert list(UsageRecord.objects.unscoped().values_list("request_id", flat=True)) == ["recent"]
     if connection.vendor != "postgresql":
         return
     # Outside the purge the trigger is back on.

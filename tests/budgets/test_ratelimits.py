@@ -19,7 +19,7 @@ async def check_many(limits, *, key, count: int, tokens: int, now):
 
 
 def checks(org, *, key=None, count: int, tokens: int = 10, now=NOW):
-    limits = build_rate_limit_index()
+    limits = build_rate_limit_index(tenant_id=org.tenant.pk)
     return run(check_many(limits, key=key or org.api_key, count=count, tokens=tokens, now=now))
 
 

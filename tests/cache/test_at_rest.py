@@ -44,7 +44,7 @@ def test_postgres_and_redis_keep_no_prompt_and_no_answer_in_clear(gateway, acme_
     assert stored.count("\n") == 3  # two rows, two Redis copies
     for text in (*SECRETS, "capital of france", "is my account safe", "mock answer"):
         assert text.lower() not in stored
-    entries = {entry.kind: entry for entry in CacheEntry.objects.all()}
+    entries = {entry.kind: entry for entry in CacheEntry.objects.unscoped().all()}
     assert entries[CacheEntryKind.EXACT].prompt_encrypted == ""
     assert open_prompt(entries[CacheEntryKind.SEMANTIC].prompt_encrypted) == "what is the capital of france"
     assert open_answer(entries[CacheEntryKind.EXACT].answer_encrypted)["choices"] == hostile.json()["choices"]
@@ -61,7 +61,7 @@ def test_a_prompt_with_personal_data_is_not_matched_by_meaning(gateway, acme_cac
     reworded = chat(gateway, acme_caching, "Please send the invoice to jane.doe@example.com")
     assert reworded.headers["x-llmops-cache"] == "miss"
     cache_writes_flush()
-    assert set(CacheEntry.objects.values_list("kind", flat=True)) == {CacheEntryKind.EXACT}
+    assert set(CacheEntry.objects.unscoped().values_list("kind", flat=True)) == {CacheEntryKind.EXACT}
 
 
 def test_entries_written_under_a_dropped_encryption_key_are_misses(gateway, acme_caching, settings):
@@ -122,7 +122,7 @@ def test_the_migration_deletes_entries_stored_in_clear_and_their_redis_copies():
         sync_redis().set(f"llmops:cache:{tenant.pk}:m:{'0' * 64}", HOSTILE, ex=3600)
         MigrationExecutor(connection).migrate(AT_REST)
 
-        assert not CacheEntry.objects.exists()
+        assert not CacheEntry.objects.unscoped().exists()
         assert not list(sync_redis().scan_iter(match="llmops:cache:*"))
     finally:
         executor = MigrationExecutor(connection)

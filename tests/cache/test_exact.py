@@ -18,7 +18,7 @@ QUESTION = "What is our refund window for annual plans?"
 
 
 def ledger(response) -> UsageRecord:
-    return UsageRecord.objects.get(request_id=response.headers["x-llmops-request-id"])
+    return UsageRecord.objects.unscoped().get(request_id=response.headers["x-llmops-request-id"])
 
 
 def test_a_repeated_request_is_an_exact_hit_that_costs_nothing(gateway, acme_caching, mock_upstream):
@@ -37,7 +37,7 @@ def test_a_repeated_request_is_an_exact_hit_that_costs_nothing(gateway, acme_cac
     assert (hit.cost_usd, hit.cache_status, hit.saved_cache_usd) == (0, "hit-exact", missed.cost_usd)
     assert second.headers["x-llmops-cost-usd"] == "0.0000000000"
     cache_writes_flush()
-    assert CacheEntry.objects.get(tenant=acme_caching.tenant).hit_count == 1
+    assert CacheEntry.objects.unscoped().get(tenant=acme_caching.tenant).hit_count == 1
 
 
 @pytest.mark.parametrize(
@@ -60,7 +60,7 @@ def test_nondeterministic_requests_and_several_choices_bypass_unless_the_rule_op
         responses = [chat(gateway, acme, QUESTION, **options) for _ in range(2)]
         assert [r.headers["x-llmops-cache"] for r in responses] == ["bypass", "bypass"], options
     cache_writes_flush()
-    assert not CacheEntry.objects.exists()
+    assert not CacheEntry.objects.unscoped().exists()
 
 
 def test_a_rule_may_cache_nondeterministic_requests(gateway, acme, embedder):
@@ -77,21 +77,21 @@ def test_without_a_ttl_on_the_rule_nothing_is_cached(gateway, acme):
 def test_an_expired_entry_misses_and_the_expiry_job_deletes_it(gateway, acme_caching):
     chat(gateway, acme_caching, QUESTION)
     cache_writes_flush()
-    entry = CacheEntry.objects.get()
+    entry = CacheEntry.objects.unscoped().get()
     key = redis_key(acme_caching.tenant.pk, entry.served_model, entry.key_hash)
     assert 0 < sync_redis().ttl(key) <= CACHE_TTL_SECONDS
     assert entry.expires_at - entry.created_at == pytest.approx(
         timedelta(seconds=CACHE_TTL_SECONDS), abs=timedelta(seconds=5)
     )
 
-    CacheEntry.objects.update(expires_at=timezone.now() - timedelta(seconds=1))
+    CacheEntry.objects.unscoped().update(expires_at=timezone.now() - timedelta(seconds=1))
     sync_redis().delete(key)  # Redis drops it by the same TTL
     assert chat(gateway, acme_caching, QUESTION).headers["x-llmops-cache"] == "miss"
     # The miss stores its answer after responding: let that write land before expiring the row it renews.
     cache_writes_flush()
-    CacheEntry.objects.update(expires_at=timezone.now() - timedelta(seconds=1))
+    CacheEntry.objects.unscoped().update(expires_at=timezone.now() - timedelta(seconds=1))
     assert cache_entries_expire() == 1
-    assert not CacheEntry.objects.exists()
+    assert not CacheEntry.objects.unscoped().exists()
 
 
 def test_identical_prompts_from_two_tenants_never_share_an_answer(gateway, acme_caching, globex_caching):
@@ -107,7 +107,7 @@ def test_identical_prompts_from_two_tenants_never_share_an_answer(gateway, acme_
     assert chat(gateway, acme_caching, paraphrase).headers["x-llmops-cache"] == "hit-semantic"
     assert chat(gateway, globex_caching, paraphrase, **as_globex).headers["x-llmops-cache"] == "miss"
     cache_writes_flush()
-    assert not CacheEntry.objects.filter(tenant=globex_caching.tenant).exists()
+    assert not CacheEntry.objects.unscoped().filter(tenant=globex_caching.tenant).exists()
 
 
 def test_a_flushed_redis_still_hits_from_postgres_and_is_refilled(gateway, acme_caching):
@@ -115,7 +115,7 @@ def test_a_flushed_redis_still_hits_from_postgres_and_is_refilled(gateway, acme_
     cache_writes_flush()
     sync_redis().flushdb()
     assert chat(gateway, acme_caching, QUESTION).headers["x-llmops-cache"] == "hit-exact"
-    entry = CacheEntry.objects.get()
+    entry = CacheEntry.objects.unscoped().get()
     assert sync_redis().exists(redis_key(acme_caching.tenant.pk, entry.served_model, entry.key_hash))
 
 
@@ -137,7 +137,7 @@ def test_client_cache_control_on_reading(gateway, acme_caching, headers, status)
 def test_no_store_keeps_nothing(gateway, acme_caching, headers):
     chat(gateway, acme_caching, QUESTION, headers=headers)
     cache_writes_flush()
-    assert not CacheEntry.objects.exists()
+    assert not CacheEntry.objects.unscoped().exists()
     assert chat(gateway, acme_caching, QUESTION).headers["x-llmops-cache"] == "miss"
 
 
@@ -154,14 +154,14 @@ def test_upstream_errors_are_not_cached(gateway, acme_caching):
     assert chat(gateway, acme_caching, QUESTION, model=failing.name).status_code >= 500
     assert chat(gateway, acme_caching, QUESTION, model=failing.name).headers.get("x-llmops-cache") != "hit-exact"
     cache_writes_flush()
-    assert not CacheEntry.objects.exists()
+    assert not CacheEntry.objects.unscoped().exists()
 
 
 def test_a_corrupt_entry_is_a_miss_not_an_error(gateway, acme_caching):
     chat(gateway, acme_caching, QUESTION)
     cache_writes_flush()
-    entry = CacheEntry.objects.get()
-    CacheEntry.objects.update(answer_encrypted=seal_answer({"choices": "not a list"}))
+    entry = CacheEntry.objects.unscoped().get()
+    CacheEntry.objects.unscoped().update(answer_encrypted=seal_answer({"choices": "not a list"}))
     sync_redis().set(redis_key(acme_caching.tenant.pk, entry.served_model, entry.key_hash), b"{not json")
 
     response = chat(gateway, acme_caching, QUESTION)

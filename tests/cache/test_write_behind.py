@@ -39,7 +39,7 @@ def test_the_answer_does_not_wait_for_its_cache_write_and_this_process_finds_it(
         exact = chat(gateway, acme_caching, QUESTION)
         semantic = chat(gateway, acme_caching, PARAPHRASE)
         other_tenant = [chat(gateway, globex_caching, prompt, **as_globex) for prompt in (QUESTION, PARAPHRASE)]
-        assert not CacheEntry.objects.exists()
+        assert not CacheEntry.objects.unscoped().exists()
 
     assert first.headers["x-llmops-cache"] == "miss"
     assert (exact.headers["x-llmops-cache"], semantic.headers["x-llmops-cache"]) == ("hit-exact", "hit-semantic")
@@ -47,7 +47,7 @@ def test_the_answer_does_not_wait_for_its_cache_write_and_this_process_finds_it(
     assert [reply.headers["x-llmops-cache"] for reply in other_tenant] == ["miss", "miss"]
     assert mock_upstream.app.requests_served == served + 2
     cache_writes_flush()
-    entry = CacheEntry.objects.get()
+    entry = CacheEntry.objects.unscoped().get()
     assert (entry.tenant, entry.kind, entry.hit_count) == (acme_caching.tenant, CacheEntryKind.SEMANTIC, 2)
     assert sync_redis().exists(redis_key(acme_caching.tenant.pk, entry.served_model, entry.key_hash))
 
@@ -61,7 +61,7 @@ def test_stores_of_one_key_queued_together_leave_one_row_per_tenant(gateway, acm
             assert chat(gateway, setup, QUESTION, **bypass).headers["x-llmops-cache"] == "bypass"
     cache_writes_flush()
 
-    entries = CacheEntry.objects.order_by("tenant_id")
+    entries = CacheEntry.objects.unscoped().order_by("tenant_id")
     assert [entry.tenant for entry in entries] == [acme_caching.tenant, globex_caching.tenant]
     assert all(entry.kind == CacheEntryKind.SEMANTIC and entry.hit_count == 0 for entry in entries)
     assert not [record for record in caplog.records if record.levelno >= logging.WARNING]
@@ -71,7 +71,7 @@ def test_stores_of_one_key_queued_together_leave_one_row_per_tenant(gateway, acm
 
 def test_an_entry_postgres_refuses_costs_only_itself(gateway, acme, embedder, caplog):
     deleted_tenant = dataclasses.replace(
-        cache_request(acme, "Print a NUL byte"), tenant_id=Tenant.objects.order_by("pk").last().pk + 1000
+        cache_request(acme, "Print a NUL byte"), tenant_id=Tenant.objects.unscoped().order_by("pk").last().pk + 1000
     )
     with cache_writes_blocked():
         cache_store(cache_request(acme, "How do I reset my password?"), answer=stored_answer("Use the reset link."))
@@ -82,7 +82,9 @@ def test_an_entry_postgres_refuses_costs_only_itself(gateway, acme, embedder, ca
         )
     cache_writes_flush()
 
-    assert sorted(open_prompt(sealed) for sealed in CacheEntry.objects.values_list("prompt_encrypted", flat=True)) == [
+    assert sorted(
+        open_prompt(sealed) for sealed in CacheEntry.objects.unscoped().values_list("prompt_encrypted", flat=True)
+    ) == [
         "how do i reset my password",
         "which plans include single sign-on",
     ]
@@ -100,7 +102,7 @@ def test_an_answer_stored_without_a_lookup_is_embedded_later_and_found_by_meanin
     assert bypassed.headers["x-llmops-cache"] == "bypass"
     assert paraphrase.headers["x-llmops-cache"] == "hit-semantic"
     cache_writes_flush()
-    assert CacheEntry.objects.get().kind == CacheEntryKind.SEMANTIC
+    assert CacheEntry.objects.unscoped().get().kind == CacheEntryKind.SEMANTIC
 
 
 def test_a_purge_deletes_what_this_process_was_still_writing(gateway, acme, settings):
@@ -110,6 +112,6 @@ def test_a_purge_deletes_what_this_process_was_still_writing(gateway, acme, sett
     assert cache_entries_purge(tenant=acme.tenant) == 1
 
     cache_writes_flush()
-    assert not CacheEntry.objects.exists()
+    assert not CacheEntry.objects.unscoped().exists()
     assert not sync_redis().exists(redis_key(acme.tenant.pk, cache.served_model, cache.key_hash))
     assert run(cache_lookup(cache)) is None

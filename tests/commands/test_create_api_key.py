@@ -35,7 +35,7 @@ def test_prints_a_key_that_authenticates_once(acme_support):
 
     [full_key] = printed_keys(output)
     prefix, secret = parse_key(full_key)
-    api_key = ApiKey.objects.get(prefix=prefix)
+    api_key = ApiKey.objects.unscoped().get(prefix=prefix)
     assert secret_matches(secret, api_key.secret_hash)
     assert (api_key.tenant, api_key.team, api_key.name) == (acme_support.tenant, acme_support, "ci")
     assert api_key.expires_at is None
@@ -47,7 +47,7 @@ def test_picks_the_team_of_the_named_tenant_when_slugs_collide(acme_support, glo
     output = run_create_api_key("--tenant", "globex", "--team", "support")
 
     [full_key] = printed_keys(output)
-    api_key = ApiKey.objects.get(prefix=parse_key(full_key).prefix)
+    api_key = ApiKey.objects.unscoped().get(prefix=parse_key(full_key).prefix)
     assert api_key.team == globex_support
     assert api_key.tenant == globex_support.tenant
 
@@ -56,7 +56,7 @@ def test_expiry_is_counted_in_days_from_now(acme_support):
     before = timezone.now()
     output = run_create_api_key("--tenant", "acme", "--team", "support", "--expires-in-days", "7")
 
-    api_key = ApiKey.objects.get(prefix=parse_key(printed_keys(output)[0]).prefix)
+    api_key = ApiKey.objects.unscoped().get(prefix=parse_key(printed_keys(output)[0]).prefix)
     assert before + timedelta(days=7) <= api_key.expires_at <= timezone.now() + timedelta(days=7)
 
 
@@ -66,14 +66,14 @@ def test_refuses_a_team_of_another_tenant(acme_support):
     with pytest.raises(CommandError, match="tenant 'acme' has no team 'globex-only'"):
         run_create_api_key("--tenant", "acme", "--team", "globex-only")
 
-    assert not ApiKey.objects.exists()
+    assert not ApiKey.objects.unscoped().exists()
 
 
 def test_refuses_an_unknown_tenant(acme_support):
     with pytest.raises(CommandError, match="no tenant with slug 'initech'"):
         run_create_api_key("--tenant", "initech", "--team", "support")
 
-    assert not ApiKey.objects.exists()
+    assert not ApiKey.objects.unscoped().exists()
 
 
 @pytest.mark.parametrize("days", ["0", "-1", "soon"])
@@ -81,4 +81,4 @@ def test_refuses_an_expiry_that_is_not_a_positive_number_of_days(acme_support, d
     with pytest.raises(CommandError, match="--expires-in-days"):
         run_create_api_key("--tenant", "acme", "--team", "support", "--expires-in-days", days)
 
-    assert not ApiKey.objects.exists()
+    assert not ApiKey.objects.unscoped().exists()

@@ -93,7 +93,7 @@ def test_replay_writes_each_record_once_keeps_what_still_fails_and_a_dry_run_cha
     strand(client, [*late, *never])
     listed = run("list")
 
-    assert client.xlen(DEAD_LETTER_KEY) == 8 and not UsageRecord.objects.exists()
+    assert client.xlen(DEAD_LETTER_KEY) == 8 and not UsageRecord.objects.unscoped().exists()
     assert "8 dead letters (of 8 in llmops:ledger:dead)" in listed
     assert all(event.request_id in listed for event in [*late, *never]) and "undecodable event" in listed
 
@@ -104,15 +104,19 @@ def test_replay_writes_each_record_once_keeps_what_still_fails_and_a_dry_run_cha
 
     assert "dry run: would replay 4, already in the ledger 1, still failing 3" in dry
     assert client.xlen(DEAD_LETTER_KEY) == 8
-    assert list(UsageRecord.objects.values_list("request_id", flat=True)) == [late[0].request_id]
+    assert list(UsageRecord.objects.unscoped().values_list("request_id", flat=True)) == [late[0].request_id]
 
     replayed = run("replay")
     again = run("replay")
 
     assert "replayed 4, already in the ledger 1, still failing 3 (kept in llmops:ledger:dead)" in replayed
     assert "replayed 0, already in the ledger 0, still failing 3" in again
-    assert sorted(UsageRecord.objects.values_list("request_id", flat=True)) == [event.request_id for event in late]
-    assert UsageRecord.objects.aggregate(total=Sum("cost_usd"))["total"] == sum(event.cost_usd for event in late)
+    assert sorted(UsageRecord.objects.unscoped().values_list("request_id", flat=True)) == [
+        event.request_id for event in late
+    ]
+    assert UsageRecord.objects.unscoped().aggregate(total=Sum("cost_usd"))["total"] == sum(
+        event.cost_usd for event in late
+    )
     kept = [fields[EVENT_FIELD] for _id, fields in client.xrange(DEAD_LETTER_KEY)]
     assert len(kept) == 3 and b"{not json" in kept
     assert all(any(event.request_id.encode() in raw for raw in kept) for event in never)
@@ -146,4 +150,4 @@ def test_list_and_drop_select_by_id_age_and_count_and_drop_needs_a_selection(cli
     assert [entry_id.decode() for entry_id, _ in client.xrange(DEAD_LETTER_KEY)] == ids[2:]
     assert "still failing 1" in run("replay", "--id", ids[2]) and client.xlen(DEAD_LETTER_KEY) == 3
     assert "dropped 3 dead letters" in run("drop", "--all")
-    assert client.xlen(DEAD_LETTER_KEY) == 0 and not UsageRecord.objects.exists()
+    assert client.xlen(DEAD_LETTER_KEY) == 0 and not UsageRecord.objects.unscoped().exists()

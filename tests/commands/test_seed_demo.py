@@ -29,6 +29,6 @@ def test_a_rerun_with_another_mock_port_points_the_demo_provider_there(gateway, 
         reply = client.chat.completions.create(model="auto", messages=[{"role": "user", "content": "hello"}])
     assert reply.choices[0].message.content.startswith("Mock answer to: hello")
 
-    audit_rows = AuditEvent.objects.count()
+    audit_rows = AuditEvent.objects.unscoped().count()
     assert "now points at" not in seed_demo(f"{mock_upstream.url}/v1")
-    assert AuditEvent.objects.count() == audit_rows
+    assert AuditEvent.objects.unscoped().count() == audit_rows

@@ -30,7 +30,7 @@ def requests_on(tenant, day: date) -> int:
     zone = tenant_zone(tenant=tenant)
     start = datetime.combine(day, time.min, tzinfo=zone)
     end = start + timedelta(days=1)
-    return UsageRecord.objects.filter(tenant=tenant, created_at__gte=start, created_at__lt=end).count()
+    return UsageRecord.objects.unscoped().filter(tenant=tenant, created_at__gte=start, created_at__lt=end).count()
 
 
 def latency_bucket(latency_ms: float) -> int:
@@ -47,7 +47,7 @@ def test_dashboard_kpis_match_the_ledger(client, seeded):
 
     records = [
         record
-        for record in UsageRecord.objects.filter(tenant=seeded.tenant, team=team)
+        for record in UsageRecord.objects.unscoped().filter(tenant=seeded.tenant, team=team)
         if since <= record.created_at.astimezone(zone).date() <= until
     ]
     count = len(records)
@@ -123,7 +123,9 @@ def test_dashboard_shows_each_budget_with_its_spend_in_the_current_period(client
     spent = sum(
         (
             r.cost_usd
-            for r in UsageRecord.objects.filter(tenant=seeded.tenant, team=seeded.teams[0], created_at__gte=month_start)
+            for r in UsageRecord.objects.unscoped().filter(
+                tenant=seeded.tenant, team=seeded.teams[0], created_at__gte=month_start
+            )
         ),
         Decimal(0),
     )

@@ -199,7 +199,9 @@ def test_api_csv_export_and_admin_action_write_the_same_bytes(client, admin_user
     assert b"".join(grouped.streaming_content) == BY_MODEL_CSV.encode()
 
     client.force_login(admin_user)
-    selected = UsageRecord.objects.filter(tenant=pinned, request_id__in=["req-1", "req-2", "req-3", "req-3-summary"])
+    selected = UsageRecord.objects.for_tenant(pinned).filter(
+        request_id__in=["req-1", "req-2", "req-3", "req-3-summary"]
+    )
     action = client.post(
         reverse("admin:billing_usagerecord_changelist"),
         {"action": "export_selected_csv", "_selected_action": [record.pk for record in selected]},

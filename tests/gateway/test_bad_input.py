@@ -31,7 +31,7 @@ def test_malformed_json_is_a_400_with_a_ledger_row(gateway, acme):
     response = post(gateway, acme.key, content=b'{"model": "x", "messages": [')
 
     assert_openai_error(response, 400, "invalid_json")
-    record = UsageRecord.objects.get()
+    record = UsageRecord.objects.unscoped().get()
     assert (record.http_status, record.error_code, record.tenant) == (400, "invalid_json", acme.tenant)
 
 
@@ -82,7 +82,7 @@ def test_wrong_fields_name_the_parameter(gateway, acme, body, code, param):
     response = post(gateway, acme.key, body)
 
     assert_openai_error(response, 400, code, param)
-    assert UsageRecord.objects.get().error_code == code
+    assert UsageRecord.objects.unscoped().get().error_code == code
 
 
 def test_oversized_body_is_refused(gateway, acme, settings):
@@ -92,7 +92,7 @@ def test_oversized_body_is_refused(gateway, acme, settings):
     response = post(gateway, acme.key, body)
 
     assert_openai_error(response, 413, "request_too_large")
-    assert UsageRecord.objects.get().error_code == "request_too_large"
+    assert UsageRecord.objects.unscoped().get().error_code == "request_too_large"
 
 
 def test_missing_key_is_a_401(gateway, acme):
@@ -100,7 +100,7 @@ def test_missing_key_is_a_401(gateway, acme):
 
     assert response.status_code == 401
     assert response.json()["error"]["code"] == "missing_api_key"
-    assert not UsageRecord.objects.exists()
+    assert not UsageRecord.objects.unscoped().exists()
 
 
 @pytest.mark.parametrize(
@@ -118,7 +118,7 @@ def test_unknown_keys_are_401_and_leave_nothing(gateway, acme, key):
 
     assert response.status_code == 401
     assert response.json()["error"]["code"] == "invalid_api_key"
-    assert not UsageRecord.objects.exists()
+    assert not UsageRecord.objects.unscoped().exists()
 
 
 def test_a_right_prefix_with_a_wrong_secret_is_refused(gateway, acme):
@@ -136,7 +136,7 @@ def test_revoked_key_is_refused(gateway, acme):
 
     assert response.status_code == 401
     assert "revoked" in response.json()["error"]["message"]
-    assert not UsageRecord.objects.exists()
+    assert not UsageRecord.objects.unscoped().exists()
 
 
 def test_expired_key_is_refused(gateway, acme):
@@ -153,7 +153,7 @@ def test_key_of_another_tenant_cannot_use_its_models(gateway, acme, globex):
     response = post(gateway, globex.key, {"model": acme.small.name, "messages": [{"role": "user", "content": "hi"}]})
 
     assert_openai_error(response, 403, "model_not_allowed", "model")
-    record = UsageRecord.objects.get()
+    record = UsageRecord.objects.unscoped().get()
     assert record.tenant == globex.tenant and record.served_model == ""
     models = httpx.get(f"{gateway.url}/v1/models", headers={"authorization": f"Bearer {globex.key}"}).json()
     assert {m["id"] for m in models["data"]} == {globex.small.name, globex.large.name}
@@ -167,7 +167,7 @@ def test_wrong_method_is_an_openai_error(gateway, acme):
         response = httpx.request(method, f"{gateway.url}{path}", headers=headers)
 
         assert_openai_error(response, 405, "method_not_allowed")
-    assert not UsageRecord.objects.exists()
+    assert not UsageRecord.objects.unscoped().exists()
 
 
 UNKNOWN_URLS = [
@@ -190,7 +190,7 @@ def test_unknown_v1_urls_answer_openai_json(gateway, acme):
             assert error["type"] == "invalid_request_error"
             assert error["message"].startswith(f"Unknown request URL: {method} {path.replace('%00', chr(0))}")
             assert response.headers["content-type"] == "application/json"
-    assert not UsageRecord.objects.exists()
+    assert not UsageRecord.objects.unscoped().exists()
 
 
 def test_every_v1_answer_names_a_request_id(gateway, acme):
@@ -212,8 +212,8 @@ def test_no_error_costs_money(gateway, acme):
     post(gateway, acme.key, {"model": "nope", "messages": [{"role": "user", "content": "hi"}]})
     post(gateway, acme.key, content=b"not json")
 
-    assert UsageRecord.objects.count() == 2
-    assert all(record.cost_usd == Decimal(0) for record in UsageRecord.objects.all())
+    assert UsageRecord.objects.unscoped().count() == 2
+    assert all(record.cost_usd == Decimal(0) for record in UsageRecord.objects.unscoped().all())
 
 
 def test_a_nul_character_in_a_logged_prompt_is_answered_and_logged(gateway, acme):
@@ -223,5 +223,5 @@ def test_a_nul_character_in_a_logged_prompt_is_answered_and_logged(gateway, acme
     response = post(gateway, acme.key, body)
 
     assert response.status_code == 200, response.text
-    assert UsageRecord.objects.get().http_status == 200
-    assert PayloadLog.objects.get().request["messages"][0]["content"] == "before\ufffdafter"
+    assert UsageRecord.objects.unscoped().get().http_status == 200
+    assert PayloadLog.objects.unscoped().get().request["messages"][0]["content"] == "before\ufffdafter"

@@ -56,7 +56,7 @@ def test_200_concurrent_requests_never_overspend_a_budget_that_covers_50(gateway
     assert all('"budget_exceeded"' in text for text in refused)
     assert 40 <= len(answered) <= 50
     assert all(text.rstrip().endswith("data: [DONE]") for _, text in answered if text.startswith("data:"))
-    recorded = UsageRecord.objects.filter(tenant=acme.tenant, http_status=200)
+    recorded = UsageRecord.objects.unscoped().filter(tenant=acme.tenant, http_status=200)
     assert set(recorded.values_list("request_id", flat=True)) == {request_id for request_id, _ in answered}
     assert recorded.filter(is_stream=True).exists()
     assert recorded.aggregate(spent=Sum("cost_usd"))["spent"] <= limit
@@ -74,7 +74,7 @@ def test_block_answers_429_with_retry_after_until_the_period_resets(gateway, acm
     assert response.status_code == 429
     assert response.json()["error"]["code"] == "budget_exceeded"
     assert 0 < int(response.headers["retry-after"]) <= 24 * 3600
-    assert UsageRecord.objects.get().error_code == "budget_exceeded"
+    assert UsageRecord.objects.unscoped().get().error_code == "budget_exceeded"
 
 
 def test_downgrade_routes_to_the_cheaper_model_while_it_fits(gateway, acme):
@@ -147,7 +147,7 @@ def test_a_request_the_rate_limit_refuses_leaves_nothing_reserved_against_the_bu
     budget_update(budget=budget, limit_usd=Decimal(answered.headers["x-llmops-cost-usd"]) + worst_case(SMALL_PRICES))
 
     refused = httpx.post(f"{gateway.url}/v1/chat/completions", json=body, headers=headers)
-    RateLimit.objects.filter(tenant=acme.tenant).delete()
+    RateLimit.objects.unscoped().filter(tenant=acme.tenant).delete()
     again = httpx.post(f"{gateway.url}/v1/chat/completions", json=body, headers=headers)
 
     assert refused.json()["error"]["code"] == "rate_limit_exceeded"

@@ -68,7 +68,7 @@ def test_a_megabyte_prompt_over_the_cap_is_refused_uncounted_with_its_ledger_row
     assert response.status_code == 400
     error = response.json()["error"]
     assert error["code"] == "token_cap_exceeded" and "has at least" in error["message"]
-    record = UsageRecord.objects.get(request_id=response.headers["x-llmops-request-id"])
+    record = UsageRecord.objects.unscoped().get(request_id=response.headers["x-llmops-request-id"])
     assert (record.http_status, record.error_code) == (400, "token_cap_exceeded")
 
 
@@ -110,7 +110,7 @@ def test_over_its_cap_a_tenant_gets_a_429_others_are_served_and_every_slot_comes
 
     assert refused.status_code == 429 and refused.headers["retry-after"] == "1"
     assert refused.json()["error"]["code"] == "tenant_concurrency_limit_exceeded"
-    record = UsageRecord.objects.get(request_id=refused.headers["x-llmops-request-id"])
+    record = UsageRecord.objects.unscoped().get(request_id=refused.headers["x-llmops-request-id"])
     assert (record.http_status, record.error_code) == (429, "tenant_concurrency_limit_exceeded")
     assert (other.status_code, again.status_code) == (200, 200)
 
@@ -138,10 +138,10 @@ def test_the_cap_holds_across_two_gateway_workers(spawn, gateway_port, mock_upst
     assert set(refusals) == {("1", "tenant_concurrency_limit_exceeded")}
     wait_until_none_held(setup.tenant)
     deadline = time.monotonic() + 10
-    while UsageRecord.objects.filter(served_model=slow.name).count() < len(results):
+    while UsageRecord.objects.unscoped().filter(served_model=slow.name).count() < len(results):
         assert time.monotonic() < deadline, "the ledger lacks rows of the burst"
         time.sleep(0.05)
-    rows = Counter(UsageRecord.objects.filter(served_model=slow.name).values_list("http_status", flat=True))
+    rows = Counter(UsageRecord.objects.unscoped().filter(served_model=slow.name).values_list("http_status", flat=True))
     assert rows == {200: 3, 429: 5}
 
 

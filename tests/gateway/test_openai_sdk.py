@@ -16,7 +16,7 @@ def test_completion_through_the_sdk_is_recorded(openai_client, acme):
     completion = raw.parse()
 
     assert completion.choices[0].message.content.startswith("Mock answer to: What is the capital")
-    record = UsageRecord.objects.get()
+    record = UsageRecord.objects.unscoped().get()
     assert raw.headers["x-llmops-request-id"] == record.request_id
     assert raw.headers["x-llmops-model"] == acme.small.name
     assert raw.headers["x-llmops-cache"] == "bypass"  # no caching rule: the cache is not read
@@ -34,7 +34,7 @@ def test_default_alias_serves_the_tenant_default_model(openai_client, acme):
     completion = openai_client.chat.completions.create(model="default", messages=[{"role": "user", "content": "hi"}])
 
     assert completion.choices[0].finish_reason == "stop"
-    record = UsageRecord.objects.get()
+    record = UsageRecord.objects.unscoped().get()
     assert (record.requested_model, record.served_model) == ("default", acme.small.name)
 
 
@@ -52,7 +52,7 @@ def test_stream_with_usage_forwards_the_usage_chunk(openai_client, acme):
     assert text.startswith("Mock answer to: Tell me")
     usage_chunks = [c for c in chunks if c.usage is not None]
     assert len(usage_chunks) == 1 and usage_chunks[0].usage.completion_tokens == 8
-    record = UsageRecord.objects.get()
+    record = UsageRecord.objects.unscoped().get()
     assert record.is_stream and not record.usage_estimated
     assert (record.prompt_tokens, record.completion_tokens) == (
         usage_chunks[0].usage.prompt_tokens,
@@ -68,7 +68,7 @@ def test_stream_without_usage_hides_the_chunk_but_the_ledger_gets_it(openai_clie
     )
 
     assert all(c.usage is None for c in chunks)
-    record = UsageRecord.objects.get()
+    record = UsageRecord.objects.unscoped().get()
     assert record.completion_tokens == 6 and record.prompt_tokens > 0 and record.cost_usd > 0
     assert not record.usage_estimated
 
@@ -80,7 +80,7 @@ def test_bad_key_raises_authentication_error(gateway, acme):
         client.chat.completions.create(model=acme.small.name, messages=[{"role": "user", "content": "hi"}])
 
     assert excinfo.value.code == "invalid_api_key"
-    assert not UsageRecord.objects.exists()
+    assert not UsageRecord.objects.unscoped().exists()
 
 
 def test_bad_request_raises_bad_request_error_and_is_recorded(openai_client, acme):
@@ -89,7 +89,7 @@ def test_bad_request_raises_bad_request_error_and_is_recorded(openai_client, acm
 
     assert excinfo.value.code == "empty_array"
     assert excinfo.value.param == "messages"
-    record = UsageRecord.objects.get()
+    record = UsageRecord.objects.unscoped().get()
     assert (record.http_status, record.error_code, record.cost_usd) == (400, "empty_array", Decimal(0))
 
 
@@ -98,7 +98,7 @@ def test_unknown_model_raises_not_found_error(openai_client):
         openai_client.chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "hi"}])
 
     assert excinfo.value.code == "model_not_found"
-    assert UsageRecord.objects.get().error_code == "model_not_found"
+    assert UsageRecord.objects.unscoped().get().error_code == "model_not_found"
 
 
 def test_models_lists_what_the_key_may_use(openai_client, acme, globex):

@@ -81,7 +81,7 @@ def test_anthropic_through_the_sdk_with_prompt_caching_priced(openai_client, cla
     second = openai_client.chat.completions.create(model=claude.name, messages=messages, max_tokens=50)
 
     assert first.choices[0].message.content
-    writes, reads = UsageRecord.objects.order_by("created_at")
+    writes, reads = UsageRecord.objects.unscoped().order_by("created_at")
     assert writes.cache_write_tokens > 0 and writes.cached_tokens == 0
     assert reads.cached_tokens > 0 and reads.cache_write_tokens == 0
     assert second.usage.prompt_tokens_details.cached_tokens == reads.cached_tokens
@@ -103,7 +103,7 @@ def test_anthropic_streams_through_the_sdk(openai_client, claude):
     text = "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices)
     assert text
     usage = next(chunk.usage for chunk in chunks if chunk.usage)
-    record = UsageRecord.objects.get()
+    record = UsageRecord.objects.unscoped().get()
     assert record.is_stream and (record.prompt_tokens, record.completion_tokens) == (
         usage.prompt_tokens,
         usage.completion_tokens,
@@ -122,7 +122,7 @@ def test_bedrock_through_the_sdk_streaming_and_not(openai_client, nova):
 
     assert completion.choices[0].message.content
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    records = list(UsageRecord.objects.order_by("created_at"))
+    records = list(UsageRecord.objects.unscoped().order_by("created_at"))
     assert [r.is_stream for r in records] == [False, True]
     assert all(r.served_model == nova.name and r.prompt_tokens > 0 and r.cost_usd > 0 for r in records)
     assert records[0].completion_tokens == completion.usage.completion_tokens

@@ -43,7 +43,7 @@ def test_upstream_5xx_is_a_502(openai_client, failing_model):
 
     assert excinfo.value.status_code == 502
     assert "503" in excinfo.value.message
-    record = UsageRecord.objects.get()
+    record = UsageRecord.objects.unscoped().get()
     assert (record.http_status, record.error_code, record.served_model) == (502, "upstream_error", model.name)
     assert record.upstream_latency_ms is not None and record.cost_usd == 0
 
@@ -54,7 +54,7 @@ def test_upstream_429_is_a_429(openai_client, failing_model):
     with pytest.raises(openai.RateLimitError):
         openai_client.chat.completions.create(model=model.name, messages=[{"role": "user", "content": "hi"}])
 
-    assert UsageRecord.objects.get().error_code == "upstream_rate_limited"
+    assert UsageRecord.objects.unscoped().get().error_code == "upstream_rate_limited"
 
 
 def test_upstream_connection_error_is_a_502(openai_client, failing_model):
@@ -64,7 +64,7 @@ def test_upstream_connection_error_is_a_502(openai_client, failing_model):
         openai_client.chat.completions.create(model=model.name, messages=[{"role": "user", "content": "hi"}])
 
     assert excinfo.value.status_code == 502
-    assert UsageRecord.objects.get().error_code == "upstream_connection_error"
+    assert UsageRecord.objects.unscoped().get().error_code == "upstream_connection_error"
 
 
 def test_upstream_timeout_is_a_504(openai_client, failing_model):
@@ -74,7 +74,7 @@ def test_upstream_timeout_is_a_504(openai_client, failing_model):
         openai_client.chat.completions.create(model=model.name, messages=[{"role": "user", "content": "hi"}])
 
     assert excinfo.value.status_code == 504
-    record = UsageRecord.objects.get()
+    record = UsageRecord.objects.unscoped().get()
     assert record.error_code == "upstream_timeout" and record.upstream_latency_ms >= 450
 
 
@@ -89,7 +89,7 @@ def test_stream_cut_short_is_an_error_event_and_an_error_row(openai_client, fail
         )
 
     assert "before [DONE]" in excinfo.value.message
-    record = UsageRecord.objects.get()
+    record = UsageRecord.objects.unscoped().get()
     assert (record.http_status, record.error_code) == (502, "upstream_stream_truncated")
     assert record.completion_tokens > 0 and record.usage_estimated and record.cost_usd > 0
 
@@ -102,7 +102,7 @@ def test_missing_usage_is_estimated_with_tiktoken(openai_client, failing_model):
     )
 
     assert completion.usage is None
-    record = UsageRecord.objects.get()
+    record = UsageRecord.objects.unscoped().get()
     assert record.usage_estimated and record.prompt_tokens > 0 and record.completion_tokens > 0
 
 
@@ -149,7 +149,7 @@ def wait_for_record(timeout: float = 10.0) -> UsageRecord:
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        record = UsageRecord.objects.first()
+        record = UsageRecord.objects.unscoped().first()
         if record is not None:
             return record
         time.sleep(0.05)
@@ -188,7 +188,7 @@ def test_a_malformed_answer_is_a_502_with_an_estimated_row_and_its_reservation_s
             assert response.headers["content-type"] == "application/json"
             error = orjson.loads(text)["error"]
         assert error["code"] == "upstream_invalid_response", (kind, error)
-        record = UsageRecord.objects.get(request_id=request_id)
+        record = UsageRecord.objects.unscoped().get(request_id=request_id)
         assert (record.http_status, record.error_code, record.served_model) == (502, error["code"], model.name)
         assert record.usage_estimated and record.prompt_tokens > 0 and record.cost_usd >= 0, kind
         if stream or kind in MALFORMED_USAGE:
@@ -217,6 +217,6 @@ def test_a_malformed_answer_falls_back_down_the_chain(gateway, acme, failing_mod
     response, text = ask(gateway, acme, "auto", stream=False)
 
     assert response.status_code == 200, text
-    record = UsageRecord.objects.get()
+    record = UsageRecord.objects.unscoped().get()
     assert (record.served_model, record.attempts, record.usage_estimated) == (acme.small.name, 3, False)
     assert record.cost_usd > 0

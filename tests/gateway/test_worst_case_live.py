@@ -108,7 +108,7 @@ def test_n_under_a_small_key_budget_never_overshoots_on_two_workers(spawn, proce
         assert 1 <= len(answered) <= int(limits[choices] / worst_case(choices=choices))
         assert all('"budget_exceeded"' in text and "cannot hold this request's worst case" in text for text in refused)
         assert any(f"per choice ({choices} choices) it would fit" in text for text in refused)
-        rows = UsageRecord.objects.filter(api_key=key, http_status=200)
+        rows = UsageRecord.objects.unscoped().filter(api_key=key, http_status=200)
         assert rows.count() == len(answered)
         assert all(row.completion_tokens == choices * MAX_TOKENS for row in rows)
         assert rows.aggregate(spent=Sum("cost_usd"))["spent"] <= limits[choices]
@@ -195,8 +195,8 @@ COMPRESS = [{"priority": 1, "name": "squeeze", "outcome": {"prompt_token_cap": 1
 def rows_of(response) -> tuple[UsageRecord, UsageRecord | None]:
     request_id = response.headers["x-llmops-request-id"]
     return (
-        UsageRecord.objects.get(request_id=request_id),
-        UsageRecord.objects.filter(parent_request_id=request_id).first(),
+        UsageRecord.objects.unscoped().get(request_id=request_id),
+        UsageRecord.objects.unscoped().filter(parent_request_id=request_id).first(),
     )
 
 
@@ -218,7 +218,7 @@ def test_the_compression_summary_is_a_ledger_row_of_its_request_and_counts_again
     gross = usage_cost(prices=ModelPrices(*SMALL_PRICES), prompt_tokens=removed, cached_tokens=0, completion_tokens=0)
     assert main.saved_compression_usd == gross - summary.cost_usd
     (group,) = aggregate_queryset(
-        UsageRecord.objects.filter(tenant=acme.tenant), group_by=(ExportGrouping.MODEL,), zone=UTC
+        UsageRecord.objects.unscoped().filter(tenant=acme.tenant), group_by=(ExportGrouping.MODEL,), zone=UTC
     )
     assert (group["requests"], group["cost_usd"]) == (1, main.cost_usd + summary.cost_usd)
 
@@ -245,7 +245,7 @@ def test_a_budget_that_covers_the_request_but_not_its_summary_too_refuses(gatewa
     main, summary = rows_of(response)
     assert main.error_code == "budget_exceeded"
     assert summary.cost_usd == measured_summary.cost_usd
-    assert UsageRecord.objects.filter(tenant=acme.tenant).aggregate(spent=Sum("cost_usd"))["spent"] <= limit
+    assert UsageRecord.objects.unscoped().filter(tenant=acme.tenant).aggregate(spent=Sum("cost_usd"))["spent"] <= limit
 
 
 def test_a_summary_the_budget_cannot_cover_refuses_the_request_before_it_is_made(gateway, acme, mock_upstream):

@@ -128,11 +128,11 @@ def test_kill_9_of_gateway_and_drainer_mid_load_loses_no_answered_request(spawn,
 
     assert killed.is_set() and outcome.failed > 0, "the gateway was not killed while requests were in flight"
     assert len(outcome.answered) >= ANSWERS_BEFORE_KILL + ANSWERS_AFTER_RESTART
-    answered = UsageRecord.objects.filter(request_id__in=outcome.answered)
+    answered = UsageRecord.objects.unscoped().filter(request_id__in=outcome.answered)
     assert answered.count() == len(outcome.answered)
     assert answered.aggregate(total=Sum("cost_usd"))["total"] == sum(outcome.answered.values())
     # Requests cut off by the kill may or may not have their row; none has two, and nothing else appears.
-    assert UsageRecord.objects.count() <= len(outcome.answered) + outcome.failed
+    assert UsageRecord.objects.unscoped().count() <= len(outcome.answered) + outcome.failed
 
 
 @pytest.fixture
@@ -190,7 +190,7 @@ def test_restarted_and_competing_drainers_settle_every_record_exactly_once(ledge
     events = make_events(ledger_tenant, 50)
     client = ledger_stream_client()
     asyncio.run(append_all(events))
-    assert client.xlen(STREAM_KEY) == 50 and not UsageRecord.objects.exists()
+    assert client.xlen(STREAM_KEY) == 50 and not UsageRecord.objects.unscoped().exists()
 
     # One drainer read 20 entries and died; another read 10, inserted them, and died before acknowledging.
     ledger_stream_recover(client=client, consumer="died-after-read")
@@ -201,7 +201,7 @@ def test_restarted_and_competing_drainers_settle_every_record_exactly_once(ledge
 
     # The first restarts under its name and settles its own pending entries, leaving the other's alone.
     assert ledger_stream_recover(client=client, consumer="died-after-read", claim_idle_ms=600_000) == 20
-    assert UsageRecord.objects.count() == 30
+    assert UsageRecord.objects.unscoped().count() == 30
 
     # Two drainers at once: they claim the dead one's entries and share the rest; the replayed inserts are no-ops.
     def drainer(name: str):
@@ -221,9 +221,11 @@ def test_restarted_and_competing_drainers_settle_every_record_exactly_once(ledge
 
     assert client.xlen(STREAM_KEY) == 0
     assert client.xpending(STREAM_KEY, GROUP)["pending"] == 0
-    assert UsageRecord.objects.count() == 50
-    assert UsageRecord.objects.aggregate(total=Sum("cost_usd"))["total"] == sum(event.cost_usd for event in events)
-    stored = UsageRecord.objects.get(request_id="req_drain_0007")
+    assert UsageRecord.objects.unscoped().count() == 50
+    assert UsageRecord.objects.unscoped().aggregate(total=Sum("cost_usd"))["total"] == sum(
+        event.cost_usd for event in events
+    )
+    stored = UsageRecord.objects.unscoped().get(request_id="req_drain_0007")
     assert (stored.prompt_tokens, stored.tags, stored.cost_usd) == (107, ["drain"], Decimal("0.0000987656"))
 
 
@@ -235,7 +237,7 @@ def test_a_record_that_can_never_be_a_row_is_set_aside_not_retried_forever(ledge
 
     call_command("ledger_drain", "--once")
 
-    assert list(UsageRecord.objects.values_list("request_id", flat=True)) == [good.request_id]
+    assert list(UsageRecord.objects.unscoped().values_list("request_id", flat=True)) == [good.request_id]
     assert client.xlen(STREAM_KEY) == 0
     ((_entry_id, dead_fields),) = client.xrange("llmops:ledger:dead")
     assert orphan.request_id.encode() in dead_fields[EVENT_FIELD]

@@ -6,7 +6,7 @@ import pytest
 from django.core.exceptions import ValidationError
 
 from core.crypto import encrypt_secret
-from routing.catalog import build_model_catalog
+from routing.catalog import build_models_by_id, model_catalog_compose
 from routing.models import Provider, ProviderKind
 from routing.providers.kinds import CONNECTION_FIELDS, provider_kind
 from routing.upstream import ADAPTERS
@@ -25,7 +25,7 @@ def test_bedrock_provider_and_cache_write_price_reach_the_catalog():
     ModelFactory(name="claude-on-bedrock", provider=bedrock, cache_write_price_per_million=Decimal("3.75"))
     ModelFactory(name="no-write-price", provider=bedrock)
 
-    catalog = build_model_catalog()
+    catalog = model_catalog_compose(build_models_by_id(), {})
 
     entry = catalog.models["claude-on-bedrock"]
     assert (entry.provider.kind, entry.provider.region, entry.provider.base_url) == ("bedrock", "us-east-1", "")

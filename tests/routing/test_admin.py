@@ -43,7 +43,7 @@ def test_another_tenants_editor_gets_404_on_the_console(acme_policy, globex_rout
 
 
 def test_the_publish_action_refuses_an_invalid_draft_with_the_rule_named(acme_policy, acme_routing):
-    RoutingRule.objects.filter(policy=acme_policy, name="enterprise-tier").update(message_regex="(")
+    RoutingRule.objects.unscoped().filter(policy=acme_policy, name="enterprise-tier").update(message_regex="(")
     client = staff_client(acme_routing.tenant, Role.OWNER)
     response = client.post(
         reverse("admin:routing_routingpolicy_changelist"),

@@ -40,7 +40,7 @@ def test_publish_makes_a_numbered_live_version_with_an_audit_row(draft):
     draft.refresh_from_db()
     assert (version.number, version.published_by, draft.live_version) == (1, actor, version)
     assert version.document["rules"][0]["outcome"]["target_model"] == "acme-large"
-    audit = RoutingPolicyAudit.objects.get()
+    audit = RoutingPolicyAudit.objects.unscoped().get()
     assert (audit.action, audit.actor, audit.version, audit.previous_version) == ("publish", actor, version, None)
     assert audit.diff["rules_added"] == ["vip"]
 
@@ -71,13 +71,13 @@ def test_an_invalid_draft_is_refused_naming_the_rule_and_the_live_version_stays(
     rule = draft.rules.get(name="vip")
     if change.get("target_model"):
         change = {"target_model": ModelFactory._meta.model.objects.get(name="forbidden")}
-    RoutingRule.objects.filter(pk=rule.pk).update(**change)
+    RoutingRule.objects.unscoped().filter(pk=rule.pk).update(**change)
     message = refusal(draft)
     assert expected in message
     draft.refresh_from_db()
     assert draft.live_version == live
     assert draft.versions.count() == 1
-    assert RoutingPolicyAudit.objects.count() == 1
+    assert RoutingPolicyAudit.objects.unscoped().count() == 1
 
 
 def test_an_alias_to_a_model_the_tenant_may_not_use_is_refused(draft):
@@ -91,10 +91,10 @@ def test_rollback_publishes_the_old_document_again_resets_the_draft_and_audits_t
     first = routing_policy_publish(policy=draft, actor=None)
     draft.auto_threshold = 80
     draft.save()
-    RoutingRule.objects.filter(name="vip").update(target_model=acme_routing.other)
+    RoutingRule.objects.unscoped().filter(name="vip").update(target_model=acme_routing.other)
     RoutingRule.objects.create(policy=draft, priority=30, name="new-rule", task_types="chat")
     second = routing_policy_publish(policy=draft, actor=None)
-    publish_audit = RoutingPolicyAudit.objects.get(version=second)
+    publish_audit = RoutingPolicyAudit.objects.unscoped().get(version=second)
     assert publish_audit.diff == {
         "settings": {"auto_threshold": [50, 80]},
         "rules_added": ["new-rule"],
@@ -107,7 +107,7 @@ def test_rollback_publishes_the_old_document_again_resets_the_draft_and_audits_t
     assert draft.live_version == third
     assert draft.auto_threshold == 50
     assert list(draft.rules.values_list("name", "target_model__name")) == [("vip", "acme-large")]
-    rollback_audit = RoutingPolicyAudit.objects.get(version=third)
+    rollback_audit = RoutingPolicyAudit.objects.unscoped().get(version=third)
     assert (rollback_audit.action, rollback_audit.actor, rollback_audit.previous_version) == ("rollback", actor, second)
     assert rollback_audit.diff["rules_removed"] == ["new-rule"]
 
@@ -125,8 +125,8 @@ def test_the_default_template_routes_like_the_seed(acme_routing):
         tenant=acme_routing.tenant, small_model=acme_routing.small, large_model=acme_routing.large
     )
     assert policy.live_version.number == 1 and policy.rules.count() == 4
-    live = build_live_policies()[acme_routing.tenant.pk]
-    catalog = build_model_catalog()
+    live = build_live_policies(tenant_id=acme_routing.tenant.pk)[acme_routing.tenant.pk]
+    catalog = build_model_catalog(tenant_id=acme_routing.tenant.pk)
 
     def route(**fields):
         request = RouteRequest(

@@ -29,7 +29,9 @@ def client_for(user) -> APIClient:
 def test_an_admin_sees_the_draft_and_live_decisions_with_the_reasons(acme_policy, acme_routing):
     user = UserFactory()
     membership_set(tenant=acme_routing.tenant, user=user, role=Role.ADMIN)
-    RoutingRule.objects.filter(policy=acme_policy, name="enterprise-tier").update(target_model=acme_routing.other)
+    RoutingRule.objects.unscoped().filter(policy=acme_policy, name="enterprise-tier").update(
+        target_model=acme_routing.other
+    )
     payload = {"tenant": "acme", "request": ENTERPRISE_REQUEST, "headers": {"X-LLMOps-User-Tier": "enterprise"}}
     response = client_for(user).post(URL, payload, format="json")
     assert response.status_code == 200, response.content

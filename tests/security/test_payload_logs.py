@@ -24,7 +24,7 @@ def _record(tenant, request_id="req_1"):
 def test_nothing_is_stored_by_default():
     tenant = TenantFactory()
     assert _record(tenant) is None
-    assert not PayloadLog.objects.exists()
+    assert not PayloadLog.objects.unscoped().exists()
 
 
 @pytest.mark.django_db
@@ -34,7 +34,7 @@ def test_when_on_the_request_and_answer_are_stored_redacted_with_the_tenants_pat
     row = _record(tenant)
     assert row.request["messages"][0]["content"] == "I am [EMAIL], card [CARD], ticket [REDACTED]"
     assert row.response["choices"][0]["message"]["content"] == "Use key [API_KEY]"
-    stored = PayloadLog.objects.get()
+    stored = PayloadLog.objects.unscoped().get()
     assert "jane@example.com" not in str(stored.request) and "sk-abc" not in str(stored.response)
 
 
@@ -67,5 +67,5 @@ def test_purge_keeps_rows_within_each_tenants_retention():
         PayloadLog.objects.create(tenant=tenant, request_id="old", request={}, created_at=now - timedelta(days=2))
         PayloadLog.objects.create(tenant=tenant, request_id="new", request={}, created_at=now - timedelta(hours=1))
     assert payload_logs_purge(now=now) == 3
-    left = sorted(PayloadLog.objects.values_list("tenant__slug", "request_id"))
+    left = sorted(PayloadLog.objects.unscoped().values_list("tenant__slug", "request_id"))
     assert left == sorted([(short.slug, "new"), (long_.slug, "new"), (long_.slug, "old")])

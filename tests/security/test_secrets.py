@@ -121,7 +121,7 @@ def test_rotate_command_prints_the_successor_once(capsys):
     old, _ = api_key_create(team=TeamFactory())
     call_command("rotate_api_key", "--prefix", old.prefix, "--overlap-hours", "1")
     out = capsys.readouterr().out
-    successor = ApiKey.objects.exclude(pk=old.pk).get()
+    successor = ApiKey.objects.unscoped().exclude(pk=old.pk).get()
     assert f"llmops-{successor.prefix}-" in out
     with pytest.raises(CommandError):
         call_command("rotate_api_key", "--prefix", "nope")
@@ -133,7 +133,7 @@ def test_rotate_command_refuses_an_overlap_that_is_not_a_number_of_hours(hours):
     old, _ = api_key_create(team=TeamFactory())
     with pytest.raises(CommandError, match="--overlap-hours"):
         call_command("rotate_api_key", "--prefix", old.prefix, "--overlap-hours", hours)
-    assert ApiKey.objects.get() == old
+    assert ApiKey.objects.unscoped().get() == old
 
 
 def test_old_and_rotated_keys_authenticate_at_the_gateway_during_the_overlap(gateway, acme):

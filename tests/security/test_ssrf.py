@@ -181,7 +181,7 @@ def test_a_job_callback_to_an_internal_or_bad_url_is_refused_at_creation(strict,
     assert (refused.value.status_code, refused.value.param) == (400, "callback_url")
     # One message for every reason, so the answer does not say how a name resolves inside the installation.
     assert refused.value.message == CALLBACK_URL_REFUSED
-    assert not Job.objects.exists()
+    assert not Job.objects.unscoped().exists()
 
 
 @pytest.mark.parametrize("url", CALLBACK_FORMS)
@@ -213,7 +213,7 @@ def test_an_allow_listed_callback_is_delivered_to_the_checked_address(strict, pr
     job = job_create(
         principal=principal, body={"model": "m", "messages": [{"role": "user", "content": "hi"}], "callback_url": url}
     )
-    Job.objects.filter(pk=job.pk).update(status=JobStatus.COMPLETED)
+    Job.objects.unscoped().filter(pk=job.pk).update(status=JobStatus.COMPLETED)
     delivered = _deliver(job)
     assert delivered.webhook_state == WebhookState.DELIVERED
     [hook] = receiver.app.received

@@ -7,7 +7,7 @@ from django.utils import timezone
 from billing.alerts.anomalies import tenant_anomalies_detect
 from billing.alerts.tasks import alert_deliveries_send
 from billing.models import AlertDelivery, Anomaly
-from tenants.models import Tenant
+from tenants.selectors import tenant_by_slug, tenants_active
 
 
 def parse_moment(value: str) -> datetime:
@@ -43,17 +43,17 @@ class Command(BaseCommand):
         if at - timedelta(hours=1) > now:
             raise CommandError(f"--at {at.isoformat()} is more than an hour ahead: that hour has not started yet")
         if tenant_slug:
-            tenants = list(Tenant.objects.filter(slug=tenant_slug))
+            tenants = [tenant] if (tenant := tenant_by_slug(slug=tenant_slug)) is not None else []
             if not tenants:
                 raise CommandError(f"no tenant with slug '{tenant_slug}'")
         else:
-            tenants = list(Tenant.objects.filter(is_active=True).order_by("slug"))
+            tenants = list(tenants_active().order_by("slug"))
         self.stdout.write(f"Anomaly detection as of {at.isoformat()}")
         if at > now:
             self.stdout.write("The hour in progress is judged on its traffic so far: a drop may mean it is not over.")
         for tenant in tenants:
             anomalies = tenant_anomalies_detect(tenant=tenant, now=at)
-            alert_deliveries_send(AlertDelivery.objects.filter(anomaly__in=anomalies))
+            alert_deliveries_send(AlertDelivery.objects.for_tenant(tenant).filter(anomaly__in=anomalies))
             noun = "anomaly" if len(anomalies) == 1 else "anomalies"
             self.stdout.write(f"{tenant.slug}: {len(anomalies)} new {noun}")
             for anomaly in anomalies:

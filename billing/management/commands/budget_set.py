@@ -8,7 +8,8 @@ from billing.budgets.selectors import budget_status
 from billing.budgets.services import budget_set
 from billing.ledger.costs import format_cost
 from billing.models import BudgetAction, BudgetPeriod
-from tenants.models import ApiKey, Team, Tenant
+from tenants.models import ApiKey, Team
+from tenants.selectors import tenant_by_slug
 
 
 class Command(BaseCommand):
@@ -31,7 +32,7 @@ class Command(BaseCommand):
     def handle(
         self, *args, tenant_slug, team_slug, key_prefix, model_name, period, limit_usd, action, thresholds, **options
     ):
-        tenant = Tenant.objects.filter(slug=tenant_slug).first()
+        tenant = tenant_by_slug(slug=tenant_slug)
         if tenant is None:
             raise CommandError(f"no tenant with slug '{tenant_slug}'")
         team = api_key = None

@@ -4,7 +4,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from billing.budgets.index import tenant_zone_or_utc
 from billing.ledger.services import usage_records_purge
-from tenants.models import Tenant
+from tenants.selectors import tenant_by_slug
 
 
 class Command(BaseCommand):
@@ -24,7 +24,7 @@ class Command(BaseCommand):
             raise CommandError(f"--before '{before}' is not a date like 2026-01-31") from None
         tenant = None
         if tenant_slug:
-            tenant = Tenant.objects.filter(slug=tenant_slug).first()
+            tenant = tenant_by_slug(slug=tenant_slug)
             if tenant is None:
                 raise CommandError(f"no tenant with slug '{tenant_slug}'")
         zone = tenant_zone_or_utc(tenant.time_zone if tenant else "UTC")

@@ -10,7 +10,7 @@ from django.utils import timezone
 from billing.finance.csv_writer import FormulaSafeWriter
 from billing.ledger.costs import format_cost
 from billing.ledger.selectors import USAGE_ROW_TOTALS, UsageGroupBy, UsageRow, tenant_zone, usage_summary, usage_total
-from tenants.models import Tenant
+from tenants.selectors import tenant_by_slug
 
 DEFAULT_PERIOD_DAYS = 30
 COLUMNS = ["group", *USAGE_ROW_TOTALS, "routed_to_large_percent"]
@@ -37,7 +37,7 @@ class Command(BaseCommand):
         parser.add_argument("--format", dest="output_format", default="table", choices=["table", "csv", "json"])
 
     def handle(self, *args, tenant_slug, since, until, group_by, output_format, **options):
-        tenant = Tenant.objects.filter(slug=tenant_slug).first()
+        tenant = tenant_by_slug(slug=tenant_slug)
         if tenant is None:
             raise CommandError(f"no tenant with slug '{tenant_slug}'")
         try:

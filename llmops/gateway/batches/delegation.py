@@ -23,6 +23,7 @@ from billing.ledger.costs import Usage
 from core.db import database_sync_to_async
 from core.redis import async_redis
 from llmops.gateway.batches.models import Batch, BatchLine, LineStatus
+from llmops.gateway.batches.selectors import batches_for_workers, lines_for_workers
 from llmops.gateway.batches.services import CHAT_ENDPOINT, ClaimedLine, line_record, line_request_id, lines_claim
 from llmops.gateway.call import GatewayCall
 from llmops.gateway.chat.planning import plan_chat
@@ -81,20 +82,20 @@ async def lines_delegate(*, batch: Batch, principal: KeyPrincipal) -> None:
         groups.setdefault(served.provider.name, (served.provider, []))[1].append(
             (line, upstream_body, served.name, call.route)
         )
-    await _db(_release)(line_ids=keep)
+    await _db(_release)(batch_id=batch.id, line_ids=keep)
     submitted = {}
     for name, (provider, entries) in groups.items():
         try:
             submitted[name] = await _submit(provider, batch.id, entries)
         except (httpx.HTTPError, KeyError, ValueError) as exc:
             logger.warning("batch %s: provider %s refused the batch (%s); lines run one by one", batch.id, name, exc)
-            await _db(_release)(line_ids=[entry[0].id for entry in entries])
+            await _db(_release)(batch_id=batch.id, line_ids=[entry[0].id for entry in entries])
     if submitted:
         await _db(_mark_delegated)(batch_id=batch.id, submitted=submitted, groups=groups)
 
 
-def _release(*, line_ids: list[int]) -> None:
-    BatchLine.objects.filter(pk__in=line_ids, status=LineStatus.RUNNING).update(
+def _release(*, batch_id: str, line_ids: list[int]) -> None:
+    lines_for_workers(batch_id=batch_id).filter(pk__in=line_ids, status=LineStatus.RUNNING).update(
         status=LineStatus.PENDING, claimed_at=None
     )
 
@@ -125,11 +126,11 @@ async def _submit(provider: ProviderEntry, batch_id: str, entries: list) -> dict
 
 def _mark_delegated(*, batch_id: str, submitted: dict, groups: dict) -> None:
     with transaction.atomic():
-        batch = Batch.objects.select_for_update().get(pk=batch_id)
+        batch = batches_for_workers().select_for_update().get(pk=batch_id)
         batch.provider_batches = {**batch.provider_batches, **submitted}
         batch.save(update_fields=["provider_batches"])
         for name in submitted:
-            BatchLine.objects.filter(pk__in=[entry[0].id for entry in groups[name][1]]).update(
+            lines_for_workers(batch_id=batch_id).filter(pk__in=[entry[0].id for entry in groups[name][1]]).update(
                 status=LineStatus.DELEGATED, provider=name
             )
 
@@ -161,7 +162,7 @@ async def _poll(batch: Batch, principal: KeyPrincipal) -> None:
 
 def _provider_status_set(*, batch_id: str, provider: str, status: str) -> None:
     with transaction.atomic():
-        batch = Batch.objects.select_for_update().get(pk=batch_id)
+        batch = batches_for_workers().select_for_update().get(pk=batch_id)
         batch.provider_batches[provider]["status"] = status
         batch.save(update_fields=["provider_batches"])
 
@@ -171,10 +172,7 @@ def _multipliers(names: set[str]) -> dict[str, Decimal]:
 
 
 async def _merge(batch: Batch, principal: KeyPrincipal, state: dict, results: list[dict], remote_status: str) -> None:
-    lines = {
-        line.custom_id: line
-        for line in await _db(list)(BatchLine.objects.filter(batch_id=batch.id, status=LineStatus.DELEGATED))
-    }
+    lines = {line.custom_id: line for line in await _db(list)(batch.lines.filter(status=LineStatus.DELEGATED))}
     multipliers = await _db(_multipliers)({info["served"] for info in state["lines"].values()})
     answered = set()
     for row in results:

@@ -8,7 +8,8 @@ import secrets
 
 from django.db import models
 
-from tenants.models import ApiKey, Team, Tenant, TenantScopedQuerySet
+from tenants.models import ApiKey, Team, Tenant
+from tenants.scoping import TenantScopedManager
 
 COST_FIELD = {"max_digits": 20, "decimal_places": 10}
 
@@ -41,7 +42,7 @@ class File(models.Model):
     storage_key = models.CharField(max_length=500, help_text="Path under MEDIA_ROOT, or the S3 object key.")
     created_at = models.DateTimeField(auto_now_add=True)
 
-    objects = TenantScopedQuerySet.as_manager()
+    objects = TenantScopedManager()
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -106,7 +107,7 @@ class Batch(models.Model):
         max_length=255, blank=True, help_text="The create request's Idempotency-Key header: a retry gets this batch."
     )
 
-    objects = TenantScopedQuerySet.as_manager()
+    objects = TenantScopedManager()
 
     class Meta:
         verbose_name_plural = "batches"
@@ -156,6 +157,8 @@ class BatchLine(models.Model):
     error = models.JSONField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
 
+    objects = TenantScopedManager(tenant_path="batch__tenant")
+
     class Meta:
         ordering = ["batch", "line_number"]
         constraints = [models.UniqueConstraint(fields=["batch", "custom_id"], name="batch_line_custom_id_unique")]
@@ -201,7 +204,7 @@ class Job(models.Model):
     webhook_last_error = models.CharField(max_length=500, blank=True)
     webhook_delivered_at = models.DateTimeField(null=True, blank=True)
 
-    objects = TenantScopedQuerySet.as_manager()
+    objects = TenantScopedManager()
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -217,6 +220,8 @@ class JobWebhookSecret(models.Model):
     tenant = models.OneToOneField(Tenant, on_delete=models.CASCADE, related_name="job_webhook_secret")
     secret_encrypted = models.TextField(editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
+
+    objects = TenantScopedManager()
 
     def __str__(self):
         return f"webhook secret of {self.tenant_id}"

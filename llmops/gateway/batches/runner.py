@@ -21,6 +21,7 @@ from django.conf import settings
 from core.db import database_sync_to_async
 from llmops.gateway.batches import delegation
 from llmops.gateway.batches.models import Batch, BatchStatus
+from llmops.gateway.batches.selectors import batches_for_workers
 from llmops.gateway.batches.services import (
     ClaimedLine,
     batch_expire_if_due,
@@ -93,16 +94,16 @@ async def _renew_lease(batch_id: str) -> None:
 
 
 async def _process_leased(batch_id: str) -> None:
-    batch = await _db(Batch.objects.select_related("api_key").get)(pk=batch_id)
+    batch = await _db(batches_for_workers().select_related("api_key").get)(pk=batch_id)
     snapshot = await config_snapshot.for_tenant(batch.api_key.tenant_id)
     principal = batch_principal(batch, snapshot)
     if principal is None and batch.status in (BatchStatus.VALIDATING, BatchStatus.IN_PROGRESS):
         logger.warning("batch %s stops: its key is revoked or its tenant disabled", batch_id)
-        await _db(Batch.objects.filter(pk=batch_id, status=batch.status).update)(status=BatchStatus.CANCELLING)
+        await _db(batches_for_workers().filter(pk=batch_id, status=batch.status).update)(status=BatchStatus.CANCELLING)
     if batch.status == BatchStatus.VALIDATING and principal is not None:
         batch = await _db(batch_validate)(batch=batch, snapshot=snapshot, principal=principal)
     await _db(batch_expire_if_due)(batch_id=batch_id)
-    batch = await _db(Batch.objects.get)(pk=batch_id)
+    batch = await _db(batches_for_workers().get)(pk=batch_id)
     if batch.status == BatchStatus.IN_PROGRESS and principal is not None:
         await delegation.lines_delegate(batch=batch, principal=principal)
         await _run_lines(batch, principal)

@@ -3,7 +3,7 @@
 from django.db.models import QuerySet
 
 from core.db import storable
-from llmops.gateway.batches.models import Batch, File
+from llmops.gateway.batches.models import Batch, BatchLine, File
 from llmops.gateway.errors import GatewayError
 
 
@@ -23,6 +23,19 @@ def batch_get(*, tenant_id: int, batch_id: str) -> Batch:
     if batch is None:
         raise _not_found("Batch", batch_id)
     return batch
+
+
+def batches_for_workers() -> QuerySet[Batch]:
+    """Every tenant's batches, for the workers: the runner, the delegation poller, expiry, the unfinished sweep."""
+    # Unscoped, reviewed: workers find batches by ids from their own sweep (batches_unfinished) and task queue, never
+    # by an id a client sent, and run each under its own key; clients reach batches through batch_get only.
+    return Batch.objects.unscoped()
+
+
+def lines_for_workers(*, batch_id: str) -> QuerySet[BatchLine]:
+    """One batch's lines, for the workers holding its id (batches_for_workers)."""
+    # Unscoped, reviewed: the same ids as batches_for_workers, and only that batch's lines.
+    return BatchLine.objects.unscoped().filter(batch_id=batch_id)
 
 
 def _after(queryset: QuerySet, *, after: str | None, ascending: bool) -> QuerySet:

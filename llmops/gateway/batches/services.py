@@ -37,6 +37,7 @@ from llmops.gateway.batches.models import (
     FilePurpose,
     LineStatus,
 )
+from llmops.gateway.batches.selectors import batches_for_workers, lines_for_workers
 from llmops.gateway.batches.storage import file_store
 from llmops.gateway.chat.validation import validate_chat_request, validate_metadata, validate_storable
 from llmops.gateway.chat.worst_case import OutputBound, chain_worst_case
@@ -188,7 +189,7 @@ def _batch_by_idempotency_key(principal: KeyPrincipal, idempotency_key: str, par
 
 def batch_cancel(*, batch: Batch) -> Batch:
     with transaction.atomic():
-        batch = Batch.objects.select_for_update().get(pk=batch.pk)
+        batch = Batch.objects.for_tenant(batch.tenant_id).select_for_update().get(pk=batch.pk)
         if batch.status in (BatchStatus.CANCELLING, BatchStatus.CANCELLED):
             return batch
         if batch.status not in (BatchStatus.VALIDATING, BatchStatus.IN_PROGRESS):
@@ -304,7 +305,7 @@ def _budget_errors(snapshot: ConfigSnapshot, principal: KeyPrincipal, lines: lis
                 worst_by_budget[entry.budget_id] += cost
     errors = []
     now = timezone.now()
-    for budget in Budget.objects.filter(pk__in=worst_by_budget):
+    for budget in Budget.objects.for_tenant(principal.tenant_id).filter(pk__in=worst_by_budget):
         remaining = budget_status(budget=budget, now=now).remaining_usd
         if worst_by_budget[budget.pk] > remaining:
             errors.append(
@@ -325,7 +326,7 @@ def batch_validate(*, batch: Batch, snapshot: ConfigSnapshot, principal: KeyPrin
     """validating → in_progress with one BatchLine per request, or → failed with ``errors`` and nothing run."""
     if batch.status != BatchStatus.VALIDATING:
         return batch
-    input_file = File.objects.filter(pk=batch.input_file_id).first()
+    input_file = File.objects.for_tenant(batch.tenant_id).filter(pk=batch.input_file_id).first()
     if input_file is None:
         errors = [_line_error(0, "file_not_found", f"The input file {batch.input_file_id} was deleted.")]
         lines = []
@@ -334,7 +335,7 @@ def batch_validate(*, batch: Batch, snapshot: ConfigSnapshot, principal: KeyPrin
     if not errors:
         errors = _budget_errors(snapshot, principal, lines)
     with transaction.atomic():
-        locked = Batch.objects.select_for_update().get(pk=batch.pk)
+        locked = Batch.objects.for_tenant(batch.tenant_id).select_for_update().get(pk=batch.pk)
         if locked.status != BatchStatus.VALIDATING:
             return locked
         now = timezone.now()
@@ -401,32 +402,34 @@ def batch_lease_acquire(*, batch_id: str) -> bool:
     now = timezone.now()
     with transaction.atomic():
         acquired = (
-            Batch.objects.filter(pk=batch_id)
+            batches_for_workers()
+            .filter(pk=batch_id)
             .filter(Q(lease_until__isnull=True) | Q(lease_until__lt=now))
             .update(lease_until=now + timedelta(seconds=settings.LLMOPS_BATCH_LEASE_SECONDS))
         )
         if acquired:
-            BatchLine.objects.filter(batch_id=batch_id, status=LineStatus.RUNNING).update(
+            lines_for_workers(batch_id=batch_id).filter(status=LineStatus.RUNNING).update(
                 status=LineStatus.PENDING, claimed_at=None
             )
     return bool(acquired)
 
 
 def batch_lease_renew(*, batch_id: str) -> None:
-    Batch.objects.filter(pk=batch_id).update(
+    batches_for_workers().filter(pk=batch_id).update(
         lease_until=timezone.now() + timedelta(seconds=settings.LLMOPS_BATCH_LEASE_SECONDS)
     )
 
 
 def batch_lease_release(*, batch_id: str) -> None:
-    Batch.objects.filter(pk=batch_id).update(lease_until=None)
+    batches_for_workers().filter(pk=batch_id).update(lease_until=None)
 
 
 def batch_recheck_claim(*, batch_id: str) -> bool:
     """Whether this runner should schedule the next look at an unfinished batch (one schedule at a time)."""
     now = timezone.now()
     return bool(
-        Batch.objects.filter(pk=batch_id)
+        batches_for_workers()
+        .filter(pk=batch_id)
         .exclude(status__in=BATCH_FINISHED)
         .filter(Q(recheck_at__isnull=True) | Q(recheck_at__lte=now))
         .update(recheck_at=now + timedelta(seconds=settings.LLMOPS_BATCH_POLL_SECONDS))
@@ -434,12 +437,12 @@ def batch_recheck_claim(*, batch_id: str) -> bool:
 
 
 def batches_unfinished() -> list[str]:
-    return list(Batch.objects.exclude(status__in=BATCH_FINISHED).values_list("pk", flat=True))
+    return list(batches_for_workers().exclude(status__in=BATCH_FINISHED).values_list("pk", flat=True))
 
 
 def _batch_lock(batch_id: str) -> str | None:
     """Lock the batch's row for the transaction (a cancel waits, or is waited for); its status."""
-    return Batch.objects.select_for_update().filter(pk=batch_id).values_list("status", flat=True).first()
+    return batches_for_workers().select_for_update().filter(pk=batch_id).values_list("status", flat=True).first()
 
 
 def lines_claim(*, batch_id: str, limit: int) -> list[ClaimedLine]:
@@ -448,13 +451,14 @@ def lines_claim(*, batch_id: str, limit: int) -> list[ClaimedLine]:
         if _batch_lock(batch_id) != BatchStatus.IN_PROGRESS:
             return []
         lines = list(
-            BatchLine.objects.select_for_update(skip_locked=True)
-            .filter(batch_id=batch_id, status=LineStatus.PENDING)
+            lines_for_workers(batch_id=batch_id)
+            .select_for_update(skip_locked=True)
+            .filter(status=LineStatus.PENDING)
             .order_by("line_number")[:limit]
         )
         if not lines:
             return []
-        BatchLine.objects.filter(pk__in=[line.pk for line in lines]).update(
+        lines_for_workers(batch_id=batch_id).filter(pk__in=[line.pk for line in lines]).update(
             status=LineStatus.RUNNING, claimed_at=timezone.now()
         )
     return [ClaimedLine(id=line.pk, custom_id=line.custom_id, body=line.body, attempt=line.attempt) for line in lines]
@@ -478,7 +482,7 @@ def line_record(
     """
     retry = status_code in TRANSIENT_STATUSES and line.attempt + 1 < settings.LLMOPS_BATCH_LINE_MAX_ATTEMPTS
     succeeded = 200 <= status_code < 300
-    held = BatchLine.objects.filter(
+    held = lines_for_workers(batch_id=batch_id).filter(
         pk=line.id, attempt=line.attempt, status__in=(LineStatus.RUNNING, LineStatus.DELEGATED)
     )
     with transaction.atomic():
@@ -505,13 +509,13 @@ def line_record(
                 cost_usd=F("cost_usd") + usage.cost_usd, saved_batch_usd=F("saved_batch_usd") + usage.saved_batch_usd
             )
         if counters:
-            Batch.objects.filter(pk=batch_id).update(**counters)
+            batches_for_workers().filter(pk=batch_id).update(**counters)
     return True
 
 
 def batch_expire_if_due(*, batch_id: str) -> None:
     now = timezone.now()
-    Batch.objects.filter(
+    batches_for_workers().filter(
         pk=batch_id, status__in=(BatchStatus.VALIDATING, BatchStatus.IN_PROGRESS), expires_at__lte=now
     ).update(status=BatchStatus.CANCELLING, expired_at=now)
 
@@ -519,7 +523,7 @@ def batch_expire_if_due(*, batch_id: str) -> None:
 def batch_finalize(*, batch_id: str) -> Batch | None:
     """Write the output and error files once no line is left to run; None while lines are still out."""
     with transaction.atomic():
-        batch = Batch.objects.select_for_update().get(pk=batch_id)
+        batch = batches_for_workers().select_for_update().get(pk=batch_id)
         if batch.status in BATCH_FINISHED:
             return batch
         stopping = batch.status == BatchStatus.CANCELLING

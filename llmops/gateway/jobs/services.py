@@ -10,6 +10,7 @@ import httpx
 import orjson
 from django.conf import settings
 from django.db import transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from billing.ledger.events import UsageEvent
@@ -72,24 +73,37 @@ def job_request_id(job_id: str) -> str:
     return f"req_j{hashlib.sha256(job_id.encode()).hexdigest()[:31]}"
 
 
+def jobs_for_workers() -> QuerySet[Job]:
+    """Every tenant's jobs, for the workers that run them and deliver their webhooks."""
+    # Unscoped, reviewed: workers take job ids from their task queue, never from a client, and run each job under the
+    # key that created it; clients reach jobs through _job_get in jobs/views.py, within their tenant.
+    return Job.objects.unscoped()
+
+
 def _job_start(*, job_id: str) -> Job | None:
-    updated = Job.objects.filter(pk=job_id, status__in=(JobStatus.QUEUED, JobStatus.IN_PROGRESS)).update(
-        status=JobStatus.IN_PROGRESS, started_at=timezone.now()
+    updated = (
+        jobs_for_workers()
+        .filter(pk=job_id, status__in=(JobStatus.QUEUED, JobStatus.IN_PROGRESS))
+        .update(status=JobStatus.IN_PROGRESS, started_at=timezone.now())
     )
-    return Job.objects.select_related("api_key").get(pk=job_id) if updated else None
+    return jobs_for_workers().select_related("api_key").get(pk=job_id) if updated else None
 
 
 def _job_finish(*, job_id: str, status_code: int, result: dict, request_id: str, usage: UsageEvent | None) -> None:
     """The job's answer and its ledger row in one transaction: its cost is its ledger row's, and a second run of the
     same job (a redelivered task) records nothing."""
     with transaction.atomic():
-        finished = Job.objects.filter(pk=job_id, status=JobStatus.IN_PROGRESS).update(
-            status=JobStatus.COMPLETED if status_code < 400 else JobStatus.FAILED,
-            status_code=status_code,
-            result=result,
-            request_id=request_id,
-            cost_usd=usage.cost_usd if usage is not None else None,
-            finished_at=timezone.now(),
+        finished = (
+            jobs_for_workers()
+            .filter(pk=job_id, status=JobStatus.IN_PROGRESS)
+            .update(
+                status=JobStatus.COMPLETED if status_code < 400 else JobStatus.FAILED,
+                status_code=status_code,
+                result=result,
+                request_id=request_id,
+                cost_usd=usage.cost_usd if usage is not None else None,
+                finished_at=timezone.now(),
+            )
         )
         if finished and usage is not None:
             usage_record_create(event=usage)
@@ -128,10 +142,10 @@ async def job_run(*, job_id: str) -> None:
 
 
 def job_webhook_secret(*, tenant_id: int) -> str:
-    row = JobWebhookSecret.objects.filter(tenant_id=tenant_id).first()
+    row = JobWebhookSecret.objects.for_tenant(tenant_id).first()
     if row is None:
         with transaction.atomic():
-            row, _ = JobWebhookSecret.objects.get_or_create(
+            row, _ = JobWebhookSecret.objects.for_tenant(tenant_id).get_or_create(
                 tenant_id=tenant_id, defaults={"secret_encrypted": encrypt_secret(webhook_secret_new())}
             )
     return decrypt_secret(row.secret_encrypted)
@@ -163,7 +177,7 @@ def job_payload(job: Job) -> dict:
 
 def job_webhook_attempt(*, job_id: str) -> None:
     """POST the finished job to its callback URL, signed; raises WebhookDeliveryError to be retried."""
-    job = Job.objects.get(pk=job_id)
+    job = jobs_for_workers().get(pk=job_id)
     if job.webhook_state != WebhookState.PENDING or job.status not in (JobStatus.COMPLETED, JobStatus.FAILED):
         return
     body = orjson.dumps(job_payload(job))
@@ -171,20 +185,22 @@ def job_webhook_attempt(*, job_id: str) -> None:
         "Content-Type": "application/json",
         **webhook_headers(secret=job_webhook_secret(tenant_id=job.tenant_id), message_id=job.id, body=body),
     }
-    Job.objects.filter(pk=job_id).update(webhook_attempts=job.webhook_attempts + 1)
+    jobs_for_workers().filter(pk=job_id).update(webhook_attempts=job.webhook_attempts + 1)
     try:
         answer = outbound_post(
             job.callback_url, content=body, headers=headers, timeout=settings.LLMOPS_JOBS_WEBHOOK_TIMEOUT_SECONDS
         )
     except (OutboundRefused, httpx.HTTPError) as exc:
         # One reason for a refused address and a failed connection, so the job never tells what is reachable.
-        Job.objects.filter(pk=job_id).update(webhook_last_error=WEBHOOK_UNREACHABLE)
+        jobs_for_workers().filter(pk=job_id).update(webhook_last_error=WEBHOOK_UNREACHABLE)
         raise WebhookDeliveryError(WEBHOOK_UNREACHABLE) from exc
     if not 200 <= answer.status_code < 300:
-        Job.objects.filter(pk=job_id).update(webhook_last_error=f"HTTP {answer.status_code}")
+        jobs_for_workers().filter(pk=job_id).update(webhook_last_error=f"HTTP {answer.status_code}")
         raise WebhookDeliveryError(f"callback answered {answer.status_code}")
-    Job.objects.filter(pk=job_id).update(webhook_state=WebhookState.DELIVERED, webhook_delivered_at=timezone.now())
+    jobs_for_workers().filter(pk=job_id).update(
+        webhook_state=WebhookState.DELIVERED, webhook_delivered_at=timezone.now()
+    )
 
 
 def job_webhook_give_up(*, job_id: str) -> None:
-    Job.objects.filter(pk=job_id, webhook_state=WebhookState.PENDING).update(webhook_state=WebhookState.FAILED)
+    jobs_for_workers().filter(pk=job_id, webhook_state=WebhookState.PENDING).update(webhook_state=WebhookState.FAILED)

@@ -3,7 +3,7 @@ from datetime import timedelta
 from django.core.management.base import BaseCommand, CommandError
 
 from routing.cache.store import cache_entries_purge
-from tenants.models import Tenant
+from tenants.selectors import tenant_by_slug
 
 
 class Command(BaseCommand):
@@ -16,7 +16,7 @@ class Command(BaseCommand):
         parser.add_argument("--older-than", type=float, metavar="DAYS", help="only entries created before this age")
 
     def handle(self, *args, tenant, model, rule, older_than, **options):
-        found = Tenant.objects.filter(slug=tenant).first()
+        found = tenant_by_slug(slug=tenant)
         if found is None:
             raise CommandError(f"no tenant with slug {tenant!r}")
         if older_than is not None and older_than < 0:

@@ -4,7 +4,8 @@ from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
 from tenants.management.arguments import number_of
-from tenants.models import Team, Tenant
+from tenants.models import Team
+from tenants.selectors import tenant_by_slug
 from tenants.services import api_key_create
 
 
@@ -23,7 +24,7 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, tenant_slug, team_slug, name, expires_in_days, **options):
-        tenant = Tenant.objects.filter(slug=tenant_slug).first()
+        tenant = tenant_by_slug(slug=tenant_slug)
         if tenant is None:
             raise CommandError(f"no tenant with slug '{tenant_slug}'")
         team = Team.objects.for_tenant(tenant).filter(slug=team_slug).first()

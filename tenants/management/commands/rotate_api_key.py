@@ -22,7 +22,8 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, prefix, overlap_hours, **options):
-        api_key = ApiKey.objects.select_related("team__tenant").filter(prefix=prefix).first()
+        # Unscoped, reviewed: the platform's operator rotates a key of any tenant, named by its prefix.
+        api_key = ApiKey.objects.unscoped().select_related("team__tenant").filter(prefix=prefix).first()
         if api_key is None:
             raise CommandError(f"no API key with prefix '{prefix}'")
         with audit_actor(name="manage.py rotate_api_key"):

@@ -21,7 +21,8 @@ from routing.services import (
     tenant_model_access_set,
 )
 from tenants.audit import audit_actor
-from tenants.models import Role, Tenant
+from tenants.permissions import Role
+from tenants.selectors import tenant_by_slug
 from tenants.services import api_key_create, membership_set, tenant_create
 
 DEMO_SLUG = "demo"
@@ -61,7 +62,7 @@ class Command(BaseCommand):
     def handle(self, *args, upstream_url, **options):
         key_file = demo_files_dir() / "demo-api-key"
         self._follow_upstream(upstream_url)
-        if Tenant.objects.filter(slug=DEMO_SLUG).exists():
+        if tenant_by_slug(slug=DEMO_SLUG) is not None:
             self.stdout.write(f"The demo tenant exists already. Its key is in {key_file}.")
             return
         with transaction.atomic():
