@@ -175,6 +175,7 @@ def rate_limit_create(
     api_key: ApiKey | None = None,
     requests_per_minute: int | None = None,
     tokens_per_minute: int | None = None,
+    is_active: bool = True,
 ) -> RateLimit:
     fields = {
         "tenant": tenant,
@@ -184,7 +185,7 @@ def rate_limit_create(
         "tokens_per_minute": tokens_per_minute,
     }
     rate_limit_validate(**fields)
-    rate_limit = RateLimit(**fields)
+    rate_limit = RateLimit(**fields, is_active=is_active)
     rate_limit.full_clean()
     rate_limit.save()
     return rate_limit

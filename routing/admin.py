@@ -128,7 +128,7 @@ class ProviderAdmin(SuperuserOnlyAdmin):
         )
 
     def create_with_service(self, request, form) -> Provider:
-        return provider_create(**{name: form.cleaned_data[name] for name in self.add_fields})
+        return provider_create(**self.added(form))
 
     def save_model(self, request, obj, form, change):
         super().save_model(request, obj, form, change)
@@ -169,14 +169,7 @@ class CatalogModelAdmin(SuperuserOnlyAdmin):
         return ("is_active",)
 
     def create_with_service(self, request, form) -> Model:
-        return model_create(
-            name=form.cleaned_data["name"],
-            provider=form.cleaned_data["provider"],
-            upstream_name=form.cleaned_data["upstream_name"],
-            context_window=form.cleaned_data["context_window"],
-            max_output_tokens=form.cleaned_data["max_output_tokens"],
-            **{price: form.cleaned_data[price] for price in PRICE_FIELDS},
-        )
+        return model_create(**self.added(form))
 
 
 class TenantModelAccessForm(forms.ModelForm):
@@ -289,11 +282,7 @@ class RoutingPolicyAdmin(TenantScopedAdmin):
         return super().get_inline_instances(request, obj) if obj is not None else []
 
     def create_with_service(self, request, form) -> RoutingPolicy:
-        return routing_policy_create(
-            tenant=form.cleaned_data["tenant"],
-            auto_threshold=form.cleaned_data["auto_threshold"],
-            injection_guard_action=form.cleaned_data["injection_guard_action"],
-        )
+        return routing_policy_create(**self.added(form))
 
     @admin.display(description="test console")
     def test_console(self, policy: RoutingPolicy) -> str:

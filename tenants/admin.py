@@ -97,6 +97,10 @@ class ServiceCreateAdmin(admin.ModelAdmin):
     def create_with_service(self, request, form) -> models.Model:
         raise NotImplementedError(f"{type(self).__name__} must create rows through a service")
 
+    def added(self, form) -> dict:
+        """The add form's values by field name: the keyword arguments of the service that creates the row."""
+        return {name: form.cleaned_data[name] for name in self.add_fields}
+
 
 class TenantScopedAdmin(ServiceCreateAdmin):
     """Base admin for tenant-owned rows: rows, permissions and form choices follow the user's role in each tenant.
@@ -185,7 +189,7 @@ class TenantAdmin(TenantScopedAdmin):
         return request.user.is_superuser
 
     def create_with_service(self, request, form) -> Tenant:
-        return tenant_create(slug=form.cleaned_data["slug"], name=form.cleaned_data["name"])
+        return tenant_create(**self.added(form))
 
 
 @admin.register(Team)
@@ -200,9 +204,7 @@ class TeamAdmin(TenantScopedAdmin):
     readonly_fields = ("tenant", "slug", "created_at")
 
     def create_with_service(self, request, form) -> Team:
-        return team_create(
-            tenant=form.cleaned_data["tenant"], slug=form.cleaned_data["slug"], name=form.cleaned_data["name"]
-        )
+        return team_create(**self.added(form))
 
 
 class ApiKeyForm(forms.ModelForm):
@@ -313,12 +315,7 @@ class PayloadLogSettingsAdmin(TenantScopedAdmin):
     readonly_fields = ("tenant", "updated_at")
 
     def create_with_service(self, request, form) -> PayloadLogSettings:
-        return payload_log_settings_set(
-            tenant=form.cleaned_data["tenant"],
-            enabled=form.cleaned_data["enabled"],
-            retention_days=form.cleaned_data["retention_days"],
-            custom_patterns=form.cleaned_data["custom_patterns"],
-        )
+        return payload_log_settings_set(**self.added(form))
 
 
 class ReadOnlyScopedAdmin(TenantScopedAdmin):

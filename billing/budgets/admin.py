@@ -274,10 +274,4 @@ class RateLimitAdmin(TenantScopedAdmin):
     readonly_fields = ("tenant", "team", "api_key")
 
     def create_with_service(self, request, form) -> RateLimit:
-        return rate_limit_create(
-            tenant=form.cleaned_data["tenant"],
-            team=form.cleaned_data["team"],
-            api_key=form.cleaned_data["api_key"],
-            requests_per_minute=form.cleaned_data["requests_per_minute"],
-            tokens_per_minute=form.cleaned_data["tokens_per_minute"],
-        )
+        return rate_limit_create(**self.added(form))

@@ -1,5 +1,6 @@
 """Rows added in the admin are created by the apps' services and land in the tenant chosen."""
 
+from billing.models import RateLimit
 from routing.models import TenantModelAccess
 from tenants.models import Role, Team, Tenant
 from tenants.services import tenant_create
@@ -63,3 +64,21 @@ def test_default_model_outside_the_allowed_ones_is_a_form_error(client, world: W
     assert response.status_code == 200
     assert "must be one of the allowed models" in response.content.decode()
     assert list(access.allowed_models.all()) == [world.acme.catalog_model]
+
+
+def test_a_rate_limit_added_switched_off_stays_off(client, world: World):
+    client.force_login(make_user(Role.OWNER, tenant=world.acme.tenant))
+
+    response = client.post(
+        admin_url("billing_ratelimit", "add"),
+        {
+            "tenant": world.acme.tenant.pk,
+            "team": world.acme.team.pk,
+            "api_key": "",
+            "requests_per_minute": 10,
+            "tokens_per_minute": "",
+        },
+    )
+
+    assert response.status_code == 302
+    assert RateLimit.objects.for_tenant(world.acme.tenant).get().is_active is False
