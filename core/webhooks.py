@@ -31,6 +31,14 @@ def webhook_secret_new() -> str:
     return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(SECRET_BYTES)).decode()
 
 
+def webhook_secret_error(secret: str) -> str | None:
+    """Why a secret cannot be stored, or None. A ``whsec_`` secret must be base64 that decodes to a key: a receiver's
+    ``Webhook(secret)`` decodes it leniently (dropping what is not base64) and would check another key than ours."""
+    if secret.startswith(SECRET_PREFIX) and webhook_key(secret) == secret.encode():
+        return "A secret that starts with whsec_ must continue in standard base64 (A–Z, a–z, 0–9, +, /, = padding)."
+    return None
+
+
 def webhook_key(secret: str) -> bytes:
     """The HMAC key of a stored secret (see the module's docstring)."""
     if secret.startswith(SECRET_PREFIX):

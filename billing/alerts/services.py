@@ -30,6 +30,7 @@ from billing.models import (
 )
 from core.crypto import encrypt_secret
 from core.outbound import outbound_url_validate
+from core.webhooks import webhook_secret_error
 from tenants.models import Tenant
 
 logger = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ class AlertNotYet(ChannelSendError):
     """A lower threshold's alert to the same channel has not gone out yet; this one waits its turn."""
 
 
-def alert_channel_validate(*, kind: str, target: str, has_signing_secret: bool) -> None:
+def alert_channel_validate(*, kind: str, target: str, has_signing_secret: bool, signing_secret: str = "") -> None:
     if kind not in ChannelKind.values:
         raise ValidationError({"kind": f"Kind must be one of {', '.join(ChannelKind.values)}."})
     if kind == ChannelKind.EMAIL:
@@ -57,12 +58,16 @@ def alert_channel_validate(*, kind: str, target: str, has_signing_secret: bool) 
         raise ValidationError({"target": "Enter an SNS topic ARN: arn:aws:sns:<region>:<account>:<topic>."})
     if kind == ChannelKind.WEBHOOK and not has_signing_secret:
         raise ValidationError({"signing_secret": "A signed webhook needs a signing secret."})
+    if secret_error := webhook_secret_error(signing_secret):
+        raise ValidationError({"signing_secret": secret_error})
 
 
 def alert_channel_create(
     *, tenant: Tenant, name: str, kind: str, target: str, signing_secret: str = "", is_active: bool = True
 ) -> AlertChannel:
-    alert_channel_validate(kind=kind, target=target, has_signing_secret=bool(signing_secret))
+    alert_channel_validate(
+        kind=kind, target=target, has_signing_secret=bool(signing_secret), signing_secret=signing_secret
+    )
     return AlertChannel.objects.create(
         tenant=tenant,
         name=name,
@@ -79,7 +84,12 @@ def alert_channel_update(
     """Change a channel; an empty `signing_secret` keeps the one it has."""
     if signing_secret:
         channel.signing_secret_encrypted = encrypt_secret(signing_secret)
-    alert_channel_validate(kind=channel.kind, target=target, has_signing_secret=bool(channel.signing_secret_encrypted))
+    alert_channel_validate(
+        kind=channel.kind,
+        target=target,
+        has_signing_secret=bool(channel.signing_secret_encrypted),
+        signing_secret=signing_secret,
+    )
     channel.name, channel.target, channel.is_active = name, target, is_active
     channel.save()
     return channel

@@ -152,7 +152,12 @@ class AlertChannelForm(forms.ModelForm):
             return data
         kind = data.get("kind") or self.instance.kind
         has_secret = bool(data.get("signing_secret") or self.instance.signing_secret_encrypted)
-        alert_channel_validate(kind=kind, target=data.get("target", ""), has_signing_secret=has_secret)
+        alert_channel_validate(
+            kind=kind,
+            target=data.get("target", ""),
+            has_signing_secret=has_secret,
+            signing_secret=data.get("signing_secret", ""),
+        )
         return data
 
 

@@ -3,9 +3,12 @@
 import base64
 
 import pytest
+from django.core.exceptions import ValidationError
 from standardwebhooks import Webhook, WebhookVerificationError
 
-from core.webhooks import webhook_headers, webhook_key, webhook_secret_new
+from billing.alerts.services import alert_channel_create
+from core.webhooks import webhook_headers, webhook_key, webhook_secret_error, webhook_secret_new
+from tenants.services import tenant_create
 from tests.webhooks import assert_verified_and_not_forgeable
 
 BODY = b'{"type": "budget.threshold", "threshold_percent": 80}'
@@ -48,3 +51,27 @@ def test_another_message_id_or_secret_does_not_verify():
         Webhook(b"s3cret").verify(BODY, {**headers, "webhook-id": "alert_delivery_2"})
     with pytest.raises(WebhookVerificationError):
         Webhook(b"other").verify(BODY, headers)
+
+
+@pytest.mark.parametrize("secret", ["whsec_ab-cd_efgh", "whsec_", "whsec_not base64!"])
+def test_a_whsec_secret_that_is_not_standard_base64_is_refused(secret):
+    # A receiver's Webhook(secret) would decode it leniently to another key than the one the gateway signs with.
+    assert webhook_secret_error(secret) is not None
+
+
+@pytest.mark.parametrize("secret", ["whsec_" + base64.b64encode(b"k" * 32).decode(), "plain text secret"])
+def test_a_secret_a_receiver_reads_as_we_do_is_accepted(secret):
+    assert webhook_secret_error(secret) is None
+
+
+@pytest.mark.django_db
+def test_an_alert_channel_refuses_a_whsec_secret_receivers_would_decode_differently():
+    with pytest.raises(ValidationError) as refused:
+        alert_channel_create(
+            tenant=tenant_create(slug="acme"),
+            name="hook",
+            kind="webhook",
+            target="https://hooks.example.com/llmops",
+            signing_secret="whsec_ab-cd_efgh",
+        )
+    assert "signing_secret" in refused.value.message_dict
