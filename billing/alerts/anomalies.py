@@ -14,6 +14,7 @@ same direction an hour before (a day-window spike stays in view for 24 runs) is 
 
 import statistics
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -24,7 +25,15 @@ from django.db.models.functions import TruncHour
 
 from billing.alerts.services import anomaly_alert_raise
 from billing.ledger.totals import LedgerTotals, ledger_aggregates
-from billing.models import COST_FIELD, Anomaly, AnomalyDirection, AnomalyMetric, AnomalyWindow, UsageRecord
+from billing.models import (
+    COST_FIELD,
+    AlertDelivery,
+    Anomaly,
+    AnomalyDirection,
+    AnomalyMetric,
+    AnomalyWindow,
+    UsageRecord,
+)
 from tenants.models import Tenant
 
 BASELINE_DAYS = 14
@@ -125,9 +134,12 @@ def _traffic_between(hours: dict[datetime, LedgerTotals], start: datetime, end: 
     return total
 
 
-def tenant_anomalies_detect(*, tenant: Tenant, now: datetime) -> list[Anomaly]:
-    """Store the anomalies of the windows ending at the last full hour, each with its alert deliveries for the caller
-    to queue (alert_deliveries_send); a rerun adds nothing."""
+def tenant_anomalies_detect(
+    *, tenant: Tenant, now: datetime, deliveries_send: Callable[[list[AlertDelivery]], None]
+) -> list[Anomaly]:
+    """Store the anomalies of the windows ending at the last full hour; a rerun adds nothing. Each new anomaly's alert
+    deliveries go to `deliveries_send` (alert_deliveries_send queues them) inside the transaction that stores it, so
+    an anomaly stored is an anomaly alerted even when a later one fails."""
     window_end = now.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
     day = timedelta(days=1)
     hourly = _hourly_traffic(tenant=tenant, since=window_end - (BASELINE_DAYS + 1) * day, until=window_end)
@@ -144,13 +156,13 @@ def tenant_anomalies_detect(*, tenant: Tenant, now: datetime) -> list[Anomaly]:
             ]
             for finding in window_findings(observed=observed, baseline=baseline, min_requests=min_requests):
                 if abs(finding.score) >= min_score:
-                    anomaly = _anomaly_record(tenant, team_id, window, window_end, finding)
+                    anomaly = _anomaly_record(tenant, team_id, window, window_end, finding, deliveries_send)
                     if anomaly is not None:
                         anomalies.append(anomaly)
     return anomalies
 
 
-def _anomaly_record(tenant, team_id, window, window_end, finding: Finding) -> Anomaly | None:
+def _anomaly_record(tenant, team_id, window, window_end, finding: Finding, deliveries_send) -> Anomaly | None:
     with transaction.atomic():
         anomaly, created = Anomaly.objects.for_tenant(tenant).get_or_create(
             tenant=tenant,
@@ -180,5 +192,5 @@ def _anomaly_record(tenant, team_id, window, window_end, finding: Finding) -> An
             .exists()
         )
         if not continues:
-            anomaly_alert_raise(anomaly=anomaly)
+            deliveries_send(anomaly_alert_raise(anomaly=anomaly))
     return anomaly

@@ -1,12 +1,14 @@
 import random
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from unittest.mock import patch
 
 import pytest
+from django.db import DatabaseError
 
 from billing.alerts.anomalies import tenant_anomalies_detect
-from billing.alerts.services import alert_channel_create
-from billing.alerts.tasks import anomalies_detect_tenant
+from billing.alerts.services import alert_channel_create, anomaly_alert_raise
+from billing.alerts.tasks import alert_deliveries_send, anomalies_detect_tenant
 from billing.models import AlertDelivery, Anomaly, AnomalyDirection, AnomalyMetric, AnomalyWindow, UsageRecord
 
 NOW = datetime(2026, 11, 27, 12, 10, tzinfo=UTC)
@@ -66,7 +68,7 @@ def spike_rows(org, *, count: int, cost: str):
 
 def test_normal_variation_is_not_flagged(org):
     ledger_rows(org, hours=15 * 24)
-    assert tenant_anomalies_detect(tenant=org.tenant, now=NOW) == []
+    assert tenant_anomalies_detect(tenant=org.tenant, now=NOW, deliveries_send=alert_deliveries_send) == []
 
 
 def test_an_injected_spend_spike_is_flagged_with_its_numbers_and_alerted(
@@ -98,11 +100,13 @@ def test_an_injected_spend_spike_is_flagged_with_its_numbers_and_alerted(
     assert AlertDelivery.objects.unscoped().filter(anomaly__isnull=False).count() == len(anomalies)
     assert any("spend (usd) spike (hour)" in mail.subject.lower() for mail in mailoutbox)
     # The next run over the same window stores and sends nothing again.
-    assert tenant_anomalies_detect(tenant=org.tenant, now=NOW) == []
+    assert tenant_anomalies_detect(tenant=org.tenant, now=NOW, deliveries_send=alert_deliveries_send) == []
     # An hour later the day window still holds the spike: the same episode, stored again but not alerted again.
     sent = AlertDelivery.objects.unscoped().count()
     with django_capture_on_commit_callbacks(execute=True):
-        later = tenant_anomalies_detect(tenant=org.tenant, now=NOW + timedelta(hours=1))
+        later = tenant_anomalies_detect(
+            tenant=org.tenant, now=NOW + timedelta(hours=1), deliveries_send=alert_deliveries_send
+        )
     assert {(anomaly.team_id, anomaly.window) for anomaly in later if anomaly.metric == AnomalyMetric.SPEND} == {
         (None, AnomalyWindow.DAY),
         (org.team.pk, AnomalyWindow.DAY),
@@ -128,7 +132,7 @@ def test_an_error_burst_is_flagged_as_error_rate_spike_and_tokens_per_request_dr
     UsageRecord.objects.bulk_create(errors)
     metrics = {
         (anomaly.metric, anomaly.direction)
-        for anomaly in tenant_anomalies_detect(tenant=org.tenant, now=NOW)
+        for anomaly in tenant_anomalies_detect(tenant=org.tenant, now=NOW, deliveries_send=alert_deliveries_send)
         if anomaly.team_id is None and anomaly.window == AnomalyWindow.HOUR
     }
     assert (AnomalyMetric.ERROR_RATE, AnomalyDirection.SPIKE) in metrics
@@ -138,4 +142,29 @@ def test_an_error_burst_is_flagged_as_error_rate_spike_and_tokens_per_request_dr
 def test_too_little_history_judges_nothing(org):
     ledger_rows(org, hours=3 * 24)
     spike_rows(org, count=40, cost="0.05")
-    assert tenant_anomalies_detect(tenant=org.tenant, now=NOW) == []
+    assert tenant_anomalies_detect(tenant=org.tenant, now=NOW, deliveries_send=alert_deliveries_send) == []
+
+
+def test_an_anomaly_stored_is_alerted_even_when_a_later_one_fails(org, django_capture_on_commit_callbacks):
+    alert_channel_create(tenant=org.tenant, name="mail", kind="email", target="oncall@example.com")
+    ledger_rows(org, hours=15 * 24)
+    spike_rows(org, count=40, cost="0.05")
+    raised = []
+
+    def raise_then_fail(*, anomaly):
+        if raised:
+            raise DatabaseError("the second anomaly's alert cannot be written")
+        raised.append(anomaly)
+        return anomaly_alert_raise(anomaly=anomaly)
+
+    with (
+        patch("billing.alerts.anomalies.anomaly_alert_raise", raise_then_fail),
+        django_capture_on_commit_callbacks() as queued,
+        pytest.raises(DatabaseError),
+    ):
+        tenant_anomalies_detect(tenant=org.tenant, now=NOW, deliveries_send=alert_deliveries_send)
+
+    [stored] = raised
+    assert Anomaly.objects.for_tenant(org.tenant).get() == stored
+    # The first anomaly's delivery is queued although the run failed after it.
+    assert len(queued) == AlertDelivery.objects.for_tenant(org.tenant).filter(anomaly=stored).count() == 1

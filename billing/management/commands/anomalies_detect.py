@@ -6,7 +6,7 @@ from django.utils import timezone
 
 from billing.alerts.anomalies import tenant_anomalies_detect
 from billing.alerts.tasks import alert_deliveries_send
-from billing.models import AlertDelivery, Anomaly
+from billing.models import Anomaly
 from tenants.selectors import tenant_by_slug, tenants_active
 
 
@@ -52,8 +52,7 @@ class Command(BaseCommand):
         if at > now:
             self.stdout.write("The hour in progress is judged on its traffic so far: a drop may mean it is not over.")
         for tenant in tenants:
-            anomalies = tenant_anomalies_detect(tenant=tenant, now=at)
-            alert_deliveries_send(AlertDelivery.objects.for_tenant(tenant).filter(anomaly__in=anomalies))
+            anomalies = tenant_anomalies_detect(tenant=tenant, now=at, deliveries_send=alert_deliveries_send)
             noun = "anomaly" if len(anomalies) == 1 else "anomalies"
             self.stdout.write(f"{tenant.slug}: {len(anomalies)} new {noun}")
             for anomaly in anomalies:
