@@ -179,18 +179,18 @@ CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 # Periodic tasks, by name. Each app's issue adds its own entries here.
 CELERY_BEAT_SCHEDULE: dict[str, dict] = {
     "routing-cache-entries-expire": {"task": "routing.tasks.cache_expiry_run", "schedule": crontab(minute="*/10")},
-    "billing-anomalies-detect": {"task": "billing.alerts.tasks.anomalies_detect", "schedule": crontab(minute=5)},
+    "billing-anomalies-detect": {"task": "billing.tasks.anomalies_detect", "schedule": crontab(minute=5)},
     "billing-budget-counters-check": {
-        "task": "billing.budgets.tasks.budget_counters_check",
+        "task": "billing.tasks.budget_counters_check",
         "schedule": crontab(hour=3, minute=15),
     },
-    "billing-usage-rollups-refresh": {"task": "billing.finance.tasks.usage_rollups_refresh_task", "schedule": 60.0},
+    "billing-usage-rollups-refresh": {"task": "billing.tasks_finance.usage_rollups_refresh_task", "schedule": 60.0},
     "billing-usage-rollups-rebuild-recent": {
-        "task": "billing.finance.tasks.usage_rollups_rebuild_recent_task",
+        "task": "billing.tasks_finance.usage_rollups_rebuild_recent_task",
         "schedule": crontab(hour=2, minute=30),
     },
     "billing-statements-push": {
-        "task": "billing.finance.tasks.statements_push_task",
+        "task": "billing.tasks_finance.statements_push_task",
         "schedule": crontab(day_of_month=1, hour=4, minute=0),
     },
 }
@@ -198,7 +198,7 @@ if LLMOPS_CLOUDWATCH_NAMESPACE:
     if not REDIS_URL:
         raise ImproperlyConfigured("LLMOPS_CLOUDWATCH_NAMESPACE needs REDIS_URL (for the publisher watermark)")
     CELERY_BEAT_SCHEDULE["billing-rollups-cloudwatch-publish"] = {
-        "task": "billing.finance.tasks.rollups_cloudwatch_publish_task",
+        "task": "billing.tasks_finance.rollups_cloudwatch_publish_task",
         "schedule": crontab(minute=5),
     }
 
@@ -297,7 +297,7 @@ LLMOPS_BATCH_POLL_SECONDS = env.float("LLMOPS_BATCH_POLL_SECONDS", default=30.0)
 LLMOPS_JOBS_WEBHOOK_TIMEOUT_SECONDS = env.float("LLMOPS_JOBS_WEBHOOK_TIMEOUT_SECONDS", default=10.0)
 LLMOPS_JOBS_WEBHOOK_MAX_ATTEMPTS = env.int("LLMOPS_JOBS_WEBHOOK_MAX_ATTEMPTS", default=5)
 CELERY_BEAT_SCHEDULE["gateway-batches-resume"] = {
-    "task": "llmops.gateway.batches.tasks.batches_resume",
+    "task": "llmops.gateway.batch_tasks.batches_resume",
     "schedule": 60.0,
 }
 

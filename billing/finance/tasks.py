@@ -19,17 +19,20 @@ from tenants.models import Tenant
 from tenants.selectors import tenants_active
 
 
-@shared_task
+# The name predates this module; a message beat sent under it before a deploy still runs.
+@shared_task(name="billing.tasks_finance.usage_rollups_refresh_task")
 def usage_rollups_refresh_task() -> int:
     return usage_rollups_refresh()
 
 
-@shared_task
+# The name predates this module; a message beat sent under it before a deploy still runs.
+@shared_task(name="billing.tasks_finance.usage_rollups_rebuild_recent_task")
 def usage_rollups_rebuild_recent_task() -> int:
     return usage_rollups_rebuild_recent(days=2)
 
 
-@shared_task
+# The name predates this module; a message beat sent under it before a deploy still runs.
+@shared_task(name="billing.tasks_finance.rollups_cloudwatch_publish_task")
 def rollups_cloudwatch_publish_task() -> int:
     """Hourly from beat when LLMOPS_CLOUDWATCH_NAMESPACE is set."""
     return rollups_cloudwatch_publish_closed_hours(namespace=settings.LLMOPS_CLOUDWATCH_NAMESPACE, now=timezone.now())
@@ -47,7 +50,8 @@ def usage_export_write_task(export_id: int) -> None:
     usage_export_write(export=UsageExport.objects.unscoped().select_related("tenant").get(pk=export_id))
 
 
-@shared_task
+# The name predates this module; a message beat sent under it before a deploy still runs.
+@shared_task(name="billing.tasks_finance.statements_push_task")
 def statements_push_task() -> int:
     """On the 1st: push last month's statement of every active tenant to S3, when a bucket is configured."""
     bucket = settings.LLMOPS_STATEMENTS_BUCKET

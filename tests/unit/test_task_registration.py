@@ -89,4 +89,4 @@ def test_every_scheduled_and_enqueued_task_is_registered_in_a_worker():
     assert "billing.tasks_finance.usage_export_write_task" in enqueued
     assert "llmops.gateway.batch_tasks.batch_process_task" in enqueued
     assert view["enqueued"]["billing.alerts.tasks:alert_delivery_send"] == "billing.tasks.alert_delivery_send"
-    assert "billing.finance.tasks.rollups_cloudwatch_publish_task" in view["beat"].values()
+    assert "billing.tasks_finance.rollups_cloudwatch_publish_task" in view["beat"].values()

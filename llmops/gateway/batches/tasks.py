@@ -36,7 +36,8 @@ def batch_process_task(batch_id: str) -> None:
             batch_process_task.apply_async((batch_id,), countdown=settings.LLMOPS_BATCH_POLL_SECONDS)
 
 
-@shared_task
+# The name predates this module; a message beat sent under it before a deploy still runs.
+@shared_task(name="llmops.gateway.batch_tasks.batches_resume")
 def batches_resume() -> None:
     for batch_id in batches_unfinished():
         batch_process_task.delay(batch_id)
