@@ -4,10 +4,10 @@ Starts, as separate processes on loopback, two mock upstreams (``--latency-ms``;
 another provider would be, so the mock's own token counting of their prompts does not hold up the quiet tenant's
 answers), the gateway the way production runs it (uvicorn, one worker per core, Postgres, Redis, the ledger streamed
 and drained by ``ledger_drain``) and three tenants: `fair-quiet` sends small requests at ``--quiet-concurrency``
-throughout; `fair-capped` (the default routing policy, prompts capped at 4,000 tokens) sends prompts of ``--huge-mb``
-that the cap refuses; `fair-uncapped` (no routing policy, so no cap) sends prompts of ``--large-mb`` that go all the
-way upstream. Each phase runs ``--seconds``: the quiet tenant alone, then beside each noisy tenant. Prints the quiet
-tenant's latency percentiles per phase and what the noisy tenant got. Figures, not a test.
+throughout; `fair-capped` (the default routing policy, prompts over 32,000 tokens refused) sends prompts of
+``--huge-mb`` that this refuses; `fair-uncapped` (no routing policy, so no cap) sends prompts of ``--large-mb`` that
+go all the way upstream. Each phase runs ``--seconds``: the quiet tenant alone, then beside each noisy tenant. Prints
+the quiet tenant's latency percentiles per phase and what the noisy tenant got. Figures, not a test.
 
     .venv/bin/python bench/fairness.py --redis-url redis://127.0.0.1:6379/11
 """

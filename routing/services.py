@@ -193,44 +193,62 @@ def routing_policy_rollback(*, policy: RoutingPolicy, version: RoutingPolicyVers
     return new_version
 
 
+# Over this the default template refuses rather than compresses: cut to the cap, the prompt would keep less than an
+# eighth of itself, too little to answer well; and one whose length alone proves it over this is refused before it is
+# counted (docs/performance.md, fairness between tenants).
+DEFAULT_COMPRESSION_CEILING = 32_000
+# The default template's rule names, which the demo's synthetic history records as routes too.
+TOO_LONG_TO_COMPRESS_RULE = "too-long-to-compress"
+SHORT_TASKS_RULE = "short-classification-and-summaries"
+ENTERPRISE_RULE = "enterprise-tier"
+BY_DIFFICULTY_RULE = "otherwise-by-difficulty"
+SHORT_TASK_PROMPT_TOKENS_MAX = 1199
+
+
 def default_policy_document(*, small_model: str, large_model: str, cache_ttl_seconds: int | None = None) -> dict:
-    """The template every tenant starts from: cheap by default, large for enterprise users, prompts capped at 4,000;
-    with `cache_ttl_seconds`, deterministic answers are cached that long."""
+    """The template every tenant starts from: short classification and summaries to the small model, enterprise users
+    to the large one, any other `auto` request to the alias's small or large model by its difficulty score; prompts
+    over 4,000 tokens compressed to fit, and refused only over 32,000. With `cache_ttl_seconds`, deterministic answers
+    are cached that long."""
     cap = {
         "prompt_token_cap": DEFAULT_PROMPT_TOKEN_CAP,
-        "over_cap_action": "reject",
+        "over_cap_action": "compress",
         "cache_ttl_seconds": cache_ttl_seconds,
     }
+    # With one model there is nothing to fall back to.
+    large_falls_back = [small_model] if small_model != large_model else []
     return normalized_document(
         {
             "aliases": {AUTO_ALIAS: {"small": small_model, "large": large_model}},
             "rules": [
                 {
+                    "priority": 5,
+                    "name": TOO_LONG_TO_COMPRESS_RULE,
+                    "match": {"prompt_tokens_min": DEFAULT_COMPRESSION_CEILING + 1},
+                    "outcome": {"prompt_token_cap": DEFAULT_COMPRESSION_CEILING, "over_cap_action": "reject"},
+                },
+                {
                     "priority": 10,
-                    "name": "short-classification-and-summaries",
+                    "name": SHORT_TASKS_RULE,
                     "match": {
                         "requested_models": [AUTO_ALIAS],
                         "task_types": ["classification", "summarization"],
-                        "prompt_tokens_max": 1199,
+                        "prompt_tokens_max": SHORT_TASK_PROMPT_TOKENS_MAX,
                     },
                     "outcome": {"target_model": small_model, **cap},
                 },
                 {
                     "priority": 20,
-                    "name": "enterprise-tier",
+                    "name": ENTERPRISE_RULE,
                     "match": {"requested_models": [AUTO_ALIAS], "user_tiers": ["enterprise"]},
-                    "outcome": {
-                        "target_model": large_model,
-                        # With one model there is nothing to fall back to.
-                        "fallback_models": [small_model] if small_model != large_model else [],
-                        **cap,
-                    },
+                    "outcome": {"target_model": large_model, "fallback_models": large_falls_back, **cap},
                 },
+                # No target: the alias's difficulty score picks small or large (the engine's fall-through).
                 {
                     "priority": 30,
-                    "name": "otherwise-small",
+                    "name": BY_DIFFICULTY_RULE,
                     "match": {"requested_models": [AUTO_ALIAS]},
-                    "outcome": {"target_model": small_model, **cap},
+                    "outcome": {"fallback_models": large_falls_back, **cap},
                 },
                 # Requests naming a model keep it, under the same prompt cap.
                 {"priority": 100, "name": "prompt-cap", "outcome": cap},

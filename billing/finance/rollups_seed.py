@@ -2,9 +2,10 @@
 
 Each row is what the gateway would have written for the request, savings included, priced with billing.ledger.costs:
 
-- requests name the `auto` alias and are routed as the default policy does: most to the tenant's cheapest allowed
-  model, enterprise-tier ones to its dearest (the premium model). One served by the cheap model saved what the
-  premium model would have charged for the same tokens, minus what the cheap one charged.
+- requests name the `auto` alias and are routed as the default policy does (routing.services, with its rule names as
+  routes): short classification and summaries to the tenant's cheapest allowed model, enterprise-tier ones to its
+  dearest (the premium model), the others to one or the other by their difficulty score. One served by the cheap
+  model saved what the premium model would have charged for the same tokens, minus what the cheap one charged.
 - some long prompts were compressed: the removed tokens are saved at the served model's input price.
 - cache hits (exact and semantic) replay an earlier answered request of the same model: cost 0, no tokens, and a
   saving equal to what that request cost.
@@ -27,6 +28,8 @@ from billing.ledger.selectors import tenant_zone
 from billing.models import CacheStatus, UsageRecord
 from routing.catalog import ModelPrices
 from routing.models import Model, TenantModelAccess
+from routing.policy.engine import SCORED_ROUTE
+from routing.services import BY_DIFFICULTY_RULE, ENTERPRISE_RULE, SHORT_TASK_PROMPT_TOKENS_MAX, SHORT_TASKS_RULE
 from tenants.models import ApiKey, Tenant
 from tenants.services import api_key_create
 
@@ -34,7 +37,10 @@ WEEKDAY_REQUESTS = 420
 WEEKEND_FACTOR = 0.35
 EXACT_HIT_SHARE = 0.12
 SEMANTIC_HIT_SHARE = 0.06
-PREMIUM_SHARE = 0.25
+ENTERPRISE_SHARE = 0.10
+SHORT_TASK_SHARE = 0.20
+# Of the requests the difficulty score routes, those scored at or over the threshold.
+SCORED_LARGE_SHARE = 0.20
 FAILURE_SHARE = 0.02
 BATCH_SHARE = 0.08
 # Prompts longer than this are compressed (most of the time) to between these shares of their length.
@@ -118,9 +124,19 @@ class _SyntheticHistory:
         ]
         return sorted(moments)
 
+    def _route(self) -> tuple[Model, str]:
+        """The served model and the route the default policy records for an `auto` request."""
+        roll = self.randomness.random()
+        if roll < ENTERPRISE_SHARE:
+            return self.premium, ENTERPRISE_RULE
+        if roll < ENTERPRISE_SHARE + SHORT_TASK_SHARE:
+            return self.small, SHORT_TASKS_RULE
+        model = self.premium if self.randomness.random() < SCORED_LARGE_SHARE else self.small
+        return model, f"{BY_DIFFICULTY_RULE}+{SCORED_ROUTE}"
+
     def record(self, *, key: ApiKey, moment: datetime) -> UsageRecord:
         randomness = self.randomness
-        model = self.premium if randomness.random() < PREMIUM_SHARE else self.small
+        model, route = self._route()
         record = UsageRecord(
             request_id=f"seed_{self.tenant.pk}_{moment.astimezone(UTC):%Y%m%d%H%M%S}_{randomness.getrandbits(40):010x}",
             tenant=self.tenant,
@@ -128,7 +144,7 @@ class _SyntheticHistory:
             api_key=key,
             requested_model="auto",
             served_model=model.name,
-            route="enterprise-tier" if model == self.premium else "otherwise-small",
+            route=route,
             routed_to_large=model == self.premium and model != self.small,
             is_stream=randomness.random() < 0.4,
             http_status=200,
@@ -155,7 +171,10 @@ class _SyntheticHistory:
         """Tokens, latency, cost and the routing, compression and batch savings of a request answered upstream."""
         randomness = self.randomness
         prices = _prices(model)
-        prompt = int(randomness.lognormvariate(6.3, 0.7))
+        if record.route == SHORT_TASKS_RULE:
+            prompt = min(int(randomness.lognormvariate(5.3, 0.5)), SHORT_TASK_PROMPT_TOKENS_MAX)
+        else:
+            prompt = int(randomness.lognormvariate(6.3, 0.7))
         if prompt > COMPRESSION_ABOVE_TOKENS and randomness.random() < 0.7:
             record.prompt_tokens_before_compression = prompt
             prompt = int(prompt * randomness.uniform(*COMPRESSION_KEEPS))

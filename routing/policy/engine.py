@@ -11,6 +11,8 @@ from routing.policy.scoring import DifficultyScore, difficulty_score
 
 TASK_TYPE_HEADER = "x-llmops-task-type"
 USER_TIER_HEADER = "x-llmops-user-tier"
+# The ledger's route of a request the difficulty score routed: `<rule>+score`, or `score` when no rule matched.
+SCORED_ROUTE = "score"
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +52,7 @@ class RouteDecision:
         if self.rule_name and not self.difficulty:
             return self.rule_name
         if self.difficulty:
-            return f"{self.rule_name}+score" if self.rule_name else "score"
+            return f"{self.rule_name}+{SCORED_ROUTE}" if self.rule_name else SCORED_ROUTE
         return "direct"
 
     def as_json(self) -> dict:

@@ -57,9 +57,10 @@ def slow_stream(setup):
     return model
 
 
-def test_a_megabyte_prompt_over_the_cap_is_refused_uncounted_with_its_ledger_row(gateway, acme):
+def test_a_multi_megabyte_prompt_over_the_cap_is_refused_uncounted_with_its_ledger_row(gateway, acme):
+    """4.2 MB: over the default template's ceiling (32,000 tokens, where it stops compressing) by its length alone."""
     routing_policy_ensure_default(tenant=acme.tenant)
-    body = {"model": "auto", "messages": [{"role": "user", "content": "refund policy " * 75_000}]}
+    body = {"model": "auto", "messages": [{"role": "user", "content": "refund policy " * 300_000}]}
 
     response = httpx.post(
         f"{gateway.url}/v1/chat/completions", json=body, headers={"authorization": f"Bearer {acme.key}"}, timeout=60

@@ -178,24 +178,28 @@ def test_max_tokens_is_clamped_to_the_cap_or_set_to_the_default(body, cap, defau
 
 
 DEFAULT_POLICY = compile_policy(default_policy_document(small_model="small", large_model="large"), version=1)
-# 600,000 bytes: at least 4,688 tokens in any encoding in use, over the default template's cap of 4,000.
+# 600,000 bytes: at least 4,688 tokens in any encoding in use, over the default template's cap of 4,000 (which it
+# compresses to) and under its ceiling of 32,000.
 HUGE_PROMPT = [{"role": "user", "content": "word " * 120_000}]
+# 4,200,000 bytes: at least 32,813 tokens, over the default template's ceiling.
+OVER_THE_CEILING = [{"role": "user", "content": "word " * 840_000}]
 
 
 def uncountable(*args, **kwargs):
     raise AssertionError("the prompt was counted")
 
 
-@pytest.mark.parametrize(("requested", "rule"), [("auto", ""), ("gpt-4o", " of routing rule 'prompt-cap'")])
-def test_a_prompt_its_length_proves_over_every_cap_that_could_apply_is_refused_uncounted(requested, rule, monkeypatch):
+@pytest.mark.parametrize("requested", ["auto", "gpt-4o"])
+def test_a_prompt_its_length_proves_over_the_default_ceiling_is_refused_uncounted(requested, monkeypatch):
     monkeypatch.setattr(tokens, "count_chat_tokens", uncountable)
 
-    refusal = cap_refusal_before_counting(DEFAULT_POLICY, HUGE_PROMPT, requested_model=requested)
+    refusal = cap_refusal_before_counting(DEFAULT_POLICY, OVER_THE_CEILING, requested_model=requested)
 
-    assert (refusal.status, refusal.code, refusal.cap) == (400, "token_cap_exceeded", 4000)
-    assert f"has at least {chat_tokens_lower_bound(HUGE_PROMPT)} tokens, over the cap of 4000 tokens{rule}." in (
-        refusal.message
-    )
+    assert (refusal.status, refusal.code, refusal.cap) == (400, "token_cap_exceeded", 32000)
+    assert (
+        f"has at least {chat_tokens_lower_bound(OVER_THE_CEILING)} tokens, over the cap of 32000 tokens of routing "
+        "rule 'too-long-to-compress'."
+    ) in refusal.message
 
 
 def rules_policy(*rules: dict):
@@ -212,6 +216,7 @@ REJECT_4000 = {"outcome": {"prompt_token_cap": 4000, "over_cap_action": "reject"
     [
         (None, HUGE_PROMPT),
         (DEFAULT_POLICY, [{"role": "user", "content": "word " * 10_000}]),
+        (DEFAULT_POLICY, HUGE_PROMPT),
         (rules_policy({"outcome": {"prompt_token_cap": 4000, "over_cap_action": "compress"}}), HUGE_PROMPT),
         (rules_policy({"match": {"task_types": ["chat"]}, **REJECT_4000}), HUGE_PROMPT),
         (rules_policy({"match": {"task_types": ["chat"]}, "outcome": {}}, REJECT_4000), HUGE_PROMPT),
@@ -221,6 +226,7 @@ REJECT_4000 = {"outcome": {"prompt_token_cap": 4000, "over_cap_action": "reject"
     ids=[
         "no-policy",
         "under-the-bound",
+        "the-default-compresses-under-its-ceiling",
         "compress",
         "no-rule-sure-to-match",
         "an-uncapped-rule-may-match",
@@ -230,6 +236,17 @@ REJECT_4000 = {"outcome": {"prompt_token_cap": 4000, "over_cap_action": "reject"
 )
 def test_no_refusal_before_counting_unless_every_rule_that_could_apply_refuses(policy, messages):
     assert cap_refusal_before_counting(policy, messages, requested_model="gpt-4o") is None
+
+
+def test_when_several_rules_may_refuse_the_refusal_names_none_and_gives_the_highest_cap():
+    policy = rules_policy(
+        {"match": {"task_types": ["chat"]}, "outcome": {"prompt_token_cap": 3000, "over_cap_action": "reject"}},
+        REJECT_4000,
+    )
+
+    refusal = cap_refusal_before_counting(policy, HUGE_PROMPT, requested_model="gpt-4o")
+
+    assert refusal.cap == 4000 and "of routing rule" not in refusal.message
 
 
 def test_a_rule_whose_maximum_is_under_the_bound_cannot_match_and_is_passed_over():

@@ -124,7 +124,7 @@ def test_the_default_template_routes_like_the_seed(acme_routing):
     policy = routing_policy_create_default(
         tenant=acme_routing.tenant, small_model=acme_routing.small, large_model=acme_routing.large
     )
-    assert policy.live_version.number == 1 and policy.rules.count() == 4
+    assert policy.live_version.number == 1 and policy.rules.count() == 5
     live = build_live_policies(tenant_id=acme_routing.tenant.pk)[acme_routing.tenant.pk]
     catalog = build_model_catalog(tenant_id=acme_routing.tenant.pk)
 
@@ -135,19 +135,40 @@ def test_the_default_template_routes_like_the_seed(acme_routing):
         return route_request(live, request, catalog)
 
     assert route(task_type="classification").rule_name == "short-classification-and-summaries"
-    assert route(task_type="summarization", prompt_tokens=1200).rule_name == "otherwise-small"
     enterprise = route(user_tier="enterprise")
     assert (enterprise.outcome.target_model, enterprise.outcome.fallback_models, enterprise.routed_to_large) == (
         "acme-large",
         ("acme-small",),
         True,
     )
-    assert route().outcome.target_model == "acme-small"
+    # Every other `auto` request falls through to the alias's difficulty score, and is compressed over the cap.
+    long_summary = route(task_type="summarization", prompt_tokens=1200)
+    assert (long_summary.rule_name, long_summary.route, long_summary.outcome.target_model) == (
+        "otherwise-by-difficulty",
+        "otherwise-by-difficulty+score",
+        "acme-small",
+    )
+    assert (long_summary.outcome.prompt_token_cap, long_summary.outcome.over_cap_action) == (4000, "compress")
+    hard = route(prompt_tokens=2500, last_user_message="Prove this equation:\n```python\ndef f(x): return x\n```")
+    assert (hard.outcome.target_model, hard.outcome.fallback_models, hard.routed_to_large) == (
+        "acme-large",
+        ("acme-small",),
+        True,
+    )
+    assert (hard.difficulty.total, hard.outcome.over_cap_action) == (60, "compress")
     named = route(requested_model="acme-large")
     assert (named.outcome.target_model, named.rule_name, named.outcome.prompt_token_cap) == (
         "acme-large",
         "prompt-cap",
         4000,
+    )
+    assert named.outcome.over_cap_action == "compress"
+    # Rejecting is for what compression could not answer well.
+    huge = route(requested_model="acme-large", prompt_tokens=32_001)
+    assert (huge.rule_name, huge.outcome.prompt_token_cap, huge.outcome.over_cap_action) == (
+        "too-long-to-compress",
+        32_000,
+        "reject",
     )
 
 

@@ -41,7 +41,35 @@ def test_an_admin_sees_the_draft_and_live_decisions_with_the_reasons(acme_policy
     assert (body["live"]["target_model"], body["live"]["rule"]) == ("acme-large", "enterprise-tier")
     assert body["draft"]["target_model"] == "acme-other"
     assert body["live"]["explanation"] == "rule=enterprise-tier model=acme-large policy=v1"
-    assert body["live"]["trace"][0].startswith("rule short-classification-and-summaries (priority 10) skipped")
+    assert body["live"]["trace"][0].startswith("rule too-long-to-compress (priority 5) skipped")
+    assert body["live"]["trace"][1].startswith("rule short-classification-and-summaries (priority 10) skipped")
+
+
+def test_under_the_default_policy_an_auto_request_no_rule_claims_is_scored_and_the_threshold_explained(
+    acme_policy, acme_routing
+):
+    user = UserFactory()
+    membership_set(tenant=acme_routing.tenant, user=user, role=Role.ADMIN)
+    question = "Prove that the integral converges, then fix this:\n```python\ndef area(r):\n    return r * r\n```\n"
+    hard = {"model": "auto", "messages": [{"role": "user", "content": question + "Context: the disc. " * 500}]}
+    plain = {"model": "auto", "messages": [{"role": "user", "content": "What are your opening hours?"}]}
+
+    decisions = [
+        client_for(user).post(URL, {"tenant": "acme", "request": request}, format="json").json()["live"]
+        for request in (hard, plain)
+    ]
+
+    assert [(live["target_model"], live["routed_to_large"]) for live in decisions] == [
+        ("acme-large", True),
+        ("acme-small", False),
+    ]
+    assert decisions[0]["difficulty_score"] >= 50 > decisions[1]["difficulty_score"] == 0
+    assert decisions[0]["rule"] == decisions[1]["rule"] == "otherwise-by-difficulty"
+    assert f"score={decisions[0]['difficulty_score']}>=50(" in decisions[0]["explanation"]
+    assert decisions[1]["explanation"] == (
+        "rule=otherwise-by-difficulty alias=auto;score=0<50(no-features)->small model=acme-small policy=v1"
+    )
+    assert decisions[0]["trace"][-1].startswith("alias auto: score=")
 
 
 @pytest.mark.parametrize("role", [None, Role.VIEWER, Role.FINANCE])
