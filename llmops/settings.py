@@ -148,6 +148,8 @@ LLMOPS_DEMO_DIR = env.path("LLMOPS_DEMO_DIR", default=BASE_DIR / "var")
 MEDIA_ROOT = env.path("MEDIA_ROOT", default=BASE_DIR / "var" / "media")
 # Exports longer than this many days go through the async export instead of streaming.
 LLMOPS_EXPORT_SYNC_MAX_DAYS = env.int("LLMOPS_EXPORT_SYNC_MAX_DAYS", default=62)
+# The admin marks a model whose prices in force took effect longer ago than this: time to check them.
+LLMOPS_PRICE_MAX_AGE_DAYS = env.int("LLMOPS_PRICE_MAX_AGE_DAYS", default=90)
 # Monthly statements are pushed to this S3 bucket when set (boto3's usual AWS credentials).
 LLMOPS_STATEMENTS_BUCKET = env("LLMOPS_STATEMENTS_BUCKET", default="")
 # Hourly rollups are published to Amazon CloudWatch under this namespace when set (boto3's usual AWS credentials),

@@ -4,12 +4,16 @@ import json
 from datetime import timedelta
 
 from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
+from django.contrib.admin.utils import unquote
+from django.contrib.admin.widgets import AdminSplitDateTime
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import models
 from django.http import Http404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
+from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
 from core.outbound import outbound_url_errors
@@ -17,6 +21,7 @@ from core.redaction import redact, redact_value
 from routing.cache.sealed import open_answer, open_prompt
 from routing.cache.store import cache_entries_delete, cache_entries_purge
 from routing.models import (
+    PRICE_FIELDS,
     CacheEntry,
     Model,
     Provider,
@@ -28,6 +33,7 @@ from routing.models import (
     TenantModelAccess,
 )
 from routing.policy.simulation import routing_simulation
+from routing.prices import model_price_set, price_age_days, price_changes, price_is_stale, price_version_errors
 from routing.providers.kinds import CONNECTION_FIELDS, PROVIDER_KINDS
 from routing.services import (
     model_create,
@@ -51,7 +57,7 @@ from tenants.admin import (
 from tenants.models import Tenant
 from tenants.permissions import Action
 
-PRICE_FIELDS = ("input_price_per_million", "cached_input_price_per_million", "output_price_per_million")
+PRICE_FORM_FIELD = {"max_digits": 12, "decimal_places": 6, "min_value": 0}
 
 
 class SuperuserOnlyAdmin(ServiceCreateAdmin):
@@ -136,16 +142,102 @@ class ProviderAdmin(SuperuserOnlyAdmin):
             provider_credential_set(provider=obj, credential=form.cleaned_data["credential"])
 
 
+PRICE_LABELS = {
+    "input_price_per_million": "input price",
+    "cached_input_price_per_million": "cached input price",
+    "output_price_per_million": "output price",
+    "cache_write_price_per_million": "cache write price",
+}
+LIST_PRICE_FIELDS = PRICE_FIELDS[:3]
+
+
+class CatalogModelForm(forms.ModelForm):
+    """The model's fields, and its prices: a change of price is saved as a new version (routing.prices)."""
+
+    input_price_per_million = forms.DecimalField(**PRICE_FORM_FIELD)
+    cached_input_price_per_million = forms.DecimalField(
+        **PRICE_FORM_FIELD, help_text="Prompt tokens read from the provider's cache (cache reads)."
+    )
+    output_price_per_million = forms.DecimalField(**PRICE_FORM_FIELD)
+    cache_write_price_per_million = forms.DecimalField(
+        **PRICE_FORM_FIELD,
+        required=False,
+        help_text="Prompt tokens written to the provider's cache (Anthropic); blank charges the input price.",
+    )
+    price_effective_from = forms.SplitDateTimeField(
+        required=False,
+        widget=AdminSplitDateTime,
+        label="prices take effect",
+        help_text="When changed prices take effect; blank: now. A change is a new version: requests before it keep "
+        "the prices they were charged at.",
+    )
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        in_force = self.instance.price_in_force() if self.instance.pk else None
+        for name in PRICE_FIELDS:
+            if name in self.fields and in_force is not None:
+                self.fields[name].initial = getattr(in_force, name)
+
+    def clean_price_effective_from(self):
+        effective_from = self.cleaned_data["price_effective_from"]
+        if effective_from is not None and effective_from < timezone.now():
+            raise ValidationError("Prices take effect now or later: the past keeps the prices it was charged at.")
+        return effective_from
+
+    def clean(self):
+        cleaned_data = super().clean()
+        if self.instance.pk and "price_effective_from" in self.fields:
+            effective_from = cleaned_data.get("price_effective_from") or timezone.now()
+            prices = self.prices()
+            if price_changes(
+                model=self.instance, name=self.instance.name, prices=prices, effective_from=effective_from
+            ):
+                for error in price_version_errors(model=self.instance, effective_from=effective_from):
+                    self.add_error("price_effective_from", error)
+        return cleaned_data
+
+    def prices(self) -> dict:
+        return {name: self.cleaned_data[name] for name in PRICE_FIELDS if name in self.cleaned_data}
+
+
+def _price_column(name: str):
+    @admin.display(description=PRICE_LABELS[name], ordering=name)
+    def column(self, model: Model):
+        return getattr(model, name)
+
+    return column
+
+
 @admin.register(Model)
 class CatalogModelAdmin(SuperuserOnlyAdmin):
-    list_display = ("name", "provider", "upstream_name", *PRICE_FIELDS, "context_window", "is_active")
+    form = CatalogModelForm
+    list_display = ("name", "provider", "upstream_name", *LIST_PRICE_FIELDS, "price_age", "context_window", "is_active")
     list_select_related = ("provider",)
     list_filter = ("provider", "is_active")
     search_fields = ("name",)
     add_fields = ("name", "provider", "upstream_name", "context_window", "max_output_tokens", *PRICE_FIELDS)
-    readonly_fields = ("created_at",)
+    fieldsets = (
+        (None, {"fields": ("name", "provider", "upstream_name", "context_window", "max_output_tokens")}),
+        (None, {"fields": ("supports_tools", "supports_images", "batch_price_multiplier", "is_active", "created_at")}),
+        ("Prices (USD per million tokens)", {"fields": (*PRICE_FIELDS, "price_effective_from", "price_age")}),
+        ("Price history", {"fields": ("price_history",)}),
+    )
+    readonly_fields = ("created_at", "price_age", "price_history")
     # Members compare names and prices; which provider serves a model stays with the platform.
-    member_fields = ("name", *PRICE_FIELDS, "context_window", "max_output_tokens", "is_active")
+    member_fields = ("name", *LIST_PRICE_FIELDS, "price_age", "context_window", "max_output_tokens", "is_active")
+    member_fieldsets = (
+        (None, {"fields": member_fields}),
+        ("Price history", {"fields": ("price_history",)}),
+    )
+
+    input_price_per_million = _price_column("input_price_per_million")
+    cached_input_price_per_million = _price_column("cached_input_price_per_million")
+    output_price_per_million = _price_column("output_price_per_million")
+    cache_write_price_per_million = _price_column("cache_write_price_per_million")
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).with_prices_in_force()
 
     def has_module_permission(self, request):
         return request_access(request).allows_somewhere(Action.VIEW)
@@ -153,10 +245,12 @@ class CatalogModelAdmin(SuperuserOnlyAdmin):
     def has_view_permission(self, request, obj=None):
         return self.has_module_permission(request)
 
-    def get_fields(self, request, obj=None):
+    def get_fieldsets(self, request, obj=None):
+        if obj is None:
+            return ((None, {"fields": self.add_fields}),)
         if request.user.is_superuser:
-            return super().get_fields(request, obj)
-        return self.member_fields
+            return self.fieldsets
+        return self.member_fieldsets
 
     def get_list_display(self, request):
         if request.user.is_superuser:
@@ -168,8 +262,74 @@ class CatalogModelAdmin(SuperuserOnlyAdmin):
             return super().get_list_filter(request)
         return ("is_active",)
 
+    @admin.display(description="price age", ordering="-price_effective_from")
+    def price_age(self, model: Model):
+        effective_from = getattr(model, "price_effective_from", None)
+        days = price_age_days(effective_from)
+        if days is None:
+            return "no price in force"
+        if price_is_stale(days):
+            return format_html(
+                '<span class="price-stale" title="Older than LLMOPS_PRICE_MAX_AGE_DAYS ({}): check it">⚠ {} days'
+                "</span>",
+                settings.LLMOPS_PRICE_MAX_AGE_DAYS,
+                days,
+            )
+        return f"{days} days"
+
+    @admin.display(description="versions, latest first")
+    def price_history(self, model: Model):
+        now = timezone.now()
+        in_force = model.price_in_force(now)
+        rows = [
+            (
+                version.effective_from.isoformat(timespec="seconds"),
+                "upcoming" if version.effective_from > now else "in force" if version == in_force else "past",
+                *(getattr(version, name) if getattr(version, name) is not None else "—" for name in PRICE_FIELDS),
+                version.source,
+                version.created_by.get_username() if version.created_by else "",
+            )
+            for version in model.price_versions.select_related("created_by")
+        ]
+        header = format_html_join(
+            "", "<th>{}</th>", ((title,) for title in ("from", "", *PRICE_LABELS.values(), "source", "by"))
+        )
+        body = format_html_join("", "<tr>" + "<td>{}</td>" * 8 + "</tr>", rows)
+        return format_html('<table class="price-history"><tr>{}</tr>{}</table>', header, body)
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        if request.method == "GET":
+            model = self.get_object(request, unquote(object_id))
+            days = price_age_days(getattr(model, "price_effective_from", None)) if model is not None else None
+            if price_is_stale(days):
+                messages.warning(
+                    request,
+                    f"{model.name}'s prices took effect {days} days ago, more than LLMOPS_PRICE_MAX_AGE_DAYS "
+                    f"({settings.LLMOPS_PRICE_MAX_AGE_DAYS}): check them against the provider's price list, and "
+                    "save the prices that are now true (a new version) or import them (manage.py prices_import).",
+                )
+        return super().change_view(request, object_id, form_url, extra_context)
+
     def create_with_service(self, request, form) -> Model:
-        return model_create(**self.added(form))
+        return model_create(**self.added(form), actor=request.user, price_source="admin")
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        if not change:
+            return
+        version = model_price_set(
+            model=obj,
+            prices=form.prices(),
+            effective_from=form.cleaned_data.get("price_effective_from"),
+            source="admin",
+            actor=request.user,
+        )
+        if version is not None:
+            messages.info(
+                request,
+                f"New prices for {obj.name} take effect at {version.effective_from.isoformat(timespec='seconds')}; "
+                "requests before keep the prices they were charged at.",
+            )
 
 
 class TenantModelAccessForm(forms.ModelForm):

@@ -3,12 +3,15 @@
 import logging
 import os
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
 from typing import NamedTuple
 
+from django.db.models import Min
+
 from core.crypto import CredentialDecryptionError, decrypt_secret
 from core.secret_references import SecretReferenceError, is_secret_reference, secret_reference_resolve
-from routing.models import Model, Provider, TenantModelAccess
+from routing.models import Model, ModelPrice, Provider, TenantModelAccess
 
 logger = logging.getLogger(__name__)
 
@@ -16,12 +19,14 @@ DEFAULT_MODEL_ALIAS = "default"
 
 
 class ModelPrices(NamedTuple):
-    """USD per million tokens. ``cache_write_per_million`` None means cache writes cost the input price."""
+    """USD per million tokens. ``cache_write_per_million`` None means cache writes cost the input price.
+    ``version_id``: the ModelPrice they are, which the ledger row of a request priced at them keeps."""
 
     input_per_million: Decimal
     cached_input_per_million: Decimal
     output_per_million: Decimal
     cache_write_per_million: Decimal | None = None
+    version_id: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,8 +117,9 @@ class ModelGrant:
         )
 
 
-def build_models_by_id() -> dict[int, ModelEntry]:
-    """The active models of active providers, by primary key: the configuration every tenant shares."""
+def build_models_by_id(*, at: datetime | None = None) -> dict[int, ModelEntry]:
+    """The active models of active providers, by primary key, at the prices in force at ``at`` (default now): the
+    configuration every tenant shares. A model whose first prices are yet to take effect is left out until they do."""
     providers = {
         provider.pk: ProviderEntry(
             name=provider.name,
@@ -125,6 +131,11 @@ def build_models_by_id() -> dict[int, ModelEntry]:
         )
         for provider in Provider.objects.filter(is_active=True)
     }
+    models = (
+        Model.objects.filter(is_active=True, provider_id__in=providers)
+        .with_prices_in_force(at)
+        .filter(price_version_id__isnull=False)
+    )
     return {
         model.pk: ModelEntry(
             name=model.name,
@@ -135,14 +146,24 @@ def build_models_by_id() -> dict[int, ModelEntry]:
                 model.cached_input_price_per_million,
                 model.output_price_per_million,
                 model.cache_write_price_per_million,
+                version_id=model.price_version_id,
             ),
             context_window=model.context_window,
             max_output_tokens=model.max_output_tokens,
             supports_tools=model.supports_tools,
             supports_images=model.supports_images,
         )
-        for model in Model.objects.filter(is_active=True, provider_id__in=providers)
+        for model in models
     }
+
+
+def next_price_change(*, after: datetime) -> datetime | None:
+    """When the next price version of an active model takes effect after ``after``: the moment a catalog built at
+    ``after`` stops being true."""
+    upcoming = ModelPrice.objects.filter(
+        effective_from__gt=after, model__is_active=True, model__provider__is_active=True
+    ).aggregate(first=Min("effective_from"))
+    return upcoming["first"]
 
 
 def build_model_grants(*, tenant_id: int) -> dict[int, ModelGrant]:

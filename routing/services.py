@@ -1,3 +1,4 @@
+from datetime import datetime
 from decimal import Decimal
 
 from django.core.exceptions import ValidationError
@@ -19,6 +20,7 @@ from routing.models import (
 )
 from routing.policy.document import AUTO_ALIAS, document_diff, normalized_document, policy_document_errors
 from routing.policy.drafts import policy_draft_document, policy_draft_replace
+from routing.prices import model_price_set
 from tenants.models import Tenant
 
 DEFAULT_PROMPT_TOKEN_CAP = 4000
@@ -73,6 +75,7 @@ def provider_credential_set(*, provider: Provider, credential: str) -> Provider:
     return provider
 
 
+@transaction.atomic
 def model_create(
     *,
     name: str,
@@ -84,20 +87,33 @@ def model_create(
     cache_write_price_per_million: Decimal | None = None,
     context_window: int = 128_000,
     max_output_tokens: int | None = None,
+    actor=None,
+    price_source: str = "created with the model",
+    price_effective_from: datetime | None = None,
 ) -> Model:
+    """A catalog model with its first price version, in force from ``price_effective_from`` (default: from its
+    creation); the gateway serves it once its prices are in force."""
     model = Model(
         name=name,
         provider=provider,
         upstream_name=upstream_name,
-        input_price_per_million=input_price_per_million,
-        cached_input_price_per_million=cached_input_price_per_million,
-        output_price_per_million=output_price_per_million,
-        cache_write_price_per_million=cache_write_price_per_million,
         context_window=context_window,
         max_output_tokens=max_output_tokens,
     )
     model.full_clean()
     model.save()
+    model_price_set(
+        model=model,
+        prices={
+            "input_price_per_million": input_price_per_million,
+            "cached_input_price_per_million": cached_input_price_per_million,
+            "output_price_per_million": output_price_per_million,
+            "cache_write_price_per_million": cache_write_price_per_million,
+        },
+        effective_from=price_effective_from or model.created_at,
+        source=price_source,
+        actor=actor,
+    )
     return model
 
 
@@ -282,7 +298,9 @@ def routing_policy_ensure_default(*, tenant: Tenant, actor=None) -> RoutingPolic
     if RoutingPolicy.objects.for_tenant(tenant).exists():
         return None
     models = sorted(
-        Model.objects.filter(allowed_for__tenant=tenant, is_active=True),
+        Model.objects.filter(allowed_for__tenant=tenant, is_active=True)
+        .with_prices_in_force()
+        .filter(price_version_id__isnull=False),
         key=lambda model: (model.input_price_per_million + model.output_price_per_million, model.name),
     )
     if not models:

@@ -30,6 +30,7 @@ AUDITED_MODELS = frozenset(
         "tenants.payloadlogsettings",
         "routing.provider",
         "routing.model",
+        "routing.modelprice",
         "routing.tenantmodelaccess",
         "routing.routingpolicy",
         "routing.routingalias",

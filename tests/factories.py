@@ -2,7 +2,8 @@ from decimal import Decimal
 
 import factory
 
-from routing.models import Model, Provider
+from routing.models import PRICE_FIELDS, Model, Provider
+from routing.prices import model_price_set
 from tenants.models import Team, Tenant
 
 
@@ -42,6 +43,20 @@ class ModelFactory(factory.django.DjangoModelFactory):
     input_price_per_million = Decimal("0.15")
     cached_input_price_per_million = Decimal("0.075")
     output_price_per_million = Decimal("0.60")
+    cache_write_price_per_million = None
+
+    @classmethod
+    def _create(cls, model_class, *args, **kwargs):
+        """The model, and its prices as its first version, in force from its creation."""
+        prices = {name: kwargs.pop(name) for name in PRICE_FIELDS}
+        model = super()._create(model_class, *args, **kwargs)
+        model_price_set(
+            model=model,
+            prices={name: None if value is None else Decimal(str(value)) for name, value in prices.items()},
+            effective_from=model.created_at,
+            source="test factory",
+        )
+        return model
 
 
 class UserFactory(factory.django.DjangoModelFactory):

@@ -81,6 +81,8 @@ def _has_cheaper_route(tenant: Tenant, model_name: str) -> bool:
     prices = {
         model.name: (model.input_price_per_million + model.output_price_per_million)
         for model in Model.objects.filter(allowed_for__tenant=tenant, is_active=True)
+        .with_prices_in_force()
+        .filter(price_version_id__isnull=False)
     }
     if not prices:
         return False

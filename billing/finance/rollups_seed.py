@@ -65,6 +65,7 @@ def _keys_by_team(tenant: Tenant) -> list[ApiKey]:
 
 
 def _prices(model: Model) -> ModelPrices:
+    """Of a model read ``with_prices_in_force()``."""
     return ModelPrices(
         model.input_price_per_million,
         model.cached_input_price_per_million,
@@ -82,7 +83,7 @@ def seed_demo_usage(*, tenant: Tenant, days: int = 21, seed: int = 7) -> int:
     access = TenantModelAccess.objects.for_tenant(tenant).prefetch_related("allowed_models").get()
     # Cheapest and dearest, ordered as the default routing policy picks its small and large model.
     models = sorted(
-        access.allowed_models.all(),
+        access.allowed_models.with_prices_in_force().filter(price_version_id__isnull=False),
         key=lambda model: (model.input_price_per_million + model.output_price_per_million, model.name),
     )
     keys = _keys_by_team(tenant)

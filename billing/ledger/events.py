@@ -71,6 +71,8 @@ class UsageEvent(RequestFacts):
     completion_tokens: int = 0
     usage_estimated: bool = False
     cost_usd: Decimal = field(default_factory=Decimal)
+    # The price version of the served model the cost was computed at (routing.ModelPrice).
+    price_version_id: int | None = None
     saved_cache_usd: Decimal = field(default_factory=Decimal)
     saved_routing_usd: Decimal = field(default_factory=Decimal)
     saved_compression_usd: Decimal = field(default_factory=Decimal)
@@ -102,6 +104,7 @@ class UsageEvent(RequestFacts):
         """
         usage = self.usage
         self.cost_usd = usage.cost(served)
+        self.price_version_id = served.version_id
         self.saved_routing_usd = routing_saving(usage, cost=self.cost_usd, baseline=routing_baseline)
         self.saved_compression_usd = compression_saving(
             served,

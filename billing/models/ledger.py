@@ -1,6 +1,7 @@
 from django.db import models
 from django.db.models import Q
 
+from routing.models import ModelPrice
 from tenants.models import ApiKey, Team, Tenant
 from tenants.scoping import TenantScopedManager, TenantScopedQuerySet
 
@@ -67,6 +68,16 @@ class UsageRecord(models.Model):
         default=False, help_text="The provider returned no usage; tokens were counted by the gateway."
     )
     cost_usd = models.DecimalField(**COST_FIELD, default=0)
+    price_version = models.ForeignKey(
+        ModelPrice,
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="+",
+        # No index: nothing reads the ledger by price version, and every ledger insert would pay for one.
+        db_index=False,
+        help_text="The served model's prices the cost was computed at; empty when no model served the request.",
+    )
     upstream_latency_ms = models.PositiveIntegerField(null=True, blank=True)
     total_latency_ms = models.PositiveIntegerField(default=0)
     cache_status = models.CharField(max_length=16, choices=CacheStatus.choices, default=CacheStatus.MISS)

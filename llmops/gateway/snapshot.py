@@ -13,6 +13,11 @@ same at any number of tenants. Concurrent requests of a tenant share one load of
 is keyed by the version its requests read *before* it reads the data, so a change that commits during a load is
 caught by the next request (its bump gives a new version), never stored under the version it replaced.
 
+A price version can be saved ahead of the moment it takes effect, when nothing is saved to bump a version: the
+shared slice holds the moment its first upcoming price version takes effect, and a request from that moment on
+reloads it (once per process), so the new prices apply from their first second without a schedule or a query per
+request.
+
 A key prefix no loaded slice knows (a brand-new key) is looked up in the database once, under the ``keys`` version
 that every key creation bumps; an unknown prefix stays refused without a query until a key is created.
 If Redis cannot be read, the process forgets every slice and each request loads its own from the database.
@@ -25,10 +30,12 @@ import logging
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 
 from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.db.models.signals import m2m_changed, post_delete, post_save
+from django.utils import timezone
 from redis.exceptions import RedisError
 
 from billing.budgets.index import BudgetEntry, BudgetIndex, RateLimitIndex, build_budget_index, build_rate_limit_index
@@ -43,8 +50,9 @@ from routing.catalog import (
     build_model_grants,
     build_models_by_id,
     model_catalog_compose,
+    next_price_change,
 )
-from routing.models import Model, Provider, RoutingPolicy, RoutingPolicyVersion, TenantModelAccess
+from routing.models import Model, ModelPrice, Provider, RoutingPolicy, RoutingPolicyVersion, TenantModelAccess
 from routing.policy import CompiledPolicy, build_live_policies
 from tenants.authentication import KeyPrincipal, build_key_index, key_tenant_id
 from tenants.keys import parse_key
@@ -58,7 +66,7 @@ REDIS_VERSION_PREFIX = "llmops:config:"
 # Unknown prefixes remembered as refused; past this many the memory is dropped rather than grown.
 MAX_UNKNOWN_PREFIXES = 10_000
 
-SHARED_MODELS = (Provider, Model)
+SHARED_MODELS = (Provider, Model, ModelPrice)
 TENANT_MODELS = (
     Team,
     ApiKey,
@@ -93,6 +101,12 @@ class ConfigSnapshot:
 class SharedSlice:
     version: str | None
     models_by_id: dict[int, ModelEntry]
+    # When a price version of one of its models takes effect: the slice is stale from then on, at the same version.
+    prices_change_at: datetime | None = None
+
+    def is_stale(self) -> bool:
+        # The clock is read only when a price is upcoming: a warm request without one pays an attribute check.
+        return self.prices_change_at is not None and timezone.now() >= self.prices_change_at
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,7 +135,10 @@ class TenantSlice:
 
 
 def shared_slice_build(*, version: str | None) -> SharedSlice:
-    return SharedSlice(version=version, models_by_id=build_models_by_id())
+    now = timezone.now()
+    return SharedSlice(
+        version=version, models_by_id=build_models_by_id(at=now), prices_change_at=next_price_change(after=now)
+    )
 
 
 def tenant_slice_build(*, tenant_id: int, version: str | None) -> TenantSlice:
@@ -246,6 +263,12 @@ class ConfigCache:
         shared = self._shared
         if shared is None or shared.version != shared_version:
             shared = await self._load((SHARED_SCOPE, shared_version), shared_slice_build, version=shared_version)
+        while shared.is_stale():
+            # A price version took effect since the slice was built: no change was saved, so no version moved.
+            # Keyed by that moment, so the requests that join the load are answered from data read after it.
+            shared = await self._load(
+                (SHARED_SCOPE, shared_version, shared.prices_change_at), shared_slice_build, version=shared_version
+            )
         tenant = self._tenants.get(tenant_id)
         if tenant is None or tenant.version != tenant_version:
             tenant = await self._load(

@@ -1,7 +1,15 @@
 """routing's models, one module per topic; each is imported here so Django registers it."""
 
 from routing.models.cache import CacheEntry, CacheEntryKind
-from routing.models.catalog import PRICE_FIELD, Model, Provider, ProviderKind, TenantModelAccess
+from routing.models.catalog import (
+    PRICE_FIELD,
+    PRICE_FIELDS,
+    Model,
+    ModelPrice,
+    Provider,
+    ProviderKind,
+    TenantModelAccess,
+)
 from routing.models.policies import (
     InjectionGuardAction,
     OverCapAction,
@@ -15,10 +23,12 @@ from routing.models.policies import (
 
 __all__ = [
     "PRICE_FIELD",
+    "PRICE_FIELDS",
     "CacheEntry",
     "CacheEntryKind",
     "InjectionGuardAction",
     "Model",
+    "ModelPrice",
     "OverCapAction",
     "Provider",
     "ProviderKind",

@@ -1,14 +1,25 @@
+from datetime import datetime
 from decimal import Decimal
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator
 from django.db import models
+from django.db.models import OuterRef, Subquery
+from django.utils import timezone
 
 from routing.providers.kinds import CONNECTION_FIELDS, PROVIDER_KINDS, provider_kind
 from tenants.models import Tenant
 from tenants.scoping import TenantOwned, TenantScopedManager
 
 PRICE_FIELD = {"max_digits": 12, "decimal_places": 6, "validators": [MinValueValidator(Decimal("0"))]}
+# A price version's prices, in the order the admin and the import list them.
+PRICE_FIELDS = (
+    "input_price_per_million",
+    "cached_input_price_per_million",
+    "output_price_per_million",
+    "cache_write_price_per_million",
+)
 
 ProviderKind = models.TextChoices(
     "ProviderKind", [(spec.value.upper(), (spec.value, spec.label)) for spec in PROVIDER_KINDS]
@@ -59,8 +70,20 @@ class Provider(models.Model):
             raise ValidationError(errors)
 
 
+class ModelQuerySet(models.QuerySet):
+    def with_prices_in_force(self, at: datetime | None = None) -> "ModelQuerySet":
+        """Each model with the fields of its price version in force at ``at`` (default now) as attributes, and the
+        version's id as ``price_version_id``: None for a model whose first price is yet to take effect."""
+        in_force = ModelPrice.objects.in_force(at).filter(model=OuterRef("pk"))
+        return self.annotate(
+            price_version_id=Subquery(in_force.values("pk")[:1]),
+            price_effective_from=Subquery(in_force.values("effective_from")[:1]),
+            **{name: Subquery(in_force.values(name)[:1]) for name in PRICE_FIELDS},
+        )
+
+
 class Model(models.Model):
-    """A model in the catalog with its price per million tokens (USD)."""
+    """A model in the catalog. Its prices (USD per million tokens) are versioned: ModelPrice."""
 
     name = models.CharField(max_length=128, unique=True, help_text="Public name clients send as `model`.")
     provider = models.ForeignKey(Provider, on_delete=models.PROTECT, related_name="models")
@@ -74,15 +97,6 @@ class Model(models.Model):
     )
     supports_tools = models.BooleanField(default=True, help_text="Takes `tools` / function calling.")
     supports_images = models.BooleanField(default=True, help_text="Takes image content parts.")
-    input_price_per_million = models.DecimalField(**PRICE_FIELD)
-    cached_input_price_per_million = models.DecimalField(**PRICE_FIELD)
-    output_price_per_million = models.DecimalField(**PRICE_FIELD)
-    cache_write_price_per_million = models.DecimalField(
-        **PRICE_FIELD,
-        null=True,
-        blank=True,
-        help_text="Price of prompt tokens written to the provider's cache (Anthropic); blank charges the input price.",
-    )
     batch_price_multiplier = models.DecimalField(
         max_digits=4,
         decimal_places=3,
@@ -93,11 +107,64 @@ class Model(models.Model):
     is_active = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
+    objects = ModelQuerySet.as_manager()
+
     class Meta:
         ordering = ["name"]
 
     def __str__(self):
         return self.name
+
+    def price_in_force(self, at: datetime | None = None) -> "ModelPrice | None":
+        return self.price_versions.in_force(at).first()
+
+
+class ModelPriceQuerySet(models.QuerySet):
+    def in_force(self, at: datetime | None = None) -> "ModelPriceQuerySet":
+        """The versions that have taken effect by ``at`` (default now), latest first: the first of a model's is the
+        one in force."""
+        return self.filter(effective_from__lte=at or timezone.now()).order_by("-effective_from")
+
+
+class ModelPrice(models.Model):
+    """One version of a model's prices, in force from ``effective_from`` until the next version's.
+
+    Versions are only ever added: a price change is a new version, so a ledger row priced at a version (its
+    ``price_version``) always says which prices it was charged at.
+    """
+
+    model = models.ForeignKey(Model, on_delete=models.CASCADE, related_name="price_versions")
+    effective_from = models.DateTimeField()
+    input_price_per_million = models.DecimalField(**PRICE_FIELD)
+    cached_input_price_per_million = models.DecimalField(
+        **PRICE_FIELD, help_text="Price of prompt tokens read from the provider's cache (cache reads)."
+    )
+    output_price_per_million = models.DecimalField(**PRICE_FIELD)
+    cache_write_price_per_million = models.DecimalField(
+        **PRICE_FIELD,
+        null=True,
+        blank=True,
+        help_text="Price of prompt tokens written to the provider's cache (Anthropic); blank charges the input price.",
+    )
+    source = models.CharField(max_length=200, help_text="Where the prices came from: the admin, a file imported, …")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    objects = ModelPriceQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["model", "-effective_from"]
+        constraints = [
+            models.UniqueConstraint(fields=["model", "effective_from"], name="model_price_unique_effective_from")
+        ]
+
+    def __str__(self):
+        return f"{self.model.name} from {self.effective_from:%Y-%m-%d %H:%M}"
+
+    def prices(self) -> dict[str, Decimal | None]:
+        return {name: getattr(self, name) for name in PRICE_FIELDS}
 
 
 class TenantModelAccess(TenantOwned, models.Model):

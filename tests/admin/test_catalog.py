@@ -138,7 +138,7 @@ def test_superuser_adds_a_model_to_the_catalog(superuser_client, world: World):
 
     assert response.status_code == 302
     model = Model.objects.get(name="large")
-    assert (model.provider, model.output_price_per_million) == (world.acme.provider, Decimal("10"))
+    assert (model.provider, model.price_in_force().output_price_per_million) == (world.acme.provider, Decimal("10"))
 
 
 @pytest.mark.parametrize("role", [Role.OWNER, Role.VIEWER])

@@ -92,9 +92,7 @@ def provider_model(upstream_url: str, *, provider_name: str, model_name: str, te
         name=model_name,
         provider=provider,
         upstream_name="mock-small",
-        input_price_per_million=tenant.small.input_price_per_million,
-        cached_input_price_per_million=tenant.small.cached_input_price_per_million,
-        output_price_per_million=tenant.small.output_price_per_million,
+        **tenant.small.price_in_force().prices(),
     )
     tenant_model_access_set(
         tenant=tenant.tenant, allowed_models=[tenant.small, tenant.large, model], default_model=tenant.small

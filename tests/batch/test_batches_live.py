@@ -165,10 +165,11 @@ def test_delegated_to_provider_batch_endpoint_at_the_discount(worker, openai_cli
     }
     ledger = batch_ledger(batch.id)
     assert len(ledger) == 3
+    prices = model.price_in_force()
     for record in ledger:
         full = (
-            record.prompt_tokens * model.input_price_per_million
-            + record.completion_tokens * model.output_price_per_million
+            record.prompt_tokens * prices.input_price_per_million
+            + record.completion_tokens * prices.output_price_per_million
         ) / Decimal(1_000_000)
         assert record.served_model == "acme-batchable"
         assert record.cost_usd == (full * Decimal("0.5")).quantize(Decimal("1e-10"))

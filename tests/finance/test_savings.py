@@ -24,7 +24,7 @@ CENT = Decimal("0.01")
 
 
 def prices(name: str) -> ModelPrices:
-    model = Model.objects.get(name=name)
+    model = Model.objects.with_prices_in_force().get(name=name)
     return ModelPrices(
         model.input_price_per_million, model.cached_input_price_per_million, model.output_price_per_million
     )

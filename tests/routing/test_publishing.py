@@ -1,11 +1,14 @@
 """Publishing, refusals that name the rule, rollback, audit diffs and the default template."""
 
+from decimal import Decimal
+
 import pytest
 from django.core.exceptions import ValidationError
 
 from routing.catalog import build_model_catalog
 from routing.models import RoutingAlias, RoutingPolicyAudit, RoutingRule
 from routing.policy import RouteRequest, build_live_policies, route_request
+from routing.prices import model_price_set
 from routing.services import (
     routing_policy_create,
     routing_policy_create_default,
@@ -173,8 +176,7 @@ def test_the_default_template_routes_like_the_seed(acme_routing):
 
 
 def test_ensure_default_picks_the_cheapest_and_dearest_allowed_models_once(acme_routing):
-    acme_routing.large.output_price_per_million = 10
-    acme_routing.large.save()
+    model_price_set(model=acme_routing.large, prices={"output_price_per_million": Decimal(10)}, source="test")
     policy = routing_policy_ensure_default(tenant=acme_routing.tenant)
     alias = policy.aliases.get(name="auto")
     assert (alias.large_model, policy.live_version.number) == (acme_routing.large, 1)

@@ -1,0 +1,111 @@
+"""Versioned model prices: the one way a price changes (a new version), and the diff a change would make.
+
+A version is never edited: the ledger row of every request names the version it was priced at, so a price change
+(from the admin or `manage.py prices_import`) is a new version with the moment it takes effect, and the past keeps
+the prices it was charged at.
+"""
+
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.utils import timezone
+
+from routing.models import PRICE_FIELDS, Model, ModelPrice
+
+# What a version holds, by ModelPrice field name; a field left out keeps the value of the version before it.
+Prices = dict[str, Decimal | None]
+
+
+@dataclass(frozen=True, slots=True)
+class PriceChange:
+    """One field a new version would change: ``old`` is None for a model's first version (or a blank price)."""
+
+    model: str
+    field: str
+    old: Decimal | None
+    new: Decimal | None
+
+
+def price_changes(*, model: Model | None, name: str, prices: Prices, effective_from: datetime) -> list[PriceChange]:
+    """What a version of ``prices`` taking effect at ``effective_from`` would change against the version it follows
+    (every field, for a model that has none yet or does not exist: ``model`` None)."""
+    before = model.price_in_force(effective_from) if model is not None and model.pk else None
+    changes = []
+    for field in PRICE_FIELDS:
+        if field not in prices:
+            continue
+        old = getattr(before, field) if before is not None else None
+        if before is None or old != prices[field]:
+            changes.append(PriceChange(model=name, field=field, old=old, new=prices[field]))
+    return changes
+
+
+def price_field_errors(prices: Prices) -> list[str]:
+    """Why these prices cannot be stored (too many digits or places, negative); empty when they can. A price is
+    judged by its value: an import's 3.000000 is 3."""
+    errors = []
+    for name, value in prices.items():
+        model_field = ModelPrice._meta.get_field(name)
+        try:
+            model_field.clean(value.normalize() if isinstance(value, Decimal) else value, None)
+        except ValidationError as exc:
+            errors += [f"{model_field.verbose_name} {value}: {message}" for message in exc.messages]
+    return errors
+
+
+def price_version_errors(*, model: Model, effective_from: datetime) -> list[str]:
+    """Why a new version of the model's prices cannot take effect at ``effective_from``; empty when it can."""
+    in_force = model.price_in_force()
+    if in_force is not None and effective_from <= in_force.effective_from:
+        return [
+            f"{model.name}'s prices in force took effect at {in_force.effective_from.isoformat()}: a new version must "
+            "take effect after that, so the past keeps the prices it was charged at."
+        ]
+    if model.price_versions.filter(effective_from=effective_from).exists():
+        return [f"{model.name} already has a price version taking effect at {effective_from.isoformat()}."]
+    return []
+
+
+@transaction.atomic
+def model_price_set(
+    *, model: Model, prices: Prices, source: str, actor=None, effective_from: datetime | None = None
+) -> ModelPrice | None:
+    """A new version of the model's prices from ``effective_from`` (default now), the fields not in ``prices``
+    carried over from the version it follows. None, and nothing saved, when it would change no price.
+
+    A version cannot take effect before the version in force: the past stays priced as it was charged.
+    """
+    effective_from = effective_from or timezone.now()
+    # Serializes changes to one model's prices, so two saves cannot both find the same version before them.
+    Model.objects.select_for_update().get(pk=model.pk)
+    if not price_changes(model=model, name=model.name, prices=prices, effective_from=effective_from):
+        return None
+    if errors := price_version_errors(model=model, effective_from=effective_from):
+        raise ValidationError({"effective_from": errors})
+    if errors := price_field_errors(prices):
+        raise ValidationError(errors)
+    before = model.price_in_force(effective_from)
+    carried = before.prices() if before is not None else {}
+    return ModelPrice.objects.create(
+        model=model,
+        effective_from=effective_from,
+        source=source[:200],
+        created_by=actor if getattr(actor, "is_authenticated", False) else None,
+        **{**carried, **prices},
+    )
+
+
+def price_age_days(effective_from: datetime | None, *, now: datetime | None = None) -> int | None:
+    """Whole days since the prices in force took effect; None for a model with none in force."""
+    if effective_from is None:
+        return None
+    return ((now or timezone.now()) - effective_from).days
+
+
+def price_is_stale(age_days: int | None) -> bool:
+    """Older than LLMOPS_PRICE_MAX_AGE_DAYS: worth checking against the provider's price list."""
+    return age_days is not None and age_days > settings.LLMOPS_PRICE_MAX_AGE_DAYS

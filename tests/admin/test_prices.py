@@ -1,0 +1,195 @@
+"""The catalog's prices in the admin: a change is a new version, the history is shown, an old price is flagged."""
+
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+from django.contrib.messages import get_messages
+from django.db.models import ProtectedError
+from django.utils import timezone
+
+from routing.models import ModelPrice
+from routing.prices import model_price_set
+from tenants.models import Role
+from tests.admin.scenario import SUPERUSER, World, admin_url, make_user
+from tests.factories import UsageRecordFactory
+
+STALE_MARKER = 'class="price-stale"'
+
+
+@pytest.fixture
+def superuser_client(client, world: World):
+    client.force_login(make_user(SUPERUSER, tenant=world.acme.tenant))
+    return client
+
+
+def change_form(world: World, **overrides) -> dict:
+    model = world.acme.catalog_model
+    return {
+        "name": model.name,
+        "provider": model.provider.pk,
+        "upstream_name": model.upstream_name,
+        "context_window": str(model.context_window),
+        "max_output_tokens": "",
+        "supports_tools": "on",
+        "supports_images": "on",
+        "batch_price_multiplier": "0.5",
+        "is_active": "on",
+        "input_price_per_million": "0.15",
+        "cached_input_price_per_million": "0.075",
+        "output_price_per_million": "0.60",
+        "cache_write_price_per_million": "",
+        "price_effective_from_0": "",
+        "price_effective_from_1": "",
+        **overrides,
+    }
+
+
+def backdate(model, *, days: int) -> None:
+    """Make the model's only version take effect ``days`` ago (as if priced then)."""
+    ModelPrice.objects.filter(model=model).update(effective_from=timezone.now() - timedelta(days=days))
+
+
+def test_a_price_change_in_the_admin_is_a_new_version_and_the_old_one_stays(superuser_client, world: World):
+    model = world.acme.catalog_model
+    first = model.price_in_force()
+
+    response = superuser_client.post(
+        admin_url("routing_model", "change", model.pk), change_form(world, output_price_per_million="0.90")
+    )
+
+    assert response.status_code == 302
+    versions = list(ModelPrice.objects.filter(model=model).order_by("effective_from"))
+    assert [v.output_price_per_million for v in versions] == [Decimal("0.60"), Decimal("0.90")]
+    assert versions[0] == first and versions[0].input_price_per_million == Decimal("0.15")
+    assert versions[1].source == "admin" and versions[1].created_by.is_superuser
+    assert model.price_in_force().output_price_per_million == Decimal("0.90")
+
+
+def test_saving_a_model_without_changing_a_price_adds_no_version(superuser_client, world: World):
+    model = world.acme.catalog_model
+
+    response = superuser_client.post(
+        admin_url("routing_model", "change", model.pk), change_form(world, context_window="64000")
+    )
+
+    assert response.status_code == 302
+    assert ModelPrice.objects.filter(model=model).count() == 1
+    model.refresh_from_db()
+    assert model.context_window == 64000
+
+
+def test_prices_given_an_effective_date_wait_for_it_and_the_history_shows_them(superuser_client, world: World):
+    model = world.acme.catalog_model
+    later = (timezone.now() + timedelta(days=3)).replace(microsecond=0)
+    form = change_form(
+        world,
+        input_price_per_million="0.25",
+        price_effective_from_0=later.strftime("%Y-%m-%d"),
+        price_effective_from_1=later.strftime("%H:%M:%S"),
+    )
+
+    assert superuser_client.post(admin_url("routing_model", "change", model.pk), form).status_code == 302
+
+    assert model.price_in_force().input_price_per_million == Decimal("0.15")
+    assert model.price_in_force(later).input_price_per_million == Decimal("0.25")
+    html = superuser_client.get(admin_url("routing_model", "change", model.pk)).content.decode()
+    history = html[html.index('class="price-history"') :]
+    assert history.index("upcoming") < history.index("0.250000") < history.index("in force") < history.index("0.150000")
+
+
+def test_a_price_cannot_take_effect_in_the_past(superuser_client, world: World):
+    model = world.acme.catalog_model
+    yesterday = timezone.now() - timedelta(days=1)
+    form = change_form(
+        world,
+        input_price_per_million="0.25",
+        price_effective_from_0=yesterday.strftime("%Y-%m-%d"),
+        price_effective_from_1=yesterday.strftime("%H:%M:%S"),
+    )
+
+    response = superuser_client.post(admin_url("routing_model", "change", model.pk), form)
+
+    assert response.status_code == 200
+    assert "price_effective_from" in response.context["adminform"].form.errors
+    assert ModelPrice.objects.filter(model=model).count() == 1
+
+
+def test_the_list_shows_each_price_age_and_marks_an_old_one(superuser_client, world: World, settings):
+    settings.LLMOPS_PRICE_MAX_AGE_DAYS = 90
+    backdate(world.acme.catalog_model, days=120)
+
+    html = superuser_client.get(admin_url("routing_model", "changelist")).content.decode()
+
+    assert "120 days" in html
+    assert STALE_MARKER in html
+
+
+def test_a_recent_price_is_not_marked(superuser_client, world: World, settings):
+    settings.LLMOPS_PRICE_MAX_AGE_DAYS = 90
+    backdate(world.acme.catalog_model, days=30)
+
+    html = superuser_client.get(admin_url("routing_model", "changelist")).content.decode()
+
+    assert "30 days" in html
+    assert STALE_MARKER not in html
+
+
+def test_the_change_page_warns_of_an_old_price_past_the_configured_age(superuser_client, world: World, settings):
+    model = world.acme.catalog_model
+    backdate(model, days=40)
+    url = admin_url("routing_model", "change", model.pk)
+
+    settings.LLMOPS_PRICE_MAX_AGE_DAYS = 60
+    assert not [m for m in get_messages(superuser_client.get(url).wsgi_request) if "40 days ago" in str(m)]
+
+    settings.LLMOPS_PRICE_MAX_AGE_DAYS = 30
+    response = superuser_client.get(url)
+
+    warnings = [str(m) for m in get_messages(response.wsgi_request) if m.level_tag == "warning"]
+    assert any("40 days ago" in warning and "LLMOPS_PRICE_MAX_AGE_DAYS (30)" in warning for warning in warnings)
+    assert STALE_MARKER in response.content.decode()
+
+
+def test_a_new_price_resets_the_age(superuser_client, world: World, settings):
+    settings.LLMOPS_PRICE_MAX_AGE_DAYS = 90
+    model = world.acme.catalog_model
+    backdate(model, days=120)
+
+    model_price_set(model=model, prices={"input_price_per_million": Decimal("0.2")}, source="test")
+
+    html = superuser_client.get(admin_url("routing_model", "changelist")).content.decode()
+    assert "0 days" in html and STALE_MARKER not in html
+
+
+@pytest.mark.parametrize("role", [Role.OWNER, Role.VIEWER])
+def test_members_see_the_shared_history_and_age_but_cannot_change_a_price(client, world: World, role):
+    """The catalog is the platform's, the same for every tenant: members read it, only superusers change it."""
+    client.force_login(make_user(role, tenant=world.acme.tenant))
+    model = world.acme.catalog_model
+    model_price_set(
+        model=model,
+        prices={"input_price_per_million": Decimal("0.5")},
+        effective_from=timezone.now() + timedelta(days=1),
+        source="test",
+    )
+
+    html = client.get(admin_url("routing_model", "change", model.pk)).content.decode()
+    response = client.post(
+        admin_url("routing_model", "change", model.pk), change_form(world, input_price_per_million="9")
+    )
+
+    assert 'class="price-history"' in html and "0.500000" in html and "upcoming" in html
+    assert "0 days" in html
+    assert response.status_code == 403
+    assert not ModelPrice.objects.filter(model=model, input_price_per_million=Decimal("9")).exists()
+
+
+def test_a_model_whose_prices_priced_a_ledger_row_cannot_be_deleted(world: World):
+    model = world.acme.catalog_model
+    UsageRecordFactory(api_key=world.acme.api_key, request_id="req-priced", price_version=model.price_in_force())
+
+    with pytest.raises(ProtectedError):
+        model.delete()
+
+    assert ModelPrice.objects.filter(model=model).exists()
