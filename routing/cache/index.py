@@ -112,7 +112,7 @@ class SemanticIndex:
                 self.last_entry_id = max(self.last_entry_id, pk)
                 prompt = open_prompt(sealed_prompt)
                 # Without its text the guard cannot vouch for an entry: it still answers exact repeats.
-                if embedding and prompt is not None:
+                if embedding is not None and prompt is not None:
                     entry = IndexedEntry(key_hash, prompt, context, expires_at.timestamp())
                     loaded.append((entry, embedding))
             with self.lock:
