@@ -241,7 +241,11 @@ LLMOPS_CACHE_SEMANTIC_THRESHOLD = env.float("LLMOPS_CACHE_SEMANTIC_THRESHOLD", d
 LLMOPS_CACHE_RULE_THRESHOLDS = {
     rule: float(value) for rule, value in env.dict("LLMOPS_CACHE_RULE_THRESHOLDS", default={}).items()
 }
-# How often a process re-reads the semantic index of a tenant and model for entries other processes stored.
+# PostgreSQL searches semantic entries in the database (pgvector HNSW): how many graph neighbours a search keeps
+# (pgvector's hnsw.ef_search; higher finds the nearest entries more surely, slower).
+LLMOPS_CACHE_HNSW_EF_SEARCH = env.int("LLMOPS_CACHE_HNSW_EF_SEARCH", default=40)
+# Elsewhere (SQLite) each process keeps its own index: how often it re-reads a tenant and model's index for entries
+# other processes stored.
 LLMOPS_CACHE_INDEX_REFRESH_SECONDS = env.float("LLMOPS_CACHE_INDEX_REFRESH_SECONDS", default=30.0)
 # The most texts the embedding thread embeds in one call (the lookups that queued while the previous call ran).
 LLMOPS_CACHE_EMBED_BATCH = env.int("LLMOPS_CACHE_EMBED_BATCH", default=32)

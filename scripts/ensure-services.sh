@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Start local PostgreSQL and Redis when they are not answering (for `make test`, `make serve` and CI).
+# Start local PostgreSQL (with pgvector) and Redis when they are not answering (for `make test`, `make serve` and CI).
 # With --redis-aof (make serve) a Redis started here persists with AOF (appendonly yes, appendfsync everysec) under
 # var/redis, as production runs it; the test suite's stays in memory only.
 set -euo pipefail
@@ -13,6 +13,11 @@ for arg in "$@"; do
   esac
 done
 
+# The semantic cache's migration needs pgvector in the server: the checkout's shared folder can build it (idempotent,
+# about 10 s the first time, as root).
+if [[ -x ../shared/scripts/install-pgvector ]]; then
+  ../shared/scripts/install-pgvector
+fi
 if ! pg_isready -q -h 127.0.0.1 -p 5432; then
   echo "PostgreSQL is down; starting it"
   pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n 1)" main start

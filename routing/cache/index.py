@@ -1,6 +1,12 @@
-"""In-process vector index of semantic cache entries, one per tenant and served model.
+"""Where semantic cache entries are searched by meaning: in PostgreSQL with pgvector, or in each process's memory.
 
-Built from Postgres on the first lookup for a tenant and model, extended at once on every store in this process,
+On PostgreSQL (production) the search is a query (`nearest_entries`): every gateway process sees an entry as soon as
+it is committed, an expired entry is excluded by the query itself, and no process holds vectors. HNSW indexes on the
+column (routing migration 0008) keep it fast; the query runs on a database thread, never on the embedding thread,
+so one lookup's round trip does not hold up the next batch of embeddings.
+
+Elsewhere (the embedded demo's SQLite) each process keeps an in-process index, one per tenant and served model,
+built from the database on the first lookup for a tenant and model, extended at once on every store in this process,
 and topped up from Postgres every LLMOPS_CACHE_INDEX_REFRESH_SECONDS for entries other processes stored. Entries
 purged elsewhere drop out when their answer is found missing. Refreshes query the database, so they run in a
 worker thread; searches run on the embedding thread, right after the lookup's embedding.
@@ -12,7 +18,12 @@ from dataclasses import dataclass
 
 import numpy as np
 from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import F, Func, IntegerField, Value
+from django.db.models.functions import Cast, Now
 from django.utils import timezone
+from pgvector import Vector
+from pgvector.django import CosineDistance, VectorField
 
 from routing.cache.sealed import open_prompt
 from routing.models import CacheEntry, CacheEntryKind
@@ -101,9 +112,9 @@ class SemanticIndex:
                 self.last_entry_id = max(self.last_entry_id, pk)
                 prompt = open_prompt(sealed_prompt)
                 # Without its text the guard cannot vouch for an entry: it still answers exact repeats.
-                if embedding and prompt is not None:
+                if embedding is not None and prompt is not None:
                     entry = IndexedEntry(key_hash, prompt, context, expires_at.timestamp())
-                    loaded.append((entry, np.frombuffer(bytes(embedding), np.float32)))
+                    loaded.append((entry, embedding))
             with self.lock:
                 for entry, vector in loaded:
                     self._put(entry, vector)
@@ -149,6 +160,59 @@ class SemanticIndex:
                 if len(found) == MAX_CANDIDATES:
                     break
         return found
+
+
+def vectors_in_database() -> bool:
+    """Whether semantic lookups search the database (PostgreSQL with pgvector) instead of a per-process index."""
+    return connection.vendor == "postgresql"
+
+
+def nearest_entries(
+    *, tenant_id: int, served_model: str, context_fingerprint: str, vector: np.ndarray, threshold: float
+) -> list[Candidate]:
+    """The tenant's live semantic entries of this model and context nearest the vector, at or above the threshold,
+    most similar first: one query, on a database thread.
+
+    Filters and HNSW: a plain HNSW scan returns its ef_search nearest rows of the whole table and filters them
+    afterwards, so a tenant with a few rows among many of other tenants' would find none. Iterative scans
+    (pgvector 0.8) go on through the graph until the limit is met; and where the filter is selective enough the
+    planner reads the tenant's rows through the btree index and sorts them exactly instead. The threshold is
+    applied to the nearest rows afterwards: as a WHERE clause it would make an iterative scan read the whole graph
+    whenever nothing is that near."""
+    dimensions = int(vector.shape[0])
+    as_indexed = VectorField(dimensions=dimensions)
+    rows = (
+        CacheEntry.objects.for_tenant(tenant_id)
+        .alias(dimensions=Func(F("embedding"), function="vector_dims", output_field=IntegerField()))
+        .filter(
+            served_model=served_model,
+            kind=CacheEntryKind.SEMANTIC,
+            context_fingerprint=context_fingerprint,
+            expires_at__gt=Now(),
+            # The partial HNSW index of this dimension matches only this exact form (migration 0008).
+            dimensions=dimensions,
+        )
+        .annotate(
+            distance=CosineDistance(Cast("embedding", as_indexed), Cast(Value(Vector(vector).to_text()), as_indexed))
+        )
+        .order_by("distance")
+        .values_list("key_hash", "prompt_encrypted", "expires_at", "distance")[:MAX_CANDIDATES]
+    )
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            ef_search = int(settings.LLMOPS_CACHE_HNSW_EF_SEARCH)
+            cursor.execute(f"SET LOCAL hnsw.iterative_scan = relaxed_order; SET LOCAL hnsw.ef_search = {ef_search}")
+        found = list(rows)
+    candidates = []
+    for key_hash, sealed_prompt, expires_at, distance in found:
+        similarity = 1 - distance
+        prompt = open_prompt(sealed_prompt)
+        # Without its text the guard cannot vouch for an entry: it still answers exact repeats.
+        if similarity >= threshold and prompt is not None:
+            entry = IndexedEntry(key_hash, prompt, context_fingerprint, expires_at.timestamp())
+            candidates.append(Candidate(entry, similarity))
+    # relaxed_order may return the nearest rows slightly out of order.
+    return sorted(candidates, key=lambda candidate: -candidate.similarity)
 
 
 _indexes: dict[tuple[int, str], SemanticIndex] = {}

@@ -6,10 +6,11 @@ so no lookup can see another tenant's answer. Anything unreadable in either tier
 Both tiers hold the answer encrypted (one Fernet token, made once by the writer thread), and Postgres keeps no
 request: keys are keyed hashes, and only a semantic entry keeps its prompt's text, encrypted (routing/models/cache.py).
 
-Nothing here waits on the event loop for more than Redis: embeddings and vector searches run on the embedding
-thread (routing/cache/embedders.py), and stores and hit counts are queued for this process's writer thread, which
-upserts whatever is queued in one statement, then copies it to Redis. Until then a store sits in a per-process
-pending map, read before Redis, and its vector is already in the index, so this process finds its own writes.
+Nothing here waits on the event loop for more than Redis: embeddings run on the embedding thread
+(routing/cache/embedders.py), the vector search in Postgres on a database thread (on SQLite, in this process's index
+on the embedding thread), and stores and hit counts are queued for this process's writer thread, which upserts
+whatever is queued in one statement, then copies it to Redis. Until then a store sits in a per-process pending map,
+read before Redis and searched by meaning with the index, so this process finds its own writes.
 """
 
 import asyncio
@@ -33,7 +34,15 @@ from core.db import database_sync_to_async
 from core.redis import async_redis, sync_redis
 from routing.cache.batching import BatchWorker
 from routing.cache.embedders import embed_soon
-from routing.cache.index import Candidate, IndexedEntry, SemanticIndex, semantic_index, semantic_indexes_forget
+from routing.cache.index import (
+    MAX_CANDIDATES,
+    Candidate,
+    IndexedEntry,
+    nearest_entries,
+    semantic_index,
+    semantic_indexes_forget,
+    vectors_in_database,
+)
 from routing.cache.keys import (
     CacheControl,
     SemanticKey,
@@ -216,22 +225,62 @@ def _note_hit(cache: CacheRequest, key_hash: str) -> None:
     _writer.put(_HitNote((cache.tenant_id, cache.served_model, key_hash)))
 
 
-def _search(index: SemanticIndex, cache: CacheRequest, threshold: float, vector: np.ndarray):
+def _search(cache: CacheRequest, threshold: float, vector: np.ndarray):
     """On the embedding thread, right after the embedding."""
+    index = semantic_index(cache.tenant_id, cache.served_model)
     return vector, index.search(vector, context_fingerprint=cache.semantic.context_fingerprint, threshold=threshold)
 
 
-async def _semantic_candidates(cache: CacheRequest) -> tuple[SemanticIndex, list[Candidate]] | None:
-    index = semantic_index(cache.tenant_id, cache.served_model)
-    if index.stale():
-        await database_sync_to_async(index.refresh)()
-    searched = await asyncio.wrap_future(
-        embed_soon(cache.semantic.prompt, then=partial(_search, index, cache, semantic_threshold(cache.rule_name)))
-    )
-    if searched is None:
+def _pending_candidates(cache: CacheRequest, vector: np.ndarray, threshold: float) -> list[Candidate]:
+    """This process's stores of the same tenant, model and context not yet written to Postgres, by meaning."""
+    context = cache.semantic.context_fingerprint
+    with _pending_lock:
+        stores = [
+            pending
+            for pending in _pending.values()
+            if pending.key[:2] == (cache.tenant_id, cache.served_model)
+            and pending.cache.semantic is not None
+            and pending.cache.semantic.context_fingerprint == context
+        ]
+    now = timezone.now()
+    found = []
+    for pending in stores:
+        stored = _embedded(pending)
+        if stored is None or stored.shape != vector.shape or pending.expires_at <= now:
+            continue
+        similarity = float(stored @ vector)
+        if similarity >= threshold:
+            entry = IndexedEntry(pending.key[2], pending.cache.semantic.prompt, context, pending.expires_at.timestamp())
+            found.append(Candidate(entry, similarity))
+    return found
+
+
+async def _semantic_candidates(cache: CacheRequest) -> list[Candidate] | None:
+    """The entries nearest the request's prompt, most similar first; None when it could not be embedded."""
+    threshold = semantic_threshold(cache.rule_name)
+    if not vectors_in_database():
+        index = semantic_index(cache.tenant_id, cache.served_model)
+        if index.stale():
+            await database_sync_to_async(index.refresh)()
+        searched = await asyncio.wrap_future(embed_soon(cache.semantic.prompt, then=partial(_search, cache, threshold)))
+        if searched is None:
+            return None
+        cache.vector, candidates = searched
+        return candidates
+    vector = await asyncio.wrap_future(embed_soon(cache.semantic.prompt))
+    if vector is None:
         return None
-    cache.vector, candidates = searched
-    return index, candidates
+    cache.vector = vector
+    stored = await database_sync_to_async(nearest_entries)(
+        tenant_id=cache.tenant_id,
+        served_model=cache.served_model,
+        context_fingerprint=cache.semantic.context_fingerprint,
+        vector=vector,
+        threshold=threshold,
+    )
+    pending = _pending_candidates(cache, vector, threshold)
+    unique = {candidate.entry.key_hash: candidate for candidate in [*stored, *pending]}
+    return sorted(unique.values(), key=lambda candidate: -candidate.similarity)[:MAX_CANDIDATES]
 
 
 async def cache_lookup(cache: CacheRequest) -> CacheHit | None:
@@ -242,16 +291,14 @@ async def cache_lookup(cache: CacheRequest) -> CacheHit | None:
         return CacheHit(answer=answer, kind="exact")
     if cache.semantic is None:
         return None
-    found = await _semantic_candidates(cache)
-    if found is None:
-        return None
-    index, candidates = found
-    for candidate in candidates:
+    candidates = await _semantic_candidates(cache)
+    for candidate in candidates or ():
         if near_miss_reason(cache.semantic.prompt, candidate.entry.prompt) is not None:
             continue
         answer = await _answer_for(cache.tenant_id, cache.served_model, candidate.entry.key_hash)
         if answer is None:
-            index.discard(candidate.entry)
+            if not vectors_in_database():
+                semantic_index(cache.tenant_id, cache.served_model).discard(candidate.entry)
             continue
         _note_hit(cache, candidate.entry.key_hash)
         return CacheHit(answer=answer, kind="semantic", similarity=candidate.similarity)
@@ -259,6 +306,9 @@ async def cache_lookup(cache: CacheRequest) -> CacheHit | None:
 
 
 def _index_add(pending: _PendingStore, vector: np.ndarray) -> np.ndarray:
+    """This process's index learns the store at once (SQLite); Postgres's learns it when the row is written."""
+    if vectors_in_database():
+        return vector
     cache = pending.cache
     semantic_index(cache.tenant_id, cache.served_model).add(
         IndexedEntry(
@@ -289,6 +339,14 @@ def cache_store(cache: CacheRequest, *, answer: dict) -> None:
     _writer.put(pending)
 
 
+def _embedded(pending: _PendingStore) -> np.ndarray | None:
+    """The store's vector if it is there already, without waiting for the embedding thread."""
+    vector = pending.vector
+    if isinstance(vector, Future):
+        return vector.result() if vector.done() and vector.exception() is None else None
+    return vector
+
+
 def _stored_vector(pending: _PendingStore) -> np.ndarray | None:
     if not isinstance(pending.vector, Future):
         return pending.vector
@@ -316,7 +374,7 @@ def cache_entry_build(
         key_hash=cache.key_hash,
         kind=CacheEntryKind.SEMANTIC if semantic else CacheEntryKind.EXACT,
         answer_encrypted=seal_answer(answer),
-        embedding=vector.astype(np.float32).tobytes() if semantic else None,
+        embedding=vector.astype(np.float32) if semantic else None,
         prompt_encrypted=seal_prompt(semantic.prompt) if semantic else "",
         context_fingerprint=semantic.context_fingerprint if semantic else "",
         rule_name=cache.rule_name,
@@ -447,7 +505,8 @@ def cache_entries_purge(*, tenant: Tenant, model: str = "", rule: str = "", olde
 
 
 def cache_entries_delete(*, entries) -> int:
-    """Delete these entries (a queryset already scoped by the caller) from Postgres, Redis and vector indexes."""
+    """Delete these entries (a queryset already scoped by the caller) from Postgres, Redis and this process's vector
+    indexes (on Postgres the search reads the table, so every process stops finding them at once)."""
     cache_writes_flush()
     doomed = list(entries.values_list("pk", "tenant_id", "served_model", "key_hash"))
     # Unscoped, reviewed: exactly the rows just read through the caller's scope.

@@ -5,9 +5,15 @@ itself is not kept. A `semantic` entry also carries the embedding of its normali
 text, which the near-miss guard compares, so a paraphrase in the same context can find it. Its text is what
 redaction leaves unchanged (a prompt with personal data or a secret is cached for exact repeats only), and it and
 the answer are Fernet-encrypted (core/crypto.py): a database dump or backup holds no prompt or answer in clear.
+
+On PostgreSQL the embedding is a pgvector `vector` that the semantic lookup searches in the database
+(routing/cache/index.py); elsewhere (the embedded demo's SQLite) it is float32 bytes that each process loads into its
+own index.
 """
 
+import numpy as np
 from django.db import models
+from pgvector.django import VectorField
 
 from tenants.models import Tenant
 from tenants.scoping import TenantScopedManager
@@ -16,6 +22,27 @@ from tenants.scoping import TenantScopedManager
 class CacheEntryKind(models.TextChoices):
     EXACT = "exact", "Exact only"
     SEMANTIC = "semantic", "Exact and semantic"
+
+
+class EmbeddingField(VectorField):
+    """A `vector` of any dimension on PostgreSQL (pgvector), float32 bytes in a BLOB elsewhere; a numpy array in
+    Python either way. The column has no fixed dimension, so another embedder's vectors fit too: the HNSW indexes
+    are per dimension (routing migration 0008)."""
+
+    def db_type(self, connection):
+        return super().db_type(connection) if connection.vendor == "postgresql" else "blob"
+
+    def from_db_value(self, value, expression, connection):
+        if value is None:
+            return None
+        if connection.vendor == "postgresql":
+            return np.array(super().from_db_value(value, expression, connection), dtype=np.float32)
+        return np.frombuffer(bytes(value), dtype=np.float32)
+
+    def get_db_prep_value(self, value, connection, prepared=False):
+        if value is None or connection.vendor == "postgresql":
+            return super().get_db_prep_value(value, connection, prepared)
+        return np.asarray(value, dtype=np.float32).tobytes()
 
 
 class CacheEntry(models.Model):
@@ -28,7 +55,7 @@ class CacheEntry(models.Model):
     answer_encrypted = models.TextField(
         help_text="The OpenAI chat.completion body (a streamed answer assembled), as JSON, encrypted."
     )
-    embedding = models.BinaryField(null=True, blank=True, editable=False, help_text="float32 vector, semantic only.")
+    embedding = EmbeddingField(null=True, blank=True, editable=False, help_text="Unit-length vector, semantic only.")
     prompt_encrypted = models.TextField(
         blank=True, help_text="The normalised last user turn, semantic only, encrypted; redaction finds nothing in it."
     )
@@ -50,7 +77,15 @@ class CacheEntry(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["tenant", "served_model", "key_hash"], name="cache_entry_unique_key")
         ]
-        indexes = [models.Index(fields=["tenant", "served_model", "kind"], name="cache_entry_semantic_scan")]
+        indexes = [
+            # A tenant's semantic entries of one model and context: what a lookup filters on. Where they are few,
+            # the planner reads them here and sorts them exactly instead of walking the HNSW graph.
+            models.Index(
+                fields=["tenant", "served_model", "context_fingerprint"],
+                condition=models.Q(kind=CacheEntryKind.SEMANTIC),
+                name="cache_entry_semantic_context",
+            )
+        ]
 
     def __str__(self):
         return f"{self.tenant_id}:{self.served_model}:{self.key_hash[:12]}"

@@ -46,9 +46,8 @@ def test_a_paraphrase_is_a_semantic_hit(gateway, acme_caching, mock_upstream):
     assert CacheEntry.objects.unscoped().get().kind == CacheEntryKind.SEMANTIC
 
 
-def test_an_entry_another_process_stored_is_found_by_meaning_once_the_index_refreshes(
-    gateway, acme_caching, embedder, settings
-):
+def test_an_entry_another_process_stored_is_found_by_meaning_at_once(gateway, acme_caching, embedder, settings):
+    """On Postgres the search is a query: no per-process index to refresh (on SQLite one would wait for it)."""
     settings.LLMOPS_CACHE_INDEX_REFRESH_SECONDS = 3600
     assert chat(gateway, acme_caching, "How do I reset my password?").headers["x-llmops-cache"] == "miss"
     cache = cache_request(acme_caching, "What is the capital of France?")
@@ -60,10 +59,7 @@ def test_an_entry_another_process_stored_is_found_by_meaning_once_the_index_refr
         expires_at=timezone.now() + timedelta(minutes=10),
     ).save()
 
-    paraphrase = "what's France's capital city"
-    assert chat(gateway, acme_caching, paraphrase, headers=NO_STORE).headers["x-llmops-cache"] == "miss"
-    settings.LLMOPS_CACHE_INDEX_REFRESH_SECONDS = 0
-    found = chat(gateway, acme_caching, paraphrase, headers=NO_STORE)
+    found = chat(gateway, acme_caching, "what's France's capital city", headers=NO_STORE)
     assert found.headers["x-llmops-cache"] == "hit-semantic"
     assert found.json()["choices"][0]["message"]["content"] == "Paris."
 

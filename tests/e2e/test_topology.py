@@ -309,6 +309,72 @@ def _uvicorn_workers(topology) -> list[int]:
     return [int(pid) for pid in children if "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text()]
 
 
+def _server_socket_inodes(port: int) -> dict[int, int]:
+    """The inodes of the server side of established loopback TCP connections to `port`, by client port."""
+    inodes = {}
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local_port, remote_port = (int(address.split(":")[1], 16) for address in fields[1:3])
+        if local_port == port and fields[3] == "01":
+            inodes[remote_port] = int(fields[9])
+    return inodes
+
+
+def _worker_of(topology, client: httpx.Client) -> int:
+    """The uvicorn worker holding the client's (kept-alive) connection, found through the socket both sides share."""
+    response = client.get("/readyz")
+    client_port = response.extensions["network_stream"].get_extra_info("client_addr")[1]
+    inode = _server_socket_inodes(int(topology.env["PORT"]))[client_port]
+    for pid in _uvicorn_workers(topology):
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                if os.readlink(fd) == f"socket:[{inode}]":
+                    return pid
+            except FileNotFoundError:
+                continue
+    raise AssertionError(f"no uvicorn worker holds the connection from port {client_port}")
+
+
+def _clients_on_each_worker(topology) -> list[httpx.Client]:
+    """One kept-alive client per uvicorn worker (the kernel hands new connections to either)."""
+    clients: dict[int, httpx.Client] = {}
+    for _ in range(40):
+        client = httpx.Client(base_url=topology.url, timeout=30)
+        worker = _worker_of(topology, client)
+        if worker in clients:
+            client.close()
+        else:
+            clients[worker] = client
+        if len(clients) == 2:
+            return list(clients.values())
+    raise AssertionError("40 connections all went to one uvicorn worker")
+
+
+def test_an_answer_cached_through_one_worker_is_a_semantic_hit_through_the_other_until_purged(topology, demo):
+    """Each worker has read the cache before the answer is stored, as a busy gateway's would have: a per-process
+    index would not see the other's entry until its next refresh."""
+    first, second = _clients_on_each_worker(topology)
+
+    def ask(client: httpx.Client, content: str, cache: str = "") -> str:
+        response = client.post(
+            "/v1/chat/completions",
+            headers={"Authorization": f"Bearer {demo['key']}", **({"x-llmops-cache": cache} if cache else {})},
+            json={"model": "auto", "temperature": 0, "messages": [{"role": "user", "content": content}]},
+        )
+        assert response.status_code == 200, response.text[:500]
+        return response.headers["x-llmops-cache"]
+
+    for client in (first, second):
+        assert ask(client, f"e2e warm-up question {uuid.uuid4()}", cache="no-store") == "miss"
+    assert ask(first, "What is the boiling point of water at sea level?") == "miss"
+    assert ask(second, "what's the boiling point of water at sea level", cache="no-store") == "hit-semantic"
+
+    assert re.match(r"deleted [1-9]\d* cache entries of demo", topology.manage("cache_purge", "--tenant", "demo"))
+    for client in (first, second):
+        assert ask(client, "what's the boiling point of water at sea level", cache="no-store") == "miss"
+        client.close()
+
+
 def test_kill_9_of_a_gateway_worker_and_of_the_drainer_mid_load_loses_no_answered_request(topology, demo):
     """Kills happen on counts of answered requests, not on time: the assertion is exact, so no margin to tune."""
     answered: list[str] = []
