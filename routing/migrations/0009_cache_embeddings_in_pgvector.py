@@ -84,7 +84,7 @@ def hnsw_indexes_drop(apps, schema_editor):
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("routing", "0007_provider_region_only_where_read"),
+        ("routing", "0008_model_price_versions"),
     ]
 
     operations = [
