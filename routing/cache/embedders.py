@@ -6,8 +6,8 @@ cannot load turns semantic caching off with a warning, and exact caching goes on
 
 Requests do not call it one text at a time: `embed_soon` queues a text, and the embedding thread embeds
 everything queued while its previous call ran (up to LLMOPS_CACHE_EMBED_BATCH texts) in one `embed` call, which
-costs little more than one text (MiniLM through ONNX Runtime, int8, one thread: about 1.6 ms for one short text,
-8 ms for eight; through torch 13 ms and 35 ms).
+costs less per text than one call each (MiniLM through ONNX Runtime, int8, one thread: about 1.6 ms of CPU for one
+short text, 8 ms for eight; through torch 10 to 13 ms and 29 to 35 ms).
 """
 
 import json
