@@ -12,14 +12,19 @@ ifneq ($(wildcard $(SHARED_TIKTOKEN)),)
 export TIKTOKEN_CACHE_DIR ?= $(SHARED_TIKTOKEN)
 endif
 
-.PHONY: demo serve test lint format bench install services
+.PHONY: demo serve test lint format bench install services embedder-model
 
-install: $(VENV)/.installed
+install: $(VENV)/.installed embedder-model
 
 $(VENV)/.installed: requirements.txt
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements.txt
 	touch $@
+
+# The semantic cache's model as ONNX (fp32 and int8) in LLMOPS_CACHE_EMBEDDER_DIR (var/embedder), exported once from
+# the installed model package; the command returns at once when the files are there.
+embedder-model: $(VENV)/.installed
+	$(VENV)/bin/python manage.py embedder_export
 
 demo: install
 	scripts/demo.sh
@@ -39,11 +44,11 @@ test: install services
 		$(VENV)/bin/pytest $(PYTEST_ARGS); \
 	status=$$?; if [ $$status -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$status
 
-lint: install
+lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-format: install
+format: $(VENV)/.installed
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 

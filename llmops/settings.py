@@ -233,7 +233,10 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = LLMOPS_MAX_BODY_BYTES
 # Response cache (routing/cache). The embedder is a dotted path to a class with .embed(texts) -> float32 vectors;
 # blank turns semantic caching off. A semantic candidate must reach the threshold (cosine similarity), per rule
 # name in LLMOPS_CACHE_RULE_THRESHOLDS ("rule-a=0.9,rule-b=0.85"), else the default.
-LLMOPS_CACHE_EMBEDDER = env("LLMOPS_CACHE_EMBEDDER", default="routing.cache.embedders.SentenceTransformerEmbedder")
+# The default runs all-MiniLM-L6-v2 through ONNX Runtime (int8); routing.cache.embedders.SentenceTransformerEmbedder
+# runs it through torch. The ONNX files live in LLMOPS_CACHE_EMBEDDER_DIR (`manage.py embedder_export` writes them).
+LLMOPS_CACHE_EMBEDDER = env("LLMOPS_CACHE_EMBEDDER", default="routing.cache.embedders.OnnxEmbedder")
+LLMOPS_CACHE_EMBEDDER_DIR = env.path("LLMOPS_CACHE_EMBEDDER_DIR", default=BASE_DIR / "var" / "embedder")
 LLMOPS_CACHE_EMBEDDINGS_URL = env("LLMOPS_CACHE_EMBEDDINGS_URL", default="")
 LLMOPS_CACHE_EMBEDDINGS_MODEL = env("LLMOPS_CACHE_EMBEDDINGS_MODEL", default="text-embedding-3-small")
 LLMOPS_CACHE_EMBEDDINGS_KEY_ENV = env("LLMOPS_CACHE_EMBEDDINGS_KEY_ENV", default="OPENAI_API_KEY")

