@@ -1,7 +1,7 @@
 """The near-miss guard, class by class: a detail that changes the answer refuses, a rewording is served.
 
-These examples are written apart from bench/cache_pairs.jsonl (the set the guard is tuned on), so a rule that only
-fits that set fails here. The prompts are lower-cased as the cache normalises them.
+These examples are written apart from bench/cache_pairs.jsonl (the set the guard is tuned on) and from any
+held-out set, so a rule that only fits those pairs fails here. The prompts are lower-cased as the cache normalises them.
 """
 
 import pytest
@@ -77,13 +77,46 @@ REFUSED = {
         ("Why is my invoice never emailed?", "Why is my invoice emailed?"),
         ("How do I join a meeting without audio?", "How do I join a meeting with audio?"),
     ],
-    "swapped-word": [
-        ("How do I export the billing report?", "How do I export the security report?"),
-        ("Who approves overtime requests?", "Who approves training requests?"),
+    "boolean": [
+        ("Find invoices that are overdue and disputed", "Find invoices that are overdue or disputed"),
+        ("What does `a && b` return in JavaScript?", "What does `a || b` return in JavaScript?"),
+        ("Which trains stop in Lyon and Dijon?", "Which trains stop in Lyon or Dijon?"),
+    ],
+    "negation-except": [
+        ("Archive every project", "Archive every project except the pinned ones"),
+        ("Copy the config files", "Copy the config files apart from the secrets"),
+    ],
+    "condition-order": [
+        (
+            "What day is it in Sydney when it's Monday noon in Denver?",
+            "What day is it in Denver when it's Monday noon in Sydney?",
+        ),
+    ],
+    "name": [
+        ("How do I back up the invoices table?", "How do I back up the customers table?"),
+        ("What does the export endpoint return?", "What does the import endpoint return?"),
+    ],
+    "kind": [
+        ("How do I flatten a nested list in Python?", "How do I shuffle a nested list in Python?"),
+        ("What is the currency of Peru?", "What is the capital of Peru?"),
+        ("How do I sum the rows of a matrix in numpy?", "How do I sum the columns of a matrix in numpy?"),
+        ("Does the policy cover dental implants?", "Does the policy cover vision implants?"),
+    ],
+    "shape-or-function": [
+        ("What is the surface area of a cone?", "What is the surface area of a pyramid?"),
+        ("What is the sine of 30 degrees?", "What is the cosine of 30 degrees?"),
+        ("What is the square root of 81?", "What is the logarithm of 81?"),
     ],
     "added-words": [
         ("How do I rename a workspace?", "How do I rename a workspace after the trial has expired?"),
     ],
+}
+
+# Test groups whose reason has another name.
+EXPECTED_REASON = {
+    "negation-except": "negation",
+    "condition-order": "order",
+    "shape-or-function": "entity",
 }
 
 SERVED = [
@@ -103,6 +136,25 @@ SERVED = [
     ("How do I customise the invoice template?", "How do I customize invoice templates?"),
     ("What is the cancellation policy?", "What's the policy for cancelling?"),
     ("How do I undo a deletion?", "How do I undo deleting something?"),
+    # Punctuation is not an operator unless it sits between operands.
+    ("What is the cube root of 27?", "cbrt(27) = ?"),
+    ("My card was declined twice today - what now?", "My card was declined two times today, what now?"),
+    ("Why does the build fail on Windows?", "The build fails on Windows - why?"),
+    # Number words, roman numerals, abbreviations and glued ids.
+    ("What started WWII?", "What started World War II?"),
+    ("Can I roll my 403(b) into an IRA?", "Can I roll my 403b into an IRA?"),
+    ("How do I deploy a Vue.js app?", "How do I deploy a Vue app?"),
+    (
+        "How do I add a unique constraint on accounts.username?",
+        "Add a unique constraint to the username column of the accounts table",
+    ),
+    # Converse forms of one question.
+    ("Convert 3 hours to minutes", "How many minutes are in 3 hours?"),
+    ("How many days are in a week?", "A week has how many days?"),
+    # Negation said another way, and wrappers that frame the same question.
+    ("How do I rebase without losing my local commits?", "How do I rebase but keep my local commits?"),
+    ("Can I delete unverified accounts?", "Can I delete accounts that were not verified?"),
+    ("Why do I get a segmentation fault?", "What causes a segmentation fault error?"),
 ]
 
 
@@ -113,7 +165,9 @@ SERVED = [
 def test_a_detail_that_changes_the_answer_refuses_the_candidate(reason, stored, asked):
     got = near_miss_reason(normalize_prompt(asked), normalize_prompt(stored))
     assert got is not None, f"served {asked!r} the answer to {stored!r}"
-    assert got.split(":")[0] == reason or (reason in ("ordinal", "version") and got in ("number", "identifier"))
+    assert got.split(":")[0] == EXPECTED_REASON.get(reason, reason) or (
+        reason in ("ordinal", "version") and got in ("number", "identifier")
+    )
 
 
 @pytest.mark.parametrize(("stored", "asked"), SERVED)
