@@ -4,9 +4,11 @@ Sentence embeddings place "capital of Austria" next to "capital of Australia", "
 "a tuple to a list" next to "a list to a tuple". Each check in CHECKS extracts one class of detail from both
 (normalised, lower-case) prompts and refuses the candidate when they disagree: numbers and their order, operators
 (symbols only between operands), boolean connectives, identifiers, the names of a system's parts ("the users
-table"), HTTP methods, locales, named things, formats and units, negation (with "except" and "without"), opposite
-words, members of one class of alternatives (actions, attributes, rows/columns...), who plays which role around
-"from ... to", "than", conversion verbs and "when" clauses, and one prompt being the other plus a clause. Each
+table"), HTTP methods, locales, named things, formats and units, negation (with "except", "without" and negating
+prefixes: "non-refundable"), opposite words and opposite prefixes on one stem ("allowlist"/"blocklist"), members of
+one class of alternatives (actions, attributes, rows/columns...), the modal and tense a question opens with, who
+plays which role around "from ... to", "than", conversion verbs and "when" clauses, and one prompt being the other
+plus a clause. Each
 refuses on a detected contrast; there is no catch-all for "some other word changed" (it overfits: it refused ~9% of
 paraphrases and caught nothing the classes miss). Before comparing, words are folded to a lemma (inflection,
 nominalisation, British spelling), common synonyms to one word, number words, abbreviations and converse question
@@ -60,13 +62,42 @@ PHRASES = {
     r"(?:single sign[ -]?on|sso)": "sso",
     r"(?:two|2|multi)[ -]?(?:factor|step)(?: authentication| auth)?|2fa|mfa": "mfa",
     r"e-mail": "email",
+    # Framing that is not content: "quick question:", "i see ...", "is there any way to".
+    r"^\s*(?:a )?(?:quick|simple|small|short|silly|dumb|general) question\b:?": "",
+    r"\bi (?:can )?(?:see|saw|notice|noticed|am seeing|have noticed)\b": "",
+    r"\b(?:any|some) ?(?:way|how)\b": "way",
+    # A payment that does not go through failed; it is not a negation of the question.
+    r"\bnot ((?:\S+ ){0,3}?)(?:go|goes|went|gone|going) through\b": r"\1fail",
+    # Yes/no questions by their modal: permission, obligation or advice, however phrased.
+    r"^\s*(?:do|does) (?:i|we|you|they|he|she) (?:have|has|need|needs) to\b|^\s*(?:am|are|is) (?:i|we|you|it|they) "
+    r"(?:required|obliged|mandatory|obligated) to\b|^\s*is it (?:required|mandatory|compulsory) to\b": "must",
+    r"^\s*(?:am|are|is) (?:i|we|you|they|it) (?:not allowed|not permitted|unable) to\b|^\s*is it (?:impossible|not "
+    r"possible) to\b": "can not",
+    r"^\s*(?:am|are|is) (?:i|we|you|they|it) (?:allowed|permitted|able) to\b"
+    r"|^\s*is it (?:possible|ok|okay|allowed) to\b|^\s*may (?:i|we)\b": "can",
+    # Alternatives named to be set aside: the rest of the clause is not the question's detail.
+    r"instead of|rather than": "instead",
+    r"less expensive": "cheaper",
+    r"more expensive|pricier|costlier": "expensive",
+    r"(?:group|partition)(?:ed|ing)? by": "groupby",
+    r"(?:order|sort)(?:ed|ing)? by": "orderby",
+    r"greatest common (?:divisor|factor)|highest common factor|\bgcf\b|\bhcf\b": "gcd",
+    r"(?:least|lowest) common multiple": "lcm",
+    r"\b(test|live) mode": r"\1mode",
+    r"\b(access|refresh|id) token": r"\1token",
+    r"\baverage\b|\b(?:the|a|an|arithmetic) mean\b": "avg",
+    r"\b(local|session) storage\b": r"\1storage",
+    r"standard output": "stdout",
+    r"standard error": "stderr",
+    r"standard input": "stdin",
+    r"\b([ap])\.m\.": r"\1m",
     r"(?:http )?status code|http code|http status|error code": "http",
     r"how come": "why",
     r"united states(?: of america)?": "usa",
     r"united kingdom": "uk",
     r"\bww ?(?:ii|2)\b": "world war ii",
     r"\bww ?(?:i|1)\b": "world war i",
-    r"most recent": "last",
+    r"most recent(?:ly)?\b": "last",
     r"(\d+)!(?!=)": r"\1 factorial",
     r"square root|\bsqrt\b": "sqrt",
     r"cube root|\bcbrt\b": "cbrt",
@@ -88,13 +119,22 @@ PHRASE_PATTERNS = [
 ]
 
 TOKEN = re.compile(
-    r"\$|\d+(?:[.,]\d+)*(?:st|nd|rd|th|s)?(?![a-z])|\d+[a-z][a-z0-9]*"
+    r"[$€£¥₹]|\d+(?:[.,]\d+)*(?:st|nd|rd|th|s)?(?![a-z])|\d+[a-z][a-z0-9]*"
     r"|[a-z][a-z0-9]*(?:[._@/'][a-z0-9]+)*[+#]*"
     r"|&&|\|\||>=|<=|!=|==|\+=|-=|\*=|/=|\*\*|[-+*/^<>=%,;?!]"
 )
 # Rewritten before tokenising: "401(k)" is "401k", a language tag ("en-US") is one locale token.
 GLUED = (
     (re.compile(r"(\d)\(([a-z])\)"), r"\1\2"),
+    # A prefix hyphenated or spaced off ("non-refundable", "pre-tax", "allow list") is one word with its stem.
+    (re.compile(r"\b(non|un|dis|pre|post|over|under|up|down|sub|super|inter|intra)-(?=[a-z])"), r"\1"),
+    (re.compile(r"\bnon (?=[a-z])"), "non"),
+    (re.compile(r"\b(allow|block|deny|white|black|safe)[- ]list"), r"\1list"),
+    (re.compile(r"\b(full|part)[- ]time\b"), r"\1time"),
+    # A join named by its type is one word: "left outer join" is "leftjoin".
+    (re.compile(r"\b(inner|left|right|full|cross|natural|self)(?: outer)? join"), r"\1join"),
+    # A symbol in quotes is named by itself, like "the -".
+    (re.compile(r"(['\"`])([-+*/^<>=])\1"), r" the \2 "),
     (re.compile(r"\b(en|de|fr|es|it|pt|nl|ja|ko|zh|ru|sv|pl|da|fi|nb|tr|ar|hi)[-_]([a-z]{2})\b"), r" tag_\1_\2 "),
 )
 NUMBER = re.compile(r"\d+(?:[.,]\d+)*(?:st|nd|rd|th|s)?")
@@ -111,6 +151,12 @@ CARDINALS = _counted(
 )
 CARDINALS |= {"thirty": "30", "forty": "40", "fifty": "50", "hundred": "100", "thousand": "1000"}
 CARDINALS |= {"million": "1e+06", "billion": "1e+09", "dozen": "12", "twice": "2", "double": "2", "half": "0.5"}
+CARDINALS |= {"pair": "2"}
+# A plural number word names its value: "rolling two sixes" is rolling two 6s.
+CARDINALS |= {
+    f"{word}s": value for word, value in _counted("zero one two three four five six seven eight nine ten").items()
+}
+CARDINALS |= {"sixes": "6"}
 ORDINALS = _counted(
     "zeroth first second third fourth fifth sixth seventh eighth ninth tenth eleventh twelfth thirteenth "
     "fourteenth fifteenth sixteenth seventeenth eighteenth nineteenth twentieth"
@@ -118,19 +164,42 @@ ORDINALS = _counted(
 ORDINALS |= {"last": "last", "penultimate": "-2", "thirtieth": "30", "hundredth": "100"}
 ROMAN = {"ii": "2", "iii": "3", "iv": "4", "vi": "6", "vii": "7", "viii": "8", "ix": "9", "xi": "11", "xii": "12"}
 ROMAN |= {"xiii": "13", "xiv": "14", "xv": "15", "xvi": "16", "xx": "20"}
+# Any other well-formed numeral ("xlix", "mcmxc") counts if it has three letters or more and is not also a common
+# word or abbreviation, or if it follows a word that takes a numeral ("convert xl", "chapter xc").
+ROMAN_LETTERS = re.compile(r"m{0,3}(cm|cd|d?c{0,3})(xc|xl|l?x{0,3})(ix|iv|v?i{0,3})")
+ROMAN_VALUES = {"m": 1000, "d": 500, "c": 100, "l": 50, "x": 10, "v": 5, "i": 1}
+ROMAN_LOOKALIKES = _words("mix cli div civ liv dix mdi mdx cdi mmm dcl cml cxx lvi")
 # "i", "v" and "x" are numerals only after a noun that takes one ("world war i", "henry v", "part x").
 SHORT_ROMAN = {"i": "1", "v": "5", "x": "10"}
 ROMAN_NOUNS = _words(
     "war part chapter phase stage type tier level grade class act volume book season schedule article appendix "
-    "henry louis george edward elizabeth charles james william richard john paul pope"
+    "henry louis george edward elizabeth charles james william richard john paul pope king queen emperor "
+    "convert numeral numerals roman"
 )
 # Number words that often are not numbers ("which one", "at first", "a second"): they count only against a
 # different number on the other side, never against silence.
-WEAK_NUMBERS = _words("one first last single once half double")
+WEAK_NUMBERS = _words("one first last single once half double pair ones tens")
 
-NEGATIONS = _words("not no never without nothing nobody neither nor unable except")
+NEGATIONS = _words("not no never without nothing nobody neither nor none unable except")
+# A prefix that negates its stem ("nonrefundable", "invalid", "impossible", "disallow", "inactive"): against the
+# bare stem on the other side it is a negation. Stems are at least four letters, so "index" is not "not dex".
+NEGATING_PREFIXES = ("non", "un", "in", "im", "ir", "il", "dis")
+# Opposite halves glued to one stem: "allowlist"/"blocklist", "upvote"/"downvote", "inbound"/"outbound",
+# "pretax"/"posttax", "overpaid"/"underpaid", "foreground"/"background". The stem has three letters at least.
+PREFIX_OPPOSITES = tuple(
+    tuple(pair.split("/"))
+    for pair in _words(
+        "allow/block allow/deny white/black safe/block up/down in/out pre/post over/under en/de in/de in/ex im/ex "
+        "on/off max/min upper/lower sub/super inter/intra left/right top/bottom inner/outer fore/back for/back"
+    )
+)
+PREFIX_SIDES: dict[str, list[tuple[int, int]]] = {}
+for _pair, _prefixes in enumerate(PREFIX_OPPOSITES):
+    for _side, _prefix in enumerate(_prefixes):
+        PREFIX_SIDES.setdefault(_prefix, []).append((_pair, _side))
+PREFIX_SIZES = frozenset(len(prefix) for prefix in PREFIX_SIDES)
 # "unused" is "not used": a participle negated by its prefix counts as one negation, so both spellings agree.
-NEGATED_PARTICIPLE = re.compile(r"un(?!it|if)([a-z]{2,}(?:ed|en|id))")
+NEGATED_PARTICIPLE = re.compile(r"un(?!it|if|der)([a-z]{2,}(?:ed|en|id))")
 # "and"/"or" as words or symbols: the logic of a filter or a condition.
 CONNECTIVES = {"and": "and", "&&": "and", "or": "or", "||": "or", "nor": "nor", "xor": "xor"}
 
@@ -157,19 +226,23 @@ OPPOSITES = {
     "serialization": ("serialize marshal", "deserialize unmarshal"),
     "compression": ("compress zip", "decompress unzip extract"),
     "sync": ("push", "pull fetch"),
-    "messaging": ("send", "receive"),
+    "messaging": ("send sender", "receive recipient receiver"),
     "subscription": ("subscribe", "unsubscribe"),
     "lock": ("lock freeze suspend", "unlock unfreeze unsuspend"),
     "archive": ("archive", "unarchive"),
     "sound": ("mute silence", "unmute"),
     "visibility": ("show display reveal", "hide conceal"),
     "permission": ("grant give", "revoke"),
-    "access": ("allow permit unblock whitelist", "block deny forbid ban blacklist"),
+    "access": (
+        "allow permit unblock whitelist allowlist safelist",
+        "block deny forbid ban blacklist blocklist denylist",
+    ),
     "decision": ("accept approve", "reject decline deny"),
     "employment": ("hire recruit onboard", "fire terminate dismiss offboard"),
     "membership": ("join enrol enroll optin signup", "leave optout quit"),
-    "lending": ("lend", "borrow"),
-    "trade": ("buy purchase", "sell"),
+    "lending": ("lend lender", "borrow borrower"),
+    "trade": ("buy purchase buyer purchaser", "sell seller vendor"),
+    "party": ("employer", "employee"),
     "ledger": ("credit", "debit"),
     "funds": ("deposit", "withdraw"),
     "leftover": ("payout", "rollover", "forfeit"),
@@ -198,8 +271,48 @@ OPPOSITES = {
     "mood": ("formal polite", "informal casual"),
     "length": ("long detailed verbose", "short brief concise"),
     "case": ("uppercase upper", "lowercase lower"),
-    "hours": ("full", "part"),
+    "hours": ("fulltime", "parttime"),
     "tax": ("gross", "net"),
+    # Which of a set a question quantifies over; "full"/"entire"/"whole" fold to "all".
+    "quantifier": ("all every each both", "any some either"),
+    "extent": ("all", "partial partially"),
+    "price": ("cheap cheaper cheapest inexpensive", "expensive pricey"),
+    "quality": ("good better best", "bad worse worst"),
+    "difficulty": ("easy easier easiest", "hard harder hardest difficult"),
+    "safety": ("safe safer safest", "risky dangerous"),
+    "temperature": ("hot hotter warm warmer", "cold colder cool cooler"),
+    "weight": ("heavy heavier heaviest", "light lighter lightest"),
+    "theme": ("dark", "light"),
+    "width": ("wide wider", "narrow narrower"),
+    "depth": ("deep deeper", "shallow shallower"),
+    "timing": ("early earlier earliest", "late later latest"),
+    "concurrency": ("sync synchronous synchronously blocking", "async asynchronous asynchronously nonblocking"),
+    "nesting": ("inner innerjoin", "outer leftjoin rightjoin fulljoin"),
+    "orientation": ("horizontal horizontally", "vertical vertically"),
+    "path": ("absolute", "relative"),
+    "location": ("local locally", "remote remotely"),
+    "variable-scope": ("local", "global"),
+    "geography": ("domestic", "international overseas abroad"),
+    "week-part": ("weekday", "weekend"),
+    "day": ("yesterday", "today tonight", "tomorrow"),
+    "charge": ("free", "paid"),
+    "session": ("login", "logout"),
+    "bound": ("since", "until till"),
+    "money-direction": ("charge", "refund"),
+    "pause": ("pause", "resume unpause"),
+    "typing": ("static statically", "dynamic dynamically"),
+    "execution": ("compiled compiler", "interpreted interpreter"),
+    "primality": ("prime", "composite"),
+    "interest": ("simple", "compound"),
+    "life": ("born birth", "die died death"),
+    "environment": ("sandbox staging testmode", "production prod live livemode"),
+    "message": ("request", "response"),
+    "data-state": ("rest", "transit"),
+    "rounding": ("ceil ceiling", "floor"),
+    "firmness": ("soft", "hard"),
+    "strength": ("strong stronger strongest", "weak weaker weakest"),
+    "replication": ("primary master leader", "secondary replica standby follower"),
+    "stack-op": ("push", "pop"),
 }
 
 # Classes of alternatives: prompts that both name members of a class must share one ("merge" is not "iterate",
@@ -209,17 +322,45 @@ KINDS = {
         "merge iterate loop sort reverse filter count sum join split copy clone compare flatten shuffle slice "
         "concatenate append rename install uninstall deploy test debug verify parse print "
         "cancel renew refund archive backup migrate rotate invite undo graph plot solve simplify factor expand "
-        "approve submit configure"
+        "approve submit configure union intersect extend rebase squash stash revert reset fork"
     ),
     "attribute": (
         "capital population currency language area size height weight age price length width depth speed "
         "distance temperature volume density mass radius diameter circumference perimeter capacity duration "
-        "latency author"
+        "latency author city"
     ),
     "axis": "row column",
     "relative": "parent grandparent child grandchild spouse partner sibling sister brother mother father son daughter",
     "insurance": "dental vision medical health life disability pet travel",
     "leave": "maternity paternity parental sick bereavement jury vacation annual unpaid sabbatical",
+    "join": "innerjoin leftjoin rightjoin fulljoin crossjoin naturaljoin selfjoin",
+    "stream": "stdout stderr stdin",
+    "statistic": "sum count avg median variance percentile max maximum min minimum",
+    "platform": "mobile desktop web",
+    "season": "summer winter autumn",
+    "worker": "employee contractor intern freelancer consultant",
+    "datatype": "list tuple dictionary array dataframe string integer float boolean",
+    "sql-key": "primary foreign composite",
+    "erase": "remove truncate drop",
+    "grouping": "groupby orderby",
+    "counting": "permutation combination",
+    "divisor": "gcd lcm",
+    "creator": "author painter inventor discover composer",
+    "memory": "stack heap",
+    "token": "accesstoken refreshtoken idtoken",
+    "message-part": "header body footer",
+    "contact": "email phone sms chat whatsapp",
+    "credential": "username password pin email",
+    "savings": "ira roth hsa fsa 401k 403b pension",
+    "department": "hr payroll finance legal sales marketing engineering support",
+    "declaration": "let const var",
+    "loop-control": "break continue",
+    "execution-unit": "process thread coroutine",
+    "storage": "cookie localstorage sessionstorage",
+    "git-ref": "branch tag commit",
+    "billing-document": "invoice receipt quote estimate",
+    "payment": "card wire ach sepa cheque",
+    "compensation": "salary bonus commission equity overtime stipend",
 }
 
 # Words folded to one before comparing (the first word of each group is the one kept).
@@ -227,7 +368,7 @@ SYNONYM_GROUPS = (
     "change update modify edit amend",
     "colleague teammate coworker",
     "receive get obtain",
-    "recover restore undelete retrieve",
+    "recover restore undelete",
     "remove delete",
     "create add make generate insert",
     "find locate calculate compute determine",
@@ -269,8 +410,11 @@ SYNONYM_GROUPS = (
     "inventor invented",
     "duplicate deduplicate dedupe duplicated",
     "restrict limit",
-    "entitle get",
+    # "get" is a light verb here, as is "retrieve" ("retrieve the id"); "recover" is the undeleting sense.
+    "entitle get retrieve",
+    "vacation pto",
     "policy rule",
+    "all full entire whole",
 )
 
 # Politeness wrappers, question words and grammar: not content.
@@ -329,11 +473,11 @@ LOCALES = {
     **dict.fromkeys(("usd", "dollar", "dollars", "$"), "usd"),
     **dict.fromkeys(("eur", "euro", "euros", "€"), "eur"),
     **dict.fromkeys(("gbp", "pound", "pounds", "sterling", "£"), "gbp"),
-    **dict.fromkeys(("jpy", "yen"), "jpy"),
+    **dict.fromkeys(("jpy", "yen", "¥"), "jpy"),
     **dict.fromkeys(("cad",), "cad"),
     **dict.fromkeys(("aud",), "aud"),
     **dict.fromkeys(("chf", "franc", "francs"), "chf"),
-    **dict.fromkeys(("inr", "rupee", "rupees"), "inr"),
+    **dict.fromkeys(("inr", "rupee", "rupees", "₹"), "inr"),
 }
 # "us" is a pronoun unless the words around it make it the country.
 US_BEFORE = _words("the in outside across within")
@@ -357,10 +501,14 @@ ENTITIES = _words(
     "september october november december "
     "circle triangle square rectangle sphere cylinder cone cube pyramid polygon hexagon pentagon octagon ellipse "
     "trapezoid parallelogram rhombus prism sqrt cbrt logarithm ln sin cos tan factorial "
-    "oauth saml jwt ldap "
+    "egypt greece turkey argentina chile colombia peru nigeria kenya south_africa new_zealand norway finland denmark "
+    "belgium hungary czechia ukraine vietnam thailand indonesia philippines pakistan iran iraq israel "
+    "africa antarctica oceania south_america north_america "
+    "oauth saml jwt ldap tcp udp graphql grpc soap websocket websockets kafka rabbitmq nginx apache "
     "admin administrator owner member guest viewer editor contributor moderator superuser"
 )
-JOINED_NAMES = ("sql server", "microsoft teams", "apple pay", "google pay", "new york")
+JOINED_NAMES = ("sql server", "microsoft teams", "apple pay", "google pay", "new york", "south africa", "new zealand")
+JOINED_NAMES += ("south america", "north america")
 # Other names of the same thing.
 ENTITY_ALIASES = {
     "postgresql": "postgres",
@@ -383,6 +531,17 @@ ENTITY_ALIASES = {
     "tangent": "tan",
 }
 LANGUAGE_C = re.compile(r"\bin c\b|\bc (?:code|program|language)\b")
+# "go" is the language only where it reads as one ("in go", "go modules", "golang", a "go:" topic label), not in
+# "go through".
+LANGUAGE_GO = re.compile(
+    r"^\s*go ?[:,-]|\bgolang\b|\b(?:in|with|using|learn|write) go\b"
+    r"|\bgo (?:code|programs?|language|modules?|structs?|slices?|maps?|channels?|routines?|func|functions?|"
+    r"interfaces?|compiler|generics|tests?|packages?|binary|\d)"
+)
+# A role and its "-ship" ("ownership", "membership") name the same role.
+ROLE_SUFFIX = "ship"
+# "may" is the month after a word that takes a date or next to a number.
+MONTH_BEFORE = _words("in of since until by early late mid before after from to through during")
 
 UNITS = {
     **dict.fromkeys(("celsius", "centigrade", "°c"), "celsius"),
@@ -404,6 +563,10 @@ UNITS = {
     **dict.fromkeys(("mb", "megabyte", "megabytes"), "mb"),
     **dict.fromkeys(("gb", "gigabyte", "gigabytes"), "gb"),
     **dict.fromkeys(("tb", "terabyte", "terabytes"), "tb"),
+    "kib": "kib",
+    "mib": "mib",
+    "gib": "gib",
+    **{unit: unit for unit in ("kbps", "mbps", "gbps", "hz", "khz", "mhz", "ghz", "mph", "kph")},
     **dict.fromkeys(("ms", "millisecond", "milliseconds"), "ms"),
     **dict.fromkeys(("seconds", "sec", "secs"), "s"),
     **dict.fromkeys(("minute", "minutes", "min", "mins"), "min"),
@@ -444,6 +607,12 @@ FORMATS = {
     "diagram": "diagram",
     "chart": "chart",
     "numbered": "numbered",
+    # File types: images, documents, audio, video, archives and installers.
+    **dict.fromkeys(("png", "gif", "svg", "webp", "bmp", "tiff", "heic", "ico", "txt", "rtf", "odt", "epub")),
+    **dict.fromkeys(("jpg", "jpeg"), "jpg"),
+    **dict.fromkeys(("docx", "xlsx", "xls", "pptx", "mp3", "wav", "flac", "ogg", "aac", "m4a")),
+    **dict.fromkeys(("mp4", "mov", "avi", "mkv", "webm", "tar", "gz", "tgz", "rar", "7z")),
+    **dict.fromkeys(("exe", "msi", "dmg", "deb", "rpm", "apk", "ipa")),
 }
 FORMATS = {word: shape or word for word, shape in FORMATS.items()}
 
@@ -469,6 +638,14 @@ OPERATORS = {"plus": "+", "minus": "-", "+": "+", "-": "-", "*": "*"}
 OPERATORS |= {"/": "/", "^": "^", "**": "^", "<": "<", ">": ">", "<=": "<=", ">=": ">=", "=": "=", "==": "="}
 OPERATORS |= {"!=": "!=", "+=": "+=", "-=": "-=", "*=": "*=", "/=": "/="}
 COMPARISONS = frozenset(("<", ">", "<=", ">=", "=", "==", "!="))
+# A symbol named by itself ("the + next to a line item", "what does the * sign mean") is what is asked about.
+SYMBOL_BEFORE = _words("the a an this that")
+SYMBOL_AFTER = _words("sign symbol character char key icon button operator")
+# A one-letter parameter bound to a number ("r = 4") is that parameter ("radius 4"), not an equation.
+PARAMETER_BINDING = re.compile(r"(?<![a-z0-9_.])([a-z]) ?= ?(?=[\d.])")
+PARAMETERS = {"r": "radius", "d": "diameter", "h": "height", "w": "width", "l": "length", "b": "base"}
+# Units only right after a number ("300s", "2 pm"); elsewhere these are other words.
+NUMBER_UNITS = {"s": "s", "sec": "s", "second": "s", "am": "am", "pm": "pm"}
 # "the users table", "the search endpoint", "the main branch": the name of one of a system's parts, compared as a
 # class (both prompts naming one must name the same).
 NAMED_NOUNS = _words(
@@ -489,6 +666,15 @@ ROLE_MARKERS = {"from": "source", "than": "compared", "vs": "compared", "versus"
 CONDITION_MARKERS = _words("when if while whenever")
 DESTINATION_MARKERS = _words("to into onto")
 QUESTION_WORDS = _words("who when where why")
+LEADING_WORDS = _words("much many long often")
+# A yes/no question opened by a modal asks for permission, obligation or advice ("can i", "must i", "should i");
+# phrases such as "do i have to" and "am i allowed to" are folded to these first.
+MODALS = {"can": "can", "could": "can", "may": "can", "might": "can", "must": "must", "shall": "should"}
+MODALS |= {"should": "should", "ought": "should"}
+# The tense of the first auxiliary before the content: what happened is another question than what is or will be.
+# "has"/"have" (present perfect) agree with either.
+TENSES = {"was": "past", "were": "past", "did": "past", "had": "past", "will": "future", "shall": "future"}
+TENSES |= {"is": "present", "are": "present", "am": "present", "do": "present", "does": "present"}
 
 IRREGULAR = {
     "paid": "pay",
@@ -619,6 +805,12 @@ class PromptDetails:
     roles: dict[str, tuple[str, ...]]
     question_words: frozenset[str]
     content: frozenset[str]
+    variables: frozenset[str]
+    prefix_stems: frozenset[tuple[int, int, str]]
+    lemmas: frozenset[str]
+    prefixed: tuple[tuple[str, str], ...]
+    modal: str | None
+    tense: str | None
 
 
 def _prepare(text: str) -> str:
@@ -626,6 +818,7 @@ def _prepare(text: str) -> str:
     text = CONTRACTION.sub(lambda match: CONTRACTIONS[match.group()], text)
     for pattern, replacement in GLUED:
         text = pattern.sub(replacement, text)
+    text = PARAMETER_BINDING.sub(lambda match: f" {PARAMETERS.get(match.group(1), match.group(1))} ", text)
     for pattern, replacement in PHRASE_PATTERNS:
         text = pattern.sub(f" {replacement} ", text)
     for name in JOINED_NAMES:
@@ -657,7 +850,7 @@ def _tokens(text: str) -> list[str]:
                 continue
         token = ENTITY_ALIASES.get(token, token)
         glued = GLUED_UNIT.fullmatch(token)
-        if glued and (glued.group(2) in UNITS or glued.group(2) in ("am", "pm")):
+        if glued and (glued.group(2) in UNITS or glued.group(2) in NUMBER_UNITS):
             tokens.extend(glued.groups())
             continue
         split = VERSIONED.fullmatch(token)
@@ -675,9 +868,34 @@ def _numeric(tokens: list[str], index: int) -> str | None:
     value = CARDINALS.get(token) or ORDINALS.get(token) or ROMAN.get(token)
     if value is None and token in SHORT_ROMAN and index and tokens[index - 1] in ROMAN_NOUNS:
         value = SHORT_ROMAN[token]
-    if token == "second" and index and tokens[index - 1] in _words("a per each every one"):
+    if (
+        token == "second"
+        and index
+        and (tokens[index - 1] in _words("a per each every one") or _is_number(tokens, index - 1))
+    ):
         return None
+    if value is None and len(token) > 1 and ROMAN_LETTERS.fullmatch(token):
+        follows_noun = index and tokens[index - 1] in ROMAN_NOUNS
+        if follows_noun or (len(token) > 2 and token not in ROMAN_LOOKALIKES):
+            value = _roman(token)
     return value
+
+
+def _is_number(tokens: list[str], index: int) -> bool:
+    return NUMBER.fullmatch(tokens[index]) is not None or tokens[index] in CARDINALS
+
+
+def _roman(numeral: str) -> str:
+    values = [ROMAN_VALUES[letter] for letter in numeral]
+    total = sum(-value if value < after else value for value, after in zip(values, [*values[1:], 0], strict=True))
+    return str(total)
+
+
+def _standalone_symbol(tokens: list[str], index: int) -> bool:
+    """A symbol talked about, not used: after "the"/"a" or before "sign"/"symbol"."""
+    before = tokens[index - 1] if index else ""
+    after = tokens[index + 1] if index + 1 < len(tokens) else ""
+    return len(tokens[index]) == 1 and (before in SYMBOL_BEFORE or after in SYMBOL_AFTER)
 
 
 def _operand(token: str, *, names: bool = True) -> bool:
@@ -728,11 +946,30 @@ def prompt_details(text: str) -> PromptDetails:
     identifiers, entities, methods, http_methods, content, questions = set(), set(), set(), set(), set(), set()
     opposites: dict[str, set[int]] = {}
     roles: dict[str, list[str]] = {}
-    role, directed, negations = "head", False, 0
+    role, directed, negations, aside = "head", False, 0, False
+    lemmas: set[str] = set()
+    variables: set[str] = set()
+    prefixed: list[tuple[str, str]] = []
     connectives: list[str] = []
     kinds: dict[str, set[str]] = {}
     schema_names: set[str] = set()
     for index, token in enumerate(tokens):
+        if token in CLAUSE_END:
+            role, directed, aside = "head", False, False
+            continue
+        if aside or token == "instead":
+            aside = True
+            continue
+        if token.isalpha():
+            lemmas.add(_lemma(token))
+        if len(token) == 1 and token.isalpha() and token not in "ai":
+            variables.add(token)
+        if token.isalpha() and not NEGATED_PARTICIPLE.fullmatch(token):
+            prefixed.extend(
+                (_lemma(token), _lemma(token[len(prefix) :]))
+                for prefix in NEGATING_PREFIXES
+                if token.startswith(prefix) and len(token) - len(prefix) >= 4
+            )
         value = _numeric(tokens, index)
         if value is not None:
             numbers.append(value)
@@ -740,8 +977,8 @@ def prompt_details(text: str) -> PromptDetails:
                 weak.add(value)
             roles.setdefault(value, []).append(role)
             continue
-        if token in CLAUSE_END:
-            role, directed = "head", False
+        if token in NUMBER_UNITS and index and _is_number(tokens, index - 1):
+            units.append(NUMBER_UNITS[token])
             continue
         if token == "times":
             if _between_numbers(tokens, index):
@@ -750,7 +987,7 @@ def prompt_details(text: str) -> PromptDetails:
         if token in CONNECTIVES:
             connectives.append(CONNECTIVES[token])
         if token in OPERATORS:
-            if _is_operator(tokens, index):
+            if _is_operator(tokens, index) or _standalone_symbol(tokens, index):
                 operators.append(OPERATORS[token])
                 if token == "^":
                     role = "exponent"
@@ -764,7 +1001,16 @@ def prompt_details(text: str) -> PromptDetails:
             units.append(UNITS[token])
         if token in FORMATS:
             formats.append(FORMATS[token])
-        if token in ENTITIES or (token == "c" and LANGUAGE_C.search(prepared)):
+        before = tokens[index - 1] if index else ""
+        if (
+            (token in ENTITIES and token != "go")
+            or (token == "c" and LANGUAGE_C.search(prepared))
+            or (token == "go" and LANGUAGE_GO.search(prepared))
+        ):
+            entities.add(token)
+        elif token.endswith(ROLE_SUFFIX) and token.removesuffix(ROLE_SUFFIX) in ENTITIES:
+            entities.add(token.removesuffix(ROLE_SUFFIX))
+        elif token == "may" and (before in MONTH_BEFORE or _is_number(tokens, index - 1) if index else False):
             entities.add(token)
         if token in HTTP_METHODS:
             methods.add(token)
@@ -825,7 +1071,29 @@ def prompt_details(text: str) -> PromptDetails:
         roles={word: tuple(word_roles) for word, word_roles in roles.items()},
         question_words=frozenset(questions),
         content=frozenset(content),
+        variables=frozenset(variables),
+        prefix_stems=frozenset(
+            (pair, side, lemma[size:])
+            for lemma in lemmas
+            for size in PREFIX_SIZES
+            if len(lemma) - size >= 3
+            for pair, side in PREFIX_SIDES.get(lemma[:size], ())
+        ),
+        lemmas=frozenset(lemmas),
+        prefixed=tuple(prefixed),
+        modal=MODALS.get(tokens[0]) if tokens else None,
+        tense=_tense(tokens),
     )
+
+
+def _tense(tokens: list[str]) -> str | None:
+    """The tense of the first auxiliary among the question's opening words ("when was", "how much will")."""
+    for token in tokens:
+        if token in TENSES:
+            return TENSES[token]
+        if token not in STOPWORDS and token not in LEADING_WORDS:
+            return None
+    return None
 
 
 def _in_order(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
@@ -899,6 +1167,24 @@ def _other_kind(a: PromptDetails, b: PromptDetails) -> str | None:
     return None
 
 
+def _prefix_negated(a: PromptDetails, b: PromptDetails) -> bool:
+    """One side has "nonrefundable" / "invalid" / "impossible" where the other has the bare stem."""
+
+    def negates(x: PromptDetails, y: PromptDetails) -> bool:
+        return any(word not in y.lemmas and stem in y.lemmas and stem not in x.lemmas for word, stem in x.prefixed)
+
+    return negates(a, b) or negates(b, a)
+
+
+def _prefix_opposites(a: PromptDetails, b: PromptDetails) -> str | None:
+    """Opposite prefixes on one stem: "allowlist"/"blocklist", "upvote"/"downvote", "pretax"/"posttax"."""
+    for pair, side, stem in a.prefix_stems - b.prefix_stems:
+        other = (pair, 1 - side, stem)
+        if other in b.prefix_stems and other not in a.prefix_stems:
+            return "opposite:{}-{}".format(*PREFIX_OPPOSITES[pair])
+    return None
+
+
 def _out_of_order(a: PromptDetails, b: PromptDetails) -> bool:
     pairs = ((a.numbers, b.numbers), (a.locales, b.locales), (a.units, b.units), (a.formats, b.formats))
     return not all(_in_order(x, y) for x, y in pairs) or _roles_swapped(a, b)
@@ -910,6 +1196,7 @@ CHECKS = (
     ("number", lambda a, b: not _numbers_agree(a, b)),
     ("operator", lambda a, b: a.operators != b.operators),
     ("identifier", _identifiers_differ),
+    ("variable", lambda a, b: bool(a.variables and b.variables and a.variables != b.variables)),
     ("boolean", lambda a, b: bool(a.connectives and b.connectives and a.connectives != b.connectives)),
     ("name", lambda a, b: bool(a.schema_names and b.schema_names and a.schema_names != b.schema_names)),
     ("http-method", _http_methods_differ),
@@ -919,6 +1206,10 @@ CHECKS = (
     ("format", lambda a, b: set(a.formats) != set(b.formats)),
     ("negation", lambda a, b: a.negations != b.negations),
     ("opposite", _opposite_sides),
+    ("opposite", _prefix_opposites),
+    ("negation", _prefix_negated),
+    ("modal", lambda a, b: bool(a.modal and b.modal and a.modal != b.modal)),
+    ("tense", lambda a, b: bool(a.tense and b.tense and (a.tense == "past") != (b.tense == "past"))),
     ("kind", _other_kind),
     ("question", lambda a, b: bool(a.question_words and b.question_words and a.question_words != b.question_words)),
     ("order", _out_of_order),
