@@ -11,8 +11,8 @@ not a test.
 
     .venv/bin/python bench/cache_eval.py [--pairs FILE ...] [--threshold 0.75] [--show-errors] [--cross-validate]
 
---pairs defaults to bench/cache_pairs.jsonl (the set the guard was tuned on); pass bench/cache_holdout.jsonl, or
-several files, to measure on pairs it was not.
+--pairs defaults to bench/cache_pairs.jsonl (the set the guard was tuned on); pass a held-out file, or several
+files, to measure on pairs it was not (or a slice: --pairs <(tail -n 300 bench/cache_pairs.jsonl)).
 """
 
 import argparse
