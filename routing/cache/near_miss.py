@@ -413,6 +413,7 @@ SYNONYM_GROUPS = (
     # "get" is a light verb here, as is "retrieve" ("retrieve the id"); "recover" is the undeleting sense.
     "entitle get retrieve",
     "vacation pto",
+    "undo revert",
     "policy rule",
     "all full entire whole",
 )

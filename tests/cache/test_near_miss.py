@@ -299,6 +299,7 @@ SERVED = [
     ("Do unused PTO days carry over?", "Do unused vacation days carry over?"),
     ("What's the greatest common divisor of 8 and 12?", "GCD of 8 and 12"),
     ("How do I sort by date in SQL?", "How do I order by date in SQL?"),
+    ("How do I undo my last commit?", "Revert the most recent commit"),
 ]
 
 
