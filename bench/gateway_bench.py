@@ -84,10 +84,12 @@ def wrk(url: str, *, model: str, mode: str, key: str, concurrency: int, seconds:
     )
 
 
-def setup_bench_tenant(database_url: str, upstream_url: str) -> str:
+def setup_bench_tenant(database_url: str, redis_url: str, upstream_url: str) -> str:
     """A tenant with every feature on the path: a live routing policy (`auto`), a budget and a rate limit in
     scope. Returns a fresh key."""
     os.environ["DATABASE_URL"] = database_url
+    # The gateway's Redis too, so the purge below also deletes the cache's Redis copies of an earlier run's entries.
+    os.environ["REDIS_URL"] = redis_url
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "llmops.settings")
     sys.path.insert(0, str(ROOT))
     import django
@@ -189,6 +191,8 @@ def cache_status(url: str, key: str, model: str, mode: str) -> str:
     }[mode]
     status = ""
     for prompt in prompts:
+        # The first answer is written after it is sent; the second request may reach the other worker.
+        time.sleep(0.5)
         body = {"model": model, "max_tokens": 64, "temperature": 0, "messages": [{"role": "user", "content": prompt}]}
         response = httpx.post(url, json=body, headers={"authorization": f"Bearer {key}"}, timeout=30)
         status = response.headers.get("x-llmops-cache", "")
@@ -267,7 +271,7 @@ def main() -> None:
         refuse_busy_port(port)
     ensure_database(args.database_url)
     upstream_url = f"http://127.0.0.1:{args.mock_port}/v1"
-    key = setup_bench_tenant(args.database_url, upstream_url)
+    key = setup_bench_tenant(args.database_url, args.redis_url, upstream_url)
     env = {
         **os.environ,
         "DATABASE_URL": args.database_url,
