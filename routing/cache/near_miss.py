@@ -8,12 +8,12 @@ table"), HTTP methods, locales, named things, formats and units, negation (with 
 prefixes: "non-refundable"), opposite words and opposite prefixes on one stem ("allowlist"/"blocklist"), members of
 one class of alternatives (actions, attributes, rows/columns...), the modal and tense a question opens with, who
 plays which role around "from ... to", "than", conversion verbs and "when" clauses, and one prompt being the other
-plus a clause. Each
-refuses on a detected contrast; there is no catch-all for "some other word changed" (it overfits: it refused ~9% of
-paraphrases and caught nothing the classes miss). Before comparing, words are folded to a lemma (inflection,
-nominalisation, British spelling), common synonyms to one word, number words, abbreviations and converse question
-forms to one spelling, and politeness wrappers ("can you tell me", "steps to") are ignored, so rephrasings agree.
-The checks prefer refusing a paraphrase (a cache miss costs one upstream call) to serving a near-miss (a wrong
+plus a clause. These refuse on a detected contrast of a class of words. Three checks look at the structure of the
+edit instead, since each fresh set of near-misses brings words no table has: two spans exchanged around the same
+frame, one verb's particle flipped, and one slot refilled by a word not known to mean the same. Before
+comparing, words are folded to a lemma (inflection, nominalisation, British spelling), common synonyms to one word,
+number words, abbreviations and converse question forms to one spelling, and politeness wrappers ("can you tell
+me", "steps to") are ignored, so rephrasings agree. The checks prefer refusing a paraphrase (a cache miss costs one upstream call) to serving a near-miss (a wrong
 answer). Every table here is a class of words, never one prompt pair: extend a table, not the code.
 """
 
