@@ -13,8 +13,9 @@ edit instead, since each fresh set of near-misses brings words no table has: two
 frame, one verb's particle flipped, and one slot refilled by a word not known to mean the same. Before
 comparing, words are folded to a lemma (inflection, nominalisation, British spelling), common synonyms to one word,
 number words, abbreviations and converse question forms to one spelling, and politeness wrappers ("can you tell
-me", "steps to") are ignored, so rephrasings agree. The checks prefer refusing a paraphrase (a cache miss costs one upstream call) to serving a near-miss (a wrong
-answer). Every table here is a class of words, never one prompt pair: extend a table, not the code.
+me", "steps to") are ignored, so rephrasings agree. The checks prefer refusing a paraphrase (a cache miss costs one
+upstream call) to serving a near-miss (a wrong answer). Every table here is a class of words, never one prompt pair:
+extend a table, not the code.
 """
 
 import re
