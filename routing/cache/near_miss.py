@@ -8,18 +8,20 @@ table"), HTTP methods, locales, named things, formats and units, negation (with 
 prefixes: "non-refundable"), opposite words and opposite prefixes on one stem ("allowlist"/"blocklist"), members of
 one class of alternatives (actions, attributes, rows/columns...), the modal and tense a question opens with, who
 plays which role around "from ... to", "than", conversion verbs and "when" clauses, and one prompt being the other
-plus a clause. Each
-refuses on a detected contrast; there is no catch-all for "some other word changed" (it overfits: it refused ~9% of
-paraphrases and caught nothing the classes miss). Before comparing, words are folded to a lemma (inflection,
-nominalisation, British spelling), common synonyms to one word, number words, abbreviations and converse question
-forms to one spelling, and politeness wrappers ("can you tell me", "steps to") are ignored, so rephrasings agree.
-The checks prefer refusing a paraphrase (a cache miss costs one upstream call) to serving a near-miss (a wrong
-answer). Every table here is a class of words, never one prompt pair: extend a table, not the code.
+plus a clause. These refuse on a detected contrast of a class of words. Three checks look at the structure of the
+edit instead, since each fresh set of near-misses brings words no table has: two spans exchanged around the same
+frame, one verb's particle flipped, and one slot refilled by a word not known to mean the same. Before
+comparing, words are folded to a lemma (inflection, nominalisation, British spelling), common synonyms to one word,
+number words, abbreviations and converse question forms to one spelling, and politeness wrappers ("can you tell
+me", "steps to") are ignored, so rephrasings agree. The checks prefer refusing a paraphrase (a cache miss costs one
+upstream call) to serving a near-miss (a wrong answer). Every table here is a class of words, never one prompt pair:
+extend a table, not the code.
 """
 
 import re
 from dataclasses import dataclass
 from functools import lru_cache
+from itertools import pairwise
 
 
 def _words(text: str) -> frozenset[str]:
@@ -79,7 +81,8 @@ PHRASES = {
     r"instead of|rather than": "instead",
     r"less expensive": "cheaper",
     r"more expensive|pricier|costlier": "expensive",
-    r"(?:group|partition)(?:ed|ing)? by": "groupby",
+    r"(?:group|partition)(?:ed|ing)? (?:(?:the )?(?:rows|results|records|data) )?by": "groupby",
+    r"\bback(?:s|ed|ing)?[- ]?up\b": "backup",
     r"(?:order|sort)(?:ed|ing)? by": "orderby",
     r"greatest common (?:divisor|factor)|highest common factor|\bgcf\b|\bhcf\b": "gcd",
     r"(?:least|lowest) common multiple": "lcm",
@@ -93,11 +96,34 @@ PHRASES = {
     r"\b([ap])\.m\.": r"\1m",
     r"(?:http )?status code|http code|http status|error code": "http",
     r"how come": "why",
+    r"\bturn(?:s|ed|ing)? down\b": "decline",
+    r"\b(?:give|gives|gave|giving|given) back\b": "return",
+    r"\bpayment card\b": "card",
+    r"\beven though\b|\beven if\b|\bdespite\b|\balthough\b|\bthough\b": "despite",
+    r"\bwalk (?:me|us) through\b": "",
+    r"\bremotely (?=from home)|(?<=from home) remotely\b": "",
+    r"\b(?:what is |what's )?the (?:number|count) of\b": "how many",
     r"united states(?: of america)?": "usa",
     r"united kingdom": "uk",
     r"\bww ?(?:ii|2)\b": "world war ii",
     r"\bww ?(?:i|1)\b": "world war i",
     r"most recent(?:ly)?\b": "last",
+    r"\b(?:second|next)[- ]to[- ]last\b|\blast but one\b": "penultimate",
+    r"\bthird[- ]to[- ]last\b": "antepenultimate",
+    # What you no longer have, you lost; what you no longer do, you stopped.
+    # Having lost access, no longer having it and being without it are one state.
+    r"\bno longer (?:have|has|had)\b|\b(?:lost|lose|loses|losing) (?=access)": "no",
+    r"\bno longer\b": "not",
+    # What is left over was not used: "leftover credits" are "unused credits".
+    r"\bleft ?over\b|\bunspent\b|\bremaining\b": "unused",
+    # A temperature unit names its degrees: "how many degrees celsius" is "how many celsius".
+    r"\bdegrees? (?=celsius|fahrenheit|centigrade|kelvin)": "",
+    r"\bpayday\b": "pay day",
+    # "What makes the sky blue" asks why it is.
+    r"^\s*what (?:makes|made|causes|caused)\b": "why",
+    # Doing without external libraries is doing with the built-in ones only.
+    r"\bbuilt[- ]?in\b|\bstandard library\b|\bstdlib\b": "builtin",
+    r"\bwithout (?:any |using )?(?:external|third[- ]party|extra|additional|outside)\b": "only builtin",
     r"(\d+)!(?!=)": r"\1 factorial",
     r"square root|\bsqrt\b": "sqrt",
     r"cube root|\bcbrt\b": "cbrt",
@@ -119,9 +145,9 @@ PHRASE_PATTERNS = [
 ]
 
 TOKEN = re.compile(
-    r"[$€£¥₹]|\d+(?:[.,]\d+)*(?:st|nd|rd|th|s)?(?![a-z])|\d+[a-z][a-z0-9]*"
+    r"2>&1|[$€£¥₹]|\d+(?:[.,]\d+)*(?:st|nd|rd|th|s)?(?![a-z])|\d+[a-z][a-z0-9]*"
     r"|[a-z][a-z0-9]*(?:[._@/'][a-z0-9]+)*[+#]*"
-    r"|&&|\|\||>=|<=|!=|==|\+=|-=|\*=|/=|\*\*|[-+*/^<>=%,;?!]"
+    r"|&&|\|\||>>|<<|->|=>|::|\|>|>=|<=|!=|==|\+=|-=|\*=|/=|\*\*|[-+*/^<>=%,;?!|&~]"
 )
 # Rewritten before tokenising: "401(k)" is "401k", a language tag ("en-US") is one locale token.
 GLUED = (
@@ -161,7 +187,9 @@ ORDINALS = _counted(
     "zeroth first second third fourth fifth sixth seventh eighth ninth tenth eleventh twelfth thirteenth "
     "fourteenth fifteenth sixteenth seventeenth eighteenth nineteenth twentieth"
 )
-ORDINALS |= {"last": "last", "penultimate": "-2", "thirtieth": "30", "hundredth": "100"}
+# Positions counted from the end or from here are ordinals too: "final" is "last", "second-to-last" is -2.
+ORDINALS |= {"last": "last", "final": "last", "penultimate": "-2", "antepenultimate": "-3", "next": "next"}
+ORDINALS |= {"thirtieth": "30", "hundredth": "100"}
 ROMAN = {"ii": "2", "iii": "3", "iv": "4", "vi": "6", "vii": "7", "viii": "8", "ix": "9", "xi": "11", "xii": "12"}
 ROMAN |= {"xiii": "13", "xiv": "14", "xv": "15", "xvi": "16", "xx": "20"}
 # Any other well-formed numeral ("xlix", "mcmxc") counts if it has three letters or more and is not also a common
@@ -178,7 +206,7 @@ ROMAN_NOUNS = _words(
 )
 # Number words that often are not numbers ("which one", "at first", "a second"): they count only against a
 # different number on the other side, never against silence.
-WEAK_NUMBERS = _words("one first last single once half double pair ones tens")
+WEAK_NUMBERS = _words("one first last final next single once half double pair ones tens")
 
 NEGATIONS = _words("not no never without nothing nobody neither nor none unable except")
 # A prefix that negates its stem ("nonrefundable", "invalid", "impossible", "disallow", "inactive"): against the
@@ -200,6 +228,36 @@ for _pair, _prefixes in enumerate(PREFIX_OPPOSITES):
 PREFIX_SIZES = frozenset(len(prefix) for prefix in PREFIX_SIDES)
 # "unused" is "not used": a participle negated by its prefix counts as one negation, so both spellings agree.
 NEGATED_PARTICIPLE = re.compile(r"un(?!it|if|der)([a-z]{2,}(?:ed|en|id))")
+# A restriction stated positively ("only built-in modules") is the negation on the other side ("without external
+# libraries"): one such word balances one negation.
+RESTRICTIONS = _words("only solely exclusively")
+# The passive's agent ("supported by the API") and the existential ("is there async support in the SDK") put the
+# object first: the words moved, the roles did not.
+PASSIVE_MARKERS = _words("by there")
+# A verb's particle: "zoom in" and "zoom out", "clock in" and "clock out", "sign up" and "sign off" are other acts.
+PARTICLES = _words("in out on off up down over back")
+PARTICLE_OPPOSITES = frozenset(
+    frozenset(pair.split("/")) for pair in ("in/out", "on/off", "up/down", "over/back", "up/off", "in/off")
+)
+# Two things joined by these, or compared by these predicates, play the same role: "A and B" is "B and A".
+SYMMETRIC_JOINERS = _words("and or vs versus with")
+SYMMETRIC_PREDICATES = _words("between both differ different difference compare comparison similar same equal")
+# A one-slot swap is served only when the two fillers are known to be the same; the slot is this short at most.
+SLOT_SIZE = 2
+# Fillers of one slot that ask the same, without being synonyms everywhere (so not folded): light verbs ("make" or
+# "send" a request, "do" or "perform" a backup), and verbs with their noun or their gloss.
+SLOT_EQUIVALENTS = (
+    "make send do perform take put run execute issue fire",
+    "request apply ask",
+    "cancel terminate stop discontinue end",
+    "charge bill",
+    "configure connect link integrate",
+    "stand short abbreviation acronym",
+    "translate say",
+    "derivative differentiate",
+    "integral integrate antiderivative",
+)
+SPAN_SIZE = 3
 # "and"/"or" as words or symbols: the logic of a filter or a condition.
 CONNECTIVES = {"and": "and", "&&": "and", "or": "or", "||": "or", "nor": "nor", "xor": "xor"}
 
@@ -416,6 +474,8 @@ SYNONYM_GROUPS = (
     "undo revert",
     "policy rule",
     "all full entire whole",
+    "maximum max",
+    "minimum min",
 )
 
 # Politeness wrappers, question words and grammar: not content.
@@ -428,11 +488,14 @@ STOPWORDS = _words(
     "able best kindly thanks thank hi hello question wondering anyone someone somebody formula syntax method "
     "correct right proper good really actually exactly currently again already still ever even one s t whats hows "
     "summarise summarize summary overview explanation definition meaning mean means does work works happen happens "
-    "go going get getting got i'm im id ok okay via per vs versus over under above below after before between "
+    "go going get getting got i'm im id ok okay via use using anymore itself myself yourself themselves mechanism "
+    "approach technique per vs versus over under above below after before between "
     "through within across out up down off during since until while"
 )
 # Words that frame a question without changing its subject; ignored only when one prompt adds words to the other.
-FRAMING_WORDS = _words("purpose cause causes reason error function returns return syntax query command code sql")
+FRAMING_WORDS = _words(
+    "purpose cause causes reason error function returns return syntax query command code sql find make made do take"
+)
 # Wrapper verbs that only frame a question: "can you explain X" is X.
 WRAPPER_VERBS = _words("explain describe tell show give define clarify outline summarize summarise")
 
@@ -638,6 +701,8 @@ CONVERSE_FORMS = (
 OPERATORS = {"plus": "+", "minus": "-", "+": "+", "-": "-", "*": "*"}
 OPERATORS |= {"/": "/", "^": "^", "**": "^", "<": "<", ">": ">", "<=": "<=", ">=": ">=", "=": "=", "==": "="}
 OPERATORS |= {"!=": "!=", "+=": "+=", "-=": "-=", "*=": "*=", "/=": "/="}
+# Shell, SQL and programming operators compare as themselves: a pipe is not a redirect, "::" is not "->".
+OPERATORS |= {symbol: symbol for symbol in ("|", "&", "~", ">>", "<<", "->", "=>", "::", "|>", "2>&1")}
 COMPARISONS = frozenset(("<", ">", "<=", ">=", "=", "==", "!="))
 # A symbol named by itself ("the + next to a line item", "what does the * sign mean") is what is asked about.
 SYMBOL_BEFORE = _words("the a an this that")
@@ -688,6 +753,18 @@ IRREGULAR = {
     "gave": "give",
     "given": "give",
     "wrote": "write",
+    "spoke": "speak",
+    "spoken": "speak",
+    "said": "say",
+    "told": "tell",
+    "shown": "show",
+    "seen": "see",
+    "known": "know",
+    "drawn": "draw",
+    "broken": "break",
+    "forgotten": "forget",
+    "hidden": "hide",
+    "meant": "mean",
     "written": "write",
     "bought": "buy",
     "sold": "sell",
@@ -723,7 +800,7 @@ def _lemma(word: str) -> str:
     "summarized" and "summary", or "payment" and "pay", compare equal. Used on both prompts alike; it only has to
     be consistent, not linguistically right."""
     if word in IRREGULAR:
-        return IRREGULAR[word]
+        return _lemma(IRREGULAR[word]) if IRREGULAR[word] != word else word
     if len(word) <= 3 or not word.isalpha():
         return word
     word = re.sub(r"is(e|ed|es|ing|ation|ations)$", r"iz\1", word)
@@ -784,6 +861,17 @@ for _name, _words_of_kind in KINDS.items():
 STOP_LEMMAS = frozenset(_canonical(word) for word in STOPWORDS | WRAPPER_VERBS) - {"not", "no"}
 FRAMING_LEMMAS = frozenset(_canonical(word) for word in FRAMING_WORDS)
 DIRECTION_LEMMAS = frozenset(_canonical(word) for word in DIRECTION_VERBS)
+SLOT_EQUIVALENTS_OF: dict[str, set[int]] = {}
+for _group, _members in enumerate(SLOT_EQUIVALENTS):
+    for _word in _members.split():
+        SLOT_EQUIVALENTS_OF.setdefault(_canonical(_word), set()).add(_group)
+JOINER_LEMMAS = frozenset(_canonical(word) for word in SYMMETRIC_JOINERS)
+SYMMETRIC_LEMMAS = JOINER_LEMMAS | frozenset(_canonical(word) for word in SYMMETRIC_PREDICATES)
+# Kept in the sequence as structure: joiners, symmetric predicates, and the start of a condition (so a condition
+# moved to the front is not read as two words exchanged); the one-slot check sets joiners and conditions aside.
+CONDITION_LEMMAS = frozenset(_canonical(word) for word in CONDITION_MARKERS)
+SEQUENCE_MARKERS = SYMMETRIC_LEMMAS | CONDITION_LEMMAS
+STRUCTURE_LEMMAS = JOINER_LEMMAS | CONDITION_LEMMAS
 
 
 @dataclass(frozen=True, slots=True)
@@ -812,6 +900,10 @@ class PromptDetails:
     prefixed: tuple[tuple[str, str], ...]
     modal: str | None
     tense: str | None
+    restricted: bool
+    passive: bool
+    particles: frozenset[tuple[str, str]]
+    sequence: tuple[str, ...]
 
 
 def _prepare(text: str) -> str:
@@ -918,7 +1010,7 @@ def _is_operator(tokens: list[str], index: int) -> bool:
     if len(token) > 1 or token in "<>":
         return True
     # "price * quantity" multiplies names; "Python - dedupe a list" is a dash: a sign joins numbers or variables.
-    names = token not in "+-"
+    names = token not in "+-&"
     return _operand(after, names=names) and (
         token in COMPARISONS or _operand(before, names=names) or before in OPERATORS
     )
@@ -1084,7 +1176,51 @@ def prompt_details(text: str) -> PromptDetails:
         prefixed=tuple(prefixed),
         modal=MODALS.get(tokens[0]) if tokens else None,
         tense=_tense(tokens),
+        restricted=not RESTRICTIONS.isdisjoint(tokens),
+        passive=not PASSIVE_MARKERS.isdisjoint(tokens),
+        particles=frozenset(
+            (_canonical(token), particle)
+            for token, particle in pairwise(tokens)
+            if particle in PARTICLES and token.isalpha() and _canonical(token) not in STOP_LEMMAS
+        ),
+        sequence=_sequence(tokens),
     )
+
+
+def _sequence(tokens: list[str]) -> tuple[str, ...]:
+    """The prompt's content in order, each word folded (lemma, synonym), numbers to their value, symbols as
+    themselves, with the words that make a relation symmetric ("and", "vs", "between") kept: what the transposition
+    and one-slot checks compare."""
+    sequence, aside = [], False
+    for index, token in enumerate(tokens):
+        if token in CLAUSE_END:
+            aside = False
+            continue
+        if aside or token == "instead":
+            aside = True
+            continue
+        value = _numeric(tokens, index)
+        if value is not None:
+            sequence.append(f"#{value}")
+            continue
+        if token in OPERATORS:
+            if _is_operator(tokens, index) or _standalone_symbol(tokens, index):
+                sequence.append(OPERATORS[token])
+            continue
+        if token == "times" and _between_numbers(tokens, index):
+            sequence.append("*")
+            continue
+        if token in NEGATIONS:
+            sequence.append("not")
+            continue
+        negated = NEGATED_PARTICIPLE.fullmatch(token)
+        word = UNITS.get(token) or LOCALES.get(token) or FORMATS.get(token)
+        word = word or (_canonical(negated.group(1) if negated else token) if token[:1].isalnum() else token)
+        if negated:
+            sequence.append("not")
+        if word in SEQUENCE_MARKERS or (word not in STOP_LEMMAS and word not in ("a", "i")):
+            sequence.append(word)
+    return tuple(sequence)
 
 
 def _tense(tokens: list[str]) -> str | None:
@@ -1191,6 +1327,89 @@ def _out_of_order(a: PromptDetails, b: PromptDetails) -> bool:
     return not all(_in_order(x, y) for x, y in pairs) or _roles_swapped(a, b)
 
 
+def _negations_differ(a: PromptDetails, b: PromptDetails) -> bool:
+    """Another count of negations, unless the side with one fewer states the constraint positively ("only built-in
+    modules" / "without external libraries")."""
+    fewer, more = sorted((a, b), key=lambda details: details.negations)
+    return more.negations - fewer.negations > (1 if fewer.restricted and not more.restricted else 0)
+
+
+def _particles_opposite(a: PromptDetails, b: PromptDetails) -> bool:
+    """One verb with opposite particles: "zoom in" / "zoom out", "clock in" / "clock out", "sign up" / "sign off"."""
+    return any(
+        frozenset((particle, other)) in PARTICLE_OPPOSITES and (verb, other) not in a.particles
+        for verb, particle in a.particles - b.particles
+        for other_verb, other in b.particles - a.particles
+        if other_verb == verb
+    )
+
+
+def _differing_spans(a: tuple[str, ...], b: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...], int]:
+    """What is left of each sequence once their common start and end are removed, and how long those are."""
+    start = 0
+    while start < min(len(a), len(b)) and a[start] == b[start]:
+        start += 1
+    end = 0
+    while end < min(len(a), len(b)) - start and a[-1 - end] == b[-1 - end]:
+        end += 1
+    return a[start : len(a) - end], b[start : len(b) - end], start + end
+
+
+def _transposed(a: PromptDetails, b: PromptDetails) -> bool:
+    """One prompt is the other with two words or spans exchanged around a frame that stays ("can a guest invite a
+    member" / "can a member invite a guest"; "customers left join orders" / "orders left join customers"): who does
+    what to whom changed. Not when the relation is symmetric ("A and B", "between A and B", "compare A with B"),
+    nor when one prompt is in the passive voice ("does the API support batches" / "are batches supported by the
+    API")."""
+    left, right, _ = _differing_spans(a.sequence, b.sequence)
+    if len(left) != len(right) or len(left) < 3 or sorted(left) != sorted(right) or a.passive != b.passive:
+        return False
+    if SYMMETRIC_LEMMAS.intersection(a.sequence) - JOINER_LEMMAS:
+        return False
+    for first in range(1, min(SPAN_SIZE, len(left) - 2) + 1):
+        for second in range(1, min(SPAN_SIZE, len(left) - first - 1) + 1):
+            middle = left[first : len(left) - second]
+            if right == left[len(left) - second :] + middle + left[:first]:
+                return not set(middle) <= JOINER_LEMMAS
+    return False
+
+
+def _equivalent(left: tuple[str, ...], right: tuple[str, ...]) -> bool:
+    """Two fillers of one slot that mean the same: one spelling ("sign up" / "signup"), or an abbreviation of the
+    other ("max" / "maximum", "config" / "configuration")."""
+    joined_left, joined_right = "".join(left), "".join(right)
+    shorter, longer = sorted((joined_left, joined_right), key=len)
+    if joined_left == joined_right or (len(shorter) >= 3 and longer.startswith(shorter)):
+        return True
+    # A light verb and its noun are the verb: "take a backup" is "back up", "make a payment" is "pay".
+    light = SLOT_EQUIVALENTS_OF.get(_canonical("make"), set())
+    heavy_left = tuple(word for word in left if not SLOT_EQUIVALENTS_OF.get(word, set()) & light)
+    heavy_right = tuple(word for word in right if not SLOT_EQUIVALENTS_OF.get(word, set()) & light)
+    if (heavy_left, heavy_right) != (left, right) and heavy_left and heavy_right:
+        return _equivalent(heavy_left, heavy_right)
+    return len(left) == len(right) == 1 and bool(
+        SLOT_EQUIVALENTS_OF.get(left[0], set()) & SLOT_EQUIVALENTS_OF.get(right[0], set())
+    )
+
+
+def _swapped_word(a: PromptDetails, b: PromptDetails) -> bool:
+    """The prompts differ in one slot only (a word or a short span replaced, all else equal) by fillers not known
+    to mean the same: most near-misses are such one-slot edits, and most one-word paraphrases are synonyms. A word
+    that moved ("workspace ownership" / "ownership of a workspace") is a reordering, not a new filler, and the
+    joiners kept for the transposition check ("with") are not fillers."""
+    first = tuple(word for word in a.sequence if word not in STRUCTURE_LEMMAS)
+    second = tuple(word for word in b.sequence if word not in STRUCTURE_LEMMAS)
+    left, right, common = _differing_spans(first, second)
+    return (
+        common > 0
+        and 0 < len(left) <= SLOT_SIZE
+        and 0 < len(right) <= SLOT_SIZE
+        and not set(left) & set(second)
+        and not set(right) & set(first)
+        and not _equivalent(left, right)
+    )
+
+
 # Each check, in order: the reason it gives and whether the two prompts' details disagree (a check may return its
 # own, more precise reason).
 CHECKS = (
@@ -1205,16 +1424,19 @@ CHECKS = (
     ("entity", lambda a, b: a.entities != b.entities),
     ("unit", lambda a, b: bool(a.units and b.units and set(a.units) != set(b.units))),
     ("format", lambda a, b: set(a.formats) != set(b.formats)),
-    ("negation", lambda a, b: a.negations != b.negations),
+    ("negation", _negations_differ),
     ("opposite", _opposite_sides),
     ("opposite", _prefix_opposites),
     ("negation", _prefix_negated),
+    ("opposite:particle", _particles_opposite),
     ("modal", lambda a, b: bool(a.modal and b.modal and a.modal != b.modal)),
     ("tense", lambda a, b: bool(a.tense and b.tense and (a.tense == "past") != (b.tense == "past"))),
     ("kind", _other_kind),
     ("question", lambda a, b: bool(a.question_words and b.question_words and a.question_words != b.question_words)),
     ("order", _out_of_order),
+    ("order", _transposed),
     ("added-words", _clause_added),
+    ("swapped-word", _swapped_word),
 )
 
 

@@ -333,3 +333,71 @@ def test_english_words_that_spell_methods_or_countries_match_themselves(prompt):
 def test_the_guard_is_symmetric_for_swaps():
     stored, asked = "how do i encode a url", "how do i decode a url"
     assert near_miss_reason(asked, stored) == near_miss_reason(stored, asked) == "opposite:encoding"
+
+
+# Structural rules: each example below is caught by the structure of the edit, not by a word in a table.
+STRUCTURAL_REFUSED = [
+    # Transposition: two words or spans exchanged around a frame that stays.
+    ("order", "Can a viewer comment on an editor's draft?", "Can an editor comment on a viewer's draft?"),
+    ("order", "Do parents inherit settings from their children?", "Do children inherit settings from their parents?"),
+    (
+        "order",
+        "Does archiving a folder archive its documents?",
+        "Does archiving a document archive its folder?",
+    ),
+    (
+        "order",
+        "Can the sales team see notes written by support agents?",
+        "Can support agents see notes written by the sales team?",
+    ),
+    # One slot refilled by a word not known to mean the same.
+    ("swapped-word", "How do I pin a message in a thread?", "How do I star a message in a thread?"),
+    ("swapped-word", "Why are my tooltips flickering?", "Why are my tooltips misaligned?"),
+    # A verb's particle against its opposite.
+    ("opposite:particle", "Do I need to badge in at the front desk?", "Do I need to badge out at the front desk?"),
+    (
+        "opposite:particle",
+        "Should I punch in before the shift meeting?",
+        "Should I punch out before the shift meeting?",
+    ),
+    ("opposite:particle", "Can I check in early at the hotel?", "Can I check out early at the hotel?"),
+    # Ordinals counted from the end or from here.
+    ("number", "When is the final exam of the term?", "When is the first exam of the term?"),
+    ("number", "Show the second-to-last entry", "Show the second entry"),
+    ("number", "When is my next review?", "When is my last review?"),
+    # Any shell or programming operator compares as itself.
+    ("operator", "What does `make >> build.log` do?", "What does `make > build.log` do?"),
+    ("operator", "What does `a | b` mean in a type hint?", "What does `a & b` mean in a type hint?"),
+    ("operator", "What does `x -> y` mean in Rust?", "What does `x => y` mean in Rust?"),
+    ("operator", "Why use `run.sh 2>&1 | tee out`?", "Why use `run.sh | tee out`?"),
+]
+
+STRUCTURAL_SERVED = [
+    # Symmetric relations and the passive keep their answer when the two sides trade places.
+    (
+        "What is the difference between a mutex and a semaphore?",
+        "What is the difference between a semaphore and a mutex?",
+    ),
+    ("Compare Redis with Memcached", "Compare Memcached with Redis"),
+    ("Does the CLI support proxies?", "Are proxies supported by the CLI?"),
+    ("Does the mobile app support dark mode?", "Is there dark mode support in the mobile app?"),
+    # One slot refilled by an abbreviation, a light verb or a moved word is the same question.
+    ("What is the maximum attachment size?", "What's the max attachment size?"),
+    ("How do I make a request to the billing API?", "How do I send a request to the billing API?"),
+    ("How do I back up my notes?", "How do I take a backup of my notes?"),
+    ("How do I archive a board's cards?", "How do I archive the cards of a board?"),
+    # A constraint stated positively on one side and by negation on the other.
+    ("Can I parse YAML without third-party packages?", "Can I parse YAML using only built-in packages?"),
+    ("What if I no longer have access to my phone?", "What if I lost access to my phone?"),
+]
+
+
+@pytest.mark.parametrize(("reason", "stored", "asked"), STRUCTURAL_REFUSED)
+def test_a_structural_edit_refuses_the_candidate(reason, stored, asked):
+    assert near_miss_reason(normalize_prompt(asked), normalize_prompt(stored)) == reason
+    assert near_miss_reason(normalize_prompt(stored), normalize_prompt(asked)) == reason
+
+
+@pytest.mark.parametrize(("stored", "asked"), STRUCTURAL_SERVED)
+def test_a_structural_rewording_is_served(stored, asked):
+    assert near_miss_reason(normalize_prompt(asked), normalize_prompt(stored)) is None
