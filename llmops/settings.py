@@ -247,6 +247,13 @@ LLMOPS_CACHE_RULE_THRESHOLDS = {
 # PostgreSQL searches semantic entries in the database (pgvector HNSW): how many graph neighbours a search keeps
 # (pgvector's hnsw.ef_search; higher finds the nearest entries more surely, slower).
 LLMOPS_CACHE_HNSW_EF_SEARCH = env.int("LLMOPS_CACHE_HNSW_EF_SEARCH", default=40)
+if DATABASES["default"]["ENGINE"].endswith(("postgresql", "postgis")):
+    # Set as each connection starts, so a lookup is one statement with no transaction around a SET LOCAL. Postgres
+    # keeps them as placeholders until the first vector operation loads pgvector, which then takes them up. Behind
+    # a pooler that drops startup options, set them on the role instead (docs/caching.md).
+    hnsw_options = f"-c hnsw.ef_search={LLMOPS_CACHE_HNSW_EF_SEARCH} -c hnsw.iterative_scan=relaxed_order"
+    database_options = DATABASES["default"].setdefault("OPTIONS", {})
+    database_options["options"] = f"{database_options.get('options', '')} {hnsw_options}".strip()
 # Elsewhere (SQLite) each process keeps its own index: how often it re-reads a tenant and model's index for entries
 # other processes stored.
 LLMOPS_CACHE_INDEX_REFRESH_SECONDS = env.float("LLMOPS_CACHE_INDEX_REFRESH_SECONDS", default=30.0)
