@@ -2,7 +2,7 @@
 
 On PostgreSQL (production) the search is a query (`nearest_entries`): every gateway process sees an entry as soon as
 it is committed, an expired entry is excluded by the query itself, and no process holds vectors. HNSW indexes on the
-column (routing migration 0009) keep it fast; the query runs on a database thread, never on the embedding thread,
+column (routing migration 0010) keep it fast; the query runs on a database thread, never on the embedding thread,
 so one lookup's round trip does not hold up the next batch of embeddings.
 
 Elsewhere (the embedded demo's SQLite) each process keeps an in-process index, one per tenant and served model,
