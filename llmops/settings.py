@@ -259,6 +259,12 @@ if DATABASES["default"]["ENGINE"].endswith(("postgresql", "postgis")):
 LLMOPS_CACHE_INDEX_REFRESH_SECONDS = env.float("LLMOPS_CACHE_INDEX_REFRESH_SECONDS", default=30.0)
 # The most texts the embedding thread embeds in one call (the lookups that queued while the previous call ran).
 LLMOPS_CACHE_EMBED_BATCH = env.int("LLMOPS_CACHE_EMBED_BATCH", default=32)
+# How long a cacheable request waits for its prompt's embedding before it goes on as a miss (and a store waits
+# before it keeps the answer for exact repeats only): a stalled embedder never holds requests up for longer.
+LLMOPS_CACHE_EMBED_WAIT_SECONDS = env.float("LLMOPS_CACHE_EMBED_WAIT_SECONDS", default=2.0)
+# How long a worker that finds the ONNX model missing exports it (or waits for another worker's export) before it
+# gives up and runs with semantic caching off (`manage.py embedder_export` at install avoids the wait).
+LLMOPS_CACHE_EMBEDDER_EXPORT_TIMEOUT = env.float("LLMOPS_CACHE_EMBEDDER_EXPORT_TIMEOUT", default=300.0)
 # Budgets when REDIS_URL is set but Redis cannot be reached: "fail_closed" refuses requests under a block or
 # downgrade budget (503 budget_unavailable); "database" counts in BudgetCounter rows instead. Never open.
 # The answer cap set on a request under a budget that sent none, so its reservation is a true worst case.

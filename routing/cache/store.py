@@ -255,19 +255,31 @@ def _pending_candidates(cache: CacheRequest, vector: np.ndarray, threshold: floa
     return found
 
 
+async def _embedding_awaited(future: Future):
+    """The embedding thread's result, or None once LLMOPS_CACHE_EMBED_WAIT_SECONDS have passed (the job is
+    cancelled if it has not started): a stalled embedder makes a miss, not a hung request."""
+    try:
+        return await asyncio.wait_for(asyncio.wrap_future(future), settings.LLMOPS_CACHE_EMBED_WAIT_SECONDS)
+    except TimeoutError:
+        logger.warning(
+            "cache: no embedding within %gs; the lookup goes on as a miss", settings.LLMOPS_CACHE_EMBED_WAIT_SECONDS
+        )
+        return None
+
+
 async def _semantic_candidates(cache: CacheRequest) -> list[Candidate] | None:
-    """The entries nearest the request's prompt, most similar first; None when it could not be embedded."""
+    """The entries nearest the request's prompt, most similar first; None when it could not be embedded in time."""
     threshold = semantic_threshold(cache.rule_name)
     if not vectors_in_database():
         index = semantic_index(cache.tenant_id, cache.served_model)
         if index.stale():
             await database_sync_to_async(index.refresh)()
-        searched = await asyncio.wrap_future(embed_soon(cache.semantic.prompt, then=partial(_search, cache, threshold)))
+        searched = await _embedding_awaited(embed_soon(cache.semantic.prompt, then=partial(_search, cache, threshold)))
         if searched is None:
             return None
         cache.vector, candidates = searched
         return candidates
-    vector = await asyncio.wrap_future(embed_soon(cache.semantic.prompt))
+    vector = await _embedding_awaited(embed_soon(cache.semantic.prompt))
     if vector is None:
         return None
     cache.vector = vector
@@ -351,7 +363,7 @@ def _stored_vector(pending: _PendingStore) -> np.ndarray | None:
     if not isinstance(pending.vector, Future):
         return pending.vector
     try:
-        return pending.vector.result()
+        return pending.vector.result(timeout=settings.LLMOPS_CACHE_EMBED_WAIT_SECONDS)
     except Exception:
         logger.warning("cache: embedding failed; the entry is stored for exact matches only", exc_info=True)
         return None
