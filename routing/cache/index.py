@@ -201,9 +201,10 @@ def _vector_types_register(raw_connection) -> None:
 
 
 @contextmanager
-def _binding_cursor():
+def vector_cursor():
     """A cursor on Django's connection (logged and counted like any other) that sends parameters apart from the
-    SQL, so the vector goes binary: Django's own cursors bind on the client, as text."""
+    SQL, so a vector (a numpy array, `%b`) goes in pgvector's binary form: Django's own cursors bind on the client,
+    as text. PostgreSQL only."""
     connection.close_if_health_check_failed()
     connection.ensure_connection()
     with connection.wrap_database_errors:
@@ -237,7 +238,7 @@ def nearest_entries(
         "vector": vector,
         "limit": MAX_CANDIDATES,
     }
-    with _binding_cursor() as cursor:
+    with vector_cursor() as cursor:
         cursor.execute(_nearest_sql(vector.shape[0]), parameters)
         found = cursor.fetchall()
     candidates = []

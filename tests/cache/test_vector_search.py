@@ -10,7 +10,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from routing.cache import index
+from routing.cache import index, store
 from routing.cache.index import nearest_entries
 from routing.cache.sealed import seal_prompt
 from routing.cache.store import cache_entry_build, cache_writes_flush
@@ -102,6 +102,33 @@ def test_every_connection_starts_with_the_hnsw_settings_a_lookup_needs(db):
         cursor.execute("SELECT '[1,0]'::vector <=> '[0,1]'")
         cursor.execute("SELECT current_setting('hnsw.iterative_scan'), current_setting('hnsw.ef_search')")
         assert cursor.fetchone() == ("relaxed_order", str(settings.LLMOPS_CACHE_HNSW_EF_SEARCH))
+
+
+def test_a_store_sends_its_vector_as_a_binary_parameter_of_one_statement(db):
+    acme = TenantFactory()
+    vector = unit(axis(0) + 0.3 * axis(1))
+    row = CacheEntry(
+        tenant=acme,
+        served_model="m",
+        key_hash="k",
+        kind=CacheEntryKind.SEMANTIC,
+        answer_encrypted="sealed",
+        embedding=vector,
+        prompt_encrypted=seal_prompt("prompt"),
+        context_fingerprint="ctx",
+        expires_at=timezone.now() + timedelta(minutes=10),
+    )
+
+    with CaptureQueriesContext(connection) as queries:
+        store._upsert([row])
+
+    writes = [query["sql"] for query in queries.captured_queries if "INSERT" in query["sql"]]
+    assert len(writes) == 1
+    # The 384 floats as text would be in the statement.
+    assert str(float(vector[0]))[:6] not in writes[0]
+    stored = CacheEntry.objects.for_tenant(acme).get(key_hash="k")
+    np.testing.assert_array_equal(stored.embedding, vector)
+    assert stored.created_at is not None and stored.kind == CacheEntryKind.SEMANTIC
 
 
 def test_a_lookup_without_a_tenant_is_refused(db):
