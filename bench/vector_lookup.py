@@ -109,9 +109,9 @@ def main() -> None:
 
     django.setup()
     from django.core.management import call_command
-    from django.db import connection
 
     from routing.cache.index import nearest_entries
+    from routing.models import CacheEntry
     from tenants.models import Tenant
 
     call_command("migrate", "--no-input", "-v", "0")
@@ -140,12 +140,11 @@ def main() -> None:
         fill_seconds = time.perf_counter() - started
         large = timed(search(tenants[0]), queries)
         few = timed(search(small), queries)
-        with connection.cursor() as cursor:
-            cursor.execute(
-                "SELECT embedding FROM routing_cacheentry WHERE tenant_id = %s AND embedding IS NOT NULL",
-                [tenants[0].pk],
-            )
-            rows = [np.array(row[0][1:-1].split(","), dtype=np.float32) for row in cursor.fetchall()]
+        rows = list(
+            CacheEntry.objects.for_tenant(tenants[0])
+            .filter(embedding__isnull=False)
+            .values_list("embedding", flat=True)
+        )
         matrix = np.array(rows, dtype=np.float32).reshape(-1, DIMENSIONS)
         in_memory = timed(lambda query, matrix=matrix: np.argsort(-(matrix @ query))[:5], queries)
         print(

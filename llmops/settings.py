@@ -247,11 +247,24 @@ LLMOPS_CACHE_RULE_THRESHOLDS = {
 # PostgreSQL searches semantic entries in the database (pgvector HNSW): how many graph neighbours a search keeps
 # (pgvector's hnsw.ef_search; higher finds the nearest entries more surely, slower).
 LLMOPS_CACHE_HNSW_EF_SEARCH = env.int("LLMOPS_CACHE_HNSW_EF_SEARCH", default=40)
+if DATABASES["default"]["ENGINE"].endswith(("postgresql", "postgis")):
+    # Set as each connection starts, so a lookup is one statement with no transaction around a SET LOCAL. Postgres
+    # keeps them as placeholders until the first vector operation loads pgvector, which then takes them up. Behind
+    # a pooler that drops startup options, set them on the role instead (docs/caching.md).
+    hnsw_options = f"-c hnsw.ef_search={LLMOPS_CACHE_HNSW_EF_SEARCH} -c hnsw.iterative_scan=relaxed_order"
+    database_options = DATABASES["default"].setdefault("OPTIONS", {})
+    database_options["options"] = f"{database_options.get('options', '')} {hnsw_options}".strip()
 # Elsewhere (SQLite) each process keeps its own index: how often it re-reads a tenant and model's index for entries
 # other processes stored.
 LLMOPS_CACHE_INDEX_REFRESH_SECONDS = env.float("LLMOPS_CACHE_INDEX_REFRESH_SECONDS", default=30.0)
 # The most texts the embedding thread embeds in one call (the lookups that queued while the previous call ran).
 LLMOPS_CACHE_EMBED_BATCH = env.int("LLMOPS_CACHE_EMBED_BATCH", default=32)
+# How long a cacheable request waits for its prompt's embedding before it goes on as a miss (and a store waits
+# before it keeps the answer for exact repeats only): a stalled embedder never holds requests up for longer.
+LLMOPS_CACHE_EMBED_WAIT_SECONDS = env.float("LLMOPS_CACHE_EMBED_WAIT_SECONDS", default=2.0)
+# How long a worker that finds the ONNX model missing exports it (or waits for another worker's export) before it
+# gives up and runs with semantic caching off (`manage.py embedder_export` at install avoids the wait).
+LLMOPS_CACHE_EMBEDDER_EXPORT_TIMEOUT = env.float("LLMOPS_CACHE_EMBEDDER_EXPORT_TIMEOUT", default=300.0)
 # Budgets when REDIS_URL is set but Redis cannot be reached: "fail_closed" refuses requests under a block or
 # downgrade budget (503 budget_unavailable); "database" counts in BudgetCounter rows instead. Never open.
 # The answer cap set on a request under a budget that sent none, so its reservation is a true worst case.

@@ -2,7 +2,7 @@
 
 On PostgreSQL (production) the search is a query (`nearest_entries`): every gateway process sees an entry as soon as
 it is committed, an expired entry is excluded by the query itself, and no process holds vectors. HNSW indexes on the
-column (routing migration 0009) keep it fast; the query runs on a database thread, never on the embedding thread,
+column (routing migration 0010) keep it fast; the query runs on a database thread, never on the embedding thread,
 so one lookup's round trip does not hold up the next batch of embeddings.
 
 Elsewhere (the embedded demo's SQLite) each process keeps an in-process index, one per tenant and served model,
@@ -12,21 +12,23 @@ purged elsewhere drop out when their answer is found missing. Refreshes query th
 worker thread; searches run on the embedding thread, right after the lookup's embedding.
 """
 
+import functools
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 from django.conf import settings
-from django.db import connection, transaction
-from django.db.models import F, Func, IntegerField, Value
-from django.db.models.functions import Cast, Now
+from django.db import connection
+from django.db.backends.postgresql.base import ServerBindingCursor
 from django.utils import timezone
-from pgvector import Vector
-from pgvector.django import CosineDistance, VectorField
+from pgvector.psycopg.vector import register_vector_info
+from psycopg.types import TypeInfo
 
 from routing.cache.sealed import open_prompt
 from routing.models import CacheEntry, CacheEntryKind
+from tenants.scoping import UnscopedQueryError
 
 MAX_CANDIDATES = 5
 
@@ -167,11 +169,59 @@ def vectors_in_database() -> bool:
     return connection.vendor == "postgresql"
 
 
+# One statement, written once per dimension (the HNSW index of a dimension matches only its own literal cast and
+# predicate, migration 0010): the tenant, model, context, vector and limit are parameters, the vector in pgvector's
+# binary form. The HNSW settings it needs (hnsw.iterative_scan, hnsw.ef_search) are set when each connection starts
+# (llmops/settings.py), so a lookup is one round trip with no transaction.
+_NEAREST_SQL = """
+SELECT key_hash, prompt_encrypted, expires_at, embedding::vector({dimensions}) <=> %(vector)b::vector({dimensions})
+    AS distance
+FROM routing_cacheentry
+WHERE tenant_id = %(tenant_id)s
+    AND served_model = %(served_model)s
+    AND kind = 'semantic'
+    AND context_fingerprint = %(context_fingerprint)s
+    AND expires_at > now()
+    AND vector_dims(embedding) = {dimensions}
+ORDER BY distance
+LIMIT %(limit)s
+"""
+
+
+@functools.cache
+def _nearest_sql(dimensions: int) -> str:
+    return _NEAREST_SQL.format(dimensions=int(dimensions))
+
+
+def _vector_types_register(raw_connection) -> None:
+    """pgvector's psycopg adapters on this physical connection, once: a pooled connection keeps them between
+    borrows, so this costs one round trip per connection, not per lookup."""
+    if raw_connection.adapters.types.get("vector") is None:
+        register_vector_info(raw_connection, TypeInfo.fetch(raw_connection, "vector"))
+
+
+@contextmanager
+def vector_cursor():
+    """A cursor on Django's connection (logged and counted like any other) that sends parameters apart from the
+    SQL, so a vector (a numpy array, `%b`) goes in pgvector's binary form: Django's own cursors bind on the client,
+    as text. PostgreSQL only."""
+    connection.close_if_health_check_failed()
+    connection.ensure_connection()
+    with connection.wrap_database_errors:
+        _vector_types_register(connection.connection)
+        with connection._prepare_cursor(ServerBindingCursor(connection.connection)) as cursor:
+            yield cursor
+
+
 def nearest_entries(
     *, tenant_id: int, served_model: str, context_fingerprint: str, vector: np.ndarray, threshold: float
 ) -> list[Candidate]:
     """The tenant's live semantic entries of this model and context nearest the vector, at or above the threshold,
     most similar first: one query, on a database thread.
+
+    The query is SQL of its own, not the ORM's (which cost a millisecond of CPU per lookup to build), so it is the
+    one way into the table by vector, and it fails closed like `for_tenant()`: it needs a tenant id and reads no
+    other tenant's rows.
 
     Filters and HNSW: a plain HNSW scan returns its ef_search nearest rows of the whole table and filters them
     afterwards, so a tenant with a few rows among many of other tenants' would find none. Iterative scans
@@ -179,30 +229,18 @@ def nearest_entries(
     planner reads the tenant's rows through the btree index and sorts them exactly instead. The threshold is
     applied to the nearest rows afterwards: as a WHERE clause it would make an iterative scan read the whole graph
     whenever nothing is that near."""
-    dimensions = int(vector.shape[0])
-    as_indexed = VectorField(dimensions=dimensions)
-    rows = (
-        CacheEntry.objects.for_tenant(tenant_id)
-        .alias(dimensions=Func(F("embedding"), function="vector_dims", output_field=IntegerField()))
-        .filter(
-            served_model=served_model,
-            kind=CacheEntryKind.SEMANTIC,
-            context_fingerprint=context_fingerprint,
-            expires_at__gt=Now(),
-            # The partial HNSW index of this dimension matches only this exact form (migration 0009).
-            dimensions=dimensions,
-        )
-        .annotate(
-            distance=CosineDistance(Cast("embedding", as_indexed), Cast(Value(Vector(vector).to_text()), as_indexed))
-        )
-        .order_by("distance")
-        .values_list("key_hash", "prompt_encrypted", "expires_at", "distance")[:MAX_CANDIDATES]
-    )
-    with transaction.atomic():
-        with connection.cursor() as cursor:
-            ef_search = int(settings.LLMOPS_CACHE_HNSW_EF_SEARCH)
-            cursor.execute(f"SET LOCAL hnsw.iterative_scan = relaxed_order; SET LOCAL hnsw.ef_search = {ef_search}")
-        found = list(rows)
+    if tenant_id is None:
+        raise UnscopedQueryError("nearest_entries() needs a tenant id, not None")
+    parameters = {
+        "tenant_id": tenant_id,
+        "served_model": served_model,
+        "context_fingerprint": context_fingerprint,
+        "vector": vector,
+        "limit": MAX_CANDIDATES,
+    }
+    with vector_cursor() as cursor:
+        cursor.execute(_nearest_sql(vector.shape[0]), parameters)
+        found = cursor.fetchall()
     candidates = []
     for key_hash, sealed_prompt, expires_at, distance in found:
         similarity = 1 - distance

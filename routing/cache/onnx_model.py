@@ -13,6 +13,7 @@ import logging
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from django.conf import settings
@@ -40,22 +41,51 @@ def onnx_model_path(*, folder: Path, precision: str) -> Path:
     return Path(folder) / f"all-minilm-l6-v2-{version}-r{EXPORT_REVISION}.{precision}.onnx"
 
 
+class EmbedderExportTimeout(RuntimeError):
+    """The export (or the wait for another worker's) did not finish within LLMOPS_CACHE_EMBEDDER_EXPORT_TIMEOUT."""
+
+
 def onnx_model_ensure(*, precision: str = "int8") -> Path:
     """The model file in LLMOPS_CACHE_EMBEDDER_DIR, exported first by a child process when it is missing. Workers
-    starting together take turns on a lock in the folder, so one exports and the others find its file."""
+    starting together take turns on a lock in the folder, so one exports and the others find its file. Neither the
+    wait for the lock nor the export goes on past LLMOPS_CACHE_EMBEDDER_EXPORT_TIMEOUT seconds (a hung export is
+    killed): the embedder then fails to load, semantic caching is off in this worker, and exact caching goes on."""
     folder = Path(settings.LLMOPS_CACHE_EMBEDDER_DIR)
     path = onnx_model_path(folder=folder, precision=precision)
     if path.exists():
         return path
+    timeout = settings.LLMOPS_CACHE_EMBEDDER_EXPORT_TIMEOUT
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / ".export.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+        _lock_within(lock, timeout)
         if not path.exists():
             logger.warning("exporting the semantic cache's ONNX model to %s (manage.py embedder_export)", folder)
             command = [sys.executable, "-m", "django", "embedder_export", "--folder", str(folder)]
             env = {**os.environ, "DJANGO_SETTINGS_MODULE": os.environ.get("DJANGO_SETTINGS_MODULE", "llmops.settings")}
-            subprocess.run(command, cwd=settings.BASE_DIR, env=env, check=True, stdout=subprocess.DEVNULL)
+            try:
+                subprocess.run(
+                    command, cwd=settings.BASE_DIR, env=env, check=True, stdout=subprocess.DEVNULL, timeout=timeout
+                )
+            except subprocess.TimeoutExpired as error:
+                raise EmbedderExportTimeout(
+                    f"the ONNX export did not finish within {timeout:g} s and was stopped; "
+                    "run `manage.py embedder_export` before starting the workers"
+                ) from error
     return path
+
+
+def _lock_within(lock, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise EmbedderExportTimeout(
+                    f"another worker's ONNX export did not finish within {timeout:g} s"
+                ) from None
+            time.sleep(0.2)
 
 
 def pooling_is_mean_then_normalize(model_folder: Path) -> bool:

@@ -15,6 +15,7 @@ read before Redis and searched by meaning with the index, so this process finds 
 
 import asyncio
 import atexit
+import functools
 import logging
 import math
 import threading
@@ -26,8 +27,8 @@ from functools import partial
 
 import numpy as np
 from django.conf import settings
-from django.db import DatabaseError, close_old_connections, transaction
-from django.db.models import F
+from django.db import DatabaseError, close_old_connections, connection, transaction
+from django.db.models import F, Field
 from django.utils import timezone
 
 from core.db import database_sync_to_async
@@ -41,6 +42,7 @@ from routing.cache.index import (
     nearest_entries,
     semantic_index,
     semantic_indexes_forget,
+    vector_cursor,
     vectors_in_database,
 )
 from routing.cache.keys import (
@@ -255,19 +257,31 @@ def _pending_candidates(cache: CacheRequest, vector: np.ndarray, threshold: floa
     return found
 
 
+async def _embedding_awaited(future: Future):
+    """The embedding thread's result, or None once LLMOPS_CACHE_EMBED_WAIT_SECONDS have passed (the job is
+    cancelled if it has not started): a stalled embedder makes a miss, not a hung request."""
+    try:
+        return await asyncio.wait_for(asyncio.wrap_future(future), settings.LLMOPS_CACHE_EMBED_WAIT_SECONDS)
+    except TimeoutError:
+        logger.warning(
+            "cache: no embedding within %gs; the lookup goes on as a miss", settings.LLMOPS_CACHE_EMBED_WAIT_SECONDS
+        )
+        return None
+
+
 async def _semantic_candidates(cache: CacheRequest) -> list[Candidate] | None:
-    """The entries nearest the request's prompt, most similar first; None when it could not be embedded."""
+    """The entries nearest the request's prompt, most similar first; None when it could not be embedded in time."""
     threshold = semantic_threshold(cache.rule_name)
     if not vectors_in_database():
         index = semantic_index(cache.tenant_id, cache.served_model)
         if index.stale():
             await database_sync_to_async(index.refresh)()
-        searched = await asyncio.wrap_future(embed_soon(cache.semantic.prompt, then=partial(_search, cache, threshold)))
+        searched = await _embedding_awaited(embed_soon(cache.semantic.prompt, then=partial(_search, cache, threshold)))
         if searched is None:
             return None
         cache.vector, candidates = searched
         return candidates
-    vector = await asyncio.wrap_future(embed_soon(cache.semantic.prompt))
+    vector = await _embedding_awaited(embed_soon(cache.semantic.prompt))
     if vector is None:
         return None
     cache.vector = vector
@@ -351,7 +365,7 @@ def _stored_vector(pending: _PendingStore) -> np.ndarray | None:
     if not isinstance(pending.vector, Future):
         return pending.vector
     try:
-        return pending.vector.result()
+        return pending.vector.result(timeout=settings.LLMOPS_CACHE_EMBED_WAIT_SECONDS)
     except Exception:
         logger.warning("cache: embedding failed; the entry is stored for exact matches only", exc_info=True)
         return None
@@ -384,10 +398,46 @@ def cache_entry_build(
     )
 
 
-def _upsert(rows: list[CacheEntry]) -> None:
-    CacheEntry.objects.bulk_create(
-        rows, update_conflicts=True, unique_fields=ENTRY_KEY_FIELDS, update_fields=ENTRY_STORED_FIELDS
+@functools.cache
+def _upsert_statement() -> tuple[str, list[Field]]:
+    """PostgreSQL's upsert of one row, written once: what `bulk_create(update_conflicts=True)` would send, with the
+    vector as a binary parameter instead of 384 floats as text, and no query compiled per write."""
+    fields = [field for field in CacheEntry._meta.concrete_fields if not field.primary_key]
+    columns = ", ".join(field.column for field in fields)
+    values = ", ".join(
+        f"%({field.column})b" if field.name == "embedding" else f"%({field.column})s" for field in fields
     )
+    conflict = ", ".join(CacheEntry._meta.get_field(name).column for name in ENTRY_KEY_FIELDS)
+    updates = ", ".join(
+        f"{column} = EXCLUDED.{column}"
+        for column in (CacheEntry._meta.get_field(name).column for name in ENTRY_STORED_FIELDS)
+    )
+    sql = (
+        f"INSERT INTO {CacheEntry._meta.db_table} ({columns}) VALUES ({values}) "
+        f"ON CONFLICT ({conflict}) DO UPDATE SET {updates}"
+    )
+    return sql, fields
+
+
+def _upsert(rows: list[CacheEntry]) -> None:
+    """All the rows or none (a refused batch is retried row by row)."""
+    if not vectors_in_database():
+        CacheEntry.objects.bulk_create(
+            rows, update_conflicts=True, unique_fields=ENTRY_KEY_FIELDS, update_fields=ENTRY_STORED_FIELDS
+        )
+        return
+    sql, fields = _upsert_statement()
+    parameters = [
+        {
+            field.column: row.embedding
+            if field.name == "embedding"
+            else field.get_db_prep_save(field.pre_save(row, add=True), connection)
+            for field in fields
+        }
+        for row in rows
+    ]
+    with transaction.atomic(), vector_cursor() as cursor:
+        cursor.executemany(sql, parameters)
 
 
 def _stores_write(stores: list[_PendingStore]) -> None:

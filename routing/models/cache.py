@@ -27,7 +27,7 @@ class CacheEntryKind(models.TextChoices):
 class EmbeddingField(VectorField):
     """A `vector` of any dimension on PostgreSQL (pgvector), float32 bytes in a BLOB elsewhere; a numpy array in
     Python either way. The column has no fixed dimension, so another embedder's vectors fit too: the HNSW indexes
-    are per dimension (routing migration 0009)."""
+    are per dimension (routing migration 0010)."""
 
     def db_type(self, connection):
         return super().db_type(connection) if connection.vendor == "postgresql" else "blob"

@@ -5,6 +5,7 @@ import asyncio
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+import httpx
 import numpy as np
 import pytest
 
@@ -84,6 +85,29 @@ def test_an_embedder_that_fails_costs_a_miss_and_exact_caching_goes_on(gateway, 
     assert chat(gateway, acme, question).headers["x-llmops-cache"] == "hit-exact"
     assert chat(gateway, acme, "What's the capital of France?").headers["x-llmops-cache"] == "miss"
     cache_writes_flush()
+    assert set(CacheEntry.objects.unscoped().values_list("kind", flat=True)) == {CacheEntryKind.EXACT}
+
+
+def test_a_stalled_embedder_costs_a_miss_not_a_hung_request(gateway, acme, settings, gated_embedder):
+    settings.LLMOPS_CACHE_EMBED_WAIT_SECONDS = 0.5
+    cache_policy(acme)
+    question = "What is the capital of France?"
+    body = {"model": acme.small.name, "temperature": 0, "messages": [{"role": "user", "content": question}]}
+    # Every embedding now waits 10 s for the gate; the client gives up after 5.
+    gated_embedder.gate.clear()
+    try:
+        reply = httpx.post(
+            f"{gateway.url}/v1/chat/completions",
+            json=body,
+            headers={"authorization": f"Bearer {acme.key}"},
+            timeout=5,
+        )
+        assert (reply.status_code, reply.headers["x-llmops-cache"]) == (200, "miss")
+        cache_writes_flush()
+        # Stored for exact repeats only, which need no embedding.
+        assert chat(gateway, acme, question).headers["x-llmops-cache"] == "hit-exact"
+    finally:
+        gated_embedder.gate.set()
     assert set(CacheEntry.objects.unscoped().values_list("kind", flat=True)) == {CacheEntryKind.EXACT}
 
 

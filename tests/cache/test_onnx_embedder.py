@@ -105,6 +105,28 @@ def test_workers_starting_together_without_the_file_export_it_once(tmp_path):
     assert sorted(path.name for path in tmp_path.iterdir()) == sorted([".export.lock", int8.name, fp32.name])
 
 
+WORKER_LOADS = """
+import json
+import llmops.asgi
+from routing.cache.embedders import configured_embedder
+print(json.dumps({"embedder": None if configured_embedder() is None else "loaded"}))
+"""
+
+
+def test_an_export_that_does_not_finish_in_time_is_stopped_and_semantic_caching_is_off(tmp_path):
+    """The export takes far more than a second (it imports torch); a worker that waited for it without a bound
+    would hold every cacheable request behind it."""
+    env = _worker_env(LLMOPS_CACHE_EMBEDDER_DIR=str(tmp_path), LLMOPS_CACHE_EMBEDDER_EXPORT_TIMEOUT="1")
+    finished = subprocess.run(
+        [sys.executable, "-c", WORKER_LOADS], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert json.loads(finished.stdout.strip().splitlines()[-1]) == {"embedder": None}
+    assert "semantic cache off" in finished.stderr and "did not finish within 1 s" in finished.stderr
+    assert not onnx_model_path(folder=tmp_path, precision="int8").exists()
+
+
 def test_the_export_command_leaves_exported_files_alone(tmp_path, capsys):
     for precision in ("int8", "fp32"):
         exported = onnx_model_path(folder=settings.LLMOPS_CACHE_EMBEDDER_DIR, precision=precision)

@@ -5,14 +5,17 @@ from datetime import timedelta
 
 import numpy as np
 import pytest
+from django.conf import settings
 from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from routing.cache import index
+from routing.cache import index, store
 from routing.cache.index import nearest_entries
 from routing.cache.sealed import seal_prompt
 from routing.cache.store import cache_entry_build, cache_writes_flush
 from routing.models import CacheEntry, CacheEntryKind
+from tenants.scoping import UnscopedQueryError
 from tests.cache.conftest import cache_request, chat, stored_answer
 from tests.factories import TenantFactory
 
@@ -80,6 +83,57 @@ def test_candidates_come_most_similar_first_and_only_above_the_threshold(db):
     entry(acme, "below", axis(1))
 
     assert nearest(acme, axis(0) + 0.5 * axis(1), threshold=0.9) == ["e1", "e2", "e0"]
+
+
+def test_a_lookup_is_one_statement_without_a_transaction(db):
+    acme = TenantFactory()
+    entry(acme, "acme", axis(0))
+    # A connection's first lookup registers pgvector's types on it, once.
+    nearest(acme, axis(0))
+
+    with CaptureQueriesContext(connection) as queries:
+        assert nearest(acme, axis(0) + 0.1 * axis(1)) == ["acme"]
+    assert len(queries.captured_queries) == 1
+
+
+def test_every_connection_starts_with_the_hnsw_settings_a_lookup_needs(db):
+    with connection.cursor() as cursor:
+        # Set before pgvector is loaded, they hold once a vector operation has loaded it.
+        cursor.execute("SELECT '[1,0]'::vector <=> '[0,1]'")
+        cursor.execute("SELECT current_setting('hnsw.iterative_scan'), current_setting('hnsw.ef_search')")
+        assert cursor.fetchone() == ("relaxed_order", str(settings.LLMOPS_CACHE_HNSW_EF_SEARCH))
+
+
+def test_a_store_sends_its_vector_as_a_binary_parameter_of_one_statement(db):
+    acme = TenantFactory()
+    vector = unit(axis(0) + 0.3 * axis(1))
+    row = CacheEntry(
+        tenant=acme,
+        served_model="m",
+        key_hash="k",
+        kind=CacheEntryKind.SEMANTIC,
+        answer_encrypted="sealed",
+        embedding=vector,
+        prompt_encrypted=seal_prompt("prompt"),
+        context_fingerprint="ctx",
+        expires_at=timezone.now() + timedelta(minutes=10),
+    )
+
+    with CaptureQueriesContext(connection) as queries:
+        store._upsert([row])
+
+    writes = [query["sql"] for query in queries.captured_queries if "INSERT" in query["sql"]]
+    assert len(writes) == 1
+    # The 384 floats as text would be in the statement.
+    assert str(float(vector[0]))[:6] not in writes[0]
+    stored = CacheEntry.objects.for_tenant(acme).get(key_hash="k")
+    np.testing.assert_array_equal(stored.embedding, vector)
+    assert stored.created_at is not None and stored.kind == CacheEntryKind.SEMANTIC
+
+
+def test_a_lookup_without_a_tenant_is_refused(db):
+    with pytest.raises(UnscopedQueryError):
+        nearest_entries(tenant_id=None, served_model="m", context_fingerprint="ctx", vector=axis(0), threshold=0.5)
 
 
 def test_a_vector_of_a_dimension_without_an_hnsw_index_is_searched_exactly(db):

@@ -350,6 +350,13 @@ def _clients_on_each_worker(topology) -> list[httpx.Client]:
     raise AssertionError("40 connections all went to one uvicorn worker")
 
 
+def _semantic_entries(demo) -> int:
+    """How many semantic cache entries the admin's cache entry list shows."""
+    page = demo["admin"].get("/admin/routing/cacheentry/", kind__exact="semantic")
+    assert page.status_code == 200, page.text[:500]
+    return int(re.search(r"(\d+) cache entr(?:y|ies)\b", page.text).group(1))
+
+
 def test_an_answer_cached_through_one_worker_is_a_semantic_hit_through_the_other_until_purged(topology, demo):
     """Each worker has read the cache before the answer is stored, as a busy gateway's would have: a per-process
     index would not see the other's entry until its next refresh."""
@@ -366,7 +373,10 @@ def test_an_answer_cached_through_one_worker_is_a_semantic_hit_through_the_other
 
     for client in (first, second):
         assert ask(client, f"e2e warm-up question {uuid.uuid4()}", cache="no-store") == "miss"
+    stored_before = _semantic_entries(demo)
     assert ask(first, "What is the boiling point of water at sea level?") == "miss"
+    # The first worker writes its entry after answering, off the response path: the second finds it once written.
+    wait_for(lambda: _semantic_entries(demo) > stored_before, timeout=30, what="the first worker's cache entry")
     assert ask(second, "what's the boiling point of water at sea level", cache="no-store") == "hit-semantic"
 
     assert re.match(r"deleted [1-9]\d* cache entries of demo", topology.manage("cache_purge", "--tenant", "demo"))
