@@ -168,16 +168,18 @@ class CatalogModelForm(forms.ModelForm):
         required=False,
         widget=AdminSplitDateTime,
         label="prices take effect",
-        help_text="When changed prices take effect; blank: now. A change is a new version: requests before it keep "
-        "the prices they were charged at.",
+        help_text="When changed prices take effect; blank: the moment they are saved. A change is a new version, "
+        "after every version the model has (scheduled ones included): requests before it keep the prices they were "
+        "charged at.",
     )
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        in_force = self.instance.price_in_force() if self.instance.pk else None
+        # The latest version, scheduled or in force: the one a change follows, so a save keeps what it schedules.
+        latest = self.instance.latest_price_version() if self.instance.pk else None
         for name in PRICE_FIELDS:
-            if name in self.fields and in_force is not None:
-                self.fields[name].initial = getattr(in_force, name)
+            if name in self.fields and latest is not None:
+                self.fields[name].initial = getattr(latest, name)
 
     def clean_price_effective_from(self):
         effective_from = self.cleaned_data["price_effective_from"]
@@ -187,14 +189,15 @@ class CatalogModelForm(forms.ModelForm):
 
     def clean(self):
         cleaned_data = super().clean()
-        if self.instance.pk and "price_effective_from" in self.fields:
-            effective_from = cleaned_data.get("price_effective_from") or timezone.now()
-            prices = self.prices()
-            if price_changes(
-                model=self.instance, name=self.instance.name, prices=prices, effective_from=effective_from
-            ):
-                for error in price_version_errors(model=self.instance, effective_from=effective_from):
-                    self.add_error("price_effective_from", error)
+        changes_price = (
+            self.instance.pk
+            and "price_effective_from" in self.fields
+            and price_changes(model=self.instance, name=self.instance.name, prices=self.prices())
+        )
+        if changes_price:
+            effective_from = cleaned_data.get("price_effective_from")
+            for error in price_version_errors(model=self.instance, effective_from=effective_from):
+                self.add_error("price_effective_from", error)
         return cleaned_data
 
     def prices(self) -> dict:
@@ -300,6 +303,14 @@ class CatalogModelAdmin(SuperuserOnlyAdmin):
     def change_view(self, request, object_id, form_url="", extra_context=None):
         if request.method == "GET":
             model = self.get_object(request, unquote(object_id))
+            latest = model.latest_price_version() if model is not None else None
+            if latest is not None and latest.effective_from > timezone.now() and request.user.is_superuser:
+                messages.warning(
+                    request,
+                    f"{model.name} has prices scheduled to take effect at "
+                    f"{latest.effective_from.isoformat(timespec='seconds')} (from {latest.source}): the price fields "
+                    "show them, and a change of price must take effect after that.",
+                )
             days = price_age_days(getattr(model, "price_effective_from", None)) if model is not None else None
             if price_is_stale(days):
                 messages.warning(

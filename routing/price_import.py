@@ -208,7 +208,7 @@ def price_import_plan(
             plan.skipped.append(entry.name)
             continue
         errors += [f"{entry.name}: {error}" for error in price_field_errors(entry.prices)]
-        changes = price_changes(model=model, name=target, prices=entry.prices, effective_from=effective_from)
+        changes = price_changes(model=model, name=target, prices=entry.prices)
         if model is None:
             if missing := [name for name in REQUIRED_PRICES if name not in entry.prices]:
                 errors.append(f"{entry.name}: a model created needs its {' and '.join(missing)}")

@@ -118,6 +118,10 @@ class Model(models.Model):
     def price_in_force(self, at: datetime | None = None) -> "ModelPrice | None":
         return self.price_versions.in_force(at).first()
 
+    def latest_price_version(self) -> "ModelPrice | None":
+        """The version a new one follows: the one in force, or the last of those scheduled ahead of it."""
+        return self.price_versions.order_by("-effective_from").first()
+
 
 class ModelPriceQuerySet(models.QuerySet):
     def in_force(self, at: datetime | None = None) -> "ModelPriceQuerySet":

@@ -193,3 +193,71 @@ def test_a_model_whose_prices_priced_a_ledger_row_cannot_be_deleted(world: World
         model.delete()
 
     assert ModelPrice.objects.filter(model=model).exists()
+
+
+def schedule_input_price(model, price: str, *, days: int = 1):
+    return model_price_set(
+        model=model,
+        prices={"input_price_per_million": Decimal(price)},
+        effective_from=timezone.now() + timedelta(days=days),
+        source="prices_import next.csv",
+    )
+
+
+def test_the_form_shows_the_scheduled_prices_and_warns_of_them(superuser_client, world: World):
+    model = world.acme.catalog_model
+    scheduled = schedule_input_price(model, "0.12")
+
+    response = superuser_client.get(admin_url("routing_model", "change", model.pk))
+
+    form = response.context["adminform"].form
+    assert form["input_price_per_million"].value() == Decimal("0.12")
+    assert form["output_price_per_million"].value() == Decimal("0.60")
+    warnings = [str(m) for m in get_messages(response.wsgi_request) if m.level_tag == "warning"]
+    assert any(
+        f"scheduled to take effect at {scheduled.effective_from.isoformat(timespec='seconds')}" in warning
+        and "prices_import next.csv" in warning
+        for warning in warnings
+    )
+
+
+def test_a_price_change_now_is_refused_while_one_is_scheduled(superuser_client, world: World):
+    model = world.acme.catalog_model
+    scheduled = schedule_input_price(model, "0.12")
+
+    response = superuser_client.post(
+        admin_url("routing_model", "change", model.pk),
+        change_form(world, input_price_per_million="0.12", output_price_per_million="0.90"),
+    )
+
+    assert response.status_code == 200
+    errors = response.context["adminform"].form.errors["price_effective_from"]
+    assert any(scheduled.effective_from.isoformat(timespec="seconds") in error for error in errors)
+    assert ModelPrice.objects.filter(model=model).count() == 2
+    assert model.price_in_force(scheduled.effective_from).output_price_per_million == Decimal("0.60")
+
+
+def test_a_price_change_after_a_scheduled_one_keeps_its_change(superuser_client, world: World):
+    model = world.acme.catalog_model
+    scheduled = schedule_input_price(model, "0.12")
+    later = (timezone.now() + timedelta(days=3)).replace(microsecond=0)
+    shown = superuser_client.get(admin_url("routing_model", "change", model.pk)).context["adminform"].form
+
+    response = superuser_client.post(
+        admin_url("routing_model", "change", model.pk),
+        change_form(
+            world,
+            # The prices the form shows, as a user saving it unchanged would send them back.
+            **{
+                name: str(shown[name].value()) for name in ("input_price_per_million", "cached_input_price_per_million")
+            },
+            output_price_per_million="0.90",
+            price_effective_from_0=later.strftime("%Y-%m-%d"),
+            price_effective_from_1=later.strftime("%H:%M:%S"),
+        ),
+    )
+
+    assert response.status_code == 302
+    assert model.price_in_force(scheduled.effective_from).prices()["input_price_per_million"] == Decimal("0.12")
+    assert model.price_in_force(later).input_price_per_million == Decimal("0.12")
+    assert model.price_in_force(later).output_price_per_million == Decimal("0.90")

@@ -214,3 +214,30 @@ def test_a_model_to_create_needs_its_input_and_output_prices(catalog, tmp_path):
         prices_import(path, "--create", "--provider", "anthropic")
 
     assert not Model.objects.filter(name="brand-new").exists()
+
+
+def test_prices_now_are_refused_while_a_version_is_scheduled_and_nothing_is_undone(db, tmp_path):
+    ModelFactory(
+        name="acme-small",
+        input_price_per_million=Decimal("1"),
+        cached_input_price_per_million=Decimal("0.5"),
+        output_price_per_million=Decimal("2"),
+    )
+    tomorrow = (timezone.now() + timedelta(days=1)).date()
+    prices_import(
+        write(tmp_path, "next.csv", "model,input_price_per_million\nacme-small,0.9\n"),
+        "--effective-from",
+        tomorrow.isoformat(),
+    )
+    count = version_count()
+
+    with pytest.raises(CommandError, match=rf"acme-small has prices scheduled to take effect at {tomorrow}T00:00:00"):
+        prices_import(write(tmp_path, "now.csv", "model,output_price_per_million\nacme-small,3\n"))
+
+    assert version_count() == count
+    day_after = timezone.now() + timedelta(days=2)
+    assert in_force("acme-small")["output_price_per_million"] == Decimal("2")
+    assert (
+        in_force("acme-small", day_after)["input_price_per_million"],
+        in_force("acme-small", day_after)["output_price_per_million"],
+    ) == (Decimal("0.9"), Decimal("2"))

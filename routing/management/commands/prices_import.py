@@ -36,8 +36,8 @@ def _price(value) -> str:
 class Command(BaseCommand):
     help = (
         "Add versions of model prices from a CSV or JSON file (ours, or LiteLLM's "
-        "model_prices_and_context_window.json), taking effect at --effective-from (default now). Prices equal to "
-        "those in force add nothing; a bad file changes nothing."
+        "model_prices_and_context_window.json), taking effect at --effective-from (default now), after every version "
+        "already saved. Prices equal to a model's latest version add nothing; a bad file changes nothing."
     )
 
     def add_arguments(self, parser):
