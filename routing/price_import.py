@@ -62,7 +62,8 @@ class PriceEntry:
 class ImportPlan:
     """What an import does: the versions it adds (with their diff), the models it creates, what it leaves."""
 
-    effective_from: datetime
+    # None: each version takes effect when it is written.
+    effective_from: datetime | None
     updates: list[tuple[Model, PriceEntry]] = field(default_factory=list)
     creations: list[PriceEntry] = field(default_factory=list)
     changes: list[PriceChange] = field(default_factory=list)
@@ -177,7 +178,7 @@ def _catalog_name(name: str, prefixes: Sequence[str]) -> str:
 def price_import_plan(
     entries: list[PriceEntry],
     *,
-    effective_from: datetime,
+    effective_from: datetime | None,
     strip_prefixes: Sequence[str] = (),
     litellm_provider: str = "",
     create: bool = False,

@@ -241,3 +241,25 @@ def test_prices_now_are_refused_while_a_version_is_scheduled_and_nothing_is_undo
         in_force("acme-small", day_after)["input_price_per_million"],
         in_force("acme-small", day_after)["output_price_per_million"],
     ) == (Decimal("0.9"), Decimal("2"))
+
+
+def test_without_an_effective_date_a_version_starts_when_it_is_written_not_when_the_command_started(
+    catalog, monkeypatch
+):
+    from routing.management.commands import prices_import as command
+
+    read = command.price_file_entries
+    read_at = []
+
+    def read_then_note_the_time(path):
+        entries = read(path)
+        read_at.append(timezone.now())
+        return entries
+
+    monkeypatch.setattr(command, "price_file_entries", read_then_note_the_time)
+
+    output = prices_import(LITELLM, "--strip-prefix", "anthropic/")
+
+    version = Model.objects.get(name="gpt-4o-mini").price_in_force()
+    assert read_at[0] <= version.effective_from <= version.created_at
+    assert "effective now" in output

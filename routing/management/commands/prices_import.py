@@ -60,9 +60,10 @@ class Command(BaseCommand):
         parser.add_argument("--provider", default="", help="the catalog provider of models created with --create")
 
     def handle(self, *args, file, effective_from, dry_run, strip_prefix, litellm_provider, create, provider, **options):
-        now = timezone.now()
-        moment = _moment(effective_from) if effective_from else now
-        if moment < now:
+        # Without --effective-from each version takes effect when it is written, not when the command started: the
+        # file is read and checked in between, and a version must never start before it exists.
+        moment = _moment(effective_from) if effective_from else None
+        if moment is not None and moment < timezone.now():
             raise CommandError(
                 f"--effective-from {moment.isoformat()} is in the past: requests already answered keep the prices "
                 "they were charged at, so prices take effect now or later"
@@ -89,7 +90,7 @@ class Command(BaseCommand):
         self._report_left_out(plan, not_per_token, verbosity=options["verbosity"])
         summary = (
             f"{len(plan.updates)} model(s) with new prices, {len(plan.creations)} to create, "
-            f"{len(plan.unchanged)} unchanged; effective {moment.isoformat(timespec='seconds')}"
+            f"{len(plan.unchanged)} unchanged; effective {moment.isoformat(timespec='seconds') if moment else 'now'}"
         )
         if dry_run:
             self.stdout.write(f"Dry run: {summary}. Nothing was changed.")
