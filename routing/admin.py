@@ -248,6 +248,10 @@ class CatalogModelAdmin(SuperuserOnlyAdmin):
     def has_view_permission(self, request, obj=None):
         return self.has_module_permission(request)
 
+    def has_delete_permission(self, request, obj=None):
+        """Never: every model has prices, and its price versions stay (ModelPrice.model); untick is_active instead."""
+        return False
+
     def get_fieldsets(self, request, obj=None):
         if obj is None:
             return ((None, {"fields": self.add_fields}),)

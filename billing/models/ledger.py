@@ -74,7 +74,9 @@ class UsageRecord(models.Model):
         null=True,
         blank=True,
         related_name="+",
-        # No index: nothing reads the ledger by price version, and every ledger insert would pay for one.
+        # No index, which every ledger insert would pay for: no query filters the ledger by price version, and a
+        # version is never deleted (routing.ModelPrice.model is PROTECT, the admin deletes no model), so neither
+        # Django's deletion collector nor Postgres's foreign-key check ever has to search the ledger for one.
         db_index=False,
         help_text="The served model's prices the cost was computed at; empty when no model served the request.",
     )

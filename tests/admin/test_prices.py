@@ -5,10 +5,12 @@ from decimal import Decimal
 
 import pytest
 from django.contrib.messages import get_messages
+from django.db import connection
 from django.db.models import ProtectedError
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from routing.models import ModelPrice
+from routing.models import Model, ModelPrice
 from routing.prices import model_price_set
 from tenants.models import Role
 from tests.admin.scenario import SUPERUSER, World, admin_url, make_user
@@ -185,14 +187,32 @@ def test_members_see_the_shared_history_and_age_but_cannot_change_a_price(client
     assert not ModelPrice.objects.filter(model=model, input_price_per_million=Decimal("9")).exists()
 
 
-def test_a_model_whose_prices_priced_a_ledger_row_cannot_be_deleted(world: World):
+@pytest.mark.parametrize("priced_a_request", [True, False])
+def test_a_model_with_prices_is_never_deleted_and_the_refusal_reads_no_ledger(world: World, priced_a_request):
+    """The ledger has no index on price_version: a deletion that searched it would scan every row."""
     model = world.acme.catalog_model
-    UsageRecordFactory(api_key=world.acme.api_key, request_id="req-priced", price_version=model.price_in_force())
+    if priced_a_request:
+        UsageRecordFactory(api_key=world.acme.api_key, request_id="req-priced", price_version=model.price_in_force())
 
-    with pytest.raises(ProtectedError):
+    with CaptureQueriesContext(connection) as queries, pytest.raises(ProtectedError):
         model.delete()
 
+    assert not [query["sql"] for query in queries if "billing_usagerecord" in query["sql"]]
     assert ModelPrice.objects.filter(model=model).exists()
+
+
+def test_the_admin_offers_no_deletion_of_a_model(superuser_client, world: World):
+    model = world.acme.catalog_model
+
+    change_page = superuser_client.get(admin_url("routing_model", "change", model.pk)).content.decode()
+    changelist = superuser_client.get(admin_url("routing_model", "changelist")).content.decode()
+    refused = superuser_client.post(admin_url("routing_model", "delete", model.pk), {"post": "yes"})
+
+    assert admin_url("routing_model", "delete", model.pk) not in change_page
+    assert "delete_selected" not in changelist
+    assert refused.status_code == 403
+    assert Model.objects.filter(pk=model.pk).exists()
+    assert "Untick to retire the model" in change_page
 
 
 def schedule_input_price(model, price: str, *, days: int = 1):
