@@ -10,6 +10,7 @@ from django.contrib.admin.utils import unquote
 from django.contrib.admin.widgets import AdminSplitDateTime
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import models
+from django.db.models.functions import Coalesce, Greatest
 from django.http import Http404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
@@ -33,7 +34,14 @@ from routing.models import (
     TenantModelAccess,
 )
 from routing.policy.simulation import routing_simulation
-from routing.prices import model_price_set, price_age_days, price_changes, price_is_stale, price_version_errors
+from routing.prices import (
+    model_price_set,
+    model_prices_confirm,
+    price_age_days,
+    price_changes,
+    price_is_stale,
+    price_version_errors,
+)
 from routing.providers.kinds import CONNECTION_FIELDS, PROVIDER_KINDS
 from routing.services import (
     model_create,
@@ -239,8 +247,20 @@ class CatalogModelAdmin(SuperuserOnlyAdmin):
     output_price_per_million = _price_column("output_price_per_million")
     cache_write_price_per_million = _price_column("cache_write_price_per_million")
 
+    actions = ("prices_confirm",)
+
     def get_queryset(self, request):
-        return super().get_queryset(request).with_prices_in_force()
+        # What the price age counts from, to sort by it: the later of taking effect and the last confirmation.
+        return (
+            super()
+            .get_queryset(request)
+            .with_prices_in_force()
+            .annotate(
+                prices_current_since=Greatest(
+                    "price_effective_from", Coalesce("prices_checked_at", "price_effective_from")
+                )
+            )
+        )
 
     def has_module_permission(self, request):
         return request_access(request).allows_somewhere(Action.VIEW)
@@ -269,10 +289,17 @@ class CatalogModelAdmin(SuperuserOnlyAdmin):
             return super().get_list_filter(request)
         return ("is_active",)
 
-    @admin.display(description="price age", ordering="-price_effective_from")
+    @admin.action(
+        description="Confirm the selected models' prices are still right (resets their age)", permissions=["change"]
+    )
+    def prices_confirm(self, request, queryset):
+        for model in queryset:
+            model_prices_confirm(model=model)
+        self.message_user(request, f"Prices confirmed for {', '.join(model.name for model in queryset)}.")
+
+    @admin.display(description="price age", ordering="-prices_current_since")
     def price_age(self, model: Model):
-        effective_from = getattr(model, "price_effective_from", None)
-        days = price_age_days(effective_from)
+        days = price_age_days(getattr(model, "price_effective_from", None), checked_at=model.prices_checked_at)
         if days is None:
             return "no price in force"
         if price_is_stale(days):
@@ -315,13 +342,19 @@ class CatalogModelAdmin(SuperuserOnlyAdmin):
                     f"{latest.effective_from.isoformat(timespec='seconds')} (from {latest.source}): the price fields "
                     "show them, and a change of price must take effect after that.",
                 )
-            days = price_age_days(getattr(model, "price_effective_from", None)) if model is not None else None
+            days = (
+                price_age_days(getattr(model, "price_effective_from", None), checked_at=model.prices_checked_at)
+                if model is not None
+                else None
+            )
             if price_is_stale(days):
                 messages.warning(
                     request,
-                    f"{model.name}'s prices took effect {days} days ago, more than LLMOPS_PRICE_MAX_AGE_DAYS "
-                    f"({settings.LLMOPS_PRICE_MAX_AGE_DAYS}): check them against the provider's price list, and "
-                    "save the prices that are now true (a new version) or import them (manage.py prices_import).",
+                    f"{model.name}'s prices took effect or were last confirmed {days} days ago, more than "
+                    f"LLMOPS_PRICE_MAX_AGE_DAYS ({settings.LLMOPS_PRICE_MAX_AGE_DAYS}): check them against the "
+                    "provider's price list, then save the prices that are now true (a new version), import them "
+                    "(manage.py prices_import), or, when they are still right, confirm them (the model list's action "
+                    '"Confirm the selected models\' prices are still right").',
                 )
         return super().change_view(request, object_id, form_url, extra_context)
 

@@ -112,11 +112,23 @@ def model_price_set(
     )
 
 
-def price_age_days(effective_from: datetime | None, *, now: datetime | None = None) -> int | None:
-    """Whole days since the prices in force took effect; None for a model with none in force."""
+def model_prices_confirm(*, model: Model) -> Model:
+    """Record that the model's prices were checked against the provider's and are still right: their age starts again
+    (the audit log keeps who confirmed). No version is added, since no price changed."""
+    model.prices_checked_at = timezone.now()
+    model.save(update_fields=["prices_checked_at"])
+    return model
+
+
+def price_age_days(
+    effective_from: datetime | None, *, checked_at: datetime | None = None, now: datetime | None = None
+) -> int | None:
+    """Whole days since the prices in force took effect or were last confirmed, whichever is later; None for a model
+    with none in force."""
     if effective_from is None:
         return None
-    return ((now or timezone.now()) - effective_from).days
+    since = max(effective_from, checked_at) if checked_at is not None else effective_from
+    return ((now or timezone.now()) - since).days
 
 
 def price_is_stale(age_days: int | None) -> bool:

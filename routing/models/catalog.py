@@ -109,6 +109,13 @@ class Model(models.Model):
         help_text="Untick to retire the model. A model with prices is never deleted: its price versions are what the "
         "ledger's costs were charged at.",
     )
+    prices_checked_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        editable=False,
+        help_text="When the prices were last confirmed still right (the admin's confirm action, or an import of equal "
+        "prices); the price age counts from this or from when the prices in force took effect, whichever is later.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     objects = ModelQuerySet.as_manager()

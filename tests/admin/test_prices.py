@@ -281,3 +281,46 @@ def test_a_price_change_after_a_scheduled_one_keeps_its_change(superuser_client,
     assert model.price_in_force(scheduled.effective_from).prices()["input_price_per_million"] == Decimal("0.12")
     assert model.price_in_force(later).input_price_per_million == Decimal("0.12")
     assert model.price_in_force(later).output_price_per_million == Decimal("0.90")
+
+
+def test_confirming_unchanged_prices_resets_their_age_without_a_version(superuser_client, world: World, settings):
+    settings.LLMOPS_PRICE_MAX_AGE_DAYS = 90
+    model = world.acme.catalog_model
+    backdate(model, days=120)
+
+    response = superuser_client.post(
+        admin_url("routing_model", "changelist"),
+        {"action": "prices_confirm", "_selected_action": [model.pk]},
+        follow=True,
+    )
+
+    html = response.content.decode()
+    assert f"Prices confirmed for {model.name}" in html
+    assert "0 days" in html and STALE_MARKER not in html
+    assert ModelPrice.objects.filter(model=model).count() == 1
+    page = superuser_client.get(admin_url("routing_model", "change", model.pk))
+    assert not [m for m in get_messages(page.wsgi_request) if m.level_tag == "warning"]
+
+
+def test_a_confirmation_older_than_the_prices_in_force_does_not_age_them(superuser_client, world: World, settings):
+    settings.LLMOPS_PRICE_MAX_AGE_DAYS = 90
+    model = world.acme.catalog_model
+    backdate(model, days=20)
+    Model.objects.filter(pk=model.pk).update(prices_checked_at=timezone.now() - timedelta(days=200))
+
+    html = superuser_client.get(admin_url("routing_model", "changelist")).content.decode()
+
+    assert "20 days" in html and STALE_MARKER not in html
+
+
+@pytest.mark.parametrize("role", [Role.OWNER, Role.VIEWER])
+def test_members_cannot_confirm_prices(client, world: World, role):
+    client.force_login(make_user(role, tenant=world.acme.tenant))
+    model = world.acme.catalog_model
+
+    changelist = client.get(admin_url("routing_model", "changelist")).content.decode()
+    client.post(admin_url("routing_model", "changelist"), {"action": "prices_confirm", "_selected_action": [model.pk]})
+
+    assert "prices_confirm" not in changelist
+    model.refresh_from_db()
+    assert model.prices_checked_at is None

@@ -263,3 +263,20 @@ def test_without_an_effective_date_a_version_starts_when_it_is_written_not_when_
     version = Model.objects.get(name="gpt-4o-mini").price_in_force()
     assert read_at[0] <= version.effective_from <= version.created_at
     assert "effective now" in output
+
+
+def test_an_import_of_unchanged_prices_confirms_them(catalog):
+    sonnet = catalog["claude-3-5-sonnet-20241022"]
+    ModelPrice.objects.filter(model=sonnet).update(effective_from=timezone.now() - timedelta(days=120))
+
+    prices_import(LITELLM, "--strip-prefix", "anthropic/", "--dry-run")
+    sonnet.refresh_from_db()
+    assert sonnet.prices_checked_at is None
+
+    before = timezone.now()
+    output = prices_import(LITELLM, "--strip-prefix", "anthropic/")
+
+    sonnet.refresh_from_db()
+    assert sonnet.prices_checked_at >= before
+    assert sonnet.price_versions.count() == 1
+    assert "the prices of 1 confirmed" in output

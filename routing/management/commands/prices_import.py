@@ -37,7 +37,8 @@ class Command(BaseCommand):
     help = (
         "Add versions of model prices from a CSV or JSON file (ours, or LiteLLM's "
         "model_prices_and_context_window.json), taking effect at --effective-from (default now), after every version "
-        "already saved. Prices equal to a model's latest version add nothing; a bad file changes nothing."
+        "already saved. Prices equal to a model's latest version add no version but confirm them (their age starts "
+        "again); a bad file changes nothing."
     )
 
     def add_arguments(self, parser):
@@ -100,7 +101,8 @@ class Command(BaseCommand):
                 added = price_import_apply(plan=plan, source=f"prices_import {file.name}", provider=catalog_provider)
         except PriceFileError as exc:
             raise CommandError(f"{exc}\nNothing was changed.") from exc
-        self.stdout.write(f"{summary}: {added} price version(s) added.")
+        confirmed = f", the prices of {len(plan.unchanged)} confirmed" if plan.unchanged else ""
+        self.stdout.write(f"{summary}: {added} price version(s) added{confirmed}.")
 
     def _report_left_out(self, plan, not_per_token: list[str], *, verbosity: int) -> None:
         for title, names in (
