@@ -245,7 +245,6 @@ class CatalogModelAdmin(SuperuserOnlyAdmin):
     input_price_per_million = _price_column("input_price_per_million")
     cached_input_price_per_million = _price_column("cached_input_price_per_million")
     output_price_per_million = _price_column("output_price_per_million")
-    cache_write_price_per_million = _price_column("cache_write_price_per_million")
 
     actions = ("prices_confirm",)
 
