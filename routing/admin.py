@@ -310,6 +310,19 @@ class CatalogModelAdmin(SuperuserOnlyAdmin):
             )
         return f"{days} days"
 
+    def get_object(self, request, object_id, from_field=None):
+        model = super().get_object(request, object_id, from_field)
+        if model is not None:
+            # Who saved a version is platform staff: tenant members see "platform", never a username.
+            model.price_authors_shown = request.user.is_superuser
+        return model
+
+    @staticmethod
+    def _price_author(model: Model, version) -> str:
+        if version.created_by is None:
+            return ""
+        return version.created_by.get_username() if getattr(model, "price_authors_shown", False) else "platform"
+
     @admin.display(description="versions, latest first")
     def price_history(self, model: Model):
         now = timezone.now()
@@ -320,7 +333,7 @@ class CatalogModelAdmin(SuperuserOnlyAdmin):
                 "upcoming" if version.effective_from > now else "in force" if version == in_force else "past",
                 *(getattr(version, name) if getattr(version, name) is not None else "—" for name in PRICE_FIELDS),
                 version.source,
-                version.created_by.get_username() if version.created_by else "",
+                self._price_author(model, version),
             )
             for version in model.price_versions.select_related("created_by")
         ]

@@ -324,3 +324,31 @@ def test_members_cannot_confirm_prices(client, world: World, role):
     assert "prices_confirm" not in changelist
     model.refresh_from_db()
     assert model.prices_checked_at is None
+
+
+@pytest.mark.parametrize("role", [Role.OWNER, Role.VIEWER])
+def test_members_see_platform_not_the_staff_username_in_the_history(client, world: World, role):
+    model = world.acme.catalog_model
+    staff = make_user(SUPERUSER, tenant=world.acme.tenant)
+    staff.username = "ops-alice"
+    staff.save()
+    model_price_set(model=model, prices={"input_price_per_million": Decimal("0.2")}, source="admin", actor=staff)
+    client.force_login(make_user(role, tenant=world.acme.tenant))
+
+    html = client.get(admin_url("routing_model", "change", model.pk)).content.decode()
+
+    history = html[html.index('class="price-history"') :]
+    assert "ops-alice" not in html
+    assert "<td>platform</td>" in history
+
+
+def test_superusers_see_who_saved_each_version(superuser_client, world: World):
+    model = world.acme.catalog_model
+    staff = make_user(SUPERUSER, tenant=world.acme.tenant)
+    staff.username = "ops-alice"
+    staff.save()
+    model_price_set(model=model, prices={"input_price_per_million": Decimal("0.2")}, source="admin", actor=staff)
+
+    html = superuser_client.get(admin_url("routing_model", "change", model.pk)).content.decode()
+
+    assert "<td>ops-alice</td>" in html[html.index('class="price-history"') :]
