@@ -10,6 +10,7 @@ from django.contrib.admin.utils import unquote
 from django.contrib.admin.widgets import AdminSplitDateTime
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import models
+from django.db.models.functions import Coalesce, Greatest
 from django.http import Http404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
@@ -33,7 +34,14 @@ from routing.models import (
     TenantModelAccess,
 )
 from routing.policy.simulation import routing_simulation
-from routing.prices import model_price_set, price_age_days, price_changes, price_is_stale, price_version_errors
+from routing.prices import (
+    model_price_set,
+    model_prices_confirm,
+    price_age_days,
+    price_changes,
+    price_is_stale,
+    price_version_errors,
+)
 from routing.providers.kinds import CONNECTION_FIELDS, PROVIDER_KINDS
 from routing.services import (
     model_create,
@@ -168,16 +176,18 @@ class CatalogModelForm(forms.ModelForm):
         required=False,
         widget=AdminSplitDateTime,
         label="prices take effect",
-        help_text="When changed prices take effect; blank: now. A change is a new version: requests before it keep "
-        "the prices they were charged at.",
+        help_text="When changed prices take effect; blank: the moment they are saved. A change is a new version, "
+        "after every version the model has (scheduled ones included): requests before it keep the prices they were "
+        "charged at.",
     )
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        in_force = self.instance.price_in_force() if self.instance.pk else None
+        # The latest version, scheduled or in force: the one a change follows, so a save keeps what it schedules.
+        latest = self.instance.latest_price_version() if self.instance.pk else None
         for name in PRICE_FIELDS:
-            if name in self.fields and in_force is not None:
-                self.fields[name].initial = getattr(in_force, name)
+            if name in self.fields and latest is not None:
+                self.fields[name].initial = getattr(latest, name)
 
     def clean_price_effective_from(self):
         effective_from = self.cleaned_data["price_effective_from"]
@@ -187,14 +197,15 @@ class CatalogModelForm(forms.ModelForm):
 
     def clean(self):
         cleaned_data = super().clean()
-        if self.instance.pk and "price_effective_from" in self.fields:
-            effective_from = cleaned_data.get("price_effective_from") or timezone.now()
-            prices = self.prices()
-            if price_changes(
-                model=self.instance, name=self.instance.name, prices=prices, effective_from=effective_from
-            ):
-                for error in price_version_errors(model=self.instance, effective_from=effective_from):
-                    self.add_error("price_effective_from", error)
+        changes_price = (
+            self.instance.pk
+            and "price_effective_from" in self.fields
+            and price_changes(model=self.instance, name=self.instance.name, prices=self.prices())
+        )
+        if changes_price:
+            effective_from = cleaned_data.get("price_effective_from")
+            for error in price_version_errors(model=self.instance, effective_from=effective_from):
+                self.add_error("price_effective_from", error)
         return cleaned_data
 
     def prices(self) -> dict:
@@ -234,16 +245,31 @@ class CatalogModelAdmin(SuperuserOnlyAdmin):
     input_price_per_million = _price_column("input_price_per_million")
     cached_input_price_per_million = _price_column("cached_input_price_per_million")
     output_price_per_million = _price_column("output_price_per_million")
-    cache_write_price_per_million = _price_column("cache_write_price_per_million")
+
+    actions = ("prices_confirm",)
 
     def get_queryset(self, request):
-        return super().get_queryset(request).with_prices_in_force()
+        # What the price age counts from, to sort by it: the later of taking effect and the last confirmation.
+        return (
+            super()
+            .get_queryset(request)
+            .with_prices_in_force()
+            .annotate(
+                prices_current_since=Greatest(
+                    "price_effective_from", Coalesce("prices_checked_at", "price_effective_from")
+                )
+            )
+        )
 
     def has_module_permission(self, request):
         return request_access(request).allows_somewhere(Action.VIEW)
 
     def has_view_permission(self, request, obj=None):
         return self.has_module_permission(request)
+
+    def has_delete_permission(self, request, obj=None):
+        """Never: every model has prices, and its price versions stay (ModelPrice.model); untick is_active instead."""
+        return False
 
     def get_fieldsets(self, request, obj=None):
         if obj is None:
@@ -262,10 +288,17 @@ class CatalogModelAdmin(SuperuserOnlyAdmin):
             return super().get_list_filter(request)
         return ("is_active",)
 
-    @admin.display(description="price age", ordering="-price_effective_from")
+    @admin.action(
+        description="Confirm the selected models' prices are still right (resets their age)", permissions=["change"]
+    )
+    def prices_confirm(self, request, queryset):
+        for model in queryset:
+            model_prices_confirm(model=model)
+        self.message_user(request, f"Prices confirmed for {', '.join(model.name for model in queryset)}.")
+
+    @admin.display(description="price age", ordering="-prices_current_since")
     def price_age(self, model: Model):
-        effective_from = getattr(model, "price_effective_from", None)
-        days = price_age_days(effective_from)
+        days = price_age_days(getattr(model, "price_effective_from", None), checked_at=model.prices_checked_at)
         if days is None:
             return "no price in force"
         if price_is_stale(days):
@@ -277,6 +310,19 @@ class CatalogModelAdmin(SuperuserOnlyAdmin):
             )
         return f"{days} days"
 
+    def get_object(self, request, object_id, from_field=None):
+        model = super().get_object(request, object_id, from_field)
+        if model is not None:
+            # Who saved a version is platform staff: tenant members see "platform", never a username.
+            model.price_authors_shown = request.user.is_superuser
+        return model
+
+    @staticmethod
+    def _price_author(model: Model, version) -> str:
+        if version.created_by is None:
+            return ""
+        return version.created_by.get_username() if getattr(model, "price_authors_shown", False) else "platform"
+
     @admin.display(description="versions, latest first")
     def price_history(self, model: Model):
         now = timezone.now()
@@ -287,7 +333,7 @@ class CatalogModelAdmin(SuperuserOnlyAdmin):
                 "upcoming" if version.effective_from > now else "in force" if version == in_force else "past",
                 *(getattr(version, name) if getattr(version, name) is not None else "—" for name in PRICE_FIELDS),
                 version.source,
-                version.created_by.get_username() if version.created_by else "",
+                self._price_author(model, version),
             )
             for version in model.price_versions.select_related("created_by")
         ]
@@ -300,13 +346,27 @@ class CatalogModelAdmin(SuperuserOnlyAdmin):
     def change_view(self, request, object_id, form_url="", extra_context=None):
         if request.method == "GET":
             model = self.get_object(request, unquote(object_id))
-            days = price_age_days(getattr(model, "price_effective_from", None)) if model is not None else None
+            latest = model.latest_price_version() if model is not None else None
+            if latest is not None and latest.effective_from > timezone.now() and request.user.is_superuser:
+                messages.warning(
+                    request,
+                    f"{model.name} has prices scheduled to take effect at "
+                    f"{latest.effective_from.isoformat(timespec='seconds')} (from {latest.source}): the price fields "
+                    "show them, and a change of price must take effect after that.",
+                )
+            days = (
+                price_age_days(getattr(model, "price_effective_from", None), checked_at=model.prices_checked_at)
+                if model is not None
+                else None
+            )
             if price_is_stale(days):
                 messages.warning(
                     request,
-                    f"{model.name}'s prices took effect {days} days ago, more than LLMOPS_PRICE_MAX_AGE_DAYS "
-                    f"({settings.LLMOPS_PRICE_MAX_AGE_DAYS}): check them against the provider's price list, and "
-                    "save the prices that are now true (a new version) or import them (manage.py prices_import).",
+                    f"{model.name}'s prices took effect or were last confirmed {days} days ago, more than "
+                    f"LLMOPS_PRICE_MAX_AGE_DAYS ({settings.LLMOPS_PRICE_MAX_AGE_DAYS}): check them against the "
+                    "provider's price list, then save the prices that are now true (a new version), import them "
+                    "(manage.py prices_import), or, when they are still right, confirm them (the model list's action "
+                    '"Confirm the selected models\' prices are still right").',
                 )
         return super().change_view(request, object_id, form_url, extra_context)
 

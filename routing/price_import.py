@@ -22,6 +22,7 @@ from routing.prices import (
     PriceChange,
     Prices,
     model_price_set,
+    model_prices_confirm,
     price_changes,
     price_field_errors,
     price_version_errors,
@@ -62,11 +63,13 @@ class PriceEntry:
 class ImportPlan:
     """What an import does: the versions it adds (with their diff), the models it creates, what it leaves."""
 
-    effective_from: datetime
+    # None: each version takes effect when it is written.
+    effective_from: datetime | None
     updates: list[tuple[Model, PriceEntry]] = field(default_factory=list)
     creations: list[PriceEntry] = field(default_factory=list)
     changes: list[PriceChange] = field(default_factory=list)
-    unchanged: list[str] = field(default_factory=list)
+    # Models whose prices equal the file's: the import confirms them (their price age starts again).
+    unchanged: list[Model] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
 
@@ -177,7 +180,7 @@ def _catalog_name(name: str, prefixes: Sequence[str]) -> str:
 def price_import_plan(
     entries: list[PriceEntry],
     *,
-    effective_from: datetime,
+    effective_from: datetime | None,
     strip_prefixes: Sequence[str] = (),
     litellm_provider: str = "",
     create: bool = False,
@@ -208,13 +211,13 @@ def price_import_plan(
             plan.skipped.append(entry.name)
             continue
         errors += [f"{entry.name}: {error}" for error in price_field_errors(entry.prices)]
-        changes = price_changes(model=model, name=target, prices=entry.prices, effective_from=effective_from)
+        changes = price_changes(model=model, name=target, prices=entry.prices)
         if model is None:
             if missing := [name for name in REQUIRED_PRICES if name not in entry.prices]:
                 errors.append(f"{entry.name}: a model created needs its {' and '.join(missing)}")
             plan.creations.append(replace(entry, name=target))
         elif not changes:
-            plan.unchanged.append(target)
+            plan.unchanged.append(model)
             continue
         else:
             errors += price_version_errors(model=model, effective_from=effective_from)
@@ -227,11 +230,13 @@ def price_import_plan(
 
 @transaction.atomic
 def price_import_apply(*, plan: ImportPlan, source: str, provider: Provider | None = None, actor=None) -> int:
-    """Write the plan: a version per model whose prices change, the models to create on ``provider``. All or nothing.
-    Returns the number of versions added."""
+    """Write the plan: a version per model whose prices change, the models to create on ``provider``, and the
+    confirmation of the prices the file found unchanged. All or nothing. Returns the number of versions added."""
     if plan.creations and provider is None:
         raise PriceFileError("models to create need a provider (--provider)")
     added = 0
+    for model in plan.unchanged:
+        model_prices_confirm(model=model)
     try:
         for model, entry in plan.updates:
             added += (

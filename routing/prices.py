@@ -30,10 +30,10 @@ class PriceChange:
     new: Decimal | None
 
 
-def price_changes(*, model: Model | None, name: str, prices: Prices, effective_from: datetime) -> list[PriceChange]:
-    """What a version of ``prices`` taking effect at ``effective_from`` would change against the version it follows
-    (every field, for a model that has none yet or does not exist: ``model`` None)."""
-    before = model.price_in_force(effective_from) if model is not None and model.pk else None
+def price_changes(*, model: Model | None, name: str, prices: Prices) -> list[PriceChange]:
+    """What a new version of ``prices`` would change against the model's latest version, the one it follows (every
+    field, for a model that has none yet or does not exist: ``model`` None)."""
+    before = model.latest_price_version() if model is not None and model.pk else None
     changes = []
     for field in PRICE_FIELDS:
         if field not in prices:
@@ -57,38 +57,51 @@ def price_field_errors(prices: Prices) -> list[str]:
     return errors
 
 
-def price_version_errors(*, model: Model, effective_from: datetime) -> list[str]:
-    """Why a new version of the model's prices cannot take effect at ``effective_from``; empty when it can."""
-    in_force = model.price_in_force()
-    if in_force is not None and effective_from <= in_force.effective_from:
+def price_version_errors(*, model: Model, effective_from: datetime | None = None) -> list[str]:
+    """Why a new version of the model's prices cannot take effect at ``effective_from`` (default now); empty when it
+    can.
+
+    A new version follows every version the model has: before the version in force it would reprice the past, and
+    before a version scheduled ahead it would be undone when that one takes effect, with the prices it carries.
+    """
+    latest = model.latest_price_version()
+    moment = effective_from or timezone.now()
+    if latest is None or moment > latest.effective_from:
+        return []
+    taken = latest.effective_from.isoformat(timespec="seconds")
+    if latest.effective_from > timezone.now():
         return [
-            f"{model.name}'s prices in force took effect at {in_force.effective_from.isoformat()}: a new version must "
-            "take effect after that, so the past keeps the prices it was charged at."
+            f"{model.name} has prices scheduled to take effect at {taken} (from {latest.source}): a new version must "
+            "take effect after that, or the scheduled version would undo its change when it takes effect. Give a "
+            "later time, or wait for the scheduled prices to take effect."
         ]
-    if model.price_versions.filter(effective_from=effective_from).exists():
-        return [f"{model.name} already has a price version taking effect at {effective_from.isoformat()}."]
-    return []
+    return [
+        f"{model.name}'s prices in force took effect at {taken}: a new version must take effect after that, so the "
+        "past keeps the prices it was charged at."
+    ]
 
 
 @transaction.atomic
 def model_price_set(
     *, model: Model, prices: Prices, source: str, actor=None, effective_from: datetime | None = None
 ) -> ModelPrice | None:
-    """A new version of the model's prices from ``effective_from`` (default now), the fields not in ``prices``
-    carried over from the version it follows. None, and nothing saved, when it would change no price.
+    """A new version of the model's prices from ``effective_from`` (default: the moment it is written), the fields
+    not in ``prices`` carried over from the latest version. None, and nothing saved, when it would change no price.
 
-    A version cannot take effect before the version in force: the past stays priced as it was charged.
+    A version takes effect after every version the model has (price_version_errors), so no price anybody chose is
+    repriced or undone.
     """
-    effective_from = effective_from or timezone.now()
-    # Serializes changes to one model's prices, so two saves cannot both find the same version before them.
+    # Serializes changes to one model's prices, so two saves cannot both follow the same latest version.
     Model.objects.select_for_update().get(pk=model.pk)
-    if not price_changes(model=model, name=model.name, prices=prices, effective_from=effective_from):
+    # Stamped once the lock is held: a version written now never starts before it was written.
+    effective_from = effective_from or timezone.now()
+    if not price_changes(model=model, name=model.name, prices=prices):
         return None
     if errors := price_version_errors(model=model, effective_from=effective_from):
         raise ValidationError({"effective_from": errors})
     if errors := price_field_errors(prices):
         raise ValidationError(errors)
-    before = model.price_in_force(effective_from)
+    before = model.latest_price_version()
     carried = before.prices() if before is not None else {}
     return ModelPrice.objects.create(
         model=model,
@@ -99,11 +112,23 @@ def model_price_set(
     )
 
 
-def price_age_days(effective_from: datetime | None, *, now: datetime | None = None) -> int | None:
-    """Whole days since the prices in force took effect; None for a model with none in force."""
+def model_prices_confirm(*, model: Model) -> Model:
+    """Record that the model's prices were checked against the provider's and are still right: their age starts again
+    (the audit log keeps who confirmed). No version is added, since no price changed."""
+    model.prices_checked_at = timezone.now()
+    model.save(update_fields=["prices_checked_at"])
+    return model
+
+
+def price_age_days(
+    effective_from: datetime | None, *, checked_at: datetime | None = None, now: datetime | None = None
+) -> int | None:
+    """Whole days since the prices in force took effect or were last confirmed, whichever is later; None for a model
+    with none in force."""
     if effective_from is None:
         return None
-    return ((now or timezone.now()) - effective_from).days
+    since = max(effective_from, checked_at) if checked_at is not None else effective_from
+    return ((now or timezone.now()) - since).days
 
 
 def price_is_stale(age_days: int | None) -> bool:

@@ -145,6 +145,8 @@ class _SyntheticHistory:
             api_key=key,
             requested_model="auto",
             served_model=model.name,
+            # Every row is priced at the served model's prices in force now, as the gateway records its version.
+            price_version_id=model.price_version_id,
             route=route,
             routed_to_large=model == self.premium and model != self.small,
             is_stream=randomness.random() < 0.4,

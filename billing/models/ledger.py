@@ -74,9 +74,13 @@ class UsageRecord(models.Model):
         null=True,
         blank=True,
         related_name="+",
-        # No index: nothing reads the ledger by price version, and every ledger insert would pay for one.
+        # No index, which every ledger insert would pay for: no query filters the ledger by price version, and a
+        # version is never deleted (routing.ModelPrice.model is PROTECT, the admin deletes no model), so neither
+        # Django's deletion collector nor Postgres's foreign-key check ever has to search the ledger for one.
         db_index=False,
-        help_text="The served model's prices the cost was computed at; empty when no model served the request.",
+        help_text="The served model's prices the cost was computed at; empty when no model served the request, and "
+        "on rows written before prices were versioned (migration billing 0006): their cost stands, its prices are "
+        "not recorded.",
     )
     upstream_latency_ms = models.PositiveIntegerField(null=True, blank=True)
     total_latency_ms = models.PositiveIntegerField(default=0)

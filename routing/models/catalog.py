@@ -104,7 +104,18 @@ class Model(models.Model):
         validators=[MinValueValidator(Decimal("0"))],
         help_text="Share of the price charged for lines sent to the provider's batch endpoint (0.5 = half).",
     )
-    is_active = models.BooleanField(default=True)
+    is_active = models.BooleanField(
+        default=True,
+        help_text="Untick to retire the model. A model with prices is never deleted: its price versions are what the "
+        "ledger's costs were charged at.",
+    )
+    prices_checked_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        editable=False,
+        help_text="When the prices were last confirmed still right (the admin's confirm action, or an import of equal "
+        "prices); the price age counts from this or from when the prices in force took effect, whichever is later.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     objects = ModelQuerySet.as_manager()
@@ -117,6 +128,10 @@ class Model(models.Model):
 
     def price_in_force(self, at: datetime | None = None) -> "ModelPrice | None":
         return self.price_versions.in_force(at).first()
+
+    def latest_price_version(self) -> "ModelPrice | None":
+        """The version a new one follows: the one in force, or the last of those scheduled ahead of it."""
+        return self.price_versions.order_by("-effective_from").first()
 
 
 class ModelPriceQuerySet(models.QuerySet):
@@ -133,7 +148,9 @@ class ModelPrice(models.Model):
     ``price_version``) always says which prices it was charged at.
     """
 
-    model = models.ForeignKey(Model, on_delete=models.CASCADE, related_name="price_versions")
+    # PROTECT: deleting a version would make Django and Postgres look for ledger rows priced at it, a scan of the whole
+    # ledger (UsageRecord.price_version has no index); a model is retired with is_active instead.
+    model = models.ForeignKey(Model, on_delete=models.PROTECT, related_name="price_versions")
     effective_from = models.DateTimeField()
     input_price_per_million = models.DecimalField(**PRICE_FIELD)
     cached_input_price_per_million = models.DecimalField(

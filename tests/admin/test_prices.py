@@ -5,10 +5,12 @@ from decimal import Decimal
 
 import pytest
 from django.contrib.messages import get_messages
+from django.db import connection
 from django.db.models import ProtectedError
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from routing.models import ModelPrice
+from routing.models import Model, ModelPrice
 from routing.prices import model_price_set
 from tenants.models import Role
 from tests.admin.scenario import SUPERUSER, World, admin_url, make_user
@@ -185,11 +187,168 @@ def test_members_see_the_shared_history_and_age_but_cannot_change_a_price(client
     assert not ModelPrice.objects.filter(model=model, input_price_per_million=Decimal("9")).exists()
 
 
-def test_a_model_whose_prices_priced_a_ledger_row_cannot_be_deleted(world: World):
+@pytest.mark.parametrize("priced_a_request", [True, False])
+def test_a_model_with_prices_is_never_deleted_and_the_refusal_reads_no_ledger(world: World, priced_a_request):
+    """The ledger has no index on price_version: a deletion that searched it would scan every row."""
     model = world.acme.catalog_model
-    UsageRecordFactory(api_key=world.acme.api_key, request_id="req-priced", price_version=model.price_in_force())
+    if priced_a_request:
+        UsageRecordFactory(api_key=world.acme.api_key, request_id="req-priced", price_version=model.price_in_force())
 
-    with pytest.raises(ProtectedError):
+    with CaptureQueriesContext(connection) as queries, pytest.raises(ProtectedError):
         model.delete()
 
+    assert not [query["sql"] for query in queries if "billing_usagerecord" in query["sql"]]
     assert ModelPrice.objects.filter(model=model).exists()
+
+
+def test_the_admin_offers_no_deletion_of_a_model(superuser_client, world: World):
+    model = world.acme.catalog_model
+
+    change_page = superuser_client.get(admin_url("routing_model", "change", model.pk)).content.decode()
+    changelist = superuser_client.get(admin_url("routing_model", "changelist")).content.decode()
+    refused = superuser_client.post(admin_url("routing_model", "delete", model.pk), {"post": "yes"})
+
+    assert admin_url("routing_model", "delete", model.pk) not in change_page
+    assert "delete_selected" not in changelist
+    assert refused.status_code == 403
+    assert Model.objects.filter(pk=model.pk).exists()
+    assert "Untick to retire the model" in change_page
+
+
+def schedule_input_price(model, price: str, *, days: int = 1):
+    return model_price_set(
+        model=model,
+        prices={"input_price_per_million": Decimal(price)},
+        effective_from=timezone.now() + timedelta(days=days),
+        source="prices_import next.csv",
+    )
+
+
+def test_the_form_shows_the_scheduled_prices_and_warns_of_them(superuser_client, world: World):
+    model = world.acme.catalog_model
+    scheduled = schedule_input_price(model, "0.12")
+
+    response = superuser_client.get(admin_url("routing_model", "change", model.pk))
+
+    form = response.context["adminform"].form
+    assert form["input_price_per_million"].value() == Decimal("0.12")
+    assert form["output_price_per_million"].value() == Decimal("0.60")
+    warnings = [str(m) for m in get_messages(response.wsgi_request) if m.level_tag == "warning"]
+    assert any(
+        f"scheduled to take effect at {scheduled.effective_from.isoformat(timespec='seconds')}" in warning
+        and "prices_import next.csv" in warning
+        for warning in warnings
+    )
+
+
+def test_a_price_change_now_is_refused_while_one_is_scheduled(superuser_client, world: World):
+    model = world.acme.catalog_model
+    scheduled = schedule_input_price(model, "0.12")
+
+    response = superuser_client.post(
+        admin_url("routing_model", "change", model.pk),
+        change_form(world, input_price_per_million="0.12", output_price_per_million="0.90"),
+    )
+
+    assert response.status_code == 200
+    errors = response.context["adminform"].form.errors["price_effective_from"]
+    assert any(scheduled.effective_from.isoformat(timespec="seconds") in error for error in errors)
+    assert ModelPrice.objects.filter(model=model).count() == 2
+    assert model.price_in_force(scheduled.effective_from).output_price_per_million == Decimal("0.60")
+
+
+def test_a_price_change_after_a_scheduled_one_keeps_its_change(superuser_client, world: World):
+    model = world.acme.catalog_model
+    scheduled = schedule_input_price(model, "0.12")
+    later = (timezone.now() + timedelta(days=3)).replace(microsecond=0)
+    shown = superuser_client.get(admin_url("routing_model", "change", model.pk)).context["adminform"].form
+
+    response = superuser_client.post(
+        admin_url("routing_model", "change", model.pk),
+        change_form(
+            world,
+            # The prices the form shows, as a user saving it unchanged would send them back.
+            **{
+                name: str(shown[name].value()) for name in ("input_price_per_million", "cached_input_price_per_million")
+            },
+            output_price_per_million="0.90",
+            price_effective_from_0=later.strftime("%Y-%m-%d"),
+            price_effective_from_1=later.strftime("%H:%M:%S"),
+        ),
+    )
+
+    assert response.status_code == 302
+    assert model.price_in_force(scheduled.effective_from).prices()["input_price_per_million"] == Decimal("0.12")
+    assert model.price_in_force(later).input_price_per_million == Decimal("0.12")
+    assert model.price_in_force(later).output_price_per_million == Decimal("0.90")
+
+
+def test_confirming_unchanged_prices_resets_their_age_without_a_version(superuser_client, world: World, settings):
+    settings.LLMOPS_PRICE_MAX_AGE_DAYS = 90
+    model = world.acme.catalog_model
+    backdate(model, days=120)
+
+    response = superuser_client.post(
+        admin_url("routing_model", "changelist"),
+        {"action": "prices_confirm", "_selected_action": [model.pk]},
+        follow=True,
+    )
+
+    html = response.content.decode()
+    assert f"Prices confirmed for {model.name}" in html
+    assert "0 days" in html and STALE_MARKER not in html
+    assert ModelPrice.objects.filter(model=model).count() == 1
+    page = superuser_client.get(admin_url("routing_model", "change", model.pk))
+    assert not [m for m in get_messages(page.wsgi_request) if m.level_tag == "warning"]
+
+
+def test_a_confirmation_older_than_the_prices_in_force_does_not_age_them(superuser_client, world: World, settings):
+    settings.LLMOPS_PRICE_MAX_AGE_DAYS = 90
+    model = world.acme.catalog_model
+    backdate(model, days=20)
+    Model.objects.filter(pk=model.pk).update(prices_checked_at=timezone.now() - timedelta(days=200))
+
+    html = superuser_client.get(admin_url("routing_model", "changelist")).content.decode()
+
+    assert "20 days" in html and STALE_MARKER not in html
+
+
+@pytest.mark.parametrize("role", [Role.OWNER, Role.VIEWER])
+def test_members_cannot_confirm_prices(client, world: World, role):
+    client.force_login(make_user(role, tenant=world.acme.tenant))
+    model = world.acme.catalog_model
+
+    changelist = client.get(admin_url("routing_model", "changelist")).content.decode()
+    client.post(admin_url("routing_model", "changelist"), {"action": "prices_confirm", "_selected_action": [model.pk]})
+
+    assert "prices_confirm" not in changelist
+    model.refresh_from_db()
+    assert model.prices_checked_at is None
+
+
+@pytest.mark.parametrize("role", [Role.OWNER, Role.VIEWER])
+def test_members_see_platform_not_the_staff_username_in_the_history(client, world: World, role):
+    model = world.acme.catalog_model
+    staff = make_user(SUPERUSER, tenant=world.acme.tenant)
+    staff.username = "ops-alice"
+    staff.save()
+    model_price_set(model=model, prices={"input_price_per_million": Decimal("0.2")}, source="admin", actor=staff)
+    client.force_login(make_user(role, tenant=world.acme.tenant))
+
+    html = client.get(admin_url("routing_model", "change", model.pk)).content.decode()
+
+    history = html[html.index('class="price-history"') :]
+    assert "ops-alice" not in html
+    assert "<td>platform</td>" in history
+
+
+def test_superusers_see_who_saved_each_version(superuser_client, world: World):
+    model = world.acme.catalog_model
+    staff = make_user(SUPERUSER, tenant=world.acme.tenant)
+    staff.username = "ops-alice"
+    staff.save()
+    model_price_set(model=model, prices={"input_price_per_million": Decimal("0.2")}, source="admin", actor=staff)
+
+    html = superuser_client.get(admin_url("routing_model", "change", model.pk)).content.decode()
+
+    assert "<td>ops-alice</td>" in html[html.index('class="price-history"') :]

@@ -214,3 +214,69 @@ def test_a_model_to_create_needs_its_input_and_output_prices(catalog, tmp_path):
         prices_import(path, "--create", "--provider", "anthropic")
 
     assert not Model.objects.filter(name="brand-new").exists()
+
+
+def test_prices_now_are_refused_while_a_version_is_scheduled_and_nothing_is_undone(db, tmp_path):
+    ModelFactory(
+        name="acme-small",
+        input_price_per_million=Decimal("1"),
+        cached_input_price_per_million=Decimal("0.5"),
+        output_price_per_million=Decimal("2"),
+    )
+    tomorrow = (timezone.now() + timedelta(days=1)).date()
+    prices_import(
+        write(tmp_path, "next.csv", "model,input_price_per_million\nacme-small,0.9\n"),
+        "--effective-from",
+        tomorrow.isoformat(),
+    )
+    count = version_count()
+
+    with pytest.raises(CommandError, match=rf"acme-small has prices scheduled to take effect at {tomorrow}T00:00:00"):
+        prices_import(write(tmp_path, "now.csv", "model,output_price_per_million\nacme-small,3\n"))
+
+    assert version_count() == count
+    day_after = timezone.now() + timedelta(days=2)
+    assert in_force("acme-small")["output_price_per_million"] == Decimal("2")
+    assert (
+        in_force("acme-small", day_after)["input_price_per_million"],
+        in_force("acme-small", day_after)["output_price_per_million"],
+    ) == (Decimal("0.9"), Decimal("2"))
+
+
+def test_without_an_effective_date_a_version_starts_when_it_is_written_not_when_the_command_started(
+    catalog, monkeypatch
+):
+    from routing.management.commands import prices_import as command
+
+    read = command.price_file_entries
+    read_at = []
+
+    def read_then_note_the_time(path):
+        entries = read(path)
+        read_at.append(timezone.now())
+        return entries
+
+    monkeypatch.setattr(command, "price_file_entries", read_then_note_the_time)
+
+    output = prices_import(LITELLM, "--strip-prefix", "anthropic/")
+
+    version = Model.objects.get(name="gpt-4o-mini").price_in_force()
+    assert read_at[0] <= version.effective_from <= version.created_at
+    assert "effective now" in output
+
+
+def test_an_import_of_unchanged_prices_confirms_them(catalog):
+    sonnet = catalog["claude-3-5-sonnet-20241022"]
+    ModelPrice.objects.filter(model=sonnet).update(effective_from=timezone.now() - timedelta(days=120))
+
+    prices_import(LITELLM, "--strip-prefix", "anthropic/", "--dry-run")
+    sonnet.refresh_from_db()
+    assert sonnet.prices_checked_at is None
+
+    before = timezone.now()
+    output = prices_import(LITELLM, "--strip-prefix", "anthropic/")
+
+    sonnet.refresh_from_db()
+    assert sonnet.prices_checked_at >= before
+    assert sonnet.price_versions.count() == 1
+    assert "the prices of 1 confirmed" in output

@@ -53,8 +53,9 @@ EDITABLE = {
 }
 READ_ONLY = {SUPERUSER: "mvx", "owner": "mv", "admin": "mv", "finance": "mv", "viewer": "mv", NO_MEMBERSHIP: "-"}
 TENANT = {SUPERUSER: "mvacdx", "owner": "mvc", "admin": "mvc", "finance": "mv", "viewer": "mv", NO_MEMBERSHIP: "-"}
-# The model catalog and its prices: every member reads them, only superusers change them.
-CATALOG = {SUPERUSER: "mvacdx", "owner": "mvx", "admin": "mvx", "finance": "mvx", "viewer": "mvx", NO_MEMBERSHIP: "-"}
+# The model catalog and its prices: every member reads them, only superusers change them, nobody deletes a model
+# (its price versions stay: they are what the ledger was charged at).
+CATALOG = {SUPERUSER: "mvacx", "owner": "mvx", "admin": "mvx", "finance": "mvx", "viewer": "mvx", NO_MEMBERSHIP: "-"}
 AUDIT_TRAIL = {SUPERUSER: "m", "owner": "-", "admin": "-", "finance": "-", "viewer": "-", NO_MEMBERSHIP: "-"}
 # What the tenant's users asked and were told (cached answers): its owners and admins look, nobody else.
 TENANT_ADMINS_READ = {SUPERUSER: "mvx", "owner": "mv", "admin": "mv", "finance": "-", "viewer": "-", NO_MEMBERSHIP: "-"}
@@ -232,6 +233,8 @@ MEMBERS_READ = frozenset({"routing.model"})
 # Third-party admins that add nothing, whoever asks.
 NO_ADD_PAGE = frozenset({"axes.accessattempt", "axes.accessfailurelog", "axes.accesslog"})
 PLATFORM_ROWS = {"routing.provider": Provider, "routing.model": Model, "auth.user": User}
+# Platform rows nobody deletes in the admin: a model's price versions are what the ledger was charged at.
+UNDELETABLE = frozenset({"routing.model"})
 # Pages of platform admins beyond the model pages: a user's password form (the User admin's, superusers only).
 PLATFORM_OBJECT_PAGES = {"auth.user": ("auth_user_password_change",)}
 
@@ -416,7 +419,7 @@ def platform_model_pages(client, role: str, label: str, world: World) -> tuple[d
         actual["change"] = client.get(reverse(f"{url}_change", args=[row.pk])).status_code
         actual["delete"] = client.get(reverse(f"{url}_delete", args=[row.pk])).status_code
         expected["change"] = 200 if reads else 403
-        expected["delete"] = 200 if role == SUPERUSER else 403
+        expected["delete"] = 200 if role == SUPERUSER and label not in UNDELETABLE else 403
         for name in PLATFORM_OBJECT_PAGES.get(label, ()):
             actual[name] = client.get(reverse(f"admin:{name}", args=[row.pk])).status_code
             expected[name] = 200 if role == SUPERUSER else 403

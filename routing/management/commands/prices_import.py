@@ -36,8 +36,9 @@ def _price(value) -> str:
 class Command(BaseCommand):
     help = (
         "Add versions of model prices from a CSV or JSON file (ours, or LiteLLM's "
-        "model_prices_and_context_window.json), taking effect at --effective-from (default now). Prices equal to "
-        "those in force add nothing; a bad file changes nothing."
+        "model_prices_and_context_window.json), taking effect at --effective-from (default now), after every version "
+        "already saved. Prices equal to a model's latest version add no version but confirm them (their age starts "
+        "again); a bad file changes nothing."
     )
 
     def add_arguments(self, parser):
@@ -60,9 +61,10 @@ class Command(BaseCommand):
         parser.add_argument("--provider", default="", help="the catalog provider of models created with --create")
 
     def handle(self, *args, file, effective_from, dry_run, strip_prefix, litellm_provider, create, provider, **options):
-        now = timezone.now()
-        moment = _moment(effective_from) if effective_from else now
-        if moment < now:
+        # Without --effective-from each version takes effect when it is written, not when the command started: the
+        # file is read and checked in between, and a version must never start before it exists.
+        moment = _moment(effective_from) if effective_from else None
+        if moment is not None and moment < timezone.now():
             raise CommandError(
                 f"--effective-from {moment.isoformat()} is in the past: requests already answered keep the prices "
                 "they were charged at, so prices take effect now or later"
@@ -89,7 +91,7 @@ class Command(BaseCommand):
         self._report_left_out(plan, not_per_token, verbosity=options["verbosity"])
         summary = (
             f"{len(plan.updates)} model(s) with new prices, {len(plan.creations)} to create, "
-            f"{len(plan.unchanged)} unchanged; effective {moment.isoformat(timespec='seconds')}"
+            f"{len(plan.unchanged)} unchanged; effective {moment.isoformat(timespec='seconds') if moment else 'now'}"
         )
         if dry_run:
             self.stdout.write(f"Dry run: {summary}. Nothing was changed.")
@@ -99,7 +101,8 @@ class Command(BaseCommand):
                 added = price_import_apply(plan=plan, source=f"prices_import {file.name}", provider=catalog_provider)
         except PriceFileError as exc:
             raise CommandError(f"{exc}\nNothing was changed.") from exc
-        self.stdout.write(f"{summary}: {added} price version(s) added.")
+        confirmed = f", the prices of {len(plan.unchanged)} confirmed" if plan.unchanged else ""
+        self.stdout.write(f"{summary}: {added} price version(s) added{confirmed}.")
 
     def _report_left_out(self, plan, not_per_token: list[str], *, verbosity: int) -> None:
         for title, names in (
