@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('routing', '0010_model_prices_kept'),
+        ('routing', '0011_model_prices_kept'),
     ]
 
     operations = [

@@ -8,7 +8,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('routing', '0009_cache_embeddings_in_pgvector'),
+        ('routing', '0010_cache_indexes_built_concurrently'),
     ]
 
     operations = [
