@@ -10,6 +10,7 @@ from decimal import Decimal
 import pytest
 from django.conf import settings
 from django.db import connection
+from django.db.migrations.executor import MigrationExecutor
 
 from billing.ledger.stream import STREAM_KEY, ledger_stream_client, ledger_stream_run, ledger_streaming
 from core.redis import async_redis, sync_redis
@@ -26,6 +27,23 @@ from tests.servers import Receiver, ServiceProcess, ThreadedServer, committed_da
 # a pool would never get back: the suite's process runs without one (DB_POOL_MAX_SIZE=0's mode). The processes tests
 # start (spawn, tests/e2e) use the pool, as production does.
 settings.DATABASES["default"].get("OPTIONS", {}).pop("pool", None)
+
+
+@pytest.fixture
+def migrated(transactional_db):
+    """Migrates the test database to the given migrations (the latest without) and returns their historical models;
+    after the test, back to the latest: a test left on an old schema would break every test after it."""
+
+    def migrate(targets=None):
+        # A fresh executor each time: its loader reads which migrations are applied now.
+        executor = MigrationExecutor(connection)
+        targets = targets or executor.loader.graph.leaf_nodes()
+        executor.migrate(targets)
+        return executor.loader.project_state(targets).apps
+
+    yield migrate
+    migrate()
+
 
 SMALL_PRICES = (Decimal("0.15"), Decimal("0.075"), Decimal("0.60"))
 LARGE_PRICES = (Decimal("2.50"), Decimal("1.25"), Decimal("10.00"))

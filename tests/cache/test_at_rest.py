@@ -7,7 +7,6 @@ from datetime import timedelta
 import pytest
 from cryptography.fernet import Fernet
 from django.db import connection
-from django.db.migrations.executor import MigrationExecutor
 from django.utils import timezone
 
 from core.redis import sync_redis
@@ -103,27 +102,20 @@ BEFORE_AT_REST = [("routing", "0005_model_max_output_tokens")]
 AT_REST = [("routing", "0006_cache_entries_at_rest")]
 
 
-@pytest.mark.django_db(transaction=True)
-def test_the_migration_deletes_entries_stored_in_clear_and_their_redis_copies():
-    executor = MigrationExecutor(connection)
-    executor.migrate(BEFORE_AT_REST)
-    try:
-        old = executor.loader.project_state(BEFORE_AT_REST).apps
-        tenant = old.get_model("tenants", "Tenant").objects.create(slug="old", name="old")
-        old.get_model("routing", "CacheEntry").objects.create(
-            tenant=tenant,
-            served_model="m",
-            key_hash="0" * 64,
-            request={"messages": [{"role": "user", "content": HOSTILE}]},
-            answer={"choices": [{"message": {"role": "assistant", "content": HOSTILE}}]},
-            normalized_prompt=HOSTILE,
-            expires_at=timezone.now() + timedelta(hours=1),
-        )
-        sync_redis().set(f"llmops:cache:{tenant.pk}:m:{'0' * 64}", HOSTILE, ex=3600)
-        MigrationExecutor(connection).migrate(AT_REST)
+def test_the_migration_deletes_entries_stored_in_clear_and_their_redis_copies(migrated):
+    old = migrated(BEFORE_AT_REST)
+    tenant = old.get_model("tenants", "Tenant").objects.create(slug="old", name="old")
+    old.get_model("routing", "CacheEntry").objects.create(
+        tenant=tenant,
+        served_model="m",
+        key_hash="0" * 64,
+        request={"messages": [{"role": "user", "content": HOSTILE}]},
+        answer={"choices": [{"message": {"role": "assistant", "content": HOSTILE}}]},
+        normalized_prompt=HOSTILE,
+        expires_at=timezone.now() + timedelta(hours=1),
+    )
+    sync_redis().set(f"llmops:cache:{tenant.pk}:m:{'0' * 64}", HOSTILE, ex=3600)
+    migrated(AT_REST)
 
-        assert not CacheEntry.objects.unscoped().exists()
-        assert not list(sync_redis().scan_iter(match="llmops:cache:*"))
-    finally:
-        executor = MigrationExecutor(connection)
-        executor.migrate(executor.loader.graph.leaf_nodes())
+    assert not CacheEntry.objects.unscoped().exists()
+    assert not list(sync_redis().scan_iter(match="llmops:cache:*"))

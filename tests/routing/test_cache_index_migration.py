@@ -7,7 +7,6 @@ from datetime import timedelta
 import numpy as np
 import pytest
 from django.db import connection
-from django.db.migrations.executor import MigrationExecutor
 from django.utils import timezone
 
 BEFORE = [("routing", "0008_model_price_versions")]
@@ -29,50 +28,38 @@ def _indexes() -> dict[str, bool]:
 
 
 @on_postgres
-@pytest.mark.django_db(transaction=True)
-def test_old_embeddings_are_dropped_the_answers_kept_and_the_indexes_built():
-    executor = MigrationExecutor(connection)
-    executor.migrate(BEFORE)
-    try:
-        apps = executor.loader.project_state(BEFORE).apps
-        tenant = apps.get_model("tenants", "Tenant").objects.create(name="acme", slug="acme")
-        CacheEntry = apps.get_model("routing", "CacheEntry")
-        fields = {"tenant_id": tenant.pk, "served_model": "m", "expires_at": timezone.now() + timedelta(hours=1)}
-        semantic = CacheEntry.objects.create(
-            key_hash="semantic",
-            kind="semantic",
-            answer_encrypted="sealed answer",
-            embedding=np.ones(384, dtype=np.float32).tobytes(),
-            prompt_encrypted="sealed prompt",
-            context_fingerprint="ctx",
-            **fields,
-        )
-        exact = CacheEntry.objects.create(key_hash="exact", kind="exact", answer_encrypted="sealed", **fields)
+def test_old_embeddings_are_dropped_the_answers_kept_and_the_indexes_built(migrated):
+    apps = migrated(BEFORE)
+    tenant = apps.get_model("tenants", "Tenant").objects.create(name="acme", slug="acme")
+    CacheEntry = apps.get_model("routing", "CacheEntry")
+    fields = {"tenant_id": tenant.pk, "served_model": "m", "expires_at": timezone.now() + timedelta(hours=1)}
+    semantic = CacheEntry.objects.create(
+        key_hash="semantic",
+        kind="semantic",
+        answer_encrypted="sealed answer",
+        embedding=np.ones(384, dtype=np.float32).tobytes(),
+        prompt_encrypted="sealed prompt",
+        context_fingerprint="ctx",
+        **fields,
+    )
+    exact = CacheEntry.objects.create(key_hash="exact", kind="exact", answer_encrypted="sealed", **fields)
 
-        executor = MigrationExecutor(connection)
-        executor.migrate(AFTER)
+    CacheEntry = migrated(AFTER).get_model("routing", "CacheEntry")
+    kept = CacheEntry.objects.get(pk=semantic.pk)
+    assert (kept.kind, kept.answer_encrypted, kept.embedding, kept.prompt_encrypted) == (
+        "exact",
+        "sealed answer",
+        None,
+        "",
+    )
+    assert CacheEntry.objects.get(pk=exact.pk).answer_encrypted == "sealed"
+    indexes = _indexes()
+    for name in ("cache_entry_semantic_context", "cache_entry_hnsw_384", "cache_entry_hnsw_1536"):
+        assert indexes.get(name) is True, name
+    assert "cache_entry_semantic_scan" not in indexes
 
-        CacheEntry = executor.loader.project_state(AFTER).apps.get_model("routing", "CacheEntry")
-        kept = CacheEntry.objects.get(pk=semantic.pk)
-        assert (kept.kind, kept.answer_encrypted, kept.embedding, kept.prompt_encrypted) == (
-            "exact",
-            "sealed answer",
-            None,
-            "",
-        )
-        assert CacheEntry.objects.get(pk=exact.pk).answer_encrypted == "sealed"
-        indexes = _indexes()
-        for name in ("cache_entry_semantic_context", "cache_entry_hnsw_384", "cache_entry_hnsw_1536"):
-            assert indexes.get(name) is True, name
-        assert "cache_entry_semantic_scan" not in indexes
-
-        executor = MigrationExecutor(connection)
-        executor.migrate(BEFORE)
-        assert "cache_entry_semantic_scan" in _indexes()
-    finally:
-        # Back to the latest schema, for the tests that run after this one.
-        executor = MigrationExecutor(connection)
-        executor.migrate(executor.loader.graph.leaf_nodes())
+    migrated(BEFORE)
+    assert "cache_entry_semantic_scan" in _indexes()
 
 
 def test_the_index_migration_runs_outside_a_transaction():

@@ -1,31 +1,14 @@
 """routing 0007 blanks a region that a provider's kind does not read, and keeps Bedrock's."""
 
-import pytest
-from django.db import connection
-from django.db.migrations.executor import MigrationExecutor
-
 BEFORE = [("routing", "0006_cache_entries_at_rest")]
 AFTER = [("routing", "0007_provider_region_only_where_read")]
 
 
-@pytest.mark.django_db(transaction=True)
-def test_a_stray_region_is_blanked_and_bedrocks_is_kept():
-    executor = MigrationExecutor(connection)
-    executor.migrate(BEFORE)
-    try:
-        Provider = executor.loader.project_state(BEFORE).apps.get_model("routing", "Provider")
-        stray = Provider.objects.create(
-            name="oai", kind="openai", base_url="https://api.openai.com/v1", region="eu-west-1"
-        )
-        aws = Provider.objects.create(name="aws", kind="bedrock", base_url="", region="us-east-1")
+def test_a_stray_region_is_blanked_and_bedrocks_is_kept(migrated):
+    Provider = migrated(BEFORE).get_model("routing", "Provider")
+    stray = Provider.objects.create(name="oai", kind="openai", base_url="https://api.openai.com/v1", region="eu-west-1")
+    aws = Provider.objects.create(name="aws", kind="bedrock", base_url="", region="us-east-1")
 
-        executor = MigrationExecutor(connection)
-        executor.migrate(AFTER)
-
-        Provider = executor.loader.project_state(AFTER).apps.get_model("routing", "Provider")
-        assert Provider.objects.get(pk=stray.pk).region == ""
-        assert Provider.objects.get(pk=aws.pk).region == "us-east-1"
-    finally:
-        # Back to the latest schema, for the tests that run after this one.
-        executor = MigrationExecutor(connection)
-        executor.migrate(executor.loader.graph.leaf_nodes())
+    Provider = migrated(AFTER).get_model("routing", "Provider")
+    assert Provider.objects.get(pk=stray.pk).region == ""
+    assert Provider.objects.get(pk=aws.pk).region == "us-east-1"
