@@ -685,14 +685,14 @@ FORMATS = {word: shape or word for word, shape in FORMATS.items()}
 _UNIT_WORDS = "|".join(sorted((word for word in UNITS if word.isalpha()), key=len, reverse=True))
 CONVERSE_FORMS = (
     (
-        re.compile(rf"\b((?:\S+ )*?(?:{_UNIT_WORDS})) (?:has|have|contains?) how (many|much) ({_UNIT_WORDS})\b"),
+        re.compile(rf"\b((?:\S+ ){{0,4}}?(?:{_UNIT_WORDS})) (?:has|have|contains?) how (many|much) ({_UNIT_WORDS})\b"),
         r"how \2 \3 in \1",
     ),
     (
         re.compile(
             rf"\bhow (?:many|much) ({_UNIT_WORDS}) "
             r"(?:are there in|is there in|are in|is in|in|are|is|make|makes|equals?)"
-            rf" ((?:\S+ )*?(?:{_UNIT_WORDS}))\b"
+            rf" ((?:\S+ ){{0,4}}?(?:{_UNIT_WORDS}))\b"
         ),
         r"convert \2 to \1",
     ),
