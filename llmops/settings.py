@@ -247,10 +247,12 @@ LLMOPS_CACHE_RULE_THRESHOLDS = {
 # PostgreSQL searches semantic entries in the database (pgvector HNSW): how many graph neighbours a search keeps
 # (pgvector's hnsw.ef_search; higher finds the nearest entries more surely, slower).
 LLMOPS_CACHE_HNSW_EF_SEARCH = env.int("LLMOPS_CACHE_HNSW_EF_SEARCH", default=40)
-if DATABASES["default"]["ENGINE"].endswith(("postgresql", "postgis")):
-    # Set as each connection starts, so a lookup is one statement with no transaction around a SET LOCAL. Postgres
-    # keeps them as placeholders until the first vector operation loads pgvector, which then takes them up. Behind
-    # a pooler that drops startup options, set them on the role instead (docs/caching.md).
+# Set as each connection starts, so a lookup is one statement with no transaction around a SET LOCAL. Postgres
+# keeps them as placeholders until the first vector operation loads pgvector, which then takes them up. PgBouncer
+# refuses a connection that carries startup options, so without our pool (DB_POOL_MAX_SIZE=0, the setup behind
+# PgBouncer) they are off by default: set them on the role instead (docs/caching.md).
+LLMOPS_DB_HNSW_STARTUP_OPTIONS = env.bool("LLMOPS_DB_HNSW_STARTUP_OPTIONS", default=DB_POOL_MAX_SIZE > 0)
+if DATABASES["default"]["ENGINE"].endswith(("postgresql", "postgis")) and LLMOPS_DB_HNSW_STARTUP_OPTIONS:
     hnsw_options = f"-c hnsw.ef_search={LLMOPS_CACHE_HNSW_EF_SEARCH} -c hnsw.iterative_scan=relaxed_order"
     database_options = DATABASES["default"].setdefault("OPTIONS", {})
     database_options["options"] = f"{database_options.get('options', '')} {hnsw_options}".strip()

@@ -13,6 +13,7 @@ worker thread; searches run on the embedding thread, right after the lookup's em
 """
 
 import functools
+import logging
 import threading
 import time
 from contextlib import contextmanager
@@ -29,6 +30,8 @@ from psycopg.types import TypeInfo
 from routing.cache.sealed import open_prompt
 from routing.models import CacheEntry, CacheEntryKind
 from tenants.scoping import UnscopedQueryError
+
+logger = logging.getLogger(__name__)
 
 MAX_CANDIDATES = 5
 
@@ -193,11 +196,34 @@ def _nearest_sql(dimensions: int) -> str:
     return _NEAREST_SQL.format(dimensions=int(dimensions))
 
 
+_vector_type: TypeInfo | None = None
+ITERATIVE_SCANS = ("relaxed_order", "strict_order")
+
+
 def _vector_types_register(raw_connection) -> None:
-    """pgvector's psycopg adapters on this physical connection, once: a pooled connection keeps them between
-    borrows, so this costs one round trip per connection, not per lookup."""
+    """pgvector's psycopg adapters on this physical connection. The type's description is read once per process:
+    without a pool (behind PgBouncer) every request has a new connection, and fetching it each time cost round
+    trips per lookup."""
+    global _vector_type
     if raw_connection.adapters.types.get("vector") is None:
-        register_vector_info(raw_connection, TypeInfo.fetch(raw_connection, "vector"))
+        if _vector_type is None:
+            _vector_type = TypeInfo.fetch(raw_connection, "vector")
+            _iterative_scan_check(raw_connection)
+        register_vector_info(raw_connection, _vector_type)
+
+
+def _iterative_scan_check(raw_connection) -> None:
+    """Warn when connections start without HNSW iterative scans (startup options off and nothing set on the role):
+    a tenant with few entries among many of other tenants' would then find none of its own (misses, never a wrong
+    answer)."""
+    (mode,) = raw_connection.execute("SELECT current_setting('hnsw.iterative_scan', true)").fetchone()
+    if mode not in ITERATIVE_SCANS:
+        logger.warning(
+            "hnsw.iterative_scan is %r on this database connection: semantic lookups of small tenants may miss; "
+            "set LLMOPS_DB_HNSW_STARTUP_OPTIONS or ALTER ROLE ... SET hnsw.iterative_scan = relaxed_order "
+            "(docs/caching.md)",
+            mode,
+        )
 
 
 @contextmanager

@@ -1,6 +1,9 @@
 """The semantic search in Postgres (pgvector): scoped to one tenant, model and context, never an expired entry, still
 exact for a tenant with a few entries among many of other tenants', and no vectors held by the process."""
 
+import os
+import subprocess
+import sys
 from datetime import timedelta
 
 import numpy as np
@@ -102,6 +105,31 @@ def test_every_connection_starts_with_the_hnsw_settings_a_lookup_needs(db):
         cursor.execute("SELECT '[1,0]'::vector <=> '[0,1]'")
         cursor.execute("SELECT current_setting('hnsw.iterative_scan'), current_setting('hnsw.ef_search')")
         assert cursor.fetchone() == ("relaxed_order", str(settings.LLMOPS_CACHE_HNSW_EF_SEARCH))
+
+
+def test_without_the_pool_connections_start_without_options_pgbouncer_would_refuse():
+    # PgBouncer answers "unsupported startup parameter: options" to any connection carrying them.
+    script = "from django.conf import settings; print(settings.DATABASES['default'].get('OPTIONS', {}).get('options'))"
+    environment = {**os.environ, "DJANGO_SETTINGS_MODULE": "llmops.settings"}
+    read = [sys.executable, "-c", f"import django; django.setup(); {script}"]
+    pooled = subprocess.run(read, env=environment, capture_output=True, text=True, check=True).stdout
+    unpooled = subprocess.run(
+        read, env={**environment, "DB_POOL_MAX_SIZE": "0"}, capture_output=True, text=True, check=True
+    ).stdout
+    assert "hnsw.iterative_scan=relaxed_order" in pooled
+    assert unpooled.strip().splitlines()[-1] == "None"
+
+
+def test_a_connection_without_iterative_scans_is_warned_about(db, caplog):
+    connection.ensure_connection()
+    raw = connection.connection
+    raw.execute("SET hnsw.iterative_scan = off")
+    try:
+        with caplog.at_level("WARNING", logger="routing.cache.index"):
+            index._iterative_scan_check(raw)
+        assert any("hnsw.iterative_scan is 'off'" in record.getMessage() for record in caplog.records)
+    finally:
+        raw.execute("RESET hnsw.iterative_scan")
 
 
 def test_a_store_sends_its_vector_as_a_binary_parameter_of_one_statement(db):
