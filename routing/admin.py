@@ -39,6 +39,7 @@ from routing.prices import (
     model_prices_confirm,
     price_age_days,
     price_changes,
+    price_conflict_errors,
     price_is_stale,
     price_version_errors,
 )
@@ -159,6 +160,14 @@ PRICE_LABELS = {
 LIST_PRICE_FIELDS = PRICE_FIELDS[:3]
 
 
+class PriceSaveRefused(Exception):
+    """The price service refused a save the form had accepted; CatalogModelAdmin shows why on the form."""
+
+    def __init__(self, error: ValidationError):
+        super().__init__(error)
+        self.error = error
+
+
 class CatalogModelForm(forms.ModelForm):
     """The model's fields, and its prices: a change of price is saved as a new version (routing.prices)."""
 
@@ -180,6 +189,11 @@ class CatalogModelForm(forms.ModelForm):
         "after every version the model has (scheduled ones included): requests before it keep the prices they were "
         "charged at.",
     )
+    # The version the price fields were loaded from: a save from a page opened before someone else's change of price
+    # would send their old prices back and undo it.
+    based_on_version = forms.IntegerField(required=False, widget=forms.HiddenInput)
+    # What the price service refused on a first attempt to save (CatalogModelAdmin.changeform_view), shown as errors.
+    save_refused: ValidationError | None = None
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -188,6 +202,8 @@ class CatalogModelForm(forms.ModelForm):
         for name in PRICE_FIELDS:
             if name in self.fields and latest is not None:
                 self.fields[name].initial = getattr(latest, name)
+        if "based_on_version" in self.fields and latest is not None:
+            self.fields["based_on_version"].initial = latest.pk
 
     def clean_price_effective_from(self):
         effective_from = self.cleaned_data["price_effective_from"]
@@ -197,12 +213,17 @@ class CatalogModelForm(forms.ModelForm):
 
     def clean(self):
         cleaned_data = super().clean()
+        if self.save_refused is not None:
+            self.add_error(None, ValidationError(self.save_refused.messages))
+            return cleaned_data
         changes_price = (
             self.instance.pk
             and "price_effective_from" in self.fields
             and price_changes(model=self.instance, name=self.instance.name, prices=self.prices())
         )
         if changes_price:
+            for error in price_conflict_errors(model=self.instance, based_on=cleaned_data.get("based_on_version")):
+                self.add_error(None, error)
             effective_from = cleaned_data.get("price_effective_from")
             for error in price_version_errors(model=self.instance, effective_from=effective_from):
                 self.add_error("price_effective_from", error)
@@ -231,7 +252,10 @@ class CatalogModelAdmin(SuperuserOnlyAdmin):
     fieldsets = (
         (None, {"fields": ("name", "provider", "upstream_name", "context_window", "max_output_tokens")}),
         (None, {"fields": ("supports_tools", "supports_images", "batch_price_multiplier", "is_active", "created_at")}),
-        ("Prices (USD per million tokens)", {"fields": (*PRICE_FIELDS, "price_effective_from", "price_age")}),
+        (
+            "Prices (USD per million tokens)",
+            {"fields": (*PRICE_FIELDS, "price_effective_from", "based_on_version", "price_age")},
+        ),
         ("Price history", {"fields": ("price_history",)}),
     )
     readonly_fields = ("created_at", "price_age", "price_history")
@@ -370,6 +394,21 @@ class CatalogModelAdmin(SuperuserOnlyAdmin):
                 )
         return super().change_view(request, object_id, form_url, extra_context)
 
+    def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
+        try:
+            return super().changeform_view(request, object_id, form_url, extra_context)
+        except PriceSaveRefused as refused:
+            # The first attempt's transaction is rolled back (the model's other fields too); the second shows the
+            # form as posted, with the refusal as its errors, and saves nothing.
+            request.price_save_refused = refused.error
+            return super().changeform_view(request, object_id, form_url, extra_context)
+
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        form = super().get_form(request, obj, change, **kwargs)
+        # get_form builds a new class per call, so this holds for this request only.
+        form.save_refused = getattr(request, "price_save_refused", None)
+        return form
+
     def create_with_service(self, request, form) -> Model:
         return model_create(**self.added(form), actor=request.user, price_source="admin")
 
@@ -377,13 +416,18 @@ class CatalogModelAdmin(SuperuserOnlyAdmin):
         super().save_model(request, obj, form, change)
         if not change:
             return
-        version = model_price_set(
-            model=obj,
-            prices=form.prices(),
-            effective_from=form.cleaned_data.get("price_effective_from"),
-            source="admin",
-            actor=request.user,
-        )
+        try:
+            version = model_price_set(
+                model=obj,
+                prices=form.prices(),
+                effective_from=form.cleaned_data.get("price_effective_from"),
+                source="admin",
+                actor=request.user,
+                expected_latest=form.cleaned_data.get("based_on_version"),
+            )
+        except ValidationError as error:
+            # Prices changed by someone else between the form's checks and this save: a form error, not a 500.
+            raise PriceSaveRefused(error) from error
         if version is not None:
             messages.info(
                 request,

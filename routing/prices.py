@@ -81,15 +81,34 @@ def price_version_errors(*, model: Model, effective_from: datetime | None = None
     ]
 
 
+def price_conflict_errors(*, model: Model, based_on: int | None) -> list[str]:
+    """Why prices read from version ``based_on`` (None: from a model with none) cannot be saved over the model's
+    latest version; empty when that is still the latest."""
+    latest = model.latest_price_version()
+    if (latest.pk if latest is not None else None) == based_on:
+        return []
+    return [
+        f"{model.name}'s prices were changed by someone else since you opened this page; reload it to see their "
+        "change, then make yours."
+    ]
+
+
 @transaction.atomic
 def model_price_set(
-    *, model: Model, prices: Prices, source: str, actor=None, effective_from: datetime | None = None
+    *,
+    model: Model,
+    prices: Prices,
+    source: str,
+    actor=None,
+    effective_from: datetime | None = None,
+    expected_latest: int | None = None,
 ) -> ModelPrice | None:
     """A new version of the model's prices from ``effective_from`` (default: the moment it is written), the fields
     not in ``prices`` carried over from the latest version. None, and nothing saved, when it would change no price.
 
     A version takes effect after every version the model has (price_version_errors), so no price anybody chose is
-    repriced or undone.
+    repriced or undone. ``expected_latest``, the id of the latest version the caller's prices were read from (the
+    admin's form), refuses a change made from prices someone else has changed since: it would silently undo theirs.
     """
     # Serializes changes to one model's prices, so two saves cannot both follow the same latest version.
     Model.objects.select_for_update().get(pk=model.pk)
@@ -97,6 +116,8 @@ def model_price_set(
     effective_from = effective_from or timezone.now()
     if not price_changes(model=model, name=model.name, prices=prices):
         return None
+    if expected_latest is not None and (errors := price_conflict_errors(model=model, based_on=expected_latest)):
+        raise ValidationError(errors)
     if errors := price_version_errors(model=model, effective_from=effective_from):
         raise ValidationError({"effective_from": errors})
     if errors := price_field_errors(prices):

@@ -19,6 +19,7 @@ import functools
 import logging
 import math
 import threading
+import time
 from collections import Counter
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -361,19 +362,20 @@ def _embedded(pending: _PendingStore) -> np.ndarray | None:
     return vector
 
 
-def _stored_vector(pending: _PendingStore) -> np.ndarray | None:
+def _stored_vector(pending: _PendingStore, *, deadline: float) -> np.ndarray | None:
+    """The store's vector, waited for until ``deadline`` (time.monotonic()) at most."""
     if not isinstance(pending.vector, Future):
         return pending.vector
     try:
-        return pending.vector.result(timeout=settings.LLMOPS_CACHE_EMBED_WAIT_SECONDS)
+        return pending.vector.result(timeout=max(0.0, deadline - time.monotonic()))
     except Exception:
         logger.warning("cache: embedding failed; the entry is stored for exact matches only", exc_info=True)
         return None
 
 
-def _entry_row(pending: _PendingStore) -> CacheEntry:
+def _entry_row(pending: _PendingStore, *, deadline: float) -> CacheEntry:
     cache = pending.cache
-    vector = _stored_vector(pending) if cache.semantic is not None else None
+    vector = _stored_vector(pending, deadline=deadline) if cache.semantic is not None else None
     return cache_entry_build(cache, answer=pending.answer, vector=vector, expires_at=pending.expires_at)
 
 
@@ -446,7 +448,10 @@ def _stores_write(stores: list[_PendingStore]) -> None:
     latest = list({pending.key: pending for pending in stores}.values())
     written: list[tuple[_PendingStore, CacheEntry]] = []
     try:
-        rows = [_entry_row(pending) for pending in latest]
+        # One wait for the whole batch: waiting per store, a stalled embedder would hold the writer (and the exact
+        # stores and hit counts queued behind it) for the wait times the batch's size.
+        deadline = time.monotonic() + settings.LLMOPS_CACHE_EMBED_WAIT_SECONDS
+        rows = [_entry_row(pending, deadline=deadline) for pending in latest]
         try:
             _upsert(rows)
             written = list(zip(latest, rows, strict=True))

@@ -5,8 +5,10 @@ from decimal import Decimal
 
 import pytest
 from django.contrib.messages import get_messages
+from django.core.exceptions import ValidationError
 from django.db import connection
 from django.db.models import ProtectedError
+from django.db.models.signals import post_save
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
@@ -26,8 +28,10 @@ def superuser_client(client, world: World):
 
 
 def change_form(world: World, **overrides) -> dict:
+    """The change form as posted from a page opened now: based on the model's latest price version."""
     model = world.acme.catalog_model
     return {
+        "based_on_version": str(model.latest_price_version().pk),
         "name": model.name,
         "provider": model.provider.pk,
         "upstream_name": model.upstream_name,
@@ -233,6 +237,8 @@ def test_the_form_shows_the_scheduled_prices_and_warns_of_them(superuser_client,
     form = response.context["adminform"].form
     assert form["input_price_per_million"].value() == Decimal("0.12")
     assert form["output_price_per_million"].value() == Decimal("0.60")
+    assert form["based_on_version"].value() == scheduled.pk
+    assert f'name="based_on_version" value="{scheduled.pk}"' in response.content.decode()
     warnings = [str(m) for m in get_messages(response.wsgi_request) if m.level_tag == "warning"]
     assert any(
         f"scheduled to take effect at {scheduled.effective_from.isoformat(timespec='seconds')}" in warning
@@ -352,3 +358,60 @@ def test_superusers_see_who_saved_each_version(superuser_client, world: World):
     html = superuser_client.get(admin_url("routing_model", "change", model.pk)).content.decode()
 
     assert "<td>ops-alice</td>" in html[html.index('class="price-history"') :]
+
+
+def test_a_price_change_from_a_page_opened_before_another_change_is_refused(superuser_client, world: World):
+    """Admins A and B open the page at the same prices; A saves an output price, then B an input price: B's form still
+    holds A's old output price, and saving it would undo A's change without a word."""
+    model = world.acme.catalog_model
+    form_b = change_form(world, input_price_per_million="0.20")
+    a_version = model_price_set(model=model, prices={"output_price_per_million": Decimal("0.90")}, source="admin")
+
+    response = superuser_client.post(admin_url("routing_model", "change", model.pk), form_b)
+
+    assert response.status_code == 200
+    errors = response.context["adminform"].form.non_field_errors()
+    assert any("changed by someone else" in error for error in errors)
+    assert model.latest_price_version() == a_version
+    assert model.price_in_force().output_price_per_million == Decimal("0.90")
+
+
+def test_the_service_refuses_prices_read_from_a_version_that_is_no_longer_the_latest(world: World):
+    model = world.acme.catalog_model
+    read_from = model.latest_price_version()
+    model_price_set(model=model, prices={"output_price_per_million": Decimal("0.90")}, source="admin A")
+
+    with pytest.raises(ValidationError, match="changed by someone else"):
+        model_price_set(
+            model=model,
+            prices={"input_price_per_million": Decimal("0.20"), "output_price_per_million": Decimal("0.60")},
+            source="admin B",
+            expected_latest=read_from.pk,
+        )
+
+    assert model.price_in_force().output_price_per_million == Decimal("0.90")
+
+
+def test_a_version_scheduled_while_the_form_is_saved_answers_a_form_error(superuser_client, world: World):
+    """A schedules a version after B's form passed its checks but before B's prices are written (B's model row is
+    saved first): the service refuses B's save, and B sees why on the form instead of a server error."""
+    model = world.acme.catalog_model
+
+    def admin_a_schedules(sender, instance, **kwargs):
+        if instance.pk == model.pk:
+            schedule_input_price(model, "0.12")
+
+    post_save.connect(admin_a_schedules, sender=Model, dispatch_uid="admin_a_schedules")
+    try:
+        response = superuser_client.post(
+            admin_url("routing_model", "change", model.pk),
+            change_form(world, output_price_per_million="0.90", context_window="64000"),
+        )
+    finally:
+        post_save.disconnect(sender=Model, dispatch_uid="admin_a_schedules")
+
+    assert response.status_code == 200
+    assert response.context["adminform"].form.non_field_errors()
+    assert ModelPrice.objects.filter(model=model, output_price_per_million=Decimal("0.90")).count() == 0
+    model.refresh_from_db()
+    assert model.context_window != 64000

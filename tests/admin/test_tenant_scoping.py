@@ -107,6 +107,7 @@ TARGETS = [
             "output_price_per_million": "2",
             "batch_price_multiplier": "0.5",
             "is_active": "on",
+            "based_on_version": rows.catalog_model.latest_price_version().pk,
         },
         is_changed=lambda model: model.name == "renamed-model",
         viewers=MEMBERS,

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from routing.cache.embedders import embed_soon
-from routing.cache.store import cache_writes_flush
+from routing.cache.store import cache_store, cache_writes_flush
 from routing.models import CacheEntry, CacheEntryKind
-from tests.cache.conftest import cache_policy, chat
+from tests.cache.conftest import cache_policy, cache_request, chat, stored_answer
 from tests.cache.embedders import word_vectors
 
 
@@ -109,6 +109,24 @@ def test_a_stalled_embedder_costs_a_miss_not_a_hung_request(gateway, acme, setti
     finally:
         gated_embedder.gate.set()
     assert set(CacheEntry.objects.unscoped().values_list("kind", flat=True)) == {CacheEntryKind.EXACT}
+
+
+def test_a_stalled_embedder_holds_the_cache_writer_for_one_wait_per_batch_not_one_per_store(
+    gateway, acme, settings, gated_embedder
+):
+    """Waiting LLMOPS_CACHE_EMBED_WAIT_SECONDS per store, ten stores held the writer ten waits (and the flushes,
+    exact stores and hit counts behind them); a batch now waits once, so a flush allowing four waits returns."""
+    settings.LLMOPS_CACHE_EMBED_WAIT_SECONDS = 1
+    questions = [f"question number {i} about invoices" for i in range(10)]
+    gated_embedder.gate.clear()
+    try:
+        for question in questions:
+            cache_store(cache_request(acme, question), answer=stored_answer(f"answer to {question}"))
+        cache_writes_flush(timeout=4 * settings.LLMOPS_CACHE_EMBED_WAIT_SECONDS)
+        stored = list(CacheEntry.objects.unscoped().values_list("kind", flat=True))
+    finally:
+        gated_embedder.gate.set()
+    assert stored == [CacheEntryKind.EXACT] * len(questions)
 
 
 STORED_AND_REWORDED = [
