@@ -327,6 +327,7 @@ def test_a_repeated_message_is_answered_from_the_cache_plain_and_streamed(client
     second = client.messages.with_raw_response.create(**ask)
     with client.messages.stream(**ask) as stream:
         streamed = stream.get_final_message()
+    cache_writes_flush()  # the hits' counts, before the test's rows are deleted
 
     assert mock_upstream.app.requests_served == served
     assert (first.headers["x-llmops-cache"], second.headers["x-llmops-cache"]) == ("miss", "hit-exact")
