@@ -2,11 +2,14 @@ from django.urls import path, re_path
 
 from llmops.gateway import views
 from llmops.gateway.batches import views as batch_views
+from llmops.gateway.messages import views as message_views
 
 app_name = "gateway"
 
 urlpatterns = [
     path("chat/completions", views.ChatCompletionsView.as_view(), name="chat-completions"),
+    path("messages", message_views.MessagesView.as_view(), name="messages"),
+    path("messages/count_tokens", message_views.MessageTokensView.as_view(), name="message-tokens"),
     path("models", views.ModelsView.as_view(), name="models"),
     path("models/<path:model_name>", views.ModelDetailView.as_view(), name="model-detail"),
     path("files", batch_views.FilesView.as_view(), name="files"),

@@ -154,10 +154,17 @@ def messages_request(body: dict) -> dict:
 USAGE_FIELDS = UsageFields("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens", "output_tokens")
 
 
+def _matched_stop(choice: dict, stop_sequence) -> None:
+    """Name on the choice the stop sequence that ended the answer, as vLLM does (``stop_reason``): the chat
+    completion form's ``stop`` finish reason does not say, and /v1/messages answers with it."""
+    if isinstance(stop_sequence, str):
+        choice["stop_reason"] = stop_sequence
+
+
 def chat_completion_body(message: dict, *, model: str) -> dict:
     """Anthropic message → OpenAI chat.completion body."""
     blocks = message.get("content") or []
-    return chat_completion_reply(
+    reply = chat_completion_reply(
         reply_id=message.get("id", ""),
         model=message.get("model") or model,
         text="".join(block["text"] for block in blocks if block["type"] == "text"),
@@ -169,6 +176,8 @@ def chat_completion_body(message: dict, *, model: str) -> dict:
         finish_reason=FINISH_REASONS.get(message.get("stop_reason"), "stop"),
         usage=USAGE_FIELDS.openai_usage_of(message.get("usage") or {}),
     )
+    _matched_stop(reply["choices"][0], message.get("stop_sequence"))
+    return reply
 
 
 def _request(provider: ProviderEntry, body: dict) -> httpx.Request:
@@ -222,8 +231,12 @@ class ChunkTranslator(ChunkBuilder):
             return []
         if kind == "message_delta":
             self.usage_so_far.update({key: value for key, value in (event.get("usage") or {}).items() if value})
-            stop_reason = (event.get("delta") or {}).get("stop_reason")
-            return [self.delta({}, FINISH_REASONS.get(stop_reason, "stop"))] if stop_reason else []
+            delta = event.get("delta") or {}
+            if not delta.get("stop_reason"):
+                return []
+            chunk = self.delta({}, FINISH_REASONS.get(delta["stop_reason"], "stop"))
+            _matched_stop(chunk["choices"][0], delta.get("stop_sequence"))
+            return [chunk]
         if kind == "message_stop":
             self.finished = True
             return [self.usage(USAGE_FIELDS.openai_usage_of(self.usage_so_far))] if self.include_usage else []

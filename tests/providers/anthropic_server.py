@@ -1,13 +1,13 @@
 """A loopback server speaking Anthropic's Messages API, strict about what the real one refuses.
 
-It echoes the last user text, calls the first tool when tools are offered and no tool result came
-back yet, and imitates prompt caching: the blocks up to the last ``cache_control`` mark are written
-to the cache the first time and read from it afterwards. The model name switches on failure modes:
-``overloaded`` answers 529, ``stall`` waits STALL_SECONDS, ``stream-overloaded`` sends an overloaded
-error as the first stream event, ``stream-break`` ends a stream before ``message_stop``, ``malformed-usage`` reports
-a negative output token count, ``malformed-content`` sends content that is not a list of blocks (streamed: an event
-that is a JSON array after the first words). ``failures``
-queues (status, headers) answers to give before the next normal ones.
+It echoes the last user text (cut at ``max_tokens`` words, then before the first of its ``stop_sequences`` found),
+calls the first tool when tools are offered and no tool result came back yet, and imitates prompt caching: the
+blocks up to the last ``cache_control`` mark are written to the cache the first time and read from it afterwards.
+The model name switches on failure modes: ``overloaded`` answers 529, ``stall`` waits STALL_SECONDS,
+``stream-overloaded`` sends an overloaded error as the first stream event, ``stream-break`` ends a stream before
+``message_stop``, ``malformed-usage`` reports a negative output token count, ``malformed-content`` sends content that
+is not a list of blocks (streamed: an event that is a JSON array after the first words). ``failures`` queues (status,
+headers) answers to give before the next normal ones.
 """
 
 import asyncio
@@ -135,6 +135,7 @@ class AnthropicServer:
     def _message(self, body: dict) -> dict:
         last = body["messages"][-1]["content"]
         answered_tool = any(block["type"] == "tool_result" for block in last)
+        stop_sequence = None
         if body.get("tools") and not answered_tool and (body.get("tool_choice") or {}).get("type") != "none":
             tool = body["tools"][0]
             arguments = {name: "Paris" for name in tool["input_schema"].get("required", [])}
@@ -145,8 +146,13 @@ class AnthropicServer:
             stop_reason = "end_turn"
             if len(words) > body["max_tokens"]:
                 words, stop_reason = words[: body["max_tokens"]], "max_tokens"
-            content = [{"type": "text", "text": " ".join(words)}]
-            output_tokens = len(words)
+            text = " ".join(words)
+            found = [(text.find(stop), stop) for stop in body.get("stop_sequences") or () if stop in text]
+            if found:
+                at, stop_sequence = min(found)
+                text, stop_reason = text[:at], "stop_sequence"
+            content = [{"type": "text", "text": text}]
+            output_tokens = len(text.split(" "))
         return {
             "id": "msg_test01",
             "type": "message",
@@ -154,7 +160,7 @@ class AnthropicServer:
             "model": body["model"],
             "content": content,
             "stop_reason": stop_reason,
-            "stop_sequence": None,
+            "stop_sequence": stop_sequence,
             "usage": {**self._usage(body), "output_tokens": output_tokens},
         }
 
@@ -193,7 +199,7 @@ class AnthropicServer:
                     delta = {"type": "input_json_delta", "partial_json": piece}
                     await event("content_block_delta", {"index": index, "delta": delta})
             await event("content_block_stop", {"index": index})
-        delta = {"stop_reason": message["stop_reason"], "stop_sequence": None}
+        delta = {"stop_reason": message["stop_reason"], "stop_sequence": message["stop_sequence"]}
         await event("message_delta", {"delta": delta, "usage": {"output_tokens": usage["output_tokens"]}})
         await event("message_stop", {})
         await end_stream(send)

@@ -151,6 +151,26 @@ def test_tool_call_and_tool_result_round_trip(anthropic_server, anthropic_provid
     assert second.body["choices"][0]["message"]["content"] == "Echo: 18C and sunny"
 
 
+def test_the_stop_sequence_that_ended_an_answer_is_named_on_its_choice(anthropic_provider):
+    """The chat form's finish reason ``stop`` cannot say which stop sequence matched; the choice names it as vLLM
+    does (``stop_reason``), plain and streamed, and says nothing when the answer ended on its own."""
+    body = {"model": "claude-test", "messages": [user("one two three")], "stop": ["two", "nine"]}
+
+    reply = run(upstream.chat_completion(anthropic_provider, body))
+    events = run(_open_and_collect(anthropic_provider, {**body, "stream": True}))
+    natural = run(upstream.chat_completion(anthropic_provider, {**body, "stop": ["nine"]}))
+
+    choice = reply.body["choices"][0]
+    assert (choice["finish_reason"], choice["stop_reason"], choice["message"]["content"]) == (
+        "stop",
+        "two",
+        "Echo: one ",
+    )
+    finish = next(chunk["choices"][0] for chunk in chunks_of(events) if chunk["choices"][0]["finish_reason"])
+    assert (finish["finish_reason"], finish["stop_reason"]) == ("stop", "two")
+    assert "stop_reason" not in natural.body["choices"][0]
+
+
 def test_consecutive_turns_of_one_role_are_merged_as_anthropic_requires(anthropic_server, anthropic_provider):
     body = {
         "model": "claude-test",

@@ -27,7 +27,7 @@ def _prompt_sent(call: GatewayCall) -> Usage | None:
     return Usage(prompt_tokens=call.prompt_tokens_after_compression or 0, estimated=True)
 
 
-def _declared_size(headers: Mapping[str, str]) -> int:
+def declared_size(headers: Mapping[str, str]) -> int:
     """The body's Content-Length (uvicorn refuses a malformed one, and DRF reads no body without one)."""
     length = headers.get("content-length") or ""
     return int(length) if length.isdigit() else 0
@@ -52,7 +52,7 @@ async def chat_completion_run(
     response = None
     try:
         # Parsing and validating a large body is Python work in proportion to it: on the CPU pool.
-        body = await run_sized(_declared_size(headers), lambda: validate_chat_request(read_body()))
+        body = await run_sized(declared_size(headers), lambda: validate_chat_request(read_body()))
         call.request_body = body
         call.payload_logging = call.principal.tenant_id in snapshot.payload_logging_tenants
         call.requested_model = body["model"]
