@@ -560,24 +560,57 @@ def _hits_count(hits: Counter) -> None:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class _HitsDue:
+    """Queued by a timer: the hit counts held back since the last write are due."""
+
+
+# Hit counts wait up to this long on the writer thread and go out as one update per entry: a hot entry hit hundreds
+# of times a second is then rewritten once a second, not once per batch (each rewrite of a semantic row leaves a dead
+# row version behind, and adds another to its HNSW index when Postgres cannot update it in place).
+HIT_COUNT_DELAY_SECONDS = 1.0
+# The writer thread's own: hit counts not yet written, and whether a timer will queue _HitsDue for them.
+_held_hits: Counter = Counter()
+_hits_timer: list[threading.Timer] = []
+
+
+def _hits_hold(hits: Counter, *, due: bool) -> None:
+    """Add the batch's hit counts to those held back, and write them all when they are due (a timer queued
+    _HitsDue, or a flush is waiting)."""
+    _held_hits.update(hits)
+    if not _held_hits:
+        return
+    if not due:
+        if not _hits_timer:
+            timer = threading.Timer(HIT_COUNT_DELAY_SECONDS, _writer.put, args=(_HitsDue(),))
+            timer.daemon = True
+            timer.start()
+            _hits_timer.append(timer)
+        return
+    if _hits_timer:
+        _hits_timer.pop().cancel()
+    held = Counter(_held_hits)
+    _held_hits.clear()
+    try:
+        _hits_count(held)
+    except DatabaseError:
+        logger.warning("cache: %d hit counts lost", held.total(), exc_info=True)
+
+
 def _write_batch(items: list) -> None:
     """The writer thread's batch: stores, then hit counts (so a hit on an entry still being stored counts), then
     the flushes waiting for both."""
     stores = [item for item in items if isinstance(item, _PendingStore)]
     hits = Counter(item.key for item in items if isinstance(item, _HitNote))
+    flushes = [item for item in items if isinstance(item, Future)]
     try:
         close_old_connections()
         if stores:
             _stores_write(stores)
-        if hits:
-            try:
-                _hits_count(hits)
-            except DatabaseError:
-                logger.warning("cache: %d hit counts lost", hits.total(), exc_info=True)
+        _hits_hold(hits, due=bool(flushes) or any(isinstance(item, _HitsDue) for item in items))
     finally:
-        for item in items:
-            if isinstance(item, Future):
-                item.set_result(None)
+        for flush in flushes:
+            flush.set_result(None)
 
 
 _writer = BatchWorker("cache-writer", _write_batch, max_batch=lambda: WRITE_BATCH)
