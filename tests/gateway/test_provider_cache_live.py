@@ -18,15 +18,11 @@ from billing.ledger.selectors import tenant_zone
 from billing.models import UsageRecord
 from billing.templatetags.finance import cents
 from routing.models import Model
-from routing.services import provider_create
 from routing.tokens import count_chat_tokens
 from tenants.models import Role
 from tenants.services import membership_set
 from tests.factories import ModelFactory, UserFactory
 from tests.gateway.test_routing_live import publish
-from tests.providers.anthropic_server import AnthropicServer
-from tests.providers.bedrock_server import BedrockServer
-from tests.servers import ThreadedServer
 
 MILLION = Decimal(1_000_000)
 # About 1,900 tokens, counted by tiktoken or at four characters a token: a system prompt long enough to cache.
@@ -38,68 +34,29 @@ EPHEMERAL = {"type": "ephemeral"}
 CACHE_POINT = {"cachePoint": {"type": "default"}}
 
 
-@pytest.fixture(scope="module")
-def anthropic_upstream():
-    app = AnthropicServer()
-    with ThreadedServer(app) as server:
-        server.app = app
-        yield server
-
-
-@pytest.fixture(scope="module")
-def bedrock_upstream():
-    app = BedrockServer()
-    with ThreadedServer(app) as server:
-        server.app = app
-        yield server
-
-
-@pytest.fixture
-def claude(acme, anthropic_upstream) -> Model:
-    """Claude on Anthropic, priced with only its input and output prices: the catalog sets its cache prices to
-    Anthropic's documented multiples (writes 1.25x, reads 0.1x)."""
-    anthropic_upstream.app.requests.clear()
-    anthropic_upstream.app.cached_prefixes.clear()
-    provider = provider_create(
-        name="anthropic-local",
-        kind="anthropic",
-        base_url=f"{anthropic_upstream.url}/v1",
-        credential=anthropic_upstream.app.api_key,
-    )
-    model = ModelFactory(
-        name="claude-sonnet",
+def claude_model(name: str, provider, upstream_name: str) -> Model:
+    """Claude priced with only its input and output prices: the catalog sets its cache prices to Anthropic's
+    documented multiples (writes 1.25x, reads 0.1x)."""
+    return ModelFactory(
+        name=name,
         provider=provider,
-        upstream_name="claude-3-5-sonnet-20241022",
+        upstream_name=upstream_name,
         input_price_per_million=Decimal("3.00"),
         cached_input_price_per_million=None,
         output_price_per_million=Decimal("15.00"),
     )
+
+
+@pytest.fixture
+def claude(acme, anthropic_provider) -> Model:
+    model = claude_model("claude-sonnet", anthropic_provider, "claude-3-5-sonnet-20241022")
     acme.tenant.model_access.allowed_models.add(model)
     return model
 
 
 @pytest.fixture
-def bedrock_claude(acme, bedrock_upstream, monkeypatch, tmp_path) -> Model:
-    bedrock_upstream.app.requests.clear()
-    bedrock_upstream.app.cached_prefixes.clear()
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "aws-credentials"))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    provider = provider_create(
-        name="bedrock-local",
-        kind="bedrock",
-        base_url=bedrock_upstream.url,
-        credential="AKIDTESTONLY:test-secret-key",
-        region="us-east-1",
-    )
-    model = ModelFactory(
-        name="bedrock-sonnet",
-        provider=provider,
-        upstream_name="anthropic.claude-3-5-sonnet-20241022-v2:0",
-        input_price_per_million=Decimal("3.00"),
-        cached_input_price_per_million=None,
-        output_price_per_million=Decimal("15.00"),
-    )
+def bedrock_claude(acme, bedrock_provider) -> Model:
+    model = claude_model("bedrock-sonnet", bedrock_provider, "anthropic.claude-3-5-sonnet-20241022-v2:0")
     acme.tenant.model_access.allowed_models.add(model)
     return model
 
