@@ -13,6 +13,7 @@ from routing.models.catalog import (
 from routing.models.policies import (
     InjectionGuardAction,
     OverCapAction,
+    ProviderCache,
     RoutingAlias,
     RoutingPolicy,
     RoutingPolicyAudit,
@@ -31,6 +32,7 @@ __all__ = [
     "ModelPrice",
     "OverCapAction",
     "Provider",
+    "ProviderCache",
     "ProviderKind",
     "RoutingAlias",
     "RoutingPolicy",

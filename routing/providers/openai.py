@@ -18,6 +18,7 @@ from routing.providers.base import (
     send_or_reject,
     sse_events,
 )
+from routing.providers.prompt_cache import OFF
 
 
 def _request(provider: ProviderEntry, body: dict) -> httpx.Request:
@@ -25,7 +26,8 @@ def _request(provider: ProviderEntry, body: dict) -> httpx.Request:
     return json_post(provider, "/chat/completions", body, headers=headers)
 
 
-async def chat_completion(provider: ProviderEntry, body: dict) -> UpstreamReply:
+async def chat_completion(provider: ProviderEntry, body: dict, *, provider_cache: str = OFF) -> UpstreamReply:
+    """``provider_cache`` changes nothing: OpenAI caches long prompts by itself, without checkpoints."""
     started = time.perf_counter()
     response = await send_or_reject(provider, _request(provider, body), stream=False, started=started)
     try:
@@ -63,7 +65,7 @@ class OpenAIStream:
         await self.response.aclose()
 
 
-async def open_chat_stream(provider: ProviderEntry, body: dict) -> OpenAIStream:
+async def open_chat_stream(provider: ProviderEntry, body: dict, *, provider_cache: str = OFF) -> OpenAIStream:
     started = time.perf_counter()
     response = await send_or_reject(provider, _request(provider, body), stream=True, started=started)
     return OpenAIStream(provider, response, started)
