@@ -61,7 +61,7 @@ def _content_blocks(content) -> list[dict]:
     """Text and image parts as Anthropic blocks (a blank text is none: Anthropic refuses it); a part's
     ``cache_control`` marks a prompt-cache breakpoint."""
     if isinstance(content, str):
-        return [{"type": "text", "text": content}] if content.strip() else []
+        return [] if prompt_cache.blank(content) else [{"type": "text", "text": content}]
     blocks = []
     for part in content or []:
         if not prompt_cache.carried_part(part):

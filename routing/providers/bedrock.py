@@ -144,7 +144,7 @@ def _content_blocks(content) -> list[dict]:
     """Text and image parts as Converse blocks (a blank text is none: Converse refuses it); a part's ``cache_control``
     becomes a cache point after its block."""
     if isinstance(content, str):
-        return [{"text": content}] if content.strip() else []
+        return [] if prompt_cache.blank(content) else [{"text": content}]
     blocks = []
     for part in content or []:
         if not prompt_cache.carried_part(part):

@@ -156,7 +156,13 @@ def carried_part(part: dict) -> bool:
     it: a text part with some non-whitespace text (both refuse a blank text block), or an image. Audio, files and
     refusals are left out."""
     kind = part.get("type")
-    return kind == "image_url" or (kind == "text" and bool(part.get("text", "").strip()))
+    return kind == "image_url" or (kind == "text" and not blank(part.get("text", "")))
+
+
+def blank(text: str) -> bool:
+    """Empty or whitespace only: what Anthropic and Bedrock refuse as a text block (read up to the first other
+    character, nothing copied)."""
+    return not text or text.isspace()
 
 
 def _marks(body: dict, *, tools_sent: bool) -> Iterator[tuple[str, object]]:
