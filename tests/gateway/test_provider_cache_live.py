@@ -227,7 +227,9 @@ def test_claude_3_haiku_on_bedrock_gets_no_cache_point_and_is_answered(
     haiku = claude_model("bedrock-haiku-3", bedrock_provider, "anthropic.claude-3-haiku-20240307-v1:0")
     acme.tenant.model_access.allowed_models.add(haiku)
 
-    answers = [chat(gateway, acme, haiku.name, LONG_PROMPT), chat(gateway, acme, haiku.name, LONG_PROMPT, stream=True)]
+    # About 3,800 tokens: over the 2,048 any Haiku would need.
+    longer = [{"role": "system", "content": HANDBOOK * 2}, {"role": "user", "content": QUESTION}]
+    answers = [chat(gateway, acme, haiku.name, longer), chat(gateway, acme, haiku.name, longer, stream=True)]
 
     assert [answer.status_code for answer in answers] == [200, 200], answers[0].text
     assert answers[0].json()["choices"][0]["message"]["content"] == f"Echo: {QUESTION}"
