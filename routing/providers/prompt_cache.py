@@ -55,7 +55,6 @@ SYSTEM_ROLES = ("system", "developer")
 
 @dataclass(frozen=True, slots=True)
 class ClaudeFamily:
-    name: str
     tier: str  # opus, sonnet or haiku
     version: str  # "3", "3.5", "4", "4.1", ...
     # The fewest tokens a prefix must hold to be cached: Anthropic's "minimum cacheable prompt length", which its
@@ -68,23 +67,23 @@ class ClaudeFamily:
 ANTHROPIC_API = frozenset({ANTHROPIC})
 EVERYWHERE = frozenset({ANTHROPIC, BEDROCK})
 # The Claude models whose provider documents prompt caching, by kind (docs/provider-caching.md says where each fact
-# comes from). Anthropic's API caches every Claude 3 and later model but Claude 3 Sonnet, which never had it. Bedrock
+# comes from). Anthropic's API caches every Claude 3 and later model but Claude 3 Sonnet, never listed for it. Bedrock
 # caches Claude 3.7 Sonnet, 3.5 Haiku and the 4 family; Claude 3 Haiku and Opus and 3.5 Sonnet (v1, and v2 outside
 # the preview's accounts) answer a cachePoint with a 400. A model of no family here gets no checkpoint.
 CLAUDE_FAMILIES = (
-    ClaudeFamily("Claude Opus 3", "opus", "3", 1024, ANTHROPIC_API),
-    ClaudeFamily("Claude Haiku 3", "haiku", "3", 2048, ANTHROPIC_API),
-    ClaudeFamily("Claude Sonnet 3.5", "sonnet", "3.5", 1024, ANTHROPIC_API),
-    ClaudeFamily("Claude Haiku 3.5", "haiku", "3.5", 2048, EVERYWHERE),
-    ClaudeFamily("Claude Sonnet 3.7", "sonnet", "3.7", 1024, EVERYWHERE),
-    ClaudeFamily("Claude Sonnet 4", "sonnet", "4", 1024, EVERYWHERE),
-    ClaudeFamily("Claude Opus 4", "opus", "4", 1024, EVERYWHERE),
-    ClaudeFamily("Claude Opus 4.1", "opus", "4.1", 1024, EVERYWHERE),
-    ClaudeFamily("Claude Sonnet 4.5", "sonnet", "4.5", 1024, EVERYWHERE),
-    ClaudeFamily("Claude Haiku 4.5", "haiku", "4.5", 4096, EVERYWHERE),
-    ClaudeFamily("Claude Opus 4.5", "opus", "4.5", 4096, EVERYWHERE),
-    ClaudeFamily("Claude Sonnet 4.6", "sonnet", "4.6", 1024, EVERYWHERE),
-    ClaudeFamily("Claude Opus 4.6", "opus", "4.6", 4096, EVERYWHERE),
+    ClaudeFamily("opus", "3", 1024, ANTHROPIC_API),
+    ClaudeFamily("haiku", "3", 2048, ANTHROPIC_API),
+    ClaudeFamily("sonnet", "3.5", 1024, ANTHROPIC_API),
+    ClaudeFamily("haiku", "3.5", 2048, EVERYWHERE),
+    ClaudeFamily("sonnet", "3.7", 1024, EVERYWHERE),
+    ClaudeFamily("sonnet", "4", 1024, EVERYWHERE),
+    ClaudeFamily("opus", "4", 1024, EVERYWHERE),
+    ClaudeFamily("opus", "4.1", 1024, EVERYWHERE),
+    ClaudeFamily("sonnet", "4.5", 1024, EVERYWHERE),
+    ClaudeFamily("haiku", "4.5", 4096, EVERYWHERE),
+    ClaudeFamily("opus", "4.5", 4096, EVERYWHERE),
+    ClaudeFamily("sonnet", "4.6", 1024, EVERYWHERE),
+    ClaudeFamily("opus", "4.6", 4096, EVERYWHERE),
 )
 _FAMILIES = {(family.tier, family.version): family for family in CLAUDE_FAMILIES}
 # Claude's names as Anthropic's API and Bedrock give them: claude-3-5-haiku-20241022, claude-sonnet-4-5-20250929,
@@ -107,10 +106,11 @@ def claude_family(upstream_name: str) -> ClaudeFamily | None:
     return _FAMILIES.get((tier, version))
 
 
-def caches_prompts(*, kind: str, upstream_name: str) -> bool:
-    """Whether the model takes the gateway's checkpoints: its family's provider documents prompt caching for it."""
+def checkpoint_family(*, kind: str, upstream_name: str) -> ClaudeFamily | None:
+    """The model's family when it takes the gateway's checkpoints on a provider of this kind (the provider documents
+    prompt caching for it); None when it takes none."""
     family = claude_family(upstream_name)
-    return family is not None and kind in family.kinds
+    return family if family is not None and kind in family.kinds else None
 
 
 def bills_cache_as_anthropic(*, kind: str, upstream_name: str) -> bool:
@@ -354,17 +354,16 @@ class _Prefix:
 
 def _prefix(body: dict, *, kind: str, tools_sent: bool) -> _Prefix | None:
     """The prefix to decide on; None for a model that takes no checkpoint or a request the client marked."""
-    model = body["model"]
-    family = claude_family(model)
-    if family is None or kind not in family.kinds or client_marked(body, tools_sent=tools_sent):
+    family = checkpoint_family(kind=kind, upstream_name=body["model"])
+    if family is None or client_marked(body, tools_sent=tools_sent):
         return None
-    return _Prefix(model, family.minimum_tokens, _prefix_segments(body, tools_sent=tools_sent))
+    return _Prefix(body["model"], family.minimum_tokens, _prefix_segments(body, tools_sent=tools_sent))
 
 
 def prompt_checkpoints(body: dict, *, kind: str, tools_sent: bool = True) -> Checkpoints:
     """Where the gateway marks the request (``body["model"]`` the upstream name): at the end of each part of the prefix
     that is present and long enough, counted from the start of the request, to reach the model's minimum. None for a
-    model that takes no checkpoint (``caches_prompts``), or when the client marked the request itself.
+    model that takes no checkpoint (``checkpoint_family``), or when the client marked the request itself.
     ``tools_sent``: whether the provider's request carries the tools (Bedrock leaves them out under
     ``tool_choice: none``).
 
@@ -391,8 +390,8 @@ def may_write_cache(body: dict, *, kind: str, upstream_name: str, provider_cache
         return False
     if client_marked(body):
         return True
-    family = claude_family(upstream_name)
-    if provider_cache != AUTO or family is None or kind not in family.kinds:
+    family = checkpoint_family(kind=kind, upstream_name=upstream_name)
+    if provider_cache != AUTO or family is None:
         return False
     segments = _prefix_segments(body, tools_sent=True)
     return sum(utf8_length(text) for texts in segments for text in texts) >= family.minimum_tokens

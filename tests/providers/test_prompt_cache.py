@@ -12,8 +12,7 @@ from routing.providers.anthropic import messages_request
 from routing.providers.bedrock import converse_request, tools_sent
 from routing.providers.prompt_cache import (
     Checkpoints,
-    caches_prompts,
-    claude_family,
+    checkpoint_family,
     may_write_cache,
     prompt_checkpoints,
 )
@@ -143,7 +142,7 @@ def test_haiku_4_5_and_opus_4_5_need_four_times_the_prefix_sonnet_does():
     ],
 )
 def test_only_the_families_the_provider_documents_take_checkpoints(kind, model, caches):
-    assert caches_prompts(kind=kind, upstream_name=model) is caches
+    assert (checkpoint_family(kind=kind, upstream_name=model) is not None) is caches
     # About 5,100 tokens: over every family's minimum.
     assert bool(prompt_checkpoints(conversation(HANDBOOK * 4, model=model), kind=kind)) is caches
 
@@ -152,8 +151,7 @@ def test_the_families_minimums_are_those_the_loopback_providers_hold_apart():
     """The loopback servers list their models and minimums as data of their own: the gateway's table agrees."""
     for kind, models in (("anthropic", CACHED_MODELS), ("bedrock", CACHE_POINT_MODELS)):
         for model, minimum in models.items():
-            assert caches_prompts(kind=kind, upstream_name=model), model
-            assert claude_family(model).minimum_tokens == minimum, model
+            assert checkpoint_family(kind=kind, upstream_name=model).minimum_tokens == minimum, model
 
 
 def test_sonnet_4_6_needs_the_1024_tokens_anthropic_documents():
