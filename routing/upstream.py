@@ -22,6 +22,7 @@ from routing.providers.base import (
     answer_text,
     checked_chunk,
     invalid_response,
+    named_stop_sequence,
 )
 from routing.providers.kinds import PROVIDER_KINDS
 
@@ -39,6 +40,7 @@ __all__ = [
     "chat_completion",
     "checked_chunk",
     "invalid_response",
+    "named_stop_sequence",
     "open_chat_stream",
 ]
 

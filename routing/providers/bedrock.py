@@ -69,6 +69,8 @@ FINISH_REASONS = {
     "guardrail_intervened": "content_filter",
     "content_filtered": "content_filter",
 }
+# In the id of every Claude model on Bedrock (``anthropic.claude-…``, ``us.anthropic.claude-…``).
+CLAUDE_MODEL_ID = "anthropic.claude"
 # Error codes of Bedrock, for the event-stream exceptions that carry no HTTP status.
 STATUS_BY_ERROR_CODE = {
     "ThrottlingException": 429,
@@ -212,6 +214,12 @@ def converse_request(body: dict) -> dict:
         inference["stopSequences"] = stop
     if inference:
         request["inferenceConfig"] = inference
+    if (top_k := body.get("top_k")) is not None and top_k >= 0:
+        # Converse has no top_k of its own: Claude takes it as a field of its model's request; -1 (vLLM's "no cut")
+        # is what leaving it out means.
+        if CLAUDE_MODEL_ID not in body["model"]:
+            raise UnsupportedForBedrock(f"top_k is taken on Bedrock by Claude models only, not by {body['model']}")
+        request["additionalModelRequestFields"] = {"top_k": top_k}
     # Converse has no "none" choice: with tool_choice none the tools are left out entirely.
     if body.get("tools") and body.get("tool_choice") != "none":
         request["toolConfig"] = _tool_config(body)
@@ -336,6 +344,9 @@ class BedrockStream:
     Opening waits for the first event, so a provider that fails before sending anything fails the open
     (where a fallback can still take over).
     """
+
+    # Converse's stop reason does not say which stop sequence matched.
+    stop_sequence = None
 
     def __init__(self, provider: ProviderEntry, body: dict, started: float):
         self.provider = provider
