@@ -7,10 +7,11 @@ translation) meets a shape it cannot handle. Fields the gateway does not know pa
 """
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 
 from core.db import unstorable_part
-from llmops.gateway.errors import invalid_request
+from llmops.gateway.errors import GatewayError, invalid_request
 from routing.max_tokens import MAX_TOKENS_FIELDS
 
 MESSAGE_ROLES = ("system", "developer", "user", "assistant", "tool", "function")
@@ -24,6 +25,7 @@ PART_TYPES_BY_ROLE = {
     "function": ("text",),
 }
 MAX_TOKENS_LIMIT = 1_000_000
+TOP_K_LIMIT = 1_000_000
 MAX_CHOICES = 128
 MAX_TOOLS = 128
 MAX_STOP_SEQUENCES = 4
@@ -46,13 +48,13 @@ Check = Callable[[str, object], None]
 JSON_TYPES = ((bool, "a boolean"), (int, "an integer"), (float, "a number"), (str, "a string"), (list, "an array"))
 
 
-def _json_type(value) -> str:
+def json_type(value) -> str:
     if value is None:
         return "null"
     return next((name for kind, name in JSON_TYPES if isinstance(value, kind)), "an object")
 
 
-def _shown(value) -> str:
+def shown(value) -> str:
     text = repr(value)
     return text if len(text) <= SHOWN_VALUE_CHARS else text[: SHOWN_VALUE_CHARS - 3] + "..."
 
@@ -61,25 +63,47 @@ def _listed(choices) -> str:
     return ", ".join(f"'{choice}'" for choice in choices)
 
 
-def _type_error(param: str, expected: str, value) -> Exception:
+def _type_error(param: str, expected: str, value) -> GatewayError:
     return invalid_request(
-        f"Invalid type for '{param}': expected {expected}, but got {_json_type(value)} instead.",
+        f"Invalid type for '{param}': expected {expected}, but got {json_type(value)} instead.",
         param=param,
         code="invalid_type",
     )
 
 
-def _value_error(param: str, message: str) -> Exception:
+def _value_error(param: str, message: str) -> GatewayError:
     return invalid_request(f"Invalid value for '{param}': {message}", param=param, code="invalid_value")
 
 
-def _missing(param: str) -> Exception:
+def _missing(param: str) -> GatewayError:
     return invalid_request(f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter")
 
 
-def _string(param: str, value) -> None:
+def _out_of_range(param: str, value, low: str, high: str) -> GatewayError:
+    return _value_error(param, f"{value}. It must be between {low} and {high}.")
+
+
+@dataclass(frozen=True, slots=True)
+class Wording:
+    """How a failed check is put to the client: each a 400 naming the parameter, in OpenAI's words here (``OPENAI``);
+    /v1/messages puts the same checks in Anthropic's (llmops.gateway.messages.validation)."""
+
+    missing: Callable[[str], GatewayError]
+    # (param, what was expected, the value)
+    wrong_type: Callable[[str, str, object], GatewayError]
+    # (param, what is wrong)
+    invalid: Callable[[str, str], GatewayError]
+    # (param, the value, the lowest and the highest allowed, as shown)
+    out_of_range: Callable[[str, object, str, str], GatewayError]
+
+
+OPENAI = Wording(missing=_missing, wrong_type=_type_error, invalid=_value_error, out_of_range=_out_of_range)
+
+
+def check_string(param: str, value, *, wording: Wording = OPENAI) -> str:
     if not isinstance(value, str):
-        raise _type_error(param, "a string", value)
+        raise wording.wrong_type(param, "a string", value)
+    return value
 
 
 def _boolean(param: str, value) -> None:
@@ -87,23 +111,37 @@ def _boolean(param: str, value) -> None:
         raise _type_error(param, "a boolean", value)
 
 
-def _integer(param: str, value, *, low: int | None = None, high: int | None = None) -> None:
+def check_integer(
+    param: str, value, *, low: int | None = None, high: int | None = None, wording: Wording = OPENAI
+) -> None:
     if not isinstance(value, int) or isinstance(value, bool):
-        raise _type_error(param, "an integer", value)
+        raise wording.wrong_type(param, "an integer", value)
     if (low is not None and value < low) or (high is not None and value > high):
-        raise _value_error(param, f"{value}. It must be between {low} and {high}.")
+        raise wording.out_of_range(param, value, str(low), str(high))
 
 
-def _number(param: str, value, *, low: float, high: float) -> None:
+def check_number(param: str, value, *, low: float, high: float, wording: Wording = OPENAI) -> None:
     if not isinstance(value, int | float) or isinstance(value, bool):
-        raise _type_error(param, "a number", value)
+        raise wording.wrong_type(param, "a number", value)
     if not low <= value <= high:
-        raise _value_error(param, f"{value}. It must be between {low:g} and {high:g}.")
+        raise wording.out_of_range(param, value, f"{low:g}", f"{high:g}")
 
 
-def _object(param: str, value) -> dict:
+def check_object(param: str, value, *, wording: Wording = OPENAI) -> dict:
     if not isinstance(value, dict):
-        raise _type_error(param, "an object", value)
+        raise wording.wrong_type(param, "an object", value)
+    return value
+
+
+def check_model(value, *, wording: Wording = OPENAI) -> str:
+    """The ``model`` of a request: a name the gateway can echo in response headers (x-llmops-route), where a control
+    character would break the answer."""
+    if value is None:
+        raise wording.missing("model")
+    if not isinstance(value, str) or not value.strip():
+        raise wording.wrong_type("model", "a non-empty string", value)
+    if len(value) > MAX_MODEL_NAME_CHARS or not value.isprintable():
+        raise wording.invalid("model", f"must be a model name of at most {MAX_MODEL_NAME_CHARS} printable characters.")
     return value
 
 
@@ -121,7 +159,7 @@ def _choice(param: str, value, choices) -> None:
     if not isinstance(value, str):
         raise _type_error(param, f"one of {_listed(choices)}", value)
     if value not in choices:
-        raise _value_error(param, f"{_shown(value)}. Supported values are: {_listed(choices)}.")
+        raise _value_error(param, f"{shown(value)}. Supported values are: {_listed(choices)}.")
 
 
 def _fields(param: str, value: dict, checks: dict[str, Check], *, required: tuple[str, ...] = ()) -> None:
@@ -140,59 +178,60 @@ def _shape(checks: dict[str, Check], *, required: tuple[str, ...] = ()) -> Check
     """A check of an object with the given fields."""
 
     def check(param: str, value) -> None:
-        _fields(param, _object(param, value), checks, required=required)
+        _fields(param, check_object(param, value), checks, required=required)
 
     return check
 
 
-_text_part = _shape({"type": partial(_choice, choices=("text",)), "text": _string}, required=("type", "text"))
+_text_part = _shape({"type": partial(_choice, choices=("text",)), "text": check_string}, required=("type", "text"))
 _function_definition = _shape(
-    {"name": _string, "description": _string, "parameters": _object, "strict": _boolean}, required=("name",)
+    {"name": check_string, "description": check_string, "parameters": check_object, "strict": _boolean},
+    required=("name",),
 )
 PART_FIELD_CHECKS: dict[str, Check] = {
-    "text": _string,
+    "text": check_string,
     "image_url": _shape(
-        {"url": _string, "detail": partial(_choice, choices=("auto", "low", "high"))}, required=("url",)
+        {"url": check_string, "detail": partial(_choice, choices=("auto", "low", "high"))}, required=("url",)
     ),
-    "input_audio": _shape({"data": _string, "format": _string}, required=("data", "format")),
-    "file": _shape({"file_id": _string, "file_data": _string, "filename": _string}),
-    "refusal": _string,
+    "input_audio": _shape({"data": check_string, "format": check_string}, required=("data", "format")),
+    "file": _shape({"file_id": check_string, "file_data": check_string, "filename": check_string}),
+    "refusal": check_string,
 }
 _tool_call = _shape(
     {
-        "id": _string,
+        "id": check_string,
         "type": partial(_choice, choices=("function",)),
-        "function": _shape({"name": _string, "arguments": _string}, required=("name", "arguments")),
+        "function": _shape({"name": check_string, "arguments": check_string}, required=("name", "arguments")),
     },
     required=("id", "function"),
 )
-_named_function = _shape({"name": _string}, required=("name",))
+_named_function = _shape({"name": check_string}, required=("name",))
 _json_schema = _shape(
-    {"name": _string, "description": _string, "schema": _object, "strict": _boolean}, required=("name",)
+    {"name": check_string, "description": check_string, "schema": check_object, "strict": _boolean}, required=("name",)
 )
 MESSAGE_FIELD_CHECKS: dict[str, Check] = {
-    "name": _string,
-    "refusal": _string,
-    "tool_call_id": _string,
+    "name": check_string,
+    "refusal": check_string,
+    "tool_call_id": check_string,
     "tool_calls": partial(_array, item=_tool_call),
-    "function_call": _shape({"name": _string, "arguments": _string}, required=("name",)),
+    "function_call": _shape({"name": check_string, "arguments": check_string}, required=("name",)),
 }
 
 
 def _content_part(param: str, part, *, role: str) -> None:
-    part = _object(param, part)
+    part = check_object(param, part)
     kind = part.get("type")
     if kind is None:
         raise _missing(f"{param}.type")
     allowed = PART_TYPES_BY_ROLE[role]
     if isinstance(kind, str) and kind in PART_FIELD_CHECKS and kind not in allowed:
-        raise _value_error(f"{param}.type", f"{_shown(kind)} parts are not allowed in a message with role '{role}'.")
+        raise _value_error(f"{param}.type", f"{shown(kind)} parts are not allowed in a message with role '{role}'.")
     _choice(f"{param}.type", kind, allowed)
-    _fields(param, part, {kind: PART_FIELD_CHECKS[kind], "cache_control": _object}, required=(kind,))
+    _fields(param, part, {kind: PART_FIELD_CHECKS[kind], "cache_control": check_object}, required=(kind,))
 
 
 def _message(param: str, message) -> None:
-    message = _object(param, message)
+    message = check_object(param, message)
     role = message.get("role")
     if role is None:
         raise _missing(f"{param}.role")
@@ -214,7 +253,7 @@ def _stop(param: str, value) -> None:
         return
     if not isinstance(value, list):
         raise _type_error(param, "a string or an array of strings", value)
-    _array(param, value, _string, max_items=MAX_STOP_SEQUENCES)
+    _array(param, value, check_string, max_items=MAX_STOP_SEQUENCES)
 
 
 def _tool_choice(param: str, value) -> None:
@@ -241,7 +280,7 @@ def _function_call(param: str, value) -> None:
 
 
 def _response_format(param: str, value) -> None:
-    value = _object(param, value)
+    value = check_object(param, value)
     _fields(
         param, value, {"type": partial(_choice, choices=("text", "json_object", "json_schema"))}, required=("type",)
     )
@@ -257,21 +296,21 @@ def _prediction_content(param: str, value) -> None:
 
 
 def _logit_bias(param: str, value) -> None:
-    for token, bias in _object(param, value).items():
+    for token, bias in check_object(param, value).items():
         if not isinstance(bias, int | float) or isinstance(bias, bool) or not abs(bias) <= LOGIT_BIAS_LIMIT:
             limits = f"between {-LOGIT_BIAS_LIMIT} and {LOGIT_BIAS_LIMIT}"
-            raise _value_error(param, f"the bias of token {_shown(token)} must be a number {limits}.")
+            raise _value_error(param, f"the bias of token {shown(token)} must be a number {limits}.")
 
 
 def validate_metadata(param: str, value) -> None:
     """OpenAI's shape of ``metadata`` (chat completions, batches): at most 16 pairs of strings, keys up to 64
     characters, values up to 512."""
-    value = _object(param, value)
+    value = check_object(param, value)
     if len(value) > MAX_METADATA_PAIRS:
         raise _value_error(param, f"{len(value)} pairs. At most {MAX_METADATA_PAIRS} are allowed.")
     for key, item in value.items():
         if len(key) > MAX_METADATA_KEY_CHARS:
-            raise _value_error(param, f"the key {_shown(key)} is longer than {MAX_METADATA_KEY_CHARS} characters.")
+            raise _value_error(param, f"the key {shown(key)} is longer than {MAX_METADATA_KEY_CHARS} characters.")
         if not isinstance(item, str):
             raise _type_error(f"{param}.{key}", "a string", item)
         if len(item) > MAX_METADATA_VALUE_CHARS:
@@ -279,13 +318,13 @@ def validate_metadata(param: str, value) -> None:
 
 
 def _stream_options(param: str, value) -> None:
-    _fields(param, _object(param, value), {"include_usage": _boolean, "include_obfuscation": _boolean})
+    _fields(param, check_object(param, value), {"include_usage": _boolean, "include_obfuscation": _boolean})
 
 
 def _tool(param: str, value) -> None:
     _fields(
         param,
-        _object(param, value),
+        check_object(param, value),
         {"type": partial(_choice, choices=("function",)), "function": _function_definition},
         required=("type", "function"),
     )
@@ -294,19 +333,21 @@ def _tool(param: str, value) -> None:
 FIELD_CHECKS: dict[str, Check] = {
     "stream": _boolean,
     "stream_options": _stream_options,
-    **dict.fromkeys(MAX_TOKENS_FIELDS, partial(_integer, low=1, high=MAX_TOKENS_LIMIT)),
-    "n": partial(_integer, low=1, high=MAX_CHOICES),
-    "best_of": partial(_integer, low=1, high=MAX_CHOICES),
-    "temperature": partial(_number, low=0.0, high=2.0),
-    "top_p": partial(_number, low=0.0, high=1.0),
-    "presence_penalty": partial(_number, low=-2.0, high=2.0),
-    "frequency_penalty": partial(_number, low=-2.0, high=2.0),
-    "seed": _integer,
+    **dict.fromkeys(MAX_TOKENS_FIELDS, partial(check_integer, low=1, high=MAX_TOKENS_LIMIT)),
+    "n": partial(check_integer, low=1, high=MAX_CHOICES),
+    "best_of": partial(check_integer, low=1, high=MAX_CHOICES),
+    "temperature": partial(check_number, low=0.0, high=2.0),
+    "top_p": partial(check_number, low=0.0, high=1.0),
+    # Not OpenAI's, but vLLM's, OpenRouter's and Anthropic's; -1 is vLLM's "no cut", as leaving it out is.
+    "top_k": partial(check_integer, low=-1, high=TOP_K_LIMIT),
+    "presence_penalty": partial(check_number, low=-2.0, high=2.0),
+    "frequency_penalty": partial(check_number, low=-2.0, high=2.0),
+    "seed": check_integer,
     "logprobs": _boolean,
-    "top_logprobs": partial(_integer, low=0, high=MAX_TOP_LOGPROBS),
+    "top_logprobs": partial(check_integer, low=0, high=MAX_TOP_LOGPROBS),
     "logit_bias": _logit_bias,
     "stop": _stop,
-    "user": _string,
+    "user": check_string,
     "metadata": validate_metadata,
     "store": _boolean,
     "tools": partial(_array, item=_tool, max_items=MAX_TOOLS),
@@ -319,29 +360,18 @@ FIELD_CHECKS: dict[str, Check] = {
         {"type": partial(_choice, choices=("content",)), "content": _prediction_content}, required=("type", "content")
     ),
     "modalities": partial(_array, item=partial(_choice, choices=("text", "audio"))),
-    "service_tier": _string,
-    "reasoning_effort": _string,
-    "verbosity": _string,
-    "prompt_cache_key": _string,
-    "safety_identifier": _string,
+    "service_tier": check_string,
+    "reasoning_effort": check_string,
+    "verbosity": check_string,
+    "prompt_cache_key": check_string,
+    "safety_identifier": check_string,
 }
 
 
 def validate_chat_request(body) -> dict:
     if not isinstance(body, dict):
         raise invalid_request("The request body must be a JSON object.", code="invalid_json")
-    model = body.get("model")
-    if model is None:
-        raise _missing("model")
-    if not isinstance(model, str) or not model.strip():
-        raise _type_error("model", "a non-empty string", model)
-    # The name is echoed in response headers (x-llmops-route), where a control character would break the answer.
-    if len(model) > MAX_MODEL_NAME_CHARS or not model.isprintable():
-        raise invalid_request(
-            f"'model' must be a model name of at most {MAX_MODEL_NAME_CHARS} printable characters.",
-            param="model",
-            code="invalid_value",
-        )
+    check_model(body.get("model"))
     messages = body.get("messages")
     if messages is None:
         raise _missing("messages")
@@ -362,7 +392,7 @@ def validate_chat_request(body) -> dict:
     return body
 
 
-def _unsupported(param: str, why: str) -> Exception:
+def _unsupported(param: str, why: str) -> GatewayError:
     return invalid_request(
         f"'{param}' is not supported by this gateway: {why}, so its cost could not be held within budgets.",
         param=param,
