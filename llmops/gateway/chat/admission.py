@@ -8,6 +8,7 @@ worst case in tokens. Requests in flight are counted per tenant across processes
 """
 
 import asyncio
+from collections.abc import Awaitable
 from decimal import Decimal
 
 from django.conf import settings
@@ -91,6 +92,49 @@ async def _nothing() -> None:
     return None
 
 
+async def _count_and_hold(
+    call: GatewayCall, counting: Awaitable[RateLimitResult], *, inflight_cap: int, reserving: Awaitable | None = None
+) -> Reservation | BaseException | None:
+    """Count the request against rate limits (``counting``), take one of its tenant's slots for requests in flight
+    (under ``inflight_cap``, 0 for none) and make the budget reservation (``reserving``) at once: one wait on Redis
+    instead of three. The rate limit decides first, then the cap on requests in flight; a reservation made for a
+    request either refuses is released straight away. Returns what the reservation came to (None without one)."""
+    if not inflight_cap and reserving is None:
+        _count_or_refuse(call, await counting)
+        return None
+    principal = call.principal
+    limited, slot, reserved = await asyncio.gather(
+        counting,
+        inflight_acquire(tenant_id=principal.tenant_id, request_id=call.request_id, limit=inflight_cap)
+        if inflight_cap
+        else _nothing(),
+        reserving if reserving is not None else _nothing(),
+        return_exceptions=True,
+    )
+    if isinstance(slot, InflightSlot):
+        call.inflight = slot
+    refused = isinstance(limited, BaseException) or not limited.allowed or isinstance(slot, BaseException)
+    if refused and isinstance(reserved, Reservation):
+        await reservation_settle(reserved, actual=Decimal(0))
+    if isinstance(limited, BaseException):
+        raise limited
+    _count_or_refuse(call, limited)
+    if isinstance(slot, BaseException):
+        raise slot
+    return reserved
+
+
+async def admit_uncharged(snapshot: ConfigSnapshot, call: GatewayCall) -> None:
+    """Admit a live request that calls no provider and costs nothing (/v1/messages/count_tokens): counted against the
+    request rate limits (no tokens), holding one of its tenant's slots for requests in flight (``call.inflight``, for
+    the caller to give back), refused as ``admit`` refuses; no budget is reserved."""
+    principal = call.principal
+    counting = rate_limit_check(
+        limits=snapshot.rate_limits, key_id=principal.key_id, team_id=principal.team_id, tokens=0, now=timezone.now()
+    )
+    await _count_and_hold(call, counting, inflight_cap=inflight_limit(snapshot.max_inflight))
+
+
 async def admit(
     snapshot: ConfigSnapshot, call: GatewayCall, plan: ChatPlan, *, limit_concurrency: bool = False
 ) -> None:
@@ -113,35 +157,11 @@ async def admit(
         now=now,
     )
     inflight_cap = inflight_limit(snapshot.max_inflight) if limit_concurrency else 0
-    if not budgets and not inflight_cap:
-        _count_or_refuse(call, await counting)
-        return
-    amount = (
-        chain_worst_case(plan.chain, prompt_tokens=prompt_tokens, bound=bound, fallback=_fallback())
-        if budgets
-        else Decimal(0)
-    )
-    # Counted, held and reserved at once: one wait on Redis instead of three. The rate limit still decides first,
-    # then the tenant's cap on requests in flight; a reservation made for a request either refuses is released
-    # straight away.
-    limited, slot, reserved = await asyncio.gather(
-        counting,
-        inflight_acquire(tenant_id=principal.tenant_id, request_id=call.request_id, limit=inflight_cap)
-        if inflight_cap
-        else _nothing(),
-        budget_reserve(budgets=budgets, amount=amount, request_id=call.request_id, now=now) if budgets else _nothing(),
-        return_exceptions=True,
-    )
-    if isinstance(slot, InflightSlot):
-        call.inflight = slot
-    refused = isinstance(limited, BaseException) or not limited.allowed or isinstance(slot, BaseException)
-    if refused and isinstance(reserved, Reservation):
-        await reservation_settle(reserved, actual=Decimal(0))
-    if isinstance(limited, BaseException):
-        raise limited
-    _count_or_refuse(call, limited)
-    if isinstance(slot, BaseException):
-        raise slot
+    reserving = None
+    if budgets:
+        amount = chain_worst_case(plan.chain, prompt_tokens=prompt_tokens, bound=bound, fallback=_fallback())
+        reserving = budget_reserve(budgets=budgets, amount=amount, request_id=call.request_id, now=now)
+    reserved = await _count_and_hold(call, counting, inflight_cap=inflight_cap, reserving=reserving)
     if reserved is None:
         return
     if isinstance(reserved, BudgetUnavailable):
