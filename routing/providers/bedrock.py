@@ -70,7 +70,7 @@ FINISH_REASONS = {
     "content_filtered": "content_filter",
 }
 # In the id of every Claude model on Bedrock (``anthropic.claude-…``, ``us.anthropic.claude-…``).
-CLAUDE_MODEL_ID = "anthropic.claude"
+CLAUDE = "claude"
 # Error codes of Bedrock, for the event-stream exceptions that carry no HTTP status.
 STATUS_BY_ERROR_CODE = {
     "ThrottlingException": 429,
@@ -217,7 +217,7 @@ def converse_request(body: dict) -> dict:
     if (top_k := body.get("top_k")) is not None and top_k >= 0:
         # Converse has no top_k of its own: Claude takes it as a field of its model's request; -1 (vLLM's "no cut")
         # is what leaving it out means.
-        if CLAUDE_MODEL_ID not in body["model"]:
+        if CLAUDE not in body["model"].lower():
             raise UnsupportedForBedrock(f"top_k is taken on Bedrock by Claude models only, not by {body['model']}")
         request["additionalModelRequestFields"] = {"top_k": top_k}
     # Converse has no "none" choice: with tool_choice none the tools are left out entirely.
@@ -345,9 +345,6 @@ class BedrockStream:
     (where a fallback can still take over).
     """
 
-    # Converse's stop reason does not say which stop sequence matched.
-    stop_sequence = None
-
     def __init__(self, provider: ProviderEntry, body: dict, started: float):
         self.provider = provider
         self.started = started
@@ -410,6 +407,11 @@ class BedrockStream:
                 return
             for sse in translated_events(self.provider, self.translator.translate, event, elapsed_ms=self.elapsed_ms()):
                 yield sse
+
+    @property
+    def stop_sequence(self) -> None:
+        """Converse's stop reason does not say which stop sequence matched."""
+        return None
 
     def elapsed_ms(self) -> int:
         return elapsed_ms_since(self.started)

@@ -48,13 +48,13 @@ Check = Callable[[str, object], None]
 JSON_TYPES = ((bool, "a boolean"), (int, "an integer"), (float, "a number"), (str, "a string"), (list, "an array"))
 
 
-def json_type(value) -> str:
+def _json_type(value) -> str:
     if value is None:
         return "null"
     return next((name for kind, name in JSON_TYPES if isinstance(value, kind)), "an object")
 
 
-def shown(value) -> str:
+def _shown(value) -> str:
     text = repr(value)
     return text if len(text) <= SHOWN_VALUE_CHARS else text[: SHOWN_VALUE_CHARS - 3] + "..."
 
@@ -65,7 +65,7 @@ def _listed(choices) -> str:
 
 def _type_error(param: str, expected: str, value) -> GatewayError:
     return invalid_request(
-        f"Invalid type for '{param}': expected {expected}, but got {json_type(value)} instead.",
+        f"Invalid type for '{param}': expected {expected}, but got {_json_type(value)} instead.",
         param=param,
         code="invalid_type",
     )
@@ -100,7 +100,7 @@ class Wording:
 OPENAI = Wording(missing=_missing, wrong_type=_type_error, invalid=_value_error, out_of_range=_out_of_range)
 
 
-def check_string(param: str, value, *, wording: Wording = OPENAI) -> str:
+def _string(param: str, value, *, wording: Wording = OPENAI) -> str:
     if not isinstance(value, str):
         raise wording.wrong_type(param, "a string", value)
     return value
@@ -111,29 +111,27 @@ def _boolean(param: str, value) -> None:
         raise _type_error(param, "a boolean", value)
 
 
-def check_integer(
-    param: str, value, *, low: int | None = None, high: int | None = None, wording: Wording = OPENAI
-) -> None:
+def _integer(param: str, value, *, low: int | None = None, high: int | None = None, wording: Wording = OPENAI) -> None:
     if not isinstance(value, int) or isinstance(value, bool):
         raise wording.wrong_type(param, "an integer", value)
     if (low is not None and value < low) or (high is not None and value > high):
         raise wording.out_of_range(param, value, str(low), str(high))
 
 
-def check_number(param: str, value, *, low: float, high: float, wording: Wording = OPENAI) -> None:
+def _number(param: str, value, *, low: float, high: float, wording: Wording = OPENAI) -> None:
     if not isinstance(value, int | float) or isinstance(value, bool):
         raise wording.wrong_type(param, "a number", value)
     if not low <= value <= high:
         raise wording.out_of_range(param, value, f"{low:g}", f"{high:g}")
 
 
-def check_object(param: str, value, *, wording: Wording = OPENAI) -> dict:
+def _object(param: str, value, *, wording: Wording = OPENAI) -> dict:
     if not isinstance(value, dict):
         raise wording.wrong_type(param, "an object", value)
     return value
 
 
-def check_model(value, *, wording: Wording = OPENAI) -> str:
+def _model_name(value, *, wording: Wording = OPENAI) -> str:
     """The ``model`` of a request: a name the gateway can echo in response headers (x-llmops-route), where a control
     character would break the answer."""
     if value is None:
@@ -159,7 +157,7 @@ def _choice(param: str, value, choices) -> None:
     if not isinstance(value, str):
         raise _type_error(param, f"one of {_listed(choices)}", value)
     if value not in choices:
-        raise _value_error(param, f"{shown(value)}. Supported values are: {_listed(choices)}.")
+        raise _value_error(param, f"{_shown(value)}. Supported values are: {_listed(choices)}.")
 
 
 def _fields(param: str, value: dict, checks: dict[str, Check], *, required: tuple[str, ...] = ()) -> None:
@@ -178,60 +176,59 @@ def _shape(checks: dict[str, Check], *, required: tuple[str, ...] = ()) -> Check
     """A check of an object with the given fields."""
 
     def check(param: str, value) -> None:
-        _fields(param, check_object(param, value), checks, required=required)
+        _fields(param, _object(param, value), checks, required=required)
 
     return check
 
 
-_text_part = _shape({"type": partial(_choice, choices=("text",)), "text": check_string}, required=("type", "text"))
+_text_part = _shape({"type": partial(_choice, choices=("text",)), "text": _string}, required=("type", "text"))
 _function_definition = _shape(
-    {"name": check_string, "description": check_string, "parameters": check_object, "strict": _boolean},
-    required=("name",),
+    {"name": _string, "description": _string, "parameters": _object, "strict": _boolean}, required=("name",)
 )
 PART_FIELD_CHECKS: dict[str, Check] = {
-    "text": check_string,
+    "text": _string,
     "image_url": _shape(
-        {"url": check_string, "detail": partial(_choice, choices=("auto", "low", "high"))}, required=("url",)
+        {"url": _string, "detail": partial(_choice, choices=("auto", "low", "high"))}, required=("url",)
     ),
-    "input_audio": _shape({"data": check_string, "format": check_string}, required=("data", "format")),
-    "file": _shape({"file_id": check_string, "file_data": check_string, "filename": check_string}),
-    "refusal": check_string,
+    "input_audio": _shape({"data": _string, "format": _string}, required=("data", "format")),
+    "file": _shape({"file_id": _string, "file_data": _string, "filename": _string}),
+    "refusal": _string,
 }
 _tool_call = _shape(
     {
-        "id": check_string,
+        "id": _string,
         "type": partial(_choice, choices=("function",)),
-        "function": _shape({"name": check_string, "arguments": check_string}, required=("name", "arguments")),
+        "function": _shape({"name": _string, "arguments": _string}, required=("name", "arguments")),
     },
     required=("id", "function"),
 )
-_named_function = _shape({"name": check_string}, required=("name",))
+_named_function = _shape({"name": _string}, required=("name",))
 _json_schema = _shape(
-    {"name": check_string, "description": check_string, "schema": check_object, "strict": _boolean}, required=("name",)
+    {"name": _string, "description": _string, "schema": _object, "strict": _boolean}, required=("name",)
 )
 MESSAGE_FIELD_CHECKS: dict[str, Check] = {
-    "name": check_string,
-    "refusal": check_string,
-    "tool_call_id": check_string,
+    "name": _string,
+    "refusal": _string,
+    "tool_call_id": _string,
     "tool_calls": partial(_array, item=_tool_call),
-    "function_call": _shape({"name": check_string, "arguments": check_string}, required=("name",)),
+    "function_call": _shape({"name": _string, "arguments": _string}, required=("name",)),
 }
 
 
 def _content_part(param: str, part, *, role: str) -> None:
-    part = check_object(param, part)
+    part = _object(param, part)
     kind = part.get("type")
     if kind is None:
         raise _missing(f"{param}.type")
     allowed = PART_TYPES_BY_ROLE[role]
     if isinstance(kind, str) and kind in PART_FIELD_CHECKS and kind not in allowed:
-        raise _value_error(f"{param}.type", f"{shown(kind)} parts are not allowed in a message with role '{role}'.")
+        raise _value_error(f"{param}.type", f"{_shown(kind)} parts are not allowed in a message with role '{role}'.")
     _choice(f"{param}.type", kind, allowed)
-    _fields(param, part, {kind: PART_FIELD_CHECKS[kind], "cache_control": check_object}, required=(kind,))
+    _fields(param, part, {kind: PART_FIELD_CHECKS[kind], "cache_control": _object}, required=(kind,))
 
 
 def _message(param: str, message) -> None:
-    message = check_object(param, message)
+    message = _object(param, message)
     role = message.get("role")
     if role is None:
         raise _missing(f"{param}.role")
@@ -253,7 +250,7 @@ def _stop(param: str, value) -> None:
         return
     if not isinstance(value, list):
         raise _type_error(param, "a string or an array of strings", value)
-    _array(param, value, check_string, max_items=MAX_STOP_SEQUENCES)
+    _array(param, value, _string, max_items=MAX_STOP_SEQUENCES)
 
 
 def _tool_choice(param: str, value) -> None:
@@ -280,7 +277,7 @@ def _function_call(param: str, value) -> None:
 
 
 def _response_format(param: str, value) -> None:
-    value = check_object(param, value)
+    value = _object(param, value)
     _fields(
         param, value, {"type": partial(_choice, choices=("text", "json_object", "json_schema"))}, required=("type",)
     )
@@ -296,21 +293,21 @@ def _prediction_content(param: str, value) -> None:
 
 
 def _logit_bias(param: str, value) -> None:
-    for token, bias in check_object(param, value).items():
+    for token, bias in _object(param, value).items():
         if not isinstance(bias, int | float) or isinstance(bias, bool) or not abs(bias) <= LOGIT_BIAS_LIMIT:
             limits = f"between {-LOGIT_BIAS_LIMIT} and {LOGIT_BIAS_LIMIT}"
-            raise _value_error(param, f"the bias of token {shown(token)} must be a number {limits}.")
+            raise _value_error(param, f"the bias of token {_shown(token)} must be a number {limits}.")
 
 
 def validate_metadata(param: str, value) -> None:
     """OpenAI's shape of ``metadata`` (chat completions, batches): at most 16 pairs of strings, keys up to 64
     characters, values up to 512."""
-    value = check_object(param, value)
+    value = _object(param, value)
     if len(value) > MAX_METADATA_PAIRS:
         raise _value_error(param, f"{len(value)} pairs. At most {MAX_METADATA_PAIRS} are allowed.")
     for key, item in value.items():
         if len(key) > MAX_METADATA_KEY_CHARS:
-            raise _value_error(param, f"the key {shown(key)} is longer than {MAX_METADATA_KEY_CHARS} characters.")
+            raise _value_error(param, f"the key {_shown(key)} is longer than {MAX_METADATA_KEY_CHARS} characters.")
         if not isinstance(item, str):
             raise _type_error(f"{param}.{key}", "a string", item)
         if len(item) > MAX_METADATA_VALUE_CHARS:
@@ -318,13 +315,13 @@ def validate_metadata(param: str, value) -> None:
 
 
 def _stream_options(param: str, value) -> None:
-    _fields(param, check_object(param, value), {"include_usage": _boolean, "include_obfuscation": _boolean})
+    _fields(param, _object(param, value), {"include_usage": _boolean, "include_obfuscation": _boolean})
 
 
 def _tool(param: str, value) -> None:
     _fields(
         param,
-        check_object(param, value),
+        _object(param, value),
         {"type": partial(_choice, choices=("function",)), "function": _function_definition},
         required=("type", "function"),
     )
@@ -333,21 +330,21 @@ def _tool(param: str, value) -> None:
 FIELD_CHECKS: dict[str, Check] = {
     "stream": _boolean,
     "stream_options": _stream_options,
-    **dict.fromkeys(MAX_TOKENS_FIELDS, partial(check_integer, low=1, high=MAX_TOKENS_LIMIT)),
-    "n": partial(check_integer, low=1, high=MAX_CHOICES),
-    "best_of": partial(check_integer, low=1, high=MAX_CHOICES),
-    "temperature": partial(check_number, low=0.0, high=2.0),
-    "top_p": partial(check_number, low=0.0, high=1.0),
+    **dict.fromkeys(MAX_TOKENS_FIELDS, partial(_integer, low=1, high=MAX_TOKENS_LIMIT)),
+    "n": partial(_integer, low=1, high=MAX_CHOICES),
+    "best_of": partial(_integer, low=1, high=MAX_CHOICES),
+    "temperature": partial(_number, low=0.0, high=2.0),
+    "top_p": partial(_number, low=0.0, high=1.0),
     # Not OpenAI's, but vLLM's, OpenRouter's and Anthropic's; -1 is vLLM's "no cut", as leaving it out is.
-    "top_k": partial(check_integer, low=-1, high=TOP_K_LIMIT),
-    "presence_penalty": partial(check_number, low=-2.0, high=2.0),
-    "frequency_penalty": partial(check_number, low=-2.0, high=2.0),
-    "seed": check_integer,
+    "top_k": partial(_integer, low=-1, high=TOP_K_LIMIT),
+    "presence_penalty": partial(_number, low=-2.0, high=2.0),
+    "frequency_penalty": partial(_number, low=-2.0, high=2.0),
+    "seed": _integer,
     "logprobs": _boolean,
-    "top_logprobs": partial(check_integer, low=0, high=MAX_TOP_LOGPROBS),
+    "top_logprobs": partial(_integer, low=0, high=MAX_TOP_LOGPROBS),
     "logit_bias": _logit_bias,
     "stop": _stop,
-    "user": check_string,
+    "user": _string,
     "metadata": validate_metadata,
     "store": _boolean,
     "tools": partial(_array, item=_tool, max_items=MAX_TOOLS),
@@ -360,18 +357,18 @@ FIELD_CHECKS: dict[str, Check] = {
         {"type": partial(_choice, choices=("content",)), "content": _prediction_content}, required=("type", "content")
     ),
     "modalities": partial(_array, item=partial(_choice, choices=("text", "audio"))),
-    "service_tier": check_string,
-    "reasoning_effort": check_string,
-    "verbosity": check_string,
-    "prompt_cache_key": check_string,
-    "safety_identifier": check_string,
+    "service_tier": _string,
+    "reasoning_effort": _string,
+    "verbosity": _string,
+    "prompt_cache_key": _string,
+    "safety_identifier": _string,
 }
 
 
 def validate_chat_request(body) -> dict:
     if not isinstance(body, dict):
         raise invalid_request("The request body must be a JSON object.", code="invalid_json")
-    check_model(body.get("model"))
+    _model_name(body.get("model"))
     messages = body.get("messages")
     if messages is None:
         raise _missing("messages")

@@ -27,17 +27,8 @@ The translation:
 from collections.abc import Callable
 from functools import partial
 
-from llmops.gateway.chat.validation import (
-    TOP_K_LIMIT,
-    Wording,
-    check_integer,
-    check_model,
-    check_number,
-    check_object,
-    check_string,
-    json_type,
-    shown,
-)
+from llmops.gateway.chat import validation as chat_checks
+from llmops.gateway.chat.validation import TOP_K_LIMIT, Wording
 from llmops.gateway.errors import GatewayError, invalid_request
 from routing.max_tokens import SET_FIELD
 
@@ -105,7 +96,7 @@ def _missing(path: str) -> GatewayError:
 
 
 def _wrong_type(path: str, expected: str, value) -> GatewayError:
-    return _invalid(path, f"Input should be {expected}, not {json_type(value)}", code="invalid_type")
+    return _invalid(path, f"Input should be {expected}, not {chat_checks._json_type(value)}", code="invalid_type")
 
 
 def _out_of_range(path: str, value, low: str, high: str) -> GatewayError:
@@ -113,10 +104,12 @@ def _out_of_range(path: str, value, low: str, high: str) -> GatewayError:
 
 
 ANTHROPIC = Wording(missing=_missing, wrong_type=_wrong_type, invalid=_invalid, out_of_range=_out_of_range)
-_string = partial(check_string, wording=ANTHROPIC)
-_object = partial(check_object, wording=ANTHROPIC)
-_integer = partial(check_integer, wording=ANTHROPIC)
-_number = partial(check_number, wording=ANTHROPIC)
+# The chat path's checks, worded as Anthropic words them.
+_string = partial(chat_checks._string, wording=ANTHROPIC)
+_object = partial(chat_checks._object, wording=ANTHROPIC)
+_integer = partial(chat_checks._integer, wording=ANTHROPIC)
+_number = partial(chat_checks._number, wording=ANTHROPIC)
+_model = partial(chat_checks._model_name, wording=ANTHROPIC)
 
 
 def _unsupported(path: str, why: str) -> GatewayError:
@@ -213,7 +206,7 @@ def _content_part(path: str, block, *, role: str) -> dict:
         raise _unsupported(f"{path}.type", f"'{kind}' blocks: {UNSUPPORTED_BLOCKS[kind]}")
     if kind not in BLOCK_TYPES_BY_ROLE[role]:
         allowed = " or ".join(f"'{name}'" for name in BLOCK_TYPES_BY_ROLE[role])
-        message = f"Input should be {allowed} in a message with role '{role}', not {shown(kind)}"
+        message = f"Input should be {allowed} in a message with role '{role}', not {chat_checks._shown(kind)}"
         raise _invalid(f"{path}.type", message)
     return PART_BUILDERS[kind](path, block)
 
@@ -305,7 +298,7 @@ def chat_request_from_message(body, *, counting: bool = False) -> dict:
     if not isinstance(body, dict):
         raise invalid_request("The request body must be a JSON object.", code="invalid_json")
     _refuse_what_is_not_taken(body)
-    request: dict = {"model": check_model(body.get("model"), wording=ANTHROPIC)}
+    request: dict = {"model": _model(body.get("model"))}
     if not counting:
         if body.get("max_tokens") is None:
             raise _missing("max_tokens")
