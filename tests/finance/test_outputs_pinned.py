@@ -2,7 +2,8 @@
 
 The CSV exports, the usage API, the statement and the usage report are read by customers' scripts and spreadsheets:
 a column renamed, reordered or formatted otherwise breaks them. These answers were taken from the code before the
-ledger's columns got one definition (billing/ledger/columns.py), so any later change to them shows here.
+ledger's columns got one definition (billing/ledger/columns.py), so any later change to them shows here. Columns
+added since are appended at the end (`customer`), which leaves every earlier column where scripts read it.
 """
 
 import json
@@ -64,6 +65,7 @@ def pinned(db):
                 route="cheap-first",
                 policy_version=3,
                 tags=["checkout", "eu"],
+                customer="cust-7",
                 saved_routing_usd=Decimal("0.0100000000"),
                 http_status=200,
             ),
@@ -145,17 +147,17 @@ def pinned(db):
 PER_REQUEST_CSV = (
     "request_id,created_at,team,api_key_prefix,endpoint,requested_model,served_model,is_stream,prompt_tokens,"
     "cached_tokens,completion_tokens,usage_estimated,cost_usd,cost_usd_rounded,upstream_latency_ms,total_latency_ms,"
-    "cache_status,routed_to_large,http_status,error_code,kind,parent_request_id\r\n"
+    "cache_status,routed_to_large,http_status,error_code,kind,parent_request_id,customer\r\n"
     "req-1,2025-03-03T09:00:00.123456-05:00,search,sk-pinA,/v1/chat/completions,auto,gpt-small,True,100,20,30,False,"
-    "0.0012345678,0.00,120,150,miss,False,200,,request,\r\n"
+    "0.0012345678,0.00,120,150,miss,False,200,,request,,cust-7\r\n"
     "req-2,2025-03-03T11:30:00-05:00,support,sk-pinB,/v1/chat/completions,'=cmd|' /C calc'!A0,,False,0,0,0,False,"
-    "0.0000000000,0.00,,3,bypass,False,400,invalid_request,request,\r\n"
+    "0.0000000000,0.00,,3,bypass,False,400,invalid_request,request,,\r\n"
     "req-3,2025-03-03T22:30:00-05:00,search,sk-pinA,/v1/chat/completions,auto,gpt-large,False,2000,0,500,False,"
-    "0.0250000000,0.02,900,950,miss,True,200,,request,\r\n"
+    "0.0250000000,0.02,900,950,miss,True,200,,request,,\r\n"
     "req-3-summary,2025-03-03T22:30:01-05:00,search,sk-pinA,/v1/chat/completions,,gpt-small,False,3000,0,200,False,"
-    "0.0000500000,0.00,400,410,miss,False,200,,compression_summary,req-3\r\n"
+    "0.0000500000,0.00,400,410,miss,False,200,,compression_summary,req-3,\r\n"
     "req-4,2025-03-04T10:00:00-05:00,support,sk-pinB,/v1/chat/completions,gpt-large,gpt-large,False,40,0,0,True,"
-    "0.0150000000,0.02,30000,30010,hit-exact,False,502,upstream_error,request,\r\n"
+    "0.0150000000,0.02,30000,30010,hit-exact,False,502,upstream_error,request,,\r\n"
 )
 
 GROUPED_CSV = (
@@ -231,6 +233,7 @@ PER_REQUEST_FIELDS = (
     "error_code",
     "kind",
     "parent_request_id",
+    "customer",
 )
 # Newest first, as the API pages them.
 PER_REQUEST_JSON = [
@@ -258,6 +261,7 @@ PER_REQUEST_JSON = [
             "upstream_error",
             "request",
             "",
+            "",
         ),
         (
             "req-3-summary",
@@ -281,6 +285,7 @@ PER_REQUEST_JSON = [
             "",
             "compression_summary",
             "req-3",
+            "",
         ),
         (
             "req-3",
@@ -303,6 +308,7 @@ PER_REQUEST_JSON = [
             200,
             "",
             "request",
+            "",
             "",
         ),
         (
@@ -327,6 +333,7 @@ PER_REQUEST_JSON = [
             "invalid_request",
             "request",
             "",
+            "",
         ),
         (
             "req-1",
@@ -350,6 +357,7 @@ PER_REQUEST_JSON = [
             "",
             "request",
             "",
+            "cust-7",
         ),
     )
 ]
