@@ -2,6 +2,7 @@
 
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -9,6 +10,7 @@ from itertools import pairwise
 
 from django.core.exceptions import ValidationError
 from django.db import transaction
+from django.db.models import Sum
 from django.utils import timezone
 
 from billing.budgets.counters import (
@@ -330,7 +332,7 @@ def budget_counters_check(*, now: datetime | None = None) -> list[CounterCheck]:
     disagreeing = []
     # Unscoped, reviewed: the nightly check compares each budget's own counter with its own tenant's ledger.
     for budget in Budget.objects.unscoped().filter(is_active=True).select_related("tenant"):
-        for hold in _holds(budget, now):
+        for hold in _suspect_holds(budget, now):
             check = _counter_check(hold)
             if check.agrees:
                 continue
@@ -346,6 +348,53 @@ def budget_counters_check(*, now: datetime | None = None) -> list[CounterCheck]:
             )
             disagreeing.append(check)
     return disagreeing
+
+
+CHECK_CHUNK = 1000
+
+
+def _suspect_holds(budget: Budget, now: datetime) -> Iterator[BudgetHold]:
+    """The counters worth an exact check (which reads the ledger stream's backlog for each): all of a budget's but
+    one that holds each customer, whose customers could be millions. For that one, the counters whose spend differs
+    from the customer's rows in Postgres, found with one grouped query and a Redis read per thousand customers; a
+    customer with records still in the stream is among them, and the exact check clears it."""
+    entry = budget_entry(budget)
+    if not budget.holds_each_customer:
+        yield from _holds(budget, now)
+        return
+    window = budget_current_window(budget=budget, now=now)
+    spend = dict(
+        UsageRecord.objects.for_tenant(budget.tenant_id)
+        .filter(created_at__gte=window.start, created_at__lt=window.end)
+        .exclude(customer="")
+        .values_list("customer")
+        .annotate(Sum("cost_usd"))
+        .order_by()
+    )
+    customers = sorted(spend)
+    for start in range(0, len(customers), CHECK_CHUNK):
+        holds = [BudgetHold.of(entry, now=now, customer=c) for c in customers[start : start + CHECK_CHUNK]]
+        for hold, counted in zip(holds, _counted(holds), strict=True):
+            if counted is not None and counted != spend[hold.customer]:
+                yield hold
+
+
+def _counted(holds: list[BudgetHold]) -> list[Decimal | None]:
+    """What each counter holds as spent; None where there is none (or it is being seeded)."""
+    client = sync_redis()
+    if client is None:
+        entry, window = holds[0].entry, holds[0].window
+        rows = BudgetCounter.objects.for_tenant(entry.tenant_id).filter(
+            budget_id=entry.budget_id, period_key=window.key, customer__in=[hold.customer for hold in holds]
+        )
+        spent = dict(rows.values_list("customer", "spent_usd"))
+        return [spent.get(hold.customer) for hold in holds]
+    pipe = client.pipeline(transaction=False)
+    for hold in holds:
+        pipe.hmget(hold.redis_key, "spent", "seeding")
+    return [
+        units_to_usd(int(spent)) if spent is not None and seeding is None else None for spent, seeding in pipe.execute()
+    ]
 
 
 def budget_delete(*, budget: Budget) -> None:
