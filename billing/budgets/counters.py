@@ -300,9 +300,20 @@ def counter_seed(*, hold: BudgetHold, now: datetime, force: bool = False) -> Dec
     if spent < 0:
         return None
     seeded = units_to_usd(spent)
-    logger.info("budget %s counter for %s seeded: %s USD", hold.entry.budget_id, hold.window.key, format_cost(seeded))
+    logger.log(
+        _seed_log_level(hold),
+        "budget %s counter for %s seeded: %s USD",
+        hold.entry.budget_id,
+        hold.window.key,
+        format_cost(seeded),
+    )
     _alert_seeded_thresholds(hold, spent)
     return seeded
+
+
+def _seed_log_level(hold: BudgetHold) -> int:
+    """A customer's counter is seeded on each customer's first request of a period: routine, so not logged at INFO."""
+    return logging.DEBUG if hold.entry.per_customer else logging.INFO
 
 
 def _backlog_costs(client, hold: BudgetHold, *, boundary: str) -> dict[str, Decimal]:
@@ -407,6 +418,12 @@ def database_counter_seed(*, hold: BudgetHold, counter: BudgetCounter) -> Decima
     counter.version = hold.entry.version
     counter.save(update_fields=["spent_usd", "version", "updated_at"])
     spent = format_cost(counter.spent_usd)
-    logger.info("budget %s counter row for %s seeded: %s USD", hold.entry.budget_id, hold.window.key, spent)
+    logger.log(
+        _seed_log_level(hold),
+        "budget %s counter row for %s seeded: %s USD",
+        hold.entry.budget_id,
+        hold.window.key,
+        spent,
+    )
     transaction.on_commit(lambda: _alert_seeded_thresholds(hold, usd_to_units(counter.spent_usd)))
     return counter.spent_usd
