@@ -80,6 +80,23 @@ class DashboardForm(forms.Form):
         self.fields["team"].queryset = Team.objects.restrict(user, Action.VIEW).select_related("tenant")
 
 
+class CustomerNamedFilter(admin.SimpleListFilter):
+    """Rows that name an end customer or not; one customer's rows: search its exact id, or ?customer=<id>."""
+
+    title = "end customer"
+    parameter_name = "has_customer"
+
+    def lookups(self, request, model_admin):
+        return (("yes", "Names a customer"), ("no", "No customer"))
+
+    def queryset(self, request, queryset):
+        if self.value() == "yes":
+            return queryset.exclude(customer="")
+        if self.value() == "no":
+            return queryset.filter(customer="")
+        return queryset
+
+
 @admin.register(UsageRecord)
 class UsageRecordAdmin(ReadOnlyScopedAdmin):
     """The ledger, read-only for everyone: a usage record is written once by the gateway and never changed."""
@@ -99,12 +116,14 @@ class UsageRecordAdmin(ReadOnlyScopedAdmin):
         "error_code",
         "cache_status",
         "kind",
+        "customer",
     )
-    list_filter = ("served_model", "http_status", "cache_status", "kind")
+    list_filter = ("served_model", "http_status", "cache_status", "kind", CustomerNamedFilter)
     list_select_related = ("tenant", "team__tenant")
     date_hierarchy = "created_at"
-    # A request's id finds its row and the rows of the calls made for it (a compression summary).
-    search_fields = ("request_id", "parent_request_id")
+    # A request's id finds its row and the rows of the calls made for it (a compression summary); an end customer's
+    # exact id finds that customer's rows (the ledger's customer index).
+    search_fields = ("request_id", "parent_request_id", "=customer")
     # The ledger grows without bound; skip the second, unfiltered count on every page.
     show_full_result_count = False
 

@@ -31,6 +31,8 @@ class RequestFacts:
     injection_flagged: bool = False
     attempts: int = 0
     tags: list[str] = field(default_factory=list)
+    # The tenant's end customer the request was made for (x-llmops-customer, else the OpenAI `user` field); "" for none.
+    customer: str = ""
     # A call the gateway makes on a request's behalf (a compression summary) has a row of its own kind, linked to
     # the request by its id.
     kind: str = UsageKind.REQUEST

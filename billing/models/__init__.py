@@ -19,13 +19,23 @@ from billing.models.budgets import (
     BudgetPeriod,
     BudgetScope,
     RateLimit,
+    RateLimitScope,
 )
 from billing.models.exports import ExportStatus, UsageExport
-from billing.models.ledger import COST_FIELD, REQUEST_ROWS, CacheStatus, ImmutableRowError, UsageKind, UsageRecord
-from billing.models.rollups import RollupCursor, UsageRollupDaily, UsageRollupHourly
+from billing.models.ledger import (
+    COST_FIELD,
+    CUSTOMER_MAX_LENGTH,
+    REQUEST_ROWS,
+    CacheStatus,
+    ImmutableRowError,
+    UsageKind,
+    UsageRecord,
+)
+from billing.models.rollups import RollupCursor, UsageCustomerRollupHourly, UsageRollupDaily, UsageRollupHourly
 
 __all__ = [
     "COST_FIELD",
+    "CUSTOMER_MAX_LENGTH",
     "DEFAULT_THRESHOLDS",
     "REQUEST_ROWS",
     "AlertChannel",
@@ -46,7 +56,9 @@ __all__ = [
     "ExportStatus",
     "ImmutableRowError",
     "RateLimit",
+    "RateLimitScope",
     "RollupCursor",
+    "UsageCustomerRollupHourly",
     "UsageExport",
     "UsageKind",
     "UsageRecord",

@@ -6,6 +6,12 @@ from tenants.models import ApiKey, Team, Tenant
 from tenants.scoping import TenantScopedManager, TenantScopedQuerySet
 
 COST_FIELD = {"max_digits": 20, "decimal_places": 10}
+# The longest end-customer id a request may name (the OpenAI `user` field or the x-llmops-customer header).
+CUSTOMER_MAX_LENGTH = 256
+# The tenant's own customers: ledger rows that name one, for grouping by customer and reading one customer's rows.
+CUSTOMER_INDEX = models.Index(
+    fields=["tenant", "customer", "created_at"], condition=~Q(customer=""), name="usage_tenant_customer"
+)
 
 
 class CacheStatus(models.TextChoices):
@@ -96,6 +102,15 @@ class UsageRecord(models.Model):
     prompt_tokens_after_compression = models.PositiveIntegerField(null=True, blank=True)
     injection_flagged = models.BooleanField(default=False)
     tags = models.JSONField(default=list, blank=True, help_text="From the x-llmops-tags header, sorted, no duplicates.")
+    customer = models.CharField(
+        max_length=CUSTOMER_MAX_LENGTH,
+        blank=True,
+        default="",
+        # Also the database's default, so a process of the previous release can still insert rows while it drains.
+        db_default="",
+        help_text="The tenant's end customer: the x-llmops-customer header, else the request's OpenAI `user` field; "
+        "empty for none.",
+    )
     saved_cache_usd = models.DecimalField(**COST_FIELD, default=0)
     saved_routing_usd = models.DecimalField(
         **COST_FIELD,
@@ -126,7 +141,7 @@ class UsageRecord(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
-        indexes = [models.Index(fields=["tenant", "created_at"], name="usage_tenant_created")]
+        indexes = [models.Index(fields=["tenant", "created_at"], name="usage_tenant_created"), CUSTOMER_INDEX]
 
     def __str__(self):
         return self.request_id

@@ -77,7 +77,7 @@ def _count_or_refuse(call: GatewayCall, limited: RateLimitResult) -> None:
     call.extra_headers.update(limited.headers)
     if not limited.allowed:
         raise GatewayError(
-            "Rate limit reached for your key or team; retry after the time in Retry-After.",
+            f"Rate limit reached for {limited.refused_by or 'your key or team'}; retry after the time in Retry-After.",
             status=429,
             code="rate_limit_exceeded",
             headers={"Retry-After": str(limited.retry_after_seconds)},
@@ -125,7 +125,10 @@ async def admit(
     principal = call.principal
     now = timezone.now()
     prompt_tokens = call.prompt_tokens_after_compression or 0
-    budgets = snapshot.budgets.applicable(principal.tenant_id, principal.team_id, principal.key_id, plan.chain[0].name)
+    customer = call.customer
+    budgets = snapshot.budgets.applicable(
+        principal.tenant_id, principal.team_id, principal.key_id, plan.chain[0].name, customer
+    )
     bound = await run_sized(prediction_chars(plan.body), OutputBound.of, plan.body, model=plan.chain[0].upstream_name)
     if budgets:
         bound = _bounded(plan, bound)
@@ -136,6 +139,7 @@ async def admit(
         team_id=principal.team_id,
         tokens=prompt_tokens + completion_tokens,
         now=now,
+        customer=customer,
     )
     inflight_cap = inflight_limit(snapshot.max_inflight) if limit_concurrency else 0
     if not budgets and not inflight_cap:
@@ -161,7 +165,9 @@ async def admit(
         inflight_acquire(tenant_id=principal.tenant_id, request_id=call.request_id, limit=inflight_cap)
         if inflight_cap
         else _nothing(),
-        budget_reserve(budgets=budgets, amount=amount, request_id=call.request_id, now=now) if budgets else _nothing(),
+        budget_reserve(budgets=budgets, amount=amount, request_id=call.request_id, now=now, customer=customer)
+        if budgets
+        else _nothing(),
         return_exceptions=True,
     )
     if isinstance(slot, InflightSlot):
@@ -188,12 +194,16 @@ async def admit(
         bound = _bounded(plan, bound)
         call.served, call.route = cheaper, f"{call.route}+budget-downgrade"
         call.route_explanation = f"{call.route_explanation} budget-downgrade={cheaper.name}"
-        budgets = snapshot.budgets.applicable(principal.tenant_id, principal.team_id, principal.key_id, cheaper.name)
+        budgets = snapshot.budgets.applicable(
+            principal.tenant_id, principal.team_id, principal.key_id, cheaper.name, customer
+        )
         amount = chain_worst_case(
             [cheaper], prompt_tokens=prompt_tokens, bound=bound, fallback=_fallback(), cache_writers=writers
         )
         try:
-            reserved = await budget_reserve(budgets=budgets, amount=amount, request_id=call.request_id, now=now)
+            reserved = await budget_reserve(
+                budgets=budgets, amount=amount, request_id=call.request_id, now=now, customer=customer
+            )
         except BudgetExceeded as still_exceeded:
             raise _refusal(
                 still_exceeded, [cheaper], prompt_tokens=prompt_tokens, bound=bound, writers=writers

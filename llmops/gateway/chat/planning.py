@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from llmops.gateway.call import GatewayCall
 from llmops.gateway.chat.summaries import metered_summarizer
+from llmops.gateway.chat.validation import validate_customer
 from llmops.gateway.errors import GatewayError
 from llmops.gateway.snapshot import ConfigSnapshot
 from routing.cache.keys import cache_control_from_headers
@@ -24,6 +25,7 @@ from routing.tokens import count_chat_tokens_async, encoding_name_for
 logger = logging.getLogger(__name__)
 
 TAGS_HEADER = "x-llmops-tags"
+CUSTOMER_HEADER = "x-llmops-customer"
 MAX_TAGS = 10
 MAX_TAG_LENGTH = 64
 # Fields that steer the gateway and are not part of OpenAI's request (`metadata` needs `store` upstream).
@@ -85,6 +87,22 @@ def request_tags(headers: Mapping[str, str]) -> list[str]:
     return tags
 
 
+def request_customer(headers: Mapping[str, str], field_value: object = None, *, param: str = "user") -> str:
+    """The end customer a request is made for, for its ledger row and customer-scope budgets and rate limits: the
+    x-llmops-customer header when it is set, else the body's customer field (``param``: OpenAI's `user`); "" for
+    none. Surrounding whitespace is dropped; an id too long or with control characters is a 400.
+
+    Every /v1 endpoint that records usage takes its customer here, each passing its own body field."""
+    header = (headers.get(CUSTOMER_HEADER) or "").strip()
+    if header:
+        validate_customer(CUSTOMER_HEADER, header)
+        return header
+    if field_value is None:
+        return ""
+    validate_customer(param, field_value)
+    return field_value.strip()
+
+
 def _routing_baseline(catalog: ModelCatalog, policy, requested: str) -> ModelEntry | None:
     alias = policy.aliases.get(requested) if policy is not None else None
     return catalog.models.get(alias.large_model if alias is not None else requested)
@@ -125,6 +143,7 @@ async def plan_chat(snapshot: ConfigSnapshot, call: GatewayCall, body: dict, hea
     tenant_id = call.principal.tenant_id
     policy = snapshot.policies.get(tenant_id)
     call.tags = request_tags(headers)
+    call.customer = request_customer(headers, body.get("user"))
     call.routing_baseline = _routing_baseline(catalog, policy, body["model"])
     try:
         refusal = cap_refusal_before_counting(policy, body["messages"], requested_model=body["model"])

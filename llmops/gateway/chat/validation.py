@@ -9,6 +9,7 @@ translation) meets a shape it cannot handle. Fields the gateway does not know pa
 from collections.abc import Callable
 from functools import partial
 
+from billing.models import CUSTOMER_MAX_LENGTH
 from core.db import unstorable_part
 from llmops.gateway.errors import invalid_request
 from routing.max_tokens import MAX_TOKENS_FIELDS
@@ -278,6 +279,17 @@ def validate_metadata(param: str, value) -> None:
             raise _value_error(f"{param}.{key}", f"longer than {MAX_METADATA_VALUE_CHARS} characters.")
 
 
+def validate_customer(param: str, value) -> None:
+    """An end customer's id (the OpenAI `user` field, or the x-llmops-customer header): a string of at most
+    CUSTOMER_MAX_LENGTH printable characters, so it can be stored, grouped by and echoed back as it was sent."""
+    _string(param, value)
+    if len(value) > CUSTOMER_MAX_LENGTH or not value.isprintable():
+        raise _value_error(
+            param,
+            f"an end customer's id is at most {CUSTOMER_MAX_LENGTH} printable characters (no control characters).",
+        )
+
+
 def _stream_options(param: str, value) -> None:
     _fields(param, _object(param, value), {"include_usage": _boolean, "include_obfuscation": _boolean})
 
@@ -306,7 +318,7 @@ FIELD_CHECKS: dict[str, Check] = {
     "top_logprobs": partial(_integer, low=0, high=MAX_TOP_LOGPROBS),
     "logit_bias": _logit_bias,
     "stop": _stop,
-    "user": _string,
+    "user": validate_customer,
     "metadata": validate_metadata,
     "store": _boolean,
     "tools": partial(_array, item=_tool, max_items=MAX_TOOLS),
