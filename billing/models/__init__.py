@@ -21,13 +21,22 @@ from billing.models.budgets import (
     RateLimit,
 )
 from billing.models.exports import ExportStatus, UsageExport
-from billing.models.ledger import COST_FIELD, REQUEST_ROWS, CacheStatus, ImmutableRowError, UsageKind, UsageRecord
+from billing.models.ledger import (
+    COST_FIELD,
+    REQUEST_ROWS,
+    ROUTING_HINT_MAX_LENGTH,
+    CacheStatus,
+    ImmutableRowError,
+    UsageKind,
+    UsageRecord,
+)
 from billing.models.rollups import RollupCursor, UsageRollupDaily, UsageRollupHourly
 
 __all__ = [
     "COST_FIELD",
     "DEFAULT_THRESHOLDS",
     "REQUEST_ROWS",
+    "ROUTING_HINT_MAX_LENGTH",
     "AlertChannel",
     "AlertDelivery",
     "Anomaly",
