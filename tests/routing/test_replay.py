@@ -114,7 +114,8 @@ def test_a_rule_that_would_refuse_over_its_cap_refuses_and_an_unknown_count_is_u
     assert replay_route(policy(capped), from_ledger(requested_model="mid"), CATALOG) == ReplayDecision(
         rule="capped", refused="token_cap_exceeded"
     )
-    assert replay_route(policy(capped), unknown_count, CATALOG).undecided == "rule capped's prompt cap reads prompt_tokens"
+    undecided = replay_route(policy(capped), unknown_count, CATALOG).undecided
+    assert undecided == "rule capped's prompt cap reads prompt_tokens"
 
 
 def test_what_the_gateway_would_refuse_is_refused():
