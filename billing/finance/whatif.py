@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 from itertools import islice
 
-from django.db.models import BooleanField, Count, Exists, ExpressionWrapper, F, OuterRef, Q, Sum, Value
+from django.db.models import BooleanField, Case, Count, Exists, ExpressionWrapper, F, OuterRef, Q, Sum, Value, When
 from django.db.models.functions import Coalesce, NullIf
 from django.utils import timezone
 
@@ -33,7 +33,16 @@ from routing.models import Model, RoutingPolicy
 from routing.policy.document import compile_policy
 from routing.policy.drafts import policy_draft_document
 from routing.policy.engine import RouteRequest, route_request_from_body
-from routing.policy.replay import HINTS, LEDGER_BLIND, Feature, ReplayDecision, ReplayRequest, replay_route
+from routing.policy.replay import (
+    HINTS,
+    LEDGER_BLIND,
+    Feature,
+    ReplayDecision,
+    ReplayRequest,
+    difficulty_score_cuts,
+    prompt_token_cuts,
+    replay_route,
+)
 from routing.services import routing_policy_document_errors
 from routing.tokens import count_chat_tokens
 from tenants.models import PayloadLog, Tenant
@@ -287,6 +296,15 @@ def _usage(row: dict, prefix: str = "") -> Usage:
     return Usage(**{usage_name: row[prefix + name] or 0 for name, usage_name in TOKEN_FIELDS.items()})
 
 
+def _cut_class(field_name: str, cuts: list[int]) -> Case:
+    """The highest of ``cuts`` (highest first) at or below the field's value; 0 below them all; NULL stays NULL."""
+    return Case(
+        *(When(**{f"{field_name}__gte": cut}, then=Value(cut)) for cut in cuts),
+        When(**{f"{field_name}__isnull": True}, then=Value(None)),
+        default=Value(0),
+    )
+
+
 def _chunks(rows: Iterable[dict], size: int) -> Iterator[list[dict]]:
     iterator = iter(rows)
     while chunk := list(islice(iterator, size)):
@@ -345,11 +363,20 @@ def whatif_replay(
         .exclude(route="")
         .order_by()
     )
+    rows = rows.annotate(
+        # The gateway's count, which routing read; the provider's where the row has no count (written before it did).
+        counted_tokens=Coalesce("prompt_tokens_before_compression", NullIf("prompt_tokens", Value(0)))
+    )
     features = {
         "team_slug": F("team__slug"),
-        # The gateway's count, which routing read; the provider's where the row has no count (written before it did).
-        "routing_tokens": Coalesce("prompt_tokens_before_compression", NullIf("prompt_tokens", Value(0))),
+        "routing_tokens": F("counted_tokens"),
         "batch_discounted": ExpressionWrapper(Q(saved_batch_usd__gt=0), output_field=BooleanField()),
+    }
+    # Grouped, a row's count and score are the highest cut at or below them, which route alike, so groups stay few.
+    grouped_features = {
+        **features,
+        "routing_tokens": _cut_class("counted_tokens", prompt_token_cuts(live, compiled_draft)),
+        "score_class": _cut_class("difficulty_score", difficulty_score_cuts(live, compiled_draft)),
     }
     counts = {"from_payloads": 0, "without_hints": 0, "without_tokens": 0}
 
@@ -370,10 +397,11 @@ def whatif_replay(
 
     grouped = (
         rows.filter(~logged)
-        .values(*FEATURE_FIELDS, **features)
+        .values(*(name for name in FEATURE_FIELDS if name != "difficulty_score"), **grouped_features)
         .annotate(requests=Count("pk"), recorded=Sum("cost_usd"), **{f"sum_{name}": Sum(name) for name in TOKEN_FIELDS})
     )
     for group in grouped.iterator(chunk_size=2000):
+        group["difficulty_score"] = group["score_class"]
         replay_from_ledger(group, group["requests"], _usage(group, "sum_"), group["recorded"])
     singles = rows.filter(logged).values("request_id", "cost_usd", *FEATURE_FIELDS, *TOKEN_FIELDS, **features)
     for chunk in _chunks(singles.iterator(chunk_size=PAYLOAD_CHUNK), PAYLOAD_CHUNK):

@@ -118,6 +118,30 @@ def _needs_score(policy: CompiledPolicy, rule: CompiledRule | None, requested: s
     return not (rule is not None and rule.outcome.target_model) and requested in policy.aliases
 
 
+def prompt_token_cuts(*policies: CompiledPolicy | None) -> list[int]:
+    """Where a prompt's token count can change a decision of these policies, highest first: a rule's bounds, a
+    rejecting cap, and each hundred tokens up to the score's length maximum.
+
+    Routing reads a count only as "at least c" for these c, so a count and the highest cut at or below it (0 below
+    them all) route alike: the what-if groups recorded requests by that cut instead of by their exact count."""
+    cuts = set(range(TOKENS_PER_LENGTH_POINT, LENGTH_POINTS_MAX * TOKENS_PER_LENGTH_POINT + 1, TOKENS_PER_LENGTH_POINT))
+    for policy in policies:
+        for rule in policy.rules if policy is not None else ():
+            if rule.prompt_tokens_min is not None:
+                cuts.add(rule.prompt_tokens_min)
+            if rule.prompt_tokens_max is not None:
+                cuts.add(rule.prompt_tokens_max + 1)
+            if rule.outcome.prompt_token_cap is not None:
+                cuts.add(rule.outcome.prompt_token_cap + 1)
+    return sorted(cuts, reverse=True)
+
+
+def difficulty_score_cuts(*policies: CompiledPolicy | None) -> list[int]:
+    """Where a recorded difficulty score can change a decision of these policies, highest first: their thresholds.
+    A score and the highest cut at or below it (0 below them all) route alike, as prompt_token_cuts says of counts."""
+    return sorted({policy.auto_threshold for policy in policies if policy is not None}, reverse=True)
+
+
 def replay_route(policy: CompiledPolicy | None, request: ReplayRequest, catalog: ModelCatalog) -> ReplayDecision:
     """Route a recorded request as the gateway would under ``policy``, as far as its known features tell."""
     features, unknown = request.features, request.unknown

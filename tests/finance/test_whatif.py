@@ -148,6 +148,33 @@ def test_identical_ledger_rows_are_replayed_as_one_group_and_counted_each(acme):
     assert short.live_cost_usd == short.draft_cost_usd == 3 * (80 * Decimal("0.15") + 20 * Decimal("0.60")) / 10**6
 
 
+def test_rows_whose_counts_route_alike_are_grouped_and_still_priced_on_their_own_tokens(acme):
+    tenant, key = acme
+    for tokens in (150, 160, 1300):
+        record(
+            key,
+            task_type="classification",
+            prompt_tokens=tokens,
+            prompt_tokens_before_compression=tokens,
+            completion_tokens=0,
+            difficulty_score=10,
+        )
+    # A row with no token count at all: the default policy's first rule reads the count.
+    record(key, task_type="classification", prompt_tokens=0, completion_tokens=0, cost_usd=0)
+
+    report = whatif_replay(tenant=tenant, days=7)
+
+    short, scored = line(report.rules, SHORT_TASKS), line(report.rules, "otherwise-by-difficulty")
+    assert (short.live_requests, short.live_cost_usd) == (2, 310 * Decimal("0.15") / 10**6)
+    # 1,300 tokens are over the short-tasks rule's 1,199: scored 10, under the threshold.
+    assert (scored.live_requests, scored.live_cost_usd) == (1, 1300 * Decimal("0.15") / 10**6)
+    assert [(item.reason, item.requests) for item in report.undecided] == [
+        ("rule too-long-to-compress reads prompt_tokens", 1),
+        ("rule too-long-to-compress reads prompt_tokens", 1),
+    ]
+    assert report.ledger_rows_without_prompt_tokens == 1
+
+
 def test_a_payload_logged_request_is_scored_from_its_message_where_its_ledger_row_cannot_be(acme):
     tenant, key = acme
     draft = default_policy_document(small_model="acme-small", large_model="acme-large")

@@ -4,10 +4,21 @@ an unknown feature leaves the request undecided, naming the rule, instead of a g
 from decimal import Decimal
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from routing.catalog import ModelCatalog, ModelEntry, ModelPrices, ProviderEntry, TenantAccess
 from routing.policy import RouteRequest, compile_policy
-from routing.policy.replay import HINTS, LEDGER_BLIND, Feature, ReplayDecision, ReplayRequest, replay_route
+from routing.policy.replay import (
+    HINTS,
+    LEDGER_BLIND,
+    Feature,
+    ReplayDecision,
+    ReplayRequest,
+    difficulty_score_cuts,
+    prompt_token_cuts,
+    replay_route,
+)
 
 TENANT_ID = 7
 PROVIDER = ProviderEntry(name="p", kind="openai", base_url="http://127.0.0.1:1/v1", api_key="", timeout_seconds=5.0)
@@ -126,3 +137,34 @@ def test_what_the_gateway_would_refuse_is_refused():
 
 def test_without_a_policy_auto_is_the_tenants_default_model():
     assert replay_route(None, from_ledger(), CATALOG) == ReplayDecision(model="small")
+
+
+def cut_class(value: int, cuts: list[int]) -> int:
+    return next((cut for cut in cuts if value >= cut), 0)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    low=st.integers(0, 5000),
+    span=st.integers(0, 5000),
+    cap=st.integers(1, 8000),
+    threshold=st.integers(0, 100),
+    tokens=st.integers(0, 10_000),
+    score=st.integers(0, 100),
+)
+def test_a_count_and_a_score_route_as_the_highest_cut_below_them(low, span, cap, threshold, tokens, score):
+    """The what-if groups recorded requests by these classes: each must route exactly as its members do."""
+    banded = {"name": "banded", "match": {"prompt_tokens_min": low, "prompt_tokens_max": low + span}}
+    capped = {"name": "capped", "outcome": {"prompt_token_cap": cap, "over_cap_action": "reject"}}
+    live = policy(banded | {"outcome": {"target_model": "mid"}}, threshold=threshold)
+    draft = policy(banded, capped, threshold=max(threshold - 7, 0))
+    token_cuts, score_cuts = prompt_token_cuts(live, draft), difficulty_score_cuts(live, draft)
+
+    for compiled in (live, draft):
+        for recorded in (score, None):
+            exact = from_ledger(prompt_tokens=tokens, score=recorded)
+            classed = from_ledger(
+                prompt_tokens=cut_class(tokens, token_cuts),
+                score=None if recorded is None else cut_class(recorded, score_cuts),
+            )
+            assert replay_route(compiled, exact, CATALOG) == replay_route(compiled, classed, CATALOG)
