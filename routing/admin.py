@@ -539,8 +539,16 @@ class RoutingPolicyAdmin(TenantScopedAdmin):
     list_display = ("tenant", "live_version", "auto_threshold", "injection_guard_action", "updated_at")
     list_select_related = ("tenant", "live_version__tenant")
     add_fields = ("tenant", "auto_threshold", "injection_guard_action")
-    fields = ("tenant", "live_version", "auto_threshold", "injection_guard_action", "updated_at", "test_console")
-    readonly_fields = ("tenant", "live_version", "updated_at", "test_console")
+    fields = (
+        "tenant",
+        "live_version",
+        "auto_threshold",
+        "injection_guard_action",
+        "updated_at",
+        "test_console",
+        "what_if",
+    )
+    readonly_fields = ("tenant", "live_version", "updated_at", "test_console", "what_if")
     inlines = (RoutingAliasInline, RoutingRuleInline)
     actions = ("publish_drafts",)
 
@@ -554,6 +562,16 @@ class RoutingPolicyAdmin(TenantScopedAdmin):
     def test_console(self, policy: RoutingPolicy) -> str:
         url = reverse("admin:routing_routingpolicy_console", args=[policy.pk])
         return format_html('<a href="{}">Try a request under the draft and the live version</a>', url)
+
+    @admin.display(description="what if?")
+    def what_if(self, policy: RoutingPolicy) -> str:
+        # The page is billing's (it reads the ledger), named by its URL: routing imports nothing of billing.
+        url = reverse("admin:billing_policy_whatif", args=[policy.pk])
+        return format_html(
+            '<a class="button" href="{}">What if?</a> The draft replayed over the last 7 or 30 days of requests, '
+            "priced under it and under the live version, before you publish it",
+            url,
+        )
 
     @admin.action(description="Publish the draft of the selected policies", permissions=["change"])
     def publish_drafts(self, request, queryset):

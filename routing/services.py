@@ -148,11 +148,38 @@ def _tenant_model_names(tenant: Tenant) -> tuple[frozenset[str], frozenset[str]]
     return allowed, frozenset(Model.objects.values_list("name", flat=True))
 
 
+def routing_policy_document_errors(*, tenant: Tenant, document) -> list[str]:
+    """Every reason the document could not be published for the tenant; empty when it could. A value that is not a
+    policy document at all (a policy_whatif draft file) gets one reason, naming what is wrong with it."""
+    if not isinstance(document, dict):
+        return ["a policy document is a JSON object with `aliases` and `rules`"]
+    allowed, known = _tenant_model_names(tenant)
+    try:
+        errors = _document_list_errors(document)
+        return errors or policy_document_errors(document, allowed_models=allowed, known_models=known)
+    except (KeyError, TypeError, AttributeError, ValueError) as error:
+        return [f"not a policy document ({type(error).__name__}: {error}): every rule needs a `priority` and a `name`"]
+
+
+LIST_MATCHES = ("requested_models", "task_types", "user_tiers", "team_slugs", "keywords")
+
+
+def _document_list_errors(document: dict) -> list[str]:
+    """Lists given as anything else (a bare string would match its letters)."""
+    errors = []
+    for rule in document.get("rules") or []:
+        lists = {key: (rule.get("match") or {}).get(key, []) for key in LIST_MATCHES}
+        lists["fallback_models"] = (rule.get("outcome") or {}).get("fallback_models", [])
+        for key, value in lists.items():
+            if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+                errors.append(f"rule '{rule.get('name')}': {key} must be a list of strings")
+    return errors
+
+
 def _routing_policy_publish_document(
     *, policy: RoutingPolicy, document: dict, actor, action: RoutingPolicyAuditAction
 ) -> RoutingPolicyVersion:
-    allowed, known = _tenant_model_names(policy.tenant)
-    errors = policy_document_errors(document, allowed_models=allowed, known_models=known)
+    errors = routing_policy_document_errors(tenant=policy.tenant, document=document)
     if errors:
         raise ValidationError(errors)
     previous = policy.live_version

@@ -9,7 +9,7 @@ from datetime import UTC, timedelta
 
 from django import forms
 from django.contrib import admin, messages
-from django.http import Http404, HttpResponse
+from django.http import Http404, HttpResponse, HttpResponseNotAllowed
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
@@ -30,14 +30,18 @@ from billing.finance.exports import (
 from billing.finance.rollups import usage_rollups_refresh_if_stale
 from billing.finance.statements import month_start, statement_build, statement_csv
 from billing.finance.tasks import usage_export_queue
+from billing.finance.whatif import WhatIfRefused, whatif_replay
 from billing.ledger.columns import ExportGrouping
 from billing.ledger.selectors import tenant_zone
 from billing.models import UsageRecord
+from routing.models import RoutingPolicy
 from tenants.admin import ReadOnlyScopedAdmin
 from tenants.models import Team, Tenant
 from tenants.permissions import Action
 
 DEFAULT_DASHBOARD_DAYS = 14
+# The what-if page's windows, in days; the first is the default.
+WHATIF_WINDOWS = (7, 30)
 
 
 class ExportForm(forms.Form):
@@ -136,6 +140,7 @@ class UsageRecordAdmin(ReadOnlyScopedAdmin):
             path("finance/export/", wrap(self.export_view), name="billing_usage_export"),
             path("finance/dashboard/", wrap(self.dashboard_view), name="billing_usage_dashboard"),
             path("finance/statement/", wrap(self.statement_view), name="billing_usage_statement"),
+            path("whatif/<int:policy_id>/", wrap(self.whatif_view), name="billing_policy_whatif"),
             *super().get_urls(),
         ]
 
@@ -226,3 +231,32 @@ class UsageRecordAdmin(ReadOnlyScopedAdmin):
             + urlencode({"tenant": tenant.slug, "month": f"{month:%Y-%m}", "format": "csv"}),
         }
         return TemplateResponse(request, "admin/billing/statement.html", context)
+
+    def whatif_view(self, request, policy_id: int):
+        """The policy's draft replayed over the tenant's recent requests (billing.finance.whatif); publishes nothing."""
+        if request.method != "GET":
+            return HttpResponseNotAllowed(["GET"])
+        policy = (
+            RoutingPolicy.objects.restrict(request.user, Action.VIEW)
+            .select_related("tenant", "live_version")
+            .filter(pk=policy_id)
+            .first()
+        )
+        if policy is None:
+            raise Http404("no routing policy")
+        days = int(request.GET["days"]) if request.GET.get("days") in {str(days) for days in WHATIF_WINDOWS} else None
+        days = days or WHATIF_WINDOWS[0]
+        report, refusal = None, []
+        try:
+            report = whatif_replay(tenant=policy.tenant, days=days)
+        except WhatIfRefused as refused:
+            refusal = refused.reasons
+        context = {
+            **self._page_context(request, f"What if {policy.tenant.slug} published its draft?"),
+            "policy": policy,
+            "days": days,
+            "windows": WHATIF_WINDOWS,
+            "report": report,
+            "refusal": refusal,
+        }
+        return TemplateResponse(request, "admin/billing/whatif.html", context)

@@ -12,6 +12,7 @@ CUSTOMER_MAX_LENGTH = 256
 CUSTOMER_INDEX = models.Index(
     fields=["tenant", "customer", "created_at"], condition=~Q(customer=""), name="usage_tenant_customer"
 )
+ROUTING_HINT_MAX_LENGTH = 128
 
 
 class CacheStatus(models.TextChoices):
@@ -98,6 +99,31 @@ class UsageRecord(models.Model):
     )
     routed_to_large = models.BooleanField(default=False)
     policy_version = models.PositiveIntegerField(null=True, blank=True)
+    # The request's routing features, as routing saw them: what a replay of the request under another policy reads
+    # when its prompt was not logged (billing.finance.whatif). has_tools is empty on rows written before they were
+    # recorded (migration billing 0008) and on requests that never reached routing: their features are unknown.
+    # The database defaults let a process of the previous release go on inserting rows while the new one rolls out.
+    task_type = models.CharField(
+        max_length=ROUTING_HINT_MAX_LENGTH,
+        blank=True,
+        default="",
+        db_default="",
+        help_text="metadata.task_type or x-llmops-task-type, as sent (cut to 128 characters).",
+    )
+    user_tier = models.CharField(
+        max_length=ROUTING_HINT_MAX_LENGTH,
+        blank=True,
+        default="",
+        db_default="",
+        help_text="metadata.user_tier or x-llmops-user-tier, as sent (cut to 128 characters).",
+    )
+    has_tools = models.BooleanField(
+        null=True, blank=True, help_text="The request offered tools; empty when its routing features are unknown."
+    )
+    has_images = models.BooleanField(null=True, blank=True, help_text="The request carried images.")
+    difficulty_score = models.PositiveSmallIntegerField(
+        null=True, blank=True, help_text="The alias's difficulty score (0-100), when routing computed one."
+    )
     prompt_tokens_before_compression = models.PositiveIntegerField(null=True, blank=True)
     prompt_tokens_after_compression = models.PositiveIntegerField(null=True, blank=True)
     injection_flagged = models.BooleanField(default=False)

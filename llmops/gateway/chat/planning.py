@@ -161,6 +161,7 @@ async def plan_chat(snapshot: ConfigSnapshot, call: GatewayCall, body: dict, hea
         decision = route_request(policy, features, catalog)
         call.route, call.route_explanation = decision.route, decision.explanation
         call.routed_to_large, call.policy_version = decision.routed_to_large, decision.policy_version
+        call.routing_features_set(features, decision)
         served = resolve_model(catalog, tenant_id=tenant_id, requested=decision.outcome.target_model)
         call.served = served
         _refuse_what_the_model_cannot_take(served, features)
