@@ -2,11 +2,13 @@ from django.urls import path, re_path
 
 from llmops.gateway import views
 from llmops.gateway.batches import views as batch_views
+from llmops.gateway.embeddings.views import EmbeddingsView
 
 app_name = "gateway"
 
 urlpatterns = [
     path("chat/completions", views.ChatCompletionsView.as_view(), name="chat-completions"),
+    path("embeddings", EmbeddingsView.as_view(), name="embeddings"),
     path("models", views.ModelsView.as_view(), name="models"),
     path("models/<path:model_name>", views.ModelDetailView.as_view(), name="model-detail"),
     path("files", batch_views.FilesView.as_view(), name="files"),
