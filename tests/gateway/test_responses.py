@@ -16,6 +16,8 @@ from routing.policy.drafts import policy_draft_replace
 from routing.services import routing_policy_create, routing_policy_create_default, routing_policy_publish
 from routing.tokens import count_chat_tokens
 from tests.conftest import SMALL_PRICES
+from tests.factories import ModelFactory
+from tests.gateway.test_upstream_failures import wait_for_record
 
 QUESTION = "What is the capital of France?"
 INSTRUCTIONS = "Answer in one word."
@@ -291,3 +293,48 @@ def test_a_repeated_response_is_answered_from_the_cache_plain_and_streamed(gatew
     assert hit.json()["id"] != missed.json()["id"]
     assert ledger(hit).cost_usd == 0 and ledger(hit).saved_cache_usd == ledger(missed).cost_usd
     assert "event: response.completed" in text and ": x-llmops-cost-usd=0.0000000000" in text
+
+
+def mock_model(setup, upstream_name: str):
+    model = ModelFactory(name=upstream_name, provider=setup.small.provider, upstream_name=upstream_name)
+    setup.tenant.model_access.allowed_models.add(model)
+    return model
+
+
+def test_a_stream_that_breaks_off_ends_with_an_error_and_response_failed(openai_client, acme):
+    model = mock_model(acme, "mock-break")
+
+    events = list(openai_client.responses.create(model=model.name, input="a long answer", stream=True))
+
+    assert [event.type for event in events[-2:]] == ["error", "response.failed"]
+    assert events[-2].code == "upstream_stream_truncated"
+    failed = events[-1].response
+    assert (failed.status, failed.error.code) == ("failed", "upstream_stream_truncated")
+    assert failed.id == events[0].response.id
+    assert [event.sequence_number for event in events] == list(range(len(events)))
+    record = UsageRecord.objects.unscoped().get()
+    assert (record.http_status, record.error_code, record.endpoint) == (
+        502,
+        "upstream_stream_truncated",
+        "/v1/responses",
+    )
+
+
+def test_a_client_that_leaves_mid_stream_is_charged_what_was_generated(gateway, acme):
+    model = mock_model(acme, "mock-slow-stream")
+
+    with httpx.stream(
+        "POST",
+        f"{gateway.url}/v1/responses",
+        json={"model": model.name, "input": "a long answer", "stream": True},
+        headers={"authorization": f"Bearer {acme.key}"},
+    ) as response:
+        lines = response.iter_lines()
+        received = [next(lines)]
+        while received[-1] != "event: response.output_text.delta":
+            received.append(next(lines))
+    assert received[0] == "event: response.created"
+
+    record = wait_for_record()
+    assert (record.http_status, record.error_code) == (499, "client_disconnected")
+    assert 0 < record.completion_tokens < 24 and record.usage_estimated

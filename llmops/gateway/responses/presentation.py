@@ -212,13 +212,17 @@ class ResponseStream:
         return deltas
 
     async def events(self, chat_events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-        for event in self.opening():
-            yield event
+        """One piece of the Responses stream for each piece of the chat stream, as the chat relay sends one for each
+        event of the upstream's: the client is sent as often, and a client that leaves is most likely noticed while
+        the relay waits on the upstream, which ends it and records the request at once. The opening events go with
+        the first piece, so the relay has started before anything is sent."""
         pending = b""
         async with aclosing(chat_events):
             async for part in chat_events:
+                events = self.opening() if self.sequence == 0 else []
                 pending += part
                 *complete, pending = pending.split(b"\n\n")
                 for event in complete:
-                    for translated in self.take(event):
-                        yield translated
+                    events += self.take(event)
+                if events:
+                    yield b"".join(events)
