@@ -3,7 +3,8 @@
 Starts the mock upstream and the gateway (uvicorn, the way production runs it) as separate
 processes on loopback, creates a bench tenant in the database, then drives the same chat
 completion at a fixed concurrency, first straight at the mock and then through the gateway,
-and prints p50/p95/p99 of each and of the difference. A figure, not a test.
+and prints p50/p95/p99 of each and of the difference. A figure, not a test. With ``--api messages`` the gateway is
+driven through Anthropic's /v1/messages (the same body, translated at the edge) instead of /v1/chat/completions.
 
     .venv/bin/python bench/overhead.py --requests 2000 --concurrency 8
 """
@@ -24,6 +25,12 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
+# Each gateway route the bench can drive: its path, and the header that carries the key (with its prefix). The bench's
+# body (model, messages, max_tokens) is valid on both.
+GATEWAY_ROUTES = {
+    "chat": ("/v1/chat/completions", "authorization", "Bearer "),
+    "messages": ("/v1/messages", "x-api-key", ""),
+}
 
 
 def percentile(values: list[float], share: float) -> float:
@@ -142,6 +149,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--latency-ms", type=float, default=20.0, help="the mock upstream's own latency")
     parser.add_argument("--workers", type=int, default=1, help="gateway worker processes")
+    parser.add_argument("--api", choices=sorted(GATEWAY_ROUTES), default="chat", help="the gateway route driven")
     parser.add_argument(
         "--database-url",
         default=os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/llmops_bench"),
@@ -170,7 +178,8 @@ def main() -> None:
             "max_tokens": 16,
         }
         direct = (f"{upstream_url}/chat/completions", {"authorization": "Bearer mock"})
-        gateway = (f"http://127.0.0.1:{args.gateway_port}/v1/chat/completions", {"authorization": f"Bearer {key}"})
+        path, key_header, key_prefix = GATEWAY_ROUTES[args.api]
+        gateway = (f"http://127.0.0.1:{args.gateway_port}{path}", {key_header: f"{key_prefix}{key}"})
         warmup = min(200, args.requests)
         for url, headers in (direct, gateway):
             asyncio.run(drive(url, headers, body, requests=warmup, concurrency=args.concurrency))
@@ -183,7 +192,7 @@ def main() -> None:
 
     print(
         f"requests={args.requests} concurrency={args.concurrency} upstream latency={args.latency_ms:g} ms "
-        f"gateway workers={args.workers} cpus={os.cpu_count()}"
+        f"gateway workers={args.workers} api={args.api} cpus={os.cpu_count()}"
     )
     print(f"{'':<10}{'p50 ms':>10}{'p95 ms':>10}{'p99 ms':>10}{'mean ms':>10}{'req/s':>10}")
     for name, values, seconds in (("direct", direct_ms, direct_s), ("gateway", gateway_ms, gateway_s)):

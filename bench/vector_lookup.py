@@ -2,7 +2,7 @@
 
 For each size it fills the cache table with random 384-dimension vectors (all-MiniLM-L6-v2's size; random
 vectors are the HNSW graph's worst case) spread over 10 tenants, builds the HNSW index once (inserting row by row
-would maintain it per row, far slower), then times `nearest_entries` from this process: for a large tenant (a tenth
+would maintain it per row, far slower), then times `stored_matches` from this process: for a large tenant (a tenth
 of the rows, one context: the HNSW path) and for a tenant with 3 entries (the btree path). The in-process index's
 numpy search over the large tenant's rows is printed for comparison. A figure, not a test.
 
@@ -110,7 +110,7 @@ def main() -> None:
     django.setup()
     from django.core.management import call_command
 
-    from routing.cache.index import nearest_entries
+    from routing.cache.index import stored_matches
     from routing.models import CacheEntry
     from tenants.models import Tenant
 
@@ -122,8 +122,15 @@ def main() -> None:
     queries = unit_rows(rng, args.lookups)
 
     def search(tenant):
-        return lambda query: nearest_entries(
-            tenant_id=tenant.pk, served_model="m", context_fingerprint="ctx", vector=query, threshold=-1
+        return lambda query: (
+            stored_matches(
+                tenant_id=tenant.pk,
+                served_model="m",
+                key_hash="",
+                context_fingerprint="ctx",
+                vector=query,
+                threshold=-1,
+            ).candidates
         )
 
     print(

@@ -179,7 +179,8 @@ class CatalogModelForm(forms.ModelForm):
     cache_write_price_per_million = forms.DecimalField(
         **PRICE_FORM_FIELD,
         required=False,
-        help_text="Prompt tokens written to the provider's cache (Anthropic); blank charges the input price.",
+        help_text="Prompt tokens written to the provider's prompt cache. Left blank, a Claude model's (Anthropic, "
+        "Bedrock) is saved as 1.25x its input price, Anthropic's; other models' charge the input price.",
     )
     price_effective_from = forms.SplitDateTimeField(
         required=False,
@@ -544,6 +545,7 @@ class RoutingRuleInline(PolicyDraftInline, admin.StackedInline):
                     ("prompt_token_cap", "over_cap_action"),
                     ("max_tokens_cap", "default_max_tokens"),
                     ("cache_ttl_seconds", "cache_nondeterministic"),
+                    ("provider_cache",),
                 )
             },
         ),

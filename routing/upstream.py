@@ -26,6 +26,7 @@ from routing.providers.base import (
     invalid_response,
 )
 from routing.providers.kinds import PROVIDER_KINDS, provider_kind
+from routing.providers.prompt_cache import OFF
 
 __all__ = [
     "MalformedAnswer",
@@ -57,14 +58,18 @@ def _adapter(provider: ProviderEntry):
         raise UpstreamError(f"provider {provider.name} has the unknown kind {provider.kind!r}") from None
 
 
-async def chat_completion(provider: ProviderEntry, body: dict) -> UpstreamReply:
-    """The answer as an OpenAI chat.completion body; raises an UpstreamError subclass when there is none."""
-    return await _adapter(provider).chat_completion(provider, body)
+async def chat_completion(provider: ProviderEntry, body: dict, *, provider_cache: str = OFF) -> UpstreamReply:
+    """The answer as an OpenAI chat.completion body; raises an UpstreamError subclass when there is none.
+
+    ``provider_cache`` is the routing rule's: ``auto`` lets the adapter of a provider with a prompt cache mark the
+    request's stable prefix for it (routing.providers.prompt_cache).
+    """
+    return await _adapter(provider).chat_completion(provider, body, provider_cache=provider_cache)
 
 
-async def open_chat_stream(provider: ProviderEntry, body: dict) -> UpstreamStream:
+async def open_chat_stream(provider: ProviderEntry, body: dict, *, provider_cache: str = OFF) -> UpstreamStream:
     """An open stream of OpenAI ``data: {chunk}`` events ending in ``data: [DONE]``; always ``aclose()`` it."""
-    return await _adapter(provider).open_chat_stream(provider, body)
+    return await _adapter(provider).open_chat_stream(provider, body, provider_cache=provider_cache)
 
 
 def has_embeddings(provider: ProviderEntry) -> bool:

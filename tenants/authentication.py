@@ -70,6 +70,12 @@ def bearer_key(authorization: str) -> str | None:
     return raw_key.strip()
 
 
+def anthropic_key(meta: Mapping[str, str]) -> str | None:
+    """The key of a request to the Anthropic-compatible API: ``x-api-key: <key>``, as Anthropic's API takes it, else
+    ``Authorization: Bearer <key>``, which the current anthropic SDK sends for its ``api_key``."""
+    return meta.get("HTTP_X_API_KEY", "").strip() or bearer_key(meta.get("HTTP_AUTHORIZATION", ""))
+
+
 class InvalidApiKey(exceptions.AuthenticationFailed):
     default_code = "invalid_api_key"
 
@@ -104,6 +110,19 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
 
     def authenticate_header(self, request):
         return 'Bearer realm="llmops"'
+
+
+class AnthropicKeyAuthentication(ApiKeyAuthentication):
+    """The same keys, taken as Anthropic's API takes them (``anthropic_key``)."""
+
+    def authenticate(self, request):
+        raw_key = anthropic_key(request.META)
+        if raw_key is None:
+            raise exceptions.NotAuthenticated(
+                "You didn't provide an API key. Send it as 'x-api-key: YOUR_KEY' or 'Authorization: Bearer YOUR_KEY'."
+            )
+        principal = self.principal_for(raw_key)
+        return principal, principal
 
 
 def _masked(raw_key: str) -> str:

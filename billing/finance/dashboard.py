@@ -7,9 +7,10 @@ Definitions (all over the requests in the range, errors included):
 - routed-to-large % = requests the router sent to the tenant's large model / requests
 - p95 latency = estimated from the summed latency histogram (see billing.finance.rollups.latency_p95_ms)
 - error rate = requests answered with HTTP status ≥ 400 / requests
-- saved = the savings every lever recorded in the ledger (cache, routing, compression, batch discount)
-- baseline = spend + saved: what the requests would have cost on the premium model with no cache, compression or
-  batch discount; saved % = saved / baseline
+- saved = the savings every lever recorded in the ledger (cache, routing, compression, batch discount, provider
+  prompt cache)
+- baseline = spend + saved: what the requests would have cost on the premium model with no cache, compression,
+  batch discount or provider prompt cache; saved % = saved / baseline
 """
 
 from collections import defaultdict
@@ -34,6 +35,7 @@ LEVER_LABELS = {
     "routing": "Routing to a cheaper model",
     "compression": "Prompt compression",
     "batch": "Batch discount",
+    "provider_cache": "Provider prompt cache",
 }
 
 

@@ -11,6 +11,8 @@ Each row is what the gateway would have written for the request, savings include
   saving equal to what that request cost.
 - some lines went to the provider's batch endpoint: charged the model's `batch_price_multiplier` of the list price,
   the rest saved.
+- some prompts were partly read from the provider's prompt cache (OpenAI's automatic caching): those tokens are
+  saved at the input price less the cached price (the `provider_cache` lever).
 - a few upstream failures: no tokens, no cost, no saving.
 """
 
@@ -23,7 +25,7 @@ from decimal import Decimal
 from django.utils import timezone
 
 from billing.finance.rollups import usage_rollups_rebuild
-from billing.ledger.costs import Usage, batch_price, compression_saving, routing_saving
+from billing.ledger.costs import Usage, batch_price, compression_saving, provider_cache_saving, routing_saving
 from billing.ledger.selectors import tenant_zone
 from billing.models import CacheStatus, UsageRecord
 from routing.catalog import ModelPrices
@@ -171,7 +173,8 @@ class _SyntheticHistory:
         return record
 
     def _answer(self, record: UsageRecord, model: Model) -> None:
-        """Tokens, latency, cost and the routing, compression and batch savings of a request answered upstream."""
+        """Tokens, latency, cost and the routing, compression, batch and provider-cache savings of a request answered
+        upstream."""
         randomness = self.randomness
         prices = _prices(model)
         if record.route == SHORT_TASKS_RULE:
@@ -194,6 +197,7 @@ class _SyntheticHistory:
             completion_tokens=record.completion_tokens,
         )
         list_cost = usage.cost(prices)
+        record.saved_provider_cache_usd = provider_cache_saving(usage, cost=list_cost, prices=prices)
         if model != self.premium:
             record.saved_routing_usd = routing_saving(usage, cost=list_cost, baseline=_prices(self.premium))
         record.cost_usd = list_cost

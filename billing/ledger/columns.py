@@ -62,6 +62,15 @@ CACHED_TOKENS = Column("cached_tokens", ColumnType.INTEGER, "Prompt tokens read 
 COST_USD_ROUNDED = Column(
     "cost_usd_rounded", ColumnType.CENTS, "`cost_usd` rounded to cents, half to even.", source="cost_usd", in_api=False
 )
+CACHE_WRITE_TOKENS = Column(
+    "cache_write_tokens", ColumnType.INTEGER, "Prompt tokens written to the provider's prompt cache (Claude)."
+)
+SAVED_PROVIDER_CACHE_USD = Column(
+    "saved_provider_cache_usd",
+    ColumnType.MONEY,
+    "The `provider_cache` lever: the prompt at the input price, minus what its cache reads and writes cost at the "
+    "catalog's cache prices; negative where the provider's cache was only written.",
+)
 
 REQUEST_COLUMNS = (
     Column("request_id", ColumnType.TEXT, "The request's id, as in its `x-llmops-request-id` header."),
@@ -95,6 +104,8 @@ REQUEST_COLUMNS = (
         "`parent_request_id`.",
     ),
     Column("parent_request_id", ColumnType.TEXT, "The request a call was made for; empty for a request."),
+    CACHE_WRITE_TOKENS,
+    SAVED_PROVIDER_CACHE_USD,
 )
 
 # Sources are the totals of billing.ledger.totals.ledger_aggregates.
@@ -106,6 +117,8 @@ AGGREGATE_COLUMNS = (
     Column("completion_tokens", ColumnType.INTEGER, "Completion tokens, those of the calls made for them included."),
     Column("cost_usd", ColumnType.MONEY, "The exact sum of the rows' cost, calls made for the requests included."),
     COST_USD_ROUNDED,
+    CACHE_WRITE_TOKENS,
+    SAVED_PROVIDER_CACHE_USD,
 )
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime
 from decimal import Decimal
 
-from billing.ledger.costs import Usage, batch_price, compression_saving, routing_saving
+from billing.ledger.costs import Usage, batch_price, compression_saving, provider_cache_saving, routing_saving
 from billing.models import CacheStatus, UsageKind
 from routing.catalog import ModelPrices
 
@@ -77,6 +77,7 @@ class UsageEvent(RequestFacts):
     saved_routing_usd: Decimal = field(default_factory=Decimal)
     saved_compression_usd: Decimal = field(default_factory=Decimal)
     saved_batch_usd: Decimal = field(default_factory=Decimal)
+    saved_provider_cache_usd: Decimal = field(default_factory=Decimal)
 
     @classmethod
     def of(cls, facts: RequestFacts, *, usage: Usage, **outcome) -> "UsageEvent":
@@ -106,6 +107,7 @@ class UsageEvent(RequestFacts):
         self.cost_usd = usage.cost(served)
         self.price_version_id = served.version_id
         self.saved_routing_usd = routing_saving(usage, cost=self.cost_usd, baseline=routing_baseline)
+        self.saved_provider_cache_usd = provider_cache_saving(usage, cost=self.cost_usd, prices=served)
         self.saved_compression_usd = compression_saving(
             served,
             tokens_before=self.prompt_tokens_before_compression,

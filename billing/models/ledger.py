@@ -62,7 +62,9 @@ class UsageRecord(models.Model):
     is_stream = models.BooleanField(default=False)
     prompt_tokens = models.PositiveIntegerField(default=0)
     cached_tokens = models.PositiveIntegerField(default=0)
-    cache_write_tokens = models.PositiveIntegerField(default=0, help_text="Prompt-cache writes (Anthropic).")
+    cache_write_tokens = models.PositiveIntegerField(
+        default=0, help_text="Prompt tokens written to the provider's prompt cache (Anthropic, Bedrock)."
+    )
     completion_tokens = models.PositiveIntegerField(default=0)
     usage_estimated = models.BooleanField(
         default=False, help_text="The provider returned no usage; tokens were counted by the gateway."
@@ -107,6 +109,12 @@ class UsageRecord(models.Model):
         "call cost (negative when the summary cost more than it saved).",
     )
     saved_batch_usd = models.DecimalField(**COST_FIELD, default=0)
+    saved_provider_cache_usd = models.DecimalField(
+        **COST_FIELD,
+        default=0,
+        help_text="The prompt at the input price, minus what its cache reads and writes cost at the cache prices "
+        "(negative for a request that only wrote to the provider's prompt cache).",
+    )
     attempts = models.PositiveSmallIntegerField(
         default=0, help_text="Upstream calls made, retries and fallbacks included."
     )

@@ -116,6 +116,8 @@ class GatewayCall(RequestFacts):
     # finish() then leaves the row's event in ledger_event for it to write, instead of recording it.
     ledger_deferred: bool = False
     ledger_event: UsageEvent | None = None
+    # What the ledger row was priced at, once finish() recorded it: the provider's usage or the gateway's own count.
+    settled_usage: Usage | None = None
 
     def elapsed_ms(self) -> int:
         return int((time.perf_counter() - self.started) * 1000)

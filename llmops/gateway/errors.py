@@ -102,13 +102,19 @@ def as_gateway_error(exc: Exception) -> GatewayError | None:
     return None
 
 
-def openai_exception_handler(exc, context):
+def handled_error(exc, context) -> GatewayError:
+    """The error an exception raised in a view stands for; one the gateway cannot translate is logged, a 500."""
     error = as_gateway_error(exc)
     if error is None:
         logger.exception("unhandled error on %s", context["request"].path, exc_info=exc)
-        error = internal_error()
-    elif isinstance(exc, OUTAGE_ERRORS):
+        return internal_error()
+    if isinstance(exc, OUTAGE_ERRORS):
         logger.warning("%s answered 503: %s: %s", context["request"].path, exc.__class__.__name__, exc)
+    return error
+
+
+def openai_exception_handler(exc, context):
+    error = handled_error(exc, context)
     headers = dict(error.headers)
     if error.status_code == 401:
         headers["WWW-Authenticate"] = 'Bearer realm="llmops"'

@@ -33,7 +33,7 @@ class GatewayView(APIView):
         A refresh that fails (Postgres or Redis unreachable) is answered by the error handler like any other failure.
         """
         self.request_id = new_request_id()
-        raw_key = bearer_key(request.META.get("HTTP_AUTHORIZATION", ""))
+        raw_key = self.caller_key(request)
         refresh_failure = None
         try:
             self.config = await config_snapshot.for_key(raw_key) if raw_key else None
@@ -58,6 +58,10 @@ class GatewayView(APIView):
             response = self.handle_exception(exc)
         self.response = self.finalize_response(request, response, *args, **kwargs)
         return self.response
+
+    def caller_key(self, request) -> str | None:
+        """The gateway key the request carries, for loading its tenant's configuration before authentication."""
+        return bearer_key(request.META.get("HTTP_AUTHORIZATION", ""))
 
     def get_authenticators(self):
         return [ApiKeyAuthentication(self.config.keys if self.config is not None else {})]
@@ -138,7 +142,7 @@ async def unknown_url(request, *args, **kwargs):
     path = request.path[:MAX_ECHOED_PATH_CHARS]
     error = GatewayError(
         f"Unknown request URL: {request.method} {path}. Please check the URL for typos; the /v1 endpoints are "
-        "chat/completions, embeddings, responses, models, files and batches.",
+        "chat/completions, embeddings, responses, messages, messages/count_tokens, models, files and batches.",
         status=404,
         code="unknown_url",
     )

@@ -1,6 +1,6 @@
 """Where semantic cache entries are searched by meaning: in PostgreSQL with pgvector, or in each process's memory.
 
-On PostgreSQL (production) the search is a query (`nearest_entries`): every gateway process sees an entry as soon as
+On PostgreSQL (production) the search is a query (`stored_matches`): every gateway process sees an entry as soon as
 it is committed, an expired entry is excluded by the query itself, and no process holds vectors. HNSW indexes on the
 column (routing migration 0010) keep it fast; the query runs on a database thread, never on the embedding thread,
 so one lookup's round trip does not hold up the next batch of embeddings.
@@ -18,6 +18,7 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 
 import numpy as np
 from django.conf import settings
@@ -48,6 +49,19 @@ class IndexedEntry:
 class Candidate:
     entry: IndexedEntry
     similarity: float
+    # The entry's answer as Postgres holds it (sealed), when the search read it with the entry; else the caller
+    # reads it by key.
+    answer_sealed: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMatches:
+    """What one lookup query found: the live entry of the request's own key (its sealed answer) and the nearest
+    semantic entries of its context."""
+
+    exact_answer_sealed: str | None
+    exact_expires_at: datetime | None
+    candidates: list[Candidate]
 
 
 class _ContextRows:
@@ -173,12 +187,21 @@ def vectors_in_database() -> bool:
 
 
 # One statement, written once per dimension (the HNSW index of a dimension matches only its own literal cast and
-# predicate, migration 0010): the tenant, model, context, vector and limit are parameters, the vector in pgvector's
-# binary form. The HNSW settings it needs (hnsw.iterative_scan, hnsw.ef_search) are set when each connection starts
-# (llmops/settings.py), so a lookup is one round trip with no transaction.
-_NEAREST_SQL = """
-SELECT key_hash, prompt_encrypted, expires_at, embedding::vector({dimensions}) <=> %(vector)b::vector({dimensions})
-    AS distance
+# predicate, migration 0010): the request's own key first (an exact entry Redis no longer holds), then the nearest
+# semantic entries of its context, each with its sealed answer, so a hit needs no second read. The tenant, model,
+# key, context, vector and limit are parameters, the vector in pgvector's binary form. The HNSW settings it needs
+# (hnsw.iterative_scan, hnsw.ef_search) are set when each connection starts (llmops/settings.py), so a lookup is one
+# round trip with no transaction.
+_MATCHES_SQL = """
+(SELECT TRUE AS exact, key_hash, '' AS prompt_encrypted, answer_encrypted, expires_at, 0.0::float8 AS distance
+FROM routing_cacheentry
+WHERE tenant_id = %(tenant_id)s
+    AND served_model = %(served_model)s
+    AND key_hash = %(key_hash)s
+    AND expires_at > now())
+UNION ALL
+(SELECT FALSE, key_hash, prompt_encrypted, answer_encrypted, expires_at,
+    embedding::vector({dimensions}) <=> %(vector)b::vector({dimensions}) AS distance
 FROM routing_cacheentry
 WHERE tenant_id = %(tenant_id)s
     AND served_model = %(served_model)s
@@ -187,13 +210,13 @@ WHERE tenant_id = %(tenant_id)s
     AND expires_at > now()
     AND vector_dims(embedding) = {dimensions}
 ORDER BY distance
-LIMIT %(limit)s
+LIMIT %(limit)s)
 """
 
 
 @functools.cache
-def _nearest_sql(dimensions: int) -> str:
-    return _NEAREST_SQL.format(dimensions=int(dimensions))
+def _matches_sql(dimensions: int) -> str:
+    return _MATCHES_SQL.format(dimensions=int(dimensions))
 
 
 _vector_type: TypeInfo | None = None
@@ -239,11 +262,17 @@ def vector_cursor():
             yield cursor
 
 
-def nearest_entries(
-    *, tenant_id: int, served_model: str, context_fingerprint: str, vector: np.ndarray, threshold: float
-) -> list[Candidate]:
-    """The tenant's live semantic entries of this model and context nearest the vector, at or above the threshold,
-    most similar first: one query, on a database thread.
+def stored_matches(
+    *,
+    tenant_id: int,
+    served_model: str,
+    key_hash: str,
+    context_fingerprint: str,
+    vector: np.ndarray,
+    threshold: float,
+) -> StoredMatches:
+    """The tenant's live entry of this key, and its live semantic entries of this model and context nearest the
+    vector, at or above the threshold, most similar first: one query, on a database thread.
 
     The query is SQL of its own, not the ORM's (which cost a millisecond of CPU per lookup to build), so it is the
     one way into the table by vector, and it fails closed like `for_tenant()`: it needs a tenant id and reads no
@@ -256,27 +285,35 @@ def nearest_entries(
     applied to the nearest rows afterwards: as a WHERE clause it would make an iterative scan read the whole graph
     whenever nothing is that near."""
     if tenant_id is None:
-        raise UnscopedQueryError("nearest_entries() needs a tenant id, not None")
+        raise UnscopedQueryError("stored_matches() needs a tenant id, not None")
     parameters = {
         "tenant_id": tenant_id,
         "served_model": served_model,
+        "key_hash": key_hash,
         "context_fingerprint": context_fingerprint,
         "vector": vector,
         "limit": MAX_CANDIDATES,
     }
     with vector_cursor() as cursor:
-        cursor.execute(_nearest_sql(vector.shape[0]), parameters)
+        cursor.execute(_matches_sql(vector.shape[0]), parameters)
         found = cursor.fetchall()
+    exact_answer_sealed, exact_expires_at = None, None
     candidates = []
-    for key_hash, sealed_prompt, expires_at, distance in found:
+    for exact, found_key, sealed_prompt, sealed_answer, expires_at, distance in found:
+        if exact:
+            exact_answer_sealed, exact_expires_at = sealed_answer, expires_at
+            continue
         similarity = 1 - distance
+        if similarity < threshold:
+            continue
         prompt = open_prompt(sealed_prompt)
         # Without its text the guard cannot vouch for an entry: it still answers exact repeats.
-        if similarity >= threshold and prompt is not None:
-            entry = IndexedEntry(key_hash, prompt, context_fingerprint, expires_at.timestamp())
-            candidates.append(Candidate(entry, similarity))
+        if prompt is not None:
+            entry = IndexedEntry(found_key, prompt, context_fingerprint, expires_at.timestamp())
+            candidates.append(Candidate(entry, similarity, sealed_answer))
     # relaxed_order may return the nearest rows slightly out of order.
-    return sorted(candidates, key=lambda candidate: -candidate.similarity)
+    candidates.sort(key=lambda candidate: -candidate.similarity)
+    return StoredMatches(exact_answer_sealed, exact_expires_at, candidates)
 
 
 _indexes: dict[tuple[int, str], SemanticIndex] = {}

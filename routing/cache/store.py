@@ -40,9 +40,9 @@ from routing.cache.index import (
     MAX_CANDIDATES,
     Candidate,
     IndexedEntry,
-    nearest_entries,
     semantic_index,
     semantic_indexes_forget,
+    stored_matches,
     vector_cursor,
     vectors_in_database,
 )
@@ -199,51 +199,73 @@ _pending: dict[EntryKey, _PendingStore] = {}
 _pending_lock = threading.Lock()
 
 
-def _stored_answer(tenant_id: int, served_model: str, key_hash: str) -> tuple[dict, str, datetime] | None:
-    """The answer, its sealed form and its expiry (decrypted here, on the worker thread)."""
-    row = (
+def _stored_answer(tenant_id: int, served_model: str, key_hash: str) -> tuple[str, datetime] | None:
+    """The sealed answer of the key's live row and its expiry."""
+    return (
         CacheEntry.objects.for_tenant(tenant_id)
         .filter(served_model=served_model, key_hash=key_hash, expires_at__gt=timezone.now())
         .values_list("answer_encrypted", "expires_at")
         .first()
     )
+
+
+def _opened(sealed: str | bytes) -> dict | None:
+    answer = open_answer(sealed)
+    return answer if _valid_answer(answer) else None
+
+
+async def _fast_answer(tenant_id: int, served_model: str, key_hash: str) -> dict | None:
+    """This process's pending store, else Redis; None when neither holds the key (or Redis is down)."""
+    pending = _pending.get((tenant_id, served_model, key_hash))
+    if pending is not None and pending.expires_at > timezone.now():
+        return pending.answer
+    client = async_redis()
+    if client is None:
+        return None
+    key = redis_key(tenant_id, served_model, key_hash)
+    try:
+        raw = await client.get(key)
+    except Exception:
+        logger.warning("cache: Redis unavailable, reading Postgres", exc_info=True)
+        return None
+    if raw is None:
+        return None
+    answer = _opened(raw)
+    if answer is None:
+        logger.warning("cache: unreadable Redis entry %s ignored", key)
+    return answer
+
+
+async def _redis_refill(tenant_id: int, served_model: str, key_hash: str, sealed: str, expires_at: datetime) -> None:
+    """A durable row read because Redis lacked it, copied back to Redis for the time it has left."""
+    client = async_redis()
+    ttl = int((expires_at - timezone.now()).total_seconds())
+    if client is None or ttl <= 0:
+        return
+    try:
+        await client.set(redis_key(tenant_id, served_model, key_hash), sealed, ex=ttl)
+    except Exception:
+        logger.warning("cache: Redis write failed; Postgres still holds the entry", exc_info=True)
+
+
+async def _durable_answer(tenant_id: int, served_model: str, key_hash: str) -> dict | None:
+    """The key's row in the database, copied back to Redis."""
+    row = await database_sync_to_async(_stored_answer)(tenant_id, served_model, key_hash)
     if row is None:
         return None
     sealed, expires_at = row
-    answer = open_answer(sealed)
-    return (answer, sealed, expires_at) if _valid_answer(answer) else None
+    answer = _opened(sealed)
+    if answer is not None:
+        await _redis_refill(tenant_id, served_model, key_hash, sealed, expires_at)
+    return answer
 
 
 async def _answer_for(tenant_id: int, served_model: str, key_hash: str) -> dict | None:
     """This process's pending store, else Redis; on a Redis miss the durable row, copied back to Redis for the time
     it has left."""
-    pending = _pending.get((tenant_id, served_model, key_hash))
-    if pending is not None and pending.expires_at > timezone.now():
-        return pending.answer
-    client = async_redis()
-    key = redis_key(tenant_id, served_model, key_hash)
-    if client is not None:
-        try:
-            raw = await client.get(key)
-        except Exception:
-            logger.warning("cache: Redis unavailable, reading Postgres", exc_info=True)
-            raw, client = None, None
-        if raw is not None:
-            answer = open_answer(raw)
-            if _valid_answer(answer):
-                return answer
-            logger.warning("cache: unreadable Redis entry %s ignored", key)
-    row = await database_sync_to_async(_stored_answer)(tenant_id, served_model, key_hash)
-    if row is None:
-        return None
-    answer, sealed, expires_at = row
-    if client is not None:
-        ttl = int((expires_at - timezone.now()).total_seconds())
-        if ttl > 0:
-            try:
-                await client.set(key, sealed, ex=ttl)
-            except Exception:
-                logger.warning("cache: Redis write failed; Postgres still holds the entry", exc_info=True)
+    answer = await _fast_answer(tenant_id, served_model, key_hash)
+    if answer is None:
+        answer = await _durable_answer(tenant_id, served_model, key_hash)
     return answer
 
 
@@ -293,47 +315,20 @@ async def _embedding_awaited(future: Future):
         return None
 
 
-async def _semantic_candidates(cache: CacheRequest) -> list[Candidate] | None:
-    """The entries nearest the request's prompt, most similar first; None when it could not be embedded in time."""
-    threshold = semantic_threshold(cache.rule_name)
-    if not vectors_in_database():
-        index = semantic_index(cache.tenant_id, cache.served_model)
-        if index.stale():
-            await database_sync_to_async(index.refresh)()
-        searched = await _embedding_awaited(embed_soon(cache.semantic.prompt, then=partial(_search, cache, threshold)))
-        if searched is None:
-            return None
-        cache.vector, candidates = searched
-        return candidates
-    vector = await _embedding_awaited(embed_soon(cache.semantic.prompt))
-    if vector is None:
-        return None
-    cache.vector = vector
-    stored = await database_sync_to_async(nearest_entries)(
-        tenant_id=cache.tenant_id,
-        served_model=cache.served_model,
-        context_fingerprint=cache.semantic.context_fingerprint,
-        vector=vector,
-        threshold=threshold,
-    )
-    pending = _pending_candidates(cache, vector, threshold)
-    unique = {candidate.entry.key_hash: candidate for candidate in [*stored, *pending]}
-    return sorted(unique.values(), key=lambda candidate: -candidate.similarity)[:MAX_CANDIDATES]
+def _exact_hit(cache: CacheRequest, answer: dict) -> CacheHit:
+    _note_hit(cache, cache.key_hash)
+    return CacheHit(answer=answer, kind="exact")
 
 
-async def cache_lookup(cache: CacheRequest) -> CacheHit | None:
-    """The exact entry, else the most similar entry of the same context whose details agree, else None."""
-    answer = await _answer_for(cache.tenant_id, cache.served_model, cache.key_hash)
-    if answer is not None:
-        _note_hit(cache, cache.key_hash)
-        return CacheHit(answer=answer, kind="exact")
-    if cache.semantic is None:
-        return None
-    candidates = await _semantic_candidates(cache)
-    for candidate in candidates or ():
+async def _semantic_hit(cache: CacheRequest, candidates: list[Candidate]) -> CacheHit | None:
+    """The most similar candidate whose details agree with the request's and whose answer is still there."""
+    for candidate in candidates:
         if near_miss_reason(cache.semantic.prompt, candidate.entry.prompt) is not None:
             continue
-        answer = await _answer_for(cache.tenant_id, cache.served_model, candidate.entry.key_hash)
+        if candidate.answer_sealed is not None:
+            answer = _opened(candidate.answer_sealed)
+        else:
+            answer = await _answer_for(cache.tenant_id, cache.served_model, candidate.entry.key_hash)
         if answer is None:
             if not vectors_in_database():
                 semantic_index(cache.tenant_id, cache.served_model).discard(candidate.entry)
@@ -341,6 +336,73 @@ async def cache_lookup(cache: CacheRequest) -> CacheHit | None:
         _note_hit(cache, candidate.entry.key_hash)
         return CacheHit(answer=answer, kind="semantic", similarity=candidate.similarity)
     return None
+
+
+async def _in_process_lookup(cache: CacheRequest) -> CacheHit | None:
+    """SQLite: the key's row, else the nearest entries in this process's index (searched on the embedding thread)."""
+    answer = await _durable_answer(cache.tenant_id, cache.served_model, cache.key_hash)
+    if answer is not None:
+        return _exact_hit(cache, answer)
+    if cache.semantic is None:
+        return None
+    threshold = semantic_threshold(cache.rule_name)
+    index = semantic_index(cache.tenant_id, cache.served_model)
+    if index.stale():
+        await database_sync_to_async(index.refresh)()
+    searched = await _embedding_awaited(embed_soon(cache.semantic.prompt, then=partial(_search, cache, threshold)))
+    if searched is None:
+        return None
+    cache.vector, candidates = searched
+    return await _semantic_hit(cache, candidates)
+
+
+async def _database_lookup(cache: CacheRequest) -> CacheHit | None:
+    """PostgreSQL: the key's row and the nearest entries of its context in one query, after the embedding."""
+    vector = await _embedding_awaited(embed_soon(cache.semantic.prompt))
+    if vector is None:
+        answer = await _durable_answer(cache.tenant_id, cache.served_model, cache.key_hash)
+        return None if answer is None else _exact_hit(cache, answer)
+    cache.vector = vector
+    threshold = semantic_threshold(cache.rule_name)
+    matches = await database_sync_to_async(stored_matches)(
+        tenant_id=cache.tenant_id,
+        served_model=cache.served_model,
+        key_hash=cache.key_hash,
+        context_fingerprint=cache.semantic.context_fingerprint,
+        vector=vector,
+        threshold=threshold,
+    )
+    if matches.exact_answer_sealed is not None:
+        answer = _opened(matches.exact_answer_sealed)
+        if answer is not None:
+            await _redis_refill(
+                cache.tenant_id,
+                cache.served_model,
+                cache.key_hash,
+                matches.exact_answer_sealed,
+                matches.exact_expires_at,
+            )
+            return _exact_hit(cache, answer)
+    pending = _pending_candidates(cache, vector, threshold)
+    unique = {candidate.entry.key_hash: candidate for candidate in [*matches.candidates, *pending]}
+    candidates = sorted(unique.values(), key=lambda candidate: -candidate.similarity)[:MAX_CANDIDATES]
+    return await _semantic_hit(cache, candidates)
+
+
+async def cache_lookup(cache: CacheRequest) -> CacheHit | None:
+    """The exact entry, else the most similar entry of the same context whose details agree, else None.
+
+    This process's pending stores and Redis answer most exact repeats; past them, Postgres is asked once for both
+    the exact row and the nearest semantic entries."""
+    answer = await _fast_answer(cache.tenant_id, cache.served_model, cache.key_hash)
+    if answer is not None:
+        return _exact_hit(cache, answer)
+    if not vectors_in_database():
+        return await _in_process_lookup(cache)
+    if cache.semantic is None:
+        answer = await _durable_answer(cache.tenant_id, cache.served_model, cache.key_hash)
+        return None if answer is None else _exact_hit(cache, answer)
+    return await _database_lookup(cache)
 
 
 def _index_add(pending: _PendingStore, vector: np.ndarray) -> np.ndarray:
@@ -521,24 +583,57 @@ def _hits_count(hits: Counter) -> None:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class _HitsDue:
+    """Queued by a timer: the hit counts held back since the last write are due."""
+
+
+# Hit counts wait up to this long on the writer thread and go out as one update per entry: a hot entry hit hundreds
+# of times a second is then rewritten once a second, not once per batch (each rewrite of a semantic row leaves a dead
+# row version behind, and adds another to its HNSW index when Postgres cannot update it in place).
+HIT_COUNT_DELAY_SECONDS = 1.0
+# The writer thread's own: hit counts not yet written, and whether a timer will queue _HitsDue for them.
+_held_hits: Counter = Counter()
+_hits_timer: list[threading.Timer] = []
+
+
+def _hits_hold(hits: Counter, *, due: bool) -> None:
+    """Add the batch's hit counts to those held back, and write them all when they are due (a timer queued
+    _HitsDue, or a flush is waiting)."""
+    _held_hits.update(hits)
+    if not _held_hits:
+        return
+    if not due:
+        if not _hits_timer:
+            timer = threading.Timer(HIT_COUNT_DELAY_SECONDS, _writer.put, args=(_HitsDue(),))
+            timer.daemon = True
+            timer.start()
+            _hits_timer.append(timer)
+        return
+    if _hits_timer:
+        _hits_timer.pop().cancel()
+    held = Counter(_held_hits)
+    _held_hits.clear()
+    try:
+        _hits_count(held)
+    except DatabaseError:
+        logger.warning("cache: %d hit counts lost", held.total(), exc_info=True)
+
+
 def _write_batch(items: list) -> None:
     """The writer thread's batch: stores, then hit counts (so a hit on an entry still being stored counts), then
     the flushes waiting for both."""
     stores = [item for item in items if isinstance(item, _PendingStore)]
     hits = Counter(item.key for item in items if isinstance(item, _HitNote))
+    flushes = [item for item in items if isinstance(item, Future)]
     try:
         close_old_connections()
         if stores:
             _stores_write(stores)
-        if hits:
-            try:
-                _hits_count(hits)
-            except DatabaseError:
-                logger.warning("cache: %d hit counts lost", hits.total(), exc_info=True)
+        _hits_hold(hits, due=bool(flushes) or any(isinstance(item, _HitsDue) for item in items))
     finally:
-        for item in items:
-            if isinstance(item, Future):
-                item.set_result(None)
+        for flush in flushes:
+            flush.set_result(None)
 
 
 _writer = BatchWorker("cache-writer", _write_batch, max_batch=lambda: WRITE_BATCH)

@@ -14,6 +14,7 @@ from routing.models.catalog import (
 from routing.models.policies import (
     InjectionGuardAction,
     OverCapAction,
+    ProviderCache,
     RoutingAlias,
     RoutingPolicy,
     RoutingPolicyAudit,
@@ -33,6 +34,7 @@ __all__ = [
     "ModelPrice",
     "OverCapAction",
     "Provider",
+    "ProviderCache",
     "ProviderKind",
     "RoutingAlias",
     "RoutingPolicy",

@@ -175,7 +175,8 @@ class ModelPrice(models.Model):
         **PRICE_FIELD,
         null=True,
         blank=True,
-        help_text="Price of prompt tokens written to the provider's cache (Anthropic); blank charges the input price.",
+        help_text="Price of prompt tokens written to the provider's prompt cache. Left blank, a Claude model's "
+        "(Anthropic, Bedrock) is saved as 1.25x its input price, Anthropic's; other models' charge the input price.",
     )
     source = models.CharField(max_length=200, help_text="Where the prices came from: the admin, a file imported, …")
     created_by = models.ForeignKey(

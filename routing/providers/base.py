@@ -340,7 +340,7 @@ def conversation(
     system_blocks: Callable[[object], list[dict]],
     content_blocks: Callable[[object], list[dict]],
     tool_use_block: Callable[[dict], dict],
-    tool_result_block: Callable[[dict], dict],
+    tool_result_blocks: Callable[[dict], list[dict]],
 ) -> tuple[list[dict], list[dict]]:
     """OpenAI messages as a system prompt apart and alternating user and assistant turns, as Anthropic and Converse
     take them: consecutive turns of one role merge, and tool results are the user's. The callables build the blocks
@@ -353,7 +353,7 @@ def conversation(
             system.extend(system_blocks(message.get("content")))
             continue
         if role == "tool":
-            blocks, role = [tool_result_block(message)], "user"
+            blocks, role = tool_result_blocks(message), "user"
         else:
             blocks = content_blocks(message.get("content"))
             if role == "assistant":

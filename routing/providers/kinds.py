@@ -18,7 +18,7 @@ class ProviderKindSpec:
 
     value: str
     label: str
-    # The module with ``chat_completion(provider, body)`` and ``open_chat_stream(provider, body)``, and
+    # The module with ``chat_completion(provider, body, *, provider_cache)`` and ``open_chat_stream(...)`` alike, and
     # ``embeddings(provider, body)`` when ``embeddings`` is set.
     adapter: str
     # What a field holds for this kind, in the admin's words.

@@ -19,6 +19,7 @@ from routing.providers.base import (
     send_or_reject,
     sse_events,
 )
+from routing.providers.prompt_cache import OFF
 from routing.tokens import embedding_inputs
 
 
@@ -35,7 +36,8 @@ def _parsed(provider: ProviderEntry, response: httpx.Response, started: float):
         raise invalid_response(provider, problem, elapsed_ms=elapsed_ms_since(started)) from exc
 
 
-async def chat_completion(provider: ProviderEntry, body: dict) -> UpstreamReply:
+async def chat_completion(provider: ProviderEntry, body: dict, *, provider_cache: str = OFF) -> UpstreamReply:
+    """``provider_cache`` changes nothing: OpenAI caches long prompts by itself, without checkpoints."""
     started = time.perf_counter()
     response = await send_or_reject(provider, _request(provider, body), stream=False, started=started)
     parsed = _parsed(provider, response, started)
@@ -69,7 +71,7 @@ class OpenAIStream:
         await self.response.aclose()
 
 
-async def open_chat_stream(provider: ProviderEntry, body: dict) -> OpenAIStream:
+async def open_chat_stream(provider: ProviderEntry, body: dict, *, provider_cache: str = OFF) -> OpenAIStream:
     started = time.perf_counter()
     response = await send_or_reject(provider, _request(provider, body), stream=True, started=started)
     return OpenAIStream(provider, response, started)

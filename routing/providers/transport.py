@@ -19,6 +19,8 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 import httpx
+from aiohttp.helpers import get_env_proxy_for_url
+from yarl import URL
 
 
 def _timeout(request: httpx.Request) -> aiohttp.ClientTimeout:
@@ -69,6 +71,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
     def __init__(self, *, max_connections: int):
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
+        self._proxies: dict[tuple[str, str], tuple[URL | None, aiohttp.BasicAuth | None]] = {}
 
     def _client_session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -77,18 +80,32 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 limit=self._max_connections, limit_per_host=0, ttl_dns_cache=300, ssl=httpx.create_ssl_context()
             )
             # Bodies go through as bytes (httpx's Response decodes content-encoding); requests carry their own headers.
-            # HTTP(S)_PROXY and NO_PROXY from the environment apply, as they did with httpx's client. No cookie jar:
-            # the session is shared by every tenant, so a cookie a provider sets must not ride on the next request.
+            # No cookie jar: the session is shared by every tenant, so a cookie a provider sets must not ride on the
+            # next request. The environment's proxies are applied by `_proxy_for`, not by trust_env.
             self._session = aiohttp.ClientSession(
                 connector=connector,
                 cookie_jar=aiohttp.DummyCookieJar(),
                 auto_decompress=False,
                 skip_auto_headers=("User-Agent", "Accept-Encoding"),
-                trust_env=True,
             )
         return self._session
 
+    def _proxy_for(self, url: httpx.URL) -> tuple[URL | None, aiohttp.BasicAuth | None]:
+        """HTTP(S)_PROXY and NO_PROXY from the environment (and the proxy's .netrc credentials), as with httpx's
+        client, read once per scheme and host: aiohttp's trust_env reads them again on every request, on an
+        executor thread (a thread hop and a .netrc parse per provider call)."""
+        key = (url.scheme, url.host)
+        found = self._proxies.get(key)
+        if found is None:
+            try:
+                found = get_env_proxy_for_url(URL(str(url)))
+            except LookupError:
+                found = (None, None)
+            self._proxies[key] = found
+        return found
+
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        proxy, proxy_auth = self._proxy_for(request.url)
         try:
             response = await self._client_session().request(
                 request.method,
@@ -97,6 +114,8 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 data=request.content or None,
                 timeout=_timeout(request),
                 allow_redirects=False,
+                proxy=proxy,
+                proxy_auth=proxy_auth,
             )
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise _as_httpx_error(exc, request, reading=False) from exc

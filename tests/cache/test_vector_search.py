@@ -4,17 +4,20 @@ exact for a tenant with a few entries among many of other tenants', and no vecto
 import os
 import subprocess
 import sys
+import threading
 from datetime import timedelta
 
 import numpy as np
 import pytest
 from django.conf import settings
 from django.db import connection
+from django.db.backends.utils import CursorWrapper
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
+from core.redis import sync_redis
 from routing.cache import index, store
-from routing.cache.index import nearest_entries
+from routing.cache.index import stored_matches
 from routing.cache.sealed import seal_prompt
 from routing.cache.store import cache_entry_build, cache_writes_flush
 from routing.models import CacheEntry, CacheEntryKind
@@ -56,10 +59,15 @@ def entry(tenant, key: str, vector, *, model="m", context="ctx", expires_in=time
 
 
 def nearest(tenant, vector, *, model="m", context="ctx", threshold=0.5) -> list[str]:
-    found = nearest_entries(
-        tenant_id=tenant.pk, served_model=model, context_fingerprint=context, vector=unit(vector), threshold=threshold
+    found = stored_matches(
+        tenant_id=tenant.pk,
+        served_model=model,
+        key_hash="",
+        context_fingerprint=context,
+        vector=unit(vector),
+        threshold=threshold,
     )
-    return [candidate.entry.key_hash for candidate in found]
+    return [candidate.entry.key_hash for candidate in found.candidates]
 
 
 def test_only_the_tenants_live_entries_of_the_model_and_context_are_found(db):
@@ -161,7 +169,9 @@ def test_a_store_sends_its_vector_as_a_binary_parameter_of_one_statement(db):
 
 def test_a_lookup_without_a_tenant_is_refused(db):
     with pytest.raises(UnscopedQueryError):
-        nearest_entries(tenant_id=None, served_model="m", context_fingerprint="ctx", vector=axis(0), threshold=0.5)
+        stored_matches(
+            tenant_id=None, served_model="m", key_hash="k", context_fingerprint="ctx", vector=axis(0), threshold=0.5
+        )
 
 
 def test_a_vector_of_a_dimension_without_an_hnsw_index_is_searched_exactly(db):
@@ -241,3 +251,39 @@ def test_no_process_keeps_an_index_of_vectors(gateway, acme_caching):
     )
 
     assert index._indexes == {}
+
+
+@pytest.fixture
+def request_path_queries(monkeypatch):
+    """The SQL statements the request path runs (any thread but the cache writer's and the ledger drainer's)."""
+    seen: list[str] = []
+    execute = CursorWrapper._execute_with_wrappers
+
+    def counting(self, sql, *args, **kwargs):
+        if threading.current_thread().name not in ("cache-writer", "ledger-drainer"):
+            seen.append(sql)
+        return execute(self, sql, *args, **kwargs)
+
+    monkeypatch.setattr(CursorWrapper, "_execute_with_wrappers", counting)
+    return seen
+
+
+def test_past_redis_a_lookup_asks_postgres_once_for_the_exact_row_and_the_nearest(
+    gateway, acme_caching, request_path_queries
+):
+    """A semantic hit reads its answer with the search, and an exact entry Redis lost comes from the same query."""
+    question = "What is the capital of France?"
+    chat(gateway, acme_caching, question)
+    cache_writes_flush()
+
+    request_path_queries.clear()
+    assert chat(gateway, acme_caching, "what's France's capital city").headers["x-llmops-cache"] == "hit-semantic"
+    assert len(request_path_queries) == 1 and "UNION ALL" in request_path_queries[0]
+
+    entry = CacheEntry.objects.unscoped().get()
+    copy = store.redis_key(acme_caching.tenant.pk, entry.served_model, entry.key_hash)
+    sync_redis().delete(copy)
+    request_path_queries.clear()
+    assert chat(gateway, acme_caching, question).headers["x-llmops-cache"] == "hit-exact"
+    assert len(request_path_queries) == 1 and "UNION ALL" in request_path_queries[0]
+    assert sync_redis().exists(copy)

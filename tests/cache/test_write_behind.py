@@ -3,8 +3,13 @@ writing (exact and by meaning, never for another tenant), and the writer's batch
 
 import dataclasses
 import logging
+import threading
+import time
+
+from django.db.backends.utils import CursorWrapper
 
 from core.redis import sync_redis
+from routing.cache import store
 from routing.cache.sealed import open_prompt
 from routing.cache.store import (
     cache_entries_purge,
@@ -115,3 +120,29 @@ def test_a_purge_deletes_what_this_process_was_still_writing(gateway, acme, sett
     assert not CacheEntry.objects.unscoped().exists()
     assert not sync_redis().exists(redis_key(acme.tenant.pk, cache.served_model, cache.key_hash))
     assert run(cache_lookup(cache)) is None
+
+
+def test_hit_counts_are_held_back_and_written_once_per_entry_when_due(gateway, acme_caching, monkeypatch):
+    """Hits on one entry within the delay become one update of its row, written by the timer without a flush."""
+    monkeypatch.setattr(store, "HIT_COUNT_DELAY_SECONDS", 3.0)
+    first = chat(gateway, acme_caching, QUESTION)
+    cache_writes_flush()
+    updates: list[str] = []
+    execute = CursorWrapper._execute_with_wrappers
+
+    def counting(self, sql, *args, **kwargs):
+        if threading.current_thread().name == "cache-writer" and sql.startswith("UPDATE"):
+            updates.append(sql)
+        return execute(self, sql, *args, **kwargs)
+
+    monkeypatch.setattr(CursorWrapper, "_execute_with_wrappers", counting)
+    for _ in range(5):
+        assert chat(gateway, acme_caching, QUESTION).json()["choices"] == first.json()["choices"]
+    entry = CacheEntry.objects.unscoped().get()
+    assert entry.hit_count == 0
+
+    deadline = time.monotonic() + 30
+    while not updates and time.monotonic() < deadline:
+        time.sleep(0.1)
+    entry.refresh_from_db()
+    assert (len(updates), entry.hit_count) == (1, 5)

@@ -79,3 +79,27 @@ def test_embeddings_and_responses_answer_with_no_configuration_query(gateway, ac
     assert all(answer.headers["x-llmops-budget-remaining-usd"] for answer in answers)
     assert all(answer.headers["x-ratelimit-limit-requests"] == "1000" for answer in answers)
     assert queries == []
+
+
+def test_the_messages_api_answers_with_no_configuration_query(gateway, acme, queries):
+    """/v1/messages, keyed by x-api-key, plain and streamed, through the same snapshot."""
+    routing_policy_ensure_default(tenant=acme.tenant)
+    budget_create(tenant=acme.tenant, scope="team", team=acme.team, period="day", limit_usd=Decimal("10"))
+    rate_limit_create(tenant=acme.tenant, api_key=acme.api_key, requests_per_minute=1000)
+    headers = {"x-api-key": acme.key, "anthropic-version": "2023-06-01", "x-llmops-cache": "bypass, no-store"}
+    body = {"model": "auto", "max_tokens": 16, "messages": [{"role": "user", "content": "Say hi"}]}
+    with httpx.Client(base_url=gateway.url, headers=headers, timeout=30) as client:
+        assert client.post("/v1/messages", json=body).status_code == 200  # loads the tenant's configuration
+        queries.clear()
+        responses = [client.post("/v1/messages", json={**body, "stream": index % 2 == 1}) for index in range(20)]
+        counted = client.post("/v1/messages/count_tokens", json={"model": "auto", "messages": body["messages"]})
+
+    assert [response.status_code for response in responses] == [200] * 20
+    assert [
+        response.text.endswith('event: message_stop\ndata: {"type":"message_stop"}\n\n') for response in responses
+    ] == [index % 2 == 1 for index in range(20)]
+    assert all("rule=" in response.headers["x-llmops-route"] for response in responses)
+    assert all(response.headers["x-llmops-budget-remaining-usd"] for response in responses)
+    assert all(response.headers["x-ratelimit-limit-requests"] == "1000" for response in responses)
+    assert counted.json()["input_tokens"] > 0
+    assert queries == []

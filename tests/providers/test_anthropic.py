@@ -151,6 +151,26 @@ def test_tool_call_and_tool_result_round_trip(anthropic_server, anthropic_provid
     assert second.body["choices"][0]["message"]["content"] == "Echo: 18C and sunny"
 
 
+def test_the_stop_sequence_that_ended_an_answer_is_named_on_its_choice(anthropic_provider):
+    """The chat form's finish reason ``stop`` cannot say which stop sequence matched; the choice names it as vLLM
+    does (``stop_reason``), plain and streamed, and says nothing when the answer ended on its own."""
+    body = {"model": "claude-test", "messages": [user("one two three")], "stop": ["two", "nine"]}
+
+    reply = run(upstream.chat_completion(anthropic_provider, body))
+    events = run(_open_and_collect(anthropic_provider, {**body, "stream": True}))
+    natural = run(upstream.chat_completion(anthropic_provider, {**body, "stop": ["nine"]}))
+
+    choice = reply.body["choices"][0]
+    assert (choice["finish_reason"], choice["stop_reason"], choice["message"]["content"]) == (
+        "stop",
+        "two",
+        "Echo: one ",
+    )
+    finish = next(chunk["choices"][0] for chunk in chunks_of(events) if chunk["choices"][0]["finish_reason"])
+    assert (finish["finish_reason"], finish["stop_reason"]) == ("stop", "two")
+    assert "stop_reason" not in natural.body["choices"][0]
+
+
 def test_consecutive_turns_of_one_role_are_merged_as_anthropic_requires(anthropic_server, anthropic_provider):
     body = {
         "model": "claude-test",
@@ -164,7 +184,8 @@ def test_consecutive_turns_of_one_role_are_merged_as_anthropic_requires(anthropi
 
 
 def cached_prompt_body(stream: bool = False) -> dict:
-    long_context = "The policy handbook says many things. " * 100
+    # About 1,400 tokens: over the 1,024 a prompt must hold to be cached.
+    long_context = "The policy handbook says many things. " * 150
     body = {
         "model": "claude-test",
         "messages": [
@@ -186,7 +207,7 @@ def test_usage_counts_cache_reads_and_writes_in_prompt_tokens(anthropic_server, 
 
     assert anthropic_server.app.requests[-1]["system"][0]["cache_control"] == {"type": "ephemeral"}
     written, read = first.body["usage"], second.body["usage"]
-    assert written["prompt_tokens_details"]["cache_write_tokens"] > 900
+    assert written["prompt_tokens_details"]["cache_write_tokens"] > 1400
     assert written["prompt_tokens_details"]["cached_tokens"] == 0
     assert read["prompt_tokens_details"]["cached_tokens"] == written["prompt_tokens_details"]["cache_write_tokens"]
     assert read["prompt_tokens_details"]["cache_write_tokens"] == 0
@@ -208,7 +229,7 @@ def test_stream_of_text_ends_with_usage_and_done(anthropic_server, anthropic_pro
     assert chunks[-2]["choices"][0]["finish_reason"] == "stop"
     usage_chunk = chunks[-1]
     assert usage_chunk["choices"] == []
-    assert usage_chunk["usage"]["prompt_tokens_details"]["cached_tokens"] > 900
+    assert usage_chunk["usage"]["prompt_tokens_details"]["cached_tokens"] > 1400
     assert usage_chunk["usage"]["completion_tokens"] == 4
 
 

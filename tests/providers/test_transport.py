@@ -162,6 +162,22 @@ def test_an_egress_proxy_from_the_environment_carries_the_calls(monkeypatch):
     assert proxy.requests[0].startswith(b"POST http://provider.invalid/v1/chat/completions HTTP/1.1")
 
 
+def test_a_host_in_no_proxy_is_called_directly(monkeypatch):
+    """NO_PROXY exempts the provider's host: the proxy sees nothing, the provider answers."""
+    proxy, provider = RawServer(json_answer), RawServer(json_answer)
+
+    async def scenario():
+        async with proxy as proxy_url, provider as provider_url:
+            monkeypatch.setenv("HTTP_PROXY", proxy_url.removesuffix("/v1"))
+            monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+            return await openai.chat_completion(provider_entry("openai", provider_url), BODY)
+
+    reply = run(scenario())
+
+    assert reply.body["choices"][0]["message"]["content"] == "hi"
+    assert proxy.requests == [] and len(provider.requests) == 1
+
+
 @pytest.fixture
 def self_signed_certificate(tmp_path):
     """A certificate for 127.0.0.1 that no public CA signed: (certificate file, key file)."""

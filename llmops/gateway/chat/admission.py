@@ -29,6 +29,7 @@ from llmops.gateway.chat.planning import ChatPlan
 from llmops.gateway.chat.worst_case import (
     OutputBound,
     budget_refusal,
+    cache_writers,
     chain_worst_case,
     fitting_max_tokens,
     prediction_chars,
@@ -40,16 +41,28 @@ from routing.catalog import ModelEntry
 from routing.max_tokens import with_max_tokens
 
 
+def _default_model(snapshot: ConfigSnapshot, call: GatewayCall) -> ModelEntry | None:
+    catalog = snapshot.catalog
+    return catalog.models.get(catalog.access_for(call.principal.tenant_id).default_model or "")
+
+
 def _cheaper_route(
-    snapshot: ConfigSnapshot, call: GatewayCall, plan: ChatPlan, *, prompt_tokens: int, bound: OutputBound
+    snapshot: ConfigSnapshot,
+    call: GatewayCall,
+    plan: ChatPlan,
+    *,
+    prompt_tokens: int,
+    bound: OutputBound,
+    writers: frozenset[str],
 ) -> ModelEntry | None:
     """The cheapest of the chain's fallbacks and the tenant's default model, if it costs less than the primary."""
-    catalog = snapshot.catalog
-    default = catalog.models.get(catalog.access_for(call.principal.tenant_id).default_model or "")
+    default = _default_model(snapshot, call)
     candidates = [*plan.chain[1:], *([default] if default else [])]
 
     def worst(model: ModelEntry) -> Decimal:
-        return chain_worst_case([model], prompt_tokens=prompt_tokens, bound=bound, fallback=_fallback())
+        return chain_worst_case(
+            [model], prompt_tokens=prompt_tokens, bound=bound, fallback=_fallback(), cache_writers=writers
+        )
 
     primary_cost = worst(plan.chain[0])
     priced = [(worst(m), m.name, m) for m in candidates]
@@ -81,9 +94,21 @@ def _bounded(plan: ChatPlan, bound: OutputBound) -> OutputBound:
     return OutputBound(_fallback(), bound.choices, bound.predicted_tokens)
 
 
-def _refusal(exceeded: BudgetExceeded, chain: list[ModelEntry], *, prompt_tokens: int, bound: OutputBound):
+def _refusal(
+    exceeded: BudgetExceeded,
+    chain: list[ModelEntry],
+    *,
+    prompt_tokens: int,
+    bound: OutputBound,
+    writers: frozenset[str],
+):
     fitting = fitting_max_tokens(
-        chain, prompt_tokens=prompt_tokens, bound=bound, fallback=_fallback(), available=exceeded.remaining_usd
+        chain,
+        prompt_tokens=prompt_tokens,
+        bound=bound,
+        fallback=_fallback(),
+        available=exceeded.remaining_usd,
+        cache_writers=writers,
     )
     return budget_refusal(exceeded, fitting=fitting, choices=bound.choices)
 
@@ -166,8 +191,15 @@ async def admit(
     if budgets:
         bound = _bounded(plan, bound)
     completion_tokens = max(bound.completion_tokens(model, fallback=_fallback()) for model in plan.chain)
+    writers = frozenset()
+    if budgets:
+        default = _default_model(snapshot, call)
+        models = [*plan.chain, *([default] if default else [])]
+        writers = cache_writers(models, plan.body, provider_cache=plan.provider_cache)
     amount = (
-        chain_worst_case(plan.chain, prompt_tokens=prompt_tokens, bound=bound, fallback=_fallback())
+        chain_worst_case(
+            plan.chain, prompt_tokens=prompt_tokens, bound=bound, fallback=_fallback(), cache_writers=writers
+        )
         if budgets
         else Decimal(0)
     )
@@ -182,19 +214,25 @@ async def admit(
     if reserved is None:
         return
     if isinstance(reserved, BudgetExceeded):
-        cheaper = _cheaper_route(snapshot, call, plan, prompt_tokens=prompt_tokens, bound=bound)
+        cheaper = _cheaper_route(snapshot, call, plan, prompt_tokens=prompt_tokens, bound=bound, writers=writers)
         if not reserved.downgrade or cheaper is None:
-            raise _refusal(reserved, plan.chain, prompt_tokens=prompt_tokens, bound=bound) from reserved
+            raise _refusal(
+                reserved, plan.chain, prompt_tokens=prompt_tokens, bound=bound, writers=writers
+            ) from reserved
         plan.chain = [cheaper]
         bound = _bounded(plan, bound)
         call.served, call.route = cheaper, f"{call.route}+budget-downgrade"
         call.route_explanation = f"{call.route_explanation} budget-downgrade={cheaper.name}"
         budgets = snapshot.budgets.applicable(principal.tenant_id, principal.team_id, principal.key_id, cheaper.name)
-        amount = chain_worst_case([cheaper], prompt_tokens=prompt_tokens, bound=bound, fallback=_fallback())
+        amount = chain_worst_case(
+            [cheaper], prompt_tokens=prompt_tokens, bound=bound, fallback=_fallback(), cache_writers=writers
+        )
         try:
             reserved = await budget_reserve(
                 budgets=budgets, amount=amount, request_id=call.request_id, now=timezone.now()
             )
         except BudgetExceeded as still_exceeded:
-            raise _refusal(still_exceeded, [cheaper], prompt_tokens=prompt_tokens, bound=bound) from still_exceeded
+            raise _refusal(
+                still_exceeded, [cheaper], prompt_tokens=prompt_tokens, bound=bound, writers=writers
+            ) from still_exceeded
     reservation_keep(call, reserved)

@@ -67,7 +67,9 @@ async def _call_chain(call: GatewayCall, plan: ChatPlan, attempt) -> FallbackRes
 async def complete_chat(call: GatewayCall, plan: ChatPlan) -> HttpResponse:
     async def attempt(model: ModelEntry) -> tuple[upstream.UpstreamReply, Usage]:
         """The reply and what it costs; a reply whose usage is not believable is the model's failure."""
-        reply = await upstream.chat_completion(model.provider, _for_model(plan.body, model))
+        reply = await upstream.chat_completion(
+            model.provider, _for_model(plan.body, model), provider_cache=plan.provider_cache
+        )
         prompt_tokens = call.prompt_tokens_after_compression or 0
         return reply, await reply_usage(reply, body=plan.body, model=model, prompt_tokens=prompt_tokens)
 
@@ -215,7 +217,10 @@ class StreamRelay:
                 "prompt_tokens": usage.prompt_tokens,
                 "completion_tokens": usage.completion_tokens,
                 "total_tokens": usage.prompt_tokens + usage.completion_tokens,
-                "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
+                "prompt_tokens_details": {
+                    "cached_tokens": usage.cached_tokens,
+                    "cache_write_tokens": usage.cache_write_tokens,
+                },
             },
         }
         keep_answer(self.call, self.cache, answer)
@@ -226,7 +231,8 @@ async def stream_chat(call: GatewayCall, plan: ChatPlan) -> StreamingHttpRespons
     stream_options = {**(body.get("stream_options") or {}), "include_usage": True}
 
     def open_stream(model: ModelEntry):
-        return upstream.open_chat_stream(model.provider, {**_for_model(body, model), "stream_options": stream_options})
+        body_for_model = {**_for_model(body, model), "stream_options": stream_options}
+        return upstream.open_chat_stream(model.provider, body_for_model, provider_cache=plan.provider_cache)
 
     result = await _call_chain(call, plan, open_stream)
     stream = result.value

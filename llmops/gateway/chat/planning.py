@@ -41,6 +41,11 @@ class ChatPlan:
     # What the guard does with a flagged prompt or answer: none, flag or block (the tenant's live policy).
     guard_action: str = "none"
 
+    @property
+    def provider_cache(self) -> str:
+        """The matched rule's ``provider_cache``: whether adapters mark the prompt for the provider's cache."""
+        return self.decision.outcome.provider_cache
+
 
 def resolve_model(catalog: ModelCatalog, *, tenant_id: int, requested: str) -> ModelEntry:
     access = catalog.access_for(tenant_id)

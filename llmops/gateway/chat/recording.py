@@ -24,6 +24,7 @@ async def finish(
         return
     call.finished = True
     event = call.usage_event(http_status=http_status, usage=usage, error_code=error_code)
+    call.settled_usage = event.usage
     record_request_metrics(event)
     # Work that writes its ledger row with its own result (batch lines, jobs) takes the event instead.
     if call.ledger_deferred:

@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('routing', '0012_model_prices_checked_at'),
+        ('routing', '0013_rule_provider_cache'),
     ]
 
     operations = [
