@@ -10,7 +10,6 @@ import orjson
 from django.http import HttpResponse
 
 from core.cpu import run_sized
-from llmops.gateway.call import GatewayCall
 from llmops.gateway.chat.completion import chat_completion_run, declared_size
 from llmops.gateway.chat.planning import resolve_model
 from llmops.gateway.messages.answers import MessageStream, anthropic_message
@@ -35,7 +34,7 @@ class MessagesView(ChatCompletionsView):
         return anthropic_exception_handler
 
     async def post(self, request):
-        self.call = call = GatewayCall(principal=request.user, endpoint=request.path, request_id=self.request_id)
+        call = self.new_call(request)
         response = await chat_completion_run(
             call,
             snapshot=self.config,
