@@ -196,6 +196,27 @@ def test_an_embedding_model_cannot_answer_chat(openai_client, acme, acme_embed):
     assert "it is an embedding model: send its inputs to /v1/embeddings" in excinfo.value.message
 
 
+def test_an_embedding_model_cannot_answer_messages_nor_count_their_tokens(gateway, acme, acme_embed):
+    """/v1/messages refuses it as chat completions do, in Anthropic's shape, and count_tokens alike."""
+    headers = {"x-api-key": acme.key, "anthropic-version": "2023-06-01"}
+    body = {"model": acme_embed.name, "messages": [{"role": "user", "content": "hi"}]}
+
+    message = httpx.post(f"{gateway.url}/v1/messages", json={**body, "max_tokens": 8}, headers=headers, timeout=30)
+    counted = httpx.post(f"{gateway.url}/v1/messages/count_tokens", json=body, headers=headers, timeout=30)
+
+    for response in (message, counted):
+        assert response.status_code == 400
+        error = response.json()["error"]
+        assert (error["type"], error["details"]) == (
+            "invalid_request_error",
+            {"error_code": "model_capability_unsupported"},
+        )
+        assert "it is an embedding model: send its inputs to /v1/embeddings" in error["message"]
+    assert list(UsageRecord.objects.unscoped().values_list("endpoint", "error_code")) == [
+        ("/v1/messages", "model_capability_unsupported")
+    ]
+
+
 def test_a_budget_refuses_inputs_it_cannot_cover(gateway, acme, acme_embed):
     tokens = sum(count_embedding_tokens(TEXTS, model="text-embedding-3-small"))
     # Room for one request's worst case (its inputs at the input price), not two.

@@ -91,14 +91,18 @@ def routing_baseline(catalog: ModelCatalog, policy, requested: str) -> ModelEntr
     return catalog.models.get(alias.large_model if alias is not None else requested)
 
 
+# What a model that is not a chat model lacks: (what, the parameter that asks for it, what to do instead).
+NOT_CHAT = (
+    "chat messages",
+    "model",
+    "it is an embedding model: send its inputs to /v1/embeddings, or name a chat model",
+)
+
+
 def _lacking(model: ModelEntry, features: RouteRequest) -> tuple[str, str, str] | None:
     """What the request needs and the model cannot take: (what, the parameter that asks for it, what to do instead)."""
     if model.kind != ModelKind.CHAT:
-        return (
-            "chat messages",
-            "model",
-            "it is an embedding model: send its inputs to /v1/embeddings, or name a chat model",
-        )
+        return NOT_CHAT
     if features.has_tools and not model.supports_tools:
         return "tools", "tools", "send the request without `tools` or to another model"
     if features.has_images and not model.supports_images:
@@ -106,15 +110,25 @@ def _lacking(model: ModelEntry, features: RouteRequest) -> tuple[str, str, str] 
     return None
 
 
+def _refusal(model: ModelEntry, lacking: tuple[str, str, str]) -> GatewayError:
+    what, param, instead = lacking
+    return GatewayError(
+        f"The model `{model.name}` cannot take {what}; {instead}.",
+        status=400,
+        code="model_capability_unsupported",
+        param=param,
+    )
+
+
 def _refuse_what_the_model_cannot_take(model: ModelEntry, features: RouteRequest) -> None:
     if lacking := _lacking(model, features):
-        what, param, instead = lacking
-        raise GatewayError(
-            f"The model `{model.name}` cannot take {what}; {instead}.",
-            status=400,
-            code="model_capability_unsupported",
-            param=param,
-        )
+        raise _refusal(model, lacking)
+
+
+def refuse_unless_chat(model: ModelEntry) -> None:
+    """A request of chat messages named ``model`` outside the pipeline (count_tokens): an embedding model takes none."""
+    if model.kind != ModelKind.CHAT:
+        raise _refusal(model, NOT_CHAT)
 
 
 def refusal_error(refusal: RoutingRefusal) -> GatewayError:

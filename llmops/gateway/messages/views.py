@@ -11,7 +11,7 @@ from django.http import HttpResponse
 
 from core.cpu import run_sized
 from llmops.gateway.chat.completion import chat_completion_run, declared_size
-from llmops.gateway.chat.planning import resolve_model
+from llmops.gateway.chat.planning import refuse_unless_chat, resolve_model
 from llmops.gateway.messages.answers import MessageStream, anthropic_message
 from llmops.gateway.messages.errors import anthropic_exception_handler
 from llmops.gateway.messages.validation import chat_request_from_message
@@ -70,5 +70,6 @@ class MessageTokensView(MessagesView):
         alias = policy.aliases.get(body["model"]) if policy is not None else None
         requested = alias.small_model if alias is not None else body["model"]
         model = resolve_model(self.config.catalog, tenant_id=tenant_id, requested=requested)
+        refuse_unless_chat(model)
         tokens = await count_chat_tokens_async(body["messages"], model=model.upstream_name)
         return HttpResponse(orjson.dumps({"input_tokens": tokens}), content_type="application/json")
