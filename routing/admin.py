@@ -245,13 +245,22 @@ def _price_column(name: str):
 @admin.register(Model)
 class CatalogModelAdmin(SuperuserOnlyAdmin):
     form = CatalogModelForm
-    list_display = ("name", "provider", "upstream_name", *LIST_PRICE_FIELDS, "price_age", "context_window", "is_active")
+    list_display = (
+        "name",
+        "kind",
+        "provider",
+        "upstream_name",
+        *LIST_PRICE_FIELDS,
+        "price_age",
+        "context_window",
+        "is_active",
+    )
     list_select_related = ("provider",)
-    list_filter = ("provider", "is_active")
+    list_filter = ("kind", "provider", "is_active")
     search_fields = ("name",)
-    add_fields = ("name", "provider", "upstream_name", "context_window", "max_output_tokens", *PRICE_FIELDS)
+    add_fields = ("name", "kind", "provider", "upstream_name", "context_window", "max_output_tokens", *PRICE_FIELDS)
     fieldsets = (
-        (None, {"fields": ("name", "provider", "upstream_name", "context_window", "max_output_tokens")}),
+        (None, {"fields": ("name", "kind", "provider", "upstream_name", "context_window", "max_output_tokens")}),
         (None, {"fields": ("supports_tools", "supports_images", "batch_price_multiplier", "is_active", "created_at")}),
         (
             "Prices (USD per million tokens)",
@@ -259,9 +268,18 @@ class CatalogModelAdmin(SuperuserOnlyAdmin):
         ),
         ("Price history", {"fields": ("price_history",)}),
     )
-    readonly_fields = ("created_at", "price_age", "price_history")
+    # A model's kind is chosen when it is added: policies, budgets and the ledger name the model as what it answers.
+    readonly_fields = ("kind", "created_at", "price_age", "price_history")
     # Members compare names and prices; which provider serves a model stays with the platform.
-    member_fields = ("name", *LIST_PRICE_FIELDS, "price_age", "context_window", "max_output_tokens", "is_active")
+    member_fields = (
+        "name",
+        "kind",
+        *LIST_PRICE_FIELDS,
+        "price_age",
+        "context_window",
+        "max_output_tokens",
+        "is_active",
+    )
     member_fieldsets = (
         (None, {"fields": member_fields}),
         ("Price history", {"fields": ("price_history",)}),
@@ -311,7 +329,7 @@ class CatalogModelAdmin(SuperuserOnlyAdmin):
     def get_list_filter(self, request):
         if request.user.is_superuser:
             return super().get_list_filter(request)
-        return ("is_active",)
+        return ("kind", "is_active")
 
     @admin.action(
         description="Confirm the selected models' prices are still right (resets their age)", permissions=["change"]

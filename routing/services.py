@@ -10,6 +10,7 @@ from core.outbound import outbound_url_validate
 from routing.models import (
     InjectionGuardAction,
     Model,
+    ModelKind,
     Provider,
     ProviderKind,
     RoutingPolicy,
@@ -87,6 +88,7 @@ def model_create(
     cache_write_price_per_million: Decimal | None = None,
     context_window: int = 128_000,
     max_output_tokens: int | None = None,
+    kind: str = ModelKind.CHAT,
     actor=None,
     price_source: str = "created with the model",
     price_effective_from: datetime | None = None,
@@ -99,6 +101,7 @@ def model_create(
         upstream_name=upstream_name,
         context_window=context_window,
         max_output_tokens=max_output_tokens,
+        kind=kind,
     )
     model.full_clean()
     model.save()
@@ -123,6 +126,8 @@ def tenant_model_access_set(
 ) -> TenantModelAccess:
     if default_model is not None and default_model not in allowed_models:
         raise ValidationError(f"the default model {default_model.name} must be one of the allowed models")
+    if default_model is not None and default_model.kind != ModelKind.CHAT:
+        raise ValidationError(f"the default model {default_model.name} must be a chat model")
     access, _ = TenantModelAccess.objects.for_tenant(tenant).get_or_create(tenant=tenant)
     access.default_model = default_model
     access.save()
@@ -318,14 +323,14 @@ def routing_policy_create_default(
 
 
 def routing_policy_ensure_default(*, tenant: Tenant, actor=None) -> RoutingPolicy | None:
-    """Give a tenant without a policy the default one, its cheapest allowed model as small and dearest as large.
+    """Give a tenant without a policy the default one, its cheapest allowed chat model as small and dearest as large.
 
-    Returns None when the tenant already has a policy or may use no model yet.
+    Returns None when the tenant already has a policy or may use no chat model yet.
     """
     if RoutingPolicy.objects.for_tenant(tenant).exists():
         return None
     models = sorted(
-        Model.objects.filter(allowed_for__tenant=tenant, is_active=True)
+        Model.objects.filter(allowed_for__tenant=tenant, is_active=True, kind=ModelKind.CHAT)
         .with_prices_in_force()
         .filter(price_version_id__isnull=False),
         key=lambda model: (model.input_price_per_million + model.output_price_per_million, model.name),

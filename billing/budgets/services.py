@@ -33,7 +33,7 @@ from billing.models import (
     UsageRecord,
 )
 from core.redis import sync_redis
-from routing.models import Model
+from routing.models import Model, ModelKind
 from tenants.models import ApiKey, Team, Tenant
 
 logger = logging.getLogger(__name__)
@@ -108,10 +108,11 @@ def budget_validate(
 
 
 def _has_cheaper_route(tenant: Tenant, model_name: str) -> bool:
-    """Whether the tenant may use a model with lower prices than the budget's model (or than its dearest model)."""
+    """Whether the tenant may use a chat model with lower prices than the budget's model (or than its dearest chat
+    model): a request is downgraded to a chat model, never to an embedding one."""
     prices = {
         model.name: (model.input_price_per_million + model.output_price_per_million)
-        for model in Model.objects.filter(allowed_for__tenant=tenant, is_active=True)
+        for model in Model.objects.filter(allowed_for__tenant=tenant, is_active=True, kind=ModelKind.CHAT)
         .with_prices_in_force()
         .filter(price_version_id__isnull=False)
     }

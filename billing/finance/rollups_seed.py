@@ -33,7 +33,7 @@ from billing.ledger.costs import Usage, batch_price, compression_saving, provide
 from billing.ledger.selectors import tenant_zone
 from billing.models import CacheStatus, UsageRecord
 from routing.catalog import ModelPrices
-from routing.models import Model, TenantModelAccess
+from routing.models import Model, ModelKind, TenantModelAccess
 from routing.policy.engine import SCORED_ROUTE
 from routing.policy.scoring import LENGTH_POINTS_MAX, TOKENS_PER_LENGTH_POINT
 from routing.services import BY_DIFFICULTY_RULE, ENTERPRISE_RULE, SHORT_TASK_PROMPT_TOKENS_MAX, SHORT_TASKS_RULE
@@ -95,7 +95,7 @@ def seed_demo_usage(*, tenant: Tenant, days: int = 21, seed: int = 7) -> int:
     access = TenantModelAccess.objects.for_tenant(tenant).prefetch_related("allowed_models").get()
     # Cheapest and dearest, ordered as the default routing policy picks its small and large model.
     models = sorted(
-        access.allowed_models.with_prices_in_force().filter(price_version_id__isnull=False),
+        access.allowed_models.filter(kind=ModelKind.CHAT).with_prices_in_force().filter(price_version_id__isnull=False),
         key=lambda model: (model.input_price_per_million + model.output_price_per_million, model.name),
     )
     keys = _keys_by_team(tenant)

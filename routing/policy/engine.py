@@ -106,6 +106,21 @@ def route_request_from_body(
     )
 
 
+def route_request_from_embeddings(
+    body: dict, *, headers: Mapping[str, str], tenant_id: int, team_slug: str, prompt_tokens: int
+) -> RouteRequest:
+    """The routing features of a validated embeddings body: the model, the inputs' tokens and the x-llmops-* hints.
+    It has no user message, so rules on keywords or a regex never match it."""
+    return RouteRequest(
+        tenant_id=tenant_id,
+        requested_model=body["model"],
+        prompt_tokens=prompt_tokens,
+        task_type=str(headers.get(TASK_TYPE_HEADER) or ""),
+        user_tier=str(headers.get(USER_TIER_HEADER) or ""),
+        team_slug=team_slug,
+    )
+
+
 def rule_mismatch(rule: CompiledRule, request: RouteRequest, message_lower: str) -> str:
     """Why the rule does not match, or "" when it does. Conditions are checked cheapest first."""
     if rule.requested_models and request.requested_model not in rule.requested_models:

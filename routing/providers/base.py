@@ -433,6 +433,23 @@ def checked_chat_completion(body) -> dict:
     return body
 
 
+def checked_embeddings(body, *, inputs: int) -> dict:
+    """An embeddings list answering ``inputs`` inputs that the gateway can price and pass on; raises MalformedAnswer
+    otherwise. The vectors are passed to the client as sent: only their shape is read, not every number."""
+    if not isinstance(body, dict):
+        raise MalformedAnswer("the body is not a JSON object")
+    data = body.get("data")
+    if not isinstance(data, list) or len(data) != inputs:
+        raise MalformedAnswer(f"data is not a list of {inputs} embeddings")
+    for item in data:
+        if not isinstance(item, dict) or not isinstance(item.get("embedding"), list | str):
+            raise MalformedAnswer("an embedding is not a list of numbers or a base64 string")
+    usage = body.get("usage")
+    if usage is not None:
+        reported_tokens(usage, "prompt_tokens")
+    return body
+
+
 def checked_chunk(data: str) -> dict:
     """One streamed chat.completion.chunk (an SSE event's data) the gateway can read; raises MalformedAnswer."""
     try:

@@ -13,6 +13,7 @@ from decimal import Decimal
 from django.conf import settings
 from django.utils import timezone
 
+from billing.budgets.index import BudgetEntry
 from billing.budgets.reservations import (
     BudgetExceeded,
     BudgetUnavailable,
@@ -116,47 +117,35 @@ async def _nothing() -> None:
     return None
 
 
-async def admit(
-    snapshot: ConfigSnapshot, call: GatewayCall, plan: ChatPlan, *, limit_concurrency: bool = False
-) -> None:
-    """Count the request against rate limits, take one of its tenant's slots for requests in flight (with
-    `limit_concurrency`: live /v1 requests) and reserve its worst case against budgets, or refuse it. A slot taken is
-    left on ``call.inflight`` for the caller to give back when the request ends, refused here or not."""
+async def admission_hold(
+    snapshot: ConfigSnapshot,
+    call: GatewayCall,
+    *,
+    budgets: list[BudgetEntry],
+    tokens: int,
+    amount: Decimal,
+    limit_concurrency: bool = False,
+) -> Reservation | BudgetExceeded | None:
+    """Count the request's ``tokens`` against rate limits, take one of its tenant's slots for requests in flight
+    (with `limit_concurrency`: live /v1 requests) and reserve ``amount``, its worst case, against ``budgets``: the
+    admission of every endpoint. Returns the reservation (None without budgets), or the budget's refusal for the
+    caller to downgrade or answer; raises every other refusal. A slot taken is left on ``call.inflight`` for the
+    caller to give back when the request ends, refused here or not."""
     principal = call.principal
     now = timezone.now()
-    prompt_tokens = call.prompt_tokens_after_compression or 0
     customer = call.customer
-    budgets = snapshot.budgets.applicable(
-        principal.tenant_id, principal.team_id, principal.key_id, plan.chain[0].name, customer
-    )
-    bound = await run_sized(prediction_chars(plan.body), OutputBound.of, plan.body, model=plan.chain[0].upstream_name)
-    if budgets:
-        bound = _bounded(plan, bound)
-    completion_tokens = max(bound.completion_tokens(model, fallback=_fallback()) for model in plan.chain)
     counting = rate_limit_check(
         limits=snapshot.rate_limits,
         key_id=principal.key_id,
         team_id=principal.team_id,
-        tokens=prompt_tokens + completion_tokens,
+        tokens=tokens,
         now=now,
         customer=customer,
     )
     inflight_cap = inflight_limit(snapshot.max_inflight) if limit_concurrency else 0
     if not budgets and not inflight_cap:
         _count_or_refuse(call, await counting)
-        return
-    writers = frozenset()
-    if budgets:
-        default = _default_model(snapshot, call)
-        models = [*plan.chain, *([default] if default else [])]
-        writers = cache_writers(models, plan.body, provider_cache=plan.provider_cache)
-    amount = (
-        chain_worst_case(
-            plan.chain, prompt_tokens=prompt_tokens, bound=bound, fallback=_fallback(), cache_writers=writers
-        )
-        if budgets
-        else Decimal(0)
-    )
+        return None
     # Counted, held and reserved at once: one wait on Redis instead of three. The rate limit still decides first,
     # then the tenant's cap on requests in flight; a reservation made for a request either refuses is released
     # straight away.
@@ -180,10 +169,57 @@ async def admit(
     _count_or_refuse(call, limited)
     if isinstance(slot, BaseException):
         raise slot
-    if reserved is None:
-        return
     if isinstance(reserved, BudgetUnavailable):
         raise GatewayError(str(reserved), status=503, code="budget_unavailable") from reserved
+    if isinstance(reserved, BaseException) and not isinstance(reserved, BudgetExceeded):
+        raise reserved
+    return reserved
+
+
+def reservation_keep(call: GatewayCall, reservation: Reservation) -> None:
+    """The request holds ``reservation`` until it is settled, and says what the tightest budget has left."""
+    call.reservation = reservation
+    if reservation.remaining_usd is not None:
+        call.budget_remaining_usd = format_cost(reservation.remaining_usd)
+
+
+async def admit(
+    snapshot: ConfigSnapshot, call: GatewayCall, plan: ChatPlan, *, limit_concurrency: bool = False
+) -> None:
+    """Admit a chat completion (``admission_hold``) at its worst case, or refuse it; a blocking budget it would go
+    over refuses it, or downgrades it to a cheaper route when the budget says so."""
+    principal = call.principal
+    prompt_tokens = call.prompt_tokens_after_compression or 0
+    customer = call.customer
+    budgets = snapshot.budgets.applicable(
+        principal.tenant_id, principal.team_id, principal.key_id, plan.chain[0].name, customer
+    )
+    bound = await run_sized(prediction_chars(plan.body), OutputBound.of, plan.body, model=plan.chain[0].upstream_name)
+    if budgets:
+        bound = _bounded(plan, bound)
+    completion_tokens = max(bound.completion_tokens(model, fallback=_fallback()) for model in plan.chain)
+    writers = frozenset()
+    if budgets:
+        default = _default_model(snapshot, call)
+        models = [*plan.chain, *([default] if default else [])]
+        writers = cache_writers(models, plan.body, provider_cache=plan.provider_cache)
+    amount = (
+        chain_worst_case(
+            plan.chain, prompt_tokens=prompt_tokens, bound=bound, fallback=_fallback(), cache_writers=writers
+        )
+        if budgets
+        else Decimal(0)
+    )
+    reserved = await admission_hold(
+        snapshot,
+        call,
+        budgets=budgets,
+        tokens=prompt_tokens + completion_tokens,
+        amount=amount,
+        limit_concurrency=limit_concurrency,
+    )
+    if reserved is None:
+        return
     if isinstance(reserved, BudgetExceeded):
         cheaper = _cheaper_route(snapshot, call, plan, prompt_tokens=prompt_tokens, bound=bound, writers=writers)
         if not reserved.downgrade or cheaper is None:
@@ -202,14 +238,10 @@ async def admit(
         )
         try:
             reserved = await budget_reserve(
-                budgets=budgets, amount=amount, request_id=call.request_id, now=now, customer=customer
+                budgets=budgets, amount=amount, request_id=call.request_id, now=timezone.now(), customer=customer
             )
         except BudgetExceeded as still_exceeded:
             raise _refusal(
                 still_exceeded, [cheaper], prompt_tokens=prompt_tokens, bound=bound, writers=writers
             ) from still_exceeded
-    elif isinstance(reserved, BaseException):
-        raise reserved
-    call.reservation = reserved
-    if call.reservation.remaining_usd is not None:
-        call.budget_remaining_usd = format_cost(call.reservation.remaining_usd)
+    reservation_keep(call, reserved)

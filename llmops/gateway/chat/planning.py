@@ -19,6 +19,7 @@ from routing.caps import apply_token_caps, cap_refusal_before_counting
 from routing.catalog import DEFAULT_MODEL_ALIAS, ModelCatalog, ModelEntry
 from routing.compression import SummaryRefused
 from routing.injection_guard import PromptInjectionBlocked, guard_request
+from routing.models import ModelKind
 from routing.policy import RouteDecision, RouteRequest, RoutingRefusal, route_request, route_request_from_body
 from routing.tokens import count_chat_tokens_async, encoding_name_for
 
@@ -103,13 +104,23 @@ def request_customer(headers: Mapping[str, str], field_value: object = None, *, 
     return field_value.strip()
 
 
-def _routing_baseline(catalog: ModelCatalog, policy, requested: str) -> ModelEntry | None:
+def routing_baseline(catalog: ModelCatalog, policy, requested: str) -> ModelEntry | None:
     alias = policy.aliases.get(requested) if policy is not None else None
     return catalog.models.get(alias.large_model if alias is not None else requested)
 
 
+# What a model that is not a chat model lacks: (what, the parameter that asks for it, what to do instead).
+NOT_CHAT = (
+    "chat messages",
+    "model",
+    "it is an embedding model: send its inputs to /v1/embeddings, or name a chat model",
+)
+
+
 def _lacking(model: ModelEntry, features: RouteRequest) -> tuple[str, str, str] | None:
     """What the request needs and the model cannot take: (what, the parameter that asks for it, what to do instead)."""
+    if model.kind != ModelKind.CHAT:
+        return NOT_CHAT
     if features.has_tools and not model.supports_tools:
         return "tools", "tools", "send the request without `tools` or to another model"
     if features.has_images and not model.supports_images:
@@ -117,22 +128,32 @@ def _lacking(model: ModelEntry, features: RouteRequest) -> tuple[str, str, str] 
     return None
 
 
+def _refusal(model: ModelEntry, lacking: tuple[str, str, str]) -> GatewayError:
+    what, param, instead = lacking
+    return GatewayError(
+        f"The model `{model.name}` cannot take {what}; {instead}.",
+        status=400,
+        code="model_capability_unsupported",
+        param=param,
+    )
+
+
 def _refuse_what_the_model_cannot_take(model: ModelEntry, features: RouteRequest) -> None:
     if lacking := _lacking(model, features):
-        what, param, instead = lacking
-        raise GatewayError(
-            f"The model `{model.name}` cannot take {what}; {instead}.",
-            status=400,
-            code="model_capability_unsupported",
-            param=param,
-        )
+        raise _refusal(model, lacking)
+
+
+def refuse_unless_chat(model: ModelEntry) -> None:
+    """A request of chat messages named ``model`` outside the pipeline (count_tokens): an embedding model takes none."""
+    if model.kind != ModelKind.CHAT:
+        raise _refusal(model, NOT_CHAT)
 
 
 def refusal_error(refusal: RoutingRefusal) -> GatewayError:
     return GatewayError(refusal.message, status=refusal.status, code=refusal.code, param=refusal.param)
 
 
-def _counting_model(catalog: ModelCatalog, tenant_id: int, requested: str) -> str:
+def prompt_counting_model(catalog: ModelCatalog, tenant_id: int, requested: str) -> str:
     """The upstream name whose encoding counts the prompt before the served model is known."""
     entry = catalog.models.get(requested) or catalog.models.get(catalog.access_for(tenant_id).default_model or "")
     return entry.upstream_name if entry else requested
@@ -144,12 +165,12 @@ async def plan_chat(snapshot: ConfigSnapshot, call: GatewayCall, body: dict, hea
     policy = snapshot.policies.get(tenant_id)
     call.tags = request_tags(headers)
     call.customer = request_customer(headers, body.get("user"))
-    call.routing_baseline = _routing_baseline(catalog, policy, body["model"])
+    call.routing_baseline = routing_baseline(catalog, policy, body["model"])
     try:
         refusal = cap_refusal_before_counting(policy, body["messages"], requested_model=body["model"])
         if refusal is not None:
             raise refusal
-        counting_model = _counting_model(catalog, tenant_id, body["model"])
+        counting_model = prompt_counting_model(catalog, tenant_id, body["model"])
         prompt_tokens = await count_chat_tokens_async(body["messages"], model=counting_model)
         features = route_request_from_body(
             body,

@@ -339,7 +339,8 @@ FIELD_CHECKS: dict[str, Check] = {
 }
 
 
-def validate_chat_request(body) -> dict:
+def validate_model(body) -> None:
+    """A JSON object naming its `model`: the start of every /v1 body's checks."""
     if not isinstance(body, dict):
         raise invalid_request("The request body must be a JSON object.", code="invalid_json")
     model = body.get("model")
@@ -354,6 +355,10 @@ def validate_chat_request(body) -> dict:
             param="model",
             code="invalid_value",
         )
+
+
+def validate_chat_request(body) -> dict:
+    validate_model(body)
     messages = body.get("messages")
     if messages is None:
         raise _missing("messages")

@@ -10,9 +10,8 @@ import orjson
 from django.http import HttpResponse
 
 from core.cpu import run_sized
-from llmops.gateway.call import GatewayCall
 from llmops.gateway.chat.completion import chat_completion_run, declared_size
-from llmops.gateway.chat.planning import resolve_model
+from llmops.gateway.chat.planning import refuse_unless_chat, resolve_model
 from llmops.gateway.messages.answers import MessageStream, anthropic_message
 from llmops.gateway.messages.errors import anthropic_exception_handler
 from llmops.gateway.messages.validation import chat_request_from_message
@@ -35,7 +34,7 @@ class MessagesView(ChatCompletionsView):
         return anthropic_exception_handler
 
     async def post(self, request):
-        self.call = call = GatewayCall(principal=request.user, endpoint=request.path, request_id=self.request_id)
+        call = self.new_call(request)
         response = await chat_completion_run(
             call,
             snapshot=self.config,
@@ -71,5 +70,6 @@ class MessageTokensView(MessagesView):
         alias = policy.aliases.get(body["model"]) if policy is not None else None
         requested = alias.small_model if alias is not None else body["model"]
         model = resolve_model(self.config.catalog, tenant_id=tenant_id, requested=requested)
+        refuse_unless_chat(model)
         tokens = await count_chat_tokens_async(body["messages"], model=model.upstream_name)
         return HttpResponse(orjson.dumps({"input_tokens": tokens}), content_type="application/json")
