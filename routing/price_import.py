@@ -17,10 +17,11 @@ from pathlib import Path
 from django.core.exceptions import ValidationError
 from django.db import transaction
 
-from routing.models import PRICE_FIELDS, Model, Provider
+from routing.models import PRICE_FIELDS, Model, ModelKind, Provider
 from routing.prices import (
     PriceChange,
     Prices,
+    cache_price_defaults,
     model_price_set,
     model_prices_confirm,
     price_changes,
@@ -57,6 +58,8 @@ class PriceEntry:
     litellm_provider: str = ""
     max_input_tokens: int | None = None
     max_output_tokens: int | None = None
+    # What a model created from the entry answers: LiteLLM's `mode` says when it is an embedding model.
+    kind: str = ModelKind.CHAT
 
 
 @dataclass(slots=True)
@@ -117,6 +120,7 @@ def _litellm_entries(document: dict) -> tuple[list[PriceEntry], list[str]]:
                 litellm_provider=str(spec.get("litellm_provider") or ""),
                 max_input_tokens=_token_count(spec.get("max_input_tokens")),
                 max_output_tokens=_token_count(spec.get("max_output_tokens")),
+                kind=ModelKind.EMBEDDING if spec.get("mode") == "embedding" else ModelKind.CHAT,
             )
         )
     return entries, ignored
@@ -124,7 +128,8 @@ def _litellm_entries(document: dict) -> tuple[list[PriceEntry], list[str]]:
 
 def _row_entry(row: dict, *, where: str) -> PriceEntry:
     """A row of our own shape: `model` and prices per million by ModelPrice field name; a blank price keeps the
-    current one (the input price, for a cached-input price of a model created)."""
+    current one (the input price, for a cached-input price of a model created), except a Claude model's cache prices
+    beside an input price (price_import_plan)."""
     unknown = sorted(str(column) for column in set(row) - {NAME_COLUMN, *PRICE_FIELDS})
     if unknown:
         raise PriceFileError(
@@ -184,12 +189,14 @@ def price_import_plan(
     strip_prefixes: Sequence[str] = (),
     litellm_provider: str = "",
     create: bool = False,
+    provider: Provider | None = None,
 ) -> ImportPlan:
     """What importing ``entries`` would do, reading the catalog and writing nothing.
 
     An entry names a catalog model by its name, or by its name after one of ``strip_prefixes`` (LiteLLM's
     `anthropic/claude-…` for the catalog's `claude-…`); the exact name wins. Entries of no catalog model are skipped,
-    or with ``create`` become new models.
+    or with ``create`` become new models of ``provider``. A Claude model's cache prices the entry leaves out are
+    Anthropic's multiples of the input price it gives (routing.prices.cache_price_defaults).
     """
     plan = ImportPlan(effective_from=effective_from)
     if litellm_provider:
@@ -203,13 +210,17 @@ def price_import_plan(
                 plan.ignored.append(f"{entry.name} (prices {by_model[target].name} as well, which wins)")
             continue
         by_model[target] = entry
-    models = {model.name: model for model in Model.objects.filter(name__in=by_model)}
+    models = {model.name: model for model in Model.objects.filter(name__in=by_model).select_related("provider")}
     errors = []
     for target, entry in sorted(by_model.items()):
         model = models.get(target)
         if model is None and not create:
             plan.skipped.append(entry.name)
             continue
+        owner, upstream_name = (model.provider, model.upstream_name) if model is not None else (provider, target)
+        if owner is not None:
+            defaulted = cache_price_defaults(entry.prices, kind=owner.kind, upstream_name=upstream_name)
+            entry = replace(entry, prices=defaulted)
         errors += [f"{entry.name}: {error}" for error in price_field_errors(entry.prices)]
         changes = price_changes(model=model, name=target, prices=entry.prices)
         if model is None:
@@ -259,6 +270,7 @@ def price_import_apply(*, plan: ImportPlan, source: str, provider: Provider | No
                 cache_write_price_per_million=prices.get("cache_write_price_per_million"),
                 context_window=entry.max_input_tokens or Model._meta.get_field("context_window").default,
                 max_output_tokens=entry.max_output_tokens,
+                kind=entry.kind,
                 actor=actor,
                 price_source=source,
                 price_effective_from=plan.effective_from,

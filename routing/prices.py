@@ -7,17 +7,19 @@ the prices it was charged at.
 
 from dataclasses import dataclass
 from datetime import datetime
-from decimal import Decimal
+from decimal import ROUND_HALF_EVEN, Decimal
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
-from routing.models import PRICE_FIELDS, Model, ModelPrice
+from routing.models import PRICE_FIELD, PRICE_FIELDS, Model, ModelPrice
+from routing.providers.prompt_cache import CACHE_READ_MULTIPLIER, CACHE_WRITE_MULTIPLIER, caches_prompts
 
 # What a version holds, by ModelPrice field name; a field left out keeps the value of the version before it.
 Prices = dict[str, Decimal | None]
+PRICE_QUANTUM = Decimal(1).scaleb(-PRICE_FIELD["decimal_places"])
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +44,28 @@ def price_changes(*, model: Model | None, name: str, prices: Prices) -> list[Pri
         if before is None or old != prices[field]:
             changes.append(PriceChange(model=name, field=field, old=old, new=prices[field]))
     return changes
+
+
+def cache_price_defaults(prices: Prices, *, kind: str, upstream_name: str) -> Prices:
+    """The prices, with the cache prices they leave out or blank, for a model whose provider bills its prompt cache as
+    Anthropic does (Claude, on Anthropic's API or Bedrock: routing.providers.prompt_cache), as Anthropic's multiples of
+    the input price they give: writes 1.25x, reads 0.1x (rounded to the catalog's six places). Other models' prices,
+    and prices without an input price, are returned as they are."""
+    input_price = prices.get("input_price_per_million")
+    if input_price is None or not caches_prompts(kind=kind, upstream_name=upstream_name):
+        return prices
+    defaults = {
+        "cache_write_price_per_million": input_price * CACHE_WRITE_MULTIPLIER,
+        "cached_input_price_per_million": input_price * CACHE_READ_MULTIPLIER,
+    }
+    return {
+        **prices,
+        **{
+            name: value.quantize(PRICE_QUANTUM, rounding=ROUND_HALF_EVEN)
+            for name, value in defaults.items()
+            if prices.get(name) is None
+        },
+    }
 
 
 def price_field_errors(prices: Prices) -> list[str]:
@@ -104,14 +128,17 @@ def model_price_set(
     expected_latest: int | None = None,
 ) -> ModelPrice | None:
     """A new version of the model's prices from ``effective_from`` (default: the moment it is written), the fields
-    not in ``prices`` carried over from the latest version. None, and nothing saved, when it would change no price.
+    not in ``prices`` carried over from the latest version, the cache prices of a Claude model left blank beside an
+    input price set to Anthropic's multiples of it (``cache_price_defaults``). None, and nothing saved, when it would
+    change no price.
 
     A version takes effect after every version the model has (price_version_errors), so no price anybody chose is
     repriced or undone. ``expected_latest``, the id of the latest version the caller's prices were read from (the
     admin's form), refuses a change made from prices someone else has changed since: it would silently undo theirs.
     """
     # Serializes changes to one model's prices, so two saves cannot both follow the same latest version.
-    Model.objects.select_for_update().get(pk=model.pk)
+    locked = Model.objects.select_for_update(of=("self",)).select_related("provider").get(pk=model.pk)
+    prices = cache_price_defaults(prices, kind=locked.provider.kind, upstream_name=locked.upstream_name)
     # Stamped once the lock is held: a version written now never starts before it was written.
     effective_from = effective_from or timezone.now()
     if not price_changes(model=model, name=model.name, prices=prices):

@@ -22,6 +22,7 @@ from billing.ledger.costs import format_cents, format_cost
 NO_SERVED_MODEL = "(none)"
 NO_POLICY = "(no policy)"
 UNTAGGED_LABEL = "(untagged)"
+NO_CUSTOMER = "(no customer)"
 
 
 class ColumnType(StrEnum):
@@ -62,6 +63,15 @@ CACHED_TOKENS = Column("cached_tokens", ColumnType.INTEGER, "Prompt tokens read 
 COST_USD_ROUNDED = Column(
     "cost_usd_rounded", ColumnType.CENTS, "`cost_usd` rounded to cents, half to even.", source="cost_usd", in_api=False
 )
+CACHE_WRITE_TOKENS = Column(
+    "cache_write_tokens", ColumnType.INTEGER, "Prompt tokens written to the provider's prompt cache (Claude)."
+)
+SAVED_PROVIDER_CACHE_USD = Column(
+    "saved_provider_cache_usd",
+    ColumnType.MONEY,
+    "The `provider_cache` lever: the prompt at the input price, minus what its cache reads and writes cost at the "
+    "catalog's cache prices; negative where the provider's cache was only written.",
+)
 
 REQUEST_COLUMNS = (
     Column("request_id", ColumnType.TEXT, "The request's id, as in its `x-llmops-request-id` header."),
@@ -95,6 +105,14 @@ REQUEST_COLUMNS = (
         "`parent_request_id`.",
     ),
     Column("parent_request_id", ColumnType.TEXT, "The request a call was made for; empty for a request."),
+    CACHE_WRITE_TOKENS,
+    SAVED_PROVIDER_CACHE_USD,
+    Column(
+        "customer",
+        ColumnType.TEXT,
+        "The tenant's end customer the request was made for (its `x-llmops-customer` header, else its OpenAI "
+        "`user` field); empty for none.",
+    ),
 )
 
 # Sources are the totals of billing.ledger.totals.ledger_aggregates.
@@ -106,6 +124,8 @@ AGGREGATE_COLUMNS = (
     Column("completion_tokens", ColumnType.INTEGER, "Completion tokens, those of the calls made for them included."),
     Column("cost_usd", ColumnType.MONEY, "The exact sum of the rows' cost, calls made for the requests included."),
     COST_USD_ROUNDED,
+    CACHE_WRITE_TOKENS,
+    SAVED_PROVIDER_CACHE_USD,
 )
 
 
@@ -174,6 +194,13 @@ GROUPINGS = {
             _tag_label,
         ),
         Grouping(
+            "customer",
+            "End customer",
+            f"The tenant's end customer; `{NO_CUSTOMER}` for requests that named none.",
+            lambda zone: F("customer"),
+            lambda customer: customer or NO_CUSTOMER,
+        ),
+        Grouping(
             "policy",
             "Routing policy version",
             f"Routing policy version, `v3`; `{NO_POLICY}` for requests no published policy routed.",
@@ -192,7 +219,7 @@ def grouping_choices(name: str, groupings: Iterable[str]) -> type[models.TextCho
 
 
 # The groupings CSV exports and the usage API offer, in any combination and order.
-ExportGrouping = grouping_choices("ExportGrouping", ("day", "team", "key", "model", "tag"))
+ExportGrouping = grouping_choices("ExportGrouping", ("day", "team", "key", "model", "tag", "customer"))
 
 
 def group_key(grouping: str) -> str:

@@ -75,6 +75,18 @@ def routing_saving(usage: Usage, *, cost: Decimal, baseline: ModelPrices | None)
     return max(usage.cost(baseline) - cost, ZERO_USD)
 
 
+def provider_cache_saving(usage: Usage, *, cost: Decimal, prices: ModelPrices) -> Decimal:
+    """What the same tokens would have cost with none read from or written to the provider's prompt cache (every
+    prompt token at the input price), minus what they cost (``cost``): the reads' discount less the writes' surcharge,
+    so negative for a request that only wrote to the cache. Nothing when the provider reported no cached tokens."""
+    if not usage.cached_tokens and not usage.cache_write_tokens:
+        return ZERO_USD
+    uncached = usage_cost(
+        prices=prices, prompt_tokens=usage.prompt_tokens, cached_tokens=0, completion_tokens=usage.completion_tokens
+    )
+    return uncached - cost
+
+
 def compression_saving(
     served: ModelPrices, *, tokens_before: int | None, tokens_after: int | None, summary_usd: Decimal = ZERO_USD
 ) -> Decimal:
@@ -104,6 +116,13 @@ def format_money(amount: Decimal) -> str:
     if amount and abs(amount) < CENT:
         places = min(1 - amount.adjusted(), 10)
     return f"${amount.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_EVEN):,f}"
+
+
+def format_money_change(amount: Decimal) -> str:
+    """A difference in dollars, signed: +$1.22, -$0.15, $0.00 (format_money's rounding)."""
+    if amount < 0:
+        return "-" + format_money(-amount)
+    return ("+" if amount > 0 else "") + format_money(amount)
 
 
 def format_cost(cost: Decimal) -> str:

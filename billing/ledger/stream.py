@@ -69,9 +69,11 @@ def usage_event_encode(event: UsageEvent) -> bytes:
 
 
 def usage_event_decode(raw: bytes) -> UsageEvent:
+    """An event as encoded, by this version or an earlier one: a field added since takes its default."""
     data = orjson.loads(raw)
     for name in _DECIMAL_FIELDS:
-        data[name] = Decimal(data[name])
+        if name in data:
+            data[name] = Decimal(data[name])
     for name in _DATETIME_FIELDS:
         data[name] = datetime.fromisoformat(data[name])
     return UsageEvent(**data)

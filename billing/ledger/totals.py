@@ -19,7 +19,7 @@ from billing.ledger.costs import ZERO_USD
 from billing.models import COST_FIELD, REQUEST_ROWS, CacheStatus
 
 CACHE_HIT_STATUSES = (CacheStatus.HIT_EXACT, CacheStatus.HIT_SEMANTIC)
-SAVINGS_LEVERS = ("cache", "routing", "compression", "batch")
+SAVINGS_LEVERS = ("cache", "routing", "compression", "batch", "provider_cache")
 
 
 @dataclass(slots=True)
@@ -31,12 +31,14 @@ class LedgerTotals:
     routed_to_large: int = 0
     prompt_tokens: int = 0
     cached_tokens: int = 0
+    cache_write_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: Decimal = ZERO_USD
     saved_cache_usd: Decimal = ZERO_USD
     saved_routing_usd: Decimal = ZERO_USD
     saved_compression_usd: Decimal = ZERO_USD
     saved_batch_usd: Decimal = ZERO_USD
+    saved_provider_cache_usd: Decimal = ZERO_USD
     latency_sum_ms: int = 0
 
     @classmethod
@@ -64,7 +66,8 @@ class LedgerTotals:
 
     @property
     def baseline_usd(self) -> Decimal:
-        """What the requests would have cost on the premium model with no cache, compression or batch discount."""
+        """What the requests would have cost on the premium model with no cache (the gateway's or the provider's),
+        compression or batch discount."""
         return self.cost_usd + self.saved_usd
 
 
@@ -85,6 +88,7 @@ def ledger_aggregates(*names: str) -> dict[str, Aggregate]:
         "routed_to_large": Count("id", filter=Q(routed_to_large=True)),
         "prompt_tokens": Sum("prompt_tokens"),
         "cached_tokens": Sum("cached_tokens"),
+        "cache_write_tokens": Sum("cache_write_tokens"),
         "completion_tokens": Sum("completion_tokens"),
         "cost_usd": Sum("cost_usd"),
         **{f"saved_{lever}_usd": _sum_or_zero(f"saved_{lever}_usd") for lever in SAVINGS_LEVERS},

@@ -9,6 +9,7 @@ from django.core.validators import MaxValueValidator
 from django.db import models
 
 from routing.models.catalog import Model
+from routing.providers import prompt_cache
 from tenants.models import Tenant
 from tenants.scoping import TenantOwned, TenantScopedManager
 
@@ -24,6 +25,11 @@ class InjectionGuardAction(models.TextChoices):
 class OverCapAction(models.TextChoices):
     REJECT = "reject", "Reject with token_cap_exceeded"
     COMPRESS = "compress", "Compress the conversation"
+
+
+class ProviderCache(models.TextChoices):
+    AUTO = prompt_cache.AUTO, "Checkpoints on the stable prefix (Claude on Anthropic and Bedrock)"
+    OFF = prompt_cache.OFF, "No checkpoints added"
 
 
 class RoutingPolicy(TenantOwned, models.Model):
@@ -115,6 +121,13 @@ class RoutingRule(TenantOwned, models.Model):
     cache_ttl_seconds = models.PositiveIntegerField(null=True, blank=True)
     cache_nondeterministic = models.BooleanField(
         default=False, help_text="Cache answers even when the request is not deterministic (temperature > 0)."
+    )
+    provider_cache = models.CharField(
+        max_length=4,
+        choices=ProviderCache.choices,
+        default=ProviderCache.AUTO,
+        help_text="The provider's prompt cache: auto marks the system prompt, tools and earlier turns for it when they "
+        "are long enough to be cached; a client's own cache_control is always kept.",
     )
 
     objects = TenantScopedManager(tenant_path="policy__tenant")

@@ -10,6 +10,9 @@ A document is plain JSON so a version row holds the whole policy and a rollback 
 import re
 from dataclasses import asdict, dataclass, fields
 
+from routing.providers.prompt_cache import AUTO as PROVIDER_CACHE_AUTO
+from routing.providers.prompt_cache import PROVIDER_CACHE_MODES
+
 SCHEMA_VERSION = 1
 AUTO_ALIAS = "auto"
 EMPTY_MATCH = {
@@ -46,6 +49,9 @@ class RuleOutcome:
     default_max_tokens: int | None = None
     cache_ttl_seconds: int | None = None
     cache_nondeterministic: bool = False
+    # auto: the provider's prompt cache gets checkpoints on the request's stable prefix where it has one
+    # (routing.providers.prompt_cache); off: none are added (a client's own are still sent).
+    provider_cache: str = PROVIDER_CACHE_AUTO
 
     @classmethod
     def from_document(cls, outcome: dict) -> "RuleOutcome":
@@ -198,6 +204,8 @@ def policy_document_errors(
             seen_in_chain.add(model)
         if outcome["over_cap_action"] not in ("reject", "compress"):
             errors.append(f"{label}: over_cap_action must be reject or compress")
+        if outcome["provider_cache"] not in PROVIDER_CACHE_MODES:
+            errors.append(f"{label}: provider_cache must be {' or '.join(PROVIDER_CACHE_MODES)}")
         cap, default = outcome["max_tokens_cap"], outcome["default_max_tokens"]
         if cap is not None and default is not None and default > cap:
             errors.append(f"{label}: default_max_tokens {default} is above max_tokens_cap {cap}")

@@ -12,6 +12,7 @@ import orjson
 
 from routing.catalog import ProviderEntry
 from routing.max_tokens import requested_max_tokens
+from routing.providers import prompt_cache
 from routing.providers.base import (
     SSE_DONE,
     ChunkBuilder,
@@ -41,6 +42,8 @@ from routing.providers.base import (
 
 ANTHROPIC_VERSION = "2023-06-01"
 DEFAULT_MAX_TOKENS = 4096
+# A prompt-cache breakpoint of the default, 5-minute cache.
+EPHEMERAL = {"type": "ephemeral"}
 # Anthropic answers 529 when overloaded; it is a server-side failure like any 5xx.
 OVERLOADED_STATUS = 529
 
@@ -84,11 +87,12 @@ def _tool_use_block(tool_call: dict) -> dict:
 
 
 def _tool_result_block(message: dict) -> dict:
-    return {
-        "type": "tool_result",
-        "tool_use_id": message["tool_call_id"],
-        "content": message_text(message.get("content")),
-    }
+    content = message.get("content")
+    block = {"type": "tool_result", "tool_use_id": message["tool_call_id"], "content": message_text(content)}
+    parts = content if isinstance(content, list) else []
+    if marks := [part["cache_control"] for part in parts if part.get("cache_control")]:
+        block["cache_control"] = marks[-1]
+    return block
 
 
 def _messages(openai_messages: list[dict]) -> tuple[list[dict], list[dict]]:
@@ -98,7 +102,7 @@ def _messages(openai_messages: list[dict]) -> tuple[list[dict], list[dict]]:
         system_blocks=lambda content: [block for block in _content_blocks(content) if block["type"] == "text"],
         content_blocks=_content_blocks,
         tool_use_block=_tool_use_block,
-        tool_result_block=_tool_result_block,
+        tool_result_blocks=lambda message: [_tool_result_block(message)],
     )
 
 
@@ -118,8 +122,34 @@ def _tool_choice(choice, parallel_tool_calls) -> dict | None:
     return translated
 
 
-def messages_request(body: dict) -> dict:
-    """OpenAI chat completion request → Anthropic Messages request."""
+def _tool(tool: dict) -> dict:
+    """An OpenAI tool as Anthropic's; its ``cache_control`` (LiteLLM's place for it) marks a prompt-cache breakpoint."""
+    translated = {
+        "name": tool["function"]["name"],
+        "description": tool["function"].get("description", ""),
+        "input_schema": tool["function"].get("parameters") or {"type": "object", "properties": {}},
+    }
+    if tool.get("cache_control"):
+        translated["cache_control"] = tool["cache_control"]
+    return translated
+
+
+def _with_checkpoints(request: dict, checkpoints: prompt_cache.Checkpoints) -> dict:
+    """The request with ``cache_control`` on the last block of each part of its prefix the gateway marks."""
+    last_blocks = (
+        (checkpoints.tools, request.get("tools") or []),
+        (checkpoints.system, request.get("system") or []),
+        (checkpoints.history, request["messages"][-2]["content"] if len(request["messages"]) > 1 else []),
+    )
+    for marked, blocks in last_blocks:
+        if marked and blocks:
+            blocks[-1]["cache_control"] = dict(EPHEMERAL)
+    return request
+
+
+def messages_request(body: dict, *, provider_cache: str = prompt_cache.OFF) -> dict:
+    """OpenAI chat completion request → Anthropic Messages request, with the gateway's prompt-cache checkpoints
+    where ``provider_cache`` is auto (routing.providers.prompt_cache)."""
     system, messages = _messages(body["messages"])
     request = {
         "model": body["model"],
@@ -137,20 +167,15 @@ def messages_request(body: dict) -> dict:
     if stop := stop_sequences(body):
         request["stop_sequences"] = stop
     if body.get("tools"):
-        request["tools"] = [
-            {
-                "name": tool["function"]["name"],
-                "description": tool["function"].get("description", ""),
-                "input_schema": tool["function"].get("parameters") or {"type": "object", "properties": {}},
-            }
-            for tool in body["tools"]
-        ]
+        request["tools"] = [_tool(tool) for tool in body["tools"]]
         if choice := _tool_choice(body.get("tool_choice"), body.get("parallel_tool_calls")):
             request["tool_choice"] = choice
     if body.get("user"):
         request["metadata"] = {"user_id": str(body["user"])}
     if body.get("stream"):
         request["stream"] = True
+    if provider_cache == prompt_cache.AUTO:
+        return _with_checkpoints(request, prompt_cache.prompt_checkpoints(body, kind="anthropic"))
     return request
 
 
@@ -179,16 +204,18 @@ def chat_completion_body(message: dict, *, model: str) -> dict:
     )
 
 
-def _request(provider: ProviderEntry, body: dict) -> httpx.Request:
+def _request(provider: ProviderEntry, body: dict, provider_cache: str) -> httpx.Request:
     headers = {"anthropic-version": ANTHROPIC_VERSION}
     if provider.api_key:
         headers["x-api-key"] = provider.api_key
-    return json_post(provider, "/messages", messages_request(body), headers=headers)
+    return json_post(provider, "/messages", messages_request(body, provider_cache=provider_cache), headers=headers)
 
 
-async def chat_completion(provider: ProviderEntry, body: dict) -> UpstreamReply:
+async def chat_completion(
+    provider: ProviderEntry, body: dict, *, provider_cache: str = prompt_cache.OFF
+) -> UpstreamReply:
     started = time.perf_counter()
-    request = _request(provider, {**body, "stream": False})
+    request = _request(provider, {**body, "stream": False}, provider_cache)
     response = await send_or_reject(provider, request, stream=False, started=started)
     try:
         message = orjson.loads(response.content)
@@ -317,8 +344,10 @@ class AnthropicStream:
         await self.response.aclose()
 
 
-async def open_chat_stream(provider: ProviderEntry, body: dict) -> AnthropicStream:
+async def open_chat_stream(
+    provider: ProviderEntry, body: dict, *, provider_cache: str = prompt_cache.OFF
+) -> AnthropicStream:
     started = time.perf_counter()
-    request = _request(provider, {**body, "stream": True})
+    request = _request(provider, {**body, "stream": True}, provider_cache)
     response = await send_or_reject(provider, request, stream=True, started=started)
     return await stream_opened(AnthropicStream(provider, response, started, body))

@@ -346,7 +346,7 @@ def conversation(
     system_blocks: Callable[[object], list[dict]],
     content_blocks: Callable[[object], list[dict]],
     tool_use_block: Callable[[dict], dict],
-    tool_result_block: Callable[[dict], dict],
+    tool_result_blocks: Callable[[dict], list[dict]],
 ) -> tuple[list[dict], list[dict]]:
     """OpenAI messages as a system prompt apart and alternating user and assistant turns, as Anthropic and Converse
     take them: consecutive turns of one role merge, and tool results are the user's. The callables build the blocks
@@ -359,7 +359,7 @@ def conversation(
             system.extend(system_blocks(message.get("content")))
             continue
         if role == "tool":
-            blocks, role = [tool_result_block(message)], "user"
+            blocks, role = tool_result_blocks(message), "user"
         else:
             blocks = content_blocks(message.get("content"))
             if role == "assistant":
@@ -436,6 +436,23 @@ def checked_chat_completion(body) -> dict:
     for choice in choices:
         _check_choice(choice, part="message")
     checked_usage(body.get("usage"))
+    return body
+
+
+def checked_embeddings(body, *, inputs: int) -> dict:
+    """An embeddings list answering ``inputs`` inputs that the gateway can price and pass on; raises MalformedAnswer
+    otherwise. The vectors are passed to the client as sent: only their shape is read, not every number."""
+    if not isinstance(body, dict):
+        raise MalformedAnswer("the body is not a JSON object")
+    data = body.get("data")
+    if not isinstance(data, list) or len(data) != inputs:
+        raise MalformedAnswer(f"data is not a list of {inputs} embeddings")
+    for item in data:
+        if not isinstance(item, dict) or not isinstance(item.get("embedding"), list | str):
+            raise MalformedAnswer("an embedding is not a list of numbers or a base64 string")
+    usage = body.get("usage")
+    if usage is not None:
+        reported_tokens(usage, "prompt_tokens")
     return body
 
 

@@ -28,6 +28,7 @@ from botocore.exceptions import (
 
 from routing.catalog import ProviderEntry
 from routing.max_tokens import requested_max_tokens
+from routing.providers import prompt_cache
 from routing.providers.base import (
     SSE_DONE,
     ChunkBuilder,
@@ -142,6 +143,7 @@ def _image_block(url: str) -> dict:
 
 
 def _content_blocks(content) -> list[dict]:
+    """Text and image parts as Converse blocks; a part's ``cache_control`` becomes a cache point after its block."""
     if isinstance(content, str):
         return [{"text": content}] if content else []
     blocks = []
@@ -150,7 +152,16 @@ def _content_blocks(content) -> list[dict]:
             blocks.append({"text": part["text"]})
         elif part.get("type") == "image_url":
             blocks.append(_image_block(part["image_url"]["url"]))
+        else:
+            continue
+        if part.get("cache_control"):
+            blocks.append(cache_point())
     return blocks
+
+
+def cache_point() -> dict:
+    """Converse's prompt-cache checkpoint: the blocks before it are the prefix cached (the default, 5-minute cache)."""
+    return {"cachePoint": {"type": "default"}}
 
 
 def _tool_use_block(tool_call: dict) -> dict:
@@ -163,30 +174,37 @@ def _tool_result_block(message: dict) -> dict:
     return {"toolResult": result}
 
 
+def _tool_result_blocks(message: dict) -> list[dict]:
+    """The tool's result, followed by a cache point when the client marked a part of it."""
+    content = message.get("content")
+    marked = isinstance(content, list) and any(part.get("cache_control") for part in content)
+    return [_tool_result_block(message), *([cache_point()] if marked else [])]
+
+
 def _messages(openai_messages: list[dict]) -> tuple[list[dict], list[dict]]:
-    """System blocks (the text of each system message) and Converse messages."""
+    """System blocks (a block per text part, so a part's cache point stays where the client put it) and Converse
+    messages."""
     return conversation(
         openai_messages,
-        system_blocks=lambda content: [{"text": text}] if (text := message_text(content)) else [],
+        system_blocks=_content_blocks,
         content_blocks=_content_blocks,
         tool_use_block=_tool_use_block,
-        tool_result_block=_tool_result_block,
+        tool_result_blocks=_tool_result_blocks,
     )
 
 
-def _tool_config(body: dict) -> dict:
-    config = {
-        "tools": [
-            {
-                "toolSpec": {
-                    "name": tool["function"]["name"],
-                    "description": tool["function"].get("description") or tool["function"]["name"],
-                    "inputSchema": {"json": tool["function"].get("parameters") or {"type": "object", "properties": {}}},
-                }
-            }
-            for tool in body["tools"]
-        ]
+def _tool_specs(tool: dict) -> list[dict]:
+    """An OpenAI tool as Converse's, followed by a cache point when it carries ``cache_control`` (LiteLLM's place)."""
+    spec = {
+        "name": tool["function"]["name"],
+        "description": tool["function"].get("description") or tool["function"]["name"],
+        "inputSchema": {"json": tool["function"].get("parameters") or {"type": "object", "properties": {}}},
     }
+    return [{"toolSpec": spec}, *([cache_point()] if tool.get("cache_control") else [])]
+
+
+def _tool_config(body: dict) -> dict:
+    config = {"tools": [spec for tool in body["tools"] for spec in _tool_specs(tool)]}
     choice = body.get("tool_choice")
     if choice == "required":
         config["toolChoice"] = {"any": {}}
@@ -197,8 +215,23 @@ def _tool_config(body: dict) -> dict:
     return config
 
 
-def converse_request(body: dict) -> dict:
-    """OpenAI chat completion request → keyword arguments of Converse / ConverseStream."""
+def _with_checkpoints(request: dict, checkpoints: prompt_cache.Checkpoints) -> dict:
+    """The request with a cache point after each part of its prefix the gateway marks."""
+    messages = request["messages"]
+    parts = (
+        (checkpoints.tools, (request.get("toolConfig") or {}).get("tools") or []),
+        (checkpoints.system, request.get("system") or []),
+        (checkpoints.history, messages[-2]["content"] if len(messages) > 1 else []),
+    )
+    for marked, blocks in parts:
+        if marked and blocks:
+            blocks.append(cache_point())
+    return request
+
+
+def converse_request(body: dict, *, provider_cache: str = prompt_cache.OFF) -> dict:
+    """OpenAI chat completion request → keyword arguments of Converse / ConverseStream, with the gateway's
+    prompt-cache checkpoints where ``provider_cache`` is auto (routing.providers.prompt_cache)."""
     system, messages = _messages(body["messages"])
     request = {"modelId": body["model"], "messages": messages}
     if system:
@@ -223,6 +256,9 @@ def converse_request(body: dict) -> dict:
     # Converse has no "none" choice: with tool_choice none the tools are left out entirely.
     if body.get("tools") and body.get("tool_choice") != "none":
         request["toolConfig"] = _tool_config(body)
+    if provider_cache == prompt_cache.AUTO:
+        checkpoints = prompt_cache.prompt_checkpoints(body, kind="bedrock", tools_sent="toolConfig" in request)
+        return _with_checkpoints(request, checkpoints)
     return request
 
 
@@ -282,9 +318,11 @@ def upstream_error(provider: ProviderEntry, exc: Exception, started: float) -> U
     raise exc
 
 
-async def chat_completion(provider: ProviderEntry, body: dict) -> UpstreamReply:
+async def chat_completion(
+    provider: ProviderEntry, body: dict, *, provider_cache: str = prompt_cache.OFF
+) -> UpstreamReply:
     started = time.perf_counter()
-    request = converse_request(body)
+    request = converse_request(body, provider_cache=provider_cache)
 
     def converse() -> dict:
         return _client_for(provider).converse(**request)
@@ -345,11 +383,11 @@ class BedrockStream:
     (where a fallback can still take over).
     """
 
-    def __init__(self, provider: ProviderEntry, body: dict, started: float):
+    def __init__(self, provider: ProviderEntry, body: dict, started: float, provider_cache: str):
         self.provider = provider
         self.started = started
         self.translator = ChunkTranslator(model=body["model"], include_usage=wants_usage_chunk(body))
-        self._request = converse_request(body)
+        self._request = converse_request(body, provider_cache=provider_cache)
         self._loop = asyncio.get_running_loop()
         self._queue: asyncio.Queue[tuple[str, object]] = asyncio.Queue()
         self._event_stream = None
@@ -423,5 +461,7 @@ class BedrockStream:
             await self._loop.run_in_executor(_pool(), self._event_stream.close)
 
 
-async def open_chat_stream(provider: ProviderEntry, body: dict) -> BedrockStream:
-    return await stream_opened(BedrockStream(provider, body, time.perf_counter()))
+async def open_chat_stream(
+    provider: ProviderEntry, body: dict, *, provider_cache: str = prompt_cache.OFF
+) -> BedrockStream:
+    return await stream_opened(BedrockStream(provider, body, time.perf_counter(), provider_cache))

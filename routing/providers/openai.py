@@ -12,6 +12,7 @@ from routing.providers.base import (
     UpstreamReply,
     answer_text,
     checked_chat_completion,
+    checked_embeddings,
     elapsed_ms_since,
     invalid_response,
     json_post,
@@ -19,21 +20,28 @@ from routing.providers.base import (
     send_or_reject,
     sse_events,
 )
+from routing.providers.prompt_cache import OFF
+from routing.tokens import embedding_inputs
 
 
-def _request(provider: ProviderEntry, body: dict) -> httpx.Request:
+def _request(provider: ProviderEntry, body: dict, *, path: str = "/chat/completions") -> httpx.Request:
     headers = {"authorization": f"Bearer {provider.api_key}"} if provider.api_key else {}
-    return json_post(provider, "/chat/completions", body, headers=headers)
+    return json_post(provider, path, body, headers=headers)
 
 
-async def chat_completion(provider: ProviderEntry, body: dict) -> UpstreamReply:
-    started = time.perf_counter()
-    response = await send_or_reject(provider, _request(provider, body), stream=False, started=started)
+def _parsed(provider: ProviderEntry, response: httpx.Response, started: float):
     try:
-        parsed = orjson.loads(response.content)
+        return orjson.loads(response.content)
     except orjson.JSONDecodeError as exc:
         problem = MalformedAnswer("the body is not JSON")
         raise invalid_response(provider, problem, elapsed_ms=elapsed_ms_since(started)) from exc
+
+
+async def chat_completion(provider: ProviderEntry, body: dict, *, provider_cache: str = OFF) -> UpstreamReply:
+    """``provider_cache`` changes nothing: OpenAI caches long prompts by itself, without checkpoints."""
+    started = time.perf_counter()
+    response = await send_or_reject(provider, _request(provider, body), stream=False, started=started)
+    parsed = _parsed(provider, response, started)
     try:
         reply = checked_chat_completion(parsed)
     except MalformedAnswer as problem:
@@ -72,7 +80,20 @@ class OpenAIStream:
         await self.response.aclose()
 
 
-async def open_chat_stream(provider: ProviderEntry, body: dict) -> OpenAIStream:
+async def open_chat_stream(provider: ProviderEntry, body: dict, *, provider_cache: str = OFF) -> OpenAIStream:
     started = time.perf_counter()
     response = await send_or_reject(provider, _request(provider, body), stream=True, started=started)
     return OpenAIStream(provider, response, started)
+
+
+async def embeddings(provider: ProviderEntry, body: dict) -> UpstreamReply:
+    """OpenAI's embeddings API: the list of vectors, its shape checked, with the raw body to pass on as it came."""
+    started = time.perf_counter()
+    request = _request(provider, body, path="/embeddings")
+    response = await send_or_reject(provider, request, stream=False, started=started)
+    parsed = _parsed(provider, response, started)
+    try:
+        reply = checked_embeddings(parsed, inputs=len(embedding_inputs(body["input"])))
+    except MalformedAnswer as problem:
+        raise invalid_response(provider, problem, elapsed_ms=elapsed_ms_since(started)) from problem
+    return UpstreamReply(body=reply, raw=response.content, elapsed_ms=elapsed_ms_since(started))

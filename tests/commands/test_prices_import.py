@@ -9,7 +9,7 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
-from routing.models import Model, ModelPrice
+from routing.models import Model, ModelKind, ModelPrice
 from tests.factories import ModelFactory, ProviderFactory
 
 FILES = Path(__file__).parent / "price_files"
@@ -153,6 +153,20 @@ def test_create_adds_the_catalog_s_missing_models_on_the_named_provider(catalog)
     assert not Model.objects.filter(name="gpt-4o-mini", provider__name="vertex").exists()
 
 
+def test_an_embedding_model_of_litellm_s_map_is_created_as_one(catalog, tmp_path):
+    ProviderFactory(name="openai")
+    cost_map = (
+        '{"text-embedding-3-small": {"max_input_tokens": 8191, "input_cost_per_token": 2e-08, '
+        '"output_cost_per_token": 0.0, "litellm_provider": "openai", "mode": "embedding"}}'
+    )
+
+    prices_import(write(tmp_path, "embeddings.json", cost_map), "--create", "--provider", "openai")
+
+    created = Model.objects.get(name="text-embedding-3-small")
+    assert (created.kind, created.context_window) == (ModelKind.EMBEDDING, 8191)
+    assert in_force("text-embedding-3-small")["input_price_per_million"] == Decimal("0.02")
+
+
 def write(tmp_path: Path, name: str, text: str) -> Path:
     path = tmp_path / name
     path.write_text(text)
@@ -280,3 +294,81 @@ def test_an_import_of_unchanged_prices_confirms_them(catalog):
     assert sonnet.prices_checked_at >= before
     assert sonnet.price_versions.count() == 1
     assert "the prices of 1 confirmed" in output
+
+
+@pytest.fixture
+def claude_models(db):
+    """Claude on Anthropic's API and on Bedrock, and an OpenAI model, priced by hand before the import."""
+    anthropic = ProviderFactory(name="anthropic-api", kind="anthropic")
+    bedrock = ProviderFactory(name="bedrock-us", kind="bedrock", base_url="", region="us-east-1")
+    return [
+        ModelFactory(name="claude-sonnet", provider=anthropic, upstream_name="claude-sonnet-4-20250514"),
+        ModelFactory(name="bedrock-sonnet", provider=bedrock, upstream_name="anthropic.claude-sonnet-4-20250514-v1:0"),
+        ModelFactory(name="gpt-mini", upstream_name="gpt-4o-mini"),
+    ]
+
+
+def test_a_claude_models_cache_prices_the_file_leaves_out_are_anthropics_multiples(claude_models, tmp_path):
+    path = write(
+        tmp_path,
+        "prices.csv",
+        "model,input_price_per_million,output_price_per_million\n"
+        "claude-sonnet,3,15\nbedrock-sonnet,3.3,16.5\ngpt-mini,0.15,0.6\n",
+    )
+
+    output = prices_import(path, "--dry-run")
+    prices_import(path)
+
+    # Writes to the 5-minute cache at 1.25x the input price, reads at 0.1x: Anthropic's documented multipliers (the
+    # factory's 0.15 input price had a write price of 0.1875 by the same rule).
+    assert "claude-sonnet  cache_write_price_per_million: 0.1875 → 3.75" in output
+    assert "claude-sonnet  cached_input_price_per_million: 0.075 → 0.3" in output
+    assert in_force("claude-sonnet") == {
+        "input_price_per_million": Decimal("3"),
+        "cached_input_price_per_million": Decimal("0.3"),
+        "output_price_per_million": Decimal("15"),
+        "cache_write_price_per_million": Decimal("3.75"),
+    }
+    bedrock = in_force("bedrock-sonnet")
+    assert (bedrock["cache_write_price_per_million"], bedrock["cached_input_price_per_million"]) == (
+        Decimal("4.125"),
+        Decimal("0.33"),
+    )
+    # Not a Claude model: its cache prices stay as they were.
+    assert in_force("gpt-mini")["cache_write_price_per_million"] is None
+    assert in_force("gpt-mini")["cached_input_price_per_million"] == Decimal("0.075")
+
+
+def test_litellm_cache_costs_are_read_as_given_over_the_multipliers(claude_models, tmp_path):
+    path = write(
+        tmp_path,
+        "cost_map.json",
+        '{"claude-sonnet": {"input_cost_per_token": 3e-06, "output_cost_per_token": 1.5e-05,'
+        ' "cache_creation_input_token_cost": 6e-06, "cache_read_input_token_cost": 3e-07}}',
+    )
+
+    prices_import(path)
+
+    sonnet = in_force("claude-sonnet")
+    assert (sonnet["cache_write_price_per_million"], sonnet["cached_input_price_per_million"]) == (
+        Decimal("6"),
+        Decimal("0.3"),
+    )
+
+
+def test_a_claude_model_created_from_the_cost_map_gets_the_multipliers(claude_models, tmp_path):
+    path = write(
+        tmp_path,
+        "cost_map.json",
+        '{"claude-3-5-haiku-20241022": {"input_cost_per_token": 8e-07, "output_cost_per_token": 4e-06,'
+        ' "litellm_provider": "anthropic"}}',
+    )
+
+    prices_import(path, "--create", "--provider", "anthropic-api")
+
+    assert in_force("claude-3-5-haiku-20241022") == {
+        "input_price_per_million": Decimal("0.8"),
+        "cached_input_price_per_million": Decimal("0.08"),
+        "output_price_per_million": Decimal("4"),
+        "cache_write_price_per_million": Decimal("1"),
+    }

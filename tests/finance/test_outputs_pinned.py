@@ -2,7 +2,8 @@
 
 The CSV exports, the usage API, the statement and the usage report are read by customers' scripts and spreadsheets:
 a column renamed, reordered or formatted otherwise breaks them. These answers were taken from the code before the
-ledger's columns got one definition (billing/ledger/columns.py), so any later change to them shows here.
+ledger's columns got one definition (billing/ledger/columns.py), so any later change to them shows here. Columns
+added since are appended at the end (`customer`), which leaves every earlier column where scripts read it.
 """
 
 import json
@@ -64,7 +65,10 @@ def pinned(db):
                 route="cheap-first",
                 policy_version=3,
                 tags=["checkout", "eu"],
+                customer="cust-7",
                 saved_routing_usd=Decimal("0.0100000000"),
+                cache_write_tokens=50,
+                saved_provider_cache_usd=Decimal("0.0000123000"),
                 http_status=200,
             ),
             _row(
@@ -94,6 +98,8 @@ def pinned(db):
                 prompt_tokens_before_compression=3000,
                 prompt_tokens_after_compression=2000,
                 saved_compression_usd=Decimal("0.0024500000"),
+                cache_write_tokens=100,
+                saved_provider_cache_usd=Decimal("-0.0000040000"),
                 http_status=200,
             ),
             _row(
@@ -145,33 +151,36 @@ def pinned(db):
 PER_REQUEST_CSV = (
     "request_id,created_at,team,api_key_prefix,endpoint,requested_model,served_model,is_stream,prompt_tokens,"
     "cached_tokens,completion_tokens,usage_estimated,cost_usd,cost_usd_rounded,upstream_latency_ms,total_latency_ms,"
-    "cache_status,routed_to_large,http_status,error_code,kind,parent_request_id\r\n"
+    "cache_status,routed_to_large,http_status,error_code,kind,parent_request_id,cache_write_tokens,"
+    "saved_provider_cache_usd,customer\r\n"
     "req-1,2025-03-03T09:00:00.123456-05:00,search,sk-pinA,/v1/chat/completions,auto,gpt-small,True,100,20,30,False,"
-    "0.0012345678,0.00,120,150,miss,False,200,,request,\r\n"
+    "0.0012345678,0.00,120,150,miss,False,200,,request,,50,0.0000123000,cust-7\r\n"
     "req-2,2025-03-03T11:30:00-05:00,support,sk-pinB,/v1/chat/completions,'=cmd|' /C calc'!A0,,False,0,0,0,False,"
-    "0.0000000000,0.00,,3,bypass,False,400,invalid_request,request,\r\n"
+    "0.0000000000,0.00,,3,bypass,False,400,invalid_request,request,,0,0.0000000000,\r\n"
     "req-3,2025-03-03T22:30:00-05:00,search,sk-pinA,/v1/chat/completions,auto,gpt-large,False,2000,0,500,False,"
-    "0.0250000000,0.02,900,950,miss,True,200,,request,\r\n"
+    "0.0250000000,0.02,900,950,miss,True,200,,request,,100,-0.0000040000,\r\n"
     "req-3-summary,2025-03-03T22:30:01-05:00,search,sk-pinA,/v1/chat/completions,,gpt-small,False,3000,0,200,False,"
-    "0.0000500000,0.00,400,410,miss,False,200,,compression_summary,req-3\r\n"
+    "0.0000500000,0.00,400,410,miss,False,200,,compression_summary,req-3,0,0.0000000000,\r\n"
     "req-4,2025-03-04T10:00:00-05:00,support,sk-pinB,/v1/chat/completions,gpt-large,gpt-large,False,40,0,0,True,"
-    "0.0150000000,0.02,30000,30010,hit-exact,False,502,upstream_error,request,\r\n"
+    "0.0150000000,0.02,30000,30010,hit-exact,False,502,upstream_error,request,,0,0.0000000000,\r\n"
 )
 
 GROUPED_CSV = (
-    "day,team,key,model,tag,requests,errors,prompt_tokens,cached_tokens,completion_tokens,cost_usd,cost_usd_rounded\r\n"
-    "2025-03-03,search,sk-pinA,gpt-large,(untagged),1,0,2000,0,500,0.0250000000,0.02\r\n"
-    "2025-03-03,search,sk-pinA,gpt-small,(untagged),0,0,3000,0,200,0.0000500000,0.00\r\n"
-    "2025-03-03,search,sk-pinA,gpt-small,checkout+eu,1,0,100,20,30,0.0012345678,0.00\r\n"
-    "2025-03-03,support,sk-pinB,(none),(untagged),1,1,0,0,0,0.0000000000,0.00\r\n"
-    "2025-03-04,support,sk-pinB,gpt-large,search,1,1,40,0,0,0.0150000000,0.02\r\n"
+    "day,team,key,model,tag,requests,errors,prompt_tokens,cached_tokens,completion_tokens,cost_usd,cost_usd_rounded,"
+    "cache_write_tokens,saved_provider_cache_usd\r\n"
+    "2025-03-03,search,sk-pinA,gpt-large,(untagged),1,0,2000,0,500,0.0250000000,0.02,100,-0.0000040000\r\n"
+    "2025-03-03,search,sk-pinA,gpt-small,(untagged),0,0,3000,0,200,0.0000500000,0.00,0,0.0000000000\r\n"
+    "2025-03-03,search,sk-pinA,gpt-small,checkout+eu,1,0,100,20,30,0.0012345678,0.00,50,0.0000123000\r\n"
+    "2025-03-03,support,sk-pinB,(none),(untagged),1,1,0,0,0,0.0000000000,0.00,0,0.0000000000\r\n"
+    "2025-03-04,support,sk-pinB,gpt-large,search,1,1,40,0,0,0.0150000000,0.02,0,0.0000000000\r\n"
 )
 
 BY_MODEL_CSV = (
-    "model,requests,errors,prompt_tokens,cached_tokens,completion_tokens,cost_usd,cost_usd_rounded\r\n"
-    "(none),1,1,0,0,0,0.0000000000,0.00\r\n"
-    "gpt-large,2,1,2040,0,500,0.0400000000,0.04\r\n"
-    "gpt-small,1,0,3100,20,230,0.0012845678,0.00\r\n"
+    "model,requests,errors,prompt_tokens,cached_tokens,completion_tokens,cost_usd,cost_usd_rounded,cache_write_tokens,"
+    "saved_provider_cache_usd\r\n"
+    "(none),1,1,0,0,0,0.0000000000,0.00,0,0.0000000000\r\n"
+    "gpt-large,2,1,2040,0,500,0.0400000000,0.04,100,-0.0000040000\r\n"
+    "gpt-small,1,0,3100,20,230,0.0012845678,0.00,50,0.0000123000\r\n"
 )
 
 
@@ -231,6 +240,9 @@ PER_REQUEST_FIELDS = (
     "error_code",
     "kind",
     "parent_request_id",
+    "cache_write_tokens",
+    "saved_provider_cache_usd",
+    "customer",
 )
 # Newest first, as the API pages them.
 PER_REQUEST_JSON = [
@@ -258,6 +270,9 @@ PER_REQUEST_JSON = [
             "upstream_error",
             "request",
             "",
+            0,
+            "0.0000000000",
+            "",
         ),
         (
             "req-3-summary",
@@ -281,6 +296,9 @@ PER_REQUEST_JSON = [
             "",
             "compression_summary",
             "req-3",
+            0,
+            "0.0000000000",
+            "",
         ),
         (
             "req-3",
@@ -303,6 +321,9 @@ PER_REQUEST_JSON = [
             200,
             "",
             "request",
+            "",
+            100,
+            "-0.0000040000",
             "",
         ),
         (
@@ -327,6 +348,9 @@ PER_REQUEST_JSON = [
             "invalid_request",
             "request",
             "",
+            0,
+            "0.0000000000",
+            "",
         ),
         (
             "req-1",
@@ -350,6 +374,9 @@ PER_REQUEST_JSON = [
             "",
             "request",
             "",
+            50,
+            "0.0000123000",
+            "cust-7",
         ),
     )
 ]
@@ -363,6 +390,8 @@ GROUPED_FIELDS = (
     "cached_tokens",
     "completion_tokens",
     "cost_usd",
+    "cache_write_tokens",
+    "saved_provider_cache_usd",
 )
 GROUPED_JSON = {
     "count": 4,
@@ -371,10 +400,10 @@ GROUPED_JSON = {
     "results": [
         dict(zip(GROUPED_FIELDS, values, strict=True))
         for values in (
-            ("search", "(untagged)", 1, 0, 5000, 0, 700, "0.0250500000"),
-            ("search", "checkout+eu", 1, 0, 100, 20, 30, "0.0012345678"),
-            ("support", "(untagged)", 1, 1, 0, 0, 0, "0.0000000000"),
-            ("support", "search", 1, 1, 40, 0, 0, "0.0150000000"),
+            ("search", "(untagged)", 1, 0, 5000, 0, 700, "0.0250500000", 100, "-0.0000040000"),
+            ("search", "checkout+eu", 1, 0, 100, 20, 30, "0.0012345678", 50, "0.0000123000"),
+            ("support", "(untagged)", 1, 1, 0, 0, 0, "0.0000000000", 0, "0.0000000000"),
+            ("support", "search", 1, 1, 40, 0, 0, "0.0150000000", 0, "0.0000000000"),
         )
     ],
 }
@@ -413,6 +442,7 @@ STATEMENT_CSV = (
     "saved_routing,,,,,,,0.0100000000,0.01\r\n"
     "saved_compression,,,,,,,0.0024500000,0.00\r\n"
     "saved_batch,,,,,,,0.0005000000,0.00\r\n"
+    "saved_provider_cache,,,,,,,0.0000083000,0.00\r\n"
     "budget_spent,pin tenant month $50 (2025-03),,,,,,2.0412845678,2.04\r\n"
     "budget_limit,pin tenant month $50 (2025-03),,,,,,50.0000000000,50.00\r\n"
 )

@@ -37,7 +37,7 @@ def test_statement_totals_by_team_and_model_equal_the_ledger(march_usage):
     assert statement.total_usd == Decimal("2.2500000002")
     assert statement.by_team == {"acme-search": Decimal("0.2500000002"), "acme-support": Decimal("2.0000000000")}
     assert statement.by_model == {"m-large": Decimal("2.1250000001"), "m-small": Decimal("0.1250000001")}
-    assert statement.savings == {lever: 0 for lever in ("cache", "routing", "compression", "batch")}
+    assert statement.savings == {lever: 0 for lever in ("cache", "routing", "compression", "batch", "provider_cache")}
     rows = list(csv.reader(io.StringIO(statement_csv(statement))))
     lines = [row for row in rows if row[0] == "line"]
     assert sum(Decimal(row[7]) for row in lines) == Decimal("2.2500000002")

@@ -5,11 +5,7 @@ from decimal import Decimal
 import pytest
 
 from billing.models import UsageRecord
-from routing.services import provider_create
 from tests.factories import ModelFactory
-from tests.providers.anthropic_server import AnthropicServer
-from tests.providers.bedrock_server import BedrockServer
-from tests.servers import ThreadedServer
 
 SONNET_PRICES = {
     "input_price_per_million": Decimal("3.00"),
@@ -19,46 +15,18 @@ SONNET_PRICES = {
 }
 
 
-@pytest.fixture(scope="module")
-def anthropic_upstream():
-    app = AnthropicServer()
-    with ThreadedServer(app) as server:
-        server.app = app
-        yield server
-
-
-@pytest.fixture(scope="module")
-def bedrock_upstream():
-    with ThreadedServer(BedrockServer()) as server:
-        yield server
-
-
 @pytest.fixture
-def claude(acme, anthropic_upstream):
-    provider = provider_create(
-        name="anthropic-local",
-        kind="anthropic",
-        base_url=f"{anthropic_upstream.url}/v1",
-        credential=anthropic_upstream.app.api_key,
+def claude(acme, anthropic_provider):
+    model = ModelFactory(
+        name="claude-sonnet", provider=anthropic_provider, upstream_name="claude-3-5-sonnet", **SONNET_PRICES
     )
-    model = ModelFactory(name="claude-sonnet", provider=provider, upstream_name="claude-3-5-sonnet", **SONNET_PRICES)
     acme.tenant.model_access.allowed_models.add(model)
     return model
 
 
 @pytest.fixture
-def nova(acme, bedrock_upstream, monkeypatch, tmp_path):
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "aws-credentials"))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    provider = provider_create(
-        name="bedrock-local",
-        kind="bedrock",
-        base_url=bedrock_upstream.url,
-        credential="AKIDTESTONLY:test-secret-key",
-        region="us-east-1",
-    )
-    model = ModelFactory(name="nova-lite", provider=provider, upstream_name="amazon.nova-lite-v1:0")
+def nova(acme, bedrock_provider):
+    model = ModelFactory(name="nova-lite", provider=bedrock_provider, upstream_name="amazon.nova-lite-v1:0")
     acme.tenant.model_access.allowed_models.add(model)
     return model
 

@@ -1,13 +1,16 @@
 """A loopback server speaking Anthropic's Messages API, strict about what the real one refuses.
 
 It echoes the last user text (cut at ``max_tokens`` words, then before the first of its ``stop_sequences`` found),
-calls the first tool when tools are offered and no tool result came back yet, and imitates prompt caching: the
-blocks up to the last ``cache_control`` mark are written to the cache the first time and read from it afterwards.
-The model name switches on failure modes: ``overloaded`` answers 529, ``stall`` waits STALL_SECONDS,
-``stream-overloaded`` sends an overloaded error as the first stream event, ``stream-break`` ends a stream before
-``message_stop``, ``malformed-usage`` reports a negative output token count, ``malformed-content`` sends content that
-is not a list of blocks (streamed: an event that is a JSON array after the first words). ``failures`` queues (status,
-headers) answers to give before the next normal ones.
+calls the first tool when tools are offered and no tool result came back yet, and imitates prompt caching as
+Anthropic documents it: the prompt is read in the order tools, system, messages; each block marked with
+``cache_control`` (at most four) ends a prefix that is cached only when it holds the model's minimum of tokens (2048
+for a Haiku, else 1024, counted here at four characters a token). The longest such prefix seen before (same model,
+same content, marks aside) is read from the cache, and the rest up to the last mark is written to it. The model name
+switches on failure modes: ``overloaded`` answers 529, ``stall`` waits STALL_SECONDS, ``stream-overloaded`` sends an
+overloaded error as the first stream event, ``stream-break`` ends a stream before ``message_stop``,
+``malformed-usage`` reports a negative output token count, ``malformed-content`` sends content that is not a list of
+blocks (streamed: an event that is a JSON array after the first words). ``failures`` queues (status, headers)
+answers to give before the next normal ones.
 """
 
 import asyncio
@@ -20,6 +23,7 @@ import orjson
 from tests.providers.asgi import end_stream, estimate_tokens, read_body, send_chunk, send_json, start_stream
 
 STALL_SECONDS = 10
+MAX_CACHE_MARKS = 4
 BLOCK_TYPES = {"user": {"text", "image", "tool_result"}, "assistant": {"text", "tool_use"}}
 
 
@@ -30,6 +34,8 @@ class InvalidRequest(Exception):
 def _block_text(block: dict) -> str:
     if block["type"] == "text":
         return block["text"]
+    if block["type"] == "tool":
+        return orjson.dumps({key: value for key, value in block.items() if key != "cache_control"}).decode()
     if block["type"] == "tool_result":
         return str(block["content"])
     if block["type"] == "tool_use":
@@ -62,6 +68,21 @@ def validate(body: dict) -> None:
     system = body.get("system", [])
     if not isinstance(system, str) and any(block.get("type") != "text" for block in system):
         raise InvalidRequest("system: only text blocks")
+    marks = sum(1 for block in _prompt_blocks(body) if block.get("cache_control"))
+    if marks > MAX_CACHE_MARKS:
+        raise InvalidRequest(f"A maximum of {MAX_CACHE_MARKS} blocks with cache_control may be provided, not {marks}.")
+
+
+def _prompt_blocks(body: dict) -> list[dict]:
+    """The prompt in the order Anthropic caches it: tools, system blocks, then every message's blocks."""
+    system = body.get("system") or []
+    system_blocks = [{"type": "text", "text": system}] if isinstance(system, str) else list(system)
+    tools = [{"type": "tool", **tool} for tool in body.get("tools") or []]
+    return tools + system_blocks + [block for message in body["messages"] for block in message["content"]]
+
+
+def minimum_cacheable_tokens(model: str) -> int:
+    return 2048 if "haiku" in model else 1024
 
 
 class AnthropicServer:
@@ -114,20 +135,24 @@ class AnthropicServer:
             await send_json(send, 200, message)
 
     def _usage(self, body: dict) -> dict:
-        system = body.get("system") or []
-        blocks = ([{"type": "text", "text": system}] if isinstance(system, str) else list(system)) + [
-            block for message in body["messages"] for block in message["content"]
-        ]
-        marked = [index for index, block in enumerate(blocks) if block.get("cache_control")]
-        prefix = blocks[: marked[-1] + 1] if marked else []
-        total = estimate_tokens("".join(_block_text(block) for block in blocks))
-        prefix_tokens = estimate_tokens("".join(_block_text(block) for block in prefix)) if prefix else 0
-        digest = hashlib.sha256(orjson.dumps(prefix)).hexdigest()
-        cache_read = prefix_tokens if prefix and digest in self.cached_prefixes else 0
-        cache_write = prefix_tokens - cache_read
-        self.cached_prefixes.add(digest)
+        blocks = _prompt_blocks(body)
+
+        def tokens(upto: int) -> int:
+            return estimate_tokens("".join(_block_text(block) for block in blocks[:upto]))
+
+        def key(upto: int) -> str:
+            unmarked = [{k: v for k, v in block.items() if k != "cache_control"} for block in blocks[:upto]]
+            return hashlib.sha256(orjson.dumps([body["model"], unmarked])).hexdigest()
+
+        minimum = minimum_cacheable_tokens(body["model"])
+        ends = [index + 1 for index, block in enumerate(blocks) if block.get("cache_control")]
+        cacheable = [end for end in ends if tokens(end) >= minimum]
+        read_end = max((end for end in cacheable if key(end) in self.cached_prefixes), default=0)
+        cache_read = tokens(read_end) if read_end else 0
+        cache_write = tokens(cacheable[-1]) - cache_read if cacheable else 0
+        self.cached_prefixes.update(key(end) for end in cacheable)
         return {
-            "input_tokens": max(total - prefix_tokens, 0),
+            "input_tokens": tokens(len(blocks)) - cache_read - cache_write,
             "cache_creation_input_tokens": cache_write,
             "cache_read_input_tokens": cache_read,
         }

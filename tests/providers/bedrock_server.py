@@ -2,16 +2,20 @@
 
 ConverseStream answers in AWS's binary event-stream framing, encoded here by hand so boto3's own
 parser (CRC checks included) reads it. The server echoes the last user text, calls the first tool
-when tools are offered and no result came back yet, and checks what the real API refuses. The
+when tools are offered and no result came back yet, and checks what the real API refuses. It imitates
+prompt caching: the prompt is read in the order tools, system, messages, and each ``cachePoint`` block
+(at most four) ends a prefix that is cached only when it holds the model's minimum of tokens (2048 for a
+Haiku, else 1024, counted here at four characters a token); the longest such prefix seen before (same model,
+same content) is read from the cache and the rest up to the last cache point written to it. The
 model id switches on failure modes: ``throttle`` answers 429 ThrottlingException, ``unavailable``
 503, ``stall`` waits STALL_SECONDS, ``stream-exception`` sends an exception as the first stream event,
-``stream-midfail`` one after the first words; ``cached`` reports cache read and write tokens, ``malformed-usage`` a
-negative output token count.
+``stream-midfail`` one after the first words; ``malformed-usage`` reports a negative output token count.
 """
 
 import asyncio
 import base64
 import binascii
+import hashlib
 import struct
 
 import orjson
@@ -19,10 +23,9 @@ import orjson
 from tests.providers.asgi import end_stream, estimate_tokens, read_body, send_chunk, send_json, start_stream
 
 STALL_SECONDS = 10
-CACHE_READ_TOKENS = 1024
-CACHE_WRITE_TOKENS = 256
+MAX_CACHE_POINTS = 4
 STRING_HEADER_TYPE = 7
-BLOCK_KEYS = {"user": {"text", "image", "toolResult"}, "assistant": {"text", "toolUse"}}
+BLOCK_KEYS = {"user": {"text", "image", "toolResult", "cachePoint"}, "assistant": {"text", "toolUse", "cachePoint"}}
 
 
 def event_stream_message(headers: dict[str, str], payload: bytes) -> bytes:
@@ -58,6 +61,10 @@ class InvalidRequest(Exception):
 def _block_text(block: dict) -> str:
     if "text" in block:
         return block["text"]
+    if "toolSpec" in block:
+        return orjson.dumps(block["toolSpec"]).decode()
+    if "cachePoint" in block:
+        return ""
     if "toolResult" in block:
         return " ".join(part.get("text", "") for part in block["toolResult"]["content"])
     if "toolUse" in block:
@@ -96,12 +103,36 @@ def validate(body: dict) -> None:
                     raise InvalidRequest(f"messages.{index}: toolResult for an unknown toolUseId")
     if uses_tools and not body.get("toolConfig"):
         raise InvalidRequest("toolConfig field must be defined when using toolUse and toolResult content blocks")
+    for block in body.get("system") or []:
+        if set(block) - {"text", "cachePoint"} or len(block) != 1:
+            raise InvalidRequest(f"system: unknown block {sorted(block)}")
+    for tool in (body.get("toolConfig") or {}).get("tools") or []:
+        if set(tool) - {"toolSpec", "cachePoint"} or len(tool) != 1:
+            raise InvalidRequest(f"toolConfig.tools: unknown entry {sorted(tool)}")
+    for block in _prompt_blocks(body):
+        if "cachePoint" in block and block["cachePoint"].get("type") != "default":
+            raise InvalidRequest("cachePoint.type must be default")
+    points = sum(1 for block in _prompt_blocks(body) if "cachePoint" in block)
+    if points > MAX_CACHE_POINTS:
+        raise InvalidRequest(f"at most {MAX_CACHE_POINTS} cache points may be provided, not {points}")
+
+
+def _prompt_blocks(body: dict) -> list[dict]:
+    """The prompt in the order Bedrock caches it: tools, system blocks, then every message's blocks."""
+    tools = (body.get("toolConfig") or {}).get("tools") or []
+    messages = [block for message in body["messages"] for block in message["content"]]
+    return [*tools, *(body.get("system") or []), *messages]
+
+
+def minimum_cacheable_tokens(model_id: str) -> int:
+    return 2048 if "haiku" in model_id else 1024
 
 
 class BedrockServer:
     def __init__(self):
         self.requests: list[dict] = []
         self.authorizations: list[str] = []
+        self.cached_prefixes: set[str] = set()
 
     async def __call__(self, scope, receive, send):
         parts = scope["path"].strip("/").split("/")
@@ -131,8 +162,29 @@ class BedrockServer:
         else:
             await send_json(send, 200, answer, {"x-amzn-requestid": "req-test-1"})
 
-    @staticmethod
-    def _answer(body: dict, model_id: str) -> dict:
+    def _usage(self, body: dict, model_id: str) -> dict:
+        blocks = _prompt_blocks(body)
+
+        def tokens(upto: int) -> int:
+            return estimate_tokens("".join(_block_text(block) for block in blocks[:upto]))
+
+        def key(upto: int) -> str:
+            content = [block for block in blocks[:upto] if "cachePoint" not in block]
+            return hashlib.sha256(orjson.dumps([model_id, content])).hexdigest()
+
+        minimum = minimum_cacheable_tokens(model_id)
+        points = [index for index, block in enumerate(blocks) if "cachePoint" in block]
+        cacheable = [point for point in points if tokens(point) >= minimum]
+        read_end = max((point for point in cacheable if key(point) in self.cached_prefixes), default=0)
+        cache_read = tokens(read_end) if read_end else 0
+        cache_write = tokens(cacheable[-1]) - cache_read if cacheable else 0
+        self.cached_prefixes.update(key(point) for point in cacheable)
+        usage = {"inputTokens": tokens(len(blocks)) - cache_read - cache_write}
+        if points:
+            usage.update(cacheReadInputTokens=cache_read, cacheWriteInputTokens=cache_write)
+        return usage
+
+    def _answer(self, body: dict, model_id: str) -> dict:
         last = body["messages"][-1]["content"]
         answered_tool = any("toolResult" in block for block in last)
         tools = (body.get("toolConfig") or {}).get("tools") or []
@@ -149,10 +201,7 @@ class BedrockServer:
                 words, stop_reason = words[:max_tokens], "max_tokens"
             content = [{"text": " ".join(words)}]
             output_tokens = len(words)
-        prompt = " ".join(_block_text(block) for message in body["messages"] for block in message["content"])
-        usage = {"inputTokens": estimate_tokens(prompt), "outputTokens": output_tokens}
-        if "cached" in model_id:
-            usage.update(cacheReadInputTokens=CACHE_READ_TOKENS, cacheWriteInputTokens=CACHE_WRITE_TOKENS)
+        usage = {**self._usage(body, model_id), "outputTokens": output_tokens}
         if "malformed-usage" in model_id:
             usage["outputTokens"] = -3
         usage["totalTokens"] = sum(usage.values())

@@ -107,6 +107,7 @@ def aws_sandbox(monkeypatch, tmp_path):
 def bedrock_server(bedrock_server_session, aws_sandbox):
     bedrock_server_session.app.requests.clear()
     bedrock_server_session.app.authorizations.clear()
+    bedrock_server_session.app.cached_prefixes.clear()
     return bedrock_server_session
 
 

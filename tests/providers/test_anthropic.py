@@ -198,7 +198,8 @@ def test_consecutive_turns_of_one_role_are_merged_as_anthropic_requires(anthropi
 
 
 def cached_prompt_body(stream: bool = False) -> dict:
-    long_context = "The policy handbook says many things. " * 100
+    # About 1,400 tokens: over the 1,024 a prompt must hold to be cached.
+    long_context = "The policy handbook says many things. " * 150
     body = {
         "model": "claude-test",
         "messages": [
@@ -220,7 +221,7 @@ def test_usage_counts_cache_reads_and_writes_in_prompt_tokens(anthropic_server, 
 
     assert anthropic_server.app.requests[-1]["system"][0]["cache_control"] == {"type": "ephemeral"}
     written, read = first.body["usage"], second.body["usage"]
-    assert written["prompt_tokens_details"]["cache_write_tokens"] > 900
+    assert written["prompt_tokens_details"]["cache_write_tokens"] > 1400
     assert written["prompt_tokens_details"]["cached_tokens"] == 0
     assert read["prompt_tokens_details"]["cached_tokens"] == written["prompt_tokens_details"]["cache_write_tokens"]
     assert read["prompt_tokens_details"]["cache_write_tokens"] == 0
@@ -242,7 +243,7 @@ def test_stream_of_text_ends_with_usage_and_done(anthropic_server, anthropic_pro
     assert chunks[-2]["choices"][0]["finish_reason"] == "stop"
     usage_chunk = chunks[-1]
     assert usage_chunk["choices"] == []
-    assert usage_chunk["usage"]["prompt_tokens_details"]["cached_tokens"] > 900
+    assert usage_chunk["usage"]["prompt_tokens_details"]["cached_tokens"] > 1400
     assert usage_chunk["usage"]["completion_tokens"] == 4
 
 

@@ -146,29 +146,41 @@ def test_tool_call_and_tool_result_round_trip(bedrock_server, bedrock_provider):
     assert second.body["choices"][0]["message"]["content"] == "Echo: 18C"
 
 
-def test_usage_includes_cache_tokens(bedrock_provider):
-    reply = run(upstream.chat_completion(bedrock_provider, {"model": "nova-cached", "messages": [user("hi there")]}))
+# About 1,400 tokens: over the 1,024 a prefix must hold to be cached.
+LONG_SYSTEM = "The policy handbook says many things. " * 150
+CLAUDE = "anthropic.claude-3-5-sonnet-20241022-v2:0"
 
-    usage = reply.body["usage"]
-    assert usage["prompt_tokens_details"] == {"cached_tokens": 1024, "cache_write_tokens": 256}
-    assert usage["prompt_tokens"] == 1024 + 256 + 2
-    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+
+def client_marked_body(**options) -> dict:
+    system = [{"type": "text", "text": LONG_SYSTEM, "cache_control": {"type": "ephemeral"}}]
+    return {"model": CLAUDE, "messages": [{"role": "system", "content": system}, user("hi there")], **options}
+
+
+def test_a_clients_cache_control_is_a_cache_point_and_usage_counts_cache_tokens(bedrock_server, bedrock_provider):
+    first = run(upstream.chat_completion(bedrock_provider, client_marked_body()))
+    second = run(upstream.chat_completion(bedrock_provider, client_marked_body()))
+
+    assert bedrock_server.app.requests[-1]["system"] == [{"text": LONG_SYSTEM}, {"cachePoint": {"type": "default"}}]
+    prefix = len(LONG_SYSTEM) // 4
+    written, read = first.body["usage"], second.body["usage"]
+    assert written["prompt_tokens_details"] == {"cached_tokens": 0, "cache_write_tokens": prefix}
+    assert read["prompt_tokens_details"] == {"cached_tokens": prefix, "cache_write_tokens": 0}
+    # prompt_tokens counts every input token, cached or not, as OpenAI reports it.
+    assert read["prompt_tokens"] == written["prompt_tokens"] == -(-len(LONG_SYSTEM + "hi there") // 4)
+    assert read["total_tokens"] == read["prompt_tokens"] + read["completion_tokens"]
 
 
 def test_stream_of_text_with_usage(bedrock_provider):
-    body = {
-        "model": "nova-cached",
-        "messages": [user("stream me please")],
-        "stream": True,
-        "stream_options": {"include_usage": True},
-    }
+    run(upstream.chat_completion(bedrock_provider, client_marked_body()))
+    body = client_marked_body(stream=True, stream_options={"include_usage": True})
 
     chunks = chunks_of(run(_open_and_collect(bedrock_provider, body)))
 
     assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
-    assert streamed_text(chunks) == "Echo: stream me please"
+    assert streamed_text(chunks) == "Echo: hi there"
     assert chunks[-2]["choices"][0]["finish_reason"] == "stop"
-    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["prompt_tokens_details"]["cached_tokens"] == 1024
+    usage = chunks[-1]["usage"]
+    assert chunks[-1]["choices"] == [] and usage["prompt_tokens_details"]["cached_tokens"] == len(LONG_SYSTEM) // 4
 
 
 def test_stream_of_a_tool_call(bedrock_provider):

@@ -9,7 +9,7 @@ from django.utils import timezone
 
 from routing.models import ModelPrice
 from routing.prices import model_price_set
-from tests.factories import ModelFactory
+from tests.factories import ModelFactory, ProviderFactory
 
 
 @pytest.fixture
@@ -85,3 +85,23 @@ def test_prices_equal_to_the_scheduled_version_add_none(model):
 
     assert model_price_set(model=model, prices={"input_price_per_million": Decimal("0.90")}, source="admin") is None
     assert ModelPrice.objects.filter(model=model).count() == 2
+
+
+def test_a_claude_models_blank_cache_write_price_is_saved_as_anthropics_multiple(db):
+    anthropic = ProviderFactory(kind="anthropic")
+    claude = ModelFactory(name="claude", provider=anthropic, upstream_name="claude-sonnet-4-20250514")
+    gpt = ModelFactory(name="gpt", upstream_name="gpt-4o-mini")
+    admin_save = {
+        "input_price_per_million": Decimal("3"),
+        "cached_input_price_per_million": Decimal("0.3"),
+        "output_price_per_million": Decimal("15"),
+        "cache_write_price_per_million": None,
+    }
+
+    model_price_set(model=claude, prices=admin_save, source="admin")
+    model_price_set(model=gpt, prices=admin_save, source="admin")
+
+    assert claude.price_in_force().cache_write_price_per_million == Decimal("3.75")
+    # Only a blank is filled in: the cached-input price the admin gave stands.
+    assert claude.price_in_force().cached_input_price_per_million == Decimal("0.3")
+    assert gpt.price_in_force().cache_write_price_per_million is None

@@ -8,6 +8,7 @@ from django.core.exceptions import ValidationError
 from routing.catalog import build_model_catalog
 from routing.models import RoutingAlias, RoutingPolicyAudit, RoutingRule
 from routing.policy import RouteRequest, build_live_policies, route_request
+from routing.policy.document import compile_policy
 from routing.prices import model_price_set
 from routing.services import (
     routing_policy_create,
@@ -65,6 +66,7 @@ def test_published_versions_cannot_be_changed(draft):
         ({"message_regex": "(unclosed"}, "rule 'vip': invalid regex '(unclosed'"),
         ({"requested_models": "smart"}, "rule 'vip': 'smart' is neither an alias of this policy nor a model"),
         ({"priority": 20}, "rule 'vip': priority 20 is also used by rule 'other'"),
+        ({"provider_cache": "on"}, "rule 'vip': provider_cache must be auto or off"),
     ],
 )
 def test_an_invalid_draft_is_refused_naming_the_rule_and_the_live_version_stays(draft, acme_routing, change, expected):
@@ -181,3 +183,14 @@ def test_ensure_default_picks_the_cheapest_and_dearest_allowed_models_once(acme_
     alias = policy.aliases.get(name="auto")
     assert (alias.large_model, policy.live_version.number) == (acme_routing.large, 1)
     assert routing_policy_ensure_default(tenant=acme_routing.tenant) is None
+
+
+def test_a_rules_provider_cache_is_published_and_a_version_from_before_it_reads_as_auto(draft):
+    RoutingRule.objects.create(policy=draft, priority=20, name="no-provider-cache", provider_cache="off")
+
+    version = routing_policy_publish(policy=draft, actor=None)
+
+    outcomes = {rule["name"]: rule["outcome"]["provider_cache"] for rule in version.document["rules"]}
+    assert outcomes == {"vip": "auto", "no-provider-cache": "off"}
+    older = {"rules": [{"priority": 1, "name": "old", "outcome": {"cache_ttl_seconds": 60}}]}
+    assert compile_policy(older).rules[0].outcome.provider_cache == "auto"

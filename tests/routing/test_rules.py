@@ -88,12 +88,14 @@ def test_outcome_carries_chain_caps_and_cache_settings_and_the_header_names_the_
         "default_max_tokens": 200,
         "cache_ttl_seconds": 600,
         "cache_nondeterministic": True,
+        "provider_cache": "off",
     }
     decision = route_request(policy_with({}, outcome=outcome), request(), CATALOG)
     assert decision.outcome.fallback_models == ("mid", "small")
     assert (decision.outcome.prompt_token_cap, decision.outcome.over_cap_action) == (4000, "compress")
     assert (decision.outcome.max_tokens_cap, decision.outcome.default_max_tokens) == (500, 200)
     assert (decision.outcome.cache_ttl_seconds, decision.outcome.cache_nondeterministic) == (600, True)
+    assert decision.outcome.provider_cache == "off"
     assert decision.explanation == "rule=the-rule model=large policy=v3"
     assert decision.routed_to_large is True
     assert decision.route == "the-rule"

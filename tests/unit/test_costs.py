@@ -3,7 +3,7 @@ from decimal import Decimal
 from hypothesis import given
 from hypothesis import strategies as st
 
-from billing.ledger.costs import LEDGER_QUANTUM, format_cost, usage_cost
+from billing.ledger.costs import LEDGER_QUANTUM, Usage, format_cost, provider_cache_saving, usage_cost
 from routing.catalog import ModelPrices
 
 GPT_4O = ModelPrices(Decimal("2.50"), Decimal("1.25"), Decimal("10.00"))
@@ -65,3 +65,40 @@ def test_cache_writes_default_to_the_input_price():
     )
 
     assert cost == usage_cost(prices=GPT_4O, prompt_tokens=1_000, cached_tokens=0, completion_tokens=0)
+
+
+CLAUDE_SONNET = ModelPrices(Decimal("3.00"), Decimal("0.30"), Decimal("15.00"), Decimal("3.75"))
+
+
+def test_provider_cache_reads_save_and_writes_cost_against_the_input_price():
+    written = Usage(prompt_tokens=2_100, cache_write_tokens=2_000, completion_tokens=40)
+    read = Usage(prompt_tokens=2_100, cached_tokens=2_000, completion_tokens=40)
+
+    # 2,000 tokens written at 3.75 instead of 3.00 per million; then read at 0.30 instead of 3.00.
+    assert provider_cache_saving(written, cost=written.cost(CLAUDE_SONNET), prices=CLAUDE_SONNET) == Decimal("-0.0015")
+    assert provider_cache_saving(read, cost=read.cost(CLAUDE_SONNET), prices=CLAUDE_SONNET) == Decimal("0.0054")
+    plain = Usage(prompt_tokens=2_100, completion_tokens=40)
+    assert provider_cache_saving(plain, cost=plain.cost(CLAUDE_SONNET), prices=CLAUDE_SONNET) == 0
+
+
+@given(
+    prompt=st.integers(0, 2_000_000),
+    data=st.data(),
+    completion=st.integers(0, 200_000),
+    prices=st.tuples(*[st.decimals(min_value=0, max_value=100, places=6) for _ in range(4)]),
+)
+def test_cost_plus_the_provider_cache_saving_is_the_cost_without_the_cache(prompt, data, completion, prices):
+    writes = data.draw(st.integers(0, prompt))
+    usage = Usage(
+        prompt_tokens=prompt,
+        cached_tokens=data.draw(st.integers(0, prompt - writes)),
+        cache_write_tokens=writes,
+        completion_tokens=completion,
+    )
+    model_prices = ModelPrices(*prices)
+    cost = usage.cost(model_prices)
+
+    saving = provider_cache_saving(usage, cost=cost, prices=model_prices)
+
+    without_cache = usage_cost(prices=model_prices, prompt_tokens=prompt, cached_tokens=0, completion_tokens=completion)
+    assert cost + saving == without_cache

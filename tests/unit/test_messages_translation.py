@@ -175,6 +175,7 @@ def test_an_empty_final_assistant_message_is_no_prefill():
         (body(stop_sequences=["a", "b", "c", "d", "e"]), "stop_sequences", "invalid_value", "at most 4"),
         (body(metadata={"user_id": 7}), "metadata.user_id", "invalid_type", "string"),
         (body(metadata={"user_id": "u" * 257}), "metadata.user_id", "invalid_value", "at most 256"),
+        (body(metadata={"user_id": "cust\x08omer"}), "metadata.user_id", "invalid_value", "control characters"),
         (body(metadata={"session": "s"}), "metadata.session", "invalid_value", "Extra inputs"),
         (body(stream="yes"), "stream", "invalid_type", "boolean"),
         (body(frequency_penalty=1), "frequency_penalty", "invalid_value", "Extra inputs are not permitted"),
@@ -308,7 +309,7 @@ optional = {
     "top_p": st.none() | st.floats(0, 1),
     "top_k": st.none() | st.integers(0, 500),
     "stop_sequences": st.none() | st.lists(texts, max_size=4),
-    "metadata": st.none() | st.fixed_dictionaries({"user_id": st.none() | texts}),
+    "metadata": st.none() | st.fixed_dictionaries({"user_id": st.none() | texts.filter(str.isprintable)}),
     "stream": st.none() | st.booleans(),
     "cache_control": cache_controls,
 }

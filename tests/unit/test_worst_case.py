@@ -61,6 +61,45 @@ def test_no_bill_the_upstream_may_send_exceeds_the_worst_case(prompt, choices, m
     )
 
 
+@given(
+    prompt=st.integers(0, 500_000),
+    max_tokens=st.integers(1, 100_000),
+    input_price=st.decimals(min_value=0, max_value=100, places=6),
+    split=st.data(),
+)
+def test_a_prompt_the_provider_may_write_to_its_cache_is_reserved_at_the_write_price(
+    prompt, max_tokens, input_price, split
+):
+    """Claude bills a cache write at 1.25x the input price: whatever part of the prompt is written to or read from the
+    cache, the bill stays within the worst case of a model that may write (and would not, at the input price)."""
+    claude = model("claude", ModelPrices(input_price, input_price / 10, input_price * 5, input_price * Decimal("1.25")))
+    writes = split.draw(st.integers(0, prompt))
+    reads = split.draw(st.integers(0, prompt - writes))
+    billed = usage_cost(
+        prices=claude.prices,
+        prompt_tokens=prompt,
+        cached_tokens=reads,
+        cache_write_tokens=writes,
+        completion_tokens=max_tokens,
+    )
+
+    worst = chain_worst_case(
+        [claude], prompt_tokens=prompt, bound=OutputBound(max_tokens), fallback=FALLBACK, cache_writers={"claude"}
+    )
+
+    assert billed <= worst
+    # ...and writing the whole prompt is exactly the worst case, which the input price alone would not cover.
+    assert worst == usage_cost(
+        prices=claude.prices,
+        prompt_tokens=prompt,
+        cached_tokens=0,
+        cache_write_tokens=prompt,
+        completion_tokens=max_tokens,
+    )
+    at_input_price = chain_worst_case([claude], prompt_tokens=prompt, bound=OutputBound(max_tokens), fallback=FALLBACK)
+    assert at_input_price <= worst
+
+
 def test_n_multiplies_the_output_and_the_prompt_is_billed_once():
     one = chain_worst_case([model("s")], prompt_tokens=1_000, bound=OutputBound(100), fallback=FALLBACK)
     many = chain_worst_case([model("s")], prompt_tokens=1_000, bound=OutputBound(100, choices=128), fallback=FALLBACK)

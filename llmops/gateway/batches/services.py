@@ -40,10 +40,11 @@ from llmops.gateway.batches.models import (
 from llmops.gateway.batches.selectors import batches_for_workers, lines_for_workers
 from llmops.gateway.batches.storage import file_store
 from llmops.gateway.chat.validation import validate_chat_request, validate_metadata, validate_storable
-from llmops.gateway.chat.worst_case import OutputBound, chain_worst_case
+from llmops.gateway.chat.worst_case import OutputBound, cache_writers, chain_worst_case
 from llmops.gateway.errors import GatewayError, invalid_request
 from llmops.gateway.snapshot import ConfigSnapshot
 from routing.catalog import ModelEntry
+from routing.providers.prompt_cache import AUTO as PROVIDER_CACHE_AUTO
 from routing.tokens import count_chat_tokens
 from tenants.authentication import KeyPrincipal
 
@@ -299,6 +300,8 @@ def _budget_errors(snapshot: ConfigSnapshot, principal: KeyPrincipal, lines: lis
             prompt_tokens=count_chat_tokens(line.body["messages"], model=model.upstream_name),
             bound=OutputBound.of(line.body, model=model.upstream_name),
             fallback=settings.LLMOPS_RESERVATION_MAX_TOKENS,
+            # The line's routing rule is not known yet: its prompt may be written to the provider's cache.
+            cache_writers=cache_writers([model], line.body, provider_cache=PROVIDER_CACHE_AUTO),
         )
         for entry in budgets:
             if entry.enforced:

@@ -8,12 +8,12 @@ worst case in tokens. Requests in flight are counted per tenant across processes
 """
 
 import asyncio
-from collections.abc import Awaitable
 from decimal import Decimal
 
 from django.conf import settings
 from django.utils import timezone
 
+from billing.budgets.index import BudgetEntry
 from billing.budgets.reservations import (
     BudgetExceeded,
     BudgetUnavailable,
@@ -29,6 +29,7 @@ from llmops.gateway.chat.planning import ChatPlan
 from llmops.gateway.chat.worst_case import (
     OutputBound,
     budget_refusal,
+    cache_writers,
     chain_worst_case,
     fitting_max_tokens,
     prediction_chars,
@@ -40,16 +41,28 @@ from routing.catalog import ModelEntry
 from routing.max_tokens import with_max_tokens
 
 
+def _default_model(snapshot: ConfigSnapshot, call: GatewayCall) -> ModelEntry | None:
+    catalog = snapshot.catalog
+    return catalog.models.get(catalog.access_for(call.principal.tenant_id).default_model or "")
+
+
 def _cheaper_route(
-    snapshot: ConfigSnapshot, call: GatewayCall, plan: ChatPlan, *, prompt_tokens: int, bound: OutputBound
+    snapshot: ConfigSnapshot,
+    call: GatewayCall,
+    plan: ChatPlan,
+    *,
+    prompt_tokens: int,
+    bound: OutputBound,
+    writers: frozenset[str],
 ) -> ModelEntry | None:
     """The cheapest of the chain's fallbacks and the tenant's default model, if it costs less than the primary."""
-    catalog = snapshot.catalog
-    default = catalog.models.get(catalog.access_for(call.principal.tenant_id).default_model or "")
+    default = _default_model(snapshot, call)
     candidates = [*plan.chain[1:], *([default] if default else [])]
 
     def worst(model: ModelEntry) -> Decimal:
-        return chain_worst_case([model], prompt_tokens=prompt_tokens, bound=bound, fallback=_fallback())
+        return chain_worst_case(
+            [model], prompt_tokens=prompt_tokens, bound=bound, fallback=_fallback(), cache_writers=writers
+        )
 
     primary_cost = worst(plan.chain[0])
     priced = [(worst(m), m.name, m) for m in candidates]
@@ -65,7 +78,7 @@ def _count_or_refuse(call: GatewayCall, limited: RateLimitResult) -> None:
     call.extra_headers.update(limited.headers)
     if not limited.allowed:
         raise GatewayError(
-            "Rate limit reached for your key or team; retry after the time in Retry-After.",
+            f"Rate limit reached for {limited.refused_by or 'your key or team'}; retry after the time in Retry-After.",
             status=429,
             code="rate_limit_exceeded",
             headers={"Retry-After": str(limited.retry_after_seconds)},
@@ -81,9 +94,21 @@ def _bounded(plan: ChatPlan, bound: OutputBound) -> OutputBound:
     return OutputBound(_fallback(), bound.choices, bound.predicted_tokens)
 
 
-def _refusal(exceeded: BudgetExceeded, chain: list[ModelEntry], *, prompt_tokens: int, bound: OutputBound):
+def _refusal(
+    exceeded: BudgetExceeded,
+    chain: list[ModelEntry],
+    *,
+    prompt_tokens: int,
+    bound: OutputBound,
+    writers: frozenset[str],
+):
     fitting = fitting_max_tokens(
-        chain, prompt_tokens=prompt_tokens, bound=bound, fallback=_fallback(), available=exceeded.remaining_usd
+        chain,
+        prompt_tokens=prompt_tokens,
+        bound=bound,
+        fallback=_fallback(),
+        available=exceeded.remaining_usd,
+        cache_writers=writers,
     )
     return budget_refusal(exceeded, fitting=fitting, choices=bound.choices)
 
@@ -92,23 +117,46 @@ async def _nothing() -> None:
     return None
 
 
-async def _count_and_hold(
-    call: GatewayCall, counting: Awaitable[RateLimitResult], *, inflight_cap: int, reserving: Awaitable | None = None
-) -> Reservation | BaseException | None:
-    """Count the request against rate limits (``counting``), take one of its tenant's slots for requests in flight
-    (under ``inflight_cap``, 0 for none) and make the budget reservation (``reserving``) at once: one wait on Redis
-    instead of three. The rate limit decides first, then the cap on requests in flight; a reservation made for a
-    request either refuses is released straight away. Returns what the reservation came to (None without one)."""
-    if not inflight_cap and reserving is None:
+async def admission_hold(
+    snapshot: ConfigSnapshot,
+    call: GatewayCall,
+    *,
+    budgets: list[BudgetEntry],
+    tokens: int,
+    amount: Decimal,
+    limit_concurrency: bool = False,
+) -> Reservation | BudgetExceeded | None:
+    """Count the request's ``tokens`` against rate limits, take one of its tenant's slots for requests in flight
+    (with `limit_concurrency`: live /v1 requests) and reserve ``amount``, its worst case, against ``budgets``: the
+    admission of every endpoint. Returns the reservation (None without budgets), or the budget's refusal for the
+    caller to downgrade or answer; raises every other refusal. A slot taken is left on ``call.inflight`` for the
+    caller to give back when the request ends, refused here or not."""
+    principal = call.principal
+    now = timezone.now()
+    customer = call.customer
+    counting = rate_limit_check(
+        limits=snapshot.rate_limits,
+        key_id=principal.key_id,
+        team_id=principal.team_id,
+        tokens=tokens,
+        now=now,
+        customer=customer,
+    )
+    inflight_cap = inflight_limit(snapshot.max_inflight) if limit_concurrency else 0
+    if not budgets and not inflight_cap:
         _count_or_refuse(call, await counting)
         return None
-    principal = call.principal
+    # Counted, held and reserved at once: one wait on Redis instead of three. The rate limit still decides first,
+    # then the tenant's cap on requests in flight; a reservation made for a request either refuses is released
+    # straight away.
     limited, slot, reserved = await asyncio.gather(
         counting,
         inflight_acquire(tenant_id=principal.tenant_id, request_id=call.request_id, limit=inflight_cap)
         if inflight_cap
         else _nothing(),
-        reserving if reserving is not None else _nothing(),
+        budget_reserve(budgets=budgets, amount=amount, request_id=call.request_id, now=now, customer=customer)
+        if budgets
+        else _nothing(),
         return_exceptions=True,
     )
     if isinstance(slot, InflightSlot):
@@ -121,67 +169,86 @@ async def _count_and_hold(
     _count_or_refuse(call, limited)
     if isinstance(slot, BaseException):
         raise slot
+    if isinstance(reserved, BudgetUnavailable):
+        raise GatewayError(str(reserved), status=503, code="budget_unavailable") from reserved
+    if isinstance(reserved, BaseException) and not isinstance(reserved, BudgetExceeded):
+        raise reserved
     return reserved
+
+
+def reservation_keep(call: GatewayCall, reservation: Reservation) -> None:
+    """The request holds ``reservation`` until it is settled, and says what the tightest budget has left."""
+    call.reservation = reservation
+    if reservation.remaining_usd is not None:
+        call.budget_remaining_usd = format_cost(reservation.remaining_usd)
 
 
 async def admit_uncharged(snapshot: ConfigSnapshot, call: GatewayCall) -> None:
     """Admit a live request that calls no provider and costs nothing (/v1/messages/count_tokens): counted against the
-    request rate limits (no tokens), holding one of its tenant's slots for requests in flight (``call.inflight``, for
-    the caller to give back), refused as ``admit`` refuses; no budget is reserved."""
-    principal = call.principal
-    counting = rate_limit_check(
-        limits=snapshot.rate_limits, key_id=principal.key_id, team_id=principal.team_id, tokens=0, now=timezone.now()
-    )
-    await _count_and_hold(call, counting, inflight_cap=inflight_limit(snapshot.max_inflight))
+    request rate limits (no tokens; ``call.customer``'s too), holding one of its tenant's slots for requests in flight
+    (``call.inflight``, for the caller to give back), refused as ``admit`` refuses; no budget is reserved."""
+    await admission_hold(snapshot, call, budgets=[], tokens=0, amount=Decimal(0), limit_concurrency=True)
 
 
 async def admit(
     snapshot: ConfigSnapshot, call: GatewayCall, plan: ChatPlan, *, limit_concurrency: bool = False
 ) -> None:
-    """Count the request against rate limits, take one of its tenant's slots for requests in flight (with
-    `limit_concurrency`: live /v1 requests) and reserve its worst case against budgets, or refuse it. A slot taken is
-    left on ``call.inflight`` for the caller to give back when the request ends, refused here or not."""
+    """Admit a chat completion (``admission_hold``) at its worst case, or refuse it; a blocking budget it would go
+    over refuses it, or downgrades it to a cheaper route when the budget says so."""
     principal = call.principal
-    now = timezone.now()
     prompt_tokens = call.prompt_tokens_after_compression or 0
-    budgets = snapshot.budgets.applicable(principal.tenant_id, principal.team_id, principal.key_id, plan.chain[0].name)
+    customer = call.customer
+    budgets = snapshot.budgets.applicable(
+        principal.tenant_id, principal.team_id, principal.key_id, plan.chain[0].name, customer
+    )
     bound = await run_sized(prediction_chars(plan.body), OutputBound.of, plan.body, model=plan.chain[0].upstream_name)
     if budgets:
         bound = _bounded(plan, bound)
     completion_tokens = max(bound.completion_tokens(model, fallback=_fallback()) for model in plan.chain)
-    counting = rate_limit_check(
-        limits=snapshot.rate_limits,
-        key_id=principal.key_id,
-        team_id=principal.team_id,
-        tokens=prompt_tokens + completion_tokens,
-        now=now,
-    )
-    inflight_cap = inflight_limit(snapshot.max_inflight) if limit_concurrency else 0
-    reserving = None
+    writers = frozenset()
     if budgets:
-        amount = chain_worst_case(plan.chain, prompt_tokens=prompt_tokens, bound=bound, fallback=_fallback())
-        reserving = budget_reserve(budgets=budgets, amount=amount, request_id=call.request_id, now=now)
-    reserved = await _count_and_hold(call, counting, inflight_cap=inflight_cap, reserving=reserving)
+        default = _default_model(snapshot, call)
+        models = [*plan.chain, *([default] if default else [])]
+        writers = cache_writers(models, plan.body, provider_cache=plan.provider_cache)
+    amount = (
+        chain_worst_case(
+            plan.chain, prompt_tokens=prompt_tokens, bound=bound, fallback=_fallback(), cache_writers=writers
+        )
+        if budgets
+        else Decimal(0)
+    )
+    reserved = await admission_hold(
+        snapshot,
+        call,
+        budgets=budgets,
+        tokens=prompt_tokens + completion_tokens,
+        amount=amount,
+        limit_concurrency=limit_concurrency,
+    )
     if reserved is None:
         return
-    if isinstance(reserved, BudgetUnavailable):
-        raise GatewayError(str(reserved), status=503, code="budget_unavailable") from reserved
     if isinstance(reserved, BudgetExceeded):
-        cheaper = _cheaper_route(snapshot, call, plan, prompt_tokens=prompt_tokens, bound=bound)
+        cheaper = _cheaper_route(snapshot, call, plan, prompt_tokens=prompt_tokens, bound=bound, writers=writers)
         if not reserved.downgrade or cheaper is None:
-            raise _refusal(reserved, plan.chain, prompt_tokens=prompt_tokens, bound=bound) from reserved
+            raise _refusal(
+                reserved, plan.chain, prompt_tokens=prompt_tokens, bound=bound, writers=writers
+            ) from reserved
         plan.chain = [cheaper]
         bound = _bounded(plan, bound)
         call.served, call.route = cheaper, f"{call.route}+budget-downgrade"
         call.route_explanation = f"{call.route_explanation} budget-downgrade={cheaper.name}"
-        budgets = snapshot.budgets.applicable(principal.tenant_id, principal.team_id, principal.key_id, cheaper.name)
-        amount = chain_worst_case([cheaper], prompt_tokens=prompt_tokens, bound=bound, fallback=_fallback())
+        budgets = snapshot.budgets.applicable(
+            principal.tenant_id, principal.team_id, principal.key_id, cheaper.name, customer
+        )
+        amount = chain_worst_case(
+            [cheaper], prompt_tokens=prompt_tokens, bound=bound, fallback=_fallback(), cache_writers=writers
+        )
         try:
-            reserved = await budget_reserve(budgets=budgets, amount=amount, request_id=call.request_id, now=now)
+            reserved = await budget_reserve(
+                budgets=budgets, amount=amount, request_id=call.request_id, now=timezone.now(), customer=customer
+            )
         except BudgetExceeded as still_exceeded:
-            raise _refusal(still_exceeded, [cheaper], prompt_tokens=prompt_tokens, bound=bound) from still_exceeded
-    elif isinstance(reserved, BaseException):
-        raise reserved
-    call.reservation = reserved
-    if call.reservation.remaining_usd is not None:
-        call.budget_remaining_usd = format_cost(call.reservation.remaining_usd)
+            raise _refusal(
+                still_exceeded, [cheaper], prompt_tokens=prompt_tokens, bound=bound, writers=writers
+            ) from still_exceeded
+    reservation_keep(call, reserved)

@@ -4,7 +4,7 @@ It composes the apps in the one direction the design allows: gateway → billing
 """
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import orjson
 from django.http import HttpResponse, StreamingHttpResponse
@@ -34,9 +34,17 @@ def _for_model(body: dict, model: ModelEntry) -> dict:
     return {**body, "model": model.upstream_name}
 
 
-async def _call_chain(call: GatewayCall, plan: ChatPlan, attempt) -> FallbackResult:
+async def call_chain(
+    call: GatewayCall,
+    chain: list[ModelEntry],
+    attempt,
+    *,
+    estimate: Callable[[upstream.UpstreamInvalidResponse], Awaitable[Usage]],
+) -> FallbackResult:
+    """``attempt`` down the chain with retries and fallbacks; the OpenAI error when every model failed. An answer the
+    gateway could not use is charged at ``estimate`` of it (the gateway's own count)."""
     try:
-        result = await call_with_fallbacks(plan.chain, attempt, policy=RETRY_POLICY)
+        result = await call_with_fallbacks(chain, attempt, policy=RETRY_POLICY)
     except upstream.UpstreamError as error:
         call.attempts = error.attempts
         call.upstream_ms = error.elapsed_ms
@@ -45,17 +53,26 @@ async def _call_chain(call: GatewayCall, plan: ChatPlan, attempt) -> FallbackRes
         failure = upstream_failure(error)
         if isinstance(error, upstream.UpstreamInvalidResponse):
             # The provider answered, and may bill for it: charge what the gateway counts itself.
-            usage = await estimated_usage(plan.body, error.completion_text, call.served)
+            usage = await estimate(error)
             await finish(call, http_status=failure.status_code, usage=usage, error_code=failure.code)
         raise failure from error
     call.served, call.attempts = result.served, result.attempts
     return result
 
 
+async def _call_chain(call: GatewayCall, plan: ChatPlan, attempt) -> FallbackResult:
+    def estimate(error: upstream.UpstreamInvalidResponse) -> Awaitable[Usage]:
+        return estimated_usage(plan.body, error.completion_text, call.served)
+
+    return await call_chain(call, plan.chain, attempt, estimate=estimate)
+
+
 async def complete_chat(call: GatewayCall, plan: ChatPlan) -> HttpResponse:
     async def attempt(model: ModelEntry) -> tuple[upstream.UpstreamReply, Usage]:
         """The reply and what it costs; a reply whose usage is not believable is the model's failure."""
-        reply = await upstream.chat_completion(model.provider, _for_model(plan.body, model))
+        reply = await upstream.chat_completion(
+            model.provider, _for_model(plan.body, model), provider_cache=plan.provider_cache
+        )
         prompt_tokens = call.prompt_tokens_after_compression or 0
         return reply, await reply_usage(reply, body=plan.body, model=model, prompt_tokens=prompt_tokens)
 
@@ -70,7 +87,7 @@ async def complete_chat(call: GatewayCall, plan: ChatPlan) -> HttpResponse:
         raise refusal_error(blocked) from blocked
     call.injection_flagged |= verdict.flagged
     await finish(call, http_status=200, usage=usage, answer=reply.body)
-    _keep_answer(call, plan.cache, reply.body)
+    keep_answer(call, plan.cache, reply.body)
     response = HttpResponse(reply.raw, content_type="application/json")
     for name, value in call.response_headers().items():
         response[name] = value
@@ -206,10 +223,13 @@ class StreamRelay:
                 "prompt_tokens": usage.prompt_tokens,
                 "completion_tokens": usage.completion_tokens,
                 "total_tokens": usage.prompt_tokens + usage.completion_tokens,
-                "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
+                "prompt_tokens_details": {
+                    "cached_tokens": usage.cached_tokens,
+                    "cache_write_tokens": usage.cache_write_tokens,
+                },
             },
         }
-        _keep_answer(self.call, self.cache, answer)
+        keep_answer(self.call, self.cache, answer)
 
 
 async def stream_chat(call: GatewayCall, plan: ChatPlan) -> StreamingHttpResponse:
@@ -217,7 +237,8 @@ async def stream_chat(call: GatewayCall, plan: ChatPlan) -> StreamingHttpRespons
     stream_options = {**(body.get("stream_options") or {}), "include_usage": True}
 
     def open_stream(model: ModelEntry):
-        return upstream.open_chat_stream(model.provider, {**_for_model(body, model), "stream_options": stream_options})
+        body_for_model = {**_for_model(body, model), "stream_options": stream_options}
+        return upstream.open_chat_stream(model.provider, body_for_model, provider_cache=plan.provider_cache)
 
     result = await _call_chain(call, plan, open_stream)
     stream = result.value
@@ -236,7 +257,7 @@ def _event_stream_response(call: GatewayCall, events: AsyncIterator[bytes]) -> S
     return response
 
 
-def _keep_answer(call: GatewayCall, cache: CacheRequest | None, answer: dict) -> None:
+def keep_answer(call: GatewayCall, cache: CacheRequest | None, answer: dict) -> None:
     """Cache an answer only if the model the key names served it (not a fallback or a budget downgrade), with the
     stop sequence that ended it noted beside it (STOP_SEQUENCE_NOTE). The write is queued: the response does not
     wait for it."""
@@ -250,10 +271,9 @@ def _keep_answer(call: GatewayCall, cache: CacheRequest | None, answer: dict) ->
         logger.warning("cache: answer not stored for %s", call.request_id, exc_info=True)
 
 
-async def answer_from_cache(call: GatewayCall, plan: ChatPlan) -> HttpResponse | StreamingHttpResponse | None:
-    """The stored answer when the cache has one: no reservation, no upstream call, a ledger row costing 0 that
-    records what the miss would have cost. None on a miss (or when the request may not read the cache)."""
-    cache = plan.cache
+async def cache_hit(call: GatewayCall, cache: CacheRequest | None) -> CacheHit | None:
+    """The cache's answer to the request, if it has one, with the request's cache status set (bypass when it may not
+    read the cache, miss, or the kind of hit). A lookup that fails is a miss."""
     if cache is None or not cache.control.read:
         call.cache_status = CacheStatus.BYPASS
         return None
@@ -268,6 +288,15 @@ async def answer_from_cache(call: GatewayCall, plan: ChatPlan) -> HttpResponse |
     call.cache_status = CacheStatus.HIT_EXACT if hit.kind == "exact" else CacheStatus.HIT_SEMANTIC
     call.cache_similarity = hit.similarity
     call.upstream_ms = 0
+    return hit
+
+
+async def answer_from_cache(call: GatewayCall, plan: ChatPlan) -> HttpResponse | StreamingHttpResponse | None:
+    """The stored answer when the cache has one: no reservation, no upstream call, a ledger row costing 0 that
+    records what the miss would have cost. None on a miss (or when the request may not read the cache)."""
+    hit = await cache_hit(call, plan.cache)
+    if hit is None:
+        return None
     call.cache_saved_usage = await _stored_usage(hit, plan.body, call.served)
     await finish(call, http_status=200)
     answer = {**hit.answer, "id": f"chatcmpl-{call.request_id}", "created": int(call.created_at.timestamp())}

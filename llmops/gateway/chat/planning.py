@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from llmops.gateway.call import GatewayCall
 from llmops.gateway.chat.summaries import metered_summarizer
+from llmops.gateway.chat.validation import validate_customer
 from llmops.gateway.errors import GatewayError
 from llmops.gateway.snapshot import ConfigSnapshot
 from routing.cache.keys import cache_control_from_headers
@@ -18,6 +19,7 @@ from routing.caps import apply_token_caps, cap_refusal, cap_refusal_before_count
 from routing.catalog import DEFAULT_MODEL_ALIAS, ModelCatalog, ModelEntry
 from routing.compression import SummaryRefused
 from routing.injection_guard import PromptInjectionBlocked, guard_request
+from routing.models import ModelKind
 from routing.policy import RouteDecision, RouteRequest, RoutingRefusal, route_request, route_request_from_body
 from routing.tokens import count_chat_tokens_async, encoding_name_for
 from tenants.authentication import KeyPrincipal
@@ -25,6 +27,7 @@ from tenants.authentication import KeyPrincipal
 logger = logging.getLogger(__name__)
 
 TAGS_HEADER = "x-llmops-tags"
+CUSTOMER_HEADER = "x-llmops-customer"
 MAX_TAGS = 10
 MAX_TAG_LENGTH = 64
 # Fields that steer the gateway and are not part of OpenAI's request (`metadata` needs `store` upstream).
@@ -40,6 +43,11 @@ class ChatPlan:
     cache: CacheRequest | None = None
     # What the guard does with a flagged prompt or answer: none, flag or block (the tenant's live policy).
     guard_action: str = "none"
+
+    @property
+    def provider_cache(self) -> str:
+        """The matched rule's ``provider_cache``: whether adapters mark the prompt for the provider's cache."""
+        return self.decision.outcome.provider_cache
 
 
 def resolve_model(catalog: ModelCatalog, *, tenant_id: int, requested: str) -> ModelEntry:
@@ -81,13 +89,39 @@ def request_tags(headers: Mapping[str, str]) -> list[str]:
     return tags
 
 
-def _routing_baseline(catalog: ModelCatalog, policy, requested: str) -> ModelEntry | None:
+def request_customer(headers: Mapping[str, str], field_value: object = None, *, param: str = "user") -> str:
+    """The end customer a request is made for, for its ledger row and customer-scope budgets and rate limits: the
+    x-llmops-customer header when it is set, else the body's customer field (``param``: OpenAI's `user`); "" for
+    none. Surrounding whitespace is dropped; an id too long or with control characters is a 400.
+
+    Every /v1 endpoint that records usage takes its customer here, each passing its own body field."""
+    header = (headers.get(CUSTOMER_HEADER) or "").strip()
+    if header:
+        validate_customer(CUSTOMER_HEADER, header)
+        return header
+    if field_value is None:
+        return ""
+    validate_customer(param, field_value)
+    return field_value.strip()
+
+
+def routing_baseline(catalog: ModelCatalog, policy, requested: str) -> ModelEntry | None:
     alias = policy.aliases.get(requested) if policy is not None else None
     return catalog.models.get(alias.large_model if alias is not None else requested)
 
 
+# What a model that is not a chat model lacks: (what, the parameter that asks for it, what to do instead).
+NOT_CHAT = (
+    "chat messages",
+    "model",
+    "it is an embedding model: send its inputs to /v1/embeddings, or name a chat model",
+)
+
+
 def _lacking(model: ModelEntry, features: RouteRequest) -> tuple[str, str, str] | None:
     """What the request needs and the model cannot take: (what, the parameter that asks for it, what to do instead)."""
+    if model.kind != ModelKind.CHAT:
+        return NOT_CHAT
     if features.has_tools and not model.supports_tools:
         return "tools", "tools", "send the request without `tools` or to another model"
     if features.has_images and not model.supports_images:
@@ -95,22 +129,26 @@ def _lacking(model: ModelEntry, features: RouteRequest) -> tuple[str, str, str] 
     return None
 
 
+def _refusal(model: ModelEntry, lacking: tuple[str, str, str]) -> GatewayError:
+    what, param, instead = lacking
+    return GatewayError(
+        f"The model `{model.name}` cannot take {what}; {instead}.",
+        status=400,
+        code="model_capability_unsupported",
+        param=param,
+    )
+
+
 def _refuse_what_the_model_cannot_take(model: ModelEntry, features: RouteRequest) -> None:
     if lacking := _lacking(model, features):
-        what, param, instead = lacking
-        raise GatewayError(
-            f"The model `{model.name}` cannot take {what}; {instead}.",
-            status=400,
-            code="model_capability_unsupported",
-            param=param,
-        )
+        raise _refusal(model, lacking)
 
 
 def refusal_error(refusal: RoutingRefusal) -> GatewayError:
     return GatewayError(refusal.message, status=refusal.status, code=refusal.code, param=refusal.param)
 
 
-def _counting_model(catalog: ModelCatalog, tenant_id: int, requested: str) -> str:
+def prompt_counting_model(catalog: ModelCatalog, tenant_id: int, requested: str) -> str:
     """The upstream name whose encoding counts the prompt before the served model is known."""
     entry = catalog.models.get(requested) or catalog.models.get(catalog.access_for(tenant_id).default_model or "")
     return entry.upstream_name if entry else requested
@@ -140,7 +178,7 @@ async def _routed(snapshot: ConfigSnapshot, principal: KeyPrincipal, body: dict,
     refusal = cap_refusal_before_counting(policy, body["messages"], requested_model=body["model"])
     if refusal is not None:
         raise refusal
-    counting_model = _counting_model(catalog, tenant_id, body["model"])
+    counting_model = prompt_counting_model(catalog, tenant_id, body["model"])
     prompt_tokens = await count_chat_tokens_async(body["messages"], model=counting_model)
     features = route_request_from_body(
         body, headers=headers, tenant_id=tenant_id, team_slug=principal.team_slug, prompt_tokens=prompt_tokens
@@ -175,12 +213,14 @@ async def plan_chat(snapshot: ConfigSnapshot, call: GatewayCall, body: dict, hea
     tenant_id = call.principal.tenant_id
     policy = snapshot.policies.get(tenant_id)
     call.tags = request_tags(headers)
-    call.routing_baseline = _routing_baseline(catalog, policy, body["model"])
+    call.customer = request_customer(headers, body.get("user"))
+    call.routing_baseline = routing_baseline(catalog, policy, body["model"])
     try:
         routed = await _routed(snapshot, call.principal, body, headers)
         decision = routed.decision
         call.route, call.route_explanation = decision.route, decision.explanation
         call.routed_to_large, call.policy_version = decision.routed_to_large, decision.policy_version
+        call.routing_features_set(routed.features, decision)
         served = resolve_model(catalog, tenant_id=tenant_id, requested=decision.outcome.target_model)
         call.served = served
         _refuse_what_the_model_cannot_take(served, routed.features)

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
+from billing.models import CUSTOMER_MAX_LENGTH
 from core.db import unstorable_part
 from llmops.gateway.errors import GatewayError, invalid_request
 from routing.max_tokens import MAX_TOKENS_FIELDS
@@ -314,6 +315,17 @@ def validate_metadata(param: str, value) -> None:
             raise _value_error(f"{param}.{key}", f"longer than {MAX_METADATA_VALUE_CHARS} characters.")
 
 
+def validate_customer(param: str, value) -> None:
+    """An end customer's id (the OpenAI `user` field, or the x-llmops-customer header): a string of at most
+    CUSTOMER_MAX_LENGTH printable characters, so it can be stored, grouped by and echoed back as it was sent."""
+    _string(param, value)
+    if len(value) > CUSTOMER_MAX_LENGTH or not value.isprintable():
+        raise _value_error(
+            param,
+            f"an end customer's id is at most {CUSTOMER_MAX_LENGTH} printable characters (no control characters).",
+        )
+
+
 def _stream_options(param: str, value) -> None:
     _fields(param, _object(param, value), {"include_usage": _boolean, "include_obfuscation": _boolean})
 
@@ -344,7 +356,7 @@ FIELD_CHECKS: dict[str, Check] = {
     "top_logprobs": partial(_integer, low=0, high=MAX_TOP_LOGPROBS),
     "logit_bias": _logit_bias,
     "stop": _stop,
-    "user": _string,
+    "user": validate_customer,
     "metadata": validate_metadata,
     "store": _boolean,
     "tools": partial(_array, item=_tool, max_items=MAX_TOOLS),
@@ -365,10 +377,15 @@ FIELD_CHECKS: dict[str, Check] = {
 }
 
 
-def validate_chat_request(body) -> dict:
+def validate_model(body) -> None:
+    """A JSON object naming its `model`: the start of every /v1 body's checks."""
     if not isinstance(body, dict):
         raise invalid_request("The request body must be a JSON object.", code="invalid_json")
     _model_name(body.get("model"))
+
+
+def validate_chat_request(body) -> dict:
+    validate_model(body)
     messages = body.get("messages")
     if messages is None:
         raise _missing("messages")

@@ -4,9 +4,12 @@ The upstream bills the prompt once and every choice's output: `n` answers (`best
 of up to max_tokens each, and with a `prediction` the predicted tokens it rejects, billed as output too. A request
 without max_tokens may run to the model's maximum output (the catalog's `max_output_tokens`); where the catalog
 does not know it, LLMOPS_RESERVATION_MAX_TOKENS is reserved and sent as max_tokens, so the bound holds. Any model
-of the chain may serve, so the dearest is reserved.
+of the chain may serve, so the dearest is reserved. A model that may write the prompt to its prompt cache (a
+checkpoint the client or the gateway sets, routing.providers.prompt_cache) bills those tokens at the cache-write
+price, above the input price: its prompt is reserved at the dearer of the two.
 """
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -15,6 +18,7 @@ from billing.ledger.costs import usage_cost
 from llmops.gateway.errors import GatewayError
 from routing.catalog import ModelEntry
 from routing.max_tokens import requested_max_tokens
+from routing.providers.prompt_cache import may_write_cache
 from routing.tokens import count_text_tokens
 
 CHOICE_FIELDS = ("n", "best_of")
@@ -65,31 +69,74 @@ class OutputBound:
         return self.choices * (self.per_choice(model, fallback=fallback) + self.predicted_tokens)
 
 
-def worst_case_cost(model: ModelEntry, *, prompt_tokens: int, completion_tokens: int) -> Decimal:
-    return usage_cost(
-        prices=model.prices, prompt_tokens=prompt_tokens, cached_tokens=0, completion_tokens=completion_tokens
+def cache_writers(models: Iterable[ModelEntry], body: dict, *, provider_cache: str) -> frozenset[str]:
+    """The names of the models among ``models`` whose answer to ``body`` may write its prompt to their prompt cache,
+    under the routing rule's ``provider_cache``."""
+    return frozenset(
+        model.name
+        for model in models
+        if may_write_cache(
+            body, kind=model.provider.kind, upstream_name=model.upstream_name, provider_cache=provider_cache
+        )
     )
 
 
-def chain_worst_case(chain: list[ModelEntry], *, prompt_tokens: int, bound: OutputBound, fallback: int) -> Decimal:
-    """The dearest model's worst case: whichever of the chain serves, the request costs at most this."""
+def worst_case_cost(
+    model: ModelEntry, *, prompt_tokens: int, completion_tokens: int, writes_cache: bool = False
+) -> Decimal:
+    """With ``writes_cache``, every prompt token is priced at the dearer of the input and cache-write prices."""
+    prices = model.prices
+    dearer_write = (
+        prices.cache_write_per_million is not None and prices.cache_write_per_million > prices.input_per_million
+    )
+    return usage_cost(
+        prices=prices,
+        prompt_tokens=prompt_tokens,
+        cached_tokens=0,
+        cache_write_tokens=prompt_tokens if writes_cache and dearer_write else 0,
+        completion_tokens=completion_tokens,
+    )
+
+
+def chain_worst_case(
+    chain: list[ModelEntry],
+    *,
+    prompt_tokens: int,
+    bound: OutputBound,
+    fallback: int,
+    cache_writers: frozenset[str] = frozenset(),
+) -> Decimal:
+    """The dearest model's worst case: whichever of the chain serves, the request costs at most this.
+    ``cache_writers``: the models that may write the prompt to their cache (``cache_writers()``)."""
     return max(
         worst_case_cost(
-            model, prompt_tokens=prompt_tokens, completion_tokens=bound.completion_tokens(model, fallback=fallback)
+            model,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=bound.completion_tokens(model, fallback=fallback),
+            writes_cache=model.name in cache_writers,
         )
         for model in chain
     )
 
 
 def fitting_max_tokens(
-    chain: list[ModelEntry], *, prompt_tokens: int, bound: OutputBound, fallback: int, available: Decimal
+    chain: list[ModelEntry],
+    *,
+    prompt_tokens: int,
+    bound: OutputBound,
+    fallback: int,
+    available: Decimal,
+    cache_writers: frozenset[str] = frozenset(),
 ) -> int | None:
     """The largest max_tokens below the request's own whose worst case fits in `available`; None when none does."""
     upper = max(bound.per_choice(model, fallback=fallback) for model in chain) - 1
 
     def fits(max_tokens: int) -> bool:
         trial = OutputBound(max_tokens, bound.choices, bound.predicted_tokens)
-        return chain_worst_case(chain, prompt_tokens=prompt_tokens, bound=trial, fallback=fallback) <= available
+        worst = chain_worst_case(
+            chain, prompt_tokens=prompt_tokens, bound=trial, fallback=fallback, cache_writers=cache_writers
+        )
+        return worst <= available
 
     if upper < 1 or not fits(1):
         return None
@@ -104,13 +151,21 @@ def fitting_max_tokens(
 
 
 def budget_refusal(
-    exceeded: BudgetExceeded, *, fitting: int | None = None, choices: int = 1, context: str = ""
+    exceeded: BudgetExceeded,
+    *,
+    fitting: int | None = None,
+    choices: int = 1,
+    context: str = "",
+    advice: str = "",
 ) -> GatewayError:
     """The 429 for a refused reservation: the budget's own account (spent, or the worst case does not fit what is
-    left, with the amounts), `context` before it, and when the money is not spent, the max_tokens that would fit."""
+    left, with the amounts), `context` before it, and when the money is not spent, the max_tokens that would fit (or
+    `advice`, for a request that has no max_tokens)."""
     message = f"{context}{exceeded}"
     if exceeded.spent_usd < exceeded.limit_usd:
-        if fitting is not None:
+        if advice:
+            message += f" {advice}"
+        elif fitting is not None:
             per = f" per choice ({choices} choices)" if choices > 1 else ""
             message += f" With max_tokens={fitting}{per} it would fit."
         else:

@@ -266,6 +266,9 @@ def _user_id(value) -> str | None:
         return None
     if len(_string("metadata.user_id", user_id)) > MAX_USER_ID_CHARS:
         raise _invalid("metadata.user_id", f"String should have at most {MAX_USER_ID_CHARS} characters")
+    # It becomes the end customer's id (chat's `user`), which is stored and echoed back as sent.
+    if not user_id.isprintable():
+        raise _invalid("metadata.user_id", "String should have no control characters")
     return user_id or None
 
 

@@ -13,7 +13,7 @@ from core.cpu import run_sized
 from llmops.gateway.call import GatewayCall
 from llmops.gateway.chat.admission import admit_uncharged
 from llmops.gateway.chat.completion import chat_completion_run, declared_size
-from llmops.gateway.chat.planning import prompt_tokens_counted
+from llmops.gateway.chat.planning import prompt_tokens_counted, request_customer
 from llmops.gateway.concurrency import inflight_release
 from llmops.gateway.messages.answers import MessageStream, anthropic_message
 from llmops.gateway.messages.errors import STATUSES_SHOWN, anthropic_exception_handler
@@ -36,9 +36,8 @@ class MessagesView(ChatCompletionsView):
         return anthropic_exception_handler
 
     async def post(self, request):
-        self.call = call = GatewayCall(
-            principal=request.user, endpoint=request.path, request_id=self.request_id, statuses_shown=STATUSES_SHOWN
-        )
+        call = self.new_call(request)
+        call.statuses_shown = STATUSES_SHOWN
         response = await chat_completion_run(
             call,
             snapshot=self.config,
@@ -63,14 +62,16 @@ class MessagesView(ChatCompletionsView):
 
 class MessageTokensView(MessagesView):
     """The prompt's tokens as the pipeline counts them (``prompt_tokens_counted``). Free, and not in the ledger, but
-    a request like any other to the key's request rate limits and its tenant's cap on requests in flight, both taken
-    before the prompt is counted; a prompt a cap refuses by its length alone is refused uncounted."""
+    a request like any other to the request rate limits of its key, team and end customer and its tenant's cap on
+    requests in flight, all taken before the prompt is counted; a prompt a cap refuses by its length alone is refused
+    uncounted."""
 
     async def post(self, request):
         body = await run_sized(
             declared_size(request.headers), lambda: chat_request_from_message(request.data, counting=True)
         )
         call = GatewayCall(principal=request.user, endpoint=request.path, request_id=self.request_id)
+        call.customer = request_customer(request.headers, body.get("user"))
         try:
             await admit_uncharged(self.config, call)
             tokens = await prompt_tokens_counted(self.config, request.user, body, request.headers)

@@ -82,6 +82,7 @@ class Command(BaseCommand):
                 strip_prefixes=strip_prefix,
                 litellm_provider=litellm_provider,
                 create=create,
+                provider=catalog_provider,
             )
         except PriceFileError as exc:
             raise CommandError(f"{exc}\nNothing was changed.") from exc
