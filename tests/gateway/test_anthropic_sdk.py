@@ -118,6 +118,7 @@ def test_a_message_through_the_sdk_is_answered_recorded_and_priced(client, acme)
         acme.small.name,
     )
     assert (record.http_status, record.error_code, record.is_stream) == (200, "", False)
+    assert record.customer == "customer-42"
     assert record.cost_usd == small_cost(record) > 0
     assert Decimal(raw.headers["x-llmops-cost-usd"]) == record.cost_usd
     assert raw.headers["x-llmops-request-id"] == raw.headers["request-id"] == record.request_id
@@ -411,6 +412,30 @@ def test_count_tokens_counts_against_the_key_rate_limit_and_records_nothing(clie
     assert asking.value.error_code == "rate_limit_exceeded"
     assert [(record.endpoint, record.http_status) for record in UsageRecord.objects.unscoped().all()] == [
         ("/v1/messages", 429)
+    ]
+
+
+def test_count_tokens_counts_against_its_end_customers_rate_limit(client, acme):
+    """Its customer is named as on /v1/messages: metadata.user_id, or the x-llmops-customer header, which wins."""
+    rate_limit_create(tenant=acme.tenant, scope="customer", requests_per_minute=1)
+    messages = [{"role": "user", "content": QUESTION}]
+
+    def count(**options) -> int:
+        return client.messages.count_tokens(model=acme.small.name, messages=messages, **options).input_tokens
+
+    alice = count(extra_body={"metadata": {"user_id": "alice"}})
+    with pytest.raises(anthropic.RateLimitError) as by_header:
+        count(extra_headers={"x-llmops-customer": "alice"}, extra_body={"metadata": {"user_id": "bob"}})
+    bob = count(extra_body={"metadata": {"user_id": "bob"}})
+    anonymous = [count() for _ in range(2)]
+    with pytest.raises(anthropic.RateLimitError) as asking:
+        client.messages.create(model=acme.small.name, max_tokens=4, messages=messages, metadata={"user_id": "alice"})
+
+    assert alice == bob == anonymous[0] == anonymous[1] > 0
+    assert "customer 'alice'" in by_header.value.body["error"]["message"]
+    assert asking.value.body["error"]["details"]["error_code"] == "rate_limit_exceeded"
+    assert [(row.endpoint, row.http_status, row.customer) for row in UsageRecord.objects.unscoped().all()] == [
+        ("/v1/messages", 429, "alice")
     ]
 
 
