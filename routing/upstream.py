@@ -24,6 +24,7 @@ from routing.providers.base import (
     answer_text,
     checked_chunk,
     invalid_response,
+    named_stop_sequence,
 )
 from routing.providers.kinds import PROVIDER_KINDS, provider_kind
 from routing.providers.prompt_cache import OFF
@@ -44,6 +45,7 @@ __all__ = [
     "embeddings",
     "has_embeddings",
     "invalid_response",
+    "named_stop_sequence",
     "open_chat_stream",
 ]
 

@@ -100,12 +100,18 @@ class UpstreamReply:
     body: dict
     raw: bytes
     elapsed_ms: int
+    # The stop sequence that ended the answer, when the provider says which (the chat form's ``stop`` finish reason
+    # does not): kept beside the answer, not in it, which is OpenAI's shape.
+    stop_sequence: str | None = None
 
 
 class UpstreamStream(Protocol):
     """An open streaming answer in OpenAI's SSE format: ``data: {chunk}`` events, then ``data: [DONE]``."""
 
     provider: ProviderEntry
+    # As UpstreamReply's, once the finishing chunk has been read, for a provider that names it outside the chunks
+    # (Anthropic); vLLM names it on its finishing chunk (``named_stop_sequence``).
+    stop_sequence: str | None
 
     def events(self) -> AsyncIterator[str]: ...
 
@@ -524,6 +530,13 @@ def stop_sequences(body: dict) -> list[str]:
     if not stop:
         return []
     return [stop] if isinstance(stop, str) else list(stop)
+
+
+def named_stop_sequence(choice: dict) -> str | None:
+    """The stop sequence a chat completion choice (or a stream's finishing chunk) says ended it: vLLM's
+    ``stop_reason``, when it is a string (it is the stop token's id when a token stopped it)."""
+    named = choice.get("stop_reason")
+    return named if isinstance(named, str) else None
 
 
 def wants_usage_chunk(body: dict) -> bool:

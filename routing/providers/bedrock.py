@@ -70,6 +70,8 @@ FINISH_REASONS = {
     "guardrail_intervened": "content_filter",
     "content_filtered": "content_filter",
 }
+# In the id of every Claude model on Bedrock (``anthropic.claude-…``, ``us.anthropic.claude-…``).
+CLAUDE = "claude"
 # Error codes of Bedrock, for the event-stream exceptions that carry no HTTP status.
 STATUS_BY_ERROR_CODE = {
     "ThrottlingException": 429,
@@ -245,6 +247,12 @@ def converse_request(body: dict, *, provider_cache: str = prompt_cache.OFF) -> d
         inference["stopSequences"] = stop
     if inference:
         request["inferenceConfig"] = inference
+    if (top_k := body.get("top_k")) is not None and top_k >= 0:
+        # Converse has no top_k of its own: Claude takes it as a field of its model's request; -1 (vLLM's "no cut")
+        # is what leaving it out means.
+        if CLAUDE not in body["model"].lower():
+            raise UnsupportedForBedrock(f"top_k is taken on Bedrock by Claude models only, not by {body['model']}")
+        request["additionalModelRequestFields"] = {"top_k": top_k}
     # Converse has no "none" choice: with tool_choice none the tools are left out entirely.
     if body.get("tools") and body.get("tool_choice") != "none":
         request["toolConfig"] = _tool_config(body)
@@ -437,6 +445,11 @@ class BedrockStream:
                 return
             for sse in translated_events(self.provider, self.translator.translate, event, elapsed_ms=self.elapsed_ms()):
                 yield sse
+
+    @property
+    def stop_sequence(self) -> None:
+        """Converse's stop reason does not say which stop sequence matched."""
+        return None
 
     def elapsed_ms(self) -> int:
         return elapsed_ms_since(self.started)

@@ -16,6 +16,7 @@ from routing.providers.base import (
     elapsed_ms_since,
     invalid_response,
     json_post,
+    named_stop_sequence,
     send_or_reject,
     sse_events,
 )
@@ -48,11 +49,19 @@ async def chat_completion(provider: ProviderEntry, body: dict, *, provider_cache
         raise invalid_response(
             provider, problem, elapsed_ms=elapsed_ms_since(started), completion_text=text
         ) from problem
-    return UpstreamReply(body=reply, raw=response.content, elapsed_ms=elapsed_ms_since(started))
+    return UpstreamReply(
+        body=reply,
+        raw=response.content,
+        elapsed_ms=elapsed_ms_since(started),
+        stop_sequence=named_stop_sequence(reply["choices"][0]),
+    )
 
 
 class OpenAIStream:
     """An open streaming response. Iterate ``events()`` for its ``data: ...`` events; always ``aclose()``."""
+
+    # vLLM names it on its finishing chunk, which the reader parses.
+    stop_sequence = None
 
     def __init__(self, provider: ProviderEntry, response: httpx.Response, started: float):
         self.provider = provider

@@ -183,6 +183,13 @@ def reservation_keep(call: GatewayCall, reservation: Reservation) -> None:
         call.budget_remaining_usd = format_cost(reservation.remaining_usd)
 
 
+async def admit_uncharged(snapshot: ConfigSnapshot, call: GatewayCall) -> None:
+    """Admit a live request that calls no provider and costs nothing (/v1/messages/count_tokens): counted against the
+    request rate limits (no tokens; ``call.customer``'s too), holding one of its tenant's slots for requests in flight
+    (``call.inflight``, for the caller to give back), refused as ``admit`` refuses; no budget is reserved."""
+    await admission_hold(snapshot, call, budgets=[], tokens=0, amount=Decimal(0), limit_concurrency=True)
+
+
 async def admit(
     snapshot: ConfigSnapshot, call: GatewayCall, plan: ChatPlan, *, limit_concurrency: bool = False
 ) -> None:

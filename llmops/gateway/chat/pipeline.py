@@ -25,6 +25,9 @@ from routing.resilience import FallbackResult, RetryPolicy, call_with_fallbacks
 logger = logging.getLogger(__name__)
 
 RETRY_POLICY = RetryPolicy()
+# Where a cached answer keeps the stop sequence that ended it: the gateway's note, taken out before the answer is
+# shown, which keeps OpenAI's shape.
+STOP_SEQUENCE_NOTE = "llmops_stop_sequence"
 
 
 def _for_model(body: dict, model: ModelEntry) -> dict:
@@ -75,6 +78,7 @@ async def complete_chat(call: GatewayCall, plan: ChatPlan) -> HttpResponse:
 
     reply, usage = (await _call_chain(call, plan, attempt)).value
     call.upstream_ms = reply.elapsed_ms
+    call.stop_sequence = reply.stop_sequence
     try:
         verdict = guard_answer(reply.body, action=plan.guard_action, known_secrets=_provider_secrets(plan))
     except SecretEchoBlocked as blocked:
@@ -170,7 +174,9 @@ class StreamRelay:
             content = delta.get("content")
             if content:
                 self.content_parts.append(content)
-            self.finish_reason = choice.get("finish_reason") or self.finish_reason
+            if choice.get("finish_reason"):
+                self.finish_reason = choice["finish_reason"]
+                self.call.stop_sequence = upstream.named_stop_sequence(choice) or self.stream.stop_sequence
         if chunk.get("usage") is not None:
             self.usage = self.ceiling.check(Usage.from_provider(chunk["usage"]))
             return self.client_wants_usage or bool(chunk.get("choices"))
@@ -252,10 +258,13 @@ def _event_stream_response(call: GatewayCall, events: AsyncIterator[bytes]) -> S
 
 
 def keep_answer(call: GatewayCall, cache: CacheRequest | None, answer: dict) -> None:
-    """Cache an answer only if the model the key names served it (not a fallback or a budget downgrade). The write
-    is queued: the response does not wait for it."""
+    """Cache an answer only if the model the key names served it (not a fallback or a budget downgrade), with the
+    stop sequence that ended it noted beside it (STOP_SEQUENCE_NOTE). The write is queued: the response does not
+    wait for it."""
     if cache is None or call.served is None or call.served.name != cache.served_model:
         return
+    if call.stop_sequence is not None:
+        answer = {**answer, STOP_SEQUENCE_NOTE: call.stop_sequence}
     try:
         cache_store(cache, answer=answer)
     except Exception:
@@ -291,6 +300,8 @@ async def answer_from_cache(call: GatewayCall, plan: ChatPlan) -> HttpResponse |
     call.cache_saved_usage = await _stored_usage(hit, plan.body, call.served)
     await finish(call, http_status=200)
     answer = {**hit.answer, "id": f"chatcmpl-{call.request_id}", "created": int(call.created_at.timestamp())}
+    noted = answer.pop(STOP_SEQUENCE_NOTE, None)
+    call.stop_sequence = noted if isinstance(noted, str) else None
     if call.is_stream:
         return _event_stream_response(call, _replay_events(call, plan.body, answer))
     response = HttpResponse(orjson.dumps(answer), content_type="application/json")
