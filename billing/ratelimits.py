@@ -1,4 +1,9 @@
-"""Requests and tokens per minute, per key and per team, in fixed one-minute windows.
+"""Requests and tokens per minute, per key, per team and per end customer, in fixed one-minute windows.
+
+A customer-scope limit is one row per tenant holding each of its customers to the limit on its own counters (keyed
+by the limit and a digest of the customer, expiring after two windows like every counter), so any number of
+customers leaves no state behind; a row naming a customer is that customer's own limit instead. A request without a
+customer is held to no customer limit.
 
 With Redis one Lua script checks every applicable limit and counts the request only if all pass,
 so replicas share the limits. Without Redis, or while it is unreachable, each process counts on
@@ -15,7 +20,7 @@ from django.core.exceptions import ValidationError
 from redis.exceptions import RedisError
 
 from billing.budgets.index import RateLimitEntry, RateLimitIndex
-from billing.models import RateLimit
+from billing.models import CUSTOMER_MAX_LENGTH, RateLimit, RateLimitScope
 from core.redis import RedisScript, async_redis
 from tenants.models import ApiKey, Team, Tenant
 
@@ -59,6 +64,7 @@ class RateLimitResult:
     allowed: bool
     retry_after_seconds: int | None  # when refused: until the window resets
     headers: dict[str, str] = field(default_factory=dict)  # OpenAI's x-ratelimit-* headers, for every answer
+    refused_by: str = ""  # when refused: whose limit, as the 429's message names it
 
 
 ALLOWED_UNLIMITED = RateLimitResult(allowed=True, retry_after_seconds=None)
@@ -96,10 +102,11 @@ def _fits(limit: RateLimitEntry, requests: int, used_tokens: int, tokens: int) -
 
 
 async def rate_limit_check(
-    *, limits: RateLimitIndex, key_id: int, team_id: int, tokens: int, now: datetime
+    *, limits: RateLimitIndex, key_id: int, team_id: int, tokens: int, now: datetime, customer: str = ""
 ) -> RateLimitResult:
-    """Count the request (prompt tokens + max_tokens) against the key's and the team's limits if all allow it."""
-    applicable = limits.applicable(key_id=key_id, team_id=team_id)
+    """Count the request (prompt tokens + max_tokens) against the key's, the team's and the customer's limits if all
+    allow it."""
+    applicable = limits.applicable(key_id=key_id, team_id=team_id, customer=customer)
     if not applicable:
         return ALLOWED_UNLIMITED
     epoch = now.timestamp()
@@ -118,7 +125,16 @@ async def rate_limit_check(
         allowed=allowed,
         retry_after_seconds=None if allowed else max(math.ceil(reset_seconds), 1),
         headers=_headers(applicable, counts, reset_seconds),
+        refused_by="" if allowed else _refused_by(applicable, counts, tokens, customer),
     )
+
+
+def _refused_by(limits: list[RateLimitEntry], counts: list[tuple[int, int]], tokens: int, customer: str) -> str:
+    for limit, (requests, used) in zip(limits, counts, strict=True):
+        if not _fits(limit, requests, used, tokens):
+            kind = limit.subject.split(":", 1)[0]
+            return f"customer {customer!r}" if kind == "customer" else f"your {kind}"
+    return ""
 
 
 async def _redis_check(client, limits: list[RateLimitEntry], window: int, tokens: int):
@@ -158,12 +174,31 @@ def _duration(seconds: float) -> str:
 
 
 def rate_limit_validate(
-    *, tenant: Tenant, team: Team | None, api_key: ApiKey | None, requests_per_minute, tokens_per_minute
+    *,
+    tenant: Tenant,
+    team: Team | None,
+    api_key: ApiKey | None,
+    requests_per_minute,
+    tokens_per_minute,
+    scope: str = "",
+    customer: str = "",
 ) -> None:
-    if (team is None) == (api_key is None):
-        raise ValidationError("A rate limit is for one team or one API key.")
-    if (team or api_key).tenant_id != tenant.pk:
-        raise ValidationError("No such team or API key in this tenant.")
+    """`scope` defaults to the target given: the team's or the key's."""
+    if scope == RateLimitScope.CUSTOMER:
+        if team is not None or api_key is not None:
+            raise ValidationError("A customer rate limit is for the tenant's customers, not a team or an API key.")
+        if len(customer) > CUSTOMER_MAX_LENGTH or not customer.isprintable() or customer != customer.strip():
+            limits = f"at most {CUSTOMER_MAX_LENGTH} printable characters, without surrounding spaces"
+            raise ValidationError({"customer": f"A customer id is {limits}."})
+    else:
+        if customer:
+            raise ValidationError({"customer": "Only a customer rate limit names a customer."})
+        if (team is None) == (api_key is None):
+            raise ValidationError("A rate limit is for one team, one API key, or each customer.")
+        if scope and scope != (RateLimitScope.TEAM if team is not None else RateLimitScope.KEY):
+            raise ValidationError({"scope": "The scope must match the target: a team's or an API key's."})
+        if (team or api_key).tenant_id != tenant.pk:
+            raise ValidationError("No such team or API key in this tenant.")
     if requests_per_minute is None and tokens_per_minute is None:
         raise ValidationError("Set requests per minute, tokens per minute, or both.")
 
@@ -175,17 +210,22 @@ def rate_limit_create(
     api_key: ApiKey | None = None,
     requests_per_minute: int | None = None,
     tokens_per_minute: int | None = None,
+    scope: str = "",
+    customer: str = "",
     is_active: bool = True,
 ) -> RateLimit:
+    """A key's, a team's, or with scope `customer` each customer's limit (with `customer`, that customer's own)."""
     fields = {
         "tenant": tenant,
         "team": team,
         "api_key": api_key,
         "requests_per_minute": requests_per_minute,
         "tokens_per_minute": tokens_per_minute,
+        "customer": customer,
     }
-    rate_limit_validate(**fields)
-    rate_limit = RateLimit(**fields, is_active=is_active)
+    rate_limit_validate(**fields, scope=scope)
+    scope = scope or (RateLimitScope.TEAM if team is not None else RateLimitScope.KEY)
+    rate_limit = RateLimit(**fields, scope=scope, is_active=is_active)
     rate_limit.full_clean()
     rate_limit.save()
     return rate_limit

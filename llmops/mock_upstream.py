@@ -10,21 +10,28 @@ waits SLOW_STREAM_SECONDS between chunks, ``malformed-<kind>`` answers 200 with 
 completion (MALFORMED_USAGE and MALFORMED_BODIES; streamed, a usage kind spoils the final usage chunk and a body kind
 is one event half way through). ``n`` is honoured as OpenAI does: n choices, and usage bills n completions.
 
+``POST /v1/embeddings`` answers deterministically: each input's vector (DEFAULT_DIMENSIONS floats, or ``dimensions``)
+is drawn from a seed hashed from the model and the input, normalised to length 1, as float or base64 (little-endian
+float32, as OpenAI sends it) by ``encoding_format``; usage counts the inputs' tokens as the gateway does. The model
+name's ``fail-<status>``, ``stall`` and ``no-usage`` apply.
+
 OpenAI's Files and Batch API are imitated in memory (``POST /v1/files``, ``GET /v1/files/{id}/content``,
 ``POST /v1/batches``, ``GET /v1/batches/{id}``): a batch reports ``in_progress`` until BATCH_SECONDS have
 passed, then ``completed`` with an output file answering every line as ``/v1/chat/completions`` would.
 """
 
 import asyncio
+import base64
 import hashlib
 import re
 import time
 from collections import OrderedDict
 
+import numpy as np
 import orjson
 
 from routing.max_tokens import requested_max_tokens
-from routing.tokens import count_chat_tokens
+from routing.tokens import count_chat_tokens, count_embedding_tokens, embedding_inputs
 
 STALL_SECONDS = 30
 SLOW_STREAM_SECONDS = 0.2
@@ -33,6 +40,8 @@ CACHE_STEP = 128
 SEEN_PROMPTS_LIMIT = 10_000
 FAIL_PATTERN = re.compile(r"fail-(\d{3})")
 BATCH_SECONDS = 0.5
+# As text-embedding-3-small's.
+DEFAULT_DIMENSIONS = 1536
 FILE_PATH = re.compile(r"/v1/files/([\w-]+)/content")
 BATCH_PATH = re.compile(r"/v1/batches/([\w-]+)")
 MALFORMED_PATTERN = re.compile(r"malformed-([a-z]+-[a-z]+)")
@@ -71,6 +80,14 @@ def _multipart_file(body: bytes, content_type: str) -> bytes | None:
     return None
 
 
+def _vector(model: str, item: str | list[int], dimensions: int, base64_encoded: bool) -> list[float] | str:
+    """The same input to the same model always embeds to the same unit vector."""
+    seed = hashlib.sha256(orjson.dumps([model, item])).digest()
+    vector = np.random.default_rng(int.from_bytes(seed[:8], "little")).standard_normal(dimensions)
+    vector = (vector / np.linalg.norm(vector)).astype("<f4")
+    return base64.b64encode(vector.tobytes()).decode() if base64_encoded else vector.tolist()
+
+
 def _choices(body: dict) -> int:
     return int(body.get("n") or 1)
 
@@ -103,6 +120,9 @@ class MockUpstream:
             return
         if path.startswith(("/v1/files", "/v1/batches")):
             await self._batch_api(send, method, path, scope, await self._read_body(receive))
+            return
+        if path == "/v1/embeddings" and method == "POST":
+            await self._embeddings(send, await self._read_body(receive))
             return
         if path != "/v1/chat/completions" or method != "POST":
             await self._error(send, 404, f"Unknown path {method} {path}", "not_found")
@@ -140,6 +160,35 @@ class MockUpstream:
             await self._raw(send, 200, MALFORMED_BODIES[malformed](reply), b"application/json")
         else:
             await self._json(send, 200, reply)
+
+    async def _embeddings(self, send, raw: bytes) -> None:
+        try:
+            body = orjson.loads(raw)
+            model = str(body["model"])
+            inputs = embedding_inputs(body["input"])
+            dimensions = int(body.get("dimensions") or DEFAULT_DIMENSIONS)
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            await self._error(send, 400, "Body must be JSON with 'model' and 'input'.", "invalid_request")
+            return
+        self.requests_served += 1
+        failure = FAIL_PATTERN.search(model)
+        if failure:
+            await self._error(
+                send, int(failure.group(1)), f"mock upstream told to fail by model {model}", "mock_failure"
+            )
+            return
+        if "stall" in model:
+            await asyncio.sleep(STALL_SECONDS)
+        base64_encoded = body.get("encoding_format") == "base64"
+        data = [
+            {"object": "embedding", "index": index, "embedding": _vector(model, item, dimensions, base64_encoded)}
+            for index, item in enumerate(inputs)
+        ]
+        reply = {"object": "list", "data": data, "model": model}
+        if "no-usage" not in model:
+            tokens = sum(count_embedding_tokens(inputs, model=model))
+            reply["usage"] = {"prompt_tokens": tokens, "total_tokens": tokens}
+        await self._json(send, 200, reply)
 
     async def _batch_api(self, send, method: str, path: str, scope, body: bytes) -> None:
         if path == "/v1/files" and method == "POST":

@@ -247,13 +247,22 @@ def _price_column(name: str):
 @admin.register(Model)
 class CatalogModelAdmin(SuperuserOnlyAdmin):
     form = CatalogModelForm
-    list_display = ("name", "provider", "upstream_name", *LIST_PRICE_FIELDS, "price_age", "context_window", "is_active")
+    list_display = (
+        "name",
+        "kind",
+        "provider",
+        "upstream_name",
+        *LIST_PRICE_FIELDS,
+        "price_age",
+        "context_window",
+        "is_active",
+    )
     list_select_related = ("provider",)
-    list_filter = ("provider", "is_active")
+    list_filter = ("kind", "provider", "is_active")
     search_fields = ("name",)
-    add_fields = ("name", "provider", "upstream_name", "context_window", "max_output_tokens", *PRICE_FIELDS)
+    add_fields = ("name", "kind", "provider", "upstream_name", "context_window", "max_output_tokens", *PRICE_FIELDS)
     fieldsets = (
-        (None, {"fields": ("name", "provider", "upstream_name", "context_window", "max_output_tokens")}),
+        (None, {"fields": ("name", "kind", "provider", "upstream_name", "context_window", "max_output_tokens")}),
         (None, {"fields": ("supports_tools", "supports_images", "batch_price_multiplier", "is_active", "created_at")}),
         (
             "Prices (USD per million tokens)",
@@ -261,9 +270,18 @@ class CatalogModelAdmin(SuperuserOnlyAdmin):
         ),
         ("Price history", {"fields": ("price_history",)}),
     )
-    readonly_fields = ("created_at", "price_age", "price_history")
+    # A model's kind is chosen when it is added: policies, budgets and the ledger name the model as what it answers.
+    readonly_fields = ("kind", "created_at", "price_age", "price_history")
     # Members compare names and prices; which provider serves a model stays with the platform.
-    member_fields = ("name", *LIST_PRICE_FIELDS, "price_age", "context_window", "max_output_tokens", "is_active")
+    member_fields = (
+        "name",
+        "kind",
+        *LIST_PRICE_FIELDS,
+        "price_age",
+        "context_window",
+        "max_output_tokens",
+        "is_active",
+    )
     member_fieldsets = (
         (None, {"fields": member_fields}),
         ("Price history", {"fields": ("price_history",)}),
@@ -313,7 +331,7 @@ class CatalogModelAdmin(SuperuserOnlyAdmin):
     def get_list_filter(self, request):
         if request.user.is_superuser:
             return super().get_list_filter(request)
-        return ("is_active",)
+        return ("kind", "is_active")
 
     @admin.action(
         description="Confirm the selected models' prices are still right (resets their age)", permissions=["change"]
@@ -541,8 +559,16 @@ class RoutingPolicyAdmin(TenantScopedAdmin):
     list_display = ("tenant", "live_version", "auto_threshold", "injection_guard_action", "updated_at")
     list_select_related = ("tenant", "live_version__tenant")
     add_fields = ("tenant", "auto_threshold", "injection_guard_action")
-    fields = ("tenant", "live_version", "auto_threshold", "injection_guard_action", "updated_at", "test_console")
-    readonly_fields = ("tenant", "live_version", "updated_at", "test_console")
+    fields = (
+        "tenant",
+        "live_version",
+        "auto_threshold",
+        "injection_guard_action",
+        "updated_at",
+        "test_console",
+        "what_if",
+    )
+    readonly_fields = ("tenant", "live_version", "updated_at", "test_console", "what_if")
     inlines = (RoutingAliasInline, RoutingRuleInline)
     actions = ("publish_drafts",)
 
@@ -556,6 +582,16 @@ class RoutingPolicyAdmin(TenantScopedAdmin):
     def test_console(self, policy: RoutingPolicy) -> str:
         url = reverse("admin:routing_routingpolicy_console", args=[policy.pk])
         return format_html('<a href="{}">Try a request under the draft and the live version</a>', url)
+
+    @admin.display(description="what if?")
+    def what_if(self, policy: RoutingPolicy) -> str:
+        # The page is billing's (it reads the ledger), named by its URL: routing imports nothing of billing.
+        url = reverse("admin:billing_policy_whatif", args=[policy.pk])
+        return format_html(
+            '<a class="button" href="{}">What if?</a> The draft replayed over the last 7 or 30 days of requests, '
+            "priced under it and under the live version, before you publish it",
+            url,
+        )
 
     @admin.action(description="Publish the draft of the selected policies", permissions=["change"])
     def publish_drafts(self, request, queryset):

@@ -97,6 +97,16 @@ def cap_refusal_before_counting(
     return None
 
 
+def cap_refusal(decision: RouteDecision, prompt_tokens: int) -> TokenCapExceeded | None:
+    """The refusal of a prompt of ``prompt_tokens`` (counted in the served model's encoding) over the decision's cap,
+    when its rule rejects rather than compresses."""
+    outcome = decision.outcome
+    cap = outcome.prompt_token_cap
+    if cap is None or outcome.over_cap_action == COMPRESS or prompt_tokens <= cap:
+        return None
+    return TokenCapExceeded(prompt_tokens=prompt_tokens, cap=cap, rule_name=decision.rule_name)
+
+
 def clamp_max_tokens(body: dict, *, cap: int | None, default: int | None) -> dict:
     """Clamp whichever of the max_tokens fields the client sent; set one (routing.max_tokens) when it sent none."""
     sent = [field for field in MAX_TOKENS_FIELDS if body.get(field) is not None]
@@ -133,9 +143,9 @@ async def apply_token_caps(
     tokens_before = prompt_tokens if prompt_tokens is not None else await count_chat_tokens_async(messages, model=model)
     tokens_after = tokens_before
     compressed = summarized = False
+    if (refusal := cap_refusal(decision, tokens_before)) is not None:
+        raise refusal
     if cap is not None and tokens_before > cap:
-        if rejects:
-            raise TokenCapExceeded(prompt_tokens=tokens_before, cap=cap, rule_name=decision.rule_name)
         result = await compress_messages(
             messages, budget=cap, model=model, summarize=summarize, namespace=namespace, tokens_before=tokens_before
         )

@@ -11,7 +11,7 @@ from django.db.models import Min
 
 from core.crypto import CredentialDecryptionError, decrypt_secret
 from core.secret_references import SecretReferenceError, is_secret_reference, secret_reference_resolve
-from routing.models import Model, ModelPrice, Provider, TenantModelAccess
+from routing.models import Model, ModelKind, ModelPrice, Provider, TenantModelAccess
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +50,7 @@ class ModelEntry:
     max_output_tokens: int | None = None
     supports_tools: bool = True
     supports_images: bool = True
+    kind: str = ModelKind.CHAT
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +153,7 @@ def build_models_by_id(*, at: datetime | None = None) -> dict[int, ModelEntry]:
             max_output_tokens=model.max_output_tokens,
             supports_tools=model.supports_tools,
             supports_images=model.supports_images,
+            kind=model.kind,
         )
         for model in models
     }

@@ -17,7 +17,7 @@ from pathlib import Path
 from django.core.exceptions import ValidationError
 from django.db import transaction
 
-from routing.models import PRICE_FIELDS, Model, Provider
+from routing.models import PRICE_FIELDS, Model, ModelKind, Provider
 from routing.prices import (
     PriceChange,
     Prices,
@@ -58,6 +58,8 @@ class PriceEntry:
     litellm_provider: str = ""
     max_input_tokens: int | None = None
     max_output_tokens: int | None = None
+    # What a model created from the entry answers: LiteLLM's `mode` says when it is an embedding model.
+    kind: str = ModelKind.CHAT
 
 
 @dataclass(slots=True)
@@ -118,6 +120,7 @@ def _litellm_entries(document: dict) -> tuple[list[PriceEntry], list[str]]:
                 litellm_provider=str(spec.get("litellm_provider") or ""),
                 max_input_tokens=_token_count(spec.get("max_input_tokens")),
                 max_output_tokens=_token_count(spec.get("max_output_tokens")),
+                kind=ModelKind.EMBEDDING if spec.get("mode") == "embedding" else ModelKind.CHAT,
             )
         )
     return entries, ignored
@@ -267,6 +270,7 @@ def price_import_apply(*, plan: ImportPlan, source: str, provider: Provider | No
                 cache_write_price_per_million=prices.get("cache_write_price_per_million"),
                 context_window=entry.max_input_tokens or Model._meta.get_field("context_window").default,
                 max_output_tokens=entry.max_output_tokens,
+                kind=entry.kind,
                 actor=actor,
                 price_source=source,
                 price_effective_from=plan.effective_from,

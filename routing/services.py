@@ -10,6 +10,7 @@ from core.outbound import outbound_url_validate
 from routing.models import (
     InjectionGuardAction,
     Model,
+    ModelKind,
     Provider,
     ProviderKind,
     RoutingPolicy,
@@ -87,6 +88,7 @@ def model_create(
     cache_write_price_per_million: Decimal | None = None,
     context_window: int = 128_000,
     max_output_tokens: int | None = None,
+    kind: str = ModelKind.CHAT,
     actor=None,
     price_source: str = "created with the model",
     price_effective_from: datetime | None = None,
@@ -99,6 +101,7 @@ def model_create(
         upstream_name=upstream_name,
         context_window=context_window,
         max_output_tokens=max_output_tokens,
+        kind=kind,
     )
     model.full_clean()
     model.save()
@@ -123,6 +126,8 @@ def tenant_model_access_set(
 ) -> TenantModelAccess:
     if default_model is not None and default_model not in allowed_models:
         raise ValidationError(f"the default model {default_model.name} must be one of the allowed models")
+    if default_model is not None and default_model.kind != ModelKind.CHAT:
+        raise ValidationError(f"the default model {default_model.name} must be a chat model")
     access, _ = TenantModelAccess.objects.for_tenant(tenant).get_or_create(tenant=tenant)
     access.default_model = default_model
     access.save()
@@ -148,11 +153,38 @@ def _tenant_model_names(tenant: Tenant) -> tuple[frozenset[str], frozenset[str]]
     return allowed, frozenset(Model.objects.values_list("name", flat=True))
 
 
+def routing_policy_document_errors(*, tenant: Tenant, document) -> list[str]:
+    """Every reason the document could not be published for the tenant; empty when it could. A value that is not a
+    policy document at all (a policy_whatif draft file) gets one reason, naming what is wrong with it."""
+    if not isinstance(document, dict):
+        return ["a policy document is a JSON object with `aliases` and `rules`"]
+    allowed, known = _tenant_model_names(tenant)
+    try:
+        errors = _document_list_errors(document)
+        return errors or policy_document_errors(document, allowed_models=allowed, known_models=known)
+    except (KeyError, TypeError, AttributeError, ValueError) as error:
+        return [f"not a policy document ({type(error).__name__}: {error}): every rule needs a `priority` and a `name`"]
+
+
+LIST_MATCHES = ("requested_models", "task_types", "user_tiers", "team_slugs", "keywords")
+
+
+def _document_list_errors(document: dict) -> list[str]:
+    """Lists given as anything else (a bare string would match its letters)."""
+    errors = []
+    for rule in document.get("rules") or []:
+        lists = {key: (rule.get("match") or {}).get(key, []) for key in LIST_MATCHES}
+        lists["fallback_models"] = (rule.get("outcome") or {}).get("fallback_models", [])
+        for key, value in lists.items():
+            if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+                errors.append(f"rule '{rule.get('name')}': {key} must be a list of strings")
+    return errors
+
+
 def _routing_policy_publish_document(
     *, policy: RoutingPolicy, document: dict, actor, action: RoutingPolicyAuditAction
 ) -> RoutingPolicyVersion:
-    allowed, known = _tenant_model_names(policy.tenant)
-    errors = policy_document_errors(document, allowed_models=allowed, known_models=known)
+    errors = routing_policy_document_errors(tenant=policy.tenant, document=document)
     if errors:
         raise ValidationError(errors)
     previous = policy.live_version
@@ -291,14 +323,14 @@ def routing_policy_create_default(
 
 
 def routing_policy_ensure_default(*, tenant: Tenant, actor=None) -> RoutingPolicy | None:
-    """Give a tenant without a policy the default one, its cheapest allowed model as small and dearest as large.
+    """Give a tenant without a policy the default one, its cheapest allowed chat model as small and dearest as large.
 
-    Returns None when the tenant already has a policy or may use no model yet.
+    Returns None when the tenant already has a policy or may use no chat model yet.
     """
     if RoutingPolicy.objects.for_tenant(tenant).exists():
         return None
     models = sorted(
-        Model.objects.filter(allowed_for__tenant=tenant, is_active=True)
+        Model.objects.filter(allowed_for__tenant=tenant, is_active=True, kind=ModelKind.CHAT)
         .with_prices_in_force()
         .filter(price_version_id__isnull=False),
         key=lambda model: (model.input_price_per_million + model.output_price_per_million, model.name),

@@ -58,6 +58,21 @@ def count_text_tokens(text: str, *, model: str) -> int:
     return len(encoding.encode(text, disallowed_special=()))
 
 
+def embedding_inputs(value) -> list[str | list[int]]:
+    """The inputs of an embeddings request, each a text or an array of tokens: its ``input`` is one text, one array
+    of tokens, or a list of either."""
+    if isinstance(value, str):
+        return [value]
+    if value and all(isinstance(item, int) for item in value):
+        return [value]
+    return list(value)
+
+
+def count_embedding_tokens(inputs: list[str | list[int]], *, model: str) -> list[int]:
+    """Each input's tokens: a text counted in the model's encoding, an array of tokens by its length."""
+    return [len(item) if isinstance(item, list) else count_text_tokens(item, model=model) for item in inputs]
+
+
 def _content_text(content) -> str:
     if content is None:
         return ""

@@ -1,9 +1,11 @@
-"""Calls to upstream providers, in OpenAI's chat completion format whatever the provider speaks.
+"""Calls to upstream providers, in OpenAI's chat completion format whatever the provider speaks (and OpenAI's
+embeddings format, for the providers that have embeddings).
 
-``chat_completion`` and ``open_chat_stream`` pick the adapter in ``routing.providers`` by the provider's kind
-(``routing.providers.kinds``); the error classes, reply and stream shapes are shared by all adapters. A reply has been
-checked (``checked_chat_completion``: readable choices, usage as bounded counts of tokens); a stream's events are
-checked by whoever reads them (``checked_chunk``), where they are parsed once.
+``chat_completion``, ``open_chat_stream`` and ``embeddings`` pick the adapter in ``routing.providers`` by the
+provider's kind (``routing.providers.kinds``); the error classes, reply and stream shapes are shared by all adapters.
+A reply has been checked (``checked_chat_completion``: readable choices, usage as bounded counts of tokens;
+``checked_embeddings``: one vector per input); a stream's events are checked by whoever reads them
+(``checked_chunk``), where they are parsed once.
 """
 
 from importlib import import_module
@@ -23,8 +25,9 @@ from routing.providers.base import (
     answer_text,
     checked_chunk,
     invalid_response,
+    named_stop_sequence,
 )
-from routing.providers.kinds import PROVIDER_KINDS
+from routing.providers.kinds import PROVIDER_KINDS, provider_kind
 from routing.providers.prompt_cache import OFF, CacheControlRefused
 
 __all__ = [
@@ -41,7 +44,10 @@ __all__ = [
     "answer_text",
     "chat_completion",
     "checked_chunk",
+    "embeddings",
+    "has_embeddings",
     "invalid_response",
+    "named_stop_sequence",
     "open_chat_stream",
 ]
 
@@ -79,3 +85,16 @@ async def open_chat_stream(provider: ProviderEntry, body: dict, *, provider_cach
         return await _adapter(provider).open_chat_stream(provider, body, provider_cache=provider_cache)
     except CacheControlRefused as refusal:
         raise _refused(refusal) from refusal
+
+
+def has_embeddings(provider: ProviderEntry) -> bool:
+    """Whether the provider's API has embeddings (OpenAI's shape); Anthropic's and Bedrock Converse have none."""
+    spec = provider_kind(provider.kind)
+    return spec is not None and spec.embeddings
+
+
+async def embeddings(provider: ProviderEntry, body: dict) -> UpstreamReply:
+    """The answer as an OpenAI embeddings list; raises an UpstreamError subclass when there is none."""
+    if not has_embeddings(provider):
+        raise UpstreamError(f"provider {provider.name} has no embeddings API")
+    return await _adapter(provider).embeddings(provider, body)

@@ -101,17 +101,17 @@ def well_shaped_bodies(model: str):
     )
 
 
-def _paths(value, prefix: tuple = ()) -> list[tuple]:
+def paths_in(value, prefix: tuple = ()) -> list[tuple]:
     """The path of every field and item of a JSON document, depth first."""
     items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
     paths = []
     for key, child in items:
         paths.append((*prefix, key))
-        paths.extend(_paths(child, (*prefix, key)))
+        paths.extend(paths_in(child, (*prefix, key)))
     return paths
 
 
-def _replaced(body: dict, path: tuple, wrong) -> dict:
+def replaced(body: dict, path: tuple, wrong) -> dict:
     body = copy.deepcopy(body)
     container = body
     for key in path[:-1]:
@@ -122,7 +122,7 @@ def _replaced(body: dict, path: tuple, wrong) -> dict:
 
 def _with_one_field_replaced(body: dict):
     wrong = json_values | numbers | edge_text
-    return st.tuples(st.sampled_from(_paths(body)), wrong).map(lambda choice: _replaced(body, *choice))
+    return st.tuples(st.sampled_from(paths_in(body)), wrong).map(lambda choice: replaced(body, *choice))
 
 
 def right_or_one_field_wrong(documents):

@@ -95,9 +95,14 @@ def alert_channel_update(
     return channel
 
 
-def budget_alert_raise(*, budget_id: int, period_key: str, threshold: int, spent_units: int) -> list[AlertDelivery]:
+def budget_alert_raise(
+    *, budget_id: int, period_key: str, threshold: int, spent_units: int, customer: str = ""
+) -> list[AlertDelivery]:
     """Record the alert, and first those of the lower thresholds not raised yet, with a delivery per active channel.
-    Returns those deliveries, lowest threshold first; none when the alert was raised before."""
+    Returns those deliveries, lowest threshold first; none when the alert was raised before.
+
+    A customer-scope budget alerts once per period and threshold too, for the first customer (`customer`) to reach
+    it: one alert per customer would flood the channels of a tenant with thousands of customers."""
     with transaction.atomic():
         # One raiser at a time per budget, so the alerts and their deliveries are created in order.
         # Unscoped, reviewed: the id comes from the gateway's settlement of that budget's own tenant's request.
@@ -116,6 +121,7 @@ def budget_alert_raise(*, budget_id: int, period_key: str, threshold: int, spent
                 budget=budget,
                 period_key=period_key,
                 threshold=percent,
+                customer=customer,
                 spent_usd=units_to_usd(spent_units),
                 limit_usd=budget.limit_usd,
             )
@@ -214,8 +220,11 @@ def alert_message(*, delivery: AlertDelivery) -> tuple[str, str, dict]:
 def _budget_alert_message(alert: BudgetAlert) -> tuple[str, str, dict]:
     budget = alert.budget
     subject = f"[llmops] {budget.tenant.slug}: {budget.target_label()} budget at {alert.threshold}%"
+    who = budget.target_label()
+    if alert.customer and not budget.customer:
+        who = f"each customer (first to reach it: customer {alert.customer}; no alert for the others this period)"
     text = (
-        f"The {budget.period} budget of {budget.tenant.slug} for {budget.target_label()} reached {alert.threshold}% "
+        f"The {budget.period} budget of {budget.tenant.slug} for {who} reached {alert.threshold}% "
         f"in {alert.period_key}: {format_money(alert.spent_usd)} of {format_money(alert.limit_usd)} "
         f"(action at 100%: {budget.action})."
     )
@@ -231,6 +240,7 @@ def _budget_alert_message(alert: BudgetAlert) -> tuple[str, str, dict]:
             "action": budget.action,
         },
         "period_key": alert.period_key,
+        "customer": alert.customer,
         "threshold_percent": alert.threshold,
         "spent_usd": f"{alert.spent_usd:f}",
         "limit_usd": f"{alert.limit_usd:f}",

@@ -18,7 +18,7 @@ from billing.alerts.tasks import alert_deliveries_send
 from billing.budgets.selectors import budget_status
 from billing.budgets.services import budget_counters_rebuild, budget_create, budget_update, budget_validate
 from billing.ledger.costs import format_money
-from billing.models import AlertChannel, AlertDelivery, Anomaly, Budget, BudgetAlert, RateLimit
+from billing.models import AlertChannel, AlertDelivery, Anomaly, Budget, BudgetAlert, RateLimit, RateLimitScope
 from billing.ratelimits import rate_limit_create, rate_limit_validate
 from tenants.admin import (
     ReadOnlyScopedAdmin,
@@ -55,6 +55,7 @@ class BudgetForm(forms.ModelForm):
             "team",
             "api_key",
             "model_name",
+            "customer",
             "period",
             "limit_usd",
             "thresholds",
@@ -78,6 +79,7 @@ class BudgetForm(forms.ModelForm):
             limit_usd=data.get("limit_usd"),
             thresholds=data.get("thresholds"),
             action=data.get("action"),
+            customer=data.get("customer", ""),
         )
         if any(channel.tenant_id != tenant.pk for channel in data.get("channels") or []):
             raise ValidationError({"channels": "No such alert channel in this tenant."})
@@ -89,6 +91,7 @@ class BudgetAdmin(TenantScopedAdmin):
     form = BudgetForm
     list_display = ("__str__", "tenant", "scope", "period", "limit_usd", "this_period", "action", "is_active")
     list_filter = (("tenant", TenantListFilter), "scope", "period", "action", "is_active")
+    search_fields = ("=customer",)
     list_select_related = ("tenant", "team__tenant", "api_key__team")
     filter_horizontal = ("channels",)
     actions = ("rebuild_counters",)
@@ -101,6 +104,8 @@ class BudgetAdmin(TenantScopedAdmin):
         """Spent (the ledger), reserved (requests in flight) and what remains of the limit, in the current period."""
         if budget.pk is None:
             return "–"
+        if budget.holds_each_customer:
+            return "Each customer has its own spend this period: group usage by customer to see it."
         status = budget_status(budget=budget, now=timezone.now())
         return (
             f"{status.window.key}: spent {format_money(status.spent_usd)}, "
@@ -208,7 +213,7 @@ class AlertDeliveryInline(TenantScopedInline, admin.TabularInline):
 
 @admin.register(BudgetAlert)
 class BudgetAlertAdmin(ReadOnlyScopedAdmin):
-    list_display = ("budget", "period_key", "threshold", "spent_usd", "limit_usd", "created_at")
+    list_display = ("budget", "period_key", "threshold", "customer", "spent_usd", "limit_usd", "created_at")
     list_filter = ("threshold",)
     list_select_related = ("budget__tenant", "budget__team", "budget__api_key")
     inlines = (AlertDeliveryInline,)
@@ -250,20 +255,43 @@ class AnomalyAdmin(ReadOnlyScopedAdmin):
 
 
 class RateLimitForm(forms.ModelForm):
+    scope = forms.ChoiceField(
+        choices=[("", "From the target (the team or API key)"), *RateLimitScope.choices],
+        required=False,
+        help_text="Each customer: every end customer of the tenant held to this limit on its own (leave team and key "
+        "empty; name a customer to make this that customer's own limit).",
+    )
+
     class Meta:
         model = RateLimit
-        fields = ("tenant", "team", "api_key", "requests_per_minute", "tokens_per_minute", "is_active")
+        fields = (
+            "tenant",
+            "scope",
+            "team",
+            "api_key",
+            "customer",
+            "requests_per_minute",
+            "tokens_per_minute",
+            "is_active",
+        )
 
     def clean(self):
         data = super().clean()
         tenant = data.get("tenant") or getattr(self.instance, "tenant", None)
         if tenant is not None and not self.errors:
+
+            def value(name: str):
+                """The form's value, or the row's where the change form shows the field read-only."""
+                return data[name] if name in data else getattr(self.instance, name)
+
             rate_limit_validate(
                 tenant=tenant,
-                team=data.get("team"),
-                api_key=data.get("api_key"),
+                team=value("team"),
+                api_key=value("api_key"),
                 requests_per_minute=data.get("requests_per_minute"),
                 tokens_per_minute=data.get("tokens_per_minute"),
+                scope=value("scope"),
+                customer=value("customer"),
             )
         return data
 
@@ -271,12 +299,13 @@ class RateLimitForm(forms.ModelForm):
 @admin.register(RateLimit)
 class RateLimitAdmin(TenantScopedAdmin):
     form = RateLimitForm
-    list_display = ("__str__", "tenant", "requests_per_minute", "tokens_per_minute", "is_active")
-    list_filter = (("tenant", TenantListFilter), "is_active")
+    list_display = ("__str__", "tenant", "scope", "requests_per_minute", "tokens_per_minute", "is_active")
+    list_filter = (("tenant", TenantListFilter), "scope", "is_active")
     list_select_related = ("tenant", "team", "api_key")
+    search_fields = ("=customer",)
     add_fields = RateLimitForm.Meta.fields
     fields = RateLimitForm.Meta.fields
-    readonly_fields = ("tenant", "team", "api_key")
+    readonly_fields = ("tenant", "scope", "team", "api_key", "customer")
 
     def create_with_service(self, request, form) -> RateLimit:
         return rate_limit_create(**self.added(form))

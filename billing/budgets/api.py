@@ -18,7 +18,7 @@ from rest_framework.views import APIView
 from billing.budgets.selectors import budget_status
 from billing.budgets.services import budget_create, budget_delete, budget_update
 from billing.ledger.costs import format_cost
-from billing.models import AlertChannel, Budget, BudgetAction, BudgetPeriod, BudgetScope
+from billing.models import CUSTOMER_MAX_LENGTH, AlertChannel, Budget, BudgetAction, BudgetPeriod, BudgetScope
 from core.api import TenantSlugField
 from tenants.models import ApiKey, Team, Tenant
 from tenants.permissions import Action
@@ -32,6 +32,14 @@ class BudgetInputSerializer(serializers.Serializer):
     team = serializers.CharField(required=False, allow_blank=True, default="", max_length=64)
     api_key = serializers.CharField(required=False, allow_blank=True, default="", max_length=16)
     model_name = serializers.CharField(required=False, allow_blank=True, default="", max_length=128)
+    customer = serializers.CharField(
+        required=False,
+        allow_blank=True,
+        default="",
+        trim_whitespace=False,
+        max_length=CUSTOMER_MAX_LENGTH,
+        help_text="Customer scope: empty holds every customer to the limit each; an id makes it that customer's own.",
+    )
     period = serializers.ChoiceField(choices=BudgetPeriod.choices, default=BudgetPeriod.MONTH)
     limit_usd = serializers.DecimalField(max_digits=20, decimal_places=10)
     thresholds = serializers.ListField(child=serializers.IntegerField(min_value=1, max_value=1000), required=False)
@@ -42,6 +50,14 @@ class BudgetInputSerializer(serializers.Serializer):
 
 class TenantQuerySerializer(serializers.Serializer):
     tenant = TenantSlugField(help_text="Tenant slug; optional when you may edit exactly one tenant.")
+
+
+class CustomerQuerySerializer(serializers.Serializer):
+    customer = serializers.CharField(
+        required=False,
+        max_length=CUSTOMER_MAX_LENGTH,
+        help_text="For a budget that holds each customer: the customer whose current period to show.",
+    )
 
 
 def _money() -> serializers.CharField:
@@ -66,17 +82,20 @@ class BudgetSerializer(serializers.Serializer):
     team = serializers.CharField(allow_null=True)
     api_key = serializers.CharField(allow_null=True)
     model_name = serializers.CharField(allow_blank=True)
+    customer = serializers.CharField(allow_blank=True)
     period = serializers.ChoiceField(choices=BudgetPeriod.choices)
     limit_usd = _money()
     thresholds = serializers.ListField(child=serializers.IntegerField())
     action = serializers.ChoiceField(choices=BudgetAction.choices)
     is_active = serializers.BooleanField()
     channels = serializers.ListField(child=serializers.IntegerField())
-    current_period = BudgetPeriodStatusSerializer()
+    current_period = BudgetPeriodStatusSerializer(
+        allow_null=True,
+        help_text="Null for a budget that holds each customer, unless ?customer= names the customer to show.",
+    )
 
 
-def budget_output(budget: Budget) -> dict:
-    current = budget_status(budget=budget, now=timezone.now())
+def budget_output(budget: Budget, *, customer: str = "") -> dict:
     return {
         "id": budget.pk,
         "tenant": budget.tenant.slug,
@@ -84,20 +103,28 @@ def budget_output(budget: Budget) -> dict:
         "team": budget.team.slug if budget.team_id else None,
         "api_key": budget.api_key.prefix if budget.api_key_id else None,
         "model_name": budget.model_name,
+        "customer": budget.customer,
         "period": budget.period,
         "limit_usd": format_cost(budget.limit_usd),
         "thresholds": budget.thresholds,
         "action": budget.action,
         "is_active": budget.is_active,
         "channels": sorted(channel.pk for channel in budget.channels.all()),
-        "current_period": {
-            "key": current.window.key,
-            "start": current.window.start.isoformat(),
-            "end": current.window.end.isoformat(),
-            "spent_usd": format_cost(current.spent_usd),
-            "reserved_usd": format_cost(current.reserved_usd),
-            "remaining_usd": format_cost(current.remaining_usd),
-        },
+        "current_period": _current_period(budget, customer=customer),
+    }
+
+
+def _current_period(budget: Budget, *, customer: str) -> dict | None:
+    if budget.holds_each_customer and not customer:
+        return None
+    current = budget_status(budget=budget, now=timezone.now(), customer=customer)
+    return {
+        "key": current.window.key,
+        "start": current.window.start.isoformat(),
+        "end": current.window.end.isoformat(),
+        "spent_usd": format_cost(current.spent_usd),
+        "reserved_usd": format_cost(current.reserved_usd),
+        "remaining_usd": format_cost(current.remaining_usd),
     }
 
 
@@ -184,9 +211,12 @@ class BudgetDetailView(APIView):
             raise NotFound("No such budget.")
         return budget
 
-    @extend_schema(responses=BudgetSerializer)
+    @extend_schema(parameters=[CustomerQuerySerializer], responses=BudgetSerializer)
     def get(self, request: Request, budget_id: int) -> Response:
-        return Response(budget_output(self.budget(request, budget_id)))
+        query = CustomerQuerySerializer(data=request.query_params.dict())
+        query.is_valid(raise_exception=True)
+        customer = query.validated_data.get("customer", "")
+        return Response(budget_output(self.budget(request, budget_id), customer=customer))
 
     @extend_schema(request=BudgetInputSerializer, responses=BudgetSerializer)
     def patch(self, request: Request, budget_id: int) -> Response:

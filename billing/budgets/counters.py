@@ -1,6 +1,8 @@
 """Budget counters that start from the truth: the ledger's spend in the period plus the reservations in flight.
 
-A counter in Redis is one hash per budget and period (``llmops:budget:<id>:<period key>``) with ``spent`` and
+A counter in Redis is one hash per budget and period (``llmops:budget:<id>:<period key>``; a customer-scope budget has
+one per customer, ``llmops:budget:<id>:c:<digest of the customer>:<period key>``, seeded from that customer's rows
+and expiring with its period like every counter, so any number of customers leaves no state behind) with ``spent`` and
 ``reserved`` in units of 1e-10 USD, the budget ``version`` it was seeded for, and an ``epoch`` naming this
 incarnation of the counter. The reserve script admits nothing under a counter that is missing (a new budget, a
 Redis flush, a failover, an eviction) or seeded for an older version of the budget (a changed limit, scope or
@@ -43,8 +45,8 @@ from django.db import connection, transaction
 from django.db.models import QuerySet, Sum
 from redis.exceptions import RedisError
 
-from billing.budgets.index import BudgetEntry, units_to_usd, usd_to_units
-from billing.budgets.periods import BudgetWindow
+from billing.budgets.index import BudgetEntry, customer_digest, units_to_usd, usd_to_units
+from billing.budgets.periods import BudgetWindow, budget_window
 from billing.budgets.thresholds import threshold_alerts_enqueue
 from billing.ledger.costs import format_cost
 from billing.ledger.stream import EVENT_FIELD, STREAM_KEY, ledger_streaming, usage_event_decode
@@ -196,12 +198,28 @@ return 0
 
 @dataclass(frozen=True, slots=True)
 class BudgetHold:
+    """One budget's counter a request is held to: the budget's in the period holding it, and for a customer-scope
+    budget, the one of the request's customer."""
+
     entry: BudgetEntry
     window: BudgetWindow
+    customer: str = ""
+
+    @classmethod
+    def of(cls, entry: BudgetEntry, *, now: datetime, customer: str = "") -> "BudgetHold":
+        window = budget_window(period=entry.period, zone=entry.zone, now=now)
+        return cls(entry=entry, window=window, customer=customer if entry.per_customer else "")
 
     @property
     def redis_key(self) -> str:
+        if self.entry.per_customer:
+            return f"llmops:budget:{self.entry.budget_id}:c:{customer_digest(self.customer)}:{self.window.key}"
         return f"llmops:budget:{self.entry.budget_id}:{self.window.key}"
+
+    @property
+    def counter_key(self) -> tuple[int, str, str]:
+        """The database counter's identity: budget, customer, period."""
+        return self.entry.budget_id, self.customer, self.window.key
 
     @property
     def pending_key(self) -> str:
@@ -211,18 +229,25 @@ class BudgetHold:
         return max(int((self.window.end + COUNTER_GRACE - now).total_seconds()), 1)
 
 
-def budget_ledger_records(*, entry: BudgetEntry, window: BudgetWindow) -> QuerySet[UsageRecord]:
-    """The ledger rows that are the budget's spend in the window (the same test as BudgetEntry.counts)."""
+def budget_ledger_records(*, entry: BudgetEntry, window: BudgetWindow, customer: str = "") -> QuerySet[UsageRecord]:
+    """The ledger rows that are the budget's spend in the window (the same test as _counts), for a customer-scope
+    budget the customer's."""
     records = UsageRecord.objects.for_tenant(entry.tenant_id).filter(
         created_at__gte=window.start, created_at__lt=window.end
     )
-    if entry.scope == BudgetScope.TEAM:
+    if entry.per_customer:
+        records = records.filter(customer=customer)
+    elif entry.scope == BudgetScope.TEAM:
         records = records.filter(team_id=entry.team_id)
     elif entry.scope == BudgetScope.KEY:
         records = records.filter(api_key_id=entry.key_id)
     elif entry.scope == BudgetScope.TENANT_MODEL:
         records = records.filter(served_model=entry.model_name)
     return records
+
+
+def hold_ledger_records(hold: BudgetHold) -> QuerySet[UsageRecord]:
+    return budget_ledger_records(entry=hold.entry, window=hold.window, customer=hold.customer)
 
 
 def records_cost(records: QuerySet[UsageRecord]) -> Decimal:
@@ -234,7 +259,9 @@ def counter_reserved(*, hold: BudgetHold) -> Decimal:
     client = sync_redis()
     if client is None:
         counters = BudgetCounter.objects.for_tenant(hold.entry.tenant_id)
-        counter = counters.filter(budget_id=hold.entry.budget_id, period_key=hold.window.key).first()
+        counter = counters.filter(
+            budget_id=hold.entry.budget_id, customer=hold.customer, period_key=hold.window.key
+        ).first()
         return counter.reserved_usd if counter else Decimal(0)
     try:
         return units_to_usd(int(client.hget(hold.redis_key, "reserved") or 0))
@@ -273,9 +300,20 @@ def counter_seed(*, hold: BudgetHold, now: datetime, force: bool = False) -> Dec
     if spent < 0:
         return None
     seeded = units_to_usd(spent)
-    logger.info("budget %s counter for %s seeded: %s USD", hold.entry.budget_id, hold.window.key, format_cost(seeded))
+    logger.log(
+        _seed_log_level(hold),
+        "budget %s counter for %s seeded: %s USD",
+        hold.entry.budget_id,
+        hold.window.key,
+        format_cost(seeded),
+    )
     _alert_seeded_thresholds(hold, spent)
     return seeded
+
+
+def _seed_log_level(hold: BudgetHold) -> int:
+    """A customer's counter is seeded on each customer's first request of a period: routine, so not logged at INFO."""
+    return logging.DEBUG if hold.entry.per_customer else logging.INFO
 
 
 def _backlog_costs(client, hold: BudgetHold, *, boundary: str) -> dict[str, Decimal]:
@@ -300,8 +338,14 @@ def _backlog_costs(client, hold: BudgetHold, *, boundary: str) -> dict[str, Deci
 
 
 def _counts(hold: BudgetHold, event) -> bool:
+    if hold.entry.per_customer and event.customer != hold.customer:
+        return False
     return hold.window.start <= event.created_at < hold.window.end and hold.entry.counts(
-        tenant_id=event.tenant_id, team_id=event.team_id, key_id=event.api_key_id, served_model=event.served_model
+        tenant_id=event.tenant_id,
+        team_id=event.team_id,
+        key_id=event.api_key_id,
+        served_model=event.served_model,
+        customer=event.customer,
     )
 
 
@@ -309,13 +353,13 @@ def ledger_spend(*, hold: BudgetHold) -> Decimal:
     """The hold's spend in the ledger as it stands: Postgres rows plus the stream's backlog, each record once."""
     client = sync_redis()
     if client is None:
-        return records_cost(budget_ledger_records(entry=hold.entry, window=hold.window))
+        return records_cost(hold_ledger_records(hold))
     return _ledger_spend_before_mark(hold, client=client, boundary="+")
 
 
 def _ledger_spend_before_mark(hold: BudgetHold, *, client, boundary: str) -> Decimal:
     backlog = _backlog_costs(client, hold, boundary=boundary) if ledger_streaming() else {}
-    records = budget_ledger_records(entry=hold.entry, window=hold.window)
+    records = hold_ledger_records(hold)
     # One snapshot for the sum and the duplicates (inside a caller's transaction, that transaction's snapshot).
     own_snapshot = connection.vendor == "postgresql" and not connection.in_atomic_block
     with transaction.atomic():
@@ -335,26 +379,34 @@ def _alert_seeded_thresholds(hold: BudgetHold, spent_units: int) -> None:
     limit = hold.entry.limit_units
     reached = [threshold for threshold in hold.entry.thresholds if threshold * limit <= spent_units * 100]
     if reached:
-        threshold_alerts_enqueue(crossings=[(hold.entry, hold.window.key, t, spent_units) for t in reached])
+        threshold_alerts_enqueue(
+            crossings=[(hold.entry, hold.window.key, t, spent_units, hold.customer) for t in reached]
+        )
 
 
-def database_counters_locked(holds, *, seed: bool) -> dict[tuple[int, str], BudgetCounter]:
+def database_counters_locked(holds, *, seed: bool) -> dict[tuple[int, str, str], BudgetCounter]:
     """The holds' BudgetCounter rows, locked (in budget order, so two requests cannot deadlock). With `seed`, a row
     that is new or seeded for an older version of its budget is set from the ledger first, reservations kept."""
     BudgetCounter.objects.bulk_create(
-        [BudgetCounter(budget_id=hold.entry.budget_id, period_key=hold.window.key) for hold in holds],
+        [
+            BudgetCounter(budget_id=hold.entry.budget_id, customer=hold.customer, period_key=hold.window.key)
+            for hold in holds
+        ],
         ignore_conflicts=True,
     )
     query = BudgetCounter.objects.none()
     for hold in holds:
         query |= BudgetCounter.objects.for_tenant(hold.entry.tenant_id).filter(
-            budget_id=hold.entry.budget_id, period_key=hold.window.key
+            budget_id=hold.entry.budget_id, customer=hold.customer, period_key=hold.window.key
         )
     # Locks the counters only, not the budgets their scope joins.
-    counters = {(c.budget_id, c.period_key): c for c in query.select_for_update(of=("self",)).order_by("budget_id")}
+    counters = {
+        (c.budget_id, c.customer, c.period_key): c
+        for c in query.select_for_update(of=("self",)).order_by("budget_id", "customer")
+    }
     if seed:
         for hold in holds:
-            counter = counters[hold.entry.budget_id, hold.window.key]
+            counter = counters[hold.counter_key]
             if counter.version < hold.entry.version:
                 database_counter_seed(hold=hold, counter=counter)
     return counters
@@ -362,10 +414,16 @@ def database_counters_locked(holds, *, seed: bool) -> dict[tuple[int, str], Budg
 
 def database_counter_seed(*, hold: BudgetHold, counter: BudgetCounter) -> Decimal:
     """Under the row lock: settles write their ledger row in the same transaction, so the sum is exact."""
-    counter.spent_usd = records_cost(budget_ledger_records(entry=hold.entry, window=hold.window))
+    counter.spent_usd = records_cost(hold_ledger_records(hold))
     counter.version = hold.entry.version
     counter.save(update_fields=["spent_usd", "version", "updated_at"])
     spent = format_cost(counter.spent_usd)
-    logger.info("budget %s counter row for %s seeded: %s USD", hold.entry.budget_id, hold.window.key, spent)
+    logger.log(
+        _seed_log_level(hold),
+        "budget %s counter row for %s seeded: %s USD",
+        hold.entry.budget_id,
+        hold.window.key,
+        spent,
+    )
     transaction.on_commit(lambda: _alert_seeded_thresholds(hold, usd_to_units(counter.spent_usd)))
     return counter.spent_usd

@@ -1,15 +1,20 @@
 """The active budgets and rate limits as frozen objects, built per tenant when its configuration is loaded.
 
 The gateway reloads a tenant's when one of its Budget, RateLimit or Tenant (time zone) rows is saved or deleted.
+
+A customer-scope budget or rate limit is one row that holds each end customer of the tenant to its own limit (its
+counters are per customer, named by the request's customer); a row naming a customer is that customer's own limit
+instead (for budgets, instead of the default of the same period). A request without a customer is held to none.
 """
 
+import hashlib
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_CEILING, Decimal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from billing.models import Budget, BudgetAction, BudgetScope, RateLimit
+from billing.models import Budget, BudgetAction, BudgetScope, RateLimit, RateLimitScope
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +45,8 @@ class BudgetEntry:
     zone: ZoneInfo
     # The budget's last change (updated_at in microseconds): a counter seeded for an older version is seeded again.
     version: int
+    # Customer scope: the one customer this budget is for, "" for every customer (each its own counter).
+    customer: str = ""
 
     @property
     def limit_units(self) -> int:
@@ -50,7 +57,13 @@ class BudgetEntry:
         """Block and downgrade budgets refuse what would go over; notify budgets only alert."""
         return self.action != BudgetAction.NOTIFY
 
-    def applies_to(self, *, team_id: int, key_id: int, model_name: str) -> bool:
+    @property
+    def per_customer(self) -> bool:
+        return self.scope == BudgetScope.CUSTOMER
+
+    def applies_to(self, *, team_id: int, key_id: int, model_name: str, customer: str = "") -> bool:
+        if self.scope == BudgetScope.CUSTOMER:
+            return bool(customer) and self.customer in ("", customer)
         if self.scope == BudgetScope.TEAM:
             return self.team_id == team_id
         if self.scope == BudgetScope.KEY:
@@ -59,20 +72,30 @@ class BudgetEntry:
             return self.model_name == model_name
         return True
 
-    def counts(self, *, tenant_id: int, team_id: int, key_id: int, served_model: str) -> bool:
-        """Whether a ledger record with these fields is spend of this budget (the model is the one that served)."""
-        return tenant_id == self.tenant_id and self.applies_to(team_id=team_id, key_id=key_id, model_name=served_model)
+    def counts(self, *, tenant_id: int, team_id: int, key_id: int, served_model: str, customer: str = "") -> bool:
+        """Whether a ledger record with these fields is spend of this budget (the model is the one that served); for
+        the customer scope, of some customer's spend under it (a counter counts only its own customer's)."""
+        return tenant_id == self.tenant_id and self.applies_to(
+            team_id=team_id, key_id=key_id, model_name=served_model, customer=customer
+        )
 
 
 @dataclass(frozen=True, slots=True)
 class BudgetIndex:
     by_tenant: dict[int, tuple[BudgetEntry, ...]] = field(default_factory=dict)
 
-    def applicable(self, tenant_id: int, team_id: int, key_id: int, model_name: str) -> list[BudgetEntry]:
-        return [
+    def applicable(
+        self, tenant_id: int, team_id: int, key_id: int, model_name: str, customer: str = ""
+    ) -> list[BudgetEntry]:
+        """The budgets a request is held to; a customer's own budget of a period replaces the default of that period."""
+        entries = [
             entry
             for entry in self.by_tenant.get(tenant_id, ())
-            if entry.applies_to(team_id=team_id, key_id=key_id, model_name=model_name)
+            if entry.applies_to(team_id=team_id, key_id=key_id, model_name=model_name, customer=customer)
+        ]
+        overridden = {entry.period for entry in entries if entry.per_customer and entry.customer}
+        return [
+            entry for entry in entries if not (entry.per_customer and not entry.customer and entry.period in overridden)
         ]
 
 
@@ -98,6 +121,7 @@ def budget_entry(budget: Budget) -> BudgetEntry:
         action=budget.action,
         zone=tenant_zone_or_utc(budget.tenant.time_zone),
         version=(budget.updated_at - EPOCH) // timedelta(microseconds=1),
+        customer=budget.customer,
     )
 
 
@@ -110,29 +134,56 @@ def build_budget_index(*, tenant_id: int) -> BudgetIndex:
     return BudgetIndex(by_tenant={tenant_id: tuple(entries) for tenant_id, entries in by_tenant.items()})
 
 
+def customer_digest(customer: str) -> str:
+    """A customer's id as it goes into a counter's Redis key: fixed length, whatever characters the id holds."""
+    return hashlib.blake2b(customer.encode(), digest_size=16).hexdigest()
+
+
 @dataclass(frozen=True, slots=True)
 class RateLimitEntry:
     rate_limit_id: int
-    subject: str  # "key:<id>" or "team:<id>", the counter's name
+    subject: str  # "key:<id>", "team:<id>" or "customer:<id>", the counter's name (a customer's is completed below)
     requests_per_minute: int | None
     tokens_per_minute: int | None
+
+    def for_customer(self, customer: str) -> "RateLimitEntry":
+        """The entry whose counters are this customer's own: its subject names the limit and the customer."""
+        return replace(self, subject=f"{self.subject}:{customer_digest(customer)}")
 
 
 @dataclass(frozen=True, slots=True)
 class RateLimitIndex:
     by_key: dict[int, RateLimitEntry] = field(default_factory=dict)
     by_team: dict[int, RateLimitEntry] = field(default_factory=dict)
+    # The tenant's limit for each customer, and customers' own limits in its place, by customer id.
+    each_customer: RateLimitEntry | None = None
+    by_customer: dict[str, RateLimitEntry] = field(default_factory=dict)
 
-    def applicable(self, *, key_id: int, team_id: int) -> list[RateLimitEntry]:
-        return [entry for entry in (self.by_key.get(key_id), self.by_team.get(team_id)) if entry is not None]
+    def applicable(self, *, key_id: int, team_id: int, customer: str = "") -> list[RateLimitEntry]:
+        entries = [self.by_key.get(key_id), self.by_team.get(team_id)]
+        if customer:
+            limit = self.by_customer.get(customer, self.each_customer)
+            entries.append(limit.for_customer(customer) if limit is not None else None)
+        return [entry for entry in entries if entry is not None]
 
 
 def build_rate_limit_index(*, tenant_id: int) -> RateLimitIndex:
     """The tenant's active rate limits."""
     rate_limits = RateLimit.objects.for_tenant(tenant_id).filter(is_active=True).order_by("pk")
-    by_key, by_team = {}, {}
+    by_key, by_team, by_customer, each_customer = {}, {}, {}, None
     for rate_limit in rate_limits:
-        if rate_limit.api_key_id:
+        if rate_limit.scope == RateLimitScope.CUSTOMER:
+            entry = RateLimitEntry(
+                rate_limit.pk,
+                f"customer:{rate_limit.pk}",
+                rate_limit.requests_per_minute,
+                rate_limit.tokens_per_minute,
+            )
+            if rate_limit.customer:
+                by_customer[rate_limit.customer] = entry
+            else:
+                each_customer = entry
+        elif rate_limit.api_key_id:
             by_key[rate_limit.api_key_id] = RateLimitEntry(
                 rate_limit.pk,
                 f"key:{rate_limit.api_key_id}",
@@ -146,4 +197,4 @@ def build_rate_limit_index(*, tenant_id: int) -> RateLimitIndex:
                 rate_limit.requests_per_minute,
                 rate_limit.tokens_per_minute,
             )
-    return RateLimitIndex(by_key=by_key, by_team=by_team)
+    return RateLimitIndex(by_key=by_key, by_team=by_team, each_customer=each_customer, by_customer=by_customer)

@@ -33,7 +33,7 @@ from billing.budgets.counters import (
     database_counters_locked,
 )
 from billing.budgets.index import BudgetEntry, units_to_usd, usd_to_units
-from billing.budgets.periods import BudgetWindow, budget_window
+from billing.budgets.periods import BudgetWindow
 from billing.budgets.thresholds import crossed_thresholds, threshold_alerts_enqueue
 from billing.ledger.events import UsageEvent
 from billing.ledger.services import usage_record_create
@@ -64,9 +64,12 @@ class BudgetExceeded(Exception):
 
     def __init__(
         self, *, entry: BudgetEntry, window: BudgetWindow, now: datetime, spent_units: int, reserved_units: int,
-        requested_units: int,
+        requested_units: int, customer: str = "",
     ):  # fmt: skip
         self.budget_id = entry.budget_id
+        self.scope = entry.scope
+        # The customer whose own limit refused (customer scope), "" otherwise.
+        self.customer = customer
         self.period_end = window.end
         self.retry_after_seconds = max(math.ceil((window.end - now).total_seconds()), 1)
         self.downgrade = entry.action == BudgetAction.DOWNGRADE
@@ -75,7 +78,8 @@ class BudgetExceeded(Exception):
         self.reserved_usd = units_to_usd(reserved_units)
         self.remaining_usd = units_to_usd(max(entry.limit_units - spent_units - reserved_units, 0))
         self.requested_usd = units_to_usd(requested_units)
-        budget = f"Budget {entry.budget_id} ({entry.scope}, {entry.period} {window.key}) of ${entry.limit_usd:f}"
+        scope = f"customer {customer!r}" if entry.per_customer else entry.scope
+        budget = f"Budget {entry.budget_id} ({scope}, {entry.period} {window.key}) of ${entry.limit_usd:f}"
         if spent_units >= entry.limit_units:
             reason = f"is used up: ${self.spent_usd:f} spent."
         else:
@@ -114,12 +118,12 @@ def _use_database(exc: Exception | None) -> bool:
     return policy == REDIS_FAILURE_DATABASE
 
 
-async def budget_reserve(*, budgets: list[BudgetEntry], amount: Decimal, request_id: str, now: datetime) -> Reservation:
-    """Reserve `amount` against every budget, or raise BudgetExceeded / BudgetUnavailable and reserve nothing."""
-    holds = tuple(
-        BudgetHold(entry=entry, window=budget_window(period=entry.period, zone=entry.zone, now=now))
-        for entry in budgets
-    )
+async def budget_reserve(
+    *, budgets: list[BudgetEntry], amount: Decimal, request_id: str, now: datetime, customer: str = ""
+) -> Reservation:
+    """Reserve `amount` against every budget, or raise BudgetExceeded / BudgetUnavailable and reserve nothing.
+    `customer`: the request's end customer, whose own counter a customer-scope budget holds it to."""
+    holds = tuple(BudgetHold.of(entry, now=now, customer=customer) for entry in budgets)
     amount_units = usd_to_units(amount)
     if not holds:
         return Reservation(request_id, amount_units, holds, backend="none", remaining_usd=None)
@@ -177,7 +181,7 @@ async def _redis_reserve(client, holds, amount_units: int, request_id: str, now:
 def _exceeded(hold: BudgetHold, spent: int, reserved: int, requested: int, now: datetime) -> BudgetExceeded:
     return BudgetExceeded(
         entry=hold.entry, window=hold.window, now=now, spent_units=spent, reserved_units=reserved,
-        requested_units=requested,
+        requested_units=requested, customer=hold.customer,
     )  # fmt: skip
 
 
@@ -189,7 +193,7 @@ def _database_reserve(holds, amount_units: int, now: datetime) -> list[int]:
         counters = database_counters_locked(holds, seed=True)
         used = []
         for hold in holds:
-            counter = counters[hold.entry.budget_id, hold.window.key]
+            counter = counters[hold.counter_key]
             spent, reserved = usd_to_units(counter.spent_usd), usd_to_units(counter.reserved_usd)
             if hold.entry.enforced and spent + reserved + amount_units > hold.entry.limit_units:
                 refused = _exceeded(hold, spent, reserved, amount_units, now)
@@ -296,7 +300,7 @@ def _database_settle(holds, reserved_units: int, actual_units: int, event: Usage
         counters = database_counters_locked(holds, seed=False)
         after = []
         for hold in holds:
-            counter = counters[hold.entry.budget_id, hold.window.key]
+            counter = counters[hold.counter_key]
             counter.reserved_usd = max(counter.reserved_usd - units_to_usd(reserved_units), Decimal(0))
             counter.spent_usd += units_to_usd(actual_units)
             counter.save(update_fields=["spent_usd", "reserved_usd", "updated_at"])
@@ -314,6 +318,6 @@ def _note_thresholds(holds, after: list[tuple[int, int]], actual_units: int) -> 
         for threshold in crossed_thresholds(
             entry=hold.entry, spent_before=spent_after - actual_units, spent_after=spent_after
         ):
-            crossings.append((hold.entry, hold.window.key, threshold, spent_after))
+            crossings.append((hold.entry, hold.window.key, threshold, spent_after, hold.customer))
     if crossings:
         threshold_alerts_enqueue(crossings=crossings)

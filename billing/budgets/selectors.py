@@ -16,6 +16,7 @@ def budget_current_window(*, budget: Budget, now: datetime) -> BudgetWindow:
 @dataclass(frozen=True, slots=True)
 class BudgetStatus:
     budget: Budget
+    customer: str  # whose period, for a customer-scope budget
     window: BudgetWindow
     spent_usd: Decimal  # settled, from the ledger (its rows and the stream's backlog)
     reserved_usd: Decimal  # worst cases of the requests in flight, from the counter
@@ -25,10 +26,13 @@ class BudgetStatus:
         return max(self.budget.limit_usd - self.spent_usd - self.reserved_usd, Decimal(0))
 
 
-def budget_status(*, budget: Budget, now: datetime) -> BudgetStatus:
-    hold = BudgetHold(entry=budget_entry(budget), window=budget_current_window(budget=budget, now=now))
+def budget_status(*, budget: Budget, now: datetime, customer: str = "") -> BudgetStatus:
+    """The budget's current period; for a customer-scope budget, that of `customer` (its own, when it names one)."""
+    entry = budget_entry(budget)
+    hold = BudgetHold.of(entry, now=now, customer=entry.customer or customer)
     return BudgetStatus(
         budget=budget,
+        customer=hold.customer,
         window=hold.window,
         spent_usd=ledger_spend(hold=hold),
         reserved_usd=counter_reserved(hold=hold),

@@ -24,7 +24,9 @@ _enqueued: set[tuple[int, str, int]] = set()
 _pending: set[Future] = set()
 _lock = threading.Lock()
 
-Crossing = tuple[BudgetEntry, str, int, int]  # entry, period key, threshold %, spent units
+# entry, period key, threshold %, spent units, customer ("" but for customer scope, where the first customer to cross
+# a threshold raises its budget's alert for the period)
+Crossing = tuple[BudgetEntry, str, int, int, str]
 
 
 def crossed_thresholds(*, entry: BudgetEntry, spent_before: int, spent_after: int) -> list[int]:
@@ -38,10 +40,10 @@ def threshold_alerts_enqueue(*, crossings: list[Crossing]) -> None:
     with _lock:
         if len(_enqueued) > MAX_REMEMBERED_CROSSINGS:
             _enqueued.clear()
-        for entry, period_key, threshold, spent_units in crossings:
+        for entry, period_key, threshold, spent_units, customer in crossings:
             if (entry.budget_id, period_key, threshold) not in _enqueued:
                 _enqueued.add((entry.budget_id, period_key, threshold))
-                fresh.append((entry.budget_id, period_key, threshold, spent_units))
+                fresh.append((entry.budget_id, period_key, threshold, spent_units, customer))
     if fresh:
         future = _enqueue_executor.submit(_send_tasks, fresh)
         _pending.add(future)
@@ -53,14 +55,14 @@ def threshold_alerts_wait(timeout: float = 10.0) -> None:
     wait(list(_pending), timeout=timeout)
 
 
-def _send_tasks(crossings: list[tuple[int, str, int, int]]) -> None:
+def _send_tasks(crossings: list[tuple[int, str, int, int, str]]) -> None:
     try:
-        for budget_id, period_key, threshold, spent_units in crossings:
-            budget_threshold_alert.delay(budget_id, period_key, threshold, spent_units)
+        for budget_id, period_key, threshold, spent_units, customer in crossings:
+            budget_threshold_alert.delay(budget_id, period_key, threshold, spent_units, customer)
     except Exception:
         logger.exception("could not enqueue budget threshold alerts %s", crossings)
         with _lock:
-            _enqueued.difference_update((b, p, t) for b, p, t, _ in crossings)
+            _enqueued.difference_update((b, p, t) for b, p, t, *_ in crossings)
     finally:
         # A thread seldom used: hold no database connection between crossings.
         connections.close_all()

@@ -9,7 +9,7 @@ from datetime import UTC, timedelta
 
 from django import forms
 from django.contrib import admin, messages
-from django.http import Http404, HttpResponse
+from django.http import Http404, HttpResponse, HttpResponseNotAllowed
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
@@ -30,14 +30,18 @@ from billing.finance.exports import (
 from billing.finance.rollups import usage_rollups_refresh_if_stale
 from billing.finance.statements import month_start, statement_build, statement_csv
 from billing.finance.tasks import usage_export_queue
+from billing.finance.whatif import WhatIfRefused, whatif_replay
 from billing.ledger.columns import ExportGrouping
 from billing.ledger.selectors import tenant_zone
 from billing.models import UsageRecord
+from routing.models import RoutingPolicy
 from tenants.admin import ReadOnlyScopedAdmin
 from tenants.models import Team, Tenant
 from tenants.permissions import Action
 
 DEFAULT_DASHBOARD_DAYS = 14
+# The what-if page's windows, in days; the first is the default.
+WHATIF_WINDOWS = (7, 30)
 
 
 class ExportForm(forms.Form):
@@ -80,6 +84,23 @@ class DashboardForm(forms.Form):
         self.fields["team"].queryset = Team.objects.restrict(user, Action.VIEW).select_related("tenant")
 
 
+class CustomerNamedFilter(admin.SimpleListFilter):
+    """Rows that name an end customer or not; one customer's rows: search its exact id, or ?customer=<id>."""
+
+    title = "end customer"
+    parameter_name = "has_customer"
+
+    def lookups(self, request, model_admin):
+        return (("yes", "Names a customer"), ("no", "No customer"))
+
+    def queryset(self, request, queryset):
+        if self.value() == "yes":
+            return queryset.exclude(customer="")
+        if self.value() == "no":
+            return queryset.filter(customer="")
+        return queryset
+
+
 @admin.register(UsageRecord)
 class UsageRecordAdmin(ReadOnlyScopedAdmin):
     """The ledger, read-only for everyone: a usage record is written once by the gateway and never changed."""
@@ -99,12 +120,14 @@ class UsageRecordAdmin(ReadOnlyScopedAdmin):
         "error_code",
         "cache_status",
         "kind",
+        "customer",
     )
-    list_filter = ("served_model", "http_status", "cache_status", "kind")
+    list_filter = ("served_model", "http_status", "cache_status", "kind", CustomerNamedFilter)
     list_select_related = ("tenant", "team__tenant")
     date_hierarchy = "created_at"
-    # A request's id finds its row and the rows of the calls made for it (a compression summary).
-    search_fields = ("request_id", "parent_request_id")
+    # A request's id finds its row and the rows of the calls made for it (a compression summary); an end customer's
+    # exact id finds that customer's rows (the ledger's customer index).
+    search_fields = ("request_id", "parent_request_id", "=customer")
     # The ledger grows without bound; skip the second, unfiltered count on every page.
     show_full_result_count = False
 
@@ -117,6 +140,7 @@ class UsageRecordAdmin(ReadOnlyScopedAdmin):
             path("finance/export/", wrap(self.export_view), name="billing_usage_export"),
             path("finance/dashboard/", wrap(self.dashboard_view), name="billing_usage_dashboard"),
             path("finance/statement/", wrap(self.statement_view), name="billing_usage_statement"),
+            path("whatif/<int:policy_id>/", wrap(self.whatif_view), name="billing_policy_whatif"),
             *super().get_urls(),
         ]
 
@@ -207,3 +231,32 @@ class UsageRecordAdmin(ReadOnlyScopedAdmin):
             + urlencode({"tenant": tenant.slug, "month": f"{month:%Y-%m}", "format": "csv"}),
         }
         return TemplateResponse(request, "admin/billing/statement.html", context)
+
+    def whatif_view(self, request, policy_id: int):
+        """The policy's draft replayed over the tenant's recent requests (billing.finance.whatif); publishes nothing."""
+        if request.method != "GET":
+            return HttpResponseNotAllowed(["GET"])
+        policy = (
+            RoutingPolicy.objects.restrict(request.user, Action.VIEW)
+            .select_related("tenant", "live_version")
+            .filter(pk=policy_id)
+            .first()
+        )
+        if policy is None:
+            raise Http404("no routing policy")
+        days = int(request.GET["days"]) if request.GET.get("days") in {str(days) for days in WHATIF_WINDOWS} else None
+        days = days or WHATIF_WINDOWS[0]
+        report, refusal = None, []
+        try:
+            report = whatif_replay(tenant=policy.tenant, days=days)
+        except WhatIfRefused as refused:
+            refusal = refused.reasons
+        context = {
+            **self._page_context(request, f"What if {policy.tenant.slug} published its draft?"),
+            "policy": policy,
+            "days": days,
+            "windows": WHATIF_WINDOWS,
+            "report": report,
+            "refusal": refusal,
+        }
+        return TemplateResponse(request, "admin/billing/whatif.html", context)

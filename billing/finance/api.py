@@ -32,11 +32,12 @@ from billing.finance.exports import (
     usage_export_create,
     usage_filters_parse,
 )
+from billing.finance.statements import customer_statement_build, customer_statement_chunks
 from billing.finance.tasks import usage_export_queue
 from billing.ledger.columns import AGGREGATE_COLUMNS, GROUPINGS, REQUEST_COLUMNS, Column, ColumnType, ExportGrouping
 from billing.ledger.costs import format_cost
 from billing.ledger.selectors import ledger_between, tenant_zone
-from billing.models import ExportStatus, UsageExport, UsageRecord
+from billing.models import CUSTOMER_MAX_LENGTH, ExportStatus, UsageExport, UsageRecord
 from core.api import TenantSlugField, api_error_response
 from tenants.models import Tenant
 from tenants.permissions import Action
@@ -87,6 +88,7 @@ class UsageRangeQuerySerializer(serializers.Serializer):
     model = _text(128, "Served model.")
     status = _text(32, "ok, error, or an HTTP status code.")
     cache = _text(32, "Cache status: miss, hit-exact, hit-semantic, bypass.")
+    customer = _text(CUSTOMER_MAX_LENGTH, "End customer: only the rows of this one.")
 
 
 class UsagePageQuerySerializer(UsageRangeQuerySerializer):
@@ -122,6 +124,7 @@ def _usage_query(
         model=query.get("model", ""),
         status=query.get("status", ""),
         cache=query.get("cache", ""),
+        customer=query.get("customer", ""),
     )
     return tenant, params, filters
 
@@ -286,6 +289,37 @@ class UsageExportCsvView(APIView):
             )
         chunks = usage_export_chunks(tenant=tenant, params=params, queryset=filters.apply(UsageRecord.objects.all()))
         return csv_streaming_response(request._request, chunks, filename=params.filename(tenant))
+
+
+class CustomerStatementQuerySerializer(serializers.Serializer):
+    tenant = TenantSlugField(help_text="Tenant slug; optional when you may see exactly one tenant.")
+    customer = serializers.CharField(max_length=CUSTOMER_MAX_LENGTH, help_text="The end customer's id.")
+    since = DayField(help_text="First day, tenant time zone.")
+    until = DayField(help_text="Last day (inclusive), tenant time zone.")
+
+
+class CustomerStatementCsvView(APIView):
+    """One end customer's statement: every ledger row of the customer in the days, and their totals, as CSV."""
+
+    content_negotiation_class = FirstRendererNegotiation
+
+    @extend_schema(parameters=[CustomerStatementQuerySerializer], responses={(200, "text/csv"): OpenApiTypes.STR})
+    def get(self, request: Request):
+        query = _validated(CustomerStatementQuerySerializer, request.query_params.dict())
+        try:
+            tenant = finance_tenant(user=request.user, slug=query.get("tenant", ""))
+            params = export_params_parse(since=query["since"], until=query["until"])
+        except ExportError as error:
+            return export_error_response(error)
+        if not is_sync_exportable(params):
+            return api_error_response(
+                f"A statement covers at most {sync_export_max_days()} days, not {params.days}; ask for it in parts.",
+                code="range_too_large_for_sync_export",
+                field="until",
+            )
+        statement = customer_statement_build(tenant=tenant, customer=query["customer"], params=params)
+        chunks = customer_statement_chunks(statement)
+        return csv_streaming_response(request._request, chunks, filename=statement.filename)
 
 
 ExportStatusSerializer = inline_serializer(

@@ -16,17 +16,18 @@ Definitions (all over the requests in the range, errors included):
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 
+from django.db.models import Sum
 from django.utils import timezone
 
 from billing.budgets.selectors import budget_status
-from billing.finance.rollups import histogram_sum, latency_p95_ms
+from billing.finance.rollups import floor_hour, histogram_sum, latency_p95_ms
 from billing.ledger.columns import NO_SERVED_MODEL
-from billing.ledger.selectors import tenant_zone
+from billing.ledger.selectors import tenant_days_bounds, tenant_zone
 from billing.ledger.totals import LedgerTotals
-from billing.models import Budget, UsageRollupDaily
+from billing.models import Budget, UsageCustomerRollupHourly, UsageRollupDaily
 from billing.templatetags.finance import cents
 from tenants.models import Team, Tenant
 
@@ -99,6 +100,13 @@ class UsageTotals(LedgerTotals):
         return float(amount / self.baseline_usd) if self.baseline_usd else None
 
 
+@dataclass(frozen=True, slots=True)
+class CustomerSpend:
+    customer: str
+    requests: int
+    cost_usd: Decimal
+
+
 @dataclass
 class Dashboard:
     tenant: Tenant
@@ -109,6 +117,7 @@ class Dashboard:
     days: list[tuple[date, UsageTotals]]
     spend_by_model: dict[str, Decimal]
     budgets: list[BudgetUsage]
+    top_customers: list[CustomerSpend] = field(default_factory=list)
 
     def headline(self) -> dict[str, str]:
         """Saved against the all-premium, no-cache baseline, as displayed: money in cents, the share to one place."""
@@ -156,6 +165,7 @@ class Dashboard:
             "p95_latency_ms": [totals.p95_latency_ms for _, totals in self.days],
             "savings": {LEVER_LABELS[lever]: cents(value) for lever, value in self.totals.savings_by_lever.items()},
             "spend_by_model": {model: cents(value) for model, value in self.spend_by_model.items()},
+            "top_customers": {row.customer: cents(row.cost_usd) for row in self.top_customers},
         }
 
 
@@ -172,20 +182,39 @@ def _percent(rate: float | None) -> float | None:
 
 
 def budget_usage(*, tenant: Tenant, since: date, until: date) -> list[BudgetUsage]:
-    """Each active budget's spend in its period that contains `until` (the current one for a range ending today)."""
+    """Each active budget's spend in its period that contains `until` (the current one for a range ending today).
+    A budget for each customer has no one figure: the top customers show who spends."""
     zone = tenant_zone(tenant=tenant)
     end_of_range = datetime.combine(until, time.max, tzinfo=zone)
     moment = min(timezone.now(), end_of_range)
-    statuses = [
-        budget_status(budget=budget, now=moment)
-        for budget in Budget.objects.for_tenant(tenant).filter(is_active=True).select_related("team", "api_key")
-    ]
+    budgets = Budget.objects.for_tenant(tenant).filter(is_active=True).select_related("team", "api_key")
+    statuses = [budget_status(budget=budget, now=moment) for budget in budgets if not budget.holds_each_customer]
     return [
         BudgetUsage(
             name=f"{status.budget} ({status.window.key})", limit_usd=status.budget.limit_usd, spent_usd=status.spent_usd
         )
         for status in statuses
     ]
+
+
+TOP_CUSTOMERS = 10
+
+
+def top_customers(*, tenant: Tenant, since: date, until: date, team: Team | None = None) -> list[CustomerSpend]:
+    """The end customers who spent most in the days (tenant time zone), from the hourly customer rollups: exact for
+    a time zone a whole number of hours from UTC, to the UTC hour around the range's ends otherwise."""
+    start, end = tenant_days_bounds(tenant=tenant, since=since, until=until)
+    rollups = UsageCustomerRollupHourly.objects.for_tenant(tenant).filter(
+        bucket_start__gte=floor_hour(start.astimezone(UTC)), bucket_start__lt=end
+    )
+    if team is not None:
+        rollups = rollups.filter(team=team)
+    rows = (
+        rollups.values("customer")
+        .annotate(requests=Sum("requests"), cost_usd=Sum("cost_usd"))
+        .order_by("-cost_usd", "customer")[:TOP_CUSTOMERS]
+    )
+    return [CustomerSpend(**row) for row in rows]
 
 
 def dashboard_build(*, tenant: Tenant, since: date, until: date, team: Team | None = None) -> Dashboard:
@@ -208,6 +237,7 @@ def dashboard_build(*, tenant: Tenant, since: date, until: date, team: Team | No
         days=[(day, by_day.get(day, UsageTotals())) for day in _days(since, until)],
         spend_by_model=dict(sorted(spend_by_model.items(), key=lambda item: -item[1])),
         budgets=budget_usage(tenant=tenant, since=since, until=until),
+        top_customers=top_customers(tenant=tenant, since=since, until=until, team=team),
     )
 
 

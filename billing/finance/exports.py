@@ -1,4 +1,5 @@
-"""CSV exports of the ledger for finance: per-request rows, or aggregates grouped by day, team, key, model or tag.
+"""CSV exports of the ledger for finance: per-request rows, or aggregates grouped by day, team, key, model, tag or end
+customer.
 
 Money is written as decimal strings. `cost_usd` always carries the ledger's full precision (10 places):
 per-request rows show the stored cost, aggregate rows show the exact sum of the stored costs, so any
@@ -283,8 +284,11 @@ class UsageFilters:
     model: str = ""
     status: str = ""
     cache: str = ""
+    customer: str = ""
 
     def apply(self, queryset: QuerySet[UsageRecord]) -> QuerySet[UsageRecord]:
+        if self.customer:
+            queryset = queryset.filter(customer=self.customer)
         if self.team:
             queryset = queryset.filter(team__slug=self.team)
         if self.key:
@@ -306,7 +310,7 @@ class UsageFilters:
 
 
 def usage_filters_parse(
-    *, team: str = "", key: str = "", model: str = "", status: str = "", cache: str = ""
+    *, team: str = "", key: str = "", model: str = "", status: str = "", cache: str = "", customer: str = ""
 ) -> UsageFilters:
     is_code = status.isascii() and status.isdigit() and 100 <= int(status) <= 599
     if status and status not in ("ok", "error") and not is_code:
@@ -319,4 +323,4 @@ def usage_filters_parse(
             code="invalid_cache",
             field="cache",
         )
-    return UsageFilters(team=team, key=key, model=model, status=status, cache=cache)
+    return UsageFilters(team=team, key=key, model=model, status=status, cache=cache, customer=customer)

@@ -1,4 +1,4 @@
-"""Keep the hourly and daily rollups equal to the ledger.
+"""Keep the hourly and daily rollups, and the hourly rollups per end customer, equal to the ledger.
 
 Two ways in, both idempotent (a bucket is always rebuilt whole, an hour from the ledger and a day from its hours,
 never incremented):
@@ -27,7 +27,13 @@ from django.utils import timezone
 
 from billing.ledger.selectors import tenant_days_bounds, tenant_zone
 from billing.ledger.totals import TOTALS, ledger_aggregates
-from billing.models import RollupCursor, UsageRecord, UsageRollupDaily, UsageRollupHourly
+from billing.models import (
+    RollupCursor,
+    UsageCustomerRollupHourly,
+    UsageRecord,
+    UsageRollupDaily,
+    UsageRollupHourly,
+)
 from billing.models.rollups import LATENCY_BUCKET_EDGES_MS
 from tenants.models import Tenant
 from tenants.selectors import tenants_active
@@ -69,12 +75,32 @@ def _ledger_buckets(*, tenant: Tenant, start: datetime, end: datetime, **bucket:
 
 
 def _rebuild_hours(*, tenant: Tenant, start: datetime, end: datetime) -> int:
-    """Replace the tenant's hourly rollups for the UTC hours in [start, end) with fresh ledger aggregates."""
+    """Replace the tenant's hourly rollups (and hourly customer rollups) for the UTC hours in [start, end) with fresh
+    ledger aggregates."""
     buckets = _ledger_buckets(tenant=tenant, start=start, end=end, bucket_start=TruncHour("created_at", tzinfo=UTC))
     rollups = [UsageRollupHourly(tenant=tenant, **values) for values in buckets]
     UsageRollupHourly.objects.for_tenant(tenant).filter(bucket_start__gte=start, bucket_start__lt=end).delete()
     UsageRollupHourly.objects.bulk_create(rollups, batch_size=1000)
+    _rebuild_customer_hours(tenant=tenant, start=start, end=end)
     return len(rollups)
+
+
+CUSTOMER_ROLLUP_TOTALS = ("requests", "prompt_tokens", "completion_tokens", "cost_usd")
+
+
+def _rebuild_customer_hours(*, tenant: Tenant, start: datetime, end: datetime) -> None:
+    rows = (
+        UsageRecord.objects.for_tenant(tenant)
+        .filter(created_at__gte=start, created_at__lt=end)
+        .exclude(customer="")
+        .annotate(bucket_start=TruncHour("created_at", tzinfo=UTC))
+        .values("bucket_start", "team_id", "customer")
+        .annotate(**ledger_aggregates(*CUSTOMER_ROLLUP_TOTALS))
+        .order_by()
+    )
+    rollups = [UsageCustomerRollupHourly(tenant=tenant, **row) for row in rows.iterator(chunk_size=2000)]
+    UsageCustomerRollupHourly.objects.for_tenant(tenant).filter(bucket_start__gte=start, bucket_start__lt=end).delete()
+    UsageCustomerRollupHourly.objects.bulk_create(rollups, batch_size=1000)
 
 
 def _rebuild_days(*, tenant: Tenant, first: date, last: date) -> int:

@@ -14,6 +14,10 @@ Each row is what the gateway would have written for the request, savings include
 - some prompts were partly read from the provider's prompt cache (OpenAI's automatic caching): those tokens are
   saved at the input price less the cached price (the `provider_cache` lever).
 - a few upstream failures: no tokens, no cost, no saving.
+- every row keeps the routing features the gateway records (the prompt count, task type, user tier, tools, images and
+  the difficulty score where the alias scored it), consistent with its route, so a what-if replay of a draft policy
+  (billing.finance.whatif) can route the history again: short tasks are classification or summarization, enterprise
+  requests have the enterprise tier, and a scored request's score is on its model's side of the threshold.
 """
 
 import math
@@ -29,8 +33,9 @@ from billing.ledger.costs import Usage, batch_price, compression_saving, provide
 from billing.ledger.selectors import tenant_zone
 from billing.models import CacheStatus, UsageRecord
 from routing.catalog import ModelPrices
-from routing.models import Model, TenantModelAccess
+from routing.models import Model, ModelKind, TenantModelAccess
 from routing.policy.engine import SCORED_ROUTE
+from routing.policy.scoring import LENGTH_POINTS_MAX, TOKENS_PER_LENGTH_POINT
 from routing.services import BY_DIFFICULTY_RULE, ENTERPRISE_RULE, SHORT_TASK_PROMPT_TOKENS_MAX, SHORT_TASKS_RULE
 from tenants.models import ApiKey, Tenant
 from tenants.services import api_key_create
@@ -51,6 +56,11 @@ COMPRESSION_KEEPS = (0.45, 0.8)
 # How many recent answers per model a cache hit may replay (roughly an hour's traffic).
 CACHE_WINDOW = 40
 BATCH_ENDPOINT = "/v1/batches"
+SHORT_TASK_TYPES = ("classification", "summarization")
+OTHER_TASK_TYPES = ("chat", "extraction", "drafting", "")
+OTHER_USER_TIERS = ("free", "pro", "")
+# The default template's auto_threshold: a scored request at or over it went to the large model.
+SCORE_THRESHOLD = 50
 
 
 def _hour_weight(hour: int) -> float:
@@ -85,13 +95,20 @@ def seed_demo_usage(*, tenant: Tenant, days: int = 21, seed: int = 7) -> int:
     access = TenantModelAccess.objects.for_tenant(tenant).prefetch_related("allowed_models").get()
     # Cheapest and dearest, ordered as the default routing policy picks its small and large model.
     models = sorted(
-        access.allowed_models.with_prices_in_force().filter(price_version_id__isnull=False),
+        access.allowed_models.filter(kind=ModelKind.CHAT).with_prices_in_force().filter(price_version_id__isnull=False),
         key=lambda model: (model.input_price_per_million + model.output_price_per_million, model.name),
     )
     keys = _keys_by_team(tenant)
     if not models or not keys:
         raise ValueError(f"tenant '{tenant.slug}' needs at least one allowed model and one team")
-    history = _SyntheticHistory(tenant=tenant, small=models[0], premium=models[-1], randomness=random.Random(seed))
+    history = _SyntheticHistory(
+        tenant=tenant,
+        small=models[0],
+        premium=models[-1],
+        randomness=random.Random(seed),
+        # The routing features draw from a stream of their own, so the rest of the history is what it was before.
+        hints=random.Random(-seed),
+    )
     zone = tenant_zone(tenant=tenant)
     today = timezone.now().astimezone(zone).date()
     first_day = today - timedelta(days=days - 1)
@@ -109,11 +126,14 @@ def seed_demo_usage(*, tenant: Tenant, days: int = 21, seed: int = 7) -> int:
 
 
 class _SyntheticHistory:
-    def __init__(self, *, tenant: Tenant, small: Model, premium: Model, randomness: random.Random):
+    def __init__(
+        self, *, tenant: Tenant, small: Model, premium: Model, randomness: random.Random, hints: random.Random
+    ):
         self.tenant = tenant
         self.small = small
         self.premium = premium
         self.randomness = randomness
+        self.hints = hints
         self.answers: dict[str, list[Decimal]] = defaultdict(list)
 
     def moments(self, day: date, *, zone) -> list[datetime]:
@@ -138,8 +158,40 @@ class _SyntheticHistory:
         return model, f"{BY_DIFFICULTY_RULE}+{SCORED_ROUTE}"
 
     def record(self, *, key: ApiKey, moment: datetime) -> UsageRecord:
-        randomness = self.randomness
         model, route = self._route()
+        record = self._outcome(key=key, moment=moment, model=model, route=route)
+        self._routing_features(record)
+        return record
+
+    def _routing_features(self, record: UsageRecord) -> None:
+        """What routing read of the request, as the gateway records it: consistent with the rule its route names."""
+        hints = self.hints
+        if record.prompt_tokens_before_compression is None:
+            # A cache hit or a failure used no tokens, but routing counted its prompt all the same.
+            counted = int(
+                hints.lognormvariate(5.3, 0.5) if record.route == SHORT_TASKS_RULE else hints.lognormvariate(6.3, 0.7)
+            )
+            if record.route == SHORT_TASKS_RULE:
+                counted = min(counted, SHORT_TASK_PROMPT_TOKENS_MAX)
+            record.prompt_tokens_before_compression = record.prompt_tokens_after_compression = counted
+        record.has_tools = record.has_images = False
+        if record.route == SHORT_TASKS_RULE:
+            record.task_type, record.user_tier = hints.choice(SHORT_TASK_TYPES), hints.choice(OTHER_USER_TIERS)
+            return
+        record.task_type = hints.choice(OTHER_TASK_TYPES)
+        if record.route == ENTERPRISE_RULE:
+            record.user_tier = "enterprise"
+            return
+        record.user_tier = hints.choice(OTHER_USER_TIERS)
+        length = min(LENGTH_POINTS_MAX, record.prompt_tokens_before_compression // TOKENS_PER_LENGTH_POINT)
+        record.difficulty_score = (
+            hints.randint(max(length, SCORE_THRESHOLD), 100)
+            if record.routed_to_large
+            else hints.randint(length, SCORE_THRESHOLD - 1)
+        )
+
+    def _outcome(self, *, key: ApiKey, moment: datetime, model: Model, route: str) -> UsageRecord:
+        randomness = self.randomness
         record = UsageRecord(
             request_id=f"seed_{self.tenant.pk}_{moment.astimezone(UTC):%Y%m%d%H%M%S}_{randomness.getrandbits(40):010x}",
             tenant=self.tenant,
@@ -181,6 +233,7 @@ class _SyntheticHistory:
             prompt = min(int(randomness.lognormvariate(5.3, 0.5)), SHORT_TASK_PROMPT_TOKENS_MAX)
         else:
             prompt = int(randomness.lognormvariate(6.3, 0.7))
+        record.prompt_tokens_before_compression = record.prompt_tokens_after_compression = prompt
         if prompt > COMPRESSION_ABOVE_TOKENS and randomness.random() < 0.7:
             record.prompt_tokens_before_compression = prompt
             prompt = int(prompt * randomness.uniform(*COMPRESSION_KEEPS))

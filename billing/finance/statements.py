@@ -1,4 +1,5 @@
-"""Monthly statement of a tenant: what each team and model cost, what each lever saved, how budgets were used.
+"""Monthly statement of a tenant: what each team and model cost, what each lever saved, how budgets were used; and
+an end customer's statement: every ledger row of one customer over a range of days, with their totals.
 
 Read straight from the ledger (one grouped query per month), so the statement equals the ledger exactly;
 money keeps the ledger's 10 places, with a cents column rounded half to even for reading.
@@ -6,16 +7,22 @@ money keeps the ledger's 10 places, with a cents column rounded half to even for
 
 import calendar
 import io
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
+from itertools import chain
+
+from django.db.models import QuerySet
 
 from billing.finance.csv_writer import FormulaSafeWriter
 from billing.finance.dashboard import BudgetUsage, budget_usage
-from billing.ledger.columns import NO_SERVED_MODEL
+from billing.finance.exports import ExportParams, csv_chunks, request_rows
+from billing.ledger.columns import NO_SERVED_MODEL, REQUEST_COLUMNS
 from billing.ledger.costs import ZERO_USD, format_cents, format_cost
-from billing.ledger.selectors import ledger_between
+from billing.ledger.selectors import ledger_between, tenant_zone
 from billing.ledger.totals import SAVINGS_LEVERS, LedgerTotals, ledger_aggregates
+from billing.models import UsageRecord
 from tenants.models import Tenant
 
 STATEMENT_COLUMNS = ("section", "team", "model", "requests", "errors", "prompt_tokens", "completion_tokens", "cost_usd")
@@ -142,3 +149,62 @@ def statement_push_to_s3(*, tenant: Tenant, month: date, bucket: str, client=Non
     body = statement_csv(statement_build(tenant=tenant, month=month)).encode()
     client.put_object(Bucket=bucket, Key=key, Body=body, ContentType="text/csv; charset=utf-8")
     return key
+
+
+# The totals a customer's statement adds up, and the request columns its total line fills (the rest stay empty).
+CUSTOMER_TOTALS = ("requests", "errors", "prompt_tokens", "cached_tokens", "completion_tokens", "cost_usd")
+CUSTOMER_TOTAL_CELLS = {
+    "prompt_tokens": lambda totals: totals.prompt_tokens,
+    "cached_tokens": lambda totals: totals.cached_tokens,
+    "completion_tokens": lambda totals: totals.completion_tokens,
+    "cost_usd": lambda totals: format_cost(totals.cost_usd),
+    "cost_usd_rounded": lambda totals: format_cents(totals.cost_usd),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class CustomerStatement:
+    tenant: Tenant
+    customer: str
+    params: ExportParams
+    totals: LedgerTotals
+
+    @property
+    def filename(self) -> str:
+        return f"statement-{self.tenant.slug}-customer-{self.params.since}-{self.params.until}.csv"
+
+    def records(self) -> QuerySet[UsageRecord]:
+        return _customer_records(tenant=self.tenant, customer=self.customer, params=self.params)
+
+
+def _customer_records(*, tenant: Tenant, customer: str, params: ExportParams) -> QuerySet[UsageRecord]:
+    """The customer's ledger rows in the range: the tenant's only, whatever the customer's id."""
+    return ledger_between(tenant=tenant, since=params.since, until=params.until).filter(customer=customer)
+
+
+def customer_statement_build(*, tenant: Tenant, customer: str, params: ExportParams) -> CustomerStatement:
+    """One end customer's statement over the days of `params` (tenant time zone, both inclusive); its totals are
+    the exact sums of the rows it lists (one aggregate query, the same rows)."""
+    if not customer:
+        raise ValueError("a customer statement names its customer")
+    records = _customer_records(tenant=tenant, customer=customer, params=params)
+    totals = LedgerTotals.of(records.aggregate(**ledger_aggregates(*CUSTOMER_TOTALS)))
+    return CustomerStatement(tenant=tenant, customer=customer, params=params, totals=totals)
+
+
+def customer_statement_chunks(statement: CustomerStatement) -> Iterator[bytes]:
+    """The statement as CSV: a first line naming the tenant, customer, days and totals; then the ledger's request
+    columns after a `section` column, one `request` line per ledger row (oldest first, the calls made for a request
+    included), and a `total` line with the sums of the token and cost columns (cost at the ledger's 10 places; its
+    rounded cell is the total rounded, not a sum of rounded cells)."""
+    totals = statement.totals
+    first_line = [
+        "tenant", statement.tenant.slug, "customer", statement.customer,
+        "since", statement.params.since.isoformat(), "until", statement.params.until.isoformat(),
+        "time_zone", statement.tenant.time_zone, "requests", totals.requests, "errors", totals.errors,
+        "cost_usd", format_cost(totals.cost_usd),
+    ]  # fmt: skip
+    header = ["section", *(column.name for column in REQUEST_COLUMNS)]
+    total = ["total", *(CUSTOMER_TOTAL_CELLS.get(column.name, lambda _: "")(totals) for column in REQUEST_COLUMNS)]
+    rows = (["request", *row] for row in request_rows(statement.records(), zone=tenant_zone(tenant=statement.tenant)))
+    return csv_chunks(first_line, chain([header], rows, [total]))

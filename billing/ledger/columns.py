@@ -22,6 +22,7 @@ from billing.ledger.costs import format_cents, format_cost
 NO_SERVED_MODEL = "(none)"
 NO_POLICY = "(no policy)"
 UNTAGGED_LABEL = "(untagged)"
+NO_CUSTOMER = "(no customer)"
 
 
 class ColumnType(StrEnum):
@@ -134,6 +135,12 @@ REQUEST_COLUMNS = (
     Column("parent_request_id", ColumnType.TEXT, "The request a call was made for; empty for a request."),
     CACHE_WRITE_TOKENS,
     *SAVINGS_COLUMNS,
+    Column(
+        "customer",
+        ColumnType.TEXT,
+        "The tenant's end customer the request was made for (its `x-llmops-customer` header, else its OpenAI "
+        "`user` field); empty for none.",
+    ),
 )
 
 # Sources are the totals of billing.ledger.totals.ledger_aggregates.
@@ -215,6 +222,13 @@ GROUPINGS = {
             _tag_label,
         ),
         Grouping(
+            "customer",
+            "End customer",
+            f"The tenant's end customer; `{NO_CUSTOMER}` for requests that named none.",
+            lambda zone: F("customer"),
+            lambda customer: customer or NO_CUSTOMER,
+        ),
+        Grouping(
             "policy",
             "Routing policy version",
             f"Routing policy version, `v3`; `{NO_POLICY}` for requests no published policy routed.",
@@ -233,7 +247,7 @@ def grouping_choices(name: str, groupings: Iterable[str]) -> type[models.TextCho
 
 
 # The groupings CSV exports and the usage API offer, in any combination and order.
-ExportGrouping = grouping_choices("ExportGrouping", ("day", "team", "key", "model", "tag"))
+ExportGrouping = grouping_choices("ExportGrouping", ("day", "team", "key", "model", "tag", "customer"))
 
 
 def group_key(grouping: str) -> str:

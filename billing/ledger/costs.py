@@ -129,6 +129,13 @@ def format_money(amount: Decimal) -> str:
     return f"${amount.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_EVEN):,f}"
 
 
+def format_money_change(amount: Decimal) -> str:
+    """A difference in dollars, signed: +$1.22, -$0.15, $0.00 (format_money's rounding)."""
+    if amount < 0:
+        return "-" + format_money(-amount)
+    return ("+" if amount > 0 else "") + format_money(amount)
+
+
 def format_cost(cost: Decimal) -> str:
     """The ledger's full precision as a plain decimal string, e.g. 0.0000123450."""
     return f"{cost.quantize(LEDGER_QUANTUM, rounding=ROUND_HALF_EVEN):f}"

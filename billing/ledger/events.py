@@ -9,8 +9,9 @@ from datetime import datetime
 from decimal import Decimal
 
 from billing.ledger.costs import Usage, batch_price, compression_saving, provider_cache_saving, routing_saving
-from billing.models import CacheStatus, UsageKind
+from billing.models import ROUTING_HINT_MAX_LENGTH, CacheStatus, UsageKind
 from routing.catalog import ModelPrices
+from routing.policy.engine import RouteDecision, RouteRequest
 
 
 @dataclass(slots=True, kw_only=True)
@@ -31,10 +32,25 @@ class RequestFacts:
     injection_flagged: bool = False
     attempts: int = 0
     tags: list[str] = field(default_factory=list)
+    # The tenant's end customer the request was made for (x-llmops-customer, else the OpenAI `user` field); "" for none.
+    customer: str = ""
+    # What routing read of the request (has_tools None: it never reached routing), so a what-if replay under
+    # another policy can route it again from its ledger row.
+    task_type: str = ""
+    user_tier: str = ""
+    has_tools: bool | None = None
+    has_images: bool | None = None
+    difficulty_score: int | None = None
     # A call the gateway makes on a request's behalf (a compression summary) has a row of its own kind, linked to
     # the request by its id.
     kind: str = UsageKind.REQUEST
     parent_request_id: str = ""
+
+    def routing_features_set(self, features: RouteRequest, decision: RouteDecision) -> None:
+        self.task_type = features.task_type[:ROUTING_HINT_MAX_LENGTH]
+        self.user_tier = features.user_tier[:ROUTING_HINT_MAX_LENGTH]
+        self.has_tools, self.has_images = features.has_tools, features.has_images
+        self.difficulty_score = decision.difficulty.total if decision.difficulty else None
 
     def request_facts(self) -> dict:
         return {name: getattr(self, name) for name in REQUEST_FACTS}

@@ -14,7 +14,7 @@ TOTAL_LABEL = "TOTAL"
 
 
 # The groupings of usage_summary (manage.py usage_report).
-UsageGroupBy = grouping_choices("UsageGroupBy", ("team", "model", "key", "day", "policy"))
+UsageGroupBy = grouping_choices("UsageGroupBy", ("team", "model", "key", "day", "policy", "customer"))
 
 
 @dataclass(slots=True, kw_only=True)
@@ -64,12 +64,17 @@ USAGE_ROW_TOTALS = (
 )
 
 
-def usage_summary(*, tenant: Tenant, since: date, until: date, group_by: UsageGroupBy) -> list[UsageRow]:
-    """The tenant's ledger from the start of `since` to the end of `until`, both days in the tenant's time zone."""
+def usage_summary(
+    *, tenant: Tenant, since: date, until: date, group_by: UsageGroupBy, customer: str = ""
+) -> list[UsageRow]:
+    """The tenant's ledger from the start of `since` to the end of `until`, both days in the tenant's time zone;
+    with `customer`, that end customer's rows only."""
     grouping = GROUPINGS[UsageGroupBy(group_by)]
+    records = ledger_between(tenant=tenant, since=since, until=until)
+    if customer:
+        records = records.filter(customer=customer)
     groups = (
-        ledger_between(tenant=tenant, since=since, until=until)
-        .annotate(group_key=grouping.expression(tenant_zone(tenant=tenant)))
+        records.annotate(group_key=grouping.expression(tenant_zone(tenant=tenant)))
         .values("group_key")
         .annotate(**ledger_aggregates(*USAGE_ROW_TOTALS))
         .order_by("group_key")

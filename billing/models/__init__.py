@@ -19,15 +19,27 @@ from billing.models.budgets import (
     BudgetPeriod,
     BudgetScope,
     RateLimit,
+    RateLimitScope,
 )
 from billing.models.exports import ExportStatus, UsageExport
-from billing.models.ledger import COST_FIELD, REQUEST_ROWS, CacheStatus, ImmutableRowError, UsageKind, UsageRecord
-from billing.models.rollups import RollupCursor, UsageRollupDaily, UsageRollupHourly
+from billing.models.ledger import (
+    COST_FIELD,
+    CUSTOMER_MAX_LENGTH,
+    REQUEST_ROWS,
+    ROUTING_HINT_MAX_LENGTH,
+    CacheStatus,
+    ImmutableRowError,
+    UsageKind,
+    UsageRecord,
+)
+from billing.models.rollups import RollupCursor, UsageCustomerRollupHourly, UsageRollupDaily, UsageRollupHourly
 
 __all__ = [
     "COST_FIELD",
+    "CUSTOMER_MAX_LENGTH",
     "DEFAULT_THRESHOLDS",
     "REQUEST_ROWS",
+    "ROUTING_HINT_MAX_LENGTH",
     "AlertChannel",
     "AlertDelivery",
     "Anomaly",
@@ -46,7 +58,9 @@ __all__ = [
     "ExportStatus",
     "ImmutableRowError",
     "RateLimit",
+    "RateLimitScope",
     "RollupCursor",
+    "UsageCustomerRollupHourly",
     "UsageExport",
     "UsageKind",
     "UsageRecord",

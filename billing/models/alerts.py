@@ -4,7 +4,7 @@ from django.db import models
 from django.db.models import Q
 
 from billing.models.budgets import Budget
-from billing.models.ledger import COST_FIELD
+from billing.models.ledger import COST_FIELD, CUSTOMER_MAX_LENGTH
 from tenants.models import Team, Tenant
 from tenants.scoping import TenantOwned, TenantScopedManager
 
@@ -35,11 +35,13 @@ class AlertChannel(TenantOwned, models.Model):
 
 
 class BudgetAlert(models.Model):
-    """One per budget, period and threshold: the unique constraint is what makes alerting exactly-once."""
+    """One per budget, period and threshold: the unique constraint is what makes alerting exactly-once. A customer
+    budget's is raised by the first of its customers to reach the threshold in the period, and names it."""
 
     budget = models.ForeignKey(Budget, on_delete=models.CASCADE, related_name="alerts")
     period_key = models.CharField(max_length=16)
     threshold = models.PositiveSmallIntegerField()
+    customer = models.CharField(max_length=CUSTOMER_MAX_LENGTH, blank=True, default="")
     spent_usd = models.DecimalField(**COST_FIELD)
     limit_usd = models.DecimalField(**COST_FIELD)
     created_at = models.DateTimeField(auto_now_add=True)

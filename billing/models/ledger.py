@@ -6,6 +6,13 @@ from tenants.models import ApiKey, Team, Tenant
 from tenants.scoping import TenantScopedManager, TenantScopedQuerySet
 
 COST_FIELD = {"max_digits": 20, "decimal_places": 10}
+# The longest end-customer id a request may name (the OpenAI `user` field or the x-llmops-customer header).
+CUSTOMER_MAX_LENGTH = 256
+# The tenant's own customers: ledger rows that name one, for grouping by customer and reading one customer's rows.
+CUSTOMER_INDEX = models.Index(
+    fields=["tenant", "customer", "created_at"], condition=~Q(customer=""), name="usage_tenant_customer"
+)
+ROUTING_HINT_MAX_LENGTH = 128
 
 
 class CacheStatus(models.TextChoices):
@@ -92,10 +99,44 @@ class UsageRecord(models.Model):
     )
     routed_to_large = models.BooleanField(default=False)
     policy_version = models.PositiveIntegerField(null=True, blank=True)
+    # The request's routing features, as routing saw them: what a replay of the request under another policy reads
+    # when its prompt was not logged (billing.finance.whatif). has_tools is empty on rows written before they were
+    # recorded (migration billing 0008) and on requests that never reached routing: their features are unknown.
+    # The database defaults let a process of the previous release go on inserting rows while the new one rolls out.
+    task_type = models.CharField(
+        max_length=ROUTING_HINT_MAX_LENGTH,
+        blank=True,
+        default="",
+        db_default="",
+        help_text="metadata.task_type or x-llmops-task-type, as sent (cut to 128 characters).",
+    )
+    user_tier = models.CharField(
+        max_length=ROUTING_HINT_MAX_LENGTH,
+        blank=True,
+        default="",
+        db_default="",
+        help_text="metadata.user_tier or x-llmops-user-tier, as sent (cut to 128 characters).",
+    )
+    has_tools = models.BooleanField(
+        null=True, blank=True, help_text="The request offered tools; empty when its routing features are unknown."
+    )
+    has_images = models.BooleanField(null=True, blank=True, help_text="The request carried images.")
+    difficulty_score = models.PositiveSmallIntegerField(
+        null=True, blank=True, help_text="The alias's difficulty score (0-100), when routing computed one."
+    )
     prompt_tokens_before_compression = models.PositiveIntegerField(null=True, blank=True)
     prompt_tokens_after_compression = models.PositiveIntegerField(null=True, blank=True)
     injection_flagged = models.BooleanField(default=False)
     tags = models.JSONField(default=list, blank=True, help_text="From the x-llmops-tags header, sorted, no duplicates.")
+    customer = models.CharField(
+        max_length=CUSTOMER_MAX_LENGTH,
+        blank=True,
+        default="",
+        # Also the database's default, so a process of the previous release can still insert rows while it drains.
+        db_default="",
+        help_text="The tenant's end customer: the x-llmops-customer header, else the request's OpenAI `user` field; "
+        "empty for none.",
+    )
     saved_cache_usd = models.DecimalField(**COST_FIELD, default=0)
     saved_routing_usd = models.DecimalField(
         **COST_FIELD,
@@ -128,7 +169,7 @@ class UsageRecord(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
-        indexes = [models.Index(fields=["tenant", "created_at"], name="usage_tenant_created")]
+        indexes = [models.Index(fields=["tenant", "created_at"], name="usage_tenant_created"), CUSTOMER_INDEX]
 
     def __str__(self):
         return self.request_id

@@ -6,7 +6,7 @@ rebuilding a bucket from the ledger always gives the same row, which makes the r
 
 from django.db import models
 
-from billing.models.ledger import COST_FIELD
+from billing.models.ledger import COST_FIELD, CUSTOMER_MAX_LENGTH
 from tenants.models import Team, Tenant
 from tenants.scoping import TenantScopedManager
 
@@ -68,6 +68,32 @@ class UsageRollupDaily(UsageRollupFields):
 
     def __str__(self):
         return f"{self.tenant_id} {self.day} {self.served_model}"
+
+
+class UsageCustomerRollupHourly(models.Model):
+    """The ledger rows that name an end customer, summed per UTC hour, team and customer: the dashboard's top
+    customers, without reading the ledger. Rebuilt with the hourly rollups, from the same hours."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="+")
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="+")
+    bucket_start = models.DateTimeField(help_text="Start of the UTC hour.")
+    customer = models.CharField(max_length=CUSTOMER_MAX_LENGTH)
+    requests = models.PositiveIntegerField(default=0)
+    prompt_tokens = models.BigIntegerField(default=0)
+    completion_tokens = models.BigIntegerField(default=0)
+    cost_usd = models.DecimalField(**COST_FIELD, default=0)
+
+    objects = TenantScopedManager()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["tenant", "bucket_start", "team", "customer"], name="usage_customer_rollup_unique"
+            )
+        ]
+
+    def __str__(self):
+        return f"{self.tenant_id} {self.bucket_start:%Y-%m-%d %H}h {self.customer}"
 
 
 class RollupCursor(models.Model):

@@ -2,6 +2,7 @@
 
 import secrets
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -118,6 +119,12 @@ class GatewayCall(RequestFacts):
     ledger_event: UsageEvent | None = None
     # What the ledger row was priced at, once finish() recorded it: the provider's usage or the gateway's own count.
     settled_usage: Usage | None = None
+    # The stop sequence that ended the answer, when the upstream (or the cached answer) says which; /v1/messages
+    # answers with it, /v1/chat/completions keeps OpenAI's shape.
+    stop_sequence: str | None = None
+    # The status the client is shown for one of the pipeline's, where the endpoint's API names it otherwise
+    # (/v1/messages: 503 is 529): the ledger row records what the client saw.
+    statuses_shown: Mapping[int, int] = field(default_factory=dict)
 
     def elapsed_ms(self) -> int:
         return int((time.perf_counter() - self.started) * 1000)
@@ -133,7 +140,7 @@ class GatewayCall(RequestFacts):
             tenant_id=self.principal.tenant_id,
             team_id=self.principal.team_id,
             api_key_id=self.principal.key_id,
-            http_status=http_status,
+            http_status=self.statuses_shown.get(http_status, http_status),
             error_code=error_code,
             served_model=self.served.name if self.served else "",
             upstream_latency_ms=self.upstream_ms,

@@ -2,12 +2,18 @@ from django.urls import path, re_path
 
 from llmops.gateway import views
 from llmops.gateway.batches import views as batch_views
+from llmops.gateway.embeddings.views import EmbeddingsView
 from llmops.gateway.messages import views as message_views
+from llmops.gateway.responses.views import ResponseDetailView, ResponsesView
 
 app_name = "gateway"
 
 urlpatterns = [
     path("chat/completions", views.ChatCompletionsView.as_view(), name="chat-completions"),
+    path("embeddings", EmbeddingsView.as_view(), name="embeddings"),
+    path("responses", ResponsesView.as_view(), name="responses"),
+    # Retrieve, delete, cancel, input items: nothing is stored, so each answers `unsupported_endpoint`.
+    re_path(r"^responses/(?P<response_id>[^/]+)(?:/[^/]+)?$", ResponseDetailView.as_view(), name="response-detail"),
     path("messages", message_views.MessagesView.as_view(), name="messages"),
     path("messages/count_tokens", message_views.MessageTokensView.as_view(), name="message-tokens"),
     path("models", views.ModelsView.as_view(), name="models"),

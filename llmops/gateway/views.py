@@ -77,23 +77,32 @@ class GatewayView(APIView):
         return response
 
 
-class ChatCompletionsView(GatewayView):
-    async def post(self, request):
+class PipelineView(GatewayView):
+    """Base of the endpoints whose requests go through the pipeline (``run_recorded``): a refusal carries the
+    x-llmops-* headers of what the pipeline learnt before it, as an answer does."""
+
+    call: GatewayCall | None = None
+
+    def new_call(self, request) -> GatewayCall:
         self.call = GatewayCall(principal=request.user, endpoint=request.path, request_id=self.request_id)
+        return self.call
+
+    def finalize_response(self, request, response, *args, **kwargs):
+        if self.call is not None and REQUEST_ID_HEADER not in response:
+            for name, value in self.call.response_headers().items():
+                response[name] = value
+        return super().finalize_response(request, response, *args, **kwargs)
+
+
+class ChatCompletionsView(PipelineView):
+    async def post(self, request):
         return await chat_completion_run(
-            self.call,
+            self.new_call(request),
             snapshot=self.config,
             read_body=lambda: request.data,
             headers=request.headers,
             limit_concurrency=True,
         )
-
-    def finalize_response(self, request, response, *args, **kwargs):
-        call = getattr(self, "call", None)
-        if call is not None and REQUEST_ID_HEADER not in response:
-            for name, value in call.response_headers().items():
-                response[name] = value
-        return super().finalize_response(request, response, *args, **kwargs)
 
 
 class ModelsView(GatewayView):
@@ -133,7 +142,7 @@ async def unknown_url(request, *args, **kwargs):
     path = request.path[:MAX_ECHOED_PATH_CHARS]
     error = GatewayError(
         f"Unknown request URL: {request.method} {path}. Please check the URL for typos; the /v1 endpoints are "
-        "chat/completions, messages, models, files and batches.",
+        "chat/completions, embeddings, responses, messages, messages/count_tokens, models, files and batches.",
         status=404,
         code="unknown_url",
     )

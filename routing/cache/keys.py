@@ -48,6 +48,16 @@ def canonical_request(body: dict) -> dict:
     return {key: value for key, value in body.items() if key not in DELIVERY_FIELDS}
 
 
+def embeddings_canonical_request(body: dict) -> dict:
+    """Everything in an embeddings request that can change the answer: its inputs and options, the encoding of the
+    vectors (float unless asked otherwise, as OpenAI's default) included, marked so no chat request can share it."""
+    return {
+        **canonical_request(body),
+        "encoding_format": body.get("encoding_format") or "float",
+        "endpoint": "embeddings",
+    }
+
+
 def exact_key(*, tenant_id: int, served_model: str, request: dict) -> str:
     return keyed_hash(
         purpose="cache.exact-key", value=f"{tenant_id}\0{served_model}\0".encode() + canonical_json(request)

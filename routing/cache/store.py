@@ -50,6 +50,7 @@ from routing.cache.keys import (
     CacheControl,
     SemanticKey,
     canonical_request,
+    embeddings_canonical_request,
     exact_key,
     is_cacheable,
     semantic_key,
@@ -139,10 +140,32 @@ def cache_request_prepare(
     )
 
 
+def embeddings_cache_request_prepare(
+    *, tenant_id: int, served_model: str, body: dict, rule_name: str, ttl_seconds: int | None, control: CacheControl
+) -> CacheRequest | None:
+    """An embeddings request's view of the cache: exact matches only (an embedding is a function of its input, so
+    no rule needs to opt in to caching it). None when the rule sets no TTL or the client turned the cache off."""
+    if not ttl_seconds or not (control.read or control.write):
+        return None
+    return CacheRequest(
+        tenant_id=tenant_id,
+        served_model=served_model,
+        rule_name=rule_name,
+        ttl_seconds=ttl_seconds,
+        key_hash=exact_key(tenant_id=tenant_id, served_model=served_model, request=embeddings_canonical_request(body)),
+        semantic=None,
+        control=control,
+    )
+
+
 def _valid_answer(answer) -> bool:
+    """A chat completion with its messages, or an embeddings list."""
+    if not isinstance(answer, dict):
+        return False
+    if answer.get("object") == "list":
+        return isinstance(answer.get("data"), list) and bool(answer["data"])
     return (
-        isinstance(answer, dict)
-        and isinstance(answer.get("choices"), list)
+        isinstance(answer.get("choices"), list)
         and bool(answer["choices"])
         and all(isinstance(choice, dict) and isinstance(choice.get("message"), dict) for choice in answer["choices"])
     )

@@ -26,6 +26,13 @@ ProviderKind = models.TextChoices(
 )
 
 
+class ModelKind(models.TextChoices):
+    """What a model answers: chat (/v1/chat/completions, /v1/responses) or embeddings (/v1/embeddings)."""
+
+    CHAT = "chat", "Chat"
+    EMBEDDING = "embedding", "Embedding"
+
+
 class Provider(models.Model):
     """An upstream endpoint. The credential is stored encrypted, or read from a named environment variable.
 
@@ -88,6 +95,13 @@ class Model(models.Model):
     name = models.CharField(max_length=128, unique=True, help_text="Public name clients send as `model`.")
     provider = models.ForeignKey(Provider, on_delete=models.PROTECT, related_name="models")
     upstream_name = models.CharField(max_length=128)
+    kind = models.CharField(
+        max_length=16,
+        choices=ModelKind.choices,
+        default=ModelKind.CHAT,
+        help_text="Chat models answer chat completions and responses; embedding models answer /v1/embeddings and are "
+        "priced by their input price alone.",
+    )
     context_window = models.PositiveIntegerField(default=128_000)
     max_output_tokens = models.PositiveIntegerField(
         null=True,
@@ -191,7 +205,15 @@ class TenantModelAccess(TenantOwned, models.Model):
     """Which models a tenant may call, and the one used when a request names none of them by alias."""
 
     tenant = models.OneToOneField(Tenant, on_delete=models.CASCADE, related_name="model_access")
-    default_model = models.ForeignKey(Model, on_delete=models.PROTECT, related_name="+", null=True, blank=True)
+    # A chat model: `default` names it in chat requests, and compression's summaries are asked of it.
+    default_model = models.ForeignKey(
+        Model,
+        on_delete=models.PROTECT,
+        related_name="+",
+        null=True,
+        blank=True,
+        limit_choices_to={"kind": ModelKind.CHAT},
+    )
     allowed_models = models.ManyToManyField(Model, related_name="allowed_for", blank=True)
 
     objects = TenantScopedManager()

@@ -106,7 +106,22 @@ def route_request_from_body(
     )
 
 
-def _mismatch(rule: CompiledRule, request: RouteRequest, message_lower: str) -> str:
+def route_request_from_embeddings(
+    body: dict, *, headers: Mapping[str, str], tenant_id: int, team_slug: str, prompt_tokens: int
+) -> RouteRequest:
+    """The routing features of a validated embeddings body: the model, the inputs' tokens and the x-llmops-* hints.
+    It has no user message, so rules on keywords or a regex never match it."""
+    return RouteRequest(
+        tenant_id=tenant_id,
+        requested_model=body["model"],
+        prompt_tokens=prompt_tokens,
+        task_type=str(headers.get(TASK_TYPE_HEADER) or ""),
+        user_tier=str(headers.get(USER_TIER_HEADER) or ""),
+        team_slug=team_slug,
+    )
+
+
+def rule_mismatch(rule: CompiledRule, request: RouteRequest, message_lower: str) -> str:
     """Why the rule does not match, or "" when it does. Conditions are checked cheapest first."""
     if rule.requested_models and request.requested_model not in rule.requested_models:
         return f"model {request.requested_model!r} not in {sorted(rule.requested_models)}"
@@ -161,7 +176,12 @@ def _allowed_chain(models: tuple[str, ...], catalog: ModelCatalog, tenant_id: in
 
 
 def route_request(
-    policy: CompiledPolicy | None, request: RouteRequest, catalog: ModelCatalog, *, trace: bool = False
+    policy: CompiledPolicy | None,
+    request: RouteRequest,
+    catalog: ModelCatalog,
+    *,
+    trace: bool = False,
+    scored: DifficultyScore | None = None,
 ) -> RouteDecision:
     """Pick the model chain and the caps for a request.
 
@@ -169,6 +189,8 @@ def route_request(
     model, or lets the difficulty score pick when the request names an alias. `auto` and aliases
     that no rule resolves are scored too. Raises RoutingRefusal for an alias the policy lacks.
     The target is not checked against the tenant's access here; the gateway's model resolution does that.
+    ``scored``: the difficulty score when it is known without the request's message (a replay of a recorded request,
+    routing.policy.replay); otherwise it is computed from the request.
     """
     requested = request.requested_model
     steps: list[str] = []
@@ -176,7 +198,7 @@ def route_request(
     if policy is not None:
         message_lower = request.last_user_message.lower() if any(rule.keywords for rule in policy.rules) else ""
         for rule in policy.rules:
-            mismatch = _mismatch(rule, request, message_lower)
+            mismatch = rule_mismatch(rule, request, message_lower)
             if not mismatch:
                 matched = rule
                 if trace:
@@ -192,7 +214,7 @@ def route_request(
     if not target:
         alias = policy.aliases.get(requested) if policy is not None else None
         if alias is not None:
-            score = difficulty_score(
+            score = scored or difficulty_score(
                 prompt_tokens=request.prompt_tokens,
                 last_user_message=request.last_user_message,
                 has_tools=request.has_tools,

@@ -161,9 +161,12 @@ def messages_request(body: dict, *, checkpoints: prompt_cache.Checkpoints = prom
     }
     if system:
         request["system"] = system
-    for openai_name, anthropic_name in (("temperature", "temperature"), ("top_p", "top_p")):
-        if body.get(openai_name) is not None:
-            request[anthropic_name] = body[openai_name]
+    for name in ("temperature", "top_p"):
+        if body.get(name) is not None:
+            request[name] = body[name]
+    if (top_k := body.get("top_k")) is not None and top_k >= 0:
+        # -1 is vLLM's "no cut", which is what leaving it out means to Anthropic.
+        request["top_k"] = top_k
     if stop := stop_sequences(body):
         request["stop_sequences"] = stop
     if body.get("tools"):
@@ -180,17 +183,15 @@ def messages_request(body: dict, *, checkpoints: prompt_cache.Checkpoints = prom
 USAGE_FIELDS = UsageFields("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens", "output_tokens")
 
 
-def _matched_stop(choice: dict, stop_sequence) -> None:
-    """Name on the choice the stop sequence that ended the answer, as vLLM does (``stop_reason``): the chat
-    completion form's ``stop`` finish reason does not say, and /v1/messages answers with it."""
-    if isinstance(stop_sequence, str):
-        choice["stop_reason"] = stop_sequence
+def _stop_sequence(value) -> str | None:
+    """The message's ``stop_sequence``: which of the request's stop sequences ended it (null when none did)."""
+    return value if isinstance(value, str) else None
 
 
 def chat_completion_body(message: dict, *, model: str) -> dict:
     """Anthropic message → OpenAI chat.completion body."""
     blocks = message.get("content") or []
-    reply = chat_completion_reply(
+    return chat_completion_reply(
         reply_id=message.get("id", ""),
         model=message.get("model") or model,
         text="".join(block["text"] for block in blocks if block["type"] == "text"),
@@ -202,8 +203,6 @@ def chat_completion_body(message: dict, *, model: str) -> dict:
         finish_reason=FINISH_REASONS.get(message.get("stop_reason"), "stop"),
         usage=USAGE_FIELDS.openai_usage_of(message.get("usage") or {}),
     )
-    _matched_stop(reply["choices"][0], message.get("stop_sequence"))
-    return reply
 
 
 async def _request(provider: ProviderEntry, body: dict, provider_cache: str) -> httpx.Request:
@@ -220,12 +219,16 @@ async def chat_completion(
     started = time.perf_counter()
     request = await _request(provider, {**body, "stream": False}, provider_cache)
     response = await send_or_reject(provider, request, stream=False, started=started)
-    return translated_reply(
-        provider,
-        lambda: chat_completion_body(orjson.loads(response.content), model=body["model"]),
-        what="a body",
-        started=started,
+    try:
+        message = orjson.loads(response.content)
+    except orjson.JSONDecodeError as exc:
+        problem = MalformedAnswer("the body is not JSON")
+        raise invalid_response(provider, problem, elapsed_ms=elapsed_ms_since(started)) from exc
+    reply = translated_reply(
+        provider, lambda: chat_completion_body(message, model=body["model"]), what="a body", started=started
     )
+    reply.stop_sequence = _stop_sequence(message.get("stop_sequence"))
+    return reply
 
 
 class ChunkTranslator(ChunkBuilder):
@@ -235,6 +238,7 @@ class ChunkTranslator(ChunkBuilder):
         super().__init__(model=model, include_usage=include_usage)
         self.usage_so_far: dict = {}
         self.finished = False
+        self.stop_sequence: str | None = None
 
     def translate(self, event: dict) -> list[dict]:
         kind = event.get("type")
@@ -263,9 +267,8 @@ class ChunkTranslator(ChunkBuilder):
             delta = event.get("delta") or {}
             if not delta.get("stop_reason"):
                 return []
-            chunk = self.delta({}, FINISH_REASONS.get(delta["stop_reason"], "stop"))
-            _matched_stop(chunk["choices"][0], delta.get("stop_sequence"))
-            return [chunk]
+            self.stop_sequence = _stop_sequence(delta.get("stop_sequence"))
+            return [self.delta({}, FINISH_REASONS.get(delta["stop_reason"], "stop"))]
         if kind == "message_stop":
             self.finished = True
             return [self.usage(USAGE_FIELDS.openai_usage_of(self.usage_so_far))] if self.include_usage else []
@@ -330,6 +333,10 @@ class AnthropicStream:
             if self.translator.finished:
                 yield SSE_DONE
                 return
+
+    @property
+    def stop_sequence(self) -> str | None:
+        return self.translator.stop_sequence
 
     def elapsed_ms(self) -> int:
         return elapsed_ms_since(self.started)

@@ -110,12 +110,18 @@ class UpstreamReply:
     body: dict
     raw: bytes
     elapsed_ms: int
+    # The stop sequence that ended the answer, when the provider says which (the chat form's ``stop`` finish reason
+    # does not): kept beside the answer, not in it, which is OpenAI's shape.
+    stop_sequence: str | None = None
 
 
 class UpstreamStream(Protocol):
     """An open streaming answer in OpenAI's SSE format: ``data: {chunk}`` events, then ``data: [DONE]``."""
 
     provider: ProviderEntry
+    # As UpstreamReply's, once the finishing chunk has been read, for a provider that names it outside the chunks
+    # (Anthropic); vLLM names it on its finishing chunk (``named_stop_sequence``).
+    stop_sequence: str | None
 
     def events(self) -> AsyncIterator[str]: ...
 
@@ -443,6 +449,23 @@ def checked_chat_completion(body) -> dict:
     return body
 
 
+def checked_embeddings(body, *, inputs: int) -> dict:
+    """An embeddings list answering ``inputs`` inputs that the gateway can price and pass on; raises MalformedAnswer
+    otherwise. The vectors are passed to the client as sent: only their shape is read, not every number."""
+    if not isinstance(body, dict):
+        raise MalformedAnswer("the body is not a JSON object")
+    data = body.get("data")
+    if not isinstance(data, list) or len(data) != inputs:
+        raise MalformedAnswer(f"data is not a list of {inputs} embeddings")
+    for item in data:
+        if not isinstance(item, dict) or not isinstance(item.get("embedding"), list | str):
+            raise MalformedAnswer("an embedding is not a list of numbers or a base64 string")
+    usage = body.get("usage")
+    if usage is not None:
+        reported_tokens(usage, "prompt_tokens")
+    return body
+
+
 def checked_chunk(data: str) -> dict:
     """One streamed chat.completion.chunk (an SSE event's data) the gateway can read; raises MalformedAnswer."""
     try:
@@ -517,6 +540,13 @@ def stop_sequences(body: dict) -> list[str]:
     if not stop:
         return []
     return [stop] if isinstance(stop, str) else list(stop)
+
+
+def named_stop_sequence(choice: dict) -> str | None:
+    """The stop sequence a chat completion choice (or a stream's finishing chunk) says ended it: vLLM's
+    ``stop_reason``, when it is a string (it is the stop token's id when a token stopped it)."""
+    named = choice.get("stop_reason")
+    return named if isinstance(named, str) else None
 
 
 def wants_usage_chunk(body: dict) -> bool:

@@ -70,6 +70,8 @@ FINISH_REASONS = {
     "guardrail_intervened": "content_filter",
     "content_filtered": "content_filter",
 }
+# In the id of every Claude model on Bedrock (``anthropic.claude-…``, ``us.anthropic.claude-…``).
+CLAUDE = "claude"
 # Error codes of Bedrock, for the event-stream exceptions that carry no HTTP status.
 STATUS_BY_ERROR_CODE = {
     "ThrottlingException": 429,
@@ -254,6 +256,12 @@ def converse_request(body: dict, *, checkpoints: prompt_cache.Checkpoints = prom
         inference["stopSequences"] = stop
     if inference:
         request["inferenceConfig"] = inference
+    if (top_k := body.get("top_k")) is not None and top_k >= 0:
+        # Converse has no top_k of its own: Claude takes it as a field of its model's request; -1 (vLLM's "no cut")
+        # is what leaving it out means.
+        if CLAUDE not in body["model"].lower():
+            raise UnsupportedForBedrock(f"top_k is taken on Bedrock by Claude models only, not by {body['model']}")
+        request["additionalModelRequestFields"] = {"top_k": top_k}
     if tools_sent(body):
         request["toolConfig"] = _tool_config(body)
     return _with_checkpoints(request, checkpoints)
@@ -449,6 +457,11 @@ class BedrockStream:
                 return
             for sse in translated_events(self.provider, self.translator.translate, event, elapsed_ms=self.elapsed_ms()):
                 yield sse
+
+    @property
+    def stop_sequence(self) -> None:
+        """Converse's stop reason does not say which stop sequence matched."""
+        return None
 
     def elapsed_ms(self) -> int:
         return elapsed_ms_since(self.started)

@@ -18,7 +18,8 @@ class ProviderKindSpec:
 
     value: str
     label: str
-    # The module with ``chat_completion(provider, body, *, provider_cache)`` and ``open_chat_stream(...)`` alike.
+    # The module with ``chat_completion(provider, body, *, provider_cache)`` and ``open_chat_stream(...)`` alike, and
+    # ``embeddings(provider, body)`` when ``embeddings`` is set.
     adapter: str
     # What a field holds for this kind, in the admin's words.
     notes: dict[str, str]
@@ -28,6 +29,8 @@ class ProviderKindSpec:
     optional: tuple[str, ...] = CREDENTIAL_FIELDS
     # It has OpenAI's Batch API, so whole batches can be delegated to it at its batch discount.
     batch_endpoint: bool = False
+    # It has OpenAI's embeddings API, so its models of kind embedding can serve /v1/embeddings.
+    embeddings: bool = False
 
     @property
     def fields(self) -> tuple[str, ...]:
@@ -47,6 +50,7 @@ PROVIDER_KINDS = (
             "credential": "the API key, sent as a bearer token",
         },
         batch_endpoint=True,
+        embeddings=True,
     ),
     ProviderKindSpec(
         value="anthropic",

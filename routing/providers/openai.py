@@ -12,29 +12,36 @@ from routing.providers.base import (
     UpstreamReply,
     answer_text,
     checked_chat_completion,
+    checked_embeddings,
     elapsed_ms_since,
     invalid_response,
     json_post,
+    named_stop_sequence,
     send_or_reject,
     sse_events,
 )
 from routing.providers.prompt_cache import OFF
+from routing.tokens import embedding_inputs
 
 
-def _request(provider: ProviderEntry, body: dict) -> httpx.Request:
+def _request(provider: ProviderEntry, body: dict, *, path: str = "/chat/completions") -> httpx.Request:
     headers = {"authorization": f"Bearer {provider.api_key}"} if provider.api_key else {}
-    return json_post(provider, "/chat/completions", body, headers=headers)
+    return json_post(provider, path, body, headers=headers)
+
+
+def _parsed(provider: ProviderEntry, response: httpx.Response, started: float):
+    try:
+        return orjson.loads(response.content)
+    except orjson.JSONDecodeError as exc:
+        problem = MalformedAnswer("the body is not JSON")
+        raise invalid_response(provider, problem, elapsed_ms=elapsed_ms_since(started)) from exc
 
 
 async def chat_completion(provider: ProviderEntry, body: dict, *, provider_cache: str = OFF) -> UpstreamReply:
     """``provider_cache`` changes nothing: OpenAI caches long prompts by itself, without checkpoints."""
     started = time.perf_counter()
     response = await send_or_reject(provider, _request(provider, body), stream=False, started=started)
-    try:
-        parsed = orjson.loads(response.content)
-    except orjson.JSONDecodeError as exc:
-        problem = MalformedAnswer("the body is not JSON")
-        raise invalid_response(provider, problem, elapsed_ms=elapsed_ms_since(started)) from exc
+    parsed = _parsed(provider, response, started)
     try:
         reply = checked_chat_completion(parsed)
     except MalformedAnswer as problem:
@@ -42,11 +49,19 @@ async def chat_completion(provider: ProviderEntry, body: dict, *, provider_cache
         raise invalid_response(
             provider, problem, elapsed_ms=elapsed_ms_since(started), completion_text=text
         ) from problem
-    return UpstreamReply(body=reply, raw=response.content, elapsed_ms=elapsed_ms_since(started))
+    return UpstreamReply(
+        body=reply,
+        raw=response.content,
+        elapsed_ms=elapsed_ms_since(started),
+        stop_sequence=named_stop_sequence(reply["choices"][0]),
+    )
 
 
 class OpenAIStream:
     """An open streaming response. Iterate ``events()`` for its ``data: ...`` events; always ``aclose()``."""
+
+    # vLLM names it on its finishing chunk, which the reader parses.
+    stop_sequence = None
 
     def __init__(self, provider: ProviderEntry, response: httpx.Response, started: float):
         self.provider = provider
@@ -69,3 +84,16 @@ async def open_chat_stream(provider: ProviderEntry, body: dict, *, provider_cach
     started = time.perf_counter()
     response = await send_or_reject(provider, _request(provider, body), stream=True, started=started)
     return OpenAIStream(provider, response, started)
+
+
+async def embeddings(provider: ProviderEntry, body: dict) -> UpstreamReply:
+    """OpenAI's embeddings API: the list of vectors, its shape checked, with the raw body to pass on as it came."""
+    started = time.perf_counter()
+    request = _request(provider, body, path="/embeddings")
+    response = await send_or_reject(provider, request, stream=False, started=started)
+    parsed = _parsed(provider, response, started)
+    try:
+        reply = checked_embeddings(parsed, inputs=len(embedding_inputs(body["input"])))
+    except MalformedAnswer as problem:
+        raise invalid_response(provider, problem, elapsed_ms=elapsed_ms_since(started)) from problem
+    return UpstreamReply(body=reply, raw=response.content, elapsed_ms=elapsed_ms_since(started))

@@ -3,7 +3,7 @@ from decimal import Decimal
 import pytest
 
 from core.crypto import decrypt_secret
-from routing.models import Model, Provider, ProviderKind
+from routing.models import Model, ModelKind, Provider, ProviderKind
 from routing.services import provider_create
 from tenants.models import Role
 from tests.admin.scenario import SUPERUSER, World, admin_url, make_user
@@ -127,6 +127,7 @@ def test_superuser_adds_a_model_to_the_catalog(superuser_client, world: World):
         admin_url("routing_model", "add"),
         {
             "name": "large",
+            "kind": "chat",
             "provider": world.acme.provider.pk,
             "upstream_name": "mock-large",
             "context_window": "200000",
@@ -139,6 +140,26 @@ def test_superuser_adds_a_model_to_the_catalog(superuser_client, world: World):
     assert response.status_code == 302
     model = Model.objects.get(name="large")
     assert (model.provider, model.price_in_force().output_price_per_million) == (world.acme.provider, Decimal("10"))
+
+
+def test_a_model_s_kind_is_chosen_when_it_is_added_and_kept(superuser_client, world: World):
+    form = {
+        "name": "embedder",
+        "kind": "embedding",
+        "provider": world.acme.provider.pk,
+        "upstream_name": "text-embedding-3-small",
+        "context_window": "8191",
+        "input_price_per_million": "0.02",
+        "cached_input_price_per_million": "0.02",
+        "output_price_per_million": "0",
+    }
+    assert superuser_client.post(admin_url("routing_model", "add"), form).status_code == 302
+    model = Model.objects.get(name="embedder")
+
+    page = superuser_client.get(admin_url("routing_model", "change", model.pk)).content.decode()
+
+    assert model.kind == ModelKind.EMBEDDING
+    assert 'name="kind"' not in page and "Embedding" in page
 
 
 @pytest.mark.parametrize("role", [Role.OWNER, Role.VIEWER])

@@ -55,7 +55,7 @@ def test_mixed_batch_completes_with_output_and_error_files(worker, openai_client
     tenant_model_access_set(tenant=acme.tenant, allowed_models=[acme.small, failing], default_model=acme.small)
     lines = [
         chat_line("ok-1", "acme-small", "first question", max_tokens=5),
-        chat_line("ok-2", "acme-small", "second question"),
+        chat_line("ok-2", "acme-small", "second question", user="carol"),
         chat_line("refused", "acme-broken"),
         chat_line("unknown-model", "gpt-nope"),
     ]
@@ -82,6 +82,11 @@ def test_mixed_batch_completes_with_output_and_error_files(worker, openai_client
     ledger = {record.request_id: record for record in batch_ledger(batch.id)}
     assert set(ledger) == {row["response"]["request_id"] for row in [*output.values(), *errors.values()]}
     assert ledger[first["request_id"]].cost_usd > 0 and ledger[first["request_id"]].api_key_id == acme.api_key.pk
+    # Each line names its own end customer, as a request does.
+    assert (ledger[first["request_id"]].customer, ledger[output["ok-2"]["response"]["request_id"]].customer) == (
+        "",
+        "carol",
+    )
     assert reported_cost(done) == sum(r.cost_usd for r in ledger.values())
     assert openai_client.files.retrieve(done.output_file_id).purpose == "batch_output"
     with pytest.raises(openai.ConflictError):

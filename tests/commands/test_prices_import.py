@@ -9,7 +9,7 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
-from routing.models import Model, ModelPrice
+from routing.models import Model, ModelKind, ModelPrice
 from tests.factories import ModelFactory, ProviderFactory
 
 FILES = Path(__file__).parent / "price_files"
@@ -151,6 +151,20 @@ def test_create_adds_the_catalog_s_missing_models_on_the_named_provider(catalog)
         "cache_write_price_per_million": None,
     }
     assert not Model.objects.filter(name="gpt-4o-mini", provider__name="vertex").exists()
+
+
+def test_an_embedding_model_of_litellm_s_map_is_created_as_one(catalog, tmp_path):
+    ProviderFactory(name="openai")
+    cost_map = (
+        '{"text-embedding-3-small": {"max_input_tokens": 8191, "input_cost_per_token": 2e-08, '
+        '"output_cost_per_token": 0.0, "litellm_provider": "openai", "mode": "embedding"}}'
+    )
+
+    prices_import(write(tmp_path, "embeddings.json", cost_map), "--create", "--provider", "openai")
+
+    created = Model.objects.get(name="text-embedding-3-small")
+    assert (created.kind, created.context_window) == (ModelKind.EMBEDDING, 8191)
+    assert in_force("text-embedding-3-small")["input_price_per_million"] == Decimal("0.02")
 
 
 def write(tmp_path: Path, name: str, text: str) -> Path:

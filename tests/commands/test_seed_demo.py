@@ -27,7 +27,11 @@ def test_a_rerun_with_another_mock_port_points_the_demo_provider_there(gateway, 
     assert f"now points at {mock_upstream.url}/v1" in output
     with OpenAI(base_url=f"{gateway.url}/v1", api_key=key, max_retries=0, timeout=20) as client:
         reply = client.chat.completions.create(model="auto", messages=[{"role": "user", "content": "hello"}])
+        embedded = client.embeddings.create(model="mock-embed", input="hello")
+        answered = client.responses.create(model="auto", input="hello")
     assert reply.choices[0].message.content.startswith("Mock answer to: hello")
+    assert len(embedded.data[0].embedding) == 1536
+    assert answered.output_text.startswith("Mock answer to: hello")
 
     audit_rows = AuditEvent.objects.unscoped().count()
     assert "now points at" not in seed_demo(f"{mock_upstream.url}/v1")

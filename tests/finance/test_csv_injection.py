@@ -123,3 +123,19 @@ def test_usage_report_command_csv(hostile_ledger):
 )
 def test_only_text_that_is_not_a_plain_number_is_quoted(cell, written):
     assert formula_safe(cell) == written
+
+
+def test_a_customer_id_is_written_as_text_in_exports_and_its_statement(client, acme):
+    """A customer's id is whatever the client sent in `user` (printable, so no tab or carriage return)."""
+    hostile = [tag for tag in HOSTILE_TAGS if tag.isprintable()]
+    records = [usage_row(acme.keys[0], created_at=DAY, cost=CREDIT) for _ in hostile]
+    for record, customer in zip(records, hostile, strict=True):
+        record.customer = customer
+    UsageRecord.objects.bulk_create(records)
+    client.force_login(acme.finance_user)
+
+    grouped = client.get("/api/usage/export.csv", {"tenant": "acme", **RANGE, "group_by": "customer"})
+    statement = client.get("/api/usage/customer-statement.csv", {"tenant": "acme", "customer": hostile[0], **RANGE})
+
+    assert_formula_safe(streamed(grouped), expected=hostile)
+    assert_formula_safe(streamed(statement), expected=hostile[:1])

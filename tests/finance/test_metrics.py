@@ -5,6 +5,7 @@ import pytest
 
 from billing.ledger.events import UsageEvent
 from billing.models import UsageKind
+from llmops import metrics
 from llmops.metrics import record_request_metrics
 
 
@@ -30,6 +31,13 @@ def event(**overrides) -> UsageEvent:
 def public_metrics(settings):
     """These tests read the counters; who may read them is tests/security/test_metrics_exposure.py's concern."""
     settings.LLMOPS_METRICS_PUBLIC = True
+
+
+@pytest.fixture(autouse=True)
+def room_for_these_tenants(monkeypatch):
+    """A fresh allowance of tenant labels: earlier tests of the same process (each with tenants of its own) may
+    have used all MAX_TENANT_LABELS, which would count these tests' tenants as "other"."""
+    monkeypatch.setattr(metrics, "tenant_label", metrics.BoundedLabel(metrics.MAX_TENANT_LABELS))
 
 
 def sample(text: str, name: str, **labels) -> float:

@@ -2,7 +2,9 @@
 
 The CSV exports, the usage API, the statement and the usage report are read by customers' scripts and spreadsheets:
 a column renamed, reordered or formatted otherwise breaks them. These answers were taken from the code before the
-ledger's columns got one definition (billing/ledger/columns.py), so any later change to them shows here.
+ledger's columns got one definition (billing/ledger/columns.py), so any later change to them shows here. Columns
+added since are appended at the end (`cache_write_tokens`, the levers' `saved_*_usd`, `customer`), which leaves every
+earlier column where scripts read it.
 """
 
 import json
@@ -64,6 +66,7 @@ def pinned(db):
                 route="cheap-first",
                 policy_version=3,
                 tags=["checkout", "eu"],
+                customer="cust-7",
                 saved_routing_usd=Decimal("0.0100000000"),
                 cache_write_tokens=50,
                 saved_provider_cache_usd=Decimal("0.0000123000"),
@@ -150,22 +153,22 @@ PER_REQUEST_CSV = (
     "request_id,created_at,team,api_key_prefix,endpoint,requested_model,served_model,is_stream,prompt_tokens,"
     "cached_tokens,completion_tokens,usage_estimated,cost_usd,cost_usd_rounded,upstream_latency_ms,total_latency_ms,"
     "cache_status,routed_to_large,http_status,error_code,kind,parent_request_id,cache_write_tokens,saved_cache_usd,"
-    "saved_routing_usd,saved_compression_usd,saved_batch_usd,saved_provider_cache_usd\r\n"
+    "saved_routing_usd,saved_compression_usd,saved_batch_usd,saved_provider_cache_usd,customer\r\n"
     "req-1,2025-03-03T09:00:00.123456-05:00,search,sk-pinA,/v1/chat/completions,auto,gpt-small,True,100,20,30,False,"
     "0.0012345678,0.00,120,150,miss,False,200,,request,,50,0.0000000000,0.0100000000,0.0000000000,0.0000000000,"
-    "0.0000123000\r\n"
+    "0.0000123000,cust-7\r\n"
     "req-2,2025-03-03T11:30:00-05:00,support,sk-pinB,/v1/chat/completions,'=cmd|' /C calc'!A0,,False,0,0,0,False,"
     "0.0000000000,0.00,,3,bypass,False,400,invalid_request,request,,0,0.0000000000,0.0000000000,0.0000000000,"
-    "0.0000000000,0.0000000000\r\n"
+    "0.0000000000,0.0000000000,\r\n"
     "req-3,2025-03-03T22:30:00-05:00,search,sk-pinA,/v1/chat/completions,auto,gpt-large,False,2000,0,500,False,"
     "0.0250000000,0.02,900,950,miss,True,200,,request,,100,0.0000000000,0.0000000000,0.0024500000,0.0000000000,"
-    "-0.0000040000\r\n"
+    "-0.0000040000,\r\n"
     "req-3-summary,2025-03-03T22:30:01-05:00,search,sk-pinA,/v1/chat/completions,,gpt-small,False,3000,0,200,False,"
     "0.0000500000,0.00,400,410,miss,False,200,,compression_summary,req-3,0,0.0000000000,0.0000000000,"
-    "0.0000000000,0.0000000000,0.0000000000\r\n"
+    "0.0000000000,0.0000000000,0.0000000000,\r\n"
     "req-4,2025-03-04T10:00:00-05:00,support,sk-pinB,/v1/chat/completions,gpt-large,gpt-large,False,40,0,0,True,"
     "0.0150000000,0.02,30000,30010,hit-exact,False,502,upstream_error,request,,0,0.0200000000,0.0000000000,"
-    "0.0000000000,0.0005000000,0.0000000000\r\n"
+    "0.0000000000,0.0005000000,0.0000000000,\r\n"
 )
 
 GROUPED_CSV = (
@@ -257,6 +260,7 @@ PER_REQUEST_FIELDS = (
     "saved_compression_usd",
     "saved_batch_usd",
     "saved_provider_cache_usd",
+    "customer",
 )
 # Newest first, as the API pages them.
 PER_REQUEST_JSON = [
@@ -290,6 +294,7 @@ PER_REQUEST_JSON = [
             "0.0000000000",
             "0.0005000000",
             "0.0000000000",
+            "",
         ),
         (
             "req-3-summary",
@@ -319,6 +324,7 @@ PER_REQUEST_JSON = [
             "0.0000000000",
             "0.0000000000",
             "0.0000000000",
+            "",
         ),
         (
             "req-3",
@@ -348,6 +354,7 @@ PER_REQUEST_JSON = [
             "0.0024500000",
             "0.0000000000",
             "-0.0000040000",
+            "",
         ),
         (
             "req-2",
@@ -377,6 +384,7 @@ PER_REQUEST_JSON = [
             "0.0000000000",
             "0.0000000000",
             "0.0000000000",
+            "",
         ),
         (
             "req-1",
@@ -406,6 +414,7 @@ PER_REQUEST_JSON = [
             "0.0000000000",
             "0.0000000000",
             "0.0000123000",
+            "cust-7",
         ),
     )
 ]

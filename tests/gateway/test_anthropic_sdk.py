@@ -1,6 +1,7 @@
 """The official anthropic SDK, pointed at the live gateway (/v1/messages), must just work: answers, streams and typed
 errors, each request with its ledger row priced from the catalog."""
 
+import time
 from decimal import ROUND_HALF_EVEN, Decimal
 
 import anthropic
@@ -11,16 +12,22 @@ from anthropic import Anthropic
 from billing.budgets.services import budget_create
 from billing.models import UsageRecord
 from billing.ratelimits import rate_limit_create
+from core.redis import sync_redis
+from llmops.gateway.concurrency import KEY_PREFIX
+from routing import tokens
 from routing.cache.store import cache_writes_flush
 from routing.services import provider_create, routing_policy_ensure_default
 from routing.tokens import count_chat_tokens
 from tests.cache.conftest import cache_policy
 from tests.conftest import SMALL_PRICES
-from tests.factories import ModelFactory
+from tests.factories import ModelFactory, ProviderFactory
+from tests.gateway.test_fairness_live import wait_until_none_held
+from tests.gateway.test_routing_live import publish
 from tests.providers.anthropic_server import AnthropicServer
 from tests.servers import ThreadedServer
 
 QUESTION = "What is the capital of France?"
+ONE_HOUR_CACHE = {"type": "ephemeral", "ttl": "1h"}
 SONNET_PRICES = {
     "input_price_per_million": Decimal("3.00"),
     "cached_input_price_per_million": Decimal("0.30"),
@@ -113,6 +120,7 @@ def test_a_message_through_the_sdk_is_answered_recorded_and_priced(client, acme)
         acme.small.name,
     )
     assert (record.http_status, record.error_code, record.is_stream) == (200, "", False)
+    assert record.customer == "customer-42"
     assert record.cost_usd == small_cost(record) > 0
     assert Decimal(raw.headers["x-llmops-cost-usd"]) == record.cost_usd
     assert raw.headers["x-llmops-request-id"] == raw.headers["request-id"] == record.request_id
@@ -178,6 +186,30 @@ def test_the_key_is_taken_from_x_api_key(gateway, acme):
     assert UsageRecord.objects.unscoped().filter(api_key=acme.api_key, http_status=200).count() == 2
 
 
+def test_with_both_headers_the_key_in_x_api_key_is_the_one_used(gateway, acme, globex):
+    body = {"model": "default", "max_tokens": 4, "messages": [{"role": "user", "content": "Hi"}]}
+
+    acme_answered = httpx.post(
+        f"{gateway.url}/v1/messages",
+        json=body,
+        headers={"x-api-key": acme.key, "authorization": f"Bearer {globex.key}"},
+        timeout=20,
+    )
+    refused = httpx.post(
+        f"{gateway.url}/v1/messages",
+        json=body,
+        headers={"x-api-key": "llmops-000000000000-not-a-real-secret", "authorization": f"Bearer {acme.key}"},
+        timeout=20,
+    )
+
+    assert acme_answered.status_code == 200, acme_answered.text
+    assert acme_answered.headers["x-llmops-model"] == acme.small.name
+    assert refused.status_code == 401 and refused.json()["error"]["type"] == "authentication_error"
+    assert [(record.tenant, record.http_status) for record in UsageRecord.objects.unscoped().all()] == [
+        (acme.tenant, 200)
+    ]
+
+
 def test_a_bad_or_missing_key_raises_authentication_error(gateway, acme):
     with (
         client_for(gateway, "llmops-000000000000-not-a-real-secret") as sdk,
@@ -224,6 +256,14 @@ def test_bad_input_raises_bad_request_error_in_anthropic_shape_and_is_recorded(c
         ({"messages": [{"role": "user", "content": "Hi"}]}, "max_tokens: Field required"),
         ({"max_tokens": 5, "messages": [{"role": "user", "content": "Hi"}], "tools": [{"name": "t"}]}, "tool use"),
         ({"max_tokens": 5, "messages": [{"role": "user", "content": [{"type": "document"}]}]}, "'document' blocks"),
+        (
+            {"max_tokens": 5, "messages": [{"role": "user", "content": "Hi"}], "cache_control": ONE_HOUR_CACHE},
+            "cache_control.ttl: not supported: a 1h cache write is billed at twice the input price",
+        ),
+        (
+            {"max_tokens": 5, "messages": [{"role": "user", "content": [{"type": ["text"], "text": "Hi"}]}]},
+            "messages.0.content.0.type: Input should be a string, not an array",
+        ),
     ],
 )
 def test_what_anthropic_requires_or_the_gateway_cannot_carry_is_a_clear_400(gateway, acme, body, words):
@@ -357,6 +397,131 @@ def test_count_tokens_counts_as_the_ledger_does_and_records_nothing(client, acme
         client.messages.count_tokens(model="no-such-model", messages=messages)
 
 
+def test_count_tokens_counts_against_the_key_rate_limit_and_records_nothing(client, acme):
+    rate_limit_create(tenant=acme.tenant, api_key=acme.api_key, requests_per_minute=1)
+    messages = [{"role": "user", "content": QUESTION}]
+    raw = client.messages.with_raw_response.count_tokens(model=acme.small.name, messages=messages)
+
+    with pytest.raises(anthropic.RateLimitError) as counting:
+        client.messages.count_tokens(model=acme.small.name, messages=messages)
+    with pytest.raises(anthropic.RateLimitError) as asking:
+        client.messages.create(model=acme.small.name, max_tokens=4, messages=messages)
+
+    assert raw.parse().input_tokens > 0
+    assert raw.headers["x-ratelimit-remaining-requests"] == "0"
+    assert (counting.value.type, counting.value.error_code) == ("rate_limit_error", "rate_limit_exceeded")
+    assert int(counting.value.response.headers["retry-after"]) > 0
+    assert asking.value.error_code == "rate_limit_exceeded"
+    assert [(record.endpoint, record.http_status) for record in UsageRecord.objects.unscoped().all()] == [
+        ("/v1/messages", 429)
+    ]
+
+
+def test_count_tokens_counts_against_its_end_customers_rate_limit(client, acme):
+    """Its customer is named as on /v1/messages: metadata.user_id, or the x-llmops-customer header, which wins."""
+    rate_limit_create(tenant=acme.tenant, scope="customer", requests_per_minute=1)
+    messages = [{"role": "user", "content": QUESTION}]
+
+    def count(**options) -> int:
+        return client.messages.count_tokens(model=acme.small.name, messages=messages, **options).input_tokens
+
+    alice = count(extra_body={"metadata": {"user_id": "alice"}})
+    with pytest.raises(anthropic.RateLimitError) as by_header:
+        count(extra_headers={"x-llmops-customer": "alice"}, extra_body={"metadata": {"user_id": "bob"}})
+    bob = count(extra_body={"metadata": {"user_id": "bob"}})
+    anonymous = [count() for _ in range(2)]
+    with pytest.raises(anthropic.RateLimitError) as asking:
+        client.messages.create(model=acme.small.name, max_tokens=4, messages=messages, metadata={"user_id": "alice"})
+
+    assert alice == bob == anonymous[0] == anonymous[1] > 0
+    assert "customer 'alice'" in by_header.value.body["error"]["message"]
+    assert asking.value.body["error"]["details"]["error_code"] == "rate_limit_exceeded"
+    assert [(row.endpoint, row.http_status, row.customer) for row in UsageRecord.objects.unscoped().all()] == [
+        ("/v1/messages", 429, "alice")
+    ]
+
+
+def test_count_tokens_holds_one_of_the_tenant_slots_for_requests_in_flight(client, acme):
+    acme.tenant.max_inflight_requests = 1
+    acme.tenant.save()
+    messages = [{"role": "user", "content": QUESTION}]
+    client.messages.count_tokens(model=acme.small.name, messages=messages)
+    slots = sync_redis()
+    wait_until_none_held(acme.tenant)
+    slots.zadd(KEY_PREFIX + str(acme.tenant.pk), {"req_elsewhere": int(time.time() * 1000) + 60_000})
+
+    with pytest.raises(anthropic.RateLimitError) as excinfo:
+        client.messages.count_tokens(model=acme.small.name, messages=messages)
+
+    assert excinfo.value.error_code == "tenant_concurrency_limit_exceeded"
+    assert slots.zrange(KEY_PREFIX + str(acme.tenant.pk), 0, -1) == [b"req_elsewhere"]
+    assert not UsageRecord.objects.unscoped().exists()
+
+
+def test_count_tokens_refuses_a_prompt_over_the_cap_by_its_length_alone_without_counting_it(gateway, acme, monkeypatch):
+    """4.2 MB: over the default template's ceiling (32,000 tokens) by its length alone, as /v1/messages refuses it."""
+    routing_policy_ensure_default(tenant=acme.tenant)
+    counted = []
+    monkeypatch.setattr(tokens, "count_chat_tokens", lambda messages, **options: counted.append(messages) or 0)
+    body = {"model": "auto", "messages": [{"role": "user", "content": "refund policy " * 300_000}]}
+
+    response = httpx.post(
+        f"{gateway.url}/v1/messages/count_tokens", json=body, headers={"x-api-key": acme.key}, timeout=60
+    )
+
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert (error["type"], error["details"]) == ("invalid_request_error", {"error_code": "token_cap_exceeded"})
+    assert "has at least" in error["message"]
+    assert counted == []
+    assert not UsageRecord.objects.unscoped().exists()
+
+
+def test_count_tokens_with_an_alias_counts_and_refuses_as_the_request_would_be(client, acme):
+    publish(
+        acme,
+        [
+            {
+                "priority": 1,
+                "name": "short-only",
+                "match": {"requested_models": ["auto"]},
+                "outcome": {"prompt_token_cap": 30},
+            }
+        ],
+        aliases={"auto": {"small": acme.small.name, "large": acme.large.name}},
+    )
+    short = [{"role": "user", "content": QUESTION}]
+    long = [{"role": "user", "content": "Tell me everything about the refund policy of the shop. " * 4}]
+
+    counted = client.messages.count_tokens(model="auto", messages=short)
+    client.messages.create(model="auto", max_tokens=4, messages=short)
+    with pytest.raises(anthropic.BadRequestError) as counting:
+        client.messages.count_tokens(model="auto", messages=long)
+    with pytest.raises(anthropic.BadRequestError) as asking:
+        client.messages.create(model="auto", max_tokens=4, messages=long)
+
+    answered = UsageRecord.objects.unscoped().get(http_status=200)
+    assert counted.input_tokens == answered.prompt_tokens > 0
+    assert counting.value.error_code == asking.value.error_code == "token_cap_exceeded"
+    assert counting.value.body["error"]["message"] == asking.value.body["error"]["message"]
+    assert "short-only" in counting.value.body["error"]["message"]
+
+
+def test_every_model_skipped_by_its_circuit_breaker_is_a_529_and_so_is_its_ledger_row(client, acme):
+    provider = ProviderFactory(name="acme-tripped", base_url=acme.small.provider.base_url)
+    tripped = ModelFactory(name="acme-tripped-small", provider=provider, upstream_name="mock-small")
+    acme.tenant.model_access.allowed_models.add(tripped)
+    sync_redis().set(f"llmops:breaker:{provider.name}:{tripped.upstream_name}:open", "1", px=60_000)
+
+    with pytest.raises(anthropic.OverloadedError) as excinfo:
+        client.messages.create(model=tripped.name, max_tokens=4, messages=[{"role": "user", "content": "Hi"}])
+
+    assert (excinfo.value.status_code, excinfo.value.type) == (529, "overloaded_error")
+    assert excinfo.value.error_code == "upstream_circuit_open"
+    record = only_record()
+    assert (record.http_status, record.error_code) == (529, "upstream_circuit_open")
+
+
 def test_a_stream_that_breaks_off_ends_with_an_error_event(client, acme):
     broken = ModelFactory(name="acme-broken", provider=acme.small.provider, upstream_name="mock-break")
     acme.tenant.model_access.allowed_models.add(broken)
@@ -368,7 +533,7 @@ def test_a_stream_that_breaks_off_ends_with_an_error_event(client, acme):
             )
         )
 
-    assert (excinfo.value.type, excinfo.value.error_code) == ("api_error", None)
+    assert (excinfo.value.type, excinfo.value.error_code) == ("api_error", "upstream_stream_truncated")
     record = only_record()
     assert (record.http_status, record.error_code) == (502, "upstream_stream_truncated")
 
@@ -413,3 +578,76 @@ def test_claude_behind_the_gateway_with_prompt_caching_and_stop_sequences(client
             + message.usage.cache_read_input_tokens
         )
         assert record.completion_tokens == message.usage.output_tokens
+
+
+def test_claude_gets_top_k_and_the_automatic_cache_breakpoint_on_the_last_block(client, claude, anthropic_upstream):
+    """A top-level cache_control is Anthropic's automatic caching: the breakpoint on the last block of the request,
+    so the prompt is written to the provider's cache, and read back by the same prompt again. (The current SDK no
+    longer names top_k; the API takes it.)"""
+    handbook = "Policy handbook. " * 400
+    ask = {
+        "model": claude.name,
+        "max_tokens": 50,
+        "messages": [{"role": "user", "content": handbook}],
+        "cache_control": {"type": "ephemeral"},
+        "extra_body": {"top_k": 5},
+    }
+
+    first = client.messages.create(**ask)
+    second = client.messages.create(**ask)
+
+    sent = anthropic_upstream.app.requests[0]
+    assert sent["top_k"] == 5
+    assert sent["messages"] == [
+        {"role": "user", "content": [{"type": "text", "text": handbook, "cache_control": {"type": "ephemeral"}}]}
+    ]
+    assert first.usage.cache_creation_input_tokens > 0 and first.usage.cache_read_input_tokens == 0
+    assert second.usage.cache_read_input_tokens == first.usage.cache_creation_input_tokens
+    records = list(UsageRecord.objects.unscoped().order_by("created_at"))
+    assert [record.cache_write_tokens for record in records] == [first.usage.cache_creation_input_tokens, 0]
+    assert records[1].cached_tokens == second.usage.cache_read_input_tokens
+    assert all(record.cost_usd == sonnet_cost(record) > 0 for record in records)
+
+
+def test_the_matched_stop_sequence_stays_out_of_chat_completions_answers(gateway, acme, claude):
+    """Only /v1/messages shows which stop sequence ended an answer; /v1/chat/completions keeps OpenAI's shape."""
+    body = {"model": claude.name, "messages": [{"role": "user", "content": "Where is the refund desk?"}]}
+    headers = {"authorization": f"Bearer {acme.key}"}
+
+    plain = httpx.post(f"{gateway.url}/v1/chat/completions", json={**body, "stop": ["refund"]}, headers=headers)
+    streamed = httpx.post(
+        f"{gateway.url}/v1/chat/completions", json={**body, "stop": ["refund"], "stream": True}, headers=headers
+    )
+
+    choice = plain.json()["choices"][0]
+    assert (choice["finish_reason"], choice["message"]["content"]) == ("stop", "Echo: Where is the ")
+    assert set(choice) == {"index", "message", "logprobs", "finish_reason"}
+    finishing = [line for line in streamed.text.splitlines() if '"finish_reason":"stop"' in line]
+    assert len(finishing) == 1 and "stop_reason" not in finishing[0] and "refund" not in streamed.text
+
+
+def test_a_cached_answer_replayed_as_a_stream_keeps_its_stop_sequence(client, acme, claude):
+    cache_policy(acme, nondeterministic=True)
+    ask = {
+        "model": claude.name,
+        "max_tokens": 50,
+        "stop_sequences": ["refund"],
+        "messages": [{"role": "user", "content": "Where is the refund desk?"}],
+    }
+    answered = client.messages.create(**ask)
+    cache_writes_flush()
+
+    replayed = client.messages.with_raw_response.create(**ask)
+    with client.messages.stream(**ask) as stream:
+        streamed = stream.get_final_message()
+    cache_writes_flush()
+
+    assert replayed.headers["x-llmops-cache"] == "hit-exact"
+    for message in (answered, replayed.parse(), streamed):
+        assert (message.stop_reason, message.stop_sequence) == ("stop_sequence", "refund")
+        assert message.content[0].text == "Echo: Where is the "
+    assert [record.cache_status for record in UsageRecord.objects.unscoped().order_by("created_at")] == [
+        "miss",
+        "hit-exact",
+        "hit-exact",
+    ]

@@ -173,7 +173,7 @@ def test_wrong_method_is_an_openai_error(gateway, acme):
 UNKNOWN_URLS = [
     ("POST", "/v1/foo"),
     ("POST", "/v1/chat/completion"),
-    ("GET", "/v1/embeddings"),
+    ("GET", "/v1/embedding"),
     ("DELETE", "/v1/"),
     ("POST", "/v1"),
     ("PUT", "/v1/files/a/b/c"),

@@ -11,7 +11,9 @@ from django.db.backends.utils import CursorWrapper
 
 from billing.budgets.services import budget_create
 from billing.ratelimits import rate_limit_create
-from routing.services import routing_policy_ensure_default
+from routing.models import ModelKind
+from routing.services import routing_policy_ensure_default, tenant_model_access_set
+from tests.factories import ModelFactory
 
 
 @pytest.fixture
@@ -45,6 +47,37 @@ def test_a_warm_process_answers_with_no_configuration_query(gateway, acme, queri
     assert all("rule=" in response.headers["x-llmops-route"] for response in responses)
     assert all(response.headers["x-llmops-budget-remaining-usd"] for response in responses)
     assert all(response.headers["x-ratelimit-limit-requests"] == "1000" for response in responses)
+    assert queries == []
+
+
+def test_embeddings_and_responses_answer_with_no_configuration_query(gateway, acme, queries):
+    """The other /v1 pipelines read the same snapshot: routing, a budget, a rate limit, key auth, the ledger."""
+    embedder = ModelFactory(
+        name="acme-embed",
+        kind=ModelKind.EMBEDDING,
+        provider=acme.small.provider,
+        upstream_name="text-embedding-3-small",
+    )
+    tenant_model_access_set(
+        tenant=acme.tenant, allowed_models=[acme.small, acme.large, embedder], default_model=acme.small
+    )
+    routing_policy_ensure_default(tenant=acme.tenant)
+    budget_create(tenant=acme.tenant, scope="team", team=acme.team, period="day", limit_usd=Decimal("10"))
+    rate_limit_create(tenant=acme.tenant, api_key=acme.api_key, requests_per_minute=1000)
+    headers = {"authorization": f"Bearer {acme.key}", "x-llmops-cache": "bypass, no-store"}
+    embeddings = {"model": embedder.name, "input": ["Say hi", "Say bye"]}
+    responses = {"model": "auto", "max_output_tokens": 16, "input": "Say hi"}
+    with httpx.Client(base_url=gateway.url, headers=headers, timeout=30) as client:
+        assert client.post("/v1/embeddings", json=embeddings).status_code == 200  # loads the tenant's configuration
+        queries.clear()
+        answers = [client.post("/v1/embeddings", json=embeddings) for _ in range(10)]
+        answers += [client.post("/v1/responses", json=responses) for _ in range(10)]
+        answers.append(client.post("/v1/responses", json={**responses, "stream": True}))
+
+    assert [answer.status_code for answer in answers] == [200] * 21
+    assert all("rule=" in answer.headers["x-llmops-route"] for answer in answers)
+    assert all(answer.headers["x-llmops-budget-remaining-usd"] for answer in answers)
+    assert all(answer.headers["x-ratelimit-limit-requests"] == "1000" for answer in answers)
     assert queries == []
 
 

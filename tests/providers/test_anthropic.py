@@ -151,24 +151,38 @@ def test_tool_call_and_tool_result_round_trip(anthropic_server, anthropic_provid
     assert second.body["choices"][0]["message"]["content"] == "Echo: 18C and sunny"
 
 
-def test_the_stop_sequence_that_ended_an_answer_is_named_on_its_choice(anthropic_provider):
-    """The chat form's finish reason ``stop`` cannot say which stop sequence matched; the choice names it as vLLM
-    does (``stop_reason``), plain and streamed, and says nothing when the answer ended on its own."""
+def test_the_stop_sequence_that_ended_an_answer_is_named_beside_it_not_in_it(anthropic_provider):
+    """The chat form's finish reason ``stop`` cannot say which stop sequence matched; the reply and the stream name it
+    beside the answer (for /v1/messages), whose chat completion keeps OpenAI's shape, plain and streamed; nothing is
+    named when the answer ended on its own."""
     body = {"model": "claude-test", "messages": [user("one two three")], "stop": ["two", "nine"]}
 
+    async def streamed():
+        stream = await upstream.open_chat_stream(anthropic_provider, {**body, "stream": True})
+        return await collect_stream(stream), stream.stop_sequence
+
     reply = run(upstream.chat_completion(anthropic_provider, body))
-    events = run(_open_and_collect(anthropic_provider, {**body, "stream": True}))
+    events, stream_stop_sequence = run(streamed())
     natural = run(upstream.chat_completion(anthropic_provider, {**body, "stop": ["nine"]}))
 
     choice = reply.body["choices"][0]
-    assert (choice["finish_reason"], choice["stop_reason"], choice["message"]["content"]) == (
-        "stop",
-        "two",
-        "Echo: one ",
-    )
+    assert (choice["finish_reason"], reply.stop_sequence, choice["message"]["content"]) == ("stop", "two", "Echo: one ")
+    assert set(choice) == {"index", "message", "logprobs", "finish_reason"}
+    assert b"stop_reason" not in reply.raw and b"two" not in reply.raw
     finish = next(chunk["choices"][0] for chunk in chunks_of(events) if chunk["choices"][0]["finish_reason"])
-    assert (finish["finish_reason"], finish["stop_reason"]) == ("stop", "two")
-    assert "stop_reason" not in natural.body["choices"][0]
+    assert (finish["finish_reason"], stream_stop_sequence) == ("stop", "two")
+    assert set(finish) == {"index", "delta", "finish_reason"}
+    assert natural.stop_sequence is None
+
+
+def test_top_k_is_passed_on(anthropic_server, anthropic_provider):
+    body = {"model": "claude-test", "messages": [user("Hello")], "top_k": 7}
+
+    run(upstream.chat_completion(anthropic_provider, body))
+    run(upstream.chat_completion(anthropic_provider, {**body, "top_k": -1}))  # vLLM's "no cut": nothing to send
+
+    assert anthropic_server.app.requests[-2]["top_k"] == 7
+    assert "top_k" not in anthropic_server.app.requests[-1]
 
 
 def test_consecutive_turns_of_one_role_are_merged_as_anthropic_requires(anthropic_server, anthropic_provider):

@@ -53,6 +53,22 @@ def test_text_reply_with_system_prompt_and_inference_config(bedrock_server, bedr
     assert "Credential=AKIDTESTONLY/" in bedrock_server.app.authorizations[-1]
 
 
+def test_top_k_goes_to_claude_as_a_field_of_its_request_and_is_refused_for_other_models(
+    bedrock_server, bedrock_provider
+):
+    claude = {"model": "anthropic.claude-3-haiku-20240307-v1:0", "messages": [user("Hello")], "top_k": 5}
+
+    run(upstream.chat_completion(bedrock_provider, claude))
+    run(upstream.chat_completion(bedrock_provider, {**claude, "top_k": -1}))  # vLLM's "no cut": nothing to send
+    with pytest.raises(upstream.UpstreamRejected) as excinfo:
+        run(upstream.chat_completion(bedrock_provider, {**claude, "model": "amazon.nova-lite-v1:0"}))
+
+    assert bedrock_server.app.requests[0]["additionalModelRequestFields"] == {"top_k": 5}
+    assert "additionalModelRequestFields" not in bedrock_server.app.requests[1]
+    assert excinfo.value.upstream_status == 400 and "Claude models only" in excinfo.value.message
+    assert len(bedrock_server.app.requests) == 2
+
+
 def test_default_credential_chain_when_no_credential_is_stored(bedrock_server, monkeypatch):
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDFROMENVIRONMENT")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "env-secret")

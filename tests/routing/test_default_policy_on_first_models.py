@@ -1,6 +1,9 @@
+import pytest
+from django.core.exceptions import ValidationError
 from django.urls import reverse
 
-from routing.models import RoutingPolicy
+from routing.models import ModelKind, RoutingPolicy
+from routing.services import tenant_model_access_set
 from tests.factories import ModelFactory, TenantFactory, UserFactory
 
 
@@ -20,6 +23,29 @@ def test_granting_a_tenant_its_first_models_in_the_admin_makes_the_default_polic
     assert policy.live_version is not None
     aliases = policy.live_version.document["aliases"]
     assert aliases["auto"] == {"small": "newco-cheap", "large": "newco-dear"}
+
+
+def test_an_embedding_model_is_neither_auto_s_small_model_nor_a_default(client, db):
+    tenant = TenantFactory(slug="embedco")
+    embedder = ModelFactory(
+        name="embedco-embed", kind=ModelKind.EMBEDDING, input_price_per_million="0.02", output_price_per_million=0
+    )
+    chat = ModelFactory(name="embedco-chat", input_price_per_million=1, output_price_per_million=2)
+    client.force_login(UserFactory(is_staff=True, is_superuser=True))
+    url = reverse("admin:routing_tenantmodelaccess_add")
+
+    refused = client.post(url, {"tenant": tenant.pk, "default_model": embedder.pk, "allowed_models": [embedder.pk]})
+    granted = client.post(
+        url, {"tenant": tenant.pk, "default_model": chat.pk, "allowed_models": [embedder.pk, chat.pk]}
+    )
+
+    assert refused.status_code == 200
+    assert "Select a valid choice" in str(refused.context["adminform"].form.errors["default_model"])
+    assert granted.status_code == 302
+    aliases = RoutingPolicy.objects.unscoped().get(tenant=tenant).live_version.document["aliases"]
+    assert aliases["auto"] == {"small": "embedco-chat", "large": "embedco-chat"}
+    with pytest.raises(ValidationError, match="must be a chat model"):
+        tenant_model_access_set(tenant=tenant, allowed_models=[embedder, chat], default_model=embedder)
 
 
 def test_a_tenant_that_has_a_policy_keeps_it(client, db):

@@ -101,6 +101,17 @@ SESSION_VIEWS = {
             200,
         )
     ],
+    "usage-customer-statement": [
+        ApiCall(
+            "GET",
+            Action.EXPORT,
+            lambda c, t: c.get(
+                reverse("usage-customer-statement"),
+                {"tenant": _slug(t), "customer": "alice", "since": DAY, "until": DAY},
+            ),
+            200,
+        )
+    ],
     "usage-export-create": [
         ApiCall(
             "POST",

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from billing.models import UsageRecord
-from tests.chat_bodies import edge_text, json_values, right_or_one_field_wrong, short_text
+from tests.chat_bodies import edge_text, json_values, paths_in, replaced, right_or_one_field_wrong, short_text
 
 ANTHROPIC_ERROR_TYPES = {
     "invalid_request_error",
@@ -63,6 +63,21 @@ REFUSED = st.sampled_from(
 ) | st.tuples(st.text(min_size=1, max_size=12), json_values)
 
 
+# The fields whose value picks what the rest of an object is (a block's or a source's type, a message's role, ...),
+# which a check may look up in a table before it knows the value is a string; and values of every other JSON type.
+DISCRIMINATORS = frozenset({"type", "role", "media_type", "ttl"})
+not_strings = st.sampled_from([["text"], {"type": "text"}, [], {}, [["user"]], None, 1, 1.5, True])
+
+
+def _discriminator_replaced(body: dict):
+    """The body with one of its discriminating fields, at any depth, given a value that is not a string. The deepest
+    come first: hypothesis favours the first of a sample, and a message's role alone would hide the blocks'."""
+    paths = sorted((path for path in paths_in(body) if path[-1] in DISCRIMINATORS), key=len, reverse=True)
+    if not paths:
+        return st.just(body)
+    return st.tuples(st.sampled_from(paths), not_strings).map(lambda choice: replaced(body, *choice))
+
+
 def message_bodies(model: str):
     right = st.fixed_dictionaries(
         {
@@ -73,7 +88,9 @@ def message_bodies(model: str):
         optional=OPTIONAL_FIELDS,
     )
     refused = st.tuples(right, REFUSED).map(lambda pair: {**pair[0], pair[1][0]: pair[1][1]})
-    return right_or_one_field_wrong(right | right | refused)
+    documents = right | right | refused
+    discriminator_wrong = documents.flatmap(_discriminator_replaced)
+    return right_or_one_field_wrong(documents) | discriminator_wrong | discriminator_wrong
 
 
 def _checked(response: httpx.Response) -> None:

@@ -27,13 +27,20 @@ def test_a_live_request_carrying_every_kind_of_secret_leaves_none_in_the_logs(ap
             headers={"Authorization": "Bearer sk-abcdefghijklmnopqrstuvwxyz012345"},
             json={"model": acme.small.name, "messages": [{"role": "user", "content": prompt}]},
         )
-        upstream_failure = client.post(
+        # A `user` field is the request's end customer: too long to be one (400), or a secret as one (recorded).
+        bad_customer = client.post(
             "/v1/chat/completions",
             headers={"Authorization": f"Bearer {acme.key}"},
             json={"model": acme.small.name, "messages": [{"role": "user", "content": prompt}], "user": prompt},
         )
+        secret_customer = client.post(
+            "/v1/chat/completions",
+            headers={"Authorization": f"Bearer {acme.key}", "x-llmops-customer": SECRETS[1]},
+            json={"model": acme.small.name, "messages": [{"role": "user", "content": prompt}], "user": SECRETS[2]},
+        )
     assert ok.status_code == 200
-    assert (refused.status_code, bad_key.status_code, upstream_failure.status_code) == (400, 401, 200)
+    assert (refused.status_code, bad_key.status_code, bad_customer.status_code) == (400, 401, 400)
+    assert secret_customer.status_code == 200
     # Code that does log what it was given: the filter still redacts it.
     logging.getLogger("llmops.gateway").warning("prompt was %s", prompt)
     logging.getLogger("billing").error("key %s", acme.key, exc_info=ValueError(f"bad {acme.key}"))

@@ -16,6 +16,7 @@ from llmops.gateway.messages.answers import MessageStream, anthropic_message
 from llmops.gateway.messages.errors import anthropic_error_response
 from llmops.gateway.messages.validation import chat_request_from_message
 from routing.providers.anthropic import messages_request
+from routing.providers.base import named_stop_sequence
 from routing.providers.prompt_cache import MAX_CHECKPOINTS
 from tenants.authentication import KeyPrincipal
 
@@ -23,6 +24,7 @@ PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA6
 DATA_URL = f"data:image/png;base64,{PNG}"
 EPHEMERAL = {"type": "ephemeral"}
 HI = [{"role": "user", "content": "Hi"}]
+BLOCK = "messages.0.content.0"
 
 
 def body(**fields) -> dict:
@@ -40,6 +42,12 @@ def text(value: str, **extra) -> dict:
 
 def image(media_type="image/png", **extra) -> dict:
     return {"type": "image", "source": {"type": "base64", "media_type": media_type, "data": PNG}, **extra}
+
+
+def image_url(url: str, cache_control=None) -> dict:
+    """An image as the chat form carries it."""
+    part = {"type": "image_url", "image_url": {"url": url}}
+    return part | ({"cache_control": cache_control} if cache_control else {})
 
 
 def image_at(url: str, **extra) -> dict:
@@ -86,10 +94,11 @@ def test_a_full_request_becomes_the_chat_completion_the_pipeline_runs():
                     {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}, "cache_control": EPHEMERAL}
                 ],
             },
-            {"role": "assistant", "content": "It is"},
+            {"role": "assistant", "content": [text("It is", cache_control=EPHEMERAL)]},  # the automatic breakpoint
         ],
         "temperature": 0.5,
         "top_p": 0.9,
+        "top_k": 40,
         "stop": ["END"],
         "user": "customer-42",
         "stream": True,
@@ -146,6 +155,15 @@ def test_an_empty_final_assistant_message_is_no_prefill():
         (body(messages=[{"role": "assistant", "content": []}]), "messages.0", "invalid_value", "non-empty content"),
         (said(text(" \n")), "messages.0.content.0.text", "invalid_value", "non-whitespace"),
         (said({"text": "x"}), "messages.0.content.0.type", "missing_required_parameter", "Field required"),
+        (said({"type": ["text"], "text": "x"}), "messages.0.content.0.type", "invalid_type", "string, not an array"),
+        (said({"type": {"text": 1}}), "messages.0.content.0.type", "invalid_type", "string, not an object"),
+        (said({"type": "x" * 500}), "messages.0.content.0.type", "invalid_value", "'xxx"),
+        (body(messages=[{"role": ["user"], "content": "x"}]), "messages.0.role", "invalid_type", "string"),
+        (said({"type": "image", "source": {"type": ["url"]}}), f"{BLOCK}.source.type", "invalid_type", "string"),
+        (said(image(media_type=["image/png"])), f"{BLOCK}.source.media_type", "invalid_type", "string"),
+        (body(system=[{"type": ["text"], "text": "x"}]), "system.0.type", "invalid_type", "string"),
+        (said(text("x", cache_control={"type": {}})), f"{BLOCK}.cache_control.type", "invalid_type", "string"),
+        (said(text("x", cache_control={**EPHEMERAL, "ttl": 5})), f"{BLOCK}.cache_control.ttl", "invalid_type", "str"),
         (said(image(), role="assistant"), "messages.0.content.0.type", "invalid_value", "role 'assistant'"),
         (said(image("image/bmp")), "messages.0.content.0.source.media_type", "invalid_value", "image/png"),
         (body(system=[text("x", cache_control={})]), "system.0.cache_control.type", "invalid_value", "ephemeral"),
@@ -158,6 +176,7 @@ def test_an_empty_final_assistant_message_is_no_prefill():
         (body(stop_sequences=["a", "b", "c", "d", "e"]), "stop_sequences", "invalid_value", "at most 4"),
         (body(metadata={"user_id": 7}), "metadata.user_id", "invalid_type", "string"),
         (body(metadata={"user_id": "u" * 257}), "metadata.user_id", "invalid_value", "at most 256"),
+        (body(metadata={"user_id": "cust\x08omer"}), "metadata.user_id", "invalid_value", "control characters"),
         (body(metadata={"session": "s"}), "metadata.session", "invalid_value", "Extra inputs"),
         (body(stream="yes"), "stream", "invalid_type", "boolean"),
         (body(frequency_penalty=1), "frequency_penalty", "invalid_value", "Extra inputs are not permitted"),
@@ -197,6 +216,61 @@ def test_what_the_gateway_cannot_carry_is_refused_by_name(value, param, names):
     assert names in error.message and "not supported" in error.message
 
 
+@pytest.mark.parametrize(
+    ("value", "param"),
+    [
+        (body(system=[text("x", cache_control={"type": "ephemeral", "ttl": "1h"})]), "system.0.cache_control.ttl"),
+        (said(image(cache_control={"type": "ephemeral", "ttl": "1h"})), "messages.0.content.0.cache_control.ttl"),
+        (body(cache_control={"type": "ephemeral", "ttl": "1h"}), "cache_control.ttl"),
+    ],
+)
+def test_a_one_hour_cache_write_is_refused_as_no_budget_could_bound_its_price(value, param):
+    error = refusal(value)
+
+    assert (error.param, error.code) == (param, "unsupported_parameter")
+    assert "1h" in error.message and "twice the input price" in error.message
+
+
+def test_a_cache_lifetime_is_five_minutes_or_unsaid():
+    five_minutes = {"type": "ephemeral", "ttl": "5m"}
+
+    request = chat_request_from_message(body(system=[text("Rules.", cache_control=five_minutes)]))
+
+    assert request["messages"][0]["content"] == [text("Rules.", cache_control=five_minutes)]
+    assert refusal(body(cache_control={"type": "ephemeral", "ttl": "10m"})).message == (
+        "cache_control.ttl: Input should be '5m'"
+    )
+
+
+@pytest.mark.parametrize(
+    ("messages", "last_content"),
+    [
+        (HI, [text("Hi", cache_control=EPHEMERAL)]),
+        ([{"role": "user", "content": [text("Look:"), image()]}], [text("Look:"), image_url(DATA_URL, EPHEMERAL)]),
+        (
+            [{"role": "user", "content": [text("a", cache_control={"type": "ephemeral", "ttl": "5m"})]}],
+            [text("a", cache_control={"type": "ephemeral", "ttl": "5m"})],  # the block's own breakpoint stays
+        ),
+        ([*HI, {"role": "assistant", "content": ""}], [text("Hi", cache_control=EPHEMERAL)]),  # no empty prefill
+    ],
+)
+def test_a_top_level_cache_control_is_a_breakpoint_on_the_last_block_as_anthropic_applies_it(messages, last_content):
+    request = chat_request_from_message(body(system="Rules.", messages=messages, cache_control=EPHEMERAL))
+
+    assert request["messages"][-1]["content"] == last_content
+    assert request["messages"][0] == {"role": "system", "content": "Rules."}
+    sent = messages_request(request)["messages"][-1]["content"][-1]
+    assert sent["cache_control"] == last_content[-1]["cache_control"]
+
+
+def test_top_k_is_carried_to_an_anthropic_upstream():
+    request = chat_request_from_message(body(top_k=5))
+
+    assert request["top_k"] == 5
+    assert validate_chat_request(request) is request
+    assert messages_request(request)["top_k"] == 5
+
+
 def test_options_that_ask_for_nothing_the_gateway_cannot_give_are_dropped():
     request = chat_request_from_message(body(tools=[], service_tier="standard_only", speed="standard"))
 
@@ -210,7 +284,8 @@ def test_counting_takes_no_max_tokens_and_never_streams():
 
 
 texts = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=20).filter(str.strip)
-# The 5-minute cache only: the provider adapters refuse the 1-hour one, billed above the catalog's cache-write price.
+# The 5-minute cache only: the 1-hour one is refused (/v1/messages and the provider adapters), billed above the
+# catalog's cache-write price.
 cache_controls = st.none() | st.just(EPHEMERAL) | st.just({"type": "ephemeral", "ttl": "5m"})
 
 
@@ -237,8 +312,9 @@ optional = {
     "top_p": st.none() | st.floats(0, 1),
     "top_k": st.none() | st.integers(0, 500),
     "stop_sequences": st.none() | st.lists(texts, max_size=4),
-    "metadata": st.none() | st.fixed_dictionaries({"user_id": st.none() | texts}),
+    "metadata": st.none() | st.fixed_dictionaries({"user_id": st.none() | texts.filter(str.isprintable)}),
     "stream": st.none() | st.booleans(),
+    "cache_control": cache_controls,
 }
 
 
@@ -257,6 +333,9 @@ def test_every_body_it_accepts_is_a_valid_chat_completion_and_a_valid_anthropic_
     sent = messages_request(request)
     assert sent["max_tokens"] == max_tokens
     assert sent["messages"] and all(message["content"] for message in sent["messages"])
+    assert sent.get("top_k") == extra.get("top_k")
+    if extra.get("cache_control"):
+        assert "cache_control" in sent["messages"][-1]["content"][-1]
 
 
 def call() -> GatewayCall:
@@ -318,22 +397,29 @@ def test_an_answer_is_a_message_with_usage_in_anthropic_terms():
 
 
 @pytest.mark.parametrize(
-    ("finish_reason", "choice", "stop_sequences", "expected"),
+    ("finish_reason", "matched", "stop_sequences", "expected"),
     [
-        ("stop", {}, ["END"], ("end_turn", None)),
-        ("length", {}, [], ("max_tokens", None)),
-        ("content_filter", {}, [], ("refusal", None)),
-        ("stop", {"stop_reason": "END"}, ["END"], ("stop_sequence", "END")),
-        ("stop", {"stop_reason": 50256}, ["END"], ("end_turn", None)),  # vLLM's stop token id: no stop sequence
-        ("stop", {"stop_reason": "OTHER"}, ["END"], ("end_turn", None)),
+        ("stop", None, ["END"], ("end_turn", None)),
+        ("length", None, [], ("max_tokens", None)),
+        ("content_filter", None, [], ("refusal", None)),
+        ("stop", "END", ["END"], ("stop_sequence", "END")),
+        ("stop", "OTHER", ["END"], ("end_turn", None)),
+        ("length", "END", ["END"], ("max_tokens", None)),
     ],
 )
-def test_stop_reasons(finish_reason, choice, stop_sequences, expected):
-    message = anthropic_message(
-        call(), completion(finish_reason=finish_reason, **choice), stop_sequences=stop_sequences
-    )
+def test_stop_reasons(finish_reason, matched, stop_sequences, expected):
+    """``matched``: the stop sequence the upstream said ended the answer (GatewayCall.stop_sequence)."""
+    answered = call()
+    answered.stop_sequence = matched
+
+    message = anthropic_message(answered, completion(finish_reason=finish_reason), stop_sequences=stop_sequences)
 
     assert (message["stop_reason"], message["stop_sequence"]) == expected
+
+
+@pytest.mark.parametrize(("stop_reason", "named"), [("END", "END"), (50256, None), (None, None)])
+def test_vllm_names_the_stop_sequence_on_its_choice_not_the_stop_token(stop_reason, named):
+    assert named_stop_sequence({"index": 0, "finish_reason": "stop", "stop_reason": stop_reason}) == named
 
 
 def test_an_answer_without_usage_reports_what_the_ledger_counted_and_empty_content_no_block():
@@ -381,9 +467,11 @@ def test_a_stream_becomes_anthropic_events_in_their_order():
     closing = b": x-llmops-cost-usd=0.0000012300\n\ndata: [DONE]\n\n"
     whole = chunk({"role": "assistant", "content": ""}) + chunk({"content": "Par"}) + chunk({"content": "is"})
     # Split anywhere, even inside an event: the events come out whole.
-    pieces = [whole[:10], whole[10:77], whole[77:], chunk({}, "stop", stop_reason="END"), usage_chunk, closing]
+    pieces = [whole[:10], whole[10:77], whole[77:], chunk({}, "stop"), usage_chunk, closing]
+    streamed = call()
+    streamed.stop_sequence = "END"  # as the pipeline's relay notes it, when the upstream says which
 
-    events = translated(pieces)
+    events = translated(pieces, streamed)
 
     assert [kind for kind, _ in events] == [
         "message_start",
@@ -427,7 +515,11 @@ def test_a_failure_mid_stream_is_an_error_event():
     ]
     assert events[-1][1] == {
         "type": "error",
-        "error": {"type": "timeout_error", "message": "provider p did not answer"},
+        "error": {
+            "type": "timeout_error",
+            "message": "provider p did not answer",
+            "details": {"error_code": "upstream_timeout"},
+        },
     }
 
 

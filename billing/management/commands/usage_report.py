@@ -8,6 +8,8 @@ from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
 from billing.finance.csv_writer import FormulaSafeWriter
+from billing.finance.exports import ExportError, export_params_parse
+from billing.finance.statements import customer_statement_build, customer_statement_chunks
 from billing.ledger.costs import format_cost
 from billing.ledger.selectors import USAGE_ROW_TOTALS, UsageGroupBy, UsageRow, tenant_zone, usage_summary, usage_total
 from tenants.selectors import tenant_by_slug
@@ -25,7 +27,8 @@ def parse_date(value: str) -> date:
 
 class Command(BaseCommand):
     help = (
-        "Requests, errors, tokens and cost of one tenant, grouped by team, served model, key or day. "
+        "Requests, errors, tokens and cost of one tenant, grouped by team, served model, key, day, policy or end "
+        "customer; with --customer, of that customer's rows only; with --statement, that customer's statement CSV. "
         f"Dates are days in the tenant's time zone, both inclusive; the default is the last {DEFAULT_PERIOD_DAYS} days."
     )
 
@@ -33,10 +36,16 @@ class Command(BaseCommand):
         parser.add_argument("--tenant", dest="tenant_slug", required=True, metavar="SLUG")
         parser.add_argument("--since", type=parse_date, metavar="YYYY-MM-DD")
         parser.add_argument("--until", type=parse_date, metavar="YYYY-MM-DD")
-        parser.add_argument("--group-by", required=True, choices=UsageGroupBy.values)
+        parser.add_argument("--group-by", choices=UsageGroupBy.values, help="Required unless --statement.")
+        parser.add_argument("--customer", default="", metavar="ID", help="Only this end customer's usage.")
+        parser.add_argument(
+            "--statement",
+            action="store_true",
+            help="Print the --customer's statement (every ledger row in the days, and their totals) as CSV.",
+        )
         parser.add_argument("--format", dest="output_format", default="table", choices=["table", "csv", "json"])
 
-    def handle(self, *args, tenant_slug, since, until, group_by, output_format, **options):
+    def handle(self, *args, tenant_slug, since, until, group_by, customer, statement, output_format, **options):
         tenant = tenant_by_slug(slug=tenant_slug)
         if tenant is None:
             raise CommandError(f"no tenant with slug '{tenant_slug}'")
@@ -48,24 +57,42 @@ class Command(BaseCommand):
         since = since or until - timedelta(days=DEFAULT_PERIOD_DAYS - 1)
         if since > until:
             raise CommandError(f"--since {since} is after --until {until}")
+        if statement:
+            self._write_statement(tenant, customer, since, until)
+            return
+        if not group_by:
+            raise CommandError("--group-by is required (or --statement with --customer)")
 
-        rows = usage_summary(tenant=tenant, since=since, until=until, group_by=group_by)
+        rows = usage_summary(tenant=tenant, since=since, until=until, group_by=group_by, customer=customer)
         total = usage_total(rows=rows)
         if output_format == "json":
-            self._write_json(tenant, since, until, group_by, rows, total)
+            self._write_json(tenant, since, until, group_by, customer, rows, total)
         elif output_format == "csv":
             self._write_csv(group_by, [*rows, total])
         else:
-            self.stdout.write(f"Usage of {tenant.slug} from {since} to {until} ({tenant.time_zone}), by {group_by}")
+            whose = f"customer {customer!r} of {tenant.slug}" if customer else tenant.slug
+            self.stdout.write(f"Usage of {whose} from {since} to {until} ({tenant.time_zone}), by {group_by}")
             self._write_table(group_by, [*rows, total])
 
-    def _write_json(self, tenant, since, until, group_by, rows, total):
+    def _write_statement(self, tenant, customer, since, until):
+        if not customer:
+            raise CommandError("--statement needs --customer")
+        try:
+            params = export_params_parse(since=since, until=until)
+        except ExportError as error:
+            raise CommandError(error.message) from None
+        chunks = customer_statement_chunks(customer_statement_build(tenant=tenant, customer=customer, params=params))
+        for chunk in chunks:
+            self.stdout.write(chunk.decode(), ending="")
+
+    def _write_json(self, tenant, since, until, group_by, customer, rows, total):
         report = {
             "tenant": tenant.slug,
             "time_zone": tenant.time_zone,
             "since": since.isoformat(),
             "until": until.isoformat(),
             "group_by": group_by,
+            **({"customer": customer} if customer else {}),
             "rows": [_json_row(row) for row in rows],
             "total": _json_row(total),
         }

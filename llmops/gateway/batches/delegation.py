@@ -17,7 +17,6 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from billing.budgets.periods import budget_window
 from billing.budgets.reservations import BudgetHold, Reservation, reservation_settle
 from billing.ledger.costs import Usage
 from core.db import database_sync_to_async
@@ -26,7 +25,7 @@ from llmops.gateway.batches.models import Batch, BatchLine, LineStatus
 from llmops.gateway.batches.selectors import batches_for_workers, lines_for_workers
 from llmops.gateway.batches.services import CHAT_ENDPOINT, ClaimedLine, line_record, line_request_id, lines_claim
 from llmops.gateway.call import GatewayCall
-from llmops.gateway.chat.planning import plan_chat
+from llmops.gateway.chat.planning import plan_chat, request_customer
 from llmops.gateway.errors import GatewayError
 from llmops.gateway.snapshot import ConfigSnapshot, config_snapshot
 from llmops.metrics import record_request_metrics
@@ -199,12 +198,14 @@ async def _record(batch, principal, line: BatchLine, info: dict, status_code: in
     call = GatewayCall(principal=principal, endpoint=BATCH_ENDPOINT, request_id=request_id)
     call.requested_model, call.served, call.route = str(line.body.get("model")), served, info["route"]
     call.tags = [f"batch:{batch.id}"]
+    # Valid: plan_chat read it when the line was submitted (a line it refused runs, and fails, one by one).
+    call.customer = request_customer({}, line.body.get("user"))
     usage = Usage.from_provider(body["usage"]) if isinstance(body.get("usage"), dict) else None
     event = call.usage_event(
         http_status=status_code, usage=usage, error_code="" if status_code < 400 else "provider_batch_error"
     )
     event.batch_discount(multiplier=multipliers.get(info["served"], Decimal("0.5")))
-    await _charge_budgets(snapshot, principal, info["served"], request_id, event.cost_usd)
+    await _charge_budgets(snapshot, principal, info["served"], request_id, event.cost_usd, customer=call.customer)
     record_request_metrics(event)
     claimed = ClaimedLine(id=line.pk, custom_id=line.custom_id, body=line.body, attempt=line.attempt)
     await _db(line_record)(
@@ -219,16 +220,21 @@ async def _record(batch, principal, line: BatchLine, info: dict, status_code: in
 
 
 async def _charge_budgets(
-    snapshot: ConfigSnapshot, principal: KeyPrincipal, model_name: str, request_id: str, amount: Decimal
+    snapshot: ConfigSnapshot,
+    principal: KeyPrincipal,
+    model_name: str,
+    request_id: str,
+    amount: Decimal,
+    *,
+    customer: str = "",
 ) -> None:
     """Add the spend to the budget counters, as settling a reservation of nothing does."""
-    entries = snapshot.budgets.applicable(principal.tenant_id, principal.team_id, principal.key_id, model_name)
+    entries = snapshot.budgets.applicable(
+        principal.tenant_id, principal.team_id, principal.key_id, model_name, customer
+    )
     if not entries:
         return
     now = timezone.now()
-    holds = tuple(
-        BudgetHold(entry=entry, window=budget_window(period=entry.period, zone=entry.zone, now=now))
-        for entry in entries
-    )
+    holds = tuple(BudgetHold.of(entry, now=now, customer=customer) for entry in entries)
     backend = "redis" if async_redis() is not None else "database"
     await reservation_settle(Reservation(request_id, 0, holds, backend=backend, remaining_usd=None), actual=amount)

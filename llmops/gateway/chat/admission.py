@@ -13,6 +13,7 @@ from decimal import Decimal
 from django.conf import settings
 from django.utils import timezone
 
+from billing.budgets.index import BudgetEntry
 from billing.budgets.reservations import (
     BudgetExceeded,
     BudgetUnavailable,
@@ -77,7 +78,7 @@ def _count_or_refuse(call: GatewayCall, limited: RateLimitResult) -> None:
     call.extra_headers.update(limited.headers)
     if not limited.allowed:
         raise GatewayError(
-            "Rate limit reached for your key or team; retry after the time in Retry-After.",
+            f"Rate limit reached for {limited.refused_by or 'your key or team'}; retry after the time in Retry-After.",
             status=429,
             code="rate_limit_exceeded",
             headers={"Retry-After": str(limited.retry_after_seconds)},
@@ -116,43 +117,35 @@ async def _nothing() -> None:
     return None
 
 
-async def admit(
-    snapshot: ConfigSnapshot, call: GatewayCall, plan: ChatPlan, *, limit_concurrency: bool = False
-) -> None:
-    """Count the request against rate limits, take one of its tenant's slots for requests in flight (with
-    `limit_concurrency`: live /v1 requests) and reserve its worst case against budgets, or refuse it. A slot taken is
-    left on ``call.inflight`` for the caller to give back when the request ends, refused here or not."""
+async def admission_hold(
+    snapshot: ConfigSnapshot,
+    call: GatewayCall,
+    *,
+    budgets: list[BudgetEntry],
+    tokens: int,
+    amount: Decimal,
+    limit_concurrency: bool = False,
+) -> Reservation | BudgetExceeded | None:
+    """Count the request's ``tokens`` against rate limits, take one of its tenant's slots for requests in flight
+    (with `limit_concurrency`: live /v1 requests) and reserve ``amount``, its worst case, against ``budgets``: the
+    admission of every endpoint. Returns the reservation (None without budgets), or the budget's refusal for the
+    caller to downgrade or answer; raises every other refusal. A slot taken is left on ``call.inflight`` for the
+    caller to give back when the request ends, refused here or not."""
     principal = call.principal
     now = timezone.now()
-    prompt_tokens = call.prompt_tokens_after_compression or 0
-    budgets = snapshot.budgets.applicable(principal.tenant_id, principal.team_id, principal.key_id, plan.chain[0].name)
-    bound = await run_sized(prediction_chars(plan.body), OutputBound.of, plan.body, model=plan.chain[0].upstream_name)
-    if budgets:
-        bound = _bounded(plan, bound)
-    completion_tokens = max(bound.completion_tokens(model, fallback=_fallback()) for model in plan.chain)
+    customer = call.customer
     counting = rate_limit_check(
         limits=snapshot.rate_limits,
         key_id=principal.key_id,
         team_id=principal.team_id,
-        tokens=prompt_tokens + completion_tokens,
+        tokens=tokens,
         now=now,
+        customer=customer,
     )
     inflight_cap = inflight_limit(snapshot.max_inflight) if limit_concurrency else 0
     if not budgets and not inflight_cap:
         _count_or_refuse(call, await counting)
-        return
-    writers = frozenset()
-    if budgets:
-        default = _default_model(snapshot, call)
-        models = [*plan.chain, *([default] if default else [])]
-        writers = cache_writers(models, plan.body, provider_cache=plan.provider_cache)
-    amount = (
-        chain_worst_case(
-            plan.chain, prompt_tokens=prompt_tokens, bound=bound, fallback=_fallback(), cache_writers=writers
-        )
-        if budgets
-        else Decimal(0)
-    )
+        return None
     # Counted, held and reserved at once: one wait on Redis instead of three. The rate limit still decides first,
     # then the tenant's cap on requests in flight; a reservation made for a request either refuses is released
     # straight away.
@@ -161,7 +154,9 @@ async def admit(
         inflight_acquire(tenant_id=principal.tenant_id, request_id=call.request_id, limit=inflight_cap)
         if inflight_cap
         else _nothing(),
-        budget_reserve(budgets=budgets, amount=amount, request_id=call.request_id, now=now) if budgets else _nothing(),
+        budget_reserve(budgets=budgets, amount=amount, request_id=call.request_id, now=now, customer=customer)
+        if budgets
+        else _nothing(),
         return_exceptions=True,
     )
     if isinstance(slot, InflightSlot):
@@ -174,10 +169,64 @@ async def admit(
     _count_or_refuse(call, limited)
     if isinstance(slot, BaseException):
         raise slot
-    if reserved is None:
-        return
     if isinstance(reserved, BudgetUnavailable):
         raise GatewayError(str(reserved), status=503, code="budget_unavailable") from reserved
+    if isinstance(reserved, BaseException) and not isinstance(reserved, BudgetExceeded):
+        raise reserved
+    return reserved
+
+
+def reservation_keep(call: GatewayCall, reservation: Reservation) -> None:
+    """The request holds ``reservation`` until it is settled, and says what the tightest budget has left."""
+    call.reservation = reservation
+    if reservation.remaining_usd is not None:
+        call.budget_remaining_usd = format_cost(reservation.remaining_usd)
+
+
+async def admit_uncharged(snapshot: ConfigSnapshot, call: GatewayCall) -> None:
+    """Admit a live request that calls no provider and costs nothing (/v1/messages/count_tokens): counted against the
+    request rate limits (no tokens; ``call.customer``'s too), holding one of its tenant's slots for requests in flight
+    (``call.inflight``, for the caller to give back), refused as ``admit`` refuses; no budget is reserved."""
+    await admission_hold(snapshot, call, budgets=[], tokens=0, amount=Decimal(0), limit_concurrency=True)
+
+
+async def admit(
+    snapshot: ConfigSnapshot, call: GatewayCall, plan: ChatPlan, *, limit_concurrency: bool = False
+) -> None:
+    """Admit a chat completion (``admission_hold``) at its worst case, or refuse it; a blocking budget it would go
+    over refuses it, or downgrades it to a cheaper route when the budget says so."""
+    principal = call.principal
+    prompt_tokens = call.prompt_tokens_after_compression or 0
+    customer = call.customer
+    budgets = snapshot.budgets.applicable(
+        principal.tenant_id, principal.team_id, principal.key_id, plan.chain[0].name, customer
+    )
+    bound = await run_sized(prediction_chars(plan.body), OutputBound.of, plan.body, model=plan.chain[0].upstream_name)
+    if budgets:
+        bound = _bounded(plan, bound)
+    completion_tokens = max(bound.completion_tokens(model, fallback=_fallback()) for model in plan.chain)
+    writers = frozenset()
+    if budgets:
+        default = _default_model(snapshot, call)
+        models = [*plan.chain, *([default] if default else [])]
+        writers = cache_writers(models, plan.body, provider_cache=plan.provider_cache)
+    amount = (
+        chain_worst_case(
+            plan.chain, prompt_tokens=prompt_tokens, bound=bound, fallback=_fallback(), cache_writers=writers
+        )
+        if budgets
+        else Decimal(0)
+    )
+    reserved = await admission_hold(
+        snapshot,
+        call,
+        budgets=budgets,
+        tokens=prompt_tokens + completion_tokens,
+        amount=amount,
+        limit_concurrency=limit_concurrency,
+    )
+    if reserved is None:
+        return
     if isinstance(reserved, BudgetExceeded):
         cheaper = _cheaper_route(snapshot, call, plan, prompt_tokens=prompt_tokens, bound=bound, writers=writers)
         if not reserved.downgrade or cheaper is None:
@@ -188,18 +237,18 @@ async def admit(
         bound = _bounded(plan, bound)
         call.served, call.route = cheaper, f"{call.route}+budget-downgrade"
         call.route_explanation = f"{call.route_explanation} budget-downgrade={cheaper.name}"
-        budgets = snapshot.budgets.applicable(principal.tenant_id, principal.team_id, principal.key_id, cheaper.name)
+        budgets = snapshot.budgets.applicable(
+            principal.tenant_id, principal.team_id, principal.key_id, cheaper.name, customer
+        )
         amount = chain_worst_case(
             [cheaper], prompt_tokens=prompt_tokens, bound=bound, fallback=_fallback(), cache_writers=writers
         )
         try:
-            reserved = await budget_reserve(budgets=budgets, amount=amount, request_id=call.request_id, now=now)
+            reserved = await budget_reserve(
+                budgets=budgets, amount=amount, request_id=call.request_id, now=timezone.now(), customer=customer
+            )
         except BudgetExceeded as still_exceeded:
             raise _refusal(
                 still_exceeded, [cheaper], prompt_tokens=prompt_tokens, bound=bound, writers=writers
             ) from still_exceeded
-    elif isinstance(reserved, BaseException):
-        raise reserved
-    call.reservation = reserved
-    if call.reservation.remaining_usd is not None:
-        call.budget_remaining_usd = format_cost(call.reservation.remaining_usd)
+    reservation_keep(call, reserved)

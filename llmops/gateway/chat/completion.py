@@ -1,7 +1,7 @@
 """One chat completion through the whole pipeline, for the /v1 view and for work that runs later (batches, jobs)."""
 
 import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 from django.http import HttpResponse
 
@@ -33,36 +33,15 @@ def declared_size(headers: Mapping[str, str]) -> int:
     return int(length) if length.isdigit() else 0
 
 
-async def chat_completion_run(
-    call: GatewayCall,
-    *,
-    snapshot: ConfigSnapshot,
-    read_body: Callable[[], object],
-    headers: Mapping[str, str],
-    limit_concurrency: bool = False,
-) -> HttpResponse:
-    """Validate, route, cap, answer from the cache or admit, call and record. Every failure after authentication
-    leaves its ledger row and is raised as the exception it was (``as_gateway_error`` turns it into the OpenAI error;
-    what it cannot translate is a 500 ``internal_error``).
-
-    ``snapshot`` is the configuration of the caller's tenant, made current for this request
-    (``config_snapshot.for_key`` or ``for_tenant``). With ``limit_concurrency`` (live /v1 requests) the request holds
-    one of its tenant's slots for requests in flight from admission to its end.
-    """
+async def run_recorded(call: GatewayCall, steps: Callable[[], Awaitable[HttpResponse]]) -> HttpResponse:
+    """The steps of one request (validate, route, cap, answer from the cache or admit, call and record: a /v1
+    endpoint's pipeline), with what every endpoint guarantees around them: every failure after authentication leaves
+    its ledger row and is raised as the exception it was (``as_gateway_error`` turns it into the OpenAI error; what it
+    cannot translate is a 500 ``internal_error``), and a slot for requests in flight taken on the way
+    (``call.inflight``) is given back when the request ends."""
     response = None
     try:
-        # Parsing and validating a large body is Python work in proportion to it: on the CPU pool.
-        body = await run_sized(declared_size(headers), lambda: validate_chat_request(read_body()))
-        call.request_body = body
-        call.payload_logging = call.principal.tenant_id in snapshot.payload_logging_tenants
-        call.requested_model = body["model"]
-        call.is_stream = bool(body.get("stream"))
-        plan = await plan_chat(snapshot, call, body, headers)
-        cached = await answer_from_cache(call, plan)
-        if cached is not None:
-            return cached
-        await admit(snapshot, call, plan, limit_concurrency=limit_concurrency)
-        response = await (stream_chat if call.is_stream else complete_chat)(call, plan)
+        response = await steps()
         return response
     except Exception as exc:
         # Whatever failed, even a fault of the gateway's own, the request is recorded and its reservation settled.
@@ -76,3 +55,35 @@ async def chat_completion_run(
         raise
     finally:
         inflight_release_after(call.inflight, response)
+
+
+async def chat_completion_run(
+    call: GatewayCall,
+    *,
+    snapshot: ConfigSnapshot,
+    read_body: Callable[[], object],
+    headers: Mapping[str, str],
+    limit_concurrency: bool = False,
+) -> HttpResponse:
+    """Validate, route, cap, answer from the cache or admit, call and record, as ``run_recorded`` runs steps.
+
+    ``snapshot`` is the configuration of the caller's tenant, made current for this request
+    (``config_snapshot.for_key`` or ``for_tenant``). With ``limit_concurrency`` (live /v1 requests) the request holds
+    one of its tenant's slots for requests in flight from admission to its end.
+    """
+
+    async def steps() -> HttpResponse:
+        # Parsing and validating a large body is Python work in proportion to it: on the CPU pool.
+        body = await run_sized(declared_size(headers), lambda: validate_chat_request(read_body()))
+        call.request_body = body
+        call.payload_logging = call.principal.tenant_id in snapshot.payload_logging_tenants
+        call.requested_model = body["model"]
+        call.is_stream = bool(body.get("stream"))
+        plan = await plan_chat(snapshot, call, body, headers)
+        cached = await answer_from_cache(call, plan)
+        if cached is not None:
+            return cached
+        await admit(snapshot, call, plan, limit_concurrency=limit_concurrency)
+        return await (stream_chat if call.is_stream else complete_chat)(call, plan)
+
+    return await run_recorded(call, steps)

@@ -4,7 +4,7 @@ It composes the apps in the one direction the design allows: gateway → billing
 """
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import orjson
 from django.http import HttpResponse, StreamingHttpResponse
@@ -26,15 +26,26 @@ from routing.resilience import FallbackResult, RetryPolicy, call_with_fallbacks
 logger = logging.getLogger(__name__)
 
 RETRY_POLICY = RetryPolicy()
+# Where a cached answer keeps the stop sequence that ended it: the gateway's note, taken out before the answer is
+# shown, which keeps OpenAI's shape.
+STOP_SEQUENCE_NOTE = "llmops_stop_sequence"
 
 
 def _for_model(body: dict, model: ModelEntry) -> dict:
     return {**body, "model": model.upstream_name}
 
 
-async def _call_chain(call: GatewayCall, plan: ChatPlan, attempt) -> FallbackResult:
+async def call_chain(
+    call: GatewayCall,
+    chain: list[ModelEntry],
+    attempt,
+    *,
+    estimate: Callable[[upstream.UpstreamInvalidResponse], Awaitable[Usage]],
+) -> FallbackResult:
+    """``attempt`` down the chain with retries and fallbacks; the OpenAI error when every model failed. An answer the
+    gateway could not use is charged at ``estimate`` of it (the gateway's own count)."""
     try:
-        result = await call_with_fallbacks(plan.chain, attempt, policy=RETRY_POLICY)
+        result = await call_with_fallbacks(chain, attempt, policy=RETRY_POLICY)
     except upstream.UpstreamError as error:
         call.attempts = error.attempts
         call.upstream_ms = error.elapsed_ms
@@ -43,11 +54,18 @@ async def _call_chain(call: GatewayCall, plan: ChatPlan, attempt) -> FallbackRes
         failure = upstream_failure(error)
         if isinstance(error, upstream.UpstreamInvalidResponse):
             # The provider answered, and may bill for it: charge what the gateway counts itself.
-            usage = await estimated_usage(plan.body, error.completion_text, call.served)
+            usage = await estimate(error)
             await finish(call, http_status=failure.status_code, usage=usage, error_code=failure.code)
         raise failure from error
     call.served, call.attempts = result.served, result.attempts
     return result
+
+
+async def _call_chain(call: GatewayCall, plan: ChatPlan, attempt) -> FallbackResult:
+    def estimate(error: upstream.UpstreamInvalidResponse) -> Awaitable[Usage]:
+        return estimated_usage(plan.body, error.completion_text, call.served)
+
+    return await call_chain(call, plan.chain, attempt, estimate=estimate)
 
 
 async def complete_chat(call: GatewayCall, plan: ChatPlan) -> HttpResponse:
@@ -63,6 +81,7 @@ async def complete_chat(call: GatewayCall, plan: ChatPlan) -> HttpResponse:
 
     reply, usage = (await _call_chain(call, plan, attempt)).value
     call.upstream_ms = reply.elapsed_ms
+    call.stop_sequence = reply.stop_sequence
     try:
         verdict = guard_answer(reply.body, action=plan.guard_action, known_secrets=_provider_secrets(plan))
     except SecretEchoBlocked as blocked:
@@ -71,7 +90,7 @@ async def complete_chat(call: GatewayCall, plan: ChatPlan) -> HttpResponse:
         raise refusal_error(blocked) from blocked
     call.injection_flagged |= verdict.flagged
     await finish(call, http_status=200, usage=usage, answer=reply.body)
-    _keep_answer(call, plan.cache, reply.body)
+    keep_answer(call, plan.cache, reply.body)
     response = HttpResponse(reply.raw, content_type="application/json")
     for name, value in call.response_headers().items():
         response[name] = value
@@ -158,7 +177,9 @@ class StreamRelay:
             content = delta.get("content")
             if content:
                 self.content_parts.append(content)
-            self.finish_reason = choice.get("finish_reason") or self.finish_reason
+            if choice.get("finish_reason"):
+                self.finish_reason = choice["finish_reason"]
+                self.call.stop_sequence = upstream.named_stop_sequence(choice) or self.stream.stop_sequence
         if chunk.get("usage") is not None:
             self.usage = self.ceiling.check(Usage.from_provider(chunk["usage"]))
             return self.client_wants_usage or bool(chunk.get("choices"))
@@ -211,7 +232,7 @@ class StreamRelay:
                 },
             },
         }
-        _keep_answer(self.call, self.cache, answer)
+        keep_answer(self.call, self.cache, answer)
 
 
 async def stream_chat(call: GatewayCall, plan: ChatPlan) -> StreamingHttpResponse:
@@ -240,21 +261,23 @@ def _event_stream_response(call: GatewayCall, events: AsyncIterator[bytes]) -> S
     return response
 
 
-def _keep_answer(call: GatewayCall, cache: CacheRequest | None, answer: dict) -> None:
-    """Cache an answer only if the model the key names served it (not a fallback or a budget downgrade). The write
-    is queued: the response does not wait for it."""
+def keep_answer(call: GatewayCall, cache: CacheRequest | None, answer: dict) -> None:
+    """Cache an answer only if the model the key names served it (not a fallback or a budget downgrade), with the
+    stop sequence that ended it noted beside it (STOP_SEQUENCE_NOTE). The write is queued: the response does not
+    wait for it."""
     if cache is None or call.served is None or call.served.name != cache.served_model:
         return
+    if call.stop_sequence is not None:
+        answer = {**answer, STOP_SEQUENCE_NOTE: call.stop_sequence}
     try:
         cache_store(cache, answer=answer)
     except Exception:
         logger.warning("cache: answer not stored for %s", call.request_id, exc_info=True)
 
 
-async def answer_from_cache(call: GatewayCall, plan: ChatPlan) -> HttpResponse | StreamingHttpResponse | None:
-    """The stored answer when the cache has one: no reservation, no upstream call, a ledger row costing 0 that
-    records what the miss would have cost. None on a miss (or when the request may not read the cache)."""
-    cache = plan.cache
+async def cache_hit(call: GatewayCall, cache: CacheRequest | None) -> CacheHit | None:
+    """The cache's answer to the request, if it has one, with the request's cache status set (bypass when it may not
+    read the cache, miss, or the kind of hit). A lookup that fails is a miss."""
     if cache is None or not cache.control.read:
         call.cache_status = CacheStatus.BYPASS
         return None
@@ -269,9 +292,20 @@ async def answer_from_cache(call: GatewayCall, plan: ChatPlan) -> HttpResponse |
     call.cache_status = CacheStatus.HIT_EXACT if hit.kind == "exact" else CacheStatus.HIT_SEMANTIC
     call.cache_similarity = hit.similarity
     call.upstream_ms = 0
+    return hit
+
+
+async def answer_from_cache(call: GatewayCall, plan: ChatPlan) -> HttpResponse | StreamingHttpResponse | None:
+    """The stored answer when the cache has one: no reservation, no upstream call, a ledger row costing 0 that
+    records what the miss would have cost. None on a miss (or when the request may not read the cache)."""
+    hit = await cache_hit(call, plan.cache)
+    if hit is None:
+        return None
     call.cache_saved_usage = await _stored_usage(hit, plan.body, call.served)
     await finish(call, http_status=200)
     answer = {**hit.answer, "id": f"chatcmpl-{call.request_id}", "created": int(call.created_at.timestamp())}
+    noted = answer.pop(STOP_SEQUENCE_NOTE, None)
+    call.stop_sequence = noted if isinstance(noted, str) else None
     if call.is_stream:
         return _event_stream_response(call, _replay_events(call, plan.body, answer))
     response = HttpResponse(orjson.dumps(answer), content_type="application/json")

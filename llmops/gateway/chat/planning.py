@@ -10,20 +10,24 @@ from dataclasses import dataclass
 
 from llmops.gateway.call import GatewayCall
 from llmops.gateway.chat.summaries import metered_summarizer
+from llmops.gateway.chat.validation import validate_customer
 from llmops.gateway.errors import GatewayError
 from llmops.gateway.snapshot import ConfigSnapshot
 from routing.cache.keys import cache_control_from_headers
 from routing.cache.store import CacheRequest, cache_request_prepare
-from routing.caps import apply_token_caps, cap_refusal_before_counting
+from routing.caps import apply_token_caps, cap_refusal, cap_refusal_before_counting
 from routing.catalog import DEFAULT_MODEL_ALIAS, ModelCatalog, ModelEntry
 from routing.compression import SummaryRefused
 from routing.injection_guard import PromptInjectionBlocked, guard_request
+from routing.models import ModelKind
 from routing.policy import RouteDecision, RouteRequest, RoutingRefusal, route_request, route_request_from_body
 from routing.tokens import count_chat_tokens_async, encoding_name_for
+from tenants.authentication import KeyPrincipal
 
 logger = logging.getLogger(__name__)
 
 TAGS_HEADER = "x-llmops-tags"
+CUSTOMER_HEADER = "x-llmops-customer"
 MAX_TAGS = 10
 MAX_TAG_LENGTH = 64
 # Fields that steer the gateway and are not part of OpenAI's request (`metadata` needs `store` upstream).
@@ -85,13 +89,39 @@ def request_tags(headers: Mapping[str, str]) -> list[str]:
     return tags
 
 
-def _routing_baseline(catalog: ModelCatalog, policy, requested: str) -> ModelEntry | None:
+def request_customer(headers: Mapping[str, str], field_value: object = None, *, param: str = "user") -> str:
+    """The end customer a request is made for, for its ledger row and customer-scope budgets and rate limits: the
+    x-llmops-customer header when it is set, else the body's customer field (``param``: OpenAI's `user`); "" for
+    none. Surrounding whitespace is dropped; an id too long or with control characters is a 400.
+
+    Every /v1 endpoint that records usage takes its customer here, each passing its own body field."""
+    header = (headers.get(CUSTOMER_HEADER) or "").strip()
+    if header:
+        validate_customer(CUSTOMER_HEADER, header)
+        return header
+    if field_value is None:
+        return ""
+    validate_customer(param, field_value)
+    return field_value.strip()
+
+
+def routing_baseline(catalog: ModelCatalog, policy, requested: str) -> ModelEntry | None:
     alias = policy.aliases.get(requested) if policy is not None else None
     return catalog.models.get(alias.large_model if alias is not None else requested)
 
 
+# What a model that is not a chat model lacks: (what, the parameter that asks for it, what to do instead).
+NOT_CHAT = (
+    "chat messages",
+    "model",
+    "it is an embedding model: send its inputs to /v1/embeddings, or name a chat model",
+)
+
+
 def _lacking(model: ModelEntry, features: RouteRequest) -> tuple[str, str, str] | None:
     """What the request needs and the model cannot take: (what, the parameter that asks for it, what to do instead)."""
+    if model.kind != ModelKind.CHAT:
+        return NOT_CHAT
     if features.has_tools and not model.supports_tools:
         return "tools", "tools", "send the request without `tools` or to another model"
     if features.has_images and not model.supports_images:
@@ -99,25 +129,83 @@ def _lacking(model: ModelEntry, features: RouteRequest) -> tuple[str, str, str] 
     return None
 
 
+def _refusal(model: ModelEntry, lacking: tuple[str, str, str]) -> GatewayError:
+    what, param, instead = lacking
+    return GatewayError(
+        f"The model `{model.name}` cannot take {what}; {instead}.",
+        status=400,
+        code="model_capability_unsupported",
+        param=param,
+    )
+
+
 def _refuse_what_the_model_cannot_take(model: ModelEntry, features: RouteRequest) -> None:
     if lacking := _lacking(model, features):
-        what, param, instead = lacking
-        raise GatewayError(
-            f"The model `{model.name}` cannot take {what}; {instead}.",
-            status=400,
-            code="model_capability_unsupported",
-            param=param,
-        )
+        raise _refusal(model, lacking)
 
 
 def refusal_error(refusal: RoutingRefusal) -> GatewayError:
     return GatewayError(refusal.message, status=refusal.status, code=refusal.code, param=refusal.param)
 
 
-def _counting_model(catalog: ModelCatalog, tenant_id: int, requested: str) -> str:
+def prompt_counting_model(catalog: ModelCatalog, tenant_id: int, requested: str) -> str:
     """The upstream name whose encoding counts the prompt before the served model is known."""
     entry = catalog.models.get(requested) or catalog.models.get(catalog.access_for(tenant_id).default_model or "")
     return entry.upstream_name if entry else requested
+
+
+@dataclass(slots=True)
+class _Routed:
+    """A prompt counted and routed."""
+
+    features: RouteRequest
+    decision: RouteDecision
+    # Counted in the encoding of counting_model, before the served model was known.
+    prompt_tokens: int
+    counting_model: str
+
+    def tokens_for(self, served: ModelEntry) -> int | None:
+        """The count, if the served model's encoding is the one it was counted in."""
+        same_encoding = encoding_name_for(served.upstream_name) == encoding_name_for(self.counting_model)
+        return self.prompt_tokens if same_encoding else None
+
+
+async def _routed(snapshot: ConfigSnapshot, principal: KeyPrincipal, body: dict, headers: Mapping[str, str]) -> _Routed:
+    """Refuse a prompt its length alone proves over a cap, count it, route it; raises RoutingRefusal."""
+    catalog = snapshot.catalog
+    tenant_id = principal.tenant_id
+    policy = snapshot.policies.get(tenant_id)
+    refusal = cap_refusal_before_counting(policy, body["messages"], requested_model=body["model"])
+    if refusal is not None:
+        raise refusal
+    counting_model = prompt_counting_model(catalog, tenant_id, body["model"])
+    prompt_tokens = await count_chat_tokens_async(body["messages"], model=counting_model)
+    features = route_request_from_body(
+        body, headers=headers, tenant_id=tenant_id, team_slug=principal.team_slug, prompt_tokens=prompt_tokens
+    )
+    return _Routed(features, route_request(policy, features, catalog), prompt_tokens, counting_model)
+
+
+async def prompt_tokens_counted(
+    snapshot: ConfigSnapshot, principal: KeyPrincipal, body: dict, headers: Mapping[str, str]
+) -> int:
+    """The prompt's tokens as plan_chat counts them, the count its ledger row and budget reservation start from: in
+    the encoding of the model routing picks for it, refused where plan_chat refuses the prompt (the key's access to
+    that model, routing's refusals, a cap whose rule rejects). Nothing is compressed or guarded: the count is of the
+    prompt as sent."""
+    try:
+        routed = await _routed(snapshot, principal, body, headers)
+        target = routed.decision.outcome.target_model
+        served = resolve_model(snapshot.catalog, tenant_id=principal.tenant_id, requested=target)
+        _refuse_what_the_model_cannot_take(served, routed.features)
+        tokens = routed.tokens_for(served)
+        if tokens is None:
+            tokens = await count_chat_tokens_async(body["messages"], model=served.upstream_name)
+        if (refusal := cap_refusal(routed.decision, tokens)) is not None:
+            raise refusal
+    except RoutingRefusal as refusal:
+        raise refusal_error(refusal) from refusal
+    return tokens
 
 
 async def plan_chat(snapshot: ConfigSnapshot, call: GatewayCall, body: dict, headers: Mapping[str, str]) -> ChatPlan:
@@ -125,37 +213,27 @@ async def plan_chat(snapshot: ConfigSnapshot, call: GatewayCall, body: dict, hea
     tenant_id = call.principal.tenant_id
     policy = snapshot.policies.get(tenant_id)
     call.tags = request_tags(headers)
-    call.routing_baseline = _routing_baseline(catalog, policy, body["model"])
+    call.customer = request_customer(headers, body.get("user"))
+    call.routing_baseline = routing_baseline(catalog, policy, body["model"])
     try:
-        refusal = cap_refusal_before_counting(policy, body["messages"], requested_model=body["model"])
-        if refusal is not None:
-            raise refusal
-        counting_model = _counting_model(catalog, tenant_id, body["model"])
-        prompt_tokens = await count_chat_tokens_async(body["messages"], model=counting_model)
-        features = route_request_from_body(
-            body,
-            headers=headers,
-            tenant_id=tenant_id,
-            team_slug=call.principal.team_slug,
-            prompt_tokens=prompt_tokens,
-        )
-        decision = route_request(policy, features, catalog)
+        routed = await _routed(snapshot, call.principal, body, headers)
+        decision = routed.decision
         call.route, call.route_explanation = decision.route, decision.explanation
         call.routed_to_large, call.policy_version = decision.routed_to_large, decision.policy_version
+        call.routing_features_set(routed.features, decision)
         served = resolve_model(catalog, tenant_id=tenant_id, requested=decision.outcome.target_model)
         call.served = served
-        _refuse_what_the_model_cannot_take(served, features)
+        _refuse_what_the_model_cannot_take(served, routed.features)
         fallbacks = [catalog.models[name] for name in decision.outcome.fallback_models if name in catalog.models]
-        chain = [served] + [model for model in fallbacks if _lacking(model, features) is None]
+        chain = [served] + [model for model in fallbacks if _lacking(model, routed.features) is None]
         upstream_body = {k: v for k, v in body.items() if k not in GATEWAY_ONLY_FIELDS}
-        same_encoding = encoding_name_for(served.upstream_name) == encoding_name_for(counting_model)
         capped = await apply_token_caps(
             upstream_body,
             decision=decision,
             model=served.upstream_name,
             summarize=metered_summarizer(snapshot, call),
             namespace=str(tenant_id),
-            prompt_tokens=prompt_tokens if same_encoding else None,
+            prompt_tokens=routed.tokens_for(served),
         )
         call.prompt_tokens_before_compression = capped.prompt_tokens_before
         call.prompt_tokens_after_compression = capped.prompt_tokens_after

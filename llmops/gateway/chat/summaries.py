@@ -47,7 +47,9 @@ def _summary_body(model: ModelEntry, messages: list[dict]) -> dict:
 
 async def _reserve(snapshot: ConfigSnapshot, summary: GatewayCall, body: dict) -> None:
     principal, model = summary.principal, summary.served
-    budgets = snapshot.budgets.applicable(principal.tenant_id, principal.team_id, principal.key_id, model.name)
+    budgets = snapshot.budgets.applicable(
+        principal.tenant_id, principal.team_id, principal.key_id, model.name, summary.customer
+    )
     if not budgets:
         return
     amount = chain_worst_case(
@@ -58,7 +60,7 @@ async def _reserve(snapshot: ConfigSnapshot, summary: GatewayCall, body: dict) -
     )
     try:
         summary.reservation = await budget_reserve(
-            budgets=budgets, amount=amount, request_id=summary.request_id, now=timezone.now()
+            budgets=budgets, amount=amount, request_id=summary.request_id, now=timezone.now(), customer=summary.customer
         )
     except BudgetExceeded as exceeded:
         context = "Compressing this request needs a summary of the dropped turns, and the budget cannot cover it. "
@@ -83,6 +85,7 @@ def metered_summarizer(snapshot: ConfigSnapshot, call: GatewayCall) -> Summarize
             served=model,
             route=SUMMARY_ROUTE,
             tags=call.tags,
+            customer=call.customer,
             kind=UsageKind.COMPRESSION_SUMMARY,
             parent_request_id=call.request_id,
             cache_status=CacheStatus.BYPASS,

@@ -7,10 +7,12 @@ translation) meets a shape it cannot handle. Fields the gateway does not know pa
 """
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 
+from billing.models import CUSTOMER_MAX_LENGTH
 from core.db import unstorable_part
-from llmops.gateway.errors import invalid_request
+from llmops.gateway.errors import GatewayError, invalid_request
 from routing.max_tokens import MAX_TOKENS_FIELDS
 
 MESSAGE_ROLES = ("system", "developer", "user", "assistant", "tool", "function")
@@ -24,6 +26,7 @@ PART_TYPES_BY_ROLE = {
     "function": ("text",),
 }
 MAX_TOKENS_LIMIT = 1_000_000
+TOP_K_LIMIT = 1_000_000
 MAX_CHOICES = 128
 MAX_TOOLS = 128
 MAX_STOP_SEQUENCES = 4
@@ -61,7 +64,7 @@ def _listed(choices) -> str:
     return ", ".join(f"'{choice}'" for choice in choices)
 
 
-def _type_error(param: str, expected: str, value) -> Exception:
+def _type_error(param: str, expected: str, value) -> GatewayError:
     return invalid_request(
         f"Invalid type for '{param}': expected {expected}, but got {_json_type(value)} instead.",
         param=param,
@@ -69,17 +72,39 @@ def _type_error(param: str, expected: str, value) -> Exception:
     )
 
 
-def _value_error(param: str, message: str) -> Exception:
+def _value_error(param: str, message: str) -> GatewayError:
     return invalid_request(f"Invalid value for '{param}': {message}", param=param, code="invalid_value")
 
 
-def _missing(param: str) -> Exception:
+def _missing(param: str) -> GatewayError:
     return invalid_request(f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter")
 
 
-def _string(param: str, value) -> None:
+def _out_of_range(param: str, value, low: str, high: str) -> GatewayError:
+    return _value_error(param, f"{value}. It must be between {low} and {high}.")
+
+
+@dataclass(frozen=True, slots=True)
+class Wording:
+    """How a failed check is put to the client: each a 400 naming the parameter, in OpenAI's words here (``OPENAI``);
+    /v1/messages puts the same checks in Anthropic's (llmops.gateway.messages.validation)."""
+
+    missing: Callable[[str], GatewayError]
+    # (param, what was expected, the value)
+    wrong_type: Callable[[str, str, object], GatewayError]
+    # (param, what is wrong)
+    invalid: Callable[[str, str], GatewayError]
+    # (param, the value, the lowest and the highest allowed, as shown)
+    out_of_range: Callable[[str, object, str, str], GatewayError]
+
+
+OPENAI = Wording(missing=_missing, wrong_type=_type_error, invalid=_value_error, out_of_range=_out_of_range)
+
+
+def _string(param: str, value, *, wording: Wording = OPENAI) -> str:
     if not isinstance(value, str):
-        raise _type_error(param, "a string", value)
+        raise wording.wrong_type(param, "a string", value)
+    return value
 
 
 def _boolean(param: str, value) -> None:
@@ -87,23 +112,35 @@ def _boolean(param: str, value) -> None:
         raise _type_error(param, "a boolean", value)
 
 
-def _integer(param: str, value, *, low: int | None = None, high: int | None = None) -> None:
+def _integer(param: str, value, *, low: int | None = None, high: int | None = None, wording: Wording = OPENAI) -> None:
     if not isinstance(value, int) or isinstance(value, bool):
-        raise _type_error(param, "an integer", value)
+        raise wording.wrong_type(param, "an integer", value)
     if (low is not None and value < low) or (high is not None and value > high):
-        raise _value_error(param, f"{value}. It must be between {low} and {high}.")
+        raise wording.out_of_range(param, value, str(low), str(high))
 
 
-def _number(param: str, value, *, low: float, high: float) -> None:
+def _number(param: str, value, *, low: float, high: float, wording: Wording = OPENAI) -> None:
     if not isinstance(value, int | float) or isinstance(value, bool):
-        raise _type_error(param, "a number", value)
+        raise wording.wrong_type(param, "a number", value)
     if not low <= value <= high:
-        raise _value_error(param, f"{value}. It must be between {low:g} and {high:g}.")
+        raise wording.out_of_range(param, value, f"{low:g}", f"{high:g}")
 
 
-def _object(param: str, value) -> dict:
+def _object(param: str, value, *, wording: Wording = OPENAI) -> dict:
     if not isinstance(value, dict):
-        raise _type_error(param, "an object", value)
+        raise wording.wrong_type(param, "an object", value)
+    return value
+
+
+def _model_name(value, *, wording: Wording = OPENAI) -> str:
+    """The ``model`` of a request: a name the gateway can echo in response headers (x-llmops-route), where a control
+    character would break the answer."""
+    if value is None:
+        raise wording.missing("model")
+    if not isinstance(value, str) or not value.strip():
+        raise wording.wrong_type("model", "a non-empty string", value)
+    if len(value) > MAX_MODEL_NAME_CHARS or not value.isprintable():
+        raise wording.invalid("model", f"must be a model name of at most {MAX_MODEL_NAME_CHARS} printable characters.")
     return value
 
 
@@ -278,6 +315,17 @@ def validate_metadata(param: str, value) -> None:
             raise _value_error(f"{param}.{key}", f"longer than {MAX_METADATA_VALUE_CHARS} characters.")
 
 
+def validate_customer(param: str, value) -> None:
+    """An end customer's id (the OpenAI `user` field, or the x-llmops-customer header): a string of at most
+    CUSTOMER_MAX_LENGTH printable characters, so it can be stored, grouped by and echoed back as it was sent."""
+    _string(param, value)
+    if len(value) > CUSTOMER_MAX_LENGTH or not value.isprintable():
+        raise _value_error(
+            param,
+            f"an end customer's id is at most {CUSTOMER_MAX_LENGTH} printable characters (no control characters).",
+        )
+
+
 def _stream_options(param: str, value) -> None:
     _fields(param, _object(param, value), {"include_usage": _boolean, "include_obfuscation": _boolean})
 
@@ -299,6 +347,8 @@ FIELD_CHECKS: dict[str, Check] = {
     "best_of": partial(_integer, low=1, high=MAX_CHOICES),
     "temperature": partial(_number, low=0.0, high=2.0),
     "top_p": partial(_number, low=0.0, high=1.0),
+    # Not OpenAI's, but vLLM's, OpenRouter's and Anthropic's; -1 is vLLM's "no cut", as leaving it out is.
+    "top_k": partial(_integer, low=-1, high=TOP_K_LIMIT),
     "presence_penalty": partial(_number, low=-2.0, high=2.0),
     "frequency_penalty": partial(_number, low=-2.0, high=2.0),
     "seed": _integer,
@@ -306,7 +356,7 @@ FIELD_CHECKS: dict[str, Check] = {
     "top_logprobs": partial(_integer, low=0, high=MAX_TOP_LOGPROBS),
     "logit_bias": _logit_bias,
     "stop": _stop,
-    "user": _string,
+    "user": validate_customer,
     "metadata": validate_metadata,
     "store": _boolean,
     "tools": partial(_array, item=_tool, max_items=MAX_TOOLS),
@@ -327,21 +377,15 @@ FIELD_CHECKS: dict[str, Check] = {
 }
 
 
-def validate_chat_request(body) -> dict:
+def validate_model(body) -> None:
+    """A JSON object naming its `model`: the start of every /v1 body's checks."""
     if not isinstance(body, dict):
         raise invalid_request("The request body must be a JSON object.", code="invalid_json")
-    model = body.get("model")
-    if model is None:
-        raise _missing("model")
-    if not isinstance(model, str) or not model.strip():
-        raise _type_error("model", "a non-empty string", model)
-    # The name is echoed in response headers (x-llmops-route), where a control character would break the answer.
-    if len(model) > MAX_MODEL_NAME_CHARS or not model.isprintable():
-        raise invalid_request(
-            f"'model' must be a model name of at most {MAX_MODEL_NAME_CHARS} printable characters.",
-            param="model",
-            code="invalid_value",
-        )
+    _model_name(body.get("model"))
+
+
+def validate_chat_request(body) -> dict:
+    validate_model(body)
     messages = body.get("messages")
     if messages is None:
         raise _missing("messages")
@@ -362,7 +406,7 @@ def validate_chat_request(body) -> dict:
     return body
 
 
-def _unsupported(param: str, why: str) -> Exception:
+def _unsupported(param: str, why: str) -> GatewayError:
     return invalid_request(
         f"'{param}' is not supported by this gateway: {why}, so its cost could not be held within budgets.",
         param=param,

@@ -154,13 +154,21 @@ def fitting_max_tokens(
 
 
 def budget_refusal(
-    exceeded: BudgetExceeded, *, fitting: int | None = None, choices: int = 1, context: str = ""
+    exceeded: BudgetExceeded,
+    *,
+    fitting: int | None = None,
+    choices: int = 1,
+    context: str = "",
+    advice: str = "",
 ) -> GatewayError:
     """The 429 for a refused reservation: the budget's own account (spent, or the worst case does not fit what is
-    left, with the amounts), `context` before it, and when the money is not spent, the max_tokens that would fit."""
+    left, with the amounts), `context` before it, and when the money is not spent, the max_tokens that would fit (or
+    `advice`, for a request that has no max_tokens)."""
     message = f"{context}{exceeded}"
     if exceeded.spent_usd < exceeded.limit_usd:
-        if fitting is not None:
+        if advice:
+            message += f" {advice}"
+        elif fitting is not None:
             per = f" per choice ({choices} choices)" if choices > 1 else ""
             message += f" With max_tokens={fitting}{per} it would fit."
         else:

@@ -6,8 +6,8 @@ completion's ``prompt_tokens``.
 
 The stop reason: ``stop`` → ``end_turn``, ``length`` → ``max_tokens``, ``content_filter`` → ``refusal``. A stop on one
 of the request's stop sequences is ``stop_sequence`` (with ``stop_sequence`` set) when the upstream says which one
-matched: the Anthropic adapter does (a choice's ``stop_reason``, as vLLM names it); OpenAI's own API does not, and
-such a stop reads ``end_turn``.
+matched (``GatewayCall.stop_sequence``: the Anthropic adapter does, as does vLLM with a choice's ``stop_reason``, and a
+cached answer keeps it); OpenAI's own API does not, and such a stop reads ``end_turn``.
 """
 
 from collections.abc import AsyncIterator
@@ -19,7 +19,7 @@ from llmops.gateway.call import GatewayCall
 from llmops.gateway.messages.errors import stream_error_type
 from routing.providers.base import message_text
 
-STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "content_filter": "refusal", "tool_calls": "tool_use"}
+STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "content_filter": "refusal"}
 SSE_SEPARATOR = b"\n\n"
 DONE = b"data: [DONE]"
 
@@ -29,11 +29,10 @@ def message_id(call: GatewayCall) -> str:
     return "msg_" + call.request_id.removeprefix("req_")
 
 
-def stop_reason(choice: dict, stop_sequences: list[str]) -> tuple[str, str | None]:
-    """(stop_reason, stop_sequence) of a chat completion choice."""
-    finish_reason = choice.get("finish_reason")
-    matched = choice.get("stop_reason")
-    if finish_reason == "stop" and isinstance(matched, str) and matched in stop_sequences:
+def stop_reason(finish_reason: str | None, matched: str | None, stop_sequences: list[str]) -> tuple[str, str | None]:
+    """(stop_reason, stop_sequence) of an answer that finished for ``finish_reason``, on the stop sequence ``matched``
+    when the upstream said which."""
+    if finish_reason == "stop" and matched is not None and matched in stop_sequences:
         return "stop_sequence", matched
     return STOP_REASONS.get(finish_reason, "end_turn"), None
 
@@ -59,7 +58,7 @@ def anthropic_message(call: GatewayCall, answer: dict, *, stop_sequences: list[s
     """A chat.completion body (checked by the pipeline: a non-empty list of choices) as an Anthropic Message."""
     choice = answer["choices"][0]
     text = message_text((choice.get("message") or {}).get("content"))
-    reason, sequence = stop_reason(choice, stop_sequences)
+    reason, sequence = stop_reason(choice.get("finish_reason"), call.stop_sequence, stop_sequences)
     return {
         "id": message_id(call),
         "type": "message",
@@ -91,7 +90,7 @@ class MessageStream:
         self.stop_sequences = stop_sequences
         self.started = False
         self.block_open = False
-        self.choice: dict = {}
+        self.finish_reason: str | None = None
         self.usage = None
 
     async def events(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
@@ -117,7 +116,8 @@ class MessageStream:
         if "error" in payload and "choices" not in payload:
             error = payload["error"]
             kind = stream_error_type(error.get("type"), error.get("code"))
-            return sse("error", {"error": {"type": kind, "message": error.get("message", "")}})
+            details = {"error_code": error.get("code")}
+            return sse("error", {"error": {"type": kind, "message": error.get("message", ""), "details": details}})
         out = [] if self.started else [self._start(payload)]
         for choice in payload.get("choices") or ():
             if choice.get("index", 0) != 0:
@@ -126,7 +126,7 @@ class MessageStream:
             if content:
                 out.append(self._text(content))
             if choice.get("finish_reason"):
-                self.choice = choice
+                self.finish_reason = choice["finish_reason"]
         if payload.get("usage") is not None:
             self.usage = payload["usage"]
         return b"".join(out)
@@ -156,7 +156,7 @@ class MessageStream:
         out = [] if self.started else [self._start({})]
         if self.block_open:
             out.append(sse("content_block_stop", {"index": 0}))
-        reason, sequence = stop_reason(self.choice, self.stop_sequences)
+        reason, sequence = stop_reason(self.finish_reason, self.call.stop_sequence, self.stop_sequences)
         usage = message_usage(_answer_usage(self.call, self.usage))
         out.append(sse("message_delta", {"delta": {"stop_reason": reason, "stop_sequence": sequence}, "usage": usage}))
         out.append(sse("message_stop", {}))

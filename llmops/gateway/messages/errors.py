@@ -16,10 +16,11 @@ from django.http import HttpResponse
 from llmops.gateway.errors import GatewayError, handled_error
 
 OVERLOADED_STATUS = 529
+# The gateway's statuses that Anthropic's API names otherwise; the ledger row records the status the client saw.
+STATUSES_SHOWN = {503: OVERLOADED_STATUS}
 ERROR_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
-    402: "billing_error",
     403: "permission_error",
     404: "not_found_error",
     413: "request_too_large",
@@ -34,7 +35,7 @@ NOT_RETRIED_CODES = frozenset({"budget_exceeded"})
 
 
 def anthropic_status(error: GatewayError) -> int:
-    return OVERLOADED_STATUS if error.status_code == 503 else error.status_code
+    return STATUSES_SHOWN.get(error.status_code, error.status_code)
 
 
 def error_type(status: int) -> str:

@@ -1,9 +1,11 @@
 """A /v1/messages body checked as Anthropic's Messages API checks it, and turned into the chat completion request the
 pipeline runs (llmops.gateway.chat): one pipeline, one ledger, two APIs at the edge.
 
-Each failure is a 400 naming the field by Anthropic's dotted path (``messages.1.content.0.text``). What the gateway
-cannot carry through the chat completion form (tools, thinking, documents, ...) is refused by name rather than
-dropped, so a caller never gets an answer to a different question than it asked.
+Each failure is a 400 naming the field by Anthropic's dotted path (``messages.1.content.0.text``), worded as
+Anthropic words it, by the chat path's own checks (llmops.gateway.chat.validation). What the gateway cannot carry
+through the chat completion form (tools, thinking, documents, ...) or price (1-hour cache writes) is refused by name
+rather than dropped, so a caller never gets an answer to a different question than it asked, nor a bill no budget
+held.
 
 The translation:
 
@@ -12,14 +14,21 @@ The translation:
 - ``messages``: string content as is; ``text`` blocks as text parts and ``image`` blocks (base64 or URL) as
   ``image_url`` parts, each keeping its ``cache_control``. A final assistant message is a prefill, passed on as the
   last message (an Anthropic upstream continues it; an OpenAI-compatible one reads it as context).
-- ``max_tokens`` (required, as Anthropic requires it), ``temperature``, ``top_p`` as they are; ``stop_sequences`` as
-  ``stop``; ``metadata.user_id`` as ``user``, the end customer; ``stream`` as it is, with the usage chunk asked for.
-- ``top_k`` is checked and not forwarded: the chat completion form has no such parameter, and an OpenAI upstream
-  refuses parameters it does not know. A top-level ``cache_control`` (automatic caching) is only a hint: dropped.
+- A top-level ``cache_control`` (Anthropic's automatic caching) is applied as Anthropic applies it: a breakpoint on
+  the last block of the request (a string content becoming one text part to carry it).
+- ``cache_control.ttl`` is "5m" or absent: Anthropic bills a 1-hour cache write at twice the input price, which the
+  catalog's cache-write price (the 5-minute one) does not hold.
+- ``max_tokens`` (required, as Anthropic requires it), ``temperature``, ``top_p``, ``top_k`` as they are (the chat
+  form carries ``top_k`` as vLLM and OpenRouter name it; the Anthropic and Bedrock adapters pass it on to Claude);
+  ``stop_sequences`` as ``stop``; ``metadata.user_id`` as the chat request's ``user``; ``stream`` as it is, with the
+  usage chunk asked for.
 """
 
 from collections.abc import Callable
+from functools import partial
 
+from llmops.gateway.chat import validation as chat_checks
+from llmops.gateway.chat.validation import TOP_K_LIMIT, Wording
 from llmops.gateway.errors import GatewayError, invalid_request
 from routing.max_tokens import SET_FIELD
 
@@ -27,11 +36,13 @@ MAX_TOKENS_LIMIT = 1_000_000
 # The chat completion form takes at most four stop sequences (OpenAI's limit).
 MAX_STOP_SEQUENCES = 4
 MAX_USER_ID_CHARS = 256
-MAX_MODEL_NAME_CHARS = 256
 MAX_ECHOED_NAME_CHARS = 64
 ROLES = ("user", "assistant")
 IMAGE_MEDIA_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")
-CACHE_TTLS = ("5m", "1h")
+# The cache lifetimes the catalog prices: its cache-write price is Anthropic's 5-minute one (1.25x input); a 1-hour
+# write costs 2x input.
+CACHE_TTL = "5m"
+LONG_CACHE_TTL = "1h"
 
 SUPPORTED_FIELDS = (
     "model",
@@ -44,9 +55,8 @@ SUPPORTED_FIELDS = (
     "stop_sequences",
     "stream",
     "metadata",
+    "cache_control",
 )
-# Hints that change no answer: accepted and dropped.
-DROPPED_HINTS = frozenset({"cache_control"})
 TOOLS_UNSUPPORTED = "tool use is not supported on /v1/messages by this gateway; /v1/chat/completions takes tools"
 UNSUPPORTED_FIELDS = {
     "tools": TOOLS_UNSUPPORTED,
@@ -77,15 +87,6 @@ IMAGE_BLOCK_FIELDS = frozenset({"type", "source", "cache_control"})
 MESSAGE_FIELDS = frozenset({"role", "content"})
 
 
-def _json_type(value) -> str:
-    if value is None:
-        return "null"
-    for kind, name in ((bool, "a boolean"), (int, "an integer"), (float, "a number"), (str, "a string")):
-        if isinstance(value, kind):
-            return name
-    return "an array" if isinstance(value, list) else "an object"
-
-
 def _invalid(path: str, message: str, *, code: str = "invalid_value") -> GatewayError:
     return invalid_request(f"{path}: {message}", param=path, code=code)
 
@@ -95,7 +96,20 @@ def _missing(path: str) -> GatewayError:
 
 
 def _wrong_type(path: str, expected: str, value) -> GatewayError:
-    return _invalid(path, f"Input should be {expected}, not {_json_type(value)}", code="invalid_type")
+    return _invalid(path, f"Input should be {expected}, not {chat_checks._json_type(value)}", code="invalid_type")
+
+
+def _out_of_range(path: str, value, low: str, high: str) -> GatewayError:
+    return _invalid(path, f"Input should be between {low} and {high}, not {value}")
+
+
+ANTHROPIC = Wording(missing=_missing, wrong_type=_wrong_type, invalid=_invalid, out_of_range=_out_of_range)
+# The chat path's checks, worded as Anthropic words them.
+_string = partial(chat_checks._string, wording=ANTHROPIC)
+_object = partial(chat_checks._object, wording=ANTHROPIC)
+_integer = partial(chat_checks._integer, wording=ANTHROPIC)
+_number = partial(chat_checks._number, wording=ANTHROPIC)
+_model = partial(chat_checks._model_name, wording=ANTHROPIC)
 
 
 def _unsupported(path: str, why: str) -> GatewayError:
@@ -113,39 +127,32 @@ def _extra_fields(path: str, value: dict, allowed: frozenset[str]) -> None:
         raise _invalid(f"{path}.{_field_name(extra[0])}", "Extra inputs are not permitted")
 
 
-def _string(path: str, value) -> str:
-    if not isinstance(value, str):
-        raise _wrong_type(path, "a string", value)
-    return value
-
-
-def _object(path: str, value) -> dict:
-    if not isinstance(value, dict):
-        raise _wrong_type(path, "an object", value)
-    return value
-
-
-def _number(path: str, value, *, low: float, high: float) -> None:
-    if not isinstance(value, int | float) or isinstance(value, bool):
-        raise _wrong_type(path, "a number", value)
-    if not low <= value <= high:
-        raise _invalid(path, f"Input should be between {low:g} and {high:g}, not {value}")
-
-
-def _integer(path: str, value, *, low: int, high: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise _wrong_type(path, "an integer", value)
-    if not low <= value <= high:
-        raise _invalid(path, f"Input should be between {low} and {high}, not {value}")
+def _kind(path: str, value: dict, *, required: bool = True) -> str | None:
+    """An object's ``type``, checked to be a string before anything looks it up (a list or an object in a table
+    lookup would be a TypeError, not a 400)."""
+    kind = value.get("type")
+    if kind is None:
+        if required:
+            raise _missing(f"{path}.type")
+        return None
+    return _string(f"{path}.type", kind)
 
 
 def _cache_control(path: str, value) -> dict:
     value = _object(path, value)
     _extra_fields(path, value, frozenset({"type", "ttl"}))
-    if value.get("type") != "ephemeral":
+    if _kind(path, value, required=False) != "ephemeral":
         raise _invalid(f"{path}.type", "Input should be 'ephemeral'")
-    if value.get("ttl") is not None and value["ttl"] not in CACHE_TTLS:
-        raise _invalid(f"{path}.ttl", "Input should be '5m' or '1h'")
+    if value.get("ttl") is not None:
+        ttl = _string(f"{path}.ttl", value["ttl"])
+        if ttl == LONG_CACHE_TTL:
+            raise _unsupported(
+                f"{path}.ttl",
+                f"a {LONG_CACHE_TTL} cache write is billed at twice the input price, above the catalog's cache-write "
+                f"price, so a budget could not bound it; leave ttl out or send '{CACHE_TTL}'",
+            )
+        if ttl != CACHE_TTL:
+            raise _invalid(f"{path}.ttl", f"Input should be '{CACHE_TTL}'")
     return value
 
 
@@ -170,10 +177,10 @@ def _text_part(path: str, block: dict) -> dict:
 def _image_part(path: str, block: dict) -> dict:
     _extra_fields(path, block, IMAGE_BLOCK_FIELDS)
     source = _object(f"{path}.source", block.get("source"))
-    kind = source.get("type")
+    kind = _kind(f"{path}.source", source)
     if kind == "base64":
         _extra_fields(f"{path}.source", source, frozenset({"type", "media_type", "data"}))
-        media_type = source.get("media_type")
+        media_type = _string(f"{path}.source.media_type", source.get("media_type"))
         if media_type not in IMAGE_MEDIA_TYPES:
             allowed = ", ".join(f"'{name}'" for name in IMAGE_MEDIA_TYPES)
             raise _invalid(f"{path}.source.media_type", f"Input should be {allowed}")
@@ -194,14 +201,13 @@ PART_BUILDERS: dict[str, Callable[[str, dict], dict]] = {"text": _text_part, "im
 
 def _content_part(path: str, block, *, role: str) -> dict:
     block = _object(path, block)
-    kind = block.get("type")
-    if kind is None:
-        raise _missing(f"{path}.type")
+    kind = _kind(path, block)
     if kind in UNSUPPORTED_BLOCKS:
         raise _unsupported(f"{path}.type", f"'{kind}' blocks: {UNSUPPORTED_BLOCKS[kind]}")
     if kind not in BLOCK_TYPES_BY_ROLE[role]:
         allowed = " or ".join(f"'{name}'" for name in BLOCK_TYPES_BY_ROLE[role])
-        raise _invalid(f"{path}.type", f"Input should be {allowed} in a message with role '{role}', not {kind!r}")
+        message = f"Input should be {allowed} in a message with role '{role}', not {chat_checks._shown(kind)}"
+        raise _invalid(f"{path}.type", message)
     return PART_BUILDERS[kind](path, block)
 
 
@@ -213,7 +219,7 @@ def _message(path: str, message, *, last: bool) -> dict | None:
     role = message.get("role")
     if role is None:
         raise _missing(f"{path}.role")
-    if role not in ROLES:
+    if _string(f"{path}.role", role) not in ROLES:
         raise _invalid(f"{path}.role", "Input should be 'user' or 'assistant'")
     if "content" not in message:
         raise _missing(f"{path}.content")
@@ -238,7 +244,7 @@ def _system(value) -> dict | None:
     for index, block in enumerate(value):
         path = f"system.{index}"
         block = _object(path, block)
-        if block.get("type") != "text":
+        if _kind(path, block, required=False) != "text":
             raise _invalid(f"{path}.type", "Input should be 'text'")
         parts.append(_text_part(path, block))
     return {"role": "system", "content": parts} if parts else None
@@ -260,23 +266,24 @@ def _user_id(value) -> str | None:
         return None
     if len(_string("metadata.user_id", user_id)) > MAX_USER_ID_CHARS:
         raise _invalid("metadata.user_id", f"String should have at most {MAX_USER_ID_CHARS} characters")
+    # It becomes the end customer's id (chat's `user`), which is stored and echoed back as sent.
+    if not user_id.isprintable():
+        raise _invalid("metadata.user_id", "String should have no control characters")
     return user_id or None
 
 
-def _model(value) -> str:
-    if value is None:
-        raise _missing("model")
-    if not isinstance(value, str) or not value.strip():
-        raise _wrong_type("model", "a non-empty string", value)
-    # The name is echoed in response headers (x-llmops-route), where a control character would break the answer.
-    if len(value) > MAX_MODEL_NAME_CHARS or not value.isprintable():
-        raise _invalid("model", f"a model name of at most {MAX_MODEL_NAME_CHARS} printable characters")
-    return value
+def _with_automatic_breakpoint(messages: list[dict], cache_control: dict) -> None:
+    """Anthropic's automatic caching, as Anthropic applies it: the breakpoint on the last block of the request (the
+    last message's last part; a string content becomes a text part to carry it), unless that block has its own."""
+    last = messages[-1]
+    if isinstance(last["content"], str):
+        last["content"] = [{"type": "text", "text": last["content"]}]
+    last["content"][-1].setdefault("cache_control", cache_control)
 
 
 def _refuse_what_is_not_taken(body: dict) -> None:
     for name, value in body.items():
-        if name in SUPPORTED_FIELDS or name in DROPPED_HINTS:
+        if name in SUPPORTED_FIELDS:
             continue
         if name in UNSUPPORTED_FIELDS:
             if name in HARMLESS_VALUES and value == HARMLESS_VALUES[name]:
@@ -320,13 +327,14 @@ def chat_request_from_message(body, *, counting: bool = False) -> dict:
         _number("top_p", body["top_p"], low=0.0, high=1.0)
         request["top_p"] = body["top_p"]
     if body.get("top_k") is not None:
-        _integer("top_k", body["top_k"], low=0, high=MAX_TOKENS_LIMIT)
+        _integer("top_k", body["top_k"], low=0, high=TOP_K_LIMIT)
+        request["top_k"] = body["top_k"]
     if body.get("stop_sequences") is not None and (stop := _stop_sequences(body["stop_sequences"])):
         request["stop"] = stop
     if body.get("metadata") is not None and (user_id := _user_id(body["metadata"])):
         request["user"] = user_id
     if body.get("cache_control") is not None:
-        _cache_control("cache_control", body["cache_control"])
+        _with_automatic_breakpoint(request["messages"], _cache_control("cache_control", body["cache_control"]))
     if body.get("stream") is not None:
         if not isinstance(body["stream"], bool):
             raise _wrong_type("stream", "a boolean", body["stream"])

@@ -11,13 +11,14 @@ from django.http import HttpResponse
 
 from core.cpu import run_sized
 from llmops.gateway.call import GatewayCall
+from llmops.gateway.chat.admission import admit_uncharged
 from llmops.gateway.chat.completion import chat_completion_run, declared_size
-from llmops.gateway.chat.planning import resolve_model
+from llmops.gateway.chat.planning import prompt_tokens_counted, request_customer
+from llmops.gateway.concurrency import inflight_release
 from llmops.gateway.messages.answers import MessageStream, anthropic_message
-from llmops.gateway.messages.errors import anthropic_exception_handler
+from llmops.gateway.messages.errors import STATUSES_SHOWN, anthropic_exception_handler
 from llmops.gateway.messages.validation import chat_request_from_message
 from llmops.gateway.views import ChatCompletionsView
-from routing.tokens import count_chat_tokens_async
 from tenants.authentication import AnthropicKeyAuthentication, anthropic_key
 
 # Where the anthropic SDK looks for a request's id (its exceptions' ``request_id``).
@@ -35,7 +36,8 @@ class MessagesView(ChatCompletionsView):
         return anthropic_exception_handler
 
     async def post(self, request):
-        self.call = call = GatewayCall(principal=request.user, endpoint=request.path, request_id=self.request_id)
+        call = self.new_call(request)
+        call.statuses_shown = STATUSES_SHOWN
         response = await chat_completion_run(
             call,
             snapshot=self.config,
@@ -59,17 +61,24 @@ class MessagesView(ChatCompletionsView):
 
 
 class MessageTokensView(MessagesView):
-    """The prompt's tokens as the gateway counts them (tiktoken, in the encoding of the model named, or of an alias's
-    small model): what budgets reserve and token caps compare. Free, and not in the ledger."""
+    """The prompt's tokens as the pipeline counts them (``prompt_tokens_counted``). Free, and not in the ledger, but
+    a request like any other to the request rate limits of its key, team and end customer and its tenant's cap on
+    requests in flight, all taken before the prompt is counted; a prompt a cap refuses by its length alone is refused
+    uncounted."""
 
     async def post(self, request):
         body = await run_sized(
             declared_size(request.headers), lambda: chat_request_from_message(request.data, counting=True)
         )
-        tenant_id = request.user.tenant_id
-        policy = self.config.policies.get(tenant_id)
-        alias = policy.aliases.get(body["model"]) if policy is not None else None
-        requested = alias.small_model if alias is not None else body["model"]
-        model = resolve_model(self.config.catalog, tenant_id=tenant_id, requested=requested)
-        tokens = await count_chat_tokens_async(body["messages"], model=model.upstream_name)
-        return HttpResponse(orjson.dumps({"input_tokens": tokens}), content_type="application/json")
+        call = GatewayCall(principal=request.user, endpoint=request.path, request_id=self.request_id)
+        call.customer = request_customer(request.headers, body.get("user"))
+        try:
+            await admit_uncharged(self.config, call)
+            tokens = await prompt_tokens_counted(self.config, request.user, body, request.headers)
+        finally:
+            if call.inflight is not None:
+                inflight_release(call.inflight)
+        response = HttpResponse(orjson.dumps({"input_tokens": tokens}), content_type="application/json")
+        for name, value in call.extra_headers.items():
+            response[name] = value
+        return response

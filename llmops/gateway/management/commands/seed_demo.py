@@ -11,7 +11,7 @@ from django.db import transaction
 from billing.budgets.services import budget_create
 from billing.finance.rollups_seed import seed_demo_usage
 from billing.models import BudgetAction, BudgetPeriod, BudgetScope
-from routing.models import Model, Provider
+from routing.models import Model, ModelKind, Provider
 from routing.services import (
     DEMO_CACHE_TTL_SECONDS,
     model_create,
@@ -38,6 +38,11 @@ OPENAI_MODELS = [
     ("gpt-4o-mini", "gpt-4o-mini", "0.15", "0.075", "0.60"),
     ("gpt-4o", "gpt-4o", "2.50", "1.25", "10.00"),
 ]
+# (public name, upstream name, input price per 1M tokens) of the embedding model for /v1/embeddings, priced like
+# text-embedding-3-small, whose 8,191 tokens an input it takes.
+MOCK_EMBEDDING_MODEL = ("mock-embed", "text-embedding-3-small", "0.02")
+OPENAI_EMBEDDING_MODEL = ("text-embedding-3-small", "text-embedding-3-small", "0.02")
+EMBEDDING_CONTEXT_WINDOW = 8191
 
 
 def demo_files_dir() -> Path:
@@ -52,8 +57,8 @@ def _write_secret_file(path: Path, value: str) -> None:
 
 class Command(BaseCommand):
     help = (
-        "Create the demo tenant, teams, a key, a mock provider with a small and a large model, the default routing "
-        "policy, a budget, a few weeks of synthetic usage, and an admin user."
+        "Create the demo tenant, teams, a key, a mock provider with a small and a large model and an embedding model, "
+        "the default routing policy, a budget, a few weeks of synthetic usage, and an admin user."
     )
 
     def add_arguments(self, parser):
@@ -87,12 +92,14 @@ class Command(BaseCommand):
             name=MOCK_PROVIDER, base_url=upstream_url
         )
         models = [self._model(provider, row) for row in MOCK_MODELS]
+        embedders = [self._embedding_model(provider, MOCK_EMBEDDING_MODEL)]
         if os.environ.get("OPENAI_API_KEY"):
             openai = Provider.objects.filter(name="openai").first() or provider_create(
                 name="openai", base_url="https://api.openai.com/v1", credential_env_var="OPENAI_API_KEY"
             )
             models += [self._model(openai, row) for row in OPENAI_MODELS]
-        tenant_model_access_set(tenant=tenant, allowed_models=models, default_model=models[0])
+            embedders.append(self._embedding_model(openai, OPENAI_EMBEDDING_MODEL))
+        tenant_model_access_set(tenant=tenant, allowed_models=models + embedders, default_model=models[0])
         routing_policy_create_default(
             tenant=tenant, small_model=models[0], large_model=models[1], cache_ttl_seconds=DEMO_CACHE_TTL_SECONDS
         )
@@ -125,6 +132,20 @@ class Command(BaseCommand):
             input_price_per_million=Decimal(input_price),
             cached_input_price_per_million=Decimal(cached_price),
             output_price_per_million=Decimal(output_price),
+        )
+
+    @staticmethod
+    def _embedding_model(provider, row):
+        name, upstream, input_price = row
+        return Model.objects.filter(name=name).first() or model_create(
+            name=name,
+            provider=provider,
+            upstream_name=upstream,
+            kind=ModelKind.EMBEDDING,
+            context_window=EMBEDDING_CONTEXT_WINDOW,
+            input_price_per_million=Decimal(input_price),
+            cached_input_price_per_million=Decimal(input_price),
+            output_price_per_million=Decimal(0),
         )
 
     @staticmethod

@@ -1,0 +1,85 @@
+"""Strict checks of an embeddings body (OpenAI's `POST /v1/embeddings`), each failure an OpenAI-shaped 400 naming the
+parameter's path, as chat completions' are (llmops.gateway.chat.validation)."""
+
+from functools import partial
+
+from llmops.gateway.chat.validation import (
+    _choice,
+    _integer,
+    _missing,
+    _string,
+    _type_error,
+    _value_error,
+    validate_model,
+)
+from llmops.gateway.errors import invalid_request
+
+# OpenAI's limits: at most 2,048 inputs a request; the tokens of each are bounded by the model's context window.
+MAX_INPUTS = 2048
+MAX_DIMENSIONS = 65_536
+# Above any tokenizer's vocabulary: a larger id is no token.
+MAX_TOKEN_ID = 2**31 - 1
+ENCODING_FORMATS = ("float", "base64")
+INPUT_SHAPES = "a string, an array of strings, an array of tokens (integers) or an array of arrays of tokens"
+
+
+def _is_token(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _token_array(param: str, value: list) -> None:
+    if not value:
+        raise invalid_request(f"'{param}' must contain at least one token.", param=param, code="empty_array")
+    for index, token in enumerate(value):
+        if not _is_token(token):
+            raise _type_error(f"{param}[{index}]", "an integer (a token)", token)
+        if not 0 <= token <= MAX_TOKEN_ID:
+            raise _value_error(f"{param}[{index}]", f"{token}. A token is an integer from 0 to {MAX_TOKEN_ID}.")
+
+
+def _text(param: str, value: str) -> None:
+    if not value:
+        raise _value_error(param, "an empty string. Every input must have some text to embed.")
+
+
+def _input(param: str, value) -> None:
+    if isinstance(value, str):
+        _text(param, value)
+        return
+    if not isinstance(value, list):
+        raise _type_error(param, INPUT_SHAPES, value)
+    if not value:
+        raise invalid_request(f"'{param}' must contain at least one input.", param=param, code="empty_array")
+    if all(_is_token(item) for item in value):
+        _token_array(param, value)
+        return
+    if len(value) > MAX_INPUTS:
+        raise _value_error(param, f"{len(value)} inputs. At most {MAX_INPUTS} are allowed in one request.")
+    for index, item in enumerate(value):
+        where = f"{param}[{index}]"
+        if isinstance(item, str):
+            _text(where, item)
+        elif isinstance(item, list):
+            _token_array(where, item)
+        else:
+            raise _type_error(where, "a string or an array of tokens (integers)", item)
+
+
+FIELD_CHECKS = {
+    "encoding_format": partial(_choice, choices=ENCODING_FORMATS),
+    "dimensions": partial(_integer, low=1, high=MAX_DIMENSIONS),
+    "user": _string,
+}
+
+
+def validate_embeddings_request(body) -> dict:
+    """The body when it is one the gateway can route, price and pass on; fields it does not know are passed to the
+    provider as they are, as in chat completions."""
+    validate_model(body)
+    if body.get("input") is None:
+        raise _missing("input")
+    _input("input", body["input"])
+    for name, check in FIELD_CHECKS.items():
+        if body.get(name) is not None:
+            check(name, body[name])
+    return body
