@@ -1,5 +1,6 @@
-"""Rolling out routing 0013 and billing 0008: after `migrate`, processes still on the code from before (drainers,
-gateways, workers) keep inserting rows without the new columns, which the database fills in (docs/runbook.md)."""
+"""Rolling out routing 0013-0014 and billing 0008-0011: after `migrate`, processes still on the code from before
+(drainers, gateways, workers) keep inserting ledger rows, rollups and rules without the new columns, which the database
+fills in or leaves null (docs/runbook.md)."""
 
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -38,6 +39,10 @@ def test_rules_and_ledger_rows_inserted_by_the_code_from_before_take_the_columns
 
     # The rule gets no checkpoint of the gateway's unless it opts in; the rows saved nothing through the provider.
     assert RoutingRule.objects.for_tenant(acme_routing.tenant).get(pk=rule.pk).provider_cache == "off"
-    assert UsageRecord.objects.unscoped().get(pk=record.pk).saved_provider_cache_usd == Decimal(0)
+    row = UsageRecord.objects.unscoped().get(pk=record.pk)
+    assert row.saved_provider_cache_usd == Decimal(0)
+    # No end customer, and routing features unknown (the what-if's "has_tools empty").
+    assert (row.customer, row.task_type, row.user_tier) == ("", "", "")
+    assert (row.has_tools, row.has_images, row.difficulty_score) == (None, None, None)
     assert UsageRollupHourly.objects.unscoped().get(pk=hourly.pk).saved_provider_cache_usd == Decimal(0)
     assert UsageRollupDaily.objects.unscoped().get(pk=daily.pk).saved_provider_cache_usd == Decimal(0)
