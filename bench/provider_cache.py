@@ -1,9 +1,12 @@
 """What deciding prompt-cache checkpoints costs a Claude request on the hot path (routing/providers/prompt_cache.py).
 
-The Anthropic adapter translates the request with `provider_cache` off and auto; the difference is the decision: the
-client's marks looked for, the prefix's bytes summed, and, when they could reach the model's minimum, its tokens
-counted until they do: the first time a prefix is seen, and again (its windows' counts remembered). Also the
-byte-only check the worst case of a budgeted request makes. A figure, not a test.
+The Anthropic adapter translates the request with no checkpoint and with the gateway's; the difference is the
+decision: the client's marks looked for, the prefix's bytes summed and, only when they do not decide, at most 8
+characters per token of the model's minimum counted. Nothing is remembered between requests, so every figure is what
+each request pays. The worst cases: a megabyte of spaces (decided by its bytes alone), and a prefix just short of the
+minimum whose bytes cannot tell (letters tiktoken makes a token of 8: the whole counting budget is spent; for a model
+whose minimum is 4,096 tokens the adapter runs that count on the CPU pool, core.cpu). Also the byte-only check the
+worst case of a budgeted request makes. A figure, not a test.
 
     TIKTOKEN_CACHE_DIR=/work/shared/tiktoken .venv/bin/python bench/provider_cache.py
 """
@@ -20,22 +23,23 @@ import django
 
 django.setup()
 
+from routing.providers import prompt_cache  # noqa: E402
 from routing.providers.anthropic import messages_request  # noqa: E402
-from routing.providers.prompt_cache import _window_tokens, may_write_cache, prompt_checkpoints  # noqa: E402
 
 SENTENCE = "Refunds are issued within 14 days of a return being received at our warehouse. "
-MODEL = "claude-sonnet-4-20250514"
+SONNET = "claude-sonnet-4-20250514"
+OPUS_4_5 = "claude-opus-4-5-20251101"
 REPEAT = 5
 
 
-def body(system_sentences: int) -> dict:
+def body(system: str, model: str = SONNET) -> dict:
     messages = [
-        {"role": "system", "content": SENTENCE * system_sentences},
+        {"role": "system", "content": system},
         {"role": "user", "content": "Where is my parcel?"},
         {"role": "assistant", "content": "It left the warehouse yesterday."},
         {"role": "user", "content": "And my refund?"},
     ]
-    return {"model": MODEL, "messages": messages, "max_tokens": 200}
+    return {"model": model, "messages": messages, "max_tokens": 200}
 
 
 def per_call_us(function, number: int) -> float:
@@ -43,32 +47,26 @@ def per_call_us(function, number: int) -> float:
 
 
 def main() -> None:
-    for label, sentences in (
-        ("short system prompt (~10 tokens)", 1),
-        ("system prompt of ~1,900 tokens", 95),
-        ("system prompt of ~50,000 tokens", 2_500),
-    ):
-        request = body(sentences)
-        number = 2_000 if sentences < 1_000 else 200
-        off = per_call_us(lambda request=request: messages_request(request, provider_cache="off"), number)
-        auto = per_call_us(lambda request=request: messages_request(request, provider_cache="auto"), number)
-        decide = per_call_us(lambda request=request: prompt_checkpoints(request, kind="anthropic"), number)
-
-        def first_time(request=request):
-            _window_tokens.cache_clear()
-            prompt_checkpoints(request, kind="anthropic")
-
-        first = per_call_us(first_time, number // 10)
+    cases = (
+        ("short system prompt (~10 tokens)", body(SENTENCE), 2_000),
+        ("system prompt of ~1,900 tokens", body(SENTENCE * 95), 2_000),
+        ("system prompt of ~50,000 tokens", body(SENTENCE * 2_500), 200),
+        ("1,000,000 spaces", body(" " * 1_000_000), 50),
+        ("8,000 letters (Sonnet, 1,000 tokens)", body("a" * 8_000), 50),
+        ("32,000 letters (Opus 4.5, 4,000 tokens)", body("a" * 32_000, OPUS_4_5), 20),
+    )
+    for label, request, number in cases:
+        off = per_call_us(lambda request=request: messages_request(request), number)
+        decide = per_call_us(lambda request=request: prompt_cache.prompt_checkpoints(request, kind="anthropic"), number)
         worst = per_call_us(
-            lambda request=request: may_write_cache(
-                request, kind="anthropic", upstream_name=MODEL, provider_cache="auto"
+            lambda request=request: prompt_cache.may_write_cache(
+                request, kind="anthropic", upstream_name=request["model"], provider_cache="auto"
             ),
             number,
         )
-        marks = prompt_checkpoints(request, kind="anthropic")
+        marks = prompt_cache.prompt_checkpoints(request, kind="anthropic")
         print(
-            f"{label:34} translate off {off:6.1f} µs, auto {auto:6.1f} µs; decision first time {first:7.1f} µs, "
-            f"again {decide:6.1f} µs ({marks}); worst-case check {worst:6.1f} µs"
+            f"{label:40} translate {off:8.1f} µs; decision {decide:9.1f} µs ({marks}); worst-case check {worst:7.1f} µs"
         )
 
 

@@ -180,7 +180,9 @@ class CatalogModelForm(forms.ModelForm):
         **PRICE_FORM_FIELD,
         required=False,
         help_text="Prompt tokens written to the provider's prompt cache. Left blank, a Claude model's (Anthropic, "
-        "Bedrock) is saved as 1.25x its input price, Anthropic's; other models' charge the input price.",
+        "Bedrock) is saved as 1.25x its input price, Anthropic's; other models' charge the input price. The gateway "
+        "marks prompts for the provider's cache (a rule's provider_cache auto) only on prices with this set and a "
+        "cached-input price below the input price.",
     )
     price_effective_from = forms.SplitDateTimeField(
         required=False,

@@ -15,7 +15,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from routing.models import PRICE_FIELD, PRICE_FIELDS, Model, ModelPrice
-from routing.providers.prompt_cache import CACHE_READ_MULTIPLIER, CACHE_WRITE_MULTIPLIER, caches_prompts
+from routing.providers.prompt_cache import CACHE_READ_MULTIPLIER, CACHE_WRITE_MULTIPLIER, bills_cache_as_anthropic
 
 # What a version holds, by ModelPrice field name; a field left out keeps the value of the version before it.
 Prices = dict[str, Decimal | None]
@@ -52,7 +52,7 @@ def cache_price_defaults(prices: Prices, *, kind: str, upstream_name: str) -> Pr
     the input price they give: writes 1.25x, reads 0.1x (rounded to the catalog's six places). Other models' prices,
     and prices without an input price, are returned as they are."""
     input_price = prices.get("input_price_per_million")
-    if input_price is None or not caches_prompts(kind=kind, upstream_name=upstream_name):
+    if input_price is None or not bills_cache_as_anthropic(kind=kind, upstream_name=upstream_name):
         return prices
     defaults = {
         "cache_write_price_per_million": input_price * CACHE_WRITE_MULTIPLIER,

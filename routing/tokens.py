@@ -116,7 +116,7 @@ async def count_chat_tokens_async(messages: list[dict], *, model: str) -> int:
     return await run_sized(prompt_chars(messages), count_chat_tokens, messages, model=model)
 
 
-def _utf8_length(text: str) -> int:
+def utf8_length(text: str) -> int:
     # A surrogate (never in a body orjson parsed) counts as one byte, which can only lower the bound.
     return len(text) if text.isascii() else len(text.encode("utf-8", "replace"))
 
@@ -129,5 +129,5 @@ def chat_tokens_lower_bound(messages: list[dict]) -> int:
     text of b bytes is at least ceil(b / MAX_TOKEN_BYTES) tokens. The estimate used without an encoding,
     ceil(chars / 4), is never below that, as b <= 4 x chars. The chat framing is added exactly as it is counted.
     """
-    content = sum(-(-_utf8_length(text) // MAX_TOKEN_BYTES) for message in messages for text in _counted_texts(message))
+    content = sum(-(-utf8_length(text) // MAX_TOKEN_BYTES) for message in messages for text in _counted_texts(message))
     return _framing_tokens(messages) + content

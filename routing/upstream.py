@@ -13,6 +13,7 @@ from importlib import import_module
 from routing.catalog import ProviderEntry
 from routing.providers.base import (
     MalformedAnswer,
+    RequestRefused,
     UpstreamConnectionError,
     UpstreamError,
     UpstreamInvalidResponse,
@@ -27,10 +28,11 @@ from routing.providers.base import (
     named_stop_sequence,
 )
 from routing.providers.kinds import PROVIDER_KINDS, provider_kind
-from routing.providers.prompt_cache import OFF
+from routing.providers.prompt_cache import OFF, CacheControlRefused
 
 __all__ = [
     "MalformedAnswer",
+    "RequestRefused",
     "UpstreamConnectionError",
     "UpstreamError",
     "UpstreamInvalidResponse",
@@ -60,18 +62,29 @@ def _adapter(provider: ProviderEntry):
         raise UpstreamError(f"provider {provider.name} has the unknown kind {provider.kind!r}") from None
 
 
-async def chat_completion(provider: ProviderEntry, body: dict, *, provider_cache: str = OFF) -> UpstreamReply:
-    """The answer as an OpenAI chat.completion body; raises an UpstreamError subclass when there is none.
+def _refused(refusal: CacheControlRefused) -> RequestRefused:
+    return RequestRefused(str(refusal), param=refusal.param, code=refusal.code)
 
-    ``provider_cache`` is the routing rule's: ``auto`` lets the adapter of a provider with a prompt cache mark the
-    request's stable prefix for it (routing.providers.prompt_cache).
+
+async def chat_completion(provider: ProviderEntry, body: dict, *, provider_cache: str = OFF) -> UpstreamReply:
+    """The answer as an OpenAI chat.completion body; raises an UpstreamError subclass when there is none, a
+    RequestRefused for a client's ``cache_control`` the provider would refuse or bill beyond the catalog's prices.
+
+    ``provider_cache`` is the routing rule's as it applies to the model (prompt_cache.effective_provider_cache):
+    ``auto`` lets the adapter of a provider with a prompt cache mark the request's stable prefix for it.
     """
-    return await _adapter(provider).chat_completion(provider, body, provider_cache=provider_cache)
+    try:
+        return await _adapter(provider).chat_completion(provider, body, provider_cache=provider_cache)
+    except CacheControlRefused as refusal:
+        raise _refused(refusal) from refusal
 
 
 async def open_chat_stream(provider: ProviderEntry, body: dict, *, provider_cache: str = OFF) -> UpstreamStream:
     """An open stream of OpenAI ``data: {chunk}`` events ending in ``data: [DONE]``; always ``aclose()`` it."""
-    return await _adapter(provider).open_chat_stream(provider, body, provider_cache=provider_cache)
+    try:
+        return await _adapter(provider).open_chat_stream(provider, body, provider_cache=provider_cache)
+    except CacheControlRefused as refusal:
+        raise _refused(refusal) from refusal
 
 
 def has_embeddings(provider: ProviderEntry) -> bool:

@@ -252,7 +252,7 @@ class _SyntheticHistory:
         list_cost = usage.cost(prices)
         record.saved_provider_cache_usd = provider_cache_saving(usage, cost=list_cost, prices=prices)
         if model != self.premium:
-            record.saved_routing_usd = routing_saving(usage, cost=list_cost, baseline=_prices(self.premium))
+            record.saved_routing_usd = routing_saving(usage, served=prices, baseline=_prices(self.premium))
         record.cost_usd = list_cost
         is_large = model == self.premium
         record.total_latency_ms = int(

@@ -66,11 +66,39 @@ COST_USD_ROUNDED = Column(
 CACHE_WRITE_TOKENS = Column(
     "cache_write_tokens", ColumnType.INTEGER, "Prompt tokens written to the provider's prompt cache (Claude)."
 )
-SAVED_PROVIDER_CACHE_USD = Column(
-    "saved_provider_cache_usd",
-    ColumnType.MONEY,
-    "The `provider_cache` lever: the prompt at the input price, minus what its cache reads and writes cost at the "
-    "catalog's cache prices; negative where the provider's cache was only written.",
+# What each lever saved (billing.ledger.costs): the cost plus them all is what the request would have cost on the
+# premium model with nothing read from or written to the provider's prompt cache.
+SAVINGS_COLUMNS = (
+    Column(
+        "saved_cache_usd",
+        ColumnType.MONEY,
+        "The `cache` lever: on a response-cache hit (exact or semantic), what the stored answer's tokens cost at the "
+        "served model's prices; 0 otherwise.",
+    ),
+    Column(
+        "saved_routing_usd",
+        ColumnType.MONEY,
+        "The `routing` lever: the tokens, none of them read from or written to the provider's prompt cache, at the "
+        "prices of the model the request would have used without routing, minus at the served model's; 0 when "
+        "routing kept it there, negative where it chose a dearer model.",
+    ),
+    Column(
+        "saved_compression_usd",
+        ColumnType.MONEY,
+        "The `compression` lever: the prompt tokens compression removed, at the served model's input price, minus "
+        "what its summary calls cost.",
+    ),
+    Column(
+        "saved_batch_usd",
+        ColumnType.MONEY,
+        "The `batch` lever: the list price of an answer of the provider's batch endpoint, minus what it was charged.",
+    ),
+    Column(
+        "saved_provider_cache_usd",
+        ColumnType.MONEY,
+        "The `provider_cache` lever: the prompt at the input price, minus what its cache reads and writes cost at the "
+        "catalog's cache prices; negative where the provider's cache was only written.",
+    ),
 )
 
 REQUEST_COLUMNS = (
@@ -106,7 +134,7 @@ REQUEST_COLUMNS = (
     ),
     Column("parent_request_id", ColumnType.TEXT, "The request a call was made for; empty for a request."),
     CACHE_WRITE_TOKENS,
-    SAVED_PROVIDER_CACHE_USD,
+    *SAVINGS_COLUMNS,
     Column(
         "customer",
         ColumnType.TEXT,
@@ -125,7 +153,7 @@ AGGREGATE_COLUMNS = (
     Column("cost_usd", ColumnType.MONEY, "The exact sum of the rows' cost, calls made for the requests included."),
     COST_USD_ROUNDED,
     CACHE_WRITE_TOKENS,
-    SAVED_PROVIDER_CACHE_USD,
+    *SAVINGS_COLUMNS,
 )
 
 

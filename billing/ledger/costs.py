@@ -3,8 +3,13 @@
 Prices are USD per million tokens. Cached input tokens (cache reads) and cache-write tokens
 (Anthropic's cache creation) are part of prompt_tokens, as the gateway reports usage, and are
 charged at the cached price and the cache-write price (the input price when unset) instead of
-the input price. The ledger
-keeps 10 decimal places, rounded half-even; reports round only at display and export.
+the input price. The ledger keeps 10 decimal places, rounded half-even; reports round only at display and export.
+
+The savings of a request answered upstream add up: its cost, plus the batch discount, the provider cache's saving
+and the routing saving, is what its tokens would have cost on the premium model with nothing read from or written to
+the provider's prompt cache, to the ledger's quantum. Compression's saving (removed tokens at the served model's input
+price) and a response-cache hit's (the stored answer at the served model's prices) are the conservative definitions
+docs/finance.md states.
 """
 
 from dataclasses import dataclass
@@ -66,25 +71,31 @@ class Usage:
         )
 
 
-def routing_saving(usage: Usage, *, cost: Decimal, baseline: ModelPrices | None) -> Decimal:
-    """What the same tokens would have cost on the model the request would have used without routing (the one it
-    named, or its alias's large model), minus what they cost (``cost``); never negative. Nothing when routing kept
-    the request on that model (no ``baseline``)."""
+def uncached_cost(usage: Usage, prices: ModelPrices) -> Decimal:
+    """What the tokens would cost with none read from or written to the provider's prompt cache: every prompt token at
+    the input price."""
+    return usage_cost(
+        prices=prices, prompt_tokens=usage.prompt_tokens, cached_tokens=0, completion_tokens=usage.completion_tokens
+    )
+
+
+def routing_saving(usage: Usage, *, served: ModelPrices, baseline: ModelPrices | None) -> Decimal:
+    """What the same tokens, none read from or written to the provider's prompt cache, would have cost on the model
+    the request would have used without routing (the one it named, or its alias's large model), minus what they cost
+    so on the served model: the switch of model alone, the provider cache's saving being the served model's
+    (``provider_cache_saving``), so the cost and both savings add up to the premium model's cost without the cache.
+    Negative where routing chose a dearer model; nothing when routing kept the request on that model (no
+    ``baseline``)."""
     if baseline is None:
         return ZERO_USD
-    return max(usage.cost(baseline) - cost, ZERO_USD)
+    return uncached_cost(usage, baseline) - uncached_cost(usage, served)
 
 
 def provider_cache_saving(usage: Usage, *, cost: Decimal, prices: ModelPrices) -> Decimal:
-    """What the same tokens would have cost with none read from or written to the provider's prompt cache (every
-    prompt token at the input price), minus what they cost (``cost``): the reads' discount less the writes' surcharge,
-    so negative for a request that only wrote to the cache. Nothing when the provider reported no cached tokens."""
-    if not usage.cached_tokens and not usage.cache_write_tokens:
-        return ZERO_USD
-    uncached = usage_cost(
-        prices=prices, prompt_tokens=usage.prompt_tokens, cached_tokens=0, completion_tokens=usage.completion_tokens
-    )
-    return uncached - cost
+    """What the same tokens would have cost on the served model with none read from or written to the provider's
+    prompt cache (every prompt token at the input price), minus what they cost (``cost``): the reads' discount less the
+    writes' surcharge, so negative for a request that only wrote to the cache; nothing when it did neither."""
+    return uncached_cost(usage, prices) - cost
 
 
 def compression_saving(

@@ -122,7 +122,7 @@ class UsageEvent(RequestFacts):
         usage = self.usage
         self.cost_usd = usage.cost(served)
         self.price_version_id = served.version_id
-        self.saved_routing_usd = routing_saving(usage, cost=self.cost_usd, baseline=routing_baseline)
+        self.saved_routing_usd = routing_saving(usage, served=served, baseline=routing_baseline)
         self.saved_provider_cache_usd = provider_cache_saving(usage, cost=self.cost_usd, prices=served)
         self.saved_compression_usd = compression_saving(
             served,

@@ -31,7 +31,6 @@ class LedgerTotals:
     routed_to_large: int = 0
     prompt_tokens: int = 0
     cached_tokens: int = 0
-    cache_write_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: Decimal = ZERO_USD
     saved_cache_usd: Decimal = ZERO_USD
@@ -79,7 +78,8 @@ def _sum_or_zero(field_name: str) -> Coalesce:
 
 
 def ledger_aggregates(*names: str) -> dict[str, Aggregate]:
-    """The named totals (every one when none is named) as aggregates over ledger rows, for annotate() or aggregate()."""
+    """The named totals (every one of TOTALS when none is named) as aggregates over ledger rows, for annotate() or
+    aggregate(). ``cache_write_tokens`` is one the exports and the usage API add up, and the rollups do not hold."""
     aggregates = {
         "requests": Count("id", filter=REQUEST_ROWS),
         "errors": Count("id", filter=REQUEST_ROWS & Q(http_status__gte=400)),

@@ -150,9 +150,11 @@ class UsageRecord(models.Model):
         "call cost (negative when the summary cost more than it saved).",
     )
     saved_batch_usd = models.DecimalField(**COST_FIELD, default=0)
+    # db_default: a drainer still on the code from before this column inserts rows without it (docs/runbook.md).
     saved_provider_cache_usd = models.DecimalField(
         **COST_FIELD,
         default=0,
+        db_default=0,
         help_text="The prompt at the input price, minus what its cache reads and writes cost at the cache prices "
         "(negative for a request that only wrote to the provider's prompt cache).",
     )

@@ -25,14 +25,14 @@ class UsageRollupFields(models.Model):
     routed_to_large = models.PositiveIntegerField(default=0)
     prompt_tokens = models.BigIntegerField(default=0)
     cached_tokens = models.BigIntegerField(default=0)
-    cache_write_tokens = models.BigIntegerField(default=0)
     completion_tokens = models.BigIntegerField(default=0)
     cost_usd = models.DecimalField(**COST_FIELD, default=0)
     saved_cache_usd = models.DecimalField(**COST_FIELD, default=0)
     saved_routing_usd = models.DecimalField(**COST_FIELD, default=0)
     saved_compression_usd = models.DecimalField(**COST_FIELD, default=0)
     saved_batch_usd = models.DecimalField(**COST_FIELD, default=0)
-    saved_provider_cache_usd = models.DecimalField(**COST_FIELD, default=0)
+    # db_default: a worker still on the code from before this column rebuilds rollups without it (docs/runbook.md).
+    saved_provider_cache_usd = models.DecimalField(**COST_FIELD, default=0, db_default=0)
     latency_sum_ms = models.BigIntegerField(default=0)
     latency_histogram = models.JSONField(
         default=list, help_text="Request counts per latency bucket, by LATENCY_BUCKET_EDGES_MS, plus one overflow."

@@ -125,6 +125,8 @@ def upstream_failure(error: upstream.UpstreamError) -> GatewayError:
     """What the client is told when the upstream could not answer (after retries and fallbacks)."""
     if isinstance(error, upstream.UpstreamTimeout):
         return GatewayError(error.message, status=504, code=error.code)
+    if isinstance(error, upstream.RequestRefused):
+        return invalid_request(error.message, param=error.param, code=error.code)
     if isinstance(error, upstream.UpstreamRejected):
         status = error.upstream_status
         if status == 429:

@@ -176,7 +176,9 @@ class ModelPrice(models.Model):
         null=True,
         blank=True,
         help_text="Price of prompt tokens written to the provider's prompt cache. Left blank, a Claude model's "
-        "(Anthropic, Bedrock) is saved as 1.25x its input price, Anthropic's; other models' charge the input price.",
+        "(Anthropic, Bedrock) is saved as 1.25x its input price, Anthropic's; other models' charge the input price. "
+        "The gateway marks prompts for the provider's cache only on prices with this set and a cached-input price "
+        "below the input price (an older version without them charges writes at the input price).",
     )
     source = models.CharField(max_length=200, help_text="Where the prices came from: the admin, a file imported, …")
     created_by = models.ForeignKey(

@@ -122,12 +122,18 @@ class RoutingRule(TenantOwned, models.Model):
     cache_nondeterministic = models.BooleanField(
         default=False, help_text="Cache answers even when the request is not deterministic (temperature > 0)."
     )
+    # db_default: a process still on the code from before this column inserts rules without it (docs/runbook.md).
     provider_cache = models.CharField(
         max_length=4,
         choices=ProviderCache.choices,
-        default=ProviderCache.AUTO,
+        default=ProviderCache.OFF,
+        db_default=ProviderCache.OFF,
         help_text="The provider's prompt cache: auto marks the system prompt, tools and earlier turns for it when they "
-        "are long enough to be cached; a client's own cache_control is always kept.",
+        "are long enough to be cached, on a Claude model whose cache-write and cache-read prices are set; a client's "
+        "own cache_control is always kept. The provider's cache is shared by every tenant using the same provider "
+        "credential: another tenant sending the same prefix sees it read from the cache (cached_tokens), and so "
+        "learns it was sent. Turn it on for rules whose prompts are not secret, or whose provider credential is the "
+        "tenant's own.",
     )
 
     objects = TenantScopedManager(tenant_path="policy__tenant")

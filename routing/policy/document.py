@@ -10,7 +10,7 @@ A document is plain JSON so a version row holds the whole policy and a rollback 
 import re
 from dataclasses import asdict, dataclass, fields
 
-from routing.providers.prompt_cache import AUTO as PROVIDER_CACHE_AUTO
+from routing.providers.prompt_cache import OFF as PROVIDER_CACHE_OFF
 from routing.providers.prompt_cache import PROVIDER_CACHE_MODES
 
 SCHEMA_VERSION = 1
@@ -50,8 +50,9 @@ class RuleOutcome:
     cache_ttl_seconds: int | None = None
     cache_nondeterministic: bool = False
     # auto: the provider's prompt cache gets checkpoints on the request's stable prefix where it has one
-    # (routing.providers.prompt_cache); off: none are added (a client's own are still sent).
-    provider_cache: str = PROVIDER_CACHE_AUTO
+    # (routing.providers.prompt_cache); off, unless a rule opts in (the provider's cache is shared across tenants):
+    # none are added (a client's own are still sent).
+    provider_cache: str = PROVIDER_CACHE_OFF
 
     @classmethod
     def from_document(cls, outcome: dict) -> "RuleOutcome":

@@ -58,14 +58,17 @@ FINISH_REASONS = {
 
 
 def _content_blocks(content) -> list[dict]:
-    """Text and image parts as Anthropic blocks; a part's ``cache_control`` marks a prompt-cache breakpoint."""
+    """Text and image parts as Anthropic blocks (a blank text is none: Anthropic refuses it); a part's
+    ``cache_control`` marks a prompt-cache breakpoint."""
     if isinstance(content, str):
-        return [{"type": "text", "text": content}] if content else []
+        return [] if prompt_cache.blank(content) else [{"type": "text", "text": content}]
     blocks = []
     for part in content or []:
-        if part.get("type") == "text":
+        if not prompt_cache.carried_part(part):
+            continue
+        if part["type"] == "text":
             blocks.append({"type": "text", "text": part["text"]})
-        elif part.get("type") == "image_url":
+        else:
             url = part["image_url"]["url"]
             inline = parse_data_url(url)
             source = (
@@ -74,9 +77,7 @@ def _content_blocks(content) -> list[dict]:
                 else {"type": "url", "url": url}
             )
             blocks.append({"type": "image", "source": source})
-        else:
-            continue
-        if part.get("cache_control"):
+        if part.get("cache_control") is not None:
             blocks[-1]["cache_control"] = part["cache_control"]
     return blocks
 
@@ -90,7 +91,7 @@ def _tool_result_block(message: dict) -> dict:
     content = message.get("content")
     block = {"type": "tool_result", "tool_use_id": message["tool_call_id"], "content": message_text(content)}
     parts = content if isinstance(content, list) else []
-    if marks := [part["cache_control"] for part in parts if part.get("cache_control")]:
+    if marks := [part["cache_control"] for part in parts if part.get("cache_control") is not None]:
         block["cache_control"] = marks[-1]
     return block
 
@@ -129,7 +130,7 @@ def _tool(tool: dict) -> dict:
         "description": tool["function"].get("description", ""),
         "input_schema": tool["function"].get("parameters") or {"type": "object", "properties": {}},
     }
-    if tool.get("cache_control"):
+    if tool.get("cache_control") is not None:
         translated["cache_control"] = tool["cache_control"]
     return translated
 
@@ -147,9 +148,11 @@ def _with_checkpoints(request: dict, checkpoints: prompt_cache.Checkpoints) -> d
     return request
 
 
-def messages_request(body: dict, *, provider_cache: str = prompt_cache.OFF) -> dict:
-    """OpenAI chat completion request → Anthropic Messages request, with the gateway's prompt-cache checkpoints
-    where ``provider_cache`` is auto (routing.providers.prompt_cache)."""
+def messages_request(body: dict, *, checkpoints: prompt_cache.Checkpoints = prompt_cache.NO_CHECKPOINTS) -> dict:
+    """OpenAI chat completion request → Anthropic Messages request, with the gateway's prompt-cache ``checkpoints``
+    (``prompt_cache.gateway_checkpoints``). The client's own ``cache_control`` is checked first: what Anthropic would
+    refuse or bill beyond the catalog's prices raises CacheControlRefused (``prompt_cache.client_marks``)."""
+    prompt_cache.client_marks(body)
     system, messages = _messages(body["messages"])
     request = {
         "model": body["model"],
@@ -174,9 +177,7 @@ def messages_request(body: dict, *, provider_cache: str = prompt_cache.OFF) -> d
         request["metadata"] = {"user_id": str(body["user"])}
     if body.get("stream"):
         request["stream"] = True
-    if provider_cache == prompt_cache.AUTO:
-        return _with_checkpoints(request, prompt_cache.prompt_checkpoints(body, kind="anthropic"))
-    return request
+    return _with_checkpoints(request, checkpoints)
 
 
 USAGE_FIELDS = UsageFields("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens", "output_tokens")
@@ -204,18 +205,19 @@ def chat_completion_body(message: dict, *, model: str) -> dict:
     )
 
 
-def _request(provider: ProviderEntry, body: dict, provider_cache: str) -> httpx.Request:
+async def _request(provider: ProviderEntry, body: dict, provider_cache: str) -> httpx.Request:
     headers = {"anthropic-version": ANTHROPIC_VERSION}
     if provider.api_key:
         headers["x-api-key"] = provider.api_key
-    return json_post(provider, "/messages", messages_request(body, provider_cache=provider_cache), headers=headers)
+    checkpoints = await prompt_cache.gateway_checkpoints(body, kind="anthropic", provider_cache=provider_cache)
+    return json_post(provider, "/messages", messages_request(body, checkpoints=checkpoints), headers=headers)
 
 
 async def chat_completion(
     provider: ProviderEntry, body: dict, *, provider_cache: str = prompt_cache.OFF
 ) -> UpstreamReply:
     started = time.perf_counter()
-    request = _request(provider, {**body, "stream": False}, provider_cache)
+    request = await _request(provider, {**body, "stream": False}, provider_cache)
     response = await send_or_reject(provider, request, stream=False, started=started)
     try:
         message = orjson.loads(response.content)
@@ -348,6 +350,6 @@ async def open_chat_stream(
     provider: ProviderEntry, body: dict, *, provider_cache: str = prompt_cache.OFF
 ) -> AnthropicStream:
     started = time.perf_counter()
-    request = _request(provider, {**body, "stream": True}, provider_cache)
+    request = await _request(provider, {**body, "stream": True}, provider_cache)
     response = await send_or_reject(provider, request, stream=True, started=started)
     return await stream_opened(AnthropicStream(provider, response, started, body))

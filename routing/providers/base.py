@@ -95,6 +95,16 @@ class UpstreamRejected(UpstreamError):
         self.error_body = error_body
 
 
+class RequestRefused(UpstreamRejected):
+    """The request asks the provider for something it would refuse, or bill beyond the catalog's prices; refused
+    before any call, as a 400 naming ``param`` with ``code`` (llmops.gateway.errors.upstream_failure)."""
+
+    def __init__(self, message: str, *, param: str, code: str):
+        super().__init__(message, upstream_status=400, error_body=None, elapsed_ms=0)
+        self.param = param
+        self.code = code
+
+
 @dataclass(slots=True)
 class UpstreamReply:
     body: dict

@@ -143,18 +143,19 @@ def _image_block(url: str) -> dict:
 
 
 def _content_blocks(content) -> list[dict]:
-    """Text and image parts as Converse blocks; a part's ``cache_control`` becomes a cache point after its block."""
+    """Text and image parts as Converse blocks (a blank text is none: Converse refuses it); a part's ``cache_control``
+    becomes a cache point after its block."""
     if isinstance(content, str):
-        return [{"text": content}] if content else []
+        return [] if prompt_cache.blank(content) else [{"text": content}]
     blocks = []
     for part in content or []:
-        if part.get("type") == "text" and part.get("text"):
-            blocks.append({"text": part["text"]})
-        elif part.get("type") == "image_url":
-            blocks.append(_image_block(part["image_url"]["url"]))
-        else:
+        if not prompt_cache.carried_part(part):
             continue
-        if part.get("cache_control"):
+        if part["type"] == "text":
+            blocks.append({"text": part["text"]})
+        else:
+            blocks.append(_image_block(part["image_url"]["url"]))
+        if part.get("cache_control") is not None:
             blocks.append(cache_point())
     return blocks
 
@@ -177,7 +178,7 @@ def _tool_result_block(message: dict) -> dict:
 def _tool_result_blocks(message: dict) -> list[dict]:
     """The tool's result, followed by a cache point when the client marked a part of it."""
     content = message.get("content")
-    marked = isinstance(content, list) and any(part.get("cache_control") for part in content)
+    marked = isinstance(content, list) and any(part.get("cache_control") is not None for part in content)
     return [_tool_result_block(message), *([cache_point()] if marked else [])]
 
 
@@ -200,7 +201,7 @@ def _tool_specs(tool: dict) -> list[dict]:
         "description": tool["function"].get("description") or tool["function"]["name"],
         "inputSchema": {"json": tool["function"].get("parameters") or {"type": "object", "properties": {}}},
     }
-    return [{"toolSpec": spec}, *([cache_point()] if tool.get("cache_control") else [])]
+    return [{"toolSpec": spec}, *([cache_point()] if tool.get("cache_control") is not None else [])]
 
 
 def _tool_config(body: dict) -> dict:
@@ -229,9 +230,17 @@ def _with_checkpoints(request: dict, checkpoints: prompt_cache.Checkpoints) -> d
     return request
 
 
-def converse_request(body: dict, *, provider_cache: str = prompt_cache.OFF) -> dict:
-    """OpenAI chat completion request → keyword arguments of Converse / ConverseStream, with the gateway's
-    prompt-cache checkpoints where ``provider_cache`` is auto (routing.providers.prompt_cache)."""
+def tools_sent(body: dict) -> bool:
+    """Converse has no "none" tool choice: under tool_choice none the tools are left out entirely."""
+    return bool(body.get("tools")) and body.get("tool_choice") != "none"
+
+
+def converse_request(body: dict, *, checkpoints: prompt_cache.Checkpoints = prompt_cache.NO_CHECKPOINTS) -> dict:
+    """OpenAI chat completion request → keyword arguments of Converse / ConverseStream, with the gateway's prompt-cache
+    ``checkpoints`` (``prompt_cache.gateway_checkpoints``). The client's own ``cache_control`` is checked first: what
+    Bedrock would refuse or bill beyond the catalog's prices raises CacheControlRefused (``prompt_cache.client_marks``;
+    a cache point is always of the default, 5-minute cache)."""
+    prompt_cache.client_marks(body, tools_sent=tools_sent(body))
     system, messages = _messages(body["messages"])
     request = {"modelId": body["model"], "messages": messages}
     if system:
@@ -253,13 +262,16 @@ def converse_request(body: dict, *, provider_cache: str = prompt_cache.OFF) -> d
         if CLAUDE not in body["model"].lower():
             raise UnsupportedForBedrock(f"top_k is taken on Bedrock by Claude models only, not by {body['model']}")
         request["additionalModelRequestFields"] = {"top_k": top_k}
-    # Converse has no "none" choice: with tool_choice none the tools are left out entirely.
-    if body.get("tools") and body.get("tool_choice") != "none":
+    if tools_sent(body):
         request["toolConfig"] = _tool_config(body)
-    if provider_cache == prompt_cache.AUTO:
-        checkpoints = prompt_cache.prompt_checkpoints(body, kind="bedrock", tools_sent="toolConfig" in request)
-        return _with_checkpoints(request, checkpoints)
-    return request
+    return _with_checkpoints(request, checkpoints)
+
+
+async def _request(body: dict, provider_cache: str) -> dict:
+    checkpoints = await prompt_cache.gateway_checkpoints(
+        body, kind="bedrock", provider_cache=provider_cache, tools_sent=tools_sent(body)
+    )
+    return converse_request(body, checkpoints=checkpoints)
 
 
 USAGE_FIELDS = UsageFields("inputTokens", "cacheReadInputTokens", "cacheWriteInputTokens", "outputTokens")
@@ -322,7 +334,7 @@ async def chat_completion(
     provider: ProviderEntry, body: dict, *, provider_cache: str = prompt_cache.OFF
 ) -> UpstreamReply:
     started = time.perf_counter()
-    request = converse_request(body, provider_cache=provider_cache)
+    request = await _request(body, provider_cache)
 
     def converse() -> dict:
         return _client_for(provider).converse(**request)
@@ -383,11 +395,11 @@ class BedrockStream:
     (where a fallback can still take over).
     """
 
-    def __init__(self, provider: ProviderEntry, body: dict, started: float, provider_cache: str):
+    def __init__(self, provider: ProviderEntry, body: dict, started: float, request: dict):
         self.provider = provider
         self.started = started
         self.translator = ChunkTranslator(model=body["model"], include_usage=wants_usage_chunk(body))
-        self._request = converse_request(body, provider_cache=provider_cache)
+        self._request = request
         self._loop = asyncio.get_running_loop()
         self._queue: asyncio.Queue[tuple[str, object]] = asyncio.Queue()
         self._event_stream = None
@@ -464,4 +476,6 @@ class BedrockStream:
 async def open_chat_stream(
     provider: ProviderEntry, body: dict, *, provider_cache: str = prompt_cache.OFF
 ) -> BedrockStream:
-    return await stream_opened(BedrockStream(provider, body, time.perf_counter(), provider_cache))
+    started = time.perf_counter()
+    request = await _request(body, provider_cache)
+    return await stream_opened(BedrockStream(provider, body, started, request))

@@ -3,7 +3,8 @@
 The CSV exports, the usage API, the statement and the usage report are read by customers' scripts and spreadsheets:
 a column renamed, reordered or formatted otherwise breaks them. These answers were taken from the code before the
 ledger's columns got one definition (billing/ledger/columns.py), so any later change to them shows here. Columns
-added since are appended at the end (`customer`), which leaves every earlier column where scripts read it.
+added since are appended at the end (`cache_write_tokens`, the levers' `saved_*_usd`, `customer`), which leaves every
+earlier column where scripts read it.
 """
 
 import json
@@ -151,36 +152,49 @@ def pinned(db):
 PER_REQUEST_CSV = (
     "request_id,created_at,team,api_key_prefix,endpoint,requested_model,served_model,is_stream,prompt_tokens,"
     "cached_tokens,completion_tokens,usage_estimated,cost_usd,cost_usd_rounded,upstream_latency_ms,total_latency_ms,"
-    "cache_status,routed_to_large,http_status,error_code,kind,parent_request_id,cache_write_tokens,"
-    "saved_provider_cache_usd,customer\r\n"
+    "cache_status,routed_to_large,http_status,error_code,kind,parent_request_id,cache_write_tokens,saved_cache_usd,"
+    "saved_routing_usd,saved_compression_usd,saved_batch_usd,saved_provider_cache_usd,customer\r\n"
     "req-1,2025-03-03T09:00:00.123456-05:00,search,sk-pinA,/v1/chat/completions,auto,gpt-small,True,100,20,30,False,"
-    "0.0012345678,0.00,120,150,miss,False,200,,request,,50,0.0000123000,cust-7\r\n"
+    "0.0012345678,0.00,120,150,miss,False,200,,request,,50,0.0000000000,0.0100000000,0.0000000000,0.0000000000,"
+    "0.0000123000,cust-7\r\n"
     "req-2,2025-03-03T11:30:00-05:00,support,sk-pinB,/v1/chat/completions,'=cmd|' /C calc'!A0,,False,0,0,0,False,"
-    "0.0000000000,0.00,,3,bypass,False,400,invalid_request,request,,0,0.0000000000,\r\n"
+    "0.0000000000,0.00,,3,bypass,False,400,invalid_request,request,,0,0.0000000000,0.0000000000,0.0000000000,"
+    "0.0000000000,0.0000000000,\r\n"
     "req-3,2025-03-03T22:30:00-05:00,search,sk-pinA,/v1/chat/completions,auto,gpt-large,False,2000,0,500,False,"
-    "0.0250000000,0.02,900,950,miss,True,200,,request,,100,-0.0000040000,\r\n"
+    "0.0250000000,0.02,900,950,miss,True,200,,request,,100,0.0000000000,0.0000000000,0.0024500000,0.0000000000,"
+    "-0.0000040000,\r\n"
     "req-3-summary,2025-03-03T22:30:01-05:00,search,sk-pinA,/v1/chat/completions,,gpt-small,False,3000,0,200,False,"
-    "0.0000500000,0.00,400,410,miss,False,200,,compression_summary,req-3,0,0.0000000000,\r\n"
+    "0.0000500000,0.00,400,410,miss,False,200,,compression_summary,req-3,0,0.0000000000,0.0000000000,"
+    "0.0000000000,0.0000000000,0.0000000000,\r\n"
     "req-4,2025-03-04T10:00:00-05:00,support,sk-pinB,/v1/chat/completions,gpt-large,gpt-large,False,40,0,0,True,"
-    "0.0150000000,0.02,30000,30010,hit-exact,False,502,upstream_error,request,,0,0.0000000000,\r\n"
+    "0.0150000000,0.02,30000,30010,hit-exact,False,502,upstream_error,request,,0,0.0200000000,0.0000000000,"
+    "0.0000000000,0.0005000000,0.0000000000,\r\n"
 )
 
 GROUPED_CSV = (
     "day,team,key,model,tag,requests,errors,prompt_tokens,cached_tokens,completion_tokens,cost_usd,cost_usd_rounded,"
-    "cache_write_tokens,saved_provider_cache_usd\r\n"
-    "2025-03-03,search,sk-pinA,gpt-large,(untagged),1,0,2000,0,500,0.0250000000,0.02,100,-0.0000040000\r\n"
-    "2025-03-03,search,sk-pinA,gpt-small,(untagged),0,0,3000,0,200,0.0000500000,0.00,0,0.0000000000\r\n"
-    "2025-03-03,search,sk-pinA,gpt-small,checkout+eu,1,0,100,20,30,0.0012345678,0.00,50,0.0000123000\r\n"
-    "2025-03-03,support,sk-pinB,(none),(untagged),1,1,0,0,0,0.0000000000,0.00,0,0.0000000000\r\n"
-    "2025-03-04,support,sk-pinB,gpt-large,search,1,1,40,0,0,0.0150000000,0.02,0,0.0000000000\r\n"
+    "cache_write_tokens,saved_cache_usd,saved_routing_usd,saved_compression_usd,saved_batch_usd,"
+    "saved_provider_cache_usd\r\n"
+    "2025-03-03,search,sk-pinA,gpt-large,(untagged),1,0,2000,0,500,0.0250000000,0.02,100,0.0000000000,0.0000000000,"
+    "0.0024500000,0.0000000000,-0.0000040000\r\n"
+    "2025-03-03,search,sk-pinA,gpt-small,(untagged),0,0,3000,0,200,0.0000500000,0.00,0,0.0000000000,0.0000000000,"
+    "0.0000000000,0.0000000000,0.0000000000\r\n"
+    "2025-03-03,search,sk-pinA,gpt-small,checkout+eu,1,0,100,20,30,0.0012345678,0.00,50,0.0000000000,0.0100000000,"
+    "0.0000000000,0.0000000000,0.0000123000\r\n"
+    "2025-03-03,support,sk-pinB,(none),(untagged),1,1,0,0,0,0.0000000000,0.00,0,0.0000000000,0.0000000000,"
+    "0.0000000000,0.0000000000,0.0000000000\r\n"
+    "2025-03-04,support,sk-pinB,gpt-large,search,1,1,40,0,0,0.0150000000,0.02,0,0.0200000000,0.0000000000,"
+    "0.0000000000,0.0005000000,0.0000000000\r\n"
 )
 
 BY_MODEL_CSV = (
     "model,requests,errors,prompt_tokens,cached_tokens,completion_tokens,cost_usd,cost_usd_rounded,cache_write_tokens,"
-    "saved_provider_cache_usd\r\n"
-    "(none),1,1,0,0,0,0.0000000000,0.00,0,0.0000000000\r\n"
-    "gpt-large,2,1,2040,0,500,0.0400000000,0.04,100,-0.0000040000\r\n"
-    "gpt-small,1,0,3100,20,230,0.0012845678,0.00,50,0.0000123000\r\n"
+    "saved_cache_usd,saved_routing_usd,saved_compression_usd,saved_batch_usd,saved_provider_cache_usd\r\n"
+    "(none),1,1,0,0,0,0.0000000000,0.00,0,0.0000000000,0.0000000000,0.0000000000,0.0000000000,0.0000000000\r\n"
+    "gpt-large,2,1,2040,0,500,0.0400000000,0.04,100,0.0200000000,0.0000000000,0.0024500000,0.0005000000,"
+    "-0.0000040000\r\n"
+    "gpt-small,1,0,3100,20,230,0.0012845678,0.00,50,0.0000000000,0.0100000000,0.0000000000,0.0000000000,"
+    "0.0000123000\r\n"
 )
 
 
@@ -241,6 +255,10 @@ PER_REQUEST_FIELDS = (
     "kind",
     "parent_request_id",
     "cache_write_tokens",
+    "saved_cache_usd",
+    "saved_routing_usd",
+    "saved_compression_usd",
+    "saved_batch_usd",
     "saved_provider_cache_usd",
     "customer",
 )
@@ -271,6 +289,10 @@ PER_REQUEST_JSON = [
             "request",
             "",
             0,
+            "0.0200000000",
+            "0.0000000000",
+            "0.0000000000",
+            "0.0005000000",
             "0.0000000000",
             "",
         ),
@@ -298,6 +320,10 @@ PER_REQUEST_JSON = [
             "req-3",
             0,
             "0.0000000000",
+            "0.0000000000",
+            "0.0000000000",
+            "0.0000000000",
+            "0.0000000000",
             "",
         ),
         (
@@ -323,6 +349,10 @@ PER_REQUEST_JSON = [
             "request",
             "",
             100,
+            "0.0000000000",
+            "0.0000000000",
+            "0.0024500000",
+            "0.0000000000",
             "-0.0000040000",
             "",
         ),
@@ -350,6 +380,10 @@ PER_REQUEST_JSON = [
             "",
             0,
             "0.0000000000",
+            "0.0000000000",
+            "0.0000000000",
+            "0.0000000000",
+            "0.0000000000",
             "",
         ),
         (
@@ -375,12 +409,18 @@ PER_REQUEST_JSON = [
             "request",
             "",
             50,
+            "0.0000000000",
+            "0.0100000000",
+            "0.0000000000",
+            "0.0000000000",
             "0.0000123000",
             "cust-7",
         ),
     )
 ]
 
+# Nothing saved, as money reads in the API.
+NOTHING = "0.0000000000"
 GROUPED_FIELDS = (
     "team",
     "tag",
@@ -391,6 +431,10 @@ GROUPED_FIELDS = (
     "completion_tokens",
     "cost_usd",
     "cache_write_tokens",
+    "saved_cache_usd",
+    "saved_routing_usd",
+    "saved_compression_usd",
+    "saved_batch_usd",
     "saved_provider_cache_usd",
 )
 GROUPED_JSON = {
@@ -400,10 +444,55 @@ GROUPED_JSON = {
     "results": [
         dict(zip(GROUPED_FIELDS, values, strict=True))
         for values in (
-            ("search", "(untagged)", 1, 0, 5000, 0, 700, "0.0250500000", 100, "-0.0000040000"),
-            ("search", "checkout+eu", 1, 0, 100, 20, 30, "0.0012345678", 50, "0.0000123000"),
-            ("support", "(untagged)", 1, 1, 0, 0, 0, "0.0000000000", 0, "0.0000000000"),
-            ("support", "search", 1, 1, 40, 0, 0, "0.0150000000", 0, "0.0000000000"),
+            (
+                "search",
+                "(untagged)",
+                1,
+                0,
+                5000,
+                0,
+                700,
+                "0.0250500000",
+                100,
+                NOTHING,
+                NOTHING,
+                "0.0024500000",
+                NOTHING,
+                "-0.0000040000",
+            ),
+            (
+                "search",
+                "checkout+eu",
+                1,
+                0,
+                100,
+                20,
+                30,
+                "0.0012345678",
+                50,
+                NOTHING,
+                "0.0100000000",
+                NOTHING,
+                NOTHING,
+                "0.0000123000",
+            ),
+            ("support", "(untagged)", 1, 1, 0, 0, 0, NOTHING, 0, NOTHING, NOTHING, NOTHING, NOTHING, NOTHING),
+            (
+                "support",
+                "search",
+                1,
+                1,
+                40,
+                0,
+                0,
+                "0.0150000000",
+                0,
+                "0.0200000000",
+                NOTHING,
+                NOTHING,
+                "0.0005000000",
+                NOTHING,
+            ),
         )
     ],
 }

@@ -30,11 +30,11 @@ def prices(name: str) -> ModelPrices:
     )
 
 
-def list_cost(model_prices: ModelPrices, record: UsageRecord) -> Decimal:
+def list_cost(model_prices: ModelPrices, record: UsageRecord, *, cached_tokens: int | None = None) -> Decimal:
     return usage_cost(
         prices=model_prices,
         prompt_tokens=record.prompt_tokens,
-        cached_tokens=record.cached_tokens,
+        cached_tokens=record.cached_tokens if cached_tokens is None else cached_tokens,
         completion_tokens=record.completion_tokens,
     )
 
@@ -75,8 +75,11 @@ def test_synthetic_history_saves_with_every_lever_as_its_own_rows_say(seeded):
             assert record.cost_usd == record.saved_routing_usd == record.saved_batch_usd == 0
             continue
         charged = list_cost(served, record)
-        routing = list_cost(premium, record) - charged if served is small else Decimal(0)
+        # Routing's saving is the switch of model on tokens none of which the provider's cache read.
+        uncached = list_cost(served, record, cached_tokens=0)
+        routing = list_cost(premium, record, cached_tokens=0) - uncached if served is small else Decimal(0)
         assert record.saved_routing_usd == routing
+        assert record.saved_provider_cache_usd == uncached - charged
         if record.endpoint == "/v1/batches":
             assert record.cost_usd == (charged * Decimal("0.5")).quantize(LEDGER_QUANTUM, rounding=ROUND_HALF_EVEN)
             assert record.saved_batch_usd == charged - record.cost_usd

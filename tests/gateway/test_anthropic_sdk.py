@@ -64,7 +64,9 @@ def claude(acme, anthropic_upstream):
         base_url=f"{anthropic_upstream.url}/v1",
         credential=anthropic_upstream.app.api_key,
     )
-    model = ModelFactory(name="claude-sonnet", provider=provider, upstream_name="claude-sonnet-4", **SONNET_PRICES)
+    model = ModelFactory(
+        name="claude-sonnet", provider=provider, upstream_name="claude-sonnet-4-20250514", **SONNET_PRICES
+    )
     acme.tenant.model_access.allowed_models.add(model)
     return model
 

@@ -1,6 +1,7 @@
-"""Provider prompt caching as a lever, through the live gateway and its public API: the gateway marks the stable
-prefix of a Claude request for Anthropic's or Bedrock's prompt cache, the ledger prices the cache writes and reads
-at the catalog's prices, and the saving shows under the `provider_cache` lever in /api/usage/ and on the dashboard."""
+"""Provider prompt caching as a lever, through the live gateway and its public API: under a rule that opts in, the
+gateway marks the stable prefix of a Claude request for Anthropic's or Bedrock's prompt cache, the ledger prices the
+cache writes and reads at the catalog's prices, and the saving shows under the `provider_cache` lever in /api/usage/
+and on the dashboard."""
 
 from datetime import timedelta
 from decimal import Decimal
@@ -17,7 +18,9 @@ from billing.ledger.costs import format_cost
 from billing.ledger.selectors import tenant_zone
 from billing.models import UsageRecord
 from billing.templatetags.finance import cents
-from routing.models import Model
+from routing.models import Model, ModelPrice, RoutingPolicy
+from routing.policy.drafts import policy_draft_document, policy_draft_replace
+from routing.services import routing_policy_publish
 from routing.tokens import count_chat_tokens
 from tenants.models import Role
 from tenants.services import membership_set
@@ -32,6 +35,22 @@ LONG_PROMPT = [{"role": "system", "content": HANDBOOK}, {"role": "user", "conten
 SHORT_PROMPT = [{"role": "system", "content": "You are a support agent."}, {"role": "user", "content": QUESTION}]
 EPHEMERAL = {"type": "ephemeral"}
 CACHE_POINT = {"cachePoint": {"type": "default"}}
+
+
+def provider_cache(setup, mode: str) -> None:
+    """Publish one rule for every request, with the given provider_cache (a new version of the tenant's policy)."""
+    rules = [{"priority": 10, "name": f"provider-cache-{mode}", "outcome": {"provider_cache": mode}}]
+    policy = RoutingPolicy.objects.for_tenant(setup.tenant).first()
+    if policy is None:
+        publish(setup, rules)
+        return
+    policy_draft_replace(policy=policy, document={**policy_draft_document(policy=policy), "rules": rules})
+    routing_policy_publish(policy=policy, actor=None)
+
+
+@pytest.fixture
+def opted_in(acme) -> None:
+    provider_cache(acme, "auto")
 
 
 def claude_model(name: str, provider, upstream_name: str) -> Model:
@@ -56,7 +75,7 @@ def claude(acme, anthropic_provider) -> Model:
 
 @pytest.fixture
 def bedrock_claude(acme, bedrock_provider) -> Model:
-    model = claude_model("bedrock-sonnet", bedrock_provider, "anthropic.claude-3-5-sonnet-20241022-v2:0")
+    model = claude_model("bedrock-sonnet", bedrock_provider, "anthropic.claude-3-7-sonnet-20250219-v1:0")
     acme.tenant.model_access.allowed_models.add(model)
     return model
 
@@ -102,7 +121,7 @@ def catalog_saving(record: UsageRecord) -> Decimal:
 
 
 def test_a_repeated_long_system_prompt_to_anthropic_is_written_once_and_read_after(
-    gateway, acme, claude, anthropic_upstream
+    gateway, acme, claude, anthropic_upstream, opted_in
 ):
     answers = [
         chat(gateway, acme, claude.name, LONG_PROMPT),
@@ -138,7 +157,7 @@ def test_a_repeated_long_system_prompt_to_anthropic_is_written_once_and_read_aft
 
 
 def test_a_repeated_long_system_prompt_to_claude_on_bedrock_is_written_once_and_read_after(
-    gateway, acme, bedrock_claude, bedrock_upstream
+    gateway, acme, bedrock_claude, bedrock_upstream, opted_in
 ):
     answers = [
         chat(gateway, acme, bedrock_claude.name, LONG_PROMPT),
@@ -156,7 +175,7 @@ def test_a_repeated_long_system_prompt_to_claude_on_bedrock_is_written_once_and_
     assert read.saved_provider_cache_usd == read.cached_tokens * Decimal("2.70") / MILLION
 
 
-def test_a_short_prompt_gets_no_checkpoint(gateway, acme, claude, anthropic_upstream):
+def test_a_short_prompt_gets_no_checkpoint(gateway, acme, claude, anthropic_upstream, opted_in):
     for _ in range(2):
         assert chat(gateway, acme, claude.name, SHORT_PROMPT).status_code == 200
 
@@ -186,19 +205,112 @@ def test_a_clients_own_cache_control_is_kept_as_it_is(gateway, acme, claude, ant
     assert written.cache_write_tokens > 1800 and read.cached_tokens == written.cache_write_tokens
 
 
-def test_a_rule_with_provider_cache_off_sends_no_checkpoint(gateway, acme, claude, anthropic_upstream):
-    publish(acme, [{"priority": 10, "name": "no-provider-cache", "outcome": {"provider_cache": "off"}}])
+@pytest.mark.parametrize("published", ["no policy", "off"])
+def test_without_a_rule_opting_in_no_checkpoint_is_sent(gateway, acme, claude, anthropic_upstream, published):
+    """The provider's cache is shared by every tenant behind the provider's credential: off unless a rule opts in."""
+    if published == "off":
+        provider_cache(acme, "off")
 
     for _ in range(2):
         assert chat(gateway, acme, claude.name, LONG_PROMPT).status_code == 200
 
     assert "cache_control" not in str(anthropic_upstream.app.requests)
     rows = ledger_rows()
-    assert [(row.route, row.cached_tokens, row.cache_write_tokens) for row in rows] == [("no-provider-cache", 0, 0)] * 2
+    assert [(row.cached_tokens, row.cache_write_tokens) for row in rows] == [(0, 0)] * 2
     assert rows[0].cost_usd == rows[1].cost_usd == catalog_cost(rows[0])
 
 
-def test_the_worst_case_reserves_the_prompt_at_the_write_price_where_a_checkpoint_may_be_set(gateway, acme, claude):
+def test_claude_3_haiku_on_bedrock_gets_no_cache_point_and_is_answered(
+    gateway, acme, bedrock_provider, bedrock_upstream, opted_in
+):
+    """Bedrock answers a cachePoint on Claude 3 Haiku with a 400: the gateway sets none there."""
+    haiku = claude_model("bedrock-haiku-3", bedrock_provider, "anthropic.claude-3-haiku-20240307-v1:0")
+    acme.tenant.model_access.allowed_models.add(haiku)
+
+    # About 3,800 tokens: over the 2,048 any Haiku would need.
+    longer = [{"role": "system", "content": HANDBOOK * 2}, {"role": "user", "content": QUESTION}]
+    answers = [chat(gateway, acme, haiku.name, longer), chat(gateway, acme, haiku.name, longer, stream=True)]
+
+    assert [answer.status_code for answer in answers] == [200, 200], answers[0].text
+    assert answers[0].json()["choices"][0]["message"]["content"] == f"Echo: {QUESTION}"
+    assert [request["modelId"] for request in bedrock_upstream.app.requests] == [haiku.upstream_name] * 2
+    assert "cachePoint" not in str(bedrock_upstream.app.requests)
+    assert [(row.http_status, row.cache_write_tokens) for row in ledger_rows()] == [(200, 0), (200, 0)]
+
+
+def without_cache_prices(model: Model) -> None:
+    """The model's prices as a version saved before cache prices existed holds them: a blank cache-write price, which
+    charges writes at the input price, and the input price for reads."""
+    ModelPrice.objects.filter(model=model).update(
+        cache_write_price_per_million=None, cached_input_price_per_million=Decimal("3.00")
+    )
+
+
+def test_a_version_without_cache_prices_gets_no_checkpoint(gateway, acme, claude, anthropic_upstream, opted_in):
+    """The gateway sets no checkpoint whose writes the catalog would charge a quarter under the provider's bill."""
+    without_cache_prices(claude)
+
+    for _ in range(2):
+        assert chat(gateway, acme, claude.name, LONG_PROMPT).status_code == 200
+
+    assert "cache_control" not in str(anthropic_upstream.app.requests)
+    assert [(row.cached_tokens, row.cache_write_tokens) for row in ledger_rows()] == [(0, 0)] * 2
+
+
+def test_a_one_hour_cache_or_a_fifth_breakpoint_is_a_clear_400_naming_the_parameter(
+    gateway, acme, claude, bedrock_claude, anthropic_upstream, bedrock_upstream
+):
+    one_hour = [
+        {
+            "role": "system",
+            "content": [{"type": "text", "text": HANDBOOK, "cache_control": {**EPHEMERAL, "ttl": "1h"}}],
+        },
+        {"role": "user", "content": QUESTION},
+    ]
+    five_marks = [
+        {
+            "role": "system",
+            "content": [{"type": "text", "text": f"Rule {n}.", "cache_control": EPHEMERAL} for n in range(5)],
+        },
+        {"role": "user", "content": QUESTION},
+    ]
+
+    refusals = [
+        chat(gateway, acme, model.name, messages)
+        for model in (claude, bedrock_claude)
+        for messages in (one_hour, five_marks)
+    ]
+
+    errors = [refused.json()["error"] for refused in refusals]
+    assert [refused.status_code for refused in refusals] == [400] * 4
+    assert [(error["type"], error["param"], error["code"]) for error in errors] == [
+        ("invalid_request_error", "messages[0].content[0].cache_control.ttl", "unsupported_parameter"),
+        ("invalid_request_error", "messages[0].content[4].cache_control", "invalid_value"),
+    ] * 2
+    assert "twice the input price" in errors[0]["message"] and "at most 4" in errors[1]["message"]
+    assert anthropic_upstream.app.requests == [] and bedrock_upstream.app.requests == []
+
+
+def test_a_one_hour_cache_is_refused_on_v1_messages_too(gateway, acme, claude, anthropic_upstream):
+    body = {
+        "model": claude.name,
+        "max_tokens": 50,
+        "system": [{"type": "text", "text": HANDBOOK, "cache_control": {**EPHEMERAL, "ttl": "1h"}}],
+        "messages": [{"role": "user", "content": QUESTION}],
+    }
+
+    refused = httpx.post(f"{gateway.url}/v1/messages", json=body, headers={"x-api-key": acme.key}, timeout=30)
+
+    assert refused.status_code == 400
+    error = refused.json()["error"]
+    assert error["type"] == "invalid_request_error" and "cache_control.ttl" in error["message"]
+    assert anthropic_upstream.app.requests == []
+    assert {row.http_status for row in ledger_rows()} == {400}
+
+
+def test_the_worst_case_reserves_the_prompt_at_the_write_price_where_a_checkpoint_may_be_set(
+    gateway, acme, claude, opted_in
+):
     budget_create(tenant=acme.tenant, limit_usd=Decimal("0.000001"))
     prompt_tokens = count_chat_tokens(LONG_PROMPT, model=claude.upstream_name)
 
@@ -207,7 +319,7 @@ def test_the_worst_case_reserves_the_prompt_at_the_write_price_where_a_checkpoin
     worst_case = (prompt_tokens * Decimal("3.75") + 50 * Decimal("15.00")) / MILLION
     assert refused.status_code == 429
     assert f"worst case of ${format_cost(worst_case)}" in refused.json()["error"]["message"]
-    publish(acme, [{"priority": 10, "name": "no-provider-cache", "outcome": {"provider_cache": "off"}}])
+    provider_cache(acme, "off")
     plain = chat(gateway, acme, claude.name, LONG_PROMPT)
     worst_case = (prompt_tokens * Decimal("3.00") + 50 * Decimal("15.00")) / MILLION
     assert f"worst case of ${format_cost(worst_case)}" in plain.json()["error"]["message"]
@@ -224,7 +336,7 @@ def test_openai_automatic_caching_counts_under_the_same_lever(gateway, acme):
     assert second.saved_provider_cache_usd == second.cached_tokens * Decimal("0.075") / MILLION
 
 
-def test_the_levers_saving_appears_in_the_usage_api_and_on_the_dashboard(client, gateway, acme, claude):
+def test_the_levers_saving_appears_in_the_usage_api_and_on_the_dashboard(client, gateway, acme, claude, opted_in):
     for _ in range(3):
         assert chat(gateway, acme, claude.name, LONG_PROMPT).status_code == 200
     rows = ledger_rows()

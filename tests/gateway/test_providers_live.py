@@ -18,7 +18,7 @@ SONNET_PRICES = {
 @pytest.fixture
 def claude(acme, anthropic_provider):
     model = ModelFactory(
-        name="claude-sonnet", provider=anthropic_provider, upstream_name="claude-3-5-sonnet", **SONNET_PRICES
+        name="claude-sonnet", provider=anthropic_provider, upstream_name="claude-3-5-sonnet-20241022", **SONNET_PRICES
     )
     acme.tenant.model_access.allowed_models.add(model)
     return model

@@ -3,9 +3,10 @@
 It echoes the last user text (cut at ``max_tokens`` words, then before the first of its ``stop_sequences`` found),
 calls the first tool when tools are offered and no tool result came back yet, and imitates prompt caching as
 Anthropic documents it: the prompt is read in the order tools, system, messages; each block marked with
-``cache_control`` (at most four) ends a prefix that is cached only when it holds the model's minimum of tokens (2048
-for a Haiku, else 1024, counted here at four characters a token). The longest such prefix seen before (same model,
-same content, marks aside) is read from the cache, and the rest up to the last mark is written to it. The model name
+``cache_control`` (at most four) ends a prefix that is cached only when it holds the model's minimum of tokens
+(CACHED_MODELS, counted here at four characters a token; a model it does not list caches nothing). The longest such
+prefix seen before (same model, same content, marks aside) is read from the cache, and the rest up to the last mark is
+written to it. The model name
 switches on failure modes: ``overloaded`` answers 529, ``stall`` waits STALL_SECONDS, ``stream-overloaded`` sends an
 overloaded error as the first stream event, ``stream-break`` ends a stream before ``message_stop``,
 ``malformed-usage`` reports a negative output token count, ``malformed-content`` sends content that is not a list of
@@ -24,6 +25,18 @@ from tests.providers.asgi import end_stream, estimate_tokens, read_body, send_ch
 
 STALL_SECONDS = 10
 MAX_CACHE_MARKS = 4
+# The models whose prompt it caches, with the fewest tokens a cached prefix holds: Anthropic's documented minimum
+# cacheable prompt length, written out model by model rather than taken from the gateway's own table, which the tests
+# hold to these.
+CACHED_MODELS = {
+    "claude-3-haiku-20240307": 2048,
+    "claude-3-5-sonnet-20241022": 1024,
+    "claude-3-5-haiku-20241022": 2048,
+    "claude-sonnet-4-20250514": 1024,
+    "claude-sonnet-4-6": 1024,
+    "claude-haiku-4-5-20251001": 4096,
+    "claude-opus-4-5-20251101": 4096,
+}
 BLOCK_TYPES = {"user": {"text", "image", "tool_result"}, "assistant": {"text", "tool_use"}}
 
 
@@ -59,6 +72,8 @@ def validate(body: dict) -> None:
         for block in message["content"]:
             if block.get("type") not in BLOCK_TYPES[expected]:
                 raise InvalidRequest(f"messages.{index}: block type {block.get('type')} not allowed for {expected}")
+            if block["type"] == "text" and not block["text"].strip():
+                raise InvalidRequest(f"messages.{index}: text content blocks must contain non-whitespace text")
             if block["type"] == "tool_use":
                 tool_use_ids.add(block["id"])
             if block["type"] == "tool_result" and block["tool_use_id"] not in tool_use_ids:
@@ -68,6 +83,8 @@ def validate(body: dict) -> None:
     system = body.get("system", [])
     if not isinstance(system, str) and any(block.get("type") != "text" for block in system):
         raise InvalidRequest("system: only text blocks")
+    if not isinstance(system, str) and any(not block["text"].strip() for block in system):
+        raise InvalidRequest("system: text content blocks must contain non-whitespace text")
     marks = sum(1 for block in _prompt_blocks(body) if block.get("cache_control"))
     if marks > MAX_CACHE_MARKS:
         raise InvalidRequest(f"A maximum of {MAX_CACHE_MARKS} blocks with cache_control may be provided, not {marks}.")
@@ -79,10 +96,6 @@ def _prompt_blocks(body: dict) -> list[dict]:
     system_blocks = [{"type": "text", "text": system}] if isinstance(system, str) else list(system)
     tools = [{"type": "tool", **tool} for tool in body.get("tools") or []]
     return tools + system_blocks + [block for message in body["messages"] for block in message["content"]]
-
-
-def minimum_cacheable_tokens(model: str) -> int:
-    return 2048 if "haiku" in model else 1024
 
 
 class AnthropicServer:
@@ -144,9 +157,9 @@ class AnthropicServer:
             unmarked = [{k: v for k, v in block.items() if k != "cache_control"} for block in blocks[:upto]]
             return hashlib.sha256(orjson.dumps([body["model"], unmarked])).hexdigest()
 
-        minimum = minimum_cacheable_tokens(body["model"])
+        minimum = CACHED_MODELS.get(body["model"])
         ends = [index + 1 for index, block in enumerate(blocks) if block.get("cache_control")]
-        cacheable = [end for end in ends if tokens(end) >= minimum]
+        cacheable = [end for end in ends if minimum is not None and tokens(end) >= minimum]
         read_end = max((end for end in cacheable if key(end) in self.cached_prefixes), default=0)
         cache_read = tokens(read_end) if read_end else 0
         cache_write = tokens(cacheable[-1]) - cache_read if cacheable else 0

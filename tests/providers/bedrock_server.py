@@ -4,9 +4,10 @@ ConverseStream answers in AWS's binary event-stream framing, encoded here by han
 parser (CRC checks included) reads it. The server echoes the last user text, calls the first tool
 when tools are offered and no result came back yet, and checks what the real API refuses. It imitates
 prompt caching: the prompt is read in the order tools, system, messages, and each ``cachePoint`` block
-(at most four) ends a prefix that is cached only when it holds the model's minimum of tokens (2048 for a
-Haiku, else 1024, counted here at four characters a token); the longest such prefix seen before (same model,
-same content) is read from the cache and the rest up to the last cache point written to it. The
+(at most four) ends a prefix that is cached only when it holds the model's minimum of tokens (CACHE_POINT_MODELS,
+counted here at four characters a token); the longest such prefix seen before (same model, same content) is read
+from the cache and the rest up to the last cache point written to it. A model it does not list answers a
+``cachePoint`` with a 400 ValidationException, as Bedrock answers one on a model without prompt caching. The
 model id switches on failure modes: ``throttle`` answers 429 ThrottlingException, ``unavailable``
 503, ``stall`` waits STALL_SECONDS, ``stream-exception`` sends an exception as the first stream event,
 ``stream-midfail`` one after the first words; ``malformed-usage`` reports a negative output token count.
@@ -24,6 +25,22 @@ from tests.providers.asgi import end_stream, estimate_tokens, read_body, send_ch
 
 STALL_SECONDS = 10
 MAX_CACHE_POINTS = 4
+# The model ids that take a cachePoint, with the fewest tokens a cached prefix holds, written out model by model from
+# AWS's and Anthropic's documentation rather than taken from the gateway's own table, which the tests hold to these.
+CACHE_POINT_MODELS = {
+    "anthropic.claude-3-7-sonnet-20250219-v1:0": 1024,
+    "us.anthropic.claude-3-7-sonnet-20250219-v1:0": 1024,
+    "anthropic.claude-3-5-haiku-20241022-v1:0": 2048,
+    "anthropic.claude-sonnet-4-20250514-v1:0": 1024,
+    "eu.anthropic.claude-sonnet-4-5-20250929-v1:0": 1024,
+    "anthropic.claude-opus-4-1-20250805-v1:0": 1024,
+    "anthropic.claude-haiku-4-5-20251001-v1:0": 4096,
+    "global.anthropic.claude-opus-4-5-20251101-v1:0": 4096,
+}
+UNSUPPORTED_CACHE_POINT = (
+    "You invoked an unsupported model or your request did not allow prompt caching. See the documentation for more "
+    "information."
+)
 STRING_HEADER_TYPE = 7
 BLOCK_KEYS = {"user": {"text", "image", "toolResult", "cachePoint"}, "assistant": {"text", "toolUse", "cachePoint"}}
 
@@ -106,6 +123,8 @@ def validate(body: dict) -> None:
     for block in body.get("system") or []:
         if set(block) - {"text", "cachePoint"} or len(block) != 1:
             raise InvalidRequest(f"system: unknown block {sorted(block)}")
+        if "text" in block and not block["text"].strip():
+            raise InvalidRequest("system: text content blocks must be non-empty")
     for tool in (body.get("toolConfig") or {}).get("tools") or []:
         if set(tool) - {"toolSpec", "cachePoint"} or len(tool) != 1:
             raise InvalidRequest(f"toolConfig.tools: unknown entry {sorted(tool)}")
@@ -122,10 +141,6 @@ def _prompt_blocks(body: dict) -> list[dict]:
     tools = (body.get("toolConfig") or {}).get("tools") or []
     messages = [block for message in body["messages"] for block in message["content"]]
     return [*tools, *(body.get("system") or []), *messages]
-
-
-def minimum_cacheable_tokens(model_id: str) -> int:
-    return 2048 if "haiku" in model_id else 1024
 
 
 class BedrockServer:
@@ -145,6 +160,8 @@ class BedrockServer:
         self.requests.append({"modelId": model_id, **body})
         try:
             validate(body)
+            if model_id not in CACHE_POINT_MODELS and any("cachePoint" in block for block in _prompt_blocks(body)):
+                raise InvalidRequest(UNSUPPORTED_CACHE_POINT)
         except (InvalidRequest, binascii.Error) as exc:
             await self._error(send, 400, "ValidationException", str(exc))
             return
@@ -172,7 +189,7 @@ class BedrockServer:
             content = [block for block in blocks[:upto] if "cachePoint" not in block]
             return hashlib.sha256(orjson.dumps([model_id, content])).hexdigest()
 
-        minimum = minimum_cacheable_tokens(model_id)
+        minimum = CACHE_POINT_MODELS.get(model_id, 0)
         points = [index for index, block in enumerate(blocks) if "cachePoint" in block]
         cacheable = [point for point in points if tokens(point) >= minimum]
         read_end = max((point for point in cacheable if key(point) in self.cached_prefixes), default=0)

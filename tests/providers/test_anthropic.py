@@ -201,7 +201,7 @@ def cached_prompt_body(stream: bool = False) -> dict:
     # About 1,400 tokens: over the 1,024 a prompt must hold to be cached.
     long_context = "The policy handbook says many things. " * 150
     body = {
-        "model": "claude-test",
+        "model": "claude-3-5-sonnet-20241022",
         "messages": [
             {
                 "role": "system",

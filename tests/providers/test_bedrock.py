@@ -148,7 +148,7 @@ def test_tool_call_and_tool_result_round_trip(bedrock_server, bedrock_provider):
 
 # About 1,400 tokens: over the 1,024 a prefix must hold to be cached.
 LONG_SYSTEM = "The policy handbook says many things. " * 150
-CLAUDE = "anthropic.claude-3-5-sonnet-20241022-v2:0"
+CLAUDE = "anthropic.claude-3-7-sonnet-20250219-v1:0"
 
 
 def client_marked_body(**options) -> dict:

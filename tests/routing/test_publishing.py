@@ -185,12 +185,12 @@ def test_ensure_default_picks_the_cheapest_and_dearest_allowed_models_once(acme_
     assert routing_policy_ensure_default(tenant=acme_routing.tenant) is None
 
 
-def test_a_rules_provider_cache_is_published_and_a_version_from_before_it_reads_as_auto(draft):
-    RoutingRule.objects.create(policy=draft, priority=20, name="no-provider-cache", provider_cache="off")
+def test_a_rules_provider_cache_is_off_unless_it_opts_in_and_a_version_from_before_it_reads_as_off(draft):
+    RoutingRule.objects.create(policy=draft, priority=20, name="public-faq", provider_cache="auto")
 
     version = routing_policy_publish(policy=draft, actor=None)
 
     outcomes = {rule["name"]: rule["outcome"]["provider_cache"] for rule in version.document["rules"]}
-    assert outcomes == {"vip": "auto", "no-provider-cache": "off"}
+    assert outcomes == {"vip": "off", "public-faq": "auto"}
     older = {"rules": [{"priority": 1, "name": "old", "outcome": {"cache_ttl_seconds": 60}}]}
-    assert compile_policy(older).rules[0].outcome.provider_cache == "auto"
+    assert compile_policy(older).rules[0].outcome.provider_cache == "off"

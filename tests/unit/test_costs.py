@@ -1,9 +1,11 @@
-from decimal import Decimal
+from datetime import UTC, datetime
+from decimal import ROUND_HALF_EVEN, Decimal
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from billing.ledger.costs import LEDGER_QUANTUM, Usage, format_cost, provider_cache_saving, usage_cost
+from billing.ledger.costs import LEDGER_QUANTUM, Usage, format_cost, provider_cache_saving, routing_saving, usage_cost
+from billing.ledger.events import UsageEvent
 from routing.catalog import ModelPrices
 
 GPT_4O = ModelPrices(Decimal("2.50"), Decimal("1.25"), Decimal("10.00"))
@@ -81,24 +83,57 @@ def test_provider_cache_reads_save_and_writes_cost_against_the_input_price():
     assert provider_cache_saving(plain, cost=plain.cost(CLAUDE_SONNET), prices=CLAUDE_SONNET) == 0
 
 
+def test_the_routing_saving_is_the_switch_of_model_on_tokens_the_providers_cache_did_not_touch():
+    haiku = ModelPrices(Decimal("0.80"), Decimal("0.08"), Decimal("4.00"), Decimal("1.00"))
+    # 10,000 prompt tokens of which 8,000 read from the provider's cache, 100 output tokens, served by Haiku instead of
+    # Sonnet: 10,000 x (3.00 - 0.80) + 100 x (15.00 - 4.00) per million; the cache's part is Haiku's own.
+    usage = Usage(prompt_tokens=10_000, cached_tokens=8_000, completion_tokens=100)
+
+    assert routing_saving(usage, served=haiku, baseline=CLAUDE_SONNET) == Decimal("0.0231")
+    assert provider_cache_saving(usage, cost=usage.cost(haiku), prices=haiku) == Decimal("0.00576")
+    assert routing_saving(usage, served=haiku, baseline=None) == 0
+
+
+def premium_cost_without_cache(*, prompt: int, completion: int, premium: tuple[Decimal, ...]) -> Decimal:
+    """The documented baseline, computed apart from billing.ledger.costs: the premium model, every prompt token at its
+    input price, to the ledger's quantum."""
+    exact = (prompt * premium[0] + completion * premium[2]) / Decimal(1_000_000)
+    return exact.quantize(Decimal("1e-10"), rounding=ROUND_HALF_EVEN)
+
+
+price_lists = st.tuples(*[st.decimals(min_value=0, max_value=100, places=6) for _ in range(4)])
+
+
 @given(
     prompt=st.integers(0, 2_000_000),
     data=st.data(),
     completion=st.integers(0, 200_000),
-    prices=st.tuples(*[st.decimals(min_value=0, max_value=100, places=6) for _ in range(4)]),
+    premium=price_lists,
+    served=st.none() | price_lists,
+    batch_multiplier=st.none() | st.decimals(min_value=0, max_value=1, places=2),
 )
-def test_cost_plus_the_provider_cache_saving_is_the_cost_without_the_cache(prompt, data, completion, prices):
+def test_the_cost_and_every_levers_saving_add_up_to_the_premium_model_without_the_providers_cache(
+    prompt, data, completion, premium, served, batch_multiplier
+):
     writes = data.draw(st.integers(0, prompt))
-    usage = Usage(
+    event = UsageEvent(
+        request_id="req-1",
+        created_at=datetime(2026, 12, 1, tzinfo=UTC),
+        tenant_id=1,
+        team_id=1,
+        api_key_id=1,
+        http_status=200,
         prompt_tokens=prompt,
         cached_tokens=data.draw(st.integers(0, prompt - writes)),
         cache_write_tokens=writes,
         completion_tokens=completion,
     )
-    model_prices = ModelPrices(*prices)
-    cost = usage.cost(model_prices)
+    # Served by the premium model itself (no routing), or routed to another.
+    event.price(
+        ModelPrices(*(served or premium)), routing_baseline=ModelPrices(*premium) if served is not None else None
+    )
+    if batch_multiplier is not None:
+        event.batch_discount(multiplier=batch_multiplier)
 
-    saving = provider_cache_saving(usage, cost=cost, prices=model_prices)
-
-    without_cache = usage_cost(prices=model_prices, prompt_tokens=prompt, cached_tokens=0, completion_tokens=completion)
-    assert cost + saving == without_cache
+    levers = event.saved_routing_usd + event.saved_provider_cache_usd + event.saved_batch_usd
+    assert event.cost_usd + levers == premium_cost_without_cache(prompt=prompt, completion=completion, premium=premium)

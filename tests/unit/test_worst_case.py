@@ -14,9 +14,16 @@ from billing.budgets.periods import budget_window
 from billing.budgets.reservations import BudgetExceeded, usd_to_units
 from billing.ledger.costs import usage_cost
 from llmops.gateway.chat.validation import validate_chat_request
-from llmops.gateway.chat.worst_case import OutputBound, budget_refusal, chain_worst_case, fitting_max_tokens
+from llmops.gateway.chat.worst_case import (
+    OutputBound,
+    budget_refusal,
+    cache_writers,
+    chain_worst_case,
+    fitting_max_tokens,
+)
 from llmops.gateway.errors import GatewayError
 from routing.catalog import ModelEntry, ModelPrices, ProviderEntry
+from routing.providers import prompt_cache
 
 PROVIDER = ProviderEntry(name="p", kind="openai", base_url="http://127.0.0.1:9", api_key="", timeout_seconds=1)
 SMALL = ModelPrices(Decimal("0.15"), Decimal("0.075"), Decimal("0.60"))
@@ -98,6 +105,40 @@ def test_a_prompt_the_provider_may_write_to_its_cache_is_reserved_at_the_write_p
     )
     at_input_price = chain_worst_case([claude], prompt_tokens=prompt, bound=OutputBound(max_tokens), fallback=FALLBACK)
     assert at_input_price <= worst
+
+
+ANTHROPIC = ProviderEntry(name="a", kind="anthropic", base_url="http://127.0.0.1:9", api_key="", timeout_seconds=1)
+SONNET_PRICES = ModelPrices(Decimal("3.00"), Decimal("0.30"), Decimal("15.00"), Decimal("3.75"))
+LONG_PROMPT = {
+    "model": "claude",
+    "messages": [{"role": "system", "content": "Policy. " * 500}, {"role": "user", "content": "Hi"}],
+}
+MARKED_PART = {"type": "text", "text": "Hello", "cache_control": {"type": "ephemeral"}}
+
+
+def claude(prices: ModelPrices) -> ModelEntry:
+    return ModelEntry(
+        name="claude", upstream_name="claude-sonnet-4-5", provider=ANTHROPIC, prices=prices, context_window=200_000
+    )
+
+
+@pytest.mark.parametrize(
+    ("prices", "marked"),
+    [
+        (SONNET_PRICES, True),
+        # A version saved before the catalog had cache prices: writes would be charged at the input price, a quarter
+        # under the provider's bill, so the gateway sets no checkpoint (a client's own are still sent, below).
+        (SONNET_PRICES._replace(cache_write_per_million=None), False),
+        (SONNET_PRICES._replace(cached_input_per_million=Decimal("3.00")), False),
+    ],
+)
+def test_the_gateway_marks_prompts_only_for_a_model_whose_cache_the_catalog_prices(prices, marked):
+    model_entry = claude(prices)
+
+    assert (prompt_cache.effective_provider_cache("auto", prices=prices) == "auto") is marked
+    assert (cache_writers([model_entry], LONG_PROMPT, provider_cache="auto") == {"claude"}) is marked
+    client_marked = {"model": "claude", "messages": [{"role": "user", "content": [MARKED_PART]}]}
+    assert cache_writers([model_entry], client_marked, provider_cache="off") == {"claude"}
 
 
 def test_n_multiplies_the_output_and_the_prompt_is_billed_once():

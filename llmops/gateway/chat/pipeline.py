@@ -20,6 +20,7 @@ from routing import upstream
 from routing.cache.store import CacheHit, CacheRequest, cache_lookup, cache_store
 from routing.catalog import ModelEntry
 from routing.injection_guard import SecretEchoBlocked, guard_answer
+from routing.providers.prompt_cache import effective_provider_cache
 from routing.resilience import FallbackResult, RetryPolicy, call_with_fallbacks
 
 logger = logging.getLogger(__name__)
@@ -71,7 +72,9 @@ async def complete_chat(call: GatewayCall, plan: ChatPlan) -> HttpResponse:
     async def attempt(model: ModelEntry) -> tuple[upstream.UpstreamReply, Usage]:
         """The reply and what it costs; a reply whose usage is not believable is the model's failure."""
         reply = await upstream.chat_completion(
-            model.provider, _for_model(plan.body, model), provider_cache=plan.provider_cache
+            model.provider,
+            _for_model(plan.body, model),
+            provider_cache=effective_provider_cache(plan.provider_cache, prices=model.prices),
         )
         prompt_tokens = call.prompt_tokens_after_compression or 0
         return reply, await reply_usage(reply, body=plan.body, model=model, prompt_tokens=prompt_tokens)
@@ -238,7 +241,8 @@ async def stream_chat(call: GatewayCall, plan: ChatPlan) -> StreamingHttpRespons
 
     def open_stream(model: ModelEntry):
         body_for_model = {**_for_model(body, model), "stream_options": stream_options}
-        return upstream.open_chat_stream(model.provider, body_for_model, provider_cache=plan.provider_cache)
+        provider_cache = effective_provider_cache(plan.provider_cache, prices=model.prices)
+        return upstream.open_chat_stream(model.provider, body_for_model, provider_cache=provider_cache)
 
     result = await _call_chain(call, plan, open_stream)
     stream = result.value

@@ -18,7 +18,7 @@ from billing.ledger.costs import usage_cost
 from llmops.gateway.errors import GatewayError
 from routing.catalog import ModelEntry
 from routing.max_tokens import requested_max_tokens
-from routing.providers.prompt_cache import may_write_cache
+from routing.providers.prompt_cache import effective_provider_cache, may_write_cache
 from routing.tokens import count_text_tokens
 
 CHOICE_FIELDS = ("n", "best_of")
@@ -71,12 +71,15 @@ class OutputBound:
 
 def cache_writers(models: Iterable[ModelEntry], body: dict, *, provider_cache: str) -> frozenset[str]:
     """The names of the models among ``models`` whose answer to ``body`` may write its prompt to their prompt cache,
-    under the routing rule's ``provider_cache``."""
+    under the routing rule's ``provider_cache`` as it applies to each."""
     return frozenset(
         model.name
         for model in models
         if may_write_cache(
-            body, kind=model.provider.kind, upstream_name=model.upstream_name, provider_cache=provider_cache
+            body,
+            kind=model.provider.kind,
+            upstream_name=model.upstream_name,
+            provider_cache=effective_provider_cache(provider_cache, prices=model.prices),
         )
     )
 
