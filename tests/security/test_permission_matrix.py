@@ -274,6 +274,11 @@ def _console(client, tenant: Tenant | None):
     return client.get(reverse("admin:routing_routingpolicy_console", args=[policy_id]))
 
 
+def _whatif(client, tenant: Tenant | None):
+    policy_id = RoutingPolicy.objects.for_tenant(tenant).get().pk if tenant else MISSING_ID
+    return client.get(reverse("admin:billing_policy_whatif", args=[policy_id]))
+
+
 def _is_csv(response) -> bool:
     return response.status_code == 200 and response["Content-Type"].startswith("text/csv")
 
@@ -294,6 +299,7 @@ CUSTOM_PAGES = {
     "billing_usage_dashboard": CustomPage(Action.VIEW, _dashboard, _is_page),
     "billing_usage_statement": CustomPage(Action.EXPORT, _statement, _is_page),
     "routing_routingpolicy_console": CustomPage(Action.EDIT, _console, _is_page),
+    "billing_policy_whatif": CustomPage(Action.VIEW, _whatif, _is_page),
 }
 MODEL_PAGES = ("changelist", "add", "change", "delete", "history")
 
