@@ -348,7 +348,25 @@ def budget_counters_check(*, now: datetime | None = None) -> list[CounterCheck]:
                 spent,
             )
             disagreeing.append(check)
+        _ended_customer_counters_delete(budget, now)
     return disagreeing
+
+
+def _ended_customer_counters_delete(budget: Budget, now: datetime) -> int:
+    """Customers' database counters of periods that have ended and hold no reservation: Redis's expire with their
+    period, but rows made while budgets ran on the database (no Redis, or its fallback) would otherwise pile up, one
+    per customer and period, for ever."""
+    if not budget.holds_each_customer:
+        return 0
+    current = budget_current_window(budget=budget, now=now).key
+    deleted, _ = (
+        BudgetCounter.objects.for_tenant(budget.tenant_id)
+        .filter(budget=budget, reserved_usd=0)
+        .exclude(customer="")
+        .exclude(period_key=current)
+        .delete()
+    )
+    return deleted
 
 
 CHECK_CHUNK = 1000

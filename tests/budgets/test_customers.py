@@ -165,6 +165,28 @@ def test_without_redis_each_customer_has_its_own_counter_row(live_org, settings)
     assert list(rows) == [("alice", Decimal(1)), ("bob", Decimal(2))]
 
 
+def test_the_nightly_check_deletes_customers_database_counters_of_ended_periods(live_org, settings):
+    """Without Redis a counter row is made per customer and period; the nightly check removes those of periods that
+    have ended, unless a reservation is still open on one."""
+    settings.REDIS_URL = ""
+    budget = budget_create(tenant=live_org.tenant, scope="customer", period="day", limit_usd=Decimal(9))
+    yesterday = NOW - timedelta(days=1)
+    for customer in ("alice", "bob"):
+        reserve(live_org, customer, "1", request_id=f"{customer}-old", now=yesterday)
+    # Their requests ended (settled or released): nothing reserved is left on their counters.
+    BudgetCounter.objects.unscoped().filter(customer__in=["alice", "bob"]).update(reserved_usd=0)
+    reserve(live_org, "carol", "1", request_id="carol-now", now=NOW)
+    reserve(live_org, "dave", "1", request_id="dave-old", now=yesterday)  # still in flight
+
+    budget_counters_check(now=NOW)
+
+    left = BudgetCounter.objects.unscoped().filter(budget=budget).order_by("customer")
+    assert [(row.customer, row.period_key) for row in left] == [
+        ("carol", f"{NOW:%Y-%m-%d}"),
+        ("dave", f"{yesterday:%Y-%m-%d}"),
+    ]
+
+
 def test_a_customer_budget_alerts_once_per_threshold_for_the_first_customer(live_org):
     budget = budget_create(
         tenant=live_org.tenant, scope="customer", period="day", limit_usd=Decimal(10), thresholds=[50, 100]
