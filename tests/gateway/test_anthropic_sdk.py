@@ -23,8 +23,6 @@ from tests.conftest import SMALL_PRICES
 from tests.factories import ModelFactory, ProviderFactory
 from tests.gateway.test_fairness_live import wait_until_none_held
 from tests.gateway.test_routing_live import publish
-from tests.providers.anthropic_server import AnthropicServer
-from tests.servers import ThreadedServer
 
 QUESTION = "What is the capital of France?"
 ONE_HOUR_CACHE = {"type": "ephemeral", "ttl": "1h"}
@@ -44,14 +42,6 @@ def client_for(gateway, key: str, **options) -> Anthropic:
 def client(gateway, acme):
     with client_for(gateway, acme.key) as sdk:
         yield sdk
-
-
-@pytest.fixture(scope="module")
-def anthropic_upstream():
-    app = AnthropicServer()
-    with ThreadedServer(app) as server:
-        server.app = app
-        yield server
 
 
 @pytest.fixture
