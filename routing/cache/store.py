@@ -35,6 +35,7 @@ from django.utils import timezone
 from core.db import database_sync_to_async
 from core.redis import async_redis, sync_redis
 from routing.cache.batching import BatchWorker
+from routing.cache.crossencoder import semantic_decide
 from routing.cache.embedders import embed_soon
 from routing.cache.index import (
     MAX_CANDIDATES,
@@ -54,7 +55,6 @@ from routing.cache.keys import (
     is_cacheable,
     semantic_key,
 )
-from routing.cache.near_miss import near_miss_reason
 from routing.cache.sealed import open_answer, seal_answer, seal_prompt
 from routing.models import CacheEntry, CacheEntryKind
 from tenants.models import Tenant
@@ -299,17 +299,18 @@ async def _semantic_candidates(cache: CacheRequest) -> list[Candidate] | None:
 
 
 async def cache_lookup(cache: CacheRequest) -> CacheHit | None:
-    """The exact entry, else the most similar entry of the same context whose details agree, else None."""
+    """The exact entry, else the most similar entry of the same context that the near-miss guard and the
+    cross-encoder accept (routing/cache/crossencoder.py), else None."""
     answer = await _answer_for(cache.tenant_id, cache.served_model, cache.key_hash)
     if answer is not None:
         _note_hit(cache, cache.key_hash)
         return CacheHit(answer=answer, kind="exact")
     if cache.semantic is None:
         return None
+    # One wait covers the embedding and the cross-encoder's scoring.
+    deadline = time.monotonic() + settings.LLMOPS_CACHE_EMBED_WAIT_SECONDS
     candidates = await _semantic_candidates(cache)
-    for candidate in candidates or ():
-        if near_miss_reason(cache.semantic.prompt, candidate.entry.prompt) is not None:
-            continue
+    for candidate in await semantic_decide(cache.semantic.prompt, candidates or (), deadline=deadline):
         answer = await _answer_for(cache.tenant_id, cache.served_model, candidate.entry.key_hash)
         if answer is None:
             if not vectors_in_database():
