@@ -109,15 +109,13 @@ gateway_application = GatewayASGIHandler()
 
 
 def _load_then_freeze() -> None:
-    """Load the semantic cache's models now rather than on the first cacheable request, then take everything loaded
+    """Load the semantic cache's model now rather than on the first cacheable request, then take everything loaded
     so far out of the garbage collector's reach. A full collection walks every tracked object: with Django, torch
     and the model that is about 500,000, and it held the event loop for about 200 ms (measured), the gateway's p99
     under load. Objects made while serving are collected as usual."""
-    from routing.cache.crossencoder import configured_crossencoder, crossenc_on
     from routing.cache.embedders import configured_embedder
 
-    if configured_embedder() is not None and crossenc_on():
-        configured_crossencoder()
+    configured_embedder()
     gc.collect()
     gc.freeze()
 

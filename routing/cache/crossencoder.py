@@ -17,6 +17,7 @@ near-misses.
 """
 
 import asyncio
+import functools
 import importlib.metadata
 import logging
 import threading
@@ -42,12 +43,18 @@ MAX_LENGTH = 64
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 
 
+@functools.cache
+def _model_package_version() -> str:
+    """Read once: every lookup with a candidate names the model file."""
+    return importlib.metadata.version(MODEL_PACKAGE)
+
+
 def crossenc_files(folder: Path | None = None) -> dict[str, Path]:
     """The installed model's files: the int8 graph, its tokenizer and the manifest `crossenc_train` writes (the
     training pairs' digest, the in-sample check's figures). Named by the base model package's version and the recipe
     revision."""
     folder = Path(folder or settings.LLMOPS_CACHE_CROSSENC_DIR)
-    stem = f"crossenc-minilm-{importlib.metadata.version(MODEL_PACKAGE)}-r{RECIPE_REVISION}"
+    stem = f"crossenc-minilm-{_model_package_version()}-r{RECIPE_REVISION}"
     return {
         "model": folder / f"{stem}.int8.onnx",
         "tokenizer": folder / f"{stem}.tokenizer.json",
@@ -131,10 +138,11 @@ def candidates_accepted(
 ) -> list[Candidate]:
     """The candidates whose stored answer may be served for the prompt asked, most similar first: those in which the
     near-miss guard finds no contrast and, with the cross-encoder on, whose score reaches
-    LLMOPS_CACHE_CROSSENC_THRESHOLD (every candidate the guard lets through scored in one run). None while the
-    cross-encoder is on but not loaded. `model`, when given, is used whatever LLMOPS_CACHE_CROSSENC says (the
-    install's check passes the model it is about to install). Runs the model: call it on the embedding thread
-    (`semantic_decide`)."""
+    LLMOPS_CACHE_CROSSENC_THRESHOLD (every candidate the guard lets through scored in one run), or whose prompt is
+    the asked one (the same text once normalised, asked again with other case or punctuation: nothing for a second
+    opinion to read, and the model, which never saw such a pair, scores them low). None while the cross-encoder is on
+    but not loaded. `model`, when given, is used whatever LLMOPS_CACHE_CROSSENC says (the install's check passes the
+    model it is about to install). Runs the model: call it on the embedding thread (`semantic_decide`)."""
     guarded = [
         candidate
         for candidate in sorted(candidates, key=lambda candidate: -candidate.similarity)
@@ -148,9 +156,10 @@ def candidates_accepted(
         model = configured_crossencoder()
         if model is None:
             return []
-    scores = model.score([(candidate.entry.prompt, asked) for candidate in guarded])
+    scored = [candidate for candidate in guarded if candidate.entry.prompt != asked]
+    scores = dict(zip(scored, model.score([(candidate.entry.prompt, asked) for candidate in scored]), strict=True))
     threshold = settings.LLMOPS_CACHE_CROSSENC_THRESHOLD
-    return [candidate for candidate, score in zip(guarded, scores, strict=True) if score >= threshold]
+    return [candidate for candidate in guarded if candidate not in scores or scores[candidate] >= threshold]
 
 
 def pair_served(stored: str, asked: str, similarity: float, *, model: OnnxCrossEncoder | None = None) -> bool:
