@@ -3,10 +3,11 @@ served by (a) today's rule and (c2), on the int8 out-of-fold scores (cv.py) and 
 (features.py). (c2)'s threshold for a fold is chosen on the out-of-fold scores of the other 3 folds; the threshold
 to ship (LLMOPS_CACHE_CROSSENC_THRESHOLD) on all pooled out-of-fold scores. Writes var/crossenc/bench/cv.json.
 
-    .venv/bin/python bench/crossenc/cv_report.py
+    [CROSSENC_RECIPE='{"identity_share": 0.25}'] .venv/bin/python bench/crossenc/cv_report.py
 """
 
 import json
+import os
 from collections import Counter
 
 import numpy as np
@@ -14,6 +15,9 @@ from common import LABELS, OUT, RULES, choose_threshold, fold_name, folds, serve
 
 pairs = tuning_pairs()
 features = np.load(OUT / "features.npz")
+# The scores of a recipe variant cv.py ran (CROSSENC_RECIPE), when given.
+variant = json.loads(os.environ.get("CROSSENC_RECIPE", "{}"))
+SCORES = OUT / "-".join(f"{key}{value}" for key, value in sorted(variant.items())) if variant else OUT
 sim, guard_ok = features["sim"], features["guard_ok"]
 labels = np.array([pair.label for pair in pairs])
 kinds = np.array([pair.kind for pair in pairs])
@@ -21,7 +25,7 @@ names = [fold_name(fold) for fold in folds(pairs)]
 fold_of = np.array([next(fold_name(f) for f in folds(pairs) if pair.domain in f) for pair in pairs])
 ce = np.zeros(len(pairs))
 for name in names:
-    ce[fold_of == name] = np.load(OUT / "oof" / f"{name}.npy")
+    ce[fold_of == name] = np.load(SCORES / "oof" / f"{name}.npy")
 
 served = {rule: np.zeros(len(pairs), bool) for rule in RULES}
 fold_threshold = {}
@@ -80,6 +84,6 @@ print(
         f"{label} {int((with_guard & (labels == label)).sum())}/{int((labels == label).sum())}" for label in LABELS
     )
 )
-(OUT / "cv.json").write_text(
+(SCORES / "cv.json").write_text(
     json.dumps({"threshold": shipped, "fold_thresholds": fold_threshold, "no_unrelated_threshold": strict}, indent=1)
 )
