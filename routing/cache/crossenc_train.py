@@ -165,7 +165,6 @@ def crossenc_train(
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, rate)
     loss_function = torch.nn.BCEWithLogitsLoss()
     examples = [(pair.stored, pair.asked, float(pair.label == "paraphrase")) for pair in pairs]
-    examples += _identity_examples(pairs, recipe)
     rng = random.Random(recipe["seed"])
     started = time.monotonic()
     model.train()
@@ -189,18 +188,6 @@ def crossenc_train(
             f"({time.monotonic() - started:.0f} s)"
         )
     return model.eval()
-
-
-def _identity_examples(pairs: Sequence[TrainingPair], recipe: dict) -> list[tuple[str, str, float]]:
-    """A prompt paired with itself, as a paraphrase, for a share of the pairs (one of its two prompts, at random). The
-    labelled pairs have none, and their near-misses outnumber their paraphrases three to one above similarity 0.95,
-    so without these the model learns that two nearly equal prompts differ in meaning."""
-    share = recipe.get("identity_share", 0.0)
-    if not share:
-        return []
-    rng = random.Random(recipe["seed"] + 1)
-    chosen = rng.sample(range(len(pairs)), round(share * len(pairs)))
-    return [(prompt, prompt, 1.0) for prompt in (rng.choice((pairs[i].stored, pairs[i].asked)) for i in chosen)]
 
 
 def base_tokenizer():
