@@ -28,7 +28,7 @@ from routing.cache.crossencoder import (
     crossenc_files,
     semantic_decide,
 )
-from routing.cache.index import Candidate, IndexedEntry
+from routing.cache.index import Candidate, IndexedEntry, semantic_indexes_forget
 from routing.cache.store import cache_lookup, cache_store, cache_writes_flush
 from tests.cache.conftest import cache_policy, cache_request, cache_writes_blocked, chat, stored_answer
 from tests.loops import run
@@ -267,15 +267,23 @@ def test_the_gateway_serves_a_paraphrase_and_refuses_a_near_miss_the_guard_lets_
     assert chat(gateway, acme_caching, "WHAT IS THE CAPITAL OF FRANCE").headers["x-llmops-cache"] == "hit-semantic"
 
 
-def test_the_in_process_index_of_sqlite_takes_the_same_decision(acme_caching, monkeypatch, settings):
-    """The embedded demo's path: candidates from this process's index (searched on the embedding thread), then the
-    same guard and cross-encoder."""
+@pytest.fixture
+def in_process_index(acme_caching, monkeypatch):
+    """The embedded demo's path on this database: lookups search this process's index, never Postgres; the index is
+    forgotten afterwards, as no process keeps one on Postgres."""
     monkeypatch.setattr(store, "vectors_in_database", lambda: False)
 
     def not_on_this_path(**query):
         raise AssertionError("searched Postgres")
 
     monkeypatch.setattr(store, "nearest_entries", not_on_this_path)
+    yield
+    semantic_indexes_forget(acme_caching.tenant.pk)
+
+
+def test_the_in_process_index_of_sqlite_takes_the_same_decision(acme_caching, in_process_index, settings):
+    """Candidates from this process's index (searched on the embedding thread), then the same guard and
+    cross-encoder."""
     settings.LLMOPS_CACHE_INDEX_REFRESH_SECONDS = 3600
     with cache_writes_blocked():
         for question in ("What does 7 // 2 return in Python?", "What is the capital of France?"):
