@@ -12,9 +12,9 @@ ifneq ($(wildcard $(SHARED_TIKTOKEN)),)
 export TIKTOKEN_CACHE_DIR ?= $(SHARED_TIKTOKEN)
 endif
 
-.PHONY: demo serve test lint format bench install services embedder-model
+.PHONY: demo serve test lint format bench install services embedder-model crossenc-model
 
-install: $(VENV)/.installed embedder-model
+install: $(VENV)/.installed embedder-model crossenc-model
 
 $(VENV)/.installed: requirements.txt
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,13 @@ $(VENV)/.installed: requirements.txt
 # the installed model package; the command returns at once when the files are there.
 embedder-model: $(VENV)/.installed
 	$(VENV)/bin/python manage.py embedder_export
+
+# The semantic cache's cross-encoder, fine-tuned from the same model package on the labelled pairs of
+# LLMOPS_CACHE_CROSSENC_TRAINING_PAIRS (bench/cache_pairs.jsonl and bench/cache_holdout.jsonl), checked on them and
+# installed as int8 ONNX in LLMOPS_CACHE_CROSSENC_DIR (var/crossenc). Minutes the first time (one thread); then it
+# returns at once, until the pairs or the recipe change.
+crossenc-model: embedder-model
+	$(VENV)/bin/python manage.py crossenc_train
 
 demo: install
 	scripts/demo.sh

@@ -240,7 +240,25 @@ LLMOPS_CACHE_EMBEDDER_DIR = env.path("LLMOPS_CACHE_EMBEDDER_DIR", default=BASE_D
 LLMOPS_CACHE_EMBEDDINGS_URL = env("LLMOPS_CACHE_EMBEDDINGS_URL", default="")
 LLMOPS_CACHE_EMBEDDINGS_MODEL = env("LLMOPS_CACHE_EMBEDDINGS_MODEL", default="text-embedding-3-small")
 LLMOPS_CACHE_EMBEDDINGS_KEY_ENV = env("LLMOPS_CACHE_EMBEDDINGS_KEY_ENV", default="OPENAI_API_KEY")
-LLMOPS_CACHE_SEMANTIC_THRESHOLD = env.float("LLMOPS_CACHE_SEMANTIC_THRESHOLD", default=0.75)
+# The cross-encoder (routing/cache/crossencoder.py) decides whether a candidate the guard lets through is served:
+# its score must reach LLMOPS_CACHE_CROSSENC_THRESHOLD (chosen by cross-validation, bench/crossenc/README.md). Its
+# int8 model and tokenizer live in LLMOPS_CACHE_CROSSENC_DIR (`manage.py crossenc_train` trains them at install on
+# LLMOPS_CACHE_CROSSENC_TRAINING_PAIRS). "off" restores the rule it replaced: similarity at least 0.75 and the guard,
+# which serves fewer paraphrases and more near-misses (docs/caching.md). While it is on, a worker whose model is
+# missing serves no semantic hit.
+LLMOPS_CACHE_CROSSENC = env.str("LLMOPS_CACHE_CROSSENC", default="on").lower()
+if LLMOPS_CACHE_CROSSENC not in ("on", "off"):
+    raise ImproperlyConfigured("LLMOPS_CACHE_CROSSENC must be 'on' or 'off'")
+LLMOPS_CACHE_CROSSENC_THRESHOLD = env.float("LLMOPS_CACHE_CROSSENC_THRESHOLD", default=0.9283)
+LLMOPS_CACHE_CROSSENC_DIR = env.path("LLMOPS_CACHE_CROSSENC_DIR", default=BASE_DIR / "var" / "crossenc")
+LLMOPS_CACHE_CROSSENC_TRAINING_PAIRS = env.list(
+    "LLMOPS_CACHE_CROSSENC_TRAINING_PAIRS",
+    default=[str(BASE_DIR / "bench" / "cache_pairs.jsonl"), str(BASE_DIR / "bench" / "cache_holdout.jsonl")],
+)
+# The candidates' similarity gate: 0.65 in front of the cross-encoder, 0.75 without it.
+LLMOPS_CACHE_SEMANTIC_THRESHOLD = env.float(
+    "LLMOPS_CACHE_SEMANTIC_THRESHOLD", default=0.65 if LLMOPS_CACHE_CROSSENC == "on" else 0.75
+)
 LLMOPS_CACHE_RULE_THRESHOLDS = {
     rule: float(value) for rule, value in env.dict("LLMOPS_CACHE_RULE_THRESHOLDS", default={}).items()
 }

@@ -1,118 +1,99 @@
-"""Inference cost of the final cross-encoder per pair, 1 thread: torch, ONNX fp32 and ONNX int8 (dynamic
-quantisation), plus how far the int8 scores move and how many rule decisions flip on the given pairs (the tuning
-file: the flips use its features, var/crossenc/feats_tuning.npz). Exports the ONNX models to var/crossenc/final/onnx/
-and writes the figures to var/crossenc/final/cost.json.
+"""What the installed cross-encoder (var/crossenc, int8 ONNX) costs a gateway worker, on one thread as a worker runs it:
 
-    CROSSENC_THREADS=1 .venv/bin/python bench/crossenc/cost.py bench/cache_pairs.jsonl
+- time: ms per candidate, scored alone and five in one run (wall and CPU of the scoring thread);
+- batching: int8 quantises activations per run, so a pair's score moves a little with its run-mates: on the tuning
+  pairs, the largest move between scored alone and in runs of five, and the decisions it flips at the threshold;
+- load: a gateway worker's process (llmops.asgi imported, the embedder loaded) with and without the cross-encoder
+  loaded on first use: how long that load takes, and the RSS (as bench/embedder_cost.py measures a process).
+
+    .venv/bin/python bench/crossenc/cost.py
 """
 
 import json
 import os
+import statistics
+import subprocess
 import sys
 import time
 
 import numpy as np
-import onnxruntime as ort
-import torch
-from common import OUT, encode, load_pairs, score
-from onnxruntime.quantization import QuantType, quantize_dynamic
-from rules import serve
-from score import FINAL, load_final
+from common import ROOT, tuning_pairs
+from django.conf import settings
 
-ONNX = FINAL / "onnx"
+from routing.cache.crossencoder import configured_crossencoder
 
-torch.set_num_threads(1)
-pairs = load_pairs(sys.argv[1])
-model, tok, cfg = load_final()
-L = cfg["recipe"]["max_len"]
-
-
-class Wrap(torch.nn.Module):
-    def __init__(self, m):
-        super().__init__()
-        self.m = m
-
-    def forward(self, input_ids, attention_mask, token_type_ids):
-        return torch.sigmoid(self.m(input_ids, attention_mask, token_type_ids))
+LOAD = """
+import json, sys, time
+import llmops.asgi
+from routing.cache.embedders import configured_embedder
+from routing.cache.crossencoder import configured_crossencoder
+configured_embedder().embed(["How do I reset my password?"])
+loaded = time.perf_counter()
+if sys.argv[1] == "on":
+    configured_crossencoder().score([("how do i reset my password", "steps to reset my password")])
+rss = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmRSS:")) / 1024
+print(json.dumps({"seconds": time.perf_counter() - loaded, "rss_mb": rss, "torch": "torch" in sys.modules}))
+"""
 
 
-w = Wrap(model).eval()
-sample = pairs[::8][:150]
+def timing(model, pairs) -> None:
+    sample = [(pair.stored, pair.asked) for pair in pairs[::11]][:200]
+    runs = {"alone": [[pair] for pair in sample], "5 in a run": [sample[i : i + 5] for i in range(0, 200, 5)]}
+    print("ms per candidate, one thread, median of 5 rounds over 200 candidates: wall (CPU)")
+    for name, batches in runs.items():
+        for batch in batches[:10]:
+            model.score(batch)
+        walls, cpus = [], []
+        for _ in range(5):
+            wall, cpu = time.perf_counter(), time.thread_time()
+            for batch in batches:
+                model.score(batch)
+            walls.append((time.perf_counter() - wall) / len(sample) * 1000)
+            cpus.append((time.thread_time() - cpu) / len(sample) * 1000)
+        print(f"  {name:<12}{statistics.median(walls):8.2f} ({statistics.median(cpus):.2f})")
 
 
-def one(p):
-    return encode(tok, [p["s"]], [p["a"]], L)
+def batching(model, pairs) -> None:
+    texts = [(pair.stored, pair.asked) for pair in pairs]
+    alone = np.array([model.score([pair])[0] for pair in texts])
+    runs = np.concatenate([model.score(texts[i : i + 5]) for i in range(0, len(texts), 5)])
+    threshold = settings.LLMOPS_CACHE_CROSSENC_THRESHOLD
+    flips = int(((alone >= threshold) != (runs >= threshold)).sum())
+    print(
+        f"scores alone vs in runs of 5 on {len(texts)} tuning pairs: max |diff| {np.abs(alone - runs).max():.4f}, "
+        f"mean {np.abs(alone - runs).mean():.4f}; {flips} land on the other side of {threshold:.4f}"
+    )
 
 
-@torch.no_grad()
-def bench_torch():
-    for p in sample[:10]:
-        e = one(p)
-        w(e["input_ids"], e["attention_mask"], e["token_type_ids"])
-    ts = []
-    for p in sample:
-        t = time.perf_counter()
-        e = one(p)
-        w(e["input_ids"], e["attention_mask"], e["token_type_ids"])
-        ts.append(time.perf_counter() - t)
-    return np.median(ts) * 1000, np.percentile(ts, 95) * 1000
+def load_cost() -> None:
+    """A gateway worker's process (llmops.asgi imported, the embedder loaded and run once), then the cross-encoder
+    loaded on first use and run once: seconds for that load, and the process's RSS."""
+    print("a worker process (llmops.asgi, the embedder loaded), then the cross-encoder loaded and run once")
+    for crossenc in ("off", "on"):
+        output = subprocess.run(
+            [sys.executable, "-c", LOAD, crossenc],
+            cwd=ROOT,
+            env={**os.environ, "LLMOPS_CACHE_CROSSENC": crossenc},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        report = json.loads(output.strip().splitlines()[-1])
+        print(
+            f"  cross-encoder {crossenc:<4} load {report['seconds']:5.2f} s  RSS {report['rss_mb']:4.0f} MB  "
+            f"torch imported: {report['torch']}"
+        )
 
 
-res = {}
-res["torch_fp32_ms_median_p95"] = bench_torch()
-ONNX.mkdir(parents=True, exist_ok=True)
-e = one(pairs[0])
-t0 = time.time()
-torch.onnx.export(
-    w,
-    (e["input_ids"], e["attention_mask"], e["token_type_ids"]),
-    str(ONNX / "model.onnx"),
-    dynamo=False,
-    input_names=["input_ids", "attention_mask", "token_type_ids"],
-    output_names=["score"],
-    dynamic_axes={k: {0: "batch", 1: "seq"} for k in ["input_ids", "attention_mask", "token_type_ids"]}
-    | {"score": {0: "batch"}},
-    opset_version=17,
-)
-quantize_dynamic(str(ONNX / "model.onnx"), str(ONNX / "model.int8.onnx"), weight_type=QuantType.QInt8)
-res["export_quantize_seconds"] = round(time.time() - t0, 1)
+def main() -> None:
+    model = configured_crossencoder()
+    if model is None:
+        raise SystemExit("the cross-encoder is not installed: `manage.py crossenc_train`")
+    pairs = tuning_pairs()
+    timing(model, pairs)
+    batching(model, pairs)
+    load_cost()
 
 
-def session(path):
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
-    so.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-
-
-def feed(p):
-    e = tok([p["s"]], [p["a"]], truncation=True, max_length=L, return_tensors="np")
-    return {k: e[k].astype(np.int64) for k in ["input_ids", "attention_mask", "token_type_ids"]}
-
-
-for name, path in [("onnx_fp32", ONNX / "model.onnx"), ("onnx_int8", ONNX / "model.int8.onnx")]:
-    s = session(path)
-    for p in sample[:10]:
-        s.run(None, feed(p))
-    ts = []
-    for p in sample:
-        t = time.perf_counter()
-        s.run(None, feed(p))
-        ts.append(time.perf_counter() - t)
-    res[f"{name}_ms_median_p95"] = (np.median(ts) * 1000, np.percentile(ts, 95) * 1000)
-    res[f"{name}_size_mb"] = round(os.path.getsize(path) / 1e6, 1)
-    if name == "onnx_int8":
-        q = np.array([s.run(None, feed(p))[0][0] for p in pairs])
-        with torch.no_grad():
-            torch.set_num_threads(2)
-            ref = score(model, tok, pairs, L)
-            torch.set_num_threads(1)
-        res["int8_vs_torch_max_abs_diff"] = float(np.abs(q - ref).max())
-        f = np.load(OUT / "feats_tuning.npz")
-        th = cfg["thresholds"]
-        tt = {"b": th["t_b"], "c": th["t_c"], "d": th["t_d"], "c2": th["t_c2"]}
-        a, b = serve(f["sim"], f["guard_ok"], ref, tt), serve(f["sim"], f["guard_ok"], q, tt)
-        res["int8_decision_flips_on_pairs"] = {r: int((a[r] != b[r]).sum()) for r in tt}
-print(json.dumps({k: (tuple(round(x, 2) for x in v) if isinstance(v, tuple) else v) for k, v in res.items()}, indent=1))
-with open(FINAL / "cost.json", "w") as out:
-    json.dump({k: (list(v) if isinstance(v, tuple) else v) for k, v in res.items()}, out, indent=1)
+if __name__ == "__main__":
+    main()

@@ -1,75 +1,89 @@
-"""Cross-validated table: per held-out fold (2 domains) and pooled, share served per label for rules (a)-(d).
-Thresholds for fold k are chosen on the out-of-fold cross-encoder scores of the other 6 domains. Reads
-var/crossenc/oof/ (cv.py) and the features file (features.py); writes var/crossenc/cv_thresholds.json (read by
-final.py).
+"""The cross-validated table, by fold (2 domains held out) and pooled: paraphrases, near-misses and unrelated pairs
+served by (a) today's rule and (c2), on the int8 out-of-fold scores (cv.py) and the gateway's similarity and guard
+(features.py). (c2)'s threshold for a fold is chosen on the out-of-fold scores of the other 3 folds; the threshold
+to ship (LLMOPS_CACHE_CROSSENC_THRESHOLD) on all pooled out-of-fold scores. Writes var/crossenc/bench/cv.json.
 
-    .venv/bin/python bench/crossenc/cv_report.py bench/cache_pairs.jsonl var/crossenc/feats_tuning.npz
+    [CROSSENC_RECIPE='{"identity_share": 0.25}'] .venv/bin/python bench/crossenc/cv_report.py
 """
 
 import json
-import sys
+import os
 from collections import Counter
 
 import numpy as np
-from common import LABELS, OUT, load_pairs
-from rules import RULES, choose, serve
+from common import LABELS, OUT, RULES, choose_threshold, fold_name, folds, serve, tuning_pairs
 
-pairs = load_pairs(sys.argv[1])
-f = np.load(sys.argv[2])
-sim, ok = f["sim"], f["guard_ok"]
-labels = np.array([p["label"] for p in pairs])
-kinds = np.array([p["kind"] for p in pairs])
-dom = np.array([p["domain"] for p in pairs])
-domains = sorted(set(dom))
+pairs = tuning_pairs()
+features = np.load(OUT / "features.npz")
+# The scores of a recipe variant cv.py ran (CROSSENC_RECIPE), when given.
+variant = json.loads(os.environ.get("CROSSENC_RECIPE", "{}"))
+SCORES = OUT / "-".join(f"{key}{value}" for key, value in sorted(variant.items())) if variant else OUT
+sim, guard_ok = features["sim"], features["guard_ok"]
+labels = np.array([pair.label for pair in pairs])
+kinds = np.array([pair.kind for pair in pairs])
+names = [fold_name(fold) for fold in folds(pairs)]
+fold_of = np.array([next(fold_name(f) for f in folds(pairs) if pair.domain in f) for pair in pairs])
 ce = np.zeros(len(pairs))
-for d in domains:
-    ce[dom == d] = np.load(OUT / "oof" / f"{d}.npy")
+for name in names:
+    ce[fold_of == name] = np.load(SCORES / "oof" / f"{name}.npy")
 
-served = {r: np.zeros(len(pairs), bool) for r in RULES}
-fold_t = {}
-FOLDS = ["+".join(domains[i : i + 2]) for i in range(0, len(domains), 2)]
-fold_of = np.array([next(f for f in FOLDS if d in f.split("+")) for d in dom])
-for d in FOLDS:
-    te, tr = fold_of == d, fold_of != d
-    t = choose(labels[tr], sim[tr], ok[tr], ce[tr])
-    fold_t[d] = t
-    s = serve(sim[te], ok[te], ce[te], t)
-    for r in RULES:
-        served[r][te] = s[r]
+served = {rule: np.zeros(len(pairs), bool) for rule in RULES}
+fold_threshold = {}
+for name in names:
+    held, rest = fold_of == name, fold_of != name
+    fold_threshold[name] = choose_threshold(labels[rest], sim[rest], ce[rest])
+    for rule, mask in serve(sim[held], guard_ok[held], ce[held], fold_threshold[name]).items():
+        served[rule][held] = mask
 
 
-def share(mask, lab):
-    n = (labels[mask] == lab).sum()
-    k = (served_r[mask] & (labels[mask] == lab)).sum()
-    return f"{k}/{n} {100 * k / n:5.1f}%" if n else "-"
+def share(mask: np.ndarray, rule: str, label: str) -> str:
+    total = int((labels[mask] == label).sum())
+    count = int((served[rule][mask] & (labels[mask] == label)).sum())
+    return f"{count}/{total} {100 * count / total:5.1f}%" if total else "-"
 
 
 print(
-    "Leave-one-domain-out; thresholds for each fold chosen on the OOF scores of the other 6 domains"
-    " (4 folds of 2 domains)."
+    f"{len(pairs)} tuning pairs ({', '.join(f'{n} {label}' for label, n in Counter(labels).most_common())}); "
+    "leave two domains out (4 folds), int8 out-of-fold cross-encoder scores; (c2)'s threshold for each fold chosen "
+    "on the other 3 folds' scores"
 )
-for r, desc in RULES.items():
-    served_r = served[r]
-    print(f"\n({r}) {desc}")
-    print(f"{'fold':<14}" + "".join(f"{lab:>18}" for lab in LABELS) + ("   threshold" if r != "a" else ""))
-    for d in FOLDS:
-        m = fold_of == d
+for rule, description in RULES.items():
+    print(f"\n({rule}) {description}")
+    print(f"{'fold':<14}" + "".join(f"{label:>18}" for label in LABELS) + ("   threshold" if rule != "a" else ""))
+    for name in names:
+        mask = fold_of == name
         print(
-            f"{d:<14}"
-            + "".join(f"{share(m, lab):>18}" for lab in LABELS)
-            + (f"   {fold_t[d][r]:.4f}" if r != "a" else "")
+            f"{name:<14}"
+            + "".join(f"{share(mask, rule, label):>18}" for label in LABELS)
+            + (f"   {fold_threshold[name]:.4f}" if rule != "a" else "")
         )
-    m = np.ones(len(pairs), bool)
-    print(f"{'POOLED':<14}" + "".join(f"{share(m, lab):>18}" for lab in LABELS))
-    nm = labels == "near-miss"
-    bykind = Counter(kinds[served_r & nm])
-    tot = Counter(kinds[nm])
-    print("  near-misses served by kind:", ", ".join(f"{k} {bykind[k]}/{tot[k]}" for k in sorted(tot)))
+    everything = np.ones(len(pairs), bool)
+    print(f"{'POOLED':<14}" + "".join(f"{share(everything, rule, label):>18}" for label in LABELS))
+    near_miss = labels == "near-miss"
+    by_kind, kind_totals = Counter(kinds[served[rule] & near_miss]), Counter(kinds[near_miss])
+    print("  near-misses served by kind:", ", ".join(f"{k} {by_kind[k]}/{kind_totals[k]}" for k in sorted(kind_totals)))
 
-final_t = choose(labels, sim, ok, ce)
+
+def alone_at(t: float) -> str:
+    """What the cross-encoder alone (sim >= 0.65, guard off) serves at t, by label."""
+    alone = (sim >= 0.65) & (ce >= t)
+    return ", ".join(
+        f"{label} {int((alone & (labels == label)).sum())}/{int((labels == label).sum())}" for label in LABELS
+    )
+
+
+shipped = choose_threshold(labels, sim, ce)
+strict = choose_threshold(labels, sim, ce, no_unrelated=True)
+print(f"\nthreshold chosen on all pooled out-of-fold scores (LLMOPS_CACHE_CROSSENC_THRESHOLD): {shipped:.4f}")
+print(f"  there the cross-encoder alone (sim>=0.65, guard off) serves {alone_at(shipped)}")
+with_guard = (sim >= 0.65) & guard_ok & (ce >= strict)
 print(
-    "\nThresholds chosen on all pooled OOF scores (used by the final model):",
-    {k: round(v, 4) for k, v in final_t.items()},
+    f"if unrelated pairs counted too (none served by the cross-encoder alone): {strict:.4f}; there (c2) serves, pooled "
+    "out-of-fold, "
+    + ", ".join(
+        f"{label} {int((with_guard & (labels == label)).sum())}/{int((labels == label).sum())}" for label in LABELS
+    )
 )
-with open(OUT / "cv_thresholds.json", "w") as out:
-    json.dump({"thresholds": final_t, "fold_thresholds": fold_t}, out, indent=1)
+(SCORES / "cv.json").write_text(
+    json.dumps({"threshold": shipped, "fold_thresholds": fold_threshold, "no_unrelated_threshold": strict}, indent=1)
+)

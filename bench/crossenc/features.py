@@ -1,23 +1,24 @@
-"""MiniLM similarity and near-miss guard verdict for every pair of a file, saved to an npz (read by cv_report.py and
-cost.py, so they are computed once).
+"""MiniLM similarity (the gateway's embedder, LLMOPS_CACHE_EMBEDDER: ONNX int8 by default) and the near-miss guard's
+verdict for every tuning pair, saved to var/crossenc/bench/features.npz (read by cv_report.py).
 
-    .venv/bin/python bench/crossenc/features.py bench/cache_pairs.jsonl var/crossenc/feats_tuning.npz
+    .venv/bin/python bench/crossenc/features.py
 """
 
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
-from common import guard_ok, load_pairs, similarities
+from common import OUT, tuning_pairs
 
-src, dst = sys.argv[1], sys.argv[2]
-pairs = load_pairs(src)
-t = time.time()
-sim = similarities(pairs)
-print(f"similarity {time.time() - t:.1f}s")
-t = time.time()
-ok = guard_ok(pairs)
-print(f"guard {time.time() - t:.1f}s")
-Path(dst).parent.mkdir(parents=True, exist_ok=True)
-np.savez(dst, sim=sim, guard_ok=ok)
+from routing.cache.embedders import configured_embedder
+from routing.cache.near_miss import near_miss_reason
+
+pairs = tuning_pairs()
+started = time.monotonic()
+embedder = configured_embedder()
+stored = embedder.embed([pair.stored for pair in pairs])
+asked = embedder.embed([pair.asked for pair in pairs])
+sim = np.sum(stored * asked, axis=1)
+guard_ok = np.array([near_miss_reason(pair.asked, pair.stored) is None for pair in pairs])
+OUT.mkdir(parents=True, exist_ok=True)
+np.savez(OUT / "features.npz", sim=sim, guard_ok=guard_ok)
+print(f"{len(pairs)} pairs: similarity and guard in {time.monotonic() - started:.0f} s -> {OUT / 'features.npz'}")

@@ -17,6 +17,7 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -151,8 +152,34 @@ def embed_soon(text: str, then: Callable[[np.ndarray], object] | None = None) ->
     return future
 
 
-def _embed_batch(jobs: list[_EmbedJob]) -> None:
-    jobs = [job for job in jobs if job.future.set_running_or_notify_cancel()]
+@dataclass(frozen=True, slots=True)
+class _Task:
+    run: Callable[[], object]
+    future: Future
+
+
+def on_embedding_thread(function: Callable, *args) -> Future:
+    """Queue `function(*args)` for the embedding thread, where it runs after the batch's embeddings: the other model
+    of the cache (the cross-encoder) runs there too, so a worker runs one model at a time, never on the event loop.
+    The future holds the result or the exception; a task cancelled before it started does not run."""
+    future: Future = Future()
+    _embedding_worker.put(_Task(partial(function, *args), future))
+    return future
+
+
+def _embed_batch(items: list[_EmbedJob | _Task]) -> None:
+    items = [item for item in items if item.future.set_running_or_notify_cancel()]
+    _embed_jobs([item for item in items if isinstance(item, _EmbedJob)])
+    for task in (item for item in items if isinstance(item, _Task)):
+        try:
+            result = task.run()
+        except Exception as error:
+            task.future.set_exception(error)
+        else:
+            task.future.set_result(result)
+
+
+def _embed_jobs(jobs: list[_EmbedJob]) -> None:
     if not jobs:
         return
     try:

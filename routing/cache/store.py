@@ -35,6 +35,7 @@ from django.utils import timezone
 from core.db import database_sync_to_async
 from core.redis import async_redis, sync_redis
 from routing.cache.batching import BatchWorker
+from routing.cache.crossencoder import semantic_decide
 from routing.cache.embedders import embed_soon
 from routing.cache.index import (
     MAX_CANDIDATES,
@@ -55,7 +56,6 @@ from routing.cache.keys import (
     is_cacheable,
     semantic_key,
 )
-from routing.cache.near_miss import near_miss_reason
 from routing.cache.sealed import open_answer, seal_answer, seal_prompt
 from routing.models import CacheEntry, CacheEntryKind
 from tenants.models import Tenant
@@ -320,11 +320,11 @@ def _exact_hit(cache: CacheRequest, answer: dict) -> CacheHit:
     return CacheHit(answer=answer, kind="exact")
 
 
-async def _semantic_hit(cache: CacheRequest, candidates: list[Candidate]) -> CacheHit | None:
-    """The most similar candidate whose details agree with the request's and whose answer is still there."""
-    for candidate in candidates:
-        if near_miss_reason(cache.semantic.prompt, candidate.entry.prompt) is not None:
-            continue
+async def _semantic_hit(cache: CacheRequest, candidates: list[Candidate], *, deadline: float) -> CacheHit | None:
+    """The most similar candidate the near-miss guard and the cross-encoder accept (routing/cache/crossencoder.py)
+    whose answer is still there. `deadline` (time.monotonic()) was set before the embedding: one wait covers the
+    embedding and the cross-encoder's scoring."""
+    for candidate in await semantic_decide(cache.semantic.prompt, candidates, deadline=deadline):
         if candidate.answer_sealed is not None:
             answer = _opened(candidate.answer_sealed)
         else:
@@ -345,6 +345,7 @@ async def _in_process_lookup(cache: CacheRequest) -> CacheHit | None:
         return _exact_hit(cache, answer)
     if cache.semantic is None:
         return None
+    deadline = time.monotonic() + settings.LLMOPS_CACHE_EMBED_WAIT_SECONDS
     threshold = semantic_threshold(cache.rule_name)
     index = semantic_index(cache.tenant_id, cache.served_model)
     if index.stale():
@@ -353,11 +354,12 @@ async def _in_process_lookup(cache: CacheRequest) -> CacheHit | None:
     if searched is None:
         return None
     cache.vector, candidates = searched
-    return await _semantic_hit(cache, candidates)
+    return await _semantic_hit(cache, candidates, deadline=deadline)
 
 
 async def _database_lookup(cache: CacheRequest) -> CacheHit | None:
     """PostgreSQL: the key's row and the nearest entries of its context in one query, after the embedding."""
+    deadline = time.monotonic() + settings.LLMOPS_CACHE_EMBED_WAIT_SECONDS
     vector = await _embedding_awaited(embed_soon(cache.semantic.prompt))
     if vector is None:
         answer = await _durable_answer(cache.tenant_id, cache.served_model, cache.key_hash)
@@ -386,11 +388,12 @@ async def _database_lookup(cache: CacheRequest) -> CacheHit | None:
     pending = _pending_candidates(cache, vector, threshold)
     unique = {candidate.entry.key_hash: candidate for candidate in [*matches.candidates, *pending]}
     candidates = sorted(unique.values(), key=lambda candidate: -candidate.similarity)[:MAX_CANDIDATES]
-    return await _semantic_hit(cache, candidates)
+    return await _semantic_hit(cache, candidates, deadline=deadline)
 
 
 async def cache_lookup(cache: CacheRequest) -> CacheHit | None:
-    """The exact entry, else the most similar entry of the same context whose details agree, else None.
+    """The exact entry, else the most similar entry of the same context that the near-miss guard and the
+    cross-encoder accept, else None.
 
     This process's pending stores and Redis answer most exact repeats; past them, Postgres is asked once for both
     the exact row and the nearest semantic entries."""
