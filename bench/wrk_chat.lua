@@ -7,11 +7,13 @@
 --   stream      unique prompts with "stream": true, cache bypassed like unique
 local threads = {}
 local counter = 0
+-- Rewordings of the stored "What is the refund policy for late orders?" that the shipped decision (similarity,
+-- near-miss guard, cross-encoder) serves, so every request of the scenario is a semantic hit.
 local paraphrases = {
-  "What is the refund policy for late orders?",
-  "Whats the refund policy for orders that arrive late?",
   "Explain the refund policy for late orders",
-  "What is your refund policy for late orders?",
+  "Could you explain the refund policy for late orders?",
+  "Tell me the refund policy for late orders",
+  "Describe the refund policy for late orders",
 }
 
 function setup(thread)
