@@ -214,26 +214,28 @@ def _opened(sealed: str | bytes) -> dict | None:
     return answer if _valid_answer(answer) else None
 
 
-async def _fast_answer(tenant_id: int, served_model: str, key_hash: str) -> dict | None:
-    """This process's pending store, else Redis; None when neither holds the key (or Redis is down)."""
+async def _fast_answer(tenant_id: int, served_model: str, key_hash: str) -> tuple[dict | None, bool]:
+    """This process's pending store, else Redis; None when neither holds the key. The flag says whether Redis
+    answered, so a row read from the database is copied back only to a Redis that is up (one failing call per
+    lookup during an outage, not two)."""
     pending = _pending.get((tenant_id, served_model, key_hash))
     if pending is not None and pending.expires_at > timezone.now():
-        return pending.answer
+        return pending.answer, True
     client = async_redis()
     if client is None:
-        return None
+        return None, False
     key = redis_key(tenant_id, served_model, key_hash)
     try:
         raw = await client.get(key)
     except Exception:
         logger.warning("cache: Redis unavailable, reading Postgres", exc_info=True)
-        return None
+        return None, False
     if raw is None:
-        return None
+        return None, True
     answer = _opened(raw)
     if answer is None:
         logger.warning("cache: unreadable Redis entry %s ignored", key)
-    return answer
+    return answer, True
 
 
 async def _redis_refill(tenant_id: int, served_model: str, key_hash: str, sealed: str, expires_at: datetime) -> None:
@@ -248,14 +250,14 @@ async def _redis_refill(tenant_id: int, served_model: str, key_hash: str, sealed
         logger.warning("cache: Redis write failed; Postgres still holds the entry", exc_info=True)
 
 
-async def _durable_answer(tenant_id: int, served_model: str, key_hash: str) -> dict | None:
-    """The key's row in the database, copied back to Redis."""
+async def _durable_answer(tenant_id: int, served_model: str, key_hash: str, *, refill: bool) -> dict | None:
+    """The key's row in the database, copied back to Redis (with `refill`: Redis answered the lookup)."""
     row = await database_sync_to_async(_stored_answer)(tenant_id, served_model, key_hash)
     if row is None:
         return None
     sealed, expires_at = row
     answer = _opened(sealed)
-    if answer is not None:
+    if answer is not None and refill:
         await _redis_refill(tenant_id, served_model, key_hash, sealed, expires_at)
     return answer
 
@@ -263,9 +265,9 @@ async def _durable_answer(tenant_id: int, served_model: str, key_hash: str) -> d
 async def _answer_for(tenant_id: int, served_model: str, key_hash: str) -> dict | None:
     """This process's pending store, else Redis; on a Redis miss the durable row, copied back to Redis for the time
     it has left."""
-    answer = await _fast_answer(tenant_id, served_model, key_hash)
+    answer, redis_up = await _fast_answer(tenant_id, served_model, key_hash)
     if answer is None:
-        answer = await _durable_answer(tenant_id, served_model, key_hash)
+        answer = await _durable_answer(tenant_id, served_model, key_hash, refill=redis_up)
     return answer
 
 
@@ -338,9 +340,9 @@ async def _semantic_hit(cache: CacheRequest, candidates: list[Candidate], *, dea
     return None
 
 
-async def _in_process_lookup(cache: CacheRequest) -> CacheHit | None:
+async def _in_process_lookup(cache: CacheRequest, *, redis_up: bool) -> CacheHit | None:
     """SQLite: the key's row, else the nearest entries in this process's index (searched on the embedding thread)."""
-    answer = await _durable_answer(cache.tenant_id, cache.served_model, cache.key_hash)
+    answer = await _durable_answer(cache.tenant_id, cache.served_model, cache.key_hash, refill=redis_up)
     if answer is not None:
         return _exact_hit(cache, answer)
     if cache.semantic is None:
@@ -357,12 +359,12 @@ async def _in_process_lookup(cache: CacheRequest) -> CacheHit | None:
     return await _semantic_hit(cache, candidates, deadline=deadline)
 
 
-async def _database_lookup(cache: CacheRequest) -> CacheHit | None:
+async def _database_lookup(cache: CacheRequest, *, redis_up: bool) -> CacheHit | None:
     """PostgreSQL: the key's row and the nearest entries of its context in one query, after the embedding."""
     deadline = time.monotonic() + settings.LLMOPS_CACHE_EMBED_WAIT_SECONDS
     vector = await _embedding_awaited(embed_soon(cache.semantic.prompt))
     if vector is None:
-        answer = await _durable_answer(cache.tenant_id, cache.served_model, cache.key_hash)
+        answer = await _durable_answer(cache.tenant_id, cache.served_model, cache.key_hash, refill=redis_up)
         return None if answer is None else _exact_hit(cache, answer)
     cache.vector = vector
     threshold = semantic_threshold(cache.rule_name)
@@ -377,13 +379,14 @@ async def _database_lookup(cache: CacheRequest) -> CacheHit | None:
     if matches.exact_answer_sealed is not None:
         answer = _opened(matches.exact_answer_sealed)
         if answer is not None:
-            await _redis_refill(
-                cache.tenant_id,
-                cache.served_model,
-                cache.key_hash,
-                matches.exact_answer_sealed,
-                matches.exact_expires_at,
-            )
+            if redis_up:
+                await _redis_refill(
+                    cache.tenant_id,
+                    cache.served_model,
+                    cache.key_hash,
+                    matches.exact_answer_sealed,
+                    matches.exact_expires_at,
+                )
             return _exact_hit(cache, answer)
     pending = _pending_candidates(cache, vector, threshold)
     unique = {candidate.entry.key_hash: candidate for candidate in [*matches.candidates, *pending]}
@@ -397,15 +400,15 @@ async def cache_lookup(cache: CacheRequest) -> CacheHit | None:
 
     This process's pending stores and Redis answer most exact repeats; past them, Postgres is asked once for both
     the exact row and the nearest semantic entries."""
-    answer = await _fast_answer(cache.tenant_id, cache.served_model, cache.key_hash)
+    answer, redis_up = await _fast_answer(cache.tenant_id, cache.served_model, cache.key_hash)
     if answer is not None:
         return _exact_hit(cache, answer)
     if not vectors_in_database():
-        return await _in_process_lookup(cache)
+        return await _in_process_lookup(cache, redis_up=redis_up)
     if cache.semantic is None:
-        answer = await _durable_answer(cache.tenant_id, cache.served_model, cache.key_hash)
+        answer = await _durable_answer(cache.tenant_id, cache.served_model, cache.key_hash, refill=redis_up)
         return None if answer is None else _exact_hit(cache, answer)
-    return await _database_lookup(cache)
+    return await _database_lookup(cache, redis_up=redis_up)
 
 
 def _index_add(pending: _PendingStore, vector: np.ndarray) -> np.ndarray:

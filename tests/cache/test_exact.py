@@ -7,12 +7,14 @@ from django.utils import timezone
 
 from billing.models import UsageRecord
 from core.redis import sync_redis
+from routing.cache import store
 from routing.cache.sealed import seal_answer
-from routing.cache.store import cache_entries_expire, cache_writes_flush, redis_key
+from routing.cache.store import cache_entries_expire, cache_entry_build, cache_writes_flush, redis_key
 from routing.models import CacheEntry
 from routing.services import tenant_model_access_set
-from tests.cache.conftest import CACHE_TTL_SECONDS, cache_policy, chat
+from tests.cache.conftest import CACHE_TTL_SECONDS, cache_policy, cache_request, chat, stored_answer
 from tests.factories import ModelFactory
+from tests.loops import run
 
 QUESTION = "What is our refund window for annual plans?"
 
@@ -168,3 +170,34 @@ def test_a_corrupt_entry_is_a_miss_not_an_error(gateway, acme_caching):
     assert response.status_code == 200
     assert response.headers["x-llmops-cache"] == "miss"
     assert chat(gateway, acme_caching, QUESTION).headers["x-llmops-cache"] == "hit-exact"
+
+
+class DownRedis:
+    """An async Redis client whose every call fails, counting the calls."""
+
+    def __init__(self):
+        self.calls: list[str] = []
+
+    async def get(self, key):
+        self.calls.append("get")
+        raise ConnectionError("Redis is down")
+
+    async def set(self, key, value, ex=None):
+        self.calls.append("set")
+        raise ConnectionError("Redis is down")
+
+
+def test_with_redis_down_a_database_hit_is_not_copied_back_to_it(db, acme_caching, monkeypatch):
+    """One failing Redis call per lookup during an outage: the row Postgres answers is not copied back to it."""
+    cache = cache_request(acme_caching, QUESTION)
+    cache.semantic = None
+    cache_entry_build(
+        cache, answer=stored_answer("30 days."), vector=None, expires_at=timezone.now() + timedelta(minutes=10)
+    ).save()
+    down = DownRedis()
+    monkeypatch.setattr(store, "async_redis", lambda: down)
+
+    hit = run(store.cache_lookup(cache))
+
+    assert (hit.kind, hit.answer["choices"][0]["message"]["content"]) == ("exact", "30 days.")
+    assert down.calls == ["get"]
