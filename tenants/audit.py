@@ -39,6 +39,8 @@ AUDITED_MODELS = frozenset(
         "billing.budget",
         "billing.alertchannel",
         "billing.ratelimit",
+        "billing.evaluationsettings",
+        "billing.qualityslo",
     }
 )
 SECRET_FIELD = re.compile(r"credential_encrypted|secret|hash|password|token|api_key$", re.IGNORECASE)

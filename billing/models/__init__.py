@@ -32,6 +32,17 @@ from billing.models.ledger import (
     UsageKind,
     UsageRecord,
 )
+from billing.models.quality import (
+    EvaluationSettings,
+    EvaluationSpend,
+    JudgeMethod,
+    JudgeVerdict,
+    Lever,
+    QualityAction,
+    QualityAlert,
+    QualitySlo,
+    ShadowEvaluation,
+)
 from billing.models.rollups import RollupCursor, UsageCustomerRollupHourly, UsageRollupDaily, UsageRollupHourly
 
 __all__ = [
@@ -55,11 +66,20 @@ __all__ = [
     "CacheStatus",
     "ChannelKind",
     "DeliveryStatus",
+    "EvaluationSettings",
+    "EvaluationSpend",
     "ExportStatus",
     "ImmutableRowError",
+    "JudgeMethod",
+    "JudgeVerdict",
+    "Lever",
+    "QualityAction",
+    "QualityAlert",
+    "QualitySlo",
     "RateLimit",
     "RateLimitScope",
     "RollupCursor",
+    "ShadowEvaluation",
     "UsageCustomerRollupHourly",
     "UsageExport",
     "UsageKind",

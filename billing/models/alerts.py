@@ -121,12 +121,15 @@ class DeliveryStatus(models.TextChoices):
 
 
 class AlertDelivery(models.Model):
-    """One alert (budget threshold or anomaly) to one channel, with its attempts and last error."""
+    """One alert (budget threshold, anomaly or quality SLO breach) to one channel, with its attempts and last error."""
 
     budget_alert = models.ForeignKey(
         BudgetAlert, on_delete=models.CASCADE, null=True, blank=True, related_name="deliveries"
     )
     anomaly = models.ForeignKey(Anomaly, on_delete=models.CASCADE, null=True, blank=True, related_name="deliveries")
+    quality_alert = models.ForeignKey(
+        "billing.QualityAlert", on_delete=models.CASCADE, null=True, blank=True, related_name="deliveries"
+    )
     channel = models.ForeignKey(AlertChannel, on_delete=models.CASCADE, related_name="deliveries")
     status = models.CharField(max_length=8, choices=DeliveryStatus.choices, default=DeliveryStatus.PENDING)
     attempts = models.PositiveSmallIntegerField(default=0)
@@ -141,16 +144,21 @@ class AlertDelivery(models.Model):
         verbose_name_plural = "alert deliveries"
         constraints = [
             models.CheckConstraint(
-                condition=Q(budget_alert__isnull=False, anomaly__isnull=True)
-                | Q(budget_alert__isnull=True, anomaly__isnull=False),
+                condition=Q(budget_alert__isnull=False, anomaly__isnull=True, quality_alert__isnull=True)
+                | Q(budget_alert__isnull=True, anomaly__isnull=False, quality_alert__isnull=True)
+                | Q(budget_alert__isnull=True, anomaly__isnull=True, quality_alert__isnull=False),
                 name="alert_delivery_one_subject",
             ),
             models.UniqueConstraint(fields=["budget_alert", "channel"], name="alert_delivery_once_per_budget_alert"),
             models.UniqueConstraint(fields=["anomaly", "channel"], name="alert_delivery_once_per_anomaly"),
+            models.UniqueConstraint(fields=["quality_alert", "channel"], name="alert_delivery_once_per_quality_alert"),
         ]
 
     def __str__(self):
         return f"{self.subject()} → {self.channel}"
 
-    def subject(self) -> BudgetAlert | Anomaly:
-        return self.budget_alert if self.budget_alert_id else self.anomaly
+    def subject(self):
+        """The BudgetAlert, Anomaly or QualityAlert this delivery sends."""
+        if self.budget_alert_id:
+            return self.budget_alert
+        return self.anomaly if self.anomaly_id else self.quality_alert

@@ -25,6 +25,9 @@ class CacheStatus(models.TextChoices):
 class UsageKind(models.TextChoices):
     REQUEST = "request", "Request"
     COMPRESSION_SUMMARY = "compression_summary", "Compression summary"
+    # A shadow evaluation's call (reference answer or LLM judge): charged to the tenant's evaluation budget, never
+    # counted as product traffic, spend against product budgets, or savings.
+    EVALUATION = "evaluation", "Shadow evaluation"
 
 
 # The rows that are requests, not calls the gateway made for one: what reports count as requests and errors (their
