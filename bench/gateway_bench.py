@@ -1,14 +1,19 @@
-"""Throughput and added latency of the gateway, every feature on, optionally side by side with LiteLLM's proxy.
+"""Throughput and added latency of the gateway, every feature on, optionally side by side with LiteLLM's proxy and
+Portkey's open-source gateway.
 
 Starts, as separate processes on loopback: the mock upstream (``--latency-ms``), the gateway the way production
 runs it (uvicorn, one worker per core, Postgres, Redis, the ledger streamed and drained by ``ledger_drain``),
 and with ``--vs-litellm`` LiteLLM's proxy (its own virtualenv, ``litellm[proxy]==LITELLM_VERSION``) in front of
-the same mock. wrk drives each scenario at each concurrency, first straight at the mock, then through each
-gateway; "added" is the gateway's percentile minus the mock's in the same run. Figures, not a test.
+the same mock, and with ``--vs-portkey`` Portkey's gateway (``@portkey-ai/gateway@PORTKEY_VERSION`` installed with
+npm into var/portkey, one Node process as it ships; the mock is named in its ``x-portkey-provider`` and
+``x-portkey-custom-host`` headers). wrk drives each scenario at each concurrency, first straight at the mock, then
+through each gateway; "added" is the gateway's percentile minus the mock's in the same run. The peers do no key
+store authentication, budgets or ledger; they answer the plain-miss scenario only. Figures, not a test.
 
-    .venv/bin/python bench/gateway_bench.py --vs-litellm
+    .venv/bin/python bench/gateway_bench.py --vs-litellm --vs-portkey
 
-Needs wrk (Debian: ``apt-get install -y wrk``), a local Postgres and Redis (``make services``).
+Needs wrk (Debian: ``apt-get install -y wrk``), a local Postgres and Redis (``make services``), and for
+``--vs-portkey`` Node.js and npm.
 """
 
 import argparse
@@ -34,6 +39,8 @@ WRK_SCRIPT = Path(__file__).resolve().parent / "wrk_chat.lua"
 LITELLM_VERSION = "1.77.7"
 LITELLM_VENV = ROOT / "var" / "litellm-venv"
 LITELLM_KEY = "sk-bench-litellm"
+PORTKEY_VERSION = "1.15.2"
+PORTKEY_DIR = ROOT / "var" / "portkey"
 CPUS = os.cpu_count() or 1
 
 
@@ -67,10 +74,14 @@ class Measured:
         return self.requests / self.seconds
 
 
-def wrk(url: str, *, model: str, mode: str, key: str, concurrency: int, seconds: float) -> Measured:
+def wrk(
+    url: str, *, model: str, mode: str, key: str, concurrency: int, seconds: float, portkey_upstream: str = ""
+) -> Measured:
     threads = min(CPUS, concurrency)
     command = ["wrk", "-t", str(threads), "-c", str(concurrency), "-d", f"{seconds:g}s", "--timeout", "30s"]
     command += ["-s", str(WRK_SCRIPT), url, "--", model, mode, key, uuid.uuid4().hex[:8]]
+    if portkey_upstream:
+        command.append(portkey_upstream)
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     line = next(line for line in output.splitlines() if line.startswith("WRK_JSON "))
     data = json.loads(line.removeprefix("WRK_JSON "))
@@ -262,6 +273,16 @@ def start_litellm(*, port: int, upstream_url: str, workers: int) -> subprocess.P
     return subprocess.Popen(command, cwd=LITELLM_VENV.parent, env=env, stdout=subprocess.DEVNULL)
 
 
+def start_portkey(*, port: int) -> subprocess.Popen:
+    server = PORTKEY_DIR / "node_modules" / "@portkey-ai" / "gateway" / "build" / "start-server.js"
+    if not server.exists():
+        npm = ["npm", "install", "--prefix", str(PORTKEY_DIR), "--no-audit", "--no-fund"]
+        subprocess.run([*npm, f"@portkey-ai/gateway@{PORTKEY_VERSION}"], check=True)
+    env = {**os.environ, "NODE_ENV": "production"}
+    command = ["node", str(server), f"--port={port}", "--headless"]
+    return subprocess.Popen(command, cwd=PORTKEY_DIR, env=env, stdout=subprocess.DEVNULL)
+
+
 def print_row(
     name: str,
     concurrency: int,
@@ -276,7 +297,7 @@ def print_row(
         if direct is None
         else (f"{result.p50 - direct.p50:>9.2f}{result.p95 - direct.p95:>9.2f}{result.p99 - direct.p99:>9.2f}")
     )
-    cpu = "" if cpu_ms is None else f"{cpu_ms:>9.2f}{db_cpu_ms:>9.2f}"
+    cpu = "" if cpu_ms is None else f"{cpu_ms:>9.2f}" + ("" if db_cpu_ms is None else f"{db_cpu_ms:>9.2f}")
     print(
         f"{name:<22}{concurrency:>5} {target:<9}{result.throughput:>9.0f}{result.p50:>9.2f}{result.p95:>9.2f}"
         f"{result.p99:>9.2f}{added}{cpu}{'' if not result.errors else f'  errors={result.errors}'}",
@@ -293,6 +314,7 @@ def main() -> None:
     parser.add_argument("--scenarios", nargs="+", default=[scenario.mode for scenario in SCENARIOS])
     parser.add_argument("--sustained-requests", type=int, default=100_000, help="0 skips the memory run")
     parser.add_argument("--vs-litellm", action="store_true")
+    parser.add_argument("--vs-portkey", action="store_true")
     parser.add_argument(
         "--database-url",
         default=os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/llmops_bench"),
@@ -301,9 +323,10 @@ def main() -> None:
     parser.add_argument("--mock-port", type=int, default=9191)
     parser.add_argument("--gateway-port", type=int, default=8191)
     parser.add_argument("--litellm-port", type=int, default=4191)
+    parser.add_argument("--portkey-port", type=int, default=8787)
     args = parser.parse_args()
 
-    for port in (args.mock_port, args.gateway_port, args.litellm_port):
+    for port in (args.mock_port, args.gateway_port, args.litellm_port, args.portkey_port):
         refuse_busy_port(port)
     ensure_database(args.database_url)
     upstream_url = f"http://127.0.0.1:{args.mock_port}/v1"
@@ -328,29 +351,37 @@ def main() -> None:
         subprocess.Popen(gateway_command, cwd=ROOT, env=env),
         subprocess.Popen([PYTHON, "manage.py", "ledger_drain", "--consumer", "bench"], cwd=ROOT, env=env),
     ]
+    peers: dict[str, subprocess.Popen] = {}
     if args.vs_litellm:
-        processes.append(start_litellm(port=args.litellm_port, upstream_url=upstream_url, workers=args.workers))
+        peers["litellm"] = start_litellm(port=args.litellm_port, upstream_url=upstream_url, workers=args.workers)
+    if args.vs_portkey:
+        peers["portkey"] = start_portkey(port=args.portkey_port)
+    processes += peers.values()
     try:
         wait_until_up(f"http://127.0.0.1:{args.mock_port}/v1/models")
         wait_until_up(f"http://127.0.0.1:{args.gateway_port}/healthz")
         if args.vs_litellm:
             wait_until_up(f"http://127.0.0.1:{args.litellm_port}/health/liveliness", timeout=120)
-        run(args, key, processes[1].pid)
+        if args.vs_portkey:
+            wait_until_up(f"http://127.0.0.1:{args.portkey_port}/", timeout=60)
+        peer_pids = {name: [process.pid, *worker_pids(process.pid)] for name, process in peers.items()}
+        run(args, key, processes[1].pid, upstream_url, peer_pids)
     finally:
         for process in reversed(processes):
             process.terminate()
             process.wait(timeout=20)
 
 
-def run(args, key: str, gateway_pid: int) -> None:
+def run(args, key: str, gateway_pid: int, upstream_url: str, peer_pids: dict[str, list[int]]) -> None:
     direct_url = f"http://127.0.0.1:{args.mock_port}/v1/chat/completions"
     gateway_url = f"http://127.0.0.1:{args.gateway_port}/v1/chat/completions"
     litellm_url = f"http://127.0.0.1:{args.litellm_port}/v1/chat/completions"
+    portkey_url = f"http://127.0.0.1:{args.portkey_port}/v1/chat/completions"
     warmup = 3.0
     print(
         f"upstream latency={args.latency_ms:g} ms, gateway workers={args.workers}, cpus={CPUS}, "
         f"{args.seconds:g} s per run, wrk on the same cores; latencies in ms; added = minus direct in the same run; "
-        "cpu = the gateway workers' CPU ms per request, which other load on the machine leaves about the same; "
+        "cpu = the gateway's (or peer's) CPU ms per request, which other load on the machine leaves about the same; "
         "db cpu = the same for the Postgres backends of the bench database"
     )
     print(
@@ -358,7 +389,8 @@ def run(args, key: str, gateway_pid: int) -> None:
         f"{'+p50':>9}{'+p95':>9}{'+p99':>9}{'cpu':>9}{'db cpu':>9}"
     )
     gateway_workers = worker_pids(gateway_pid)
-    litellm_results: dict[int, tuple[Measured, Measured, Measured]] = {}
+    # (peer, concurrency) → (direct, llmops, peer) of the plain-miss scenario
+    peer_results: dict[tuple[str, int], tuple[Measured, Measured, Measured]] = {}
     for scenario in (scenario for scenario in SCENARIOS if scenario.mode in args.scenarios):
         if scenario.expected_cache != "miss":
             status = cache_status(gateway_url, key, "auto", scenario.mode)
@@ -390,15 +422,25 @@ def run(args, key: str, gateway_pid: int) -> None:
             if args.vs_litellm and scenario.mode == "unique":
                 common = {"model": "bench-small", "mode": "unique", "key": LITELLM_KEY, "concurrency": concurrency}
                 wrk(litellm_url, **common, seconds=warmup)
+                cpu_before = cpu_seconds(peer_pids["litellm"])
                 theirs = wrk(litellm_url, **common, seconds=args.seconds)
-                print_row(scenario.name, concurrency, "litellm", theirs, direct)
-                litellm_results[concurrency] = (direct, ours, theirs)
-    for concurrency, (direct, ours, theirs) in sorted(litellm_results.items()):
+                cpu_ms = (cpu_seconds(peer_pids["litellm"]) - cpu_before) * 1000 / max(theirs.requests, 1)
+                print_row(scenario.name, concurrency, "litellm", theirs, direct, cpu_ms)
+                peer_results[(f"LiteLLM {LITELLM_VERSION}", concurrency)] = (direct, ours, theirs)
+            if args.vs_portkey and scenario.mode == "unique":
+                common = {"model": "mock-small", "mode": "unique", "key": "mock", "concurrency": concurrency}
+                wrk(portkey_url, **common, seconds=warmup, portkey_upstream=upstream_url)
+                cpu_before = cpu_seconds(peer_pids["portkey"])
+                theirs = wrk(portkey_url, **common, seconds=args.seconds, portkey_upstream=upstream_url)
+                cpu_ms = (cpu_seconds(peer_pids["portkey"]) - cpu_before) * 1000 / max(theirs.requests, 1)
+                print_row(scenario.name, concurrency, "portkey", theirs, direct, cpu_ms)
+                peer_results[(f"Portkey {PORTKEY_VERSION}", concurrency)] = (direct, ours, theirs)
+    for (peer, concurrency), (direct, ours, theirs) in sorted(peer_results.items()):
         added_ours, added_theirs = ours.p50 - direct.p50, theirs.p50 - direct.p50
         print(
-            f"vs LiteLLM {LITELLM_VERSION} at concurrency {concurrency}: "
-            f"throughput x{ours.throughput / theirs.throughput:.2f}"
+            f"vs {peer} at concurrency {concurrency}: throughput x{ours.throughput / theirs.throughput:.2f}"
             f", added p50 {added_ours:.2f} ms vs {added_theirs:.2f} ms (ratio {added_ours / added_theirs:.2f})"
+            f", added p99 {ours.p99 - direct.p99:.2f} ms vs {theirs.p99 - direct.p99:.2f} ms"
         )
     if args.sustained_requests:
         sustained(args, key, gateway_pid, gateway_url)

@@ -1,10 +1,11 @@
 -- wrk script for bench/gateway_bench.py: POSTs one chat completion per request.
--- Arguments after "--": <model> <mode> <bearer key> <run nonce>, mode one of
+-- Arguments after "--": <model> <mode> <bearer key> <run nonce> [<portkey upstream>], mode one of
 --   unique      every prompt differs, sent with "x-llmops-cache: bypass, no-store" (no cache work at all)
 --   unique-cached  every prompt differs, cache on: each miss pays the exact and semantic lookups and the store
 --   same        one prompt (an exact cache hit after the first)
 --   paraphrase  rewordings of one question (semantic cache hits)
 --   stream      unique prompts with "stream": true, cache bypassed like unique
+-- With a Portkey upstream (an OpenAI base URL), the request names it in Portkey's provider headers.
 local threads = {}
 local counter = 0
 -- Rewordings of the stored "What is the refund policy for late orders?" that the shipped decision (similarity,
@@ -27,6 +28,10 @@ function init(args)
   wrk.headers["Content-Type"] = "application/json"
   wrk.headers["Authorization"] = "Bearer " .. args[3]
   if mode == "unique" or mode == "stream" then wrk.headers["x-llmops-cache"] = "bypass, no-store" end
+  if args[5] then
+    wrk.headers["x-portkey-provider"] = "openai"
+    wrk.headers["x-portkey-custom-host"] = args[5]
+  end
 end
 
 function request()
