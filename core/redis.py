@@ -5,6 +5,7 @@ Callers must handle None with their documented fallback (database, or in-process
 
 import asyncio
 import hashlib
+import weakref
 from collections.abc import Sequence
 from functools import lru_cache
 
@@ -57,9 +58,78 @@ def redis_persistence_problem(client: redis.Redis) -> str:
     )
 
 
+class _CommandBatcher:
+    """Commands that a loop's requests issue in one turn of the loop, sent to Redis together: one connection, one
+    write and one read for the lot instead of one each. On a busy gateway a socket write per command was a fifth of a
+    worker's CPU (docs/performance.md). Each command is still atomic on its own and keeps its own result or error;
+    commands of one caller awaited one after another keep their order."""
+
+    def __init__(self, client: aioredis.Redis, loop: asyncio.AbstractEventLoop):
+        self.client = client
+        self.loop = loop
+        self.pending: list[tuple[tuple, asyncio.Future]] = []
+        self.running: set[asyncio.Task] = set()
+
+    def execute(self, *args) -> asyncio.Future:
+        if not self.pending:
+            self.loop.call_soon(self._flush)
+        future = self.loop.create_future()
+        self.pending.append((args, future))
+        return future
+
+    def _flush(self) -> None:
+        batch, self.pending = self.pending, []
+        task = self.loop.create_task(self._send(batch))
+        self.running.add(task)
+        task.add_done_callback(self.running.discard)
+
+    async def _send(self, batch: list[tuple[tuple, asyncio.Future]]) -> None:
+        try:
+            if len(batch) == 1:
+                results = [await self._one(batch[0][0])]
+            else:
+                pipe = self.client.pipeline(transaction=False)
+                for args, _ in batch:
+                    pipe.execute_command(*args)
+                results = await pipe.execute(raise_on_error=False)
+        except BaseException as error:
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(error)
+            if not isinstance(error, Exception):
+                raise
+            return
+        for (_, future), result in zip(batch, results, strict=True):
+            if future.done():
+                continue
+            if isinstance(result, Exception):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
+
+    async def _one(self, args: tuple):
+        try:
+            return await self.client.execute_command(*args)
+        except RedisError as error:
+            # A command's own error (as a pipeline returns it), not the batch's.
+            return error
+
+
+_batchers: weakref.WeakKeyDictionary[aioredis.Redis, _CommandBatcher] = weakref.WeakKeyDictionary()
+
+
+async def redis_command(client: aioredis.Redis, *args):
+    """``client.execute_command(*args)``, sent along with the other commands issued in the same turn of the loop.
+    Raises what the command would raise (RedisError and its kinds)."""
+    batcher = _batchers.get(client)
+    if batcher is None:
+        batcher = _batchers[client] = _CommandBatcher(client, asyncio.get_running_loop())
+    return await batcher.execute(*args)
+
+
 class RedisScript:
     """A Lua script called by its SHA1 (EVALSHA): the source crosses the wire, and is compiled, only when the server
-    does not have it yet (first call, or after a restart or SCRIPT FLUSH)."""
+    does not have it yet (first call, or after a restart or SCRIPT FLUSH). Sent with the loop's other commands."""
 
     def __init__(self, source: str):
         self.source = source
@@ -67,6 +137,6 @@ class RedisScript:
 
     async def run(self, client: aioredis.Redis, keys: Sequence, args: Sequence):
         try:
-            return await client.evalsha(self.sha, len(keys), *keys, *args)
+            return await redis_command(client, "EVALSHA", self.sha, len(keys), *keys, *args)
         except NoScriptError:
-            return await client.eval(self.source, len(keys), *keys, *args)
+            return await redis_command(client, "EVAL", self.source, len(keys), *keys, *args)

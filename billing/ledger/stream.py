@@ -34,7 +34,7 @@ from billing.ledger.events import UsageEvent
 from billing.ledger.services import usage_record_create
 from billing.models import UsageRecord
 from core.db import database_sync_to_async
-from core.redis import async_redis
+from core.redis import async_redis, redis_command
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ async def ledger_event_append(*, event: UsageEvent) -> None:
     client = async_redis() if ledger_streaming() else None
     if client is not None:
         try:
-            await client.xadd(STREAM_KEY, {EVENT_FIELD: usage_event_encode(event)})
+            await redis_command(client, "XADD", STREAM_KEY, "*", EVENT_FIELD, usage_event_encode(event))
             return
         except RedisError:
             logger.warning("ledger stream unreachable; writing %s to the database directly", event.request_id)

@@ -25,7 +25,7 @@ from redis.exceptions import RedisError
 
 from core.background import run_in_background
 from core.event_loops import PerEventLoop
-from core.redis import RedisScript, async_redis
+from core.redis import RedisScript, async_redis, redis_command
 from llmops.gateway.errors import GatewayError
 
 logger = logging.getLogger(__name__)
@@ -182,7 +182,7 @@ def inflight_release(slot: InflightSlot) -> None:
 
 async def _forget(slot: InflightSlot) -> None:
     try:
-        await async_redis().zrem(KEY_PREFIX + str(slot.tenant_id), slot.request_id)
+        await redis_command(async_redis(), "ZREM", KEY_PREFIX + str(slot.tenant_id), slot.request_id)
     except RedisError as exc:
         logger.warning("in-flight slot of %s left to its lease, Redis unreachable: %s", slot.request_id, exc)
 

@@ -41,7 +41,7 @@ from redis.exceptions import RedisError
 from billing.budgets.index import BudgetEntry, BudgetIndex, RateLimitIndex, build_budget_index, build_rate_limit_index
 from billing.models import Budget, RateLimit
 from core.db import database_sync_to_async
-from core.redis import async_redis, sync_redis
+from core.redis import async_redis, redis_command, sync_redis
 from llmops.gateway.models import ConfigVersion
 from routing.catalog import (
     ModelCatalog,
@@ -166,7 +166,7 @@ async def config_versions_read(scopes: list[str]) -> list[str | None]:
     if client is None:
         return await database_sync_to_async(_database_versions)(scopes)
     try:
-        values = await client.mget([REDIS_VERSION_PREFIX + scope for scope in scopes])
+        values = await redis_command(client, "MGET", *(REDIS_VERSION_PREFIX + scope for scope in scopes))
     except RedisError as exc:
         raise VersionsUnreadable(str(exc)) from exc
     return [value.decode() if value is not None else None for value in values]

@@ -33,7 +33,7 @@ from django.db.models import F, Field
 from django.utils import timezone
 
 from core.db import database_sync_to_async
-from core.redis import async_redis, sync_redis
+from core.redis import async_redis, redis_command, sync_redis
 from routing.cache.batching import BatchWorker
 from routing.cache.crossencoder import semantic_decide
 from routing.cache.embedders import embed_soon
@@ -226,7 +226,7 @@ async def _fast_answer(tenant_id: int, served_model: str, key_hash: str) -> tupl
         return None, False
     key = redis_key(tenant_id, served_model, key_hash)
     try:
-        raw = await client.get(key)
+        raw = await redis_command(client, "GET", key)
     except Exception:
         logger.warning("cache: Redis unavailable, reading Postgres", exc_info=True)
         return None, False

@@ -178,8 +178,8 @@ class DownRedis:
     def __init__(self):
         self.calls: list[str] = []
 
-    async def get(self, key):
-        self.calls.append("get")
+    async def execute_command(self, *args):
+        self.calls.append(args[0].lower())
         raise ConnectionError("Redis is down")
 
     async def set(self, key, value, ex=None):
