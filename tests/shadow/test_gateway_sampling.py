@@ -312,6 +312,23 @@ def test_a_tenant_that_does_not_evaluate_hands_nothing_over(gateway, routed, eva
     assert not EvaluationSpend.objects.for_tenant(routed.tenant).exists()
 
 
+def test_settings_saved_apply_to_the_next_request_of_a_warm_process(gateway, routed, evaluated):
+    body = {"model": "auto", "messages": ticket("Charged twice"), **CLASSIFY}
+    chat(gateway, routed, body)
+    settings = evaluation_on(routed.tenant)
+
+    sampled = chat(gateway, routed, body)
+    evaluated()
+    # A rate of 0, not evaluation off: a request sampled on stale settings would still be evaluated, and seen.
+    settings.routing_sample_rate = 0
+    settings.save()
+    chat(gateway, routed, body)
+    evaluated()
+
+    # Only the request made while the rate was 1: the one before and the one after were not sampled.
+    assert [e.request_id for e in evaluations()] == [sampled.headers["x-llmops-request-id"]]
+
+
 def test_the_task_signal_sees_a_sampled_request(gateway, routed, evaluated, tasks_run):
     """The signal the test above reads does see a hand-over."""
     evaluation_on(routed.tenant)

@@ -47,7 +47,6 @@ from routing import upstream
 from routing.cache.embedders import configured_embedder
 from routing.catalog import ModelEntry
 from routing.max_tokens import requested_max_tokens, with_max_tokens
-from routing.providers.base import message_text
 from routing.providers.prompt_cache import OFF
 from routing.tokens import count_chat_tokens_async
 
@@ -146,7 +145,7 @@ async def metered_call(sample: ShadowSample, model: ModelEntry, body: dict) -> M
         reply = await upstream.chat_completion(model.provider, body)
         usage = await reply_usage(reply, body=body, model=model, prompt_tokens=prompt_tokens)
         event = _ledger_event(sample, model, usage=usage, http_status=200, error_code="", started=started)
-        text = message_text(reply.body["choices"][0]["message"].get("content"))
+        text = upstream.answer_text(reply.body)
     except upstream.UpstreamError as error:
         failure = upstream_failure(error)
         usage = Usage()
@@ -272,6 +271,6 @@ async def _judged(
     else:
         judgement = await _embedding_judgement(answer.text, sample.answer, float(settings.similarity_threshold))
     if judgement is None:
-        await _unjudged(sample, lever, f"the {method.label} judge gave no readable verdict")
+        await _unjudged(sample, lever, f"no readable verdict ({method.label})")
         return None
     return await database_sync_to_async(_record)(sample, lever, reference=reference, judgement=judgement, cost_usd=cost)
