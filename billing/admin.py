@@ -1,5 +1,6 @@
 """Registers billing's admin: the ledger with its finance pages (billing.finance.admin), budgets, rate limits and alert
-channels (billing.budgets.admin)."""
+channels (billing.budgets.admin), shadow-evaluation settings (billing.evaluation.admin)."""
 
 import billing.budgets.admin
+import billing.evaluation.admin
 import billing.finance.admin  # noqa: F401

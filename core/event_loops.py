@@ -1,6 +1,7 @@
 """One object per event loop, for what cannot be shared between loops (connection pools, a loop's own tasks)."""
 
 import asyncio
+import threading
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
@@ -27,3 +28,15 @@ class PerEventLoop(Generic[T]):
     def pop(self) -> T | None:
         """Forget the running loop's object, returning it (None when it had none) for the caller to close."""
         return self._objects.pop(asyncio.get_running_loop(), None)
+
+
+_worker_loops = threading.local()
+
+
+def run_in_worker_loop(coroutine):
+    """Run on this thread's own event loop, kept for the process's life so pooled clients are reused (Celery tasks
+    that run the gateway's async code)."""
+    loop = getattr(_worker_loops, "loop", None)
+    if loop is None:
+        loop = _worker_loops.loop = asyncio.new_event_loop()
+    return loop.run_until_complete(coroutine)

@@ -10,6 +10,15 @@ waits SLOW_STREAM_SECONDS between chunks, ``malformed-<kind>`` answers 200 with 
 completion (MALFORMED_USAGE and MALFORMED_BODIES; streamed, a usage kind spoils the final usage chunk and a body kind
 is one event half way through). ``n`` is honoured as OpenAI does: n choices, and usage bills n completions.
 
+Answers whose quality differs in a controlled way, for shadow evaluation (docs/quality.md). A classification prompt
+is one with a line ``Labels: a, b, c`` in any message: every model answers one of those labels, chosen from a hash of
+the last user message (so a compressed history gets the same label as the full one), and a model whose upstream name
+contains ``wrong-<N>`` answers another label instead for N% of such prompts, the ones a second hash of that message
+picks: the same prompts every time, and about N in 100 of any set of distinct ones. A model whose name contains
+``judge`` answers a comparison prompt (one with a ``Reference answer:`` and a ``Candidate answer:`` section, as the
+gateway's LLM judge sends) with ``{"verdict": "equivalent"}`` when the two answers are equal after trimming and
+case-folding, else ``{"verdict": "worse"}``, with a reason. Usage is reported as for any other prompt.
+
 ``POST /v1/embeddings`` answers deterministically: each input's vector (DEFAULT_DIMENSIONS floats, or ``dimensions``)
 is drawn from a seed hashed from the model and the input, normalised to length 1, as float or base64 (little-endian
 float32, as OpenAI sends it) by ``encoding_format``; usage counts the inputs' tokens as the gateway does. The model
@@ -45,6 +54,9 @@ DEFAULT_DIMENSIONS = 1536
 FILE_PATH = re.compile(r"/v1/files/([\w-]+)/content")
 BATCH_PATH = re.compile(r"/v1/batches/([\w-]+)")
 MALFORMED_PATTERN = re.compile(r"malformed-([a-z]+-[a-z]+)")
+WRONG_PATTERN = re.compile(r"wrong-(\d{1,3})")
+LABELS_LINE = re.compile(r"^\s*Labels:\s*(.+?)\s*$", re.IGNORECASE | re.MULTILINE)
+JUDGED_SECTIONS = re.compile(r"Reference answer:\s*(.*?)\s*Candidate answer:\s*(.*)\Z", re.DOTALL)
 # Usage kinds: the usage field spoiled and the value it reports.
 MALFORMED_USAGE = {
     "usage-text": ("prompt_tokens", "abc"),
@@ -86,6 +98,46 @@ def _vector(model: str, item: str | list[int], dimensions: int, base64_encoded: 
     vector = np.random.default_rng(int.from_bytes(seed[:8], "little")).standard_normal(dimensions)
     vector = (vector / np.linalg.norm(vector)).astype("<f4")
     return base64.b64encode(vector.tobytes()).decode() if base64_encoded else vector.tolist()
+
+
+def _hash_int(*parts: str) -> int:
+    return int.from_bytes(hashlib.sha256("\x00".join(parts).encode()).digest()[:8], "big")
+
+
+def _last_user_text(messages: list) -> str:
+    return next((_text_of(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), "")
+
+
+def classification_labels(messages: list) -> list[str]:
+    """The labels of a classification prompt (a ``Labels: a, b, c`` line in any message), in order; [] otherwise."""
+    for message in messages:
+        found = LABELS_LINE.search(_text_of(message.get("content")))
+        if found:
+            labels = [label.strip() for label in found.group(1).split(",")]
+            return list(dict.fromkeys(label for label in labels if label))
+    return []
+
+
+def classification_answer(messages: list, labels: list[str], model: str) -> str:
+    """The label a model answers: the right one (a hash of the last user message), or for a ``wrong-<N>`` model and
+    the N% of prompts a second hash picks, another one."""
+    text = _last_user_text(messages)
+    right = _hash_int("label", text) % len(labels)
+    wrong = WRONG_PATTERN.search(model)
+    if wrong is None or len(labels) < 2 or _hash_int("wrong", text) % 100 >= int(wrong.group(1)):
+        return labels[right]
+    return labels[(right + 1 + _hash_int("other", text) % (len(labels) - 1)) % len(labels)]
+
+
+def judge_answer(messages: list) -> str | None:
+    """A ``judge`` model's verdict on a comparison prompt; None for any other prompt."""
+    sections = JUDGED_SECTIONS.search(_last_user_text(messages))
+    if sections is None:
+        return None
+    reference, candidate = (section.strip().casefold() for section in sections.groups())
+    if reference == candidate:
+        return orjson.dumps({"verdict": "equivalent", "reason": "The answers are the same."}).decode()
+    return orjson.dumps({"verdict": "worse", "reason": "The candidate differs from the reference."}).decode()
 
 
 def _choices(body: dict) -> int:
@@ -146,7 +198,7 @@ class MockUpstream:
         if "stall" in model:
             await asyncio.sleep(STALL_SECONDS)
         usage = self._usage(messages, body)
-        answer = self._answer(messages, _per_choice_tokens(body))
+        answer = self._answer(messages, _per_choice_tokens(body), model=model)
         malformed = MALFORMED_PATTERN.search(model)
         malformed = malformed.group(1) if malformed else ""
         if malformed in MALFORMED_USAGE:
@@ -251,7 +303,7 @@ class MockUpstream:
                 response = {"status_code": int(failure.group(1)), "request_id": "mock", "body": {"error": error}}
             else:
                 usage = self._usage(body["messages"], body)
-                answer = self._answer(body["messages"], _per_choice_tokens(body))
+                answer = self._answer(body["messages"], _per_choice_tokens(body), model=model)
                 reply = self._completion(model, answer, usage, choices=_choices(body))
                 response = {"status_code": 200, "request_id": "mock", "body": reply}
             rows.append({"id": f"batch_req_{line['custom_id']}", "custom_id": line["custom_id"], "response": response})
@@ -298,8 +350,16 @@ class MockUpstream:
         }
 
     @staticmethod
-    def _answer(messages: list, completion_tokens: int) -> list[str]:
-        last_user = next((_text_of(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), "")
+    def _answer(messages: list, completion_tokens: int, *, model: str = "") -> list[str]:
+        """The answer's pieces (one per streamed chunk)."""
+        # A judge's comparison quotes the request, whose Labels line must not make it a classification.
+        verdict = judge_answer(messages) if "judge" in model else None
+        if verdict is not None:
+            return [verdict]
+        labels = classification_labels(messages)
+        if labels:
+            return [classification_answer(messages, labels, model)]
+        last_user = _last_user_text(messages)
         words = ["Mock", "answer", "to:"] + last_user.split()[:8] + ["and", "some", "more", "words"] * 8
         return [("" if i == 0 else " ") + word for i, word in enumerate(words[:completion_tokens])]
 

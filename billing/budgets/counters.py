@@ -50,7 +50,8 @@ from billing.budgets.periods import BudgetWindow, budget_window
 from billing.budgets.thresholds import threshold_alerts_enqueue
 from billing.ledger.costs import format_cost
 from billing.ledger.stream import EVENT_FIELD, STREAM_KEY, ledger_streaming, usage_event_decode
-from billing.models import BudgetCounter, BudgetScope, UsageRecord
+from billing.ledger.totals import PRODUCT_ROWS
+from billing.models import BudgetCounter, BudgetScope, UsageKind, UsageRecord
 from core.redis import RedisScript, sync_redis
 
 logger = logging.getLogger(__name__)
@@ -231,9 +232,9 @@ class BudgetHold:
 
 def budget_ledger_records(*, entry: BudgetEntry, window: BudgetWindow, customer: str = "") -> QuerySet[UsageRecord]:
     """The ledger rows that are the budget's spend in the window (the same test as _counts), for a customer-scope
-    budget the customer's."""
+    budget the customer's. Shadow evaluation's calls are not: its own budget pays for them."""
     records = UsageRecord.objects.for_tenant(entry.tenant_id).filter(
-        created_at__gte=window.start, created_at__lt=window.end
+        PRODUCT_ROWS, created_at__gte=window.start, created_at__lt=window.end
     )
     if entry.per_customer:
         records = records.filter(customer=customer)
@@ -338,6 +339,8 @@ def _backlog_costs(client, hold: BudgetHold, *, boundary: str) -> dict[str, Deci
 
 
 def _counts(hold: BudgetHold, event) -> bool:
+    if event.kind == UsageKind.EVALUATION:
+        return False
     if hold.entry.per_customer and event.customer != hold.customer:
         return False
     return hold.window.start <= event.created_at < hold.window.end and hold.entry.counts(

@@ -22,6 +22,7 @@ from billing.budgets.counters import (
 )
 from billing.budgets.index import UNITS_PER_USD, budget_entry, units_to_usd
 from billing.budgets.selectors import budget_current_window
+from billing.ledger.totals import PRODUCT_ROWS
 from billing.models import (
     CUSTOMER_MAX_LENGTH,
     AlertChannel,
@@ -268,7 +269,7 @@ def _holds(budget: Budget, now: datetime) -> list[BudgetHold]:
     window = budget_current_window(budget=budget, now=now)
     customers = (
         UsageRecord.objects.for_tenant(budget.tenant_id)
-        .filter(created_at__gte=window.start, created_at__lt=window.end)
+        .filter(PRODUCT_ROWS, created_at__gte=window.start, created_at__lt=window.end)
         .exclude(customer="")
         .values_list("customer", flat=True)
         .distinct()
@@ -384,7 +385,7 @@ def _suspect_holds(budget: Budget, now: datetime) -> Iterator[BudgetHold]:
     window = budget_current_window(budget=budget, now=now)
     spend = dict(
         UsageRecord.objects.for_tenant(budget.tenant_id)
-        .filter(created_at__gte=window.start, created_at__lt=window.end)
+        .filter(PRODUCT_ROWS, created_at__gte=window.start, created_at__lt=window.end)
         .exclude(customer="")
         .values_list("customer")
         .annotate(Sum("cost_usd"))

@@ -105,6 +105,14 @@ class EvaluationSpend(models.Model):
     month = models.DateField(help_text="The first day of the month (UTC).")
     reserved_usd = models.DecimalField(**COST_FIELD, default=Decimal(0))
     spent_usd = models.DecimalField(**COST_FIELD, default=Decimal(0))
+    refused = models.PositiveIntegerField(
+        default=0, help_text="Evaluations skipped because the month's evaluation budget could not cover their calls."
+    )
+    unjudged = models.PositiveIntegerField(
+        default=0,
+        help_text="Evaluations that ended without a verdict: the LLM judge's answer was unreadable, the embedder "
+        "could not load, or the reference call failed.",
+    )
 
     objects = TenantScopedManager()
 

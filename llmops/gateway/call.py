@@ -15,6 +15,7 @@ from billing.ledger.events import RequestFacts, UsageEvent
 from core.cpu import run_sized
 from llmops.gateway.chat.worst_case import OutputBound
 from llmops.gateway.concurrency import InflightSlot
+from llmops.gateway.shadow.rates import EvaluationRates
 from routing.catalog import ModelEntry
 from routing.providers.base import MalformedAnswer, UpstreamReply, answer_text, invalid_response
 from routing.tokens import count_chat_tokens_async, count_text_tokens
@@ -97,6 +98,10 @@ class GatewayCall(RequestFacts):
     route_explanation: str = ""
     # The model the request would have used without routing: the one it named, or its alias's large model.
     routing_baseline: ModelEntry | None = None
+    # The model the route chose when a budget downgraded the request to a cheaper one.
+    downgraded_from: ModelEntry | None = None
+    # The tenant's shadow-evaluation sample rates (None: it does not evaluate), for the answer's sample draw.
+    evaluation: EvaluationRates | None = None
     upstream_ms: int | None = None
     cost_usd: str | None = None
     reservation: Reservation | None = None

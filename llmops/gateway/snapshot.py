@@ -2,9 +2,9 @@
 
 The configuration is held in slices: one shared by every tenant (providers, models and prices) and one per tenant
 (its keys with their team's and tenant's state, model access, live routing policy, budgets, rate limits, payload
-logging, its cap on requests in flight). A change bumps the version of the slice it belongs to once its transaction
-commits (``transaction.on_commit``): a fresh random token in Redis (``llmops:config:<scope>``), or a counter row
-(``ConfigVersion``) in the database without Redis.
+logging, shadow-evaluation sample rates, its cap on requests in flight). A change bumps the version of the slice it
+belongs to once its transaction commits (``transaction.on_commit``): a fresh random token in Redis
+(``llmops:config:<scope>``), or a counter row (``ConfigVersion``) in the database without Redis.
 
 Every request reads the shared version and its tenant's version in one round trip (MGET; one query without Redis)
 and runs on slices loaded under exactly those versions. A slice whose version moved is reloaded before the request
@@ -39,10 +39,11 @@ from django.utils import timezone
 from redis.exceptions import RedisError
 
 from billing.budgets.index import BudgetEntry, BudgetIndex, RateLimitIndex, build_budget_index, build_rate_limit_index
-from billing.models import Budget, RateLimit
+from billing.models import Budget, EvaluationSettings, RateLimit
 from core.db import database_sync_to_async
 from core.redis import async_redis, redis_command, sync_redis
 from llmops.gateway.models import ConfigVersion
+from llmops.gateway.shadow.rates import EvaluationRates, build_evaluation_rates
 from routing.catalog import (
     ModelCatalog,
     ModelEntry,
@@ -76,6 +77,7 @@ TENANT_MODELS = (
     Budget,
     RateLimit,
     PayloadLogSettings,
+    EvaluationSettings,
 )
 
 
@@ -95,6 +97,8 @@ class ConfigSnapshot:
     payload_logging_tenants: frozenset[int]
     # The tenant's cap on chat completions in flight; None: the installation default, 0: no cap.
     max_inflight: int | None
+    # The tenant's shadow-evaluation sample rates; None when it does not evaluate.
+    evaluation: EvaluationRates | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +124,7 @@ class TenantSlice:
     rate_limits: RateLimitIndex
     payload_logging: bool
     max_inflight: int | None
+    evaluation: EvaluationRates | None = None
 
     def snapshot(self, shared: SharedSlice) -> ConfigSnapshot:
         grants = {self.tenant_id: self.grant} if self.grant is not None else {}
@@ -131,6 +136,7 @@ class TenantSlice:
             rate_limits=self.rate_limits,
             payload_logging_tenants=frozenset({self.tenant_id}) if self.payload_logging else frozenset(),
             max_inflight=self.max_inflight,
+            evaluation=self.evaluation,
         )
 
 
@@ -153,6 +159,7 @@ def tenant_slice_build(*, tenant_id: int, version: str | None) -> TenantSlice:
         rate_limits=build_rate_limit_index(tenant_id=tenant_id),
         payload_logging=PayloadLogSettings.objects.for_tenant(tenant_id).filter(enabled=True).exists(),
         max_inflight=Tenant.objects.for_tenant(tenant_id).values_list("max_inflight_requests", flat=True).first(),
+        evaluation=build_evaluation_rates(tenant_id=tenant_id),
     )
 
 

@@ -315,6 +315,7 @@ def test_member_index_lists_tenant_models_and_catalog_but_not_providers(client, 
         "AuditEvent",
         "PayloadLogSettings",
         "PayloadLog",
+        "EvaluationSettings",
     }
 
 

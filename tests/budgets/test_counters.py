@@ -24,13 +24,15 @@ from billing.budgets.services import budget_counter_check, budget_counters_rebui
 from billing.budgets.tasks import budget_counters_check as budget_counters_check_task
 from billing.ledger.events import UsageEvent
 from billing.ledger.stream import STREAM_KEY, ledger_stream_drain, ledger_stream_recover, usage_event_encode
-from billing.models import BudgetCounter, BudgetScope, UsageRecord
+from billing.models import BudgetCounter, BudgetScope, UsageKind, UsageRecord
 from tests.loops import run
 
 NOW = datetime(2026, 11, 27, 12, tzinfo=UTC)
 
 
-def event(org, *, request_id: str, cost: str, created_at: datetime = NOW, api_key=None) -> UsageEvent:
+def event(
+    org, *, request_id: str, cost: str, created_at: datetime = NOW, api_key=None, kind: str = UsageKind.REQUEST
+) -> UsageEvent:
     api_key = api_key or org.api_key
     return UsageEvent(
         request_id=request_id,
@@ -40,10 +42,13 @@ def event(org, *, request_id: str, cost: str, created_at: datetime = NOW, api_ke
         created_at=created_at,
         http_status=200,
         cost_usd=Decimal(cost),
+        kind=kind,
     )
 
 
-def ledger(org, *, cost: str, created_at: datetime = NOW, api_key=None, request_id: str = ""):
+def ledger(
+    org, *, cost: str, created_at: datetime = NOW, api_key=None, request_id: str = "", kind: str = UsageKind.REQUEST
+):
     found = event(
         org, request_id=request_id or f"r-{UsageRecord.objects.unscoped().count()}", cost=cost, created_at=created_at
     )
@@ -56,6 +61,7 @@ def ledger(org, *, cost: str, created_at: datetime = NOW, api_key=None, request_
         cost_usd=found.cost_usd,
         http_status=200,
         created_at=created_at,
+        kind=kind,
     )
 
 
@@ -303,4 +309,26 @@ def test_the_nightly_check_repairs_a_counter_that_disagrees(live_org, backend, s
     assert budget_counters_check_task() == 1
 
     assert budget_counter_check(budget=budget, now=now).counted_usd == Decimal(3)
+    assert budget_counters_check_task() == 0
+
+
+@pytest.mark.parametrize("backend", ["redis", "database"])
+def test_shadow_evaluation_calls_are_not_spend_of_any_product_budget(live_org, backend, settings, redis_counters):
+    """Evaluation calls are paid from the evaluation budget: a counter seeded from the ledger (rows and the stream's
+    backlog) and the nightly check both leave them out."""
+    if backend == "database":
+        settings.REDIS_URL = ""
+    now = datetime.now(UTC)
+    ledger(live_org, cost="1", created_at=now - timedelta(seconds=1))
+    ledger(live_org, cost="4", created_at=now - timedelta(seconds=1), kind=UsageKind.EVALUATION)
+    if backend == "redis":
+        evaluation = event(live_org, request_id="in-stream", cost="2", created_at=now, kind=UsageKind.EVALUATION)
+        redis_counters.xadd(STREAM_KEY, {"event": usage_event_encode(evaluation)})
+    budget = budget_create(tenant=live_org.tenant, limit_usd=Decimal(3))
+
+    reservation = run(budget_reserve(budgets=entries(live_org), amount=Decimal(2), request_id="x", now=now))
+
+    assert reservation.remaining_usd == 0
+    check = budget_counter_check(budget=budget, now=now)
+    assert (check.counted_usd, check.ledger_usd) == (Decimal(1), Decimal(1))
     assert budget_counters_check_task() == 0

@@ -12,6 +12,7 @@ from django.utils import timezone
 
 from billing.alerts.services import alert_channel_create
 from billing.budgets.services import budget_create
+from billing.evaluation.services import evaluation_settings_set
 from billing.models import AlertDelivery, Anomaly, BudgetAlert, ExportStatus, UsageExport
 from billing.ratelimits import rate_limit_create
 from llmops.gateway.batches.models import Batch, File, Job
@@ -75,6 +76,7 @@ def add_tenant_rows(rows: TenantRows) -> None:
     rate_limit_create(tenant=tenant, team=rows.team, requests_per_minute=60)
     routing_policy_create_default(tenant=tenant, small_model=rows.catalog_model, large_model=rows.catalog_model)
     payload_log_settings_set(tenant=tenant, enabled=True)
+    evaluation_settings_set(tenant=tenant, enabled=True, monthly_budget_usd=Decimal("5"))
     PayloadLog.objects.create(tenant=tenant, request_id=f"req-{tenant.slug}", request={})
     CacheEntry.objects.create(
         tenant=tenant,

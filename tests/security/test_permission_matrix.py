@@ -81,6 +81,7 @@ EXPECTED = {
     "billing.alertdelivery": READ_ONLY,
     "billing.anomaly": READ_ONLY,
     "billing.ratelimit": EDITABLE,
+    "billing.evaluationsettings": EDITABLE,
     "routing.cacheentry": TENANT_ADMINS_READ,
     "gateway.batch": READ_ONLY,
     "gateway.job": READ_ONLY,
@@ -225,6 +226,7 @@ TENANT_PAGES = {
     "billing.alertdelivery": READ,
     "billing.anomaly": READ,
     "billing.ratelimit": Pages(Action.VIEW),
+    "billing.evaluationsettings": Pages(Action.VIEW),
     "gateway.batch": READ,
     "gateway.job": READ,
 }

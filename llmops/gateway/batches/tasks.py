@@ -4,25 +4,13 @@ A worker that starts (or restarts after a crash) looks at every unfinished batch
 LLMOPS_BATCH_POLL_SECONDS; the batch lease keeps two runners off the same batch.
 """
 
-import asyncio
-import threading
-
 from celery import shared_task
 from celery.signals import worker_ready
 from django.conf import settings
 
+from core.event_loops import run_in_worker_loop
 from llmops.gateway.batches.runner import batch_process
 from llmops.gateway.batches.services import batch_recheck_claim, batches_unfinished
-
-_loops = threading.local()
-
-
-def run_in_worker_loop(coroutine):
-    """Run on this thread's own event loop, kept for the process's life so pooled clients are reused."""
-    loop = getattr(_loops, "loop", None)
-    if loop is None:
-        loop = _loops.loop = asyncio.new_event_loop()
-    return loop.run_until_complete(coroutine)
 
 
 # The name predates the move into this package; tasks already queued under it still run.

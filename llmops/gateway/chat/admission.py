@@ -233,6 +233,7 @@ async def admit(
             raise _refusal(
                 reserved, plan.chain, prompt_tokens=prompt_tokens, bound=bound, writers=writers
             ) from reserved
+        call.downgraded_from = plan.chain[0]
         plan.chain = [cheaper]
         bound = _bounded(plan, bound)
         call.served, call.route = cheaper, f"{call.route}+budget-downgrade"

@@ -77,6 +77,7 @@ async def chat_completion_run(
         body = await run_sized(declared_size(headers), lambda: validate_chat_request(read_body()))
         call.request_body = body
         call.payload_logging = call.principal.tenant_id in snapshot.payload_logging_tenants
+        call.evaluation = snapshot.evaluation
         call.requested_model = body["model"]
         call.is_stream = bool(body.get("stream"))
         plan = await plan_chat(snapshot, call, body, headers)

@@ -16,6 +16,7 @@ from llmops.gateway.call import GatewayCall, UsageCeiling, estimated_usage, repl
 from llmops.gateway.chat.planning import ChatPlan, refusal_error
 from llmops.gateway.chat.recording import finish
 from llmops.gateway.errors import GatewayError, internal_error, upstream_failure
+from llmops.gateway.shadow.sampling import shadow_offer
 from routing import upstream
 from routing.cache.store import CacheHit, CacheRequest, cache_lookup, cache_store
 from routing.catalog import ModelEntry
@@ -91,6 +92,8 @@ async def complete_chat(call: GatewayCall, plan: ChatPlan) -> HttpResponse:
     call.injection_flagged |= verdict.flagged
     await finish(call, http_status=200, usage=usage, answer=reply.body)
     keep_answer(call, plan.cache, reply.body)
+    if call.evaluation is not None:
+        shadow_offer(call, body=plan.body, answer=reply.body)
     response = HttpResponse(reply.raw, content_type="application/json")
     for name, value in call.response_headers().items():
         response[name] = value
@@ -130,6 +133,8 @@ class StreamRelay:
                 if data == "[DONE]":
                     await self._record(http_status=200)
                     self._keep_answer()
+                    if self.call.evaluation is not None:
+                        shadow_offer(self.call, body=self.body, answer="".join(self.content_parts))
                     yield f": x-llmops-cost-usd={self.call.cost_usd}\n\ndata: [DONE]\n\n".encode()
                     return
                 if data is not None and not self._take_checked(data):
@@ -303,6 +308,8 @@ async def answer_from_cache(call: GatewayCall, plan: ChatPlan) -> HttpResponse |
         return None
     call.cache_saved_usage = await _stored_usage(hit, plan.body, call.served)
     await finish(call, http_status=200)
+    if call.evaluation is not None:
+        shadow_offer(call, body=plan.body, answer=hit.answer)
     answer = {**hit.answer, "id": f"chatcmpl-{call.request_id}", "created": int(call.created_at.timestamp())}
     noted = answer.pop(STOP_SEQUENCE_NOTE, None)
     call.stop_sequence = noted if isinstance(noted, str) else None

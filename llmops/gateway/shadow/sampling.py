@@ -1,0 +1,151 @@
+"""Which of a request's answers are shadow-evaluated, decided on the request path and handed to Celery.
+
+A request answered 200 (streamed or not, from the cache or not) that a lever made cheaper may be sampled, one draw
+per lever (its rate in the tenant's snapshot: no query). Each lever's reference is the answer it would have had
+without the lever:
+
+* routing: served by a cheaper model than its routing baseline (the model it named, or its alias's large model) →
+  the baseline, with the same body;
+* semantic_cache: answered by a semantic cache hit → a fresh call to the served model;
+* compression: the prompt was compressed → the served model with the prompt before compression;
+* budget_downgrade: a budget sent it to a cheaper route → the model the route chose before.
+
+A downgraded request is evaluated for the downgrade only: its answer is not the routed model's. Requests asking for
+several choices (``n`` > 1) and answers without text (tool calls only) are not sampled.
+
+A sampled request is sealed and enqueued from a thread of its own, so the event loop never waits on the broker or
+on encrypting a large prompt; at most MAX_PENDING samples wait there, and past that one is dropped with a warning.
+"""
+
+import logging
+import random
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+
+from django.db import connections
+
+from billing.models import CacheStatus, Lever
+from llmops.gateway.call import GatewayCall
+from llmops.gateway.shadow.samples import ShadowSample, sample_seal
+from llmops.gateway.shadow.tasks import shadow_evaluate_task
+from routing.catalog import ModelEntry
+from routing.providers.base import message_text
+
+logger = logging.getLogger(__name__)
+
+BUDGET_DOWNGRADE_SUFFIX = "+budget-downgrade"
+MAX_PENDING = 1000
+
+_enqueue_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shadow-samples")
+_pending: set[Future] = set()
+_lock = threading.Lock()
+
+
+def _cheaper(served: ModelEntry, baseline: ModelEntry, call: GatewayCall) -> bool:
+    """Whether the request cost less on ``served`` than it would have on ``baseline``, at its own usage (a cache
+    hit's: the stored answer's)."""
+    usage = call.cache_saved_usage or call.settled_usage
+    if usage is None:
+        return False
+    return usage.cost(served.prices) < usage.cost(baseline.prices)
+
+
+def levers_of(call: GatewayCall) -> list[tuple[Lever, ModelEntry]]:
+    """The levers that made this answered request cheaper, each with the model whose answer is its reference."""
+    served = call.served
+    if served is None:
+        return []
+    levers = []
+    baseline = call.routing_baseline
+    if call.downgraded_from is not None:
+        levers.append((Lever.BUDGET_DOWNGRADE, call.downgraded_from))
+    elif baseline is not None and baseline.name != served.name and _cheaper(served, baseline, call):
+        levers.append((Lever.ROUTING, baseline))
+    if call.cache_status == CacheStatus.HIT_SEMANTIC:
+        levers.append((Lever.SEMANTIC_CACHE, served))
+    before, after = call.prompt_tokens_before_compression, call.prompt_tokens_after_compression
+    if before is not None and after is not None and after < before:
+        levers.append((Lever.COMPRESSION, served))
+    return levers
+
+
+def _answer_text(answer: dict | str | None) -> str:
+    if isinstance(answer, str):
+        return answer
+    choices = answer.get("choices") if isinstance(answer, dict) else None
+    if not choices or not isinstance(choices[0], dict):
+        return ""
+    return message_text((choices[0].get("message") or {}).get("content"))
+
+
+def shadow_draw(call: GatewayCall) -> dict[str, str]:
+    """The levers sampled for this request, one draw each at the tenant's rate: lever → its reference model's name."""
+    rates = call.evaluation
+    if rates is None:
+        return {}
+    return {lever.value: reference.name for lever, reference in levers_of(call) if random.random() < rates.of(lever)}
+
+
+def shadow_offer(call: GatewayCall, *, body: dict, answer: dict | str | None) -> None:
+    """Draw the request's levers against the tenant's rates and hand the sampled ones to the evaluation worker.
+    ``body`` is the chat body as sent upstream; ``answer`` the chat.completion (or a stream's assembled text)."""
+    if (body.get("n") or 1) > 1:
+        return
+    sampled = shadow_draw(call)
+    if not sampled:
+        return
+    text = _answer_text(answer)
+    if not text:
+        return
+    principal = call.principal
+    sample = ShadowSample(
+        request_id=call.request_id,
+        tenant_id=principal.tenant_id,
+        team_id=principal.team_id,
+        api_key_id=principal.key_id,
+        customer=call.customer,
+        tags=list(call.tags),
+        endpoint=call.endpoint,
+        served_model=call.served.name,
+        rule=call.route.removesuffix(BUDGET_DOWNGRADE_SUFFIX),
+        task_type=call.task_type,
+        levers=sampled,
+        body=body,
+        uncompressed_messages=(call.request_body or {}).get("messages") if Lever.COMPRESSION in sampled else None,
+        answer=text,
+    )
+    shadow_sample_enqueue(sample)
+
+
+def shadow_sample_enqueue(sample: ShadowSample) -> None:
+    with _lock:
+        if len(_pending) >= MAX_PENDING:
+            logger.warning(
+                "shadow evaluation: %s not sampled, %s samples wait for the broker", sample.request_id, MAX_PENDING
+            )
+            return
+        future = _enqueue_executor.submit(_send, sample)
+        _pending.add(future)
+    future.add_done_callback(_settled)
+
+
+def _settled(future: Future) -> None:
+    with _lock:
+        _pending.discard(future)
+
+
+def shadow_samples_wait(timeout: float = 10.0) -> None:
+    """Wait for samples being handed over, e.g. before a process exits (and in tests)."""
+    with _lock:
+        pending = list(_pending)
+    wait(pending, timeout=timeout)
+
+
+def _send(sample: ShadowSample) -> None:
+    try:
+        shadow_evaluate_task.delay(sample_seal(sample))
+    except Exception:
+        logger.exception("shadow evaluation: could not enqueue %s", sample.request_id)
+    finally:
+        # A thread seldom used: hold no database connection between samples (an eager task uses one).
+        connections.close_all()

@@ -1,0 +1,276 @@
+"""Shadow evaluation, off the request path: a sampled request's lever replayed against its reference and judged.
+
+For one (request, lever): the reference call (routing.upstream, the provider path the gateway's own calls take) and,
+for an LLM judge, the judge's call are each reserved against the tenant's evaluation budget first
+(billing.evaluation.budget), metered in the ledger as rows of kind ``evaluation`` (parented to the sampled request,
+charged to its key, team and customer, route ``shadow-evaluation``, cache ``bypass``, no savings: product budgets
+and savings never count them) and settled with what they cost. The judgement is one ShadowEvaluation row, written
+once per (request, lever) however often the work runs.
+
+An evaluation that cannot reach a verdict records no row, so agreement counts only real verdicts: one the budget
+cannot cover is counted as ``refused`` on the month's EvaluationSpend, one whose reference call failed, whose LLM
+judge answered no readable verdict, or that needs the embedder when it cannot load, as ``unjudged``; each is logged.
+"""
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from decimal import Decimal
+
+from django.conf import settings as django_settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from billing.evaluation.budget import evaluation_budget_reserve, evaluation_budget_settle, evaluation_unjudged_count
+from billing.ledger.costs import ZERO_USD, Usage
+from billing.ledger.events import RequestFacts, UsageEvent
+from billing.models import CacheStatus, EvaluationSettings, JudgeMethod, Lever, ShadowEvaluation, UsageKind
+from core.crypto import CredentialDecryptionError
+from core.db import database_sync_to_async
+from llmops.gateway.call import estimated_usage, new_request_id, reply_usage
+from llmops.gateway.chat.recording import record_usage
+from llmops.gateway.chat.worst_case import OutputBound, cache_writers, chain_worst_case
+from llmops.gateway.errors import upstream_failure
+from llmops.gateway.shadow.judges import (
+    JUDGE_MAX_TOKENS,
+    Judgement,
+    embedding_judgement,
+    exact_judgement,
+    judge_messages,
+    judge_method,
+    llm_judgement,
+)
+from llmops.gateway.shadow.samples import ShadowSample, sample_open
+from llmops.gateway.snapshot import config_snapshot
+from routing import upstream
+from routing.cache.embedders import configured_embedder
+from routing.catalog import ModelEntry
+from routing.max_tokens import requested_max_tokens, with_max_tokens
+from routing.providers.prompt_cache import OFF
+from routing.tokens import count_chat_tokens_async
+
+logger = logging.getLogger(__name__)
+
+EVALUATION_ROUTE = "shadow-evaluation"
+# What a reference call does not repeat of the request: one non-streamed answer is compared.
+NOT_REPEATED = ("stream", "stream_options", "n", "best_of")
+
+
+class EvaluationRefused(Exception):
+    """The evaluation budget cannot cover the call (counted as refused, on the month's EvaluationSpend)."""
+
+
+@dataclass(frozen=True, slots=True)
+class MeteredAnswer:
+    text: str
+    cost_usd: Decimal
+
+
+def shadow_sample_open(sealed: str) -> ShadowSample | None:
+    try:
+        return sample_open(sealed)
+    except CredentialDecryptionError:
+        logger.error("shadow evaluation: a sample sealed under a key no longer configured was dropped")
+        return None
+
+
+def reference_body(sample: ShadowSample, lever: Lever, model: ModelEntry) -> dict:
+    """The request as the reference answers it: the body as sent (the prompt before compression for that lever), one
+    answer, not streamed, with a cap on its tokens so its worst case is a true bound."""
+    body = {name: value for name, value in sample.body.items() if name not in NOT_REPEATED}
+    if lever == Lever.COMPRESSION and sample.uncompressed_messages is not None:
+        body["messages"] = sample.uncompressed_messages
+    body["model"] = model.upstream_name
+    if requested_max_tokens(body) is None and not model.max_output_tokens:
+        body = with_max_tokens(body, django_settings.LLMOPS_RESERVATION_MAX_TOKENS)
+    return body
+
+
+def _ledger_event(
+    sample: ShadowSample, model: ModelEntry, *, usage: Usage, http_status: int, error_code: str, started: float
+) -> UsageEvent:
+    elapsed_ms = int((time.perf_counter() - started) * 1000)
+    facts = RequestFacts(
+        request_id=new_request_id(),
+        created_at=timezone.now(),
+        endpoint=sample.endpoint,
+        requested_model=model.name,
+        cache_status=CacheStatus.BYPASS,
+        route=EVALUATION_ROUTE,
+        attempts=1,
+        tags=sample.tags,
+        customer=sample.customer,
+        kind=UsageKind.EVALUATION,
+        parent_request_id=sample.request_id,
+    )
+    event = UsageEvent.of(
+        facts,
+        usage=usage,
+        tenant_id=sample.tenant_id,
+        team_id=sample.team_id,
+        api_key_id=sample.api_key_id,
+        http_status=http_status,
+        error_code=error_code,
+        served_model=model.name,
+        upstream_latency_ms=elapsed_ms,
+        total_latency_ms=elapsed_ms,
+    )
+    event.price(model.prices)
+    # Evaluation is spend, never a saving: a provider-cache discount on a replayed prompt is not one the product made.
+    event.saved_provider_cache_usd = ZERO_USD
+    return event
+
+
+async def metered_call(sample: ShadowSample, model: ModelEntry, body: dict) -> MeteredAnswer | None:
+    """One evaluation call: reserved against the evaluation budget, made, recorded in the ledger and settled. None
+    when the provider gave no usable answer (its failure is recorded as the gateway's are); raises EvaluationRefused
+    when the budget cannot cover it."""
+    prompt_tokens = await count_chat_tokens_async(body["messages"], model=model.upstream_name)
+    amount = chain_worst_case(
+        [model],
+        prompt_tokens=prompt_tokens,
+        bound=OutputBound.of(body, model=model.upstream_name),
+        fallback=django_settings.LLMOPS_RESERVATION_MAX_TOKENS,
+        cache_writers=cache_writers([model], body, provider_cache=OFF),
+    )
+    hold = await database_sync_to_async(evaluation_budget_reserve)(
+        tenant_id=sample.tenant_id, amount=amount, now=timezone.now()
+    )
+    if hold is None:
+        raise EvaluationRefused
+    started = time.perf_counter()
+    event = None
+    try:
+        reply = await upstream.chat_completion(model.provider, body)
+        usage = await reply_usage(reply, body=body, model=model, prompt_tokens=prompt_tokens)
+        event = _ledger_event(sample, model, usage=usage, http_status=200, error_code="", started=started)
+        text = upstream.answer_text(reply.body)
+    except upstream.UpstreamError as error:
+        failure = upstream_failure(error)
+        usage = Usage()
+        if isinstance(error, upstream.UpstreamInvalidResponse):
+            usage = await estimated_usage(body, error.completion_text, model)
+        event = _ledger_event(
+            sample, model, usage=usage, http_status=failure.status_code, error_code=failure.code, started=started
+        )
+        logger.warning("shadow evaluation of %s: %s failed (%s)", sample.request_id, model.name, failure.code)
+        text = None
+    finally:
+        if event is not None:
+            await record_usage(event)
+        await database_sync_to_async(evaluation_budget_settle)(
+            hold=hold, actual=event.cost_usd if event is not None else ZERO_USD
+        )
+    return MeteredAnswer(text=text, cost_usd=event.cost_usd) if text is not None else None
+
+
+def _existing(sample: ShadowSample, lever: Lever) -> ShadowEvaluation | None:
+    evaluations = ShadowEvaluation.objects.for_tenant(sample.tenant_id)
+    return evaluations.filter(request_id=sample.request_id, lever=lever).first()
+
+
+def _settings(tenant_id: int) -> EvaluationSettings | None:
+    found = EvaluationSettings.objects.for_tenant(tenant_id).filter(enabled=True).select_related("judge_model")
+    return found.first()
+
+
+@database_sync_to_async
+def _unjudged(sample: ShadowSample, lever: Lever, why: str) -> None:
+    logger.warning("shadow evaluation of %s (%s) has no verdict: %s", sample.request_id, lever.value, why)
+    evaluation_unjudged_count(tenant_id=sample.tenant_id, now=timezone.now())
+
+
+def _record(
+    sample: ShadowSample, lever: Lever, *, reference: ModelEntry, judgement: Judgement, cost_usd: Decimal
+) -> ShadowEvaluation:
+    try:
+        with transaction.atomic():
+            return ShadowEvaluation.objects.create(
+                tenant_id=sample.tenant_id,
+                request_id=sample.request_id,
+                lever=lever,
+                rule=sample.rule[:128],
+                served_model=sample.served_model,
+                reference_model=reference.name,
+                task_type=sample.task_type,
+                method=judgement.method,
+                agrees=judgement.agrees,
+                verdict=judgement.verdict,
+                similarity=judgement.similarity,
+                reason=judgement.reason,
+                cost_usd=cost_usd,
+                created_at=timezone.now(),
+            )
+    except IntegrityError:
+        # Another run of the same sample recorded it first.
+        return _existing(sample, lever)
+
+
+async def _embedding_judgement(reference: str, candidate: str, threshold: float) -> Judgement | None:
+    embedder = await asyncio.to_thread(configured_embedder)
+    if embedder is None:
+        return None
+    vectors = await asyncio.to_thread(embedder.embed, [reference, candidate])
+    return embedding_judgement(vectors, threshold=threshold)
+
+
+async def shadow_evaluation_run(*, sample: ShadowSample, lever: Lever) -> ShadowEvaluation | None:
+    """Evaluate one sampled lever of a request; the ShadowEvaluation recorded (or recorded before, by an earlier run
+    of the same sample), None when the evaluation reached no verdict."""
+    existing = await database_sync_to_async(_existing)(sample, lever)
+    if existing is not None:
+        return existing
+    settings = await database_sync_to_async(_settings)(sample.tenant_id)
+    if settings is None:
+        return None
+    catalog = (await config_snapshot.for_tenant(sample.tenant_id)).catalog
+    reference = catalog.models.get(sample.levers[lever.value])
+    judge = catalog.models.get(settings.judge_model.name) if settings.judge_model is not None else None
+    method = judge_method(settings, sample.task_type)
+    if reference is None or (method == JudgeMethod.LLM and judge is None):
+        await _unjudged(sample, lever, "its reference or judge model is no longer in the catalog")
+        return None
+    if method == JudgeMethod.EMBEDDING and await asyncio.to_thread(configured_embedder) is None:
+        # Checked before any call is paid for.
+        await _unjudged(sample, lever, "the embedder (LLMOPS_CACHE_EMBEDDER) could not load in this worker")
+        return None
+    try:
+        return await _judged(sample, lever, settings=settings, method=method, reference=reference, judge=judge)
+    except EvaluationRefused:
+        return None
+
+
+async def _judged(
+    sample: ShadowSample,
+    lever: Lever,
+    *,
+    settings: EvaluationSettings,
+    method: JudgeMethod,
+    reference: ModelEntry,
+    judge: ModelEntry | None,
+) -> ShadowEvaluation | None:
+    answer = await metered_call(sample, reference, reference_body(sample, lever, reference))
+    if answer is None:
+        await _unjudged(sample, lever, f"the reference call to {reference.name} failed")
+        return None
+    cost = answer.cost_usd
+    if method == JudgeMethod.EXACT:
+        judgement = exact_judgement(answer.text, sample.answer)
+    elif method == JudgeMethod.LLM:
+        messages = sample.uncompressed_messages or sample.body["messages"]
+        body = {
+            "model": judge.upstream_name,
+            "messages": judge_messages(messages, reference=answer.text, candidate=sample.answer),
+            "max_tokens": JUDGE_MAX_TOKENS,
+            "temperature": 0,
+        }
+        verdict = await metered_call(sample, judge, body)
+        judgement = llm_judgement(verdict.text) if verdict is not None else None
+        cost += verdict.cost_usd if verdict is not None else ZERO_USD
+    else:
+        judgement = await _embedding_judgement(answer.text, sample.answer, float(settings.similarity_threshold))
+    if judgement is None:
+        await _unjudged(sample, lever, f"no readable verdict ({method.label})")
+        return None
+    return await database_sync_to_async(_record)(sample, lever, reference=reference, judgement=judgement, cost_usd=cost)

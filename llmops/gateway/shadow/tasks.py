@@ -1,0 +1,17 @@
+"""Celery task for shadow evaluation: the sealed sample in, one service call per sampled lever."""
+
+from celery import shared_task
+
+from billing.models import Lever
+from core.event_loops import run_in_worker_loop
+from llmops.gateway.shadow.services import shadow_evaluation_run, shadow_sample_open
+
+
+# Not retried: a sample is one of many, and a retry could pay for calls twice; a lever evaluated already is skipped.
+@shared_task(name="llmops.gateway.shadow.tasks.shadow_evaluate_task", ignore_result=True)
+def shadow_evaluate_task(sealed: str) -> None:
+    sample = shadow_sample_open(sealed)
+    if sample is None:
+        return
+    for lever in sample.levers:
+        run_in_worker_loop(shadow_evaluation_run(sample=sample, lever=Lever(lever)))
