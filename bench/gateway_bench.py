@@ -345,7 +345,8 @@ def main() -> None:
     mock_command = [PYTHON, "manage.py", "mock_upstream", "--port", str(args.mock_port)]
     gateway_command = [PYTHON, "-m", "uvicorn", "llmops.asgi:application", "--host", "127.0.0.1"]
     gateway_command += ["--port", str(args.gateway_port), "--workers", str(args.workers), "--no-access-log"]
-    gateway_command += ["--log-level", "warning"]
+    # As the Procfile runs it: the app decides which forwarded address to believe (llmops/client_ip.py).
+    gateway_command += ["--log-level", "warning", "--no-proxy-headers"]
     processes = [
         subprocess.Popen([*mock_command, "--latency-ms", str(args.latency_ms)], cwd=ROOT, env=env),
         subprocess.Popen(gateway_command, cwd=ROOT, env=env),
