@@ -14,8 +14,8 @@ from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_EVEN, Decimal, localc
 
 from django.db.models import Count, Q, QuerySet, Sum
 
-from billing.ledger.costs import ZERO_USD
-from billing.ledger.selectors import ledger_between
+from billing.ledger.costs import ZERO_USD, format_cost
+from billing.ledger.selectors import ledger_between, tenant_days_bounds
 from billing.models import Lever, ShadowEvaluation, UsageKind
 from routing.policy.engine import SCORED_ROUTE
 from tenants.models import Tenant
@@ -76,6 +76,18 @@ class Agreement:
             return None
         return wilson_interval(self.agreeing, self.samples)[1].quantize(RATE_PLACES, rounding=ROUND_CEILING)
 
+    @property
+    def rate_percent(self) -> str:
+        return "–" if self.rate is None else f"{_percent(self.rate, ROUND_HALF_EVEN)}%"
+
+    @property
+    def lower_percent(self) -> str:
+        return "–" if self.lower is None else f"{_percent(self.lower, ROUND_FLOOR)}%"
+
+    @property
+    def upper_percent(self) -> str:
+        return "–" if self.upper is None else f"{_percent(self.upper, ROUND_CEILING)}%"
+
     def __add__(self, other: "Agreement") -> "Agreement":
         return Agreement(self.agreeing + other.agreeing, self.samples + other.samples, self.group)
 
@@ -83,8 +95,7 @@ class Agreement:
         """Rate, interval and count (`96.0% (93.1-97.8%, n=180)`, with an en dash), or that there are none."""
         if not self.samples:
             return "no shadow results"
-        lower, upper = _percent(self.lower, ROUND_FLOOR), _percent(self.upper, ROUND_CEILING)
-        return f"{_percent(self.rate, ROUND_HALF_EVEN)}% ({lower}–{upper}%, n={self.samples})"
+        return f"{self.rate_percent} ({self.lower_percent[:-1]}–{self.upper_percent}, n={self.samples})"
 
     def as_json(self) -> dict:
         """Rates as decimal strings to four places (null without samples)."""
@@ -152,6 +163,12 @@ def agreement_by(
     ]
 
 
+def agreement_by_lever(*, tenant_id: int, start: datetime, end: datetime) -> dict[str, Agreement]:
+    """Every lever's agreement in [start, end), in the levers' order; no samples for a lever without evaluations."""
+    found = {row.group["lever"]: row for row in agreement_by(tenant_id=tenant_id, start=start, end=end)}
+    return {lever: found.get(lever, Agreement(0, 0, {"lever": lever})) for lever in Lever.values}
+
+
 def agreement_of(*, tenant_id: int, start: datetime, end: datetime, lever: str, rule: str = "") -> Agreement:
     """One lever's agreement (one rule's, when named) in [start, end); no samples when there were no evaluations."""
     found = agreement_by(tenant_id=tenant_id, start=start, end=end, group_by=(), lever=lever, rule=rule)
@@ -166,3 +183,18 @@ def evaluation_spend_usd(*, tenant: Tenant, since: date, until: date) -> Decimal
     verdict, so this figure reconciles with the ledger (and the provider's invoice) as every other spend does."""
     rows = ledger_between(tenant=tenant, since=since, until=until).filter(kind=UsageKind.EVALUATION)
     return rows.aggregate(total=Sum("cost_usd"))["total"] or ZERO_USD
+
+
+def quality_report(*, tenant: Tenant, since: date, until: date, group_by: Sequence[str] = ("lever",)) -> dict:
+    """The usage API's `quality` block: agreement by lever (every lever) and by `group_by`, over the days (tenant time
+    zone), and the evaluation spend; rates and money as decimal strings."""
+    start, end = tenant_days_bounds(tenant=tenant, since=since, until=until)
+    window = {"tenant_id": tenant.pk, "start": start, "end": end}
+    return {
+        "since": since.isoformat(),
+        "until": until.isoformat(),
+        "group_by": list(group_by),
+        "by_lever": [row.as_json() for row in agreement_by_lever(**window).values()],
+        "groups": [row.as_json() for row in agreement_by(**window, group_by=group_by)],
+        "evaluation_spend_usd": format_cost(evaluation_spend_usd(tenant=tenant, since=since, until=until)),
+    }
