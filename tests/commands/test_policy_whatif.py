@@ -67,7 +67,7 @@ def test_on_the_demo_moving_summaries_to_the_large_model_costs_more(demo):
     # Under the live version the replay routes each seeded request by the rule its ledger row names.
     recorded = Counter(
         route.removesuffix(f"+{SCORED_ROUTE}")
-        for route in UsageRecord.objects.unscoped().values_list("route", flat=True)
+        for route in UsageRecord.objects.unscoped().filter(kind="request").values_list("route", flat=True)
     )
     assert {label: line["live_requests"] for label, line in rules.items() if line["live_requests"]} == dict(recorded)
     assert report["recorded_cost_usd"] == total["live_cost_usd"]
