@@ -89,7 +89,7 @@ def test_dashboard_shows_agreement_by_lever_next_to_its_savings(client, tenants)
     assert "100.0% (83.8–100.0%, n=20)" in cache_row
     assert "not evaluated" in re.search(r'<tr id="saved-batch">.*?</tr>', html, re.DOTALL).group(0)
     groups = re.search(r'<div class="panel wide" id="quality-groups">.*?</table>', html, re.DOTALL).group(0)
-    assert groups.index("by-score+score") < groups.index("short-tasks")  # the lowest lower bound first
+    assert groups.index("by-score+score") < groups.index("short-tasks")  # the lowest upper bound first
     assert "globex" not in html and "n=40" not in html
 
 
