@@ -104,13 +104,24 @@ def quality_slo_create(
     return slo
 
 
+# A breach was judged on these terms: changing one of them, or switching the SLO off, clears it, and the next check
+# judges afresh (and alerts again if it is still breached).
+SLO_TERMS = ("lever", "rule", "min_agreement", "min_samples", "window_days")
+
+
 def quality_slo_update(*, slo: QualitySlo, **changes) -> QualitySlo:
-    """Change an SLO; its breach stands until a check finds it holding again."""
+    """Change an SLO. Its breach stands until a check finds it holding again, unless the change is to its terms or
+    switches it off."""
     if unknown := set(changes) - set(SLO_FIELDS):
         raise TypeError(f"quality_slo_update() got unknown fields {sorted(unknown)}")
-    for name, value in changes.items():
-        setattr(slo, name, value)
-    _validated(slo).save()
+    with transaction.atomic():
+        # The stored row, locked: a check may have marked a breach since this instance was read.
+        stored = QualitySlo.objects.for_tenant(slo.tenant_id).select_for_update(of=("self",)).get(pk=slo.pk)
+        for name, value in changes.items():
+            setattr(slo, name, value)
+        terms_changed = any(getattr(stored, name) != getattr(slo, name) for name in SLO_TERMS)
+        slo.breached_at = None if terms_changed or not slo.is_active else stored.breached_at
+        _validated(slo).save()
     return slo
 
 

@@ -249,3 +249,24 @@ def test_concurrent_checks_raise_one_alert_and_one_policy_version():
     assert QualityAlert.objects.for_tenant(shop.tenant).count() == 1
     assert RoutingPolicyAudit.objects.for_tenant(shop.tenant).count() == 2  # the default, and the action's
     assert AlertDelivery.objects.for_tenant(shop.tenant).count() == 1
+
+
+def test_changing_an_slos_terms_or_switching_it_off_clears_its_breach(shop):
+    slo = routing_slo(shop)
+    evaluations(shop.tenant, agreeing=20, disagreeing=20, rule=SHORT_TASKS_RULE)
+    assert len(quality_slos_check(tenant_id=shop.tenant.pk, lever=Lever.ROUTING)) == 1
+
+    quality_slo_update(slo=slo, action=QualityAction.ROUTE_TO_LARGE)
+    slo.refresh_from_db()
+    assert slo.breached_at is not None  # the action is no term: the breach stands
+
+    quality_slo_update(slo=slo, is_active=False)
+    quality_slo_update(slo=slo, is_active=True)
+    slo.refresh_from_db()
+    assert slo.breached_at is None
+    assert len(quality_slos_check(tenant_id=shop.tenant.pk, lever=Lever.ROUTING)) == 1  # judged afresh
+
+    quality_slo_update(slo=slo, min_agreement=Decimal("0.3"))  # under the lower bound, 0.35
+    slo.refresh_from_db()
+    assert slo.breached_at is None
+    assert quality_slos_check(tenant_id=shop.tenant.pk, lever=Lever.ROUTING) == []
