@@ -546,7 +546,7 @@ class RoutingRuleInline(PolicyDraftInline, admin.StackedInline):
                     ("target_model", "fallback_models"),
                     ("prompt_token_cap", "over_cap_action"),
                     ("max_tokens_cap", "default_max_tokens"),
-                    ("cache_ttl_seconds", "cache_nondeterministic"),
+                    ("cache_ttl_seconds", "cache_nondeterministic", "semantic_cache"),
                     ("provider_cache",),
                 )
             },
@@ -703,10 +703,10 @@ class RoutingPolicyVersionAdmin(ReadOnlyScopedAdmin):
 
 @admin.register(RoutingPolicyAudit)
 class RoutingPolicyAuditAdmin(ReadOnlyScopedAdmin):
-    list_display = ("created_at", "tenant", "action", "version", "previous_version", "actor")
+    list_display = ("created_at", "tenant", "action", "version", "previous_version", "actor", "note")
     list_filter = (("tenant", TenantListFilter), "action")
     list_select_related = ("tenant", "version__tenant", "previous_version__tenant", "actor")
-    fields = ("tenant", "action", "actor", "created_at", "previous_version", "version", "diff")
+    fields = ("tenant", "action", "actor", "note", "created_at", "previous_version", "version", "diff")
     readonly_fields = fields
 
 

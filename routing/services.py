@@ -21,6 +21,7 @@ from routing.models import (
 )
 from routing.policy.document import AUTO_ALIAS, document_diff, normalized_document, policy_document_errors
 from routing.policy.drafts import policy_draft_document, policy_draft_replace
+from routing.policy.quality_actions import QualityTransform
 from routing.prices import model_price_set
 from tenants.models import Tenant
 
@@ -182,7 +183,7 @@ def _document_list_errors(document: dict) -> list[str]:
 
 
 def _routing_policy_publish_document(
-    *, policy: RoutingPolicy, document: dict, actor, action: RoutingPolicyAuditAction
+    *, policy: RoutingPolicy, document: dict, actor, action: RoutingPolicyAuditAction, note: str = ""
 ) -> RoutingPolicyVersion:
     errors = routing_policy_document_errors(tenant=policy.tenant, document=document)
     if errors:
@@ -202,6 +203,7 @@ def _routing_policy_publish_document(
         previous_version=previous,
         version=version,
         diff=document_diff(previous.document if previous else None, version.document),
+        note=note[:300],
     )
     return version
 
@@ -239,6 +241,33 @@ def routing_policy_rollback(*, policy: RoutingPolicy, version: RoutingPolicyVers
     )
     policy_draft_replace(policy=policy, document=version.document)
     return new_version
+
+
+@transaction.atomic
+def routing_policy_quality_action(
+    *, tenant: Tenant, transform: QualityTransform, rule: str, note: str
+) -> tuple[RoutingPolicyVersion | None, list[str]]:
+    """Publish the live version changed by `transform` (routing.policy.quality_actions) for `rule` ("" for every
+    rule), as the system (no actor) with `note` saying why, and change the draft the same way so the next publish
+    keeps it. Returns the new version (None when nothing needed changing) and what changed; raises ValidationError
+    when the changed document could not be published."""
+    policy = (
+        RoutingPolicy.objects.for_tenant(tenant)
+        .select_for_update(of=("self",))
+        .select_related("tenant", "live_version")
+        .first()
+    )
+    if policy is None or policy.live_version is None:
+        return None, []
+    document, changes = transform(policy.live_version.document, rule)
+    if not changes:
+        return None, []
+    version = _routing_policy_publish_document(
+        policy=policy, document=document, actor=None, action=RoutingPolicyAuditAction.PUBLISH, note=note
+    )
+    draft, _ = transform(policy_draft_document(policy=policy), rule)
+    policy_draft_replace(policy=policy, document=draft)
+    return version, changes
 
 
 # Over this the default template refuses rather than compresses: cut to the cap, the prompt would keep less than an

@@ -27,6 +27,7 @@ from billing.alerts.services import anomaly_alert_raise
 from billing.ledger.totals import LedgerTotals, ledger_aggregates
 from billing.models import (
     COST_FIELD,
+    PRODUCT_ROWS,
     AlertDelivery,
     Anomaly,
     AnomalyDirection,
@@ -113,7 +114,8 @@ def _hourly_traffic(
     """Traffic per team and hour, plus the tenant's total under the key None."""
     rows = (
         UsageRecord.objects.for_tenant(tenant)
-        .filter(created_at__gte=since, created_at__lt=until)
+        # Product traffic: turning shadow evaluation on is no spend spike.
+        .filter(PRODUCT_ROWS, created_at__gte=since, created_at__lt=until)
         .annotate(hour=TruncHour("created_at", tzinfo=UTC))
         .values("team_id", "hour")
         .annotate(**ledger_aggregates(*TRAFFIC_TOTALS))

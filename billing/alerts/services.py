@@ -10,6 +10,7 @@ thresholds' alerts to it went out.
 """
 
 import logging
+from decimal import Decimal
 
 from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
@@ -27,6 +28,8 @@ from billing.models import (
     BudgetAlert,
     ChannelKind,
     DeliveryStatus,
+    Lever,
+    QualityAlert,
 )
 from core.crypto import encrypt_secret
 from core.outbound import outbound_url_validate
@@ -150,7 +153,13 @@ def alert_delivery_attempt(*, delivery_id: int) -> None:
         delivery = (
             deliveries_for_workers()
             .select_for_update(of=("self",))
-            .select_related("channel", "budget_alert__budget__tenant", "anomaly__tenant", "anomaly__team")
+            .select_related(
+                "channel",
+                "budget_alert__budget__tenant",
+                "anomaly__tenant",
+                "anomaly__team",
+                "quality_alert__slo__tenant",
+            )
             .get(pk=delivery_id)
         )
         if delivery.status == DeliveryStatus.SENT:
@@ -214,7 +223,9 @@ def alert_message(*, delivery: AlertDelivery) -> tuple[str, str, dict]:
     """Subject, text and JSON payload of a delivery's alert."""
     if delivery.budget_alert_id:
         return _budget_alert_message(delivery.budget_alert)
-    return _anomaly_message(delivery.anomaly)
+    if delivery.anomaly_id:
+        return _anomaly_message(delivery.anomaly)
+    return _quality_alert_message(delivery.quality_alert)
 
 
 def _budget_alert_message(alert: BudgetAlert) -> tuple[str, str, dict]:
@@ -270,5 +281,45 @@ def _anomaly_message(anomaly: Anomaly) -> tuple[str, str, dict]:
         "baseline_median": f"{anomaly.baseline_median:f}",
         "baseline_mad": f"{anomaly.baseline_mad:f}",
         "score": f"{anomaly.score:f}",
+    }
+    return subject, text, payload
+
+
+def _rate_percent(rate: Decimal) -> str:
+    return f"{rate * 100:.2f}".rstrip("0").rstrip(".") + "%"
+
+
+def _quality_alert_message(alert: QualityAlert) -> tuple[str, str, dict]:
+    slo = alert.slo
+    lever = Lever(slo.lever).label.lower()
+    scope = f"rule {slo.rule}" if slo.rule else "every rule"
+    subject = f"[llmops] {slo.tenant.slug}: {lever} ({scope}) agreement below {_rate_percent(slo.min_agreement)}"
+    action = alert.action_detail or "Alert only: no automatic action is enabled."
+    text = (
+        f"Shadow evaluation of {slo.tenant.slug}'s {lever} ({scope}) over the last {slo.window_days} days: "
+        f"{_rate_percent(alert.agreement)} of {alert.samples} answers agreed with their reference (95% interval "
+        f"{_rate_percent(alert.lower_bound)} to {_rate_percent(alert.upper_bound)}). The quality SLO wants the lower "
+        f"bound at {_rate_percent(slo.min_agreement)} or more. {action}"
+    )
+    payload = {
+        "type": "quality.slo_breached",
+        "alert_id": alert.pk,
+        "tenant": slo.tenant.slug,
+        "slo": {
+            "id": slo.pk,
+            "lever": slo.lever,
+            "rule": slo.rule,
+            "min_agreement": f"{slo.min_agreement:f}",
+            "min_samples": slo.min_samples,
+            "window_days": slo.window_days,
+            "action": slo.action,
+        },
+        "samples": alert.samples,
+        "agreement": f"{alert.agreement:f}",
+        "lower_bound": f"{alert.lower_bound:f}",
+        "upper_bound": f"{alert.upper_bound:f}",
+        "action_taken": alert.action_taken,
+        "action_detail": alert.action_detail,
+        "created_at": alert.created_at.isoformat(),
     }
     return subject, text, payload

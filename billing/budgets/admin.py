@@ -223,7 +223,13 @@ class BudgetAlertAdmin(ReadOnlyScopedAdmin):
 class AlertDeliveryAdmin(ReadOnlyScopedAdmin):
     list_display = ("__str__", "status", "attempts", "last_error", "created_at", "sent_at")
     list_filter = ("status", "channel__kind")
-    list_select_related = ("channel__tenant", "budget_alert__budget__tenant", "anomaly__tenant", "anomaly__team")
+    list_select_related = (
+        "channel__tenant",
+        "budget_alert__budget__tenant",
+        "anomaly__tenant",
+        "anomaly__team",
+        "quality_alert__slo__tenant",
+    )
     actions = ("retry_deliveries",)
 
     @admin.action(description="Retry the selected deliveries")

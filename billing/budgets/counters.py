@@ -50,8 +50,7 @@ from billing.budgets.periods import BudgetWindow, budget_window
 from billing.budgets.thresholds import threshold_alerts_enqueue
 from billing.ledger.costs import format_cost
 from billing.ledger.stream import EVENT_FIELD, STREAM_KEY, ledger_streaming, usage_event_decode
-from billing.ledger.totals import PRODUCT_ROWS
-from billing.models import BudgetCounter, BudgetScope, UsageKind, UsageRecord
+from billing.models import PRODUCT_ROWS, BudgetCounter, BudgetScope, UsageKind, UsageRecord
 from core.redis import RedisScript, sync_redis
 
 logger = logging.getLogger(__name__)

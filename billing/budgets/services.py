@@ -22,9 +22,9 @@ from billing.budgets.counters import (
 )
 from billing.budgets.index import UNITS_PER_USD, budget_entry, units_to_usd
 from billing.budgets.selectors import budget_current_window
-from billing.ledger.totals import PRODUCT_ROWS
 from billing.models import (
     CUSTOMER_MAX_LENGTH,
+    PRODUCT_ROWS,
     AlertChannel,
     Budget,
     BudgetAction,

@@ -38,6 +38,8 @@ from billing.ledger.columns import AGGREGATE_COLUMNS, GROUPINGS, REQUEST_COLUMNS
 from billing.ledger.costs import format_cost
 from billing.ledger.selectors import ledger_between, tenant_zone
 from billing.models import CUSTOMER_MAX_LENGTH, ExportStatus, UsageExport, UsageRecord
+from billing.quality.selectors import GROUPINGS as QUALITY_GROUPINGS
+from billing.quality.selectors import quality_report
 from core.api import TenantSlugField, api_error_response
 from tenants.models import Tenant
 from tenants.permissions import Action
@@ -92,6 +94,12 @@ class UsageRangeQuerySerializer(serializers.Serializer):
 
 
 class UsagePageQuerySerializer(UsageRangeQuerySerializer):
+    quality = _text(
+        100,
+        "Add the `quality` block: agreement of the shadow evaluations in the days, by lever and by these groupings "
+        f"(comma-separated, among {', '.join(QUALITY_GROUPINGS)}; `lever` alone for by lever only), and the "
+        "evaluation spend.",
+    )
     cursor = serializers.CharField(required=False, max_length=1000, help_text="Page cursor (ungrouped).")
     page_size = serializers.IntegerField(required=False, min_value=1, max_value=1000, help_text="Rows per page.")
     limit = serializers.IntegerField(required=False, min_value=1, max_value=1000, help_text="Groups per page.")
@@ -212,6 +220,22 @@ class UsageRowsField(serializers.ListField):
     pass
 
 
+def _agreements(help_text: str):
+    """A list of agreements: each group's values, its counts and its rates as decimal strings."""
+    fields = {
+        **{
+            grouping: serializers.CharField(required=False, help_text=f"The group's {grouping}.")
+            for grouping in QUALITY_GROUPINGS
+        },
+        "samples": serializers.IntegerField(help_text="Shadow evaluations in the group."),
+        "agreeing": serializers.IntegerField(help_text="Of those, how many agreed with their reference."),
+        "agreement": serializers.CharField(allow_null=True, help_text="agreeing / samples, a decimal string."),
+        "lower_bound": serializers.CharField(allow_null=True, help_text="Of the 95% Wilson interval, rounded down."),
+        "upper_bound": serializers.CharField(allow_null=True, help_text="Of the 95% Wilson interval, rounded up."),
+    }
+    return inline_serializer("Agreement", fields=fields, many=True, help_text=help_text)
+
+
 UsagePageSerializer = inline_serializer(
     "UsagePage",
     fields={
@@ -219,6 +243,19 @@ UsagePageSerializer = inline_serializer(
         "next": serializers.URLField(allow_null=True),
         "previous": serializers.URLField(allow_null=True),
         "results": UsageRowsField(help_text="Ledger rows (UsageRecord), or groups (UsageGroup) with ?group_by=."),
+        "quality": inline_serializer(
+            "UsageQuality",
+            required=False,
+            help_text="With ?quality=: the shadow evaluations' agreement in the days, and the evaluation spend.",
+            fields={
+                "since": serializers.DateField(),
+                "until": serializers.DateField(),
+                "group_by": serializers.ListField(child=serializers.CharField()),
+                "by_lever": _agreements("Every lever, with or without evaluations."),
+                "groups": _agreements("By the groupings asked for; groups with evaluations."),
+                "evaluation_spend_usd": MoneyField(help_text="What evaluation calls cost: ledger rows of that kind."),
+            },
+        ),
     },
 )
 
@@ -252,8 +289,17 @@ class UsageView(APIView):
     def get(self, request: Request) -> Response:
         try:
             tenant, params, filters = _usage_query(request, UsagePageQuerySerializer)
+            quality = _quality_group_by(request.query_params.get("quality"))
         except ExportError as error:
             return export_error_response(error)
+        response = self._page(request, tenant=tenant, params=params, filters=filters)
+        if quality is not None:
+            response.data["quality"] = quality_report(
+                tenant=tenant, since=params.since, until=params.until, group_by=quality
+            )
+        return response
+
+    def _page(self, request: Request, *, tenant: Tenant, params: ExportParams, filters: UsageFilters) -> Response:
         records = filters.apply(ledger_between(tenant=tenant, since=params.since, until=params.until))
         if not params.group_by:
             paginator = UsageCursorPagination()
@@ -266,6 +312,20 @@ class UsageView(APIView):
         ]
         serializer = UsageGroupSerializer(page, many=True, context={"group_by": params.group_by})
         return paginator.get_paginated_response(serializer.data)
+
+
+def _quality_group_by(value: str | None) -> tuple[str, ...] | None:
+    """The groupings of ?quality=, lever first; None when the block is not asked for."""
+    if value is None:
+        return None
+    names = [name.strip() for name in value.split(",") if name.strip()]
+    if unknown := [name for name in names if name not in QUALITY_GROUPINGS]:
+        raise ExportError(
+            f"Unknown quality grouping '{unknown[0]}'; use any of {', '.join(QUALITY_GROUPINGS)}, comma-separated.",
+            code="unknown_grouping",
+            field="quality",
+        )
+    return tuple(dict.fromkeys(["lever", *names]))
 
 
 class UsageExportCsvView(APIView):

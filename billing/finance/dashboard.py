@@ -11,6 +11,10 @@ Definitions (all over the requests in the range, errors included):
   prompt cache)
 - baseline = spend + saved: what the requests would have cost on the premium model with no cache, compression,
   batch discount or provider prompt cache; saved % = saved / baseline
+- spend and savings are product traffic's: the shadow evaluations' calls are the evaluation spend, shown on its own
+- agreement of a lever = evaluations whose answer agreed with the reference's / evaluations, with its 95% Wilson
+  interval (billing.quality.selectors), over the same days, read from the shadow evaluations (a small table, not the
+  ledger); it is the tenant's, whatever team is picked
 """
 
 from collections import defaultdict
@@ -25,9 +29,11 @@ from django.utils import timezone
 from billing.budgets.selectors import budget_status
 from billing.finance.rollups import floor_hour, histogram_sum, latency_p95_ms
 from billing.ledger.columns import NO_SERVED_MODEL
+from billing.ledger.costs import ZERO_USD
 from billing.ledger.selectors import tenant_days_bounds, tenant_zone
 from billing.ledger.totals import LedgerTotals
-from billing.models import Budget, UsageCustomerRollupHourly, UsageRollupDaily
+from billing.models import Budget, Lever, UsageCustomerRollupHourly, UsageRollupDaily
+from billing.quality.selectors import GROUPINGS, Agreement, agreement_by, agreement_by_lever
 from billing.templatetags.finance import cents
 from tenants.models import Team, Tenant
 
@@ -38,6 +44,27 @@ LEVER_LABELS = {
     "batch": "Batch discount",
     "provider_cache": "Provider prompt cache",
 }
+# The shadow-evaluated levers behind each saving: a semantic hit is the cache's, a budget downgrade saves as routing
+# does. Exact hits, batch discounts and the provider's prompt cache return the answer the model gives anyway.
+QUALITY_LEVERS = {
+    "cache": (Lever.SEMANTIC_CACHE,),
+    "routing": (Lever.ROUTING, Lever.BUDGET_DOWNGRADE),
+    "compression": (Lever.COMPRESSION,),
+    "batch": (),
+    "provider_cache": (),
+}
+QUALITY_ROWS_SHOWN = 25
+
+
+@dataclass(frozen=True, slots=True)
+class LeverRow:
+    """A saving lever on the dashboard: what it saved, and how its answers compare with their references."""
+
+    lever: str
+    label: str
+    saved: str
+    share: str
+    quality: list[tuple[str, str, Agreement]]  # (lever, label, agreement) of each shadow-evaluated lever behind it
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,10 +85,12 @@ class UsageTotals(LedgerTotals):
     """The totals of daily rollups, with their latency histograms summed."""
 
     latency_histogram: list[int] = field(default_factory=list)
+    evaluation_cost_usd: Decimal = ZERO_USD
 
     def add(self, rollup: UsageRollupDaily) -> None:
         LedgerTotals.add(self, rollup)  # not super(): a slots dataclass is a rebuilt class, which super() misses
         self.latency_histogram = histogram_sum([self.latency_histogram, rollup.latency_histogram])
+        self.evaluation_cost_usd += rollup.evaluation_cost_usd
 
     def _rate(self, count: int) -> float | None:
         return count / self.requests if self.requests else None
@@ -118,6 +147,10 @@ class Dashboard:
     spend_by_model: dict[str, Decimal]
     budgets: list[BudgetUsage]
     top_customers: list[CustomerSpend] = field(default_factory=list)
+    # Agreement per lever (every lever, no samples where none were evaluated), and per lever, rule, served model and
+    # task type, the lowest upper bound first: the groups surely worst come first, a few evaluations' noise last.
+    quality_by_lever: dict[str, Agreement] = field(default_factory=dict)
+    quality_groups: list[Agreement] = field(default_factory=list)
 
     def headline(self) -> dict[str, str]:
         """Saved against the all-premium, no-cache baseline, as displayed: money in cents, the share to one place."""
@@ -136,6 +169,35 @@ class Dashboard:
             (lever, LEVER_LABELS[lever], cents(saved), _percent_text(totals.share_of_baseline(saved)))
             for lever, saved in totals.savings_by_lever.items()
         ]
+
+    def lever_rows(self) -> list[LeverRow]:
+        """Each saving lever with the agreement of the shadow-evaluated levers behind it."""
+        return [
+            LeverRow(
+                lever=lever,
+                label=label,
+                saved=saved,
+                share=share,
+                quality=[
+                    (
+                        quality_lever,
+                        Lever(quality_lever).label,
+                        self.quality_by_lever.get(quality_lever, Agreement(0, 0)),
+                    )
+                    for quality_lever in QUALITY_LEVERS[lever]
+                ],
+            )
+            for lever, label, saved, share in self.savings_rows()
+        ]
+
+    @property
+    def quality_groups_shown(self) -> list[Agreement]:
+        return self.quality_groups[:QUALITY_ROWS_SHOWN]
+
+    @property
+    def evaluation_spend(self) -> str:
+        """What shadow evaluation cost in the days, in cents: in none of the spend and savings figures."""
+        return cents(self.totals.evaluation_cost_usd)
 
     def kpis(self) -> list[tuple[str, str, str]]:
         """(id, label, displayed value) per KPI card; rates as percentages to one place, money rounded half-even."""
@@ -217,6 +279,14 @@ def top_customers(*, tenant: Tenant, since: date, until: date, team: Team | None
     return [CustomerSpend(**row) for row in rows]
 
 
+def quality_build(*, tenant: Tenant, since: date, until: date) -> tuple[dict[str, Agreement], list[Agreement]]:
+    """Agreement by lever (every lever) and by lever, rule, served model and task type, over the days."""
+    start, end = tenant_days_bounds(tenant=tenant, since=since, until=until)
+    window = {"tenant_id": tenant.pk, "start": start, "end": end}
+    groups = agreement_by(**window, group_by=GROUPINGS)
+    return agreement_by_lever(**window), sorted(groups, key=lambda row: (row.upper, -row.samples))
+
+
 def dashboard_build(*, tenant: Tenant, since: date, until: date, team: Team | None = None) -> Dashboard:
     rollups = UsageRollupDaily.objects.for_tenant(tenant).filter(day__gte=since, day__lte=until)
     if team is not None:
@@ -227,7 +297,9 @@ def dashboard_build(*, tenant: Tenant, since: date, until: date, team: Team | No
     for rollup in rollups.order_by("day"):
         totals.add(rollup)
         by_day[rollup.day].add(rollup)
-        spend_by_model[rollup.served_model or NO_SERVED_MODEL] += rollup.cost_usd
+        if rollup.requests or rollup.cost_usd:  # a bucket of evaluation calls only is no product model's spend
+            spend_by_model[rollup.served_model or NO_SERVED_MODEL] += rollup.cost_usd
+    quality_by_lever, quality_groups = quality_build(tenant=tenant, since=since, until=until)
     return Dashboard(
         tenant=tenant,
         since=since,
@@ -238,6 +310,8 @@ def dashboard_build(*, tenant: Tenant, since: date, until: date, team: Team | No
         spend_by_model=dict(sorted(spend_by_model.items(), key=lambda item: -item[1])),
         budgets=budget_usage(tenant=tenant, since=since, until=until),
         top_customers=top_customers(tenant=tenant, since=since, until=until, team=team),
+        quality_by_lever=quality_by_lever,
+        quality_groups=quality_groups,
     )
 
 

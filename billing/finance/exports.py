@@ -3,9 +3,13 @@ customer.
 
 Money is written as decimal strings. `cost_usd` always carries the ledger's full precision (10 places):
 per-request rows show the stored cost, aggregate rows show the exact sum of the stored costs, so any
-aggregate export sums to the per-request export and to the ledger with nothing lost. `cost_usd_rounded`
+aggregate export sums to the per-request export's product rows with nothing lost. `cost_usd_rounded`
 is the same figure rounded to cents, half to even; it is for reading, and its column sum may differ from
 the rounded total by a few cents.
+
+Aggregates are product usage: the calls of shadow evaluations (kind `evaluation`) are listed in the per-request
+export and summed in no group; what they cost is the evaluation spend, reported on its own
+(billing.quality.selectors.evaluation_spend_usd).
 
 Rows come from a server-side cursor in chunks and are written as they are read, so memory stays flat
 however many rows a range holds. An export too long to stream while the client waits is recorded
@@ -38,7 +42,7 @@ from billing.ledger.columns import (
 )
 from billing.ledger.selectors import ledger_between, tenant_zone
 from billing.ledger.totals import ledger_aggregates
-from billing.models import CacheStatus, ExportStatus, UsageExport, UsageRecord
+from billing.models import PRODUCT_ROWS, CacheStatus, ExportStatus, UsageExport, UsageRecord
 from tenants.models import Tenant
 
 CHUNK_ROWS = 2_000
@@ -166,12 +170,12 @@ def aggregate_queryset(records: QuerySet[UsageRecord], *, group_by: tuple[Export
     """The AGGREGATE_COLUMNS' totals per group, as dicts that also hold each grouping's value under group_key(),
     ordered by the groups.
 
-    Every grouping partitions the ledger (a tag grouping groups by the whole tag set of a request), so the
-    groups' costs always sum to the ledger's.
+    Every grouping partitions the product rows (a tag grouping groups by the whole tag set of a request), so the
+    groups' costs always sum to the ledger's product spend; evaluation rows are left out.
     """
     keys = {group_key(grouping): GROUPINGS[grouping].expression(zone) for grouping in group_by}
     totals = ledger_aggregates(*column_fields(AGGREGATE_COLUMNS))
-    return records.annotate(**keys).values(*keys).annotate(**totals).order_by(*keys)
+    return records.filter(PRODUCT_ROWS).annotate(**keys).values(*keys).annotate(**totals).order_by(*keys)
 
 
 def group_labels(row: dict, group_by: tuple[ExportGrouping, ...]) -> dict[str, str]:

@@ -21,15 +21,17 @@ from datetime import UTC, date, datetime, time, timedelta
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Count, Expression, Max, Q
+from django.db.models import Count, Expression, Max, Q, Sum
 from django.db.models.functions import TruncDate, TruncHour
 from django.utils import timezone
 
 from billing.ledger.selectors import tenant_days_bounds, tenant_zone
 from billing.ledger.totals import TOTALS, ledger_aggregates
 from billing.models import (
+    PRODUCT_ROWS,
     RollupCursor,
     UsageCustomerRollupHourly,
+    UsageKind,
     UsageRecord,
     UsageRollupDaily,
     UsageRollupHourly,
@@ -62,16 +64,24 @@ def _rollup_values(row: dict) -> dict:
 
 
 def _ledger_buckets(*, tenant: Tenant, start: datetime, end: datetime, **bucket: Expression) -> list[dict]:
-    """The rollup values of the tenant's ledger rows in [start, end), per bucket, team and served model."""
-    rows = (
-        UsageRecord.objects.for_tenant(tenant)
-        .filter(created_at__gte=start, created_at__lt=end)
-        .annotate(**bucket)
-        .values(*bucket, "team_id", "served_model")
-        .annotate(**rollup_aggregates())
-        .order_by()
+    """The rollup values of the tenant's ledger rows in [start, end), per bucket, team and served model: the product
+    rows' totals, and the cost of the evaluation rows apart (a bucket with only those has zero product totals)."""
+    keys = (*bucket, "team_id", "served_model")
+    ledger = UsageRecord.objects.for_tenant(tenant).filter(created_at__gte=start, created_at__lt=end).annotate(**bucket)
+    product = ledger.filter(PRODUCT_ROWS).values(*keys).annotate(**rollup_aggregates()).order_by()
+    buckets = {tuple(row[key] for key in keys): _rollup_values(row) for row in product}
+    evaluations = (
+        ledger.filter(kind=UsageKind.EVALUATION).values(*keys).annotate(evaluation_cost_usd=Sum("cost_usd")).order_by()
     )
-    return [_rollup_values(row) for row in rows]
+    for row in evaluations:
+        values = buckets.get(tuple(row[key] for key in keys)) or _empty_bucket({key: row[key] for key in keys})
+        values["evaluation_cost_usd"] = row["evaluation_cost_usd"]
+        buckets[tuple(row[key] for key in keys)] = values
+    return list(buckets.values())
+
+
+def _empty_bucket(key: dict) -> dict:
+    return {**key, **dict.fromkeys(TOTALS, 0), "latency_histogram": [0] * (len(LATENCY_BUCKET_EDGES_MS) + 1)}
 
 
 def _rebuild_hours(*, tenant: Tenant, start: datetime, end: datetime) -> int:
@@ -91,7 +101,7 @@ CUSTOMER_ROLLUP_TOTALS = ("requests", "prompt_tokens", "completion_tokens", "cos
 def _rebuild_customer_hours(*, tenant: Tenant, start: datetime, end: datetime) -> None:
     rows = (
         UsageRecord.objects.for_tenant(tenant)
-        .filter(created_at__gte=start, created_at__lt=end)
+        .filter(PRODUCT_ROWS, created_at__gte=start, created_at__lt=end)
         .exclude(customer="")
         .annotate(bucket_start=TruncHour("created_at", tzinfo=UTC))
         .values("bucket_start", "team_id", "customer")
@@ -132,7 +142,7 @@ def _days_from_hours(*, tenant: Tenant, zone, start: datetime, end: datetime) ->
             days[key] = day = UsageRollupDaily(
                 tenant=tenant, day=key[0], team_id=hour.team_id, served_model=hour.served_model, latency_histogram=[]
             )
-        for name in TOTALS:
+        for name in (*TOTALS, "evaluation_cost_usd"):
             setattr(day, name, getattr(day, name) + getattr(hour, name))
         day.latency_histogram = histogram_sum([day.latency_histogram, hour.latency_histogram])
     return list(days.values())

@@ -14,6 +14,8 @@ Each row is what the gateway would have written for the request, savings include
 - some prompts were partly read from the provider's prompt cache (OpenAI's automatic caching): those tokens are
   saved at the input price less the cached price (the `provider_cache` lever).
 - a few upstream failures: no tokens, no cost, no saving.
+- a share of the requests each lever made cheaper were shadow-evaluated (billing.quality.seed): their evaluations,
+  and the reference calls' ledger rows of kind `evaluation`.
 - every row keeps the routing features the gateway records (the prompt count, task type, user tier, tools, images and
   the difficulty score where the alias scored it), consistent with its route, so a what-if replay of a draft policy
   (billing.finance.whatif) can route the history again: short tasks are classification or summarization, enterprise
@@ -32,6 +34,7 @@ from billing.finance.rollups import usage_rollups_rebuild
 from billing.ledger.costs import Usage, batch_price, compression_saving, provider_cache_saving, routing_saving
 from billing.ledger.selectors import tenant_zone
 from billing.models import CacheStatus, UsageRecord
+from billing.quality.seed import seed_demo_evaluations
 from routing.catalog import ModelPrices
 from routing.models import Model, ModelKind, TenantModelAccess
 from routing.policy.engine import SCORED_ROUTE
@@ -120,7 +123,15 @@ def seed_demo_usage(*, tenant: Tenant, days: int = 21, seed: int = 7) -> int:
             record = history.record(key=history.randomness.choice(keys), moment=moment)
             if record.created_at <= now:
                 records.append(record)
-    UsageRecord.objects.bulk_create(records, batch_size=2000, ignore_conflicts=True)
+    evaluation_calls = seed_demo_evaluations(
+        tenant=tenant,
+        records=records,
+        small=history.small,
+        premium=history.premium,
+        prices={model.name: _prices(model) for model in (history.small, history.premium)},
+        seed=seed,
+    )
+    UsageRecord.objects.bulk_create(records + evaluation_calls, batch_size=2000, ignore_conflicts=True)
     usage_rollups_rebuild(tenant=tenant, first=first_day, last=today)
     return len(records)
 

@@ -2,7 +2,9 @@
 an end customer's statement: every ledger row of one customer over a range of days, with their totals.
 
 Read straight from the ledger (one grouped query per month), so the statement equals the ledger exactly;
-money keeps the ledger's 10 places, with a cents column rounded half to even for reading.
+money keeps the ledger's 10 places, with a cents column rounded half to even for reading. Its lines, totals and
+savings are product usage; the shadow evaluations' calls are their own `evaluation_spend` line, and are never on an
+end customer's statement (the tenant checks its own levers; its customers did not ask for it).
 """
 
 import calendar
@@ -22,7 +24,8 @@ from billing.ledger.columns import NO_SERVED_MODEL, REQUEST_COLUMNS
 from billing.ledger.costs import ZERO_USD, format_cents, format_cost
 from billing.ledger.selectors import ledger_between, tenant_zone
 from billing.ledger.totals import SAVINGS_LEVERS, LedgerTotals, ledger_aggregates
-from billing.models import UsageRecord
+from billing.models import PRODUCT_ROWS, UsageRecord
+from billing.quality.selectors import evaluation_spend_usd
 from tenants.models import Tenant
 
 STATEMENT_COLUMNS = ("section", "team", "model", "requests", "errors", "prompt_tokens", "completion_tokens", "cost_usd")
@@ -42,6 +45,7 @@ class Statement:
     lines: list[StatementLine]
     savings: dict[str, Decimal]
     budgets: list[BudgetUsage]
+    evaluation_spend_usd: Decimal = ZERO_USD
 
     @property
     def period_end(self) -> date:
@@ -82,7 +86,7 @@ def month_start(value: str | date) -> date:
 def statement_build(*, tenant: Tenant, month: date) -> Statement:
     month = month_start(month)
     last = month.replace(day=calendar.monthrange(month.year, month.month)[1])
-    ledger = ledger_between(tenant=tenant, since=month, until=last)
+    ledger = ledger_between(tenant=tenant, since=month, until=last).filter(PRODUCT_ROWS)
     rows = (
         ledger.values("team__slug", "served_model")
         .annotate(**ledger_aggregates(*LINE_TOTALS))
@@ -99,6 +103,7 @@ def statement_build(*, tenant: Tenant, month: date) -> Statement:
         lines=lines,
         savings=LedgerTotals.of(saved).savings_by_lever,
         budgets=budget_usage(tenant=tenant, since=month, until=last),
+        evaluation_spend_usd=evaluation_spend_usd(tenant=tenant, since=month, until=last),
     )
 
 
@@ -134,6 +139,7 @@ def statement_csv(statement: Statement) -> str:
     writer.writerow(_money_line("total", statement.total_usd, requests=statement.total_requests))
     for lever, saved in statement.savings.items():
         writer.writerow(_money_line(f"saved_{lever}", saved))
+    writer.writerow(_money_line("evaluation_spend", statement.evaluation_spend_usd))
     for budget in statement.budgets:
         writer.writerow(_money_line("budget_spent", budget.spent_usd, team=budget.name))
         writer.writerow(_money_line("budget_limit", budget.limit_usd, team=budget.name))
@@ -179,7 +185,7 @@ class CustomerStatement:
 
 def _customer_records(*, tenant: Tenant, customer: str, params: ExportParams) -> QuerySet[UsageRecord]:
     """The customer's ledger rows in the range: the tenant's only, whatever the customer's id."""
-    return ledger_between(tenant=tenant, since=params.since, until=params.until).filter(customer=customer)
+    return ledger_between(tenant=tenant, since=params.since, until=params.until).filter(PRODUCT_ROWS, customer=customer)
 
 
 def customer_statement_build(*, tenant: Tenant, customer: str, params: ExportParams) -> CustomerStatement:

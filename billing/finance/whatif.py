@@ -8,6 +8,10 @@ difficulty score. What the ledger does not keep (the message, max_tokens; the hi
 kept them) is unknown: a rule that reads it leaves the request undecided (routing.policy.replay) rather than guessed,
 and an undecided request is set aside from both versions' totals, so the two always compare the same requests.
 
+Beside each rule's cost, the expected change in quality: the rule's requests that the draft serves with another
+model, and how far their answers are expected to agree with the large model's before and after, from the routing
+lever's shadow results in the same days (billing.quality.expectations).
+
 A request is priced at the tokens it really used (after compression, where it was compressed; cache reads and writes
 at the model's cache prices; a provider batch's discount where it had one), at the prices in force now of the model
 each version routes it to. Ledger rows with the same features are grouped in the database and priced once per group,
@@ -28,6 +32,8 @@ from django.utils import timezone
 from billing.ledger.costs import ZERO_USD, Usage, batch_price, format_cost
 from billing.ledger.events import USAGE_FIELDS
 from billing.models import REQUEST_ROWS, UsageRecord
+from billing.quality.expectations import ExpectedQuality, Move, QualityChange, RoutingEvidence, expected_quality
+from billing.quality.selectors import RATE_PLACES
 from routing.catalog import ModelCatalog, build_model_catalog
 from routing.models import Model, RoutingPolicy
 from routing.policy.document import compile_policy
@@ -49,8 +55,6 @@ from tenants.models import PayloadLog, Tenant
 
 WHATIF_MAX_DAYS = 90
 WHATIF_DEFAULT_DAYS = 7
-# Issue #18's shadow evaluation records no results yet: until it does, every rule says so, and no number is shown.
-NO_SHADOW_RESULTS = "no shadow results"
 NO_RULE = "(no rule)"
 PAYLOAD_CHUNK = 200
 PERCENT = Decimal("0.1")
@@ -84,7 +88,8 @@ class WhatIfLine:
     draft_requests: int
     live_cost_usd: Decimal
     draft_cost_usd: Decimal
-    quality: str = NO_SHADOW_RESULTS
+    quality: str = ""
+    quality_change: dict | None = None  # QualityChange.as_json(): none when no request changes model
 
     @property
     def difference_usd(self) -> Decimal:
@@ -106,7 +111,7 @@ class WhatIfLine:
             "draft_cost_usd": format_cost(self.draft_cost_usd),
             "difference_usd": format_cost(self.difference_usd),
             "difference_pct": str(self.difference_pct) if self.difference_pct is not None else None,
-            "expected_quality_change": None,
+            "expected_quality_change": self.quality_change,
             "quality": self.quality,
         }
 
@@ -138,10 +143,21 @@ class WhatIfReport:
     undecided: tuple[Undecided, ...]
     undecided_requests: int
     recorded_cost_usd: Decimal
+    expected_quality: QualityChange = field(default_factory=QualityChange)
 
     @property
     def decided_requests(self) -> int:
         return self.replayed - self.undecided_requests
+
+    @property
+    def quality_change_overall(self) -> Decimal | None:
+        """The expected change in the share of all decided requests' answers that agree with the large model's."""
+        change = self.expected_quality.change
+        if change is None or not self.decided_requests:
+            return None
+        return (change * self.expected_quality.estimated / self.decided_requests).quantize(
+            RATE_PLACES, rounding=ROUND_HALF_EVEN
+        )
 
     @property
     def ledger_blind(self) -> list[str]:
@@ -179,6 +195,9 @@ class WhatIfReport:
                 {"version": item.version, "reason": item.reason, "requests": item.requests} for item in self.undecided
             ],
             "recorded_cost_usd": format_cost(self.recorded_cost_usd),
+            "quality_change_over_decided_requests": None
+            if self.quality_change_overall is None
+            else f"{self.quality_change_overall:f}",
         }
 
 
@@ -197,6 +216,8 @@ class _Tallies:
     rules: dict[str, dict[str, _Side]] = field(default_factory=lambda: defaultdict(lambda: defaultdict(_Side)))
     models: dict[str, dict[str, _Side]] = field(default_factory=lambda: defaultdict(lambda: defaultdict(_Side)))
     undecided: dict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))
+    # Decided requests that the draft serves with another model than the live version, by where they go.
+    moves: dict[Move, int] = field(default_factory=lambda: defaultdict(int))
     replayed: int = 0
     undecided_requests: int = 0
     recorded_cost_usd: Decimal = ZERO_USD
@@ -216,6 +237,7 @@ class _Tallies:
         usage: Usage,
         recorded_usd: Decimal,
         batch_discounted: bool,
+        task_type: str,
     ) -> None:
         self.replayed += requests
         self.recorded_cost_usd += recorded_usd
@@ -231,19 +253,29 @@ class _Tallies:
             for side in (self.rules[rule][version], self.models[decision.model or "(refused)"][version]):
                 side.requests += requests
                 side.cost_usd += cost
+        if live.model and draft.model and live.model != draft.model:
+            self.moves[Move(live.rule, live.model, draft.rule, draft.model, task_type)] += requests
 
 
-def _lines(sides: dict[str, dict[str, _Side]]) -> tuple[WhatIfLine, ...]:
-    return tuple(
-        WhatIfLine(
-            label=label,
-            live_requests=by_version["live"].requests,
-            draft_requests=by_version["draft"].requests,
-            live_cost_usd=by_version["live"].cost_usd,
-            draft_cost_usd=by_version["draft"].cost_usd,
+def _lines(sides: dict[str, dict[str, _Side]], quality: ExpectedQuality | None = None) -> tuple[WhatIfLine, ...]:
+    """A line per rule (with `quality`, its expected change in quality) or per model."""
+    lines = []
+    for label, by_version in sorted(sides.items()):
+        change = None
+        if quality is not None and not label.startswith("(refused"):
+            change = quality.of_rule("" if label == NO_RULE else label)
+        lines.append(
+            WhatIfLine(
+                label=label,
+                live_requests=by_version["live"].requests,
+                draft_requests=by_version["draft"].requests,
+                live_cost_usd=by_version["live"].cost_usd,
+                draft_cost_usd=by_version["draft"].cost_usd,
+                quality=change.describe() if change is not None else "",
+                quality_change=change.as_json() if change is not None else None,
+            )
         )
-        for label, by_version in sorted(sides.items())
-    )
+    return tuple(lines)
 
 
 def _ledger_request(tenant_id: int, row: dict) -> ReplayRequest:
@@ -388,6 +420,7 @@ def whatif_replay(
             usage=usage,
             recorded_usd=recorded,
             batch_discounted=row["batch_discounted"],
+            task_type=row["task_type"],
         )
 
     def replay_from_ledger(row: dict, requests: int, usage: Usage, recorded: Decimal) -> None:
@@ -417,7 +450,14 @@ def whatif_replay(
                 continue
             counts["from_payloads"] += 1
             replay(request, row, _usage(row), 1, row["cost_usd"])
-    rules, models = _lines(tallies.rules), _lines(tallies.models)
+    evidence = RoutingEvidence(
+        tenant_id=tenant.pk,
+        start=since,
+        end=until,
+        reference_models=(live.large_models if live else frozenset()) | compiled_draft.large_models,
+    )
+    quality = expected_quality(moves=tallies.moves, evidence=evidence)
+    rules, models = _lines(tallies.rules, quality), _lines(tallies.models)
     return WhatIfReport(
         tenant=tenant.slug,
         days=days,
@@ -438,7 +478,8 @@ def whatif_replay(
             draft_requests=sum(line.draft_requests for line in rules),
             live_cost_usd=sum((line.live_cost_usd for line in rules), ZERO_USD),
             draft_cost_usd=sum((line.draft_cost_usd for line in rules), ZERO_USD),
-            quality="",
+            quality=quality.total.describe(),
+            quality_change=quality.total.as_json(),
         ),
         undecided=tuple(
             Undecided(version=version, reason=reason, requests=requests)
@@ -446,4 +487,5 @@ def whatif_replay(
         ),
         undecided_requests=tallies.undecided_requests,
         recorded_cost_usd=tallies.recorded_cost_usd,
+        expected_quality=quality.total,
     )

@@ -129,8 +129,9 @@ REQUEST_COLUMNS = (
     Column(
         "kind",
         ColumnType.TEXT,
-        "`request`, or `compression_summary` for the summary call compression made for the request named in "
-        "`parent_request_id`.",
+        "`request`, `compression_summary` for the summary call compression made for the request named in "
+        "`parent_request_id`, or `evaluation` for a shadow evaluation's reference or judge call made for it "
+        "([quality](quality.md)).",
     ),
     Column("parent_request_id", ColumnType.TEXT, "The request a call was made for; empty for a request."),
     CACHE_WRITE_TOKENS,

@@ -7,7 +7,7 @@ from django.db.models import QuerySet
 
 from billing.ledger.columns import GROUPINGS, grouping_choices
 from billing.ledger.totals import LedgerTotals, ledger_aggregates
-from billing.models import UsageRecord
+from billing.models import PRODUCT_ROWS, UsageRecord
 from tenants.models import Tenant
 
 TOTAL_LABEL = "TOTAL"
@@ -67,10 +67,11 @@ USAGE_ROW_TOTALS = (
 def usage_summary(
     *, tenant: Tenant, since: date, until: date, group_by: UsageGroupBy, customer: str = ""
 ) -> list[UsageRow]:
-    """The tenant's ledger from the start of `since` to the end of `until`, both days in the tenant's time zone;
-    with `customer`, that end customer's rows only."""
+    """The tenant's product usage (every row but shadow evaluation's) from the start of `since` to the end of
+    `until`, both days in the tenant's time zone; with `customer`, that end customer's rows only."""
     grouping = GROUPINGS[UsageGroupBy(group_by)]
-    records = ledger_between(tenant=tenant, since=since, until=until)
+    # Product usage: shadow evaluation's calls are the tenant's evaluation spend, reported on their own.
+    records = ledger_between(tenant=tenant, since=since, until=until).filter(PRODUCT_ROWS)
     if customer:
         records = records.filter(customer=customer)
     groups = (

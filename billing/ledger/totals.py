@@ -6,9 +6,6 @@ and API, statements, rollups, anomalies); `LedgerTotals` holds them in Python, w
 
 `requests` and the error counts count requests only; tokens, cost and savings include the calls the gateway made for
 them (compression summaries), so the totals of any grouping sum to the ledger's.
-
-`PRODUCT_ROWS` are the rows that are the product's traffic and spend: all but shadow evaluation's calls (kind
-`evaluation`), which the tenant's evaluation budget pays for and product budgets never count.
 """
 
 from collections.abc import Mapping
@@ -19,11 +16,10 @@ from django.db.models import Aggregate, Count, DecimalField, Q, Sum, Value
 from django.db.models.functions import Coalesce
 
 from billing.ledger.costs import ZERO_USD
-from billing.models import COST_FIELD, REQUEST_ROWS, CacheStatus, UsageKind
+from billing.models import COST_FIELD, REQUEST_ROWS, CacheStatus
 
 CACHE_HIT_STATUSES = (CacheStatus.HIT_EXACT, CacheStatus.HIT_SEMANTIC)
 SAVINGS_LEVERS = ("cache", "routing", "compression", "batch", "provider_cache")
-PRODUCT_ROWS = ~Q(kind=UsageKind.EVALUATION)
 
 
 @dataclass(slots=True)

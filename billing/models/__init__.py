@@ -25,6 +25,7 @@ from billing.models.exports import ExportStatus, UsageExport
 from billing.models.ledger import (
     COST_FIELD,
     CUSTOMER_MAX_LENGTH,
+    PRODUCT_ROWS,
     REQUEST_ROWS,
     ROUTING_HINT_MAX_LENGTH,
     CacheStatus,
@@ -49,6 +50,7 @@ __all__ = [
     "COST_FIELD",
     "CUSTOMER_MAX_LENGTH",
     "DEFAULT_THRESHOLDS",
+    "PRODUCT_ROWS",
     "REQUEST_ROWS",
     "ROUTING_HINT_MAX_LENGTH",
     "AlertChannel",

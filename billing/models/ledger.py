@@ -33,6 +33,9 @@ class UsageKind(models.TextChoices):
 # The rows that are requests, not calls the gateway made for one: what reports count as requests and errors (their
 # cost and tokens are summed from every row).
 REQUEST_ROWS = Q(kind=UsageKind.REQUEST)
+# The tenant's product traffic: every row but the shadow evaluations' calls, which reports show as evaluation spend of
+# their own and never in product spend, savings or usage.
+PRODUCT_ROWS = ~Q(kind=UsageKind.EVALUATION)
 
 
 class ImmutableRowError(Exception):

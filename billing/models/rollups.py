@@ -1,7 +1,9 @@
 """Hourly and daily aggregates of the ledger, so dashboards never scan the raw ledger.
 
 A rollup row is the exact sum of the ledger rows in its bucket for one team and served model:
-rebuilding a bucket from the ledger always gives the same row, which makes the refresh idempotent.
+rebuilding a bucket from the ledger always gives the same row, which makes the refresh idempotent. Its totals are the
+product traffic's (billing.models.PRODUCT_ROWS); the shadow evaluations' calls are summed apart, in
+`evaluation_cost_usd`.
 """
 
 from django.db import models
@@ -34,6 +36,13 @@ class UsageRollupFields(models.Model):
     # db_default: a worker still on the code from before this column rebuilds rollups without it (docs/runbook.md).
     saved_provider_cache_usd = models.DecimalField(**COST_FIELD, default=0, db_default=0)
     latency_sum_ms = models.BigIntegerField(default=0)
+    # db_default: a worker still on the code from before this column rebuilds rollups without it (docs/runbook.md).
+    evaluation_cost_usd = models.DecimalField(
+        **COST_FIELD,
+        default=0,
+        db_default=0,
+        help_text="What the bucket's shadow evaluation calls cost (ledger rows of kind evaluation), in no other total.",
+    )
     latency_histogram = models.JSONField(
         default=list, help_text="Request counts per latency bucket, by LATENCY_BUCKET_EDGES_MS, plus one overflow."
     )

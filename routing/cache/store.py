@@ -121,9 +121,11 @@ def cache_request_prepare(
     ttl_seconds: int | None,
     allow_nondeterministic: bool,
     control: CacheControl,
+    semantic: bool = True,
 ) -> CacheRequest | None:
     """None when the request does not use the cache: the rule sets no TTL, the request is not deterministic, or the
-    client turned both reading and writing off."""
+    client turned both reading and writing off. Without `semantic` (the rule's semantic_cache off) it is exact only:
+    no semantic lookup, and no semantic entry stored."""
     if not ttl_seconds or not (control.read or control.write):
         return None
     if not is_cacheable(body, allow_nondeterministic=allow_nondeterministic):
@@ -135,7 +137,7 @@ def cache_request_prepare(
         rule_name=rule_name,
         ttl_seconds=ttl_seconds,
         key_hash=exact_key(tenant_id=tenant_id, served_model=served_model, request=request),
-        semantic=semantic_key(request) if settings.LLMOPS_CACHE_EMBEDDER else None,
+        semantic=semantic_key(request) if semantic and settings.LLMOPS_CACHE_EMBEDDER else None,
         control=control,
     )
 

@@ -123,6 +123,14 @@ class RoutingRule(TenantOwned, models.Model):
         default=False, help_text="Cache answers even when the request is not deterministic (temperature > 0)."
     )
     # db_default: a process still on the code from before this column inserts rules without it (docs/runbook.md).
+    semantic_cache = models.BooleanField(
+        default=True,
+        db_default=True,
+        help_text="Answer from a semantically similar cached request too (with a cache TTL and an embedder); off: "
+        "exact hits only. A quality SLO's automatic action turns it off when semantic hits disagree with fresh "
+        "answers.",
+    )
+    # db_default: a process still on the code from before this column inserts rules without it (docs/runbook.md).
     provider_cache = models.CharField(
         max_length=4,
         choices=ProviderCache.choices,
@@ -192,6 +200,13 @@ class RoutingPolicyAudit(models.Model):
     )
     version = models.ForeignKey(RoutingPolicyVersion, on_delete=models.CASCADE, related_name="audits")
     diff = models.JSONField(default=dict)
+    note = models.CharField(
+        max_length=300,
+        blank=True,
+        default="",
+        db_default="",
+        help_text="Why the system published it, when no user did (a quality SLO's automatic action).",
+    )
 
     objects = TenantScopedManager()
 

@@ -53,6 +53,9 @@ class RuleOutcome:
     # (routing.providers.prompt_cache); off, unless a rule opts in (the provider's cache is shared across tenants):
     # none are added (a client's own are still sent).
     provider_cache: str = PROVIDER_CACHE_OFF
+    # Whether the cache may answer from a semantic neighbour (exact hits are unaffected): on by default; a quality
+    # SLO's automatic action turns it off for a rule whose semantic hits disagree with fresh answers.
+    semantic_cache: bool = True
 
     @classmethod
     def from_document(cls, outcome: dict) -> "RuleOutcome":
@@ -205,6 +208,8 @@ def policy_document_errors(
             seen_in_chain.add(model)
         if outcome["over_cap_action"] not in ("reject", "compress"):
             errors.append(f"{label}: over_cap_action must be reject or compress")
+        if not isinstance(outcome["semantic_cache"], bool):
+            errors.append(f"{label}: semantic_cache must be true or false")
         if outcome["provider_cache"] not in PROVIDER_CACHE_MODES:
             errors.append(f"{label}: provider_cache must be {' or '.join(PROVIDER_CACHE_MODES)}")
         cap, default = outcome["max_tokens_cap"], outcome["default_max_tokens"]

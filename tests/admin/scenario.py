@@ -5,12 +5,14 @@ from dataclasses import dataclass
 from django.contrib.auth.models import User
 from django.urls import reverse
 
-from billing.models import UsageRecord
+from billing.models import Lever, QualityAlert, QualitySlo, ShadowEvaluation, UsageRecord
+from billing.quality.services import quality_slo_create
 from routing.models import Model, Provider, TenantModelAccess
 from routing.services import tenant_model_access_set
 from tenants.models import ApiKey, Membership, Role, Team, Tenant
 from tenants.services import api_key_create, membership_set
 from tests.factories import ModelFactory, ProviderFactory, TeamFactory, TenantFactory, UsageRecordFactory, UserFactory
+from tests.quality.factories import ShadowEvaluationFactory
 
 NO_MEMBERSHIP = "none"
 SUPERUSER = "superuser"
@@ -28,6 +30,9 @@ class TenantRows:
     usage_record: UsageRecord
     catalog_model: Model
     provider: Provider
+    quality_slo: QualitySlo
+    quality_alert: QualityAlert
+    shadow_evaluation: ShadowEvaluation
 
 
 @dataclass
@@ -42,6 +47,7 @@ def make_tenant_rows(slug: str, *, catalog_model: Model) -> TenantRows:
     tenant = TenantFactory(slug=slug)
     team = TeamFactory(tenant=tenant, slug=f"{slug}-team")
     api_key, _ = api_key_create(team=team, name=f"{slug}-key")
+    slo = quality_slo_create(tenant=tenant, lever=Lever.ROUTING)
     return TenantRows(
         tenant=tenant,
         team=team,
@@ -53,6 +59,13 @@ def make_tenant_rows(slug: str, *, catalog_model: Model) -> TenantRows:
         usage_record=UsageRecordFactory(api_key=api_key, request_id=f"req-{slug}"),
         catalog_model=catalog_model,
         provider=catalog_model.provider,
+        quality_slo=slo,
+        quality_alert=QualityAlert.objects.create(
+            slo=slo, samples=50, agreement="0.8", lower_bound="0.67", upper_bound="0.89"
+        ),
+        shadow_evaluation=ShadowEvaluationFactory(
+            tenant=tenant, request_id=f"sampled-{slug}", served_model=f"{slug}-m"
+        ),
     )
 
 

@@ -2,6 +2,7 @@
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -10,6 +11,7 @@ from django.core.exceptions import PermissionDenied
 from django.test import RequestFactory
 from django.urls import reverse
 
+from billing.models import QualitySlo
 from routing.models import TenantModelAccess
 from tenants.models import ApiKey, Membership, Role, Team
 from tenants.services import membership_set
@@ -90,6 +92,41 @@ TARGETS = [
         row=lambda rows: rows.usage_record,
         change_data=lambda rows: {"http_status": 500},
         is_changed=lambda record: record.http_status == 500,
+        viewers=MEMBERS,
+        adders=NOBODY,
+        changers=NOBODY,
+    ),
+    AdminTarget(
+        admin_name="billing_qualityslo",
+        row=lambda rows: rows.quality_slo,
+        change_data=lambda rows: {
+            "lever": "routing",
+            "rule": "",
+            "min_agreement": "0.9",
+            "min_samples": "30",
+            "window_days": "7",
+            "action": "none",
+            "is_active": "on",
+        },
+        is_changed=lambda slo: slo.min_agreement == Decimal("0.9"),
+        viewers=MEMBERS,
+        adders=EDITORS,
+        changers=EDITORS,
+    ),
+    AdminTarget(
+        admin_name="billing_qualityalert",
+        row=lambda rows: rows.quality_alert,
+        change_data=lambda rows: {"samples": 1},
+        is_changed=lambda alert: alert.samples == 1,
+        viewers=MEMBERS,
+        adders=NOBODY,
+        changers=NOBODY,
+    ),
+    AdminTarget(
+        admin_name="billing_shadowevaluation",
+        row=lambda rows: rows.shadow_evaluation,
+        change_data=lambda rows: {"agrees": ""},
+        is_changed=lambda evaluation: not evaluation.agrees,
         viewers=MEMBERS,
         adders=NOBODY,
         changers=NOBODY,
@@ -248,6 +285,14 @@ OTHER_TENANT_ADD_DATA = {
     ApiKey: lambda rows: {"team": rows.team.pk, "name": "smuggled", "expires_at_0": "", "expires_at_1": ""},
     Membership: lambda rows: {"tenant": rows.tenant.pk, "user": "acme-member", "role": Role.OWNER},
     TenantModelAccess: lambda rows: {"tenant": rows.tenant.pk, "allowed_models": [rows.catalog_model.pk]},
+    QualitySlo: lambda rows: {
+        "tenant": rows.tenant.pk,
+        "lever": "compression",
+        "min_agreement": "0.9",
+        "min_samples": "30",
+        "window_days": "7",
+        "action": "none",
+    },
 }
 
 
@@ -310,6 +355,9 @@ def test_member_index_lists_tenant_models_and_catalog_but_not_providers(client, 
         "BudgetAlert",
         "AlertDelivery",
         "Anomaly",
+        "QualitySlo",
+        "QualityAlert",
+        "ShadowEvaluation",
         "Batch",
         "Job",
         "AuditEvent",

@@ -9,7 +9,15 @@ from django.db import DatabaseError
 from billing.alerts.anomalies import tenant_anomalies_detect
 from billing.alerts.services import alert_channel_create, anomaly_alert_raise
 from billing.alerts.tasks import alert_deliveries_send, anomalies_detect_tenant
-from billing.models import AlertDelivery, Anomaly, AnomalyDirection, AnomalyMetric, AnomalyWindow, UsageRecord
+from billing.models import (
+    AlertDelivery,
+    Anomaly,
+    AnomalyDirection,
+    AnomalyMetric,
+    AnomalyWindow,
+    UsageKind,
+    UsageRecord,
+)
 
 NOW = datetime(2026, 11, 27, 12, 10, tzinfo=UTC)
 WINDOW_END = datetime(2026, 11, 27, 12, tzinfo=UTC)
@@ -48,10 +56,11 @@ def ledger_rows(org, *, hours: int, cost_scale: Decimal = Decimal(1), seed: int 
     UsageRecord.objects.bulk_create(rows)
 
 
-def spike_rows(org, *, count: int, cost: str):
+def spike_rows(org, *, count: int, cost: str, kind: str = UsageKind.REQUEST):
     UsageRecord.objects.bulk_create(
         UsageRecord(
             request_id=f"spike-{number}",
+            kind=kind,
             tenant=org.tenant,
             team=org.team,
             api_key=org.api_key,
@@ -68,6 +77,13 @@ def spike_rows(org, *, count: int, cost: str):
 
 def test_normal_variation_is_not_flagged(org):
     ledger_rows(org, hours=15 * 24)
+    assert tenant_anomalies_detect(tenant=org.tenant, now=NOW, deliveries_send=alert_deliveries_send) == []
+
+
+def test_shadow_evaluation_calls_are_no_spend_spike(org):
+    ledger_rows(org, hours=15 * 24)
+    spike_rows(org, count=40, cost="0.05", kind=UsageKind.EVALUATION)  # the spike below, as evaluation calls
+
     assert tenant_anomalies_detect(tenant=org.tenant, now=NOW, deliveries_send=alert_deliveries_send) == []
 
 

@@ -48,13 +48,13 @@ def cache_writes_blocked():
         yield
 
 
-def cache_policy(setup, *, ttl=CACHE_TTL_SECONDS, nondeterministic=False):
+def cache_policy(setup, *, ttl=CACHE_TTL_SECONDS, nondeterministic=False, semantic=True):
     """A policy whose one rule caches every request for `ttl` seconds."""
     policy = routing_policy_create(tenant=setup.tenant)
     rule = {
         "priority": 10,
         "name": "cache-everything",
-        "outcome": {"cache_ttl_seconds": ttl, "cache_nondeterministic": nondeterministic},
+        "outcome": {"cache_ttl_seconds": ttl, "cache_nondeterministic": nondeterministic, "semantic_cache": semantic},
     }
     policy_draft_replace(policy=policy, document={"aliases": {}, "rules": [rule]})
     routing_policy_publish(policy=policy, actor=None)

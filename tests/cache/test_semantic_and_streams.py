@@ -10,7 +10,7 @@ from billing.models import UsageRecord
 from routing.cache.store import cache_entry_build, cache_writes_flush
 from routing.models import CacheEntry, CacheEntryKind
 from routing.services import tenant_model_access_set
-from tests.cache.conftest import cache_request, chat, stored_answer
+from tests.cache.conftest import cache_policy, cache_request, chat, stored_answer
 from tests.factories import ModelFactory
 
 NO_STORE = {"x-llmops-cache": "no-store"}
@@ -44,6 +44,21 @@ def test_a_paraphrase_is_a_semantic_hit(gateway, acme_caching, mock_upstream):
     assert row.saved_cache_usd > 0
     cache_writes_flush()
     assert CacheEntry.objects.unscoped().get().kind == CacheEntryKind.SEMANTIC
+
+
+def test_a_rule_with_the_semantic_cache_off_answers_from_exact_hits_only(gateway, acme, embedder, mock_upstream):
+    cache_policy(acme, semantic=False)
+    chat(gateway, acme, "What is the capital of France?")
+    served_before = mock_upstream.app.requests_served
+
+    paraphrase = chat(gateway, acme, "what's France's capital city")
+    again = chat(gateway, acme, "What is the capital of France?")
+
+    assert paraphrase.headers["x-llmops-cache"] == "miss"
+    assert mock_upstream.app.requests_served == served_before + 1
+    assert again.headers["x-llmops-cache"] == "hit-exact"
+    cache_writes_flush()
+    assert {entry.kind for entry in CacheEntry.objects.unscoped()} == {CacheEntryKind.EXACT}
 
 
 def test_an_entry_another_process_stored_is_found_by_meaning_at_once(gateway, acme_caching, embedder, settings):

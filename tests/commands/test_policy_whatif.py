@@ -48,7 +48,21 @@ def test_on_the_demo_moving_summaries_to_the_large_model_costs_more(demo):
     rules = {line["label"]: line for line in report["rules"]}
     moved = rules["summaries-on-large"]
     assert moved["live_requests"] == 0 and moved["draft_requests"] > 0
-    assert moved["quality"] == "no shadow results" and moved["expected_quality_change"] is None
+    # The summaries leave the small model for the reference: the short-tasks rule's shadow results on summaries say
+    # how many of their answers disagreed with the large model's, all of which now agree.
+    change = moved["expected_quality_change"]
+    assert change["moved_requests"] == change["with_shadow_results"] == moved["draft_requests"]
+    assert Decimal(change["agreement_before"]) < 1 and change["agreement_after"] == "1.0000"
+    assert Decimal(change["change_low"]) <= Decimal(change["change"]) <= Decimal(change["change_high"])
+    assert Decimal(change["change"]) > 0
+    assert change["basis"] == [
+        "mock-large is the reference (agreement 1 by definition)",
+        next(
+            item for item in change["basis"] if item.startswith("rule short-classification-and-summaries on mock-small")
+        ),
+    ]
+    assert rules["enterprise-tier"]["quality"] == "same model: no change"
+    assert Decimal(report["quality_change_over_decided_requests"]) > 0
     assert rules["short-classification-and-summaries"]["draft_requests"] == 0
     assert (
         rules["short-classification"]["draft_requests"] + moved["draft_requests"]
@@ -67,7 +81,7 @@ def test_on_the_demo_moving_summaries_to_the_large_model_costs_more(demo):
     # Under the live version the replay routes each seeded request by the rule its ledger row names.
     recorded = Counter(
         route.removesuffix(f"+{SCORED_ROUTE}")
-        for route in UsageRecord.objects.unscoped().values_list("route", flat=True)
+        for route in UsageRecord.objects.unscoped().filter(kind="request").values_list("route", flat=True)
     )
     assert {label: line["live_requests"] for label, line in rules.items() if line["live_requests"]} == dict(recorded)
     assert report["recorded_cost_usd"] == total["live_cost_usd"]
@@ -80,9 +94,14 @@ def test_the_table_prints_requests_and_cost_per_rule_and_the_difference(demo):
     assert "from their payload log" in output and "from ledger features only" in output
     assert "A ledger-only replay cannot see: the last user message" in output
     summaries = next(line for line in output.splitlines() if line.startswith("summaries-on-large"))
-    assert summaries.split()[1] == "0" and "+$" in summaries and summaries.endswith("no shadow results")
+    assert summaries.split()[1] == "0" and "+$" in summaries and "pts" in summaries
+    assert "-> 100.0% agree with the large model" in summaries
     difference = next(line for line in output.splitlines() if line.startswith("Difference, draft minus live"))
     assert ": +$" in difference
+    quality = next(line for line in output.splitlines() if line.startswith("Expected quality change"))
+    assert quality.startswith("Expected quality change, draft minus live (answers agreeing with the large model's")
+    assert "pts" in quality and "decided requests +" in quality
+    assert "  mock-large is the reference (agreement 1 by definition)" in output.splitlines()
 
 
 def test_the_current_draft_of_the_demo_is_its_live_version_so_nothing_changes(demo):

@@ -8,7 +8,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from billing.ledger.selectors import tenant_zone
-from billing.models import UsageRecord
+from billing.models import UsageKind, UsageRecord
 from billing.models.rollups import LATENCY_BUCKET_EDGES_MS
 from tests.factories import UserFactory
 from tests.finance.conftest import make_finance_tenant, usage_row
@@ -30,7 +30,8 @@ def requests_on(tenant, day: date) -> int:
     zone = tenant_zone(tenant=tenant)
     start = datetime.combine(day, time.min, tzinfo=zone)
     end = start + timedelta(days=1)
-    return UsageRecord.objects.unscoped().filter(tenant=tenant, created_at__gte=start, created_at__lt=end).count()
+    rows = UsageRecord.objects.unscoped().filter(tenant=tenant, created_at__gte=start, created_at__lt=end)
+    return rows.exclude(kind="evaluation").count()  # the seeded shadow evaluations' calls are not requests
 
 
 def latency_bucket(latency_ms: float) -> int:
@@ -47,7 +48,8 @@ def test_dashboard_kpis_match_the_ledger(client, seeded):
 
     records = [
         record
-        for record in UsageRecord.objects.unscoped().filter(tenant=seeded.tenant, team=team)
+        # Product traffic: the seeded shadow evaluations' calls are the evaluation spend, in no KPI.
+        for record in UsageRecord.objects.unscoped().filter(tenant=seeded.tenant, team=team).exclude(kind="evaluation")
         if since <= record.created_at.astimezone(zone).date() <= until
     ]
     count = len(records)
@@ -123,9 +125,10 @@ def test_dashboard_shows_each_budget_with_its_spend_in_the_current_period(client
     spent = sum(
         (
             r.cost_usd
-            for r in UsageRecord.objects.unscoped().filter(
-                tenant=seeded.tenant, team=seeded.teams[0], created_at__gte=month_start
-            )
+            # A budget counts product spend: the seeded shadow evaluations' calls are the evaluation budget's.
+            for r in UsageRecord.objects.unscoped()
+            .filter(tenant=seeded.tenant, team=seeded.teams[0], created_at__gte=month_start)
+            .exclude(kind=UsageKind.EVALUATION)
         ),
         Decimal(0),
     )

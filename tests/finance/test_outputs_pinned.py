@@ -532,6 +532,7 @@ STATEMENT_CSV = (
     "saved_compression,,,,,,,0.0024500000,0.00\r\n"
     "saved_batch,,,,,,,0.0005000000,0.00\r\n"
     "saved_provider_cache,,,,,,,0.0000083000,0.00\r\n"
+    "evaluation_spend,,,,,,,0.0000000000,0.00\r\n"
     "budget_spent,pin tenant month $50 (2025-03),,,,,,2.0412845678,2.04\r\n"
     "budget_limit,pin tenant month $50 (2025-03),,,,,,50.0000000000,50.00\r\n"
 )

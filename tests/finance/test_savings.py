@@ -51,7 +51,9 @@ def dashboard_page(client, **params) -> str:
 
 def test_synthetic_history_saves_with_every_lever_as_its_own_rows_say(seeded):
     small, premium = prices("seeded-small"), prices("seeded-large")
-    records = list(UsageRecord.objects.unscoped().filter(tenant=seeded.tenant).order_by("created_at", "id"))
+    # The requests: the seeded shadow evaluations' reference calls save nothing and are checked in tests/quality.
+    requests = UsageRecord.objects.unscoped().filter(tenant=seeded.tenant, kind="request")
+    records = list(requests.order_by("created_at", "id"))
     totals = (
         UsageRecord.objects.unscoped()
         .filter(tenant=seeded.tenant)
@@ -100,7 +102,8 @@ def test_headline_is_the_baseline_minus_the_spend_of_the_ledger(client, seeded):
     today = local_today(seeded.tenant)
     page = dashboard_page(client, tenant=seeded.tenant.pk, since=today - timedelta(days=30), until=today)
 
-    records = UsageRecord.objects.unscoped().filter(tenant=seeded.tenant)
+    # Product spend: the seeded shadow evaluations' calls are the evaluation spend, shown apart.
+    records = UsageRecord.objects.unscoped().filter(tenant=seeded.tenant).exclude(kind="evaluation")
     spend = sum((record.cost_usd for record in records), Decimal(0))
     saved_by_row = [sum(getattr(record, f"saved_{lever}_usd") for lever in SAVINGS_LEVERS) for record in records]
     baseline = spend + sum(saved_by_row, Decimal(0))

@@ -8,7 +8,7 @@ from decimal import Decimal
 import pytest
 from django.utils import timezone
 
-from billing.finance.whatif import NO_SHADOW_RESULTS, WhatIfRefused, whatif_replay
+from billing.finance.whatif import WhatIfRefused, whatif_replay
 from routing.models import RoutingPolicy
 from routing.services import default_policy_document, routing_policy_create_default, tenant_model_access_set
 from tenants.models import PayloadLog
@@ -129,7 +129,10 @@ def test_ledger_only_replay_prices_each_version_exactly_and_sets_undecided_reque
     assert report.total.draft_cost_usd == large_cost + enterprise + scored
     assert report.total.difference_usd == large_cost - small_cost
     assert report.total.difference_pct == Decimal("10.4")  # 0.000658 / 0.0063545 = 10.35%
-    assert {item.quality for item in report.rules} == {NO_SHADOW_RESULTS}
+    # No shadow results: the moved request's quality change is unknown, and said so; the others keep their model.
+    assert short.quality == moved.quality == "no shadow results (1 request changing model)"
+    assert line(report.rules, "enterprise-tier").quality == "same model: no change"
+    assert report.total.quality_change == {**short.quality_change, "basis": []}
     # The undecided request's recorded cost is in the ledger's total, not in the replay's.
     assert report.recorded_cost_usd == Decimal("0.5") + 3 * Decimal("0.0000198")
 

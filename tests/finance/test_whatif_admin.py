@@ -56,7 +56,7 @@ def test_the_tenants_members_see_the_draft_replayed_by_rule(acme, role):
     assert page.status_code == 200
     html = page.content.decode()
     assert "1 requests from" in html and "0 replayed from their payload log, 1 from ledger features only" in html
-    assert "short-classification-and-summaries" in html and "no shadow results" in html
+    assert "short-classification-and-summaries" in html and "same model: no change" in html
     assert '<th class="num" id="whatif-difference">$0.00</th>' in html
     assert "<strong>7 days</strong>" in html and '<a href="?days=30">30 days</a>' in html
 

@@ -116,4 +116,26 @@ def whatif_text(report: WhatIfReport) -> str:
         f"Difference, draft minus live, over the {report.decided_requests:,} decided requests: "
         f"{format_money_change(difference)}" + ("" if pct is None else f" ({'+' if pct > 0 else ''}{pct}%)")
     )
+    lines.append(quality_text(report))
     return "\n".join(lines)
+
+
+def quality_text(report: WhatIfReport) -> str:
+    """The expected change in quality, from the routing lever's shadow results of the same days."""
+    quality = report.expected_quality
+    if not quality.moved:
+        return "Expected quality change: none; the draft serves each decided request with the model live does."
+    if not quality.estimated:
+        return (
+            f"Expected quality change: unknown; no shadow results for the {quality.moved:,} requests that change model "
+            "(turn shadow evaluation on in the tenant's evaluation settings)."
+        )
+    overall = report.quality_change_overall
+    return "\n".join(
+        [
+            f"Expected quality change, draft minus live (answers agreeing with the large model's, from the routing "
+            f"shadow results of the same days): {quality.describe()}; over all {report.decided_requests:,} decided "
+            f"requests {overall * 100:+.1f} pts. From:",
+            *(f"  {source}" for source in quality.sources),
+        ]
+    )

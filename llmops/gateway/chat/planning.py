@@ -252,6 +252,7 @@ async def plan_chat(snapshot: ConfigSnapshot, call: GatewayCall, body: dict, hea
         ttl_seconds=decision.outcome.cache_ttl_seconds,
         allow_nondeterministic=decision.outcome.cache_nondeterministic,
         control=cache_control_from_headers(headers),
+        semantic=decision.outcome.semantic_cache,
     )
     guard_action = policy.injection_guard_action if policy else "none"
     return ChatPlan(chain=chain, body=capped.body, decision=decision, cache=cache, guard_action=guard_action)

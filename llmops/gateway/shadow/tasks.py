@@ -1,8 +1,10 @@
-"""Celery task for shadow evaluation: the sealed sample in, one service call per sampled lever."""
+"""Celery task for shadow evaluation: the sealed sample in, one service call per sampled lever, then that lever's
+quality SLOs checked."""
 
 from celery import shared_task
 
 from billing.models import Lever
+from billing.quality.services import quality_slos_check
 from core.event_loops import run_in_worker_loop
 from llmops.gateway.shadow.services import shadow_evaluation_run, shadow_sample_open
 
@@ -14,4 +16,7 @@ def shadow_evaluate_task(sealed: str) -> None:
     if sample is None:
         return
     for lever in sample.levers:
-        run_in_worker_loop(shadow_evaluation_run(sample=sample, lever=Lever(lever)))
+        evaluation = run_in_worker_loop(shadow_evaluation_run(sample=sample, lever=Lever(lever)))
+        if evaluation is not None:
+            # The lever's SLOs see the new verdict at once: a breach alerts (and acts) on the evaluation that made it.
+            quality_slos_check(tenant_id=sample.tenant_id, lever=lever)

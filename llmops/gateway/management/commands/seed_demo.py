@@ -10,7 +10,9 @@ from django.db import transaction
 
 from billing.budgets.services import budget_create
 from billing.finance.rollups_seed import seed_demo_usage
-from billing.models import BudgetAction, BudgetPeriod, BudgetScope
+from billing.models import BudgetAction, BudgetPeriod, BudgetScope, Lever
+from billing.quality.seed import demo_evaluation_settings
+from billing.quality.services import quality_slo_create
 from routing.models import Model, ModelKind, Provider
 from routing.services import (
     DEMO_CACHE_TTL_SECONDS,
@@ -58,7 +60,8 @@ def _write_secret_file(path: Path, value: str) -> None:
 class Command(BaseCommand):
     help = (
         "Create the demo tenant, teams, a key, a mock provider with a small and a large model and an embedding model, "
-        "the default routing policy, a budget, a few weeks of synthetic usage, and an admin user."
+        "the default routing policy, a budget, a few weeks of synthetic usage with their shadow evaluations, shadow "
+        "evaluation turned on with a quality SLO on routing, and an admin user."
     )
 
     def add_arguments(self, parser):
@@ -79,7 +82,8 @@ class Command(BaseCommand):
         self.stdout.write(
             self.style.SUCCESS(
                 f"Demo tenant 'demo' created (teams: support, analytics), with the default routing policy live, "
-                f"a ${DEMO_BUDGET_USD} monthly notify budget and {DEMO_HISTORY_DAYS} days of synthetic usage."
+                f"a ${DEMO_BUDGET_USD} monthly notify budget, {DEMO_HISTORY_DAYS} days of synthetic usage, and "
+                "shadow evaluation on with a quality SLO (routing agreement at least 85%)."
             )
         )
         self.stdout.write(f"API key (shown once, also written to {key_file}):\n  {api_key}")
@@ -111,6 +115,11 @@ class Command(BaseCommand):
             action=BudgetAction.NOTIFY,
         )
         seed_demo_usage(tenant=tenant, days=DEMO_HISTORY_DAYS)
+        demo_evaluation_settings(tenant=tenant)
+        # Alert only: the demo shows the SLO holding, and its action would change the policy the README walks through.
+        quality_slo_create(
+            tenant=tenant, lever=Lever.ROUTING, min_agreement=Decimal("0.85"), min_samples=30, window_days=7
+        )
         _, full_key = api_key_create(team=tenant.teams.get(slug="support"), name="demo key")
         return full_key, self._admin_user(tenant)
 

@@ -1,0 +1,75 @@
+"""The quality admin pages: SLOs created through the service with its refusals as form errors, the judge's reason
+shown only to those who may read the tenant's answers."""
+
+from billing.models import Lever, QualitySlo
+from routing.services import SHORT_TASKS_RULE
+from tenants.models import Role
+from tests.admin.scenario import admin_url, make_user
+from tests.quality.factories import ShadowEvaluationFactory, evaluations
+
+SLO_FORM = {"min_agreement": "0.95", "min_samples": "30", "window_days": "7", "is_active": "on"}
+
+
+def test_an_slo_is_added_for_a_live_rule_and_its_agreement_shown(client, shop):
+    client.force_login(make_user(Role.ADMIN, tenant=shop.tenant))
+    evaluations(shop.tenant, agreeing=19, disagreeing=1, rule=SHORT_TASKS_RULE)
+
+    response = client.post(
+        admin_url("billing_qualityslo", "add"),
+        {
+            **SLO_FORM,
+            "tenant": shop.tenant.pk,
+            "lever": "routing",
+            "rule": SHORT_TASKS_RULE,
+            "action": "route_to_large",
+        },
+    )
+
+    assert response.status_code == 302
+    slo = QualitySlo.objects.for_tenant(shop.tenant).get()
+    page = client.get(admin_url("billing_qualityslo", "change", slo.pk)).content.decode()
+    assert "95.0% (76.3–99.2%, n=20)" in page
+    assert "enterprise-tier" in page  # the live policy's rules, to pick from
+
+
+def test_refusals_are_form_errors(client, shop):
+    client.force_login(make_user(Role.OWNER, tenant=shop.tenant))
+
+    wrong_lever = client.post(
+        admin_url("billing_qualityslo", "add"),
+        {**SLO_FORM, "tenant": shop.tenant.pk, "lever": "compression", "rule": "", "action": "route_to_large"},
+    )
+    unknown_rule = client.post(
+        admin_url("billing_qualityslo", "add"),
+        {**SLO_FORM, "tenant": shop.tenant.pk, "lever": "routing", "rule": "gone", "action": "none"},
+    )
+
+    assert wrong_lever.status_code == unknown_rule.status_code == 200
+    assert "acts on the routing to a cheaper model lever" in wrong_lever.content.decode()
+    assert "No rule &#x27;gone&#x27; in the live routing policy" in unknown_rule.content.decode()
+    assert not QualitySlo.objects.for_tenant(shop.tenant).exists()
+
+
+def test_the_judges_reason_is_for_owners_and_admins_only(client, shop):
+    evaluation = ShadowEvaluationFactory(tenant=shop.tenant, lever=Lever.SEMANTIC_CACHE, reason="both say REFUND-42")
+
+    client.force_login(make_user(Role.VIEWER, tenant=shop.tenant))
+    as_viewer = client.get(admin_url("billing_shadowevaluation", "change", evaluation.pk)).content.decode()
+    client.force_login(make_user(Role.OWNER, tenant=shop.tenant))
+    as_owner = client.get(admin_url("billing_shadowevaluation", "change", evaluation.pk)).content.decode()
+
+    assert "REFUND-42" not in as_viewer and evaluation.request_id in as_viewer
+    assert "REFUND-42" in as_owner
+
+
+def test_shadow_evaluations_filter_by_lever_and_agreement(client, shop):
+    ShadowEvaluationFactory(tenant=shop.tenant, lever=Lever.ROUTING, agrees=False, request_id="routing-differs")
+    ShadowEvaluationFactory(tenant=shop.tenant, lever=Lever.ROUTING, agrees=True, request_id="routing-agrees")
+    ShadowEvaluationFactory(tenant=shop.tenant, lever=Lever.COMPRESSION, agrees=False, request_id="compressed")
+    client.force_login(make_user(Role.VIEWER, tenant=shop.tenant))
+
+    page = client.get(admin_url("billing_shadowevaluation", "changelist"), {"lever": "routing", "agrees__exact": "0"})
+
+    html = page.content.decode()
+    assert "routing-differs" in html
+    assert "routing-agrees" not in html and "compressed" not in html
