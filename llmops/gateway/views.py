@@ -6,6 +6,7 @@ from adrf.views import APIView
 from django.db import connection
 from django.http import HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
+from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.permissions import IsAuthenticated
 
 from llmops.gateway.call import GatewayCall, new_request_id
@@ -17,11 +18,20 @@ from llmops.gateway.snapshot import ConfigSnapshot, config_snapshot
 from tenants.authentication import ApiKeyAuthentication, bearer_key
 
 
+class JsonAnswers(DefaultContentNegotiation):
+    """/v1 answers JSON whatever the Accept header says, as OpenAI's API does; reading Accept was 2% of an exact
+    cache hit's CPU. Request bodies are still parsed by their content type."""
+
+    def select_renderer(self, request, renderers, format_suffix=None):
+        return renderers[0], renderers[0].media_type
+
+
 class GatewayView(APIView):
     """Base of the /v1 endpoints: key auth against the caller's tenant configuration, orjson, OpenAI-shaped errors."""
 
     permission_classes = [IsAuthenticated]
     parser_classes = [OrjsonParser]
+    content_negotiation_class = JsonAnswers
     # The configuration of the tenant the caller's key belongs to, current as of this request.
     config: ConfigSnapshot | None = None
 

@@ -191,8 +191,15 @@ class _PendingStore:
 
 
 @dataclass(frozen=True, slots=True)
-class _HitNote:
-    key: EntryKey
+class _HitsNoted:
+    """Queued for the writer when hits start to gather in _noted_hits: it takes them all."""
+
+
+_HITS_NOTED = _HitsNoted()
+# Hits noted on the event loop since the writer last took them. Counted here, not queued one by one: a hot entry's
+# hits woke the writer thread once each, several percent of an exact-hit worker's CPU.
+_noted_hits: Counter = Counter()
+_noted_lock = threading.Lock()
 
 
 # Stores not yet written, by (tenant id, served model, key hash); the writer thread removes each once it is in
@@ -274,7 +281,19 @@ async def _answer_for(tenant_id: int, served_model: str, key_hash: str) -> dict 
 
 
 def _note_hit(cache: CacheRequest, key_hash: str) -> None:
-    _writer.put(_HitNote((cache.tenant_id, cache.served_model, key_hash)))
+    with _noted_lock:
+        first = not _noted_hits
+        _noted_hits[(cache.tenant_id, cache.served_model, key_hash)] += 1
+    # A forked child inherits the parent's notes but not its writer thread: its first note starts one.
+    if first or not _writer.running():
+        _writer.put(_HITS_NOTED)
+
+
+def _noted_hits_take() -> Counter:
+    with _noted_lock:
+        hits = Counter(_noted_hits)
+        _noted_hits.clear()
+    return hits
 
 
 def _search(cache: CacheRequest, threshold: float, vector: np.ndarray):
@@ -632,7 +651,7 @@ def _write_batch(items: list) -> None:
     """The writer thread's batch: stores, then hit counts (so a hit on an entry still being stored counts), then
     the flushes waiting for both."""
     stores = [item for item in items if isinstance(item, _PendingStore)]
-    hits = Counter(item.key for item in items if isinstance(item, _HitNote))
+    hits = _noted_hits_take() if any(item is _HITS_NOTED for item in items) else Counter()
     flushes = [item for item in items if isinstance(item, Future)]
     try:
         close_old_connections()
