@@ -4,7 +4,9 @@ shown only to those who may read the tenant's answers."""
 from billing.models import Lever, QualitySlo
 from routing.services import SHORT_TASKS_RULE
 from tenants.models import Role
+from tenants.services import membership_set
 from tests.admin.scenario import admin_url, make_user
+from tests.factories import TenantFactory
 from tests.quality.factories import ShadowEvaluationFactory, evaluations
 
 SLO_FORM = {"min_agreement": "0.95", "min_samples": "30", "window_days": "7", "is_active": "on"}
@@ -73,3 +75,39 @@ def test_shadow_evaluations_filter_by_lever_and_agreement(client, shop):
     html = page.content.decode()
     assert "routing-differs" in html
     assert "routing-agrees" not in html and "compressed" not in html
+
+
+def test_a_viewer_cannot_filter_or_search_by_the_judges_reason(client, shop):
+    ShadowEvaluationFactory(tenant=shop.tenant, reason="both say REFUND-42", request_id="probed")
+    client.force_login(make_user(Role.VIEWER, tenant=shop.tenant))
+    changelist = admin_url("billing_shadowevaluation", "changelist")
+
+    hit = client.get(changelist, {"reason__icontains": "REFUND-42"})
+    miss = client.get(changelist, {"reason__icontains": "REFUND-43"})
+    searched = client.get(changelist, {"q": "REFUND-42"})
+
+    # Refused whatever the fragment: the answer says nothing about the reason.
+    assert hit.status_code == miss.status_code == 400
+    assert "probed" not in searched.content.decode()
+
+
+def test_an_owner_may_filter_by_the_judges_reason(client, shop):
+    ShadowEvaluationFactory(tenant=shop.tenant, reason="both say REFUND-42", request_id="found")
+    ShadowEvaluationFactory(tenant=shop.tenant, reason="differs", request_id="other")
+    client.force_login(make_user(Role.OWNER, tenant=shop.tenant))
+
+    page = client.get(admin_url("billing_shadowevaluation", "changelist"), {"reason__icontains": "REFUND-42"})
+
+    assert page.status_code == 200
+    assert "found" in page.content.decode() and "other" not in page.content.decode()
+
+
+def test_an_owner_elsewhere_who_only_views_this_tenant_cannot_filter_by_its_reasons(client, shop):
+    ShadowEvaluationFactory(tenant=shop.tenant, reason="both say REFUND-42", request_id="probed")
+    user = make_user(Role.VIEWER, tenant=shop.tenant)
+    membership_set(tenant=TenantFactory(slug="own-shop"), user=user, role=Role.OWNER)
+    client.force_login(user)
+
+    page = client.get(admin_url("billing_shadowevaluation", "changelist"), {"reason__icontains": "REFUND-42"})
+
+    assert page.status_code == 400
