@@ -141,3 +141,10 @@ def test_a_change_that_could_not_be_published_is_refused_with_the_reason(acme_ro
         routing_policy_quality_action(
             tenant=acme_routing.tenant, transform=routes_to_large, rule=SHORT_TASKS_RULE, note="n"
         )
+
+
+def test_a_document_from_a_later_release_with_an_outcome_key_unknown_here_compiles():
+    later = normalized_document({"rules": [{"priority": 1, "name": "r", "outcome": {"target_model": "s"}}]})
+    later["rules"][0]["outcome"]["a_later_flag"] = True
+
+    assert compile_policy(later).rules[0].outcome.target_model == "s"
