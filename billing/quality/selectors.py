@@ -137,6 +137,18 @@ def shadow_evaluations(
     return rows
 
 
+def reference_models_by_rule(
+    *, tenant_id: int, start: datetime, end: datetime, lever: str, rule: str = ""
+) -> dict[str, frozenset[str]]:
+    """By rule (its routes merged, as rule_of_route names them), the models its evaluations in [start, end) were
+    judged against."""
+    found: dict[str, set[str]] = {}
+    rows = shadow_evaluations(tenant_id=tenant_id, start=start, end=end, lever=lever, rule=rule)
+    for route, model in rows.values_list("rule", "reference_model").distinct().order_by():
+        found.setdefault(rule_of_route(route), set()).add(model)
+    return {name: frozenset(models) for name, models in found.items()}
+
+
 def agreement_by(
     *,
     tenant_id: int,

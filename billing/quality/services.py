@@ -13,6 +13,7 @@ SLO changed the routing policy; the policy's own audit row carries the same note
 import logging
 from datetime import datetime, timedelta
 from decimal import Decimal
+from functools import partial
 
 from django.core.exceptions import ValidationError
 from django.db import transaction
@@ -20,10 +21,10 @@ from django.utils import timezone
 
 from billing.alerts.tasks import alert_deliveries_send
 from billing.models import AlertChannel, AlertDelivery, Lever, QualityAction, QualityAlert, QualitySlo
-from billing.quality.selectors import Agreement, agreement_of
+from billing.quality.selectors import Agreement, agreement_of, reference_models_by_rule
 from routing.models import RoutingPolicy
 from routing.policy.quality_actions import QualityTransform, compression_off, routes_to_large, semantic_cache_off
-from routing.services import routing_policy_quality_action
+from routing.services import QualityActionResult, routing_policy_quality_action
 from tenants.audit import audit_actor
 from tenants.models import Tenant
 
@@ -190,7 +191,7 @@ def _slo_check(*, tenant_id: int, slo_id: int) -> QualityAlert | None:
 def _breach(*, slo: QualitySlo, agreement: Agreement, now: datetime) -> QualityAlert:
     slo.breached_at = now
     slo.save(update_fields=["breached_at"])
-    action_taken, detail = _act(slo=slo, agreement=agreement)
+    action_taken, detail = _act(slo=slo, agreement=agreement, now=now)
     alert = QualityAlert.objects.create(
         slo=slo,
         samples=agreement.samples,
@@ -206,20 +207,37 @@ def _breach(*, slo: QualitySlo, agreement: Agreement, now: datetime) -> QualityA
     return alert
 
 
-def _act(*, slo: QualitySlo, agreement: Agreement) -> tuple[str, str]:
+def slo_transform(*, slo: QualitySlo, now: datetime) -> QualityTransform:
+    """The change the SLO's action makes to a policy; route_to_large reads which models the SLO's evaluations in the
+    window were judged against, where no alias settles a rule's reference."""
+    transform = ACTION_TRANSFORM[slo.action]
+    if slo.action != QualityAction.ROUTE_TO_LARGE:
+        return transform
+    start, end = slo_window(slo=slo, now=now)
+    references = reference_models_by_rule(tenant_id=slo.tenant_id, start=start, end=end, lever=slo.lever, rule=slo.rule)
+    return partial(transform, references=references)
+
+
+def _act(*, slo: QualitySlo, agreement: Agreement, now: datetime) -> tuple[str, str]:
     """Run the SLO's automatic action; (the action taken, or none, and what it did or why it did nothing)."""
     if slo.action == QualityAction.NONE:
         return QualityAction.NONE, ""
     note = f"{slo_actor_name(slo)} breached: {agreement.describe()} agree"
     try:
         with transaction.atomic():  # a refused publish is undone alone; the alert still goes out
-            version, changes = routing_policy_quality_action(
-                tenant=slo.tenant, transform=ACTION_TRANSFORM[slo.action], rule=slo.rule, note=note
+            result = routing_policy_quality_action(
+                tenant=slo.tenant, transform=slo_transform(slo=slo, now=now), rule=slo.rule, note=note
             )
     except ValidationError as error:
         return QualityAction.NONE, f"Not done: the changed policy could not be published: {'; '.join(error.messages)}"
-    if version is None:
-        missing = slo.rule and slo.rule not in live_rule_names(tenant=slo.tenant)
-        reason = f"no rule '{slo.rule}' in the live policy" if missing else "the live policy already does it"
-        return QualityAction.NONE, f"Nothing to change: {reason}."
-    return slo.action, f"Published routing policy version {version.number}: {'; '.join(changes)}."
+    return (slo.action if result.version else QualityAction.NONE), action_detail(result)
+
+
+def action_detail(result: QualityActionResult) -> str:
+    """What the action did and what it left, in the alert's words."""
+    parts = []
+    if result.version is not None:
+        parts.append(f"Published routing policy version {result.version.number}: {'; '.join(result.changes)}.")
+    if result.not_done:
+        parts.append(f"{'Not changed' if parts else 'Nothing changed'}: {'; '.join(result.not_done)}.")
+    return " ".join(parts) or "Nothing changed: the live policy already does it."
