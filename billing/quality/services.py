@@ -24,7 +24,7 @@ from billing.models import AlertChannel, AlertDelivery, Lever, QualityAction, Qu
 from billing.quality.selectors import Agreement, agreement_of, reference_models_by_rule
 from routing.models import RoutingPolicy
 from routing.policy.quality_actions import QualityTransform, compression_off, routes_to_large, semantic_cache_off
-from routing.services import QualityActionResult, routing_policy_quality_action
+from routing.services import DRAFT_LEFT_NOTE, QualityActionResult, routing_policy_quality_action
 from tenants.audit import audit_actor
 from tenants.models import Tenant
 
@@ -240,4 +240,6 @@ def action_detail(result: QualityActionResult) -> str:
         parts.append(f"Published routing policy version {result.version.number}: {'; '.join(result.changes)}.")
     if result.not_done:
         parts.append(f"{'Not changed' if parts else 'Nothing changed'}: {'; '.join(result.not_done)}.")
+    if result.draft_left:
+        parts.append(DRAFT_LEFT_NOTE)
     return " ".join(parts) or "Nothing changed: the live policy already does it."

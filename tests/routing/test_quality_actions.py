@@ -1,5 +1,6 @@
 """A quality SLO's automatic actions on a policy: sending a rule's requests to the large model, turning its semantic
-cache off, refusing instead of compressing; published by the system with a note, and kept in the draft."""
+cache off, refusing instead of compressing; published by the system with a note, the draft following only when it
+said what the live policy said."""
 
 from dataclasses import astuple
 
@@ -10,9 +11,11 @@ from routing.catalog import ModelCatalog, build_model_catalog
 from routing.models import RoutingPolicyAudit, RoutingRule
 from routing.policy import RouteRequest, route_request
 from routing.policy.document import compile_policy, normalized_document
+from routing.policy.drafts import policy_draft_document
 from routing.policy.quality_actions import compression_off, routes_to_large, semantic_cache_off
 from routing.services import (
     BY_DIFFICULTY_RULE,
+    DRAFT_LEFT_NOTE,
     SHORT_TASKS_RULE,
     default_policy_document,
     routing_policy_create_default,
@@ -210,23 +213,25 @@ def live_default(acme_routing):
     )
 
 
-def test_the_action_publishes_as_the_system_with_a_note_and_keeps_the_drafts_other_edits(acme_routing, live_default):
-    RoutingRule.objects.for_tenant(acme_routing.tenant).filter(name="enterprise-tier").update(priority=25)
+def test_the_action_publishes_as_the_system_with_a_note_and_the_draft_that_was_the_live_policy_follows(
+    acme_routing, live_default
+):
+    draft_ids = set(RoutingRule.objects.for_tenant(acme_routing.tenant).values_list("pk", flat=True))
 
     with audit_actor(name="quality SLO 7"):
         result = routing_policy_quality_action(
             tenant=acme_routing.tenant, transform=routes_to_large, rule=SHORT_TASKS_RULE, note="quality SLO 7 breached"
         )
-    version, changes = result.version, result.changes
+    version = result.version
 
     assert version.number == 2 and version.published_by is None
-    assert changes == [f"rule {SHORT_TASKS_RULE}: target acme-small -> acme-large"]
+    assert result.changes == [f"rule {SHORT_TASKS_RULE}: target acme-small -> acme-large"]
+    assert not result.draft_left
     audit = RoutingPolicyAudit.objects.for_tenant(acme_routing.tenant).get(version=version)
     assert (audit.actor, audit.note) == (None, "quality SLO 7 breached")
     assert audit.diff["rules_changed"][SHORT_TASKS_RULE]["target_model"] == ["acme-small", "acme-large"]
-    draft = {row.name: row for row in RoutingRule.objects.for_tenant(acme_routing.tenant)}
-    assert draft[SHORT_TASKS_RULE].target_model == acme_routing.large
-    assert draft["enterprise-tier"].priority == 25
+    assert policy_draft_document(policy=live_default) == version.document
+    assert set(RoutingRule.objects.for_tenant(acme_routing.tenant).values_list("pk", flat=True)) != draft_ids
     events = AuditEvent.objects.for_tenant(acme_routing.tenant).filter(
         object_type="routing.routingpolicyversion", object_id=str(version.pk)
     )
@@ -239,6 +244,26 @@ def test_the_action_publishes_as_the_system_with_a_note_and_keeps_the_drafts_oth
         build_model_catalog(tenant_id=acme_routing.tenant.pk),
     )
     assert decision.outcome.target_model == "acme-large"
+
+
+def test_a_draft_with_edits_of_its_own_is_left_alone_and_the_note_says_so(acme_routing, live_default):
+    RoutingRule.objects.for_tenant(acme_routing.tenant).filter(name=SHORT_TASKS_RULE).update(name="short-renamed")
+    draft_before = {
+        (row.pk, row.name, row.target_model_id) for row in RoutingRule.objects.for_tenant(acme_routing.tenant)
+    }
+
+    result = routing_policy_quality_action(
+        tenant=acme_routing.tenant, transform=routes_to_large, rule=SHORT_TASKS_RULE, note="quality SLO 7 breached"
+    )
+
+    assert result.version.number == 2 and result.draft_left
+    assert rule(result.version.document, SHORT_TASKS_RULE)["outcome"]["target_model"] == "acme-large"
+    draft_after = {
+        (row.pk, row.name, row.target_model_id) for row in RoutingRule.objects.for_tenant(acme_routing.tenant)
+    }
+    assert draft_after == draft_before
+    audit = RoutingPolicyAudit.objects.for_tenant(acme_routing.tenant).get(version=result.version)
+    assert audit.note == f"quality SLO 7 breached. {DRAFT_LEFT_NOTE}"
 
 
 def test_nothing_to_change_publishes_nothing(acme_routing, live_default):
