@@ -39,8 +39,14 @@ class QualitySloForm(forms.ModelForm):
         data = super().clean()
         tenant = data.get("tenant") or getattr(self.instance, "tenant", None)
         if tenant is not None and not self.errors:
+            rule = data.get("rule", "")
             quality_slo_validate(
-                tenant=tenant, lever=data.get("lever"), rule=data.get("rule", ""), action=data.get("action")
+                tenant=tenant,
+                lever=data.get("lever"),
+                rule=rule,
+                action=data.get("action"),
+                # The stored rule, until the form is saved: an edit keeping it may switch off an SLO whose rule is gone.
+                check_rule=self.instance.pk is None or rule != self.instance.rule,
             )
         return data
 

@@ -52,9 +52,10 @@ def live_rule_names(*, tenant: Tenant) -> list[str]:
     return [rule["name"] for rule in policy.live_version.document.get("rules", [])]
 
 
-def quality_slo_validate(*, tenant: Tenant, lever: str, rule: str, action: str) -> None:
+def quality_slo_validate(*, tenant: Tenant, lever: str, rule: str, action: str, check_rule: bool = True) -> None:
     """Refuse an SLO whose action cannot act on its lever, or that names a rule the live policy does not have (its
-    agreement would count nothing, and its action would change nothing)."""
+    agreement would count nothing, and its action would change nothing). `check_rule` False: an edit that keeps the
+    rule, which a later policy may have renamed or removed, and which must still be possible (to switch it off)."""
     errors: dict[str, str] = {}
     if lever not in Lever.values:
         errors["lever"] = f"Lever must be one of {', '.join(Lever.values)}."
@@ -65,7 +66,7 @@ def quality_slo_validate(*, tenant: Tenant, lever: str, rule: str, action: str) 
             f"'{QualityAction(action).label}' acts on the {Lever(ACTION_LEVER[action]).label.lower()} lever; "
             "this SLO watches another. Choose that lever, or alert only."
         )
-    if rule:
+    if rule and check_rule:
         names = live_rule_names(tenant=tenant)
         if rule not in names:
             known = f"its rules are {', '.join(names)}" if names else "the tenant has no live routing policy"
@@ -74,8 +75,8 @@ def quality_slo_validate(*, tenant: Tenant, lever: str, rule: str, action: str) 
         raise ValidationError(errors)
 
 
-def _validated(slo: QualitySlo) -> QualitySlo:
-    quality_slo_validate(tenant=slo.tenant, lever=slo.lever, rule=slo.rule, action=slo.action)
+def _validated(slo: QualitySlo, *, check_rule: bool = True) -> QualitySlo:
+    quality_slo_validate(tenant=slo.tenant, lever=slo.lever, rule=slo.rule, action=slo.action, check_rule=check_rule)
     slo.full_clean()
     return slo
 
@@ -112,7 +113,7 @@ SLO_TERMS = ("lever", "rule", "min_agreement", "min_samples", "window_days")
 
 def quality_slo_update(*, slo: QualitySlo, **changes) -> QualitySlo:
     """Change an SLO. Its breach stands until a check finds it holding again, unless the change is to its terms or
-    switches it off."""
+    switches it off. Its rule is checked against the live policy only when the change names another."""
     if unknown := set(changes) - set(SLO_FIELDS):
         raise TypeError(f"quality_slo_update() got unknown fields {sorted(unknown)}")
     with transaction.atomic():
@@ -122,7 +123,7 @@ def quality_slo_update(*, slo: QualitySlo, **changes) -> QualitySlo:
             setattr(slo, name, value)
         terms_changed = any(getattr(stored, name) != getattr(slo, name) for name in SLO_TERMS)
         slo.breached_at = None if terms_changed or not slo.is_active else stored.breached_at
-        _validated(slo).save()
+        _validated(slo, check_rule=slo.rule != stored.rule).save()
     return slo
 
 

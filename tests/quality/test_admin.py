@@ -2,7 +2,10 @@
 shown only to those who may read the tenant's answers."""
 
 from billing.models import Lever, QualitySlo
-from routing.services import SHORT_TASKS_RULE
+from billing.quality.services import quality_slo_create
+from routing.models import RoutingPolicy
+from routing.policy.drafts import policy_draft_replace
+from routing.services import SHORT_TASKS_RULE, routing_policy_publish
 from tenants.models import Role
 from tenants.services import membership_set
 from tests.admin.scenario import admin_url, make_user
@@ -32,6 +35,23 @@ def test_an_slo_is_added_for_a_live_rule_and_its_agreement_shown(client, shop):
     page = client.get(admin_url("billing_qualityslo", "change", slo.pk)).content.decode()
     assert "95.0% (76.3–99.2%, n=20)" in page
     assert "enterprise-tier" in page  # the live policy's rules, to pick from
+
+
+def test_an_slo_whose_rule_left_the_live_policy_is_switched_off_in_the_admin(client, shop):
+    slo = quality_slo_create(tenant=shop.tenant, lever=Lever.ROUTING, rule=SHORT_TASKS_RULE)
+    policy = RoutingPolicy.objects.for_tenant(shop.tenant).get()
+    policy_draft_replace(policy=policy, document={"aliases": {}, "rules": []})
+    routing_policy_publish(policy=policy, actor=None)
+    client.force_login(make_user(Role.ADMIN, tenant=shop.tenant))
+
+    response = client.post(
+        admin_url("billing_qualityslo", "change", slo.pk),
+        {**SLO_FORM, "lever": "routing", "rule": SHORT_TASKS_RULE, "action": "none", "is_active": ""},
+    )
+
+    assert response.status_code == 302
+    slo.refresh_from_db()
+    assert not slo.is_active
 
 
 def test_refusals_are_form_errors(client, shop):

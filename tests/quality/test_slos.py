@@ -368,3 +368,17 @@ def test_a_catch_all_with_a_target_goes_to_the_model_its_window_evaluations_were
         "Published routing policy version 3: rule everything: target shop-small -> shop-large (the model its "
         "evaluations were judged against)."
     )
+
+
+def test_an_slo_whose_rule_left_the_live_policy_can_still_be_edited_and_switched_off(shop):
+    slo = routing_slo(shop)
+    publish(shop, {"aliases": {"auto": {"small": "shop-small", "large": "shop-large"}}, "rules": []})
+
+    quality_slo_update(slo=slo, min_agreement=Decimal("0.9"))
+    quality_slo_update(slo=slo, is_active=False)
+
+    slo.refresh_from_db()
+    assert (slo.rule, slo.min_agreement, slo.is_active) == (SHORT_TASKS_RULE, Decimal("0.9"), False)
+    with pytest.raises(ValidationError) as refused:
+        quality_slo_update(slo=slo, rule="another-gone-rule")
+    assert "No rule 'another-gone-rule'" in refused.value.message_dict["rule"][0]
