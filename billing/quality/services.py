@@ -3,8 +3,15 @@
 A check takes each active SLO of the tenant and lever under its row lock, so concurrent checks (one per evaluation,
 on several workers) see one another's work: the one that finds the SLO holding and the agreement below it marks the
 breach, raises the one QualityAlert, queues its deliveries to the tenant's active alert channels and runs the
-SLO's automatic action; every later check finds `breached_at` set and raises nothing. When the lower bound is back
-at the minimum (on at least min_samples evaluations), `breached_at` is cleared, and a later breach alerts again.
+SLO's automatic action; every later check finds `breached_at` set and raises nothing. The breach is cleared, and a
+later breach alerts again, when:
+
+- the lower bound is back at the minimum plus a margin (REARM_MARGIN, on at least min_samples evaluations), so a
+  lower bound that hovers at the minimum does not clear and alert again with every evaluation;
+- or the SLO's action ran and the live policy no longer does what it did (a later version, a rollback for instance,
+  undid it): the check that sees it clears the breach and judges the window afresh, so a rule back on a model that
+  still disagrees alerts again and gets the action again. Only a check sees it, and checks follow new evaluations:
+  a rule the action moved off the lever sends none until the policy moves it back.
 
 The breach, its action and the clearing are written under `audit_actor` naming the SLO, so the audit log says which
 SLO changed the routing policy; the policy's own audit row carries the same note.
@@ -146,6 +153,19 @@ def slo_holds(*, slo: QualitySlo, agreement: Agreement) -> bool:
     return agreement.samples >= slo.min_samples and agreement.lower >= slo.min_agreement
 
 
+# A breach clears when the lower bound is this much over the minimum (half the way to 1 when that is closer).
+REARM_MARGIN = Decimal("0.01")
+
+
+def slo_rearm_at(slo: QualitySlo) -> Decimal:
+    """The lower bound at which a breached SLO clears."""
+    return slo.min_agreement + min(REARM_MARGIN, (1 - slo.min_agreement) / 2)
+
+
+def slo_recovered(*, slo: QualitySlo, agreement: Agreement) -> bool:
+    return agreement.samples >= slo.min_samples and agreement.lower >= slo_rearm_at(slo)
+
+
 def slo_actor_name(slo: QualitySlo) -> str:
     scope = f"rule {slo.rule}" if slo.rule else "every rule"
     return f"quality SLO {slo.pk} ({slo.lever}, {scope}, min {slo.min_agreement})"
@@ -178,15 +198,34 @@ def _slo_check(*, tenant_id: int, slo_id: int) -> QualityAlert | None:
         # Counted under the lock: a check that waited for another sees the evaluations that one saw, and more.
         now = timezone.now()
         agreement = slo_agreement(slo=slo, now=now)
-        if slo.breached_at is None and slo_is_breached(slo=slo, agreement=agreement):
-            with audit_actor(name=slo_actor_name(slo)):
-                return _breach(slo=slo, agreement=agreement, now=now)
-        if slo.breached_at is not None and slo_holds(slo=slo, agreement=agreement):
+        if slo.breached_at is not None:
+            if slo_recovered(slo=slo, agreement=agreement):
+                why = f"holds again at {agreement.describe()}"
+            elif _action_undone(slo=slo, now=now):
+                why = "the live routing policy no longer does what its action did"
+            else:
+                return None
             slo.breached_at = None
             with audit_actor(name=slo_actor_name(slo)):
                 slo.save(update_fields=["breached_at"])
-            logger.info("quality SLO %s holds again at %s", slo.pk, agreement.describe())
+            logger.info("quality SLO %s cleared: %s", slo.pk, why)
+        if slo_is_breached(slo=slo, agreement=agreement):
+            with audit_actor(name=slo_actor_name(slo)):
+                return _breach(slo=slo, agreement=agreement, now=now)
     return None
+
+
+def _action_undone(*, slo: QualitySlo, now: datetime) -> bool:
+    """Whether the action this breach ran would change the live policy again: a later version undid it. False when
+    the action did not run (not enabled, nothing to change, refused): its outcome would not differ now."""
+    alerts = QualityAlert.objects.for_tenant(slo.tenant_id).filter(slo=slo, created_at__gte=slo.breached_at)
+    alert = alerts.order_by("-created_at").first()
+    if alert is None or alert.action_taken == QualityAction.NONE or alert.action_taken != slo.action:
+        return False
+    policy = RoutingPolicy.objects.for_tenant(slo.tenant_id).select_related("live_version").first()
+    if policy is None or policy.live_version is None:
+        return False
+    return bool(slo_transform(slo=slo, now=now)(policy.live_version.document, slo.rule).changes)
 
 
 def _breach(*, slo: QualitySlo, agreement: Agreement, now: datetime) -> QualityAlert:

@@ -12,10 +12,10 @@ from django.utils import timezone
 
 from billing.alerts.services import alert_message
 from billing.models import AlertDelivery, Lever, QualityAction, QualityAlert, QualitySlo
-from billing.quality.services import quality_slo_create, quality_slo_update, quality_slos_check
+from billing.quality.services import quality_slo_create, quality_slo_update, quality_slos_check, slo_rearm_at
 from routing.models import RoutingPolicy, RoutingPolicyAudit
 from routing.policy.drafts import policy_draft_replace
-from routing.services import SHORT_TASKS_RULE, routing_policy_publish, tenant_model_access_set
+from routing.services import SHORT_TASKS_RULE, routing_policy_publish, routing_policy_rollback, tenant_model_access_set
 from tenants.models import AuditEvent
 from tests.quality.conftest import make_shop
 from tests.quality.factories import evaluations
@@ -382,3 +382,52 @@ def test_an_slo_whose_rule_left_the_live_policy_can_still_be_edited_and_switched
     with pytest.raises(ValidationError) as refused:
         quality_slo_update(slo=slo, rule="another-gone-rule")
     assert "No rule 'another-gone-rule'" in refused.value.message_dict["rule"][0]
+
+
+def test_a_breach_clears_only_a_margin_over_the_minimum(shop):
+    slo = routing_slo(shop)  # min 0.95: clears at a lower bound of 0.96
+    evaluations(shop.tenant, agreeing=20, disagreeing=20, rule=SHORT_TASKS_RULE)
+    assert len(quality_slos_check(tenant_id=shop.tenant.pk, lever=Lever.ROUTING)) == 1
+
+    evaluations(shop.tenant, agreeing=600, disagreeing=0, rule=SHORT_TASKS_RULE)  # lower bound 0.9512
+    assert quality_slos_check(tenant_id=shop.tenant.pk, lever=Lever.ROUTING) == []
+    slo.refresh_from_db()
+    assert slo.breached_at is not None
+
+    evaluations(shop.tenant, agreeing=200, disagreeing=0, rule=SHORT_TASKS_RULE)  # 0.9620
+    assert quality_slos_check(tenant_id=shop.tenant.pk, lever=Lever.ROUTING) == []
+    slo.refresh_from_db()
+    assert slo.breached_at is None
+    assert slo_rearm_at(slo) == Decimal("0.9600")
+    assert slo_rearm_at(QualitySlo(min_agreement=Decimal("0.9950"))) == Decimal("0.99750")
+
+
+def test_a_version_that_undoes_the_action_clears_the_breach_and_the_next_check_alerts_and_acts_again(shop):
+    slo = routing_slo(shop, action=QualityAction.ROUTE_TO_LARGE)
+    evaluations(shop.tenant, agreeing=20, disagreeing=20, rule=SHORT_TASKS_RULE)
+    assert len(quality_slos_check(tenant_id=shop.tenant.pk, lever=Lever.ROUTING)) == 1
+    policy = RoutingPolicy.objects.for_tenant(shop.tenant).get()
+    routing_policy_rollback(policy=policy, version=policy.versions.get(number=1), actor=None)
+    assert live_rule(shop.tenant, SHORT_TASKS_RULE)["outcome"]["target_model"] == "shop-small"
+
+    # Back on the small model, the rule is evaluated again, and still disagrees.
+    evaluations(shop.tenant, agreeing=0, disagreeing=1, rule=SHORT_TASKS_RULE)
+    [again] = quality_slos_check(tenant_id=shop.tenant.pk, lever=Lever.ROUTING)
+
+    assert again.action_taken == QualityAction.ROUTE_TO_LARGE
+    assert again.action_detail.startswith("Published routing policy version 4: ")
+    assert live_rule(shop.tenant, SHORT_TASKS_RULE)["outcome"]["target_model"] == "shop-large"
+    slo.refresh_from_db()
+    assert slo.breached_at is not None
+    assert quality_slos_check(tenant_id=shop.tenant.pk, lever=Lever.ROUTING) == []
+
+
+def test_an_action_that_did_not_run_does_not_clear_the_breach_at_each_check(shop):
+    routing_slo(shop, action=QualityAction.ROUTE_TO_LARGE)
+    tenant_model_access_set(tenant=shop.tenant, allowed_models=[shop.small], default_model=shop.small)
+    evaluations(shop.tenant, agreeing=0, disagreeing=50, rule=SHORT_TASKS_RULE)
+    [alert] = quality_slos_check(tenant_id=shop.tenant.pk, lever=Lever.ROUTING)
+    assert alert.action_taken == QualityAction.NONE  # refused: the large model is not allowed
+
+    assert quality_slos_check(tenant_id=shop.tenant.pk, lever=Lever.ROUTING) == []
+    assert QualityAlert.objects.for_tenant(shop.tenant).count() == 1
