@@ -159,7 +159,9 @@ def agreement_by(
     rule: str = "",
 ) -> list[Agreement]:
     """Agreement per group of evaluations in [start, end), grouped by any of GROUPINGS (none: one group of all),
-    ordered by the groups; only groups with evaluations."""
+    ordered by the groups; only groups with evaluations. By rule, a rule's routes are one group (rule_of_route:
+    `short-tasks+score` and `short-tasks+budget-downgrade` are `short-tasks`, and `score` and `direct` are "", no
+    rule), as an SLO on the rule and the what-if count them."""
     unknown = [name for name in group_by if name not in GROUPINGS]
     if unknown:
         raise ValueError(f"unknown grouping {', '.join(unknown)}; use any of {', '.join(GROUPINGS)}")
@@ -169,10 +171,12 @@ def agreement_by(
         totals = rows.aggregate(samples=Count("pk"), agreeing=Count("pk", filter=Q(agrees=True)))
         return [Agreement(totals["agreeing"], totals["samples"])] if totals["samples"] else []
     grouped = rows.values(*names).annotate(samples=Count("pk"), agreeing=Count("pk", filter=Q(agrees=True)))
-    return [
-        Agreement(row["agreeing"], row["samples"], {name: row[name] for name in names})
-        for row in grouped.order_by(*names)
-    ]
+    merged: dict[tuple[str, ...], Agreement] = {}
+    for row in grouped.order_by():
+        group = {name: rule_of_route(row[name]) if name == "rule" else row[name] for name in names}
+        key = tuple(group.values())
+        merged[key] = merged.get(key, Agreement(0, 0, group)) + Agreement(row["agreeing"], row["samples"])
+    return [merged[key] for key in sorted(merged)]
 
 
 def agreement_by_lever(*, tenant_id: int, start: datetime, end: datetime) -> dict[str, Agreement]:
