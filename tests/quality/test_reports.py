@@ -9,7 +9,7 @@ from django.urls import reverse
 
 from billing.models import Lever, UsageKind, UsageRecord
 from tests.finance.conftest import make_finance_tenant, usage_row
-from tests.quality.factories import evaluations
+from tests.quality.factories import ShadowEvaluationFactory, evaluations
 
 DAY = datetime(2025, 3, 3, 12, tzinfo=UTC)
 RANGE = {"since": "2025-03-01", "until": "2025-03-31"}
@@ -119,3 +119,34 @@ def test_a_rules_routes_are_one_group_in_the_api_and_on_the_dashboard(client, te
     table = re.search(r'<div class="panel wide" id="quality-groups">.*?</table>', html, re.DOTALL).group(0)
     assert "+score" not in table and "+budget-downgrade" not in table
     assert table.count("<td>by-score</td>") == 1
+
+
+def test_usage_api_quality_block_honours_the_pages_filters(client, tenants):
+    acme, _ = tenants
+    search, support = acme.keys
+    requests = [usage_row(key, created_at=DAY, cost="0.1") for key in (search, support, support)]
+    requests[2].customer = "cust-7"
+    calls = []
+    for request in requests:
+        call = usage_row(request.api_key, created_at=DAY, cost="0.0300000000", model="m-large")
+        call.kind, call.parent_request_id, call.customer = UsageKind.EVALUATION, request.request_id, request.customer
+        calls.append(call)
+    UsageRecord.objects.bulk_create(requests + calls)
+    for request, agrees in zip(requests, (True, False, False), strict=True):
+        ShadowEvaluationFactory(
+            tenant=acme.tenant, request_id=request.request_id, lever=Lever.COMPRESSION, agrees=agrees, created_at=DAY
+        )
+    client.force_login(acme.finance_user)
+
+    def quality(**filters) -> dict:
+        body = client.get("/api/usage/", {**RANGE, "quality": "lever", **filters}).json()
+        compression = next(row for row in body["quality"]["by_lever"] if row["lever"] == "compression")
+        return {"samples": compression["samples"], "agreeing": compression["agreeing"]}, body["quality"][
+            "evaluation_spend_usd"
+        ]
+
+    assert quality() == ({"samples": 3, "agreeing": 1}, "0.1100000000")  # and the fixture's call, of no request
+    assert quality(team=acme.teams[0].slug) == ({"samples": 1, "agreeing": 1}, "0.0300000000")
+    assert quality(key=support.prefix) == ({"samples": 2, "agreeing": 0}, "0.0600000000")
+    assert quality(customer="cust-7") == ({"samples": 1, "agreeing": 0}, "0.0300000000")
+    assert quality(model="m-large") == ({"samples": 0, "agreeing": 0}, "0.0000000000")
