@@ -9,8 +9,11 @@ prices on the tokens the reference is sent: the compressed prompt for routing an
 gets the body the request was sent with), the uncompressed one for compression. The months' EvaluationSpend rows say
 what those calls cost, as the runner's settlements would, so the evaluation budget shows the seeded spend.
 
-Agreement is drawn per lever at the rates below (routing by task type: summaries agree least, classification most),
-from a random stream of its own, so the rest of the history is what it was and a rerun writes the same rows.
+Agreement is spread per lever at the rates below (routing by task type: summaries agree least, classification most):
+each group's disagreements come at a steady pace from a random start, so a group's share of them is its rate to
+within one evaluation. Independent draws would leave a small group (a few dozen summaries) agreeing every time on one
+day in ten, and the demo's what-if would then promise nothing from moving them to the large model. The draws come
+from a random stream of their own, so the rest of the history is what it was and a rerun writes the same rows.
 """
 
 import random
@@ -92,10 +95,29 @@ def _reference_prompt_tokens(sample: _Sample) -> int:
     return counted or record.prompt_tokens or 200
 
 
-def _agreement(sample: _Sample) -> float:
+def _agreement(sample: _Sample) -> tuple[tuple[str, str], float]:
+    """The sample's group and the rate its answers agree at."""
     if sample.lever == Lever.ROUTING:
-        return ROUTING_AGREEMENT.get(sample.record.task_type, ROUTING_AGREEMENT_OTHERWISE)
-    return AGREEMENT[sample.lever]
+        task_type = sample.record.task_type
+        return (sample.lever, task_type), ROUTING_AGREEMENT.get(task_type, ROUTING_AGREEMENT_OTHERWISE)
+    return (sample.lever, ""), AGREEMENT[sample.lever]
+
+
+class _Agreements:
+    """Whether each next evaluation of a group agrees: a disagreement whenever the group's owed share of them (one
+    minus its rate per evaluation, from a random start below one) reaches one."""
+
+    def __init__(self, randomness: random.Random):
+        self.randomness = randomness
+        self.owed: dict[tuple[str, str], float] = {}
+
+    def next(self, sample: _Sample) -> bool:
+        group, rate = _agreement(sample)
+        owed = self.owed.get(group)
+        owed = (self.randomness.random() if owed is None else owed) + 1 - rate
+        agrees = owed < 1
+        self.owed[group] = owed if agrees else owed - 1
+        return agrees
 
 
 def seed_demo_evaluations(
@@ -118,7 +140,7 @@ def seed_demo_evaluations(
         for lever, reference in _levers(record, small=small, premium=premium, served=models[record.served_model])
         if randomness.random() < DEMO_SAMPLE_RATES[lever]
     ]
-    evaluations, calls = [], []
+    evaluations, calls, agreements = [], [], _Agreements(randomness)
     for sample in samples:
         record, reference = sample.record, sample.reference
         usage = Usage(
@@ -126,7 +148,7 @@ def seed_demo_evaluations(
             completion_tokens=record.completion_tokens or int(randomness.lognormvariate(5.0, 0.6)),
         )
         cost = usage.cost(prices[reference.name])
-        agrees = randomness.random() < _agreement(sample)
+        agrees = agreements.next(sample)
         exact = record.task_type in EXACT_TASK_TYPES
         moment = min(record.created_at + timedelta(seconds=randomness.randrange(5, 90)), now)
         evaluations.append(

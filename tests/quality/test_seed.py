@@ -92,6 +92,9 @@ def test_each_levers_agreement_is_drawn_at_its_rate_deterministically(db):
         expected = float(DEMO_SAMPLE_RATES[lever]) * len(records)
         assert 0.8 * expected <= agreement.samples <= 1.2 * expected
         assert agreement.lower <= Decimal(str(rate)) <= agreement.upper, (lever, agreement.describe())
+        # Spread, not drawn one by one: the share of disagreements is the rate's to within one evaluation.
+        expected_disagreeing = agreement.samples * (1 - rate)
+        assert abs(agreement.samples - agreement.agreeing - expected_disagreeing) < 1, (lever, agreement.describe())
 
 
 def test_a_rerun_the_same_day_writes_no_evaluation_twice_and_keeps_the_spend(seeded):
