@@ -19,10 +19,16 @@ from billing.models import (
     UsageKind,
     UsageRecord,
 )
+from llmops.gateway.shadow.samples import ShadowSample, sample_seal
 from llmops.gateway.shadow.tasks import shadow_evaluate_task
 from routing.catalog import ModelPrices
 from routing.policy.drafts import policy_draft_replace
-from routing.services import routing_policy_create, routing_policy_create_default, routing_policy_publish
+from routing.services import (
+    routing_policy_create,
+    routing_policy_create_default,
+    routing_policy_publish,
+    tenant_model_access_set,
+)
 from tests.conftest import LARGE_PRICES
 from tests.factories import ModelFactory
 from tests.shadow.conftest import evaluation_on
@@ -337,3 +343,73 @@ def test_the_task_signal_sees_a_sampled_request(gateway, routed, evaluated, task
     evaluated()
 
     assert tasks_run.count(shadow_evaluate_task.name) == 1
+
+
+def test_a_model_the_key_may_not_use_is_neither_a_reference_nor_a_saving(gateway, acme, evaluated):
+    """A rule that ignores the model named answers a request naming a model the tenant was never granted: that model
+    is no routing baseline, so nothing calls it and no saving is priced against it."""
+    forbidden = ModelFactory(
+        name="forbidden-pro",
+        provider=acme.large.provider,
+        upstream_name="mock-large",
+        input_price_per_million=Decimal(150),
+        output_price_per_million=Decimal(600),
+    )
+    policy = routing_policy_create(tenant=acme.tenant)
+    rule = {
+        "priority": 1,
+        "name": "classification-small",
+        "match": {"task_types": ["classification"]},
+        "outcome": {"target_model": acme.small.name},
+    }
+    policy_draft_replace(policy=policy, document={"aliases": {}, "rules": [rule]})
+    routing_policy_publish(policy=policy, actor=None)
+    evaluation_on(acme.tenant)
+
+    response = chat(gateway, acme, {"model": forbidden.name, "messages": ticket("Charged twice"), **CLASSIFY})
+    evaluated()
+
+    assert response.headers["x-llmops-model"] == acme.small.name
+    assert evaluations() == []
+    assert not UsageRecord.objects.unscoped().filter(kind=UsageKind.EVALUATION).exists()
+    request = UsageRecord.objects.unscoped().get(request_id=response.headers["x-llmops-request-id"])
+    assert request.saved_routing_usd == 0
+
+
+def sample_of(setup, *, levers: dict[str, str], task_type: str = "classification", text: str = "Charged twice"):
+    messages = ticket(text)
+    return ShadowSample(
+        request_id="req_revoked",
+        tenant_id=setup.tenant.pk,
+        team_id=setup.team.pk,
+        api_key_id=setup.api_key.pk,
+        served_model=setup.small.name,
+        rule="short-classification-and-summaries",
+        task_type=task_type,
+        levers=levers,
+        body={"model": setup.small.upstream_name, "messages": messages, "max_tokens": 5},
+        answer="billing",
+    )
+
+
+@pytest.mark.parametrize("revoked", ["reference", "judge"])
+def test_a_reference_or_judge_the_tenant_may_no_longer_use_is_not_called(
+    gateway, acme, mock_upstream, evaluated, revoked
+):
+    judge = ModelFactory(name="acme-judge", provider=acme.small.provider, upstream_name="mock-judge")
+    acme.tenant.model_access.allowed_models.add(judge)
+    evaluation_on(acme.tenant, judge_model=judge)
+    # Granted when the request was sampled, revoked before the worker ran it.
+    still_allowed = [acme.small, judge] if revoked == "reference" else [acme.small, acme.large]
+    tenant_model_access_set(tenant=acme.tenant, allowed_models=still_allowed, default_model=acme.small)
+    sample = sample_of(acme, levers={"routing": acme.large.name}, task_type="summarization")
+    calls_before = mock_upstream.app.requests_served
+
+    shadow_evaluate_task(sample_seal(sample))
+    evaluated()
+
+    assert mock_upstream.app.requests_served == calls_before
+    assert evaluations() == []
+    assert not UsageRecord.objects.unscoped().filter(kind=UsageKind.EVALUATION).exists()
+    month = EvaluationSpend.objects.for_tenant(acme.tenant).get()
+    assert (month.unjudged, month.spent_usd, month.reserved_usd) == (1, 0, 0)

@@ -2,6 +2,7 @@
 independent draw per lever, and the sample sealed before it leaves the process."""
 
 import random
+from dataclasses import replace
 from decimal import Decimal
 
 import pytest
@@ -13,6 +14,7 @@ from llmops.gateway.shadow.rates import EvaluationRates
 from llmops.gateway.shadow.samples import ShadowSample, sample_open, sample_seal
 from llmops.gateway.shadow.sampling import levers_of, shadow_draw
 from routing.catalog import ModelEntry, ModelPrices, ProviderEntry
+from routing.models import ModelKind
 from tenants.authentication import KeyPrincipal
 
 PROVIDER = ProviderEntry(name="mock", kind="openai", base_url="http://127.0.0.1/v1", api_key="", timeout_seconds=5)
@@ -38,6 +40,20 @@ def test_an_answer_of_a_cheaper_model_than_its_baseline_is_routing_s_with_the_ba
 @pytest.mark.parametrize(("served", "baseline"), [(LARGE, LARGE), (LARGE, SMALL), (SMALL, None)])
 def test_an_answer_of_its_baseline_or_a_dearer_model_is_no_lever_s(served, baseline):
     assert levers_of(answered(served, baseline)) == []
+
+
+@pytest.mark.parametrize(
+    ("baseline", "facts"),
+    [
+        (replace(LARGE, supports_tools=False), {"has_tools": True}),
+        (replace(LARGE, supports_images=False), {"has_images": True}),
+        (replace(LARGE, kind=ModelKind.EMBEDDING), {}),
+    ],
+    ids=["tools", "images", "not-chat"],
+)
+def test_a_baseline_that_cannot_take_the_request_is_no_reference(baseline, facts):
+    assert levers_of(answered(SMALL, baseline, **facts)) == []
+    assert levers_of(answered(SMALL, LARGE, **facts)) == [(Lever.ROUTING, LARGE)]
 
 
 def test_a_cache_hit_is_compared_at_the_usage_of_the_answer_it_stored():

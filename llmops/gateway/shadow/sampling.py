@@ -4,8 +4,8 @@ A request answered 200 (streamed or not, from the cache or not) that a lever mad
 per lever (its rate in the tenant's snapshot: no query). Each lever's reference is the answer it would have had
 without the lever:
 
-* routing: served by a cheaper model than its routing baseline (the model it named, or its alias's large model) →
-  the baseline, with the same body;
+* routing: served by a cheaper model than its routing baseline (the model it named, or its alias's large model; only
+  one the tenant may use, a chat model that takes the request's tools and images) → the baseline, with the same body;
 * semantic_cache: answered by a semantic cache hit → a fresh call to the served model;
 * compression: the prompt was compressed → the served model with the prompt before compression;
 * budget_downgrade: a budget sent it to a cheaper route → the model the route chose before.
@@ -26,6 +26,7 @@ from django.db import connections
 
 from billing.models import CacheStatus, Lever
 from llmops.gateway.call import GatewayCall
+from llmops.gateway.chat.planning import model_lacks
 from llmops.gateway.shadow.samples import ShadowSample, sample_seal
 from llmops.gateway.shadow.tasks import shadow_evaluate_task
 from routing.catalog import ModelEntry
@@ -50,13 +51,22 @@ def _cheaper(served: ModelEntry, baseline: ModelEntry, call: GatewayCall) -> boo
     return usage.cost(served.prices) < usage.cost(baseline.prices)
 
 
+def _usable_baseline(call: GatewayCall) -> ModelEntry | None:
+    """The routing baseline, if evaluation may call it for this request: planning only sets one the tenant may use
+    (routing_baseline), and it must be a chat model that takes the request's tools and images."""
+    baseline = call.routing_baseline
+    if baseline is None or model_lacks(baseline, call) is not None:
+        return None
+    return baseline
+
+
 def levers_of(call: GatewayCall) -> list[tuple[Lever, ModelEntry]]:
     """The levers that made this answered request cheaper, each with the model whose answer is its reference."""
     served = call.served
     if served is None:
         return []
     levers = []
-    baseline = call.routing_baseline
+    baseline = _usable_baseline(call)
     if call.downgraded_from is not None:
         levers.append((Lever.BUDGET_DOWNGRADE, call.downgraded_from))
     elif baseline is not None and baseline.name != served.name and _cheaper(served, baseline, call):

@@ -45,8 +45,9 @@ from llmops.gateway.shadow.samples import ShadowSample, sample_open
 from llmops.gateway.snapshot import config_snapshot
 from routing import upstream
 from routing.cache.embedders import configured_embedder
-from routing.catalog import ModelEntry
+from routing.catalog import ModelCatalog, ModelEntry
 from routing.max_tokens import requested_max_tokens, with_max_tokens
+from routing.models import ModelKind
 from routing.providers.prompt_cache import OFF
 from routing.tokens import count_chat_tokens_async
 
@@ -170,6 +171,14 @@ def _existing(sample: ShadowSample, lever: Lever) -> ShadowEvaluation | None:
     return evaluations.filter(request_id=sample.request_id, lever=lever).first()
 
 
+def _usable(catalog: ModelCatalog, tenant_id: int, name: str) -> ModelEntry | None:
+    """The catalog's model of that name if the tenant may use it now and it is a chat model; else None."""
+    model = catalog.models.get(name)
+    if model is None or model.kind != ModelKind.CHAT or name not in catalog.access_for(tenant_id).allowed_models:
+        return None
+    return model
+
+
 def _settings(tenant_id: int) -> EvaluationSettings | None:
     found = EvaluationSettings.objects.for_tenant(tenant_id).filter(enabled=True).select_related("judge_model")
     return found.first()
@@ -225,11 +234,12 @@ async def shadow_evaluation_run(*, sample: ShadowSample, lever: Lever) -> Shadow
     if settings is None:
         return None
     catalog = (await config_snapshot.for_tenant(sample.tenant_id)).catalog
-    reference = catalog.models.get(sample.levers[lever.value])
-    judge = catalog.models.get(settings.judge_model.name) if settings.judge_model is not None else None
+    reference = _usable(catalog, sample.tenant_id, sample.levers[lever.value])
+    judge = _usable(catalog, sample.tenant_id, settings.judge_model.name) if settings.judge_model is not None else None
     method = judge_method(settings, sample.task_type)
     if reference is None or (method == JudgeMethod.LLM and judge is None):
-        await _unjudged(sample, lever, "its reference or judge model is no longer in the catalog")
+        # Access can be revoked between the sample and its evaluation: nothing is called then.
+        await _unjudged(sample, lever, "its reference or judge model is not a chat model the tenant may use now")
         return None
     if method == JudgeMethod.EMBEDDING and await asyncio.to_thread(configured_embedder) is None:
         # Checked before any call is paid for.
