@@ -95,6 +95,8 @@ class GatewayCall(RequestFacts):
     created_at: datetime = field(default_factory=timezone.now)
     started: float = field(default_factory=time.perf_counter)
     served: ModelEntry | None = None
+    # The model routing chose: ``served`` is another when a fallback answered after it failed (or a budget downgrade).
+    routed: ModelEntry | None = None
     route_explanation: str = ""
     # The model the request would have used without routing: the one it named, or its alias's large model.
     routing_baseline: ModelEntry | None = None

@@ -125,13 +125,14 @@ def test_a_wrong_small_model_is_found_out(gateway, acme, evaluated):
     assert len(verdicts) == 12 and True in verdicts and False in verdicts
 
 
-def test_a_streamed_answer_and_a_cached_one_are_sampled_too(gateway, routed, evaluated):
+def test_a_streamed_answer_is_sampled_too_and_an_exact_cache_hit_is_not(gateway, routed, evaluated):
+    """The miss that stored the answer was a candidate already: a repeat would count its verdict again."""
     evaluation_on(routed.tenant)
     body = {"model": "auto", "messages": ticket("Where is my invoice?"), "temperature": 0, **CLASSIFY}
 
     streamed = httpx.post(
         f"{gateway.url}/v1/chat/completions",
-        json={**body, "stream": True},
+        json={**body, "messages": ticket("Where is my receipt?"), "stream": True},
         headers={"authorization": f"Bearer {routed.key}"},
         timeout=30,
     )
@@ -139,10 +140,28 @@ def test_a_streamed_answer_and_a_cached_one_are_sampled_too(gateway, routed, eva
     hit = chat(gateway, routed, body)
     evaluated()
 
+    assert (streamed.headers["x-llmops-cache"], missed.headers["x-llmops-cache"]) == ("miss", "miss")
     assert hit.headers["x-llmops-cache"] == "hit-exact"
-    request_ids = {r.headers["x-llmops-request-id"] for r in (streamed, missed, hit)}
-    assert {evaluation.request_id for evaluation in evaluations(lever=Lever.ROUTING)} == request_ids
-    assert all(evaluation.agrees for evaluation in evaluations())
+    request_ids = {r.headers["x-llmops-request-id"] for r in (streamed, missed)}
+    assert {evaluation.request_id for evaluation in evaluations()} == request_ids
+    assert all(evaluation.lever == Lever.ROUTING and evaluation.agrees for evaluation in evaluations())
+    assert evaluation_rows(hit.headers["x-llmops-request-id"]) == []
+
+
+def test_an_answer_a_fallback_gave_is_not_routing_s(gateway, routed, evaluated, tasks_run):
+    """The enterprise rule routes to the large model; it fails and the small one answers, cheaper than the baseline,
+    but not by routing's choice."""
+    routed.large.upstream_name = "mock-large-fail-503"
+    routed.large.save()
+    evaluation_on(routed.tenant)
+    body = {"model": "auto", "messages": [{"role": "user", "content": "Plan our migration"}], "max_tokens": 8}
+
+    response = chat(gateway, routed, {**body, "metadata": {"user_tier": "enterprise"}})
+    evaluated()
+
+    assert response.headers["x-llmops-model"] == routed.small.name
+    assert shadow_evaluate_task.name not in tasks_run
+    assert evaluation_rows(response.headers["x-llmops-request-id"]) == []
 
 
 def test_the_responses_and_messages_endpoints_are_sampled_through_the_same_pipeline(gateway, routed, evaluated):

@@ -229,7 +229,7 @@ async def plan_chat(snapshot: ConfigSnapshot, call: GatewayCall, body: dict, hea
         call.routed_to_large, call.policy_version = decision.routed_to_large, decision.policy_version
         call.routing_features_set(routed.features, decision)
         served = resolve_model(catalog, tenant_id=tenant_id, requested=decision.outcome.target_model)
-        call.served = served
+        call.served = call.routed = served
         _refuse_what_the_model_cannot_take(served, routed.features)
         fallbacks = [catalog.models[name] for name in decision.outcome.fallback_models if name in catalog.models]
         chain = [served] + [model for model in fallbacks if model_lacks(model, routed.features) is None]

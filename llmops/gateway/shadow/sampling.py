@@ -1,8 +1,8 @@
 """Which of a request's answers are shadow-evaluated, decided on the request path and handed to Celery.
 
-A request answered 200 (streamed or not, from the cache or not) that a lever made cheaper may be sampled, one draw
-per lever (its rate in the tenant's snapshot: no query). Each lever's reference is the answer it would have had
-without the lever:
+A request answered 200 (streamed or not, by the upstream or a semantic cache hit) that a lever made cheaper may be
+sampled, one draw per lever (its rate in the tenant's snapshot: no query). Each lever's reference is the answer it
+would have had without the lever:
 
 * routing: served by a cheaper model than its routing baseline (the model it named, or its alias's large model; only
   one the tenant may use, a chat model that takes the request's tools and images) → the baseline, with the same body;
@@ -10,8 +10,11 @@ without the lever:
 * compression: the prompt was compressed → the served model with the prompt before compression;
 * budget_downgrade: a budget sent it to a cheaper route → the model the route chose before.
 
-A downgraded request is evaluated for the downgrade only: its answer is not the routed model's. Requests asking for
-several choices (``n`` > 1) and answers without text (tool calls only) are not sampled.
+A downgraded request is evaluated for the downgrade only: its answer is not the routed model's. Nor is an answer a
+fallback gave after routing's choice failed routing's. A semantic cache hit is evaluated for the semantic cache only:
+its answer was written for another prompt, so it tells nothing of routing or compression. An exact cache hit is not
+sampled: the miss that stored its answer was a candidate already, and each repeat would count that verdict again.
+Requests asking for several choices (``n`` > 1) and answers without text (tool calls only) are not sampled.
 
 A sampled request is sealed and enqueued from a thread of its own, so the event loop never waits on the broker or
 on encrypting a large prompt; at most MAX_PENDING samples wait there, and past that one is dropped with a warning.
@@ -42,13 +45,15 @@ _pending: set[Future] = set()
 _lock = threading.Lock()
 
 
-def _cheaper(served: ModelEntry, baseline: ModelEntry, call: GatewayCall) -> bool:
-    """Whether the request cost less on ``served`` than it would have on ``baseline``, at its own usage (a cache
-    hit's: the stored answer's)."""
-    usage = call.cache_saved_usage or call.settled_usage
-    if usage is None:
+def _routed_cheaper(call: GatewayCall, baseline: ModelEntry | None) -> bool:
+    """Whether routing's own choice answered the request (not a fallback after it failed) and cost less than the
+    baseline would have, at the request's usage."""
+    routed, usage = call.routed, call.settled_usage
+    if baseline is None or routed is None or usage is None:
         return False
-    return usage.cost(served.prices) < usage.cost(baseline.prices)
+    if call.served.name != routed.name or routed.name == baseline.name:
+        return False
+    return usage.cost(routed.prices) < usage.cost(baseline.prices)
 
 
 def _usable_baseline(call: GatewayCall) -> ModelEntry | None:
@@ -63,16 +68,15 @@ def _usable_baseline(call: GatewayCall) -> ModelEntry | None:
 def levers_of(call: GatewayCall) -> list[tuple[Lever, ModelEntry]]:
     """The levers that made this answered request cheaper, each with the model whose answer is its reference."""
     served = call.served
-    if served is None:
+    if served is None or call.cache_status == CacheStatus.HIT_EXACT:
         return []
+    if call.cache_status == CacheStatus.HIT_SEMANTIC:
+        return [(Lever.SEMANTIC_CACHE, served)]
     levers = []
-    baseline = _usable_baseline(call)
     if call.downgraded_from is not None:
         levers.append((Lever.BUDGET_DOWNGRADE, call.downgraded_from))
-    elif baseline is not None and baseline.name != served.name and _cheaper(served, baseline, call):
+    elif _routed_cheaper(call, baseline := _usable_baseline(call)):
         levers.append((Lever.ROUTING, baseline))
-    if call.cache_status == CacheStatus.HIT_SEMANTIC:
-        levers.append((Lever.SEMANTIC_CACHE, served))
     before, after = call.prompt_tokens_before_compression, call.prompt_tokens_after_compression
     if before is not None and after is not None and after < before:
         levers.append((Lever.COMPRESSION, served))
