@@ -2,6 +2,7 @@
 endpoint that runs the chat pipeline, and what an evaluation records: a verdict per (request, lever), a ledger row of
 kind evaluation per call at the catalog's prices, the evaluation budget settled, product budgets untouched."""
 
+from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 
 import httpx
@@ -19,6 +20,7 @@ from billing.models import (
     UsageKind,
     UsageRecord,
 )
+from llmops.gateway.shadow import sampling
 from llmops.gateway.shadow.samples import ShadowSample, sample_seal
 from llmops.gateway.shadow.tasks import shadow_evaluate_task
 from routing.catalog import ModelPrices
@@ -432,3 +434,27 @@ def test_a_reference_or_judge_the_tenant_may_no_longer_use_is_not_called(
     assert not UsageRecord.objects.unscoped().filter(kind=UsageKind.EVALUATION).exists()
     month = EvaluationSpend.objects.for_tenant(acme.tenant).get()
     assert (month.unjudged, month.spent_usd, month.reserved_usd) == (1, 0, 0)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_a_sampler_that_fails_never_fails_the_request_it_samples(
+    gateway, routed, evaluated, monkeypatch, caplog, stream
+):
+    """A process shutting down refuses new work (submit raises): the billed answer still reaches the client whole."""
+    stopped = ThreadPoolExecutor(max_workers=1)
+    stopped.shutdown()
+    monkeypatch.setattr(sampling, "_enqueue_executor", stopped)
+    evaluation_on(routed.tenant)
+
+    response = chat(
+        gateway, routed, {"model": "auto", "messages": ticket("Charged twice"), **CLASSIFY, "stream": stream}
+    )
+    evaluated()
+
+    if stream:
+        assert response.text.rstrip().endswith("data: [DONE]") and '"error"' not in response.text
+    else:
+        assert response.json()["choices"][0]["message"]["content"]
+    assert evaluations() == []
+    (failure,) = [record for record in caplog.records if record.name == sampling.logger.name]
+    assert failure.exc_info is not None and response.headers["x-llmops-request-id"] in failure.getMessage()

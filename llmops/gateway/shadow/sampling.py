@@ -102,7 +102,16 @@ def shadow_draw(call: GatewayCall) -> dict[str, str]:
 
 def shadow_offer(call: GatewayCall, *, body: dict, answer: dict | str | None) -> None:
     """Draw the request's levers against the tenant's rates and hand the sampled ones to the evaluation worker.
-    ``body`` is the chat body as sent upstream; ``answer`` the chat.completion (or a stream's assembled text)."""
+    ``body`` is the chat body as sent upstream; ``answer`` the chat.completion (or a stream's assembled text).
+
+    Called once the request is recorded and billed: nothing here may turn its answer into an error."""
+    try:
+        _offer(call, body=body, answer=answer)
+    except Exception:
+        logger.exception("shadow evaluation: %s not sampled", call.request_id)
+
+
+def _offer(call: GatewayCall, *, body: dict, answer: dict | str | None) -> None:
     if (body.get("n") or 1) > 1:
         return
     sampled = shadow_draw(call)
