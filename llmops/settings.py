@@ -195,6 +195,11 @@ CELERY_BEAT_SCHEDULE: dict[str, dict] = {
         "task": "billing.tasks_finance.statements_push_task",
         "schedule": crontab(day_of_month=1, hour=4, minute=0),
     },
+    # Shadow evaluation's holds left by a worker that died: their bound is minutes (docs/quality.md).
+    "billing-evaluation-holds-release": {
+        "task": "billing.evaluation.tasks.evaluation_holds_release_task",
+        "schedule": 60.0,
+    },
 }
 if LLMOPS_CLOUDWATCH_NAMESPACE:
     if not REDIS_URL:

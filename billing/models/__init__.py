@@ -33,6 +33,7 @@ from billing.models.ledger import (
     UsageRecord,
 )
 from billing.models.quality import (
+    EvaluationHold,
     EvaluationSettings,
     EvaluationSpend,
     JudgeMethod,
@@ -66,6 +67,7 @@ __all__ = [
     "CacheStatus",
     "ChannelKind",
     "DeliveryStatus",
+    "EvaluationHold",
     "EvaluationSettings",
     "EvaluationSpend",
     "ExportStatus",

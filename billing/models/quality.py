@@ -110,8 +110,13 @@ class EvaluationSpend(models.Model):
     )
     unjudged = models.PositiveIntegerField(
         default=0,
-        help_text="Evaluations that ended without a verdict: the LLM judge's answer was unreadable, the embedder "
-        "could not load, or the reference call failed.",
+        help_text="Evaluations that ended without a verdict: the reference or judge may no longer be used, the "
+        "reference call failed, the LLM judge's answer was unreadable, the embedder could not load, or the "
+        "evaluation ran past its hold's bound.",
+    )
+    released = models.PositiveIntegerField(
+        default=0,
+        help_text="Holds given back past their bound, unsettled: the worker evaluating them died.",
     )
 
     objects = TenantScopedManager()
@@ -121,6 +126,32 @@ class EvaluationSpend(models.Model):
 
     def __str__(self):
         return f"{self.tenant_id} {self.month:%Y-%m}: {self.spent_usd}"
+
+
+class EvaluationHold(models.Model):
+    """What one evaluation (a sampled request's lever) holds of its month's evaluation budget while its calls run: the
+    worst cases of the reference's and the judge's calls, reserved together before the first one, each replaced by
+    what its call cost once made. The row is also the evaluation's claim: another run of the same sample finds it
+    (or the ShadowEvaluation recorded before it ends) and pays for nothing. It ends with its evaluation; one still
+    here past ``expires_at`` was left by a worker that died, and a beat task gives its amount back."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="+")
+    request_id = models.CharField(max_length=64, help_text="The sampled request.")
+    lever = models.CharField(max_length=32, choices=Lever.choices)
+    month = models.DateField(help_text="The month (its first day, UTC) whose EvaluationSpend holds the amount.")
+    amount_usd = models.DecimalField(**COST_FIELD, help_text="What it still reserves.")
+    created_at = models.DateTimeField()
+    expires_at = models.DateTimeField(
+        db_index=True, help_text="When its evaluation is over at the latest: its calls' timeouts, and a margin."
+    )
+
+    objects = TenantScopedManager()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["request_id", "lever"], name="evaluation_hold_once_per_lever")]
+
+    def __str__(self):
+        return f"{self.request_id} {self.lever}: {self.amount_usd}"
 
 
 class ShadowEvaluation(models.Model):

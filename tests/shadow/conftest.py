@@ -3,7 +3,10 @@ from decimal import Decimal
 import pytest
 
 from billing.models import EvaluationSettings, Lever
+from llmops.gateway.shadow.samples import ShadowSample
 from llmops.gateway.shadow.sampling import shadow_samples_wait
+
+LABELS = "Labels: billing, technical, account"
 
 
 @pytest.fixture
@@ -36,4 +39,32 @@ def evaluation_on(tenant, *, budget: str = "1", judge_model=None, **rates) -> Ev
     sample_rates |= {f"{lever}_sample_rate": Decimal(str(rate)) for lever, rate in rates.items()}
     return EvaluationSettings.objects.create(
         tenant=tenant, enabled=True, monthly_budget_usd=Decimal(budget), judge_model=judge_model, **sample_rates
+    )
+
+
+def ticket(text: str) -> list[dict]:
+    return [{"role": "system", "content": f"Classify the ticket.\n{LABELS}"}, {"role": "user", "content": text}]
+
+
+def sample_of(
+    setup,
+    *,
+    levers: dict[str, str],
+    task_type: str = "classification",
+    text: str = "Charged twice",
+    request_id: str = "req_sampled",
+    answer: str = "billing",
+) -> ShadowSample:
+    """A sample as the request path hands it over: a ticket the setup's small model answered with ``answer``."""
+    return ShadowSample(
+        request_id=request_id,
+        tenant_id=setup.tenant.pk,
+        team_id=setup.team.pk,
+        api_key_id=setup.api_key.pk,
+        served_model=setup.small.name,
+        rule="short-classification-and-summaries",
+        task_type=task_type,
+        levers=levers,
+        body={"model": setup.small.upstream_name, "messages": ticket(text), "max_tokens": 5},
+        answer=answer,
     )

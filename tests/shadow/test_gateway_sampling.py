@@ -21,7 +21,7 @@ from billing.models import (
     UsageRecord,
 )
 from llmops.gateway.shadow import sampling
-from llmops.gateway.shadow.samples import ShadowSample, sample_seal
+from llmops.gateway.shadow.samples import sample_seal
 from llmops.gateway.shadow.tasks import shadow_evaluate_task
 from routing.catalog import ModelPrices
 from routing.policy.drafts import policy_draft_replace
@@ -33,14 +33,9 @@ from routing.services import (
 )
 from tests.conftest import LARGE_PRICES
 from tests.factories import ModelFactory
-from tests.shadow.conftest import evaluation_on
+from tests.shadow.conftest import LABELS, evaluation_on, sample_of, ticket
 
-LABELS = "Labels: billing, technical, account"
 CLASSIFY = {"metadata": {"task_type": "classification"}, "max_tokens": 5}
-
-
-def ticket(text: str) -> list[dict]:
-    return [{"role": "system", "content": f"Classify the ticket.\n{LABELS}"}, {"role": "user", "content": text}]
 
 
 def chat(gateway, setup, body: dict, path: str = "/v1/chat/completions", **headers) -> httpx.Response:
@@ -395,22 +390,6 @@ def test_a_model_the_key_may_not_use_is_neither_a_reference_nor_a_saving(gateway
     assert not UsageRecord.objects.unscoped().filter(kind=UsageKind.EVALUATION).exists()
     request = UsageRecord.objects.unscoped().get(request_id=response.headers["x-llmops-request-id"])
     assert request.saved_routing_usd == 0
-
-
-def sample_of(setup, *, levers: dict[str, str], task_type: str = "classification", text: str = "Charged twice"):
-    messages = ticket(text)
-    return ShadowSample(
-        request_id="req_revoked",
-        tenant_id=setup.tenant.pk,
-        team_id=setup.team.pk,
-        api_key_id=setup.api_key.pk,
-        served_model=setup.small.name,
-        rule="short-classification-and-summaries",
-        task_type=task_type,
-        levers=levers,
-        body={"model": setup.small.upstream_name, "messages": messages, "max_tokens": 5},
-        answer="billing",
-    )
 
 
 @pytest.mark.parametrize("revoked", ["reference", "judge"])
