@@ -8,6 +8,11 @@ settled with what it cost, and the hold ends with the evaluation. Concurrent eva
 therefore never together commit more than the budget (as long as no provider bills more than the worst case
 reserved for its call: see llmops.gateway.shadow.services for the prompt's margin).
 
+Once what is left of the month's budget after what is spent cannot cover even the cheapest evaluation reserved that
+month, the tenant's settings are marked ``exhausted_until`` the next month's start: the gateways stop sampling it
+(they read the mark from their configuration snapshot, which the save refreshes) instead of sending samples only to
+have them refused.
+
 The hold is also the evaluation's claim: a second run of the same sample (a redelivered task, a manual re-run) finds
 it, or the ShadowEvaluation recorded before it ended, and pays for nothing. A hold still here past its
 ``expires_at`` belongs to a worker that died between reserve and settle; ``evaluation_holds_release_expired`` (beat,
@@ -22,10 +27,12 @@ from django.db import IntegrityError, transaction
 from django.db.models import F
 
 from billing.models import EvaluationHold, EvaluationSettings, EvaluationSpend, ShadowEvaluation
+from tenants.audit import audit_actor
 
 logger = logging.getLogger(__name__)
 
 ZERO = Decimal(0)
+EXHAUSTED_ACTOR = "shadow evaluation (budget spent)"
 # Expired holds released in one run of the beat task; the rest wait for the next run.
 RELEASE_BATCH = 500
 
@@ -62,18 +69,15 @@ def evaluation_budget_reserve(
     spend = _locked_spend(tenant_id, month)
     if _claimed(tenant_id, request_id, lever):
         raise EvaluationClaimed
-    budget = (
-        EvaluationSettings.objects.for_tenant(tenant_id)
-        .filter(enabled=True)
-        .values_list("monthly_budget_usd", flat=True)
-        .first()
-    )
-    if budget is None or spend.spent_usd + spend.reserved_usd + amount > budget:
+    settings = EvaluationSettings.objects.for_tenant(tenant_id).filter(enabled=True).first()
+    if settings is None or spend.spent_usd + spend.reserved_usd + amount > settings.monthly_budget_usd:
         spend.refused += 1
         spend.save(update_fields=["refused"])
         logger.info(
             "shadow evaluation of tenant %s refused: its evaluation budget cannot cover %s USD", tenant_id, amount
         )
+        if settings is not None and _exhausted(spend, settings.monthly_budget_usd):
+            _pause_sampling(settings, until=_next_month_start(month))
         return None
     try:
         # A savepoint: a run of the same sample that reserved under another month's lock (at midnight) claimed it.
@@ -90,8 +94,35 @@ def evaluation_budget_reserve(
     except IntegrityError:
         raise EvaluationClaimed from None
     spend.reserved_usd += amount
-    spend.save(update_fields=["reserved_usd"])
+    if spend.smallest_reserved_usd is None or amount < spend.smallest_reserved_usd:
+        spend.smallest_reserved_usd = amount
+    spend.save(update_fields=["reserved_usd", "smallest_reserved_usd"])
     return hold
+
+
+def _exhausted(spend: EvaluationSpend, budget: Decimal) -> bool:
+    """Whether what is left of the month's budget after what is spent (holds in flight may still settle for less)
+    cannot cover even the cheapest evaluation the month has reserved. Before one was, nothing says it is exhausted."""
+    smallest = spend.smallest_reserved_usd
+    return smallest is not None and budget - spend.spent_usd < smallest
+
+
+def _next_month_start(month: date) -> datetime:
+    following = (month.replace(day=28) + timedelta(days=4)).replace(day=1)
+    return datetime(following.year, following.month, 1, tzinfo=UTC)
+
+
+def _pause_sampling(settings: EvaluationSettings, *, until: datetime) -> None:
+    """Stop the gateways sampling the tenant until ``until``: saved, so its configuration snapshot moves on every
+    gateway process (and the audit log says who paused it)."""
+    if settings.exhausted_until is not None and settings.exhausted_until >= until:
+        return
+    settings.exhausted_until = until
+    with audit_actor(name=EXHAUSTED_ACTOR):
+        settings.save(update_fields=["exhausted_until"])
+    logger.warning(
+        "shadow evaluation of tenant %s paused until %s: its evaluation budget is spent", settings.tenant_id, until
+    )
 
 
 def _locked_hold(hold: EvaluationHold) -> EvaluationHold | None:

@@ -86,6 +86,13 @@ class EvaluationSettings(TenantOwned, models.Model):
         default=Decimal("0.85"),
         help_text="Embedding similarity at or above which two free-text answers agree.",
     )
+    exhausted_until = models.DateTimeField(
+        null=True,
+        blank=True,
+        editable=False,
+        help_text="Nothing is sampled until then (the next month's start, UTC): the month's evaluation budget cannot "
+        "cover another evaluation. Set by the evaluation worker; saving the settings clears it.",
+    )
     updated_at = models.DateTimeField(auto_now=True)
 
     objects = TenantScopedManager()
@@ -117,6 +124,13 @@ class EvaluationSpend(models.Model):
     released = models.PositiveIntegerField(
         default=0,
         help_text="Holds given back past their bound, unsettled: the worker evaluating them died.",
+    )
+    smallest_reserved_usd = models.DecimalField(
+        **COST_FIELD,
+        null=True,
+        blank=True,
+        help_text="The smallest worst case an evaluation reserved this month: once what is left of the budget after "
+        "what is spent is less, the month is exhausted and sampling stops until the next one.",
     )
 
     objects = TenantScopedManager()

@@ -113,6 +113,8 @@ class GatewayCall(RequestFacts):
     extra_headers: dict[str, str] = field(default_factory=dict)
     # The validated client body, kept for the payload log of tenants that turned it on.
     request_body: dict | None = None
+    # Its size as the client declared it (Content-Length; 0 when unknown), for what keeping it would cost.
+    request_bytes: int = 0
     payload_logging: bool = False
     finished: bool = False
     cache_similarity: float | None = None

@@ -11,6 +11,7 @@ import pytest
 from django.db import connection
 
 from billing.evaluation.budget import (
+    EXHAUSTED_ACTOR,
     EvaluationClaimed,
     evaluation_budget_reserve,
     evaluation_budget_settle,
@@ -20,6 +21,7 @@ from billing.evaluation.budget import (
 )
 from billing.evaluation.tasks import evaluation_holds_release_task
 from billing.models import EvaluationHold, EvaluationSettings, EvaluationSpend, ShadowEvaluation
+from tenants.models import AuditEvent
 from tests.factories import TenantFactory
 
 NOW = datetime(2026, 12, 5, 12, tzinfo=UTC)
@@ -180,3 +182,30 @@ def test_the_beat_task_releases_expired_holds_of_every_tenant(tenant):
 
     assert not EvaluationHold.objects.unscoped().exists()
     assert [spend(t, long_ago).released for t in (tenant, other)] == [1, 1]
+
+
+def test_a_month_whose_budget_cannot_cover_its_cheapest_evaluation_pauses_sampling_until_the_next(tenant):
+    settings = EvaluationSettings.objects.for_tenant(tenant).get()
+    settled(reserve(tenant, "0.30"), "0.30")
+    settled(reserve(tenant, "0.40"), "0.40")
+
+    # 0.30 left: an evaluation of 0.40 is refused, but one like the cheapest reserved (0.30) still fits.
+    assert reserve(tenant, "0.40") is None
+    settings.refresh_from_db()
+    assert settings.exhausted_until is None
+    settled(reserve(tenant, "0.25"), "0.25")
+    # 0.05 left, less than the cheapest evaluation of the month (0.25): the month is spent.
+    assert reserve(tenant, "0.10") is None
+    assert reserve(tenant, "0.10") is None
+
+    settings.refresh_from_db()
+    assert settings.exhausted_until == datetime(2027, 1, 1, tzinfo=UTC)
+    # Marked once, by name, in the audit log.
+    assert AuditEvent.objects.for_tenant(tenant).filter(actor_name=EXHAUSTED_ACTOR).count() == 1
+    assert spend(tenant).refused == 3
+
+
+def test_a_first_evaluation_too_large_for_the_whole_budget_pauses_nothing(tenant):
+    assert reserve(tenant, "2.00") is None
+
+    assert EvaluationSettings.objects.for_tenant(tenant).get().exhausted_until is None

@@ -7,7 +7,6 @@ from decimal import Decimal
 
 import httpx
 import pytest
-from celery.signals import task_prerun
 
 from billing.budgets.services import budget_counter_check, budget_create
 from billing.ledger.costs import usage_cost
@@ -16,7 +15,6 @@ from billing.models import (
     EvaluationSpend,
     JudgeMethod,
     Lever,
-    ShadowEvaluation,
     UsageKind,
     UsageRecord,
 )
@@ -33,35 +31,16 @@ from routing.services import (
 )
 from tests.conftest import LARGE_PRICES
 from tests.factories import ModelFactory
-from tests.shadow.conftest import LABELS, evaluation_on, sample_of, ticket
-
-CLASSIFY = {"metadata": {"task_type": "classification"}, "max_tokens": 5}
-
-
-def chat(gateway, setup, body: dict, path: str = "/v1/chat/completions", **headers) -> httpx.Response:
-    response = httpx.post(
-        f"{gateway.url}{path}", json=body, headers={"authorization": f"Bearer {setup.key}", **headers}, timeout=30
-    )
-    assert response.status_code == 200, response.text
-    return response
-
-
-@pytest.fixture
-def routed(acme):
-    """The default policy: classification to the small model, the alias `auto` with the large one as its baseline;
-    deterministic answers cached."""
-    routing_policy_create_default(
-        tenant=acme.tenant, small_model=acme.small, large_model=acme.large, cache_ttl_seconds=300
-    )
-    return acme
-
-
-def evaluations(**filters) -> list[ShadowEvaluation]:
-    return list(ShadowEvaluation.objects.unscoped().filter(**filters).order_by("created_at"))
-
-
-def evaluation_rows(parent: str) -> list[UsageRecord]:
-    return list(UsageRecord.objects.unscoped().filter(kind=UsageKind.EVALUATION, parent_request_id=parent))
+from tests.shadow.conftest import (
+    CLASSIFY,
+    LABELS,
+    chat,
+    evaluation_on,
+    evaluation_rows,
+    evaluations,
+    sample_of,
+    ticket,
+)
 
 
 def test_a_routed_answer_is_replayed_on_the_baseline_judged_and_metered(gateway, routed, evaluated):
@@ -299,19 +278,6 @@ def test_without_an_embedder_nothing_is_paid_for_and_the_outcome_is_counted(gate
     assert evaluations() == []
     assert not UsageRecord.objects.unscoped().filter(kind=UsageKind.EVALUATION).exists()
     assert EvaluationSpend.objects.for_tenant(acme.tenant).get().unjudged == 1
-
-
-@pytest.fixture
-def tasks_run():
-    """The names of the Celery tasks that ran (Celery's own signal)."""
-    names: list[str] = []
-
-    def ran(sender=None, **kwargs):
-        names.append(sender.name)
-
-    task_prerun.connect(ran, weak=False)
-    yield names
-    task_prerun.disconnect(ran)
 
 
 @pytest.mark.parametrize("settings_state", ["none", "disabled", "no_budget", "rate_zero"])

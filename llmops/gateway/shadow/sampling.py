@@ -17,21 +17,30 @@ sampled: the miss that stored its answer was a candidate already, and each repea
 Requests asking for several choices (``n`` > 1) and answers without text (tool calls only) are not sampled.
 
 A sampled request is sealed and enqueued from a thread of its own, so the event loop never waits on the broker or
-on encrypting a large prompt; at most MAX_PENDING samples wait there, and past that one is dropped with a warning.
+on encrypting a large prompt, to the Celery queue ``shadow`` (a worker must consume it: ``-Q celery,shadow``), with
+an expiry (LLMOPS_SHADOW_TASK_EXPIRES_SECONDS) past which the worker drops it. Dropped on the request path instead,
+counted and logged once in a while (SkippedSamples): a sample larger than LLMOPS_SHADOW_SAMPLE_MAX_BYTES sealed (or
+known to be from the request's size before sealing), and one that finds MAX_PENDING samples waiting for the broker.
+A tenant whose month of evaluation budget is spent is not sampled until the month ends (EvaluationRates.paused).
 """
 
 import logging
 import random
 import threading
+import time
+from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 
+from django.conf import settings
 from django.db import connections
 
 from billing.models import CacheStatus, Lever
 from llmops.gateway.call import GatewayCall
 from llmops.gateway.chat.planning import model_lacks
 from llmops.gateway.shadow.samples import ShadowSample, sample_seal
-from llmops.gateway.shadow.tasks import shadow_evaluate_task
+from llmops.gateway.shadow.tasks import SHADOW_QUEUE, shadow_evaluate_task
+from llmops.metrics import SHADOW_SAMPLES_SKIPPED
 from routing.catalog import ModelEntry
 from routing.providers.base import message_text
 
@@ -39,6 +48,10 @@ logger = logging.getLogger(__name__)
 
 BUDGET_DOWNGRADE_SUFFIX = "+budget-downgrade"
 MAX_PENDING = 1000
+SKIP_LOG_SECONDS = 60.0
+# Why a sample was dropped on the request path (the metric's label).
+TOO_LARGE = "too_large"
+BACKLOG = "backlog"
 
 _enqueue_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shadow-samples")
 _pending: set[Future] = set()
@@ -93,9 +106,10 @@ def _answer_text(answer: dict | str | None) -> str:
 
 
 def shadow_draw(call: GatewayCall) -> dict[str, str]:
-    """The levers sampled for this request, one draw each at the tenant's rate: lever → its reference model's name."""
+    """The levers sampled for this request, one draw each at the tenant's rate: lever → its reference model's name.
+    None while the tenant's month of evaluation budget is spent."""
     rates = call.evaluation
-    if rates is None:
+    if rates is None or rates.paused():
         return {}
     return {lever.value: reference.name for lever, reference in levers_of(call) if random.random() < rates.of(lever)}
 
@@ -120,6 +134,10 @@ def _offer(call: GatewayCall, *, body: dict, answer: dict | str | None) -> None:
     text = _answer_text(answer)
     if not text:
         return
+    if call.request_bytes + len(text) > settings.LLMOPS_SHADOW_SAMPLE_MAX_BYTES:
+        # Known too large before sealing (the sample holds the request and the answer): nothing held for it.
+        skipped.note(TOO_LARGE)
+        return
     principal = call.principal
     sample = ShadowSample(
         request_id=call.request_id,
@@ -143,12 +161,14 @@ def _offer(call: GatewayCall, *, body: dict, answer: dict | str | None) -> None:
 def shadow_sample_enqueue(sample: ShadowSample) -> None:
     with _lock:
         if len(_pending) >= MAX_PENDING:
-            logger.warning(
-                "shadow evaluation: %s not sampled, %s samples wait for the broker", sample.request_id, MAX_PENDING
-            )
-            return
-        future = _enqueue_executor.submit(_send, sample)
-        _pending.add(future)
+            backlog = True
+        else:
+            backlog = False
+            future = _enqueue_executor.submit(_send, sample)
+            _pending.add(future)
+    if backlog:
+        skipped.note(BACKLOG)
+        return
     future.add_done_callback(_settled)
 
 
@@ -166,9 +186,40 @@ def shadow_samples_wait(timeout: float = 10.0) -> None:
 
 def _send(sample: ShadowSample) -> None:
     try:
-        shadow_evaluate_task.delay(sample_seal(sample))
+        sealed = sample_seal(sample)
+        if len(sealed) > settings.LLMOPS_SHADOW_SAMPLE_MAX_BYTES:
+            skipped.note(TOO_LARGE)
+            return
+        shadow_evaluate_task.apply_async(
+            (sealed,), queue=SHADOW_QUEUE, expires=settings.LLMOPS_SHADOW_TASK_EXPIRES_SECONDS
+        )
     except Exception:
         logger.exception("shadow evaluation: could not enqueue %s", sample.request_id)
     finally:
         # A thread seldom used: hold no database connection between samples (an eager task uses one).
         connections.close_all()
+
+
+class SkippedSamples:
+    """Samples the request path dropped instead of handing them over, by reason: counted in the
+    llmops_shadow_samples_skipped metric, and logged at most once a SKIP_LOG_SECONDS with the counts since the last
+    log, not once per request."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic):
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._counts: Counter[str] = Counter()
+        self._logged_at: float | None = None
+
+    def note(self, reason: str) -> None:
+        SHADOW_SAMPLES_SKIPPED.labels(reason).inc()
+        now = self._clock()
+        with self._lock:
+            self._counts[reason] += 1
+            if self._logged_at is not None and now - self._logged_at < SKIP_LOG_SECONDS:
+                return
+            counts, self._counts, self._logged_at = dict(self._counts), Counter(), now
+        logger.warning("shadow evaluation: samples dropped since the last report: %s", counts)
+
+
+skipped = SkippedSamples()
