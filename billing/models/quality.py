@@ -12,6 +12,7 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
 from billing.models.ledger import COST_FIELD, ROUTING_HINT_MAX_LENGTH
+from core.crypto import CredentialDecryptionError, decrypt_secret, encrypt_secret
 from routing.models import Model
 from tenants.models import Tenant
 from tenants.scoping import TenantOwned, TenantScopedManager
@@ -23,6 +24,7 @@ RATE_FIELD = {
 }
 DEFAULT_SAMPLE_RATE = Decimal("0.02")
 DEFAULT_EXACT_TASK_TYPES = "classification,extraction"
+UNREADABLE_REASON = "(encrypted with a key no longer configured)"
 
 
 class Lever(models.TextChoices):
@@ -182,7 +184,12 @@ class ShadowEvaluation(models.Model):
     agrees = models.BooleanField()
     verdict = models.CharField(max_length=16, choices=JudgeVerdict.choices, blank=True)
     similarity = models.FloatField(null=True, blank=True)
-    reason = models.TextField(blank=True)
+    reason_encrypted = models.TextField(
+        blank=True,
+        editable=False,
+        help_text="The LLM judge's reason, encrypted (it often quotes the prompt or the answer): read it with "
+        "reason_text(), only where the tenant's own admins see the row.",
+    )
     cost_usd = models.DecimalField(**COST_FIELD, default=Decimal(0), help_text="What the evaluation calls cost.")
     created_at = models.DateTimeField(db_index=True)
 
@@ -195,6 +202,21 @@ class ShadowEvaluation(models.Model):
 
     def __str__(self):
         return f"{self.request_id} {self.lever}: {'agrees' if self.agrees else 'differs'}"
+
+    @staticmethod
+    def seal_reason(reason: str) -> str:
+        """The reason as ``reason_encrypted`` keeps it: encrypted at rest (core.crypto), as prompts and answers are."""
+        return encrypt_secret(reason) if reason else ""
+
+    def reason_text(self) -> str:
+        """The LLM judge's reason in clear ("" for other judges), for the tenant's own admins only: it may quote the
+        tenant's prompts and answers. UNREADABLE_REASON when the key it was encrypted with is no longer configured."""
+        if not self.reason_encrypted:
+            return ""
+        try:
+            return decrypt_secret(self.reason_encrypted)
+        except CredentialDecryptionError:
+            return UNREADABLE_REASON
 
 
 class QualitySlo(TenantOwned, models.Model):

@@ -234,6 +234,8 @@ def test_free_text_is_judged_by_embedding_similarity_or_by_the_judge_model(gatew
     # The mock's answers quote the prompt the same way whatever the model: equal texts.
     assert (embedded.method, embedded.agrees) == (JudgeMethod.EMBEDDING, True) and embedded.similarity > 0.99
     assert (judged.method, judged.verdict, judged.agrees) == (JudgeMethod.LLM, "equivalent", True)
+    # The judge's reason is encrypted at rest; only reason_text() reads it.
+    assert judged.reason_text() == "The answers are the same." and "same" not in judged.reason_encrypted
     rows = evaluation_rows(judged.request_id)
     assert sorted(row.served_model for row in rows) == sorted([acme.large.name, judge.name])
     assert judged.cost_usd == sum(row.cost_usd for row in rows)

@@ -257,7 +257,7 @@ def _record(
                 agrees=judgement.agrees,
                 verdict=judgement.verdict,
                 similarity=judgement.similarity,
-                reason=judgement.reason,
+                reason_encrypted=ShadowEvaluation.seal_reason(judgement.reason),
                 cost_usd=cost_usd,
                 created_at=timezone.now(),
             )
