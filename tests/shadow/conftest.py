@@ -9,7 +9,8 @@ from llmops.gateway.shadow.samples import ShadowSample
 from llmops.gateway.shadow.sampling import shadow_samples_wait
 from routing.services import routing_policy_create_default
 
-LABELS = "Labels: billing, technical, account"
+LABELS_LIST = ["billing", "technical", "account"]
+LABELS = f"Labels: {', '.join(LABELS_LIST)}"
 
 
 @pytest.fixture

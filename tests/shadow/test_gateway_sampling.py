@@ -21,6 +21,7 @@ from billing.models import (
 from llmops.gateway.shadow import sampling
 from llmops.gateway.shadow.samples import sample_seal
 from llmops.gateway.shadow.tasks import shadow_evaluate_task
+from llmops.mock_upstream import classification_answer
 from routing.catalog import ModelPrices
 from routing.policy.drafts import policy_draft_replace
 from routing.services import (
@@ -34,6 +35,7 @@ from tests.factories import ModelFactory
 from tests.shadow.conftest import (
     CLASSIFY,
     LABELS,
+    LABELS_LIST,
     chat,
     evaluation_on,
     evaluation_rows,
@@ -239,6 +241,36 @@ def test_free_text_is_judged_by_embedding_similarity_or_by_the_judge_model(gatew
     rows = evaluation_rows(judged.request_id)
     assert sorted(row.served_model for row in rows) == sorted([acme.large.name, judge.name])
     assert judged.cost_usd == sum(row.cost_usd for row in rows)
+
+
+@pytest.mark.parametrize("judge_by", ["embedding", "llm"])
+def test_free_text_answers_that_differ_are_judged_to_disagree(gateway, acme, evaluated, judge_by):
+    """A small model that always picks another label, on a task judged as free text: the embedding judge finds the
+    two labels apart, the LLM judge (the mock's) calls the cheaper one worse and says why."""
+    prices = acme.small.price_in_force().prices()
+    wrong = ModelFactory(
+        name="acme-small-wrong", provider=acme.small.provider, upstream_name="mock-small-wrong-100", **prices
+    )
+    judge = ModelFactory(name="acme-judge", provider=acme.small.provider, upstream_name="mock-judge", **prices)
+    acme.tenant.model_access.allowed_models.add(wrong, judge)
+    routing_policy_create_default(tenant=acme.tenant, small_model=wrong, large_model=acme.large)
+    evaluation_on(acme.tenant, judge_model=judge if judge_by == "llm" else None)
+    messages = ticket("My card was charged twice for one order")
+    body = {"model": "auto", "messages": messages, "max_tokens": 5, "metadata": {"task_type": "summarization"}}
+
+    response = chat(gateway, acme, body)
+    evaluated()
+
+    served, reference = (classification_answer(messages, LABELS_LIST, model) for model in ("wrong-100", "mock-large"))
+    assert served != reference and response.json()["choices"][0]["message"]["content"] == served
+    (evaluation,) = evaluations()
+    assert (evaluation.lever, evaluation.served_model, evaluation.agrees) == (Lever.ROUTING, wrong.name, False)
+    if judge_by == "embedding":
+        assert evaluation.method == JudgeMethod.EMBEDDING
+        assert evaluation.similarity < float(acme.tenant.evaluation_settings.similarity_threshold)
+    else:
+        assert (evaluation.method, evaluation.verdict) == (JudgeMethod.LLM, "worse")
+        assert evaluation.reason_text() == "The candidate differs from the reference."
 
 
 def test_an_evaluation_the_budget_cannot_cover_is_refused_and_costs_nothing(gateway, routed, evaluated):
