@@ -75,6 +75,17 @@ def test_a_sample_larger_than_the_cap_once_sealed_is_not_handed_over(broker, set
     assert skipped_count("too_large") == dropped + 1
 
 
+def test_a_sample_that_finds_the_process_s_backlog_full_is_dropped(broker, monkeypatch):
+    monkeypatch.setattr(sampling, "MAX_PENDING", 0)
+    dropped = skipped_count("backlog")
+
+    sampling.shadow_sample_enqueue(sample())
+    sampling.shadow_samples_wait()
+
+    assert broker.llen(SHADOW_QUEUE) == 0
+    assert skipped_count("backlog") == dropped + 1
+
+
 def test_a_request_known_too_large_is_not_sampled(gateway, routed, evaluated, tasks_run, settings):
     """Its declared size and its answer pass the cap: dropped before it is sealed or held."""
     settings.LLMOPS_SHADOW_SAMPLE_MAX_BYTES = 4000

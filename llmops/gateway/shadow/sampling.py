@@ -160,13 +160,11 @@ def _offer(call: GatewayCall, *, body: dict, answer: dict | str | None) -> None:
 
 def shadow_sample_enqueue(sample: ShadowSample) -> None:
     with _lock:
-        if len(_pending) >= MAX_PENDING:
-            backlog = True
-        else:
-            backlog = False
+        full = len(_pending) >= MAX_PENDING
+        if not full:
             future = _enqueue_executor.submit(_send, sample)
             _pending.add(future)
-    if backlog:
+    if full:
         skipped.note(BACKLOG)
         return
     future.add_done_callback(_settled)
