@@ -1,4 +1,5 @@
-"""billing 0016 encrypts the LLM judge's reasons recorded in clear where they are: none is left readable at rest."""
+"""The LLM judge's reason at rest: billing 0016 encrypts the reasons recorded in clear where they are, and the model
+reads and writes it only through the encryption."""
 
 from datetime import UTC, datetime
 
@@ -30,3 +31,10 @@ def test_a_reason_in_clear_is_encrypted_and_still_reads_the_same(migrated):
         "It misses the refund amount of $42."
     )
     assert ShadowEvaluation.objects.for_tenant(tenant).get(pk=embedded.pk).reason_text() == ""
+
+
+def test_the_former_field_s_name_reads_and_writes_through_the_encryption(db):
+    evaluation = ShadowEvaluation(reason="It quotes REFUND-42.")
+
+    assert "REFUND" not in evaluation.reason_encrypted
+    assert evaluation.reason == evaluation.reason_text() == "It quotes REFUND-42."

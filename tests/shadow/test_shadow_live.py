@@ -101,7 +101,8 @@ def process_env(process_env):
 
 @pytest.fixture
 def worker(process_env, gateway):
-    env = {**process_env, "DATABASE_URL": committed_database_url()}
+    env = {**process_env, "CELERY_BROKER_URL": settings.REDIS_URL, "CELERY_TASK_ALWAYS_EAGER": "false"}
+    env["DATABASE_URL"] = committed_database_url()
     running = celery_worker_process(env, concurrency=2).start()
     yield running
     running.kill()
