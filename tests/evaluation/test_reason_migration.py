@@ -6,8 +6,8 @@ from datetime import UTC, datetime
 from billing.models import ShadowEvaluation
 from tests.factories import TenantFactory
 
-BEFORE = [("billing", "0015_evaluation_exhausted_until")]
-AFTER = [("billing", "0016_shadow_evaluation_reason_sealed")]
+BEFORE = [("billing", "0016_evaluation_exhausted_until")]
+AFTER = [("billing", "0017_shadow_evaluation_reason_sealed")]
 
 
 def test_a_reason_in_clear_is_encrypted_and_still_reads_the_same(migrated):

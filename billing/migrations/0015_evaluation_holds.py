@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('billing', '0013_evaluation_spend_outcomes'),
+        ('billing', '0014_rollup_evaluation_cost'),
         ('tenants', '0003_tenant_max_inflight_requests'),
     ]
 

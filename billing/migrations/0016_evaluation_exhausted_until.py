@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('billing', '0014_evaluation_holds'),
+        ('billing', '0015_evaluation_holds'),
     ]
 
     operations = [

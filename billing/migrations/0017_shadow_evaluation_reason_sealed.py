@@ -15,7 +15,7 @@ def seal_reasons(apps, schema_editor):
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('billing', '0015_evaluation_exhausted_until'),
+        ('billing', '0016_evaluation_exhausted_until'),
     ]
 
     operations = [
