@@ -68,6 +68,9 @@ CACHE_HITS = Counter("llmops_cache_hits", "Requests answered from the response c
 ROUTED_TO_LARGE = Counter("llmops_routed_to_large", "Requests the router sent to the tenant's large model.", LABELS)
 UPSTREAM_ERRORS = Counter("llmops_upstream_errors", "Requests that failed upstream (HTTP 5xx to the client).", LABELS)
 BUDGET_REJECTIONS = Counter("llmops_budget_rejections", "Requests refused because a budget was spent.", LABELS)
+SHADOW_SAMPLES_SKIPPED = Counter(
+    "llmops_shadow_samples_skipped", "Shadow-evaluation samples dropped on the request path, by reason.", ["reason"]
+)
 LATENCY = Histogram(
     "llmops_request_latency_seconds",
     "Total request latency seen by the client.",

@@ -195,6 +195,11 @@ CELERY_BEAT_SCHEDULE: dict[str, dict] = {
         "task": "billing.tasks_finance.statements_push_task",
         "schedule": crontab(day_of_month=1, hour=4, minute=0),
     },
+    # Shadow evaluation's holds left by a worker that died: their bound is minutes (docs/quality.md).
+    "billing-evaluation-holds-release": {
+        "task": "billing.evaluation.tasks.evaluation_holds_release_task",
+        "schedule": 60.0,
+    },
 }
 if LLMOPS_CLOUDWATCH_NAMESPACE:
     if not REDIS_URL:
@@ -289,6 +294,10 @@ LLMOPS_CACHE_EMBEDDER_EXPORT_TIMEOUT = env.float("LLMOPS_CACHE_EMBEDDER_EXPORT_T
 # downgrade budget (503 budget_unavailable); "database" counts in BudgetCounter rows instead. Never open.
 # The answer cap set on a request under a budget that sent none, so its reservation is a true worst case.
 LLMOPS_RESERVATION_MAX_TOKENS = env.int("LLMOPS_RESERVATION_MAX_TOKENS", default=4096)
+# Shadow evaluation (docs/quality.md): a sample waiting longer than this in the broker's `shadow` queue is dropped by
+# the worker, and a sample sealed larger than this many bytes is not sampled (the broker holds every waiting one).
+LLMOPS_SHADOW_TASK_EXPIRES_SECONDS = env.float("LLMOPS_SHADOW_TASK_EXPIRES_SECONDS", default=600.0)
+LLMOPS_SHADOW_SAMPLE_MAX_BYTES = env.int("LLMOPS_SHADOW_SAMPLE_MAX_BYTES", default=256 * 1024)
 LLMOPS_BUDGET_REDIS_FAILURE = env.str("LLMOPS_BUDGET_REDIS_FAILURE", default="fail_closed")
 if LLMOPS_BUDGET_REDIS_FAILURE not in ("fail_closed", "database"):
     raise ImproperlyConfigured("LLMOPS_BUDGET_REDIS_FAILURE must be 'fail_closed' or 'database'")

@@ -36,6 +36,11 @@ class EvaluationSettingsForm(forms.ModelForm):
             self.add_error("judge_model", JUDGE_MODEL_REFUSED)
         return cleaned
 
+    def save(self, commit=True):
+        # As evaluation_settings_set: saving lets sampling paused for a spent month start again.
+        self.instance.exhausted_until = None
+        return super().save(commit)
+
 
 @admin.register(EvaluationSettings)
 class EvaluationSettingsAdmin(TenantScopedAdmin):
@@ -44,8 +49,8 @@ class EvaluationSettingsAdmin(TenantScopedAdmin):
     list_filter = ("enabled",)
     list_select_related = ("tenant", "judge_model")
     add_fields = ("tenant", *EDITABLE_FIELDS)
-    fields = ("tenant", *EDITABLE_FIELDS, "updated_at")
-    readonly_fields = ("tenant", "updated_at")
+    fields = ("tenant", *EDITABLE_FIELDS, "exhausted_until", "updated_at")
+    readonly_fields = ("tenant", "exhausted_until", "updated_at")
 
     def formfield_for_foreignkey(self, db_field, request, **kwargs):
         if db_field.name == "judge_model":

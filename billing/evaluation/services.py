@@ -53,6 +53,8 @@ def evaluation_settings_set(
     for name, value in optional.items():
         if value is not None:
             setattr(settings, name, value)
+    # Sampling paused for a spent month starts again (with a raised budget, say); the worker pauses it again if not.
+    settings.exhausted_until = None
     evaluation_settings_validate(settings)
     settings.save()
     return settings

@@ -79,8 +79,10 @@ SAVINGS_COLUMNS = (
         "saved_routing_usd",
         ColumnType.MONEY,
         "The `routing` lever: the tokens, none of them read from or written to the provider's prompt cache, at the "
-        "prices of the model the request would have used without routing, minus at the served model's; 0 when "
-        "routing kept it there, negative where it chose a dearer model.",
+        "prices of the model the request would have used without routing (the model it named, or its alias's large "
+        "model), minus at the served model's; 0 when routing kept it there or when the tenant may not use that model "
+        "(a rule that ignores the model named can answer a request naming one it was never granted), negative where "
+        "it chose a dearer model.",
     ),
     Column(
         "saved_compression_usd",

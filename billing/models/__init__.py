@@ -34,6 +34,7 @@ from billing.models.ledger import (
     UsageRecord,
 )
 from billing.models.quality import (
+    EvaluationHold,
     EvaluationSettings,
     EvaluationSpend,
     JudgeMethod,
@@ -68,6 +69,7 @@ __all__ = [
     "CacheStatus",
     "ChannelKind",
     "DeliveryStatus",
+    "EvaluationHold",
     "EvaluationSettings",
     "EvaluationSpend",
     "ExportStatus",

@@ -12,6 +12,7 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
 from billing.models.ledger import COST_FIELD, ROUTING_HINT_MAX_LENGTH
+from core.crypto import CredentialDecryptionError, decrypt_secret, encrypt_secret
 from routing.models import Model
 from tenants.models import Tenant
 from tenants.scoping import TenantOwned, TenantScopedManager
@@ -23,6 +24,7 @@ RATE_FIELD = {
 }
 DEFAULT_SAMPLE_RATE = Decimal("0.02")
 DEFAULT_EXACT_TASK_TYPES = "classification,extraction"
+UNREADABLE_REASON = "(encrypted with a key no longer configured)"
 
 
 class Lever(models.TextChoices):
@@ -86,6 +88,13 @@ class EvaluationSettings(TenantOwned, models.Model):
         default=Decimal("0.85"),
         help_text="Embedding similarity at or above which two free-text answers agree.",
     )
+    exhausted_until = models.DateTimeField(
+        null=True,
+        blank=True,
+        editable=False,
+        help_text="Nothing is sampled until then (the next month's start, UTC): the month's evaluation budget cannot "
+        "cover another evaluation. Set by the evaluation worker; saving the settings clears it.",
+    )
     updated_at = models.DateTimeField(auto_now=True)
 
     objects = TenantScopedManager()
@@ -110,8 +119,20 @@ class EvaluationSpend(models.Model):
     )
     unjudged = models.PositiveIntegerField(
         default=0,
-        help_text="Evaluations that ended without a verdict: the LLM judge's answer was unreadable, the embedder "
-        "could not load, or the reference call failed.",
+        help_text="Evaluations that ended without a verdict: the reference or judge may no longer be used, the "
+        "reference call failed, the LLM judge's answer was unreadable, the embedder could not load, or the "
+        "evaluation ran past its hold's bound.",
+    )
+    released = models.PositiveIntegerField(
+        default=0,
+        help_text="Holds given back past their bound, unsettled: the worker evaluating them died.",
+    )
+    smallest_reserved_usd = models.DecimalField(
+        **COST_FIELD,
+        null=True,
+        blank=True,
+        help_text="The smallest worst case an evaluation reserved this month: once what is left of the budget after "
+        "what is spent is less, the month is exhausted and sampling stops until the next one.",
     )
 
     objects = TenantScopedManager()
@@ -121,6 +142,32 @@ class EvaluationSpend(models.Model):
 
     def __str__(self):
         return f"{self.tenant_id} {self.month:%Y-%m}: {self.spent_usd}"
+
+
+class EvaluationHold(models.Model):
+    """What one evaluation (a sampled request's lever) holds of its month's evaluation budget while its calls run: the
+    worst cases of the reference's and the judge's calls, reserved together before the first one, each replaced by
+    what its call cost once made. The row is also the evaluation's claim: another run of the same sample finds it
+    (or the ShadowEvaluation recorded before it ends) and pays for nothing. It ends with its evaluation; one still
+    here past ``expires_at`` was left by a worker that died, and a beat task gives its amount back."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="+")
+    request_id = models.CharField(max_length=64, help_text="The sampled request.")
+    lever = models.CharField(max_length=32, choices=Lever.choices)
+    month = models.DateField(help_text="The month (its first day, UTC) whose EvaluationSpend holds the amount.")
+    amount_usd = models.DecimalField(**COST_FIELD, help_text="What it still reserves.")
+    created_at = models.DateTimeField()
+    expires_at = models.DateTimeField(
+        db_index=True, help_text="When its evaluation is over at the latest: its calls' timeouts, and a margin."
+    )
+
+    objects = TenantScopedManager()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["request_id", "lever"], name="evaluation_hold_once_per_lever")]
+
+    def __str__(self):
+        return f"{self.request_id} {self.lever}: {self.amount_usd}"
 
 
 class ShadowEvaluation(models.Model):
@@ -137,7 +184,12 @@ class ShadowEvaluation(models.Model):
     agrees = models.BooleanField()
     verdict = models.CharField(max_length=16, choices=JudgeVerdict.choices, blank=True)
     similarity = models.FloatField(null=True, blank=True)
-    reason = models.TextField(blank=True)
+    reason_encrypted = models.TextField(
+        blank=True,
+        editable=False,
+        help_text="The LLM judge's reason, encrypted (it often quotes the prompt or the answer): read it with "
+        "reason_text(), only where the tenant's own admins see the row.",
+    )
     cost_usd = models.DecimalField(**COST_FIELD, default=Decimal(0), help_text="What the evaluation calls cost.")
     created_at = models.DateTimeField(db_index=True)
 
@@ -150,6 +202,28 @@ class ShadowEvaluation(models.Model):
 
     def __str__(self):
         return f"{self.request_id} {self.lever}: {'agrees' if self.agrees else 'differs'}"
+
+    @staticmethod
+    def seal_reason(reason: str) -> str:
+        """The reason as ``reason_encrypted`` keeps it: encrypted at rest (core.crypto), as prompts and answers are."""
+        return encrypt_secret(reason) if reason else ""
+
+    def reason_text(self) -> str:
+        """The LLM judge's reason in clear ("" for other judges), for the tenant's own admins only: it may quote the
+        tenant's prompts and answers. UNREADABLE_REASON when the key it was encrypted with is no longer configured."""
+        if not self.reason_encrypted:
+            return ""
+        try:
+            return decrypt_secret(self.reason_encrypted)
+        except CredentialDecryptionError:
+            return UNREADABLE_REASON
+
+    def _reason_set(self, reason: str) -> None:
+        self.reason_encrypted = self.seal_reason(reason)
+
+    # The name the column had when it was kept in clear, so code written for it (an admin's fields, factories) reads
+    # and writes through the encryption.
+    reason = property(reason_text, _reason_set)
 
 
 class QualitySlo(TenantOwned, models.Model):

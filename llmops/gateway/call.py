@@ -95,6 +95,8 @@ class GatewayCall(RequestFacts):
     created_at: datetime = field(default_factory=timezone.now)
     started: float = field(default_factory=time.perf_counter)
     served: ModelEntry | None = None
+    # The model routing chose: ``served`` is another when a fallback answered after it failed (or a budget downgrade).
+    routed: ModelEntry | None = None
     route_explanation: str = ""
     # The model the request would have used without routing: the one it named, or its alias's large model.
     routing_baseline: ModelEntry | None = None
@@ -111,6 +113,8 @@ class GatewayCall(RequestFacts):
     extra_headers: dict[str, str] = field(default_factory=dict)
     # The validated client body, kept for the payload log of tenants that turned it on.
     request_body: dict | None = None
+    # Its size as the client declared it (Content-Length; 0 when unknown), for what keeping it would cost.
+    request_bytes: int = 0
     payload_logging: bool = False
     finished: bool = False
     cache_similarity: float | None = None

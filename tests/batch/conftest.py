@@ -27,9 +27,10 @@ WORKER_ENV = {
 
 
 def celery_worker_process(env: dict[str, str], *, concurrency: int | None = None) -> ServiceProcess:
-    """``celery -A llmops worker`` as a child process: one solo process, or a prefork pool of ``concurrency``."""
+    """``celery -A llmops worker`` as a child process, on the queues the Procfile's worker consumes: one solo process,
+    or a prefork pool of ``concurrency``."""
     pool = ["--pool=solo"] if concurrency is None else ["--pool=prefork", f"--concurrency={concurrency}"]
-    args = [sys.executable, "-m", "celery", "-A", "llmops", "worker", *pool, "--without-gossip"]
+    args = [sys.executable, "-m", "celery", "-A", "llmops", "worker", "-Q", "celery,shadow", *pool, "--without-gossip"]
     args += ["--without-mingle", "--without-heartbeat", "-l", "warning"]
     return ServiceProcess(args, env)
 

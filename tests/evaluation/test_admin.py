@@ -1,6 +1,7 @@
 """Evaluation settings in the admin: a tenant's owners and admins set them for their tenant only, and the judge
 model must be a chat model that tenant may use."""
 
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
@@ -123,3 +124,23 @@ def test_an_owner_of_one_tenant_cannot_set_another_s(client, world: World):
     assert changed.status_code == 302 and changed.url == reverse("admin:index")
     theirs.refresh_from_db()
     assert not theirs.enabled
+
+
+def test_saving_the_settings_lets_sampling_paused_for_a_spent_month_start_again(client, world: World):
+    """The worker pauses sampling once the month's budget is spent; an admin raising the budget resumes it."""
+    paused_until = datetime(2027, 1, 1, tzinfo=UTC)
+    settings = EvaluationSettings.objects.create(tenant=world.acme.tenant, enabled=True, exhausted_until=paused_until)
+    client.force_login(make_user(Role.ADMIN, tenant=world.acme.tenant))
+
+    page = client.get(admin_url("billing_evaluationsettings", "change", settings.pk))
+    raised = client.post(
+        admin_url("billing_evaluationsettings", "change", settings.pk), form(world.acme.tenant, monthly_budget_usd="40")
+    )
+
+    assert "exhausted_until" in page.context["adminform"].readonly_fields
+    assert raised.status_code == 302
+    settings.refresh_from_db()
+    assert (settings.monthly_budget_usd, settings.exhausted_until) == (Decimal(40), None)
+    EvaluationSettings.objects.for_tenant(world.acme.tenant).update(exhausted_until=paused_until)
+    evaluation_settings_set(tenant=world.acme.tenant, enabled=True, monthly_budget_usd=Decimal(50))
+    assert EvaluationSettings.objects.for_tenant(world.acme.tenant).get().exhausted_until is None

@@ -2,11 +2,11 @@
 endpoint that runs the chat pipeline, and what an evaluation records: a verdict per (request, lever), a ledger row of
 kind evaluation per call at the catalog's prices, the evaluation budget settled, product budgets untouched."""
 
+from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 
 import httpx
 import pytest
-from celery.signals import task_prerun
 
 from billing.budgets.services import budget_counter_check, budget_create
 from billing.ledger.costs import usage_cost
@@ -15,50 +15,34 @@ from billing.models import (
     EvaluationSpend,
     JudgeMethod,
     Lever,
-    ShadowEvaluation,
     UsageKind,
     UsageRecord,
 )
+from llmops.gateway.shadow import sampling
+from llmops.gateway.shadow.samples import sample_seal
 from llmops.gateway.shadow.tasks import shadow_evaluate_task
+from llmops.mock_upstream import classification_answer
 from routing.catalog import ModelPrices
 from routing.policy.drafts import policy_draft_replace
-from routing.services import routing_policy_create, routing_policy_create_default, routing_policy_publish
+from routing.services import (
+    routing_policy_create,
+    routing_policy_create_default,
+    routing_policy_publish,
+    tenant_model_access_set,
+)
 from tests.conftest import LARGE_PRICES
 from tests.factories import ModelFactory
-from tests.shadow.conftest import evaluation_on
-
-LABELS = "Labels: billing, technical, account"
-CLASSIFY = {"metadata": {"task_type": "classification"}, "max_tokens": 5}
-
-
-def ticket(text: str) -> list[dict]:
-    return [{"role": "system", "content": f"Classify the ticket.\n{LABELS}"}, {"role": "user", "content": text}]
-
-
-def chat(gateway, setup, body: dict, path: str = "/v1/chat/completions", **headers) -> httpx.Response:
-    response = httpx.post(
-        f"{gateway.url}{path}", json=body, headers={"authorization": f"Bearer {setup.key}", **headers}, timeout=30
-    )
-    assert response.status_code == 200, response.text
-    return response
-
-
-@pytest.fixture
-def routed(acme):
-    """The default policy: classification to the small model, the alias `auto` with the large one as its baseline;
-    deterministic answers cached."""
-    routing_policy_create_default(
-        tenant=acme.tenant, small_model=acme.small, large_model=acme.large, cache_ttl_seconds=300
-    )
-    return acme
-
-
-def evaluations(**filters) -> list[ShadowEvaluation]:
-    return list(ShadowEvaluation.objects.unscoped().filter(**filters).order_by("created_at"))
-
-
-def evaluation_rows(parent: str) -> list[UsageRecord]:
-    return list(UsageRecord.objects.unscoped().filter(kind=UsageKind.EVALUATION, parent_request_id=parent))
+from tests.shadow.conftest import (
+    CLASSIFY,
+    LABELS,
+    LABELS_LIST,
+    chat,
+    evaluation_on,
+    evaluation_rows,
+    evaluations,
+    sample_of,
+    ticket,
+)
 
 
 def test_a_routed_answer_is_replayed_on_the_baseline_judged_and_metered(gateway, routed, evaluated):
@@ -119,13 +103,14 @@ def test_a_wrong_small_model_is_found_out(gateway, acme, evaluated):
     assert len(verdicts) == 12 and True in verdicts and False in verdicts
 
 
-def test_a_streamed_answer_and_a_cached_one_are_sampled_too(gateway, routed, evaluated):
+def test_a_streamed_answer_is_sampled_too_and_an_exact_cache_hit_is_not(gateway, routed, evaluated):
+    """The miss that stored the answer was a candidate already: a repeat would count its verdict again."""
     evaluation_on(routed.tenant)
     body = {"model": "auto", "messages": ticket("Where is my invoice?"), "temperature": 0, **CLASSIFY}
 
     streamed = httpx.post(
         f"{gateway.url}/v1/chat/completions",
-        json={**body, "stream": True},
+        json={**body, "messages": ticket("Where is my receipt?"), "stream": True},
         headers={"authorization": f"Bearer {routed.key}"},
         timeout=30,
     )
@@ -133,10 +118,28 @@ def test_a_streamed_answer_and_a_cached_one_are_sampled_too(gateway, routed, eva
     hit = chat(gateway, routed, body)
     evaluated()
 
+    assert (streamed.headers["x-llmops-cache"], missed.headers["x-llmops-cache"]) == ("miss", "miss")
     assert hit.headers["x-llmops-cache"] == "hit-exact"
-    request_ids = {r.headers["x-llmops-request-id"] for r in (streamed, missed, hit)}
-    assert {evaluation.request_id for evaluation in evaluations(lever=Lever.ROUTING)} == request_ids
-    assert all(evaluation.agrees for evaluation in evaluations())
+    request_ids = {r.headers["x-llmops-request-id"] for r in (streamed, missed)}
+    assert {evaluation.request_id for evaluation in evaluations()} == request_ids
+    assert all(evaluation.lever == Lever.ROUTING and evaluation.agrees for evaluation in evaluations())
+    assert evaluation_rows(hit.headers["x-llmops-request-id"]) == []
+
+
+def test_an_answer_a_fallback_gave_is_not_routing_s(gateway, routed, evaluated, tasks_run):
+    """The enterprise rule routes to the large model; it fails and the small one answers, cheaper than the baseline,
+    but not by routing's choice."""
+    routed.large.upstream_name = "mock-large-fail-503"
+    routed.large.save()
+    evaluation_on(routed.tenant)
+    body = {"model": "auto", "messages": [{"role": "user", "content": "Plan our migration"}], "max_tokens": 8}
+
+    response = chat(gateway, routed, {**body, "metadata": {"user_tier": "enterprise"}})
+    evaluated()
+
+    assert response.headers["x-llmops-model"] == routed.small.name
+    assert shadow_evaluate_task.name not in tasks_run
+    assert evaluation_rows(response.headers["x-llmops-request-id"]) == []
 
 
 def test_the_responses_and_messages_endpoints_are_sampled_through_the_same_pipeline(gateway, routed, evaluated):
@@ -233,9 +236,41 @@ def test_free_text_is_judged_by_embedding_similarity_or_by_the_judge_model(gatew
     # The mock's answers quote the prompt the same way whatever the model: equal texts.
     assert (embedded.method, embedded.agrees) == (JudgeMethod.EMBEDDING, True) and embedded.similarity > 0.99
     assert (judged.method, judged.verdict, judged.agrees) == (JudgeMethod.LLM, "equivalent", True)
+    # The judge's reason is encrypted at rest; only reason_text() reads it.
+    assert judged.reason_text() == "The answers are the same." and "same" not in judged.reason_encrypted
     rows = evaluation_rows(judged.request_id)
     assert sorted(row.served_model for row in rows) == sorted([acme.large.name, judge.name])
     assert judged.cost_usd == sum(row.cost_usd for row in rows)
+
+
+@pytest.mark.parametrize("judge_by", ["embedding", "llm"])
+def test_free_text_answers_that_differ_are_judged_to_disagree(gateway, acme, evaluated, judge_by):
+    """A small model that always picks another label, on a task judged as free text: the embedding judge finds the
+    two labels apart, the LLM judge (the mock's) calls the cheaper one worse and says why."""
+    prices = acme.small.price_in_force().prices()
+    wrong = ModelFactory(
+        name="acme-small-wrong", provider=acme.small.provider, upstream_name="mock-small-wrong-100", **prices
+    )
+    judge = ModelFactory(name="acme-judge", provider=acme.small.provider, upstream_name="mock-judge", **prices)
+    acme.tenant.model_access.allowed_models.add(wrong, judge)
+    routing_policy_create_default(tenant=acme.tenant, small_model=wrong, large_model=acme.large)
+    evaluation_on(acme.tenant, judge_model=judge if judge_by == "llm" else None)
+    messages = ticket("My card was charged twice for one order")
+    body = {"model": "auto", "messages": messages, "max_tokens": 5, "metadata": {"task_type": "summarization"}}
+
+    response = chat(gateway, acme, body)
+    evaluated()
+
+    served, reference = (classification_answer(messages, LABELS_LIST, model) for model in ("wrong-100", "mock-large"))
+    assert served != reference and response.json()["choices"][0]["message"]["content"] == served
+    (evaluation,) = evaluations()
+    assert (evaluation.lever, evaluation.served_model, evaluation.agrees) == (Lever.ROUTING, wrong.name, False)
+    if judge_by == "embedding":
+        assert evaluation.method == JudgeMethod.EMBEDDING
+        assert evaluation.similarity < float(acme.tenant.evaluation_settings.similarity_threshold)
+    else:
+        assert (evaluation.method, evaluation.verdict) == (JudgeMethod.LLM, "worse")
+        assert evaluation.reason_text() == "The candidate differs from the reference."
 
 
 def test_an_evaluation_the_budget_cannot_cover_is_refused_and_costs_nothing(gateway, routed, evaluated):
@@ -277,19 +312,6 @@ def test_without_an_embedder_nothing_is_paid_for_and_the_outcome_is_counted(gate
     assert evaluations() == []
     assert not UsageRecord.objects.unscoped().filter(kind=UsageKind.EVALUATION).exists()
     assert EvaluationSpend.objects.for_tenant(acme.tenant).get().unjudged == 1
-
-
-@pytest.fixture
-def tasks_run():
-    """The names of the Celery tasks that ran (Celery's own signal)."""
-    names: list[str] = []
-
-    def ran(sender=None, **kwargs):
-        names.append(sender.name)
-
-    task_prerun.connect(ran, weak=False)
-    yield names
-    task_prerun.disconnect(ran)
 
 
 @pytest.mark.parametrize("settings_state", ["none", "disabled", "no_budget", "rate_zero"])
@@ -337,3 +359,81 @@ def test_the_task_signal_sees_a_sampled_request(gateway, routed, evaluated, task
     evaluated()
 
     assert tasks_run.count(shadow_evaluate_task.name) == 1
+
+
+def test_a_model_the_key_may_not_use_is_neither_a_reference_nor_a_saving(gateway, acme, evaluated):
+    """A rule that ignores the model named answers a request naming a model the tenant was never granted: that model
+    is no routing baseline, so nothing calls it and no saving is priced against it."""
+    forbidden = ModelFactory(
+        name="forbidden-pro",
+        provider=acme.large.provider,
+        upstream_name="mock-large",
+        input_price_per_million=Decimal(150),
+        output_price_per_million=Decimal(600),
+    )
+    policy = routing_policy_create(tenant=acme.tenant)
+    rule = {
+        "priority": 1,
+        "name": "classification-small",
+        "match": {"task_types": ["classification"]},
+        "outcome": {"target_model": acme.small.name},
+    }
+    policy_draft_replace(policy=policy, document={"aliases": {}, "rules": [rule]})
+    routing_policy_publish(policy=policy, actor=None)
+    evaluation_on(acme.tenant)
+
+    response = chat(gateway, acme, {"model": forbidden.name, "messages": ticket("Charged twice"), **CLASSIFY})
+    evaluated()
+
+    assert response.headers["x-llmops-model"] == acme.small.name
+    assert evaluations() == []
+    assert not UsageRecord.objects.unscoped().filter(kind=UsageKind.EVALUATION).exists()
+    request = UsageRecord.objects.unscoped().get(request_id=response.headers["x-llmops-request-id"])
+    assert request.saved_routing_usd == 0
+
+
+@pytest.mark.parametrize("revoked", ["reference", "judge"])
+def test_a_reference_or_judge_the_tenant_may_no_longer_use_is_not_called(
+    gateway, acme, mock_upstream, evaluated, revoked
+):
+    judge = ModelFactory(name="acme-judge", provider=acme.small.provider, upstream_name="mock-judge")
+    acme.tenant.model_access.allowed_models.add(judge)
+    evaluation_on(acme.tenant, judge_model=judge)
+    # Granted when the request was sampled, revoked before the worker ran it.
+    still_allowed = [acme.small, judge] if revoked == "reference" else [acme.small, acme.large]
+    tenant_model_access_set(tenant=acme.tenant, allowed_models=still_allowed, default_model=acme.small)
+    sample = sample_of(acme, levers={"routing": acme.large.name}, task_type="summarization")
+    calls_before = mock_upstream.app.requests_served
+
+    shadow_evaluate_task(sample_seal(sample))
+    evaluated()
+
+    assert mock_upstream.app.requests_served == calls_before
+    assert evaluations() == []
+    assert not UsageRecord.objects.unscoped().filter(kind=UsageKind.EVALUATION).exists()
+    month = EvaluationSpend.objects.for_tenant(acme.tenant).get()
+    assert (month.unjudged, month.spent_usd, month.reserved_usd) == (1, 0, 0)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_a_sampler_that_fails_never_fails_the_request_it_samples(
+    gateway, routed, evaluated, monkeypatch, caplog, stream
+):
+    """A process shutting down refuses new work (submit raises): the billed answer still reaches the client whole."""
+    stopped = ThreadPoolExecutor(max_workers=1)
+    stopped.shutdown()
+    monkeypatch.setattr(sampling, "_enqueue_executor", stopped)
+    evaluation_on(routed.tenant)
+
+    response = chat(
+        gateway, routed, {"model": "auto", "messages": ticket("Charged twice"), **CLASSIFY, "stream": stream}
+    )
+    evaluated()
+
+    if stream:
+        assert response.text.rstrip().endswith("data: [DONE]") and '"error"' not in response.text
+    else:
+        assert response.json()["choices"][0]["message"]["content"]
+    assert evaluations() == []
+    (failure,) = [record for record in caplog.records if record.name == sampling.logger.name]
+    assert failure.exc_info is not None and response.headers["x-llmops-request-id"] in failure.getMessage()

@@ -2,6 +2,7 @@
 independent draw per lever, and the sample sealed before it leaves the process."""
 
 import random
+from dataclasses import replace
 from decimal import Decimal
 
 import pytest
@@ -13,12 +14,14 @@ from llmops.gateway.shadow.rates import EvaluationRates
 from llmops.gateway.shadow.samples import ShadowSample, sample_open, sample_seal
 from llmops.gateway.shadow.sampling import levers_of, shadow_draw
 from routing.catalog import ModelEntry, ModelPrices, ProviderEntry
+from routing.models import ModelKind
 from tenants.authentication import KeyPrincipal
 
 PROVIDER = ProviderEntry(name="mock", kind="openai", base_url="http://127.0.0.1/v1", api_key="", timeout_seconds=5)
 SMALL = ModelEntry(
     "small", "mock-small", PROVIDER, ModelPrices(Decimal("0.15"), Decimal("0.075"), Decimal("0.6")), 8000
 )
+MEDIUM = ModelEntry("medium", "mock-medium", PROVIDER, ModelPrices(Decimal(1), Decimal("0.5"), Decimal(4)), 8000)
 LARGE = ModelEntry("large", "mock-large", PROVIDER, ModelPrices(Decimal("2.5"), Decimal("1.25"), Decimal(10)), 8000)
 PRINCIPAL = KeyPrincipal(1, "llm_x", "", 7, "acme", 3, "support", None, None, True, True)
 USAGE = Usage(prompt_tokens=100, completion_tokens=10)
@@ -26,6 +29,8 @@ ALL_ON = EvaluationRates(routing=1.0, semantic_cache=1.0, compression=1.0, budge
 
 
 def answered(served=SMALL, baseline=LARGE, **facts) -> GatewayCall:
+    """A request answered by ``served``, routing's own choice unless ``routed`` says otherwise."""
+    facts.setdefault("routed", served)
     call = GatewayCall(principal=PRINCIPAL, served=served, routing_baseline=baseline, **facts)
     call.settled_usage = USAGE
     return call
@@ -40,17 +45,42 @@ def test_an_answer_of_its_baseline_or_a_dearer_model_is_no_lever_s(served, basel
     assert levers_of(answered(served, baseline)) == []
 
 
-def test_a_cache_hit_is_compared_at_the_usage_of_the_answer_it_stored():
-    hit = answered(cache_status=CacheStatus.HIT_EXACT)
+@pytest.mark.parametrize(
+    ("baseline", "facts"),
+    [
+        (replace(LARGE, supports_tools=False), {"has_tools": True}),
+        (replace(LARGE, supports_images=False), {"has_images": True}),
+        (replace(LARGE, kind=ModelKind.EMBEDDING), {}),
+    ],
+    ids=["tools", "images", "not-chat"],
+)
+def test_a_baseline_that_cannot_take_the_request_is_no_reference(baseline, facts):
+    assert levers_of(answered(SMALL, baseline, **facts)) == []
+    assert levers_of(answered(SMALL, LARGE, **facts)) == [(Lever.ROUTING, LARGE)]
+
+
+@pytest.mark.parametrize("routed", [LARGE, MEDIUM], ids=["baseline", "another-cheap-model"])
+def test_an_answer_a_fallback_gave_after_routing_s_choice_failed_is_not_routing_s(routed):
+    assert levers_of(answered(SMALL, LARGE, routed=routed)) == []
+
+
+def test_an_exact_cache_hit_is_no_lever_s_the_miss_that_stored_it_was_a_candidate_already():
+    hit = answered(
+        cache_status=CacheStatus.HIT_EXACT, prompt_tokens_before_compression=900, prompt_tokens_after_compression=300
+    )
     hit.settled_usage, hit.cache_saved_usage = Usage(), USAGE
 
-    assert levers_of(hit) == [(Lever.ROUTING, LARGE)]
+    assert levers_of(hit) == []
 
 
-def test_a_semantic_hit_is_the_cache_s_with_a_fresh_call_to_the_served_model_as_reference():
-    hit = answered(LARGE, LARGE, cache_status=CacheStatus.HIT_SEMANTIC)
+def test_a_semantic_hit_is_the_cache_s_only_with_a_fresh_call_to_the_served_model_as_reference():
+    """Its answer was written for another prompt: it tells nothing of routing or compression."""
+    hit = answered(
+        cache_status=CacheStatus.HIT_SEMANTIC, prompt_tokens_before_compression=900, prompt_tokens_after_compression=1
+    )
+    hit.settled_usage, hit.cache_saved_usage = Usage(), USAGE
 
-    assert levers_of(hit) == [(Lever.SEMANTIC_CACHE, LARGE)]
+    assert levers_of(hit) == [(Lever.SEMANTIC_CACHE, SMALL)]
 
 
 def test_a_compressed_prompt_is_compression_s_with_the_served_model_as_reference():
@@ -69,11 +99,10 @@ def test_a_downgraded_request_is_the_downgrade_s_only_with_the_route_s_model_as_
 
 def test_several_levers_of_one_answer_are_each_listed():
     call = answered(
-        cache_status=CacheStatus.HIT_SEMANTIC, prompt_tokens_before_compression=900, prompt_tokens_after_compression=1
+        cache_status=CacheStatus.MISS, prompt_tokens_before_compression=900, prompt_tokens_after_compression=1
     )
-    call.cache_saved_usage = USAGE
 
-    assert levers_of(call) == [(Lever.ROUTING, LARGE), (Lever.SEMANTIC_CACHE, SMALL), (Lever.COMPRESSION, SMALL)]
+    assert levers_of(call) == [(Lever.ROUTING, LARGE), (Lever.COMPRESSION, SMALL)]
 
 
 def test_a_tenant_without_evaluation_draws_nothing():
@@ -83,20 +112,19 @@ def test_a_tenant_without_evaluation_draws_nothing():
 def test_each_lever_draws_on_its_own_at_its_own_rate():
     random.seed(18)
     call = answered(
-        cache_status=CacheStatus.HIT_SEMANTIC,
         prompt_tokens_before_compression=900,
         prompt_tokens_after_compression=300,
-        evaluation=EvaluationRates(routing=0.5, semantic_cache=0.2, compression=0.0, budget_downgrade=1.0),
+        evaluation=EvaluationRates(routing=0.5, semantic_cache=1.0, compression=0.2, budget_downgrade=0.0),
     )
-    call.cache_saved_usage = USAGE
     draws = [shadow_draw(call) for _ in range(4000)]
 
-    share = {lever: sum(lever in drawn for drawn in draws) / len(draws) for lever in ("routing", "semantic_cache")}
-    both = sum({"routing", "semantic_cache"} <= drawn.keys() for drawn in draws) / len(draws)
-    assert abs(share["routing"] - 0.5) < 0.03 and abs(share["semantic_cache"] - 0.2) < 0.03
+    share = {lever: sum(lever in drawn for drawn in draws) / len(draws) for lever in ("routing", "compression")}
+    both = sum({"routing", "compression"} <= drawn.keys() for drawn in draws) / len(draws)
+    assert abs(share["routing"] - 0.5) < 0.03 and abs(share["compression"] - 0.2) < 0.03
     # Independent draws: both at once as often as the product of the rates.
     assert abs(both - 0.1) < 0.02
-    assert not any("compression" in drawn for drawn in draws)
+    # A lever that did not make this answer cheaper is never drawn, whatever its rate.
+    assert not any("semantic_cache" in drawn for drawn in draws)
     assert all(drawn.get("routing", LARGE.name) == LARGE.name for drawn in draws)
 
 

@@ -1,6 +1,6 @@
 """Shadow evaluation in production shape: a uvicorn gateway process hands sampled requests to a real Celery worker
-(two prefork processes) through the Redis broker; the worker replays them on the mock upstream over loopback HTTP and
-records its verdicts in Postgres.
+(two prefork processes) through the Redis broker's `shadow` queue; the worker replays them on the mock upstream over
+loopback HTTP and records its verdicts in Postgres (its own task count shows it did, not the gateway).
 
 A small model that gets 20% of labels wrong is found out within the interval; one that is never wrong agrees on every
 row; each reference call is a ledger row of kind evaluation at the catalog's price, which the product budget's
@@ -19,6 +19,8 @@ from django.db.models import Sum
 from billing.budgets.services import budget_counter_check, budget_create
 from billing.ledger.costs import usage_cost
 from billing.models import EvaluationSpend, JudgeMethod, Lever, ShadowEvaluation, UsageKind, UsageRecord
+from llmops.celery import app as celery_app
+from llmops.gateway.shadow.tasks import shadow_evaluate_task
 from llmops.mock_upstream import classification_answer
 from routing.catalog import ModelPrices
 from routing.services import routing_policy_create_default, tenant_model_access_set
@@ -91,12 +93,27 @@ def wait_until(condition, *, timeout: float, what: str) -> None:
 
 
 @pytest.fixture
+def process_env(process_env):
+    """Every process of the test (gateway, worker) on the test Redis as the broker, none running tasks eagerly: the
+    gateway only hands samples over, whatever the environment the tests run in says."""
+    return {**process_env, "CELERY_BROKER_URL": settings.REDIS_URL, "CELERY_TASK_ALWAYS_EAGER": "false"}
+
+
+@pytest.fixture
 def worker(process_env, gateway):
     env = {**process_env, "CELERY_BROKER_URL": settings.REDIS_URL, "CELERY_TASK_ALWAYS_EAGER": "false"}
     env["DATABASE_URL"] = committed_database_url()
     running = celery_worker_process(env, concurrency=2).start()
     yield running
     running.kill()
+
+
+def tasks_the_worker_ran() -> dict[str, int]:
+    """The worker's own count of the tasks it received, by name (`celery inspect stats`, over the broker)."""
+    with celery_app.connection_for_write(settings.REDIS_URL) as connection:
+        replies = celery_app.control.inspect(connection=connection, timeout=10, limit=1).stats() or {}
+    (stats,) = replies.values()
+    return stats["total"]
 
 
 @pytest.fixture
@@ -142,6 +159,10 @@ def test_shadow_evaluation_finds_the_wrong_small_model_and_clears_the_right_one(
         what="every sampled request evaluated",
     )
     ledger_drainer.wait_drained()
+
+    # The worker, not the gateway, evaluated every sample: it received one task per sampled request.
+    sampled = len(sent_wrong) + len(sent_right) + len(sent_tight)
+    assert tasks_the_worker_ran().get(shadow_evaluate_task.name) == sampled
 
     # The 20%-wrong model: every verdict is the mock's, and the interval of agreement holds its 80%.
     found = {e.request_id: e for e in ShadowEvaluation.objects.for_tenant(wrong.tenant)}

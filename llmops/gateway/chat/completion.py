@@ -75,7 +75,7 @@ async def chat_completion_run(
     async def steps() -> HttpResponse:
         # Parsing and validating a large body is Python work in proportion to it: on the CPU pool.
         body = await run_sized(declared_size(headers), lambda: validate_chat_request(read_body()))
-        call.request_body = body
+        call.request_body, call.request_bytes = body, declared_size(headers)
         call.payload_logging = call.principal.tenant_id in snapshot.payload_logging_tenants
         call.evaluation = snapshot.evaluation
         call.requested_model = body["model"]

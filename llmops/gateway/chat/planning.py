@@ -105,9 +105,15 @@ def request_customer(headers: Mapping[str, str], field_value: object = None, *, 
     return field_value.strip()
 
 
-def routing_baseline(catalog: ModelCatalog, policy, requested: str) -> ModelEntry | None:
+def routing_baseline(catalog: ModelCatalog, policy, requested: str, *, tenant_id: int) -> ModelEntry | None:
+    """The model the request would have used without routing: the one it named, or its alias's large model; None
+    when the tenant may not use that model. Routing's saving is priced against it and shadow evaluation calls it, so
+    a model name the key may not use (which routing can still answer, by a rule that ignores it) is neither."""
     alias = policy.aliases.get(requested) if policy is not None else None
-    return catalog.models.get(alias.large_model if alias is not None else requested)
+    name = alias.large_model if alias is not None else requested
+    if name not in catalog.access_for(tenant_id).allowed_models:
+        return None
+    return catalog.models.get(name)
 
 
 # What a model that is not a chat model lacks: (what, the parameter that asks for it, what to do instead).
@@ -118,8 +124,9 @@ NOT_CHAT = (
 )
 
 
-def _lacking(model: ModelEntry, features: RouteRequest) -> tuple[str, str, str] | None:
-    """What the request needs and the model cannot take: (what, the parameter that asks for it, what to do instead)."""
+def model_lacks(model: ModelEntry, features: RouteRequest | GatewayCall) -> tuple[str, str, str] | None:
+    """What the request needs and the model cannot take: (what, the parameter that asks for it, what to do instead).
+    ``features``: the request's routing features, or its call once routed (which keeps has_tools and has_images)."""
     if model.kind != ModelKind.CHAT:
         return NOT_CHAT
     if features.has_tools and not model.supports_tools:
@@ -140,7 +147,7 @@ def _refusal(model: ModelEntry, lacking: tuple[str, str, str]) -> GatewayError:
 
 
 def _refuse_what_the_model_cannot_take(model: ModelEntry, features: RouteRequest) -> None:
-    if lacking := _lacking(model, features):
+    if lacking := model_lacks(model, features):
         raise _refusal(model, lacking)
 
 
@@ -214,7 +221,7 @@ async def plan_chat(snapshot: ConfigSnapshot, call: GatewayCall, body: dict, hea
     policy = snapshot.policies.get(tenant_id)
     call.tags = request_tags(headers)
     call.customer = request_customer(headers, body.get("user"))
-    call.routing_baseline = routing_baseline(catalog, policy, body["model"])
+    call.routing_baseline = routing_baseline(catalog, policy, body["model"], tenant_id=tenant_id)
     try:
         routed = await _routed(snapshot, call.principal, body, headers)
         decision = routed.decision
@@ -222,10 +229,10 @@ async def plan_chat(snapshot: ConfigSnapshot, call: GatewayCall, body: dict, hea
         call.routed_to_large, call.policy_version = decision.routed_to_large, decision.policy_version
         call.routing_features_set(routed.features, decision)
         served = resolve_model(catalog, tenant_id=tenant_id, requested=decision.outcome.target_model)
-        call.served = served
+        call.served = call.routed = served
         _refuse_what_the_model_cannot_take(served, routed.features)
         fallbacks = [catalog.models[name] for name in decision.outcome.fallback_models if name in catalog.models]
-        chain = [served] + [model for model in fallbacks if _lacking(model, routed.features) is None]
+        chain = [served] + [model for model in fallbacks if model_lacks(model, routed.features) is None]
         upstream_body = {k: v for k, v in body.items() if k not in GATEWAY_ONLY_FIELDS}
         capped = await apply_token_caps(
             upstream_body,

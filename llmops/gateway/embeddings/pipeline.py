@@ -129,7 +129,7 @@ async def plan_embeddings(
     policy = snapshot.policies.get(tenant_id)
     call.tags = request_tags(headers)
     call.customer = request_customer(headers, body.get("user"))
-    call.routing_baseline = routing_baseline(catalog, policy, body["model"])
+    call.routing_baseline = routing_baseline(catalog, policy, body["model"], tenant_id=tenant_id)
     inputs = embedding_inputs(body["input"])
     counting_model = prompt_counting_model(catalog, tenant_id, body["model"])
     input_tokens = await _counted(inputs, model=counting_model)

@@ -2,7 +2,10 @@
 (llmops.gateway.snapshot), so deciding whether to sample costs no query."""
 
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
+
+from django.utils import timezone
 
 from billing.models import EvaluationSettings, Lever
 
@@ -15,9 +18,15 @@ class EvaluationRates:
     semantic_cache: float
     compression: float
     budget_downgrade: float
+    # Nothing is sampled before then: the month's evaluation budget is spent (EvaluationSettings.exhausted_until).
+    paused_until: datetime | None = None
 
     def of(self, lever: Lever) -> float:
         return getattr(self, lever.value)
+
+    def paused(self) -> bool:
+        # The clock is read only while a pause is set: a snapshot loaded during one resumes on its own when it ends.
+        return self.paused_until is not None and timezone.now() < self.paused_until
 
 
 def build_evaluation_rates(*, tenant_id: int) -> EvaluationRates | None:
@@ -27,4 +36,5 @@ def build_evaluation_rates(*, tenant_id: int) -> EvaluationRates | None:
     )
     if settings is None:
         return None
-    return EvaluationRates(**{lever.value: float(getattr(settings, f"{lever.value}_sample_rate")) for lever in Lever})
+    rates = {lever.value: float(getattr(settings, f"{lever.value}_sample_rate")) for lever in Lever}
+    return EvaluationRates(**rates, paused_until=settings.exhausted_until)

@@ -1,19 +1,27 @@
 """Shadow evaluation, off the request path: a sampled request's lever replayed against its reference and judged.
 
-For one (request, lever): the reference call (routing.upstream, the provider path the gateway's own calls take) and,
-for an LLM judge, the judge's call are each reserved against the tenant's evaluation budget first
-(billing.evaluation.budget), metered in the ledger as rows of kind ``evaluation`` (parented to the sampled request,
-charged to its key, team and customer, route ``shadow-evaluation``, cache ``bypass``, no savings: product budgets
-and savings never count them) and settled with what they cost. The judgement is one ShadowEvaluation row, written
-once per (request, lever) however often the work runs.
+For one (request, lever): the worst cases of the reference call (routing.upstream, the provider path the gateway's
+own calls take) and, for an LLM judge, of the judge's call are reserved together against the tenant's evaluation
+budget before the first call, as one hold (billing.evaluation.budget) that is also the evaluation's claim: another
+run of the same sample pays for nothing. Each call is metered in the ledger as a row of kind ``evaluation``
+(parented to the sampled request, charged to its key, team and customer, route ``shadow-evaluation``, cache
+``bypass``, no savings: product budgets and savings never count them) and settled with what it cost; the hold ends
+with the evaluation. The judgement is one ShadowEvaluation row, written once per (request, lever).
+
+The prompt is counted with tiktoken (OpenAI's tokenizer); a provider of another kind counts the same prompt with its
+own, often to more tokens, so its prompt is reserved at PROMPT_MARGIN times the count. An evaluation runs at most
+its hold's bound (its calls' provider timeouts, each call made once, and HOLD_SLACK_SECONDS); past it, it is cut off
+and counted unjudged, and a hold a dead worker left is given back by the beat task once past that bound.
 
 An evaluation that cannot reach a verdict records no row, so agreement counts only real verdicts: one the budget
-cannot cover is counted as ``refused`` on the month's EvaluationSpend, one whose reference call failed, whose LLM
-judge answered no readable verdict, or that needs the embedder when it cannot load, as ``unjudged``; each is logged.
+cannot cover is counted as ``refused`` on the month's EvaluationSpend, one whose reference or judge the tenant may no
+longer use, whose reference call failed, whose LLM judge answered no readable verdict, that needs the embedder when
+it cannot load, or that ran past its bound, as ``unjudged``; each is logged.
 """
 
 import asyncio
 import logging
+import math
 import time
 from dataclasses import dataclass
 from decimal import Decimal
@@ -22,10 +30,24 @@ from django.conf import settings as django_settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from billing.evaluation.budget import evaluation_budget_reserve, evaluation_budget_settle, evaluation_unjudged_count
+from billing.evaluation.budget import (
+    EvaluationClaimed,
+    evaluation_budget_reserve,
+    evaluation_budget_settle,
+    evaluation_hold_end,
+    evaluation_unjudged_count,
+)
 from billing.ledger.costs import ZERO_USD, Usage
 from billing.ledger.events import RequestFacts, UsageEvent
-from billing.models import CacheStatus, EvaluationSettings, JudgeMethod, Lever, ShadowEvaluation, UsageKind
+from billing.models import (
+    CacheStatus,
+    EvaluationHold,
+    EvaluationSettings,
+    JudgeMethod,
+    Lever,
+    ShadowEvaluation,
+    UsageKind,
+)
 from core.crypto import CredentialDecryptionError
 from core.db import database_sync_to_async
 from llmops.gateway.call import estimated_usage, new_request_id, reply_usage
@@ -45,8 +67,9 @@ from llmops.gateway.shadow.samples import ShadowSample, sample_open
 from llmops.gateway.snapshot import config_snapshot
 from routing import upstream
 from routing.cache.embedders import configured_embedder
-from routing.catalog import ModelEntry
+from routing.catalog import ModelCatalog, ModelEntry
 from routing.max_tokens import requested_max_tokens, with_max_tokens
+from routing.models import ModelKind
 from routing.providers.prompt_cache import OFF
 from routing.tokens import count_chat_tokens_async
 
@@ -57,14 +80,54 @@ EVALUATION_ROUTE = "shadow-evaluation"
 NOT_REPEATED = ("stream", "stream_options", "n", "best_of")
 
 
-class EvaluationRefused(Exception):
-    """The evaluation budget cannot cover the call (counted as refused, on the month's EvaluationSpend)."""
+# What the prompt of a call to a provider of another kind than OpenAI's is reserved at, in times tiktoken's count:
+# their tokenizers count the same text differently (Anthropic's models to noticeably more tokens), and a provider
+# bills its own count. OpenAI's models are counted exactly.
+PROMPT_MARGIN = 1.5
+EXACTLY_COUNTED_KINDS = ("openai",)
+# Each evaluation call is made once: no retry, no fallback.
+CALL_ATTEMPTS = 1
+# An evaluation's bound beyond its calls' timeouts: counting tokens, loading the embedder, database round trips.
+HOLD_SLACK_SECONDS = 60.0
 
 
 @dataclass(frozen=True, slots=True)
 class MeteredAnswer:
     text: str
     cost_usd: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedCall:
+    """An evaluation call before it is made: its prompt as counted, and its worst case as reserved."""
+
+    model: ModelEntry
+    prompt_tokens: int
+    worst_case_usd: Decimal
+
+
+def reserved_prompt_tokens(model: ModelEntry, prompt_tokens: int) -> int:
+    """The prompt tokens a call's worst case is reserved at: tiktoken's count, with PROMPT_MARGIN for a provider that
+    counts with another tokenizer."""
+    if model.provider.kind in EXACTLY_COUNTED_KINDS:
+        return prompt_tokens
+    return math.ceil(prompt_tokens * PROMPT_MARGIN)
+
+
+def worst_case(model: ModelEntry, body: dict, *, prompt_tokens: int) -> Decimal:
+    return chain_worst_case(
+        [model],
+        prompt_tokens=reserved_prompt_tokens(model, prompt_tokens),
+        bound=OutputBound.of(body, model=model.upstream_name),
+        fallback=django_settings.LLMOPS_RESERVATION_MAX_TOKENS,
+        cache_writers=cache_writers([model], body, provider_cache=OFF),
+    )
+
+
+def hold_seconds(models: list[ModelEntry]) -> float:
+    """How long an evaluation calling ``models`` (one after another) may take: each provider's timeout, times the
+    attempts a call gets, and HOLD_SLACK_SECONDS. Its hold expires then."""
+    return sum(model.provider.timeout_seconds for model in models) * CALL_ATTEMPTS + HOLD_SLACK_SECONDS
 
 
 def shadow_sample_open(sealed: str) -> ShadowSample | None:
@@ -122,28 +185,16 @@ def _ledger_event(
     return event
 
 
-async def metered_call(sample: ShadowSample, model: ModelEntry, body: dict) -> MeteredAnswer | None:
-    """One evaluation call: reserved against the evaluation budget, made, recorded in the ledger and settled. None
-    when the provider gave no usable answer (its failure is recorded as the gateway's are); raises EvaluationRefused
-    when the budget cannot cover it."""
-    prompt_tokens = await count_chat_tokens_async(body["messages"], model=model.upstream_name)
-    amount = chain_worst_case(
-        [model],
-        prompt_tokens=prompt_tokens,
-        bound=OutputBound.of(body, model=model.upstream_name),
-        fallback=django_settings.LLMOPS_RESERVATION_MAX_TOKENS,
-        cache_writers=cache_writers([model], body, provider_cache=OFF),
-    )
-    hold = await database_sync_to_async(evaluation_budget_reserve)(
-        tenant_id=sample.tenant_id, amount=amount, now=timezone.now()
-    )
-    if hold is None:
-        raise EvaluationRefused
+async def metered_call(
+    sample: ShadowSample, planned: PlannedCall, body: dict, *, hold: EvaluationHold
+) -> MeteredAnswer | None:
+    """One evaluation call, whose worst case the hold reserves: made, settled with what it cost and recorded in the
+    ledger. None when the provider gave no usable answer (its failure is recorded as the gateway's are)."""
+    model = planned.model
     started = time.perf_counter()
-    event = None
     try:
         reply = await upstream.chat_completion(model.provider, body)
-        usage = await reply_usage(reply, body=body, model=model, prompt_tokens=prompt_tokens)
+        usage = await reply_usage(reply, body=body, model=model, prompt_tokens=planned.prompt_tokens)
         event = _ledger_event(sample, model, usage=usage, http_status=200, error_code="", started=started)
         text = upstream.answer_text(reply.body)
     except upstream.UpstreamError as error:
@@ -156,18 +207,26 @@ async def metered_call(sample: ShadowSample, model: ModelEntry, body: dict) -> M
         )
         logger.warning("shadow evaluation of %s: %s failed (%s)", sample.request_id, model.name, failure.code)
         text = None
-    finally:
-        if event is not None:
-            await record_usage(event)
+    try:
         await database_sync_to_async(evaluation_budget_settle)(
-            hold=hold, actual=event.cost_usd if event is not None else ZERO_USD
+            hold=hold, amount=planned.worst_case_usd, actual=event.cost_usd
         )
+    finally:
+        await record_usage(event)
     return MeteredAnswer(text=text, cost_usd=event.cost_usd) if text is not None else None
 
 
 def _existing(sample: ShadowSample, lever: Lever) -> ShadowEvaluation | None:
     evaluations = ShadowEvaluation.objects.for_tenant(sample.tenant_id)
     return evaluations.filter(request_id=sample.request_id, lever=lever).first()
+
+
+def _usable(catalog: ModelCatalog, tenant_id: int, name: str) -> ModelEntry | None:
+    """The catalog's model of that name if the tenant may use it now and it is a chat model; else None."""
+    model = catalog.models.get(name)
+    if model is None or model.kind != ModelKind.CHAT or name not in catalog.access_for(tenant_id).allowed_models:
+        return None
+    return model
 
 
 def _settings(tenant_id: int) -> EvaluationSettings | None:
@@ -198,7 +257,7 @@ def _record(
                 agrees=judgement.agrees,
                 verdict=judgement.verdict,
                 similarity=judgement.similarity,
-                reason=judgement.reason,
+                reason_encrypted=ShadowEvaluation.seal_reason(judgement.reason),
                 cost_usd=cost_usd,
                 created_at=timezone.now(),
             )
@@ -217,7 +276,7 @@ async def _embedding_judgement(reference: str, candidate: str, threshold: float)
 
 async def shadow_evaluation_run(*, sample: ShadowSample, lever: Lever) -> ShadowEvaluation | None:
     """Evaluate one sampled lever of a request; the ShadowEvaluation recorded (or recorded before, by an earlier run
-    of the same sample), None when the evaluation reached no verdict."""
+    of the same sample), None when the evaluation reached no verdict or another run has it in hand."""
     existing = await database_sync_to_async(_existing)(sample, lever)
     if existing is not None:
         return existing
@@ -225,20 +284,74 @@ async def shadow_evaluation_run(*, sample: ShadowSample, lever: Lever) -> Shadow
     if settings is None:
         return None
     catalog = (await config_snapshot.for_tenant(sample.tenant_id)).catalog
-    reference = catalog.models.get(sample.levers[lever.value])
-    judge = catalog.models.get(settings.judge_model.name) if settings.judge_model is not None else None
+    reference = _usable(catalog, sample.tenant_id, sample.levers[lever.value])
+    judge = _usable(catalog, sample.tenant_id, settings.judge_model.name) if settings.judge_model is not None else None
     method = judge_method(settings, sample.task_type)
     if reference is None or (method == JudgeMethod.LLM and judge is None):
-        await _unjudged(sample, lever, "its reference or judge model is no longer in the catalog")
+        # Access can be revoked between the sample and its evaluation: nothing is called then.
+        await _unjudged(sample, lever, "its reference or judge model is not a chat model the tenant may use now")
         return None
     if method == JudgeMethod.EMBEDDING and await asyncio.to_thread(configured_embedder) is None:
         # Checked before any call is paid for.
         await _unjudged(sample, lever, "the embedder (LLMOPS_CACHE_EMBEDDER) could not load in this worker")
         return None
+    body = reference_body(sample, lever, reference)
+    planned = [await _planned_reference(reference, body)]
+    if method == JudgeMethod.LLM:
+        planned.append(await _planned_judge(judge, sample, reference_call=planned[0], reference_body=body))
+    bound = hold_seconds([call.model for call in planned])
     try:
-        return await _judged(sample, lever, settings=settings, method=method, reference=reference, judge=judge)
-    except EvaluationRefused:
+        hold = await database_sync_to_async(evaluation_budget_reserve)(
+            tenant_id=sample.tenant_id,
+            request_id=sample.request_id,
+            lever=lever.value,
+            amount=sum((call.worst_case_usd for call in planned), ZERO_USD),
+            now=timezone.now(),
+            hold_seconds=bound,
+        )
+    except EvaluationClaimed:
+        logger.info("shadow evaluation of %s (%s): another run has it", sample.request_id, lever.value)
+        return await database_sync_to_async(_existing)(sample, lever)
+    if hold is None:
         return None
+    try:
+        judged = _judged(sample, lever, settings=settings, method=method, body=body, planned=planned, hold=hold)
+        return await asyncio.wait_for(judged, timeout=bound)
+    except TimeoutError:
+        await _unjudged(sample, lever, f"it ran past its bound of {bound:g} s")
+        return None
+    finally:
+        await database_sync_to_async(evaluation_hold_end)(hold=hold)
+
+
+async def _planned_reference(reference: ModelEntry, body: dict) -> PlannedCall:
+    prompt_tokens = await count_chat_tokens_async(body["messages"], model=reference.upstream_name)
+    return PlannedCall(reference, prompt_tokens, worst_case(reference, body, prompt_tokens=prompt_tokens))
+
+
+def _judge_body(judge: ModelEntry, sample: ShadowSample, *, reference: str) -> dict:
+    messages = sample.uncompressed_messages or sample.body["messages"]
+    return {
+        "model": judge.upstream_name,
+        "messages": judge_messages(messages, reference=reference, candidate=sample.answer),
+        "max_tokens": JUDGE_MAX_TOKENS,
+        "temperature": 0,
+    }
+
+
+async def _planned_judge(
+    judge: ModelEntry, sample: ShadowSample, *, reference_call: PlannedCall, reference_body: dict
+) -> PlannedCall:
+    """The judge's call before the reference answered: its prompt without the reference's answer, plus the most
+    tokens that answer may have (the reference's output bound; the judge quotes at most JUDGE_ANSWER_CHARS of it)."""
+    without_answer = _judge_body(judge, sample, reference="")
+    counted = await count_chat_tokens_async(without_answer["messages"], model=judge.upstream_name)
+    reference = reference_call.model
+    answer_tokens = OutputBound.of(reference_body, model=reference.upstream_name).per_choice(
+        reference, fallback=django_settings.LLMOPS_RESERVATION_MAX_TOKENS
+    )
+    prompt_tokens = counted + answer_tokens
+    return PlannedCall(judge, prompt_tokens, worst_case(judge, without_answer, prompt_tokens=prompt_tokens))
 
 
 async def _judged(
@@ -247,10 +360,12 @@ async def _judged(
     *,
     settings: EvaluationSettings,
     method: JudgeMethod,
-    reference: ModelEntry,
-    judge: ModelEntry | None,
+    body: dict,
+    planned: list[PlannedCall],
+    hold: EvaluationHold,
 ) -> ShadowEvaluation | None:
-    answer = await metered_call(sample, reference, reference_body(sample, lever, reference))
+    reference = planned[0].model
+    answer = await metered_call(sample, planned[0], body, hold=hold)
     if answer is None:
         await _unjudged(sample, lever, f"the reference call to {reference.name} failed")
         return None
@@ -258,14 +373,8 @@ async def _judged(
     if method == JudgeMethod.EXACT:
         judgement = exact_judgement(answer.text, sample.answer)
     elif method == JudgeMethod.LLM:
-        messages = sample.uncompressed_messages or sample.body["messages"]
-        body = {
-            "model": judge.upstream_name,
-            "messages": judge_messages(messages, reference=answer.text, candidate=sample.answer),
-            "max_tokens": JUDGE_MAX_TOKENS,
-            "temperature": 0,
-        }
-        verdict = await metered_call(sample, judge, body)
+        judge = planned[1]
+        verdict = await metered_call(sample, judge, _judge_body(judge.model, sample, reference=answer.text), hold=hold)
         judgement = llm_judgement(verdict.text) if verdict is not None else None
         cost += verdict.cost_usd if verdict is not None else ZERO_USD
     else:

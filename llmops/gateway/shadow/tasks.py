@@ -8,6 +8,9 @@ from billing.quality.services import quality_slos_check
 from core.event_loops import run_in_worker_loop
 from llmops.gateway.shadow.services import shadow_evaluation_run, shadow_sample_open
 
+# Its own queue, so a backlog of samples never delays the tasks of the default queue (budget alerts, batches).
+SHADOW_QUEUE = "shadow"
+
 
 # Not retried: a sample is one of many, and a retry could pay for calls twice; a lever evaluated already is skipped.
 @shared_task(name="llmops.gateway.shadow.tasks.shadow_evaluate_task", ignore_result=True)
