@@ -165,7 +165,7 @@ class ShadowEvaluationAdmin(ReadOnlyScopedAdmin):
         return access.is_superuser or all(access.allows(Action.VIEW_ANSWERS, tenant_id) for tenant_id in access.roles)
 
     def lookup_allowed(self, lookup, value, request):
-        # `reason` now; a sealed reason column (reason_encrypted) alike.
+        # `reason` and its sealed column `reason_encrypted`, whose ciphertext's length follows the reason's.
         if lookup.split(LOOKUP_SEP, 1)[0].startswith(REASON_FIELD) and not self.may_read_reasons(request):
             return False
         return super().lookup_allowed(lookup, value, request)

@@ -1,4 +1,4 @@
-"""billing 0015: rollups built before evaluation calls were kept apart (0014) counted them as product spend; the
+"""billing 0018: rollups built before evaluation calls were kept apart (0014) counted them as product spend; the
 migration rebuilds them for each tenant with evaluation calls, from the day of its first one."""
 
 from datetime import UTC, timedelta
@@ -11,7 +11,7 @@ from billing.finance.rollups import usage_rollups_rebuild
 from billing.models import EvaluationSpend, UsageKind, UsageRecord, UsageRollupDaily, UsageRollupHourly
 from tests.finance.conftest import make_finance_tenant, usage_row
 
-BEFORE = [("billing", "0014_rollup_evaluation_cost")]
+BEFORE = [("billing", "0017_shadow_evaluation_reason_sealed")]
 
 
 def evaluation_row(api_key, *, created_at, cost: str) -> UsageRecord:

@@ -1,6 +1,6 @@
-"""Rollups built before 0014 counted the shadow evaluations' calls (ledger rows of kind `evaluation`, written since
-the shadow-evaluation release) in their product totals: cost, tokens and the top customers' spend, with no
-evaluation cost apart. Each tenant that has such rows gets its rollups rebuilt from the ledger, from the local day of
+"""Rollups built before 0014 (evaluation_cost_usd) counted the shadow evaluations' calls (ledger rows of kind
+`evaluation`, written since the shadow-evaluation release) in their product totals: cost, tokens and the top
+customers' spend, with no evaluation cost apart. Each tenant that has such rows gets its rollups rebuilt from the ledger, from the local day of
 its first one to today; the nightly rebuild only covers two days.
 
 A tenant has evaluation rows only in a month it has an EvaluationSpend row for (the budget is reserved before every
@@ -43,7 +43,7 @@ def rollups_rebuild_from_first_evaluation(apps, schema_editor):
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("billing", "0014_rollup_evaluation_cost"),
+        ("billing", "0017_shadow_evaluation_reason_sealed"),
         ("tenants", "0003_tenant_max_inflight_requests"),
     ]
 
