@@ -1,3 +1,4 @@
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
@@ -243,14 +244,27 @@ def routing_policy_rollback(*, policy: RoutingPolicy, version: RoutingPolicyVers
     return new_version
 
 
+@dataclass(frozen=True, slots=True)
+class QualityActionResult:
+    version: RoutingPolicyVersion | None  # None: nothing was published
+    changes: list[str]
+    not_done: list[str]  # the rules it left as they were, and why
+    # The draft had edits of its own, so the change was not made there: publishing it as it stands undoes the action.
+    draft_left: bool = False
+
+
+DRAFT_LEFT_NOTE = "The draft had unpublished edits and was left as it was: publishing it as it stands undoes this."
+
+
 @transaction.atomic
 def routing_policy_quality_action(
     *, tenant: Tenant, transform: QualityTransform, rule: str, note: str
-) -> tuple[RoutingPolicyVersion | None, list[str]]:
+) -> QualityActionResult:
     """Publish the live version changed by `transform` (routing.policy.quality_actions) for `rule` ("" for every
-    rule), as the system (no actor) with `note` saying why, and change the draft the same way so the next publish
-    keeps it. Returns the new version (None when nothing needed changing) and what changed; raises ValidationError
-    when the changed document could not be published."""
+    rule), as the system (no actor) with `note` saying why. The draft becomes the new version when it said what the
+    live version said; a draft with edits of its own is left alone (an admin may have it open, and their edits are
+    theirs to publish) and the note says so. Publishes nothing when nothing needed changing (or could be); raises
+    ValidationError when the changed document could not be published."""
     policy = (
         RoutingPolicy.objects.for_tenant(tenant)
         .select_for_update(of=("self",))
@@ -258,16 +272,21 @@ def routing_policy_quality_action(
         .first()
     )
     if policy is None or policy.live_version is None:
-        return None, []
-    document, changes = transform(policy.live_version.document, rule)
-    if not changes:
-        return None, []
+        return QualityActionResult(None, [], ["the tenant has no live routing policy"])
+    live = transform(policy.live_version.document, rule)
+    if not live.changes:
+        return QualityActionResult(None, [], live.not_done)
+    draft_left = policy_draft_document(policy=policy) != normalized_document(policy.live_version.document)
     version = _routing_policy_publish_document(
-        policy=policy, document=document, actor=None, action=RoutingPolicyAuditAction.PUBLISH, note=note
+        policy=policy,
+        document=live.document,
+        actor=None,
+        action=RoutingPolicyAuditAction.PUBLISH,
+        note=f"{note}. {DRAFT_LEFT_NOTE}" if draft_left else note,
     )
-    draft, _ = transform(policy_draft_document(policy=policy), rule)
-    policy_draft_replace(policy=policy, document=draft)
-    return version, changes
+    if not draft_left:
+        policy_draft_replace(policy=policy, document=live.document)
+    return QualityActionResult(version, live.changes, live.not_done, draft_left)
 
 
 # Over this the default template refuses rather than compresses: cut to the cap, the prompt would keep less than an

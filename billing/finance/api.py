@@ -37,7 +37,7 @@ from billing.finance.tasks import usage_export_queue
 from billing.ledger.columns import AGGREGATE_COLUMNS, GROUPINGS, REQUEST_COLUMNS, Column, ColumnType, ExportGrouping
 from billing.ledger.costs import format_cost
 from billing.ledger.selectors import ledger_between, tenant_zone
-from billing.models import CUSTOMER_MAX_LENGTH, ExportStatus, UsageExport, UsageRecord
+from billing.models import CUSTOMER_MAX_LENGTH, REQUEST_ROWS, ExportStatus, UsageExport, UsageRecord
 from billing.quality.selectors import GROUPINGS as QUALITY_GROUPINGS
 from billing.quality.selectors import quality_report
 from core.api import TenantSlugField, api_error_response
@@ -246,7 +246,8 @@ UsagePageSerializer = inline_serializer(
         "quality": inline_serializer(
             "UsageQuality",
             required=False,
-            help_text="With ?quality=: the shadow evaluations' agreement in the days, and the evaluation spend.",
+            help_text="With ?quality=: the shadow evaluations' agreement in the days, and the evaluation spend; with "
+            "team, key, model, status, cache or customer, those of the requests they select.",
             fields={
                 "since": serializers.DateField(),
                 "until": serializers.DateField(),
@@ -294,8 +295,14 @@ class UsageView(APIView):
             return export_error_response(error)
         response = self._page(request, tenant=tenant, params=params, filters=filters)
         if quality is not None:
+            # The evaluations of the requests the filters select; of the days alone when there are none.
+            requests = ledger_between(tenant=tenant, since=params.since, until=params.until).filter(REQUEST_ROWS)
             response.data["quality"] = quality_report(
-                tenant=tenant, since=params.since, until=params.until, group_by=quality
+                tenant=tenant,
+                since=params.since,
+                until=params.until,
+                group_by=quality,
+                requests=filters.apply(requests) if filters.narrows else None,
             )
         return response
 

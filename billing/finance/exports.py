@@ -290,6 +290,10 @@ class UsageFilters:
     cache: str = ""
     customer: str = ""
 
+    @property
+    def narrows(self) -> bool:
+        return self != UsageFilters()
+
     def apply(self, queryset: QuerySet[UsageRecord]) -> QuerySet[UsageRecord]:
         if self.customer:
             queryset = queryset.filter(customer=self.customer)

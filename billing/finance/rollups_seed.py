@@ -34,7 +34,7 @@ from billing.finance.rollups import usage_rollups_rebuild
 from billing.ledger.costs import Usage, batch_price, compression_saving, provider_cache_saving, routing_saving
 from billing.ledger.selectors import tenant_zone
 from billing.models import CacheStatus, UsageRecord
-from billing.quality.seed import seed_demo_evaluations
+from billing.quality.seed import BATCH_ENDPOINT, demo_evaluation_spend_set, seed_demo_evaluations
 from routing.catalog import ModelPrices
 from routing.models import Model, ModelKind, TenantModelAccess
 from routing.policy.engine import SCORED_ROUTE
@@ -58,7 +58,6 @@ COMPRESSION_ABOVE_TOKENS = 1200
 COMPRESSION_KEEPS = (0.45, 0.8)
 # How many recent answers per model a cache hit may replay (roughly an hour's traffic).
 CACHE_WINDOW = 40
-BATCH_ENDPOINT = "/v1/batches"
 SHORT_TASK_TYPES = ("classification", "summarization")
 OTHER_TASK_TYPES = ("chat", "extraction", "drafting", "")
 OTHER_USER_TIERS = ("free", "pro", "")
@@ -132,6 +131,7 @@ def seed_demo_usage(*, tenant: Tenant, days: int = 21, seed: int = 7) -> int:
         seed=seed,
     )
     UsageRecord.objects.bulk_create(records + evaluation_calls, batch_size=2000, ignore_conflicts=True)
+    demo_evaluation_spend_set(tenant=tenant)
     usage_rollups_rebuild(tenant=tenant, first=first_day, last=today)
     return len(records)
 

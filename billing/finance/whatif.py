@@ -32,7 +32,14 @@ from django.utils import timezone
 from billing.ledger.costs import ZERO_USD, Usage, batch_price, format_cost
 from billing.ledger.events import USAGE_FIELDS
 from billing.models import REQUEST_ROWS, UsageRecord
-from billing.quality.expectations import ExpectedQuality, Move, QualityChange, RoutingEvidence, expected_quality
+from billing.quality.expectations import (
+    ExpectedQuality,
+    Move,
+    QualityChange,
+    RoutingEvidence,
+    expected_quality,
+    request_references,
+)
 from billing.quality.selectors import RATE_PLACES
 from routing.catalog import ModelCatalog, build_model_catalog
 from routing.models import Model, RoutingPolicy
@@ -238,6 +245,7 @@ class _Tallies:
         recorded_usd: Decimal,
         batch_discounted: bool,
         task_type: str,
+        references: frozenset[str],
     ) -> None:
         self.replayed += requests
         self.recorded_cost_usd += recorded_usd
@@ -254,7 +262,7 @@ class _Tallies:
                 side.requests += requests
                 side.cost_usd += cost
         if live.model and draft.model and live.model != draft.model:
-            self.moves[Move(live.rule, live.model, draft.rule, draft.model, task_type)] += requests
+            self.moves[Move(live.rule, live.model, draft.rule, draft.model, task_type, references)] += requests
 
 
 def _lines(sides: dict[str, dict[str, _Side]], quality: ExpectedQuality | None = None) -> tuple[WhatIfLine, ...]:
@@ -421,6 +429,7 @@ def whatif_replay(
             recorded_usd=recorded,
             batch_discounted=row["batch_discounted"],
             task_type=row["task_type"],
+            references=request_references(request.features.requested_model, live, compiled_draft),
         )
 
     def replay_from_ledger(row: dict, requests: int, usage: Usage, recorded: Decimal) -> None:
@@ -450,12 +459,7 @@ def whatif_replay(
                 continue
             counts["from_payloads"] += 1
             replay(request, row, _usage(row), 1, row["cost_usd"])
-    evidence = RoutingEvidence(
-        tenant_id=tenant.pk,
-        start=since,
-        end=until,
-        reference_models=(live.large_models if live else frozenset()) | compiled_draft.large_models,
-    )
+    evidence = RoutingEvidence(tenant_id=tenant.pk, start=since, end=until)
     quality = expected_quality(moves=tallies.moves, evidence=evidence)
     rules, models = _lines(tallies.rules, quality), _lines(tallies.models)
     return WhatIfReport(

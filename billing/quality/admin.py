@@ -3,6 +3,7 @@ scoped per tenant: a member sees the tenant's rows, owners and admins change its
 
 from django import forms
 from django.contrib import admin
+from django.db.models.constants import LOOKUP_SEP
 from django.utils import timezone
 
 from billing.budgets.admin import AlertDeliveryInline
@@ -17,6 +18,8 @@ from billing.quality.services import (
 )
 from tenants.admin import ReadOnlyScopedAdmin, TenantListFilter, TenantScopedAdmin, request_access
 from tenants.permissions import Action
+
+REASON_FIELD = "reason"
 
 
 class QualitySloForm(forms.ModelForm):
@@ -36,8 +39,14 @@ class QualitySloForm(forms.ModelForm):
         data = super().clean()
         tenant = data.get("tenant") or getattr(self.instance, "tenant", None)
         if tenant is not None and not self.errors:
+            rule = data.get("rule", "")
             quality_slo_validate(
-                tenant=tenant, lever=data.get("lever"), rule=data.get("rule", ""), action=data.get("action")
+                tenant=tenant,
+                lever=data.get("lever"),
+                rule=rule,
+                action=data.get("action"),
+                # The stored rule, until the form is saved: an edit keeping it may switch off an SLO whose rule is gone.
+                check_rule=self.instance.pk is None or rule != self.instance.rule,
             )
         return data
 
@@ -126,6 +135,7 @@ class ShadowEvaluationAdmin(ReadOnlyScopedAdmin):
     )
     list_filter = (("tenant", TenantListFilter), "lever", "agrees", "method", "served_model")
     list_select_related = ("tenant",)
+    # Not the reason: a search answers for every row listed, those of tenants where the user may not read it too.
     search_fields = ("request_id", "rule")
     date_hierarchy = "created_at"
     # The ledger's evaluations grow with traffic; skip the second, unfiltered count on every page.
@@ -147,6 +157,18 @@ class ShadowEvaluationAdmin(ReadOnlyScopedAdmin):
         "cost_usd",
     )
     readonly_fields = fields
+
+    def may_read_reasons(self, request) -> bool:
+        """Whether every row the changelist may list is one whose reason the user may read: only then may the list be
+        filtered by reason, since which rows match a fragment would tell the reason one guess at a time."""
+        access = request_access(request)
+        return access.is_superuser or all(access.allows(Action.VIEW_ANSWERS, tenant_id) for tenant_id in access.roles)
+
+    def lookup_allowed(self, lookup, value, request):
+        # `reason` and its sealed column `reason_encrypted`, whose ciphertext's length follows the reason's.
+        if lookup.split(LOOKUP_SEP, 1)[0].startswith(REASON_FIELD) and not self.may_read_reasons(request):
+            return False
+        return super().lookup_allowed(lookup, value, request)
 
     def get_fields(self, request, obj=None):
         fields = super().get_fields(request, obj)

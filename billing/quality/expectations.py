@@ -1,8 +1,10 @@
 """The expected change in answer quality when a policy change moves requests from one model to another: the
 what-if's quality column (billing.finance.whatif), from the routing lever's shadow results.
 
-Quality here is the share of answers that agree with the reference's, the reference being the alias's large model
-(what shadow evaluation compares a routed answer with): a request served by a large model agrees by definition (1).
+Quality here is the share of answers that agree with the reference's, the reference being what shadow evaluation
+compares a routed answer with: the large model of the alias the request named (under the live policy or the draft),
+or the model it named. A request served by its own reference agrees by definition (1); one served by another alias's
+large model does not, and is estimated like any other model.
 A request served by another model agrees as its shadow results say, looked up from the most specific evidence
 there is: its rule's evaluations on that model for its task type (when there are at least FINEST_MIN_SAMPLES), else
 its rule's on that model, else the model's on the request's task type, else the model's on any task. A moved
@@ -17,6 +19,7 @@ from decimal import ROUND_HALF_EVEN, Decimal
 
 from billing.models import Lever
 from billing.quality.selectors import RATE_PLACES, Agreement, agreement_by, rule_of_route
+from routing.policy.document import CompiledPolicy
 
 ONE = Decimal(1)
 # Below this many, one rule's evaluations of one task type are too few to prefer over the rule's on every task type.
@@ -25,13 +28,26 @@ FINEST_MIN_SAMPLES = 20
 
 @dataclass(frozen=True, slots=True)
 class Move:
-    """Requests a policy change serves with another model: where they were (live) and where they go (draft)."""
+    """Requests a policy change serves with another model: where they were (live) and where they go (draft), and
+    their references (request_references)."""
 
     live_rule: str
     live_model: str
     draft_rule: str
     draft_model: str
     task_type: str
+    references: frozenset[str] = frozenset()
+
+
+def request_references(requested_model: str, *policies: CompiledPolicy | None) -> frozenset[str]:
+    """The models a request's answers are judged against: its alias's large model under each policy that has the
+    alias, or the model it named."""
+    larges = {
+        policy.aliases[requested_model].large_model
+        for policy in policies
+        if policy is not None and requested_model in policy.aliases
+    }
+    return frozenset(larges or {requested_model})
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,8 +176,7 @@ class RoutingEvidence:
     """The routing lever's shadow results of a tenant in a window, summed by rule and model, model and task type,
     and model (one query)."""
 
-    def __init__(self, *, tenant_id: int, start: datetime, end: datetime, reference_models: frozenset[str]):
-        self.reference_models = reference_models
+    def __init__(self, *, tenant_id: int, start: datetime, end: datetime):
         self.by_rule_task: dict[tuple[str, str, str], Agreement] = defaultdict(lambda: Agreement(0, 0))
         self.by_rule: dict[tuple[str, str], Agreement] = defaultdict(lambda: Agreement(0, 0))
         self.by_task: dict[tuple[str, str], Agreement] = defaultdict(lambda: Agreement(0, 0))
@@ -180,8 +195,9 @@ class RoutingEvidence:
             self.by_task[(model, row.group["task_type"])] += row
             self.by_model[model] += row
 
-    def estimate(self, *, rule: str, model: str, task_type: str) -> Estimate:
-        if model in self.reference_models:
+    def estimate(self, *, rule: str, model: str, task_type: str, references: frozenset[str]) -> Estimate:
+        """How far `model`'s answers to requests whose references are `references` agree with them."""
+        if model in references:
             return Estimate.reference(model)
         finest = self.by_rule_task.get((rule, model, task_type))
         if finest is not None and finest.samples >= FINEST_MIN_SAMPLES:
@@ -222,8 +238,12 @@ def expected_quality(*, moves: dict[Move, int], evidence: RoutingEvidence) -> Ex
     by_draft: dict[str, QualityChange] = defaultdict(QualityChange)
     total = QualityChange()
     for move, requests in moves.items():
-        before = evidence.estimate(rule=move.live_rule, model=move.live_model, task_type=move.task_type)
-        after = evidence.estimate(rule=move.draft_rule, model=move.draft_model, task_type=move.task_type)
+        before = evidence.estimate(
+            rule=move.live_rule, model=move.live_model, task_type=move.task_type, references=move.references
+        )
+        after = evidence.estimate(
+            rule=move.draft_rule, model=move.draft_model, task_type=move.task_type, references=move.references
+        )
         by_live[move.live_rule].add(requests, before, after)
         if move.draft_rule != move.live_rule:
             by_draft[move.draft_rule].add(requests, before, after)

@@ -2,25 +2,34 @@
 shows each lever's agreement next to its savings after `make demo`.
 
 A share of the requests each lever made cheaper is evaluated (DEMO_SAMPLE_RATES), as the runner would sample them:
-served by the small model (routing, cache hits included), answered from a semantic neighbour (semantic cache), or
-compressed. Each
-evaluation is a ShadowEvaluation row and a ledger row of kind `evaluation` for its reference call, priced at the
-reference model's prices on the request's tokens. Agreement is drawn per lever at the rates below (routing by task
-type: summaries agree least, classification most), from a random stream of its own, so the rest of the history is
-what it was and a rerun writes the same rows.
+chat requests (never the batch endpoint's lines, which the runner never sees) served by the small model (routing,
+cache hits included), answered from a semantic neighbour (semantic cache), or compressed. Each evaluation is a
+ShadowEvaluation row and a ledger row of kind `evaluation` for its reference call, priced at the reference model's
+prices on the tokens the reference is sent: the compressed prompt for routing and the semantic cache (their reference
+gets the body the request was sent with), the uncompressed one for compression. The months' EvaluationSpend rows say
+what those calls cost, as the runner's settlements would, so the evaluation budget shows the seeded spend.
+
+Agreement is spread per lever at the rates below (routing by task type: summaries agree least, classification most):
+each group's disagreements come at a steady pace from a random start, so a group's share of them is its rate to
+within one evaluation. Independent draws would leave a small group (a few dozen summaries) agreeing every time on one
+day in ten, and the demo's what-if would then promise nothing from moving them to the large model. The draws come
+from a random stream of their own, so the rest of the history is what it was and a rerun writes the same rows.
 """
 
 import random
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, timedelta
 from decimal import Decimal
 
+from django.db.models import Sum
+from django.db.models.functions import TruncMonth
 from django.utils import timezone
 
 from billing.ledger.costs import Usage
 from billing.models import (
     CacheStatus,
     EvaluationSettings,
+    EvaluationSpend,
     JudgeMethod,
     Lever,
     ShadowEvaluation,
@@ -50,6 +59,8 @@ ROUTING_AGREEMENT = {"classification": 0.985, "extraction": 0.97, "summarization
 ROUTING_AGREEMENT_OTHERWISE = 0.96
 EXACT_TASK_TYPES = ("classification", "extraction")
 EVALUATION_ROUTE = "shadow-evaluation"
+# The synthetic history's lines sent through the provider's batch API (billing.finance.rollups_seed).
+BATCH_ENDPOINT = "/v1/batches"
 
 
 @dataclass(frozen=True)
@@ -61,7 +72,7 @@ class _Sample:
 
 def _levers(record: UsageRecord, *, small: Model, premium: Model, served: Model) -> list[tuple[str, Model]]:
     """The levers that made an answered request cheaper, each with its reference model."""
-    if record.http_status != 200:
+    if record.http_status != 200 or record.endpoint == BATCH_ENDPOINT:
         return []
     levers = []
     if served == small and small != premium:
@@ -74,10 +85,39 @@ def _levers(record: UsageRecord, *, small: Model, premium: Model, served: Model)
     return levers
 
 
-def _agreement(sample: _Sample) -> float:
+def _reference_prompt_tokens(sample: _Sample) -> int:
+    """What the reference call is sent: the uncompressed prompt for compression, the prompt as sent otherwise."""
+    record = sample.record
+    if sample.lever == Lever.COMPRESSION:
+        counted = record.prompt_tokens_before_compression
+    else:
+        counted = record.prompt_tokens_after_compression
+    return counted or record.prompt_tokens or 200
+
+
+def _agreement(sample: _Sample) -> tuple[tuple[str, str], float]:
+    """The sample's group and the rate its answers agree at."""
     if sample.lever == Lever.ROUTING:
-        return ROUTING_AGREEMENT.get(sample.record.task_type, ROUTING_AGREEMENT_OTHERWISE)
-    return AGREEMENT[sample.lever]
+        task_type = sample.record.task_type
+        return (sample.lever, task_type), ROUTING_AGREEMENT.get(task_type, ROUTING_AGREEMENT_OTHERWISE)
+    return (sample.lever, ""), AGREEMENT[sample.lever]
+
+
+class _Agreements:
+    """Whether each next evaluation of a group agrees: a disagreement whenever the group's owed share of them (one
+    minus its rate per evaluation, from a random start below one) reaches one."""
+
+    def __init__(self, randomness: random.Random):
+        self.randomness = randomness
+        self.owed: dict[tuple[str, str], float] = {}
+
+    def next(self, sample: _Sample) -> bool:
+        group, rate = _agreement(sample)
+        owed = self.owed.get(group)
+        owed = (self.randomness.random() if owed is None else owed) + 1 - rate
+        agrees = owed < 1
+        self.owed[group] = owed if agrees else owed - 1
+        return agrees
 
 
 def seed_demo_evaluations(
@@ -100,15 +140,15 @@ def seed_demo_evaluations(
         for lever, reference in _levers(record, small=small, premium=premium, served=models[record.served_model])
         if randomness.random() < DEMO_SAMPLE_RATES[lever]
     ]
-    evaluations, calls = [], []
+    evaluations, calls, agreements = [], [], _Agreements(randomness)
     for sample in samples:
         record, reference = sample.record, sample.reference
         usage = Usage(
-            prompt_tokens=record.prompt_tokens_before_compression or record.prompt_tokens or 200,
+            prompt_tokens=_reference_prompt_tokens(sample),
             completion_tokens=record.completion_tokens or int(randomness.lognormvariate(5.0, 0.6)),
         )
         cost = usage.cost(prices[reference.name])
-        agrees = randomness.random() < _agreement(sample)
+        agrees = agreements.next(sample)
         exact = record.task_type in EXACT_TASK_TYPES
         moment = min(record.created_at + timedelta(seconds=randomness.randrange(5, 90)), now)
         evaluations.append(
@@ -153,6 +193,23 @@ def seed_demo_evaluations(
         )
     ShadowEvaluation.objects.bulk_create(evaluations, batch_size=2000, ignore_conflicts=True)
     return calls
+
+
+def demo_evaluation_spend_set(*, tenant: Tenant) -> None:
+    """Each month's EvaluationSpend says what the tenant's evaluation calls in the ledger cost that month (UTC), as the
+    runner's settlements would have: set from the ledger, so a rerun sets the same figures."""
+    months = (
+        UsageRecord.objects.for_tenant(tenant)
+        .filter(kind=UsageKind.EVALUATION)
+        .annotate(month=TruncMonth("created_at", tzinfo=UTC))
+        .values("month")
+        .annotate(spent=Sum("cost_usd"))
+        .order_by("month")
+    )
+    for row in months:
+        EvaluationSpend.objects.for_tenant(tenant).update_or_create(
+            tenant=tenant, month=row["month"].date(), defaults={"spent_usd": row["spent"]}
+        )
 
 
 def demo_evaluation_settings(*, tenant: Tenant) -> EvaluationSettings:

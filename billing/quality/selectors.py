@@ -16,7 +16,7 @@ from django.db.models import Count, Q, QuerySet, Sum
 
 from billing.ledger.costs import ZERO_USD, format_cost
 from billing.ledger.selectors import ledger_between, tenant_days_bounds
-from billing.models import Lever, ShadowEvaluation, UsageKind
+from billing.models import Lever, ShadowEvaluation, UsageKind, UsageRecord
 from routing.policy.engine import SCORED_ROUTE
 from tenants.models import Tenant
 
@@ -124,9 +124,16 @@ def rule_filter(rule: str) -> Q:
 
 
 def shadow_evaluations(
-    *, tenant_id: int, start: datetime, end: datetime, lever: str = "", rule: str = ""
+    *,
+    tenant_id: int,
+    start: datetime,
+    end: datetime,
+    lever: str = "",
+    rule: str = "",
+    requests: QuerySet[UsageRecord] | None = None,
 ) -> QuerySet[ShadowEvaluation]:
-    """The tenant's evaluations in [start, end), of one lever and one rule when named; fails closed without a tenant."""
+    """The tenant's evaluations in [start, end), of one lever and one rule when named, and of the sampled `requests`
+    (ledger rows) when given; fails closed without a tenant."""
     if lever and lever not in Lever.values:
         raise ValueError(f"unknown lever {lever!r}")
     rows = ShadowEvaluation.objects.for_tenant(tenant_id).filter(created_at__gte=start, created_at__lt=end)
@@ -134,7 +141,21 @@ def shadow_evaluations(
         rows = rows.filter(lever=lever)
     if rule:
         rows = rows.filter(rule_filter(rule))
+    if requests is not None:
+        rows = rows.filter(request_id__in=requests.values("request_id"))
     return rows
+
+
+def reference_models_by_rule(
+    *, tenant_id: int, start: datetime, end: datetime, lever: str, rule: str = ""
+) -> dict[str, frozenset[str]]:
+    """By rule (its routes merged, as rule_of_route names them), the models its evaluations in [start, end) were
+    judged against."""
+    found: dict[str, set[str]] = {}
+    rows = shadow_evaluations(tenant_id=tenant_id, start=start, end=end, lever=lever, rule=rule)
+    for route, model in rows.values_list("rule", "reference_model").distinct().order_by():
+        found.setdefault(rule_of_route(route), set()).add(model)
+    return {name: frozenset(models) for name, models in found.items()}
 
 
 def agreement_by(
@@ -145,27 +166,36 @@ def agreement_by(
     group_by: Sequence[str] = ("lever",),
     lever: str = "",
     rule: str = "",
+    requests: QuerySet[UsageRecord] | None = None,
 ) -> list[Agreement]:
     """Agreement per group of evaluations in [start, end), grouped by any of GROUPINGS (none: one group of all),
-    ordered by the groups; only groups with evaluations."""
+    ordered by the groups; only groups with evaluations. By rule, a rule's routes are one group (rule_of_route:
+    `short-tasks+score` and `short-tasks+budget-downgrade` are `short-tasks`, and `score` and `direct` are "", no
+    rule), as an SLO on the rule and the what-if count them."""
     unknown = [name for name in group_by if name not in GROUPINGS]
     if unknown:
         raise ValueError(f"unknown grouping {', '.join(unknown)}; use any of {', '.join(GROUPINGS)}")
     names = list(dict.fromkeys(group_by))
-    rows = shadow_evaluations(tenant_id=tenant_id, start=start, end=end, lever=lever, rule=rule)
+    rows = shadow_evaluations(tenant_id=tenant_id, start=start, end=end, lever=lever, rule=rule, requests=requests)
     if not names:
         totals = rows.aggregate(samples=Count("pk"), agreeing=Count("pk", filter=Q(agrees=True)))
         return [Agreement(totals["agreeing"], totals["samples"])] if totals["samples"] else []
     grouped = rows.values(*names).annotate(samples=Count("pk"), agreeing=Count("pk", filter=Q(agrees=True)))
-    return [
-        Agreement(row["agreeing"], row["samples"], {name: row[name] for name in names})
-        for row in grouped.order_by(*names)
-    ]
+    merged: dict[tuple[str, ...], Agreement] = {}
+    for row in grouped.order_by():
+        group = {name: rule_of_route(row[name]) if name == "rule" else row[name] for name in names}
+        key = tuple(group.values())
+        merged[key] = merged.get(key, Agreement(0, 0, group)) + Agreement(row["agreeing"], row["samples"])
+    return [merged[key] for key in sorted(merged)]
 
 
-def agreement_by_lever(*, tenant_id: int, start: datetime, end: datetime) -> dict[str, Agreement]:
+def agreement_by_lever(
+    *, tenant_id: int, start: datetime, end: datetime, requests: QuerySet[UsageRecord] | None = None
+) -> dict[str, Agreement]:
     """Every lever's agreement in [start, end), in the levers' order; no samples for a lever without evaluations."""
-    found = {row.group["lever"]: row for row in agreement_by(tenant_id=tenant_id, start=start, end=end)}
+    found = {
+        row.group["lever"]: row for row in agreement_by(tenant_id=tenant_id, start=start, end=end, requests=requests)
+    }
     return {lever: found.get(lever, Agreement(0, 0, {"lever": lever})) for lever in Lever.values}
 
 
@@ -175,26 +205,40 @@ def agreement_of(*, tenant_id: int, start: datetime, end: datetime, lever: str, 
     return found[0] if found else Agreement(0, 0)
 
 
-def evaluation_spend_usd(*, tenant: Tenant, since: date, until: date) -> Decimal:
+def evaluation_spend_usd(
+    *, tenant: Tenant, since: date, until: date, requests: QuerySet[UsageRecord] | None = None
+) -> Decimal:
     """What the tenant's evaluation calls cost from the start of `since` to the end of `until` (tenant time zone).
 
     Read from the ledger's rows of kind `evaluation`, not from ShadowEvaluation.cost_usd: the ledger has every call
     the evaluations made and was charged for, the judge's included and those of an evaluation that ended without a
-    verdict, so this figure reconciles with the ledger (and the provider's invoice) as every other spend does."""
+    verdict, so this figure reconciles with the ledger (and the provider's invoice) as every other spend does. With
+    `requests` (ledger rows), the calls made for those requests only."""
     rows = ledger_between(tenant=tenant, since=since, until=until).filter(kind=UsageKind.EVALUATION)
+    if requests is not None:
+        rows = rows.filter(parent_request_id__in=requests.values("request_id"))
     return rows.aggregate(total=Sum("cost_usd"))["total"] or ZERO_USD
 
 
-def quality_report(*, tenant: Tenant, since: date, until: date, group_by: Sequence[str] = ("lever",)) -> dict:
+def quality_report(
+    *,
+    tenant: Tenant,
+    since: date,
+    until: date,
+    group_by: Sequence[str] = ("lever",),
+    requests: QuerySet[UsageRecord] | None = None,
+) -> dict:
     """The usage API's `quality` block: agreement by lever (every lever) and by `group_by`, over the days (tenant time
-    zone), and the evaluation spend; rates and money as decimal strings."""
+    zone), and the evaluation spend; rates and money as decimal strings. With `requests` (the ledger's requests the
+    page's filters select), the evaluations of those requests and the calls made for them only."""
     start, end = tenant_days_bounds(tenant=tenant, since=since, until=until)
-    window = {"tenant_id": tenant.pk, "start": start, "end": end}
+    window = {"tenant_id": tenant.pk, "start": start, "end": end, "requests": requests}
+    spend = evaluation_spend_usd(tenant=tenant, since=since, until=until, requests=requests)
     return {
         "since": since.isoformat(),
         "until": until.isoformat(),
         "group_by": list(group_by),
         "by_lever": [row.as_json() for row in agreement_by_lever(**window).values()],
         "groups": [row.as_json() for row in agreement_by(**window, group_by=group_by)],
-        "evaluation_spend_usd": format_cost(evaluation_spend_usd(tenant=tenant, since=since, until=until)),
+        "evaluation_spend_usd": format_cost(spend),
     }

@@ -3,8 +3,15 @@
 A check takes each active SLO of the tenant and lever under its row lock, so concurrent checks (one per evaluation,
 on several workers) see one another's work: the one that finds the SLO holding and the agreement below it marks the
 breach, raises the one QualityAlert, queues its deliveries to the tenant's active alert channels and runs the
-SLO's automatic action; every later check finds `breached_at` set and raises nothing. When the lower bound is back
-at the minimum (on at least min_samples evaluations), `breached_at` is cleared, and a later breach alerts again.
+SLO's automatic action; every later check finds `breached_at` set and raises nothing. The breach is cleared, and a
+later breach alerts again, when:
+
+- the lower bound is back at the minimum plus a margin (REARM_MARGIN, on at least min_samples evaluations), so a
+  lower bound that hovers at the minimum does not clear and alert again with every evaluation;
+- or the SLO's action ran and the live policy no longer does what it did (a later version, a rollback for instance,
+  undid it): the check that sees it clears the breach and judges the window afresh, so a rule back on a model that
+  still disagrees alerts again and gets the action again. Only a check sees it, and checks follow new evaluations:
+  a rule the action moved off the lever sends none until the policy moves it back.
 
 The breach, its action and the clearing are written under `audit_actor` naming the SLO, so the audit log says which
 SLO changed the routing policy; the policy's own audit row carries the same note.
@@ -13,6 +20,7 @@ SLO changed the routing policy; the policy's own audit row carries the same note
 import logging
 from datetime import datetime, timedelta
 from decimal import Decimal
+from functools import partial
 
 from django.core.exceptions import ValidationError
 from django.db import transaction
@@ -20,10 +28,10 @@ from django.utils import timezone
 
 from billing.alerts.tasks import alert_deliveries_send
 from billing.models import AlertChannel, AlertDelivery, Lever, QualityAction, QualityAlert, QualitySlo
-from billing.quality.selectors import Agreement, agreement_of
+from billing.quality.selectors import Agreement, agreement_of, reference_models_by_rule
 from routing.models import RoutingPolicy
 from routing.policy.quality_actions import QualityTransform, compression_off, routes_to_large, semantic_cache_off
-from routing.services import routing_policy_quality_action
+from routing.services import DRAFT_LEFT_NOTE, QualityActionResult, routing_policy_quality_action
 from tenants.audit import audit_actor
 from tenants.models import Tenant
 
@@ -51,9 +59,10 @@ def live_rule_names(*, tenant: Tenant) -> list[str]:
     return [rule["name"] for rule in policy.live_version.document.get("rules", [])]
 
 
-def quality_slo_validate(*, tenant: Tenant, lever: str, rule: str, action: str) -> None:
+def quality_slo_validate(*, tenant: Tenant, lever: str, rule: str, action: str, check_rule: bool = True) -> None:
     """Refuse an SLO whose action cannot act on its lever, or that names a rule the live policy does not have (its
-    agreement would count nothing, and its action would change nothing)."""
+    agreement would count nothing, and its action would change nothing). `check_rule` False: an edit that keeps the
+    rule, which a later policy may have renamed or removed, and which must still be possible (to switch it off)."""
     errors: dict[str, str] = {}
     if lever not in Lever.values:
         errors["lever"] = f"Lever must be one of {', '.join(Lever.values)}."
@@ -64,7 +73,7 @@ def quality_slo_validate(*, tenant: Tenant, lever: str, rule: str, action: str) 
             f"'{QualityAction(action).label}' acts on the {Lever(ACTION_LEVER[action]).label.lower()} lever; "
             "this SLO watches another. Choose that lever, or alert only."
         )
-    if rule:
+    if rule and check_rule:
         names = live_rule_names(tenant=tenant)
         if rule not in names:
             known = f"its rules are {', '.join(names)}" if names else "the tenant has no live routing policy"
@@ -73,8 +82,8 @@ def quality_slo_validate(*, tenant: Tenant, lever: str, rule: str, action: str) 
         raise ValidationError(errors)
 
 
-def _validated(slo: QualitySlo) -> QualitySlo:
-    quality_slo_validate(tenant=slo.tenant, lever=slo.lever, rule=slo.rule, action=slo.action)
+def _validated(slo: QualitySlo, *, check_rule: bool = True) -> QualitySlo:
+    quality_slo_validate(tenant=slo.tenant, lever=slo.lever, rule=slo.rule, action=slo.action, check_rule=check_rule)
     slo.full_clean()
     return slo
 
@@ -111,7 +120,7 @@ SLO_TERMS = ("lever", "rule", "min_agreement", "min_samples", "window_days")
 
 def quality_slo_update(*, slo: QualitySlo, **changes) -> QualitySlo:
     """Change an SLO. Its breach stands until a check finds it holding again, unless the change is to its terms or
-    switches it off."""
+    switches it off. Its rule is checked against the live policy only when the change names another."""
     if unknown := set(changes) - set(SLO_FIELDS):
         raise TypeError(f"quality_slo_update() got unknown fields {sorted(unknown)}")
     with transaction.atomic():
@@ -121,7 +130,7 @@ def quality_slo_update(*, slo: QualitySlo, **changes) -> QualitySlo:
             setattr(slo, name, value)
         terms_changed = any(getattr(stored, name) != getattr(slo, name) for name in SLO_TERMS)
         slo.breached_at = None if terms_changed or not slo.is_active else stored.breached_at
-        _validated(slo).save()
+        _validated(slo, check_rule=slo.rule != stored.rule).save()
     return slo
 
 
@@ -142,6 +151,19 @@ def slo_is_breached(*, slo: QualitySlo, agreement: Agreement) -> bool:
 def slo_holds(*, slo: QualitySlo, agreement: Agreement) -> bool:
     """Shown to hold: enough evaluations, and the lower bound at the minimum. Too few is neither."""
     return agreement.samples >= slo.min_samples and agreement.lower >= slo.min_agreement
+
+
+# A breach clears when the lower bound is this much over the minimum (half the way to 1 when that is closer).
+REARM_MARGIN = Decimal("0.01")
+
+
+def slo_rearm_at(slo: QualitySlo) -> Decimal:
+    """The lower bound at which a breached SLO clears."""
+    return slo.min_agreement + min(REARM_MARGIN, (1 - slo.min_agreement) / 2)
+
+
+def slo_recovered(*, slo: QualitySlo, agreement: Agreement) -> bool:
+    return agreement.samples >= slo.min_samples and agreement.lower >= slo_rearm_at(slo)
 
 
 def slo_actor_name(slo: QualitySlo) -> str:
@@ -176,21 +198,40 @@ def _slo_check(*, tenant_id: int, slo_id: int) -> QualityAlert | None:
         # Counted under the lock: a check that waited for another sees the evaluations that one saw, and more.
         now = timezone.now()
         agreement = slo_agreement(slo=slo, now=now)
-        if slo.breached_at is None and slo_is_breached(slo=slo, agreement=agreement):
-            with audit_actor(name=slo_actor_name(slo)):
-                return _breach(slo=slo, agreement=agreement, now=now)
-        if slo.breached_at is not None and slo_holds(slo=slo, agreement=agreement):
+        if slo.breached_at is not None:
+            if slo_recovered(slo=slo, agreement=agreement):
+                why = f"holds again at {agreement.describe()}"
+            elif _action_undone(slo=slo, now=now):
+                why = "the live routing policy no longer does what its action did"
+            else:
+                return None
             slo.breached_at = None
             with audit_actor(name=slo_actor_name(slo)):
                 slo.save(update_fields=["breached_at"])
-            logger.info("quality SLO %s holds again at %s", slo.pk, agreement.describe())
+            logger.info("quality SLO %s cleared: %s", slo.pk, why)
+        if slo_is_breached(slo=slo, agreement=agreement):
+            with audit_actor(name=slo_actor_name(slo)):
+                return _breach(slo=slo, agreement=agreement, now=now)
     return None
+
+
+def _action_undone(*, slo: QualitySlo, now: datetime) -> bool:
+    """Whether the action this breach ran would change the live policy again: a later version undid it. False when
+    the action did not run (not enabled, nothing to change, refused): its outcome would not differ now."""
+    alerts = QualityAlert.objects.for_tenant(slo.tenant_id).filter(slo=slo, created_at__gte=slo.breached_at)
+    alert = alerts.order_by("-created_at").first()
+    if alert is None or alert.action_taken == QualityAction.NONE or alert.action_taken != slo.action:
+        return False
+    policy = RoutingPolicy.objects.for_tenant(slo.tenant_id).select_related("live_version").first()
+    if policy is None or policy.live_version is None:
+        return False
+    return bool(slo_transform(slo=slo, now=now)(policy.live_version.document, slo.rule).changes)
 
 
 def _breach(*, slo: QualitySlo, agreement: Agreement, now: datetime) -> QualityAlert:
     slo.breached_at = now
     slo.save(update_fields=["breached_at"])
-    action_taken, detail = _act(slo=slo, agreement=agreement)
+    action_taken, detail = _act(slo=slo, agreement=agreement, now=now)
     alert = QualityAlert.objects.create(
         slo=slo,
         samples=agreement.samples,
@@ -206,20 +247,39 @@ def _breach(*, slo: QualitySlo, agreement: Agreement, now: datetime) -> QualityA
     return alert
 
 
-def _act(*, slo: QualitySlo, agreement: Agreement) -> tuple[str, str]:
+def slo_transform(*, slo: QualitySlo, now: datetime) -> QualityTransform:
+    """The change the SLO's action makes to a policy; route_to_large reads which models the SLO's evaluations in the
+    window were judged against, where no alias settles a rule's reference."""
+    transform = ACTION_TRANSFORM[slo.action]
+    if slo.action != QualityAction.ROUTE_TO_LARGE:
+        return transform
+    start, end = slo_window(slo=slo, now=now)
+    references = reference_models_by_rule(tenant_id=slo.tenant_id, start=start, end=end, lever=slo.lever, rule=slo.rule)
+    return partial(transform, references=references)
+
+
+def _act(*, slo: QualitySlo, agreement: Agreement, now: datetime) -> tuple[str, str]:
     """Run the SLO's automatic action; (the action taken, or none, and what it did or why it did nothing)."""
     if slo.action == QualityAction.NONE:
         return QualityAction.NONE, ""
     note = f"{slo_actor_name(slo)} breached: {agreement.describe()} agree"
     try:
         with transaction.atomic():  # a refused publish is undone alone; the alert still goes out
-            version, changes = routing_policy_quality_action(
-                tenant=slo.tenant, transform=ACTION_TRANSFORM[slo.action], rule=slo.rule, note=note
+            result = routing_policy_quality_action(
+                tenant=slo.tenant, transform=slo_transform(slo=slo, now=now), rule=slo.rule, note=note
             )
     except ValidationError as error:
         return QualityAction.NONE, f"Not done: the changed policy could not be published: {'; '.join(error.messages)}"
-    if version is None:
-        missing = slo.rule and slo.rule not in live_rule_names(tenant=slo.tenant)
-        reason = f"no rule '{slo.rule}' in the live policy" if missing else "the live policy already does it"
-        return QualityAction.NONE, f"Nothing to change: {reason}."
-    return slo.action, f"Published routing policy version {version.number}: {'; '.join(changes)}."
+    return (slo.action if result.version else QualityAction.NONE), action_detail(result)
+
+
+def action_detail(result: QualityActionResult) -> str:
+    """What the action did and what it left, in the alert's words."""
+    parts = []
+    if result.version is not None:
+        parts.append(f"Published routing policy version {result.version.number}: {'; '.join(result.changes)}.")
+    if result.not_done:
+        parts.append(f"{'Not changed' if parts else 'Nothing changed'}: {'; '.join(result.not_done)}.")
+    if result.draft_left:
+        parts.append(DRAFT_LEFT_NOTE)
+    return " ".join(parts) or "Nothing changed: the live policy already does it."

@@ -59,7 +59,10 @@ class RuleOutcome:
 
     @classmethod
     def from_document(cls, outcome: dict) -> "RuleOutcome":
-        return cls(**{**outcome, "fallback_models": tuple(outcome["fallback_models"])})
+        """Keys this code does not know are left out: a version published by a later release, read by a process still
+        on this one during a rolling deploy, routes as far as this release can, rather than not at all."""
+        known = {name: value for name, value in outcome.items() if name in OUTCOME_FIELDS}
+        return cls(**{**known, "fallback_models": tuple(outcome["fallback_models"])})
 
     def as_document(self) -> dict:
         return {**asdict(self), "fallback_models": list(self.fallback_models)}

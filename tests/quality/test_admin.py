@@ -2,9 +2,14 @@
 shown only to those who may read the tenant's answers."""
 
 from billing.models import Lever, QualitySlo
-from routing.services import SHORT_TASKS_RULE
+from billing.quality.services import quality_slo_create
+from routing.models import RoutingPolicy
+from routing.policy.drafts import policy_draft_replace
+from routing.services import SHORT_TASKS_RULE, routing_policy_publish
 from tenants.models import Role
+from tenants.services import membership_set
 from tests.admin.scenario import admin_url, make_user
+from tests.factories import TenantFactory
 from tests.quality.factories import ShadowEvaluationFactory, evaluations
 
 SLO_FORM = {"min_agreement": "0.95", "min_samples": "30", "window_days": "7", "is_active": "on"}
@@ -30,6 +35,23 @@ def test_an_slo_is_added_for_a_live_rule_and_its_agreement_shown(client, shop):
     page = client.get(admin_url("billing_qualityslo", "change", slo.pk)).content.decode()
     assert "95.0% (76.3–99.2%, n=20)" in page
     assert "enterprise-tier" in page  # the live policy's rules, to pick from
+
+
+def test_an_slo_whose_rule_left_the_live_policy_is_switched_off_in_the_admin(client, shop):
+    slo = quality_slo_create(tenant=shop.tenant, lever=Lever.ROUTING, rule=SHORT_TASKS_RULE)
+    policy = RoutingPolicy.objects.for_tenant(shop.tenant).get()
+    policy_draft_replace(policy=policy, document={"aliases": {}, "rules": []})
+    routing_policy_publish(policy=policy, actor=None)
+    client.force_login(make_user(Role.ADMIN, tenant=shop.tenant))
+
+    response = client.post(
+        admin_url("billing_qualityslo", "change", slo.pk),
+        {**SLO_FORM, "lever": "routing", "rule": SHORT_TASKS_RULE, "action": "none", "is_active": ""},
+    )
+
+    assert response.status_code == 302
+    slo.refresh_from_db()
+    assert not slo.is_active
 
 
 def test_refusals_are_form_errors(client, shop):
@@ -73,3 +95,30 @@ def test_shadow_evaluations_filter_by_lever_and_agreement(client, shop):
     html = page.content.decode()
     assert "routing-differs" in html
     assert "routing-agrees" not in html and "compressed" not in html
+
+
+def test_a_viewer_cannot_filter_or_search_by_the_judges_reason(client, shop):
+    ShadowEvaluationFactory(tenant=shop.tenant, reason="both say REFUND-42", request_id="probed")
+    client.force_login(make_user(Role.VIEWER, tenant=shop.tenant))
+    changelist = admin_url("billing_shadowevaluation", "changelist")
+
+    hit = client.get(changelist, {"reason__icontains": "REFUND-42"})
+    miss = client.get(changelist, {"reason__icontains": "REFUND-43"})
+    # Sealed, the reason still has a length, which its ciphertext's tells.
+    long = client.get(changelist, {"reason_encrypted__regex": "^.{100,}$"})
+    searched = client.get(changelist, {"q": "REFUND-42"})
+
+    # Refused whatever the fragment: the answer says nothing about the reason.
+    assert hit.status_code == miss.status_code == long.status_code == 400
+    assert "probed" not in searched.content.decode()
+
+
+def test_an_owner_elsewhere_who_only_views_this_tenant_cannot_filter_by_its_reasons(client, shop):
+    ShadowEvaluationFactory(tenant=shop.tenant, reason="both say REFUND-42", request_id="probed")
+    user = make_user(Role.VIEWER, tenant=shop.tenant)
+    membership_set(tenant=TenantFactory(slug="own-shop"), user=user, role=Role.OWNER)
+    client.force_login(user)
+
+    page = client.get(admin_url("billing_shadowevaluation", "changelist"), {"reason__icontains": "REFUND-42"})
+
+    assert page.status_code == 400

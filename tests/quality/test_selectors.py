@@ -109,7 +109,8 @@ def test_agreement_by_any_combination_of_groupings(db, window):
         ({"served_model": "small", "task_type": "chat"}, 3, 4),
         ({"served_model": "small", "task_type": "classification"}, 2, 2),
     ]
-    assert [row.group["rule"] for row in by_rule] == ["a", "a+score", "b"]
+    # A rule's scored requests are the rule's, as an SLO on it counts them.
+    assert [(row.group["rule"], row.agreeing, row.samples) for row in by_rule] == [("a", 5, 6), ("b", 1, 2)]
 
 
 def test_one_rule_counts_its_scored_and_downgraded_routes_too(db, window):

@@ -12,9 +12,10 @@ from django.utils import timezone
 
 from billing.alerts.services import alert_message
 from billing.models import AlertDelivery, Lever, QualityAction, QualityAlert, QualitySlo
-from billing.quality.services import quality_slo_create, quality_slo_update, quality_slos_check
+from billing.quality.services import quality_slo_create, quality_slo_update, quality_slos_check, slo_rearm_at
 from routing.models import RoutingPolicy, RoutingPolicyAudit
-from routing.services import SHORT_TASKS_RULE, tenant_model_access_set
+from routing.policy.drafts import policy_draft_replace
+from routing.services import SHORT_TASKS_RULE, routing_policy_publish, routing_policy_rollback, tenant_model_access_set
 from tenants.models import AuditEvent
 from tests.quality.conftest import make_shop
 from tests.quality.factories import evaluations
@@ -26,6 +27,13 @@ def live_document(tenant) -> dict:
 
 def live_rule(tenant, name: str) -> dict:
     return next(rule for rule in live_document(tenant)["rules"] if rule["name"] == name)
+
+
+def publish(shop, document: dict) -> None:
+    """The document as the tenant's live policy and its draft, published by an admin."""
+    policy = RoutingPolicy.objects.for_tenant(shop.tenant).get()
+    policy_draft_replace(policy=policy, document=document)
+    routing_policy_publish(policy=policy, actor=None)
 
 
 def routing_slo(shop, **fields) -> QualitySlo:
@@ -270,3 +278,156 @@ def test_changing_an_slos_terms_or_switching_it_off_clears_its_breach(shop):
     slo.refresh_from_db()
     assert slo.breached_at is None
     assert quality_slos_check(tenant_id=shop.tenant.pk, lever=Lever.ROUTING) == []
+
+
+def test_a_breach_on_a_rule_that_downgrades_a_named_model_gives_requests_back_their_model(shop):
+    publish(
+        shop,
+        {
+            "aliases": {"auto": {"small": "shop-small", "large": "shop-large"}},
+            "rules": [
+                {
+                    "priority": 10,
+                    "name": "cheaper-large",
+                    "match": {"requested_models": ["shop-large"]},
+                    "outcome": {"target_model": "shop-small"},
+                }
+            ],
+        },
+    )
+    quality_slo_create(
+        tenant=shop.tenant,
+        lever=Lever.ROUTING,
+        rule="cheaper-large",
+        action=QualityAction.ROUTE_TO_LARGE,
+        min_samples=10,
+    )
+    evaluations(
+        shop.tenant,
+        agreeing=5,
+        disagreeing=5,
+        rule="cheaper-large",
+        served_model="shop-small",
+        reference_model="shop-large",
+    )
+
+    [alert] = quality_slos_check(tenant_id=shop.tenant.pk, lever=Lever.ROUTING)
+
+    assert alert.action_taken == QualityAction.ROUTE_TO_LARGE
+    assert live_rule(shop.tenant, "cheaper-large")["outcome"]["target_model"] == ""
+    assert alert.action_detail.startswith(
+        "Published routing policy version 3: rule cheaper-large: target shop-small dropped"
+    )
+
+
+def test_a_breach_the_action_cannot_mend_alone_says_so_and_publishes_nothing(shop):
+    # The default template's catch-all lets the score pick for an alias's requests and keeps a named model: no one
+    # target fits, and its threshold would move every rule's scored requests.
+    quality_slo_create(
+        tenant=shop.tenant, lever=Lever.ROUTING, rule="prompt-cap", action=QualityAction.ROUTE_TO_LARGE, min_samples=10
+    )
+    evaluations(shop.tenant, agreeing=5, disagreeing=5, rule="prompt-cap+score", reference_model="shop-large")
+
+    [alert] = quality_slos_check(tenant_id=shop.tenant.pk, lever=Lever.ROUTING)
+
+    assert alert.action_taken == QualityAction.NONE
+    assert alert.action_detail.startswith(
+        "Nothing changed: rule prompt-cap: the difficulty score picks for its requests"
+    )
+    assert "Give the alias a rule of its own, or watch the whole lever." in alert.action_detail
+    assert live_document(shop.tenant)["auto_threshold"] == 50
+    assert RoutingPolicyAudit.objects.for_tenant(shop.tenant).count() == 1
+
+
+def test_a_catch_all_with_a_target_goes_to_the_model_its_window_evaluations_were_judged_against(shop):
+    publish(
+        shop,
+        {
+            "aliases": {"auto": {"small": "shop-small", "large": "shop-large"}},
+            "rules": [{"priority": 10, "name": "everything", "outcome": {"target_model": "shop-small"}}],
+        },
+    )
+    quality_slo_create(
+        tenant=shop.tenant, lever=Lever.ROUTING, rule="everything", action=QualityAction.ROUTE_TO_LARGE, min_samples=10
+    )
+    evaluations(shop.tenant, agreeing=5, disagreeing=5, rule="everything", reference_model="shop-large")
+    # Judged against another model before the window: not evidence about the rule now.
+    evaluations(
+        shop.tenant,
+        agreeing=1,
+        disagreeing=0,
+        rule="everything",
+        reference_model="gone",
+        at=timezone.now() - timedelta(days=30),
+    )
+
+    [alert] = quality_slos_check(tenant_id=shop.tenant.pk, lever=Lever.ROUTING)
+
+    assert live_rule(shop.tenant, "everything")["outcome"]["target_model"] == "shop-large"
+    assert alert.action_detail == (
+        "Published routing policy version 3: rule everything: target shop-small -> shop-large (the model its "
+        "evaluations were judged against)."
+    )
+
+
+def test_an_slo_whose_rule_left_the_live_policy_can_still_be_edited_and_switched_off(shop):
+    slo = routing_slo(shop)
+    publish(shop, {"aliases": {"auto": {"small": "shop-small", "large": "shop-large"}}, "rules": []})
+
+    quality_slo_update(slo=slo, min_agreement=Decimal("0.9"))
+    quality_slo_update(slo=slo, is_active=False)
+
+    slo.refresh_from_db()
+    assert (slo.rule, slo.min_agreement, slo.is_active) == (SHORT_TASKS_RULE, Decimal("0.9"), False)
+    with pytest.raises(ValidationError) as refused:
+        quality_slo_update(slo=slo, rule="another-gone-rule")
+    assert "No rule 'another-gone-rule'" in refused.value.message_dict["rule"][0]
+
+
+def test_a_breach_clears_only_a_margin_over_the_minimum(shop):
+    slo = routing_slo(shop)  # min 0.95: clears at a lower bound of 0.96
+    evaluations(shop.tenant, agreeing=20, disagreeing=20, rule=SHORT_TASKS_RULE)
+    assert len(quality_slos_check(tenant_id=shop.tenant.pk, lever=Lever.ROUTING)) == 1
+
+    evaluations(shop.tenant, agreeing=600, disagreeing=0, rule=SHORT_TASKS_RULE)  # lower bound 0.9512
+    assert quality_slos_check(tenant_id=shop.tenant.pk, lever=Lever.ROUTING) == []
+    slo.refresh_from_db()
+    assert slo.breached_at is not None
+
+    evaluations(shop.tenant, agreeing=200, disagreeing=0, rule=SHORT_TASKS_RULE)  # 0.9620
+    assert quality_slos_check(tenant_id=shop.tenant.pk, lever=Lever.ROUTING) == []
+    slo.refresh_from_db()
+    assert slo.breached_at is None
+    assert slo_rearm_at(slo) == Decimal("0.9600")
+    assert slo_rearm_at(QualitySlo(min_agreement=Decimal("0.9950"))) == Decimal("0.99750")
+
+
+def test_a_version_that_undoes_the_action_clears_the_breach_and_the_next_check_alerts_and_acts_again(shop):
+    slo = routing_slo(shop, action=QualityAction.ROUTE_TO_LARGE)
+    evaluations(shop.tenant, agreeing=20, disagreeing=20, rule=SHORT_TASKS_RULE)
+    assert len(quality_slos_check(tenant_id=shop.tenant.pk, lever=Lever.ROUTING)) == 1
+    policy = RoutingPolicy.objects.for_tenant(shop.tenant).get()
+    routing_policy_rollback(policy=policy, version=policy.versions.get(number=1), actor=None)
+    assert live_rule(shop.tenant, SHORT_TASKS_RULE)["outcome"]["target_model"] == "shop-small"
+
+    # Back on the small model, the rule is evaluated again, and still disagrees.
+    evaluations(shop.tenant, agreeing=0, disagreeing=1, rule=SHORT_TASKS_RULE)
+    [again] = quality_slos_check(tenant_id=shop.tenant.pk, lever=Lever.ROUTING)
+
+    assert again.action_taken == QualityAction.ROUTE_TO_LARGE
+    assert again.action_detail.startswith("Published routing policy version 4: ")
+    assert live_rule(shop.tenant, SHORT_TASKS_RULE)["outcome"]["target_model"] == "shop-large"
+    slo.refresh_from_db()
+    assert slo.breached_at is not None
+    assert quality_slos_check(tenant_id=shop.tenant.pk, lever=Lever.ROUTING) == []
+
+
+def test_an_action_that_did_not_run_does_not_clear_the_breach_at_each_check(shop):
+    routing_slo(shop, action=QualityAction.ROUTE_TO_LARGE)
+    tenant_model_access_set(tenant=shop.tenant, allowed_models=[shop.small], default_model=shop.small)
+    evaluations(shop.tenant, agreeing=0, disagreeing=50, rule=SHORT_TASKS_RULE)
+    [alert] = quality_slos_check(tenant_id=shop.tenant.pk, lever=Lever.ROUTING)
+    assert alert.action_taken == QualityAction.NONE  # refused: the large model is not allowed
+
+    assert quality_slos_check(tenant_id=shop.tenant.pk, lever=Lever.ROUTING) == []
+    assert QualityAlert.objects.for_tenant(shop.tenant).count() == 1

@@ -9,8 +9,12 @@ from django.utils import timezone
 
 from billing.finance.whatif import whatif_replay
 from billing.models import Lever
-from billing.quality.expectations import Move, RoutingEvidence, expected_quality
+from billing.quality.expectations import Move, RoutingEvidence, expected_quality, request_references
+from routing.models import Model
+from routing.policy.document import compile_policy
 from routing.policy.engine import SCORED_ROUTE
+from routing.services import tenant_model_access_set
+from tests.factories import ModelFactory
 from tests.finance.test_whatif import SHORT_TASKS, classification_on_large, line, make_tenant, record
 from tests.quality.factories import evaluations
 
@@ -78,39 +82,33 @@ def test_evidence_falls_back_from_the_rule_to_the_model_and_task_type_to_the_mod
     evaluations(tenant, agreeing=9, disagreeing=1, rule="a", served_model="small", task_type="chat")
     evaluations(tenant, agreeing=3, disagreeing=1, rule=f"b+{SCORED_ROUTE}", served_model="small", task_type="code")
     evaluations(tenant, agreeing=1, disagreeing=1, rule="c", served_model="mid", task_type="chat")
-    evidence = RoutingEvidence(
-        tenant_id=tenant.pk,
-        start=now - timedelta(days=1),
-        end=now + timedelta(seconds=1),
-        reference_models=frozenset({"big"}),
-    )
+    evidence = RoutingEvidence(tenant_id=tenant.pk, start=now - timedelta(days=1), end=now + timedelta(seconds=1))
 
-    by_rule = evidence.estimate(rule="a", model="small", task_type="code")
-    by_scored_rule = evidence.estimate(rule="b", model="small", task_type="chat")
-    by_task = evidence.estimate(rule="new", model="small", task_type="code")
-    by_model = evidence.estimate(rule="new", model="small", task_type="other")
-    unknown = evidence.estimate(rule="a", model="tiny", task_type="chat")
+    big = frozenset({"big"})
+    by_rule = evidence.estimate(rule="a", model="small", task_type="code", references=big)
+    by_scored_rule = evidence.estimate(rule="b", model="small", task_type="chat", references=big)
+    by_task = evidence.estimate(rule="new", model="small", task_type="code", references=big)
+    by_model = evidence.estimate(rule="new", model="small", task_type="other", references=big)
+    unknown = evidence.estimate(rule="a", model="tiny", task_type="chat", references=big)
 
     assert (by_rule.rate, by_rule.basis.split(":")[0]) == (Decimal("0.9"), "rule a on small")
     assert (by_scored_rule.rate, by_scored_rule.basis.split(":")[0]) == (Decimal("0.75"), "rule b on small")
     assert (by_task.rate, by_task.basis.split(":")[0]) == (Decimal("0.75"), "small on task type code")
     assert (by_model.rate, by_model.basis.split(":")[0]) == (Decimal("0.8571"), "small on any task")
-    assert not unknown.known and evidence.estimate(rule="a", model="big", task_type="").rate == 1
+    assert not unknown.known and evidence.estimate(rule="a", model="big", task_type="", references=big).rate == 1
 
 
 def test_moving_from_the_large_model_to_a_small_one_loses_what_the_small_one_disagrees_on():
     tenant, _ = make_tenant("acme")
     now = timezone.now()
     evaluations(tenant, agreeing=80, disagreeing=20, rule="cheap", served_model="small", task_type="chat")
-    evidence = RoutingEvidence(
-        tenant_id=tenant.pk,
-        start=now - timedelta(days=1),
-        end=now + timedelta(seconds=1),
-        reference_models=frozenset({"big"}),
-    )
+    evidence = RoutingEvidence(tenant_id=tenant.pk, start=now - timedelta(days=1), end=now + timedelta(seconds=1))
 
     quality = expected_quality(
-        moves={Move("vip", "big", "cheap", "small", "chat"): 10, Move("cheap", "small", "vip", "big", "chat"): 30},
+        moves={
+            Move("vip", "big", "cheap", "small", "chat", frozenset({"big"})): 10,
+            Move("cheap", "small", "vip", "big", "chat", frozenset({"big"})): 30,
+        },
         evidence=evidence,
     )
 
@@ -119,3 +117,41 @@ def test_moving_from_the_large_model_to_a_small_one_loses_what_the_small_one_dis
     # 30 requests gain 0.2 and 10 lose 0.2: +0.1 on the 40 moved.
     assert (quality.total.moved, quality.total.change) == (40, Decimal("0.1000"))
     assert quality.of_rule("vip").moved == 40  # its own 10, and the 30 moved into it
+
+
+def test_only_a_requests_own_reference_agrees_by_definition():
+    tenant, _ = make_tenant("acme")
+    now = timezone.now()
+    evidence = RoutingEvidence(tenant_id=tenant.pk, start=now - timedelta(days=1), end=now + timedelta(seconds=1))
+    policy = compile_policy(
+        {"aliases": {"auto": {"small": "mini", "large": "gpt-4o"}, "reasoning": {"small": "mini", "large": "o3"}}}
+    )
+
+    auto, reasoning = request_references("auto", policy), request_references("reasoning", policy)
+    named = request_references("gpt-4.1", policy, None)
+
+    assert (auto, reasoning, named) == ({"gpt-4o"}, {"o3"}, {"gpt-4.1"})
+    assert evidence.estimate(rule="r", model="gpt-4o", task_type="", references=auto).rate == 1
+    # o3 is reasoning's large model, not auto's: an auto request it serves has no agreement by definition.
+    assert not evidence.estimate(rule="r", model="o3", task_type="", references=auto).known
+    assert not evidence.estimate(rule="r", model="gpt-4o", task_type="", references=named).known
+
+
+def test_moving_requests_to_another_aliases_large_model_is_not_agreement_by_definition():
+    tenant, key = make_tenant("acme")
+    o3 = ModelFactory(name="acme-o3", output_price_per_million=Decimal("12"))
+    tenant_model_access_set(
+        tenant=tenant, allowed_models=[*Model.objects.filter(name__startswith="acme-")], default_model=None
+    )
+    short_classification(key, 3)
+    evaluations(tenant, agreeing=45, disagreeing=5, rule=SHORT_TASKS, served_model="acme-small")
+    draft = classification_on_large(tenant)
+    draft["aliases"]["reasoning"] = {"small": "acme-small", "large": o3.name}
+    next(rule for rule in draft["rules"] if rule["name"] == "classification-on-large")["outcome"]["target_model"] = (
+        o3.name
+    )
+
+    report = whatif_replay(tenant=tenant, days=7, draft=draft)
+
+    # acme-o3 is the reasoning alias's large model; these requests named auto, whose large model is acme-large.
+    assert report.total.quality == "no shadow results (3 requests changing model)"
