@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_EVEN, Decimal, localcontext
+from functools import lru_cache
 
 from django.db.models import Count, Q, QuerySet, Sum
 
@@ -41,6 +42,19 @@ def wilson_interval(agreeing: int, samples: int) -> tuple[Decimal, Decimal]:
         centre = (rate + z2 / (2 * n)) / denominator
         half_width = Z_95 * (rate * (1 - rate) / n + z2 / (4 * n * n)).sqrt() / denominator
         return max(Decimal(0), centre - half_width), min(Decimal(1), centre + half_width)
+
+
+@lru_cache(maxsize=256)
+def perfect_record_samples(min_agreement: Decimal) -> int:
+    """The fewest evaluations at which a record with no disagreement has a lower bound (as Agreement rounds it) of at
+    least ``min_agreement``: below it the interval cannot tell a perfect lever from one under the minimum, about
+    z²·m/(1-m) (73 at 0.95, 381 at 0.99). ``min_agreement`` must be below 1."""
+    if not 0 <= min_agreement < 1:
+        raise ValueError(f"min_agreement {min_agreement} must be at least 0 and below 1")
+    samples = max(1, int(Z_95 * Z_95 * min_agreement / (1 - min_agreement)) - 2)
+    while Agreement(agreeing=samples, samples=samples).lower < min_agreement:
+        samples += 1
+    return samples
 
 
 def rule_of_route(route: str) -> str:

@@ -28,7 +28,7 @@ from django.utils import timezone
 
 from billing.alerts.tasks import alert_deliveries_send
 from billing.models import AlertChannel, AlertDelivery, Lever, QualityAction, QualityAlert, QualitySlo
-from billing.quality.selectors import Agreement, agreement_of, reference_models_by_rule
+from billing.quality.selectors import Agreement, agreement_of, perfect_record_samples, reference_models_by_rule
 from routing.models import RoutingPolicy
 from routing.policy.quality_actions import QualityTransform, compression_off, routes_to_large, semantic_cache_off
 from routing.services import DRAFT_LEFT_NOTE, QualityActionResult, routing_policy_quality_action
@@ -84,6 +84,9 @@ def quality_slo_validate(*, tenant: Tenant, lever: str, rule: str, action: str, 
 
 def _validated(slo: QualitySlo, *, check_rule: bool = True) -> QualitySlo:
     quality_slo_validate(tenant=slo.tenant, lever=slo.lever, rule=slo.rule, action=slo.action, check_rule=check_rule)
+    if slo.min_agreement is not None and slo.min_agreement >= 1:
+        # No count of evaluations proves 100%: the interval's lower bound stays under 1, so it would always breach.
+        raise ValidationError({"min_agreement": "The minimum agreement must be below 1 (for example 0.99)."})
     slo.full_clean()
     return slo
 
@@ -145,7 +148,12 @@ def slo_agreement(*, slo: QualitySlo, now: datetime) -> Agreement:
 
 
 def slo_is_breached(*, slo: QualitySlo, agreement: Agreement) -> bool:
-    return agreement.samples >= slo.min_samples and agreement.lower < slo.min_agreement
+    """At least min_samples evaluations and the lower bound under the minimum. On fewer evaluations than a record
+    with no disagreement needs to clear the minimum (selectors.perfect_record_samples: 73 at 0.95), the observed
+    rate must be under it too: there the lower bound is under the minimum even for a lever that was never wrong."""
+    if agreement.samples < slo.min_samples or agreement.lower >= slo.min_agreement:
+        return False
+    return agreement.samples >= perfect_record_samples(slo.min_agreement) or agreement.rate < slo.min_agreement
 
 
 def slo_holds(*, slo: QualitySlo, agreement: Agreement) -> bool:

@@ -153,6 +153,29 @@ def test_no_alert_without_enough_samples_or_while_the_lower_bound_holds(shop, ag
     assert live_rule(shop.tenant, SHORT_TASKS_RULE)["outcome"]["target_model"] == "shop-small"
 
 
+@pytest.mark.parametrize(
+    ("agreeing", "disagreeing", "breached"),
+    [
+        (30, 0, False),  # a perfect record's lower bound (88.6%) is under 95%: not enough to tell
+        (72, 0, False),  # still under: a perfect record clears 95% from 73 evaluations
+        (38, 2, False),  # 95% observed on 40
+        (37, 3, True),  # 92.5% observed on 40
+        (0, 50, True),
+        (138, 8, True),  # 94.5% observed, enough evaluations for the lower bound alone to decide
+    ],
+)
+def test_a_never_wrong_lever_does_not_breach_on_a_few_evaluations(shop, agreeing, disagreeing, breached):
+    routing_slo(shop)
+    evaluations(shop.tenant, agreeing=agreeing, disagreeing=disagreeing, rule=SHORT_TASKS_RULE)
+
+    assert bool(quality_slos_check(tenant_id=shop.tenant.pk, lever=Lever.ROUTING)) is breached
+
+
+def test_a_minimum_of_one_is_refused(shop):
+    with pytest.raises(ValidationError, match="below 1"):
+        quality_slo_create(tenant=shop.tenant, lever=Lever.ROUTING, rule=SHORT_TASKS_RULE, min_agreement=Decimal(1))
+
+
 def test_only_the_window_the_lever_and_the_rule_count(shop):
     routing_slo(shop, window_days=7)
     long_ago = timezone.now() - timedelta(days=8)
