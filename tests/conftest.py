@@ -251,8 +251,8 @@ def openai_client(gateway, acme):
         yield client
 
 
-@pytest.fixture
-def process_env(transactional_db) -> dict[str, str]:
+def committed_process_env() -> dict[str, str]:
+    """The environment of a process on the committed test database and the test Redis, the ledger streamed."""
     if not settings.REDIS_URL:
         pytest.skip("the durable ledger stream needs REDIS_URL")
     return {
@@ -266,6 +266,27 @@ def process_env(transactional_db) -> dict[str, str]:
 
 
 @pytest.fixture
+def process_env(transactional_db) -> dict[str, str]:
+    return committed_process_env()
+
+
+def gateway_process(env: dict[str, str], port: int, *, workers: int = 1) -> ServiceProcess:
+    """uvicorn serving the gateway, one process or `workers` of them, as production runs it (not started yet)."""
+    args = [sys.executable, "-m", "uvicorn", "llmops.asgi:application", "--host", "127.0.0.1"]
+    args += ["--port", str(port), "--workers", str(workers), "--no-access-log", "--no-proxy-headers"]
+    args += ["--log-level", "warning"]
+    return ServiceProcess(args, env, health_url=f"http://127.0.0.1:{port}/healthz")
+
+
+def drainer_process(env: dict[str, str], consumer: str) -> ServiceProcess:
+    """`manage.py ledger_drain` as `consumer` (not started yet)."""
+    args = [sys.executable, "manage.py", "ledger_drain", "--consumer", consumer, "--claim-idle-seconds", "1"]
+    # An idle drainer notices SIGTERM when its blocking read returns: 100 ms, not the default second, per stop.
+    args += ["--block-ms", "100"]
+    return ServiceProcess(args, env)
+
+
+@pytest.fixture
 def spawn(process_env):
     """Start gateway (uvicorn, one process or `workers` of them) and drainer processes; all are stopped after the test.
 
@@ -274,20 +295,12 @@ def spawn(process_env):
     started: list[ServiceProcess] = []
 
     def gateway(port: int, *, workers: int = 1) -> ServiceProcess:
-        args = [sys.executable, "-m", "uvicorn", "llmops.asgi:application", "--host", "127.0.0.1"]
-        args += ["--port", str(port), "--workers", str(workers), "--no-access-log", "--no-proxy-headers"]
-        args += ["--log-level", "warning"]
-        service = ServiceProcess(args, process_env, health_url=f"http://127.0.0.1:{port}/healthz")
-        started.append(service)
-        return service
+        started.append(gateway_process(process_env, port, workers=workers))
+        return started[-1]
 
     def drainer(consumer: str) -> ServiceProcess:
-        args = [sys.executable, "manage.py", "ledger_drain", "--consumer", consumer, "--claim-idle-seconds", "1"]
-        # An idle drainer notices SIGTERM when its blocking read returns: 100 ms, not the default second, per stop.
-        args += ["--block-ms", "100"]
-        service = ServiceProcess(args, process_env)
-        started.append(service)
-        return service
+        started.append(drainer_process(process_env, consumer))
+        return started[-1]
 
     yield gateway, drainer
     for service in started:
