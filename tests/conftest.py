@@ -19,6 +19,7 @@ from routing.models import Model
 from routing.services import tenant_model_access_set
 from tenants.models import ApiKey, Team, Tenant
 from tenants.services import api_key_create
+from tests.background import background_start_wanted, background_stop, background_want
 from tests.factories import ModelFactory, ProviderFactory, TeamFactory, TenantFactory
 from tests.flush import flush_by_delete
 from tests.servers import Receiver, ServiceProcess, ThreadedServer, committed_database_url, free_port
@@ -27,6 +28,25 @@ from tests.servers import Receiver, ServiceProcess, ThreadedServer, committed_da
 # a pool would never get back: the suite's process runs without one (DB_POOL_MAX_SIZE=0's mode). The processes tests
 # start (spawn, tests/e2e) use the pool, as production does.
 settings.DATABASES["default"].get("OPTIONS", {}).pop("pool", None)
+
+
+def pytest_collection_finish(session):
+    """Databases of the modules' own that the selected tests will need are migrated beside the tests that run first,
+    from when the suite's test database is made (tests/background.py)."""
+    from tests.batch.sqlite_site import sqlite_migrated
+    from tests.e2e.conftest import e2e_possible, migrated_database
+
+    if session.config.option.collectonly:
+        return
+    modules = {item.module.__name__ for item in session.items if getattr(item, "module", None) is not None}
+    if "tests.e2e.test_topology" in modules and e2e_possible():
+        background_want("e2e-database", migrated_database)
+    if "tests.batch.test_sqlite" in modules:
+        background_want("sqlite-migrated", sqlite_migrated)
+
+
+def pytest_sessionfinish(session):
+    background_stop()
 
 
 @pytest.fixture
@@ -174,6 +194,7 @@ def django_db_setup(django_db_setup, django_db_blocker):
             name = connection.ops.quote_name(connection.settings_dict["NAME"])
             cursor.execute(f"ALTER DATABASE {name} SET synchronous_commit = off")
             cursor.execute("SET synchronous_commit = off")
+    background_start_wanted()
 
 
 @pytest.fixture(scope="session", autouse=True)
