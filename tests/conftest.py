@@ -19,6 +19,7 @@ from routing.models import Model
 from routing.services import tenant_model_access_set
 from tenants.models import ApiKey, Team, Tenant
 from tenants.services import api_key_create
+from tests.background import background_start_wanted, background_stop, background_want
 from tests.factories import ModelFactory, ProviderFactory, TeamFactory, TenantFactory
 from tests.flush import flush_by_delete
 from tests.servers import Receiver, ServiceProcess, ThreadedServer, committed_database_url, free_port
@@ -27,6 +28,25 @@ from tests.servers import Receiver, ServiceProcess, ThreadedServer, committed_da
 # a pool would never get back: the suite's process runs without one (DB_POOL_MAX_SIZE=0's mode). The processes tests
 # start (spawn, tests/e2e) use the pool, as production does.
 settings.DATABASES["default"].get("OPTIONS", {}).pop("pool", None)
+
+
+def pytest_collection_finish(session):
+    """Databases of the modules' own that the selected tests will need are migrated beside the tests that run first,
+    from when the suite's test database is made (tests/background.py)."""
+    from tests.batch.sqlite_site import sqlite_migrated
+    from tests.e2e.conftest import e2e_possible, migrated_database
+
+    if session.config.option.collectonly:
+        return
+    modules = {item.module.__name__ for item in session.items if getattr(item, "module", None) is not None}
+    if "tests.e2e.test_topology" in modules and e2e_possible():
+        background_want("e2e-database", migrated_database)
+    if "tests.batch.test_sqlite" in modules:
+        background_want("sqlite-migrated", sqlite_migrated)
+
+
+def pytest_sessionfinish(session):
+    background_stop()
 
 
 @pytest.fixture
@@ -174,6 +194,7 @@ def django_db_setup(django_db_setup, django_db_blocker):
             name = connection.ops.quote_name(connection.settings_dict["NAME"])
             cursor.execute(f"ALTER DATABASE {name} SET synchronous_commit = off")
             cursor.execute("SET synchronous_commit = off")
+    background_start_wanted()
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -251,8 +272,8 @@ def openai_client(gateway, acme):
         yield client
 
 
-@pytest.fixture
-def process_env(transactional_db) -> dict[str, str]:
+def committed_process_env() -> dict[str, str]:
+    """The environment of a process on the committed test database and the test Redis, the ledger streamed."""
     if not settings.REDIS_URL:
         pytest.skip("the durable ledger stream needs REDIS_URL")
     return {
@@ -266,6 +287,27 @@ def process_env(transactional_db) -> dict[str, str]:
 
 
 @pytest.fixture
+def process_env(transactional_db) -> dict[str, str]:
+    return committed_process_env()
+
+
+def gateway_process(env: dict[str, str], port: int, *, workers: int = 1) -> ServiceProcess:
+    """uvicorn serving the gateway, one process or `workers` of them, as production runs it (not started yet)."""
+    args = [sys.executable, "-m", "uvicorn", "llmops.asgi:application", "--host", "127.0.0.1"]
+    args += ["--port", str(port), "--workers", str(workers), "--no-access-log", "--no-proxy-headers"]
+    args += ["--log-level", "warning"]
+    return ServiceProcess(args, env, health_url=f"http://127.0.0.1:{port}/healthz")
+
+
+def drainer_process(env: dict[str, str], consumer: str) -> ServiceProcess:
+    """`manage.py ledger_drain` as `consumer` (not started yet)."""
+    args = [sys.executable, "manage.py", "ledger_drain", "--consumer", consumer, "--claim-idle-seconds", "1"]
+    # An idle drainer notices SIGTERM when its blocking read returns: 100 ms, not the default second, per stop.
+    args += ["--block-ms", "100"]
+    return ServiceProcess(args, env)
+
+
+@pytest.fixture
 def spawn(process_env):
     """Start gateway (uvicorn, one process or `workers` of them) and drainer processes; all are stopped after the test.
 
@@ -274,20 +316,12 @@ def spawn(process_env):
     started: list[ServiceProcess] = []
 
     def gateway(port: int, *, workers: int = 1) -> ServiceProcess:
-        args = [sys.executable, "-m", "uvicorn", "llmops.asgi:application", "--host", "127.0.0.1"]
-        args += ["--port", str(port), "--workers", str(workers), "--no-access-log", "--no-proxy-headers"]
-        args += ["--log-level", "warning"]
-        service = ServiceProcess(args, process_env, health_url=f"http://127.0.0.1:{port}/healthz")
-        started.append(service)
-        return service
+        started.append(gateway_process(process_env, port, workers=workers))
+        return started[-1]
 
     def drainer(consumer: str) -> ServiceProcess:
-        args = [sys.executable, "manage.py", "ledger_drain", "--consumer", consumer, "--claim-idle-seconds", "1"]
-        # An idle drainer notices SIGTERM when its blocking read returns: 100 ms, not the default second, per stop.
-        args += ["--block-ms", "100"]
-        service = ServiceProcess(args, process_env)
-        started.append(service)
-        return service
+        started.append(drainer_process(process_env, consumer))
+        return started[-1]
 
     yield gateway, drainer
     for service in started:

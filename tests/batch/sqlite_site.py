@@ -8,16 +8,19 @@ models (the test process itself is on Postgres):
     python -m tests.batch.sqlite_site ledger <batch id>…                 → {<batch id>: {"rows", "cost_usd"}, …}
 """
 
+import atexit
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 
 import orjson
 
+from tests.background import background_result, run_captured
 from tests.servers import ROOT, ServiceProcess, free_port
 
 
@@ -52,13 +55,25 @@ def run_here(env: dict[str, str], *args: str) -> dict:
     return orjson.loads(done.stdout.splitlines()[-1])
 
 
+def sqlite_migrated() -> Path:
+    """A migrated SQLite file in a folder of its own, removed when the session ends.
+
+    Started at collection (tests/background.py): migrating takes some 8 s of CPU on SQLite, where every altered
+    field rebuilds its table."""
+    folder = Path(tempfile.mkdtemp(prefix="llmops-sqlite-template-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    database = folder / "db.sqlite3"
+    args = [sys.executable, "manage.py", "migrate", "--no-input", "-v", "0"]
+    migrated = run_captured(args, sqlite_env(database, folder / "media"), timeout=120)
+    assert migrated.returncode == 0, f"manage.py migrate on SQLite failed:\n{migrated.stderr[-3000:]}"
+    return database
+
+
 def sqlite_template(folder: Path, *, mock_url: str, slow_url: str) -> tuple[Path, str]:
     """A migrated and seeded SQLite file (copied for each test) and the API key it holds."""
     database = folder / "db.sqlite3"
+    shutil.copy(background_result("sqlite-migrated", sqlite_migrated), database)
     env = sqlite_env(database, folder / "media")
-    subprocess.run(
-        [sys.executable, "manage.py", "migrate", "--no-input", "-v", "0"], cwd=ROOT, env=env, check=True, timeout=120
-    )
     return database, run_here(env, "seed", mock_url, slow_url)["key"]
 
 

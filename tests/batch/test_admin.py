@@ -10,7 +10,8 @@ from tenants.models import Role
 from tests.admin import conftest as admin_conftest
 from tests.admin.scenario import World, admin_url, make_user
 
-world = admin_conftest.world  # the admin tests' two tenants with a row of everything each
+# The admin tests' two tenants with a row of everything each.
+module_world, world = admin_conftest.module_world, admin_conftest.world
 
 
 def _batch(rows) -> Batch:

@@ -16,7 +16,8 @@ from billing.ledger.stream import STREAM_KEY
 from billing.models import Budget, UsageRecord
 from core.redis import sync_redis
 from tests.budgets.conftest import UNREACHABLE_REDIS_URL
-from tests.conftest import make_tenant_setup
+from tests.conftest import committed_process_env, drainer_process, gateway_process, make_tenant_setup
+from tests.servers import free_port
 
 MESSAGES = [{"role": "user", "content": "Classify this support ticket: my refund has not arrived."}]
 MAX_TOKENS = 20
@@ -60,11 +61,32 @@ def wait_until_drained(timeout: float = 30.0) -> None:
         time.sleep(0.05)
 
 
-def test_a_budget_set_below_the_periods_spend_blocks_the_very_next_request(spawn, gateway_port, mock_upstream):
+@pytest.fixture(scope="module")
+def running_topology(django_db_setup) -> str:
+    """Two uvicorn workers and the drainer, as production runs them, for the module's tests on the real Redis (each
+    makes a tenant of its own, which no worker has loaded): starting them took some 3 s of the 2-core machine.
+    Returns the gateway's URL."""
+    env = {**committed_process_env(), "LLMOPS_CACHE_EMBEDDER": ""}
+    port = free_port()
+    drainer = drainer_process(env, "counters-drainer")
+    gateway = gateway_process(env, port, workers=2)
+    try:
+        drainer.start()
+        gateway.start()
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        gateway.stop()
+        drainer.stop()
+
+
+@pytest.fixture
+def url(running_topology, transactional_db) -> str:
+    """The module's gateway, with this test's data committed where it can see it."""
+    return running_topology
+
+
+def test_a_budget_set_below_the_periods_spend_blocks_the_very_next_request(url, mock_upstream):
     setup = make_tenant_setup(mock_upstream.url, slug="spent")
-    start_gateway, start_drainer = spawn
-    start_drainer("counters-drainer").start()
-    url = start_gateway(gateway_port, workers=2).start().health_url.removesuffix("/healthz")
     spent = spend(url, setup, 6)
 
     # At once, with records perhaps still in the ledger stream: the backlog is spend too.
@@ -77,11 +99,8 @@ def test_a_budget_set_below_the_periods_spend_blocks_the_very_next_request(spawn
     assert f"is used up: ${spent:.10f} spent" in refused[0].json()["error"]["message"]
 
 
-def test_a_redis_flush_mid_period_does_not_reopen_a_spent_budget(spawn, gateway_port, mock_upstream):
+def test_a_redis_flush_mid_period_does_not_reopen_a_spent_budget(url, mock_upstream):
     setup = make_tenant_setup(mock_upstream.url, slug="flushed")
-    start_gateway, start_drainer = spawn
-    start_drainer("counters-drainer").start()
-    url = start_gateway(gateway_port, workers=2).start().health_url.removesuffix("/healthz")
     one_request = spend(url, setup, 1)
     budget_set(setup, one_request * 5)
     statuses = []

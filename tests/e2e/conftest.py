@@ -27,6 +27,7 @@ import psycopg
 import pytest
 import redis
 
+from tests.background import background_result, run_captured
 from tests.servers import ROOT, Receiver, ThreadedServer, free_port
 
 BEAT_INTERVAL_SECONDS = 5.0
@@ -121,6 +122,26 @@ def _fresh_database(base_url: str) -> str:
     return url._replace(path=f"/{name}").geturl()
 
 
+def e2e_urls() -> tuple[str, str]:
+    """The Postgres server's URL (the topology's database is made beside the suite's) and the topology's Redis."""
+    return os.environ.get("DATABASE_URL", ""), os.environ.get("E2E_REDIS_URL", "")
+
+
+def e2e_possible() -> bool:
+    database_url, redis_url = e2e_urls()
+    return database_url.startswith("postgres") and bool(redis_url)
+
+
+def migrated_database() -> tuple[str, subprocess.CompletedProcess]:
+    """A fresh database for the topology, and what `manage.py migrate` said migrating it, as the deploy does.
+
+    Started at collection (tests/background.py), so the module does not wait for the migration."""
+    database_url, redis_url = e2e_urls()
+    url = _fresh_database(database_url)
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "llmops.settings", "DATABASE_URL": url, "REDIS_URL": redis_url}
+    return url, run_captured([sys.executable, "manage.py", "migrate", "--no-input", "-v", "0"], env)
+
+
 @pytest.fixture(scope="module")
 def moto_server(tmp_path_factory):
     port = free_port()
@@ -162,16 +183,18 @@ def webhook_receiver():
 
 @pytest.fixture(scope="module")
 def topology(tmp_path_factory, moto_server, aws):
-    database_url, redis_url = os.environ.get("DATABASE_URL", ""), os.environ.get("E2E_REDIS_URL", "")
-    if not database_url.startswith("postgres") or not redis_url:
+    if not e2e_possible():
         pytest.skip("the production topology needs Postgres (DATABASE_URL) and a Redis database (E2E_REDIS_URL)")
+    _, redis_url = e2e_urls()
+    database, migrated = background_result("e2e-database", migrated_database)
+    assert migrated.returncode == 0, f"manage.py migrate failed:\n{migrated.stderr[-3000:]}"
     aws["s3"].create_bucket(Bucket=STATEMENTS_BUCKET)
     redis.Redis.from_url(redis_url).flushdb()
     work = tmp_path_factory.mktemp("topology")
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "llmops.settings",
-        "DATABASE_URL": _fresh_database(database_url),
+        "DATABASE_URL": database,
         "REDIS_URL": redis_url,
         "LLMOPS_LEDGER_MODE": "stream",
         "PORT": str(free_port()),
@@ -192,11 +215,10 @@ def topology(tmp_path_factory, moto_server, aws):
     }
     topology = Topology(env, work)
     try:
-        # What needs no table starts while the database is migrated; beat starts last, once the demo's history is
-        # in, so its first CloudWatch run publishes the last closed hour of that history.
+        # The database was migrated while the suite's other tests ran (migrated_database); beat starts last, once
+        # the demo's history is in, so its first CloudWatch run publishes the last closed hour of that history.
         topology.start("mock")
         topology.start("web")
-        topology.manage("migrate", "--no-input", "-v", "0")
         topology.start("drain")
         topology.start("worker")
         topology.manage("seed_demo", "--upstream-url", f"http://127.0.0.1:{env['MOCK_PORT']}/v1")

@@ -9,6 +9,7 @@ from billing.models import UsageRecord
 from tenants.models import ApiKey, Role, Team, Tenant
 from tenants.services import api_key_create, membership_set
 from tests.factories import TeamFactory, TenantFactory, UserFactory
+from tests.module_rows import module_rows, own_rows
 
 
 @dataclass
@@ -83,8 +84,7 @@ def eager_celery():
     app.conf.task_always_eager = previous
 
 
-@pytest.fixture
-def seeded(db):
+def make_seeded() -> FinanceTenant:
     """A tenant with a small and a large model and a few weeks of synthetic usage, rollups built."""
     from billing.finance.rollups_seed import seed_demo_usage
     from routing.services import tenant_model_access_set
@@ -101,3 +101,14 @@ def seeded(db):
     tenant_model_access_set(tenant=setup.tenant, allowed_models=[small, large], default_model=small)
     seed_demo_usage(tenant=setup.tenant, days=10)
     return setup
+
+
+@pytest.fixture(scope="module")
+def module_seeded(request, django_db_setup, django_db_blocker) -> FinanceTenant | None:
+    with module_rows(request, django_db_blocker, make_seeded) as seeded:
+        yield seeded
+
+
+@pytest.fixture
+def seeded(module_seeded, db) -> FinanceTenant:
+    return own_rows(module_seeded, make_seeded)

@@ -27,18 +27,13 @@ from routing.models import TenantModelAccess
 from tenants.keys import generate_key
 from tenants.models import ApiKey, Team, Tenant
 from tenants.services import api_key_create, api_key_revoke
-from tests.conftest import SMALL_PRICES, make_tenant_setup
+from tests.conftest import SMALL_PRICES, committed_process_env, drainer_process, gateway_process, make_tenant_setup
 from tests.factories import ModelFactory, ProviderFactory
 from tests.gateway.test_budgets_live import MAX_TOKENS, MESSAGES, fire, worst_case
+from tests.servers import free_port
 
 WORKERS = 2
 BODY = {"messages": MESSAGES, "max_tokens": MAX_TOKENS}
-
-
-@pytest.fixture
-def process_env(process_env):
-    """No embedding model in the spawned workers: these tests do not use the semantic cache."""
-    return {**process_env, "LLMOPS_CACHE_EMBEDDER": ""}
 
 
 class TwoWorkers:
@@ -109,12 +104,29 @@ def _worker_pids(master_pid: int) -> list[int]:
         time.sleep(0.05)
 
 
+@pytest.fixture(scope="module")
+def running_workers(django_db_setup) -> TwoWorkers:
+    """One gateway of two workers and one drainer for the module's tests, as production's processes outlive any one
+    change: starting them took some 3 s of the 2-core machine per test. Each test still starts on an empty database
+    and Redis and makes tenants of its own, which no worker has loaded. No embedding model: these tests do not use
+    the semantic cache."""
+    env = {**committed_process_env(), "LLMOPS_CACHE_EMBEDDER": ""}
+    port = free_port()
+    gateway = gateway_process(env, port, workers=WORKERS)
+    drainer = drainer_process(env, "config-changes")
+    try:
+        gateway.start()
+        drainer.start()
+        yield TwoWorkers(port, gateway.process.pid)
+    finally:
+        gateway.stop()
+        drainer.stop()
+
+
 @pytest.fixture
-def two_workers(spawn, gateway_port) -> TwoWorkers:
-    start_gateway, start_drainer = spawn
-    gateway = start_gateway(gateway_port, workers=WORKERS).start()
-    start_drainer("config-changes").start()
-    return TwoWorkers(gateway_port, gateway.process.pid)
+def two_workers(running_workers, transactional_db) -> TwoWorkers:
+    """The module's workers, with this test's data committed where they can see it."""
+    return running_workers
 
 
 def test_a_key_revoked_while_both_workers_are_idle_is_refused_on_every_request_of_the_next_burst(

@@ -20,6 +20,7 @@ from tenants.admin import TenantScopedAdmin
 from tenants.models import Tenant
 from tenants.permissions import ROLES_ALLOWED, Action, Role
 from tests.admin.scenario import NO_MEMBERSHIP, SUPERUSER, World, make_user
+from tests.module_rows import module_rows, own_rows
 from tests.security.access import MISSING_ID, ROLES, make_full_world, may, may_somewhere, user_with
 
 # -- The role table itself: a change to who may do what is a change to this grid. --------------------------------
@@ -112,9 +113,15 @@ WITHOUT_ROWS = frozenset(
 )
 
 
+@pytest.fixture(scope="module")
+def module_world(request, django_db_setup, django_db_blocker) -> World | None:
+    with module_rows(request, django_db_blocker, make_full_world) as world:
+        yield world
+
+
 @pytest.fixture
-def world(db) -> World:
-    return make_full_world()
+def world(module_world, db) -> World:
+    return own_rows(module_world, make_full_world)
 
 
 def _rows_of(model_admin, tenant):
