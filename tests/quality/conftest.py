@@ -8,7 +8,7 @@ from routing.models import Model
 from routing.services import routing_policy_create_default, tenant_model_access_set
 from tenants.models import Tenant
 from tests.factories import ModelFactory, ProviderFactory, TenantFactory
-from tests.finance.conftest import seeded  # noqa: F401  (the demo's synthetic history, for tests here too)
+from tests.finance.conftest import module_seeded, seeded  # noqa: F401  (the demo's synthetic history, for tests here too)
 
 
 @dataclass
