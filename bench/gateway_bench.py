@@ -326,7 +326,8 @@ def main() -> None:
     parser.add_argument("--portkey-port", type=int, default=8787)
     args = parser.parse_args()
 
-    for port in (args.mock_port, args.gateway_port, args.litellm_port, args.portkey_port):
+    peer_ports = [args.litellm_port] * args.vs_litellm + [args.portkey_port] * args.vs_portkey
+    for port in (args.mock_port, args.gateway_port, *peer_ports):
         refuse_busy_port(port)
     ensure_database(args.database_url)
     upstream_url = f"http://127.0.0.1:{args.mock_port}/v1"

@@ -62,10 +62,13 @@ class _CommandBatcher:
     """Commands that a loop's requests issue in one turn of the loop, sent to Redis together: one connection, one
     write and one read for the lot instead of one each. On a busy gateway a socket write per command was a fifth of a
     worker's CPU (docs/performance.md). Each command is still atomic on its own and keeps its own result or error;
-    commands of one caller awaited one after another keep their order."""
+    commands of one caller awaited one after another keep their order. A connection failure fails the turn's commands
+    together, as it would have failed each of them. A command whose caller was cancelled before the turn's write is
+    not sent: a cancelled reservation must not hold budget nobody will settle."""
 
     def __init__(self, client: aioredis.Redis, loop: asyncio.AbstractEventLoop):
-        self.client = client
+        # Weak: the batcher lives as long as its client, which PerEventLoop forgets with its loop.
+        self.client_ref = weakref.ref(client)
         self.loop = loop
         self.pending: list[tuple[tuple, asyncio.Future]] = []
         self.running: set[asyncio.Task] = set()
@@ -84,35 +87,46 @@ class _CommandBatcher:
         task.add_done_callback(self.running.discard)
 
     async def _send(self, batch: list[tuple[tuple, asyncio.Future]]) -> None:
+        batch = [(args, future) for args, future in batch if not future.done()]
         try:
+            client = self.client_ref()
+            if not batch or client is None:
+                return
             if len(batch) == 1:
-                results = [await self._one(batch[0][0])]
+                results = [await _one(client, batch[0][0])]
             else:
-                pipe = self.client.pipeline(transaction=False)
+                pipe = client.pipeline(transaction=False)
                 for args, _ in batch:
                     pipe.execute_command(*args)
                 results = await pipe.execute(raise_on_error=False)
-        except BaseException as error:
+            for (_, future), result in zip(batch, results, strict=True):
+                if future.done():
+                    continue
+                if isinstance(result, Exception):
+                    future.set_exception(result)
+                else:
+                    future.set_result(result)
+        except asyncio.CancelledError:
+            for _, future in batch:
+                future.cancel()
+            raise
+        except Exception as error:
             for _, future in batch:
                 if not future.done():
                     future.set_exception(error)
-            if not isinstance(error, Exception):
-                raise
-            return
-        for (_, future), result in zip(batch, results, strict=True):
-            if future.done():
-                continue
-            if isinstance(result, Exception):
-                future.set_exception(result)
-            else:
-                future.set_result(result)
+        finally:
+            # Whatever ended the send, no caller waits forever.
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(RedisError("the Redis client was closed before the command was sent"))
 
-    async def _one(self, args: tuple):
-        try:
-            return await self.client.execute_command(*args)
-        except RedisError as error:
-            # A command's own error (as a pipeline returns it), not the batch's.
-            return error
+
+async def _one(client: aioredis.Redis, args: tuple):
+    try:
+        return await client.execute_command(*args)
+    except RedisError as error:
+        # A command's own error (as a pipeline returns it), not the batch's.
+        return error
 
 
 _batchers: weakref.WeakKeyDictionary[aioredis.Redis, _CommandBatcher] = weakref.WeakKeyDictionary()

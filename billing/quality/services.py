@@ -153,7 +153,10 @@ def slo_is_breached(*, slo: QualitySlo, agreement: Agreement) -> bool:
     rate must be under it too: there the lower bound is under the minimum even for a lever that was never wrong."""
     if agreement.samples < slo.min_samples or agreement.lower >= slo.min_agreement:
         return False
-    return agreement.samples >= perfect_record_samples(slo.min_agreement) or agreement.rate < slo.min_agreement
+    if agreement.rate < slo.min_agreement:
+        return True
+    # A minimum of 1, refused since, may stand on an SLO saved before: no count of evaluations clears it.
+    return slo.min_agreement < 1 and agreement.samples >= perfect_record_samples(slo.min_agreement)
 
 
 def slo_holds(*, slo: QualitySlo, agreement: Agreement) -> bool:

@@ -18,6 +18,7 @@ import atexit
 import functools
 import logging
 import math
+import os
 import threading
 import time
 from collections import Counter
@@ -284,9 +285,17 @@ def _note_hit(cache: CacheRequest, key_hash: str) -> None:
     with _noted_lock:
         first = not _noted_hits
         _noted_hits[(cache.tenant_id, cache.served_model, key_hash)] += 1
-    # A forked child inherits the parent's notes but not its writer thread: its first note starts one.
-    if first or not _writer.running():
+    if first:
         _writer.put(_HITS_NOTED)
+
+
+def _forget_parents_hits() -> None:
+    """In a forked child: the parent's notes are the parent's to write, and its lock may have been held mid-fork."""
+    global _noted_lock
+    _noted_lock = threading.Lock()
+    _noted_hits.clear()
+    _held_hits.clear()
+    _hits_timer.clear()
 
 
 def _noted_hits_take() -> Counter:
@@ -664,6 +673,7 @@ def _write_batch(items: list) -> None:
 
 
 _writer = BatchWorker("cache-writer", _write_batch, max_batch=lambda: WRITE_BATCH)
+os.register_at_fork(after_in_child=_forget_parents_hits)
 
 
 def cache_writes_flush(timeout: float = 30) -> None:
