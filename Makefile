@@ -5,6 +5,9 @@ TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/llmops
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
 # tests/e2e's topology gets a Redis database of its own: the suite's in-process ledger drainer reads TEST_REDIS_URL's.
 TEST_E2E_REDIS_URL ?= redis://127.0.0.1:6379/14
+# The suite's tests wait on processes and sockets about half the time: two pytest-xdist workers keep both cores busy.
+# Each takes Redis databases and a database name of its own (tests/worker_env.py); a module's tests stay together.
+PYTEST_WORKERS ?= 2
 
 # tiktoken's encodings ship beside the checkout, so nothing downloads at run time.
 SHARED_TIKTOKEN := $(abspath ../shared/tiktoken)
@@ -48,7 +51,7 @@ services:
 # pytest's exit code 5 (no tests collected) fails the run: a suite that runs nothing proves nothing.
 test: install services
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) E2E_REDIS_URL=$(TEST_E2E_REDIS_URL) \
-		$(VENV)/bin/pytest $(PYTEST_ARGS); \
+		$(VENV)/bin/python -m pytest -p tests.worker_env -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS); \
 	status=$$?; if [ $$status -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$status
 
 lint: $(VENV)/.installed

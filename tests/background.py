@@ -2,9 +2,10 @@
 the module's own): wanted once collection shows the module will run, started on a thread once the suite's own test
 database is made (so the two migrations do not share the machine), and waited for by the fixture.
 
-The suite runs its tests one after another, about one core's worth of work on the 2-core machine: a migration of
-some 8 s runs in a child process beside the tests before the module, and the module no longer waits for it. What the
-work does and how its failure is reported stay the fixture's, as when it did the work itself.
+Each pytest-xdist worker runs its tests one after another and collects the whole suite, so every worker prepares
+(under names of its own, tests/worker_env.py) what the selected modules need, though one worker runs each module: a
+migration of some 8 s runs in a child process beside the worker's tests, and the module does not wait for it. What
+the work does and how its failure is reported stay the fixture's, as when it did the work itself.
 """
 
 import subprocess
