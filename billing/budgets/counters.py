@@ -3,8 +3,8 @@
 A counter in Redis is one hash per budget and period (``llmops:budget:<id>:<period key>``; a customer-scope budget has
 one per customer, ``llmops:budget:<id>:c:<digest of the customer>:<period key>``, seeded from that customer's rows
 and expiring with its period like every counter, so any number of customers leaves no state behind) with ``spent`` and
-``reserved`` in units of 1e-10 USD, the budget ``version`` it was seeded for, and an ``epoch`` naming this
-incarnation of the counter. The reserve script admits nothing under a counter that is missing (a new budget, a
+``reserved`` in units of 1e-10 USD, the budget ``version`` it was seeded for, and ``held:<request id>``, the amount
+each request in flight holds. The reserve script admits nothing under a counter that is missing (a new budget, a
 Redis flush, a failover, an eviction) or seeded for an older version of the budget (a changed limit, scope or
 period): the gateway seeds it first, with one ledger query, and tries again. Seeding is rare, so its cost does not
 touch the hot path.
@@ -24,7 +24,8 @@ Seeding, exactly once per counter even with many processes racing (the mark scri
 After a flush (or a restart of a Redis without AOF) the reservations of requests in flight are gone with the
 counter; each settles its actual cost (counted once: it is in the ledger or pending), but until then the new
 counter does not hold their worst case. A Redis with AOF restarts with its counters and reservations; a settle that
-meets it down is sent again once it answers (billing.budgets.reservations), its ledger row written to the database.
+meets it down is sent again once it answers (billing.budgets.reservations), its ledger row written to the database,
+and a reserve whose reply never came is settled at nothing the same way (what the request holds, if anything).
 A change of scope keeps the counter (and the reservations in flight under the old scope, which is cautious); a
 change of period or of the tenant's time zone starts another counter, and requests in flight under the old one
 settle there: the new one counts them at the nightly check.
@@ -65,18 +66,20 @@ ID_CHUNK = 5000
 # Replies of the reserve script.
 REFUSED, RESERVED, NEEDS_SEED, SEEDING = 0, 1, 2, 3
 
-# KEYS: one counter per budget. ARGV[1]: amount; then per budget: limit, enforced (1/0), ttl seconds, version.
-# Returns {1, used after..., epoch...} when reserved; {0, index that refused, spent, reserved} when refused;
-# {2, index} when that counter must be seeded first (missing, or seeded for an older version, or its seeder's lease
-# ran out); {3, index} while another process seeds it.
+# KEYS: one counter per budget. ARGV[1]: amount; then per budget: limit, enforced (1/0), ttl seconds, version; last,
+# the request id, under which each counter notes what the request holds (``held:<request id>``), so that it is
+# released exactly once however often the settle is sent. Returns {1, used after...} when reserved; {0, index that
+# refused, spent, reserved} when refused; {2, index} when that counter must be seeded first (missing, or seeded for
+# an older version, or its seeder's lease ran out); {3, index} while another process seeds it.
 RESERVE_SCRIPT = RedisScript("""
 local amount = tonumber(ARGV[1])
-local used, epochs = {}, {}
+local held = 'held:' .. ARGV[#ARGV]
+local used = {}
 for i = 1, #KEYS do
-  local counter = redis.call('HMGET', KEYS[i], 'spent', 'reserved', 'version', 'seeding', 'epoch', 'seed_until')
+  local counter = redis.call('HMGET', KEYS[i], 'spent', 'reserved', 'version', 'seeding', 'seed_until')
   if counter[4] then
     local time = redis.call('TIME')
-    if tonumber(counter[6]) > tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000) then
+    if tonumber(counter[5]) > tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000) then
       return {3, i}
     end
     return {2, i}
@@ -86,7 +89,6 @@ for i = 1, #KEYS do
   end
   local spent, reserved = tonumber(counter[1]), tonumber(counter[2]) or 0
   used[i] = spent + reserved
-  epochs[i] = counter[5]
   if ARGV[4 * i - 1] == '1' and used[i] + amount > tonumber(ARGV[4 * i - 2]) then
     return {0, i, spent, reserved}
   end
@@ -94,45 +96,53 @@ end
 local result = {1}
 for i = 1, #KEYS do
   redis.call('HINCRBY', KEYS[i], 'reserved', amount)
+  redis.call('HINCRBY', KEYS[i], held, amount)
   redis.call('EXPIRE', KEYS[i], ARGV[4 * i])
   result[i + 1] = used[i] + amount
-  result[#KEYS + i + 1] = epochs[i]
 end
 return result
 """)
 
 # KEYS: the n counters reserved against, their n pending hashes, then the ledger stream when an event is appended.
 # ARGV: n, the reservation to release, the actual cost, the request id, the ledger event ('' for none), '1' when the
-# request's row is in the database ledger already (a settle sent again after Redis was away), then the epoch each
-# counter had when reserved. A reservation is released only from the counter incarnation that holds it; a row already
-# in the ledger is added only to that incarnation too, since a counter seeded since then has read it.
+# request's row is in the database ledger already (a settle sent again after Redis was away). A counter releases only
+# what it notes the request holds (``held:<request id>``), once: a counter seeded anew since the reservation holds
+# nothing of it, and a settle sent again after its first reached Redis finds nothing left. A row already in the
+# ledger is added only where the request still holds its reservation, for the same two reasons (a counter seeded
+# since has read the row; a settle that reached Redis added it).
 # Returns spent and reserved of each counter after, flattened; spent is -1 where it is not known yet (no counter,
 # or one being seeded: the cost is then pending, or already in the ledger the seed reads).
 SETTLE_SCRIPT = RedisScript("""
 local n = tonumber(ARGV[1])
 local amount, actual = tonumber(ARGV[2]), tonumber(ARGV[3])
+local held = 'held:' .. ARGV[4]
 local in_ledger = ARGV[6] == '1'
 local result = {}
 for i = 1, n do
   local spent, reserved = -1, 0
   if redis.call('EXISTS', KEYS[i]) == 1 then
-    local state = redis.call('HMGET', KEYS[i], 'epoch', 'seeding')
-    local same_incarnation = state[1] == ARGV[6 + i]
-    if amount > 0 and same_incarnation then
-      reserved = redis.call('HINCRBY', KEYS[i], 'reserved', -amount)
+    local state = redis.call('HMGET', KEYS[i], 'seeding', held, 'reserved')
+    local holding = tonumber(state[2])
+    reserved = tonumber(state[3]) or 0
+    if holding then
+      local release = math.min(holding, amount)
+      if holding > release then
+        redis.call('HINCRBY', KEYS[i], held, -release)
+      else
+        redis.call('HDEL', KEYS[i], held)
+      end
+      reserved = redis.call('HINCRBY', KEYS[i], 'reserved', -release)
       if reserved < 0 then
         redis.call('HSET', KEYS[i], 'reserved', 0)
         reserved = 0
       end
-    else
-      reserved = tonumber(redis.call('HGET', KEYS[i], 'reserved')) or 0
     end
-    if state[2] then
+    if state[1] then
       if actual > 0 and not in_ledger then
         redis.call('HSET', KEYS[n + i], ARGV[4], actual)
         redis.call('PEXPIRE', KEYS[n + i], 600000)
       end
-    elseif same_incarnation or not in_ledger then
+    elseif holding or not in_ledger then
       spent = redis.call('HINCRBY', KEYS[i], 'spent', actual)
     end
   end
@@ -145,9 +155,9 @@ end
 return result
 """)
 
-# KEYS: counter, its pending hash, the ledger stream. ARGV: version, seeder token, epoch for a new counter, ttl
-# seconds, force (1/0), lease ms. Returns {1, boundary stream id} when this caller seeds; {0} when the counter is
-# seeded for this version already; {-1} while another seeder holds it.
+# KEYS: counter, its pending hash, the ledger stream. ARGV: version, seeder token, ttl seconds, force (1/0), lease ms.
+# Returns {1, boundary stream id} when this caller seeds; {0} when the counter is seeded for this version already;
+# {-1} while another seeder holds it.
 MARK_SCRIPT = """
 local counter = redis.call('HMGET', KEYS[1], 'spent', 'version', 'seeding', 'seed_until')
 local time = redis.call('TIME')
@@ -155,14 +165,14 @@ local now_ms = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 if counter[3] and tonumber(counter[4]) > now_ms then
   return {-1}
 end
-if counter[1] and not counter[3] and ARGV[5] ~= '1' and (tonumber(counter[2]) or -1) >= tonumber(ARGV[1]) then
+if counter[1] and not counter[3] and ARGV[4] ~= '1' and (tonumber(counter[2]) or -1) >= tonumber(ARGV[1]) then
   return {0}
 end
 if redis.call('EXISTS', KEYS[1]) == 0 then
-  redis.call('HSET', KEYS[1], 'reserved', 0, 'epoch', ARGV[3])
+  redis.call('HSET', KEYS[1], 'reserved', 0)
 end
-redis.call('HSET', KEYS[1], 'version', ARGV[1], 'seeding', ARGV[2], 'seed_until', now_ms + tonumber(ARGV[6]))
-redis.call('EXPIRE', KEYS[1], ARGV[4])
+redis.call('HSET', KEYS[1], 'version', ARGV[1], 'seeding', ARGV[2], 'seed_until', now_ms + tonumber(ARGV[5]))
+redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('DEL', KEYS[2])
 local last = redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', 1)
 if #last > 0 then
@@ -282,7 +292,6 @@ def counter_seed(*, hold: BudgetHold, now: datetime, force: bool = False) -> Dec
         args=[
             hold.entry.version,
             token := secrets.token_hex(8),
-            secrets.token_hex(8),
             hold.ttl_seconds(now),
             1 if force else 0,
             SEED_LEASE_MS,

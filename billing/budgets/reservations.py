@@ -102,8 +102,6 @@ class Reservation:
     backend: str  # "redis", "database", or "none" when nothing was counted
     remaining_usd: Decimal | None  # of the tightest budget; None when no budget applies
     settled: bool = False
-    # The incarnation of each Redis counter the amount was reserved in; a counter seeded anew does not hold it.
-    epochs: tuple[str, ...] = ()
 
 
 def _remaining(holds: tuple[BudgetHold, ...], used_units: list[int | None]) -> Decimal | None:
@@ -131,7 +129,12 @@ async def budget_reserve(
     if client is not None:
         try:
             return await _redis_reserve(client, holds, amount_units, request_id, now)
-        except RedisError as exc:
+        except (RedisError, asyncio.CancelledError) as exc:
+            # The script may have run with its reply lost (Redis went away, or the caller did: a client that
+            # disconnected): what the request may hold is released, once, when Redis answers.
+            _release_unknown(Reservation(request_id, amount_units, holds, backend="redis", remaining_usd=None))
+            if isinstance(exc, asyncio.CancelledError):
+                raise
             if not _use_database(exc):
                 return _fail_closed(holds, amount_units, request_id)
     used = await database_sync_to_async(_database_reserve)(holds, amount_units, now)
@@ -152,6 +155,7 @@ async def _redis_reserve(client, holds, amount_units: int, request_id: str, now:
     for hold in holds:
         entry = hold.entry
         arguments += [entry.limit_units, 1 if entry.enforced else 0, hold.ttl_seconds(now), entry.version]
+    arguments.append(request_id)
     keys = [hold.redis_key for hold in holds]
     deadline = time.monotonic() + SEED_WAIT_SECONDS
     while True:
@@ -171,11 +175,8 @@ async def _redis_reserve(client, holds, amount_units: int, request_id: str, now:
         await asyncio.sleep(SEED_POLL_SECONDS)
     if result[0] == REFUSED:
         raise _exceeded(holds[result[1] - 1], int(result[2]), int(result[3]), amount_units, now)
-    used = [int(value) for value in result[1 : len(holds) + 1]]
-    epochs = tuple(epoch.decode() for epoch in result[len(holds) + 1 :])
-    return Reservation(
-        request_id, amount_units, holds, backend="redis", remaining_usd=_remaining(holds, used), epochs=epochs
-    )
+    used = [int(value) for value in result[1:]]
+    return Reservation(request_id, amount_units, holds, backend="redis", remaining_usd=_remaining(holds, used))
 
 
 def _exceeded(hold: BudgetHold, spent: int, reserved: int, requested: int, now: datetime) -> BudgetExceeded:
@@ -246,9 +247,8 @@ def _settle_call(
     holds = reservation.holds
     keys = [hold.redis_key for hold in holds] + [hold.pending_key for hold in holds]
     keys += [STREAM_KEY] if event is not None else []
-    epochs = reservation.epochs or ("",) * len(holds)
     arguments = [len(holds), reservation.amount_units, actual_units, reservation.request_id]
-    arguments += [usage_event_encode(event) if event is not None else "", "1" if in_ledger else "0", *epochs]
+    arguments += [usage_event_encode(event) if event is not None else "", "1" if in_ledger else "0"]
     return keys, arguments
 
 
@@ -270,11 +270,12 @@ async def _redis_settle(reservation: Reservation, actual_units: int, event: Usag
     return [(int(result[2 * i]), int(result[2 * i + 1])) for i in range(len(reservation.holds))]
 
 
-async def _resettle(reservation: Reservation, actual_units: int) -> None:
+async def _resettle(
+    reservation: Reservation, actual_units: int, *, done_note: str = "settled %s in Redis once it answered again"
+) -> None:
     """Send a failed settle again (without its ledger event, which is in the database) until Redis answers, for up
-    to RESETTLE_SECONDS. A counter seeded since the reservation has read the row, so only the incarnation that holds
-    the reservation gets the cost. If the first attempt did reach Redis and only its reply was lost, the cost counts
-    twice and the reservation is released twice: cautious on spend, generous by one reservation."""
+    to RESETTLE_SECONDS. Only a counter that still notes the reservation releases it and gets the cost: one seeded
+    since has read the row, and if the first attempt did reach Redis with only its reply lost, it has both already."""
     keys, arguments = _settle_call(reservation, actual_units, None, in_ledger=True)
     deadline = time.monotonic() + RESETTLE_SECONDS
     pause = RESETTLE_FIRST_PAUSE_SECONDS
@@ -291,8 +292,32 @@ async def _resettle(reservation: Reservation, actual_units: int) -> None:
                 return
             pause = min(pause * 2, RESETTLE_MAX_PAUSE_SECONDS)
             continue
-        logger.warning("settled %s in Redis once it answered again", reservation.request_id)
+        logger.warning(done_note, reservation.request_id)
         return
+
+
+# Releases of reserves that got no reply, waiting for Redis at once in a process. The first failures when Redis goes
+# away are those whose script may have run; during an outage every later reserve fails before it reaches Redis.
+UNKNOWN_RELEASES_MAX = 100
+_unknown_releases = 0
+
+
+def _release_unknown(reservation: Reservation) -> None:
+    """Settle at nothing, once Redis answers, a reservation whose reserve got no reply: the counters release what
+    they note the request holds, and nothing when the script never ran."""
+    global _unknown_releases
+    if _unknown_releases >= UNKNOWN_RELEASES_MAX:
+        return
+    _unknown_releases += 1
+
+    async def release() -> None:
+        global _unknown_releases
+        try:
+            await _resettle(reservation, 0, done_note="released in Redis what %s may have reserved without a reply")
+        finally:
+            _unknown_releases -= 1
+
+    run_in_background(release())
 
 
 def _database_settle(holds, reserved_units: int, actual_units: int, event: UsageEvent | None) -> list[tuple[int, int]]:

@@ -10,7 +10,7 @@ from decimal import Decimal
 import pytest
 from django.db import connection, transaction
 
-from billing.budgets.counters import BudgetHold
+from billing.budgets.counters import RESERVE_SCRIPT, BudgetHold
 from billing.budgets.index import build_budget_index, usd_to_units
 from billing.budgets.periods import budget_window
 from billing.budgets.reservations import (
@@ -185,6 +185,65 @@ def test_a_settle_sent_again_after_redis_came_back_is_not_counted_twice_by_a_res
     check = budget_counter_check(budget=budget, now=NOW)
     assert check.counted_usd == check.ledger_usd == Decimal(1)
     assert reserve(live_org, "4").remaining_usd == 0
+
+
+def counter_key(org) -> str:
+    return BudgetHold(entry=entries(org)[0], window=budget_window(period="month", zone=UTC, now=NOW)).redis_key
+
+
+def counter_fields(client, key: str) -> tuple[int, int, dict[str, int]]:
+    """A Redis counter's spent, reserved, and what each request in flight holds."""
+    fields = {name.decode(): int(value) for name, value in client.hgetall(key).items() if value.isdigit()}
+    held = {name.removeprefix("held:"): value for name, value in fields.items() if name.startswith("held:")}
+    return fields["spent"], fields["reserved"], held
+
+
+def test_a_settle_sent_again_after_its_first_reached_redis_releases_and_counts_once(live_org, redis_counters):
+    """The first settle ran and only its reply was lost, so it is sent again: the counter has nothing of the request
+    left to release or to count, and the other request keeps its reservation."""
+    budget_create(tenant=live_org.tenant, scope=BudgetScope.TEAM, team=live_org.team, limit_usd=Decimal(5))
+    resent = reserve(live_org, "2", request_id="resent")
+    reserve(live_org, "1", request_id="other")
+    run(reservation_settle(resent, actual=Decimal("0.5"), event=event(live_org, request_id="resent", cost="0.5")))
+
+    run(_resettle(resent, usd_to_units(Decimal("0.5"))))
+
+    key = counter_key(live_org)
+    spent, reserved, held = counter_fields(redis_counters, key)
+    assert (spent, reserved) == (usd_to_units(Decimal("0.5")), usd_to_units(Decimal(1)))
+    assert held == {"other": usd_to_units(Decimal(1))}
+
+
+def test_a_reserve_whose_caller_went_away_after_it_reached_redis_is_released(live_org, redis_counters, monkeypatch):
+    """The client disconnected while its reserve was in Redis and the reply on its way (the request's task is
+    cancelled, and nobody would settle what it holds): the reservation is released, once, and only it."""
+    budget_create(tenant=live_org.tenant, scope=BudgetScope.TEAM, team=live_org.team, limit_usd=Decimal(5))
+    reserve(live_org, "1", request_id="other")
+    budgets, key = entries(live_org), counter_key(live_org)
+    reply_on_its_way = RESERVE_SCRIPT.run
+
+    async def reply_never_read(client, keys, args):
+        await reply_on_its_way(client, keys, args)
+        reached.set()
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr(RESERVE_SCRIPT, "run", reply_never_read)
+
+    async def cancelled_then_released() -> dict[str, int]:
+        reserving = asyncio.create_task(budget_reserve(budgets=budgets, amount=Decimal(2), request_id="gone", now=NOW))
+        await reached.wait()
+        assert counter_fields(redis_counters, key)[2] == {"other": usd_to_units(Decimal(1)), "gone": 2 * 10**10}
+        reserving.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await reserving
+        deadline = time.monotonic() + 5
+        while "gone" in (held := counter_fields(redis_counters, key)[2]) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        return held
+
+    reached = asyncio.Event()
+    assert asyncio.run(cancelled_then_released()) == {"other": usd_to_units(Decimal(1))}
+    assert counter_fields(redis_counters, key)[:2] == (0, usd_to_units(Decimal(1)))
 
 
 def test_settles_racing_with_reseeds_are_counted_exactly_once(live_org, redis_counters):
