@@ -155,9 +155,10 @@ end
 return result
 """)
 
-# KEYS: counter, its pending hash, the ledger stream. ARGV: version, seeder token, ttl seconds, force (1/0), lease ms.
-# Returns {1, boundary stream id} when this caller seeds; {0} when the counter is seeded for this version already;
-# {-1} while another seeder holds it.
+# KEYS: counter, its pending hash, the ledger stream. ARGV: version, seeder token, epoch for a new counter, ttl
+# seconds, force (1/0), lease ms. Returns {1, boundary stream id} when this caller seeds; {0} when the counter is
+# seeded for this version already; {-1} while another seeder holds it. The epoch is for gateways of the release before
+# ``held:<request id>``, which settle by it: during a rolling deploy they reserve and settle under new counters too.
 MARK_SCRIPT = """
 local counter = redis.call('HMGET', KEYS[1], 'spent', 'version', 'seeding', 'seed_until')
 local time = redis.call('TIME')
@@ -165,14 +166,14 @@ local now_ms = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 if counter[3] and tonumber(counter[4]) > now_ms then
   return {-1}
 end
-if counter[1] and not counter[3] and ARGV[4] ~= '1' and (tonumber(counter[2]) or -1) >= tonumber(ARGV[1]) then
+if counter[1] and not counter[3] and ARGV[5] ~= '1' and (tonumber(counter[2]) or -1) >= tonumber(ARGV[1]) then
   return {0}
 end
 if redis.call('EXISTS', KEYS[1]) == 0 then
-  redis.call('HSET', KEYS[1], 'reserved', 0)
+  redis.call('HSET', KEYS[1], 'reserved', 0, 'epoch', ARGV[3])
 end
-redis.call('HSET', KEYS[1], 'version', ARGV[1], 'seeding', ARGV[2], 'seed_until', now_ms + tonumber(ARGV[5]))
-redis.call('EXPIRE', KEYS[1], ARGV[3])
+redis.call('HSET', KEYS[1], 'version', ARGV[1], 'seeding', ARGV[2], 'seed_until', now_ms + tonumber(ARGV[6]))
+redis.call('EXPIRE', KEYS[1], ARGV[4])
 redis.call('DEL', KEYS[2])
 local last = redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', 1)
 if #last > 0 then
@@ -292,6 +293,7 @@ def counter_seed(*, hold: BudgetHold, now: datetime, force: bool = False) -> Dec
         args=[
             hold.entry.version,
             token := secrets.token_hex(8),
+            secrets.token_hex(8),
             hold.ttl_seconds(now),
             1 if force else 0,
             SEED_LEASE_MS,
