@@ -271,7 +271,11 @@ async def _redis_settle(reservation: Reservation, actual_units: int, event: Usag
 
 
 async def _resettle(
-    reservation: Reservation, actual_units: int, *, done_note: str = "settled %s in Redis once it answered again"
+    reservation: Reservation,
+    actual_units: int,
+    *,
+    done_note: str = "settled %s in Redis once it answered again",
+    done_level: int = logging.WARNING,
 ) -> None:
     """Send a failed settle again (without its ledger event, which is in the database) until Redis answers, for up
     to RESETTLE_SECONDS. Only a counter that still notes the reservation releases it and gets the cost: one seeded
@@ -292,7 +296,7 @@ async def _resettle(
                 return
             pause = min(pause * 2, RESETTLE_MAX_PAUSE_SECONDS)
             continue
-        logger.warning(done_note, reservation.request_id)
+        logger.log(done_level, done_note, reservation.request_id)
         return
 
 
@@ -313,7 +317,9 @@ def _release_unknown(reservation: Reservation) -> None:
     async def release() -> None:
         global _unknown_releases
         try:
-            await _resettle(reservation, 0, done_note="released in Redis what %s may have reserved without a reply")
+            # Mostly a client that hung up during admission: routine, not a warning.
+            note = "released in Redis what %s may have reserved without a reply"
+            await _resettle(reservation, 0, done_note=note, done_level=logging.INFO)
         finally:
             _unknown_releases -= 1
 
