@@ -3,8 +3,8 @@
 A counter in Redis is one hash per budget and period (``llmops:budget:<id>:<period key>``; a customer-scope budget has
 one per customer, ``llmops:budget:<id>:c:<digest of the customer>:<period key>``, seeded from that customer's rows
 and expiring with its period like every counter, so any number of customers leaves no state behind) with ``spent`` and
-``reserved`` in units of 1e-10 USD, the budget ``version`` it was seeded for, and ``held:<request id>``, the amount
-each request in flight holds. The reserve script admits nothing under a counter that is missing (a new budget, a
+``reserved`` in units of 1e-10 USD, the budget ``version`` it was seeded for, and ``held:<held_as>``, the amount
+each reservation in flight holds. The reserve script admits nothing under a counter that is missing (a new budget, a
 Redis flush, a failover, an eviction) or seeded for an older version of the budget (a changed limit, scope or
 period): the gateway seeds it first, with one ledger query, and tries again. Seeding is rare, so its cost does not
 touch the hot path.
@@ -67,10 +67,11 @@ ID_CHUNK = 5000
 REFUSED, RESERVED, NEEDS_SEED, SEEDING = 0, 1, 2, 3
 
 # KEYS: one counter per budget. ARGV[1]: amount; then per budget: limit, enforced (1/0), ttl seconds, version; last,
-# the request id, under which each counter notes what the request holds (``held:<request id>``), so that it is
-# released exactly once however often the settle is sent. Returns {1, used after...} when reserved; {0, index that
-# refused, spent, reserved} when refused; {2, index} when that counter must be seeded first (missing, or seeded for
-# an older version, or its seeder's lease ran out); {3, index} while another process seeds it.
+# the reservation's hold (the request id and a token of this reserve), under which each counter notes what it holds
+# (``held:<held_as>``), so that it is released exactly once however often the settle is sent. Returns {1, used
+# after...} when reserved; {0, index that refused, spent, reserved} when refused; {2, index} when that counter must be
+# seeded first (missing, or seeded for an older version, or its seeder's lease ran out); {3, index} while another
+# process seeds it.
 RESERVE_SCRIPT = RedisScript("""
 local amount = tonumber(ARGV[1])
 local held = 'held:' .. ARGV[#ARGV]
@@ -105,17 +106,17 @@ return result
 
 # KEYS: the n counters reserved against, their n pending hashes, then the ledger stream when an event is appended.
 # ARGV: n, the reservation to release, the actual cost, the request id, the ledger event ('' for none), '1' when the
-# request's row is in the database ledger already (a settle sent again after Redis was away). A counter releases only
-# what it notes the request holds (``held:<request id>``), once: a counter seeded anew since the reservation holds
-# nothing of it, and a settle sent again after its first reached Redis finds nothing left. A row already in the
-# ledger is added only where the request still holds its reservation, for the same two reasons (a counter seeded
-# since has read the row; a settle that reached Redis added it).
+# request's row is in the database ledger already (a settle sent again after Redis was away), the reservation's hold.
+# A counter releases only what it notes under the hold (``held:<held_as>``), once: a counter seeded anew since the
+# reservation holds nothing of it, and a settle sent again after its first reached Redis finds nothing left. A row
+# already in the ledger is added only where the hold is still noted, for the same two reasons (a counter seeded since
+# has read the row; a settle that reached Redis added it).
 # Returns spent and reserved of each counter after, flattened; spent is -1 where it is not known yet (no counter,
 # or one being seeded: the cost is then pending, or already in the ledger the seed reads).
 SETTLE_SCRIPT = RedisScript("""
 local n = tonumber(ARGV[1])
 local amount, actual = tonumber(ARGV[2]), tonumber(ARGV[3])
-local held = 'held:' .. ARGV[4]
+local held = 'held:' .. ARGV[7]
 local in_ledger = ARGV[6] == '1'
 local result = {}
 for i = 1, n do
@@ -158,7 +159,7 @@ return result
 # KEYS: counter, its pending hash, the ledger stream. ARGV: version, seeder token, epoch for a new counter, ttl
 # seconds, force (1/0), lease ms. Returns {1, boundary stream id} when this caller seeds; {0} when the counter is
 # seeded for this version already; {-1} while another seeder holds it. The epoch is for gateways of the release before
-# ``held:<request id>``, which settle by it: during a rolling deploy they reserve and settle under new counters too.
+# ``held:<held_as>``, which settle by it: during a rolling deploy they reserve and settle under new counters too.
 MARK_SCRIPT = """
 local counter = redis.call('HMGET', KEYS[1], 'spent', 'version', 'seeding', 'seed_until')
 local time = redis.call('TIME')

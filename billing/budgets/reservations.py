@@ -13,6 +13,8 @@ A counter that does not know the period's spend yet is seeded from the ledger fi
 import asyncio
 import logging
 import math
+import os
+import secrets
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -102,6 +104,10 @@ class Reservation:
     backend: str  # "redis", "database", or "none" when nothing was counted
     remaining_usd: Decimal | None  # of the tightest budget; None when no budget applies
     settled: bool = False
+    # What the Redis counters note it under (``held:<held_as>``): the request id and a token of this reserve, so a late
+    # release of a reserve that got no reply cannot take a later reservation of the same request (a downgrade, a
+    # job's next run).
+    held_as: str = ""
 
 
 def _remaining(holds: tuple[BudgetHold, ...], used_units: list[int | None]) -> Decimal | None:
@@ -127,12 +133,13 @@ async def budget_reserve(
         return Reservation(request_id, amount_units, holds, backend="none", remaining_usd=None)
     client = async_redis()
     if client is not None:
+        held_as = f"{request_id}:{secrets.token_hex(4)}"
         try:
-            return await _redis_reserve(client, holds, amount_units, request_id, now)
+            return await _redis_reserve(client, holds, amount_units, request_id, now, held_as)
         except (RedisError, asyncio.CancelledError) as exc:
             # The script may have run with its reply lost (Redis went away, or the caller did: a client that
-            # disconnected): what the request may hold is released, once, when Redis answers.
-            _release_unknown(Reservation(request_id, amount_units, holds, backend="redis", remaining_usd=None))
+            # disconnected): what this reserve may hold is released, once, when Redis answers.
+            _release_unknown(Reservation(request_id, amount_units, holds, "redis", remaining_usd=None, held_as=held_as))
             if isinstance(exc, asyncio.CancelledError):
                 raise
             if not _use_database(exc):
@@ -148,14 +155,14 @@ def _fail_closed(holds: tuple[BudgetHold, ...], amount_units: int, request_id: s
     return Reservation(request_id, amount_units, holds, backend="none", remaining_usd=None)
 
 
-async def _redis_reserve(client, holds, amount_units: int, request_id: str, now: datetime) -> Reservation:
+async def _redis_reserve(client, holds, amount_units: int, request_id: str, now: datetime, held_as: str) -> Reservation:
     """Reserve in Redis; a counter that must be seeded first is seeded (by this process or another) and the
     reservation tried again, so nothing is admitted under a counter that does not know the period's spend."""
     arguments = [amount_units]
     for hold in holds:
         entry = hold.entry
         arguments += [entry.limit_units, 1 if entry.enforced else 0, hold.ttl_seconds(now), entry.version]
-    arguments.append(request_id)
+    arguments.append(held_as)
     keys = [hold.redis_key for hold in holds]
     deadline = time.monotonic() + SEED_WAIT_SECONDS
     while True:
@@ -176,7 +183,9 @@ async def _redis_reserve(client, holds, amount_units: int, request_id: str, now:
     if result[0] == REFUSED:
         raise _exceeded(holds[result[1] - 1], int(result[2]), int(result[3]), amount_units, now)
     used = [int(value) for value in result[1:]]
-    return Reservation(request_id, amount_units, holds, backend="redis", remaining_usd=_remaining(holds, used))
+    return Reservation(
+        request_id, amount_units, holds, backend="redis", remaining_usd=_remaining(holds, used), held_as=held_as
+    )
 
 
 def _exceeded(hold: BudgetHold, spent: int, reserved: int, requested: int, now: datetime) -> BudgetExceeded:
@@ -248,7 +257,11 @@ def _settle_call(
     keys = [hold.redis_key for hold in holds] + [hold.pending_key for hold in holds]
     keys += [STREAM_KEY] if event is not None else []
     arguments = [len(holds), reservation.amount_units, actual_units, reservation.request_id]
-    arguments += [usage_event_encode(event) if event is not None else "", "1" if in_ledger else "0"]
+    arguments += [
+        usage_event_encode(event) if event is not None else "",
+        "1" if in_ledger else "0",
+        reservation.held_as,
+    ]
     return keys, arguments
 
 
@@ -303,27 +316,25 @@ async def _resettle(
 # Releases of reserves that got no reply, waiting for Redis at once in a process. The first failures when Redis goes
 # away are those whose script may have run; during an outage every later reserve fails before it reaches Redis.
 UNKNOWN_RELEASES_MAX = 100
-_unknown_releases = 0
+_unknown_releases: set[asyncio.Task] = set()
+os.register_at_fork(after_in_child=_unknown_releases.clear)
 
 
 def _release_unknown(reservation: Reservation) -> None:
     """Settle at nothing, once Redis answers, a reservation whose reserve got no reply: the counters release what
-    they note the request holds, and nothing when the script never ran."""
-    global _unknown_releases
-    if _unknown_releases >= UNKNOWN_RELEASES_MAX:
+    they note under its hold, and nothing when the script never ran."""
+    if len(_unknown_releases) >= UNKNOWN_RELEASES_MAX:
+        logger.warning(
+            "%s: %d releases already wait for Redis; what its reserve may hold stays until the counter expires",
+            reservation.request_id, UNKNOWN_RELEASES_MAX,
+        )  # fmt: skip
         return
-    _unknown_releases += 1
-
-    async def release() -> None:
-        global _unknown_releases
-        try:
-            # Mostly a client that hung up during admission: routine, not a warning.
-            note = "released in Redis what %s may have reserved without a reply"
-            await _resettle(reservation, 0, done_note=note, done_level=logging.INFO)
-        finally:
-            _unknown_releases -= 1
-
-    run_in_background(release())
+    # Mostly a client that hung up during admission: routine, not a warning.
+    note = "released in Redis what %s may have reserved without a reply"
+    release = _resettle(reservation, 0, done_note=note, done_level=logging.INFO)
+    task = asyncio.get_running_loop().create_task(release)
+    _unknown_releases.add(task)
+    task.add_done_callback(_unknown_releases.discard)
 
 
 def _database_settle(holds, reserved_units: int, actual_units: int, event: UsageEvent | None) -> list[tuple[int, int]]:

@@ -6,10 +6,13 @@ import threading
 import time
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from types import SimpleNamespace
 
 import pytest
 from django.db import connection, transaction
+from redis.exceptions import ConnectionError as RedisConnectionError
 
+from billing.budgets import reservations
 from billing.budgets.counters import RESERVE_SCRIPT, BudgetHold
 from billing.budgets.index import build_budget_index, usd_to_units
 from billing.budgets.periods import budget_window
@@ -25,6 +28,7 @@ from billing.budgets.tasks import budget_counters_check as budget_counters_check
 from billing.ledger.events import UsageEvent
 from billing.ledger.stream import STREAM_KEY, ledger_stream_drain, ledger_stream_recover, usage_event_encode
 from billing.models import BudgetCounter, BudgetScope, UsageKind, UsageRecord
+from llmops.gateway.chat import admission
 from tests.loops import run
 
 NOW = datetime(2026, 11, 27, 12, tzinfo=UTC)
@@ -192,10 +196,14 @@ def counter_key(org) -> str:
 
 
 def counter_fields(client, key: str) -> tuple[int, int, dict[str, int]]:
-    """A Redis counter's spent, reserved, and what each request in flight holds."""
+    """A Redis counter's spent, reserved, and what each request in flight holds (by request id)."""
     fields = {name.decode(): int(value) for name, value in client.hgetall(key).items() if value.isdigit()}
-    held = {name.removeprefix("held:"): value for name, value in fields.items() if name.startswith("held:")}
-    return fields["spent"], fields["reserved"], held
+    held = {
+        name.removeprefix("held:").rpartition(":")[0]: value
+        for name, value in fields.items()
+        if name.startswith("held:")
+    }
+    return fields.get("spent", 0), fields.get("reserved", 0), held
 
 
 def test_a_settle_sent_again_after_its_first_reached_redis_releases_and_counts_once(live_org, redis_counters):
@@ -244,6 +252,78 @@ def test_a_reserve_whose_caller_went_away_after_it_reached_redis_is_released(liv
     reached = asyncio.Event()
     assert asyncio.run(cancelled_then_released()) == {"other": usd_to_units(Decimal(1))}
     assert counter_fields(redis_counters, key)[:2] == (0, usd_to_units(Decimal(1)))
+
+
+def test_a_reservation_made_while_the_rate_limit_was_still_checked_is_given_back_when_the_client_goes(
+    live_org, redis_counters, monkeypatch
+):
+    """Admission waits on the rate limit, the slot and the reserve together; the reserve has answered when the
+    client hangs up: the reservation it got is settled at nothing, not left to the period's end."""
+    budget_create(tenant=live_org.tenant, scope=BudgetScope.TEAM, team=live_org.team, limit_usd=Decimal(5))
+    budgets, key = entries(live_org), counter_key(live_org)
+
+    async def rate_limit_never_answers(**kwargs):
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr(admission, "rate_limit_check", rate_limit_never_answers)
+    monkeypatch.setattr(admission.timezone, "now", lambda: NOW)
+    snapshot = SimpleNamespace(rate_limits=None, max_inflight=0)
+    principal = SimpleNamespace(tenant_id=live_org.tenant.pk, team_id=live_org.team.pk, key_id=live_org.api_key.pk)
+    call = SimpleNamespace(principal=principal, customer="", request_id="gone", extra_headers={})
+
+    async def cancelled_after_the_reserve() -> dict[str, int]:
+        admitting = asyncio.create_task(
+            admission.admission_hold(snapshot, call, budgets=budgets, tokens=10, amount=Decimal(2))
+        )
+        deadline = time.monotonic() + 5
+        while "gone" not in counter_fields(redis_counters, key)[2]:
+            assert not admitting.done() and time.monotonic() < deadline, "the reserve never held anything"
+            await asyncio.sleep(0.01)
+        admitting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await admitting
+        deadline = time.monotonic() + 5
+        while "gone" in (held := counter_fields(redis_counters, key)[2]) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        return held
+
+    assert asyncio.run(cancelled_after_the_reserve()) == {}
+    assert counter_fields(redis_counters, key)[:2] == (0, 0)
+
+
+def test_a_late_release_of_a_reserve_without_reply_leaves_the_same_requests_next_reservation(
+    live_org, redis_counters, monkeypatch, settings
+):
+    """The first reserve meets a Redis error (its release waits for Redis), the database refuses it, and the
+    request downgrades: its second reserve, under the same request id, is not what the late release takes, so the
+    hard limit still holds against the next request."""
+    settings.LLMOPS_BUDGET_REDIS_FAILURE = "database"
+    budget_create(tenant=live_org.tenant, scope=BudgetScope.TEAM, team=live_org.team, limit_usd=Decimal(5))
+    budgets, key = entries(live_org), counter_key(live_org)
+    answers = RESERVE_SCRIPT.run
+    failures = iter([RedisConnectionError("Connection reset by peer")])
+
+    async def first_reply_lost(client, keys, args):
+        if (failure := next(failures, None)) is not None:
+            raise failure
+        return await answers(client, keys, args)
+
+    monkeypatch.setattr(RESERVE_SCRIPT, "run", first_reply_lost)
+    # The release's first try falls after the downgrade's reserve (otherwise a race of a few ms).
+    monkeypatch.setattr(reservations, "RESETTLE_FIRST_PAUSE_SECONDS", 0.3)
+
+    async def downgraded_then_released():
+        with pytest.raises(BudgetExceeded):
+            await budget_reserve(budgets=budgets, amount=Decimal(6), request_id="dg", now=NOW)
+        await budget_reserve(budgets=budgets, amount=Decimal(1), request_id="dg", now=NOW)
+        while reservations._unknown_releases:
+            await asyncio.sleep(0.05)
+        held = counter_fields(redis_counters, key)[2]
+        with pytest.raises(BudgetExceeded):
+            await budget_reserve(budgets=budgets, amount=Decimal(5), request_id="other", now=NOW)
+        return held
+
+    assert asyncio.run(downgraded_then_released()) == {"dg": usd_to_units(Decimal(1))}
 
 
 def test_settles_racing_with_reseeds_are_counted_exactly_once(live_org, redis_counters):

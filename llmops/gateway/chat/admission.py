@@ -23,6 +23,7 @@ from billing.budgets.reservations import (
 )
 from billing.ledger.costs import format_cost
 from billing.ratelimits import RateLimitResult, rate_limit_check
+from core.background import run_in_background
 from core.cpu import run_sized
 from llmops.gateway.call import GatewayCall
 from llmops.gateway.chat.planning import ChatPlan
@@ -34,7 +35,7 @@ from llmops.gateway.chat.worst_case import (
     fitting_max_tokens,
     prediction_chars,
 )
-from llmops.gateway.concurrency import InflightSlot, inflight_acquire, inflight_limit
+from llmops.gateway.concurrency import InflightSlot, inflight_acquire, inflight_limit, inflight_release
 from llmops.gateway.errors import GatewayError
 from llmops.gateway.snapshot import ConfigSnapshot
 from routing.catalog import ModelEntry
@@ -117,6 +118,10 @@ async def _nothing() -> None:
     return None
 
 
+def _finished_with(task: asyncio.Future, kind: type) -> bool:
+    return task.done() and not task.cancelled() and task.exception() is None and isinstance(task.result(), kind)
+
+
 async def admission_hold(
     snapshot: ConfigSnapshot,
     call: GatewayCall,
@@ -149,16 +154,26 @@ async def admission_hold(
     # Counted, held and reserved at once: one wait on Redis instead of three. The rate limit still decides first,
     # then the tenant's cap on requests in flight; a reservation made for a request either refuses is released
     # straight away.
-    limited, slot, reserved = await asyncio.gather(
-        counting,
+    acquiring = asyncio.ensure_future(
         inflight_acquire(tenant_id=principal.tenant_id, request_id=call.request_id, limit=inflight_cap)
         if inflight_cap
-        else _nothing(),
+        else _nothing()
+    )
+    reserving = asyncio.ensure_future(
         budget_reserve(budgets=budgets, amount=amount, request_id=call.request_id, now=now, customer=customer)
         if budgets
-        else _nothing(),
-        return_exceptions=True,
+        else _nothing()
     )
+    try:
+        limited, slot, reserved = await asyncio.gather(counting, acquiring, reserving, return_exceptions=True)
+    except asyncio.CancelledError:
+        # The client went away while another wait was still on: what was taken already is given back, as nobody
+        # else will (a reserve cut short releases itself).
+        if _finished_with(reserving, Reservation):
+            run_in_background(reservation_settle(reserving.result(), actual=Decimal(0)))
+        if _finished_with(acquiring, InflightSlot):
+            inflight_release(acquiring.result())
+        raise
     if isinstance(slot, InflightSlot):
         call.inflight = slot
     refused = isinstance(limited, BaseException) or not limited.allowed or isinstance(slot, BaseException)

@@ -6,6 +6,7 @@ A summary the budget cannot cover refuses the request (429 budget_exceeded) rath
 than its rule says; an upstream failure only costs the summary, as before.
 """
 
+import asyncio
 from decimal import Decimal
 
 from django.conf import settings
@@ -13,6 +14,7 @@ from django.utils import timezone
 
 from billing.budgets.reservations import BudgetExceeded, BudgetUnavailable, budget_reserve
 from billing.models import CacheStatus, UsageKind
+from core.background import run_in_background
 from llmops.gateway.call import GatewayCall, estimated_usage, reply_usage
 from llmops.gateway.chat.recording import finish
 from llmops.gateway.chat.worst_case import OutputBound, budget_refusal, chain_worst_case
@@ -106,6 +108,10 @@ def metered_summarizer(snapshot: ConfigSnapshot, call: GatewayCall) -> Summarize
         except Exception:
             # Whatever failed, the reservation is released and the attempt recorded.
             await finish(summary, http_status=502, error_code=upstream.UpstreamError.code)
+            raise
+        except asyncio.CancelledError:
+            # The client went away: so is the summary's reservation, and the attempt recorded, by a task of its own.
+            run_in_background(finish(summary, http_status=499, error_code="client_disconnected"))
             raise
         summary.upstream_ms = reply.elapsed_ms
         text = message_text(reply.body["choices"][0]["message"].get("content"))
