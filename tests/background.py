@@ -1,6 +1,6 @@
 """Seconds of work a module's fixture needs that depend on nothing the suite does before it (migrating a database of
-the module's own): wanted once collection shows the module will run, started on a thread once the suite's own test
-database is made (so the two migrations do not share the machine), and waited for by the fixture.
+the module's own): wanted once collection shows the module will run, started on a thread once the worker's own test
+database is made (so the two migrations do not run at once), and waited for by the fixture.
 
 Each pytest-xdist worker runs its tests one after another and collects the whole suite, so every worker prepares
 (under names of its own, tests/worker_env.py) what the selected modules need, though one worker runs each module: a

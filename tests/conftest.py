@@ -30,6 +30,13 @@ from tests.servers import Receiver, ServiceProcess, ThreadedServer, committed_da
 settings.DATABASES["default"].get("OPTIONS", {}).pop("pool", None)
 
 
+def pytest_configure(config):
+    if os.environ.get("PYTEST_XDIST_WORKER") and "tests.worker_env" not in sys.modules:
+        raise pytest.UsageError(
+            "pytest-xdist workers would share the test Redis databases: add -p tests.worker_env (make test does)"
+        )
+
+
 def pytest_collection_finish(session):
     """Databases of the modules' own that the selected tests will need are migrated beside the tests that run first,
     from when the suite's test database is made (tests/background.py)."""

@@ -2,9 +2,9 @@
 
 Loaded with ``-p tests.worker_env`` (the Makefile), so it runs before pytest-django makes Django read its settings:
 tests flush, count and drain what they find in REDIS_URL's database, the e2e topology drains E2E_REDIS_URL's, and
-the e2e and SQLite fixtures name their databases after DATABASE_URL's. Worker gwN takes the Redis databases two
-times N below the ones `make test` names (gw0 keeps them). pytest-django names each worker's test database apart
-already; the e2e topology's database follows DATABASE_URL's name.
+names its database after DATABASE_URL's. Worker gwN takes the Redis databases two times N below the ones `make test`
+names (gw0 keeps them; E2E_REDIS_URL's must be REDIS_URL's minus one, as there, or workers would share one).
+pytest-django names each worker's test database apart already. tests/conftest.py refuses xdist workers without it.
 """
 
 import os

@@ -144,8 +144,21 @@ async def budget_reserve(
                 raise
             if not _use_database(exc):
                 return _fail_closed(holds, amount_units, request_id)
-    used = await database_sync_to_async(_database_reserve)(holds, amount_units, now)
+    reserving = asyncio.ensure_future(database_sync_to_async(_database_reserve)(holds, amount_units, now))
+    try:
+        used = await asyncio.shield(reserving)
+    except asyncio.CancelledError:
+        # The caller went away; the transaction in its thread goes on and, once it commits, is given back.
+        reserving.add_done_callback(lambda done: _give_back_database_reserve(done, request_id, amount_units, holds))
+        raise
     return Reservation(request_id, amount_units, holds, backend="database", remaining_usd=_remaining(holds, used))
+
+
+def _give_back_database_reserve(reserving: asyncio.Future, request_id: str, amount_units: int, holds) -> None:
+    if reserving.cancelled() or reserving.exception() is not None:
+        return
+    reservation = Reservation(request_id, amount_units, holds, backend="database", remaining_usd=None)
+    run_in_background(reservation_settle(reservation, actual=Decimal(0)))
 
 
 def _fail_closed(holds: tuple[BudgetHold, ...], amount_units: int, request_id: str) -> Reservation:
@@ -269,7 +282,8 @@ async def _redis_settle(reservation: Reservation, actual_units: int, event: Usag
     appended = event if event is not None and ledger_streaming() else None
     keys, arguments = _settle_call(reservation, actual_units, appended)
     try:
-        result = await SETTLE_SCRIPT.run(async_redis(), keys, arguments)
+        # Shielded: a caller cancelled now (a client that hung up) must not take the settle back before it is sent.
+        result = await asyncio.shield(SETTLE_SCRIPT.run(async_redis(), keys, arguments))
     except RedisError as exc:
         # The answer waits for nothing more: its ledger row goes to the database now, and the counters get their
         # share (the actual cost, the reservation released) once Redis answers again.

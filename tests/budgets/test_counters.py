@@ -9,6 +9,7 @@ from decimal import Decimal
 from types import SimpleNamespace
 
 import pytest
+from asgiref.sync import sync_to_async
 from django.db import connection, transaction
 from redis.exceptions import ConnectionError as RedisConnectionError
 
@@ -324,6 +325,63 @@ def test_a_late_release_of_a_reserve_without_reply_leaves_the_same_requests_next
         return held
 
     assert asyncio.run(downgraded_then_released()) == {"dg": usd_to_units(Decimal(1))}
+
+
+def test_a_settle_whose_caller_is_cancelled_before_it_is_sent_still_reaches_redis(live_org, redis_counters):
+    """The request's task is cancelled (its client hung up) just after it started to settle: the settle is sent all
+    the same, so its cost counts and its reservation goes."""
+    budget_create(tenant=live_org.tenant, scope=BudgetScope.TEAM, team=live_org.team, limit_usd=Decimal(5))
+    key = counter_key(live_org)
+    cut = reserve(live_org, "2", request_id="cut")
+    late = event(live_org, request_id="cut", cost="0.5")
+
+    async def cancelled_while_settling() -> tuple[int, int, dict[str, int]]:
+        settling = asyncio.create_task(reservation_settle(cut, actual=Decimal("0.5"), event=late))
+        await asyncio.sleep(0)  # the settle has queued its script for the loop's next batch
+        settling.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await settling
+        deadline = time.monotonic() + 5
+        while "cut" in (fields := counter_fields(redis_counters, key))[2] and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        return fields
+
+    assert asyncio.run(cancelled_while_settling()) == (usd_to_units(Decimal("0.5")), 0, {})
+
+
+def test_a_database_reserve_whose_caller_went_away_is_given_back_once_it_commits(live_org, no_redis, monkeypatch):
+    """Without Redis the reserve is a transaction in a worker thread, which a cancelled caller does not stop: once it
+    commits, what it reserved is settled at nothing."""
+    budget = budget_create(tenant=live_org.tenant, scope=BudgetScope.TEAM, team=live_org.team, limit_usd=Decimal(5))
+    budgets = entries(live_org)
+    in_thread, go_on = threading.Event(), threading.Event()
+    reserve_in_thread = reservations._database_reserve
+
+    def held_up(*args):
+        in_thread.set()
+        go_on.wait(5)
+        return reserve_in_thread(*args)
+
+    monkeypatch.setattr(reservations, "_database_reserve", held_up)
+
+    def reserved_usd() -> Decimal | None:
+        counters = BudgetCounter.objects.unscoped().filter(budget=budget, period_key="2026-11")
+        return counters.values_list("reserved_usd", flat=True).first()
+
+    async def cancelled_then_given_back() -> Decimal:
+        reserving = asyncio.create_task(budget_reserve(budgets=budgets, amount=Decimal(2), request_id="gone", now=NOW))
+        while not in_thread.is_set():
+            await asyncio.sleep(0.01)
+        reserving.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await reserving
+        go_on.set()
+        deadline = time.monotonic() + 5
+        while (reserved := await sync_to_async(reserved_usd)()) != 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        return reserved
+
+    assert asyncio.run(cancelled_then_given_back()) == 0
 
 
 def test_settles_racing_with_reseeds_are_counted_exactly_once(live_org, redis_counters):

@@ -9,6 +9,7 @@ from datetime import UTC
 from decimal import ROUND_DOWN, Decimal
 
 import httpx
+import pytest
 from django.db.models import Sum
 
 from billing.budgets.services import budget_create
@@ -305,3 +306,35 @@ def test_a_failed_summary_is_recorded_releases_its_reservation_and_only_costs_th
     assert (summary.http_status, summary.error_code, summary.cost_usd) == (502, "upstream_error", 0)
     assert summary.served_model == failing.name
     assert Decimal(response.headers["x-llmops-budget-remaining-usd"]) == limit - main.cost_usd
+
+
+def test_a_summary_its_client_hung_up_on_is_recorded_charged_its_prompt_and_gives_its_reservation_back(gateway, acme):
+    stalling = ModelFactory(name="acme-stalling", provider=acme.small.provider, upstream_name="stall")
+    tenant_model_access_set(
+        tenant=acme.tenant, allowed_models=[acme.small, acme.large, stalling], default_model=stalling
+    )
+    publish(acme, COMPRESS)
+    limit = Decimal("1")
+    budget_create(tenant=acme.tenant, scope="key", api_key=acme.api_key, period="day", limit_usd=limit)
+    body = {"model": acme.small.name, "messages": long_conversation(), "max_tokens": 10}
+
+    with pytest.raises(httpx.ReadTimeout):  # the summary stalls upstream; the client gives up
+        httpx.post(
+            f"{gateway.url}/v1/chat/completions", headers={"authorization": f"Bearer {acme.key}"}, json=body, timeout=1
+        )
+
+    summaries = UsageRecord.objects.unscoped().filter(tenant=acme.tenant, kind=UsageKind.COMPRESSION_SUMMARY)
+    deadline = time.monotonic() + 10
+    while not summaries.exists():
+        assert time.monotonic() < deadline, "the summary cut short left no ledger row"
+        time.sleep(0.05)
+    summary = summaries.get()
+    assert (summary.http_status, summary.error_code, summary.served_model) == (
+        499,
+        "client_disconnected",
+        stalling.name,
+    )
+    assert summary.prompt_tokens > 0 and summary.cost_usd > 0
+    after = chat(gateway, acme, {"model": acme.small.name, "messages": MESSAGES, "max_tokens": 10})
+    main = UsageRecord.objects.unscoped().get(request_id=after.headers["x-llmops-request-id"])
+    assert Decimal(after.headers["x-llmops-budget-remaining-usd"]) == limit - summary.cost_usd - main.cost_usd

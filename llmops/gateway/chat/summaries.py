@@ -71,6 +71,11 @@ async def _reserve(snapshot: ConfigSnapshot, summary: GatewayCall, body: dict) -
         raise SummaryRefused(GatewayError(str(unavailable), status=503, code="budget_unavailable")) from unavailable
 
 
+async def _cut_short(summary: GatewayCall, body: dict, model: ModelEntry) -> None:
+    usage = await estimated_usage(body, "", model)
+    await finish(summary, http_status=499, usage=usage, error_code="client_disconnected")
+
+
 def metered_summarizer(snapshot: ConfigSnapshot, call: GatewayCall) -> Summarizer | None:
     """Summaries of dropped turns come from the tenant's default (small) model, charged to the request's key."""
     catalog = snapshot.catalog
@@ -110,8 +115,9 @@ def metered_summarizer(snapshot: ConfigSnapshot, call: GatewayCall) -> Summarize
             await finish(summary, http_status=502, error_code=upstream.UpstreamError.code)
             raise
         except asyncio.CancelledError:
-            # The client went away: so is the summary's reservation, and the attempt recorded, by a task of its own.
-            run_in_background(finish(summary, http_status=499, error_code="client_disconnected"))
+            # The client went away: the summary is recorded, charged the prompt it may have sent (as a request cut
+            # short is), and its reservation settled, by a task of its own.
+            run_in_background(_cut_short(summary, body, model))
             raise
         summary.upstream_ms = reply.elapsed_ms
         text = message_text(reply.body["choices"][0]["message"].get("content"))
