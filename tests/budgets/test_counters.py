@@ -207,6 +207,18 @@ def counter_fields(client, key: str) -> tuple[int, int, dict[str, int]]:
     return fields.get("spent", 0), fields.get("reserved", 0), held
 
 
+async def cancel_then_wait_released(task: asyncio.Task, client, key: str, request_id: str):
+    """Cancel `task` (its client hung up), then wait until the counter notes nothing held for `request_id` (or 5 s
+    have passed); the counter's fields then."""
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    deadline = time.monotonic() + 5
+    while request_id in (fields := counter_fields(client, key))[2] and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    return fields
+
+
 def test_a_settle_sent_again_after_its_first_reached_redis_releases_and_counts_once(live_org, redis_counters):
     """The first settle ran and only its reply was lost, so it is sent again: the counter has nothing of the request
     left to release or to count, and the other request keeps its reservation."""
@@ -242,13 +254,7 @@ def test_a_reserve_whose_caller_went_away_after_it_reached_redis_is_released(liv
         reserving = asyncio.create_task(budget_reserve(budgets=budgets, amount=Decimal(2), request_id="gone", now=NOW))
         await reached.wait()
         assert counter_fields(redis_counters, key)[2] == {"other": usd_to_units(Decimal(1)), "gone": 2 * 10**10}
-        reserving.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await reserving
-        deadline = time.monotonic() + 5
-        while "gone" in (held := counter_fields(redis_counters, key)[2]) and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-        return held
+        return (await cancel_then_wait_released(reserving, redis_counters, key, "gone"))[2]
 
     reached = asyncio.Event()
     assert asyncio.run(cancelled_then_released()) == {"other": usd_to_units(Decimal(1))}
@@ -280,13 +286,7 @@ def test_a_reservation_made_while_the_rate_limit_was_still_checked_is_given_back
         while "gone" not in counter_fields(redis_counters, key)[2]:
             assert not admitting.done() and time.monotonic() < deadline, "the reserve never held anything"
             await asyncio.sleep(0.01)
-        admitting.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await admitting
-        deadline = time.monotonic() + 5
-        while "gone" in (held := counter_fields(redis_counters, key)[2]) and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-        return held
+        return (await cancel_then_wait_released(admitting, redis_counters, key, "gone"))[2]
 
     assert asyncio.run(cancelled_after_the_reserve()) == {}
     assert counter_fields(redis_counters, key)[:2] == (0, 0)
@@ -338,13 +338,7 @@ def test_a_settle_whose_caller_is_cancelled_before_it_is_sent_still_reaches_redi
     async def cancelled_while_settling() -> tuple[int, int, dict[str, int]]:
         settling = asyncio.create_task(reservation_settle(cut, actual=Decimal("0.5"), event=late))
         await asyncio.sleep(0)  # the settle has queued its script for the loop's next batch
-        settling.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await settling
-        deadline = time.monotonic() + 5
-        while "cut" in (fields := counter_fields(redis_counters, key))[2] and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-        return fields
+        return await cancel_then_wait_released(settling, redis_counters, key, "cut")
 
     assert asyncio.run(cancelled_while_settling()) == (usd_to_units(Decimal("0.5")), 0, {})
 
