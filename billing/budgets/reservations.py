@@ -243,7 +243,12 @@ async def reservation_settle(
     if reservation.settled:
         raise RuntimeError(f"reservation {reservation.request_id} is already settled")
     reservation.settled = True
-    actual_units = usd_to_units(actual)
+    # Shielded: a caller cancelled meanwhile (a client that hung up) must not take back half way the settle, the
+    # request's ledger record or its alerts (the batcher drops the commands of a cancelled caller).
+    return await asyncio.shield(_settle(reservation, usd_to_units(actual), event))
+
+
+async def _settle(reservation: Reservation, actual_units: int, event: UsageEvent | None) -> Decimal | None:
     holds = reservation.holds
     if reservation.backend == "none":
         if event is not None:
@@ -282,8 +287,7 @@ async def _redis_settle(reservation: Reservation, actual_units: int, event: Usag
     appended = event if event is not None and ledger_streaming() else None
     keys, arguments = _settle_call(reservation, actual_units, appended)
     try:
-        # Shielded: a caller cancelled now (a client that hung up) must not take the settle back before it is sent.
-        result = await asyncio.shield(SETTLE_SCRIPT.run(async_redis(), keys, arguments))
+        result = await SETTLE_SCRIPT.run(async_redis(), keys, arguments)
     except RedisError as exc:
         # The answer waits for nothing more: its ledger row goes to the database now, and the counters get their
         # share (the actual cost, the reservation released) once Redis answers again.

@@ -14,7 +14,7 @@ from django.db import connection, transaction
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from billing.budgets import reservations
-from billing.budgets.counters import RESERVE_SCRIPT, BudgetHold
+from billing.budgets.counters import RESERVE_SCRIPT, SETTLE_SCRIPT, BudgetHold
 from billing.budgets.index import build_budget_index, usd_to_units
 from billing.budgets.periods import budget_window
 from billing.budgets.reservations import (
@@ -341,6 +341,35 @@ def test_a_settle_whose_caller_is_cancelled_before_it_is_sent_still_reaches_redi
         return await cancel_then_wait_released(settling, redis_counters, key, "cut")
 
     assert asyncio.run(cancelled_while_settling()) == (usd_to_units(Decimal("0.5")), 0, {})
+
+
+def test_a_settle_that_fails_on_redis_after_its_caller_was_cancelled_still_writes_the_row_and_settles_later(
+    live_org, redis_counters, monkeypatch
+):
+    """The client hangs up while its settle is on its way and Redis drops the connection: the request's row goes to
+    the database and the settle is sent again once Redis answers, as when nobody hung up."""
+    budget_create(tenant=live_org.tenant, scope=BudgetScope.TEAM, team=live_org.team, limit_usd=Decimal(5))
+    key = counter_key(live_org)
+    cut = reserve(live_org, "2", request_id="cut")
+    late = event(live_org, request_id="cut", cost="0.5")
+    answers = SETTLE_SCRIPT.run
+    dropped = iter([True])
+
+    async def dropped_once(client, keys, args):
+        if next(dropped, False):
+            await asyncio.sleep(0.05)  # the caller is cancelled meanwhile
+            raise RedisConnectionError("Connection closed by server.")
+        return await answers(client, keys, args)
+
+    monkeypatch.setattr(SETTLE_SCRIPT, "run", dropped_once)
+
+    async def cancelled_while_settling():
+        settling = asyncio.create_task(reservation_settle(cut, actual=Decimal("0.5"), event=late))
+        await asyncio.sleep(0.01)
+        return await cancel_then_wait_released(settling, redis_counters, key, "cut")
+
+    assert asyncio.run(cancelled_while_settling()) == (usd_to_units(Decimal("0.5")), 0, {})
+    assert UsageRecord.objects.unscoped().filter(request_id="cut").count() == 1
 
 
 def test_a_database_reserve_whose_caller_went_away_is_given_back_once_it_commits(live_org, no_redis, monkeypatch):

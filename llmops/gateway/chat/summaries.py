@@ -7,6 +7,7 @@ than its rule says; an upstream failure only costs the summary, as before.
 """
 
 import asyncio
+import logging
 from decimal import Decimal
 
 from django.conf import settings
@@ -25,6 +26,8 @@ from routing.catalog import ModelEntry
 from routing.compression import Summarizer, SummaryRefused
 from routing.providers.base import message_text
 from routing.tokens import count_chat_tokens_async
+
+logger = logging.getLogger(__name__)
 
 SUMMARY_INSTRUCTIONS = (
     "Summarise the following conversation turns in a few sentences. Keep names, numbers, decisions "
@@ -72,7 +75,12 @@ async def _reserve(snapshot: ConfigSnapshot, summary: GatewayCall, body: dict) -
 
 
 async def _cut_short(summary: GatewayCall, body: dict, model: ModelEntry) -> None:
-    usage = await estimated_usage(body, "", model)
+    try:
+        usage = await estimated_usage(body, "", model)
+    except Exception:
+        # Recorded and settled all the same, at nothing.
+        logger.exception("summary %s cut short: its prompt could not be counted", summary.request_id)
+        usage = None
     await finish(summary, http_status=499, usage=usage, error_code="client_disconnected")
 
 
