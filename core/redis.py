@@ -63,8 +63,9 @@ class _CommandBatcher:
     write and one read for the lot instead of one each. On a busy gateway a socket write per command was a fifth of a
     worker's CPU (docs/performance.md). Each command is still atomic on its own and keeps its own result or error;
     commands of one caller awaited one after another keep their order. A connection failure fails the turn's commands
-    together, as it would have failed each of them. A command whose caller was cancelled before the turn's write is
-    not sent: a cancelled reservation must not hold budget nobody will settle."""
+    together, as it would have failed each of them. A command queued is sent even if its caller is cancelled before
+    the turn's write, as one written at once would have been: a settle or a ledger record must not be taken back
+    (a reservation whose caller went away is released by billing.budgets.reservations)."""
 
     def __init__(self, client: aioredis.Redis, loop: asyncio.AbstractEventLoop):
         # Weak: the batcher lives as long as its client, which PerEventLoop forgets with its loop.
@@ -87,7 +88,6 @@ class _CommandBatcher:
         task.add_done_callback(self.running.discard)
 
     async def _send(self, batch: list[tuple[tuple, asyncio.Future]]) -> None:
-        batch = [(args, future) for args, future in batch if not future.done()]
         try:
             client = self.client_ref()
             if not batch or client is None:

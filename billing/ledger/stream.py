@@ -16,6 +16,7 @@ Without Redis (the embedded demo), or while Redis cannot be reached, the row is 
 directly, as before.
 """
 
+import asyncio
 import logging
 import socket
 import threading
@@ -84,7 +85,12 @@ def ledger_streaming() -> bool:
 
 
 async def ledger_event_append(*, event: UsageEvent) -> None:
-    """Make the request's ledger record durable: appended to the stream, or written to the database."""
+    """Make the request's ledger record durable: appended to the stream, or written to the database. Carried
+    through when the caller is cancelled meanwhile (a client that hung up): the request happened all the same."""
+    await asyncio.shield(_event_append(event))
+
+
+async def _event_append(event: UsageEvent) -> None:
     client = async_redis() if ledger_streaming() else None
     if client is not None:
         try:

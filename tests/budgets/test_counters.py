@@ -9,7 +9,6 @@ from decimal import Decimal
 from types import SimpleNamespace
 
 import pytest
-from asgiref.sync import sync_to_async
 from django.db import connection, transaction
 from redis.exceptions import ConnectionError as RedisConnectionError
 
@@ -26,9 +25,11 @@ from billing.budgets.reservations import (
 )
 from billing.budgets.services import budget_counter_check, budget_counters_rebuild, budget_create, budget_update
 from billing.budgets.tasks import budget_counters_check as budget_counters_check_task
+from billing.ledger import stream
 from billing.ledger.events import UsageEvent
 from billing.ledger.stream import STREAM_KEY, ledger_stream_drain, ledger_stream_recover, usage_event_encode
 from billing.models import BudgetCounter, BudgetScope, UsageKind, UsageRecord
+from core.db import database_sync_to_async
 from llmops.gateway.chat import admission
 from tests.loops import run
 
@@ -372,6 +373,39 @@ def test_a_settle_that_fails_on_redis_after_its_caller_was_cancelled_still_write
     assert UsageRecord.objects.unscoped().filter(request_id="cut").count() == 1
 
 
+def test_a_ledger_record_whose_caller_was_cancelled_while_redis_failed_goes_to_the_database(
+    live_org, redis_counters, monkeypatch
+):
+    """A request with no budget records its row on the stream; the client hangs up while the append is on its way
+    and Redis drops the connection: the row is written to the database, as when nobody hung up."""
+    answers = stream.redis_command
+    dropped = iter([True])
+
+    async def dropped_once(client, *args):
+        if next(dropped, False):
+            await asyncio.sleep(0.05)  # the caller is cancelled meanwhile
+            raise RedisConnectionError("Connection closed by server.")
+        return await answers(client, *args)
+
+    monkeypatch.setattr(stream, "redis_command", dropped_once)
+    rows = UsageRecord.objects.unscoped().filter(request_id="unbudgeted")
+
+    async def cancelled_while_appending() -> None:
+        appending = asyncio.create_task(
+            stream.ledger_event_append(event=event(live_org, request_id="unbudgeted", cost="0.5"))
+        )
+        await asyncio.sleep(0.01)
+        appending.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await appending
+        deadline = time.monotonic() + 5
+        while not await database_sync_to_async(rows.exists)() and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+
+    asyncio.run(cancelled_while_appending())
+    assert rows.count() == 1
+
+
 def test_a_database_reserve_whose_caller_went_away_is_given_back_once_it_commits(live_org, no_redis, monkeypatch):
     """Without Redis the reserve is a transaction in a worker thread, which a cancelled caller does not stop: once it
     commits, what it reserved is settled at nothing."""
@@ -400,7 +434,7 @@ def test_a_database_reserve_whose_caller_went_away_is_given_back_once_it_commits
             await reserving
         go_on.set()
         deadline = time.monotonic() + 5
-        while (reserved := await sync_to_async(reserved_usd)()) != 0 and time.monotonic() < deadline:
+        while (reserved := await database_sync_to_async(reserved_usd)()) != 0 and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         return reserved
 
