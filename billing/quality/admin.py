@@ -3,6 +3,7 @@ scoped per tenant: a member sees the tenant's rows, owners and admins change its
 
 from django import forms
 from django.contrib import admin
+from django.core.exceptions import ValidationError
 from django.db.models.constants import LOOKUP_SEP
 from django.utils import timezone
 
@@ -45,9 +46,15 @@ class QualitySloForm(forms.ModelForm):
                 lever=data.get("lever"),
                 rule=rule,
                 action=data.get("action"),
+                min_agreement=data.get("min_agreement"),
                 # The stored rule, until the form is saved: an edit keeping it may switch off an SLO whose rule is gone.
                 check_rule=self.instance.pk is None or rule != self.instance.rule,
             )
+            # On the change page the tenant is read-only, so the form's own check leaves out the one SLO per tenant,
+            # lever and rule.
+            others = QualitySlo.objects.for_tenant(tenant).exclude(pk=self.instance.pk)
+            if others.filter(lever=data.get("lever"), rule=rule).exists():
+                raise ValidationError("A quality SLO for this lever and rule already exists for this tenant.")
         return data
 
 

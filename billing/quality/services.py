@@ -59,11 +59,23 @@ def live_rule_names(*, tenant: Tenant) -> list[str]:
     return [rule["name"] for rule in policy.live_version.document.get("rules", [])]
 
 
-def quality_slo_validate(*, tenant: Tenant, lever: str, rule: str, action: str, check_rule: bool = True) -> None:
-    """Refuse an SLO whose action cannot act on its lever, or that names a rule the live policy does not have (its
-    agreement would count nothing, and its action would change nothing). `check_rule` False: an edit that keeps the
-    rule, which a later policy may have renamed or removed, and which must still be possible (to switch it off)."""
+def quality_slo_validate(
+    *,
+    tenant: Tenant,
+    lever: str,
+    rule: str,
+    action: str,
+    min_agreement: Decimal | None = None,
+    check_rule: bool = True,
+) -> None:
+    """Refuse an SLO whose action cannot act on its lever, that names a rule the live policy does not have (its
+    agreement would count nothing, and its action would change nothing), or whose minimum no agreement can prove.
+    `check_rule` False: an edit that keeps the rule, which a later policy may have renamed or removed, and which must
+    still be possible (to switch it off)."""
     errors: dict[str, str] = {}
+    if min_agreement is not None and min_agreement >= 1:
+        # No count of evaluations proves 100%: the interval's lower bound stays under 1, so it would always breach.
+        errors["min_agreement"] = "The minimum agreement must be below 1 (for example 0.99)."
     if lever not in Lever.values:
         errors["lever"] = f"Lever must be one of {', '.join(Lever.values)}."
     if action not in QualityAction.values:
@@ -83,10 +95,14 @@ def quality_slo_validate(*, tenant: Tenant, lever: str, rule: str, action: str, 
 
 
 def _validated(slo: QualitySlo, *, check_rule: bool = True) -> QualitySlo:
-    quality_slo_validate(tenant=slo.tenant, lever=slo.lever, rule=slo.rule, action=slo.action, check_rule=check_rule)
-    if slo.min_agreement is not None and slo.min_agreement >= 1:
-        # No count of evaluations proves 100%: the interval's lower bound stays under 1, so it would always breach.
-        raise ValidationError({"min_agreement": "The minimum agreement must be below 1 (for example 0.99)."})
+    quality_slo_validate(
+        tenant=slo.tenant,
+        lever=slo.lever,
+        rule=slo.rule,
+        action=slo.action,
+        min_agreement=slo.min_agreement,
+        check_rule=check_rule,
+    )
     slo.full_clean()
     return slo
 

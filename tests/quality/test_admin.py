@@ -72,6 +72,29 @@ def test_refusals_are_form_errors(client, shop):
     assert not QualitySlo.objects.for_tenant(shop.tenant).exists()
 
 
+def test_a_minimum_of_1_and_a_second_slo_for_the_same_lever_and_rule_are_form_errors(client, shop):
+    """Both were refused only by the service when the admin saved: answered 500 instead of a form error."""
+    client.force_login(make_user(Role.OWNER, tenant=shop.tenant))
+    quality_slo_create(tenant=shop.tenant, lever=Lever.ROUTING, rule=SHORT_TASKS_RULE)
+    other = quality_slo_create(tenant=shop.tenant, lever=Lever.COMPRESSION)
+
+    perfect = client.post(
+        admin_url("billing_qualityslo", "add"),
+        {**SLO_FORM, "min_agreement": "1", "tenant": shop.tenant.pk, "lever": "routing", "rule": "", "action": "none"},
+    )
+    same_as_another = client.post(
+        admin_url("billing_qualityslo", "change", other.pk),
+        {**SLO_FORM, "lever": "routing", "rule": SHORT_TASKS_RULE, "action": "none"},
+    )
+
+    assert perfect.status_code == same_as_another.status_code == 200
+    assert "The minimum agreement must be below 1" in perfect.content.decode()
+    assert "already exists" in same_as_another.content.decode()
+    other.refresh_from_db()
+    assert other.lever == Lever.COMPRESSION
+    assert QualitySlo.objects.for_tenant(shop.tenant).count() == 2
+
+
 def test_the_judges_reason_is_for_owners_and_admins_only(client, shop):
     evaluation = ShadowEvaluationFactory(tenant=shop.tenant, lever=Lever.SEMANTIC_CACHE, reason="both say REFUND-42")
 
