@@ -23,6 +23,7 @@ from billing.finance.exports import (
     ExportParams,
     UsageFilters,
     aggregate_queryset,
+    comma_separated,
     csv_streaming_response,
     export_params_parse,
     group_labels,
@@ -325,13 +326,7 @@ def _quality_group_by(value: str | None) -> tuple[str, ...] | None:
     """The groupings of ?quality=, lever first; None when the block is not asked for."""
     if value is None:
         return None
-    names = [name.strip() for name in value.split(",") if name.strip()]
-    if unknown := [name for name in names if name not in QUALITY_GROUPINGS]:
-        raise ExportError(
-            f"Unknown quality grouping '{unknown[0]}'; use any of {', '.join(QUALITY_GROUPINGS)}, comma-separated.",
-            code="unknown_grouping",
-            field="quality",
-        )
+    names = comma_separated(value, choices=QUALITY_GROUPINGS, field="quality", what="quality grouping")
     return tuple(dict.fromkeys(["lever", *names]))
 
 

@@ -112,20 +112,28 @@ def _parse_day(value: str | date | None, *, field: str) -> date:
     return day
 
 
-def parse_group_by(value: str | Iterable[str] | None) -> tuple[ExportGrouping, ...]:
+def comma_separated(
+    value: str | Iterable[str] | None, *, choices: Iterable[str], field: str, what: str = "grouping"
+) -> list[str]:
+    """The names a comma-separated parameter (or a list) gives, in order and each once; ExportError for a name not
+    among ``choices``."""
+    choices = list(choices)
     names = [name.strip() for name in value.split(",")] if isinstance(value, str) else list(value or [])
-    names = [name for name in names if name]
-    groupings = []
-    for name in names:
-        if name not in ExportGrouping.values:
+    chosen: list[str] = []
+    for name in filter(None, names):
+        if name not in choices:
             raise ExportError(
-                f"Unknown grouping '{name}'; use any of {', '.join(ExportGrouping.values)}, comma-separated.",
+                f"Unknown {what} '{name}'; use any of {', '.join(choices)}, comma-separated.",
                 code="unknown_grouping",
-                field="group_by",
+                field=field,
             )
-        if ExportGrouping(name) not in groupings:
-            groupings.append(ExportGrouping(name))
-    return tuple(groupings)
+        if name not in chosen:
+            chosen.append(name)
+    return chosen
+
+
+def parse_group_by(value: str | Iterable[str] | None) -> tuple[ExportGrouping, ...]:
+    return tuple(map(ExportGrouping, comma_separated(value, choices=ExportGrouping.values, field="group_by")))
 
 
 def export_params_parse(
