@@ -51,12 +51,16 @@ ACTION_TRANSFORM: dict[str, QualityTransform] = {
 SLO_FIELDS = ("lever", "rule", "min_agreement", "min_samples", "window_days", "action", "is_active")
 
 
+def _live_document(tenant: Tenant | int) -> dict | None:
+    """The document of the tenant's live routing policy version; None without one."""
+    policy = RoutingPolicy.objects.for_tenant(tenant).select_related("live_version").first()
+    return None if policy is None or policy.live_version is None else policy.live_version.document
+
+
 def live_rule_names(*, tenant: Tenant) -> list[str]:
     """The rules of the tenant's live routing policy, in priority order; none without a live version."""
-    policy = RoutingPolicy.objects.for_tenant(tenant).select_related("live_version").first()
-    if policy is None or policy.live_version is None:
-        return []
-    return [rule["name"] for rule in policy.live_version.document.get("rules", [])]
+    document = _live_document(tenant)
+    return [rule["name"] for rule in document.get("rules", [])] if document is not None else []
 
 
 def quality_slo_validate(
@@ -249,10 +253,8 @@ def _action_undone(*, slo: QualitySlo, now: datetime) -> bool:
     alert = alerts.order_by("-created_at").first()
     if alert is None or alert.action_taken == QualityAction.NONE or alert.action_taken != slo.action:
         return False
-    policy = RoutingPolicy.objects.for_tenant(slo.tenant_id).select_related("live_version").first()
-    if policy is None or policy.live_version is None:
-        return False
-    return bool(slo_transform(slo=slo, now=now)(policy.live_version.document, slo.rule).changes)
+    document = _live_document(slo.tenant_id)
+    return document is not None and bool(slo_transform(slo=slo, now=now)(document, slo.rule).changes)
 
 
 def _breach(*, slo: QualitySlo, agreement: Agreement, now: datetime) -> QualityAlert:
