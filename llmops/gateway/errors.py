@@ -102,23 +102,30 @@ def as_gateway_error(exc: Exception) -> GatewayError | None:
     return None
 
 
-def handled_error(exc, context) -> GatewayError:
-    """The error an exception raised in a view stands for; one the gateway cannot translate is logged, a 500."""
+def handled_error(exc, path: str) -> GatewayError:
+    """The error an exception raised in a view of ``path`` stands for; one the gateway cannot translate is logged, a
+    500."""
     error = as_gateway_error(exc)
     if error is None:
-        logger.exception("unhandled error on %s", context["request"].path, exc_info=exc)
+        logger.exception("unhandled error on %s", path, exc_info=exc)
         return internal_error()
     if isinstance(exc, OUTAGE_ERRORS):
-        logger.warning("%s answered 503: %s: %s", context["request"].path, exc.__class__.__name__, exc)
+        logger.warning("%s answered 503: %s: %s", path, exc.__class__.__name__, exc)
     return error
 
 
-def openai_exception_handler(exc, context):
-    error = handled_error(exc, context)
+def openai_error_response(exc: Exception, *, path: str) -> HttpResponse:
+    """The OpenAI error answering an exception raised in a view of ``path``; a 401 names the scheme it wants."""
+    error = handled_error(exc, path)
     headers = dict(error.headers)
     if error.status_code == 401:
         headers["WWW-Authenticate"] = 'Bearer realm="llmops"'
     return error_response(error, headers)
+
+
+def openai_exception_handler(exc, context):
+    """DRF's exception handler for the /v1 endpoints."""
+    return openai_error_response(exc, path=context["request"].path)
 
 
 def upstream_failure(error: upstream.UpstreamError) -> GatewayError:

@@ -9,7 +9,7 @@ from llmops.gateway.responses.views import ResponseDetailView, ResponsesView
 app_name = "gateway"
 
 urlpatterns = [
-    path("chat/completions", views.ChatCompletionsView.as_view(), name="chat-completions"),
+    path("chat/completions", views.chat_completions, name="chat-completions"),
     path("embeddings", EmbeddingsView.as_view(), name="embeddings"),
     path("responses", ResponsesView.as_view(), name="responses"),
     # Retrieve, delete, cancel, input items: nothing is stored, so each answers `unsupported_endpoint`.

@@ -66,4 +66,4 @@ def anthropic_error_response(error: GatewayError, *, request_id: str) -> HttpRes
 
 def anthropic_exception_handler(exc, context):
     """As ``openai_exception_handler``, in Anthropic's shape."""
-    return anthropic_error_response(handled_error(exc, context), request_id=context["view"].request_id)
+    return anthropic_error_response(handled_error(exc, context["request"].path), request_id=context["view"].request_id)

@@ -18,14 +18,14 @@ from llmops.gateway.concurrency import inflight_release
 from llmops.gateway.messages.answers import MessageStream, anthropic_message
 from llmops.gateway.messages.errors import STATUSES_SHOWN, anthropic_exception_handler
 from llmops.gateway.messages.validation import chat_request_from_message
-from llmops.gateway.views import ChatCompletionsView
+from llmops.gateway.views import PipelineView
 from tenants.authentication import AnthropicKeyAuthentication, anthropic_key
 
 # Where the anthropic SDK looks for a request's id (its exceptions' ``request_id``).
 ANTHROPIC_REQUEST_ID_HEADER = "request-id"
 
 
-class MessagesView(ChatCompletionsView):
+class MessagesView(PipelineView):
     def caller_key(self, request) -> str | None:
         return anthropic_key(request.META)
 
