@@ -6,7 +6,7 @@ from adrf.views import APIView
 from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
-from rest_framework.exceptions import MethodNotAllowed
+from rest_framework.exceptions import MethodNotAllowed, UnsupportedMediaType
 from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.permissions import IsAuthenticated
 
@@ -105,38 +105,63 @@ class PipelineView(GatewayView):
         return super().finalize_response(request, response, *args, **kwargs)
 
 
+# As DRF's negotiation: a longer Content-Type selects no parser, and the request is refused.
+MAX_CONTENT_TYPE_CHARS = 256
+
+
 def request_json(request: HttpRequest):
     """The request's JSON body, read as DRF's ``request.data`` reads it for the other endpoints: a request that
-    declares no body (no Content-Length, or 0) has none (``{}``); otherwise OrjsonParser's limits and errors."""
+    declares no body (no Content-Length, or 0) has none (``{}``); a Content-Type over 256 characters is a 415;
+    otherwise OrjsonParser's limits and errors."""
+    meta = request.META
     try:
-        length = int(request.META.get("CONTENT_LENGTH", 0))
-    except ValueError:
+        length = int(meta.get("CONTENT_LENGTH", meta.get("HTTP_CONTENT_LENGTH", 0)))
+    except (ValueError, TypeError):
         length = 0
-    return OrjsonParser().parse(request) if length else {}
+    if not length:
+        return {}
+    content_type = meta.get("CONTENT_TYPE", meta.get("HTTP_CONTENT_TYPE", ""))
+    if len(content_type) > MAX_CONTENT_TYPE_CHARS:
+        raise UnsupportedMediaType(content_type)
+    return OrjsonParser().parse(request)
+
+
+CHAT_COMPLETIONS_METHODS = "POST, OPTIONS"
+# What an OPTIONS request to the endpoint is answered with: DRF's description of its endpoints.
+CHAT_COMPLETIONS_METADATA = {
+    "name": "Chat Completions",
+    "description": "",
+    "renders": ["application/json"],
+    "parses": ["*/*"],
+}
 
 
 @csrf_exempt
 async def chat_completions(request: HttpRequest) -> HttpResponse:
     """``POST /v1/chat/completions``: what the DRF endpoints above do (key authentication against the caller's tenant
-    configuration, OpenAI errors, the request id and the pipeline's headers on every answer) as a plain async view,
-    without DRF's request, negotiation and dispatch around the hot path (about a tenth of a miss's CPU, measured in
-    docs/performance.md). ``llmops.asgi`` also calls it without resolving the URL."""
+    configuration before anything else, OpenAI errors, the request id, the pipeline's headers and Allow on every
+    answer, OPTIONS described) as a plain async view, without DRF's request, negotiation and dispatch around the
+    hot path (about a tenth of a miss's CPU, measured in docs/performance.md). ``llmops.asgi`` also calls it without
+    resolving the URL."""
     request_id = new_request_id()
     call = None
     try:
         raw_key = bearer_key(request.META.get("HTTP_AUTHORIZATION", ""))
         config = await config_snapshot.for_key(raw_key) if raw_key else None
         principal, _ = ApiKeyAuthentication(config.keys if config is not None else {}).authenticate(request)
-        if request.method != "POST":
+        if request.method == "OPTIONS":
+            response = HttpResponse(orjson.dumps(CHAT_COMPLETIONS_METADATA), content_type="application/json")
+        elif request.method != "POST":
             raise MethodNotAllowed(request.method)
-        call = GatewayCall(principal=principal, endpoint=request.path, request_id=request_id)
-        response = await chat_completion_run(
-            call,
-            snapshot=config,
-            read_body=lambda: request_json(request),
-            headers=request.headers,
-            limit_concurrency=True,
-        )
+        else:
+            call = GatewayCall(principal=principal, endpoint=request.path, request_id=request_id)
+            response = await chat_completion_run(
+                call,
+                snapshot=config,
+                read_body=lambda: request_json(request),
+                headers=request.headers,
+                limit_concurrency=True,
+            )
     except Exception as exc:
         response = openai_error_response(exc, path=request.path)
     if call is not None and REQUEST_ID_HEADER not in response:
@@ -144,6 +169,7 @@ async def chat_completions(request: HttpRequest) -> HttpResponse:
             response[name] = value
     if REQUEST_ID_HEADER not in response:
         response[REQUEST_ID_HEADER] = request_id
+    response["Allow"] = CHAT_COMPLETIONS_METHODS
     return response
 
 

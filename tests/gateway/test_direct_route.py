@@ -1,23 +1,23 @@
 """``POST /v1/chat/completions`` is answered by its view without resolving the URL (``llmops.asgi.DIRECT_VIEWS``);
-through the URLconf (Django's test client, any other method) the same view answers the same way."""
+through the URLconf (Django's test client, any other method) the same view answers. It answers as the DRF endpoints
+do: key first, OpenAI errors, the request id and Allow on every answer, the body read as DRF reads it."""
 
 import httpx
 import pytest
 from django.test import Client, RequestFactory
+from rest_framework.exceptions import ParseError, UnsupportedMediaType
+from rest_framework.request import Request
 
-from billing.models import UsageRecord
-from llmops import asgi
-from llmops.gateway.views import request_json
+from llmops.asgi import GatewayASGIHandler
+from llmops.gateway.parsers import OrjsonParser
+from llmops.gateway.views import JsonAnswers, request_json
 
 BODY = b'{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}'
-# (name, body, headers beyond the key): each answered the same through either route.
-CASES = [
-    ("answered", None, {}),
-    ("malformed JSON", b'{"model": "x", "messages": [', {}),
-    ("empty body", b"", {}),
-    ("no key", BODY, {"authorization": ""}),
-    ("wrong key", BODY, {"authorization": "Bearer sk-llmops-nope_nope"}),
-]
+LONG_CONTENT_TYPE = "application/json; charset=utf-8; x=" + "y" * 250
+
+
+def with_model(setup) -> bytes:
+    return BODY.replace(b"{", f'{{"model": "{setup.small.name}", '.encode(), 1)
 
 
 def outcome(status: int, headers, body: dict) -> tuple:
@@ -27,46 +27,112 @@ def outcome(status: int, headers, body: dict) -> tuple:
         error.get("code"),
         headers.get("x-llmops-request-id", "").startswith("req_"),
         headers.get("www-authenticate"),
-        headers.get("x-llmops-model"),
+        headers.get("allow"),
+        "x-llmops-overhead-ms" in headers,
     )
 
 
-@pytest.mark.parametrize(("name", "content", "extra"), CASES, ids=[name for name, *_ in CASES])
-def test_the_direct_route_and_the_urlconf_answer_alike(gateway, acme, name, content, extra):
-    content = content if content is not None else BODY.replace(b"{", f'{{"model": "{acme.small.name}", '.encode(), 1)
+ALLOW = "POST, OPTIONS"
+# name → (body, headers beyond the key and JSON content type, the outcome expected)
+CASES = {
+    "answered": (None, {}, (200, None, True, None, ALLOW, True)),
+    "malformed JSON": (b'{"model": "x", "messages": [', {}, (400, "invalid_json", True, None, ALLOW, True)),
+    "empty body": (b"", {}, (400, "missing_required_parameter", True, None, ALLOW, True)),
+    "content type too long": (
+        None,
+        {"content-type": LONG_CONTENT_TYPE},
+        (415, "unsupported_media_type", True, None, ALLOW, True),
+    ),
+    "no key": (BODY, {"authorization": ""}, (401, "missing_api_key", True, 'Bearer realm="llmops"', ALLOW, False)),
+    "wrong key": (
+        BODY,
+        {"authorization": "Bearer sk-llmops-nope_nope"},
+        (401, "invalid_api_key", True, 'Bearer realm="llmops"', ALLOW, False),
+    ),
+}
+
+
+@pytest.fixture
+def no_url_resolution(monkeypatch):
+    """The live gateway's POSTs must not reach Django's URL resolution."""
+
+    async def refused(self, request):
+        raise AssertionError(f"{request.method} {request.path} was resolved through the URLconf")
+
+    monkeypatch.setattr(GatewayASGIHandler, "run_get_response", refused)
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_the_direct_route_and_the_urlconf_answer_as_the_drf_endpoints_did(gateway, acme, no_url_resolution, name):
+    content, extra, expected = CASES[name]
+    content = with_model(acme) if content is None else content
     headers = {"authorization": f"Bearer {acme.key}", "content-type": "application/json", **extra}
-    headers = {name: value for name, value in headers.items() if value}
+    headers = {header: value for header, value in headers.items() if value}
 
     live = httpx.post(f"{gateway.url}/v1/chat/completions", content=content, headers=headers, timeout=30)
-    meta = {
-        f"HTTP_{name.upper().replace('-', '_')}": value for name, value in headers.items() if name != "content-type"
-    }
-    resolved = Client().post("/v1/chat/completions", data=content, content_type=headers.get("content-type", ""), **meta)
+    meta = {f"HTTP_{header.upper().replace('-', '_')}": value for header, value in headers.items()}
+    resolved = Client().post("/v1/chat/completions", data=content, content_type=headers["content-type"], **meta)
 
-    assert outcome(live.status_code, live.headers, live.json()) == outcome(
-        resolved.status_code, resolved.headers, resolved.json()
+    assert outcome(live.status_code, live.headers, live.json()) == expected
+    assert outcome(resolved.status_code, resolved.headers, resolved.json()) == expected
+
+
+def test_other_methods_are_resolved_and_answered_by_the_same_view(gateway, acme):
+    headers = {"authorization": f"Bearer {acme.key}"}
+
+    refused = httpx.get(f"{gateway.url}/v1/chat/completions", headers=headers)
+    described = httpx.options(f"{gateway.url}/v1/chat/completions", headers=headers)
+    unauthenticated = httpx.get(f"{gateway.url}/v1/chat/completions")
+
+    assert outcome(refused.status_code, refused.headers, refused.json()) == (
+        405,
+        "method_not_allowed",
+        True,
+        None,
+        ALLOW,
+        False,
     )
+    assert described.status_code == 200 and described.headers["allow"] == ALLOW
+    assert described.json()["parses"] == ["*/*"]
+    # The key is checked before the method, as DRF did.
+    assert unauthenticated.status_code == 401
 
 
-def test_only_a_post_skips_the_url_resolution(gateway, acme):
-    assert list(asgi.DIRECT_VIEWS) == [("POST", "/v1/chat/completions")]
-    response = httpx.get(f"{gateway.url}/v1/chat/completions", headers={"authorization": f"Bearer {acme.key}"})
-
-    assert response.status_code == 405 and response.json()["error"]["code"] == "method_not_allowed"
-    assert response.headers["x-llmops-request-id"].startswith("req_")
-    assert not UsageRecord.objects.unscoped().exists()
+def drf_data(request):
+    """What DRF's request.data gave the old endpoint, with the same parser and negotiation."""
+    return Request(request, parsers=[OrjsonParser()], negotiator=JsonAnswers()).data
 
 
 @pytest.mark.parametrize(
-    ("content", "length", "expected"),
-    [(b'{"a": 1}', "8", {"a": 1}), (b'{"a": 1}', "0", {}), (b'{"a": 1}', None, {}), (b"", "0", {})],
+    ("content", "meta"),
+    [
+        (b'{"a": 1}', {"CONTENT_TYPE": "application/json"}),
+        (b'{"a": 1}', {"CONTENT_TYPE": ""}),
+        (b'{"a": 1}', {"CONTENT_TYPE": "text/plain"}),
+        (b'{"a": 1}', {"CONTENT_LENGTH": "0"}),
+        (b'{"a": 1}', {"CONTENT_LENGTH": None}),
+        (b'{"a": 1}', {"CONTENT_LENGTH": "eight"}),
+        (b"", {"CONTENT_TYPE": "application/json"}),
+        (b"[1, 2]", {"CONTENT_TYPE": "application/json"}),
+        (b'{"a": ', {"CONTENT_TYPE": "application/json"}),
+        (b'{"a": 1}', {"CONTENT_TYPE": LONG_CONTENT_TYPE}),
+        (b"", {"CONTENT_TYPE": LONG_CONTENT_TYPE}),
+    ],
 )
-def test_the_body_is_read_as_drf_reads_it_for_the_other_endpoints(content, length, expected):
-    """A request that declares no body has none (DRF's ``request.data`` is ``{}`` for it), whatever it sends."""
-    request = RequestFactory().generic("POST", "/v1/chat/completions", data=content)
-    if length is None:
-        del request.META["CONTENT_LENGTH"]
-    else:
-        request.META["CONTENT_LENGTH"] = length
+def test_the_body_is_read_as_drf_reads_it_for_the_other_endpoints(content, meta):
+    def request():
+        made = RequestFactory().generic("POST", "/v1/chat/completions", data=content)
+        for name, value in meta.items():
+            if value is None:
+                del made.META[name]
+            else:
+                made.META[name] = value
+        return made
 
-    assert request_json(request) == expected
+    try:
+        expected = drf_data(request())
+    except (ParseError, UnsupportedMediaType) as refusal:
+        with pytest.raises(type(refusal)):
+            request_json(request())
+    else:
+        assert request_json(request()) == expected
