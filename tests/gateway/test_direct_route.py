@@ -79,10 +79,11 @@ def test_the_direct_route_and_the_urlconf_answer_as_the_drf_endpoints_did(gatewa
 
 def test_other_methods_are_resolved_and_answered_by_the_same_view(gateway, acme):
     headers = {"authorization": f"Bearer {acme.key}"}
+    url = f"{gateway.url}/v1/chat/completions"
 
-    refused = httpx.get(f"{gateway.url}/v1/chat/completions", headers=headers)
-    described = httpx.options(f"{gateway.url}/v1/chat/completions", headers=headers)
-    unauthenticated = httpx.get(f"{gateway.url}/v1/chat/completions")
+    refused = httpx.get(url, headers=headers)
+    described = httpx.options(url, headers=headers)
+    unauthenticated = [httpx.get(url), httpx.options(url)]
 
     assert outcome(refused.status_code, refused.headers, refused.json()) == (
         405,
@@ -93,9 +94,22 @@ def test_other_methods_are_resolved_and_answered_by_the_same_view(gateway, acme)
         False,
     )
     assert described.status_code == 200 and described.headers["allow"] == ALLOW
-    assert described.json()["parses"] == ["*/*"]
+    assert described.json() == {
+        "name": "Chat Completions",
+        "description": "",
+        "renders": ["application/json"],
+        "parses": ["*/*"],
+    }
     # The key is checked before the method, as DRF did.
-    assert unauthenticated.status_code == 401
+    for response in unauthenticated:
+        assert outcome(response.status_code, response.headers, response.json()) == (
+            401,
+            "missing_api_key",
+            True,
+            'Bearer realm="llmops"',
+            ALLOW,
+            False,
+        )
 
 
 def drf_data(request):
@@ -117,6 +131,10 @@ def drf_data(request):
         (b'{"a": ', {"CONTENT_TYPE": "application/json"}),
         (b'{"a": 1}', {"CONTENT_TYPE": LONG_CONTENT_TYPE}),
         (b"", {"CONTENT_TYPE": LONG_CONTENT_TYPE}),
+        (b'{"a": 1}', {"CONTENT_TYPE": "application/json;" + "x" * 239}),
+        (b'{"a": 1}', {"CONTENT_TYPE": "application/json;" + "x" * 240}),
+        (b'{"a": 1}', {"CONTENT_LENGTH": None, "HTTP_CONTENT_LENGTH": "8"}),
+        (b'{"a": 1}', {"CONTENT_TYPE": None, "HTTP_CONTENT_TYPE": "application/json;" + "x" * 240}),
     ],
 )
 def test_the_body_is_read_as_drf_reads_it_for_the_other_endpoints(content, meta):
@@ -124,7 +142,7 @@ def test_the_body_is_read_as_drf_reads_it_for_the_other_endpoints(content, meta)
         made = RequestFactory().generic("POST", "/v1/chat/completions", data=content)
         for name, value in meta.items():
             if value is None:
-                del made.META[name]
+                made.META.pop(name, None)
             else:
                 made.META[name] = value
         return made
