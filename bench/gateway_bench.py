@@ -17,9 +17,11 @@ Needs wrk (Debian: ``apt-get install -y wrk``), a local Postgres and Redis (``ma
 """
 
 import argparse
+import concurrent.futures
 import json
 import os
 import secrets
+import statistics
 import subprocess
 import sys
 import time
@@ -93,6 +95,40 @@ def wrk(
         p99=data["p99"] / 1000,
         errors=data["socket_errors"] + data["non2xx"],
     )
+
+
+def probe(gateway_url: str, direct_url: str, key: str, pairs: int) -> tuple[float, float, float]:
+    """Sequential pairs of one request, the gateway then the mock: the added p50 and how much of it the gateway spent
+    in its pipeline, by its own `x-llmops-overhead-ms` (the pipeline's time minus the upstream call, which it counts
+    in whole milliseconds, so the figure runs up to 1 ms high). Returns (added p50, pipeline p50, direct p50)."""
+    through, direct, pipeline = [], [], []
+    with httpx.Client(timeout=30) as client:
+        for i in range(pairs):
+            content = f"probe {uuid.uuid4().hex} {i}"
+            body = {
+                "model": "auto",
+                "max_tokens": 64,
+                "temperature": 0,
+                "messages": [{"role": "user", "content": content}],
+            }
+            headers = {"authorization": f"Bearer {key}", "x-llmops-cache": "bypass, no-store"}
+            started = time.perf_counter()
+            response = client.post(gateway_url, json=body, headers=headers)
+            through.append((time.perf_counter() - started) * 1000)
+            pipeline.append(float(response.headers["x-llmops-overhead-ms"]))
+            started = time.perf_counter()
+            client.post(direct_url, json={**body, "model": "mock-small"}, headers={"authorization": "Bearer mock"})
+            direct.append((time.perf_counter() - started) * 1000)
+    return (
+        statistics.median(through) - statistics.median(direct),
+        statistics.median(pipeline),
+        statistics.median(direct),
+    )
+
+
+def print_probe(label: str, measured: tuple[float, float, float]) -> None:
+    added, pipeline, direct = measured
+    print(f"probe {label}: added p50 {added:.2f} ms, of it in the pipeline {pipeline:.2f} ms (direct p50 {direct:.2f})")
 
 
 def setup_bench_tenant(database_url: str, redis_url: str, upstream_url: str) -> str:
@@ -313,6 +349,15 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=CPUS, help="gateway (and LiteLLM) worker processes")
     parser.add_argument("--scenarios", nargs="+", default=[scenario.mode for scenario in SCENARIOS])
     parser.add_argument("--sustained-requests", type=int, default=100_000, help="0 skips the memory run")
+    parser.add_argument(
+        "--probe",
+        type=int,
+        default=0,
+        metavar="PAIRS",
+        help="in the plain miss, before and during each measured run of ours: PAIRS sequential requests (the gateway, "
+        "then the mock) splitting the added p50 into the pipeline's part (x-llmops-overhead-ms) and the rest; the "
+        "run's own rows then carry the probe's load too",
+    )
     parser.add_argument("--vs-litellm", action="store_true")
     parser.add_argument("--vs-portkey", action="store_true")
     parser.add_argument(
@@ -414,6 +459,12 @@ def run(args, key: str, gateway_pid: int, upstream_url: str, peer_pids: dict[str
             wrk(gateway_url, model="auto", mode=scenario.mode, key=key, concurrency=concurrency, seconds=warmup)
             cache_table_maintain(args.database_url)
             backends = database_backends(args.database_url)
+            probing = args.probe and scenario.mode == "unique"
+            if probing:
+                print_probe("with the gateway idle", probe(gateway_url, direct_url, key, args.probe))
+                during = concurrent.futures.ThreadPoolExecutor(1).submit(
+                    probe, gateway_url, direct_url, key, args.probe
+                )
             cpu_before, db_cpu_before = cpu_seconds(gateway_workers), database_cpu_seconds(backends)
             ours = wrk(
                 gateway_url, model="auto", mode=scenario.mode, key=key, concurrency=concurrency, seconds=args.seconds
@@ -421,6 +472,8 @@ def run(args, key: str, gateway_pid: int, upstream_url: str, peer_pids: dict[str
             cpu_ms = (cpu_seconds(gateway_workers) - cpu_before) * 1000 / max(ours.requests, 1)
             db_cpu_ms = (database_cpu_seconds(backends) - db_cpu_before) * 1000 / max(ours.requests, 1)
             print_row(scenario.name, concurrency, "llmops", ours, direct, cpu_ms, db_cpu_ms)
+            if probing:
+                print_probe(f"beside the run at concurrency {concurrency} (one more connection)", during.result())
             if args.vs_litellm and scenario.mode == "unique":
                 common = {"model": "bench-small", "mode": "unique", "key": LITELLM_KEY, "concurrency": concurrency}
                 wrk(litellm_url, **common, seconds=warmup)
