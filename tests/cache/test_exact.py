@@ -1,12 +1,14 @@
 """Exact caching through the live gateway: keys, TTL, tenant isolation, tiers, client control, bad entries."""
 
+import socket
 from datetime import timedelta
 
 import pytest
+import redis.asyncio as aioredis
 from django.utils import timezone
 
 from billing.models import UsageRecord
-from core.redis import sync_redis
+from core.redis import redis_command, sync_redis
 from routing.cache import store
 from routing.cache.sealed import seal_answer
 from routing.cache.store import cache_entries_expire, cache_entry_build, cache_writes_flush, redis_key
@@ -172,19 +174,20 @@ def test_a_corrupt_entry_is_a_miss_not_an_error(gateway, acme_caching):
     assert chat(gateway, acme_caching, QUESTION).headers["x-llmops-cache"] == "hit-exact"
 
 
-class DownRedis:
-    """An async Redis client whose every call fails, counting the calls."""
+class DownRedis(aioredis.Redis):
+    """An async client of a Redis that is not there (a closed port): every command fails to connect. Counts the
+    commands tried, the lookup's (sent through ``redis_command``) and the copy-back's."""
 
-    def __init__(self):
-        self.calls: list[str] = []
+    def __init__(self, calls: list[str]):
+        with socket.socket() as unused:
+            unused.bind(("127.0.0.1", 0))
+            port = unused.getsockname()[1]
+        super().__init__(host="127.0.0.1", port=port, socket_connect_timeout=1)
+        self.calls = calls
 
-    async def execute_command(self, *args):
-        self.calls.append(args[0].lower())
-        raise ConnectionError("Redis is down")
-
-    async def set(self, key, value, ex=None):
+    async def set(self, *args, **kwargs):
         self.calls.append("set")
-        raise ConnectionError("Redis is down")
+        return await super().set(*args, **kwargs)
 
 
 def test_with_redis_down_a_database_hit_is_not_copied_back_to_it(db, acme_caching, monkeypatch):
@@ -194,10 +197,17 @@ def test_with_redis_down_a_database_hit_is_not_copied_back_to_it(db, acme_cachin
     cache_entry_build(
         cache, answer=stored_answer("30 days."), vector=None, expires_at=timezone.now() + timedelta(minutes=10)
     ).save()
-    down = DownRedis()
+    calls = []
+    down = DownRedis(calls)
+
+    async def counted(client, *args):
+        calls.append(args[0].lower())
+        return await redis_command(client, *args)
+
     monkeypatch.setattr(store, "async_redis", lambda: down)
+    monkeypatch.setattr(store, "redis_command", counted)
 
     hit = run(store.cache_lookup(cache))
 
     assert (hit.kind, hit.answer["choices"][0]["message"]["content"]) == ("exact", "30 days.")
-    assert down.calls == ["get"]
+    assert calls == ["get"]

@@ -1,4 +1,5 @@
-"""core.redis.redis_command: the commands of one turn of the loop share a pipeline, and each keeps its own answer."""
+"""core.redis.redis_command: the commands of one turn of the loop go out in one write on one shared connection, and
+each keeps its own answer."""
 
 import asyncio
 import socket
@@ -8,16 +9,18 @@ import pytest
 import redis.asyncio as aioredis
 from django.conf import settings
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import DataError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from core import redis as core_redis
 from core.redis import RedisScript, redis_command
 
 pytestmark = pytest.mark.skipif(not settings.REDIS_URL, reason="needs REDIS_URL")
 
 
-def run_with(url: str, work):
+def run_with(url: str, work, *, socket_timeout: float = 2):
     async def main():
-        client = aioredis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+        client = aioredis.Redis.from_url(url, socket_timeout=socket_timeout, socket_connect_timeout=2)
         try:
             return await work(client)
         finally:
@@ -30,16 +33,16 @@ def key() -> str:
     return f"test:batcher:{uuid.uuid4().hex}"
 
 
-def test_one_turns_commands_go_as_one_pipeline_and_each_gets_its_own_answer_or_error(monkeypatch):
+def test_one_turns_commands_go_as_one_write_and_each_gets_its_own_answer_or_error(monkeypatch):
     counter, listed = key(), key()
-    pipelines = []
-    original = aioredis.Redis.pipeline
+    writes = []
+    original = core_redis._Pipe.send
 
-    def counting_pipeline(self, *args, **kwargs):
-        pipelines.append(1)
-        return original(self, *args, **kwargs)
+    def counting_send(self, batch):
+        writes.append(len(batch))
+        return original(self, batch)
 
-    monkeypatch.setattr(aioredis.Redis, "pipeline", counting_pipeline)
+    monkeypatch.setattr(core_redis._Pipe, "send", counting_send)
 
     async def work(client):
         await client.rpush(listed, "x")
@@ -54,7 +57,65 @@ def test_one_turns_commands_go_as_one_pipeline_and_each_gets_its_own_answer_or_e
 
     assert (first, third) == (1, 3)
     assert isinstance(wrong_type, ResponseError)
-    assert pipelines == [1]
+    assert writes == [3]
+
+
+def test_turns_share_one_connection_and_keep_each_callers_order():
+    counter = key()
+
+    async def work(client):
+        async def caller(n: int) -> list[int]:
+            return [await redis_command(client, "INCR", counter) for _ in range(n)]
+
+        seen = await asyncio.gather(*(caller(50) for _ in range(4)))
+        ids = await asyncio.gather(*(redis_command(client, "CLIENT", "ID") for _ in range(3)))
+        return seen, ids
+
+    seen, ids = run_with(settings.REDIS_URL, work)
+
+    assert all(values == sorted(values) for values in seen)
+    assert sorted(value for values in seen for value in values) == list(range(1, 201))
+    assert len(set(ids)) == 1
+
+
+def test_replies_get_redis_py_response_callbacks():
+    async def work(client):
+        return await redis_command(client, "PING"), await redis_command(client, "SET", key(), "x")
+
+    assert run_with(settings.REDIS_URL, work) == (True, True)
+
+
+def test_an_overdue_reply_fails_its_callers_with_a_timeout_and_the_next_command_reconnects():
+    async def work(client):
+        blocked = await asyncio.gather(
+            redis_command(client, "BLPOP", key(), 3), redis_command(client, "PING"), return_exceptions=True
+        )
+        return blocked, await redis_command(client, "PING")
+
+    (blocked, queued_behind), after = run_with(settings.REDIS_URL, work, socket_timeout=0.3)
+
+    assert isinstance(blocked, RedisTimeoutError)
+    assert isinstance(queued_behind, RedisTimeoutError)
+    assert after is True
+
+
+def test_a_connection_the_server_closes_fails_what_waits_on_it_and_the_next_command_reconnects():
+    async def work(client):
+        own_id = await redis_command(client, "CLIENT", "ID")
+        waiting = asyncio.ensure_future(redis_command(client, "BLPOP", key(), 2))
+        await asyncio.sleep(0.1)
+        killer = aioredis.Redis.from_url(settings.REDIS_URL)
+        try:
+            await killer.client_kill_filter(_id=own_id)
+        finally:
+            await killer.aclose()
+        failed = await asyncio.gather(waiting, return_exceptions=True)
+        return own_id, failed[0], await redis_command(client, "CLIENT", "ID")
+
+    own_id, failed, new_id = run_with(settings.REDIS_URL, work)
+
+    assert isinstance(failed, RedisConnectionError)
+    assert new_id != own_id
 
 
 def test_a_script_the_server_does_not_know_falls_back_to_its_source_within_a_batch():
@@ -100,3 +161,20 @@ def test_a_command_whose_caller_was_cancelled_before_the_write_is_still_sent():
 
     assert was_cancelled
     assert sent == 2
+
+
+def test_a_command_that_cannot_be_sent_fails_alone():
+    counter = key()
+
+    async def work(client):
+        return await asyncio.gather(
+            redis_command(client, "INCR", counter),
+            redis_command(client, "SET", key(), None),
+            redis_command(client, "INCR", counter),
+            return_exceptions=True,
+        )
+
+    first, refused, second = run_with(settings.REDIS_URL, work)
+
+    assert (first, second) == (1, 2)
+    assert isinstance(refused, DataError)
