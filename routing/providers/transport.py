@@ -105,6 +105,11 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         return found
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        return await self.send(request, stream=True)
+
+    async def send(self, request: httpx.Request, *, stream: bool) -> httpx.Response:
+        """The response; unless ``stream``, with its body read (and the connection back in the pool), which spares
+        httpx's asynchronous reading of it."""
         proxy, proxy_auth = self._proxy_for(request.url)
         try:
             response = await self._client_session().request(
@@ -119,12 +124,18 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             )
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise _as_httpx_error(exc, request, reading=False) from exc
-        return httpx.Response(
-            status_code=response.status,
-            headers=[(name.decode("latin-1"), value.decode("latin-1")) for name, value in response.raw_headers],
-            stream=_ResponseStream(response, request),
-            request=request,
-        )
+        headers = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in response.raw_headers]
+        if stream:
+            return httpx.Response(
+                status_code=response.status, headers=headers, stream=_ResponseStream(response, request), request=request
+            )
+        try:
+            content = await response.read()
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise _as_httpx_error(exc, request, reading=True) from exc
+        finally:
+            response.release()
+        return httpx.Response(status_code=response.status, headers=headers, content=content, request=request)
 
     async def aclose(self) -> None:
         if self._session is not None:
