@@ -163,6 +163,24 @@ RULES: tuple[Rule, ...] = (
 SECRET_RULES = tuple(rule for rule in RULES if rule.is_secret)
 
 
+def _widened(rules: tuple[Rule, ...]) -> re.Pattern:
+    """One pattern that matches wherever one of ``rules``' patterns does, and maybe elsewhere: each pattern without
+    its word boundaries (an assertion taken away only widens what matches) and its group names, as one
+    alternation. A text it finds nothing in holds no secret: one scan of about 17 µs for a short answer instead
+    of the rules' 40 (a pattern that starts with a word boundary keeps Python's regex engine from skipping ahead)."""
+    branches = []
+    for rule in rules:
+        source = rule.pattern.pattern
+        if "\\\\" in source or re.search(r"\[[^\]]*\\b", source):
+            raise ValueError(f"{rule.kind}: \\b in a character class or after an escaped backslash: widen it by hand")
+        source = re.sub(r"\(\?P<\w+>", "(?:", source.replace("\\b", ""))
+        branches.append(f"(?i:{source[4:]})" if source.startswith("(?i)") else f"(?:{source})")
+    return re.compile("|".join(branches))
+
+
+SECRET_PREFILTER = _widened(SECRET_RULES)
+
+
 @lru_cache(maxsize=256)
 def compile_custom_patterns(patterns: tuple[str, ...]) -> tuple[re.Pattern, ...]:
     """A tenant's own patterns, compiled once per distinct set. Invalid ones raise re.error (checked at save)."""
@@ -213,6 +231,8 @@ def redact_value(value, *, custom_patterns: tuple[re.Pattern, ...] = ()):
 
 def secret_kinds_in(text: str) -> list[str]:
     """The kinds of credential (not personal data) that appear in `text`, for checks that refuse rather than redact."""
+    if SECRET_PREFILTER.search(text) is None:
+        return []
     kinds = []
     for rule in SECRET_RULES:
         for match in rule.pattern.finditer(text):

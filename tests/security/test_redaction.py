@@ -1,7 +1,10 @@
 """The redaction matrix: every kind, a positive it must replace and look-alikes it must leave alone."""
 
+import re
+
 import pytest
 
+from core import redaction
 from core.redaction import (
     API_KEY,
     AWS_ACCESS_KEY,
@@ -13,6 +16,8 @@ from core.redaction import (
     IP_ADDRESS,
     JWT,
     PHONE,
+    SECRET_PREFILTER,
+    SECRET_RULES,
     compile_custom_patterns,
     custom_pattern_errors,
     iban_valid,
@@ -156,3 +161,29 @@ def test_secret_kinds_ignore_personal_data():
         API_KEY,
         AWS_ACCESS_KEY,
     ]
+
+
+PREFILTER_TEXTS = [text for _, text, _ in POSITIVES] + [text for _, text in NEGATIVES]
+PREFILTER_TEXTS += [text.upper() for text in PREFILTER_TEXTS] + [text.lower() for text in PREFILTER_TEXTS]
+
+
+def test_the_prefilter_changes_no_answer(monkeypatch):
+    """``secret_kinds_in`` answers [] at once when ``SECRET_PREFILTER`` finds nothing: on every text of the matrix,
+    upper- and lower-cased too, it answers what the rules alone answer, and it finds something wherever a rule
+    does."""
+    filtered = [secret_kinds_in(text) for text in PREFILTER_TEXTS]
+    monkeypatch.setattr(redaction, "SECRET_PREFILTER", re.compile(""))
+    unfiltered = [secret_kinds_in(text) for text in PREFILTER_TEXTS]
+
+    assert filtered == unfiltered
+    assert sum(map(bool, filtered)) >= 15
+    for text in PREFILTER_TEXTS:
+        if any(rule.pattern.search(text) for rule in SECRET_RULES):
+            assert SECRET_PREFILTER.search(text) is not None, text
+    assert not all(SECRET_PREFILTER.search(text) for text in PREFILTER_TEXTS)
+
+
+def test_a_rule_the_prefilter_cannot_widen_is_refused_at_import():
+    rule = redaction.Rule("[X]", re.compile(r"key[\b:]\w+"), "[X]", True)
+    with pytest.raises(ValueError, match="widen it by hand"):
+        redaction._widened((rule,))
