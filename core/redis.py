@@ -63,11 +63,16 @@ def redis_persistence_problem(client: redis.Redis) -> str:
     )
 
 
+# What ``hiredis.Reader.gets`` answers while a reply is incomplete (RESP3 has a False of its own).
+_INCOMPLETE = object()
+
+
 class _Pipe(asyncio.Protocol):
     """One connection to Redis that a loop's batches share. A batch is written the moment it is flushed, and the
     replies, which Redis sends in the order it read the commands, are handed to their callers as they arrive: no
-    connection borrowed from a pool, no task and no read per batch (redis-py's pipeline cost a worker about 5% of
-    its loop on top of the socket write, docs/performance.md)."""
+    connection borrowed from the pool for each batch, no task and no read per batch (redis-py's pipeline cost a
+    worker about 5% of its loop on top of the socket write, docs/performance.md). Out-of-band push messages (RESP3)
+    are not replies and are skipped."""
 
     def __init__(self, connection: aioredis.Connection, client: aioredis.Redis, loop: asyncio.AbstractEventLoop):
         # redis-py's connection made the socket and the handshake (TLS, AUTH, SELECT); its transport is taken over
@@ -76,7 +81,11 @@ class _Pipe(asyncio.Protocol):
         self.callbacks = client.response_callbacks
         self.loop = loop
         self.timeout = connection.socket_timeout
-        self.reader = hiredis.Reader(protocolError=InvalidResponse, replyError=BaseParser.parse_error)
+        encoder = connection.encoder
+        decoding = {"encoding": encoder.encoding, "errors": encoder.encoding_errors} if encoder.decode_responses else {}
+        self.reader = hiredis.Reader(
+            protocolError=InvalidResponse, replyError=BaseParser.parse_error, notEnoughData=_INCOMPLETE, **decoding
+        )
         # (caller's future, command name, when it was written), in the order written.
         self.waiting: deque[tuple[asyncio.Future, str | bytes, float]] = deque()
         self.failure: RedisError | None = None
@@ -91,16 +100,22 @@ class _Pipe(asyncio.Protocol):
         return self.failure is None
 
     def send(self, batch: list[tuple[tuple, asyncio.Future]]) -> None:
-        packed = []
-        written = self.loop.time()
+        """Write the batch's commands; one that cannot be packed fails alone, before anything is written, so each
+        reply still finds its own caller."""
+        packed, sent = [], []
         for args, future in batch:
             try:
                 # hiredis's packer: the same bytes as redis-py's, six times faster (a tenth of the batch's CPU).
                 packed.append(hiredis.pack_command(args))
-            except TypeError as error:
-                future.set_exception(DataError(f"{args[0]}: {error}"))
+            except Exception as error:
+                if not future.done():
+                    future.set_exception(DataError(f"{args[0]}: {error}"))
                 continue
-            self.waiting.append((future, args[0], written))
+            sent.append((future, args[0]))
+        if not sent:
+            return
+        written = self.loop.time()
+        self.waiting.extend((future, command, written) for future, command in sent)
         self.transport.write(b"".join(packed))
         if self.watchdog is None and self.timeout:
             self.watchdog = self.loop.call_later(self.timeout, self._check_overdue)
@@ -113,8 +128,10 @@ class _Pipe(asyncio.Protocol):
             except InvalidResponse as error:
                 self.close(error)
                 return
-            if reply is False:
+            if reply is _INCOMPLETE:
                 return
+            if isinstance(reply, hiredis.PushNotification):
+                continue
             future, command, _ = self.waiting.popleft()
             if future.done():
                 continue
@@ -227,9 +244,30 @@ class _CommandBatcher:
 _batchers: weakref.WeakKeyDictionary[aioredis.Redis, _CommandBatcher] = weakref.WeakKeyDictionary()
 
 
+# Commands that change the state of the connection they are sent on, which the loop's callers share (and CLIENT
+# REPLY, `_changes_connection`).
+CONNECTION_STATE_COMMANDS = frozenset(
+    {"MULTI", "EXEC", "DISCARD", "WATCH", "UNWATCH", "SELECT", "SWAPDB", "HELLO", "RESET", "QUIT", "MONITOR"}
+    | {"SUBSCRIBE", "PSUBSCRIBE", "SSUBSCRIBE", "UNSUBSCRIBE", "PUNSUBSCRIBE", "SUNSUBSCRIBE"}
+)
+
+
+def _changes_connection(args: tuple) -> bool:
+    name = str(args[0]).upper()
+    if name == "CLIENT":
+        return len(args) > 1 and str(args[1]).upper() == "REPLY"
+    return name in CONNECTION_STATE_COMMANDS
+
+
 async def redis_command(client: aioredis.Redis, *args):
     """``client.execute_command(*args)``, sent along with the other commands issued in the same turn of the loop.
-    Raises what the command would raise (RedisError and its kinds)."""
+    Raises what the command would raise (RedisError and its kinds).
+
+    For short commands only: they share one connection, so a blocking command (BLPOP, XREAD BLOCK, WAIT) holds up
+    every command behind it, up to the client's ``socket_timeout``; one that changes the connection's state
+    (`_changes_connection`) is refused. Use the client itself for those."""
+    if _changes_connection(args):
+        raise DataError(f"{args[0]} changes the shared connection's state: send it with the client, not redis_command")
     batcher = _batchers.get(client)
     if batcher is None:
         batcher = _batchers[client] = _CommandBatcher(client, asyncio.get_running_loop())

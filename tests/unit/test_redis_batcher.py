@@ -68,7 +68,10 @@ def test_turns_share_one_connection_and_keep_each_callers_order():
             return [await redis_command(client, "INCR", counter) for _ in range(n)]
 
         seen = await asyncio.gather(*(caller(50) for _ in range(4)))
-        ids = await asyncio.gather(*(redis_command(client, "CLIENT", "ID") for _ in range(3)))
+        ids = []
+        for _ in range(3):
+            ids.append(await redis_command(client, "CLIENT", "ID"))
+            await asyncio.sleep(0.01)
         return seen, ids
 
     seen, ids = run_with(settings.REDIS_URL, work)
@@ -178,3 +181,77 @@ def test_a_command_that_cannot_be_sent_fails_alone():
 
     assert (first, second) == (1, 2)
     assert isinstance(refused, DataError)
+
+
+@pytest.mark.parametrize("unsendable", [None, "\udc80"], ids=["not a string", "lone surrogate"])
+def test_a_command_that_cannot_be_packed_leaves_every_other_reply_to_its_own_caller(unsendable):
+    first, second = key(), key()
+
+    async def work(client):
+        await client.set(first, "one")
+        await client.set(second, "two")
+        cancelled = asyncio.ensure_future(redis_command(client, "GET", None))
+        await asyncio.sleep(0)
+        cancelled.cancel()
+        answers = await asyncio.gather(
+            redis_command(client, "GET", first),
+            redis_command(client, "GET", unsendable),
+            redis_command(client, "GET", second),
+            return_exceptions=True,
+        )
+        return answers, await redis_command(client, "GET", first)
+
+    (got_first, refused, got_second), again = run_with(settings.REDIS_URL, work)
+
+    assert (got_first, got_second, again) == (b"one", b"two", b"one")
+    assert isinstance(refused, DataError)
+
+
+@pytest.mark.parametrize("options", ["protocol=3", "decode_responses=true"])
+def test_resp3_and_decoded_replies_reach_their_callers(options):
+    flag, text = key(), key()
+    url = f"{settings.REDIS_URL}?{options}"
+
+    async def work(client):
+        await client.set(text, "value")
+        return await asyncio.gather(
+            redis_command(client, "EVAL", "return redis.setresp(3) or false", 0)
+            if "protocol" in options
+            else redis_command(client, "EXISTS", flag),
+            redis_command(client, "GET", text),
+            redis_command(client, "PING"),
+        )
+
+    falsy, value, pong = run_with(url, work)
+
+    assert not falsy
+    assert value == ("value" if "decode" in options else b"value")
+    assert pong is True
+
+
+@pytest.mark.parametrize("command", [("MULTI",), ("SELECT", 1), ("SUBSCRIBE", "x"), ("client", "reply", "off")])
+def test_commands_that_change_the_shared_connection_are_refused(command):
+    async def work(client):
+        return await asyncio.gather(
+            redis_command(client, *command), redis_command(client, "PING"), return_exceptions=True
+        )
+
+    refused, pong = run_with(settings.REDIS_URL, work)
+
+    assert isinstance(refused, DataError)
+    assert pong is True
+
+
+def test_closing_the_client_fails_what_waits_and_closes_the_connection():
+    async def work(client):
+        waiting = asyncio.ensure_future(redis_command(client, "BLPOP", key(), 5))
+        await asyncio.sleep(0.1)
+        started = asyncio.get_running_loop().time()
+        await client.aclose()
+        failed = (await asyncio.gather(waiting, return_exceptions=True))[0]
+        return failed, asyncio.get_running_loop().time() - started
+
+    failed, seconds = run_with(settings.REDIS_URL, work)
+
+    assert isinstance(failed, RedisConnectionError)
+    assert seconds < 1
