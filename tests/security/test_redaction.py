@@ -183,7 +183,21 @@ def test_the_prefilter_changes_no_answer(monkeypatch):
     assert not all(SECRET_PREFILTER.search(text) for text in PREFILTER_TEXTS)
 
 
-def test_a_rule_the_prefilter_cannot_widen_is_refused_at_import():
-    rule = redaction.Rule("[X]", re.compile(r"key[\b:]\w+"), "[X]", True)
-    with pytest.raises(ValueError, match="widen it by hand"):
+@pytest.mark.parametrize(
+    "pattern",
+    [r"key[\b:]\w+", r"(?!\bdemo\b)sk-\w+", r"(?<!\b)sk-\w+", r"(k)\w+\1", r"(?P<k>k)(?P=k)", r"[]\b]k"],
+    ids=["backspace in a class", "negative lookahead", "negative lookbehind", "backreference", "named", "class ]"],
+)
+def test_a_rule_the_prefilter_cannot_widen_is_refused_at_import(pattern):
+    rule = redaction.Rule("[X]", re.compile(pattern), "[X]", True)
+    with pytest.raises(redaction.CannotWiden):
         redaction._widened((rule,))
+
+
+def test_a_rules_compile_flags_apply_to_its_branch_only():
+    loud = redaction.Rule("[X]", re.compile(r"\bsecret-\w+", re.IGNORECASE), "[X]", True)
+    quiet = redaction.Rule("[Y]", re.compile(r"\bquiet-\w+"), "[Y]", True)
+    widened = redaction._widened((loud, quiet))
+
+    assert widened.search("SECRET-abc") and widened.search("quiet-abc")
+    assert not widened.search("QUIET-abc")
