@@ -10,6 +10,7 @@ traffic, is answered by its view without resolving the URL (``DIRECT_VIEWS``).
 import asyncio
 import contextlib
 import gc
+import logging
 import os
 import threading
 
@@ -22,6 +23,8 @@ from django.urls import set_script_prefix
 from django.utils.log import log_response
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "llmops.settings")
+
+logger = logging.getLogger(__name__)
 
 site_application = get_asgi_application()
 
@@ -113,11 +116,14 @@ class GatewayASGIHandler(ASGIHandler):
 
 
 def _cancel_on_disconnect(listener: asyncio.Task, processing: asyncio.Task) -> None:
-    """The listener ended: the client disconnected (``RequestAborted``; Django's listener asserts that nothing else
-    comes after the body), so the view still running is cancelled. A listener cancelled by the handler does not."""
+    """The listener ended: the client disconnected (``RequestAborted``), so the view still running is cancelled. A
+    listener cancelled by the handler does not. Django's listener raises AssertionError for a message other than a
+    disconnect after the body, which no server should send: logged, and the view cancelled as for a disconnect."""
     if listener.cancelled():
         return
-    listener.exception()  # retrieved: a disconnect is not an error to report
+    error = listener.exception()
+    if not isinstance(error, RequestAborted):
+        logger.error("unexpected ASGI message after the request body", exc_info=error)
     processing.cancel()
 
 
