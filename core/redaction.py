@@ -168,15 +168,17 @@ class CannotWiden(ValueError):
 
 
 # Compile flags, as the scoped inline flags that give a branch of the alternation the same meaning.
-_INLINE_FLAGS = ((re.IGNORECASE, "i"), (re.MULTILINE, "m"), (re.DOTALL, "s"), (re.VERBOSE, "x"))
-_LEADING_FLAGS = re.compile(r"^\(\?[aiLmsux]+\)")
+_INLINE_FLAGS = ((re.IGNORECASE, "i"), (re.MULTILINE, "m"), (re.DOTALL, "s"), (re.ASCII, "a"))
+_LEADING_FLAGS = re.compile(r"^(?:\(\?[aiLmsux]+\))+")
 
 
 def _without_word_boundaries(source: str) -> str:
-    """``source`` without its ``\\b`` assertions, which only widens what it matches; refused where dropping one
-    could narrow it (inside a negative lookaround) or change it (in a character class, where it is a backspace), and
-    for backreferences, which the alternation would renumber."""
+    """``source`` without its ``\\b`` assertions, which only widens what it matches, and with its groups unnamed;
+    refused where dropping one could narrow it (inside a negative lookaround, or where an atomic group or a possessive
+    quantifier commits to a branch) or change it (in a character class, where it is a backspace), and for
+    backreferences, which the alternation would renumber."""
     kept, depth_negative, index, in_class = [], [], 0, False
+    dropped, commits = False, False
     while index < len(source):
         char = source[index]
         if char == "\\":
@@ -185,7 +187,9 @@ def _without_word_boundaries(source: str) -> str:
                 raise CannotWiden(f"a word boundary in a character class or a negative lookaround: {source}")
             if pair[1:].isdigit():
                 raise CannotWiden(f"a backreference: {source}")
-            if pair != "\\b":
+            if pair == "\\b":
+                dropped = True
+            else:
                 kept.append(pair)
             index += 2
             continue
@@ -202,11 +206,22 @@ def _without_word_boundaries(source: str) -> str:
         elif char == "(":
             if source.startswith(("(?P=", "(?("), index):
                 raise CannotWiden(f"a backreference: {source}")
+            commits |= source.startswith("(?>", index)
             depth_negative.append(source.startswith(("(?!", "(?<!"), index))
+            if source.startswith("(?P<", index):
+                kept.append("(?:")
+                index = source.index(">", index) + 1
+                continue
         elif char == ")":
+            if not depth_negative:
+                raise CannotWiden(f"a group this scanner cannot follow: {source}")
             depth_negative.pop()
+        elif char == "+" and kept and kept[-1][-1] in "*+?}":
+            commits = True
         kept.append(char)
         index += 1
+    if dropped and commits:
+        raise CannotWiden(f"a word boundary beside an atomic group or a possessive quantifier: {source}")
     return "".join(kept)
 
 
@@ -217,8 +232,9 @@ def _widened(rules: tuple[Rule, ...]) -> re.Pattern:
     pattern that starts with a word boundary keeps Python's regex engine from skipping ahead)."""
     branches = []
     for rule in rules:
+        if rule.pattern.flags & re.VERBOSE:
+            raise CannotWiden(f"{rule.kind}: a verbose pattern (write it on one line)")
         source = _without_word_boundaries(_LEADING_FLAGS.sub("", rule.pattern.pattern))
-        source = re.sub(r"\(\?P<\w+>", "(?:", source)
         flags = "".join(letter for flag, letter in _INLINE_FLAGS if rule.pattern.flags & flag)
         branches.append(f"(?{flags}:{source})")
     return re.compile("|".join(branches))

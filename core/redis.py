@@ -128,10 +128,17 @@ class _Pipe(asyncio.Protocol):
             except InvalidResponse as error:
                 self.close(error)
                 return
+            except Exception as error:
+                # A reply read but not decoded (decode_responses, bytes that are not text): its caller's error.
+                reply = DataError(f"the reply could not be decoded: {error}")
             if reply is _INCOMPLETE:
                 return
             if isinstance(reply, hiredis.PushNotification):
                 continue
+            if not self.waiting:
+                # A reply nobody asked for (a RESP3 attribute, say): the replies can no longer be matched.
+                self.close(InvalidResponse("a Redis reply that no command waits for"))
+                return
             future, command, _ = self.waiting.popleft()
             if future.done():
                 continue
@@ -244,18 +251,26 @@ class _CommandBatcher:
 _batchers: weakref.WeakKeyDictionary[aioredis.Redis, _CommandBatcher] = weakref.WeakKeyDictionary()
 
 
-# Commands that change the state of the connection they are sent on, which the loop's callers share (and CLIENT
-# REPLY, `_changes_connection`).
+# Commands that change the state of the connection they are sent on, or take it over, which the loop's callers
+# share; and CLIENT's subcommands that do (`_changes_connection`).
 CONNECTION_STATE_COMMANDS = frozenset(
-    {"MULTI", "EXEC", "DISCARD", "WATCH", "UNWATCH", "SELECT", "SWAPDB", "HELLO", "RESET", "QUIT", "MONITOR"}
+    {"MULTI", "EXEC", "DISCARD", "WATCH", "UNWATCH", "SELECT", "SWAPDB", "HELLO", "AUTH", "RESET", "QUIT", "MONITOR"}
     | {"SUBSCRIBE", "PSUBSCRIBE", "SSUBSCRIBE", "UNSUBSCRIBE", "PUNSUBSCRIBE", "SUNSUBSCRIBE"}
+    | {"READONLY", "READWRITE", "SYNC", "PSYNC", "REPLCONF"}
 )
+CONNECTION_STATE_CLIENT_COMMANDS = frozenset({"REPLY", "TRACKING", "CACHING", "SETNAME", "SETINFO", "NO-EVICT"})
+
+
+def _word(value) -> str:
+    return (bytes(value).decode(errors="replace") if isinstance(value, bytes | memoryview) else str(value)).upper()
 
 
 def _changes_connection(args: tuple) -> bool:
-    name = str(args[0]).upper()
+    if not args:
+        return True
+    name = _word(args[0])
     if name == "CLIENT":
-        return len(args) > 1 and str(args[1]).upper() == "REPLY"
+        return len(args) > 1 and _word(args[1]) in CONNECTION_STATE_CLIENT_COMMANDS
     return name in CONNECTION_STATE_COMMANDS
 
 
@@ -267,7 +282,7 @@ async def redis_command(client: aioredis.Redis, *args):
     every command behind it, up to the client's ``socket_timeout``; one that changes the connection's state
     (`_changes_connection`) is refused. Use the client itself for those."""
     if _changes_connection(args):
-        raise DataError(f"{args[0]} changes the shared connection's state: send it with the client, not redis_command")
+        raise DataError(f"{args[:2]} changes the shared connection's state: send it with the client, not redis_command")
     batcher = _batchers.get(client)
     if batcher is None:
         batcher = _batchers[client] = _CommandBatcher(client, asyncio.get_running_loop())

@@ -117,13 +117,14 @@ class GatewayASGIHandler(ASGIHandler):
 
 def _cancel_on_disconnect(listener: asyncio.Task, processing: asyncio.Task) -> None:
     """The listener ended: the client disconnected (``RequestAborted``), so the view still running is cancelled. A
-    listener cancelled by the handler does not. Django's listener raises AssertionError for a message other than a
-    disconnect after the body, which no server should send: logged, and the view cancelled as for a disconnect."""
+    listener cancelled by the handler does not. Anything else that ends it (Django's listener asserts that a server
+    sends nothing but a disconnect after the body; ``receive`` may fail) is logged, and the view cancelled as for a
+    disconnect."""
     if listener.cancelled():
         return
     error = listener.exception()
     if not isinstance(error, RequestAborted):
-        logger.error("unexpected ASGI message after the request body", exc_info=error)
+        logger.error("the disconnect listener ended without a disconnect", exc_info=error)
     processing.cancel()
 
 

@@ -185,8 +185,28 @@ def test_the_prefilter_changes_no_answer(monkeypatch):
 
 @pytest.mark.parametrize(
     "pattern",
-    [r"key[\b:]\w+", r"(?!\bdemo\b)sk-\w+", r"(?<!\b)sk-\w+", r"(k)\w+\1", r"(?P<k>k)(?P=k)", r"[]\b]k"],
-    ids=["backspace in a class", "negative lookahead", "negative lookbehind", "backreference", "named", "class ]"],
+    [
+        r"key[\b:]\w+",
+        r"(?!\bdemo\b)sk-\w+",
+        r"(?<!\b)sk-\w+",
+        r"(k)\w+\1",
+        r"(?P<k>k)(?P=k)",
+        r"[]\b]k",
+        r"(?>a\bb|a)bc",
+        r"x(?:a\bb|a)?+bc",
+        r"(?x)\bk # a comment",
+    ],
+    ids=[
+        "backspace in a class",
+        "negative lookahead",
+        "negative lookbehind",
+        "backreference",
+        "named",
+        "class ]",
+        "atomic group",
+        "possessive",
+        "verbose",
+    ],
 )
 def test_a_rule_the_prefilter_cannot_widen_is_refused_at_import(pattern):
     rule = redaction.Rule("[X]", re.compile(pattern), "[X]", True)
@@ -201,3 +221,11 @@ def test_a_rules_compile_flags_apply_to_its_branch_only():
 
     assert widened.search("SECRET-abc") and widened.search("quiet-abc")
     assert not widened.search("QUIET-abc")
+
+
+def test_a_rules_ascii_flag_and_escaped_group_syntax_keep_their_meaning():
+    ascii_rule = redaction.Rule("[X]", re.compile(r"\bkey\W\w+", re.ASCII), "[X]", True)
+    escaped = redaction.Rule("[Y]", re.compile(r"\(?P<x>\bk"), "[Y]", True)
+
+    assert redaction._widened((ascii_rule,)).search("keyé1")
+    assert redaction._widened((escaped,)).search("(P<x>k")

@@ -39,4 +39,4 @@ def test_a_listener_the_handler_cancels_leaves_the_view_alone():
 def test_an_unexpected_message_is_logged_and_the_view_cancelled(caplog):
     with caplog.at_level(logging.ERROR, logger="llmops.asgi"):
         assert asyncio.run(_listener_and_view(AssertionError("Invalid ASGI message after request body: http.request")))
-    assert [record.message for record in caplog.records] == ["unexpected ASGI message after the request body"]
+    assert [record.message for record in caplog.records] == ["the disconnect listener ended without a disconnect"]

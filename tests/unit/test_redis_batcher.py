@@ -229,7 +229,17 @@ def test_resp3_and_decoded_replies_reach_their_callers(options):
     assert pong is True
 
 
-@pytest.mark.parametrize("command", [("MULTI",), ("SELECT", 1), ("SUBSCRIBE", "x"), ("client", "reply", "off")])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("MULTI",),
+        ("SELECT", 1),
+        ("SUBSCRIBE", "x"),
+        ("client", "reply", "off"),
+        (b"multi",),
+        (b"CLIENT", b"TRACKING", "on"),
+    ],
+)
 def test_commands_that_change_the_shared_connection_are_refused(command):
     async def work(client):
         return await asyncio.gather(
@@ -255,3 +265,23 @@ def test_closing_the_client_fails_what_waits_and_closes_the_connection():
 
     assert isinstance(failed, RedisConnectionError)
     assert seconds < 1
+
+
+def test_a_reply_that_cannot_be_decoded_fails_only_its_caller():
+    binary, text = key(), key()
+
+    async def work(client):
+        raw = aioredis.Redis.from_url(settings.REDIS_URL)
+        try:
+            await raw.set(binary, b"\xff\xfe")
+        finally:
+            await raw.aclose()
+        await client.set(text, "value")
+        return await asyncio.gather(
+            redis_command(client, "GET", binary), redis_command(client, "GET", text), return_exceptions=True
+        )
+
+    undecodable, value = run_with(f"{settings.REDIS_URL}?decode_responses=true", work)
+
+    assert isinstance(undecodable, DataError)
+    assert value == "value"
