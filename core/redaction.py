@@ -228,7 +228,7 @@ def _without_word_boundaries(source: str) -> str:
 def _widened(rules: tuple[Rule, ...]) -> re.Pattern:
     """One pattern that matches wherever one of ``rules``' patterns does, and maybe elsewhere: each pattern without
     its word boundaries and its group names, with its flags scoped to its branch, as one alternation. A text it
-    finds nothing in holds no secret: one scan of about 17 µs for a short answer instead of the rules' 40 (a
+    finds nothing in holds no secret: one scan of about 14 µs for a short answer instead of the rules' 33 (a
     pattern that starts with a word boundary keeps Python's regex engine from skipping ahead)."""
     branches = []
     for rule in rules:
