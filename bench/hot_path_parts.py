@@ -1,7 +1,7 @@
-"""Three pieces of a /v1 request's CPU, timed on their own (docs/performance.md, "One Redis connection per loop"):
-an idle Redis round trip through ``core.redis.redis_command`` (the shared connection) against redis-py's own call,
-hiredis's command packer against redis-py's, and the answer check's one-scan prefilter against the secret rules run
-one by one. Figures, not a test.
+"""Pieces of a /v1 request's CPU, timed on their own (docs/performance.md, "One Redis connection per loop"): an idle
+Redis round trip through ``core.redis.redis_command`` (the shared connection) against redis-py's own call, hiredis's
+command packer against redis-py's, a provider URL parsed against one copied from ``provider_url``'s cache, and the
+answer check's one-scan prefilter against the secret rules run one by one. Figures, not a test.
 
     REDIS_URL=redis://127.0.0.1:6379/11 .venv/bin/python bench/hot_path_parts.py --round-trips 300
 """
@@ -17,6 +17,7 @@ from pathlib import Path
 
 import django
 import hiredis
+import httpx
 import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -81,6 +82,11 @@ def main() -> None:
     hiredis_us = microseconds(lambda: hiredis.pack_command(RESERVE_ARGS), 100_000)
     redis_py_us = microseconds(lambda: connection.pack_command(*RESERVE_ARGS), 100_000)
     print(f"packing a reservation's EVALSHA: hiredis {hiredis_us:.2f} µs, redis-py {redis_py_us:.2f} µs")
+    url = "http://127.0.0.1:9191/v1/chat/completions"
+    parsed = httpx.URL(url)
+    parse_us = microseconds(lambda: httpx.URL(url), 20_000)
+    copy_us = microseconds(lambda: httpx.URL(parsed), 20_000)
+    print(f"a provider URL: parsed {parse_us:.2f} µs, copied from the cache {copy_us:.2f} µs")
     prefilter_us = microseconds(lambda: SECRET_PREFILTER.search(ANSWER), 5_000)
     rules_us = microseconds(lambda: rules_one_by_one(ANSWER), 5_000)
     print(
