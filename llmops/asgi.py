@@ -77,9 +77,13 @@ class GatewayASGIHandler(ASGIHandler):
         except asyncio.CancelledError:
             if asyncio.current_task().cancelling():
                 raise
-            signals.request_finished.send(sender=self.__class__)
+            if direct_view is None:
+                signals.request_finished.send(sender=self.__class__)
         else:
-            response.close()
+            if direct_view is None:
+                response.close()
+            else:
+                _close_without_request_finished(response)
         finally:
             listening.cancel()
             body_file.close()
@@ -113,6 +117,17 @@ class GatewayASGIHandler(ASGIHandler):
         self._template_response_middleware = []
         self._exception_middleware = []
         self._middleware_chain = json_errors(self._get_response_async)
+
+
+def _close_without_request_finished(response) -> None:
+    """``response.close()`` less its ``request_finished``, for a response of a direct view: as with
+    ``request_started``, its receivers reset what such a view never uses on the loop (the thread's database
+    connections, Django's caches, the URLconf), and sending it was about 2% of the loop's CPU per request."""
+    for closer in response._resource_closers:
+        with contextlib.suppress(Exception):
+            closer()
+    response._resource_closers.clear()
+    response.closed = True
 
 
 def _cancel_on_disconnect(listener: asyncio.Task, processing: asyncio.Task) -> None:

@@ -1,0 +1,93 @@
+"""llmops.asgi: a direct view's response is closed (what it holds released) without ``request_finished``,
+whose receivers reset what such a view never uses on the loop; a resolved request still sends it."""
+
+import asyncio
+
+import pytest
+from django.core import signals
+from django.http import HttpResponse
+
+from llmops import asgi
+
+DIRECT_PATH = "/v1/direct-close-probe"
+
+
+def _scope(path: str) -> dict:
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"testserver"), (b"content-type", b"application/json")],
+        "client": ("127.0.0.1", 5555),
+        "server": ("testserver", 80),
+    }
+
+
+async def _serve(path: str) -> list[dict]:
+    sent, body_sent = [], False
+    never = asyncio.get_running_loop().create_future()
+
+    async def receive():
+        nonlocal body_sent
+        if not body_sent:
+            body_sent = True
+            return {"type": "http.request", "body": b"{}", "more_body": False}
+        return await never
+
+    async def send(message):
+        sent.append(message)
+
+    await asgi.gateway_application(_scope(path), receive, send)
+    return sent
+
+
+@pytest.fixture
+def direct_view(monkeypatch):
+    responses = []
+
+    async def view(request):
+        response = HttpResponse(b"{}", content_type="application/json")
+        response.released = []
+        response._resource_closers.append(lambda: response.released.append("held by the view"))
+        responses.append(response)
+        return response
+
+    monkeypatch.setitem(asgi.DIRECT_VIEWS, ("POST", DIRECT_PATH), view)
+    return responses
+
+
+@pytest.fixture
+def finished_signals():
+    received = []
+
+    def receiver(sender, **kwargs):
+        received.append(sender)
+
+    signals.request_finished.connect(receiver)
+    yield received
+    signals.request_finished.disconnect(receiver)
+
+
+def test_a_direct_view_response_is_closed_without_request_finished(direct_view, finished_signals):
+    sent = asyncio.run(_serve(DIRECT_PATH))
+
+    assert sent[0]["status"] == 200
+    (response,) = direct_view
+    assert response.closed
+    assert response.released == ["held by the view"]
+    assert response._resource_closers == []
+    assert finished_signals == []
+
+
+@pytest.mark.django_db
+def test_a_resolved_request_still_sends_request_finished(finished_signals):
+    sent = asyncio.run(_serve("/v1/no-such-endpoint"))
+
+    assert sent[0]["status"] == 404
+    assert finished_signals == [asgi.GatewayASGIHandler]
