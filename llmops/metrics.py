@@ -82,29 +82,80 @@ UPSTREAM_LATENCY = Histogram(
 )
 
 
+class _Series:
+    """The children of the per-request metrics for one tenant and model label, looked up once: prometheus_client's
+    ``labels()`` builds and checks its key on every call, and a request made eight of them."""
+
+    __slots__ = (
+        "budget_rejections",
+        "cache_hits",
+        "completion_tokens",
+        "cost",
+        "labels",
+        "latency",
+        "prompt_tokens",
+        "requests",
+        "routed_to_large",
+        "upstream_errors",
+        "upstream_latency",
+    )
+
+    def __init__(self, labels: tuple[str, str]):
+        self.labels = labels
+        self.prompt_tokens = PROMPT_TOKENS.labels(*labels)
+        self.completion_tokens = COMPLETION_TOKENS.labels(*labels)
+        self.cost = COST.labels(*labels)
+        self.upstream_latency = UPSTREAM_LATENCY.labels(*labels)
+        self.requests: dict[int, object] = {}
+        self.cache_hits = CACHE_HITS.labels(*labels)
+        self.routed_to_large = ROUTED_TO_LARGE.labels(*labels)
+        self.upstream_errors = UPSTREAM_ERRORS.labels(*labels)
+        self.budget_rejections = BUDGET_REJECTIONS.labels(*labels)
+        self.latency = LATENCY.labels(*labels)
+
+    def requests_of(self, http_status: int):
+        status_class = http_status // 100
+        child = self.requests.get(status_class)
+        if child is None:
+            child = self.requests[status_class] = REQUESTS.labels(*self.labels, f"{status_class}xx")
+        return child
+
+
+# Bounded as the labels are: MAX_TENANT_LABELS tenants (and "other") times the catalog's models.
+_series: dict[tuple[str, str], _Series] = {}
+
+
+def _series_of(tenant_id: int, served_model: str) -> _Series:
+    labels = (tenant_label(str(tenant_id)), served_model or UNKNOWN_MODEL_LABEL)
+    series = _series.get(labels)
+    if series is None:
+        series = _series[labels] = _Series(labels)
+    return series
+
+
 def record_request_metrics(event: UsageEvent) -> None:
-    labels = (tenant_label(str(event.tenant_id)), event.served_model or UNKNOWN_MODEL_LABEL)
+    series = _series_of(event.tenant_id, event.served_model)
     if event.prompt_tokens:
-        PROMPT_TOKENS.labels(*labels).inc(event.prompt_tokens)
+        series.prompt_tokens.inc(event.prompt_tokens)
     if event.completion_tokens:
-        COMPLETION_TOKENS.labels(*labels).inc(event.completion_tokens)
+        series.completion_tokens.inc(event.completion_tokens)
     if event.cost_usd:
-        COST.labels(*labels).inc(float(event.cost_usd))
+        series.cost.inc(float(event.cost_usd))
     if event.upstream_latency_ms is not None:
-        UPSTREAM_LATENCY.labels(*labels).observe(event.upstream_latency_ms / 1000)
+        series.upstream_latency.observe(event.upstream_latency_ms / 1000)
     if event.kind != UsageKind.REQUEST:
         # A call made for a request (a compression summary): its tokens and cost count, it is no request of its own.
         return
-    REQUESTS.labels(*labels, f"{event.http_status // 100}xx").inc()
+    series.requests_of(event.http_status).inc()
     if event.cache_status in CACHE_HIT_STATUSES:
-        CACHE_HITS.labels(*labels).inc()
+        series.cache_hits.inc()
     if event.routed_to_large:
-        ROUTED_TO_LARGE.labels(*labels).inc()
+        series.routed_to_large.inc()
     if event.http_status >= 500:
-        UPSTREAM_ERRORS.labels(*labels).inc()
+        series.upstream_errors.inc()
     if event.error_code == BUDGET_REJECTION_CODE:
-        BUDGET_REJECTIONS.labels(*labels).inc()
-    LATENCY.labels(*labels).observe(event.total_latency_ms / 1000)
+        series.budget_rejections.inc()
+    series.latency.observe(event.total_latency_ms / 1000)
 
 
 def _registry():
