@@ -14,8 +14,22 @@ class BudgetWindow:
     end: datetime
 
 
+# The window each period and zone was last asked for: a request's admission and settle ask for the window holding
+# their moment, which is nearly always the same one.
+_latest_windows: dict[tuple[str, ZoneInfo], BudgetWindow] = {}
+
+
 def budget_window(*, period: str, zone: ZoneInfo, now: datetime) -> BudgetWindow:
     """The period holding `now`: a day ("2026-11-03"), an ISO week from Monday ("2026-W45"), or a month ("2026-11")."""
+    latest = _latest_windows.get((period, zone))
+    if latest is not None and now.tzinfo is not None and latest.start <= now < latest.end:
+        return latest
+    window = _window_holding(period=period, zone=zone, now=now)
+    _latest_windows[(period, zone)] = window
+    return window
+
+
+def _window_holding(*, period: str, zone: ZoneInfo, now: datetime) -> BudgetWindow:
     today = now.astimezone(zone).date()
     if period == BudgetPeriod.DAY:
         first, following = today, today + timedelta(days=1)

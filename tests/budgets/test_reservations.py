@@ -1,5 +1,5 @@
 import asyncio
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
@@ -82,6 +82,23 @@ def test_period_window_in_the_tenant_time_zone(period, zone, now, key, start, en
     assert window.key == key
     assert window.start == datetime(*start, tzinfo=UTC)
     assert window.end == datetime(*end, tzinfo=UTC)
+
+
+def test_the_window_remembered_for_a_period_is_left_at_its_boundaries():
+    """The last window of each period and zone is reused while it holds the moment asked about, never past it."""
+    berlin = ZoneInfo("Europe/Berlin")
+    last_second = datetime(2026, 10, 25, 22, 59, 59, tzinfo=UTC)
+    moments = [
+        (last_second, "2026-10-25"),
+        (datetime(2026, 10, 24, 22, 0, tzinfo=UTC), "2026-10-25"),
+        (last_second + timedelta(seconds=1), "2026-10-26"),
+        (last_second, "2026-10-25"),
+        (datetime(2026, 10, 24, 21, 59, 59, tzinfo=UTC), "2026-10-24"),
+    ]
+    assert [budget_window(period="day", zone=berlin, now=now).key for now, _ in moments] == [key for _, key in moments]
+    assert budget_window(period="day", zone=ZoneInfo("UTC"), now=last_second).key == "2026-10-25"
+    assert budget_window(period="day", zone=ZoneInfo("Pacific/Auckland"), now=last_second).key == "2026-10-26"
+    assert budget_window(period="month", zone=berlin, now=last_second).key == "2026-10"
 
 
 def test_concurrent_reserves_in_redis_never_exceed_the_limit(org, redis_counters):
