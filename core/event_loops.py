@@ -1,7 +1,9 @@
 """One object per event loop, for what cannot be shared between loops (connection pools, a loop's own tasks)."""
 
 import asyncio
+import contextvars
 import threading
+import types
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
@@ -40,3 +42,60 @@ def run_in_worker_loop(coroutine):
     if loop is None:
         loop = _worker_loops.loop = asyncio.new_event_loop()
     return loop.run_until_complete(coroutine)
+
+
+def start_eagerly(loop: asyncio.AbstractEventLoop, code: types.CodeType) -> None:
+    """Make ``loop`` run the first step of each task whose coroutine runs ``code`` as the task is created, as
+    ``eager_start=True`` does on Python 3.12 and later: up to its first real wait, in the task's context. A
+    coroutine that finishes there is handed back as a finished future; one that waits goes on in a task. Every
+    other coroutine gets the loop's usual task (or the factory that was set before). Idempotent per code."""
+    previous = loop.get_task_factory()
+    if isinstance(previous, _EagerFactory):
+        previous.codes.add(code)
+        return
+    loop.set_task_factory(_EagerFactory({code}, previous))
+
+
+class _EagerFactory:
+    def __init__(self, codes: set[types.CodeType], previous: Callable | None):
+        self.codes = codes
+        self.previous = previous
+
+    def __call__(self, loop, coroutine, *, context=None):
+        if getattr(coroutine, "cr_code", None) not in self.codes:
+            return self._task(loop, coroutine, context)
+        context = context if context is not None else contextvars.copy_context()
+        ended = loop.create_future()
+        try:
+            awaiting = context.run(coroutine.send, None)
+        except StopIteration as stop:
+            ended.set_result(stop.value)
+        except asyncio.CancelledError:
+            ended.cancel()
+        except Exception as error:
+            ended.set_exception(error)
+        else:
+            return self._task(loop, _continued(coroutine, awaiting), context)
+        return ended
+
+    def _task(self, loop, coroutine, context):
+        if self.previous is not None:
+            return self.previous(loop, coroutine, context=context)
+        return asyncio.Task(coroutine, loop=loop, context=context)
+
+
+@types.coroutine
+def _continued(coroutine, awaiting):
+    """``coroutine`` from where its first step stopped, waiting on ``awaiting``; what the task throws in (its
+    cancellation) is passed on to it."""
+    while True:
+        try:
+            yield awaiting
+        except BaseException as error:
+            resume, value = coroutine.throw, error
+        else:
+            resume, value = coroutine.send, None
+        try:
+            awaiting = resume(value)
+        except StopIteration as stop:
+            return stop.value

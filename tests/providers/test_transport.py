@@ -5,7 +5,9 @@ import asyncio
 import datetime
 import gzip
 import ipaddress
+import socket
 import ssl
+import threading
 
 import orjson
 import pytest
@@ -229,3 +231,53 @@ def test_tls_certificates_are_verified_against_the_configured_authorities(
         with pytest.raises(upstream.UpstreamConnectionError):
             run(scenario())
         assert server.requests == []
+
+
+class ThreadedServer:
+    """A kept-alive HTTP server on a thread of its own, so it reads while the test holds the client's loop: each
+    request's bytes are kept and ``received`` set once its body is in."""
+
+    def __init__(self):
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.received = threading.Event()
+        self.requests: list[bytes] = []
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.listener.getsockname()[1]}/v1"
+
+    def serve(self) -> None:
+        connection, _ = self.listener.accept()
+        with connection, connection.makefile("rb") as stream:
+            while line := stream.readline():
+                lines = [line]
+                while lines[-1] != b"\r\n":
+                    lines.append(stream.readline())
+                length = next(int(h.split(b":")[1]) for h in lines if h.lower().startswith(b"content-length"))
+                self.requests.append(b"".join(lines) + stream.read(length))
+                self.received.set()
+                payload = orjson.dumps(ANSWER)
+                connection.sendall(head(200, {"content-type": "application/json", "content-length": str(len(payload))}))
+                connection.sendall(payload)
+
+
+def test_a_provider_request_leaves_with_its_body_before_the_loop_turns_again():
+    """aiohttp writes the body in a task of its own, started eagerly from Python 3.12 on and by the transport on
+    3.11: the request is on the wire when the call's first step ends, not a turn of the loop later."""
+    server = ThreadedServer()
+
+    async def scenario():
+        provider = provider_entry("openai", server.url)
+        await openai.chat_completion(provider, BODY)
+        server.received.clear()
+        call = asyncio.ensure_future(openai.chat_completion(provider, BODY))
+        await asyncio.sleep(0)
+        # Blocks the loop on purpose: a body left to a task that has not run yet never reaches the server.
+        sent = server.received.wait(timeout=2)
+        await call
+        return sent
+
+    assert run(scenario())
+    assert len(server.requests) == 2 and server.requests[1].endswith(orjson.dumps(BODY))

@@ -1,0 +1,138 @@
+"""core.event_loops.start_eagerly: the chosen coroutines run their first step as their task is created, as
+``eager_start=True`` does on Python 3.12; everything else is scheduled as usual. On asyncio's loop and uvloop's."""
+
+import asyncio
+import contextvars
+
+import pytest
+import uvloop
+
+from core.event_loops import start_eagerly
+
+LOOPS = {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
+seen = contextvars.ContextVar("seen", default="caller's")
+
+
+@pytest.fixture(params=LOOPS)
+def run(request):
+    def run_on_new_loop(scenario):
+        loop = LOOPS[request.param]()
+        try:
+            return loop.run_until_complete(scenario())
+        finally:
+            loop.close()
+
+    return run_on_new_loop
+
+
+async def finishes_at_once(log):
+    log.append("first step")
+    seen.set("task's")
+    return 5
+
+
+async def waits(log, future):
+    log.append("first step")
+    value = await future
+    log.append(value)
+    return value * 2
+
+
+async def cancellable(log, future):
+    try:
+        await future
+    except asyncio.CancelledError:
+        log.append("cancelled")
+        raise
+
+
+async def spins(log):
+    try:
+        while True:
+            await asyncio.sleep(0)
+    except asyncio.CancelledError:
+        log.append("cancelled")
+        raise
+
+
+async def fails_at_once():
+    raise ValueError("refused")
+
+
+def test_a_coroutine_that_finishes_in_its_first_step_is_a_finished_future_in_its_own_context(run):
+    async def scenario():
+        log = []
+        start_eagerly(asyncio.get_running_loop(), finishes_at_once.__code__)
+        task = asyncio.get_running_loop().create_task(finishes_at_once(log))
+        return log, task.done() and task.result(), seen.get()
+
+    assert run(scenario) == (["first step"], 5, "caller's")
+
+
+def test_a_coroutine_that_waits_goes_on_in_a_task(run):
+    async def scenario():
+        log, future = [], asyncio.get_running_loop().create_future()
+        start_eagerly(asyncio.get_running_loop(), waits.__code__)
+        task = asyncio.ensure_future(waits(log, future))
+        started = list(log)
+        future.set_result(3)
+        return started, await task, log
+
+    assert run(scenario) == (["first step"], 6, ["first step", 3])
+
+
+def test_cancelling_the_task_reaches_the_coroutine(run):
+    async def scenario():
+        log, future = [], asyncio.get_running_loop().create_future()
+        start_eagerly(asyncio.get_running_loop(), cancellable.__code__)
+        task = asyncio.ensure_future(cancellable(log, future))
+        await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return log, future.cancelled()
+
+    assert run(scenario) == (["cancelled"], True)
+
+
+def test_cancelling_a_task_that_yields_without_a_future_reaches_the_coroutine(run):
+    async def scenario():
+        log = []
+        start_eagerly(asyncio.get_running_loop(), spins.__code__)
+        task = asyncio.ensure_future(spins(log))
+        await asyncio.sleep(0)
+        task.cancel()
+        done, _ = await asyncio.wait([task], timeout=1)
+        return log, task in done and task.cancelled()
+
+    assert run(scenario) == (["cancelled"], True)
+
+
+def test_a_first_step_that_raises_ends_the_future_with_the_error(run):
+    async def scenario():
+        start_eagerly(asyncio.get_running_loop(), fails_at_once.__code__)
+        with pytest.raises(ValueError, match="refused"):
+            await asyncio.ensure_future(fails_at_once())
+
+    run(scenario)
+
+
+def test_other_coroutines_are_scheduled_through_the_factory_set_before(run):
+    async def scenario():
+        loop, log, made = asyncio.get_running_loop(), [], []
+
+        def recording_factory(loop, coroutine, *, context=None):
+            made.append(coroutine.cr_code.co_name)
+            return asyncio.Task(coroutine, loop=loop, context=context)
+
+        loop.set_task_factory(recording_factory)
+        start_eagerly(loop, finishes_at_once.__code__)
+        start_eagerly(loop, fails_at_once.__code__)
+        other = asyncio.ensure_future(waits(log, loop.create_future()))
+        scheduled_only = list(log)
+        eager = asyncio.ensure_future(finishes_at_once(log))
+        await asyncio.sleep(0)
+        other.cancel()
+        return scheduled_only, eager.result(), made, log
+
+    assert run(scenario) == ([], 5, ["waits"], ["first step", "first step"])
