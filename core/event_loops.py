@@ -2,6 +2,7 @@
 
 import asyncio
 import contextvars
+import sys
 import threading
 import types
 from collections.abc import Callable
@@ -45,10 +46,14 @@ def run_in_worker_loop(coroutine):
 
 
 def start_eagerly(loop: asyncio.AbstractEventLoop, code: types.CodeType) -> None:
-    """Make ``loop`` run the first step of each task whose coroutine runs ``code`` as the task is created, as
-    ``eager_start=True`` does on Python 3.12 and later: up to its first real wait, in the task's context. A
-    coroutine that finishes there is handed back as a finished future; one that waits goes on in a task. Every
-    other coroutine gets the loop's usual task (or the factory that was set before). Idempotent per code."""
+    """On Python 3.11, make ``loop`` run the first step of each task whose coroutine runs ``code`` as the task is
+    created, as ``eager_start=True`` does from Python 3.12 (where this does nothing): up to its first real wait, in
+    the task's context. A coroutine that finishes there is handed back as a finished future (a plain future: no name,
+    no ``get_coro``); one that waits goes on in a task. During that first step ``asyncio.current_task()`` is the
+    caller's task, not the new one. Every other coroutine gets the loop's usual task (or the factory that was set
+    before). Idempotent per code."""
+    if sys.version_info >= (3, 12):
+        return
     previous = loop.get_task_factory()
     if isinstance(previous, _EagerFactory):
         previous.codes.add(code)
@@ -75,27 +80,40 @@ class _EagerFactory:
         except Exception as error:
             ended.set_exception(error)
         else:
-            return self._task(loop, _continued(coroutine, awaiting), context)
+            rest = _continued(coroutine, awaiting)
+            # To its first bare yield now, so that a cancellation thrown in before the task's first step reaches
+            # the coroutine as well (an eager task waits on ``awaiting`` from the start).
+            rest.send(None)
+            return self._task(loop, rest, context)
         return ended
 
     def _task(self, loop, coroutine, context):
-        if self.previous is not None:
-            return self.previous(loop, coroutine, context=context)
-        return asyncio.Task(coroutine, loop=loop, context=context)
+        if self.previous is None:
+            return asyncio.Task(coroutine, loop=loop, context=context)
+        # As the loop calls a factory: asyncio's passes no context when there is none.
+        if context is None:
+            return self.previous(loop, coroutine)
+        return self.previous(loop, coroutine, context=context)
 
 
 @types.coroutine
 def _continued(coroutine, awaiting):
     """``coroutine`` from where its first step stopped, waiting on ``awaiting``; what the task throws in (its
-    cancellation) is passed on to it."""
+    cancellation) is passed on to it, from the task's first step on."""
+    thrown = None
+    try:
+        yield
+    except BaseException as error:
+        thrown = error
     while True:
+        if thrown is None:
+            try:
+                yield awaiting
+            except BaseException as error:
+                thrown = error
         try:
-            yield awaiting
-        except BaseException as error:
-            resume, value = coroutine.throw, error
-        else:
-            resume, value = coroutine.send, None
-        try:
-            awaiting = resume(value)
+            awaiting = coroutine.send(None) if thrown is None else coroutine.throw(thrown)
         except StopIteration as stop:
             return stop.value
+        finally:
+            thrown = None

@@ -15,7 +15,6 @@ shared machine (docs/performance.md, "Libraries measured (#16)").
 """
 
 import asyncio
-import sys
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -79,11 +78,10 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
 
     def _client_session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            if sys.version_info < (3, 12):
-                # aiohttp writes a request's body (and its buffered headers) in a task of its own, which it starts
-                # eagerly from Python 3.12 on; on 3.11 the request left a loop turn later, behind every callback
-                # then ready (at concurrency 8 about 0.4 ms of the gateway's added p50, docs/performance.md).
-                start_eagerly(asyncio.get_running_loop(), ClientRequest.write_bytes.__code__)
+            # aiohttp writes a request's body (and its buffered headers) in a task of its own, which it starts
+            # eagerly from Python 3.12 on; on 3.11 the request left a loop turn later, behind every callback then
+            # ready (at concurrency 8 about 0.4 ms of the gateway's added p50, docs/performance.md).
+            start_eagerly(asyncio.get_running_loop(), ClientRequest.write_bytes.__code__)
             # httpx's TLS context: certifi's CA bundle, or SSL_CERT_FILE / SSL_CERT_DIR when set.
             connector = aiohttp.TCPConnector(
                 limit=self._max_connections, limit_per_host=0, ttl_dns_cache=300, ssl=httpx.create_ssl_context()

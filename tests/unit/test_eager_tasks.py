@@ -3,12 +3,14 @@
 
 import asyncio
 import contextvars
+import sys
 
 import pytest
 import uvloop
 
 from core.event_loops import start_eagerly
 
+pytestmark = pytest.mark.skipif(sys.version_info >= (3, 12), reason="Python 3.12 starts tasks eagerly itself")
 LOOPS = {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
 seen = contextvars.ContextVar("seen", default="caller's")
 
@@ -39,6 +41,7 @@ async def waits(log, future):
 
 
 async def cancellable(log, future):
+    log.append("first step")
     try:
         await future
     except asyncio.CancelledError:
@@ -47,6 +50,7 @@ async def cancellable(log, future):
 
 
 async def spins(log):
+    log.append("first step")
     try:
         while True:
             await asyncio.sleep(0)
@@ -55,7 +59,8 @@ async def spins(log):
         raise
 
 
-async def fails_at_once():
+async def fails_at_once(log):
+    log.append("first step")
     raise ValueError("refused")
 
 
@@ -86,13 +91,29 @@ def test_cancelling_the_task_reaches_the_coroutine(run):
         log, future = [], asyncio.get_running_loop().create_future()
         start_eagerly(asyncio.get_running_loop(), cancellable.__code__)
         task = asyncio.ensure_future(cancellable(log, future))
+        started = list(log)
         await asyncio.sleep(0)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        return log, future.cancelled()
+        return started, log, future.cancelled()
 
-    assert run(scenario) == (["cancelled"], True)
+    assert run(scenario) == (["first step"], ["first step", "cancelled"], True)
+
+
+def test_a_task_cancelled_before_its_first_step_cancels_the_coroutine(run):
+    """As an eager task's would: the coroutine waits on its future from the moment the task is made."""
+
+    async def scenario():
+        log, future = [], asyncio.get_running_loop().create_future()
+        start_eagerly(asyncio.get_running_loop(), cancellable.__code__)
+        task = asyncio.ensure_future(cancellable(log, future))
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return log
+
+    assert run(scenario) == ["first step", "cancelled"]
 
 
 def test_cancelling_a_task_that_yields_without_a_future_reaches_the_coroutine(run):
@@ -100,30 +121,35 @@ def test_cancelling_a_task_that_yields_without_a_future_reaches_the_coroutine(ru
         log = []
         start_eagerly(asyncio.get_running_loop(), spins.__code__)
         task = asyncio.ensure_future(spins(log))
+        started = list(log)
         await asyncio.sleep(0)
         task.cancel()
         done, _ = await asyncio.wait([task], timeout=1)
-        return log, task in done and task.cancelled()
+        return started, log, task in done and task.cancelled()
 
-    assert run(scenario) == (["cancelled"], True)
+    assert run(scenario) == (["first step"], ["first step", "cancelled"], True)
 
 
 def test_a_first_step_that_raises_ends_the_future_with_the_error(run):
     async def scenario():
+        log = []
         start_eagerly(asyncio.get_running_loop(), fails_at_once.__code__)
+        future = asyncio.ensure_future(fails_at_once(log))
+        ended = future.done()
         with pytest.raises(ValueError, match="refused"):
-            await asyncio.ensure_future(fails_at_once())
+            await future
+        return log, ended
 
-    run(scenario)
+    assert run(scenario) == (["first step"], True)
 
 
 def test_other_coroutines_are_scheduled_through_the_factory_set_before(run):
     async def scenario():
         loop, log, made = asyncio.get_running_loop(), [], []
 
-        def recording_factory(loop, coroutine, *, context=None):
+        def recording_factory(loop, coroutine, **context):
             made.append(coroutine.cr_code.co_name)
-            return asyncio.Task(coroutine, loop=loop, context=context)
+            return asyncio.Task(coroutine, loop=loop, **context)
 
         loop.set_task_factory(recording_factory)
         start_eagerly(loop, finishes_at_once.__code__)
@@ -136,3 +162,27 @@ def test_other_coroutines_are_scheduled_through_the_factory_set_before(run):
         return scheduled_only, eager.result(), made, log
 
     assert run(scenario) == ([], 5, ["waits"], ["first step", "first step"])
+
+
+def test_a_factory_set_before_is_called_as_the_loop_calls_it():
+    """asyncio's loop gives a factory no context when there is none, so a two-argument factory works there."""
+
+    async def scenario():
+        loop, made = asyncio.get_running_loop(), []
+
+        def two_argument_factory(loop, coroutine):
+            made.append(coroutine.cr_code.co_name)
+            return asyncio.Task(coroutine, loop=loop)
+
+        loop.set_task_factory(two_argument_factory)
+        start_eagerly(loop, finishes_at_once.__code__)
+        await asyncio.ensure_future(waits([], _resolved(loop)))
+        return list(made)
+
+    assert asyncio.run(scenario()) == ["waits"]
+
+
+def _resolved(loop) -> asyncio.Future:
+    future = loop.create_future()
+    future.set_result(1)
+    return future
