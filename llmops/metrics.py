@@ -83,41 +83,21 @@ UPSTREAM_LATENCY = Histogram(
 
 
 class _Series:
-    """The children of the per-request metrics for one tenant and model label, looked up once: prometheus_client's
-    ``labels()`` builds and checks its key on every call, and a request made eight of them."""
+    """The children of the per-request metrics for one tenant and model label, each looked up on its first use and
+    kept: prometheus_client's ``labels()`` builds and checks its key on every call, and a request made eight. A
+    child is still made only when it first counts something, so no series appears before it has a value."""
 
-    __slots__ = (
-        "budget_rejections",
-        "cache_hits",
-        "completion_tokens",
-        "cost",
-        "labels",
-        "latency",
-        "prompt_tokens",
-        "requests",
-        "routed_to_large",
-        "upstream_errors",
-        "upstream_latency",
-    )
+    __slots__ = ("children", "labels")
 
     def __init__(self, labels: tuple[str, str]):
         self.labels = labels
-        self.prompt_tokens = PROMPT_TOKENS.labels(*labels)
-        self.completion_tokens = COMPLETION_TOKENS.labels(*labels)
-        self.cost = COST.labels(*labels)
-        self.upstream_latency = UPSTREAM_LATENCY.labels(*labels)
-        self.requests: dict[int, object] = {}
-        self.cache_hits = CACHE_HITS.labels(*labels)
-        self.routed_to_large = ROUTED_TO_LARGE.labels(*labels)
-        self.upstream_errors = UPSTREAM_ERRORS.labels(*labels)
-        self.budget_rejections = BUDGET_REJECTIONS.labels(*labels)
-        self.latency = LATENCY.labels(*labels)
+        self.children: dict[tuple, object] = {}
 
-    def requests_of(self, http_status: int):
-        status_class = http_status // 100
-        child = self.requests.get(status_class)
+    def of(self, metric, *more_labels: str):
+        key = (metric, *more_labels)
+        child = self.children.get(key)
         if child is None:
-            child = self.requests[status_class] = REQUESTS.labels(*self.labels, f"{status_class}xx")
+            child = self.children[key] = metric.labels(*self.labels, *more_labels)
         return child
 
 
@@ -136,26 +116,26 @@ def _series_of(tenant_id: int, served_model: str) -> _Series:
 def record_request_metrics(event: UsageEvent) -> None:
     series = _series_of(event.tenant_id, event.served_model)
     if event.prompt_tokens:
-        series.prompt_tokens.inc(event.prompt_tokens)
+        series.of(PROMPT_TOKENS).inc(event.prompt_tokens)
     if event.completion_tokens:
-        series.completion_tokens.inc(event.completion_tokens)
+        series.of(COMPLETION_TOKENS).inc(event.completion_tokens)
     if event.cost_usd:
-        series.cost.inc(float(event.cost_usd))
+        series.of(COST).inc(float(event.cost_usd))
     if event.upstream_latency_ms is not None:
-        series.upstream_latency.observe(event.upstream_latency_ms / 1000)
+        series.of(UPSTREAM_LATENCY).observe(event.upstream_latency_ms / 1000)
     if event.kind != UsageKind.REQUEST:
         # A call made for a request (a compression summary): its tokens and cost count, it is no request of its own.
         return
-    series.requests_of(event.http_status).inc()
+    series.of(REQUESTS, f"{event.http_status // 100}xx").inc()
     if event.cache_status in CACHE_HIT_STATUSES:
-        series.cache_hits.inc()
+        series.of(CACHE_HITS).inc()
     if event.routed_to_large:
-        series.routed_to_large.inc()
+        series.of(ROUTED_TO_LARGE).inc()
     if event.http_status >= 500:
-        series.upstream_errors.inc()
+        series.of(UPSTREAM_ERRORS).inc()
     if event.error_code == BUDGET_REJECTION_CODE:
-        series.budget_rejections.inc()
-    series.latency.observe(event.total_latency_ms / 1000)
+        series.of(BUDGET_REJECTIONS).inc()
+    series.of(LATENCY).observe(event.total_latency_ms / 1000)
 
 
 def _registry():
