@@ -40,8 +40,9 @@ class GatewayASGIHandler(ASGIHandler):
 
     async def handle(self, scope, receive, send):
         """Django's ``handle`` with the request signals sent on the event loop instead of through a worker thread
-        each (two hops per request). Their receivers reset the calling thread's database connections, query log
-        and caches; /v1 uses none on the loop (its database work runs in worker threads, ``core.db``)."""
+        each (two hops per request), and not sent at all for a direct view. Their receivers reset the calling
+        thread's database connections, query log, caches and URLconf; /v1 uses none on the loop (its database work
+        runs in worker threads, ``core.db``)."""
         try:
             body_file = await self.read_body(receive)
         except RequestAborted:
