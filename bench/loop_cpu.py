@@ -3,7 +3,9 @@ on a uvloop loop (no uvicorn, no client sockets), against the mock upstream (no 
 bench tenant and body of ``gateway_bench.py``'s "miss, all features" (every feature on, the cache bypassed),
 Postgres and Redis. The loop thread's
 CPU divided by the requests: steadier than a run of the whole gateway for comparing two trees, since nothing else
-on the machine is counted. ``--profile FILE`` writes cProfile's statistics of the measured pass. Figures, not a test.
+on the machine is counted. No drainer runs: the ledger records the requests appended to the Redis stream are
+deleted from it when the run ends. ``--profile FILE`` writes cProfile's statistics of the measured pass. Figures,
+not a test.
 
     TIKTOKEN_CACHE_DIR=../shared/tiktoken .venv/bin/python bench/loop_cpu.py --requests 6000 --concurrency 16
 """
@@ -122,7 +124,17 @@ def main() -> None:
             finally:
                 await upstream_client_close()
 
-        uvloop.run(run())
+        from billing.ledger.stream import STREAM_KEY
+        from core.redis import sync_redis
+
+        redis = sync_redis()
+        newest_before = redis.xrevrange(STREAM_KEY, count=1)
+        try:
+            uvloop.run(run())
+        finally:
+            start = f"({newest_before[0][0].decode()}" if newest_before else "-"
+            while appended := [entry for entry, _ in redis.xrange(STREAM_KEY, min=start, count=10_000)]:
+                redis.xdel(STREAM_KEY, *appended)
     finally:
         mock.terminate()
         mock.wait(timeout=20)
