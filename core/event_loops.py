@@ -69,10 +69,10 @@ class _EagerFactory:
     def __call__(self, loop, coroutine, *, context=None):
         if getattr(coroutine, "cr_code", None) not in self.codes:
             return self._task(loop, coroutine, context)
-        context = context if context is not None else contextvars.copy_context()
+        first_step_context = context if context is not None else contextvars.copy_context()
         ended = loop.create_future()
         try:
-            awaiting = context.run(coroutine.send, None)
+            awaiting = first_step_context.run(coroutine.send, None)
         except StopIteration as stop:
             ended.set_result(stop.value)
         except asyncio.CancelledError:
@@ -84,13 +84,15 @@ class _EagerFactory:
             # To its first bare yield now, so that a cancellation thrown in before the task's first step reaches
             # the coroutine as well (an eager task waits on ``awaiting`` from the start).
             rest.send(None)
-            return self._task(loop, rest, context)
+            # Made in the first step's context, which the task copies when the caller gave none.
+            return first_step_context.run(self._task, loop, rest, context)
         return ended
 
     def _task(self, loop, coroutine, context):
+        """A task as the loop would make it: through the factory set before, called as the loop calls it
+        (asyncio's passes no context when there is none)."""
         if self.previous is None:
             return asyncio.Task(coroutine, loop=loop, context=context)
-        # As the loop calls a factory: asyncio's passes no context when there is none.
         if context is None:
             return self.previous(loop, coroutine)
         return self.previous(loop, coroutine, context=context)
@@ -98,17 +100,31 @@ class _EagerFactory:
 
 @types.coroutine
 def _continued(coroutine, awaiting):
-    """``coroutine`` from where its first step stopped, waiting on ``awaiting``; what the task throws in (its
-    cancellation) is passed on to it, from the task's first step on."""
+    """``coroutine`` from where its first step stopped, waiting on ``awaiting``; what the task throws in is passed
+    on to it, from before the task's first step on. A task cancelled before that step cancels ``awaiting`` and waits
+    for it, as a task waiting on a future does."""
     thrown = None
     try:
         yield
+    except GeneratorExit:
+        coroutine.close()
+        raise
+    except asyncio.CancelledError as cancelled:
+        # As Task.cancel does with the future its task waits on: cancelled, the coroutine sees it when it wakes; a
+        # future past cancelling is let go (no task took it) and the cancellation thrown in instead.
+        if not (asyncio.isfuture(awaiting) and awaiting.cancel(*cancelled.args[:1])):
+            if asyncio.isfuture(awaiting):
+                awaiting._asyncio_future_blocking = False
+            thrown = cancelled
     except BaseException as error:
         thrown = error
     while True:
         if thrown is None:
             try:
                 yield awaiting
+            except GeneratorExit:
+                coroutine.close()
+                raise
             except BaseException as error:
                 thrown = error
         try:

@@ -40,6 +40,12 @@ async def waits(log, future):
     return value * 2
 
 
+async def remembers(log, future):
+    seen.set("task's")
+    await future
+    log.append(seen.get())
+
+
 async def cancellable(log, future):
     log.append("first step")
     try:
@@ -111,9 +117,54 @@ def test_a_task_cancelled_before_its_first_step_cancels_the_coroutine(run):
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        return log
+        return log, future.cancelled()
 
-    assert run(scenario) == ["first step", "cancelled"]
+    assert run(scenario) == (["first step", "cancelled"], True)
+
+
+def test_a_task_cancelled_before_its_first_step_cancels_the_task_it_awaits(run):
+    async def scenario():
+        log, gate = [], asyncio.get_running_loop().create_future()
+        inner = asyncio.ensure_future(waits([], gate))
+        await asyncio.sleep(0)
+        start_eagerly(asyncio.get_running_loop(), cancellable.__code__)
+        task = asyncio.ensure_future(cancellable(log, inner))
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await asyncio.wait([inner], timeout=1)
+        return log, inner.cancelled()
+
+    assert run(scenario) == (["first step", "cancelled"], True)
+
+
+def test_the_first_steps_context_goes_on_with_the_task(run):
+    async def scenario():
+        log, future = [], asyncio.get_running_loop().create_future()
+        start_eagerly(asyncio.get_running_loop(), remembers.__code__)
+        task = asyncio.ensure_future(remembers(log, future))
+        future.set_result(None)
+        await task
+        return log, seen.get()
+
+    assert run(scenario) == (["task's"], "caller's")
+
+
+def test_a_closed_task_closes_its_coroutine_even_when_that_closed_first(run):
+    """Garbage collection may close a pending task's coroutine before the task's own generator."""
+
+    async def scenario():
+        log, future = [], asyncio.get_running_loop().create_future()
+        start_eagerly(asyncio.get_running_loop(), cancellable.__code__)
+        task = asyncio.ensure_future(cancellable(log, future))
+        await asyncio.sleep(0)
+        task.get_coro().gi_frame.f_locals["coroutine"].close()
+        task.get_coro().close()
+        task.cancel()
+        await asyncio.wait([task])
+        return log, task.cancelled()
+
+    assert run(scenario) == (["first step"], True)
 
 
 def test_cancelling_a_task_that_yields_without_a_future_reaches_the_coroutine(run):
@@ -148,7 +199,7 @@ def test_other_coroutines_are_scheduled_through_the_factory_set_before(run):
         loop, log, made = asyncio.get_running_loop(), [], []
 
         def recording_factory(loop, coroutine, **context):
-            made.append(coroutine.cr_code.co_name)
+            made.append(coroutine.__name__)
             return asyncio.Task(coroutine, loop=loop, **context)
 
         loop.set_task_factory(recording_factory)
@@ -171,15 +222,19 @@ def test_a_factory_set_before_is_called_as_the_loop_calls_it():
         loop, made = asyncio.get_running_loop(), []
 
         def two_argument_factory(loop, coroutine):
-            made.append(coroutine.cr_code.co_name)
+            made.append(coroutine.__name__)
             return asyncio.Task(coroutine, loop=loop)
 
         loop.set_task_factory(two_argument_factory)
-        start_eagerly(loop, finishes_at_once.__code__)
+        start_eagerly(loop, remembers.__code__)
         await asyncio.ensure_future(waits([], _resolved(loop)))
-        return list(made)
+        log, future = [], loop.create_future()
+        remembering = asyncio.ensure_future(remembers(log, future))
+        future.set_result(None)
+        await remembering
+        return list(made), log
 
-    assert asyncio.run(scenario()) == ["waits"]
+    assert asyncio.run(scenario()) == (["waits", "_continued"], ["task's"])
 
 
 def _resolved(loop) -> asyncio.Future:
