@@ -281,12 +281,19 @@ async def redis_command(client: aioredis.Redis, *args):
     For short commands only: they share one connection, so a blocking command (BLPOP, XREAD BLOCK, WAIT) holds up
     every command behind it, up to the client's ``socket_timeout``; one that changes the connection's state
     (`_changes_connection`) is refused. Use the client itself for those."""
+    return await redis_command_queued(client, *args)
+
+
+def redis_command_queued(client: aioredis.Redis, *args) -> asyncio.Future:
+    """``redis_command`` queued now, its reply awaited later: the command leaves with this turn's batch while the
+    caller goes on with work that does not need the reply. Await the future, or cancel it, so a failure is not left
+    unread."""
     if _changes_connection(args):
         raise DataError(f"{args[:2]} changes the shared connection's state: send it with the client, not redis_command")
     batcher = _batchers.get(client)
     if batcher is None:
         batcher = _batchers[client] = _CommandBatcher(client, asyncio.get_running_loop())
-    return await batcher.execute(*args)
+    return batcher.execute(*args)
 
 
 class RedisScript:

@@ -4,7 +4,7 @@ Requests under /v1/ go to a Django handler without the middleware stack. The /v1
 bearer keys, not browsers, so it needs no session, CSRF, auth or message middleware, and each
 of those would hop to a worker thread on every request (they are sync-first in Django).
 Everything else (admin, /api, health) gets the full stack. ``POST /v1/chat/completions``, most of the
-traffic, is answered by its view without resolving the URL (``DIRECT_VIEWS``).
+traffic, is answered by its view without resolving the URL (``DIRECT_ROUTES``).
 """
 
 import asyncio
@@ -13,6 +13,8 @@ import gc
 import logging
 import os
 import threading
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 from asgiref.sync import sync_to_async
 from django.core import signals
@@ -40,16 +42,25 @@ class GatewayASGIHandler(ASGIHandler):
 
     async def handle(self, scope, receive, send):
         """Django's ``handle`` with the request signals sent on the event loop instead of through a worker thread
-        each (two hops per request), and not sent at all for a direct view. Their receivers reset the calling
+        each (two hops per request), and not sent at all for a direct route. Their receivers reset the calling
         thread's database connections, query log, caches and URLconf; /v1 uses none on the loop (its database work
-        runs in worker threads, ``core.db``)."""
+        runs in worker threads, ``core.db``). A direct route's ``start`` runs first, before the body is read."""
+        direct = DIRECT_ROUTES.get((scope["method"], scope["path"]))
+        started = direct.start(scope) if direct is not None else None
+        try:
+            await self._handle(scope, receive, send, direct, started)
+        finally:
+            if started is not None:
+                # Awaited by the view by now, or not needed: a reply still to come is left unread.
+                started.cancel()
+
+    async def _handle(self, scope, receive, send, direct, started):
         try:
             body_file = await self.read_body(receive)
         except RequestAborted:
             return
         set_script_prefix(get_script_prefix(scope))
-        direct_view = DIRECT_VIEWS.get((scope["method"], scope["path"]))
-        if direct_view is None:
+        if direct is None:
             signals.request_started.send(sender=self.__class__, scope=scope)
         request, error_response = self.create_request(scope, body_file)
         if request is None:
@@ -59,10 +70,10 @@ class GatewayASGIHandler(ASGIHandler):
             return
 
         async def process_request():
-            if direct_view is None:
+            if direct is None:
                 response = await self.run_get_response(request)
             else:
-                response = await self.run_direct(direct_view, request)
+                response = await self.run_direct(direct.view, request, started)
             with contextlib.suppress(asyncio.CancelledError):
                 await self.send_response(response, send)
             return response
@@ -78,10 +89,10 @@ class GatewayASGIHandler(ASGIHandler):
         except asyncio.CancelledError:
             if asyncio.current_task().cancelling():
                 raise
-            if direct_view is None:
+            if direct is None:
                 signals.request_finished.send(sender=self.__class__)
         else:
-            if direct_view is None:
+            if direct is None:
                 response.close()
             else:
                 _close_without_request_finished(response)
@@ -89,11 +100,11 @@ class GatewayASGIHandler(ASGIHandler):
             listening.cancel()
             body_file.close()
 
-    async def run_direct(self, view, request):
+    async def run_direct(self, view, request, started):
         """``run_get_response`` for a view reached without resolving its URL or sending ``request_started`` (whose
         receivers reset the loop thread's database connections and query log, which /v1 never uses): the hot path's.
         What Django does around every response is done here too."""
-        response = await view(request)
+        response = await view(request, started)
         response._handler_class = self.__class__
         response._resource_closers.append(request.close)
         if response.status_code >= 400:
@@ -154,18 +165,31 @@ def _build_site_application():
     return site_application
 
 
-def _direct_views() -> dict[tuple[str, str], object]:
+class DirectRoute(NamedTuple):
+    """A view the handler calls without resolving its URL, as ``view(request, started)``: ``started`` is what
+    ``start(scope)`` returned as the request arrived (work begun before the request is built, for the view to await),
+    or None; it has a ``cancel()``, which the handler calls once the view is done."""
+
+    view: Callable
+    start: Callable[[dict], Any]
+
+
+def _direct_routes() -> dict[tuple[str, str], DirectRoute]:
     """The views the handler calls without resolving their URL, by method and path, each inside the last resort
     that answers what it raises: only the chat completion, the request most traffic is. Every other method and path
     is resolved as usual (a GET there is refused by the same view, through the URLconf)."""
     from llmops.gateway.last_resort import json_errors
-    from llmops.gateway.views import chat_completions
+    from llmops.gateway.views import chat_completions, chat_completions_start
 
-    return {("POST", f"{GATEWAY_PATH_PREFIX}chat/completions"): json_errors(chat_completions)}
+    return {
+        ("POST", f"{GATEWAY_PATH_PREFIX}chat/completions"): DirectRoute(
+            view=json_errors(chat_completions), start=chat_completions_start
+        )
+    }
 
 
 gateway_application = GatewayASGIHandler()
-DIRECT_VIEWS = _direct_views()
+DIRECT_ROUTES = _direct_routes()
 
 
 def _load_then_freeze() -> None:

@@ -40,9 +40,9 @@ def json_error_response(error: GatewayError) -> HttpResponse:
 def json_errors(get_response):
     """Wrap the handler's ``get_response``: an exception becomes its OpenAI error instead of Django's page."""
 
-    async def inner(request):
+    async def inner(request, *args):
         try:
-            return await get_response(request)
+            return await get_response(request, *args)
         except Exception as exc:
             return json_error_response(_error_for(exc))
 

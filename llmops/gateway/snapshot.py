@@ -7,7 +7,8 @@ belongs to once its transaction commits (``transaction.on_commit``): a fresh ran
 (``llmops:config:<scope>``), or a counter row (``ConfigVersion``) in the database without Redis.
 
 Every request reads the shared version and its tenant's version in one round trip (MGET; one query without Redis)
-and runs on slices loaded under exactly those versions. A slice whose version moved is reloaded before the request
+and runs on slices loaded under exactly those versions. The chat completion asks for them as it arrives
+(``read_start``), so the round trip overlaps building the request and validating its body. A slice whose version moved is reloaded before the request
 goes on, and only that slice: a change to one tenant costs the other tenants nothing, and applying it costs the
 same at any number of tenants. Concurrent requests of a tenant share one load of each version per process. A load
 is keyed by the version its requests read *before* it reads the data, so a change that commits during a load is
@@ -41,7 +42,7 @@ from redis.exceptions import RedisError
 from billing.budgets.index import BudgetEntry, BudgetIndex, RateLimitIndex, build_budget_index, build_rate_limit_index
 from billing.models import Budget, EvaluationSettings, RateLimit
 from core.db import database_sync_to_async
-from core.redis import async_redis, redis_command, sync_redis
+from core.redis import async_redis, redis_command_queued, sync_redis
 from llmops.gateway.models import ConfigVersion
 from llmops.gateway.shadow.rates import EvaluationRates, build_evaluation_rates
 from routing.catalog import (
@@ -172,11 +173,32 @@ async def config_versions_read(scopes: list[str]) -> list[str | None]:
     client = async_redis()
     if client is None:
         return await database_sync_to_async(_database_versions)(scopes)
+    return await _versions_received(redis_command_queued(client, "MGET", *_version_keys(scopes)))
+
+
+def _version_keys(scopes: list[str]) -> list[str]:
+    return [REDIS_VERSION_PREFIX + scope for scope in scopes]
+
+
+async def _versions_received(reply: asyncio.Future) -> list[str | None]:
     try:
-        values = await redis_command(client, "MGET", *(REDIS_VERSION_PREFIX + scope for scope in scopes))
+        values = await reply
     except RedisError as exc:
         raise VersionsUnreadable(str(exc)) from exc
     return [value.decode() if value is not None else None for value in values]
+
+
+@dataclass(slots=True)
+class StartedRead:
+    """The versions ``ConfigCache.for_key`` needs for one key, asked of Redis ahead of it (``read_start``)."""
+
+    prefix: str
+    tenant_id: int
+    reply: asyncio.Future
+
+    def cancel(self) -> None:
+        """Not needed after all: the reply, or its failure, is left unread."""
+        self.reply.cancel()
 
 
 def _database_versions(scopes: list[str]) -> list[str | None]:
@@ -227,11 +249,31 @@ class ConfigCache:
         self._unknown_prefixes: dict[str, str | None] = {}
         self._loading: dict[tuple, asyncio.Task] = {}
 
-    async def for_key(self, raw_key: str) -> ConfigSnapshot | None:
-        """The configuration of the tenant the key belongs to, or None when no tenant has such a key."""
+    def read_start(self, raw_key: str) -> StartedRead | None:
+        """Ask Redis now, with this turn's other commands, for the versions ``for_key(raw_key)`` will read: awaited
+        there, after work that needs no configuration (building the request, validating its body), the round trip
+        overlaps that work. None when nothing can be asked ahead: no Redis, or a key whose tenant this process has
+        not loaded (``for_key`` then reads what it needs itself)."""
         parsed = parse_key(raw_key)
+        tenant_id = self._tenant_of_prefix.get(parsed.prefix) if parsed is not None else None
+        client = async_redis()
+        if tenant_id is None or client is None:
+            return None
+        reply = redis_command_queued(client, "MGET", *_version_keys([SHARED_SCOPE, tenant_scope(tenant_id)]))
+        return StartedRead(prefix=parsed.prefix, tenant_id=tenant_id, reply=reply)
+
+    async def for_key(self, raw_key: str, *, started: StartedRead | None = None) -> ConfigSnapshot | None:
+        """The configuration of the tenant the key belongs to, or None when no tenant has such a key. ``started``:
+        its versions as ``read_start`` asked for them at the start of the request (dropped if for another key)."""
+        parsed = parse_key(raw_key)
+        if started is not None and (parsed is None or started.prefix != parsed.prefix):
+            started.cancel()
+            started = None
         if parsed is None:
             return None
+        if started is not None:
+            versions = await self._versions([SHARED_SCOPE, tenant_scope(started.tenant_id)], reply=started.reply)
+            return await self._snapshot(started.tenant_id, *versions)
         tenant_id = self._tenant_of_prefix.get(parsed.prefix)
         if tenant_id is not None:
             return await self.for_tenant(tenant_id)
@@ -241,9 +283,10 @@ class ConfigCache:
         shared_version, tenant_version = await self._versions([SHARED_SCOPE, tenant_scope(tenant_id)])
         return await self._snapshot(tenant_id, shared_version, tenant_version)
 
-    async def _versions(self, scopes: list[str]) -> list[str | None]:
+    async def _versions(self, scopes: list[str], *, reply: asyncio.Future | None = None) -> list[str | None]:
+        """The scopes' versions, read now or from ``reply`` (their MGET, sent earlier)."""
         try:
-            return await config_versions_read(scopes)
+            return await (config_versions_read(scopes) if reply is None else _versions_received(reply))
         except VersionsUnreadable as exc:
             # Nothing held can be vouched for, now or after Redis returns (a change may go unannounced meanwhile):
             # forget it all, and load what this request needs under a version no slice has.

@@ -10,12 +10,13 @@ from rest_framework.exceptions import MethodNotAllowed, UnsupportedMediaType
 from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.permissions import IsAuthenticated
 
+from core.cpu import OFFLOAD_MIN_CHARS
 from llmops.gateway.call import GatewayCall, new_request_id
-from llmops.gateway.chat.completion import chat_completion_run
+from llmops.gateway.chat.completion import ValidatedBody, chat_completion_run, declared_size
 from llmops.gateway.errors import REQUEST_ID_HEADER, GatewayError, openai_error_response, openai_exception_handler
 from llmops.gateway.last_resort import json_error_response
 from llmops.gateway.parsers import OrjsonParser
-from llmops.gateway.snapshot import ConfigSnapshot, config_snapshot
+from llmops.gateway.snapshot import ConfigSnapshot, StartedRead, config_snapshot
 from tenants.authentication import ApiKeyAuthentication, bearer_key
 
 
@@ -136,18 +137,37 @@ CHAT_COMPLETIONS_METADATA = {
 }
 
 
+def chat_completions_start(scope: dict) -> StartedRead | None:
+    """What ``llmops.asgi`` starts for ``chat_completions`` before it builds the request: the read of the caller's
+    configuration versions (``ConfigCache.read_start``), whose round trip to Redis then overlaps building the request
+    and validating its body. Nothing when the request carries other than one Authorization header."""
+    authorizations = [value for name, value in scope["headers"] if name == b"authorization"]
+    if len(authorizations) != 1:
+        return None
+    # As Django decodes a header for request.META.
+    raw_key = bearer_key(authorizations[0].decode("latin-1"))
+    return config_snapshot.read_start(raw_key) if raw_key else None
+
+
 @csrf_exempt
-async def chat_completions(request: HttpRequest) -> HttpResponse:
+async def chat_completions(request: HttpRequest, started: StartedRead | None = None) -> HttpResponse:
     """``POST /v1/chat/completions``: what the DRF endpoints above do (key authentication against the caller's tenant
     configuration before anything else, OpenAI errors, the request id, the pipeline's headers and Allow on every
     answer, OPTIONS described) as a plain async view, without DRF's request, negotiation and dispatch around the
     hot path (about a tenth of a miss's CPU, measured in docs/performance.md). ``llmops.asgi`` also calls it without
-    resolving the URL."""
+    resolving the URL, with the configuration read it started (``chat_completions_start``)."""
     request_id = new_request_id()
     call = None
     try:
         raw_key = bearer_key(request.META.get("HTTP_AUTHORIZATION", ""))
-        config = await config_snapshot.for_key(raw_key) if raw_key else None
+        # While Redis answers the read started ahead, a small body is validated; what it finds wrong is answered
+        # only after the key is authenticated, as before.
+        validated = (
+            ValidatedBody.of(lambda: request_json(request))
+            if started is not None and request.method == "POST" and declared_size(request.headers) < OFFLOAD_MIN_CHARS
+            else None
+        )
+        config = await config_snapshot.for_key(raw_key, started=started) if raw_key else None
         principal, _ = ApiKeyAuthentication(config.keys if config is not None else {}).authenticate(request)
         if request.method == "OPTIONS":
             response = HttpResponse(orjson.dumps(CHAT_COMPLETIONS_METADATA), content_type="application/json")
@@ -161,6 +181,7 @@ async def chat_completions(request: HttpRequest) -> HttpResponse:
                 read_body=lambda: request_json(request),
                 headers=request.headers,
                 limit_concurrency=True,
+                validated=validated,
             )
     except Exception as exc:
         response = openai_error_response(exc, path=request.path)

@@ -5,8 +5,10 @@ from decimal import Decimal
 
 import pytest
 from django.db import transaction
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from billing.budgets.services import budget_create
+from core.db import database_sync_to_async
 from llmops.gateway.snapshot import (
     KEYS_SCOPE,
     SHARED_SCOPE,
@@ -106,4 +108,87 @@ def test_with_redis_unreachable_changes_still_save_and_every_request_reads_the_d
 
     assert before.keys[api_key.prefix].revoked_at is None
     assert during.keys[api_key.prefix].revoked_at is not None
+    _close_other_connections()
+
+
+def test_a_read_started_ahead_serves_what_for_key_serves_and_a_change_committed_before_it(settings, transactional_db):
+    if not settings.REDIS_URL:
+        pytest.skip("needs REDIS_URL")
+    team = TeamFactory()
+    api_key, raw_key = api_key_create(team=team)
+    cache = ConfigCache()
+
+    async def served() -> tuple:
+        unloaded = cache.read_start(raw_key)
+        before = await cache.for_key(raw_key)
+        started = cache.read_start(raw_key)
+        ahead = await cache.for_key(raw_key, started=started)
+        await database_sync_to_async(api_key_revoke)(api_key=api_key)
+        after = await cache.for_key(raw_key, started=cache.read_start(raw_key))
+        return unloaded, started, before, ahead, after
+
+    unloaded, started, before, ahead, after = asyncio.run(served())
+
+    assert unloaded is None  # the tenant was not loaded yet: for_key reads what it needs itself
+    assert started.tenant_id == team.tenant_id and started.reply.done()
+    assert ahead is before
+    assert after.keys[api_key.prefix].revoked_at is not None
+    _close_other_connections()
+
+
+def test_a_read_started_for_another_key_is_dropped(settings, transactional_db):
+    if not settings.REDIS_URL:
+        pytest.skip("needs REDIS_URL")
+    acme, globex = TeamFactory(), TeamFactory()
+    _, acme_key = api_key_create(team=acme)
+    _, globex_key = api_key_create(team=globex)
+    cache = ConfigCache()
+
+    async def served() -> tuple:
+        await cache.for_key(acme_key)
+        await cache.for_key(globex_key)
+        started = cache.read_start(acme_key)
+        return started, await cache.for_key(globex_key, started=started)
+
+    started, snapshot = asyncio.run(served())
+
+    assert started.reply.cancelled()
+    assert {principal.tenant_id for principal in snapshot.keys.values()} == {globex.tenant_id}
+    _close_other_connections()
+
+
+def test_a_read_started_ahead_that_fails_loads_from_the_database_as_for_key_does(settings, transactional_db):
+    if not settings.REDIS_URL:
+        pytest.skip("needs REDIS_URL")
+    team = TeamFactory()
+    api_key, raw_key = api_key_create(team=team)
+    cache = ConfigCache()
+
+    async def served():
+        await cache.for_key(raw_key)
+        started = cache.read_start(raw_key)
+        started.reply.set_exception(RedisConnectionError("Connection closed by server."))
+        return await cache.for_key(raw_key, started=started)
+
+    # Revoked with Redis unreachable from the saving process: not announced, so only a load from the database sees it.
+    settings.REDIS_URL, url = "redis://127.0.0.1:1/0", settings.REDIS_URL
+    api_key_revoke(api_key=api_key)
+    settings.REDIS_URL = url
+    snapshot = asyncio.run(served())
+
+    assert snapshot.keys[api_key.prefix].revoked_at is not None
+    _close_other_connections()
+
+
+def test_nothing_is_started_ahead_without_redis(settings, transactional_db):
+    settings.REDIS_URL = ""
+    team = TeamFactory()
+    _, raw_key = api_key_create(team=team)
+    cache = ConfigCache()
+
+    async def started():
+        await cache.for_key(raw_key)
+        return cache.read_start(raw_key), cache.read_start("not-a-key")
+
+    assert asyncio.run(started()) == (None, None)
     _close_other_connections()

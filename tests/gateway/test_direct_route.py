@@ -1,6 +1,8 @@
-"""``POST /v1/chat/completions`` is answered by its view without resolving the URL (``llmops.asgi.DIRECT_VIEWS``);
+"""``POST /v1/chat/completions`` is answered by its view without resolving the URL (``llmops.asgi.DIRECT_ROUTES``);
 through the URLconf (Django's test client, any other method) the same view answers. It answers as the DRF endpoints
-do: key first, OpenAI errors, the request id and Allow on every answer, the body read as DRF reads it."""
+do: key first, OpenAI errors, the request id and Allow on every answer, the body read as DRF reads it. On the direct
+route the body is validated while the caller's configuration is read: a key of a known tenant with the wrong secret
+is still refused before its body is judged."""
 
 import httpx
 import pytest
@@ -8,9 +10,11 @@ from django.test import Client, RequestFactory
 from rest_framework.exceptions import ParseError, UnsupportedMediaType
 from rest_framework.request import Request
 
+from core.cpu import OFFLOAD_MIN_CHARS
 from llmops.asgi import GatewayASGIHandler
 from llmops.gateway.parsers import OrjsonParser
 from llmops.gateway.views import JsonAnswers, request_json
+from tenants.keys import parse_key
 
 BODY = b'{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}'
 LONG_CONTENT_TYPE = "application/json; charset=utf-8; x=" + "y" * 250
@@ -49,7 +53,33 @@ CASES = {
         {"authorization": "Bearer sk-llmops-nope_nope"},
         (401, "invalid_api_key", True, 'Bearer realm="llmops"', ALLOW, False),
     ),
+    "wrong secret, malformed JSON": (
+        b'{"model": "x", "messages": [',
+        {"authorization": "wrong secret"},
+        (401, "invalid_api_key", True, 'Bearer realm="llmops"', ALLOW, False),
+    ),
+    "wrong secret, no messages": (
+        b'{"model": "x"}',
+        {"authorization": "wrong secret"},
+        (401, "invalid_api_key", True, 'Bearer realm="llmops"', ALLOW, False),
+    ),
+    "wrong secret, large malformed JSON": (
+        b'{"model": "x", "messages": [' + b" " * OFFLOAD_MIN_CHARS,
+        {"authorization": "wrong secret"},
+        (401, "invalid_api_key", True, 'Bearer realm="llmops"', ALLOW, False),
+    ),
+    "large malformed JSON": (
+        b'{"model": "x", "messages": [' + b" " * OFFLOAD_MIN_CHARS,
+        {},
+        (400, "invalid_json", True, None, ALLOW, True),
+    ),
 }
+
+
+def wrong_secret(key: str) -> str:
+    """The key's prefix, which names a tenant this process has loaded, with another secret."""
+    parsed = parse_key(key)
+    return f"Bearer {key.removesuffix(parsed.secret)}{'0' * len(parsed.secret)}"
 
 
 @pytest.fixture
@@ -67,6 +97,10 @@ def test_the_direct_route_and_the_urlconf_answer_as_the_drf_endpoints_did(gatewa
     content, extra, expected = CASES[name]
     content = with_model(acme) if content is None else content
     headers = {"authorization": f"Bearer {acme.key}", "content-type": "application/json", **extra}
+    if headers["authorization"] == "wrong secret":
+        headers["authorization"] = wrong_secret(acme.key)
+        # A first request loads the tenant, so this one's configuration read is started as it arrives.
+        httpx.post(f"{gateway.url}/v1/chat/completions", content=b"{}", headers={"authorization": f"Bearer {acme.key}"})
     headers = {header: value for header, value in headers.items() if value}
 
     live = httpx.post(f"{gateway.url}/v1/chat/completions", content=content, headers=headers, timeout=30)

@@ -51,14 +51,16 @@ async def _serve(path: str) -> list[dict]:
 def direct_view(monkeypatch):
     responses = []
 
-    async def view(request):
+    async def view(request, started):
         response = HttpResponse(b"{}", content_type="application/json")
         response.released = []
         response._resource_closers.append(lambda: response.released.append("held by the view"))
         responses.append(response)
         return response
 
-    monkeypatch.setitem(asgi.DIRECT_VIEWS, ("POST", DIRECT_PATH), view)
+    monkeypatch.setitem(
+        asgi.DIRECT_ROUTES, ("POST", DIRECT_PATH), asgi.DirectRoute(view=view, start=lambda scope: None)
+    )
     return responses
 
 

@@ -2,6 +2,7 @@
 
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 
 from django.http import HttpResponse
 
@@ -25,6 +26,28 @@ def _prompt_sent(call: GatewayCall) -> Usage | None:
     if call.reservation is None or call.served is None:
         return None
     return Usage(prompt_tokens=call.prompt_tokens_after_compression or 0, estimated=True)
+
+
+@dataclass(frozen=True, slots=True)
+class ValidatedBody:
+    """A chat request's body validated ahead of its pipeline (the /v1 view does it while the caller's configuration
+    is read): the body, or the error its validation raised, which the pipeline raises where it would have
+    validated, after authentication."""
+
+    body: dict | None = None
+    error: Exception | None = None
+
+    @classmethod
+    def of(cls, read_body: Callable[[], object]) -> "ValidatedBody":
+        try:
+            return cls(body=validate_chat_request(read_body()))
+        except Exception as error:
+            return cls(error=error)
+
+    def result(self) -> dict:
+        if self.error is not None:
+            raise self.error
+        return self.body
 
 
 def declared_size(headers: Mapping[str, str]) -> int:
@@ -64,17 +87,23 @@ async def chat_completion_run(
     read_body: Callable[[], object],
     headers: Mapping[str, str],
     limit_concurrency: bool = False,
+    validated: ValidatedBody | None = None,
 ) -> HttpResponse:
     """Validate, route, cap, answer from the cache or admit, call and record, as ``run_recorded`` runs steps.
 
     ``snapshot`` is the configuration of the caller's tenant, made current for this request
     (``config_snapshot.for_key`` or ``for_tenant``). With ``limit_concurrency`` (live /v1 requests) the request holds
-    one of its tenant's slots for requests in flight from admission to its end.
+    one of its tenant's slots for requests in flight from admission to its end. ``validated``: the body of
+    ``read_body`` already validated.
     """
 
     async def steps() -> HttpResponse:
         # Parsing and validating a large body is Python work in proportion to it: on the CPU pool.
-        body = await run_sized(declared_size(headers), lambda: validate_chat_request(read_body()))
+        body = (
+            validated.result()
+            if validated is not None
+            else await run_sized(declared_size(headers), lambda: validate_chat_request(read_body()))
+        )
         call.request_body, call.request_bytes = body, declared_size(headers)
         call.payload_logging = call.principal.tenant_id in snapshot.payload_logging_tenants
         call.evaluation = snapshot.evaluation
