@@ -8,11 +8,12 @@ belongs to once its transaction commits (``transaction.on_commit``): a fresh ran
 
 Every request reads the shared version and its tenant's version in one round trip (MGET; one query without Redis)
 and runs on slices loaded under exactly those versions. The chat completion asks for them as it arrives
-(``read_start``), so the round trip overlaps building the request and validating its body. A slice whose version moved is reloaded before the request
-goes on, and only that slice: a change to one tenant costs the other tenants nothing, and applying it costs the
-same at any number of tenants. Concurrent requests of a tenant share one load of each version per process. A load
-is keyed by the version its requests read *before* it reads the data, so a change that commits during a load is
-caught by the next request (its bump gives a new version), never stored under the version it replaced.
+(``read_start``), so the round trip overlaps building the request and validating its body. A slice whose version
+moved is reloaded before the request goes on, and only that slice: a change to one tenant costs the other tenants
+nothing, and applying it costs the same at any number of tenants. Concurrent requests of a tenant share one load of
+each version per process. A load is keyed by the version its requests read *before* it reads the data, so a change
+that commits during a load is caught by the next request (its bump gives a new version), never stored under the
+version it replaced.
 
 A price version can be saved ahead of the moment it takes effect, when nothing is saved to bump a version: the
 shared slice holds the moment its first upcoming price version takes effect, and a request from that moment on
