@@ -44,24 +44,25 @@ class GatewayASGIHandler(ASGIHandler):
         """Django's ``handle`` with the request signals sent on the event loop instead of through a worker thread
         each (two hops per request), and not sent at all for a direct route. Their receivers reset the calling
         thread's database connections, query log, caches and URLconf; /v1 uses none on the loop (its database work
-        runs in worker threads, ``core.db``). A direct route's ``start`` runs first, before the body is read."""
-        direct = DIRECT_ROUTES.get((scope["method"], scope["path"]))
-        started = direct.start(scope) if direct is not None else None
-        try:
-            await self._handle(scope, receive, send, direct, started)
-        finally:
-            if started is not None:
-                # Awaited by the view by now, or not needed: a reply still to come is left unread.
-                started.cancel()
-
-    async def _handle(self, scope, receive, send, direct, started):
+        runs in worker threads, ``core.db``). A direct route's ``start`` runs once the body has arrived, before the
+        request is built."""
         try:
             body_file = await self.read_body(receive)
         except RequestAborted:
             return
         set_script_prefix(get_script_prefix(scope))
+        direct = DIRECT_ROUTES.get((scope["method"], scope["path"]))
         if direct is None:
             signals.request_started.send(sender=self.__class__, scope=scope)
+        started = _start(direct, scope) if direct is not None else None
+        try:
+            await self._respond(scope, receive, send, body_file, direct, started)
+        finally:
+            if started is not None:
+                # Awaited by the view by now, or not needed: a reply still to come is left unread.
+                started.cancel()
+
+    async def _respond(self, scope, receive, send, body_file, direct, started):
         request, error_response = self.create_request(scope, body_file)
         if request is None:
             body_file.close()
@@ -142,6 +143,16 @@ def _close_without_request_finished(response) -> None:
     response.closed = True
 
 
+def _start(direct: "DirectRoute", scope: dict):
+    """The route's work started ahead, or None when starting it failed: the view then does that work itself, and
+    answers its failure as an error of the API."""
+    try:
+        return direct.start(scope)
+    except Exception:
+        logger.exception("%s %s: the work started ahead of the view failed", scope["method"], scope["path"])
+        return None
+
+
 def _cancel_on_disconnect(listener: asyncio.Task, processing: asyncio.Task) -> None:
     """The listener ended: the client disconnected (``RequestAborted``), so the view still running is cancelled. A
     listener cancelled by the handler does not. Anything else that ends it (Django's listener asserts that a server
@@ -167,8 +178,8 @@ def _build_site_application():
 
 class DirectRoute(NamedTuple):
     """A view the handler calls without resolving its URL, as ``view(request, started)``: ``started`` is what
-    ``start(scope)`` returned as the request arrived (work begun before the request is built, for the view to await),
-    or None; it has a ``cancel()``, which the handler calls once the view is done."""
+    ``start(scope)`` returned once the request's body arrived (work begun before the request is built, for the view
+    to await), or None; it has a ``cancel()``, which the handler calls once the view is done."""
 
     view: Callable
     start: Callable[[dict], Any]

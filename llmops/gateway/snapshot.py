@@ -7,7 +7,7 @@ belongs to once its transaction commits (``transaction.on_commit``): a fresh ran
 (``llmops:config:<scope>``), or a counter row (``ConfigVersion``) in the database without Redis.
 
 Every request reads the shared version and its tenant's version in one round trip (MGET; one query without Redis)
-and runs on slices loaded under exactly those versions. The chat completion asks for them as it arrives
+and runs on slices loaded under exactly those versions. The chat completion asks for them once its body has arrived
 (``read_start``), so the round trip overlaps building the request and validating its body. A slice whose version
 moved is reloaded before the request goes on, and only that slice: a change to one tenant costs the other tenants
 nothing, and applying it costs the same at any number of tenants. Concurrent requests of a tenant share one load of
@@ -58,7 +58,7 @@ from routing.catalog import (
 from routing.models import Model, ModelPrice, Provider, RoutingPolicy, RoutingPolicyVersion, TenantModelAccess
 from routing.policy import CompiledPolicy, build_live_policies
 from tenants.authentication import KeyPrincipal, build_key_index, key_tenant_id
-from tenants.keys import parse_key
+from tenants.keys import parse_key, secret_matches
 from tenants.models import ApiKey, PayloadLogSettings, Team, Tenant
 
 logger = logging.getLogger(__name__)
@@ -253,12 +253,17 @@ class ConfigCache:
     def read_start(self, raw_key: str) -> StartedRead | None:
         """Ask Redis now, with this turn's other commands, for the versions ``for_key(raw_key)`` will read: awaited
         there, after work that needs no configuration (building the request, validating its body), the round trip
-        overlaps that work. None when nothing can be asked ahead: no Redis, or a key whose tenant this process has
-        not loaded (``for_key`` then reads what it needs itself)."""
+        overlaps that work. None when nothing can be asked ahead: no Redis, a key whose tenant this process has
+        not loaded (``for_key`` then reads what it needs itself), or a secret that does not match the key as loaded,
+        so a caller who is most likely refused gets no work done ahead of its authentication."""
         parsed = parse_key(raw_key)
         tenant_id = self._tenant_of_prefix.get(parsed.prefix) if parsed is not None else None
         client = async_redis()
         if tenant_id is None or client is None:
+            return None
+        loaded = self._tenants.get(tenant_id)
+        held = loaded.keys.get(parsed.prefix) if loaded is not None else None
+        if held is None or not secret_matches(parsed.secret, held.secret_hash):
             return None
         reply = redis_command_queued(client, "MGET", *_version_keys([SHARED_SCOPE, tenant_scope(tenant_id)]))
         return StartedRead(prefix=parsed.prefix, tenant_id=tenant_id, reply=reply)

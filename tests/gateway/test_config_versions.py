@@ -17,6 +17,7 @@ from llmops.gateway.snapshot import (
     tenant_scope,
 )
 from routing.services import tenant_model_access_set
+from tenants.keys import parse_key
 from tenants.services import api_key_create, api_key_revoke
 from tests.conftest import _close_other_connections
 from tests.factories import ModelFactory, TeamFactory, TenantFactory
@@ -130,9 +131,30 @@ def test_a_read_started_ahead_serves_what_for_key_serves_and_a_change_committed_
     unloaded, started, before, ahead, after = asyncio.run(served())
 
     assert unloaded is None  # the tenant was not loaded yet: for_key reads what it needs itself
-    assert started.tenant_id == team.tenant_id and started.reply.done()
+    assert started.tenant_id == team.tenant_id
     assert ahead is before
     assert after.keys[api_key.prefix].revoked_at is not None
+    _close_other_connections()
+
+
+def test_for_key_runs_on_the_versions_the_started_read_brought(settings, transactional_db):
+    if not settings.REDIS_URL:
+        pytest.skip("needs REDIS_URL")
+    team = TeamFactory()
+    _, raw_key = api_key_create(team=team)
+    cache = ConfigCache()
+
+    async def served() -> tuple:
+        await cache.for_key(raw_key)
+        started = cache.read_start(raw_key)
+        await started.reply
+        # As if the versions had moved just before the request arrived: the snapshot is loaded under them.
+        started.reply = asyncio.get_running_loop().create_future()
+        started.reply.set_result([b"shared-at-arrival", b"tenant-at-arrival"])
+        await cache.for_key(raw_key, started=started)
+        return cache._shared.version, cache._tenants[team.tenant_id].version
+
+    assert asyncio.run(served()) == ("shared-at-arrival", "tenant-at-arrival")
     _close_other_connections()
 
 
@@ -157,26 +179,47 @@ def test_a_read_started_for_another_key_is_dropped(settings, transactional_db):
     _close_other_connections()
 
 
+def test_nothing_is_started_ahead_for_a_secret_that_does_not_match(settings, transactional_db):
+    if not settings.REDIS_URL:
+        pytest.skip("needs REDIS_URL")
+    team = TeamFactory()
+    _, raw_key = api_key_create(team=team)
+    wrong = raw_key[: -len(parse_key(raw_key).secret)] + "0" * len(parse_key(raw_key).secret)
+    cache = ConfigCache()
+
+    async def started() -> tuple:
+        await cache.for_key(raw_key)
+        return cache.read_start(wrong), cache.read_start(raw_key) is not None
+
+    assert asyncio.run(started()) == (None, True)
+    _close_other_connections()
+
+
 def test_a_read_started_ahead_that_fails_loads_from_the_database_as_for_key_does(settings, transactional_db):
     if not settings.REDIS_URL:
         pytest.skip("needs REDIS_URL")
     team = TeamFactory()
     api_key, raw_key = api_key_create(team=team)
     cache = ConfigCache()
+    url = settings.REDIS_URL
 
-    async def served():
-        await cache.for_key(raw_key)
+    async def served() -> tuple:
+        before = await cache.for_key(raw_key)
         started = cache.read_start(raw_key)
-        started.reply.set_exception(RedisConnectionError("Connection closed by server."))
-        return await cache.for_key(raw_key, started=started)
+        # Revoked from a process that cannot reach Redis: not announced, so only a load from the database sees it.
+        settings.REDIS_URL = "redis://127.0.0.1:1/0"
+        await database_sync_to_async(api_key_revoke)(api_key=api_key)
+        settings.REDIS_URL = url
+        await started.reply
+        failed = asyncio.get_running_loop().create_future()
+        failed.set_exception(RedisConnectionError("Connection closed by server."))
+        started.reply = failed
+        return before, await cache.for_key(raw_key, started=started)
 
-    # Revoked with Redis unreachable from the saving process: not announced, so only a load from the database sees it.
-    settings.REDIS_URL, url = "redis://127.0.0.1:1/0", settings.REDIS_URL
-    api_key_revoke(api_key=api_key)
-    settings.REDIS_URL = url
-    snapshot = asyncio.run(served())
+    before, after = asyncio.run(served())
 
-    assert snapshot.keys[api_key.prefix].revoked_at is not None
+    assert before.keys[api_key.prefix].revoked_at is None
+    assert after.keys[api_key.prefix].revoked_at is not None
     _close_other_connections()
 
 

@@ -10,11 +10,15 @@ from django.test import Client, RequestFactory
 from rest_framework.exceptions import ParseError, UnsupportedMediaType
 from rest_framework.request import Request
 
+from billing.models import UsageRecord
 from core.cpu import OFFLOAD_MIN_CHARS
 from llmops.asgi import GatewayASGIHandler
+from llmops.gateway import views
+from llmops.gateway.chat.completion import ValidatedBody
 from llmops.gateway.parsers import OrjsonParser
 from llmops.gateway.views import JsonAnswers, request_json
 from tenants.keys import parse_key
+from tenants.services import api_key_revoke
 
 BODY = b'{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}'
 LONG_CONTENT_TYPE = "application/json; charset=utf-8; x=" + "y" * 250
@@ -73,6 +77,11 @@ CASES = {
         {},
         (400, "invalid_json", True, None, ALLOW, True),
     ),
+    "revoked since loaded, malformed JSON": (
+        b'{"model": "x", "messages": [',
+        {"authorization": "revoked"},
+        (401, "invalid_api_key", True, 'Bearer realm="llmops"', ALLOW, False),
+    ),
 }
 
 
@@ -97,10 +106,14 @@ def test_the_direct_route_and_the_urlconf_answer_as_the_drf_endpoints_did(gatewa
     content, extra, expected = CASES[name]
     content = with_model(acme) if content is None else content
     headers = {"authorization": f"Bearer {acme.key}", "content-type": "application/json", **extra}
+    # A first request loads the tenant, so the live request's configuration read is started ahead of its view (for
+    # a secret that matches the key as loaded) and a small body is validated while it is read.
+    httpx.post(f"{gateway.url}/v1/chat/completions", content=b"{}", headers={"authorization": f"Bearer {acme.key}"})
     if headers["authorization"] == "wrong secret":
         headers["authorization"] = wrong_secret(acme.key)
-        # A first request loads the tenant, so this one's configuration read is started as it arrives.
-        httpx.post(f"{gateway.url}/v1/chat/completions", content=b"{}", headers={"authorization": f"Bearer {acme.key}"})
+    if headers["authorization"] == "revoked":
+        headers["authorization"] = f"Bearer {acme.key}"
+        api_key_revoke(api_key=acme.api_key)
     headers = {header: value for header, value in headers.items() if value}
 
     live = httpx.post(f"{gateway.url}/v1/chat/completions", content=content, headers=headers, timeout=30)
@@ -109,6 +122,38 @@ def test_the_direct_route_and_the_urlconf_answer_as_the_drf_endpoints_did(gatewa
 
     assert outcome(live.status_code, live.headers, live.json()) == expected
     assert outcome(resolved.status_code, resolved.headers, resolved.json()) == expected
+
+
+def test_a_body_validated_while_the_configuration_is_read_is_refused_after_authentication_with_its_ledger_row(
+    gateway, acme, monkeypatch
+):
+    validated = []
+
+    class Recorded(ValidatedBody):
+        @classmethod
+        def of(cls, read_body):
+            made = super().of(read_body)
+            validated.append(made)
+            return made
+
+    monkeypatch.setattr(views, "ValidatedBody", Recorded)
+    url, headers = f"{gateway.url}/v1/chat/completions", {"authorization": f"Bearer {acme.key}"}
+
+    loading = httpx.post(url, content=with_model(acme), headers=headers)
+    refused = httpx.post(url, content=b'{"model": "x", "messages": [', headers=headers)
+
+    assert loading.status_code == 200
+    assert outcome(refused.status_code, refused.headers, refused.json()) == (
+        400,
+        "invalid_json",
+        True,
+        None,
+        ALLOW,
+        True,
+    )
+    assert len(validated) == 1 and validated[0].error is not None  # the first loaded the tenant: read in the view
+    records = UsageRecord.objects.unscoped().order_by("created_at", "id")
+    assert [(record.http_status, record.error_code) for record in records] == [(200, ""), (400, "invalid_json")]
 
 
 def test_other_methods_are_resolved_and_answered_by_the_same_view(gateway, acme):

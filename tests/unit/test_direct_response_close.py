@@ -93,3 +93,39 @@ def test_a_resolved_request_still_sends_request_finished(finished_signals):
 
     assert sent[0]["status"] == 404
     assert finished_signals == [asgi.GatewayASGIHandler]
+
+
+def test_a_start_that_fails_leaves_the_view_to_do_the_work_itself(monkeypatch, caplog):
+    given = []
+
+    def start(scope):
+        raise RuntimeError("REDIS_URL is malformed")
+
+    async def view(request, started):
+        given.append(started)
+        return HttpResponse(b"{}", content_type="application/json")
+
+    monkeypatch.setitem(asgi.DIRECT_ROUTES, ("POST", DIRECT_PATH), asgi.DirectRoute(view=view, start=start))
+
+    sent = asyncio.run(_serve(DIRECT_PATH))
+
+    assert sent[0]["status"] == 200
+    assert given == [None]
+    assert "the work started ahead of the view failed" in caplog.text
+
+
+def test_what_a_route_started_is_cancelled_once_its_view_is_done(monkeypatch):
+    futures = []
+
+    def start(scope):
+        futures.append(asyncio.get_running_loop().create_future())
+        return futures[-1]
+
+    async def view(request, started):
+        return HttpResponse(b"{}", content_type="application/json")
+
+    monkeypatch.setitem(asgi.DIRECT_ROUTES, ("POST", DIRECT_PATH), asgi.DirectRoute(view=view, start=start))
+
+    asyncio.run(_serve(DIRECT_PATH))
+
+    assert futures[0].cancelled()
