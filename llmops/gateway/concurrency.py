@@ -25,7 +25,7 @@ from redis.exceptions import RedisError
 
 from core.background import run_in_background
 from core.event_loops import PerEventLoop
-from core.redis import RedisScript, async_redis, redis_command, redis_command_queued
+from core.redis import RedisScript, async_redis, redis_command
 from llmops.gateway.errors import GatewayError
 
 logger = logging.getLogger(__name__)
@@ -169,8 +169,7 @@ async def inflight_acquire(*, tenant_id: int, request_id: str, limit: int) -> In
 
 def inflight_release(slot: InflightSlot) -> None:
     """Give the slot back; once, whatever calls it again. Not awaited: the answer does not wait for Redis, and a
-    release that does not reach it ends with the lease. On the slot's own loop the release is queued at once, so it
-    leaves with the commands issued in the same turn (a settlement's, when ``finish`` gives the slot back)."""
+    release that does not reach it ends with the lease."""
     if slot.released:
         return
     slot.released = True
@@ -178,34 +177,14 @@ def inflight_release(slot: InflightSlot) -> None:
         _local_counts.give_back(slot.tenant_id)
         return
     slot.renewals.drop(slot)
-    if _running_loop() is not slot.renewals.loop:
-        run_in_background(_forget(slot), loop=slot.renewals.loop)
-        return
-    reply = redis_command_queued(async_redis(), "ZREM", KEY_PREFIX + str(slot.tenant_id), slot.request_id)
-    reply.add_done_callback(lambda done: _forgotten(slot, done))
-
-
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None
+    run_in_background(_forget(slot), loop=slot.renewals.loop)
 
 
 async def _forget(slot: InflightSlot) -> None:
     try:
         await redis_command(async_redis(), "ZREM", KEY_PREFIX + str(slot.tenant_id), slot.request_id)
     except RedisError as exc:
-        _left_to_its_lease(slot, exc)
-
-
-def _forgotten(slot: InflightSlot, reply: asyncio.Future) -> None:
-    if not reply.cancelled() and reply.exception() is not None:
-        _left_to_its_lease(slot, reply.exception())
-
-
-def _left_to_its_lease(slot: InflightSlot, error: Exception) -> None:
-    logger.warning("in-flight slot of %s left to its lease, Redis unreachable: %s", slot.request_id, error)
+        logger.warning("in-flight slot of %s left to its lease, Redis unreachable: %s", slot.request_id, exc)
 
 
 async def _released_at_the_end(content: AsyncIterator[bytes], slot: InflightSlot) -> AsyncIterator[bytes]:

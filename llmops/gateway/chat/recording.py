@@ -6,7 +6,6 @@ from billing.ledger.events import UsageEvent
 from billing.ledger.stream import ledger_event_append
 from core.db import database_sync_to_async
 from llmops.gateway.call import GatewayCall
-from llmops.gateway.concurrency import inflight_release
 from llmops.metrics import record_request_metrics
 from tenants.payload_logs import payload_log_record
 
@@ -31,9 +30,6 @@ async def finish(
     if call.ledger_deferred:
         call.ledger_event = event
     recorded = None if call.ledger_deferred else event
-    if call.inflight is not None:
-        # The request's work is done: its slot is given back in the same write to Redis as the settlement.
-        inflight_release(call.inflight)
     if call.reservation is not None and not call.reservation.settled:
         # Settled and recorded in one step, so a counter seeded from the ledger counts the request exactly once.
         remaining = await reservation_settle(call.reservation, actual=event.cost_usd, event=recorded)
