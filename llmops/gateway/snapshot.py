@@ -57,8 +57,8 @@ from routing.catalog import (
 )
 from routing.models import Model, ModelPrice, Provider, RoutingPolicy, RoutingPolicyVersion, TenantModelAccess
 from routing.policy import CompiledPolicy, build_live_policies
-from tenants.authentication import KeyPrincipal, build_key_index, key_tenant_id
-from tenants.keys import parse_key, secret_matches
+from tenants.authentication import ApiKeyAuthentication, InvalidApiKey, KeyPrincipal, build_key_index, key_tenant_id
+from tenants.keys import parse_key
 from tenants.models import ApiKey, PayloadLogSettings, Team, Tenant
 
 logger = logging.getLogger(__name__)
@@ -198,7 +198,8 @@ class StartedRead:
     reply: asyncio.Future
 
     def cancel(self) -> None:
-        """Not needed after all: the reply, or its failure, is left unread."""
+        """Not needed after all: the reply, or its failure, is left unread (a failure cancelled, even once done, is
+        not logged as never retrieved)."""
         self.reply.cancel()
 
 
@@ -254,16 +255,18 @@ class ConfigCache:
         """Ask Redis now, with this turn's other commands, for the versions ``for_key(raw_key)`` will read: awaited
         there, after work that needs no configuration (building the request, validating its body), the round trip
         overlaps that work. None when nothing can be asked ahead: no Redis, a key whose tenant this process has
-        not loaded (``for_key`` then reads what it needs itself), or a secret that does not match the key as loaded,
-        so a caller who is most likely refused gets no work done ahead of its authentication."""
+        not loaded (``for_key`` then reads what it needs itself), or a key the loaded slice refuses (a wrong secret,
+        revoked, expired, a disabled team or tenant), so a caller who is most likely refused gets no work done ahead
+        of its authentication."""
         parsed = parse_key(raw_key)
         tenant_id = self._tenant_of_prefix.get(parsed.prefix) if parsed is not None else None
         client = async_redis()
-        if tenant_id is None or client is None:
+        loaded = self._tenants.get(tenant_id) if tenant_id is not None else None
+        if loaded is None or client is None:
             return None
-        loaded = self._tenants.get(tenant_id)
-        held = loaded.keys.get(parsed.prefix) if loaded is not None else None
-        if held is None or not secret_matches(parsed.secret, held.secret_hash):
+        try:
+            ApiKeyAuthentication(loaded.keys).principal_for(raw_key)
+        except InvalidApiKey:
             return None
         reply = redis_command_queued(client, "MGET", *_version_keys([SHARED_SCOPE, tenant_scope(tenant_id)]))
         return StartedRead(prefix=parsed.prefix, tenant_id=tenant_id, reply=reply)

@@ -179,19 +179,22 @@ def test_a_read_started_for_another_key_is_dropped(settings, transactional_db):
     _close_other_connections()
 
 
-def test_nothing_is_started_ahead_for_a_secret_that_does_not_match(settings, transactional_db):
+def test_nothing_is_started_ahead_for_a_key_the_loaded_slice_refuses(settings, transactional_db):
     if not settings.REDIS_URL:
         pytest.skip("needs REDIS_URL")
     team = TeamFactory()
     _, raw_key = api_key_create(team=team)
-    wrong = raw_key[: -len(parse_key(raw_key).secret)] + "0" * len(parse_key(raw_key).secret)
+    revoked, revoked_key = api_key_create(team=team)
+    api_key_revoke(api_key=revoked)
+    secret = parse_key(raw_key).secret
+    wrong = raw_key.removesuffix(secret) + "0" * len(secret)
     cache = ConfigCache()
 
     async def started() -> tuple:
         await cache.for_key(raw_key)
-        return cache.read_start(wrong), cache.read_start(raw_key) is not None
+        return cache.read_start(wrong), cache.read_start(revoked_key), cache.read_start(raw_key) is not None
 
-    assert asyncio.run(started()) == (None, True)
+    assert asyncio.run(started()) == (None, None, True)
     _close_other_connections()
 
 

@@ -1,5 +1,6 @@
 """llmops.asgi: a direct view's response is closed (what it holds released) without ``request_finished``,
-whose receivers reset what such a view never uses on the loop; a resolved request still sends it."""
+whose receivers reset what such a view never uses on the loop; a resolved request still sends it. What a direct route
+starts ahead of its view is started once the whole body has arrived, and cancelled once the view is done."""
 
 import asyncio
 
@@ -129,3 +130,36 @@ def test_what_a_route_started_is_cancelled_once_its_view_is_done(monkeypatch):
     asyncio.run(_serve(DIRECT_PATH))
 
     assert futures[0].cancelled()
+
+
+def test_a_route_starts_its_work_only_once_the_whole_body_has_arrived(monkeypatch):
+    events = []
+
+    def start(scope):
+        events.append("started")
+
+    async def view(request, started):
+        events.append(f"view read {request.body!r}")
+        return HttpResponse(b"{}", content_type="application/json")
+
+    monkeypatch.setitem(asgi.DIRECT_ROUTES, ("POST", DIRECT_PATH), asgi.DirectRoute(view=view, start=start))
+
+    async def serve_in_two_parts():
+        parts = [b'{"a":', b" 1}"]
+        never = asyncio.get_running_loop().create_future()
+
+        async def receive():
+            if not parts:
+                return await never
+            await asyncio.sleep(0.01)
+            events.append("part")
+            return {"type": "http.request", "body": parts.pop(0), "more_body": bool(parts)}
+
+        async def send(message):
+            pass
+
+        await asgi.gateway_application(_scope(DIRECT_PATH), receive, send)
+
+    asyncio.run(serve_in_two_parts())
+
+    assert events == ["part", "part", "started", "view read b'{\"a\": 1}'"]
