@@ -112,9 +112,16 @@ def test_with_redis_unreachable_changes_still_save_and_every_request_reads_the_d
     _close_other_connections()
 
 
-def test_a_read_started_ahead_serves_what_for_key_serves_and_a_change_committed_before_it(settings, transactional_db):
+@pytest.fixture
+def redis_versions(settings, transactional_db):
+    """For reads started ahead of the view, which only Redis serves."""
     if not settings.REDIS_URL:
         pytest.skip("needs REDIS_URL")
+    yield settings
+    _close_other_connections()
+
+
+def test_a_read_started_ahead_serves_what_for_key_serves_and_a_change_committed_before_it(redis_versions):
     team = TeamFactory()
     api_key, raw_key = api_key_create(team=team)
     cache = ConfigCache()
@@ -134,12 +141,9 @@ def test_a_read_started_ahead_serves_what_for_key_serves_and_a_change_committed_
     assert started.tenant_id == team.tenant_id
     assert ahead is before
     assert after.keys[api_key.prefix].revoked_at is not None
-    _close_other_connections()
 
 
-def test_for_key_runs_on_the_versions_the_started_read_brought(settings, transactional_db):
-    if not settings.REDIS_URL:
-        pytest.skip("needs REDIS_URL")
+def test_for_key_runs_on_the_versions_the_started_read_brought(redis_versions):
     team = TeamFactory()
     _, raw_key = api_key_create(team=team)
     cache = ConfigCache()
@@ -155,12 +159,9 @@ def test_for_key_runs_on_the_versions_the_started_read_brought(settings, transac
         return cache._shared.version, cache._tenants[team.tenant_id].version
 
     assert asyncio.run(served()) == ("shared-at-arrival", "tenant-at-arrival")
-    _close_other_connections()
 
 
-def test_a_read_started_for_another_key_is_dropped(settings, transactional_db):
-    if not settings.REDIS_URL:
-        pytest.skip("needs REDIS_URL")
+def test_a_read_started_for_another_key_is_dropped(redis_versions):
     acme, globex = TeamFactory(), TeamFactory()
     _, acme_key = api_key_create(team=acme)
     _, globex_key = api_key_create(team=globex)
@@ -176,12 +177,9 @@ def test_a_read_started_for_another_key_is_dropped(settings, transactional_db):
 
     assert started.reply.cancelled()
     assert {principal.tenant_id for principal in snapshot.keys.values()} == {globex.tenant_id}
-    _close_other_connections()
 
 
-def test_nothing_is_started_ahead_for_a_key_the_loaded_slice_refuses(settings, transactional_db):
-    if not settings.REDIS_URL:
-        pytest.skip("needs REDIS_URL")
+def test_nothing_is_started_ahead_for_a_key_the_loaded_slice_refuses(redis_versions):
     team = TeamFactory()
     _, raw_key = api_key_create(team=team)
     revoked, revoked_key = api_key_create(team=team)
@@ -195,12 +193,10 @@ def test_nothing_is_started_ahead_for_a_key_the_loaded_slice_refuses(settings, t
         return cache.read_start(wrong), cache.read_start(revoked_key), cache.read_start(raw_key) is not None
 
     assert asyncio.run(started()) == (None, None, True)
-    _close_other_connections()
 
 
-def test_a_read_started_ahead_that_fails_loads_from_the_database_as_for_key_does(settings, transactional_db):
-    if not settings.REDIS_URL:
-        pytest.skip("needs REDIS_URL")
+def test_a_read_started_ahead_that_fails_loads_from_the_database_as_for_key_does(redis_versions):
+    settings = redis_versions
     team = TeamFactory()
     api_key, raw_key = api_key_create(team=team)
     cache = ConfigCache()
@@ -223,7 +219,6 @@ def test_a_read_started_ahead_that_fails_loads_from_the_database_as_for_key_does
 
     assert before.keys[api_key.prefix].revoked_at is None
     assert after.keys[api_key.prefix].revoked_at is not None
-    _close_other_connections()
 
 
 def test_nothing_is_started_ahead_without_redis(settings, transactional_db):
