@@ -273,7 +273,7 @@ class ConfigCache:
 
     async def for_key(self, raw_key: str, *, started: StartedRead | None = None) -> ConfigSnapshot | None:
         """The configuration of the tenant the key belongs to, or None when no tenant has such a key. ``started``:
-        its versions as ``read_start`` asked for them at the start of the request (dropped if for another key)."""
+        its versions as ``read_start`` asked for them before the request was built (dropped if for another key)."""
         parsed = parse_key(raw_key)
         if started is not None and (parsed is None or started.prefix != parsed.prefix):
             started.cancel()
