@@ -6,17 +6,21 @@ drainer (``manage.py ledger_drain``) moves the stream into ``UsageRecord`` rows 
 what makes an appended record survive a Redis restart: run Redis with ``appendonly yes`` (``appendfsync
 everysec`` may lose the last second on a crash of the Redis host, ``always`` loses nothing).
 
-The drainer reads with a consumer group, inserts a batch idempotently (``ignore_conflicts`` on the unique
-``request_id``), then acknowledges and deletes it, so an entry leaves the stream only once its row is
-committed. A drainer killed between insert and acknowledgement re-reads its pending entries when it restarts
-(same consumer name) or another drainer claims them once idle, and the replayed insert changes nothing.
-The stream's length is therefore the backlog: events appended and not yet in Postgres.
+The drainer reads with a consumer group, inserts a batch idempotently (a row whose unique ``request_id`` is already
+there is skipped), then acknowledges and deletes it, so an entry leaves the stream only once its row is committed.
+On Postgres the batch is copied (COPY) into a temporary table and moved in one ``INSERT … ON CONFLICT DO NOTHING``:
+the drainer, which shares the gateway's machine, spends about 40% less CPU on it than on Django's ``bulk_create``,
+which compiled and quoted every value in Python (docs/performance.md). A drainer killed between insert and
+acknowledgement re-reads its pending entries when it restarts (same consumer name) or another drainer claims them
+once idle, and the replayed insert changes nothing. The stream's length is therefore the backlog: events appended
+and not yet in Postgres.
 
 Without Redis (the embedded demo), or while Redis cannot be reached, the row is written to the database
 directly, as before.
 """
 
 import asyncio
+import functools
 import logging
 import socket
 import threading
@@ -146,9 +150,46 @@ def _read(client: redis.Redis, consumer: str, *, start: str, count: int, block_m
         return []
 
 
-def _insert(records: list[UsageRecord]) -> None:
+# Per connection, emptied at each commit: where a batch lands before it moves into the ledger's table.
+INCOMING_TABLE = "llmops_ledger_incoming"
+
+
+@functools.cache
+def _row_fields() -> tuple:
+    """The ledger table's columns an event fills: all but the primary key."""
+    return tuple(field for field in UsageRecord._meta.concrete_fields if field.attname in _EVENT_FIELDS)
+
+
+def _insert(events: list[UsageEvent]) -> None:
+    """The events' rows in one transaction; an event whose row is already there (an entry read again after a
+    drainer died before acknowledging it) is skipped."""
     with transaction.atomic():
-        UsageRecord.objects.bulk_create(records, ignore_conflicts=True)
+        if connection.vendor == "postgresql":
+            _copy_insert(events)
+        else:
+            records = [UsageRecord(**{name: getattr(event, name) for name in _EVENT_FIELDS}) for event in events]
+            UsageRecord.objects.bulk_create(records, ignore_conflicts=True)
+
+
+def _copy_insert(events: list[UsageEvent]) -> None:
+    """Each value prepared by its model field as ``bulk_create`` prepares it, copied into INCOMING_TABLE, then moved
+    with ``ON CONFLICT DO NOTHING``, as ``bulk_create(ignore_conflicts=True)`` inserts."""
+    fields = _row_fields()
+    # The connection itself: ``django.db.connection`` is a proxy that looks it up on every attribute read, and each
+    # field reads it for each row (about a quarter of the drainer's CPU).
+    database = transaction.get_connection()
+    table = database.ops.quote_name(UsageRecord._meta.db_table)
+    columns = ", ".join(database.ops.quote_name(field.column) for field in fields)
+    with database.cursor() as cursor:
+        cursor.execute(
+            f"CREATE TEMPORARY TABLE IF NOT EXISTS {INCOMING_TABLE} ON COMMIT DELETE ROWS AS "
+            f"SELECT {columns} FROM {table} WITH NO DATA"
+        )
+        # The copy goes to psycopg's cursor itself, past the wrapper that turns its errors into Django's.
+        with database.wrap_database_errors, cursor.copy(f"COPY {INCOMING_TABLE} ({columns}) FROM STDIN") as copy:
+            for event in events:
+                copy.write_row([field.get_db_prep_save(getattr(event, field.attname), database) for field in fields])
+        cursor.execute(f"INSERT INTO {table} ({columns}) SELECT {columns} FROM {INCOMING_TABLE} ON CONFLICT DO NOTHING")
 
 
 def _store(client: redis.Redis, entries: list[tuple[bytes, dict | None]]) -> int:
@@ -159,7 +200,7 @@ def _store(client: redis.Redis, entries: list[tuple[bytes, dict | None]]) -> int
     """
     if not entries:
         return 0
-    records: list[tuple[bytes, bytes, UsageRecord]] = []
+    events: list[tuple[bytes, bytes, UsageEvent]] = []
     dead: list[tuple[bytes, bytes, str]] = []
     for entry_id, entry_fields in entries:
         raw = (entry_fields or {}).get(EVENT_FIELD)
@@ -167,16 +208,15 @@ def _store(client: redis.Redis, entries: list[tuple[bytes, dict | None]]) -> int
             # Listed as pending but already deleted from the stream: settled by an earlier run.
             continue
         try:
-            event = usage_event_decode(raw)
-            records.append((entry_id, raw, UsageRecord(**{name: getattr(event, name) for name in _EVENT_FIELDS})))
+            events.append((entry_id, raw, usage_event_decode(raw)))
         except (ValueError, TypeError, KeyError) as error:
             dead.append((entry_id, raw, f"undecodable: {error}"))
     try:
-        _insert([record for _id, _raw, record in records])
+        _insert([event for _id, _raw, event in events])
     except (IntegrityError, DataError):
-        for entry_id, raw, record in records:
+        for entry_id, raw, event in events:
             try:
-                _insert([record])
+                _insert([event])
             except (IntegrityError, DataError) as error:
                 dead.append((entry_id, raw, str(error)))
     ids = [entry_id for entry_id, _fields in entries]

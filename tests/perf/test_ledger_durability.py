@@ -229,15 +229,26 @@ def test_restarted_and_competing_drainers_settle_every_record_exactly_once(ledge
     assert (stored.prompt_tokens, stored.tags, stored.cost_usd) == (107, ["drain"], Decimal("0.0000987656"))
 
 
-def test_a_record_that_can_never_be_a_row_is_set_aside_not_retried_forever(ledger_tenant):
-    good, orphan = make_events(ledger_tenant, 2)
-    orphan.tenant_id = ledger_tenant.tenant.id + 1000
+def orphaned(event, ledger_tenant):
+    """Refused at the commit: its tenant does not exist (the foreign key is checked when the transaction ends)."""
+    event.tenant_id = ledger_tenant.tenant.id + 1000
+
+
+def overlong(event, ledger_tenant):
+    """Refused as the batch is copied: a customer longer than its column."""
+    event.customer = "c" * 500
+
+
+@pytest.mark.parametrize("spoil", [orphaned, overlong])
+def test_a_record_that_can_never_be_a_row_is_set_aside_not_retried_forever(ledger_tenant, spoil):
+    good, spoiled = make_events(ledger_tenant, 2)
+    spoil(spoiled, ledger_tenant)
     client = ledger_stream_client()
-    asyncio.run(append_all([orphan, good]))
+    asyncio.run(append_all([spoiled, good]))
 
     call_command("ledger_drain", "--once")
 
     assert list(UsageRecord.objects.unscoped().values_list("request_id", flat=True)) == [good.request_id]
     assert client.xlen(STREAM_KEY) == 0
     ((_entry_id, dead_fields),) = client.xrange("llmops:ledger:dead")
-    assert orphan.request_id.encode() in dead_fields[EVENT_FIELD]
+    assert spoiled.request_id.encode() in dead_fields[EVENT_FIELD]
