@@ -31,6 +31,7 @@ import httpx
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gateway_bench import bench_process_env
 from overhead import ensure_database, percentile, refuse_busy_port, wait_until_up
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -194,18 +195,7 @@ def main() -> None:
     keys = setup_tenants(
         args.database_url, f"http://127.0.0.1:{args.mock_port}/v1", f"http://127.0.0.1:{noisy_mock_port}/v1"
     )
-    env = {
-        **os.environ,
-        "DATABASE_URL": args.database_url,
-        "REDIS_URL": args.redis_url,
-        "LLMOPS_LEDGER_MODE": "stream",
-        "LOG_LEVEL": "WARNING",
-        "SERVE_STATIC": "false",
-        "LLMOPS_CACHE_EMBEDDER": "",
-    }
-    shared_tiktoken = ROOT.parent / "shared" / "tiktoken"
-    if shared_tiktoken.is_dir():
-        env.setdefault("TIKTOKEN_CACHE_DIR", str(shared_tiktoken))
+    env = {**bench_process_env(args.database_url, args.redis_url), "LLMOPS_CACHE_EMBEDDER": ""}
     gateway_command = [PYTHON, "-m", "uvicorn", "llmops.asgi:application", "--host", "127.0.0.1"]
     gateway_command += ["--port", str(args.gateway_port), "--workers", str(args.workers), "--no-access-log"]
     gateway_command += ["--log-level", "warning"]

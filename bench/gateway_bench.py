@@ -131,6 +131,23 @@ def print_probe(label: str, measured: tuple[float, float, float]) -> None:
     print(f"probe {label}: added p50 {added:.2f} ms, of it in the pipeline {pipeline:.2f} ms (direct p50 {direct:.2f})")
 
 
+def bench_process_env(database_url: str, redis_url: str) -> dict[str, str]:
+    """The environment of the processes a bench starts: the bench database and Redis, the ledger streamed, quiet
+    logs, and the shared tiktoken encodings when they are there."""
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "LLMOPS_LEDGER_MODE": "stream",
+        "LOG_LEVEL": "WARNING",
+        "SERVE_STATIC": "false",
+    }
+    shared_tiktoken = ROOT.parent / "shared" / "tiktoken"
+    if shared_tiktoken.is_dir():
+        env.setdefault("TIKTOKEN_CACHE_DIR", str(shared_tiktoken))
+    return env
+
+
 def setup_bench_tenant(database_url: str, redis_url: str, upstream_url: str) -> str:
     """A tenant with every feature on the path: a live routing policy (`auto`), a budget and a rate limit in
     scope. Returns a fresh key."""
@@ -377,17 +394,7 @@ def main() -> None:
     ensure_database(args.database_url)
     upstream_url = f"http://127.0.0.1:{args.mock_port}/v1"
     key = setup_bench_tenant(args.database_url, args.redis_url, upstream_url)
-    env = {
-        **os.environ,
-        "DATABASE_URL": args.database_url,
-        "REDIS_URL": args.redis_url,
-        "LLMOPS_LEDGER_MODE": "stream",
-        "LOG_LEVEL": "WARNING",
-        "SERVE_STATIC": "false",
-    }
-    shared_tiktoken = ROOT.parent / "shared" / "tiktoken"
-    if shared_tiktoken.is_dir():
-        env.setdefault("TIKTOKEN_CACHE_DIR", str(shared_tiktoken))
+    env = bench_process_env(args.database_url, args.redis_url)
     mock_command = [PYTHON, "manage.py", "mock_upstream", "--port", str(args.mock_port)]
     gateway_command = [PYTHON, "-m", "uvicorn", "llmops.asgi:application", "--host", "127.0.0.1"]
     gateway_command += ["--port", str(args.gateway_port), "--workers", str(args.workers), "--no-access-log"]

@@ -33,7 +33,15 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.gateway_bench import PYTHON, Measured, cpu_seconds, setup_bench_tenant, worker_pids, wrk  # noqa: E402
+from bench.gateway_bench import (  # noqa: E402
+    PYTHON,
+    Measured,
+    bench_process_env,
+    cpu_seconds,
+    setup_bench_tenant,
+    worker_pids,
+    wrk,
+)
 from bench.overhead import ensure_database, refuse_busy_port, wait_until_up  # noqa: E402
 
 BENCH_MODEL = "auto"
@@ -114,8 +122,8 @@ def main() -> None:
         default=os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/llmops_bench"),
     )
     parser.add_argument("--redis-url", default=os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/11"))
-    parser.add_argument("--mock-port", type=int, default=9192)
-    parser.add_argument("--ports", type=int, nargs=2, default=[8192, 8193], help="this tree's, the other's")
+    parser.add_argument("--mock-port", type=int, default=9194)
+    parser.add_argument("--ports", type=int, nargs=2, default=[8194, 8195], help="this tree's, the other's")
     args = parser.parse_args()
 
     for port in (args.mock_port, *args.ports):
@@ -123,17 +131,7 @@ def main() -> None:
     ensure_database(args.database_url)
     upstream_url = f"http://127.0.0.1:{args.mock_port}/v1"
     key = setup_bench_tenant(args.database_url, args.redis_url, upstream_url)
-    env = {
-        **os.environ,
-        "DATABASE_URL": args.database_url,
-        "REDIS_URL": args.redis_url,
-        "LLMOPS_LEDGER_MODE": "stream",
-        "LOG_LEVEL": "WARNING",
-        "SERVE_STATIC": "false",
-    }
-    shared_tiktoken = ROOT.parent / "shared" / "tiktoken"
-    if shared_tiktoken.is_dir():
-        env.setdefault("TIKTOKEN_CACHE_DIR", str(shared_tiktoken))
+    env = bench_process_env(args.database_url, args.redis_url)
     trees = {"this": ROOT, "other": args.other.resolve()}
     processes = [
         subprocess.Popen(
