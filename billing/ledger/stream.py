@@ -21,6 +21,7 @@ directly, as before.
 
 import asyncio
 import functools
+import hashlib
 import logging
 import socket
 import threading
@@ -150,19 +151,23 @@ def _read(client: redis.Redis, consumer: str, *, start: str, count: int, block_m
         return []
 
 
-# Per connection, emptied at each commit: where a batch lands before it moves into the ledger's table.
-INCOMING_TABLE = "llmops_ledger_incoming"
+# A temporary table per connection, named by a digest of its columns: where a batch lands before it moves into
+# the ledger's table.
+STAGING_PREFIX = "llmops_ledger_incoming_"
 
 
 @functools.cache
 def _row_fields() -> tuple:
-    """The ledger table's columns an event fills: all but the primary key."""
-    return tuple(field for field in UsageRecord._meta.concrete_fields if field.attname in _EVENT_FIELDS)
+    """The ledger table's columns: all but the primary key, each filled from the event's field of the same name
+    (tests/unit/test_ledger_columns.py keeps the two in step)."""
+    return tuple(field for field in UsageRecord._meta.concrete_fields if not field.primary_key)
 
 
 def _insert(events: list[UsageEvent]) -> None:
     """The events' rows in one transaction; an event whose row is already there (an entry read again after a
     drainer died before acknowledging it) is skipped."""
+    if not events:
+        return
     with transaction.atomic():
         if connection.vendor == "postgresql":
             _copy_insert(events)
@@ -171,25 +176,41 @@ def _insert(events: list[UsageEvent]) -> None:
             UsageRecord.objects.bulk_create(records, ignore_conflicts=True)
 
 
+def staging_table(database) -> tuple[str, str]:
+    """The name of the temporary table a batch is copied into on ``database``, and its column definitions: declared
+    from the model, and named by a digest of them, so a connection that outlives a migration (a pooled one, or
+    PgBouncer's server connection) keeps a table of the old shape under the old name, and this code never copies
+    into it."""
+    quote = database.ops.quote_name
+    definitions = ", ".join(f"{quote(field.column)} {field.db_type(database)}" for field in _row_fields())
+    return STAGING_PREFIX + hashlib.sha256(definitions.encode()).hexdigest()[:16], definitions
+
+
 def _copy_insert(events: list[UsageEvent]) -> None:
-    """Each value prepared by its model field as ``bulk_create`` prepares it, copied into INCOMING_TABLE, then moved
-    with ``ON CONFLICT DO NOTHING``, as ``bulk_create(ignore_conflicts=True)`` inserts."""
+    """Each value prepared by its model field as ``bulk_create`` prepares it, copied into the staging table
+    (``staging_table``), then moved with ``ON CONFLICT DO NOTHING``, as ``bulk_create(ignore_conflicts=True)``
+    inserts. The move deletes what it moves, so the table is empty after every batch, inside an outer transaction
+    too. Rows go in ``request_id`` order, so drainers inserting at once take the unique index's locks in one
+    order."""
     fields = _row_fields()
     # The connection itself: ``django.db.connection`` is a proxy that looks it up on every attribute read, and each
     # field reads it for each row (about a quarter of the drainer's CPU).
     database = transaction.get_connection()
-    table = database.ops.quote_name(UsageRecord._meta.db_table)
-    columns = ", ".join(database.ops.quote_name(field.column) for field in fields)
+    quote = database.ops.quote_name
+    staging_name, definitions = staging_table(database)
+    staging = f"pg_temp.{staging_name}"
+    table = quote(UsageRecord._meta.db_table)
+    columns = ", ".join(quote(field.column) for field in fields)
     with database.cursor() as cursor:
-        cursor.execute(
-            f"CREATE TEMPORARY TABLE IF NOT EXISTS {INCOMING_TABLE} ON COMMIT DELETE ROWS AS "
-            f"SELECT {columns} FROM {table} WITH NO DATA"
-        )
+        cursor.execute(f"CREATE TEMPORARY TABLE IF NOT EXISTS {staging_name} ({definitions})")
         # The copy goes to psycopg's cursor itself, past the wrapper that turns its errors into Django's.
-        with database.wrap_database_errors, cursor.copy(f"COPY {INCOMING_TABLE} ({columns}) FROM STDIN") as copy:
+        with database.wrap_database_errors, cursor.copy(f"COPY {staging} ({columns}) FROM STDIN") as copy:
             for event in events:
                 copy.write_row([field.get_db_prep_save(getattr(event, field.attname), database) for field in fields])
-        cursor.execute(f"INSERT INTO {table} ({columns}) SELECT {columns} FROM {INCOMING_TABLE} ON CONFLICT DO NOTHING")
+        cursor.execute(
+            f"WITH moved AS (DELETE FROM {staging} RETURNING {columns}) INSERT INTO {table} ({columns}) "
+            f"SELECT {columns} FROM moved ORDER BY {quote('request_id')} ON CONFLICT DO NOTHING"
+        )
 
 
 def _store(client: redis.Redis, entries: list[tuple[bytes, dict | None]]) -> int:

@@ -24,6 +24,7 @@ from billing.ledger.stream import (
     ledger_stream_client,
     ledger_stream_drain,
     ledger_stream_recover,
+    staging_table,
     usage_event_encode,
 )
 from billing.models import UsageRecord
@@ -252,3 +253,7 @@ def test_a_record_that_can_never_be_a_row_is_set_aside_not_retried_forever(ledge
     assert client.xlen(STREAM_KEY) == 0
     ((_entry_id, dead_fields),) = client.xrange("llmops:ledger:dead")
     assert spoiled.request_id.encode() in dead_fields[EVENT_FIELD]
+    # The drain ran on this thread's connection: the batch's staging table is left empty.
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT count(*) FROM pg_temp.{staging_table(connection)[0]}")
+        assert cursor.fetchone() == (0,)
