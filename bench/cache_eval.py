@@ -138,8 +138,8 @@ def _guard_cost_us(pairs: list[dict], stored: list[str], asked: list[str]) -> tu
 
 
 def _crossenc_cost_ms(model, stored: list[str], asked: list[str]) -> dict[str, tuple[float, float]]:
-    """Milliseconds per candidate on this thread, wall and CPU (CPU moves less with other load): a lookup with one
-    candidate, and one whose five candidates share the asked prompt and are scored in one run."""
+    """Milliseconds per candidate on this thread, wall and CPU (CPU moves less with other load): scored alone, as a
+    lookup scores each of its candidates, and five for the same asked prompt in one run, for comparison."""
     pairs = list(zip(stored, asked, strict=True))[:200]
     runs = {
         "alone": [[pair] for pair in pairs],

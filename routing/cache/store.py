@@ -356,17 +356,19 @@ async def _semantic_hit(cache: CacheRequest, candidates: list[Candidate], *, dea
     """The most similar candidate the near-miss guard and the cross-encoder accept (routing/cache/crossencoder.py)
     whose answer is still there. `deadline` (time.monotonic()) was set before the embedding: one wait covers the
     embedding and the cross-encoder's scoring."""
-    for candidate in await semantic_decide(cache.semantic.prompt, candidates, deadline=deadline):
+    remaining = sorted(candidates, key=lambda candidate: -candidate.similarity)
+    while (candidate := await semantic_decide(cache.semantic.prompt, remaining, deadline=deadline)) is not None:
         if candidate.answer_sealed is not None:
             answer = _opened(candidate.answer_sealed)
         else:
             answer = await _answer_for(cache.tenant_id, cache.served_model, candidate.entry.key_hash)
-        if answer is None:
-            if not vectors_in_database():
-                semantic_index(cache.tenant_id, cache.served_model).discard(candidate.entry)
-            continue
-        _note_hit(cache, candidate.entry.key_hash)
-        return CacheHit(answer=answer, kind="semantic", similarity=candidate.similarity)
+        if answer is not None:
+            _note_hit(cache, candidate.entry.key_hash)
+            return CacheHit(answer=answer, kind="semantic", similarity=candidate.similarity)
+        if not vectors_in_database():
+            semantic_index(cache.tenant_id, cache.served_model).discard(candidate.entry)
+        # Its answer is gone (purged or expired since the search): the less similar candidates are decided next.
+        remaining = remaining[remaining.index(candidate) + 1 :]
     return None
 
 

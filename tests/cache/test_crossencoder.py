@@ -23,7 +23,7 @@ from routing.cache import crossencoder, store
 from routing.cache.crossenc_train import in_sample_failures
 from routing.cache.crossencoder import (
     OnnxCrossEncoder,
-    candidates_accepted,
+    candidate_accepted,
     configured_crossencoder,
     crossenc_files,
     semantic_decide,
@@ -153,11 +153,11 @@ def test_a_candidate_the_guard_refuses_is_never_scored(recording):
     asked = "how do i enable 2fa on my account"
     refused = candidate("how do i disable 2fa on my account", 0.95)
 
-    assert candidates_accepted(asked, [refused]) == []
+    assert candidate_accepted(asked, [refused]) is None
     assert recording.runs == []
 
     accepted = candidate("how can i turn on 2fa for my account", 0.9)
-    assert candidates_accepted(asked, [refused, accepted]) == [accepted]
+    assert candidate_accepted(asked, [refused, accepted]) == accepted
     assert [pairs for _, pairs in recording.runs] == [[(accepted.entry.prompt, asked)]]
 
 
@@ -167,25 +167,33 @@ def test_a_candidate_below_the_cross_encoders_threshold_is_refused(model, settin
     found = candidate(stored, 0.8)
 
     settings.LLMOPS_CACHE_CROSSENC_THRESHOLD = float(score) + 1e-4
-    assert candidates_accepted(asked, [found]) == []
+    assert candidate_accepted(asked, [found]) is None
     settings.LLMOPS_CACHE_CROSSENC_THRESHOLD = float(score) - 1e-4
-    assert candidates_accepted(asked, [found]) == [found]
+    assert candidate_accepted(asked, [found]) == found
 
 
-def test_every_candidate_is_scored_in_one_run_and_the_most_similar_accepted_wins(model, recording, settings):
+def test_candidates_are_scored_alone_most_similar_first_until_one_is_accepted(model, recording, settings):
     asked = "steps to reset my password"
     # The less similar candidate scores higher: the order of similarity, not of score, picks the winner.
     lower, higher = sorted(REWORDINGS, key=lambda stored: model.score([(stored, asked)])[0])
     most_similar, less_similar = candidate(lower, 0.90), candidate(higher, 0.80)
-    scores = model.score([(lower, asked), (higher, asked)])
-    assert scores[1] - scores[0] > 0.1, scores
+    (low,), (high,) = model.score([(lower, asked)]), model.score([(higher, asked)])
+    assert high - low > 0.1, (low, high)
 
-    settings.LLMOPS_CACHE_CROSSENC_THRESHOLD = float(scores.min()) - 1e-4
-    assert candidates_accepted(asked, [less_similar, most_similar]) == [most_similar, less_similar]
-    assert [pairs for _, pairs in recording.runs] == [[(lower, asked), (higher, asked)]]
+    settings.LLMOPS_CACHE_CROSSENC_THRESHOLD = float(low) - 1e-4
+    assert candidate_accepted(asked, [less_similar, most_similar]) == most_similar
+    # A hit pays for its own pair: the less similar candidate is never scored.
+    assert [pairs for _, pairs in recording.runs] == [[(lower, asked)]]
 
-    settings.LLMOPS_CACHE_CROSSENC_THRESHOLD = float(scores.mean())
-    assert candidates_accepted(asked, [less_similar, most_similar]) == [less_similar]
+    recording.runs.clear()
+    settings.LLMOPS_CACHE_CROSSENC_THRESHOLD = float(low + high) / 2
+    assert candidate_accepted(asked, [less_similar, most_similar]) == less_similar
+    assert [pairs for _, pairs in recording.runs] == [[(lower, asked)], [(higher, asked)]]
+
+    recording.runs.clear()
+    settings.LLMOPS_CACHE_CROSSENC_THRESHOLD = float(high) + 1e-4
+    assert candidate_accepted(asked, [less_similar, most_similar]) is None
+    assert len(recording.runs) == 2
 
 
 def test_the_same_prompt_asked_again_otherwise_written_needs_no_score(recording):
@@ -194,8 +202,8 @@ def test_the_same_prompt_asked_again_otherwise_written_needs_no_score(recording)
     asked = "how do i reset my password"
     same, reworded = candidate(asked, 1.0), candidate("how can i reset my password", 0.95)
 
-    assert candidates_accepted(asked, [reworded, same]) == [same, reworded]
-    assert [pairs for _, pairs in recording.runs] == [[(reworded.entry.prompt, asked)]]
+    assert candidate_accepted(asked, [reworded, same]) == same
+    assert recording.runs == []
 
 
 def test_off_the_guard_alone_decides(settings, recording):
@@ -203,7 +211,7 @@ def test_off_the_guard_alone_decides(settings, recording):
     stored, asked = NEAR_MISSES_THE_GUARD_MISSES[0]
     served = candidate(stored, 0.9)
 
-    assert candidates_accepted(asked, [served]) == [served]
+    assert candidate_accepted(asked, [served]) == served
     assert recording.runs == []
 
 
@@ -212,8 +220,8 @@ def test_without_its_model_the_cross_encoder_accepts_nothing_and_warns_once(sett
     stored, asked = PARAPHRASES[0]
 
     with caplog.at_level(logging.WARNING, logger="routing.cache.crossencoder"):
-        assert candidates_accepted(asked, [candidate(stored, 0.95)]) == []
-        assert candidates_accepted(asked, [candidate(asked, 1.0)]) == []
+        assert candidate_accepted(asked, [candidate(stored, 0.95)]) is None
+        assert candidate_accepted(asked, [candidate(asked, 1.0)]) is None
     warnings = [record for record in caplog.records if "serves no semantic hit" in record.getMessage()]
     assert len(warnings) == 1
 
@@ -224,7 +232,7 @@ def test_the_decision_runs_on_the_embedding_thread(recording):
 
     accepted = asyncio.run(semantic_decide(asked, [found], deadline=time.monotonic() + 10))
 
-    assert accepted == [found]
+    assert accepted == found
     assert [thread for thread, _ in recording.runs] == ["cache-embedder"]
 
 
@@ -238,7 +246,7 @@ def test_a_stalled_scorer_is_a_refusal_once_the_deadline_passes(model, monkeypat
             accepted = asyncio.run(semantic_decide(asked, [candidate(stored, 0.9)], deadline=time.monotonic() + 0.3))
     finally:
         gate.set()
-    assert accepted == []
+    assert accepted is None
     assert "did not score in time" in caplog.text
 
 
@@ -251,7 +259,7 @@ def test_a_failing_scorer_is_a_refusal(monkeypatch, caplog):
     stored, asked = PARAPHRASES[0]
     with caplog.at_level(logging.WARNING, logger="routing.cache.crossencoder"):
         accepted = asyncio.run(semantic_decide(asked, [candidate(stored, 0.9)], deadline=time.monotonic() + 10))
-    assert accepted == []
+    assert accepted is None
     assert "the cross-encoder failed" in caplog.text
 
 
@@ -296,6 +304,25 @@ def test_the_in_process_index_of_sqlite_takes_the_same_decision(acme_caching, in
 
     assert near_miss is None
     assert (paraphrase.kind, paraphrase.answer) == ("semantic", stored_answer("What is the capital of France?"))
+
+
+def test_an_accepted_candidate_whose_answer_is_gone_gives_way_to_the_next(acme_caching, recording, settings):
+    """The answer of the candidate accepted first was purged or expired after the search: the less similar
+    candidates are decided next, and the first of them accepted is served."""
+    settings.LLMOPS_CACHE_CROSSENC_THRESHOLD = 0.0
+    kept_question = "How do I reset my password?"
+    kept = cache_request(acme_caching, kept_question)
+    cache_store(kept, answer=stored_answer(kept_question))
+    cache_writes_flush()
+    asked = cache_request(acme_caching, "Steps to reset my password")
+    gone = candidate("how can i reset my password", 0.95, key="f" * 64)
+    found = candidate(kept.semantic.prompt, 0.9, key=kept.key_hash)
+
+    hit = run(store._semantic_hit(asked, [found, gone], deadline=time.monotonic() + 10))
+
+    assert (hit.kind, hit.answer) == ("semantic", stored_answer(kept_question))
+    scored = [pairs for _, pairs in recording.runs]
+    assert scored == [[(gone.entry.prompt, asked.semantic.prompt)], [(found.entry.prompt, asked.semantic.prompt)]]
 
 
 def test_without_its_model_the_gateway_serves_exact_hits_only(gateway, acme, embedder, settings, tmp_path):
