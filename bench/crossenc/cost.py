@@ -1,6 +1,8 @@
 """What the installed cross-encoder (var/crossenc, int8 ONNX) costs a gateway worker, on one thread as a worker runs it:
 
 - time: ms per candidate, scored alone and five in one run (wall and CPU of the scoring thread);
+- a lookup: CPU ms of the gateway's decision (`candidate_accepted`) on a lookup whose 1, 2 or 5 candidates all pass
+  the guard and whose most similar one is accepted (candidates are scored one at a time until one is accepted);
 - batching: int8 quantises activations per run, so a pair's score moves a little with its run-mates: on the tuning
   pairs, the largest move between scored alone and in runs of five, and the decisions it flips at the threshold;
 - load: a gateway worker's process (llmops.asgi imported, the embedder loaded) with and without the cross-encoder
@@ -20,13 +22,17 @@ import numpy as np
 from common import ROOT, tuning_pairs
 from django.conf import settings
 
-from routing.cache.crossencoder import configured_crossencoder
+from routing.cache.crossencoder import candidate_accepted, configured_crossencoder
+from routing.cache.index import Candidate, IndexedEntry
+from routing.cache.near_miss import near_miss_reason
 
 LOAD = """
 import json, sys, time
 import llmops.asgi
 from routing.cache.embedders import configured_embedder
-from routing.cache.crossencoder import configured_crossencoder
+from routing.cache.crossencoder import candidate_accepted, configured_crossencoder
+from routing.cache.index import Candidate, IndexedEntry
+from routing.cache.near_miss import near_miss_reason
 configured_embedder().embed(["How do I reset my password?"])
 loaded = time.perf_counter()
 if sys.argv[1] == "on":
@@ -51,6 +57,32 @@ def timing(model, pairs) -> None:
             walls.append((time.perf_counter() - wall) / len(sample) * 1000)
             cpus.append((time.thread_time() - cpu) / len(sample) * 1000)
         print(f"  {name:<12}{statistics.median(walls):8.2f} ({statistics.median(cpus):.2f})")
+
+
+def lookups(model, pairs) -> None:
+    """Paraphrases the guard lets through and the model accepts, each asked as a lookup whose candidates are its
+    stored prompt under as many keys, most similar first."""
+    threshold = settings.LLMOPS_CACHE_CROSSENC_THRESHOLD
+    accepted = [
+        (pair.stored, pair.asked)
+        for pair in pairs[::7]
+        if pair.label == "paraphrase"
+        and near_miss_reason(pair.asked, pair.stored) is None
+        and model.score([(pair.stored, pair.asked)])[0] >= threshold
+    ][:100]
+    print(f"CPU ms of a lookup's decision, {len(accepted)} accepted paraphrases, median of 5 rounds")
+    for count in (1, 2, 5):
+        cpus = []
+        for _ in range(5):
+            cpu = time.thread_time()
+            for stored, asked in accepted:
+                candidates = [
+                    Candidate(IndexedEntry(f"{index}", stored, "context", 0.0), 0.9 - index / 100)
+                    for index in range(count)
+                ]
+                candidate_accepted(asked, candidates, model=model)
+            cpus.append((time.thread_time() - cpu) / len(accepted) * 1000)
+        print(f"  {count} candidate(s) passing the guard: {statistics.median(cpus):.2f}")
 
 
 def batching(model, pairs) -> None:
@@ -91,6 +123,7 @@ def main() -> None:
         raise SystemExit("the cross-encoder is not installed: `manage.py crossenc_train`")
     pairs = tuning_pairs()
     timing(model, pairs)
+    lookups(model, pairs)
     batching(model, pairs)
     load_cost()
 
