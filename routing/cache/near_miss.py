@@ -795,8 +795,6 @@ IRREGULAR = {
 INFLECTIONS = frozenset(("ies", "ied", "ing", "ed", "es", "s"))
 
 
-# Pure, and asked for every word of every prompt the guard reads (a lookup reads up to six): kept per word.
-@lru_cache(maxsize=65536)
 def _lemma(word: str) -> str:
     """A crude lemma: folds inflection, common nominalisations and British spellings to one stem, so "summarise",
     "summarized" and "summary", or "payment" and "pay", compare equal. Used on both prompts alike; it only has to
