@@ -2,7 +2,8 @@
 
 - time: ms per candidate, scored alone and five in one run (wall and CPU of the scoring thread);
 - a lookup: CPU ms of the gateway's decision (`candidate_accepted`) on a lookup whose 1, 2 or 5 candidates all pass
-  the guard and whose most similar one is accepted (candidates are scored one at a time until one is accepted);
+  the guard, when the most similar is accepted and when all are refused (candidates are scored one at a time until
+  one is accepted);
 - batching: int8 quantises activations per run, so a pair's score moves a little with its run-mates: on the tuning
   pairs, the largest move between scored alone and in runs of five, and the decisions it flips at the threshold;
 - load: a gateway worker's process (llmops.asgi imported, the embedder loaded) with and without the cross-encoder
@@ -30,9 +31,7 @@ LOAD = """
 import json, sys, time
 import llmops.asgi
 from routing.cache.embedders import configured_embedder
-from routing.cache.crossencoder import candidate_accepted, configured_crossencoder
-from routing.cache.index import Candidate, IndexedEntry
-from routing.cache.near_miss import near_miss_reason
+from routing.cache.crossencoder import configured_crossencoder
 configured_embedder().embed(["How do I reset my password?"])
 loaded = time.perf_counter()
 if sys.argv[1] == "on":
@@ -60,29 +59,32 @@ def timing(model, pairs) -> None:
 
 
 def lookups(model, pairs) -> None:
-    """Paraphrases the guard lets through and the model accepts, each asked as a lookup whose candidates are its
-    stored prompt under as many keys, most similar first."""
+    """The gateway's decision on lookups whose candidates all pass the guard: tuning paraphrases the model accepts
+    (the most similar candidate wins), and tuning pairs of any label it refuses (every candidate is scored). Each
+    lookup's candidates are its stored prompt under as many keys, most similar first."""
     threshold = settings.LLMOPS_CACHE_CROSSENC_THRESHOLD
-    accepted = [
-        (pair.stored, pair.asked)
-        for pair in pairs[::7]
-        if pair.label == "paraphrase"
-        and near_miss_reason(pair.asked, pair.stored) is None
-        and model.score([(pair.stored, pair.asked)])[0] >= threshold
-    ][:100]
-    print(f"CPU ms of a lookup's decision, {len(accepted)} accepted paraphrases, median of 5 rounds")
-    for count in (1, 2, 5):
-        cpus = []
-        for _ in range(5):
-            cpu = time.thread_time()
-            for stored, asked in accepted:
-                candidates = [
-                    Candidate(IndexedEntry(f"{index}", stored, "context", 0.0), 0.9 - index / 100)
-                    for index in range(count)
-                ]
-                candidate_accepted(asked, candidates, model=model)
-            cpus.append((time.thread_time() - cpu) / len(accepted) * 1000)
-        print(f"  {count} candidate(s) passing the guard: {statistics.median(cpus):.2f}")
+    guarded = [pair for pair in pairs if near_miss_reason(pair.asked, pair.stored) is None]
+    scored = [(pair.label, pair.stored, pair.asked, model.score([(pair.stored, pair.asked)])[0]) for pair in guarded]
+    lookups = {
+        "accepted": [(s, a) for label, s, a, score in scored if label == "paraphrase" and score >= threshold][:100],
+        "all refused": [(s, a) for _, s, a, score in scored if score < threshold][:100],
+    }
+    print("CPU ms of a lookup's decision whose candidates all pass the guard, median of 5 rounds")
+    for name, asked_pairs in lookups.items():
+        figures = []
+        for count in (1, 2, 5):
+            cpus = []
+            for _ in range(5):
+                cpu = time.thread_time()
+                for stored, asked in asked_pairs:
+                    candidates = [
+                        Candidate(IndexedEntry(f"{index}", stored, "context", 0.0), 0.9 - index / 100)
+                        for index in range(count)
+                    ]
+                    candidate_accepted(asked, candidates, model=model)
+                cpus.append((time.thread_time() - cpu) / len(asked_pairs) * 1000)
+            figures.append(f"{count}: {statistics.median(cpus):.2f}")
+        print(f"  {name:<12} ({len(asked_pairs)} lookups) by candidates: " + ", ".join(figures))
 
 
 def batching(model, pairs) -> None:

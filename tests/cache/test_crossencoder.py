@@ -306,23 +306,59 @@ def test_the_in_process_index_of_sqlite_takes_the_same_decision(acme_caching, in
     assert (paraphrase.kind, paraphrase.answer) == ("semantic", stored_answer("What is the capital of France?"))
 
 
-def test_an_accepted_candidate_whose_answer_is_gone_gives_way_to_the_next(acme_caching, recording, settings):
-    """The answer of the candidate accepted first was purged or expired after the search: the less similar
-    candidates are decided next, and the first of them accepted is served."""
-    settings.LLMOPS_CACHE_CROSSENC_THRESHOLD = 0.0
-    kept_question = "How do I reset my password?"
-    kept = cache_request(acme_caching, kept_question)
-    cache_store(kept, answer=stored_answer(kept_question))
-    cache_writes_flush()
+@pytest.fixture
+def reset_lookup(acme_caching, model, settings):
+    """A lookup of "steps to reset my password" with three candidates, most similar first: one the model refuses,
+    one it accepts whose answer is gone, and the same prompt under the key of an answer that is stored."""
     asked = cache_request(acme_caching, "Steps to reset my password")
-    gone = candidate("how can i reset my password", 0.95, key="f" * 64)
-    found = candidate(kept.semantic.prompt, 0.9, key=kept.key_hash)
+    refused_prompt, accepted_prompt = sorted(
+        REWORDINGS, key=lambda stored: model.score([(stored, asked.semantic.prompt)])[0]
+    )
+    (low,), (high,) = (model.score([(prompt, asked.semantic.prompt)]) for prompt in (refused_prompt, accepted_prompt))
+    settings.LLMOPS_CACHE_CROSSENC_THRESHOLD = float(low + high) / 2
+    kept = cache_request(acme_caching, accepted_prompt)
+    cache_store(kept, answer=stored_answer(accepted_prompt))
+    cache_writes_flush()
+    candidates = [
+        candidate(refused_prompt, 0.97),
+        candidate(accepted_prompt, 0.95, key="f" * 64),
+        candidate(accepted_prompt, 0.9, key=kept.key_hash),
+    ]
+    return asked, candidates
 
-    hit = run(store._semantic_hit(asked, [found, gone], deadline=time.monotonic() + 10))
 
-    assert (hit.kind, hit.answer) == ("semantic", stored_answer(kept_question))
+def test_an_accepted_candidate_whose_answer_is_gone_gives_way_to_the_next(reset_lookup, recording):
+    """The answer of the candidate accepted first was purged or expired after the search: the less similar
+    candidates are decided next, and the first of them accepted is served; one already refused is not scored again."""
+    asked, (refused, gone, found) = reset_lookup
+
+    hit = run(store._semantic_hit(asked, [found, gone, refused], deadline=time.monotonic() + 10))
+
+    assert (hit.kind, hit.answer) == ("semantic", stored_answer(found.entry.prompt))
     scored = [pairs for _, pairs in recording.runs]
-    assert scored == [[(gone.entry.prompt, asked.semantic.prompt)], [(found.entry.prompt, asked.semantic.prompt)]]
+    prompt = asked.semantic.prompt
+    assert scored == [[(refused.entry.prompt, prompt)], [(gone.entry.prompt, prompt)], [(found.entry.prompt, prompt)]]
+
+
+def test_no_candidate_is_decided_after_a_gone_answer_once_the_wait_has_run_out(
+    reset_lookup, recording, monkeypatch, caplog
+):
+    asked, (refused, gone, found) = reset_lookup
+    deadline = time.monotonic() + 5
+    answer_for = store._answer_for
+
+    async def slow_answer_for(tenant_id, served_model, key_hash):
+        # The read of the gone answer takes the rest of the wait.
+        await asyncio.sleep(max(0.0, deadline - time.monotonic()) + 0.01)
+        return await answer_for(tenant_id, served_model, key_hash)
+
+    monkeypatch.setattr(store, "_answer_for", slow_answer_for)
+    with caplog.at_level(logging.WARNING, logger="routing.cache.crossencoder"):
+        hit = run(store._semantic_hit(asked, [found, gone, refused], deadline=deadline))
+
+    assert hit is None
+    assert len(recording.runs) == 2
+    assert "did not score in time" not in caplog.text
 
 
 def test_without_its_model_the_gateway_serves_exact_hits_only(gateway, acme, embedder, settings, tmp_path):
