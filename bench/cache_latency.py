@@ -20,6 +20,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from overhead import (
+    database_url_argument,
     drive,
     ensure_database,
     percentile,
@@ -59,10 +60,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=500)
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--latency-ms", type=float, default=20.0, help="the mock upstream's own latency")
-    parser.add_argument(
-        "--database-url",
-        default=os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/llmops_bench"),
-    )
+    database_url_argument(parser)
     parser.add_argument("--redis-url", default=os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/8"))
     parser.add_argument("--mock-port", type=int, default=9191)
     parser.add_argument("--gateway-port", type=int, default=8191)

@@ -24,7 +24,14 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from overhead import ensure_database, percentile, refuse_busy_port, setup_bench_tenant, start_mock_and_gateway
+from overhead import (
+    database_url_argument,
+    ensure_database,
+    percentile,
+    refuse_busy_port,
+    setup_bench_tenant,
+    start_mock_and_gateway,
+)
 
 APPLICATION_NAME = "llmops-bench-connections"
 MODES = {"pool": "8", "per-request": "0"}
@@ -94,10 +101,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--latency-ms", type=float, default=20.0, help="the mock upstream's own latency")
-    parser.add_argument(
-        "--database-url",
-        default=os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/llmops_bench"),
-    )
+    database_url_argument(parser)
     parser.add_argument("--redis-url", default=os.environ.get("BENCH_REDIS_URL", ""))
     parser.add_argument("--mock-port", type=int, default=9192)
     parser.add_argument("--gateway-port", type=int, default=8192)

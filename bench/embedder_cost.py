@@ -29,7 +29,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
-from overhead import ensure_database, refuse_busy_port  # noqa: E402
+from overhead import database_url_argument, ensure_database, refuse_busy_port  # noqa: E402
 
 PYTHON = sys.executable
 PAIRS = ROOT / "bench" / "cache_pairs.jsonl"
@@ -216,10 +216,7 @@ def _settled_rss(workers: list[int], started: float) -> tuple[list[float], float
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--skip-workers", action="store_true", help="leave out the uvicorn workers' start")
-    parser.add_argument(
-        "--database-url",
-        default=os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/llmops_bench"),
-    )
+    database_url_argument(parser)
     parser.add_argument("--redis-url", default=os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/11"))
     parser.add_argument("--port", type=int, default=8192)
     args = parser.parse_args()

@@ -32,7 +32,7 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gateway_bench import bench_process_env
-from overhead import ensure_database, percentile, refuse_busy_port, wait_until_up
+from overhead import database_url_argument, ensure_database, percentile, refuse_busy_port, wait_until_up
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -179,10 +179,7 @@ def main() -> None:
     parser.add_argument("--noisy-concurrency", type=int, default=2)
     parser.add_argument("--huge-mb", type=float, default=7.8, help="prompt size the capped tenant sends")
     parser.add_argument("--large-mb", type=float, default=1.0, help="prompt size the uncapped tenant sends")
-    parser.add_argument(
-        "--database-url",
-        default=os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/llmops_bench"),
-    )
+    database_url_argument(parser)
     parser.add_argument("--redis-url", default=os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/11"))
     parser.add_argument("--mock-port", type=int, default=9192, help="and the next port, for the noisy tenants' mock")
     parser.add_argument("--gateway-port", type=int, default=8192)

@@ -33,7 +33,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from overhead import ensure_database, refuse_busy_port, wait_until_up
+from overhead import database_url_argument, ensure_database, refuse_busy_port, wait_until_up
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -377,10 +377,7 @@ def main() -> None:
     )
     parser.add_argument("--vs-litellm", action="store_true")
     parser.add_argument("--vs-portkey", action="store_true")
-    parser.add_argument(
-        "--database-url",
-        default=os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/llmops_bench"),
-    )
+    database_url_argument(parser)
     parser.add_argument("--redis-url", default=os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/11"))
     parser.add_argument("--mock-port", type=int, default=9191)
     parser.add_argument("--gateway-port", type=int, default=8191)

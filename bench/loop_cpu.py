@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.gateway_bench import setup_bench_tenant  # noqa: E402
-from bench.overhead import wait_until_up  # noqa: E402
+from bench.overhead import database_url_argument, wait_until_up  # noqa: E402
 
 
 def chat_scope(key: str, body: bytes) -> dict:
@@ -97,10 +97,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16, help="requests in flight, as a worker at 32 has")
     parser.add_argument("--profile", help="write cProfile's statistics of the measured pass to this file")
     parser.add_argument("--mock-port", type=int, default=9391)
-    parser.add_argument(
-        "--database-url",
-        default=os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/llmops_bench"),
-    )
+    database_url_argument(parser)
     parser.add_argument("--redis-url", default=os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/12"))
     args = parser.parse_args()
 

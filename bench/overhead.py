@@ -143,6 +143,15 @@ async def drive(url: str, headers: dict, body: dict, *, requests: int, concurren
         return latencies, time.perf_counter() - started
 
 
+def database_url_argument(parser: argparse.ArgumentParser) -> None:
+    """``--database-url``: the benches' own Postgres database (``BENCH_DATABASE_URL``), which ``ensure_database``
+    creates when it is missing."""
+    parser.add_argument(
+        "--database-url",
+        default=os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/llmops_bench"),
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=2000)
@@ -150,10 +159,7 @@ def main() -> None:
     parser.add_argument("--latency-ms", type=float, default=20.0, help="the mock upstream's own latency")
     parser.add_argument("--workers", type=int, default=1, help="gateway worker processes")
     parser.add_argument("--api", choices=sorted(GATEWAY_ROUTES), default="chat", help="the gateway route driven")
-    parser.add_argument(
-        "--database-url",
-        default=os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/llmops_bench"),
-    )
+    database_url_argument(parser)
     parser.add_argument("--mock-port", type=int, default=9190)
     parser.add_argument("--gateway-port", type=int, default=8190)
     args = parser.parse_args()

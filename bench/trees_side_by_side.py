@@ -42,7 +42,7 @@ from bench.gateway_bench import (  # noqa: E402
     worker_pids,
     wrk,
 )
-from bench.overhead import ensure_database, refuse_busy_port, wait_until_up  # noqa: E402
+from bench.overhead import database_url_argument, ensure_database, refuse_busy_port, wait_until_up  # noqa: E402
 
 BENCH_MODEL = "auto"
 BENCH_MODE = "unique"
@@ -117,10 +117,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--workers", type=int, default=1, help="uvicorn workers per tree")
     parser.add_argument("--latency-ms", type=float, default=20.0, help="the mock upstream's own latency")
-    parser.add_argument(
-        "--database-url",
-        default=os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/llmops_bench"),
-    )
+    database_url_argument(parser)
     parser.add_argument("--redis-url", default=os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/11"))
     parser.add_argument("--mock-port", type=int, default=9194)
     parser.add_argument("--ports", type=int, nargs=2, default=[8194, 8195], help="this tree's, the other's")
