@@ -7,7 +7,9 @@ and with ``--vs-litellm`` LiteLLM's proxy (its own virtualenv, ``litellm[proxy]=
 the same mock, and with ``--vs-portkey`` Portkey's gateway (``@portkey-ai/gateway@PORTKEY_VERSION`` installed with
 npm into var/portkey, one Node process as it ships; the mock is named in its ``x-portkey-provider`` and
 ``x-portkey-custom-host`` headers). wrk drives each scenario at each concurrency, first straight at the mock, then
-through each gateway; "added" is the gateway's percentile minus the mock's in the same run. The peers do no key
+through each gateway; "added" is the gateway's percentile minus the mock's in the same run. A cache scenario's
+row ends with the share of its answers whose ``x-llmops-cache`` was the scenario's own (the semantic hits are sent
+with ``no-store``, so a rewording the cache misses stays a miss rather than becoming an exact hit). The peers do no key
 store authentication, budgets or ledger; they answer the plain-miss scenario only. Figures, not a test.
 
     .venv/bin/python bench/gateway_bench.py --vs-litellm --vs-portkey
@@ -70,6 +72,10 @@ class Measured:
     p95: float
     p99: float
     errors: int
+    # Responses of a cache scenario whose x-llmops-cache was the scenario's own (a miss, an exact or a semantic hit),
+    # and the rest; both 0 in the other scenarios.
+    as_expected: int = 0
+    otherwise: int = 0
 
     @property
     def throughput(self) -> float:
@@ -94,6 +100,8 @@ def wrk(
         p95=data["p95"] / 1000,
         p99=data["p99"] / 1000,
         errors=data["socket_errors"] + data["non2xx"],
+        as_expected=data["as_expected"],
+        otherwise=data["otherwise"],
     )
 
 
@@ -351,9 +359,11 @@ def print_row(
         else (f"{result.p50 - direct.p50:>9.2f}{result.p95 - direct.p95:>9.2f}{result.p99 - direct.p99:>9.2f}")
     )
     cpu = "" if cpu_ms is None else f"{cpu_ms:>9.2f}" + ("" if db_cpu_ms is None else f"{db_cpu_ms:>9.2f}")
+    answered = result.as_expected + result.otherwise
+    as_expected = f"  as expected {result.as_expected / answered:.1%}" if answered else ""
     print(
         f"{name:<22}{concurrency:>5} {target:<9}{result.throughput:>9.0f}{result.p50:>9.2f}{result.p95:>9.2f}"
-        f"{result.p99:>9.2f}{added}{cpu}{'' if not result.errors else f'  errors={result.errors}'}",
+        f"{result.p99:>9.2f}{added}{cpu}{as_expected}{'' if not result.errors else f'  errors={result.errors}'}",
         flush=True,
     )
 
