@@ -14,7 +14,6 @@ exact cosine, which is as many as any index could find. What is not found is a m
 """
 
 import argparse
-import os
 import random
 import statistics
 import sys
@@ -27,7 +26,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from overhead import ensure_database  # noqa: E402
+from overhead import migrated_django  # noqa: E402
 
 # (stored, asked in other words): help-desk questions unlike the templated prompts and unlike one another.
 QUESTIONS = [
@@ -99,20 +98,13 @@ def main() -> None:
     parser.add_argument("--ef-search", type=int, nargs="+", default=[40, 100, 200])
     args = parser.parse_args()
 
-    ensure_database(args.database_url)
-    os.environ["DATABASE_URL"] = args.database_url
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "llmops.settings")
-    import django
-
-    django.setup()
-    from django.core.management import call_command
+    migrated_django(args.database_url)
     from django.db import connection
 
     from routing.cache.index import stored_matches
     from routing.cache.keys import normalize_prompt
     from tenants.models import Tenant
 
-    call_command("migrate", "--no-input", "-v", "0")
     Tenant.objects.unscoped().filter(slug="bench-hnsw-recall").delete()
     tenant = Tenant.objects.create(name="hnsw recall", slug="bench-hnsw-recall")
     stored = [normalize_prompt(question) for question, _ in QUESTIONS]

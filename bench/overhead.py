@@ -224,5 +224,18 @@ def ensure_database(database_url: str) -> None:
         subprocess.run(["createdb", "-h", "127.0.0.1", "-U", "postgres", name], check=True)
 
 
+def migrated_django(database_url: str) -> None:
+    """Django set up on the bench database `database_url`, created when missing and migrated."""
+    ensure_database(database_url)
+    os.environ["DATABASE_URL"] = database_url
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "llmops.settings")
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", "--no-input", "-v", "0")
+
+
 if __name__ == "__main__":
     main()

@@ -22,7 +22,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from overhead import ensure_database  # noqa: E402
+from overhead import migrated_django  # noqa: E402
 
 DIMENSIONS = 384
 TENANTS = 10
@@ -102,19 +102,11 @@ def main() -> None:
     parser.add_argument("--lookups", type=int, default=300)
     args = parser.parse_args()
 
-    ensure_database(args.database_url)
-    os.environ["DATABASE_URL"] = args.database_url
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "llmops.settings")
-    import django
-
-    django.setup()
-    from django.core.management import call_command
-
+    migrated_django(args.database_url)
     from routing.cache.index import stored_matches
     from routing.models import CacheEntry
     from tenants.models import Tenant
 
-    call_command("migrate", "--no-input", "-v", "0")
     Tenant.objects.unscoped().filter(slug__startswith="bench-vector-").delete()
     tenants = [Tenant.objects.create(name=f"t{i}", slug=f"bench-vector-{i}") for i in range(TENANTS)]
     small = Tenant.objects.create(name="small", slug="bench-vector-small")
