@@ -269,8 +269,8 @@ LLMOPS_CACHE_RULE_THRESHOLDS = {
 }
 # PostgreSQL searches semantic entries in the database (pgvector HNSW): how many graph neighbours a search keeps
 # (pgvector's hnsw.ef_search; higher finds the nearest entries more surely, slower). At 40, a rare question's entry
-# among 10,000 templated prompts of its context was missed for 1 to 3 of 20 rewordings; at 100 for 0 or 1, at no
-# measurable cost to a cacheable miss (bench/hnsw_recall.py, docs/caching.md).
+# among 10,000 templated prompts of its context was missed for 1 to 3 of 20 rewordings; at 100 for 0 or 1, for about
+# 0.08 ms more of Postgres's CPU a cacheable miss, its throughput the same (bench/hnsw_recall.py, docs/caching.md).
 LLMOPS_CACHE_HNSW_EF_SEARCH = env.int("LLMOPS_CACHE_HNSW_EF_SEARCH", default=100)
 # Set as each connection starts, so a lookup is one statement with no transaction around a SET LOCAL. Postgres
 # keeps them as placeholders until the first vector operation loads pgvector, which then takes them up. PgBouncer
