@@ -254,11 +254,13 @@ LLMOPS_CACHE_EMBEDDINGS_KEY_ENV = env("LLMOPS_CACHE_EMBEDDINGS_KEY_ENV", default
 LLMOPS_CACHE_CROSSENC = env.str("LLMOPS_CACHE_CROSSENC", default="on").lower()
 if LLMOPS_CACHE_CROSSENC not in ("on", "off"):
     raise ImproperlyConfigured("LLMOPS_CACHE_CROSSENC must be 'on' or 'off'")
-LLMOPS_CACHE_CROSSENC_THRESHOLD = env.float("LLMOPS_CACHE_CROSSENC_THRESHOLD", default=0.9283)
+LLMOPS_CACHE_CROSSENC_THRESHOLD = env.float("LLMOPS_CACHE_CROSSENC_THRESHOLD", default=0.9070)
 LLMOPS_CACHE_CROSSENC_DIR = env.path("LLMOPS_CACHE_CROSSENC_DIR", default=BASE_DIR / "var" / "crossenc")
 LLMOPS_CACHE_CROSSENC_TRAINING_PAIRS = env.list(
     "LLMOPS_CACHE_CROSSENC_TRAINING_PAIRS",
-    default=[str(BASE_DIR / "bench" / "cache_pairs.jsonl"), str(BASE_DIR / "bench" / "cache_holdout.jsonl")],
+    default=[
+        str(BASE_DIR / "bench" / name) for name in ("cache_pairs.jsonl", "cache_holdout.jsonl", "cache_pairs_2.jsonl")
+    ],
 )
 # The candidates' similarity gate: 0.65 in front of the cross-encoder, 0.75 without it.
 LLMOPS_CACHE_SEMANTIC_THRESHOLD = env.float(

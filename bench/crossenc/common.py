@@ -29,14 +29,15 @@ TUNING = [Path(path) for path in settings.LLMOPS_CACHE_CROSSENC_TRAINING_PAIRS]
 SIM_TODAY = 0.75
 SIM_GATE = 0.65
 # (c2): the lowest cross-encoder threshold at which the cross-encoder alone (sim >= SIM_GATE, guard off) serves at
-# most this share of the near-misses, so the cross-encoder and the guard are two independent layers against them.
-# Unrelated pairs do not count (as in the experiment's (c2)): one the guard refuses but the cross-encoder scores 0.994
-# ("tallest mountain" / "how long to climb the tallest mountain") would otherwise set the threshold (cv_report.py
-# prints that variant too).
-NEAR_MISS_TARGET = 0.01
+# most this share of the pairs that must not be served, near-misses and unrelated pairs together, so the
+# cross-encoder and the guard are two independent layers against them. (The experiment's (c2) counted the
+# near-misses only; the tuning pairs written on 2026-12-06 added same-subject unrelated pairs, "what is the speed of
+# light" / "who first measured the speed of light", which a threshold blind to them served.) cv_report.py also prints
+# the threshold at which no unrelated pair is served.
+WRONG_TARGET = 0.01
 RULES = {
     "a": "today: sim>=0.75 AND guard",
-    "c2": "sim>=0.65 AND guard AND CE>=t (t: CE alone, guard off, serves <=1% of near-misses)",
+    "c2": "sim>=0.65 AND guard AND CE>=t (t: CE alone, guard off, serves <=1% of near-misses and unrelated pairs)",
 }
 
 
@@ -56,15 +57,16 @@ def fold_name(fold: tuple[str, ...]) -> str:
 
 def choose_threshold(labels: np.ndarray, sim: np.ndarray, ce: np.ndarray, *, no_unrelated: bool = False) -> float:
     """(c2)'s t on these pairs: the lowest threshold (most paraphrases served) at which sim >= SIM_GATE AND CE >= t
-    serves at most NEAR_MISS_TARGET of the near-misses (and, with no_unrelated, no unrelated pair); placed midway to
-    the next lower score so it does not sit on one pair's exact score."""
+    serves at most WRONG_TARGET of the near-misses and unrelated pairs (and, with no_unrelated, no unrelated pair);
+    placed midway to the next lower score so it does not sit on one pair's exact score."""
     gate = sim >= SIM_GATE
-    near_misses = max(1, int((labels == "near-miss").sum()))
+    wrong = labels != "paraphrase"
+    wrong_total = max(1, int(wrong.sum()))
     scores = np.unique(ce[gate])
     best = 1.0 + 1e-9
     for t in scores[::-1]:  # feasibility is monotone in t: stop at the first infeasible one
         served = gate & (ce >= t)
-        within = (served & (labels == "near-miss")).sum() / near_misses <= NEAR_MISS_TARGET
+        within = (served & wrong).sum() / wrong_total <= WRONG_TARGET
         if within and not (no_unrelated and (served & (labels == "unrelated")).any()):
             best = float(t)
         else:
