@@ -17,7 +17,8 @@ several cross-encoder thresholds; what one guard call and one cross-encoder cand
 
 --pairs defaults to bench/cache_pairs.jsonl; pass a held-out file, or several files, to measure on pairs nothing was
 tuned on. The cross-encoder was trained on bench/cache_pairs.jsonl, bench/cache_holdout.jsonl and
-bench/cache_pairs_2.jsonl, so its figures on those are in-sample. --threshold and --crossenc-threshold override the settings for this run.
+bench/cache_pairs_2.jsonl, so its figures on those are in-sample. --threshold and --crossenc-threshold override the
+settings for this run.
 """
 
 import argparse

@@ -78,7 +78,7 @@ print(f"\nthreshold chosen on all pooled out-of-fold scores (LLMOPS_CACHE_CROSSE
 print(f"  there the cross-encoder alone (sim>=0.65, guard off) serves {alone_at(shipped)}")
 with_guard = (sim >= 0.65) & guard_ok & (ce >= strict)
 print(
-    f"if unrelated pairs counted too (none served by the cross-encoder alone): {strict:.4f}; there (c2) serves, pooled "
+    f"if no unrelated pair may be served by the cross-encoder alone: {strict:.4f}; there (c2) serves, pooled "
     "out-of-fold, "
     + ", ".join(
         f"{label} {int((with_guard & (labels == label)).sum())}/{int((labels == label).sum())}" for label in LABELS
