@@ -31,8 +31,8 @@ embedder-model: $(VENV)/.installed
 
 # The semantic cache's cross-encoder, fine-tuned from the same model package on the labelled pairs of
 # LLMOPS_CACHE_CROSSENC_TRAINING_PAIRS (bench/cache_pairs.jsonl, cache_holdout.jsonl and cache_pairs_2.jsonl),
-# checked on them and installed as int8 ONNX in LLMOPS_CACHE_CROSSENC_DIR (var/crossenc). Minutes the first time (one thread); then it
-# returns at once, until the pairs or the recipe change.
+# checked on them and installed as int8 ONNX in LLMOPS_CACHE_CROSSENC_DIR (var/crossenc). Minutes the first time
+# (one thread); then it returns at once, until the pairs or the recipe change.
 crossenc-model: embedder-model
 	$(VENV)/bin/python manage.py crossenc_train
 
