@@ -39,6 +39,8 @@ from overhead import database_url_argument, ensure_database, refuse_busy_port, w
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
+# The interpreter this virtualenv was made from: LiteLLM's gets the same, so neither Python runs on a faster build.
+BASE_PYTHON = Path(sys.base_prefix) / "bin" / f"python{sys.version_info.major}.{sys.version_info.minor}"
 WRK_SCRIPT = Path(__file__).resolve().parent / "wrk_chat.lua"
 LITELLM_VERSION = "1.77.7"
 LITELLM_VENV = ROOT / "var" / "litellm-venv"
@@ -301,9 +303,17 @@ def cache_status(url: str, key: str, model: str, mode: str) -> str:
     return status
 
 
+def _venv_base(venv: Path) -> Path | None:
+    """The interpreter a virtualenv was made from (``executable`` in its pyvenv.cfg)."""
+    config = venv / "pyvenv.cfg"
+    lines = config.read_text().splitlines() if config.exists() else []
+    found = [line.partition("=")[2].strip() for line in lines if line.partition("=")[0].strip() == "executable"]
+    return Path(found[0]).resolve() if found else None
+
+
 def start_litellm(*, port: int, upstream_url: str, workers: int) -> subprocess.Popen:
-    if not (LITELLM_VENV / "bin" / "litellm").exists():
-        subprocess.run(["python3.11", "-m", "venv", str(LITELLM_VENV)], check=True)
+    if not (LITELLM_VENV / "bin" / "litellm").exists() or _venv_base(LITELLM_VENV) != BASE_PYTHON.resolve():
+        subprocess.run([str(BASE_PYTHON), "-m", "venv", "--clear", str(LITELLM_VENV)], check=True)
         pip = [str(LITELLM_VENV / "bin" / "pip"), "install", "--quiet", "--disable-pip-version-check"]
         subprocess.run([*pip, f"litellm[proxy]=={LITELLM_VERSION}"], check=True)
     config = LITELLM_VENV.parent / "litellm-bench.yaml"

@@ -1,7 +1,7 @@
 """Two trees of the gateway measured at the same moment: this checkout and ``--other`` (another checkout or worktree,
-run with this checkout's virtualenv), each its own uvicorn on its own port, in front of one mock upstream, one
-Postgres database, one Redis and one ledger drainer, with the bench tenant of ``gateway_bench.py`` ("miss, all
-features": every feature on, the cache bypassed).
+run with this checkout's virtualenv unless ``--other-python`` names another interpreter), each its own uvicorn on its
+own port, in front of one mock upstream, one Postgres database, one Redis and one ledger drainer, with the bench
+tenant of ``gateway_bench.py`` ("miss, all features": every feature on, the cache bypassed).
 
 On a machine whose speed drifts between runs, two runs one after the other differ by more than a small change does;
 here both trees see the same machine at once:
@@ -111,6 +111,11 @@ def loaded(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--other", type=Path, required=True, help="the other checkout")
+    parser.add_argument(
+        "--other-python",
+        default=PYTHON,
+        help="the other tree's interpreter (its virtualenv's python); default: this one",
+    )
     parser.add_argument("--pairs", type=int, default=1000, help="sequential requests to each tree; 0 skips")
     parser.add_argument("--concurrency", type=int, nargs="*", default=[4, 16], help="per tree, wrk against both")
     parser.add_argument("--rounds", type=int, default=3)
@@ -139,8 +144,10 @@ def main() -> None:
         subprocess.Popen([PYTHON, "manage.py", "ledger_drain", "--consumer", "bench"], cwd=ROOT, env=env),
     ]
     gateways = {}
+    pythons = {"this": PYTHON, "other": args.other_python}
     for (name, tree), port in zip(trees.items(), args.ports, strict=True):
-        command = [PYTHON, "-m", "uvicorn", "llmops.asgi:application", "--host", "127.0.0.1", "--port", str(port)]
+        command = [pythons[name], "-m", "uvicorn", "llmops.asgi:application"]
+        command += ["--host", "127.0.0.1", "--port", str(port)]
         command += ["--workers", str(args.workers), "--no-access-log", "--log-level", "warning", "--no-proxy-headers"]
         gateways[name] = subprocess.Popen(command, cwd=tree, env=env)
     processes += gateways.values()
@@ -153,7 +160,8 @@ def main() -> None:
         }
         pids = {name: [process.pid, *worker_pids(process.pid)] for name, process in gateways.items()}
         print(
-            f"this: {trees['this']}, other: {trees['other']}; {args.workers} worker(s) each, upstream latency "
+            f"this: {trees['this']} ({PYTHON}), other: {trees['other']} ({args.other_python}); "
+            f"{args.workers} worker(s) each, upstream latency "
             f"{args.latency_ms:g} ms, cpus {os.cpu_count()}, latencies in ms"
         )
         # Warm both (the tenant's configuration, connections, the tokenizer) before anything is measured.
