@@ -1,7 +1,7 @@
 SHELL := /bin/bash
-# The interpreter .venv is made with: the distribution's optimised build where there is one (scripts/venv-python.sh
-# says why); `make install PYTHON=...` chooses another. An existing .venv is kept: remove it to remake it.
-PYTHON ?= $(shell scripts/venv-python.sh)
+# .venv is made with PYTHON (`make install PYTHON=/path/to/python3.11`), or else with the interpreter
+# scripts/venv-python.sh picks: the distribution's optimised build where there is one. An existing .venv is kept:
+# remove it to remake it.
 VENV := .venv
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/llmops
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
@@ -22,7 +22,8 @@ endif
 install: $(VENV)/.installed embedder-model crossenc-model
 
 $(VENV)/.installed: requirements.txt
-	test -x $(VENV)/bin/python || { test -n "$(PYTHON)" && $(PYTHON) -m venv $(VENV); }
+	test -x $(VENV)/bin/python || { python="$(PYTHON)"; python=$${python:-$$(scripts/venv-python.sh)} && \
+		"$$python" -m venv $(VENV); }
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements.txt
 	touch $@
 

@@ -144,7 +144,9 @@ def main() -> None:
         subprocess.Popen([PYTHON, "manage.py", "ledger_drain", "--consumer", "bench"], cwd=ROOT, env=env),
     ]
     gateways = {}
-    pythons = {"this": PYTHON, "other": args.other_python}
+    # A relative path is the caller's: Popen would look for it under the other tree (its cwd). Not resolved, which
+    # would follow a virtualenv's python symlink to the base interpreter and leave the virtualenv's packages out.
+    pythons = {"this": PYTHON, "other": os.path.abspath(args.other_python)}
     for (name, tree), port in zip(trees.items(), args.ports, strict=True):
         command = [pythons[name], "-m", "uvicorn", "llmops.asgi:application"]
         command += ["--host", "127.0.0.1", "--port", str(port)]

@@ -7,11 +7,11 @@
 set -uo pipefail
 
 for candidate in /usr/bin/python3.11 "$(command -v python3.11)" "$(command -v python3)"; do
-	if [ -n "$candidate" ] && [ -x "$candidate" ] &&
-		"$candidate" -c 'import ensurepip, sys, venv; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
-		echo "$candidate"
-		exit 0
-	fi
+    if [ -n "$candidate" ] && [ -x "$candidate" ] &&
+        "$candidate" -c 'import ensurepip, sys, venv; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+        echo "$candidate"
+        exit 0
+    fi
 done
 echo "no Python 3.11 that can make a virtualenv (Debian and Ubuntu: apt-get install python3.11-venv)" >&2
 exit 1
