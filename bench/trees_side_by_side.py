@@ -162,7 +162,7 @@ def main() -> None:
         }
         pids = {name: [process.pid, *worker_pids(process.pid)] for name, process in gateways.items()}
         print(
-            f"this: {trees['this']} ({PYTHON}), other: {trees['other']} ({args.other_python}); "
+            f"this: {trees['this']} ({PYTHON}), other: {trees['other']} ({pythons['other']}); "
             f"{args.workers} worker(s) each, upstream latency "
             f"{args.latency_ms:g} ms, cpus {os.cpu_count()}, latencies in ms"
         )
