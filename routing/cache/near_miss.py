@@ -144,6 +144,20 @@ PHRASE_PATTERNS = [
     (re.compile(rf"(?<![a-z0-9])(?:{pattern})"), replacement) for pattern, replacement in PHRASES.items()
 ]
 
+
+def _phrases_joined(phrases: dict[str, str]) -> re.Pattern:
+    """One pattern that matches where any of the phrases does. A back-reference would point at another phrase's
+    group once they are joined, so none may hold one."""
+    if any(re.search(r"\\[1-9]|\(\?P=", pattern) for pattern in phrases):
+        raise ValueError("phrase patterns must not hold back-references: they are joined into one")
+    return re.compile(r"(?<![a-z0-9])(?:" + "|".join(f"(?:{pattern})" for pattern in phrases) + ")")
+
+
+# Most prompts hold none of the phrases: one search for any of them spares the substitutions one by one (most of a
+# prompt's parsing time). Exact: the loop changes nothing until a pattern matches, so a text in which none matches
+# comes out of it unchanged.
+PHRASE_ANY = _phrases_joined(PHRASES)
+
 TOKEN = re.compile(
     r"2>&1|[$€£¥₹]|\d+(?:[.,]\d+)*(?:st|nd|rd|th|s)?(?![a-z])|\d+[a-z][a-z0-9]*"
     r"|[a-z][a-z0-9]*(?:[._@/'][a-z0-9]+)*[+#]*"
@@ -795,6 +809,7 @@ IRREGULAR = {
 INFLECTIONS = frozenset(("ies", "ied", "ing", "ed", "es", "s"))
 
 
+@lru_cache(maxsize=16384)
 def _lemma(word: str) -> str:
     """A crude lemma: folds inflection, common nominalisations and British spellings to one stem, so "summarise",
     "summarized" and "summary", or "payment" and "pay", compare equal. Used on both prompts alike; it only has to
@@ -912,8 +927,9 @@ def _prepare(text: str) -> str:
     for pattern, replacement in GLUED:
         text = pattern.sub(replacement, text)
     text = PARAMETER_BINDING.sub(lambda match: f" {PARAMETERS.get(match.group(1), match.group(1))} ", text)
-    for pattern, replacement in PHRASE_PATTERNS:
-        text = pattern.sub(f" {replacement} ", text)
+    if PHRASE_ANY.search(text):
+        for pattern, replacement in PHRASE_PATTERNS:
+            text = pattern.sub(f" {replacement} ", text)
     for name in JOINED_NAMES:
         text = text.replace(name, name.replace(" ", "_"))
     for pattern, replacement in CONVERSE_FORMS:

@@ -4,8 +4,11 @@ These examples are written apart from bench/cache_pairs.jsonl (the set the guard
 held-out set, so a rule that only fits those pairs fails here. The prompts are lower-cased as the cache normalises them.
 """
 
+import re
+
 import pytest
 
+from routing.cache import near_miss
 from routing.cache.keys import normalize_prompt
 from routing.cache.near_miss import near_miss_reason
 
@@ -401,3 +404,28 @@ def test_a_structural_edit_refuses_the_candidate(reason, stored, asked):
 @pytest.mark.parametrize(("stored", "asked"), STRUCTURAL_SERVED)
 def test_a_structural_rewording_is_served(stored, asked):
     assert near_miss_reason(normalize_prompt(asked), normalize_prompt(stored)) is None
+
+
+def _all_prompts() -> list[str]:
+    prompts = {prompt for pairs in REFUSED.values() for pair in pairs for prompt in pair}
+    prompts |= {prompt for pair in SERVED for prompt in pair}
+    prompts |= {prompt for _, *pair in STRUCTURAL_REFUSED for prompt in pair}
+    prompts |= {prompt for pair in STRUCTURAL_SERVED for prompt in pair}
+    return sorted(normalize_prompt(prompt) for prompt in prompts)
+
+
+def test_the_phrase_prefilter_prepares_every_prompt_as_the_substitutions_one_by_one_do(monkeypatch):
+    prompts = _all_prompts()
+    # Both branches are exercised: prompts that hold a phrase and prompts that hold none.
+    with_phrases = [prompt for prompt in prompts if near_miss.PHRASE_ANY.search(prompt)]
+    assert with_phrases and len(with_phrases) < len(prompts)
+    prepared = {prompt: near_miss._prepare(prompt) for prompt in prompts}
+    # A prefilter that matches everything: every substitution runs on every prompt, as before it existed.
+    monkeypatch.setattr(near_miss, "PHRASE_ANY", re.compile(""))
+    for prompt in prompts:
+        assert near_miss._prepare(prompt) == prepared[prompt], prompt
+
+
+def test_phrases_with_a_back_reference_cannot_be_joined():
+    with pytest.raises(ValueError, match="back-references"):
+        near_miss._phrases_joined({r"(\w+) and \1": "both"})
