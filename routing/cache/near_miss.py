@@ -146,10 +146,12 @@ PHRASE_PATTERNS = [
 
 
 def _phrases_joined(phrases: dict[str, str]) -> re.Pattern:
-    """One pattern that matches where any of the phrases does. A back-reference would point at another phrase's
-    group once they are joined, so none may hold one."""
-    if any(re.search(r"\\[1-9]|\(\?P=", pattern) for pattern in phrases):
-        raise ValueError("phrase patterns must not hold back-references: they are joined into one")
+    """One pattern that matches where any of the phrases does. A reference to a group (a back-reference, or a
+    conditional on a group) would point at another phrase's group once they are joined, so none may hold one."""
+    if any(re.search(r"\\[1-9]|\(\?P=|\(\?\(", pattern) for pattern in phrases):
+        raise ValueError(
+            "phrase patterns must not refer to a group (back-references, conditionals): they are joined into one"
+        )
     return re.compile(r"(?<![a-z0-9])(?:" + "|".join(f"(?:{pattern})" for pattern in phrases) + ")")
 
 

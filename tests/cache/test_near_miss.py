@@ -4,9 +4,11 @@ These examples are written apart from bench/cache_pairs.jsonl (the set the guard
 held-out set, so a rule that only fits those pairs fails here. The prompts are lower-cased as the cache normalises them.
 """
 
+import json
 import re
 
 import pytest
+from django.conf import settings
 
 from routing.cache import near_miss
 from routing.cache.keys import normalize_prompt
@@ -407,11 +409,15 @@ def test_a_structural_rewording_is_served(stored, asked):
 
 
 def _all_prompts() -> list[str]:
+    """This file's prompts and the tuning pairs' (which hold most of the phrases), normalised as the cache does."""
     prompts = {prompt for pairs in REFUSED.values() for pair in pairs for prompt in pair}
     prompts |= {prompt for pair in SERVED for prompt in pair}
     prompts |= {prompt for _, *pair in STRUCTURAL_REFUSED for prompt in pair}
     prompts |= {prompt for pair in STRUCTURAL_SERVED for prompt in pair}
-    return sorted(normalize_prompt(prompt) for prompt in prompts)
+    for path in settings.LLMOPS_CACHE_CROSSENC_TRAINING_PAIRS:
+        with open(path) as pairs:
+            prompts |= {row[side] for row in map(json.loads, pairs) for side in ("stored", "asked")}
+    return sorted({normalize_prompt(prompt) for prompt in prompts})
 
 
 def test_the_phrase_prefilter_prepares_every_prompt_as_the_substitutions_one_by_one_do(monkeypatch):
@@ -426,6 +432,7 @@ def test_the_phrase_prefilter_prepares_every_prompt_as_the_substitutions_one_by_
         assert near_miss._prepare(prompt) == prepared[prompt], prompt
 
 
-def test_phrases_with_a_back_reference_cannot_be_joined():
-    with pytest.raises(ValueError, match="back-references"):
-        near_miss._phrases_joined({r"(\w+) and \1": "both"})
+@pytest.mark.parametrize("pattern", [r"(\w+) and \1", r"(?P<word>\w+) and (?P=word)", r"(a)?b(?(1)c|d)"])
+def test_phrases_that_refer_to_a_group_cannot_be_joined(pattern):
+    with pytest.raises(ValueError, match="refer to a group"):
+        near_miss._phrases_joined({pattern: "both"})
