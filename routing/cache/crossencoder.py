@@ -73,7 +73,10 @@ def tokenizer_configure(tokenizer):
 
 def encode_pairs(tokenizer, pairs: Sequence[tuple[str, str]]) -> dict[str, np.ndarray]:
     """The model's inputs for (stored, asked) pairs: "[CLS] stored [SEP] asked [SEP]", segment 0 then 1."""
-    encodings = tokenizer.encode_batch([(stored, asked) for stored, asked in pairs])
+    return _inputs(tokenizer.encode_batch([(stored, asked) for stored, asked in pairs]))
+
+
+def _inputs(encodings) -> dict[str, np.ndarray]:
     return {
         "input_ids": np.array([encoding.ids for encoding in encodings], dtype=np.int64),
         "attention_mask": np.array([encoding.attention_mask for encoding in encodings], dtype=np.int64),
@@ -99,12 +102,17 @@ class OnnxCrossEncoder:
         self.session = onnxruntime.InferenceSession(str(self.model_file), options, providers=["CPUExecutionProvider"])
 
     def score(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
-        """One score in [0, 1] per (stored, asked) pair, in their order, from one run of the model."""
+        """One score in [0, 1] per (stored, asked) pair, in their order, from one run of the model. A pair longer than
+        MAX_LENGTH word pieces scores 0: the model reads it cut short, so a difference past the cut would go unseen
+        (two tickets summarised with the same long instruction), and it does not vouch for what it has not read. Such
+        a pair is never served by meaning; an exact repeat still hits."""
         if not pairs:
             return np.zeros(0, dtype=np.float32)
-        inputs = encode_pairs(self.tokenizer, pairs)
-        (scores,) = self.session.run(["score"], inputs)
-        return np.asarray(scores, dtype=np.float32).reshape(len(pairs))
+        encodings = self.tokenizer.encode_batch([(stored, asked) for stored, asked in pairs])
+        (scores,) = self.session.run(["score"], _inputs(encodings))
+        scores = np.asarray(scores, dtype=np.float32).reshape(len(pairs)).copy()
+        scores[[bool(encoding.overflowing) for encoding in encodings]] = 0.0
+        return scores
 
 
 _lock = threading.Lock()

@@ -118,6 +118,20 @@ def test_a_long_pair_is_cut_to_the_models_length(model):
     assert model.score([(long, long)]).shape == (1,)
 
 
+def test_a_pair_longer_than_the_model_reads_scores_zero_and_its_run_mates_as_alone(model):
+    """Cut short, two long prompts that differ only past the cut would read alike: the model does not vouch for them."""
+    instruction = "summarise this ticket in two sentences for the on-call engineer: exports to csv time out " * 3
+    first, second = instruction + "on the eu cluster", instruction + "on the us cluster"
+    assert len(model.tokenizer.encode(first, second).overflowing) > 0
+    short = PARAPHRASES[0]
+
+    scores = model.score([(first, second), short])
+
+    assert scores[0] == 0.0
+    assert scores[1] == pytest.approx(model.score([short])[0], abs=0.02)
+    assert model.score([short])[0] > 0
+
+
 WORKER_SCORES = """
 import json, sys
 import llmops.asgi
