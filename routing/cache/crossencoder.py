@@ -103,16 +103,26 @@ class OnnxCrossEncoder:
 
     def score(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
         """One score in [0, 1] per (stored, asked) pair, in their order, from one run of the model. A pair longer than
-        MAX_LENGTH word pieces scores 0: the model reads it cut short, so a difference past the cut would go unseen
-        (two tickets summarised with the same long instruction), and it does not vouch for what it has not read. Such
-        a pair is never served by meaning; an exact repeat still hits."""
+        MAX_LENGTH word pieces scores 0 without a run: the model would read it cut short, so a difference past the cut
+        would go unseen (two tickets summarised with the same long instruction), and it does not vouch for what it
+        has not read. Such a pair is never served by meaning; an exact repeat still hits."""
+        scores = np.zeros(len(pairs), dtype=np.float32)
+        encodings = self.tokenizer.encode_batch(list(pairs)) if pairs else []
+        whole = [index for index, encoding in enumerate(encodings) if not encoding.overflowing]
+        if whole:
+            scores[whole] = self._run([encodings[index] for index in whole])
+        return scores
+
+    def graph_scores(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
+        """The graph's output for every pair, a long one read cut short: what the export is checked against torch
+        with (routing/cache/crossenc_train.py)."""
         if not pairs:
             return np.zeros(0, dtype=np.float32)
-        encodings = self.tokenizer.encode_batch([(stored, asked) for stored, asked in pairs])
+        return self._run(self.tokenizer.encode_batch(list(pairs)))
+
+    def _run(self, encodings) -> np.ndarray:
         (scores,) = self.session.run(["score"], _inputs(encodings))
-        scores = np.asarray(scores, dtype=np.float32).reshape(len(pairs)).copy()
-        scores[[bool(encoding.overflowing) for encoding in encodings]] = 0.0
-        return scores
+        return np.asarray(scores, dtype=np.float32).reshape(len(encodings))
 
 
 _lock = threading.Lock()

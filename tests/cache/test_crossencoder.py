@@ -20,7 +20,7 @@ from django.core.management import CommandError, call_command
 from onnx import TensorProto, helper
 
 from routing.cache import crossencoder, store
-from routing.cache.crossenc_train import in_sample_failures
+from routing.cache.crossenc_train import _model, crossenc_export, in_sample_failures
 from routing.cache.crossencoder import (
     OnnxCrossEncoder,
     candidate_accepted,
@@ -130,6 +130,17 @@ def test_a_pair_longer_than_the_model_reads_scores_zero_and_its_run_mates_as_alo
     assert scores[0] == 0.0
     assert scores[1] == pytest.approx(model.score([short])[0], abs=0.02)
     assert model.score([short])[0] > 0
+
+
+def test_the_export_is_checked_on_the_graphs_output_long_pairs_included(tmp_path):
+    """The install checks the fp32 graph against torch on every 25th training pair, long ones included: the serving
+    rule's 0 for a long pair is not the graph's output, and must not fail the check."""
+    model = _model(dropout=0.1).eval()
+    long = "summarise this ticket in two sentences for the on-call engineer: exports to csv time out " * 3
+    files = crossenc_export(model, tmp_path, check_pairs=[(long, long + "today"), PARAPHRASES[0]])
+    exported = OnnxCrossEncoder(model_file=files["model"], tokenizer_file=files["tokenizer"])
+    assert exported.score([(long, long + "today")])[0] == 0.0
+    assert exported.graph_scores([(long, long + "today")])[0] > 0
 
 
 WORKER_SCORES = """
