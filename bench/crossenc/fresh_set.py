@@ -1,6 +1,7 @@
 """Join writers' files of labelled pairs into one fresh held-out set: each line checked against the pairs' schema,
-then the pairs dropped that share a question (case and spaces aside) with a tuning file or a set scored before, and
-the pairs repeated between writers. Prints what was kept and dropped, by label and by writer.
+then the pairs dropped that share a question (normalised as the cache and the training normalise prompts: case,
+spaces, edge punctuation) with a tuning file or a set scored before, and the pairs repeated between writers.
+Prints what was kept and dropped, by label and by writer.
 
     .venv/bin/python bench/crossenc/fresh_set.py WRITER.jsonl [WRITER.jsonl ...] --out SET.jsonl [--exclude FILE ...]
 
@@ -10,7 +11,6 @@ bench/ (cache_heldout_*.jsonl). Writers work from pairs_brief.md and see nothing
 
 import argparse
 import json
-import re
 import sys
 from collections import Counter
 from pathlib import Path
@@ -18,6 +18,7 @@ from pathlib import Path
 from common import ROOT, TUNING
 
 from routing.cache.crossenc_train import LABELS
+from routing.cache.keys import normalize_prompt
 
 KEYS = {"domain", "label", "kind", "stored", "asked"}
 NEAR_MISS_KINDS = {
@@ -34,20 +35,16 @@ NEAR_MISS_KINDS = {
 }
 
 
-def _question(text: str) -> str:
-    return re.sub(r"\s+", " ", text.strip().lower())
-
-
 def _problem(row) -> str | None:
     if not isinstance(row, dict) or set(row) != KEYS:
         return f"keys must be exactly {sorted(KEYS)}"
+    if not all(isinstance(row[key], str) and row[key].strip() for key in KEYS):
+        return "every value must be a non-empty string"
     if row["label"] not in LABELS:
         return f"label {row['label']!r} is not one of {LABELS}"
     expected = NEAR_MISS_KINDS if row["label"] == "near-miss" else {row["label"]}
     if row["kind"] not in expected:
         return f"kind {row['kind']!r} does not fit label {row['label']!r}"
-    if not all(isinstance(row[key], str) and row[key].strip() for key in KEYS):
-        return "every value must be a non-empty string"
     return None
 
 
@@ -63,8 +60,9 @@ def main() -> int:
     seen_questions = set()
     for path in excluded:
         for line in path.read_text().splitlines():
-            row = json.loads(line)
-            seen_questions |= {_question(row["stored"]), _question(row["asked"])}
+            if line.strip():
+                row = json.loads(line)
+                seen_questions |= {normalize_prompt(row["stored"]), normalize_prompt(row["asked"])}
 
     kept, seen_pairs = [], set()
     for path in args.writers:
@@ -76,7 +74,7 @@ def main() -> int:
             if problem := _problem(row):
                 print(f"{path}:{number}: {problem}", file=sys.stderr)
                 return 1
-            pair = (_question(row["stored"]), _question(row["asked"]))
+            pair = (normalize_prompt(row["stored"]), normalize_prompt(row["asked"]))
             if pair[0] == pair[1]:
                 counts["dropped: the same question twice"] += 1
             elif pair[0] in seen_questions or pair[1] in seen_questions:
