@@ -58,9 +58,13 @@ def invalid_request(message: str, *, param: str | None = None, code: str = "inva
     return GatewayError(message, status=400, code=code, param=param)
 
 
+def error_body(error: GatewayError) -> dict:
+    """OpenAI's error object, all four fields always present (the SDK and clients read `param` even when null)."""
+    return {"error": {"message": error.message, "type": error.error_type, "param": error.param, "code": error.code}}
+
+
 def error_response(error: GatewayError, headers: dict[str, str] | None = None) -> HttpResponse:
-    payload = {"error": {"message": error.message, "type": error.error_type, "param": error.param, "code": error.code}}
-    response = HttpResponse(orjson.dumps(payload), status=error.status_code, content_type="application/json")
+    response = HttpResponse(orjson.dumps(error_body(error)), status=error.status_code, content_type="application/json")
     for name, value in (headers or {}).items():
         response[name] = value
     return response

@@ -7,7 +7,11 @@ from standardwebhooks import Webhook, WebhookVerificationError
 
 from billing.models import UsageRecord
 from core.webhooks import webhook_secret_new
+from llmops.gateway.batches.models import Job, JobStatus
+from llmops.gateway.jobs.services import job_request_id, job_run
+from tenants.services import api_key_revoke
 from tests.batch.conftest import wait_for
+from tests.loops import run as run_on_a_new_loop
 from tests.webhooks import assert_verified_and_not_forgeable
 
 pytestmark = pytest.mark.live
@@ -63,3 +67,24 @@ def test_job_refusals_and_another_tenants_job(live_broker, gateway, acme, globex
     assert (bad_body.status_code, bad_body.json()["error"]["param"]) == (400, "messages")
     assert no_key.status_code == 401
     assert foreign.status_code == 404
+
+
+def test_a_job_whose_key_is_revoked_before_it_runs_fails_with_openai_error(live_broker, gateway, acme):
+    headers = {"Authorization": f"Bearer {acme.key}"}
+    body = {"model": "acme-small", "messages": [{"role": "user", "content": "hi"}]}
+    job_id = httpx.post(f"{gateway.url}/api/jobs", json=body, headers=headers).json()["id"]
+    api_key_revoke(api_key=acme.api_key)
+
+    run_on_a_new_loop(job_run(job_id=job_id))
+
+    job = Job.objects.unscoped().get(pk=job_id)
+    assert (job.status, job.status_code) == (JobStatus.FAILED, 401)
+    assert job.result == {
+        "error": {
+            "message": "The job's API key was revoked.",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": "invalid_api_key",
+        }
+    }
+    assert not UsageRecord.objects.unscoped().filter(request_id=job_request_id(job_id)).exists()

@@ -36,7 +36,7 @@ from llmops.gateway.batches.services import (
 )
 from llmops.gateway.call import GatewayCall
 from llmops.gateway.chat.completion import chat_completion_run
-from llmops.gateway.errors import as_gateway_error
+from llmops.gateway.errors import GatewayError, as_gateway_error, error_body
 from llmops.gateway.snapshot import ConfigSnapshot, config_snapshot
 from tenants.authentication import KeyPrincipal
 
@@ -149,17 +149,8 @@ async def line_run(batch_id: str, principal: KeyPrincipal, line: ClaimedLine) ->
             error = as_gateway_error(exc)
             if error is None:
                 logger.exception("batch %s line %s failed unexpectedly", batch_id, line.custom_id)
-                status_code, message, code, error_type, param = (
-                    500,
-                    "Internal error.",
-                    "internal_error",
-                    "api_error",
-                    None,
-                )
-            else:
-                status_code, message, code = error.status_code, error.message, error.code
-                error_type, param = error.error_type, error.param
-            body = {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+                error = GatewayError("Internal error.", status=500, code="internal_error")
+            status_code, body = error.status_code, error_body(error)
     await _db(line_record)(
         line=line,
         batch_id=batch_id,

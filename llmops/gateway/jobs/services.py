@@ -23,7 +23,7 @@ from llmops.gateway.batches.models import Job, JobStatus, JobWebhookSecret, Webh
 from llmops.gateway.call import GatewayCall
 from llmops.gateway.chat.completion import chat_completion_run
 from llmops.gateway.chat.validation import validate_chat_request, validate_storable
-from llmops.gateway.errors import GatewayError, as_gateway_error, invalid_request
+from llmops.gateway.errors import GatewayError, as_gateway_error, error_body, invalid_request
 from llmops.gateway.snapshot import config_snapshot
 from tenants.authentication import KeyPrincipal
 
@@ -118,7 +118,8 @@ async def job_run(*, job_id: str) -> None:
     principal = snapshot.keys.get(job.api_key.prefix)
     call = None
     if principal is None or principal.revoked_at is not None:
-        status_code, body = 401, {"error": {"message": "The job's API key was revoked.", "code": "invalid_api_key"}}
+        revoked = GatewayError("The job's API key was revoked.", status=401, code="invalid_api_key")
+        status_code, body = revoked.status_code, error_body(revoked)
     else:
         call = GatewayCall(
             principal=principal, endpoint=JOBS_ENDPOINT, request_id=job_request_id(job.id), ledger_deferred=True
@@ -128,10 +129,7 @@ async def job_run(*, job_id: str) -> None:
             status_code, body = response.status_code, orjson.loads(response.content)
         except Exception as exc:
             error = as_gateway_error(exc) or GatewayError("Internal error.", status=500, code="internal_error")
-            status_code = error.status_code
-            body = {
-                "error": {"message": error.message, "type": error.error_type, "param": error.param, "code": error.code}
-            }
+            status_code, body = error.status_code, error_body(error)
     await database_sync_to_async(_job_finish)(
         job_id=job.id,
         status_code=status_code,
