@@ -89,6 +89,13 @@ def test_stream_cut_short_is_an_error_event_and_an_error_row(openai_client, fail
         )
 
     assert "before [DONE]" in excinfo.value.message
+    # The stream's last event is OpenAI's whole error object, `param` included.
+    assert excinfo.value.body == {
+        "message": excinfo.value.message,
+        "type": "api_error",
+        "param": None,
+        "code": "upstream_stream_truncated",
+    }
     record = UsageRecord.objects.unscoped().get()
     assert (record.http_status, record.error_code) == (502, "upstream_stream_truncated")
     assert record.completion_tokens > 0 and record.usage_estimated and record.cost_usd > 0
@@ -104,6 +111,30 @@ def test_missing_usage_is_estimated_with_tiktoken(openai_client, failing_model):
     assert completion.usage is None
     record = UsageRecord.objects.unscoped().get()
     assert record.usage_estimated and record.prompt_tokens > 0 and record.completion_tokens > 0
+
+
+def test_a_stream_asked_for_usage_gets_the_gateways_count_when_the_upstream_sends_none(openai_client, failing_model):
+    model = failing_model("mock-no-usage")
+
+    chunks = list(
+        openai_client.chat.completions.create(
+            model=model.name,
+            messages=[{"role": "user", "content": "Count my tokens please"}],
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+
+    record = UsageRecord.objects.unscoped().get()
+    last = chunks[-1]
+    assert record.usage_estimated and record.completion_tokens > 0
+    assert last.choices == [] and last.id == chunks[0].id and last.model == chunks[0].model
+    assert (last.usage.prompt_tokens, last.usage.completion_tokens, last.usage.total_tokens) == (
+        record.prompt_tokens,
+        record.completion_tokens,
+        record.prompt_tokens + record.completion_tokens,
+    )
+    assert all(chunk.usage is None for chunk in chunks[:-1])
 
 
 def test_client_disconnect_mid_stream_charges_what_was_generated(gateway, acme, failing_model):

@@ -15,7 +15,7 @@ from core.background import run_in_background
 from llmops.gateway.call import GatewayCall, UsageCeiling, estimated_usage, reply_usage
 from llmops.gateway.chat.planning import ChatPlan, refusal_error
 from llmops.gateway.chat.recording import finish
-from llmops.gateway.errors import GatewayError, internal_error, upstream_failure
+from llmops.gateway.errors import GatewayError, error_body, internal_error, upstream_failure
 from llmops.gateway.shadow.sampling import shadow_offer
 from routing import upstream
 from routing.cache.store import CacheHit, CacheRequest, cache_lookup, cache_store
@@ -108,7 +108,8 @@ def _provider_secrets(plan: ChatPlan) -> list[str]:
 class StreamRelay:
     """Passes the upstream's SSE events to the client as they arrive and records the ledger row at the end.
 
-    The upstream is always asked for a usage chunk; the client sees it only if it asked too.
+    The upstream is always asked for a usage chunk; the client sees it only if it asked too. A client that asked gets
+    one even from an upstream that sends none: the gateway's own count, which is also what the ledger charges.
     """
 
     def __init__(self, call: GatewayCall, body: dict, stream, ceiling: UsageCeiling, cache: CacheRequest | None = None):
@@ -122,6 +123,8 @@ class StreamRelay:
         self.content_parts: list[str] = []
         self.finish_reason: str | None = None
         self.upstream_model = ""
+        self.chunk_id = ""
+        self.chunk_created: int | None = None
         # Streamed tool calls and several choices are not assembled into a cacheable answer.
         self.cacheable = cache is not None
         self.recorded = False
@@ -131,10 +134,13 @@ class StreamRelay:
             async for event in self.stream.events():
                 data = event[6:] if event.startswith("data: ") else None
                 if data == "[DONE]":
+                    usage_sent = self.usage is not None
                     await self._record(http_status=200)
                     self._keep_answer()
                     if self.call.evaluation is not None:
                         shadow_offer(self.call, body=self.body, answer="".join(self.content_parts))
+                    if self.client_wants_usage and not usage_sent:
+                        yield b"data: " + orjson.dumps(self._usage_chunk()) + b"\n\n"
                     yield f": x-llmops-cost-usd={self.call.cost_usd}\n\ndata: [DONE]\n\n".encode()
                     return
                 if data is not None and not self._take_checked(data):
@@ -160,8 +166,7 @@ class StreamRelay:
     async def _fail(self, failure: GatewayError) -> bytes:
         """Record the request as failed; the error event that ends the stream."""
         await self._record(http_status=failure.status_code, error_code=failure.code)
-        payload = {"error": {"message": failure.message, "type": failure.error_type, "code": failure.code}}
-        return b"data: " + orjson.dumps(payload) + b"\n\n"
+        return b"data: " + orjson.dumps(error_body(failure)) + b"\n\n"
 
     def _take_checked(self, data: str) -> bool:
         try:
@@ -175,6 +180,8 @@ class StreamRelay:
         MalformedAnswer for a chunk that is not a chat.completion.chunk or whose usage is not believable."""
         chunk = upstream.checked_chunk(data)
         self.upstream_model = chunk.get("model") or self.upstream_model
+        self.chunk_id = chunk.get("id") or self.chunk_id
+        self.chunk_created = chunk.get("created") or self.chunk_created
         for choice in chunk.get("choices") or []:
             delta = choice.get("delta") or {}
             if delta.get("tool_calls") or delta.get("function_call") or choice.get("index", 0) != 0:
@@ -227,17 +234,29 @@ class StreamRelay:
                     "finish_reason": self.finish_reason,
                 }
             ],
-            "usage": {
-                "prompt_tokens": usage.prompt_tokens,
-                "completion_tokens": usage.completion_tokens,
-                "total_tokens": usage.prompt_tokens + usage.completion_tokens,
-                "prompt_tokens_details": {
-                    "cached_tokens": usage.cached_tokens,
-                    "cache_write_tokens": usage.cache_write_tokens,
-                },
-            },
+            "usage": _usage_fields(usage),
         }
         keep_answer(self.call, self.cache, answer)
+
+    def _usage_chunk(self) -> dict:
+        """OpenAI's last chunk of a stream asked for usage (no choices), for the usage the stream was charged."""
+        return {
+            "id": self.chunk_id or f"chatcmpl-{self.call.request_id}",
+            "object": "chat.completion.chunk",
+            "created": self.chunk_created or int(self.call.created_at.timestamp()),
+            "model": self.upstream_model,
+            "choices": [],
+            "usage": _usage_fields(self.usage),
+        }
+
+
+def _usage_fields(usage: Usage) -> dict:
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": usage.cached_tokens, "cache_write_tokens": usage.cache_write_tokens},
+    }
 
 
 async def stream_chat(call: GatewayCall, plan: ChatPlan) -> StreamingHttpResponse:
