@@ -141,6 +141,10 @@ def test_a_wrong_message_field_is_named(messages, code, param):
             "tool_choice.function.name",
         ),
         ({"parallel_tool_calls": "no"}, "invalid_type", "parallel_tool_calls"),
+        # OpenAI refuses these without tools, and so would the provider, after admission.
+        ({"tool_choice": "required"}, "invalid_value", "tool_choice"),
+        ({"tool_choice": "none", "tools": []}, "invalid_value", "tool_choice"),
+        ({"parallel_tool_calls": False}, "invalid_value", "parallel_tool_calls"),
         ({"functions": [{"description": "f"}]}, "missing_required_parameter", "functions[0].name"),
         ({"function_call": {"name": 1}}, "invalid_type", "function_call.name"),
         ({"response_format": "json"}, "invalid_type", "response_format"),

@@ -339,6 +339,8 @@ def _tool(param: str, value) -> None:
     )
 
 
+# What OpenAI refuses without `tools` (a provider would refuse it too, after the gateway had admitted the request).
+TOOLS_ONLY_FIELDS = ("tool_choice", "parallel_tool_calls")
 FIELD_CHECKS: dict[str, Check] = {
     "stream": _boolean,
     "stream_options": _stream_options,
@@ -402,6 +404,13 @@ def validate_chat_request(body) -> dict:
         raise invalid_request(
             "'stream_options' is only allowed when 'stream' is true.", param="stream_options", code="invalid_value"
         )
+    for name in TOOLS_ONLY_FIELDS:
+        if body.get(name) is not None and not body.get("tools"):
+            raise invalid_request(
+                f"Invalid value for '{name}': '{name}' is only allowed when 'tools' are specified.",
+                param=name,
+                code="invalid_value",
+            )
     _refuse_unpriced(body)
     return body
 
