@@ -51,6 +51,8 @@ class ModelEntry:
     supports_tools: bool = True
     supports_images: bool = True
     kind: str = ModelKind.CHAT
+    # When the catalog entry was made (Unix seconds): /v1/models' `created`, stable from one listing to the next.
+    created: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +155,7 @@ def build_models_by_id(*, at: datetime | None = None) -> dict[int, ModelEntry]:
             max_output_tokens=model.max_output_tokens,
             supports_tools=model.supports_tools,
             supports_images=model.supports_images,
+            created=int(model.created_at.timestamp()),
             kind=model.kind,
         )
         for model in models

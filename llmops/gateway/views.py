@@ -1,5 +1,4 @@
 import inspect
-import time
 
 import orjson
 from adrf.views import APIView
@@ -197,9 +196,8 @@ async def chat_completions(request: HttpRequest, started: StartedRead | None = N
 class ModelsView(GatewayView):
     async def get(self, request):
         catalog = self.config.catalog
-        created = int(time.time())
         data = [
-            {"id": model.name, "object": "model", "created": created, "owned_by": model.provider.name}
+            {"id": model.name, "object": "model", "created": model.created, "owned_by": model.provider.name}
             for model in catalog.models_for(request.user.tenant_id)
         ]
         return HttpResponse(orjson.dumps({"object": "list", "data": data}), content_type="application/json")
@@ -213,7 +211,7 @@ class ModelDetailView(GatewayView):
                 body = {
                     "id": model.name,
                     "object": "model",
-                    "created": int(time.time()),
+                    "created": model.created,
                     "owned_by": model.provider.name,
                 }
                 return HttpResponse(orjson.dumps(body), content_type="application/json")

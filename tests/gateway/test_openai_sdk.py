@@ -1,5 +1,6 @@
 """The official openai SDK, pointed at the live gateway, must just work — answers and typed errors."""
 
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import openai
@@ -7,6 +8,8 @@ import pytest
 from openai import OpenAI
 
 from billing.models import UsageRecord
+from llmops.gateway.snapshot import SHARED_SCOPE, config_versions_bump
+from routing.models import Model
 
 
 def test_completion_through_the_sdk_is_recorded(openai_client, acme):
@@ -102,6 +105,14 @@ def test_unknown_model_raises_not_found_error(openai_client):
 
 
 def test_models_lists_what_the_key_may_use(openai_client, acme, globex):
-    names = [model.id for model in openai_client.models.list()]
+    # `created` is when the catalog entry was made, not when it is listed.
+    Model.objects.filter(pk=acme.small.pk).update(created_at=datetime(2024, 1, 2, tzinfo=UTC))
+    config_versions_bump({SHARED_SCOPE})
 
-    assert names == sorted([acme.small.name, acme.large.name])
+    listed = list(openai_client.models.list())
+    retrieved = openai_client.models.retrieve(acme.small.name)
+
+    assert [model.id for model in listed] == sorted([acme.small.name, acme.large.name])
+    created = {model.id: model.created for model in listed}
+    assert created[acme.small.name] == 1704153600 == retrieved.created
+    assert created[acme.large.name] == int(acme.large.created_at.timestamp())
