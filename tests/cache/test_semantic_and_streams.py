@@ -126,6 +126,36 @@ def test_a_streamed_answer_is_cached_and_replayed_as_a_stream(gateway, acme_cach
     assert plain.json()["choices"][0]["message"]["content"] == text
 
 
+def test_an_answer_stored_without_usage_replays_the_gateways_count_to_a_stream_that_asks(
+    gateway, acme_caching, openai_client
+):
+    no_usage = ModelFactory(name="acme-no-usage", provider=acme_caching.small.provider, upstream_name="mock-no-usage")
+    tenant_model_access_set(
+        tenant=acme_caching.tenant, allowed_models=[acme_caching.small, no_usage], default_model=acme_caching.small
+    )
+    question = "List the steps to close a support ticket"
+    first = chat(gateway, acme_caching, question, model=no_usage.name)
+    cache_writes_flush()
+
+    raw = openai_client.chat.completions.with_raw_response.create(
+        model=no_usage.name,
+        messages=[{"role": "user", "content": question}],
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    replay = list(raw.parse())
+
+    charged = UsageRecord.objects.unscoped().get(request_id=first.headers["x-llmops-request-id"])
+    assert "usage" not in first.json() and charged.usage_estimated
+    assert raw.headers["x-llmops-cache"] == "hit-exact"
+    assert replay[-1].choices == []
+    assert (replay[-1].usage.prompt_tokens, replay[-1].usage.completion_tokens) == (
+        charged.prompt_tokens,
+        charged.completion_tokens,
+    )
+
+
 def test_a_truncated_stream_is_not_cached(gateway, acme_caching, openai_client):
     breaking = ModelFactory(name="acme-breaking", provider=acme_caching.small.provider, upstream_name="mock-break")
     tenant_model_access_set(

@@ -351,7 +351,7 @@ REPLAY_PIECE_CHARS = 64
 
 
 async def _replay_events(call: GatewayCall, body: dict, answer: dict) -> AsyncIterator[bytes]:
-    """A cached answer as the SSE chunks an upstream would have sent, usage chunk only if the client asked."""
+    """A cached answer as the SSE chunks an upstream would have sent, the usage chunk if the client asked."""
     base = {key: answer.get(key) for key in ("id", "created", "model", "system_fingerprint")}
     base["object"] = "chat.completion.chunk"
 
@@ -369,6 +369,8 @@ async def _replay_events(call: GatewayCall, body: dict, answer: dict) -> AsyncIt
             tool_calls = [{"index": i, **tool_call} for i, tool_call in enumerate(message["tool_calls"])]
             yield event([{"index": index, "delta": {"tool_calls": tool_calls}, "finish_reason": None}])
         yield event([{"index": index, "delta": {}, "finish_reason": choice.get("finish_reason") or "stop"}])
-    if (body.get("stream_options") or {}).get("include_usage") and isinstance(answer.get("usage"), dict):
-        yield event([], usage=answer["usage"])
+    if (body.get("stream_options") or {}).get("include_usage"):
+        # An answer stored without the provider's usage replays the gateway's count of it, as the live stream did.
+        usage = answer.get("usage")
+        yield event([], usage=usage if isinstance(usage, dict) else _usage_fields(call.cache_saved_usage))
     yield f": x-llmops-cost-usd={call.cost_usd}\n\ndata: [DONE]\n\n".encode()
