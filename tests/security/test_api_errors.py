@@ -162,6 +162,21 @@ def test_unknown_paths_methods_and_anonymous_callers_get_json(superuser_client):
     assert_api_error(broken, 400, "invalid_json")
 
 
+def test_a_write_without_the_trailing_slash_is_refused_not_redirected_into_a_get(superuser_client):
+    body = json.dumps({"limit_usd": "10"})
+
+    refused = superuser_client.post("/api/budgets?tenant=acme", body, content_type="application/json")
+    listed = superuser_client.get("/api/budgets/?tenant=acme").json()
+    read = superuser_client.get("/api/budgets?tenant=acme")
+    created = superuser_client.post("/api/budgets/?tenant=acme", body, content_type="application/json")
+
+    error = assert_api_error(refused, 404, "not_found")
+    assert "/api/budgets/" in error["message"] and listed == []
+    # A read keeps APPEND_SLASH's redirect: following it loses nothing. The body was a valid budget all along.
+    assert (read.status_code, read["Location"]) == (301, "/api/budgets/?tenant=acme")
+    assert created.status_code == 201, created.content
+
+
 def test_the_schema_documents_the_error_shape(superuser_client):
     schema = superuser_client.get("/api/schema/", {"format": "json"}).json()
     assert {"ApiError", "OpenAIError"} <= set(schema["components"]["schemas"])
