@@ -9,7 +9,8 @@ from datetime import UTC, timedelta
 
 from django import forms
 from django.contrib import admin, messages
-from django.http import Http404, HttpResponse, HttpResponseNotAllowed
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.http import Http404, HttpResponse, HttpResponseBadRequest, HttpResponseNotAllowed
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
@@ -18,6 +19,8 @@ from django.utils.http import urlencode
 
 from billing.finance.dashboard import dashboard_build
 from billing.finance.exports import (
+    FIRST_DAY,
+    LAST_DAY,
     ExportError,
     csv_streaming_response,
     export_params_parse,
@@ -74,14 +77,27 @@ class ExportForm(forms.Form):
 
 class DashboardForm(forms.Form):
     tenant = forms.ModelChoiceField(queryset=Tenant.objects.none(), required=False)
-    since = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}))
-    until = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}))
+    # The days exports take: a tenant's day bounds overflow near date.max.
+    since = forms.DateField(
+        required=False,
+        widget=forms.DateInput(attrs={"type": "date"}),
+        validators=[MinValueValidator(FIRST_DAY), MaxValueValidator(LAST_DAY)],
+    )
+    until = forms.DateField(
+        required=False,
+        widget=forms.DateInput(attrs={"type": "date"}),
+        validators=[MinValueValidator(FIRST_DAY), MaxValueValidator(LAST_DAY)],
+    )
     team = forms.ModelChoiceField(queryset=Team.objects.none(), required=False, empty_label="All teams")
 
     def __init__(self, *args, user, **kwargs):
         super().__init__(*args, **kwargs)
         self.fields["tenant"].queryset = Tenant.objects.restrict(user, Action.VIEW)
         self.fields["team"].queryset = Team.objects.restrict(user, Action.VIEW).select_related("tenant")
+
+
+def _days_refused(form: DashboardForm) -> str:
+    return " ".join(f"{name}: {' '.join(form.errors[name])}" for name in ("since", "until") if name in form.errors)
 
 
 class CustomerNamedFilter(admin.SimpleListFilter):
@@ -181,6 +197,8 @@ class UsageRecordAdmin(ReadOnlyScopedAdmin):
     def dashboard_view(self, request):
         form = DashboardForm(request.GET or None, user=request.user)
         if form.is_bound and not form.is_valid():
+            if {"since", "until"} & set(form.errors):
+                return HttpResponseBadRequest(_days_refused(form), content_type="text/plain; charset=utf-8")
             raise Http404("Unknown tenant or team.")
         data = form.cleaned_data if form.is_bound else {}
         tenant = data.get("tenant") or form.fields["tenant"].queryset.first()
@@ -215,7 +233,8 @@ class UsageRecordAdmin(ReadOnlyScopedAdmin):
         try:
             month = month_start(request.GET.get("month") or timezone.now().date())
         except ValueError:
-            raise Http404("Give the month as YYYY-MM.") from None
+            refusal = f"Give the month as YYYY-MM, from {FIRST_DAY:%Y-%m} to {LAST_DAY:%Y-%m}."
+            return HttpResponseBadRequest(refusal, content_type="text/plain; charset=utf-8")
         statement = statement_build(tenant=tenant, month=month)
         if request.GET.get("format") == "csv":
             response = HttpResponse(statement_csv(statement), content_type="text/csv; charset=utf-8")

@@ -19,7 +19,7 @@ from django.db.models import QuerySet
 
 from billing.finance.csv_writer import FormulaSafeWriter
 from billing.finance.dashboard import BudgetUsage, budget_usage
-from billing.finance.exports import ExportParams, csv_chunks, request_rows
+from billing.finance.exports import FIRST_DAY, LAST_DAY, ExportParams, csv_chunks, request_rows
 from billing.ledger.columns import NO_SERVED_MODEL, REQUEST_COLUMNS
 from billing.ledger.costs import ZERO_USD, format_cents, format_cost
 from billing.ledger.selectors import ledger_between, tenant_zone
@@ -76,11 +76,16 @@ class Statement:
 
 
 def month_start(value: str | date) -> date:
-    """The first day of a month given as 2025-03 or any date in it; ValueError for anything else."""
+    """The first day of a month given as 2025-03 or any date in it, from 1970-01 to 9998-12 (as exports take days);
+    ValueError for anything else."""
     if isinstance(value, date):
-        return value.replace(day=1)
-    year, month = value.split("-")[:2]
-    return date(int(year), int(month), 1)
+        first = value.replace(day=1)
+    else:
+        year, month = value.split("-")[:2]
+        first = date(int(year), int(month), 1)
+    if not FIRST_DAY <= first <= LAST_DAY:
+        raise ValueError(f"a month from {FIRST_DAY:%Y-%m} to {LAST_DAY:%Y-%m}, not {first:%Y-%m}")
+    return first
 
 
 def statement_build(*, tenant: Tenant, month: date) -> Statement:

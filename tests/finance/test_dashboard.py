@@ -98,6 +98,19 @@ def test_another_tenants_team_is_refused(client, seeded):
     assert response.status_code == 404
 
 
+@pytest.mark.parametrize(
+    "days",
+    [{"since": "0001-01-01", "until": "9999-12-31"}, {"until": "9999-12-31"}, {"since": "1969-12-31"}],
+)
+def test_days_past_the_exports_range_are_refused_not_a_server_error(client, seeded, days):
+    client.force_login(UserFactory(is_staff=True, is_superuser=True))
+
+    refused = client.get(reverse("admin:billing_usage_dashboard"), {"tenant": seeded.tenant.pk, **days})
+
+    assert refused.status_code == 400
+    assert set(days) == {name for name in ("since", "until") if f"{name}:" in refused.content.decode()}
+
+
 @pytest.mark.parametrize("name", ["admin:billing_usage_export", "admin:billing_usage_statement"])
 def test_finance_pages_show_nothing_of_another_tenant(client, seeded, name):
     other = make_finance_tenant("other-co")
