@@ -23,6 +23,7 @@ from billing.finance.exports import (
     LAST_DAY,
     ExportError,
     csv_streaming_response,
+    export_max_days,
     export_params_parse,
     is_sync_exportable,
     request_csv_chunks,
@@ -208,9 +209,12 @@ class UsageRecordAdmin(ReadOnlyScopedAdmin):
         if team is not None and team.tenant_id != tenant.pk:
             raise Http404("Unknown team.")
         until = data.get("until") or timezone.now().astimezone(tenant_zone(tenant=tenant)).date()
-        since = data.get("since") or until - timedelta(days=DEFAULT_DASHBOARD_DAYS - 1)
+        since = data.get("since") or max(FIRST_DAY, until - timedelta(days=DEFAULT_DASHBOARD_DAYS - 1))
         if since > until:
             since, until = until, since
+        if (until - since).days + 1 > export_max_days():
+            refusal = f"A dashboard covers at most {export_max_days()} days, as an export does; this asks for more."
+            return HttpResponseBadRequest(refusal, content_type="text/plain; charset=utf-8")
         usage_rollups_refresh_if_stale()
         dashboard = dashboard_build(tenant=tenant, since=since, until=until, team=team)
         form = DashboardForm(

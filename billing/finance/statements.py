@@ -78,11 +78,14 @@ class Statement:
 def month_start(value: str | date) -> date:
     """The first day of a month given as 2025-03 or any date in it, from 1970-01 to 9998-12 (as exports take days);
     ValueError for anything else."""
-    if isinstance(value, date):
-        first = value.replace(day=1)
-    else:
-        year, month = value.split("-")[:2]
-        first = date(int(year), int(month), 1)
+    try:
+        if isinstance(value, date):
+            first = date(value.year, value.month, 1)
+        else:
+            year, month = value.split("-")[:2]
+            first = date(int(year), int(month), 1)
+    except OverflowError as error:  # a year past what a C long holds
+        raise ValueError(str(error)) from None
     if not FIRST_DAY <= first <= LAST_DAY:
         raise ValueError(f"a month from {FIRST_DAY:%Y-%m} to {LAST_DAY:%Y-%m}, not {first:%Y-%m}")
     return first

@@ -111,6 +111,17 @@ def test_days_past_the_exports_range_are_refused_not_a_server_error(client, seed
     assert set(days) == {name for name in ("since", "until") if f"{name}:" in refused.content.decode()}
 
 
+def test_a_dashboard_longer_than_an_export_is_refused(client, seeded):
+    client.force_login(UserFactory(is_staff=True, is_superuser=True))
+    url = reverse("admin:billing_usage_dashboard")
+
+    refused = client.get(url, {"tenant": seeded.tenant.pk, "since": "1970-01-01", "until": "9998-12-31"})
+    earliest = client.get(url, {"tenant": seeded.tenant.pk, "until": "1970-01-01"})
+
+    assert refused.status_code == 400 and b"at most" in refused.content
+    assert earliest.status_code == 200
+
+
 @pytest.mark.parametrize("name", ["admin:billing_usage_export", "admin:billing_usage_statement"])
 def test_finance_pages_show_nothing_of_another_tenant(client, seeded, name):
     other = make_finance_tenant("other-co")

@@ -55,7 +55,7 @@ def test_statement_page_prints_and_downloads_csv(client, march_usage):
     assert "7.0000000000" not in download.content.decode()
 
 
-@pytest.mark.parametrize("month", ["9999-12", "0001-01", "1969-12", "2025-13", "garbage"])
+@pytest.mark.parametrize("month", ["9999-12", "0001-01", "1969-12", "2025-13", "garbage", "99999999999999999999-01"])
 def test_a_month_outside_the_ledgers_range_or_not_a_month_is_a_400(client, march_usage, month):
     client.force_login(march_usage.finance_user)
     url = reverse("admin:billing_usage_statement")

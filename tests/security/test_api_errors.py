@@ -162,7 +162,9 @@ def test_unknown_paths_methods_and_anonymous_callers_get_json(superuser_client):
     assert_api_error(broken, 400, "invalid_json")
 
 
-def test_a_write_without_the_trailing_slash_is_refused_not_redirected_into_a_get(superuser_client):
+@pytest.mark.parametrize("debug", [False, True], ids=["production", "debug"])
+def test_a_write_without_the_trailing_slash_is_refused_not_redirected_into_a_get(superuser_client, settings, debug):
+    settings.DEBUG = debug
     body = json.dumps({"limit_usd": "10"})
 
     refused = superuser_client.post("/api/budgets?tenant=acme", body, content_type="application/json")
