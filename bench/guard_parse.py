@@ -7,7 +7,6 @@ alternate the two. Figures, not a test.
 """
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -23,16 +22,12 @@ django.setup()
 from django.conf import settings  # noqa: E402
 
 from routing.cache import near_miss  # noqa: E402
-from routing.cache.keys import normalize_prompt  # noqa: E402
+from routing.cache.crossenc_train import training_pairs_load  # noqa: E402
 
 
 def _tuning_prompts() -> list[str]:
-    prompts = set()
-    for path in settings.LLMOPS_CACHE_CROSSENC_TRAINING_PAIRS:
-        for line in Path(path).read_text().splitlines():
-            row = json.loads(line)
-            prompts |= {normalize_prompt(row["stored"]), normalize_prompt(row["asked"])}
-    return sorted(prompts)
+    pairs = training_pairs_load(settings.LLMOPS_CACHE_CROSSENC_TRAINING_PAIRS)
+    return sorted({prompt for pair in pairs for prompt in (pair.stored, pair.asked)})
 
 
 def _us_a_prompt(prompts: list[str]) -> float:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from common import ROOT, TUNING
 
-from routing.cache.crossenc_train import LABELS
+from routing.cache.crossenc_train import LABELS, training_pairs_load
 from routing.cache.keys import normalize_prompt
 
 KEYS = {"domain", "label", "kind", "stored", "asked"}
@@ -57,12 +57,7 @@ def main() -> int:
     excluded = (
         args.exclude if args.exclude is not None else [*TUNING, *sorted(ROOT.glob("bench/cache_heldout_*.jsonl"))]
     )
-    seen_questions = set()
-    for path in excluded:
-        for line in path.read_text().splitlines():
-            if line.strip():
-                row = json.loads(line)
-                seen_questions |= {normalize_prompt(row["stored"]), normalize_prompt(row["asked"])}
+    seen_questions = {question for pair in training_pairs_load(excluded) for question in (pair.stored, pair.asked)}
 
     kept, seen_pairs = [], set()
     for path in args.writers:

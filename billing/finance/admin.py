@@ -97,6 +97,10 @@ class DashboardForm(forms.Form):
         self.fields["team"].queryset = Team.objects.restrict(user, Action.VIEW).select_related("tenant")
 
 
+def _bad_request(refusal: str) -> HttpResponseBadRequest:
+    return HttpResponseBadRequest(refusal, content_type="text/plain; charset=utf-8")
+
+
 def _days_refused(form: DashboardForm) -> str:
     return " ".join(f"{name}: {' '.join(form.errors[name])}" for name in ("since", "until") if name in form.errors)
 
@@ -199,7 +203,7 @@ class UsageRecordAdmin(ReadOnlyScopedAdmin):
         form = DashboardForm(request.GET or None, user=request.user)
         if form.is_bound and not form.is_valid():
             if {"since", "until"} & set(form.errors):
-                return HttpResponseBadRequest(_days_refused(form), content_type="text/plain; charset=utf-8")
+                return _bad_request(_days_refused(form))
             raise Http404("Unknown tenant or team.")
         data = form.cleaned_data if form.is_bound else {}
         tenant = data.get("tenant") or form.fields["tenant"].queryset.first()
@@ -213,8 +217,9 @@ class UsageRecordAdmin(ReadOnlyScopedAdmin):
         if since > until:
             since, until = until, since
         if (until - since).days + 1 > export_max_days():
-            refusal = f"A dashboard covers at most {export_max_days()} days, as an export does; this asks for more."
-            return HttpResponseBadRequest(refusal, content_type="text/plain; charset=utf-8")
+            return _bad_request(
+                f"A dashboard covers at most {export_max_days()} days, as an export does; this asks for more."
+            )
         usage_rollups_refresh_if_stale()
         dashboard = dashboard_build(tenant=tenant, since=since, until=until, team=team)
         form = DashboardForm(
@@ -237,8 +242,7 @@ class UsageRecordAdmin(ReadOnlyScopedAdmin):
         try:
             month = month_start(request.GET.get("month") or timezone.now().date())
         except ValueError:
-            refusal = f"Give the month as YYYY-MM, from {FIRST_DAY:%Y-%m} to {LAST_DAY:%Y-%m}."
-            return HttpResponseBadRequest(refusal, content_type="text/plain; charset=utf-8")
+            return _bad_request(f"Give the month as YYYY-MM, from {FIRST_DAY:%Y-%m} to {LAST_DAY:%Y-%m}.")
         statement = statement_build(tenant=tenant, month=month)
         if request.GET.get("format") == "csv":
             response = HttpResponse(statement_csv(statement), content_type="text/csv; charset=utf-8")

@@ -4,13 +4,13 @@ These examples are written apart from bench/cache_pairs.jsonl (the set the guard
 held-out set, so a rule that only fits those pairs fails here. The prompts are lower-cased as the cache normalises them.
 """
 
-import json
 import re
 
 import pytest
 from django.conf import settings
 
 from routing.cache import near_miss
+from routing.cache.crossenc_train import training_pairs_load
 from routing.cache.keys import normalize_prompt
 from routing.cache.near_miss import near_miss_reason
 
@@ -414,10 +414,9 @@ def _all_prompts() -> list[str]:
     prompts |= {prompt for pair in SERVED for prompt in pair}
     prompts |= {prompt for _, *pair in STRUCTURAL_REFUSED for prompt in pair}
     prompts |= {prompt for pair in STRUCTURAL_SERVED for prompt in pair}
-    for path in settings.LLMOPS_CACHE_CROSSENC_TRAINING_PAIRS:
-        with open(path) as pairs:
-            prompts |= {row[side] for row in map(json.loads, pairs) for side in ("stored", "asked")}
-    return sorted({normalize_prompt(prompt) for prompt in prompts})
+    prompts = {normalize_prompt(prompt) for prompt in prompts}
+    tuning = training_pairs_load(settings.LLMOPS_CACHE_CROSSENC_TRAINING_PAIRS)
+    return sorted(prompts | {prompt for pair in tuning for prompt in (pair.stored, pair.asked)})
 
 
 def test_the_phrase_prefilter_prepares_every_prompt_as_the_substitutions_one_by_one_do(monkeypatch):
