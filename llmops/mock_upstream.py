@@ -26,7 +26,10 @@ name's ``fail-<status>``, ``stall`` and ``no-usage`` apply.
 
 OpenAI's Files and Batch API are imitated in memory (``POST /v1/files``, ``GET /v1/files/{id}/content``,
 ``POST /v1/batches``, ``GET /v1/batches/{id}``): a batch reports ``in_progress`` until BATCH_SECONDS have
-passed, then ``completed`` with an output file answering every line as ``/v1/chat/completions`` would.
+passed, then ``completed`` with an output file answering every line as ``/v1/chat/completions`` would (a
+``fail-<status>`` line answered with that status and a ``{message, code}`` error body). When any line's model name
+contains ``batch-expire``, the batch ends ``expired`` instead, its output file answering only the other lines and no
+error file, so those lines are left unanswered.
 """
 
 import asyncio
@@ -49,6 +52,7 @@ CACHE_STEP = 128
 SEEN_PROMPTS_LIMIT = 10_000
 FAIL_PATTERN = re.compile(r"fail-(\d{3})")
 BATCH_SECONDS = 0.5
+BATCH_EXPIRE_MARK = "batch-expire"
 # As text-embedding-3-small's.
 DEFAULT_DIMENSIONS = 1536
 FILE_PATH = re.compile(r"/v1/files/([\w-]+)/content")
@@ -285,16 +289,16 @@ class MockUpstream:
         if time.monotonic() - batch["at"] < BATCH_SECONDS:
             return state
         if "output_file_id" not in batch:
+            lines = [orjson.loads(raw) for raw in self.files[batch["input_file_id"]].splitlines() if raw.strip()]
+            answered = [line for line in lines if BATCH_EXPIRE_MARK not in str(line["body"].get("model"))]
+            batch["status"] = "completed" if len(answered) == len(lines) else "expired"
             batch["output_file_id"] = f"file-mockout{time.monotonic_ns()}"
-            self.files[batch["output_file_id"]] = self._batch_output(self.files[batch["input_file_id"]])
-        return {**state, "status": "completed", "output_file_id": batch["output_file_id"], "error_file_id": None}
+            self.files[batch["output_file_id"]] = self._batch_output(answered)
+        return {**state, "status": batch["status"], "output_file_id": batch["output_file_id"], "error_file_id": None}
 
-    def _batch_output(self, content: bytes) -> bytes:
+    def _batch_output(self, lines: list[dict]) -> bytes:
         rows = []
-        for raw in content.splitlines():
-            if not raw.strip():
-                continue
-            line = orjson.loads(raw)
+        for line in lines:
             body, model = line["body"], str(line["body"].get("model"))
             self.batch_lines_served += 1
             failure = FAIL_PATTERN.search(model)

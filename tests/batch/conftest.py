@@ -85,14 +85,16 @@ def slow_upstream():
         yield server
 
 
-def provider_model(upstream_url: str, *, provider_name: str, model_name: str, tenant: TenantSetup):
+def provider_model(
+    upstream_url: str, *, provider_name: str, model_name: str, tenant: TenantSetup, upstream_name: str = "mock-small"
+):
     from routing.services import tenant_model_access_set
 
     provider = ProviderFactory(name=provider_name, base_url=f"{upstream_url}/v1")
     model = ModelFactory(
         name=model_name,
         provider=provider,
-        upstream_name="mock-small",
+        upstream_name=upstream_name,
         **tenant.small.price_in_force().prices(),
     )
     tenant_model_access_set(

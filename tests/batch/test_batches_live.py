@@ -13,6 +13,7 @@ from llmops.gateway.batches.runner import batch_process
 from llmops.gateway.batches.services import line_request_id
 from tests.batch.conftest import (
     DELEGATING_PROVIDER,
+    WORKER_ENV,
     celery_worker,
     chat_line,
     provider_model,
@@ -46,6 +47,16 @@ def cost_and_ledger_at_one_moment(batch_id: str) -> tuple[str, int, Decimal, Dec
 
 def sdk(gateway, key: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=key, max_retries=0, timeout=20)
+
+
+@pytest.fixture
+def single_attempt_worker(gateway, live_broker, files_root, monkeypatch):
+    """A worker that runs each line once, so a line's first transient failure is its final answer (a retry would run
+    it one by one, and succeed)."""
+    monkeypatch.setitem(WORKER_ENV, "LLMOPS_BATCH_LINE_MAX_ATTEMPTS", "1")
+    running = celery_worker().start()
+    yield running
+    running.kill()
 
 
 def test_mixed_batch_completes_with_output_and_error_files(worker, openai_client, acme):
@@ -182,6 +193,90 @@ def test_delegated_to_provider_batch_endpoint_at_the_discount(worker, openai_cli
     assert stored.saved_batch_usd == sum(record.saved_batch_usd for record in ledger)
     output = rows(openai_client, done.output_file_id)
     assert {row["response"]["request_id"] for row in output} == {record.request_id for record in ledger}
+
+
+def test_delegated_lines_a_provider_batch_left_unanswered_fail_with_openai_error_objects(
+    single_attempt_worker, openai_client, acme, mock_upstream
+):
+    from routing.services import tenant_model_access_set
+
+    expiring = provider_model(
+        mock_upstream.url,
+        provider_name=DELEGATING_PROVIDER,
+        model_name="acme-batch-expire",
+        upstream_name="mock-batch-expire",
+        tenant=acme,
+    )
+    answered = ModelFactory(name="acme-batchable", provider=expiring.provider)
+    tenant_model_access_set(
+        tenant=acme.tenant, allowed_models=[acme.small, expiring, answered], default_model=acme.small
+    )
+    served_before = mock_upstream.app.requests_served
+    lines = [chat_line(f"expire-{n}", "acme-batch-expire", f"summarise report {n}") for n in range(2)]
+    lines.append(chat_line("answered", "acme-batchable"))
+    batch = openai_client.batches.create(
+        input_file_id=upload(openai_client, lines), endpoint="/v1/chat/completions", completion_window="24h"
+    )
+
+    done = wait_finished(openai_client, batch.id)
+
+    assert (done.status, done.request_counts.completed, done.request_counts.failed) == ("completed", 1, 2)
+    assert mock_upstream.app.requests_served == served_before
+    assert [row["custom_id"] for row in rows(openai_client, done.output_file_id)] == ["answered"]
+    errors = {row["custom_id"]: row for row in rows(openai_client, done.error_file_id)}
+    assert set(errors) == {"expire-0", "expire-1"}
+    for row in errors.values():
+        assert row["response"]["status_code"] == 502
+        assert row["response"]["body"]["error"] == {
+            "message": "The provider batch ended expired.",
+            "type": "api_error",
+            "param": None,
+            "code": "provider_expired",
+        }
+    ledger = {record.request_id: record for record in batch_ledger(batch.id)}
+    assert len(ledger) == 3
+    for row in errors.values():
+        record = ledger[row["response"]["request_id"]]
+        assert (record.http_status, record.error_code, record.served_model) == (
+            502,
+            "provider_batch_error",
+            "acme-batch-expire",
+        )
+
+
+def test_delegated_line_the_provider_answered_with_an_error_fails_with_an_openai_error_object(
+    worker, openai_client, acme, mock_upstream
+):
+    provider_model(
+        mock_upstream.url,
+        provider_name=DELEGATING_PROVIDER,
+        model_name="acme-batch-broken",
+        upstream_name="mock-fail-400",
+        tenant=acme,
+    )
+    served_before, batch_lines_before = mock_upstream.app.requests_served, mock_upstream.app.batch_lines_served
+    batch = openai_client.batches.create(
+        input_file_id=upload(openai_client, [chat_line("refused", "acme-batch-broken")]),
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+    )
+
+    done = wait_finished(openai_client, batch.id)
+
+    assert (done.status, done.request_counts.failed) == ("completed", 1)
+    assert mock_upstream.app.batch_lines_served - batch_lines_before == 1
+    assert mock_upstream.app.requests_served == served_before
+    [row] = rows(openai_client, done.error_file_id)
+    assert row["response"]["status_code"] == 400
+    # The provider's message and code, in OpenAI's four fields.
+    assert row["response"]["body"]["error"] == {
+        "message": "mock upstream told to fail by model mock-fail-400",
+        "type": "invalid_request_error",
+        "param": None,
+        "code": "mock_failure",
+    }
+    [record] = batch_ledger(batch.id)
+    assert (record.request_id, record.http_status) == (row["response"]["request_id"], 400)
 
 
 def test_batch_cost_is_the_sum_of_its_ledger_rows_at_every_moment(worker, openai_client, acme, slow_upstream):

@@ -26,7 +26,7 @@ from llmops.gateway.batches.selectors import batches_for_workers, lines_for_work
 from llmops.gateway.batches.services import CHAT_ENDPOINT, ClaimedLine, line_record, line_request_id, lines_claim
 from llmops.gateway.call import GatewayCall
 from llmops.gateway.chat.planning import plan_chat, request_customer
-from llmops.gateway.errors import GatewayError
+from llmops.gateway.errors import GatewayError, error_body
 from llmops.gateway.snapshot import ConfigSnapshot, config_snapshot
 from llmops.metrics import record_request_metrics
 from routing.catalog import ProviderEntry
@@ -181,14 +181,37 @@ async def _merge(batch: Batch, principal: KeyPrincipal, state: dict, results: li
         answered.add(line.custom_id)
         response = row.get("response") or {}
         status_code = int(response.get("status_code") or 500)
-        body = response.get("body") or {"error": row.get("error") or {"message": "no response", "code": "no_response"}}
+        body = response.get("body")
+        if not isinstance(body, dict) or not body:
+            message = "The provider batch returned no response for this line."
+            body = _provider_error(row.get("error"), status=status_code, message=message, code="no_response")
+        elif status_code >= 400:
+            message = f"The provider answered {status_code}."
+            body = _provider_error(body.get("error"), status=status_code, message=message, code="provider_error")
         await _record(batch, principal, line, state["lines"][line.custom_id], status_code, body, multipliers)
     for custom_id in state["lines"]:
         line = lines.get(custom_id)
         if line is None or custom_id in answered:
             continue
-        body = {"error": {"message": f"The provider batch ended {remote_status}.", "code": f"provider_{remote_status}"}}
-        await _record(batch, principal, line, state["lines"][custom_id], 502, body, multipliers)
+        ended = GatewayError(f"The provider batch ended {remote_status}.", status=502, code=f"provider_{remote_status}")
+        await _record(batch, principal, line, state["lines"][custom_id], 502, error_body(ended), multipliers)
+
+
+def _provider_error(error, *, status: int, message: str, code: str) -> dict:
+    """OpenAI's four-field error body for an error a provider batch reported: its error file's rows and a failed
+    line's body may carry ``{code, message}`` only, and clients read ``type`` and ``param`` too. What the provider
+    left out is filled as the gateway's own errors are."""
+    error = error if isinstance(error, dict) else {}
+    param = error.get("param")
+    return error_body(
+        GatewayError(
+            str(error.get("message") or message),
+            status=status,
+            code=str(error.get("code") or code),
+            param=param if isinstance(param, str) else None,
+            error_type=str(error.get("type") or ""),
+        )
+    )
 
 
 async def _record(batch, principal, line: BatchLine, info: dict, status_code: int, body: dict, multipliers) -> None:
