@@ -9,6 +9,7 @@ from billing.models import UsageRecord
 from core.webhooks import webhook_secret_new
 from llmops.gateway.batches.models import Job, JobStatus
 from llmops.gateway.jobs.services import job_request_id, job_run
+from llmops.gateway.jobs.tasks import WEBHOOK_RETRY_BASE_SECONDS
 from tenants.services import api_key_revoke
 from tests.batch.conftest import wait_for
 from tests.loops import run as run_on_a_new_loop
@@ -49,6 +50,33 @@ def test_job_runs_in_the_background_and_posts_a_signed_webhook(worker, gateway, 
     wait_for(
         lambda: httpx.get(f"{gateway.url}/api/jobs/{job_id}", headers=headers).json()["webhook"]["state"] == "delivered"
     )
+
+
+def test_a_failing_webhook_is_retried_by_the_worker_after_a_backoff_then_failed(worker, gateway, acme, receiver):
+    """The worker's retries wait their countdown (WORKER_ENV: 2 attempts in all), unlike eager mode's."""
+    headers = {"Authorization": f"Bearer {acme.key}"}
+    receiver.app.statuses.extend([500, 500])
+    request = {
+        "model": "acme-small",
+        "messages": [{"role": "user", "content": "Write the quarterly report"}],
+        "callback_url": f"{receiver.url}/hooks/llmops",
+    }
+
+    accepted = httpx.post(f"{gateway.url}/api/jobs", json=request, headers=headers)
+    job_id = accepted.json()["id"]
+
+    def given_up() -> dict | None:
+        job = httpx.get(f"{gateway.url}/api/jobs/{job_id}", headers=headers).json()
+        return job if job["webhook"]["state"] == "failed" else None
+
+    finished = wait_for(given_up)
+
+    assert accepted.status_code == 202
+    assert finished["webhook"]["attempts"] == 2 and finished["status"] == "completed"
+    first, second = receiver.app.received
+    waited = int(second.headers["webhook-timestamp"]) - int(first.headers["webhook-timestamp"])
+    # Whole seconds either side: a countdown of 5 s reads as at least 4.
+    assert waited >= WEBHOOK_RETRY_BASE_SECONDS - 1
 
 
 def test_job_refusals_and_another_tenants_job(live_broker, gateway, acme, globex):
