@@ -12,7 +12,7 @@ from billing.alerts.anomalies import tenant_anomalies_detect
 from billing.alerts.channels import ChannelSendError
 from billing.alerts.services import alert_delivery_attempt, alert_delivery_give_up, budget_alert_raise
 from billing.models import AlertDelivery
-from llmops.celery import retry_later
+from core.task_retries import retry_later
 from tenants.models import Tenant
 from tenants.selectors import tenants_active
 

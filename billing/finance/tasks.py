@@ -15,7 +15,7 @@ from billing.finance.exports import usage_export_write
 from billing.finance.rollups import usage_rollups_rebuild_recent, usage_rollups_refresh
 from billing.finance.statements import month_start, statement_push_to_s3
 from billing.models import UsageExport
-from llmops.celery import retry_later
+from core.task_retries import retry_later
 from tenants.models import Tenant
 from tenants.selectors import tenants_active
 

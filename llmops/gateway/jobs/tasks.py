@@ -4,7 +4,7 @@ from celery import shared_task
 from django.conf import settings
 
 from core.event_loops import run_in_worker_loop
-from llmops.celery import retry_later
+from core.task_retries import retry_later
 from llmops.gateway.jobs.services import WebhookDeliveryError, job_run, job_webhook_attempt, job_webhook_give_up
 
 WEBHOOK_RETRY_BASE_SECONDS = 5
