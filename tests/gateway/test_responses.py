@@ -187,6 +187,29 @@ def test_a_conversation_of_text_items_is_the_chat_it_stands_for(openai_client, a
         ({"temperature": 3}, "invalid_value", "temperature"),
         ({"text": {"format": {"type": "xml"}}}, "invalid_value", "text.format.type"),
         ({"stream_options": {"include_obfuscation": False}}, "invalid_value", "stream_options"),
+        # A field inside an object is refused as one at the top is, by its path; a value outside an enum too.
+        ({"text": {"foo": 1}}, "unsupported_parameter", "text.foo"),
+        ({"text": {"format": {"type": "text", "foo": 1}}}, "unsupported_parameter", "text.format.foo"),
+        (
+            {"text": {"format": {"type": "json_schema", "name": "n", "schema": {}, "foo": 1}}},
+            "unsupported_parameter",
+            "text.format.foo",
+        ),
+        ({"text": {"verbosity": "loud"}}, "invalid_value", "text.verbosity"),
+        ({"reasoning": {"effort": "extreme"}}, "invalid_value", "reasoning.effort"),
+        ({"reasoning": {"foo": 1}}, "unsupported_parameter", "reasoning.foo"),
+        ({"stream": True, "stream_options": {"foo": True}}, "unsupported_parameter", "stream_options.foo"),
+        (
+            {"stream": True, "stream_options": {"include_usage": True}},
+            "unsupported_parameter",
+            "stream_options.include_usage",
+        ),
+        ({"input": [{"role": "user", "content": "hi", "foo": 1}]}, "unsupported_parameter", "input[0].foo"),
+        (
+            {"input": [{"role": "user", "content": [{"type": "input_text", "text": "hi", "foo": 1}]}]},
+            "unsupported_parameter",
+            "input[0].content[0].foo",
+        ),
     ],
 )
 def test_what_is_not_supported_or_not_valid_is_an_openai_400(gateway, acme, body, code, param):
@@ -203,6 +226,47 @@ def test_what_is_not_supported_or_not_valid_is_an_openai_400(gateway, acme, body
         code,
         0,
     )
+
+
+@pytest.mark.parametrize(
+    ("body", "param", "why"),
+    [
+        ({"reasoning": {"foo": 1}}, "reasoning.foo", "it is not a parameter this gateway knows"),
+        ({"reasoning": {"summary": "auto"}}, "reasoning.summary", "reasoning summaries are not returned"),
+        (
+            {"stream": True, "stream_options": {"include_usage": True}},
+            "stream_options.include_usage",
+            "a Responses stream always carries the usage, in its `response.completed` event",
+        ),
+        ({"text": {"verbosity": "loud"}}, "text.verbosity", "'loud'. Supported values are: 'low', 'medium', 'high'."),
+    ],
+)
+def test_a_refusal_says_why(gateway, acme, body, param, why):
+    response = respond(gateway, acme, {"model": acme.small.name, "input": "hi", **body})
+
+    error = response.json()["error"]
+    assert error["param"] == param
+    assert why in error["message"]
+
+
+def test_an_earlier_answer_sent_back_as_it_came_continues_the_conversation(openai_client, acme):
+    first = openai_client.responses.create(
+        model=acme.small.name,
+        input=QUESTION,
+        max_output_tokens=5,
+        text={"verbosity": "low"},
+        reasoning={"effort": "minimal"},
+    )
+    conversation = [
+        {"role": "user", "content": QUESTION},
+        *(item.model_dump() for item in first.output),
+        {"role": "user", "content": [{"type": "input_text", "text": "And of Spain?"}]},
+    ]
+
+    second = openai_client.responses.create(model=acme.small.name, input=conversation, max_output_tokens=10)
+
+    assert (first.text.verbosity, first.reasoning.effort) == ("low", "minimal")
+    assert second.output_text.startswith("Mock answer to: And of Spain?")
 
 
 def test_stored_responses_cannot_be_retrieved(openai_client):

@@ -4,9 +4,12 @@ body it becomes for the chat pipeline.
 What the gateway does not do answers a 400 naming the parameter, never silently dropped: tools, stored state
 (`previous_response_id`, `conversation`, `store: true`, retrieval), `background`, prompt templates, non-text inputs
 and output options beyond text (`code unsupported_parameter` for a parameter, `unsupported_value` for a value of a
-parameter it takes otherwise). A field it does not know is refused the same way, since nothing here could pass it on.
+parameter it takes otherwise). A field it does not know, at the top or inside an object (`text.format`, an input
+item, a content part), is refused the same way, since nothing here could pass it on; a value outside one of OpenAI's
+enums is `invalid_value`, as OpenAI answers it.
 """
 
+from collections.abc import Set
 from functools import partial
 
 from llmops.gateway.chat.validation import (
@@ -19,19 +22,56 @@ from llmops.gateway.chat.validation import (
     _missing,
     _number,
     _object,
-    _shape,
     _string,
     _type_error,
     validate_metadata,
     validate_model,
 )
 from llmops.gateway.errors import invalid_request
+from llmops.gateway.messages.validation import _field_name
 
 MESSAGE_ROLES = ("user", "assistant", "system", "developer")
 # Content parts that are text: an earlier answer's output_text or refusal is taken as input too.
 TEXT_PARTS = ("input_text", "output_text", "refusal")
 NON_TEXT_PARTS = ("input_image", "input_file", "input_audio")
-TEXT_FORMATS = ("text", "json_object", "json_schema")
+VERBOSITIES = ("low", "medium", "high")
+# OpenAI's (the `openai` SDK's ReasoningEffort); which of them a model takes is its provider's to judge.
+REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh", "max")
+UNKNOWN_FIELD = "it is not a parameter this gateway knows"
+# The fields of each object the gateway knows. An earlier answer's output, sent back as input as it came, carries an
+# item's `id`, `status` and `phase` and a part's `annotations` and `logprobs`: taken, and not read.
+MESSAGE_ITEM_KNOWN = frozenset({"type", "role", "content", "id", "status", "phase"})
+PART_KNOWN = {
+    "input_text": frozenset({"type", "text"}),
+    "output_text": frozenset({"type", "text", "annotations", "logprobs"}),
+    "refusal": frozenset({"type", "refusal"}),
+}
+JSON_SCHEMA_FIELDS = {"name": _string, "schema": _object, "description": _string, "strict": _boolean}
+TEXT_FORMAT_KNOWN = {
+    "text": frozenset({"type"}),
+    "json_object": frozenset({"type"}),
+    "json_schema": frozenset({"type", *JSON_SCHEMA_FIELDS}),
+}
+TEXT_FORMATS = tuple(TEXT_FORMAT_KNOWN)
+TEXT_FIELDS = {"format": _object, "verbosity": partial(_choice, choices=VERBOSITIES)}
+REASONING_FIELDS = {"effort": partial(_choice, choices=REASONING_EFFORTS)}
+STREAM_OPTIONS_FIELDS = {"include_obfuscation": _boolean}
+# Why each of OpenAI's fields inside an object is refused (a null asks for nothing, and is accepted).
+PART_UNSUPPORTED_FIELDS = {
+    "input_text": {
+        "prompt_cache_breakpoint": "the provider's prompt cache breakpoints are not set through this gateway",
+    },
+}
+REASONING_UNSUPPORTED_FIELDS = {
+    "summary": "reasoning summaries are not returned",
+    "generate_summary": "reasoning summaries are not returned",
+    "context": "reasoning items are not taken as input, so there is no earlier reasoning to render",
+    "mode": "the reasoning execution mode is not set through this gateway",
+}
+STREAM_OPTIONS_UNSUPPORTED_FIELDS = {
+    "include_usage": "it is a chat completions option; a Responses stream always carries the usage, in its "
+    "`response.completed` event",
+}
 # Why each parameter the gateway does not take is refused (a value of None, False or [] asks for nothing, and is
 # accepted for those marked so below).
 UNSUPPORTED_PARAMETERS = {
@@ -73,6 +113,17 @@ def unsupported_value(param: str, why: str):
     )
 
 
+def _known_fields(param: str, value: dict, known: Set[str], unsupported: dict[str, str] | None = None) -> None:
+    """Refuse a field of ``value`` outside ``known`` (a null asks for nothing, as at the top level), for its reason in
+    ``unsupported`` when it has one."""
+    if value.keys() <= known:
+        return
+    for name, field in value.items():
+        if field is not None and name not in known:
+            why = unsupported.get(name, UNKNOWN_FIELD) if unsupported else UNKNOWN_FIELD
+            raise unsupported_parameter(f"{param}.{_field_name(name)}", why)
+
+
 def _content_part(param: str, part) -> None:
     part = _object(param, part)
     kind = part.get("type")
@@ -81,6 +132,7 @@ def _content_part(param: str, part) -> None:
     if kind in NON_TEXT_PARTS:
         raise unsupported_value(f"{param}.type", NOT_TEXT)
     _choice(f"{param}.type", kind, TEXT_PARTS)
+    _known_fields(param, part, PART_KNOWN[kind], PART_UNSUPPORTED_FIELDS.get(kind))
     field = "refusal" if kind == "refusal" else "text"
     _fields(param, part, {field: _string}, required=(field,))
 
@@ -104,6 +156,7 @@ def _input_item(param: str, item) -> None:
             _content_part(f"{param}.content[{index}]", part)
     elif not isinstance(content, str):
         raise _type_error(f"{param}.content", "a string or an array of content parts", content)
+    _known_fields(param, item, MESSAGE_ITEM_KNOWN)
 
 
 def _input(param: str, value) -> None:
@@ -117,24 +170,30 @@ def _input(param: str, value) -> None:
         _input_item(f"{param}[{index}]", item)
 
 
+def _strict_shape(checks: dict, unsupported: dict[str, str] | None = None):
+    """A check of an object with the given fields, and no other."""
+    known = checks.keys()
+
+    def check(param: str, value) -> None:
+        value = _object(param, value)
+        _known_fields(param, value, known, unsupported)
+        _fields(param, value, checks)
+
+    return check
+
+
 def _text(param: str, value) -> None:
     value = _object(param, value)
-    _fields(param, value, {"format": _object, "verbosity": _string})
+    _known_fields(param, value, TEXT_FIELDS.keys())
+    _fields(param, value, TEXT_FIELDS)
     text_format = value.get("format")
     if text_format is None:
         return
-    _fields(f"{param}.format", text_format, {"type": partial(_choice, choices=TEXT_FORMATS)}, required=("type",))
+    param = f"{param}.format"
+    _fields(param, text_format, {"type": partial(_choice, choices=TEXT_FORMATS)}, required=("type",))
+    _known_fields(param, text_format, TEXT_FORMAT_KNOWN[text_format["type"]])
     if text_format["type"] == "json_schema":
-        checks = {"name": _string, "schema": _object, "description": _string, "strict": _boolean}
-        _fields(f"{param}.format", text_format, checks, required=("name", "schema"))
-
-
-def _reasoning(param: str, value) -> None:
-    value = _object(param, value)
-    for name in value:
-        if name != "effort" and value[name] is not None:
-            raise unsupported_parameter(f"{param}.{name}", "reasoning summaries are not returned")
-    _fields(param, value, {"effort": _string})
+        _fields(param, text_format, JSON_SCHEMA_FIELDS, required=("name", "schema"))
 
 
 def _tools(param: str, value) -> None:
@@ -168,7 +227,7 @@ FIELD_CHECKS = {
     "temperature": partial(_number, low=0.0, high=2.0),
     "top_p": partial(_number, low=0.0, high=1.0),
     "stream": _boolean,
-    "stream_options": _shape({"include_obfuscation": _boolean}),
+    "stream_options": _strict_shape(STREAM_OPTIONS_FIELDS, STREAM_OPTIONS_UNSUPPORTED_FIELDS),
     "metadata": validate_metadata,
     "user": _string,
     "safety_identifier": _string,
@@ -180,7 +239,7 @@ FIELD_CHECKS = {
     "tools": _tools,
     "tool_choice": _tool_choice,
     "text": _text,
-    "reasoning": _reasoning,
+    "reasoning": _strict_shape(REASONING_FIELDS, REASONING_UNSUPPORTED_FIELDS),
     "include": _include,
     "truncation": _truncation,
 }
@@ -195,7 +254,7 @@ def validate_responses_request(body) -> dict:
         if name in UNSUPPORTED_PARAMETERS:
             raise unsupported_parameter(name, UNSUPPORTED_PARAMETERS[name])
         if name not in KNOWN_FIELDS:
-            raise unsupported_parameter(name, "it is not a parameter this gateway knows")
+            raise unsupported_parameter(_field_name(name), UNKNOWN_FIELD)
     if body.get("input") is None:
         raise _missing("input")
     _input("input", body["input"])
