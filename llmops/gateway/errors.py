@@ -21,15 +21,16 @@ OUTAGE_ERRORS = (OperationalError, InterfaceError, RedisConnectionError, RedisTi
 # What a client is told to wait before trying again through an outage.
 OUTAGE_RETRY_AFTER_SECONDS = 2
 
+# OpenAI's error types where a status has its own; any other is `invalid_request_error` below 500 (a 409 conflict, a
+# 415, a 422 too) and `api_error` from 500. Never empty: clients and the SDK's exceptions read `type`.
 ERROR_TYPE_BY_STATUS = {
-    400: "invalid_request_error",
-    401: "invalid_request_error",
     403: "permission_error",
-    404: "invalid_request_error",
-    405: "invalid_request_error",
-    413: "invalid_request_error",
     429: "rate_limit_error",
 }
+
+
+def error_type_of(status: int) -> str:
+    return ERROR_TYPE_BY_STATUS.get(status) or ("api_error" if status >= 500 else "invalid_request_error")
 
 
 class GatewayError(exceptions.APIException):
@@ -51,7 +52,7 @@ class GatewayError(exceptions.APIException):
         self.message = message
         self.code = code
         self.param = param
-        self.error_type = error_type or ERROR_TYPE_BY_STATUS.get(status, "api_error" if status >= 500 else "")
+        self.error_type = error_type or error_type_of(status)
 
 
 def invalid_request(message: str, *, param: str | None = None, code: str = "invalid_request") -> GatewayError:

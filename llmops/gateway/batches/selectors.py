@@ -7,8 +7,8 @@ from llmops.gateway.batches.models import Batch, BatchLine, File
 from llmops.gateway.errors import GatewayError
 
 
-def _not_found(kind: str, object_id: str) -> GatewayError:
-    return GatewayError(f"No such {kind} object: {object_id}", status=404, code="not_found", param="id")
+def _not_found(kind: str, object_id: str, *, param: str = "id") -> GatewayError:
+    return GatewayError(f"No such {kind} object: {object_id}", status=404, code="not_found", param=param)
 
 
 def file_get(*, tenant_id: int, file_id: str) -> File:
@@ -44,7 +44,7 @@ def _after(queryset: QuerySet, *, after: str | None, ascending: bool) -> QuerySe
         return queryset
     cursor = queryset.filter(pk=after).values("created_at", "pk").first() if storable(after) else None
     if cursor is None:
-        raise _not_found("cursor", after)
+        raise _not_found(queryset.model.__name__, after, param="after")
     created_at, pk = cursor["created_at"], cursor["pk"]
     if ascending:
         return queryset.filter(created_at__gte=created_at).exclude(created_at=created_at, pk__lte=pk)

@@ -39,7 +39,15 @@ from llmops.gateway.batches.models import (
 )
 from llmops.gateway.batches.selectors import batches_for_workers, lines_for_workers
 from llmops.gateway.batches.storage import file_store
-from llmops.gateway.chat.validation import validate_chat_request, validate_metadata, validate_storable
+from llmops.gateway.chat.validation import (
+    _choice,
+    _missing,
+    _type_error,
+    _value_error,
+    validate_chat_request,
+    validate_metadata,
+    validate_storable,
+)
 from llmops.gateway.chat.worst_case import OutputBound, cache_writers, chain_worst_case
 from llmops.gateway.errors import GatewayError, invalid_request
 from llmops.gateway.snapshot import ConfigSnapshot
@@ -53,6 +61,8 @@ SUPPORTED_ENDPOINTS = (CHAT_ENDPOINT,)
 COMPLETION_WINDOWS = {"24h": timedelta(hours=24)}
 TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
 IDEMPOTENCY_KEY_MAX_LENGTH = 255
+CUSTOM_ID_MAX_LENGTH = 512
+FILENAME_MAX_LENGTH = 255
 
 
 def line_request_id(*, batch_id: str, custom_id: str, attempt: int) -> str:
@@ -68,7 +78,9 @@ def _output_line_id(batch_id: str, custom_id: str) -> str:
 
 def file_create(*, principal: KeyPrincipal, filename: str, purpose: str, content: bytes) -> File:
     if purpose != FilePurpose.BATCH:
-        raise invalid_request(f"Invalid purpose {purpose!r}: only 'batch' files are accepted.", param="purpose")
+        raise invalid_request(
+            f"Invalid purpose {purpose!r}: only 'batch' files are accepted.", param="purpose", code="invalid_value"
+        )
     limit = settings.LLMOPS_FILES_MAX_BYTES
     if len(content) > limit:
         raise GatewayError(
@@ -90,7 +102,7 @@ def _file_save(*, principal: KeyPrincipal, filename: str, purpose: str, content:
         team_id=principal.team_id,
         api_key_id=principal.key_id,
         purpose=purpose,
-        filename=filename[:255] or "upload.jsonl",
+        filename=filename[:FILENAME_MAX_LENGTH] or "upload.jsonl",
         bytes=len(content),
     )
     file.storage_key = f"{principal.tenant_id}/{file.id}.jsonl"
@@ -119,15 +131,8 @@ def batch_create(
 ) -> tuple[Batch, bool]:
     """The new batch and True; or, for a create repeated with the same Idempotency-Key by the same key of the same
     tenant, the batch the first one made and False (409 if the parameters differ)."""
-    if endpoint not in SUPPORTED_ENDPOINTS:
-        raise invalid_request(
-            f"Unsupported endpoint {endpoint!r}; supported: {', '.join(SUPPORTED_ENDPOINTS)}.", param="endpoint"
-        )
-    if completion_window not in COMPLETION_WINDOWS:
-        raise invalid_request(
-            f"Unsupported completion_window {completion_window!r}; supported: {', '.join(COMPLETION_WINDOWS)}.",
-            param="completion_window",
-        )
+    _choice("endpoint", endpoint, SUPPORTED_ENDPOINTS)
+    _choice("completion_window", completion_window, tuple(COMPLETION_WINDOWS))
     if metadata is not None:
         validate_metadata("metadata", metadata)
         validate_storable(metadata, param="metadata")
@@ -135,6 +140,7 @@ def batch_create(
         raise invalid_request(
             f"The Idempotency-Key header is longer than {IDEMPOTENCY_KEY_MAX_LENGTH} characters.",
             param="Idempotency-Key",
+            code="invalid_value",
         )
     parameters = (input_file_id, endpoint, completion_window, metadata)
     earlier = _batch_by_idempotency_key(principal, idempotency_key, parameters)
@@ -145,7 +151,7 @@ def batch_create(
     if input_file is None:
         raise GatewayError(f"No such File object: {input_file_id}", status=404, code="not_found", param="input_file_id")
     if input_file.purpose != FilePurpose.BATCH:
-        raise invalid_request("The input file must have purpose 'batch'.", param="input_file_id")
+        raise invalid_request("The input file must have purpose 'batch'.", param="input_file_id", code="invalid_value")
     try:
         with transaction.atomic():
             batch = Batch.objects.create(
@@ -209,67 +215,93 @@ class ParsedLine:
     body: dict
 
 
-def _line_error(line_number: int, code: str, message: str, param: str | None = None) -> dict:
-    return {"code": code, "message": message, "param": param, "line": line_number}
+@dataclass(frozen=True, slots=True)
+class BatchError:
+    """Why validation refused a batch: OpenAI's batch error (``errors.data``), and for the error file the custom_id
+    of the line it is about, when that line has a string one. ``line`` counts from 1; None for the whole file."""
+
+    code: str
+    message: str
+    param: str | None = None
+    line: int | None = None
+    custom_id: str | None = None
+
+    @classmethod
+    def of(cls, error: GatewayError, *, line: int, custom_id: str | None = None, param: str | None = None):
+        return cls(error.code, error.message, param or error.param, line, custom_id)
+
+    def data(self) -> dict:
+        return {"code": self.code, "message": self.message, "param": self.param, "line": self.line}
+
+    def error_file_row(self) -> dict:
+        error = {"code": self.code, "message": self.message, "param": self.param}
+        return {"id": None, "custom_id": self.custom_id, "line": self.line, "response": None, "error": error}
 
 
-def _parse_lines(content: bytes, endpoint: str) -> tuple[list[ParsedLine], list[dict]]:
+def _custom_id_error(custom_id) -> GatewayError | None:
+    if custom_id is None:
+        return _missing("custom_id")
+    if not isinstance(custom_id, str):
+        return _type_error("custom_id", "a string", custom_id)
+    if not custom_id or len(custom_id) > CUSTOM_ID_MAX_LENGTH:
+        return _value_error("custom_id", f"it must be a non-empty string of at most {CUSTOM_ID_MAX_LENGTH} characters.")
+    return None
+
+
+def _parse_lines(content: bytes, endpoint: str) -> tuple[list[ParsedLine], list[BatchError]]:
     """Every line checked as OpenAI does at validation; errors name the 1-based line number."""
     parsed, errors, seen = [], [], set()
     lines = content.decode("utf-8").splitlines()
-    if len(lines) > settings.LLMOPS_BATCH_MAX_LINES:
-        return [], [_line_error(0, "too_many_lines", f"At most {settings.LLMOPS_BATCH_MAX_LINES} lines per batch.")]
+    limit = settings.LLMOPS_BATCH_MAX_LINES
+    if len(lines) > limit:
+        message = f"The file has {len(lines)} lines; at most {limit} are allowed per batch."
+        return [], [BatchError("too_many_lines", message, line=limit + 1)]
     for number, raw in enumerate(lines, start=1):
         if not raw.strip():
             continue
         try:
             item = orjson.loads(raw)
         except orjson.JSONDecodeError:
-            errors.append(_line_error(number, "invalid_json_line", "This line is not valid JSON."))
+            errors.append(BatchError("invalid_json_line", "This line is not valid JSON.", line=number))
             continue
         if not isinstance(item, dict):
-            errors.append(_line_error(number, "invalid_json_line", "Each line must be a JSON object."))
+            errors.append(BatchError("invalid_json_line", "Each line must be a JSON object.", line=number))
             continue
+        custom_id = item.get("custom_id")
+        named = custom_id if isinstance(custom_id, str) else None
         try:
             validate_storable(item)
         except GatewayError as error:
-            errors.append(_line_error(number, error.code, error.message, error.param))
+            errors.append(BatchError.of(error, line=number, custom_id=named))
             continue
-        custom_id = item.get("custom_id")
-        if not isinstance(custom_id, str) or not custom_id or len(custom_id) > 512:
-            errors.append(_line_error(number, "missing_required_parameter", "custom_id must be a string.", "custom_id"))
+        if (error := _custom_id_error(custom_id)) is not None:
+            errors.append(BatchError.of(error, line=number, custom_id=named))
             continue
         if custom_id in seen:
-            errors.append(
-                _line_error(number, "duplicate_custom_id", f"The custom_id {custom_id!r} is used twice.", "custom_id")
-            )
+            message = f"The custom_id {custom_id!r} is used twice."
+            errors.append(BatchError("duplicate_custom_id", message, "custom_id", number, custom_id))
             continue
         seen.add(custom_id)
         if item.get("method") != "POST":
-            errors.append(_line_error(number, "invalid_method", "method must be 'POST'.", "method"))
+            errors.append(BatchError("invalid_method", "method must be 'POST'.", "method", number, custom_id))
             continue
         if item.get("url") != endpoint:
-            errors.append(
-                _line_error(
-                    number,
-                    "mismatched_endpoint",
-                    f"The url {item.get('url')!r} does not match the batch's endpoint {endpoint}.",
-                    "url",
-                )
-            )
+            message = f"The url {item.get('url')!r} does not match the batch's endpoint {endpoint}."
+            errors.append(BatchError("mismatched_endpoint", message, "url", number, custom_id))
             continue
         body = item.get("body")
         try:
             validate_chat_request(body)
         except GatewayError as error:
-            errors.append(_line_error(number, error.code, error.message, f"body.{error.param or ''}".rstrip(".")))
+            param = f"body.{error.param or ''}".rstrip(".")
+            errors.append(BatchError.of(error, line=number, custom_id=custom_id, param=param))
             continue
         if body.get("stream"):
-            errors.append(_line_error(number, "invalid_value", "Batch lines cannot stream.", "body.stream"))
+            errors.append(BatchError("invalid_value", "Batch lines cannot stream.", "body.stream", number, custom_id))
             continue
         parsed.append(ParsedLine(line_number=number, custom_id=custom_id, body=body))
     if not parsed and not errors:
-        errors.append(_line_error(0, "empty_file", "The input file has no lines."))
+        errors.append(BatchError("empty_file", "The input file has no lines."))
     return parsed, errors
 
 
@@ -285,7 +317,7 @@ def _costliest_model(snapshot: ConfigSnapshot, tenant_id: int, requested: str) -
     return max(allowed, key=lambda m: (m.prices.input_per_million + m.prices.output_per_million, m.name))
 
 
-def _budget_errors(snapshot: ConfigSnapshot, principal: KeyPrincipal, lines: list[ParsedLine]) -> list[dict]:
+def _budget_errors(snapshot: ConfigSnapshot, principal: KeyPrincipal, lines: list[ParsedLine]) -> list[BatchError]:
     """The whole batch's worst case (admission's formula, line by line) against each enforced budget's remainder."""
     worst_by_budget: dict[int, Decimal] = defaultdict(Decimal)
     for line in lines:
@@ -311,17 +343,11 @@ def _budget_errors(snapshot: ConfigSnapshot, principal: KeyPrincipal, lines: lis
     for budget in Budget.objects.for_tenant(principal.tenant_id).filter(pk__in=worst_by_budget):
         remaining = budget_status(budget=budget, now=now).remaining_usd
         if worst_by_budget[budget.pk] > remaining:
-            errors.append(
-                {
-                    "code": "budget_exceeded",
-                    "message": (
-                        f"The batch could cost up to {worst_by_budget[budget.pk]} USD; budget {budget.pk} has "
-                        f"{remaining} USD left this period."
-                    ),
-                    "param": None,
-                    "line": None,
-                }
+            message = (
+                f"The batch could cost up to {worst_by_budget[budget.pk]} USD; budget {budget.pk} has "
+                f"{remaining} USD left this period."
             )
+            errors.append(BatchError("budget_exceeded", message))
     return errors
 
 
@@ -331,7 +357,7 @@ def batch_validate(*, batch: Batch, snapshot: ConfigSnapshot, principal: KeyPrin
         return batch
     input_file = File.objects.for_tenant(batch.tenant_id).filter(pk=batch.input_file_id).first()
     if input_file is None:
-        errors = [_line_error(0, "file_not_found", f"The input file {batch.input_file_id} was deleted.")]
+        errors = [BatchError("file_not_found", f"The input file {batch.input_file_id} was deleted.")]
         lines = []
     else:
         lines, errors = _parse_lines(file_content(file=input_file), batch.endpoint)
@@ -343,7 +369,7 @@ def batch_validate(*, batch: Batch, snapshot: ConfigSnapshot, principal: KeyPrin
             return locked
         now = timezone.now()
         if errors:
-            locked.errors = errors
+            locked.errors = [error.data() for error in errors]
             locked.status, locked.failed_at = BatchStatus.FAILED, now
             locked.error_file = _errors_file(locked, errors)
             locked.save(update_fields=["errors", "status", "failed_at", "error_file"])
@@ -358,18 +384,8 @@ def batch_validate(*, batch: Batch, snapshot: ConfigSnapshot, principal: KeyPrin
         return locked
 
 
-def _errors_file(batch: Batch, errors: list[dict]) -> File:
-    rows = [
-        {
-            "id": None,
-            "custom_id": None,
-            "line": e["line"],
-            "response": None,
-            "error": {"code": e["code"], "message": e["message"]},
-        }
-        for e in errors
-    ]
-    return _output_file(batch, "errors", rows)
+def _errors_file(batch: Batch, errors: list[BatchError]) -> File:
+    return _output_file(batch, "errors", [error.error_file_row() for error in errors])
 
 
 def _output_file(batch: Batch, kind: str, rows: list[dict]) -> File:

@@ -1,24 +1,36 @@
 """/v1/files and /v1/batches in OpenAI's shapes, so the SDK's ``files`` and ``batches`` calls work unchanged."""
 
+from decimal import Decimal
 from functools import partial
 
 import orjson
 from django.db import transaction
 from django.http import HttpResponse
-from rest_framework.parsers import MultiPartParser
+from django.http.multipartparser import MAX_TOTAL_HEADER_SIZE
+from rest_framework.exceptions import ParseError
+from rest_framework.parsers import BaseParser, MultiPartParser
 
 from core.db import database_sync_to_async
-from llmops.gateway.batches.models import Batch, BatchStatus, File
+from llmops.gateway.batches.models import COST_FIELD, Batch, BatchStatus, File
 from llmops.gateway.batches.selectors import batch_get, batches_page, file_get, files_page
-from llmops.gateway.batches.services import batch_cancel, batch_create, file_content, file_create, file_delete
+from llmops.gateway.batches.services import (
+    FILENAME_MAX_LENGTH,
+    batch_cancel,
+    batch_create,
+    file_content,
+    file_create,
+    file_delete,
+)
 from llmops.gateway.batches.tasks import batch_process_task
-from llmops.gateway.errors import invalid_request
-from llmops.gateway.parsers import OrjsonParser
+from llmops.gateway.chat.validation import _missing, _string
+from llmops.gateway.errors import GatewayError, invalid_request
 from llmops.gateway.views import GatewayView
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 DEFAULT_PAGE_SIZE = 20
 MAX_PAGE_SIZE = 100
+# The batch's money fields at their stored precision, whether the batch was just made or read back.
+COST_QUANTUM = Decimal(1).scaleb(-COST_FIELD["decimal_places"])
 
 
 def _json(payload: dict, status: int = 200) -> HttpResponse:
@@ -27,6 +39,10 @@ def _json(payload: dict, status: int = 200) -> HttpResponse:
 
 def _timestamp(value) -> int | None:
     return int(value.timestamp()) if value is not None else None
+
+
+def _usd(value) -> str:
+    return f"{Decimal(value).quantize(COST_QUANTUM):f}"
 
 
 def file_object(file: File) -> dict:
@@ -70,7 +86,7 @@ def batch_object(batch: Batch) -> dict:
             "failed": batch.failed_count,
         },
         "metadata": batch.metadata,
-        "llmops": {"cost_usd": f"{batch.cost_usd:f}", "saved_batch_usd": f"{batch.saved_batch_usd:f}"},
+        "llmops": {"cost_usd": _usd(batch.cost_usd), "saved_batch_usd": _usd(batch.saved_batch_usd)},
     }
 
 
@@ -90,9 +106,11 @@ def _limit(request) -> int:
     try:
         limit = int(raw)
     except ValueError:
-        raise invalid_request(f"Invalid limit {raw!r}: expected an integer.", param="limit") from None
+        raise invalid_request(
+            f"Invalid limit {raw!r}: expected an integer.", param="limit", code="invalid_value"
+        ) from None
     if not 1 <= limit <= MAX_PAGE_SIZE:
-        raise invalid_request(f"limit must be between 1 and {MAX_PAGE_SIZE}.", param="limit")
+        raise invalid_request(f"limit must be between 1 and {MAX_PAGE_SIZE}.", param="limit", code="invalid_value")
     return limit
 
 
@@ -100,14 +118,53 @@ def _db(function):
     return database_sync_to_async(function)
 
 
+def _missing_file() -> GatewayError:
+    return invalid_request(
+        "Missing required parameter: 'file'. Upload it as multipart/form-data, with a 'file' part and a 'purpose' "
+        "field.",
+        param="file",
+        code="missing_required_parameter",
+    )
+
+
+class UploadParser(MultiPartParser):
+    """multipart/form-data, whose failures are told as what they are (not as JSON's)."""
+
+    def parse(self, stream, media_type=None, parser_context=None):
+        try:
+            return super().parse(stream, media_type, parser_context)
+        except ParseError as exc:
+            reason = str(exc.__context__ or exc.detail)
+            if "header size" in reason:
+                # Django reads at most this much of a part's headers; a long filename is what goes over it.
+                raise invalid_request(
+                    f"Invalid value for 'file': the headers of its multipart part are over {MAX_TOTAL_HEADER_SIZE} "
+                    f"bytes. Send it with a shorter filename (the first {FILENAME_MAX_LENGTH} characters are kept).",
+                    param="file",
+                    code="invalid_value",
+                ) from exc
+            raise invalid_request(
+                f"The multipart/form-data body could not be read: {reason}", code="invalid_value"
+            ) from exc
+
+
+class NotAnUpload(BaseParser):
+    """Any other body: an upload is multipart/form-data (``OrjsonParser`` would call it bad JSON)."""
+
+    media_type = "*/*"
+
+    def parse(self, stream, media_type=None, parser_context=None):
+        raise _missing_file()
+
+
 class FilesView(GatewayView):
-    parser_classes = [MultiPartParser, OrjsonParser]
+    parser_classes = [UploadParser, NotAnUpload]
 
     async def get(self, request):
         purpose = request.query_params.get("purpose") or None
         order = request.query_params.get("order") or "desc"
         if order not in ("asc", "desc"):
-            raise invalid_request("order must be 'asc' or 'desc'.", param="order")
+            raise invalid_request("order must be 'asc' or 'desc'.", param="order", code="invalid_value")
         rows, has_more = await _db(files_page)(
             tenant_id=request.user.tenant_id,
             after=request.query_params.get("after") or None,
@@ -120,9 +177,7 @@ class FilesView(GatewayView):
     async def post(self, request):
         upload = request.FILES.get("file")
         if upload is None:
-            raise invalid_request(
-                "Missing required parameter: 'file'.", param="file", code="missing_required_parameter"
-            )
+            raise _missing_file()
         purpose = request.data.get("purpose")
         if not purpose:
             raise invalid_request(
@@ -190,10 +245,9 @@ class BatchesView(GatewayView):
         if not isinstance(body, dict):
             raise invalid_request("The request body must be a JSON object.", code="invalid_json")
         for name in ("input_file_id", "endpoint", "completion_window"):
-            if not isinstance(body.get(name), str):
-                raise invalid_request(
-                    f"Missing required parameter: '{name}'.", param=name, code="missing_required_parameter"
-                )
+            if body.get(name) is None:
+                raise _missing(name)
+            _string(name, body[name])
         batch = await _db(_batch_create_and_enqueue)(
             principal=request.user,
             input_file_id=body["input_file_id"],
