@@ -172,3 +172,14 @@ def test_a_batch_shows_the_same_cost_when_created_and_retrieved(live_broker, fil
 
     assert created.model_extra["llmops"] == retrieved.model_extra["llmops"]
     assert created.model_extra["llmops"] == {"cost_usd": "0.0000000000", "saved_batch_usd": "0.0000000000"}
+
+
+def test_a_line_separator_inside_a_string_does_not_split_the_line(live_broker, files_root, openai_client, acme):
+    """JSONL lines end at a newline only: orjson and other writers leave U+2028, NEL and the like unescaped inside
+    strings, and str.splitlines would cut the line there."""
+    done = created_and_validated(
+        openai_client, [chat_line("separators", "acme-small", "one\u2028two\x85three\x1cfour")]
+    )
+
+    assert (done.status, done.errors) == ("completed", None)
+    assert done.request_counts.completed == done.request_counts.total == 1

@@ -251,7 +251,10 @@ def _custom_id_error(custom_id) -> GatewayError | None:
 def _parse_lines(content: bytes, endpoint: str) -> tuple[list[ParsedLine], list[BatchError]]:
     """Every line checked as OpenAI does at validation; errors name the 1-based line number."""
     parsed, errors, seen = [], [], set()
-    lines = content.decode("utf-8").splitlines()
+    text = content.decode("utf-8")
+    # A line ends at "\n" only: str.splitlines would also cut at U+2028, NEL and other separators that JSON writers
+    # leave unescaped inside strings.
+    lines = [line.removesuffix("\r") for line in text.removesuffix("\n").split("\n")] if text else []
     limit = settings.LLMOPS_BATCH_MAX_LINES
     if len(lines) > limit:
         message = f"The file has {len(lines)} lines; at most {limit} are allowed per batch."
