@@ -98,6 +98,7 @@ class Command(BaseCommand):
         candidate = OnnxCrossEncoder(model_file=exported["model"], tokenizer_file=exported["tokenizer"])
         report = in_sample_check(candidate, pairs, pair_similarities(embedder, pairs))
         figures = ", ".join(f"{label} {report['served'][label]}/{report['total'][label]}" for label in report["total"])
+        figures += f" ({report['paraphrases_decided']} paraphrases past the similarity gate and the guard)"
         if report["failures"]:
             raise CommandError(f"cross-encoder not installed: {'; '.join(report['failures'])} (served: {figures})")
         manifest = {
@@ -114,6 +115,7 @@ class Command(BaseCommand):
                 "crossenc_threshold": settings.LLMOPS_CACHE_CROSSENC_THRESHOLD,
                 "served": report["served"],
                 "total": report["total"],
+                "paraphrases_decided": report["paraphrases_decided"],
             },
         }
         (scratch / "manifest.json").write_text(json.dumps(manifest, indent=1))
