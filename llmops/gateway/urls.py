@@ -4,16 +4,32 @@ from llmops.gateway import views
 from llmops.gateway.batches import views as batch_views
 from llmops.gateway.embeddings.views import EmbeddingsView
 from llmops.gateway.messages import views as message_views
-from llmops.gateway.responses.views import ResponseDetailView, ResponsesView
+from llmops.gateway.responses.views import (
+    NO_COMPACTION,
+    NO_INPUT_TOKEN_COUNT,
+    NOT_STORED,
+    ResponsesView,
+    UnsupportedResponsesView,
+)
 
 app_name = "gateway"
+
+
+def unsupported(reason: str, *methods: str):
+    return UnsupportedResponsesView.as_view(reason=reason, http_method_names=[*methods, "options"])
+
 
 urlpatterns = [
     path("chat/completions", views.chat_completions, name="chat-completions"),
     path("embeddings", EmbeddingsView.as_view(), name="embeddings"),
     path("responses", ResponsesView.as_view(), name="responses"),
-    # Retrieve, delete, cancel, input items: nothing is stored, so each answers `unsupported_endpoint`.
-    re_path(r"^responses/(?P<response_id>[^/]+)(?:/[^/]+)?$", ResponseDetailView.as_view(), name="response-detail"),
+    # OpenAI's other Responses endpoints answer `unsupported_endpoint` saying why; any other path under responses/
+    # falls through to `unknown_url`. The two fixed names come before `<response_id>`, which would take them.
+    path("responses/input_tokens", unsupported(NO_INPUT_TOKEN_COUNT, "post"), name="response-input-tokens"),
+    path("responses/compact", unsupported(NO_COMPACTION, "post"), name="response-compact"),
+    path("responses/<str:response_id>", unsupported(NOT_STORED, "get", "delete"), name="response-detail"),
+    path("responses/<str:response_id>/cancel", unsupported(NOT_STORED, "post"), name="response-cancel"),
+    path("responses/<str:response_id>/input_items", unsupported(NOT_STORED, "get"), name="response-input-items"),
     path("messages", message_views.MessagesView.as_view(), name="messages"),
     path("messages/count_tokens", message_views.MessageTokensView.as_view(), name="message-tokens"),
     path("models", views.ModelsView.as_view(), name="models"),

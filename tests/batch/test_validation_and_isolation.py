@@ -121,6 +121,33 @@ def test_batches_list_pages_with_after_and_limit(live_broker, files_root, openai
     assert every == newest_first
 
 
+def test_files_list_takes_a_limit_up_to_10000_and_batches_up_to_100(live_broker, files_root, openai_client, acme):
+    created = [upload(openai_client, [chat_line(name, "acme-small")]) for name in "abc"]
+
+    everything = openai_client.files.list(limit=10_000)
+    first = openai_client.files.list(limit=2, order="asc")
+    rest = openai_client.files.list(limit=10_000, order="asc", after=first.data[-1].id)
+    batches = openai_client.batches.list(limit=100)
+    refusals = [
+        lambda: openai_client.files.list(limit=10_001),
+        lambda: openai_client.batches.list(limit=101),
+    ]
+    refused = []
+    for call in refusals:
+        with pytest.raises(openai.BadRequestError) as error:
+            call()
+        refused.append((error.value.code, error.value.param, error.value.body["message"]))
+
+    assert [f.id for f in everything.data] == list(reversed(created)) and not everything.has_more
+    assert [f.id for f in first.data] == created[:2] and first.has_more
+    assert [f.id for f in rest.data] == created[2:] and not rest.has_more
+    assert batches.data == [] and not batches.has_more
+    assert refused == [
+        ("invalid_value", "limit", "limit must be between 1 and 10000."),
+        ("invalid_value", "limit", "limit must be between 1 and 100."),
+    ]
+
+
 def test_deleted_file_is_gone_but_its_content_was_removed_too(live_broker, files_root, openai_client, acme):
     file_id = upload(openai_client, [chat_line("a", "acme-small")])
 

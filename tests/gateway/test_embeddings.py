@@ -146,6 +146,8 @@ def test_dimensions_user_and_token_arrays_are_passed_on(gateway, acme, acme_embe
         ({"input": ["fine", 7]}, "invalid_type", "input[1]"),
         ({"input": [[1, "two"]]}, "invalid_type", "input[0][1]"),
         ({"input": [[1, -2]]}, "invalid_value", "input[0][1]"),
+        ({"input": [[1, 2], "a"]}, "invalid_type", "input[1]"),
+        ({"input": ["a", "b", [1, 2]]}, "invalid_type", "input[2]"),
         ({"input": {"text": "hi"}}, "invalid_type", "input"),
         ({"input": ["x"] * 2049}, "invalid_value", "input"),
         ({"input": "hi", "encoding_format": "hex"}, "invalid_value", "encoding_format"),

@@ -269,14 +269,51 @@ def test_an_earlier_answer_sent_back_as_it_came_continues_the_conversation(opena
     assert second.output_text.startswith("Mock answer to: And of Spain?")
 
 
-def test_stored_responses_cannot_be_retrieved(openai_client):
-    with pytest.raises(openai.BadRequestError) as retrieved:
-        openai_client.responses.retrieve("resp_123")
-    with pytest.raises(openai.BadRequestError) as deleted:
-        openai_client.responses.delete("resp_123")
+def test_the_responses_endpoints_not_offered_say_why(openai_client, acme):
+    not_offered = {
+        "retrieve": (lambda: openai_client.responses.retrieve("resp_123"), "responses are not stored"),
+        "delete": (lambda: openai_client.responses.delete("resp_123"), "responses are not stored"),
+        "cancel": (lambda: openai_client.responses.cancel("resp_123"), "responses are not stored"),
+        "input_items": (lambda: openai_client.responses.input_items.list("resp_123"), "responses are not stored"),
+        "input_tokens": (
+            lambda: openai_client.responses.input_tokens.count(model=acme.small.name, input="hi"),
+            "does not count the input tokens of a Responses request. It counts those of an Anthropic Messages "
+            "request at POST /v1/messages/count_tokens",
+        ),
+        "compact": (
+            lambda: openai_client.responses.compact(model=acme.small.name, input="hi"),
+            "compaction is not supported",
+        ),
+    }
 
-    assert retrieved.value.code == deleted.value.code == "unsupported_endpoint"
-    assert "responses are not stored" in retrieved.value.message
+    for name, (call, why) in not_offered.items():
+        with pytest.raises(openai.BadRequestError) as refused:
+            call()
+
+        assert refused.value.code == "unsupported_endpoint", name
+        assert why in refused.value.message, refused.value.message
+    assert not UsageRecord.objects.unscoped().exists()
+
+
+def test_other_paths_under_responses_are_unknown_urls(gateway, acme):
+    unknown = [
+        ("GET", "/v1/responses/resp_123/foo"),
+        ("POST", "/v1/responses/resp_123/cancel/now"),
+        ("GET", "/v1/responses/resp_123/input_items/item_1"),
+        ("POST", "/v1/responses/input_tokens/count"),
+    ]
+    for headers in ({"authorization": f"Bearer {acme.key}"}, {}):
+        for method, path in unknown:
+            response = httpx.request(method, f"{gateway.url}{path}", headers=headers)
+
+            error = response.json()["error"]
+            assert (response.status_code, error["code"]) == (404, "unknown_url"), (method, path, response.text)
+            assert error["message"].startswith(f"Unknown request URL: {method} {path}.")
+    wrong_method = httpx.get(
+        f"{gateway.url}/v1/responses/resp_123/cancel", headers={"authorization": f"Bearer {acme.key}"}
+    )
+    assert (wrong_method.status_code, wrong_method.json()["error"]["code"]) == (405, "method_not_allowed")
+    assert not UsageRecord.objects.unscoped().exists()
 
 
 def test_a_budget_refusal_names_the_max_output_tokens_that_would_fit(gateway, acme):

@@ -28,7 +28,9 @@ from llmops.gateway.views import GatewayView
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 DEFAULT_PAGE_SIZE = 20
-MAX_PAGE_SIZE = 100
+# OpenAI's bounds on a list's `limit`: up to 10,000 files a page, 100 batches.
+MAX_FILES_PAGE_SIZE = 10_000
+MAX_BATCHES_PAGE_SIZE = 100
 # The batch's money fields at their stored precision, whether the batch was just made or read back.
 COST_QUANTUM = Decimal(1).scaleb(-COST_FIELD["decimal_places"])
 
@@ -101,7 +103,7 @@ def _page(rows: list, has_more: bool, shape) -> dict:
     }
 
 
-def _limit(request) -> int:
+def _limit(request, *, high: int) -> int:
     raw = request.query_params.get("limit") or DEFAULT_PAGE_SIZE
     try:
         limit = int(raw)
@@ -109,8 +111,8 @@ def _limit(request) -> int:
         raise invalid_request(
             f"Invalid limit {raw!r}: expected an integer.", param="limit", code="invalid_value"
         ) from None
-    if not 1 <= limit <= MAX_PAGE_SIZE:
-        raise invalid_request(f"limit must be between 1 and {MAX_PAGE_SIZE}.", param="limit", code="invalid_value")
+    if not 1 <= limit <= high:
+        raise invalid_request(f"limit must be between 1 and {high}.", param="limit", code="invalid_value")
     return limit
 
 
@@ -168,7 +170,7 @@ class FilesView(GatewayView):
         rows, has_more = await _db(files_page)(
             tenant_id=request.user.tenant_id,
             after=request.query_params.get("after") or None,
-            limit=_limit(request),
+            limit=_limit(request, high=MAX_FILES_PAGE_SIZE),
             purpose=purpose,
             ascending=order == "asc",
         )
@@ -236,7 +238,9 @@ def _batch_cancel_and_enqueue(*, batch: Batch) -> Batch:
 class BatchesView(GatewayView):
     async def get(self, request):
         rows, has_more = await _db(batches_page)(
-            tenant_id=request.user.tenant_id, after=request.query_params.get("after") or None, limit=_limit(request)
+            tenant_id=request.user.tenant_id,
+            after=request.query_params.get("after") or None,
+            limit=_limit(request, high=MAX_BATCHES_PAGE_SIZE),
         )
         return _json(_page(rows, has_more, batch_object))
 

@@ -55,12 +55,19 @@ def _input(param: str, value) -> None:
         return
     if len(value) > MAX_INPUTS:
         raise _value_error(param, f"{len(value)} inputs. At most {MAX_INPUTS} are allowed in one request.")
+    # The first input sets the list's shape: OpenAI takes strings or arrays of tokens in one list, never both.
+    shape = str if isinstance(value[0], str) else list
     for index, item in enumerate(value):
         where = f"{param}[{index}]"
-        if isinstance(item, str):
+        if isinstance(item, str) and shape is str:
             _text(where, item)
-        elif isinstance(item, list):
+        elif isinstance(item, list) and shape is list:
             _token_array(where, item)
+        elif isinstance(item, str | list):
+            expected = "a string" if shape is str else "an array of tokens (integers)"
+            raise _type_error(
+                where, f"{expected} as '{param}[0]' is (a list cannot mix strings and token arrays)", item
+            )
         else:
             raise _type_error(where, "a string or an array of tokens (integers)", item)
 
