@@ -12,7 +12,7 @@ from billing.alerts.anomalies import tenant_anomalies_detect
 from billing.alerts.channels import ChannelSendError
 from billing.alerts.services import alert_delivery_attempt, alert_delivery_give_up, budget_alert_raise
 from billing.models import AlertDelivery
-from core.task_retries import retry_later
+from core.task_retries import retry_or_run_now
 from tenants.models import Tenant
 from tenants.selectors import tenants_active
 
@@ -53,7 +53,7 @@ def alert_delivery_send(self, delivery_id: int) -> None:
         if self.request.retries >= self.max_retries:
             alert_delivery_give_up(delivery_id=delivery_id)
             return
-        retry_later(self, exc, countdown=alert_retry_countdown(self.request.retries))
+        retry_or_run_now(self, exc, countdown=alert_retry_countdown(self.request.retries))
 
 
 # The name predates this module; a message beat sent under it before a deploy still runs.

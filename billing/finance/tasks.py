@@ -15,7 +15,7 @@ from billing.finance.exports import usage_export_write
 from billing.finance.rollups import usage_rollups_rebuild_recent, usage_rollups_refresh
 from billing.finance.statements import month_start, statement_push_to_s3
 from billing.models import UsageExport
-from core.task_retries import retry_later
+from core.task_retries import retry_or_run_now
 from tenants.models import Tenant
 from tenants.selectors import tenants_active
 
@@ -75,4 +75,4 @@ def statement_push_task(self, tenant_id: int, month: str) -> str:
             bucket=settings.LLMOPS_STATEMENTS_BUCKET,
         )
     except (BotoCoreError, ClientError) as error:
-        return retry_later(self, error, countdown=60 * 2**self.request.retries)
+        return retry_or_run_now(self, error, countdown=60 * 2**self.request.retries)

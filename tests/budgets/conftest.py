@@ -115,13 +115,3 @@ def eager_celery():
     app.conf.task_always_eager, app.conf.task_eager_propagates = True, True
     yield
     app.conf.task_always_eager, app.conf.task_eager_propagates = previous
-
-
-@pytest.fixture
-def eager_retries(eager_celery):
-    """Like a worker: a task's self.retry() runs it again (at once, here) instead of raising into the test."""
-    from llmops.celery import app
-
-    app.conf.task_eager_propagates = False
-    yield
-    app.conf.task_eager_propagates = True

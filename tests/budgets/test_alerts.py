@@ -64,7 +64,7 @@ def test_slack_alert_posts_json_text(org, receiver, django_capture_on_commit_cal
     assert "budget at 50%" in json.loads(request.body)["text"]
 
 
-def test_webhook_is_signed_and_retried_until_it_lands(org, receiver, eager_retries, django_capture_on_commit_callbacks):
+def test_webhook_is_signed_and_retried_until_it_lands(org, receiver, django_capture_on_commit_callbacks):
     app, url = receiver
     app.statuses.extend([500, 503])
     channel = alert_channel_create(
@@ -105,9 +105,7 @@ def test_webhook_with_a_standard_webhooks_secret_verifies_with_it(org, receiver,
     assert (payload["type"], payload["threshold_percent"]) == ("budget.threshold", 80)
 
 
-def test_a_delivery_that_never_lands_is_marked_failed_with_its_error(
-    org, receiver, eager_retries, django_capture_on_commit_callbacks
-):
+def test_a_delivery_that_never_lands_is_marked_failed_with_its_error(org, receiver, django_capture_on_commit_callbacks):
     app, url = receiver
     app.statuses.extend([500] * (ALERT_DELIVERY_MAX_RETRIES + 5))
     channel = alert_channel_create(tenant=org.tenant, name="slack", kind=ChannelKind.SLACK, target=f"{url}/down")
@@ -121,7 +119,7 @@ def test_a_delivery_that_never_lands_is_marked_failed_with_its_error(
 
 
 def test_the_admin_retries_a_failed_delivery_and_not_a_sent_one(
-    org, receiver, eager_retries, admin_client, django_capture_on_commit_callbacks
+    org, receiver, admin_client, django_capture_on_commit_callbacks
 ):
     app, url = receiver
     app.statuses.extend([500] * (ALERT_DELIVERY_MAX_RETRIES + 1))

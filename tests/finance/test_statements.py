@@ -9,7 +9,7 @@ from django.urls import reverse
 from moto import mock_aws
 
 from billing.finance.statements import statement_build, statement_csv
-from billing.finance.tasks import statements_push_task
+from billing.finance.tasks import statement_push_task, statements_push_task
 from billing.models import UsageRecord
 from tests.factories import UserFactory
 from tests.finance.conftest import usage_row
@@ -86,6 +86,24 @@ def test_monthly_job_pushes_every_tenants_statement_to_s3(march_usage, globex, s
         keys = sorted(item["Key"] for item in s3.list_objects_v2(Bucket="finance-statements")["Contents"])
     assert keys == ["statements/acme/2025-03.csv", "statements/globex/2025-03.csv"]
     assert "2.2500000002" in body and "7.0000000000" not in body
+
+
+def test_monthly_job_without_a_broker_tries_every_tenant_when_s3_refuses(
+    march_usage, globex, settings, eager_celery, monkeypatch, caplog
+):
+    """Run eagerly (the embedded default), a push S3 refuses is retried at once and its last failure logged, as a
+    worker would; it does not raise into the monthly job, which goes on to the next tenant."""
+    settings.LLMOPS_STATEMENTS_BUCKET = "no-such-bucket"
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    with mock_aws(), monkeypatch.context() as patch:
+        patch.setattr("billing.finance.tasks.timezone.now", lambda: datetime(2025, 4, 1, 4, tzinfo=UTC))
+        assert statements_push_task.delay().get() == 2
+    failures = [record for record in caplog.records if record.name == "core.task_retries"]
+    assert [record.getMessage() for record in failures] == [
+        f"task billing.tasks_finance.statement_push_task failed after {statement_push_task.max_retries + 1} attempts"
+    ] * 2
 
 
 def test_admin_action_exports_selected_rows_of_one_tenant(client, march_usage, globex):

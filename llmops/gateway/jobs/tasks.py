@@ -4,7 +4,7 @@ from celery import shared_task
 from django.conf import settings
 
 from core.event_loops import run_in_worker_loop
-from core.task_retries import retry_later
+from core.task_retries import retry_or_run_now
 from llmops.gateway.jobs.services import WebhookDeliveryError, job_run, job_webhook_attempt, job_webhook_give_up
 
 WEBHOOK_RETRY_BASE_SECONDS = 5
@@ -27,4 +27,4 @@ def job_webhook_task(self, job_id: str) -> None:
             job_webhook_give_up(job_id=job_id)
             return
         countdown = WEBHOOK_RETRY_BASE_SECONDS * 2**self.request.retries
-        retry_later(self, exc, countdown=countdown, max_retries=settings.LLMOPS_JOBS_WEBHOOK_MAX_ATTEMPTS)
+        retry_or_run_now(self, exc, countdown=countdown, max_retries=settings.LLMOPS_JOBS_WEBHOOK_MAX_ATTEMPTS - 1)
