@@ -25,11 +25,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from django.conf import settings
 
-from routing.cache.crossencoder import INPUT_NAMES, OnnxCrossEncoder, encode_pairs, pair_served, tokenizer_configure
+from routing.cache.crossencoder import (
+    INPUT_NAMES,
+    OnnxCrossEncoder,
+    encode_pairs,
+    pair_reaches_model,
+    pair_served,
+    tokenizer_configure,
+)
 from routing.cache.keys import normalize_prompt
-from routing.cache.near_miss import near_miss_reason
 from routing.cache.onnx_model import minilm_model_folder
 
 logger = logging.getLogger(__name__)
@@ -272,11 +277,7 @@ def in_sample_check(model: OnnxCrossEncoder, pairs: Sequence[TrainingPair], simi
     for pair, similarity in zip(pairs, similarities, strict=True):
         totals[pair.label] += 1
         served[pair.label] += pair_served(pair.stored, pair.asked, float(similarity), model=model)
-        decided += bool(
-            pair.label == "paraphrase"
-            and similarity >= settings.LLMOPS_CACHE_SEMANTIC_THRESHOLD
-            and near_miss_reason(pair.asked, pair.stored) is None
-        )
+        decided += pair.label == "paraphrase" and pair_reaches_model(pair.stored, pair.asked, float(similarity))
     return {
         "served": served,
         "total": totals,
@@ -296,7 +297,12 @@ def in_sample_failures(served: dict[str, int], totals: dict[str, int], *, paraph
             f"it serves {served['unrelated']} of the {totals['unrelated']} unrelated pairs it was trained on "
             f"(at most {MAX_UNRELATED_SHARE:.1%} allowed)"
         )
-    if served["paraphrase"] < MIN_PARAPHRASE_SHARE * paraphrases_decided:
+    if not paraphrases_decided:
+        failures.append(
+            f"none of the {totals['paraphrase']} paraphrases it was trained on passes the similarity gate and the "
+            "guard, so nothing measures it on them"
+        )
+    elif served["paraphrase"] < MIN_PARAPHRASE_SHARE * paraphrases_decided:
         failures.append(
             f"it serves only {served['paraphrase']} of the {paraphrases_decided} paraphrases it was trained on that "
             f"the similarity gate and the guard pass (at least {MIN_PARAPHRASE_SHARE:.0%} needed)"

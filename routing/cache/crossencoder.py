@@ -184,6 +184,12 @@ def candidate_accepted(
     return None
 
 
+def pair_reaches_model(stored: str, asked: str, similarity: float) -> bool:
+    """Whether the similarity gate (LLMOPS_CACHE_SEMANTIC_THRESHOLD) and the near-miss guard pass a lookup of `asked`
+    whose one candidate is `stored` on to the cross-encoder: the pairs the model decides."""
+    return similarity >= settings.LLMOPS_CACHE_SEMANTIC_THRESHOLD and near_miss_reason(asked, stored) is None
+
+
 def pair_served(stored: str, asked: str, similarity: float, *, model: OnnxCrossEncoder | None = None) -> bool:
     """Whether a lookup of `asked` (normalised) whose one candidate is `stored` at `similarity` serves it, by the
     default similarity gate (LLMOPS_CACHE_SEMANTIC_THRESHOLD) and `candidate_accepted`: how bench/cache_eval.py and

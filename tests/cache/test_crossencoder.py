@@ -21,7 +21,7 @@ from django.core.management import CommandError, call_command
 from onnx import TensorProto, helper
 
 from routing.cache import crossencoder, store
-from routing.cache.crossenc_train import _model, crossenc_export, in_sample_failures
+from routing.cache.crossenc_train import TrainingPair, _model, crossenc_export, in_sample_check, in_sample_failures
 from routing.cache.crossencoder import (
     OnnxCrossEncoder,
     candidate_accepted,
@@ -513,7 +513,7 @@ def test_the_install_refuses_a_model_that_fails_on_its_own_training_pairs(export
 
 def test_the_check_refuses_any_near_miss_more_than_half_a_percent_of_unrelated_pairs_and_too_few_paraphrases():
     totals = {"paraphrase": 100, "near-miss": 100, "unrelated": 50}
-    check = partial(in_sample_failures, paraphrases_decided=80)
+    check = partial(in_sample_failures, paraphrases_decided=95)
     assert check({"paraphrase": 90, "near-miss": 0, "unrelated": 0}, totals) == []
     assert check({"paraphrase": 90, "near-miss": 1, "unrelated": 0}, totals) == [
         "it serves 1 of the 100 near-miss pairs it was trained on"
@@ -527,11 +527,41 @@ def test_the_check_refuses_any_near_miss_more_than_half_a_percent_of_unrelated_p
         "it serves 4 of the 600 unrelated pairs it was trained on (at most 0.5% allowed)"
     ]
     # The paraphrase floor counts the paraphrases the model is asked to decide (80), not all of them (100).
+    check = partial(in_sample_failures, paraphrases_decided=80)
     assert check({"paraphrase": 72, "near-miss": 0, "unrelated": 0}, totals) == []
     assert check({"paraphrase": 71, "near-miss": 0, "unrelated": 0}, totals) == [
         "it serves only 71 of the 80 paraphrases it was trained on that the similarity gate and the guard pass "
         "(at least 90% needed)"
     ]
+    # None to decide measures nothing: no model passes on that.
+    assert in_sample_failures({"paraphrase": 0, "near-miss": 0, "unrelated": 0}, totals, paraphrases_decided=0) == [
+        "none of the 100 paraphrases it was trained on passes the similarity gate and the guard, so nothing "
+        "measures it on them"
+    ]
+
+
+NOT_ENOUGH = (
+    "it serves only 0 of the 1 paraphrases it was trained on that the similarity gate and the guard pass "
+    "(at least 90% needed)"
+)
+
+
+@pytest.mark.parametrize(("score", "failures"), [(1.0, []), (0.0, [NOT_ENOUGH])])
+def test_the_check_counts_the_paraphrases_past_the_gate_and_the_guard(exported, tmp_path, score, failures):
+    _constant_model(tmp_path / "constant.onnx", score)
+    model = OnnxCrossEncoder(model_file=tmp_path / "constant.onnx", tokenizer_file=exported / "tokenizer.json")
+    pairs = [
+        TrainingPair(stored=stored, asked=asked, label="paraphrase", domain="-", kind="paraphrase")
+        for stored, asked in [
+            *PARAPHRASES,  # the second below the similarity gate (given 0.5 here)
+            ("can i get a refund within 30 days", "can i get a refund within 60 days"),  # the guard refuses it
+        ]
+    ]
+
+    report = in_sample_check(model, pairs, np.array([0.9, 0.5, 0.9], dtype=np.float32))
+
+    assert (report["served"]["paraphrase"], report["paraphrases_decided"]) == (int(score), 1)
+    assert report["failures"] == failures
 
 
 def test_the_install_needs_its_training_pairs(tmp_path):
