@@ -17,6 +17,7 @@ from pathlib import Path
 
 from common import ROOT, TUNING
 
+from core.jsonl import jsonl_lines
 from routing.cache.crossenc_train import LABELS, training_pairs_load
 from routing.cache.keys import normalize_prompt
 
@@ -62,7 +63,7 @@ def main() -> int:
     kept, seen_pairs = [], set()
     for path in args.writers:
         counts = Counter()
-        for number, line in enumerate(path.read_text().splitlines(), 1):
+        for number, line in enumerate(jsonl_lines(path.read_text()), 1):
             if not line.strip():
                 continue
             row = json.loads(line)

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from core.jsonl import jsonl_lines
 from routing.cache.crossencoder import (
     INPUT_NAMES,
     OnnxCrossEncoder,
@@ -69,7 +70,7 @@ def training_pairs_load(paths: Sequence[Path | str]) -> list[TrainingPair]:
     normalises them."""
     pairs = []
     for path in paths:
-        for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
+        for number, line in enumerate(jsonl_lines(Path(path).read_text()), start=1):
             if not line.strip():
                 continue
             row = json.loads(line)

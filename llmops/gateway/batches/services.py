@@ -27,6 +27,7 @@ from billing.ledger.events import UsageEvent
 from billing.ledger.services import usage_record_create
 from billing.models import Budget
 from core.db import storable
+from core.jsonl import jsonl_lines
 from llmops.gateway.batches.models import (
     BATCH_FINISHED,
     LINE_FINISHED,
@@ -251,10 +252,7 @@ def _custom_id_error(custom_id) -> GatewayError | None:
 def _parse_lines(content: bytes, endpoint: str) -> tuple[list[ParsedLine], list[BatchError]]:
     """Every line checked as OpenAI does at validation; errors name the 1-based line number."""
     parsed, errors, seen = [], [], set()
-    text = content.decode("utf-8")
-    # A line ends at "\n" only: str.splitlines would also cut at U+2028, NEL and other separators that JSON writers
-    # leave unescaped inside strings.
-    lines = [line.removesuffix("\r") for line in text.removesuffix("\n").split("\n")] if text else []
+    lines = jsonl_lines(content.decode("utf-8"))
     limit = settings.LLMOPS_BATCH_MAX_LINES
     if len(lines) > limit:
         message = f"The file has {len(lines)} lines; at most {limit} are allowed per batch."
