@@ -29,7 +29,7 @@ OpenAI's Files and Batch API are imitated in memory (``POST /v1/files``, ``GET /
 passed, then ``completed`` with an output file answering every line as ``/v1/chat/completions`` would (a
 ``fail-<status>`` line answered with that status and a ``{message, code}`` error body). When any line's model name
 contains ``batch-expire``, the batch ends ``expired`` instead, its output file answering only the other lines and no
-error file, so those lines are left unanswered.
+error file, so those lines are left unanswered; a ``batch-nobody`` line is answered 200 with no body.
 """
 
 import asyncio
@@ -53,6 +53,7 @@ SEEN_PROMPTS_LIMIT = 10_000
 FAIL_PATTERN = re.compile(r"fail-(\d{3})")
 BATCH_SECONDS = 0.5
 BATCH_EXPIRE_MARK = "batch-expire"
+BATCH_NO_BODY_MARK = "batch-nobody"
 # As text-embedding-3-small's.
 DEFAULT_DIMENSIONS = 1536
 FILE_PATH = re.compile(r"/v1/files/([\w-]+)/content")
@@ -305,6 +306,8 @@ class MockUpstream:
             if failure:
                 error = {"message": f"mock upstream told to fail by model {model}", "code": "mock_failure"}
                 response = {"status_code": int(failure.group(1)), "request_id": "mock", "body": {"error": error}}
+            elif BATCH_NO_BODY_MARK in model:
+                response = {"status_code": 200, "request_id": "mock", "body": None}
             else:
                 usage = self._usage(body["messages"], body)
                 answer = self._answer(body["messages"], _per_choice_tokens(body), model=model)

@@ -279,6 +279,34 @@ def test_delegated_line_the_provider_answered_with_an_error_fails_with_an_openai
     assert (record.request_id, record.http_status) == (row["response"]["request_id"], 400)
 
 
+def test_delegated_line_answered_200_with_no_body_fails_as_a_transient_error(
+    single_attempt_worker, openai_client, acme, mock_upstream
+):
+    """A status of 200 without an answer is no success: the line fails (502, retried while attempts remain)."""
+    provider_model(
+        mock_upstream.url,
+        provider_name=DELEGATING_PROVIDER,
+        model_name="acme-batch-nobody",
+        upstream_name="mock-batch-nobody",
+        tenant=acme,
+    )
+    batch = openai_client.batches.create(
+        input_file_id=upload(openai_client, [chat_line("empty", "acme-batch-nobody")]),
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+    )
+
+    done = wait_finished(openai_client, batch.id)
+
+    assert (done.request_counts.completed, done.request_counts.failed) == (0, 1)
+    assert rows(openai_client, done.output_file_id) == []
+    [row] = rows(openai_client, done.error_file_id)
+    assert row["response"]["status_code"] == 502
+    assert row["response"]["body"]["error"]["code"] == "no_response"
+    [record] = batch_ledger(batch.id)
+    assert (record.http_status, record.error_code) == (502, "provider_batch_error")
+
+
 def test_batch_cost_is_the_sum_of_its_ledger_rows_at_every_moment(worker, openai_client, acme, slow_upstream):
     provider_model(slow_upstream.url, provider_name="slow-mock", model_name="acme-slow", tenant=acme)
     total = 12

@@ -327,8 +327,9 @@ def test_batch_lines_are_refused_line_by_line_or_run_with_one_ledger_row_each(fu
             return
         assert batch["status"] == "failed", batch
         errors = batch["errors"]["data"]
-        # An error of the whole file (empty_file: every line blank) has no line; any other names its line, from 1.
-        whole_file = ("empty_file",)
+        # An error of the whole file (every line blank, the file gone, the budget) has no line; any other names its
+        # line, from 1.
+        whole_file = ("empty_file", "file_not_found", "budget_exceeded")
         assert errors and all(error["code"] and error["message"] for error in errors)
         assert all((error["line"] is None) == (error["code"] in whole_file) for error in errors), errors
         assert all(error["line"] is None or error["line"] >= 1 for error in errors), errors

@@ -183,6 +183,8 @@ async def _merge(batch: Batch, principal: KeyPrincipal, state: dict, results: li
         status_code = int(response.get("status_code") or 500)
         body = response.get("body")
         if not isinstance(body, dict) or not body:
+            # No answer is a failure whatever status came with it: a transient one, retried while attempts remain.
+            status_code = status_code if status_code >= 400 else 502
             message = "The provider batch returned no response for this line."
             body = _provider_error(row.get("error"), status=status_code, message=message, code="no_response")
         elif status_code >= 400:
@@ -202,14 +204,18 @@ def _provider_error(error, *, status: int, message: str, code: str) -> dict:
     line's body may carry ``{code, message}`` only, and clients read ``type`` and ``param`` too. What the provider
     left out is filled as the gateway's own errors are."""
     error = error if isinstance(error, dict) else {}
-    param = error.get("param")
+
+    def text(name: str) -> str | None:
+        value = error.get(name)
+        return value if isinstance(value, str) and value else None
+
     return error_body(
         GatewayError(
-            str(error.get("message") or message),
+            text("message") or message,
             status=status,
-            code=str(error.get("code") or code),
-            param=param if isinstance(param, str) else None,
-            error_type=str(error.get("type") or ""),
+            code=text("code") or code,
+            param=text("param"),
+            error_type=text("type") or "",
         )
     )
 

@@ -1,6 +1,6 @@
 """/v1/files and /v1/batches in OpenAI's shapes, so the SDK's ``files`` and ``batches`` calls work unchanged."""
 
-from decimal import Decimal
+from decimal import ROUND_HALF_EVEN, Decimal
 from functools import partial
 
 import orjson
@@ -44,7 +44,7 @@ def _timestamp(value) -> int | None:
 
 
 def _usd(value) -> str:
-    return f"{Decimal(value).quantize(COST_QUANTUM):f}"
+    return f"{Decimal(value).quantize(COST_QUANTUM, rounding=ROUND_HALF_EVEN):f}"
 
 
 def file_object(file: File) -> dict:
