@@ -244,24 +244,29 @@ def test_delegated_lines_a_provider_batch_left_unanswered_fail_with_openai_error
         )
 
 
-def test_delegated_line_the_provider_answered_with_an_error_fails_with_an_openai_error_object(
-    worker, openai_client, acme, mock_upstream
-):
+def delegated_one_line(openai_client, acme, mock_upstream, model_name: str, upstream_name: str):
+    """A batch of one line on a model whose provider batches are delegated, and the batch once finished."""
     provider_model(
         mock_upstream.url,
         provider_name=DELEGATING_PROVIDER,
-        model_name="acme-batch-broken",
-        upstream_name="mock-fail-400",
+        model_name=model_name,
+        upstream_name=upstream_name,
         tenant=acme,
     )
-    served_before, batch_lines_before = mock_upstream.app.requests_served, mock_upstream.app.batch_lines_served
     batch = openai_client.batches.create(
-        input_file_id=upload(openai_client, [chat_line("refused", "acme-batch-broken")]),
+        input_file_id=upload(openai_client, [chat_line("only", model_name)]),
         endpoint="/v1/chat/completions",
         completion_window="24h",
     )
+    return batch, wait_finished(openai_client, batch.id)
 
-    done = wait_finished(openai_client, batch.id)
+
+def test_delegated_line_the_provider_answered_with_an_error_fails_with_an_openai_error_object(
+    worker, openai_client, acme, mock_upstream
+):
+    served_before, batch_lines_before = mock_upstream.app.requests_served, mock_upstream.app.batch_lines_served
+
+    batch, done = delegated_one_line(openai_client, acme, mock_upstream, "acme-batch-broken", "mock-fail-400")
 
     assert (done.status, done.request_counts.failed) == ("completed", 1)
     assert mock_upstream.app.batch_lines_served - batch_lines_before == 1
@@ -283,20 +288,7 @@ def test_delegated_line_answered_200_with_no_body_fails_as_a_transient_error(
     single_attempt_worker, openai_client, acme, mock_upstream
 ):
     """A status of 200 without an answer is no success: the line fails (502, retried while attempts remain)."""
-    provider_model(
-        mock_upstream.url,
-        provider_name=DELEGATING_PROVIDER,
-        model_name="acme-batch-nobody",
-        upstream_name="mock-batch-nobody",
-        tenant=acme,
-    )
-    batch = openai_client.batches.create(
-        input_file_id=upload(openai_client, [chat_line("empty", "acme-batch-nobody")]),
-        endpoint="/v1/chat/completions",
-        completion_window="24h",
-    )
-
-    done = wait_finished(openai_client, batch.id)
+    batch, done = delegated_one_line(openai_client, acme, mock_upstream, "acme-batch-nobody", "mock-batch-nobody")
 
     assert (done.request_counts.completed, done.request_counts.failed) == (0, 1)
     assert rows(openai_client, done.output_file_id) == []

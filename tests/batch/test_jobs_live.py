@@ -18,13 +18,17 @@ from tests.webhooks import assert_verified_and_not_forgeable
 pytestmark = pytest.mark.live
 
 
-def test_job_runs_in_the_background_and_posts_a_signed_webhook(worker, gateway, acme, receiver):
-    headers = {"Authorization": f"Bearer {acme.key}"}
-    request = {
+def report_job(receiver) -> dict:
+    return {
         "model": "acme-small",
         "messages": [{"role": "user", "content": "Write the quarterly report"}],
         "callback_url": f"{receiver.url}/hooks/llmops",
     }
+
+
+def test_job_runs_in_the_background_and_posts_a_signed_webhook(worker, gateway, acme, receiver):
+    headers = {"Authorization": f"Bearer {acme.key}"}
+    request = report_job(receiver)
 
     accepted = httpx.post(f"{gateway.url}/api/jobs", json=request, headers=headers)
     job_id = accepted.json()["id"]
@@ -56,11 +60,7 @@ def test_a_failing_webhook_is_retried_by_the_worker_after_a_backoff_then_failed(
     """The worker's retries wait their countdown (WORKER_ENV: 2 attempts in all), unlike eager mode's."""
     headers = {"Authorization": f"Bearer {acme.key}"}
     receiver.app.statuses.extend([500, 500])
-    request = {
-        "model": "acme-small",
-        "messages": [{"role": "user", "content": "Write the quarterly report"}],
-        "callback_url": f"{receiver.url}/hooks/llmops",
-    }
+    request = report_job(receiver)
 
     accepted = httpx.post(f"{gateway.url}/api/jobs", json=request, headers=headers)
     job_id = accepted.json()["id"]
