@@ -5,6 +5,7 @@ import io
 
 import httpx
 import openai
+import orjson
 import pytest
 
 from llmops.gateway.batches.runner import batch_process
@@ -73,6 +74,63 @@ def test_error_file_rows_repeat_the_errors_with_the_lines_custom_id(live_broker,
         }
         for custom_id, error in zip(["fine", None, "", None, "no-messages", "get"], errors, strict=True)
     ]
+
+
+def without(line: dict, field: str) -> dict:
+    return {key: value for key, value in line.items() if key != field}
+
+
+def test_a_lines_method_url_and_body_are_checked_as_its_custom_id_is(live_broker, files_root, openai_client, acme):
+    """Missing or null is missing_required_parameter, the wrong JSON type invalid_type, each naming the field; a
+    string of the wrong value keeps OpenAI's batch codes."""
+    line = chat_line("x", "acme-small")
+    cases = [
+        (without(line, "method"), "missing_required_parameter", "method"),
+        ({**line, "method": None}, "missing_required_parameter", "method"),
+        ({**line, "method": 1}, "invalid_type", "method"),
+        ({**line, "method": "GET"}, "invalid_method", "method"),
+        (without(line, "url"), "missing_required_parameter", "url"),
+        ({**line, "url": None}, "missing_required_parameter", "url"),
+        ({**line, "url": 1}, "invalid_type", "url"),
+        ({**line, "url": "/v1/embeddings"}, "mismatched_endpoint", "url"),
+        (without(line, "body"), "missing_required_parameter", "body"),
+        ({**line, "body": None}, "missing_required_parameter", "body"),
+        ({**line, "body": ["model"]}, "invalid_type", "body"),
+        ({**line, "body": "text"}, "invalid_type", "body"),
+    ]
+    lines = [{**bad, "custom_id": f"line-{number}"} for number, (bad, _, _) in enumerate(cases, start=1)]
+
+    failed = created_and_validated(openai_client, lines)
+
+    assert [(error.line, error.code, error.param) for error in failed.errors.data] == [
+        (number, code, param) for number, (_, code, param) in enumerate(cases, start=1)
+    ]
+    errors = {error.line: error for error in failed.errors.data}
+    assert errors[3].message == "Invalid type for 'method': expected a string, but got an integer instead."
+    assert errors[6].message == "Missing required parameter: 'url'."
+    assert errors[8].message == "The url '/v1/embeddings' does not match the batch's endpoint /v1/chat/completions."
+    assert errors[11].message == "Invalid type for 'body': expected an object, but got an array instead."
+    assert not any("None" in error.message for error in errors.values())
+
+
+LINE_BREAKING = ["line\u2028separator", "paragraph\u2029separator", "next\x85line"]
+
+
+def test_output_and_error_files_escape_what_str_splitlines_cuts_at(live_broker, files_root, openai_client, acme):
+    """JSON allows U+2028, U+2029 and NEL raw inside strings, but a client reading a file with
+    ``files.content(id).text.splitlines()`` would get each row cut in two."""
+    completed = created_and_validated(
+        openai_client, [chat_line(custom_id, "acme-small") for custom_id in LINE_BREAKING]
+    )
+    failed = created_and_validated(
+        openai_client, [{**chat_line(custom_id, "acme-small"), "method": "GET"} for custom_id in LINE_BREAKING]
+    )
+
+    for file_id in (completed.output_file_id, failed.error_file_id):
+        content = openai_client.files.content(file_id)
+        assert not any(character.encode() in content.content for character in ("\u2028", "\u2029", "\x85"))
+        assert all(escaped in content.content for escaped in (b"\\u2028", b"\\u2029", b"\\u0085"))
+        assert [orjson.loads(row)["custom_id"] for row in content.text.splitlines()] == LINE_BREAKING
 
 
 def test_a_file_over_the_line_limit_names_the_first_line_past_it(live_broker, files_root, openai_client, settings):

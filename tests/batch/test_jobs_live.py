@@ -8,7 +8,7 @@ from standardwebhooks import Webhook, WebhookVerificationError
 from billing.models import UsageRecord
 from core.webhooks import webhook_secret_new
 from llmops.gateway.batches.models import Job, JobStatus
-from llmops.gateway.jobs.services import job_request_id, job_run
+from llmops.gateway.jobs.services import CALLBACK_URL_REFUSED, job_request_id, job_run
 from llmops.gateway.jobs.tasks import WEBHOOK_RETRY_BASE_SECONDS
 from tenants.services import api_key_revoke
 from tests.batch.conftest import wait_for
@@ -92,9 +92,53 @@ def test_job_refusals_and_another_tenants_job(live_broker, gateway, acme, globex
     foreign = httpx.get(f"{gateway.url}/api/jobs/{job_id}", headers={"Authorization": f"Bearer {globex.key}"})
 
     assert (bad_url.status_code, bad_url.json()["error"]["param"]) == (400, "callback_url")
+    assert bad_url.json()["error"]["code"] == "invalid_value"
     assert (bad_body.status_code, bad_body.json()["error"]["param"]) == (400, "messages")
     assert no_key.status_code == 401
     assert foreign.status_code == 404
+
+
+def test_job_refusals_use_the_v1_codes_naming_the_field(gateway, acme):
+    """/api/jobs answers like /v1: invalid_type for the wrong JSON type, invalid_value for a value not taken."""
+    body = {"model": "acme-small", "messages": [{"role": "user", "content": "hi"}]}
+    long_url = "https://example.com/" + "a" * (3000 - len("https://example.com/"))
+    refused_url = ("invalid_value", "callback_url", CALLBACK_URL_REFUSED)
+    cases = [
+        (
+            {"callback_url": 5},
+            (
+                "invalid_type",
+                "callback_url",
+                "Invalid type for 'callback_url': expected a URL string, but got an integer instead.",
+            ),
+        ),
+        (
+            {"callback_url": long_url},
+            (
+                "invalid_value",
+                "callback_url",
+                "Invalid value for 'callback_url': a URL of 3000 characters. At most 2000 are allowed.",
+            ),
+        ),
+        ({"callback_url": "ftp://example.com/hook"}, refused_url),
+        ({"callback_url": "/hooks/llmops"}, refused_url),
+        ({"callback_url": "http://169.254.169.254/latest/meta-data/"}, refused_url),
+        ({"callback_url": "http://user:pass@example.com/hook"}, refused_url),
+        ({"callback_url": "http://"}, refused_url),
+        (
+            {"stream": True},
+            ("invalid_value", "stream", "A job cannot stream; poll GET /api/jobs/{id} or use callback_url."),
+        ),
+    ]
+
+    with httpx.Client(base_url=gateway.url, headers={"Authorization": f"Bearer {acme.key}"}) as client:
+        answers = [client.post("/api/jobs", json={**body, **extra}) for extra, _ in cases]
+
+    assert [(answer.status_code, answer.json()["error"]) for answer in answers] == [
+        (400, {"message": message, "type": "invalid_request_error", "param": param, "code": code})
+        for _, (code, param, message) in cases
+    ]
+    assert not Job.objects.unscoped().exists()
 
 
 def test_a_job_whose_key_is_revoked_before_it_runs_fails_with_openai_error(live_broker, gateway, acme):

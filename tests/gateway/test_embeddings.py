@@ -148,6 +148,11 @@ def test_dimensions_user_and_token_arrays_are_passed_on(gateway, acme, acme_embe
         ({"input": [[1, -2]]}, "invalid_value", "input[0][1]"),
         ({"input": [[1, 2], "a"]}, "invalid_type", "input[1]"),
         ({"input": ["a", "b", [1, 2]]}, "invalid_type", "input[2]"),
+        ({"input": [1, "a"]}, "invalid_type", "input[1]"),
+        ({"input": [1, 2, "a"]}, "invalid_type", "input[2]"),
+        ({"input": [1, [2]]}, "invalid_type", "input[1]"),
+        ({"input": [1, None]}, "invalid_type", "input[1]"),
+        ({"input": [1, -2]}, "invalid_value", "input[1]"),
         ({"input": {"text": "hi"}}, "invalid_type", "input"),
         ({"input": ["x"] * 2049}, "invalid_value", "input"),
         ({"input": "hi", "encoding_format": "hex"}, "invalid_value", "encoding_format"),
@@ -167,6 +172,15 @@ def test_bad_input_is_an_openai_400_that_costs_nothing(gateway, acme, acme_embed
         400,
         code,
         0,
+    )
+
+
+def test_a_list_opening_with_a_token_is_a_token_array_and_its_first_other_item_is_named(gateway, acme, acme_embed):
+    response = embed(gateway, acme, {"model": acme_embed.name, "input": [1, 2, "a"]})
+
+    assert response.json()["error"]["message"] == (
+        "Invalid type for 'input[2]': expected an integer (a token) as 'input[0]' is (a list cannot mix tokens and "
+        "other inputs), but got a string instead."
     )
 
 

@@ -179,6 +179,7 @@ def test_a_job_callback_to_an_internal_or_bad_url_is_refused_at_creation(strict,
     with pytest.raises(GatewayError) as refused:
         job_create(principal=principal, body=body)
     assert (refused.value.status_code, refused.value.param) == (400, "callback_url")
+    assert refused.value.code == "invalid_value"
     # One message for every reason, so the answer does not say how a name resolves inside the installation.
     assert refused.value.message == CALLBACK_URL_REFUSED
     assert not Job.objects.unscoped().exists()

@@ -27,7 +27,7 @@ from billing.ledger.events import UsageEvent
 from billing.ledger.services import usage_record_create
 from billing.models import Budget
 from core.db import storable
-from core.jsonl import jsonl_lines
+from core.jsonl import jsonl_lines, jsonl_row
 from llmops.gateway.batches.models import (
     BATCH_FINISHED,
     LINE_FINISHED,
@@ -239,14 +239,37 @@ class BatchError:
         return {"id": None, "custom_id": self.custom_id, "line": self.line, "response": None, "error": error}
 
 
+def _field_error(name: str, value, kind: type, expected: str) -> GatewayError | None:
+    """A line's field missing or null, or of the wrong JSON type; its value is the caller's to check."""
+    if value is None:
+        return _missing(name)
+    if not isinstance(value, kind):
+        return _type_error(name, expected, value)
+    return None
+
+
 def _custom_id_error(custom_id) -> GatewayError | None:
-    if custom_id is None:
-        return _missing("custom_id")
-    if not isinstance(custom_id, str):
-        return _type_error("custom_id", "a string", custom_id)
+    if (error := _field_error("custom_id", custom_id, str, "a string")) is not None:
+        return error
     if not custom_id or len(custom_id) > CUSTOM_ID_MAX_LENGTH:
         return _value_error("custom_id", f"it must be a non-empty string of at most {CUSTOM_ID_MAX_LENGTH} characters.")
     return None
+
+
+def _request_error(item: dict, endpoint: str) -> GatewayError | None:
+    """A line's ``method``, ``url`` and ``body``, in that order, as ``custom_id`` is checked; a string of the wrong
+    value keeps OpenAI's batch codes (``invalid_method``, ``mismatched_endpoint``)."""
+    method, url = item.get("method"), item.get("url")
+    if (error := _field_error("method", method, str, "a string")) is not None:
+        return error
+    if method != "POST":
+        return invalid_request("method must be 'POST'.", param="method", code="invalid_method")
+    if (error := _field_error("url", url, str, "a string")) is not None:
+        return error
+    if url != endpoint:
+        message = f"The url {url!r} does not match the batch's endpoint {endpoint}."
+        return invalid_request(message, param="url", code="mismatched_endpoint")
+    return _field_error("body", item.get("body"), dict, "an object")
 
 
 def _parse_lines(content: bytes, endpoint: str) -> tuple[list[ParsedLine], list[BatchError]]:
@@ -283,14 +306,10 @@ def _parse_lines(content: bytes, endpoint: str) -> tuple[list[ParsedLine], list[
             errors.append(BatchError("duplicate_custom_id", message, "custom_id", number, custom_id))
             continue
         seen.add(custom_id)
-        if item.get("method") != "POST":
-            errors.append(BatchError("invalid_method", "method must be 'POST'.", "method", number, custom_id))
+        if (error := _request_error(item, endpoint)) is not None:
+            errors.append(BatchError.of(error, line=number, custom_id=custom_id))
             continue
-        if item.get("url") != endpoint:
-            message = f"The url {item.get('url')!r} does not match the batch's endpoint {endpoint}."
-            errors.append(BatchError("mismatched_endpoint", message, "url", number, custom_id))
-            continue
-        body = item.get("body")
+        body = item["body"]
         try:
             validate_chat_request(body)
         except GatewayError as error:
@@ -390,7 +409,7 @@ def _errors_file(batch: Batch, errors: list[BatchError]) -> File:
 
 
 def _output_file(batch: Batch, kind: str, rows: list[dict]) -> File:
-    content = b"".join(orjson.dumps(row) + b"\n" for row in rows)
+    content = b"".join(jsonl_row(row) for row in rows)
     principal = KeyPrincipal(
         key_id=batch.api_key_id,
         key_prefix="",

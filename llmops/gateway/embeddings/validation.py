@@ -27,12 +27,12 @@ def _is_token(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _token_array(param: str, value: list) -> None:
+def _token_array(param: str, value: list, *, expected: str = "an integer (a token)") -> None:
     if not value:
         raise invalid_request(f"'{param}' must contain at least one token.", param=param, code="empty_array")
     for index, token in enumerate(value):
         if not _is_token(token):
-            raise _type_error(f"{param}[{index}]", "an integer (a token)", token)
+            raise _type_error(f"{param}[{index}]", expected, token)
         if not 0 <= token <= MAX_TOKEN_ID:
             raise _value_error(f"{param}[{index}]", f"{token}. A token is an integer from 0 to {MAX_TOKEN_ID}.")
 
@@ -50,8 +50,13 @@ def _input(param: str, value) -> None:
         raise _type_error(param, INPUT_SHAPES, value)
     if not value:
         raise invalid_request(f"'{param}' must contain at least one input.", param=param, code="empty_array")
-    if all(_is_token(item) for item in value):
-        _token_array(param, value)
+    if _is_token(value[0]):
+        # The first input is a token, so the list is an array of tokens: any later item that is not one is named.
+        _token_array(
+            param,
+            value,
+            expected=f"an integer (a token) as '{param}[0]' is (a list cannot mix tokens and other inputs)",
+        )
         return
     if len(value) > MAX_INPUTS:
         raise _value_error(param, f"{len(value)} inputs. At most {MAX_INPUTS} are allowed in one request.")

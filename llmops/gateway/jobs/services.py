@@ -22,12 +22,14 @@ from core.webhooks import webhook_headers, webhook_secret_new
 from llmops.gateway.batches.models import Job, JobStatus, JobWebhookSecret, WebhookState
 from llmops.gateway.call import GatewayCall
 from llmops.gateway.chat.completion import chat_completion_run
-from llmops.gateway.chat.validation import validate_chat_request, validate_storable
+from llmops.gateway.chat.validation import _type_error, _value_error, validate_chat_request, validate_storable
 from llmops.gateway.errors import GatewayError, as_gateway_error, error_body, invalid_request
 from llmops.gateway.snapshot import config_snapshot
 from tenants.authentication import KeyPrincipal
 
 JOBS_ENDPOINT = "/api/jobs"
+# Job.callback_url's max_length.
+CALLBACK_URL_MAX_LENGTH = 2000
 
 WEBHOOK_UNREACHABLE = "The callback URL could not be reached."
 CALLBACK_URL_REFUSED = "callback_url is not allowed: it must be an http(s) URL of a public host."
@@ -41,11 +43,15 @@ def _callback_url_check(url) -> str:
     """The provider and webhook SSRF check (core/outbound.py); the URL is checked again when the webhook is sent."""
     if url in (None, ""):
         return ""
-    if not isinstance(url, str) or len(url) > 2000:
-        raise invalid_request("callback_url must be a URL string.", param="callback_url")
+    if not isinstance(url, str):
+        raise _type_error("callback_url", "a URL string", url)
+    if len(url) > CALLBACK_URL_MAX_LENGTH:
+        raise _value_error(
+            "callback_url", f"a URL of {len(url)} characters. At most {CALLBACK_URL_MAX_LENGTH} are allowed."
+        )
     if outbound_url_errors(url):
         # One message whatever the reason, as for a delivery: which names resolve to internal addresses stays unsaid.
-        raise invalid_request(CALLBACK_URL_REFUSED, param="callback_url")
+        raise invalid_request(CALLBACK_URL_REFUSED, param="callback_url", code="invalid_value")
     return url
 
 
@@ -56,7 +62,9 @@ def job_create(*, principal: KeyPrincipal, body) -> Job:
     request = {name: value for name, value in body.items() if name != "callback_url"}
     validate_chat_request(request)
     if request.get("stream"):
-        raise invalid_request("A job cannot stream; poll GET /api/jobs/{id} or use callback_url.", param="stream")
+        raise invalid_request(
+            "A job cannot stream; poll GET /api/jobs/{id} or use callback_url.", param="stream", code="invalid_value"
+        )
     callback_url = _callback_url_check(body.get("callback_url"))
     return Job.objects.create(
         tenant_id=principal.tenant_id,
