@@ -16,9 +16,9 @@ import threading
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+import django
 from asgiref.sync import sync_to_async
 from django.core import signals
-from django.core.asgi import get_asgi_application
 from django.core.exceptions import RequestAborted
 from django.core.handlers.asgi import ASGIHandler, get_script_prefix
 from django.urls import set_script_prefix
@@ -28,9 +28,32 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "llmops.settings")
 
 logger = logging.getLogger(__name__)
 
-site_application = get_asgi_application()
+django.setup(set_prefix=False)  # as get_asgi_application does before making Django's handler
 
 GATEWAY_PATH_PREFIX = "/v1/"
+
+
+def _with_content_length(scope: dict, body_file) -> dict:
+    """The scope of a request whose body came without a Content-Length (``Transfer-Encoding: chunked``), with one:
+    Django (``ASGIRequest``) and DRF read a body only as long as that header says, so a chunked body was read as
+    none and its fields reported missing. The handler has the whole body by now, so the header is its size, and the
+    limits that read it (LLMOPS_MAX_BODY_BYTES, the files' limit) apply as to any other request."""
+    headers = scope["headers"]
+    if any(name == b"content-length" for name, _ in headers):
+        return scope
+    size = body_file.seek(0, os.SEEK_END)
+    body_file.seek(0)
+    return {**scope, "headers": [*headers, (b"content-length", str(size).encode())]} if size else scope
+
+
+class SiteASGIHandler(ASGIHandler):
+    """Django's handler for everything but /v1, reading a chunked body as /v1 does."""
+
+    def create_request(self, scope, body_file):
+        return super().create_request(_with_content_length(scope, body_file), body_file)
+
+
+site_application = SiteASGIHandler()
 
 
 class GatewayASGIHandler(ASGIHandler):
@@ -115,7 +138,7 @@ class GatewayASGIHandler(ASGIHandler):
         return response
 
     def create_request(self, scope, body_file):
-        request, error_response = super().create_request(scope, body_file)
+        request, error_response = super().create_request(_with_content_length(scope, body_file), body_file)
         if error_response is not None:
             from llmops.gateway.last_resort import unreadable_request_response
 

@@ -4,6 +4,7 @@ from datetime import timedelta
 from decimal import Decimal
 
 import httpx
+import orjson
 import pytest
 from django.utils import timezone
 
@@ -93,6 +94,42 @@ def test_oversized_body_is_refused(gateway, acme, settings):
 
     assert_openai_error(response, 413, "request_too_large")
     assert UsageRecord.objects.unscoped().get().error_code == "request_too_large"
+
+
+def chunked(body: dict):
+    """The body as httpx sends an iterator: Transfer-Encoding chunked, no Content-Length."""
+    data = orjson.dumps(body)
+    yield from (data[:10], data[10:])
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status"),
+    [
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]}, 200),
+        ("/v1/responses", {"input": "hi"}, 200),
+        ("/api/jobs", {"messages": [{"role": "user", "content": "hi"}]}, 202),
+    ],
+)
+def test_a_chunked_body_is_read_as_one_with_a_length(gateway, acme, path, body, status):
+    """Django and DRF read a body only as long as its Content-Length says: a chunked one was read as none, and its
+    fields reported missing."""
+    headers = {"authorization": f"Bearer {acme.key}", "content-type": "application/json"}
+
+    response = httpx.post(f"{gateway.url}{path}", content=chunked({"model": acme.small.name, **body}), headers=headers)
+
+    assert response.request.headers.get("transfer-encoding") == "chunked"
+    assert "content-length" not in response.request.headers
+    assert response.status_code == status, response.text
+
+
+def test_a_chunked_body_over_the_limit_is_refused(gateway, acme, settings):
+    settings.LLMOPS_MAX_BODY_BYTES = 2_000
+    body = {"model": acme.small.name, "messages": [{"role": "user", "content": "x" * 5_000}]}
+    headers = {"authorization": f"Bearer {acme.key}", "content-type": "application/json"}
+
+    response = httpx.post(f"{gateway.url}/v1/chat/completions", content=chunked(body), headers=headers)
+
+    assert_openai_error(response, 413, "request_too_large")
 
 
 def test_missing_key_is_a_401(gateway, acme):
