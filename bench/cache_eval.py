@@ -43,9 +43,11 @@ NEAR_MISS_TARGET = 0.005
 
 
 def _load(paths: list[str]) -> list[dict]:
+    from core.jsonl import jsonl_lines
+
     pairs = []
     for path in paths:
-        for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
+        for number, line in enumerate(jsonl_lines(Path(path).read_text()), start=1):
             if not line.strip():
                 continue
             pair = json.loads(line)

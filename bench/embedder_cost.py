@@ -31,6 +31,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 from overhead import database_url_argument, ensure_database, refuse_busy_port  # noqa: E402
 
+from core.jsonl import jsonl_lines  # noqa: E402
+
 PYTHON = sys.executable
 PAIRS = ROOT / "bench" / "cache_pairs.jsonl"
 EMBEDDERS = {
@@ -82,7 +84,7 @@ def agreement(embedders: dict, threshold: float) -> None:
 
     from routing.cache.keys import normalize_prompt
 
-    pairs = [json.loads(line) for line in PAIRS.read_text().splitlines() if line.strip()]
+    pairs = [json.loads(line) for line in jsonl_lines(PAIRS.read_text()) if line.strip()]
     texts = [normalize_prompt(pair[side]) for side in ("stored", "asked") for pair in pairs]
     batch = settings.LLMOPS_CACHE_EMBED_BATCH
 

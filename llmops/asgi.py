@@ -34,16 +34,17 @@ GATEWAY_PATH_PREFIX = "/v1/"
 
 
 def _with_content_length(scope: dict, body_file) -> dict:
-    """The scope of a request whose body came without a Content-Length (``Transfer-Encoding: chunked``), with one:
-    Django (``ASGIRequest``) and DRF read a body only as long as that header says, so a chunked body was read as
-    none and its fields reported missing. The handler has the whole body by now, so the header is its size, and the
-    limits that read it (LLMOPS_MAX_BODY_BYTES, the files' limit) apply as to any other request."""
+    """The scope of a request whose body came chunked (``Transfer-Encoding``), with a Content-Length that is the
+    body's size, in place of any the client sent beside it: DRF, ``request_json``, Django's multipart parser and the
+    ledger's request size read a body as long as that header says, so a chunked body was read as none and its fields
+    reported missing. The handler has the whole body by now. Any other request is left as it came."""
     headers = scope["headers"]
-    if any(name == b"content-length" for name, _ in headers):
+    if not any(name == b"transfer-encoding" for name, _ in headers):
         return scope
     size = body_file.seek(0, os.SEEK_END)
     body_file.seek(0)
-    return {**scope, "headers": [*headers, (b"content-length", str(size).encode())]} if size else scope
+    kept = [(name, value) for name, value in headers if name != b"content-length"]
+    return {**scope, "headers": [*kept, (b"content-length", str(size).encode())]}
 
 
 class SiteASGIHandler(ASGIHandler):

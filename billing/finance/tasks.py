@@ -67,7 +67,7 @@ def statements_push_task() -> int:
 
 # The name predates the move into this package; tasks already queued under it still run.
 @shared_task(name="billing.tasks_finance.statement_push_task", bind=True, max_retries=5)
-def statement_push_task(self, tenant_id: int, month: str) -> str:
+def statement_push_task(self, tenant_id: int, month: str) -> str | None:
     try:
         return statement_push_to_s3(
             tenant=Tenant.objects.for_tenant(tenant_id).get(),

@@ -194,7 +194,7 @@ def pair_served(stored: str, asked: str, similarity: float, *, model: OnnxCrossE
     """Whether a lookup of `asked` (normalised) whose one candidate is `stored` at `similarity` serves it, by the
     default similarity gate (LLMOPS_CACHE_SEMANTIC_THRESHOLD) and `candidate_accepted`: how bench/cache_eval.py and
     the install's check measure the gateway's decision on labelled pairs."""
-    if similarity < settings.LLMOPS_CACHE_SEMANTIC_THRESHOLD:
+    if not pair_reaches_model(stored, asked, similarity):
         return False
     candidate = Candidate(IndexedEntry(key_hash="", prompt=stored, context_fingerprint="", expires_at=0.0), similarity)
     return candidate_accepted(asked, [candidate], model=model) is not None

@@ -20,6 +20,7 @@ from django.conf import settings
 from django.core.management import CommandError, call_command
 from onnx import TensorProto, helper
 
+from core.jsonl import jsonl_lines
 from routing.cache import crossencoder, store
 from routing.cache.crossenc_train import TrainingPair, _model, crossenc_export, in_sample_check, in_sample_failures
 from routing.cache.crossencoder import (
@@ -415,7 +416,7 @@ def _pairs_file(path: Path, count: int) -> Path:
     """Pairs the installed model was trained on: the first `count` of each label of bench/cache_pairs.jsonl, and the
     near-misses the guard lets through."""
     kept: dict[str, list[str]] = {}
-    for line in (ROOT / "bench" / "cache_pairs.jsonl").read_text().splitlines():
+    for line in jsonl_lines((ROOT / "bench" / "cache_pairs.jsonl").read_text()):
         label = json.loads(line)["label"]
         if len(kept.setdefault(label, [])) < count:
             kept[label].append(line)

@@ -179,8 +179,8 @@ async def _merge(batch: Batch, principal: KeyPrincipal, state: dict, results: li
         if line is None or line.custom_id not in state["lines"]:
             continue
         answered.add(line.custom_id)
-        response = row.get("response") or {}
-        status_code = int(response.get("status_code") or 500)
+        response = row["response"] if isinstance(row.get("response"), dict) else {}
+        status_code = _line_status(response.get("status_code"))
         body = response.get("body")
         if not isinstance(body, dict) or not body:
             # No answer is a failure whatever status came with it: a transient one, retried while attempts remain.
@@ -197,6 +197,12 @@ async def _merge(batch: Batch, principal: KeyPrincipal, state: dict, results: li
             continue
         ended = GatewayError(f"The provider batch ended {remote_status}.", status=502, code=f"provider_{remote_status}")
         await _record(batch, principal, line, state["lines"][custom_id], 502, error_body(ended), multipliers)
+
+
+def _line_status(status) -> int:
+    """A provider's HTTP status for a line, or 502 (a transient failure) where it gave none that is one: a row that
+    cannot be read must not stop the batch's merge, which every later poll would repeat."""
+    return status if isinstance(status, int) and not isinstance(status, bool) and 100 <= status <= 599 else 502
 
 
 def _provider_error(error, *, status: int, message: str, code: str) -> dict:

@@ -28,8 +28,8 @@ from llmops.gateway.snapshot import config_snapshot
 from tenants.authentication import KeyPrincipal
 
 JOBS_ENDPOINT = "/api/jobs"
-# Job.callback_url's max_length.
-CALLBACK_URL_MAX_LENGTH = 2000
+
+CALLBACK_URL_MAX_LENGTH = Job._meta.get_field("callback_url").max_length
 
 WEBHOOK_UNREACHABLE = "The callback URL could not be reached."
 CALLBACK_URL_REFUSED = "callback_url is not allowed: it must be an http(s) URL of a public host."
