@@ -172,6 +172,18 @@ def completing_after_the_ledger(app, drainer: LedgerDrainer):
     return application
 
 
+@pytest.fixture
+def eager_celery():
+    """Celery as llmops/settings.py configures it without a broker (the embedded default): tasks run in the caller,
+    and their errors reach it."""
+    from llmops.celery import app
+
+    previous = app.conf.task_always_eager, app.conf.task_eager_propagates
+    app.conf.task_always_eager, app.conf.task_eager_propagates = True, True
+    yield app
+    app.conf.task_always_eager, app.conf.task_eager_propagates = previous
+
+
 @pytest.fixture(scope="session")
 def gateway_server(django_db_setup, django_db_blocker, ledger_drainer):
     from llmops.asgi import application

@@ -14,15 +14,9 @@ MAX_ATTEMPTS = 3
 
 
 @pytest.fixture
-def eager(settings):
-    """Celery as llmops/settings.py configures it without a broker: tasks run in the caller, errors propagate."""
-    from llmops.celery import app
-
+def eager(settings, eager_celery):
     settings.LLMOPS_JOBS_WEBHOOK_MAX_ATTEMPTS = MAX_ATTEMPTS
-    previous = app.conf.task_always_eager, app.conf.task_eager_propagates
-    app.conf.task_always_eager, app.conf.task_eager_propagates = True, True
-    yield app
-    app.conf.task_always_eager, app.conf.task_eager_propagates = previous
+    return eager_celery
 
 
 def post_job(gateway, acme, callback_url: str) -> tuple[httpx.Response, dict]:

@@ -107,11 +107,5 @@ def receiver(receiver_server) -> tuple[Receiver, str]:
 
 
 @pytest.fixture(autouse=True)
-def eager_celery():
-    """Tasks run in the caller and their errors reach the test."""
-    from llmops.celery import app
-
-    previous = app.conf.task_always_eager, app.conf.task_eager_propagates
-    app.conf.task_always_eager, app.conf.task_eager_propagates = True, True
-    yield
-    app.conf.task_always_eager, app.conf.task_eager_propagates = previous
+def tasks_run_eagerly(eager_celery):
+    """Every test here runs Celery's tasks in the caller (tests/conftest.py's eager_celery)."""

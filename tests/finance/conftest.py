@@ -73,17 +73,6 @@ def globex(db) -> FinanceTenant:
     return make_finance_tenant("globex")
 
 
-@pytest.fixture
-def eager_celery():
-    """Run tasks in the calling process: the test checks what the task wrote, not the broker round trip."""
-    from llmops.celery import app
-
-    previous = app.conf.task_always_eager
-    app.conf.task_always_eager = True
-    yield app
-    app.conf.task_always_eager = previous
-
-
 def make_seeded() -> FinanceTenant:
     """A tenant with a small and a large model and a few weeks of synthetic usage, rollups built."""
     from billing.finance.rollups_seed import seed_demo_usage

@@ -38,14 +38,3 @@ def make_shop(slug: str) -> Shop:
 @pytest.fixture
 def shop(db) -> Shop:
     return make_shop("shop")
-
-
-@pytest.fixture
-def eager_celery():
-    """Alert deliveries are sent in the caller: the test reads the mail they sent."""
-    from llmops.celery import app
-
-    previous = app.conf.task_always_eager, app.conf.task_eager_propagates
-    app.conf.task_always_eager, app.conf.task_eager_propagates = True, True
-    yield
-    app.conf.task_always_eager, app.conf.task_eager_propagates = previous
