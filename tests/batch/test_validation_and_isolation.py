@@ -62,6 +62,24 @@ def test_batch_over_the_budget_is_refused_before_anything_runs(worker, openai_cl
     assert not UsageRecord.objects.unscoped().filter(tenant=acme.tenant).exists()
 
 
+def test_a_batch_whose_images_its_budget_cannot_hold_is_refused_before_anything_runs(worker, openai_client, acme):
+    budget_create(tenant=acme.tenant, limit_usd=Decimal("0.01"))
+    image = {"type": "image_url", "image_url": {"url": "https://example.com/chart.png"}}
+    looked_at = [{"role": "user", "content": [{"type": "text", "text": "Describe it."}, image]}]
+    # As text, two lines' worst case (about 0.0025 USD each) fits; the catalog knows no image bound for the mock's
+    # model, so each image line is reserved at its 128,000-token context window: about 0.019 USD.
+    lines = [chat_line(name, "acme-small", messages=looked_at) for name in ("a", "b")]
+    batch = openai_client.batches.create(
+        input_file_id=upload(openai_client, lines), endpoint="/v1/chat/completions", completion_window="24h"
+    )
+
+    done = wait_finished(openai_client, batch.id)
+
+    assert done.status == "failed"
+    assert [error.code for error in done.errors.data] == ["budget_exceeded"]
+    assert not UsageRecord.objects.unscoped().filter(tenant=acme.tenant).exists()
+
+
 def test_upload_refusals(live_broker, files_root, openai_client, settings):
     settings.LLMOPS_FILES_MAX_BYTES = 100
     big = jsonl([chat_line(f"line-{n}", "acme-small") for n in range(5)])

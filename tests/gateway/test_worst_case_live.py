@@ -338,3 +338,59 @@ def test_a_summary_its_client_hung_up_on_is_recorded_charged_its_prompt_and_give
     after = chat(gateway, acme, {"model": acme.small.name, "messages": MESSAGES, "max_tokens": 10})
     main = UsageRecord.objects.unscoped().get(request_id=after.headers["x-llmops-request-id"])
     assert Decimal(after.headers["x-llmops-budget-remaining-usd"]) == limit - summary.cost_usd - main.cost_usd
+
+
+def vision_model(acme):
+    """A model the catalog knows images for (gpt-4o-mini: up to 48,169 tokens an image), served by the mock."""
+    model = ModelFactory(
+        name="acme-vision",
+        provider=acme.small.provider,
+        upstream_name="gpt-4o-mini",
+        input_price_per_million=SMALL_PRICES[0],
+        cached_input_price_per_million=SMALL_PRICES[1],
+        output_price_per_million=SMALL_PRICES[2],
+    )
+    tenant_model_access_set(tenant=acme.tenant, allowed_models=[acme.small, acme.large, model], default_model=model)
+    return model
+
+
+def with_image(detail: str) -> list[dict]:
+    image = {"type": "image_url", "image_url": {"url": "https://example.com/receipt.png", "detail": detail}}
+    return [{"role": "user", "content": [{"type": "text", "text": "What does this receipt total?"}, image]}]
+
+
+def test_an_image_is_reserved_at_the_most_its_model_bills_for_it(gateway, acme):
+    model = vision_model(acme)
+    text = count_chat_tokens(with_image("high"), model="gpt-4o-mini")
+    low_worst = worst_case(choices=1, prompt_tokens=text + 2833)
+    budget_create(tenant=acme.tenant, scope="key", api_key=acme.api_key, period="day", limit_usd=low_worst)
+    headers = {"authorization": f"Bearer {acme.key}"}
+
+    def ask(detail: str) -> httpx.Response:
+        body = {"model": model.name, "messages": with_image(detail), "max_tokens": MAX_TOKENS}
+        return httpx.post(f"{gateway.url}/v1/chat/completions", headers=headers, json=body)
+
+    high = ask("high")
+    assert high.status_code == 429, high.text
+    high_worst = usd(worst_case(choices=1, prompt_tokens=text + 2833 + 8 * 5667))
+    assert f"cannot hold this request's worst case of {high_worst}" in high.json()["error"]["message"]
+    low = ask("low")
+    assert low.status_code == 200, low.text
+
+
+def test_a_token_rate_limit_counts_an_image_at_its_bound(gateway, acme):
+    model = vision_model(acme)
+    text = count_chat_tokens(with_image("low"), model="gpt-4o-mini")
+    rate_limit_create(tenant=acme.tenant, api_key=acme.api_key, tokens_per_minute=text + MAX_TOKENS + 2833)
+    headers = {"authorization": f"Bearer {acme.key}"}
+    body = {"model": model.name, "max_tokens": MAX_TOKENS}
+
+    high = httpx.post(
+        f"{gateway.url}/v1/chat/completions", headers=headers, json={**body, "messages": with_image("high")}
+    )
+    low = httpx.post(
+        f"{gateway.url}/v1/chat/completions", headers=headers, json={**body, "messages": with_image("low")}
+    )
+
+    assert high.status_code == 429 and high.json()["error"]["code"] == "rate_limit_exceeded"
+    assert low.status_code == 200, low.text

@@ -4,7 +4,7 @@ from decimal import Decimal
 
 import pytest
 
-from llmops.gateway.shadow.services import hold_seconds, reserved_prompt_tokens
+from llmops.gateway.shadow.services import hold_seconds, reserved_prompt_tokens, worst_case
 from routing.catalog import ModelEntry, ModelPrices, ProviderEntry
 
 
@@ -25,3 +25,14 @@ def test_an_evaluation_may_take_its_calls_timeouts_one_attempt_each_and_a_minute
 
     assert hold_seconds([reference]) == 120
     assert hold_seconds([reference, judge]) == 150
+
+
+def test_a_reference_call_reserves_its_prompts_image_at_the_context_window_of_a_model_that_bounds_none():
+    image = {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}
+    text = {"model": "m", "messages": [{"role": "user", "content": "Describe it."}], "max_tokens": 10}
+    looked_at = {**text, "messages": [{"role": "user", "content": [{"type": "text", "text": "Describe it."}, image]}]}
+    reference = model_of("openai")
+
+    # 1 USD a million tokens: 5 prompt tokens and 10 answer tokens, or the 8,000-token window and 10.
+    assert worst_case(reference, text, prompt_tokens=5) == Decimal("0.000015")
+    assert worst_case(reference, looked_at, prompt_tokens=5) == Decimal("0.00801")

@@ -53,6 +53,7 @@ from llmops.gateway.chat.worst_case import OutputBound, cache_writers, chain_wor
 from llmops.gateway.errors import GatewayError, invalid_request
 from llmops.gateway.snapshot import ConfigSnapshot
 from routing.catalog import ModelEntry
+from routing.media import PromptMedia
 from routing.providers.prompt_cache import AUTO as PROVIDER_CACHE_AUTO
 from routing.tokens import count_chat_tokens
 from tenants.authentication import KeyPrincipal
@@ -354,6 +355,7 @@ def _budget_errors(snapshot: ConfigSnapshot, principal: KeyPrincipal, lines: lis
             fallback=settings.LLMOPS_RESERVATION_MAX_TOKENS,
             # The line's routing rule is not known yet: its prompt may be written to the provider's cache.
             cache_writers=cache_writers([model], line.body, provider_cache=PROVIDER_CACHE_AUTO),
+            media=PromptMedia.of(line.body["messages"]),
         )
         for entry in budgets:
             if entry.enforced:

@@ -40,6 +40,7 @@ from llmops.gateway.errors import GatewayError
 from llmops.gateway.snapshot import ConfigSnapshot
 from routing.catalog import ModelEntry
 from routing.max_tokens import with_max_tokens
+from routing.media import PromptMedia
 
 
 def _default_model(snapshot: ConfigSnapshot, call: GatewayCall) -> ModelEntry | None:
@@ -55,6 +56,7 @@ def _cheaper_route(
     prompt_tokens: int,
     bound: OutputBound,
     writers: frozenset[str],
+    media: PromptMedia,
 ) -> ModelEntry | None:
     """The cheapest of the chain's fallbacks and the tenant's default model, if it costs less than the primary."""
     default = _default_model(snapshot, call)
@@ -62,7 +64,7 @@ def _cheaper_route(
 
     def worst(model: ModelEntry) -> Decimal:
         return chain_worst_case(
-            [model], prompt_tokens=prompt_tokens, bound=bound, fallback=_fallback(), cache_writers=writers
+            [model], prompt_tokens=prompt_tokens, bound=bound, fallback=_fallback(), cache_writers=writers, media=media
         )
 
     primary_cost = worst(plan.chain[0])
@@ -102,6 +104,7 @@ def _refusal(
     prompt_tokens: int,
     bound: OutputBound,
     writers: frozenset[str],
+    media: PromptMedia,
 ):
     fitting = fitting_max_tokens(
         chain,
@@ -110,6 +113,7 @@ def _refusal(
         fallback=_fallback(),
         available=exceeded.remaining_usd,
         cache_writers=writers,
+        media=media,
     )
     return budget_refusal(exceeded, fitting=fitting, choices=bound.choices)
 
@@ -220,6 +224,9 @@ async def admit(
     if budgets:
         bound = _bounded(plan, bound)
     completion_tokens = max(bound.completion_tokens(model, fallback=_fallback()) for model in plan.chain)
+    media = PromptMedia.of(plan.body["messages"])
+    # The rate limit counts what the prompt may bill, its images included, as the budget reserves it.
+    prompt_bound = max(media.prompt_tokens(model, prompt_tokens) for model in plan.chain)
     writers = frozenset()
     if budgets:
         default = _default_model(snapshot, call)
@@ -227,7 +234,12 @@ async def admit(
         writers = cache_writers(models, plan.body, provider_cache=plan.provider_cache)
     amount = (
         chain_worst_case(
-            plan.chain, prompt_tokens=prompt_tokens, bound=bound, fallback=_fallback(), cache_writers=writers
+            plan.chain,
+            prompt_tokens=prompt_tokens,
+            bound=bound,
+            fallback=_fallback(),
+            cache_writers=writers,
+            media=media,
         )
         if budgets
         else Decimal(0)
@@ -236,17 +248,19 @@ async def admit(
         snapshot,
         call,
         budgets=budgets,
-        tokens=prompt_tokens + completion_tokens,
+        tokens=prompt_bound + completion_tokens,
         amount=amount,
         limit_concurrency=limit_concurrency,
     )
     if reserved is None:
         return
     if isinstance(reserved, BudgetExceeded):
-        cheaper = _cheaper_route(snapshot, call, plan, prompt_tokens=prompt_tokens, bound=bound, writers=writers)
+        cheaper = _cheaper_route(
+            snapshot, call, plan, prompt_tokens=prompt_tokens, bound=bound, writers=writers, media=media
+        )
         if not reserved.downgrade or cheaper is None:
             raise _refusal(
-                reserved, plan.chain, prompt_tokens=prompt_tokens, bound=bound, writers=writers
+                reserved, plan.chain, prompt_tokens=prompt_tokens, bound=bound, writers=writers, media=media
             ) from reserved
         call.downgraded_from = plan.chain[0]
         plan.chain = [cheaper]
@@ -257,7 +271,12 @@ async def admit(
             principal.tenant_id, principal.team_id, principal.key_id, cheaper.name, customer
         )
         amount = chain_worst_case(
-            [cheaper], prompt_tokens=prompt_tokens, bound=bound, fallback=_fallback(), cache_writers=writers
+            [cheaper],
+            prompt_tokens=prompt_tokens,
+            bound=bound,
+            fallback=_fallback(),
+            cache_writers=writers,
+            media=media,
         )
         try:
             reserved = await budget_reserve(
@@ -265,6 +284,6 @@ async def admit(
             )
         except BudgetExceeded as still_exceeded:
             raise _refusal(
-                still_exceeded, [cheaper], prompt_tokens=prompt_tokens, bound=bound, writers=writers
+                still_exceeded, [cheaper], prompt_tokens=prompt_tokens, bound=bound, writers=writers, media=media
             ) from still_exceeded
     reservation_keep(call, reserved)

@@ -6,7 +6,8 @@ without max_tokens may run to the model's maximum output (the catalog's `max_out
 does not know it, LLMOPS_RESERVATION_MAX_TOKENS is reserved and sent as max_tokens, so the bound holds. Any model
 of the chain may serve, so the dearest is reserved. A model that may write the prompt to its prompt cache (a
 checkpoint the client or the gateway sets, routing.providers.prompt_cache) bills those tokens at the cache-write
-price, above the input price: its prompt is reserved at the dearer of the two.
+price, above the input price: its prompt is reserved at the dearer of the two. Images, audio and files in the prompt
+are reserved at the most each model bills for them (routing.media).
 """
 
 from collections.abc import Iterable
@@ -18,6 +19,7 @@ from billing.ledger.costs import usage_cost
 from llmops.gateway.errors import GatewayError
 from routing.catalog import ModelEntry
 from routing.max_tokens import requested_max_tokens
+from routing.media import NO_MEDIA, PromptMedia
 from routing.providers.prompt_cache import effective_provider_cache, may_write_cache
 from routing.tokens import count_text_tokens
 
@@ -85,9 +87,16 @@ def cache_writers(models: Iterable[ModelEntry], body: dict, *, provider_cache: s
 
 
 def worst_case_cost(
-    model: ModelEntry, *, prompt_tokens: int, completion_tokens: int, writes_cache: bool = False
+    model: ModelEntry,
+    *,
+    prompt_tokens: int,
+    completion_tokens: int,
+    writes_cache: bool = False,
+    media: PromptMedia = NO_MEDIA,
 ) -> Decimal:
-    """With ``writes_cache``, every prompt token is priced at the dearer of the input and cache-write prices."""
+    """``prompt_tokens``: the prompt's text as counted, to which ``media`` adds what its other parts may bill. With
+    ``writes_cache``, every prompt token is priced at the dearer of the input and cache-write prices."""
+    prompt_tokens = media.prompt_tokens(model, prompt_tokens)
     prices = model.prices
     dearer_write = (
         prices.cache_write_per_million is not None and prices.cache_write_per_million > prices.input_per_million
@@ -108,15 +117,18 @@ def chain_worst_case(
     bound: OutputBound,
     fallback: int,
     cache_writers: frozenset[str] = frozenset(),
+    media: PromptMedia = NO_MEDIA,
 ) -> Decimal:
     """The dearest model's worst case: whichever of the chain serves, the request costs at most this.
-    ``cache_writers``: the models that may write the prompt to their cache (``cache_writers()``)."""
+    ``cache_writers``: the models that may write the prompt to their cache (``cache_writers()``); ``media``: the
+    prompt's parts that are not text."""
     return max(
         worst_case_cost(
             model,
             prompt_tokens=prompt_tokens,
             completion_tokens=bound.completion_tokens(model, fallback=fallback),
             writes_cache=model.name in cache_writers,
+            media=media,
         )
         for model in chain
     )
@@ -130,6 +142,7 @@ def fitting_max_tokens(
     fallback: int,
     available: Decimal,
     cache_writers: frozenset[str] = frozenset(),
+    media: PromptMedia = NO_MEDIA,
 ) -> int | None:
     """The largest max_tokens below the request's own whose worst case fits in `available`; None when none does."""
     upper = max(bound.per_choice(model, fallback=fallback) for model in chain) - 1
@@ -137,7 +150,12 @@ def fitting_max_tokens(
     def fits(max_tokens: int) -> bool:
         trial = OutputBound(max_tokens, bound.choices, bound.predicted_tokens)
         worst = chain_worst_case(
-            chain, prompt_tokens=prompt_tokens, bound=trial, fallback=fallback, cache_writers=cache_writers
+            chain,
+            prompt_tokens=prompt_tokens,
+            bound=trial,
+            fallback=fallback,
+            cache_writers=cache_writers,
+            media=media,
         )
         return worst <= available
 

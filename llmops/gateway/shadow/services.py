@@ -69,6 +69,7 @@ from routing import upstream
 from routing.cache.embedders import configured_embedder
 from routing.catalog import ModelCatalog, ModelEntry
 from routing.max_tokens import requested_max_tokens, with_max_tokens
+from routing.media import PromptMedia
 from routing.models import ModelKind
 from routing.providers.prompt_cache import OFF
 from routing.tokens import count_chat_tokens_async
@@ -121,6 +122,7 @@ def worst_case(model: ModelEntry, body: dict, *, prompt_tokens: int) -> Decimal:
         bound=OutputBound.of(body, model=model.upstream_name),
         fallback=django_settings.LLMOPS_RESERVATION_MAX_TOKENS,
         cache_writers=cache_writers([model], body, provider_cache=OFF),
+        media=PromptMedia.of(body["messages"]),
     )
 
 

@@ -1,0 +1,116 @@
+"""The most the parts of a prompt that are not text may bill: what a budget reserves and a token rate limit counts
+for them.
+
+The gateway counts text with tiktoken; an image, an audio clip or a file is billed by the provider in tokens the
+gateway cannot count without fetching and decoding it. It need not: each provider bounds what one image may bill.
+OpenAI scales an image to fit a 2048 px square and its shorter side to 768 px (never up), so `detail: "high"` is at
+most 8 tiles of 512 px on top of a base (`detail: "low"` the base alone), or, for the models that count 32 px
+patches, at most 1,536 patches times the model's multiplier. Anthropic scales an image down to about 1,600 tokens.
+Audio and files have no such bound (a clip's length, a PDF's pages), nor has a model not listed here: for them the
+prompt is bounded by the model's context window, as a provider refuses a longer prompt.
+"""
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from routing.catalog import ModelEntry
+
+# Tokens one image may bill, as (detail "low", detail "high" or "auto"), by the start of the upstream model's name;
+# the longest matching start wins. From OpenAI's vision guide ("Calculating costs") and Anthropic's ("Evaluate
+# image size").
+OPENAI_TILES = 8
+OPENAI_PATCHES = 1536
+
+
+def _tiled(base: int, tile: int) -> tuple[int, int]:
+    return base, base + OPENAI_TILES * tile
+
+
+def _patched(multiplier: float) -> tuple[int, int]:
+    bound = math.ceil(OPENAI_PATCHES * multiplier)
+    return bound, bound
+
+
+IMAGE_TOKENS_BY_PREFIX: dict[str, tuple[int, int]] = {
+    "gpt-4o-mini": _tiled(2833, 5667),
+    "gpt-4o": _tiled(85, 170),
+    "chatgpt-4o": _tiled(85, 170),
+    "gpt-4-turbo": _tiled(85, 170),
+    "gpt-4-vision": _tiled(85, 170),
+    "gpt-4.5": _tiled(85, 170),
+    "gpt-4.1": _tiled(85, 170),
+    "gpt-4.1-mini": _patched(1.62),
+    "gpt-4.1-nano": _patched(2.46),
+    "gpt-5": _tiled(70, 140),
+    "gpt-5-mini": _patched(1.62),
+    "gpt-5-nano": _patched(2.46),
+    "o1": _tiled(75, 150),
+    "o3": _tiled(75, 150),
+    "o4-mini": _patched(1.72),
+    "computer-use-preview": _tiled(65, 129),
+    "claude": (1600, 1600),
+}
+# Bedrock names Anthropic's models "anthropic.claude-…", with a cross-region prefix ("us.anthropic.claude-…").
+ANTHROPIC_MARKER = "anthropic.claude"
+FINE_TUNE_PREFIX = "ft:"
+
+
+def image_tokens(upstream_name: str, *, low_detail: bool) -> int | None:
+    """The most one image may bill sent to the model of that upstream name; None when the model is not known."""
+    name = upstream_name.removeprefix(FINE_TUNE_PREFIX)
+    if ANTHROPIC_MARKER in name:
+        name = "claude"
+    matches = [prefix for prefix in IMAGE_TOKENS_BY_PREFIX if name.startswith(prefix)]
+    if not matches:
+        return None
+    low, high = IMAGE_TOKENS_BY_PREFIX[max(matches, key=len)]
+    return low if low_detail else high
+
+
+@dataclass(frozen=True, slots=True)
+class PromptMedia:
+    """The parts of a chat prompt that are not text, as far as what they may bill goes."""
+
+    low_detail_images: int = 0
+    images: int = 0
+    # Audio clips and files: nothing bounds them short of the context window.
+    unbounded_parts: int = 0
+
+    @classmethod
+    def of(cls, messages: Iterable[dict]) -> "PromptMedia":
+        low = high = unbounded = 0
+        for message in messages:
+            content = message.get("content")
+            if not isinstance(content, list):
+                continue
+            for part in content:
+                kind = part.get("type") if isinstance(part, dict) else None
+                if kind == "image_url":
+                    image = part.get("image_url")
+                    if isinstance(image, dict) and image.get("detail") == "low":
+                        low += 1
+                    else:
+                        high += 1
+                elif kind in ("input_audio", "file"):
+                    unbounded += 1
+        return cls(low, high, unbounded)
+
+    def __bool__(self) -> bool:
+        return bool(self.low_detail_images or self.images or self.unbounded_parts)
+
+    def prompt_tokens(self, model: ModelEntry, text_tokens: int) -> int:
+        """The most the prompt may bill sent to ``model``: ``text_tokens`` (its text as counted) and these parts."""
+        if not self:
+            return text_tokens
+        window = max(text_tokens, model.context_window)
+        if self.unbounded_parts:
+            return window
+        low = image_tokens(model.upstream_name, low_detail=True)
+        high = image_tokens(model.upstream_name, low_detail=False)
+        if low is None or high is None:
+            return window
+        return min(text_tokens + self.low_detail_images * low + self.images * high, window)
+
+
+NO_MEDIA = PromptMedia()
