@@ -226,7 +226,7 @@ async def admit(
     completion_tokens = max(bound.completion_tokens(model, fallback=_fallback()) for model in plan.chain)
     media = PromptMedia.of(plan.body["messages"])
     # The rate limit counts what the prompt may bill, its images included, as the budget reserves it.
-    prompt_bound = max(media.prompt_tokens(model, prompt_tokens) for model in plan.chain)
+    prompt_bound = max(media.prompt_tokens(model, prompt_tokens) for model in plan.chain) if media else prompt_tokens
     writers = frozenset()
     if budgets:
         default = _default_model(snapshot, call)
