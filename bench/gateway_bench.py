@@ -160,7 +160,8 @@ def bench_process_env(database_url: str, redis_url: str) -> dict[str, str]:
 
 def setup_bench_tenant(database_url: str, redis_url: str, upstream_url: str) -> str:
     """A tenant with every feature on the path: a live routing policy (`auto`), a budget and a rate limit in
-    scope. Returns a fresh key."""
+    scope. Returns a fresh key. Creates the database when it is missing."""
+    ensure_database(database_url)
     os.environ["DATABASE_URL"] = database_url
     # The gateway's Redis too, so the purge below also deletes the cache's Redis copies of an earlier run's entries.
     os.environ["REDIS_URL"] = redis_url
@@ -408,7 +409,6 @@ def main() -> None:
     peer_ports = [args.litellm_port] * args.vs_litellm + [args.portkey_port] * args.vs_portkey
     for port in (args.mock_port, args.gateway_port, *peer_ports):
         refuse_busy_port(port)
-    ensure_database(args.database_url)
     upstream_url = f"http://127.0.0.1:{args.mock_port}/v1"
     key = setup_bench_tenant(args.database_url, args.redis_url, upstream_url)
     env = bench_process_env(args.database_url, args.redis_url)
