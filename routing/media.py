@@ -1,13 +1,14 @@
 """The most the parts of a prompt that are not text may bill: what a budget reserves and a token rate limit counts
 for them.
 
-The gateway counts text with tiktoken; an image, an audio clip or a file is billed by the provider in tokens the
-gateway cannot count without fetching and decoding it. It need not: each provider bounds what one image may bill.
+The gateway counts text with tiktoken; an image or a file is billed by the provider in tokens the gateway cannot
+count without fetching and decoding it. It need not: each provider bounds what one image may bill.
 OpenAI scales an image to fit a 2048 px square and its shorter side to 768 px (never up), so `detail: "high"` is at
 most 8 tiles of 512 px on top of a base (`detail: "low"` the base alone), or, for the models that count 32 px
 patches, at most 1,536 patches times the model's multiplier. Anthropic scales an image down to about 1,600 tokens.
-Audio and files have no such bound (a clip's length, a PDF's pages), nor has a model not listed here: for them the
-prompt is bounded by the model's context window, as a provider refuses a longer prompt.
+A file has no such bound (a PDF's pages), nor has an image for a model not listed here: for them the prompt is
+bounded by the model's context window, as a provider refuses a longer prompt. (Audio input is refused at validation:
+the catalog holds no audio token prices.)
 """
 
 import math
@@ -74,12 +75,12 @@ class PromptMedia:
 
     low_detail_images: int = 0
     images: int = 0
-    # Audio clips and files: nothing bounds them short of the context window.
-    unbounded_parts: int = 0
+    # Nothing bounds a file short of the context window.
+    files: int = 0
 
     @classmethod
     def of(cls, messages: Iterable[dict]) -> "PromptMedia":
-        low = high = unbounded = 0
+        low = high = files = 0
         for message in messages:
             content = message.get("content")
             if not isinstance(content, list):
@@ -92,19 +93,19 @@ class PromptMedia:
                         low += 1
                     else:
                         high += 1
-                elif kind in ("input_audio", "file"):
-                    unbounded += 1
-        return cls(low, high, unbounded)
+                elif kind == "file":
+                    files += 1
+        return cls(low, high, files)
 
     def __bool__(self) -> bool:
-        return bool(self.low_detail_images or self.images or self.unbounded_parts)
+        return bool(self.low_detail_images or self.images or self.files)
 
     def prompt_tokens(self, model: ModelEntry, text_tokens: int) -> int:
         """The most the prompt may bill sent to ``model``: ``text_tokens`` (its text as counted) and these parts."""
         if not self:
             return text_tokens
         window = max(text_tokens, model.context_window)
-        if self.unbounded_parts:
+        if self.files:
             return window
         low = image_tokens(model.upstream_name, low_detail=True)
         high = image_tokens(model.upstream_name, low_detail=False)

@@ -29,7 +29,6 @@ content_part = text_part | st.sampled_from(
     [
         {"type": "image_url", "image_url": {"url": "https://example.com/a.png", "detail": "low"}},
         {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
-        {"type": "input_audio", "input_audio": {"data": "UklGRg==", "format": "wav"}},
         {"type": "file", "file": {"file_id": "file-abc"}},
         {"type": "refusal", "refusal": "No."},
     ]

@@ -197,6 +197,9 @@ def test_a_conversation_of_text_items_is_the_chat_it_stands_for(openai_client, a
         ),
         ({"text": {"verbosity": "loud"}}, "invalid_value", "text.verbosity"),
         ({"reasoning": {"effort": "extreme"}}, "invalid_value", "reasoning.effort"),
+        ({"service_tier": "zzz"}, "invalid_value", "service_tier"),
+        # Billed above the catalog's prices: no budget could hold it.
+        ({"service_tier": "priority"}, "unsupported_parameter", "service_tier"),
         ({"reasoning": {"foo": 1}}, "unsupported_parameter", "reasoning.foo"),
         ({"stream": True, "stream_options": {"foo": True}}, "unsupported_parameter", "stream_options.foo"),
         (

@@ -62,12 +62,11 @@ def test_parts_are_counted_by_kind_and_detail():
     messages = [
         {"role": "system", "content": "Be brief."},
         user(image("low"), image("high"), image("auto"), image()),
-        user({"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}}),
-        user({"type": "file", "file": {"file_id": "file-1"}}),
+        user({"type": "file", "file": {"file_id": "file-1"}}, {"type": "file", "file": {"file_data": "JVBERi0="}}),
         {"role": "assistant", "content": [{"type": "text", "text": "A cat."}]},
     ]
 
-    assert PromptMedia.of(messages) == PromptMedia(low_detail_images=1, images=3, unbounded_parts=2)
+    assert PromptMedia.of(messages) == PromptMedia(low_detail_images=1, images=3, files=2)
     assert PromptMedia.of([user()]) == NO_MEDIA and not NO_MEDIA
 
 
@@ -81,13 +80,13 @@ def test_images_add_their_bound_to_the_text_up_to_the_context_window():
     assert NO_MEDIA.prompt_tokens(model("gpt-4o-mini"), 100) == 100
 
 
-def test_audio_files_and_images_for_an_unknown_model_are_bounded_by_the_context_window():
-    audio = PromptMedia(unbounded_parts=1)
+def test_files_and_images_for_an_unknown_model_are_bounded_by_the_context_window():
+    pdf = PromptMedia(files=1)
 
-    assert audio.prompt_tokens(model("gpt-4o"), 100) == WINDOW
+    assert pdf.prompt_tokens(model("gpt-4o"), 100) == WINDOW
     assert PromptMedia(images=1).prompt_tokens(model("mock-small"), 100) == WINDOW
     # A text already over the window is counted as it is: the provider refuses it, and the bound never drops below.
-    assert audio.prompt_tokens(model("gpt-4o"), WINDOW + 5) == WINDOW + 5
+    assert pdf.prompt_tokens(model("gpt-4o"), WINDOW + 5) == WINDOW + 5
 
 
 def test_the_worst_case_and_the_max_tokens_that_fits_count_the_images_of_each_model_of_the_chain():

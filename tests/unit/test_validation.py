@@ -163,6 +163,7 @@ def test_a_wrong_message_field_is_named(messages, code, param):
         ),
         ({"modalities": "text"}, "invalid_type", "modalities"),
         ({"service_tier": ["priority"]}, "invalid_type", "service_tier"),
+        ({"service_tier": "zzz"}, "invalid_value", "service_tier"),
         ({"reasoning_effort": 1}, "invalid_type", "reasoning_effort"),
         ({"store": "yes"}, "invalid_type", "store"),
     ],
@@ -199,7 +200,6 @@ def test_the_shapes_openai_documents_pass():
                 "content": [
                     {"type": "text", "text": "What is this?"},
                     {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBO", "detail": "low"}},
-                    {"type": "input_audio", "input_audio": {"data": "UklG", "format": "wav"}},
                     {"type": "file", "file": {"file_id": "file-1"}},
                 ],
             },

@@ -239,6 +239,17 @@ def test_a_refusal_of_a_worst_case_that_does_not_fit_gives_both_figures_and_the_
         ({"modalities": ["text", "audio"]}, "modalities"),
         ({"web_search_options": {}}, "web_search_options"),
         ({"service_tier": "priority"}, "service_tier"),
+        (
+            {
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [{"type": "input_audio", "input_audio": {"data": "UklG", "format": "wav"}}],
+                    }
+                ]
+            },
+            "messages[0].content[0]",
+        ),
         ({"best_of": 129}, "best_of"),
         ({"n": 0}, "n"),
     ],

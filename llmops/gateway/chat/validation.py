@@ -44,6 +44,9 @@ UNPRICED_PARAMETERS = {
     "web_search_options": "web search is billed per search call, which the catalog does not price",
 }
 UNPRICED_SERVICE_TIERS = frozenset({"priority"})
+UNPRICED_AUDIO_INPUT = "audio input is billed at audio token prices the catalog does not hold"
+# OpenAI's (the `openai` SDK's): a provider is the judge of which one a model takes.
+SERVICE_TIERS = ("auto", "default", "flex", "scale", "priority")
 
 Check = Callable[[str, object], None]
 JSON_TYPES = ((bool, "a boolean"), (int, "an integer"), (float, "a number"), (str, "a string"), (list, "an array"))
@@ -341,6 +344,15 @@ def _tool(param: str, value) -> None:
 
 # What OpenAI refuses without `tools` (a provider would refuse it too, after the gateway had admitted the request).
 TOOLS_ONLY_FIELDS = ("tool_choice", "parallel_tool_calls")
+
+
+def validate_service_tier(param: str, value) -> None:
+    """One of OpenAI's tiers, and not one billed above the catalog's prices."""
+    _choice(param, value, SERVICE_TIERS)
+    if value in UNPRICED_SERVICE_TIERS:
+        raise _unsupported(param, f"the {value} tier is billed above the catalog's prices")
+
+
 FIELD_CHECKS: dict[str, Check] = {
     "stream": _boolean,
     "stream_options": _stream_options,
@@ -371,7 +383,7 @@ FIELD_CHECKS: dict[str, Check] = {
         {"type": partial(_choice, choices=("content",)), "content": _prediction_content}, required=("type", "content")
     ),
     "modalities": partial(_array, item=partial(_choice, choices=("text", "audio"))),
-    "service_tier": _string,
+    "service_tier": validate_service_tier,
     "reasoning_effort": _string,
     "verbosity": _string,
     "prompt_cache_key": _string,
@@ -429,8 +441,11 @@ def _refuse_unpriced(body: dict) -> None:
             raise _unsupported(param, why)
     if "audio" in (body.get("modalities") or ()):
         raise _unsupported("modalities", UNPRICED_PARAMETERS["audio"])
-    if body.get("service_tier") in UNPRICED_SERVICE_TIERS:
-        raise _unsupported("service_tier", f"the {body['service_tier']} tier is billed above the catalog's prices")
+    for index, message in enumerate(body["messages"]):
+        content = message.get("content")
+        for position, part in enumerate(content if isinstance(content, list) else ()):
+            if part.get("type") == "input_audio":
+                raise _unsupported(f"messages[{index}].content[{position}]", UNPRICED_AUDIO_INPUT)
 
 
 def validate_storable(value, *, param: str = "") -> None:
