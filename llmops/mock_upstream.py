@@ -29,7 +29,8 @@ OpenAI's Files and Batch API are imitated in memory (``POST /v1/files``, ``GET /
 passed, then ``completed`` with an output file answering every line as ``/v1/chat/completions`` would (a
 ``fail-<status>`` line answered with that status and a ``{message, code}`` error body). When any line's model name
 contains ``batch-expire``, the batch ends ``expired`` instead, its output file answering only the other lines and no
-error file, so those lines are left unanswered; a ``batch-nobody`` line is answered 200 with no body.
+error file, so those lines are left unanswered; a ``batch-nobody`` line is answered 200 with no body, and a
+``batch-garbled`` line's rows cannot be read (an array, a row cut short, and one whose custom_id is an array).
 """
 
 import asyncio
@@ -54,6 +55,8 @@ FAIL_PATTERN = re.compile(r"fail-(\d{3})")
 BATCH_SECONDS = 0.5
 BATCH_EXPIRE_MARK = "batch-expire"
 BATCH_NO_BODY_MARK = "batch-nobody"
+BATCH_GARBLED_MARK = "batch-garbled"
+GARBLED_ROWS = b'["not", "an", "object"]\n{"custom_id": "cut\n{"custom_id": ["only"], "response": null}\n'
 # As text-embedding-3-small's.
 DEFAULT_DIMENSIONS = 1536
 FILE_PATH = re.compile(r"/v1/files/([\w-]+)/content")
@@ -298,10 +301,13 @@ class MockUpstream:
         return {**state, "status": batch["status"], "output_file_id": batch["output_file_id"], "error_file_id": None}
 
     def _batch_output(self, lines: list[dict]) -> bytes:
-        rows = []
+        rows, garbled = [], b""
         for line in lines:
             body, model = line["body"], str(line["body"].get("model"))
             self.batch_lines_served += 1
+            if BATCH_GARBLED_MARK in model:
+                garbled += GARBLED_ROWS
+                continue
             failure = FAIL_PATTERN.search(model)
             if failure:
                 error = {"message": f"mock upstream told to fail by model {model}", "code": "mock_failure"}
@@ -314,7 +320,7 @@ class MockUpstream:
                 reply = self._completion(model, answer, usage, choices=_choices(body))
                 response = {"status_code": 200, "request_id": "mock", "body": reply}
             rows.append({"id": f"batch_req_{line['custom_id']}", "custom_id": line["custom_id"], "response": response})
-        return b"".join(orjson.dumps({**row, "error": None}) + b"\n" for row in rows)
+        return garbled + b"".join(orjson.dumps({**row, "error": None}) + b"\n" for row in rows)
 
     async def _lifespan(self, receive, send):
         while True:

@@ -299,6 +299,20 @@ def test_delegated_line_answered_200_with_no_body_fails_as_a_transient_error(
     assert (record.http_status, record.error_code) == (502, "provider_batch_error")
 
 
+def test_a_provider_result_row_that_is_not_a_json_object_fails_its_line_and_the_batch_still_finishes(
+    single_attempt_worker, openai_client, acme, mock_upstream
+):
+    """Raising on the row would stop the merge on every later poll, and the batch would never finish."""
+    batch, done = delegated_one_line(openai_client, acme, mock_upstream, "acme-batch-garbled", "mock-batch-garbled")
+
+    assert (done.status, done.request_counts.completed, done.request_counts.failed) == ("completed", 0, 1)
+    [row] = rows(openai_client, done.error_file_id)
+    assert (row["custom_id"], row["response"]["status_code"]) == ("only", 502)
+    assert row["response"]["body"]["error"]["code"] == "no_response"
+    [record] = batch_ledger(batch.id)
+    assert (record.http_status, record.error_code) == (502, "provider_batch_error")
+
+
 def test_batch_cost_is_the_sum_of_its_ledger_rows_at_every_moment(worker, openai_client, acme, slow_upstream):
     provider_model(slow_upstream.url, provider_name="slow-mock", model_name="acme-slow", tenant=acme)
     total = 12

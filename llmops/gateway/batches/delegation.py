@@ -20,6 +20,7 @@ from django.utils import timezone
 from billing.budgets.reservations import BudgetHold, Reservation, reservation_settle
 from billing.ledger.costs import Usage
 from core.db import database_sync_to_async
+from core.jsonl import jsonl_lines, jsonl_row
 from core.redis import async_redis
 from llmops.gateway.batches.models import Batch, BatchLine, LineStatus
 from llmops.gateway.batches.selectors import batches_for_workers, lines_for_workers
@@ -101,7 +102,7 @@ def _release(*, batch_id: str, line_ids: list[int]) -> None:
 
 async def _submit(provider: ProviderEntry, batch_id: str, entries: list) -> dict:
     content = b"".join(
-        orjson.dumps({"custom_id": line.custom_id, "method": "POST", "url": CHAT_ENDPOINT, "body": body}) + b"\n"
+        jsonl_row({"custom_id": line.custom_id, "method": "POST", "url": CHAT_ENDPOINT, "body": body})
         for line, body, _, _ in entries
     )
     async with _client(provider) as client:
@@ -154,9 +155,28 @@ async def _poll(batch: Batch, principal: KeyPrincipal) -> None:
                 if remote.get(file_key):
                     content = await client.get(f"/files/{remote[file_key]}/content")
                     content.raise_for_status()
-                    results.extend(orjson.loads(row) for row in content.content.splitlines() if row.strip())
+                    results.extend(_result_rows(content.content, batch_id=batch.id, provider=name))
         await _merge(batch, principal, state, results, remote["status"])
         await _db(_provider_status_set)(batch_id=batch.id, provider=name, status=remote["status"])
+
+
+def _result_rows(content: bytes, *, batch_id: str, provider: str) -> list[dict]:
+    """The rows of a provider batch's output or error file. A row that is not a JSON object is left out, with a
+    warning: its line is then recorded as the provider batch's failure, and the rest of the file is merged, where
+    raising would stop this merge on every later poll."""
+    rows = []
+    for number, text in enumerate(jsonl_lines(content.decode("utf-8", "replace")), start=1):
+        if not text.strip():
+            continue
+        try:
+            row = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            row = None
+        if isinstance(row, dict):
+            rows.append(row)
+        else:
+            logger.warning("batch %s: row %d of provider %s's results is not a JSON object", batch_id, number, provider)
+    return rows
 
 
 def _provider_status_set(*, batch_id: str, provider: str, status: str) -> None:
@@ -175,7 +195,8 @@ async def _merge(batch: Batch, principal: KeyPrincipal, state: dict, results: li
     multipliers = await _db(_multipliers)({info["served"] for info in state["lines"].values()})
     answered = set()
     for row in results:
-        line = lines.get(row.get("custom_id"))
+        custom_id = row.get("custom_id")
+        line = lines.get(custom_id) if isinstance(custom_id, str) else None
         if line is None or line.custom_id not in state["lines"]:
             continue
         answered.add(line.custom_id)
@@ -195,7 +216,12 @@ async def _merge(batch: Batch, principal: KeyPrincipal, state: dict, results: li
         line = lines.get(custom_id)
         if line is None or custom_id in answered:
             continue
-        ended = GatewayError(f"The provider batch ended {remote_status}.", status=502, code=f"provider_{remote_status}")
+        if remote_status == "completed":
+            message = "The provider batch completed without a readable result for this line."
+            ended = GatewayError(message, status=502, code="no_response")
+        else:
+            message = f"The provider batch ended {remote_status}."
+            ended = GatewayError(message, status=502, code=f"provider_{remote_status}")
         await _record(batch, principal, line, state["lines"][custom_id], 502, error_body(ended), multipliers)
 
 
