@@ -5,6 +5,7 @@ from decimal import Decimal
 
 import httpx
 import openai
+import orjson
 import pytest
 from openai import OpenAI
 
@@ -44,6 +45,19 @@ def test_invalid_lines_fail_validation_with_line_numbers_and_run_nothing(worker,
     assert done.output_file_id is None
     assert not BatchLine.objects.unscoped().filter(batch_id=batch.id).exists()
     assert not UsageRecord.objects.unscoped().filter(tenant=acme.tenant).exists()
+
+
+def test_a_byte_order_mark_before_the_first_line_is_not_part_of_it(worker, openai_client, acme):
+    first = b"\xef\xbb\xbf" + orjson.dumps(chat_line("first", "acme-small"))
+    batch = openai_client.batches.create(
+        input_file_id=upload(openai_client, [first, chat_line("second", "acme-small")]),
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+    )
+
+    done = wait_finished(openai_client, batch.id)
+
+    assert (done.status, done.request_counts.completed, done.request_counts.failed) == ("completed", 2, 0)
 
 
 def test_batch_over_the_budget_is_refused_before_anything_runs(worker, openai_client, acme):

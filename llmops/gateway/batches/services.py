@@ -276,7 +276,8 @@ def _request_error(item: dict, endpoint: str) -> GatewayError | None:
 def _parse_lines(content: bytes, endpoint: str) -> tuple[list[ParsedLine], list[BatchError]]:
     """Every line checked as OpenAI does at validation; errors name the 1-based line number."""
     parsed, errors, seen = [], [], set()
-    lines = jsonl_lines(content.decode("utf-8"))
+    # A byte order mark, as some editors and PowerShell write one, is not part of the first line.
+    lines = jsonl_lines(content.decode("utf-8-sig"))
     limit = settings.LLMOPS_BATCH_MAX_LINES
     if len(lines) > limit:
         message = f"The file has {len(lines)} lines; at most {limit} are allowed per batch."
