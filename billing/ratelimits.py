@@ -65,6 +65,9 @@ class RateLimitResult:
     retry_after_seconds: int | None  # when refused: until the window resets
     headers: dict[str, str] = field(default_factory=dict)  # OpenAI's x-ratelimit-* headers, for every answer
     refused_by: str = ""  # when refused: whose limit, as the 429's message names it
+    # When refused because the request alone counts more tokens than that limit allows a minute (no window could
+    # ever admit it, so retrying is no use): the tokens it counts and the limit.
+    too_large: tuple[int, int] | None = None
 
 
 ALLOWED_UNLIMITED = RateLimitResult(allowed=True, retry_after_seconds=None)
@@ -109,6 +112,14 @@ async def rate_limit_check(
     applicable = limits.applicable(key_id=key_id, team_id=team_id, customer=customer)
     if not applicable:
         return ALLOWED_UNLIMITED
+    for limit in applicable:
+        if limit.tokens_per_minute is not None and tokens > limit.tokens_per_minute:
+            return RateLimitResult(
+                allowed=False,
+                retry_after_seconds=None,
+                refused_by=_subject(limit, customer),
+                too_large=(tokens, limit.tokens_per_minute),
+            )
     epoch = now.timestamp()
     window = int(epoch // WINDOW_SECONDS)
     reset_seconds = (window + 1) * WINDOW_SECONDS - epoch
@@ -129,11 +140,15 @@ async def rate_limit_check(
     )
 
 
+def _subject(limit: RateLimitEntry, customer: str) -> str:
+    kind = limit.subject.split(":", 1)[0]
+    return f"customer {customer!r}" if kind == "customer" else f"your {kind}"
+
+
 def _refused_by(limits: list[RateLimitEntry], counts: list[tuple[int, int]], tokens: int, customer: str) -> str:
     for limit, (requests, used) in zip(limits, counts, strict=True):
         if not _fits(limit, requests, used, tokens):
-            kind = limit.subject.split(":", 1)[0]
-            return f"customer {customer!r}" if kind == "customer" else f"your {kind}"
+            return _subject(limit, customer)
     return ""
 
 

@@ -14,9 +14,9 @@ LINE_BREAKS_IN_STRINGS = ((b"\xe2\x80\xa8", b"\\u2028"), (b"\xe2\x80\xa9", b"\\u
 
 
 def jsonl_row(row: dict) -> bytes:
-    """One line of a JSONL file for clients: orjson's, with U+2028, U+2029 and NEL escaped (the same string once
-    parsed), so a client splitting the file with str.splitlines (``files.content(id).text.splitlines()``) gets one
-    row a line."""
+    """One line of a JSONL file the gateway writes (output and error files for clients, a delegated batch's input
+    for a provider): orjson's, with U+2028, U+2029 and NEL escaped (the same string once parsed), so a reader
+    splitting the file with str.splitlines (``files.content(id).text.splitlines()``) gets one row a line."""
     line = orjson.dumps(row)
     for raw, escaped in LINE_BREAKS_IN_STRINGS:
         line = line.replace(raw, escaped)

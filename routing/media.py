@@ -5,7 +5,8 @@ The gateway counts text with tiktoken; an image or a file is billed by the provi
 count without fetching and decoding it. It need not: each provider bounds what one image may bill.
 OpenAI scales an image to fit a 2048 px square and its shorter side to 768 px (never up), so `detail: "high"` is at
 most 8 tiles of 512 px on top of a base (`detail: "low"` the base alone), or, for the models that count 32 px
-patches, at most 1,536 patches times the model's multiplier. Anthropic scales an image down to about 1,600 tokens.
+patches, at most 1,536 patches times the model's multiplier. Anthropic scales an image down to at most 4,784 tokens
+(the newer models' limit; the older ones' is about 1,600).
 A file has no such bound (a PDF's pages), nor has an image for a model not listed here: for them the prompt is
 bounded by the model's context window, as a provider refuses a longer prompt. (Audio input is refused at validation:
 the catalog holds no audio token prices.)
@@ -17,9 +18,10 @@ from dataclasses import dataclass
 
 from routing.catalog import ModelEntry
 
-# Tokens one image may bill, as (detail "low", detail "high" or "auto"), by the start of the upstream model's name;
-# the longest matching start wins. From OpenAI's vision guide ("Calculating costs") and Anthropic's ("Evaluate
-# image size").
+# Tokens one image may bill, as (detail "low", detail "high" or "auto"), by the model's name as OpenAI writes it: a
+# name matches an entry it equals or continues with "-" (a snapshot's date, a variant: "gpt-4o-2024-08-06"), the
+# longest entry winning, so "gpt-5.1" matches no entry here and is bounded by its context window. From OpenAI's vision
+# guide ("Calculating costs") and Anthropic's ("Evaluate image size").
 OPENAI_TILES = 8
 OPENAI_PATCHES = 1536
 
@@ -50,22 +52,28 @@ IMAGE_TOKENS_BY_PREFIX: dict[str, tuple[int, int]] = {
     "o3": _tiled(75, 150),
     "o4-mini": _patched(1.72),
     "computer-use-preview": _tiled(65, 129),
-    "claude": (1600, 1600),
 }
-# Bedrock names Anthropic's models "anthropic.claude-…", with a cross-region prefix ("us.anthropic.claude-…").
-ANTHROPIC_MARKER = "anthropic.claude"
+# Any Claude, by Anthropic's name or Bedrock's ("anthropic.claude-…", "us.anthropic.claude-…", an ARN).
+CLAUDE_IMAGE_TOKENS = 4784
 FINE_TUNE_PREFIX = "ft:"
 
 
+def _entry_for(name: str) -> tuple[int, int] | None:
+    matches = [entry for entry in IMAGE_TOKENS_BY_PREFIX if name == entry or name.startswith(f"{entry}-")]
+    return IMAGE_TOKENS_BY_PREFIX[max(matches, key=len)] if matches else None
+
+
 def image_tokens(upstream_name: str, *, low_detail: bool) -> int | None:
-    """The most one image may bill sent to the model of that upstream name; None when the model is not known."""
-    name = upstream_name.removeprefix(FINE_TUNE_PREFIX)
-    if ANTHROPIC_MARKER in name:
-        name = "claude"
-    matches = [prefix for prefix in IMAGE_TOKENS_BY_PREFIX if name.startswith(prefix)]
-    if not matches:
+    """The most one image may bill sent to the model of that upstream name; None when the model is not known. A
+    router's "vendor/model" name and a fine-tune's "ft:model:…" are read as the model's."""
+    name = upstream_name.lower()
+    if "claude" in name:
+        return CLAUDE_IMAGE_TOKENS
+    name = name.rsplit("/", 1)[-1].removeprefix(FINE_TUNE_PREFIX).split(":", 1)[0]
+    entry = _entry_for(name)
+    if entry is None:
         return None
-    low, high = IMAGE_TOKENS_BY_PREFIX[max(matches, key=len)]
+    low, high = entry
     return low if low_detail else high
 
 
@@ -74,7 +82,8 @@ class PromptMedia:
     """The parts of a chat prompt that are not text, as far as what they may bill goes."""
 
     low_detail_images: int = 0
-    images: int = 0
+    # At detail "high" or "auto".
+    high_detail_images: int = 0
     # Nothing bounds a file short of the context window.
     files: int = 0
 
@@ -98,7 +107,7 @@ class PromptMedia:
         return cls(low, high, files)
 
     def __bool__(self) -> bool:
-        return bool(self.low_detail_images or self.images or self.files)
+        return bool(self.low_detail_images or self.high_detail_images or self.files)
 
     def prompt_tokens(self, model: ModelEntry, text_tokens: int) -> int:
         """The most the prompt may bill sent to ``model``: ``text_tokens`` (its text as counted) and these parts."""
@@ -111,7 +120,7 @@ class PromptMedia:
         high = image_tokens(model.upstream_name, low_detail=False)
         if low is None or high is None:
             return window
-        return min(text_tokens + self.low_detail_images * low + self.images * high, window)
+        return min(text_tokens + self.low_detail_images * low + self.high_detail_images * high, window)
 
 
 NO_MEDIA = PromptMedia()

@@ -17,6 +17,7 @@ from llmops.gateway.chat.worst_case import OutputBound
 from llmops.gateway.concurrency import InflightSlot
 from llmops.gateway.shadow.rates import EvaluationRates
 from routing.catalog import ModelEntry
+from routing.media import PromptMedia
 from routing.providers.base import MalformedAnswer, UpstreamReply, answer_text, invalid_response
 from routing.tokens import count_chat_tokens_async, count_text_tokens
 from tenants.authentication import KeyPrincipal
@@ -61,9 +62,11 @@ class UsageCeiling:
 
 async def estimated_usage(body: dict, completion_text: str, model: ModelEntry) -> Usage:
     """Usage counted by the gateway, for a provider that returned none or one not believed; counted on the CPU pool
-    when large, since a client can bring this about (a stream it leaves) for a prompt of any size."""
+    when large, since a client can bring this about (a stream it leaves) for a prompt of any size. The prompt's images
+    and files, which the gateway cannot count, are charged at the bound they were reserved at (routing.media)."""
+    text_tokens = await count_chat_tokens_async(body["messages"], model=model.upstream_name)
     return Usage(
-        prompt_tokens=await count_chat_tokens_async(body["messages"], model=model.upstream_name),
+        prompt_tokens=PromptMedia.of(body["messages"]).prompt_tokens(model, text_tokens),
         completion_tokens=await run_sized(
             len(completion_text), count_text_tokens, completion_text, model=model.upstream_name
         ),

@@ -13,6 +13,7 @@ from billing.budgets.selectors import budget_status
 from billing.budgets.services import budget_create
 from billing.models import UsageRecord
 from llmops.mock_upstream import MALFORMED_BODIES, MALFORMED_USAGE
+from routing.tokens import count_chat_tokens
 from tests.factories import ModelFactory, ProviderFactory
 from tests.gateway.test_routing_live import publish
 from tests.servers import free_port
@@ -111,6 +112,23 @@ def test_missing_usage_is_estimated_with_tiktoken(openai_client, failing_model):
     assert completion.usage is None
     record = UsageRecord.objects.unscoped().get()
     assert record.usage_estimated and record.prompt_tokens > 0 and record.completion_tokens > 0
+
+
+def test_missing_usage_charges_an_image_at_the_bound_it_was_reserved_at(openai_client, failing_model):
+    """The gateway cannot count an image's tokens; charging none would let a provider without usage (or a client that
+    leaves a stream) spend past a budget that reserved them."""
+    model = failing_model("gpt-4o-no-usage")
+    content = [
+        {"type": "text", "text": "Count my tokens please"},
+        {"type": "image_url", "image_url": {"url": "https://example.com/a.png", "detail": "low"}},
+    ]
+    text_only = [{"role": "user", "content": [content[0]]}]
+
+    openai_client.chat.completions.create(model=model.name, messages=[{"role": "user", "content": content}])
+
+    record = UsageRecord.objects.unscoped().get()
+    # gpt-4o bills a low-detail image 85 tokens.
+    assert record.usage_estimated and record.prompt_tokens == count_chat_tokens(text_only, model="gpt-4o") + 85
 
 
 def test_a_stream_asked_for_usage_gets_the_gateways_count_when_the_upstream_sends_none(openai_client, failing_model):

@@ -374,6 +374,7 @@ def test_an_image_is_reserved_at_the_most_its_model_bills_for_it(gateway, acme):
     assert high.status_code == 429, high.text
     high_worst = usd(worst_case(choices=1, prompt_tokens=text + 2833 + 8 * 5667))
     assert f"cannot hold this request's worst case of {high_worst}" in high.json()["error"]["message"]
+    assert high.json()["error"]["message"].endswith("send a shorter prompt or fewer images or files.")
     low = ask("low")
     assert low.status_code == 200, low.text
 
@@ -393,4 +394,12 @@ def test_a_token_rate_limit_counts_an_image_at_its_bound(gateway, acme):
     )
 
     assert high.status_code == 429 and high.json()["error"]["code"] == "rate_limit_exceeded"
+    # No minute could ever admit it: the client is told not to retry, and nothing was counted.
+    limit = text + MAX_TOKENS + 2833
+    requested = text + 2833 + 8 * 5667 + MAX_TOKENS
+    assert high.json()["error"]["message"].startswith(
+        f"Request too large for your key: it counts {requested} tokens (the prompt, its images and files at the most "
+    )
+    assert f"the limit is {limit} tokens per minute, so no retry can succeed." in high.json()["error"]["message"]
+    assert high.headers["x-should-retry"] == "false" and "retry-after" not in high.headers
     assert low.status_code == 200, low.text

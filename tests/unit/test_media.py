@@ -43,9 +43,15 @@ def user(*parts: dict) -> dict:
         ("gpt-5-mini", 2489, 2489),
         ("o3", 75, 75 + 8 * 150),
         ("o4-mini", 2642, 2642),
-        ("claude-sonnet-4-5", 1600, 1600),
-        ("anthropic.claude-3-5-sonnet-20240620-v1:0", 1600, 1600),
-        ("us.anthropic.claude-3-7-sonnet-20250219-v1:0", 1600, 1600),
+        ("GPT-4o", 85, 1445),
+        ("openai/gpt-4o-mini", 2833, 48_169),
+        ("gpt-5-2025-08-07", 70, 1190),
+        ("gpt-5-chat-latest", 70, 1190),
+        ("gpt-5-mini-2025-08-07", 2489, 2489),
+        ("claude-sonnet-4-5", 4784, 4784),
+        ("claude-opus-4-7", 4784, 4784),
+        ("anthropic.claude-3-5-sonnet-20240620-v1:0", 4784, 4784),
+        ("us.anthropic.claude-3-7-sonnet-20250219-v1:0", 4784, 4784),
     ],
 )
 def test_each_known_model_bounds_an_image_by_its_providers_rule(upstream_name, low, high):
@@ -53,7 +59,11 @@ def test_each_known_model_bounds_an_image_by_its_providers_rule(upstream_name, l
     assert image_tokens(upstream_name, low_detail=False) == high
 
 
-@pytest.mark.parametrize("upstream_name", ["mock-small", "my-azure-deployment", "llama-3-70b", "mistral-large"])
+@pytest.mark.parametrize(
+    "upstream_name",
+    # A later model of a family is not assumed to bill as the documented one: gpt-5.1 is not gpt-5.
+    ["mock-small", "my-azure-deployment", "llama-3-70b", "mistral-large", "gpt-5.1", "gpt-5.4-mini", "gpt-4o2"],
+)
 def test_a_model_not_known_bounds_no_image(upstream_name):
     assert image_tokens(upstream_name, low_detail=False) is None
 
@@ -66,7 +76,7 @@ def test_parts_are_counted_by_kind_and_detail():
         {"role": "assistant", "content": [{"type": "text", "text": "A cat."}]},
     ]
 
-    assert PromptMedia.of(messages) == PromptMedia(low_detail_images=1, images=3, files=2)
+    assert PromptMedia.of(messages) == PromptMedia(low_detail_images=1, high_detail_images=3, files=2)
     assert PromptMedia.of([user()]) == NO_MEDIA and not NO_MEDIA
 
 
@@ -75,7 +85,7 @@ def test_images_add_their_bound_to_the_text_up_to_the_context_window():
 
     assert two.prompt_tokens(model("gpt-4o"), 100) == 100 + 85 + 1445
     assert two.prompt_tokens(model("gpt-4o-mini"), 100) == 100 + 2833 + 48_169
-    many = PromptMedia(images=10)
+    many = PromptMedia(high_detail_images=10)
     assert many.prompt_tokens(model("gpt-4o-mini"), 100) == WINDOW
     assert NO_MEDIA.prompt_tokens(model("gpt-4o-mini"), 100) == 100
 
@@ -84,14 +94,14 @@ def test_files_and_images_for_an_unknown_model_are_bounded_by_the_context_window
     pdf = PromptMedia(files=1)
 
     assert pdf.prompt_tokens(model("gpt-4o"), 100) == WINDOW
-    assert PromptMedia(images=1).prompt_tokens(model("mock-small"), 100) == WINDOW
+    assert PromptMedia(high_detail_images=1).prompt_tokens(model("mock-small"), 100) == WINDOW
     # A text already over the window is counted as it is: the provider refuses it, and the bound never drops below.
     assert pdf.prompt_tokens(model("gpt-4o"), WINDOW + 5) == WINDOW + 5
 
 
 def test_the_worst_case_and_the_max_tokens_that_fits_count_the_images_of_each_model_of_the_chain():
     chain = [model("gpt-4o"), model("gpt-4o-mini")]
-    media = PromptMedia(images=1)
+    media = PromptMedia(high_detail_images=1)
     bound = OutputBound(max_tokens=100)
 
     worst = chain_worst_case(chain, prompt_tokens=50, bound=bound, fallback=4096, media=media)

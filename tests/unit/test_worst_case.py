@@ -230,6 +230,8 @@ def test_a_refusal_of_a_worst_case_that_does_not_fit_gives_both_figures_and_the_
     )
     none_fits = budget_refusal(refused, fitting=None, choices=1).message
     assert none_fits.endswith("No max_tokens would fit; send a shorter prompt.")
+    with_images = budget_refusal(refused, fitting=None, choices=1, has_media=True).message
+    assert with_images.endswith("No max_tokens would fit; send a shorter prompt or fewer images or files.")
 
 
 @pytest.mark.parametrize(
@@ -248,7 +250,7 @@ def test_a_refusal_of_a_worst_case_that_does_not_fit_gives_both_figures_and_the_
                     }
                 ]
             },
-            "messages[0].content[0]",
+            "messages[0].content[0].type",
         ),
         ({"best_of": 129}, "best_of"),
         ({"n": 0}, "n"),

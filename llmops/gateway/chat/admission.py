@@ -79,6 +79,16 @@ def _fallback() -> int:
 
 def _count_or_refuse(call: GatewayCall, limited: RateLimitResult) -> None:
     call.extra_headers.update(limited.headers)
+    if limited.too_large is not None:
+        requested, limit = limited.too_large
+        raise GatewayError(
+            f"Request too large for {limited.refused_by}: it counts {requested} tokens (the prompt, its images and "
+            f"files at the most they may bill, and every choice's output) and the limit is {limit} tokens per minute, "
+            "so no retry can succeed. Send a shorter prompt, fewer images or files, or a smaller max_tokens or n.",
+            status=429,
+            code="rate_limit_exceeded",
+            headers={"x-should-retry": "false"},
+        )
     if not limited.allowed:
         raise GatewayError(
             f"Rate limit reached for {limited.refused_by or 'your key or team'}; retry after the time in Retry-After.",
@@ -115,7 +125,7 @@ def _refusal(
         cache_writers=writers,
         media=media,
     )
-    return budget_refusal(exceeded, fitting=fitting, choices=bound.choices)
+    return budget_refusal(exceeded, fitting=fitting, choices=bound.choices, has_media=bool(media))
 
 
 async def _nothing() -> None:
@@ -226,7 +236,7 @@ async def admit(
     completion_tokens = max(bound.completion_tokens(model, fallback=_fallback()) for model in plan.chain)
     media = PromptMedia.of(plan.body["messages"])
     # The rate limit counts what the prompt may bill, its images included, as the budget reserves it.
-    prompt_bound = max(media.prompt_tokens(model, prompt_tokens) for model in plan.chain) if media else prompt_tokens
+    prompt_bound = max(media.prompt_tokens(model, prompt_tokens) for model in plan.chain)
     writers = frozenset()
     if budgets:
         default = _default_model(snapshot, call)

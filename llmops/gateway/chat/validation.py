@@ -229,6 +229,8 @@ def _content_part(param: str, part, *, role: str) -> None:
         raise _value_error(f"{param}.type", f"{_shown(kind)} parts are not allowed in a message with role '{role}'.")
     _choice(f"{param}.type", kind, allowed)
     _fields(param, part, {kind: PART_FIELD_CHECKS[kind], "cache_control": _object}, required=(kind,))
+    if kind == "input_audio":
+        raise _unsupported(f"{param}.type", UNPRICED_AUDIO_INPUT)
 
 
 def _message(param: str, message) -> None:
@@ -346,7 +348,7 @@ def _tool(param: str, value) -> None:
 TOOLS_ONLY_FIELDS = ("tool_choice", "parallel_tool_calls")
 
 
-def validate_service_tier(param: str, value) -> None:
+def _service_tier(param: str, value) -> None:
     """One of OpenAI's tiers, and not one billed above the catalog's prices."""
     _choice(param, value, SERVICE_TIERS)
     if value in UNPRICED_SERVICE_TIERS:
@@ -383,7 +385,7 @@ FIELD_CHECKS: dict[str, Check] = {
         {"type": partial(_choice, choices=("content",)), "content": _prediction_content}, required=("type", "content")
     ),
     "modalities": partial(_array, item=partial(_choice, choices=("text", "audio"))),
-    "service_tier": validate_service_tier,
+    "service_tier": _service_tier,
     "reasoning_effort": _string,
     "verbosity": _string,
     "prompt_cache_key": _string,
@@ -441,11 +443,6 @@ def _refuse_unpriced(body: dict) -> None:
             raise _unsupported(param, why)
     if "audio" in (body.get("modalities") or ()):
         raise _unsupported("modalities", UNPRICED_PARAMETERS["audio"])
-    for index, message in enumerate(body["messages"]):
-        content = message.get("content")
-        for position, part in enumerate(content if isinstance(content, list) else ()):
-            if part.get("type") == "input_audio":
-                raise _unsupported(f"messages[{index}].content[{position}]", UNPRICED_AUDIO_INPUT)
 
 
 def validate_storable(value, *, param: str = "") -> None:

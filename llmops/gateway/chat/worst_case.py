@@ -6,8 +6,8 @@ without max_tokens may run to the model's maximum output (the catalog's `max_out
 does not know it, LLMOPS_RESERVATION_MAX_TOKENS is reserved and sent as max_tokens, so the bound holds. Any model
 of the chain may serve, so the dearest is reserved. A model that may write the prompt to its prompt cache (a
 checkpoint the client or the gateway sets, routing.providers.prompt_cache) bills those tokens at the cache-write
-price, above the input price: its prompt is reserved at the dearer of the two. Images, audio and files in the prompt
-are reserved at the most each model bills for them (routing.media).
+price, above the input price: its prompt is reserved at the dearer of the two. Images and files in the prompt are
+reserved at the most each model bills for them (routing.media).
 """
 
 from collections.abc import Iterable
@@ -178,10 +178,11 @@ def budget_refusal(
     choices: int = 1,
     context: str = "",
     advice: str = "",
+    has_media: bool = False,
 ) -> GatewayError:
     """The 429 for a refused reservation: the budget's own account (spent, or the worst case does not fit what is
     left, with the amounts), `context` before it, and when the money is not spent, the max_tokens that would fit (or
-    `advice`, for a request that has no max_tokens)."""
+    `advice`, for a request that has no max_tokens). ``has_media``: the prompt has images or files."""
     message = f"{context}{exceeded}"
     if exceeded.spent_usd < exceeded.limit_usd:
         if advice:
@@ -190,9 +191,8 @@ def budget_refusal(
             per = f" per choice ({choices} choices)" if choices > 1 else ""
             message += f" With max_tokens={fitting}{per} it would fit."
         else:
-            message += " No max_tokens would fit; send a shorter prompt" + (
-                " or fewer choices (n)." if choices > 1 else "."
-            )
+            shorter = "a shorter prompt or fewer images or files" if has_media else "a shorter prompt"
+            message += f" No max_tokens would fit; send {shorter}" + (" or fewer choices (n)." if choices > 1 else ".")
     return GatewayError(
         message,
         status=429,
