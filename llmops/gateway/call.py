@@ -63,13 +63,17 @@ class UsageCeiling:
 async def estimated_usage(body: dict, completion_text: str, model: ModelEntry) -> Usage:
     """Usage counted by the gateway, for a provider that returned none or one not believed; counted on the CPU pool
     when large, since a client can bring this about (a stream it leaves) for a prompt of any size. The prompt's images
-    and files, which the gateway cannot count, are charged at the bound they were reserved at (routing.media)."""
+    and files, which the gateway cannot count, are charged at the bound they were reserved at (routing.media); the
+    answer at no more than the request let the model write, which a provider never bills past and tiktoken's count of
+    another tokenizer's text may go over."""
     text_tokens = await count_chat_tokens_async(body["messages"], model=model.upstream_name)
+    counted = await run_sized(len(completion_text), count_text_tokens, completion_text, model=model.upstream_name)
+    written_at_most = OutputBound.of(body, model=model.upstream_name).completion_tokens(
+        model, fallback=model.context_window
+    )
     return Usage(
         prompt_tokens=PromptMedia.of(body["messages"]).prompt_tokens(model, text_tokens),
-        completion_tokens=await run_sized(
-            len(completion_text), count_text_tokens, completion_text, model=model.upstream_name
-        ),
+        completion_tokens=min(counted, written_at_most),
         estimated=True,
     )
 

@@ -20,6 +20,8 @@ REQUEST_ID_HEADER = "x-llmops-request-id"
 OUTAGE_ERRORS = (OperationalError, InterfaceError, RedisConnectionError, RedisTimeoutError)
 # What a client is told to wait before trying again through an outage.
 OUTAGE_RETRY_AFTER_SECONDS = 2
+# The header the openai and anthropic SDKs read before retrying, set on a refusal no retry can change.
+NOT_RETRYABLE = {"x-should-retry": "false"}
 
 # OpenAI's error types where a status has its own; any other is `invalid_request_error` below 500 (a 409 conflict, a
 # 415, a 422 too) and `api_error` from 500. Never empty: clients and the SDK's exceptions read `type`.
@@ -53,6 +55,11 @@ class GatewayError(exceptions.APIException):
         self.code = code
         self.param = param
         self.error_type = error_type or error_type_of(status)
+
+    @property
+    def retryable(self) -> bool:
+        """False for a refusal that no retry can change (it says ``x-should-retry: false``)."""
+        return self.headers.get("x-should-retry") != "false"
 
 
 def invalid_request(message: str, *, param: str | None = None, code: str = "invalid_request") -> GatewayError:

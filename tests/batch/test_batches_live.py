@@ -8,6 +8,7 @@ from django.db import connection, transaction
 from django.db.models import Sum
 
 from billing.models import UsageRecord
+from billing.ratelimits import rate_limit_create
 from llmops.gateway.batches.models import Batch, BatchLine
 from llmops.gateway.batches.runner import batch_process
 from llmops.gateway.batches.services import line_request_id
@@ -311,6 +312,27 @@ def test_a_provider_result_row_that_is_not_a_json_object_fails_its_line_and_the_
     assert row["response"]["body"]["error"]["code"] == "no_response"
     [record] = batch_ledger(batch.id)
     assert (record.http_status, record.error_code) == (502, "provider_batch_error")
+
+
+def test_a_line_too_large_for_a_rate_limit_is_run_once(worker, openai_client, acme):
+    """No minute could admit it (the gateway says x-should-retry: false): running it again would only refuse again."""
+    rate_limit_create(tenant=acme.tenant, api_key=acme.api_key, tokens_per_minute=3000)
+    image = {"type": "image_url", "image_url": {"url": "https://example.com/chart.png"}}
+    # The catalog knows no image bound for the mock's model: the prompt counts its 128,000-token context window.
+    looked_at = [{"role": "user", "content": [{"type": "text", "text": "Describe it."}, image]}]
+    batch = openai_client.batches.create(
+        input_file_id=upload(openai_client, [chat_line("big", "acme-small", messages=looked_at)]),
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+    )
+
+    done = wait_finished(openai_client, batch.id)
+
+    assert (done.request_counts.completed, done.request_counts.failed) == (0, 1)
+    [row] = rows(openai_client, done.error_file_id)
+    assert row["response"]["status_code"] == 429
+    assert row["response"]["body"]["error"]["message"].startswith("Request too large for your key")
+    assert [record.http_status for record in batch_ledger(batch.id)] == [429]
 
 
 def test_batch_cost_is_the_sum_of_its_ledger_rows_at_every_moment(worker, openai_client, acme, slow_upstream):

@@ -114,6 +114,19 @@ def test_missing_usage_is_estimated_with_tiktoken(openai_client, failing_model):
     assert record.usage_estimated and record.prompt_tokens > 0 and record.completion_tokens > 0
 
 
+def test_an_estimated_answer_is_charged_no_more_than_the_request_let_the_model_write(openai_client, failing_model):
+    """tiktoken's count of the answer can go past max_tokens (another tokenizer wrote it); the provider bills at most
+    max_tokens a choice, and the budget reserved no more: the charge stays within the reservation."""
+    model = failing_model("gpt-4o-no-usage")
+
+    openai_client.chat.completions.create(
+        model=model.name, messages=[{"role": "user", "content": "describe"}], max_tokens=5, n=2
+    )
+
+    record = UsageRecord.objects.unscoped().get()
+    assert record.usage_estimated and 0 < record.completion_tokens <= 2 * 5
+
+
 def test_missing_usage_charges_an_image_at_the_bound_it_was_reserved_at(openai_client, failing_model):
     """The gateway cannot count an image's tokens; charging none would let a provider without usage (or a client that
     leaves a stream) spend past a budget that reserved them."""

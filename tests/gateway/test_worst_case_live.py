@@ -140,7 +140,7 @@ def test_a_token_rate_limit_counts_every_choice(gateway, acme):
     assert four.status_code == 200, four.text
 
 
-def test_a_spent_budget_says_it_is_spent(gateway, acme):
+def test_a_spent_budget_says_it_is_spent_and_when_it_resets(gateway, acme):
     limit = worst_case(choices=1)
     budget_create(tenant=acme.tenant, scope="key", api_key=acme.api_key, period="day", limit_usd=limit)
     body = {"model": acme.small.name, "messages": MESSAGES, "max_tokens": MAX_TOKENS}
@@ -153,6 +153,7 @@ def test_a_spent_budget_says_it_is_spent(gateway, acme):
     assert second.status_code == 429
     message = second.json()["error"]["message"]
     assert f"of {usd(limit)} is used up: {usd(limit)} spent." in message
+    assert 0 < int(second.headers["retry-after"]) <= 24 * 3600 and "x-should-retry" not in second.headers
 
 
 def test_a_worst_case_that_does_not_fit_says_so_with_both_figures_and_the_max_tokens_that_fits(gateway, acme):

@@ -164,6 +164,17 @@ def test_a_wrong_message_field_is_named(messages, code, param):
         ({"modalities": "text"}, "invalid_type", "modalities"),
         ({"service_tier": ["priority"]}, "invalid_type", "service_tier"),
         ({"service_tier": "zzz"}, "invalid_value", "service_tier"),
+        ({"messages": [{"role": "user", "content": []}]}, "empty_array", "messages[0].content"),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": ""}}]}]},
+            "invalid_value",
+            "messages[0].content[0].image_url.url",
+        ),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "file", "file": {"filename": "a.pdf"}}]}]},
+            "missing_required_parameter",
+            "messages[0].content[0].file",
+        ),
         ({"reasoning_effort": 1}, "invalid_type", "reasoning_effort"),
         ({"store": "yes"}, "invalid_type", "store"),
     ],
@@ -270,3 +281,9 @@ def test_any_body_is_refused_by_name_or_handled_downstream(body):
         assert refused.param is None or refused.param in refused.message
         return
     _downstream(body)
+
+
+def test_an_unknown_service_tier_is_told_the_tiers_the_gateway_takes():
+    refused = _refusal({"model": "m", "messages": HI, "service_tier": "bogus"})
+
+    assert refused.message.endswith("Supported values are: 'auto', 'default', 'flex', 'scale'.")

@@ -139,6 +139,7 @@ async def line_run(batch_id: str, principal: KeyPrincipal, line: ClaimedLine) ->
     call = GatewayCall(principal=principal, endpoint=BATCH_ENDPOINT, request_id=request_id, ledger_deferred=True)
     snapshot = await config_snapshot.for_tenant(principal.tenant_id)
     provider_slot = _slot("provider", _provider_of(line, snapshot), settings.LLMOPS_BATCH_PROVIDER_CONCURRENCY)
+    retryable = True
     async with provider_slot:
         try:
             response = await chat_completion_run(
@@ -150,7 +151,7 @@ async def line_run(batch_id: str, principal: KeyPrincipal, line: ClaimedLine) ->
             if error is None:
                 logger.exception("batch %s line %s failed unexpectedly", batch_id, line.custom_id)
                 error = GatewayError("Internal error.", status=500, code="internal_error")
-            status_code, body = error.status_code, error_body(error)
+            status_code, body, retryable = error.status_code, error_body(error), error.retryable
     await _db(line_record)(
         line=line,
         batch_id=batch_id,
@@ -158,4 +159,5 @@ async def line_run(batch_id: str, principal: KeyPrincipal, line: ClaimedLine) ->
         response_body=body,
         request_id=request_id,
         usage=call.ledger_event,
+        retryable=retryable,
     )

@@ -23,6 +23,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from billing.budgets.selectors import budget_status
+from billing.ledger.costs import format_cost
 from billing.ledger.events import UsageEvent
 from billing.ledger.services import usage_record_create
 from billing.models import Budget
@@ -367,8 +368,8 @@ def _budget_errors(snapshot: ConfigSnapshot, principal: KeyPrincipal, lines: lis
         remaining = budget_status(budget=budget, now=now).remaining_usd
         if worst_by_budget[budget.pk] > remaining:
             message = (
-                f"The batch could cost up to {worst_by_budget[budget.pk]} USD; budget {budget.pk} has "
-                f"{remaining} USD left this period."
+                f"The batch could cost up to {format_cost(worst_by_budget[budget.pk])} USD; budget {budget.pk} has "
+                f"{format_cost(remaining)} USD left this period."
             )
             errors.append(BatchError("budget_exceeded", message))
     return errors
@@ -515,14 +516,17 @@ def line_record(
     request_id: str,
     usage: UsageEvent | None,
     provider: str = "",
+    retryable: bool = True,
 ) -> bool:
     """Record one finished run, with its ledger row (``usage``; None for a run that never reached the pipeline's
     end) and the batch's counters and cost, in one transaction. A transient failure with attempts left sends the
-    line back to pending.
+    line back to pending, unless the gateway said no retry can change it (``retryable``).
 
     Returns False when the claim was lost (another worker took the line over), and records nothing.
     """
-    retry = status_code in TRANSIENT_STATUSES and line.attempt + 1 < settings.LLMOPS_BATCH_LINE_MAX_ATTEMPTS
+    retry = (
+        retryable and status_code in TRANSIENT_STATUSES and line.attempt + 1 < settings.LLMOPS_BATCH_LINE_MAX_ATTEMPTS
+    )
     succeeded = 200 <= status_code < 300
     held = lines_for_workers(batch_id=batch_id).filter(
         pk=line.id, attempt=line.attempt, status__in=(LineStatus.RUNNING, LineStatus.DELEGATED)

@@ -36,7 +36,7 @@ from llmops.gateway.chat.worst_case import (
     prediction_chars,
 )
 from llmops.gateway.concurrency import InflightSlot, inflight_acquire, inflight_limit, inflight_release
-from llmops.gateway.errors import GatewayError
+from llmops.gateway.errors import NOT_RETRYABLE, GatewayError
 from llmops.gateway.snapshot import ConfigSnapshot
 from routing.catalog import ModelEntry
 from routing.max_tokens import with_max_tokens
@@ -87,7 +87,7 @@ def _count_or_refuse(call: GatewayCall, limited: RateLimitResult) -> None:
             "so no retry can succeed. Send a shorter prompt, fewer images or files, or a smaller max_tokens or n.",
             status=429,
             code="rate_limit_exceeded",
-            headers={"x-should-retry": "false"},
+            headers=NOT_RETRYABLE,
         )
     if not limited.allowed:
         raise GatewayError(

@@ -45,8 +45,8 @@ UNPRICED_PARAMETERS = {
 }
 UNPRICED_SERVICE_TIERS = frozenset({"priority"})
 UNPRICED_AUDIO_INPUT = "audio input is billed at audio token prices the catalog does not hold"
-# OpenAI's (the `openai` SDK's): a provider is the judge of which one a model takes.
-SERVICE_TIERS = ("auto", "default", "flex", "scale", "priority")
+# OpenAI's (the `openai` SDK's) but those refused above: a provider is the judge of which one a model takes.
+OFFERED_SERVICE_TIERS = ("auto", "default", "flex", "scale")
 
 Check = Callable[[str, object], None]
 JSON_TYPES = ((bool, "a boolean"), (int, "an integer"), (float, "a number"), (str, "a string"), (list, "an array"))
@@ -231,6 +231,11 @@ def _content_part(param: str, part, *, role: str) -> None:
     _fields(param, part, {kind: PART_FIELD_CHECKS[kind], "cache_control": _object}, required=(kind,))
     if kind == "input_audio":
         raise _unsupported(f"{param}.type", UNPRICED_AUDIO_INPUT)
+    if kind == "image_url" and not part["image_url"]["url"]:
+        raise _value_error(f"{param}.image_url.url", "an empty string. It must be a URL or a data URL of the image.")
+    if kind == "file" and not (part["file"].get("file_id") or part["file"].get("file_data")):
+        message = f"'{param}.file' must have 'file_id' or 'file_data'."
+        raise invalid_request(message, param=f"{param}.file", code="missing_required_parameter")
 
 
 def _message(param: str, message) -> None:
@@ -244,6 +249,12 @@ def _message(param: str, message) -> None:
     if content is None and not may_omit_content:
         raise _missing(f"{param}.content")
     if isinstance(content, list):
+        if not content and not may_omit_content:
+            raise invalid_request(
+                f"Invalid '{param}.content': empty array. Expected an array with minimum length 1.",
+                param=f"{param}.content",
+                code="empty_array",
+            )
         for index, part in enumerate(content):
             _content_part(f"{param}.content[{index}]", part, role=role)
     elif content is not None and not isinstance(content, str):
@@ -350,9 +361,9 @@ TOOLS_ONLY_FIELDS = ("tool_choice", "parallel_tool_calls")
 
 def _service_tier(param: str, value) -> None:
     """One of OpenAI's tiers, and not one billed above the catalog's prices."""
-    _choice(param, value, SERVICE_TIERS)
-    if value in UNPRICED_SERVICE_TIERS:
+    if isinstance(value, str) and value in UNPRICED_SERVICE_TIERS:
         raise _unsupported(param, f"the {value} tier is billed above the catalog's prices")
+    _choice(param, value, OFFERED_SERVICE_TIERS)
 
 
 FIELD_CHECKS: dict[str, Check] = {

@@ -16,7 +16,7 @@ from decimal import Decimal
 
 from billing.budgets.reservations import BudgetExceeded
 from billing.ledger.costs import usage_cost
-from llmops.gateway.errors import GatewayError
+from llmops.gateway.errors import NOT_RETRYABLE, GatewayError
 from routing.catalog import ModelEntry
 from routing.max_tokens import requested_max_tokens
 from routing.media import NO_MEDIA, PromptMedia
@@ -193,10 +193,12 @@ def budget_refusal(
         else:
             shorter = "a shorter prompt or fewer images or files" if has_media else "a shorter prompt"
             message += f" No max_tokens would fit; send {shorter}" + (" or fewer choices (n)." if choices > 1 else ".")
+    # A worst case over the budget's whole limit fits in no period: waiting for the next one is no use.
+    never_fits = exceeded.requested_usd > exceeded.limit_usd
     return GatewayError(
         message,
         status=429,
         code="budget_exceeded",
         error_type="insufficient_quota",
-        headers={"Retry-After": str(exceeded.retry_after_seconds)},
+        headers=NOT_RETRYABLE if never_fits else {"Retry-After": str(exceeded.retry_after_seconds)},
     )
