@@ -49,7 +49,7 @@ class GatewayError(exceptions.APIException):
         headers: dict[str, str] | None = None,
     ):
         super().__init__(message)
-        self.headers = headers or {}
+        self.headers = dict(headers or {})
         self.status_code = status
         self.message = message
         self.code = code
