@@ -13,8 +13,10 @@ from billing.budgets.services import budget_create
 from billing.models import UsageRecord
 from llmops.gateway.batches.models import BatchLine, Job
 from llmops.gateway.batches.runner import batch_process
+from routing.services import tenant_model_access_set
 from tests.batch.conftest import chat_line, jsonl
 from tests.batch.test_batches_live import rows, upload, wait_finished
+from tests.factories import ModelFactory
 from tests.loops import run as run_on_a_new_loop
 
 pytestmark = pytest.mark.live
@@ -92,6 +94,35 @@ def test_a_batch_whose_images_its_budget_cannot_hold_is_refused_before_anything_
     assert done.status == "failed"
     assert [error.code for error in done.errors.data] == ["budget_exceeded"]
     assert not UsageRecord.objects.unscoped().filter(tenant=acme.tenant).exists()
+
+
+def test_an_alias_line_is_checked_at_the_allowed_model_whose_worst_case_for_it_is_largest(worker, openai_client, acme):
+    """acme-large has the dearest list price, but acme-wide, with no image rule and a million-token window, reserves
+    its whole window for an image: about 1 USD, against acme-large's 0.32."""
+    wide = ModelFactory(
+        name="acme-wide",
+        provider=acme.small.provider,
+        upstream_name="mock-wide",
+        input_price_per_million=Decimal("1.00"),
+        cached_input_price_per_million=Decimal("0.50"),
+        output_price_per_million=Decimal("0.50"),
+        context_window=1_000_000,
+    )
+    tenant_model_access_set(tenant=acme.tenant, allowed_models=[acme.small, acme.large, wide], default_model=acme.small)
+    budget_create(tenant=acme.tenant, limit_usd=Decimal("0.50"))
+    image = {"type": "image_url", "image_url": {"url": "https://example.com/chart.png"}}
+    looked_at = [{"role": "user", "content": [{"type": "text", "text": "Describe it."}, image]}]
+    batch = openai_client.batches.create(
+        input_file_id=upload(openai_client, [chat_line("a", "default", messages=looked_at, max_tokens=10)]),
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+    )
+
+    done = wait_finished(openai_client, batch.id)
+
+    assert done.status == "failed"
+    [error] = done.errors.data
+    assert error.code == "budget_exceeded" and error.message.startswith("The batch could cost up to 1.0000")
 
 
 def test_upload_refusals(live_broker, files_root, openai_client, settings):

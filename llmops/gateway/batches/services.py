@@ -22,6 +22,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
+from billing.budgets.index import BudgetEntry
 from billing.budgets.selectors import budget_status
 from billing.ledger.costs import format_cost
 from billing.ledger.events import UsageEvent
@@ -56,7 +57,7 @@ from llmops.gateway.snapshot import ConfigSnapshot
 from routing.catalog import ModelEntry
 from routing.media import PromptMedia
 from routing.providers.prompt_cache import AUTO as PROVIDER_CACHE_AUTO
-from routing.tokens import count_chat_tokens
+from routing.tokens import count_chat_tokens, encoding_name_for
 from tenants.authentication import KeyPrincipal
 
 CHAT_ENDPOINT = "/v1/chat/completions"
@@ -328,40 +329,61 @@ def _parse_lines(content: bytes, endpoint: str) -> tuple[list[ParsedLine], list[
     return parsed, errors
 
 
-def _costliest_model(snapshot: ConfigSnapshot, tenant_id: int, requested: str) -> ModelEntry | None:
-    """The model a line is priced at for the worst case: the named one, else (an alias) the dearest allowed."""
-    catalog = snapshot.catalog
-    allowed = catalog.models_for(tenant_id)
-    named = next((model for model in allowed if model.name == requested), None)
-    if named is not None:
-        return named
-    if not allowed:
+def _costliest(
+    snapshot: ConfigSnapshot, principal: KeyPrincipal, body: dict
+) -> tuple[ModelEntry, Decimal, list[BudgetEntry]] | None:
+    """The model a line is priced at for the worst case, that worst case (admission's formula) and the enforced
+    budgets it counts against: the named model, else (an alias) the allowed model under a budget whose worst case
+    for this line is the largest. By list price alone a cheaper model can be the dearer one: a gpt-4o-mini image
+    bills 33 times gpt-4o's tokens, and a model with no image rule is reserved at its context window. None when no
+    budget applies (nothing is counted then)."""
+    allowed = snapshot.catalog.models_for(principal.tenant_id)
+    servable = [model for model in allowed if model.name == body["model"]] or allowed
+    budgets_of = {
+        model.name: [
+            entry
+            for entry in snapshot.budgets.applicable(
+                principal.tenant_id, principal.team_id, principal.key_id, model.name
+            )
+            if entry.enforced
+        ]
+        for model in servable
+    }
+    candidates = [model for model in servable if budgets_of[model.name]]
+    media = PromptMedia.of(body["messages"])
+    tokens_by_encoding: dict[str, int] = {}
+
+    def worst(model: ModelEntry) -> Decimal:
+        encoding = encoding_name_for(model.upstream_name)
+        if encoding not in tokens_by_encoding:
+            tokens_by_encoding[encoding] = count_chat_tokens(body["messages"], model=model.upstream_name)
+        return chain_worst_case(
+            [model],
+            prompt_tokens=tokens_by_encoding[encoding],
+            bound=OutputBound.of(body, model=model.upstream_name),
+            fallback=settings.LLMOPS_RESERVATION_MAX_TOKENS,
+            # The line's routing rule is not known yet: its prompt may be written to the provider's cache.
+            cache_writers=cache_writers([model], body, provider_cache=PROVIDER_CACHE_AUTO),
+            media=media,
+        )
+
+    priced = [(worst(model), model.name, model) for model in candidates]
+    if not priced:
         return None
-    return max(allowed, key=lambda m: (m.prices.input_per_million + m.prices.output_per_million, m.name))
+    cost, _, model = max(priced)
+    return model, cost, budgets_of[model.name]
 
 
 def _budget_errors(snapshot: ConfigSnapshot, principal: KeyPrincipal, lines: list[ParsedLine]) -> list[BatchError]:
-    """The whole batch's worst case (admission's formula, line by line) against each enforced budget's remainder."""
+    """The whole batch's worst case, line by line (``_costliest``), against each enforced budget's remainder."""
     worst_by_budget: dict[int, Decimal] = defaultdict(Decimal)
     for line in lines:
-        model = _costliest_model(snapshot, principal.tenant_id, line.body["model"])
-        if model is None:
+        costliest = _costliest(snapshot, principal, line.body)
+        if costliest is None:
             continue
-        budgets = snapshot.budgets.applicable(principal.tenant_id, principal.team_id, principal.key_id, model.name)
-        if not budgets:
-            continue
-        cost = chain_worst_case(
-            [model],
-            prompt_tokens=count_chat_tokens(line.body["messages"], model=model.upstream_name),
-            bound=OutputBound.of(line.body, model=model.upstream_name),
-            fallback=settings.LLMOPS_RESERVATION_MAX_TOKENS,
-            # The line's routing rule is not known yet: its prompt may be written to the provider's cache.
-            cache_writers=cache_writers([model], line.body, provider_cache=PROVIDER_CACHE_AUTO),
-            media=PromptMedia.of(line.body["messages"]),
-        )
+        _, cost, budgets = costliest
         for entry in budgets:
-            if entry.enforced:
-                worst_by_budget[entry.budget_id] += cost
+            worst_by_budget[entry.budget_id] += cost
     errors = []
     now = timezone.now()
     for budget in Budget.objects.for_tenant(principal.tenant_id).filter(pk__in=worst_by_budget):
