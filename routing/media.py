@@ -18,10 +18,7 @@ from dataclasses import dataclass
 
 from routing.catalog import ModelEntry
 
-# Tokens one image may bill, as (detail "low", detail "high" or "auto"), by the model's name as OpenAI writes it: a
-# name matches an entry it equals or continues with "-" (a snapshot's date, a variant: "gpt-4o-2024-08-06"), the
-# longest entry winning, so "gpt-5.1" matches no entry here and is bounded by its context window. From OpenAI's vision
-# guide ("Calculating costs") and Anthropic's ("Evaluate image size").
+# An image at detail "high" is at most this many 512 px tiles, or for the models that count 32 px patches, patches.
 OPENAI_TILES = 8
 OPENAI_PATCHES = 1536
 
@@ -35,6 +32,10 @@ def _patched(multiplier: float) -> tuple[int, int]:
     return bound, bound
 
 
+# Tokens one image may bill, as (detail "low", detail "high" or "auto"), by the model's name as OpenAI writes it: a
+# name matches an entry it equals or continues with "-" (a snapshot's date, a variant: "gpt-4o-2024-08-06"), the
+# longest entry winning, so "gpt-5.1" matches no entry here and is bounded by its context window. From OpenAI's vision
+# guide ("Calculating costs") and Anthropic's ("Evaluate image size").
 IMAGE_TOKENS_BY_PREFIX: dict[str, tuple[int, int]] = {
     "gpt-4o-mini": _tiled(2833, 5667),
     "gpt-4o": _tiled(85, 170),
