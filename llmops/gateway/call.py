@@ -13,7 +13,7 @@ from billing.budgets.reservations import Reservation
 from billing.ledger.costs import Usage, format_cost
 from billing.ledger.events import RequestFacts, UsageEvent
 from core.cpu import run_sized
-from llmops.gateway.chat.worst_case import OutputBound
+from llmops.gateway.chat.worst_case import OutputBound, prediction_chars
 from llmops.gateway.concurrency import InflightSlot
 from llmops.gateway.shadow.rates import EvaluationRates
 from routing.catalog import ModelEntry
@@ -68,9 +68,8 @@ async def estimated_usage(body: dict, completion_text: str, model: ModelEntry) -
     another tokenizer's text may go over."""
     text_tokens = await count_chat_tokens_async(body["messages"], model=model.upstream_name)
     counted = await run_sized(len(completion_text), count_text_tokens, completion_text, model=model.upstream_name)
-    written_at_most = OutputBound.of(body, model=model.upstream_name).completion_tokens(
-        model, fallback=model.context_window
-    )
+    bound = await run_sized(prediction_chars(body), OutputBound.of, body, model=model.upstream_name)
+    written_at_most = bound.completion_tokens(model, fallback=model.context_window)
     return Usage(
         prompt_tokens=PromptMedia.of(body["messages"]).prompt_tokens(model, text_tokens),
         completion_tokens=min(counted, written_at_most),
