@@ -29,7 +29,6 @@ django.setup()
 import redis.asyncio as aioredis  # noqa: E402
 from django.conf import settings  # noqa: E402
 
-from core.event_loops import start_eagerly  # noqa: E402
 from core.redaction import SECRET_PREFILTER, SECRET_RULES  # noqa: E402
 from core.redis import redis_command  # noqa: E402
 
@@ -69,25 +68,6 @@ async def round_trips(count: int) -> tuple[float, float]:
         await client.aclose()
 
 
-async def _nothing() -> None:
-    return None
-
-
-async def task_making(count: int, *, with_factory: bool) -> float:
-    """µs of CPU to make a task on this loop, the factory's lookup included when it is installed."""
-    loop = asyncio.get_running_loop()
-    if with_factory:
-        start_eagerly(loop, rules_one_by_one.__code__)
-    started, tasks = time.process_time(), []
-    for made in range(count):
-        tasks.append(loop.create_task(_nothing()))
-        if made % 100 == 99:
-            await asyncio.gather(*tasks)
-            tasks.clear()
-    await asyncio.gather(*tasks)
-    return (time.process_time() - started) / count * 1e6
-
-
 def rules_one_by_one(text: str) -> list:
     return [rule.pattern.search(text) for rule in SECRET_RULES]
 
@@ -113,9 +93,6 @@ def main() -> None:
     print(
         f"answer check on {len(ANSWER)} characters: prefilter {prefilter_us:.1f} µs, rules one by one {rules_us:.1f} µs"
     )
-    plain_us = min(uvloop.run(task_making(100_000, with_factory=False)) for _ in range(3))
-    factory_us = min(uvloop.run(task_making(100_000, with_factory=True)) for _ in range(3))
-    print(f"making a task on uvloop: {plain_us:.2f} µs, through start_eagerly's factory {factory_us:.2f} µs")
 
 
 if __name__ == "__main__":

@@ -19,11 +19,11 @@ from httpx_sse import EventSource, ServerSentEvent, SSEError
 
 from core.event_loops import PerEventLoop
 from routing.catalog import ModelEntry, ProviderEntry
-from routing.providers.transport import AiohttpTransport
+from routing.providers.transport import Http1Transport
 
 USER_AGENT = "llmops"
 # One connection pool per event loop: connections are reused across requests, never shared between loops.
-_transports = PerEventLoop(lambda loop: AiohttpTransport(max_connections=settings.LLMOPS_UPSTREAM_MAX_CONNECTIONS))
+_transports = PerEventLoop(lambda loop: Http1Transport(max_connections=settings.LLMOPS_UPSTREAM_MAX_CONNECTIONS))
 
 
 class UpstreamError(Exception):
@@ -131,7 +131,7 @@ class UpstreamStream(Protocol):
     async def aclose(self) -> None: ...
 
 
-def upstream_transport() -> AiohttpTransport:
+def upstream_transport() -> Http1Transport:
     return _transports.get()
 
 

@@ -1,7 +1,9 @@
-"""The aiohttp transport under the providers' httpx client, against a raw HTTP server on loopback that misbehaves
-on purpose: keep-alive reuse, gzip, and the failures the adapters must see as upstream errors."""
+"""The HTTP/1.1 transport under the providers' httpx requests (routing/providers/http1.py), against raw HTTP servers
+on loopback that misbehave on purpose: keep-alive reuse and what ends it, gzip, chunked and read-to-close bodies,
+proxies, TLS, the pool's limit, and the failures the adapters must see as upstream errors."""
 
 import asyncio
+import base64
 import datetime
 import gzip
 import ipaddress
@@ -83,7 +85,7 @@ async def json_answer(writer, *, encoding: str = "") -> bool:
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
 def test_requests_reuse_one_kept_alive_connection_decode_gzip_and_keep_no_cookies(host):
-    """By name as well as by address: aiohttp's default cookie jar ignores cookies only from IP addresses."""
+    """By name as well as by address (a cookie jar may ignore cookies only from IP addresses)."""
     server = RawServer(lambda writer: json_answer(writer, encoding="gzip"))
 
     async def scenario():
@@ -148,12 +150,13 @@ def test_an_unreachable_provider_is_a_connection_error():
 
 
 def test_an_egress_proxy_from_the_environment_carries_the_calls(monkeypatch):
-    """HTTP_PROXY applies as it did with httpx's client: the proxy receives the absolute URL."""
+    """HTTP_PROXY applies as it did with httpx's client: the proxy receives the absolute URL, with the credentials
+    of the proxy's URL."""
     proxy = RawServer(json_answer)
 
     async def scenario():
         async with proxy as proxy_url:
-            monkeypatch.setenv("HTTP_PROXY", proxy_url.removesuffix("/v1"))
+            monkeypatch.setenv("HTTP_PROXY", proxy_url.removesuffix("/v1").replace("http://", "http://user:pw@"))
             monkeypatch.delenv("NO_PROXY", raising=False)
             monkeypatch.delenv("no_proxy", raising=False)
             return await openai.chat_completion(provider_entry("openai", "http://provider.invalid/v1"), BODY)
@@ -162,6 +165,7 @@ def test_an_egress_proxy_from_the_environment_carries_the_calls(monkeypatch):
 
     assert reply.body["choices"][0]["message"]["content"] == "hi"
     assert proxy.requests[0].startswith(b"POST http://provider.invalid/v1/chat/completions HTTP/1.1")
+    assert b"\r\nProxy-Authorization: Basic dXNlcjpwdw==\r\n" in proxy.requests[0]
 
 
 def test_a_host_in_no_proxy_is_called_directly(monkeypatch):
@@ -264,8 +268,7 @@ class ThreadedServer:
 
 
 def test_a_provider_request_leaves_with_its_body_before_the_loop_turns_again():
-    """aiohttp writes the body in a task of its own, started eagerly from Python 3.12 on and by the transport on
-    3.11: the request is on the wire when the call's first step ends, not a turn of the loop later."""
+    """The request is on the wire when the call's first step ends, not a turn of the loop later."""
     server = ThreadedServer()
 
     async def scenario():
@@ -281,3 +284,224 @@ def test_a_provider_request_leaves_with_its_body_before_the_loop_turns_again():
 
     assert run(scenario())
     assert len(server.requests) == 2 and server.requests[1].endswith(orjson.dumps(BODY))
+
+
+async def answer_then_close(writer) -> bool:
+    await json_answer(writer)
+    return False
+
+
+def test_a_connection_the_server_closes_is_not_reused():
+    """Whether the server says ``connection: close`` or just closes an idle connection, the next call opens a new
+    one and is answered."""
+
+    async def says_close(writer) -> bool:
+        payload = orjson.dumps(ANSWER)
+        headers = {"content-type": "application/json", "content-length": str(len(payload)), "connection": "close"}
+        writer.write(head(200, headers) + payload)
+        await writer.drain()
+        return True
+
+    async def scenario(respond, pause: float):
+        server = RawServer(respond)
+        async with server as url:
+            provider = provider_entry("openai", url)
+            replies = []
+            for _ in range(3):
+                replies.append(await openai.chat_completion(provider, BODY))
+                await asyncio.sleep(pause)
+            return server.connections, [reply.body["choices"][0]["message"]["content"] for reply in replies]
+
+    assert run(scenario(says_close, 0)) == (3, ["hi"] * 3)
+    assert run(scenario(answer_then_close, 0.05)) == (3, ["hi"] * 3)
+
+
+def test_chunked_and_read_to_close_bodies_are_read_whole():
+    payload = orjson.dumps(ANSWER)
+
+    async def chunked(writer) -> bool:
+        writer.write(head(200, {"content-type": "application/json", "transfer-encoding": "chunked"}))
+        for start in range(0, len(payload), 7):
+            piece = payload[start : start + 7]
+            writer.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+            await writer.drain()
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+        return True
+
+    async def until_close(writer) -> bool:
+        writer.write(head(200, {"content-type": "application/json", "connection": "close"}) + payload)
+        await writer.drain()
+        return False
+
+    async def scenario(respond):
+        server = RawServer(respond)
+        async with server as url:
+            provider = provider_entry("openai", url)
+            replies = [await openai.chat_completion(provider, BODY) for _ in range(2)]
+            return server.connections, [reply.body["choices"][0]["message"]["content"] for reply in replies]
+
+    assert run(scenario(chunked)) == (1, ["hi", "hi"])
+    assert run(scenario(until_close)) == (2, ["hi", "hi"])
+
+
+# About 2.4 MB of events: past the point where reading pauses while the reader is behind (http1.STREAM_HIGH_WATER).
+EVENTS = 40_000
+
+
+def test_a_large_stream_read_slowly_arrives_whole_and_in_order():
+    """Reading pauses while the reader is behind and resumes as it catches up: nothing is lost or reordered."""
+    events = [
+        f'data: {{"choices": [{{"index": 0, "delta": {{"content": "{n:06d}"}}}}]}}\n\n'.encode() for n in range(EVENTS)
+    ]
+    events.append(b"data: [DONE]\n\n")
+
+    async def big_stream(writer) -> bool:
+        writer.write(head(200, {"content-type": "text/event-stream", "transfer-encoding": "chunked"}))
+        for start in range(0, len(events), 1000):
+            piece = b"".join(events[start : start + 1000])
+            writer.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+        return True
+
+    async def scenario():
+        async with RawServer(big_stream) as url:
+            stream = await openai.open_chat_stream(provider_entry("openai", url), {**BODY, "stream": True})
+            received = []
+            try:
+                async for event in stream.events():
+                    received.append(event)
+                    if len(received) % 5000 == 0:
+                        await asyncio.sleep(0.05)
+            finally:
+                await stream.aclose()
+            return received
+
+    received = run(scenario())
+    contents = [
+        orjson.loads(event[6:])["choices"][0]["delta"]["content"] for event in received if "[DONE]" not in event
+    ]
+    assert contents == [f"{n:06d}" for n in range(EVENTS)]
+
+
+def test_a_call_cancelled_mid_answer_leaves_no_answer_for_the_next_call():
+    """The cancelled call's connection is closed: its late answer can never be read as the next call's."""
+    late = {**ANSWER, "choices": [{**ANSWER["choices"][0], "message": {"role": "assistant", "content": "late"}}]}
+    answers = [late, ANSWER]
+
+    async def slow_then_fast(writer) -> bool:
+        answer = answers.pop(0)
+        if answer is late:
+            await asyncio.sleep(0.3)
+        payload = orjson.dumps(answer)
+        writer.write(head(200, {"content-type": "application/json", "content-length": str(len(payload))}) + payload)
+        await writer.drain()
+        return True
+
+    async def scenario():
+        server = RawServer(slow_then_fast)
+        async with server as url:
+            provider = provider_entry("openai", url)
+            call = asyncio.ensure_future(openai.chat_completion(provider, BODY))
+            await asyncio.sleep(0.1)
+            call.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await call
+            reply = await openai.chat_completion(provider, BODY)
+            await asyncio.sleep(0.4)
+            return server.connections, reply.body["choices"][0]["message"]["content"]
+
+    assert run(scenario()) == (2, "hi")
+
+
+def test_calls_past_the_pool_limit_wait_for_a_connection(settings):
+    settings.LLMOPS_UPSTREAM_MAX_CONNECTIONS = 1
+
+    async def slow_answer(writer) -> bool:
+        await asyncio.sleep(0.05)
+        return await json_answer(writer)
+
+    async def scenario():
+        server = RawServer(slow_answer)
+        async with server as url:
+            provider = provider_entry("openai", url)
+            replies = await asyncio.gather(*(openai.chat_completion(provider, BODY) for _ in range(4)))
+            return server.connections, len(server.requests), len(replies)
+
+    assert run(scenario()) == (1, 4, 4)
+
+
+def test_a_header_that_breaks_a_line_is_refused_before_anything_is_sent():
+    server = RawServer(json_answer)
+
+    async def scenario():
+        async with server as url:
+            await openai.chat_completion(provider_entry("openai", url, api_key="sk-1\r\nx-injected: 1"), BODY)
+
+    with pytest.raises(upstream.UpstreamConnectionError):
+        run(scenario())
+    assert server.requests == []
+
+
+class TunnelProxy:
+    """An HTTP proxy that answers CONNECT with 200 and then relays bytes both ways; keeps each CONNECT's head."""
+
+    def __init__(self):
+        self.connects: list[bytes] = []
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connect = await reader.readuntil(b"\r\n\r\n")
+        self.connects.append(connect)
+        host, port = connect.split(b" ")[1].decode().rsplit(":", 1)
+        upstream_reader, upstream_writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+
+        async def relay(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            try:
+                while data := await source.read(65536):
+                    sink.write(data)
+                    await sink.drain()
+            except ConnectionError:
+                pass
+            finally:
+                sink.close()
+
+        await asyncio.gather(relay(reader, upstream_writer), relay(upstream_reader, writer))
+
+    async def __aenter__(self) -> str:
+        self.server = await asyncio.start_server(self.handle, "127.0.0.1", 0)
+        return f"http://user:p%40ss@127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def __aexit__(self, *exc) -> None:
+        self.server.close()
+
+
+def test_an_https_provider_is_reached_through_the_proxy_by_a_verified_tunnel(self_signed_certificate, monkeypatch):
+    """HTTPS_PROXY: a CONNECT carrying the proxy URL's credentials, then TLS with the provider through the tunnel,
+    its certificate checked against the configured authorities; one tunnel for several calls."""
+    certificate_file, key_file = self_signed_certificate
+    monkeypatch.setenv("SSL_CERT_FILE", str(certificate_file))
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_context.load_cert_chain(certificate_file, key_file)
+    server, proxy = RawServer(json_answer), TunnelProxy()
+
+    async def scenario():
+        server.server = await asyncio.start_server(server.handle, "127.0.0.1", 0, ssl=server_context)
+        try:
+            async with proxy as proxy_url:
+                monkeypatch.setenv("HTTPS_PROXY", proxy_url)
+                url = f"https://127.0.0.1:{server.server.sockets[0].getsockname()[1]}/v1"
+                provider = provider_entry("openai", url)
+                return [await openai.chat_completion(provider, BODY) for _ in range(2)]
+        finally:
+            server.server.close()
+
+    replies = run(scenario())
+
+    assert [reply.body["choices"][0]["message"]["content"] for reply in replies] == ["hi", "hi"]
+    assert len(proxy.connects) == 1 and server.connections == 1 and len(server.requests) == 2
+    authorization = "Basic " + base64.b64encode(b"user:p@ss").decode()
+    assert f"Proxy-Authorization: {authorization}".encode() in proxy.connects[0]
