@@ -1,8 +1,7 @@
 """Pieces of a /v1 request's CPU, timed on their own (docs/performance.md, "One Redis connection per loop"): an idle
 Redis round trip through ``core.redis.redis_command`` (the shared connection) against redis-py's own call, hiredis's
-command packer against redis-py's, a provider URL parsed against one copied from ``provider_url``'s cache, the
-answer check's one-scan prefilter against the secret rules run one by one, and a task made on uvloop with and
-without ``start_eagerly``'s factory (for a coroutine it does not start eagerly). Figures, not a test.
+command packer against redis-py's, a provider URL parsed against one copied from ``provider_url``'s cache, and the
+answer check's one-scan prefilter against the secret rules run one by one. Figures, not a test.
 
     REDIS_URL=redis://127.0.0.1:6379/11 .venv/bin/python bench/hot_path_parts.py --round-trips 300
 """

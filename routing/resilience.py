@@ -289,7 +289,13 @@ async def call_with_fallbacks(
                     break
                 await asyncio.sleep(delay)
                 continue
-            await breaker.record_success()
+            try:
+                await breaker.record_success()
+            except BaseException:
+                # Cancelled (the client went away) with an open stream in hand: it goes back before the error does.
+                if hasattr(value, "aclose"):
+                    await value.aclose()
+                raise
             return FallbackResult(value=value, served=entry, attempts=attempts)
         if attempts >= policy.max_attempts or time.monotonic() >= deadline:
             break

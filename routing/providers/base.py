@@ -212,15 +212,19 @@ async def send_request(
     """Send over the pool, turning transport failures into upstream errors. Unless ``stream``, the body is read."""
     try:
         return await upstream_transport().send(request, stream=stream)
-    except httpx.TimeoutException as exc:
-        raise UpstreamTimeout(
+    except httpx.TransportError as exc:
+        raise transport_failure(provider, exc, started) from exc
+
+
+def transport_failure(provider: ProviderEntry, exc: httpx.TransportError, started: float) -> UpstreamError:
+    if isinstance(exc, httpx.TimeoutException):
+        return UpstreamTimeout(
             f"provider {provider.name} did not answer within {provider.timeout_seconds:g}s",
             elapsed_ms=elapsed_ms_since(started),
-        ) from exc
-    except httpx.TransportError as exc:
-        raise UpstreamConnectionError(
-            f"cannot reach provider {provider.name}: {exc.__class__.__name__}", elapsed_ms=elapsed_ms_since(started)
-        ) from exc
+        )
+    return UpstreamConnectionError(
+        f"cannot reach provider {provider.name}: {exc.__class__.__name__}", elapsed_ms=elapsed_ms_since(started)
+    )
 
 
 async def send_or_reject(
@@ -231,8 +235,12 @@ async def send_or_reject(
     if response.status_code < 400:
         return response
     if stream:
-        content = await response.aread()
-        await response.aclose()
+        try:
+            content = await response.aread()
+        except httpx.TransportError as exc:
+            raise transport_failure(provider, exc, started) from exc
+        finally:
+            await response.aclose()
     else:
         content = response.content
     raise rejection(provider, response, content, started)

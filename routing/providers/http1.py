@@ -11,12 +11,14 @@ them into httpx's exceptions.
 
 import asyncio
 import base64
+import socket
 import ssl
 from collections import deque
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 from urllib.request import getproxies_environment, proxy_bypass_environment
 
+import aiohappyeyeballs
 import httptools
 
 # An idle connection older than this is closed rather than reused: servers close idle connections on their own
@@ -25,6 +27,9 @@ KEEPALIVE_SECONDS = 15.0
 # Reading pauses while this many bytes of a streamed body wait for the reader.
 STREAM_HIGH_WATER = 256 * 1024
 DEFAULT_PORTS = {"http": 80, "https": 443}
+# A host with IPv6 and IPv4 addresses: the next address is tried this long after the last one was (RFC 8305), so a
+# route that drops IPv6 costs a quarter second, not the connect timeout.
+HAPPY_EYEBALLS_DELAY = 0.25
 
 
 class ConnectionFailed(OSError):
@@ -39,6 +44,10 @@ class ProtocolFailure(Exception):
     """The server's bytes are not an HTTP/1.1 response, or a header the client would send is unsafe."""
 
 
+class _UnaskedResponse(Exception):
+    """A response began after the one asked for was complete (raised from the parser, which stops there)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Proxy:
     host: str
@@ -49,31 +58,47 @@ class Proxy:
 
 @dataclass(frozen=True, slots=True)
 class Origin:
-    """Where a connection goes: the provider's scheme, host and port, and the proxy it passes, if any."""
+    """Where a connection goes: the provider's scheme, host (ASCII: IDNA-encoded) and port, and the proxy it passes,
+    if any. ``refusal``: why no connection can go there (a proxy setting the client cannot use)."""
 
     scheme: str
     host: str
     port: int
     proxy: Proxy | None
+    refusal: str = ""
+
+    @property
+    def authority(self) -> bytes:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}".encode("ascii")
 
 
 def proxy_from_url(url: str) -> Proxy:
+    """A proxy from its URL (``http://user:password@host:port``); ConnectionFailed for one the client cannot use."""
     parts = urlsplit(url if "://" in url else f"http://{url}")
     if parts.scheme != "http":
-        raise ConnectionFailed(f"only http:// proxies are supported, not {parts.scheme}://")
+        raise ConnectionFailed(f"only http:// proxies are supported, not {parts.scheme}:// ({parts.hostname})")
+    try:
+        port = parts.port or 80
+    except ValueError as error:
+        raise ConnectionFailed(f"the proxy URL's port is not a port: {error}") from error
     authorization = None
     if parts.username is not None:
         credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
         authorization = b"Basic " + base64.b64encode(credentials)
-    return Proxy(parts.hostname or "", parts.port or 80, authorization)
+    return Proxy(parts.hostname or "", port, authorization)
 
 
-def environment_proxy(scheme: str, host: str) -> Proxy | None:
-    """HTTP_PROXY / HTTPS_PROXY for the scheme unless NO_PROXY names the host, as httpx's client applies them."""
+def origin_for(scheme: str, host: str, port: int) -> Origin:
+    """The origin of a URL, with HTTP_PROXY / HTTPS_PROXY applied unless NO_PROXY names the host, as httpx's client
+    applies them."""
     proxy_url = getproxies_environment().get(scheme)
     if not proxy_url or proxy_bypass_environment(host):
-        return None
-    return proxy_from_url(proxy_url)
+        return Origin(scheme, host, port, None)
+    try:
+        return Origin(scheme, host, port, proxy_from_url(proxy_url))
+    except ConnectionFailed as refused:
+        return Origin(scheme, host, port, None, refusal=str(refused))
 
 
 class Connection(asyncio.Protocol):
@@ -91,6 +116,9 @@ class Connection(asyncio.Protocol):
         self._reset()
 
     def _reset(self) -> None:
+        if getattr(self, "_reading_paused", False):
+            # A stream closed early while the reader was behind: the next response must be read.
+            self.transport.resume_reading()
         self.parser = httptools.HttpResponseParser(self)
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] = []
@@ -121,6 +149,10 @@ class Connection(asyncio.Protocol):
             return
         try:
             self.parser.feed_data(data)
+        except httptools.HttpParserCallbackError as error:
+            if not isinstance(error.__context__, _UnaskedResponse):
+                raise
+            self.close()
         except httptools.HttpParserError as error:
             self._fail(ProtocolFailure(f"the server's response cannot be parsed: {error}"))
             self.close()
@@ -143,6 +175,12 @@ class Connection(asyncio.Protocol):
         self.last_progress = self.loop.time()
 
     # httptools' callbacks
+
+    def on_message_begin(self) -> None:
+        if self.complete:
+            # More bytes after the answer, in the same read: they answer nothing that was asked, and the connection
+            # cannot be trusted with another request.
+            raise _UnaskedResponse()
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name, value))
@@ -186,7 +224,7 @@ class Connection(asyncio.Protocol):
         self._wake()
 
     def usable(self, now: float) -> bool:
-        return not self.closed and now - self.idle_since < KEEPALIVE_SECONDS
+        return not self.closed and not self.transport.is_closing() and now - self.idle_since < KEEPALIVE_SECONDS
 
     def send(self, data: bytes, *, streaming: bool) -> None:
         """Write a request and get ready for its response; a ``streaming`` one is read piece by piece, and reading
@@ -195,13 +233,17 @@ class Connection(asyncio.Protocol):
             self._reset()
         self.streaming = streaming
         self.last_progress = self.loop.time()
-        self.transport.write(data)
+        try:
+            self.transport.write(data)
+        except RuntimeError as error:
+            # uvloop's transport once its socket is gone (asyncio's drops the write and reports the loss).
+            raise Disconnected(f"the connection closed before the request was written: {error}") from error
 
     async def wait(self, read_timeout: float | None) -> None:
         """Until the parser has news or the connection fails; TimeoutError when nothing arrived (and nothing was
         written) for ``read_timeout`` seconds."""
         if self.failure is not None:
-            raise self.failure
+            raise self.failure.with_traceback(None)
         waiter = self._waiter = self.loop.create_future()
         timer = None
         if read_timeout is not None:
@@ -213,7 +255,7 @@ class Connection(asyncio.Protocol):
             if timer is not None:
                 timer.cancel()
         if self.failure is not None:
-            raise self.failure
+            raise self.failure.with_traceback(None)
 
     def _stalled(self, read_timeout: float) -> None:
         """The read timer: a stall when nothing came since it was set, else set again from the last progress."""
@@ -248,6 +290,8 @@ class Connection(asyncio.Protocol):
         self.buffered -= len(piece)
         if self._reading_paused and self.buffered <= STREAM_HIGH_WATER // 4:
             self._reading_paused = False
+            # The time reading was paused is the reader's, not the server's: the read timer counts from now.
+            self.last_progress = self.loop.time()
             self.transport.resume_reading()
         return piece
 
@@ -257,28 +301,32 @@ class Connection(asyncio.Protocol):
             self.transport.close()
 
     async def tunnel(self, origin: Origin, ssl_context: ssl.SSLContext) -> None:
-        """Through the proxy this connection reached, a CONNECT to the origin, then TLS with it."""
-        authority = f"{origin.host}:{origin.port}".encode()
-        lines = [b"CONNECT " + authority + b" HTTP/1.1", b"Host: " + authority]
+        """Through the proxy this connection reached, a CONNECT to the origin, then TLS with it; ConnectionFailed
+        when the proxy refuses or closes, or the handshake fails."""
+        lines = [b"CONNECT " + origin.authority + b" HTTP/1.1", b"Host: " + origin.authority]
         if origin.proxy.authorization is not None:
             lines.append(b"Proxy-Authorization: " + origin.proxy.authorization)
         self._tunnel_reply = bytearray()
         self.transport.write(b"\r\n".join(lines) + b"\r\n\r\n")
-        while b"\r\n\r\n" not in self._tunnel_reply:
-            if self.closed:
-                raise ConnectionFailed("the proxy closed the connection instead of opening a tunnel")
-            await self.wait(None)
+        try:
+            while b"\r\n\r\n" not in self._tunnel_reply:
+                await self.wait(None)
+        except Disconnected as error:
+            raise ConnectionFailed(f"the proxy closed the connection instead of opening a tunnel: {error}") from error
         status_line = bytes(self._tunnel_reply).split(b"\r\n", 1)[0]
         self._tunnel_reply = None
         parts = status_line.split(b" ", 2)
-        if len(parts) < 2 or parts[1] != b"200":
+        if len(parts) < 2 or not (parts[1].isdigit() and 200 <= int(parts[1]) < 300):
             raise ConnectionFailed(f"the proxy refused the tunnel: {status_line[:80].decode('latin-1')}")
-        self.transport = await self.loop.start_tls(self.transport, self, ssl_context, server_hostname=origin.host)
+        try:
+            self.transport = await self.loop.start_tls(self.transport, self, ssl_context, server_hostname=origin.host)
+        except OSError as error:
+            raise ConnectionFailed(f"TLS with {origin.host} through the proxy failed: {error}") from error
 
 
 class ConnectionPool:
     """Kept-alive connections by origin, at most ``max_connections`` open at once in all; one pool per event loop.
-    A request for a connection past the limit waits for one to be given back."""
+    A request for a connection past the limit waits for one to be given back, first come first served."""
 
     def __init__(self, *, max_connections: int, ssl_context: ssl.SSLContext):
         self.max_connections = max_connections
@@ -290,7 +338,11 @@ class ConnectionPool:
     async def acquire(self, origin: Origin, *, connect_timeout: float | None, pool_timeout: float | None) -> Connection:
         """An idle connection to the origin (the one used last), else a new one. ``TimeoutError`` when no connection
         was free within ``pool_timeout`` or none opened within ``connect_timeout``."""
+        if origin.refusal:
+            raise ConnectionFailed(origin.refusal)
         loop = asyncio.get_running_loop()
+        deadline = None if pool_timeout is None else loop.time() + pool_timeout
+        waited = False
         while True:
             idle = self._idle.get(origin)
             now = loop.time()
@@ -300,7 +352,9 @@ class ConnectionPool:
                     return connection
                 self.discard(connection)
             if self._open >= self.max_connections and not self._close_one_idle():
-                await self._slot_freed(loop, pool_timeout)
+                # A waiter woken for a slot another took keeps its place at the front.
+                await self._slot_freed(loop, deadline, first=waited)
+                waited = True
                 continue
             self._open += 1
             try:
@@ -314,14 +368,20 @@ class ConnectionPool:
     async def _connect(self, loop: asyncio.AbstractEventLoop, origin: Origin) -> Connection:
         tls = self.ssl_context if origin.scheme == "https" else None
         host, port = (origin.host, origin.port) if origin.proxy is None else (origin.proxy.host, origin.proxy.port)
+        direct_tls = tls if origin.proxy is None else None
         try:
-            _, connection = await loop.create_connection(
-                lambda: Connection(loop),
-                host,
-                port,
-                ssl=tls if origin.proxy is None else None,
-                server_hostname=host if tls is not None and origin.proxy is None else None,
-            )
+            addresses = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            sock = await aiohappyeyeballs.start_connection(addresses, happy_eyeballs_delay=HAPPY_EYEBALLS_DELAY)
+            try:
+                _, connection = await loop.create_connection(
+                    lambda: Connection(loop),
+                    sock=sock,
+                    ssl=direct_tls,
+                    server_hostname=host if direct_tls is not None else None,
+                )
+            except BaseException:
+                sock.close()
+                raise
         except OSError as error:
             raise ConnectionFailed(f"cannot connect to {host}:{port}: {error}") from error
         if tls is not None and origin.proxy is not None:
@@ -332,30 +392,47 @@ class ConnectionPool:
                 raise
         return connection
 
-    async def _slot_freed(self, loop: asyncio.AbstractEventLoop, pool_timeout: float | None) -> None:
+    async def _slot_freed(self, loop: asyncio.AbstractEventLoop, deadline: float | None, *, first: bool) -> None:
         waiter = loop.create_future()
-        self._waiters.append(waiter)
+        if first:
+            self._waiters.appendleft(waiter)
+        else:
+            self._waiters.append(waiter)
         try:
-            async with asyncio.timeout(pool_timeout):
+            async with asyncio.timeout_at(deadline):
                 await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                # Woken, then cancelled or timed out in the same turn: the slot goes to the next in line.
+                self._wake_waiter()
+            raise
         finally:
             if waiter in self._waiters:
                 self._waiters.remove(waiter)
 
     def _close_one_idle(self) -> bool:
-        """Make room under the limit by closing the longest idle connection of any origin."""
+        """Make room under the limit by closing the longest idle connection of any origin (its slot is the
+        caller's: nobody else is woken for it)."""
         oldest = min(
             ((connections[0].idle_since, origin) for origin, connections in self._idle.items() if connections),
             default=None,
         )
         if oldest is None:
             return False
-        self.discard(self._idle[oldest[1]].pop(0))
+        self._idle[oldest[1]].pop(0).close()
+        self._open -= 1
         return True
 
     def release(self, origin: Origin, connection: Connection) -> None:
-        """Back to the pool if its response was read to the end and both sides keep it open; closed otherwise."""
-        if connection.complete and connection.keep_alive and not connection.closed:
+        """Back to the pool if its response was read to the end, its request written whole and both sides keep it
+        open; closed otherwise."""
+        reusable = (
+            connection.complete
+            and connection.keep_alive
+            and not connection.closed
+            and connection.transport.get_write_buffer_size() == 0
+        )
+        if reusable:
             connection.idle_since = connection.loop.time()
             self._idle.setdefault(origin, []).append(connection)
             self._wake_waiter()

@@ -8,6 +8,7 @@ bytes on the wire need (docs/performance.md, "A lean client for the providers").
 exceptions the adapters catch.
 """
 
+import weakref
 from collections.abc import AsyncIterator
 
 import httpx
@@ -20,7 +21,7 @@ from routing.providers.http1 import (
     Disconnected,
     Origin,
     ProtocolFailure,
-    environment_proxy,
+    origin_for,
 )
 
 
@@ -55,13 +56,16 @@ def _request_bytes(request: httpx.Request, origin: Origin) -> bytes:
 
 
 class _ResponseStream(httpx.AsyncByteStream):
-    """A streamed response's body, read as it arrives; its connection goes back to the pool once read to the end."""
+    """A streamed response's body, read as it arrives; its connection goes back to the pool once read to the end.
+    One dropped without ``aclose`` (a caller's bug) gives its connection's place in the pool back when collected."""
 
-    def __init__(self, transport: "Http1Transport", origin: Origin, connection: Connection, request: httpx.Request):
-        self._transport = transport
+    def __init__(self, pool: ConnectionPool, origin: Origin, connection: Connection, request: httpx.Request):
+        self._pool = pool
         self._origin = origin
         self._connection: Connection | None = connection
         self._request = request
+        self._abandoned = weakref.finalize(self, _give_back_abandoned, pool, connection)
+        self._abandoned.atexit = False
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         read_timeout = _timeouts(self._request).get("read")
@@ -77,8 +81,14 @@ class _ResponseStream(httpx.AsyncByteStream):
     async def aclose(self) -> None:
         # A body read to the end returns its connection to the pool; one cut short closes it.
         if self._connection is not None:
-            self._transport.pool().release(self._origin, self._connection)
+            self._abandoned.detach()
+            self._pool.release(self._origin, self._connection)
             self._connection = None
+
+
+def _give_back_abandoned(pool: ConnectionPool, connection: Connection) -> None:
+    if not connection.loop.is_closed():
+        pool.discard(connection)
 
 
 def _timeouts(request: httpx.Request) -> dict:
@@ -102,10 +112,10 @@ class Http1Transport(httpx.AsyncBaseTransport):
     def _origin(self, url: httpx.URL) -> Origin:
         """Where the URL's connections go, with HTTP(S)_PROXY and NO_PROXY from the environment read once per
         scheme, host and port (reading them walks the whole environment)."""
-        key = (url.scheme, url.host, url.port or DEFAULT_PORTS.get(url.scheme, 80))
+        key = (url.scheme, url.raw_host.decode("ascii"), url.port or DEFAULT_PORTS.get(url.scheme, 80))
         origin = self._origins.get(key)
         if origin is None:
-            origin = self._origins[key] = Origin(*key, proxy=environment_proxy(url.scheme, url.host))
+            origin = self._origins[key] = origin_for(*key)
         return origin
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
@@ -137,7 +147,7 @@ class Http1Transport(httpx.AsyncBaseTransport):
                 raise _as_httpx_error(exc, request, reading=True) from exc
             raise
         if stream:
-            body = _ResponseStream(self, origin, connection, request)
+            body = _ResponseStream(pool, origin, connection, request)
             return httpx.Response(connection.status, headers=connection.headers, stream=body, request=request)
         pool.release(origin, connection)
         return httpx.Response(connection.status, headers=connection.headers, content=content, request=request)

@@ -505,3 +505,44 @@ def test_an_https_provider_is_reached_through_the_proxy_by_a_verified_tunnel(sel
     assert len(proxy.connects) == 1 and server.connections == 1 and len(server.requests) == 2
     authorization = "Basic " + base64.b64encode(b"user:p@ss").decode()
     assert f"Proxy-Authorization: {authorization}".encode() in proxy.connects[0]
+
+
+def test_an_error_answer_to_a_stream_cut_short_gives_its_connection_back(settings):
+    """A stream asked for and answered 429 with a body that stalls: the call fails as an upstream timeout, and with a
+    pool of one connection the next call is still answered."""
+    settings.LLMOPS_UPSTREAM_MAX_CONNECTIONS = 1
+    answers = ["stall", "answer"]
+
+    async def stall_then_answer(writer) -> bool:
+        if answers.pop(0) == "answer":
+            return await json_answer(writer)
+        writer.write(head(429, {"content-type": "application/json", "content-length": "100"}) + b'{"error":')
+        await writer.drain()
+        await asyncio.sleep(1)
+        return False
+
+    async def scenario():
+        async with RawServer(stall_then_answer) as url:
+            provider = provider_entry("openai", url, timeout=0.3)
+            with pytest.raises(upstream.UpstreamTimeout):
+                await openai.open_chat_stream(provider, {**BODY, "stream": True})
+            return await openai.chat_completion(provider, BODY)
+
+    assert run(scenario()).body["choices"][0]["message"]["content"] == "hi"
+
+
+def test_a_proxy_the_client_cannot_use_fails_the_call_and_is_not_bypassed(monkeypatch):
+    """An https:// proxy URL (TLS to the proxy itself) is refused with the reason; the provider is not called
+    around it."""
+    provider = RawServer(json_answer)
+
+    async def scenario():
+        async with provider as provider_url:
+            monkeypatch.setenv("HTTP_PROXY", "https://proxy.invalid:3128")
+            monkeypatch.delenv("NO_PROXY", raising=False)
+            monkeypatch.delenv("no_proxy", raising=False)
+            await openai.chat_completion(provider_entry("openai", provider_url), BODY)
+
+    with pytest.raises(upstream.UpstreamConnectionError):
+        run(scenario())
+    assert provider.requests == []
