@@ -44,10 +44,6 @@ class ProtocolFailure(Exception):
     """The server's bytes are not an HTTP/1.1 response, or a header the client would send is unsafe."""
 
 
-class _UnaskedResponse(Exception):
-    """A response began after the one asked for was complete (raised from the parser, which stops there)."""
-
-
 @dataclass(frozen=True, slots=True)
 class Proxy:
     host: str
@@ -116,10 +112,10 @@ class Connection(asyncio.Protocol):
         self._reset()
 
     def _reset(self) -> None:
-        if getattr(self, "_reading_paused", False):
-            # A stream closed early while the reader was behind: the next response must be read.
-            self.transport.resume_reading()
         self.parser = httptools.HttpResponseParser(self)
+        # What aiohttp's parser, which came before, also let through.
+        self.parser.set_dangerous_leniencies(lenient_optional_cr_before_lf=True, lenient_spaces_after_chunk_size=True)
+        self._unasked = False
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] = []
         self.head_complete = False
@@ -129,7 +125,7 @@ class Connection(asyncio.Protocol):
         self.chunks: deque[bytes] = deque()
         self.buffered = 0
         self._until_close = False
-        self._reading_paused = False
+        self.reading_paused = False
         self.streaming = False
 
     # asyncio.Protocol
@@ -149,12 +145,9 @@ class Connection(asyncio.Protocol):
             return
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserCallbackError as error:
-            if not isinstance(error.__context__, _UnaskedResponse):
-                raise
-            self.close()
         except httptools.HttpParserError as error:
-            self._fail(ProtocolFailure(f"the server's response cannot be parsed: {error}"))
+            if not self._unasked:
+                self._fail(ProtocolFailure(f"the server's response cannot be parsed: {error}"))
             self.close()
 
     def eof_received(self) -> bool:
@@ -179,11 +172,14 @@ class Connection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         if self.complete:
             # More bytes after the answer, in the same read: they answer nothing that was asked, and the connection
-            # cannot be trusted with another request.
-            raise _UnaskedResponse()
+            # cannot be trusted with another request. Raising stops the parser before they touch the answer.
+            self._unasked = True
+            raise ProtocolFailure("a response that nothing asked for")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
+        # A chunked body's trailers come after the head: they are not the response's headers.
+        if not self.head_complete:
+            self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         self.status = self.parser.get_status_code()
@@ -198,8 +194,8 @@ class Connection(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         self.chunks.append(body)
         self.buffered += len(body)
-        if self.streaming and self.buffered > STREAM_HIGH_WATER and not self._reading_paused:
-            self._reading_paused = True
+        if self.streaming and self.buffered > STREAM_HIGH_WATER and not self.reading_paused:
+            self.reading_paused = True
             self.transport.pause_reading()
         self._wake()
 
@@ -288,8 +284,8 @@ class Connection(asyncio.Protocol):
             await self.wait(read_timeout)
         piece = self.chunks.popleft()
         self.buffered -= len(piece)
-        if self._reading_paused and self.buffered <= STREAM_HIGH_WATER // 4:
-            self._reading_paused = False
+        if self.reading_paused and self.buffered <= STREAM_HIGH_WATER // 4:
+            self.reading_paused = False
             # The time reading was paused is the reader's, not the server's: the read timer counts from now.
             self.last_progress = self.loop.time()
             self.transport.resume_reading()
@@ -326,7 +322,8 @@ class Connection(asyncio.Protocol):
 
 class ConnectionPool:
     """Kept-alive connections by origin, at most ``max_connections`` open at once in all; one pool per event loop.
-    A request for a connection past the limit waits for one to be given back, first come first served."""
+    A request for a connection past the limit waits for one to be given back (waiters are woken in the order they
+    came; a request that arrives as a connection comes back may take it first)."""
 
     def __init__(self, *, max_connections: int, ssl_context: ssl.SSLContext):
         self.max_connections = max_connections
@@ -334,6 +331,7 @@ class ConnectionPool:
         self._idle: dict[Origin, list[Connection]] = {}
         self._open = 0
         self._waiters: deque[asyncio.Future] = deque()
+        self._closed = False
 
     async def acquire(self, origin: Origin, *, connect_timeout: float | None, pool_timeout: float | None) -> Connection:
         """An idle connection to the origin (the one used last), else a new one. ``TimeoutError`` when no connection
@@ -382,7 +380,8 @@ class ConnectionPool:
             except BaseException:
                 sock.close()
                 raise
-        except OSError as error:
+        except (OSError, RuntimeError) as error:
+            # RuntimeError: uvloop's, for a socket it could not take.
             raise ConnectionFailed(f"cannot connect to {host}:{port}: {error}") from error
         if tls is not None and origin.proxy is not None:
             try:
@@ -414,22 +413,25 @@ class ConnectionPool:
         """Make room under the limit by closing the longest idle connection of any origin (its slot is the
         caller's: nobody else is woken for it)."""
         oldest = min(
-            ((connections[0].idle_since, origin) for origin, connections in self._idle.items() if connections),
+            (origin for origin, connections in self._idle.items() if connections),
+            key=lambda origin: self._idle[origin][0].idle_since,
             default=None,
         )
         if oldest is None:
             return False
-        self._idle[oldest[1]].pop(0).close()
+        self._idle[oldest].pop(0).close()
         self._open -= 1
         return True
 
     def release(self, origin: Origin, connection: Connection) -> None:
-        """Back to the pool if its response was read to the end, its request written whole and both sides keep it
-        open; closed otherwise."""
+        """Back to the pool if its response was read to the end, its request written whole, reading is not paused
+        (a server's close would go unseen) and both sides keep it open; closed otherwise."""
         reusable = (
             connection.complete
             and connection.keep_alive
             and not connection.closed
+            and not connection.reading_paused
+            and not self._closed
             and connection.transport.get_write_buffer_size() == 0
         )
         if reusable:
@@ -452,6 +454,7 @@ class ConnectionPool:
                 return
 
     def close(self) -> None:
+        self._closed = True
         for connections in self._idle.values():
             for connection in connections:
                 connection.close()

@@ -42,7 +42,9 @@ def _request_bytes(request: httpx.Request, origin: Origin) -> bytes:
     """The request as it goes on the wire: its head (the absolute URL as target through a plain HTTP proxy), then
     its body. A header that would break a line is refused: it could smuggle another header or request."""
     url = request.url
-    target = str(url).encode("ascii") if origin.proxy is not None and origin.scheme == "http" else url.raw_path
+    target = url.raw_path
+    if origin.proxy is not None and origin.scheme == "http":
+        target = b"http://" + url.netloc + target
     headers = request.headers.raw
     lines = [request.method.encode("ascii") + b" " + target + b" HTTP/1.1"]
     lines += [name + b": " + value for name, value in headers]
@@ -87,8 +89,9 @@ class _ResponseStream(httpx.AsyncByteStream):
 
 
 def _give_back_abandoned(pool: ConnectionPool, connection: Connection) -> None:
+    """The finalizer runs in whichever thread collects the stream: the pool is the loop's."""
     if not connection.loop.is_closed():
-        pool.discard(connection)
+        connection.loop.call_soon_threadsafe(pool.discard, connection)
 
 
 def _timeouts(request: httpx.Request) -> dict:
