@@ -11,6 +11,7 @@ them into httpx's exceptions.
 
 import asyncio
 import base64
+import logging
 import socket
 import ssl
 from collections import deque
@@ -20,6 +21,8 @@ from urllib.request import getproxies_environment, proxy_bypass_environment
 
 import aiohappyeyeballs
 import httptools
+
+logger = logging.getLogger(__name__)
 
 # An idle connection older than this is closed rather than reused: servers close idle connections on their own
 # schedule, and a request written as the server closes fails (aiohttp's default).
@@ -94,6 +97,8 @@ def origin_for(scheme: str, host: str, port: int) -> Origin:
     try:
         return Origin(scheme, host, port, proxy_from_url(proxy_url))
     except ConnectionFailed as refused:
+        # The calls' errors name only the failure's kind: the operator reads the reason here, once per host.
+        logger.error("calls to %s://%s:%s are refused: %s", scheme, host, port, refused)
         return Origin(scheme, host, port, None, refusal=str(refused))
 
 

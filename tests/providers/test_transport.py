@@ -531,8 +531,8 @@ def test_an_error_answer_to_a_stream_cut_short_gives_its_connection_back(setting
     assert run(scenario()).body["choices"][0]["message"]["content"] == "hi"
 
 
-def test_a_proxy_the_client_cannot_use_fails_the_call_and_is_not_bypassed(monkeypatch):
-    """An https:// proxy URL (TLS to the proxy itself) is refused with the reason; the provider is not called
+def test_a_proxy_the_client_cannot_use_fails_the_call_and_is_not_bypassed(monkeypatch, caplog):
+    """An https:// proxy URL (TLS to the proxy itself) is refused, its reason logged; the provider is not called
     around it."""
     provider = RawServer(json_answer)
 
@@ -546,3 +546,4 @@ def test_a_proxy_the_client_cannot_use_fails_the_call_and_is_not_bypassed(monkey
     with pytest.raises(upstream.UpstreamConnectionError):
         run(scenario())
     assert provider.requests == []
+    assert "only http:// proxies are supported, not https://" in caplog.text
