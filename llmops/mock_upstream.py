@@ -148,6 +148,13 @@ def judge_answer(messages: list) -> str | None:
     return orjson.dumps({"verdict": "worse", "reason": "The candidate differs from the reference."}).decode()
 
 
+def _served_tier(body: dict) -> dict:
+    """The `service_tier` OpenAI reports when a request names one: flex when asked for, else the default tier."""
+    if "service_tier" not in body:
+        return {}
+    return {"service_tier": "flex" if body["service_tier"] == "flex" else "default"}
+
+
 def _choices(body: dict) -> int:
     return int(body.get("n") or 1)
 
@@ -216,6 +223,7 @@ class MockUpstream:
             await self._stream(send, body, model, answer, usage, spoil=MALFORMED_BODIES.get(malformed))
             return
         reply = self._completion(model, answer, None if "no-usage" in model else usage, choices=_choices(body))
+        reply.update(_served_tier(body))
         if malformed in MALFORMED_BODIES:
             await self._raw(send, 200, MALFORMED_BODIES[malformed](reply), b"application/json")
         else:
@@ -412,6 +420,7 @@ class MockUpstream:
             "created": int(time.time()),
             "model": model,
             "system_fingerprint": "fp_mock",
+            **_served_tier(body),
         }
 
         async def event(payload) -> None:

@@ -263,7 +263,19 @@ class CatalogModelAdmin(SuperuserOnlyAdmin):
     add_fields = ("name", "kind", "provider", "upstream_name", "context_window", "max_output_tokens", *PRICE_FIELDS)
     fieldsets = (
         (None, {"fields": ("name", "kind", "provider", "upstream_name", "context_window", "max_output_tokens")}),
-        (None, {"fields": ("supports_tools", "supports_images", "batch_price_multiplier", "is_active", "created_at")}),
+        (
+            None,
+            {
+                "fields": (
+                    "supports_tools",
+                    "supports_images",
+                    "batch_price_multiplier",
+                    "flex_price_multiplier",
+                    "is_active",
+                    "created_at",
+                )
+            },
+        ),
         (
             "Prices (USD per million tokens)",
             {"fields": (*PRICE_FIELDS, "price_effective_from", "based_on_version", "price_age")},

@@ -93,7 +93,9 @@ SAVINGS_COLUMNS = (
     Column(
         "saved_batch_usd",
         ColumnType.MONEY,
-        "The `batch` lever: the list price of an answer of the provider's batch endpoint, minus what it was charged.",
+        "The `batch` lever: the list price of an answer of the provider's batch endpoint, or of one the provider "
+        'says it served at its flex tier (`service_tier: "flex"`, which OpenAI prices as its Batch API; the model\'s '
+        "`flex_price_multiplier`), minus what it was charged.",
     ),
     Column(
         "saved_provider_cache_usd",

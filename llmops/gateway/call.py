@@ -137,6 +137,9 @@ class GatewayCall(RequestFacts):
     # The stop sequence that ended the answer, when the upstream (or the cached answer) says which; /v1/messages
     # answers with it, /v1/chat/completions keeps OpenAI's shape.
     stop_sequence: str | None = None
+    # The tier the provider says it served the answer at (the answer's `service_tier`): "flex" is charged the served
+    # model's flex share of its prices, where it has one.
+    service_tier: str | None = None
     # The status the client is shown for one of the pipeline's, where the endpoint's API names it otherwise
     # (/v1/messages: 503 is 529): the ledger row records what the client saw.
     statuses_shown: Mapping[int, int] = field(default_factory=dict)
@@ -169,6 +172,10 @@ class GatewayCall(RequestFacts):
                 cache_hit_usage=self.cache_saved_usage,
                 compression_summary_usd=self.compression_summary_usd,
             )
+            flex_share = self.served.flex_price_multiplier
+            if self.service_tier == "flex" and flex_share is not None:
+                # OpenAI prices its flex tier as its Batch API: the discount is counted as the batch one.
+                event.batch_discount(multiplier=flex_share)
             self.cost_usd = format_cost(event.cost_usd)
         return event
 

@@ -3,7 +3,7 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.core.validators import MinValueValidator
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import OuterRef, Subquery
 from django.utils import timezone
@@ -117,6 +117,16 @@ class Model(models.Model):
         default=Decimal("0.5"),
         validators=[MinValueValidator(Decimal("0"))],
         help_text="Share of the price charged for lines sent to the provider's batch endpoint (0.5 = half).",
+    )
+    flex_price_multiplier = models.DecimalField(
+        max_digits=4,
+        decimal_places=3,
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(Decimal("0")), MaxValueValidator(Decimal("1"))],
+        help_text="Share of the price charged for an answer the provider says it served at its flex tier "
+        '(`service_tier: "flex"`; OpenAI charges its Batch API prices, 0.5). Blank: the model has no flex prices, '
+        "and such an answer is charged the list price.",
     )
     is_active = models.BooleanField(
         default=True,

@@ -83,6 +83,7 @@ async def complete_chat(call: GatewayCall, plan: ChatPlan) -> HttpResponse:
     reply, usage = (await _call_chain(call, plan, attempt)).value
     call.upstream_ms = reply.elapsed_ms
     call.stop_sequence = reply.stop_sequence
+    call.service_tier = _tier(reply.body)
     try:
         verdict = guard_answer(reply.body, action=plan.guard_action, known_secrets=_provider_secrets(plan))
     except SecretEchoBlocked as blocked:
@@ -98,6 +99,12 @@ async def complete_chat(call: GatewayCall, plan: ChatPlan) -> HttpResponse:
     for name, value in call.response_headers().items():
         response[name] = value
     return response
+
+
+def _tier(answer: dict) -> str | None:
+    """The tier the provider says it served ``answer`` (or a stream's chunk) at, when it says one."""
+    tier = answer.get("service_tier")
+    return tier if isinstance(tier, str) else None
 
 
 def _provider_secrets(plan: ChatPlan) -> list[str]:
@@ -182,6 +189,7 @@ class StreamRelay:
         self.upstream_model = chunk.get("model") or self.upstream_model
         self.chunk_id = chunk.get("id") or self.chunk_id
         self.chunk_created = chunk.get("created") or self.chunk_created
+        self.call.service_tier = _tier(chunk) or self.call.service_tier
         for choice in chunk.get("choices") or []:
             delta = choice.get("delta") or {}
             if delta.get("tool_calls") or delta.get("function_call") or choice.get("index", 0) != 0:
