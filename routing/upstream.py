@@ -26,6 +26,7 @@ from routing.providers.base import (
     checked_chunk,
     invalid_response,
     named_stop_sequence,
+    served_tier,
 )
 from routing.providers.kinds import PROVIDER_KINDS, provider_kind
 from routing.providers.prompt_cache import OFF, CacheControlRefused
@@ -49,6 +50,7 @@ __all__ = [
     "invalid_response",
     "named_stop_sequence",
     "open_chat_stream",
+    "served_tier",
 ]
 
 # Imported when the gateway starts, not on a provider's first request (boto3 alone takes a while).

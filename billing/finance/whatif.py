@@ -13,7 +13,9 @@ model, and how far their answers are expected to agree with the large model's be
 lever's shadow results in the same days (billing.quality.expectations).
 
 A request is priced at the tokens it really used (after compression, where it was compressed; cache reads and writes
-at the model's cache prices; a provider batch's discount where it had one), at the prices in force now of the model
+at the model's cache prices; a provider batch's discount where it had one, and the provider's flex tier's where the
+answer was served there, at the model each version routes it to: its batch multiplier, its flex multiplier or the list
+price when it has no flex prices), at the prices in force now of the model
 each version routes it to. Ledger rows with the same features are grouped in the database and priced once per group,
 on their summed tokens, at the ledger's ten places. A request a version refuses costs nothing under it.
 """
@@ -25,11 +27,11 @@ from datetime import datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 from itertools import islice
 
-from django.db.models import BooleanField, Case, Count, Exists, ExpressionWrapper, F, OuterRef, Q, Sum, Value, When
+from django.db.models import Case, Count, Exists, F, OuterRef, Q, Sum, Value, When
 from django.db.models.functions import Coalesce, NullIf
 from django.utils import timezone
 
-from billing.ledger.costs import ZERO_USD, Usage, batch_price, format_cost
+from billing.ledger.costs import BATCH_ENDPOINT, ZERO_USD, Usage, batch_price, format_cost
 from billing.ledger.events import USAGE_FIELDS
 from billing.models import REQUEST_ROWS, UsageRecord
 from billing.quality.expectations import (
@@ -65,6 +67,9 @@ WHATIF_DEFAULT_DAYS = 7
 NO_RULE = "(no rule)"
 PAYLOAD_CHUNK = 200
 PERCENT = Decimal("0.1")
+# The discounts a ledger row can have been charged at, which the replay charges again at the model it routes to.
+BATCH_DISCOUNT = "batch"
+FLEX_DISCOUNT = "flex"
 # In the order the output names them.
 FEATURE_BLURBS = {
     Feature.MESSAGE: "the last user message (rules' keywords and message_regex; the difficulty score's code, maths "
@@ -229,10 +234,14 @@ class _Tallies:
     undecided_requests: int = 0
     recorded_cost_usd: Decimal = ZERO_USD
 
-    def cost(self, model: str, usage: Usage, *, batch_discounted: bool) -> Decimal:
-        cost = usage.cost(self.catalog.models[model].prices)
-        if batch_discounted:
-            cost = batch_price(cost, multiplier=self.batch_multipliers[model])[0]
+    def cost(self, model: str, usage: Usage, *, discount: str) -> Decimal:
+        entry = self.catalog.models[model]
+        cost = usage.cost(entry.prices)
+        multiplier = {BATCH_DISCOUNT: self.batch_multipliers[model], FLEX_DISCOUNT: entry.flex_price_multiplier}.get(
+            discount
+        )
+        if multiplier is not None:
+            cost = batch_price(cost, multiplier=multiplier)[0]
         return cost
 
     def add(
@@ -243,7 +252,7 @@ class _Tallies:
         requests: int,
         usage: Usage,
         recorded_usd: Decimal,
-        batch_discounted: bool,
+        discount: str,
         task_type: str,
         references: frozenset[str],
     ) -> None:
@@ -256,7 +265,7 @@ class _Tallies:
                     self.undecided[(version, decision.undecided)] += requests
             return
         for version, decision in (("live", live), ("draft", draft)):
-            cost = self.cost(decision.model, usage, batch_discounted=batch_discounted) if decision.model else ZERO_USD
+            cost = self.cost(decision.model, usage, discount=discount) if decision.model else ZERO_USD
             rule = f"(refused: {decision.refused})" if decision.refused else decision.rule or NO_RULE
             for side in (self.rules[rule][version], self.models[decision.model or "(refused)"][version]):
                 side.requests += requests
@@ -410,7 +419,12 @@ def whatif_replay(
     features = {
         "team_slug": F("team__slug"),
         "routing_tokens": F("counted_tokens"),
-        "batch_discounted": ExpressionWrapper(Q(saved_batch_usd__gt=0), output_field=BooleanField()),
+        # The discount the row was charged at: a batch line's is the batch endpoint's, any other the flex tier's.
+        "discount": Case(
+            When(Q(saved_batch_usd__gt=0, endpoint=BATCH_ENDPOINT), then=Value(BATCH_DISCOUNT)),
+            When(saved_batch_usd__gt=0, then=Value(FLEX_DISCOUNT)),
+            default=Value(""),
+        ),
     }
     # Grouped, a row's count and score are the highest cut at or below them, which route alike, so groups stay few.
     grouped_features = {
@@ -427,7 +441,7 @@ def whatif_replay(
             requests=requests,
             usage=usage,
             recorded_usd=recorded,
-            batch_discounted=row["batch_discounted"],
+            discount=row["discount"],
             task_type=row["task_type"],
             references=request_references(request.features.requested_model, live, compiled_draft),
         )

@@ -136,3 +136,10 @@ class UsageEvent(RequestFacts):
     def batch_discount(self, *, multiplier: Decimal) -> None:
         """Charged as an answer of the provider's batch endpoint: ``multiplier`` of the list price, the rest saved."""
         self.cost_usd, self.saved_batch_usd = batch_price(self.cost_usd, multiplier=multiplier)
+
+    def flex_discount(self, *, tier: str | None, multiplier: Decimal | None) -> None:
+        """Charged as the provider charges its flex tier, when ``tier`` (the answer's `service_tier`) says it served
+        the answer there and the model has flex prices (``multiplier``): OpenAI prices flex as its Batch API, so the
+        discount is counted as the batch one."""
+        if tier == "flex" and multiplier is not None:
+            self.batch_discount(multiplier=multiplier)

@@ -25,7 +25,7 @@ from django.db.models import Sum
 from django.db.models.functions import TruncMonth
 from django.utils import timezone
 
-from billing.ledger.costs import Usage
+from billing.ledger.costs import BATCH_ENDPOINT, Usage
 from billing.models import (
     CacheStatus,
     EvaluationSettings,
@@ -60,7 +60,6 @@ ROUTING_AGREEMENT_OTHERWISE = 0.96
 EXACT_TASK_TYPES = ("classification", "extraction")
 EVALUATION_ROUTE = "shadow-evaluation"
 # The synthetic history's lines sent through the provider's batch API (billing.finance.rollups_seed).
-BATCH_ENDPOINT = "/v1/batches"
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from llmops.gateway.concurrency import InflightSlot
 from llmops.gateway.shadow.rates import EvaluationRates
 from routing.catalog import ModelEntry
 from routing.media import PromptMedia
-from routing.providers.base import MalformedAnswer, UpstreamReply, answer_text, invalid_response
+from routing.providers.base import MalformedAnswer, UpstreamReply, answer_text, invalid_response, served_tier
 from routing.tokens import count_chat_tokens_async, count_text_tokens
 from tenants.authentication import KeyPrincipal
 
@@ -88,7 +88,10 @@ async def reply_usage(reply: UpstreamReply, *, body: dict, model: ModelEntry, pr
         return ceiling.check(Usage.from_provider(reply.body["usage"]))
     except MalformedAnswer as problem:
         text = answer_text(reply.body)
-        raise invalid_response(model.provider, problem, elapsed_ms=reply.elapsed_ms, completion_text=text) from problem
+        tier = served_tier(reply.body)
+        raise invalid_response(
+            model.provider, problem, elapsed_ms=reply.elapsed_ms, completion_text=text, service_tier=tier
+        ) from problem
 
 
 @dataclass(slots=True, kw_only=True)
@@ -172,10 +175,7 @@ class GatewayCall(RequestFacts):
                 cache_hit_usage=self.cache_saved_usage,
                 compression_summary_usd=self.compression_summary_usd,
             )
-            flex_share = self.served.flex_price_multiplier
-            if self.service_tier == "flex" and flex_share is not None:
-                # OpenAI prices its flex tier as its Batch API: the discount is counted as the batch one.
-                event.batch_discount(multiplier=flex_share)
+            event.flex_discount(tier=self.service_tier, multiplier=self.served.flex_price_multiplier)
             self.cost_usd = format_cost(event.cost_usd)
         return event
 

@@ -71,9 +71,13 @@ class UpstreamInvalidResponse(UpstreamError):
 
     code = "upstream_invalid_response"
 
-    def __init__(self, message: str, *, elapsed_ms: int = 0, completion_text: str = ""):
+    def __init__(
+        self, message: str, *, elapsed_ms: int = 0, completion_text: str = "", service_tier: str | None = None
+    ):
         super().__init__(message, elapsed_ms=elapsed_ms)
         self.completion_text = completion_text
+        # The tier the answer says it was served at, which its estimated cost is charged at as well.
+        self.service_tier = service_tier
 
 
 class MalformedAnswer(ValueError):
@@ -263,12 +267,18 @@ def rejection(provider: ProviderEntry, response: httpx.Response, content: bytes,
 
 
 def invalid_response(
-    provider: ProviderEntry, problem: Exception, *, elapsed_ms: int, completion_text: str = ""
+    provider: ProviderEntry,
+    problem: Exception,
+    *,
+    elapsed_ms: int,
+    completion_text: str = "",
+    service_tier: str | None = None,
 ) -> UpstreamInvalidResponse:
     return UpstreamInvalidResponse(
         f"provider {provider.name} sent an answer the gateway cannot use: {problem}",
         elapsed_ms=elapsed_ms,
         completion_text=completion_text,
+        service_tier=service_tier,
     )
 
 
@@ -559,6 +569,13 @@ def named_stop_sequence(choice: dict) -> str | None:
     ``stop_reason``, when it is a string (it is the stop token's id when a token stopped it)."""
     named = choice.get("stop_reason")
     return named if isinstance(named, str) else None
+
+
+def served_tier(answer) -> str | None:
+    """The tier a chat completion (or a stream's chunk) says the provider served it at (OpenAI's `service_tier`), read
+    as far as its shape allows."""
+    tier = answer.get("service_tier") if isinstance(answer, dict) else None
+    return tier if isinstance(tier, str) else None
 
 
 def wants_usage_chunk(body: dict) -> bool:

@@ -18,6 +18,7 @@ from routing.providers.base import (
     json_post,
     named_stop_sequence,
     send_or_reject,
+    served_tier,
     sse_events,
 )
 from routing.providers.prompt_cache import OFF
@@ -45,9 +46,12 @@ async def chat_completion(provider: ProviderEntry, body: dict, *, provider_cache
     try:
         reply = checked_chat_completion(parsed)
     except MalformedAnswer as problem:
-        text = answer_text(parsed)
         raise invalid_response(
-            provider, problem, elapsed_ms=elapsed_ms_since(started), completion_text=text
+            provider,
+            problem,
+            elapsed_ms=elapsed_ms_since(started),
+            completion_text=answer_text(parsed),
+            service_tier=served_tier(parsed),
         ) from problem
     return UpstreamReply(
         body=reply,

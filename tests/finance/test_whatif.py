@@ -9,7 +9,7 @@ import pytest
 from django.utils import timezone
 
 from billing.finance.whatif import WhatIfRefused, whatif_replay
-from routing.models import RoutingPolicy
+from routing.models import Model, RoutingPolicy
 from routing.services import default_policy_document, routing_policy_create_default, tenant_model_access_set
 from tenants.models import PayloadLog
 from tenants.services import api_key_create
@@ -276,3 +276,25 @@ def test_a_draft_that_could_not_be_published_is_refused_with_its_reasons(acme):
         whatif_replay(
             tenant=tenant, days=7, draft={"rules": [{"priority": 1, "name": "x", "match": {"task_types": "a"}}]}
         )
+
+
+def test_a_discounted_row_is_replayed_at_the_routed_models_batch_or_flex_share_and_at_list_without_flex_prices(acme):
+    tenant, key = acme
+    large = Model.objects.get(name="acme-large")
+    large.batch_price_multiplier = Decimal("0.5")
+    large.flex_price_multiplier = None
+    large.save()
+    tokens = {"prompt_tokens": 1000, "prompt_tokens_before_compression": 1000, "completion_tokens": 100}
+    # Enterprise requests go to the large model under both versions.
+    record(key, user_tier="enterprise", endpoint="/v1/batches", saved_batch_usd=Decimal("0.002"), **tokens)
+    record(key, user_tier="enterprise", endpoint="/v1/chat/completions", saved_batch_usd=Decimal("0.002"), **tokens)
+    record(key, user_tier="enterprise", endpoint="/v1/chat/completions", **tokens)
+    list_cost = (1000 * Decimal("2.50") + 100 * Decimal("10.00")) / 1_000_000
+
+    report = whatif_replay(tenant=tenant, days=7, draft=classification_on_large(tenant), draft_label="no flex prices")
+    assert line(report.rules, "enterprise-tier").live_cost_usd == list_cost / 2 + 2 * list_cost
+
+    large.flex_price_multiplier = Decimal("0.25")
+    large.save()
+    report = whatif_replay(tenant=tenant, days=7, draft=classification_on_large(tenant), draft_label="flex prices")
+    assert line(report.rules, "enterprise-tier").live_cost_usd == list_cost / 2 + list_cost / 4 + list_cost

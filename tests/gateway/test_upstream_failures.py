@@ -282,3 +282,19 @@ def test_a_malformed_answer_falls_back_down_the_chain(gateway, acme, failing_mod
     record = UsageRecord.objects.unscoped().get()
     assert (record.served_model, record.attempts, record.usage_estimated) == (acme.small.name, 3, False)
     assert record.cost_usd > 0
+
+
+def test_a_malformed_flex_answer_is_charged_its_estimate_at_the_flex_share(gateway, acme, failing_model):
+    model = failing_model("mock-malformed-usage-negative")
+    model.flex_price_multiplier = Decimal("0.5")
+    model.save(update_fields=["flex_price_multiplier"])
+    body = {"model": model.name, "messages": [{"role": "user", "content": "a short answer"}], "service_tier": "flex"}
+
+    response = httpx.post(
+        f"{gateway.url}/v1/chat/completions", json=body, headers={"authorization": f"Bearer {acme.key}"}, timeout=30
+    )
+
+    assert response.status_code == 502
+    record = UsageRecord.objects.unscoped().get(request_id=response.headers["x-llmops-request-id"])
+    assert record.usage_estimated and record.cost_usd > 0
+    assert record.saved_batch_usd == record.cost_usd

@@ -437,3 +437,25 @@ def test_a_sampler_that_fails_never_fails_the_request_it_samples(
     assert evaluations() == []
     (failure,) = [record for record in caplog.records if record.name == sampling.logger.name]
     assert failure.exc_info is not None and response.headers["x-llmops-request-id"] in failure.getMessage()
+
+
+def test_a_flex_requests_reference_is_charged_the_flex_share_and_saves_nothing(gateway, routed, evaluated):
+    routed.large.flex_price_multiplier = Decimal("0.5")
+    routed.large.save(update_fields=["flex_price_multiplier"])
+    evaluation_on(routed.tenant)
+
+    body = {"model": "auto", "messages": ticket("I was charged twice"), "service_tier": "flex", **CLASSIFY}
+    response = chat(gateway, routed, body)
+    evaluated()
+
+    (row,) = evaluation_rows(response.headers["x-llmops-request-id"])
+    list_cost = usage_cost(
+        prices=ModelPrices(*LARGE_PRICES),
+        prompt_tokens=row.prompt_tokens,
+        cached_tokens=0,
+        completion_tokens=row.completion_tokens,
+    )
+    assert row.cost_usd == list_cost / 2 > 0
+    assert row.saved_batch_usd == 0
+    month = EvaluationSpend.objects.for_tenant(routed.tenant).get()
+    assert month.spent_usd == row.cost_usd

@@ -18,7 +18,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from billing.budgets.reservations import BudgetHold, Reservation, reservation_settle
-from billing.ledger.costs import Usage
+from billing.ledger.costs import BATCH_ENDPOINT, Usage
 from core.db import database_sync_to_async
 from core.jsonl import jsonl_lines, jsonl_row
 from core.redis import async_redis
@@ -37,7 +37,6 @@ from tenants.authentication import KeyPrincipal
 
 logger = logging.getLogger(__name__)
 
-BATCH_ENDPOINT = "/v1/batches"
 PROVIDER_DONE = ("completed", "failed", "expired", "cancelled")
 CLAIM_ALL = 1_000_000
 

@@ -18,6 +18,7 @@ import weakref
 import orjson
 from django.conf import settings
 
+from billing.ledger.costs import BATCH_ENDPOINT
 from core.db import database_sync_to_async
 from llmops.gateway.batches import delegation
 from llmops.gateway.batches.models import Batch, BatchStatus
@@ -42,7 +43,6 @@ from tenants.authentication import KeyPrincipal
 
 logger = logging.getLogger(__name__)
 
-BATCH_ENDPOINT = "/v1/batches"
 ALIAS_SLOT = "(routed)"
 
 # {event loop: {("tenant", id) or ("provider", name): semaphore}}; an entry goes with its loop.

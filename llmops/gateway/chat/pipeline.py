@@ -54,7 +54,8 @@ async def call_chain(
             call.served = error.last_model
         failure = upstream_failure(error)
         if isinstance(error, upstream.UpstreamInvalidResponse):
-            # The provider answered, and may bill for it: charge what the gateway counts itself.
+            # The provider answered, and may bill for it: charge what the gateway counts itself, at its tier.
+            call.service_tier = error.service_tier
             usage = await estimate(error)
             await finish(call, http_status=failure.status_code, usage=usage, error_code=failure.code)
         raise failure from error
@@ -83,7 +84,7 @@ async def complete_chat(call: GatewayCall, plan: ChatPlan) -> HttpResponse:
     reply, usage = (await _call_chain(call, plan, attempt)).value
     call.upstream_ms = reply.elapsed_ms
     call.stop_sequence = reply.stop_sequence
-    call.service_tier = _tier(reply.body)
+    call.service_tier = upstream.served_tier(reply.body)
     try:
         verdict = guard_answer(reply.body, action=plan.guard_action, known_secrets=_provider_secrets(plan))
     except SecretEchoBlocked as blocked:
@@ -99,12 +100,6 @@ async def complete_chat(call: GatewayCall, plan: ChatPlan) -> HttpResponse:
     for name, value in call.response_headers().items():
         response[name] = value
     return response
-
-
-def _tier(answer: dict) -> str | None:
-    """The tier the provider says it served ``answer`` (or a stream's chunk) at, when it says one."""
-    tier = answer.get("service_tier")
-    return tier if isinstance(tier, str) else None
 
 
 def _provider_secrets(plan: ChatPlan) -> list[str]:
@@ -189,7 +184,7 @@ class StreamRelay:
         self.upstream_model = chunk.get("model") or self.upstream_model
         self.chunk_id = chunk.get("id") or self.chunk_id
         self.chunk_created = chunk.get("created") or self.chunk_created
-        self.call.service_tier = _tier(chunk) or self.call.service_tier
+        self.call.service_tier = upstream.served_tier(chunk) or self.call.service_tier
         for choice in chunk.get("choices") or []:
             delta = choice.get("delta") or {}
             if delta.get("tool_calls") or delta.get("function_call") or choice.get("index", 0) != 0:

@@ -153,7 +153,14 @@ def reference_body(sample: ShadowSample, lever: Lever, model: ModelEntry) -> dic
 
 
 def _ledger_event(
-    sample: ShadowSample, model: ModelEntry, *, usage: Usage, http_status: int, error_code: str, started: float
+    sample: ShadowSample,
+    model: ModelEntry,
+    *,
+    usage: Usage,
+    http_status: int,
+    error_code: str,
+    started: float,
+    tier: str | None = None,
 ) -> UsageEvent:
     elapsed_ms = int((time.perf_counter() - started) * 1000)
     facts = RequestFacts(
@@ -182,8 +189,12 @@ def _ledger_event(
         total_latency_ms=elapsed_ms,
     )
     event.price(model.prices)
-    # Evaluation is spend, never a saving: a provider-cache discount on a replayed prompt is not one the product made.
+    # A reference repeats the sample's service_tier, and is charged at the tier that served it.
+    event.flex_discount(tier=tier, multiplier=model.flex_price_multiplier)
+    # Evaluation is spend, never a saving: a provider-cache or flex discount on a replayed prompt is not one the
+    # product made.
     event.saved_provider_cache_usd = ZERO_USD
+    event.saved_batch_usd = ZERO_USD
     return event
 
 
@@ -197,15 +208,29 @@ async def metered_call(
     try:
         reply = await upstream.chat_completion(model.provider, body)
         usage = await reply_usage(reply, body=body, model=model, prompt_tokens=planned.prompt_tokens)
-        event = _ledger_event(sample, model, usage=usage, http_status=200, error_code="", started=started)
+        event = _ledger_event(
+            sample,
+            model,
+            usage=usage,
+            http_status=200,
+            error_code="",
+            started=started,
+            tier=upstream.served_tier(reply.body),
+        )
         text = upstream.answer_text(reply.body)
     except upstream.UpstreamError as error:
         failure = upstream_failure(error)
-        usage = Usage()
+        usage, tier = Usage(), None
         if isinstance(error, upstream.UpstreamInvalidResponse):
-            usage = await estimated_usage(body, error.completion_text, model)
+            usage, tier = await estimated_usage(body, error.completion_text, model), error.service_tier
         event = _ledger_event(
-            sample, model, usage=usage, http_status=failure.status_code, error_code=failure.code, started=started
+            sample,
+            model,
+            usage=usage,
+            http_status=failure.status_code,
+            error_code=failure.code,
+            started=started,
+            tier=tier,
         )
         logger.warning("shadow evaluation of %s: %s failed (%s)", sample.request_id, model.name, failure.code)
         text = None
