@@ -218,6 +218,15 @@ async def send_request(
         return await upstream_transport().send(request, stream=stream)
     except httpx.TransportError as exc:
         raise transport_failure(provider, exc, started) from exc
+    except httpx.DecodingError as exc:
+        raise undecodable(provider, exc, started) from exc
+
+
+def undecodable(provider: ProviderEntry, exc: httpx.DecodingError, started: float) -> UpstreamInvalidResponse:
+    """An answer whose body its Content-Encoding does not decode: the provider's failure, as any answer the gateway
+    cannot read is."""
+    problem = MalformedAnswer(f"a body its Content-Encoding does not decode ({exc})")
+    return invalid_response(provider, problem, elapsed_ms=elapsed_ms_since(started))
 
 
 def transport_failure(provider: ProviderEntry, exc: httpx.TransportError, started: float) -> UpstreamError:
@@ -241,6 +250,9 @@ async def send_or_reject(
     if stream:
         try:
             content = await response.aread()
+        except httpx.DecodingError:
+            # Its status and Retry-After still say what happened.
+            content = b""
         except httpx.TransportError as exc:
             raise transport_failure(provider, exc, started) from exc
         finally:
@@ -671,3 +683,5 @@ async def sse_events(
         raise UpstreamConnectionError(
             f"provider {provider.name} broke off the stream", elapsed_ms=elapsed_ms_since(started)
         ) from exc
+    except httpx.DecodingError as exc:
+        raise undecodable(provider, exc, started) from exc

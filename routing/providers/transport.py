@@ -153,7 +153,13 @@ class Http1Transport(httpx.AsyncBaseTransport):
             body = _ResponseStream(pool, origin, connection, request)
             return httpx.Response(connection.status, headers=connection.headers, stream=body, request=request)
         pool.release(origin, connection)
-        return httpx.Response(connection.status, headers=connection.headers, content=content, request=request)
+        try:
+            return httpx.Response(connection.status, headers=connection.headers, content=content, request=request)
+        except httpx.DecodingError:
+            if connection.status < 400:
+                raise
+            # An error answer keeps its status and Retry-After; its body, which does not decode, is left out.
+            return httpx.Response(connection.status, headers=connection.headers, request=request)
 
     async def aclose(self) -> None:
         if self._pool is not None:

@@ -547,3 +547,50 @@ def test_a_proxy_the_client_cannot_use_fails_the_call_and_is_not_bypassed(monkey
         run(scenario())
     assert provider.requests == []
     assert "only http:// proxies are supported, not https://" in caplog.text
+
+
+def _undecodable(status: int, content_type: str):
+    async def respond(writer) -> bool:
+        payload = b"not gzip at all"
+        headers = {"content-type": content_type, "content-encoding": "gzip", "content-length": str(len(payload))}
+        headers["retry-after"] = "7"
+        writer.write(head(status, headers) + payload)
+        await writer.drain()
+        return True
+
+    return respond
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["complete", "streamed"])
+def test_an_answer_its_content_encoding_does_not_decode_is_the_providers_invalid_answer(stream):
+    """A failure of the provider, so retried and fallen back from, never the gateway's own 500."""
+    content_type = "text/event-stream" if stream else "application/json"
+
+    async def scenario():
+        async with RawServer(_undecodable(200, content_type)) as url:
+            provider = provider_entry("openai", url)
+            if not stream:
+                return await openai.chat_completion(provider, BODY)
+            opened = await openai.open_chat_stream(provider, {**BODY, "stream": True})
+            try:
+                return [event async for event in opened.events()]
+            finally:
+                await opened.aclose()
+
+    with pytest.raises(upstream.UpstreamInvalidResponse, match="does not decode"):
+        run(scenario())
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["complete", "streamed"])
+def test_an_error_answer_its_content_encoding_does_not_decode_keeps_its_status_and_retry_after(stream):
+    async def scenario():
+        async with RawServer(_undecodable(429, "application/json")) as url:
+            provider = provider_entry("openai", url)
+            if stream:
+                return await openai.open_chat_stream(provider, {**BODY, "stream": True})
+            return await openai.chat_completion(provider, BODY)
+
+    with pytest.raises(upstream.UpstreamRejected) as rejected:
+        run(scenario())
+
+    assert (rejected.value.upstream_status, rejected.value.retry_after) == (429, 7.0)
