@@ -250,11 +250,9 @@ async def send_or_reject(
     if stream:
         try:
             content = await response.aread()
-        except httpx.DecodingError:
-            # Its status and Retry-After still say what happened.
+        except (httpx.DecodingError, httpx.TransportError):
+            # A body that does not decode or does not arrive whole: its status and Retry-After still say what happened.
             content = b""
-        except httpx.TransportError as exc:
-            raise transport_failure(provider, exc, started) from exc
         finally:
             await response.aclose()
     else:

@@ -147,6 +147,9 @@ class Http1Transport(httpx.AsyncBaseTransport):
         except BaseException as exc:
             pool.discard(connection)
             if isinstance(exc, (TimeoutError, OSError, ProtocolFailure)):
+                if connection.head_complete and connection.status >= 400:
+                    # An error answer whose body did not arrive whole keeps its status and Retry-After.
+                    return httpx.Response(connection.status, headers=connection.headers, request=request)
                 raise _as_httpx_error(exc, request, reading=True) from exc
             raise
         if stream:

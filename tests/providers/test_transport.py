@@ -508,8 +508,8 @@ def test_an_https_provider_is_reached_through_the_proxy_by_a_verified_tunnel(sel
 
 
 def test_an_error_answer_to_a_stream_cut_short_gives_its_connection_back(settings):
-    """A stream asked for and answered 429 with a body that stalls: the call fails as an upstream timeout, and with a
-    pool of one connection the next call is still answered."""
+    """A stream asked for and answered 429 with a body that stalls: the call fails as the 429, and with a pool of one
+    connection the next call is still answered."""
     settings.LLMOPS_UPSTREAM_MAX_CONNECTIONS = 1
     answers = ["stall", "answer"]
 
@@ -524,7 +524,7 @@ def test_an_error_answer_to_a_stream_cut_short_gives_its_connection_back(setting
     async def scenario():
         async with RawServer(stall_then_answer) as url:
             provider = provider_entry("openai", url, timeout=0.3)
-            with pytest.raises(upstream.UpstreamTimeout):
+            with pytest.raises(upstream.UpstreamRejected):
                 await openai.open_chat_stream(provider, {**BODY, "stream": True})
             return await openai.chat_completion(provider, BODY)
 
@@ -585,6 +585,29 @@ def test_an_answer_its_content_encoding_does_not_decode_is_the_providers_invalid
 def test_an_error_answer_its_content_encoding_does_not_decode_keeps_its_status_and_retry_after(stream):
     async def scenario():
         async with RawServer(_undecodable(429, "application/json")) as url:
+            provider = provider_entry("openai", url)
+            if stream:
+                return await openai.open_chat_stream(provider, {**BODY, "stream": True})
+            return await openai.chat_completion(provider, BODY)
+
+    with pytest.raises(upstream.UpstreamRejected) as rejected:
+        run(scenario())
+
+    assert (rejected.value.upstream_status, rejected.value.retry_after) == (429, 7.0)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["complete", "streamed"])
+def test_an_error_answer_whose_body_is_cut_short_keeps_its_status_and_retry_after(stream):
+    """A 429 whose body never arrives whole is still a 429 to wait out, not a connection failure to retry at once."""
+
+    async def cut_short(writer) -> bool:
+        headers = {"content-type": "application/json", "content-length": "500", "retry-after": "7"}
+        writer.write(head(429, headers) + b'{"error": {"mess')
+        await writer.drain()
+        return False
+
+    async def scenario():
+        async with RawServer(cut_short) as url:
             provider = provider_entry("openai", url)
             if stream:
                 return await openai.open_chat_stream(provider, {**BODY, "stream": True})
