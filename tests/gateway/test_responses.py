@@ -444,3 +444,22 @@ def test_a_client_that_leaves_mid_stream_is_charged_what_was_generated(gateway, 
     record = wait_for_record()
     assert (record.http_status, record.error_code) == (499, "client_disconnected")
     assert 0 < record.completion_tokens < 24 and record.usage_estimated
+
+
+def test_a_response_reports_the_tier_that_served_it_and_is_charged_at_it(openai_client, acme):
+    acme.small.flex_price_multiplier = Decimal("0.5")
+    acme.small.save(update_fields=["flex_price_multiplier"])
+
+    flex = openai_client.responses.create(model=acme.small.name, input=QUESTION, service_tier="flex")
+    auto = openai_client.responses.create(model=acme.small.name, input=QUESTION, service_tier="auto")
+    streamed = list(
+        openai_client.responses.create(model=acme.small.name, input=QUESTION, service_tier="auto", stream=True)
+    )
+
+    assert (flex.service_tier, auto.service_tier) == ("flex", "default")
+    assert (streamed[0].response.service_tier, streamed[-1].response.service_tier) == ("auto", "default")
+    flex_row, *default_rows = UsageRecord.objects.unscoped().order_by("created_at")
+    assert flex_row.cost_usd == small_cost(flex_row.prompt_tokens, flex_row.completion_tokens) / 2
+    assert flex_row.saved_batch_usd == flex_row.cost_usd
+    for row in default_rows:
+        assert row.cost_usd == small_cost(row.prompt_tokens, row.completion_tokens) > 0

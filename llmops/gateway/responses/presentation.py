@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from routing.providers.base import message_text
+from routing.providers.base import message_text, served_tier
 
 # A chat finish reason that stops an answer short, and the reason Responses gives for it.
 INCOMPLETE_REASONS = {"length": "max_output_tokens", "content_filter": "content_filter"}
@@ -60,8 +60,10 @@ def response_object(
     usage: dict | None = None,
     incomplete_reason: str | None = None,
     error: dict | None = None,
+    service_tier: str | None = None,
 ) -> dict:
-    """A Response: the request's settings as the gateway applied them, and what it answered."""
+    """A Response: the request's settings as the gateway applied them, and what it answered; ``service_tier`` is the
+    tier the provider says it served the answer at, when it says one (else the one the request asked for)."""
     return {
         "id": identity.response_id,
         "object": "response",
@@ -81,7 +83,7 @@ def response_object(
         "prompt_cache_key": request.get("prompt_cache_key"),
         "reasoning": {"effort": (request.get("reasoning") or {}).get("effort"), "summary": None},
         "safety_identifier": request.get("safety_identifier"),
-        "service_tier": request.get("service_tier"),
+        "service_tier": service_tier or request.get("service_tier"),
         "store": False,
         "temperature": request.get("temperature", 1.0),
         "text": _text_config(request),
@@ -123,6 +125,7 @@ def response_from_chat(request: dict, identity: ResponseIdentity, completion: di
         output=[message_item(identity, status=status, content=content)],
         usage=response_usage(completion.get("usage")),
         incomplete_reason=reason,
+        service_tier=served_tier(completion),
     )
 
 
@@ -141,6 +144,7 @@ class ResponseStream:
     text: list[str] = field(default_factory=list)
     finish_reason: str | None = None
     usage: dict | None = None
+    service_tier: str | None = None
 
     def _event(self, kind: str, **fields) -> bytes:
         payload = {"type": kind, "sequence_number": self.sequence, **fields}
@@ -171,7 +175,9 @@ class ResponseStream:
         status, reason = _status(self.finish_reason)
         item = message_item(self.identity, status=status, content=[_output_text(text)])
         usage = response_usage(self.usage)
-        final = self._response(status, output=[item], usage=usage, incomplete_reason=reason)
+        final = self._response(
+            status, output=[item], usage=usage, incomplete_reason=reason, service_tier=self.service_tier
+        )
         return [
             self._event("response.output_text.done", **self._part(), text=text, logprobs=[]),
             self._event("response.content_part.done", **self._part(), part=_output_text(text)),
@@ -200,6 +206,7 @@ class ResponseStream:
         if isinstance(chunk.get("error"), dict):
             return self.failure(chunk["error"])
         self.model = chunk.get("model") or self.model
+        self.service_tier = served_tier(chunk) or self.service_tier
         if chunk.get("usage") is not None:
             self.usage = chunk["usage"]
         deltas = []
