@@ -62,11 +62,12 @@ class CircuitOpen(UpstreamError):
 
 
 def is_retryable(error: UpstreamError) -> bool:
-    """Worth another try or another model: rate limits, server failures, timeouts, unreachable hosts."""
+    """Worth another try or another model: rate limits, server failures, timeouts (the provider's 408 included),
+    unreachable hosts."""
     if isinstance(error, UpstreamTimeout | UpstreamConnectionError):
         return True
     if isinstance(error, UpstreamRejected):
-        return error.upstream_status == 429 or error.upstream_status >= 500
+        return error.upstream_status in (408, 429) or error.upstream_status >= 500
     return error.upstream_status is None or error.upstream_status >= 500
 
 

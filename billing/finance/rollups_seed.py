@@ -31,10 +31,17 @@ from decimal import Decimal
 from django.utils import timezone
 
 from billing.finance.rollups import usage_rollups_rebuild
-from billing.ledger.costs import Usage, batch_price, compression_saving, provider_cache_saving, routing_saving
+from billing.ledger.costs import (
+    BATCH_ENDPOINT,
+    Usage,
+    batch_price,
+    compression_saving,
+    provider_cache_saving,
+    routing_saving,
+)
 from billing.ledger.selectors import tenant_zone
 from billing.models import CacheStatus, UsageRecord
-from billing.quality.seed import BATCH_ENDPOINT, demo_evaluation_spend_set, seed_demo_evaluations
+from billing.quality.seed import demo_evaluation_spend_set, seed_demo_evaluations
 from routing.catalog import ModelPrices
 from routing.models import Model, ModelKind, TenantModelAccess
 from routing.policy.engine import SCORED_ROUTE

@@ -14,10 +14,10 @@ lever's shadow results in the same days (billing.quality.expectations).
 
 A request is priced at the tokens it really used (after compression, where it was compressed; cache reads and writes
 at the model's cache prices; a provider batch's discount where it had one, and the provider's flex tier's where the
-answer was served there, at the model each version routes it to: its batch multiplier, its flex multiplier or the list
-price when it has no flex prices), at the prices in force now of the model
-each version routes it to. Ledger rows with the same features are grouped in the database and priced once per group,
-on their summed tokens, at the ledger's ten places. A request a version refuses costs nothing under it.
+answer was served there: the routed model's batch multiplier, its flex multiplier or the list price when it has no flex
+prices), at the prices in force now of the model each version routes it to. Ledger rows with the same features are
+grouped in the database and priced once per group, on their summed tokens, at the ledger's ten places. A request a
+version refuses costs nothing under it.
 """
 
 from collections import defaultdict

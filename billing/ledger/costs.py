@@ -18,7 +18,8 @@ from decimal import ROUND_HALF_EVEN, Decimal
 from routing.catalog import ModelPrices
 
 LEDGER_QUANTUM = Decimal("0.0000000001")
-# The endpoint a batch line's ledger row names, whether the gateway ran it or the provider's batch endpoint did.
+# The endpoint a batch line's ledger row names, whether the gateway ran it or the provider's batch endpoint did: its
+# discount, if any, reads as the batch endpoint's (a line the gateway ran at the flex tier is not told apart).
 BATCH_ENDPOINT = "/v1/batches"
 ONE_MILLION = Decimal(1_000_000)
 ZERO_USD = Decimal(0)

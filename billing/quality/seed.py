@@ -59,7 +59,6 @@ ROUTING_AGREEMENT = {"classification": 0.985, "extraction": 0.97, "summarization
 ROUTING_AGREEMENT_OTHERWISE = 0.96
 EXACT_TASK_TYPES = ("classification", "extraction")
 EVALUATION_ROUTE = "shadow-evaluation"
-# The synthetic history's lines sent through the provider's batch API (billing.finance.rollups_seed).
 
 
 @dataclass(frozen=True)

@@ -266,7 +266,7 @@ def rejection(provider: ProviderEntry, response: httpx.Response, content: bytes,
         error_body = orjson.loads(content)
         message = error_body["error"]["message"]
     except (orjson.JSONDecodeError, KeyError, TypeError):
-        error_body, message = None, content[:200].decode(errors="replace")
+        error_body, message = None, content[:200].decode(errors="replace") or "(no body)"
     return UpstreamRejected(
         f"provider {provider.name} answered {response.status_code}: {message}",
         upstream_status=response.status_code,

@@ -1,7 +1,6 @@
 """The demo's synthetic history reads like the gateway's own ledger: each priced row names its price version."""
 
-from billing.finance.rollups_seed import BATCH_ENDPOINT
-from billing.ledger.costs import Usage
+from billing.ledger.costs import BATCH_ENDPOINT, Usage
 from billing.models import CacheStatus, UsageRecord
 from routing.catalog import ModelPrices
 

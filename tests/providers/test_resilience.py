@@ -45,7 +45,7 @@ def fallbacks(chain, *, policy=FAST, breaker_policy=NEVER_OPENS, attempt=complet
     return run(call_with_fallbacks(chain, attempt, policy=policy, breaker_policy=breaker_policy))
 
 
-@pytest.mark.parametrize("failing_name", ["mock-fail-503", "mock-fail-429", "mock-fail-500"])
+@pytest.mark.parametrize("failing_name", ["mock-fail-503", "mock-fail-429", "mock-fail-500", "mock-fail-408"])
 def test_falls_back_after_retrying_a_failing_status(mock_upstream, failing_name):
     failing, healthy = openai_model(mock_upstream, failing_name), openai_model(mock_upstream, "mock-small")
 

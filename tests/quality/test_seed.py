@@ -9,10 +9,10 @@ from decimal import Decimal
 from django.urls import reverse
 
 from billing.finance.rollups_seed import _prices, seed_demo_usage
+from billing.ledger.costs import BATCH_ENDPOINT
 from billing.models import CacheStatus, EvaluationSpend, Lever, ShadowEvaluation, UsageKind, UsageRecord
 from billing.quality.seed import (
     AGREEMENT,
-    BATCH_ENDPOINT,
     DEMO_SAMPLE_RATES,
     ROUTING_AGREEMENT_OTHERWISE,
     seed_demo_evaluations,
