@@ -112,14 +112,6 @@ async def rate_limit_check(
     applicable = limits.applicable(key_id=key_id, team_id=team_id, customer=customer)
     if not applicable:
         return ALLOWED_UNLIMITED
-    for limit in applicable:
-        if limit.tokens_per_minute is not None and tokens > limit.tokens_per_minute:
-            return RateLimitResult(
-                allowed=False,
-                retry_after_seconds=None,
-                refused_by=_subject(limit, customer),
-                too_large=(tokens, limit.tokens_per_minute),
-            )
     epoch = now.timestamp()
     window = int(epoch // WINDOW_SECONDS)
     reset_seconds = (window + 1) * WINDOW_SECONDS - epoch
@@ -132,10 +124,21 @@ async def rate_limit_check(
             logger.warning("rate limits in Redis unreachable (%s); counting in this process", exc)
     if counts is None:
         allowed, counts = _local_counters.check(applicable, window, tokens)
+    headers = _headers(applicable, counts, reset_seconds)
+    for limit in applicable:
+        if limit.tokens_per_minute is not None and tokens > limit.tokens_per_minute:
+            # Counted nowhere (no window could hold it), but told where the limits stand, as every answer is.
+            return RateLimitResult(
+                allowed=False,
+                retry_after_seconds=None,
+                headers=headers,
+                refused_by=_subject(limit, customer),
+                too_large=(tokens, limit.tokens_per_minute),
+            )
     return RateLimitResult(
         allowed=allowed,
         retry_after_seconds=None if allowed else max(math.ceil(reset_seconds), 1),
-        headers=_headers(applicable, counts, reset_seconds),
+        headers=headers,
         refused_by="" if allowed else _refused_by(applicable, counts, tokens, customer),
     )
 

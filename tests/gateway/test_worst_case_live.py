@@ -403,4 +403,10 @@ def test_a_token_rate_limit_counts_an_image_at_its_bound(gateway, acme):
     )
     assert f"the limit is {limit} tokens per minute, so no retry can succeed." in high.json()["error"]["message"]
     assert high.headers["x-should-retry"] == "false" and "retry-after" not in high.headers
+    # Where the limits stand, as on every answer: nothing of the minute used yet.
+    assert (high.headers["x-ratelimit-limit-tokens"], high.headers["x-ratelimit-remaining-tokens"]) == (
+        str(limit),
+        str(limit),
+    )
     assert low.status_code == 200, low.text
+    assert int(low.headers["x-ratelimit-remaining-tokens"]) < limit
