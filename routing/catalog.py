@@ -53,6 +53,8 @@ class ModelEntry:
     kind: str = ModelKind.CHAT
     # When the catalog entry was made (Unix seconds): /v1/models' `created`, stable from one listing to the next.
     created: int = 0
+    # The share of its prices an answer of the provider's batch endpoint is charged.
+    batch_price_multiplier: Decimal = Decimal("0.5")
     # The share of its prices an answer served at the provider's flex tier is charged; None: no flex prices.
     flex_price_multiplier: Decimal | None = None
 
@@ -159,6 +161,7 @@ def build_models_by_id(*, at: datetime | None = None) -> dict[int, ModelEntry]:
             supports_images=model.supports_images,
             created=int(model.created_at.timestamp()),
             kind=model.kind,
+            batch_price_multiplier=model.batch_price_multiplier,
             flex_price_multiplier=model.flex_price_multiplier,
         )
         for model in models

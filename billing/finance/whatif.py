@@ -44,7 +44,7 @@ from billing.quality.expectations import (
 )
 from billing.quality.selectors import RATE_PLACES
 from routing.catalog import ModelCatalog, build_model_catalog
-from routing.models import Model, RoutingPolicy
+from routing.models import RoutingPolicy
 from routing.policy.document import compile_policy
 from routing.policy.drafts import policy_draft_document
 from routing.policy.engine import RouteRequest, route_request_from_body
@@ -224,7 +224,6 @@ class _Tallies:
     """The running sums of a replay: per rule and per model for each version, and the undecided by reason."""
 
     catalog: ModelCatalog
-    batch_multipliers: dict[str, Decimal]
     rules: dict[str, dict[str, _Side]] = field(default_factory=lambda: defaultdict(lambda: defaultdict(_Side)))
     models: dict[str, dict[str, _Side]] = field(default_factory=lambda: defaultdict(lambda: defaultdict(_Side)))
     undecided: dict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))
@@ -237,9 +236,11 @@ class _Tallies:
     def cost(self, model: str, usage: Usage, *, discount: str) -> Decimal:
         entry = self.catalog.models[model]
         cost = usage.cost(entry.prices)
-        multiplier = {BATCH_DISCOUNT: self.batch_multipliers[model], FLEX_DISCOUNT: entry.flex_price_multiplier}.get(
-            discount
-        )
+        multiplier = None
+        if discount == BATCH_DISCOUNT:
+            multiplier = entry.batch_price_multiplier
+        elif discount == FLEX_DISCOUNT:
+            multiplier = entry.flex_price_multiplier
         if multiplier is not None:
             cost = batch_price(cost, multiplier=multiplier)[0]
         return cost
@@ -398,12 +399,7 @@ def whatif_replay(
     until = now or timezone.now()
     since = until - timedelta(days=days)
     catalog = build_model_catalog(tenant_id=tenant.pk)
-    tallies = _Tallies(
-        catalog=catalog,
-        batch_multipliers=dict(
-            Model.objects.filter(name__in=catalog.models).values_list("name", "batch_price_multiplier")
-        ),
-    )
+    tallies = _Tallies(catalog=catalog)
     logged = Exists(PayloadLog.objects.for_tenant(tenant).filter(request_id=OuterRef("request_id")))
     rows = (
         UsageRecord.objects.for_tenant(tenant)
