@@ -1,5 +1,6 @@
 """OpenAI-compatible upstreams: the request and the answer already have the shape the gateway speaks."""
 
+import functools
 import time
 from collections.abc import AsyncIterator
 
@@ -7,6 +8,7 @@ import httpx
 import orjson
 
 from routing.catalog import ProviderEntry
+from routing.max_tokens import requested_max_tokens
 from routing.providers.base import (
     MalformedAnswer,
     UpstreamReply,
@@ -23,6 +25,28 @@ from routing.providers.base import (
 )
 from routing.providers.prompt_cache import OFF
 from routing.tokens import embedding_inputs
+
+# OpenAI's own API, where ``max_tokens`` is deprecated and its reasoning models (o-series, gpt-5) refuse it, while
+# every chat model takes ``max_completion_tokens``. Other OpenAI-compatible servers get the field they were sent: some
+# know only ``max_tokens`` and refuse a field they do not know.
+OPENAI_API_HOST = "api.openai.com"
+
+
+@functools.lru_cache(maxsize=256)
+def _is_openai_itself(base_url: str) -> bool:
+    return httpx.URL(base_url).host == OPENAI_API_HOST
+
+
+def chat_body_for(provider: ProviderEntry, body: dict) -> dict:
+    """The chat request as the provider takes it: for OpenAI's own API, a cap sent as ``max_tokens`` (by the client,
+    or set by the gateway's caps and reservation) goes as ``max_completion_tokens``, which supersedes it."""
+    if "max_tokens" not in body or not _is_openai_itself(provider.base_url):
+        return body
+    cap = requested_max_tokens(body)
+    payload = {name: value for name, value in body.items() if name != "max_tokens"}
+    if cap is not None:
+        payload["max_completion_tokens"] = cap
+    return payload
 
 
 def _request(provider: ProviderEntry, body: dict, *, path: str = "/chat/completions") -> httpx.Request:
@@ -41,7 +65,9 @@ def _parsed(provider: ProviderEntry, response: httpx.Response, started: float):
 async def chat_completion(provider: ProviderEntry, body: dict, *, provider_cache: str = OFF) -> UpstreamReply:
     """``provider_cache`` changes nothing: OpenAI caches long prompts by itself, without checkpoints."""
     started = time.perf_counter()
-    response = await send_or_reject(provider, _request(provider, body), stream=False, started=started)
+    response = await send_or_reject(
+        provider, _request(provider, chat_body_for(provider, body)), stream=False, started=started
+    )
     parsed = _parsed(provider, response, started)
     try:
         reply = checked_chat_completion(parsed)
@@ -86,7 +112,8 @@ class OpenAIStream:
 
 async def open_chat_stream(provider: ProviderEntry, body: dict, *, provider_cache: str = OFF) -> OpenAIStream:
     started = time.perf_counter()
-    response = await send_or_reject(provider, _request(provider, body), stream=True, started=started)
+    request = _request(provider, chat_body_for(provider, body))
+    response = await send_or_reject(provider, request, stream=True, started=started)
     return OpenAIStream(provider, response, started)
 
 

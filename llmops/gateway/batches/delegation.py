@@ -33,6 +33,7 @@ from llmops.metrics import record_request_metrics
 from routing.catalog import ProviderEntry
 from routing.models import Model
 from routing.providers.kinds import provider_kind
+from routing.providers.openai import chat_body_for
 from tenants.authentication import KeyPrincipal
 
 logger = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ async def lines_delegate(*, batch: Batch, principal: KeyPrincipal) -> None:
         if not _delegates(served.provider):
             keep.append(line.id)
             continue
-        upstream_body = {**plan.body, "model": served.upstream_name}
+        upstream_body = chat_body_for(served.provider, {**plan.body, "model": served.upstream_name})
         groups.setdefault(served.provider.name, (served.provider, []))[1].append(
             (line, upstream_body, served.name, call.route)
         )
