@@ -15,6 +15,7 @@ from billing.ledger.events import RequestFacts, UsageEvent
 from core.cpu import run_sized
 from llmops.gateway.chat.worst_case import OutputBound, prediction_chars
 from llmops.gateway.concurrency import InflightSlot
+from llmops.gateway.errors import request_id_headers
 from llmops.gateway.shadow.rates import EvaluationRates
 from routing.catalog import ModelEntry
 from routing.media import PromptMedia
@@ -180,7 +181,7 @@ class GatewayCall(RequestFacts):
         return event
 
     def response_headers(self) -> dict[str, str]:
-        headers = {"x-llmops-request-id": self.request_id, "x-llmops-cache": str(self.cache_status)}
+        headers = {**request_id_headers(self.request_id), "x-llmops-cache": str(self.cache_status)}
         if self.cache_similarity is not None:
             headers["x-llmops-cache-similarity"] = f"{self.cache_similarity:.4f}"
         if self.served:

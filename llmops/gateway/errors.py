@@ -16,6 +16,14 @@ from routing import upstream
 logger = logging.getLogger(__name__)
 
 REQUEST_ID_HEADER = "x-llmops-request-id"
+# The header OpenAI names a request with: its SDK reads it into ``_request_id`` and ``APIStatusError.request_id``.
+OPENAI_REQUEST_ID_HEADER = "x-request-id"
+
+
+def request_id_headers(request_id: str) -> dict[str, str]:
+    """The headers that name a request: the gateway's own, and OpenAI's for its SDK."""
+    return {REQUEST_ID_HEADER: request_id, OPENAI_REQUEST_ID_HEADER: request_id}
+
 # What an outage of Postgres or Redis raises (a refused or dropped connection, a timeout, an exhausted pool).
 OUTAGE_ERRORS = (OperationalError, InterfaceError, RedisConnectionError, RedisTimeoutError)
 # What a client is told to wait before trying again through an outage.

@@ -10,12 +10,12 @@ from django.http.multipartparser import MultiPartParserError
 
 from llmops.gateway.call import new_request_id
 from llmops.gateway.errors import (
-    REQUEST_ID_HEADER,
     GatewayError,
     as_gateway_error,
     error_response,
     internal_error,
     invalid_request,
+    request_id_headers,
 )
 
 logger = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ def _error_for(exc: Exception) -> GatewayError:
 
 
 def json_error_response(error: GatewayError) -> HttpResponse:
-    return error_response(error, {**error.headers, REQUEST_ID_HEADER: new_request_id()})
+    return error_response(error, {**error.headers, **request_id_headers(new_request_id())})
 
 
 def json_errors(get_response):

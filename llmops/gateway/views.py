@@ -12,7 +12,13 @@ from rest_framework.permissions import IsAuthenticated
 from core.cpu import OFFLOAD_MIN_CHARS
 from llmops.gateway.call import GatewayCall, new_request_id
 from llmops.gateway.chat.completion import ValidatedBody, chat_completion_run, declared_size
-from llmops.gateway.errors import REQUEST_ID_HEADER, GatewayError, openai_error_response, openai_exception_handler
+from llmops.gateway.errors import (
+    REQUEST_ID_HEADER,
+    GatewayError,
+    openai_error_response,
+    openai_exception_handler,
+    request_id_headers,
+)
 from llmops.gateway.last_resort import json_error_response
 from llmops.gateway.parsers import OrjsonParser
 from llmops.gateway.snapshot import ConfigSnapshot, StartedRead, config_snapshot
@@ -84,7 +90,8 @@ class GatewayView(APIView):
         """Every answer names its request, refusals before any ledger row included."""
         response = super().finalize_response(request, response, *args, **kwargs)
         if REQUEST_ID_HEADER not in response:
-            response[REQUEST_ID_HEADER] = self.request_id
+            for name, value in request_id_headers(self.request_id).items():
+                response[name] = value
         return response
 
 
@@ -188,7 +195,8 @@ async def chat_completions(request: HttpRequest, started: StartedRead | None = N
         for name, value in call.response_headers().items():
             response[name] = value
     if REQUEST_ID_HEADER not in response:
-        response[REQUEST_ID_HEADER] = request_id
+        for name, value in request_id_headers(request_id).items():
+            response[name] = value
     response["Allow"] = CHAT_COMPLETIONS_METHODS
     return response
 

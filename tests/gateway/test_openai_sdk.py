@@ -21,6 +21,7 @@ def test_completion_through_the_sdk_is_recorded(openai_client, acme):
     assert completion.choices[0].message.content.startswith("Mock answer to: What is the capital")
     record = UsageRecord.objects.unscoped().get()
     assert raw.headers["x-llmops-request-id"] == record.request_id
+    assert completion._request_id == record.request_id  # the SDK reads OpenAI's x-request-id
     assert raw.headers["x-llmops-model"] == acme.small.name
     assert raw.headers["x-llmops-cache"] == "bypass"  # no caching rule: the cache is not read
     assert Decimal(raw.headers["x-llmops-cost-usd"]) == record.cost_usd
@@ -83,6 +84,7 @@ def test_bad_key_raises_authentication_error(gateway, acme):
         client.chat.completions.create(model=acme.small.name, messages=[{"role": "user", "content": "hi"}])
 
     assert excinfo.value.code == "invalid_api_key"
+    assert excinfo.value.request_id.startswith("req_")
     assert not UsageRecord.objects.unscoped().exists()
 
 
@@ -94,6 +96,7 @@ def test_bad_request_raises_bad_request_error_and_is_recorded(openai_client, acm
     assert excinfo.value.param == "messages"
     record = UsageRecord.objects.unscoped().get()
     assert (record.http_status, record.error_code, record.cost_usd) == (400, "empty_array", Decimal(0))
+    assert excinfo.value.request_id == record.request_id
 
 
 def test_unknown_model_raises_not_found_error(openai_client):
@@ -111,6 +114,7 @@ def test_models_lists_what_the_key_may_use(openai_client, acme, globex):
 
     listed = list(openai_client.models.list())
     retrieved = openai_client.models.retrieve(acme.small.name)
+    assert retrieved._request_id.startswith("req_")  # a DRF endpoint names its answers too
 
     assert [model.id for model in listed] == sorted([acme.small.name, acme.large.name])
     created = {model.id: model.created for model in listed}
