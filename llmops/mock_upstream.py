@@ -6,7 +6,8 @@ prompt caching imitated (a prompt of 1,024 tokens or more seen before reports it
 prefix in 128-token steps). The upstream model name switches on failure modes for tests:
 ``fail-<status>`` answers with that status, ``stall`` waits STALL_SECONDS before answering,
 ``no-usage`` leaves usage out, ``break`` ends a stream half way without ``[DONE]``, ``slow-stream``
-waits SLOW_STREAM_SECONDS between chunks, ``malformed-<kind>`` answers 200 with something that is not a usable chat
+waits SLOW_STREAM_SECONDS between chunks, ``refuse`` answers with a refusal (``message.refusal``, content null;
+streamed, ``delta.refusal`` chunks), ``malformed-<kind>`` answers 200 with something that is not a usable chat
 completion (MALFORMED_USAGE and MALFORMED_BODIES; streamed, a usage kind spoils the final usage chunk and a body kind
 is one event half way through). ``n`` is honoured as OpenAI does: n choices, and usage bills n completions.
 
@@ -222,7 +223,9 @@ class MockUpstream:
         if body.get("stream"):
             await self._stream(send, body, model, answer, usage, spoil=MALFORMED_BODIES.get(malformed))
             return
-        reply = self._completion(model, answer, None if "no-usage" in model else usage, choices=_choices(body))
+        reply = self._completion(
+            model, answer, None if "no-usage" in model else usage, choices=_choices(body), refusing="refuse" in model
+        )
         reply.update(_served_tier(body))
         if malformed in MALFORMED_BODIES:
             await self._raw(send, 200, MALFORMED_BODIES[malformed](reply), b"application/json")
@@ -385,7 +388,12 @@ class MockUpstream:
         return [("" if i == 0 else " ") + word for i, word in enumerate(words[:completion_tokens])]
 
     @staticmethod
-    def _completion(model: str, answer: list[str], usage: dict | None, *, choices: int = 1) -> dict:
+    def _completion(
+        model: str, answer: list[str], usage: dict | None, *, choices: int = 1, refusing: bool = False
+    ) -> dict:
+        text = "".join(answer)
+        # A refusal comes in its own field, with no content.
+        message = {"role": "assistant", "content": None if refusing else text, "refusal": text if refusing else None}
         reply = {
             "id": f"chatcmpl-mock{time.monotonic_ns()}",
             "object": "chat.completion",
@@ -394,7 +402,7 @@ class MockUpstream:
             "choices": [
                 {
                     "index": index,
-                    "message": {"role": "assistant", "content": "".join(answer), "refusal": None},
+                    "message": message,
                     "logprobs": None,
                     "finish_reason": "stop",
                 }
@@ -427,6 +435,7 @@ class MockUpstream:
             data = payload if isinstance(payload, bytes) else orjson.dumps(payload)
             await send({"type": "http.response.body", "body": b"data: " + data + b"\n\n", "more_body": True})
 
+        answered_in = "refusal" if "refuse" in model else "content"
         for index in range(_choices(body)):
             await event(
                 {
@@ -440,7 +449,8 @@ class MockUpstream:
                     return
                 if "slow-stream" in model:
                     await asyncio.sleep(SLOW_STREAM_SECONDS)
-                chunk = {**base, "choices": [{"index": index, "delta": {"content": piece}, "finish_reason": None}]}
+                delta = {answered_in: piece}
+                chunk = {**base, "choices": [{"index": index, "delta": delta, "finish_reason": None}]}
                 await event(spoil(chunk) if spoil is not None and i == len(answer) // 2 else chunk)
             await event({**base, "choices": [{"index": index, "delta": {}, "finish_reason": "stop"}]})
         if (body.get("stream_options") or {}).get("include_usage") and "no-usage" not in model:

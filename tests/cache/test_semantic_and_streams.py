@@ -126,6 +126,37 @@ def test_a_streamed_answer_is_cached_and_replayed_as_a_stream(gateway, acme_cach
     assert plain.json()["choices"][0]["message"]["content"] == text
 
 
+@pytest.mark.parametrize("first_streamed", [True, False])
+def test_a_refusal_is_cached_as_a_refusal_and_replayed_as_one(
+    gateway, acme_caching, openai_client, mock_upstream, first_streamed
+):
+    """A model's refusal (``refusal``, content null) is the answer: a streamed one used to be stored as an empty
+    content, and a stored one replayed as a stream lost it."""
+    refuser = ModelFactory(name="acme-refuser", provider=acme_caching.small.provider, upstream_name="mock-refuse")
+    tenant_model_access_set(
+        tenant=acme_caching.tenant, allowed_models=[acme_caching.small, refuser], default_model=acme_caching.small
+    )
+    question = "Write the exploit for this CVE"
+    if first_streamed:
+        first = _stream(openai_client, refuser.name, question)
+        refusal = "".join(chunk.choices[0].delta.refusal or "" for chunk in first if chunk.choices)
+    else:
+        refusal = chat(gateway, acme_caching, question, model=refuser.name).json()["choices"][0]["message"]["refusal"]
+    assert refusal.startswith("Mock answer to: Write the exploit")
+    cache_writes_flush()
+    served_before = mock_upstream.app.requests_served
+
+    plain = chat(gateway, acme_caching, question, model=refuser.name)
+    replay = _stream(openai_client, refuser.name, question)
+
+    assert plain.headers["x-llmops-cache"] == "hit-exact"
+    assert mock_upstream.app.requests_served == served_before
+    message = plain.json()["choices"][0]["message"]
+    assert (message["content"], message["refusal"]) == (None, refusal)
+    assert "".join(chunk.choices[0].delta.refusal or "" for chunk in replay if chunk.choices) == refusal
+    assert not "".join(chunk.choices[0].delta.content or "" for chunk in replay if chunk.choices)
+
+
 def test_an_answer_stored_without_usage_replays_the_gateways_count_to_a_stream_that_asks(
     gateway, acme_caching, openai_client
 ):

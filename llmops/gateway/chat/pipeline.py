@@ -123,6 +123,7 @@ class StreamRelay:
         self.client_wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         self.usage: Usage | None = None
         self.content_parts: list[str] = []
+        self.refusal_parts: list[str] = []
         self.finish_reason: str | None = None
         self.upstream_model = ""
         self.chunk_id = ""
@@ -192,6 +193,9 @@ class StreamRelay:
             content = delta.get("content")
             if content:
                 self.content_parts.append(content)
+            refusal = delta.get("refusal")
+            if refusal:
+                self.refusal_parts.append(refusal)
             if choice.get("finish_reason"):
                 self.finish_reason = choice["finish_reason"]
                 self.call.stop_sequence = upstream.named_stop_sequence(choice) or self.stream.stop_sequence
@@ -232,7 +236,7 @@ class StreamRelay:
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": "".join(self.content_parts), "refusal": None},
+                    "message": self._message(),
                     "logprobs": None,
                     "finish_reason": self.finish_reason,
                 }
@@ -240,6 +244,11 @@ class StreamRelay:
             "usage": _usage_fields(usage),
         }
         keep_answer(self.call, self.cache, answer)
+
+    def _message(self) -> dict:
+        """The assembled message, as OpenAI answers one: a refusal's content is null."""
+        content, refusal = "".join(self.content_parts), "".join(self.refusal_parts) or None
+        return {"role": "assistant", "content": None if refusal and not content else content, "refusal": refusal}
 
     def _usage_chunk(self) -> dict:
         """OpenAI's last chunk of a stream asked for usage (no choices), for the usage the stream was charged."""
@@ -364,10 +373,11 @@ async def _replay_events(call: GatewayCall, body: dict, answer: dict) -> AsyncIt
     for choice in answer["choices"]:
         index, message = choice.get("index", 0), choice["message"]
         yield event([{"index": index, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
-        content = message.get("content") or ""
-        for start in range(0, len(content), REPLAY_PIECE_CHARS):
-            piece = content[start : start + REPLAY_PIECE_CHARS]
-            yield event([{"index": index, "delta": {"content": piece}, "finish_reason": None}])
+        for field in ("content", "refusal"):
+            text = message.get(field) or ""
+            for start in range(0, len(text), REPLAY_PIECE_CHARS):
+                piece = text[start : start + REPLAY_PIECE_CHARS]
+                yield event([{"index": index, "delta": {field: piece}, "finish_reason": None}])
         if message.get("tool_calls"):
             tool_calls = [{"index": i, **tool_call} for i, tool_call in enumerate(message["tool_calls"])]
             yield event([{"index": index, "delta": {"tool_calls": tool_calls}, "finish_reason": None}])
