@@ -7,13 +7,20 @@ from django.utils import timezone
 from core.redaction import custom_pattern_errors
 from tenants.permissions import Role
 from tenants.scoping import TenantOwned, TenantScopedManager, TenantScopedQuerySet
+from tenants.time_zones import validate_time_zone
 
 
 class Tenant(TenantOwned, models.Model):
     slug = models.SlugField(max_length=64, unique=True)
     name = models.CharField(max_length=200)
     is_active = models.BooleanField(default=True)
-    time_zone = models.CharField(max_length=64, default="UTC")
+    time_zone = models.CharField(
+        max_length=64,
+        default="UTC",
+        validators=[validate_time_zone],
+        help_text="An IANA time zone name, like Europe/London or UTC: the tenant's days (budget periods, usage, "
+        "statements) are counted in it.",
+    )
     max_inflight_requests = models.PositiveIntegerField(
         null=True,
         blank=True,

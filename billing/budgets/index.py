@@ -8,15 +8,13 @@ instead (for budgets, instead of the default of the same period). A request with
 """
 
 import hashlib
-import logging
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_CEILING, Decimal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 from billing.models import Budget, BudgetAction, BudgetScope, RateLimit, RateLimitScope
-
-logger = logging.getLogger(__name__)
+from tenants.time_zones import tenant_zone_or_utc
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 UNITS_PER_USD = 10**10  # the ledger's quantum, 1e-10 USD, so counters are exact integers
@@ -97,14 +95,6 @@ class BudgetIndex:
         return [
             entry for entry in entries if not (entry.per_customer and not entry.customer and entry.period in overridden)
         ]
-
-
-def tenant_zone_or_utc(time_zone: str) -> ZoneInfo:
-    try:
-        return ZoneInfo(time_zone)
-    except (ZoneInfoNotFoundError, ValueError):
-        logger.error("unknown time zone %r; budget periods fall back to UTC", time_zone)
-        return ZoneInfo("UTC")
 
 
 def budget_entry(budget: Budget) -> BudgetEntry:

@@ -11,7 +11,6 @@ from django import forms
 from django.contrib import admin, messages
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.http import Http404, HttpResponse, HttpResponseBadRequest, HttpResponseNotAllowed
-from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
@@ -42,6 +41,7 @@ from routing.models import RoutingPolicy
 from tenants.admin import ReadOnlyScopedAdmin
 from tenants.models import Team, Tenant
 from tenants.permissions import Action
+from tenants.selectors import tenant_named
 
 DEFAULT_DASHBOARD_DAYS = 14
 # The what-if page's windows, in days; the first is the default.
@@ -236,7 +236,7 @@ class UsageRecordAdmin(ReadOnlyScopedAdmin):
     def statement_view(self, request):
         tenants = Tenant.objects.restrict(request.user, Action.EXPORT)
         tenant_slug = request.GET.get("tenant")
-        tenant = get_object_or_404(tenants, slug=tenant_slug) if tenant_slug else tenants.first()
+        tenant = tenant_named(tenants=tenants, slug=tenant_slug) if tenant_slug else tenants.first()
         if tenant is None:
             raise Http404("You may not see any tenant's statement.")
         try:

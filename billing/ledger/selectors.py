@@ -9,6 +9,7 @@ from billing.ledger.columns import GROUPINGS, grouping_choices
 from billing.ledger.totals import LedgerTotals, ledger_aggregates
 from billing.models import PRODUCT_ROWS, UsageRecord
 from tenants.models import Tenant
+from tenants.time_zones import tenant_zone_or_utc
 
 TOTAL_LABEL = "TOTAL"
 
@@ -30,7 +31,8 @@ class UsageRow(LedgerTotals):
 
 
 def tenant_zone(*, tenant: Tenant) -> ZoneInfo:
-    return ZoneInfo(tenant.time_zone)
+    """The tenant's time zone; UTC for a bad stored name, which must not break pages and jobs of every tenant."""
+    return tenant_zone_or_utc(tenant.time_zone)
 
 
 def tenant_days_bounds(*, tenant: Tenant, since: date, until: date) -> tuple[datetime, datetime]:

@@ -8,6 +8,7 @@ import pytest
 from billing.finance.rollups import latency_p95_ms, usage_rollups_rebuild, usage_rollups_refresh
 from billing.models import RollupCursor, UsageRecord, UsageRollupDaily, UsageRollupHourly
 from billing.models.rollups import LATENCY_BUCKET_EDGES_MS
+from tenants.models import Tenant
 from tests.finance.conftest import make_finance_tenant, usage_row
 
 START = datetime(2025, 3, 3, 22, 10, tzinfo=UTC)
@@ -147,3 +148,25 @@ def test_days_summed_from_hours_equal_the_ledger_across_a_daylight_saving_change
     for row in rows:
         expected[bisect_left(LATENCY_BUCKET_EDGES_MS, row.total_latency_ms)] += 1
     assert [sum(column) for column in zip(*histograms, strict=True)] == expected
+
+
+def requests_by_day(tenant) -> dict[date, int]:
+    days: dict[date, int] = {}
+    for rollup in UsageRollupDaily.objects.for_tenant(tenant):
+        days[rollup.day] = days.get(rollup.day, 0) + rollup.requests
+    return days
+
+
+def test_a_tenant_with_an_unknown_time_zone_stops_no_other_tenants_rollups(kolkata, caplog):
+    # Stored past the field's validation (written before it, or by .update()).
+    bad = make_finance_tenant("bad-zone")
+    Tenant.objects.unscoped().filter(pk=bad.tenant.pk).update(time_zone="Europe/Londn")
+    write_usage(bad, offsets_minutes=[0])
+    write_usage(kolkata, offsets_minutes=[0, 5])
+
+    usage_rollups_refresh()
+
+    assert requests_by_day(kolkata.tenant) == {date(2025, 3, 4): 2}
+    # The bad zone's days are counted in UTC: 22:10 UTC is still 3 March.
+    assert requests_by_day(bad.tenant) == {date(2025, 3, 3): 1}
+    assert "unknown tenant time zone 'Europe/Londn'" in caplog.text

@@ -11,6 +11,7 @@ from moto import mock_aws
 from billing.finance.statements import statement_build, statement_csv
 from billing.finance.tasks import statement_push_task, statements_push_task
 from billing.models import UsageRecord
+from tenants.models import Tenant
 from tests.factories import UserFactory
 from tests.finance.conftest import usage_row
 
@@ -69,6 +70,24 @@ def test_statement_of_another_tenant_answers_404(client, march_usage, globex):
     client.force_login(globex.finance_user)
     url = reverse("admin:billing_usage_statement")
     assert client.get(url, {"tenant": "acme", "month": "2025-03"}).status_code == 404
+
+
+def test_a_tenant_slug_with_a_nul_byte_answers_404(client, march_usage):
+    # PostgreSQL refuses NUL in text; the slug must not reach it.
+    client.force_login(march_usage.finance_user)
+    url = reverse("admin:billing_usage_statement")
+    assert client.get(url, {"tenant": "acme\x00", "month": "2025-03"}).status_code == 404
+
+
+def test_statement_of_a_tenant_with_an_unknown_time_zone_counts_utc_days(client, march_usage):
+    # Stored past the field's validation (written before it, or by .update()).
+    Tenant.objects.unscoped().filter(pk=march_usage.tenant.pk).update(time_zone="Europe/Londn")
+    client.force_login(march_usage.finance_user)
+    url = reverse("admin:billing_usage_statement")
+
+    page = client.get(url, {"tenant": "acme", "month": "2025-03"})
+
+    assert page.status_code == 200 and "2.25" in page.content.decode()
 
 
 def test_monthly_job_pushes_every_tenants_statement_to_s3(march_usage, globex, settings, eager_celery, monkeypatch):

@@ -2,9 +2,9 @@ from datetime import date, datetime, time
 
 from django.core.management.base import BaseCommand, CommandError
 
-from billing.budgets.index import tenant_zone_or_utc
 from billing.ledger.services import usage_records_purge
 from tenants.selectors import tenant_by_slug
+from tenants.time_zones import tenant_zone_or_utc
 
 
 class Command(BaseCommand):

@@ -2,7 +2,6 @@ import argparse
 import io
 import json
 from datetime import date, datetime, timedelta
-from zoneinfo import ZoneInfoNotFoundError
 
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
@@ -13,6 +12,7 @@ from billing.finance.statements import customer_statement_build, customer_statem
 from billing.ledger.costs import format_cost
 from billing.ledger.selectors import USAGE_ROW_TOTALS, UsageGroupBy, UsageRow, tenant_zone, usage_summary, usage_total
 from tenants.selectors import tenant_by_slug
+from tenants.time_zones import is_known_time_zone
 
 DEFAULT_PERIOD_DAYS = 30
 COLUMNS = ["group", *USAGE_ROW_TOTALS, "routed_to_large_percent"]
@@ -49,10 +49,10 @@ class Command(BaseCommand):
         tenant = tenant_by_slug(slug=tenant_slug)
         if tenant is None:
             raise CommandError(f"no tenant with slug '{tenant_slug}'")
-        try:
-            zone = tenant_zone(tenant=tenant)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise CommandError(f"tenant '{tenant.slug}' has an unknown time zone '{tenant.time_zone}'") from None
+        # Refused rather than read as UTC (as pages do): the report would print UTC days under the bad zone's name.
+        if not is_known_time_zone(tenant.time_zone):
+            raise CommandError(f"tenant '{tenant.slug}' has an unknown time zone '{tenant.time_zone}'")
+        zone = tenant_zone(tenant=tenant)
         until = until or timezone.localdate(timezone=zone)
         since = since or until - timedelta(days=DEFAULT_PERIOD_DAYS - 1)
         if since > until:
