@@ -9,10 +9,12 @@ import httpx
 import pytest
 from django.db.models import Sum
 
+from billing.budgets.reservations import BudgetUnavailable
 from billing.budgets.services import budget_create, budget_update
 from billing.ledger.costs import usage_cost
 from billing.models import RateLimit, UsageRecord
 from billing.ratelimits import rate_limit_create
+from llmops.gateway.chat import admission
 from routing.catalog import ModelPrices
 from routing.tokens import count_chat_tokens
 from tests.conftest import LARGE_PRICES, SMALL_PRICES
@@ -90,6 +92,32 @@ def test_downgrade_routes_to_the_cheaper_model_while_it_fits(gateway, acme):
     assert [r.status_code for r in served] == [200, 200, 200, 429]
     assert {r.headers["x-llmops-model"] for r in served[:3]} == {acme.small.name}
     assert "budget-downgrade" in served[0].headers["x-llmops-route"]
+
+
+def test_a_downgrade_whose_cheaper_counter_is_unavailable_is_a_503_not_a_500(gateway, acme, monkeypatch):
+    """The cheaper model's reservation can fail as the first one can (its counter being rebuilt, Postgres down while
+    it is seeded): the request is refused for now, as budget_unavailable, and nothing is reserved."""
+    limit = worst_case(SMALL_PRICES) * 3
+    budget_create(tenant=acme.tenant, scope="team", team=acme.team, period="day", limit_usd=limit, action="downgrade")
+    reserve = admission.budget_reserve
+    calls = []
+
+    async def cheaper_unavailable(**kwargs):
+        calls.append(kwargs["amount"])
+        if len(calls) == 2:
+            raise BudgetUnavailable("A budget counter is being rebuilt from the ledger; try again shortly.")
+        return await reserve(**kwargs)
+
+    monkeypatch.setattr(admission, "budget_reserve", cheaper_unavailable)
+    body = {"model": acme.large.name, "messages": MESSAGES, "max_tokens": MAX_TOKENS}
+
+    response = httpx.post(
+        f"{gateway.url}/v1/chat/completions", json=body, headers={"authorization": f"Bearer {acme.key}"}
+    )
+
+    assert len(calls) == 2
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "budget_unavailable"
 
 
 def test_notify_never_blocks_and_the_remaining_header_is_the_tightest(gateway, acme):

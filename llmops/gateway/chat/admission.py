@@ -199,10 +199,15 @@ async def admission_hold(
     if isinstance(slot, BaseException):
         raise slot
     if isinstance(reserved, BudgetUnavailable):
-        raise GatewayError(str(reserved), status=503, code="budget_unavailable") from reserved
+        raise _unavailable(reserved) from reserved
     if isinstance(reserved, BaseException) and not isinstance(reserved, BudgetExceeded):
         raise reserved
     return reserved
+
+
+def _unavailable(error: BudgetUnavailable) -> GatewayError:
+    """A budget's counter could not be read or seeded: the request is refused for now, never admitted unbudgeted."""
+    return GatewayError(str(error), status=503, code="budget_unavailable")
 
 
 def reservation_keep(call: GatewayCall, reservation: Reservation) -> None:
@@ -296,4 +301,6 @@ async def admit(
             raise _refusal(
                 still_exceeded, [cheaper], prompt_tokens=prompt_tokens, bound=bound, writers=writers, media=media
             ) from still_exceeded
+        except BudgetUnavailable as unavailable:
+            raise _unavailable(unavailable) from unavailable
     reservation_keep(call, reserved)
