@@ -4,6 +4,8 @@ The tenant comes from `?tenant=<slug>` checked against the caller's memberships 
 a tenant the caller may not export answers 404 exactly like one that does not exist.
 """
 
+from collections.abc import Mapping
+
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.core.files.storage import default_storage
 from django.http import FileResponse, Http404
@@ -19,6 +21,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from billing.finance.exports import (
+    USAGE_FILTER_NAMES,
     ExportError,
     ExportParams,
     UsageFilters,
@@ -79,19 +82,43 @@ def _text(max_length: int, help_text: str) -> serializers.CharField:
     return serializers.CharField(required=False, allow_blank=True, max_length=max_length, help_text=help_text)
 
 
+class UsageFilterField(serializers.CharField):
+    """A filter: omitted or empty selects every row. A value of only spaces, which DRF would trim to empty, is
+    refused: read as no filter it would export the whole tenant."""
+
+    default_error_messages = {"only_spaces": "Must not be only spaces: give a value, or leave the filter out."}
+
+    def __init__(self, max_length: int, help_text: str):
+        super().__init__(required=False, allow_blank=True, max_length=max_length, help_text=help_text)
+
+    def run_validation(self, data=serializers.empty):
+        if isinstance(data, str) and data and not data.strip():
+            self.fail("only_spaces")
+        return super().run_validation(data)
+
+
+def refuse_unknown_fields(data, *, known) -> None:
+    """Raise a validation error naming each field not in `known`: ignoring one would widen what is exported."""
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        expected = ", ".join(known)
+        raise serializers.ValidationError({name: [f"Unknown field; this takes {expected}."] for name in unknown})
+
+
 class UsageRangeQuerySerializer(serializers.Serializer):
-    """What every usage read and export takes: the tenant, the days, the grouping and the filters."""
+    """What every usage read and export takes: the tenant, the days, the grouping and the filters
+    (USAGE_FILTER_NAMES, read by _usage_filters)."""
 
     tenant = TenantSlugField(help_text="Tenant slug; optional when you may see exactly one tenant.")
     since = DayField(help_text="First day, tenant time zone.")
     until = DayField(help_text="Last day (inclusive), tenant time zone.")
     group_by = _text(200, f"Comma-separated, among {', '.join(ExportGrouping.values)}; omit for one row per request.")
-    team = _text(64, "Team slug.")
-    key = _text(16, "API key prefix.")
-    model = _text(128, "Served model.")
-    status = _text(32, "ok, error, or an HTTP status code.")
-    cache = _text(32, "Cache status: miss, hit-exact, hit-semantic, bypass.")
-    customer = _text(CUSTOMER_MAX_LENGTH, "End customer: only the rows of this one.")
+    team = UsageFilterField(64, "Team slug.")
+    key = UsageFilterField(16, "API key prefix.")
+    model = UsageFilterField(128, "Served model.")
+    status = UsageFilterField(32, "ok, error, or an HTTP status code.")
+    cache = UsageFilterField(32, "Cache status: miss, hit-exact, hit-semantic, bypass.")
+    customer = UsageFilterField(CUSTOMER_MAX_LENGTH, "End customer: only the rows of this one.")
 
 
 class UsagePageQuerySerializer(UsageRangeQuerySerializer):
@@ -107,11 +134,13 @@ class UsagePageQuerySerializer(UsageRangeQuerySerializer):
     offset = serializers.IntegerField(required=False, min_value=0, max_value=10**9, help_text="First group.")
 
 
-class UsageExportRequestSerializer(serializers.Serializer):
-    tenant = TenantSlugField(help_text="Tenant slug; optional when you may see exactly one tenant.")
-    since = DayField()
-    until = DayField()
-    group_by = serializers.CharField(required=False, allow_blank=True, max_length=200)
+class UsageExportRequestSerializer(UsageRangeQuerySerializer):
+    """The streamed export's parameters, in a body; a field it does not take is refused, never ignored."""
+
+    def to_internal_value(self, data):
+        if isinstance(data, Mapping):  # anything else DRF refuses itself
+            refuse_unknown_fields(data, known=self.fields)
+        return super().to_internal_value(data)
 
 
 def _validated(serializer_class: type[serializers.Serializer], data) -> dict:
@@ -127,15 +156,12 @@ def _usage_query(
     query = _validated(serializer_class, request.query_params.dict())
     tenant = finance_tenant(user=request.user, slug=query.get("tenant", ""))
     params = export_params_parse(since=query["since"], until=query["until"], group_by=query.get("group_by"))
-    filters = usage_filters_parse(
-        team=query.get("team", ""),
-        key=query.get("key", ""),
-        model=query.get("model", ""),
-        status=query.get("status", ""),
-        cache=query.get("cache", ""),
-        customer=query.get("customer", ""),
-    )
-    return tenant, params, filters
+    return tenant, params, _usage_filters(query)
+
+
+def _usage_filters(validated: dict) -> UsageFilters:
+    """The filters of a usage read, the streamed export or the async one; raises ExportError."""
+    return usage_filters_parse(**{name: validated.get(name, "") for name in USAGE_FILTER_NAMES})
 
 
 class FirstRendererNegotiation(BaseContentNegotiation):
@@ -349,7 +375,7 @@ class UsageExportCsvView(APIView):
                 field="until",
                 async_export={"method": "POST", "url": "/api/usage/exports/"},
             )
-        chunks = usage_export_chunks(tenant=tenant, params=params, queryset=filters.apply(UsageRecord.objects.all()))
+        chunks = usage_export_chunks(tenant=tenant, params=params, filters=filters)
         return csv_streaming_response(request._request, chunks, filename=params.filename(tenant))
 
 
@@ -392,6 +418,9 @@ ExportStatusSerializer = inline_serializer(
         "since": serializers.DateField(),
         "until": serializers.DateField(),
         "group_by": serializers.CharField(allow_blank=True),
+        "filters": serializers.DictField(
+            child=serializers.CharField(), help_text="The filters given (team, key, model, status, cache, customer)."
+        ),
         "error": serializers.CharField(allow_blank=True),
         "status_url": serializers.CharField(),
         "download_url": serializers.CharField(allow_null=True),
@@ -407,6 +436,7 @@ def _export_payload(export: UsageExport) -> dict:
         "since": export.since.isoformat(),
         "until": export.until.isoformat(),
         "group_by": export.group_by,
+        "filters": export.filters,
         "error": export.error,
         "status_url": base,
         "download_url": f"{base}download" if export.status == ExportStatus.DONE else None,
@@ -414,16 +444,23 @@ def _export_payload(export: UsageExport) -> dict:
 
 
 class UsageExportCreateView(APIView):
-    @extend_schema(request=UsageExportRequestSerializer, responses={202: ExportStatusSerializer})
+    @extend_schema(
+        request=UsageExportRequestSerializer,
+        responses={202: ExportStatusSerializer},
+        description="The fields of GET /api/usage/export.csv, in the body; an unknown field is refused (400).",
+    )
     def post(self, request: Request) -> Response:
+        # Only the tenant may come in the query: a filter left there would be ignored and widen the export.
+        refuse_unknown_fields(request.query_params, known=["tenant"])
         body = _validated(UsageExportRequestSerializer, request.data)
         try:
             slug = body.get("tenant") or request.query_params.get("tenant", "")
             tenant = finance_tenant(user=request.user, slug=slug)
             params = export_params_parse(since=body["since"], until=body["until"], group_by=body.get("group_by"))
+            filters = _usage_filters(body)
         except ExportError as error:
             return export_error_response(error)
-        export = usage_export_create(tenant=tenant, user=request.user, params=params)
+        export = usage_export_create(tenant=tenant, user=request.user, params=params, filters=filters)
         usage_export_queue(export)
         export.refresh_from_db()
         return Response(_export_payload(export), status=status.HTTP_202_ACCEPTED)

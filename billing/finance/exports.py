@@ -18,7 +18,7 @@ however many rows a range holds. An export too long to stream while the client w
 
 import tempfile
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from datetime import date
 
 from asgiref.sync import sync_to_async
@@ -220,13 +220,16 @@ def csv_chunks(header: Iterable[str], rows: Iterable[Sequence]) -> Iterator[byte
         yield "".join(pending).encode()
 
 
-def usage_export_chunks(*, tenant: Tenant, params: ExportParams, queryset: QuerySet | None = None) -> Iterator[bytes]:
+def usage_export_chunks(
+    *, tenant: Tenant, params: ExportParams, filters: "UsageFilters | None" = None
+) -> Iterator[bytes]:
     """The whole export as CSV bytes: ledger rows without a grouping, aggregates with one.
 
-    `queryset` narrows the ledger further (the admin action passes the rows it selected); the tenant and range
-    always apply.
+    The streamed export and the async one both call this with their filters, so both select the same rows.
     """
-    records = ledger_between(tenant=tenant, since=params.since, until=params.until, records=queryset)
+    records = ledger_between(tenant=tenant, since=params.since, until=params.until)
+    if filters is not None:
+        records = filters.apply(records)
     zone = tenant_zone(tenant=tenant)
     if not params.group_by:
         return request_csv_chunks(records, zone=zone)
@@ -234,11 +237,18 @@ def usage_export_chunks(*, tenant: Tenant, params: ExportParams, queryset: Query
     return csv_chunks(header, aggregate_rows(records, group_by=params.group_by, zone=zone))
 
 
-def usage_export_create(*, tenant: Tenant, user, params: ExportParams) -> UsageExport:
+def usage_export_create(
+    *, tenant: Tenant, user, params: ExportParams, filters: "UsageFilters | None" = None
+) -> UsageExport:
     """Record an export too long to stream while the client waits; the caller queues its writing
     (billing.finance.tasks.usage_export_queue)."""
     return UsageExport.objects.create(
-        tenant=tenant, requested_by=user, since=params.since, until=params.until, group_by=params.group_by_text
+        tenant=tenant,
+        requested_by=user,
+        since=params.since,
+        until=params.until,
+        group_by=params.group_by_text,
+        filters=filters.stored() if filters is not None else {},
     )
 
 
@@ -246,12 +256,13 @@ def usage_export_write(*, export: UsageExport) -> UsageExport:
     """Write an export's CSV to storage under a name only the export row knows; a failure is recorded on the row.
     The Celery task billing.finance.tasks.usage_export_write_task runs it."""
     params = export_params_parse(since=export.since, until=export.until, group_by=export.group_by)
+    filters = usage_filters_parse(**export.filters)
     UsageExport.objects.for_tenant(export.tenant_id).filter(pk=export.pk).update(status=ExportStatus.RUNNING)
     name = f"usage-exports/{export.tenant_id}/{export.pk}-{params.filename(export.tenant)}"
     try:
         # Spooled to a local temporary file first, so any storage backend (S3 included) gets one upload.
         with tempfile.TemporaryFile() as spool:
-            for chunk in usage_export_chunks(tenant=export.tenant, params=params):
+            for chunk in usage_export_chunks(tenant=export.tenant, params=params, filters=filters):
                 spool.write(chunk)
             spool.seek(0)
             name = default_storage.save(name, File(spool))
@@ -302,6 +313,10 @@ class UsageFilters:
     def narrows(self) -> bool:
         return self != UsageFilters()
 
+    def stored(self) -> dict[str, str]:
+        """The filters given, as UsageExport.filters keeps them; usage_filters_parse(**stored) reads them back."""
+        return {name: value for name, value in asdict(self).items() if value}
+
     def apply(self, queryset: QuerySet[UsageRecord]) -> QuerySet[UsageRecord]:
         if self.customer:
             queryset = queryset.filter(customer=self.customer)
@@ -323,6 +338,9 @@ class UsageFilters:
         if self.status == "error":
             return Q(http_status__gte=400)
         return Q(http_status=int(self.status))
+
+
+USAGE_FILTER_NAMES = tuple(field.name for field in fields(UsageFilters))
 
 
 def usage_filters_parse(

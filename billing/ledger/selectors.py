@@ -43,16 +43,10 @@ def tenant_days_bounds(*, tenant: Tenant, since: date, until: date) -> tuple[dat
     )
 
 
-def ledger_between(
-    *, tenant: Tenant, since: date, until: date, records: QuerySet[UsageRecord] | None = None
-) -> QuerySet[UsageRecord]:
-    """The tenant's ledger from the start of `since` to the end of `until`, both days in the tenant's time zone.
-
-    `records` narrows it further (rows an admin selected, filters); the tenant and the days always apply.
-    """
+def ledger_between(*, tenant: Tenant, since: date, until: date) -> QuerySet[UsageRecord]:
+    """The tenant's ledger from the start of `since` to the end of `until`, both days in the tenant's time zone."""
     start, end = tenant_days_bounds(tenant=tenant, since=since, until=until)
-    records = UsageRecord.objects.all() if records is None else records
-    return records.for_tenant(tenant).filter(created_at__gte=start, created_at__lt=end)
+    return UsageRecord.objects.for_tenant(tenant).filter(created_at__gte=start, created_at__lt=end)
 
 
 USAGE_ROW_TOTALS = (

@@ -20,6 +20,11 @@ class UsageExport(models.Model):
     since = models.DateField()
     until = models.DateField()
     group_by = models.CharField(max_length=64, blank=True, help_text="Comma-separated groupings; blank: ledger rows.")
+    filters = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="The usage filters given (team, key, model, status, cache, customer), by name; {}: every row.",
+    )
     status = models.CharField(max_length=16, choices=ExportStatus.choices, default=ExportStatus.PENDING)
     file_name = models.CharField(max_length=255, blank=True)
     error = models.TextField(blank=True)

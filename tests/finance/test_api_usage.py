@@ -194,3 +194,92 @@ def test_openapi_schema_and_docs_page_are_served_locally(client, acme):
     assert "drf_spectacular_sidecar/swagger-ui-dist/swagger-ui-bundle.js" in docs
     # No script or style from another host (a CDN): every src and href is a path on this server.
     assert not re.search(r"""(?:src|href)\s*=\s*["'](?:https?:)?//""", docs)
+
+
+def for_customer(row: UsageRecord, customer: str) -> UsageRecord:
+    row.customer = customer
+    return row
+
+
+@pytest.fixture
+def customer_ledgers(acme, globex):
+    """The rows of `ledgers`, acme's first two for the end customer alice and the third for bob; globex's an alice of
+    its own."""
+    UsageRecord.objects.bulk_create(
+        [
+            for_customer(usage_row(acme.keys[0], created_at=DAY, cost="0.1000000000", model="m-small"), "alice"),
+            for_customer(
+                usage_row(acme.keys[1], created_at=DAY + timedelta(hours=1), cost="0.2000000000", model="m-large"),
+                "alice",
+            ),
+            for_customer(
+                usage_row(acme.keys[1], created_at=DAY + timedelta(days=1), cost="0.0300000000", http_status=502),
+                "bob",
+            ),
+            for_customer(usage_row(globex.keys[0], created_at=DAY, cost="9.0000000000"), "alice"),
+        ]
+    )
+    return acme, globex
+
+
+@pytest.mark.parametrize(("field", "value"), [("team", "acme-support"), ("customer", "alice")])
+def test_async_export_applies_the_sync_exports_filters(
+    client, customer_ledgers, tmp_path, settings, eager_celery, django_capture_on_commit_callbacks, field, value
+):
+    settings.MEDIA_ROOT = tmp_path
+    acme, _ = customer_ledgers
+    client.force_login(acme.finance_user)
+    params = {"tenant": "acme", **RANGE, field: value}
+
+    with django_capture_on_commit_callbacks(execute=True):
+        created = client.post("/api/usage/exports/", params, content_type="application/json")
+    assert created.status_code == 202
+    status = client.get(created.json()["status_url"]).json()
+    assert status["status"] == "done"
+    assert status["filters"] == {field: value}
+    download = client.get(status["download_url"])
+    exported = list(csv.DictReader(io.StringIO(b"".join(download.streaming_content).decode())))
+    streamed = csv_rows(client.get("/api/usage/export.csv", params))
+
+    assert len(exported) == 2
+    assert {row[field] for row in exported} == {value}
+    assert exported == streamed
+
+
+def test_async_export_refuses_a_field_it_does_not_take(client, ledgers):
+    acme, _ = ledgers
+    client.force_login(acme.finance_user)
+
+    in_body = client.post("/api/usage/exports/", {**RANGE, "teams": "acme-search"}, content_type="application/json")
+    in_query = client.post("/api/usage/exports/?team=acme-search", RANGE, content_type="application/json")
+
+    for refused, field in ((in_body, "teams"), (in_query, "team")):
+        assert refused.status_code == 400
+        error = refused.json()["error"]
+        assert (error["code"], error["field"]) == ("invalid_request", field)
+    assert not UsageExport.objects.for_tenant(acme.tenant).exists()
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("get", "/api/usage/export.csv"),
+        ("get", "/api/usage/"),
+        ("post", "/api/usage/exports/"),
+        ("get", "/api/usage/customer-statement.csv"),
+    ],
+)
+def test_a_filter_of_only_spaces_is_refused_not_read_as_no_filter(client, customer_ledgers, method, path):
+    acme, _ = customer_ledgers
+    client.force_login(acme.finance_user)
+    params = {"tenant": "acme", **RANGE, "customer": " "}
+
+    if method == "post":
+        response = client.post(path, params, content_type="application/json")
+    else:
+        response = client.get(path, params)
+
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert (error["code"], error["field"]) == ("invalid_request", "customer")
+    assert not UsageExport.objects.for_tenant(acme.tenant).exists()
