@@ -35,24 +35,45 @@ class KeyPrincipal:
     is_anonymous = False
 
 
+def _principal(key: ApiKey) -> KeyPrincipal:
+    return KeyPrincipal(
+        key_id=key.pk,
+        key_prefix=key.prefix,
+        secret_hash=key.secret_hash,
+        tenant_id=key.tenant_id,
+        tenant_slug=key.tenant.slug,
+        team_id=key.team_id,
+        team_slug=key.team.slug,
+        expires_at=key.expires_at,
+        revoked_at=key.revoked_at,
+        tenant_active=key.tenant.is_active,
+        team_active=key.team.is_active,
+    )
+
+
 def build_key_index(*, tenant_id: int) -> dict[str, KeyPrincipal]:
     """The tenant's keys by prefix, revoked and expired ones included (they are refused with their reason)."""
     return {
-        key.prefix: KeyPrincipal(
-            key_id=key.pk,
-            key_prefix=key.prefix,
-            secret_hash=key.secret_hash,
-            tenant_id=key.tenant_id,
-            tenant_slug=key.tenant.slug,
-            team_id=key.team_id,
-            team_slug=key.team.slug,
-            expires_at=key.expires_at,
-            revoked_at=key.revoked_at,
-            tenant_active=key.tenant.is_active,
-            team_active=key.team.is_active,
-        )
-        for key in ApiKey.objects.for_tenant(tenant_id).select_related("tenant", "team")
+        key.prefix: _principal(key) for key in ApiKey.objects.for_tenant(tenant_id).select_related("tenant", "team")
     }
+
+
+def key_principal(*, tenant_id: int, key_id: int) -> KeyPrincipal | None:
+    """One key as the database has it now, for work that runs long after its request was authenticated (a batch's
+    lines): one query. None for a key that no longer exists."""
+    key = ApiKey.objects.for_tenant(tenant_id).select_related("tenant", "team").filter(pk=key_id).first()
+    return _principal(key) if key is not None else None
+
+
+def key_refusal(principal: KeyPrincipal) -> str | None:
+    """Why the key may not be used now (revoked, expired, or its team or tenant disabled), or None while it may."""
+    if principal.revoked_at is not None:
+        return f"The API key {principal.key_prefix}… has been revoked."
+    if principal.expires_at is not None and principal.expires_at <= timezone.now():
+        return f"The API key {principal.key_prefix}… expired at {principal.expires_at.isoformat()}."
+    if not (principal.tenant_active and principal.team_active):
+        return f"The API key {principal.key_prefix}… belongs to a disabled tenant or team."
+    return None
 
 
 def key_tenant_id(*, prefix: str) -> int | None:
@@ -100,12 +121,9 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
         principal = self.keys.get(parsed.prefix) if parsed else None
         if principal is None or not secret_matches(parsed.secret, principal.secret_hash):
             raise InvalidApiKey(f"Incorrect API key provided: {_masked(raw_key)}.")
-        if principal.revoked_at is not None:
-            raise InvalidApiKey(f"The API key {principal.key_prefix}… has been revoked.")
-        if principal.expires_at is not None and principal.expires_at <= timezone.now():
-            raise InvalidApiKey(f"The API key {principal.key_prefix}… expired at {principal.expires_at.isoformat()}.")
-        if not (principal.tenant_active and principal.team_active):
-            raise InvalidApiKey(f"The API key {principal.key_prefix}… belongs to a disabled tenant or team.")
+        refusal = key_refusal(principal)
+        if refusal is not None:
+            raise InvalidApiKey(refusal)
         return principal
 
     def authenticate_header(self, request):

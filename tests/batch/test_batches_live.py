@@ -12,6 +12,7 @@ from billing.ratelimits import rate_limit_create
 from llmops.gateway.batches.models import Batch, BatchLine
 from llmops.gateway.batches.runner import batch_process
 from llmops.gateway.batches.services import line_request_id
+from tenants.services import api_key_create, api_key_revoke, team_create
 from tests.batch.conftest import (
     DELEGATING_PROVIDER,
     WORKER_ENV,
@@ -124,6 +125,54 @@ def test_cancel_mid_run_keeps_finished_lines_and_runs_no_more(worker, openai_cli
     cancelled = [row for row in rows(openai_client, done.error_file_id) if row["error"]]
     assert len(cancelled) == 30 - completed and {row["error"]["code"] for row in cancelled} == {"batch_cancelled"}
     # Lines in flight when the cancel came finished; none was sent after it.
+    assert slow_upstream.app.requests_served - served_before == completed
+    ledger = batch_ledger(batch.id)
+    assert len(ledger) == completed and reported_cost(done) == sum(r.cost_usd for r in ledger)
+
+
+def revoke_key(acme) -> None:
+    api_key_revoke(api_key=acme.api_key)
+
+
+def disable_team(acme) -> None:
+    acme.team.is_active = False
+    acme.team.save(update_fields=["is_active"])
+
+
+@pytest.mark.parametrize(
+    ("stop", "reason"), [(revoke_key, "has been revoked"), (disable_team, "belongs to a disabled tenant or team")]
+)
+def test_a_key_refused_mid_run_stops_the_batch_at_its_next_line(
+    stop, reason, worker, gateway, openai_client, acme, slow_upstream
+):
+    """The kill switch holds for batches: a key revoked, or its team disabled, while its batch runs sends no line
+    more; those in flight finish and are billed."""
+    provider_model(slow_upstream.url, provider_name="slow-mock", model_name="acme-slow", tenant=acme)
+    _, auditor_key = api_key_create(team=team_create(tenant=acme.tenant, slug="audit"), name="reads the batch")
+    total = 30
+    served_before = slow_upstream.app.requests_served
+    file_id = upload(openai_client, [chat_line(f"line-{n}", "acme-slow") for n in range(total)])
+    batch = openai_client.batches.create(
+        input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    wait_for(lambda: openai_client.batches.retrieve(batch.id).request_counts.completed >= 2)
+
+    stop(acme)
+    served_at_stop = slow_upstream.app.requests_served
+    with sdk(gateway, auditor_key) as auditor:
+        done = wait_finished(auditor, batch.id)
+        errors = rows(auditor, done.error_file_id)
+
+    assert done.status == "cancelled" and done.cancelling_at and done.cancelled_at
+    completed = done.request_counts.completed
+    assert 2 <= completed < total and done.request_counts.failed == 0
+    [why] = done.errors.data
+    assert why.code == "invalid_api_key" and reason in why.message
+    unrun = [row["error"] for row in errors]
+    assert len(unrun) == total - completed
+    assert {error["code"] for error in unrun} == {"invalid_api_key"} and all(reason in e["message"] for e in unrun)
+    # At most one line per line worker was on its way when the change committed; nothing was sent after those.
+    assert slow_upstream.app.requests_served - served_at_stop <= int(WORKER_ENV["LLMOPS_BATCH_TENANT_CONCURRENCY"])
     assert slow_upstream.app.requests_served - served_before == completed
     ledger = batch_ledger(batch.id)
     assert len(ledger) == completed and reported_cost(done) == sum(r.cost_usd for r in ledger)

@@ -1,8 +1,11 @@
 """Async single jobs: 202 at once, run by the live worker, the answer kept and sent to a signed webhook."""
 
+from datetime import timedelta
+
 import httpx
 import orjson
 import pytest
+from django.utils import timezone
 from standardwebhooks import Webhook, WebhookVerificationError
 
 from billing.models import UsageRecord
@@ -153,10 +156,37 @@ def test_a_job_whose_key_is_revoked_before_it_runs_fails_with_openai_error(live_
     assert (job.status, job.status_code) == (JobStatus.FAILED, 401)
     assert job.result == {
         "error": {
-            "message": "The job's API key was revoked.",
+            "message": f"The API key {acme.api_key.prefix}… has been revoked.",
             "type": "invalid_request_error",
             "param": None,
             "code": "invalid_api_key",
         }
     }
+    assert not UsageRecord.objects.unscoped().filter(request_id=job_request_id(job_id)).exists()
+
+
+def expire_key(acme) -> None:
+    acme.api_key.expires_at = timezone.now() - timedelta(seconds=1)
+    acme.api_key.save(update_fields=["expires_at"])
+
+
+def disable_team(acme) -> None:
+    acme.team.is_active = False
+    acme.team.save(update_fields=["is_active"])
+
+
+@pytest.mark.parametrize(("refuse", "reason"), [(expire_key, "expired at"), (disable_team, "disabled tenant or team")])
+def test_a_job_whose_key_expired_or_team_was_disabled_before_it_runs_is_refused(
+    refuse, reason, live_broker, gateway, acme
+):
+    headers = {"Authorization": f"Bearer {acme.key}"}
+    body = {"model": "acme-small", "messages": [{"role": "user", "content": "hi"}]}
+    job_id = httpx.post(f"{gateway.url}/api/jobs", json=body, headers=headers).json()["id"]
+    refuse(acme)
+
+    run_on_a_new_loop(job_run(job_id=job_id))
+
+    job = Job.objects.unscoped().get(pk=job_id)
+    assert (job.status, job.status_code, job.result["error"]["code"]) == (JobStatus.FAILED, 401, "invalid_api_key")
+    assert reason in job.result["error"]["message"]
     assert not UsageRecord.objects.unscoped().filter(request_id=job_request_id(job_id)).exists()

@@ -7,12 +7,15 @@ import httpx
 import openai
 import orjson
 import pytest
+from django.core.files.uploadedfile import UploadedFile
 from openai import OpenAI
 
 from billing.budgets.services import budget_create
 from billing.models import UsageRecord
 from llmops.gateway.batches.models import BatchLine, Job
 from llmops.gateway.batches.runner import batch_process
+from llmops.gateway.batches.services import UPLOAD_OVERHEAD_BYTES
+from llmops.gateway.batches.views import UploadParser
 from routing.services import tenant_model_access_set
 from tests.batch.conftest import chat_line, jsonl
 from tests.batch.test_batches_live import rows, upload, wait_finished
@@ -140,6 +143,39 @@ def test_upload_refusals(live_broker, files_root, openai_client, settings):
     assert (too_large.value.status_code, too_large.value.code) == (413, "file_too_large")
     assert wrong_purpose.value.param == "purpose"
     assert wrong_window.value.param == "completion_window"
+
+
+def never_read(*args, **kwargs):
+    raise AssertionError("the content of an upload over the limit was read")
+
+
+def test_an_upload_over_the_limit_is_refused_from_its_size_before_its_content_is_read(
+    live_broker, files_root, openai_client, settings, monkeypatch
+):
+    settings.LLMOPS_FILES_MAX_BYTES = 100
+    monkeypatch.setattr(UploadedFile, "read", never_read)
+    big = jsonl([chat_line(f"line-{n}", "acme-small") for n in range(5)])
+
+    with pytest.raises(openai.APIStatusError) as too_large:
+        openai_client.files.create(file=("big.jsonl", io.BytesIO(big)), purpose="batch")
+
+    assert (too_large.value.status_code, too_large.value.code) == (413, "file_too_large")
+    assert too_large.value.body["message"] == f"The file is {len(big)} bytes; the limit is 100 bytes."
+
+
+def test_a_request_body_far_over_the_file_limit_is_refused_before_it_is_parsed(
+    live_broker, files_root, openai_client, settings, monkeypatch
+):
+    """Its Content-Length tells it: no part of it is parsed (nor spooled to disk by the parser)."""
+    settings.LLMOPS_FILES_MAX_BYTES = 100
+    monkeypatch.setattr(UploadParser, "parse", never_read)
+    big = b"x" * (100 + UPLOAD_OVERHEAD_BYTES + 1)
+
+    with pytest.raises(openai.APIStatusError) as too_large:
+        openai_client.files.create(file=("big.jsonl", io.BytesIO(big)), purpose="batch")
+
+    assert (too_large.value.status_code, too_large.value.code) == (413, "file_too_large")
+    assert not list(files_root.rglob("*.jsonl"))
 
 
 def test_files_and_batches_of_another_tenant_answer_404(live_broker, files_root, gateway, openai_client, acme, globex):

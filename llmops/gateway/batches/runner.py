@@ -30,6 +30,7 @@ from llmops.gateway.batches.services import (
     batch_lease_acquire,
     batch_lease_release,
     batch_lease_renew,
+    batch_stop,
     batch_validate,
     line_record,
     line_request_id,
@@ -39,7 +40,7 @@ from llmops.gateway.call import GatewayCall
 from llmops.gateway.chat.completion import chat_completion_run
 from llmops.gateway.errors import GatewayError, as_gateway_error, error_body
 from llmops.gateway.snapshot import ConfigSnapshot, config_snapshot
-from tenants.authentication import KeyPrincipal
+from tenants.authentication import KeyPrincipal, key_principal, key_refusal
 
 logger = logging.getLogger(__name__)
 
@@ -62,12 +63,28 @@ def _db(function):
     return database_sync_to_async(function)
 
 
-def batch_principal(batch: Batch, snapshot: ConfigSnapshot) -> KeyPrincipal | None:
-    """The batch's key as its tenant's configuration has it now: a key revoked since the upload runs nothing more."""
-    principal = snapshot.keys.get(batch.api_key.prefix)
-    if principal is None or principal.revoked_at is not None or not principal.tenant_active:
-        return None
+class KeyRefused(Exception):
+    """The batch's key may no longer be used; the message says why."""
+
+
+def batch_principal(*, batch: Batch) -> KeyPrincipal:
+    """The batch's key as the database has it now, checked as authentication checks a request's (one query): raises
+    KeyRefused for a key revoked or expired since the upload, or whose team or tenant was disabled."""
+    principal = key_principal(tenant_id=batch.tenant_id, key_id=batch.api_key_id)
+    refusal = key_refusal(principal) if principal is not None else "The batch's API key no longer exists."
+    if refusal is not None:
+        raise KeyRefused(refusal)
     return principal
+
+
+async def _usable_principal(batch: Batch) -> KeyPrincipal | None:
+    """The batch's key if it may still be used; else None, with the batch stopped (batch_stop) saying why."""
+    try:
+        return await _db(batch_principal)(batch=batch)
+    except KeyRefused as refused:
+        if await _db(batch_stop)(batch_id=batch.id, refusal=str(refused)):
+            logger.warning("batch %s stops: %s", batch.id, refused)
+        return None
 
 
 async def batch_process(batch_id: str) -> None:
@@ -94,12 +111,9 @@ async def _renew_lease(batch_id: str) -> None:
 
 
 async def _process_leased(batch_id: str) -> None:
-    batch = await _db(batches_for_workers().select_related("api_key").get)(pk=batch_id)
-    snapshot = await config_snapshot.for_tenant(batch.api_key.tenant_id)
-    principal = batch_principal(batch, snapshot)
-    if principal is None and batch.status in (BatchStatus.VALIDATING, BatchStatus.IN_PROGRESS):
-        logger.warning("batch %s stops: its key is revoked or its tenant disabled", batch_id)
-        await _db(batches_for_workers().filter(pk=batch_id, status=batch.status).update)(status=BatchStatus.CANCELLING)
+    batch = await _db(batches_for_workers().get)(pk=batch_id)
+    snapshot = await config_snapshot.for_tenant(batch.tenant_id)
+    principal = await _usable_principal(batch)
     if batch.status == BatchStatus.VALIDATING and principal is not None:
         batch = await _db(batch_validate)(batch=batch, snapshot=snapshot, principal=principal)
     await _db(batch_expire_if_due)(batch_id=batch_id)
@@ -120,9 +134,14 @@ async def _run_lines(batch: Batch, principal: KeyPrincipal) -> None:
 
 
 async def _line_worker(batch: Batch, principal: KeyPrincipal) -> None:
+    """Claims lines one by one while the key may be used: it is checked again before each claim, so a key revoked or
+    expired mid-run, or a team or tenant disabled, sends nothing more (lines in flight finish)."""
     tenant_slot = _slot("tenant", principal.tenant_id, settings.LLMOPS_BATCH_TENANT_CONCURRENCY)
     while True:
         async with tenant_slot:
+            principal = await _usable_principal(batch)
+            if principal is None:
+                return
             claimed = await _db(lines_claim)(batch_id=batch.id, limit=1)
             if not claimed:
                 return

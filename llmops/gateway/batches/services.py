@@ -15,6 +15,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
+from typing import IO
 
 import orjson
 from django.conf import settings
@@ -66,7 +67,11 @@ COMPLETION_WINDOWS = {"24h": timedelta(hours=24)}
 TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
 IDEMPOTENCY_KEY_MAX_LENGTH = 255
 CUSTOM_ID_MAX_LENGTH = 512
+# The code of a batch stopped because its key may no longer be used, and of its lines never run: authentication's.
+KEY_REFUSED = "invalid_api_key"
 FILENAME_MAX_LENGTH = 255
+# What a multipart upload's body holds beside the file: boundaries, part headers, the purpose field.
+UPLOAD_OVERHEAD_BYTES = 64 * 1024
 
 
 def line_request_id(*, batch_id: str, custom_id: str, attempt: int) -> str:
@@ -80,16 +85,27 @@ def _output_line_id(batch_id: str, custom_id: str) -> str:
     return f"batch_req_{digest[:24]}"
 
 
-def file_create(*, principal: KeyPrincipal, filename: str, purpose: str, content: bytes) -> File:
+def upload_size_check(*, size: int, request_body: bool = False) -> None:
+    """413 ``file_too_large`` for an upload over LLMOPS_FILES_MAX_BYTES, told from its size before it is read: the
+    file's, or the whole multipart body's (``request_body``), which holds the file and a little more."""
+    limit = settings.LLMOPS_FILES_MAX_BYTES
+    if request_body and size > limit + UPLOAD_OVERHEAD_BYTES:
+        message = f"The request body is {size} bytes, more than a file within the {limit}-byte limit takes."
+        raise GatewayError(message, status=413, code="file_too_large")
+    if not request_body and size > limit:
+        raise GatewayError(f"The file is {size} bytes; the limit is {limit} bytes.", status=413, code="file_too_large")
+
+
+def file_create(*, principal: KeyPrincipal, filename: str, purpose: str, upload: IO[bytes], size: int) -> File:
+    """Store an uploaded file; ``size`` is what the upload says it holds, checked before anything is read."""
     if purpose != FilePurpose.BATCH:
         raise invalid_request(
             f"Invalid purpose {purpose!r}: only 'batch' files are accepted.", param="purpose", code="invalid_value"
         )
-    limit = settings.LLMOPS_FILES_MAX_BYTES
-    if len(content) > limit:
-        raise GatewayError(
-            f"The file is {len(content)} bytes; the limit is {limit} bytes.", status=413, code="file_too_large"
-        )
+    upload_size_check(size=size)
+    # One byte past the limit at most, should the upload hold more than it said.
+    content = upload.read(settings.LLMOPS_FILES_MAX_BYTES + 1)
+    upload_size_check(size=len(content))
     if not content.strip():
         raise invalid_request("The file is empty.", param="file", code="empty_file")
     validate_storable(filename, param="file")
@@ -196,6 +212,15 @@ def _batch_by_idempotency_key(principal: KeyPrincipal, idempotency_key: str, par
             param="Idempotency-Key",
         )
     return earlier
+
+
+def batch_stop(*, batch_id: str, refusal: str) -> bool:
+    """Stop a batch whose key may no longer be used (``refusal``: why, as authentication tells it), as a cancel
+    does: no line is claimed from now on, lines in flight finish and are billed, and the lines never run carry the
+    reason, as does the batch's ``errors`` (batch_finalize). False when it was no longer running."""
+    reason = BatchError(KEY_REFUSED, f"{refusal} The batch was stopped: its requests not yet sent were not run.")
+    running = batches_for_workers().filter(pk=batch_id, status__in=(BatchStatus.VALIDATING, BatchStatus.IN_PROGRESS))
+    return bool(running.update(status=BatchStatus.CANCELLING, cancelling_at=timezone.now(), errors=[reason.data()]))
 
 
 def batch_cancel(*, batch: Batch) -> Batch:
@@ -608,17 +633,24 @@ def batch_finalize(*, batch_id: str) -> Batch | None:
             batch.save(update_fields=["status", "finalizing_at"])
         expired = batch.expired_at is not None
         outcome = BatchStatus.EXPIRED if expired else BatchStatus.CANCELLED if stopping else BatchStatus.COMPLETED
+        if expired:
+            unrun = {
+                "code": "batch_expired",
+                "message": "This request could not be executed before the completion window expired.",
+            }
+        elif batch.errors:
+            # Stopped by batch_stop: the reason it gave.
+            unrun = {"code": batch.errors[0]["code"], "message": batch.errors[0]["message"]}
+        else:
+            unrun = {
+                "code": "batch_cancelled",
+                "message": "This request was not executed because the batch was cancelled.",
+            }
         outputs, failures = [], []
         for line in batch.lines.order_by("line_number"):
             row = {"id": _output_line_id(batch.id, line.custom_id), "custom_id": line.custom_id}
             if line.status == LineStatus.CANCELLED:
-                code = "batch_expired" if expired else "batch_cancelled"
-                message = (
-                    "This request could not be executed before the completion window expired."
-                    if expired
-                    else "This request was not executed because the batch was cancelled."
-                )
-                failures.append({**row, "response": None, "error": {"code": code, "message": message}})
+                failures.append({**row, "response": None, "error": unrun})
                 continue
             row["response"] = {
                 "status_code": line.status_code,

@@ -25,7 +25,7 @@ from llmops.gateway.chat.completion import chat_completion_run
 from llmops.gateway.chat.validation import _type_error, _value_error, validate_chat_request, validate_storable
 from llmops.gateway.errors import GatewayError, as_gateway_error, error_body, invalid_request
 from llmops.gateway.snapshot import config_snapshot
-from tenants.authentication import KeyPrincipal
+from tenants.authentication import KeyPrincipal, key_refusal
 
 JOBS_ENDPOINT = "/api/jobs"
 
@@ -124,10 +124,12 @@ async def job_run(*, job_id: str) -> None:
         return
     snapshot = await config_snapshot.for_tenant(job.api_key.tenant_id)
     principal = snapshot.keys.get(job.api_key.prefix)
+    # Checked as a request's key is: revoked or expired since the job was queued, or its team or tenant disabled.
+    refusal = key_refusal(principal) if principal is not None else "The job's API key no longer exists."
     call = None
-    if principal is None or principal.revoked_at is not None:
-        revoked = GatewayError("The job's API key was revoked.", status=401, code="invalid_api_key")
-        status_code, body = revoked.status_code, error_body(revoked)
+    if refusal is not None:
+        refused = GatewayError(refusal, status=401, code="invalid_api_key")
+        status_code, body = refused.status_code, error_body(refused)
     else:
         call = GatewayCall(
             principal=principal, endpoint=JOBS_ENDPOINT, request_id=job_request_id(job.id), ledger_deferred=True
