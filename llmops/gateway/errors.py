@@ -24,6 +24,7 @@ def request_id_headers(request_id: str) -> dict[str, str]:
     """The headers that name a request: the gateway's own, and OpenAI's for its SDK."""
     return {REQUEST_ID_HEADER: request_id, OPENAI_REQUEST_ID_HEADER: request_id}
 
+
 # What an outage of Postgres or Redis raises (a refused or dropped connection, a timeout, an exhausted pool).
 OUTAGE_ERRORS = (OperationalError, InterfaceError, RedisConnectionError, RedisTimeoutError)
 # What a client is told to wait before trying again through an outage.
