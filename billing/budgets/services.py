@@ -74,7 +74,8 @@ def budget_validate(
         errors["period"] = f"Period must be one of {', '.join(BudgetPeriod.values)}."
     if action not in BudgetAction.values:
         errors["action"] = f"Action must be one of {', '.join(BudgetAction.values)}."
-    if limit_usd is None or limit_usd <= 0:
+    # NaN and Infinity parse as Decimals, and NaN cannot even be compared.
+    if limit_usd is None or not limit_usd.is_finite() or limit_usd <= 0:
         errors["limit_usd"] = "The limit must be more than 0 USD."
     elif -limit_usd.as_tuple().exponent > 10 or limit_usd * UNITS_PER_USD >= 10**20:
         errors["limit_usd"] = "The limit must have at most 10 decimal places and fewer than 10 digits before them."
