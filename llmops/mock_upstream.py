@@ -4,7 +4,8 @@ A plain ASGI app (no Django), so it costs little next to the gateway it stands b
 Usage figures are plausible and deterministic: prompts counted with tiktoken as OpenAI counts them, and OpenAI's
 prompt caching imitated (a prompt of 1,024 tokens or more seen before reports its cached
 prefix in 128-token steps). The upstream model name switches on failure modes for tests:
-``fail-<status>`` answers with that status, ``stall`` waits STALL_SECONDS before answering,
+``fail-<status>`` answers with that status (naming ``param-<name>`` as its ``param``, with a ``retry-after-<N>``
+header), ``stall`` waits STALL_SECONDS before answering,
 ``no-usage`` leaves usage out, ``break`` ends a stream half way without ``[DONE]``, ``slow-stream``
 waits SLOW_STREAM_SECONDS between chunks, ``refuse`` answers with a refusal (``message.refusal``, content null;
 streamed, ``delta.refusal`` chunks), ``malformed-<kind>`` answers 200 with something that is not a usable chat
@@ -53,6 +54,9 @@ CACHE_MIN_TOKENS = 1024
 CACHE_STEP = 128
 SEEN_PROMPTS_LIMIT = 10_000
 FAIL_PATTERN = re.compile(r"fail-(\d{3})")
+# With fail-<status>: the error names this parameter, and says when to retry.
+FAILED_PARAM_PATTERN = re.compile(r"param-([a-z_]+)")
+RETRY_AFTER_PATTERN = re.compile(r"retry-after-(\d+)")
 BATCH_SECONDS = 0.5
 BATCH_EXPIRE_MARK = "batch-expire"
 BATCH_NO_BODY_MARK = "batch-nobody"
@@ -207,9 +211,7 @@ class MockUpstream:
             await asyncio.sleep(self.latency)
         failure = FAIL_PATTERN.search(model)
         if failure:
-            await self._error(
-                send, int(failure.group(1)), f"mock upstream told to fail by model {model}", "mock_failure"
-            )
+            await self._fail(send, model, int(failure.group(1)))
             return
         if "stall" in model:
             await asyncio.sleep(STALL_SECONDS)
@@ -244,9 +246,7 @@ class MockUpstream:
         self.requests_served += 1
         failure = FAIL_PATTERN.search(model)
         if failure:
-            await self._error(
-                send, int(failure.group(1)), f"mock upstream told to fail by model {model}", "mock_failure"
-            )
+            await self._fail(send, model, int(failure.group(1)))
             return
         if "stall" in model:
             await asyncio.sleep(STALL_SECONDS)
@@ -459,13 +459,18 @@ class MockUpstream:
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     @staticmethod
-    async def _json(send, status: int, payload: dict) -> None:
+    async def _json(send, status: int, payload: dict, headers: dict[str, str] | None = None) -> None:
         data = orjson.dumps(payload)
+        extra = [(name.encode(), value.encode()) for name, value in (headers or {}).items()]
         await send(
             {
                 "type": "http.response.start",
                 "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())],
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(data)).encode()),
+                    *extra,
+                ],
             }
         )
         await send({"type": "http.response.body", "body": data})
@@ -476,6 +481,21 @@ class MockUpstream:
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": data})
 
-    async def _error(self, send, status: int, message: str, code: str) -> None:
+    async def _error(
+        self, send, status: int, message: str, code: str, *, param: str | None = None, headers: dict | None = None
+    ) -> None:
         error_type = "server_error" if status >= 500 else "invalid_request_error"
-        await self._json(send, status, {"error": {"message": message, "type": error_type, "param": None, "code": code}})
+        error = {"message": message, "type": error_type, "param": param, "code": code}
+        await self._json(send, status, {"error": error}, headers)
+
+    async def _fail(self, send, model: str, status: int) -> None:
+        """The error a model named with fail-<status> answers, with its param-<name> and retry-after-<N>."""
+        param, retry_after = FAILED_PARAM_PATTERN.search(model), RETRY_AFTER_PATTERN.search(model)
+        await self._error(
+            send,
+            status,
+            f"mock upstream told to fail by model {model}",
+            "mock_failure",
+            param=param.group(1) if param else None,
+            headers={"retry-after": retry_after.group(1)} if retry_after else None,
+        )

@@ -2,6 +2,7 @@
 so the official SDK raises its own exception classes."""
 
 import logging
+import math
 
 import orjson
 from django.core.exceptions import RequestDataTooBig
@@ -149,6 +150,13 @@ def openai_exception_handler(exc, context):
     return openai_error_response(exc, path=context["request"].path)
 
 
+def _provider_param(error_body: dict | None) -> str | None:
+    """The request parameter a provider's OpenAI-shaped error names (``{"error": {"param": ...}}``), if any."""
+    detail = error_body.get("error") if isinstance(error_body, dict) else None
+    param = detail.get("param") if isinstance(detail, dict) else None
+    return param if isinstance(param, str) and param else None
+
+
 def upstream_failure(error: upstream.UpstreamError) -> GatewayError:
     """What the client is told when the upstream could not answer (after retries and fallbacks)."""
     if isinstance(error, upstream.UpstreamTimeout):
@@ -158,8 +166,12 @@ def upstream_failure(error: upstream.UpstreamError) -> GatewayError:
     if isinstance(error, upstream.UpstreamRejected):
         status = error.upstream_status
         if status == 429:
-            return GatewayError(error.message, status=429, code="upstream_rate_limited")
+            # The provider's wait, when it said one: the gateway gave up on it (over the retry policy's longest).
+            headers = {"Retry-After": str(math.ceil(error.retry_after))} if error.retry_after is not None else None
+            return GatewayError(error.message, status=429, code="upstream_rate_limited", headers=headers)
         if status in (400, 404, 409, 413, 422):
-            return GatewayError(error.message, status=400, code="upstream_invalid_request")
+            return GatewayError(
+                error.message, status=400, code="upstream_invalid_request", param=_provider_param(error.error_body)
+            )
     status = 503 if error.code == "upstream_circuit_open" else 502
     return GatewayError(error.message, status=status, code=error.code)

@@ -58,6 +58,27 @@ def test_upstream_429_is_a_429(openai_client, failing_model):
     assert UsageRecord.objects.unscoped().get().error_code == "upstream_rate_limited"
 
 
+def test_an_upstream_429_the_gateway_would_not_wait_for_passes_its_retry_after_on(openai_client, failing_model):
+    """A provider's Retry-After over the retry policy's longest wait is not waited for: the client is told it."""
+    model = failing_model("mock-fail-429-retry-after-30")
+    raw = openai_client.chat.completions.with_raw_response
+
+    with pytest.raises(openai.RateLimitError) as excinfo:
+        raw.create(model=model.name, messages=[{"role": "user", "content": "hi"}])
+
+    assert excinfo.value.response.headers["retry-after"] == "30"
+    assert excinfo.value.code == "upstream_rate_limited"
+
+
+def test_an_upstream_400_keeps_the_parameter_the_provider_named(openai_client, failing_model):
+    model = failing_model("mock-fail-400-param-messages")
+
+    with pytest.raises(openai.BadRequestError) as excinfo:
+        openai_client.chat.completions.create(model=model.name, messages=[{"role": "user", "content": "hi"}])
+
+    assert (excinfo.value.code, excinfo.value.param) == ("upstream_invalid_request", "messages")
+
+
 def test_upstream_connection_error_is_a_502(openai_client, failing_model):
     model = failing_model("mock-small", base_url=f"http://127.0.0.1:{free_port()}/v1")
 
