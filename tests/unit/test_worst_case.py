@@ -241,6 +241,20 @@ def test_a_refusal_of_a_worst_case_that_does_not_fit_gives_both_figures_and_the_
         ({"modalities": ["text", "audio"]}, "modalities"),
         ({"web_search_options": {}}, "web_search_options"),
         ({"service_tier": "priority"}, "service_tier"),
+        ({"service_tier": "fast"}, "service_tier"),
+        (
+            {
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [
+                            {"type": "image_url", "image_url": {"url": "https://x/a.png", "detail": "original"}}
+                        ],
+                    }
+                ]
+            },
+            "messages[0].content[0].image_url.detail",
+        ),
         (
             {
                 "messages": [
@@ -263,3 +277,21 @@ def test_parameters_whose_cost_cannot_be_bounded_are_refused(extra, param):
         validate_chat_request(body)
 
     assert (refused.value.status_code, refused.value.param) == (400, param)
+
+
+@pytest.mark.parametrize("extra", [{"service_tier": "fast"}, {"service_tier": "priority"}])
+def test_a_tier_billed_above_the_catalog_is_unsupported_not_an_invalid_value(extra):
+    with pytest.raises(GatewayError) as refused:
+        validate_chat_request({"model": "m", "messages": [{"role": "user", "content": "hi"}], **extra})
+
+    assert refused.value.code == "unsupported_parameter"
+
+
+def test_an_image_at_its_original_resolution_is_unsupported_not_an_invalid_value():
+    image = {"type": "image_url", "image_url": {"url": "https://x/a.png", "detail": "original"}}
+
+    with pytest.raises(GatewayError) as refused:
+        validate_chat_request({"model": "m", "messages": [{"role": "user", "content": [image]}]})
+
+    assert refused.value.code == "unsupported_parameter"
+    assert "original resolution" in refused.value.message

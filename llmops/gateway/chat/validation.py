@@ -43,8 +43,11 @@ UNPRICED_PARAMETERS = {
     "audio": "audio output is billed at audio token prices the catalog does not hold",
     "web_search_options": "web search is billed per search call, which the catalog does not price",
 }
-UNPRICED_SERVICE_TIERS = frozenset({"priority"})
+# "fast" is the SDK's other name for priority processing.
+UNPRICED_SERVICE_TIERS = frozenset({"priority", "fast"})
 UNPRICED_AUDIO_INPUT = "audio input is billed at audio token prices the catalog does not hold"
+# An image sent at its original resolution is not scaled down first, so no tile count bounds its tokens.
+UNBOUNDED_IMAGE_DETAIL = "original"
 # OpenAI's (the `openai` SDK's) but those refused above: a provider is the judge of which one a model takes.
 OFFERED_SERVICE_TIERS = ("auto", "default", "flex", "scale")
 
@@ -192,7 +195,8 @@ _function_definition = _shape(
 PART_FIELD_CHECKS: dict[str, Check] = {
     "text": _string,
     "image_url": _shape(
-        {"url": _string, "detail": partial(_choice, choices=("auto", "low", "high"))}, required=("url",)
+        {"url": _string, "detail": partial(_choice, choices=("auto", "low", "high", UNBOUNDED_IMAGE_DETAIL))},
+        required=("url",),
     ),
     "input_audio": _shape({"data": _string, "format": _string}, required=("data", "format")),
     "file": _shape({"file_id": _string, "file_data": _string, "filename": _string}),
@@ -233,6 +237,9 @@ def _content_part(param: str, part, *, role: str) -> None:
         raise _unsupported(f"{param}.type", UNPRICED_AUDIO_INPUT)
     if kind == "image_url" and not part["image_url"]["url"]:
         raise _value_error(f"{param}.image_url.url", "an empty string. It must be a URL or a data URL of the image.")
+    if kind == "image_url" and part["image_url"].get("detail") == UNBOUNDED_IMAGE_DETAIL:
+        why = "an image at its original resolution bills tokens that no tile count bounds"
+        raise _unsupported(f"{param}.image_url.detail", why)
     if kind == "file" and not (part["file"].get("file_id") or part["file"].get("file_data")):
         message = f"'{param}.file' must have 'file_id' or 'file_data'."
         raise invalid_request(message, param=f"{param}.file", code="missing_required_parameter")
