@@ -407,6 +407,30 @@ def mock_model(setup, upstream_name: str):
     return model
 
 
+def test_a_refusal_is_the_response_s_refusal_part_plain_and_streamed(openai_client, acme):
+    model = mock_model(acme, "mock-refuse")
+
+    plain = openai_client.responses.create(model=model.name, input=QUESTION, max_output_tokens=6)
+    events = list(openai_client.responses.create(model=model.name, input=QUESTION, max_output_tokens=6, stream=True))
+
+    refused = plain.output[0].content[0]
+    assert refused.type == "refusal" and refused.refusal.startswith("Mock answer to: What is")
+    types = [event.type for event in events]
+    deltas = [event for event in events if event.type == "response.refusal.delta"]
+    assert types == [
+        *STREAM_EVENTS_BEFORE_TEXT,
+        *["response.refusal.delta"] * len(deltas),
+        "response.refusal.done",
+        *STREAM_EVENTS_AFTER_TEXT[1:],
+    ]
+    assert [event.sequence_number for event in events] == list(range(len(events)))
+    assert events[3].part.type == "refusal"
+    assert "".join(delta.delta for delta in deltas) == events[-4].refusal == refused.refusal
+    completed = events[-1].response
+    assert [part.type for part in completed.output[0].content] == ["refusal"]
+    assert completed.output[0].content[0].refusal == refused.refusal
+
+
 def test_a_stream_that_breaks_off_ends_with_an_error_and_response_failed(openai_client, acme):
     model = mock_model(acme, "mock-break")
 

@@ -100,6 +100,10 @@ def _output_text(text: str) -> dict:
     return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
 
 
+def _refusal(text: str) -> dict:
+    return {"type": "refusal", "refusal": text}
+
+
 def message_item(identity: ResponseIdentity, *, status: str, content: list[dict]) -> dict:
     return {"type": "message", "id": identity.message_id, "status": status, "role": "assistant", "content": content}
 
@@ -116,7 +120,7 @@ def response_from_chat(request: dict, identity: ResponseIdentity, completion: di
     status, reason = _status(choice.get("finish_reason"))
     content = [_output_text(message_text(message.get("content")))]
     if message.get("refusal"):
-        content = [{"type": "refusal", "refusal": message["refusal"]}]
+        content = [_refusal(message["refusal"])]
     return response_object(
         request,
         identity,
@@ -132,16 +136,19 @@ def response_from_chat(request: dict, identity: ResponseIdentity, completion: di
 @dataclass(slots=True)
 class ResponseStream:
     """Turns the chat pipeline's SSE events (chat.completion.chunk data, the usage chunk, the cost comment, [DONE] or
-    an error event) into the Responses stream: response.created and .in_progress, the message item and its text
-    part added, a response.output_text.delta per piece of text, then the text, part and item done and
-    response.completed (response.incomplete when the answer was cut short), or an error and response.failed. Every
-    event has its `type` and `sequence_number`; the cost comment passes through as it came."""
+    an error event) into the Responses stream: response.created and .in_progress, the message item added, its part
+    added with the answer's first piece (an output_text part, or a refusal part when the model refuses), a
+    response.output_text.delta (or response.refusal.delta) per piece, then the text (or refusal), part and item done
+    and response.completed (response.incomplete when the answer was cut short), or an error and response.failed.
+    Every event has its `type` and `sequence_number`; the cost comment passes through as it came."""
 
     request: dict
     identity: ResponseIdentity
     model: str
     sequence: int = 0
     text: list[str] = field(default_factory=list)
+    refusal: list[str] = field(default_factory=list)
+    part_added: bool = False
     finish_reason: str | None = None
     usage: dict | None = None
     service_tier: str | None = None
@@ -167,20 +174,37 @@ class ResponseStream:
                 output_index=0,
                 item=message_item(self.identity, status="in_progress", content=[]),
             ),
-            self._event("response.content_part.added", **self._part(), part=_output_text("")),
         ]
 
+    def _part_added(self, part: dict) -> list[bytes]:
+        """The message's one content part, added with its first piece: whether it is text or a refusal is known
+        only then."""
+        if self.part_added:
+            return []
+        self.part_added = True
+        return [self._event("response.content_part.added", **self._part(), part=part)]
+
     def closing(self) -> list[bytes]:
-        text = "".join(self.text)
         status, reason = _status(self.finish_reason)
-        item = message_item(self.identity, status=status, content=[_output_text(text)])
+        if self.refusal:
+            refusal = "".join(self.refusal)
+            part = _refusal(refusal)
+            done = [self._event("response.refusal.done", **self._part(), refusal=refusal)]
+        else:
+            text = "".join(self.text)
+            part = _output_text(text)
+            done = [
+                *self._part_added(_output_text("")),
+                self._event("response.output_text.done", **self._part(), text=text, logprobs=[]),
+            ]
+        item = message_item(self.identity, status=status, content=[part])
         usage = response_usage(self.usage)
         final = self._response(
             status, output=[item], usage=usage, incomplete_reason=reason, service_tier=self.service_tier
         )
         return [
-            self._event("response.output_text.done", **self._part(), text=text, logprobs=[]),
-            self._event("response.content_part.done", **self._part(), part=_output_text(text)),
+            *done,
+            self._event("response.content_part.done", **self._part(), part=part),
             self._event("response.output_item.done", output_index=0, item=item),
             self._event(f"response.{status}", response=final),
         ]
@@ -212,10 +236,16 @@ class ResponseStream:
         deltas = []
         for choice in chunk.get("choices") or []:
             self.finish_reason = choice.get("finish_reason") or self.finish_reason
-            piece = (choice.get("delta") or {}).get("content")
-            if piece:
+            delta = choice.get("delta") or {}
+            piece, refused = delta.get("content"), delta.get("refusal")
+            if piece and not self.refusal:
                 self.text.append(piece)
+                deltas += self._part_added(_output_text(""))
                 deltas.append(self._event("response.output_text.delta", **self._part(), delta=piece, logprobs=[]))
+            if refused and not self.text:
+                self.refusal.append(refused)
+                deltas += self._part_added(_refusal(""))
+                deltas.append(self._event("response.refusal.delta", **self._part(), delta=refused))
         return deltas
 
     async def events(self, chat_events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
