@@ -191,9 +191,10 @@ CELERY_BEAT_SCHEDULE: dict[str, dict] = {
         "task": "billing.tasks_finance.usage_rollups_rebuild_recent_task",
         "schedule": crontab(hour=2, minute=30),
     },
+    # The 2nd: every time zone's month has ended by noon UTC on the 1st (UTC-12's last), so every statement is final.
     "billing-statements-push": {
         "task": "billing.tasks_finance.statements_push_task",
-        "schedule": crontab(day_of_month=1, hour=4, minute=0),
+        "schedule": crontab(day_of_month=2, hour=4, minute=0),
     },
     # Shadow evaluation's holds left by a worker that died: their bound is minutes (docs/quality.md).
     "billing-evaluation-holds-release": {

@@ -11,7 +11,7 @@ import calendar
 import io
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from itertools import chain
 
@@ -22,7 +22,7 @@ from billing.finance.dashboard import BudgetUsage, budget_usage
 from billing.finance.exports import FIRST_DAY, LAST_DAY, ExportParams, csv_chunks, request_rows
 from billing.ledger.columns import NO_SERVED_MODEL, REQUEST_COLUMNS
 from billing.ledger.costs import ZERO_USD, format_cents, format_cost
-from billing.ledger.selectors import ledger_between, tenant_zone
+from billing.ledger.selectors import ledger_between, tenant_days_bounds, tenant_zone
 from billing.ledger.totals import SAVINGS_LEVERS, LedgerTotals, ledger_aggregates
 from billing.models import PRODUCT_ROWS, UsageRecord
 from billing.quality.selectors import evaluation_spend_usd
@@ -152,6 +152,20 @@ def statement_csv(statement: Statement) -> str:
         writer.writerow(_money_line("budget_spent", budget.spent_usd, team=budget.name))
         writer.writerow(_money_line("budget_limit", budget.limit_usd, team=budget.name))
     return buffer.getvalue()
+
+
+# How long after a month ends in a tenant's time zone its statement is final: the drainer lands a request's ledger
+# row seconds after it ends, and an hour leaves room for a drainer that was restarting.
+STATEMENT_SETTLE = timedelta(hours=1)
+
+
+def statement_month_final(*, tenant: Tenant, month: date, now: datetime) -> bool:
+    """Whether the month has ended in the tenant's time zone, STATEMENT_SETTLE ago: before that its statement would
+    miss the month's last hours (the month of a tenant west of UTC ends hours after UTC's)."""
+    first = month_start(month)
+    last = first.replace(day=calendar.monthrange(first.year, first.month)[1])
+    _, end = tenant_days_bounds(tenant=tenant, since=first, until=last)
+    return now >= end + STATEMENT_SETTLE
 
 
 def statement_push_to_s3(*, tenant: Tenant, month: date, bucket: str, client=None) -> str:

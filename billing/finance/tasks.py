@@ -13,7 +13,7 @@ from django.utils import timezone
 from billing.finance.cloudwatch import rollups_cloudwatch_publish_closed_hours
 from billing.finance.exports import usage_export_write
 from billing.finance.rollups import usage_rollups_rebuild_recent, usage_rollups_refresh
-from billing.finance.statements import month_start, statement_push_to_s3
+from billing.finance.statements import month_start, statement_month_final, statement_push_to_s3
 from billing.models import UsageExport
 from core.task_retries import retry_or_run_now
 from tenants.models import Tenant
@@ -54,15 +54,17 @@ def usage_export_write_task(export_id: int) -> None:
 # The name predates this module; a message beat sent under it before a deploy still runs.
 @shared_task(name="billing.tasks_finance.statements_push_task")
 def statements_push_task() -> int:
-    """On the 1st: push last month's statement of every active tenant to S3, when a bucket is configured."""
+    """On the 2nd (beat): push last month's statement of every active tenant whose month has ended in its time zone
+    (statement_month_final) to S3, when a bucket is configured; returns how many were queued."""
     bucket = settings.LLMOPS_STATEMENTS_BUCKET
     if not bucket:
         return 0
-    last_month = (timezone.now().date().replace(day=1) - timedelta(days=1)).replace(day=1)
-    tenant_ids = list(tenants_active().values_list("pk", flat=True))
-    for tenant_id in tenant_ids:
-        statement_push_task.delay(tenant_id, last_month.isoformat())
-    return len(tenant_ids)
+    now = timezone.now()
+    last_month = (now.date().replace(day=1) - timedelta(days=1)).replace(day=1)
+    final = [tenant for tenant in tenants_active() if statement_month_final(tenant=tenant, month=last_month, now=now)]
+    for tenant in final:
+        statement_push_task.delay(tenant.pk, last_month.isoformat())
+    return len(final)
 
 
 # The name predates the move into this package; tasks already queued under it still run.
