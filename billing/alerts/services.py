@@ -25,6 +25,7 @@ from billing.models import (
     AlertDelivery,
     Anomaly,
     Budget,
+    BudgetAction,
     BudgetAlert,
     ChannelKind,
     DeliveryStatus,
@@ -99,10 +100,11 @@ def alert_channel_update(
 
 
 def budget_alert_raise(
-    *, budget_id: int, period_key: str, threshold: int, spent_units: int, customer: str = ""
+    *, budget_id: int, period_key: str, threshold: int, spent_units: int, customer: str = "", refused: bool = False
 ) -> list[AlertDelivery]:
     """Record the alert, and first those of the lower thresholds not raised yet, with a delivery per active channel.
-    Returns those deliveries, lowest threshold first; none when the alert was raised before.
+    Returns those deliveries, lowest threshold first; none when the alert was raised before. `refused`: raised by a
+    request the budget refused or downgraded (at `spent_units`, below the threshold), not by spend reaching it.
 
     A customer-scope budget alerts once per period and threshold too, for the first customer (`customer`) to reach
     it: one alert per customer would flood the channels of a tenant with thousands of customers."""
@@ -127,9 +129,11 @@ def budget_alert_raise(
                 customer=customer,
                 spent_usd=units_to_usd(spent_units),
                 limit_usd=budget.limit_usd,
+                refused=refused,
             )
             deliveries += [AlertDelivery.objects.create(budget_alert=alert, channel=channel) for channel in channels]
-    logger.info("budget %s reached %s in %s; %s channels", budget_id, reached, period_key, len(channels))
+    cause = "refused a request" if refused else "reached"
+    logger.info("budget %s %s: %s in %s; %s channels", budget_id, cause, reached, period_key, len(channels))
     return deliveries
 
 
@@ -228,17 +232,34 @@ def alert_message(*, delivery: AlertDelivery) -> tuple[str, str, dict]:
     return _quality_alert_message(delivery.quality_alert)
 
 
+_REFUSED_AS = {BudgetAction.BLOCK: "refused", BudgetAction.DOWNGRADE: "downgraded"}
+_ACTION_DETAIL = {
+    BudgetAction.BLOCK: ", 429 budget_exceeded until the period resets",
+    BudgetAction.DOWNGRADE: ", served by a cheaper model while one fits, else 429 budget_exceeded",
+}
+
+
 def _budget_alert_message(alert: BudgetAlert) -> tuple[str, str, dict]:
     budget = alert.budget
     subject = f"[llmops] {budget.tenant.slug}: {budget.target_label()} budget at {alert.threshold}%"
     who = budget.target_label()
     if alert.customer and not budget.customer:
-        who = f"each customer (first to reach it: customer {alert.customer}; no alert for the others this period)"
-    text = (
-        f"The {budget.period} budget of {budget.tenant.slug} for {who} reached {alert.threshold}% "
-        f"in {alert.period_key}: {format_money(alert.spent_usd)} of {format_money(alert.limit_usd)} "
-        f"(action at 100%: {budget.action})."
-    )
+        first = "be refused" if alert.refused else "reach it"
+        who = f"each customer (first to {first}: customer {alert.customer}; no alert for the others this period)"
+    amounts = f"{format_money(alert.spent_usd)} of {format_money(alert.limit_usd)}"
+    if alert.refused:
+        subject += f": requests {_REFUSED_AS.get(budget.action, 'refused')}"
+        text = (
+            f"The {budget.period} budget of {budget.tenant.slug} for {who} is refusing requests in "
+            f"{alert.period_key} because their worst case would pass the limit: {amounts} spent. Spend stops below the "
+            f"limit, so this {alert.threshold}% alert is raised by the first refusal (action at 100%: "
+            f"{budget.action}{_ACTION_DETAIL.get(budget.action, '')})."
+        )
+    else:
+        text = (
+            f"The {budget.period} budget of {budget.tenant.slug} for {who} reached {alert.threshold}% "
+            f"in {alert.period_key}: {amounts} (action at 100%: {budget.action})."
+        )
     payload = {
         "type": "budget.threshold",
         "alert_id": alert.pk,
@@ -253,6 +274,7 @@ def _budget_alert_message(alert: BudgetAlert) -> tuple[str, str, dict]:
         "period_key": alert.period_key,
         "customer": alert.customer,
         "threshold_percent": alert.threshold,
+        "refused": alert.refused,
         "spent_usd": f"{alert.spent_usd:f}",
         "limit_usd": f"{alert.limit_usd:f}",
         "created_at": alert.created_at.isoformat(),

@@ -35,11 +35,16 @@ def alert_deliveries_send(deliveries: Iterable[AlertDelivery]) -> None:
 # The name predates this module; tasks already queued under it still run.
 @shared_task(name="billing.tasks.budget_threshold_alert")
 def budget_threshold_alert(
-    budget_id: int, period_key: str, threshold: int, spent_units: int, customer: str = ""
+    budget_id: int, period_key: str, threshold: int, spent_units: int, customer: str = "", refused: bool = False
 ) -> None:
     alert_deliveries_send(
         budget_alert_raise(
-            budget_id=budget_id, period_key=period_key, threshold=threshold, spent_units=spent_units, customer=customer
+            budget_id=budget_id,
+            period_key=period_key,
+            threshold=threshold,
+            spent_units=spent_units,
+            customer=customer,
+            refused=refused,
         )
     )
 

@@ -213,8 +213,8 @@ class AlertDeliveryInline(TenantScopedInline, admin.TabularInline):
 
 @admin.register(BudgetAlert)
 class BudgetAlertAdmin(ReadOnlyScopedAdmin):
-    list_display = ("budget", "period_key", "threshold", "customer", "spent_usd", "limit_usd", "created_at")
-    list_filter = ("threshold",)
+    list_display = ("budget", "period_key", "threshold", "refused", "customer", "spent_usd", "limit_usd", "created_at")
+    list_filter = ("threshold", "refused")
     list_select_related = ("budget__tenant", "budget__team", "budget__api_key")
     inlines = (AlertDeliveryInline,)
 

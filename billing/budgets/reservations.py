@@ -36,7 +36,7 @@ from billing.budgets.counters import (
 )
 from billing.budgets.index import BudgetEntry, units_to_usd, usd_to_units
 from billing.budgets.periods import BudgetWindow
-from billing.budgets.thresholds import crossed_thresholds, threshold_alerts_enqueue
+from billing.budgets.thresholds import crossed_thresholds, refusal_alert_enqueue, threshold_alerts_enqueue
 from billing.ledger.events import UsageEvent
 from billing.ledger.services import usage_record_create
 from billing.ledger.stream import STREAM_KEY, ledger_event_append, ledger_streaming, usage_event_encode
@@ -202,6 +202,8 @@ async def _redis_reserve(client, holds, amount_units: int, request_id: str, now:
 
 
 def _exceeded(hold: BudgetHold, spent: int, reserved: int, requested: int, now: datetime) -> BudgetExceeded:
+    """The refusal, noted for the budget's alert: spend stops below the limit, so no settle would raise its top."""
+    refusal_alert_enqueue(entry=hold.entry, period_key=hold.window.key, spent_units=spent, customer=hold.customer)
     return BudgetExceeded(
         entry=hold.entry, window=hold.window, now=now, spent_units=spent, reserved_units=reserved,
         requested_units=requested, customer=hold.customer,

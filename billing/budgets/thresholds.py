@@ -3,6 +3,9 @@
 The request path only notices; billing.alerts.tasks.budget_threshold_alert inserts the BudgetAlert row whose
 unique constraint makes the alert exactly-once across replicas and retries. The in-process set below
 only spares the broker a task per refused request.
+
+Settled spend on a block or downgrade budget stops below the limit (a request is refused once its worst case would
+pass it), so the first refusal of a period raises the budget's top threshold, and with it every lower one not raised.
 """
 
 import logging
@@ -35,7 +38,8 @@ def crossed_thresholds(*, entry: BudgetEntry, spent_before: int, spent_after: in
     return [threshold for threshold in entry.thresholds if spent_before * 100 < threshold * limit <= spent_after * 100]
 
 
-def threshold_alerts_enqueue(*, crossings: list[Crossing]) -> None:
+def threshold_alerts_enqueue(*, crossings: list[Crossing], refused: bool = False) -> None:
+    """`refused`: raised by a request the budget refused, not by spend that reached the thresholds."""
     fresh = []
     with _lock:
         if len(_enqueued) > MAX_REMEMBERED_CROSSINGS:
@@ -43,11 +47,19 @@ def threshold_alerts_enqueue(*, crossings: list[Crossing]) -> None:
         for entry, period_key, threshold, spent_units, customer in crossings:
             if (entry.budget_id, period_key, threshold) not in _enqueued:
                 _enqueued.add((entry.budget_id, period_key, threshold))
-                fresh.append((entry.budget_id, period_key, threshold, spent_units, customer))
+                fresh.append((entry.budget_id, period_key, threshold, spent_units, customer, refused))
     if fresh:
         future = _enqueue_executor.submit(_send_tasks, fresh)
         _pending.add(future)
         future.add_done_callback(_pending.discard)
+
+
+def refusal_alert_enqueue(*, entry: BudgetEntry, period_key: str, spent_units: int, customer: str = "") -> None:
+    """A block or downgrade budget refused a request: raise its top threshold (and the lower ones), once a period."""
+    if entry.thresholds:
+        threshold_alerts_enqueue(
+            crossings=[(entry, period_key, entry.thresholds[-1], spent_units, customer)], refused=True
+        )
 
 
 def threshold_alerts_wait(timeout: float = 10.0) -> None:
@@ -55,10 +67,10 @@ def threshold_alerts_wait(timeout: float = 10.0) -> None:
     wait(list(_pending), timeout=timeout)
 
 
-def _send_tasks(crossings: list[tuple[int, str, int, int, str]]) -> None:
+def _send_tasks(crossings: list[tuple[int, str, int, int, str, bool]]) -> None:
     try:
-        for budget_id, period_key, threshold, spent_units, customer in crossings:
-            budget_threshold_alert.delay(budget_id, period_key, threshold, spent_units, customer)
+        for budget_id, period_key, threshold, spent_units, customer, refused in crossings:
+            budget_threshold_alert.delay(budget_id, period_key, threshold, spent_units, customer, refused)
     except Exception:
         logger.exception("could not enqueue budget threshold alerts %s", crossings)
         with _lock:

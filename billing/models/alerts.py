@@ -44,6 +44,11 @@ class BudgetAlert(models.Model):
     customer = models.CharField(max_length=CUSTOMER_MAX_LENGTH, blank=True, default="")
     spent_usd = models.DecimalField(**COST_FIELD)
     limit_usd = models.DecimalField(**COST_FIELD)
+    refused = models.BooleanField(
+        default=False,
+        help_text="Raised by the first request the budget refused or downgraded in the period (its worst case would "
+        "pass the limit), not by spend reaching the threshold.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     objects = TenantScopedManager(tenant_path="budget__tenant")

@@ -16,6 +16,7 @@ from billing.alerts.services import (
     alert_delivery_message_id,
 )
 from billing.alerts.tasks import ALERT_DELIVERY_MAX_RETRIES, budget_threshold_alert
+from billing.budgets import thresholds
 from billing.budgets.index import build_budget_index
 from billing.budgets.reservations import BudgetExceeded, budget_reserve, reservation_settle
 from billing.budgets.services import budget_create
@@ -207,18 +208,97 @@ def test_settles_crossing_thresholds_alert_once_each(live_org, mailoutbox, redis
     assert len(mailoutbox) == 3
 
 
-def test_a_refused_reservation_raises_no_alert(live_org, redis_counters):
-    budget_create(tenant=live_org.tenant, limit_usd=Decimal("1"))
-    budgets = build_budget_index(tenant_id=live_org.tenant.pk).applicable(
-        live_org.tenant.pk, live_org.team.pk, live_org.api_key.pk, "m"
-    )
+def _spend_reserving_more_than_settled(org, requests: int) -> int:
+    """`requests` requests that each reserve $5 and settle $1; returns how many the budgets refused."""
+    budgets = build_budget_index(tenant_id=org.tenant.pk).applicable(org.tenant.pk, org.team.pk, org.api_key.pk, "m")
     now = datetime(2026, 11, 27, 12, tzinfo=UTC)
 
-    with pytest.raises(BudgetExceeded):
-        run(budget_reserve(budgets=budgets, amount=Decimal(2), request_id="r", now=now))
-    threshold_alerts_wait()
+    async def spend():
+        refused = 0
+        for number in range(requests):
+            try:
+                reservation = await budget_reserve(budgets=budgets, amount=Decimal(5), request_id=f"r{number}", now=now)
+            except BudgetExceeded:
+                refused += 1
+                continue
+            await reservation_settle(reservation, actual=Decimal(1))
+        return refused
 
-    assert not BudgetAlert.objects.unscoped().exists()
+    refused = run(spend())
+    threshold_alerts_wait()
+    return refused
+
+
+@pytest.mark.parametrize("counters", ["redis_counters", "no_redis"])
+@pytest.mark.parametrize(("action", "refused_as"), [("block", "refused"), ("downgrade", "downgraded")])
+def test_the_first_refusal_of_a_block_or_downgrade_budget_raises_its_top_alerts_once(
+    live_org, mailoutbox, monkeypatch, request, counters, action, refused_as
+):
+    request.getfixturevalue(counters)
+    channel = alert_channel_create(tenant=live_org.tenant, name="mail", kind=ChannelKind.EMAIL, target="a@example.com")
+    budget_create(tenant=live_org.tenant, limit_usd=Decimal("10"), action=action, channels=[channel])
+
+    # Spend stops at $6: a seventh request's worst case ($5) would pass the $10 limit. 30 requests are refused.
+    assert _spend_reserving_more_than_settled(live_org, 36) == 30
+    # Another gateway process, which has noticed nothing yet, refuses too.
+    monkeypatch.setattr(thresholds, "_enqueued", set())
+    assert _spend_reserving_more_than_settled(live_org, 5) == 5
+
+    alerts = BudgetAlert.objects.unscoped().order_by("threshold")
+    assert [(alert.threshold, alert.spent_usd, alert.refused) for alert in alerts] == [
+        (50, Decimal("5"), False),
+        (80, Decimal("6"), True),
+        (100, Decimal("6"), True),
+    ]
+    assert [mail.subject.rsplit(" ", 3)[1:] for mail in mailoutbox] == [
+        ["budget", "at", "50%"],
+        ["80%:", "requests", refused_as],
+        ["100%:", "requests", refused_as],
+    ]
+
+
+def test_a_notify_budget_alerts_on_spend_only(live_org, mailoutbox, redis_counters):
+    channel = alert_channel_create(tenant=live_org.tenant, name="mail", kind=ChannelKind.EMAIL, target="a@example.com")
+    budget_create(tenant=live_org.tenant, limit_usd=Decimal("10"), action="notify", channels=[channel])
+
+    # Never refused: every request is admitted and spend goes past the limit.
+    assert _spend_reserving_more_than_settled(live_org, 12) == 0
+
+    alerts = BudgetAlert.objects.unscoped().order_by("threshold")
+    assert [(alert.threshold, alert.spent_usd, alert.refused) for alert in alerts] == [
+        (50, Decimal("5"), False),
+        (80, Decimal("8"), False),
+        (100, Decimal("10"), False),
+    ]
+    assert [mail.subject.rsplit(" ", 1)[1] for mail in mailoutbox] == ["50%", "80%", "100%"]
+    assert "reached 100% in 2026-11: $10.00 of $10.00 (action at 100%: notify)." in mailoutbox[2].body
+    assert not any("refus" in mail.body for mail in mailoutbox)
+
+
+@pytest.mark.parametrize(
+    ("action", "subject_end"), [("block", "requests refused"), ("downgrade", "requests downgraded")]
+)
+def test_a_refusal_alert_says_requests_are_refused(
+    org, receiver, django_capture_on_commit_callbacks, action, subject_end
+):
+    app, url = receiver
+    channel = alert_channel_create(
+        tenant=org.tenant, name="hook", kind=ChannelKind.WEBHOOK, target=f"{url}/hook", signing_secret="s3cret"
+    )
+    slack = alert_channel_create(tenant=org.tenant, name="slack", kind=ChannelKind.SLACK, target=f"{url}/slack")
+    budget = budget_create(
+        tenant=org.tenant, limit_usd=Decimal("10"), action=action, channels=[channel, slack], thresholds=[100]
+    )
+    with django_capture_on_commit_callbacks(execute=True):
+        budget_threshold_alert(budget.pk, "2026-11", 100, 6 * UNITS, "", True)
+
+    hook, message = sorted(app.received, key=lambda received: received.path)
+    payload = json.loads(hook.body)
+    assert (payload["threshold_percent"], payload["refused"], payload["spent_usd"]) == (100, True, "6.0000000000")
+    subject, text = json.loads(message.body)["text"].split("\n", 1)
+    assert subject.endswith(f"budget at 100%: {subject_end}*")
+    assert "is refusing requests in 2026-11 because their worst case would pass the limit: $6.00 of $10.00" in text
+    assert f"action at 100%: {action}" in text
 
 
 def test_a_higher_threshold_noticed_first_still_goes_out_after_the_lower_ones(org, receiver):
