@@ -3,9 +3,12 @@
 Rows are created and changed through billing's services, as the API and `manage.py budget_set` do.
 """
 
+from urllib.parse import urlsplit
+
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied, ValidationError
+from django.db.models.constants import LOOKUP_SEP
 from django.utils import timezone
 
 from billing.alerts.services import (
@@ -18,14 +21,25 @@ from billing.alerts.tasks import alert_deliveries_send
 from billing.budgets.selectors import budget_status
 from billing.budgets.services import budget_counters_rebuild, budget_create, budget_update, budget_validate
 from billing.ledger.costs import format_money
-from billing.models import AlertChannel, AlertDelivery, Anomaly, Budget, BudgetAlert, RateLimit, RateLimitScope
+from billing.models import (
+    AlertChannel,
+    AlertDelivery,
+    Anomaly,
+    Budget,
+    BudgetAlert,
+    ChannelKind,
+    RateLimit,
+    RateLimitScope,
+)
 from billing.ratelimits import rate_limit_create, rate_limit_validate
+from core.redaction import API_KEY
 from tenants.admin import (
     ReadOnlyScopedAdmin,
     TenantListFilter,
     TenantScopedAdmin,
     TenantScopedInline,
     adopt_saved_row,
+    request_access,
 )
 from tenants.permissions import Action
 
@@ -166,8 +180,25 @@ class AlertChannelForm(forms.ModelForm):
         return data
 
 
+# Kinds whose target is a credential: anyone holding a Slack incoming webhook URL can post to the channel. A signed
+# webhook's URL is not (the receiver checks the signature, and its secret is write-only), nor an address or an ARN.
+CREDENTIAL_TARGET_KINDS = frozenset({ChannelKind.SLACK})
+
+
+def target_masked(channel: AlertChannel) -> str:
+    """The target as a member who may not edit the channel sees it: a credential's path masked whole, with the log
+    filter's placeholder (its Slack rule knows only ``hooks.slack.com/services/`` URLs), its host kept."""
+    if channel.kind not in CREDENTIAL_TARGET_KINDS:
+        return channel.target
+    parts = urlsplit(channel.target)
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}/{API_KEY}"
+
+
 @admin.register(AlertChannel)
 class AlertChannelAdmin(TenantScopedAdmin):
+    """A channel's target is shown, searched and filtered on only for those who may edit the channel (owners and
+    admins): a Slack webhook URL is a secret (CREDENTIAL_TARGET_KINDS); finance and viewer members see it masked."""
+
     form = AlertChannelForm
     list_display = ("name", "tenant", "kind", "target", "is_active", "created_at")
     list_filter = (("tenant", TenantListFilter), "kind", "is_active")
@@ -175,7 +206,43 @@ class AlertChannelAdmin(TenantScopedAdmin):
     search_fields = ("name", "target")
     add_fields = ("tenant", "name", "kind", "target", "signing_secret", "is_active")
     fields = ("tenant", "name", "kind", "target", "signing_secret", "is_active", "created_at")
-    readonly_fields = ("tenant", "kind", "created_at")
+    readonly_fields = ("tenant", "kind", "created_at", "shown_target")
+
+    def may_see_every_target(self, request) -> bool:
+        """Whether the user may edit every channel the changelist may list: only then may it be searched or filtered
+        by target, since which rows match a fragment would tell a secret one guess at a time."""
+        access = request_access(request)
+        return access.is_superuser or all(access.allows(self.edit_action, tenant_id) for tenant_id in access.roles)
+
+    def get_list_display(self, request):
+        if self.may_see_every_target(request):
+            return self.list_display
+
+        @admin.display(description="target")
+        def target(channel: AlertChannel) -> str:
+            return channel.target if self.allows(request, self.edit_action, channel) else target_masked(channel)
+
+        return tuple(target if name == "target" else name for name in self.list_display)
+
+    def get_search_fields(self, request):
+        if self.may_see_every_target(request):
+            return self.search_fields
+        return tuple(name for name in self.search_fields if name != "target")
+
+    def lookup_allowed(self, lookup, value, request):
+        if lookup.split(LOOKUP_SEP, 1)[0] == "target" and not self.may_see_every_target(request):
+            return False
+        return super().lookup_allowed(lookup, value, request)
+
+    def get_fields(self, request, obj=None):
+        fields = super().get_fields(request, obj)
+        if obj is None or self.allows(request, self.edit_action, obj):
+            return fields
+        return [("shown_target" if name == "target" else name) for name in fields]
+
+    @admin.display(description="target")
+    def shown_target(self, channel: AlertChannel) -> str:
+        return target_masked(channel)
 
     def save_model(self, request, obj, form, change):
         self.ensure_tenant_editable(request, obj)
