@@ -1,11 +1,13 @@
 """The Batch API with the openai SDK against the live gateway and a live Celery worker."""
 
+from datetime import timedelta
 from decimal import Decimal
 
 import openai
 import pytest
 from django.db import connection, transaction
 from django.db.models import Sum
+from django.utils import timezone
 
 from billing.models import UsageRecord
 from billing.ratelimits import rate_limit_create
@@ -15,6 +17,7 @@ from llmops.gateway.batches.services import line_request_id
 from tenants.services import api_key_create, api_key_revoke, team_create
 from tests.batch.conftest import (
     DELEGATING_PROVIDER,
+    FINISHED,
     WORKER_ENV,
     celery_worker,
     chat_line,
@@ -128,6 +131,44 @@ def test_cancel_mid_run_keeps_finished_lines_and_runs_no_more(worker, openai_cli
     assert slow_upstream.app.requests_served - served_before == completed
     ledger = batch_ledger(batch.id)
     assert len(ledger) == completed and reported_cost(done) == sum(r.cost_usd for r in ledger)
+
+
+def test_a_run_past_its_completion_window_claims_no_more_lines_and_ends_expired(
+    worker, openai_client, acme, slow_upstream
+):
+    """OpenAI's promise: a batch finishes within its completion window or ends ``expired``, its unrun lines failed
+    ``batch_expired``. The runner holds the lease, so no recheck can stop it: each claim checks the window itself."""
+    provider_model(slow_upstream.url, provider_name="slow-mock", model_name="acme-slow", tenant=acme)
+    total = 30
+    served_before = slow_upstream.app.requests_served
+    file_id = upload(openai_client, [chat_line(f"line-{n}", "acme-slow") for n in range(total)])
+    batch = openai_client.batches.create(
+        input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    wait_for(lambda: openai_client.batches.retrieve(batch.id).request_counts.completed >= 2)
+
+    Batch.objects.unscoped().filter(pk=batch.id).update(expires_at=timezone.now() - timedelta(seconds=1))
+    seen = []
+
+    def finished():
+        current = openai_client.batches.retrieve(batch.id)
+        seen.append(current.status)
+        return current.status in FINISHED and current
+
+    done = wait_for(finished, interval=0.05)
+
+    # No client cancelled it: never shown cancelling.
+    assert set(seen) <= {"in_progress", "finalizing", "expired"}
+    assert done.status == "expired" and done.expired_at and done.finalizing_at
+    assert (done.cancelling_at, done.cancelled_at, done.completed_at) == (None, None, None)
+    completed = done.request_counts.completed
+    assert 2 <= completed < total and done.request_counts.failed == 0
+    output = rows(openai_client, done.output_file_id)
+    unrun = rows(openai_client, done.error_file_id)
+    assert len(output) == completed and len(unrun) == total - completed
+    assert {row["error"]["code"] for row in unrun} == {"batch_expired"} and {row["response"] for row in unrun} == {None}
+    assert {row["custom_id"] for row in output + unrun} == {f"line-{n}" for n in range(total)}
+    assert slow_upstream.app.requests_served - served_before == completed
 
 
 def revoke_key(acme) -> None:

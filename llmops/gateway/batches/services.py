@@ -20,7 +20,7 @@ from typing import IO
 import orjson
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import F, Q
+from django.db.models import Exists, F, Q
 from django.utils import timezone
 
 from billing.budgets.index import BudgetEntry
@@ -536,9 +536,14 @@ def _batch_lock(batch_id: str) -> str | None:
 
 
 def lines_claim(*, batch_id: str, limit: int) -> list[ClaimedLine]:
-    """Take up to ``limit`` pending lines of a batch that is still in progress: none once a cancel has committed."""
+    """Take up to ``limit`` pending lines of a batch that is still in progress: none once a cancel has committed, nor
+    once its ``expires_at`` has passed (a run longer than the completion window stops there; batch_finalize expires
+    the batch)."""
     with transaction.atomic():
-        if _batch_lock(batch_id) != BatchStatus.IN_PROGRESS:
+        # The batch's row locked as _batch_lock does, read with its deadline.
+        locked = batches_for_workers().select_for_update().filter(pk=batch_id).values_list("status", "expires_at")
+        status, expires_at = locked.first() or (None, None)
+        if status != BatchStatus.IN_PROGRESS or expires_at <= timezone.now():
             return []
         lines = list(
             lines_for_workers(batch_id=batch_id)
@@ -606,11 +611,18 @@ def line_record(
     return True
 
 
-def batch_expire_if_due(*, batch_id: str) -> None:
+def batch_expire_if_due(*, batch_id: str) -> bool:
+    """A batch past its ``expires_at`` with lines left to run (or still validating) goes to ``finalizing``, as
+    OpenAI's does (it has no ``expiring`` status, and ``cancelling`` is a client's cancel): lines in flight finish,
+    the unrun ones fail ``batch_expired`` and the batch ends ``expired`` (batch_finalize). ``expired_at`` marks it."""
     now = timezone.now()
-    batches_for_workers().filter(
-        pk=batch_id, status__in=(BatchStatus.VALIDATING, BatchStatus.IN_PROGRESS), expires_at__lte=now
-    ).update(status=BatchStatus.CANCELLING, expired_at=now)
+    unrun = lines_for_workers(batch_id=batch_id).filter(status__in=(LineStatus.PENDING, LineStatus.RUNNING))
+    due = batches_for_workers().filter(pk=batch_id, expires_at__lte=now)
+    return bool(
+        due.filter(Q(status=BatchStatus.VALIDATING) | Q(Exists(unrun), status=BatchStatus.IN_PROGRESS)).update(
+            status=BatchStatus.FINALIZING, finalizing_at=now, expired_at=now
+        )
+    )
 
 
 def batch_finalize(*, batch_id: str) -> Batch | None:
@@ -619,7 +631,10 @@ def batch_finalize(*, batch_id: str) -> Batch | None:
         batch = batches_for_workers().select_for_update().get(pk=batch_id)
         if batch.status in BATCH_FINISHED:
             return batch
-        stopping = batch.status == BatchStatus.CANCELLING
+        if batch_expire_if_due(batch_id=batch_id):
+            batch.refresh_from_db()
+        expired = batch.expired_at is not None
+        stopping = batch.status == BatchStatus.CANCELLING or expired
         lines = batch.lines.all()
         if stopping:
             # Nothing more starts; what finished is kept. Lines at a provider's batch endpoint are waited for.
@@ -631,7 +646,6 @@ def batch_finalize(*, batch_id: str) -> Batch | None:
         if batch.status != BatchStatus.FINALIZING:
             batch.status, batch.finalizing_at = BatchStatus.FINALIZING, timezone.now()
             batch.save(update_fields=["status", "finalizing_at"])
-        expired = batch.expired_at is not None
         outcome = BatchStatus.EXPIRED if expired else BatchStatus.CANCELLED if stopping else BatchStatus.COMPLETED
         if expired:
             unrun = {
