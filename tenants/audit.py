@@ -95,6 +95,8 @@ def _is_ignored(field: models.Field) -> bool:
 
 def audit_snapshot(instance: models.Model) -> dict:
     snapshot = {}
+    # A model names fields it holds a credential in only for some rows (a Slack channel's URL, not an email address).
+    secrets = instance.audit_secret_fields() if hasattr(instance, "audit_secret_fields") else frozenset()
     for field in instance._meta.concrete_fields:
         if _is_ignored(field):
             continue
@@ -102,7 +104,7 @@ def audit_snapshot(instance: models.Model) -> dict:
         if isinstance(field, models.DecimalField) and isinstance(value, decimal.Decimal):
             # As stored: a form's 60 and the database's 60.00 are no change.
             value = value.quantize(decimal.Decimal(1).scaleb(-field.decimal_places))
-        if SECRET_FIELD.search(field.name) and value not in (None, ""):
+        if (SECRET_FIELD.search(field.name) or field.name in secrets) and value not in (None, ""):
             value = mask_secret(value)
         snapshot[field.attname] = _json_value(value)
     return snapshot

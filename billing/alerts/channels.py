@@ -13,13 +13,31 @@ from botocore.exceptions import BotoCoreError, ClientError
 from django.conf import settings
 from django.core.mail import send_mail
 
-from billing.models import AlertChannel, ChannelKind
+from billing.models import CREDENTIAL_TARGET_KINDS, AlertChannel, ChannelKind
 from core.crypto import CredentialDecryptionError, decrypt_secret
 from core.outbound import OutboundRefused, outbound_post
+from core.redaction import API_KEY
 from core.webhooks import webhook_headers
 
 SEND_TIMEOUT_SECONDS = 10
 SNS_ARN_PARTS = 6  # arn:aws:sns:<region>:<account>:<topic>
+
+
+def target_masked(channel: AlertChannel) -> str:
+    """The target as a member who may not edit the channel sees it: a credential's path masked whole, with the log
+    filter's placeholder (its Slack rule knows only ``hooks.slack.com/services/`` URLs), its host kept."""
+    if channel.kind not in CREDENTIAL_TARGET_KINDS:
+        return channel.target
+    parts = urlsplit(channel.target)
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}/{API_KEY}"
+
+
+def without_credential(channel: AlertChannel, text: str) -> str:
+    """``text`` (a failed send's error, kept on the delivery for every member to read) with the channel's target
+    masked where the target is a credential."""
+    if channel.kind not in CREDENTIAL_TARGET_KINDS or not channel.target:
+        return text
+    return text.replace(channel.target, target_masked(channel))
 
 
 class ChannelSendError(Exception):

@@ -17,7 +17,7 @@ from django.core.validators import validate_email
 from django.db import transaction
 from django.utils import timezone
 
-from billing.alerts.channels import ChannelSendError, channel_send, is_http_url, sns_region
+from billing.alerts.channels import ChannelSendError, channel_send, is_http_url, sns_region, without_credential
 from billing.budgets.index import units_to_usd
 from billing.ledger.costs import format_money
 from billing.models import (
@@ -181,7 +181,7 @@ def alert_delivery_attempt(*, delivery_id: int) -> None:
             )
         except ChannelSendError as exc:
             failure = exc
-            delivery.last_error = str(exc)[:MAX_ERROR_CHARS]
+            delivery.last_error = without_credential(delivery.channel, str(exc))[:MAX_ERROR_CHARS]
         else:
             delivery.status, delivery.sent_at = DeliveryStatus.SENT, timezone.now()
         delivery.save(update_fields=["attempts", "last_error", "status", "sent_at"])

@@ -3,14 +3,13 @@
 Rows are created and changed through billing's services, as the API and `manage.py budget_set` do.
 """
 
-from urllib.parse import urlsplit
-
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models.constants import LOOKUP_SEP
 from django.utils import timezone
 
+from billing.alerts.channels import target_masked
 from billing.alerts.services import (
     alert_channel_create,
     alert_channel_update,
@@ -27,12 +26,10 @@ from billing.models import (
     Anomaly,
     Budget,
     BudgetAlert,
-    ChannelKind,
     RateLimit,
     RateLimitScope,
 )
 from billing.ratelimits import rate_limit_create, rate_limit_validate
-from core.redaction import API_KEY
 from tenants.admin import (
     ReadOnlyScopedAdmin,
     TenantListFilter,
@@ -178,20 +175,6 @@ class AlertChannelForm(forms.ModelForm):
             signing_secret=data.get("signing_secret", ""),
         )
         return data
-
-
-# Kinds whose target is a credential: anyone holding a Slack incoming webhook URL can post to the channel. A signed
-# webhook's URL is not (the receiver checks the signature, and its secret is write-only), nor an address or an ARN.
-CREDENTIAL_TARGET_KINDS = frozenset({ChannelKind.SLACK})
-
-
-def target_masked(channel: AlertChannel) -> str:
-    """The target as a member who may not edit the channel sees it: a credential's path masked whole, with the log
-    filter's placeholder (its Slack rule knows only ``hooks.slack.com/services/`` URLs), its host kept."""
-    if channel.kind not in CREDENTIAL_TARGET_KINDS:
-        return channel.target
-    parts = urlsplit(channel.target)
-    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}/{API_KEY}"
 
 
 @admin.register(AlertChannel)

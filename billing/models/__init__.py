@@ -1,6 +1,7 @@
 """billing's models, one module per topic; each is imported here so Django registers it."""
 
 from billing.models.alerts import (
+    CREDENTIAL_TARGET_KINDS,
     AlertChannel,
     AlertDelivery,
     Anomaly,
@@ -49,6 +50,7 @@ from billing.models.rollups import RollupCursor, UsageCustomerRollupHourly, Usag
 
 __all__ = [
     "COST_FIELD",
+    "CREDENTIAL_TARGET_KINDS",
     "CUSTOMER_MAX_LENGTH",
     "DEFAULT_THRESHOLDS",
     "PRODUCT_ROWS",

@@ -16,6 +16,11 @@ class ChannelKind(models.TextChoices):
     SNS = "sns", "AWS SNS topic"
 
 
+# Kinds whose target is a credential: anyone holding a Slack incoming webhook URL can post to the channel. A signed
+# webhook's URL is not (the receiver checks the signature, and its secret is write-only), nor an address or an ARN.
+CREDENTIAL_TARGET_KINDS = frozenset({ChannelKind.SLACK})
+
+
 class AlertChannel(TenantOwned, models.Model):
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="alert_channels")
     name = models.CharField(max_length=200)
@@ -32,6 +37,10 @@ class AlertChannel(TenantOwned, models.Model):
 
     def __str__(self):
         return f"{self.tenant.slug}/{self.name} ({self.kind})"
+
+    def audit_secret_fields(self) -> frozenset[str]:
+        """The fields the audit log masks beyond those named as secrets (tenants.audit): a credential target."""
+        return frozenset({"target"}) if self.kind in CREDENTIAL_TARGET_KINDS else frozenset()
 
 
 class BudgetAlert(models.Model):

@@ -5,7 +5,7 @@ import pytest
 
 from billing.alerts.services import alert_channel_create
 from billing.models import AlertChannel, ChannelKind
-from tenants.models import Role
+from tenants.models import AuditEvent, Role
 from tenants.services import membership_set
 from tests.admin.scenario import World, admin_url, make_user
 
@@ -66,3 +66,14 @@ def test_one_list_masks_the_url_of_the_tenant_the_user_only_views(client, world:
     assert SLACK_PATH in listed and "globex-slack" in listed
     assert viewed.target.removeprefix("https://") not in listed
     assert searched.context["cl"].result_count == 0
+
+
+def test_the_audit_log_keeps_a_slack_url_masked_and_an_email_address_as_it_is(world: World, slack):
+    """Every member may read the tenant's audit log: a Slack URL there is masked as a secret is (whether it changed
+    still shows), an email address is not a secret."""
+    events = AuditEvent.objects.for_tenant(world.acme.tenant).filter(object_type="billing.alertchannel")
+    targets = {event.object_repr: event.after["target"] for event in events}
+
+    assert targets["acme/acme-slack (slack)"].startswith("***")
+    assert SLACK_PATH not in str(list(events.values_list("after", flat=True)))
+    assert targets["acme/acme-mail (email)"] == "ops@acme.test"

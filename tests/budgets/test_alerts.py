@@ -117,6 +117,9 @@ def test_a_delivery_that_never_lands_is_marked_failed_with_its_error(org, receiv
     assert delivery.status == DeliveryStatus.FAILED
     assert delivery.attempts == ALERT_DELIVERY_MAX_RETRIES + 1
     assert "answered 500" in delivery.last_error
+    # A Slack webhook URL is a credential; every member of the tenant may read the delivery's error.
+    assert f"{url}/down" not in delivery.last_error
+    assert "[API_KEY]" in delivery.last_error
 
 
 def test_the_admin_retries_a_failed_delivery_and_not_a_sent_one(
