@@ -90,7 +90,9 @@ def test_statement_of_a_tenant_with_an_unknown_time_zone_counts_utc_days(client,
     assert page.status_code == 200 and "2.25" in page.content.decode()
 
 
-def test_monthly_job_pushes_every_tenants_statement_to_s3(march_usage, globex, settings, eager_celery, monkeypatch):
+@pytest.fixture
+def statements_bucket(settings, monkeypatch):
+    """An S3 bucket for statements (moto), as LLMOPS_STATEMENTS_BUCKET; yields its client."""
     settings.LLMOPS_STATEMENTS_BUCKET = "finance-statements"
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
@@ -98,17 +100,24 @@ def test_monthly_job_pushes_every_tenants_statement_to_s3(march_usage, globex, s
     with mock_aws():
         s3 = boto3.client("s3", region_name="us-east-1")
         s3.create_bucket(Bucket="finance-statements")
-        with monkeypatch.context() as patch:
-            patch.setattr("billing.finance.tasks.timezone.now", lambda: datetime(2025, 4, 1, 4, tzinfo=UTC))
-            assert statements_push_task.delay().get() == 2
-        body = s3.get_object(Bucket="finance-statements", Key="statements/acme/2025-03.csv")["Body"].read().decode()
-        keys = sorted(item["Key"] for item in s3.list_objects_v2(Bucket="finance-statements")["Contents"])
+        yield s3
+
+
+def test_monthly_job_pushes_every_tenants_statement_to_s3(
+    march_usage, globex, statements_bucket, eager_celery, monkeypatch
+):
+    s3 = statements_bucket
+    with monkeypatch.context() as patch:
+        patch.setattr("billing.finance.tasks.timezone.now", lambda: datetime(2025, 4, 1, 4, tzinfo=UTC))
+        assert statements_push_task.delay().get() == 2
+    body = s3.get_object(Bucket="finance-statements", Key="statements/acme/2025-03.csv")["Body"].read().decode()
+    keys = sorted(item["Key"] for item in s3.list_objects_v2(Bucket="finance-statements")["Contents"])
     assert keys == ["statements/acme/2025-03.csv", "statements/globex/2025-03.csv"]
     assert "2.2500000002" in body and "7.0000000000" not in body
 
 
 def test_a_tenant_whose_month_has_not_ended_in_its_time_zone_is_not_pushed_yet(
-    march_usage, globex, settings, eager_celery, monkeypatch
+    march_usage, globex, statements_bucket, eager_celery, monkeypatch
 ):
     """At 04:00 UTC on April 1st it is still March 31st, 21:00, in Los Angeles: that statement would miss the month's
     last hours. The run of the 2nd pushes it, with a row from 23:30 local time on March 31st."""
@@ -116,20 +125,14 @@ def test_a_tenant_whose_month_has_not_ended_in_its_time_zone_is_not_pushed_yet(
     UsageRecord.objects.bulk_create(
         [usage_row(globex.keys[0], created_at=datetime(2025, 4, 1, 6, 30, tzinfo=UTC), cost="3")]
     )
-    settings.LLMOPS_STATEMENTS_BUCKET = "finance-statements"
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    with mock_aws():
-        s3 = boto3.client("s3", region_name="us-east-1")
-        s3.create_bucket(Bucket="finance-statements")
-        with monkeypatch.context() as patch:
-            patch.setattr("billing.finance.tasks.timezone.now", lambda: datetime(2025, 4, 1, 4, tzinfo=UTC))
-            assert statements_push_task.delay().get() == 1
-            first = [item["Key"] for item in s3.list_objects_v2(Bucket="finance-statements")["Contents"]]
-            patch.setattr("billing.finance.tasks.timezone.now", lambda: datetime(2025, 4, 2, 4, tzinfo=UTC))
-            assert statements_push_task.delay().get() == 2
-        body = s3.get_object(Bucket="finance-statements", Key="statements/globex/2025-03.csv")["Body"].read().decode()
+    s3 = statements_bucket
+    with monkeypatch.context() as patch:
+        patch.setattr("billing.finance.tasks.timezone.now", lambda: datetime(2025, 4, 1, 4, tzinfo=UTC))
+        assert statements_push_task.delay().get() == 1
+        first = [item["Key"] for item in s3.list_objects_v2(Bucket="finance-statements")["Contents"]]
+        patch.setattr("billing.finance.tasks.timezone.now", lambda: datetime(2025, 4, 2, 4, tzinfo=UTC))
+        assert statements_push_task.delay().get() == 2
+    body = s3.get_object(Bucket="finance-statements", Key="statements/globex/2025-03.csv")["Body"].read().decode()
     assert first == ["statements/acme/2025-03.csv"]
     assert "10.0000000000" in body  # its $7 of March 4th and the $3 of 23:30 on March 31st, local time
 
