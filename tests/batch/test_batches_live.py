@@ -109,14 +109,20 @@ def test_mixed_batch_completes_with_output_and_error_files(worker, openai_client
         openai_client.batches.cancel(batch.id)
 
 
-def test_cancel_mid_run_keeps_finished_lines_and_runs_no_more(worker, openai_client, acme, slow_upstream):
+def slow_batch_under_way(openai_client, acme, slow_upstream, total: int):
+    """A batch of ``total`` lines on a slow model, once at least two of them have completed."""
     provider_model(slow_upstream.url, provider_name="slow-mock", model_name="acme-slow", tenant=acme)
-    served_before = slow_upstream.app.requests_served
-    file_id = upload(openai_client, [chat_line(f"line-{n}", "acme-slow") for n in range(30)])
+    file_id = upload(openai_client, [chat_line(f"line-{n}", "acme-slow") for n in range(total)])
     batch = openai_client.batches.create(
         input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h"
     )
     wait_for(lambda: openai_client.batches.retrieve(batch.id).request_counts.completed >= 2)
+    return batch
+
+
+def test_cancel_mid_run_keeps_finished_lines_and_runs_no_more(worker, openai_client, acme, slow_upstream):
+    served_before = slow_upstream.app.requests_served
+    batch = slow_batch_under_way(openai_client, acme, slow_upstream, 30)
 
     cancelling = openai_client.batches.cancel(batch.id)
     done = wait_finished(openai_client, batch.id)
@@ -138,14 +144,9 @@ def test_a_run_past_its_completion_window_claims_no_more_lines_and_ends_expired(
 ):
     """OpenAI's promise: a batch finishes within its completion window or ends ``expired``, its unrun lines failed
     ``batch_expired``. The runner holds the lease, so no recheck can stop it: each claim checks the window itself."""
-    provider_model(slow_upstream.url, provider_name="slow-mock", model_name="acme-slow", tenant=acme)
     total = 30
     served_before = slow_upstream.app.requests_served
-    file_id = upload(openai_client, [chat_line(f"line-{n}", "acme-slow") for n in range(total)])
-    batch = openai_client.batches.create(
-        input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h"
-    )
-    wait_for(lambda: openai_client.batches.retrieve(batch.id).request_counts.completed >= 2)
+    batch = slow_batch_under_way(openai_client, acme, slow_upstream, total)
 
     Batch.objects.unscoped().filter(pk=batch.id).update(expires_at=timezone.now() - timedelta(seconds=1))
     seen = []
@@ -188,15 +189,10 @@ def test_a_key_refused_mid_run_stops_the_batch_at_its_next_line(
 ):
     """The kill switch holds for batches: a key revoked, or its team disabled, while its batch runs sends no line
     more; those in flight finish and are billed."""
-    provider_model(slow_upstream.url, provider_name="slow-mock", model_name="acme-slow", tenant=acme)
     _, auditor_key = api_key_create(team=team_create(tenant=acme.tenant, slug="audit"), name="reads the batch")
     total = 30
     served_before = slow_upstream.app.requests_served
-    file_id = upload(openai_client, [chat_line(f"line-{n}", "acme-slow") for n in range(total)])
-    batch = openai_client.batches.create(
-        input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h"
-    )
-    wait_for(lambda: openai_client.batches.retrieve(batch.id).request_counts.completed >= 2)
+    batch = slow_batch_under_way(openai_client, acme, slow_upstream, total)
 
     stop(acme)
     served_at_stop = slow_upstream.app.requests_served
