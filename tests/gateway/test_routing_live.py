@@ -4,6 +4,7 @@ import time
 from decimal import Decimal
 
 import httpx
+import orjson
 import pytest
 
 from billing.models import UsageRecord
@@ -216,3 +217,21 @@ def test_tools_or_images_to_a_model_that_cannot_take_them_are_refused(gateway, a
     error = response.json()["error"]
     assert (error["code"], error["param"]) == ("model_capability_unsupported", param)
     assert acme.small.name in error["message"]
+
+
+def test_metadata_goes_upstream_only_with_store(gateway, acme, receiver):
+    """OpenAI keeps the metadata of a completion it stores (to filter stored completions by); without `store` the
+    metadata only steers the gateway (routing, attribution) and stays out of the provider's request."""
+    model = ModelFactory(name="acme-recorded", provider=ProviderFactory(base_url=f"{receiver.url}/v1"))
+    acme.tenant.model_access.allowed_models.add(model)
+    metadata = {"app": "billing"}
+
+    for store in (True, False):
+        chat(gateway, acme, {"model": model.name, "messages": user("hi"), "metadata": metadata, "store": store})
+
+    # The receiver's answer is no chat completion, so each request is retried: every try is sent alike.
+    sent = [orjson.loads(request.body) for request in receiver.app.received]
+    stored, unstored = sent[0], sent[-1]
+    assert {body["store"] for body in sent} == {True, False}
+    assert (stored["metadata"], stored["store"]) == (metadata, True)
+    assert "metadata" not in unstored and unstored["store"] is False

@@ -30,7 +30,8 @@ TAGS_HEADER = "x-llmops-tags"
 CUSTOMER_HEADER = "x-llmops-customer"
 MAX_TAGS = 10
 MAX_TAG_LENGTH = 64
-# Fields that steer the gateway and are not part of OpenAI's request (`metadata` needs `store` upstream).
+# Fields that steer the gateway, sent upstream only with `store`: OpenAI keeps a stored completion's metadata, to
+# filter stored completions by, and takes it without `store` from no one.
 GATEWAY_ONLY_FIELDS = ("metadata",)
 
 
@@ -233,7 +234,7 @@ async def plan_chat(snapshot: ConfigSnapshot, call: GatewayCall, body: dict, hea
         _refuse_what_the_model_cannot_take(served, routed.features)
         fallbacks = [catalog.models[name] for name in decision.outcome.fallback_models if name in catalog.models]
         chain = [served] + [model for model in fallbacks if model_lacks(model, routed.features) is None]
-        upstream_body = {k: v for k, v in body.items() if k not in GATEWAY_ONLY_FIELDS}
+        upstream_body = body if body.get("store") else {k: v for k, v in body.items() if k not in GATEWAY_ONLY_FIELDS}
         capped = await apply_token_caps(
             upstream_body,
             decision=decision,
