@@ -10,6 +10,7 @@ thresholds' alerts to it went out.
 """
 
 import logging
+from datetime import timedelta
 from decimal import Decimal
 
 from django.core.exceptions import ValidationError
@@ -44,6 +45,11 @@ MAX_ERROR_CHARS = 2000
 
 class AlertNotYet(ChannelSendError):
     """A lower threshold's alert to the same channel has not gone out yet; this one waits its turn."""
+
+
+# How long a budget's alert waits for a lower threshold's to the same channel. The order is for the reader; a lower
+# delivery that never goes out must not cost the page that matters most (100%: requests refused) its retries.
+LOWER_THRESHOLD_WAIT = timedelta(minutes=5)
 
 
 def alert_channel_validate(*, kind: str, target: str, has_signing_secret: bool, signing_secret: str = "") -> None:
@@ -190,6 +196,8 @@ def alert_delivery_attempt(*, delivery_id: int) -> None:
 
 
 def _wait_for_lower_thresholds(delivery: AlertDelivery) -> None:
+    """A budget's alerts reach a channel lowest threshold first, as long as the lower ones are on their way: a lower
+    delivery pending for LOWER_THRESHOLD_WAIT (its task lost, its sends failing) no longer holds back this one."""
     alert = delivery.budget_alert
     if alert is None:
         return
@@ -198,6 +206,7 @@ def _wait_for_lower_thresholds(delivery: AlertDelivery) -> None:
         budget_alert__period_key=alert.period_key,
         budget_alert__threshold__lt=alert.threshold,
         status=DeliveryStatus.PENDING,
+        created_at__gt=timezone.now() - LOWER_THRESHOLD_WAIT,
     )
     if earlier.exists():
         raise AlertNotYet(f"the lower thresholds' alerts to {delivery.channel} go out first")

@@ -1,15 +1,17 @@
 import json
 import threading
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import boto3
 import pytest
 from django.core.exceptions import ValidationError
+from django.utils import timezone
 from moto import mock_aws
 from standardwebhooks import Webhook, WebhookVerificationError
 
 from billing.alerts.services import (
+    LOWER_THRESHOLD_WAIT,
     AlertNotYet,
     alert_channel_create,
     alert_delivery_attempt,
@@ -120,6 +122,28 @@ def test_a_delivery_that_never_lands_is_marked_failed_with_its_error(org, receiv
     # A Slack webhook URL is a credential; every member of the tenant may read the delivery's error.
     assert f"{url}/down" not in delivery.last_error
     assert "[API_KEY]" in delivery.last_error
+
+
+def test_a_lower_threshold_stuck_pending_holds_a_higher_one_back_only_for_a_while(org, receiver):
+    """The 100% page waits for the 50% alert to the same channel while that one is on its way, not for ever: a
+    lower delivery whose task was lost would otherwise cost it every retry."""
+    app, url = receiver
+    channel = alert_channel_create(tenant=org.tenant, name="slack", kind=ChannelKind.SLACK, target=f"{url}/slack")
+    budget = budget_create(tenant=org.tenant, limit_usd=Decimal("10"), channels=[channel], thresholds=[50, 100])
+    budget_threshold_alert(budget.pk, "2026-11", 50, 5 * UNITS)  # its delivery's task never runs
+    budget_threshold_alert(budget.pk, "2026-11", 100, 10 * UNITS)
+    deliveries = {delivery.budget_alert.threshold: delivery for delivery in AlertDelivery.objects.unscoped().all()}
+
+    with pytest.raises(AlertNotYet):
+        alert_delivery_attempt(delivery_id=deliveries[100].pk)
+    AlertDelivery.objects.unscoped().filter(pk=deliveries[50].pk).update(
+        created_at=timezone.now() - LOWER_THRESHOLD_WAIT - timedelta(seconds=1)
+    )
+    alert_delivery_attempt(delivery_id=deliveries[100].pk)
+
+    [request] = app.received
+    assert "100%" in json.loads(request.body)["text"].split("\n")[0]
+    assert AlertDelivery.objects.unscoped().get(pk=deliveries[100].pk).status == DeliveryStatus.SENT
 
 
 def test_the_admin_retries_a_failed_delivery_and_not_a_sent_one(
