@@ -108,7 +108,8 @@ def alert_channel_update(
 def budget_alert_raise(
     *, budget_id: int, period_key: str, threshold: int, spent_units: int, customer: str = "", refused: bool = False
 ) -> list[AlertDelivery]:
-    """Record the alert, and first those of the lower thresholds not raised yet, with a delivery per active channel.
+    """Record the alert, and first those of the lower thresholds not raised yet (not for a refusal: its threshold
+    alone), with a delivery per active channel.
     Returns those deliveries, lowest threshold first; none when the alert was raised before. `refused`: raised by a
     request the budget refused or downgraded (at `spent_units`, below the threshold), not by spend reaching it.
 
@@ -124,7 +125,9 @@ def budget_alert_raise(
         raised = set(budget.alerts.filter(period_key=period_key).values_list("threshold", flat=True))
         if threshold in raised:
             return []
-        reached = sorted({percent for percent in budget.thresholds if percent < threshold} - raised | {threshold})
+        # A refusal raises its threshold alone: the lower ones stay for spend to reach, and say so when it does.
+        below = set() if refused else {percent for percent in budget.thresholds if percent < threshold}
+        reached = sorted(below - raised | {threshold})
         channels = list(budget.channels.filter(is_active=True))
         deliveries = []
         for percent in reached:

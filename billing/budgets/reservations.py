@@ -202,8 +202,12 @@ async def _redis_reserve(client, holds, amount_units: int, request_id: str, now:
 
 
 def _exceeded(hold: BudgetHold, spent: int, reserved: int, requested: int, now: datetime) -> BudgetExceeded:
-    """The refusal, noted for the budget's alert: spend stops below the limit, so no settle would raise its top."""
-    refusal_alert_enqueue(entry=hold.entry, period_key=hold.window.key, spent_units=spent, customer=hold.customer)
+    """The refusal, noted for the budget's alert when spend is what refuses it: spend stops below the limit, so no
+    settle would raise its top. A request over the whole limit by itself, or one that only others' reservations in
+    flight keep out, says nothing about the budget being spent."""
+    limit = hold.entry.limit_units
+    if requested <= limit < spent + requested:
+        refusal_alert_enqueue(entry=hold.entry, period_key=hold.window.key, spent_units=spent, customer=hold.customer)
     return BudgetExceeded(
         entry=hold.entry, window=hold.window, now=now, spent_units=spent, reserved_units=reserved,
         requested_units=requested, customer=hold.customer,

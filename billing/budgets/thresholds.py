@@ -5,7 +5,8 @@ unique constraint makes the alert exactly-once across replicas and retries. The 
 only spares the broker a task per refused request.
 
 Settled spend on a block or downgrade budget stops below the limit (a request is refused once its worst case would
-pass it), so the first refusal of a period raises the budget's top threshold, and with it every lower one not raised.
+pass it), so the first request of a period that its spend refuses raises the budget's top threshold; the lower ones
+are left to spend.
 """
 
 import logging
@@ -55,7 +56,7 @@ def threshold_alerts_enqueue(*, crossings: list[Crossing], refused: bool = False
 
 
 def refusal_alert_enqueue(*, entry: BudgetEntry, period_key: str, spent_units: int, customer: str = "") -> None:
-    """A block or downgrade budget refused a request: raise its top threshold (and the lower ones), once a period."""
+    """A block or downgrade budget's spend refused a request: raise its top threshold, once a period."""
     if entry.thresholds:
         threshold_alerts_enqueue(
             crossings=[(entry, period_key, entry.thresholds[-1], spent_units, customer)], refused=True
@@ -70,7 +71,9 @@ def threshold_alerts_wait(timeout: float = 10.0) -> None:
 def _send_tasks(crossings: list[tuple[int, str, int, int, str, bool]]) -> None:
     try:
         for budget_id, period_key, threshold, spent_units, customer, refused in crossings:
-            budget_threshold_alert.delay(budget_id, period_key, threshold, spent_units, customer, refused)
+            # `refused` only when set: a worker still on the code before it takes every other alert.
+            extra = {"refused": True} if refused else {}
+            budget_threshold_alert.delay(budget_id, period_key, threshold, spent_units, customer, **extra)
     except Exception:
         logger.exception("could not enqueue budget threshold alerts %s", crossings)
         with _lock:

@@ -258,7 +258,7 @@ def _spend_reserving_more_than_settled(org, requests: int) -> int:
 
 @pytest.mark.parametrize("counters", ["redis_counters", "no_redis"])
 @pytest.mark.parametrize(("action", "refused_as"), [("block", "refused"), ("downgrade", "downgraded")])
-def test_the_first_refusal_of_a_block_or_downgrade_budget_raises_its_top_alerts_once(
+def test_the_first_refusal_of_a_block_or_downgrade_budget_raises_its_top_alert_once(
     live_org, mailoutbox, monkeypatch, request, counters, action, refused_as
 ):
     request.getfixturevalue(counters)
@@ -271,17 +271,43 @@ def test_the_first_refusal_of_a_block_or_downgrade_budget_raises_its_top_alerts_
     monkeypatch.setattr(thresholds, "_enqueued", set())
     assert _spend_reserving_more_than_settled(live_org, 5) == 5
 
+    # 80% is left for spend to reach: a refusal raises its threshold alone.
     alerts = BudgetAlert.objects.unscoped().order_by("threshold")
     assert [(alert.threshold, alert.spent_usd, alert.refused) for alert in alerts] == [
         (50, Decimal("5"), False),
-        (80, Decimal("6"), True),
         (100, Decimal("6"), True),
     ]
     assert [mail.subject.rsplit(" ", 3)[1:] for mail in mailoutbox] == [
         ["budget", "at", "50%"],
-        ["80%:", "requests", refused_as],
         ["100%:", "requests", refused_as],
     ]
+
+
+def test_a_refusal_that_spend_does_not_cause_raises_no_alert(live_org, redis_counters):
+    """A request over the whole limit by itself, or one that only others' reservations in flight keep out, says
+    nothing about the budget being spent: nothing was, and nobody is paged."""
+    budget_create(tenant=live_org.tenant, limit_usd=Decimal("10"))
+    budgets = build_budget_index(tenant_id=live_org.tenant.pk).applicable(
+        live_org.tenant.pk, live_org.team.pk, live_org.api_key.pk, "m"
+    )
+    now = datetime(2026, 11, 27, 12, tzinfo=UTC)
+
+    async def refusals():
+        with pytest.raises(BudgetExceeded):
+            await budget_reserve(budgets=budgets, amount=Decimal(12), request_id="alone-too-large", now=now)
+        held = [
+            await budget_reserve(budgets=budgets, amount=Decimal(4), request_id=f"in-flight-{n}", now=now)
+            for n in (1, 2)
+        ]
+        with pytest.raises(BudgetExceeded):
+            await budget_reserve(budgets=budgets, amount=Decimal(4), request_id="kept-out", now=now)
+        for reservation in held:
+            await reservation_settle(reservation, actual=Decimal(0))
+
+    run(refusals())
+    threshold_alerts_wait()
+
+    assert not BudgetAlert.objects.unscoped().exists()
 
 
 def test_a_notify_budget_alerts_on_spend_only(live_org, mailoutbox, redis_counters):
