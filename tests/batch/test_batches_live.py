@@ -11,6 +11,7 @@ from django.utils import timezone
 
 from billing.models import UsageRecord
 from billing.ratelimits import rate_limit_create
+from llmops import mock_upstream as mock_upstream_module
 from llmops.gateway.batches.models import Batch, BatchLine
 from llmops.gateway.batches.runner import batch_process
 from llmops.gateway.batches.services import line_request_id
@@ -280,6 +281,30 @@ def test_delegated_to_provider_batch_endpoint_at_the_discount(worker, openai_cli
     assert stored.saved_batch_usd == sum(record.saved_batch_usd for record in ledger)
     output = rows(openai_client, done.output_file_id)
     assert {row["response"]["request_id"] for row in output} == {record.request_id for record in ledger}
+
+
+def test_lines_at_a_provider_when_the_key_is_revoked_are_still_collected_and_billed(
+    worker, gateway, openai_client, acme, mock_upstream, monkeypatch
+):
+    """A revoked key stops new lines, not the ones a provider batch already runs: the provider bills those, so their
+    answers are collected and charged to the key, and the batch ends instead of waiting on them for ever."""
+    monkeypatch.setattr(mock_upstream_module, "BATCH_SECONDS", 3.0)  # revoked while the provider still runs it
+    provider_model(mock_upstream.url, provider_name=DELEGATING_PROVIDER, model_name="acme-batchable", tenant=acme)
+    _, auditor_key = api_key_create(team=team_create(tenant=acme.tenant, slug="audit"), name="reads the batch")
+    lines = [chat_line(f"d-{n}", "acme-batchable", f"summarise report {n}") for n in range(3)]
+    batch = openai_client.batches.create(
+        input_file_id=upload(openai_client, lines), endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    wait_for(lambda: Batch.objects.unscoped().get(pk=batch.id).provider_batches)
+
+    revoke_key(acme)
+    with sdk(gateway, auditor_key) as auditor:
+        done = wait_finished(auditor, batch.id)
+
+    assert done.status == "cancelled" and done.request_counts.completed == 3
+    ledger = batch_ledger(batch.id)
+    assert len(ledger) == 3 and all(record.api_key_id == acme.api_key.pk for record in ledger)
+    assert reported_cost(done) == sum(record.cost_usd for record in ledger) > 0
 
 
 def test_delegated_lines_a_provider_batch_left_unanswered_fail_with_openai_error_objects(

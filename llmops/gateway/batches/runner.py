@@ -121,8 +121,12 @@ async def _process_leased(batch_id: str) -> None:
     if batch.status == BatchStatus.IN_PROGRESS and principal is not None:
         await delegation.lines_delegate(batch=batch, principal=principal)
         await _run_lines(batch, principal)
-    elif batch.provider_batches and principal is not None:
-        await delegation.lines_delegate(batch=batch, principal=principal)
+    elif batch.provider_batches:
+        # Lines already at a provider run and bill there whatever became of the key since: their answers are still
+        # collected and charged to it. A refused key only stops new lines.
+        owner = principal or await _db(key_principal)(tenant_id=batch.tenant_id, key_id=batch.api_key_id)
+        if owner is not None:
+            await delegation.lines_delegate(batch=batch, principal=owner)
     await _db(batch_finalize)(batch_id=batch_id)
 
 
