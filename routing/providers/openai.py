@@ -26,15 +26,17 @@ from routing.providers.base import (
 from routing.providers.prompt_cache import OFF
 from routing.tokens import embedding_inputs
 
-# OpenAI's own API, where ``max_tokens`` is deprecated and its reasoning models (o-series, gpt-5) refuse it, while
-# every chat model takes ``max_completion_tokens``. Other OpenAI-compatible servers get the field they were sent: some
-# know only ``max_tokens`` and refuse a field they do not know.
+# OpenAI's own API (and its data-residency hosts, eu.api.openai.com and the like), where ``max_tokens`` is deprecated
+# and its reasoning models (o-series, gpt-5) refuse it, while every chat model takes ``max_completion_tokens``. Other
+# OpenAI-compatible servers get the field they were sent: some know only ``max_tokens`` and refuse a field they do not
+# know.
 OPENAI_API_HOST = "api.openai.com"
 
 
 @functools.lru_cache(maxsize=256)
 def _is_openai_itself(base_url: str) -> bool:
-    return httpx.URL(base_url).host == OPENAI_API_HOST
+    host = httpx.URL(base_url).host
+    return host == OPENAI_API_HOST or host.endswith(f".{OPENAI_API_HOST}")
 
 
 def chat_body_for(provider: ProviderEntry, body: dict) -> dict:

@@ -51,6 +51,24 @@ def test_openai_itself_is_sent_max_completion_tokens_for_a_max_tokens_cap(monkey
     assert body == {"model": "o3-mini", "messages": MESSAGES, "max_completion_tokens": 50}
 
 
+@pytest.mark.parametrize("base_url", ["https://eu.api.openai.com/v1", "https://us.api.openai.com/v1"])
+def test_openai_s_data_residency_hosts_are_openai_itself(base_url):
+    body = {"model": "o3", "messages": MESSAGES, "max_tokens": 50}
+
+    assert openai.chat_body_for(provider_entry("openai", base_url), body) == {
+        "model": "o3",
+        "messages": MESSAGES,
+        "max_completion_tokens": 50,
+    }
+
+
+def test_a_host_that_only_ends_like_openai_s_is_not_openai_itself():
+    body = {"model": "m", "messages": MESSAGES, "max_tokens": 50}
+
+    assert openai.chat_body_for(provider_entry("openai", "https://notapi.openai.com.example/v1"), body) == body
+    assert openai.chat_body_for(provider_entry("openai", "https://evilapi.openai.com/v1"), body) == body
+
+
 def test_openai_itself_is_sent_the_cap_that_supersedes_when_both_fields_come():
     provider = provider_entry("openai", "https://api.openai.com/v1")
     body = {"model": "gpt-5-mini", "messages": MESSAGES, "max_tokens": 50, "max_completion_tokens": 20}
