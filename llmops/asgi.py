@@ -31,6 +31,7 @@ logger = logging.getLogger(__name__)
 django.setup(set_prefix=False)  # as get_asgi_application does before making Django's handler
 
 GATEWAY_PATH_PREFIX = "/v1/"
+FILES_PATH = f"{GATEWAY_PATH_PREFIX}files"
 
 
 def _with_content_length(scope: dict, body_file) -> dict:
@@ -69,7 +70,11 @@ class GatewayASGIHandler(ASGIHandler):
         each (two hops per request), and not sent at all for a direct route. Their receivers reset the calling
         thread's database connections, query log, caches and URLconf; /v1 uses none on the loop (its database work
         runs in worker threads, ``core.db``). A direct route's ``start`` runs once the body has arrived, before the
-        request is built."""
+        request is built. A file upload declared far over the file limit is refused before its body is read."""
+        refusal = _upload_refused_unread(scope)
+        if refusal is not None:
+            await self.send_response(refusal, send)
+            return
         try:
             body_file = await self.read_body(receive)
         except RequestAborted:
@@ -154,6 +159,25 @@ class GatewayASGIHandler(ASGIHandler):
         self._template_response_middleware = []
         self._exception_middleware = []
         self._middleware_chain = json_errors(self._get_response_async)
+
+
+def _upload_refused_unread(scope: dict):
+    """The 413 for a file upload whose Content-Length is far over the file limit, answered before its body is read:
+    Django's handler spools a whole body to disk before any view runs. None for every other request."""
+    if scope["path"] != FILES_PATH or scope["method"] != "POST":
+        return None
+    length = next((value for name, value in scope["headers"] if name == b"content-length"), b"")
+    if not length.isdigit():
+        return None
+    from llmops.gateway.batches.services import upload_size_check
+    from llmops.gateway.errors import GatewayError
+    from llmops.gateway.last_resort import json_error_response
+
+    try:
+        upload_size_check(size=int(length), request_body=True)
+    except GatewayError as error:
+        return json_error_response(error)
+    return None
 
 
 def _close_without_request_finished(response) -> None:

@@ -1,6 +1,7 @@
 """Bad input rejected at validation with per-line errors and nothing run; another tenant's ids answer 404."""
 
 import io
+import socket
 from decimal import Decimal
 
 import httpx
@@ -176,6 +177,29 @@ def test_a_request_body_far_over_the_file_limit_is_refused_before_it_is_parsed(
 
     assert (too_large.value.status_code, too_large.value.code) == (413, "file_too_large")
     assert not list(files_root.rglob("*.jsonl"))
+
+
+def test_an_upload_declared_far_over_the_file_limit_is_answered_before_its_body_is_sent(
+    live_broker, files_root, gateway, acme, settings
+):
+    """The handler answers from the Content-Length alone: a client that declares 10 GB and sends nothing yet gets its
+    413 at once, where reading the body first would wait for all of it (and spool it to disk)."""
+    settings.LLMOPS_FILES_MAX_BYTES = 100
+    host, port = httpx.URL(gateway.url).host, httpx.URL(gateway.url).port
+    head = (
+        f"POST /v1/files HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {acme.key}\r\n"
+        "Content-Type: multipart/form-data; boundary=x\r\nContent-Length: 10000000000\r\n\r\n"
+    )
+    with socket.create_connection((host, port), timeout=5) as client:
+        client.sendall(head.encode())
+        answer = b""
+        # The answer is chunked; its last chunk ends it, and the server then closes a connection whose body it left.
+        while not answer.endswith(b"\r\n0\r\n\r\n") and (chunk := client.recv(65536)):
+            answer += chunk
+
+    assert answer.startswith(b"HTTP/1.1 413 ")
+    assert b'"code":"file_too_large"' in answer
+    assert not list(files_root.rglob("*"))
 
 
 def test_files_and_batches_of_another_tenant_answer_404(live_broker, files_root, gateway, openai_client, acme, globex):
