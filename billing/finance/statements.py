@@ -229,7 +229,7 @@ def customer_statement_chunks(statement: CustomerStatement) -> Iterator[bytes]:
     first_line = [
         "tenant", statement.tenant.slug, "customer", statement.customer,
         "since", statement.params.since.isoformat(), "until", statement.params.until.isoformat(),
-        "time_zone", statement.tenant.time_zone, "requests", totals.requests, "errors", totals.errors,
+        "time_zone", tenant_zone(tenant=statement.tenant).key, "requests", totals.requests, "errors", totals.errors,
         "cost_usd", format_cost(totals.cost_usd),
     ]  # fmt: skip
     header = ["section", *(column.name for column in REQUEST_COLUMNS)]

@@ -17,7 +17,7 @@ from billing.finance.exports import export_params_parse
 from billing.finance.rollups import usage_rollups_rebuild
 from billing.finance.statements import customer_statement_build, customer_statement_chunks
 from billing.models import UsageKind, UsageRecord
-from tenants.models import Role
+from tenants.models import Role, Tenant
 from tenants.services import membership_set
 from tests.factories import UserFactory
 from tests.finance.conftest import usage_row
@@ -117,6 +117,18 @@ def test_a_customers_statement_lists_its_rows_and_their_exact_total(ledgers):
     assert (totals["section"], totals["cost_usd"], totals["cost_usd_rounded"]) == ("total", "0.1000000003", "0.10")
     assert totals["prompt_tokens"] == "20" and totals["request_id"] == ""
     assert sum(Decimal(line["cost_usd"]) for line in lines) == Decimal(totals["cost_usd"])
+
+
+def test_a_customers_statement_names_the_zone_its_days_were_counted_in(ledgers):
+    """A zone stored before time zones were checked is read as UTC: the statement says UTC, not the name it did not
+    use."""
+    acme, _ = ledgers
+    Tenant.objects.unscoped().filter(pk=acme.tenant.pk).update(time_zone="Europe/Londn")
+    acme.tenant.refresh_from_db()
+
+    first = statement_lines(acme.tenant, "alice")[0]
+
+    assert first[first.index("time_zone") + 1] == "UTC"
 
 
 def test_a_statement_of_a_customer_only_another_tenant_has_is_empty(ledgers):
