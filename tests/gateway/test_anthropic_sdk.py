@@ -376,6 +376,23 @@ def test_a_repeated_message_is_answered_from_the_cache_plain_and_streamed(client
     assert records[0].cost_usd > 0 and [record.cost_usd for record in records[1:]] == [Decimal(0), Decimal(0)]
 
 
+def test_an_openai_models_refusal_is_an_anthropic_refusal_plain_and_streamed(client, acme):
+    """OpenAI says a refusal in `message.refusal` (content null), Anthropic with `stop_reason: "refusal"`: its
+    explanation is the text, not an empty answer."""
+    refuser = ModelFactory(name="acme-refuser", provider=acme.small.provider, upstream_name="mock-refuse")
+    acme.tenant.model_access.allowed_models.add(refuser)
+    ask = {"model": refuser.name, "max_tokens": 8, "messages": [{"role": "user", "content": QUESTION}]}
+
+    plain = client.messages.create(**ask)
+    with client.messages.stream(**ask) as stream:
+        streamed = stream.get_final_message()
+
+    for answer in (plain, streamed):
+        assert answer.stop_reason == "refusal"
+        assert answer.content[0].text.startswith("Mock answer to:")
+    assert plain.content[0].text == streamed.content[0].text
+
+
 def test_count_tokens_counts_as_the_ledger_does_and_records_nothing(client, acme):
     messages = [{"role": "user", "content": QUESTION}]
 

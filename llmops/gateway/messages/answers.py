@@ -29,6 +29,10 @@ def message_id(call: GatewayCall) -> str:
     return "msg_" + call.request_id.removeprefix("req_")
 
 
+# Anthropic's stop reason for an answer the model refused to give.
+REFUSAL = "refusal"
+
+
 def stop_reason(finish_reason: str | None, matched: str | None, stop_sequences: list[str]) -> tuple[str, str | None]:
     """(stop_reason, stop_sequence) of an answer that finished for ``finish_reason``, on the stop sequence ``matched``
     when the upstream said which."""
@@ -57,8 +61,12 @@ def _answer_usage(call: GatewayCall, usage) -> Usage:
 def anthropic_message(call: GatewayCall, answer: dict, *, stop_sequences: list[str]) -> dict:
     """A chat.completion body (checked by the pipeline: a non-empty list of choices) as an Anthropic Message."""
     choice = answer["choices"][0]
-    text = message_text((choice.get("message") or {}).get("content"))
+    message = choice.get("message") or {}
+    text = message_text(message.get("content"))
     reason, sequence = stop_reason(choice.get("finish_reason"), call.stop_sequence, stop_sequences)
+    if message.get("refusal"):
+        # OpenAI's refusal in Anthropic's terms: its explanation as the text, and the stop reason that says so.
+        text, reason, sequence = text or message["refusal"], REFUSAL, None
     return {
         "id": message_id(call),
         "type": "message",
@@ -91,6 +99,7 @@ class MessageStream:
         self.started = False
         self.block_open = False
         self.finish_reason: str | None = None
+        self.refused = False
         self.usage = None
 
     async def events(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
@@ -122,7 +131,9 @@ class MessageStream:
         for choice in payload.get("choices") or ():
             if choice.get("index", 0) != 0:
                 continue
-            content = (choice.get("delta") or {}).get("content")
+            delta = choice.get("delta") or {}
+            content = delta.get("content") or delta.get("refusal")
+            self.refused |= bool(delta.get("refusal"))
             if content:
                 out.append(self._text(content))
             if choice.get("finish_reason"):
@@ -157,6 +168,8 @@ class MessageStream:
         if self.block_open:
             out.append(sse("content_block_stop", {"index": 0}))
         reason, sequence = stop_reason(self.finish_reason, self.call.stop_sequence, self.stop_sequences)
+        if self.refused:
+            reason, sequence = REFUSAL, None
         usage = message_usage(_answer_usage(self.call, self.usage))
         out.append(sse("message_delta", {"delta": {"stop_reason": reason, "stop_sequence": sequence}, "usage": usage}))
         out.append(sse("message_stop", {}))
