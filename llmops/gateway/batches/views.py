@@ -20,7 +20,6 @@ from llmops.gateway.batches.services import (
     file_content,
     file_create,
     file_delete,
-    upload_size_check,
 )
 from llmops.gateway.batches.tasks import batch_process_task
 from llmops.gateway.chat.validation import _missing, _string
@@ -178,10 +177,6 @@ class FilesView(GatewayView):
         return _json(_page(rows, has_more, file_object))
 
     async def post(self, request):
-        # Before the body is parsed: one far over the limit is refused without being read.
-        content_length = request.META.get("CONTENT_LENGTH")
-        if content_length and content_length.isdigit():
-            upload_size_check(size=int(content_length), request_body=True)
         upload = request.FILES.get("file")
         if upload is None:
             raise _missing_file()
