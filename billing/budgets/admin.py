@@ -20,15 +20,7 @@ from billing.alerts.tasks import alert_deliveries_send
 from billing.budgets.selectors import budget_status
 from billing.budgets.services import budget_counters_rebuild, budget_create, budget_update, budget_validate
 from billing.ledger.costs import format_money
-from billing.models import (
-    AlertChannel,
-    AlertDelivery,
-    Anomaly,
-    Budget,
-    BudgetAlert,
-    RateLimit,
-    RateLimitScope,
-)
+from billing.models import AlertChannel, AlertDelivery, Anomaly, Budget, BudgetAlert, RateLimit, RateLimitScope
 from billing.ratelimits import rate_limit_create, rate_limit_validate
 from tenants.admin import (
     ReadOnlyScopedAdmin,
