@@ -105,8 +105,9 @@ return result
 """)
 
 # KEYS: the n counters reserved against, their n pending hashes, then the ledger stream when an event is appended.
-# ARGV: n, the reservation to release, the actual cost, the request id, the ledger event ('' for none), '1' when the
-# request's row is in the database ledger already (a settle sent again after Redis was away), the reservation's hold.
+# ARGV: n, the reservation to release, the request id, the ledger event ('' for none), '1' when the request's row is
+# in the database ledger already (a settle sent again after Redis was away), the reservation's hold, then the actual
+# cost each counter is charged (0 for a model budget of a chain's model that did not serve).
 # A counter releases only what it notes under the hold (``held:<held_as>``), once: a counter seeded anew since the
 # reservation holds nothing of it, and a settle sent again after its first reached Redis finds nothing left. A row
 # already in the ledger is added only where the hold is still noted, for the same two reasons (a counter seeded since
@@ -115,11 +116,12 @@ return result
 # or one being seeded: the cost is then pending, or already in the ledger the seed reads).
 SETTLE_SCRIPT = RedisScript("""
 local n = tonumber(ARGV[1])
-local amount, actual = tonumber(ARGV[2]), tonumber(ARGV[3])
-local held = 'held:' .. ARGV[7]
-local in_ledger = ARGV[6] == '1'
+local amount = tonumber(ARGV[2])
+local held = 'held:' .. ARGV[6]
+local in_ledger = ARGV[5] == '1'
 local result = {}
 for i = 1, n do
+  local actual = tonumber(ARGV[6 + i])
   local spent, reserved = -1, 0
   if redis.call('EXISTS', KEYS[i]) == 1 then
     local state = redis.call('HMGET', KEYS[i], 'seeding', held, 'reserved')
@@ -140,7 +142,7 @@ for i = 1, n do
     end
     if state[1] then
       if actual > 0 and not in_ledger then
-        redis.call('HSET', KEYS[n + i], ARGV[4], actual)
+        redis.call('HSET', KEYS[n + i], ARGV[3], actual)
         redis.call('PEXPIRE', KEYS[n + i], 600000)
       end
     elseif holding or not in_ledger then
@@ -150,8 +152,8 @@ for i = 1, n do
   result[2 * i - 1] = spent
   result[2 * i] = reserved
 end
-if ARGV[5] ~= '' then
-  redis.call('XADD', KEYS[2 * n + 1], '*', 'event', ARGV[5])
+if ARGV[4] ~= '' then
+  redis.call('XADD', KEYS[2 * n + 1], '*', 'event', ARGV[4])
 end
 return result
 """)

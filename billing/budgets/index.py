@@ -70,6 +70,11 @@ class BudgetEntry:
             return self.model_name == model_name
         return True
 
+    def spends_on(self, served_model: str | None) -> bool:
+        """Whether spend on the model that served (None: not known, every hold is charged) is this budget's: a model
+        budget counts only its own model, whichever of a chain's models the request was held to."""
+        return self.scope != BudgetScope.TENANT_MODEL or served_model is None or self.model_name == served_model
+
     def counts(self, *, tenant_id: int, team_id: int, key_id: int, served_model: str, customer: str = "") -> bool:
         """Whether a ledger record with these fields is spend of this budget (the model is the one that served); for
         the customer scope, of some customer's spend under it (a counter counts only its own customer's)."""
@@ -95,6 +100,17 @@ class BudgetIndex:
         return [
             entry for entry in entries if not (entry.per_customer and not entry.customer and entry.period in overridden)
         ]
+
+    def for_chain(
+        self, tenant_id: int, team_id: int, key_id: int, model_names: list[str], customer: str = ""
+    ) -> list[BudgetEntry]:
+        """The budgets a request that any of these models may serve is held to: each model's own budgets with the
+        rest, once each."""
+        held: dict[int, BudgetEntry] = {}
+        for model_name in model_names:
+            for entry in self.applicable(tenant_id, team_id, key_id, model_name, customer):
+                held.setdefault(entry.budget_id, entry)
+        return list(held.values())
 
 
 def budget_entry(budget: Budget) -> BudgetEntry:

@@ -40,7 +40,7 @@ from billing.budgets.thresholds import crossed_thresholds, refusal_alert_enqueue
 from billing.ledger.events import UsageEvent
 from billing.ledger.services import usage_record_create
 from billing.ledger.stream import STREAM_KEY, ledger_event_append, ledger_streaming, usage_event_encode
-from billing.models import BudgetAction
+from billing.models import BudgetAction, BudgetScope
 from core.background import run_in_background
 from core.db import database_sync_to_async
 from core.redis import async_redis
@@ -70,6 +70,8 @@ class BudgetExceeded(Exception):
     ):  # fmt: skip
         self.budget_id = entry.budget_id
         self.scope = entry.scope
+        # The model a model budget is for ("" for other scopes): a chain's fallback it refuses is left out instead.
+        self.model_name = entry.model_name if entry.scope == BudgetScope.TENANT_MODEL else ""
         # The customer whose own limit refused (customer scope), "" otherwise.
         self.customer = customer
         self.period_end = window.end
@@ -238,60 +240,67 @@ def _database_reserve(holds, amount_units: int, now: datetime) -> list[int]:
 
 
 async def reservation_settle(
-    reservation: Reservation, *, actual: Decimal, event: UsageEvent | None = None
+    reservation: Reservation, *, actual: Decimal, event: UsageEvent | None = None, served_model: str | None = None
 ) -> Decimal | None:
     """Replace the reservation by what was really spent (0 is fine); returns the tightest budget's remaining USD.
 
     Call it exactly once per reservation, also after an upstream failure or a client disconnect. With `event`, the
     request's ledger record is written in the same step (one Redis script with the ledger stream, or one database
-    transaction with the counter rows), so a counter seeded from the ledger counts it exactly once.
+    transaction with the counter rows), so a counter seeded from the ledger counts it exactly once. `served_model`:
+    the model that served a request held to the budgets of a chain's models; another model's budget is released and
+    not charged, as the ledger (which the counters are seeded from) does not count the request there.
     """
     if reservation.settled:
         raise RuntimeError(f"reservation {reservation.request_id} is already settled")
     reservation.settled = True
+    actual_units = usd_to_units(actual)
+    charges = [actual_units if hold.entry.spends_on(served_model) else 0 for hold in reservation.holds]
     # Shielded: a caller cancelled meanwhile (a client that hung up) must not take back half way the settle, the
     # request's ledger record or its alerts (the batcher drops the commands of a cancelled caller).
-    return await asyncio.shield(_settle(reservation, usd_to_units(actual), event))
+    return await asyncio.shield(_settle(reservation, charges, event))
 
 
-async def _settle(reservation: Reservation, actual_units: int, event: UsageEvent | None) -> Decimal | None:
+async def _settle(reservation: Reservation, charges: list[int], event: UsageEvent | None) -> Decimal | None:
     holds = reservation.holds
     if reservation.backend == "none":
         if event is not None:
             await ledger_event_append(event=event)
         return reservation.remaining_usd
     if reservation.backend == "redis":
-        after = await _redis_settle(reservation, actual_units, event)
+        after = await _redis_settle(reservation, charges, event)
         if after is None:
             return reservation.remaining_usd
     else:
-        after = await database_sync_to_async(_database_settle)(holds, reservation.amount_units, actual_units, event)
-    _note_thresholds(holds, after, actual_units)
+        after = await database_sync_to_async(_database_settle)(holds, reservation.amount_units, charges, event)
+    _note_thresholds(holds, after, charges)
     remaining = _remaining(holds, [None if spent < 0 else spent + reserved for spent, reserved in after])
     reservation.remaining_usd = remaining if remaining is not None else reservation.remaining_usd
     return reservation.remaining_usd
 
 
 def _settle_call(
-    reservation: Reservation, actual_units: int, event: UsageEvent | None, *, in_ledger: bool = False
+    reservation: Reservation, charges: list[int], event: UsageEvent | None, *, in_ledger: bool = False
 ) -> tuple[list, list]:
     """The keys and arguments of the settle script; the ledger stream among them when `event` is appended.
     `in_ledger`: the request's row is in the database already (a settle sent again once Redis answers)."""
     holds = reservation.holds
     keys = [hold.redis_key for hold in holds] + [hold.pending_key for hold in holds]
     keys += [STREAM_KEY] if event is not None else []
-    arguments = [len(holds), reservation.amount_units, actual_units, reservation.request_id]
-    arguments += [
+    arguments = [
+        len(holds),
+        reservation.amount_units,
+        reservation.request_id,
         usage_event_encode(event) if event is not None else "",
         "1" if in_ledger else "0",
         reservation.held_as,
+        *charges,
     ]
     return keys, arguments
 
 
-async def _redis_settle(reservation: Reservation, actual_units: int, event: UsageEvent | None):
+async def _redis_settle(reservation: Reservation, charges: list[int], event: UsageEvent | None):
     appended = event if event is not None and ledger_streaming() else None
-    keys, arguments = _settle_call(reservation, actual_units, appended)
+    keys, arguments = _settle_call(reservation, charges, appended)
     try:
         result = await SETTLE_SCRIPT.run(async_redis(), keys, arguments)
     except RedisError as exc:
@@ -300,7 +309,7 @@ async def _redis_settle(reservation: Reservation, actual_units: int, event: Usag
         logger.error("settling %s in Redis failed (%s); settling again once Redis answers", reservation.request_id, exc)
         if event is not None:
             await database_sync_to_async(usage_record_create)(event=event)
-        run_in_background(_resettle(reservation, actual_units))
+        run_in_background(_resettle(reservation, charges))
         return None
     if event is not None and appended is None:
         await ledger_event_append(event=event)
@@ -309,7 +318,7 @@ async def _redis_settle(reservation: Reservation, actual_units: int, event: Usag
 
 async def _resettle(
     reservation: Reservation,
-    actual_units: int,
+    charges: list[int],
     *,
     done_note: str = "settled %s in Redis once it answered again",
     done_level: int = logging.WARNING,
@@ -317,7 +326,7 @@ async def _resettle(
     """Send a failed settle again (without its ledger event, which is in the database) until Redis answers, for up
     to RESETTLE_SECONDS. Only a counter that still notes the reservation releases it and gets the cost: one seeded
     since has read the row, and if the first attempt did reach Redis with only its reply lost, it has both already."""
-    keys, arguments = _settle_call(reservation, actual_units, None, in_ledger=True)
+    keys, arguments = _settle_call(reservation, charges, None, in_ledger=True)
     deadline = time.monotonic() + RESETTLE_SECONDS
     pause = RESETTLE_FIRST_PAUSE_SECONDS
     while True:
@@ -355,20 +364,20 @@ def _release_unknown(reservation: Reservation) -> None:
         return
     # Mostly a client that hung up during admission: routine, not a warning.
     note = "released in Redis what %s may have reserved without a reply"
-    release = _resettle(reservation, 0, done_note=note, done_level=logging.INFO)
+    release = _resettle(reservation, [0] * len(reservation.holds), done_note=note, done_level=logging.INFO)
     task = asyncio.get_running_loop().create_task(release)
     _unknown_releases.add(task)
     task.add_done_callback(_unknown_releases.discard)
 
 
-def _database_settle(holds, reserved_units: int, actual_units: int, event: UsageEvent | None) -> list[tuple[int, int]]:
+def _database_settle(holds, reserved_units: int, charges: list[int], event: UsageEvent | None) -> list[tuple[int, int]]:
     with transaction.atomic():
         counters = database_counters_locked(holds, seed=False)
         after = []
-        for hold in holds:
+        for hold, charge in zip(holds, charges, strict=True):
             counter = counters[hold.counter_key]
             counter.reserved_usd = max(counter.reserved_usd - units_to_usd(reserved_units), Decimal(0))
-            counter.spent_usd += units_to_usd(actual_units)
+            counter.spent_usd += units_to_usd(charge)
             counter.save(update_fields=["spent_usd", "reserved_usd", "updated_at"])
             after.append((usd_to_units(counter.spent_usd), usd_to_units(counter.reserved_usd)))
         if event is not None:
@@ -376,13 +385,13 @@ def _database_settle(holds, reserved_units: int, actual_units: int, event: Usage
     return after
 
 
-def _note_thresholds(holds, after: list[tuple[int, int]], actual_units: int) -> None:
+def _note_thresholds(holds, after: list[tuple[int, int]], charges: list[int]) -> None:
     crossings = []
-    for hold, (spent_after, _) in zip(holds, after, strict=True):
+    for hold, (spent_after, _), charge in zip(holds, after, charges, strict=True):
         if spent_after < 0:
             continue  # no counter to judge by yet: the seed raises what the ledger has reached
         for threshold in crossed_thresholds(
-            entry=hold.entry, spent_before=spent_after - actual_units, spent_after=spent_after
+            entry=hold.entry, spent_before=spent_after - charge, spent_after=spent_after
         ):
             crossings.append((hold.entry, hold.window.key, threshold, spent_after, hold.customer))
     if crossings:

@@ -186,7 +186,7 @@ def test_a_settle_sent_again_after_redis_came_back_is_not_counted_twice_by_a_res
     redis_counters.flushdb()  # Redis came back without the counter
     assert refusal(live_org, "4.5").spent_usd == Decimal(1)  # seeded again, from the ledger
 
-    run(_resettle(in_flight, usd_to_units(Decimal(1))))
+    run(_resettle(in_flight, [usd_to_units(Decimal(1))]))
 
     check = budget_counter_check(budget=budget, now=NOW)
     assert check.counted_usd == check.ledger_usd == Decimal(1)
@@ -228,7 +228,7 @@ def test_a_settle_sent_again_after_its_first_reached_redis_releases_and_counts_o
     reserve(live_org, "1", request_id="other")
     run(reservation_settle(resent, actual=Decimal("0.5"), event=event(live_org, request_id="resent", cost="0.5")))
 
-    run(_resettle(resent, usd_to_units(Decimal("0.5"))))
+    run(_resettle(resent, [usd_to_units(Decimal("0.5"))]))
 
     key = counter_key(live_org)
     spent, reserved, held = counter_fields(redis_counters, key)

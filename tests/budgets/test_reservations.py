@@ -4,8 +4,10 @@ from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 import pytest
+import redis
+from django.conf import settings
 
-from billing.budgets.index import build_budget_index
+from billing.budgets.index import build_budget_index, units_to_usd
 from billing.budgets.periods import budget_window
 from billing.budgets.reservations import (
     BudgetExceeded,
@@ -144,6 +146,49 @@ def test_settle_replaces_the_reservation_with_the_actual_cost(live_org, backend,
             await reservation_settle(second, actual=Decimal(0))
 
     run(scenario())
+
+
+@pytest.mark.parametrize("backend", ["redis", "database"])
+def test_a_chains_model_budgets_are_released_and_only_the_served_models_is_charged(
+    live_org, backend, settings, redis_counters
+):
+    if backend == "database":
+        settings.REDIS_URL = ""
+    tenant = live_org.tenant
+    everyone = budget_create(tenant=tenant, limit_usd=Decimal("10"), thresholds=[])
+    primary = budget_create(tenant=tenant, scope="tenant_model", model_name="acme-large", limit_usd=Decimal("10"))
+    fallback = budget_create(tenant=tenant, scope="tenant_model", model_name="acme-small", limit_usd=Decimal("10"))
+    index = build_budget_index(tenant_id=tenant.pk)
+    budgets = index.for_chain(tenant.pk, live_org.team.pk, live_org.api_key.pk, ["acme-large", "acme-small"])
+    assert [entry.budget_id for entry in budgets] == [everyone.pk, primary.pk, fallback.pk]
+
+    async def scenario():
+        held = await budget_reserve(budgets=budgets, amount=Decimal("6"), request_id="a", now=NOW)
+        return await reservation_settle(held, actual=Decimal("1.25"), served_model="acme-small")
+
+    assert run(scenario()) == Decimal("8.75")
+    counted = {counter.budget_id: counter for counter in _counters(backend, [everyone, primary, fallback])}
+    assert {pk: (c.spent_usd, c.reserved_usd) for pk, c in counted.items()} == {
+        everyone.pk: (Decimal("1.25"), 0),
+        primary.pk: (0, 0),
+        fallback.pk: (Decimal("1.25"), 0),
+    }
+
+
+def _counters(backend, budgets):
+    """Each budget's counter of the test's month, as BudgetCounter rows (Redis hashes read into unsaved ones)."""
+    if backend == "database":
+        return BudgetCounter.objects.unscoped().filter(budget__in=budgets, period_key="2026-11")
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    counters = []
+    for budget in budgets:
+        spent, reserved = client.hmget(f"llmops:budget:{budget.pk}:2026-11", "spent", "reserved")
+        counters.append(
+            BudgetCounter(
+                budget_id=budget.pk, spent_usd=units_to_usd(int(spent)), reserved_usd=units_to_usd(int(reserved))
+            )
+        )
+    return counters
 
 
 def test_every_budget_must_pass_and_notify_budgets_never_block(org, redis_counters):

@@ -8,16 +8,21 @@ from decimal import Decimal
 import httpx
 import pytest
 from django.db.models import Sum
+from django.utils import timezone
 
 from billing.budgets.reservations import BudgetUnavailable
-from billing.budgets.services import budget_create, budget_update
+from billing.budgets.selectors import budget_status
+from billing.budgets.services import budget_counter_check, budget_create, budget_update
 from billing.ledger.costs import usage_cost
 from billing.models import RateLimit, UsageRecord
 from billing.ratelimits import rate_limit_create
 from llmops.gateway.chat import admission
 from routing.catalog import ModelPrices
+from routing.policy.drafts import policy_draft_replace
+from routing.services import routing_policy_create, routing_policy_publish
 from routing.tokens import count_chat_tokens
 from tests.conftest import LARGE_PRICES, SMALL_PRICES
+from tests.factories import ModelFactory, ProviderFactory
 
 MESSAGES = [{"role": "user", "content": "Classify this support ticket: my refund has not arrived."}]
 MAX_TOKENS = 10
@@ -201,3 +206,82 @@ def test_kill_switch_reaches_the_gateway_within_a_second(gateway, acme, target):
     while status == 200 and time.monotonic() < deadline:
         status = httpx.post(f"{gateway.url}/v1/chat/completions", json=body, headers=headers).status_code
     assert status == 401
+
+
+def _chain(setup, mock_upstream, *, target: str, fallback: str):
+    """The tenant's `auto` goes to `target` first and `fallback` second ("failing": a model whose upstream answers
+    503 every time)."""
+    provider = ProviderFactory(name="flaky", base_url=f"{mock_upstream.url}/v1", timeout_seconds=Decimal("2"))
+    failing = ModelFactory(name="acme-flaky", provider=provider, upstream_name="mock-fail-503")
+    setup.tenant.model_access.allowed_models.add(failing)
+    names = {"failing": failing.name, "small": setup.small.name, "large": setup.large.name}
+    policy = routing_policy_create(tenant=setup.tenant)
+    rule = {
+        "priority": 1,
+        "name": "chain",
+        "match": {"requested_models": ["auto"]},
+        "outcome": {"target_model": names[target], "fallback_models": [names[fallback]]},
+    }
+    aliases = {"auto": {"small": setup.small.name, "large": setup.large.name}}
+    document = {"aliases": aliases, "rules": [rule], "injection_guard_action": "flag", "auto_threshold": 50}
+    policy_draft_replace(policy=policy, document=document)
+    routing_policy_publish(policy=policy, actor=None)
+    return failing
+
+
+def _auto(gateway, setup):
+    return httpx.post(
+        f"{gateway.url}/v1/chat/completions",
+        headers={"authorization": f"Bearer {setup.key}"},
+        json={"model": "auto", "messages": MESSAGES, "max_tokens": MAX_TOKENS},
+        timeout=30,
+    )
+
+
+def test_a_fallback_that_serves_is_charged_to_its_own_model_budget_not_the_primarys(gateway, acme, mock_upstream):
+    """The ledger counts a request under the model that served it, and so do the counters: the first model's budget
+    is released, the fallback's is charged, and both agree with the ledger a rebuild would read."""
+    failing = _chain(acme, mock_upstream, target="failing", fallback="small")
+    primary = budget_create(tenant=acme.tenant, scope="tenant_model", model_name=failing.name, period="day",
+                            limit_usd=Decimal("5"))  # fmt: skip
+    fallback = budget_create(tenant=acme.tenant, scope="tenant_model", model_name=acme.small.name, period="day",
+                             limit_usd=Decimal("5"))  # fmt: skip
+
+    response = _auto(gateway, acme)
+
+    assert response.status_code == 200, response.text
+    assert response.headers["x-llmops-model"] == acme.small.name
+    cost = UsageRecord.objects.unscoped().get().cost_usd
+    assert cost > 0
+    now = timezone.now()
+    charged = budget_counter_check(budget=fallback, now=now)
+    released = budget_counter_check(budget=primary, now=now)
+    assert (charged.counted_usd, charged.ledger_usd) == (cost, cost)
+    assert (released.counted_usd, released.ledger_usd) == (0, 0)
+    assert budget_status(budget=primary, now=now).reserved_usd == 0
+
+
+def test_a_fallback_whose_model_budget_is_spent_is_not_tried(gateway, acme, mock_upstream):
+    """The fallback's own budget cannot hold the request: the chain stops before it, so the failing first model's
+    error is the answer and nothing is spent on a model whose budget is used up."""
+    _chain(acme, mock_upstream, target="failing", fallback="small")
+    budget_create(tenant=acme.tenant, scope="tenant_model", model_name=acme.small.name, period="day",
+                  limit_usd=Decimal("0.000001"))  # fmt: skip
+
+    response = _auto(gateway, acme)
+
+    assert response.status_code >= 500, response.text
+    record = UsageRecord.objects.unscoped().get()
+    assert record.served_model != acme.small.name and record.cost_usd == 0
+
+
+def test_a_spent_fallback_budget_does_not_refuse_what_the_first_model_serves(gateway, acme, mock_upstream):
+    _chain(acme, mock_upstream, target="large", fallback="small")
+    budget_create(tenant=acme.tenant, scope="tenant_model", model_name=acme.small.name, period="day",
+                  limit_usd=Decimal("0.000001"))  # fmt: skip
+
+    response = _auto(gateway, acme)
+
+    assert response.status_code == 200, response.text
+    assert response.headers["x-llmops-model"] == acme.large.name
+    assert f"budget-skipped={acme.small.name}" in response.headers["x-llmops-route"]

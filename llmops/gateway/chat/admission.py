@@ -229,12 +229,8 @@ async def admit(
 ) -> None:
     """Admit a chat completion (``admission_hold``) at its worst case, or refuse it; a blocking budget it would go
     over refuses it, or downgrades it to a cheaper route when the budget says so."""
-    principal = call.principal
     prompt_tokens = call.prompt_tokens_after_compression or 0
-    customer = call.customer
-    budgets = snapshot.budgets.applicable(
-        principal.tenant_id, principal.team_id, principal.key_id, plan.chain[0].name, customer
-    )
+    budgets = _chain_budgets(snapshot, call, plan.chain)
     bound = await run_sized(prediction_chars(plan.body), OutputBound.of, plan.body, model=plan.chain[0].upstream_name)
     if budgets:
         bound = _bounded(plan, bound)
@@ -247,28 +243,30 @@ async def admit(
         default = _default_model(snapshot, call)
         models = [*plan.chain, *([default] if default else [])]
         writers = cache_writers(models, plan.body, provider_cache=plan.provider_cache)
-    amount = (
-        chain_worst_case(
-            plan.chain,
-            prompt_tokens=prompt_tokens,
-            bound=bound,
-            fallback=_fallback(),
-            cache_writers=writers,
-            media=media,
+
+    def worst_case(chain: list[ModelEntry]) -> Decimal:
+        return chain_worst_case(
+            chain, prompt_tokens=prompt_tokens, bound=bound, fallback=_fallback(), cache_writers=writers, media=media
         )
-        if budgets
-        else Decimal(0)
-    )
+
     reserved = await admission_hold(
         snapshot,
         call,
         budgets=budgets,
         tokens=prompt_bound + completion_tokens,
-        amount=amount,
+        amount=worst_case(plan.chain) if budgets else Decimal(0),
         limit_concurrency=limit_concurrency,
     )
     if reserved is None:
         return
+    while isinstance(reserved, BudgetExceeded) and _spent_fallback(reserved, plan.chain):
+        # A fallback whose own model budget cannot hold the request is left out of the chain rather than refusing
+        # a request the models before it may serve.
+        plan.chain = [model for model in plan.chain if model.name != reserved.model_name]
+        call.route_explanation = f"{call.route_explanation} budget-skipped={reserved.model_name}"
+        reserved = await _reserve_or_exceeded(
+            _chain_budgets(snapshot, call, plan.chain), worst_case(plan.chain), call=call
+        )
     if isinstance(reserved, BudgetExceeded):
         cheaper = _cheaper_route(
             snapshot, call, plan, prompt_tokens=prompt_tokens, bound=bound, writers=writers, media=media
@@ -282,25 +280,37 @@ async def admit(
         bound = _bounded(plan, bound)
         call.served, call.route = cheaper, f"{call.route}+budget-downgrade"
         call.route_explanation = f"{call.route_explanation} budget-downgrade={cheaper.name}"
-        budgets = snapshot.budgets.applicable(
-            principal.tenant_id, principal.team_id, principal.key_id, cheaper.name, customer
+        reserved = await _reserve_or_exceeded(
+            _chain_budgets(snapshot, call, [cheaper]), worst_case([cheaper]), call=call
         )
-        amount = chain_worst_case(
-            [cheaper],
-            prompt_tokens=prompt_tokens,
-            bound=bound,
-            fallback=_fallback(),
-            cache_writers=writers,
-            media=media,
-        )
-        try:
-            reserved = await budget_reserve(
-                budgets=budgets, amount=amount, request_id=call.request_id, now=timezone.now(), customer=customer
-            )
-        except BudgetExceeded as still_exceeded:
+        if isinstance(reserved, BudgetExceeded):
             raise _refusal(
-                still_exceeded, [cheaper], prompt_tokens=prompt_tokens, bound=bound, writers=writers, media=media
-            ) from still_exceeded
-        except BudgetUnavailable as unavailable:
-            raise _unavailable(unavailable) from unavailable
+                reserved, [cheaper], prompt_tokens=prompt_tokens, bound=bound, writers=writers, media=media
+            ) from reserved
     reservation_keep(call, reserved)
+
+
+def _chain_budgets(snapshot: ConfigSnapshot, call: GatewayCall, chain: list[ModelEntry]) -> list[BudgetEntry]:
+    """The budgets of every model of the chain, as any of them may serve; settling charges the one that did."""
+    principal = call.principal
+    return snapshot.budgets.for_chain(
+        principal.tenant_id, principal.team_id, principal.key_id, [model.name for model in chain], call.customer
+    )
+
+
+def _spent_fallback(exceeded: BudgetExceeded, chain: list[ModelEntry]) -> bool:
+    """Whether the budget that refused is the own budget of one of the chain's fallbacks (not of its first model)."""
+    fallbacks = {model.name for model in chain[1:]} - {chain[0].name}
+    return exceeded.model_name in fallbacks
+
+
+async def _reserve_or_exceeded(budgets: list[BudgetEntry], amount: Decimal, *, call: GatewayCall):
+    """A reservation made after admission's (a shorter chain's, a downgrade's), or the budget's refusal."""
+    try:
+        return await budget_reserve(
+            budgets=budgets, amount=amount, request_id=call.request_id, now=timezone.now(), customer=call.customer
+        )
+    except BudgetExceeded as exceeded:
+        return exceeded
+    except BudgetUnavailable as unavailable:
+        raise _unavailable(unavailable) from unavailable

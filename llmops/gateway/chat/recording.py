@@ -32,7 +32,9 @@ async def finish(
     recorded = None if call.ledger_deferred else event
     if call.reservation is not None and not call.reservation.settled:
         # Settled and recorded in one step, so a counter seeded from the ledger counts the request exactly once.
-        remaining = await reservation_settle(call.reservation, actual=event.cost_usd, event=recorded)
+        remaining = await reservation_settle(
+            call.reservation, actual=event.cost_usd, event=recorded, served_model=event.served_model
+        )
         if remaining is not None:
             call.budget_remaining_usd = format_cost(remaining)
     elif recorded is not None:
