@@ -400,9 +400,12 @@ def _alert_seeded_thresholds(hold: BudgetHold, spent_units: int) -> None:
         )
 
 
-def database_counters_locked(holds, *, seed: bool) -> dict[tuple[int, str, str], BudgetCounter]:
+def database_counters_locked(
+    holds, *, seed: bool, stale_before: datetime | None = None
+) -> dict[tuple[int, str, str], BudgetCounter]:
     """The holds' BudgetCounter rows, locked (in budget order, so two requests cannot deadlock). With `seed`, a row
-    that is new or seeded for an older version of its budget is set from the ledger first, reservations kept."""
+    that is new, seeded for an older version of its budget, or last written before `stale_before` (Redis counted the
+    budget since) is set from the ledger first, reservations kept."""
     BudgetCounter.objects.bulk_create(
         [
             BudgetCounter(budget_id=hold.entry.budget_id, customer=hold.customer, period_key=hold.window.key)
@@ -423,7 +426,8 @@ def database_counters_locked(holds, *, seed: bool) -> dict[tuple[int, str, str],
     if seed:
         for hold in holds:
             counter = counters[hold.counter_key]
-            if counter.version < hold.entry.version:
+            stale = stale_before is not None and counter.updated_at < stale_before
+            if counter.version < hold.entry.version or stale:
                 database_counter_seed(hold=hold, counter=counter)
     return counters
 

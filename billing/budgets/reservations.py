@@ -16,12 +16,13 @@ import math
 import os
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 
 from django.conf import settings
 from django.db import DatabaseError, transaction
+from django.utils import timezone
 from redis.exceptions import RedisError
 
 from billing.budgets.counters import (
@@ -112,6 +113,26 @@ class Reservation:
     held_as: str = ""
 
 
+@dataclass(slots=True)
+class RedisOutage:
+    """What this process knows of Redis being unreachable while it is configured (LLMOPS_BUDGET_REDIS_FAILURE
+    "database"), so the two kinds of counters never count from spend the other one took.
+
+    `since`: when this process last found Redis unreachable after it answered (None while it answers). A database
+    counter last written before then may lack what Redis counted since, so it is seeded from the ledger again.
+    `settled_in_database`: the counters this process charged in the database meanwhile. Redis's own counters for them
+    (kept by an AOF restart, or never lost) lack that spend, so each is seeded again from the ledger before this
+    process reserves in Redis again.
+    """
+
+    since: datetime | None = None
+    settled_in_database: dict[str, BudgetHold] = field(default_factory=dict)
+
+
+_outage = RedisOutage()
+os.register_at_fork(after_in_child=lambda: _outage.settled_in_database.clear())
+
+
 def _remaining(holds: tuple[BudgetHold, ...], used_units: list[int | None]) -> Decimal | None:
     known = [hold.entry.limit_units - used for hold, used in zip(holds, used_units, strict=True) if used is not None]
     return units_to_usd(max(min(known), 0)) if known else None
@@ -137,7 +158,9 @@ async def budget_reserve(
     if client is not None:
         held_as = f"{request_id}:{secrets.token_hex(4)}"
         try:
-            return await _redis_reserve(client, holds, amount_units, request_id, now, held_as)
+            if _outage.settled_in_database:
+                await _reseed_after_outage(now)
+            reserved = await _redis_reserve(client, holds, amount_units, request_id, now, held_as)
         except (RedisError, asyncio.CancelledError) as exc:
             # The script may have run with its reply lost (Redis went away, or the caller did: a client that
             # disconnected): what this reserve may hold is released, once, when Redis answers.
@@ -146,7 +169,13 @@ async def budget_reserve(
                 raise
             if not _use_database(exc):
                 return _fail_closed(holds, amount_units, request_id)
-    reserving = asyncio.ensure_future(database_sync_to_async(_database_reserve)(holds, amount_units, now))
+            _outage.since = _outage.since or timezone.now()
+        else:
+            _outage.since = None
+            return reserved
+    reserving = asyncio.ensure_future(
+        database_sync_to_async(_database_reserve)(holds, amount_units, now, stale_before=_outage.since)
+    )
     try:
         used = await asyncio.shield(reserving)
     except asyncio.CancelledError:
@@ -216,12 +245,26 @@ def _exceeded(hold: BudgetHold, spent: int, reserved: int, requested: int, now: 
     )  # fmt: skip
 
 
-def _database_reserve(holds, amount_units: int, now: datetime) -> list[int]:
+async def _reseed_after_outage(now: datetime) -> None:
+    """Seed again from the ledger, now that Redis answers, each counter this process charged in the database while
+    it did not: Redis's spend for them is missing that."""
+    for key, hold in list(_outage.settled_in_database.items()):
+        try:
+            await database_sync_to_async(counter_seed)(hold=hold, now=now, force=True)
+        except DatabaseError as exc:
+            logger.error("budget counter cannot be seeded again after Redis was away: %s", exc)
+            raise BudgetUnavailable("Budget counters cannot be set from the ledger; try again shortly.") from exc
+        _outage.settled_in_database.pop(key, None)
+        logger.warning("budget %s counter seeded again: it was charged in the database while Redis was away",
+                       hold.entry.budget_id)  # fmt: skip
+
+
+def _database_reserve(holds, amount_units: int, now: datetime, *, stale_before: datetime | None = None) -> list[int]:
     amount = units_to_usd(amount_units)
     refused = None
     # A refusal leaves the transaction normally, so a counter seeded on the way is kept.
     with transaction.atomic():
-        counters = database_counters_locked(holds, seed=True)
+        counters = database_counters_locked(holds, seed=True, stale_before=stale_before)
         used = []
         for hold in holds:
             counter = counters[hold.counter_key]
@@ -272,6 +315,9 @@ async def _settle(reservation: Reservation, charges: list[int], event: UsageEven
             return reservation.remaining_usd
     else:
         after = await database_sync_to_async(_database_settle)(holds, reservation.amount_units, charges, event)
+        if async_redis() is not None:
+            charged = [hold for hold, charge in zip(holds, charges, strict=True) if charge]
+            _outage.settled_in_database.update((hold.redis_key, hold) for hold in charged)
     _note_thresholds(holds, after, charges)
     remaining = _remaining(holds, [None if spent < 0 else spent + reserved for spent, reserved in after])
     reservation.remaining_usd = remaining if remaining is not None else reservation.remaining_usd

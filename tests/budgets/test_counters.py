@@ -31,6 +31,7 @@ from billing.ledger.stream import STREAM_KEY, ledger_stream_drain, ledger_stream
 from billing.models import BudgetCounter, BudgetScope, UsageKind, UsageRecord
 from core.db import database_sync_to_async
 from llmops.gateway.chat import admission
+from tests.budgets.conftest import UNREACHABLE_REDIS_URL
 from tests.loops import run
 
 NOW = datetime(2026, 11, 27, 12, tzinfo=UTC)
@@ -414,10 +415,10 @@ def test_a_database_reserve_whose_caller_went_away_is_given_back_once_it_commits
     in_thread, go_on = threading.Event(), threading.Event()
     reserve_in_thread = reservations._database_reserve
 
-    def held_up(*args):
+    def held_up(*args, **kwargs):
         in_thread.set()
         go_on.wait(5)
-        return reserve_in_thread(*args)
+        return reserve_in_thread(*args, **kwargs)
 
     monkeypatch.setattr(reservations, "_database_reserve", held_up)
 
@@ -547,6 +548,62 @@ def test_the_database_backend_writes_the_ledger_row_with_the_settle(live_org, no
     assert (counter.spent_usd, counter.reserved_usd) == (Decimal("1.25"), 0)
     assert UsageRecord.objects.unscoped().get(request_id="a").cost_usd == Decimal("0.75")
     assert budget_counter_check(budget=budget, now=NOW).agrees
+
+
+@pytest.fixture
+def redis_comes_and_goes(settings, redis_counters):
+    """LLMOPS_BUDGET_REDIS_FAILURE "database"; the test switches Redis off with `away()` and on with `back()`. What the
+    process learnt of the outage is forgotten after the test."""
+    settings.LLMOPS_BUDGET_REDIS_FAILURE = "database"
+    reachable = settings.REDIS_URL
+
+    def away():
+        settings.REDIS_URL = UNREACHABLE_REDIS_URL
+
+    def back():
+        settings.REDIS_URL = reachable
+
+    yield SimpleNamespace(away=away, back=back)
+    reservations._outage.since = None
+    reservations._outage.settled_in_database.clear()
+
+
+def test_a_database_counter_written_before_redis_counted_is_seeded_again_in_the_next_outage(
+    live_org, redis_comes_and_goes
+):
+    """Redis went away, came back and counted spend, then went away again: the database counter of the first outage
+    does not know that spend, so it is set from the ledger before it admits anything."""
+    budget_create(tenant=live_org.tenant, scope=BudgetScope.TEAM, team=live_org.team, limit_usd=Decimal(5))
+    redis_comes_and_goes.away()
+    first = reserve(live_org, "1", request_id="first")
+    run(reservation_settle(first, actual=Decimal(1), event=event(live_org, request_id="first", cost="1")))
+    redis_comes_and_goes.back()
+    second = reserve(live_org, "2", request_id="second")
+    run(reservation_settle(second, actual=Decimal(2)))
+    ledger(live_org, cost="2", request_id="second")  # the drainer's row
+    redis_comes_and_goes.away()
+
+    assert (first.backend, second.backend) == ("database", "redis")
+    assert refusal(live_org, "2.5").spent_usd == Decimal(3)
+
+
+def test_a_redis_counter_is_seeded_again_after_the_process_charged_the_database_while_redis_was_away(
+    live_org, redis_comes_and_goes
+):
+    """Redis kept its counter through the outage (an AOF restart, or it was only out of this process's reach): that
+    counter lacks what was charged in the database meanwhile, so it is set from the ledger before Redis admits again."""
+    budget_create(tenant=live_org.tenant, scope=BudgetScope.TEAM, team=live_org.team, limit_usd=Decimal(5))
+    first = reserve(live_org, "1", request_id="first")
+    run(reservation_settle(first, actual=Decimal(1)))
+    ledger(live_org, cost="1", request_id="first")  # the drainer's row
+    redis_comes_and_goes.away()
+    second = reserve(live_org, "2", request_id="second")
+    run(reservation_settle(second, actual=Decimal(2), event=event(live_org, request_id="second", cost="2")))
+    redis_comes_and_goes.back()
+
+    assert (first.backend, second.backend) == ("redis", "database")
+    assert refusal(live_org, "2.5").spent_usd == Decimal(3)
+    assert reserve(live_org, "2").backend == "redis"
 
 
 @pytest.mark.parametrize("backend", ["redis", "database"])
