@@ -176,11 +176,22 @@ class TenantAdmin(TenantScopedAdmin):
     add_fields = ("slug", "name")
     fields = ("slug", "name", "time_zone", "is_active", "max_inflight_requests", "created_at")
     readonly_fields = ("slug", "created_at")
+    # Set by the platform (superusers), not by the tenant's owners and admins: whether the tenant may use the gateway
+    # at all (a tenant switched off for non-payment must not switch itself on), and its cap on requests in flight,
+    # which protects the other tenants.
+    platform_fields = ("is_active", "max_inflight_requests")
 
     def get_readonly_fields(self, request, obj=None):
-        # The cap on requests in flight protects the other tenants: the platform sets it, not the tenant's admins.
         readonly = super().get_readonly_fields(request, obj)
-        return readonly if request.user.is_superuser else (*readonly, "max_inflight_requests")
+        return readonly if request.user.is_superuser else (*readonly, *self.platform_fields)
+
+    def save_model(self, request, obj, form, change):
+        # The form leaves the platform's fields out for everyone else; this catches anything that gets past it.
+        if change and not request.user.is_superuser:
+            stored = Tenant.objects.for_tenant(obj).values(*self.platform_fields).get()
+            if any(getattr(obj, name) != value for name, value in stored.items()):
+                raise PermissionDenied
+        super().save_model(request, obj, form, change)
 
     def has_add_permission(self, request):
         return request.user.is_superuser
@@ -333,6 +344,11 @@ class ReadOnlyScopedAdmin(TenantScopedAdmin):
 
 @admin.register(PayloadLog)
 class PayloadLogAdmin(ReadOnlyScopedAdmin):
+    """What the tenant's users asked and were told, personal data included where redaction missed it: only the
+    tenant's owners and admins read it; its finance and viewer members do not see this page at all."""
+
+    view_action = Action.VIEW_ANSWERS
+
     list_display = ("request_id", "tenant", "created_at")
     list_filter = (("tenant", TenantListFilter),)
     list_select_related = ("tenant",)

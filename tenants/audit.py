@@ -45,6 +45,8 @@ AUDITED_MODELS = frozenset(
 )
 SECRET_FIELD = re.compile(r"credential_encrypted|secret|hash|password|token|api_key$", re.IGNORECASE)
 SYSTEM_ACTOR = "system"
+# What mask_secret() gives.
+MASKED_SECRET = re.compile(r"\*\*\*[0-9a-f]{8}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +81,11 @@ def _resolve_actor() -> tuple[object | None, str]:
 def mask_secret(value) -> str:
     """A masked secret still shows whether it changed: the same value masks the same way."""
     return "***" + hashlib.sha256(str(value).encode()).hexdigest()[:8]
+
+
+def is_masked_secret(value) -> bool:
+    """Whether ``value`` is what mask_secret() gives, so rows masked already are not masked again."""
+    return isinstance(value, str) and MASKED_SECRET.fullmatch(value) is not None
 
 
 def _json_value(value):

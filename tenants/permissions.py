@@ -20,11 +20,11 @@ class Role(models.TextChoices):
 
 
 class Action(models.TextChoices):
-    VIEW = "view", "See the tenant's configuration, usage, logs and dashboard"
+    VIEW = "view", "See the tenant's configuration, usage, audit log and dashboard"
     EDIT = "edit", "Change the tenant's configuration: teams, keys, budgets, channels, limits, policies, cache"
     MANAGE_MEMBERS = "manage_members", "Add members and change their roles"
     EXPORT = "export", "Export usage (CSV, the usage API) and read monthly statements"
-    VIEW_ANSWERS = "view_answers", "Read cached prompts and answers"
+    VIEW_ANSWERS = "view_answers", "Read prompts and answers: cached answers, payload logs, judges' reasons"
 
 
 ROLES_ALLOWED: Mapping[Action, frozenset[Role]] = {

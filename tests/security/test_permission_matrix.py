@@ -58,7 +58,7 @@ TENANT = {SUPERUSER: "mvacdx", "owner": "mvc", "admin": "mvc", "finance": "mv", 
 # (its price versions stay: they are what the ledger was charged at).
 CATALOG = {SUPERUSER: "mvacx", "owner": "mvx", "admin": "mvx", "finance": "mvx", "viewer": "mvx", NO_MEMBERSHIP: "-"}
 AUDIT_TRAIL = {SUPERUSER: "m", "owner": "-", "admin": "-", "finance": "-", "viewer": "-", NO_MEMBERSHIP: "-"}
-# What the tenant's users asked and were told (cached answers): its owners and admins look, nobody else.
+# What the tenant's users asked and were told (cached answers, payload logs): its owners and admins look, nobody else.
 TENANT_ADMINS_READ = {SUPERUSER: "mvx", "owner": "mv", "admin": "mv", "finance": "-", "viewer": "-", NO_MEMBERSHIP: "-"}
 
 EXPECTED = {
@@ -67,7 +67,7 @@ EXPECTED = {
     "tenants.apikey": EDITABLE,
     "tenants.membership": EDITABLE,
     "tenants.payloadlogsettings": EDITABLE,
-    "tenants.payloadlog": READ_ONLY,
+    "tenants.payloadlog": TENANT_ADMINS_READ,
     "tenants.auditevent": READ_ONLY,
     "routing.provider": PLATFORM,
     "routing.model": CATALOG,
@@ -216,19 +216,20 @@ class Pages:
 
 
 READ = Pages(Action.VIEW, change=None, add=NOBODY, delete=NOBODY)
+READ_ANSWERS = Pages(Action.VIEW_ANSWERS, change=None, add=NOBODY, delete=NOBODY)
 TENANT_PAGES = {
     "tenants.tenant": Pages(Action.VIEW, add=SUPERUSERS, delete=SUPERUSERS),
     "tenants.team": Pages(Action.VIEW),
     "tenants.apikey": Pages(Action.VIEW),
     "tenants.membership": Pages(Action.VIEW, change=Action.MANAGE_MEMBERS),
     "tenants.payloadlogsettings": Pages(Action.VIEW),
-    "tenants.payloadlog": READ,
+    "tenants.payloadlog": READ_ANSWERS,
     "tenants.auditevent": READ,
     "routing.tenantmodelaccess": Pages(Action.VIEW),
     "routing.routingpolicy": Pages(Action.VIEW),
     "routing.routingpolicyversion": READ,
     "routing.routingpolicyaudit": READ,
-    "routing.cacheentry": Pages(Action.VIEW_ANSWERS, change=None, add=NOBODY, delete=NOBODY),
+    "routing.cacheentry": READ_ANSWERS,
     "billing.usagerecord": READ,
     "billing.budget": Pages(Action.VIEW),
     "billing.alertchannel": Pages(Action.VIEW),
