@@ -8,6 +8,7 @@ instead (for budgets, instead of the default of the same period). A request with
 """
 
 import hashlib
+from collections.abc import Container
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_CEILING, Decimal
@@ -60,6 +61,10 @@ class BudgetEntry:
         return self.scope == BudgetScope.CUSTOMER
 
     def applies_to(self, *, team_id: int, key_id: int, model_name: str, customer: str = "") -> bool:
+        return self.applies_to_any(team_id=team_id, key_id=key_id, model_names=(model_name,), customer=customer)
+
+    def applies_to_any(self, *, team_id: int, key_id: int, model_names: Container[str], customer: str = "") -> bool:
+        """Whether a request that one of `model_names` may serve is held to this budget."""
         if self.scope == BudgetScope.CUSTOMER:
             return bool(customer) and self.customer in ("", customer)
         if self.scope == BudgetScope.TEAM:
@@ -67,7 +72,7 @@ class BudgetEntry:
         if self.scope == BudgetScope.KEY:
             return self.key_id == key_id
         if self.scope == BudgetScope.TENANT_MODEL:
-            return self.model_name == model_name
+            return self.model_name in model_names
         return True
 
     def spends_on(self, served_model: str | None) -> bool:
@@ -91,26 +96,21 @@ class BudgetIndex:
         self, tenant_id: int, team_id: int, key_id: int, model_name: str, customer: str = ""
     ) -> list[BudgetEntry]:
         """The budgets a request is held to; a customer's own budget of a period replaces the default of that period."""
+        return self.for_chain(tenant_id, team_id, key_id, (model_name,), customer)
+
+    def for_chain(
+        self, tenant_id: int, team_id: int, key_id: int, model_names: Container[str], customer: str = ""
+    ) -> list[BudgetEntry]:
+        """The budgets a request that any of `model_names` may serve is held to: each model's own, with the rest."""
         entries = [
             entry
             for entry in self.by_tenant.get(tenant_id, ())
-            if entry.applies_to(team_id=team_id, key_id=key_id, model_name=model_name, customer=customer)
+            if entry.applies_to_any(team_id=team_id, key_id=key_id, model_names=model_names, customer=customer)
         ]
         overridden = {entry.period for entry in entries if entry.per_customer and entry.customer}
         return [
             entry for entry in entries if not (entry.per_customer and not entry.customer and entry.period in overridden)
         ]
-
-    def for_chain(
-        self, tenant_id: int, team_id: int, key_id: int, model_names: list[str], customer: str = ""
-    ) -> list[BudgetEntry]:
-        """The budgets a request that any of these models may serve is held to: each model's own budgets with the
-        rest, once each."""
-        held: dict[int, BudgetEntry] = {}
-        for model_name in model_names:
-            for entry in self.applicable(tenant_id, team_id, key_id, model_name, customer):
-                held.setdefault(entry.budget_id, entry)
-        return list(held.values())
 
 
 def budget_entry(budget: Budget) -> BudgetEntry:

@@ -294,7 +294,7 @@ def _chain_budgets(snapshot: ConfigSnapshot, call: GatewayCall, chain: list[Mode
     """The budgets of every model of the chain, as any of them may serve; settling charges the one that did."""
     principal = call.principal
     return snapshot.budgets.for_chain(
-        principal.tenant_id, principal.team_id, principal.key_id, [model.name for model in chain], call.customer
+        principal.tenant_id, principal.team_id, principal.key_id, {model.name for model in chain}, call.customer
     )
 
 
