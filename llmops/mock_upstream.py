@@ -46,7 +46,7 @@ import numpy as np
 import orjson
 
 from routing.max_tokens import requested_max_tokens
-from routing.tokens import count_chat_tokens, count_embedding_tokens, embedding_inputs
+from routing.tokens import count_chat_tokens, count_definition_tokens, count_embedding_tokens, embedding_inputs
 
 STALL_SECONDS = 30
 SLOW_STREAM_SECONDS = 0.2
@@ -354,7 +354,8 @@ class MockUpstream:
     def _usage(self, messages: list, body: dict) -> dict:
         prompt_text = "\n".join(f"{m.get('role')}: {_text_of(m.get('content'))}" for m in messages)
         # Counted the way OpenAI counts, so the gateway's reservations match what the mock then reports.
-        prompt_tokens = count_chat_tokens(messages, model=str(body.get("model", "")))
+        model = str(body.get("model", ""))
+        prompt_tokens = count_chat_tokens(messages, model=model) + count_definition_tokens(body, model=model)
         cached = 0
         if prompt_tokens >= CACHE_MIN_TOKENS:
             digest = hashlib.sha256(prompt_text.encode()).hexdigest()

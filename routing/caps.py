@@ -12,7 +12,7 @@ from routing.max_tokens import MAX_TOKENS_FIELDS, with_max_tokens
 from routing.policy.document import CompiledPolicy, CompiledRule
 from routing.policy.engine import RouteDecision
 from routing.policy.errors import RoutingRefusal
-from routing.tokens import chat_tokens_lower_bound, count_chat_tokens_async
+from routing.tokens import chat_tokens_lower_bound, count_definition_tokens_async, count_prompt_tokens_async
 
 COMPRESS = "compress"
 
@@ -130,7 +130,9 @@ async def apply_token_caps(
     prompt_tokens: int | None = None,
 ) -> CappedRequest:
     """The body to send upstream under the decision's caps; `model` is the served model's upstream name (encoding).
-    `prompt_tokens`, when given, is the prompt already counted with that encoding.
+    `prompt_tokens`, when given, is the prompt (routing.tokens.count_prompt_tokens_async) already counted with that
+    encoding. The cap holds the whole prompt: the tool and function definitions and response format count against it
+    as the messages do, and compression, which shortens only the messages, has what they leave.
 
     Raises TokenCapExceeded over the prompt cap when the rule rejects, or when compression cannot get under it.
     """
@@ -140,24 +142,30 @@ async def apply_token_caps(
     rejects = cap is not None and outcome.over_cap_action != COMPRESS
     if prompt_tokens is None and rejects and (at_least := chat_tokens_lower_bound(messages)) > cap:
         raise TokenCapExceeded(prompt_tokens=at_least, cap=cap, rule_name=decision.rule_name, at_least=True)
-    tokens_before = prompt_tokens if prompt_tokens is not None else await count_chat_tokens_async(messages, model=model)
+    tokens_before = prompt_tokens if prompt_tokens is not None else await count_prompt_tokens_async(body, model=model)
     tokens_after = tokens_before
     compressed = summarized = False
     if (refusal := cap_refusal(decision, tokens_before)) is not None:
         raise refusal
     if cap is not None and tokens_before > cap:
+        definitions = await count_definition_tokens_async(body, model=model)
         result = await compress_messages(
-            messages, budget=cap, model=model, summarize=summarize, namespace=namespace, tokens_before=tokens_before
+            messages,
+            budget=cap - definitions,
+            model=model,
+            summarize=summarize,
+            namespace=namespace,
+            tokens_before=tokens_before - definitions,
         )
-        if result.tokens_after > cap:
+        if result.tokens_after + definitions > cap:
             raise TokenCapExceeded(
                 prompt_tokens=tokens_before,
                 cap=cap,
                 rule_name=decision.rule_name,
-                after_compression=result.tokens_after,
+                after_compression=result.tokens_after + definitions,
             )
         body = {**body, "messages": result.messages}
-        tokens_after, compressed, summarized = result.tokens_after, result.compressed, result.summarized
+        tokens_after, compressed, summarized = result.tokens_after + definitions, result.compressed, result.summarized
     body = clamp_max_tokens(body, cap=outcome.max_tokens_cap, default=outcome.default_max_tokens)
     return CappedRequest(
         body=body,

@@ -79,18 +79,21 @@ def _content_text(content) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return "".join(part.get("text", "") for part in content if isinstance(part, dict))
+        return "".join(part.get("text") or part.get("refusal") or "" for part in content if isinstance(part, dict))
     return orjson.dumps(content).decode()
 
 
 def _counted_texts(message: dict) -> Iterator[str]:
-    """The texts of a message that are counted, each on its own."""
+    """The texts of a message that are counted, each on its own: what the provider reads of it, and bills."""
     yield message.get("role", "")
     yield _content_text(message.get("content"))
     if message.get("name"):
         yield message["name"]
-    if message.get("tool_calls"):
-        yield orjson.dumps(message["tool_calls"]).decode()
+    if message.get("refusal"):
+        yield message["refusal"]
+    for calls in ("tool_calls", "function_call"):
+        if message.get(calls):
+            yield orjson.dumps(message[calls]).decode()
 
 
 def _framing_tokens(messages: list[dict]) -> int:
@@ -114,6 +117,39 @@ def prompt_chars(messages: list[dict]) -> int:
 async def count_chat_tokens_async(messages: list[dict], *, model: str) -> int:
     """count_chat_tokens, on the CPU pool when the prompt is large."""
     return await run_sized(prompt_chars(messages), count_chat_tokens, messages, model=model)
+
+
+# The request's fields beside its messages that the provider reads as prompt, and bills: tool and function
+# definitions (their descriptions and JSON schemas) and a response format's schema.
+DEFINITION_FIELDS = ("tools", "functions", "response_format")
+
+
+def _definition_texts(body: dict) -> list[str]:
+    return [orjson.dumps(body[name]).decode() for name in DEFINITION_FIELDS if body.get(name)]
+
+
+def _count_texts(texts: list[str], *, model: str) -> int:
+    return sum(count_text_tokens(text, model=model) for text in texts)
+
+
+def count_definition_tokens(body: dict, *, model: str) -> int:
+    """The tokens of the request's tool and function definitions and response format, counted as their JSON: what
+    no message holds but the provider bills as prompt (it frames them its own way, at about this length)."""
+    return _count_texts(_definition_texts(body), model=model)
+
+
+async def count_definition_tokens_async(body: dict, *, model: str) -> int:
+    """count_definition_tokens, on the CPU pool when the definitions are large."""
+    definitions = _definition_texts(body)
+    if not definitions:
+        return 0
+    return await run_sized(sum(len(text) for text in definitions), _count_texts, definitions, model=model)
+
+
+async def count_prompt_tokens_async(body: dict, *, model: str) -> int:
+    """A chat request's prompt as it is billed: its messages and its definitions."""
+    messages = await count_chat_tokens_async(body["messages"], model=model)
+    return messages + await count_definition_tokens_async(body, model=model)
 
 
 def utf8_length(text: str) -> int:

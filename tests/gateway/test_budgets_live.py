@@ -285,3 +285,23 @@ def test_a_spent_fallback_budget_does_not_refuse_what_the_first_model_serves(gat
     assert response.status_code == 200, response.text
     assert response.headers["x-llmops-model"] == acme.large.name
     assert f"budget-skipped={acme.small.name}" in response.headers["x-llmops-route"]
+
+
+def test_tool_definitions_are_reserved_as_the_prompt_the_provider_bills(gateway, acme):
+    """A short message with long tool definitions: the provider bills the definitions as prompt, so the worst case
+    holds them, and a budget that covers the message alone twice over does not cover them."""
+    limit = worst_case(SMALL_PRICES) * 2
+    budget_create(tenant=acme.tenant, scope="team", team=acme.team, period="day", limit_usd=limit)
+    tool = {
+        "type": "function",
+        "function": {"name": "lookup", "description": "Order details. " * 400, "parameters": {}},
+    }
+    body = {"model": acme.small.name, "messages": MESSAGES, "max_tokens": MAX_TOKENS}
+    headers = {"authorization": f"Bearer {acme.key}"}
+
+    with_tools = httpx.post(f"{gateway.url}/v1/chat/completions", json={**body, "tools": [tool]}, headers=headers)
+    without = httpx.post(f"{gateway.url}/v1/chat/completions", json=body, headers=headers)
+
+    assert with_tools.status_code == 429, with_tools.text
+    assert with_tools.json()["error"]["code"] == "budget_exceeded"
+    assert without.status_code == 200, without.text

@@ -3,6 +3,7 @@
 import functools
 import uuid
 
+import orjson
 import pytest
 
 from routing import caps, tokens
@@ -11,7 +12,7 @@ from routing.compression import TRUNCATION_MARKER, compress_messages, summary_ca
 from routing.policy import RouteDecision, compile_policy
 from routing.policy.document import RuleOutcome
 from routing.services import default_policy_document
-from routing.tokens import chat_tokens_lower_bound, count_chat_tokens
+from routing.tokens import chat_tokens_lower_bound, count_chat_tokens, count_text_tokens
 from tests.loops import run as run_on_fresh_loop
 
 MODEL = "gpt-4o"
@@ -84,6 +85,41 @@ async def test_compression_keeps_system_and_recent_turns_within_the_cap_with_exa
     assert original_positions == sorted(original_positions)
     # The most recent turns are the ones kept.
     assert original_positions[1:] == list(range(original_positions[1], len(messages)))
+
+
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "lookup",
+            "description": "Look an order up. " + "Mind the details. " * 60,
+            "parameters": {"type": "object", "properties": {"order_id": {"type": "string"}}},
+        },
+    }
+]
+
+
+@async_test
+async def test_tool_definitions_count_against_the_cap_and_compression_leaves_them_their_room():
+    """The provider reads and bills the definitions as prompt: a cap holds them with the messages, and compression,
+    which can shorten only the messages, fits those in what the definitions leave."""
+    messages = conversation()
+    body = {"messages": messages, "tools": TOOLS}
+    definitions = count_text_tokens(orjson.dumps(TOOLS).decode(), model=MODEL)
+    total = count_chat_tokens(messages, model=MODEL) + definitions
+    assert definitions > 200
+
+    with pytest.raises(TokenCapExceeded) as refused:
+        await apply_token_caps(body, decision=decision(prompt_token_cap=total - 1), model=MODEL)
+    assert f"has {total} tokens" in refused.value.message
+
+    cap = total - 100
+    capped = await apply_token_caps(
+        body, decision=decision(prompt_token_cap=cap, over_cap_action="compress"), model=MODEL
+    )
+    kept = capped.body["messages"]
+    assert capped.compressed and capped.prompt_tokens_before == total
+    assert capped.prompt_tokens_after == count_chat_tokens(kept, model=MODEL) + definitions <= cap
 
 
 @async_test
@@ -257,7 +293,7 @@ def test_a_rule_whose_maximum_is_under_the_bound_cannot_match_and_is_passed_over
 
 @async_test
 async def test_a_decision_whose_cap_the_length_proves_exceeded_refuses_without_counting(monkeypatch):
-    monkeypatch.setattr(caps, "count_chat_tokens_async", uncountable)
+    monkeypatch.setattr(caps, "count_prompt_tokens_async", uncountable)
 
     with pytest.raises(TokenCapExceeded, match="has at least"):
         await apply_token_caps({"messages": HUGE_PROMPT}, decision=decision(prompt_token_cap=4000), model=MODEL)

@@ -2,6 +2,7 @@ import asyncio
 import logging
 import threading
 
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -13,6 +14,8 @@ from routing.tokens import (
     chat_tokens_lower_bound,
     count_chat_tokens,
     count_chat_tokens_async,
+    count_definition_tokens,
+    count_prompt_tokens_async,
     count_text_tokens,
     encoding_name_for,
 )
@@ -68,6 +71,38 @@ def test_content_parts_count_their_text():
     parts = [{"role": "user", "content": [{"type": "text", "text": "Hello, how are you?"}]}]
 
     assert count_chat_tokens(parts, model="gpt-4") == 13
+
+
+def test_what_a_provider_bills_of_an_assistant_turn_is_counted_beside_its_content():
+    """An earlier assistant turn's legacy function call and its refusal are read as prompt as its text is."""
+    call = {"name": "lookup", "arguments": '{"order_id": "' + "7" * 400 + '"}'}
+    said = {"role": "assistant", "content": None, "function_call": call}
+    refused = {"role": "assistant", "content": None, "refusal": "I cannot help with that request, sorry."}
+    refused_part = {"role": "assistant", "content": [{"type": "refusal", "refusal": refused["refusal"]}]}
+    empty = count_chat_tokens([{"role": "assistant", "content": None}], model="gpt-4o")
+
+    assert count_chat_tokens([said], model="gpt-4o") - empty == count_text_tokens(
+        orjson.dumps(call).decode(), model="gpt-4o"
+    )
+    refusal_tokens = count_text_tokens(refused["refusal"], model="gpt-4o")
+    assert count_chat_tokens([refused], model="gpt-4o") - empty == refusal_tokens
+    assert count_chat_tokens([refused_part], model="gpt-4o") - empty == refusal_tokens
+
+
+def test_a_prompt_counts_its_tool_definitions_and_response_format_as_billed():
+    tools = [{"type": "function", "function": {"name": "f", "description": "d " * 300, "parameters": {}}}]
+    schema = {
+        "type": "json_schema",
+        "json_schema": {"name": "s", "schema": {"type": "object", "description": "x" * 90}},
+    }
+    messages = [{"role": "user", "content": "hi"}]
+    body = {"messages": messages, "tools": tools, "functions": tools, "response_format": schema}
+
+    expected = count_chat_tokens(messages, model="gpt-4o") + sum(
+        count_text_tokens(orjson.dumps(value).decode(), model="gpt-4o") for value in (tools, tools, schema)
+    )
+    assert asyncio.run(count_prompt_tokens_async(body, model="gpt-4o")) == expected
+    assert count_definition_tokens(body, model="gpt-4o") == expected - count_chat_tokens(messages, model="gpt-4o")
 
 
 def test_model_families_pick_their_encoding():

@@ -21,7 +21,7 @@ from routing.compression import SummaryRefused
 from routing.injection_guard import PromptInjectionBlocked, guard_request
 from routing.models import ModelKind
 from routing.policy import RouteDecision, RouteRequest, RoutingRefusal, route_request, route_request_from_body
-from routing.tokens import count_chat_tokens_async, encoding_name_for
+from routing.tokens import count_prompt_tokens_async, encoding_name_for
 from tenants.authentication import KeyPrincipal
 
 logger = logging.getLogger(__name__)
@@ -187,7 +187,7 @@ async def _routed(snapshot: ConfigSnapshot, principal: KeyPrincipal, body: dict,
     if refusal is not None:
         raise refusal
     counting_model = prompt_counting_model(catalog, tenant_id, body["model"])
-    prompt_tokens = await count_chat_tokens_async(body["messages"], model=counting_model)
+    prompt_tokens = await count_prompt_tokens_async(body, model=counting_model)
     features = route_request_from_body(
         body, headers=headers, tenant_id=tenant_id, team_slug=principal.team_slug, prompt_tokens=prompt_tokens
     )
@@ -208,7 +208,7 @@ async def prompt_tokens_counted(
         _refuse_what_the_model_cannot_take(served, routed.features)
         tokens = routed.tokens_for(served)
         if tokens is None:
-            tokens = await count_chat_tokens_async(body["messages"], model=served.upstream_name)
+            tokens = await count_prompt_tokens_async(body, model=served.upstream_name)
         if (refusal := cap_refusal(routed.decision, tokens)) is not None:
             raise refusal
     except RoutingRefusal as refusal:

@@ -72,7 +72,7 @@ from routing.max_tokens import requested_max_tokens, with_max_tokens
 from routing.media import PromptMedia
 from routing.models import ModelKind
 from routing.providers.prompt_cache import OFF
-from routing.tokens import count_chat_tokens_async
+from routing.tokens import count_chat_tokens_async, count_prompt_tokens_async
 
 logger = logging.getLogger(__name__)
 
@@ -352,7 +352,7 @@ async def shadow_evaluation_run(*, sample: ShadowSample, lever: Lever) -> Shadow
 
 
 async def _planned_reference(reference: ModelEntry, body: dict) -> PlannedCall:
-    prompt_tokens = await count_chat_tokens_async(body["messages"], model=reference.upstream_name)
+    prompt_tokens = await count_prompt_tokens_async(body, model=reference.upstream_name)
     return PlannedCall(reference, prompt_tokens, worst_case(reference, body, prompt_tokens=prompt_tokens))
 
 
