@@ -7,8 +7,9 @@ import httpx
 import numpy as np
 import openai
 import pytest
+from django.utils import timezone
 
-from billing.budgets.services import budget_create
+from billing.budgets.services import budget_counter_check, budget_create, budget_update
 from billing.models import UsageRecord
 from routing.cache.store import cache_writes_flush
 from routing.models import ModelKind
@@ -337,3 +338,27 @@ def test_a_failing_model_falls_back_down_its_rule_s_chain(gateway, acme, acme_em
     assert response.status_code == 200, response.text
     assert response.headers["x-llmops-model"] == acme_embed.name
     assert ledger(response).attempts > 1
+
+
+def test_a_fallback_that_embeds_is_charged_to_its_own_model_budget_and_one_that_is_spent_is_skipped(
+    gateway, acme, acme_embed
+):
+    broken = embedding_model(acme, name="acme-embed-broken", upstream="fail-500")
+    allow(acme, acme_embed, broken)
+    rule = {"priority": 10, "name": "with-fallback", "match": {"requested_models": [broken.name]}}
+    publish(acme, [{**rule, "outcome": {"fallback_models": [acme_embed.name]}}])
+    fallback = budget_create(tenant=acme.tenant, scope="tenant_model", model_name=acme_embed.name, period="day",
+                             limit_usd=Decimal("1"))  # fmt: skip
+
+    served = embed(gateway, acme, {"model": broken.name, "input": "hi"})
+
+    assert served.status_code == 200, served.text
+    check = budget_counter_check(budget=fallback, now=timezone.now())
+    assert check.counted_usd == check.ledger_usd == ledger(served).cost_usd > 0
+
+    budget_update(budget=fallback, limit_usd=Decimal("0.0000000001"))
+    skipped = embed(gateway, acme, {"model": broken.name, "input": "hi again"})
+
+    assert skipped.status_code >= 500, skipped.text
+    assert f"budget-skipped={acme_embed.name}" in skipped.headers["x-llmops-route"]
+    assert ledger(skipped).cost_usd == 0

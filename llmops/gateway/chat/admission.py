@@ -8,6 +8,7 @@ worst case in tokens. Requests in flight are counted per tenant across processes
 """
 
 import asyncio
+from collections.abc import Callable
 from decimal import Decimal
 
 from django.conf import settings
@@ -230,7 +231,7 @@ async def admit(
     """Admit a chat completion (``admission_hold``) at its worst case, or refuse it; a blocking budget it would go
     over refuses it, or downgrades it to a cheaper route when the budget says so."""
     prompt_tokens = call.prompt_tokens_after_compression or 0
-    budgets = _chain_budgets(snapshot, call, plan.chain)
+    budgets = chain_budgets(snapshot, call, plan.chain)
     bound = await run_sized(prediction_chars(plan.body), OutputBound.of, plan.body, model=plan.chain[0].upstream_name)
     if budgets:
         bound = _bounded(plan, bound)
@@ -259,14 +260,7 @@ async def admit(
     )
     if reserved is None:
         return
-    while isinstance(reserved, BudgetExceeded) and _spent_fallback(reserved, plan.chain):
-        # A fallback whose own model budget cannot hold the request is left out of the chain rather than refusing
-        # a request the models before it may serve.
-        plan.chain = [model for model in plan.chain if model.name != reserved.model_name]
-        call.route_explanation = f"{call.route_explanation} budget-skipped={reserved.model_name}"
-        reserved = await _reserve_or_exceeded(
-            _chain_budgets(snapshot, call, plan.chain), worst_case(plan.chain), call=call
-        )
+    plan.chain, reserved = await without_spent_fallbacks(snapshot, call, plan.chain, reserved, worst_case=worst_case)
     if isinstance(reserved, BudgetExceeded):
         cheaper = _cheaper_route(
             snapshot, call, plan, prompt_tokens=prompt_tokens, bound=bound, writers=writers, media=media
@@ -281,7 +275,7 @@ async def admit(
         call.served, call.route = cheaper, f"{call.route}+budget-downgrade"
         call.route_explanation = f"{call.route_explanation} budget-downgrade={cheaper.name}"
         reserved = await _reserve_or_exceeded(
-            _chain_budgets(snapshot, call, [cheaper]), worst_case([cheaper]), call=call
+            chain_budgets(snapshot, call, [cheaper]), worst_case([cheaper]), call=call
         )
         if isinstance(reserved, BudgetExceeded):
             raise _refusal(
@@ -290,12 +284,29 @@ async def admit(
     reservation_keep(call, reserved)
 
 
-def _chain_budgets(snapshot: ConfigSnapshot, call: GatewayCall, chain: list[ModelEntry]) -> list[BudgetEntry]:
+def chain_budgets(snapshot: ConfigSnapshot, call: GatewayCall, chain: list[ModelEntry]) -> list[BudgetEntry]:
     """The budgets of every model of the chain, as any of them may serve; settling charges the one that did."""
     principal = call.principal
     return snapshot.budgets.for_chain(
         principal.tenant_id, principal.team_id, principal.key_id, {model.name for model in chain}, call.customer
     )
+
+
+async def without_spent_fallbacks(
+    snapshot: ConfigSnapshot,
+    call: GatewayCall,
+    chain: list[ModelEntry],
+    reserved: Reservation | BudgetExceeded,
+    *,
+    worst_case: Callable[[list[ModelEntry]], Decimal],
+) -> tuple[list[ModelEntry], Reservation | BudgetExceeded]:
+    """The chain and its reservation once every fallback whose own model budget cannot hold the request is left out
+    of it, rather than refusing a request the models before it may serve; `worst_case` prices a chain."""
+    while isinstance(reserved, BudgetExceeded) and _spent_fallback(reserved, chain):
+        chain = [model for model in chain if model.name != reserved.model_name]
+        call.route_explanation = f"{call.route_explanation} budget-skipped={reserved.model_name}"
+        reserved = await _reserve_or_exceeded(chain_budgets(snapshot, call, chain), worst_case(chain), call=call)
+    return chain, reserved
 
 
 def _spent_fallback(exceeded: BudgetExceeded, chain: list[ModelEntry]) -> bool:

@@ -20,7 +20,7 @@ from billing.budgets.reservations import BudgetExceeded
 from billing.ledger.costs import Usage
 from core.cpu import run_sized
 from llmops.gateway.call import USAGE_SLACK, GatewayCall
-from llmops.gateway.chat.admission import admission_hold, reservation_keep
+from llmops.gateway.chat.admission import admission_hold, chain_budgets, reservation_keep, without_spent_fallbacks
 from llmops.gateway.chat.completion import declared_size, run_recorded
 from llmops.gateway.chat.pipeline import cache_hit, call_chain, keep_answer
 from llmops.gateway.chat.planning import (
@@ -199,19 +199,24 @@ async def admit_embeddings(
 ) -> None:
     """Rate limits count the inputs' tokens, and budgets reserve their cost on the dearest model of the chain (an
     embedding costs no output); a blocking budget it would go over refuses it."""
-    principal = call.principal
     tokens = plan.total_tokens
-    budgets = snapshot.budgets.applicable(
-        principal.tenant_id, principal.team_id, principal.key_id, plan.chain[0].name, call.customer
-    )
-    amount = (
-        max(worst_case_cost(model, prompt_tokens=tokens, completion_tokens=0) for model in plan.chain)
-        if budgets
-        else Decimal(0)
-    )
+    budgets = chain_budgets(snapshot, call, plan.chain)
+
+    def worst_case(chain: list[ModelEntry]) -> Decimal:
+        return max(worst_case_cost(model, prompt_tokens=tokens, completion_tokens=0) for model in chain)
+
     reserved = await admission_hold(
-        snapshot, call, budgets=budgets, tokens=tokens, amount=amount, limit_concurrency=limit_concurrency
+        snapshot,
+        call,
+        budgets=budgets,
+        tokens=tokens,
+        amount=worst_case(plan.chain) if budgets else Decimal(0),
+        limit_concurrency=limit_concurrency,
     )
+    if reserved is not None:
+        plan.chain, reserved = await without_spent_fallbacks(
+            snapshot, call, plan.chain, reserved, worst_case=worst_case
+        )
     if isinstance(reserved, BudgetExceeded):
         raise budget_refusal(reserved, advice=BUDGET_ADVICE) from reserved
     if reserved is not None:
