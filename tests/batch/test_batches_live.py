@@ -9,7 +9,7 @@ from django.db import connection, transaction
 from django.db.models import Sum
 from django.utils import timezone
 
-from billing.models import UsageRecord
+from billing.models import UsageKind, UsageRecord
 from billing.ratelimits import rate_limit_create
 from llmops import mock_upstream as mock_upstream_module
 from llmops.gateway.batches.models import Batch, BatchLine
@@ -30,6 +30,8 @@ from tests.batch.conftest import (
     wait_for,
 )
 from tests.factories import ModelFactory
+from tests.gateway.test_routing_live import publish
+from tests.gateway.test_worst_case_live import COMPRESS, long_conversation
 from tests.loops import run as run_on_a_new_loop
 
 pytestmark = pytest.mark.live
@@ -468,6 +470,36 @@ def test_batch_cost_is_the_sum_of_its_ledger_rows_at_every_moment(worker, openai
     assert [(cost, ledger) for _, _, cost, ledger in moments if cost != ledger] == []
     final = openai_client.batches.retrieve(batch.id)
     assert reported_cost(final) == moments[-1][3] > 0 and final.request_counts.completed == total
+
+
+@pytest.fixture
+def undelegating_worker(gateway, live_broker, files_root, monkeypatch):
+    """A worker that delegates no line, so every line is planned (and compressed) only by the run of it."""
+    monkeypatch.setitem(WORKER_ENV, "LLMOPS_BATCH_DELEGATE_PROVIDERS", "")
+    running = celery_worker().start()
+    yield running
+    running.kill()
+
+
+def test_the_summaries_compressing_its_lines_are_in_the_batch_cost_when_it_ends(
+    undelegating_worker, openai_client, acme
+):
+    """Read as the batch ends, without waiting for the ledger stream: a summary's row is written with its line's."""
+    publish(acme, COMPRESS)
+    lines = [chat_line(f"long-{n}", "acme-small", messages=long_conversation(), max_tokens=10) for n in range(2)]
+    batch = openai_client.batches.create(
+        input_file_id=upload(openai_client, lines), endpoint="/v1/chat/completions", completion_window="24h"
+    )
+
+    done = wait_finished(openai_client, batch.id)
+
+    assert (done.status, done.request_counts.completed) == ("completed", 2)
+    ledger = batch_ledger(batch.id)
+    summaries = [record for record in ledger if record.kind == UsageKind.COMPRESSION_SUMMARY]
+    output = rows(openai_client, done.output_file_id)
+    assert {record.parent_request_id for record in summaries} == {row["response"]["request_id"] for row in output}
+    assert all(record.cost_usd > 0 for record in summaries)
+    assert reported_cost(done) == sum(record.cost_usd for record in ledger)
 
 
 def test_a_retried_create_gets_the_same_batch_per_key_and_tenant(worker, gateway, openai_client, acme, globex):

@@ -6,9 +6,20 @@ not called one by one: lines are grouped by provider, uploaded as a JSONL file, 
 polled, and their results merged into this batch. Each ledger row is priced at the model's
 ``batch_price_multiplier`` of the list price, the difference in ``saved_batch_usd``; the budget counters are
 charged the discounted cost when the result arrives (the whole batch's worst case was checked at validation).
+
+Each line is admitted as a live request is before it is submitted: its worst case at the batch price is reserved
+against every budget it is held to, its end customer's included, and the reservations are released once the
+provider batch is submitted. A line a blocking budget cannot hold fails 429 ``budget_exceeded``; one over a
+downgrading budget, or whose counters cannot be reached, is run by the gateway itself, whose admission decides.
+
+A provider batch that cannot be polled (no answer, an error status, an answer that cannot be read) is polled again
+with backoff while the batch's completion window lasts; the first poll that fails after it gives the provider batch
+up (``_abandon``), so a provider that stays down cannot hold the batch open for ever.
 """
 
+import contextlib
 import logging
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 import httpx
@@ -17,20 +28,40 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from billing.budgets.reservations import BudgetHold, Reservation, reservation_settle
+from billing.budgets.reservations import (
+    BudgetExceeded,
+    BudgetHold,
+    BudgetUnavailable,
+    Reservation,
+    budget_reserve,
+    reservation_settle,
+)
 from billing.ledger.costs import BATCH_ENDPOINT, Usage
 from core.db import database_sync_to_async
 from core.jsonl import jsonl_lines, jsonl_row
 from core.redis import async_redis
-from llmops.gateway.batches.models import Batch, BatchLine, LineStatus
+from llmops.gateway.batches.models import Batch, BatchLine, BatchStatus, LineStatus
 from llmops.gateway.batches.selectors import batches_for_workers, lines_for_workers
-from llmops.gateway.batches.services import CHAT_ENDPOINT, ClaimedLine, line_record, line_request_id, lines_claim
+from llmops.gateway.batches.services import (
+    CHAT_ENDPOINT,
+    BatchError,
+    ClaimedLine,
+    batch_usage_record,
+    line_headers,
+    line_record,
+    line_request_id,
+    line_worst_case,
+    lines_claim,
+)
 from llmops.gateway.call import GatewayCall
-from llmops.gateway.chat.planning import plan_chat, request_customer
+from llmops.gateway.chat.planning import ChatPlan, plan_chat, request_customer
+from llmops.gateway.chat.worst_case import OutputBound, budget_refusal, cache_writers, fitting_max_tokens
 from llmops.gateway.errors import GatewayError, error_body
 from llmops.gateway.snapshot import ConfigSnapshot, config_snapshot
 from llmops.metrics import record_request_metrics
 from routing.catalog import ProviderEntry
+from routing.max_tokens import with_max_tokens
+from routing.media import PromptMedia
 from routing.models import Model
 from routing.providers.kinds import provider_kind
 from routing.providers.openai import chat_body_for
@@ -39,7 +70,14 @@ from tenants.authentication import KeyPrincipal
 logger = logging.getLogger(__name__)
 
 PROVIDER_DONE = ("completed", "failed", "expired", "cancelled")
+# A provider batch's status once it has been given up (_abandon): ours, not one a provider reports.
+ABANDONED = "abandoned"
 CLAIM_ALL = 1_000_000
+# What a failed poll can raise: no answer or an error status (httpx), an answer that is not a batch object.
+POLL_ERRORS = (httpx.HTTPError, ValueError, KeyError, TypeError)
+# The longest wait between polls of a provider batch that keeps failing.
+POLL_BACKOFF_MAX_SECONDS = 600
+UNREACHABLE = "provider_batch_unreachable"
 
 
 def _db(function):
@@ -66,32 +104,116 @@ async def lines_delegate(*, batch: Batch, principal: KeyPrincipal) -> None:
     claimed = await _db(lines_claim)(batch_id=batch.id, limit=CLAIM_ALL)
     snapshot = await config_snapshot.for_tenant(principal.tenant_id)
     groups: dict[str, tuple[ProviderEntry, list[tuple[ClaimedLine, dict, str, str]]]] = {}
-    keep = []
-    for line in claimed:
-        call = GatewayCall(principal=principal, endpoint=BATCH_ENDPOINT)
-        try:
-            plan = await plan_chat(snapshot, call, dict(line.body), {})
-        except GatewayError:
-            keep.append(line.id)  # the synchronous path fails it with its ledger row
-            continue
-        served = plan.chain[0]
-        if not _delegates(served.provider):
-            keep.append(line.id)
-            continue
-        upstream_body = chat_body_for(served.provider, {**plan.body, "model": served.upstream_name})
-        groups.setdefault(served.provider.name, (served.provider, []))[1].append(
-            (line, upstream_body, served.name, call.route)
-        )
-    await _db(_release)(batch_id=batch.id, line_ids=keep)
+    keep, refused, held = [], [], []
+    # Summaries compressing lines as they are planned: rows of the batch, written with its cost.
+    summaries = []
     submitted = {}
-    for name, (provider, entries) in groups.items():
-        try:
-            submitted[name] = await _submit(provider, batch.id, entries)
-        except (httpx.HTTPError, KeyError, ValueError) as exc:
-            logger.warning("batch %s: provider %s refused the batch (%s); lines run one by one", batch.id, name, exc)
-            await _db(_release)(batch_id=batch.id, line_ids=[entry[0].id for entry in entries])
+    try:
+        for line in claimed:
+            request_id = line_request_id(batch_id=batch.id, custom_id=line.custom_id, attempt=line.attempt)
+            call = GatewayCall(
+                principal=principal, endpoint=BATCH_ENDPOINT, request_id=request_id, summary_events=summaries
+            )
+            try:
+                plan = await plan_chat(snapshot, call, dict(line.body), line_headers(batch.id))
+            except GatewayError:
+                keep.append(line.id)  # the synchronous path fails it with its ledger row
+                continue
+            served = plan.chain[0]
+            if not _delegates(served.provider):
+                keep.append(line.id)
+                continue
+            try:
+                reservation = await _admit(snapshot, call, plan)
+            except GatewayError as refusal:
+                refused.append((line, call, refusal))
+                continue
+            except (BudgetExceeded, BudgetUnavailable):
+                keep.append(line.id)  # a budget that downgrades, or counters away: the gateway's admission decides
+                continue
+            if reservation is not None:
+                held.append(reservation)
+            upstream_body = chat_body_for(served.provider, {**plan.body, "model": served.upstream_name})
+            groups.setdefault(served.provider.name, (served.provider, []))[1].append(
+                (line, upstream_body, served.name, call.route)
+            )
+        await _db(batch_usage_record)(batch_id=batch.id, events=summaries)
+        for line, call, refusal in refused:
+            await _refuse(batch.id, line, call, refusal)
+        await _db(_release)(batch_id=batch.id, line_ids=keep)
+        for name, (provider, entries) in groups.items():
+            try:
+                submitted[name] = await _submit(provider, batch.id, entries)
+            except (httpx.HTTPError, KeyError, ValueError) as exc:
+                note = "batch %s: provider %s refused the batch (%s); lines run one by one"
+                logger.warning(note, batch.id, name, exc)
+                await _db(_release)(batch_id=batch.id, line_ids=[entry[0].id for entry in entries])
+    finally:
+        # The reservations made admission atomic; lines at a provider are charged as their answers arrive.
+        for reservation in held:
+            await reservation_settle(reservation, actual=Decimal(0))
     if submitted:
         await _db(_mark_delegated)(batch_id=batch.id, submitted=submitted, groups=groups)
+
+
+async def _admit(snapshot: ConfigSnapshot, call: GatewayCall, plan: ChatPlan) -> Reservation | None:
+    """Reserve the line's worst case at the batch price against every budget it is held to, its end customer's
+    included, as admission reserves a live request's (None: no budget applies). Raises the 429 of a blocking budget
+    that cannot hold it, and BudgetExceeded (downgrading budget) or BudgetUnavailable as budget_reserve does."""
+    principal, served = call.principal, plan.chain[0]
+    budgets = snapshot.budgets.applicable(
+        principal.tenant_id, principal.team_id, principal.key_id, served.name, call.customer
+    )
+    if not budgets:
+        return None
+    fallback = settings.LLMOPS_RESERVATION_MAX_TOKENS
+    bound = OutputBound.of(plan.body, model=served.upstream_name)
+    if bound.max_tokens is None and not served.max_output_tokens:
+        # As admission does: without it, a model of no known maximum output could answer past the worst case.
+        plan.body = with_max_tokens(plan.body, fallback)
+        bound = OutputBound(fallback, bound.choices, bound.predicted_tokens)
+    prompt_tokens = call.prompt_tokens_after_compression or 0
+    worst = line_worst_case(served, plan.body, prompt_tokens=prompt_tokens, provider_cache=plan.provider_cache)
+    multiplier = served.batch_price_multiplier
+    try:
+        return await budget_reserve(
+            budgets=budgets,
+            amount=worst * multiplier,
+            request_id=call.request_id,
+            now=timezone.now(),
+            customer=call.customer,
+        )
+    except BudgetExceeded as exceeded:
+        if exceeded.downgrade:
+            raise
+        media = PromptMedia.of(plan.body["messages"])
+        fitting = fitting_max_tokens(
+            [served],
+            prompt_tokens=prompt_tokens,
+            bound=bound,
+            fallback=fallback,
+            # At the batch price: what is left, in list-price terms.
+            available=exceeded.remaining_usd / multiplier if multiplier else exceeded.remaining_usd,
+            cache_writers=cache_writers([served], plan.body, provider_cache=plan.provider_cache),
+            media=media,
+        )
+        raise budget_refusal(exceeded, fitting=fitting, choices=bound.choices, has_media=bool(media)) from exceeded
+
+
+async def _refuse(batch_id: str, line: ClaimedLine, call: GatewayCall, refusal: GatewayError) -> None:
+    """The line fails as a live request its budget refused does, with its ledger row. Not retried: run by the gateway
+    itself, it would be admitted beside lines at the provider, which hold nothing once submitted."""
+    event = call.usage_event(http_status=refusal.status_code, error_code=refusal.code)
+    record_request_metrics(event)
+    await _db(line_record)(
+        line=line,
+        batch_id=batch_id,
+        status_code=refusal.status_code,
+        response_body=error_body(refusal),
+        request_id=call.request_id,
+        usage=event,
+        retryable=False,
+    )
 
 
 def _release(*, batch_id: str, line_ids: list[int]) -> None:
@@ -136,28 +258,108 @@ def _mark_delegated(*, batch_id: str, submitted: dict, groups: dict) -> None:
 
 
 async def _poll(batch: Batch, principal: KeyPrincipal) -> None:
+    """Merge the results of each provider batch that has ended. A poll that fails is tried again at a later look,
+    backing off; once the batch's completion window is over, a failing poll gives its provider batch up."""
     catalog = (await config_snapshot.for_tenant(principal.tenant_id)).catalog
+    now = timezone.now()
+    last_chance = now >= batch.expires_at
     for name, state in batch.provider_batches.items():
-        if state["status"] in PROVIDER_DONE:
+        if state["status"] in (*PROVIDER_DONE, ABANDONED):
+            continue
+        if not last_chance and "next_poll_at" in state and now < datetime.fromisoformat(state["next_poll_at"]):
             continue
         provider = next((m.provider for m in catalog.models.values() if m.provider.name == name), None)
-        if provider is None:
-            logger.warning("batch %s: provider %s is gone from the catalog; cannot poll", batch.id, name)
+        failure = "its provider was removed"
+        if provider is not None:
+            try:
+                remote_status, results = await _fetch(provider, state, batch_id=batch.id, name=name)
+                failure = ""
+            except POLL_ERRORS as exc:
+                failure = _poll_failure(exc)
+                logger.warning("batch %s: polling provider %s's batch failed: %r", batch.id, name, exc)
+        if failure:
+            if last_chance:
+                await _abandon(batch.id, name, state, provider, failure=failure)
+            else:
+                await _db(_provider_state_update)(batch_id=batch.id, provider=name, changes=_backoff(state, now))
             continue
-        async with _client(provider) as client:
-            answer = await client.get(f"/batches/{state['batch_id']}")
-            answer.raise_for_status()
-            remote = answer.json()
-            if remote["status"] not in PROVIDER_DONE:
-                continue
-            results = []
+        if "poll_failures" in state:
+            cleared = {"poll_failures": None, "next_poll_at": None}
+            await _db(_provider_state_update)(batch_id=batch.id, provider=name, changes=cleared)
+        if remote_status not in PROVIDER_DONE:
+            continue
+        await _merge(batch, principal, state, results, remote_status)
+        await _db(_provider_state_update)(batch_id=batch.id, provider=name, changes={"status": remote_status})
+
+
+async def _fetch(provider: ProviderEntry, state: dict, *, batch_id: str, name: str) -> tuple[str, list[dict]]:
+    """The provider batch's status, and once it has ended, the rows of its output and error files."""
+    async with _client(provider) as client:
+        answer = await client.get(f"/batches/{state['batch_id']}")
+        answer.raise_for_status()
+        remote = answer.json()
+        status = remote["status"]
+        if not isinstance(status, str):
+            raise TypeError(f"the batch's status is {status!r}")
+        results = []
+        if status in PROVIDER_DONE:
             for file_key in ("output_file_id", "error_file_id"):
                 if remote.get(file_key):
                     content = await client.get(f"/files/{remote[file_key]}/content")
                     content.raise_for_status()
-                    results.extend(_result_rows(content.content, batch_id=batch.id, provider=name))
-        await _merge(batch, principal, state, results, remote["status"])
-        await _db(_provider_status_set)(batch_id=batch.id, provider=name, status=remote["status"])
+                    results.extend(_result_rows(content.content, batch_id=batch_id, provider=name))
+    return status, results
+
+
+def _poll_failure(exc: Exception) -> str:
+    """What a failed poll met, for the tenant: neither the provider's address nor its own words."""
+    if isinstance(exc, httpx.HTTPStatusError):
+        return f"it answered HTTP {exc.response.status_code}"
+    if isinstance(exc, httpx.HTTPError):
+        return "it could not be reached"
+    return "its answer could not be read"
+
+
+def _backoff(state: dict, now: datetime) -> dict:
+    """The poll after a failed one is due after LLMOPS_BATCH_POLL_SECONDS, twice as long after each further failure in
+    a row, up to POLL_BACKOFF_MAX_SECONDS."""
+    failures = state.get("poll_failures", 0) + 1
+    delay = min(settings.LLMOPS_BATCH_POLL_SECONDS * 2 ** min(failures - 1, 32), POLL_BACKOFF_MAX_SECONDS)
+    return {"poll_failures": failures, "next_poll_at": (now + timedelta(seconds=delay)).isoformat()}
+
+
+async def _abandon(batch_id: str, name: str, state: dict, provider: ProviderEntry | None, *, failure: str) -> None:
+    """Give up a provider batch that could not be polled within the completion window: cancelled there if that still
+    gets through, so it stops running lines whose answers no one will collect; its lines still out end unrun, and the
+    batch ends expired (cancelled, if a cancel came first), each saying why."""
+    note = "batch %s: giving up provider %s's batch %s, which could not be polled (%s)"
+    logger.error(note, batch_id, name, state["batch_id"], failure)
+    if provider is not None:
+        with contextlib.suppress(httpx.HTTPError):
+            async with _client(provider) as client:
+                await client.post(f"/batches/{state['batch_id']}/cancel")
+    message = (
+        f"The provider's batch endpoint could not be polled before the completion window ended ({failure}): the "
+        "requests sent there were not collected, and are not billed."
+    )
+    await _db(_abandoned)(batch_id=batch_id, provider=name, reason=BatchError(UNREACHABLE, message))
+
+
+def _abandoned(*, batch_id: str, provider: str, reason: BatchError) -> None:
+    now = timezone.now()
+    with transaction.atomic():
+        batch = batches_for_workers().select_for_update().get(pk=batch_id)
+        batch.provider_batches[provider]["status"] = ABANDONED
+        lines_for_workers(batch_id=batch_id).filter(provider=provider, status=LineStatus.DELEGATED).update(
+            status=LineStatus.CANCELLED, error={"code": reason.code, "message": reason.message}, finished_at=now
+        )
+        batch.errors = [*(batch.errors or []), reason.data()]
+        fields = ["provider_batches", "errors"]
+        if batch.status == BatchStatus.IN_PROGRESS:
+            # Ended expired by batch_finalize, as batch_expire_if_due ends a batch whose window is over.
+            batch.status, batch.finalizing_at, batch.expired_at = BatchStatus.FINALIZING, now, now
+            fields += ["status", "finalizing_at", "expired_at"]
+        batch.save(update_fields=fields)
 
 
 def _result_rows(content: bytes, *, batch_id: str, provider: str) -> list[dict]:
@@ -179,10 +381,12 @@ def _result_rows(content: bytes, *, batch_id: str, provider: str) -> list[dict]:
     return rows
 
 
-def _provider_status_set(*, batch_id: str, provider: str, status: str) -> None:
+def _provider_state_update(*, batch_id: str, provider: str, changes: dict) -> None:
+    """Change what the batch keeps of one provider batch; a change to None removes the key."""
     with transaction.atomic():
         batch = batches_for_workers().select_for_update().get(pk=batch_id)
-        batch.provider_batches[provider]["status"] = status
+        state = {**batch.provider_batches[provider], **changes}
+        batch.provider_batches[provider] = {key: value for key, value in state.items() if value is not None}
         batch.save(update_fields=["provider_batches"])
 
 

@@ -32,6 +32,7 @@ from llmops.gateway.batches.services import (
     batch_lease_renew,
     batch_stop,
     batch_validate,
+    line_headers,
     line_record,
     line_request_id,
     lines_claim,
@@ -159,14 +160,16 @@ def _provider_of(line: ClaimedLine, snapshot: ConfigSnapshot) -> str:
 
 async def line_run(batch_id: str, principal: KeyPrincipal, line: ClaimedLine) -> None:
     request_id = line_request_id(batch_id=batch_id, custom_id=line.custom_id, attempt=line.attempt)
-    call = GatewayCall(principal=principal, endpoint=BATCH_ENDPOINT, request_id=request_id, ledger_deferred=True)
+    call = GatewayCall(
+        principal=principal, endpoint=BATCH_ENDPOINT, request_id=request_id, ledger_deferred=True, summary_events=[]
+    )
     snapshot = await config_snapshot.for_tenant(principal.tenant_id)
     provider_slot = _slot("provider", _provider_of(line, snapshot), settings.LLMOPS_BATCH_PROVIDER_CONCURRENCY)
     retryable = True
     async with provider_slot:
         try:
             response = await chat_completion_run(
-                call, snapshot=snapshot, read_body=lambda: line.body, headers={"x-llmops-tags": f"batch:{batch_id}"}
+                call, snapshot=snapshot, read_body=lambda: line.body, headers=line_headers(batch_id)
             )
             status_code, body = response.status_code, orjson.loads(response.content)
         except Exception as exc:
@@ -182,5 +185,6 @@ async def line_run(batch_id: str, principal: KeyPrincipal, line: ClaimedLine) ->
         response_body=body,
         request_id=request_id,
         usage=call.ledger_event,
+        summaries=call.summary_events,
         retryable=retryable,
     )

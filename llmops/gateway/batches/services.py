@@ -2,16 +2,17 @@
 
 Exactly once: one runner at a time holds a batch's lease (renewed while it runs). A line is claimed by a status
 change (pending → running) and recorded by a second one (running → succeeded/failed, only for the attempt that
-was claimed), in one transaction with the run's ledger row and the batch's counters and cost, so the batch's cost
-is the sum of its ledger rows at every moment. A runner that takes over a lapsed lease finds the lines its dead
-predecessor had claimed but never recorded and runs them again with the same attempt number, so the same ledger
-request id; nothing of the unrecorded run reached the ledger.
+was claimed), in one transaction with the run's ledger rows (its own, and its compression summaries') and the
+batch's counters and cost, so the batch's cost is the sum of its ledger rows at every moment. A runner that takes
+over a lapsed lease finds the lines its dead predecessor had claimed but never recorded and runs them again with
+the same attempt number, so the same ledger request id; nothing of the unrecorded run reached the ledger.
 
 Lock order, where rows are locked: the batch's row, then its lines' rows.
 """
 
 import hashlib
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
@@ -78,6 +79,11 @@ def line_request_id(*, batch_id: str, custom_id: str, attempt: int) -> str:
     """The ledger request id of one run of a line: the same after a worker dies, a new one after a retry."""
     digest = hashlib.sha256(f"{batch_id}\x00{custom_id}\x00{attempt}".encode()).hexdigest()
     return f"req_b{digest[:31]}"
+
+
+def line_headers(batch_id: str) -> dict[str, str]:
+    """The headers a line is planned and run with: its ledger rows, and its summaries', carry ``batch:<id>``."""
+    return {"x-llmops-tags": f"batch:{batch_id}"}
 
 
 def _output_line_id(batch_id: str, custom_id: str) -> str:
@@ -354,6 +360,20 @@ def _parse_lines(content: bytes, endpoint: str) -> tuple[list[ParsedLine], list[
     return parsed, errors
 
 
+def line_worst_case(
+    model: ModelEntry, body: dict, *, prompt_tokens: int, provider_cache: str = PROVIDER_CACHE_AUTO
+) -> Decimal:
+    """A line's worst case on ``model`` at list price, by admission's formula; ``prompt_tokens`` in its encoding."""
+    return chain_worst_case(
+        [model],
+        prompt_tokens=prompt_tokens,
+        bound=OutputBound.of(body, model=model.upstream_name),
+        fallback=settings.LLMOPS_RESERVATION_MAX_TOKENS,
+        cache_writers=cache_writers([model], body, provider_cache=provider_cache),
+        media=PromptMedia.of(body["messages"]),
+    )
+
+
 def _costliest(
     snapshot: ConfigSnapshot, principal: KeyPrincipal, body: dict
 ) -> tuple[ModelEntry, Decimal, list[BudgetEntry]] | None:
@@ -375,22 +395,14 @@ def _costliest(
         for model in servable
     }
     candidates = [model for model in servable if budgets_of[model.name]]
-    media = PromptMedia.of(body["messages"])
     tokens_by_encoding: dict[str, int] = {}
 
     def worst(model: ModelEntry) -> Decimal:
         encoding = encoding_name_for(model.upstream_name)
         if encoding not in tokens_by_encoding:
             tokens_by_encoding[encoding] = count_chat_tokens(body["messages"], model=model.upstream_name)
-        return chain_worst_case(
-            [model],
-            prompt_tokens=tokens_by_encoding[encoding],
-            bound=OutputBound.of(body, model=model.upstream_name),
-            fallback=settings.LLMOPS_RESERVATION_MAX_TOKENS,
-            # The line's routing rule is not known yet: its prompt may be written to the provider's cache.
-            cache_writers=cache_writers([model], body, provider_cache=PROVIDER_CACHE_AUTO),
-            media=media,
-        )
+        # The line's routing rule is not known yet: its prompt may be written to the provider's cache.
+        return line_worst_case(model, body, prompt_tokens=tokens_by_encoding[encoding])
 
     priced = [(worst(model), model.name, model) for model in candidates]
     if not priced:
@@ -567,12 +579,14 @@ def line_record(
     response_body: dict,
     request_id: str,
     usage: UsageEvent | None,
+    summaries: Sequence[UsageEvent] = (),
     provider: str = "",
     retryable: bool = True,
 ) -> bool:
     """Record one finished run, with its ledger row (``usage``; None for a run that never reached the pipeline's
-    end) and the batch's counters and cost, in one transaction. A transient failure with attempts left sends the
-    line back to pending, unless the gateway said no retry can change it (``retryable``).
+    end) and those of the compression summaries made for it (``summaries``), and the batch's counters and cost, in
+    one transaction. A transient failure with attempts left sends the line back to pending, unless the gateway said
+    no retry can change it (``retryable``).
 
     Returns False when the claim was lost (another worker took the line over), and records nothing.
     """
@@ -601,14 +615,33 @@ def line_record(
             counters = {counter: F(counter) + 1}
         if not changed:
             return False
-        if usage is not None:
-            usage_record_create(event=usage)
-            counters.update(
-                cost_usd=F("cost_usd") + usage.cost_usd, saved_batch_usd=F("saved_batch_usd") + usage.saved_batch_usd
-            )
+        events = [*summaries, *([usage] if usage is not None else [])]
+        counters.update(_usage_recorded(events))
         if counters:
             batches_for_workers().filter(pk=batch_id).update(**counters)
     return True
+
+
+def batch_usage_record(*, batch_id: str, events: Sequence[UsageEvent]) -> None:
+    """Ledger rows of the batch that belong to no line's run (the summaries compressing lines as they were planned
+    for a provider's batch endpoint), written with the batch's cost."""
+    if not events:
+        return
+    with transaction.atomic():
+        _batch_lock(batch_id)
+        batches_for_workers().filter(pk=batch_id).update(**_usage_recorded(events))
+
+
+def _usage_recorded(events: Sequence[UsageEvent]) -> dict:
+    """Write the ledger rows; the batch's counter updates that add them to its cost."""
+    for event in events:
+        usage_record_create(event=event)
+    if not events:
+        return {}
+    return {
+        "cost_usd": F("cost_usd") + sum(event.cost_usd for event in events),
+        "saved_batch_usd": F("saved_batch_usd") + sum(event.saved_batch_usd for event in events),
+    }
 
 
 def batch_expire_if_due(*, batch_id: str) -> bool:
@@ -647,14 +680,15 @@ def batch_finalize(*, batch_id: str) -> Batch | None:
             batch.status, batch.finalizing_at = BatchStatus.FINALIZING, timezone.now()
             batch.save(update_fields=["status", "finalizing_at"])
         outcome = BatchStatus.EXPIRED if expired else BatchStatus.CANCELLED if stopping else BatchStatus.COMPLETED
+        refusal = next((error for error in batch.errors or [] if error["code"] == KEY_REFUSED), None)
         if expired:
             unrun = {
                 "code": "batch_expired",
                 "message": "This request could not be executed before the completion window expired.",
             }
-        elif batch.errors:
+        elif refusal is not None:
             # Stopped by batch_stop: the reason it gave.
-            unrun = {"code": batch.errors[0]["code"], "message": batch.errors[0]["message"]}
+            unrun = {"code": refusal["code"], "message": refusal["message"]}
         else:
             unrun = {
                 "code": "batch_cancelled",
@@ -664,7 +698,8 @@ def batch_finalize(*, batch_id: str) -> Batch | None:
         for line in batch.lines.order_by("line_number"):
             row = {"id": _output_line_id(batch.id, line.custom_id), "custom_id": line.custom_id}
             if line.status == LineStatus.CANCELLED:
-                failures.append({**row, "response": None, "error": unrun})
+                # A line given up on at a provider's batch endpoint carries its own reason.
+                failures.append({**row, "response": None, "error": line.error or unrun})
                 continue
             row["response"] = {
                 "status_code": line.status_code,

@@ -1,6 +1,7 @@
 """Compression's summary call, metered like a request: its worst case is reserved against the budgets of the key
 that sent the request before it is made, it is settled with what it cost, and it has a ledger row of its own
-(kind `compression_summary`) whose `parent_request_id` is the request it was made for.
+(kind `compression_summary`) whose `parent_request_id` is the request it was made for. Work that writes its ledger
+rows with its result (batch lines: ``summary_events``) writes the summary's with them.
 
 A summary the budget cannot cover refuses the request (429 budget_exceeded) rather than compress it differently
 than its rule says; an upstream failure only costs the summary, as before.
@@ -74,14 +75,21 @@ async def _reserve(snapshot: ConfigSnapshot, summary: GatewayCall, body: dict) -
         raise SummaryRefused(GatewayError(str(unavailable), status=503, code="budget_unavailable")) from unavailable
 
 
-async def _cut_short(summary: GatewayCall, body: dict, model: ModelEntry) -> None:
+async def _finish(call: GatewayCall, summary: GatewayCall, **outcome) -> None:
+    """Settle and record the summary; a request that writes its summaries' rows with its own gets the event."""
+    await finish(summary, **outcome)
+    if summary.ledger_event is not None:
+        call.summary_events.append(summary.ledger_event)
+
+
+async def _cut_short(call: GatewayCall, summary: GatewayCall, body: dict, model: ModelEntry) -> None:
     try:
         usage = await estimated_usage(body, "", model)
     except Exception:
         # Recorded and settled all the same, at nothing.
         logger.exception("summary %s cut short: its prompt could not be counted", summary.request_id)
         usage = None
-    await finish(summary, http_status=499, usage=usage, error_code="client_disconnected")
+    await _finish(call, summary, http_status=499, usage=usage, error_code="client_disconnected")
 
 
 def metered_summarizer(snapshot: ConfigSnapshot, call: GatewayCall) -> Summarizer | None:
@@ -104,6 +112,7 @@ def metered_summarizer(snapshot: ConfigSnapshot, call: GatewayCall) -> Summarize
             kind=UsageKind.COMPRESSION_SUMMARY,
             parent_request_id=call.request_id,
             cache_status=CacheStatus.BYPASS,
+            ledger_deferred=call.summary_events is not None,
         )
         await _reserve(snapshot, summary, body)
         summary.attempts = 1
@@ -116,20 +125,20 @@ def metered_summarizer(snapshot: ConfigSnapshot, call: GatewayCall) -> Summarize
             usage = None
             if isinstance(error, upstream.UpstreamInvalidResponse):
                 usage = await estimated_usage(body, error.completion_text, model)
-            await finish(summary, http_status=failure.status_code, usage=usage, error_code=failure.code)
+            await _finish(call, summary, http_status=failure.status_code, usage=usage, error_code=failure.code)
             raise
         except Exception:
             # Whatever failed, the reservation is released and the attempt recorded.
-            await finish(summary, http_status=502, error_code=upstream.UpstreamError.code)
+            await _finish(call, summary, http_status=502, error_code=upstream.UpstreamError.code)
             raise
         except asyncio.CancelledError:
             # The client went away: the summary is recorded, charged the prompt it may have sent (as a request cut
             # short is), and its reservation settled, by a task of its own.
-            run_in_background(_cut_short(summary, body, model))
+            run_in_background(_cut_short(call, summary, body, model))
             raise
         summary.upstream_ms = reply.elapsed_ms
         text = message_text(reply.body["choices"][0]["message"].get("content"))
-        await finish(summary, http_status=200, usage=measured)
+        await _finish(call, summary, http_status=200, usage=measured)
         call.compression_summary_usd += Decimal(summary.cost_usd or 0)
         return text
 
