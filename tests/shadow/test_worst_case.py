@@ -4,7 +4,8 @@ from decimal import Decimal
 
 import pytest
 
-from llmops.gateway.shadow.services import hold_seconds, reserved_prompt_tokens, worst_case
+from llmops.gateway.chat.worst_case import reserved_prompt_tokens
+from llmops.gateway.shadow.services import hold_seconds, worst_case
 from routing.catalog import ModelEntry, ModelPrices, ProviderEntry
 
 

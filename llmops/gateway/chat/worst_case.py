@@ -7,9 +7,12 @@ does not know it, LLMOPS_RESERVATION_MAX_TOKENS is reserved and sent as max_toke
 of the chain may serve, so the dearest is reserved. A model that may write the prompt to its prompt cache (a
 checkpoint the client or the gateway sets, routing.providers.prompt_cache) bills those tokens at the cache-write
 price, above the input price: its prompt is reserved at the dearer of the two. Images and files in the prompt are
-reserved at the most each model bills for them (routing.media).
+reserved at the most each model bills for them (routing.media). The prompt is counted with tiktoken, OpenAI's
+tokenizer; a provider of another kind bills its own tokenizer's count of the same text, often a larger one
+(Anthropic's models' noticeably so), so its prompt's text is reserved at PROMPT_MARGIN times the count.
 """
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal
@@ -24,6 +27,16 @@ from routing.providers.prompt_cache import effective_provider_cache, may_write_c
 from routing.tokens import count_text_tokens
 
 CHOICE_FIELDS = ("n", "best_of")
+PROMPT_MARGIN = 1.5
+EXACTLY_COUNTED_KINDS = ("openai",)
+
+
+def reserved_prompt_tokens(model: ModelEntry, prompt_tokens: int) -> int:
+    """The prompt's text tokens as its worst case holds them: tiktoken's count, with PROMPT_MARGIN for a provider
+    that counts with another tokenizer."""
+    if model.provider.kind in EXACTLY_COUNTED_KINDS:
+        return prompt_tokens
+    return math.ceil(prompt_tokens * PROMPT_MARGIN)
 
 
 def _predicted_text(prediction) -> str:
@@ -94,9 +107,10 @@ def worst_case_cost(
     writes_cache: bool = False,
     media: PromptMedia = NO_MEDIA,
 ) -> Decimal:
-    """``prompt_tokens``: the prompt's text as counted, to which ``media`` adds what its other parts may bill. With
-    ``writes_cache``, every prompt token is priced at the dearer of the input and cache-write prices."""
-    prompt_tokens = media.prompt_tokens(model, prompt_tokens)
+    """``prompt_tokens``: the prompt's text as tiktoken counts it (reserved_prompt_tokens), to which ``media`` adds
+    what its other parts may bill. With ``writes_cache``, every prompt token is priced at the dearer of the input and
+    cache-write prices."""
+    prompt_tokens = media.prompt_tokens(model, reserved_prompt_tokens(model, prompt_tokens))
     prices = model.prices
     dearer_write = (
         prices.cache_write_per_million is not None and prices.cache_write_per_million > prices.input_per_million

@@ -8,8 +8,8 @@ run of the same sample pays for nothing. Each call is metered in the ledger as a
 ``bypass``, no savings: product budgets and savings never count them) and settled with what it cost; the hold ends
 with the evaluation. The judgement is one ShadowEvaluation row, written once per (request, lever).
 
-The prompt is counted with tiktoken (OpenAI's tokenizer); a provider of another kind counts the same prompt with its
-own, often to more tokens, so its prompt is reserved at PROMPT_MARGIN times the count. An evaluation runs at most
+The prompt is counted with tiktoken (OpenAI's tokenizer) and reserved as admission reserves it, with a margin for a
+provider that counts with another tokenizer (llmops.gateway.chat.worst_case). An evaluation runs at most
 its hold's bound (its calls' provider timeouts, each call made once, and HOLD_SLACK_SECONDS); past it, it is cut off
 and counted unjudged, and a hold a dead worker left is given back by the beat task once past that bound.
 
@@ -21,7 +21,6 @@ it cannot load, or that ran past its bound, as ``unjudged``; each is logged.
 
 import asyncio
 import logging
-import math
 import time
 from dataclasses import dataclass
 from decimal import Decimal
@@ -81,11 +80,6 @@ EVALUATION_ROUTE = "shadow-evaluation"
 NOT_REPEATED = ("stream", "stream_options", "n", "best_of")
 
 
-# What the prompt of a call to a provider of another kind than OpenAI's is reserved at, in times tiktoken's count:
-# their tokenizers count the same text differently (Anthropic's models to noticeably more tokens), and a provider
-# bills its own count. OpenAI's models are counted exactly.
-PROMPT_MARGIN = 1.5
-EXACTLY_COUNTED_KINDS = ("openai",)
 # Each evaluation call is made once: no retry, no fallback.
 CALL_ATTEMPTS = 1
 # An evaluation's bound beyond its calls' timeouts: counting tokens, loading the embedder, database round trips.
@@ -107,18 +101,10 @@ class PlannedCall:
     worst_case_usd: Decimal
 
 
-def reserved_prompt_tokens(model: ModelEntry, prompt_tokens: int) -> int:
-    """The prompt tokens a call's worst case is reserved at: tiktoken's count, with PROMPT_MARGIN for a provider that
-    counts with another tokenizer."""
-    if model.provider.kind in EXACTLY_COUNTED_KINDS:
-        return prompt_tokens
-    return math.ceil(prompt_tokens * PROMPT_MARGIN)
-
-
 def worst_case(model: ModelEntry, body: dict, *, prompt_tokens: int) -> Decimal:
     return chain_worst_case(
         [model],
-        prompt_tokens=reserved_prompt_tokens(model, prompt_tokens),
+        prompt_tokens=prompt_tokens,
         bound=OutputBound.of(body, model=model.upstream_name),
         fallback=django_settings.LLMOPS_RESERVATION_MAX_TOKENS,
         cache_writers=cache_writers([model], body, provider_cache=OFF),
