@@ -520,12 +520,25 @@ def checked_chunk(data: str) -> dict:
 
 
 def answer_text(body) -> str:
-    """The text of a chat.completion's answers, read as far as its shape allows (for an estimate of its cost)."""
+    """What a chat.completion's answers were billed for as output, as text, read as far as its shape allows (for an
+    estimate of their cost): each message's content, refusal, and tool or function calls (their names and arguments)."""
     choices = body.get("choices") if isinstance(body, dict) else None
     if not isinstance(choices, list):
         return ""
     messages = (choice.get("message") for choice in choices if isinstance(choice, dict))
-    return "".join(message_text(message.get("content")) for message in messages if isinstance(message, dict))
+    return "".join(_billed_text(message) for message in messages if isinstance(message, dict))
+
+
+def _billed_text(message: dict) -> str:
+    refusal = message.get("refusal")
+    calls = [message.get("function_call"), *(message.get("tool_calls") or [])]
+    functions = [call.get("function", call) for call in calls if isinstance(call, dict)]
+    called = "".join(
+        f"{function.get('name') or ''}{function.get('arguments') or ''}"
+        for function in functions
+        if isinstance(function, dict)
+    )
+    return message_text(message.get("content")) + (refusal if isinstance(refusal, str) else "") + called
 
 
 def sse_event(payload: dict) -> str:

@@ -89,6 +89,20 @@ def test_the_text_of_an_answer_is_read_as_far_as_its_shape_allows():
     assert answer_text(completion(choices="abc")) == answer_text([1]) == ""
 
 
+def test_an_answers_tool_calls_and_refusal_are_read_as_the_output_they_were_billed_as():
+    """An answer without usage is charged by the gateway's count of its text: a tool call's arguments are output the
+    model wrote, and billed, as a refusal is."""
+    call = {"id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": '{"order": 7}'}}
+    legacy = {"name": "find", "arguments": '{"q": "x"}'}
+    choices = [
+        {"message": {"role": "assistant", "content": None, "tool_calls": [call]}},
+        {"message": {"role": "assistant", "content": None, "function_call": legacy}},
+        {"message": {"role": "assistant", "content": None, "refusal": "I can't."}},
+    ]
+
+    assert answer_text(completion(choices=choices)) == 'lookup{"order": 7}find{"q": "x"}I can\'t.'
+
+
 MODEL = ModelEntry(
     name="m",
     upstream_name="gpt-4o-mini",
