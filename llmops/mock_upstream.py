@@ -8,7 +8,9 @@ prefix in 128-token steps). The upstream model name switches on failure modes fo
 header), ``stall`` waits STALL_SECONDS before answering,
 ``no-usage`` leaves usage out, ``break`` ends a stream half way without ``[DONE]``, ``slow-stream``
 waits SLOW_STREAM_SECONDS between chunks, ``refuse`` answers with a refusal (``message.refusal``, content null;
-streamed, ``delta.refusal`` chunks), ``malformed-<kind>`` answers 200 with something that is not a usable chat
+streamed, ``delta.refusal`` chunks), ``tool-call`` answers with a call of a ``lookup`` tool whose arguments are the
+answer's text (``message.tool_calls``, finish reason ``tool_calls``; streamed, ``delta.tool_calls`` pieces of the
+arguments), ``malformed-<kind>`` answers 200 with something that is not a usable chat
 completion (MALFORMED_USAGE and MALFORMED_BODIES; streamed, a usage kind spoils the final usage chunk and a body kind
 is one event half way through). ``n`` is honoured as OpenAI does: n choices, and usage bills n completions.
 
@@ -50,6 +52,9 @@ from routing.tokens import count_chat_tokens, count_definition_tokens, count_emb
 
 STALL_SECONDS = 30
 SLOW_STREAM_SECONDS = 0.2
+# What a ``tool-call`` model calls.
+TOOL_NAME = "lookup"
+TOOL_CALL = {"id": "call_mock", "type": "function"}
 CACHE_MIN_TOKENS = 1024
 CACHE_STEP = 128
 SEEN_PROMPTS_LIMIT = 10_000
@@ -226,7 +231,12 @@ class MockUpstream:
             await self._stream(send, body, model, answer, usage, spoil=MALFORMED_BODIES.get(malformed))
             return
         reply = self._completion(
-            model, answer, None if "no-usage" in model else usage, choices=_choices(body), refusing="refuse" in model
+            model,
+            answer,
+            None if "no-usage" in model else usage,
+            choices=_choices(body),
+            refusing="refuse" in model,
+            calling="tool-call" in model,
         )
         reply.update(_served_tier(body))
         if malformed in MALFORMED_BODIES:
@@ -390,11 +400,20 @@ class MockUpstream:
 
     @staticmethod
     def _completion(
-        model: str, answer: list[str], usage: dict | None, *, choices: int = 1, refusing: bool = False
+        model: str,
+        answer: list[str],
+        usage: dict | None,
+        *,
+        choices: int = 1,
+        refusing: bool = False,
+        calling: bool = False,
     ) -> dict:
         text = "".join(answer)
         # A refusal comes in its own field, with no content.
         message = {"role": "assistant", "content": None if refusing else text, "refusal": text if refusing else None}
+        if calling:
+            function = {"name": TOOL_NAME, "arguments": text}
+            message = {"role": "assistant", "content": None, "tool_calls": [{**TOOL_CALL, "function": function}]}
         reply = {
             "id": f"chatcmpl-mock{time.monotonic_ns()}",
             "object": "chat.completion",
@@ -405,7 +424,7 @@ class MockUpstream:
                     "index": index,
                     "message": message,
                     "logprobs": None,
-                    "finish_reason": "stop",
+                    "finish_reason": "tool_calls" if calling else "stop",
                 }
                 for index in range(choices)
             ],
@@ -437,6 +456,7 @@ class MockUpstream:
             await send({"type": "http.response.body", "body": b"data: " + data + b"\n\n", "more_body": True})
 
         answered_in = "refusal" if "refuse" in model else "content"
+        calling = "tool-call" in model
         for index in range(_choices(body)):
             await event(
                 {
@@ -444,16 +464,24 @@ class MockUpstream:
                     "choices": [{"index": index, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}],
                 }
             )
+            if calling:
+                opened = {"tool_calls": [{"index": 0, **TOOL_CALL, "function": {"name": TOOL_NAME, "arguments": ""}}]}
+                await event({**base, "choices": [{"index": index, "delta": opened, "finish_reason": None}]})
             for i, piece in enumerate(answer):
                 if "break" in model and i == len(answer) // 2:
                     await send({"type": "http.response.body", "body": b"", "more_body": False})
                     return
                 if "slow-stream" in model:
                     await asyncio.sleep(SLOW_STREAM_SECONDS)
-                delta = {answered_in: piece}
+                delta = (
+                    {"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}
+                    if calling
+                    else {answered_in: piece}
+                )
                 chunk = {**base, "choices": [{"index": index, "delta": delta, "finish_reason": None}]}
                 await event(spoil(chunk) if spoil is not None and i == len(answer) // 2 else chunk)
-            await event({**base, "choices": [{"index": index, "delta": {}, "finish_reason": "stop"}]})
+            ended = "tool_calls" if calling else "stop"
+            await event({**base, "choices": [{"index": index, "delta": {}, "finish_reason": ended}]})
         if (body.get("stream_options") or {}).get("include_usage") and "no-usage" not in model:
             await event({**base, "choices": [], "usage": usage})
         await event(b"[DONE]")

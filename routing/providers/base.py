@@ -526,10 +526,11 @@ def answer_text(body) -> str:
     if not isinstance(choices, list):
         return ""
     messages = (choice.get("message") for choice in choices if isinstance(choice, dict))
-    return "".join(_billed_text(message) for message in messages if isinstance(message, dict))
+    return "".join(billed_text(message) for message in messages if isinstance(message, dict))
 
 
-def _billed_text(message: dict) -> str:
+def billed_text(message: dict) -> str:
+    """A message's (or a stream chunk's delta's) output as text: its content, refusal and calls' names and arguments."""
     refusal = message.get("refusal")
     calls = [message.get("function_call"), *(message.get("tool_calls") or [])]
     functions = [call.get("function", call) for call in calls if isinstance(call, dict)]

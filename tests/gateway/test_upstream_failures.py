@@ -13,7 +13,7 @@ from billing.budgets.selectors import budget_status
 from billing.budgets.services import budget_create
 from billing.models import UsageRecord
 from llmops.mock_upstream import MALFORMED_BODIES, MALFORMED_USAGE
-from routing.tokens import count_chat_tokens
+from routing.tokens import count_chat_tokens, count_text_tokens
 from tests.factories import ModelFactory, ProviderFactory
 from tests.gateway.test_routing_live import publish
 from tests.servers import free_port
@@ -319,3 +319,24 @@ def test_a_malformed_flex_answer_is_charged_its_estimate_at_the_flex_share(gatew
     record = UsageRecord.objects.unscoped().get(request_id=response.headers["x-llmops-request-id"])
     assert record.usage_estimated and record.cost_usd > 0
     assert record.saved_batch_usd == record.cost_usd
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "streamed"])
+def test_a_tool_call_without_usage_is_charged_the_arguments_the_model_wrote(openai_client, failing_model, stream):
+    """A call's name and arguments are output the provider bills; the gateway's own count, when the provider sends
+    no usage, counts them as it counts content."""
+    model = failing_model("gpt-4o-tool-call-no-usage")
+    tool = {"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}
+    messages = [{"role": "user", "content": "Look my order up please"}]
+
+    answer = openai_client.chat.completions.create(model=model.name, messages=messages, tools=[tool], stream=stream)
+
+    if stream:
+        pieces = [chunk.choices[0].delta.tool_calls for chunk in answer if chunk.choices]
+        arguments = "".join(call[0].function.arguments for call in pieces if call)
+    else:
+        arguments = answer.choices[0].message.tool_calls[0].function.arguments
+    record = UsageRecord.objects.unscoped().get()
+    assert arguments.startswith("Mock answer to: Look my order up")
+    assert record.usage_estimated
+    assert record.completion_tokens == count_text_tokens("lookup" + arguments, model="gpt-4o")

@@ -21,7 +21,7 @@ from routing import upstream
 from routing.cache.store import CacheHit, CacheRequest, cache_lookup, cache_store
 from routing.catalog import ModelEntry
 from routing.injection_guard import SecretEchoBlocked, answer_texts, guard_answer, inspect_answer
-from routing.providers.base import message_text
+from routing.providers.base import billed_text, message_text
 from routing.providers.prompt_cache import effective_provider_cache
 from routing.resilience import FallbackResult, RetryPolicy, call_with_fallbacks
 
@@ -141,6 +141,8 @@ class StreamRelay:
         self.usage: Usage | None = None
         self.content_parts: list[str] = []
         self.refusal_parts: list[str] = []
+        # Everything the answer wrote, tool and function calls included: what an estimate of its cost counts.
+        self.written_parts: list[str] = []
         self.finish_reason: str | None = None
         self.upstream_model = ""
         self.chunk_id = ""
@@ -213,6 +215,7 @@ class StreamRelay:
             refusal = delta.get("refusal")
             if refusal:
                 self.refusal_parts.append(refusal)
+            self.written_parts.append(billed_text(delta))
             if choice.get("finish_reason"):
                 self.finish_reason = choice["finish_reason"]
                 self.call.stop_sequence = upstream.named_stop_sequence(choice) or self.stream.stop_sequence
@@ -225,7 +228,7 @@ class StreamRelay:
         """What the stream is charged: the provider's usage, else the gateway's count of what was sent and received
         (kept, so the cached answer carries the same figures)."""
         if self.usage is None:
-            self.usage = await estimated_usage(self.body, "".join(self.content_parts), self.call.served)
+            self.usage = await estimated_usage(self.body, "".join(self.written_parts), self.call.served)
         return self.usage
 
     async def _record_disconnected(self) -> None:
