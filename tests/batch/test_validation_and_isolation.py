@@ -312,3 +312,33 @@ def test_what_the_database_could_not_give_back_is_refused_by_name(live_broker, f
         (2, "invalid_value", "body.messages[0].content")
     ]
     assert not Job.objects.unscoped().exists() and not UsageRecord.objects.unscoped().exists()
+
+
+# About 1,800 tokens, billed as prompt: 0.00027 USD at acme-small's 0.15 USD per million input tokens.
+DEFINITION = "Look the order up by its number and tell when it ships. " * 150
+
+
+@pytest.mark.parametrize(
+    "definitions",
+    [
+        {"tools": [{"type": "function", "function": {"name": "lookup", "description": DEFINITION}}]},
+        {"response_format": {"type": "json_schema", "json_schema": {"name": "order", "description": DEFINITION}}},
+    ],
+    ids=["tools", "response_format"],
+)
+def test_a_line_s_definitions_count_in_the_batch_s_worst_case(
+    live_broker, files_root, openai_client, acme, definitions
+):
+    """Without them the line's worst case (a short message, 10 answer tokens) is about 0.000008 USD, well within the
+    budget; the provider bills the definitions as prompt, and the budget cannot hold that."""
+    budget_create(tenant=acme.tenant, limit_usd=Decimal("0.0001"))
+    line = chat_line("a", "acme-small", max_tokens=10, **definitions)
+    batch = openai_client.batches.create(
+        input_file_id=upload(openai_client, [line]), endpoint="/v1/chat/completions", completion_window="24h"
+    )
+
+    run_on_a_new_loop(batch_process(batch.id))
+
+    done = openai_client.batches.retrieve(batch.id)
+    assert done.status == "failed"
+    assert [error.code for error in done.errors.data] == ["budget_exceeded"]

@@ -4,13 +4,16 @@ Where LLMOPS_BATCH_DELEGATE_PROVIDERS names the provider that would serve a line
 planned by the same ``plan_chat`` as a synchronous call) and the provider speaks OpenAI's Batch API, the line is
 not called one by one: lines are grouped by provider, uploaded as a JSONL file, submitted as a provider batch,
 polled, and their results merged into this batch. Each ledger row is priced at the model's
-``batch_price_multiplier`` of the list price, the difference in ``saved_batch_usd``; the budget counters are
-charged the discounted cost when the result arrives (the whole batch's worst case was checked at validation).
+``batch_price_multiplier`` of the list price, the difference in ``saved_batch_usd``.
 
 Each line is admitted as a live request is before it is submitted: its worst case at the batch price is reserved
-against every budget it is held to, its end customer's included, and the reservations are released once the
-provider batch is submitted. A line a blocking budget cannot hold fails 429 ``budget_exceeded``; one over a
-downgrading budget, or whose counters cannot be reached, is run by the gateway itself, whose admission decides.
+against every budget it is held to, its end customer's included. A line a blocking budget cannot hold fails 429
+``budget_exceeded``; one over a downgrading budget, or whose counters cannot be reached, is run by the gateway itself,
+whose admission decides. The reservation of a line submitted is kept with its provider batch (``holds``) while the
+provider runs it, so what is admitted meanwhile is admitted beside it: it is replaced by the line's cost when its
+result is merged, in the step after the transaction that records the line and its ledger row (a poll retried finds
+the line recorded, and settles nothing again), and released when the line ends unbilled (an error the provider does
+not bill, its provider batch given up). A line that goes back to the gateway's own run gives its reservation back.
 
 A provider batch that cannot be polled (no answer, an error status, an answer that cannot be read) is polled again
 with backoff while the batch's completion window lasts; the first poll that fails after it gives the provider batch
@@ -30,7 +33,6 @@ from django.utils import timezone
 
 from billing.budgets.reservations import (
     BudgetExceeded,
-    BudgetHold,
     BudgetUnavailable,
     Reservation,
     budget_reserve,
@@ -39,7 +41,7 @@ from billing.budgets.reservations import (
 from billing.ledger.costs import BATCH_ENDPOINT, Usage
 from core.db import database_sync_to_async
 from core.jsonl import jsonl_lines, jsonl_row
-from core.redis import async_redis
+from llmops.gateway.batches.holds import hold_release, hold_state, line_charge
 from llmops.gateway.batches.models import Batch, BatchLine, BatchStatus, LineStatus
 from llmops.gateway.batches.selectors import batches_for_workers, lines_for_workers
 from llmops.gateway.batches.services import (
@@ -103,8 +105,11 @@ async def lines_delegate(*, batch: Batch, principal: KeyPrincipal) -> None:
         return
     claimed = await _db(lines_claim)(batch_id=batch.id, limit=CLAIM_ALL)
     snapshot = await config_snapshot.for_tenant(principal.tenant_id)
-    groups: dict[str, tuple[ProviderEntry, list[tuple[ClaimedLine, dict, str, str]]]] = {}
-    keep, refused, held = [], [], []
+    groups: dict[str, tuple[ProviderEntry, list[tuple[ClaimedLine, dict, str, str, dict | None]]]] = {}
+    keep, refused = [], []
+    # The reservations of the lines planned for a provider, by line id, given back unless their provider batch is
+    # recorded, which keeps them.
+    held: dict[int, Reservation] = {}
     # Summaries compressing lines as they are planned: rows of the batch, written with its cost.
     summaries = []
     submitted = {}
@@ -123,19 +128,22 @@ async def lines_delegate(*, batch: Batch, principal: KeyPrincipal) -> None:
             if not _delegates(served.provider):
                 keep.append(line.id)
                 continue
+            reserved_at = timezone.now()
             try:
-                reservation = await _admit(snapshot, call, plan)
+                reservation = await _admit(snapshot, call, plan, now=reserved_at)
             except GatewayError as refusal:
                 refused.append((line, call, refusal))
                 continue
             except (BudgetExceeded, BudgetUnavailable):
                 keep.append(line.id)  # a budget that downgrades, or counters away: the gateway's admission decides
                 continue
+            hold = None
             if reservation is not None:
-                held.append(reservation)
+                held[line.id] = reservation
+                hold = hold_state(reservation, reserved_at=reserved_at, customer=call.customer)
             upstream_body = chat_body_for(served.provider, {**plan.body, "model": served.upstream_name})
             groups.setdefault(served.provider.name, (served.provider, []))[1].append(
-                (line, upstream_body, served.name, call.route)
+                (line, upstream_body, served.name, call.route, hold)
             )
         await _db(batch_usage_record)(batch_id=batch.id, events=summaries)
         for line, call, refusal in refused:
@@ -148,18 +156,21 @@ async def lines_delegate(*, batch: Batch, principal: KeyPrincipal) -> None:
                 note = "batch %s: provider %s refused the batch (%s); lines run one by one"
                 logger.warning(note, batch.id, name, exc)
                 await _db(_release)(batch_id=batch.id, line_ids=[entry[0].id for entry in entries])
+        if submitted:
+            await _db(_mark_delegated)(batch_id=batch.id, submitted=submitted, groups=groups)
+            for name in submitted:
+                for entry in groups[name][1]:
+                    held.pop(entry[0].id, None)
     finally:
-        # The reservations made admission atomic; lines at a provider are charged as their answers arrive.
-        for reservation in held:
+        for reservation in held.values():
             await reservation_settle(reservation, actual=Decimal(0))
-    if submitted:
-        await _db(_mark_delegated)(batch_id=batch.id, submitted=submitted, groups=groups)
 
 
-async def _admit(snapshot: ConfigSnapshot, call: GatewayCall, plan: ChatPlan) -> Reservation | None:
+async def _admit(snapshot: ConfigSnapshot, call: GatewayCall, plan: ChatPlan, *, now: datetime) -> Reservation | None:
     """Reserve the line's worst case at the batch price against every budget it is held to, its end customer's
-    included, as admission reserves a live request's (None: no budget applies). Raises the 429 of a blocking budget
-    that cannot hold it, and BudgetExceeded (downgrading budget) or BudgetUnavailable as budget_reserve does."""
+    included, as admission reserves a live request's (None: nothing is held, as no budget applies, or only notify
+    budgets whose counters cannot be reached). Raises the 429 of a blocking budget that cannot hold it, and
+    BudgetExceeded (downgrading budget) or BudgetUnavailable as budget_reserve does."""
     principal, served = call.principal, plan.chain[0]
     budgets = snapshot.budgets.applicable(
         principal.tenant_id, principal.team_id, principal.key_id, served.name, call.customer
@@ -176,12 +187,8 @@ async def _admit(snapshot: ConfigSnapshot, call: GatewayCall, plan: ChatPlan) ->
     worst = line_worst_case(served, plan.body, prompt_tokens=prompt_tokens, provider_cache=plan.provider_cache)
     multiplier = served.batch_price_multiplier
     try:
-        return await budget_reserve(
-            budgets=budgets,
-            amount=worst * multiplier,
-            request_id=call.request_id,
-            now=timezone.now(),
-            customer=call.customer,
+        reservation = await budget_reserve(
+            budgets=budgets, amount=worst * multiplier, request_id=call.request_id, now=now, customer=call.customer
         )
     except BudgetExceeded as exceeded:
         if exceeded.downgrade:
@@ -198,11 +205,13 @@ async def _admit(snapshot: ConfigSnapshot, call: GatewayCall, plan: ChatPlan) ->
             media=media,
         )
         raise budget_refusal(exceeded, fitting=fitting, choices=bound.choices, has_media=bool(media)) from exceeded
+    return reservation if reservation.backend != "none" else None
 
 
 async def _refuse(batch_id: str, line: ClaimedLine, call: GatewayCall, refusal: GatewayError) -> None:
     """The line fails as a live request its budget refused does, with its ledger row. Not retried: run by the gateway
-    itself, it would be admitted beside lines at the provider, which hold nothing once submitted."""
+    itself, it would be held to the same budget, beside the lines sent to the provider, which hold their worst case
+    until their results are merged."""
     event = call.usage_event(http_status=refusal.status_code, error_code=refusal.code)
     record_request_metrics(event)
     await _db(line_record)(
@@ -225,7 +234,7 @@ def _release(*, batch_id: str, line_ids: list[int]) -> None:
 async def _submit(provider: ProviderEntry, batch_id: str, entries: list) -> dict:
     content = b"".join(
         jsonl_row({"custom_id": line.custom_id, "method": "POST", "url": CHAT_ENDPOINT, "body": body})
-        for line, body, _, _ in entries
+        for line, body, *_ in entries
     )
     async with _client(provider) as client:
         uploaded = await client.post(
@@ -242,7 +251,10 @@ async def _submit(provider: ProviderEntry, batch_id: str, entries: list) -> dict
             "batch_id": created.json()["id"],
             "input_file_id": file_id,
             "status": created.json().get("status", "validating"),
-            "lines": {line.custom_id: {"served": served, "route": route} for line, _, served, route in entries},
+            "lines": {
+                line.custom_id: {"served": served, "route": route, **({"hold": hold} if hold else {})}
+                for line, _, served, route, hold in entries
+            },
         }
 
 
@@ -279,7 +291,7 @@ async def _poll(batch: Batch, principal: KeyPrincipal) -> None:
                 logger.warning("batch %s: polling provider %s's batch failed: %r", batch.id, name, exc)
         if failure:
             if last_chance:
-                await _abandon(batch.id, name, state, provider, failure=failure)
+                await _abandon(batch.id, principal.tenant_id, name, state, provider, failure=failure)
             else:
                 await _db(_provider_state_update)(batch_id=batch.id, provider=name, changes=_backoff(state, now))
             continue
@@ -328,10 +340,12 @@ def _backoff(state: dict, now: datetime) -> dict:
     return {"poll_failures": failures, "next_poll_at": (now + timedelta(seconds=delay)).isoformat()}
 
 
-async def _abandon(batch_id: str, name: str, state: dict, provider: ProviderEntry | None, *, failure: str) -> None:
+async def _abandon(
+    batch_id: str, tenant_id: int, name: str, state: dict, provider: ProviderEntry | None, *, failure: str
+) -> None:
     """Give up a provider batch that could not be polled within the completion window: cancelled there if that still
-    gets through, so it stops running lines whose answers no one will collect; its lines still out end unrun, and the
-    batch ends expired (cancelled, if a cancel came first), each saying why."""
+    gets through, so it stops running lines whose answers no one will collect; its lines still out end unrun, giving
+    back what they hold, and the batch ends expired (cancelled, if a cancel came first), each saying why."""
     note = "batch %s: giving up provider %s's batch %s, which could not be polled (%s)"
     logger.error(note, batch_id, name, state["batch_id"], failure)
     if provider is not None:
@@ -342,17 +356,22 @@ async def _abandon(batch_id: str, name: str, state: dict, provider: ProviderEntr
         f"The provider's batch endpoint could not be polled before the completion window ended ({failure}): the "
         "requests sent there were not collected, and are not billed."
     )
-    await _db(_abandoned)(batch_id=batch_id, provider=name, reason=BatchError(UNREACHABLE, message))
+    holds = await _db(_abandoned)(batch_id=batch_id, provider=name, reason=BatchError(UNREACHABLE, message))
+    snapshot = await config_snapshot.for_tenant(tenant_id)
+    for hold in holds:
+        await hold_release(snapshot, tenant_id=tenant_id, state=hold)
 
 
-def _abandoned(*, batch_id: str, provider: str, reason: BatchError) -> None:
+def _abandoned(*, batch_id: str, provider: str, reason: BatchError) -> list[dict]:
+    """The holds of the lines it ended: only this transaction ends them (a line is recorded under the batch's lock)."""
     now = timezone.now()
     with transaction.atomic():
         batch = batches_for_workers().select_for_update().get(pk=batch_id)
-        batch.provider_batches[provider]["status"] = ABANDONED
-        lines_for_workers(batch_id=batch_id).filter(provider=provider, status=LineStatus.DELEGATED).update(
-            status=LineStatus.CANCELLED, error={"code": reason.code, "message": reason.message}, finished_at=now
-        )
+        state = batch.provider_batches[provider]
+        state["status"] = ABANDONED
+        out = lines_for_workers(batch_id=batch_id).filter(provider=provider, status=LineStatus.DELEGATED)
+        ended = list(out.values_list("custom_id", flat=True))
+        out.update(status=LineStatus.CANCELLED, error={"code": reason.code, "message": reason.message}, finished_at=now)
         batch.errors = [*(batch.errors or []), reason.data()]
         fields = ["provider_batches", "errors"]
         if batch.status == BatchStatus.IN_PROGRESS:
@@ -360,6 +379,7 @@ def _abandoned(*, batch_id: str, provider: str, reason: BatchError) -> None:
             batch.status, batch.finalizing_at, batch.expired_at = BatchStatus.FINALIZING, now, now
             fields += ["status", "finalizing_at", "expired_at"]
         batch.save(update_fields=fields)
+    return [state["lines"][custom_id]["hold"] for custom_id in ended if "hold" in state["lines"].get(custom_id, {})]
 
 
 def _result_rows(content: bytes, *, batch_id: str, provider: str) -> list[dict]:
@@ -470,10 +490,9 @@ async def _record(batch, principal, line: BatchLine, info: dict, status_code: in
         http_status=status_code, usage=usage, error_code="" if status_code < 400 else "provider_batch_error"
     )
     event.batch_discount(multiplier=multipliers.get(info["served"], Decimal("0.5")))
-    await _charge_budgets(snapshot, principal, info["served"], request_id, event.cost_usd, customer=call.customer)
     record_request_metrics(event)
     claimed = ClaimedLine(id=line.pk, custom_id=line.custom_id, body=line.body, attempt=line.attempt)
-    await _db(line_record)(
+    recorded = await _db(line_record)(
         line=claimed,
         batch_id=batch.id,
         status_code=status_code,
@@ -482,24 +501,15 @@ async def _record(batch, principal, line: BatchLine, info: dict, status_code: in
         usage=event,
         provider=line.provider,
     )
-
-
-async def _charge_budgets(
-    snapshot: ConfigSnapshot,
-    principal: KeyPrincipal,
-    model_name: str,
-    request_id: str,
-    amount: Decimal,
-    *,
-    customer: str = "",
-) -> None:
-    """Add the spend to the budget counters, as settling a reservation of nothing does."""
-    entries = snapshot.budgets.applicable(
-        principal.tenant_id, principal.team_id, principal.key_id, model_name, customer
+    if not recorded:
+        return  # another run recorded the line, and charged it
+    # Charged by the run that recorded the line and its ledger row, so once: a poll retried finds the line recorded.
+    await line_charge(
+        snapshot,
+        principal,
+        info.get("hold"),
+        request_id=request_id,
+        served=info["served"],
+        customer=call.customer,
+        actual=event.cost_usd,
     )
-    if not entries:
-        return
-    now = timezone.now()
-    holds = tuple(BudgetHold.of(entry, now=now, customer=customer) for entry in entries)
-    backend = "redis" if async_redis() is not None else "database"
-    await reservation_settle(Reservation(request_id, 0, holds, backend=backend, remaining_usd=None), actual=amount)

@@ -96,7 +96,8 @@ class Batch(models.Model):
     total_count = models.PositiveIntegerField(default=0)
     completed_count = models.PositiveIntegerField(default=0)
     failed_count = models.PositiveIntegerField(default=0)
-    # {provider name: {"batch_id", "input_file_id", "status"}} for lines delegated to a provider's batch endpoint.
+    # {provider name: {"batch_id", "input_file_id", "status", "lines": {custom_id: {"served", "route", "hold"}}}} for
+    # lines delegated to a provider's batch endpoint; a line's "hold" is its budget reservation (batches/holds.py).
     provider_batches = models.JSONField(default=dict, blank=True)
     cost_usd = models.DecimalField(**COST_FIELD, default=0)
     saved_batch_usd = models.DecimalField(**COST_FIELD, default=0)

@@ -59,7 +59,7 @@ from llmops.gateway.snapshot import ConfigSnapshot
 from routing.catalog import ModelEntry
 from routing.media import PromptMedia
 from routing.providers.prompt_cache import AUTO as PROVIDER_CACHE_AUTO
-from routing.tokens import count_chat_tokens, encoding_name_for
+from routing.tokens import count_chat_tokens, count_definition_tokens, encoding_name_for
 from tenants.authentication import KeyPrincipal
 
 CHAT_ENDPOINT = "/v1/chat/completions"
@@ -400,7 +400,9 @@ def _costliest(
     def worst(model: ModelEntry) -> Decimal:
         encoding = encoding_name_for(model.upstream_name)
         if encoding not in tokens_by_encoding:
-            tokens_by_encoding[encoding] = count_chat_tokens(body["messages"], model=model.upstream_name)
+            # The prompt as the provider bills it: its tool and function definitions and response format too.
+            messages = count_chat_tokens(body["messages"], model=model.upstream_name)
+            tokens_by_encoding[encoding] = messages + count_definition_tokens(body, model=model.upstream_name)
         # The line's routing rule is not known yet: its prompt may be written to the provider's cache.
         return line_worst_case(model, body, prompt_tokens=tokens_by_encoding[encoding])
 
