@@ -53,11 +53,10 @@ from llmops.gateway.chat.validation import (
     validate_metadata,
     validate_storable,
 )
-from llmops.gateway.chat.worst_case import OutputBound, cache_writers, chain_worst_case
+from llmops.gateway.chat.worst_case import body_worst_case
 from llmops.gateway.errors import GatewayError, invalid_request
 from llmops.gateway.snapshot import ConfigSnapshot
 from routing.catalog import ModelEntry
-from routing.media import PromptMedia
 from routing.providers.prompt_cache import AUTO as PROVIDER_CACHE_AUTO
 from routing.tokens import count_chat_tokens, count_definition_tokens, encoding_name_for
 from tenants.authentication import KeyPrincipal
@@ -364,14 +363,8 @@ def line_worst_case(
     model: ModelEntry, body: dict, *, prompt_tokens: int, provider_cache: str = PROVIDER_CACHE_AUTO
 ) -> Decimal:
     """A line's worst case on ``model`` at list price, by admission's formula; ``prompt_tokens`` in its encoding."""
-    return chain_worst_case(
-        [model],
-        prompt_tokens=prompt_tokens,
-        bound=OutputBound.of(body, model=model.upstream_name),
-        fallback=settings.LLMOPS_RESERVATION_MAX_TOKENS,
-        cache_writers=cache_writers([model], body, provider_cache=provider_cache),
-        media=PromptMedia.of(body["messages"]),
-    )
+    fallback = settings.LLMOPS_RESERVATION_MAX_TOKENS
+    return body_worst_case(model, body, prompt_tokens=prompt_tokens, fallback=fallback, provider_cache=provider_cache)
 
 
 def _costliest(

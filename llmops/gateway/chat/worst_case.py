@@ -148,6 +148,21 @@ def chain_worst_case(
     )
 
 
+def body_worst_case(
+    model: ModelEntry, body: dict, *, prompt_tokens: int, fallback: int, provider_cache: str
+) -> Decimal:
+    """``body``'s worst case on ``model`` alone, its prompt's text counted at ``prompt_tokens`` in the model's encoding:
+    what a call the gateway plans outside a live request's admission reserves (a batch line, an evaluation's call)."""
+    return chain_worst_case(
+        [model],
+        prompt_tokens=prompt_tokens,
+        bound=OutputBound.of(body, model=model.upstream_name),
+        fallback=fallback,
+        cache_writers=cache_writers([model], body, provider_cache=provider_cache),
+        media=PromptMedia.of(body["messages"]),
+    )
+
+
 def fitting_max_tokens(
     chain: list[ModelEntry],
     *,

@@ -51,7 +51,7 @@ from core.crypto import CredentialDecryptionError
 from core.db import database_sync_to_async
 from llmops.gateway.call import estimated_usage, new_request_id, reply_usage
 from llmops.gateway.chat.recording import record_usage
-from llmops.gateway.chat.worst_case import OutputBound, cache_writers, chain_worst_case
+from llmops.gateway.chat.worst_case import OutputBound, body_worst_case
 from llmops.gateway.errors import upstream_failure
 from llmops.gateway.shadow.judges import (
     JUDGE_MAX_TOKENS,
@@ -68,7 +68,6 @@ from routing import upstream
 from routing.cache.embedders import configured_embedder
 from routing.catalog import ModelCatalog, ModelEntry
 from routing.max_tokens import requested_max_tokens, with_max_tokens
-from routing.media import PromptMedia
 from routing.models import ModelKind
 from routing.providers.prompt_cache import OFF
 from routing.tokens import count_chat_tokens_async, count_prompt_tokens_async
@@ -102,14 +101,8 @@ class PlannedCall:
 
 
 def worst_case(model: ModelEntry, body: dict, *, prompt_tokens: int) -> Decimal:
-    return chain_worst_case(
-        [model],
-        prompt_tokens=prompt_tokens,
-        bound=OutputBound.of(body, model=model.upstream_name),
-        fallback=django_settings.LLMOPS_RESERVATION_MAX_TOKENS,
-        cache_writers=cache_writers([model], body, provider_cache=OFF),
-        media=PromptMedia.of(body["messages"]),
-    )
+    fallback = django_settings.LLMOPS_RESERVATION_MAX_TOKENS
+    return body_worst_case(model, body, prompt_tokens=prompt_tokens, fallback=fallback, provider_cache=OFF)
 
 
 def hold_seconds(models: list[ModelEntry]) -> float:
