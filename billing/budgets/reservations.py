@@ -122,7 +122,7 @@ class RedisOutage:
     counter last written before then may lack what Redis counted since, so it is seeded from the ledger again.
     `settled_in_database`: the counters this process charged in the database meanwhile. Redis's own counters for them
     (kept by an AOF restart, or never lost) lack that spend, so each is seeded again from the ledger before this
-    process reserves in Redis again.
+    process next reserves against it in Redis.
     """
 
     since: datetime | None = None
@@ -159,7 +159,7 @@ async def budget_reserve(
         held_as = f"{request_id}:{secrets.token_hex(4)}"
         try:
             if _outage.settled_in_database:
-                await _reseed_after_outage(now)
+                await _reseed_after_outage(holds, now)
             reserved = await _redis_reserve(client, holds, amount_units, request_id, now, held_as)
         except (RedisError, asyncio.CancelledError) as exc:
             # The script may have run with its reply lost (Redis went away, or the caller did: a client that
@@ -245,16 +245,21 @@ def _exceeded(hold: BudgetHold, spent: int, reserved: int, requested: int, now: 
     )  # fmt: skip
 
 
-async def _reseed_after_outage(now: datetime) -> None:
-    """Seed again from the ledger, now that Redis answers, each counter this process charged in the database while
-    it did not: Redis's spend for them is missing that."""
-    for key, hold in list(_outage.settled_in_database.items()):
+async def _reseed_after_outage(holds: tuple[BudgetHold, ...], now: datetime) -> None:
+    """Seed again from the ledger, now that Redis answers, each of these counters that this process charged in the
+    database while it did not: Redis's spend for them is missing that. Taken off the list first, so a charge noted
+    meanwhile puts it back for the next request, and put back when the seed fails."""
+    for hold in holds:
+        if _outage.settled_in_database.pop(hold.redis_key, None) is None:
+            continue
         try:
             await database_sync_to_async(counter_seed)(hold=hold, now=now, force=True)
-        except DatabaseError as exc:
+        except (RedisError, DatabaseError) as exc:
+            _outage.settled_in_database[hold.redis_key] = hold
+            if isinstance(exc, RedisError):
+                raise
             logger.error("budget counter cannot be seeded again after Redis was away: %s", exc)
             raise BudgetUnavailable("Budget counters cannot be set from the ledger; try again shortly.") from exc
-        _outage.settled_in_database.pop(key, None)
         logger.warning("budget %s counter seeded again: it was charged in the database while Redis was away",
                        hold.entry.budget_id)  # fmt: skip
 
