@@ -145,7 +145,6 @@ async def lines_delegate(*, batch: Batch, principal: KeyPrincipal) -> None:
             groups.setdefault(served.provider.name, (served.provider, []))[1].append(
                 (line, upstream_body, served.name, call.route, hold)
             )
-        await _db(batch_usage_record)(batch_id=batch.id, events=summaries)
         for line, call, refusal in refused:
             await _refuse(batch.id, line, call, refusal)
         await _db(_release)(batch_id=batch.id, line_ids=keep)
@@ -162,8 +161,12 @@ async def lines_delegate(*, batch: Batch, principal: KeyPrincipal) -> None:
                 for entry in groups[name][1]:
                     held.pop(entry[0].id, None)
     finally:
-        for reservation in held.values():
-            await reservation_settle(reservation, actual=Decimal(0))
+        try:
+            # Summaries made are spent, whatever failed after them: their rows go in with the batch's cost.
+            await _db(batch_usage_record)(batch_id=batch.id, events=summaries)
+        finally:
+            for reservation in held.values():
+                await reservation_settle(reservation, actual=Decimal(0))
 
 
 async def _admit(snapshot: ConfigSnapshot, call: GatewayCall, plan: ChatPlan, *, now: datetime) -> Reservation | None:
