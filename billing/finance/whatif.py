@@ -59,7 +59,7 @@ from routing.policy.replay import (
     replay_route,
 )
 from routing.services import routing_policy_document_errors
-from routing.tokens import count_chat_tokens
+from routing.tokens import count_chat_tokens, count_definition_tokens
 from tenants.models import PayloadLog, Tenant
 
 WHATIF_MAX_DAYS = 90
@@ -326,7 +326,10 @@ def _payload_request(tenant_id: int, row: dict, body, catalog: ModelCatalog) -> 
         tokens = row["routing_tokens"]
         if tokens is None:
             entry = catalog.models.get(body["model"])
-            tokens = count_chat_tokens(messages, model=entry.upstream_name if entry else body["model"])
+            encoding_model = entry.upstream_name if entry else body["model"]
+            tokens = count_chat_tokens(messages, model=encoding_model) + count_definition_tokens(
+                body, model=encoding_model
+            )
         features = route_request_from_body(
             body, headers={}, tenant_id=tenant_id, team_slug=row["team_slug"], prompt_tokens=tokens
         )

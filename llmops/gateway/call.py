@@ -20,7 +20,7 @@ from llmops.gateway.shadow.rates import EvaluationRates
 from routing.catalog import ModelEntry
 from routing.media import PromptMedia
 from routing.providers.base import MalformedAnswer, UpstreamReply, answer_text, invalid_response, served_tier
-from routing.tokens import count_chat_tokens_async, count_text_tokens
+from routing.tokens import count_prompt_tokens_async, count_text_tokens
 from tenants.authentication import KeyPrincipal
 
 
@@ -67,7 +67,7 @@ async def estimated_usage(body: dict, completion_text: str, model: ModelEntry) -
     and files, which the gateway cannot count, are charged at the bound they were reserved at (routing.media); the
     answer at no more than the request let the model write, which a provider never bills past and tiktoken's count of
     another tokenizer's text may go over."""
-    text_tokens = await count_chat_tokens_async(body["messages"], model=model.upstream_name)
+    text_tokens = await count_prompt_tokens_async(body, model=model.upstream_name)
     counted = await run_sized(len(completion_text), count_text_tokens, completion_text, model=model.upstream_name)
     bound = await run_sized(prediction_chars(body), OutputBound.of, body, model=model.upstream_name)
     written_at_most = bound.completion_tokens(model, fallback=model.context_window)

@@ -9,7 +9,7 @@ from routing.policy.document import CompiledPolicy, compile_policy
 from routing.policy.drafts import policy_draft_document
 from routing.policy.engine import RouteDecision, route_request, route_request_from_body
 from routing.policy.errors import RoutingRefusal
-from routing.tokens import count_chat_tokens
+from routing.tokens import count_chat_tokens, count_definition_tokens
 
 
 def _decision_view(policy: CompiledPolicy, features, catalog, messages: list[dict]) -> dict:
@@ -33,7 +33,10 @@ def routing_simulation(*, policy: RoutingPolicy, body: dict, headers: dict[str, 
     messages = body.get("messages") or []
     requested = str(body.get("model") or "")
     encoding_model = catalog.models[requested].upstream_name if requested in catalog.models else requested
-    prompt_tokens = count_chat_tokens(messages, model=encoding_model)
+    # Counted as live routing counts it: the messages, and the definitions billed as prompt beside them.
+    prompt_tokens = count_chat_tokens(messages, model=encoding_model) + count_definition_tokens(
+        body, model=encoding_model
+    )
     features = route_request_from_body(
         body,
         headers={name.lower(): value for name, value in headers.items()},

@@ -13,7 +13,7 @@ from billing.budgets.selectors import budget_status
 from billing.budgets.services import budget_create
 from billing.models import UsageRecord
 from llmops.mock_upstream import MALFORMED_BODIES, MALFORMED_USAGE
-from routing.tokens import count_chat_tokens, count_text_tokens
+from routing.tokens import count_chat_tokens, count_definition_tokens, count_text_tokens
 from tests.factories import ModelFactory, ProviderFactory
 from tests.gateway.test_routing_live import publish
 from tests.servers import free_port
@@ -340,3 +340,7 @@ def test_a_tool_call_without_usage_is_charged_the_arguments_the_model_wrote(open
     assert arguments.startswith("Mock answer to: Look my order up")
     assert record.usage_estimated
     assert record.completion_tokens == count_text_tokens("lookup" + arguments, model="gpt-4o")
+    # The prompt is counted as the provider bills it: the tool's definition with the messages.
+    assert record.prompt_tokens == count_chat_tokens(messages, model="gpt-4o") + count_definition_tokens(
+        {"tools": [tool]}, model="gpt-4o"
+    )
