@@ -149,7 +149,7 @@ def main() -> None:
                     threshold=-1,
                 )
                 times.append((time.perf_counter() - started) * 1000)
-                found += question in [candidate.entry.prompt for candidate in matches.candidates]
+                found += question in [candidate.entry.text for candidate in matches.candidates]
             print(
                 f"{build + 1:>5} {ef_search:>9} {found:>4}/{len(QUESTIONS)} {exact:>4}/{len(QUESTIONS)}"
                 f" {statistics.median(times):>14.2f}",

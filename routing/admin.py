@@ -20,7 +20,7 @@ from django.utils.html import format_html, format_html_join
 from core.outbound import outbound_url_errors
 from core.redaction import redact, redact_value
 from routing.cache.sealed import open_answer, open_prompt
-from routing.cache.store import cache_entries_delete, cache_entries_purge
+from routing.cache.store import CachePurgeIncomplete, cache_entries_delete, cache_entries_purge
 from routing.models import (
     PRICE_FIELDS,
     CacheEntry,
@@ -780,7 +780,11 @@ class CacheEntryAdmin(TenantScopedAdmin):
             tenant_id, options = key
             if not request_access(request).allows(Action.EDIT, tenant_id):
                 raise PermissionDenied
-            deleted += cache_entries_purge(tenant=Tenant.objects.for_tenant(tenant_id).get(), **dict(options))
+            try:
+                deleted += cache_entries_purge(tenant=Tenant.objects.for_tenant(tenant_id).get(), **dict(options))
+            except CachePurgeIncomplete as incomplete:
+                deleted += incomplete.deleted
+                self.message_user(request, str(incomplete), messages.ERROR)
         self.message_user(request, f"Purged {deleted} cache entries.", messages.SUCCESS)
 
     @admin.action(description="Purge the selected entries")
@@ -788,7 +792,12 @@ class CacheEntryAdmin(TenantScopedAdmin):
         for entry in queryset:
             if not self.allows(request, Action.EDIT, entry):
                 raise PermissionDenied
-        self.message_user(request, f"Purged {cache_entries_delete(entries=queryset)} cache entries.", messages.SUCCESS)
+        try:
+            deleted = cache_entries_delete(entries=queryset)
+        except CachePurgeIncomplete as incomplete:
+            deleted = incomplete.deleted
+            self.message_user(request, str(incomplete), messages.ERROR)
+        self.message_user(request, f"Purged {deleted} cache entries.", messages.SUCCESS)
 
     @admin.action(description="Purge all entries of the selected entries' tenants")
     def purge_tenant(self, request, queryset):

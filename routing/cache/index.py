@@ -28,6 +28,7 @@ from django.utils import timezone
 from pgvector.psycopg.vector import register_vector_info
 from psycopg.types import TypeInfo
 
+from routing.cache.keys import normalize_prompt
 from routing.cache.sealed import open_prompt
 from routing.models import CacheEntry, CacheEntryKind
 from tenants.scoping import UnscopedQueryError
@@ -40,9 +41,15 @@ MAX_CANDIDATES = 5
 @dataclass(frozen=True, slots=True)
 class IndexedEntry:
     key_hash: str
-    prompt: str
+    # The prompt as it was sent (an entry stored before entries kept it has its normalised text here).
+    text: str
     context_fingerprint: str
     expires_at: float
+
+    @property
+    def prompt(self) -> str:
+        """Normalised, as the near-miss guard and the cross-encoder read it."""
+        return normalize_prompt(self.text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,10 +136,10 @@ class SemanticIndex:
             loaded = []
             for pk, key_hash, sealed_prompt, context, expires_at, embedding in rows:
                 self.last_entry_id = max(self.last_entry_id, pk)
-                prompt = open_prompt(sealed_prompt)
+                text = open_prompt(sealed_prompt)
                 # Without its text the guard cannot vouch for an entry: it still answers exact repeats.
-                if embedding is not None and prompt is not None:
-                    entry = IndexedEntry(key_hash, prompt, context, expires_at.timestamp())
+                if embedding is not None and text is not None:
+                    entry = IndexedEntry(key_hash, text, context, expires_at.timestamp())
                     loaded.append((entry, embedding))
             with self.lock:
                 for entry, vector in loaded:
@@ -306,10 +313,10 @@ def stored_matches(
         similarity = 1 - distance
         if similarity < threshold:
             continue
-        prompt = open_prompt(sealed_prompt)
+        text = open_prompt(sealed_prompt)
         # Without its text the guard cannot vouch for an entry: it still answers exact repeats.
-        if prompt is not None:
-            entry = IndexedEntry(found_key, prompt, context_fingerprint, expires_at.timestamp())
+        if text is not None:
+            entry = IndexedEntry(found_key, text, context_fingerprint, expires_at.timestamp())
             candidates.append(Candidate(entry, similarity, sealed_answer))
     # relaxed_order may return the nearest rows slightly out of order.
     candidates.sort(key=lambda candidate: -candidate.similarity)

@@ -7,11 +7,15 @@ prompt by hashing it. Apart from that server key, these are pure functions.
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import orjson
 
 from core.crypto import keyed_hash
 from core.redaction import redact
+
+if TYPE_CHECKING:
+    from routing.catalog import ModelEntry
 
 CACHE_HEADER = "x-llmops-cache"
 # Fields that change how an answer is delivered or attributed, never what it says.
@@ -58,15 +62,25 @@ def embeddings_canonical_request(body: dict) -> dict:
     }
 
 
-def exact_key(*, tenant_id: int, served_model: str, request: dict) -> str:
+def upstream_identity(model: "ModelEntry") -> str:
+    """What answers for a catalog model: its provider (kind, name, address) and the name the provider knows the model
+    by. Part of every key, so a catalog name remapped to another model or provider finds none of the answers the
+    one before gave."""
+    provider = model.provider
+    return "\0".join((provider.kind, provider.name, provider.base_url, model.upstream_name))
+
+
+def exact_key(*, tenant_id: int, served_model: str, upstream: str, request: dict) -> str:
     return keyed_hash(
-        purpose="cache.exact-key", value=f"{tenant_id}\0{served_model}\0".encode() + canonical_json(request)
+        purpose="cache.exact-key",
+        value=f"{tenant_id}\0{served_model}\0{upstream}\0".encode() + canonical_json(request),
     )
 
 
 def is_cacheable(body: dict, *, allow_nondeterministic: bool) -> bool:
-    """Deterministic requests only, unless the rule opts in; one choice only (n>1 asks for variety)."""
-    if (body.get("n") or 1) != 1:
+    """Deterministic requests only, unless the rule opts in; one choice only (n>1 asks for variety); no log
+    probabilities (an answer is stored without them, so a replay could not give them back)."""
+    if (body.get("n") or 1) != 1 or body.get("logprobs"):
         return False
     return allow_nondeterministic or body.get("temperature") == 0
 
@@ -87,25 +101,35 @@ def normalize_prompt(text: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class SemanticKey:
+    # The last user turn normalised: what is embedded, and what the near-miss guard and the cross-encoder read (as
+    # they were trained and measured).
     prompt: str
+    # The same turn as sent: what an entry keeps, so a prompt that differs only in what normalisation drops is told
+    # apart from a true repeat.
+    text: str
     context_fingerprint: str
 
 
-def semantic_key(request: dict) -> SemanticKey | None:
-    """The last user turn, normalised, and a fingerprint of everything else: the system prompt, earlier turns and
-    answer-changing options. None when the request cannot be matched by meaning: no final text user turn, one longer
-    than SEMANTIC_MAX_PROMPT_CHARS, or one in which redaction finds personal data or a secret. Such a prompt is
-    answered from the cache only when repeated exactly, so the text the semantic cache keeps is always what
-    redaction leaves unchanged, and two prompts that differ only in a redacted detail (another card, another
-    address) never share an answer."""
+def semantic_key(request: dict, *, upstream: str) -> SemanticKey | None:
+    """The last user turn, normalised, and a fingerprint of everything else: the system prompt, earlier turns, the
+    last turn's other fields (its `name`), answer-changing options and the upstream that answers. None when the
+    request cannot be matched by meaning: no final text user turn, one longer than SEMANTIC_MAX_PROMPT_CHARS, or one
+    in which redaction finds personal data or a secret. Such a prompt is answered from the cache only when repeated
+    exactly, so the text the semantic cache keeps is always what redaction leaves unchanged, and two prompts that
+    differ only in a redacted detail (another card, another address) never share an answer."""
     messages = request.get("messages") or []
     if not messages or messages[-1].get("role") != "user":
         return None
-    text = message_text(messages[-1])
+    last = messages[-1]
+    text = message_text(last)
     if not text or not text.strip() or len(text) > SEMANTIC_MAX_PROMPT_CHARS or redact(text) != text:
         return None
-    context = {**request, "messages": messages[:-1]}
+    # The last turn's other fields stay in: who asks "what is my name?" (its `name`) changes the answer.
+    context = {**request, "messages": [*messages[:-1], {key: value for key, value in last.items() if key != "content"}]}
     return SemanticKey(
         prompt=normalize_prompt(text),
-        context_fingerprint=keyed_hash(purpose="cache.context", value=canonical_json(context)),
+        text=text,
+        context_fingerprint=keyed_hash(
+            purpose="cache.context", value=upstream.encode() + b"\0" + canonical_json(context)
+        ),
     )

@@ -65,6 +65,16 @@ logger = logging.getLogger(__name__)
 
 # The most queued stores (or hit counts) the writer thread puts in one batch.
 WRITE_BATCH = 100
+# Where a stored answer keeps when it was stored (Unix seconds), taken out before it is served: a lookup refuses an
+# entry older than the TTL of the rule that matches now, so a TTL lowered since the store applies to it.
+STORED_AT_NOTE = "llmops_stored_at"
+# The finish reasons of a whole answer. "length" was cut at max_tokens and "content_filter" withheld (OpenAI's
+# filter, Anthropic's refusal, Bedrock's guardrail): neither is stored. "function_call" is the legacy tool call.
+COMPLETE_FINISH_REASONS = frozenset({"stop", "tool_calls", "function_call"})
+# A purge deletes the Redis copies once more this long after it commits: a lookup that read a purged row just before
+# the commit writes it back to Redis just after (as does another process's writer thread, for a row it had just
+# written).
+PURGE_REPEAT_SECONDS = 2.0
 ENTRY_KEY_FIELDS = ["tenant", "served_model", "key_hash"]
 # A store replaces an entry of the same key whole, hit count included.
 ENTRY_STORED_FIELDS = [
@@ -99,11 +109,15 @@ class CacheRequest:
     tenant_id: int
     served_model: str
     rule_name: str
+    # The matched rule's TTL: how long an answer stored now is kept, and how old an entry this request may be served.
     ttl_seconds: int
     key_hash: str
     semantic: SemanticKey | None
     control: CacheControl
     vector: np.ndarray | None = field(default=None, repr=False)
+    # The max_tokens the gateway set, after the key was made, on a request that sent none (admission, for a budget):
+    # other requests share the key, so only an answer that ended below it is stored.
+    added_max_tokens: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +131,7 @@ def cache_request_prepare(
     *,
     tenant_id: int,
     served_model: str,
+    upstream: str,
     body: dict,
     rule_name: str,
     ttl_seconds: int | None,
@@ -124,9 +139,10 @@ def cache_request_prepare(
     control: CacheControl,
     semantic: bool = True,
 ) -> CacheRequest | None:
-    """None when the request does not use the cache: the rule sets no TTL, the request is not deterministic, or the
-    client turned both reading and writing off. Without `semantic` (the rule's semantic_cache off) it is exact only:
-    no semantic lookup, and no semantic entry stored."""
+    """None when the request does not use the cache: the rule sets no TTL, the request is not deterministic (or asks
+    for log probabilities), or the client turned both reading and writing off. Without `semantic` (the rule's
+    semantic_cache off) it is exact only: no semantic lookup, and no semantic entry stored. `upstream`: the served
+    model's `upstream_identity`."""
     if not ttl_seconds or not (control.read or control.write):
         return None
     if not is_cacheable(body, allow_nondeterministic=allow_nondeterministic):
@@ -137,14 +153,21 @@ def cache_request_prepare(
         served_model=served_model,
         rule_name=rule_name,
         ttl_seconds=ttl_seconds,
-        key_hash=exact_key(tenant_id=tenant_id, served_model=served_model, request=request),
-        semantic=semantic_key(request) if semantic and settings.LLMOPS_CACHE_EMBEDDER else None,
+        key_hash=exact_key(tenant_id=tenant_id, served_model=served_model, upstream=upstream, request=request),
+        semantic=semantic_key(request, upstream=upstream) if semantic and settings.LLMOPS_CACHE_EMBEDDER else None,
         control=control,
     )
 
 
 def embeddings_cache_request_prepare(
-    *, tenant_id: int, served_model: str, body: dict, rule_name: str, ttl_seconds: int | None, control: CacheControl
+    *,
+    tenant_id: int,
+    served_model: str,
+    upstream: str,
+    body: dict,
+    rule_name: str,
+    ttl_seconds: int | None,
+    control: CacheControl,
 ) -> CacheRequest | None:
     """An embeddings request's view of the cache: exact matches only (an embedding is a function of its input, so
     no rule needs to opt in to caching it). None when the rule sets no TTL or the client turned the cache off."""
@@ -155,14 +178,20 @@ def embeddings_cache_request_prepare(
         served_model=served_model,
         rule_name=rule_name,
         ttl_seconds=ttl_seconds,
-        key_hash=exact_key(tenant_id=tenant_id, served_model=served_model, request=embeddings_canonical_request(body)),
+        key_hash=exact_key(
+            tenant_id=tenant_id,
+            served_model=served_model,
+            upstream=upstream,
+            request=embeddings_canonical_request(body),
+        ),
         semantic=None,
         control=control,
     )
 
 
 def _valid_answer(answer) -> bool:
-    """A chat completion with its messages, or an embeddings list."""
+    """A chat completion whose every choice is a message that finished whole (COMPLETE_FINISH_REASONS), or an
+    embeddings list."""
     if not isinstance(answer, dict):
         return False
     if answer.get("object") == "list":
@@ -170,8 +199,39 @@ def _valid_answer(answer) -> bool:
     return (
         isinstance(answer.get("choices"), list)
         and bool(answer["choices"])
-        and all(isinstance(choice, dict) and isinstance(choice.get("message"), dict) for choice in answer["choices"])
+        and all(
+            isinstance(choice, dict)
+            and isinstance(choice.get("message"), dict)
+            and choice.get("finish_reason") in COMPLETE_FINISH_REASONS
+            for choice in answer["choices"]
+        )
     )
+
+
+def _within_added_max_tokens(cache: CacheRequest, answer: dict) -> bool:
+    """Whether the answer ended below the gateway's own cap (CacheRequest.added_max_tokens), so it is the answer the
+    request gets without it: one that reached it may have been cut short, whatever its finish reason says."""
+    if cache.added_max_tokens is None:
+        return True
+    usage = answer.get("usage")
+    completion_tokens = usage.get("completion_tokens") if isinstance(usage, dict) else None
+    return isinstance(completion_tokens, int) and completion_tokens < cache.added_max_tokens
+
+
+def _stamped(answer: dict, cache: CacheRequest, expires_at: datetime) -> dict:
+    """The answer with the time it was stored noted in it (STORED_AT_NOTE): its expiry less the TTL it was stored
+    for."""
+    return {**answer, STORED_AT_NOTE: (expires_at - timedelta(seconds=cache.ttl_seconds)).timestamp()}
+
+
+def _fresh(cache: CacheRequest, answer: dict) -> dict | None:
+    """The answer as it is served (the note of when it was stored taken out), or None when it was stored longer ago
+    than the TTL of the request's rule: a rule whose TTL was lowered since stops serving what it stored before.
+    An answer without the note has no known age: it is not served either."""
+    stored_at = answer.get(STORED_AT_NOTE)
+    if not isinstance(stored_at, int | float) or timezone.now().timestamp() - stored_at > cache.ttl_seconds:
+        return None
+    return {key: value for key, value in answer.items() if key != STORED_AT_NOTE}
 
 
 EntryKey = tuple[int, str, str]
@@ -330,7 +390,7 @@ def _pending_candidates(cache: CacheRequest, vector: np.ndarray, threshold: floa
             continue
         similarity = float(stored @ vector)
         if similarity >= threshold:
-            entry = IndexedEntry(pending.key[2], pending.cache.semantic.prompt, context, pending.expires_at.timestamp())
+            entry = IndexedEntry(pending.key[2], pending.cache.semantic.text, context, pending.expires_at.timestamp())
             found.append(Candidate(entry, similarity))
     return found
 
@@ -347,9 +407,13 @@ async def _embedding_awaited(future: Future):
         return None
 
 
-def _exact_hit(cache: CacheRequest, answer: dict) -> CacheHit:
+def _exact_hit(cache: CacheRequest, answer: dict) -> CacheHit | None:
+    """The hit on the request's own key, unless its entry is older than the rule's TTL now allows (a miss)."""
+    served = _fresh(cache, answer)
+    if served is None:
+        return None
     _note_hit(cache, cache.key_hash)
-    return CacheHit(answer=answer, kind="exact")
+    return CacheHit(answer=served, kind="exact")
 
 
 async def _semantic_hit(cache: CacheRequest, candidates: list[Candidate], *, deadline: float) -> CacheHit | None:
@@ -357,18 +421,19 @@ async def _semantic_hit(cache: CacheRequest, candidates: list[Candidate], *, dea
     whose answer is still there. `deadline` (time.monotonic()) was set before the embedding: one wait covers the
     embedding and the cross-encoder's scoring."""
     remaining = sorted(candidates, key=lambda candidate: -candidate.similarity)
-    while (candidate := await semantic_decide(cache.semantic.prompt, remaining, deadline=deadline)) is not None:
+    while (candidate := await semantic_decide(cache.semantic.text, remaining, deadline=deadline)) is not None:
         if candidate.answer_sealed is not None:
             answer = _opened(candidate.answer_sealed)
         else:
             answer = await _answer_for(cache.tenant_id, cache.served_model, candidate.entry.key_hash)
-        if answer is not None:
+        if answer is None:
+            if not vectors_in_database():
+                semantic_index(cache.tenant_id, cache.served_model).discard(candidate.entry)
+        elif (served := _fresh(cache, answer)) is not None:
             _note_hit(cache, candidate.entry.key_hash)
-            return CacheHit(answer=answer, kind="semantic", similarity=candidate.similarity)
-        if not vectors_in_database():
-            semantic_index(cache.tenant_id, cache.served_model).discard(candidate.entry)
-        # Its answer is gone (purged or expired since the search): the less similar candidates are decided next,
-        # within the same wait; once it has run out, the lookup is a miss.
+            return CacheHit(answer=served, kind="semantic", similarity=candidate.similarity)
+        # Its answer is gone (purged or expired since the search) or older than the rule's TTL: the less similar
+        # candidates are decided next, within the same wait; once it has run out, the lookup is a miss.
         if time.monotonic() >= deadline:
             return None
         remaining = remaining[remaining.index(candidate) + 1 :]
@@ -454,7 +519,7 @@ def _index_add(pending: _PendingStore, vector: np.ndarray) -> np.ndarray:
     semantic_index(cache.tenant_id, cache.served_model).add(
         IndexedEntry(
             cache.key_hash,
-            cache.semantic.prompt,
+            cache.semantic.text,
             cache.semantic.context_fingerprint,
             pending.expires_at.timestamp(),
         ),
@@ -466,9 +531,10 @@ def _index_add(pending: _PendingStore, vector: np.ndarray) -> np.ndarray:
 def cache_store(cache: CacheRequest, *, answer: dict) -> None:
     """Keep a complete, successful answer without making the response wait: this process serves it at once, the
     writer thread makes it durable in Postgres, then copies it to Redis."""
-    if not cache.control.write or not _valid_answer(answer):
+    if not cache.control.write or not _valid_answer(answer) or not _within_added_max_tokens(cache, answer):
         return
-    pending = _PendingStore(cache, answer, timezone.now() + timedelta(seconds=cache.ttl_seconds), cache.vector)
+    expires_at = timezone.now() + timedelta(seconds=cache.ttl_seconds)
+    pending = _PendingStore(cache, _stamped(answer, cache, expires_at), expires_at, cache.vector)
     with _pending_lock:
         _pending[pending.key] = pending
     if cache.semantic is not None:
@@ -508,16 +574,17 @@ def _entry_row(pending: _PendingStore, *, deadline: float) -> CacheEntry:
 def cache_entry_build(
     cache: CacheRequest, *, answer: dict, vector: np.ndarray | None, expires_at: datetime
 ) -> CacheEntry:
-    """The row a store writes (unsaved): semantic when it has a vector, with its text and answer encrypted."""
+    """The row a store writes (unsaved): semantic when it has a vector, with its text (as sent) and its answer (noted
+    with when it was stored) encrypted."""
     semantic = cache.semantic if vector is not None else None
     return CacheEntry(
         tenant_id=cache.tenant_id,
         served_model=cache.served_model,
         key_hash=cache.key_hash,
         kind=CacheEntryKind.SEMANTIC if semantic else CacheEntryKind.EXACT,
-        answer_encrypted=seal_answer(answer),
+        answer_encrypted=seal_answer(_stamped(answer, cache, expires_at)),
         embedding=vector.astype(np.float32) if semantic else None,
-        prompt_encrypted=seal_prompt(semantic.prompt) if semantic else "",
+        prompt_encrypted=seal_prompt(semantic.text) if semantic else "",
         context_fingerprint=semantic.context_fingerprint if semantic else "",
         rule_name=cache.rule_name,
         expires_at=expires_at,
@@ -695,20 +762,55 @@ def cache_writes_flush(timeout: float = 30) -> None:
 atexit.register(cache_writes_flush, timeout=5)
 
 
-def _redis_delete(keys: list[str]) -> None:
+class CachePurgeIncomplete(Exception):
+    """The entries are deleted from Postgres, but Redis did not delete its copies of them: those are still served
+    until they expire."""
+
+    def __init__(self, deleted: int, served_until: datetime):
+        super().__init__(
+            f"{deleted} cache entries were deleted from Postgres, but Redis could not delete its copies of them: they "
+            f"are served from Redis until {served_until:%Y-%m-%d %H:%M:%S %Z} at the latest, unless their keys "
+            "(llmops:cache:<tenant id>:*) are deleted from Redis once it answers again"
+        )
+        self.deleted = deleted
+
+
+def _redis_delete(keys: list[str]) -> bool:
+    """Delete the keys' copies in Redis; False, logged as an error, when Redis did not."""
     client = sync_redis()
     if client is None or not keys:
-        return
+        return True
     try:
         for start in range(0, len(keys), 500):
             client.delete(*keys[start : start + 500])
     except Exception:
-        logger.warning("cache: Redis delete failed; entries expire there by their TTL", exc_info=True)
+        logger.error(
+            "cache: Redis did not delete the copies of %d deleted entries; they are served until they expire",
+            len(keys),
+            exc_info=True,
+        )
+        return False
+    return True
 
 
-@transaction.atomic
+def _forget_committed(keys: list[str], tenant_ids: set[int], failed: list[bool]) -> None:
+    """Once the delete is committed: Redis's copies and this process's vector indexes go. Before the commit a lookup
+    still reads the rows, and would copy them back to Redis (or into its index) after they had gone; one that read
+    them just before the commit can still do so just after, so Redis is cleared once more PURGE_REPEAT_SECONDS
+    later (a thread that is not a daemon: a management command's process waits for it before it exits)."""
+    if not _redis_delete(keys):
+        failed.append(True)
+    for tenant_id in tenant_ids:
+        semantic_indexes_forget(tenant_id)
+    if keys:
+        repeat = threading.Timer(PURGE_REPEAT_SECONDS, _redis_delete, args=(keys,))
+        repeat.daemon = False
+        repeat.start()
+
+
 def cache_entries_purge(*, tenant: Tenant, model: str = "", rule: str = "", older_than: timedelta | None = None) -> int:
-    """Delete a tenant's entries, optionally only of one served model, one rule, or created before an age."""
+    """Delete a tenant's entries, optionally only of one served model, one rule, or created before an age, as
+    `cache_entries_delete` does."""
     entries = CacheEntry.objects.for_tenant(tenant)
     if model:
         entries = entries.filter(served_model=model)
@@ -720,20 +822,29 @@ def cache_entries_purge(*, tenant: Tenant, model: str = "", rule: str = "", olde
 
 
 def cache_entries_delete(*, entries) -> int:
-    """Delete these entries (a queryset already scoped by the caller) from Postgres, Redis and this process's vector
-    indexes (on Postgres the search reads the table, so every process stops finding them at once)."""
+    """Delete these entries (a queryset already scoped by the caller) from Postgres, then, once that is committed,
+    from Redis and this process's vector indexes (on Postgres the search reads the table, so every process stops
+    finding them at once). Raises CachePurgeIncomplete when Redis did not delete its copies at the commit; inside a
+    caller's transaction that happens at the caller's commit, where the failure is logged only."""
     cache_writes_flush()
-    doomed = list(entries.values_list("pk", "tenant_id", "served_model", "key_hash"))
-    # Unscoped, reviewed: exactly the rows just read through the caller's scope.
-    CacheEntry.objects.unscoped().filter(pk__in=[pk for pk, *_ in doomed]).delete()
-    _redis_delete([redis_key(tenant_id, model, key_hash) for _, tenant_id, model, key_hash in doomed])
-    for tenant_id in {tenant_id for _, tenant_id, *_ in doomed}:
-        semantic_indexes_forget(tenant_id)
+    failed: list[bool] = []
+    with transaction.atomic():
+        doomed = list(entries.values_list("pk", "tenant_id", "served_model", "key_hash", "expires_at"))
+        # Unscoped, reviewed: exactly the rows just read through the caller's scope.
+        CacheEntry.objects.unscoped().filter(pk__in=[pk for pk, *_ in doomed]).delete()
+        keys = [redis_key(tenant_id, model, key_hash) for _, tenant_id, model, key_hash, _ in doomed]
+        transaction.on_commit(partial(_forget_committed, keys, {tenant_id for _, tenant_id, *_ in doomed}, failed))
+    if failed:
+        raise CachePurgeIncomplete(len(doomed), max(expires_at for *_, expires_at in doomed))
     return len(doomed)
 
 
 def cache_entries_expire(*, now: datetime | None = None) -> int:
-    """Delete every tenant's expired entries (Redis drops its copies by TTL). A cross-tenant job."""
+    """Delete every tenant's expired entries. A cross-tenant job."""
     # Unscoped, reviewed: the periodic expiry removes every tenant's expired entries and reads none of them.
     expired = CacheEntry.objects.unscoped().filter(expires_at__lte=now or timezone.now())
-    return cache_entries_delete(entries=expired)
+    try:
+        return cache_entries_delete(entries=expired)
+    except CachePurgeIncomplete as incomplete:
+        # Redis drops its copies of expired entries by their own TTL, the same expiry.
+        return incomplete.deleted

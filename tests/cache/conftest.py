@@ -6,8 +6,9 @@ from django.db import connection, transaction
 
 from routing.cache.crossencoder import configured_crossencoder
 from routing.cache.embedders import configured_embedder
-from routing.cache.keys import CacheControl
+from routing.cache.keys import CacheControl, upstream_identity
 from routing.cache.store import CacheRequest, cache_request_prepare, cache_writes_flush
+from routing.catalog import build_models_by_id
 from routing.models import CacheEntry
 from routing.policy.drafts import policy_draft_replace
 from routing.services import routing_policy_create, routing_policy_publish
@@ -51,15 +52,23 @@ def cache_writes_blocked():
         yield
 
 
-def cache_policy(setup, *, ttl=CACHE_TTL_SECONDS, nondeterministic=False, semantic=True):
-    """A policy whose one rule caches every request for `ttl` seconds."""
-    policy = routing_policy_create(tenant=setup.tenant)
+def cache_policy(setup, **options):
+    """The setup's tenant's policy, published as `cache_policy_change` makes it."""
+    return cache_policy_change(routing_policy_create(tenant=setup.tenant), **options)
+
+
+def cache_policy_change(policy, *, ttl=CACHE_TTL_SECONDS, nondeterministic=False, semantic=True, guard=None):
+    """Publish the policy's next version: one rule that caches every request for `ttl` seconds (and, given `guard`,
+    that injection guard action)."""
     rule = {
         "priority": 10,
         "name": "cache-everything",
         "outcome": {"cache_ttl_seconds": ttl, "cache_nondeterministic": nondeterministic, "semantic_cache": semantic},
     }
-    policy_draft_replace(policy=policy, document={"aliases": {}, "rules": [rule]})
+    document = {"aliases": {}, "rules": [rule]}
+    if guard is not None:
+        document["injection_guard_action"] = guard
+    policy_draft_replace(policy=policy, document=document)
     routing_policy_publish(policy=policy, actor=None)
     return policy
 
@@ -88,10 +97,12 @@ def chat(gateway, setup, content, *, headers=None, model=None, system=None, **op
 
 
 def cache_request(setup, content: str) -> CacheRequest:
-    """The cache's view of a one-turn request to the setup's small model under `cache_policy`'s rule."""
+    """The cache's view of a one-turn request to the setup's small model under `cache_policy`'s rule: the gateway's
+    for the same request."""
     return cache_request_prepare(
         tenant_id=setup.tenant.pk,
         served_model=setup.small.name,
+        upstream=upstream_identity(build_models_by_id()[setup.small.pk]),
         body={"model": setup.small.name, "temperature": 0, "messages": [{"role": "user", "content": content}]},
         rule_name="cache-everything",
         ttl_seconds=CACHE_TTL_SECONDS,

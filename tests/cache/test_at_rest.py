@@ -14,7 +14,7 @@ from routing.cache.keys import SEMANTIC_MAX_PROMPT_CHARS, canonical_json, exact_
 from routing.cache.sealed import open_answer, open_prompt
 from routing.cache.store import cache_writes_flush
 from routing.models import CacheEntry, CacheEntryKind
-from tests.cache.conftest import chat
+from tests.cache.conftest import cache_policy, chat
 
 SECRETS = ("4111111111111111", "jane.doe@example.com", "AKIAIOSFODNN7EXAMPLE", "sk-proj-Q7xV9mK2pL4nR8sT1wY6zA3b")
 # The mock upstream echoes the first words of the prompt, so the answer carries the secrets too.
@@ -33,9 +33,11 @@ def everything_stored() -> str:
     return "\n".join(rows + values)
 
 
-def test_postgres_and_redis_keep_no_prompt_and_no_answer_in_clear(gateway, acme_caching):
-    hostile = chat(gateway, acme_caching, HOSTILE)
-    chat(gateway, acme_caching, CLEAN)
+def test_postgres_and_redis_keep_no_prompt_and_no_answer_in_clear(gateway, acme, embedder):
+    # With the answer guard off: under flag or block an answer carrying a secret is not stored at all.
+    cache_policy(acme, guard="none")
+    hostile = chat(gateway, acme, HOSTILE)
+    chat(gateway, acme, CLEAN)
     assert all(secret in hostile.json()["choices"][0]["message"]["content"] for secret in SECRETS)
     cache_writes_flush()
 
@@ -45,13 +47,13 @@ def test_postgres_and_redis_keep_no_prompt_and_no_answer_in_clear(gateway, acme_
         assert text.lower() not in stored
     entries = {entry.kind: entry for entry in CacheEntry.objects.unscoped().all()}
     assert entries[CacheEntryKind.EXACT].prompt_encrypted == ""
-    assert open_prompt(entries[CacheEntryKind.SEMANTIC].prompt_encrypted) == "what is the capital of france"
+    assert open_prompt(entries[CacheEntryKind.SEMANTIC].prompt_encrypted) == CLEAN
     assert open_answer(entries[CacheEntryKind.EXACT].answer_encrypted)["choices"] == hostile.json()["choices"]
 
-    repeated = chat(gateway, acme_caching, HOSTILE)
+    repeated = chat(gateway, acme, HOSTILE)
     assert repeated.headers["x-llmops-cache"] == "hit-exact"
     assert repeated.json()["choices"] == hostile.json()["choices"]
-    assert chat(gateway, acme_caching, CLEAN_PARAPHRASE).headers["x-llmops-cache"] == "hit-semantic"
+    assert chat(gateway, acme, CLEAN_PARAPHRASE).headers["x-llmops-cache"] == "hit-semantic"
 
 
 def test_a_prompt_with_personal_data_is_not_matched_by_meaning(gateway, acme_caching):
@@ -78,14 +80,14 @@ def test_entries_written_under_a_dropped_encryption_key_are_misses(gateway, acme
 
 def test_keys_and_fingerprints_are_keyed_by_the_server_secret(settings):
     request = {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": CLEAN}]}
-    key = exact_key(tenant_id=7, served_model="m", request=request)
-    fingerprint = semantic_key(request).context_fingerprint
+    key = exact_key(tenant_id=7, served_model="m", upstream="u", request=request)
+    fingerprint = semantic_key(request, upstream="u").context_fingerprint
     plain = hashlib.sha256(b"7\0m\0" + canonical_json(request)).hexdigest()
 
     assert key != plain
     settings.SECRET_KEY = "another-server-secret"
-    assert exact_key(tenant_id=7, served_model="m", request=request) not in (key, plain)
-    assert semantic_key(request).context_fingerprint != fingerprint
+    assert exact_key(tenant_id=7, served_model="m", upstream="u", request=request) not in (key, plain)
+    assert semantic_key(request, upstream="u").context_fingerprint != fingerprint
 
 
 @pytest.mark.parametrize(
@@ -94,8 +96,8 @@ def test_keys_and_fingerprints_are_keyed_by_the_server_secret(settings):
     ids=["card", "email", "aws-key", "openai-key", "too-long"],
 )
 def test_personal_data_a_secret_or_a_long_prompt_is_matched_only_exactly(text):
-    assert semantic_key({"messages": [{"role": "user", "content": "Is this in the leak?"}]}) is not None
-    assert semantic_key({"messages": [{"role": "user", "content": text}]}) is None
+    assert semantic_key({"messages": [{"role": "user", "content": "Is this in the leak?"}]}, upstream="u") is not None
+    assert semantic_key({"messages": [{"role": "user", "content": text}]}, upstream="u") is None
 
 
 BEFORE_AT_REST = [("routing", "0005_model_max_output_tokens")]

@@ -1,21 +1,40 @@
 """Exact caching through the live gateway: keys, TTL, tenant isolation, tiers, client control, bad entries."""
 
 import socket
+import time
 from datetime import timedelta
+from decimal import Decimal
 
+import httpx
 import pytest
 import redis.asyncio as aioredis
 from django.utils import timezone
 
+from billing.budgets.services import budget_create
 from billing.models import UsageRecord
 from core.redis import redis_command, sync_redis
 from routing.cache import store
 from routing.cache.sealed import seal_answer
-from routing.cache.store import cache_entries_expire, cache_entry_build, cache_writes_flush, redis_key
+from routing.cache.store import (
+    cache_entries_expire,
+    cache_entry_build,
+    cache_lookup,
+    cache_store,
+    cache_writes_flush,
+    redis_key,
+)
 from routing.models import CacheEntry
 from routing.services import tenant_model_access_set
-from tests.cache.conftest import CACHE_TTL_SECONDS, cache_policy, cache_request, chat, stored_answer
-from tests.factories import ModelFactory
+from tenants.services import api_key_create
+from tests.cache.conftest import (
+    CACHE_TTL_SECONDS,
+    cache_policy,
+    cache_policy_change,
+    cache_request,
+    chat,
+    stored_answer,
+)
+from tests.factories import ModelFactory, ProviderFactory, TeamFactory
 from tests.loops import run
 
 QUESTION = "What is our refund window for annual plans?"
@@ -56,6 +75,117 @@ def test_any_option_that_changes_the_answer_misses(gateway, acme_caching, change
 def test_another_model_misses(gateway, acme_caching):
     chat(gateway, acme_caching, QUESTION)
     assert chat(gateway, acme_caching, QUESTION, model=acme_caching.large.name).headers["x-llmops-cache"] == "miss"
+
+
+PARAPHRASE = "Could you tell me our refund window for annual plans?"
+
+
+NO_STORE = {"x-llmops-cache": "no-store"}
+
+
+def test_a_catalog_model_remapped_to_another_upstream_model_or_provider_misses(gateway, acme_caching):
+    model = acme_caching.small
+    chat(gateway, acme_caching, QUESTION)
+    assert chat(gateway, acme_caching, QUESTION).headers["x-llmops-cache"] == "hit-exact"
+    assert chat(gateway, acme_caching, PARAPHRASE, headers=NO_STORE).headers["x-llmops-cache"] == "hit-semantic"
+
+    model.upstream_name = "mock-large"
+    model.save()
+    remapped = chat(gateway, acme_caching, QUESTION, headers=NO_STORE)
+    assert remapped.headers["x-llmops-cache"] == "miss"
+    assert remapped.json()["model"] == "mock-large"
+    assert chat(gateway, acme_caching, PARAPHRASE, headers=NO_STORE).headers["x-llmops-cache"] == "miss"
+
+    chat(gateway, acme_caching, QUESTION)
+    model.provider = ProviderFactory(name="mock-elsewhere", base_url=model.provider.base_url)
+    model.save()
+    assert chat(gateway, acme_caching, QUESTION, headers=NO_STORE).headers["x-llmops-cache"] == "miss"
+    assert chat(gateway, acme_caching, PARAPHRASE, headers=NO_STORE).headers["x-llmops-cache"] == "miss"
+
+
+def test_a_lowered_ttl_applies_to_the_entries_stored_before(gateway, acme, embedder):
+    policy = cache_policy(acme, ttl=CACHE_TTL_SECONDS)
+    chat(gateway, acme, QUESTION)
+    assert chat(gateway, acme, QUESTION).headers["x-llmops-cache"] == "hit-exact"
+    assert chat(gateway, acme, PARAPHRASE, headers=NO_STORE).headers["x-llmops-cache"] == "hit-semantic"
+
+    cache_policy_change(policy, ttl=1)
+    time.sleep(1.5)
+    assert chat(gateway, acme, QUESTION, headers=NO_STORE).headers["x-llmops-cache"] == "miss"
+    assert chat(gateway, acme, PARAPHRASE, headers=NO_STORE).headers["x-llmops-cache"] == "miss"
+
+
+def test_a_request_for_log_probabilities_is_not_cached(gateway, acme_caching, openai_client):
+    responses = [chat(gateway, acme_caching, QUESTION, logprobs=True) for _ in range(2)]
+    assert [r.headers["x-llmops-cache"] for r in responses] == ["bypass", "bypass"]
+    streamed = openai_client.chat.completions.with_raw_response.create(
+        model=acme_caching.small.name,
+        messages=[{"role": "user", "content": QUESTION}],
+        temperature=0,
+        stream=True,
+        logprobs=True,
+    )
+    list(streamed.parse())
+    assert streamed.headers["x-llmops-cache"] == "bypass"
+    cache_writes_flush()
+    assert not CacheEntry.objects.unscoped().exists()
+
+
+@pytest.mark.parametrize("finish_reason", ["length", "content_filter", None])
+def test_an_answer_that_did_not_finish_whole_is_not_stored(gateway, acme_caching, finish_reason):
+    """Cut at max_tokens, withheld by a filter, or with no finish reason at all: not the whole answer."""
+    cache = cache_request(acme_caching, QUESTION)
+    answer = stored_answer("Our refund window is")
+    answer["choices"][0]["finish_reason"] = finish_reason
+    cache_store(cache, answer=answer)
+    cache_writes_flush()
+
+    assert not CacheEntry.objects.unscoped().exists()
+    assert run(cache_lookup(cache)) is None
+
+
+@pytest.mark.parametrize("finish_reason", ["stop", "tool_calls"])
+def test_a_whole_answer_is_stored(gateway, acme_caching, finish_reason):
+    cache = cache_request(acme_caching, QUESTION)
+    answer = stored_answer("30 days.")
+    answer["choices"][0]["finish_reason"] = finish_reason
+    cache_store(cache, answer=answer)
+    cache_writes_flush()
+
+    assert run(cache_lookup(cache)).answer == answer
+
+
+def test_an_answer_that_reaches_the_cap_a_budget_adds_is_not_served_to_a_request_without_one(
+    gateway, acme_caching, settings
+):
+    """A budget caps a request without max_tokens, for a model with no known maximum output, at the reservation's
+    cap, after its key was made (without max_tokens): an answer that reaches the cap may be cut short (the mock
+    upstream says "stop" even then), so it is not the answer to the request the key stands for."""
+    settings.LLMOPS_RESERVATION_MAX_TOKENS = 5
+    budget_create(tenant=acme_caching.tenant, scope="team", team=acme_caching.team, period="day", limit_usd=Decimal(1))
+    _, unbudgeted_key = api_key_create(team=TeamFactory(tenant=acme_caching.tenant, slug="sales"), name="sales key")
+
+    capped = chat(gateway, acme_caching, QUESTION)
+    cache_writes_flush()
+    unbudgeted = httpx.post(
+        f"{gateway.url}/v1/chat/completions",
+        json={"model": acme_caching.small.name, "messages": [{"role": "user", "content": QUESTION}], "temperature": 0},
+        headers={"authorization": f"Bearer {unbudgeted_key}"},
+    )
+
+    assert capped.json()["usage"]["completion_tokens"] == 5
+    assert unbudgeted.headers["x-llmops-cache"] == "miss"
+    assert unbudgeted.json()["usage"]["completion_tokens"] > 5
+
+
+def test_an_answer_that_ends_below_the_cap_a_budget_adds_is_cached(gateway, acme_caching):
+    budget_create(tenant=acme_caching.tenant, scope="team", team=acme_caching.team, period="day", limit_usd=Decimal(1))
+
+    first = chat(gateway, acme_caching, QUESTION)
+    again = chat(gateway, acme_caching, QUESTION)
+
+    assert again.headers["x-llmops-cache"] == "hit-exact"
+    assert again.json()["choices"] == first.json()["choices"]
 
 
 def test_nondeterministic_requests_and_several_choices_bypass_unless_the_rule_opts_in(gateway, acme, embedder):

@@ -1,17 +1,33 @@
 """Purging: the command and the admin, scoped to one tenant, clearing Redis so a purged answer is not served."""
 
+import logging
+import socket
+import threading
+import time
 from datetime import timedelta
 
 import pytest
+import redis
 from django.core.management import CommandError, call_command
+from django.db import connection, transaction
 from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
-from routing.cache.store import cache_writes_flush
+from core.redis import sync_redis
+from routing.cache import store
+from routing.cache.store import (
+    CachePurgeIncomplete,
+    cache_entries_purge,
+    cache_lookup,
+    cache_store,
+    cache_writes_flush,
+    redis_key,
+)
 from routing.models import CacheEntry
 from tenants.models import Membership
-from tests.cache.conftest import chat
+from tests.cache.conftest import cache_request, chat, stored_answer
+from tests.loops import run
 
 QUESTION = "Which plans include single sign-on?"
 
@@ -62,3 +78,87 @@ def test_a_tenant_admin_sees_and_purges_only_their_entries(gateway, acme_caching
     client.post(changelist, {"action": "purge_tenant", "_selected_action": list(everything)})
     assert not CacheEntry.objects.unscoped().filter(tenant=acme_caching.tenant).exists()
     assert CacheEntry.objects.unscoped().filter(tenant=globex_caching.tenant).exists()
+
+
+@pytest.fixture
+def stored(acme_caching):
+    """One answer of acme's, written to Postgres and Redis; its cache request and Redis key."""
+    cache = cache_request(acme_caching, QUESTION)
+    cache_store(cache, answer=stored_answer("Business and up."))
+    cache_writes_flush()
+    key = redis_key(acme_caching.tenant.pk, cache.served_model, cache.key_hash)
+    assert sync_redis().exists(key)
+    return cache, key
+
+
+def lookup_from_another_connection(cache):
+    """A lookup as another gateway process makes it: on a database connection of its own."""
+    found = []
+
+    def look():
+        try:
+            found.append(run(cache_lookup(cache)))
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=look)
+    thread.start()
+    thread.join()
+    return found[0]
+
+
+def test_a_lookup_before_the_purge_commits_does_not_bring_the_answer_back(acme_caching, stored):
+    cache, key = stored
+    with transaction.atomic():
+        assert cache_entries_purge(tenant=acme_caching.tenant) == 1
+        # Not committed yet: another process still reads the row, and copies it to Redis if Redis lacks it.
+        assert lookup_from_another_connection(cache) is not None
+
+    assert not sync_redis().exists(key)
+    assert run(cache_lookup(cache)) is None
+
+
+def test_a_copy_written_back_just_after_the_purge_commits_is_deleted_once_more(acme_caching, stored, monkeypatch):
+    cache, key = stored
+    monkeypatch.setattr(store, "PURGE_REPEAT_SECONDS", 0.2)
+    sealed = sync_redis().get(key)
+    cache_entries_purge(tenant=acme_caching.tenant)
+    # A lookup that read the row just before the commit writes it back just after.
+    sync_redis().set(key, sealed, ex=600)
+
+    deadline = time.monotonic() + 5
+    while sync_redis().exists(key) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not sync_redis().exists(key)
+    assert run(cache_lookup(cache)) is None
+
+
+@pytest.fixture
+def redis_unreachable(monkeypatch):
+    """The cache's synchronous Redis client talks to a closed port from here on."""
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    unreachable = redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=1)
+    monkeypatch.setattr(store, "sync_redis", lambda: unreachable)
+    # A purge's second delete fails too, at once, and is over before the test is.
+    monkeypatch.setattr(store, "PURGE_REPEAT_SECONDS", 0)
+    yield
+    for thread in threading.enumerate():
+        if isinstance(thread, threading.Timer):
+            thread.join(5)
+
+
+def test_a_purge_redis_does_not_carry_out_says_so(acme_caching, stored, redis_unreachable, caplog):
+    with caplog.at_level(logging.ERROR, logger="routing.cache.store"), pytest.raises(CachePurgeIncomplete) as raised:
+        cache_entries_purge(tenant=acme_caching.tenant)
+
+    assert raised.value.deleted == 1
+    assert "served from Redis until" in str(raised.value)
+    assert not CacheEntry.objects.unscoped().exists()
+    assert "Redis did not delete the copies of 1 deleted entries" in caplog.text
+
+
+def test_the_purge_command_fails_when_redis_keeps_the_answers(acme_caching, stored, redis_unreachable):
+    with pytest.raises(CommandError, match="Redis could not delete its copies"):
+        call_command("cache_purge", "--tenant", "acme")

@@ -2,12 +2,14 @@
 
 from datetime import timedelta
 
+import httpx
 import openai
+import orjson
 import pytest
 from django.utils import timezone
 
 from billing.models import UsageRecord
-from routing.cache.store import cache_entry_build, cache_writes_flush
+from routing.cache.store import cache_entry_build, cache_store, cache_writes_flush
 from routing.models import CacheEntry, CacheEntryKind
 from routing.services import tenant_model_access_set
 from tests.cache.conftest import cache_policy, cache_request, chat, stored_answer
@@ -85,6 +87,40 @@ def test_a_near_miss_is_refused(gateway, acme_caching, kind, stored, asked):
     response = chat(gateway, acme_caching, asked)
     assert response.headers["x-llmops-cache"] == "miss"
     assert "x-llmops-cache-similarity" not in response.headers
+
+
+@pytest.mark.parametrize(
+    ("stored", "asked"),
+    [
+        ("What is 10!", "What is 10?"),
+        ("How many capital letters are in 'NASA'?", "How many capital letters are in 'nasa'?"),
+    ],
+    ids=["edge-punctuation", "case"],
+)
+def test_a_prompt_that_differs_only_in_case_or_punctuation_is_not_served_the_others_answer(
+    gateway, acme_caching, stored, asked
+):
+    chat(gateway, acme_caching, stored)
+
+    assert chat(gateway, acme_caching, asked).headers["x-llmops-cache"] == "miss"
+    assert chat(gateway, acme_caching, stored).headers["x-llmops-cache"] == "hit-exact"
+
+
+def test_the_same_question_from_a_user_of_another_name_misses(gateway, acme_caching):
+    def ask(name):
+        messages = [
+            {"role": "system", "content": "Greet the user by name."},
+            {"role": "user", "name": name, "content": "What is my name?"},
+        ]
+        return httpx.post(
+            f"{gateway.url}/v1/chat/completions",
+            json={"model": acme_caching.small.name, "messages": messages, "temperature": 0},
+            headers={"authorization": f"Bearer {acme_caching.key}"},
+        )
+
+    assert ask("alice").headers["x-llmops-cache"] == "miss"
+    assert ask("bob").headers["x-llmops-cache"] == "miss"
+    assert ask("alice").headers["x-llmops-cache"] == "hit-exact"
 
 
 def test_the_same_question_in_another_conversation_misses(gateway, acme_caching):
@@ -196,3 +232,29 @@ def test_a_truncated_stream_is_not_cached(gateway, acme_caching, openai_client):
         _stream(openai_client, breaking.name, "Tell me a long story about caching")
     cache_writes_flush()
     assert not CacheEntry.objects.unscoped().exists()
+
+
+def test_an_answer_stored_in_parts_is_replayed_as_text(gateway, acme_caching):
+    """A stream's deltas carry text: content stored as a list of parts is replayed as the text of its parts."""
+    question = "Describe the onboarding checklist"
+    parts = [{"type": "text", "text": "Sign the contract."}, {"type": "text", "text": " Then meet the team."}]
+    answer = {"choices": [{"index": 0, "message": {"role": "assistant", "content": parts}, "finish_reason": "stop"}]}
+    cache_store(cache_request(acme_caching, question), answer=answer)
+    cache_writes_flush()
+
+    body = {"model": acme_caching.small.name, "messages": [{"role": "user", "content": question}], "temperature": 0}
+    replay = httpx.post(
+        f"{gateway.url}/v1/chat/completions",
+        json={**body, "stream": True},
+        headers={"authorization": f"Bearer {acme_caching.key}"},
+    )
+
+    assert replay.headers["x-llmops-cache"] == "hit-exact"
+    chunks = [
+        orjson.loads(line.removeprefix("data: "))
+        for line in replay.text.splitlines()
+        if line.startswith("data: ") and line != "data: [DONE]"
+    ]
+    contents = [chunk["choices"][0]["delta"].get("content") for chunk in chunks if chunk["choices"]]
+    assert all(content is None or isinstance(content, str) for content in contents)
+    assert "".join(content or "" for content in contents) == "Sign the contract. Then meet the team."

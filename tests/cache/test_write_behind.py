@@ -90,8 +90,8 @@ def test_an_entry_postgres_refuses_costs_only_itself(gateway, acme, embedder, ca
     assert sorted(
         open_prompt(sealed) for sealed in CacheEntry.objects.unscoped().values_list("prompt_encrypted", flat=True)
     ) == [
-        "how do i reset my password",
-        "which plans include single sign-on",
+        "How do I reset my password?",
+        "Which plans include single sign-on?",
     ]
     assert "not stored" in caplog.text
     assert run(cache_lookup(deleted_tenant)) is None

@@ -258,9 +258,9 @@ def _downstream(body: dict) -> None:
     inspect_messages(messages, action="flag")
     OutputBound.of(body, model="mock-small")
     request = canonical_request(body)
-    exact_key(tenant_id=1, served_model="m", request=request)
+    exact_key(tenant_id=1, served_model="m", upstream="u", request=request)
     is_cacheable(body, allow_nondeterministic=True)
-    semantic_key(request)
+    semantic_key(request, upstream="u")
     messages_request(body)
     # Bedrock's own refusals (an image given by URL) are a clean 400 upstream_invalid_request.
     with contextlib.suppress(upstream.UpstreamRejected):

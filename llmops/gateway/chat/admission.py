@@ -101,10 +101,13 @@ def _count_or_refuse(call: GatewayCall, limited: RateLimitResult) -> None:
 
 def _bounded(plan: ChatPlan, bound: OutputBound) -> OutputBound:
     """Without max_tokens a model the catalog knows no maximum output for could answer without end: send the
-    reservation's cap as max_tokens so the worst case is a true bound."""
+    reservation's cap as max_tokens so the worst case is a true bound. The cache key was made from the body without
+    the cap, which other requests (a team without a budget) share: an answer that reaches the cap is not stored."""
     if bound.max_tokens is not None or all(model.max_output_tokens for model in plan.chain):
         return bound
     plan.body = with_max_tokens(plan.body, _fallback())
+    if plan.cache is not None:
+        plan.cache.added_max_tokens = _fallback()
     return OutputBound(_fallback(), bound.choices, bound.predicted_tokens)
 
 

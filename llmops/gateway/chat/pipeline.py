@@ -4,7 +4,7 @@ It composes the apps in the one direction the design allows: gateway → billing
 """
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import orjson
 from django.http import HttpResponse, StreamingHttpResponse
@@ -20,8 +20,8 @@ from llmops.gateway.shadow.sampling import shadow_offer
 from routing import upstream
 from routing.cache.store import CacheHit, CacheRequest, cache_lookup, cache_store
 from routing.catalog import ModelEntry
-from routing.injection_guard import SecretEchoBlocked, guard_answer
-from routing.providers.base import billed_text
+from routing.injection_guard import SecretEchoBlocked, answer_texts, guard_answer, inspect_answer
+from routing.providers.base import billed_text, message_text
 from routing.providers.prompt_cache import effective_provider_cache
 from routing.resilience import FallbackResult, RetryPolicy, call_with_fallbacks
 
@@ -94,7 +94,8 @@ async def complete_chat(call: GatewayCall, plan: ChatPlan) -> HttpResponse:
         raise refusal_error(blocked) from blocked
     call.injection_flagged |= verdict.flagged
     await finish(call, http_status=200, usage=usage, answer=reply.body)
-    keep_answer(call, plan.cache, reply.body)
+    if not verdict.flagged:
+        keep_answer(call, plan.cache, reply.body)
     if call.evaluation is not None:
         shadow_offer(call, body=plan.body, answer=reply.body)
     response = HttpResponse(reply.raw, content_type="application/json")
@@ -113,14 +114,29 @@ class StreamRelay:
 
     The upstream is always asked for a usage chunk; the client sees it only if it asked too. A client that asked gets
     one even from an upstream that sends none: the gateway's own count, which is also what the ledger charges.
+
+    The stream goes out as it arrives, unguarded; its assembled answer is cached only if the answer guard
+    (``guard_action``, ``known_secrets``) does not flag it.
     """
 
-    def __init__(self, call: GatewayCall, body: dict, stream, ceiling: UsageCeiling, cache: CacheRequest | None = None):
+    def __init__(
+        self,
+        call: GatewayCall,
+        body: dict,
+        stream,
+        ceiling: UsageCeiling,
+        cache: CacheRequest | None,
+        *,
+        guard_action: str,
+        known_secrets: Sequence[str],
+    ):
         self.call = call
         self.body = body
         self.stream = stream
         self.ceiling = ceiling
         self.cache = cache
+        self.guard_action = guard_action
+        self.known_secrets = known_secrets
         self.client_wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         self.usage: Usage | None = None
         self.content_parts: list[str] = []
@@ -228,7 +244,8 @@ class StreamRelay:
         await finish(self.call, http_status=http_status, usage=usage, error_code=error_code, answer=answer)
 
     def _keep_answer(self) -> None:
-        """A stream that ended with [DONE] and a finish reason is complete: cache it as the answer it assembled."""
+        """A stream that ended with [DONE] and a finish reason is complete: cache it as the answer it assembled,
+        unless the answer guard flags it."""
         if not self.cacheable or self.finish_reason is None or self.usage is None:
             return
         usage = self.usage
@@ -247,6 +264,8 @@ class StreamRelay:
             ],
             "usage": _usage_fields(usage),
         }
+        if inspect_answer(answer_texts(answer), action=self.guard_action, known_secrets=self.known_secrets).flagged:
+            return
         keep_answer(self.call, self.cache, answer)
 
     def _message(self) -> dict:
@@ -288,7 +307,9 @@ async def stream_chat(call: GatewayCall, plan: ChatPlan) -> StreamingHttpRespons
     stream = result.value
     call.upstream_ms = stream.elapsed_ms()
     ceiling = UsageCeiling.of(result.served, body=body, prompt_tokens=call.prompt_tokens_after_compression or 0)
-    relay = StreamRelay(call, body, stream, ceiling, plan.cache)
+    relay = StreamRelay(
+        call, body, stream, ceiling, plan.cache, guard_action=plan.guard_action, known_secrets=_provider_secrets(plan)
+    )
     return _event_stream_response(call, relay.events())
 
 
@@ -304,7 +325,7 @@ def _event_stream_response(call: GatewayCall, events: AsyncIterator[bytes]) -> S
 def keep_answer(call: GatewayCall, cache: CacheRequest | None, answer: dict) -> None:
     """Cache an answer only if the model the key names served it (not a fallback or a budget downgrade), with the
     stop sequence that ended it noted beside it (STOP_SEQUENCE_NOTE). The write is queued: the response does not
-    wait for it."""
+    wait for it. A chat answer the answer guard flags is never passed here."""
     if cache is None or call.served is None or call.served.name != cache.served_model:
         return
     if call.stop_sequence is not None:
@@ -315,9 +336,11 @@ def keep_answer(call: GatewayCall, cache: CacheRequest | None, answer: dict) -> 
         logger.warning("cache: answer not stored for %s", call.request_id, exc_info=True)
 
 
-async def cache_hit(call: GatewayCall, cache: CacheRequest | None) -> CacheHit | None:
+async def cache_hit(
+    call: GatewayCall, cache: CacheRequest | None, *, servable: Callable[[CacheHit], bool] | None = None
+) -> CacheHit | None:
     """The cache's answer to the request, if it has one, with the request's cache status set (bypass when it may not
-    read the cache, miss, or the kind of hit). A lookup that fails is a miss."""
+    read the cache, miss, or the kind of hit). A lookup that fails, or a hit `servable` refuses, is a miss."""
     if cache is None or not cache.control.read:
         call.cache_status = CacheStatus.BYPASS
         return None
@@ -325,6 +348,8 @@ async def cache_hit(call: GatewayCall, cache: CacheRequest | None) -> CacheHit |
         hit = await cache_lookup(cache)
     except Exception:
         logger.warning("cache: lookup failed for %s; treated as a miss", call.request_id, exc_info=True)
+        hit = None
+    if hit is not None and servable is not None and not servable(hit):
         hit = None
     if hit is None:
         call.cache_status = CacheStatus.MISS
@@ -338,7 +363,21 @@ async def cache_hit(call: GatewayCall, cache: CacheRequest | None) -> CacheHit |
 async def answer_from_cache(call: GatewayCall, plan: ChatPlan) -> HttpResponse | StreamingHttpResponse | None:
     """The stored answer when the cache has one: no reservation, no upstream call, a ledger row costing 0 that
     records what the miss would have cost. None on a miss (or when the request may not read the cache)."""
-    hit = await cache_hit(call, plan.cache)
+
+    def guarded(hit: CacheHit) -> bool:
+        """The answer guard at the tenant's action now, as an answer fresh from upstream meets it (the entry may come
+        from a stream, or from before a stricter action): a hit it would block is a miss, so the request goes upstream
+        and gets what it would have got uncached."""
+        verdict = inspect_answer(
+            answer_texts(hit.answer), action=plan.guard_action, known_secrets=_provider_secrets(plan)
+        )
+        if verdict.blocked:
+            logger.info("cache: a hit for %s is withheld by the answer guard; treated as a miss", call.request_id)
+            return False
+        call.injection_flagged |= verdict.flagged
+        return True
+
+    hit = await cache_hit(call, plan.cache, servable=guarded)
     if hit is None:
         return None
     call.cache_saved_usage = await _stored_usage(hit, plan.body, call.served)
@@ -377,8 +416,11 @@ async def _replay_events(call: GatewayCall, body: dict, answer: dict) -> AsyncIt
     for choice in answer["choices"]:
         index, message = choice.get("index", 0), choice["message"]
         yield event([{"index": index, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
-        for field in ("content", "refusal"):
-            text = message.get(field) or ""
+        # Content given as parts is replayed as its text: a delta's content is a string.
+        for field, text in (
+            ("content", message_text(message.get("content"))),
+            ("refusal", message.get("refusal") or ""),
+        ):
             for start in range(0, len(text), REPLAY_PIECE_CHARS):
                 piece = text[start : start + REPLAY_PIECE_CHARS]
                 yield event([{"index": index, "delta": {field: piece}, "finish_reason": None}])

@@ -13,7 +13,7 @@ from llmops.gateway.chat.summaries import metered_summarizer
 from llmops.gateway.chat.validation import validate_customer
 from llmops.gateway.errors import GatewayError
 from llmops.gateway.snapshot import ConfigSnapshot
-from routing.cache.keys import cache_control_from_headers
+from routing.cache.keys import cache_control_from_headers, upstream_identity
 from routing.cache.store import CacheRequest, cache_request_prepare
 from routing.caps import apply_token_caps, cap_refusal, cap_refusal_before_counting
 from routing.catalog import DEFAULT_MODEL_ALIAS, ModelCatalog, ModelEntry
@@ -255,6 +255,7 @@ async def plan_chat(snapshot: ConfigSnapshot, call: GatewayCall, body: dict, hea
     cache = cache_request_prepare(
         tenant_id=tenant_id,
         served_model=served.name,
+        upstream=upstream_identity(served),
         body=capped.body,
         rule_name=decision.rule_name,
         ttl_seconds=decision.outcome.cache_ttl_seconds,

@@ -37,7 +37,7 @@ from llmops.gateway.embeddings.validation import validate_embeddings_request
 from llmops.gateway.errors import GatewayError
 from llmops.gateway.snapshot import ConfigSnapshot
 from routing import upstream
-from routing.cache.keys import cache_control_from_headers
+from routing.cache.keys import cache_control_from_headers, upstream_identity
 from routing.cache.store import CacheRequest, embeddings_cache_request_prepare
 from routing.caps import COMPRESS
 from routing.catalog import ModelEntry
@@ -158,6 +158,7 @@ async def plan_embeddings(
     cache = embeddings_cache_request_prepare(
         tenant_id=tenant_id,
         served_model=served.name,
+        upstream=upstream_identity(served),
         body=body,
         rule_name=decision.rule_name,
         ttl_seconds=decision.outcome.cache_ttl_seconds,

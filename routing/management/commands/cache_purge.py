@@ -2,7 +2,7 @@ from datetime import timedelta
 
 from django.core.management.base import BaseCommand, CommandError
 
-from routing.cache.store import cache_entries_purge
+from routing.cache.store import CachePurgeIncomplete, cache_entries_purge
 from tenants.selectors import tenant_by_slug
 
 
@@ -22,5 +22,8 @@ class Command(BaseCommand):
         if older_than is not None and older_than < 0:
             raise CommandError("--older-than must be zero or more days")
         age = timedelta(days=older_than) if older_than is not None else None
-        deleted = cache_entries_purge(tenant=found, model=model, rule=rule, older_than=age)
+        try:
+            deleted = cache_entries_purge(tenant=found, model=model, rule=rule, older_than=age)
+        except CachePurgeIncomplete as incomplete:
+            raise CommandError(str(incomplete)) from incomplete
         self.stdout.write(f"deleted {deleted} cache entries of {found.slug}")
