@@ -468,6 +468,10 @@ async def _database_lookup(cache: CacheRequest, *, redis_up: bool) -> CacheHit |
         return None if answer is None else _exact_hit(cache, answer)
     cache.vector = vector
     threshold = semantic_threshold(cache.rule_name)
+    # The pending stores before the table: the writer thread takes a store off the pending map only after its row is
+    # committed, so a store missing from this read is in the table when the query reads it. Read after the query, a
+    # store committed while it ran would be in neither.
+    pending = _pending_candidates(cache, vector, threshold)
     matches = await database_sync_to_async(stored_matches)(
         tenant_id=cache.tenant_id,
         served_model=cache.served_model,
@@ -488,7 +492,6 @@ async def _database_lookup(cache: CacheRequest, *, redis_up: bool) -> CacheHit |
                     matches.exact_expires_at,
                 )
             return _exact_hit(cache, answer)
-    pending = _pending_candidates(cache, vector, threshold)
     unique = {candidate.entry.key_hash: candidate for candidate in [*matches.candidates, *pending]}
     candidates = sorted(unique.values(), key=lambda candidate: -candidate.similarity)[:MAX_CANDIDATES]
     return await _semantic_hit(cache, candidates, deadline=deadline)

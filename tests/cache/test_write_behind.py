@@ -5,11 +5,13 @@ import dataclasses
 import logging
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from django.db.backends.utils import CursorWrapper
 
 from core.redis import sync_redis
 from routing.cache import store
+from routing.cache.index import stored_matches
 from routing.cache.sealed import open_prompt
 from routing.cache.store import (
     cache_entries_purge,
@@ -108,6 +110,30 @@ def test_an_answer_stored_without_a_lookup_is_embedded_later_and_found_by_meanin
     assert paraphrase.headers["x-llmops-cache"] == "hit-semantic"
     cache_writes_flush()
     assert CacheEntry.objects.unscoped().get().kind == CacheEntryKind.SEMANTIC
+
+
+def test_a_store_written_while_the_lookup_queries_postgres_is_still_found(gateway, acme_caching, monkeypatch):
+    """The writer thread commits a pending store, and takes it off the pending map, after the lookup's query read the
+    table and before the lookup looks at the pending map: the store is in neither unless the map is read first."""
+    queried, written = threading.Event(), threading.Event()
+
+    def matches_then_written(**query):
+        matches = stored_matches(**query)
+        queried.set()
+        assert written.wait(30)
+        return matches
+
+    with ThreadPoolExecutor(1) as pool:
+        with cache_writes_blocked():
+            first = chat(gateway, acme_caching, QUESTION)
+            monkeypatch.setattr(store, "stored_matches", matches_then_written)
+            paraphrase = pool.submit(chat, gateway, acme_caching, PARAPHRASE)
+            assert queried.wait(30)
+        cache_writes_flush()
+        written.set()
+
+    assert paraphrase.result().headers["x-llmops-cache"] == "hit-semantic"
+    assert paraphrase.result().json()["choices"] == first.json()["choices"]
 
 
 def test_a_purge_deletes_what_this_process_was_still_writing(gateway, acme, settings):
