@@ -2,8 +2,10 @@
 
 import asyncio
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Generic, TypeVar
+
+from core.background import run_in_background
 
 T = TypeVar("T")
 
@@ -40,3 +42,25 @@ def run_in_worker_loop(coroutine):
     if loop is None:
         loop = _worker_loops.loop = asyncio.new_event_loop()
     return loop.run_until_complete(coroutine)
+
+
+class LoopThread:
+    """An event loop running for the process's life on a daemon thread of its own, for async work handed over by
+    threads that must not wait for it (``submit``). Started on first use, and again in a process forked since."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.lock = threading.Lock()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.thread: threading.Thread | None = None
+
+    def submit(self, work: Coroutine) -> None:
+        """Run ``work`` as a task of that loop; what it raises is its own to log."""
+        with self.lock:
+            if self.thread is None or not self.thread.is_alive():
+                self.loop = asyncio.new_event_loop()
+                self.thread = threading.Thread(target=self.loop.run_forever, name=self.name, daemon=True)
+                self.thread.start()
+            loop = self.loop
+        # Held until it ends (core.background): the loop keeps only weak references to its tasks.
+        loop.call_soon_threadsafe(lambda: run_in_background(work, loop=loop))

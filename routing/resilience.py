@@ -3,10 +3,12 @@
 A call is retried on the same model while the failure is worth retrying (429, 5xx, timeouts,
 connection errors), with exponential backoff and full jitter, never sooner than the provider's
 ``Retry-After``; then the next model of the chain is tried. A bounded number of attempts and a
-total deadline cap the whole. Each model of each provider has a circuit breaker whose state lives in Redis, so
-every gateway process skips a dead model after a few failures instead of waiting on it. The circuit is the model's,
-not the provider's: one model failing (overloaded, withdrawn, slowed by one tenant's traffic) leaves the provider's
-other models answering. A provider holds one credential, so the provider's name stands for the credential too.
+total deadline cap the whole. The attempts that failed in a way the provider may bill (an answer the gateway cannot
+use, a timeout once the request was sent, an attempt the deadline cut) are handed back, for the caller to charge.
+Each model of each provider has a circuit breaker whose state lives in Redis, so every gateway process skips a dead
+model after a few failures instead of waiting on it. The circuit is the model's, not the provider's: one model
+failing (overloaded, withdrawn, slowed by one tenant's traffic) leaves the provider's other models answering. A
+provider holds one credential, so the provider's name stands for the credential too.
 """
 
 import asyncio
@@ -48,11 +50,23 @@ class BreakerPolicy:
     probe_seconds: float = 30.0
 
 
+@dataclass(frozen=True, slots=True)
+class BilledFailure:
+    """An attempt that failed but that the provider may bill (UpstreamError.billable): the model it was made to, and
+    its number among the call's attempts (from 1)."""
+
+    model: ModelEntry
+    error: UpstreamError
+    attempt: int
+
+
 @dataclass(slots=True)
 class FallbackResult(Generic[T]):
     value: T
     served: ModelEntry
     attempts: int
+    # The failed attempts before the one that served that the provider may bill; empty on the usual first-try success.
+    billed_failures: tuple[BilledFailure, ...] = ()
 
 
 class CircuitOpen(UpstreamError):
@@ -243,15 +257,20 @@ async def call_with_fallbacks(
 ) -> FallbackResult[T]:
     """Call ``attempt`` down the chain until one succeeds.
 
-    Raises the last UpstreamError, with ``attempts`` and ``last_model`` set, when the chain is exhausted,
-    the attempts or the deadline are used up, or the failure is not worth retrying (a 400 would fail on
+    Raises the last UpstreamError, with ``attempts``, ``last_model`` and ``billed_failures`` set, when the chain is
+    exhausted, the attempts or the deadline are used up, or the failure is not worth retrying (a 400 would fail on
     any model); raises CircuitOpen when every model of the chain was skipped. For a stream, ``attempt`` should
     open it (up to its first event), so a fallback happens only before anything reached the client.
+
+    The attempts the provider may bill though they failed are kept, each with its model, on the result and on the
+    error raised (``billed_failures``): a caller that meters the call charges them. An attempt the deadline cut is
+    taken as sent, so as billed: the gateway cannot tell how far it got.
     """
     breaker_policy = breaker_policy or BreakerPolicy()
     deadline = time.monotonic() + policy.deadline_seconds
     attempts = 0
     last_error: UpstreamError | None = None
+    billed: tuple[BilledFailure, ...] = ()
     for entry in chain:
         breaker = CircuitBreaker(entry.provider.name, entry.upstream_name, policy=breaker_policy)
         if not await breaker.allow():
@@ -269,15 +288,19 @@ async def call_with_fallbacks(
                 last_error = UpstreamTimeout(
                     f"no answer within the {policy.deadline_seconds:g}s deadline (model {entry.name})",
                     elapsed_ms=int(remaining * 1000),
+                    request_sent=True,
                 )
                 last_error.last_model = entry
+                billed += (BilledFailure(entry, last_error, attempts),)
                 await breaker.record_failure()
                 break
             except UpstreamError as error:
                 last_error, error.last_model = error, entry
+                if error.billable:
+                    billed += (BilledFailure(entry, error, attempts),)
                 if not is_retryable(error):
                     await breaker.record_success()
-                    error.attempts = attempts
+                    error.attempts, error.billed_failures = attempts, billed
                     raise
                 if await breaker.record_failure():
                     break
@@ -297,11 +320,11 @@ async def call_with_fallbacks(
                 if hasattr(value, "aclose"):
                     await value.aclose()
                 raise
-            return FallbackResult(value=value, served=entry, attempts=attempts)
+            return FallbackResult(value=value, served=entry, attempts=attempts, billed_failures=billed)
         if attempts >= policy.max_attempts or time.monotonic() >= deadline:
             break
     if last_error is None:
         names = ", ".join(sorted({f"{entry.provider.name}:{entry.upstream_name}" for entry in chain}))
         last_error = CircuitOpen(f"every model of the chain is failing and skipped for now ({names})")
-    last_error.attempts = attempts
+    last_error.attempts, last_error.billed_failures = attempts, billed
     raise last_error

@@ -9,7 +9,7 @@ a count the prompt cannot go under, so a prompt provably over a cap is refused w
 """
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from functools import lru_cache
 
 import orjson
@@ -71,6 +71,20 @@ def embedding_inputs(value) -> list[str | list[int]]:
 def count_embedding_tokens(inputs: list[str | list[int]], *, model: str) -> list[int]:
     """Each input's tokens: a text counted in the model's encoding, an array of tokens by its length."""
     return [len(item) if isinstance(item, list) else count_text_tokens(item, model=model) for item in inputs]
+
+
+def proportional_split(total: int, weights: Sequence[int]) -> list[int]:
+    """``total`` cut into whole parts in proportion to ``weights`` that add up to it exactly: each part is the floor of
+    its share, and what the floors leave goes one apiece to the largest remainders, the earliest first among equal
+    ones, so the same inputs always split the same way. Equal weights when every weight is 0."""
+    if not any(weights):
+        weights = [1] * len(weights)
+    whole = sum(weights)
+    parts = [total * weight // whole for weight in weights]
+    by_remainder = sorted(range(len(weights)), key=lambda index: (-(total * weights[index] % whole), index))
+    for index in by_remainder[: total - sum(parts)]:
+        parts[index] += 1
+    return parts
 
 
 def _content_text(content) -> str:

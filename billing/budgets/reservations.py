@@ -112,6 +112,14 @@ class Reservation:
     # job's next run).
     held_as: str = ""
 
+    def for_extra_cost(self, *, request_id: str) -> "Reservation":
+        """A reservation of nothing under the same budgets, for a cost of the request found only after its call, which
+        this reservation does not hold (a failed upstream attempt the provider may bill): settled with its own ledger
+        row (``request_id``), it charges the cost and releases nothing, so a budget may end over its limit by that
+        much. Its Redis settle, if an outage loses it, is not charged once Redis answers (no hold is noted to match
+        it by): the nightly check (budget_counters_check) brings the counter back to the ledger."""
+        return Reservation(request_id, 0, self.holds, self.backend, self.remaining_usd, held_as=request_id)
+
 
 @dataclass(slots=True)
 class RedisOutage:
@@ -306,6 +314,22 @@ async def reservation_settle(
     # Shielded: a caller cancelled meanwhile (a client that hung up) must not take back half way the settle, the
     # request's ledger record or its alerts (the batcher drops the commands of a cancelled caller).
     return await asyncio.shield(_settle(reservation, charges, event))
+
+
+async def budget_charge(
+    *,
+    holds: tuple[BudgetHold, ...],
+    request_id: str,
+    actual: Decimal,
+    event: UsageEvent | None = None,
+    served_model: str | None = None,
+) -> Decimal | None:
+    """Charge spend that nothing was reserved for (a merged batch line's budgets that did not hold it, a call whose
+    cost is known only once it was made) to the holds' counters, as a settle of a reservation of nothing charges it:
+    with `event`, its ledger row is written in the same step, so a counter seeded from the ledger counts it once."""
+    backend = "redis" if async_redis() is not None else "database"
+    reservation = Reservation(request_id, 0, holds, backend=backend if holds else "none", remaining_usd=None)
+    return await reservation_settle(reservation, actual=actual, event=event, served_model=served_model)
 
 
 async def _settle(reservation: Reservation, charges: list[int], event: UsageEvent | None) -> Decimal | None:

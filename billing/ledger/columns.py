@@ -129,13 +129,20 @@ REQUEST_COLUMNS = (
     Column("cache_status", ColumnType.TEXT, "`miss`, `hit-exact`, `hit-semantic` or `bypass`."),
     Column("routed_to_large", ColumnType.BOOLEAN, "Routing sent the request to the tenant's large model."),
     Column("http_status", ColumnType.INTEGER, "The HTTP status of the answer."),
-    Column("error_code", ColumnType.TEXT, "The error's code when the request failed; empty otherwise."),
+    Column(
+        "error_code",
+        ColumnType.TEXT,
+        "The error's code when the request failed; empty otherwise. `unpriced_model` on a `cache_embedding` row "
+        "whose embeddings model the catalog has no prices for: its tokens are recorded, its cost as 0.",
+    ),
     Column(
         "kind",
         ColumnType.TEXT,
         "`request`, `compression_summary` for the summary call compression made for the request named in "
-        "`parent_request_id`, or `evaluation` for a shadow evaluation's reference or judge call made for it "
-        "([quality](quality.md)).",
+        "`parent_request_id`, `cache_embedding` for its share of a paid call the semantic cache made to embed its "
+        "prompt ([caching](caching.md#metered-embeddings)), `failed_attempt` for an upstream attempt of it that failed "
+        "but that the provider may bill (an answer the gateway could not use, a timeout once the request was sent), "
+        "or `evaluation` for a shadow evaluation's reference or judge call made for it ([quality](quality.md)).",
     ),
     Column("parent_request_id", ColumnType.TEXT, "The request a call was made for; empty for a request."),
     CACHE_WRITE_TOKENS,

@@ -12,10 +12,12 @@ price) and a response-cache hit's (the stored answer at the served model's price
 docs/finance.md states.
 """
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, Decimal
 
 from routing.catalog import ModelPrices
+from routing.tokens import proportional_split
 
 LEDGER_QUANTUM = Decimal("0.0000000001")
 # The endpoint a batch line's ledger row names, whether the gateway ran it or the provider's batch endpoint did: its
@@ -112,6 +114,13 @@ def compression_saving(
             prices=served, prompt_tokens=tokens_before - tokens_after, cached_tokens=0, completion_tokens=0
         )
     return removed - summary_usd
+
+
+def cost_split(cost: Decimal, *, weights: Sequence[int]) -> list[Decimal]:
+    """A cost at the ledger's places (one call's) cut in proportion to ``weights`` (its payers' tokens) into parts at
+    the same places that add up to it exactly: the last quanta go to the largest remainders (``proportional_split``)."""
+    quanta = int(cost.quantize(LEDGER_QUANTUM, rounding=ROUND_HALF_EVEN) / LEDGER_QUANTUM)
+    return [part * LEDGER_QUANTUM for part in proportional_split(quanta, weights)]
 
 
 def batch_price(list_cost: Decimal, *, multiplier: Decimal) -> tuple[Decimal, Decimal]:

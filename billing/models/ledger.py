@@ -25,6 +25,11 @@ class CacheStatus(models.TextChoices):
 class UsageKind(models.TextChoices):
     REQUEST = "request", "Request"
     COMPRESSION_SUMMARY = "compression_summary", "Compression summary"
+    # The semantic cache's embedding of the request's prompt, where its embedder is a provider's paid /embeddings.
+    CACHE_EMBEDDING = "cache_embedding", "Semantic cache embedding"
+    # An upstream attempt of the request that failed but that the provider may bill (an answer the gateway could not
+    # use, a timeout once the request was sent): charged at the gateway's own count, on the model it was made to.
+    FAILED_ATTEMPT = "failed_attempt", "Failed attempt"
     # A shadow evaluation's call (reference answer or LLM judge): charged to the tenant's evaluation budget, never
     # counted as product traffic, spend against product budgets, or savings.
     EVALUATION = "evaluation", "Shadow evaluation"
@@ -59,7 +64,8 @@ class LedgerQuerySet(TenantScopedQuerySet):
 
 class UsageRecord(models.Model):
     """One row per request that reached the pipeline, and one per upstream call the gateway made on a request's
-    behalf (a compression summary), linked to it by ``parent_request_id``. Written once, never changed."""
+    behalf (a compression summary, a failed attempt the provider may bill, a semantic-cache embedding), linked to it
+    by ``parent_request_id``. Written once, never changed."""
 
     request_id = models.CharField(max_length=64, unique=True)
     kind = models.CharField(max_length=32, choices=UsageKind.choices, default=UsageKind.REQUEST)

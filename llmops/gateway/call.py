@@ -136,9 +136,10 @@ class GatewayCall(RequestFacts):
     # finish() then leaves the row's event in ledger_event for it to write, instead of recording it.
     ledger_deferred: bool = False
     ledger_event: UsageEvent | None = None
-    # A list where the work writes its compression summaries' ledger rows with its own too (batch lines): each
-    # summary's event is left here instead of being recorded. None: summaries record their own rows.
-    summary_events: list[UsageEvent] | None = None
+    # A list where the work writes the ledger rows linked to its own (``parent_request_id``: its compression summaries,
+    # its failed attempts the provider may bill) with its own too (batch lines): each one's event is left here instead
+    # of being recorded. None: they record their own rows.
+    linked_events: list[UsageEvent] | None = None
     # What the ledger row was priced at, once finish() recorded it: the provider's usage or the gateway's own count.
     settled_usage: Usage | None = None
     # The stop sequence that ended the answer, when the upstream (or the cached answer) says which; /v1/messages

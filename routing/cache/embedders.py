@@ -8,17 +8,26 @@ Requests do not call it one text at a time: `embed_soon` queues a text, and the 
 everything queued while its previous call ran (up to LLMOPS_CACHE_EMBED_BATCH texts) in one `embed` call, which
 costs less per text than one call each (MiniLM through ONNX Runtime, int8, one thread: about 1.6 ms of CPU for one
 short text, 8 ms for eight; through torch 10 to 13 ms and 29 to 35 ms).
+
+An embedder that a provider bills (HttpEmbedder, or any with `embed_metered`) is metered: each text is queued with
+the `embedding_payer` of the request that queued it, and once a call's vectors are handed out, its prompt tokens (the
+provider's usage, else the gateway's count) are split among the payers of its texts by each text's token count, and
+each payer is handed its share (`EmbeddingShare`). The gateway sets the payer (llmops.gateway.chat.cache_embeddings), so
+routing never imports billing.
 """
 
 import json
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
+from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Protocol
 
 import httpx
 import numpy as np
@@ -27,6 +36,7 @@ from django.utils.module_loading import import_string
 
 from routing.cache.batching import BatchWorker
 from routing.cache.onnx_model import minilm_model_folder, onnx_model_ensure, pooling_is_mean_then_normalize
+from routing.tokens import count_text_tokens, proportional_split
 
 logger = logging.getLogger(__name__)
 
@@ -103,22 +113,75 @@ class SentenceTransformerEmbedder:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class MeteredEmbeddings:
+    """The vectors of one call of a paid embedder, and what it was billed for."""
+
+    vectors: np.ndarray
+    model: str
+    # The provider's usage.prompt_tokens; None when its answer had no usage.
+    prompt_tokens: int | None
+    elapsed_ms: int
+
+
 class HttpEmbedder:
-    """A provider's OpenAI-compatible POST /embeddings (LLMOPS_CACHE_EMBEDDINGS_URL, model and key variable)."""
+    """A provider's OpenAI-compatible POST /embeddings (LLMOPS_CACHE_EMBEDDINGS_URL, model and key variable): a paid
+    call, which the embedding thread meters (`embed_metered`)."""
 
     def __init__(self):
         if not settings.LLMOPS_CACHE_EMBEDDINGS_URL:
             raise ValueError("LLMOPS_CACHE_EMBEDDINGS_URL is not set")
         self.url = settings.LLMOPS_CACHE_EMBEDDINGS_URL.rstrip("/") + "/embeddings"
         self.model = settings.LLMOPS_CACHE_EMBEDDINGS_MODEL
-        self.headers = {"authorization": f"Bearer {os.environ.get(settings.LLMOPS_CACHE_EMBEDDINGS_KEY_ENV, '')}"}
+        key = os.environ.get(settings.LLMOPS_CACHE_EMBEDDINGS_KEY_ENV, "")
+        # No header without a key (a provider on a private network): "Bearer " alone is a header httpx refuses to send.
+        self.headers = {"authorization": f"Bearer {key}"} if key else {}
         self.client = httpx.Client(timeout=10)
 
     def embed(self, texts: list[str]) -> np.ndarray:
+        return self.embed_metered(texts).vectors
+
+    def embed_metered(self, texts: list[str]) -> MeteredEmbeddings:
+        started = time.perf_counter()
         response = self.client.post(self.url, json={"model": self.model, "input": texts}, headers=self.headers)
         response.raise_for_status()
-        rows = sorted(response.json()["data"], key=lambda row: row["index"])
-        return _unit_rows([row["embedding"] for row in rows])
+        answer = response.json()
+        rows = sorted(answer["data"], key=lambda row: row["index"])
+        usage = answer.get("usage")
+        prompt_tokens = usage.get("prompt_tokens") if isinstance(usage, dict) else None
+        return MeteredEmbeddings(
+            vectors=_unit_rows([row["embedding"] for row in rows]),
+            model=self.model,
+            # A count that is not a whole number of tokens is no usage at all: the gateway counts instead.
+            prompt_tokens=prompt_tokens if isinstance(prompt_tokens, int) and prompt_tokens >= 0 else None,
+            elapsed_ms=int((time.perf_counter() - started) * 1000),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddingShare:
+    """One payer's part of one call of a paid embedder."""
+
+    model: str
+    # The tokens of this payer's texts, out of the call's prompt tokens.
+    prompt_tokens: int
+    # The provider reported no usage: the call's tokens are the gateway's count.
+    estimated: bool
+    elapsed_ms: int
+    # Every part of the call's prompt tokens, this payer's at `index`: what the call's cost is split by, so the parts'
+    # costs add up to the call's. A part of texts queued outside any request may be among them, charged to nobody.
+    call_tokens: tuple[int, ...]
+    index: int
+
+
+class EmbeddingPayer(Protocol):
+    def charge(self, share: EmbeddingShare) -> None:
+        """Called on the embedding thread, which lookups wait on: hand the ledger write over, never wait for it."""
+
+
+# The payer of what the running request queues for the embedding thread (llmops.gateway sets it per request); None
+# outside a request.
+embedding_payer: ContextVar[EmbeddingPayer | None] = ContextVar("embedding_payer", default=None)
 
 
 def configured_embedder():
@@ -141,14 +204,16 @@ class _EmbedJob:
     text: str
     then: Callable[[np.ndarray], object] | None
     future: Future
+    payer: EmbeddingPayer | None
 
 
 def embed_soon(text: str, then: Callable[[np.ndarray], object] | None = None) -> Future:
     """Queue a text for the embedding thread. The future holds `then(vector)` (run on that thread, right after the
     batch's `embed`), or the vector without `then`; None when semantic caching is off or the embedder did not
-    load; the exception when `embed` or `then` raised. Await it with `asyncio.wrap_future`, from any loop."""
+    load; the exception when `embed` or `then` raised. Await it with `asyncio.wrap_future`, from any loop. A paid
+    embedder's call is charged, for this text's share, to the caller's `embedding_payer`."""
     future: Future = Future()
-    _embedding_worker.put(_EmbedJob(text, then, future))
+    _embedding_worker.put(_EmbedJob(text, then, future, embedding_payer.get()))
     return future
 
 
@@ -182,9 +247,17 @@ def _embed_batch(items: list[_EmbedJob | _Task]) -> None:
 def _embed_jobs(jobs: list[_EmbedJob]) -> None:
     if not jobs:
         return
+    texts = [job.text for job in jobs]
+    metered = None
     try:
         embedder = configured_embedder()
-        vectors = None if embedder is None else embedder.embed([job.text for job in jobs])
+        if embedder is None:
+            vectors = None
+        elif hasattr(embedder, "embed_metered"):
+            metered = embedder.embed_metered(texts)
+            vectors = metered.vectors
+        else:
+            vectors = embedder.embed(texts)
     except Exception as error:
         for job in jobs:
             job.future.set_exception(error)
@@ -196,6 +269,39 @@ def _embed_jobs(jobs: list[_EmbedJob]) -> None:
             job.future.set_exception(error)
         else:
             job.future.set_result(result)
+    # After the lookups have their vectors: they do not wait for the counting.
+    if metered is not None:
+        _charge(jobs, metered)
+
+
+def _charge(jobs: list[_EmbedJob], metered: MeteredEmbeddings) -> None:
+    """Split the call's prompt tokens among the payers of its texts, by each text's tokens as tiktoken counts them, and
+    hand each payer its share; without the provider's usage, the count is the call's, estimated."""
+    counted = [count_text_tokens(job.text, model=metered.model) for job in jobs]
+    estimated = metered.prompt_tokens is None
+    per_text = proportional_split(sum(counted) if estimated else metered.prompt_tokens, counted)
+    # One part per payer (a request may have queued more than one text), in the order of its first text.
+    parts: dict[int, tuple[EmbeddingPayer | None, int]] = {}
+    for job, tokens in zip(jobs, per_text, strict=True):
+        payer, earlier = parts.get(id(job.payer), (job.payer, 0))
+        parts[id(job.payer)] = (payer, earlier + tokens)
+    call_tokens = tuple(tokens for _, tokens in parts.values())
+    for index, (payer, tokens) in enumerate(parts.values()):
+        if payer is None:
+            logger.warning("cache embeddings: %d tokens embedded outside any request are charged to nobody", tokens)
+            continue
+        share = EmbeddingShare(
+            model=metered.model,
+            prompt_tokens=tokens,
+            estimated=estimated,
+            elapsed_ms=metered.elapsed_ms,
+            call_tokens=call_tokens,
+            index=index,
+        )
+        try:
+            payer.charge(share)
+        except Exception:
+            logger.exception("cache embeddings: a share of %d tokens could not be charged", share.prompt_tokens)
 
 
 _embedding_worker = BatchWorker("cache-embedder", _embed_batch, max_batch=lambda: settings.LLMOPS_CACHE_EMBED_BATCH)

@@ -30,10 +30,15 @@ class UpstreamError(Exception):
     """The upstream could not give an answer. ``upstream_status`` is its HTTP status when it sent one.
 
     ``retry_after`` is the wait in seconds the provider asked for, if any. The fallback logic sets
-    ``attempts`` to the number of calls made before giving up and ``last_model`` to the model tried last.
+    ``attempts`` to the number of calls made before giving up, ``last_model`` to the model tried last, and
+    ``billed_failures`` to the attempts that failed in a way the provider may bill (routing.resilience.BilledFailure,
+    this one included when it is one).
     """
 
     code = "upstream_error"
+    # Whether the provider may bill the attempt that failed so: it answered (UpstreamInvalidResponse), or it had the
+    # whole request when it went quiet (an UpstreamTimeout waiting for the answer).
+    billable = False
 
     def __init__(
         self, message: str, *, upstream_status: int | None = None, elapsed_ms: int = 0, retry_after: float | None = None
@@ -45,10 +50,18 @@ class UpstreamError(Exception):
         self.retry_after = retry_after
         self.attempts = 1
         self.last_model: ModelEntry | None = None
+        self.billed_failures: tuple = ()
 
 
 class UpstreamTimeout(UpstreamError):
+    """No answer in time. ``request_sent``: the provider had the whole request (the wait was for its answer), so it
+    may bill at least the prompt."""
+
     code = "upstream_timeout"
+
+    def __init__(self, message: str, *, elapsed_ms: int = 0, request_sent: bool = False):
+        super().__init__(message, elapsed_ms=elapsed_ms)
+        self.billable = request_sent
 
 
 class UpstreamConnectionError(UpstreamError):
@@ -70,6 +83,7 @@ class UpstreamInvalidResponse(UpstreamError):
     """
 
     code = "upstream_invalid_response"
+    billable = True
 
     def __init__(
         self, message: str, *, elapsed_ms: int = 0, completion_text: str = "", service_tier: str | None = None
@@ -234,6 +248,8 @@ def transport_failure(provider: ProviderEntry, exc: httpx.TransportError, starte
         return UpstreamTimeout(
             f"provider {provider.name} did not answer within {provider.timeout_seconds:g}s",
             elapsed_ms=elapsed_ms_since(started),
+            # A read waits once the request is written; a connect, write or pool timeout sent none of it whole.
+            request_sent=isinstance(exc, httpx.ReadTimeout),
         )
     return UpstreamConnectionError(
         f"cannot reach provider {provider.name}: {exc.__class__.__name__}", elapsed_ms=elapsed_ms_since(started)
@@ -689,7 +705,7 @@ async def sse_events(
         raise invalid_response(provider, problem, elapsed_ms=elapsed_ms_since(started)) from exc
     except httpx.TimeoutException as exc:
         raise UpstreamTimeout(
-            f"provider {provider.name} stalled mid-stream", elapsed_ms=elapsed_ms_since(started)
+            f"provider {provider.name} stalled mid-stream", elapsed_ms=elapsed_ms_since(started), request_sent=True
         ) from exc
     except httpx.TransportError as exc:
         raise UpstreamConnectionError(

@@ -305,7 +305,9 @@ def upstream_error(provider: ProviderEntry, exc: Exception, started: float) -> U
         return exc
     if isinstance(exc, ReadTimeoutError | ConnectTimeoutError):
         return UpstreamTimeout(
-            f"provider {provider.name} did not answer within {provider.timeout_seconds:g}s", elapsed_ms=elapsed
+            f"provider {provider.name} did not answer within {provider.timeout_seconds:g}s",
+            elapsed_ms=elapsed,
+            request_sent=isinstance(exc, ReadTimeoutError),
         )
     if isinstance(exc, EndpointConnectionError | ConnectionClosedError | HTTPClientError):
         return UpstreamConnectionError(f"cannot reach provider {provider.name}: {exc}", elapsed_ms=elapsed)

@@ -502,6 +502,44 @@ def test_the_summaries_compressing_its_lines_are_in_the_batch_cost_when_it_ends(
     assert reported_cost(done) == sum(record.cost_usd for record in ledger)
 
 
+def test_the_failed_attempts_a_line_fell_back_from_are_in_the_batch_cost_when_it_ends(
+    worker, openai_client, acme, mock_upstream
+):
+    """A line whose first model answers what cannot be used, then its fallback answers: the unusable answers the
+    provider may bill have rows of their own, written with the line's."""
+    malformed = provider_model(
+        mock_upstream.url,
+        provider_name="malformed-mock",
+        model_name="acme-malformed",
+        tenant=acme,
+        upstream_name="mock-malformed-usage-text",
+    )
+    rule = {
+        "priority": 1,
+        "name": "malformed-first",
+        "match": {"requested_models": ["auto"]},
+        "outcome": {"target_model": malformed.name, "fallback_models": [acme.small.name]},
+    }
+    publish(acme, [rule], aliases={"auto": {"small": acme.small.name, "large": acme.large.name}})
+    batch = openai_client.batches.create(
+        input_file_id=upload(openai_client, [chat_line("fell-back", "auto")]),
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+    )
+
+    done = wait_finished(openai_client, batch.id)
+
+    assert (done.status, done.request_counts.completed) == ("completed", 1)
+    ledger = batch_ledger(batch.id)
+    [output] = rows(openai_client, done.output_file_id)
+    failed = [record for record in ledger if record.kind == UsageKind.FAILED_ATTEMPT]
+    assert [(record.served_model, record.parent_request_id) for record in failed] == [
+        (malformed.name, output["response"]["request_id"])
+    ] * 2
+    assert all(record.cost_usd > 0 for record in failed)
+    assert reported_cost(done) == sum(record.cost_usd for record in ledger)
+
+
 def test_a_retried_create_gets_the_same_batch_per_key_and_tenant(worker, gateway, openai_client, acme, globex):
     from tenants.services import api_key_create
 

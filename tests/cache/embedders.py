@@ -5,7 +5,12 @@ import threading
 
 import numpy as np
 
+from routing.cache.embedders import MeteredEmbeddings
+from routing.tokens import count_text_tokens
+
 WORD_DIMENSIONS = 64
+# What BilledEmbedder's provider bills a call beyond its texts' tokens.
+BILLED_EXTRA_TOKENS = 5
 
 
 def word_vectors(texts: list[str]) -> np.ndarray:
@@ -46,3 +51,19 @@ class FailingEmbedder:
 class UnloadableEmbedder:
     def __init__(self):
         raise RuntimeError("the model files are missing")
+
+
+class BilledEmbedder:
+    """A paid embedder (it has `embed_metered`) whose provider counts otherwise than tiktoken: it bills each call
+    BILLED_EXTRA_TOKENS more than its texts' tokens. Records the texts of every call."""
+
+    model = "text-embedding-3-small"
+    calls: list[list[str]] = []
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        return self.embed_metered(texts).vectors
+
+    def embed_metered(self, texts: list[str]) -> MeteredEmbeddings:
+        type(self).calls.append(list(texts))
+        billed = sum(count_text_tokens(text, model=self.model) for text in texts) + BILLED_EXTRA_TOKENS
+        return MeteredEmbeddings(vectors=word_vectors(texts), model=self.model, prompt_tokens=billed, elapsed_ms=1)

@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from billing.budgets.selectors import budget_status
 from billing.budgets.services import budget_create
-from billing.models import UsageRecord
+from billing.models import UsageKind, UsageRecord
 from llmops.mock_upstream import MALFORMED_BODIES, MALFORMED_USAGE
 from routing.tokens import count_chat_tokens, count_definition_tokens, count_text_tokens
 from tests.factories import ModelFactory, ProviderFactory
@@ -96,7 +96,7 @@ def test_upstream_timeout_is_a_504(openai_client, failing_model):
         openai_client.chat.completions.create(model=model.name, messages=[{"role": "user", "content": "hi"}])
 
     assert excinfo.value.status_code == 504
-    record = UsageRecord.objects.unscoped().get()
+    record = UsageRecord.objects.unscoped().get(kind=UsageKind.REQUEST)
     assert record.error_code == "upstream_timeout" and record.upstream_latency_ms >= 450
 
 
@@ -300,7 +300,7 @@ def test_a_malformed_answer_falls_back_down_the_chain(gateway, acme, failing_mod
     response, text = ask(gateway, acme, "auto", stream=False)
 
     assert response.status_code == 200, text
-    record = UsageRecord.objects.unscoped().get()
+    record = UsageRecord.objects.unscoped().get(kind=UsageKind.REQUEST)
     assert (record.served_model, record.attempts, record.usage_estimated) == (acme.small.name, 3, False)
     assert record.cost_usd > 0
 

@@ -13,6 +13,7 @@ from routing import upstream
 from routing.providers.base import parse_retry_after
 from routing.resilience import (
     CLEAN_VERDICT_SECONDS,
+    BilledFailure,
     BreakerPolicy,
     CircuitBreaker,
     CircuitOpen,
@@ -54,6 +55,18 @@ def test_falls_back_after_retrying_a_failing_status(mock_upstream, failing_name)
     assert result.served == healthy
     assert result.attempts == 3  # two tries on the failing model, one on the healthy one
     assert result.value.body["choices"][0]["message"]["content"].startswith("Mock answer")
+    assert result.billed_failures == ()  # an error status is not billed
+
+
+def test_answers_that_cannot_be_used_are_kept_as_billed_failures_of_their_model(mock_upstream):
+    malformed = openai_model(mock_upstream, "mock-malformed-usage-text")
+    healthy = openai_model(mock_upstream, "mock-small")
+
+    result = fallbacks([malformed, healthy])
+
+    assert (result.served, result.attempts) == (healthy, 3)
+    assert [(billed.model, billed.attempt) for billed in result.billed_failures] == [(malformed, 1), (malformed, 2)]
+    assert all(isinstance(billed.error, upstream.UpstreamInvalidResponse) for billed in result.billed_failures)
 
 
 def test_falls_back_on_timeout(mock_upstream):
@@ -63,6 +76,9 @@ def test_falls_back_on_timeout(mock_upstream):
     result = fallbacks([stalled, healthy], policy=RetryPolicy(attempts_per_model=1, base_delay_seconds=0.01))
 
     assert (result.served, result.attempts) == (healthy, 2)
+    # The provider had the request when it went quiet: it may bill the prompt.
+    [billed] = result.billed_failures
+    assert (billed.model, billed.attempt, type(billed.error)) == (stalled, 1, upstream.UpstreamTimeout)
 
 
 def test_falls_back_on_connection_error(mock_upstream):
@@ -72,6 +88,7 @@ def test_falls_back_on_connection_error(mock_upstream):
     result = fallbacks([unreachable, healthy])
 
     assert (result.served, result.attempts) == (healthy, 3)
+    assert result.billed_failures == ()  # nothing reached a provider
 
 
 def test_a_bad_request_is_not_retried_nor_sent_down_the_chain(mock_upstream):
@@ -111,6 +128,23 @@ def test_total_deadline_cuts_a_slow_attempt(mock_upstream):
 
     assert "deadline" in excinfo.value.message and excinfo.value.attempts == 1
     assert time.monotonic() - started < 4  # well under the provider's own 5s timeout
+    assert excinfo.value.billed_failures == (BilledFailure(stalled, excinfo.value, 1),)
+
+
+def test_an_exhausted_chain_raises_its_last_error_with_every_billed_failure(mock_upstream):
+    malformed, failing = (
+        openai_model(mock_upstream, "mock-malformed-body-array"),
+        openai_model(mock_upstream, "mock-fail-503"),
+    )
+
+    with pytest.raises(upstream.UpstreamRejected) as excinfo:
+        fallbacks([malformed, failing])
+
+    assert excinfo.value.attempts == 4
+    assert [(billed.model, billed.attempt) for billed in excinfo.value.billed_failures] == [
+        (malformed, 1),
+        (malformed, 2),
+    ]
 
 
 def test_retry_waits_as_long_as_retry_after_asks(anthropic_server, anthropic_provider):

@@ -117,7 +117,7 @@ async def lines_delegate(*, batch: Batch, principal: KeyPrincipal) -> None:
         for line in claimed:
             request_id = line_request_id(batch_id=batch.id, custom_id=line.custom_id, attempt=line.attempt)
             call = GatewayCall(
-                principal=principal, endpoint=BATCH_ENDPOINT, request_id=request_id, summary_events=summaries
+                principal=principal, endpoint=BATCH_ENDPOINT, request_id=request_id, linked_events=summaries
             )
             try:
                 plan = await plan_chat(snapshot, call, dict(line.body), line_headers(batch.id))

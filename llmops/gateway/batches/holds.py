@@ -13,8 +13,7 @@ from decimal import Decimal
 
 from django.utils import timezone
 
-from billing.budgets.reservations import BudgetHold, Reservation, reservation_settle
-from core.redis import async_redis
+from billing.budgets.reservations import BudgetHold, Reservation, budget_charge, reservation_settle
 from llmops.gateway.snapshot import ConfigSnapshot
 from tenants.authentication import KeyPrincipal
 
@@ -87,5 +86,4 @@ async def line_charge(
         await reservation_settle(replace(reservation, holds=released), actual=Decimal(0))
     unheld = tuple(hold for hold in current if hold not in held)
     if unheld:
-        backend = "redis" if async_redis() is not None else "database"
-        await reservation_settle(Reservation(request_id, 0, unheld, backend=backend, remaining_usd=None), actual=actual)
+        await budget_charge(holds=unheld, request_id=request_id, actual=actual)

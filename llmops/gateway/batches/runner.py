@@ -161,7 +161,7 @@ def _provider_of(line: ClaimedLine, snapshot: ConfigSnapshot) -> str:
 async def line_run(batch_id: str, principal: KeyPrincipal, line: ClaimedLine) -> None:
     request_id = line_request_id(batch_id=batch_id, custom_id=line.custom_id, attempt=line.attempt)
     call = GatewayCall(
-        principal=principal, endpoint=BATCH_ENDPOINT, request_id=request_id, ledger_deferred=True, summary_events=[]
+        principal=principal, endpoint=BATCH_ENDPOINT, request_id=request_id, ledger_deferred=True, linked_events=[]
     )
     snapshot = await config_snapshot.for_tenant(principal.tenant_id)
     provider_slot = _slot("provider", _provider_of(line, snapshot), settings.LLMOPS_BATCH_PROVIDER_CONCURRENCY)
@@ -185,6 +185,6 @@ async def line_run(batch_id: str, principal: KeyPrincipal, line: ClaimedLine) ->
         response_body=body,
         request_id=request_id,
         usage=call.ledger_event,
-        summaries=call.summary_events,
+        linked=call.linked_events,
         retryable=retryable,
     )

@@ -2,7 +2,7 @@
 
 Exactly once: one runner at a time holds a batch's lease (renewed while it runs). A line is claimed by a status
 change (pending → running) and recorded by a second one (running → succeeded/failed, only for the attempt that
-was claimed), in one transaction with the run's ledger rows (its own, and its compression summaries') and the
+was claimed), in one transaction with the run's ledger rows (its own, and its summaries' and failed attempts') and the
 batch's counters and cost, so the batch's cost is the sum of its ledger rows at every moment. A runner that takes
 over a lapsed lease finds the lines its dead predecessor had claimed but never recorded and runs them again with
 the same attempt number, so the same ledger request id; nothing of the unrecorded run reached the ledger.
@@ -574,14 +574,14 @@ def line_record(
     response_body: dict,
     request_id: str,
     usage: UsageEvent | None,
-    summaries: Sequence[UsageEvent] = (),
+    linked: Sequence[UsageEvent] = (),
     provider: str = "",
     retryable: bool = True,
 ) -> bool:
     """Record one finished run, with its ledger row (``usage``; None for a run that never reached the pipeline's
-    end) and those of the compression summaries made for it (``summaries``), and the batch's counters and cost, in
-    one transaction. A transient failure with attempts left sends the line back to pending, unless the gateway said
-    no retry can change it (``retryable``).
+    end) and those linked to it (``linked``: its compression summaries, its failed attempts the provider may bill),
+    and the batch's counters and cost, in one transaction. A transient failure with attempts left sends the line back
+    to pending, unless the gateway said no retry can change it (``retryable``).
 
     Returns False when the claim was lost (another worker took the line over), and records nothing.
     """
@@ -610,7 +610,7 @@ def line_record(
             counters = {counter: F(counter) + 1}
         if not changed:
             return False
-        events = [*summaries, *([usage] if usage is not None else [])]
+        events = [*linked, *([usage] if usage is not None else [])]
         counters.update(_usage_recorded(events))
         if counters:
             batches_for_workers().filter(pk=batch_id).update(**counters)

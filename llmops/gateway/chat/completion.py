@@ -11,6 +11,7 @@ from core.background import run_in_background
 from core.cpu import run_sized
 from llmops.gateway.call import GatewayCall
 from llmops.gateway.chat.admission import admit
+from llmops.gateway.chat.cache_embeddings import CacheEmbeddingPayer
 from llmops.gateway.chat.pipeline import answer_from_cache, complete_chat, stream_chat
 from llmops.gateway.chat.planning import plan_chat
 from llmops.gateway.chat.recording import finish
@@ -18,6 +19,7 @@ from llmops.gateway.chat.validation import validate_chat_request
 from llmops.gateway.concurrency import inflight_release_after
 from llmops.gateway.errors import as_gateway_error, internal_error
 from llmops.gateway.snapshot import ConfigSnapshot
+from routing.cache.embedders import embedding_payer
 
 
 def _prompt_sent(call: GatewayCall) -> Usage | None:
@@ -98,6 +100,9 @@ async def chat_completion_run(
     """
 
     async def steps() -> HttpResponse:
+        # What the semantic cache embeds for this request is charged to it. Left set for the rest of the task: a
+        # streamed answer is stored, and its prompt embedded if the lookup did not, by the same task after this returns.
+        embedding_payer.set(CacheEmbeddingPayer(snapshot, call))
         # Parsing and validating a large body is Python work in proportion to it: on the CPU pool.
         body = (
             validated.result()

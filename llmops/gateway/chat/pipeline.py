@@ -4,7 +4,7 @@ It composes the apps in the one direction the design allows: gateway → billing
 """
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 
 import orjson
 from django.http import HttpResponse, StreamingHttpResponse
@@ -13,6 +13,7 @@ from billing.ledger.costs import Usage
 from billing.models import CacheStatus
 from core.background import run_in_background
 from llmops.gateway.call import GatewayCall, UsageCeiling, estimated_usage, reply_usage
+from llmops.gateway.chat.failed_attempts import Estimate, failed_attempts_charge, failure_usage
 from llmops.gateway.chat.planning import ChatPlan, refusal_error
 from llmops.gateway.chat.recording import finish
 from llmops.gateway.errors import GatewayError, error_body, internal_error, upstream_failure
@@ -37,15 +38,11 @@ def _for_model(body: dict, model: ModelEntry) -> dict:
     return {**body, "model": model.upstream_name}
 
 
-async def call_chain(
-    call: GatewayCall,
-    chain: list[ModelEntry],
-    attempt,
-    *,
-    estimate: Callable[[upstream.UpstreamInvalidResponse], Awaitable[Usage]],
-) -> FallbackResult:
-    """``attempt`` down the chain with retries and fallbacks; the OpenAI error when every model failed. An answer the
-    gateway could not use is charged at ``estimate`` of it (the gateway's own count)."""
+async def call_chain(call: GatewayCall, chain: list[ModelEntry], attempt, *, estimate: Estimate) -> FallbackResult:
+    """``attempt`` down the chain with retries and fallbacks; the OpenAI error when every model failed. Every attempt
+    the provider may bill though it failed (an answer the gateway could not use, a timeout once the request was sent)
+    is charged at ``estimate`` of it, the gateway's own count (llmops.gateway.chat.failed_attempts): the last one on
+    the request's row, the others on rows of their own."""
     try:
         result = await call_with_fallbacks(chain, attempt, policy=RETRY_POLICY)
     except upstream.UpstreamError as error:
@@ -54,19 +51,22 @@ async def call_chain(
         if error.last_model is not None:
             call.served = error.last_model
         failure = upstream_failure(error)
-        if isinstance(error, upstream.UpstreamInvalidResponse):
-            # The provider answered, and may bill for it: charge what the gateway counts itself, at its tier.
-            call.service_tier = error.service_tier
-            usage = await estimate(error)
+        earlier = [billed for billed in error.billed_failures if billed.error is not error]
+        if earlier:
+            await failed_attempts_charge(call, earlier, estimate=estimate)
+        if error.billable:
+            usage = await failure_usage(call, error, call.served, estimate)
             await finish(call, http_status=failure.status_code, usage=usage, error_code=failure.code)
         raise failure from error
     call.served, call.attempts = result.served, result.attempts
+    if result.billed_failures:
+        await failed_attempts_charge(call, result.billed_failures, estimate=estimate)
     return result
 
 
 async def _call_chain(call: GatewayCall, plan: ChatPlan, attempt) -> FallbackResult:
-    def estimate(error: upstream.UpstreamInvalidResponse) -> Awaitable[Usage]:
-        return estimated_usage(plan.body, error.completion_text, call.served)
+    async def estimate(model: ModelEntry, completion_text: str) -> Usage:
+        return await estimated_usage(plan.body, completion_text, model)
 
     return await call_chain(call, plan.chain, attempt, estimate=estimate)
 

@@ -1,7 +1,7 @@
 """Compression's summary call, metered like a request: its worst case is reserved against the budgets of the key
 that sent the request before it is made, it is settled with what it cost, and it has a ledger row of its own
 (kind `compression_summary`) whose `parent_request_id` is the request it was made for. Work that writes its ledger
-rows with its result (batch lines: ``summary_events``) writes the summary's with them.
+rows with its result (batch lines: ``linked_events``) writes the summary's with them.
 
 A summary the budget cannot cover refuses the request (429 budget_exceeded) rather than compress it differently
 than its rule says; an upstream failure only costs the summary, as before.
@@ -79,7 +79,7 @@ async def _finish(call: GatewayCall, summary: GatewayCall, **outcome) -> None:
     """Settle and record the summary; a request that writes its summaries' rows with its own gets the event."""
     await finish(summary, **outcome)
     if summary.ledger_event is not None:
-        call.summary_events.append(summary.ledger_event)
+        call.linked_events.append(summary.ledger_event)
 
 
 async def _cut_short(call: GatewayCall, summary: GatewayCall, body: dict, model: ModelEntry) -> None:
@@ -112,7 +112,7 @@ def metered_summarizer(snapshot: ConfigSnapshot, call: GatewayCall) -> Summarize
             kind=UsageKind.COMPRESSION_SUMMARY,
             parent_request_id=call.request_id,
             cache_status=CacheStatus.BYPASS,
-            ledger_deferred=call.summary_events is not None,
+            ledger_deferred=call.linked_events is not None,
         )
         await _reserve(snapshot, summary, body)
         summary.attempts = 1

@@ -246,7 +246,8 @@ async def embed(call: GatewayCall, plan: EmbeddingsPlan) -> HttpResponse:
         reply = await upstream.embeddings(model.provider, {**plan.body, "model": model.upstream_name})
         return reply, _reply_usage(reply, model=model, counted=counted)
 
-    async def estimate(error: upstream.UpstreamInvalidResponse) -> Usage:
+    async def estimate(model: ModelEntry, completion_text: str) -> Usage:
+        # An embedding bills its inputs alone, the gateway's count of them, whatever came back.
         return Usage(prompt_tokens=counted, estimated=True)
 
     reply, usage = (await call_chain(call, plan.chain, attempt, estimate=estimate)).value

@@ -1,0 +1,262 @@
+"""Every upstream dollar is metered: an attempt that failed but that the provider may bill (an answer the gateway
+cannot use, a timeout once the request was sent) has a ledger row of its own, kind `failed_attempt`, priced at the
+model it was made to, and its cost reaches the budget counters with the request's; the two agree to the cent."""
+
+from collections import deque
+from decimal import Decimal
+
+import httpx
+import orjson
+import pytest
+from django.utils import timezone
+
+from billing.budgets.selectors import budget_status
+from billing.budgets.services import budget_counter_check, budget_create
+from billing.ledger.costs import usage_cost
+from billing.models import UsageKind, UsageRecord
+from llmops.mock_upstream import MockUpstream
+from routing.catalog import ModelPrices
+from tests.conftest import LARGE_PRICES, SMALL_PRICES
+from tests.factories import ModelFactory, ProviderFactory
+from tests.gateway.test_embeddings import allow as allow_embeddings
+from tests.gateway.test_embeddings import embedding_model
+from tests.gateway.test_routing_live import publish
+from tests.servers import ThreadedServer
+
+MESSAGES = [{"role": "user", "content": "A short answer about refunds, please."}]
+LIMIT = Decimal("1")
+
+
+class SpoiledFirst:
+    """The project's mock upstream, answering the next chat completions it is sent as a failing model would: each
+    queued mark (``malformed-usage-negative``, ``stall``...) is added to the model name of one request."""
+
+    def __init__(self, app: MockUpstream):
+        self.app = app
+        self.marks: deque[str] = deque()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"] != "/v1/chat/completions" or not self.marks:
+            await self.app(scope, receive, send)
+            return
+        body, more = b"", True
+        while more:
+            message = await receive()
+            body, more = body + message.get("body", b""), message.get("more_body", False)
+        payload = orjson.loads(body)
+        payload["model"] = f"{payload['model']}-{self.marks.popleft()}"
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": orjson.dumps(payload), "more_body": False}
+
+        await self.app(scope, replay, send)
+
+
+@pytest.fixture(scope="module")
+def spoiling_upstream():
+    app = SpoiledFirst(MockUpstream())
+    with ThreadedServer(app) as server:
+        server.app = app
+        yield server
+
+
+@pytest.fixture
+def spoiled(spoiling_upstream):
+    spoiling_upstream.app.marks.clear()
+    yield spoiling_upstream.app.marks
+    spoiling_upstream.app.marks.clear()
+
+
+def large_model(setup, name: str, *, base_url: str, upstream_name: str = "mock-small", timeout=Decimal("5")):
+    """A model at the large model's prices, so what it is charged is told apart from the small fallback's."""
+    provider = ProviderFactory(base_url=f"{base_url}/v1", timeout_seconds=timeout)
+    model = ModelFactory(
+        name=name,
+        provider=provider,
+        upstream_name=upstream_name,
+        input_price_per_million=LARGE_PRICES[0],
+        cached_input_price_per_million=LARGE_PRICES[1],
+        output_price_per_million=LARGE_PRICES[2],
+    )
+    setup.tenant.model_access.allowed_models.add(model)
+    return model
+
+
+def chain(setup, first, then):
+    """The tenant's `auto` tries `first`, then `then`."""
+    rule = {
+        "priority": 1,
+        "name": "chain",
+        "match": {"requested_models": ["auto"]},
+        "outcome": {"target_model": first.name, "fallback_models": [then.name]},
+    }
+    publish(setup, [rule], aliases={"auto": {"small": setup.small.name, "large": setup.large.name}})
+
+
+def chat(gateway, setup, model: str, *, stream: bool = False) -> tuple[httpx.Response, str]:
+    body = {"model": model, "messages": MESSAGES, "max_tokens": 20, "stream": stream}
+    headers = {"authorization": f"Bearer {setup.key}"}
+    with httpx.stream("POST", f"{gateway.url}/v1/chat/completions", json=body, headers=headers, timeout=30) as answer:
+        return answer, answer.read().decode()
+
+
+def rows_of(response) -> tuple[UsageRecord, list[UsageRecord]]:
+    """The request's row, and its failed attempts' in the order they were made."""
+    request_id = response.headers["x-llmops-request-id"]
+    records = UsageRecord.objects.unscoped()
+    attempts = records.filter(parent_request_id=request_id, kind=UsageKind.FAILED_ATTEMPT).order_by("request_id")
+    return records.get(request_id=request_id), list(attempts)
+
+
+def priced(prices, record: UsageRecord) -> Decimal:
+    return usage_cost(
+        prices=ModelPrices(*prices),
+        prompt_tokens=record.prompt_tokens,
+        cached_tokens=record.cached_tokens,
+        completion_tokens=record.completion_tokens,
+    )
+
+
+def assert_counted(budget, spent: Decimal) -> None:
+    """The budget's counter holds exactly what its ledger rows cost, and nothing stays reserved."""
+    now = timezone.now()
+    check = budget_counter_check(budget=budget, now=now)
+    assert (check.counted_usd, check.ledger_usd) == (spent, spent)
+    assert budget_status(budget=budget, now=now).reserved_usd == 0
+
+
+def test_an_unusable_answer_retried_then_answered_is_charged_with_the_answer(gateway, acme, spoiling_upstream, spoiled):
+    model = large_model(acme, "acme-spoiled", base_url=spoiling_upstream.url)
+    budget = budget_create(tenant=acme.tenant, limit_usd=LIMIT, period="day")
+    spoiled.append("malformed-usage-negative")
+
+    response, text = chat(gateway, acme, model.name)
+
+    assert response.status_code == 200, text
+    request, [attempt] = rows_of(response)
+    assert (request.served_model, request.attempts, request.usage_estimated) == (model.name, 2, False)
+    assert (attempt.kind, attempt.served_model, attempt.attempts) == (UsageKind.FAILED_ATTEMPT, model.name, 1)
+    assert (attempt.http_status, attempt.error_code) == (502, "upstream_invalid_response")
+    # The gateway's own count: the prompt sent, and the answer's text that came back.
+    assert attempt.usage_estimated and attempt.prompt_tokens == request.prompt_tokens
+    assert attempt.completion_tokens > 0
+    assert attempt.cost_usd == priced(LARGE_PRICES, attempt) > 0
+    assert Decimal(response.headers["x-llmops-budget-remaining-usd"]) == LIMIT - request.cost_usd - attempt.cost_usd
+    assert_counted(budget, request.cost_usd + attempt.cost_usd)
+
+
+def test_unusable_answers_a_fallback_took_over_from_are_charged_at_their_own_model_s_prices(
+    gateway, acme, mock_upstream
+):
+    malformed = large_model(
+        acme, "acme-malformed", base_url=mock_upstream.url, upstream_name="mock-malformed-body-array"
+    )
+    chain(acme, malformed, acme.small)
+    malformed_budget = budget_create(
+        tenant=acme.tenant, scope="tenant_model", model_name=malformed.name, period="day", limit_usd=LIMIT
+    )
+    small_budget = budget_create(
+        tenant=acme.tenant, scope="tenant_model", model_name=acme.small.name, period="day", limit_usd=LIMIT
+    )
+    tenant_budget = budget_create(tenant=acme.tenant, limit_usd=LIMIT, period="day")
+
+    response, text = chat(gateway, acme, "auto")
+
+    assert response.status_code == 200, text
+    request, attempts = rows_of(response)
+    assert (request.served_model, request.attempts) == (acme.small.name, 3)
+    assert [(row.served_model, row.error_code) for row in attempts] == [
+        (malformed.name, "upstream_invalid_response")
+    ] * 2
+    assert all(row.prompt_tokens > 0 and row.cost_usd == priced(LARGE_PRICES, row) > 0 for row in attempts)
+    attempts_cost = sum(row.cost_usd for row in attempts)
+    assert_counted(malformed_budget, attempts_cost)
+    assert_counted(small_budget, request.cost_usd)
+    assert_counted(tenant_budget, request.cost_usd + attempts_cost)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["complete", "streamed"])
+def test_timed_out_attempts_a_fallback_took_over_from_are_charged_their_prompt(gateway, acme, mock_upstream, stream):
+    stalled = large_model(
+        acme, "acme-stalled", base_url=mock_upstream.url, upstream_name="mock-stall", timeout=Decimal("0.5")
+    )
+    chain(acme, stalled, acme.small)
+    budget = budget_create(tenant=acme.tenant, limit_usd=LIMIT, period="day")
+
+    response, text = chat(gateway, acme, "auto", stream=stream)
+
+    assert response.status_code == 200 and (not stream or text.rstrip().endswith("data: [DONE]")), text
+    request, attempts = rows_of(response)
+    assert (request.served_model, request.attempts) == (acme.small.name, 3)
+    assert [(row.served_model, row.http_status, row.error_code) for row in attempts] == [
+        (stalled.name, 504, "upstream_timeout")
+    ] * 2
+    # The prompt was sent and is the floor charged; no answer came back.
+    assert all(row.usage_estimated and row.prompt_tokens > 0 and row.completion_tokens == 0 for row in attempts)
+    assert all(row.cost_usd == priced(LARGE_PRICES, row) > 0 for row in attempts)
+    assert_counted(budget, request.cost_usd + sum(row.cost_usd for row in attempts))
+
+
+def test_a_chain_that_only_times_out_charges_every_prompt_it_sent(gateway, acme, mock_upstream):
+    stalled = large_model(
+        acme, "acme-stalled", base_url=mock_upstream.url, upstream_name="mock-stall", timeout=Decimal("0.5")
+    )
+    budget = budget_create(tenant=acme.tenant, limit_usd=LIMIT, period="day")
+
+    response, text = chat(gateway, acme, stalled.name)
+
+    assert response.status_code == 504, text
+    request, [attempt] = rows_of(response)
+    # The last attempt is the request's own row; the one before has its own.
+    for row in (request, attempt):
+        assert (row.served_model, row.error_code, row.completion_tokens) == (stalled.name, "upstream_timeout", 0)
+        assert row.usage_estimated and row.cost_usd == priced(LARGE_PRICES, row) > 0
+    assert_counted(budget, request.cost_usd + attempt.cost_usd)
+
+
+def test_a_plain_answer_is_one_row_and_charged_once(gateway, acme):
+    budget = budget_create(tenant=acme.tenant, limit_usd=LIMIT, period="day")
+
+    response, text = chat(gateway, acme, acme.small.name)
+
+    assert response.status_code == 200, text
+    request, attempts = rows_of(response)
+    assert attempts == [] and UsageRecord.objects.unscoped().count() == 1
+    assert (request.attempts, request.cost_usd) == (1, priced(SMALL_PRICES, request))
+    assert_counted(budget, request.cost_usd)
+
+
+def test_embeddings_timed_out_before_a_fallback_are_charged_their_inputs(gateway, acme, mock_upstream):
+    embed = embedding_model(acme, name="acme-embed")
+    slow_provider = ProviderFactory(base_url=f"{mock_upstream.url}/v1", timeout_seconds=Decimal("0.5"))
+    stalled = embedding_model(
+        acme, name="acme-embed-stalled", upstream="stall", price=Decimal("0.13"), provider=slow_provider
+    )
+    allow_embeddings(acme, embed, stalled)
+    rule = {"priority": 10, "name": "with-fallback", "match": {"requested_models": [stalled.name]}}
+    publish(acme, [{**rule, "outcome": {"fallback_models": [embed.name]}}])
+    budget = budget_create(tenant=acme.tenant, limit_usd=LIMIT, period="day")
+
+    response = httpx.post(
+        f"{gateway.url}/v1/embeddings",
+        json={"model": stalled.name, "input": "the refund window"},
+        headers={"authorization": f"Bearer {acme.key}"},
+        timeout=30,
+    )
+
+    assert response.status_code == 200, response.text
+    request, attempts = rows_of(response)
+    assert request.served_model == embed.name and len(attempts) == 2
+    for row in attempts:
+        assert (row.served_model, row.error_code, row.prompt_tokens) == (
+            stalled.name,
+            "upstream_timeout",
+            request.prompt_tokens,
+        )
+        assert row.cost_usd == priced((Decimal("0.13"), Decimal("0.13"), Decimal(0)), row) > 0
+    assert_counted(budget, request.cost_usd + sum(row.cost_usd for row in attempts))
