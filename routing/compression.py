@@ -257,13 +257,16 @@ async def compress_messages(
     summarized = False
     if dropped and summarize is not None:
         room = budget - await count_chat_tokens_async(result, model=model)
-        summary = await _summary_message(
-            dropped, summarize=summarize, namespace=namespace, max_tokens=room, model=model
-        )
-        if summary is not None:
-            position = next((i for i, message in enumerate(result) if message.get("role") not in PINNED_ROLES), 0)
-            result.insert(position, summary)
-            summarized = True
+        # A summary is paid for before it is cut to the room left: none is asked for where not even its prefix fits
+        # (the kept turns fill the budget, or overrun it and the caller refuses the request anyway).
+        if room > message_tokens({"role": "system", "content": SUMMARY_PREFIX}, model=model):
+            summary = await _summary_message(
+                dropped, summarize=summarize, namespace=namespace, max_tokens=room, model=model
+            )
+            if summary is not None:
+                position = next((i for i, message in enumerate(result) if message.get("role") not in PINNED_ROLES), 0)
+                result.insert(position, summary)
+                summarized = True
     return CompressionResult(
         messages=result,
         tokens_before=tokens_before,

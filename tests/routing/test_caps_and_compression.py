@@ -162,6 +162,37 @@ async def test_system_messages_alone_over_the_cap_still_refuse():
 
 
 @async_test
+@pytest.mark.parametrize("crowded_by", ["system messages", "tool definitions"])
+async def test_no_summary_is_paid_for_a_prompt_the_cap_refuses_after_compressing(crowded_by):
+    """What the compression cannot drop (system messages, the definitions the cap holds beside the messages) leaves no
+    room for the kept turns: the request is refused, and no summary, which a provider bills, is asked for first."""
+    calls = []
+
+    async def summarize(dropped):
+        calls.append(len(dropped))
+        return "they talked about questions"
+
+    messages = conversation()
+    body = {"messages": messages}
+    cap = count_chat_tokens(messages, model=MODEL) // 2
+    if crowded_by == "system messages":
+        body["messages"] = [{"role": "system", "content": "rule " * cap}, *messages[1:]]
+    else:
+        body["tools"] = TOOLS
+        cap = count_text_tokens(orjson.dumps(TOOLS).decode(), model=MODEL) + 10
+
+    with pytest.raises(TokenCapExceeded, match="after compressing"):
+        await apply_token_caps(
+            body,
+            decision=decision(prompt_token_cap=cap, over_cap_action="compress"),
+            model=MODEL,
+            summarize=summarize,
+            namespace=uuid.uuid4().hex,
+        )
+    assert calls == []
+
+
+@async_test
 async def test_the_dropped_middle_is_summarized_once_per_history():
     calls = []
 
