@@ -128,19 +128,32 @@ class SecretEchoBlocked(RoutingRefusal):
 
 
 def answer_texts(answer: dict) -> list[str]:
-    """The text a chat completion answer carries: message content and tool-call arguments of every choice."""
+    """The text a chat completion answer carries: message content, refusal, and function-call and tool-call arguments
+    of every choice."""
     texts = []
     for choice in answer.get("choices") or []:
         message = (choice or {}).get("message") or (choice or {}).get("delta") or {}
         texts.extend(_texts(message.get("content")))
-        for tool_call in message.get("tool_calls") or []:
-            arguments = ((tool_call or {}).get("function") or {}).get("arguments")
-            if isinstance(arguments, str):
-                texts.append(arguments)
+        calls = [
+            message.get("function_call"),
+            *((tool_call or {}).get("function") for tool_call in message.get("tool_calls") or []),
+        ]
+        written = [message.get("refusal"), *(call.get("arguments") for call in calls if isinstance(call, dict))]
+        texts.extend(text for text in written if isinstance(text, str))
     return texts
 
 
 MIN_KNOWN_SECRET_CHARS = 8
+REPEATED_CREDENTIAL = "the answer repeats one of the tenant's credentials"
+
+
+def guarded_secrets(known_secrets: Iterable[str]) -> list[str]:
+    """The tenant's secrets an answer is checked for: those long enough not to turn up in it by chance."""
+    return [secret for secret in known_secrets if len(secret) >= MIN_KNOWN_SECRET_CHARS]
+
+
+def shaped_like(kind: str) -> str:
+    return f"the answer contains a value shaped like {kind}"
 
 
 def inspect_answer(texts: list[str], *, action: str, known_secrets: Iterable[str] = ()) -> GuardVerdict:
@@ -148,15 +161,16 @@ def inspect_answer(texts: list[str], *, action: str, known_secrets: Iterable[str
     serve it) and for anything shaped like a credential (core.redaction's secret patterns).
 
     `action` is the policy's injection guard action: an echoed secret is what a successful injection exfiltrates.
+    A streamed answer is checked as it goes by routing.stream_guard.
     """
     if action == InjectionGuardAction.NONE:
         return CLEAN
-    secrets = [secret for secret in known_secrets if len(secret) >= MIN_KNOWN_SECRET_CHARS]
+    secrets = guarded_secrets(known_secrets)
     reasons = []
     for text in texts:
         if any(secret in text for secret in secrets):
-            reasons.append("the answer repeats one of the tenant's credentials")
-        reasons.extend(f"the answer contains a value shaped like {kind}" for kind in secret_kinds_in(text))
+            reasons.append(REPEATED_CREDENTIAL)
+        reasons.extend(shaped_like(kind) for kind in secret_kinds_in(text))
     return GuardVerdict(action=action, reasons=tuple(dict.fromkeys(reasons)))
 
 

@@ -1,6 +1,8 @@
 """The answer guard and the cache: an answer the guard flags is not stored, a stream's included, and every hit is
 guarded at the tenant's action now, as an answer fresh from upstream is."""
 
+import openai
+
 from billing.models import UsageRecord
 from routing.cache.store import cache_writes_flush
 from routing.models import CacheEntry
@@ -19,24 +21,30 @@ def ledger(response) -> UsageRecord:
 
 
 def stream(openai_client, setup, content):
+    """The raw response, the text streamed, and the code of the error event that ended the stream, if one did."""
     raw = openai_client.chat.completions.with_raw_response.create(
         model=setup.small.name, messages=[{"role": "user", "content": content}], temperature=0, stream=True
     )
-    text = "".join(chunk.choices[0].delta.content or "" for chunk in raw.parse() if chunk.choices)
-    return raw, text
+    pieces = []
+    try:
+        for chunk in raw.parse():
+            pieces += [chunk.choices[0].delta.content or ""] if chunk.choices else []
+    except openai.APIError as error:
+        return raw, "".join(pieces), error.code
+    return raw, "".join(pieces), None
 
 
-def test_a_streamed_answer_the_guard_would_block_is_not_served_from_the_cache(gateway, acme, embedder, openai_client):
-    cache_policy(acme, guard="block")
-    _, streamed = stream(openai_client, acme, LEAKY)
-    assert "AKIAIOSFODNN7EXAMPLE" in streamed  # a stream goes out unguarded
+def test_a_streamed_answer_the_guard_flags_is_not_stored(gateway, acme, embedder, openai_client):
+    cache_policy(acme, guard="flag")
+    raw, streamed, error = stream(openai_client, acme, LEAKY)
+    assert "AKIAIOSFODNN7EXAMPLE" in streamed and error is None  # flag serves it
     cache_writes_flush()
 
     plain = chat(gateway, acme, LEAKY)
 
     assert not CacheEntry.objects.unscoped().exists()
-    assert plain.headers["x-llmops-cache"] == "miss"
-    assert refused_as_secret(plain)
+    assert (plain.status_code, plain.headers["x-llmops-cache"]) == (200, "miss")
+    assert ledger(raw).injection_flagged
 
 
 def test_an_answer_stored_without_the_guard_is_not_served_once_it_blocks(gateway, acme, embedder, openai_client):
@@ -48,11 +56,11 @@ def test_an_answer_stored_without_the_guard_is_not_served_once_it_blocks(gateway
 
     cache_policy_change(policy, guard="block")
     plain = chat(gateway, acme, LEAKY)
-    raw, _ = stream(openai_client, acme, LEAKY)
+    raw, _, error = stream(openai_client, acme, LEAKY)
 
     assert plain.headers["x-llmops-cache"] == "miss"
     assert refused_as_secret(plain)
-    assert raw.headers["x-llmops-cache"] == "miss"
+    assert raw.headers["x-llmops-cache"] == "miss" and error == "answer_contains_secret"
 
 
 def test_under_flag_a_hit_the_guard_flags_is_served_and_flagged(gateway, acme, embedder):

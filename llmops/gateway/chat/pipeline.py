@@ -22,9 +22,11 @@ from routing import upstream
 from routing.cache.store import CacheHit, CacheRequest, cache_lookup, cache_store
 from routing.catalog import ModelEntry
 from routing.injection_guard import SecretEchoBlocked, answer_texts, guard_answer, inspect_answer
+from routing.models import InjectionGuardAction
 from routing.providers.base import billed_text, message_text
 from routing.providers.prompt_cache import effective_provider_cache
 from routing.resilience import FallbackResult, RetryPolicy, call_with_fallbacks
+from routing.stream_guard import AnswerHoldBack, AnswerTexts
 
 logger = logging.getLogger(__name__)
 
@@ -115,8 +117,11 @@ class StreamRelay:
     The upstream is always asked for a usage chunk; the client sees it only if it asked too. A client that asked gets
     one even from an upstream that sends none: the gateway's own count, which is also what the ledger charges.
 
-    The stream goes out as it arrives, unguarded; its assembled answer is cached only if the answer guard
-    (``guard_action``, ``known_secrets``) does not flag it.
+    The answer guard (``guard_action``, ``known_secrets``) checks the stream as ``complete_chat`` checks an answer.
+    Under none and flag the events go out as they arrive; under flag what they wrote is checked when the stream ends,
+    before its row is written. Under block they are held back (routing.stream_guard.AnswerHoldBack) until no secret
+    can start in them unseen; a secret ends the stream with ``answer_contains_secret``. An answer the guard flags is
+    not cached.
     """
 
     def __init__(
@@ -150,12 +155,17 @@ class StreamRelay:
         # Streamed tool calls and several choices are not assembled into a cacheable answer.
         self.cacheable = cache is not None
         self.recorded = False
+        self.answer_texts = AnswerTexts() if guard_action == InjectionGuardAction.FLAG else None
+        self.hold_back = AnswerHoldBack(known_secrets) if guard_action == InjectionGuardAction.BLOCK else None
+        self.answer_flagged = False
 
     async def events(self) -> AsyncIterator[bytes]:
         try:
             async for event in self.stream.events():
                 data = event[6:] if event.startswith("data: ") else None
                 if data == "[DONE]":
+                    if self.hold_back is not None and (held := _sse_events(self.hold_back.finish())):
+                        yield held
                     usage_sent = self.usage is not None
                     await self._record(http_status=200)
                     self._keep_answer()
@@ -165,13 +175,17 @@ class StreamRelay:
                         yield b"data: " + orjson.dumps(self._usage_chunk()) + b"\n\n"
                     yield f": x-llmops-cost-usd={self.call.cost_usd}\n\ndata: [DONE]\n\n".encode()
                     return
-                if data is not None and not self._take_checked(data):
+                chunk = None
+                if data is not None and (chunk := self._take_checked(data)) is None:
                     continue
-                yield f"{event}\n\n".encode()
+                if sendable := self._guarded(event, chunk):
+                    yield sendable
             raise upstream.UpstreamStreamTruncated(
                 f"provider {self.stream.provider.name} ended the stream before [DONE]",
                 elapsed_ms=self.stream.elapsed_ms(),
             )
+        except SecretEchoBlocked as blocked:
+            yield await self._withhold(blocked)
         except upstream.UpstreamError as error:
             yield await self._fail(upstream_failure(error))
         except Exception:
@@ -185,20 +199,43 @@ class StreamRelay:
                 self.recorded = True
                 run_in_background(self._record_disconnected())
 
-    async def _fail(self, failure: GatewayError) -> bytes:
-        """Record the request as failed; the error event that ends the stream."""
-        await self._record(http_status=failure.status_code, error_code=failure.code)
+    async def _fail(self, failure: GatewayError, *, log_answer: bool = True) -> bytes:
+        """Record the request as failed; the error event that ends the stream. Events held back are dropped: the
+        stream ended before they could be checked whole."""
+        await self._record(http_status=failure.status_code, error_code=failure.code, log_answer=log_answer)
         return b"data: " + orjson.dumps(error_body(failure)) + b"\n\n"
 
-    def _take_checked(self, data: str) -> bool:
+    async def _withhold(self, blocked: SecretEchoBlocked) -> bytes:
+        """Under block the answer showed a secret: nothing more of it is sent, and it is not logged (as a complete
+        answer the guard blocks is not). The provider bills what it generated, which the request is charged."""
+        self.answer_flagged = self.call.injection_flagged = True
+        return await self._fail(refusal_error(blocked), log_answer=False)
+
+    def _guarded(self, event: str, chunk: dict | None) -> bytes:
+        """What goes out now: the event as it came, or under block the events the hold-back lets go."""
+        if self.hold_back is not None:
+            return _sse_events(self.hold_back.take(event, chunk))
+        if self.answer_texts is not None and chunk is not None:
+            self.answer_texts.add(chunk)
+        return f"{event}\n\n".encode()
+
+    def _flag_echoed_secret(self) -> None:
+        """Under flag, before the row is written: whether what the stream sent echoes a secret."""
+        if self.answer_texts is None:
+            return
+        verdict = inspect_answer(self.answer_texts.texts(), action=self.guard_action, known_secrets=self.known_secrets)
+        self.answer_flagged = verdict.flagged
+        self.call.injection_flagged |= verdict.flagged
+
+    def _take_checked(self, data: str) -> dict | None:
         try:
             return self._take(data)
         except upstream.MalformedAnswer as problem:
             elapsed_ms = self.stream.elapsed_ms()
             raise upstream.invalid_response(self.stream.provider, problem, elapsed_ms=elapsed_ms) from problem
 
-    def _take(self, data: str) -> bool:
-        """Note what the chunk tells about usage and content; return whether the client should see it. Raises
+    def _take(self, data: str) -> dict | None:
+        """Note what the chunk tells about usage and content; return it if the client should see it. Raises
         MalformedAnswer for a chunk that is not a chat.completion.chunk or whose usage is not believable."""
         chunk = upstream.checked_chunk(data)
         self.upstream_model = chunk.get("model") or self.upstream_model
@@ -221,8 +258,8 @@ class StreamRelay:
                 self.call.stop_sequence = upstream.named_stop_sequence(choice) or self.stream.stop_sequence
         if chunk.get("usage") is not None:
             self.usage = self.ceiling.check(Usage.from_provider(chunk["usage"]))
-            return self.client_wants_usage or bool(chunk.get("choices"))
-        return True
+            return chunk if self.client_wants_usage or chunk.get("choices") else None
+        return chunk
 
     async def _settled_usage(self) -> Usage:
         """What the stream is charged: the provider's usage, else the gateway's count of what was sent and received
@@ -233,20 +270,22 @@ class StreamRelay:
 
     async def _record_disconnected(self) -> None:
         """The client went away mid-stream: charge what was generated until then."""
+        self._flag_echoed_secret()
         usage = await self._settled_usage()
         await finish(self.call, http_status=499, usage=usage, error_code="client_disconnected")
 
-    async def _record(self, *, http_status: int, error_code: str = "") -> None:
+    async def _record(self, *, http_status: int, error_code: str = "", log_answer: bool = True) -> None:
         self.call.upstream_ms = self.stream.elapsed_ms()
         self.recorded = True
-        answer = {"content": "".join(self.content_parts)} if self.content_parts else None
+        self._flag_echoed_secret()
+        answer = {"content": "".join(self.content_parts)} if self.content_parts and log_answer else None
         usage = await self._settled_usage()
         await finish(self.call, http_status=http_status, usage=usage, error_code=error_code, answer=answer)
 
     def _keep_answer(self) -> None:
         """A stream that ended with [DONE] and a finish reason is complete: cache it as the answer it assembled,
-        unless the answer guard flags it."""
-        if not self.cacheable or self.finish_reason is None or self.usage is None:
+        unless the answer guard flagged it."""
+        if not self.cacheable or self.finish_reason is None or self.usage is None or self.answer_flagged:
             return
         usage = self.usage
         answer = {
@@ -264,8 +303,6 @@ class StreamRelay:
             ],
             "usage": _usage_fields(usage),
         }
-        if inspect_answer(answer_texts(answer), action=self.guard_action, known_secrets=self.known_secrets).flagged:
-            return
         keep_answer(self.call, self.cache, answer)
 
     def _message(self) -> dict:
@@ -283,6 +320,10 @@ class StreamRelay:
             "choices": [],
             "usage": _usage_fields(self.usage),
         }
+
+
+def _sse_events(events: list[str]) -> bytes:
+    return b"".join(f"{event}\n\n".encode() for event in events)
 
 
 def _usage_fields(usage: Usage) -> dict:
