@@ -5,8 +5,6 @@ import threading
 from collections.abc import Callable, Coroutine
 from typing import Generic, TypeVar
 
-from core.background import run_in_background
-
 T = TypeVar("T")
 
 
@@ -53,14 +51,44 @@ class LoopThread:
         self.lock = threading.Lock()
         self.loop: asyncio.AbstractEventLoop | None = None
         self.thread: threading.Thread | None = None
+        # The work of the running loop not ended yet, touched on its thread only: held (the loop keeps only weak
+        # references to its tasks) and what ``drain`` waits for.
+        self.tasks: set[asyncio.Task] = set()
 
     def submit(self, work: Coroutine) -> None:
         """Run ``work`` as a task of that loop; what it raises is its own to log."""
         with self.lock:
             if self.thread is None or not self.thread.is_alive():
                 self.loop = asyncio.new_event_loop()
+                self.tasks = set()
                 self.thread = threading.Thread(target=self.loop.run_forever, name=self.name, daemon=True)
                 self.thread.start()
-            loop = self.loop
-        # Held until it ends (core.background): the loop keeps only weak references to its tasks.
-        loop.call_soon_threadsafe(lambda: run_in_background(work, loop=loop))
+            loop, tasks = self.loop, self.tasks
+
+        def start() -> None:
+            task = loop.create_task(work)
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+        loop.call_soon_threadsafe(start)
+
+    def drain(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the work submitted so far to end (at exit: the thread is a daemon, cut
+        short). False when some was still running then."""
+        with self.lock:
+            if self.thread is None or not self.thread.is_alive():
+                return True
+            loop, tasks = self.loop, self.tasks
+
+        async def submitted_so_far() -> None:
+            # Scheduled after the submits before it (call_soon_threadsafe keeps their order): their tasks exist.
+            if tasks:
+                await asyncio.wait(list(tasks))
+
+        waited = asyncio.run_coroutine_threadsafe(submitted_so_far(), loop)
+        try:
+            waited.result(timeout)
+        except TimeoutError:
+            waited.cancel()
+            return False
+        return True

@@ -10,10 +10,10 @@ costs less per text than one call each (MiniLM through ONNX Runtime, int8, one t
 short text, 8 ms for eight; through torch 10 to 13 ms and 29 to 35 ms).
 
 An embedder that a provider bills (HttpEmbedder, or any with `embed_metered`) is metered: each text is queued with
-the `embedding_payer` of the request that queued it, and once a call's vectors are handed out, its prompt tokens (the
-provider's usage, else the gateway's count) are split among the payers of its texts by each text's token count, and
-each payer is handed its share (`EmbeddingShare`). The gateway sets the payer (llmops.gateway.chat.cache_embeddings), so
-routing never imports billing.
+the `embedding_payer` of the request that queued it, and once the batch's vectors and tasks are handed out, the call's
+prompt tokens (the provider's usage, else the gateway's count) are split among the payers of its texts by each text's
+token count, and each payer is handed its share (`EmbeddingShare`) of the call (`EmbeddingCall`). The gateway sets the
+payer (llmops.gateway.chat.cache_embeddings), so routing never imports billing.
 """
 
 import json
@@ -158,25 +158,36 @@ class HttpEmbedder:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class EmbeddingShare:
-    """One payer's part of one call of a paid embedder."""
+@dataclass(frozen=True, slots=True, eq=False, weakref_slot=True)
+class EmbeddingCall:
+    """One call of a paid embedder, the same object in each of its shares: a payer prices the call once, by it, so the
+    shares' costs are parts of one cost even when their payers see different prices."""
 
     model: str
-    # The tokens of this payer's texts, out of the call's prompt tokens.
-    prompt_tokens: int
+    # Every part of the call's prompt tokens, one per payer in the order of its first text: what its cost is split by.
+    # A part of texts queued outside any request may be among them, charged to nobody.
+    parts: tuple[int, ...]
     # The provider reported no usage: the call's tokens are the gateway's count.
     estimated: bool
     elapsed_ms: int
-    # Every part of the call's prompt tokens, this payer's at `index`: what the call's cost is split by, so the parts'
-    # costs add up to the call's. A part of texts queued outside any request may be among them, charged to nobody.
-    call_tokens: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddingShare:
+    """One payer's part of one call of a paid embedder: the call's part at `index`."""
+
+    call: EmbeddingCall
     index: int
+
+    @property
+    def prompt_tokens(self) -> int:
+        return self.call.parts[self.index]
 
 
 class EmbeddingPayer(Protocol):
     def charge(self, share: EmbeddingShare) -> None:
-        """Called on the embedding thread, which lookups wait on: hand the ledger write over, never wait for it."""
+        """Called on the embedding thread, which the next batch's lookups wait on: hand the ledger write over, never
+        wait for it."""
 
 
 # The payer of what the running request queues for the embedding thread (llmops.gateway sets it per request); None
@@ -232,9 +243,29 @@ def on_embedding_thread(function: Callable, *args) -> Future:
     return future
 
 
-def _embed_batch(items: list[_EmbedJob | _Task]) -> None:
+@dataclass(frozen=True, slots=True)
+class _Flush:
+    future: Future
+
+
+def embeddings_flush(timeout: float) -> bool:
+    """Wait up to ``timeout`` seconds until the texts queued so far are embedded and their shares handed to their
+    payers (at exit: the thread is a daemon, cut short). False when they were not by then."""
+    if not _embedding_worker.running():
+        return True
+    done: Future = Future()
+    _embedding_worker.put(_Flush(done))
+    try:
+        done.result(timeout)
+    except TimeoutError:
+        return False
+    return True
+
+
+def _embed_batch(items: list[_EmbedJob | _Task | _Flush]) -> None:
     items = [item for item in items if item.future.set_running_or_notify_cancel()]
-    _embed_jobs([item for item in items if isinstance(item, _EmbedJob)])
+    jobs = [item for item in items if isinstance(item, _EmbedJob)]
+    metered = _embed_jobs(jobs)
     for task in (item for item in items if isinstance(item, _Task)):
         try:
             result = task.run()
@@ -242,11 +273,21 @@ def _embed_batch(items: list[_EmbedJob | _Task]) -> None:
             task.future.set_exception(error)
         else:
             task.future.set_result(result)
+    # Last, and guarded: lookups wait on the batch's vectors and tasks (the cross-encoder's scores), never on the
+    # counting of its tokens, and metering that fails costs them nothing.
+    if metered is not None:
+        try:
+            _charge(jobs, metered)
+        except Exception:
+            logger.exception("cache embeddings: a call of %d texts was charged to nobody", len(jobs))
+    for flush in (item for item in items if isinstance(item, _Flush)):
+        flush.future.set_result(None)
 
 
-def _embed_jobs(jobs: list[_EmbedJob]) -> None:
+def _embed_jobs(jobs: list[_EmbedJob]) -> MeteredEmbeddings | None:
+    """Embed the jobs' texts in one call and hand each its vector; the call's bill when the embedder is a paid one."""
     if not jobs:
-        return
+        return None
     texts = [job.text for job in jobs]
     metered = None
     try:
@@ -261,7 +302,7 @@ def _embed_jobs(jobs: list[_EmbedJob]) -> None:
     except Exception as error:
         for job in jobs:
             job.future.set_exception(error)
-        return
+        return None
     for i, job in enumerate(jobs):
         try:
             result = None if vectors is None else vectors[i] if job.then is None else job.then(vectors[i])
@@ -269,9 +310,7 @@ def _embed_jobs(jobs: list[_EmbedJob]) -> None:
             job.future.set_exception(error)
         else:
             job.future.set_result(result)
-    # After the lookups have their vectors: they do not wait for the counting.
-    if metered is not None:
-        _charge(jobs, metered)
+    return metered
 
 
 def _charge(jobs: list[_EmbedJob], metered: MeteredEmbeddings) -> None:
@@ -285,23 +324,20 @@ def _charge(jobs: list[_EmbedJob], metered: MeteredEmbeddings) -> None:
     for job, tokens in zip(jobs, per_text, strict=True):
         payer, earlier = parts.get(id(job.payer), (job.payer, 0))
         parts[id(job.payer)] = (payer, earlier + tokens)
-    call_tokens = tuple(tokens for _, tokens in parts.values())
+    call = EmbeddingCall(
+        model=metered.model,
+        parts=tuple(tokens for _, tokens in parts.values()),
+        estimated=estimated,
+        elapsed_ms=metered.elapsed_ms,
+    )
     for index, (payer, tokens) in enumerate(parts.values()):
         if payer is None:
             logger.warning("cache embeddings: %d tokens embedded outside any request are charged to nobody", tokens)
             continue
-        share = EmbeddingShare(
-            model=metered.model,
-            prompt_tokens=tokens,
-            estimated=estimated,
-            elapsed_ms=metered.elapsed_ms,
-            call_tokens=call_tokens,
-            index=index,
-        )
         try:
-            payer.charge(share)
+            payer.charge(EmbeddingShare(call, index))
         except Exception:
-            logger.exception("cache embeddings: a share of %d tokens could not be charged", share.prompt_tokens)
+            logger.exception("cache embeddings: a share of %d tokens could not be charged", tokens)
 
 
 _embedding_worker = BatchWorker("cache-embedder", _embed_batch, max_batch=lambda: settings.LLMOPS_CACHE_EMBED_BATCH)

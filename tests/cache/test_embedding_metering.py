@@ -2,21 +2,30 @@
 loopback HTTP) are metered: each request whose prompt was embedded gets a `cache_embedding` ledger row of its own
 tenant, key and team for its share of the call, priced from the catalog, and its budgets are charged it."""
 
+import asyncio
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from decimal import ROUND_HALF_EVEN, Decimal
+from pathlib import Path
 
 import pytest
+from celery.signals import worker_process_shutdown
 from django.utils import timezone
 
 from billing.budgets.services import budget_counter_check, budget_counters_rebuild, budget_create
 from billing.models import UsageKind, UsageRecord
+from llmops.gateway.call import GatewayCall
 from llmops.gateway.chat import cache_embeddings
+from llmops.gateway.chat.cache_embeddings import CacheEmbeddingPayer, cache_embeddings_flush
+from llmops.gateway.snapshot import shared_slice_build, tenant_slice_build
 from routing.cache import embedders
-from routing.cache.embedders import on_embedding_thread
+from routing.cache.embedders import EmbeddingCall, EmbeddingShare, on_embedding_thread
 from routing.cache.keys import normalize_prompt
 from routing.models import ModelKind
+from routing.prices import model_price_set
 from routing.tokens import count_text_tokens
 from tests.cache.conftest import cache_policy, chat
 from tests.factories import ModelFactory, ProviderFactory
@@ -27,6 +36,7 @@ EMBEDDINGS_MODEL = "cache-embed"
 # the two would come to a quantum more than the twenty together (26,005).
 EMBEDDINGS_PRICE = Decimal("0.130025")
 QUANTUM = Decimal("0.0000000001")
+ROOT = Path(__file__).resolve().parents[2]
 FRANCE = "What is the capital of France?"
 JUPITER = "How many moons does Jupiter have, and which one is the largest?"
 
@@ -208,3 +218,122 @@ def test_a_local_embedder_leaves_no_embedding_rows(gateway, acme, gated_embedder
 
     assert gated_embedder.calls == [[normalize_prompt(FRANCE)]]
     assert embedding_rows(expected=1, timeout=0.5) == []
+
+
+def payer_of(setup) -> CacheEmbeddingPayer:
+    """The payer of a request of ``setup``'s key, on its tenant's configuration as it is now."""
+    snapshot = tenant_slice_build(tenant_id=setup.tenant.pk, version=None).snapshot(shared_slice_build(version=None))
+    (principal,) = snapshot.keys.values()
+    return CacheEmbeddingPayer(snapshot, GatewayCall(principal=principal, endpoint="/v1/chat/completions"))
+
+
+def call_of(*parts: int) -> EmbeddingCall:
+    return EmbeddingCall(model=EMBEDDINGS_MODEL, parts=parts, estimated=False, elapsed_ms=3)
+
+
+@pytest.fixture
+def slow_recording(monkeypatch):
+    """Each share's row and budget charge are written only after a pause: work still pending when the test looks."""
+    charge = cache_embeddings.budget_charge
+
+    async def later(**kwargs):
+        await asyncio.sleep(0.5)
+        return await charge(**kwargs)
+
+    monkeypatch.setattr(cache_embeddings, "budget_charge", later)
+
+
+def test_one_call_is_priced_once_though_its_requests_saw_different_prices(
+    gateway, acme, globex, embeddings_model, ledger_drainer
+):
+    first = embeddings_model.latest_price_version()
+    acme_payer = payer_of(acme)
+    # A new price takes effect between the two requests' snapshots: each holds another version.
+    doubled = {name: getattr(first, name) * 2 for name in ("input_price_per_million", "cached_input_price_per_million")}
+    assert model_price_set(model=embeddings_model, prices=doubled, source="test") is not None
+    globex_payer = payer_of(globex)
+    call = call_of(6, 14)
+
+    acme_payer.charge(EmbeddingShare(call, 0))
+    globex_payer.charge(EmbeddingShare(call, 1))
+    assert cache_embeddings_flush(timeout=10)
+    ledger_drainer.wait_drained()
+
+    rows = embedding_rows(expected=2)
+    # The whole call at the first share's prices, and the rows are its parts.
+    assert sum(row.cost_usd for row in rows) == priced(20) == Decimal("0.0000026005")
+    assert {row.price_version_id for row in rows} == {first.pk}
+    assert sorted((row.tenant_id, row.prompt_tokens) for row in rows) == [(acme.tenant.pk, 6), (globex.tenant.pk, 14)]
+
+
+def test_the_flush_waits_for_the_shares_being_recorded(gateway, acme, embeddings_model, ledger_drainer, slow_recording):
+    payer_of(acme).charge(EmbeddingShare(call_of(6), 0))
+
+    assert cache_embeddings_flush(timeout=10)
+    ledger_drainer.wait_drained()
+
+    (row,) = UsageRecord.objects.for_tenant(acme.tenant).filter(kind=UsageKind.CACHE_EMBEDDING)
+    assert (row.prompt_tokens, row.cost_usd) == (6, priced(6))
+
+
+def test_a_celery_pool_process_records_its_shares_as_it_stops(
+    gateway, acme, embeddings_model, ledger_drainer, slow_recording
+):
+    payer_of(acme).charge(EmbeddingShare(call_of(6), 0))
+
+    # Sent in a pool process before it ends with os._exit, which runs no exit hook.
+    worker_process_shutdown.send(sender=None, pid=0, exitcode=0)
+    ledger_drainer.wait_drained()
+
+    assert UsageRecord.objects.for_tenant(acme.tenant).filter(kind=UsageKind.CACHE_EMBEDDING).count() == 1
+
+
+EXITING = """
+import asyncio
+import sys
+
+import django
+
+django.setup()
+
+from llmops.gateway.call import GatewayCall
+from llmops.gateway.chat import cache_embeddings
+from llmops.gateway.snapshot import shared_slice_build, tenant_slice_build
+from routing.cache.embedders import EmbeddingCall, EmbeddingShare
+
+snapshot = tenant_slice_build(tenant_id=int(sys.argv[1]), version=None).snapshot(shared_slice_build(version=None))
+(principal,) = snapshot.keys.values()
+call = GatewayCall(principal=principal, endpoint="/v1/chat/completions")
+charge = cache_embeddings.budget_charge
+
+
+async def later(**kwargs):
+    # Still being recorded when the interpreter exits.
+    await asyncio.sleep(0.5)
+    return await charge(**kwargs)
+
+
+cache_embeddings.budget_charge = later
+share = EmbeddingShare(EmbeddingCall(model=sys.argv[2], parts=(6,), estimated=False, elapsed_ms=3), 0)
+cache_embeddings.CacheEmbeddingPayer(snapshot, call).charge(share)
+"""
+
+
+def test_a_process_that_exits_records_the_shares_on_their_way(acme, embeddings_model, process_env, ledger_drainer):
+    finished = subprocess.run(
+        [sys.executable, "-c", EXITING, str(acme.tenant.pk), EMBEDDINGS_MODEL],
+        cwd=ROOT,
+        env=process_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    ledger_drainer.wait_drained()
+    (row,) = UsageRecord.objects.for_tenant(acme.tenant).filter(kind=UsageKind.CACHE_EMBEDDING)
+    assert (row.prompt_tokens, row.cost_usd, row.price_version_id) == (
+        6,
+        priced(6),
+        embeddings_model.latest_price_version().pk,
+    )

@@ -7,6 +7,7 @@ import threading
 
 import pytest
 
+from routing.cache import embedders
 from routing.cache.embedders import EmbeddingShare, embed_soon, embedding_payer, on_embedding_thread
 from tests.cache.embedders import BILLED_EXTRA_TOKENS, BilledEmbedder
 
@@ -29,17 +30,19 @@ def queued_by(payer: RecordingPayer | None, text: str):
     return contextvars.copy_context().run(queue)
 
 
-def embedded_together(queued: list[tuple[RecordingPayer | None, str]]) -> None:
-    """The texts queued while the embedding thread is busy, so one call embeds them all; returns once they are
-    charged (a task queued after them runs after their call's charges)."""
+def embedded_together(queued: list[tuple[RecordingPayer | None, str]], *, task=None):
+    """The texts queued while the embedding thread is busy, so one call embeds them all (and ``task`` runs in the same
+    batch); returns the task's future once the texts are embedded and charged."""
     gate = threading.Event()
     held = on_embedding_thread(gate.wait, 10)
     futures = [queued_by(payer, text) for payer, text in queued]
+    in_batch = on_embedding_thread(task or (lambda: None))
     gate.set()
     assert held.result(timeout=10)
     for future in futures:
-        future.result(timeout=10)
-    on_embedding_thread(lambda: None).result(timeout=10)
+        future.result(timeout=5)
+    assert embedders.embeddings_flush(timeout=10)
+    return in_batch
 
 
 @pytest.fixture
@@ -65,9 +68,11 @@ def test_one_call_is_split_by_each_text_s_tokens_and_the_parts_add_up_to_the_bil
     (acme_share,), (globex_share,) = acme.shares, globex.shares
     assert (acme_share.prompt_tokens, globex_share.prompt_tokens) == (3 + 12, 11)
     assert acme_share.prompt_tokens + globex_share.prompt_tokens == 21 + BILLED_EXTRA_TOKENS
-    assert acme_share.call_tokens == globex_share.call_tokens == (15, 11)
+    # One call, the same object in both shares: it is priced once for both.
+    assert acme_share.call is globex_share.call
+    assert acme_share.call.parts == (15, 11)
     assert (acme_share.index, globex_share.index) == (0, 1)
-    assert (acme_share.model, acme_share.estimated) == (BilledEmbedder.model, False)
+    assert (acme_share.call.model, acme_share.call.estimated) == (BilledEmbedder.model, False)
 
 
 def test_a_text_queued_outside_any_request_is_charged_to_nobody(billed_embedder, caplog):
@@ -77,7 +82,7 @@ def test_a_text_queued_outside_any_request_is_charged_to_nobody(billed_embedder,
 
     # 9 and 2 tokens, billed 16: 13.09 and 2.91, the spare token to the second.
     (share,) = acme.shares
-    assert (share.prompt_tokens, share.call_tokens, share.index) == (3, (13, 3), 1)
+    assert (share.prompt_tokens, share.call.parts, share.index) == (3, (13, 3), 1)
     assert "13 tokens embedded outside any request are charged to nobody" in caplog.text
 
 
@@ -86,3 +91,39 @@ def test_an_embedder_nobody_bills_charges_nobody(gated_embedder):
     embedded_together([(acme, "short question")])
     assert gated_embedder.calls == [["short question"]]
     assert acme.shares == []
+
+
+def test_the_batch_s_tasks_run_before_its_tokens_are_counted(billed_embedder, monkeypatch):
+    """The cross-encoder's scoring a lookup waits on is a task of the batch: it does not wait for the metering."""
+    happened = []
+    count = embedders.count_text_tokens
+
+    def counted(text, *, model):
+        happened.append("count")
+        return count(text, model=model)
+
+    monkeypatch.setattr(embedders, "count_text_tokens", counted)
+    acme = RecordingPayer()
+
+    scored = embedded_together([(acme, "short question")], task=lambda: happened.append("task"))
+
+    assert scored.result(timeout=5) is None
+    assert happened == ["task", "count"]
+    assert [share.prompt_tokens for share in acme.shares] == [2 + BILLED_EXTRA_TOKENS]
+
+
+def test_metering_that_fails_costs_the_batch_s_lookups_nothing(billed_embedder, monkeypatch, caplog):
+    def broken(text, *, model):
+        raise RuntimeError("tiktoken's files are missing")
+
+    monkeypatch.setattr(embedders, "count_text_tokens", broken)
+    acme = RecordingPayer()
+
+    with caplog.at_level(logging.ERROR, logger="routing.cache.embedders"):
+        scored = embedded_together([(acme, "short question")], task=lambda: "scores")
+
+    # The batch's texts have their vectors (embedded_together waited for them) and its task its result; the call is
+    # charged to nobody.
+    assert scored.result(timeout=5) == "scores"
+    assert acme.shares == []
+    assert "cache embeddings: a call of 1 texts was charged to nobody" in caplog.text

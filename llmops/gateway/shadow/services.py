@@ -1,12 +1,13 @@
 """Shadow evaluation, off the request path: a sampled request's lever replayed against its reference and judged.
 
 For one (request, lever): the worst cases of the reference call (routing.upstream, the provider path the gateway's
-own calls take) and, for an LLM judge, of the judge's call are reserved together against the tenant's evaluation
-budget before the first call, as one hold (billing.evaluation.budget) that is also the evaluation's claim: another
-run of the same sample pays for nothing. Each call is metered in the ledger as a row of kind ``evaluation``
-(parented to the sampled request, charged to its key, team and customer, route ``shadow-evaluation``, cache
-``bypass``, no savings: product budgets and savings never count them) and settled with what it cost; the hold ends
-with the evaluation. The judgement is one ShadowEvaluation row, written once per (request, lever).
+own calls take) and, for an LLM judge, of the judge's call, or for the embedding judge with a paid embedder
+(HttpEmbedder) of its /embeddings call, are reserved together against the tenant's evaluation budget before the
+first call, as one hold (billing.evaluation.budget) that is also the evaluation's claim: another run of the same
+sample pays for nothing. Each call is metered in the ledger as a row of kind ``evaluation`` (parented to the sampled
+request, charged to its key, team and customer, route ``shadow-evaluation``, cache ``bypass``, no savings: product
+budgets and savings never count them) and settled with what it cost; the hold ends with the evaluation. The
+judgement is one ShadowEvaluation row, written once per (request, lever).
 
 The prompt is counted with tiktoken (OpenAI's tokenizer) and reserved as admission reserves it, with a margin for a
 provider that counts with another tokenizer (llmops.gateway.chat.worst_case). An evaluation runs at most
@@ -15,8 +16,8 @@ and counted unjudged, and a hold a dead worker left is given back by the beat ta
 
 An evaluation that cannot reach a verdict records no row, so agreement counts only real verdicts: one the budget
 cannot cover is counted as ``refused`` on the month's EvaluationSpend, one whose reference or judge the tenant may no
-longer use, whose reference call failed, whose LLM judge answered no readable verdict, that needs the embedder when
-it cannot load, or that ran past its bound, as ``unjudged``; each is logged.
+longer use, whose reference call failed, whose LLM judge answered no readable verdict, whose paid embedding call
+failed, that needs the embedder when it cannot load, or that ran past its bound, as ``unjudged``; each is logged.
 """
 
 import asyncio
@@ -36,7 +37,7 @@ from billing.evaluation.budget import (
     evaluation_hold_end,
     evaluation_unjudged_count,
 )
-from billing.ledger.costs import ZERO_USD, Usage
+from billing.ledger.costs import ZERO_USD, Usage, usage_cost
 from billing.ledger.events import RequestFacts, UsageEvent
 from billing.models import (
     CacheStatus,
@@ -50,8 +51,9 @@ from billing.models import (
 from core.crypto import CredentialDecryptionError
 from core.db import database_sync_to_async
 from llmops.gateway.call import estimated_usage, new_request_id, reply_usage
+from llmops.gateway.chat.cache_embeddings import UNPRICED_MODEL, cache_embeddings_model
 from llmops.gateway.chat.recording import record_usage
-from llmops.gateway.chat.worst_case import OutputBound, body_worst_case
+from llmops.gateway.chat.worst_case import OutputBound, body_worst_case, reserved_prompt_tokens
 from llmops.gateway.errors import upstream_failure
 from llmops.gateway.shadow.judges import (
     JUDGE_MAX_TOKENS,
@@ -70,7 +72,7 @@ from routing.catalog import ModelCatalog, ModelEntry
 from routing.max_tokens import requested_max_tokens, with_max_tokens
 from routing.models import ModelKind
 from routing.providers.prompt_cache import OFF
-from routing.tokens import count_chat_tokens_async, count_prompt_tokens_async
+from routing.tokens import count_chat_tokens_async, count_prompt_tokens_async, count_text_tokens
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +100,21 @@ class PlannedCall:
     model: ModelEntry
     prompt_tokens: int
     worst_case_usd: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddingJudge:
+    """The embedder that judges by similarity. A paid one (``embed_metered``: HttpEmbedder) is metered: priced at the
+    catalog's model for it (None: the catalog prices none, its calls recorded at 0 with UNPRICED_MODEL) and reserved
+    at ``worst_case_usd``; a local one costs nothing."""
+
+    embedder: object
+    model: ModelEntry | None = None
+    worst_case_usd: Decimal = ZERO_USD
+
+    @property
+    def metered(self) -> bool:
+        return hasattr(self.embedder, "embed_metered")
 
 
 def worst_case(model: ModelEntry, body: dict, *, prompt_tokens: int) -> Decimal:
@@ -141,12 +158,29 @@ def _ledger_event(
     started: float,
     tier: str | None = None,
 ) -> UsageEvent:
+    event = _unpriced_event(
+        sample, model.name, usage=usage, http_status=http_status, error_code=error_code, started=started
+    )
+    event.price(model.prices)
+    # A reference repeats the sample's service_tier, and is charged at the tier that served it.
+    event.flex_discount(tier=tier, multiplier=model.flex_price_multiplier)
+    # Evaluation is spend, never a saving: a provider-cache or flex discount on a replayed prompt is not one the
+    # product made.
+    event.saved_provider_cache_usd = ZERO_USD
+    event.saved_batch_usd = ZERO_USD
+    return event
+
+
+def _unpriced_event(
+    sample: ShadowSample, served_model: str, *, usage: Usage, http_status: int, error_code: str, started: float
+) -> UsageEvent:
+    """An evaluation call's ledger row, at cost 0 until priced."""
     elapsed_ms = int((time.perf_counter() - started) * 1000)
     facts = RequestFacts(
         request_id=new_request_id(),
         created_at=timezone.now(),
         endpoint=sample.endpoint,
-        requested_model=model.name,
+        requested_model=served_model,
         cache_status=CacheStatus.BYPASS,
         route=EVALUATION_ROUTE,
         attempts=1,
@@ -163,17 +197,10 @@ def _ledger_event(
         api_key_id=sample.api_key_id,
         http_status=http_status,
         error_code=error_code,
-        served_model=model.name,
+        served_model=served_model,
         upstream_latency_ms=elapsed_ms,
         total_latency_ms=elapsed_ms,
     )
-    event.price(model.prices)
-    # A reference repeats the sample's service_tier, and is charged at the tier that served it.
-    event.flex_discount(tier=tier, multiplier=model.flex_price_multiplier)
-    # Evaluation is spend, never a saving: a provider-cache or flex discount on a replayed prompt is not one the
-    # product made.
-    event.saved_provider_cache_usd = ZERO_USD
-    event.saved_batch_usd = ZERO_USD
     return event
 
 
@@ -272,12 +299,57 @@ def _record(
         return _existing(sample, lever)
 
 
-async def _embedding_judgement(reference: str, candidate: str, threshold: float) -> Judgement | None:
-    embedder = await asyncio.to_thread(configured_embedder)
-    if embedder is None:
-        return None
-    vectors = await asyncio.to_thread(embedder.embed, [reference, candidate])
-    return embedding_judgement(vectors, threshold=threshold)
+async def _embedding_judgement(
+    sample: ShadowSample, judge: EmbeddingJudge, reference: str, *, threshold: float, hold: EvaluationHold
+) -> tuple[Judgement | None, Decimal]:
+    """The similarity verdict on the reference's answer and the sample's, and what its embedding call cost. No verdict
+    when that call failed: a failed paid call has no row (an error answer bills no tokens)."""
+    texts = [reference, sample.answer]
+    if not judge.metered:
+        return embedding_judgement(await asyncio.to_thread(judge.embedder.embed, texts), threshold=threshold), ZERO_USD
+    started = time.perf_counter()
+    try:
+        metered = await asyncio.to_thread(judge.embedder.embed_metered, texts)
+    except Exception as error:
+        logger.warning("shadow evaluation of %s: the embedding judge's call failed (%s)", sample.request_id, error)
+        return None, ZERO_USD
+    if metered.prompt_tokens is not None:
+        usage = Usage(prompt_tokens=metered.prompt_tokens)
+    else:
+        counted = sum(count_text_tokens(text, model=metered.model) for text in texts)
+        usage = Usage(prompt_tokens=counted, estimated=True)
+    if judge.model is not None:
+        event = _ledger_event(sample, judge.model, usage=usage, http_status=200, error_code="", started=started)
+    else:
+        event = _unpriced_event(
+            sample, metered.model, usage=usage, http_status=200, error_code=UNPRICED_MODEL, started=started
+        )
+    try:
+        await database_sync_to_async(evaluation_budget_settle)(
+            hold=hold, amount=judge.worst_case_usd, actual=event.cost_usd
+        )
+    finally:
+        await record_usage(event)
+    return embedding_judgement(metered.vectors, threshold=threshold), event.cost_usd
+
+
+def _embedding_judge(
+    embedder, catalog: ModelCatalog, sample: ShadowSample, *, reference_call: PlannedCall, reference_body: dict
+) -> EmbeddingJudge:
+    """The embedding judge before the reference answered. A paid embedder's call is reserved at its two texts' most
+    tokens: the sample's answer as counted, and the most the reference's answer may have (its output bound), with
+    the prompt margin of the embeddings model's provider."""
+    judge = EmbeddingJudge(embedder)
+    model = cache_embeddings_model(catalog, embedder.model) if judge.metered else None
+    if model is None:
+        return judge
+    reference = reference_call.model
+    answer_tokens = OutputBound.of(reference_body, model=reference.upstream_name).per_choice(
+        reference, fallback=django_settings.LLMOPS_RESERVATION_MAX_TOKENS
+    )
+    tokens = reserved_prompt_tokens(model, count_text_tokens(sample.answer, model=embedder.model) + answer_tokens)
+    cost = usage_cost(prices=model.prices, prompt_tokens=tokens, cached_tokens=0, completion_tokens=0)
+    return EmbeddingJudge(embedder, model, cost)
 
 
 async def shadow_evaluation_run(*, sample: ShadowSample, lever: Lever) -> ShadowEvaluation | None:
@@ -297,7 +369,8 @@ async def shadow_evaluation_run(*, sample: ShadowSample, lever: Lever) -> Shadow
         # Access can be revoked between the sample and its evaluation: nothing is called then.
         await _unjudged(sample, lever, "its reference or judge model is not a chat model the tenant may use now")
         return None
-    if method == JudgeMethod.EMBEDDING and await asyncio.to_thread(configured_embedder) is None:
+    embedder = await asyncio.to_thread(configured_embedder) if method == JudgeMethod.EMBEDDING else None
+    if method == JudgeMethod.EMBEDDING and embedder is None:
         # Checked before any call is paid for.
         await _unjudged(sample, lever, "the embedder (LLMOPS_CACHE_EMBEDDER) could not load in this worker")
         return None
@@ -305,13 +378,19 @@ async def shadow_evaluation_run(*, sample: ShadowSample, lever: Lever) -> Shadow
     planned = [await _planned_reference(reference, body)]
     if method == JudgeMethod.LLM:
         planned.append(await _planned_judge(judge, sample, reference_call=planned[0], reference_body=body))
+    amount = sum((call.worst_case_usd for call in planned), ZERO_USD)
+    embedding = None
+    if embedder is not None:
+        embedding = _embedding_judge(embedder, catalog, sample, reference_call=planned[0], reference_body=body)
+        amount += embedding.worst_case_usd
+    # An embedding call's time is within HOLD_SLACK_SECONDS (HttpEmbedder's timeout is 10 s).
     bound = hold_seconds([call.model for call in planned])
     try:
         hold = await database_sync_to_async(evaluation_budget_reserve)(
             tenant_id=sample.tenant_id,
             request_id=sample.request_id,
             lever=lever.value,
-            amount=sum((call.worst_case_usd for call in planned), ZERO_USD),
+            amount=amount,
             now=timezone.now(),
             hold_seconds=bound,
         )
@@ -321,7 +400,9 @@ async def shadow_evaluation_run(*, sample: ShadowSample, lever: Lever) -> Shadow
     if hold is None:
         return None
     try:
-        judged = _judged(sample, lever, settings=settings, method=method, body=body, planned=planned, hold=hold)
+        judged = _judged(
+            sample, lever, settings=settings, method=method, body=body, planned=planned, embedding=embedding, hold=hold
+        )
         return await asyncio.wait_for(judged, timeout=bound)
     except TimeoutError:
         await _unjudged(sample, lever, f"it ran past its bound of {bound:g} s")
@@ -368,6 +449,7 @@ async def _judged(
     method: JudgeMethod,
     body: dict,
     planned: list[PlannedCall],
+    embedding: EmbeddingJudge | None,
     hold: EvaluationHold,
 ) -> ShadowEvaluation | None:
     reference = planned[0].model
@@ -384,7 +466,11 @@ async def _judged(
         judgement = llm_judgement(verdict.text) if verdict is not None else None
         cost += verdict.cost_usd if verdict is not None else ZERO_USD
     else:
-        judgement = await _embedding_judgement(answer.text, sample.answer, float(settings.similarity_threshold))
+        threshold = float(settings.similarity_threshold)
+        judgement, embedding_cost = await _embedding_judgement(
+            sample, embedding, answer.text, threshold=threshold, hold=hold
+        )
+        cost += embedding_cost
     if judgement is None:
         await _unjudged(sample, lever, f"no readable verdict ({method.label})")
         return None
