@@ -254,6 +254,7 @@ async def call_with_fallbacks(
     *,
     policy: RetryPolicy,
     breaker_policy: BreakerPolicy | None = None,
+    billed_to: list[BilledFailure] | None = None,
 ) -> FallbackResult[T]:
     """Call ``attempt`` down the chain until one succeeds.
 
@@ -264,13 +265,22 @@ async def call_with_fallbacks(
 
     The attempts the provider may bill though they failed are kept, each with its model, on the result and on the
     error raised (``billed_failures``): a caller that meters the call charges them. An attempt the deadline cut is
-    taken as sent, so as billed: the gateway cannot tell how far it got.
+    taken as sent, so as billed: the gateway cannot tell how far it got. Each is also appended to ``billed_to`` as it
+    happens: a caller cancelled meanwhile (its client went away during a later attempt or a backoff) gets neither
+    the result nor the error, and still knows them.
     """
     breaker_policy = breaker_policy or BreakerPolicy()
     deadline = time.monotonic() + policy.deadline_seconds
     attempts = 0
     last_error: UpstreamError | None = None
-    billed: tuple[BilledFailure, ...] = ()
+    billed: list[BilledFailure] = []
+
+    def bill(entry: ModelEntry, error: UpstreamError) -> None:
+        failure = BilledFailure(entry, error, attempts)
+        billed.append(failure)
+        if billed_to is not None:
+            billed_to.append(failure)
+
     for entry in chain:
         breaker = CircuitBreaker(entry.provider.name, entry.upstream_name, policy=breaker_policy)
         if not await breaker.allow():
@@ -291,16 +301,16 @@ async def call_with_fallbacks(
                     request_sent=True,
                 )
                 last_error.last_model = entry
-                billed += (BilledFailure(entry, last_error, attempts),)
+                bill(entry, last_error)
                 await breaker.record_failure()
                 break
             except UpstreamError as error:
                 last_error, error.last_model = error, entry
                 if error.billable:
-                    billed += (BilledFailure(entry, error, attempts),)
+                    bill(entry, error)
                 if not is_retryable(error):
                     await breaker.record_success()
-                    error.attempts, error.billed_failures = attempts, billed
+                    error.attempts, error.billed_failures = attempts, tuple(billed)
                     raise
                 if await breaker.record_failure():
                     break
@@ -320,11 +330,11 @@ async def call_with_fallbacks(
                 if hasattr(value, "aclose"):
                     await value.aclose()
                 raise
-            return FallbackResult(value=value, served=entry, attempts=attempts, billed_failures=billed)
+            return FallbackResult(value=value, served=entry, attempts=attempts, billed_failures=tuple(billed))
         if attempts >= policy.max_attempts or time.monotonic() >= deadline:
             break
     if last_error is None:
         names = ", ".join(sorted({f"{entry.provider.name}:{entry.upstream_name}" for entry in chain}))
         last_error = CircuitOpen(f"every model of the chain is failing and skipped for now ({names})")
-    last_error.attempts, last_error.billed_failures = attempts, billed
+    last_error.attempts, last_error.billed_failures = attempts, tuple(billed)
     raise last_error

@@ -2,18 +2,25 @@
 cannot use, a timeout once the request was sent) has a ledger row of its own, kind `failed_attempt`, priced at the
 model it was made to, and its cost reaches the budget counters with the request's; the two agree to the cent."""
 
+import asyncio
+import time
 from collections import deque
+from collections.abc import Callable
 from decimal import Decimal
 
 import httpx
 import orjson
 import pytest
+from django.db import DatabaseError
 from django.utils import timezone
 
 from billing.budgets.selectors import budget_status
 from billing.budgets.services import budget_counter_check, budget_create
 from billing.ledger.costs import usage_cost
 from billing.models import UsageKind, UsageRecord
+from llmops.gateway.batches.models import Job, JobStatus
+from llmops.gateway.chat import failed_attempts, recording
+from llmops.gateway.jobs import services as job_services
 from llmops.mock_upstream import MockUpstream
 from routing.catalog import ModelPrices
 from tests.conftest import LARGE_PRICES, SMALL_PRICES
@@ -21,6 +28,7 @@ from tests.factories import ModelFactory, ProviderFactory
 from tests.gateway.test_embeddings import allow as allow_embeddings
 from tests.gateway.test_embeddings import embedding_model
 from tests.gateway.test_routing_live import publish
+from tests.loops import run as run_on_a_new_loop
 from tests.servers import ThreadedServer
 
 MESSAGES = [{"role": "user", "content": "A short answer about refunds, please."}]
@@ -105,12 +113,28 @@ def chat(gateway, setup, model: str, *, stream: bool = False) -> tuple[httpx.Res
         return answer, answer.read().decode()
 
 
-def rows_of(response) -> tuple[UsageRecord, list[UsageRecord]]:
-    """The request's row, and its failed attempts' in the order they were made."""
+def eventually(find: Callable[[], object], *, timeout: float = 10.0):
+    """What ``find`` finds, once it finds it: a live request charges its failed attempts on a task of their own."""
+    deadline = time.monotonic() + timeout
+    while not (found := find()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not found within {timeout} s")
+        time.sleep(0.02)
+    return found
+
+
+def attempt_rows(request_id: str, count: int) -> list[UsageRecord]:
+    """The request's failed attempts' rows in the order they were charged, once there are ``count`` of them."""
+    attempts = UsageRecord.objects.unscoped().filter(parent_request_id=request_id, kind=UsageKind.FAILED_ATTEMPT)
+    if count == 0:
+        return list(attempts)
+    return eventually(lambda: len(rows := list(attempts.order_by("id"))) == count and rows)
+
+
+def rows_of(response, *, attempts: int) -> tuple[UsageRecord, list[UsageRecord]]:
+    """The request's row, and its ``attempts`` failed attempts' in the order they were made."""
     request_id = response.headers["x-llmops-request-id"]
-    records = UsageRecord.objects.unscoped()
-    attempts = records.filter(parent_request_id=request_id, kind=UsageKind.FAILED_ATTEMPT).order_by("request_id")
-    return records.get(request_id=request_id), list(attempts)
+    return UsageRecord.objects.unscoped().get(request_id=request_id), attempt_rows(request_id, attempts)
 
 
 def priced(prices, record: UsageRecord) -> Decimal:
@@ -138,7 +162,7 @@ def test_an_unusable_answer_retried_then_answered_is_charged_with_the_answer(gat
     response, text = chat(gateway, acme, model.name)
 
     assert response.status_code == 200, text
-    request, [attempt] = rows_of(response)
+    request, [attempt] = rows_of(response, attempts=1)
     assert (request.served_model, request.attempts, request.usage_estimated) == (model.name, 2, False)
     assert (attempt.kind, attempt.served_model, attempt.attempts) == (UsageKind.FAILED_ATTEMPT, model.name, 1)
     assert (attempt.http_status, attempt.error_code) == (502, "upstream_invalid_response")
@@ -146,7 +170,9 @@ def test_an_unusable_answer_retried_then_answered_is_charged_with_the_answer(gat
     assert attempt.usage_estimated and attempt.prompt_tokens == request.prompt_tokens
     assert attempt.completion_tokens > 0
     assert attempt.cost_usd == priced(LARGE_PRICES, attempt) > 0
-    assert Decimal(response.headers["x-llmops-budget-remaining-usd"]) == LIMIT - request.cost_usd - attempt.cost_usd
+    # The attempt is charged on a task of its own: the request's settle may have seen it or not.
+    remaining = Decimal(response.headers["x-llmops-budget-remaining-usd"])
+    assert remaining in (LIMIT - request.cost_usd - attempt.cost_usd, LIMIT - request.cost_usd)
     assert_counted(budget, request.cost_usd + attempt.cost_usd)
 
 
@@ -168,7 +194,7 @@ def test_unusable_answers_a_fallback_took_over_from_are_charged_at_their_own_mod
     response, text = chat(gateway, acme, "auto")
 
     assert response.status_code == 200, text
-    request, attempts = rows_of(response)
+    request, attempts = rows_of(response, attempts=2)
     assert (request.served_model, request.attempts) == (acme.small.name, 3)
     assert [(row.served_model, row.error_code) for row in attempts] == [
         (malformed.name, "upstream_invalid_response")
@@ -191,7 +217,7 @@ def test_timed_out_attempts_a_fallback_took_over_from_are_charged_their_prompt(g
     response, text = chat(gateway, acme, "auto", stream=stream)
 
     assert response.status_code == 200 and (not stream or text.rstrip().endswith("data: [DONE]")), text
-    request, attempts = rows_of(response)
+    request, attempts = rows_of(response, attempts=2)
     assert (request.served_model, request.attempts) == (acme.small.name, 3)
     assert [(row.served_model, row.http_status, row.error_code) for row in attempts] == [
         (stalled.name, 504, "upstream_timeout")
@@ -211,7 +237,7 @@ def test_a_chain_that_only_times_out_charges_every_prompt_it_sent(gateway, acme,
     response, text = chat(gateway, acme, stalled.name)
 
     assert response.status_code == 504, text
-    request, [attempt] = rows_of(response)
+    request, [attempt] = rows_of(response, attempts=1)
     # The last attempt is the request's own row; the one before has its own.
     for row in (request, attempt):
         assert (row.served_model, row.error_code, row.completion_tokens) == (stalled.name, "upstream_timeout", 0)
@@ -225,7 +251,7 @@ def test_a_plain_answer_is_one_row_and_charged_once(gateway, acme):
     response, text = chat(gateway, acme, acme.small.name)
 
     assert response.status_code == 200, text
-    request, attempts = rows_of(response)
+    request, attempts = rows_of(response, attempts=0)
     assert attempts == [] and UsageRecord.objects.unscoped().count() == 1
     assert (request.attempts, request.cost_usd) == (1, priced(SMALL_PRICES, request))
     assert_counted(budget, request.cost_usd)
@@ -250,8 +276,8 @@ def test_embeddings_timed_out_before_a_fallback_are_charged_their_inputs(gateway
     )
 
     assert response.status_code == 200, response.text
-    request, attempts = rows_of(response)
-    assert request.served_model == embed.name and len(attempts) == 2
+    request, attempts = rows_of(response, attempts=2)
+    assert request.served_model == embed.name
     for row in attempts:
         assert (row.served_model, row.error_code, row.prompt_tokens) == (
             stalled.name,
@@ -260,3 +286,181 @@ def test_embeddings_timed_out_before_a_fallback_are_charged_their_inputs(gateway
         )
         assert row.cost_usd == priced((Decimal("0.13"), Decimal("0.13"), Decimal(0)), row) > 0
     assert_counted(budget, request.cost_usd + sum(row.cost_usd for row in attempts))
+
+
+def only_request_row() -> UsageRecord:
+    return eventually(lambda: UsageRecord.objects.unscoped().filter(kind=UsageKind.REQUEST).first())
+
+
+def test_a_client_that_leaves_during_the_retry_still_pays_the_attempt_before_it(
+    gateway, acme, spoiling_upstream, spoiled
+):
+    """The first answer cannot be used; the client goes away while the retry is in flight. The server cancels the
+    request: its own row is the 499, and the unusable answer before it has its row and its charge all the same."""
+    model = large_model(acme, "acme-spoiled", base_url=spoiling_upstream.url, timeout=Decimal("20"))
+    budget = budget_create(tenant=acme.tenant, limit_usd=LIMIT, period="day")
+    spoiled.extend(["malformed-usage-negative", "stall"])
+
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(
+            f"{gateway.url}/v1/chat/completions",
+            json={"model": model.name, "messages": MESSAGES, "max_tokens": 20},
+            headers={"authorization": f"Bearer {acme.key}"},
+            timeout=httpx.Timeout(10, read=1.5),
+        )
+
+    request = only_request_row()
+    [attempt] = attempt_rows(request.request_id, 1)
+    assert (request.http_status, request.error_code, request.completion_tokens) == (499, "client_disconnected", 0)
+    assert (attempt.served_model, attempt.http_status, attempt.error_code) == (
+        model.name,
+        502,
+        "upstream_invalid_response",
+    )
+    assert attempt.completion_tokens > 0 and attempt.cost_usd == priced(LARGE_PRICES, attempt) > 0
+    assert_counted(budget, request.cost_usd + attempt.cost_usd)
+
+
+@pytest.mark.parametrize(
+    ("stream", "mark", "code"),
+    [(False, "malformed-usage-negative", "upstream_invalid_response"), (True, "stall", "upstream_timeout")],
+    ids=["complete", "streamed"],
+)
+def test_charging_the_attempts_before_an_answer_holds_back_neither_the_answer_nor_its_row(
+    gateway, acme, spoiling_upstream, spoiled, monkeypatch, stream, mark, code
+):
+    """Were the answer to wait for its failed attempts' charges, a client that left meanwhile would cancel the
+    request holding an answer not yet settled (charged its prompt only) or an opened stream (never closed)."""
+    model = large_model(acme, "acme-spoiled", base_url=spoiling_upstream.url, timeout=Decimal("0.5"))
+    budget = budget_create(tenant=acme.tenant, limit_usd=LIMIT, period="day")
+    spoiled.append(mark)
+    slowly_counted = failed_attempts.failure_usage
+
+    async def failure_usage(*args):
+        await asyncio.sleep(3)
+        return await slowly_counted(*args)
+
+    monkeypatch.setattr(failed_attempts, "failure_usage", failure_usage)
+    body = {"model": model.name, "messages": MESSAGES, "max_tokens": 20, "stream": stream}
+    headers = {"authorization": f"Bearer {acme.key}"}
+
+    with httpx.stream(
+        "POST", f"{gateway.url}/v1/chat/completions", json=body, headers=headers, timeout=httpx.Timeout(10, read=1.5)
+    ) as response:
+        text = response.read().decode()
+
+    assert response.status_code == 200 and (not stream or text.rstrip().endswith("data: [DONE]")), text
+    request, [attempt] = rows_of(response, attempts=1)
+    assert (request.http_status, request.usage_estimated) == (200, False) and request.completion_tokens > 0
+    assert attempt.error_code == code and attempt.cost_usd > 0
+    assert_counted(budget, request.cost_usd + attempt.cost_usd)
+
+
+def test_a_job_run_again_after_its_worker_died_charges_the_attempts_of_both_runs(
+    gateway, acme, mock_upstream, ledger_drainer, monkeypatch
+):
+    """A job keeps its request id however often it runs. Its attempts' rows do not: the second run's are not the
+    first run's ids again, which the ledger would drop while the budget counters charged them."""
+    malformed = large_model(
+        acme, "acme-malformed", base_url=mock_upstream.url, upstream_name="mock-malformed-body-array"
+    )
+    chain(acme, malformed, acme.small)
+    # The failing model's budget: only the attempts count there, not the job's own row, which a run that dies before
+    # recording it has charged to the counters already (the nightly check brings those back to the ledger).
+    budget = budget_create(
+        tenant=acme.tenant, scope="tenant_model", model_name=malformed.name, period="day", limit_usd=LIMIT
+    )
+    job = Job.objects.create(
+        tenant=acme.tenant,
+        team=acme.team,
+        api_key=acme.api_key,
+        body={"model": "auto", "messages": MESSAGES, "max_tokens": 20},
+    )
+    recorded = job_services._job_finish
+    # The first run's worker dies after the call, before it records the job: the job stays in progress.
+    monkeypatch.setattr(job_services, "_job_finish", lambda **kwargs: None)
+    run_on_a_new_loop(job_services.job_run(job_id=job.id))
+    monkeypatch.setattr(job_services, "_job_finish", recorded)
+
+    run_on_a_new_loop(job_services.job_run(job_id=job.id))
+
+    ledger_drainer.wait_drained()
+    assert Job.objects.unscoped().get(pk=job.id).status == JobStatus.COMPLETED
+    attempts = attempt_rows(job_services.job_request_id(job.id), 4)
+    assert {row.served_model for row in attempts} == {malformed.name}
+    assert len({row.request_id for row in attempts}) == 4
+    assert_counted(budget, sum(row.cost_usd for row in attempts))
+
+
+@pytest.mark.parametrize(
+    ("upstream_name", "marks", "status", "code"),
+    [("mock-small", ["malformed-usage-negative"], 200, ""), ("mock-stall", [], 504, "upstream_timeout")],
+    ids=["answered", "failed"],
+)
+def test_an_attempt_that_cannot_be_charged_leaves_the_request_its_outcome_and_its_row(
+    gateway, acme, spoiling_upstream, spoiled, monkeypatch, caplog, upstream_name, marks, status, code
+):
+    """The ledger refuses the attempt's row: logged with what it cost, and the client gets what it would have, the
+    answer or the chain's own OpenAI error, with the request's row; the counters charged nothing the ledger lacks."""
+    model = large_model(
+        acme, "acme-spoiled", base_url=spoiling_upstream.url, upstream_name=upstream_name, timeout=Decimal("0.5")
+    )
+    budget = budget_create(tenant=acme.tenant, limit_usd=LIMIT, period="day")
+    spoiled.extend(marks)
+    settle = recording.reservation_settle
+
+    async def failing_for_attempts(reservation, *, actual, event=None, served_model=None):
+        if event is not None and event.kind == UsageKind.FAILED_ATTEMPT:
+            raise DatabaseError("the ledger is unreachable")
+        return await settle(reservation, actual=actual, event=event, served_model=served_model)
+
+    monkeypatch.setattr(recording, "reservation_settle", failing_for_attempts)
+
+    response, text = chat(gateway, acme, model.name)
+
+    assert response.status_code == status, text
+    if code:
+        assert orjson.loads(text)["error"]["code"] == code
+    request, attempts = rows_of(response, attempts=0)
+    assert (request.http_status, request.error_code, request.served_model) == (status, code, model.name)
+    assert request.cost_usd > 0 and attempts == []
+    request_id = response.headers["x-llmops-request-id"]
+    [logged] = eventually(lambda: [row for row in caplog.records if "not charged" in row.getMessage()])
+    assert request_id in logged.getMessage() and "USD" in logged.getMessage() and logged.exc_info
+    assert_counted(budget, request.cost_usd)
+
+
+def test_a_job_whose_attempt_cannot_be_charged_keeps_its_answer_and_its_row(
+    gateway, acme, mock_upstream, ledger_drainer, monkeypatch
+):
+    """A job waits for its attempts' charges (its loop may not run once it returns): one that fails is logged, and
+    the job completes with its answer and its own row."""
+    malformed = large_model(
+        acme, "acme-malformed", base_url=mock_upstream.url, upstream_name="mock-malformed-body-array"
+    )
+    chain(acme, malformed, acme.small)
+    budget = budget_create(tenant=acme.tenant, limit_usd=LIMIT, period="day")
+    job = Job.objects.create(
+        tenant=acme.tenant,
+        team=acme.team,
+        api_key=acme.api_key,
+        body={"model": "auto", "messages": MESSAGES, "max_tokens": 20},
+    )
+    settle = recording.reservation_settle
+
+    async def failing_for_attempts(reservation, *, actual, event=None, served_model=None):
+        if event is not None and event.kind == UsageKind.FAILED_ATTEMPT:
+            raise DatabaseError("the ledger is unreachable")
+        return await settle(reservation, actual=actual, event=event, served_model=served_model)
+
+    monkeypatch.setattr(recording, "reservation_settle", failing_for_attempts)
+
+    run_on_a_new_loop(job_services.job_run(job_id=job.id))
+
+    ledger_drainer.wait_drained()
+    done = Job.objects.unscoped().get(pk=job.id)
+    assert (done.status, done.status_code, done.result["object"]) == (JobStatus.COMPLETED, 200, "chat.completion")
+    request = UsageRecord.objects.unscoped().get(request_id=done.request_id)
+    assert (request.served_model, request.attempts, request.cost_usd) == (acme.small.name, 3, done.cost_usd)
+    assert attempt_rows(done.request_id, 0) == []
+    assert_counted(budget, request.cost_usd)

@@ -147,6 +147,56 @@ def test_an_exhausted_chain_raises_its_last_error_with_every_billed_failure(mock
     ]
 
 
+def test_a_call_cancelled_during_a_later_attempt_has_handed_over_the_failures_billed_before_it(mock_upstream):
+    """The caller's list gets each billed failure as it happens: a cancel (the client went away) raises neither the
+    result nor the error that carry them."""
+    malformed = openai_model(mock_upstream, "mock-malformed-usage-text")
+    stalled = openai_model(mock_upstream, "mock-stall", timeout=5.0)
+    billed: list[BilledFailure] = []
+
+    async def scenario():
+        call = asyncio.ensure_future(
+            call_with_fallbacks(
+                [malformed, stalled],
+                complete,
+                policy=RetryPolicy(attempts_per_model=1, base_delay_seconds=0.01),
+                breaker_policy=NEVER_OPENS,
+                billed_to=billed,
+            )
+        )
+        while not billed:  # the first answer comes back unusable
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.3)  # the second model is stalling
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+
+    run(scenario())
+
+    [failure] = billed
+    assert (failure.model, failure.attempt, type(failure.error)) == (malformed, 1, upstream.UpstreamInvalidResponse)
+
+
+def test_a_call_cancelled_during_a_backoff_has_handed_over_the_failure_before_it(mock_upstream, monkeypatch):
+    malformed = openai_model(mock_upstream, "mock-malformed-body-array")
+    billed: list[BilledFailure] = []
+    monkeypatch.setattr("routing.resilience.backoff_delay", lambda *args: 5.0)  # within FAST's deadline
+
+    async def scenario():
+        call = asyncio.ensure_future(
+            call_with_fallbacks([malformed], complete, policy=FAST, breaker_policy=NEVER_OPENS, billed_to=billed)
+        )
+        while not billed:
+            await asyncio.sleep(0.01)
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+
+    run(scenario())
+
+    assert [(failure.model, failure.attempt) for failure in billed] == [(malformed, 1)]
+
+
 def test_retry_waits_as_long_as_retry_after_asks(anthropic_server, anthropic_provider):
     anthropic_server.app.failures.append((429, {"retry-after": "0.4"}))
     claude = model_entry("claude", anthropic_provider, "claude-test")

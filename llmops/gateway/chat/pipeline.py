@@ -3,6 +3,7 @@
 It composes the apps in the one direction the design allows: gateway → billing → routing → tenants.
 """
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 
@@ -13,7 +14,12 @@ from billing.ledger.costs import Usage
 from billing.models import CacheStatus
 from core.background import run_in_background
 from llmops.gateway.call import GatewayCall, UsageCeiling, estimated_usage, reply_usage
-from llmops.gateway.chat.failed_attempts import Estimate, failed_attempts_charge, failure_usage
+from llmops.gateway.chat.failed_attempts import (
+    Estimate,
+    failed_attempts_charge,
+    failed_attempts_charge_detached,
+    failure_usage,
+)
 from llmops.gateway.chat.planning import ChatPlan, refusal_error
 from llmops.gateway.chat.recording import finish
 from llmops.gateway.errors import GatewayError, error_body, internal_error, upstream_failure
@@ -25,7 +31,7 @@ from routing.injection_guard import SecretEchoBlocked, answer_texts, guard_answe
 from routing.models import InjectionGuardAction
 from routing.providers.base import billed_text, message_text
 from routing.providers.prompt_cache import effective_provider_cache
-from routing.resilience import FallbackResult, RetryPolicy, call_with_fallbacks
+from routing.resilience import BilledFailure, FallbackResult, RetryPolicy, call_with_fallbacks
 from routing.stream_guard import AnswerHoldBack, AnswerTexts
 
 logger = logging.getLogger(__name__)
@@ -44,25 +50,29 @@ async def call_chain(call: GatewayCall, chain: list[ModelEntry], attempt, *, est
     """``attempt`` down the chain with retries and fallbacks; the OpenAI error when every model failed. Every attempt
     the provider may bill though it failed (an answer the gateway could not use, a timeout once the request was sent)
     is charged at ``estimate`` of it, the gateway's own count (llmops.gateway.chat.failed_attempts): the last one on
-    the request's row, the others on rows of their own."""
+    the request's row, the others on rows of their own, also when the request is cancelled before the chain ends."""
+    billed: list[BilledFailure] = []
     try:
-        result = await call_with_fallbacks(chain, attempt, policy=RETRY_POLICY)
+        result = await call_with_fallbacks(chain, attempt, policy=RETRY_POLICY, billed_to=billed)
     except upstream.UpstreamError as error:
         call.attempts = error.attempts
         call.upstream_ms = error.elapsed_ms
         if error.last_model is not None:
             call.served = error.last_model
         failure = upstream_failure(error)
-        earlier = [billed for billed in error.billed_failures if billed.error is not error]
-        if earlier:
-            await failed_attempts_charge(call, earlier, estimate=estimate)
+        earlier = [failed for failed in billed if failed.error is not error]
+        await failed_attempts_charge(call, earlier, estimate=estimate)
         if error.billable:
             usage = await failure_usage(call, error, call.served, estimate)
             await finish(call, http_status=failure.status_code, usage=usage, error_code=failure.code)
         raise failure from error
+    except asyncio.CancelledError:
+        # The client went away during a later attempt or a backoff: the request's own row is recorded by run_recorded,
+        # the attempts that failed before it by a task of their own.
+        failed_attempts_charge_detached(call, billed, estimate=estimate)
+        raise
     call.served, call.attempts = result.served, result.attempts
-    if result.billed_failures:
-        await failed_attempts_charge(call, result.billed_failures, estimate=estimate)
+    await failed_attempts_charge(call, result.billed_failures, estimate=estimate)
     return result
 
 
