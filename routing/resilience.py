@@ -61,6 +61,18 @@ class BilledFailure:
 
 
 @dataclass(slots=True)
+class ChainProgress:
+    """How far a call down the chain has got, kept up to date as it goes, for a caller cancelled meanwhile (its client
+    went away), which gets neither the result nor the error: the attempts made, and the model of the attempt under way
+    (sent, or answered and not yet handed back), None before the first and between two (a backoff, a circuit
+    breaker's write) once the last one failed. With ``billed_to``, it tells what a cancel leaves to charge: an attempt
+    under way is not among the billed failures."""
+
+    attempts: int = 0
+    in_flight: ModelEntry | None = None
+
+
+@dataclass(slots=True)
 class FallbackResult(Generic[T]):
     value: T
     served: ModelEntry
@@ -255,6 +267,7 @@ async def call_with_fallbacks(
     policy: RetryPolicy,
     breaker_policy: BreakerPolicy | None = None,
     billed_to: list[BilledFailure] | None = None,
+    progress: ChainProgress | None = None,
 ) -> FallbackResult[T]:
     """Call ``attempt`` down the chain until one succeeds.
 
@@ -267,13 +280,15 @@ async def call_with_fallbacks(
     error raised (``billed_failures``): a caller that meters the call charges them. An attempt the deadline cut is
     taken as sent, so as billed: the gateway cannot tell how far it got. Each is also appended to ``billed_to`` as it
     happens: a caller cancelled meanwhile (its client went away during a later attempt or a backoff) gets neither
-    the result nor the error, and still knows them.
+    the result nor the error, and still knows them; ``progress`` tells it whether an attempt was under way then.
     """
     breaker_policy = breaker_policy or BreakerPolicy()
     deadline = time.monotonic() + policy.deadline_seconds
     attempts = 0
     last_error: UpstreamError | None = None
     billed: list[BilledFailure] = []
+
+    progress = progress if progress is not None else ChainProgress()
 
     def bill(entry: ModelEntry, error: UpstreamError) -> None:
         failure = BilledFailure(entry, error, attempts)
@@ -291,10 +306,12 @@ async def call_with_fallbacks(
             if attempts >= policy.max_attempts or remaining <= 0:
                 break
             attempts += 1
+            progress.attempts, progress.in_flight = attempts, entry
             try:
                 async with asyncio.timeout(remaining):
                     value = await attempt(entry)
             except TimeoutError:
+                progress.in_flight = None
                 last_error = UpstreamTimeout(
                     f"no answer within the {policy.deadline_seconds:g}s deadline (model {entry.name})",
                     elapsed_ms=int(remaining * 1000),
@@ -305,6 +322,7 @@ async def call_with_fallbacks(
                 await breaker.record_failure()
                 break
             except UpstreamError as error:
+                progress.in_flight = None
                 last_error, error.last_model = error, entry
                 if error.billable:
                     bill(entry, error)

@@ -23,6 +23,7 @@ from llmops.gateway.chat import failed_attempts, recording
 from llmops.gateway.jobs import services as job_services
 from llmops.mock_upstream import MockUpstream
 from routing.catalog import ModelPrices
+from routing.resilience import RetryPolicy
 from tests.conftest import LARGE_PRICES, SMALL_PRICES
 from tests.factories import ModelFactory, ProviderFactory
 from tests.gateway.test_embeddings import allow as allow_embeddings
@@ -318,6 +319,78 @@ def test_a_client_that_leaves_during_the_retry_still_pays_the_attempt_before_it(
         "upstream_invalid_response",
     )
     assert attempt.completion_tokens > 0 and attempt.cost_usd == priced(LARGE_PRICES, attempt) > 0
+    assert_counted(budget, request.cost_usd + attempt.cost_usd)
+
+
+def test_a_client_that_leaves_during_the_backoff_pays_the_timed_out_prompt_once(
+    gateway, acme, mock_upstream, monkeypatch
+):
+    """The first attempt times out once its request was sent (its prompt is billed); the client goes away during the
+    backoff, before a second attempt. The request's 499 row charges that prompt, at the model's prices, and the
+    attempt has no row of its own: one provider call, one charge."""
+    stalled = large_model(
+        acme, "acme-stalled", base_url=mock_upstream.url, upstream_name="mock-stall", timeout=Decimal("0.5")
+    )
+    budget = budget_create(tenant=acme.tenant, limit_usd=LIMIT, period="day")
+    monkeypatch.setattr("routing.resilience.backoff_delay", lambda *args: 5.0)  # within the 60 s deadline
+
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(
+            f"{gateway.url}/v1/chat/completions",
+            json={"model": stalled.name, "messages": MESSAGES, "max_tokens": 20},
+            headers={"authorization": f"Bearer {acme.key}"},
+            timeout=httpx.Timeout(10, read=1.5),
+        )
+
+    request = only_request_row()
+    assert (request.http_status, request.error_code, request.completion_tokens) == (499, "client_disconnected", 0)
+    time.sleep(0.5)  # a failed attempt's row would be charged on a task of its own by now
+    attempts = attempt_rows(request.request_id, 0)
+    # The prompt is charged once, across the attempt's rows and the request's.
+    assert request.prompt_tokens > 0
+    assert sum(row.prompt_tokens for row in [request, *attempts]) == request.prompt_tokens
+    assert attempts == []
+    assert_counted(budget, request.cost_usd)
+    assert (request.served_model, request.attempts) == (stalled.name, 1)
+    assert request.cost_usd == priced(LARGE_PRICES, request) > 0
+
+
+def test_a_client_that_leaves_during_a_fallback_pays_its_prompt_at_the_fallback_s_prices(
+    gateway, acme, mock_upstream, monkeypatch
+):
+    """The first model times out once sent; the client goes away while the fallback is in flight: the 499 row's
+    prompt is the fallback's, at its prices, and the timed-out attempt has its own row."""
+    stalled = large_model(
+        acme, "acme-stalled", base_url=mock_upstream.url, upstream_name="mock-stall", timeout=Decimal("0.5")
+    )
+    provider = ProviderFactory(base_url=f"{mock_upstream.url}/v1", timeout_seconds=Decimal("20"))
+    slow = ModelFactory(
+        name="acme-slow",
+        provider=provider,
+        upstream_name="mock-stall",
+        input_price_per_million=SMALL_PRICES[0],
+        cached_input_price_per_million=SMALL_PRICES[1],
+        output_price_per_million=SMALL_PRICES[2],
+    )
+    acme.tenant.model_access.allowed_models.add(slow)
+    chain(acme, stalled, slow)
+    monkeypatch.setattr("llmops.gateway.chat.pipeline.RETRY_POLICY", RetryPolicy(attempts_per_model=1))
+    budget = budget_create(tenant=acme.tenant, limit_usd=LIMIT, period="day")
+
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(
+            f"{gateway.url}/v1/chat/completions",
+            json={"model": "auto", "messages": MESSAGES, "max_tokens": 20},
+            headers={"authorization": f"Bearer {acme.key}"},
+            timeout=httpx.Timeout(10, read=1.5),
+        )
+
+    request = only_request_row()
+    [attempt] = attempt_rows(request.request_id, 1)
+    assert (request.http_status, request.served_model, request.attempts) == (499, slow.name, 2)
+    assert (attempt.served_model, attempt.error_code) == (stalled.name, "upstream_timeout")
+    assert attempt.prompt_tokens == request.prompt_tokens > 0
+    assert attempt.cost_usd == priced(LARGE_PRICES, attempt) > request.cost_usd == priced(SMALL_PRICES, request)
     assert_counted(budget, request.cost_usd + attempt.cost_usd)
 
 

@@ -15,6 +15,7 @@ from routing.resilience import (
     CLEAN_VERDICT_SECONDS,
     BilledFailure,
     BreakerPolicy,
+    ChainProgress,
     CircuitBreaker,
     CircuitOpen,
     RetryPolicy,
@@ -195,6 +196,48 @@ def test_a_call_cancelled_during_a_backoff_has_handed_over_the_failure_before_it
     run(scenario())
 
     assert [(failure.model, failure.attempt) for failure in billed] == [(malformed, 1)]
+
+
+def test_progress_tells_an_attempt_under_way_from_a_backoff_after_a_billed_one(mock_upstream, monkeypatch):
+    """A caller cancelled mid-chain knows whether an attempt was under way (its prompt not among the billed failures)
+    or none was (a backoff after a failure): in flight while the request is out, cleared once it failed."""
+    stalled = openai_model(mock_upstream, "mock-stall", timeout=0.3)
+    billed: list[BilledFailure] = []
+    progress = ChainProgress()
+    monkeypatch.setattr("routing.resilience.backoff_delay", lambda *args: 5.0)  # within FAST's deadline
+
+    async def scenario():
+        call = asyncio.ensure_future(
+            call_with_fallbacks(
+                [stalled], complete, policy=FAST, breaker_policy=NEVER_OPENS, billed_to=billed, progress=progress
+            )
+        )
+        await asyncio.sleep(0.1)  # the first attempt is out, stalling
+        under_way = (progress.in_flight, progress.attempts, list(billed))
+        while not billed:  # it times out once sent: billed, then the backoff
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)
+        between = (progress.in_flight, progress.attempts)
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        return under_way, between
+
+    under_way, between = run(scenario())
+
+    assert under_way == (stalled, 1, [])
+    assert between == (None, 1)
+    [failure] = billed
+    assert (failure.model, failure.attempt, type(failure.error)) == (stalled, 1, upstream.UpstreamTimeout)
+
+
+def test_progress_keeps_the_attempt_that_answered(mock_upstream):
+    healthy = openai_model(mock_upstream, "mock-small")
+    progress = ChainProgress()
+
+    result = run(call_with_fallbacks([healthy], complete, policy=FAST, breaker_policy=NEVER_OPENS, progress=progress))
+
+    assert result.served == healthy and (progress.in_flight, progress.attempts) == (healthy, 1)
 
 
 def test_retry_waits_as_long_as_retry_after_asks(anthropic_server, anthropic_provider):

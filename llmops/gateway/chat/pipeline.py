@@ -31,7 +31,7 @@ from routing.injection_guard import SecretEchoBlocked, answer_texts, guard_answe
 from routing.models import InjectionGuardAction
 from routing.providers.base import billed_text, message_text
 from routing.providers.prompt_cache import effective_provider_cache
-from routing.resilience import BilledFailure, FallbackResult, RetryPolicy, call_with_fallbacks
+from routing.resilience import BilledFailure, ChainProgress, FallbackResult, RetryPolicy, call_with_fallbacks
 from routing.stream_guard import AnswerHoldBack, AnswerTexts
 
 logger = logging.getLogger(__name__)
@@ -52,8 +52,9 @@ async def call_chain(call: GatewayCall, chain: list[ModelEntry], attempt, *, est
     is charged at ``estimate`` of it, the gateway's own count (llmops.gateway.chat.failed_attempts): the last one on
     the request's row, the others on rows of their own, also when the request is cancelled before the chain ends."""
     billed: list[BilledFailure] = []
+    progress = ChainProgress()
     try:
-        result = await call_with_fallbacks(chain, attempt, policy=RETRY_POLICY, billed_to=billed)
+        result = await call_with_fallbacks(chain, attempt, policy=RETRY_POLICY, billed_to=billed, progress=progress)
     except upstream.UpstreamError as error:
         call.attempts = error.attempts
         call.upstream_ms = error.elapsed_ms
@@ -67,8 +68,17 @@ async def call_chain(call: GatewayCall, chain: list[ModelEntry], attempt, *, est
             await finish(call, http_status=failure.status_code, usage=usage, error_code=failure.code)
         raise failure from error
     except asyncio.CancelledError:
-        # The client went away during a later attempt or a backoff: the request's own row is recorded by run_recorded,
-        # the attempts that failed before it by a task of their own.
+        # The client went away during a later attempt or a backoff. The request's own row, the 499 run_recorded
+        # writes, charges one prompt at call.served's prices: the attempt under way's, or, between attempts, the last
+        # billed failure's, which then has no row of its own (its prompt would be charged twice). The attempts that
+        # failed before it are charged by a task of their own.
+        stands_for = progress.in_flight
+        if stands_for is None and billed:
+            stands_for, billed = billed[-1].model, billed[:-1]
+        if stands_for is not None:
+            call.served = stands_for
+        if progress.attempts:
+            call.attempts = progress.attempts
         failed_attempts_charge_detached(call, billed, estimate=estimate)
         raise
     call.served, call.attempts = result.served, result.attempts
