@@ -4,9 +4,12 @@ After the call, the answer check refuses answers that echo a credential back (ex
 
 import base64
 import binascii
+import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+
+import orjson
 
 from core.redaction import secret_kinds_in
 from routing.models import InjectionGuardAction
@@ -127,9 +130,27 @@ class SecretEchoBlocked(RoutingRefusal):
         self.verdict = verdict
 
 
+def written_text(value) -> str | None:
+    """A text field of an answer as the guard reads it: a string as it is; call arguments sent as a JSON object (or
+    array) rather than a string, serialised; anything else, nothing."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict | list):
+        try:
+            return orjson.dumps(value).decode()
+        except orjson.JSONEncodeError:  # an integer past 64 bits, say, which json writes
+            return json.dumps(value, ensure_ascii=False, default=str)
+    return None
+
+
+# What a message (or a delta) writes besides its content and its calls' arguments: its refusal and the reasoning some
+# providers send beside the answer.
+WRITTEN_FIELDS = ("refusal", "reasoning_content", "reasoning")
+
+
 def answer_texts(answer: dict) -> list[str]:
-    """The text a chat completion answer carries: message content, refusal, and function-call and tool-call arguments
-    of every choice."""
+    """The text a chat completion answer carries: message content, refusal, reasoning (``reasoning_content``,
+    ``reasoning``), and function-call and tool-call arguments (strings, or objects serialised) of every choice."""
     texts = []
     for choice in answer.get("choices") or []:
         message = (choice or {}).get("message") or (choice or {}).get("delta") or {}
@@ -138,7 +159,8 @@ def answer_texts(answer: dict) -> list[str]:
             message.get("function_call"),
             *((tool_call or {}).get("function") for tool_call in message.get("tool_calls") or []),
         ]
-        written = [message.get("refusal"), *(call.get("arguments") for call in calls if isinstance(call, dict))]
+        written = [message.get(name) for name in WRITTEN_FIELDS]
+        written += [written_text(call.get("arguments")) for call in calls if isinstance(call, dict)]
         texts.extend(text for text in written if isinstance(text, str))
     return texts
 

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from routing.injection_guard import SecretEchoBlocked, guard_answer, inspect_answer
-from routing.stream_guard import HOLD_BACK_CHARS, AnswerHoldBack, AnswerTexts, chunk_texts
+from routing.stream_guard import HOLD_BACK_CHARS, UNBOUNDED_CAP_CHARS, AnswerHoldBack, AnswerTexts, chunk_texts
 
 PROVIDER_KEY = "mockcred-7f3a9c0b51d2e4f8a6"
 SHAPED_KEY = "sk-proj-" + "Ab3dEf6hIj9kLm2oPq5sTu8wXy1zAb4dEf7hIj0k"
@@ -58,11 +58,13 @@ def sent_text(events: list[str]) -> str:
     return "".join(text for raw in events for _, text in chunk_texts(orjson.loads(raw[6:])))
 
 
+# A JWT longer than the hold-back: its start is long gone from a window of the hold-back's length when it ends.
+LONG_JWT = "eyJ" + "hb" * 300 + ".eyJ" + "pl" * 300 + "." + "S" * 43
 cuts = st.lists(st.integers(min_value=0, max_value=10_000), max_size=40)
 
 
 @settings(max_examples=150, deadline=None)
-@given(cuts=cuts, secret=st.sampled_from([PROVIDER_KEY, SHAPED_KEY, "AKIAIOSFODNN7EXAMPLE"]))
+@given(cuts=cuts, secret=st.sampled_from([PROVIDER_KEY, SHAPED_KEY, "AKIAIOSFODNN7EXAMPLE", LONG_JWT]))
 def test_no_character_of_a_secret_goes_out_however_the_answer_is_cut(cuts, secret):
     answer = BEFORE + secret + AFTER
 
@@ -95,6 +97,7 @@ def test_a_clean_answer_goes_out_whole_and_in_order(cuts):
 
 # Pieces of credential shapes and what keeps them from being one, to build answers near the edge.
 FRAGMENTS = ["sk-", "proj-", "ri", "AKIA", "ASIA", "IOSFODNN7", "EXAMPLE", "X", "ab", "12", "-", "_", " ", ".", "AIza"]
+FRAGMENTS += ["eyJ", "abcde", "Bearer", "  ", "aws_secret", "=", '"', "\n", "wJalrXUtnFEMIK7MDENG"]
 
 
 @settings(max_examples=300, deadline=None)
@@ -192,3 +195,118 @@ def test_a_word_cut_where_a_credential_would_end_is_not_taken_for_one(word):
 def test_a_complete_answer_is_checked_where_a_stream_is(message):
     with pytest.raises(SecretEchoBlocked):
         guard_answer({"choices": [{"index": 0, "message": message}]}, action="block")
+
+
+def jwt_of(length: int) -> str:
+    """A JWT of about `length` characters: a long header and payload, a signature of 43."""
+    body = (length - 43 - 2) // 2
+    return "eyJ" + "a" * (body - 3) + ".eyJ" + "b" * (body - 3) + "." + "S" * 43
+
+
+@pytest.mark.parametrize("size", [1_024, 1_536])
+@pytest.mark.parametrize("step", [5, 7])
+def test_a_credential_longer_than_the_hold_back_is_held_back_whole(size, step):
+    """A JWT has no length bound: its start is held until it can no longer be one, so no piece of it goes out."""
+    token = jwt_of(size)
+    answer = BEFORE + token + AFTER
+    assert inspect_answer([answer], action="block").blocked
+
+    sent, blocked = relay(pieces_of(answer, list(range(step, len(answer), step))), known_secrets=())
+
+    assert blocked and BEFORE.startswith(sent_text(sent))
+
+
+@pytest.mark.parametrize(
+    "opening",
+    ["Authorization: Bearer" + " " * 600, "aws_secret_access_key =" + " " * 600, 'aws_secret"' + "\n" * 600 + ":"],
+)
+def test_a_labelled_credential_after_a_long_gap_is_held_back_whole(opening):
+    """A bearer token or a labelled AWS secret key may follow its label after any run of spaces."""
+    token = "wJalrXUtnFEMIK7MDENGbPxRfiCYEXAMPLEKEYab"
+    answer = BEFORE + opening + token + AFTER
+    assert inspect_answer([answer], action="block").blocked
+    shape_start = answer.index("Bearer" if "Bearer" in opening else "aws_secret")
+
+    sent, blocked = relay(pieces_of(answer, list(range(5, len(answer), 5))), known_secrets=())
+
+    assert blocked and answer[:shape_start].startswith(sent_text(sent))
+
+
+def test_a_value_shaped_like_the_start_of_a_credential_past_the_cap_blocks_the_stream():
+    """Held rather than sent, but not forever: past the cap the stream is blocked as showing a secret."""
+    answer = BEFORE + "eyJ" + "a" * (UNBOUNDED_CAP_CHARS + 100) + AFTER
+
+    sent, blocked = relay(pieces_of(answer, list(range(50, len(answer), 50))), known_secrets=())
+
+    assert blocked and "eyJ" not in sent_text(sent)
+
+
+def test_a_value_that_stops_being_a_credential_goes_out_after_all():
+    """An `eyJ…` run that ends unlike a JWT (a space) is released: it was held only while it might be one."""
+    answer = BEFORE + "eyJ" + "a" * 1_000 + " and more text" * 40
+    pieces = pieces_of(answer, list(range(7, len(answer), 7)))
+
+    sent, blocked = relay(pieces, known_secrets=())
+
+    assert not blocked and sent_text(sent) == answer
+
+
+@pytest.mark.parametrize("index", [0, None])
+def test_tool_calls_sharing_an_index_in_one_delta_are_all_checked(index):
+    calls = [{"index": index, "function": {"arguments": piece}} for piece in ('{"q": "', SHAPED_KEY, '"}')]
+    chunk_ = {"choices": [{"index": 0, "delta": {"tool_calls": calls}, "finish_reason": None}]}
+
+    hold_back = AnswerHoldBack([])
+    with pytest.raises(SecretEchoBlocked):
+        hold_back.take(event(chunk_), chunk_)
+        hold_back.finish()
+    texts = AnswerTexts()
+    texts.add(chunk_)
+    assert inspect_answer(texts.texts(), action="block").blocked
+
+
+def test_a_null_tool_call_index_is_the_call_s_position():
+    calls = [{"index": None, "function": {"arguments": "a"}}, {"index": None, "function": {"arguments": "b"}}]
+
+    assert chunk_texts({"choices": [{"index": 0, "delta": {"tool_calls": calls}}]}) == [
+        ((0, "tool_calls[0]"), "a"),
+        ((0, "tool_calls[1]"), "b"),
+    ]
+
+
+@pytest.mark.parametrize(
+    "delta",
+    [
+        {"reasoning_content": f"The key is {SHAPED_KEY}."},
+        {"reasoning": f"The key is {SHAPED_KEY}."},
+        {"tool_calls": [{"index": 0, "function": {"name": "f", "arguments": {"key": SHAPED_KEY}}}]},
+        {"function_call": {"name": "f", "arguments": {"key": SHAPED_KEY}}},
+    ],
+)
+def test_reasoning_and_object_arguments_are_guarded(delta):
+    streamed = {"choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
+    hold_back = AnswerHoldBack([])
+
+    with pytest.raises(SecretEchoBlocked):
+        assert hold_back.take(event(streamed), streamed) == []
+        hold_back.finish()
+    texts = AnswerTexts()
+    texts.add(streamed)
+    assert inspect_answer(texts.texts(), action="block").blocked
+    message = {"role": "assistant", "content": None, **delta}
+    with pytest.raises(SecretEchoBlocked):
+        guard_answer({"choices": [{"index": 0, "message": message}]}, action="block")
+
+
+def test_text_written_after_its_choice_finished_is_held_again():
+    """A provider that sends a finish reason and then more of the choice (each chunk finishing it again)."""
+    hold_back, sent = AnswerHoldBack([]), []
+    events = [chunk("content", BEFORE, finish="stop")]
+    events += [chunk("content", piece, finish="stop") for piece in pieces_of(SHAPED_KEY, list(range(5, 60, 5)))]
+
+    with pytest.raises(SecretEchoBlocked):
+        for data in events:
+            sent += hold_back.take(event(data), data)
+        sent += hold_back.finish()
+
+    assert sent_text(sent) == BEFORE
