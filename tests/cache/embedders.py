@@ -2,15 +2,32 @@
 
 import hashlib
 import threading
+from contextlib import contextmanager
 
 import numpy as np
 
+from routing.cache import embedders
 from routing.cache.embedders import MeteredEmbeddings
 from routing.tokens import count_text_tokens
 
+HTTP_EMBEDDER = "routing.cache.embedders.HttpEmbedder"
 WORD_DIMENSIONS = 64
 # What BilledEmbedder's provider bills a call beyond its texts' tokens.
 BILLED_EXTRA_TOKENS = 5
+
+
+@contextmanager
+def http_embedder_configured(settings, *, url: str, model: str):
+    """HttpEmbedder as the process's embedder (pytest-django's `settings`), calling `url`'s /embeddings for `model`.
+    The process loads an embedder once per path: this one is built with these settings, and not kept past them."""
+    settings.LLMOPS_CACHE_EMBEDDER = HTTP_EMBEDDER
+    settings.LLMOPS_CACHE_EMBEDDINGS_URL = url
+    settings.LLMOPS_CACHE_EMBEDDINGS_MODEL = model
+    embedders._loaded.pop(HTTP_EMBEDDER, None)
+    try:
+        yield settings
+    finally:
+        embedders._loaded.pop(HTTP_EMBEDDER, None)
 
 
 def word_vectors(texts: list[str]) -> np.ndarray:

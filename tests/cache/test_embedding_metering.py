@@ -28,9 +28,9 @@ from routing.models import ModelKind
 from routing.prices import model_price_set
 from routing.tokens import count_text_tokens
 from tests.cache.conftest import cache_policy, chat
+from tests.cache.embedders import http_embedder_configured
 from tests.factories import ModelFactory, ProviderFactory
 
-HTTP_EMBEDDER = "routing.cache.embedders.HttpEmbedder"
 EMBEDDINGS_MODEL = "cache-embed"
 # USD per million tokens. Six tokens cost 7,801.5 of the ledger's quanta and fourteen 18,203.5: each rounded alone,
 # the two would come to a quantum more than the twenty together (26,005).
@@ -64,13 +64,8 @@ def embedding_rows(*, expected: int, timeout: float = 10.0) -> list[UsageRecord]
 @pytest.fixture
 def http_embedder(settings, mock_upstream):
     """HttpEmbedder as the process's embedder, calling the mock upstream's /embeddings for EMBEDDINGS_MODEL."""
-    settings.LLMOPS_CACHE_EMBEDDER = HTTP_EMBEDDER
-    settings.LLMOPS_CACHE_EMBEDDINGS_URL = f"{mock_upstream.url}/v1"
-    settings.LLMOPS_CACHE_EMBEDDINGS_MODEL = EMBEDDINGS_MODEL
-    # The process loads an embedder once per path: this one is built with the settings above, and not kept past them.
-    embedders._loaded.pop(HTTP_EMBEDDER, None)
-    yield settings
-    embedders._loaded.pop(HTTP_EMBEDDER, None)
+    with http_embedder_configured(settings, url=f"{mock_upstream.url}/v1", model=EMBEDDINGS_MODEL) as configured:
+        yield configured
 
 
 def embeddings_model_create(mock_upstream, name: str = EMBEDDINGS_MODEL):

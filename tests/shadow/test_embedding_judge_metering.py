@@ -9,12 +9,11 @@ import pytest
 from billing.models import EvaluationHold, EvaluationSpend, JudgeMethod, ShadowEvaluation, UsageKind, UsageRecord
 from llmops.gateway.shadow.samples import sample_seal
 from llmops.gateway.shadow.tasks import shadow_evaluate_task
-from routing.cache import embedders
 from routing.models import ModelKind
+from tests.cache.embedders import http_embedder_configured
 from tests.factories import ModelFactory, ProviderFactory
 from tests.shadow.conftest import evaluation_on, sample_of
 
-HTTP_EMBEDDER = "routing.cache.embedders.HttpEmbedder"
 EMBEDDINGS_MODEL = "judge-embed"
 PRICE = Decimal("0.13")
 QUANTUM = Decimal("0.0000000001")
@@ -23,13 +22,8 @@ QUANTUM = Decimal("0.0000000001")
 @pytest.fixture
 def http_embedder(settings, mock_upstream):
     """HttpEmbedder as the process's embedder, calling the mock upstream's /embeddings for EMBEDDINGS_MODEL."""
-    settings.LLMOPS_CACHE_EMBEDDER = HTTP_EMBEDDER
-    settings.LLMOPS_CACHE_EMBEDDINGS_URL = f"{mock_upstream.url}/v1"
-    settings.LLMOPS_CACHE_EMBEDDINGS_MODEL = EMBEDDINGS_MODEL
-    # Loaded once per process and path: this one with the settings above, and not kept past them.
-    embedders._loaded.pop(HTTP_EMBEDDER, None)
-    yield settings
-    embedders._loaded.pop(HTTP_EMBEDDER, None)
+    with http_embedder_configured(settings, url=f"{mock_upstream.url}/v1", model=EMBEDDINGS_MODEL) as configured:
+        yield configured
 
 
 def embeddings_model_create(mock_upstream, *, price: Decimal = PRICE):
