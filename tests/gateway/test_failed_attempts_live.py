@@ -322,37 +322,39 @@ def test_a_client_that_leaves_during_the_retry_still_pays_the_attempt_before_it(
     assert_counted(budget, request.cost_usd + attempt.cost_usd)
 
 
-def test_a_client_that_leaves_during_the_backoff_pays_the_timed_out_prompt_once(
-    gateway, acme, mock_upstream, monkeypatch
+@pytest.mark.parametrize("mark", ["stall", "malformed-usage-negative"], ids=["timed-out", "unusable"])
+def test_a_client_that_leaves_during_the_backoff_pays_the_attempt_before_it_once(
+    gateway, acme, spoiling_upstream, spoiled, monkeypatch, mark
 ):
-    """The first attempt times out once its request was sent (its prompt is billed); the client goes away during the
-    backoff, before a second attempt. The request's 499 row charges that prompt, at the model's prices, and the
-    attempt has no row of its own: one provider call, one charge."""
-    stalled = large_model(
-        acme, "acme-stalled", base_url=mock_upstream.url, upstream_name="mock-stall", timeout=Decimal("0.5")
-    )
+    """The first attempt times out once its request was sent, or answers something unusable (billed either way); the
+    client goes away during the backoff, before a second attempt. The attempt has its row, at the gateway's count of
+    it (an unusable answer's text included), and the request's 499 row charges nothing: no call was under way."""
+    model = large_model(acme, "acme-spoiled", base_url=spoiling_upstream.url, timeout=Decimal("0.5"))
     budget = budget_create(tenant=acme.tenant, limit_usd=LIMIT, period="day")
+    spoiled.append(mark)
     monkeypatch.setattr("routing.resilience.backoff_delay", lambda *args: 5.0)  # within the 60 s deadline
 
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(
             f"{gateway.url}/v1/chat/completions",
-            json={"model": stalled.name, "messages": MESSAGES, "max_tokens": 20},
+            json={"model": model.name, "messages": MESSAGES, "max_tokens": 20},
             headers={"authorization": f"Bearer {acme.key}"},
             timeout=httpx.Timeout(10, read=1.5),
         )
 
     request = only_request_row()
-    assert (request.http_status, request.error_code, request.completion_tokens) == (499, "client_disconnected", 0)
-    time.sleep(0.5)  # a failed attempt's row would be charged on a task of its own by now
-    attempts = attempt_rows(request.request_id, 0)
-    # The prompt is charged once, across the attempt's rows and the request's.
-    assert request.prompt_tokens > 0
-    assert sum(row.prompt_tokens for row in [request, *attempts]) == request.prompt_tokens
-    assert attempts == []
-    assert_counted(budget, request.cost_usd)
-    assert (request.served_model, request.attempts) == (stalled.name, 1)
-    assert request.cost_usd == priced(LARGE_PRICES, request) > 0
+    [attempt] = attempt_rows(request.request_id, 1)
+    assert (request.http_status, request.error_code, request.served_model, request.attempts) == (
+        499,
+        "client_disconnected",
+        model.name,
+        1,
+    )
+    assert (request.prompt_tokens, request.completion_tokens, request.cost_usd) == (0, 0, 0)
+    assert attempt.served_model == model.name and attempt.prompt_tokens > 0
+    assert (attempt.completion_tokens > 0) == (mark != "stall")
+    assert attempt.cost_usd == priced(LARGE_PRICES, attempt) > 0
+    assert_counted(budget, attempt.cost_usd)
 
 
 def test_a_client_that_leaves_during_a_fallback_pays_its_prompt_at_the_fallback_s_prices(

@@ -24,8 +24,9 @@ from routing.cache.embedders import embedding_payer
 
 def _prompt_sent(call: GatewayCall) -> Usage | None:
     """What a request cancelled after admission may have cost: the prompt, as the gateway counted it, that the
-    provider may have been sent and bills for; nothing when it was not admitted (no provider was called)."""
-    if call.reservation is None or call.served is None:
+    provider may have been sent and bills for; nothing when it was not admitted, or when no upstream attempt was
+    under way (``call.upstream_idle``)."""
+    if call.reservation is None or call.served is None or call.upstream_idle:
         return None
     return Usage(prompt_tokens=call.prompt_tokens_after_compression or 0, estimated=True)
 

@@ -49,8 +49,8 @@ def _for_model(body: dict, model: ModelEntry) -> dict:
 async def call_chain(call: GatewayCall, chain: list[ModelEntry], attempt, *, estimate: Estimate) -> FallbackResult:
     """``attempt`` down the chain with retries and fallbacks; the OpenAI error when every model failed. Every attempt
     the provider may bill though it failed (an answer the gateway could not use, a timeout once the request was sent)
-    is charged at ``estimate`` of it, the gateway's own count (llmops.gateway.chat.failed_attempts): the last one on
-    the request's row, the others on rows of their own, also when the request is cancelled before the chain ends."""
+    is charged at ``estimate`` of it, the gateway's own count (llmops.gateway.chat.failed_attempts): the one that
+    ends the chain on the request's row, the others on rows of their own (every one, when the request is cancelled)."""
     billed: list[BilledFailure] = []
     progress = ChainProgress()
     try:
@@ -68,15 +68,17 @@ async def call_chain(call: GatewayCall, chain: list[ModelEntry], attempt, *, est
             await finish(call, http_status=failure.status_code, usage=usage, error_code=failure.code)
         raise failure from error
     except asyncio.CancelledError:
-        # The client went away during a later attempt or a backoff. The request's own row, the 499 run_recorded
-        # writes, charges one prompt at call.served's prices: the attempt under way's, or, between attempts, the last
-        # billed failure's, which then has no row of its own (its prompt would be charged twice). The attempts that
-        # failed before it are charged by a task of their own.
-        stands_for = progress.in_flight
-        if stands_for is None and billed:
-            stands_for, billed = billed[-1].model, billed[:-1]
-        if stands_for is not None:
-            call.served = stands_for
+        # The client went away. The request's own row, the 499 run_recorded writes, charges one prompt at
+        # call.served's prices when an attempt was under way (that attempt's), and nothing between attempts (a
+        # backoff, a circuit breaker's read or write) or before the first: then no provider call was left unbilled.
+        # The attempts that failed and were billed are charged by a task of their own, each at its own count (an
+        # unusable answer with the text it sent).
+        if progress.in_flight is not None:
+            call.served = progress.in_flight
+        else:
+            call.upstream_idle = True
+            if billed:
+                call.served = billed[-1].model
         if progress.attempts:
             call.attempts = progress.attempts
         failed_attempts_charge_detached(call, billed, estimate=estimate)
