@@ -289,6 +289,17 @@ def test_embeddings_timed_out_before_a_fallback_are_charged_their_inputs(gateway
     assert_counted(budget, request.cost_usd + sum(row.cost_usd for row in attempts))
 
 
+def leave_before_the_answer(gateway, setup, model: str) -> None:
+    """A client that gives up on its answer after 1.5 s: the server cancels the request."""
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(
+            f"{gateway.url}/v1/chat/completions",
+            json={"model": model, "messages": MESSAGES, "max_tokens": 20},
+            headers={"authorization": f"Bearer {setup.key}"},
+            timeout=httpx.Timeout(10, read=1.5),
+        )
+
+
 def only_request_row() -> UsageRecord:
     return eventually(lambda: UsageRecord.objects.unscoped().filter(kind=UsageKind.REQUEST).first())
 
@@ -302,13 +313,7 @@ def test_a_client_that_leaves_during_the_retry_still_pays_the_attempt_before_it(
     budget = budget_create(tenant=acme.tenant, limit_usd=LIMIT, period="day")
     spoiled.extend(["malformed-usage-negative", "stall"])
 
-    with pytest.raises(httpx.ReadTimeout):
-        httpx.post(
-            f"{gateway.url}/v1/chat/completions",
-            json={"model": model.name, "messages": MESSAGES, "max_tokens": 20},
-            headers={"authorization": f"Bearer {acme.key}"},
-            timeout=httpx.Timeout(10, read=1.5),
-        )
+    leave_before_the_answer(gateway, acme, model.name)
 
     request = only_request_row()
     [attempt] = attempt_rows(request.request_id, 1)
@@ -334,13 +339,7 @@ def test_a_client_that_leaves_during_the_backoff_pays_the_attempt_before_it_once
     spoiled.append(mark)
     monkeypatch.setattr("routing.resilience.backoff_delay", lambda *args: 5.0)  # within the 60 s deadline
 
-    with pytest.raises(httpx.ReadTimeout):
-        httpx.post(
-            f"{gateway.url}/v1/chat/completions",
-            json={"model": model.name, "messages": MESSAGES, "max_tokens": 20},
-            headers={"authorization": f"Bearer {acme.key}"},
-            timeout=httpx.Timeout(10, read=1.5),
-        )
+    leave_before_the_answer(gateway, acme, model.name)
 
     request = only_request_row()
     [attempt] = attempt_rows(request.request_id, 1)
@@ -379,13 +378,7 @@ def test_a_client_that_leaves_during_a_fallback_pays_its_prompt_at_the_fallback_
     monkeypatch.setattr("llmops.gateway.chat.pipeline.RETRY_POLICY", RetryPolicy(attempts_per_model=1))
     budget = budget_create(tenant=acme.tenant, limit_usd=LIMIT, period="day")
 
-    with pytest.raises(httpx.ReadTimeout):
-        httpx.post(
-            f"{gateway.url}/v1/chat/completions",
-            json={"model": "auto", "messages": MESSAGES, "max_tokens": 20},
-            headers={"authorization": f"Bearer {acme.key}"},
-            timeout=httpx.Timeout(10, read=1.5),
-        )
+    leave_before_the_answer(gateway, acme, "auto")
 
     request = only_request_row()
     [attempt] = attempt_rows(request.request_id, 1)
