@@ -140,9 +140,13 @@ class GatewayCall(RequestFacts):
     # its failed attempts the provider may bill) with its own too (batch lines): each one's event is left here instead
     # of being recorded. None: they record their own rows.
     linked_events: list[UsageEvent] | None = None
-    # Cancelled with no upstream attempt under way (between attempts, or before the first): the 499 row has no prompt
-    # sent to stand for, and charges nothing (the billed attempts have rows of their own).
-    upstream_idle: bool = False
+    # No upstream attempt may be under way: until the chain starts (call_chain), and once a cancel found none (between
+    # attempts, or before the first). A request cancelled so has no prompt sent to stand for: its 499 row charges
+    # nothing (the billed attempts have rows of their own).
+    upstream_idle: bool = True
+    # The usage of the answer an upstream attempt returned, once one did: the provider bills it whole, so a request
+    # cancelled before its row is written (its client gone) is charged it.
+    answer_usage: Usage | None = None
     # What the ledger row was priced at, once finish() recorded it: the provider's usage or the gateway's own count.
     settled_usage: Usage | None = None
     # The stop sequence that ended the answer, when the upstream (or the cached answer) says which; /v1/messages

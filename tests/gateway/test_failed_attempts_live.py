@@ -289,12 +289,12 @@ def test_embeddings_timed_out_before_a_fallback_are_charged_their_inputs(gateway
     assert_counted(budget, request.cost_usd + sum(row.cost_usd for row in attempts))
 
 
-def leave_before_the_answer(gateway, setup, model: str) -> None:
-    """A client that gives up on its answer after 1.5 s: the server cancels the request."""
+def leave_before_the_answer(gateway, setup, model: str, *, stream: bool = False) -> None:
+    """A client that gives up on its answer (a stream's first event) after 1.5 s: the server cancels the request."""
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(
             f"{gateway.url}/v1/chat/completions",
-            json={"model": model, "messages": MESSAGES, "max_tokens": 20},
+            json={"model": model, "messages": MESSAGES, "max_tokens": 20, "stream": stream},
             headers={"authorization": f"Bearer {setup.key}"},
             timeout=httpx.Timeout(10, read=1.5),
         )

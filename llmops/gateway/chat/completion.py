@@ -22,11 +22,14 @@ from llmops.gateway.snapshot import ConfigSnapshot
 from routing.cache.embedders import embedding_payer
 
 
-def _prompt_sent(call: GatewayCall) -> Usage | None:
-    """What a request cancelled after admission may have cost: the prompt, as the gateway counted it, that the
-    provider may have been sent and bills for; nothing when it was not admitted, or when no upstream attempt was
-    under way (``call.upstream_idle``)."""
-    if call.reservation is None or call.served is None or call.upstream_idle:
+def _cancelled_usage(call: GatewayCall) -> Usage | None:
+    """What a request cancelled before its row was written (its client went away) is charged: the answer an upstream
+    attempt returned, which the provider bills whole (``call.answer_usage``); else the prompt, as the gateway counted
+    it, when an attempt may have been under way; nothing when none was (``call.upstream_idle``: before the chain
+    started, or between its attempts)."""
+    if call.answer_usage is not None:
+        return call.answer_usage
+    if call.served is None or call.upstream_idle:
         return None
     return Usage(prompt_tokens=call.prompt_tokens_after_compression or 0, estimated=True)
 
@@ -77,7 +80,7 @@ async def run_recorded(call: GatewayCall, steps: Callable[[], Awaitable[HttpResp
     except asyncio.CancelledError:
         # The client went away before its answer, and the server cancelled this task: the request is still recorded
         # and its reservation settled, by a task of its own that the cancellation does not reach.
-        run_in_background(finish(call, http_status=499, usage=_prompt_sent(call), error_code="client_disconnected"))
+        run_in_background(finish(call, http_status=499, usage=_cancelled_usage(call), error_code="client_disconnected"))
         raise
     finally:
         inflight_release_after(call.inflight, response)

@@ -53,6 +53,8 @@ async def call_chain(call: GatewayCall, chain: list[ModelEntry], attempt, *, est
     ends the chain on the request's row, the others on rows of their own (every one, when the request is cancelled)."""
     billed: list[BilledFailure] = []
     progress = ChainProgress()
+    # From here on an attempt may be under way; a cancel tells from ``progress`` whether one was.
+    call.upstream_idle = False
     try:
         result = await call_with_fallbacks(chain, attempt, policy=RETRY_POLICY, billed_to=billed, progress=progress)
     except upstream.UpstreamError as error:
@@ -69,8 +71,9 @@ async def call_chain(call: GatewayCall, chain: list[ModelEntry], attempt, *, est
         raise failure from error
     except asyncio.CancelledError:
         # The client went away. The request's own row, the 499 run_recorded writes, charges one prompt at
-        # call.served's prices when an attempt was under way (that attempt's), and nothing between attempts (a
-        # backoff, a circuit breaker's read or write) or before the first: then no provider call was left unbilled.
+        # call.served's prices when an attempt was under way (that attempt's, or the answer it returned, in whole),
+        # and nothing between attempts (a backoff, a circuit breaker's read or write) or before the first: then no
+        # provider call was left unbilled.
         # The attempts that failed and were billed are charged by a task of their own, each at its own count (an
         # unusable answer with the text it sent).
         if progress.in_flight is not None:
@@ -104,12 +107,14 @@ async def complete_chat(call: GatewayCall, plan: ChatPlan) -> HttpResponse:
             provider_cache=effective_provider_cache(plan.provider_cache, prices=model.prices),
         )
         prompt_tokens = call.prompt_tokens_after_compression or 0
-        return reply, await reply_usage(reply, body=plan.body, model=model, prompt_tokens=prompt_tokens)
+        usage = await reply_usage(reply, body=plan.body, model=model, prompt_tokens=prompt_tokens)
+        # The answer that ends the chain: billed whole from here on, even if the client leaves before its row.
+        call.answer_usage, call.service_tier = usage, upstream.served_tier(reply.body)
+        return reply, usage
 
     reply, usage = (await _call_chain(call, plan, attempt)).value
     call.upstream_ms = reply.elapsed_ms
     call.stop_sequence = reply.stop_sequence
-    call.service_tier = upstream.served_tier(reply.body)
     try:
         verdict = guard_answer(reply.body, action=plan.guard_action, known_secrets=_provider_secrets(plan))
     except SecretEchoBlocked as blocked:
@@ -176,7 +181,6 @@ class StreamRelay:
         self.chunk_created: int | None = None
         # Streamed tool calls and several choices are not assembled into a cacheable answer.
         self.cacheable = cache is not None
-        self.recorded = False
         self.answer_texts = AnswerTexts() if guard_action == InjectionGuardAction.FLAG else None
         self.hold_back = AnswerHoldBack(known_secrets) if guard_action == InjectionGuardAction.BLOCK else None
         self.answer_flagged = False
@@ -216,9 +220,9 @@ class StreamRelay:
             yield await self._fail(internal_error())
         finally:
             await self.stream.aclose()
-            if not self.recorded:
-                # The client went away mid-stream: charge what was generated until then.
-                self.recorded = True
+            if not self.call.finished:
+                # The client went away before the row was begun (mid-stream, or while the end's usage was counted):
+                # charge what was generated until then.
                 run_in_background(self._record_disconnected())
 
     async def _fail(self, failure: GatewayError, *, log_answer: bool = True) -> bytes:
@@ -298,7 +302,6 @@ class StreamRelay:
 
     async def _record(self, *, http_status: int, error_code: str = "", log_answer: bool = True) -> None:
         self.call.upstream_ms = self.stream.elapsed_ms()
-        self.recorded = True
         self._flag_echoed_secret()
         answer = {"content": "".join(self.content_parts)} if self.content_parts and log_answer else None
         usage = await self._settled_usage()

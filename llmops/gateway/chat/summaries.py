@@ -82,12 +82,16 @@ async def _finish(call: GatewayCall, summary: GatewayCall, **outcome) -> None:
         call.linked_events.append(summary.ledger_event)
 
 
-async def _cut_short(call: GatewayCall, summary: GatewayCall, body: dict, model: ModelEntry) -> None:
+async def _cut_short(
+    call: GatewayCall, summary: GatewayCall, body: dict, model: ModelEntry, reply: upstream.UpstreamReply | None
+) -> None:
+    """Record and settle a summary its request's client left: charged the answer when it had come back (the provider
+    bills it whole), the gateway's count of it, else the prompt it may have sent."""
     try:
-        usage = await estimated_usage(body, "", model)
+        usage = await estimated_usage(body, upstream.answer_text(reply.body) if reply is not None else "", model)
     except Exception:
         # Recorded and settled all the same, at nothing.
-        logger.exception("summary %s cut short: its prompt could not be counted", summary.request_id)
+        logger.exception("summary %s cut short: its usage could not be counted", summary.request_id)
         usage = None
     await _finish(call, summary, http_status=499, usage=usage, error_code="client_disconnected")
 
@@ -116,6 +120,7 @@ def metered_summarizer(snapshot: ConfigSnapshot, call: GatewayCall) -> Summarize
         )
         await _reserve(snapshot, summary, body)
         summary.attempts = 1
+        reply = None
         try:
             reply = await upstream.chat_completion(model.provider, body)
             measured = await reply_usage(reply, body=body, model=model, prompt_tokens=0)
@@ -132,9 +137,9 @@ def metered_summarizer(snapshot: ConfigSnapshot, call: GatewayCall) -> Summarize
             await _finish(call, summary, http_status=502, error_code=upstream.UpstreamError.code)
             raise
         except asyncio.CancelledError:
-            # The client went away: the summary is recorded, charged the prompt it may have sent (as a request cut
-            # short is), and its reservation settled, by a task of its own.
-            run_in_background(_cut_short(call, summary, body, model))
+            # The client went away: the summary is recorded, charged what it may have cost (as a request cut short
+            # is), and its reservation settled, by a task of its own.
+            run_in_background(_cut_short(call, summary, body, model, reply))
             raise
         summary.upstream_ms = reply.elapsed_ms
         text = message_text(reply.body["choices"][0]["message"].get("content"))

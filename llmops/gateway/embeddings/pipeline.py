@@ -244,7 +244,10 @@ async def embed(call: GatewayCall, plan: EmbeddingsPlan) -> HttpResponse:
 
     async def attempt(model: ModelEntry) -> tuple[upstream.UpstreamReply, Usage]:
         reply = await upstream.embeddings(model.provider, {**plan.body, "model": model.upstream_name})
-        return reply, _reply_usage(reply, model=model, counted=counted)
+        usage = _reply_usage(reply, model=model, counted=counted)
+        # Billed from here on, even if the client leaves before the row is written.
+        call.answer_usage = usage
+        return reply, usage
 
     async def estimate(model: ModelEntry, completion_text: str) -> Usage:
         # An embedding bills its inputs alone, the gateway's count of them, whatever came back.
