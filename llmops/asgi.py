@@ -268,7 +268,12 @@ site_with_static = _build_site_application()
 
 
 async def _lifespan(receive, send) -> None:
-    """Startup has nothing to wait for; shutdown closes the connections kept open to providers."""
+    """Startup has nothing to wait for. Shutdown comes once the open connections have ended: it waits for the work
+    their requests left running (a disconnected client's ledger row, failed attempts' charges), then closes the
+    connections kept open to providers."""
+    from django.conf import settings
+
+    from core.background import background_drain
     from routing.providers.base import upstream_client_close
 
     while True:
@@ -276,6 +281,7 @@ async def _lifespan(receive, send) -> None:
         if message["type"] == "lifespan.startup":
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
+            await background_drain(settings.LLMOPS_SHUTDOWN_DRAIN_SECONDS)
             await upstream_client_close()
             await send({"type": "lifespan.shutdown.complete"})
             return

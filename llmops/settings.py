@@ -320,6 +320,9 @@ LLMOPS_ANOMALY_MIN_REQUESTS = env.int("LLMOPS_ANOMALY_MIN_REQUESTS", default=20)
 vars().update(env.email_url("EMAIL_URL", default="consolemail://"))
 DEFAULT_FROM_EMAIL = env("DEFAULT_FROM_EMAIL", default="llmops@localhost")
 LLMOPS_UPSTREAM_MAX_CONNECTIONS = env.int("LLMOPS_UPSTREAM_MAX_CONNECTIONS", default=512)
+# How long a gateway worker stopping gracefully (SIGTERM) waits, once its connections have ended, for the work its
+# requests left running (core.background: a disconnected client's ledger row and settlement, failed attempts' charges).
+LLMOPS_SHUTDOWN_DRAIN_SECONDS = env.float("LLMOPS_SHUTDOWN_DRAIN_SECONDS", default=10.0)
 
 LOGGING = {
     "version": 1,

@@ -28,6 +28,7 @@ from datetime import datetime, timedelta
 from functools import partial
 
 import numpy as np
+from celery.signals import worker_process_shutdown
 from django.conf import settings
 from django.db import DatabaseError, close_old_connections, connection, transaction
 from django.db.models import F, Field
@@ -65,6 +66,8 @@ logger = logging.getLogger(__name__)
 
 # The most queued stores (or hit counts) the writer thread puts in one batch.
 WRITE_BATCH = 100
+# How long a process that stops gracefully waits for the stores and hit counts it queued to be written.
+EXIT_FLUSH_SECONDS = 5
 # Where a stored answer keeps when it was stored (Unix seconds), taken out before it is served: a lookup refuses an
 # entry older than the TTL of the rule that matches now, so a TTL lowered since the store applies to it.
 STORED_AT_NOTE = "llmops_stored_at"
@@ -762,7 +765,10 @@ def cache_writes_flush(timeout: float = 30) -> None:
 
 
 # A server stopping gracefully writes what it has queued; the writer is a daemon thread and would be cut short.
-atexit.register(cache_writes_flush, timeout=5)
+atexit.register(cache_writes_flush, timeout=EXIT_FLUSH_SECONDS)
+# Celery's pool processes end with os._exit, which runs no exit hook: they write what their batch lines and jobs
+# queued as they stop.
+worker_process_shutdown.connect(lambda **_: cache_writes_flush(EXIT_FLUSH_SECONDS), weak=False)
 
 
 class CachePurgeIncomplete(Exception):
