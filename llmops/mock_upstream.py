@@ -6,8 +6,10 @@ prompt caching imitated (a prompt of 1,024 tokens or more seen before reports it
 prefix in 128-token steps). The upstream model name switches on failure modes for tests:
 ``fail-<status>`` answers with that status (naming ``param-<name>`` as its ``param``, with a ``retry-after-<N>``
 header), ``stall`` waits STALL_SECONDS before answering,
-``no-usage`` leaves usage out, ``break`` ends a stream half way without ``[DONE]``, ``slow-stream``
-waits SLOW_STREAM_SECONDS between chunks, ``refuse`` answers with a refusal (``message.refusal``, content null;
+``no-usage`` leaves usage out, ``break`` ends a stream half way without ``[DONE]``, ``reopen-<N>`` sends a stream's
+finish reason after the first N pieces of each choice too, then the rest of the choice and its finish reason again
+(as a provider that writes to a choice after finishing it does), ``slow-stream`` waits SLOW_STREAM_SECONDS between
+chunks, ``refuse`` answers with a refusal (``message.refusal``, content null;
 streamed, ``delta.refusal`` chunks), ``tool-call`` answers with a call of a ``lookup`` tool whose arguments are the
 answer's text (``message.tool_calls``, finish reason ``tool_calls``; streamed, ``delta.tool_calls`` pieces of the
 arguments), ``malformed-<kind>`` answers 200 with something that is not a usable chat
@@ -73,6 +75,7 @@ FILE_PATH = re.compile(r"/v1/files/([\w-]+)/content")
 BATCH_PATH = re.compile(r"/v1/batches/([\w-]+)")
 MALFORMED_PATTERN = re.compile(r"malformed-([a-z]+-[a-z]+)")
 WRONG_PATTERN = re.compile(r"wrong-(\d{1,3})")
+REOPEN_PATTERN = re.compile(r"reopen-(\d+)")
 LABELS_LINE = re.compile(r"^\s*Labels:\s*(.+?)\s*$", re.IGNORECASE | re.MULTILINE)
 JUDGED_SECTIONS = re.compile(r"Reference answer:\s*(.*?)\s*Candidate answer:\s*(.*)\Z", re.DOTALL)
 # Usage kinds: the usage field spoiled and the value it reports.
@@ -457,7 +460,11 @@ class MockUpstream:
 
         answered_in = "refusal" if "refuse" in model else "content"
         calling = "tool-call" in model
+        ended = "tool_calls" if calling else "stop"
+        reopen = REOPEN_PATTERN.search(model)
+        reopened_after = int(reopen.group(1)) if reopen else None
         for index in range(_choices(body)):
+            finishing = {**base, "choices": [{"index": index, "delta": {}, "finish_reason": ended}]}
             await event(
                 {
                     **base,
@@ -480,8 +487,9 @@ class MockUpstream:
                 )
                 chunk = {**base, "choices": [{"index": index, "delta": delta, "finish_reason": None}]}
                 await event(spoil(chunk) if spoil is not None and i == len(answer) // 2 else chunk)
-            ended = "tool_calls" if calling else "stop"
-            await event({**base, "choices": [{"index": index, "delta": {}, "finish_reason": ended}]})
+                if i + 1 == reopened_after:
+                    await event(finishing)
+            await event(finishing)
         if (body.get("stream_options") or {}).get("include_usage") and "no-usage" not in model:
             await event({**base, "choices": [], "usage": usage})
         await event(b"[DONE]")

@@ -3,8 +3,8 @@
 Under flag, what a stream wrote is collected by choice and field (AnswerTexts) and checked once, when it ends. Under
 block no credential may reach the client, not even its first characters: AnswerHoldBack sends an event only once
 every text it wrote to (a choice's content, refusal or reasoning, a call's arguments) has grown by the hold-back past
-it, and past the end of any credential of unbounded length that may have started in it, or is finished, so a secret
-that starts in the event is whole, and seen, before the event goes out.
+it, and past the end of any credential of unbounded length that may have started in it, or the stream has ended, so a
+secret that starts in the event is whole, and seen, before the event goes out.
 """
 
 import re
@@ -101,12 +101,11 @@ class AnswerTexts:
 class _Text:
     """One text of the answer as the hold-back sees it: its length so far, its last characters (the hold-back and
     one more, which gives a word boundary at the window's start its context, or from the character before ``opened``
-    if that is earlier), whether it may still grow, and where the earliest beginning of a credential of unbounded
-    length (OPEN_SHAPES) that is still open starts, if one is."""
+    if that is earlier), and where the earliest beginning of a credential of unbounded length (OPEN_SHAPES) that is
+    still open starts, if one is. Until the stream ends, every text may still grow."""
 
     tail: str = ""
     length: int = 0
-    writing: bool = True
     opened: int | None = None
 
     @property
@@ -115,8 +114,6 @@ class _Text:
 
     def holds(self, end: int, hold_chars: int) -> bool:
         """Whether what the text had at ``end`` must still be held."""
-        if not self.writing:
-            return False
         return self.length - end < hold_chars or (self.opened is not None and end > self.opened)
 
 
@@ -132,19 +129,17 @@ class AnswerHoldBack:
 
     Each new piece of a text is checked with the hold-back's worth of characters before it, or from where an open
     credential of unbounded length starts if that is earlier (at most UNBOUNDED_CAP_CHARS before), so the work per
-    event is bounded by the cap, the hold-back and the event's size. A text is finished when its choice's finish
-    reason arrives or the stream ends; the events of a text that stops growing before then (a choice's content before
-    its tool call) wait until that moment. A choice written to after its finish reason is open again, and from then
-    on finished only by the stream's end."""
+    event is bounded by the cap, the hold-back and the event's size. A text is finished only when the stream ends: a
+    choice's finish reason finishes nothing, since a provider may go on writing to the choice after it, and the end
+    of a text let go then could be the start of a secret. The events of a text that stops growing (the end of the
+    answer, a choice's content before its tool call, a choice that finished before another) wait until the stream
+    ends."""
 
     def __init__(self, known_secrets: Iterable[str]):
         self.secrets = guarded_secrets(known_secrets)
         self.hold_chars = max([HOLD_BACK_CHARS, *map(len, self.secrets)])
         self.texts: dict[TextKey, _Text] = {}
         self.held: deque[_HeldEvent] = deque()
-        # Choices whose finish reason came, and those of them written to after it (whose finish reason is not taken).
-        self.finished: set[int] = set()
-        self.reopened: set[int] = set()
 
     def take(self, event: str, chunk: dict | None) -> list[str]:
         """The events that may go out now, oldest first (``event`` last at most); ``chunk`` is the event's data, None
@@ -152,14 +147,9 @@ class AnswerHoldBack:
         beginning of one of unbounded length longer than UNBOUNDED_CAP_CHARS."""
         ends = []
         for key, piece in chunk_texts(chunk) if chunk is not None else ():
-            if key[0] in self.finished:
-                self.reopened.add(key[0])
             text = self.texts.setdefault(key, _Text())
             self._write(text, piece)
             ends.append((text, text.length))
-        for choice in (chunk or {}).get("choices") or []:
-            if isinstance(choice, dict) and choice.get("finish_reason"):
-                self._finish_choice(choice.get("index") or 0)
         self.held.append(_HeldEvent(event, ends))
         sendable = []
         while self.held and not any(text.holds(end, self.hold_chars) for text, end in self.held[0].ends):
@@ -170,7 +160,7 @@ class AnswerHoldBack:
         """The stream is complete: the last check of every text's end, then every event still held. Raises
         SecretEchoBlocked as ``take`` does."""
         for text in self.texts.values():
-            self._end(text)
+            self._check(text.tail, start=1 if text.cut else 0, writing=False)
         sendable = [held.event for held in self.held]
         self.held.clear()
         return sendable
@@ -191,7 +181,6 @@ class AnswerHoldBack:
             keep = min(keep, text.opened - 1)
         text.tail = window[max(keep - base, 0) :]
         text.length = length
-        text.writing = True
 
     @staticmethod
     def _opened(window: str, base: int, opened: int | None, *, since: int) -> int | None:
@@ -207,19 +196,6 @@ class AnswerHoldBack:
             start = max(since - OPEN_MARGIN - base, 1 if base else 0)
         found = OPEN_SHAPES.search(window, start)
         return None if found is None else base + found.start()
-
-    def _finish_choice(self, index: int) -> None:
-        if index in self.reopened:
-            return
-        self.finished.add(index)
-        for (choice, _), text in self.texts.items():
-            if choice == index:
-                self._end(text)
-
-    def _end(self, text: _Text) -> None:
-        if text.writing:
-            text.writing = False
-            self._check(text.tail, start=1 if text.cut else 0, writing=False)
 
     def _check(self, window: str, *, start: int, writing: bool) -> None:
         reasons = [REPEATED_CREDENTIAL] if any(secret in window for secret in self.secrets) else []

@@ -146,14 +146,15 @@ def test_texts_are_told_apart_by_choice_and_field():
     assert texts.texts() == [PROVIDER_KEY[:half], PROVIDER_KEY[half:]]
 
 
-def test_content_before_a_tool_call_waits_for_the_choice_to_finish():
+def test_content_before_a_tool_call_waits_for_the_stream_to_end():
     hold_back = AnswerHoldBack([])
     opening, call = chunk("content", "Let me look that up."), chunk("tool_calls", "x" * 1000)
     finishing = {"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]}
 
     assert hold_back.take(event(opening), opening) == []
     assert hold_back.take(event(call), call) == []
-    assert hold_back.take(event(finishing), finishing) == [event(opening), event(call), event(finishing)]
+    assert hold_back.take(event(finishing), finishing) == []
+    assert hold_back.finish() == [event(opening), event(call), event(finishing)]
 
 
 @pytest.mark.parametrize("field", ["refusal", "tool_calls", "function_call"])
@@ -309,4 +310,21 @@ def test_text_written_after_its_choice_finished_is_held_again():
             sent += hold_back.take(event(data), data)
         sent += hold_back.finish()
 
-    assert sent_text(sent) == BEFORE
+    assert BEFORE.startswith(sent_text(sent))
+
+
+@pytest.mark.parametrize(
+    ("secret", "cut"),
+    [(SHAPED_KEY, 3), (SHAPED_KEY, 12), (PROVIDER_KEY, 9), ("AKIAIOSFODNN7EXAMPLE", 10), (LONG_JWT, 700)],
+)
+def test_a_secret_split_by_a_finish_reason_of_its_choice_is_held_back_whole(secret, cut):
+    """The end of a choice's text at its finish reason is no end: the provider may write to the choice after it."""
+    written = [chunk("content", BEFORE + secret[:cut], finish="stop"), chunk("content", secret[cut:] + AFTER)]
+    hold_back, sent = AnswerHoldBack([PROVIDER_KEY]), []
+
+    with pytest.raises(SecretEchoBlocked):
+        for data in [*written, {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}]:
+            sent += hold_back.take(event(data), data)
+        sent += hold_back.finish()
+
+    assert BEFORE.startswith(sent_text(sent))

@@ -115,6 +115,21 @@ def test_under_block_tool_call_arguments_and_refusals_are_guarded(gateway, acme,
     assert_withheld(the_row())
 
 
+def test_under_block_a_key_split_by_an_early_finish_reason_is_not_streamed(gateway, acme, guarded):
+    """The upstream finishes the choice after `... upstream cred 7f3a9c0b` (its first 8 pieces) and goes on writing
+    to it: what it wrote by then is not let go as the end of the answer."""
+    reopening = ModelFactory(name="acme-reopen", provider=acme.small.provider, upstream_name="mock-reopen-8")
+    acme.tenant.model_access.allowed_models.add(reopening)
+    guarded("block")
+
+    events = stream(gateway, acme, ECHO.format(PROVIDER_KEY), model=reopening.name)
+
+    assert_none_of(PROVIDER_KEY, written(events))
+    assert "7f3a9c0b" not in str(events)
+    assert events[-1]["error"]["code"] == "answer_contains_secret"
+    assert_withheld(the_row())
+
+
 def test_under_flag_the_stream_is_served_whole_and_its_row_flagged(gateway, acme, guarded):
     guarded("flag")
 
