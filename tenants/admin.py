@@ -29,6 +29,7 @@ from tenants.services import (
     payload_log_settings_set,
     team_create,
     tenant_create,
+    tenant_update,
 )
 
 ROTATION_OVERLAP = timedelta(hours=24)
@@ -186,12 +187,16 @@ class TenantAdmin(TenantScopedAdmin):
         return readonly if request.user.is_superuser else (*readonly, *self.platform_fields)
 
     def save_model(self, request, obj, form, change):
+        if not change:
+            super().save_model(request, obj, form, change)
+            return
         # The form leaves the platform's fields out for everyone else; this catches anything that gets past it.
-        if change and not request.user.is_superuser:
+        if not request.user.is_superuser:
             stored = Tenant.objects.for_tenant(obj).values(*self.platform_fields).get()
             if any(getattr(obj, name) != value for name, value in stored.items()):
                 raise PermissionDenied
-        super().save_model(request, obj, form, change)
+        self.ensure_tenant_editable(request, obj)
+        tenant_update(tenant=obj)
 
     def has_add_permission(self, request):
         return request.user.is_superuser

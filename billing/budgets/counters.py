@@ -26,9 +26,12 @@ counter; each settles its actual cost (counted once: it is in the ledger or pend
 counter does not hold their worst case. A Redis with AOF restarts with its counters and reservations; a settle that
 meets it down is sent again once it answers (billing.budgets.reservations), its ledger row written to the database,
 and a reserve whose reply never came is settled at nothing the same way (what the request holds, if anything).
-A change of scope keeps the counter (and the reservations in flight under the old scope, which is cautious); a
-change of period or of the tenant's time zone starts another counter, and requests in flight under the old one
-settle there: the new one counts them at the nightly check.
+A change of scope keeps the counter (and the reservations in flight under the old scope, which is cautious). A change
+of the tenant's time zone moves the period's window: tenants.services.tenant_update bumps the version of each of the
+tenant's budgets in the same transaction, so a counter whose key reads the same in the new zone (the same local date)
+is seeded again for the new window, reservations in flight kept, like any other change of the budget. A change of
+period, or of the zone where the key changes with it, starts another counter, and requests in flight under the old
+one settle there: the new one counts them at the nightly check.
 With LLMOPS_LEDGER_MODE=direct a request that settles in the instant of a seed can be missed; the nightly check
 (``budget_counters_check``) seeds again every counter that disagrees with the ledger.
 
