@@ -28,7 +28,9 @@ case-folding, else ``{"verdict": "worse"}``, with a reason. Usage is reported as
 ``POST /v1/embeddings`` answers deterministically: each input's vector (DEFAULT_DIMENSIONS floats, or ``dimensions``)
 is drawn from a seed hashed from the model and the input, normalised to length 1, as float or base64 (little-endian
 float32, as OpenAI sends it) by ``encoding_format``; usage counts the inputs' tokens as the gateway does. The model
-name's ``fail-<status>``, ``stall`` and ``no-usage`` apply.
+name's ``fail-<status>``, ``stall`` and ``no-usage`` apply, ``malformed-body-array`` and
+``malformed-body-truncated`` answer 200 with a body that is no embeddings list (MALFORMED_BODIES), and
+``bad-encoding`` answers 200 with a body whose ``Content-Encoding: gzip`` does not decode (it is plain JSON).
 
 OpenAI's Files and Batch API are imitated in memory (``POST /v1/files``, ``GET /v1/files/{id}/content``,
 ``POST /v1/batches``, ``GET /v1/batches/{id}``): a batch reports ``in_progress`` until BATCH_SECONDS have
@@ -272,7 +274,13 @@ class MockUpstream:
         if "no-usage" not in model:
             tokens = sum(count_embedding_tokens(inputs, model=model))
             reply["usage"] = {"prompt_tokens": tokens, "total_tokens": tokens}
-        await self._json(send, 200, reply)
+        malformed = MALFORMED_PATTERN.search(model)
+        if malformed and malformed.group(1) in MALFORMED_BODIES:
+            await self._raw(send, 200, MALFORMED_BODIES[malformed.group(1)](reply), b"application/json")
+        elif "bad-encoding" in model:
+            await self._raw(send, 200, orjson.dumps(reply), b"application/json", encoding=b"gzip")
+        else:
+            await self._json(send, 200, reply)
 
     async def _batch_api(self, send, method: str, path: str, scope, body: bytes) -> None:
         if path == "/v1/files" and method == "POST":
@@ -513,8 +521,11 @@ class MockUpstream:
         await send({"type": "http.response.body", "body": data})
 
     @staticmethod
-    async def _raw(send, status: int, data: bytes, content_type: bytes) -> None:
+    async def _raw(send, status: int, data: bytes, content_type: bytes, *, encoding: bytes | None = None) -> None:
+        """``data`` as it is; ``encoding`` its Content-Encoding header, whatever ``data`` is."""
         headers = [(b"content-type", content_type), (b"content-length", str(len(data)).encode())]
+        if encoding is not None:
+            headers.append((b"content-encoding", encoding))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": data})
 

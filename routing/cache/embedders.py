@@ -12,8 +12,11 @@ short text, 8 ms for eight; through torch 10 to 13 ms and 29 to 35 ms).
 An embedder that a provider bills (HttpEmbedder, or any with `embed_metered`) is metered: each text is queued with
 the `embedding_payer` of the request that queued it, and once the batch's vectors and tasks are handed out, the call's
 prompt tokens (the provider's usage, else the gateway's count) are split among the payers of its texts by each text's
-token count, and each payer is handed its share (`EmbeddingShare`) of the call (`EmbeddingCall`). The gateway sets the
-payer (llmops.gateway.chat.cache_embeddings), so routing never imports billing.
+token count, and each payer is handed its share (`EmbeddingShare`) of the call (`EmbeddingCall`). A call that failed
+once the provider may bill it (it had the request when the wait for the answer timed out, or answered something
+unreadable) is split so too, at the gateway's count of its texts, and its shares carry the failure; one that never
+reached the provider, or that it refused with an error status, is charged to nobody. Either way its lookups fail, as
+misses. The gateway sets the payer (llmops.gateway.chat.cache_embeddings), so routing never imports billing.
 """
 
 import json
@@ -36,6 +39,7 @@ from django.utils.module_loading import import_string
 
 from routing.cache.batching import BatchWorker
 from routing.cache.onnx_model import minilm_model_folder, onnx_model_ensure, pooling_is_mean_then_normalize
+from routing.providers.base import UpstreamError, UpstreamInvalidResponse, UpstreamTimeout, elapsed_ms_since
 from routing.tokens import count_text_tokens, proportional_split
 
 logger = logging.getLogger(__name__)
@@ -126,7 +130,13 @@ class MeteredEmbeddings:
 
 class HttpEmbedder:
     """A provider's OpenAI-compatible POST /embeddings (LLMOPS_CACHE_EMBEDDINGS_URL, model and key variable): a paid
-    call, which the embedding thread meters (`embed_metered`)."""
+    call, which the embedding thread meters (`embed_metered`).
+
+    A call that fails once the provider may bill it raises what the gateway's own provider calls raise then, whose
+    ``billable`` says so: an UpstreamTimeout with the request sent (the wait for the answer timed out), or an
+    UpstreamInvalidResponse (an answer that is not one vector per text, or whose body its Content-Encoding does not
+    decode, as routing.providers.base.send_request has it). Any other failure (no connection, an error status) raises
+    what httpx raised."""
 
     def __init__(self):
         if not settings.LLMOPS_CACHE_EMBEDDINGS_URL:
@@ -143,19 +153,54 @@ class HttpEmbedder:
 
     def embed_metered(self, texts: list[str]) -> MeteredEmbeddings:
         started = time.perf_counter()
-        response = self.client.post(self.url, json={"model": self.model, "input": texts}, headers=self.headers)
+        response = self._answer(texts, started)
         response.raise_for_status()
-        answer = response.json()
-        rows = sorted(answer["data"], key=lambda row: row["index"])
-        usage = answer.get("usage")
+        try:
+            answer = response.json()
+            rows = sorted(answer["data"], key=lambda row: row["index"])
+            vectors = _unit_rows([row["embedding"] for row in rows])
+            if len(vectors) != len(texts):
+                raise ValueError(f"{len(vectors)} vectors for {len(texts)} texts")
+            usage = answer.get("usage")
+        except (ValueError, KeyError, TypeError) as exc:
+            raise UpstreamInvalidResponse(
+                f"{self.url} sent an answer the gateway cannot use: {exc}", elapsed_ms=elapsed_ms_since(started)
+            ) from exc
         prompt_tokens = usage.get("prompt_tokens") if isinstance(usage, dict) else None
         return MeteredEmbeddings(
-            vectors=_unit_rows([row["embedding"] for row in rows]),
+            vectors=vectors,
             model=self.model,
             # A count that is not a whole number of tokens is no usage at all: the gateway counts instead.
             prompt_tokens=prompt_tokens if isinstance(prompt_tokens, int) and prompt_tokens >= 0 else None,
-            elapsed_ms=int((time.perf_counter() - started) * 1000),
+            elapsed_ms=elapsed_ms_since(started),
         )
+
+    def _answer(self, texts: list[str], started: float) -> httpx.Response:
+        """The provider's answer to the call, its body read (an error status's body when it arrives decodable)."""
+        request = self.client.build_request(
+            "POST", self.url, json={"model": self.model, "input": texts}, headers=self.headers
+        )
+        try:
+            response = self.client.send(request, stream=True)
+            try:
+                response.read()
+            except httpx.DecodingError as exc:
+                # An error answer keeps its status (raised by the caller); its body, which does not decode, is left out.
+                if response.status_code < 400:
+                    raise UpstreamInvalidResponse(
+                        f"{self.url} sent a body its Content-Encoding does not decode ({exc})",
+                        elapsed_ms=elapsed_ms_since(started),
+                    ) from exc
+            finally:
+                response.close()
+        except httpx.TimeoutException as exc:
+            raise UpstreamTimeout(
+                f"{self.url} did not answer in time",
+                elapsed_ms=elapsed_ms_since(started),
+                # A read waits once the request is written; a connect, write or pool timeout sent none of it whole.
+                request_sent=isinstance(exc, httpx.ReadTimeout),
+            ) from exc
+        return response
 
 
 @dataclass(frozen=True, slots=True, eq=False, weakref_slot=True)
@@ -170,6 +215,9 @@ class EmbeddingCall:
     # The provider reported no usage: the call's tokens are the gateway's count.
     estimated: bool
     elapsed_ms: int
+    # What ended the call when it failed once the provider may bill it (UpstreamError.billable): its tokens are then
+    # the gateway's count of its texts.
+    failure: UpstreamError | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,7 +313,7 @@ def embeddings_flush(timeout: float) -> bool:
 def _embed_batch(items: list[_EmbedJob | _Task | _Flush]) -> None:
     items = [item for item in items if item.future.set_running_or_notify_cancel()]
     jobs = [item for item in items if isinstance(item, _EmbedJob)]
-    metered = _embed_jobs(jobs)
+    bill = _embed_jobs(jobs)
     for task in (item for item in items if isinstance(item, _Task)):
         try:
             result = task.run()
@@ -275,34 +323,47 @@ def _embed_batch(items: list[_EmbedJob | _Task | _Flush]) -> None:
             task.future.set_result(result)
     # Last, and guarded: lookups wait on the batch's vectors and tasks (the cross-encoder's scores), never on the
     # counting of its tokens, and metering that fails costs them nothing.
-    if metered is not None:
+    if bill is not None:
         try:
-            _charge(jobs, metered)
+            _charge(jobs, bill)
         except Exception:
             logger.exception("cache embeddings: a call of %d texts was charged to nobody", len(jobs))
     for flush in (item for item in items if isinstance(item, _Flush)):
         flush.future.set_result(None)
 
 
-def _embed_jobs(jobs: list[_EmbedJob]) -> MeteredEmbeddings | None:
-    """Embed the jobs' texts in one call and hand each its vector; the call's bill when the embedder is a paid one."""
+@dataclass(frozen=True, slots=True)
+class _CallBill:
+    """What one call of a paid embedder is charged by."""
+
+    model: str
+    # The provider's usage.prompt_tokens; None: the gateway counts the call's texts.
+    prompt_tokens: int | None
+    elapsed_ms: int
+    failure: UpstreamError | None = None
+
+
+def _embed_jobs(jobs: list[_EmbedJob]) -> _CallBill | None:
+    """Embed the jobs' texts in one call and hand each its vector, or the call's failure; the call's bill when the
+    embedder is a paid one and the provider may bill the call."""
     if not jobs:
         return None
     texts = [job.text for job in jobs]
-    metered = None
+    embedder = bill = None
     try:
         embedder = configured_embedder()
         if embedder is None:
             vectors = None
         elif hasattr(embedder, "embed_metered"):
             metered = embedder.embed_metered(texts)
+            bill = _CallBill(metered.model, metered.prompt_tokens, metered.elapsed_ms)
             vectors = metered.vectors
         else:
             vectors = embedder.embed(texts)
     except Exception as error:
         for job in jobs:
             job.future.set_exception(error)
-        return None
+        return _failed_call_bill(embedder, error)
     for i, job in enumerate(jobs):
         try:
             result = None if vectors is None else vectors[i] if job.then is None else job.then(vectors[i])
@@ -310,25 +371,35 @@ def _embed_jobs(jobs: list[_EmbedJob]) -> MeteredEmbeddings | None:
             job.future.set_exception(error)
         else:
             job.future.set_result(result)
-    return metered
+    return bill
 
 
-def _charge(jobs: list[_EmbedJob], metered: MeteredEmbeddings) -> None:
+def _failed_call_bill(embedder, error: Exception) -> _CallBill | None:
+    """The bill of a paid call that failed once the provider may bill it (it had the request when the wait for the
+    answer timed out, or it answered something unreadable): the gateway's count of its texts. None for one that never
+    reached the provider, or that it refused with an error status: it bills nothing."""
+    if not (hasattr(embedder, "embed_metered") and isinstance(error, UpstreamError) and error.billable):
+        return None
+    return _CallBill(embedder.model, prompt_tokens=None, elapsed_ms=error.elapsed_ms, failure=error)
+
+
+def _charge(jobs: list[_EmbedJob], bill: _CallBill) -> None:
     """Split the call's prompt tokens among the payers of its texts, by each text's tokens as tiktoken counts them, and
     hand each payer its share; without the provider's usage, the count is the call's, estimated."""
-    counted = [count_text_tokens(job.text, model=metered.model) for job in jobs]
-    estimated = metered.prompt_tokens is None
-    per_text = proportional_split(sum(counted) if estimated else metered.prompt_tokens, counted)
+    counted = [count_text_tokens(job.text, model=bill.model) for job in jobs]
+    estimated = bill.prompt_tokens is None
+    per_text = proportional_split(sum(counted) if estimated else bill.prompt_tokens, counted)
     # One part per payer (a request may have queued more than one text), in the order of its first text.
     parts: dict[int, tuple[EmbeddingPayer | None, int]] = {}
     for job, tokens in zip(jobs, per_text, strict=True):
         payer, earlier = parts.get(id(job.payer), (job.payer, 0))
         parts[id(job.payer)] = (payer, earlier + tokens)
     call = EmbeddingCall(
-        model=metered.model,
+        model=bill.model,
         parts=tuple(tokens for _, tokens in parts.values()),
         estimated=estimated,
-        elapsed_ms=metered.elapsed_ms,
+        elapsed_ms=bill.elapsed_ms,
+        failure=bill.failure,
     )
     for index, (payer, tokens) in enumerate(parts.values()):
         if payer is None:

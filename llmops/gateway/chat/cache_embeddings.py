@@ -11,6 +11,10 @@ The call is priced once, by the first of its shares recorded, from that request'
 may hold another price version (one took effect between them), and the parts of different costs would add up to
 none. Only the snapshot's models are read for it, which are the same for every tenant (a tenant's grant decides
 which it may call, and is not read): no tenant's configuration prices another's share.
+A call that failed once the provider may bill it (a read timeout, an answer that cannot be read) is split and charged
+so too, at the gateway's count, its rows carrying the failure's status and error code (504 `upstream_timeout`, 502
+`upstream_invalid_response`, which an unpriced model's rows carry instead of `unpriced_model`); one that never reached
+the provider, or that it refused with an error status, has no rows.
 
 The embeddings model (LLMOPS_CACHE_EMBEDDINGS_MODEL) is priced from the catalog whether or not the tenant may call
 it itself: the operator chose it, not the tenant. A model the catalog does not price is still recorded, with its
@@ -43,6 +47,7 @@ from billing.ledger.events import RequestFacts, UsageEvent
 from billing.models import CacheStatus, UsageKind
 from core.event_loops import LoopThread
 from llmops.gateway.call import GatewayCall, new_request_id
+from llmops.gateway.errors import upstream_failure
 from llmops.gateway.snapshot import ConfigSnapshot
 from llmops.metrics import record_request_metrics
 from routing.cache.embedders import EmbeddingCall, EmbeddingShare, embeddings_flush
@@ -128,7 +133,12 @@ def call_price(catalog: ModelCatalog, call: EmbeddingCall) -> CallPrice:
 
 
 def cache_embedding_event(call: GatewayCall, share: EmbeddingShare, price: CallPrice) -> UsageEvent:
-    """The ledger row of the request's share of one embedding call, its part of the call's ``price``."""
+    """The ledger row of the request's share of one embedding call, its part of the call's ``price``. A failed call's
+    row carries the failure's status and error code, as a failed request's does."""
+    http_status, error_code = 200, price.error_code
+    if share.call.failure is not None:
+        shown = upstream_failure(share.call.failure)
+        http_status, error_code = shown.status_code, shown.code
     facts = RequestFacts(
         request_id=new_request_id(),
         created_at=timezone.now(),
@@ -148,8 +158,8 @@ def cache_embedding_event(call: GatewayCall, share: EmbeddingShare, price: CallP
         tenant_id=call.principal.tenant_id,
         team_id=call.principal.team_id,
         api_key_id=call.principal.key_id,
-        http_status=200,
-        error_code=price.error_code,
+        http_status=http_status,
+        error_code=error_code,
         served_model=price.served_model,
         upstream_latency_ms=share.call.elapsed_ms,
         total_latency_ms=share.call.elapsed_ms,

@@ -38,8 +38,14 @@ async def failure_usage(
     that ``error`` ended and that the provider may bill; sets the tier an unusable answer names on it."""
     if isinstance(error, upstream.UpstreamInvalidResponse):
         call.service_tier = error.service_tier
-        return await estimate(model, error.completion_text)
-    return await estimate(model, "")
+    return await billed_failure_usage(error, model, estimate)
+
+
+async def billed_failure_usage(error: upstream.UpstreamError, model: ModelEntry, estimate: Estimate) -> Usage:
+    """What a call of ``model`` that ``error`` ended and that the provider may bill is charged, by whoever made it (a
+    request's attempt, the gateway's own call): the prompt, and the text of an unusable answer."""
+    written = error.completion_text if isinstance(error, upstream.UpstreamInvalidResponse) else ""
+    return await estimate(model, written)
 
 
 async def failed_attempts_charge(call: GatewayCall, failures: Sequence[BilledFailure], *, estimate: Estimate) -> None:

@@ -6,8 +6,8 @@ own calls take) and, for an LLM judge, of the judge's call, or for the embedding
 first call, as one hold (billing.evaluation.budget) that is also the evaluation's claim: another run of the same
 sample pays for nothing. Each call is metered in the ledger as a row of kind ``evaluation`` (parented to the sampled
 request, charged to its key, team and customer, route ``shadow-evaluation``, cache ``bypass``, no savings: product
-budgets and savings never count them) and settled with what it cost; the hold ends with the evaluation. The
-judgement is one ShadowEvaluation row, written once per (request, lever).
+budgets and savings never count them) and settled with what it cost, a failed call too when the provider may bill
+it; the hold ends with the evaluation. The judgement is one ShadowEvaluation row, written once per (request, lever).
 
 The prompt is counted with tiktoken (OpenAI's tokenizer) and reserved as admission reserves it, with a margin for a
 provider that counts with another tokenizer (llmops.gateway.chat.worst_case). An evaluation runs at most
@@ -52,6 +52,7 @@ from core.crypto import CredentialDecryptionError
 from core.db import database_sync_to_async
 from llmops.gateway.call import estimated_usage, new_request_id, reply_usage
 from llmops.gateway.chat.cache_embeddings import UNPRICED_MODEL, cache_embeddings_model
+from llmops.gateway.chat.failed_attempts import billed_failure_usage
 from llmops.gateway.chat.recording import record_usage
 from llmops.gateway.chat.worst_case import OutputBound, body_worst_case, reserved_prompt_tokens
 from llmops.gateway.errors import upstream_failure
@@ -208,7 +209,8 @@ async def metered_call(
     sample: ShadowSample, planned: PlannedCall, body: dict, *, hold: EvaluationHold
 ) -> MeteredAnswer | None:
     """One evaluation call, whose worst case the hold reserves: made, settled with what it cost and recorded in the
-    ledger. None when the provider gave no usable answer (its failure is recorded as the gateway's are)."""
+    ledger. None when the provider gave no usable answer (its failure is recorded, and charged, as the gateway's
+    are)."""
     model = planned.model
     started = time.perf_counter()
     try:
@@ -226,13 +228,12 @@ async def metered_call(
         text = upstream.answer_text(reply.body)
     except upstream.UpstreamError as error:
         failure = upstream_failure(error)
-        usage, tier = Usage(), None
-        if isinstance(error, upstream.UpstreamInvalidResponse):
-            usage, tier = await estimated_usage(body, error.completion_text, model), error.service_tier
+        # An unusable answer is charged at the tier it names; a call that brought none, at the standard one.
+        tier = error.service_tier if isinstance(error, upstream.UpstreamInvalidResponse) else None
         event = _ledger_event(
             sample,
             model,
-            usage=usage,
+            usage=await _failure_usage(error, model, body),
             http_status=failure.status_code,
             error_code=failure.code,
             started=started,
@@ -247,6 +248,19 @@ async def metered_call(
     finally:
         await record_usage(event)
     return MeteredAnswer(text=text, cost_usd=event.cost_usd) if text is not None else None
+
+
+async def _failure_usage(error: upstream.UpstreamError, model: ModelEntry, body: dict) -> Usage:
+    """What a failed evaluation call is charged: as a request's failed attempt is (the prompt, and an unusable answer's
+    text, as the gateway counts them) when the provider may bill it (it had the request when the wait for the answer
+    timed out, or it answered unusably); nothing when it never had the request or refused it."""
+    if not error.billable:
+        return Usage()
+
+    async def estimate(called: ModelEntry, completion_text: str) -> Usage:
+        return await estimated_usage(body, completion_text, called)
+
+    return await billed_failure_usage(error, model, estimate)
 
 
 def _existing(sample: ShadowSample, lever: Lever) -> ShadowEvaluation | None:
@@ -303,7 +317,10 @@ async def _embedding_judgement(
     sample: ShadowSample, judge: EmbeddingJudge, reference: str, *, threshold: float, hold: EvaluationHold
 ) -> tuple[Judgement | None, Decimal]:
     """The similarity verdict on the reference's answer and the sample's, and what its embedding call cost. No verdict
-    when that call failed: a failed paid call has no row (an error answer bills no tokens)."""
+    when that call failed. A paid call that failed once the provider may bill it (UpstreamError.billable: it timed
+    out waiting for the answer, or the answer could not be read) is charged the gateway's count of the texts it sent,
+    its row carrying the failure's status and error code; one that never reached the provider, or that it refused
+    with an error status, bills nothing and has no row."""
     texts = [reference, sample.answer]
     if not judge.metered:
         return embedding_judgement(await asyncio.to_thread(judge.embedder.embed, texts), threshold=threshold), ZERO_USD
@@ -312,17 +329,60 @@ async def _embedding_judgement(
         metered = await asyncio.to_thread(judge.embedder.embed_metered, texts)
     except Exception as error:
         logger.warning("shadow evaluation of %s: the embedding judge's call failed (%s)", sample.request_id, error)
-        return None, ZERO_USD
+        if not (isinstance(error, upstream.UpstreamError) and error.billable):
+            return None, ZERO_USD
+        failure = upstream_failure(error)
+        usage = Usage(prompt_tokens=_counted_tokens(texts, model=judge.embedder.model), estimated=True)
+        cost = await _embedding_call_metered(
+            sample,
+            judge,
+            judge.embedder.model,
+            usage=usage,
+            http_status=failure.status_code,
+            error_code=failure.code,
+            started=started,
+            hold=hold,
+        )
+        return None, cost
     if metered.prompt_tokens is not None:
         usage = Usage(prompt_tokens=metered.prompt_tokens)
     else:
-        counted = sum(count_text_tokens(text, model=metered.model) for text in texts)
-        usage = Usage(prompt_tokens=counted, estimated=True)
+        usage = Usage(prompt_tokens=_counted_tokens(texts, model=metered.model), estimated=True)
+    cost = await _embedding_call_metered(
+        sample, judge, metered.model, usage=usage, http_status=200, error_code="", started=started, hold=hold
+    )
+    return embedding_judgement(metered.vectors, threshold=threshold), cost
+
+
+def _counted_tokens(texts: list[str], *, model: str) -> int:
+    return sum(count_text_tokens(text, model=model) for text in texts)
+
+
+async def _embedding_call_metered(
+    sample: ShadowSample,
+    judge: EmbeddingJudge,
+    served_model: str,
+    *,
+    usage: Usage,
+    http_status: int,
+    error_code: str,
+    started: float,
+    hold: EvaluationHold,
+) -> Decimal:
+    """The paid embedding call's ledger row, settled against the hold; its cost. Priced at the judge's catalog model,
+    or at 0 when the catalog prices none (flagged UNPRICED_MODEL, unless the call's failure flags it)."""
     if judge.model is not None:
-        event = _ledger_event(sample, judge.model, usage=usage, http_status=200, error_code="", started=started)
+        event = _ledger_event(
+            sample, judge.model, usage=usage, http_status=http_status, error_code=error_code, started=started
+        )
     else:
         event = _unpriced_event(
-            sample, metered.model, usage=usage, http_status=200, error_code=UNPRICED_MODEL, started=started
+            sample,
+            served_model,
+            usage=usage,
+            http_status=http_status,
+            error_code=error_code or UNPRICED_MODEL,
+            started=started,
         )
     try:
         await database_sync_to_async(evaluation_budget_settle)(
@@ -330,7 +390,7 @@ async def _embedding_judgement(
         )
     finally:
         await record_usage(event)
-    return embedding_judgement(metered.vectors, threshold=threshold), event.cost_usd
+    return event.cost_usd
 
 
 def _embedding_judge(
