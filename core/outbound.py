@@ -7,12 +7,15 @@ upstream is on 127.0.0.1) or the address and port are in LLMOPS_OUTBOUND_ALLOWLI
 address it resolves to is checked. When a URL is saved, a name that does not resolve passes (the call will fail);
 when the platform sends to a tenant-given URL (`outbound_post`), the name is resolved again, every address checked,
 and the connection made to the checked address, so a DNS answer that changed since (rebinding) reaches nothing
-internal. Redirects are never followed.
+internal. Redirects are never followed. A send ends within a total deadline, however slowly the other end answers,
+and reads only the first few KB of the answer.
 """
 
+import asyncio
 import ipaddress
 import logging
 import socket
+from contextlib import aclosing
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
@@ -30,6 +33,11 @@ METADATA_ADDRESSES = frozenset(
 )
 SHARED_ADDRESS_SPACE = ipaddress.ip_network("100.64.0.0/10")
 LOCAL_HOST_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
+# httpx's timeout bounds each connect, write and read alone: an endpoint that trickles its answer a byte at a time would
+# hold the worker for as long as it liked without this bound on the whole send.
+OUTBOUND_DEADLINE_SECONDS = 15.0
+# The status decides; the first few KB of an answer say why it refused. The rest is never read (nor held in memory).
+OUTBOUND_ANSWER_MAX_BYTES = 4096
 
 
 def _is_internal(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
@@ -166,17 +174,57 @@ def _pinned(checked: CheckedUrl) -> tuple[str, dict[str, str], dict]:
     return urlunsplit(parts._replace(netloc=netloc)), {"Host": host_header}, extensions
 
 
-def outbound_post(url: str, *, content: bytes, headers: dict[str, str], timeout: float) -> httpx.Response:
+@dataclass(frozen=True, slots=True)
+class OutboundAnswer:
+    status_code: int
+    text: str  # the answer's first OUTBOUND_ANSWER_MAX_BYTES, decoded as UTF-8
+
+
+def outbound_post(
+    url: str,
+    *,
+    content: bytes,
+    headers: dict[str, str],
+    timeout: float,
+    deadline: float = OUTBOUND_DEADLINE_SECONDS,
+) -> OutboundAnswer:
     """POST to a URL a tenant gave (a webhook, a callback): checked again now, sent to the address that was checked,
-    redirects not followed (a 3xx is the answer). Raises OutboundRefused before sending anything the check refuses,
-    httpx.HTTPError when the call fails."""
+    redirects not followed (a 3xx is the answer). `timeout` bounds each connect, write and read, `deadline` the whole
+    send. Raises OutboundRefused before sending anything the check refuses, httpx.HTTPError when the call fails or
+    takes longer than `deadline` (httpx.TimeoutException)."""
     checked, errors = _checked(url, allow_private=None)
     if checked is None or not checked.addresses:
         logger.warning("outbound POST refused: %s", "; ".join(errors) or "the host does not resolve")
         raise OutboundRefused("; ".join(errors) or "the host does not resolve")
     target, host_header, extensions = _pinned(checked)
-    with httpx.Client(timeout=timeout, follow_redirects=False) as client:
-        request = client.build_request(
-            "POST", target, content=content, headers={**headers, **host_header}, extensions=extensions
-        )
-        return client.send(request)
+    # The answer's first bytes are read as sent: not compressed, so they say something and cannot inflate.
+    headers = {**headers, **host_header, "Accept-Encoding": "identity"}
+    # A loop of its own, so the deadline cancels the send wherever it is stuck (the caller is a sync task).
+    with asyncio.Runner(loop_factory=asyncio.new_event_loop) as runner:
+        return runner.run(_post_within(target, content, headers, extensions, timeout=timeout, deadline=deadline))
+
+
+async def _post_within(
+    target: str, content: bytes, headers: dict[str, str], extensions: dict, *, timeout: float, deadline: float
+) -> OutboundAnswer:
+    try:
+        async with asyncio.timeout(deadline), httpx.AsyncClient(timeout=timeout, follow_redirects=False) as client:
+            request = client.build_request("POST", target, content=content, headers=headers, extensions=extensions)
+            response = await client.send(request, stream=True)
+            try:
+                head = await _answer_head(response)
+            finally:
+                await response.aclose()
+    except TimeoutError:
+        raise httpx.TimeoutException(f"no complete answer within {deadline:g} s") from None
+    return OutboundAnswer(status_code=response.status_code, text=head.decode(errors="replace"))
+
+
+async def _answer_head(response: httpx.Response) -> bytes:
+    head = bytearray()
+    async with aclosing(response.aiter_raw()) as chunks:
+        async for chunk in chunks:
+            head += chunk
+            if len(head) >= OUTBOUND_ANSWER_MAX_BYTES:
+                break
+    return bytes(head[:OUTBOUND_ANSWER_MAX_BYTES])

@@ -120,7 +120,9 @@ RULES: tuple[Rule, ...] = (
     Rule(API_KEY, re.compile(r"\b(?:sk|rk)_(?:live|test)_[A-Za-z0-9]{16,}"), API_KEY, True),
     Rule(API_KEY, re.compile(r"\b(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{22,})"), API_KEY, True),
     Rule(API_KEY, re.compile(r"\bxox[abposr]-[A-Za-z0-9-]{10,}"), API_KEY, True),
-    Rule(API_KEY, re.compile(r"https://hooks\.slack\.com/services/[A-Za-z0-9/_-]+"), API_KEY, True),
+    Rule(
+        API_KEY, re.compile(r"https://hooks\.slack\.com/(?:services|triggers|workflows)/[A-Za-z0-9/_-]+"), API_KEY, True
+    ),
     Rule(API_KEY, re.compile(r"\bAIza[0-9A-Za-z_-]{35}(?![0-9A-Za-z_-])"), API_KEY, True),
     Rule(API_KEY, re.compile(r"\bllmops-[0-9a-f]{12}-[A-Za-z0-9_-]{16,}"), API_KEY, True),
     Rule(API_KEY, re.compile(r"(?i)\bbearer\s+(?P<secret>[A-Za-z0-9._~+/-]{16,}=*)"), _keep_prefix(API_KEY), True),

@@ -171,6 +171,8 @@ CELERY_BROKER_URL = env("CELERY_BROKER_URL", default=REDIS_URL or "memory://")
 CELERY_RESULT_BACKEND = env("CELERY_RESULT_BACKEND", default=None)
 CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=CELERY_BROKER_URL == "memory://")
 CELERY_TASK_EAGER_PROPAGATES = True
+# A worker keeps LOGGING's handlers, which redact (a task's retry is logged with its error), instead of its own.
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 # The dashboard refreshes the rollups when they lack a ledger row older than this. With no worker and beat (Celery
 # eager, the embedded default) nothing else refreshes them, so every page open does.
 LLMOPS_ROLLUPS_MAX_AGE_SECONDS = env.int(
@@ -182,6 +184,11 @@ CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_BEAT_SCHEDULE: dict[str, dict] = {
     "routing-cache-entries-expire": {"task": "routing.tasks.cache_expiry_run", "schedule": crontab(minute="*/10")},
     "billing-anomalies-detect": {"task": "billing.tasks.anomalies_detect", "schedule": crontab(minute=5)},
+    # Alert deliveries a lost task left pending are queued again (billing/alerts/tasks.py).
+    "billing-alert-deliveries-requeue": {
+        "task": "billing.alerts.tasks.alert_deliveries_requeue",
+        "schedule": crontab(minute="*/5"),
+    },
     "billing-budget-counters-check": {
         "task": "billing.tasks.budget_counters_check",
         "schedule": crontab(hour=3, minute=15),
@@ -319,6 +326,11 @@ LLMOPS_ANOMALY_MIN_REQUESTS = env.int("LLMOPS_ANOMALY_MIN_REQUESTS", default=20)
 # Alert email, e.g. EMAIL_URL=smtp+tls://user:password@smtp.example.com:587; the demo prints mail to the console.
 vars().update(env.email_url("EMAIL_URL", default="consolemail://"))
 DEFAULT_FROM_EMAIL = env("DEFAULT_FROM_EMAIL", default="llmops@localhost")
+# Seconds an SMTP connect or reply may take: a mail server that stops answering must not hold an alert worker.
+EMAIL_TIMEOUT = env.int("EMAIL_TIMEOUT", default=10)
+# AWS accounts (comma-separated ids) whose SNS topics alert channels may publish to; empty refuses SNS channels. The
+# platform's AWS credentials may reach topics that are no tenant's to publish to.
+LLMOPS_ALERT_SNS_ALLOWED_ACCOUNTS = env.list("LLMOPS_ALERT_SNS_ALLOWED_ACCOUNTS", default=[])
 LLMOPS_UPSTREAM_MAX_CONNECTIONS = env.int("LLMOPS_UPSTREAM_MAX_CONNECTIONS", default=512)
 # How long a gateway worker stopping gracefully (SIGTERM) waits, once its connections have ended, for the work its
 # requests left running (core.background: a disconnected client's ledger row and settlement, failed attempts' charges).
@@ -332,6 +344,9 @@ LOGGING = {
     "filters": {"redact": {"()": "llmops.log_redaction.RedactingFilter"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["redact"]}},
     "root": {"handlers": ["console"], "level": env("LOG_LEVEL", default="INFO")},
+    # httpx logs each request's URL at INFO: a tenant's webhook URL is a credential (Slack), sent to its checked IP
+    # address, where the filter's Slack rule cannot recognise it.
+    "loggers": {"httpx": {"level": "WARNING"}},
 }
 
 # Files and batches (/v1/files, /v1/batches; see docs/batch.md).

@@ -20,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from django.db import transaction
 from django.db.models.functions import TruncHour
 
@@ -136,18 +137,30 @@ def _traffic_between(hours: dict[datetime, LedgerTotals], start: datetime, end: 
     return total
 
 
-def tenant_anomalies_detect(
-    *, tenant: Tenant, now: datetime, deliveries_send: Callable[[list[AlertDelivery]], None]
-) -> list[Anomaly]:
-    """Store the anomalies of the windows ending at the last full hour; a rerun adds nothing. Each new anomaly's alert
-    deliveries go to `deliveries_send` (alert_deliveries_send queues them) inside the transaction that stores it, so
-    an anomaly stored is an anomaly alerted even when a later one fails."""
-    window_end = now.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
-    day = timedelta(days=1)
-    hourly = _hourly_traffic(tenant=tenant, since=window_end - (BASELINE_DAYS + 1) * day, until=window_end)
+def anomaly_min_requests() -> int:
+    """LLMOPS_ANOMALY_MIN_REQUESTS, checked where detection reads it: a window without a request has no ratio."""
     min_requests = settings.LLMOPS_ANOMALY_MIN_REQUESTS
+    if min_requests < 1:
+        raise ImproperlyConfigured(
+            f"LLMOPS_ANOMALY_MIN_REQUESTS must be 1 or more (it is {min_requests}): the rates are judged per request"
+        )
+    return min_requests
+
+
+def anomaly_window_end(now: datetime) -> datetime:
+    """The end of the windows judged as of `now`: the last full hour."""
+    return now.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+
+
+def tenant_anomalies_find(*, tenant: Tenant, now: datetime) -> list[Anomaly]:
+    """The anomalies of the windows ending at the last full hour before `now`, unsaved: tenant_anomalies_detect
+    stores them; `manage.py anomalies_detect` stores the spikes of an hour not over yet and prints its drops."""
+    window_end = anomaly_window_end(now)
+    day = timedelta(days=1)
+    min_requests = anomaly_min_requests()
     min_score = Decimal(str(settings.LLMOPS_ANOMALY_MIN_SCORE))
-    anomalies = []
+    hourly = _hourly_traffic(tenant=tenant, since=window_end - (BASELINE_DAYS + 1) * day, until=window_end)
+    found = []
     for team_id, hours in hourly.items():
         for window, window_hours in WINDOW_HOURS.items():
             length = timedelta(hours=window_hours)
@@ -158,38 +171,64 @@ def tenant_anomalies_detect(
             ]
             for finding in window_findings(observed=observed, baseline=baseline, min_requests=min_requests):
                 if abs(finding.score) >= min_score:
-                    anomaly = _anomaly_record(tenant, team_id, window, window_end, finding, deliveries_send)
-                    if anomaly is not None:
-                        anomalies.append(anomaly)
-    return anomalies
+                    found.append(
+                        Anomaly(
+                            tenant=tenant,
+                            team_id=team_id,
+                            metric=finding.metric,
+                            window=window,
+                            window_end=window_end,
+                            observed=finding.observed.quantize(VALUE_QUANTUM),
+                            baseline_median=finding.median.quantize(VALUE_QUANTUM),
+                            baseline_mad=finding.mad.quantize(VALUE_QUANTUM),
+                            score=finding.score,
+                            direction=finding.direction,
+                        )
+                    )
+    return found
 
 
-def _anomaly_record(tenant, team_id, window, window_end, finding: Finding, deliveries_send) -> Anomaly | None:
+def tenant_anomalies_detect(
+    *, tenant: Tenant, now: datetime, deliveries_send: Callable[[list[AlertDelivery]], None]
+) -> list[Anomaly]:
+    """Store the anomalies of the windows ending at the last full hour before `now`, as anomalies_record does."""
+    return anomalies_record(tenant_anomalies_find(tenant=tenant, now=now), deliveries_send=deliveries_send)
+
+
+def anomalies_record(found: list[Anomaly], *, deliveries_send: Callable[[list[AlertDelivery]], None]) -> list[Anomaly]:
+    """Store the anomalies found that are new (a window judged before adds nothing). Each new anomaly's alert
+    deliveries go to `deliveries_send` (alert_deliveries_send queues them) inside the transaction that stores it, so
+    an anomaly stored is an anomaly alerted even when a later one fails. A finding stored stands for its whole
+    window: of a window not over yet, pass only what the rest of it cannot undo."""
+    return [anomaly for each in found if (anomaly := _anomaly_record(each, deliveries_send)) is not None]
+
+
+def _anomaly_record(found: Anomaly, deliveries_send) -> Anomaly | None:
     with transaction.atomic():
-        anomaly, created = Anomaly.objects.for_tenant(tenant).get_or_create(
-            tenant=tenant,
-            team_id=team_id,
-            metric=finding.metric,
-            window=window,
-            window_end=window_end,
+        anomaly, created = Anomaly.objects.for_tenant(found.tenant).get_or_create(
+            tenant=found.tenant,
+            team_id=found.team_id,
+            metric=found.metric,
+            window=found.window,
+            window_end=found.window_end,
             defaults={
-                "observed": finding.observed.quantize(VALUE_QUANTUM),
-                "baseline_median": finding.median.quantize(VALUE_QUANTUM),
-                "baseline_mad": finding.mad.quantize(VALUE_QUANTUM),
-                "score": finding.score,
-                "direction": finding.direction,
+                "observed": found.observed,
+                "baseline_median": found.baseline_median,
+                "baseline_mad": found.baseline_mad,
+                "score": found.score,
+                "direction": found.direction,
             },
         )
         if not created:
             return None
         continues = (
-            Anomaly.objects.for_tenant(tenant)
+            Anomaly.objects.for_tenant(found.tenant)
             .filter(
-                team_id=team_id,
-                metric=finding.metric,
-                window=window,
-                direction=finding.direction,
-                window_end=window_end - timedelta(hours=1),
+                team_id=found.team_id,
+                metric=found.metric,
+                window=found.window,
+                direction=found.direction,
+                window_end=found.window_end - timedelta(hours=1),
             )
             .exists()
         )

@@ -19,13 +19,14 @@ from core.outbound import OutboundRefused, outbound_post
 from core.redaction import API_KEY
 from core.webhooks import webhook_headers
 
-SEND_TIMEOUT_SECONDS = 10
+SEND_TIMEOUT_SECONDS = 10  # each connect, write and read
+SEND_DEADLINE_SECONDS = 15  # the whole send, however slowly the endpoint answers
 SNS_ARN_PARTS = 6  # arn:aws:sns:<region>:<account>:<topic>
 
 
 def target_masked(channel: AlertChannel) -> str:
     """The target as a member who may not edit the channel sees it: a credential's path masked whole, with the log
-    filter's placeholder (its Slack rule knows only ``hooks.slack.com/services/`` URLs), its host kept."""
+    filter's placeholder (its Slack rule knows only hooks.slack.com's URLs, not another host's), its host kept."""
     if channel.kind not in CREDENTIAL_TARGET_KINDS:
         return channel.target
     parts = urlsplit(channel.target)
@@ -56,6 +57,20 @@ def sns_region(topic_arn: str) -> str | None:
     return parts[3]
 
 
+def sns_topic_error(topic_arn: str) -> str | None:
+    """Why alerts may not publish to `topic_arn`; None for a topic ARN of an account in
+    LLMOPS_ALERT_SNS_ALLOWED_ACCOUNTS. The platform's AWS credentials may reach topics that are no tenant's."""
+    if sns_region(topic_arn) is None:
+        return "Enter an SNS topic ARN: arn:aws:sns:<region>:<account>:<topic>."
+    allowed = {account.strip() for account in settings.LLMOPS_ALERT_SNS_ALLOWED_ACCOUNTS if account.strip()}
+    if not allowed:
+        return "SNS channels are off: LLMOPS_ALERT_SNS_ALLOWED_ACCOUNTS names no AWS account whose topics they may use."
+    account = topic_arn.split(":")[4]
+    if account not in allowed:
+        return f"Topics of AWS account {account or '(none)'} are not allowed (LLMOPS_ALERT_SNS_ALLOWED_ACCOUNTS)."
+    return None
+
+
 def channel_send(*, channel: AlertChannel, message_id: str, subject: str, text: str, payload: dict) -> None:
     """``message_id`` is the same for every attempt of one delivery (a signed webhook's ``webhook-id``)."""
     senders = {
@@ -79,7 +94,11 @@ def _post(url: str, body: bytes, headers: dict[str, str]) -> None:
         raise ChannelSendError("the webhook URL must be http or https")
     try:
         response = outbound_post(
-            url, content=body, headers={"Content-Type": "application/json", **headers}, timeout=SEND_TIMEOUT_SECONDS
+            url,
+            content=body,
+            headers={"Content-Type": "application/json", **headers},
+            timeout=SEND_TIMEOUT_SECONDS,
+            deadline=SEND_DEADLINE_SECONDS,
         )
     except OutboundRefused as exc:
         raise ChannelSendError(f"POST {url} refused: {exc}") from exc
@@ -105,11 +124,11 @@ def _send_webhook(channel: AlertChannel, message_id: str, subject: str, text: st
 
 
 def _send_sns(channel: AlertChannel, message_id: str, subject: str, text: str, payload: dict) -> None:
-    region = sns_region(channel.target)
-    if region is None:
-        raise ChannelSendError(f"{channel.target} is not an SNS topic ARN")
+    # Checked again: the allowed accounts may have changed since the channel was saved.
+    if refused := sns_topic_error(channel.target):
+        raise ChannelSendError(f"SNS topic {channel.target} refused: {refused}")
     try:
-        boto3.client("sns", region_name=region).publish(
+        boto3.client("sns", region_name=sns_region(channel.target)).publish(
             TopicArn=channel.target, Subject=subject[:100], Message=orjson.dumps(payload).decode()
         )
     except (BotoCoreError, ClientError) as exc:

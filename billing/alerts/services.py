@@ -18,7 +18,7 @@ from django.core.validators import validate_email
 from django.db import transaction
 from django.utils import timezone
 
-from billing.alerts.channels import ChannelSendError, channel_send, is_http_url, sns_region, without_credential
+from billing.alerts.channels import ChannelSendError, channel_send, is_http_url, sns_topic_error, without_credential
 from billing.budgets.index import units_to_usd
 from billing.ledger.costs import format_money
 from billing.models import (
@@ -64,8 +64,8 @@ def alert_channel_validate(*, kind: str, target: str, has_signing_secret: bool, 
         if not is_http_url(target):
             raise ValidationError({"target": "The webhook URL must start with http:// or https:// and name a host."})
         outbound_url_validate(target, field="target")
-    elif kind == ChannelKind.SNS and sns_region(target) is None:
-        raise ValidationError({"target": "Enter an SNS topic ARN: arn:aws:sns:<region>:<account>:<topic>."})
+    elif kind == ChannelKind.SNS and (refused := sns_topic_error(target)):
+        raise ValidationError({"target": refused})
     if kind == ChannelKind.WEBHOOK and not has_signing_secret:
         raise ValidationError({"signing_secret": "A signed webhook needs a signing secret."})
     if secret_error := webhook_secret_error(signing_secret):
@@ -189,8 +189,10 @@ def alert_delivery_attempt(*, delivery_id: int) -> None:
                 payload=payload,
             )
         except ChannelSendError as exc:
-            failure = exc
-            delivery.last_error = without_credential(delivery.channel, str(exc))[:MAX_ERROR_CHARS]
+            # Raised in its place, with no cause chained: the worker logs the error it retries on, and a Slack
+            # webhook URL in it is a credential, masked as in last_error, which every member reads.
+            failure = ChannelSendError(without_credential(delivery.channel, str(exc)))
+            delivery.last_error = str(failure)[:MAX_ERROR_CHARS]
         else:
             delivery.status, delivery.sent_at = DeliveryStatus.SENT, timezone.now()
         delivery.save(update_fields=["attempts", "last_error", "status", "sent_at"])

@@ -1,29 +1,53 @@
 """Alert tasks: ids in, one service each. The services create the delivery rows; these tasks, the admin's retry and
-`manage.py anomalies_detect` queue their sending, so no service imports a task module."""
+`manage.py anomalies_detect` queue their sending, so no service imports a task module.
+
+Both alert tasks are acknowledged when they end (acks_late), so a worker that dies running one leaves its message to
+another; running one twice sends nothing twice: the BudgetAlert row makes raising exactly-once, and a delivery is
+sent under its row lock, skipped once sent, with the same webhook-id on every attempt.
+"""
 
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from celery import shared_task
-from django.db import transaction
+from django.db import DatabaseError, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from billing.alerts.anomalies import tenant_anomalies_detect
 from billing.alerts.channels import ChannelSendError
-from billing.alerts.services import alert_delivery_attempt, alert_delivery_give_up, budget_alert_raise
-from billing.models import AlertDelivery
+from billing.alerts.services import (
+    alert_delivery_attempt,
+    alert_delivery_give_up,
+    budget_alert_raise,
+    deliveries_for_workers,
+)
+from billing.models import AlertDelivery, DeliveryStatus
 from core.task_retries import retry_or_run_now
 from tenants.models import Tenant
 from tenants.selectors import tenants_active
 
 ALERT_DELIVERY_MAX_RETRIES = 8
+# Raising an alert fails only with the database; past its retries the nightly budget check raises what is missing.
+ALERT_RAISE_MAX_RETRIES = 8
 ALERT_RETRY_BASE_SECONDS = 30
 ALERT_RETRY_MAX_SECONDS = 3600
 
 
 def alert_retry_countdown(retries: int) -> int:
-    """30 s, 1 min, 2 min, … up to an hour: about 5 hours of trying in all."""
+    """30 s, 1 min, 2 min, … up to an hour: about 2 hours of trying in all."""
     return min(ALERT_RETRY_BASE_SECONDS * 2**retries, ALERT_RETRY_MAX_SECONDS)
+
+
+# A delivery still pending this long after it was made without an attempt recorded lost its task (the broker away when
+# it was queued, a worker gone before its first attempt ended): the sweep queues it again.
+ALERT_DELIVERY_STUCK_AFTER = timedelta(minutes=2)
+# One with attempts recorded is its retries' until they would all have run (plus a margin for the sends' timeouts):
+# pending after that, it lost its next retry's message, and the sweep gives it one last attempt.
+ALERT_DELIVERY_RETRIES_OVER_AFTER = timedelta(
+    seconds=sum(alert_retry_countdown(retries) for retries in range(ALERT_DELIVERY_MAX_RETRIES)), minutes=30
+)
+ALERT_DELIVERIES_REQUEUE_MAX = 500
 
 
 def alert_deliveries_send(deliveries: Iterable[AlertDelivery]) -> None:
@@ -33,12 +57,18 @@ def alert_deliveries_send(deliveries: Iterable[AlertDelivery]) -> None:
 
 
 # The name predates this module; tasks already queued under it still run.
-@shared_task(name="billing.tasks.budget_threshold_alert")
+@shared_task(
+    name="billing.tasks.budget_threshold_alert",
+    bind=True,
+    max_retries=ALERT_RAISE_MAX_RETRIES,
+    acks_late=True,
+    reject_on_worker_lost=True,
+)
 def budget_threshold_alert(
-    budget_id: int, period_key: str, threshold: int, spent_units: int, customer: str = "", refused: bool = False
+    self, budget_id: int, period_key: str, threshold: int, spent_units: int, customer: str = "", refused: bool = False
 ) -> None:
-    alert_deliveries_send(
-        budget_alert_raise(
+    try:
+        deliveries = budget_alert_raise(
             budget_id=budget_id,
             period_key=period_key,
             threshold=threshold,
@@ -46,11 +76,24 @@ def budget_threshold_alert(
             customer=customer,
             refused=refused,
         )
-    )
+    except DatabaseError as exc:
+        # A gateway process queues each crossing once: this task is the alert's only way in until the nightly check.
+        return retry_or_run_now(self, exc, countdown=alert_retry_countdown(self.request.retries))
+    alert_deliveries_send(deliveries)
 
 
 # The name predates this module; tasks already queued under it still run.
-@shared_task(name="billing.tasks.alert_delivery_send", bind=True, max_retries=ALERT_DELIVERY_MAX_RETRIES)
+# A send's own bounds (a webhook's 15 s, an email's EMAIL_TIMEOUT a step) end it well inside the time limits, which
+# the prefork pool enforces: a send stuck past them frees its worker for every other tenant's alerts.
+@shared_task(
+    name="billing.tasks.alert_delivery_send",
+    bind=True,
+    max_retries=ALERT_DELIVERY_MAX_RETRIES,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    soft_time_limit=60,
+    time_limit=90,
+)
 def alert_delivery_send(self, delivery_id: int) -> None:
     try:
         alert_delivery_attempt(delivery_id=delivery_id)
@@ -59,6 +102,34 @@ def alert_delivery_send(self, delivery_id: int) -> None:
             alert_delivery_give_up(delivery_id=delivery_id)
             return
         retry_or_run_now(self, exc, countdown=alert_retry_countdown(self.request.retries))
+    except DatabaseError as exc:
+        # Nothing recorded: the delivery stays pending, and the sweep queues it again should the retries run out.
+        retry_or_run_now(self, exc, countdown=alert_retry_countdown(self.request.retries))
+
+
+@shared_task
+def alert_deliveries_requeue() -> int:
+    """Every 5 minutes from beat: queue again the deliveries left pending by a lost task, oldest first, at most
+    ALERT_DELIVERIES_REQUEUE_MAX a run (the next run takes the rest). Returns how many were queued."""
+    now = timezone.now()
+    # Unscoped, reviewed (deliveries_for_workers): every tenant's deliveries, each sent to its own channel.
+    stuck = (
+        deliveries_for_workers()
+        .filter(status=DeliveryStatus.PENDING)
+        .filter(
+            Q(attempts=0, created_at__lt=now - ALERT_DELIVERY_STUCK_AFTER)
+            | Q(attempts__gt=0, created_at__lt=now - ALERT_DELIVERY_RETRIES_OVER_AFTER)
+        )
+        .order_by("created_at")
+        .values_list("pk", "attempts")[:ALERT_DELIVERIES_REQUEUE_MAX]
+    )
+    queued = 0
+    for delivery_id, attempts in stuck:
+        # One that had its retries gets a last attempt, failed if it fails: a new round of retries each run would
+        # pile up rounds on a delivery that is still retrying (the admin's retry keeps its creation time).
+        alert_delivery_send.apply_async((delivery_id,), retries=ALERT_DELIVERY_MAX_RETRIES if attempts else 0)
+        queued += 1
+    return queued
 
 
 # The name predates this module; a message beat sent under it before a deploy still runs.

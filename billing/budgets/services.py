@@ -10,7 +10,7 @@ from itertools import pairwise
 
 from django.core.exceptions import ValidationError
 from django.db import transaction
-from django.db.models import Sum
+from django.db.models import QuerySet, Sum
 from django.utils import timezone
 
 from billing.budgets.counters import (
@@ -20,8 +20,10 @@ from billing.budgets.counters import (
     database_counters_locked,
     ledger_spend,
 )
-from billing.budgets.index import UNITS_PER_USD, budget_entry, units_to_usd
+from billing.budgets.index import UNITS_PER_USD, budget_entry, units_to_usd, usd_to_units
+from billing.budgets.periods import BudgetWindow
 from billing.budgets.selectors import budget_current_window
+from billing.budgets.thresholds import threshold_alert_raise_again
 from billing.models import (
     CUSTOMER_MAX_LENGTH,
     PRODUCT_ROWS,
@@ -326,32 +328,94 @@ def _counter_check(hold: BudgetHold) -> CounterCheck:
     )
 
 
+class CounterChecksIncomplete(Exception):
+    """The nightly check went through every budget but could not check some (each is logged with its error)."""
+
+    def __init__(self, *, failed_budget_ids: list[int], checked: int, disagreeing: list[CounterCheck]):
+        self.failed_budget_ids, self.disagreeing = failed_budget_ids, disagreeing
+        super().__init__(
+            f"could not check {len(failed_budget_ids)} of {checked} active budgets (ids "
+            f"{', '.join(map(str, failed_budget_ids))}); {len(disagreeing)} counters that disagreed were seeded again"
+        )
+
+
 def budget_counters_check(*, now: datetime | None = None) -> list[CounterCheck]:
-    """Compare every active budget's counter with the ledger and seed again each that disagrees; returns those.
+    """Compare every active budget's counter with the ledger and seed again each that disagrees; returns those. Each
+    budget's thresholds its period's spend reached without an alert are raised too.
 
     A request settling during the comparison can make a counter look wrong; seeding it again is exact either way.
+    Raises CounterChecksIncomplete, once every budget has had its turn, when some could not be checked.
     """
     now = now or timezone.now()
-    disagreeing = []
+    disagreeing, failed = [], []
     # Unscoped, reviewed: the nightly check compares each budget's own counter with its own tenant's ledger.
-    for budget in Budget.objects.unscoped().filter(is_active=True).select_related("tenant"):
-        for hold in _suspect_holds(budget, now):
-            check = _counter_check(hold)
-            if check.agrees:
-                continue
-            spent = _hold_rebuild(hold, now)
-            logger.warning(
-                "budget %s counter for %s%s said %s USD, the ledger %s USD; seeded again from the ledger: %s USD",
-                check.budget_id,
-                check.period_key,
-                f" (a customer's, {len(check.customer)} characters)" if check.customer else "",
-                check.counted_usd,
-                check.ledger_usd,
-                spent,
-            )
-            disagreeing.append(check)
-        _ended_customer_counters_delete(budget, now)
+    budgets = list(Budget.objects.unscoped().filter(is_active=True).select_related("tenant").order_by("pk"))
+    for budget in budgets:
+        try:
+            disagreeing += _budget_counters_check(budget, now)
+        except Exception:
+            # Whatever fails for one budget (Redis, the database, a seed that never ended, the broker) is no reason
+            # to leave the others unchecked.
+            logger.exception("budget %s: counters not checked; checking the other budgets", budget.pk)
+            failed.append(budget.pk)
+    if failed:
+        raise CounterChecksIncomplete(failed_budget_ids=failed, checked=len(budgets), disagreeing=disagreeing)
     return disagreeing
+
+
+def _budget_counters_check(budget: Budget, now: datetime) -> list[CounterCheck]:
+    disagreeing = []
+    for hold in _suspect_holds(budget, now):
+        check = _counter_check(hold)
+        if check.agrees:
+            continue
+        spent = _hold_rebuild(hold, now)
+        logger.warning(
+            "budget %s counter for %s%s said %s USD, the ledger %s USD; seeded again from the ledger: %s USD",
+            check.budget_id,
+            check.period_key,
+            f" (a customer's, {len(check.customer)} characters)" if check.customer else "",
+            check.counted_usd,
+            check.ledger_usd,
+            spent,
+        )
+        disagreeing.append(check)
+    _missed_thresholds_raise(budget, now)
+    _ended_customer_counters_delete(budget, now)
+    return disagreeing
+
+
+def _missed_thresholds_raise(budget: Budget, now: datetime) -> None:
+    """Queue the alert of the highest threshold the period's spend reached that has none, which raises the lower ones
+    missing with it: a gateway process queues a crossing once, so an alert whose task failed for good (or whose
+    message was lost) is raised here. The BudgetAlert rows keep each threshold to one alert."""
+    entry = budget_entry(budget)
+    hold = _most_spent_hold(budget, now)
+    if hold is None:
+        return
+    raised = set(budget.alerts.filter(period_key=hold.window.key).values_list("threshold", flat=True))
+    if raised.issuperset(entry.thresholds):
+        return
+    spent_units = usd_to_units(ledger_spend(hold=hold))
+    missed = [t for t in entry.thresholds if t not in raised and t * entry.limit_units <= spent_units * 100]
+    if missed:
+        threshold_alert_raise_again(
+            entry=entry,
+            period_key=hold.window.key,
+            threshold=missed[-1],
+            spent_units=spent_units,
+            customer=hold.customer,
+        )
+
+
+def _most_spent_hold(budget: Budget, now: datetime) -> BudgetHold | None:
+    """The budget's counter in the current period; of a budget that holds each customer, its customer with the most
+    spend in Postgres (None without any): such a budget alerts once a period, for the first customer to reach it."""
+    entry = budget_entry(budget)
+    if not budget.holds_each_customer:
+        return BudgetHold.of(entry, now=now, customer=entry.customer)
+    top = _customers_spend(budget, budget_current_window(budget=budget, now=now)).order_by("-spent").first()
+    return BudgetHold.of(entry, now=now, customer=top[0]) if top else None
 
 
 def _ended_customer_counters_delete(budget: Budget, now: datetime) -> int:
@@ -383,21 +447,24 @@ def _suspect_holds(budget: Budget, now: datetime) -> Iterator[BudgetHold]:
     if not budget.holds_each_customer:
         yield from _holds(budget, now)
         return
-    window = budget_current_window(budget=budget, now=now)
-    spend = dict(
-        UsageRecord.objects.for_tenant(budget.tenant_id)
-        .filter(PRODUCT_ROWS, created_at__gte=window.start, created_at__lt=window.end)
-        .exclude(customer="")
-        .values_list("customer")
-        .annotate(Sum("cost_usd"))
-        .order_by()
-    )
+    spend = dict(_customers_spend(budget, budget_current_window(budget=budget, now=now)).order_by())
     customers = sorted(spend)
     for start in range(0, len(customers), CHECK_CHUNK):
         holds = [BudgetHold.of(entry, now=now, customer=c) for c in customers[start : start + CHECK_CHUNK]]
         for hold, counted in zip(holds, _counted(holds), strict=True):
             if counted is not None and counted != spend[hold.customer]:
                 yield hold
+
+
+def _customers_spend(budget: Budget, window: BudgetWindow) -> QuerySet:
+    """(customer, spent) of each customer with spend in the window, from Postgres."""
+    return (
+        UsageRecord.objects.for_tenant(budget.tenant_id)
+        .filter(PRODUCT_ROWS, created_at__gte=window.start, created_at__lt=window.end)
+        .exclude(customer="")
+        .values_list("customer")
+        .annotate(spent=Sum("cost_usd"))
+    )
 
 
 def _counted(holds: list[BudgetHold]) -> list[Decimal | None]:

@@ -2,7 +2,8 @@
 
 The request path only notices; billing.alerts.tasks.budget_threshold_alert inserts the BudgetAlert row whose
 unique constraint makes the alert exactly-once across replicas and retries. The in-process set below
-only spares the broker a task per refused request.
+only spares the broker a task per refused request: a crossing whose task fails for good is not queued by this process
+again, and the nightly budget check (billing.budgets.services.budget_counters_check) raises it then.
 
 Settled spend on a block or downgrade budget stops below the limit (a request is refused once its worst case would
 pass it), so the first request of a period that its spend refuses raises the budget's top threshold; the lower ones
@@ -61,6 +62,14 @@ def refusal_alert_enqueue(*, entry: BudgetEntry, period_key: str, spent_units: i
         threshold_alerts_enqueue(
             crossings=[(entry, period_key, entry.thresholds[-1], spent_units, customer)], refused=True
         )
+
+
+def threshold_alert_raise_again(
+    *, entry: BudgetEntry, period_key: str, threshold: int, spent_units: int, customer: str
+) -> None:
+    """Queue a threshold's alert from the caller, whether or not this process queued it before: for the nightly check,
+    which finds the alerts spend reached but no task raised. The BudgetAlert row keeps it to one alert."""
+    budget_threshold_alert.delay(entry.budget_id, period_key, threshold, spent_units, customer)
 
 
 def threshold_alerts_wait(timeout: float = 10.0) -> None:

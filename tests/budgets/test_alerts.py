@@ -174,7 +174,8 @@ def test_the_admin_retries_a_failed_delivery_and_not_a_sent_one(
 
 
 @mock_aws
-def test_sns_alert_is_published_to_the_topic(org, django_capture_on_commit_callbacks):
+def test_sns_alert_is_published_to_the_topic(org, django_capture_on_commit_callbacks, settings):
+    settings.LLMOPS_ALERT_SNS_ALLOWED_ACCOUNTS = ["123456789012"]  # moto's account
     sns = boto3.client("sns", region_name="eu-west-1")
     sqs = boto3.client("sqs", region_name="eu-west-1")
     topic_arn = sns.create_topic(Name="llmops-alerts")["TopicArn"]

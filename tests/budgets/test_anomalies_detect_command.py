@@ -74,7 +74,8 @@ def test_without_tenant_every_active_tenant_is_judged(org):
 
 
 def test_the_hour_in_progress_is_judged_with_a_warning(org):
-    output = detect("--tenant", org.tenant.slug, "--at", (timezone.now() + timedelta(minutes=30)).isoformat())
+    end_of_this_hour = timezone.now().replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
+    output = detect("--tenant", org.tenant.slug, "--at", end_of_this_hour.isoformat())
     assert "judged on its traffic so far" in output
     assert "acme: 0 new anomalies" in output
 
