@@ -8,7 +8,7 @@ counted, routed or scanned.
 from dataclasses import dataclass
 
 from routing.compression import Summarizer, compress_messages
-from routing.max_tokens import MAX_TOKENS_FIELDS, with_max_tokens
+from routing.max_tokens import MAX_TOKENS_FIELDS, requested_max_tokens, with_max_tokens
 from routing.policy.document import CompiledPolicy, CompiledRule
 from routing.policy.engine import RouteDecision
 from routing.policy.errors import RoutingRefusal
@@ -108,16 +108,17 @@ def cap_refusal(decision: RouteDecision, prompt_tokens: int) -> TokenCapExceeded
 
 
 def clamp_max_tokens(body: dict, *, cap: int | None, default: int | None) -> dict:
-    """Clamp whichever of the max_tokens fields the client sent; set one (routing.max_tokens) when it sent none."""
-    sent = [field for field in MAX_TOKENS_FIELDS if body.get(field) is not None]
-    if not sent:
+    """The body with its one cap on completion tokens (routing.max_tokens) clamped to ``cap``, or set to the default
+    when it sent none. Every max_tokens field the client sent carries that one bound: an upstream that reads only
+    ``max_tokens`` (as many OpenAI-compatible servers do) then writes no more than the gateway reserved for."""
+    requested = requested_max_tokens(body)
+    if requested is None:
         value = default if default is not None else cap
         if value is None:
             return body
         return with_max_tokens(body, min(value, cap) if cap is not None else value)
-    if cap is None:
-        return body
-    return {**body, **{field: min(body[field], cap) for field in sent}}
+    bound = min(requested, cap) if cap is not None else requested
+    return {**body, **{field: bound for field in MAX_TOKENS_FIELDS if body.get(field) is not None}}
 
 
 async def apply_token_caps(

@@ -2,7 +2,9 @@
 
 OpenAI deprecated ``max_tokens`` for ``max_completion_tokens``, which supersedes it: a request that sends both is
 capped by ``max_completion_tokens``. Everything that reads the cap — routing's features, the caps, the worst case
-budgets reserve, validation, the provider adapters, batch lines — reads it through ``requested_max_tokens``.
+budgets reserve, validation, the provider adapters, batch lines — reads it through ``requested_max_tokens``. An
+upstream may read the other field (many OpenAI-compatible servers know only ``max_tokens``), so the caps
+(routing.caps.clamp_max_tokens) send every field the client sent at that one value.
 """
 
 # In order of precedence: the first one sent is the cap.

@@ -161,6 +161,14 @@ def compile_policy(document: dict, *, version: int = 0) -> CompiledPolicy:
     )
 
 
+# The outcome's token caps, none of which can be 0 (the draft's columns allow it), and what 0 would do.
+TOKEN_CAPS_AT_LEAST_ONE = {
+    "prompt_token_cap": "0 would refuse every prompt",
+    "max_tokens_cap": "0 would send max_tokens 0, which providers refuse",
+    "default_max_tokens": "0 would send max_tokens 0, which providers refuse",
+}
+
+
 def policy_document_errors(
     document: dict, *, allowed_models: frozenset[str], known_models: frozenset[str]
 ) -> list[str]:
@@ -215,6 +223,9 @@ def policy_document_errors(
             errors.append(f"{label}: semantic_cache must be true or false")
         if outcome["provider_cache"] not in PROVIDER_CACHE_MODES:
             errors.append(f"{label}: provider_cache must be {' or '.join(PROVIDER_CACHE_MODES)}")
+        for field, zero_means in TOKEN_CAPS_AT_LEAST_ONE.items():
+            if outcome[field] is not None and outcome[field] < 1:
+                errors.append(f"{label}: {field} must be at least 1 token or empty for none ({zero_means})")
         cap, default = outcome["max_tokens_cap"], outcome["default_max_tokens"]
         if cap is not None and default is not None and default > cap:
             errors.append(f"{label}: default_max_tokens {default} is above max_tokens_cap {cap}")

@@ -34,8 +34,20 @@ def test_either_field_alone_is_the_cap(reader, field):
     assert reader({"model": "m", "messages": MESSAGES, field: 42}) == 42
 
 
-def test_the_clamp_caps_both_fields_and_the_cap_read_stays_the_superseding_one():
-    clamped = clamp_max_tokens(BOTH, cap=500, default=None)
+@pytest.mark.parametrize(
+    ("body", "cap", "bound"),
+    [
+        (BOTH, None, 300),
+        (BOTH, 500, 300),
+        (BOTH, 200, 200),
+        ({**BOTH, "max_tokens": 100, "max_completion_tokens": 1}, None, 1),
+        ({**BOTH, "max_tokens": 100_000, "max_completion_tokens": 1}, 500, 1),
+        ({**BOTH, "max_tokens": 10, "max_completion_tokens": 900}, None, 900),
+    ],
+)
+def test_both_fields_are_sent_at_the_one_bound_the_gateway_reads(body, cap, bound):
+    """An upstream that reads only max_tokens (or only max_completion_tokens) writes no more than was reserved."""
+    clamped = clamp_max_tokens(body, cap=cap, default=50)
 
-    assert (clamped["max_tokens"], clamped["max_completion_tokens"]) == (500, 300)
-    assert requested_max_tokens(clamped) == 300
+    assert (clamped["max_tokens"], clamped["max_completion_tokens"]) == (bound, bound)
+    assert requested_max_tokens(clamped) == bound

@@ -3,7 +3,8 @@
 
 Every field the gateway or a provider adapter reads is checked for type and range here, so nothing downstream
 (token counting, routing, caps, compression, cache keys, worst-case pricing, the Anthropic and Bedrock request
-translation) meets a shape it cannot handle. Fields the gateway does not know pass through for the upstream to judge.
+translation) meets a shape it cannot handle. Fields the gateway does not know pass through for the upstream to judge,
+but for those known to be billed beyond the catalog's prices (UNPRICED_PARAMETERS), which are refused.
 """
 
 from collections.abc import Callable
@@ -38,11 +39,33 @@ MAX_METADATA_VALUE_CHARS = 512
 MAX_MODEL_NAME_CHARS = 256
 SHOWN_VALUE_CHARS = 64
 # Parameters billed beyond the catalog's token prices (audio output, web search calls, priority processing): a
-# budget could not bound what they cost, so they are refused rather than passed through.
+# budget could not bound what they cost, so they are refused rather than passed through. A router upstream (OpenRouter,
+# a LiteLLM proxy) reads fields of its own that answer with another model than the one the ledger prices, or add paid
+# features; any other field the gateway does not know is passed through, so these are named here.
+OPENROUTER_MODELS = "OpenRouter may answer with another model"
+LITELLM_MODELS = "a LiteLLM proxy may answer with another model"
+ANOTHER_PRICE = "billed at that model's price, not the catalog's"
 UNPRICED_PARAMETERS = {
     "audio": "audio output is billed at audio token prices the catalog does not hold",
     "web_search_options": "web search is billed per search call, which the catalog does not price",
+    "models": f"{OPENROUTER_MODELS} of this list, {ANOTHER_PRICE}",
+    "route": f"{OPENROUTER_MODELS} of its fallback route, {ANOTHER_PRICE}",
+    "preset": f"{OPENROUTER_MODELS} or provider of the preset, {ANOTHER_PRICE}",
+    "provider": "OpenRouter's provider routing picks who serves the model and at what price, which the catalog does "
+    "not hold",
+    "plugins": "OpenRouter's plugins (web search, file parsing) are billed per use, which the catalog does not price",
+    "fallbacks": f"{LITELLM_MODELS} of this list, {ANOTHER_PRICE}",
+    "context_window_fallback_dict": f"{LITELLM_MODELS} for a long prompt, {ANOTHER_PRICE}",
+    "user_config": f"{LITELLM_MODELS} or deployment of this router config, {ANOTHER_PRICE}",
+    "num_retries": "a LiteLLM proxy retries the call itself, and a try billed before it failed is never reported",
 }
+# Fields a LiteLLM proxy that takes client-side credentials obeys: the call, with the key the proxy holds for the
+# provider, would go where the client says, billed to an account the catalog does not price.
+REDIRECTING_PARAMETERS = {
+    name: "a LiteLLM proxy that takes client-side credentials would send the call, and its provider key, elsewhere"
+    for name in ("api_base", "base_url", "api_key", "api_version")
+}
+REFUSED_PARAMETERS = {**UNPRICED_PARAMETERS, **REDIRECTING_PARAMETERS}
 # "fast" is the SDK's other name for priority processing.
 UNPRICED_SERVICE_TIERS = frozenset({"priority", "fast"})
 UNPRICED_AUDIO_INPUT = "audio input is billed at audio token prices the catalog does not hold"
@@ -456,7 +479,7 @@ def _unsupported(param: str, why: str) -> GatewayError:
 
 
 def _refuse_unpriced(body: dict) -> None:
-    for param, why in UNPRICED_PARAMETERS.items():
+    for param, why in REFUSED_PARAMETERS.items():
         if body.get(param) is not None:
             raise _unsupported(param, why)
     if "audio" in (body.get("modalities") or ()):
