@@ -1,8 +1,11 @@
 """Context compression: keep the system messages and the most recent turns within a token budget.
 
 Counts are exact (routing.tokens, the way OpenAI counts chat prompts). Whole turns are dropped,
-oldest first; an assistant message with tool calls and the tool results that answer it go together.
-Only when the turns that must stay are over budget alone is one message's text truncated.
+oldest first; an assistant message with tool calls and the tool results that answer it go together, and the kept turns
+start with a user message (Anthropic and Bedrock refuse a conversation that does not). The turns that must stay are
+the latest and the user message it answers; only when they are over budget alone is text cut inside a message (the
+largest of the latest turn, then the question, to what the latest leaves).
+The summary of the dropped turns is a user message: what the client sent never gains system authority by being dropped.
 Counting a large conversation runs on the CPU pool (core.cpu), off the event loop.
 """
 
@@ -71,21 +74,29 @@ def _message_costs(messages: list[dict], *, model: str) -> list[int]:
 
 
 def _turn_groups(indexes: list[int], messages: list[dict]) -> list[list[int]]:
-    """Group unpinned message indexes so a tool call and its results are never split."""
+    """Group unpinned message indexes so a tool call (or a legacy function call) and its results are never split."""
     groups: list[list[int]] = []
     open_call_ids: set[str] = set()
     for index in indexes:
         message = messages[index]
-        if (
-            message.get("role") == "tool"
-            and groups
-            and (message.get("tool_call_id") in open_call_ids or not open_call_ids)
-        ):
+        role = message.get("role")
+        answers_the_call = role == "function" or (
+            role == "tool" and (message.get("tool_call_id") in open_call_ids or not open_call_ids)
+        )
+        if answers_the_call and groups:
             groups[-1].append(index)
             continue
         groups.append([index])
         open_call_ids = {call.get("id") for call in message.get("tool_calls") or [] if isinstance(call, dict)}
     return groups
+
+
+def _user_led(group: list[int], messages: list[dict]) -> bool:
+    return messages[group[0]].get("role") == "user"
+
+
+def _summary_message(summary: str) -> dict:
+    return {"role": "user", "content": SUMMARY_PREFIX + summary}
 
 
 def _head_and_tail(text: str, keep_chars: int) -> str:
@@ -125,6 +136,26 @@ def _truncated_message(message: dict, *, max_tokens: int, model: str) -> dict | 
 def _truncated_with_cost(message: dict, *, max_tokens: int, model: str) -> tuple[dict, int] | None:
     cut = _truncated_message(message, max_tokens=max_tokens, model=model)
     return None if cut is None else (cut, message_tokens(cut, model=model))
+
+
+async def _fitted(
+    indexes: list[int], costs: list[int], messages: list[dict], *, available: int, model: str
+) -> tuple[dict[int, dict], int]:
+    """A turn that must stay, its largest text message cut when it is over `available` alone: the cut message by
+    index, and what the turn costs (still over `available` when no cut fits)."""
+    cost = sum(costs[index] for index in indexes)
+    if cost <= available:
+        return {}, cost
+    largest = max(indexes, key=lambda index: costs[index])
+    room = available - (cost - costs[largest])
+    if room <= 0:
+        return {}, cost
+    cut = await run_sized(
+        prompt_chars([messages[largest]]), _truncated_with_cost, messages[largest], max_tokens=room, model=model
+    )
+    if cut is None:
+        return {}, cost
+    return {largest: cut[0]}, cost - costs[largest] + cut[1]
 
 
 class SummaryCache:
@@ -176,7 +207,7 @@ class SummaryCache:
 summary_cache = SummaryCache()
 
 
-async def _summary_message(
+async def _summary_of(
     dropped: list[dict], *, summarize: Summarizer, namespace: str, max_tokens: int, model: str
 ) -> dict | None:
     key = SummaryCache.key(namespace, dropped)
@@ -193,8 +224,7 @@ async def _summary_message(
         if not summary:
             return None
         await summary_cache.set(key, summary)
-    message = {"role": "system", "content": SUMMARY_PREFIX + summary}
-    return _truncated_message(message, max_tokens=max_tokens, model=model)
+    return _truncated_message(_summary_message(summary), max_tokens=max_tokens, model=model)
 
 
 async def compress_messages(
@@ -223,35 +253,40 @@ async def compress_messages(
     available = budget - REPLY_PRIMING_TOKENS - sum(costs[index] for index in pinned)
     summary_reserve = budget // SUMMARY_BUDGET_SHARE if summarize is not None and len(groups) > 1 else 0
     replaced: dict[int, dict] = {}
-    kept: list[list[int]] = []
+    kept: set[int] = set()
     if groups:
-        latest = groups[-1]
-        latest_cost = sum(costs[index] for index in latest)
-        if latest_cost > available:
-            # The current turn alone does not fit: cut its largest text message, the only cut inside a message.
-            largest = max(latest, key=lambda index: costs[index])
-            room = available - (latest_cost - costs[largest])
-            cut = None
-            if room > 0:
-                cut = await run_sized(
-                    prompt_chars([messages[largest]]),
-                    _truncated_with_cost,
-                    messages[largest],
-                    max_tokens=room,
-                    model=model,
-                )
-            if cut is not None:
-                replaced[largest] = cut[0]
-                latest_cost = latest_cost - costs[largest] + cut[1]
-        kept.append(latest)
-        used = latest_cost
-        for group in reversed(groups[:-1]):
-            group_cost = sum(costs[index] for index in group)
+        latest = len(groups) - 1
+        # The latest turn, and the user message it answers when it is calls and their results: a tool result makes
+        # little sense without the question, and Anthropic and Bedrock refuse a conversation the assistant leads.
+        asked = next((position for position in range(latest, -1, -1) if _user_led(groups[position], messages)), None)
+        question_cost = sum(costs[index] for index in groups[asked]) if asked not in (None, latest) else 0
+        # Over budget, the latest turn is cut first, leaving the question up to half the room.
+        question_room = min(question_cost, max(available, 0) // 2)
+        replaced, used = await _fitted(
+            groups[latest], costs, messages, available=available - question_room, model=model
+        )
+        kept = {latest}
+        if question_cost:
+            question_cut, question_used = await _fitted(
+                groups[asked], costs, messages, available=available - used, model=model
+            )
+            if used + question_used <= available:
+                replaced |= question_cut
+                used += question_used
+                kept.add(asked)
+        for position in range(latest - 1, -1, -1):
+            if position in kept:
+                continue
+            group_cost = sum(costs[index] for index in groups[position])
             if used + group_cost > available - summary_reserve:
                 break
-            kept.append(group)
+            kept.add(position)
             used += group_cost
-    kept_indexes = {index for group in kept for index in group} | set(pinned)
+        if asked in kept:
+            # Older turns that would lead the kept ones without a user message go to the summary instead.
+            while not _user_led(groups[min(kept)], messages):
+                kept.remove(min(kept))
+    kept_indexes = {index for position in kept for index in groups[position]} | set(pinned)
     dropped = [messages[index] for index in range(len(messages)) if index not in kept_indexes]
     result = [replaced.get(index, messages[index]) for index in range(len(messages)) if index in kept_indexes]
     summarized = False
@@ -259,10 +294,8 @@ async def compress_messages(
         room = budget - await count_chat_tokens_async(result, model=model)
         # A summary is paid for before it is cut to the room left: none is asked for where not even its prefix fits
         # (the kept turns fill the budget, or overrun it and the caller refuses the request anyway).
-        if room > message_tokens({"role": "system", "content": SUMMARY_PREFIX}, model=model):
-            summary = await _summary_message(
-                dropped, summarize=summarize, namespace=namespace, max_tokens=room, model=model
-            )
+        if room > message_tokens(_summary_message(""), model=model):
+            summary = await _summary_of(dropped, summarize=summarize, namespace=namespace, max_tokens=room, model=model)
             if summary is not None:
                 position = next((i for i, message in enumerate(result) if message.get("role") not in PINNED_ROLES), 0)
                 result.insert(position, summary)

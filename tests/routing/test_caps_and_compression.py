@@ -208,7 +208,7 @@ async def test_the_dropped_middle_is_summarized_once_per_history():
     assert first.summarized and second.summarized
     assert len(calls) == 1
     summary = first.messages[1]
-    assert summary["role"] == "system" and "questions 0 to 3" in summary["content"]
+    assert summary["role"] == "user" and "questions 0 to 3" in summary["content"]
     assert first.tokens_after <= budget
     assert first.messages == second.messages
     summary_cache._entries.clear()

@@ -206,13 +206,18 @@ async def prompt_tokens_counted(
         target = routed.decision.outcome.target_model
         served = resolve_model(snapshot.catalog, tenant_id=principal.tenant_id, requested=target)
         _refuse_what_the_model_cannot_take(served, routed.features)
-        tokens = routed.tokens_for(served)
-        if tokens is None:
-            tokens = await count_prompt_tokens_async(body, model=served.upstream_name)
-        if (refusal := cap_refusal(routed.decision, tokens)) is not None:
-            raise refusal
+        return await _tokens_under_cap(routed, served, body)
     except RoutingRefusal as refusal:
         raise refusal_error(refusal) from refusal
+
+
+async def _tokens_under_cap(routed: _Routed, served: ModelEntry, body: dict) -> int:
+    """The prompt's tokens in the served model's encoding; raises TokenCapExceeded over a cap its rule rejects at."""
+    tokens = routed.tokens_for(served)
+    if tokens is None:
+        tokens = await count_prompt_tokens_async(body, model=served.upstream_name)
+    if (refusal := cap_refusal(routed.decision, tokens)) is not None:
+        raise refusal
     return tokens
 
 
@@ -223,6 +228,7 @@ async def plan_chat(snapshot: ConfigSnapshot, call: GatewayCall, body: dict, hea
     call.tags = request_tags(headers)
     call.customer = request_customer(headers, body.get("user"))
     call.routing_baseline = routing_baseline(catalog, policy, body["model"], tenant_id=tenant_id)
+    guard_action = policy.injection_guard_action if policy else "none"
     try:
         routed = await _routed(snapshot, call.principal, body, headers)
         decision = routed.decision
@@ -235,20 +241,24 @@ async def plan_chat(snapshot: ConfigSnapshot, call: GatewayCall, body: dict, hea
         fallbacks = [catalog.models[name] for name in decision.outcome.fallback_models if name in catalog.models]
         chain = [served] + [model for model in fallbacks if model_lacks(model, routed.features) is None]
         upstream_body = body if body.get("store") else {k: v for k, v in body.items() if k not in GATEWAY_ONLY_FIELDS}
+        prompt_tokens = await _tokens_under_cap(routed, served, upstream_body)
+        # The conversation as sent, not as compressed: the turns compression drops come back only as a summary, and a
+        # request the guard blocks pays for no summary. A cap that rejects has refused a huge prompt before the scan.
+        verdict = guard_request(upstream_body["messages"], action=guard_action)
+        call.injection_flagged = verdict.flagged
         capped = await apply_token_caps(
             upstream_body,
             decision=decision,
             model=served.upstream_name,
             summarize=metered_summarizer(snapshot, call),
             namespace=str(tenant_id),
-            prompt_tokens=routed.tokens_for(served),
+            prompt_tokens=prompt_tokens,
         )
         call.prompt_tokens_before_compression = capped.prompt_tokens_before
         call.prompt_tokens_after_compression = capped.prompt_tokens_after
-        verdict = guard_request(capped.body["messages"], action=policy.injection_guard_action if policy else "none")
-        call.injection_flagged = verdict.flagged
     except RoutingRefusal as refusal:
-        call.injection_flagged = isinstance(refusal, PromptInjectionBlocked)
+        # A flagged prompt stays flagged when a cap refuses it after the scan.
+        call.injection_flagged |= isinstance(refusal, PromptInjectionBlocked)
         raise refusal_error(refusal) from refusal
     except SummaryRefused as refused:
         raise refused.reason from refused
@@ -263,5 +273,4 @@ async def plan_chat(snapshot: ConfigSnapshot, call: GatewayCall, body: dict, hea
         control=cache_control_from_headers(headers),
         semantic=decision.outcome.semantic_cache,
     )
-    guard_action = policy.injection_guard_action if policy else "none"
     return ChatPlan(chain=chain, body=capped.body, decision=decision, cache=cache, guard_action=guard_action)

@@ -36,10 +36,30 @@ SUMMARY_INSTRUCTIONS = (
 )
 SUMMARY_MAX_TOKENS = 300
 SUMMARY_ROUTE = "compression-summary"
+# What the transcript shows for a part that is not text: its data would only bloat the summary's prompt.
+PART_PLACEHOLDERS = {"image_url": "[image]", "input_audio": "[audio]", "file": "[file]"}
+
+
+def _transcript_line(message: dict) -> str:
+    """A dropped turn as the summarising model reads it: its text, its attachments named, its calls written out."""
+    content = message.get("content")
+    parts = [message_text(content)]
+    if isinstance(content, list):
+        parts += [
+            PART_PLACEHOLDERS[part["type"]]
+            for part in content
+            if isinstance(part, dict) and part.get("type") in PART_PLACEHOLDERS
+        ]
+    calls = [call.get("function") for call in message.get("tool_calls") or [] if isinstance(call, dict)]
+    calls.append(message.get("function_call"))
+    parts += [
+        f"[called {call.get('name')} with {call.get('arguments') or '{}'}]" for call in calls if isinstance(call, dict)
+    ]
+    return f"{message.get('role')}: " + " ".join(part for part in parts if part)
 
 
 def _summary_body(model: ModelEntry, messages: list[dict]) -> dict:
-    transcript = "\n".join(f"{m.get('role')}: {m.get('content')}" for m in messages)
+    transcript = "\n".join(_transcript_line(message) for message in messages)
     return {
         "model": model.upstream_name,
         "messages": [
