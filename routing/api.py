@@ -19,6 +19,7 @@ class ContentPartSerializer(serializers.Serializer):
     type = serializers.CharField(max_length=64)
     text = serializers.CharField(required=False, allow_blank=True, trim_whitespace=False)
     image_url = serializers.JSONField(required=False)
+    refusal = serializers.CharField(required=False, allow_blank=True, trim_whitespace=False)
 
 
 @extend_schema_field(
@@ -29,7 +30,12 @@ class ContentPartSerializer(serializers.Serializer):
                 "type": "array",
                 "items": {
                     "type": "object",
-                    "properties": {"type": {"type": "string"}, "text": {"type": "string"}, "image_url": {}},
+                    "properties": {
+                        "type": {"type": "string"},
+                        "text": {"type": "string"},
+                        "image_url": {},
+                        "refusal": {"type": "string"},
+                    },
                     "required": ["type"],
                 },
             },
@@ -54,20 +60,26 @@ class MessageContentField(serializers.Field):
 
 
 class SimulatedMessageSerializer(serializers.Serializer):
+    """A message with every field the prompt's count reads (routing.tokens), kept as sent."""
+
     role = serializers.ChoiceField(choices=MESSAGE_ROLES)
     content = MessageContentField(required=False, allow_null=True)
-    name = serializers.CharField(required=False, max_length=256)
+    name = serializers.CharField(required=False, max_length=256, trim_whitespace=False)
+    refusal = serializers.CharField(required=False, allow_blank=True, trim_whitespace=False)
     tool_calls = serializers.ListField(child=serializers.DictField(), required=False)
+    function_call = serializers.DictField(required=False)
 
 
 class SimulatedRequestSerializer(serializers.Serializer):
-    """The parts of an OpenAI chat request that routing reads; other fields are ignored."""
+    """The parts of an OpenAI chat request that routing reads, its prompt's count included; other fields are
+    ignored."""
 
     model = serializers.CharField(max_length=256)
     messages = SimulatedMessageSerializer(many=True, allow_empty=False)
     metadata = serializers.DictField(child=serializers.CharField(allow_blank=True, max_length=512), required=False)
     tools = serializers.ListField(child=serializers.DictField(), required=False)
     functions = serializers.ListField(child=serializers.DictField(), required=False)
+    response_format = serializers.DictField(required=False)
 
     def get_fields(self):
         caps = {

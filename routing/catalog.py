@@ -77,6 +77,12 @@ class ModelCatalog:
         allowed = self.access_for(tenant_id).allowed_models
         return [entry for name, entry in sorted(self.models.items()) if name in allowed]
 
+    def prompt_counting_model(self, tenant_id: int, requested: str) -> str:
+        """The upstream name whose encoding counts the prompt before the served model is known: the requested
+        model's, else for an alias such as `auto` the tenant's default model's (live routing and its simulation)."""
+        entry = self.models.get(requested) or self.models.get(self.access_for(tenant_id).default_model or "")
+        return entry.upstream_name if entry else requested
+
 
 NO_ACCESS = TenantAccess(default_model=None, allowed_models=frozenset())
 

@@ -18,6 +18,8 @@ from core.cpu import OFFLOAD_MIN_CHARS, run_sized
 
 logger = logging.getLogger(__name__)
 
+# The encodings installed beside the gateway (TIKTOKEN_CACHE_DIR): any other would be downloaded on first use.
+SHIPPED_ENCODINGS = frozenset({"o200k_base", "cl100k_base"})
 O200K_MODEL_PREFIXES = ("gpt-4o", "gpt-4.1", "gpt-4.5", "gpt-5", "o1", "o3", "o4", "chatgpt-4o")
 # OpenAI's chat framing: every message costs 3 tokens, a name 1 more, and the reply is primed with 3.
 TOKENS_PER_MESSAGE = 3
@@ -30,7 +32,25 @@ MAX_TOKEN_BYTES = 128
 
 
 def encoding_name_for(model: str) -> str:
+    """The encoding the gateway counts ``model``'s prompts in: tiktoken's for a name it knows (a fine-tune's
+    ``ft:gpt-4o-mini:…`` included) among the encodings that ship with the gateway, else by the name's prefix."""
+    known = known_encoding_name(model)
+    if known in SHIPPED_ENCODINGS:
+        return known
     return "o200k_base" if model.lower().startswith(O200K_MODEL_PREFIXES) else "cl100k_base"
+
+
+@lru_cache(maxsize=1024)
+def known_encoding_name(model: str) -> str | None:
+    """The encoding ``model`` bills in, when tiktoken knows the model by its name; None for a name it does not know
+    (a Llama or Mistral behind an OpenAI-compatible server, a deployment's own name), which encoding_name_for counts in
+    cl100k_base all the same, though the model bills its own tokenizer's count."""
+    try:
+        from tiktoken.model import encoding_name_for_model
+
+        return encoding_name_for_model(model)
+    except (ImportError, KeyError):
+        return None
 
 
 @lru_cache(maxsize=4)

@@ -32,8 +32,9 @@ def routing_simulation(*, policy: RoutingPolicy, body: dict, headers: dict[str, 
     catalog = build_model_catalog(tenant_id=policy.tenant_id)
     messages = body.get("messages") or []
     requested = str(body.get("model") or "")
-    encoding_model = catalog.models[requested].upstream_name if requested in catalog.models else requested
-    # Counted as live routing counts it: the messages, and the definitions billed as prompt beside them.
+    encoding_model = catalog.prompt_counting_model(policy.tenant_id, requested)
+    # Counted as live routing counts it (routing.tokens.count_prompt_tokens_async, in the same encoding): the
+    # messages, and the definitions billed as prompt beside them.
     prompt_tokens = count_chat_tokens(messages, model=encoding_model) + count_definition_tokens(
         body, model=encoding_model
     )

@@ -1,6 +1,7 @@
 """Budgets and rate limits hold through the live gateway, under concurrency and with streams in the mix."""
 
 import asyncio
+import math
 import time
 from collections import Counter
 from decimal import Decimal
@@ -17,6 +18,7 @@ from billing.ledger.costs import usage_cost
 from billing.models import RateLimit, UsageRecord
 from billing.ratelimits import rate_limit_create
 from llmops.gateway.chat import admission
+from llmops.gateway.chat.worst_case import PROMPT_MARGIN
 from routing.catalog import ModelPrices
 from routing.policy.drafts import policy_draft_replace
 from routing.services import routing_policy_create, routing_policy_publish
@@ -28,8 +30,9 @@ MESSAGES = [{"role": "user", "content": "Classify this support ticket: my refund
 MAX_TOKENS = 10
 
 
-def worst_case(prices) -> Decimal:
-    prompt = count_chat_tokens(MESSAGES, model="mock-small")
+def worst_case(prices, *, prompt_margin: float = 1) -> Decimal:
+    """``prompt_margin``: PROMPT_MARGIN where the model is reserved at another model's count of the prompt."""
+    prompt = math.ceil(count_chat_tokens(MESSAGES, model="mock-small") * prompt_margin)
     return usage_cost(prices=ModelPrices(*prices), prompt_tokens=prompt, cached_tokens=0, completion_tokens=MAX_TOKENS)
 
 
@@ -86,7 +89,9 @@ def test_block_answers_429_and_a_request_over_the_whole_limit_is_told_not_to_ret
 
 
 def test_downgrade_routes_to_the_cheaper_model_while_it_fits(gateway, acme):
-    limit = worst_case(SMALL_PRICES) * 3
+    # Each downgrade is reserved at the margin (the prompt was counted for the large model, whose tokenizer the small
+    # one need not share) and settled at what it cost: two settled, and room for a third's reservation.
+    limit = worst_case(SMALL_PRICES) * 2 + worst_case(SMALL_PRICES, prompt_margin=PROMPT_MARGIN)
     assert worst_case(LARGE_PRICES) > limit
     budget_create(tenant=acme.tenant, scope="team", team=acme.team, period="day", limit_usd=limit, action="downgrade")
     body = {"model": acme.large.name, "messages": MESSAGES, "max_tokens": MAX_TOKENS}

@@ -27,7 +27,7 @@ from billing.ratelimits import RateLimitResult, rate_limit_check
 from core.background import run_in_background
 from core.cpu import run_sized
 from llmops.gateway.call import GatewayCall
-from llmops.gateway.chat.planning import ChatPlan
+from llmops.gateway.chat.planning import ChatPlan, model_lacks
 from llmops.gateway.chat.worst_case import (
     OutputBound,
     budget_refusal,
@@ -59,13 +59,22 @@ def _cheaper_route(
     writers: frozenset[str],
     media: PromptMedia,
 ) -> ModelEntry | None:
-    """The cheapest of the chain's fallbacks and the tenant's default model, if it costs less than the primary."""
+    """The cheapest of the chain's fallbacks and the tenant's default model that can take the request, if it costs
+    less than the primary."""
     default = _default_model(snapshot, call)
-    candidates = [*plan.chain[1:], *([default] if default else [])]
+    candidates = [
+        model for model in [*plan.chain[1:], *([default] if default else [])] if model_lacks(model, call) is None
+    ]
 
     def worst(model: ModelEntry) -> Decimal:
         return chain_worst_case(
-            [model], prompt_tokens=prompt_tokens, bound=bound, fallback=_fallback(), cache_writers=writers, media=media
+            [model],
+            prompt_tokens=prompt_tokens,
+            bound=bound,
+            fallback=_fallback(),
+            cache_writers=writers,
+            media=media,
+            counted_for=plan.chain[0].upstream_name,
         )
 
     primary_cost = worst(plan.chain[0])
@@ -119,6 +128,7 @@ def _refusal(
     bound: OutputBound,
     writers: frozenset[str],
     media: PromptMedia,
+    counted_for: str,
 ):
     fitting = fitting_max_tokens(
         chain,
@@ -128,6 +138,7 @@ def _refusal(
         available=exceeded.remaining_usd,
         cache_writers=writers,
         media=media,
+        counted_for=counted_for,
     )
     return budget_refusal(exceeded, fitting=fitting, choices=bound.choices, has_media=bool(media))
 
@@ -234,6 +245,9 @@ async def admit(
     """Admit a chat completion (``admission_hold``) at its worst case, or refuse it; a blocking budget it would go
     over refuses it, or downgrades it to a cheaper route when the budget says so."""
     prompt_tokens = call.prompt_tokens_after_compression or 0
+    # The prompt was counted for the routed model: any other model of the chain, or one downgraded to, is priced at
+    # the margin its own count may add (worst_case.counted_exactly).
+    counted_for = plan.chain[0].upstream_name
     budgets = chain_budgets(snapshot, call, plan.chain)
     bound = await run_sized(prediction_chars(plan.body), OutputBound.of, plan.body, model=plan.chain[0].upstream_name)
     if budgets:
@@ -250,7 +264,13 @@ async def admit(
 
     def worst_case(chain: list[ModelEntry]) -> Decimal:
         return chain_worst_case(
-            chain, prompt_tokens=prompt_tokens, bound=bound, fallback=_fallback(), cache_writers=writers, media=media
+            chain,
+            prompt_tokens=prompt_tokens,
+            bound=bound,
+            fallback=_fallback(),
+            cache_writers=writers,
+            media=media,
+            counted_for=counted_for,
         )
 
     reserved = await admission_hold(
@@ -269,8 +289,16 @@ async def admit(
             snapshot, call, plan, prompt_tokens=prompt_tokens, bound=bound, writers=writers, media=media
         )
         if not reserved.downgrade or cheaper is None:
+            # Whatever refuses now refuses the first model itself (a fallback it alone refused was left out): the
+            # max_tokens that would fit is the first model's.
             raise _refusal(
-                reserved, plan.chain, prompt_tokens=prompt_tokens, bound=bound, writers=writers, media=media
+                reserved,
+                plan.chain[:1],
+                prompt_tokens=prompt_tokens,
+                bound=bound,
+                writers=writers,
+                media=media,
+                counted_for=counted_for,
             ) from reserved
         call.downgraded_from = plan.chain[0]
         plan.chain = [cheaper]
@@ -282,7 +310,13 @@ async def admit(
         )
         if isinstance(reserved, BudgetExceeded):
             raise _refusal(
-                reserved, [cheaper], prompt_tokens=prompt_tokens, bound=bound, writers=writers, media=media
+                reserved,
+                [cheaper],
+                prompt_tokens=prompt_tokens,
+                bound=bound,
+                writers=writers,
+                media=media,
+                counted_for=counted_for,
             ) from reserved
     reservation_keep(call, reserved)
 
@@ -303,19 +337,31 @@ async def without_spent_fallbacks(
     *,
     worst_case: Callable[[list[ModelEntry]], Decimal],
 ) -> tuple[list[ModelEntry], Reservation | BudgetExceeded]:
-    """The chain and its reservation once every fallback whose own model budget cannot hold the request is left out
-    of it, rather than refusing a request the models before it may serve; `worst_case` prices a chain."""
-    while isinstance(reserved, BudgetExceeded) and _spent_fallback(reserved, chain):
-        chain = [model for model in chain if model.name != reserved.model_name]
-        call.route_explanation = f"{call.route_explanation} budget-skipped={reserved.model_name}"
+    """The chain and its reservation once every fallback the refusing budget cannot hold is left out of it, rather
+    than refusing a request the models before it may serve: a fallback whose own model budget refused, or, when
+    another budget refused (the chain's worst case is its dearest model's), each fallback whose worst case alone is
+    more than that budget has left, provided the first model's fits. `worst_case` prices a chain."""
+    while isinstance(reserved, BudgetExceeded):
+        skipped = _fallbacks_refused(reserved, chain, worst_case=worst_case)
+        if not skipped:
+            break
+        chain = [model for model in chain if model.name not in skipped]
+        call.route_explanation += "".join(f" budget-skipped={name}" for name in skipped)
         reserved = await _reserve_or_exceeded(chain_budgets(snapshot, call, chain), worst_case(chain), call=call)
     return chain, reserved
 
 
-def _spent_fallback(exceeded: BudgetExceeded, chain: list[ModelEntry]) -> bool:
-    """Whether the budget that refused is the own budget of one of the chain's fallbacks (not of its first model)."""
-    fallbacks = {model.name for model in chain[1:]} - {chain[0].name}
-    return exceeded.model_name in fallbacks
+def _fallbacks_refused(
+    exceeded: BudgetExceeded, chain: list[ModelEntry], *, worst_case: Callable[[list[ModelEntry]], Decimal]
+) -> list[str]:
+    """The fallbacks (never the first model) that leaving out lets the refusing budget hold the request, in order."""
+    first = chain[0]
+    fallbacks = [model for model in chain[1:] if model.name != first.name]
+    if exceeded.model_name in {model.name for model in fallbacks}:
+        return [exceeded.model_name]
+    if not fallbacks or worst_case([first]) > exceeded.remaining_usd:
+        return []
+    return [model.name for model in fallbacks if worst_case([model]) > exceeded.remaining_usd]
 
 
 async def _reserve_or_exceeded(budgets: list[BudgetEntry], amount: Decimal, *, call: GatewayCall):

@@ -156,12 +156,6 @@ def refusal_error(refusal: RoutingRefusal) -> GatewayError:
     return GatewayError(refusal.message, status=refusal.status, code=refusal.code, param=refusal.param)
 
 
-def prompt_counting_model(catalog: ModelCatalog, tenant_id: int, requested: str) -> str:
-    """The upstream name whose encoding counts the prompt before the served model is known."""
-    entry = catalog.models.get(requested) or catalog.models.get(catalog.access_for(tenant_id).default_model or "")
-    return entry.upstream_name if entry else requested
-
-
 @dataclass(slots=True)
 class _Routed:
     """A prompt counted and routed."""
@@ -186,7 +180,7 @@ async def _routed(snapshot: ConfigSnapshot, principal: KeyPrincipal, body: dict,
     refusal = cap_refusal_before_counting(policy, body["messages"], requested_model=body["model"])
     if refusal is not None:
         raise refusal
-    counting_model = prompt_counting_model(catalog, tenant_id, body["model"])
+    counting_model = catalog.prompt_counting_model(tenant_id, body["model"])
     prompt_tokens = await count_prompt_tokens_async(body, model=counting_model)
     features = route_request_from_body(
         body, headers=headers, tenant_id=tenant_id, team_slug=principal.team_slug, prompt_tokens=prompt_tokens

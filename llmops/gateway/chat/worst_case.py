@@ -7,9 +7,12 @@ does not know it, LLMOPS_RESERVATION_MAX_TOKENS is reserved and sent as max_toke
 of the chain may serve, so the dearest is reserved. A model that may write the prompt to its prompt cache (a
 checkpoint the client or the gateway sets, routing.providers.prompt_cache) bills those tokens at the cache-write
 price, above the input price: its prompt is reserved at the dearer of the two. Images and files in the prompt are
-reserved at the most each model bills for them (routing.media). The prompt is counted with tiktoken, OpenAI's
-tokenizer; a provider of another kind bills its own tokenizer's count of the same text, often a larger one
-(Anthropic's models' noticeably so), so its prompt's text is reserved at PROMPT_MARGIN times the count.
+reserved at the most each model bills for them (routing.media). The prompt is counted with tiktoken, in the encoding
+of the model it was counted for (a chain's first model, the served one). A model that bills another count of the same
+text has its prompt's text reserved at PROMPT_MARGIN times that count: a provider of another kind (its own tokenizer,
+Anthropic's a noticeably larger one), and an `openai` one whose name tiktoken does not know (an OpenAI-compatible
+server's Llama or Mistral) or whose encoding is another (a gpt-4-turbo fallback, cl100k_base, of gpt-4o, o200k_base).
+The margin is an allowance, not a bound: cl100k_base counts some scripts (Devanagari, Tamil) at 4x o200k_base.
 """
 
 import math
@@ -24,17 +27,27 @@ from routing.catalog import ModelEntry
 from routing.max_tokens import requested_max_tokens
 from routing.media import NO_MEDIA, PromptMedia
 from routing.providers.prompt_cache import effective_provider_cache, may_write_cache
-from routing.tokens import count_text_tokens
+from routing.tokens import count_text_tokens, encoding_name_for, known_encoding_name
 
 CHOICE_FIELDS = ("n", "best_of")
 PROMPT_MARGIN = 1.5
 EXACTLY_COUNTED_KINDS = ("openai",)
 
 
-def reserved_prompt_tokens(model: ModelEntry, prompt_tokens: int) -> int:
-    """The prompt's text tokens as its worst case holds them: tiktoken's count, with PROMPT_MARGIN for a provider
-    that counts with another tokenizer."""
-    if model.provider.kind in EXACTLY_COUNTED_KINDS:
+def counted_exactly(model: ModelEntry, *, counted_for: str) -> bool:
+    """Whether ``model`` bills the prompt's text at the count made for the upstream model ``counted_for``: it is that
+    model, or an OpenAI one whose encoding tiktoken knows and is the one the count was made in."""
+    if model.provider.kind not in EXACTLY_COUNTED_KINDS:
+        return False
+    if model.upstream_name == counted_for:
+        return True
+    return known_encoding_name(model.upstream_name) == encoding_name_for(counted_for)
+
+
+def reserved_prompt_tokens(model: ModelEntry, prompt_tokens: int, *, counted_for: str | None = None) -> int:
+    """The prompt's text tokens as its worst case holds them: tiktoken's count made for the upstream model
+    ``counted_for`` (by default ``model`` itself), with PROMPT_MARGIN where ``model`` bills another count."""
+    if counted_exactly(model, counted_for=counted_for or model.upstream_name):
         return prompt_tokens
     return math.ceil(prompt_tokens * PROMPT_MARGIN)
 
@@ -106,11 +119,12 @@ def worst_case_cost(
     completion_tokens: int,
     writes_cache: bool = False,
     media: PromptMedia = NO_MEDIA,
+    counted_for: str | None = None,
 ) -> Decimal:
-    """``prompt_tokens``: the prompt's text as tiktoken counts it (reserved_prompt_tokens), to which ``media`` adds
-    what its other parts may bill. With ``writes_cache``, every prompt token is priced at the dearer of the input and
-    cache-write prices."""
-    prompt_tokens = media.prompt_tokens(model, reserved_prompt_tokens(model, prompt_tokens))
+    """``prompt_tokens``: the prompt's text as tiktoken counts it for ``counted_for`` (reserved_prompt_tokens), to
+    which ``media`` adds what its other parts may bill. With ``writes_cache``, every prompt token is priced at the
+    dearer of the input and cache-write prices."""
+    prompt_tokens = media.prompt_tokens(model, reserved_prompt_tokens(model, prompt_tokens, counted_for=counted_for))
     prices = model.prices
     dearer_write = (
         prices.cache_write_per_million is not None and prices.cache_write_per_million > prices.input_per_million
@@ -132,10 +146,14 @@ def chain_worst_case(
     fallback: int,
     cache_writers: frozenset[str] = frozenset(),
     media: PromptMedia = NO_MEDIA,
+    counted_for: str | None = None,
 ) -> Decimal:
     """The dearest model's worst case: whichever of the chain serves, the request costs at most this.
+    ``prompt_tokens``: the prompt's text counted for the upstream model ``counted_for``, by default the chain's first
+    (a chain of a fallback alone, or of the model a request is downgraded to, names the served model's);
     ``cache_writers``: the models that may write the prompt to their cache (``cache_writers()``); ``media``: the
     prompt's parts that are not text."""
+    counted_for = counted_for or chain[0].upstream_name
     return max(
         worst_case_cost(
             model,
@@ -143,6 +161,7 @@ def chain_worst_case(
             completion_tokens=bound.completion_tokens(model, fallback=fallback),
             writes_cache=model.name in cache_writers,
             media=media,
+            counted_for=counted_for,
         )
         for model in chain
     )
@@ -172,8 +191,10 @@ def fitting_max_tokens(
     available: Decimal,
     cache_writers: frozenset[str] = frozenset(),
     media: PromptMedia = NO_MEDIA,
+    counted_for: str | None = None,
 ) -> int | None:
-    """The largest max_tokens below the request's own whose worst case fits in `available`; None when none does."""
+    """The largest max_tokens below the request's own whose worst case (``chain_worst_case``) fits in `available`; None
+    when none does."""
     upper = max(bound.per_choice(model, fallback=fallback) for model in chain) - 1
 
     def fits(max_tokens: int) -> bool:
@@ -185,6 +206,7 @@ def fitting_max_tokens(
             fallback=fallback,
             cache_writers=cache_writers,
             media=media,
+            counted_for=counted_for,
         )
         return worst <= available
 

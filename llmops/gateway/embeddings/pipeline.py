@@ -24,7 +24,6 @@ from llmops.gateway.chat.admission import admission_hold, chain_budgets, reserva
 from llmops.gateway.chat.completion import declared_size, run_recorded
 from llmops.gateway.chat.pipeline import cache_hit, call_chain, keep_answer
 from llmops.gateway.chat.planning import (
-    prompt_counting_model,
     refusal_error,
     request_customer,
     request_tags,
@@ -131,7 +130,7 @@ async def plan_embeddings(
     call.customer = request_customer(headers, body.get("user"))
     call.routing_baseline = routing_baseline(catalog, policy, body["model"], tenant_id=tenant_id)
     inputs = embedding_inputs(body["input"])
-    counting_model = prompt_counting_model(catalog, tenant_id, body["model"])
+    counting_model = catalog.prompt_counting_model(tenant_id, body["model"])
     input_tokens = await _counted(inputs, model=counting_model)
     try:
         features = route_request_from_embeddings(
@@ -203,8 +202,15 @@ async def admit_embeddings(
     tokens = plan.total_tokens
     budgets = chain_budgets(snapshot, call, plan.chain)
 
+    # The inputs were counted for the served model; a fallback that bills another tokenizer's count is reserved at
+    # the margin it may add.
+    counted_for = plan.chain[0].upstream_name
+
     def worst_case(chain: list[ModelEntry]) -> Decimal:
-        return max(worst_case_cost(model, prompt_tokens=tokens, completion_tokens=0) for model in chain)
+        return max(
+            worst_case_cost(model, prompt_tokens=tokens, completion_tokens=0, counted_for=counted_for)
+            for model in chain
+        )
 
     reserved = await admission_hold(
         snapshot,
