@@ -10,9 +10,11 @@ price, above the input price: its prompt is reserved at the dearer of the two. I
 reserved at the most each model bills for them (routing.media). The prompt is counted with tiktoken, in the encoding
 of the model it was counted for (a chain's first model, the served one). A model that bills another count of the same
 text has its prompt's text reserved at PROMPT_MARGIN times that count: a provider of another kind (its own tokenizer,
-Anthropic's a noticeably larger one), and an `openai` one whose name tiktoken does not know (an OpenAI-compatible
-server's Llama or Mistral) or whose encoding is another (a gpt-4-turbo fallback, cl100k_base, of gpt-4o, o200k_base).
-The margin is an allowance, not a bound: cl100k_base counts some scripts (Devanagari, Tamil) at 4x o200k_base.
+Anthropic's a noticeably larger one), and, other than the model counted for, an `openai` one whose name tiktoken
+does not know (an OpenAI-compatible server's Llama or Mistral) or whose encoding is another (a gpt-4-turbo fallback,
+cl100k_base, of gpt-4o, o200k_base). The model counted for is reserved at its count whatever its name: a first model
+with a tokenizer of its own bills another count than cl100k_base's, which the budget does not hold. The margin is an
+allowance, not a bound: cl100k_base counts some scripts (Devanagari, Tamil) at 4x o200k_base.
 """
 
 import math
