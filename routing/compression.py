@@ -2,9 +2,10 @@
 
 Counts are exact (routing.tokens, the way OpenAI counts chat prompts). Whole turns are dropped,
 oldest first; an assistant message with tool calls and the tool results that answer it go together, and the kept turns
-start with a user message (Anthropic and Bedrock refuse a conversation that does not). The turns that must stay are
-the latest and the user message it answers; only when they are over budget alone is text cut inside a message (the
-largest of the latest turn, then the question, to what the latest leaves).
+start with a user message (Anthropic and Bedrock refuse a conversation that does not). The latest turn always stays,
+its largest text message cut only when it is over budget alone or leaves no room for a user message to lead it; a
+latest turn of tool calls keeps the user message it answers, cut to the room the turn leaves, or else is led by a short
+placeholder user message when no summary leads.
 The summary of the dropped turns is a user message: what the client sent never gains system authority by being dropped.
 Counting a large conversation runs on the CPU pool (core.cpu), off the event loop.
 """
@@ -33,6 +34,8 @@ logger = logging.getLogger(__name__)
 PINNED_ROLES = frozenset({"system", "developer"})
 TRUNCATION_MARKER = "\n[…truncated…]\n"
 SUMMARY_PREFIX = "Summary of the earlier conversation, which was shortened to fit: "
+# Leads the kept turns when neither the question they answer nor a summary fits in front of them.
+OMITTED_TURNS = "(The earlier conversation was left out to fit.)"
 # At most this share of the budget goes to the summary of the dropped turns.
 SUMMARY_BUDGET_SHARE = 5
 SUMMARY_CACHE_SIZE = 1024
@@ -93,6 +96,19 @@ def _turn_groups(indexes: list[int], messages: list[dict]) -> list[list[int]]:
 
 def _user_led(group: list[int], messages: list[dict]) -> bool:
     return messages[group[0]].get("role") == "user"
+
+
+def _says_something(cut: dict[int, dict]) -> bool:
+    """A cut that leaves text in every message it cut: Anthropic and Bedrock refuse a blank one."""
+    return all(message["content"].strip() for message in cut.values())
+
+
+def _first_turn(messages: list[dict]) -> int | None:
+    return next((index for index, message in enumerate(messages) if message.get("role") not in PINNED_ROLES), None)
+
+
+def _omitted_turns_message() -> dict:
+    return {"role": "user", "content": OMITTED_TURNS}
 
 
 def _summary_message(summary: str) -> dict:
@@ -256,24 +272,29 @@ async def compress_messages(
     kept: set[int] = set()
     if groups:
         latest = len(groups) - 1
-        # The latest turn, and the user message it answers when it is calls and their results: a tool result makes
-        # little sense without the question, and Anthropic and Bedrock refuse a conversation the assistant leads.
-        asked = next((position for position in range(latest, -1, -1) if _user_led(groups[position], messages)), None)
-        question_cost = sum(costs[index] for index in groups[asked]) if asked not in (None, latest) else 0
-        # Over budget, the latest turn is cut first, leaving the question up to half the room.
-        question_room = min(question_cost, max(available, 0) // 2)
-        replaced, used = await _fitted(
-            groups[latest], costs, messages, available=available - question_room, model=model
-        )
         kept = {latest}
-        if question_cost:
-            question_cut, question_used = await _fitted(
-                groups[asked], costs, messages, available=available - used, model=model
-            )
-            if used + question_used <= available:
+        latest_cost = sum(costs[index] for index in groups[latest])
+        asked = next((position for position in range(latest, -1, -1) if _user_led(groups[position], messages)), None)
+        lead_cost = 0
+        if asked != latest:
+            # Calls and their results: a tool result makes little sense without the question, and Anthropic and
+            # Bedrock refuse a conversation the assistant leads. The question gets the room the latest turn leaves,
+            # or up to half when the latest is over alone and cut anyway; else the placeholder's room is kept.
+            question_room = available - latest_cost if latest_cost <= available else max(available, 0) // 2
+            question_cut, question_cost = {}, None
+            if asked is not None:
+                question_cut, question_cost = await _fitted(
+                    groups[asked], costs, messages, available=question_room, model=model
+                )
+            if question_cost is not None and question_cost <= question_room and _says_something(question_cut):
                 replaced |= question_cut
-                used += question_used
                 kept.add(asked)
+                lead_cost = question_cost
+            else:
+                lead_cost = message_tokens(_omitted_turns_message(), model=model)
+        latest_cut, used = await _fitted(groups[latest], costs, messages, available=available - lead_cost, model=model)
+        replaced |= latest_cut
+        used += lead_cost
         for position in range(latest - 1, -1, -1):
             if position in kept:
                 continue
@@ -297,9 +318,12 @@ async def compress_messages(
         if room > message_tokens(_summary_message(""), model=model):
             summary = await _summary_of(dropped, summarize=summarize, namespace=namespace, max_tokens=room, model=model)
             if summary is not None:
-                position = next((i for i, message in enumerate(result) if message.get("role") not in PINNED_ROLES), 0)
-                result.insert(position, summary)
+                result.insert(_first_turn(result) or 0, summary)
                 summarized = True
+    first_turn = _first_turn(result)
+    if first_turn is not None and result[first_turn].get("role") != "user":
+        # Neither the question nor a summary leads: the placeholder does, in the room kept for it.
+        result.insert(first_turn, _omitted_turns_message())
     return CompressionResult(
         messages=result,
         tokens_before=tokens_before,

@@ -5,7 +5,15 @@ import uuid
 
 import pytest
 
-from routing.compression import PINNED_ROLES, SUMMARY_PREFIX, TRUNCATION_MARKER, compress_messages, summary_cache
+from routing.compression import (
+    OMITTED_TURNS,
+    PINNED_ROLES,
+    SUMMARY_PREFIX,
+    TRUNCATION_MARKER,
+    compress_messages,
+    message_tokens,
+    summary_cache,
+)
 from routing.tokens import count_chat_tokens
 from tests.routing.test_caps_and_compression import MODEL, async_test
 
@@ -80,6 +88,87 @@ async def test_a_current_turn_of_calls_keeps_the_question_they_answer():
     assert result.tokens_after <= BUDGET
 
 
+def order_lookup(question_content, *, result_words: int) -> tuple[dict, dict, dict]:
+    """A question, a call and its result: with 659 words the call and its result cost 700 tokens."""
+    question = {"role": "user", "content": question_content}
+    calling = {"role": "assistant", "content": None, "tool_calls": [call("call_1")]}
+    found = {"role": "tool", "tool_call_id": "call_1", "content": "shipped " * result_words}
+    return question, calling, found
+
+
+ORDERS = "Look these orders up: " + "order " * 590  # 600 tokens as a user message
+# 1,000 tokens of room for the conversation beside the system message.
+ROOM_OF_1000 = count_chat_tokens([SYSTEM], model=MODEL) + 1000
+
+
+async def summary_fails(dropped: list[dict]) -> str:
+    raise RuntimeError("the tenant's default model is down")
+
+
+@async_test
+async def test_a_current_turn_of_calls_that_fits_is_kept_whole_and_its_question_gets_the_room_left():
+    """A question of 600 tokens and a turn of 700 in 1,000: the turn fits, so only the question is cut."""
+    question, calling, found = order_lookup(ORDERS, result_words=659)
+    assert message_tokens(calling, model=MODEL) + message_tokens(found, model=MODEL) == 700
+
+    result = await compress_messages([SYSTEM, question, calling, found], budget=ROOM_OF_1000, model=MODEL)
+
+    assert result.messages[2:] == [calling, found]
+    assert result.messages[1]["role"] == "user" and TRUNCATION_MARKER in result.messages[1]["content"]
+    assert result.tokens_after <= ROOM_OF_1000
+
+
+@async_test
+@pytest.mark.parametrize(
+    ("summarizer", "leader"),
+    [
+        (None, {"role": "user", "content": OMITTED_TURNS}),
+        (summary_fails, {"role": "user", "content": OMITTED_TURNS}),
+        (summarize, {"role": "user", "content": SUMMARY_PREFIX + "they covered 1 earlier messages"}),
+    ],
+    ids=["without-summary", "summary-failed", "with-summary"],
+)
+async def test_a_question_that_cannot_be_cut_is_left_out_without_cutting_the_turn_and_a_user_message_leads(
+    summarizer, leader
+):
+    """Text parts are not cut: the question of 600 tokens does not fit beside the turn of 700, which stays whole."""
+    question, calling, found = order_lookup([{"type": "text", "text": ORDERS}], result_words=659)
+
+    result = await compress_messages(
+        [SYSTEM, question, calling, found],
+        budget=ROOM_OF_1000,
+        model=MODEL,
+        summarize=summarizer,
+        namespace=uuid.uuid4().hex,
+    )
+
+    assert result.messages == [SYSTEM, leader, calling, found]
+    assert result.summarized == (summarizer is summarize) and result.tokens_after <= ROOM_OF_1000
+    summary_cache._entries.clear()
+
+
+@async_test
+async def test_a_current_turn_over_the_budget_alone_is_cut_and_still_led_by_a_user_message():
+    question, calling, found = order_lookup([{"type": "text", "text": ORDERS}], result_words=1480)
+
+    result = await compress_messages([SYSTEM, question, calling, found], budget=ROOM_OF_1000, model=MODEL)
+
+    assert result.messages[:3] == [SYSTEM, {"role": "user", "content": OMITTED_TURNS}, calling]
+    assert TRUNCATION_MARKER in result.messages[3]["content"] and result.tokens_after <= ROOM_OF_1000
+
+
+@async_test
+async def test_a_question_cut_to_nothing_gives_way_to_the_placeholder():
+    """A turn of 995 tokens in 1,000 leaves the question no room for any text: a blank user message is refused by
+    Anthropic and Bedrock, so the placeholder leads and the turn gives up the few tokens it needs."""
+    question, calling, found = order_lookup(ORDERS, result_words=954)
+
+    result = await compress_messages([SYSTEM, question, calling, found], budget=ROOM_OF_1000, model=MODEL)
+
+    assert result.messages[:3] == [SYSTEM, {"role": "user", "content": OMITTED_TURNS}, calling]
+    assert TRUNCATION_MARKER in result.messages[3]["content"] and result.tokens_after <= ROOM_OF_1000
+
+
 def conversation_with_calls() -> list[dict]:
     """Parallel tool calls, a legacy function call, a system message mid-way, and an agent loop in the latest turn."""
     return [
@@ -112,7 +201,7 @@ async def test_at_every_budget_no_result_loses_its_call_and_the_users_turn_leads
             continue  # what must stay does not fit: the cap refuses the request
         fitted += 1
         kept = [message for message in result.messages if message["role"] not in PINNED_ROLES]
-        assert kept[0]["role"] == "user", budget
+        assert kept[0]["role"] == "user" and kept[0]["content"].strip(), budget
         for position, message in enumerate(kept):
             if message["role"] == "tool":
                 calls = [c["id"] for m in kept[:position] for c in m.get("tool_calls") or []]
