@@ -4,12 +4,15 @@ Signed webhooks are signed as Standard Webhooks (core.webhooks) under the channe
 ``webhook-id`` names the delivery, so its retries share it.
 """
 
+import logging
 from urllib.parse import urlsplit
 
 import boto3
 import httpx
 import orjson
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
+from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.core.mail import send_mail
 
@@ -18,10 +21,18 @@ from core.crypto import CredentialDecryptionError, decrypt_secret
 from core.outbound import OutboundRefused, outbound_post
 from core.redaction import API_KEY
 from core.webhooks import webhook_headers
+from tenants.models import Tenant
+
+logger = logging.getLogger(__name__)
 
 SEND_TIMEOUT_SECONDS = 10  # each connect, write and read
 SEND_DEADLINE_SECONDS = 15  # the whole send, however slowly the endpoint answers
 SNS_ARN_PARTS = 6  # arn:aws:sns:<region>:<account>:<topic>
+# A tenant's topics are named for it: the allowed accounts also hold other tenants' topics and the platform's own.
+SNS_TOPIC_PREFIX = "llmops-{tenant_slug}-"
+# Three tries of at most 15 s each end inside the send task's soft time limit (60 s); botocore's defaults (60 s
+# connect and read, 5 tries) do not.
+SNS_CLIENT_CONFIG = Config(connect_timeout=5, read_timeout=10, retries={"max_attempts": 2})
 
 
 def target_masked(channel: AlertChannel) -> str:
@@ -57,18 +68,36 @@ def sns_region(topic_arn: str) -> str | None:
     return parts[3]
 
 
-def sns_topic_error(topic_arn: str) -> str | None:
-    """Why alerts may not publish to `topic_arn`; None for a topic ARN of an account in
-    LLMOPS_ALERT_SNS_ALLOWED_ACCOUNTS. The platform's AWS credentials may reach topics that are no tenant's."""
+def sns_topic_prefix(tenant: Tenant) -> str:
+    return SNS_TOPIC_PREFIX.format(tenant_slug=tenant.slug)
+
+
+def sns_topic_error(topic_arn: str, *, tenant: Tenant) -> str | None:
+    """Why `tenant`'s alerts may not publish to `topic_arn`; None for a topic of an account in
+    LLMOPS_ALERT_SNS_ALLOWED_ACCOUNTS named for the tenant. The platform's AWS credentials reach every topic of those
+    accounts, the platform's own and other tenants' too."""
     if sns_region(topic_arn) is None:
         return "Enter an SNS topic ARN: arn:aws:sns:<region>:<account>:<topic>."
     allowed = {account.strip() for account in settings.LLMOPS_ALERT_SNS_ALLOWED_ACCOUNTS if account.strip()}
     if not allowed:
         return "SNS channels are off: LLMOPS_ALERT_SNS_ALLOWED_ACCOUNTS names no AWS account whose topics they may use."
-    account = topic_arn.split(":")[4]
+    _, _, _, _, account, topic = topic_arn.split(":")
     if account not in allowed:
         return f"Topics of AWS account {account or '(none)'} are not allowed (LLMOPS_ALERT_SNS_ALLOWED_ACCOUNTS)."
+    prefix = sns_topic_prefix(tenant)
+    if not topic.startswith(prefix) or topic == prefix:
+        return f"Topic {topic} is not named for tenant {tenant.slug}: its alert topics are named {prefix}<name>."
+    if _topic_of_a_longer_slug(topic, tenant):
+        return f"Topic {topic} is named for another tenant: choose another name after {prefix}."
     return None
+
+
+def _topic_of_a_longer_slug(topic: str, tenant: Tenant) -> bool:
+    """Slugs may hold hyphens: llmops-acme-corp-alerts starts with acme's prefix, but is acme-corp's topic."""
+    rest = topic.removeprefix(sns_topic_prefix(tenant))
+    longer_slugs = [f"{tenant.slug}-{rest[:end]}" for end, char in enumerate(rest) if char == "-"]
+    # Unscoped, reviewed: answers only whether another tenant's prefix claims the topic, as tenant_create asks a slug.
+    return bool(longer_slugs) and Tenant.objects.unscoped().filter(slug__in=longer_slugs).exists()
 
 
 def channel_send(*, channel: AlertChannel, message_id: str, subject: str, text: str, payload: dict) -> None:
@@ -79,7 +108,12 @@ def channel_send(*, channel: AlertChannel, message_id: str, subject: str, text: 
         ChannelKind.WEBHOOK: _send_webhook,
         ChannelKind.SNS: _send_sns,
     }
-    senders[channel.kind](channel, message_id, subject, text, payload)
+    try:
+        senders[channel.kind](channel, message_id, subject, text, payload)
+    except SoftTimeLimitExceeded as exc:
+        # A failed attempt like any other, so it is recorded and retried: escaping, it would leave the delivery
+        # pending with no attempt, for the sweep to queue again and again.
+        raise ChannelSendError(f"the send to {channel.target} outlasted the send task's time limit") from exc
 
 
 def _send_email(channel: AlertChannel, message_id: str, subject: str, text: str, payload: dict) -> None:
@@ -123,12 +157,34 @@ def _send_webhook(channel: AlertChannel, message_id: str, subject: str, text: st
     _post(channel.target, body, webhook_headers(secret=secret, message_id=message_id, body=body))
 
 
+def _sns_client(region: str):
+    client = boto3.client("sns", region_name=region, config=SNS_CLIENT_CONFIG)
+    # botocore takes any error raised in a request, the task's SoftTimeLimitExceeded too, for a network error and
+    # tries again: raised as it is, it ends the send at the soft time limit rather than the hard one.
+    client.meta.events.register_first("needs-retry.sns", _raise_the_soft_time_limit)
+    return client
+
+
+def _raise_the_soft_time_limit(caught_exception: Exception | None = None, **kwargs) -> None:
+    error = caught_exception.kwargs.get("error") if isinstance(caught_exception, HTTPClientError) else None
+    if isinstance(error, SoftTimeLimitExceeded):
+        raise error
+
+
+# The SNS channels refused at send, each warned of once per process.
+_sns_refusals_warned: set[int] = set()
+
+
 def _send_sns(channel: AlertChannel, message_id: str, subject: str, text: str, payload: dict) -> None:
-    # Checked again: the allowed accounts may have changed since the channel was saved.
-    if refused := sns_topic_error(channel.target):
+    # Checked again: the allowed accounts may have changed since the channel was saved, and channels saved before
+    # topics had to be named for their tenant were never checked for it.
+    if refused := sns_topic_error(channel.target, tenant=channel.tenant):
+        if channel.pk not in _sns_refusals_warned:
+            _sns_refusals_warned.add(channel.pk)
+            logger.warning("SNS alert channel %s (id %s) publishes nothing: %s", channel, channel.pk, refused)
         raise ChannelSendError(f"SNS topic {channel.target} refused: {refused}")
     try:
-        boto3.client("sns", region_name=sns_region(channel.target)).publish(
+        _sns_client(sns_region(channel.target)).publish(
             TopicArn=channel.target, Subject=subject[:100], Message=orjson.dumps(payload).decode()
         )
     except (BotoCoreError, ClientError) as exc:

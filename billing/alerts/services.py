@@ -10,7 +10,7 @@ thresholds' alerts to it went out.
 """
 
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 from django.core.exceptions import ValidationError
@@ -52,7 +52,9 @@ class AlertNotYet(ChannelSendError):
 LOWER_THRESHOLD_WAIT = timedelta(minutes=5)
 
 
-def alert_channel_validate(*, kind: str, target: str, has_signing_secret: bool, signing_secret: str = "") -> None:
+def alert_channel_validate(
+    *, tenant: Tenant, kind: str, target: str, has_signing_secret: bool, signing_secret: str = ""
+) -> None:
     if kind not in ChannelKind.values:
         raise ValidationError({"kind": f"Kind must be one of {', '.join(ChannelKind.values)}."})
     if kind == ChannelKind.EMAIL:
@@ -64,7 +66,7 @@ def alert_channel_validate(*, kind: str, target: str, has_signing_secret: bool, 
         if not is_http_url(target):
             raise ValidationError({"target": "The webhook URL must start with http:// or https:// and name a host."})
         outbound_url_validate(target, field="target")
-    elif kind == ChannelKind.SNS and (refused := sns_topic_error(target)):
+    elif kind == ChannelKind.SNS and (refused := sns_topic_error(target, tenant=tenant)):
         raise ValidationError({"target": refused})
     if kind == ChannelKind.WEBHOOK and not has_signing_secret:
         raise ValidationError({"signing_secret": "A signed webhook needs a signing secret."})
@@ -76,7 +78,7 @@ def alert_channel_create(
     *, tenant: Tenant, name: str, kind: str, target: str, signing_secret: str = "", is_active: bool = True
 ) -> AlertChannel:
     alert_channel_validate(
-        kind=kind, target=target, has_signing_secret=bool(signing_secret), signing_secret=signing_secret
+        tenant=tenant, kind=kind, target=target, has_signing_secret=bool(signing_secret), signing_secret=signing_secret
     )
     return AlertChannel.objects.create(
         tenant=tenant,
@@ -95,6 +97,7 @@ def alert_channel_update(
     if signing_secret:
         channel.signing_secret_encrypted = encrypt_secret(signing_secret)
     alert_channel_validate(
+        tenant=channel.tenant,
         kind=channel.kind,
         target=target,
         has_signing_secret=bool(channel.signing_secret_encrypted),
@@ -159,15 +162,20 @@ def deliveries_for_workers():
     return AlertDelivery.objects.unscoped()
 
 
+def alert_deliveries_due(*, delivery_ids: list[int], at: datetime) -> None:
+    """Record when the sends just queued for these deliveries are due, which tells the sweep their tasks are alive."""
+    deliveries_for_workers().filter(pk__in=delivery_ids).update(next_attempt_at=at)
+
+
 def alert_delivery_attempt(*, delivery_id: int) -> None:
-    """Send one delivery unless it was sent; raise ChannelSendError after recording why it failed."""
+    """Send one delivery unless it was sent or given up on; raise ChannelSendError after recording why it failed."""
     failure = None
     with transaction.atomic():
         delivery = (
             deliveries_for_workers()
             .select_for_update(of=("self",))
             .select_related(
-                "channel",
+                "channel__tenant",
                 "budget_alert__budget__tenant",
                 "anomaly__tenant",
                 "anomaly__team",
@@ -175,7 +183,9 @@ def alert_delivery_attempt(*, delivery_id: int) -> None:
             )
             .get(pk=delivery_id)
         )
-        if delivery.status == DeliveryStatus.SENT:
+        # A send queued again (by the sweep, or a duplicated message) once it was given up on changes nothing: the
+        # admin's retry makes it pending first.
+        if delivery.status in (DeliveryStatus.SENT, DeliveryStatus.FAILED):
             return
         _wait_for_lower_thresholds(delivery)
         delivery.attempts += 1
@@ -224,12 +234,12 @@ def alert_delivery_give_up(*, delivery_id: int) -> None:
 
 
 def alert_delivery_reopen(*, delivery: AlertDelivery) -> bool:
-    """Make a failed delivery pending again, for the admin to retry; False when it was sent."""
+    """Make a failed delivery pending again, due now, for the admin to retry; False when it was sent."""
     return bool(
         AlertDelivery.objects.for_tenant(delivery.channel.tenant_id)
         .filter(pk=delivery.pk)
         .exclude(status=DeliveryStatus.SENT)
-        .update(status=DeliveryStatus.PENDING)
+        .update(status=DeliveryStatus.PENDING, next_attempt_at=timezone.now())
     )
 
 

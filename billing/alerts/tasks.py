@@ -3,20 +3,21 @@
 
 Both alert tasks are acknowledged when they end (acks_late), so a worker that dies running one leaves its message to
 another; running one twice sends nothing twice: the BudgetAlert row makes raising exactly-once, and a delivery is
-sent under its row lock, skipped once sent, with the same webhook-id on every attempt.
+sent under its row lock, skipped once sent or failed, with the same webhook-id on every attempt.
 """
 
+import logging
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 
 from celery import shared_task
 from django.db import DatabaseError, transaction
-from django.db.models import Q
 from django.utils import timezone
 
 from billing.alerts.anomalies import tenant_anomalies_detect
 from billing.alerts.channels import ChannelSendError
 from billing.alerts.services import (
+    alert_deliveries_due,
     alert_delivery_attempt,
     alert_delivery_give_up,
     budget_alert_raise,
@@ -26,6 +27,8 @@ from billing.models import AlertDelivery, DeliveryStatus
 from core.task_retries import retry_or_run_now
 from tenants.models import Tenant
 from tenants.selectors import tenants_active
+
+logger = logging.getLogger(__name__)
 
 ALERT_DELIVERY_MAX_RETRIES = 8
 # Raising an alert fails only with the database; past its retries the nightly budget check raises what is missing.
@@ -39,19 +42,15 @@ def alert_retry_countdown(retries: int) -> int:
     return min(ALERT_RETRY_BASE_SECONDS * 2**retries, ALERT_RETRY_MAX_SECONDS)
 
 
-# A delivery still pending this long after it was made without an attempt recorded lost its task (the broker away when
-# it was queued, a worker gone before its first attempt ended): the sweep queues it again.
+# A delivery still pending this long after its send was due (next_attempt_at) lost that send's task: the broker away
+# when it was queued, a worker gone mid-attempt, a retry's message lost. Longer than a send may run (time_limit).
 ALERT_DELIVERY_STUCK_AFTER = timedelta(minutes=2)
-# One with attempts recorded is its retries' until they would all have run (plus a margin for the sends' timeouts):
-# pending after that, it lost its next retry's message, and the sweep gives it one last attempt.
-ALERT_DELIVERY_RETRIES_OVER_AFTER = timedelta(
-    seconds=sum(alert_retry_countdown(retries) for retries in range(ALERT_DELIVERY_MAX_RETRIES)), minutes=30
-)
 ALERT_DELIVERIES_REQUEUE_MAX = 500
 
 
 def alert_deliveries_send(deliveries: Iterable[AlertDelivery]) -> None:
-    """Queue each delivery's sending once the transaction that wrote it commits, so the task finds its row."""
+    """Queue each delivery's sending once the transaction that wrote it commits, so the task finds its row. Each is due
+    now: made just now (next_attempt_at's default), or made pending again by alert_delivery_reopen."""
     for delivery in deliveries:
         transaction.on_commit(lambda delivery_id=delivery.pk: alert_delivery_send.delay(delivery_id))
 
@@ -101,35 +100,42 @@ def alert_delivery_send(self, delivery_id: int) -> None:
         if self.request.retries >= self.max_retries:
             alert_delivery_give_up(delivery_id=delivery_id)
             return
-        retry_or_run_now(self, exc, countdown=alert_retry_countdown(self.request.retries))
+        _retry_later(self, delivery_id, exc)
     except DatabaseError as exc:
-        # Nothing recorded: the delivery stays pending, and the sweep queues it again should the retries run out.
-        retry_or_run_now(self, exc, countdown=alert_retry_countdown(self.request.retries))
+        # No attempt recorded: the delivery stays pending, and the sweep queues it again should the retries run out.
+        _retry_later(self, delivery_id, exc)
+
+
+def _retry_later(task, delivery_id: int, exc: Exception) -> None:
+    """Retry after the backoff, the delivery due then: until that time is past, the sweep leaves it to this retry."""
+    countdown = alert_retry_countdown(task.request.retries)
+    try:
+        alert_deliveries_due(delivery_ids=[delivery_id], at=timezone.now() + timedelta(seconds=countdown))
+    except DatabaseError:
+        # The database that failed the attempt may refuse this too: the sweep may then queue the delivery beside the
+        # retry, and the second send finds it sent (row lock), or sends it before the retry does.
+        logger.warning("alert delivery %s: due time of its retry not recorded", delivery_id, exc_info=True)
+    retry_or_run_now(task, exc, countdown=countdown)
 
 
 @shared_task
 def alert_deliveries_requeue() -> int:
-    """Every 5 minutes from beat: queue again the deliveries left pending by a lost task, oldest first, at most
-    ALERT_DELIVERIES_REQUEUE_MAX a run (the next run takes the rest). Returns how many were queued."""
+    """Every 5 minutes from beat: queue again the deliveries whose send is overdue, its task lost, longest overdue
+    first, at most ALERT_DELIVERIES_REQUEUE_MAX a run (the next run takes the rest). Returns how many were queued.
+    One waiting for a retry is due when the retry is, so it is left to its retry."""
     now = timezone.now()
     # Unscoped, reviewed (deliveries_for_workers): every tenant's deliveries, each sent to its own channel.
-    stuck = (
+    stuck = list(
         deliveries_for_workers()
-        .filter(status=DeliveryStatus.PENDING)
-        .filter(
-            Q(attempts=0, created_at__lt=now - ALERT_DELIVERY_STUCK_AFTER)
-            | Q(attempts__gt=0, created_at__lt=now - ALERT_DELIVERY_RETRIES_OVER_AFTER)
-        )
-        .order_by("created_at")
+        .filter(status=DeliveryStatus.PENDING, next_attempt_at__lt=now - ALERT_DELIVERY_STUCK_AFTER)
+        .order_by("next_attempt_at")
         .values_list("pk", "attempts")[:ALERT_DELIVERIES_REQUEUE_MAX]
     )
-    queued = 0
+    alert_deliveries_due(delivery_ids=[delivery_id for delivery_id, _ in stuck], at=now)
     for delivery_id, attempts in stuck:
-        # One that had its retries gets a last attempt, failed if it fails: a new round of retries each run would
-        # pile up rounds on a delivery that is still retrying (the admin's retry keeps its creation time).
-        alert_delivery_send.apply_async((delivery_id,), retries=ALERT_DELIVERY_MAX_RETRIES if attempts else 0)
-        queued += 1
-    return queued
+        # Its retries go on from where the lost one left them (an attempt a retry), not from the start.
+        alert_delivery_send.apply_async((delivery_id,), retries=min(attempts, ALERT_DELIVERY_MAX_RETRIES))
+    return len(stuck)
 
 
 # The name predates this module; a message beat sent under it before a deploy still runs.

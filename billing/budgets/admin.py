@@ -161,6 +161,7 @@ class AlertChannelForm(forms.ModelForm):
         kind = data.get("kind") or self.instance.kind
         has_secret = bool(data.get("signing_secret") or self.instance.signing_secret_encrypted)
         alert_channel_validate(
+            tenant=data.get("tenant") or self.instance.tenant,
             kind=kind,
             target=data.get("target", ""),
             has_signing_secret=has_secret,

@@ -4,7 +4,7 @@ import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from itertools import pairwise
 
@@ -341,7 +341,8 @@ class CounterChecksIncomplete(Exception):
 
 def budget_counters_check(*, now: datetime | None = None) -> list[CounterCheck]:
     """Compare every active budget's counter with the ledger and seed again each that disagrees; returns those. Each
-    budget's thresholds its period's spend reached without an alert are raised too.
+    budget's thresholds its current period's spend, or that of the period just ended, reached without an alert are
+    raised too.
 
     A request settling during the comparison can make a counter look wrong; seeding it again is exact either way.
     Raises CounterChecksIncomplete, once every budget has had its turn, when some could not be checked.
@@ -386,11 +387,22 @@ def _budget_counters_check(budget: Budget, now: datetime) -> list[CounterCheck]:
 
 
 def _missed_thresholds_raise(budget: Budget, now: datetime) -> None:
-    """Queue the alert of the highest threshold the period's spend reached that has none, which raises the lower ones
-    missing with it: a gateway process queues a crossing once, so an alert whose task failed for good (or whose
-    message was lost) is raised here. The BudgetAlert rows keep each threshold to one alert."""
+    """Raise the thresholds spend reached without an alert in the period that just ended, then in the current one: the
+    check runs at 03:15 UTC, hours after a day east of UTC has ended, and a week or a month may end just before it.
+    The ended period is left alone when the budget was made or changed (or its tenant's time zone) after it ended:
+    that period's spend was held to other settings, or to none."""
+    current = budget_current_window(budget=budget, now=now)
+    if budget.updated_at < current.start:
+        _period_missed_thresholds_raise(budget, at=current.start - timedelta(microseconds=1))
+    _period_missed_thresholds_raise(budget, at=now)
+
+
+def _period_missed_thresholds_raise(budget: Budget, *, at: datetime) -> None:
+    """Queue the alert of the highest threshold the spend of the period holding `at` reached that has none, which
+    raises the lower ones missing with it: a gateway process queues a crossing once, so an alert whose task failed for
+    good (or whose message was lost) is raised here. The BudgetAlert rows keep each threshold to one alert."""
     entry = budget_entry(budget)
-    hold = _most_spent_hold(budget, now)
+    hold = _most_spent_hold(budget, at)
     if hold is None:
         return
     raised = set(budget.alerts.filter(period_key=hold.window.key).values_list("threshold", flat=True))
@@ -408,14 +420,15 @@ def _missed_thresholds_raise(budget: Budget, now: datetime) -> None:
         )
 
 
-def _most_spent_hold(budget: Budget, now: datetime) -> BudgetHold | None:
-    """The budget's counter in the current period; of a budget that holds each customer, its customer with the most
-    spend in Postgres (None without any): such a budget alerts once a period, for the first customer to reach it."""
+def _most_spent_hold(budget: Budget, at: datetime) -> BudgetHold | None:
+    """The budget's counter in the period holding `at`; of a budget that holds each customer, its customer with the
+    most spend there in Postgres (None without any): such a budget alerts once a period, for the first customer to
+    reach it."""
     entry = budget_entry(budget)
     if not budget.holds_each_customer:
-        return BudgetHold.of(entry, now=now, customer=entry.customer)
-    top = _customers_spend(budget, budget_current_window(budget=budget, now=now)).order_by("-spent").first()
-    return BudgetHold.of(entry, now=now, customer=top[0]) if top else None
+        return BudgetHold.of(entry, now=at, customer=entry.customer)
+    top = _customers_spend(budget, budget_current_window(budget=budget, now=at)).order_by("-spent").first()
+    return BudgetHold.of(entry, now=at, customer=top[0]) if top else None
 
 
 def _ended_customer_counters_delete(budget: Budget, now: datetime) -> int:

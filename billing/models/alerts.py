@@ -2,6 +2,7 @@
 
 from django.db import models
 from django.db.models import Q
+from django.utils import timezone
 
 from billing.models.budgets import Budget
 from billing.models.ledger import COST_FIELD, CUSTOMER_MAX_LENGTH
@@ -150,6 +151,11 @@ class AlertDelivery(models.Model):
     last_error = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     sent_at = models.DateTimeField(null=True, blank=True)
+    next_attempt_at = models.DateTimeField(
+        default=timezone.now,
+        help_text="When the send queued last is due (a retry's after its backoff). Pending well past it, the send's "
+        "task was lost, and beat's sweep queues it again.",
+    )
 
     objects = TenantScopedManager(tenant_path="channel__tenant")
 
@@ -166,6 +172,14 @@ class AlertDelivery(models.Model):
             models.UniqueConstraint(fields=["budget_alert", "channel"], name="alert_delivery_once_per_budget_alert"),
             models.UniqueConstraint(fields=["anomaly", "channel"], name="alert_delivery_once_per_anomaly"),
             models.UniqueConstraint(fields=["quality_alert", "channel"], name="alert_delivery_once_per_quality_alert"),
+        ]
+        # The sweep's: pending deliveries by due time, a few among every delivery ever made.
+        indexes = [
+            models.Index(
+                fields=["next_attempt_at"],
+                condition=Q(status=DeliveryStatus.PENDING),
+                name="alert_delivery_pending_due",
+            )
         ]
 
     def __str__(self):

@@ -1,9 +1,11 @@
-"""What an alert channel may reach and hold: SNS topics only of the allowed AWS accounts, a webhook that answers
-slowly or at length not holding the worker, a mail server that stops answering neither, and no Slack webhook URL in
-the error a worker logs."""
+"""What an alert channel may reach and hold: SNS topics only of the allowed AWS accounts and named for the channel's
+tenant, a webhook, a mail server or an SNS endpoint that answers slowly, at length or not at all not holding the
+worker, and no Slack webhook URL in the error a worker logs."""
 
 import asyncio
 import json
+import logging
+import signal
 import socket
 import threading
 import time
@@ -15,6 +17,7 @@ from decimal import Decimal
 import boto3
 import httpx
 import pytest
+from celery.exceptions import SoftTimeLimitExceeded
 from django.core.exceptions import ValidationError
 from django.db import connection
 from moto import mock_aws
@@ -27,9 +30,11 @@ from billing.alerts.services import (
     alert_delivery_attempt,
     budget_alert_raise,
 )
+from billing.alerts.tasks import alert_delivery_send
 from billing.budgets.services import budget_create
-from billing.models import AlertChannel, AlertDelivery, ChannelKind
+from billing.models import AlertChannel, AlertDelivery, ChannelKind, DeliveryStatus
 from core.outbound import OUTBOUND_ANSWER_MAX_BYTES, outbound_post
+from tests.factories import TenantFactory
 from tests.servers import ThreadedServer
 
 UNITS = 10**10
@@ -37,7 +42,7 @@ ALLOWED_ACCOUNT, OTHER_ACCOUNT = "123456789012", "210987654321"  # moto's own ac
 SLACK_SECRET_PATH = "/services/T0ACME/B0ALERTS/s3cr3tW3bh00kT0k3n"
 
 
-def topic_arn(account: str, name: str = "llmops-alerts") -> str:
+def topic_arn(account: str, name: str = "llmops-acme-alerts") -> str:
     return f"arn:aws:sns:eu-west-1:{account}:{name}"
 
 
@@ -95,7 +100,7 @@ def test_the_admin_form_refuses_an_sns_topic_of_another_account(org, settings, a
 def test_an_sns_channel_whose_account_is_no_longer_allowed_publishes_nothing(org, settings):
     settings.LLMOPS_ALERT_SNS_ALLOWED_ACCOUNTS = [ALLOWED_ACCOUNT]
     sns, sqs = boto3.client("sns", region_name="eu-west-1"), boto3.client("sqs", region_name="eu-west-1")
-    arn = sns.create_topic(Name="llmops-alerts")["TopicArn"]
+    arn = sns.create_topic(Name="llmops-acme-alerts")["TopicArn"]
     queue_url = sqs.create_queue(QueueName="alerts-inbox")["QueueUrl"]
     queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
     sns.subscribe(TopicArn=arn, Protocol="sqs", Endpoint=queue_arn)
@@ -106,6 +111,156 @@ def test_an_sns_channel_whose_account_is_no_longer_allowed_publishes_nothing(org
 
     assert "not allowed" in failed.last_error
     assert sqs.receive_message(QueueUrl=queue_url).get("Messages", []) == []
+
+
+# SNS: only topics named for the channel's tenant, llmops-<tenant slug>-<name>: the allowed accounts hold the
+# platform's own topics and every tenant's.
+
+
+@pytest.mark.parametrize("name", ["llmops-globex-alerts", "platform-oncall", "llmops-acmecorp-alerts", "llmops-acme-"])
+def test_an_sns_topic_not_named_for_the_tenant_is_refused(org, settings, name):
+    settings.LLMOPS_ALERT_SNS_ALLOWED_ACCOUNTS = [ALLOWED_ACCOUNT]
+    with pytest.raises(ValidationError) as refused:
+        alert_channel_create(
+            tenant=org.tenant, name="sns", kind=ChannelKind.SNS, target=topic_arn(ALLOWED_ACCOUNT, name)
+        )
+    assert refused.value.message_dict["target"] == [
+        f"Topic {name} is not named for tenant acme: its alert topics are named llmops-acme-<name>."
+    ]
+
+
+def test_an_sns_channel_cannot_be_moved_to_another_tenants_topic(org, settings):
+    settings.LLMOPS_ALERT_SNS_ALLOWED_ACCOUNTS = [ALLOWED_ACCOUNT]
+    channel = alert_channel_create(
+        tenant=org.tenant, name="sns", kind=ChannelKind.SNS, target=topic_arn(ALLOWED_ACCOUNT)
+    )
+    with pytest.raises(ValidationError, match="llmops-acme-<name>"):
+        alert_channel_update(
+            channel=channel, name="sns", target=topic_arn(ALLOWED_ACCOUNT, "llmops-globex-alerts"), is_active=True
+        )
+    channel.refresh_from_db()
+    assert channel.target == topic_arn(ALLOWED_ACCOUNT)
+
+
+def test_a_topic_named_for_a_tenant_whose_slug_extends_the_tenants_is_that_tenants_only(org, settings):
+    """Slugs hold hyphens: llmops-acme-corp-alerts begins with acme's prefix, but is tenant acme-corp's topic."""
+    settings.LLMOPS_ALERT_SNS_ALLOWED_ACCOUNTS = [ALLOWED_ACCOUNT]
+    acme_corp = TenantFactory(slug="acme-corp")
+    corp_topic = topic_arn(ALLOWED_ACCOUNT, "llmops-acme-corp-alerts")
+
+    with pytest.raises(ValidationError) as refused:
+        alert_channel_create(tenant=org.tenant, name="sns", kind=ChannelKind.SNS, target=corp_topic)
+    corp_channel = alert_channel_create(tenant=acme_corp, name="sns", kind=ChannelKind.SNS, target=corp_topic)
+    billing_topic = topic_arn(ALLOWED_ACCOUNT, "llmops-acme-billing-alerts")  # no tenant acme-billing
+    acme_channel = alert_channel_create(tenant=org.tenant, name="sns", kind=ChannelKind.SNS, target=billing_topic)
+
+    assert refused.value.message_dict["target"] == [
+        "Topic llmops-acme-corp-alerts is named for another tenant: choose another name after llmops-acme-."
+    ]
+    assert (corp_channel.target, acme_channel.target) == (corp_topic, billing_topic)
+
+
+def test_the_admin_form_refuses_a_topic_not_named_for_the_channels_tenant(org, settings, admin_client):
+    settings.LLMOPS_ALERT_SNS_ALLOWED_ACCOUNTS = [ALLOWED_ACCOUNT]
+    form = {"tenant": org.tenant.pk, "name": "sns", "kind": ChannelKind.SNS, "is_active": "on", "signing_secret": ""}
+
+    refused = admin_client.post(
+        "/admin/billing/alertchannel/add/", {**form, "target": topic_arn(ALLOWED_ACCOUNT, "llmops-globex-alerts")}
+    )
+
+    assert refused.status_code == 200
+    assert "llmops-acme-<name>" in refused.context["adminform"].form.errors["target"][0]
+    assert not AlertChannel.objects.for_tenant(org.tenant).exists()
+
+
+@mock_aws
+def test_an_sns_channel_saved_before_topics_were_named_for_tenants_publishes_nothing(
+    org, settings, caplog, monkeypatch
+):
+    """Saved when any topic of an allowed account would do: each send fails, saying which name the topic needs, and
+    the worker warns once."""
+    settings.LLMOPS_ALERT_SNS_ALLOWED_ACCOUNTS = [ALLOWED_ACCOUNT]
+    monkeypatch.setattr(channels, "_sns_refusals_warned", set())
+    sns, sqs = boto3.client("sns", region_name="eu-west-1"), boto3.client("sqs", region_name="eu-west-1")
+    platform_topic = sns.create_topic(Name="llmops-oncall")["TopicArn"]
+    queue_url = sqs.create_queue(QueueName="oncall-inbox")["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    sns.subscribe(TopicArn=platform_topic, Protocol="sqs", Endpoint=queue_arn)
+    channel = AlertChannel.objects.create(tenant=org.tenant, name="sns", kind=ChannelKind.SNS, target=platform_topic)
+    delivery = delivery_to(org, channel)
+
+    with caplog.at_level(logging.WARNING, logger="billing.alerts.channels"):
+        failed_attempt(delivery)
+        _, failed = failed_attempt(delivery)
+
+    assert failed.attempts == 2
+    assert failed.last_error == (
+        f"SNS topic {platform_topic} refused: Topic llmops-oncall is not named for tenant acme: its alert topics are "
+        "named llmops-acme-<name>."
+    )
+    [warning] = [record for record in caplog.records if record.name == "billing.alerts.channels"]
+    assert f"(id {channel.pk}) publishes nothing" in warning.getMessage()
+    assert "llmops-acme-<name>" in warning.getMessage()
+    assert sqs.receive_message(QueueUrl=queue_url).get("Messages", []) == []
+
+
+# SNS: a publish that hangs ends before the send task's time limit, and one the limit cuts is a failed attempt.
+
+
+@mock_aws
+def test_an_sns_publish_gives_up_before_the_send_task_is_cut(org, settings, monkeypatch):
+    """The client's connect and read timeouts, times its tries, end inside the task's soft time limit: botocore's
+    defaults (60 s each, 5 tries) outlast it."""
+    settings.LLMOPS_ALERT_SNS_ALLOWED_ACCOUNTS = [ALLOWED_ACCOUNT]
+    boto3.client("sns", region_name="eu-west-1").create_topic(Name="llmops-acme-alerts")
+    clients, make_client = [], boto3.client
+
+    def recording_client(*args, **kwargs):
+        clients.append(make_client(*args, **kwargs))
+        return clients[-1]
+
+    monkeypatch.setattr(boto3, "client", recording_client)
+    channel = alert_channel_create(
+        tenant=org.tenant, name="sns", kind=ChannelKind.SNS, target=topic_arn(ALLOWED_ACCOUNT)
+    )
+    alert_delivery_attempt(delivery_id=delivery_to(org, channel).pk)
+
+    [client] = clients
+    config = client.meta.config
+    tries = (config.retries or {}).get("total_max_attempts", 3)  # 3: the default of botocore's standard retry mode
+    assert (config.connect_timeout + config.read_timeout) * tries < alert_delivery_send.soft_time_limit
+
+
+def test_an_sns_send_cut_by_the_soft_time_limit_is_a_failed_attempt(org, settings, monkeypatch):
+    """At soft_time_limit the prefork pool raises SoftTimeLimitExceeded in the task from a signal handler; here after
+    1 s, into a publish whose endpoint never answers (botocore would take it for a network error and try again).
+    Recorded as a failed attempt, the send is retried and in the end marked failed, not left pending with no attempt
+    for the sweep to queue again every 5 minutes."""
+    settings.LLMOPS_ALERT_SNS_ALLOWED_ACCOUNTS = [ALLOWED_ACCOUNT]
+    channel = alert_channel_create(
+        tenant=org.tenant, name="sns", kind=ChannelKind.SNS, target=topic_arn(ALLOWED_ACCOUNT)
+    )
+    delivery = delivery_to(org, channel)
+
+    def soft_time_limit(signum, frame):
+        raise SoftTimeLimitExceeded()
+
+    with raw_tcp_server(say_nothing) as port:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_SNS", f"http://127.0.0.1:{port}")
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
+        previous = signal.signal(signal.SIGALRM, soft_time_limit)
+        signal.setitimer(signal.ITIMER_REAL, 1)
+        try:
+            raised, failed = failed_attempt(delivery)
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+
+    assert (failed.status, failed.attempts) == (DeliveryStatus.PENDING, 1)
+    assert failed.last_error == f"the send to {topic_arn(ALLOWED_ACCOUNT)} outlasted the send task's time limit"
+    assert str(raised) == failed.last_error
 
 
 # Webhooks: a deadline on the whole send, and only the start of the answer read.

@@ -1,5 +1,6 @@
 """No alert is lost for good: a raise the database refused is retried, a send its worker died in is sent by the next,
-deliveries left pending are queued again, and the nightly check raises thresholds spend reached without an alert.
+deliveries left pending are queued again (and only those: not one waiting for its retry), and the nightly check
+raises thresholds spend reached without an alert.
 The nightly check and anomaly detection keep going, or refuse clearly, where they used to stop."""
 
 import asyncio
@@ -21,12 +22,19 @@ from django.utils import timezone
 
 from billing.alerts import tasks
 from billing.alerts.anomalies import tenant_anomalies_detect
-from billing.alerts.services import alert_channel_create, anomaly_alert_raise, budget_alert_raise
+from billing.alerts.services import (
+    alert_channel_create,
+    alert_delivery_attempt,
+    alert_delivery_give_up,
+    anomaly_alert_raise,
+    budget_alert_raise,
+)
 from billing.alerts.tasks import (
-    ALERT_DELIVERY_RETRIES_OVER_AFTER,
+    ALERT_DELIVERY_MAX_RETRIES,
     ALERT_DELIVERY_STUCK_AFTER,
     alert_deliveries_requeue,
     alert_deliveries_send,
+    alert_delivery_send,
     anomalies_detect_tenant,
     budget_threshold_alert,
 )
@@ -35,6 +43,7 @@ from billing.budgets.index import budget_entry, usd_to_units
 from billing.budgets.services import (
     CounterChecksIncomplete,
     budget_counter_check,
+    budget_counters_check,
     budget_counters_rebuild,
     budget_create,
 )
@@ -47,11 +56,13 @@ from billing.models import (
     AnomalyWindow,
     Budget,
     BudgetAlert,
+    BudgetPeriod,
     BudgetScope,
     ChannelKind,
     DeliveryStatus,
     UsageRecord,
 )
+from tenants.services import tenant_update
 from tests.batch.conftest import celery_worker_process, wait_for
 from tests.budgets.test_anomalies import ledger_rows
 from tests.servers import Receiver, ThreadedServer, committed_database_url
@@ -73,8 +84,11 @@ def spend(org, usd: str, *, customer: str = "", at: datetime | None = None, requ
     )
 
 
-def age(delivery: AlertDelivery, by: timedelta, **changes) -> None:
-    AlertDelivery.objects.unscoped().filter(pk=delivery.pk).update(created_at=timezone.now() - by, **changes)
+def age(delivery: AlertDelivery, by: timedelta, *, due_in: timedelta | None = None, **changes) -> None:
+    """Made `by` ago, its send due then (and lost), or in `due_in` from now (a retry waiting its turn)."""
+    now = timezone.now()
+    due = now - by if due_in is None else now + due_in
+    AlertDelivery.objects.unscoped().filter(pk=delivery.pk).update(created_at=now - by, next_attempt_at=due, **changes)
 
 
 # 1a. Raising an alert retries on database errors.
@@ -225,10 +239,10 @@ def test_deliveries_a_lost_task_left_pending_are_sent_by_the_sweep(org, receiver
     [anomaly_lost] = anomaly_alert_raise(anomaly=anomaly)
     for delivery in (budget_lost, anomaly_lost):
         age(delivery, ALERT_DELIVERY_STUCK_AFTER + timedelta(seconds=5))
-    # Still on their way: one just made, one whose retries are running.
+    # Still on their way: one just made, one whose next retry is due in 4 minutes.
     [just_made] = budget_alert_raise(budget_id=budget.pk, period_key="2026-11", threshold=80, spent_units=8 * UNITS)
     [retrying] = budget_alert_raise(budget_id=budget.pk, period_key="2026-11", threshold=100, spent_units=10 * UNITS)
-    age(retrying, timedelta(minutes=20), attempts=3, last_error="answered 500")
+    age(retrying, timedelta(minutes=20), due_in=timedelta(minutes=4), attempts=3, last_error="answered 500")
 
     assert alert_deliveries_requeue() == 2
 
@@ -241,20 +255,108 @@ def test_deliveries_a_lost_task_left_pending_are_sent_by_the_sweep(org, receiver
     assert (retrying.status, retrying.attempts) == (DeliveryStatus.PENDING, 3)
 
 
-def test_a_delivery_whose_retries_were_lost_gets_one_last_attempt(org, receiver):
-    """Pending long after its retries would all have run, it lost its next retry: one more send, then failed if that
-    fails too, rather than a new round of retries each time the sweep runs."""
+def test_a_delivery_whose_retry_was_lost_goes_on_with_the_retries_it_had_left(org, receiver):
+    """Pending past the time its next retry was due, it lost that retry's message: the sweep queues its retries again
+    from its fifth attempt, not a single last one."""
     app, url = receiver
     app.statuses.extend([500, 500])
     channel = alert_channel_create(tenant=org.tenant, name="slack", kind=ChannelKind.SLACK, target=f"{url}/slack")
     budget = budget_create(tenant=org.tenant, limit_usd=Decimal(10), channels=[channel], thresholds=[50])
     [delivery] = budget_alert_raise(budget_id=budget.pk, period_key="2026-11", threshold=50, spent_units=5 * UNITS)
-    age(delivery, ALERT_DELIVERY_RETRIES_OVER_AFTER + timedelta(minutes=1), attempts=4, last_error="answered 500")
+    age(delivery, ALERT_DELIVERY_STUCK_AFTER + timedelta(minutes=1), attempts=4, last_error="answered 500")
 
     assert alert_deliveries_requeue() == 1
 
     delivery.refresh_from_db()
-    assert (delivery.status, delivery.attempts, len(app.received)) == (DeliveryStatus.FAILED, 5, 1)
+    assert (delivery.status, delivery.attempts, len(app.received)) == (DeliveryStatus.SENT, 7, 3)
+    assert alert_deliveries_requeue() == 0
+
+
+def test_a_delivery_whose_retries_had_all_run_gets_one_last_attempt(org, receiver):
+    """One the admin queued again after it failed lost its send: one more, then failed again if that fails too."""
+    app, url = receiver
+    app.statuses.extend([500, 500])
+    channel = alert_channel_create(tenant=org.tenant, name="slack", kind=ChannelKind.SLACK, target=f"{url}/slack")
+    budget = budget_create(tenant=org.tenant, limit_usd=Decimal(10), channels=[channel], thresholds=[50])
+    [delivery] = budget_alert_raise(budget_id=budget.pk, period_key="2026-11", threshold=50, spent_units=5 * UNITS)
+    attempts = ALERT_DELIVERY_MAX_RETRIES + 1
+    age(delivery, ALERT_DELIVERY_STUCK_AFTER + timedelta(minutes=1), attempts=attempts, last_error="answered 500")
+
+    assert alert_deliveries_requeue() == 1
+
+    delivery.refresh_from_db()
+    assert (delivery.status, delivery.attempts, len(app.received)) == (DeliveryStatus.FAILED, attempts + 1, 1)
+
+
+def test_a_delivery_waiting_for_its_retry_is_left_to_it(org, receiver):
+    """Due when its retry is, however long ago it was made and whatever its attempts: the sweep queuing it beside its
+    retry would start a second chain of sends, or a last attempt that marks it failed while its retries run."""
+    app, url = receiver
+    channel = alert_channel_create(tenant=org.tenant, name="slack", kind=ChannelKind.SLACK, target=f"{url}/slack")
+    budget = budget_create(tenant=org.tenant, limit_usd=Decimal(10), channels=[channel], thresholds=[50, 100])
+    # Waiting for the 50% alert to go out first, no attempt made, retried in 4 minutes.
+    [_, waiting] = budget_alert_raise(budget_id=budget.pk, period_key="2026-11", threshold=100, spent_units=10 * UNITS)
+    age(waiting, timedelta(minutes=10), due_in=timedelta(minutes=4))
+    # Failed long ago, queued again from the admin: its second retry is due in 50 seconds.
+    [_, retried] = budget_alert_raise(budget_id=budget.pk, period_key="2026-10", threshold=100, spent_units=10 * UNITS)
+    age(retried, timedelta(hours=3), due_in=timedelta(seconds=50), attempts=ALERT_DELIVERY_MAX_RETRIES + 2)
+
+    assert alert_deliveries_requeue() == 0
+
+    assert app.received == []
+    pending = AlertDelivery.objects.unscoped().filter(status=DeliveryStatus.PENDING, pk__in=[waiting.pk, retried.pk])
+    assert pending.count() == 2
+
+
+def test_the_admins_retry_of_an_old_failed_delivery_is_left_to_its_own_send(org, receiver, admin_client):
+    app, url = receiver
+    channel = alert_channel_create(tenant=org.tenant, name="slack", kind=ChannelKind.SLACK, target=f"{url}/slack")
+    budget = budget_create(tenant=org.tenant, limit_usd=Decimal(10), channels=[channel], thresholds=[50])
+    [delivery] = budget_alert_raise(budget_id=budget.pk, period_key="2026-11", threshold=50, spent_units=5 * UNITS)
+    failed = ALERT_DELIVERY_MAX_RETRIES + 1
+    age(delivery, timedelta(hours=3), attempts=failed, status=DeliveryStatus.FAILED, last_error="answered 500")
+
+    # Its send is queued once the admin's request commits: this test's transaction never does, so it stays queued.
+    admin_client.post(
+        "/admin/billing/alertdelivery/", {"action": "retry_deliveries", "_selected_action": [delivery.pk]}
+    )
+
+    delivery.refresh_from_db()
+    assert delivery.status == DeliveryStatus.PENDING
+    assert alert_deliveries_requeue() == 0
+    assert app.received == []
+
+
+def test_a_send_queued_again_after_the_delivery_was_given_up_on_sends_nothing(org, receiver):
+    app, url = receiver
+    channel = alert_channel_create(tenant=org.tenant, name="slack", kind=ChannelKind.SLACK, target=f"{url}/slack")
+    budget = budget_create(tenant=org.tenant, limit_usd=Decimal(10), channels=[channel], thresholds=[50])
+    [delivery] = budget_alert_raise(budget_id=budget.pk, period_key="2026-11", threshold=50, spent_units=5 * UNITS)
+    alert_delivery_give_up(delivery_id=delivery.pk)
+
+    alert_delivery_attempt(delivery_id=delivery.pk)
+
+    delivery.refresh_from_db()
+    assert (delivery.status, delivery.attempts, app.received) == (DeliveryStatus.FAILED, 0, [])
+
+
+@pytest.mark.live
+def test_a_send_waiting_for_its_retry_is_not_queued_again_by_the_sweep(live_org, receiver, prefork_worker):
+    """The 100% alert waits for the 50% one to the same channel to go out (its send lost here): the worker retries it
+    later, and records when, so the sweep leaves it to that retry."""
+    _, url = receiver
+    channel = alert_channel_create(tenant=live_org.tenant, name="slack", kind=ChannelKind.SLACK, target=f"{url}/s")
+    budget = budget_create(tenant=live_org.tenant, limit_usd=Decimal(10), channels=[channel], thresholds=[50, 100])
+    budget_alert_raise(budget_id=budget.pk, period_key="2026-11", threshold=50, spent_units=5 * UNITS)
+    [waiting] = budget_alert_raise(budget_id=budget.pk, period_key="2026-11", threshold=100, spent_units=10 * UNITS)
+    age(waiting, ALERT_DELIVERY_STUCK_AFTER + timedelta(minutes=1))
+
+    alert_delivery_send.delay(waiting.pk)
+    retry_due = wait_for(
+        lambda: AlertDelivery.objects.unscoped().filter(pk=waiting.pk, next_attempt_at__gt=timezone.now()).first()
+    )
+
+    assert (retry_due.status, retry_due.attempts) == (DeliveryStatus.PENDING, 0)
     assert alert_deliveries_requeue() == 0
 
 
@@ -316,6 +418,57 @@ def test_the_nightly_check_raises_a_customer_budget_for_its_customer_with_most_s
 
     [alert] = BudgetAlert.objects.unscoped().filter(budget=budget)
     assert (alert.threshold, alert.customer, alert.spent_usd) == (50, "alice", Decimal(6))
+    assert len(mailoutbox) == 1
+
+
+def budget_as_of(budget: Budget, changed_at: datetime) -> None:
+    """The budget as made or last changed at `changed_at` (its version)."""
+    Budget.objects.unscoped().filter(pk=budget.pk).update(updated_at=changed_at)
+
+
+def test_the_nightly_check_raises_what_the_tenants_day_just_ended_reached_without_an_alert(
+    live_org, redis_counters, mailoutbox
+):
+    """At 03:15 UTC the day in Berlin is the next one already: a lost alert of the day before is raised then, for
+    that day, once. A budget made after that day ended raises nothing for it."""
+    live_org.tenant.time_zone = "Europe/Berlin"
+    tenant_update(tenant=live_org.tenant)
+    channel = alert_channel_create(tenant=live_org.tenant, name="mail", kind=ChannelKind.EMAIL, target="o@example.com")
+    day_budget = dict(limit_usd=Decimal(10), period=BudgetPeriod.DAY, thresholds=[80, 100], channels=[channel])
+    budget = budget_create(tenant=live_org.tenant, **day_budget)
+    budget_as_of(budget, datetime(2026, 12, 1, tzinfo=UTC))
+    made_this_morning = budget_create(tenant=live_org.tenant, **day_budget)
+    budget_as_of(made_this_morning, datetime(2026, 12, 8, 1, 0, tzinfo=UTC))  # 02:00 on the 8th in Berlin
+    # Berlin's 7th: from 23:00 UTC on the 6th to 23:00 UTC on the 7th.
+    spend(live_org, "5", at=datetime(2026, 12, 6, 23, 30, tzinfo=UTC))
+    spend(live_org, "3.5", at=datetime(2026, 12, 7, 18, 0, tzinfo=UTC))
+    spend(live_org, "1", at=datetime(2026, 12, 7, 23, 30, tzinfo=UTC))  # 00:30 on the 8th in Berlin: today's
+    check_run = datetime(2026, 12, 8, 3, 15, tzinfo=UTC)
+
+    budget_counters_check(now=check_run)
+
+    [alert] = BudgetAlert.objects.unscoped().all()
+    assert (alert.budget_id, alert.period_key, alert.threshold) == (budget.pk, "2026-12-07", 80)
+    assert alert.spent_usd == Decimal("8.5")
+    [mail] = mailoutbox
+    assert mail.subject.endswith("at 80%") and "2026-12-07" in mail.body
+    # Run again: the BudgetAlert row keeps the threshold to one alert.
+    budget_counters_check(now=check_run + timedelta(minutes=1))
+    assert BudgetAlert.objects.unscoped().count() == 1 and len(mailoutbox) == 1
+
+
+def test_the_nightly_check_raises_what_the_month_that_ended_before_it_reached_without_an_alert(
+    live_org, redis_counters, mailoutbox
+):
+    channel = alert_channel_create(tenant=live_org.tenant, name="mail", kind=ChannelKind.EMAIL, target="o@example.com")
+    budget = budget_create(tenant=live_org.tenant, limit_usd=Decimal(10), channels=[channel], thresholds=[50, 80])
+    budget_as_of(budget, datetime(2026, 11, 2, tzinfo=UTC))
+    spend(live_org, "6", at=datetime(2026, 11, 30, 23, 59, tzinfo=UTC))
+
+    budget_counters_check(now=datetime(2026, 12, 1, 3, 15, tzinfo=UTC))
+
+    [alert] = BudgetAlert.objects.unscoped().filter(budget=budget)
+    assert (alert.period_key, alert.threshold, alert.spent_usd) == ("2026-11", 50, Decimal(6))
     assert len(mailoutbox) == 1
 
 

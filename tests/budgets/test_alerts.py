@@ -178,7 +178,7 @@ def test_sns_alert_is_published_to_the_topic(org, django_capture_on_commit_callb
     settings.LLMOPS_ALERT_SNS_ALLOWED_ACCOUNTS = ["123456789012"]  # moto's account
     sns = boto3.client("sns", region_name="eu-west-1")
     sqs = boto3.client("sqs", region_name="eu-west-1")
-    topic_arn = sns.create_topic(Name="llmops-alerts")["TopicArn"]
+    topic_arn = sns.create_topic(Name="llmops-acme-alerts")["TopicArn"]
     queue_url = sqs.create_queue(QueueName="alerts-inbox")["QueueUrl"]
     queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
     sns.subscribe(TopicArn=topic_arn, Protocol="sqs", Endpoint=queue_arn)
