@@ -2,12 +2,14 @@
 
 import hashlib
 import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 import numpy as np
 
 from routing.cache import embedders
-from routing.cache.embedders import MeteredEmbeddings
+from routing.cache.embedders import MeteredEmbeddings, on_embedding_thread
 from routing.tokens import count_text_tokens
 
 HTTP_EMBEDDER = "routing.cache.embedders.HttpEmbedder"
@@ -84,3 +86,19 @@ class BilledEmbedder:
         type(self).calls.append(list(texts))
         billed = sum(count_text_tokens(text, model=self.model) for text in texts) + BILLED_EXTRA_TOKENS
         return MeteredEmbeddings(vectors=word_vectors(texts), model=self.model, prompt_tokens=billed, elapsed_ms=1)
+
+
+def chats_in_one_embedding_call(gateway, asked, chat) -> list:
+    """``chat(gateway, setup, question)`` for each of ``asked`` at once, with the embedding thread held busy until
+    every lookup has queued its text, so its next call embeds them all together; the replies, in order."""
+    gate = threading.Event()
+    held = on_embedding_thread(gate.wait, 10)
+    with ThreadPoolExecutor(len(asked)) as pool:
+        replies = [pool.submit(chat, gateway, setup, question) for setup, question in asked]
+        deadline = time.monotonic() + 10
+        while embedders._embedding_worker.queue.qsize() < len(asked) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        gate.set()
+        replies = [reply.result(timeout=30) for reply in replies]
+    assert held.result(timeout=10)
+    return replies

@@ -4,9 +4,6 @@ unreadable), each request whose text was in it is charged its share, at the gate
 row with the failure's status and error code; when it never reached the provider, or the provider refused it with an
 error status, nobody is. Either way the lookup is a miss and the request is answered."""
 
-import threading
-import time
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from decimal import Decimal
 
@@ -17,10 +14,9 @@ from django.utils import timezone
 from billing.budgets.services import budget_counter_check, budget_counters_rebuild, budget_create
 from billing.models import UsageKind, UsageRecord
 from llmops.gateway.chat.cache_embeddings import cache_embeddings_flush
-from routing.cache import embedders
-from routing.cache.embedders import configured_embedder, on_embedding_thread
+from routing.cache.embedders import configured_embedder
 from tests.cache.conftest import cache_policy, chat
-from tests.cache.embedders import http_embedder_configured
+from tests.cache.embedders import chats_in_one_embedding_call, http_embedder_configured
 from tests.cache.test_embedding_metering import FRANCE, JUPITER, embedding_tokens, embeddings_model_create, priced
 from tests.servers import free_port
 
@@ -103,17 +99,8 @@ def test_two_tenants_texts_in_one_failed_call_are_each_charged_their_share(
     for setup, _ in asked:
         cache_policy(setup)
 
-    # The embedding thread is held busy until both lookups have queued their text: its next call embeds both.
-    gate = threading.Event()
-    held = on_embedding_thread(gate.wait, 10)
-    with ThreadPoolExecutor(len(asked)) as pool:
-        replies = [pool.submit(chat, gateway, setup, question) for setup, question in asked]
-        deadline = time.monotonic() + 10
-        while embedders._embedding_worker.queue.qsize() < len(asked) and time.monotonic() < deadline:
-            time.sleep(0.01)
-        gate.set()
-        replies = [reply.result(timeout=30) for reply in replies]
-    assert held.result(timeout=10)
+    # Both texts in one /embeddings call.
+    replies = chats_in_one_embedding_call(gateway, asked, chat)
 
     assert [(reply.status_code, reply.headers["x-llmops-cache"]) for reply in replies] == [(200, "miss")] * 2
     for (setup, question), reply in zip(asked, replies, strict=True):

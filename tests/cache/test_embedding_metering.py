@@ -5,9 +5,7 @@ tenant, key and team for its share of the call, priced from the catalog, and its
 import asyncio
 import subprocess
 import sys
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from decimal import ROUND_HALF_EVEN, Decimal
 from pathlib import Path
 
@@ -21,14 +19,13 @@ from llmops.gateway.call import GatewayCall
 from llmops.gateway.chat import cache_embeddings
 from llmops.gateway.chat.cache_embeddings import CacheEmbeddingPayer, cache_embeddings_flush
 from llmops.gateway.snapshot import shared_slice_build, tenant_slice_build
-from routing.cache import embedders
-from routing.cache.embedders import EmbeddingCall, EmbeddingShare, on_embedding_thread
+from routing.cache.embedders import EmbeddingCall, EmbeddingShare
 from routing.cache.keys import normalize_prompt
 from routing.models import ModelKind
 from routing.prices import model_price_set
 from routing.tokens import count_text_tokens
 from tests.cache.conftest import cache_policy, chat
-from tests.cache.embedders import http_embedder_configured
+from tests.cache.embedders import chats_in_one_embedding_call, http_embedder_configured
 from tests.factories import ModelFactory, ProviderFactory
 
 EMBEDDINGS_MODEL = "cache-embed"
@@ -119,17 +116,8 @@ def test_two_tenants_texts_embedded_in_one_call_are_each_charged_their_share(
     asked = [(acme, FRANCE), (globex, JUPITER)]
     served_before = mock_upstream.app.requests_served
 
-    # The embedding thread is held busy until both lookups have queued their text: its next call embeds both.
-    gate = threading.Event()
-    held = on_embedding_thread(gate.wait, 10)
-    with ThreadPoolExecutor(len(asked)) as pool:
-        replies = [pool.submit(chat, gateway, setup, question) for setup, question in asked]
-        deadline = time.monotonic() + 10
-        while embedders._embedding_worker.queue.qsize() < len(asked) and time.monotonic() < deadline:
-            time.sleep(0.01)
-        gate.set()
-        replies = [reply.result(timeout=30) for reply in replies]
-    assert held.result(timeout=10)
+    # Both texts in one /embeddings call.
+    replies = chats_in_one_embedding_call(gateway, asked, chat)
 
     assert [reply.status_code for reply in replies] == [200, 200]
     # Two completions and one /embeddings call.
