@@ -14,6 +14,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
+import orjson
 import uvicorn
 from django.db import connection
 
@@ -24,6 +25,33 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+class RecordingUpstream:
+    """The mock upstream (llmops.mock_upstream), keeping every chat body it is sent as the gateway sent it
+    (``chat_bodies``); the mock answers ``forwarded(body)``, the body itself unless a subclass changes it."""
+
+    def __init__(self):
+        from llmops.mock_upstream import MockUpstream
+
+        self.mock = MockUpstream()
+        self.chat_bodies: list[dict] = []
+
+    def forwarded(self, body: dict) -> dict:
+        return body
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"] != "/v1/chat/completions":
+            await self.mock(scope, receive, send)
+            return
+        body = orjson.loads(await self.mock._read_body(receive))
+        self.chat_bodies.append(body)
+        answered = orjson.dumps(self.forwarded(body))
+
+        async def replayed():
+            return {"type": "http.request", "body": answered, "more_body": False}
+
+        await self.mock(scope, replayed, send)
 
 
 class ThreadedServer:

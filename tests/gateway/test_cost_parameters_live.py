@@ -6,38 +6,22 @@ feature are refused before anything is sent."""
 from decimal import Decimal
 
 import httpx
-import orjson
 import pytest
 
 from billing.budgets.services import budget_create
 from billing.models import UsageRecord
-from llmops.mock_upstream import MockUpstream
 from tests.conftest import make_tenant_setup
-from tests.servers import ThreadedServer
+from tests.servers import RecordingUpstream, ThreadedServer
 
 MESSAGES = [{"role": "user", "content": "Classify this support ticket: my refund has not arrived."}]
 
 
-class MaxTokensOnlyUpstream:
+class MaxTokensOnlyUpstream(RecordingUpstream):
     """The mock upstream as an OpenAI-compatible server that knows only ``max_tokens``: ``max_completion_tokens`` is
     ignored (dropped before the mock answers). ``chat_bodies`` are the chat requests as the gateway sent them."""
 
-    def __init__(self):
-        self.mock = MockUpstream()
-        self.chat_bodies: list[dict] = []
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["path"] != "/v1/chat/completions":
-            await self.mock(scope, receive, send)
-            return
-        body = orjson.loads(await MockUpstream._read_body(receive))
-        self.chat_bodies.append(body)
-        known = orjson.dumps({name: value for name, value in body.items() if name != "max_completion_tokens"})
-
-        async def receive_known():
-            return {"type": "http.request", "body": known, "more_body": False}
-
-        await self.mock(scope, receive_known, send)
+    def forwarded(self, body: dict) -> dict:
+        return {name: value for name, value in body.items() if name != "max_completion_tokens"}
 
 
 @pytest.fixture

@@ -1,35 +1,13 @@
 """The semantic_cache lever through the live gateway: a semantic hit is sampled, and its reference is a fresh call to
 the model that served it with this request's own body — not the prompt whose answer the cache stored."""
 
-import orjson
 import pytest
 
 from billing.models import JudgeMethod, Lever
-from llmops.mock_upstream import MockUpstream
 from routing.cache.store import cache_writes_flush
 from tests.cache.conftest import cache_policy, chat, embedder  # noqa: F401 (embedder: a fixture)
-from tests.servers import ThreadedServer
+from tests.servers import RecordingUpstream, ThreadedServer
 from tests.shadow.conftest import evaluation_on, evaluations
-
-
-class RecordingUpstream:
-    """The mock upstream, keeping every chat body it is sent."""
-
-    def __init__(self):
-        self.mock = MockUpstream()
-        self.chat_bodies: list[dict] = []
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["path"] != "/v1/chat/completions":
-            await self.mock(scope, receive, send)
-            return
-        body = await MockUpstream._read_body(receive)
-        self.chat_bodies.append(orjson.loads(body))
-
-        async def replayed():
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        await self.mock(scope, replayed, send)
 
 
 @pytest.fixture

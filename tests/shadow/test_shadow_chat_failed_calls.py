@@ -4,8 +4,6 @@ prompt at the model's prices, estimated, on its `evaluation` row with the failur
 
 from decimal import ROUND_HALF_EVEN, Decimal
 
-import pytest
-
 from billing.models import EvaluationHold, EvaluationSpend, ShadowEvaluation, UsageKind, UsageRecord
 from llmops.gateway.shadow.judges import judge_messages
 from llmops.gateway.shadow.samples import sample_seal
@@ -13,7 +11,7 @@ from llmops.gateway.shadow.tasks import shadow_evaluate_task
 from llmops.mock_upstream import classification_answer
 from routing.tokens import count_chat_tokens
 from tests.conftest import LARGE_PRICES
-from tests.factories import ModelFactory, ProviderFactory
+from tests.gateway.test_failed_attempts_live import large_model
 from tests.shadow.conftest import LABELS_LIST, evaluation_on, sample_of, ticket
 
 QUANTUM = Decimal("0.0000000001")
@@ -22,24 +20,10 @@ TICKET = "Charged twice"
 TIMEOUT_SECONDS = Decimal("1")
 
 
-@pytest.fixture
-def quick_provider(mock_upstream):
-    """A provider of the mock whose calls time out after TIMEOUT_SECONDS: the mock's `stall` answers after 30."""
-    return ProviderFactory(name="quick", base_url=f"{mock_upstream.url}/v1", timeout_seconds=TIMEOUT_SECONDS)
-
-
-def chat_model_create(setup, provider, *, name: str, upstream_name: str):
-    """A chat model the setup's tenant may use, at the large model's prices."""
-    model = ModelFactory(
-        name=name,
-        provider=provider,
-        upstream_name=upstream_name,
-        input_price_per_million=LARGE_PRICES[0],
-        cached_input_price_per_million=LARGE_PRICES[1],
-        output_price_per_million=LARGE_PRICES[2],
-    )
-    setup.tenant.model_access.allowed_models.add(model)
-    return model
+def stalling_model(setup, mock_upstream, *, name: str, upstream_name: str):
+    """A model at the large model's prices whose calls time out after TIMEOUT_SECONDS: the mock's `stall` answers
+    after 30."""
+    return large_model(setup, name, base_url=mock_upstream.url, upstream_name=upstream_name, timeout=TIMEOUT_SECONDS)
 
 
 def evaluation_rows(setup) -> list[UsageRecord]:
@@ -63,8 +47,8 @@ def assert_unjudged_and_paid(setup, rows: list[UsageRecord]) -> None:
     assert not EvaluationHold.objects.for_tenant(setup.tenant).exists()
 
 
-def test_a_reference_call_that_timed_out_once_sent_is_charged_its_prompt(acme, quick_provider, evaluated):
-    reference = chat_model_create(acme, quick_provider, name="acme-stalling", upstream_name="mock-large-stall")
+def test_a_reference_call_that_timed_out_once_sent_is_charged_its_prompt(acme, mock_upstream, evaluated):
+    reference = stalling_model(acme, mock_upstream, name="acme-stalling", upstream_name="mock-large-stall")
     evaluation_on(acme.tenant)
 
     shadow_evaluate_task(sample_seal(sample_of(acme, levers={"routing": reference.name}, text=TICKET)))
@@ -75,8 +59,8 @@ def test_a_reference_call_that_timed_out_once_sent_is_charged_its_prompt(acme, q
     assert_unjudged_and_paid(acme, [row])
 
 
-def test_a_judge_call_that_timed_out_once_sent_is_charged_its_prompt(acme, quick_provider, evaluated):
-    judge = chat_model_create(acme, quick_provider, name="acme-stalling-judge", upstream_name="mock-judge-stall")
+def test_a_judge_call_that_timed_out_once_sent_is_charged_its_prompt(acme, mock_upstream, evaluated):
+    judge = stalling_model(acme, mock_upstream, name="acme-stalling-judge", upstream_name="mock-judge-stall")
     evaluation_on(acme.tenant, judge_model=judge)
     sample = sample_of(acme, levers={"routing": acme.large.name}, task_type="summarization", text=TICKET)
 
