@@ -6,7 +6,8 @@ scored with the end of its lease on Redis's clock. One script drops ended leases
 cap holds across every gateway process. Each process renews the leases of the requests it holds every third of
 LLMOPS_TENANT_INFLIGHT_LEASE_SECONDS, so a long stream keeps its slot, and the slots of a process that dies are free
 again once their lease ends. A request gives its slot back when it ends, whichever way: answered, refused later on,
-failed, or its client gone (a stream gives it back when its body ends or is dropped).
+failed, or its client gone (an answer not streamed gives it back as its row is written, a stream when its body
+ends or is dropped).
 
 Without Redis (the embedded default, one process) the count is kept in process memory. When Redis cannot be reached
 the request goes through, logged: the cap is for fairness, and budgets keep their own fail-closed rule.

@@ -6,6 +6,7 @@ from billing.ledger.events import UsageEvent
 from billing.ledger.stream import ledger_event_append
 from core.db import database_sync_to_async
 from llmops.gateway.call import GatewayCall
+from llmops.gateway.concurrency import inflight_release
 from llmops.metrics import record_request_metrics
 from tenants.payload_logs import payload_log_record
 
@@ -30,6 +31,11 @@ async def finish(
     if call.ledger_deferred:
         call.ledger_event = event
     recorded = None if call.ledger_deferred else event
+    if call.inflight is not None and not call.is_stream:
+        # Only the whole answer's write is left: the slot goes back now, its command in the same write to Redis as
+        # the settle's below (both tasks' first steps come before the flush), not in one of its own after the answer.
+        # A stream keeps its slot until its last part is written (concurrency.inflight_release_after).
+        inflight_release(call.inflight)
     if call.reservation is not None and not call.reservation.settled:
         # Settled and recorded in one step, so a counter seeded from the ledger counts the request exactly once.
         remaining = await reservation_settle(
