@@ -10,6 +10,7 @@ from django.contrib.admin.utils import unquote
 from django.contrib.admin.widgets import AdminSplitDateTime
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import models
+from django.db.models.constants import LOOKUP_SEP
 from django.db.models.functions import Coalesce, Greatest
 from django.http import Http404
 from django.template.response import TemplateResponse
@@ -298,6 +299,8 @@ class CatalogModelAdmin(SuperuserOnlyAdmin):
         (None, {"fields": member_fields}),
         ("Price history", {"fields": ("price_history",)}),
     )
+    # Columns members are not shown; "provider" covers provider_id and lookups through the provider too.
+    platform_lookups = ("provider", "upstream_name")
 
     input_price_per_million = _price_column("input_price_per_million")
     cached_input_price_per_million = _price_column("cached_input_price_per_million")
@@ -344,6 +347,18 @@ class CatalogModelAdmin(SuperuserOnlyAdmin):
         if request.user.is_superuser:
             return super().get_list_filter(request)
         return ("kind", "is_active")
+
+    def lookup_allowed(self, lookup, value, request):
+        # Filtering on what members are not shown would tell it one guess at a time.
+        if not request.user.is_superuser and lookup.split(LOOKUP_SEP, 1)[0].startswith(self.platform_lookups):
+            return False
+        return super().lookup_allowed(lookup, value, request)
+
+    def history_view(self, request, object_id, extra_context=None):
+        # Django's change log names the platform staff who changed the model.
+        if not request.user.is_superuser:
+            raise PermissionDenied
+        return super().history_view(request, object_id, extra_context)
 
     @admin.action(
         description="Confirm the selected models' prices are still right (resets their age)", permissions=["change"]

@@ -3,10 +3,23 @@
 Read-only: batches and jobs are created through the API by a tenant's key, and changed only by the workers.
 """
 
-from django.contrib import admin
+import json
 
+from django.contrib import admin
+from django.db.models.constants import LOOKUP_SEP
+from django.utils.html import format_html
+
+from core.redaction import redact, redact_value
 from llmops.gateway.batches.models import Batch, Job
-from tenants.admin import ReadOnlyScopedAdmin, TenantListFilter
+from tenants.admin import ReadOnlyScopedAdmin, TenantListFilter, request_access
+from tenants.permissions import Action
+
+# What the tenant's users asked and were told, and where the answer was sent: for those who may read its answers.
+ANSWER_FIELDS = ("body", "result", "callback_url")
+
+
+def redacted_json(value) -> str:
+    return format_html("<pre>{}</pre>", json.dumps(redact_value(value), indent=2, ensure_ascii=False))
 
 
 @admin.register(Batch)
@@ -52,6 +65,9 @@ class BatchAdmin(ReadOnlyScopedAdmin):
 
 @admin.register(Job)
 class JobAdmin(ReadOnlyScopedAdmin):
+    """Every member follows a job's progress; its request, answer and callback URL are shown, redacted, only to the
+    tenant's owners and admins, who may read its answers."""
+
     list_display = ("id", "tenant", "team", "status", "status_code", "cost_usd", "webhook_state", "created_at")
     list_filter = (("tenant", TenantListFilter), "status", "webhook_state")
     list_select_related = ("tenant", "team")
@@ -65,15 +81,46 @@ class JobAdmin(ReadOnlyScopedAdmin):
         "status_code",
         "request_id",
         "cost_usd",
-        "callback_url",
+        "shown_callback_url",
         "webhook_state",
         "webhook_attempts",
         "webhook_last_error",
         "webhook_delivered_at",
-        "body",
-        "result",
+        "shown_body",
+        "shown_result",
         "created_at",
         "started_at",
         "finished_at",
     )
     readonly_fields = fields
+    answer_fields = ("shown_body", "shown_result", "shown_callback_url")
+
+    def may_read_every_answer(self, request) -> bool:
+        """Whether every job the changelist may list is one whose answers the user may read: only then may the list be
+        filtered by them, since which rows match a fragment would tell a prompt one guess at a time."""
+        access = request_access(request)
+        return access.is_superuser or all(access.allows(Action.VIEW_ANSWERS, tenant_id) for tenant_id in access.roles)
+
+    def lookup_allowed(self, lookup, value, request):
+        if lookup.split(LOOKUP_SEP, 1)[0].startswith(ANSWER_FIELDS) and not self.may_read_every_answer(request):
+            return False
+        return super().lookup_allowed(lookup, value, request)
+
+    def get_fields(self, request, obj=None):
+        fields = super().get_fields(request, obj)
+        if obj is not None and self.allows(request, Action.VIEW_ANSWERS, obj):
+            return fields
+        return [name for name in fields if name not in self.answer_fields]
+
+    # Redacted on display, as cached answers are: the job keeps the request as sent, to run it.
+    @admin.display(description="Callback URL (redacted)")
+    def shown_callback_url(self, job: Job) -> str:
+        return redact(job.callback_url)
+
+    @admin.display(description="Body (redacted)")
+    def shown_body(self, job: Job) -> str:
+        return redacted_json(job.body)
+
+    @admin.display(description="Result (redacted)")
+    def shown_result(self, job: Job) -> str:
+        return "—" if job.result is None else redacted_json(job.result)

@@ -173,3 +173,63 @@ def test_member_sees_model_names_and_prices_but_not_its_provider(client, world: 
         assert "0.150000" in html
         assert model.provider.name not in html
         assert model.upstream_name not in html
+
+
+def test_only_superusers_read_a_models_change_log(client, world: World):
+    """Django's history page lists who changed the model: platform staff, whom members never see named."""
+    staff = make_user(SUPERUSER, tenant=world.acme.tenant)
+    staff.username = "ops-alice"
+    staff.save()
+    client.force_login(staff)
+    client.post(
+        admin_url("routing_model", "add"),
+        {
+            "name": "large",
+            "kind": "chat",
+            "provider": world.acme.provider.pk,
+            "upstream_name": "mock-large",
+            "context_window": "200000",
+            "input_price_per_million": "2.5",
+            "cached_input_price_per_million": "1.25",
+            "output_price_per_million": "10",
+        },
+    )
+    history = admin_url("routing_model", "history", Model.objects.get(name="large").pk)
+
+    as_staff = client.get(history)
+    answers = {}
+    for role in (Role.OWNER, Role.ADMIN, Role.FINANCE, Role.VIEWER):
+        client.force_login(make_user(role, tenant=world.acme.tenant))
+        answers[role] = client.get(history)
+
+    assert as_staff.status_code == 200 and "ops-alice" in as_staff.content.decode()
+    assert {role: answer.status_code for role, answer in answers.items()} == dict.fromkeys(answers, 403)
+    assert not any("ops-alice" in answer.content.decode() for answer in answers.values())
+
+
+@pytest.mark.parametrize("role", [Role.OWNER, Role.VIEWER])
+def test_member_cannot_filter_the_catalog_by_its_provider_or_upstream_name(client, world: World, role):
+    model = world.acme.catalog_model
+    client.force_login(make_user(role, tenant=world.acme.tenant))
+    changelist = admin_url("routing_model", "changelist")
+    probes = (
+        {"upstream_name__startswith": model.upstream_name[:3]},
+        {"upstream_name__startswith": "no-such-upstream"},
+        {"provider__exact": model.provider.pk},
+        {"provider_id__exact": model.provider.pk + 1},
+        {"provider__name__startswith": "hidden"},
+    )
+
+    # Refused whatever the guess: the answer says nothing about the hidden fields.
+    assert [client.get(changelist, probe).status_code for probe in probes] == [400] * len(probes)
+    assert client.get(changelist, {"kind__exact": model.kind}).status_code == 200
+
+
+def test_superusers_filter_the_catalog_by_provider_and_upstream_name(superuser_client, world: World):
+    model = world.acme.catalog_model
+    changelist = admin_url("routing_model", "changelist")
+
+    by_upstream = superuser_client.get(changelist, {"upstream_name__startswith": model.upstream_name})
+    by_provider = superuser_client.get(changelist, {"provider__exact": model.provider.pk})
+
+    assert list(by_upstream.context["cl"].result_list) == list(by_provider.context["cl"].result_list) == [model]

@@ -1,4 +1,5 @@
-"""Batches and jobs in the admin: a tenant's staff see their own, read-only, with progress and savings."""
+"""Batches and jobs in the admin: a tenant's staff see their own, read-only, with progress and savings; a job's
+prompt and answer only those who may read the tenant's answers."""
 
 from decimal import Decimal
 
@@ -7,6 +8,7 @@ from django.utils import timezone
 
 from llmops.gateway.batches.models import Batch, File, Job
 from tenants.models import Role
+from tenants.services import membership_set
 from tests.admin import conftest as admin_conftest
 from tests.admin.scenario import World, admin_url, make_user
 
@@ -52,3 +54,64 @@ def test_a_tenants_viewer_sees_its_batches_and_jobs_only(client, world: World, b
     assert acme_job.pk in jobs
     assert foreign.status_code == 302  # the admin's answer for an object the user cannot see
     assert own.status_code == 403 and Batch.objects.unscoped().get(pk=acme_batch.pk).status == "validating"
+
+
+def _job(rows, **fields) -> Job:
+    return Job.objects.create(tenant=rows.tenant, team=rows.team, api_key=rows.api_key, **fields)
+
+
+@pytest.mark.parametrize(
+    ("role", "reads_answers"),
+    [(Role.OWNER, True), (Role.ADMIN, True), (Role.FINANCE, False), (Role.VIEWER, False)],
+)
+def test_a_jobs_prompt_answer_and_callback_are_for_those_who_read_answers(client, world: World, role, reads_answers):
+    job = _job(
+        world.acme,
+        request_id="req-salary",
+        body={"messages": [{"role": "user", "content": "salary of jane@example.com?"}]},
+        result={"choices": [{"message": {"content": "PAYROLL-ANSWER"}}]},
+        callback_url="https://hooks.example.com/payroll-callback",
+    )
+    client.force_login(make_user(role, tenant=world.acme.tenant))
+
+    html = client.get(admin_url("gateway_job", "change", job.pk)).content.decode()
+
+    assert "req-salary" in html
+    assert ("salary of" in html) == ("PAYROLL-ANSWER" in html) == ("payroll-callback" in html) == reads_answers
+    # Shown redacted, as cached answers are.
+    assert "jane@example.com" not in html and ("[EMAIL]" in html) == reads_answers
+
+
+def test_a_viewer_cannot_filter_jobs_by_their_prompt_answer_or_callback(client, world: World):
+    _job(world.acme, body={"messages": [{"role": "user", "content": "my salary"}]}, result={"answer": "PAYROLL"})
+    client.force_login(make_user(Role.VIEWER, tenant=world.acme.tenant))
+    changelist = admin_url("gateway_job", "changelist")
+    probes = (
+        {"body__icontains": "salary"},
+        {"body__icontains": "no-such-word"},
+        {"result__icontains": "PAYROLL"},
+        {"callback_url__startswith": "https://"},
+    )
+
+    # Refused whatever the guess: the answer says nothing about which prompts hold it.
+    assert [client.get(changelist, probe).status_code for probe in probes] == [400] * len(probes)
+
+
+def test_an_owner_elsewhere_who_only_views_this_tenant_cannot_filter_its_jobs_by_prompt(client, world: World):
+    user = make_user(Role.VIEWER, tenant=world.acme.tenant)
+    membership_set(tenant=world.globex.tenant, user=user, role=Role.OWNER)
+    client.force_login(user)
+
+    page = client.get(admin_url("gateway_job", "changelist"), {"body__icontains": "salary"})
+
+    assert page.status_code == 400
+
+
+def test_an_owner_filters_jobs_by_their_prompt(client, world: World):
+    job = _job(world.acme, body={"messages": [{"role": "user", "content": "my salary"}]})
+    _job(world.acme, body={"messages": [{"role": "user", "content": "the weather"}]})
+    client.force_login(make_user(Role.OWNER, tenant=world.acme.tenant))
+
+    page = client.get(admin_url("gateway_job", "changelist"), {"body__icontains": "salary"})
+
+    assert list(page.context["cl"].result_list) == [job]
