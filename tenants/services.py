@@ -1,5 +1,6 @@
 from datetime import datetime, timedelta
 
+from celery import current_app
 from django.apps import apps
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
@@ -23,6 +24,10 @@ def tenant_create(*, slug: str, name: str = "", team_slugs: list[str] | None = N
     return tenant
 
 
+# Named, not imported: tenants stays below billing.
+ROLLUPS_REZONE_TASK = "billing.finance.tasks.usage_rollups_rezone_task"
+
+
 @transaction.atomic
 def tenant_update(*, tenant: Tenant) -> Tenant:
     """Save the changes made to `tenant`.
@@ -30,6 +35,7 @@ def tenant_update(*, tenant: Tenant) -> Tenant:
     Budget counters are keyed by the period as a local date, and versioned by their budget's `updated_at`: a new
     time zone moves every period's window while its key often reads the same, so the tenant's budgets are bumped in
     this transaction and the next admission seeds each counter from the ledger for the window in the new zone.
+    The daily rollups, keyed by the local day as well, are rebuilt in the new zone by a task queued on commit.
     """
     stored_zone = Tenant.objects.for_tenant(tenant).select_for_update().values_list("time_zone", flat=True).get()
     tenant.full_clean()
@@ -38,6 +44,10 @@ def tenant_update(*, tenant: Tenant) -> Tenant:
         # Named by label, not imported: tenants stays below billing (as in tenants.audit).
         budgets = apps.get_model("billing", "Budget").objects.for_tenant(tenant)
         budgets.update(updated_at=timezone.now())
+        # The daily rollups are keyed by the local day too. A signature, unlike send_task, runs in this process where
+        # Celery is eager (the embedded default); every Django process has the task (billing's admin imports it).
+        rezone = current_app.signature(ROLLUPS_REZONE_TASK, args=(tenant.pk,))
+        transaction.on_commit(rezone.delay)
     return tenant
 
 

@@ -1,34 +1,37 @@
 """Keep the hourly and daily rollups, and the hourly rollups per end customer, equal to the ledger.
 
-Two ways in, both idempotent (a bucket is always rebuilt whole, an hour from the ledger and a day from its hours,
+Every way in is idempotent (a bucket is always rebuilt whole, an hour from the ledger and a day from its hours,
 never incremented):
 
 - `usage_rollups_refresh` folds in ledger rows written since the last run (by ledger id), rebuilding only the
   hours and days they touch. Beat runs it every minute.
 - `usage_rollups_rebuild` rebuilds every bucket of a tenant in a time range. Beat runs it nightly over the last two
   days, which picks up rows whose insert committed after a later id had already been folded in; the seed and
-  backfills call it directly.
+  backfills call it directly, and `manage.py usage_rollups_rebuild` from a day on (`usage_rollups_rebuild_since`).
+- `usage_rollups_rezone` rebuilds every daily rollup of a tenant whose time zone changed (a task that
+  tenants.services.tenant_update queues).
 
-Both take the cursor row's lock, so two rollup writers never interleave a bucket's delete and insert.
+Each takes the cursor row's lock, so two rollup writers never interleave a bucket's delete and insert.
 
 Pages that read the rollups call `usage_rollups_refresh_if_stale` first: when a ledger row older than
 LLMOPS_ROLLUPS_MAX_AGE_SECONDS is not folded in yet, it runs the refresh, unless another one holds the lock.
 """
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import UTC, date, datetime, time, timedelta
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Count, Expression, Max, Q, Sum
-from django.db.models.functions import TruncDate, TruncHour
+from django.db.models import BigIntegerField, Count, Expression, Max, Min, Q, Sum
+from django.db.models.functions import Coalesce, TruncDate, TruncHour
 from django.utils import timezone
 
 from billing.ledger.selectors import tenant_days_bounds, tenant_zone
 from billing.ledger.totals import TOTALS, ledger_aggregates
 from billing.models import (
     PRODUCT_ROWS,
+    REQUEST_ROWS,
     RollupCursor,
     UsageCustomerRollupHourly,
     UsageKind,
@@ -45,15 +48,22 @@ HOUR = timedelta(hours=1)
 
 
 def rollup_aggregates() -> dict:
-    """The ledger aggregates every rollup row holds, as ORM expressions: every total, and the latency histogram."""
+    """The ledger aggregates every rollup row holds, as ORM expressions: every total, and the latency histogram.
+
+    The latency sum and histogram are of requests only, as `requests` is: a call made for a request (a failed
+    attempt, a compression summary, a cache embedding) has a latency of its own, often near zero, that is no request's.
+    """
     aggregates = ledger_aggregates()
+    aggregates["latency_sum_ms"] = Coalesce(
+        Sum("total_latency_ms", filter=REQUEST_ROWS), 0, output_field=BigIntegerField()
+    )
     lower = -1
     for index, upper in enumerate(LATENCY_BUCKET_EDGES_MS):
         aggregates[f"latency_le_{index}"] = Count(
-            "id", filter=Q(total_latency_ms__gt=lower, total_latency_ms__lte=upper)
+            "id", filter=REQUEST_ROWS & Q(total_latency_ms__gt=lower, total_latency_ms__lte=upper)
         )
         lower = upper
-    aggregates["latency_overflow"] = Count("id", filter=Q(total_latency_ms__gt=lower))
+    aggregates["latency_overflow"] = Count("id", filter=REQUEST_ROWS & Q(total_latency_ms__gt=lower))
     return aggregates
 
 
@@ -121,8 +131,7 @@ def _rebuild_days(*, tenant: Tenant, first: date, last: date) -> int:
     """
     zone = tenant_zone(tenant=tenant)
     start, end = tenant_days_bounds(tenant=tenant, since=first, until=last)
-    days = [first + timedelta(days=offset) for offset in range((last - first).days + 2)]
-    if all(datetime.combine(day, time.min, tzinfo=zone).utcoffset() % HOUR == timedelta(0) for day in days):
+    if _days_start_on_whole_hours(zone=zone, first=first, last=last):
         rollups = _days_from_hours(tenant=tenant, zone=zone, start=start, end=end)
     else:
         buckets = _ledger_buckets(tenant=tenant, start=start, end=end, day=TruncDate("created_at", tzinfo=zone))
@@ -130,6 +139,12 @@ def _rebuild_days(*, tenant: Tenant, first: date, last: date) -> int:
     UsageRollupDaily.objects.for_tenant(tenant).filter(day__gte=first, day__lte=last).delete()
     UsageRollupDaily.objects.bulk_create(rollups, batch_size=1000)
     return len(rollups)
+
+
+def _days_start_on_whole_hours(*, zone, first: date, last: date) -> bool:
+    """Whether local days first..last, and the start of the day after, fall on whole UTC hours."""
+    days = (first + timedelta(days=offset) for offset in range((last - first).days + 2))
+    return all(datetime.combine(day, time.min, tzinfo=zone).utcoffset() % HOUR == timedelta(0) for day in days)
 
 
 def _days_from_hours(*, tenant: Tenant, zone, start: datetime, end: datetime) -> list[UsageRollupDaily]:
@@ -247,6 +262,73 @@ def usage_rollups_rebuild_recent(*, days: int = 2) -> int:
         today = datetime.now(tenant_zone(tenant=tenant)).date()
         usage_rollups_rebuild(tenant=tenant, first=today - timedelta(days=days - 1), last=today)
     return len(tenants)
+
+
+# A rebuild of many days goes a month at a time, each in a transaction of its own: the minutely refresh waits on the
+# lock no longer than one month's rebuild.
+REBUILD_DAYS_AT_ONCE = 31
+
+
+def _day_runs(first: date, last: date) -> Iterator[tuple[date, date]]:
+    """first..last in runs of at most REBUILD_DAYS_AT_ONCE days."""
+    while first <= last:
+        run_last = min(first + timedelta(days=REBUILD_DAYS_AT_ONCE - 1), last)
+        yield first, run_last
+        first = run_last + timedelta(days=1)
+
+
+def _first_ledger_row_at(*, tenant: Tenant) -> datetime | None:
+    return UsageRecord.objects.for_tenant(tenant).aggregate(first=Min("created_at"))["first"]
+
+
+def usage_rollups_rebuild_since(*, tenant: Tenant, since: date) -> tuple[date, date] | None:
+    """Rebuild the tenant's hourly and daily rollups from the local day `since` to today, from the ledger, a month per
+    transaction: for rollups that older code wrote (manage.py usage_rollups_rebuild). Returns the first and last day
+    rebuilt; None when the ledger has no row of the tenant.
+
+    It starts no earlier than the day of the tenant's oldest ledger row: hours rebuilt from a ledger the retention
+    purge emptied would lose the totals their rollups keep.
+    """
+    zone = tenant_zone(tenant=tenant)
+    first_row_at = _first_ledger_row_at(tenant=tenant)
+    if first_row_at is None:
+        return None
+    first, last = max(since, first_row_at.astimezone(zone).date()), datetime.now(zone).date()
+    for run_first, run_last in _day_runs(first, last):
+        usage_rollups_rebuild(tenant=tenant, first=run_first, last=run_last)
+    return first, last
+
+
+def usage_rollups_rezone(*, tenant: Tenant) -> int:
+    """Rebuild every daily rollup of the tenant in its time zone, a month per transaction; returns how many it wrote.
+
+    For a change of time zone, which moves the bounds of every local day, while the refresh and the nightly rebuild
+    reach only the days that new rows touch and the last two. The hourly rollups are UTC hours and stay as they are.
+    In a zone whose days start on whole UTC hours the days are summed from them, so a day whose ledger rows were
+    purged keeps its totals; a half-hour zone's days are summed from the ledger, so there, when the hourly rollups
+    go back further than the ledger, the rebuild starts at the day of its oldest row and the days before keep the
+    bounds they had.
+    """
+    zone = tenant_zone(tenant=tenant)
+    first_hour = UsageRollupHourly.objects.for_tenant(tenant).aggregate(first=Min("bucket_start"))["first"]
+    if first_hour is None:
+        return 0
+    # The old zone's days may begin a day before the new zone's first or end a day after its today: those go too.
+    stored = UsageRollupDaily.objects.for_tenant(tenant).aggregate(first=Min("day"), last=Max("day"))
+    first = min(first_hour.astimezone(zone).date(), stored["first"] or date.max)
+    last = max(datetime.now(zone).date(), stored["last"] or date.min)
+    if not _days_start_on_whole_hours(zone=zone, first=first, last=last):
+        first_row_at = _first_ledger_row_at(tenant=tenant)
+        if first_row_at is None:
+            return 0
+        if floor_hour(first_row_at) > first_hour:
+            first = max(first, first_row_at.astimezone(zone).date())
+    written = 0
+    for run_first, run_last in _day_runs(first, last):
+        with transaction.atomic():
+            _lock_rollups()
+            written += _rebuild_days(tenant=tenant, first=run_first, last=run_last)
+    return written
 
 
 def latency_p95_ms(histogram: list[int]) -> float | None:

@@ -1,14 +1,18 @@
+import io
 from bisect import bisect_left
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 import pytest
+from django.core.management import call_command
 
 from billing.finance.rollups import latency_p95_ms, usage_rollups_rebuild, usage_rollups_refresh
-from billing.models import RollupCursor, UsageRecord, UsageRollupDaily, UsageRollupHourly
+from billing.ledger.services import usage_records_purge
+from billing.models import RollupCursor, UsageKind, UsageRecord, UsageRollupDaily, UsageRollupHourly
 from billing.models.rollups import LATENCY_BUCKET_EDGES_MS
 from tenants.models import Tenant
+from tenants.services import tenant_update
 from tests.finance.conftest import make_finance_tenant, usage_row
 
 START = datetime(2025, 3, 3, 22, 10, tzinfo=UTC)
@@ -170,3 +174,112 @@ def test_a_tenant_with_an_unknown_time_zone_stops_no_other_tenants_rollups(kolka
     # The bad zone's days are counted in UTC: 22:10 UTC is still 3 March.
     assert requests_by_day(bad.tenant) == {date(2025, 3, 3): 1}
     assert "unknown tenant time zone 'Europe/Londn'" in caplog.text
+
+
+def test_the_latency_histogram_counts_requests_and_no_call_made_for_one(kolkata):
+    request = usage_row(kolkata.keys[0], created_at=START, latency_ms=700)
+    calls = []
+    for kind, latency_ms in [
+        (UsageKind.FAILED_ATTEMPT, 30),
+        (UsageKind.CACHE_EMBEDDING, 3),
+        (UsageKind.COMPRESSION_SUMMARY, 2_500),
+    ]:
+        call = usage_row(kolkata.keys[0], created_at=START + timedelta(minutes=1), latency_ms=latency_ms)
+        call.kind, call.parent_request_id = kind, request.request_id
+        calls.append(call)
+    UsageRecord.objects.bulk_create([request, *calls])
+
+    usage_rollups_refresh()
+
+    for model in (UsageRollupHourly, UsageRollupDaily):
+        rollup = model.objects.for_tenant(kolkata.tenant).get()
+        assert rollup.requests == 1
+        assert rollup.latency_sum_ms == 700
+        assert rollup.latency_histogram == [0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0]
+        # Their cost is still the bucket's.
+        assert rollup.cost_usd == Decimal("0.0000400000")
+
+
+def test_a_bucket_of_calls_only_has_an_empty_histogram(kolkata):
+    call = usage_row(kolkata.keys[0], created_at=START, latency_ms=30)
+    call.kind, call.parent_request_id = UsageKind.FAILED_ATTEMPT, "req-gone"
+    UsageRecord.objects.bulk_create([call])
+
+    usage_rollups_refresh()
+
+    rollup = UsageRollupDaily.objects.for_tenant(kolkata.tenant).get()
+    assert (rollup.requests, rollup.latency_sum_ms, sum(rollup.latency_histogram)) == (0, 0, 0)
+
+
+@pytest.mark.parametrize(
+    ("old_zone", "new_zone"),
+    [
+        # Days summed from the hours; Berlin's days begin before New York's.
+        ("Europe/Berlin", "America/New_York"),
+        # A half-hour zone's days are summed from the ledger; New York's begin before Kolkata's.
+        ("America/New_York", "Asia/Kolkata"),
+    ],
+)
+def test_a_new_time_zone_moves_every_daily_rollup_to_its_days(
+    db, eager_celery, django_capture_on_commit_callbacks, old_zone, new_zone
+):
+    setup = make_finance_tenant("moving", time_zone=old_zone)
+    start = datetime(2025, 3, 8, 20, tzinfo=UTC)
+    UsageRecord.objects.bulk_create(
+        usage_row(setup.keys[index % 2], created_at=start + timedelta(minutes=47 * index), latency_ms=40 + 37 * index)
+        for index in range(60)
+    )
+    usage_rollups_refresh()
+
+    setup.tenant.time_zone = new_zone
+    with django_capture_on_commit_callbacks(execute=True):
+        tenant_update(tenant=setup.tenant)
+
+    # Months before the nightly rebuild's two days, with no new row to touch them: the zone change moved them.
+    daily = {
+        (rollup.day, rollup.team_id, rollup.served_model): (
+            rollup.requests,
+            rollup.cost_usd,
+            rollup.saved_routing_usd,
+            rollup.latency_sum_ms,
+        )
+        for rollup in UsageRollupDaily.objects.for_tenant(setup.tenant)
+    }
+    assert daily == ledger_by_local_day(setup.tenant, ZoneInfo(new_zone))
+
+
+def test_the_rebuild_command_rewrites_older_rollups_and_keeps_the_purged_days(kolkata):
+    write_usage(kolkata, offsets_minutes=[0, 60 * 24, 60 * 48])
+    usage_rollups_refresh()
+    before = {rollup.day: rollup.latency_histogram for rollup in UsageRollupDaily.objects.for_tenant(kolkata.tenant)}
+    # Histograms as an older release wrote them, and the first day's ledger rows purged since.
+    UsageRollupHourly.objects.for_tenant(kolkata.tenant).update(latency_histogram=[9] * 11)
+    UsageRollupDaily.objects.for_tenant(kolkata.tenant).update(latency_histogram=[9] * 11)
+    usage_records_purge(before=datetime(2025, 3, 5, tzinfo=ZoneInfo("Asia/Kolkata")), tenant=kolkata.tenant)
+
+    out = io.StringIO()
+    call_command("usage_rollups_rebuild", "--since", "2025-03-01", "--tenant", "kolkata", stdout=out)
+
+    assert out.getvalue().startswith("kolkata: rebuilt 2025-03-05 to ")
+    after = {rollup.day: rollup.latency_histogram for rollup in UsageRollupDaily.objects.for_tenant(kolkata.tenant)}
+    assert after == {
+        date(2025, 3, 4): [9] * 11,
+        date(2025, 3, 5): before[date(2025, 3, 5)],
+        date(2025, 3, 6): before[date(2025, 3, 6)],
+    }
+
+
+def test_a_new_time_zone_moves_the_days_whose_ledger_rows_were_purged(
+    db, eager_celery, django_capture_on_commit_callbacks
+):
+    setup = make_finance_tenant("purged", time_zone="UTC")
+    write_usage(setup, offsets_minutes=[0, 60 * 24, 60 * 48])
+    usage_rollups_refresh()
+    usage_records_purge(before=datetime(2025, 3, 5, tzinfo=UTC), tenant=setup.tenant)
+
+    setup.tenant.time_zone = "Asia/Tokyo"
+    with django_capture_on_commit_callbacks(execute=True):
+        tenant_update(tenant=setup.tenant)
+
+    # Summed from the hours, which the purge left: 22:10 UTC is 07:10 the next day in Tokyo.
+    assert requests_by_day(setup.tenant) == {date(2025, 3, 4): 1, date(2025, 3, 5): 1, date(2025, 3, 6): 1}
