@@ -52,9 +52,17 @@ FINISH_REASONS = {
     "stop_sequence": "stop",
     "pause_turn": "stop",
     "max_tokens": "length",
+    # The context window filled up before the answer ended: cut short, as at max_tokens.
+    "model_context_window_exceeded": "length",
     "tool_use": "tool_calls",
     "refusal": "content_filter",
 }
+
+
+def finish_reason(stop_reason) -> str | None:
+    """The chat finish reason of Anthropic's stop reason. One the table does not know (added since) is passed on as it
+    came, as an OpenAI-compatible upstream's own is: the cache takes no such answer for a whole one."""
+    return FINISH_REASONS.get(stop_reason, stop_reason)
 
 
 def _content_blocks(content) -> list[dict]:
@@ -200,7 +208,7 @@ def chat_completion_body(message: dict, *, model: str) -> dict:
             for block in blocks
             if block["type"] == "tool_use"
         ],
-        finish_reason=FINISH_REASONS.get(message.get("stop_reason"), "stop"),
+        finish_reason=finish_reason(message.get("stop_reason")),
         usage=USAGE_FIELDS.openai_usage_of(message.get("usage") or {}),
     )
 
@@ -268,7 +276,7 @@ class ChunkTranslator(ChunkBuilder):
             if not delta.get("stop_reason"):
                 return []
             self.stop_sequence = _stop_sequence(delta.get("stop_sequence"))
-            return [self.delta({}, FINISH_REASONS.get(delta["stop_reason"], "stop"))]
+            return [self.delta({}, finish_reason(delta["stop_reason"]))]
         if kind == "message_stop":
             self.finished = True
             return [self.usage(USAGE_FIELDS.openai_usage_of(self.usage_so_far))] if self.include_usage else []

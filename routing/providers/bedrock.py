@@ -66,6 +66,8 @@ FINISH_REASONS = {
     "end_turn": "stop",
     "stop_sequence": "stop",
     "max_tokens": "length",
+    # The context window filled up before the answer ended: cut short, as at max_tokens.
+    "model_context_window_exceeded": "length",
     "tool_use": "tool_calls",
     "guardrail_intervened": "content_filter",
     "content_filtered": "content_filter",
@@ -277,6 +279,13 @@ async def _request(body: dict, provider_cache: str) -> dict:
 USAGE_FIELDS = UsageFields("inputTokens", "cacheReadInputTokens", "cacheWriteInputTokens", "outputTokens")
 
 
+def finish_reason(stop_reason) -> str | None:
+    """The chat finish reason of Bedrock's stop reason. One the table does not know (`malformed_model_output`,
+    `malformed_tool_use`, one added since) is passed on as it came, as an OpenAI-compatible upstream's own is: the
+    cache takes no such answer for a whole one."""
+    return FINISH_REASONS.get(stop_reason, stop_reason)
+
+
 def chat_completion_body(response: dict, *, model: str) -> dict:
     """Converse response → OpenAI chat.completion body."""
     blocks = response["output"]["message"]["content"]
@@ -293,7 +302,7 @@ def chat_completion_body(response: dict, *, model: str) -> dict:
             for block in blocks
             if "toolUse" in block
         ],
-        finish_reason=FINISH_REASONS.get(response.get("stopReason"), "stop"),
+        finish_reason=finish_reason(response.get("stopReason")),
         usage=USAGE_FIELDS.openai_usage_of(response.get("usage") or {}),
     )
 
@@ -381,7 +390,7 @@ class ChunkTranslator(ChunkBuilder):
             return []
         if "messageStop" in event:
             self.stopped = True
-            return [self.delta({}, FINISH_REASONS.get(event["messageStop"].get("stopReason"), "stop"))]
+            return [self.delta({}, finish_reason(event["messageStop"].get("stopReason")))]
         if "metadata" in event and self.include_usage:
             return [self.usage(USAGE_FIELDS.openai_usage_of(event["metadata"].get("usage") or {}))]
         return []

@@ -5,6 +5,9 @@ from decimal import Decimal
 import pytest
 
 from billing.models import UsageRecord
+from routing.cache.store import cache_writes_flush
+from routing.models import CacheEntry
+from tests.cache.conftest import cache_policy
 from tests.factories import ModelFactory
 
 SONNET_PRICES = {
@@ -94,3 +97,40 @@ def test_bedrock_through_the_sdk_streaming_and_not(openai_client, nova):
     assert [r.is_stream for r in records] == [False, True]
     assert all(r.served_model == nova.name and r.prompt_tokens > 0 and r.cost_usd > 0 for r in records)
     assert records[0].completion_tokens == completion.usage.completion_tokens
+
+
+@pytest.mark.parametrize(
+    ("provider_fixture", "upstream_name", "finish_reason"),
+    [
+        ("anthropic_provider", "claude-stop-model_context_window_exceeded", "length"),
+        ("bedrock_provider", "anthropic.claude-stop-model_context_window_exceeded", "length"),
+        ("bedrock_provider", "amazon.nova-stop-malformed_model_output", "malformed_model_output"),
+    ],
+    ids=["anthropic-context-window", "bedrock-context-window", "bedrock-malformed"],
+)
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "streamed"])
+def test_an_answer_cut_by_the_context_window_or_malformed_is_answered_but_never_cached(
+    request, openai_client, acme, provider_fixture, upstream_name, finish_reason, stream
+):
+    """Such a stop reason used to read "stop", so the cut-off answer was stored and served as whole. The client gets
+    the finish reason (the SDK takes one it does not list), and the cache stores nothing."""
+    provider = request.getfixturevalue(provider_fixture)
+    model = ModelFactory(name="cut-short", provider=provider, upstream_name=upstream_name)
+    acme.tenant.model_access.allowed_models.add(model)
+    cache_policy(acme, semantic=False)
+    ask = {"model": model.name, "messages": [{"role": "user", "content": "Summarise the handbook"}], "temperature": 0}
+
+    statuses = []
+    for _ in range(2):
+        raw = openai_client.chat.completions.with_raw_response.create(**ask, stream=stream)
+        answer = raw.parse()
+        if stream:
+            finished = [chunk.choices[0].finish_reason for chunk in answer if chunk.choices]
+            assert finished[-1] == finish_reason
+        else:
+            assert answer.choices[0].finish_reason == finish_reason and answer.choices[0].message.content
+        statuses.append(raw.headers["x-llmops-cache"])
+        cache_writes_flush()
+
+    assert statuses == ["miss", "miss"]
+    assert not CacheEntry.objects.unscoped().exists()

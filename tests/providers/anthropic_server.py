@@ -10,8 +10,8 @@ written to it. The model name
 switches on failure modes: ``overloaded`` answers 529, ``stall`` waits STALL_SECONDS, ``stream-overloaded`` sends an
 overloaded error as the first stream event, ``stream-break`` ends a stream before ``message_stop``,
 ``malformed-usage`` reports a negative output token count, ``malformed-content`` sends content that is not a list of
-blocks (streamed: an event that is a JSON array after the first words). ``failures`` queues (status, headers)
-answers to give before the next normal ones.
+blocks (streamed: an event that is a JSON array after the first words), and ``stop-<reason>`` ends the answer with
+that stop reason. ``failures`` queues (status, headers) answers to give before the next normal ones.
 """
 
 import asyncio
@@ -142,6 +142,8 @@ class AnthropicServer:
             message["usage"]["output_tokens"] = -3
         if "malformed-content" in model and not body.get("stream"):
             message["content"] = "not a list of blocks"
+        if "stop-" in model:
+            message["stop_reason"] = model.rsplit("stop-", 1)[1]
         if body.get("stream"):
             await self._stream(send, message, model)
         else:

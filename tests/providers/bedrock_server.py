@@ -10,7 +10,8 @@ from the cache and the rest up to the last cache point written to it. A model it
 ``cachePoint`` with a 400 ValidationException, as Bedrock answers one on a model without prompt caching. The
 model id switches on failure modes: ``throttle`` answers 429 ThrottlingException, ``unavailable``
 503, ``stall`` waits STALL_SECONDS, ``stream-exception`` sends an exception as the first stream event,
-``stream-midfail`` one after the first words; ``malformed-usage`` reports a negative output token count.
+``stream-midfail`` one after the first words; ``malformed-usage`` reports a negative output token count;
+``stop-<reason>`` ends the answer with that stop reason.
 """
 
 import asyncio
@@ -222,6 +223,8 @@ class BedrockServer:
         if "malformed-usage" in model_id:
             usage["outputTokens"] = -3
         usage["totalTokens"] = sum(usage.values())
+        if "stop-" in model_id:
+            stop_reason = model_id.rsplit("stop-", 1)[1]
         return {
             "output": {"message": {"role": "assistant", "content": content}},
             "stopReason": stop_reason,

@@ -71,6 +71,25 @@ def test_max_tokens_is_always_sent_and_a_cut_answer_finishes_with_length(anthrop
     assert cut.body["choices"][0]["message"]["content"] == "Echo: one"
 
 
+@pytest.mark.parametrize(
+    ("stop_reason", "finish_reason"),
+    [("model_context_window_exceeded", "length"), ("a_reason_added_since", "a_reason_added_since")],
+    ids=["context-window", "unknown"],
+)
+def test_an_answer_cut_by_the_context_window_finishes_with_length_and_an_unknown_stop_reason_is_passed_on(
+    anthropic_provider, stop_reason, finish_reason
+):
+    """Either used to read "stop", which the cache takes for a whole answer."""
+    body = {"model": f"claude-stop-{stop_reason}", "messages": [{"role": "user", "content": "one two three"}]}
+
+    reply = run(upstream.chat_completion(anthropic_provider, body))
+    chunks = chunks_of(run(_open_and_collect(anthropic_provider, {**body, "stream": True})))
+
+    assert reply.body["choices"][0]["finish_reason"] == finish_reason
+    finished = [choice["finish_reason"] for chunk in chunks for choice in chunk["choices"] if choice["finish_reason"]]
+    assert finished == [finish_reason]
+
+
 def test_images_go_as_base64_or_url_sources(anthropic_server, anthropic_provider):
     content = [
         {"type": "text", "text": "What is in these?"},

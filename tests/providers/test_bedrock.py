@@ -195,6 +195,28 @@ def test_stream_of_a_tool_call(bedrock_provider):
     assert not any("usage" in chunk for chunk in chunks)
 
 
+@pytest.mark.parametrize(
+    ("stop_reason", "finish_reason"),
+    [
+        ("model_context_window_exceeded", "length"),
+        ("malformed_model_output", "malformed_model_output"),
+        ("malformed_tool_use", "malformed_tool_use"),
+    ],
+)
+def test_an_answer_cut_by_the_context_window_finishes_with_length_and_a_malformed_one_keeps_its_stop_reason(
+    bedrock_provider, stop_reason, finish_reason
+):
+    """Each used to read "stop", which the cache takes for a whole answer."""
+    body = {"model": f"nova-stop-{stop_reason}", "messages": [user("one two three")]}
+
+    reply = run(upstream.chat_completion(bedrock_provider, body))
+    chunks = chunks_of(run(_open_and_collect(bedrock_provider, {**body, "stream": True})))
+
+    assert reply.body["choices"][0]["finish_reason"] == finish_reason
+    finished = [choice["finish_reason"] for chunk in chunks for choice in chunk["choices"] if choice["finish_reason"]]
+    assert finished == [finish_reason]
+
+
 def test_errors_map_to_upstream_errors(bedrock_server, bedrock_provider):
     def call(model, provider=bedrock_provider):
         return run(upstream.chat_completion(provider, {"model": model, "messages": [user("hi")]}))
