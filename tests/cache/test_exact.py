@@ -25,7 +25,8 @@ from routing.cache.store import (
 )
 from routing.models import CacheEntry
 from routing.services import tenant_model_access_set
-from tenants.services import api_key_create
+from tenants.models import PayloadLog
+from tenants.services import api_key_create, payload_log_settings_set
 from tests.cache.conftest import (
     CACHE_TTL_SECONDS,
     cache_policy,
@@ -70,6 +71,19 @@ def test_a_repeated_request_is_an_exact_hit_that_costs_nothing(gateway, acme_cac
 def test_any_option_that_changes_the_answer_misses(gateway, acme_caching, change):
     chat(gateway, acme_caching, QUESTION)
     assert chat(gateway, acme_caching, QUESTION, **change).headers["x-llmops-cache"] == "miss"
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "streamed"])
+def test_a_hit_is_payload_logged_with_its_answer(gateway, acme_caching, stream):
+    """A hit's payload log row had the request and no answer."""
+    payload_log_settings_set(tenant=acme_caching.tenant, enabled=True)
+    first = chat(gateway, acme_caching, QUESTION)
+    hit = chat(gateway, acme_caching, QUESTION, stream=stream or None)
+
+    assert hit.headers["x-llmops-cache"] == "hit-exact"
+    logged = PayloadLog.objects.unscoped().get(request_id=hit.headers["x-llmops-request-id"]).response
+    assert logged["choices"] == first.json()["choices"]
+    assert logged["id"] == f"chatcmpl-{hit.headers['x-llmops-request-id']}"
 
 
 def test_another_model_misses(gateway, acme_caching):

@@ -447,12 +447,13 @@ async def answer_from_cache(call: GatewayCall, plan: ChatPlan) -> HttpResponse |
     if hit is None:
         return None
     call.cache_saved_usage = await _stored_usage(hit, plan.body, call.served)
-    await finish(call, http_status=200)
-    if call.evaluation is not None:
-        shadow_offer(call, body=plan.body, answer=hit.answer)
     answer = {**hit.answer, "id": f"chatcmpl-{call.request_id}", "created": int(call.created_at.timestamp())}
     noted = answer.pop(STOP_SEQUENCE_NOTE, None)
     call.stop_sequence = noted if isinstance(noted, str) else None
+    # The payload log keeps the answer the client gets, as it does an answer from upstream.
+    await finish(call, http_status=200, answer=answer)
+    if call.evaluation is not None:
+        shadow_offer(call, body=plan.body, answer=hit.answer)
     if call.is_stream:
         return _event_stream_response(call, _replay_events(call, plan.body, answer))
     response = HttpResponse(orjson.dumps(answer), content_type="application/json")
@@ -471,6 +472,10 @@ async def _stored_usage(hit: CacheHit, body: dict, model: ModelEntry) -> Usage:
 REPLAY_PIECE_CHARS = 64
 
 
+def _replayed_text(value) -> str:
+    return value if isinstance(value, str) else ""
+
+
 async def _replay_events(call: GatewayCall, body: dict, answer: dict) -> AsyncIterator[bytes]:
     """A cached answer as the SSE chunks an upstream would have sent, the usage chunk if the client asked."""
     base = {key: answer.get(key) for key in ("id", "created", "model", "system_fingerprint")}
@@ -482,8 +487,11 @@ async def _replay_events(call: GatewayCall, body: dict, answer: dict) -> AsyncIt
     for choice in answer["choices"]:
         index, message = choice.get("index", 0), choice["message"]
         yield event([{"index": index, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
-        # Content given as parts is replayed as its text: a delta's content is a string.
+        # Reasoning comes first, as a live stream sends it. Content given as parts is replayed as its text: a delta's
+        # content is a string.
         for field, text in (
+            ("reasoning_content", _replayed_text(message.get("reasoning_content"))),
+            ("reasoning", _replayed_text(message.get("reasoning"))),
             ("content", message_text(message.get("content"))),
             ("refusal", message.get("refusal") or ""),
         ):
@@ -493,6 +501,9 @@ async def _replay_events(call: GatewayCall, body: dict, answer: dict) -> AsyncIt
         if message.get("tool_calls"):
             tool_calls = [{"index": i, **tool_call} for i, tool_call in enumerate(message["tool_calls"])]
             yield event([{"index": index, "delta": {"tool_calls": tool_calls}, "finish_reason": None}])
+        if message.get("function_call"):
+            # The legacy tool call, whole in one delta as tool calls are.
+            yield event([{"index": index, "delta": {"function_call": message["function_call"]}, "finish_reason": None}])
         yield event([{"index": index, "delta": {}, "finish_reason": choice.get("finish_reason") or "stop"}])
     if (body.get("stream_options") or {}).get("include_usage"):
         # An answer stored without the provider's usage replays the gateway's count of it, as the live stream did.
