@@ -2,7 +2,9 @@
 
 An embedder has `embed(texts) -> np.ndarray` of unit-length float32 rows, is built with no arguments and is
 called from the process's embedding thread, never on the event loop. It is loaded once per process; one that
-cannot load turns semantic caching off with a warning, and exact caching goes on.
+cannot load turns semantic caching off with a warning, and exact caching goes on. Its class may name the model it
+runs with a static `identity()` (read from settings, without loading it): with the dotted path, it keeps its vectors
+apart from another embedder's (`embedder_identity`).
 
 Requests do not call it one text at a time: `embed_soon` queues a text, and the embedding thread embeds
 everything queued while its previous call ran (up to LLMOPS_CACHE_EMBED_BATCH texts) in one `embed` call, which
@@ -19,6 +21,8 @@ reached the provider, or that it refused with an error status, is charged to nob
 misses. The gateway sets the payer (llmops.gateway.chat.cache_embeddings), so routing never imports billing.
 """
 
+import functools
+import importlib.metadata
 import json
 import logging
 import os
@@ -38,7 +42,13 @@ from django.conf import settings
 from django.utils.module_loading import import_string
 
 from routing.cache.batching import BatchWorker
-from routing.cache.onnx_model import minilm_model_folder, onnx_model_ensure, pooling_is_mean_then_normalize
+from routing.cache.onnx_model import (
+    EXPORT_REVISION,
+    MODEL_PACKAGE,
+    minilm_model_folder,
+    onnx_model_ensure,
+    pooling_is_mean_then_normalize,
+)
 from routing.providers.base import UpstreamError, UpstreamInvalidResponse, UpstreamTimeout, elapsed_ms_since
 from routing.tokens import count_text_tokens, proportional_split
 
@@ -46,6 +56,11 @@ logger = logging.getLogger(__name__)
 
 _lock = threading.Lock()
 _loaded: dict[str, object] = {}
+
+
+@functools.cache
+def _model_version() -> str:
+    return importlib.metadata.version(MODEL_PACKAGE)
 
 
 def _unit_rows(vectors) -> np.ndarray:
@@ -82,6 +97,11 @@ class OnnxEmbedder:
         self.session = onnxruntime.InferenceSession(str(self.model_file), options, providers=["CPUExecutionProvider"])
         self.input_names = [model_input.name for model_input in self.session.get_inputs()]
 
+    @staticmethod
+    def identity() -> str:
+        """The model package's version and the export's revision: a change of either changes the vectors."""
+        return f"{MODEL_PACKAGE}=={_model_version()} export r{EXPORT_REVISION}"
+
     def embed(self, texts: list[str]) -> np.ndarray:
         encodings = self.tokenizer.encode_batch(texts)
         inputs = {
@@ -110,6 +130,10 @@ class SentenceTransformerEmbedder:
         torch.set_num_threads(1)
 
         self.model = SentenceTransformer(str(minilm_model_folder()), device="cpu")
+
+    @staticmethod
+    def identity() -> str:
+        return f"{MODEL_PACKAGE}=={_model_version()}"
 
     def embed(self, texts: list[str]) -> np.ndarray:
         return _unit_rows(
@@ -147,6 +171,12 @@ class HttpEmbedder:
         # No header without a key (a provider on a private network): "Bearer " alone is a header httpx refuses to send.
         self.headers = {"authorization": f"Bearer {key}"} if key else {}
         self.client = httpx.Client(timeout=10)
+
+    @staticmethod
+    def identity() -> str:
+        """The provider's address and the model it is asked for: another model may answer with vectors of the same
+        size."""
+        return f"{settings.LLMOPS_CACHE_EMBEDDINGS_URL.rstrip('/')}\0{settings.LLMOPS_CACHE_EMBEDDINGS_MODEL}"
 
     def embed(self, texts: list[str]) -> np.ndarray:
         return self.embed_metered(texts).vectors
@@ -256,6 +286,21 @@ def configured_embedder():
                 logger.warning("semantic cache off: embedder %s could not load", path, exc_info=True)
                 _loaded[path] = None
         return _loaded[path]
+
+
+def embedder_identity() -> str:
+    """The configured embedder, named without loading it: its dotted path, and what its class's `identity()` (when it
+    has one) tells of the model it runs. Part of every semantic context fingerprint (routing.cache.keys.semantic_key),
+    so vectors are compared only with the same embedder's: after a change of embedder or model, even to one of the
+    same dimension, the entries stored before it are found by exact repeats only."""
+    path = settings.LLMOPS_CACHE_EMBEDDER
+    try:
+        identity = getattr(import_string(path), "identity", None)
+        return path if identity is None else f"{path}\0{identity()}"
+    except Exception:
+        # What fails here (its module, its model package) fails its loading too (configured_embedder): no lookup
+        # compares its vectors.
+        return path
 
 
 @dataclass(frozen=True, slots=True)

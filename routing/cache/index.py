@@ -153,7 +153,8 @@ class SemanticIndex:
     def _put(self, entry: IndexedEntry, vector: np.ndarray) -> None:
         if self.dimension is None:
             self.dimension = vector.shape[0]
-        # A vector of another size was written by another embedder and cannot be compared with this one's.
+        # A vector of another size was written by another embedder and cannot be compared with this one's. (Another
+        # embedder's vectors of the same size are under other contexts: the context fingerprint names the embedder.)
         if vector.shape != (self.dimension,):
             return
         rows = self.contexts.get(entry.context_fingerprint)

@@ -1,7 +1,8 @@
 """What a request's cache key is made of, and whether the request may use the cache at all.
 
 Keys and fingerprints are keyed hashes (core/crypto.py): the rows they sit in never let anyone confirm a guessed
-prompt by hashing it. Apart from that server key, these are pure functions.
+prompt by hashing it. Apart from that server key and the configured embedder's name in a semantic key, these are pure
+functions.
 """
 
 import re
@@ -13,6 +14,7 @@ import orjson
 
 from core.crypto import keyed_hash
 from core.redaction import redact
+from routing.cache.embedders import embedder_identity
 
 if TYPE_CHECKING:
     from routing.catalog import ModelEntry
@@ -112,7 +114,8 @@ class SemanticKey:
 
 def semantic_key(request: dict, *, upstream: str) -> SemanticKey | None:
     """The last user turn, normalised, and a fingerprint of everything else: the system prompt, earlier turns, the
-    last turn's other fields (its `name`), answer-changing options and the upstream that answers. None when the
+    last turn's other fields (its `name`), answer-changing options, the upstream that answers and the embedder whose
+    vectors are compared (`embedder_identity`: another one's, even of the same size, are not comparable). None when the
     request cannot be matched by meaning: no final text user turn, one longer than SEMANTIC_MAX_PROMPT_CHARS, or one
     in which redaction finds personal data or a secret. Such a prompt is answered from the cache only when repeated
     exactly, so the text the semantic cache keeps is always what redaction leaves unchanged, and two prompts that
@@ -130,6 +133,7 @@ def semantic_key(request: dict, *, upstream: str) -> SemanticKey | None:
         prompt=normalize_prompt(text),
         text=text,
         context_fingerprint=keyed_hash(
-            purpose="cache.context", value=upstream.encode() + b"\0" + canonical_json(context)
+            purpose="cache.context",
+            value=b"\0".join((upstream.encode(), embedder_identity().encode(), canonical_json(context))),
         ),
     )

@@ -90,6 +90,21 @@ def test_keys_and_fingerprints_are_keyed_by_the_server_secret(settings):
     assert semantic_key(request, upstream="u").context_fingerprint != fingerprint
 
 
+def test_the_context_fingerprint_names_the_embedder_and_the_model_it_runs(settings):
+    """Read from the settings, without loading the embedder; one that cannot be imported still has a name."""
+    request = {"messages": [{"role": "user", "content": CLEAN}]}
+    fingerprints = [semantic_key(request, upstream="u").context_fingerprint]
+    settings.LLMOPS_CACHE_EMBEDDER = "routing.cache.embedders.HttpEmbedder"
+    settings.LLMOPS_CACHE_EMBEDDINGS_URL = "https://embeddings.example/v1"
+    for model in ("text-embedding-3-small", "text-embedding-ada-002"):
+        settings.LLMOPS_CACHE_EMBEDDINGS_MODEL = model
+        fingerprints.append(semantic_key(request, upstream="u").context_fingerprint)
+    settings.LLMOPS_CACHE_EMBEDDER = "routing.cache.embedders.NoSuchEmbedder"
+    fingerprints.append(semantic_key(request, upstream="u").context_fingerprint)
+
+    assert len(set(fingerprints)) == 4
+
+
 @pytest.mark.parametrize(
     "text",
     [*(f"Is {secret} in the leak?" for secret in SECRETS), "x" * SEMANTIC_MAX_PROMPT_CHARS + " and one more word"],

@@ -13,7 +13,10 @@ from routing.cache.store import cache_entry_build, cache_store, cache_writes_flu
 from routing.models import CacheEntry, CacheEntryKind
 from routing.services import tenant_model_access_set
 from tests.cache.conftest import cache_policy, cache_request, chat, stored_answer
-from tests.factories import ModelFactory
+from tests.cache.embedders import BorrowedEmbedder
+from tests.factories import ModelFactory, ProviderFactory
+from tests.providers.asgi import read_body, send_json
+from tests.servers import ThreadedServer
 
 NO_STORE = {"x-llmops-cache": "no-store"}
 NEAR_MISSES = [
@@ -79,6 +82,26 @@ def test_an_entry_another_process_stored_is_found_by_meaning_at_once(gateway, ac
     found = chat(gateway, acme_caching, "what's France's capital city", headers=NO_STORE)
     assert found.headers["x-llmops-cache"] == "hit-semantic"
     assert found.json()["choices"][0]["message"]["content"] == "Paris."
+
+
+def test_entries_of_another_embedder_of_the_same_size_are_not_matched_by_meaning(
+    gateway, acme_caching, embedder, settings, monkeypatch
+):
+    """Vectors were told apart by their size alone: after a change to another embedder of the same dimension, its
+    vectors were compared with the old one's."""
+    assert chat(gateway, acme_caching, "What is the capital of France?").headers["x-llmops-cache"] == "miss"
+    cache_writes_flush()
+    monkeypatch.setattr(BorrowedEmbedder, "lender", embedder)
+    settings.LLMOPS_CACHE_EMBEDDER = "tests.cache.embedders.BorrowedEmbedder"
+
+    paraphrase = chat(gateway, acme_caching, "what's France's capital city", headers=NO_STORE)
+    repeat = chat(gateway, acme_caching, "What is the capital of France?")
+    chat(gateway, acme_caching, "How do I reset my password?")
+    own = chat(gateway, acme_caching, "How can I reset my password", headers=NO_STORE)
+
+    assert paraphrase.headers["x-llmops-cache"] == "miss"
+    # An exact repeat compares no vectors, and the new embedder's own entries are found by meaning.
+    assert (repeat.headers["x-llmops-cache"], own.headers["x-llmops-cache"]) == ("hit-exact", "hit-semantic")
 
 
 @pytest.mark.parametrize(("kind", "stored", "asked"), NEAR_MISSES, ids=[kind for kind, *_ in NEAR_MISSES])
@@ -191,6 +214,79 @@ def test_a_refusal_is_cached_as_a_refusal_and_replayed_as_one(
     assert (message["content"], message["refusal"]) == (None, refusal)
     assert "".join(chunk.choices[0].delta.refusal or "" for chunk in replay if chunk.choices) == refusal
     assert not "".join(chunk.choices[0].delta.content or "" for chunk in replay if chunk.choices)
+
+
+WEATHER_FUNCTION = {
+    "name": "get_weather",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+}
+
+
+class LegacyFunctionUpstream:
+    """An OpenAI-compatible upstream of the legacy function calling: it answers a chat request with its reasoning and
+    a call of the first of its `functions`."""
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return
+        body = orjson.loads(await read_body(receive))
+        message = {
+            "role": "assistant",
+            "content": None,
+            "reasoning_content": "The user asks for the weather in Paris.",
+            "function_call": {"name": body["functions"][0]["name"], "arguments": '{"city": "Paris"}'},
+        }
+        usage = {"prompt_tokens": 20, "completion_tokens": 12, "total_tokens": 32}
+        await send_json(
+            send,
+            200,
+            {
+                "id": "chatcmpl-legacy",
+                "object": "chat.completion",
+                "created": 1,
+                "model": body["model"],
+                "choices": [{"index": 0, "message": message, "finish_reason": "function_call"}],
+                "usage": usage,
+            },
+        )
+
+
+@pytest.fixture
+def legacy_function_model(acme_caching):
+    with ThreadedServer(LegacyFunctionUpstream()) as server:
+        provider = ProviderFactory(name="legacy-functions", base_url=f"{server.url}/v1")
+        model = ModelFactory(name="acme-legacy", provider=provider, upstream_name="legacy")
+        tenant_model_access_set(
+            tenant=acme_caching.tenant, allowed_models=[acme_caching.small, model], default_model=acme_caching.small
+        )
+        yield model
+
+
+def test_a_legacy_function_call_and_its_reasoning_are_replayed_to_a_stream(
+    gateway, acme_caching, openai_client, legacy_function_model
+):
+    """A stored answer replayed as a stream lost its `function_call` (and reasoning): the client got none."""
+    ask = {
+        "model": legacy_function_model.name,
+        "messages": [{"role": "user", "content": "What is the weather in Paris?"}],
+        "temperature": 0,
+        "functions": [WEATHER_FUNCTION],
+        "function_call": {"name": "get_weather"},
+    }
+    stored = openai_client.chat.completions.create(**ask).choices[0].message
+    cache_writes_flush()
+
+    raw = openai_client.chat.completions.with_raw_response.create(**ask, stream=True)
+    choices = [chunk.choices[0] for chunk in raw.parse() if chunk.choices]
+    deltas = [choice.delta for choice in choices]
+
+    assert raw.headers["x-llmops-cache"] == "hit-exact"
+    assert [delta.function_call.model_dump() for delta in deltas if delta.function_call] == [
+        stored.function_call.model_dump()
+    ]
+    reasoning = "".join(getattr(delta, "reasoning_content", None) or "" for delta in deltas)
+    assert reasoning == stored.reasoning_content == "The user asks for the weather in Paris."
+    assert choices[-1].finish_reason == "function_call"
 
 
 def test_an_answer_stored_without_usage_replays_the_gateways_count_to_a_stream_that_asks(
