@@ -122,19 +122,24 @@ def test_bedrock_provider_without_a_region_is_a_form_error(superuser_client):
     assert not Provider.objects.filter(name="aws").exists()
 
 
+def large_model_form(world: World) -> dict:
+    """The admin's add form for a model "large" on acme's provider."""
+    return {
+        "name": "large",
+        "kind": "chat",
+        "provider": world.acme.provider.pk,
+        "upstream_name": "mock-large",
+        "context_window": "200000",
+        "input_price_per_million": "2.5",
+        "cached_input_price_per_million": "1.25",
+        "output_price_per_million": "10",
+    }
+
+
 def test_superuser_adds_a_model_to_the_catalog(superuser_client, world: World):
     response = superuser_client.post(
         admin_url("routing_model", "add"),
-        {
-            "name": "large",
-            "kind": "chat",
-            "provider": world.acme.provider.pk,
-            "upstream_name": "mock-large",
-            "context_window": "200000",
-            "input_price_per_million": "2.5",
-            "cached_input_price_per_million": "1.25",
-            "output_price_per_million": "10",
-        },
+        large_model_form(world),
     )
 
     assert response.status_code == 302
@@ -183,16 +188,7 @@ def test_only_superusers_read_a_models_change_log(client, world: World):
     client.force_login(staff)
     client.post(
         admin_url("routing_model", "add"),
-        {
-            "name": "large",
-            "kind": "chat",
-            "provider": world.acme.provider.pk,
-            "upstream_name": "mock-large",
-            "context_window": "200000",
-            "input_price_per_million": "2.5",
-            "cached_input_price_per_million": "1.25",
-            "output_price_per_million": "10",
-        },
+        large_model_form(world),
     )
     history = admin_url("routing_model", "history", Model.objects.get(name="large").pk)
 

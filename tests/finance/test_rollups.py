@@ -120,6 +120,19 @@ def ledger_by_local_day(tenant, zone) -> dict[tuple, tuple]:
     return {key: tuple(total) for key, total in days.items()}
 
 
+def daily_rollups(tenant) -> dict[tuple, tuple]:
+    """The tenant's daily rollups, in the shape of ledger_by_local_day."""
+    return {
+        (rollup.day, rollup.team_id, rollup.served_model): (
+            rollup.requests,
+            rollup.cost_usd,
+            rollup.saved_routing_usd,
+            rollup.latency_sum_ms,
+        )
+        for rollup in UsageRollupDaily.objects.for_tenant(tenant)
+    }
+
+
 def test_days_summed_from_hours_equal_the_ledger_across_a_daylight_saving_change(db):
     new_york = make_finance_tenant("new-york", time_zone="America/New_York")
     zone = ZoneInfo("America/New_York")
@@ -136,15 +149,7 @@ def test_days_summed_from_hours_equal_the_ledger_across_a_daylight_saving_change
 
     usage_rollups_refresh()
 
-    daily = {
-        (rollup.day, rollup.team_id, rollup.served_model): (
-            rollup.requests,
-            rollup.cost_usd,
-            rollup.saved_routing_usd,
-            rollup.latency_sum_ms,
-        )
-        for rollup in UsageRollupDaily.objects.for_tenant(new_york.tenant)
-    }
+    daily = daily_rollups(new_york.tenant)
     assert daily == ledger_by_local_day(new_york.tenant, zone)
     assert {day for day, _, _ in daily} == {date(2025, 3, 8), date(2025, 3, 9), date(2025, 3, 10)}
     histograms = [rollup.latency_histogram for rollup in UsageRollupDaily.objects.for_tenant(new_york.tenant)]
@@ -236,16 +241,7 @@ def test_a_new_time_zone_moves_every_daily_rollup_to_its_days(
         tenant_update(tenant=setup.tenant)
 
     # Months before the nightly rebuild's two days, with no new row to touch them: the zone change moved them.
-    daily = {
-        (rollup.day, rollup.team_id, rollup.served_model): (
-            rollup.requests,
-            rollup.cost_usd,
-            rollup.saved_routing_usd,
-            rollup.latency_sum_ms,
-        )
-        for rollup in UsageRollupDaily.objects.for_tenant(setup.tenant)
-    }
-    assert daily == ledger_by_local_day(setup.tenant, ZoneInfo(new_zone))
+    assert daily_rollups(setup.tenant) == ledger_by_local_day(setup.tenant, ZoneInfo(new_zone))
 
 
 def test_the_rebuild_command_rewrites_older_rollups_and_keeps_the_purged_days(kolkata):
