@@ -17,6 +17,7 @@ from routing.policy.drafts import policy_draft_replace
 from routing.services import routing_policy_create, routing_policy_publish, tenant_model_access_set
 from routing.tokens import count_embedding_tokens
 from tests.factories import ModelFactory, ProviderFactory
+from tests.gateway.test_cost_parameters_live import ROUTER_FIELDS
 
 EMBED_PRICE = Decimal("0.02")
 EMBED_LARGE_PRICE = Decimal("0.13")
@@ -172,6 +173,30 @@ def test_bad_input_is_an_openai_400_that_costs_nothing(gateway, acme, acme_embed
         "/v1/embeddings",
         400,
         code,
+        0,
+    )
+
+
+@pytest.mark.parametrize(("field", "value"), ROUTER_FIELDS.items(), ids=ROUTER_FIELDS.keys())
+def test_a_router_field_chat_refuses_is_refused_and_nothing_is_sent(
+    gateway, acme, acme_embed, mock_upstream, field, value
+):
+    """A router upstream reads them on embeddings too: another model than the one priced, or the call and its
+    provider key sent elsewhere (``api_base``)."""
+    served_before = mock_upstream.app.requests_served
+
+    response = embed(gateway, acme, {"model": acme_embed.name, "input": TEXTS, field: value})
+
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert (error["type"], error["code"], error["param"]) == ("invalid_request_error", "unsupported_parameter", field)
+    assert error["message"].startswith(f"'{field}' is not supported by this gateway: ")
+    assert mock_upstream.app.requests_served == served_before
+    record = ledger(response)
+    assert (record.endpoint, record.http_status, record.error_code, record.cost_usd) == (
+        "/v1/embeddings",
+        400,
+        "unsupported_parameter",
         0,
     )
 

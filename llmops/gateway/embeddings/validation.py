@@ -1,5 +1,5 @@
 """Strict checks of an embeddings body (OpenAI's `POST /v1/embeddings`), each failure an OpenAI-shaped 400 naming the
-parameter's path, as chat completions' are (llmops.gateway.chat.validation)."""
+parameter's path, as chat completions' are (llmops.gateway.chat.validation), whose refused fields it refuses too."""
 
 from functools import partial
 
@@ -7,6 +7,7 @@ from llmops.gateway.chat.validation import (
     _choice,
     _integer,
     _missing,
+    _refuse_unpriced,
     _string,
     _type_error,
     _value_error,
@@ -85,8 +86,9 @@ FIELD_CHECKS = {
 
 
 def validate_embeddings_request(body) -> dict:
-    """The body when it is one the gateway can route, price and pass on; fields it does not know are passed to the
-    provider as they are, as in chat completions."""
+    """The body when it is one the gateway can route, price and pass on. Fields it does not know are passed to the
+    provider as they are, but for those chat completions refuse: a router upstream reads them on any endpoint, to
+    answer with another model than the one priced or to send the call, with its provider key, elsewhere."""
     validate_model(body)
     if body.get("input") is None:
         raise _missing("input")
@@ -94,4 +96,5 @@ def validate_embeddings_request(body) -> dict:
     for name, check in FIELD_CHECKS.items():
         if body.get(name) is not None:
             check(name, body[name])
+    _refuse_unpriced(body)
     return body
