@@ -4,7 +4,12 @@ The configuration is held in slices: one shared by every tenant (providers, mode
 (its keys with their team's and tenant's state, model access, live routing policy, budgets, rate limits, payload
 logging, shadow-evaluation sample rates, its cap on requests in flight). A change bumps the version of the slice it
 belongs to once its transaction commits (``transaction.on_commit``): a fresh random token in Redis
-(``llmops:config:<scope>``), or a counter row (``ConfigVersion``) in the database without Redis.
+(``llmops:config:<scope>``), or a counter row (``ConfigVersion``) in the database without Redis. A version key Redis
+does not hold (its scope never changed, or the key was lost: a restart without AOF, FLUSHALL, a failover) is set to a
+fresh token by the read that finds it missing (SET NX, so concurrent readers share the first one; one more round trip,
+in that case only). No slice is held under a missing version, which a lost key would read as again however the data
+had moved since: a lost version forces a reload. A counter row, kept with the data it versions, is missing only until
+its scope's first change.
 
 Every request reads the shared version and its tenant's version in one round trip (MGET; one query without Redis)
 and runs on slices loaded under exactly those versions. The chat completion asks for them once its body has arrived
@@ -38,6 +43,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.db.models.signals import m2m_changed, post_delete, post_save
 from django.utils import timezone
+from redis import asyncio as aioredis
 from redis.exceptions import RedisError
 
 from billing.budgets.index import BudgetEntry, BudgetIndex, RateLimitIndex, build_budget_index, build_rate_limit_index
@@ -170,23 +176,40 @@ class VersionsUnreadable(Exception):
 
 
 async def config_versions_read(scopes: list[str]) -> list[str | None]:
-    """The current version of each scope: one MGET in Redis, or one query without Redis."""
+    """The current version of each scope: one MGET in Redis (and one more round trip when a version key is missing),
+    or one query without Redis."""
     client = async_redis()
     if client is None:
         return await database_sync_to_async(_database_versions)(scopes)
-    return await _versions_received(redis_command_queued(client, "MGET", *_version_keys(scopes)))
+    keys = _version_keys(scopes)
+    return await _versions_received(client, keys, redis_command_queued(client, "MGET", *keys))
 
 
 def _version_keys(scopes: list[str]) -> list[str]:
     return [REDIS_VERSION_PREFIX + scope for scope in scopes]
 
 
-async def _versions_received(reply: asyncio.Future) -> list[str | None]:
+async def _versions_received(client: aioredis.Redis, keys: list[str], reply: asyncio.Future) -> list[str]:
+    """The versions of ``keys`` from ``reply``, their MGET; a missing one is given a token (``_versions_given``)."""
     try:
         values = await reply
+        if None in values:
+            return await _versions_given(client, keys, values)
     except RedisError as exc:
         raise VersionsUnreadable(str(exc)) from exc
-    return [value.decode() if value is not None else None for value in values]
+    return [value.decode() for value in values]
+
+
+async def _versions_given(client: aioredis.Redis, keys: list[str], values: list[bytes | None]) -> list[str]:
+    """``values`` with a fresh token set for each key they miss, unless another reader's was set first (SET NX): the
+    token that holds is read back in the same round trip. Ours stands if the key is lost again in between."""
+    tokens = {key: secrets.token_hex(8) for key, value in zip(keys, values, strict=True) if value is None}
+    *_, held = await asyncio.gather(
+        *(redis_command_queued(client, "SET", key, token, "NX") for key, token in tokens.items()),
+        redis_command_queued(client, "MGET", *tokens),
+    )
+    given = {key: value.decode() if value is not None else tokens[key] for key, value in zip(tokens, held, strict=True)}
+    return [value.decode() if value is not None else given[key] for key, value in zip(keys, values, strict=True)]
 
 
 @dataclass(slots=True)
@@ -195,6 +218,7 @@ class StartedRead:
 
     prefix: str
     tenant_id: int
+    client: aioredis.Redis
     reply: asyncio.Future
 
     def cancel(self) -> None:
@@ -269,7 +293,7 @@ class ConfigCache:
         except InvalidApiKey:
             return None
         reply = redis_command_queued(client, "MGET", *_version_keys([SHARED_SCOPE, tenant_scope(tenant_id)]))
-        return StartedRead(prefix=parsed.prefix, tenant_id=tenant_id, reply=reply)
+        return StartedRead(prefix=parsed.prefix, tenant_id=tenant_id, client=client, reply=reply)
 
     async def for_key(self, raw_key: str, *, started: StartedRead | None = None) -> ConfigSnapshot | None:
         """The configuration of the tenant the key belongs to, or None when no tenant has such a key. ``started``:
@@ -281,7 +305,7 @@ class ConfigCache:
         if parsed is None:
             return None
         if started is not None:
-            versions = await self._versions([SHARED_SCOPE, tenant_scope(started.tenant_id)], reply=started.reply)
+            versions = await self._versions([SHARED_SCOPE, tenant_scope(started.tenant_id)], started=started)
             return await self._snapshot(started.tenant_id, *versions)
         tenant_id = self._tenant_of_prefix.get(parsed.prefix)
         if tenant_id is not None:
@@ -292,10 +316,12 @@ class ConfigCache:
         shared_version, tenant_version = await self._versions([SHARED_SCOPE, tenant_scope(tenant_id)])
         return await self._snapshot(tenant_id, shared_version, tenant_version)
 
-    async def _versions(self, scopes: list[str], *, reply: asyncio.Future | None = None) -> list[str | None]:
-        """The scopes' versions, read now or from ``reply`` (their MGET, sent earlier)."""
+    async def _versions(self, scopes: list[str], *, started: StartedRead | None = None) -> list[str | None]:
+        """The scopes' versions, read now or from ``started`` (their MGET, sent earlier)."""
         try:
-            return await (config_versions_read(scopes) if reply is None else _versions_received(reply))
+            if started is None:
+                return await config_versions_read(scopes)
+            return await _versions_received(started.client, _version_keys(scopes), started.reply)
         except VersionsUnreadable as exc:
             # Nothing held can be vouched for, now or after Redis returns (a change may go unannounced meanwhile):
             # forget it all, and load what this request needs under a version no slice has.

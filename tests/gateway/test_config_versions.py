@@ -9,14 +9,17 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from billing.budgets.services import budget_create
 from core.db import database_sync_to_async
+from core.redis import sync_redis
 from llmops.gateway.snapshot import (
     KEYS_SCOPE,
+    REDIS_VERSION_PREFIX,
     SHARED_SCOPE,
     ConfigCache,
     config_versions_read,
     tenant_scope,
 )
 from routing.services import tenant_model_access_set
+from tenants.authentication import ApiKeyAuthentication, InvalidApiKey
 from tenants.keys import parse_key
 from tenants.services import api_key_create, api_key_revoke
 from tests.conftest import _close_other_connections
@@ -219,6 +222,46 @@ def test_a_read_started_ahead_that_fails_loads_from_the_database_as_for_key_does
 
     assert before.keys[api_key.prefix].revoked_at is None
     assert after.keys[api_key.prefix].revoked_at is not None
+
+
+def lose_versions() -> None:
+    """What a Redis restart without AOF, a FLUSHALL or a failover to a replica that lacked them does to the versions."""
+    client = sync_redis()
+    client.delete(*client.keys(f"{REDIS_VERSION_PREFIX}*"))
+
+
+def test_a_version_lost_in_redis_forces_a_reload_of_what_was_loaded_while_it_was_missing(redis_versions):
+    team = TeamFactory()
+    api_key, raw_key = api_key_create(team=team)
+    cache = ConfigCache()
+    lose_versions()
+
+    async def served() -> tuple:
+        before = await cache.for_key(raw_key)
+        await database_sync_to_async(api_key_revoke)(api_key=api_key)
+        lose_versions()
+        # The slice still held accepts the key, so its versions are asked ahead, and found missing.
+        started = cache.read_start(raw_key)
+        return before, started, await cache.for_key(raw_key, started=started)
+
+    before, started, after = asyncio.run(served())
+
+    assert ApiKeyAuthentication(before.keys).principal_for(raw_key).tenant_id == team.tenant_id
+    assert started is not None
+    with pytest.raises(InvalidApiKey):
+        ApiKeyAuthentication(after.keys).principal_for(raw_key)
+
+
+def test_readers_that_find_a_version_missing_together_share_the_first_token_set(redis_versions):
+    scope = tenant_scope(TenantFactory().pk)
+    lose_versions()
+
+    async def race() -> list:
+        return await asyncio.gather(config_versions_read([scope]), config_versions_read([scope]))
+
+    first, second = asyncio.run(race())
+
+    assert first == second == [sync_redis().get(REDIS_VERSION_PREFIX + scope).decode()]
 
 
 def test_nothing_is_started_ahead_without_redis(settings, transactional_db):
