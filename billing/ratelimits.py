@@ -29,25 +29,26 @@ logger = logging.getLogger(__name__)
 WINDOW_SECONDS = 60
 COUNTER_TTL_SECONDS = 2 * WINDOW_SECONDS
 
-# KEYS: request and token counters of each limit, in pairs. ARGV[1]: tokens; ARGV[2]: ttl;
-# then per limit: requests per minute and tokens per minute, 0 for none.
+# KEYS: request and token counters of each limit, in pairs. ARGV[1]: tokens; ARGV[2]: ttl; ARGV[3]: requests (1, or
+# 0 for tokens only); then per limit: requests per minute and tokens per minute, 0 for none.
 # Returns {allowed 1/0, then per limit the request and token counts after (or as they stand, when refused)}.
 RATE_LIMIT_SCRIPT = RedisScript("""
 local tokens = tonumber(ARGV[1])
+local new_requests = tonumber(ARGV[3])
 local counts = {}
 local allowed = 1
 for i = 1, #KEYS / 2 do
   local requests = tonumber(redis.call('GET', KEYS[2 * i - 1]) or '0')
   local used_tokens = tonumber(redis.call('GET', KEYS[2 * i]) or '0')
-  local rpm, tpm = tonumber(ARGV[2 * i + 1]), tonumber(ARGV[2 * i + 2])
-  if (rpm > 0 and requests + 1 > rpm) or (tpm > 0 and used_tokens + tokens > tpm) then
+  local rpm, tpm = tonumber(ARGV[2 * i + 2]), tonumber(ARGV[2 * i + 3])
+  if (rpm > 0 and new_requests > 0 and requests + new_requests > rpm) or (tpm > 0 and used_tokens + tokens > tpm) then
     allowed = 0
   end
   counts[2 * i - 1], counts[2 * i] = requests, used_tokens
 end
 if allowed == 1 then
   for i = 1, #KEYS / 2 do
-    counts[2 * i - 1] = redis.call('INCR', KEYS[2 * i - 1])
+    counts[2 * i - 1] = redis.call('INCRBY', KEYS[2 * i - 1], new_requests)
     redis.call('EXPIRE', KEYS[2 * i - 1], ARGV[2])
     counts[2 * i] = redis.call('INCRBY', KEYS[2 * i], tokens)
     redis.call('EXPIRE', KEYS[2 * i], ARGV[2])
@@ -81,16 +82,19 @@ class _LocalCounters:
         self._counts: dict[str, tuple[int, int]] = {}
         self._lock = threading.Lock()
 
-    def check(self, limits: list[RateLimitEntry], window: int, tokens: int) -> tuple[bool, list[tuple[int, int]]]:
+    def check(
+        self, limits: list[RateLimitEntry], window: int, tokens: int, requests: int
+    ) -> tuple[bool, list[tuple[int, int]]]:
         with self._lock:
             if window != self._window:
                 self._window, self._counts = window, {}
             current = [self._counts.get(limit.subject, (0, 0)) for limit in limits]
             allowed = all(
-                _fits(limit, requests, used, tokens) for limit, (requests, used) in zip(limits, current, strict=True)
+                _fits(limit, counted, used, tokens, requests)
+                for limit, (counted, used) in zip(limits, current, strict=True)
             )
             if allowed:
-                current = [(requests + 1, used + tokens) for requests, used in current]
+                current = [(counted + requests, used + tokens) for counted, used in current]
                 self._counts.update((limit.subject, counts) for limit, counts in zip(limits, current, strict=True))
             return allowed, current
 
@@ -98,17 +102,25 @@ class _LocalCounters:
 _local_counters = _LocalCounters()
 
 
-def _fits(limit: RateLimitEntry, requests: int, used_tokens: int, tokens: int) -> bool:
-    requests_fit = limit.requests_per_minute is None or requests + 1 <= limit.requests_per_minute
+def _fits(limit: RateLimitEntry, counted: int, used_tokens: int, tokens: int, requests: int) -> bool:
+    requests_fit = limit.requests_per_minute is None or not requests or counted + requests <= limit.requests_per_minute
     tokens_fit = limit.tokens_per_minute is None or used_tokens + tokens <= limit.tokens_per_minute
     return requests_fit and tokens_fit
 
 
 async def rate_limit_check(
-    *, limits: RateLimitIndex, key_id: int, team_id: int, tokens: int, now: datetime, customer: str = ""
+    *,
+    limits: RateLimitIndex,
+    key_id: int,
+    team_id: int,
+    tokens: int,
+    now: datetime,
+    customer: str = "",
+    requests: int = 1,
 ) -> RateLimitResult:
     """Count the request (prompt tokens + max_tokens) against the key's, the team's and the customer's limits if all
-    allow it."""
+    allow it. ``requests=0`` counts ``tokens`` only, for a request counted already (before its compression summary),
+    and no requests-per-minute limit refuses it."""
     applicable = limits.applicable(key_id=key_id, team_id=team_id, customer=customer)
     if not applicable:
         return ALLOWED_UNLIMITED
@@ -119,11 +131,11 @@ async def rate_limit_check(
     counts = None
     if client is not None:
         try:
-            allowed, counts = await _redis_check(client, applicable, window, tokens)
+            allowed, counts = await _redis_check(client, applicable, window, tokens, requests)
         except RedisError as exc:
             logger.warning("rate limits in Redis unreachable (%s); counting in this process", exc)
     if counts is None:
-        allowed, counts = _local_counters.check(applicable, window, tokens)
+        allowed, counts = _local_counters.check(applicable, window, tokens, requests)
     headers = _headers(applicable, counts, reset_seconds)
     for limit in applicable:
         if limit.tokens_per_minute is not None and tokens > limit.tokens_per_minute:
@@ -139,7 +151,7 @@ async def rate_limit_check(
         allowed=allowed,
         retry_after_seconds=None if allowed else max(math.ceil(reset_seconds), 1),
         headers=headers,
-        refused_by="" if allowed else _refused_by(applicable, counts, tokens, customer),
+        refused_by="" if allowed else _refused_by(applicable, counts, tokens, requests, customer),
     )
 
 
@@ -148,15 +160,17 @@ def _subject(limit: RateLimitEntry, customer: str) -> str:
     return f"customer {customer!r}" if kind == "customer" else f"your {kind}"
 
 
-def _refused_by(limits: list[RateLimitEntry], counts: list[tuple[int, int]], tokens: int, customer: str) -> str:
-    for limit, (requests, used) in zip(limits, counts, strict=True):
-        if not _fits(limit, requests, used, tokens):
+def _refused_by(
+    limits: list[RateLimitEntry], counts: list[tuple[int, int]], tokens: int, requests: int, customer: str
+) -> str:
+    for limit, (counted, used) in zip(limits, counts, strict=True):
+        if not _fits(limit, counted, used, tokens, requests):
             return _subject(limit, customer)
     return ""
 
 
-async def _redis_check(client, limits: list[RateLimitEntry], window: int, tokens: int):
-    keys, arguments = [], [tokens, COUNTER_TTL_SECONDS]
+async def _redis_check(client, limits: list[RateLimitEntry], window: int, tokens: int, requests: int):
+    keys, arguments = [], [tokens, COUNTER_TTL_SECONDS, requests]
     for limit in limits:
         keys += [f"llmops:rl:{limit.subject}:{window}:requests", f"llmops:rl:{limit.subject}:{window}:tokens"]
         arguments += [limit.requests_per_minute or 0, limit.tokens_per_minute or 0]

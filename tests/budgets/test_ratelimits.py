@@ -87,3 +87,28 @@ def test_counting_goes_on_after_redis_forgets_its_scripts(org, redis_counters):
 
     assert [result.allowed for result in checks(org, count=2)] == [True, False]
     assert redis_counters.script_exists(RATE_LIMIT_SCRIPT.sha) == [True]
+
+
+@pytest.mark.parametrize("backend", ["redis", "in-process"])
+def test_a_request_counted_already_counts_its_tokens_only(org, backend, settings, redis_counters):
+    """Counted before its compression summary, a request's own tokens are counted at admission without counting it
+    against requests per minute again, which its limit (reached by then) does not refuse."""
+    if backend == "in-process":
+        settings.REDIS_URL = ""
+    rate_limit_create(tenant=org.tenant, api_key=org.api_key, requests_per_minute=1, tokens_per_minute=1000)
+    limits = build_rate_limit_index(tenant_id=org.tenant.pk)
+
+    async def counted_twice():
+        check = {"limits": limits, "key_id": org.api_key.pk, "team_id": org.team.pk, "now": NOW}
+        return [
+            await rate_limit_check(**check, tokens=300),
+            await rate_limit_check(**check, tokens=600, requests=0),
+            await rate_limit_check(**check, tokens=200, requests=0),
+        ]
+
+    summary, request, over = run(counted_twice())
+
+    assert (summary.allowed, request.allowed, over.allowed) == (True, True, False)
+    assert request.headers["x-ratelimit-remaining-requests"] == "0"
+    assert request.headers["x-ratelimit-remaining-tokens"] == "100"
+    assert over.refused_by == "your key"

@@ -9,6 +9,7 @@ worst case in tokens. Requests in flight are counted per tenant across processes
 
 import asyncio
 from collections.abc import Callable
+from dataclasses import dataclass
 from decimal import Decimal
 
 from django.conf import settings
@@ -108,10 +109,17 @@ def _count_or_refuse(call: GatewayCall, limited: RateLimitResult) -> None:
         )
 
 
+def _tokens_limited(snapshot: ConfigSnapshot, call: GatewayCall) -> bool:
+    principal = call.principal
+    limits = snapshot.rate_limits.applicable(key_id=principal.key_id, team_id=principal.team_id, customer=call.customer)
+    return any(limit.tokens_per_minute is not None for limit in limits)
+
+
 def _bounded(plan: ChatPlan, bound: OutputBound) -> OutputBound:
     """Without max_tokens a model the catalog knows no maximum output for could answer without end: send the
-    reservation's cap as max_tokens so the worst case is a true bound. The cache key was made from the body without
-    the cap, which other requests (a team without a budget) share: an answer that reaches the cap is not stored."""
+    reservation's cap as max_tokens so the worst case (a budget's reservation, a token rate limit's count) is a true
+    bound. The cache key was made from the body without the cap, which other requests (a team held to neither) share:
+    an answer that reaches the cap is not stored."""
     if bound.max_tokens is not None or all(model.max_output_tokens for model in plan.chain):
         return bound
     plan.body = with_max_tokens(plan.body, _fallback())
@@ -159,12 +167,14 @@ async def admission_hold(
     tokens: int,
     amount: Decimal,
     limit_concurrency: bool = False,
+    counted: bool = False,
 ) -> Reservation | BudgetExceeded | None:
     """Count the request's ``tokens`` against rate limits, take one of its tenant's slots for requests in flight
     (with `limit_concurrency`: live /v1 requests) and reserve ``amount``, its worst case, against ``budgets``: the
     admission of every endpoint. Returns the reservation (None without budgets), or the budget's refusal for the
     caller to downgrade or answer; raises every other refusal. A slot taken is left on ``call.inflight`` for the
-    caller to give back when the request ends, refused here or not."""
+    caller to give back when the request ends, refused here or not. With ``counted`` (``SummaryAdmission`` did so
+    before its compression summary) the request is not counted against request limits again, nor takes a slot."""
     principal = call.principal
     now = timezone.now()
     customer = call.customer
@@ -175,8 +185,9 @@ async def admission_hold(
         tokens=tokens,
         now=now,
         customer=customer,
+        requests=0 if counted else 1,
     )
-    inflight_cap = inflight_limit(snapshot.max_inflight) if limit_concurrency else 0
+    inflight_cap = inflight_limit(snapshot.max_inflight) if limit_concurrency and not counted else 0
     if not budgets and not inflight_cap:
         _count_or_refuse(call, await counting)
         return None
@@ -239,18 +250,48 @@ async def admit_uncharged(snapshot: ConfigSnapshot, call: GatewayCall) -> None:
     await admission_hold(snapshot, call, budgets=[], tokens=0, amount=Decimal(0), limit_concurrency=True)
 
 
+@dataclass(slots=True)
+class SummaryAdmission:
+    """A chat completion's rate limits and slot for requests in flight, taken before its compression summary is paid
+    for (plan_chat's ``admit_summary``, called with the summary's tokens: its prompt and output bound), so a request
+    they refuse costs no summary. ``counted`` once it did: ``admit`` then counts the request's own tokens only."""
+
+    snapshot: ConfigSnapshot
+    call: GatewayCall
+    limit_concurrency: bool = False
+    counted: bool = False
+
+    async def __call__(self, tokens: int) -> None:
+        await admission_hold(
+            self.snapshot,
+            self.call,
+            budgets=[],
+            tokens=tokens,
+            amount=Decimal(0),
+            limit_concurrency=self.limit_concurrency,
+            counted=self.counted,
+        )
+        self.counted = True
+
+
 async def admit(
-    snapshot: ConfigSnapshot, call: GatewayCall, plan: ChatPlan, *, limit_concurrency: bool = False
+    snapshot: ConfigSnapshot,
+    call: GatewayCall,
+    plan: ChatPlan,
+    *,
+    limit_concurrency: bool = False,
+    counted: bool = False,
 ) -> None:
     """Admit a chat completion (``admission_hold``) at its worst case, or refuse it; a blocking budget it would go
-    over refuses it, or downgrades it to a cheaper route when the budget says so."""
+    over refuses it, or downgrades it to a cheaper route when the budget says so. ``counted``: its summary's
+    ``SummaryAdmission`` counted the request and took its slot."""
     prompt_tokens = call.prompt_tokens_after_compression or 0
     # The prompt was counted for the routed model: any other model of the chain, or one downgraded to, is priced at
     # the margin its own count may add (worst_case.counted_exactly).
     counted_for = plan.chain[0].upstream_name
     budgets = chain_budgets(snapshot, call, plan.chain)
     bound = await run_sized(prediction_chars(plan.body), OutputBound.of, plan.body, model=plan.chain[0].upstream_name)
-    if budgets:
+    if budgets or _tokens_limited(snapshot, call):
         bound = _bounded(plan, bound)
     completion_tokens = max(bound.completion_tokens(model, fallback=_fallback()) for model in plan.chain)
     media = PromptMedia.of(plan.body["messages"])
@@ -280,6 +321,7 @@ async def admit(
         tokens=prompt_bound + completion_tokens,
         amount=worst_case(plan.chain) if budgets else Decimal(0),
         limit_concurrency=limit_concurrency,
+        counted=counted,
     )
     if reserved is None:
         return

@@ -10,7 +10,7 @@ from billing.ledger.costs import Usage
 from core.background import run_in_background
 from core.cpu import run_sized
 from llmops.gateway.call import GatewayCall
-from llmops.gateway.chat.admission import admit
+from llmops.gateway.chat.admission import SummaryAdmission, admit
 from llmops.gateway.chat.cache_embeddings import CacheEmbeddingPayer
 from llmops.gateway.chat.pipeline import answer_from_cache, complete_chat, stream_chat
 from llmops.gateway.chat.planning import plan_chat
@@ -118,11 +118,14 @@ async def chat_completion_run(
         call.evaluation = snapshot.evaluation
         call.requested_model = body["model"]
         call.is_stream = bool(body.get("stream"))
-        plan = await plan_chat(snapshot, call, body, headers)
+        # A request compressed with a summary is counted against its rate limits, and takes its slot, before the
+        # summary is paid for (then kept, whether the cache answers or not); admission counts the rest once.
+        early = SummaryAdmission(snapshot, call, limit_concurrency=limit_concurrency)
+        plan = await plan_chat(snapshot, call, body, headers, admit_summary=early)
         cached = await answer_from_cache(call, plan)
         if cached is not None:
             return cached
-        await admit(snapshot, call, plan, limit_concurrency=limit_concurrency)
+        await admit(snapshot, call, plan, limit_concurrency=limit_concurrency, counted=early.counted)
         return await (stream_chat if call.is_stream else complete_chat)(call, plan)
 
     return await run_recorded(call, steps)

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from llmops.gateway.call import GatewayCall
-from llmops.gateway.chat.summaries import metered_summarizer
+from llmops.gateway.chat.summaries import SummaryGate, metered_summarizer
 from llmops.gateway.chat.validation import validate_customer
 from llmops.gateway.errors import GatewayError
 from llmops.gateway.snapshot import ConfigSnapshot
@@ -215,7 +215,16 @@ async def _tokens_under_cap(routed: _Routed, served: ModelEntry, body: dict) -> 
     return tokens
 
 
-async def plan_chat(snapshot: ConfigSnapshot, call: GatewayCall, body: dict, headers: Mapping[str, str]) -> ChatPlan:
+async def plan_chat(
+    snapshot: ConfigSnapshot,
+    call: GatewayCall,
+    body: dict,
+    headers: Mapping[str, str],
+    *,
+    admit_summary: SummaryGate | None = None,
+) -> ChatPlan:
+    """Route, cap and compress the request and prepare its cache lookup. ``admit_summary`` admits the request (its
+    rate limits, its slot for requests in flight) before a compression summary is paid for."""
     catalog = snapshot.catalog
     tenant_id = call.principal.tenant_id
     policy = snapshot.policies.get(tenant_id)
@@ -244,7 +253,7 @@ async def plan_chat(snapshot: ConfigSnapshot, call: GatewayCall, body: dict, hea
             upstream_body,
             decision=decision,
             model=served.upstream_name,
-            summarize=metered_summarizer(snapshot, call),
+            summarize=metered_summarizer(snapshot, call, admit_summary),
             namespace=str(tenant_id),
             prompt_tokens=prompt_tokens,
         )

@@ -1,14 +1,17 @@
-"""Compression's summary call, metered like a request: its worst case is reserved against the budgets of the key
-that sent the request before it is made, it is settled with what it cost, and it has a ledger row of its own
-(kind `compression_summary`) whose `parent_request_id` is the request it was made for. Work that writes its ledger
-rows with its result (batch lines: ``linked_events``) writes the summary's with them.
+"""Compression's summary call, metered like a request: before it is made, the request it is made for is admitted by
+its rate limits (the summary's tokens counted against token limits) and its tenant's cap on requests in flight, where
+its caller says so (``admit_summary``), and the summary's worst case is reserved against the budgets of the key that
+sent the request; it is settled with what it cost, and it has a ledger row of its own (kind `compression_summary`)
+whose `parent_request_id` is the request it was made for. Work that writes its ledger rows with its result (batch
+lines: ``linked_events``) writes the summary's with them.
 
-A summary the budget cannot cover refuses the request (429 budget_exceeded) rather than compress it differently
-than its rule says; an upstream failure only costs the summary, as before.
+A summary the budget cannot cover, or a request its rate limits or cap refuse, refuses the request (429) rather than
+compress it differently than its rule says; an upstream failure only costs the summary, as before.
 """
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from decimal import Decimal
 
 from django.conf import settings
@@ -38,6 +41,8 @@ SUMMARY_MAX_TOKENS = 300
 SUMMARY_ROUTE = "compression-summary"
 # What the transcript shows for a part that is not text: its data would only bloat the summary's prompt.
 PART_PLACEHOLDERS = {"image_url": "[image]", "input_audio": "[audio]", "file": "[file]"}
+# Admits the request before its summary is paid for, given the summary's tokens (admission.SummaryAdmission).
+SummaryGate = Callable[[int], Awaitable[None]]
 
 
 def _transcript_line(message: dict) -> str:
@@ -71,7 +76,7 @@ def _summary_body(model: ModelEntry, messages: list[dict]) -> dict:
     }
 
 
-async def _reserve(snapshot: ConfigSnapshot, summary: GatewayCall, body: dict) -> None:
+async def _reserve(snapshot: ConfigSnapshot, summary: GatewayCall, prompt_tokens: int) -> None:
     principal, model = summary.principal, summary.served
     budgets = snapshot.budgets.applicable(
         principal.tenant_id, principal.team_id, principal.key_id, model.name, summary.customer
@@ -80,7 +85,7 @@ async def _reserve(snapshot: ConfigSnapshot, summary: GatewayCall, body: dict) -
         return
     amount = chain_worst_case(
         [model],
-        prompt_tokens=await count_chat_tokens_async(body["messages"], model=model.upstream_name),
+        prompt_tokens=prompt_tokens,
         bound=OutputBound(SUMMARY_MAX_TOKENS),
         fallback=settings.LLMOPS_RESERVATION_MAX_TOKENS,
     )
@@ -116,8 +121,11 @@ async def _cut_short(
     await _finish(call, summary, http_status=499, usage=usage, error_code="client_disconnected")
 
 
-def metered_summarizer(snapshot: ConfigSnapshot, call: GatewayCall) -> Summarizer | None:
-    """Summaries of dropped turns come from the tenant's default (small) model, charged to the request's key."""
+def metered_summarizer(
+    snapshot: ConfigSnapshot, call: GatewayCall, admit_summary: SummaryGate | None = None
+) -> Summarizer | None:
+    """Summaries of dropped turns come from the tenant's default (small) model, charged to the request's key, after
+    ``admit_summary`` admitted the request."""
     catalog = snapshot.catalog
     model = catalog.models.get(catalog.access_for(call.principal.tenant_id).default_model or "")
     if model is None:
@@ -125,6 +133,12 @@ def metered_summarizer(snapshot: ConfigSnapshot, call: GatewayCall) -> Summarize
 
     async def summarize(messages: list[dict]) -> str:
         body = _summary_body(model, messages)
+        prompt_tokens = await count_chat_tokens_async(body["messages"], model=model.upstream_name)
+        if admit_summary is not None:
+            try:
+                await admit_summary(prompt_tokens + SUMMARY_MAX_TOKENS)
+            except GatewayError as refusal:
+                raise SummaryRefused(refusal) from refusal
         summary = GatewayCall(
             principal=call.principal,
             endpoint=call.endpoint,
@@ -138,7 +152,7 @@ def metered_summarizer(snapshot: ConfigSnapshot, call: GatewayCall) -> Summarize
             cache_status=CacheStatus.BYPASS,
             ledger_deferred=call.linked_events is not None,
         )
-        await _reserve(snapshot, summary, body)
+        await _reserve(snapshot, summary, prompt_tokens)
         summary.attempts = 1
         reply = None
         try:
