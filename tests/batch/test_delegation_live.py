@@ -2,6 +2,7 @@
 in this process): the budgets they are held to while the provider runs them, the budgets of their end customers, a
 provider whose batches cannot be polled, and what compressing them costs."""
 
+import re
 import time
 from datetime import timedelta
 from decimal import Decimal
@@ -18,10 +19,10 @@ from billing.budgets.services import budget_counter_check, budget_create
 from billing.models import Budget, BudgetScope, UsageKind, UsageRecord
 from llmops import mock_upstream as mock_upstream_module
 from llmops.gateway.batches import delegation
-from llmops.gateway.batches.models import Batch
+from llmops.gateway.batches.models import Batch, BatchLine
 from llmops.gateway.batches.runner import batch_process
 from llmops.gateway.batches.services import line_request_id
-from llmops.mock_upstream import BATCH_PATH, MockUpstream
+from llmops.mock_upstream import BATCH_PATH, FILE_PATH, MockUpstream
 from routing.services import tenant_model_access_set
 from tests.batch.conftest import DELEGATING_PROVIDER, chat_line, provider_model, reported_cost, rows, upload, wait_for
 from tests.batch.test_batches_live import batch_ledger, wait_finished
@@ -79,8 +80,9 @@ def test_a_delegated_line_its_customers_budget_cannot_hold_fails_as_the_gateway_
 
 
 class PollsFail:
-    """The mock upstream, except that while ``failing`` a look at a batch (``GET /v1/batches/{id}``) answers 503, and
-    while ``refusing`` the creation of a batch (``POST /v1/batches``) does."""
+    """The mock upstream, except that while ``failing`` (True, or the set of the batch ids that fail) a look at a batch
+    (``GET /v1/batches/{id}``) answers 503, and while ``refusing`` the creation of a batch (``POST /v1/batches``)
+    does."""
 
     def __init__(self):
         self.upstream = MockUpstream()
@@ -94,7 +96,8 @@ class PollsFail:
             self.cancels += 1
         polled = scope["type"] == "http" and scope["method"] == "GET" and BATCH_PATH.fullmatch(scope["path"])
         created = scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == "/v1/batches"
-        if (polled and self.failing) or (created and self.refusing):
+        failing = polled and (polled.group(1) in self.failing if isinstance(self.failing, set) else self.failing)
+        if failing or (created and self.refusing):
             self.polls_failed += bool(polled)
             body = orjson.dumps({"error": {"message": "Service unavailable.", "type": "server_error"}})
             await send({"type": "http.response.start", "status": 503, "headers": [(b"content-type", b"json")]})
@@ -337,3 +340,301 @@ def test_an_answer_merged_in_the_budget_s_next_period_is_charged_there_and_relea
     then = budget_counter_check(budget=budget, now=yesterday)
     assert then.counted_usd == then.ledger_usd == 0
     assert budget_status(budget=budget, now=yesterday).reserved_usd == 0
+
+
+def serving(app):
+    with ThreadedServer(app) as server:
+        server.app = app
+        yield server
+
+
+def two_models(upstream_url: str, acme) -> None:
+    """acme-batchable (upstream model mock-small) and acme-batchable-mini (mock-mini), of the delegating provider."""
+    batchable = provider_model(
+        upstream_url, provider_name=DELEGATING_PROVIDER, model_name="acme-batchable", tenant=acme
+    )
+    mini = ModelFactory(name="acme-batchable-mini", provider=batchable.provider, upstream_name="mock-mini")
+    tenant_model_access_set(tenant=acme.tenant, allowed_models=[acme.small, batchable, mini], default_model=acme.small)
+
+
+def submitted_models(app: MockUpstream, remote_ids: list[str]) -> list[set[str]]:
+    """The models named in the input file of each of these batches of the mock upstream."""
+    files = [app.files[app.batches[remote_id]["input_file_id"]] for remote_id in remote_ids]
+    return [{orjson.loads(row)["body"]["model"] for row in content.splitlines() if row.strip()} for content in files]
+
+
+def test_lines_for_two_models_of_one_provider_go_in_a_provider_batch_each(
+    batches_here, openai_client, acme, mock_upstream
+):
+    """OpenAI's Batch API takes one model per input file: one provider batch per upstream model."""
+    two_models(mock_upstream.url, acme)
+    earlier = set(mock_upstream.app.batches)
+    models = ("acme-batchable", "acme-batchable-mini")
+    batch_id = create(
+        openai_client, [chat_line(f"{model}-{n}", model, max_tokens=24) for n in range(2) for model in models]
+    )
+
+    run_on_a_new_loop(batch_process(batch_id))
+    submitted = [remote_id for remote_id in mock_upstream.app.batches if remote_id not in earlier]
+    time.sleep(mock_upstream_module.BATCH_SECONDS)
+    run_on_a_new_loop(batch_process(batch_id))
+
+    assert sorted(submitted_models(mock_upstream.app, submitted), key=sorted) == [{"mock-mini"}, {"mock-small"}]
+    batch = Batch.objects.unscoped().get(pk=batch_id)
+    assert (batch.status, batch.completed_count) == ("completed", 4)
+    states = batch.provider_batches.values()
+    assert sorted((state["provider"], state["model"]) for state in states) == [
+        (DELEGATING_PROVIDER, "mock-mini"),
+        (DELEGATING_PROVIDER, "mock-small"),
+    ]
+    assert sorted(record.served_model for record in batch_ledger(batch_id)) == sorted(models * 2)
+
+
+def test_a_provider_batch_given_up_ends_its_own_lines_only(batches_here, openai_client, acme, failing_polls):
+    """Of two provider batches of one provider, the one still unreachable when the window ends is given up: its lines
+    end unrun, giving back what they hold; the other's answers are merged and billed."""
+    failing_polls.app.failing = False
+    two_models(failing_polls.url, acme)
+    budget = team_day_budget(acme, "1")
+    # The mini lines first: their provider batch is polled, and given up, before the other is merged.
+    models = ("acme-batchable-mini", "acme-batchable")
+    batch_id = create(
+        openai_client, [chat_line(f"{model}-{n}", model, max_tokens=24) for model in models for n in range(2)]
+    )
+    run_on_a_new_loop(batch_process(batch_id))
+    states = Batch.objects.unscoped().get(pk=batch_id).provider_batches.values()
+    failing_polls.app.failing = {state["batch_id"] for state in states if state["model"] == "mock-mini"}
+    time.sleep(mock_upstream_module.BATCH_SECONDS)
+
+    out_of_time(batch_id)
+    run_on_a_new_loop(batch_process(batch_id))
+
+    assert Batch.objects.unscoped().get(pk=batch_id).status == "expired"
+    ended = dict(BatchLine.objects.unscoped().filter(batch_id=batch_id).values_list("custom_id", "status"))
+    assert ended == {
+        "acme-batchable-mini-0": "cancelled",
+        "acme-batchable-mini-1": "cancelled",
+        "acme-batchable-0": "succeeded",
+        "acme-batchable-1": "succeeded",
+    }
+    now = timezone.now()
+    check = budget_counter_check(budget=budget, now=now)
+    assert check.counted_usd == check.ledger_usd == sum(record.cost_usd for record in batch_ledger(batch_id)) > 0
+    assert budget_status(budget=budget, now=now).reserved_usd == 0
+
+
+CANCEL_PATH = re.compile(r"/v1/batches/([\w-]+)/cancel")
+
+
+class CancelsBatches:
+    """The mock upstream, whose batches a cancel (``POST /v1/batches/{id}/cancel``) stops: reported ``cancelling``,
+    then, once ``cancels_end``, ``cancelled`` with none of their lines answered."""
+
+    def __init__(self):
+        self.upstream = MockUpstream()
+        self.cancelled: list[str] = []
+        self.cancels_end = False
+
+    async def __call__(self, scope, receive, send):
+        cancel = scope["type"] == "http" and scope["method"] == "POST" and CANCEL_PATH.fullmatch(scope["path"])
+        polled = scope["type"] == "http" and scope["method"] == "GET" and BATCH_PATH.fullmatch(scope["path"])
+        if cancel:
+            self.cancelled.append(cancel.group(1))
+        if cancel or (polled and polled.group(1) in self.cancelled):
+            status = "cancelled" if polled and self.cancels_end else "cancelling"
+            state = {"id": (cancel or polled).group(1), "object": "batch", "status": status}
+            body = orjson.dumps({**state, "output_file_id": None, "error_file_id": None})
+            await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"json")]})
+            await send({"type": "http.response.body", "body": body})
+            return
+        await self.upstream(scope, receive, send)
+
+
+@pytest.fixture
+def cancelling_provider():
+    yield from serving(CancelsBatches())
+
+
+def test_a_cancel_is_forwarded_once_to_the_provider_batch_which_then_bills_nothing(
+    batches_here, openai_client, acme, cancelling_provider
+):
+    """Else the provider runs, and bills, every line it holds while the batch waits in cancelling for it."""
+    provider_model(cancelling_provider.url, provider_name=DELEGATING_PROVIDER, model_name="acme-batchable", tenant=acme)
+    budget = team_day_budget(acme, "1")
+    batch_id = create(openai_client, [chat_line(f"d-{n}", "acme-batchable", max_tokens=24) for n in range(2)])
+    run_on_a_new_loop(batch_process(batch_id))  # submits the lines
+
+    openai_client.batches.cancel(batch_id)
+    run_on_a_new_loop(batch_process(batch_id))  # forwards the cancel
+    run_on_a_new_loop(batch_process(batch_id))  # the provider batch is still cancelling: nothing sent again
+    cancelling_provider.app.cancels_end = True
+    run_on_a_new_loop(batch_process(batch_id))  # merges the provider batch, cancelled
+
+    [state] = Batch.objects.unscoped().get(pk=batch_id).provider_batches.values()
+    assert cancelling_provider.app.cancelled == [state["batch_id"]]
+    done = openai_client.batches.retrieve(batch_id)
+    assert (done.status, done.request_counts.completed, done.finalizing_at) == ("cancelled", 0, None)
+    assert {row["error"]["code"] for row in rows(openai_client, done.error_file_id)} == {"batch_cancelled"}
+    assert sum(record.cost_usd for record in batch_ledger(batch_id)) == 0
+    assert budget_status(budget=budget, now=timezone.now()).reserved_usd == 0
+
+
+# What a provider batch reports as the usage of the line of this custom_id, where the synchronous path would refuse
+# it: max_tokens 24 makes more than 96 completion tokens unbelievable.
+SPOILED_USAGE = {
+    "text": {"prompt_tokens": "n/a"},
+    "details": {"prompt_tokens_details": []},
+    "negative": {"completion_tokens": -5},
+    "absurd": {"completion_tokens": 10**12},
+    "over-ceiling": {"completion_tokens": 5_000},
+}
+
+
+class SpoilsUsage:
+    """The mock upstream, whose batch output files report the usage of the lines SPOILED_USAGE names as it says."""
+
+    def __init__(self):
+        self.upstream = MockUpstream()
+
+    async def __call__(self, scope, receive, send):
+        read = scope["type"] == "http" and scope["method"] == "GET" and FILE_PATH.fullmatch(scope["path"])
+        if not read or read.group(1) not in self.upstream.files:
+            await self.upstream(scope, receive, send)
+            return
+        rows = [orjson.loads(row) for row in self.upstream.files[read.group(1)].splitlines() if row.strip()]
+        for row in rows:
+            answer = (row.get("response") or {}).get("body")
+            if row["custom_id"] in SPOILED_USAGE and isinstance(answer, dict):
+                answer["usage"] = {**answer["usage"], **SPOILED_USAGE[row["custom_id"]]}
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"jsonl")]})
+        await send({"type": "http.response.body", "body": b"".join(orjson.dumps(row) + b"\n" for row in rows)})
+
+
+@pytest.fixture
+def spoiled_usage():
+    yield from serving(SpoilsUsage())
+
+
+def test_a_provider_answer_whose_usage_cannot_be_believed_fails_its_line_and_the_others_are_merged(
+    batches_here, settings, openai_client, acme, spoiled_usage
+):
+    """As the synchronous path treats such an answer: unusable (502), charged the gateway's own count of it; never a
+    stop of the merge, a refund, or a bill of a trillion tokens."""
+    settings.LLMOPS_BATCH_LINE_MAX_ATTEMPTS = 1
+    provider_model(spoiled_usage.url, provider_name=DELEGATING_PROVIDER, model_name="acme-batchable", tenant=acme)
+    budget = team_day_budget(acme, "1")
+    custom_ids = [*SPOILED_USAGE, "good"]
+    batch_id = create(
+        openai_client, [chat_line(custom_id, "acme-batchable", max_tokens=24) for custom_id in custom_ids]
+    )
+
+    run_on_a_new_loop(batch_process(batch_id))
+    time.sleep(mock_upstream_module.BATCH_SECONDS)
+    run_on_a_new_loop(batch_process(batch_id))
+
+    batch = Batch.objects.unscoped().get(pk=batch_id)
+    assert (batch.status, batch.completed_count, batch.failed_count) == ("completed", 1, len(SPOILED_USAGE))
+    lines = {line.custom_id: line for line in BatchLine.objects.unscoped().filter(batch_id=batch_id)}
+    ledger = {record.request_id: record for record in batch_ledger(batch_id)}
+    for custom_id in SPOILED_USAGE:
+        line, record = lines[custom_id], ledger[lines[custom_id].request_id]
+        assert (line.status_code, line.response_body["error"]["code"]) == (502, "upstream_invalid_response")
+        assert (record.http_status, record.usage_estimated, record.completion_tokens <= 24) == (502, True, True)
+        assert 0 < record.cost_usd < ledger[lines["good"].request_id].cost_usd * 2
+    assert lines["good"].status_code == 200
+    now = timezone.now()
+    check = budget_counter_check(budget=budget, now=now)
+    assert check.counted_usd == check.ledger_usd == sum(record.cost_usd for record in ledger.values())
+    assert budget_status(budget=budget, now=now).reserved_usd == 0
+
+
+class AnswersAList:
+    """The mock upstream, except that it answers the creation of a batch with a JSON array, not a batch object."""
+
+    def __init__(self):
+        self.upstream = MockUpstream()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == "/v1/batches":
+            await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"json")]})
+            await send({"type": "http.response.body", "body": b'[{"id": "batch_listed"}]'})
+            return
+        await self.upstream(scope, receive, send)
+
+
+@pytest.fixture
+def list_answering():
+    yield from serving(AnswersAList())
+
+
+def test_a_provider_answering_a_submission_unreadably_leaves_the_batch_submitted_before_it_at_its_provider(
+    batches_here, settings, openai_client, acme, mock_upstream, list_answering
+):
+    """The lines of the provider batch submitted first stay with it, holding their reservations, and are billed once;
+    those of the provider whose answer cannot be read run here."""
+    settings.LLMOPS_BATCH_DELEGATE_PROVIDERS = [DELEGATING_PROVIDER, "mock-answers-a-list"]
+    batchable = provider_model(
+        mock_upstream.url, provider_name=DELEGATING_PROVIDER, model_name="acme-batchable", tenant=acme
+    )
+    elsewhere = provider_model(
+        list_answering.url, provider_name="mock-answers-a-list", model_name="acme-elsewhere", tenant=acme
+    )
+    tenant_model_access_set(
+        tenant=acme.tenant, allowed_models=[acme.small, batchable, elsewhere], default_model=acme.small
+    )
+    budget = team_day_budget(acme, "1")
+    lines = [chat_line(custom_id, model, max_tokens=24) for custom_id, model in LINES_ON_TWO_PROVIDERS]
+    batch_lines_before = mock_upstream.app.batch_lines_served
+    batch_id = create(openai_client, lines)
+
+    run_on_a_new_loop(batch_process(batch_id))
+    statuses = dict(BatchLine.objects.unscoped().filter(batch_id=batch_id).values_list("custom_id", "status"))
+    held = budget_status(budget=budget, now=timezone.now()).reserved_usd
+    time.sleep(mock_upstream_module.BATCH_SECONDS)
+    run_on_a_new_loop(batch_process(batch_id))
+
+    assert statuses == {"a-0": "delegated", "b-0": "succeeded", "a-1": "delegated"}
+    assert held > 0
+    batch = Batch.objects.unscoped().get(pk=batch_id)
+    assert (batch.status, batch.completed_count) == ("completed", 3)
+    assert [state["provider"] for state in batch.provider_batches.values()] == [DELEGATING_PROVIDER]
+    assert mock_upstream.app.batch_lines_served - batch_lines_before == 2
+    now = timezone.now()
+    check = budget_counter_check(budget=budget, now=now)
+    assert check.counted_usd == check.ledger_usd == sum(record.cost_usd for record in batch_ledger(batch_id)) > 0
+    assert budget_status(budget=budget, now=now).reserved_usd == 0
+
+
+LINES_ON_TWO_PROVIDERS = [("a-0", "acme-batchable"), ("b-0", "acme-elsewhere"), ("a-1", "acme-batchable")]
+
+
+def test_a_result_row_that_cannot_be_merged_fails_its_line_and_the_others_are_merged(
+    batches_here, settings, openai_client, acme, mock_upstream, monkeypatch
+):
+    """Whatever stops one row (here a fault planted in reading it) is logged and fails its line: raising would stop
+    the merge on every later poll, and the batch would never finish."""
+    settings.LLMOPS_BATCH_LINE_MAX_ATTEMPTS = 1
+    provider_model(mock_upstream.url, provider_name=DELEGATING_PROVIDER, model_name="acme-batchable", tenant=acme)
+    read = delegation._outcome
+
+    async def outcome(row, line, served):
+        if line.custom_id == "unmergeable":
+            raise RuntimeError("a fault in reading the row")
+        return await read(row, line, served)
+
+    monkeypatch.setattr(delegation, "_outcome", outcome)
+    custom_ids = ["unmergeable", "merged"]
+    batch_id = create(
+        openai_client, [chat_line(custom_id, "acme-batchable", max_tokens=24) for custom_id in custom_ids]
+    )
+
+    run_on_a_new_loop(batch_process(batch_id))
+    time.sleep(mock_upstream_module.BATCH_SECONDS)
+    run_on_a_new_loop(batch_process(batch_id))
+
+    batch = Batch.objects.unscoped().get(pk=batch_id)
+    assert (batch.status, batch.completed_count, batch.failed_count) == ("completed", 1, 1)
+    lines = {line.custom_id: line for line in BatchLine.objects.unscoped().filter(batch_id=batch_id)}
+    failed = lines["unmergeable"]
+    assert (failed.status_code, failed.response_body["error"]["code"]) == (502, "no_response")
+    assert lines["merged"].status_code == 200

@@ -2,9 +2,10 @@
 
 Where LLMOPS_BATCH_DELEGATE_PROVIDERS names the provider that would serve a line (after routing and caps, as
 planned by the same ``plan_chat`` as a synchronous call) and the provider speaks OpenAI's Batch API, the line is
-not called one by one: lines are grouped by provider, uploaded as a JSONL file, submitted as a provider batch,
-polled, and their results merged into this batch. Each ledger row is priced at the model's
-``batch_price_multiplier`` of the list price, the difference in ``saved_batch_usd``.
+not called one by one: lines are grouped by provider and upstream model (OpenAI's Batch API takes one model per
+input file), each group uploaded as a JSONL file, submitted as a provider batch, polled, and its results merged into
+this batch; a cancel of the batch is forwarded to its provider batches still running. Each ledger row is priced at
+the model's ``batch_price_multiplier`` of the list price, the difference in ``saved_batch_usd``.
 
 Each line is admitted as a live request is before it is submitted: its worst case at the batch price is reserved
 against every budget it is held to, its end customer's included. A line a blocking budget cannot hold fails 429
@@ -20,7 +21,6 @@ with backoff while the batch's completion window lasts; the first poll that fail
 up (``_abandon``), so a provider that stays down cannot hold the batch open for ever.
 """
 
-import contextlib
 import logging
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -55,16 +55,17 @@ from llmops.gateway.batches.services import (
     line_worst_case,
     lines_claim,
 )
-from llmops.gateway.call import GatewayCall
+from llmops.gateway.call import GatewayCall, UsageCeiling, estimated_usage
 from llmops.gateway.chat.planning import ChatPlan, plan_chat, request_customer
 from llmops.gateway.chat.worst_case import OutputBound, budget_refusal, cache_writers, fitting_max_tokens
 from llmops.gateway.errors import GatewayError, error_body
 from llmops.gateway.snapshot import ConfigSnapshot, config_snapshot
 from llmops.metrics import record_request_metrics
-from routing.catalog import ProviderEntry
+from routing.catalog import ModelEntry, ProviderEntry
 from routing.max_tokens import with_max_tokens
 from routing.media import PromptMedia
 from routing.models import Model
+from routing.providers.base import MalformedAnswer, answer_text, checked_chat_completion
 from routing.providers.kinds import provider_kind
 from routing.providers.openai import chat_body_for
 from tenants.authentication import KeyPrincipal
@@ -80,6 +81,7 @@ POLL_ERRORS = (httpx.HTTPError, ValueError, KeyError, TypeError)
 # The longest wait between polls of a provider batch that keeps failing.
 POLL_BACKOFF_MAX_SECONDS = 600
 UNREACHABLE = "provider_batch_unreachable"
+UNREADABLE = "The provider batch's result for this line cannot be read."
 
 
 def _db(function):
@@ -105,14 +107,14 @@ async def lines_delegate(*, batch: Batch, principal: KeyPrincipal) -> None:
         return
     claimed = await _db(lines_claim)(batch_id=batch.id, limit=CLAIM_ALL)
     snapshot = await config_snapshot.for_tenant(principal.tenant_id)
-    groups: dict[str, tuple[ProviderEntry, list[tuple[ClaimedLine, dict, str, str, dict | None]]]] = {}
+    # By provider and upstream model: (provider, [(line, upstream body, served model, route, hold)]).
+    groups: dict[tuple[str, str], tuple[ProviderEntry, list[tuple[ClaimedLine, dict, str, str, dict | None]]]] = {}
     keep, refused = [], []
     # The reservations of the lines planned for a provider, by line id, given back unless their provider batch is
     # recorded, which keeps them.
     held: dict[int, Reservation] = {}
     # Summaries compressing lines as they are planned: rows of the batch, written with its cost.
     summaries = []
-    submitted = {}
     try:
         for line in claimed:
             request_id = line_request_id(batch_id=batch.id, custom_id=line.custom_id, attempt=line.attempt)
@@ -142,24 +144,28 @@ async def lines_delegate(*, batch: Batch, principal: KeyPrincipal) -> None:
                 held[line.id] = reservation
                 hold = hold_state(reservation, reserved_at=reserved_at, customer=call.customer)
             upstream_body = chat_body_for(served.provider, {**plan.body, "model": served.upstream_name})
-            groups.setdefault(served.provider.name, (served.provider, []))[1].append(
+            # One model per provider batch, as OpenAI's Batch API takes one model per input file.
+            groups.setdefault((served.provider.name, served.upstream_name), (served.provider, []))[1].append(
                 (line, upstream_body, served.name, call.route, hold)
             )
         for line, call, refusal in refused:
             await _refuse(batch.id, line, call, refusal)
         await _db(_release)(batch_id=batch.id, line_ids=keep)
-        for name, (provider, entries) in groups.items():
+        for (name, model), (provider, entries) in groups.items():
+            line_ids = [entry[0].id for entry in entries]
             try:
-                submitted[name] = await _submit(provider, batch.id, entries)
-            except (httpx.HTTPError, KeyError, ValueError) as exc:
-                note = "batch %s: provider %s refused the batch (%s); lines run one by one"
-                logger.warning(note, batch.id, name, exc)
-                await _db(_release)(batch_id=batch.id, line_ids=[entry[0].id for entry in entries])
-        if submitted:
-            await _db(_mark_delegated)(batch_id=batch.id, submitted=submitted, groups=groups)
-            for name in submitted:
-                for entry in groups[name][1]:
-                    held.pop(entry[0].id, None)
+                state = await _submit(provider, model, batch.id, entries)
+            except Exception as exc:
+                # Whatever went wrong (an answer of an unexpected shape too), these lines run one by one; the
+                # provider batches submitted before this one keep theirs.
+                note = "batch %s: provider %s refused the batch of %s (%r); lines run one by one"
+                logger.warning(note, batch.id, name, model, exc)
+                await _db(_release)(batch_id=batch.id, line_ids=line_ids)
+                continue
+            # Recorded at once, so a later failure cannot give back what the provider now runs.
+            await _db(_mark_delegated)(batch_id=batch.id, key=f"{name}:{model}", state=state, line_ids=line_ids)
+            for line_id in line_ids:
+                held.pop(line_id, None)
     finally:
         try:
             # Summaries made are spent, whatever failed after them: their rows go in with the batch's cost.
@@ -234,7 +240,8 @@ def _release(*, batch_id: str, line_ids: list[int]) -> None:
     )
 
 
-async def _submit(provider: ProviderEntry, batch_id: str, entries: list) -> dict:
+async def _submit(provider: ProviderEntry, model: str, batch_id: str, entries: list) -> dict:
+    """Upload the lines of one upstream model and submit them as a provider batch; what the batch keeps of it."""
     content = b"".join(
         jsonl_row({"custom_id": line.custom_id, "method": "POST", "url": CHAT_ENDPOINT, "body": body})
         for line, body, *_ in entries
@@ -251,6 +258,8 @@ async def _submit(provider: ProviderEntry, batch_id: str, entries: list) -> dict
         )
         created.raise_for_status()
         return {
+            "provider": provider.name,
+            "model": model,
             "batch_id": created.json()["id"],
             "input_file_id": file_id,
             "status": created.json().get("status", "validating"),
@@ -261,29 +270,35 @@ async def _submit(provider: ProviderEntry, batch_id: str, entries: list) -> dict
         }
 
 
-def _mark_delegated(*, batch_id: str, submitted: dict, groups: dict) -> None:
+def _mark_delegated(*, batch_id: str, key: str, state: dict, line_ids: list[int]) -> None:
     with transaction.atomic():
         batch = batches_for_workers().select_for_update().get(pk=batch_id)
-        batch.provider_batches = {**batch.provider_batches, **submitted}
+        batch.provider_batches = {**batch.provider_batches, key: state}
         batch.save(update_fields=["provider_batches"])
-        for name in submitted:
-            lines_for_workers(batch_id=batch_id).filter(pk__in=[entry[0].id for entry in groups[name][1]]).update(
-                status=LineStatus.DELEGATED, provider=name
-            )
+        lines_for_workers(batch_id=batch_id).filter(pk__in=line_ids).update(
+            status=LineStatus.DELEGATED, provider=state["provider"]
+        )
 
 
 async def _poll(batch: Batch, principal: KeyPrincipal) -> None:
-    """Merge the results of each provider batch that has ended. A poll that fails is tried again at a later look,
-    backing off; once the batch's completion window is over, a failing poll gives its provider batch up."""
+    """Merge the results of each provider batch that has ended; forward a cancel of the batch to those still running.
+    A poll that fails is tried again at a later look, backing off; once the batch's completion window is over, a
+    failing poll gives its provider batch up."""
     catalog = (await config_snapshot.for_tenant(principal.tenant_id)).catalog
     now = timezone.now()
     last_chance = now >= batch.expires_at
-    for name, state in batch.provider_batches.items():
+    for key, state in batch.provider_batches.items():
         if state["status"] in (*PROVIDER_DONE, ABANDONED):
             continue
+        # A state kept before provider batches held one model each has no "provider": its key is the provider's name.
+        name = state.get("provider", key)
+        provider = next((m.provider for m in catalog.models.values() if m.provider.name == name), None)
+        if batch.status == BatchStatus.CANCELLING and provider is not None and not state.get("cancel_sent"):
+            # Else the provider runs, and bills, every line; what it answered before the cancel is still merged.
+            await _cancel(batch.id, name, state, provider)
+            await _db(_provider_state_update)(batch_id=batch.id, key=key, changes={"cancel_sent": True})
         if not last_chance and "next_poll_at" in state and now < datetime.fromisoformat(state["next_poll_at"]):
             continue
-        provider = next((m.provider for m in catalog.models.values() if m.provider.name == name), None)
         failure = "its provider was removed"
         if provider is not None:
             try:
@@ -294,17 +309,27 @@ async def _poll(batch: Batch, principal: KeyPrincipal) -> None:
                 logger.warning("batch %s: polling provider %s's batch failed: %r", batch.id, name, exc)
         if failure:
             if last_chance:
-                await _abandon(batch.id, principal.tenant_id, name, state, provider, failure=failure)
+                await _abandon(batch.id, principal.tenant_id, key, state, provider, failure=failure)
             else:
-                await _db(_provider_state_update)(batch_id=batch.id, provider=name, changes=_backoff(state, now))
+                await _db(_provider_state_update)(batch_id=batch.id, key=key, changes=_backoff(state, now))
             continue
         if "poll_failures" in state:
             cleared = {"poll_failures": None, "next_poll_at": None}
-            await _db(_provider_state_update)(batch_id=batch.id, provider=name, changes=cleared)
+            await _db(_provider_state_update)(batch_id=batch.id, key=key, changes=cleared)
         if remote_status not in PROVIDER_DONE:
             continue
         await _merge(batch, principal, state, results, remote_status)
-        await _db(_provider_state_update)(batch_id=batch.id, provider=name, changes={"status": remote_status})
+        await _db(_provider_state_update)(batch_id=batch.id, key=key, changes={"status": remote_status})
+
+
+async def _cancel(batch_id: str, name: str, state: dict, provider: ProviderEntry) -> None:
+    """Ask the provider to cancel its batch. A refusal or no answer is logged only: the batch is polled as before."""
+    try:
+        async with _client(provider) as client:
+            answer = await client.post(f"/batches/{state['batch_id']}/cancel")
+            answer.raise_for_status()
+    except httpx.HTTPError as exc:
+        logger.warning("batch %s: cancelling provider %s's batch %s failed: %r", batch_id, name, state["batch_id"], exc)
 
 
 async def _fetch(provider: ProviderEntry, state: dict, *, batch_id: str, name: str) -> tuple[str, list[dict]]:
@@ -344,35 +369,37 @@ def _backoff(state: dict, now: datetime) -> dict:
 
 
 async def _abandon(
-    batch_id: str, tenant_id: int, name: str, state: dict, provider: ProviderEntry | None, *, failure: str
+    batch_id: str, tenant_id: int, key: str, state: dict, provider: ProviderEntry | None, *, failure: str
 ) -> None:
     """Give up a provider batch that could not be polled within the completion window: cancelled there if that still
     gets through, so it stops running lines whose answers no one will collect; its lines still out end unrun, giving
     back what they hold, and the batch ends expired (cancelled, if a cancel came first), each saying why."""
+    name = state.get("provider", key)
     note = "batch %s: giving up provider %s's batch %s, which could not be polled (%s)"
     logger.error(note, batch_id, name, state["batch_id"], failure)
     if provider is not None:
-        with contextlib.suppress(httpx.HTTPError):
-            async with _client(provider) as client:
-                await client.post(f"/batches/{state['batch_id']}/cancel")
+        await _cancel(batch_id, name, state, provider)
     message = (
         f"The provider's batch endpoint could not be polled before the completion window ended ({failure}): the "
         "requests sent there were not collected, and are not billed."
     )
-    holds = await _db(_abandoned)(batch_id=batch_id, provider=name, reason=BatchError(UNREACHABLE, message))
+    holds = await _db(_abandoned)(batch_id=batch_id, key=key, reason=BatchError(UNREACHABLE, message))
     snapshot = await config_snapshot.for_tenant(tenant_id)
     for hold in holds:
         await hold_release(snapshot, tenant_id=tenant_id, state=hold)
 
 
-def _abandoned(*, batch_id: str, provider: str, reason: BatchError) -> list[dict]:
+def _abandoned(*, batch_id: str, key: str, reason: BatchError) -> list[dict]:
     """The holds of the lines it ended: only this transaction ends them (a line is recorded under the batch's lock)."""
     now = timezone.now()
     with transaction.atomic():
         batch = batches_for_workers().select_for_update().get(pk=batch_id)
-        state = batch.provider_batches[provider]
+        state = batch.provider_batches[key]
         state["status"] = ABANDONED
-        out = lines_for_workers(batch_id=batch_id).filter(provider=provider, status=LineStatus.DELEGATED)
+        # Its own lines: the provider's other batches (other models) are polled on their own.
+        out = lines_for_workers(batch_id=batch_id).filter(
+            custom_id__in=list(state["lines"]), status=LineStatus.DELEGATED
+        )
         ended = list(out.values_list("custom_id", flat=True))
         out.update(status=LineStatus.CANCELLED, error={"code": reason.code, "message": reason.message}, finished_at=now)
         batch.errors = [*(batch.errors or []), reason.data()]
@@ -404,12 +431,12 @@ def _result_rows(content: bytes, *, batch_id: str, provider: str) -> list[dict]:
     return rows
 
 
-def _provider_state_update(*, batch_id: str, provider: str, changes: dict) -> None:
-    """Change what the batch keeps of one provider batch; a change to None removes the key."""
+def _provider_state_update(*, batch_id: str, key: str, changes: dict) -> None:
+    """Change what the batch keeps of one provider batch; a change to None removes the field."""
     with transaction.atomic():
         batch = batches_for_workers().select_for_update().get(pk=batch_id)
-        state = {**batch.provider_batches[provider], **changes}
-        batch.provider_batches[provider] = {key: value for key, value in state.items() if value is not None}
+        state = {**batch.provider_batches[key], **changes}
+        batch.provider_batches[key] = {field: value for field, value in state.items() if value is not None}
         batch.save(update_fields=["provider_batches"])
 
 
@@ -420,6 +447,7 @@ def _multipliers(names: set[str]) -> dict[str, Decimal]:
 async def _merge(batch: Batch, principal: KeyPrincipal, state: dict, results: list[dict], remote_status: str) -> None:
     lines = {line.custom_id: line for line in await _db(list)(batch.lines.filter(status=LineStatus.DELEGATED))}
     multipliers = await _db(_multipliers)({info["served"] for info in state["lines"].values()})
+    catalog = (await config_snapshot.for_tenant(principal.tenant_id)).catalog
     answered = set()
     for row in results:
         custom_id = row.get("custom_id")
@@ -427,18 +455,16 @@ async def _merge(batch: Batch, principal: KeyPrincipal, state: dict, results: li
         if line is None or line.custom_id not in state["lines"]:
             continue
         answered.add(line.custom_id)
-        response = row["response"] if isinstance(row.get("response"), dict) else {}
-        status_code = _line_status(response.get("status_code"))
-        body = response.get("body")
-        if not isinstance(body, dict) or not body:
-            # No answer is a failure whatever status came with it: a transient one, retried while attempts remain.
-            status_code = status_code if status_code >= 400 else 502
-            message = "The provider batch returned no response for this line."
-            body = _provider_error(row.get("error"), status=status_code, message=message, code="no_response")
-        elif status_code >= 400:
-            message = f"The provider answered {status_code}."
-            body = _provider_error(body.get("error"), status=status_code, message=message, code="provider_error")
-        await _record(batch, principal, line, state["lines"][line.custom_id], status_code, body, multipliers)
+        info = state["lines"][line.custom_id]
+        try:
+            status_code, body, usage = await _outcome(row, line, catalog.models.get(info["served"]))
+        except Exception:
+            # Raising would stop this merge on every later poll, and the batch would never finish.
+            note = "batch %s: provider %s's result for line %s cannot be read"
+            logger.exception(note, batch.id, line.provider, line.custom_id)
+            unreadable = GatewayError(UNREADABLE, status=502, code="no_response")
+            status_code, body, usage = 502, error_body(unreadable), None
+        await _record(batch, principal, line, info, status_code, body, usage, multipliers)
     for custom_id in state["lines"]:
         line = lines.get(custom_id)
         if line is None or custom_id in answered:
@@ -449,7 +475,38 @@ async def _merge(batch: Batch, principal: KeyPrincipal, state: dict, results: li
         else:
             message = f"The provider batch ended {remote_status}."
             ended = GatewayError(message, status=502, code=f"provider_{remote_status}")
-        await _record(batch, principal, line, state["lines"][custom_id], 502, error_body(ended), multipliers)
+        await _record(batch, principal, line, state["lines"][custom_id], 502, error_body(ended), None, multipliers)
+
+
+async def _outcome(row: dict, line: BatchLine, served: ModelEntry | None) -> tuple[int, dict, Usage | None]:
+    """What a line records of its row of the provider's results: the status, the body, and the usage it is charged.
+    An answer is checked as a synchronous one is (its choices, and its usage as a believable count of tokens for the
+    request): one that cannot be used fails 502 ``upstream_invalid_response``, and is charged the gateway's own count
+    of it, as the synchronous path charges such an answer."""
+    response = row["response"] if isinstance(row.get("response"), dict) else {}
+    status_code = _line_status(response.get("status_code"))
+    body = response.get("body")
+    if not isinstance(body, dict) or not body:
+        # No answer is a failure whatever status came with it: a transient one, retried while attempts remain.
+        status_code = status_code if status_code >= 400 else 502
+        message = "The provider batch returned no response for this line."
+        error = _provider_error(row.get("error"), status=status_code, message=message, code="no_response")
+        return status_code, error, None
+    if status_code >= 400:
+        message = f"The provider answered {status_code}."
+        error = _provider_error(body.get("error"), status=status_code, message=message, code="provider_error")
+        return status_code, error, None
+    try:
+        checked_chat_completion(body)
+        usage = Usage.from_provider(body["usage"]) if body.get("usage") is not None else None
+        if usage is not None and served is not None:
+            usage = UsageCeiling.of(served, body=line.body, prompt_tokens=0).check(usage)
+    except MalformedAnswer as problem:
+        message = f"The provider batch answered this line with something the gateway cannot use: {problem}."
+        unusable = GatewayError(message, status=502, code="upstream_invalid_response")
+        estimate = await estimated_usage(line.body, answer_text(body), served) if served is not None else None
+        return 502, error_body(unusable), estimate
+    return status_code, body, usage
 
 
 def _line_status(status) -> int:
@@ -479,7 +536,9 @@ def _provider_error(error, *, status: int, message: str, code: str) -> dict:
     )
 
 
-async def _record(batch, principal, line: BatchLine, info: dict, status_code: int, body: dict, multipliers) -> None:
+async def _record(
+    batch, principal, line: BatchLine, info: dict, status_code: int, body: dict, usage: Usage | None, multipliers
+) -> None:
     snapshot = await config_snapshot.for_tenant(principal.tenant_id)
     served = snapshot.catalog.models.get(info["served"])
     request_id = line_request_id(batch_id=batch.id, custom_id=line.custom_id, attempt=line.attempt)
@@ -488,7 +547,6 @@ async def _record(batch, principal, line: BatchLine, info: dict, status_code: in
     call.tags = [f"batch:{batch.id}"]
     # Valid: plan_chat read it when the line was submitted (a line it refused runs, and fails, one by one).
     call.customer = request_customer({}, line.body.get("user"))
-    usage = Usage.from_provider(body["usage"]) if isinstance(body.get("usage"), dict) else None
     event = call.usage_event(
         http_status=status_code, usage=usage, error_code="" if status_code < 400 else "provider_batch_error"
     )

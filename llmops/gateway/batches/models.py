@@ -96,13 +96,17 @@ class Batch(models.Model):
     total_count = models.PositiveIntegerField(default=0)
     completed_count = models.PositiveIntegerField(default=0)
     failed_count = models.PositiveIntegerField(default=0)
-    # {provider name: {"batch_id", "input_file_id", "status", "lines": {custom_id: {"served", "route", "hold"}}}} for
-    # lines delegated to a provider's batch endpoint; a line's "hold" is its budget reservation (batches/holds.py).
+    # {"<provider>:<upstream model>": {"provider", "model", "batch_id", "input_file_id", "status", "cancel_sent",
+    # "lines": {custom_id: {"served", "route", "hold"}}}} for lines delegated to a provider's batch endpoint, one
+    # provider batch per upstream model; a line's "hold" is its budget reservation (batches/holds.py).
     provider_batches = models.JSONField(default=dict, blank=True)
     cost_usd = models.DecimalField(**COST_FIELD, default=0)
     saved_batch_usd = models.DecimalField(**COST_FIELD, default=0)
     # One runner at a time: it holds the lease and renews it; a lease left to lapse means the runner died.
     lease_until = models.DateTimeField(null=True, blank=True)
+    lease_owner = models.CharField(
+        max_length=32, blank=True, help_text="The runner holding the lease: one whose lease was taken over renews none."
+    )
     recheck_at = models.DateTimeField(null=True, blank=True, help_text="When the next look at this batch is due.")
     idempotency_key = models.CharField(
         max_length=255, blank=True, help_text="The create request's Idempotency-Key header: a retry gets this batch."

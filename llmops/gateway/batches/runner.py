@@ -93,22 +93,30 @@ async def batch_process(batch_id: str) -> None:
 
     Safe to call again at any point: a runner that died leaves its lease to lapse, and the next one takes over.
     """
-    if not await _db(batch_lease_acquire)(batch_id=batch_id):
+    owner = await _db(batch_lease_acquire)(batch_id=batch_id)
+    if owner is None:
         return
-    heartbeat = asyncio.get_running_loop().create_task(_renew_lease(batch_id))
+    heartbeat = asyncio.get_running_loop().create_task(_renew_lease(batch_id, owner))
     try:
         await _process_leased(batch_id)
     finally:
         heartbeat.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await heartbeat
-        await _db(batch_lease_release)(batch_id=batch_id)
+        await _db(batch_lease_release)(batch_id=batch_id, owner=owner)
 
 
-async def _renew_lease(batch_id: str) -> None:
+async def _renew_lease(batch_id: str, owner: str) -> None:
     while True:
         await asyncio.sleep(settings.LLMOPS_BATCH_LEASE_SECONDS / 3)
-        await _db(batch_lease_renew)(batch_id=batch_id)
+        try:
+            if not await _db(batch_lease_renew)(batch_id=batch_id, owner=owner):
+                logger.warning("batch %s: its lease lapsed and another runner took it over", batch_id)
+                return
+        except Exception:
+            # A renewal that fails (a database blip) is tried again at the next beat: ending here would let the lease
+            # lapse while the lines run, and another runner would run them again.
+            logger.exception("batch %s: renewing its lease failed", batch_id)
 
 
 async def _process_leased(batch_id: str) -> None:
@@ -123,8 +131,8 @@ async def _process_leased(batch_id: str) -> None:
         await delegation.lines_delegate(batch=batch, principal=principal)
         await _run_lines(batch, principal)
     elif batch.provider_batches:
-        # Lines already at a provider run and bill there whatever became of the key since: their answers are still
-        # collected and charged to it. A refused key only stops new lines.
+        # Lines already at a provider bill there whatever became of the key since: a cancel (or a refused key) is
+        # forwarded to the provider batches, and what they answered is still collected and charged to the key.
         owner = principal or await _db(key_principal)(tenant_id=batch.tenant_id, key_id=batch.api_key_id)
         if owner is not None:
             await delegation.lines_delegate(batch=batch, principal=owner)

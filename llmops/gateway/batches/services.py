@@ -11,6 +11,7 @@ Lock order, where rows are locked: the batch's row, then its lines' rows.
 """
 
 import hashlib
+import secrets
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -494,31 +495,34 @@ class ClaimedLine:
     attempt: int
 
 
-def batch_lease_acquire(*, batch_id: str) -> bool:
-    """Become the batch's only runner, or learn that a live one exists. Lines a dead runner held go back to pending."""
+def batch_lease_acquire(*, batch_id: str) -> str | None:
+    """Become the batch's only runner (its owner token, for renewing and releasing the lease), or learn that a live
+    one exists (None). Lines a dead runner held go back to pending."""
     now = timezone.now()
+    owner = secrets.token_hex(16)
     with transaction.atomic():
         acquired = (
             batches_for_workers()
             .filter(pk=batch_id)
             .filter(Q(lease_until__isnull=True) | Q(lease_until__lt=now))
-            .update(lease_until=now + timedelta(seconds=settings.LLMOPS_BATCH_LEASE_SECONDS))
+            .update(lease_until=now + timedelta(seconds=settings.LLMOPS_BATCH_LEASE_SECONDS), lease_owner=owner)
         )
         if acquired:
             lines_for_workers(batch_id=batch_id).filter(status=LineStatus.RUNNING).update(
                 status=LineStatus.PENDING, claimed_at=None
             )
-    return bool(acquired)
+    return owner if acquired else None
 
 
-def batch_lease_renew(*, batch_id: str) -> None:
-    batches_for_workers().filter(pk=batch_id).update(
-        lease_until=timezone.now() + timedelta(seconds=settings.LLMOPS_BATCH_LEASE_SECONDS)
-    )
+def batch_lease_renew(*, batch_id: str, owner: str) -> bool:
+    """Extend the lease ``owner`` holds; False when another runner took it over once it had lapsed."""
+    held = batches_for_workers().filter(pk=batch_id, lease_owner=owner)
+    return bool(held.update(lease_until=timezone.now() + timedelta(seconds=settings.LLMOPS_BATCH_LEASE_SECONDS)))
 
 
-def batch_lease_release(*, batch_id: str) -> None:
-    batches_for_workers().filter(pk=batch_id).update(lease_until=None)
+def batch_lease_release(*, batch_id: str, owner: str) -> None:
+    """Give the lease up, unless another runner has taken it over since: its lease is its own."""
+    batches_for_workers().filter(pk=batch_id, lease_owner=owner).update(lease_until=None, lease_owner="")
 
 
 def batch_recheck_claim(*, batch_id: str) -> bool:
@@ -671,10 +675,11 @@ def batch_finalize(*, batch_id: str) -> Batch | None:
             )
         if lines.exclude(status__in=LINE_FINISHED).exists():
             return None
-        if batch.status != BatchStatus.FINALIZING:
+        outcome = BatchStatus.EXPIRED if expired else BatchStatus.CANCELLED if stopping else BatchStatus.COMPLETED
+        # A cancelled batch goes from cancelling to cancelled, its finalizing_at left null, as OpenAI's does.
+        if outcome != BatchStatus.CANCELLED and batch.status != BatchStatus.FINALIZING:
             batch.status, batch.finalizing_at = BatchStatus.FINALIZING, timezone.now()
             batch.save(update_fields=["status", "finalizing_at"])
-        outcome = BatchStatus.EXPIRED if expired else BatchStatus.CANCELLED if stopping else BatchStatus.COMPLETED
         refusal = next((error for error in batch.errors or [] if error["code"] == KEY_REFUSED), None)
         if expired:
             unrun = {
