@@ -252,21 +252,22 @@ async def admit_uncharged(snapshot: ConfigSnapshot, call: GatewayCall) -> None:
 
 @dataclass(slots=True)
 class SummaryAdmission:
-    """A chat completion's rate limits and slot for requests in flight, taken before its compression summary is paid
-    for (plan_chat's ``admit_summary``, called with the summary's tokens: its prompt and output bound), so a request
-    they refuse costs no summary. ``counted`` once it did: ``admit`` then counts the request's own tokens only."""
+    """A chat completion's request limits and slot for requests in flight, taken before its compression summary is
+    paid for (plan_chat's ``admit_summary``), so a request they refuse costs no summary. Its tokens are counted by
+    ``admit``, once it is compressed: counted here, a long dropped transcript alone could be "too large" for a token
+    limit that the compressed request fits. ``counted`` once it did: ``admit`` then counts the request's tokens only."""
 
     snapshot: ConfigSnapshot
     call: GatewayCall
     limit_concurrency: bool = False
     counted: bool = False
 
-    async def __call__(self, tokens: int) -> None:
+    async def __call__(self) -> None:
         await admission_hold(
             self.snapshot,
             self.call,
             budgets=[],
-            tokens=tokens,
+            tokens=0,
             amount=Decimal(0),
             limit_concurrency=self.limit_concurrency,
             counted=self.counted,

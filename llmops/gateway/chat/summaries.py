@@ -1,6 +1,6 @@
-"""Compression's summary call, metered like a request: before it is made, the request it is made for is admitted by
-its rate limits (the summary's tokens counted against token limits) and its tenant's cap on requests in flight, where
-its caller says so (``admit_summary``), and the summary's worst case is reserved against the budgets of the key that
+"""Compression's summary call, metered like a request: before it is made, the request it is made for is counted
+against its request limits and takes its slot for requests in flight, where its caller says so (``admit_summary``),
+and the summary's worst case is reserved against the budgets of the key that
 sent the request; it is settled with what it cost, and it has a ledger row of its own (kind `compression_summary`)
 whose `parent_request_id` is the request it was made for. Work that writes its ledger rows with its result (batch
 lines: ``linked_events``) writes the summary's with them.
@@ -41,8 +41,8 @@ SUMMARY_MAX_TOKENS = 300
 SUMMARY_ROUTE = "compression-summary"
 # What the transcript shows for a part that is not text: its data would only bloat the summary's prompt.
 PART_PLACEHOLDERS = {"image_url": "[image]", "input_audio": "[audio]", "file": "[file]"}
-# Admits the request before its summary is paid for, given the summary's tokens (admission.SummaryAdmission).
-SummaryGate = Callable[[int], Awaitable[None]]
+# Admits the request before its summary is paid for (admission.SummaryAdmission).
+SummaryGate = Callable[[], Awaitable[None]]
 
 
 def _transcript_line(message: dict) -> str:
@@ -136,7 +136,7 @@ def metered_summarizer(
         prompt_tokens = await count_chat_tokens_async(body["messages"], model=model.upstream_name)
         if admit_summary is not None:
             try:
-                await admit_summary(prompt_tokens + SUMMARY_MAX_TOKENS)
+                await admit_summary()
             except GatewayError as refusal:
                 raise SummaryRefused(refusal) from refusal
         summary = GatewayCall(
