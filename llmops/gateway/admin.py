@@ -57,6 +57,19 @@ class BatchAdmin(ReadOnlyScopedAdmin):
         "expires_at",
     )
     readonly_fields = fields
+    # Which providers and upstream models served the lines: the platform's, hidden from members as in the catalog.
+    platform_fields = ("provider_batches",)
+
+    def get_fields(self, request, obj=None):
+        fields = super().get_fields(request, obj)
+        if request.user.is_superuser:
+            return fields
+        return [name for name in fields if name not in self.platform_fields]
+
+    def lookup_allowed(self, lookup, value, request):
+        if not request.user.is_superuser and lookup.split(LOOKUP_SEP, 1)[0] in self.platform_fields:
+            return False
+        return super().lookup_allowed(lookup, value, request)
 
     @admin.display(description="done / total")
     def progress(self, batch: Batch) -> str:

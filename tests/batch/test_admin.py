@@ -10,7 +10,7 @@ from llmops.gateway.batches.models import Batch, File, Job
 from tenants.models import Role
 from tenants.services import membership_set
 from tests.admin import conftest as admin_conftest
-from tests.admin.scenario import World, admin_url, make_user
+from tests.admin.scenario import SUPERUSER, World, admin_url, make_user
 
 # The admin tests' two tenants with a row of everything each.
 module_world, world = admin_conftest.module_world, admin_conftest.world
@@ -115,3 +115,17 @@ def test_an_owner_filters_jobs_by_their_prompt(client, world: World):
     page = client.get(admin_url("gateway_job", "changelist"), {"body__icontains": "salary"})
 
     assert list(page.context["cl"].result_list) == [job]
+
+
+@pytest.mark.parametrize(("role", "sees"), [(Role.OWNER, False), (Role.VIEWER, False), (SUPERUSER, True)])
+def test_which_provider_and_model_served_a_batch_is_for_superusers(client, world: World, role, sees):
+    batch = _batch(world.acme)
+    batch.provider_batches = {"openai:gpt-4o-mini-2024-07-18": {"provider": "openai", "id": "batch_upstream_1"}}
+    batch.save(update_fields=["provider_batches"])
+    client.force_login(make_user(role, tenant=world.acme.tenant))
+
+    html = client.get(admin_url("gateway_batch", "change", batch.pk)).content.decode()
+    probe = client.get(admin_url("gateway_batch", "changelist"), {"provider_batches__icontains": "gpt-4o"})
+
+    assert ("gpt-4o-mini-2024-07-18" in html) == sees
+    assert (probe.status_code == 200) == sees

@@ -28,14 +28,33 @@ def test_a_renewal_that_fails_is_tried_again_at_the_next_beat(settings, monkeypa
     monkeypatch.setattr(runner, "batch_lease_renew", renew)
 
     async def beats() -> bool:
-        heartbeat = asyncio.create_task(runner._renew_lease("batch_1", "owner"))
+        work = asyncio.create_task(asyncio.sleep(10))
+        heartbeat = asyncio.create_task(runner._renew_lease("batch_1", "owner", work))
         await asyncio.sleep(0.2)
-        renewing = not heartbeat.done()
+        renewing = not heartbeat.done() and not work.done()
         heartbeat.cancel()
+        work.cancel()
         return renewing
 
     assert asyncio.run(beats())
     assert len(renewals) >= 3
+
+
+def test_a_runner_whose_lease_was_taken_over_stops_its_work(settings, monkeypatch):
+    """Its running lines were put back to pending by the runner that took the lease over, which runs them: going on
+    would run them twice."""
+    settings.LLMOPS_BATCH_LEASE_SECONDS = 0.03
+    monkeypatch.setattr(runner, "batch_lease_renew", lambda *, batch_id, owner: False)
+
+    async def beats() -> tuple[bool, bool]:
+        work = asyncio.create_task(asyncio.sleep(10))
+        heartbeat = asyncio.create_task(runner._renew_lease("batch_1", "owner", work))
+        await asyncio.sleep(0.2)
+        stopped = work.cancelled()
+        heartbeat.cancel()
+        return heartbeat.done(), stopped
+
+    assert asyncio.run(beats()) == (True, True)
 
 
 @pytest.mark.live

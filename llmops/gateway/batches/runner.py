@@ -96,9 +96,15 @@ async def batch_process(batch_id: str) -> None:
     owner = await _db(batch_lease_acquire)(batch_id=batch_id)
     if owner is None:
         return
-    heartbeat = asyncio.get_running_loop().create_task(_renew_lease(batch_id, owner))
+    loop = asyncio.get_running_loop()
+    work = loop.create_task(_process_leased(batch_id))
+    heartbeat = loop.create_task(_renew_lease(batch_id, owner, work))
     try:
-        await _process_leased(batch_id)
+        await work
+    except asyncio.CancelledError:
+        if asyncio.current_task().cancelling():
+            raise
+        # The heartbeat stopped the work: the lease was taken over, and its new runner runs the lines.
     finally:
         heartbeat.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -106,12 +112,15 @@ async def batch_process(batch_id: str) -> None:
         await _db(batch_lease_release)(batch_id=batch_id, owner=owner)
 
 
-async def _renew_lease(batch_id: str, owner: str) -> None:
+async def _renew_lease(batch_id: str, owner: str, work: asyncio.Task) -> None:
+    """Renew the lease while ``work`` runs; stop the work once another runner has taken the lease over (after an
+    outage longer than the lease): that runner put this one's running lines back to pending, and runs them."""
     while True:
         await asyncio.sleep(settings.LLMOPS_BATCH_LEASE_SECONDS / 3)
         try:
             if not await _db(batch_lease_renew)(batch_id=batch_id, owner=owner):
-                logger.warning("batch %s: its lease lapsed and another runner took it over", batch_id)
+                logger.warning("batch %s: its lease lapsed and another runner took it over; this one stops", batch_id)
+                work.cancel()
                 return
         except Exception:
             # A renewal that fails (a database blip) is tried again at the next beat: ending here would let the lease
