@@ -46,8 +46,9 @@ def tenant_update(*, tenant: Tenant) -> Tenant:
         budgets.update(updated_at=timezone.now())
         # The daily rollups are keyed by the local day too. A signature, unlike send_task, runs in this process where
         # Celery is eager (the embedded default); every Django process has the task (billing's admin imports it).
+        # Robust: the save has committed, so a failure to queue or (eager) to run it is logged, not a 500.
         rezone = current_app.signature(ROLLUPS_REZONE_TASK, args=(tenant.pk,))
-        transaction.on_commit(rezone.delay)
+        transaction.on_commit(rezone.delay, robust=True)
     return tenant
 
 

@@ -286,14 +286,23 @@ def usage_rollups_rebuild_since(*, tenant: Tenant, since: date) -> tuple[date, d
     transaction: for rollups that older code wrote (manage.py usage_rollups_rebuild). Returns the first and last day
     rebuilt; None when the ledger has no row of the tenant.
 
-    It starts no earlier than the day of the tenant's oldest ledger row: hours rebuilt from a ledger the retention
-    purge emptied would lose the totals their rollups keep.
+    It starts no earlier than the day of the tenant's oldest ledger row, and the day after when hours of that day
+    before the row have rollups (the purge cuts at another midnight than the tenant's): hours rebuilt from a ledger
+    the retention purge emptied would lose the totals their rollups keep.
     """
     zone = tenant_zone(tenant=tenant)
     first_row_at = _first_ledger_row_at(tenant=tenant)
     if first_row_at is None:
         return None
-    first, last = max(since, first_row_at.astimezone(zone).date()), datetime.now(zone).date()
+    first_day = first_row_at.astimezone(zone).date()
+    purged_hours = UsageRollupHourly.objects.for_tenant(tenant).filter(
+        bucket_start__gte=datetime.combine(first_day, time.min, tzinfo=zone), bucket_start__lt=floor_hour(first_row_at)
+    )
+    if purged_hours.exists():
+        first_day += timedelta(days=1)
+    first, last = max(since, first_day), datetime.now(zone).date()
+    if first > last:
+        return None
     for run_first, run_last in _day_runs(first, last):
         usage_rollups_rebuild(tenant=tenant, first=run_first, last=run_last)
     return first, last

@@ -265,6 +265,21 @@ def test_the_rebuild_command_rewrites_older_rollups_and_keeps_the_purged_days(ko
     }
 
 
+def test_the_rebuild_command_keeps_the_hours_a_purge_emptied_within_the_oldest_rows_day(kolkata):
+    """The purge cut inside the tenant's local day (at midnight UTC, say): the hours of that day before the oldest row
+    left keep the totals their rollups hold, so that day is not rebuilt from the ledger."""
+    write_usage(kolkata, offsets_minutes=[0, 120])
+    usage_rollups_refresh()
+    hours_before = rollup_snapshot(UsageRollupHourly)
+    usage_records_purge(before=START + timedelta(minutes=60), tenant=kolkata.tenant)
+
+    out = io.StringIO()
+    call_command("usage_rollups_rebuild", "--since", "2025-03-01", "--tenant", "kolkata", stdout=out)
+
+    assert rollup_snapshot(UsageRollupHourly) == hours_before
+    assert out.getvalue().startswith("kolkata: rebuilt 2025-03-05 to ")
+
+
 def test_a_new_time_zone_moves_the_days_whose_ledger_rows_were_purged(
     db, eager_celery, django_capture_on_commit_callbacks
 ):
