@@ -293,7 +293,14 @@ def embedder_identity() -> str:
     has one) tells of the model it runs. Part of every semantic context fingerprint (routing.cache.keys.semantic_key),
     so vectors are compared only with the same embedder's: after a change of embedder or model, even to one of the
     same dimension, the entries stored before it are found by exact repeats only."""
-    path = settings.LLMOPS_CACHE_EMBEDDER
+    return _identity_of(
+        settings.LLMOPS_CACHE_EMBEDDER, settings.LLMOPS_CACHE_EMBEDDINGS_URL, settings.LLMOPS_CACHE_EMBEDDINGS_MODEL
+    )
+
+
+# Keyed by the settings an identity reads: worked out once per process, not on every request's semantic key.
+@functools.lru_cache(maxsize=8)
+def _identity_of(path: str, embeddings_url: str, embeddings_model: str) -> str:
     try:
         identity = getattr(import_string(path), "identity", None)
         return path if identity is None else f"{path}\0{identity()}"
