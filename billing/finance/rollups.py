@@ -23,8 +23,8 @@ from datetime import UTC, date, datetime, time, timedelta
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import BigIntegerField, Count, Expression, Max, Min, Q, Sum
-from django.db.models.functions import Coalesce, TruncDate, TruncHour
+from django.db.models import Count, Expression, Max, Min, Q, Sum
+from django.db.models.functions import TruncDate, TruncHour
 from django.utils import timezone
 
 from billing.ledger.selectors import tenant_days_bounds, tenant_zone
@@ -54,9 +54,6 @@ def rollup_aggregates() -> dict:
     attempt, a compression summary, a cache embedding) has a latency of its own, often near zero, that is no request's.
     """
     aggregates = ledger_aggregates()
-    aggregates["latency_sum_ms"] = Coalesce(
-        Sum("total_latency_ms", filter=REQUEST_ROWS), 0, output_field=BigIntegerField()
-    )
     lower = -1
     for index, upper in enumerate(LATENCY_BUCKET_EDGES_MS):
         aggregates[f"latency_le_{index}"] = Count(

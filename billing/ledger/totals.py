@@ -4,15 +4,15 @@
 and API, statements, rollups, anomalies); `LedgerTotals` holds them in Python, where sums are added up further
 (rollup rows on the dashboard, hours of traffic for anomalies, the lines of a statement).
 
-`requests` and the error counts count requests only; tokens, cost and savings include the calls the gateway made for
-them (compression summaries), so the totals of any grouping sum to the ledger's.
+`requests`, the error counts and the latency sum count requests only; tokens, cost and savings include the calls
+the gateway made for them (compression summaries), so the totals of any grouping sum to the ledger's.
 """
 
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from decimal import Decimal
 
-from django.db.models import Aggregate, Count, DecimalField, Q, Sum, Value
+from django.db.models import Aggregate, BigIntegerField, Count, DecimalField, Q, Sum, Value
 from django.db.models.functions import Coalesce
 
 from billing.ledger.costs import ZERO_USD
@@ -92,6 +92,8 @@ def ledger_aggregates(*names: str) -> dict[str, Aggregate]:
         "completion_tokens": Sum("completion_tokens"),
         "cost_usd": Sum("cost_usd"),
         **{f"saved_{lever}_usd": _sum_or_zero(f"saved_{lever}_usd") for lever in SAVINGS_LEVERS},
-        "latency_sum_ms": Sum("total_latency_ms"),
+        # Of requests, as `requests` is: a call made for one (a failed attempt, a summary, a cache embedding) has a
+        # latency of its own, often near zero, that is no request's.
+        "latency_sum_ms": Coalesce(Sum("total_latency_ms", filter=REQUEST_ROWS), 0, output_field=BigIntegerField()),
     }
     return {name: aggregates[name] for name in names or TOTALS}
