@@ -5,6 +5,7 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
@@ -22,7 +23,7 @@ from tenants.services import api_key_create
 from tests.background import background_start_wanted, background_stop, background_want
 from tests.factories import ModelFactory, ProviderFactory, TeamFactory, TenantFactory
 from tests.flush import flush_by_delete
-from tests.servers import Receiver, ServiceProcess, ThreadedServer, committed_database_url, free_port
+from tests.servers import Receiver, ServiceProcess, ThreadedServer, committed_database_url, free_port, serving
 
 # Threads of this process (the in-process gateway, the drainer thread, tests' own) may end holding a connection, which
 # a pool would never get back: the suite's process runs without one (DB_POOL_MAX_SIZE=0's mode). The processes tests
@@ -72,16 +73,33 @@ def migrated(transactional_db):
     migrate()
 
 
+def hourly_spikes(anomaly_model, *, tenant_id: int, count: int) -> list:
+    """``count`` spend spikes of the tenant, an hour apart from 1 December 2026, made with ``anomaly_model`` (the
+    historical model a migration test is given by ``migrated``)."""
+    window_end = datetime(2026, 12, 1, tzinfo=UTC)
+    return anomaly_model.objects.bulk_create(
+        anomaly_model(
+            tenant_id=tenant_id,
+            metric="spend",
+            window="hour",
+            window_end=window_end + timedelta(hours=hours),
+            observed=10,
+            baseline_median=1,
+            baseline_mad=1,
+            score=9,
+            direction="spike",
+        )
+        for hours in range(count)
+    )
+
+
 SMALL_PRICES = (Decimal("0.15"), Decimal("0.075"), Decimal("0.60"))
 LARGE_PRICES = (Decimal("2.50"), Decimal("1.25"), Decimal("10.00"))
 
 
 @pytest.fixture(scope="session")
 def mock_upstream():
-    app = MockUpstream()
-    with ThreadedServer(app) as server:
-        server.app = app
-        yield server
+    yield from serving(MockUpstream())
 
 
 class LedgerDrainer:
@@ -355,7 +373,4 @@ def gateway_port() -> int:
 @pytest.fixture
 def receiver():
     """An HTTP endpoint on loopback (tests.servers.Receiver); ``receiver.app.received`` is what it was sent."""
-    app = Receiver()
-    with ThreadedServer(app) as server:
-        server.app = app
-        yield server
+    yield from serving(Receiver())

@@ -87,6 +87,13 @@ class ThreadedServer:
         self.thread.join(timeout=10)
 
 
+def serving(app):
+    """For a fixture, ``yield from serving(app)``: ``app`` on loopback (ThreadedServer), as ``server.app``."""
+    with ThreadedServer(app) as server:
+        server.app = app
+        yield server
+
+
 @dataclass
 class ReceivedRequest:
     path: str

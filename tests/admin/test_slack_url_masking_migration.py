@@ -1,12 +1,12 @@
 """billing 0021: audit events and delivery errors written before a Slack channel's webhook URL was masked in them
 (every member of the tenant reads both) get it masked where they are, as rows written since are."""
 
-from datetime import UTC, datetime, timedelta
 from functools import partial
 
 from billing.alerts.channels import without_credential
 from billing.models import AlertChannel, ChannelKind
 from tenants.audit import mask_secret
+from tests.conftest import hourly_spikes
 from tests.factories import TenantFactory
 
 BEFORE = [("billing", "0020_budgetalert_refused")]
@@ -63,23 +63,7 @@ def test_slack_urls_in_old_audit_events_and_delivery_errors_are_masked_as_new_on
             event(slack.pk, "update", *already_masked),
         ]
     )
-    window_end = datetime(2026, 12, 1, tzinfo=UTC)
-    anomalies = Anomaly.objects.bulk_create(
-        [
-            Anomaly(
-                tenant_id=tenant.pk,
-                metric="spend",
-                window="hour",
-                window_end=window_end + timedelta(hours=hours),
-                observed=10,
-                baseline_median=1,
-                baseline_mad=1,
-                score=9,
-                direction="spike",
-            )
-            for hours in range(2)
-        ]
-    )
+    anomalies = hourly_spikes(Anomaly, tenant_id=tenant.pk, count=2)
     errors = {
         "now": f"POST {URL_NOW} answered 500: boom",
         "before": f"POST {URL_BEFORE} failed: ConnectError('refused')",

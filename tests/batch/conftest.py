@@ -14,7 +14,7 @@ from django.conf import settings
 from llmops.mock_upstream import MockUpstream
 from tests.conftest import TenantSetup
 from tests.factories import ModelFactory, ProviderFactory
-from tests.servers import ServiceProcess, ThreadedServer, committed_database_url
+from tests.servers import ServiceProcess, committed_database_url, serving
 
 DELEGATING_PROVIDER = "mock-batch-endpoint"
 WORKER_ENV = {
@@ -79,10 +79,7 @@ def worker(gateway, live_broker, files_root):
 @pytest.fixture(scope="session")
 def slow_upstream():
     """Every completion takes 250 ms, so a batch is still running when a test cancels it or kills its worker."""
-    app = MockUpstream(latency_ms=250)
-    with ThreadedServer(app) as server:
-        server.app = app
-        yield server
+    yield from serving(MockUpstream(latency_ms=250))
 
 
 def provider_model(

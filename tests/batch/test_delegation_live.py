@@ -30,7 +30,7 @@ from tests.factories import ModelFactory
 from tests.gateway.test_routing_live import publish
 from tests.gateway.test_worst_case_live import COMPRESS, long_conversation
 from tests.loops import run as run_on_a_new_loop
-from tests.servers import ThreadedServer
+from tests.servers import serving
 
 pytestmark = pytest.mark.live
 
@@ -79,6 +79,12 @@ def test_a_delegated_line_its_customers_budget_cannot_hold_fails_as_the_gateway_
     assert reported_cost(done) == sum(record.cost_usd for record in ledger.values()) > 0
 
 
+async def send_answer(send, body: bytes, *, status: int = 200, content_type: bytes = b"json") -> None:
+    """A test server's whole answer to the request it is sent."""
+    await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", content_type)]})
+    await send({"type": "http.response.body", "body": body})
+
+
 class PollsFail:
     """The mock upstream, except that while ``failing`` (True, or the set of the batch ids that fail) a look at a batch
     (``GET /v1/batches/{id}``) answers 503, and while ``refusing`` the creation of a batch (``POST /v1/batches``)
@@ -100,18 +106,14 @@ class PollsFail:
         if failing or (created and self.refusing):
             self.polls_failed += bool(polled)
             body = orjson.dumps({"error": {"message": "Service unavailable.", "type": "server_error"}})
-            await send({"type": "http.response.start", "status": 503, "headers": [(b"content-type", b"json")]})
-            await send({"type": "http.response.body", "body": body})
+            await send_answer(send, body, status=503)
             return
         await self.upstream(scope, receive, send)
 
 
 @pytest.fixture
 def failing_polls():
-    app = PollsFail()
-    with ThreadedServer(app) as server:
-        server.app = app
-        yield server
+    yield from serving(PollsFail())
 
 
 def out_of_time(batch_id: str) -> None:
@@ -342,12 +344,6 @@ def test_an_answer_merged_in_the_budget_s_next_period_is_charged_there_and_relea
     assert budget_status(budget=budget, now=yesterday).reserved_usd == 0
 
 
-def serving(app):
-    with ThreadedServer(app) as server:
-        server.app = app
-        yield server
-
-
 def two_models(upstream_url: str, acme) -> None:
     """acme-batchable (upstream model mock-small) and acme-batchable-mini (mock-mini), of the delegating provider."""
     batchable = provider_model(
@@ -444,8 +440,7 @@ class CancelsBatches:
             status = "cancelled" if polled and self.cancels_end else "cancelling"
             state = {"id": (cancel or polled).group(1), "object": "batch", "status": status}
             body = orjson.dumps({**state, "output_file_id": None, "error_file_id": None})
-            await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"json")]})
-            await send({"type": "http.response.body", "body": body})
+            await send_answer(send, body)
             return
         await self.upstream(scope, receive, send)
 
@@ -506,8 +501,7 @@ class SpoilsUsage:
             answer = (row.get("response") or {}).get("body")
             if row["custom_id"] in SPOILED_USAGE and isinstance(answer, dict):
                 answer["usage"] = {**answer["usage"], **SPOILED_USAGE[row["custom_id"]]}
-        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"jsonl")]})
-        await send({"type": "http.response.body", "body": b"".join(orjson.dumps(row) + b"\n" for row in rows)})
+        await send_answer(send, b"".join(orjson.dumps(row) + b"\n" for row in rows), content_type=b"jsonl")
 
 
 @pytest.fixture
@@ -556,8 +550,7 @@ class AnswersAList:
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == "/v1/batches":
-            await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"json")]})
-            await send({"type": "http.response.body", "body": b'[{"id": "batch_listed"}]'})
+            await send_answer(send, b'[{"id": "batch_listed"}]')
             return
         await self.upstream(scope, receive, send)
 

@@ -1,11 +1,12 @@
 """billing 0024: deliveries pending before the sweep judged them by their due time are due when it judged them until
 then, so it neither queues a retrying one beside its retry nor leaves a lost one pending."""
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 from django.utils import timezone
 
 from billing.alerts.tasks import alert_deliveries_requeue
+from tests.conftest import hourly_spikes
 from tests.factories import TenantFactory
 
 BEFORE = [("billing", "0023_usage_kind_cache_embedding")]
@@ -18,23 +19,7 @@ def test_pending_deliveries_are_due_when_the_sweep_used_to_judge_them(migrated, 
         old.get_model("billing", name) for name in ("AlertChannel", "Anomaly", "AlertDelivery")
     )
     channel = Channel.objects.create(tenant_id=tenant.pk, name="mail", kind="email", target="ops@acme.test")
-    window_end = datetime(2026, 12, 1, tzinfo=UTC)
-    anomalies = Anomaly.objects.bulk_create(
-        [
-            Anomaly(
-                tenant_id=tenant.pk,
-                metric="spend",
-                window="hour",
-                window_end=window_end + timedelta(hours=hours),
-                observed=10,
-                baseline_median=1,
-                baseline_mad=1,
-                score=9,
-                direction="spike",
-            )
-            for hours in range(3)
-        ]
-    )
+    anomalies = hourly_spikes(Anomaly, tenant_id=tenant.pk, count=3)
     lost, retrying, _ = Delivery.objects.bulk_create(
         [
             Delivery(anomaly=anomalies[0], channel=channel),

@@ -6,23 +6,17 @@ from routing.models import Provider
 from routing.services import provider_create
 from tests.providers.anthropic_server import AnthropicServer
 from tests.providers.bedrock_server import BedrockServer
-from tests.servers import ThreadedServer
+from tests.servers import serving
 
 
 @pytest.fixture(scope="module")
 def anthropic_upstream():
-    app = AnthropicServer()
-    with ThreadedServer(app) as server:
-        server.app = app
-        yield server
+    yield from serving(AnthropicServer())
 
 
 @pytest.fixture(scope="module")
 def bedrock_upstream():
-    app = BedrockServer()
-    with ThreadedServer(app) as server:
-        server.app = app
-        yield server
+    yield from serving(BedrockServer())
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import pytest
 from billing.budgets.services import budget_create
 from billing.models import UsageRecord
 from tests.conftest import make_tenant_setup
-from tests.servers import RecordingUpstream, ThreadedServer
+from tests.servers import RecordingUpstream, serving
 
 MESSAGES = [{"role": "user", "content": "Classify this support ticket: my refund has not arrived."}]
 
@@ -26,10 +26,7 @@ class MaxTokensOnlyUpstream(RecordingUpstream):
 
 @pytest.fixture
 def max_tokens_only_upstream():
-    app = MaxTokensOnlyUpstream()
-    with ThreadedServer(app) as server:
-        server.app = app
-        yield server
+    yield from serving(MaxTokensOnlyUpstream())
 
 
 def post(gateway, key: str, body: dict) -> httpx.Response:

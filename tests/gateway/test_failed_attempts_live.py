@@ -30,7 +30,7 @@ from tests.gateway.test_embeddings import allow as allow_embeddings
 from tests.gateway.test_embeddings import embedding_model
 from tests.gateway.test_routing_live import publish
 from tests.loops import run as run_on_a_new_loop
-from tests.servers import ThreadedServer
+from tests.servers import serving
 
 MESSAGES = [{"role": "user", "content": "A short answer about refunds, please."}]
 LIMIT = Decimal("1")
@@ -68,10 +68,7 @@ class SpoiledFirst:
 
 @pytest.fixture(scope="module")
 def spoiling_upstream():
-    app = SpoiledFirst(MockUpstream())
-    with ThreadedServer(app) as server:
-        server.app = app
-        yield server
+    yield from serving(SpoiledFirst(MockUpstream()))
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from tests.conftest import make_tenant_setup
 from tests.gateway.test_fairness_live import limit_inflight, wait_until_none_held
 from tests.gateway.test_routing_live import chat, publish
 from tests.gateway.test_worst_case_live import COMPRESS, long_conversation, rows_of
-from tests.servers import RecordingUpstream, ThreadedServer
+from tests.servers import RecordingUpstream, serving
 
 MESSAGES = [{"role": "user", "content": "Classify this support ticket: my refund has not arrived."}]
 
@@ -84,10 +84,7 @@ def test_a_tenant_at_its_cap_of_requests_in_flight_pays_for_no_summary(gateway, 
 
 @pytest.fixture
 def recording_upstream():
-    app = RecordingUpstream()
-    with ThreadedServer(app) as server:
-        server.app = app
-        yield server
+    yield from serving(RecordingUpstream())
 
 
 @pytest.mark.parametrize(("limit", "sent"), [({"tokens_per_minute": 100_000}, 5), ({"requests_per_minute": 10}, None)])

@@ -6,7 +6,7 @@ import pytest
 from routing.catalog import ModelEntry, ModelPrices, ProviderEntry
 from tests.providers.anthropic_server import AnthropicServer
 from tests.providers.bedrock_server import BedrockServer
-from tests.servers import ThreadedServer
+from tests.servers import serving
 
 PRICES = ModelPrices(Decimal("3.00"), Decimal("0.30"), Decimal("15.00"), Decimal("3.75"))
 # A transparent PNG of one pixel.
@@ -64,10 +64,7 @@ def streamed_text(chunks: list[dict]) -> str:
 
 @pytest.fixture(scope="session")
 def anthropic_server_session():
-    app = AnthropicServer()
-    with ThreadedServer(app) as server:
-        server.app = app
-        yield server
+    yield from serving(AnthropicServer())
 
 
 @pytest.fixture
@@ -87,10 +84,7 @@ def anthropic_provider(anthropic_server):
 
 @pytest.fixture(scope="session")
 def bedrock_server_session():
-    app = BedrockServer()
-    with ThreadedServer(app) as server:
-        server.app = app
-        yield server
+    yield from serving(BedrockServer())
 
 
 @pytest.fixture
