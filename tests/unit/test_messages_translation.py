@@ -405,6 +405,8 @@ def test_an_answer_is_a_message_with_usage_in_anthropic_terms():
         ("stop", "END", ["END"], ("stop_sequence", "END")),
         ("stop", "OTHER", ["END"], ("end_turn", None)),
         ("length", "END", ["END"], ("max_tokens", None)),
+        ("malformed_model_output", None, [], ("malformed_model_output", None)),
+        (None, None, [], ("end_turn", None)),
     ],
 )
 def test_stop_reasons(finish_reason, matched, stop_sequences, expected):

@@ -4,8 +4,10 @@ Usage in Anthropic's terms: ``input_tokens`` counts only the prompt tokens neith
 provider's cache (``cache_read_input_tokens``, ``cache_creation_input_tokens``), so the three add up to the chat
 completion's ``prompt_tokens``.
 
-The stop reason: ``stop`` → ``end_turn``, ``length`` → ``max_tokens``, ``content_filter`` → ``refusal``. A stop on one
-of the request's stop sequences is ``stop_sequence`` (with ``stop_sequence`` set) when the upstream says which one
+The stop reason: ``stop`` → ``end_turn``, ``length`` → ``max_tokens``, ``content_filter`` → ``refusal``; a reason the
+gateway does not know (an upstream's own, such as Bedrock's ``malformed_model_output``) is passed on as it came, as
+the chat completion passes it, so a client can tell it from a whole answer; none at all reads ``end_turn``. A stop on
+one of the request's stop sequences is ``stop_sequence`` (with ``stop_sequence`` set) when the upstream says which one
 matched (``GatewayCall.stop_sequence``: the Anthropic adapter does, as does vLLM with a choice's ``stop_reason``, and a
 cached answer keeps it); OpenAI's own API does not, and such a stop reads ``end_turn``.
 """
@@ -38,7 +40,9 @@ def stop_reason(finish_reason: str | None, matched: str | None, stop_sequences: 
     when the upstream said which."""
     if finish_reason == "stop" and matched is not None and matched in stop_sequences:
         return "stop_sequence", matched
-    return STOP_REASONS.get(finish_reason, "end_turn"), None
+    if not finish_reason:
+        return "end_turn", None
+    return STOP_REASONS.get(finish_reason, finish_reason), None
 
 
 def message_usage(usage: Usage) -> dict:
