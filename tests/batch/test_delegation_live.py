@@ -483,10 +483,13 @@ SPOILED_USAGE = {
     "absurd": {"completion_tokens": 10**12},
     "over-ceiling": {"completion_tokens": 5_000},
 }
+# The line of this custom_id comes back answered but without usage.
+UNMETERED = "unmetered"
 
 
 class SpoilsUsage:
-    """The mock upstream, whose batch output files report the usage of the lines SPOILED_USAGE names as it says."""
+    """The mock upstream, whose batch output files report the usage of the lines SPOILED_USAGE names as it says, and
+    none for the UNMETERED line."""
 
     def __init__(self):
         self.upstream = MockUpstream()
@@ -501,6 +504,8 @@ class SpoilsUsage:
             answer = (row.get("response") or {}).get("body")
             if row["custom_id"] in SPOILED_USAGE and isinstance(answer, dict):
                 answer["usage"] = {**answer["usage"], **SPOILED_USAGE[row["custom_id"]]}
+            if row["custom_id"] == UNMETERED and isinstance(answer, dict):
+                del answer["usage"]
         await send_answer(send, b"".join(orjson.dumps(row) + b"\n" for row in rows), content_type=b"jsonl")
 
 
@@ -539,6 +544,30 @@ def test_a_provider_answer_whose_usage_cannot_be_believed_fails_its_line_and_the
     now = timezone.now()
     check = budget_counter_check(budget=budget, now=now)
     assert check.counted_usd == check.ledger_usd == sum(record.cost_usd for record in ledger.values())
+    assert budget_status(budget=budget, now=now).reserved_usd == 0
+
+
+def test_a_provider_answer_without_usage_is_charged_the_gateway_s_own_count(
+    batches_here, openai_client, acme, spoiled_usage
+):
+    """As the synchronous path charges such an answer: the provider billed it, so it is not free."""
+    provider_model(spoiled_usage.url, provider_name=DELEGATING_PROVIDER, model_name="acme-batchable", tenant=acme)
+    budget = team_day_budget(acme, "1")
+    batch_id = create(openai_client, [chat_line(custom_id, "acme-batchable") for custom_id in (UNMETERED, "good")])
+
+    run_on_a_new_loop(batch_process(batch_id))
+    time.sleep(mock_upstream_module.BATCH_SECONDS)
+    run_on_a_new_loop(batch_process(batch_id))
+
+    lines = {line.custom_id: line for line in BatchLine.objects.unscoped().filter(batch_id=batch_id)}
+    ledger = {record.request_id: record for record in batch_ledger(batch_id)}
+    unmetered, good = ledger[lines[UNMETERED].request_id], ledger[lines["good"].request_id]
+    assert (lines[UNMETERED].status_code, unmetered.http_status, unmetered.usage_estimated) == (200, 200, True)
+    assert unmetered.prompt_tokens > 0 and unmetered.completion_tokens > 0 and unmetered.cost_usd > 0
+    assert good.usage_estimated is False
+    now = timezone.now()
+    check = budget_counter_check(budget=budget, now=now)
+    assert check.counted_usd == check.ledger_usd == unmetered.cost_usd + good.cost_usd
     assert budget_status(budget=budget, now=now).reserved_usd == 0
 
 

@@ -482,7 +482,8 @@ async def _outcome(row: dict, line: BatchLine, served: ModelEntry | None) -> tup
     """What a line records of its row of the provider's results: the status, the body, and the usage it is charged.
     An answer is checked as a synchronous one is (its choices, and its usage as a believable count of tokens for the
     request): one that cannot be used fails 502 ``upstream_invalid_response``, and is charged the gateway's own count
-    of it, as the synchronous path charges such an answer."""
+    of it, as the synchronous path charges such an answer. So is one that came without usage: the provider billed it
+    all the same."""
     response = row["response"] if isinstance(row.get("response"), dict) else {}
     status_code = _line_status(response.get("status_code"))
     body = response.get("body")
@@ -501,6 +502,8 @@ async def _outcome(row: dict, line: BatchLine, served: ModelEntry | None) -> tup
         usage = Usage.from_provider(body["usage"]) if body.get("usage") is not None else None
         if usage is not None and served is not None:
             usage = UsageCeiling.of(served, body=line.body, prompt_tokens=0).check(usage)
+        elif usage is None and served is not None:
+            usage = await estimated_usage(line.body, answer_text(body), served)
     except MalformedAnswer as problem:
         message = f"The provider batch answered this line with something the gateway cannot use: {problem}."
         unusable = GatewayError(message, status=502, code="upstream_invalid_response")
