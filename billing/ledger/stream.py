@@ -51,7 +51,12 @@ GROUP = "ledger-drainers"
 DEAD_LETTER_KEY = "llmops:ledger:dead"
 EVENT_FIELD = b"event"
 BATCH_SIZE = 500
-BLOCK_MS = 1000
+# How often a drainer that found the stream empty reads it again. It does not block on the stream by default: a
+# blocked read returns the moment an entry is appended, so on the gateway's cores the drainer woke inside the very
+# request whose settle appended it, and took the core its answer was about to need (docs/performance.md).
+POLL_SECONDS = 0.1
+# The longest a read may wait on the stream instead (``ledger_stream_run``'s ``block_ms``).
+MAX_BLOCK_MS = 1000
 CLAIM_IDLE_MS = 60_000
 CLAIM_EVERY_SECONDS = 30.0
 RETRY_PAUSE_SECONDS = 1.0
@@ -109,7 +114,7 @@ async def _event_append(event: UsageEvent) -> None:
 def ledger_stream_client() -> redis.Redis:
     """A client of its own for a drainer: its blocking reads must outlast the shared client's socket timeout."""
     return redis.Redis.from_url(
-        settings.REDIS_URL, socket_timeout=BLOCK_MS / 1000 + 10, socket_connect_timeout=5, health_check_interval=30
+        settings.REDIS_URL, socket_timeout=MAX_BLOCK_MS / 1000 + 10, socket_connect_timeout=5, health_check_interval=30
     )
 
 
@@ -286,11 +291,16 @@ def ledger_stream_run(
     consumer: str,
     stop: threading.Event,
     batch_size: int = BATCH_SIZE,
-    block_ms: int = BLOCK_MS,
+    block_ms: int | None = None,
     claim_idle_ms: int = CLAIM_IDLE_MS,
     linger_seconds: float = LINGER_SECONDS,
+    poll_seconds: float = POLL_SECONDS,
 ) -> None:
     """Drain until ``stop`` is set. Recovers first, then claims abandoned entries every CLAIM_EVERY_SECONDS.
+
+    An empty stream is read again after ``poll_seconds``; with ``block_ms`` (at most MAX_BLOCK_MS) the read waits
+    on the stream instead, up to that long, and returns as soon as an entry arrives (for a drainer on cores of its
+    own, or a test that waits for the ledger).
 
     Any failure (Redis or Postgres down) is logged and retried after a pause, starting again with recovery,
     so nothing read before the failure is left behind.
@@ -302,7 +312,9 @@ def ledger_stream_run(
                 ledger_stream_recover(client=client, consumer=consumer, claim_idle_ms=claim_idle_ms)
                 recovered_at = time.monotonic()
             settled = ledger_stream_drain(client=client, consumer=consumer, batch_size=batch_size, block_ms=block_ms)
-            if 0 < settled < batch_size:
+            if settled == 0 and block_ms is None:
+                stop.wait(poll_seconds)
+            elif 0 < settled < batch_size:
                 stop.wait(linger_seconds)
         except Exception:
             # A worker outlives any one failure; what it read stays pending and is recovered on the next pass.

@@ -6,8 +6,9 @@ from django.core.management.base import BaseCommand, CommandError
 
 from billing.ledger.stream import (
     BATCH_SIZE,
-    BLOCK_MS,
     CLAIM_IDLE_MS,
+    MAX_BLOCK_MS,
+    POLL_SECONDS,
     default_consumer_name,
     ledger_stream_backlog,
     ledger_stream_client,
@@ -31,7 +32,20 @@ class Command(BaseCommand):
         parser.add_argument("--consumer", default="", help="Consumer name in the group; default drainer-<hostname>.")
         parser.add_argument("--once", action="store_true", help="Recover, drain the backlog, then exit.")
         parser.add_argument("--batch-size", type=int, default=BATCH_SIZE)
-        parser.add_argument("--block-ms", type=int, default=BLOCK_MS)
+        parser.add_argument(
+            "--poll-ms",
+            type=int,
+            default=int(POLL_SECONDS * 1000),
+            help="Read an empty stream again after this long.",
+        )
+        parser.add_argument(
+            "--block-ms",
+            type=int,
+            default=None,
+            help=f"Wait on the stream for up to this long (at most {MAX_BLOCK_MS}) instead, woken by the next entry: "
+            "for a drainer on cores of its own (on the gateway's, that wake takes a core in the middle of the request "
+            "that appended it).",
+        )
         parser.add_argument(
             "--claim-idle-seconds",
             type=float,
@@ -45,6 +59,9 @@ class Command(BaseCommand):
         client = ledger_stream_client()
         if problem := redis_persistence_problem(client):
             logger.warning(problem)
+        block_ms = options["block_ms"]
+        if block_ms is not None and not 0 < block_ms <= MAX_BLOCK_MS:
+            raise CommandError(f"--block-ms must be between 1 and {MAX_BLOCK_MS}")
         consumer = options["consumer"] or default_consumer_name()
         claim_idle_ms = int(options["claim_idle_seconds"] * 1000)
         if options["once"]:
@@ -62,6 +79,7 @@ class Command(BaseCommand):
             consumer=consumer,
             stop=stop,
             batch_size=options["batch_size"],
-            block_ms=options["block_ms"],
+            block_ms=block_ms,
             claim_idle_ms=claim_idle_ms,
+            poll_seconds=options["poll_ms"] / 1000,
         )
