@@ -104,8 +104,15 @@ class GatewayASGIHandler(ASGIHandler):
                 response = await self.run_get_response(request)
             else:
                 response = await self.run_direct(direct.view, request, started)
-            with contextlib.suppress(asyncio.CancelledError):
+            try:
                 await self.send_response(response, send)
+            except asyncio.CancelledError:
+                # The client left while its answer was being sent (or before its headers went out: a stream's body
+                # never iterated is finished when the response is closed, below).
+                pass
+            except Exception:
+                _close(response, direct)
+                raise
             return response
 
         # As in Django: a client that disconnects cancels the view (a stream then records what was sent). Unlike
@@ -122,10 +129,7 @@ class GatewayASGIHandler(ASGIHandler):
             if direct is None:
                 signals.request_finished.send(sender=self.__class__)
         else:
-            if direct is None:
-                response.close()
-            else:
-                _close_without_request_finished(response)
+            _close(response, direct)
         finally:
             listening.cancel()
             body_file.close()
@@ -178,6 +182,15 @@ def _upload_refused_unread(scope: dict):
     except GatewayError as error:
         return json_error_response(error)
     return None
+
+
+def _close(response, direct: "DirectRoute | None") -> None:
+    """Close the response once it is sent or cannot be: what it holds is released (a stream's body that was never
+    iterated finishes its request there)."""
+    if direct is None:
+        response.close()
+    else:
+        _close_without_request_finished(response)
 
 
 def _close_without_request_finished(response) -> None:

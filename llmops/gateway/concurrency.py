@@ -7,7 +7,7 @@ cap holds across every gateway process. Each process renews the leases of the re
 LLMOPS_TENANT_INFLIGHT_LEASE_SECONDS, so a long stream keeps its slot, and the slots of a process that dies are free
 again once their lease ends. A request gives its slot back when it ends, whichever way: answered, refused later on,
 failed, or its client gone (an answer not streamed gives it back as its row is written, a stream when its body
-ends or is dropped).
+ends or is dropped, or when its response is closed with the body never sent).
 
 Without Redis (the embedded default, one process) the count is kept in process memory. When Redis cannot be reached
 the request goes through, logged: the cap is for fairness, and budgets keep their own fail-closed rule.
@@ -197,11 +197,29 @@ async def _released_at_the_end(content: AsyncIterator[bytes], slot: InflightSlot
         inflight_release(slot)
 
 
+class _SlotHeldByBody:
+    """A stream's body that holds the request's slot: given back when the body ends or is dropped, or when the
+    response is closed with its body never iterated (the client left while the headers waited to go out): Django
+    calls the body's ``close()`` when it closes the response."""
+
+    __slots__ = ("content", "slot")
+
+    def __init__(self, content: AsyncIterator[bytes], slot: InflightSlot):
+        self.content, self.slot = content, slot
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return _released_at_the_end(self.content, self.slot)
+
+    def close(self) -> None:
+        inflight_release(self.slot)
+
+
 def inflight_release_after(slot: InflightSlot | None, response: HttpResponse | None) -> None:
-    """Give the slot back once the response is done: now, or for a stream when its body ends or is dropped."""
+    """Give the slot back once the response is done: now, or for a stream when its body ends, is dropped, or the
+    response is closed unsent."""
     if slot is None:
         return
     if isinstance(response, StreamingHttpResponse):
-        response.streaming_content = _released_at_the_end(response.streaming_content, slot)
+        response.streaming_content = _SlotHeldByBody(response.streaming_content, slot)
         return
     inflight_release(slot)

@@ -5,7 +5,7 @@ It composes the apps in the one direction the design allows: gateway → billing
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
 
 import orjson
 from django.http import HttpResponse, StreamingHttpResponse
@@ -149,6 +149,10 @@ class StreamRelay:
     before its row is written. Under block they are held back (routing.stream_guard.AnswerHoldBack) until no secret
     can start in them unseen; a secret ends the stream with ``answer_contains_secret``. An answer the guard flags is
     not cached.
+
+    It is the response's body: Django calls its ``close()`` when the response is closed. A body never iterated (the
+    client left while the response's headers waited to go out) is finished there as a client that leaves mid-stream
+    is, once whichever way.
     """
 
     def __init__(
@@ -184,8 +188,32 @@ class StreamRelay:
         self.answer_texts = AnswerTexts() if guard_action == InjectionGuardAction.FLAG else None
         self.hold_back = AnswerHoldBack(known_secrets) if guard_action == InjectionGuardAction.BLOCK else None
         self.answer_flagged = False
+        # Whether ``events`` or ``close`` took the stream on: the one that did finishes it.
+        self.taken = False
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self.events()
+
+    def close(self) -> None:
+        """The response is closed. A body that was iterated has finished the stream itself; one never iterated holds
+        the upstream stream open and the request unrecorded: closed and recorded as a client that left, on a task of
+        its own (the handler's may be cancelled)."""
+        if self.taken:
+            return
+        self.taken = True
+        run_in_background(self._abandoned())
+
+    async def _abandoned(self) -> None:
+        try:
+            await self.stream.aclose()
+        finally:
+            if not self.call.finished:
+                await self._record_disconnected()
 
     async def events(self) -> AsyncIterator[bytes]:
+        if self.taken:
+            return
+        self.taken = True
         try:
             async for event in self.stream.events():
                 data = event[6:] if event.startswith("data: ") else None
@@ -376,10 +404,10 @@ async def stream_chat(call: GatewayCall, plan: ChatPlan) -> StreamingHttpRespons
     relay = StreamRelay(
         call, body, stream, ceiling, plan.cache, guard_action=plan.guard_action, known_secrets=_provider_secrets(plan)
     )
-    return _event_stream_response(call, relay.events())
+    return _event_stream_response(call, relay)
 
 
-def _event_stream_response(call: GatewayCall, events: AsyncIterator[bytes]) -> StreamingHttpResponse:
+def _event_stream_response(call: GatewayCall, events: AsyncIterable[bytes]) -> StreamingHttpResponse:
     response = StreamingHttpResponse(events, content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"
