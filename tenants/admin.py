@@ -17,6 +17,7 @@ from django.db import models
 from django.http import HttpRequest
 from django.utils import timezone
 
+from tenants.deletion import work_in_flight, work_label
 from tenants.models import ApiKey, AuditEvent, Membership, PayloadLog, PayloadLogSettings, Team, Tenant
 from tenants.permissions import Action, TenantAccess
 from tenants.scoping import TenantScopedManager, tenant_id_of
@@ -169,8 +170,30 @@ class TenantScopedInline:
         return super().get_queryset(request).restrict(request.user, self.view_action)
 
 
+class WorkInFlightGuardAdmin:
+    """Keys, teams and tenants: one whose batches or jobs have not finished cannot be deleted (tenants.deletion). The
+    confirmation page (one row's or the bulk action's) lists that work as what protects it, and refuses the deletion
+    as Django does for protected rows."""
+
+    def get_deleted_objects(self, objs, request):
+        deleted, model_count, perms_needed, protected = super().get_deleted_objects(objs, request)
+        blocking = work_in_flight(owners=objs)
+        if not blocking:
+            return deleted, model_count, perms_needed, protected
+        if not request.POST.get("post"):  # The page, not its (refused) confirmation, which would keep it for the next.
+            messages.error(
+                request,
+                "Batches and jobs that have not finished protect their key, team and tenant from deletion: cancel the "
+                "batches, or stop the work by revoking the key or disabling the team or tenant, and delete once it has "
+                "ended.",
+            )
+        # Django's page shows only missing permissions when both apply (here always: batches and jobs are read-only),
+        # and the work in flight is what to act on. The deletion is refused either way.
+        return deleted, model_count, set(), [*(work_label(row) for row in blocking), *protected]
+
+
 @admin.register(Tenant)
-class TenantAdmin(TenantScopedAdmin):
+class TenantAdmin(WorkInFlightGuardAdmin, TenantScopedAdmin):
     list_display = ("slug", "name", "time_zone", "is_active", "created_at")
     list_filter = ("is_active",)
     search_fields = ("slug", "name")
@@ -209,7 +232,7 @@ class TenantAdmin(TenantScopedAdmin):
 
 
 @admin.register(Team)
-class TeamAdmin(TenantScopedAdmin):
+class TeamAdmin(WorkInFlightGuardAdmin, TenantScopedAdmin):
     list_display = ("slug", "name", "tenant", "is_active", "created_at")
     list_filter = (("tenant", TenantListFilter), "is_active")
     list_select_related = ("tenant",)
@@ -233,7 +256,7 @@ class ApiKeyForm(forms.ModelForm):
 
 
 @admin.register(ApiKey)
-class ApiKeyAdmin(TenantScopedAdmin):
+class ApiKeyAdmin(WorkInFlightGuardAdmin, TenantScopedAdmin):
     form = ApiKeyForm
     list_display = ("prefix", "tenant", "team", "name", "created_at", "expires_at", "revoked_at")
     list_filter = (("tenant", TenantListFilter), ("revoked_at", admin.EmptyFieldListFilter))

@@ -7,5 +7,7 @@ class TenantsConfig(AppConfig):
 
     def ready(self):
         from tenants.audit import audit_signals_connect
+        from tenants.deletion import deletion_guard_connect
 
         audit_signals_connect()
+        deletion_guard_connect()
