@@ -75,6 +75,18 @@ class BudgetEntry:
             return self.model_name in model_names
         return True
 
+    def replaces(self, other: "BudgetEntry") -> bool:
+        """Whether this budget, one customer's own, takes the place for that customer of `other`, the tenant's budget
+        for each customer: when they are of the same period."""
+        return (
+            self.per_customer
+            and bool(self.customer)
+            and other.per_customer
+            and not other.customer
+            and self.tenant_id == other.tenant_id
+            and self.period == other.period
+        )
+
     def spends_on(self, served_model: str | None) -> bool:
         """Whether spend on the model that served (None: not known, every hold is charged) is this budget's: a model
         budget counts only its own model, whichever of a chain's models the request was held to."""
@@ -107,10 +119,15 @@ class BudgetIndex:
             for entry in self.by_tenant.get(tenant_id, ())
             if entry.applies_to_any(team_id=team_id, key_id=key_id, model_names=model_names, customer=customer)
         ]
-        overridden = {entry.period for entry in entries if entry.per_customer and entry.customer}
-        return [
-            entry for entry in entries if not (entry.per_customer and not entry.customer and entry.period in overridden)
-        ]
+        own = [entry for entry in entries if entry.customer]
+        if not own:
+            return entries
+        return [entry for entry in entries if not any(budget.replaces(entry) for budget in own)]
+
+    def own_budget_customers(self, default: BudgetEntry) -> set[str]:
+        """The customers whose own active budget replaces `default`, a budget for each customer, as for_chain replaces
+        it: none of their requests is held to it, so none of their spend is its."""
+        return {entry.customer for entry in self.by_tenant.get(default.tenant_id, ()) if entry.replaces(default)}
 
 
 def budget_entry(budget: Budget) -> BudgetEntry:

@@ -20,7 +20,7 @@ from billing.budgets.counters import (
     database_counters_locked,
     ledger_spend,
 )
-from billing.budgets.index import UNITS_PER_USD, budget_entry, units_to_usd, usd_to_units
+from billing.budgets.index import UNITS_PER_USD, budget_entry, build_budget_index, units_to_usd, usd_to_units
 from billing.budgets.periods import BudgetWindow
 from billing.budgets.selectors import budget_current_window
 from billing.budgets.thresholds import threshold_alert_raise_again
@@ -263,21 +263,15 @@ REBUILD_WAIT_SECONDS = 10.0
 
 def _holds(budget: Budget, now: datetime) -> list[BudgetHold]:
     """The budget's counters in the current period: its one, or for each customer the counter of every customer
-    with spend in the ledger this period (a counter without any has counted nothing a seed would change)."""
+    with spend in the ledger this period (a counter without any has counted nothing a seed would change) but those
+    with a budget of their own in its place."""
     entry = budget_entry(budget)
     if not entry.per_customer:
         return [BudgetHold.of(entry, now=now)]
     if entry.customer:
         return [BudgetHold.of(entry, now=now, customer=entry.customer)]
     window = budget_current_window(budget=budget, now=now)
-    customers = (
-        UsageRecord.objects.for_tenant(budget.tenant_id)
-        .filter(PRODUCT_ROWS, created_at__gte=window.start, created_at__lt=window.end)
-        .exclude(customer="")
-        .values_list("customer", flat=True)
-        .distinct()
-        .order_by("customer")
-    )
+    customers = _customers_records(budget, window).values_list("customer", flat=True).distinct().order_by("customer")
     return [BudgetHold.of(entry, now=now, customer=customer) for customer in customers.iterator()]
 
 
@@ -470,13 +464,20 @@ def _suspect_holds(budget: Budget, now: datetime) -> Iterator[BudgetHold]:
 
 
 def _customers_spend(budget: Budget, window: BudgetWindow) -> QuerySet:
-    """(customer, spent) of each customer with spend in the window, from Postgres."""
+    """(customer, spent) of each of the budget's customers with spend in the window, from Postgres."""
+    return _customers_records(budget, window).values_list("customer").annotate(spent=Sum("cost_usd"))
+
+
+def _customers_records(budget: Budget, window: BudgetWindow) -> QuerySet[UsageRecord]:
+    """The window's ledger rows of the customers a budget for each customer holds: a customer with an active budget
+    of their own for its period is held to that one instead (BudgetIndex.for_chain), so neither alerted nor counted
+    under it."""
+    own_budget = build_budget_index(tenant_id=budget.tenant_id).own_budget_customers(budget_entry(budget))
     return (
         UsageRecord.objects.for_tenant(budget.tenant_id)
         .filter(PRODUCT_ROWS, created_at__gte=window.start, created_at__lt=window.end)
         .exclude(customer="")
-        .values_list("customer")
-        .annotate(spent=Sum("cost_usd"))
+        .exclude(customer__in=own_budget)
     )
 
 

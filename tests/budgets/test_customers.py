@@ -12,7 +12,14 @@ from billing.budgets.counters import COUNTER_GRACE, BudgetHold
 from billing.budgets.index import build_budget_index, build_rate_limit_index
 from billing.budgets.periods import budget_window
 from billing.budgets.reservations import BudgetExceeded, budget_reserve, reservation_settle
-from billing.budgets.services import budget_counter_check, budget_counters_check, budget_create
+from billing.budgets.services import (
+    budget_counter_check,
+    budget_counters_check,
+    budget_counters_rebuild,
+    budget_create,
+    budget_update,
+)
+from billing.budgets.thresholds import threshold_alerts_wait
 from billing.ledger.events import UsageEvent
 from billing.ledger.stream import STREAM_KEY, usage_event_encode
 from billing.models import BudgetAlert, BudgetCounter, RateLimitScope, UsageRecord
@@ -134,6 +141,35 @@ def test_a_customers_own_budget_replaces_the_default_of_its_period_only(live_org
     assert reserve(live_org, "vip", "5").remaining_usd == Decimal(5)
     assert refused(live_org, "alice", "5").limit_usd == Decimal(1)
     assert str(vip) == f"{live_org.tenant.slug} customer vip day $10"
+
+
+def test_the_nightly_check_and_a_rebuild_leave_a_customer_with_an_own_budget_off_the_default(live_org, redis_counters):
+    """As on the request path: a VIP spending their own budget raises no alert of the default for each customer (which
+    would use up its thresholds for the period), and has no counter of it rebuilt; a default of another period holds
+    them still."""
+    default = budget_create(tenant=live_org.tenant, scope="customer", period="day", limit_usd=Decimal(100))
+    monthly = budget_create(
+        tenant=live_org.tenant, scope="customer", period="month", limit_usd=Decimal(100_000), thresholds=[1]
+    )
+    own = dict(customer="vip", period="day", limit_usd=Decimal(10_000), thresholds=[50])
+    vip = budget_create(tenant=live_org.tenant, scope="customer", **own)
+    now = datetime.now(UTC)
+    spend(live_org, "vip", "5000", "vip-1", created_at=now)
+    spend(live_org, "alice", "10", "alice-1", created_at=now)
+
+    assert budget_counters_rebuild(budget=default, now=now) == Decimal(10)
+    budget_counters_check(now=now)
+    threshold_alerts_wait()
+
+    alerts = BudgetAlert.objects.unscoped().values_list("budget_id", "threshold", "customer")
+    assert set(alerts) == {(vip.pk, 50, "vip"), (monthly.pk, 1, "vip")}
+    # Alice's crossing of the default's thresholds is hers to raise.
+    spend(live_org, "alice", "45", "alice-2", created_at=now)
+    budget_counters_check(now=now)
+    assert set(alerts.filter(budget=default)) == {(default.pk, 50, "alice")}
+    # Without an active budget of their own, the VIP is the default's again.
+    budget_update(budget=vip, is_active=False)
+    assert budget_counters_rebuild(budget=default, now=now) == Decimal(5055)
 
 
 @pytest.mark.parametrize("backend", ["redis", "database"])
