@@ -388,7 +388,12 @@ async def _redis_settle(reservation: Reservation, charges: list[int], event: Usa
         return None
     if event is not None and appended is None:
         await ledger_event_append(event=event)
-    return [(int(result[2 * i]), int(result[2 * i + 1])) for i in range(len(reservation.holds))]
+    return _settled(result, len(reservation.holds))
+
+
+def _settled(result, n: int) -> list[tuple[int, int]]:
+    """The settle script's reply: spent and reserved of each of the n counters after it."""
+    return [(int(result[2 * i]), int(result[2 * i + 1])) for i in range(n)]
 
 
 async def _resettle(
@@ -400,14 +405,15 @@ async def _resettle(
 ) -> None:
     """Send a failed settle again (without its ledger event, which is in the database) until Redis answers, for up
     to RESETTLE_SECONDS. Only a counter that still notes the reservation releases it and gets the cost: one seeded
-    since has read the row, and if the first attempt did reach Redis with only its reply lost, it has both already."""
+    since has read the row, and if the first attempt did reach Redis with only its reply lost, it has both already.
+    The thresholds a charge crosses are noted here, as the settle would have: every later settle starts above them."""
     keys, arguments = _settle_call(reservation, charges, None, in_ledger=True)
     deadline = time.monotonic() + RESETTLE_SECONDS
     pause = RESETTLE_FIRST_PAUSE_SECONDS
     while True:
         await asyncio.sleep(pause)
         try:
-            await SETTLE_SCRIPT.run(async_redis(), keys, arguments)
+            result = await SETTLE_SCRIPT.run(async_redis(), keys, arguments)
         except RedisError as exc:
             if time.monotonic() > deadline:
                 logger.error(
@@ -418,6 +424,8 @@ async def _resettle(
             pause = min(pause * 2, RESETTLE_MAX_PAUSE_SECONDS)
             continue
         logger.log(done_level, done_note, reservation.request_id)
+        if any(charges):
+            _note_thresholds(reservation.holds, _settled(result, len(reservation.holds)), charges)
         return
 
 

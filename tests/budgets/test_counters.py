@@ -25,10 +25,12 @@ from billing.budgets.reservations import (
 )
 from billing.budgets.services import budget_counter_check, budget_counters_rebuild, budget_create, budget_update
 from billing.budgets.tasks import budget_counters_check as budget_counters_check_task
+from billing.budgets.thresholds import threshold_alerts_wait
 from billing.ledger import stream
 from billing.ledger.events import UsageEvent
 from billing.ledger.stream import STREAM_KEY, ledger_stream_drain, ledger_stream_recover, usage_event_encode
-from billing.models import BudgetCounter, BudgetScope, UsageKind, UsageRecord
+from billing.models import BudgetAlert, BudgetCounter, BudgetScope, UsageKind, UsageRecord
+from core.background import background_drain
 from core.db import database_sync_to_async
 from llmops.gateway.chat import admission
 from tests.budgets.conftest import UNREACHABLE_REDIS_URL
@@ -372,6 +374,40 @@ def test_a_settle_that_fails_on_redis_after_its_caller_was_cancelled_still_write
 
     assert asyncio.run(cancelled_while_settling()) == (usd_to_units(Decimal("0.5")), 0, {})
     assert UsageRecord.objects.unscoped().filter(request_id="cut").count() == 1
+
+
+def test_a_settle_sent_again_once_redis_answers_raises_the_thresholds_its_charge_crossed(
+    live_org, redis_counters, monkeypatch
+):
+    """The settle that took spend past 50 % met Redis away: sent again once it answers, it raises that alert then.
+    No later settle would (each starts above 50 %), and the nightly check is hours away."""
+    budget = budget_create(
+        tenant=live_org.tenant, scope=BudgetScope.TEAM, team=live_org.team, limit_usd=Decimal(10), thresholds=[50, 80]
+    )
+    ledger(live_org, cost="4")
+    crossing = reserve(live_org, "2", request_id="crossing")
+    answers = SETTLE_SCRIPT.run
+    dropped = iter([True])
+
+    async def dropped_once(client, keys, args):
+        if next(dropped, False):
+            raise RedisConnectionError("Connection closed by server.")
+        return await answers(client, keys, args)
+
+    monkeypatch.setattr(SETTLE_SCRIPT, "run", dropped_once)
+
+    async def settled_then_sent_again() -> None:
+        await reservation_settle(
+            crossing, actual=Decimal("1.5"), event=event(live_org, request_id="crossing", cost="1.5")
+        )
+        assert await background_drain(5) == 0
+
+    asyncio.run(settled_then_sent_again())
+    threshold_alerts_wait()
+
+    assert budget_counter_check(budget=budget, now=NOW).counted_usd == Decimal("5.5")
+    alerts = BudgetAlert.objects.unscoped().filter(budget=budget).values_list("threshold", "spent_usd")
+    assert list(alerts) == [(50, Decimal("5.5"))]
 
 
 def test_a_ledger_record_whose_caller_was_cancelled_while_redis_failed_goes_to_the_database(
