@@ -67,6 +67,22 @@ def test_slack_alert_posts_json_text(org, receiver, django_capture_on_commit_cal
     assert "budget at 50%" in json.loads(request.body)["text"]
 
 
+def test_a_customer_id_in_a_slack_alert_is_shown_as_written_never_a_mention_or_a_link(
+    org, receiver, django_capture_on_commit_callbacks
+):
+    """The request's customer (anyone's choice) is named in the alert: Slack's <...> markup in it is escaped."""
+    app, url = receiver
+    channel = alert_channel_create(tenant=org.tenant, name="slack", kind=ChannelKind.SLACK, target=f"{url}/slack")
+    budget = budget_create(tenant=org.tenant, scope="customer", limit_usd=Decimal("10"), channels=[channel])
+    customer = "<!channel> & <https://evil.example|llmops>"
+    with django_capture_on_commit_callbacks(execute=True):
+        budget_threshold_alert(budget.pk, "2026-11", 50, 5 * UNITS, customer)
+    [request] = app.received
+    text = json.loads(request.body)["text"]
+    assert "customer &lt;!channel&gt; &amp; &lt;https://evil.example|llmops&gt;;" in text
+    assert "<" not in text and ">" not in text
+
+
 def test_webhook_is_signed_and_retried_until_it_lands(org, receiver, django_capture_on_commit_callbacks):
     app, url = receiver
     app.statuses.extend([500, 503])
