@@ -23,7 +23,10 @@ from tenants.selectors import tenants_active
 # The name predates this module; a message beat sent under it before a deploy still runs.
 @shared_task(name="billing.tasks_finance.usage_rollups_refresh_task")
 def usage_rollups_refresh_task() -> int:
-    return usage_rollups_refresh()
+    """Every minute (beat). While another writer holds the rollups' lock (the nightly rebuild, a rezone) it does
+    nothing rather than hold a worker the alert tasks need: the ledger rows it skipped stay past the cursor, for the
+    next run."""
+    return usage_rollups_refresh(wait=False)
 
 
 # The name predates this module; a message beat sent under it before a deploy still runs.

@@ -1,4 +1,5 @@
 import io
+import threading
 from bisect import bisect_left
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -6,8 +7,10 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from django.core.management import call_command
+from django.db import connection, transaction
 
-from billing.finance.rollups import latency_p95_ms, usage_rollups_rebuild, usage_rollups_refresh
+from billing.finance.rollups import _lock_rollups, latency_p95_ms, usage_rollups_rebuild, usage_rollups_refresh
+from billing.finance.tasks import usage_rollups_refresh_task
 from billing.ledger.services import usage_records_purge
 from billing.models import RollupCursor, UsageKind, UsageRecord, UsageRollupDaily, UsageRollupHourly
 from billing.models.rollups import LATENCY_BUCKET_EDGES_MS
@@ -49,6 +52,43 @@ def test_refresh_is_idempotent_and_equals_a_full_rebuild(kolkata):
     assert usage_rollups_refresh() == 0
     usage_rollups_rebuild(tenant=kolkata.tenant, first=date(2025, 3, 1), last=date(2025, 3, 10))
     assert (rollup_snapshot(UsageRollupHourly), rollup_snapshot(UsageRollupDaily)) == after_first
+
+
+def test_the_minutely_refresh_skips_while_another_writer_holds_the_lock_and_the_next_folds_what_it_skipped(
+    transactional_db,
+):
+    """A long rebuild holds the rollups' lock: the beat's refresh leaves at once instead of holding a worker the alert
+    tasks share, and the rows it left are folded by the next refresh."""
+    setup = make_finance_tenant("kolkata", time_zone="Asia/Kolkata")
+    assert usage_rollups_refresh() == 0  # the cursor row, as every deployment has it
+    write_usage(setup, offsets_minutes=[0, 5, 70])
+    held, done = threading.Event(), threading.Event()
+
+    def rebuilding() -> None:
+        try:
+            with transaction.atomic():
+                _lock_rollups()
+                held.set()
+                done.wait(10)
+        finally:
+            connection.close()
+
+    writer = threading.Thread(target=rebuilding)
+    writer.start()
+    assert held.wait(10)
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SET lock_timeout = '500ms'")  # a refresh that waits fails here rather than hangs
+        assert usage_rollups_refresh_task() == 0
+    finally:
+        done.set()
+        writer.join()
+        with connection.cursor() as cursor:
+            cursor.execute("RESET lock_timeout")
+    assert not UsageRollupHourly.objects.unscoped().exists()
+
+    assert usage_rollups_refresh_task() == UsageRecord.objects.unscoped().latest("id").id
+    assert sum(UsageRollupHourly.objects.unscoped().values_list("requests", flat=True)) == 3
 
 
 def test_rollups_sum_to_the_ledger_by_local_day(kolkata):
