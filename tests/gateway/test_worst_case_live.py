@@ -24,7 +24,8 @@ from routing.services import tenant_model_access_set
 from routing.tokens import count_chat_tokens
 from tenants.services import api_key_create
 from tests.conftest import SMALL_PRICES, make_tenant_setup
-from tests.factories import ModelFactory
+from tests.factories import ModelFactory, ProviderFactory
+from tests.gateway.test_failed_attempts_live import assert_counted
 from tests.gateway.test_routing_live import chat, publish
 
 MESSAGES = [{"role": "user", "content": "Classify this support ticket: my refund has not arrived."}]
@@ -223,6 +224,34 @@ def test_the_compression_summary_is_a_ledger_row_of_its_request_and_counts_again
         UsageRecord.objects.unscoped().filter(tenant=acme.tenant), group_by=(ExportGrouping.MODEL,), zone=UTC
     )
     assert (group["requests"], group["cost_usd"]) == (1, main.cost_usd + summary.cost_usd)
+
+
+def test_a_summary_that_timed_out_once_sent_is_charged_its_prompt_as_a_failed_attempt_is(gateway, acme):
+    """The provider had the summary's request when the wait for its answer ran out, and may bill its prompt: the
+    summary's row charges it, as a request's attempt that failed so is charged; the request goes on without it."""
+    stalling = ModelFactory(
+        name="acme-stalling",
+        provider=ProviderFactory(base_url=acme.small.provider.base_url, timeout_seconds=Decimal("0.3")),
+        upstream_name="mock-stall",
+    )
+    tenant_model_access_set(
+        tenant=acme.tenant, allowed_models=[acme.small, acme.large, stalling], default_model=stalling
+    )
+    publish(acme, COMPRESS)
+    budget = budget_create(tenant=acme.tenant, limit_usd=Decimal("1"), period="day")
+
+    response = chat(gateway, acme, {"model": acme.small.name, "messages": long_conversation(), "max_tokens": 10})
+
+    assert response.status_code == 200, response.text
+    main, summary = rows_of(response)
+    assert (summary.http_status, summary.error_code, summary.served_model) == (504, "upstream_timeout", stalling.name)
+    assert summary.usage_estimated and summary.prompt_tokens > 0 and summary.completion_tokens == 0
+    prices = ModelPrices(*SMALL_PRICES)
+    assert summary.cost_usd == usage_cost(
+        prices=prices, prompt_tokens=summary.prompt_tokens, cached_tokens=0, completion_tokens=0
+    )
+    assert summary.cost_usd > 0
+    assert_counted(budget, main.cost_usd + summary.cost_usd)
 
 
 def test_a_budget_that_covers_the_request_but_not_its_summary_too_refuses(gateway, acme, globex):

@@ -18,9 +18,11 @@ from django.conf import settings
 from django.utils import timezone
 
 from billing.budgets.reservations import BudgetExceeded, BudgetUnavailable, budget_reserve
+from billing.ledger.costs import Usage
 from billing.models import CacheStatus, UsageKind
 from core.background import run_in_background
 from llmops.gateway.call import GatewayCall, estimated_usage, reply_usage
+from llmops.gateway.chat.failed_attempts import failure_usage
 from llmops.gateway.chat.recording import finish
 from llmops.gateway.chat.worst_case import OutputBound, budget_refusal, chain_worst_case
 from llmops.gateway.errors import GatewayError, upstream_failure
@@ -133,6 +135,10 @@ def metered_summarizer(
 
     async def summarize(messages: list[dict]) -> str:
         body = _summary_body(model, messages)
+
+        async def estimate(called: ModelEntry, completion_text: str) -> Usage:
+            return await estimated_usage(body, completion_text, called)
+
         prompt_tokens = await count_chat_tokens_async(body["messages"], model=model.upstream_name)
         if admit_summary is not None:
             try:
@@ -161,9 +167,8 @@ def metered_summarizer(
         except upstream.UpstreamError as error:
             summary.upstream_ms = error.elapsed_ms
             failure = upstream_failure(error)
-            usage = None
-            if isinstance(error, upstream.UpstreamInvalidResponse):
-                usage = await estimated_usage(body, error.completion_text, model)
+            # Charged as a request's failed attempt is: nothing when the provider cannot bill it.
+            usage = await failure_usage(summary, error, model, estimate) if error.billable else None
             await _finish(call, summary, http_status=failure.status_code, usage=usage, error_code=failure.code)
             raise
         except Exception:
