@@ -103,7 +103,16 @@ class OpenAIStream:
     async def events(self) -> AsyncIterator[str]:
         async for event in sse_events(self.provider, self.response, self.started):
             if event.data:
-                yield "data: " + event.data
+                yield "data: " + (self._one_line(event.data) if "\n" in event.data else event.data)
+
+    def _one_line(self, data: str) -> str:
+        """An event sent on several ``data:`` lines (SSE joins them with line feeds) as the one line the gateway passes
+        on: the chunk serialised again, else the lines after the first would reach the client without their field."""
+        try:
+            return orjson.dumps(orjson.loads(data)).decode()
+        except orjson.JSONDecodeError as exc:
+            problem = MalformedAnswer("a stream event that is not JSON")
+            raise invalid_response(self.provider, problem, elapsed_ms=self.elapsed_ms()) from exc
 
     def elapsed_ms(self) -> int:
         return elapsed_ms_since(self.started)

@@ -66,3 +66,22 @@ def test_a_stream_request_answered_with_a_json_body_is_an_invalid_response():
 
     with pytest.raises(upstream.UpstreamInvalidResponse, match="not text/event-stream"):
         read_openai_stream(streaming([body], content_type="application/json"))
+
+
+def test_an_openai_event_sent_on_several_data_lines_is_passed_on_as_one():
+    """SSE joins an event's data lines with line feeds; passed on as it came, the lines after the first would reach the
+    client without their ``data:`` field, a stream its SDK cannot read."""
+    lines = orjson.dumps(chunk("Hello"), option=orjson.OPT_INDENT_2).split(b"\n")
+    events = [b"".join(b"data: " + line + b"\n" for line in lines) + b"\n", b"data: [DONE]\n\n"]
+
+    read = read_openai_stream(streaming(events))
+
+    assert all("\n" not in event for event in read)
+    assert chunks_of(read) == [chunk("Hello")]
+
+
+def test_an_openai_event_on_several_data_lines_that_is_not_json_is_an_invalid_response():
+    events = [b'data: {"choices":\ndata: [\n\n', b"data: [DONE]\n\n"]
+
+    with pytest.raises(upstream.UpstreamInvalidResponse, match="not JSON"):
+        read_openai_stream(streaming(events))
