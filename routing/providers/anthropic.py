@@ -209,7 +209,7 @@ def chat_completion_body(message: dict, *, model: str) -> dict:
             if block["type"] == "tool_use"
         ],
         finish_reason=finish_reason(message.get("stop_reason")),
-        usage=USAGE_FIELDS.openai_usage_of(message.get("usage") or {}),
+        usage=USAGE_FIELDS.reported_usage(message.get("usage")),
     )
 
 
@@ -279,7 +279,9 @@ class ChunkTranslator(ChunkBuilder):
             return [self.delta({}, finish_reason(delta["stop_reason"]))]
         if kind == "message_stop":
             self.finished = True
-            return [self.usage(USAGE_FIELDS.openai_usage_of(self.usage_so_far))] if self.include_usage else []
+            # A stream that reported no usage has no usage chunk: the gateway counts it, rather than charge nothing.
+            reported = self.include_usage and self.usage_so_far
+            return [self.usage(USAGE_FIELDS.openai_usage_of(self.usage_so_far))] if reported else []
         return []
 
 

@@ -397,6 +397,11 @@ class UsageFields(NamedTuple):
         """The provider's usage object, each count checked, in OpenAI's shape."""
         return openai_usage(**{count: reported_tokens(usage, name) for count, name in self._asdict().items()})
 
+    def reported_usage(self, usage) -> dict | None:
+        """``openai_usage_of`` the usage an answer reported; None when it reported none (absent, null or empty), which
+        the gateway then counts itself (llmops.gateway.call.reply_usage) rather than charge nothing."""
+        return None if usage is None or usage == {} else self.openai_usage_of(usage)
+
 
 def conversation(
     openai_messages: list[dict],
@@ -535,18 +540,25 @@ def checked_chunk(data: str) -> dict:
     return chunk
 
 
-def answer_text(body) -> str:
+def answer_text(body, *, reasoning: bool = True) -> str:
     """What a chat.completion's answers were billed for as output, as text, read as far as its shape allows (for an
-    estimate of their cost): each message's content, refusal, and tool or function calls (their names and arguments)."""
+    estimate of their cost): each message's content, refusal, reasoning, and tool or function calls (their names and
+    arguments). ``reasoning=False`` leaves the reasoning out, for a reader of what the answers say."""
     choices = body.get("choices") if isinstance(body, dict) else None
     if not isinstance(choices, list):
         return ""
     messages = (choice.get("message") for choice in choices if isinstance(choice, dict))
-    return "".join(billed_text(message) for message in messages if isinstance(message, dict))
+    return "".join(billed_text(message, reasoning=reasoning) for message in messages if isinstance(message, dict))
 
 
-def billed_text(message: dict) -> str:
-    """A message's (or a stream chunk's delta's) output as text: its content, refusal and calls' names and arguments."""
+# Where a message (or a delta) carries the reasoning a model wrote before its answer, billed as output tokens:
+# DeepSeek's ``reasoning_content``, OpenRouter's ``reasoning``. vLLM has sent both, the same text twice.
+REASONING_FIELDS = ("reasoning_content", "reasoning")
+
+
+def billed_text(message: dict, *, reasoning: bool = True) -> str:
+    """A message's (or a stream chunk's delta's) output as text: its content, refusal, reasoning and calls' names and
+    arguments; ``reasoning=False`` leaves the reasoning out."""
     refusal = message.get("refusal")
     calls = [message.get("function_call"), *(message.get("tool_calls") or [])]
     functions = [call.get("function", call) for call in calls if isinstance(call, dict)]
@@ -555,7 +567,10 @@ def billed_text(message: dict) -> str:
         for function in functions
         if isinstance(function, dict)
     )
-    return message_text(message.get("content")) + (refusal if isinstance(refusal, str) else "") + called
+    thoughts = [text for field in REASONING_FIELDS if reasoning and isinstance(text := message.get(field), str)]
+    # The same reasoning under both names was written, and billed, once.
+    thought = "".join(dict.fromkeys(thoughts))
+    return thought + message_text(message.get("content")) + (refusal if isinstance(refusal, str) else "") + called
 
 
 def sse_event(payload: dict) -> str:
@@ -644,9 +659,9 @@ def openai_tool_call(*, call_id: str, name: str, arguments: dict) -> dict:
 
 
 def chat_completion_reply(
-    *, reply_id: str, model: str, text: str, tool_calls: list[dict], finish_reason: str, usage: dict
+    *, reply_id: str, model: str, text: str, tool_calls: list[dict], finish_reason: str, usage: dict | None
 ) -> dict:
-    """An OpenAI chat.completion body with one choice."""
+    """An OpenAI chat.completion body with one choice; ``usage`` None when the provider reported none."""
     message = {"role": "assistant", "content": text or None, "refusal": None}
     if tool_calls:
         message["tool_calls"] = tool_calls

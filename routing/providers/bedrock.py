@@ -303,7 +303,7 @@ def chat_completion_body(response: dict, *, model: str) -> dict:
             if "toolUse" in block
         ],
         finish_reason=finish_reason(response.get("stopReason")),
-        usage=USAGE_FIELDS.openai_usage_of(response.get("usage") or {}),
+        usage=USAGE_FIELDS.reported_usage(response.get("usage")),
     )
 
 
@@ -392,7 +392,9 @@ class ChunkTranslator(ChunkBuilder):
             self.stopped = True
             return [self.delta({}, finish_reason(event["messageStop"].get("stopReason")))]
         if "metadata" in event and self.include_usage:
-            return [self.usage(USAGE_FIELDS.openai_usage_of(event["metadata"].get("usage") or {}))]
+            # Metadata without usage has no usage chunk: the gateway counts the stream, rather than charge nothing.
+            usage = USAGE_FIELDS.reported_usage(event["metadata"].get("usage"))
+            return [self.usage(usage)] if usage is not None else []
         return []
 
 

@@ -134,3 +134,28 @@ def test_an_answer_cut_by_the_context_window_or_malformed_is_answered_but_never_
 
     assert statuses == ["miss", "miss"]
     assert not CacheEntry.objects.unscoped().exists()
+
+
+@pytest.mark.parametrize(
+    ("provider_fixture", "upstream_name"),
+    [("anthropic_provider", "claude-no-usage"), ("bedrock_provider", "amazon.nova-no-usage")],
+    ids=["anthropic", "bedrock"],
+)
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "streamed"])
+def test_an_answer_that_reports_no_usage_is_charged_the_gateways_count(
+    request, openai_client, acme, provider_fixture, upstream_name, stream
+):
+    """Read as zero tokens, such an answer cost nothing; the gateway's own count charges it, marked as an estimate."""
+    provider = request.getfixturevalue(provider_fixture)
+    model = ModelFactory(name="unmetered", provider=provider, upstream_name=upstream_name, **SONNET_PRICES)
+    acme.tenant.model_access.allowed_models.add(model)
+    ask = {"model": model.name, "messages": [{"role": "user", "content": "Summarise the handbook"}], "stream": stream}
+
+    answer = openai_client.chat.completions.create(**ask)
+
+    if stream:
+        list(answer)
+    record = UsageRecord.objects.unscoped().get()
+    assert (record.http_status, record.served_model, record.usage_estimated) == (200, model.name, True)
+    assert record.prompt_tokens > 0 and record.completion_tokens > 0
+    assert record.cost_usd == expected_cost(record, SONNET_PRICES) > 0

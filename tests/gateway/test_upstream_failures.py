@@ -16,7 +16,8 @@ from llmops.mock_upstream import MALFORMED_BODIES, MALFORMED_USAGE
 from routing.tokens import count_chat_tokens, count_definition_tokens, count_text_tokens
 from tests.factories import ModelFactory, ProviderFactory
 from tests.gateway.test_routing_live import publish
-from tests.servers import free_port
+from tests.providers.asgi import end_stream, read_body, send_chunk, send_json, start_stream
+from tests.servers import free_port, serving
 
 MALFORMED_KINDS = [*MALFORMED_USAGE, *MALFORMED_BODIES]
 
@@ -344,3 +345,52 @@ def test_a_tool_call_without_usage_is_charged_the_arguments_the_model_wrote(open
     assert record.prompt_tokens == count_chat_tokens(messages, model="gpt-4o") + count_definition_tokens(
         {"tools": [tool]}, model="gpt-4o"
     )
+
+
+# What a reasoning model thinks before it answers, billed as output tokens like the answer.
+THOUGHT = "The user wants a short answer. Refunds take five to seven business days, so I should say that plainly."
+
+
+class ThinkingUpstream:
+    """An OpenAI-compatible reasoning model that reports no usage and thinks aloud: THOUGHT in ``reasoning_content``
+    before a complete ``answer``; streamed under both ``reasoning_content`` and ``reasoning`` (as vLLM has sent it), a
+    stream that ends while the model is still thinking."""
+
+    def __init__(self, answer: str = "Five to seven days."):
+        self.answer = answer
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return
+        body = orjson.loads(await read_body(receive))
+        if not body.get("stream"):
+            message = {"role": "assistant", "content": self.answer, "reasoning_content": THOUGHT}
+            choice = {"index": 0, "message": message, "finish_reason": "stop"}
+            await send_json(send, 200, {"id": "t", "object": "chat.completion", "model": "t", "choices": [choice]})
+            return
+        await start_stream(send, b"text/event-stream")
+        for piece in THOUGHT.split(" "):
+            choice = {"index": 0, "delta": {"reasoning_content": f"{piece} ", "reasoning": f"{piece} "}}
+            chunk = {"id": "t", "object": "chat.completion.chunk", "model": "t", "choices": [choice]}
+            await send_chunk(send, b"data: " + orjson.dumps(chunk) + b"\n\n")
+        await end_stream(send)
+
+
+@pytest.fixture(scope="module")
+def thinking_upstream():
+    yield from serving(ThinkingUpstream())
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["complete", "cut-while-thinking"])
+def test_a_reasoning_models_thinking_is_charged_when_it_reports_no_usage(gateway, acme, thinking_upstream, stream):
+    """The provider bills the reasoning it wrote as output: the gateway's own count charges it, once, with the
+    answer (a stream cut while the model thought was charged nothing written)."""
+    model = ModelFactory(name="thinker", provider=ProviderFactory(base_url=f"{thinking_upstream.url}/v1"))
+    allow(acme, model)
+
+    ask(gateway, acme, model.name, stream=stream)
+
+    written = THOUGHT + " " if stream else THOUGHT + "Five to seven days."
+    record = UsageRecord.objects.unscoped().get()
+    assert record.http_status == (502 if stream else 200) and record.usage_estimated
+    assert record.completion_tokens == count_text_tokens(written, model=model.upstream_name)

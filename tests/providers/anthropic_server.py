@@ -9,9 +9,10 @@ prefix seen before (same model, same content, marks aside) is read from the cach
 written to it. The model name
 switches on failure modes: ``overloaded`` answers 529, ``stall`` waits STALL_SECONDS, ``stream-overloaded`` sends an
 overloaded error as the first stream event, ``stream-break`` ends a stream before ``message_stop``,
-``malformed-usage`` reports a negative output token count, ``malformed-content`` sends content that is not a list of
-blocks (streamed: an event that is a JSON array after the first words), and ``stop-<reason>`` ends the answer with
-that stop reason. ``failures`` queues (status, headers) answers to give before the next normal ones.
+``malformed-usage`` reports a negative output token count, ``no-usage`` reports no usage at all, ``malformed-content``
+sends content that is not a list of blocks (streamed: an event that is a JSON array after the first words), and
+``stop-<reason>`` ends the answer with that stop reason. ``failures`` queues (status, headers) answers to give before
+the next normal ones.
 """
 
 import asyncio
@@ -140,6 +141,8 @@ class AnthropicServer:
         message = self._message(body)
         if "malformed-usage" in model:
             message["usage"]["output_tokens"] = -3
+        if "no-usage" in model:
+            del message["usage"]
         if "malformed-content" in model and not body.get("stream"):
             message["content"] = "not a list of blocks"
         if "stop-" in model:
@@ -217,9 +220,11 @@ class AnthropicServer:
             await event("error", {"error": {"type": "overloaded_error", "message": "Overloaded"}})
             await end_stream(send)
             return
-        usage = message["usage"]
-        start_usage = {**usage, "output_tokens": 1}
-        await event("message_start", {"message": {**message, "content": [], "stop_reason": None, "usage": start_usage}})
+        usage = message.get("usage")
+        started = {**message, "content": [], "stop_reason": None}
+        if usage is not None:
+            started["usage"] = {**usage, "output_tokens": 1}
+        await event("message_start", {"message": started})
         await event("ping", {})
         for index, block in enumerate(message["content"]):
             if block["type"] == "text":
@@ -240,7 +245,8 @@ class AnthropicServer:
                     await event("content_block_delta", {"index": index, "delta": delta})
             await event("content_block_stop", {"index": index})
         delta = {"stop_reason": message["stop_reason"], "stop_sequence": message["stop_sequence"]}
-        await event("message_delta", {"delta": delta, "usage": {"output_tokens": usage["output_tokens"]}})
+        usage_delta = {"usage": {"output_tokens": usage["output_tokens"]}} if usage is not None else {}
+        await event("message_delta", {"delta": delta, **usage_delta})
         await event("message_stop", {})
         await end_stream(send)
 

@@ -10,8 +10,8 @@ from the cache and the rest up to the last cache point written to it. A model it
 ``cachePoint`` with a 400 ValidationException, as Bedrock answers one on a model without prompt caching. The
 model id switches on failure modes: ``throttle`` answers 429 ThrottlingException, ``unavailable``
 503, ``stall`` waits STALL_SECONDS, ``stream-exception`` sends an exception as the first stream event,
-``stream-midfail`` one after the first words; ``malformed-usage`` reports a negative output token count;
-``stop-<reason>`` ends the answer with that stop reason.
+``stream-midfail`` one after the first words; ``malformed-usage`` reports a negative output token count, ``no-usage``
+no usage at all; ``stop-<reason>`` ends the answer with that stop reason.
 """
 
 import asyncio
@@ -225,12 +225,15 @@ class BedrockServer:
         usage["totalTokens"] = sum(usage.values())
         if "stop-" in model_id:
             stop_reason = model_id.rsplit("stop-", 1)[1]
-        return {
+        answer = {
             "output": {"message": {"role": "assistant", "content": content}},
             "stopReason": stop_reason,
             "usage": usage,
             "metrics": {"latencyMs": 5},
         }
+        if "no-usage" in model_id:
+            del answer["usage"]
+        return answer
 
     @staticmethod
     async def _stream(send, answer: dict, model_id: str) -> None:
@@ -259,7 +262,8 @@ class BedrockServer:
                     await send_chunk(send, stream_event("contentBlockDelta", delta))
             await send_chunk(send, stream_event("contentBlockStop", {"contentBlockIndex": index}))
         await send_chunk(send, stream_event("messageStop", {"stopReason": answer["stopReason"]}))
-        await send_chunk(send, stream_event("metadata", {"usage": answer["usage"], "metrics": answer["metrics"]}))
+        metadata = {name: answer[name] for name in ("usage", "metrics") if name in answer}
+        await send_chunk(send, stream_event("metadata", metadata))
         await end_stream(send)
 
     @staticmethod

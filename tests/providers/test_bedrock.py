@@ -324,3 +324,17 @@ def test_malformed_usage_is_an_invalid_response_answered_or_streamed(bedrock_pro
     streamed = {**body, "stream": True, "stream_options": {"include_usage": True}}
     with pytest.raises(upstream.UpstreamInvalidResponse):
         run(_open_and_collect(bedrock_provider, streamed))
+
+
+def test_an_answer_that_reports_no_usage_has_none_answered_or_streamed(bedrock_provider):
+    """No usage is not zero tokens: the gateway counts such an answer itself (llmops.gateway.call.reply_usage, the
+    stream relay's estimate) rather than charge nothing for it."""
+    body = {"model": "nova-no-usage", "messages": [user("one two three")]}
+
+    reply = run(upstream.chat_completion(bedrock_provider, body))
+
+    assert reply.body["usage"] is None and reply.body["choices"][0]["message"]["content"] == "Echo: one two three"
+    streamed = {**body, "stream": True, "stream_options": {"include_usage": True}}
+    chunks = chunks_of(run(_open_and_collect(bedrock_provider, streamed)))
+    assert streamed_text(chunks) == "Echo: one two three"
+    assert not any("usage" in chunk for chunk in chunks)

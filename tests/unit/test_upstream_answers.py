@@ -14,7 +14,7 @@ from core.cpu import OFFLOAD_MIN_CHARS
 from llmops.gateway.call import USAGE_SLACK, UsageCeiling, estimated_usage
 from routing import tokens
 from routing.catalog import ModelEntry, ModelPrices, ProviderEntry
-from routing.providers.base import MalformedAnswer, answer_text, checked_chat_completion, checked_chunk
+from routing.providers.base import MalformedAnswer, answer_text, billed_text, checked_chat_completion, checked_chunk
 
 USAGE = {"prompt_tokens": 12, "completion_tokens": 5, "total_tokens": 17, "prompt_tokens_details": {"cached_tokens": 0}}
 
@@ -101,6 +101,20 @@ def test_an_answers_tool_calls_and_refusal_are_read_as_the_output_they_were_bill
     ]
 
     assert answer_text(completion(choices=choices)) == 'lookup{"order": 7}find{"q": "x"}I can\'t.'
+
+
+def test_the_reasoning_an_answer_wrote_is_read_as_output_it_was_billed_as_once():
+    """A reasoning model's thinking is billed as output tokens: an answer (or a stream's delta) without usage is
+    charged it. vLLM has sent the same reasoning under both names, which was written, and billed, once; a reader of
+    what the answer says leaves it out."""
+    thinking = {"role": "assistant", "content": "Yes.", "reasoning_content": "Let me think. "}
+    vllm = {"role": "assistant", "content": None, "reasoning_content": "Hmm. ", "reasoning": "Hmm. "}
+    router = {"role": "assistant", "content": "No.", "reasoning": "Well, "}
+    body = completion(choices=[{"message": thinking}, {"message": vllm}, {"message": router}])
+
+    assert answer_text(body) == "Let me think. Yes.Hmm. Well, No."
+    assert billed_text({"reasoning": "Hmm", "content": None}) == "Hmm"
+    assert answer_text(body, reasoning=False) == "Yes.No."
 
 
 MODEL = ModelEntry(

@@ -225,7 +225,8 @@ async def metered_call(
             started=started,
             tier=upstream.served_tier(reply.body),
         )
-        text = upstream.answer_text(reply.body)
+        # What the answer says, for the judgement: the reasoning a model wrote before it is not part of it.
+        text = upstream.answer_text(reply.body, reasoning=False)
     except upstream.UpstreamError as error:
         failure = upstream_failure(error)
         # An unusable answer is charged at the tier it names; a call that brought none, at the standard one.
