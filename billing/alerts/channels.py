@@ -5,6 +5,7 @@ Signed webhooks are signed as Standard Webhooks (core.webhooks) under the channe
 """
 
 import logging
+import unicodedata
 from urllib.parse import urlsplit
 
 import boto3
@@ -28,6 +29,7 @@ logger = logging.getLogger(__name__)
 SEND_TIMEOUT_SECONDS = 10  # each connect, write and read
 SEND_DEADLINE_SECONDS = 15  # the whole send, however slowly the endpoint answers
 SNS_ARN_PARTS = 6  # arn:aws:sns:<region>:<account>:<topic>
+SNS_SUBJECT_MAX_CHARS = 100
 # A tenant's topics are named for it: the allowed accounts also hold other tenants' topics and the platform's own.
 SNS_TOPIC_PREFIX = "llmops-{tenant_slug}-"
 # Three tries of at most 15 s each end inside the send task's soft time limit (60 s); botocore's defaults (60 s
@@ -182,6 +184,23 @@ def _raise_the_soft_time_limit(caught_exception: Exception | None = None, **kwar
 _sns_refusals_warned: set[int] = set()
 
 
+def sns_subject(subject: str) -> str:
+    """The subject as SNS takes it: printable ASCII, no line breaks, at most 100 characters and not starting with a
+    space. SNS refuses any other Subject (InvalidParameter), failing the whole publish, and an alert's subject holds
+    names of anyone's choosing (a request's customer, any Unicode). Letters lose their accents (``ë`` is ``e``), any
+    other character that is not ASCII reads ``?``, line breaks and other white space read as a space and control and
+    format characters are dropped; the message keeps the full text."""
+    kept = []
+    for char in unicodedata.normalize("NFKD", subject):
+        if char.isspace():
+            kept.append(" ")
+        elif unicodedata.category(char) in {"Cc", "Cf", "Mn"}:  # controls, invisible formats, folded-off accents
+            continue
+        else:
+            kept.append(char if char.isascii() and char.isprintable() else "?")
+    return "".join(kept).lstrip()[:SNS_SUBJECT_MAX_CHARS].rstrip()
+
+
 def _send_sns(channel: AlertChannel, message_id: str, subject: str, text: str, payload: dict) -> None:
     # Checked again: the allowed accounts may have changed since the channel was saved, and channels saved before
     # topics had to be named for their tenant were never checked for it.
@@ -192,7 +211,7 @@ def _send_sns(channel: AlertChannel, message_id: str, subject: str, text: str, p
         raise ChannelSendError(f"SNS topic {channel.target} refused: {refused}")
     try:
         _sns_client(sns_region(channel.target)).publish(
-            TopicArn=channel.target, Subject=subject[:100], Message=orjson.dumps(payload).decode()
+            TopicArn=channel.target, Subject=sns_subject(subject), Message=orjson.dumps(payload).decode()
         )
     except (BotoCoreError, ClientError) as exc:
         raise ChannelSendError(f"SNS publish to {channel.target} failed: {exc}") from exc

@@ -10,6 +10,7 @@ from django.utils import timezone
 from moto import mock_aws
 from standardwebhooks import Webhook, WebhookVerificationError
 
+from billing.alerts.channels import sns_subject
 from billing.alerts.services import (
     LOWER_THRESHOLD_WAIT,
     AlertNotYet,
@@ -23,7 +24,7 @@ from billing.budgets.index import build_budget_index
 from billing.budgets.reservations import BudgetExceeded, budget_reserve, reservation_settle
 from billing.budgets.services import budget_create
 from billing.budgets.thresholds import threshold_alerts_wait
-from billing.models import AlertDelivery, BudgetAlert, ChannelKind, DeliveryStatus
+from billing.models import AlertDelivery, BudgetAlert, BudgetScope, ChannelKind, DeliveryStatus
 from core.webhooks import webhook_secret_new
 from tests.loops import run
 from tests.webhooks import assert_verified_and_not_forgeable
@@ -206,6 +207,51 @@ def test_sns_alert_is_published_to_the_topic(org, django_capture_on_commit_callb
     published = json.loads(json.loads(message["Body"])["Message"])
     assert (published["tenant"], published["threshold_percent"]) == ("acme", 100)
     assert AlertDelivery.objects.unscoped().get().status == DeliveryStatus.SENT
+
+
+@mock_aws
+def test_sns_alert_naming_a_non_ascii_customer_is_published_with_an_ascii_subject(
+    org, django_capture_on_commit_callbacks, settings
+):
+    # SNS refuses a Subject that is not printable ASCII of at most 100 characters (moto checks only the length), and
+    # a customer id is anyone's choice of up to 256 characters.
+    settings.LLMOPS_ALERT_SNS_ALLOWED_ACCOUNTS = ["123456789012"]  # moto's account
+    sns = boto3.client("sns", region_name="eu-west-1")
+    sqs = boto3.client("sqs", region_name="eu-west-1")
+    topic_arn = sns.create_topic(Name="llmops-acme-alerts")["TopicArn"]
+    queue_url = sqs.create_queue(QueueName="alerts-inbox")["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    sns.subscribe(TopicArn=topic_arn, Protocol="sqs", Endpoint=queue_arn)
+    channel = alert_channel_create(tenant=org.tenant, name="sns", kind=ChannelKind.SNS, target=topic_arn)
+    customer = "zoë ☃ " + "ü" * 200
+    budget = budget_create(
+        tenant=org.tenant,
+        limit_usd=Decimal("10"),
+        scope=BudgetScope.CUSTOMER,
+        customer=customer,
+        channels=[channel],
+        thresholds=[100],
+    )
+    with django_capture_on_commit_callbacks(execute=True):
+        budget_threshold_alert(budget.pk, "2026-11", 100, 10 * UNITS)
+    [message] = sqs.receive_message(QueueUrl=queue_url)["Messages"]
+    body = json.loads(message["Body"])
+    assert body["Subject"] == f"[llmops] acme: customer zoe ? {'u' * 100}"[:100]
+    assert json.loads(body["Message"])["budget"]["target"] == f"customer {customer}"
+    assert AlertDelivery.objects.unscoped().get().status == DeliveryStatus.SENT
+
+
+@pytest.mark.parametrize(
+    ("subject", "expected"),
+    [
+        ("[llmops] acme: team\nr&d\r\tspend", "[llmops] acme: team r&d  spend"),
+        (" \u2028 [llmops] ｆｕｌｌ\u200bwidth\x00\x7f", "[llmops] fullwidth"),
+        ("[llmops] " + "é" * 150, "[llmops] " + "e" * 91),
+    ],
+)
+def test_sns_subject_is_printable_ascii_of_at_most_100_characters(subject, expected):
+    assert sns_subject(subject) == expected
+    assert sns_subject(subject).isascii() and sns_subject(subject).isprintable()
 
 
 @pytest.mark.parametrize(
