@@ -348,6 +348,14 @@ class AnthropicStream:
     def stop_sequence(self) -> str | None:
         return self.translator.stop_sequence
 
+    def partial_usage(self) -> dict | None:
+        """What Anthropic reported of the usage so far (message_start's input, cache reads and writes, and any
+        message_delta's), in OpenAI's shape; None when it reported none. For a stream cut before message_stop, whose
+        prompt is then charged as reported rather than counted (StreamRelay._settled_usage). Raises MalformedAnswer
+        for counts that are not counts."""
+        usage = self.translator.usage_so_far
+        return USAGE_FIELDS.openai_usage_of(usage) if usage else None
+
     def elapsed_ms(self) -> int:
         return elapsed_ms_since(self.started)
 

@@ -144,6 +144,10 @@ class UpstreamStream(Protocol):
 
     def events(self) -> AsyncIterator[str]: ...
 
+    def partial_usage(self) -> dict | None:
+        """The usage the provider reported before the stream's end, in OpenAI's shape (Anthropic's prompt counts, at
+        its start), or None: what a stream cut short keeps of it. Raises MalformedAnswer for counts that are not."""
+
     def elapsed_ms(self) -> int: ...
 
     async def aclose(self) -> None: ...

@@ -476,6 +476,10 @@ class BedrockStream:
         """Converse's stop reason does not say which stop sequence matched."""
         return None
 
+    def partial_usage(self) -> None:
+        """Converse reports usage in its closing metadata event only."""
+        return None
+
     def elapsed_ms(self) -> int:
         return elapsed_ms_since(self.started)
 

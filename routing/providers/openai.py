@@ -114,6 +114,10 @@ class OpenAIStream:
             problem = MalformedAnswer("a stream event that is not JSON")
             raise invalid_response(self.provider, problem, elapsed_ms=self.elapsed_ms()) from exc
 
+    def partial_usage(self) -> None:
+        """An OpenAI-compatible stream reports usage in its last chunk only."""
+        return None
+
     def elapsed_ms(self) -> int:
         return elapsed_ms_since(self.started)
 

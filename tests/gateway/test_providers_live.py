@@ -2,6 +2,7 @@
 
 from decimal import Decimal
 
+import httpx
 import pytest
 
 from billing.models import UsageRecord
@@ -9,6 +10,7 @@ from routing.cache.store import cache_writes_flush
 from routing.models import CacheEntry
 from tests.cache.conftest import cache_policy
 from tests.factories import ModelFactory
+from tests.providers.asgi import estimate_tokens
 
 SONNET_PRICES = {
     "input_price_per_million": Decimal("3.00"),
@@ -159,3 +161,30 @@ def test_an_answer_that_reports_no_usage_is_charged_the_gateways_count(
     assert (record.http_status, record.served_model, record.usage_estimated) == (200, model.name, True)
     assert record.prompt_tokens > 0 and record.completion_tokens > 0
     assert record.cost_usd == expected_cost(record, SONNET_PRICES) > 0
+
+
+def test_an_anthropic_stream_cut_before_its_end_is_charged_the_prompt_it_reported_at_its_start(
+    monkeypatch, gateway, acme, claude, anthropic_upstream
+):
+    """Anthropic reports the prompt's usage, cache reads and writes apart, as a stream starts, and the rest at its
+    end. A stream cut before its end is charged that prompt at its prices (a cache read at the cached price, not the
+    input price; a write at the write price) and only the answer the gateway counts."""
+    monkeypatch.setattr(anthropic_upstream.app, "break_streams", True)
+    handbook, question = "Policy handbook. " * 400, "What is the refund window?"
+    system = [{"type": "text", "text": handbook, "cache_control": {"type": "ephemeral"}}]
+    messages = [{"role": "system", "content": system}, {"role": "user", "content": question}]
+    body = {"model": claude.name, "messages": messages, "max_tokens": 50, "stream": True}
+
+    for _ in range(2):
+        headers = {"authorization": f"Bearer {acme.key}"}
+        response = httpx.post(f"{gateway.url}/v1/chat/completions", json=body, headers=headers, timeout=30)
+        assert "upstream_stream_truncated" in response.text and "data: [DONE]" not in response.text
+
+    writes, reads = UsageRecord.objects.unscoped().order_by("created_at")
+    # The loopback server counts four characters a token, which tiktoken's count of the prompt is not.
+    prompt, cached = estimate_tokens(handbook + question), estimate_tokens(handbook)
+    assert (writes.prompt_tokens, writes.cache_write_tokens, writes.cached_tokens) == (prompt, cached, 0)
+    assert (reads.prompt_tokens, reads.cache_write_tokens, reads.cached_tokens) == (prompt, 0, cached)
+    for record in (writes, reads):
+        assert record.usage_estimated and 0 < record.completion_tokens < 10
+        assert record.cost_usd == expected_cost(record, SONNET_PRICES) > 0

@@ -12,7 +12,7 @@ overloaded error as the first stream event, ``stream-break`` ends a stream befor
 ``malformed-usage`` reports a negative output token count, ``no-usage`` reports no usage at all, ``malformed-content``
 sends content that is not a list of blocks (streamed: an event that is a JSON array after the first words), and
 ``stop-<reason>`` ends the answer with that stop reason. ``failures`` queues (status, headers) answers to give before
-the next normal ones.
+the next normal ones; ``break_streams`` set ends every stream as ``stream-break`` does (for a model it caches for).
 """
 
 import asyncio
@@ -106,6 +106,7 @@ class AnthropicServer:
         self.arrivals: list[float] = []
         self.failures: deque[tuple[int, dict[str, str]]] = deque()
         self.cached_prefixes: set[str] = set()
+        self.break_streams = False
 
     async def __call__(self, scope, receive, send):
         headers = dict(scope["headers"])
@@ -148,7 +149,7 @@ class AnthropicServer:
         if "stop-" in model:
             message["stop_reason"] = model.rsplit("stop-", 1)[1]
         if body.get("stream"):
-            await self._stream(send, message, model)
+            await self._stream(send, message, model, cut="stream-break" in model or self.break_streams)
         else:
             await send_json(send, 200, message)
 
@@ -208,7 +209,7 @@ class AnthropicServer:
         }
 
     @staticmethod
-    async def _stream(send, message: dict, model: str) -> None:
+    async def _stream(send, message: dict, model: str, *, cut: bool) -> None:
         await start_stream(send, b"text/event-stream")
 
         async def event(kind: str, payload: dict) -> None:
@@ -234,7 +235,7 @@ class AnthropicServer:
                     await event("content_block_delta", {"index": index, "delta": delta})
                     if "malformed-content" in model and i == 1:
                         await send_chunk(send, b"event: content_block_delta\ndata: [1, 2]\n\n")
-                    if "stream-break" in model and i == 1:
+                    if cut and i == 1:
                         await end_stream(send)
                         return
             else:

@@ -325,6 +325,23 @@ def test_stream_cut_short_has_no_done(anthropic_provider):
     assert events and "data: [DONE]" not in events
 
 
+def test_a_stream_cut_short_keeps_the_usage_reported_at_its_start(monkeypatch, anthropic_server, anthropic_provider):
+    monkeypatch.setattr(anthropic_server.app, "break_streams", True)
+
+    async def cut_stream_usage() -> dict | None:
+        stream = await upstream.open_chat_stream(anthropic_provider, cached_prompt_body(stream=True))
+        events = await collect_stream(stream)
+        assert "data: [DONE]" not in events
+        return stream.partial_usage()
+
+    written, read = run(cut_stream_usage()), run(cut_stream_usage())
+
+    assert written["prompt_tokens"] == read["prompt_tokens"] > 1400
+    assert written["prompt_tokens_details"]["cache_write_tokens"] == read["prompt_tokens_details"]["cached_tokens"]
+    assert written["prompt_tokens_details"]["cache_write_tokens"] > 1400
+    assert written["prompt_tokens_details"]["cached_tokens"] == read["prompt_tokens_details"]["cache_write_tokens"] == 0
+
+
 def test_invalid_request_and_bad_key_carry_the_provider_message(anthropic_server, anthropic_provider):
     bad_order = {"model": "claude-test", "messages": [{"role": "assistant", "content": "I start"}]}
     with pytest.raises(upstream.UpstreamRejected) as excinfo:

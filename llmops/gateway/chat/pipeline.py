@@ -6,6 +6,7 @@ It composes the apps in the one direction the design allows: gateway → billing
 import asyncio
 import logging
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
+from dataclasses import replace
 
 import orjson
 from django.http import HttpResponse, StreamingHttpResponse
@@ -317,10 +318,31 @@ class StreamRelay:
 
     async def _settled_usage(self) -> Usage:
         """What the stream is charged: the provider's usage, else the gateway's count of what was sent and received
-        (kept, so the cached answer carries the same figures)."""
+        (kept, so the cached answer carries the same figures). A stream cut before its usage came keeps the prompt's
+        counts its provider reported so far (Anthropic's at the start: cache reads and writes at their prices)."""
         if self.usage is None:
-            self.usage = await estimated_usage(self.body, "".join(self.written_parts), self.call.served)
+            estimate = await estimated_usage(self.body, "".join(self.written_parts), self.call.served)
+            self.usage = self._with_reported_prompt(estimate)
         return self.usage
+
+    def _with_reported_prompt(self, estimate: Usage) -> Usage:
+        """The estimate with the prompt, cached and cache-write tokens the stream reported before it ended, when it
+        reported a believable prompt (``partial_usage``: only Anthropic's reports any before its end)."""
+        try:
+            reported = self.stream.partial_usage()
+            if not reported or not reported["prompt_tokens"]:
+                return estimate
+            prompt = Usage.from_provider(reported)
+            return self.ceiling.check(
+                replace(
+                    estimate,
+                    prompt_tokens=prompt.prompt_tokens,
+                    cached_tokens=prompt.cached_tokens,
+                    cache_write_tokens=prompt.cache_write_tokens,
+                )
+            )
+        except upstream.MalformedAnswer:
+            return estimate
 
     async def _record_disconnected(self) -> None:
         """The client went away mid-stream: charge what was generated until then."""
