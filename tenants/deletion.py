@@ -2,52 +2,53 @@
 
 Deleting one cascades to its batches and jobs, and rows of work not yet ended are more than history: a batch's lines
 sent to a provider's batch endpoint hold budget reservations (kept in Redis, released only when their answers are
-merged), and its provider batches run, and are billed, at the provider; a queued job would never run nor reach the
-ledger. Deleting those rows would leave the reservations held for good and the provider's work unbilled here. So the
+merged), and its provider batches run, and are billed, at the provider; a running job's ledger row is on its way.
+Deleting those rows would leave the reservations held for good and the provider's work unbilled here. So the
 deletion is refused with Django's `ProtectedError` naming that work, whatever asks for it (the admin, a shell, a
-queryset, a tenant's cascade to its teams and keys); finished batches and jobs go with their owner as before.
-Revoking a key (or disabling its team or tenant) is how to stop the work: its batches end `cancelled` and its queued
-jobs fail, after which the key can be deleted.
+queryset, a tenant's cascade to its teams and keys); finished batches and jobs, and jobs still queued (which hold
+nothing, and which a worker finding their row gone does not run), go with their owner as before. Revoking a key (or
+disabling its team or tenant) is how to stop the work: its batches end `cancelled` and its jobs fail, after which the
+key can be deleted.
 
 A `pre_delete` receiver rather than `on_delete=PROTECT`, because only unfinished rows protect their owner. It runs
 inside the deletion's transaction: a caller that catches the refusal inside an atomic block of its own wraps the
 deletion in `transaction.atomic()` to go on using the connection. The admin asks `work_in_flight` before deleting, so
-it lists the work on its confirmation page and never gets this far. Models named by label, not imported: tenants stays
-below llmops (as in tenants.audit).
+it lists the work on its confirmation page and never gets this far. The apps whose work protects its owner say so
+(`owners_protected_by`, from their `ready()`): tenants stays below them and knows none of their statuses.
 """
 
 from collections.abc import Iterable
 
-from django.apps import apps
 from django.db import models
 from django.db.models.signals import pre_delete
 
 from tenants.models import ApiKey, Team, Tenant
 from tenants.scoping import tenant_id_of
 
-# Each model of work that belongs to a key, team and tenant, with the statuses in which that work has ended
-# (llmops.gateway.batches.models). Every other status, one added later included, protects the owner.
-WORK_FINISHED_STATUSES = {
-    "gateway.batch": ("completed", "failed", "expired", "cancelled"),
-    "gateway.job": ("completed", "failed"),
-}
+# Each model of work that belongs to a key, team and tenant (a ``tenant``, ``team`` and ``api_key`` of its own), with
+# the statuses in which it no longer protects them. Every other status, one added later included, protects them.
+_protecting_work: dict[type[models.Model], tuple[str, ...]] = {}
 # The field by which the work names each kind of owner.
 OWNER_FIELDS = {Tenant: "tenant", Team: "team", ApiKey: "api_key"}
 # How many rows of each kind the refusal's message names; the error's `protected_objects` holds them all.
 NAMED_IN_MESSAGE = 10
 
 
+def owners_protected_by(work: type[models.Model], *, unless_status_in: Iterable[str]) -> None:
+    """Rows of ``work`` protect their key, team and tenant from deletion, but for those in these statuses."""
+    _protecting_work[work] = tuple(unless_status_in)
+
+
 def work_in_flight(*, owners: Iterable[models.Model]) -> list[models.Model]:
-    """The batches and jobs not yet finished of these keys, teams or tenants, oldest first, each once."""
+    """The work that protects these keys, teams or tenants, oldest first, each once."""
     found = {}
     for owner in owners:
         field = OWNER_FIELDS.get(owner._meta.concrete_model)
         if field is None:
             continue
-        for label, finished in WORK_FINISHED_STATUSES.items():
-            work = apps.get_model(label).objects.for_tenant(tenant_id_of(owner))
-            rows = work.filter(**{field: owner.pk}).exclude(status__in=finished).only("id", "status", "created_at")
-            found.update({(label, row.pk): row for row in rows})
+        for work, ended in _protecting_work.items():
+            rows = work.objects.for_tenant(tenant_id_of(owner)).filter(**{field: owner.pk}).exclude(status__in=ended)
+            found.update({(work, row.pk): row for row in rows.only("id", "status", "created_at")})
     return sorted(found.values(), key=lambda row: (row.created_at, row.pk))
 
 

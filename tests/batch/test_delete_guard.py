@@ -1,6 +1,7 @@
-"""A key, team or tenant whose batches or jobs have not finished cannot be deleted: the cascade would orphan the
-batches' budget holds and provider batches, and jobs no worker could run. Finished work goes with its owner, as
-before; revoking a key, the way to stop it, keeps working."""
+"""A key, team or tenant whose batches have not finished, or whose jobs are running, cannot be deleted: the cascade
+would orphan the batches' budget holds and provider batches, and a running job's ledger row. Finished work, and jobs
+still queued (which hold nothing), go with their owner, as before; revoking a key, the way to stop it, keeps
+working."""
 
 import pytest
 from django.db import transaction
@@ -8,7 +9,6 @@ from django.db.models import ProtectedError
 from django.utils import timezone
 
 from llmops.gateway.batches.models import BATCH_FINISHED, Batch, BatchStatus, File, Job, JobStatus
-from tenants.deletion import WORK_FINISHED_STATUSES
 from tenants.models import ApiKey, Role
 from tenants.services import api_key_create, api_key_revoke
 from tests.admin.scenario import SUPERUSER, admin_url, make_user
@@ -17,7 +17,7 @@ from tests.factories import TeamFactory
 pytestmark = pytest.mark.django_db
 
 BATCH_UNFINISHED = [status for status in BatchStatus if status not in BATCH_FINISHED]
-JOB_UNFINISHED = [JobStatus.QUEUED, JobStatus.IN_PROGRESS]
+JOB_UNFINISHED = [JobStatus.IN_PROGRESS]
 
 
 @pytest.fixture
@@ -72,7 +72,7 @@ def test_a_key_with_a_job_not_finished_is_not_deleted(api_key, status):
 
 
 def test_a_key_whose_work_has_finished_is_deleted_with_it(api_key):
-    batch, job = batch_of(api_key, BatchStatus.IN_PROGRESS), job_of(api_key, JobStatus.QUEUED)
+    batch, job = batch_of(api_key, BatchStatus.IN_PROGRESS), job_of(api_key, JobStatus.IN_PROGRESS)
     refusal_of(api_key)
     Batch.objects.for_tenant(api_key.tenant_id).filter(pk=batch.pk).update(status=BatchStatus.COMPLETED)
     Job.objects.for_tenant(api_key.tenant_id).filter(pk=job.pk).update(status=JobStatus.FAILED)
@@ -85,7 +85,7 @@ def test_a_key_whose_work_has_finished_is_deleted_with_it(api_key):
 
 def test_deleting_keys_by_queryset_names_the_work_of_every_key(api_key):
     other_key = api_key_create(team=api_key.team, name="other")[0]
-    first, second = batch_of(api_key, BatchStatus.FINALIZING), job_of(other_key, JobStatus.QUEUED)
+    first, second = batch_of(api_key, BatchStatus.FINALIZING), job_of(other_key, JobStatus.IN_PROGRESS)
 
     refusal = refusal_of(ApiKey.objects.for_tenant(api_key.tenant_id))
 
@@ -114,7 +114,7 @@ def test_revoking_a_key_with_work_in_flight_still_works(client, api_key):
 def test_the_admin_lists_the_work_that_protects_a_key_team_or_tenant_and_does_not_delete_it(
     client, api_key, admin_name
 ):
-    batch, job = batch_of(api_key, BatchStatus.IN_PROGRESS), job_of(api_key, JobStatus.QUEUED)
+    batch, job = batch_of(api_key, BatchStatus.IN_PROGRESS), job_of(api_key, JobStatus.IN_PROGRESS)
     owner = {"tenants_apikey": api_key, "tenants_team": api_key.team, "tenants_tenant": api_key.tenant}[admin_name]
     client.force_login(make_user(SUPERUSER, tenant=api_key.tenant))
 
@@ -126,7 +126,7 @@ def test_the_admin_lists_the_work_that_protects_a_key_team_or_tenant_and_does_no
 
     for html in (page, bulk):
         assert "protected related objects" in html
-        assert f"batch {batch.pk} (in_progress)" in html and f"job {job.pk} (queued)" in html
+        assert f"batch {batch.pk} (in_progress)" in html and f"job {job.pk} (in_progress)" in html
         assert "Batches and jobs that have not finished protect their key, team and tenant from deletion" in html
     # A confirmation anyway gets the page again, not a deletion.
     for response in (refused, bulk_confirmed):
@@ -145,7 +145,11 @@ def test_the_admin_still_deletes_a_key_with_no_work(client, api_key):
     assert response.status_code == 302 and not ApiKey._base_manager.filter(pk=key_id).exists()
 
 
-def test_the_guard_knows_every_finished_status_of_batches_and_jobs():
-    """tenants names the statuses by value (it stays below llmops): they must be the models' own."""
-    assert set(WORK_FINISHED_STATUSES["gateway.batch"]) == set(BATCH_FINISHED)
-    assert set(WORK_FINISHED_STATUSES["gateway.job"]) == set(JobStatus) - set(JOB_UNFINISHED)
+def test_a_key_whose_job_is_still_queued_is_deleted_with_it(api_key):
+    """A queued job holds nothing and has cost nothing; a worker that finds its row gone runs nothing. Its key is not
+    held hostage by a job whose message the broker lost."""
+    job = job_of(api_key, JobStatus.QUEUED)
+
+    api_key.delete()
+
+    assert not exists(job)
