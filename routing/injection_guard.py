@@ -14,6 +14,7 @@ import orjson
 from core.redaction import secret_kinds_in
 from routing.models import InjectionGuardAction
 from routing.policy.errors import RoutingRefusal
+from routing.providers.base import REASONING_FIELDS
 
 CHECKED_ROLES = frozenset({"user", "tool"})
 OVERRIDE_PATTERN = re.compile(
@@ -145,7 +146,7 @@ def written_text(value) -> str | None:
 
 # What a message (or a delta) writes besides its content and its calls' arguments: its refusal and the reasoning some
 # providers send beside the answer.
-WRITTEN_FIELDS = ("refusal", "reasoning_content", "reasoning")
+WRITTEN_FIELDS = ("refusal", *REASONING_FIELDS)
 
 
 def answer_texts(answer: dict) -> list[str]:

@@ -62,6 +62,9 @@ class Command(BaseCommand):
         block_ms = options["block_ms"]
         if block_ms is not None and not 0 < block_ms <= MAX_BLOCK_MS:
             raise CommandError(f"--block-ms must be between 1 and {MAX_BLOCK_MS}")
+        if options["poll_ms"] <= 0:
+            # Without a pause between empty reads it would spin on Redis and take a core from the gateway.
+            raise CommandError("--poll-ms must be at least 1")
         consumer = options["consumer"] or default_consumer_name()
         claim_idle_ms = int(options["claim_idle_seconds"] * 1000)
         if options["once"]:
