@@ -10,11 +10,13 @@ logger = logging.getLogger(__name__)
 _running: set[asyncio.Task] = set()
 
 
-def run_in_background(work: Coroutine, *, loop: asyncio.AbstractEventLoop | None = None) -> None:
-    """Run ``work`` as a task of its own on ``loop`` (the running one by default), held until it ends."""
+def run_in_background(work: Coroutine, *, loop: asyncio.AbstractEventLoop | None = None) -> asyncio.Task:
+    """Run ``work`` as a task of its own on ``loop`` (the running one by default), held until it ends. The task, for a
+    caller that waits for it shielded (``asyncio.shield``): a cancel of the caller then leaves the work running."""
     task = (loop or asyncio.get_running_loop()).create_task(work)
     _running.add(task)
     task.add_done_callback(_running.discard)
+    return task
 
 
 async def background_drain(timeout: float) -> int:

@@ -9,24 +9,32 @@ from datetime import UTC
 from decimal import ROUND_DOWN, Decimal
 
 import httpx
+import orjson
 import pytest
 from django.db.models import Sum
+from django.utils import timezone
 
+from billing.budgets.selectors import budget_status
 from billing.budgets.services import budget_create
 from billing.finance.exports import ExportGrouping, aggregate_queryset
 from billing.ledger.costs import LEDGER_QUANTUM, usage_cost
 from billing.ledger.stream import STREAM_KEY
 from billing.models import UsageKind, UsageRecord
 from billing.ratelimits import rate_limit_create
+from core.background import background_drain
 from core.redis import sync_redis
+from llmops import asgi
+from llmops.gateway.chat import summaries
 from routing.catalog import ModelPrices
 from routing.services import tenant_model_access_set
 from routing.tokens import count_chat_tokens
 from tenants.services import api_key_create
 from tests.conftest import SMALL_PRICES, make_tenant_setup
 from tests.factories import ModelFactory, ProviderFactory
-from tests.gateway.test_failed_attempts_live import assert_counted
+from tests.gateway.test_failed_attempts_live import assert_counted, eventually
 from tests.gateway.test_routing_live import chat, publish
+from tests.gateway.test_unstarted_stream import _scope as asgi_scope
+from tests.loops import run
 
 MESSAGES = [{"role": "user", "content": "Classify this support ticket: my refund has not arrived."}]
 # At most the mock's 24 tokens per answer, so every choice bills exactly max_tokens: actual cost == worst case.
@@ -252,6 +260,61 @@ def test_a_summary_that_timed_out_once_sent_is_charged_its_prompt_as_a_failed_at
     )
     assert summary.cost_usd > 0
     assert_counted(budget, main.cost_usd + summary.cost_usd)
+
+
+def test_a_summary_whose_failure_is_being_counted_when_its_client_leaves_is_recorded_and_settled(
+    gateway, acme, mock_upstream, monkeypatch
+):
+    """The summary's answer cannot be used (the provider may bill it); the client leaves while the gateway counts what
+    the failure cost. The summary is recorded all the same, as the failure it was, and its reservation settled."""
+    malformed = ModelFactory(
+        name="acme-malformed", provider=acme.small.provider, upstream_name="mock-malformed-body-array"
+    )
+    tenant_model_access_set(
+        tenant=acme.tenant, allowed_models=[acme.small, acme.large, malformed], default_model=malformed
+    )
+    publish(acme, COMPRESS)
+    budget = budget_create(tenant=acme.tenant, limit_usd=Decimal("1"), period="day")
+    counting = asyncio.Event()
+    count = summaries.failure_usage
+
+    async def counted_slowly(*args, **kwargs):
+        counting.set()
+        await asyncio.sleep(0.1)  # the client's disconnect cancels the request meanwhile
+        return await count(*args, **kwargs)
+
+    monkeypatch.setattr(summaries, "failure_usage", counted_slowly)
+    raw = orjson.dumps({"model": acme.small.name, "messages": long_conversation(), "max_tokens": 10})
+
+    async def leave_while_the_failure_is_counted():
+        given = False
+
+        async def receive():
+            nonlocal given
+            if not given:
+                given = True
+                return {"type": "http.request", "body": raw, "more_body": False}
+            await counting.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message):
+            pass
+
+        await asgi.application(asgi_scope("/v1/chat/completions", acme.key, len(raw)), receive, send)
+        await background_drain(10)
+
+    run(leave_while_the_failure_is_counted())
+
+    assert counting.is_set()
+    summaries_of_acme = UsageRecord.objects.unscoped().filter(tenant=acme.tenant, kind=UsageKind.COMPRESSION_SUMMARY)
+    summary = eventually(summaries_of_acme.first)
+    assert (summary.http_status, summary.error_code, summary.served_model) == (
+        502,
+        "upstream_invalid_response",
+        malformed.name,
+    )
+    assert summary.usage_estimated and summary.prompt_tokens > 0 and summary.cost_usd > 0
+    assert budget_status(budget=budget, now=timezone.now()).reserved_usd == 0
 
 
 def test_a_budget_that_covers_the_request_but_not_its_summary_too_refuses(gateway, acme, globex):

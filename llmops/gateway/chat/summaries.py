@@ -22,7 +22,7 @@ from billing.ledger.costs import Usage
 from billing.models import CacheStatus, UsageKind
 from core.background import run_in_background
 from llmops.gateway.call import GatewayCall, estimated_usage, reply_usage
-from llmops.gateway.chat.failed_attempts import failure_usage
+from llmops.gateway.chat.failed_attempts import Estimate, failure_usage
 from llmops.gateway.chat.recording import finish
 from llmops.gateway.chat.worst_case import OutputBound, budget_refusal, chain_worst_case
 from llmops.gateway.errors import GatewayError, upstream_failure
@@ -123,6 +123,21 @@ async def _cut_short(
     await _finish(call, summary, http_status=499, usage=usage, error_code="client_disconnected")
 
 
+async def _failed(
+    call: GatewayCall, summary: GatewayCall, error: upstream.UpstreamError, model: ModelEntry, estimate: Estimate
+) -> None:
+    """Record and settle a summary whose upstream call failed: charged as a request's failed attempt is, nothing when
+    the provider cannot bill it."""
+    failure = upstream_failure(error)
+    try:
+        usage = await failure_usage(summary, error, model, estimate) if error.billable else None
+    except Exception:
+        # Recorded and settled all the same, at nothing.
+        logger.exception("summary %s failed: its usage could not be counted", summary.request_id)
+        usage = None
+    await _finish(call, summary, http_status=failure.status_code, usage=usage, error_code=failure.code)
+
+
 def metered_summarizer(
     snapshot: ConfigSnapshot, call: GatewayCall, admit_summary: SummaryGate | None = None
 ) -> Summarizer | None:
@@ -166,10 +181,9 @@ def metered_summarizer(
             measured = await reply_usage(reply, body=body, model=model, prompt_tokens=0)
         except upstream.UpstreamError as error:
             summary.upstream_ms = error.elapsed_ms
-            failure = upstream_failure(error)
-            # Charged as a request's failed attempt is: nothing when the provider cannot bill it.
-            usage = await failure_usage(summary, error, model, estimate) if error.billable else None
-            await _finish(call, summary, http_status=failure.status_code, usage=usage, error_code=failure.code)
+            # Counted and recorded by a task of its own: a cancel (the client leaving) that lands while the failure's
+            # usage is counted or its row written leaves it running, and the reservation is settled all the same.
+            await asyncio.shield(run_in_background(_failed(call, summary, error, model, estimate)))
             raise
         except Exception:
             # Whatever failed, the reservation is released and the attempt recorded.
