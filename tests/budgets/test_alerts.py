@@ -1,7 +1,9 @@
 import json
 import threading
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 import boto3
 import pytest
@@ -24,7 +26,7 @@ from billing.budgets.index import build_budget_index
 from billing.budgets.reservations import BudgetExceeded, budget_reserve, reservation_settle
 from billing.budgets.services import budget_create
 from billing.budgets.thresholds import threshold_alerts_wait
-from billing.models import AlertDelivery, BudgetAlert, BudgetScope, ChannelKind, DeliveryStatus
+from billing.models import AlertChannel, AlertDelivery, BudgetAlert, BudgetScope, ChannelKind, DeliveryStatus
 from core.webhooks import webhook_secret_new
 from tests.loops import run
 from tests.webhooks import assert_verified_and_not_forgeable
@@ -190,51 +192,60 @@ def test_the_admin_retries_a_failed_delivery_and_not_a_sent_one(
     assert failed.status == DeliveryStatus.SENT
 
 
-@mock_aws
-def test_sns_alert_is_published_to_the_topic(org, django_capture_on_commit_callbacks, settings):
-    settings.LLMOPS_ALERT_SNS_ALLOWED_ACCOUNTS = ["123456789012"]  # moto's account
-    sns = boto3.client("sns", region_name="eu-west-1")
-    sqs = boto3.client("sqs", region_name="eu-west-1")
-    topic_arn = sns.create_topic(Name="llmops-acme-alerts")["TopicArn"]
-    queue_url = sqs.create_queue(QueueName="alerts-inbox")["QueueUrl"]
-    queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    sns.subscribe(TopicArn=topic_arn, Protocol="sqs", Endpoint=queue_arn)
-    channel = alert_channel_create(tenant=org.tenant, name="sns", kind=ChannelKind.SNS, target=topic_arn)
-    budget = budget_create(tenant=org.tenant, limit_usd=Decimal("10"), channels=[channel], thresholds=[100])
+@dataclass
+class SnsInbox:
+    """An SNS alert channel of acme's whose topic feeds an SQS queue."""
+
+    channel: AlertChannel
+    sqs: Any
+    queue_url: str
+
+    def messages(self) -> list[dict]:
+        return self.sqs.receive_message(QueueUrl=self.queue_url)["Messages"]
+
+
+@pytest.fixture
+def sns_inbox(org, settings):
+    """The test runs under moto (``mock_aws``) as long as this fixture is set up."""
+    with mock_aws():
+        settings.LLMOPS_ALERT_SNS_ALLOWED_ACCOUNTS = ["123456789012"]  # moto's account
+        sns = boto3.client("sns", region_name="eu-west-1")
+        sqs = boto3.client("sqs", region_name="eu-west-1")
+        topic_arn = sns.create_topic(Name="llmops-acme-alerts")["TopicArn"]
+        queue_url = sqs.create_queue(QueueName="alerts-inbox")["QueueUrl"]
+        queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        sns.subscribe(TopicArn=topic_arn, Protocol="sqs", Endpoint=queue_arn)
+        channel = alert_channel_create(tenant=org.tenant, name="sns", kind=ChannelKind.SNS, target=topic_arn)
+        yield SnsInbox(channel, sqs, queue_url)
+
+
+def test_sns_alert_is_published_to_the_topic(org, sns_inbox, django_capture_on_commit_callbacks):
+    budget = budget_create(tenant=org.tenant, limit_usd=Decimal("10"), channels=[sns_inbox.channel], thresholds=[100])
     with django_capture_on_commit_callbacks(execute=True):
         budget_threshold_alert(budget.pk, "2026-11", 100, 10 * UNITS)
-    [message] = sqs.receive_message(QueueUrl=queue_url)["Messages"]
+    [message] = sns_inbox.messages()
     published = json.loads(json.loads(message["Body"])["Message"])
     assert (published["tenant"], published["threshold_percent"]) == ("acme", 100)
     assert AlertDelivery.objects.unscoped().get().status == DeliveryStatus.SENT
 
 
-@mock_aws
 def test_sns_alert_naming_a_non_ascii_customer_is_published_with_an_ascii_subject(
-    org, django_capture_on_commit_callbacks, settings
+    org, sns_inbox, django_capture_on_commit_callbacks
 ):
     # SNS refuses a Subject that is not printable ASCII of at most 100 characters (moto checks only the length), and
     # a customer id is anyone's choice of up to 256 characters.
-    settings.LLMOPS_ALERT_SNS_ALLOWED_ACCOUNTS = ["123456789012"]  # moto's account
-    sns = boto3.client("sns", region_name="eu-west-1")
-    sqs = boto3.client("sqs", region_name="eu-west-1")
-    topic_arn = sns.create_topic(Name="llmops-acme-alerts")["TopicArn"]
-    queue_url = sqs.create_queue(QueueName="alerts-inbox")["QueueUrl"]
-    queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    sns.subscribe(TopicArn=topic_arn, Protocol="sqs", Endpoint=queue_arn)
-    channel = alert_channel_create(tenant=org.tenant, name="sns", kind=ChannelKind.SNS, target=topic_arn)
     customer = "zoë ☃ " + "ü" * 200
     budget = budget_create(
         tenant=org.tenant,
         limit_usd=Decimal("10"),
         scope=BudgetScope.CUSTOMER,
         customer=customer,
-        channels=[channel],
+        channels=[sns_inbox.channel],
         thresholds=[100],
     )
     with django_capture_on_commit_callbacks(execute=True):
         budget_threshold_alert(budget.pk, "2026-11", 100, 10 * UNITS)
-    [message] = sqs.receive_message(QueueUrl=queue_url)["Messages"]
+    [message] = sns_inbox.messages()
     body = json.loads(message["Body"])
     assert body["Subject"] == f"[llmops] acme: customer zoe ? {'u' * 100}"[:100]
     assert json.loads(body["Message"])["budget"]["target"] == f"customer {customer}"

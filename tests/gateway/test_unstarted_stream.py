@@ -17,6 +17,7 @@ from core.redis import sync_redis
 from llmops import asgi
 from llmops.gateway.concurrency import KEY_PREFIX, inflight_acquire, inflight_release_after
 from routing import upstream
+from tests.asgi_requests import authorized_body_headers, body_then_disconnect, http_scope
 from tests.gateway.test_failed_attempts_live import LIMIT, MESSAGES, assert_counted, only_request_row
 from tests.gateway.test_inflight_slots import refused
 from tests.loops import run
@@ -29,28 +30,6 @@ ROUTES = {
 }
 
 
-def _scope(path: str, key: str, size: int) -> dict:
-    return {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": [
-            (b"host", b"testserver"),
-            (b"content-type", b"application/json"),
-            (b"content-length", str(size).encode()),
-            (b"authorization", f"Bearer {key}".encode()),
-        ],
-        "client": ("127.0.0.1", 5555),
-        "server": ("testserver", 80),
-    }
-
-
 class ConnectionLost(OSError):
     pass
 
@@ -61,16 +40,7 @@ async def leave_while_the_headers_wait(path: str, body: dict, key: str, *, send_
     request left running has ended."""
     raw = orjson.dumps(body)
     headers_waiting = asyncio.Event()
-    given = False
     sent = []
-
-    async def receive():
-        nonlocal given
-        if not given:
-            given = True
-            return {"type": "http.request", "body": raw, "more_body": False}
-        await headers_waiting.wait()
-        return {"type": "http.disconnect"}
 
     async def send(message):
         sent.append(message)
@@ -80,8 +50,9 @@ async def leave_while_the_headers_wait(path: str, body: dict, key: str, *, send_
             headers_waiting.set()
             await asyncio.Event().wait()  # the write buffer stays full
 
+    scope = http_scope(path, headers=authorized_body_headers(key, raw))
     try:
-        await asgi.application(_scope(path, key, len(raw)), receive, send)
+        await asgi.application(scope, body_then_disconnect(raw, headers_waiting), send)
     except ConnectionLost:
         assert send_fails
     await background_drain(10)

@@ -29,11 +29,11 @@ from routing.catalog import ModelPrices
 from routing.services import tenant_model_access_set
 from routing.tokens import count_chat_tokens
 from tenants.services import api_key_create
+from tests.asgi_requests import authorized_body_headers, body_then_disconnect, http_scope
 from tests.conftest import SMALL_PRICES, make_tenant_setup
 from tests.factories import ModelFactory, ProviderFactory
 from tests.gateway.test_failed_attempts_live import assert_counted, eventually
 from tests.gateway.test_routing_live import chat, publish
-from tests.gateway.test_unstarted_stream import _scope as asgi_scope
 from tests.loops import run
 
 MESSAGES = [{"role": "user", "content": "Classify this support ticket: my refund has not arrived."}]
@@ -287,20 +287,11 @@ def test_a_summary_whose_failure_is_being_counted_when_its_client_leaves_is_reco
     raw = orjson.dumps({"model": acme.small.name, "messages": long_conversation(), "max_tokens": 10})
 
     async def leave_while_the_failure_is_counted():
-        given = False
-
-        async def receive():
-            nonlocal given
-            if not given:
-                given = True
-                return {"type": "http.request", "body": raw, "more_body": False}
-            await counting.wait()
-            return {"type": "http.disconnect"}
-
         async def send(message):
             pass
 
-        await asgi.application(asgi_scope("/v1/chat/completions", acme.key, len(raw)), receive, send)
+        scope = http_scope("/v1/chat/completions", headers=authorized_body_headers(acme.key, raw))
+        await asgi.application(scope, body_then_disconnect(raw, counting), send)
         await background_drain(10)
 
     run(leave_while_the_failure_is_counted())

@@ -9,25 +9,9 @@ from django.core import signals
 from django.http import HttpResponse
 
 from llmops import asgi
+from tests.asgi_requests import http_scope
 
 DIRECT_PATH = "/v1/direct-close-probe"
-
-
-def _scope(path: str) -> dict:
-    return {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(b"host", b"testserver"), (b"content-type", b"application/json")],
-        "client": ("127.0.0.1", 5555),
-        "server": ("testserver", 80),
-    }
 
 
 async def _serve(path: str) -> list[dict]:
@@ -44,7 +28,7 @@ async def _serve(path: str) -> list[dict]:
     async def send(message):
         sent.append(message)
 
-    await asgi.gateway_application(_scope(path), receive, send)
+    await asgi.gateway_application(http_scope(path), receive, send)
     return sent
 
 
@@ -158,7 +142,7 @@ def test_a_route_starts_its_work_only_once_the_whole_body_has_arrived(monkeypatc
         async def send(message):
             pass
 
-        await asgi.gateway_application(_scope(DIRECT_PATH), receive, send)
+        await asgi.gateway_application(http_scope(DIRECT_PATH), receive, send)
 
     asyncio.run(serve_in_two_parts())
 
