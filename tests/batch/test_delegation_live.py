@@ -35,6 +35,22 @@ from tests.servers import serving
 pytestmark = pytest.mark.live
 
 
+def submit_then_merge(batch_id: str) -> None:
+    """One pass of the runner that submits the batch's lines to the provider, then, once its batch has ended, one that
+    merges the results."""
+    run_on_a_new_loop(batch_process(batch_id))
+    time.sleep(mock_upstream_module.BATCH_SECONDS)
+    run_on_a_new_loop(batch_process(batch_id))
+
+
+def assert_charged_and_released(budget, charged) -> None:
+    """The budget's counter holds what the ledger charged it, which is ``charged``, and nothing is still reserved."""
+    now = timezone.now()
+    check = budget_counter_check(budget=budget, now=now)
+    assert check.counted_usd == check.ledger_usd == charged
+    assert budget_status(budget=budget, now=now).reserved_usd == 0
+
+
 def create(openai_client, lines: list) -> str:
     return openai_client.batches.create(
         input_file_id=upload(openai_client, lines), endpoint="/v1/chat/completions", completion_window="24h"
@@ -274,10 +290,7 @@ def test_delegated_lines_hold_their_worst_case_until_merged_and_are_then_charged
     billed = {record.request_id: record.cost_usd for record in batch_ledger(batch_id)}
     assert len(billed) == 2 and sorted(billed.values())[0] == 0
     assert submitted.spent_usd == 0 and submitted.reserved_usd > sum(billed.values()) > 0
-    now = timezone.now()
-    check = budget_counter_check(budget=budget, now=now)
-    assert check.counted_usd == check.ledger_usd == sum(billed.values())
-    assert budget_status(budget=budget, now=now).reserved_usd == 0
+    assert_charged_and_released(budget, sum(billed.values()))
 
 
 @pytest.mark.parametrize("backend", ["redis", "database"])
@@ -312,10 +325,9 @@ def test_lines_a_provider_refuses_to_take_are_run_here_holding_nothing_for_it(
 
     batch = Batch.objects.unscoped().get(pk=batch_id)
     assert (batch.status, batch.completed_count, batch.provider_batches) == ("completed", 2, {})
-    now = timezone.now()
-    check = budget_counter_check(budget=budget, now=now)
-    assert check.counted_usd == check.ledger_usd == sum(record.cost_usd for record in batch_ledger(batch_id)) > 0
-    assert budget_status(budget=budget, now=now).reserved_usd == 0
+    charged = sum(record.cost_usd for record in batch_ledger(batch_id))
+    assert charged > 0
+    assert_charged_and_released(budget, charged)
 
 
 def test_an_answer_merged_in_the_budget_s_next_period_is_charged_there_and_released_where_it_was_held(
@@ -413,10 +425,9 @@ def test_a_provider_batch_given_up_ends_its_own_lines_only(batches_here, openai_
         "acme-batchable-0": "succeeded",
         "acme-batchable-1": "succeeded",
     }
-    now = timezone.now()
-    check = budget_counter_check(budget=budget, now=now)
-    assert check.counted_usd == check.ledger_usd == sum(record.cost_usd for record in batch_ledger(batch_id)) > 0
-    assert budget_status(budget=budget, now=now).reserved_usd == 0
+    charged = sum(record.cost_usd for record in batch_ledger(batch_id))
+    assert charged > 0
+    assert_charged_and_released(budget, charged)
 
 
 CANCEL_PATH = re.compile(r"/v1/batches/([\w-]+)/cancel")
@@ -527,9 +538,7 @@ def test_a_provider_answer_whose_usage_cannot_be_believed_fails_its_line_and_the
         openai_client, [chat_line(custom_id, "acme-batchable", max_tokens=24) for custom_id in custom_ids]
     )
 
-    run_on_a_new_loop(batch_process(batch_id))
-    time.sleep(mock_upstream_module.BATCH_SECONDS)
-    run_on_a_new_loop(batch_process(batch_id))
+    submit_then_merge(batch_id)
 
     batch = Batch.objects.unscoped().get(pk=batch_id)
     assert (batch.status, batch.completed_count, batch.failed_count) == ("completed", 1, len(SPOILED_USAGE))
@@ -541,10 +550,7 @@ def test_a_provider_answer_whose_usage_cannot_be_believed_fails_its_line_and_the
         assert (record.http_status, record.usage_estimated, record.completion_tokens <= 24) == (502, True, True)
         assert 0 < record.cost_usd < ledger[lines["good"].request_id].cost_usd * 2
     assert lines["good"].status_code == 200
-    now = timezone.now()
-    check = budget_counter_check(budget=budget, now=now)
-    assert check.counted_usd == check.ledger_usd == sum(record.cost_usd for record in ledger.values())
-    assert budget_status(budget=budget, now=now).reserved_usd == 0
+    assert_charged_and_released(budget, sum(record.cost_usd for record in ledger.values()))
 
 
 def test_a_provider_answer_without_usage_is_charged_the_gateway_s_own_count(
@@ -555,9 +561,7 @@ def test_a_provider_answer_without_usage_is_charged_the_gateway_s_own_count(
     budget = team_day_budget(acme, "1")
     batch_id = create(openai_client, [chat_line(custom_id, "acme-batchable") for custom_id in (UNMETERED, "good")])
 
-    run_on_a_new_loop(batch_process(batch_id))
-    time.sleep(mock_upstream_module.BATCH_SECONDS)
-    run_on_a_new_loop(batch_process(batch_id))
+    submit_then_merge(batch_id)
 
     lines = {line.custom_id: line for line in BatchLine.objects.unscoped().filter(batch_id=batch_id)}
     ledger = {record.request_id: record for record in batch_ledger(batch_id)}
@@ -565,10 +569,7 @@ def test_a_provider_answer_without_usage_is_charged_the_gateway_s_own_count(
     assert (lines[UNMETERED].status_code, unmetered.http_status, unmetered.usage_estimated) == (200, 200, True)
     assert unmetered.prompt_tokens > 0 and unmetered.completion_tokens > 0 and unmetered.cost_usd > 0
     assert good.usage_estimated is False
-    now = timezone.now()
-    check = budget_counter_check(budget=budget, now=now)
-    assert check.counted_usd == check.ledger_usd == unmetered.cost_usd + good.cost_usd
-    assert budget_status(budget=budget, now=now).reserved_usd == 0
+    assert_charged_and_released(budget, unmetered.cost_usd + good.cost_usd)
 
 
 class AnswersAList:
@@ -621,10 +622,9 @@ def test_a_provider_answering_a_submission_unreadably_leaves_the_batch_submitted
     assert (batch.status, batch.completed_count) == ("completed", 3)
     assert [state["provider"] for state in batch.provider_batches.values()] == [DELEGATING_PROVIDER]
     assert mock_upstream.app.batch_lines_served - batch_lines_before == 2
-    now = timezone.now()
-    check = budget_counter_check(budget=budget, now=now)
-    assert check.counted_usd == check.ledger_usd == sum(record.cost_usd for record in batch_ledger(batch_id)) > 0
-    assert budget_status(budget=budget, now=now).reserved_usd == 0
+    charged = sum(record.cost_usd for record in batch_ledger(batch_id))
+    assert charged > 0
+    assert_charged_and_released(budget, charged)
 
 
 LINES_ON_TWO_PROVIDERS = [("a-0", "acme-batchable"), ("b-0", "acme-elsewhere"), ("a-1", "acme-batchable")]
@@ -650,9 +650,7 @@ def test_a_result_row_that_cannot_be_merged_fails_its_line_and_the_others_are_me
         openai_client, [chat_line(custom_id, "acme-batchable", max_tokens=24) for custom_id in custom_ids]
     )
 
-    run_on_a_new_loop(batch_process(batch_id))
-    time.sleep(mock_upstream_module.BATCH_SECONDS)
-    run_on_a_new_loop(batch_process(batch_id))
+    submit_then_merge(batch_id)
 
     batch = Batch.objects.unscoped().get(pk=batch_id)
     assert (batch.status, batch.completed_count, batch.failed_count) == ("completed", 1, 1)
