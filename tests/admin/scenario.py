@@ -2,6 +2,7 @@
 
 from dataclasses import dataclass
 
+from django.contrib.admin.utils import quote
 from django.contrib.auth.models import User
 from django.urls import reverse
 
@@ -86,4 +87,5 @@ def make_user(role: str, *, tenant: Tenant) -> User:
 
 
 def admin_url(admin_name: str, view: str, *args) -> str:
-    return reverse(f"admin:{admin_name}_{view}", args=args)
+    """The admin's URL, its object ids escaped as the admin's own links are: `job_22…` unescaped reads as `job"…`."""
+    return reverse(f"admin:{admin_name}_{view}", args=[quote(arg) for arg in args])

@@ -1,6 +1,7 @@
 """Batches and jobs in the admin: a tenant's staff see their own, read-only, with progress and savings; a job's
 prompt and answer only those who may read the tenant's answers."""
 
+import re
 from decimal import Decimal
 
 import pytest
@@ -129,3 +130,16 @@ def test_which_provider_and_model_served_a_batch_is_for_superusers(client, world
 
     assert ("gpt-4o-mini-2024-07-18" in html) == sees
     assert (probe.status_code == 200) == sees
+
+
+def test_a_job_whose_id_reads_as_an_escape_opens_from_its_link(client, world: World):
+    # The admin escapes ids in its links (`_` as `_5F`): `job_22…` read unescaped would be `job"…`.
+    job = _job(world.acme, id="job_" + "22" * 12, request_id="req-escaped", body={})
+    client.force_login(make_user(Role.OWNER, tenant=world.acme.tenant))
+
+    listing = client.get(admin_url("gateway_job", "changelist")).content.decode()
+    link = re.search(r'href="([^"]*/gateway/job/[^"/]+/change/)"', listing)
+    page = client.get(link[1])
+
+    assert page.status_code == 200 and "req-escaped" in page.content.decode()
+    assert link[1] == admin_url("gateway_job", "change", job.pk)
