@@ -160,6 +160,8 @@ def test_dimensions_user_and_token_arrays_are_passed_on(gateway, acme, acme_embe
         ({"input": "hi", "encoding_format": "hex"}, "invalid_value", "encoding_format"),
         ({"input": "hi", "dimensions": 0}, "invalid_value", "dimensions"),
         ({"input": "hi", "user": 7}, "invalid_type", "user"),
+        ({"input": "hi", "modalities": 5}, "invalid_type", "modalities"),
+        ({"input": "hi", "modalities": True}, "invalid_type", "modalities"),
     ],
 )
 def test_bad_input_is_an_openai_400_that_costs_nothing(gateway, acme, acme_embed, body, code, param):

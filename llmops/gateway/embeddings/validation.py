@@ -3,6 +3,7 @@ parameter's path, as chat completions' are (llmops.gateway.chat.validation), who
 
 from functools import partial
 
+from llmops.gateway.chat.validation import FIELD_CHECKS as CHAT_FIELD_CHECKS
 from llmops.gateway.chat.validation import (
     _choice,
     _integer,
@@ -82,6 +83,8 @@ FIELD_CHECKS = {
     "encoding_format": partial(_choice, choices=ENCODING_FORMATS),
     "dimensions": partial(_integer, low=1, high=MAX_DIMENSIONS),
     "user": _string,
+    # Checked as chat checks it, before the refusal of audio reads it as a list.
+    "modalities": CHAT_FIELD_CHECKS["modalities"],
 }
 
 
