@@ -30,6 +30,7 @@ from routing.providers.base import (
     message_text,
     openai_tool_call,
     parse_data_url,
+    refuse_untranslated,
     send_or_reject,
     sse_events,
     stop_sequences,
@@ -40,6 +41,7 @@ from routing.providers.base import (
     wants_usage_chunk,
 )
 
+API = "Anthropic's Messages API"
 ANTHROPIC_VERSION = "2023-06-01"
 DEFAULT_MAX_TOKENS = 4096
 # A prompt-cache breakpoint of the default, 5-minute cache.
@@ -50,7 +52,6 @@ OVERLOADED_STATUS = 529
 FINISH_REASONS = {
     "end_turn": "stop",
     "stop_sequence": "stop",
-    "pause_turn": "stop",
     "max_tokens": "length",
     # The context window filled up before the answer ended: cut short, as at max_tokens.
     "model_context_window_exceeded": "length",
@@ -159,7 +160,9 @@ def _with_checkpoints(request: dict, checkpoints: prompt_cache.Checkpoints) -> d
 def messages_request(body: dict, *, checkpoints: prompt_cache.Checkpoints = prompt_cache.NO_CHECKPOINTS) -> dict:
     """OpenAI chat completion request → Anthropic Messages request, with the gateway's prompt-cache ``checkpoints``
     (``prompt_cache.gateway_checkpoints``). The client's own ``cache_control`` is checked first: what Anthropic would
-    refuse or bill beyond the catalog's prices raises CacheControlRefused (``prompt_cache.client_marks``)."""
+    refuse or bill beyond the catalog's prices raises CacheControlRefused (``prompt_cache.client_marks``); a parameter
+    this translation would drop although it changes the answer or its cost raises RequestRefused."""
+    refuse_untranslated(API, body)
     prompt_cache.client_marks(body)
     system, messages = _messages(body["messages"])
     request = {

@@ -616,6 +616,59 @@ def parse_data_url(url: str) -> tuple[str, str] | None:
     return media_type, data
 
 
+class Untranslated(NamedTuple):
+    """A chat parameter an adapter does not translate: whether a value asks for nothing (what leaving it out asks),
+    and what any other value asks for."""
+
+    asks_nothing: Callable[[object], bool]
+    what: str
+
+
+# Chat parameters that change the answer or its cost and that neither Anthropic's Messages API nor Bedrock's Converse
+# takes. Dropped, the client would get a 200 without what it asked for; so any value but the one that asks for nothing
+# is refused (``refuse_untranslated``).
+UNTRANSLATED_PARAMETERS = {
+    "response_format": Untranslated(lambda value: value["type"] == "text", "a response format other than text"),
+    # No reasoning, as these models answer when not asked for their extended thinking.
+    "reasoning_effort": Untranslated(lambda value: value == "none", "a reasoning effort"),
+    # OpenAI's default, so asking for it asks for nothing.
+    "verbosity": Untranslated(lambda value: value == "medium", "a verbosity other than medium"),
+    "n": Untranslated(lambda value: value == 1, "more than one choice"),
+    "best_of": Untranslated(lambda value: value == 1, "the best of several answers"),
+    "logprobs": Untranslated(lambda value: value is False, "log probabilities"),
+    "top_logprobs": Untranslated(lambda value: value == 0, "log probabilities"),
+    "logit_bias": Untranslated(lambda value: not value, "a logit bias"),
+    "presence_penalty": Untranslated(lambda value: value == 0, "a presence penalty"),
+    "frequency_penalty": Untranslated(lambda value: value == 0, "a frequency penalty"),
+    # Neither API samples reproducibly from a seed.
+    "seed": Untranslated(lambda value: False, "a seed"),
+    # Served at the standard tier, a flex request would be charged the list price.
+    "service_tier": Untranslated(
+        lambda value: value in ("auto", "default"), "a service tier other than auto or default"
+    ),
+    "functions": Untranslated(lambda value: not value, "legacy functions (send them as tools)"),
+}
+
+
+def unsupported_by(api: str, body: dict, *, param: str, what: str) -> RequestRefused:
+    """The refusal, before any call, of ``param``, which asks the model's ``api`` for ``what`` it cannot take."""
+    return RequestRefused(
+        f"The model `{body['model']}` is served through {api}, which cannot take {what}; send the request without "
+        "it or to another model.",
+        param=param,
+        code="unsupported_parameter",
+    )
+
+
+def refuse_untranslated(api: str, body: dict) -> None:
+    """Raise RequestRefused for a parameter of UNTRANSLATED_PARAMETERS set to a value that asks for something."""
+    # The body's few fields looked up in the table, not the table's in the body: this runs on every request.
+    for param, value in body.items():
+        untranslated = UNTRANSLATED_PARAMETERS.get(param)
+        if untranslated is not None and value is not None and not untranslated.asks_nothing(value):
+            raise unsupported_by(api, body, param=param, what=untranslated.what)
+
+
 def stop_sequences(body: dict) -> list[str]:
     stop = body.get("stop")
     if not stop:

@@ -45,14 +45,17 @@ from routing.providers.base import (
     openai_tool_call,
     parse_data_url,
     parse_retry_after,
+    refuse_untranslated,
     stop_sequences,
     stream_opened,
     tool_call_arguments,
     translated_events,
     translated_reply,
+    unsupported_by,
     wants_usage_chunk,
 )
 
+API = "Bedrock's Converse API"
 # Threads (and pooled connections) for Bedrock calls; a stream holds one for its whole length.
 MAX_CONCURRENT_CALLS = 64
 IMAGE_FORMATS = {
@@ -241,7 +244,12 @@ def converse_request(body: dict, *, checkpoints: prompt_cache.Checkpoints = prom
     """OpenAI chat completion request → keyword arguments of Converse / ConverseStream, with the gateway's prompt-cache
     ``checkpoints`` (``prompt_cache.gateway_checkpoints``). The client's own ``cache_control`` is checked first: what
     Bedrock would refuse or bill beyond the catalog's prices raises CacheControlRefused (``prompt_cache.client_marks``;
-    a cache point is always of the default, 5-minute cache)."""
+    a cache point is always of the default, 5-minute cache); a parameter this translation would drop although it
+    changes the answer or its cost raises RequestRefused."""
+    refuse_untranslated(API, body)
+    if body.get("parallel_tool_calls") is False and tools_sent(body):
+        # Converse's tool choice has no switch for it: the model could still call several tools at once.
+        raise unsupported_by(API, body, param="parallel_tool_calls", what="turning parallel tool calls off")
     prompt_cache.client_marks(body, tools_sent=tools_sent(body))
     system, messages = _messages(body["messages"])
     request = {"modelId": body["model"], "messages": messages}
@@ -262,7 +270,7 @@ def converse_request(body: dict, *, checkpoints: prompt_cache.Checkpoints = prom
         # Converse has no top_k of its own: Claude takes it as a field of its model's request; -1 (vLLM's "no cut")
         # is what leaving it out means.
         if CLAUDE not in body["model"].lower():
-            raise UnsupportedForBedrock(f"top_k is taken on Bedrock by Claude models only, not by {body['model']}")
+            raise unsupported_by(API, body, param="top_k", what="top_k (on Bedrock, only Claude models take it)")
         request["additionalModelRequestFields"] = {"top_k": top_k}
     if tools_sent(body):
         request["toolConfig"] = _tool_config(body)

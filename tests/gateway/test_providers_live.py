@@ -105,10 +105,11 @@ def test_bedrock_through_the_sdk_streaming_and_not(openai_client, nova):
     ("provider_fixture", "upstream_name", "finish_reason"),
     [
         ("anthropic_provider", "claude-stop-model_context_window_exceeded", "length"),
+        ("anthropic_provider", "claude-stop-pause_turn", "pause_turn"),
         ("bedrock_provider", "anthropic.claude-stop-model_context_window_exceeded", "length"),
         ("bedrock_provider", "amazon.nova-stop-malformed_model_output", "malformed_model_output"),
     ],
-    ids=["anthropic-context-window", "bedrock-context-window", "bedrock-malformed"],
+    ids=["anthropic-context-window", "anthropic-pause-turn", "bedrock-context-window", "bedrock-malformed"],
 )
 @pytest.mark.parametrize("stream", [False, True], ids=["plain", "streamed"])
 def test_an_answer_cut_by_the_context_window_or_malformed_is_answered_but_never_cached(

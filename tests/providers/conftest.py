@@ -24,6 +24,46 @@ WEATHER_TOOL = {
     },
 }
 
+# The chat parameters the Anthropic and Bedrock adapters do not translate, each at values that ask for something
+# (refused, naming the parameter) and at the one that asks for nothing (taken, and not sent).
+ASKING_FOR_SOMETHING = [
+    ("response_format", {"type": "json_object"}),
+    ("response_format", {"type": "json_schema", "json_schema": {"name": "city", "schema": {"type": "object"}}}),
+    ("reasoning_effort", "high"),
+    ("reasoning_effort", "minimal"),
+    ("verbosity", "low"),
+    ("n", 2),
+    ("best_of", 3),
+    ("logprobs", True),
+    ("top_logprobs", 5),
+    ("logit_bias", {"1734": -100}),
+    ("presence_penalty", 0.5),
+    ("frequency_penalty", -0.5),
+    ("seed", 42),
+    ("service_tier", "flex"),
+    ("service_tier", "scale"),
+    ("functions", [WEATHER_TOOL["function"]]),
+]
+ASKING_FOR_NOTHING = {
+    "response_format": {"type": "text"},
+    "reasoning_effort": "none",
+    "verbosity": "medium",
+    "n": 1,
+    "best_of": 1,
+    "logprobs": False,
+    "top_logprobs": 0,
+    "logit_bias": {},
+    "presence_penalty": 0,
+    "frequency_penalty": 0.0,
+    "seed": None,
+    "service_tier": "default",
+    "functions": [],
+}
+
+
+def asking_ids(cases: list[tuple[str, object]]) -> list[str]:
+    return [f"{param}={orjson.dumps(value).decode()}" for param, value in cases]
+
 
 def user(content) -> dict:
     return {"role": "user", "content": content}

@@ -6,8 +6,11 @@ import pytest
 from routing import upstream
 from tests.loops import run
 from tests.providers.conftest import (
+    ASKING_FOR_NOTHING,
+    ASKING_FOR_SOMETHING,
     PNG_DATA_URL,
     WEATHER_TOOL,
+    asking_ids,
     chunks_of,
     collect_stream,
     provider_entry,
@@ -73,8 +76,13 @@ def test_max_tokens_is_always_sent_and_a_cut_answer_finishes_with_length(anthrop
 
 @pytest.mark.parametrize(
     ("stop_reason", "finish_reason"),
-    [("model_context_window_exceeded", "length"), ("a_reason_added_since", "a_reason_added_since")],
-    ids=["context-window", "unknown"],
+    [
+        ("model_context_window_exceeded", "length"),
+        # A turn paused, to be sent back to go on: not a whole answer.
+        ("pause_turn", "pause_turn"),
+        ("a_reason_added_since", "a_reason_added_since"),
+    ],
+    ids=["context-window", "pause-turn", "unknown"],
 )
 def test_an_answer_cut_by_the_context_window_finishes_with_length_and_an_unknown_stop_reason_is_passed_on(
     anthropic_provider, stop_reason, finish_reason
@@ -202,6 +210,47 @@ def test_top_k_is_passed_on(anthropic_server, anthropic_provider):
 
     assert anthropic_server.app.requests[-2]["top_k"] == 7
     assert "top_k" not in anthropic_server.app.requests[-1]
+
+
+@pytest.mark.parametrize(("param", "value"), ASKING_FOR_SOMETHING, ids=asking_ids(ASKING_FOR_SOMETHING))
+def test_a_parameter_the_messages_api_cannot_take_is_refused_naming_it_before_any_call(
+    anthropic_server, anthropic_provider, param, value
+):
+    """Such a parameter used to be dropped: the client got a 200 answer without what it asked for (free text for a
+    JSON schema, no reasoning for an effort, one choice for n=2)."""
+    body = {"model": "claude-test", "messages": [user("Hello")], param: value}
+
+    with pytest.raises(upstream.RequestRefused) as refused:
+        run(upstream.chat_completion(anthropic_provider, body))
+
+    assert (refused.value.upstream_status, refused.value.param, refused.value.code) == (
+        400,
+        param,
+        "unsupported_parameter",
+    )
+    assert "`claude-test` is served through Anthropic's Messages API, which cannot take" in refused.value.message
+    assert anthropic_server.app.requests == []
+
+
+def test_a_streamed_request_is_refused_before_any_call_too(anthropic_server, anthropic_provider):
+    body = {"model": "claude-test", "messages": [user("Hello")], "reasoning_effort": "high", "stream": True}
+
+    with pytest.raises(upstream.RequestRefused) as refused:
+        run(_open_and_collect(anthropic_provider, body))
+
+    assert refused.value.param == "reasoning_effort" and anthropic_server.app.requests == []
+
+
+def test_the_values_that_ask_for_nothing_are_taken_and_not_sent(anthropic_server, anthropic_provider):
+    body = {"model": "claude-test", "messages": [user("Hello")], **ASKING_FOR_NOTHING}
+    tools = {"tools": [WEATHER_TOOL], "parallel_tool_calls": True}
+
+    run(upstream.chat_completion(anthropic_provider, body))
+    run(upstream.chat_completion(anthropic_provider, {**body, **tools}))
+
+    plain, with_tools = anthropic_server.app.requests
+    assert set(plain) == {"model", "messages", "max_tokens"}
+    assert set(with_tools) == {"model", "messages", "max_tokens", "tools"}
 
 
 def test_consecutive_turns_of_one_role_are_merged_as_anthropic_requires(anthropic_server, anthropic_provider):

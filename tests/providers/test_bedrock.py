@@ -9,8 +9,11 @@ import pytest
 from routing import upstream
 from tests.loops import run
 from tests.providers.conftest import (
+    ASKING_FOR_NOTHING,
+    ASKING_FOR_SOMETHING,
     PNG_DATA_URL,
     WEATHER_TOOL,
+    asking_ids,
     chunks_of,
     collect_stream,
     provider_entry,
@@ -60,13 +63,67 @@ def test_top_k_goes_to_claude_as_a_field_of_its_request_and_is_refused_for_other
 
     run(upstream.chat_completion(bedrock_provider, claude))
     run(upstream.chat_completion(bedrock_provider, {**claude, "top_k": -1}))  # vLLM's "no cut": nothing to send
-    with pytest.raises(upstream.UpstreamRejected) as excinfo:
+    with pytest.raises(upstream.RequestRefused) as excinfo:
         run(upstream.chat_completion(bedrock_provider, {**claude, "model": "amazon.nova-lite-v1:0"}))
 
     assert bedrock_server.app.requests[0]["additionalModelRequestFields"] == {"top_k": 5}
     assert "additionalModelRequestFields" not in bedrock_server.app.requests[1]
-    assert excinfo.value.upstream_status == 400 and "Claude models only" in excinfo.value.message
+    refused = excinfo.value
+    assert (refused.upstream_status, refused.param, refused.code) == (400, "top_k", "unsupported_parameter")
+    assert "only Claude models take it" in refused.message
     assert len(bedrock_server.app.requests) == 2
+
+
+@pytest.mark.parametrize("model", ["anthropic.claude-3-haiku-20240307-v1:0", "amazon.nova-lite-v1:0"])
+@pytest.mark.parametrize(("param", "value"), ASKING_FOR_SOMETHING, ids=asking_ids(ASKING_FOR_SOMETHING))
+def test_a_parameter_converse_cannot_take_is_refused_naming_it_before_any_call(
+    bedrock_server, bedrock_provider, param, value, model
+):
+    """Such a parameter used to be dropped: the client got a 200 answer without what it asked for."""
+    body = {"model": model, "messages": [user("Hello")], param: value}
+
+    with pytest.raises(upstream.RequestRefused) as refused:
+        run(upstream.chat_completion(bedrock_provider, body))
+
+    assert (refused.value.upstream_status, refused.value.param, refused.value.code) == (
+        400,
+        param,
+        "unsupported_parameter",
+    )
+    assert f"`{model}` is served through Bedrock's Converse API, which cannot take" in refused.value.message
+    assert bedrock_server.app.requests == []
+
+
+def test_a_streamed_request_is_refused_before_any_call_too(bedrock_server, bedrock_provider):
+    body = {"model": CLAUDE, "messages": [user("Hello")], "response_format": {"type": "json_object"}, "stream": True}
+
+    with pytest.raises(upstream.RequestRefused) as refused:
+        run(_open_and_collect(bedrock_provider, body))
+
+    assert refused.value.param == "response_format" and bedrock_server.app.requests == []
+
+
+def test_parallel_tool_calls_off_is_refused_where_tools_are_sent(bedrock_server, bedrock_provider):
+    """Converse's tool choice cannot turn parallel calls off; under tool_choice none no tool is sent, so it asks
+    nothing."""
+    body = {"model": CLAUDE, "messages": [user("Weather?")], "tools": [WEATHER_TOOL], "parallel_tool_calls": False}
+
+    with pytest.raises(upstream.RequestRefused) as refused:
+        run(upstream.chat_completion(bedrock_provider, body))
+    run(upstream.chat_completion(bedrock_provider, {**body, "tool_choice": "none"}))
+    run(upstream.chat_completion(bedrock_provider, {**body, "parallel_tool_calls": True}))
+
+    assert (refused.value.param, refused.value.code) == ("parallel_tool_calls", "unsupported_parameter")
+    without_tools, with_tools = bedrock_server.app.requests
+    assert "toolConfig" not in without_tools and with_tools["toolConfig"]["tools"]
+
+
+def test_the_values_that_ask_for_nothing_are_taken_and_not_sent(bedrock_server, bedrock_provider):
+    body = {"model": CLAUDE, "messages": [user("Hello")], **ASKING_FOR_NOTHING}
+
+    run(upstream.chat_completion(bedrock_provider, body))
+
+    assert set(bedrock_server.app.requests[-1]) == {"modelId", "messages"}
 
 
 def test_default_credential_chain_when_no_credential_is_stored(bedrock_server, monkeypatch):

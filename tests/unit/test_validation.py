@@ -261,8 +261,10 @@ def _downstream(body: dict) -> None:
     exact_key(tenant_id=1, served_model="m", upstream="u", request=request)
     is_cacheable(body, allow_nondeterministic=True)
     semantic_key(request, upstream="u")
-    messages_request(body)
-    # Bedrock's own refusals (an image given by URL) are a clean 400 upstream_invalid_request.
+    # A parameter neither adapter translates is a clean 400 naming it (unsupported_parameter); Bedrock's own refusals
+    # (an image given by URL) a clean 400 upstream_invalid_request.
+    with contextlib.suppress(upstream.RequestRefused):
+        messages_request(body)
     with contextlib.suppress(upstream.UpstreamRejected):
         converse_request(body)
 

@@ -1,0 +1,104 @@
+"""Parameters that Anthropic's Messages API and Bedrock's Converse cannot take, through the live gateway: a 400
+naming the parameter (on /v1/responses, the Responses one), nothing sent, nothing charged; never a 200 without what
+was asked."""
+
+from decimal import Decimal
+
+import httpx
+import pytest
+
+from billing.models import UsageRecord
+from tests.factories import ModelFactory
+
+JSON_SCHEMA = {
+    "name": "answer",
+    "schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    "strict": True,
+}
+
+
+@pytest.fixture
+def anthropic_claude(acme, anthropic_provider):
+    model = ModelFactory(name="claude-sonnet", provider=anthropic_provider, upstream_name="claude-sonnet-4-20250514")
+    acme.tenant.model_access.allowed_models.add(model)
+    return model
+
+
+@pytest.fixture
+def bedrock_claude(acme, bedrock_provider):
+    model = ModelFactory(
+        name="bedrock-sonnet", provider=bedrock_provider, upstream_name="anthropic.claude-3-7-sonnet-20250219-v1:0"
+    )
+    acme.tenant.model_access.allowed_models.add(model)
+    return model
+
+
+def post(gateway, key: str, path: str, body: dict) -> httpx.Response:
+    return httpx.post(f"{gateway.url}{path}", json=body, headers={"authorization": f"Bearer {key}"}, timeout=30)
+
+
+def assert_refused_and_charged_nothing(response: httpx.Response, param: str, *upstreams) -> None:
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert (error["type"], error["code"], error["param"]) == ("invalid_request_error", "unsupported_parameter", param)
+    assert all(server.app.requests == [] for server in upstreams)
+    record = UsageRecord.objects.unscoped().get()
+    assert (record.http_status, record.error_code, record.cost_usd) == (400, "unsupported_parameter", Decimal(0))
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "streamed"])
+@pytest.mark.parametrize("provider", ["anthropic", "bedrock"])
+def test_a_json_schema_asked_of_claude_on_anthropic_or_bedrock_is_a_400_charged_nothing(
+    gateway, acme, request, anthropic_upstream, bedrock_upstream, provider, stream
+):
+    model = request.getfixturevalue(f"{provider}_claude")
+    body = {
+        "model": model.name,
+        "messages": [{"role": "user", "content": "Capital of France?"}],
+        "max_tokens": 20,
+        "response_format": {"type": "json_schema", "json_schema": JSON_SCHEMA},
+        "stream": stream,
+    }
+
+    response = post(gateway, acme.key, "/v1/chat/completions", body)
+
+    assert_refused_and_charged_nothing(response, "response_format", anthropic_upstream, bedrock_upstream)
+    assert "which cannot take a response format other than text" in response.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("asked", "param"),
+    [
+        ({"text": {"format": {"type": "json_schema", **JSON_SCHEMA}}}, "text.format"),
+        ({"text": {"format": {"type": "json_object"}}}, "text.format"),
+        ({"text": {"verbosity": "low"}}, "text.verbosity"),
+        ({"reasoning": {"effort": "high"}}, "reasoning.effort"),
+    ],
+    ids=["json_schema", "json_object", "verbosity", "effort"],
+)
+def test_a_responses_request_asking_anthropic_for_what_it_cannot_take_names_the_responses_parameter(
+    gateway, acme, anthropic_claude, anthropic_upstream, asked, param
+):
+    """Such a request used to answer 200 in free text, its Response echoing the format and effort as applied."""
+    body = {"model": anthropic_claude.name, "input": "Capital of France?", "max_output_tokens": 20, **asked}
+
+    response = post(gateway, acme.key, "/v1/responses", body)
+
+    assert_refused_and_charged_nothing(response, param, anthropic_upstream)
+
+
+def test_a_responses_request_asking_anthropic_for_the_defaults_is_answered(gateway, acme, anthropic_claude):
+    body = {
+        "model": anthropic_claude.name,
+        "input": "Capital of France?",
+        "max_output_tokens": 20,
+        "text": {"format": {"type": "text"}, "verbosity": "medium"},
+        "reasoning": {"effort": "none"},
+    }
+
+    response = post(gateway, acme.key, "/v1/responses", body)
+
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert answer["text"] == {"format": {"type": "text"}, "verbosity": "medium"}
+    assert answer["output"][0]["content"][0]["text"]
