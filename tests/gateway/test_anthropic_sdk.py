@@ -26,6 +26,8 @@ from tests.gateway.test_routing_live import publish
 
 QUESTION = "What is the capital of France?"
 ONE_HOUR_CACHE = {"type": "ephemeral", "ttl": "1h"}
+EMPTY_URL_IMAGE = {"type": "image", "source": {"type": "url", "url": ""}}
+EMPTY_DATA_IMAGE = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": ""}}
 SONNET_PRICES = {
     "input_price_per_million": Decimal("3.00"),
     "cached_input_price_per_million": Decimal("0.30"),
@@ -254,6 +256,16 @@ def test_bad_input_raises_bad_request_error_in_anthropic_shape_and_is_recorded(c
             {"max_tokens": 5, "messages": [{"role": "user", "content": [{"type": ["text"], "text": "Hi"}]}]},
             "messages.0.content.0.type: Input should be a string, not an array",
         ),
+        # Refused by the client's own path, not by the chat message it becomes (`system` is one more).
+        (
+            {"max_tokens": 5, "system": "Be brief.", "messages": [{"role": "user", "content": [EMPTY_URL_IMAGE]}]},
+            "messages.0.content.0.source.url: String should have at least 1 character",
+        ),
+        # No image to answer, or to bill.
+        (
+            {"max_tokens": 5, "messages": [{"role": "user", "content": [EMPTY_DATA_IMAGE]}]},
+            "messages.0.content.0.source.data: String should have at least 1 character",
+        ),
     ],
 )
 def test_what_anthropic_requires_or_the_gateway_cannot_carry_is_a_clear_400(gateway, acme, body, words):
@@ -264,7 +276,8 @@ def test_what_anthropic_requires_or_the_gateway_cannot_carry_is_a_clear_400(gate
     assert response.status_code == 400
     error = response.json()["error"]
     assert error["type"] == "invalid_request_error" and words in error["message"]
-    assert only_record().http_status == 400
+    record = only_record()
+    assert (record.http_status, record.cost_usd) == (400, 0)
 
 
 def test_malformed_json_is_an_invalid_request_error(gateway, acme):

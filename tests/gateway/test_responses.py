@@ -21,6 +21,8 @@ from tests.gateway.test_upstream_failures import wait_for_record
 
 QUESTION = "What is the capital of France?"
 INSTRUCTIONS = "Answer in one word."
+QUESTION_PART = {"type": "input_text", "text": QUESTION}
+REFUSAL_PART = {"type": "refusal", "refusal": "I can't help with that."}
 STREAM_EVENTS_BEFORE_TEXT = [
     "response.created",
     "response.in_progress",
@@ -158,6 +160,20 @@ def test_a_conversation_of_text_items_is_the_chat_it_stands_for(openai_client, a
     assert response.usage.input_tokens == count_chat_tokens(chat_messages, model="mock-small")
 
 
+def test_a_refusal_part_is_taken_back_from_an_assistant_item(gateway, acme):
+    conversation = [
+        {"role": "user", "content": QUESTION},
+        {"role": "assistant", "content": [REFUSAL_PART]},
+        {"role": "user", "content": "Please?"},
+    ]
+
+    response = respond(gateway, acme, {"model": acme.small.name, "input": conversation, "max_output_tokens": 5})
+
+    assert response.status_code == 200, response.text
+    [message] = response.json()["output"]
+    assert message["content"][0]["text"].startswith("Mock answer to: Please?")
+
+
 @pytest.mark.parametrize(
     ("body", "code", "param"),
     [
@@ -213,6 +229,23 @@ def test_a_conversation_of_text_items_is_the_chat_it_stands_for(openai_client, a
             "unsupported_parameter",
             "input[0].content[0].foo",
         ),
+        # Named by the client's own path, not that of the chat message it becomes (`instructions` is one more).
+        ({"input": [{"role": "user", "content": []}]}, "empty_array", "input[0].content"),
+        ({"instructions": "Be brief.", "input": [{"role": "user", "content": []}]}, "empty_array", "input[0].content"),
+        (
+            {"input": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": []}]},
+            "empty_array",
+            "input[1].content",
+        ),
+        *(
+            ({"input": [{"role": role, "content": [REFUSAL_PART]}]}, "invalid_value", "input[0].content[0].type")
+            for role in ("user", "system", "developer")
+        ),
+        (
+            {"instructions": "Be brief.", "input": [{"role": "user", "content": [QUESTION_PART, REFUSAL_PART]}]},
+            "invalid_value",
+            "input[0].content[1].type",
+        ),
     ],
 )
 def test_what_is_not_supported_or_not_valid_is_an_openai_400(gateway, acme, body, code, param):
@@ -222,6 +255,7 @@ def test_what_is_not_supported_or_not_valid_is_an_openai_400(gateway, acme, body
     error = response.json()["error"]
     expected_param = param if param is not None else "input[0].type"
     assert (error["type"], error["code"], error["param"]) == ("invalid_request_error", code, expected_param)
+    assert f"'{expected_param}'" in error["message"]
     record = ledger(response)
     assert (record.endpoint, record.http_status, record.error_code, record.cost_usd) == (
         "/v1/responses",

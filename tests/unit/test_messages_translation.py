@@ -40,8 +40,8 @@ def text(value: str, **extra) -> dict:
     return {"type": "text", "text": value, **extra}
 
 
-def image(media_type="image/png", **extra) -> dict:
-    return {"type": "image", "source": {"type": "base64", "media_type": media_type, "data": PNG}, **extra}
+def image(media_type="image/png", data=PNG, **extra) -> dict:
+    return {"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}, **extra}
 
 
 def image_url(url: str, cache_control=None) -> dict:
@@ -166,6 +166,10 @@ def test_an_empty_final_assistant_message_is_no_prefill():
         (said(text("x", cache_control={**EPHEMERAL, "ttl": 5})), f"{BLOCK}.cache_control.ttl", "invalid_type", "str"),
         (said(image(), role="assistant"), "messages.0.content.0.type", "invalid_value", "role 'assistant'"),
         (said(image("image/bmp")), "messages.0.content.0.source.media_type", "invalid_value", "image/png"),
+        (said(image_at("")), f"{BLOCK}.source.url", "invalid_value", "at least 1 character"),
+        (said(image(data="")), f"{BLOCK}.source.data", "invalid_value", "at least 1 character"),
+        (body(system="Rules.", messages=[*HI, {"role": "user", "content": [text("x"), image_at("")]}]),
+         "messages.1.content.1.source.url", "invalid_value", "at least 1 character"),
         (body(system=[text("x", cache_control={})]), "system.0.cache_control.type", "invalid_value", "ephemeral"),
         (body(system=[image()]), "system.0.type", "invalid_value", "'text'"),
         (body(system=5), "system", "invalid_type", "string or an array"),

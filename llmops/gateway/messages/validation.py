@@ -174,6 +174,13 @@ def _text_part(path: str, block: dict) -> dict:
     return _with_cache_control(path, block, {"type": "text", "text": text})
 
 
+def _non_empty(path: str, value) -> str:
+    """An image's url or data: the chat form refuses an empty url, and empty data is no image to pay for."""
+    if not _string(path, value):
+        raise _invalid(path, "String should have at least 1 character")
+    return value
+
+
 def _image_part(path: str, block: dict) -> dict:
     _extra_fields(path, block, IMAGE_BLOCK_FIELDS)
     source = _object(f"{path}.source", block.get("source"))
@@ -184,11 +191,11 @@ def _image_part(path: str, block: dict) -> dict:
         if media_type not in IMAGE_MEDIA_TYPES:
             allowed = ", ".join(f"'{name}'" for name in IMAGE_MEDIA_TYPES)
             raise _invalid(f"{path}.source.media_type", f"Input should be {allowed}")
-        data = _string(f"{path}.source.data", source.get("data"))
+        data = _non_empty(f"{path}.source.data", source.get("data"))
         url = f"data:{media_type};base64,{data}"
     elif kind == "url":
         _extra_fields(f"{path}.source", source, frozenset({"type", "url"}))
-        url = _string(f"{path}.source.url", source.get("url"))
+        url = _non_empty(f"{path}.source.url", source.get("url"))
     elif kind == "file":
         raise _unsupported(f"{path}.source.type", "images by file id are not supported by this gateway")
     else:

@@ -22,8 +22,10 @@ from llmops.gateway.chat.validation import (
     _missing,
     _number,
     _object,
+    _shown,
     _string,
     _type_error,
+    _value_error,
     validate_metadata,
     validate_model,
 )
@@ -124,7 +126,7 @@ def _known_fields(param: str, value: dict, known: Set[str], unsupported: dict[st
             raise unsupported_parameter(f"{param}.{_field_name(name)}", why)
 
 
-def _content_part(param: str, part) -> None:
+def _content_part(param: str, part, *, role: str) -> None:
     part = _object(param, part)
     kind = part.get("type")
     if kind is None:
@@ -132,6 +134,9 @@ def _content_part(param: str, part) -> None:
     if kind in NON_TEXT_PARTS:
         raise unsupported_value(f"{param}.type", NOT_TEXT)
     _choice(f"{param}.type", kind, TEXT_PARTS)
+    # A refusal is the model's: only an assistant item (an earlier answer) has one, as in the chat form.
+    if kind == "refusal" and role != "assistant":
+        raise _value_error(f"{param}.type", f"{_shown(kind)} parts are not allowed in an item with role '{role}'.")
     _known_fields(param, part, PART_KNOWN[kind], PART_UNSUPPORTED_FIELDS.get(kind))
     field = "refusal" if kind == "refusal" else "text"
     _fields(param, part, {field: _string}, required=(field,))
@@ -152,8 +157,14 @@ def _input_item(param: str, item) -> None:
     if content is None:
         raise _missing(f"{param}.content")
     if isinstance(content, list):
+        if not content:
+            raise invalid_request(
+                f"Invalid '{param}.content': empty array. Expected an array with minimum length 1.",
+                param=f"{param}.content",
+                code="empty_array",
+            )
         for index, part in enumerate(content):
-            _content_part(f"{param}.content[{index}]", part)
+            _content_part(f"{param}.content[{index}]", part, role=role)
     elif not isinstance(content, str):
         raise _type_error(f"{param}.content", "a string or an array of content parts", content)
     _known_fields(param, item, MESSAGE_ITEM_KNOWN)
