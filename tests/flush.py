@@ -22,7 +22,12 @@ from django.core.management.sql import emit_post_migrate_signal
 from django.db import connections, transaction
 from django.test import TransactionTestCase
 
+from routing.models import CacheEntry
+
 KEPT_TABLES = {"django_content_type", "auth_permission"}
+# pgvector's HNSW graph keeps deleted rows until a vacuum, and a search among enough of them can come back empty: the
+# next test's semantic lookups would miss a live entry. The table's own autovacuum comes too late for the next test.
+VACUUMED_TABLE = CacheEntry._meta.db_table
 # The kept tables as they were after the last flush (or the migration), per database alias.
 _kept_fingerprints: dict[str, str] = {}
 
@@ -45,12 +50,17 @@ def database_empty(alias: str) -> None:
         set(connection.introspection.django_table_names(only_existing=True, include_views=False)) - KEPT_TABLES
     )
     quoted = [connection.ops.quote_name(table) for table in tables]
+    deleted = {}
     with transaction.atomic(using=alias), connection.cursor() as cursor:
         # Django creates its foreign keys DEFERRABLE INITIALLY DEFERRED: checked at commit, when every table is empty.
         cursor.execute(f"LOCK TABLE {', '.join(quoted)} IN ACCESS EXCLUSIVE MODE")
         cursor.execute("SET LOCAL llmops.ledger_purge = 'on'")
-        for table in quoted:
-            cursor.execute(f"DELETE FROM {table}")
+        for table, name in zip(tables, quoted, strict=True):
+            cursor.execute(f"DELETE FROM {name}")
+            deleted[table] = cursor.rowcount
+    if deleted.get(VACUUMED_TABLE):
+        with connection.cursor() as cursor:
+            cursor.execute(f"VACUUM {connection.ops.quote_name(VACUUMED_TABLE)}")
     fingerprint = kept_tables_fingerprint(alias)
     if fingerprint != _kept_fingerprints.get(alias):
         emit_post_migrate_signal(verbosity=0, interactive=False, db=alias)

@@ -45,8 +45,10 @@ def cache_control_from_headers(headers: Mapping[str, str]) -> CacheControl:
     return CacheControl(read=not directives & {"bypass", "no-cache"}, write="no-store" not in directives)
 
 
-def canonical_json(value) -> bytes:
-    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+def canonical_json(request: dict) -> bytes:
+    """The request's top-level fields sorted (their order says nothing), everything within them in the order sent:
+    a strict structured output writes a schema's properties in their order, so two orders are two answers."""
+    return orjson.dumps(dict(sorted(request.items())))
 
 
 def canonical_request(body: dict) -> dict:

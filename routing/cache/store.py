@@ -194,10 +194,10 @@ def embeddings_cache_request_prepare(
 
 def _valid_answer(answer) -> bool:
     """A chat completion whose every choice is a message that finished whole (COMPLETE_FINISH_REASONS), or an
-    embeddings list."""
+    embeddings list (which has no choices: a chat reply that also calls itself a list is judged by its choices)."""
     if not isinstance(answer, dict):
         return False
-    if answer.get("object") == "list":
+    if answer.get("object") == "list" and "choices" not in answer:
         return isinstance(answer.get("data"), list) and bool(answer["data"])
     return (
         isinstance(answer.get("choices"), list)

@@ -73,6 +73,66 @@ def test_any_option_that_changes_the_answer_misses(gateway, acme_caching, change
     assert chat(gateway, acme_caching, QUESTION, **change).headers["x-llmops-cache"] == "miss"
 
 
+def _verdict_schema(*fields: str) -> dict:
+    return {
+        "type": "object",
+        "properties": {field: {"type": "string"} for field in fields},
+        "required": ["reasoning", "answer"],
+        "additionalProperties": False,
+    }
+
+
+def _structured(*fields: str) -> dict:
+    """A strict structured output whose fields the model writes in the order the schema lists them."""
+    return {
+        "type": "json_schema",
+        "json_schema": {"name": "verdict", "schema": _verdict_schema(*fields), "strict": True},
+    }
+
+
+def _tools(*fields: str) -> list:
+    return [{"type": "function", "function": {"name": "verdict", "parameters": _verdict_schema(*fields)}}]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        lambda *fields: {"response_format": _structured(*fields)},
+        lambda *fields: {"tools": _tools(*fields)},
+    ],
+    ids=["response_format", "tools"],
+)
+def test_the_order_of_a_schemas_properties_is_part_of_the_key(gateway, acme_caching, mock_upstream, options):
+    """Keys sorted nested keys too: an answer written reasoning first was served to a schema asking for the answer
+    first, by the exact key and by the context fingerprint of the semantic cache alike."""
+    first = chat(gateway, acme_caching, "Is 91 prime?", **options("reasoning", "answer"))
+    served = mock_upstream.app.requests_served
+    second = chat(gateway, acme_caching, "Is 91 prime?", **options("answer", "reasoning"))
+
+    assert [first.headers["x-llmops-cache"], second.headers["x-llmops-cache"]] == ["miss", "miss"]
+    assert mock_upstream.app.requests_served == served + 1
+
+
+def test_the_order_of_a_requests_own_fields_is_not_part_of_the_key(gateway, acme_caching, mock_upstream):
+    chat(gateway, acme_caching, QUESTION, response_format=_structured("reasoning", "answer"))
+    served = mock_upstream.app.requests_served
+    body = {
+        "response_format": _structured("reasoning", "answer"),
+        "temperature": 0,
+        "messages": [{"role": "user", "content": QUESTION}],
+        "model": acme_caching.small.name,
+    }
+    reordered = httpx.post(
+        f"{gateway.url}/v1/chat/completions",
+        json=body,
+        headers={"authorization": f"Bearer {acme_caching.key}"},
+        timeout=30,
+    )
+
+    assert reordered.headers["x-llmops-cache"] == "hit-exact"
+    assert mock_upstream.app.requests_served == served
+
+
 @pytest.mark.parametrize("stream", [False, True], ids=["plain", "streamed"])
 def test_a_hit_is_payload_logged_with_its_answer(gateway, acme_caching, stream):
     """A hit's payload log row had the request and no answer."""
@@ -151,6 +211,18 @@ def test_an_answer_that_did_not_finish_whole_is_not_stored(gateway, acme_caching
     cache = cache_request(acme_caching, QUESTION)
     answer = stored_answer("Our refund window is")
     answer["choices"][0]["finish_reason"] = finish_reason
+    cache_store(cache, answer=answer)
+    cache_writes_flush()
+
+    assert not CacheEntry.objects.unscoped().exists()
+    assert run(cache_lookup(cache)) is None
+
+
+def test_a_cut_short_chat_answer_that_says_it_is_a_list_is_not_stored(gateway, acme_caching):
+    """Any answer of object "list" with data passed as an embeddings list, whatever its choices said."""
+    cache = cache_request(acme_caching, QUESTION)
+    answer = {**stored_answer("Our refund window is"), "object": "list", "data": [1]}
+    answer["choices"][0]["finish_reason"] = "length"
     cache_store(cache, answer=answer)
     cache_writes_flush()
 

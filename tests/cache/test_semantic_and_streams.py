@@ -15,7 +15,7 @@ from routing.services import tenant_model_access_set
 from tests.cache.conftest import cache_policy, cache_request, chat, stored_answer
 from tests.cache.embedders import BorrowedEmbedder
 from tests.factories import ModelFactory, ProviderFactory
-from tests.providers.asgi import read_body, send_json
+from tests.providers.asgi import end_stream, read_body, send_chunk, send_json, start_stream
 from tests.servers import ThreadedServer
 
 NO_STORE = {"x-llmops-cache": "no-store"}
@@ -287,6 +287,69 @@ def test_a_legacy_function_call_and_its_reasoning_are_replayed_to_a_stream(
     reasoning = "".join(getattr(delta, "reasoning_content", None) or "" for delta in deltas)
     assert reasoning == stored.reasoning_content == "The user asks for the weather in Paris."
     assert choices[-1].finish_reason == "function_call"
+
+
+THOUGHT = "91 = 7 x 13, so it has divisors other than 1 and itself."
+
+
+class ReasoningStreamUpstream:
+    """An OpenAI-compatible reasoning model that streams its reasoning before its answer, in pieces, under
+    `fields`: DeepSeek's `reasoning_content`, OpenRouter's `reasoning`, or both (as vLLM has sent it)."""
+
+    def __init__(self, fields: tuple[str, ...]):
+        self.fields = fields
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return
+        body = orjson.loads(await read_body(receive))
+        base = {"id": "chatcmpl-thinking", "object": "chat.completion.chunk", "created": 1, "model": body["model"]}
+        pieces = [THOUGHT[start : start + 10] for start in range(0, len(THOUGHT), 10)]
+        deltas = [
+            {"role": "assistant", "content": ""},
+            *({field: piece for field in self.fields} for piece in pieces),
+            {"content": "No."},
+        ]
+        chunks = [{**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]} for delta in deltas]
+        chunks.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+        chunks.append(
+            {**base, "choices": [], "usage": {"prompt_tokens": 10, "completion_tokens": 30, "total_tokens": 40}}
+        )
+        await start_stream(send, b"text/event-stream")
+        for chunk in chunks:
+            await send_chunk(send, b"data: " + orjson.dumps(chunk) + b"\n\n")
+        await send_chunk(send, b"data: [DONE]\n\n")
+        await end_stream(send)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [("reasoning_content",), ("reasoning",), ("reasoning_content", "reasoning")],
+    ids=["deepseek", "openrouter", "vllm"],
+)
+def test_a_streamed_answers_reasoning_is_cached_with_it(gateway, acme_caching, openai_client, fields):
+    """A stream was stored with its content only: a hit gave the answer without the reasoning the live stream sent."""
+    with ThreadedServer(ReasoningStreamUpstream(fields)) as server:
+        provider = ProviderFactory(name="reasoner", base_url=f"{server.url}/v1")
+        model = ModelFactory(name="acme-reasoner", provider=provider, upstream_name="reasoner")
+        tenant_model_access_set(
+            tenant=acme_caching.tenant, allowed_models=[acme_caching.small, model], default_model=acme_caching.small
+        )
+        question = "Is 91 prime?"
+        live = [chunk.choices[0].delta for chunk in _stream(openai_client, model.name, question) if chunk.choices]
+        cache_writes_flush()
+
+    plain = chat(gateway, acme_caching, question, model=model.name)
+    replay = [chunk.choices[0].delta for chunk in _stream(openai_client, model.name, question) if chunk.choices]
+
+    assert plain.headers["x-llmops-cache"] == "hit-exact"
+    message = plain.json()["choices"][0]["message"]
+    assert message["content"] == "No."
+    for field in fields:
+        assert "".join(getattr(delta, field, None) or "" for delta in live) == THOUGHT
+        assert message[field] == THOUGHT
+        assert "".join(getattr(delta, field, None) or "" for delta in replay) == THOUGHT
+    assert message.keys() & {"reasoning_content", "reasoning"} == set(fields)
 
 
 def test_an_answer_stored_without_usage_replays_the_gateways_count_to_a_stream_that_asks(

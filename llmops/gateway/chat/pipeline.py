@@ -30,7 +30,7 @@ from routing.cache.store import CacheHit, CacheRequest, cache_lookup, cache_stor
 from routing.catalog import ModelEntry
 from routing.injection_guard import SecretEchoBlocked, answer_texts, guard_answer, inspect_answer
 from routing.models import InjectionGuardAction
-from routing.providers.base import billed_text, message_text
+from routing.providers.base import REASONING_FIELDS, billed_text, message_text
 from routing.providers.prompt_cache import effective_provider_cache
 from routing.resilience import BilledFailure, ChainProgress, FallbackResult, RetryPolicy, call_with_fallbacks
 from routing.stream_guard import AnswerHoldBack, AnswerTexts
@@ -178,6 +178,8 @@ class StreamRelay:
         self.usage: Usage | None = None
         self.content_parts: list[str] = []
         self.refusal_parts: list[str] = []
+        # The reasoning written before the answer, by the field that carried it (REASONING_FIELDS), kept as sent.
+        self.reasoning_parts: dict[str, list[str]] = {}
         # Everything the answer wrote, tool and function calls included: what an estimate of its cost counts.
         self.written_parts: list[str] = []
         self.finish_reason: str | None = None
@@ -307,6 +309,10 @@ class StreamRelay:
             refusal = delta.get("refusal")
             if refusal:
                 self.refusal_parts.append(refusal)
+            for field in REASONING_FIELDS:
+                thought = delta.get(field)
+                if thought and isinstance(thought, str):
+                    self.reasoning_parts.setdefault(field, []).append(thought)
             self.written_parts.append(billed_text(delta))
             if choice.get("finish_reason"):
                 self.finish_reason = choice["finish_reason"]
@@ -381,9 +387,13 @@ class StreamRelay:
         keep_answer(self.call, self.cache, answer)
 
     def _message(self) -> dict:
-        """The assembled message, as OpenAI answers one: a refusal's content is null."""
+        """The assembled message, as OpenAI answers one: a refusal's content is null. Its reasoning is kept under the
+        field (or fields) the stream sent it in, as the provider's whole answer has it."""
         content, refusal = "".join(self.content_parts), "".join(self.refusal_parts) or None
-        return {"role": "assistant", "content": None if refusal and not content else content, "refusal": refusal}
+        message = {"role": "assistant", "content": None if refusal and not content else content, "refusal": refusal}
+        for field, parts in self.reasoning_parts.items():
+            message[field] = "".join(parts)
+        return message
 
     def _usage_chunk(self) -> dict:
         """OpenAI's last chunk of a stream asked for usage (no choices), for the usage the stream was charged."""
