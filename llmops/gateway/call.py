@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
+from typing import Protocol
 
 from django.utils import timezone
 
@@ -26,6 +27,16 @@ from tenants.authentication import KeyPrincipal
 
 def new_request_id() -> str:
     return f"req_{secrets.token_hex(12)}"
+
+
+class ChainWatch(Protocol):
+    """Told when a request's upstream chain (its attempts, retries and fallbacks) starts, past admission, and when it
+    has ended, before anything of it is charged: work whose process may die during the call keeps a note of it (a
+    job's run, for the run after its worker's death)."""
+
+    async def started(self, call: "GatewayCall") -> None: ...
+
+    async def ended(self, call: "GatewayCall") -> None: ...
 
 
 # An answer may report up to this many times what its request could hold (the model's context window, or the prompt
@@ -144,6 +155,7 @@ class GatewayCall(RequestFacts):
     # attempts, or before the first). A request cancelled so has no prompt sent to stand for: its 499 row charges
     # nothing (the billed attempts have rows of their own).
     upstream_idle: bool = True
+    chain_watch: ChainWatch | None = None
     # The usage of the answer an upstream attempt returned, once one did: the provider bills it whole, so a request
     # cancelled before its row is written (its client gone) is charged it.
     answer_usage: Usage | None = None

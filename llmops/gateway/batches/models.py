@@ -208,6 +208,13 @@ class Job(models.Model):
     webhook_attempts = models.PositiveSmallIntegerField(default=0)
     webhook_last_error = models.CharField(max_length=500, blank=True)
     webhook_delivered_at = models.DateTimeField(null=True, blank=True)
+    call_in_flight = models.JSONField(
+        null=True,
+        blank=True,
+        editable=False,
+        help_text="The running run's upstream call while it may be under way: what it holds against the budgets and "
+        "what its prompt costs, for the next run to release and charge should its worker die.",
+    )
 
     objects = TenantScopedManager()
 

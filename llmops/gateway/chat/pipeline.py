@@ -5,7 +5,7 @@ It composes the apps in the one direction the design allows: gateway → billing
 
 import asyncio
 import logging
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import replace
 
 import orjson
@@ -56,8 +56,9 @@ async def call_chain(call: GatewayCall, chain: list[ModelEntry], attempt, *, est
     progress = ChainProgress()
     # From here on an attempt may be under way; a cancel tells from ``progress`` whether one was.
     call.upstream_idle = False
+    chained = call_with_fallbacks(chain, attempt, policy=RETRY_POLICY, billed_to=billed, progress=progress)
     try:
-        result = await call_with_fallbacks(chain, attempt, policy=RETRY_POLICY, billed_to=billed, progress=progress)
+        result = await (chained if call.chain_watch is None else _watched(call, chained))
     except upstream.UpstreamError as error:
         call.attempts = error.attempts
         call.upstream_ms = error.elapsed_ms
@@ -90,6 +91,20 @@ async def call_chain(call: GatewayCall, chain: list[ModelEntry], attempt, *, est
     call.served, call.attempts = result.served, result.attempts
     await failed_attempts_charge(call, result.billed_failures, estimate=estimate)
     return result
+
+
+async def _watched(call: GatewayCall, chained: Coroutine[None, None, FallbackResult]) -> FallbackResult:
+    """The chain, its watch told when it starts and when it has ended (however it ended), before any of it is
+    charged."""
+    try:
+        await call.chain_watch.started(call)
+    except BaseException:
+        chained.close()  # never started: no attempt was made
+        raise
+    try:
+        return await chained
+    finally:
+        await call.chain_watch.ended(call)
 
 
 async def _call_chain(call: GatewayCall, plan: ChatPlan, attempt) -> FallbackResult:

@@ -5,27 +5,36 @@ The webhook is signed as Standard Webhooks (core.webhooks) under the tenant's we
 """
 
 import hashlib
+import logging
+from dataclasses import dataclass
 
 import httpx
 import orjson
 from django.conf import settings
 from django.db import transaction
-from django.db.models import QuerySet
+from django.db.models import F, QuerySet
 from django.utils import timezone
 
+from billing.budgets.reservations import BudgetHold, budget_charge
+from billing.ledger.costs import Usage
 from billing.ledger.events import UsageEvent
 from billing.ledger.services import usage_record_create
+from billing.models import UsageKind
 from core.crypto import decrypt_secret, encrypt_secret
-from core.db import database_sync_to_async
+from core.db import database_sync_to_async, unstorable_part
 from core.outbound import OutboundRefused, outbound_post, outbound_url_errors
 from core.webhooks import webhook_headers, webhook_secret_new
+from llmops.gateway.batches.holds import hold_release, hold_state
 from llmops.gateway.batches.models import Job, JobStatus, JobWebhookSecret, WebhookState
 from llmops.gateway.call import GatewayCall
 from llmops.gateway.chat.completion import chat_completion_run
+from llmops.gateway.chat.recording import finish
 from llmops.gateway.chat.validation import _type_error, _value_error, validate_chat_request, validate_storable
-from llmops.gateway.errors import GatewayError, as_gateway_error, error_body, invalid_request
-from llmops.gateway.snapshot import config_snapshot
+from llmops.gateway.errors import GatewayError, as_gateway_error, error_body, internal_error, invalid_request
+from llmops.gateway.snapshot import ConfigSnapshot, config_snapshot
 from tenants.authentication import KeyPrincipal, key_refusal
+
+logger = logging.getLogger(__name__)
 
 JOBS_ENDPOINT = "/api/jobs"
 
@@ -33,6 +42,8 @@ CALLBACK_URL_MAX_LENGTH = Job._meta.get_field("callback_url").max_length
 
 WEBHOOK_UNREACHABLE = "The callback URL could not be reached."
 CALLBACK_URL_REFUSED = "callback_url is not allowed: it must be an http(s) URL of a public host."
+# The failed attempt that charges the upstream call of a run whose worker died during it.
+WORKER_LOST_STATUS, WORKER_LOST_CODE = 500, "worker_lost"
 
 
 class WebhookDeliveryError(Exception):
@@ -88,18 +99,107 @@ def jobs_for_workers() -> QuerySet[Job]:
     return Job.objects.unscoped()
 
 
-def _job_start(*, job_id: str) -> Job | None:
-    updated = (
-        jobs_for_workers()
-        .filter(pk=job_id, status__in=(JobStatus.QUEUED, JobStatus.IN_PROGRESS))
-        .update(status=JobStatus.IN_PROGRESS, started_at=timezone.now())
-    )
-    return jobs_for_workers().select_related("api_key").get(pk=job_id) if updated else None
+def _job_start(*, job_id: str) -> tuple[Job, dict | None] | None:
+    """The job taken to in_progress, with the upstream call its last run left in flight (``Job.call_in_flight``: set
+    when that run's worker died during it, the task delivered again), taken off the job so only this run charges it;
+    None when the job has finished."""
+    with transaction.atomic():
+        job = (
+            jobs_for_workers()
+            .select_for_update(of=("self",))
+            .select_related("api_key")
+            .filter(pk=job_id, status__in=(JobStatus.QUEUED, JobStatus.IN_PROGRESS))
+            .first()
+        )
+        if job is None:
+            return None
+        interrupted = job.call_in_flight
+        job.status, job.started_at, job.call_in_flight = JobStatus.IN_PROGRESS, timezone.now(), None
+        job.save(update_fields=["status", "started_at", "call_in_flight"])
+    return job, interrupted
 
 
-def _job_finish(*, job_id: str, status_code: int, result: dict, request_id: str, usage: UsageEvent | None) -> None:
+def _job_call_note(*, job_id: str, note: dict | None) -> None:
+    jobs_for_workers().filter(pk=job_id, status=JobStatus.IN_PROGRESS).update(call_in_flight=note)
+
+
+@dataclass(frozen=True, slots=True)
+class JobCallNote:
+    """Keeps the job's upstream call noted on the job while it may be under way (``Job.call_in_flight``): what it holds
+    against the budgets and what its prompt costs, for the job's next run to release and charge should the worker die
+    during it (``_interrupted_call_charge``). Cleared when the chain ends, before its attempts and answer are charged,
+    so a call the ledger records is never charged again."""
+
+    job_id: str
+
+    async def started(self, call: GatewayCall) -> None:
+        held = call.reservation
+        await self._write(
+            {
+                "model": call.served.name,
+                "prompt_tokens": call.prompt_tokens_after_compression or 0,
+                "customer": call.customer,
+                "hold": hold_state(held, reserved_at=timezone.now(), customer=call.customer)
+                if held is not None
+                else None,
+            }
+        )
+
+    async def ended(self, call: GatewayCall) -> None:
+        await self._write(None)
+
+    async def _write(self, note: dict | None) -> None:
+        try:
+            await database_sync_to_async(_job_call_note)(job_id=self.job_id, note=note)
+        except Exception:
+            logger.exception("job %s: its upstream call's note is not written", self.job_id)
+
+
+async def _interrupted_call_charge(
+    snapshot: ConfigSnapshot, principal: KeyPrincipal | None, *, job: Job, note: dict
+) -> None:
+    """The upstream call of the job's last run, whose worker died during it (``note``, its ``Job.call_in_flight``):
+    what it held against the budgets is released, and the call is charged its prompt at the model it was made to, as
+    a failed attempt (``worker_lost``): the least a provider bills for a request it received, as for a timeout once
+    the request was sent. A charge that fails is logged, and the run goes on."""
+    try:
+        if note["hold"] is not None:
+            await hold_release(snapshot, tenant_id=job.tenant_id, state=note["hold"])
+        model = snapshot.catalog.models.get(note["model"])
+        if principal is None or model is None:
+            logger.warning("job %s: the call of its run whose worker died is not charged: key or model gone", job.id)
+            return
+        attempt = GatewayCall(
+            principal=principal,
+            endpoint=JOBS_ENDPOINT,
+            requested_model=job.body["model"],
+            customer=note["customer"],
+            kind=UsageKind.FAILED_ATTEMPT,
+            parent_request_id=job_request_id(job.id),
+            attempts=1,
+            served=model,
+            ledger_deferred=True,
+        )
+        usage = Usage(prompt_tokens=note["prompt_tokens"], estimated=True)
+        await finish(attempt, http_status=WORKER_LOST_STATUS, usage=usage, error_code=WORKER_LOST_CODE)
+        budgets = snapshot.budgets.applicable(
+            principal.tenant_id, principal.team_id, principal.key_id, model.name, attempt.customer
+        )
+        event = attempt.ledger_event
+        await budget_charge(
+            holds=tuple(BudgetHold.of(entry, now=attempt.created_at, customer=attempt.customer) for entry in budgets),
+            request_id=attempt.request_id,
+            actual=event.cost_usd,
+            event=event,
+            served_model=model.name,
+        )
+    except Exception:
+        logger.exception("job %s: the call of its run whose worker died is not charged", job.id)
+
+
+def _job_finish(*, job_id: str, status_code: int, result: dict, request_id: str, usage: UsageEvent | None) -> bool:
     """The job's answer and its ledger row in one transaction: its cost is its ledger row's, and a second run of the
-    same job (a redelivered task) records nothing."""
+    same job (a redelivered task) records nothing. Returns whether this finished the job."""
     with transaction.atomic():
         finished = (
             jobs_for_workers()
@@ -111,42 +211,80 @@ def _job_finish(*, job_id: str, status_code: int, result: dict, request_id: str,
                 request_id=request_id,
                 cost_usd=usage.cost_usd if usage is not None else None,
                 finished_at=timezone.now(),
+                call_in_flight=None,
             )
         )
         if finished and usage is not None:
             usage_record_create(event=usage)
+    return bool(finished)
 
 
-async def job_run(*, job_id: str) -> None:
-    """Run the job's request through the gateway pipeline under the key that created it."""
-    job = await database_sync_to_async(_job_start)(job_id=job_id)
-    if job is None:
-        return
-    snapshot = await config_snapshot.for_tenant(job.api_key.tenant_id)
-    principal = snapshot.keys.get(job.api_key.prefix)
-    # Checked as a request's key is: revoked or expired since the job was queued, or its team or tenant disabled.
-    refusal = key_refusal(principal) if principal is not None else "The job's API key no longer exists."
+def _unstorable_answer(where: str, why: str) -> GatewayError:
+    return GatewayError(
+        f"The answer's '{where}' {why}, which the job cannot store to give back exactly. The upstream call is charged "
+        "(cost_usd).",
+        status=502,
+        code="upstream_answer_unstorable",
+    )
+
+
+async def _job_record(*, job_id: str, status_code: int, body: dict, call: GatewayCall | None) -> bool:
+    """Record how the job ended (``_job_finish``); an answer the database could not give back as it was sent (a NUL
+    character, a number beyond ±2^63) ends it failed, its call's ledger row kept."""
+    unstorable = unstorable_part(body)
+    if unstorable is not None:
+        error = _unstorable_answer(*unstorable)
+        status_code, body = error.status_code, error_body(error)
+    return await database_sync_to_async(_job_finish)(
+        job_id=job_id,
+        status_code=status_code,
+        result=body,
+        request_id=call.request_id if call is not None else "",
+        usage=call.ledger_event if call is not None else None,
+    )
+
+
+async def job_run(*, job_id: str) -> bool:
+    """Run the job's request through the gateway pipeline under the key that created it, and record how it ended.
+    Returns whether this run finished the job: a task delivered again for a finished job does nothing.
+
+    Whatever fails once the job is in progress ends it failed (500 ``internal_error``) with the ledger row of a call
+    it made, rather than leave it in progress for good, its key, team and tenant kept from deletion."""
+    started = await database_sync_to_async(_job_start)(job_id=job_id)
+    if started is None:
+        return False
+    job, interrupted = started
     call = None
-    if refusal is not None:
-        refused = GatewayError(refusal, status=401, code="invalid_api_key")
-        status_code, body = refused.status_code, error_body(refused)
-    else:
+    try:
+        snapshot = await config_snapshot.for_tenant(job.api_key.tenant_id)
+        principal = snapshot.keys.get(job.api_key.prefix)
+        if interrupted is not None:
+            await _interrupted_call_charge(snapshot, principal, job=job, note=interrupted)
+        # Checked as a request's key is: revoked or expired since the job was queued, or its team or tenant disabled.
+        refusal = key_refusal(principal) if principal is not None else "The job's API key no longer exists."
+        if refusal is not None:
+            refused = GatewayError(refusal, status=401, code="invalid_api_key")
+            return await _job_record(
+                job_id=job.id, status_code=refused.status_code, body=error_body(refused), call=None
+            )
         call = GatewayCall(
-            principal=principal, endpoint=JOBS_ENDPOINT, request_id=job_request_id(job.id), ledger_deferred=True
+            principal=principal,
+            endpoint=JOBS_ENDPOINT,
+            request_id=job_request_id(job.id),
+            ledger_deferred=True,
+            chain_watch=JobCallNote(job.id),
         )
         try:
             response = await chat_completion_run(call, snapshot=snapshot, read_body=lambda: dict(job.body), headers={})
             status_code, body = response.status_code, orjson.loads(response.content)
         except Exception as exc:
-            error = as_gateway_error(exc) or GatewayError("Internal error.", status=500, code="internal_error")
+            error = as_gateway_error(exc) or internal_error()
             status_code, body = error.status_code, error_body(error)
-    await database_sync_to_async(_job_finish)(
-        job_id=job.id,
-        status_code=status_code,
-        result=body,
-        request_id=call.request_id if call else "",
-        usage=call.ledger_event if call else None,
-    )
+        return await _job_record(job_id=job.id, status_code=status_code, body=body, call=call)
+    except Exception:
+        logger.exception("job %s failed after it started; it ends failed", job_id)
+        failure = internal_error()
+        return await _job_record(job_id=job.id, status_code=failure.status_code, body=error_body(failure), call=call)
 
 
 def job_webhook_secret(*, tenant_id: int) -> str:
@@ -193,7 +331,7 @@ def job_webhook_attempt(*, job_id: str) -> None:
         "Content-Type": "application/json",
         **webhook_headers(secret=job_webhook_secret(tenant_id=job.tenant_id), message_id=job.id, body=body),
     }
-    jobs_for_workers().filter(pk=job_id).update(webhook_attempts=job.webhook_attempts + 1)
+    jobs_for_workers().filter(pk=job_id).update(webhook_attempts=F("webhook_attempts") + 1)
     try:
         answer = outbound_post(
             job.callback_url, content=body, headers=headers, timeout=settings.LLMOPS_JOBS_WEBHOOK_TIMEOUT_SECONDS

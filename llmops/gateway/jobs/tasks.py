@@ -13,12 +13,14 @@ WEBHOOK_RETRY_BASE_SECONDS = 5
 # The name predates the move into this package; tasks already queued under it still run.
 @shared_task(name="llmops.gateway.jobs_tasks.job_run_task", acks_late=True, reject_on_worker_lost=True)
 def job_run_task(job_id: str) -> None:
-    run_in_worker_loop(job_run(job_id=job_id))
-    job_webhook_task.delay(job_id)
+    # Only the run that finished the job queues its webhook: a task delivered again would start a second retry chain.
+    if run_in_worker_loop(job_run(job_id=job_id)):
+        job_webhook_task.delay(job_id)
 
 
-# The name predates the move into this package; tasks already queued under it still run.
-@shared_task(name="llmops.gateway.jobs_tasks.job_webhook_task", bind=True)
+# The name predates the move into this package; tasks already queued under it still run. Delivered again when its
+# worker dies mid-delivery, rather than left pending: the receiver is sent the same webhook-id, to drop a repeat.
+@shared_task(name="llmops.gateway.jobs_tasks.job_webhook_task", bind=True, acks_late=True, reject_on_worker_lost=True)
 def job_webhook_task(self, job_id: str) -> None:
     try:
         job_webhook_attempt(job_id=job_id)
