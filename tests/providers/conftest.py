@@ -65,6 +65,12 @@ def asking_ids(cases: list[tuple[str, object]]) -> list[str]:
     return [f"{param}={orjson.dumps(value).decode()}" for param, value in cases]
 
 
+def assert_refused_naming(refused, *, param: str, model: str, api: str) -> None:
+    """A RequestRefused: a 400 unsupported_parameter naming ``param``, saying why the model's API cannot take it."""
+    assert (refused.upstream_status, refused.param, refused.code) == (400, param, "unsupported_parameter")
+    assert f"`{model}` is served through {api}, which cannot take" in refused.message
+
+
 def user(content) -> dict:
     return {"role": "user", "content": content}
 

@@ -11,6 +11,7 @@ from tests.providers.conftest import (
     PNG_DATA_URL,
     WEATHER_TOOL,
     asking_ids,
+    assert_refused_naming,
     chunks_of,
     collect_stream,
     provider_entry,
@@ -223,12 +224,7 @@ def test_a_parameter_the_messages_api_cannot_take_is_refused_naming_it_before_an
     with pytest.raises(upstream.RequestRefused) as refused:
         run(upstream.chat_completion(anthropic_provider, body))
 
-    assert (refused.value.upstream_status, refused.value.param, refused.value.code) == (
-        400,
-        param,
-        "unsupported_parameter",
-    )
-    assert "`claude-test` is served through Anthropic's Messages API, which cannot take" in refused.value.message
+    assert_refused_naming(refused.value, param=param, model="claude-test", api="Anthropic's Messages API")
     assert anthropic_server.app.requests == []
 
 

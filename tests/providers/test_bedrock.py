@@ -14,6 +14,7 @@ from tests.providers.conftest import (
     PNG_DATA_URL,
     WEATHER_TOOL,
     asking_ids,
+    assert_refused_naming,
     chunks_of,
     collect_stream,
     provider_entry,
@@ -85,12 +86,7 @@ def test_a_parameter_converse_cannot_take_is_refused_naming_it_before_any_call(
     with pytest.raises(upstream.RequestRefused) as refused:
         run(upstream.chat_completion(bedrock_provider, body))
 
-    assert (refused.value.upstream_status, refused.value.param, refused.value.code) == (
-        400,
-        param,
-        "unsupported_parameter",
-    )
-    assert f"`{model}` is served through Bedrock's Converse API, which cannot take" in refused.value.message
+    assert_refused_naming(refused.value, param=param, model=model, api="Bedrock's Converse API")
     assert bedrock_server.app.requests == []
 
 
