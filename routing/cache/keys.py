@@ -74,9 +74,14 @@ def upstream_identity(model: "ModelEntry") -> str:
     return "\0".join((provider.kind, provider.name, provider.base_url, model.upstream_name))
 
 
+# Version 2 keeps nested order (canonical_json): a request whose nested keys happen to be in sorted order would
+# otherwise find an entry keyed when every level was sorted, made for a request in another order.
+EXACT_KEY_PURPOSE, CONTEXT_PURPOSE = "cache.exact-key.v2", "cache.context.v2"
+
+
 def exact_key(*, tenant_id: int, served_model: str, upstream: str, request: dict) -> str:
     return keyed_hash(
-        purpose="cache.exact-key",
+        purpose=EXACT_KEY_PURPOSE,
         value=f"{tenant_id}\0{served_model}\0{upstream}\0".encode() + canonical_json(request),
     )
 
@@ -135,7 +140,7 @@ def semantic_key(request: dict, *, upstream: str) -> SemanticKey | None:
         prompt=normalize_prompt(text),
         text=text,
         context_fingerprint=keyed_hash(
-            purpose="cache.context",
+            purpose=CONTEXT_PURPOSE,
             value=b"\0".join((upstream.encode(), embedder_identity().encode(), canonical_json(context))),
         ),
     )

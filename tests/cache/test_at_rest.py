@@ -4,12 +4,15 @@ with personal data or a secret is answered from the cache only when repeated exa
 import hashlib
 from datetime import timedelta
 
+import orjson
 import pytest
 from cryptography.fernet import Fernet
 from django.db import connection
 from django.utils import timezone
 
+from core.crypto import keyed_hash
 from core.redis import sync_redis
+from routing.cache.embedders import embedder_identity
 from routing.cache.keys import SEMANTIC_MAX_PROMPT_CHARS, canonical_json, exact_key, semantic_key
 from routing.cache.sealed import open_answer, open_prompt
 from routing.cache.store import cache_writes_flush
@@ -88,6 +91,26 @@ def test_keys_and_fingerprints_are_keyed_by_the_server_secret(settings):
     settings.SECRET_KEY = "another-server-secret"
     assert exact_key(tenant_id=7, served_model="m", upstream="u", request=request) not in (key, plain)
     assert semantic_key(request, upstream="u").context_fingerprint != fingerprint
+
+
+def test_no_key_or_fingerprint_is_one_the_release_that_sorted_nested_keys_made():
+    """That release sorted every level: its entry for a schema listing `reasoning, answer` was keyed as this release
+    keys the same request with every level in sorted order, whose schema lists `answer, reasoning`."""
+    schema = {"type": "object", "properties": {"reasoning": {"type": "string"}, "answer": {"type": "string"}}}
+    stored_for = {"messages": [{"role": "user", "content": CLEAN}], "response_format": {"json_schema": schema}}
+    sorted_everywhere = orjson.dumps(stored_for, option=orjson.OPT_SORT_KEYS)
+    asked = orjson.loads(sorted_everywhere)
+    old_key = keyed_hash(purpose="cache.exact-key", value=b"7\0m\0u\0" + sorted_everywhere)
+    old_context = {**stored_for, "messages": [{"role": "user"}]}
+    old_fingerprint = keyed_hash(
+        purpose="cache.context",
+        value=b"\0".join((b"u", embedder_identity().encode(), orjson.dumps(old_context, option=orjson.OPT_SORT_KEYS))),
+    )
+
+    assert list(asked["response_format"]["json_schema"]["properties"]) == ["answer", "reasoning"]
+    assert canonical_json(asked) == sorted_everywhere
+    assert exact_key(tenant_id=7, served_model="m", upstream="u", request=asked) != old_key
+    assert semantic_key(asked, upstream="u").context_fingerprint != old_fingerprint
 
 
 def test_the_context_fingerprint_names_the_embedder_and_the_model_it_runs(settings):
