@@ -23,7 +23,13 @@ from redis.exceptions import RedisError
 
 from core.redis import RedisScript, async_redis
 from routing.catalog import ModelEntry
-from routing.providers.base import UpstreamConnectionError, UpstreamError, UpstreamRejected, UpstreamTimeout
+from routing.providers.base import (
+    RequestRefused,
+    UpstreamConnectionError,
+    UpstreamError,
+    UpstreamRejected,
+    UpstreamTimeout,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -273,7 +279,9 @@ async def call_with_fallbacks(
 
     Raises the last UpstreamError, with ``attempts``, ``last_model`` and ``billed_failures`` set, when the chain is
     exhausted, the attempts or the deadline are used up, or the failure is not worth retrying (a 400 would fail on
-    any model); raises CircuitOpen when every model of the chain was skipped. For a stream, ``attempt`` should
+    any model); raises CircuitOpen when every model of the chain was skipped. A model whose adapter refuses the
+    request before any call (RequestRefused: its API cannot take a parameter) is passed over for the next; its
+    refusal is raised only when no model took the request and none failed otherwise. For a stream, ``attempt`` should
     open it (up to its first event), so a fallback happens only before anything reached the client.
 
     The attempts the provider may bill though they failed are kept, each with its model, on the result and on the
@@ -320,6 +328,13 @@ async def call_with_fallbacks(
                 last_error.last_model = entry
                 bill(entry, last_error)
                 await breaker.record_failure()
+                break
+            except RequestRefused as refused:
+                # Refused before any call: this model's API cannot take the request, a later one of the chain may.
+                # The circuit is not the model's fault; the chain's answer stays a real failure before it, if any.
+                progress.in_flight = None
+                refused.last_model = entry
+                last_error = last_error or refused
                 break
             except UpstreamError as error:
                 progress.in_flight = None

@@ -9,6 +9,7 @@ import pytest
 
 from billing.models import UsageRecord
 from tests.factories import ModelFactory
+from tests.gateway.test_routing_live import publish
 
 JSON_SCHEMA = {
     "name": "answer",
@@ -102,3 +103,53 @@ def test_a_responses_request_asking_anthropic_for_the_defaults_is_answered(gatew
     answer = response.json()
     assert answer["text"] == {"format": {"type": "text"}, "verbosity": "medium"}
     assert answer["output"][0]["content"][0]["text"]
+
+
+def chain(setup, first, then) -> None:
+    """The tenant's `auto` tries `first`, then `then`."""
+    rule = {
+        "priority": 1,
+        "name": "chain",
+        "match": {"requested_models": ["auto"]},
+        "outcome": {"target_model": first.name, "fallback_models": [then.name]},
+    }
+    publish(setup, [rule], aliases={"auto": {"small": setup.small.name, "large": setup.large.name}})
+
+
+def json_schema_chat(gateway, setup) -> httpx.Response:
+    body = {
+        "model": "auto",
+        "messages": [{"role": "user", "content": "Capital of France?"}],
+        "max_tokens": 20,
+        "response_format": {"type": "json_schema", "json_schema": JSON_SCHEMA},
+    }
+    return post(gateway, setup.key, "/v1/chat/completions", body)
+
+
+def test_a_fallback_that_takes_the_parameter_answers_when_the_first_model_cannot(
+    gateway, acme, anthropic_claude, anthropic_upstream
+):
+    chain(acme, anthropic_claude, acme.small)
+
+    response = json_schema_chat(gateway, acme)
+
+    assert response.status_code == 200, response.text
+    assert anthropic_upstream.app.requests == []
+    record = UsageRecord.objects.unscoped().get()
+    assert (record.served_model, record.http_status) == (acme.small.name, 200) and record.cost_usd > 0
+
+
+def test_a_fallback_that_cannot_take_the_parameter_leaves_the_first_models_failure_as_the_answer(
+    gateway, acme, anthropic_claude, anthropic_upstream, mock_upstream
+):
+    failing = ModelFactory(
+        name="acme-malformed", provider=acme.small.provider, upstream_name="mock-malformed-body-array"
+    )
+    acme.tenant.model_access.allowed_models.add(failing)
+    chain(acme, failing, anthropic_claude)
+
+    response = json_schema_chat(gateway, acme)
+
+    assert response.status_code == 502, response.text
+    assert response.json()["error"]["code"] != "unsupported_parameter"
+    assert anthropic_upstream.app.requests == []
