@@ -3,14 +3,21 @@ during the upstream call, a task delivered again. Each job ends once, with its c
 counters and one webhook queued."""
 
 import sys
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from types import SimpleNamespace
+from zoneinfo import ZoneInfo
 
 import orjson
 import pytest
 from django.conf import settings
 from django.db import OperationalError
+from django.utils import timezone
 from redis import Redis
 
+from billing.budgets.counters import BudgetHold
+from billing.budgets.index import BudgetEntry
+from billing.budgets.reservations import Reservation
 from billing.budgets.services import budget_create
 from billing.models import UsageKind, UsageRecord
 from llmops.gateway.batches.models import Job, JobStatus, WebhookState
@@ -183,14 +190,57 @@ def test_a_worker_killed_during_the_upstream_call_leaves_nothing_reserved_and_it
     assert UsageRecord.objects.unscoped().filter(tenant=setup.tenant).count() == 2
 
 
+def queued_tasks() -> list[str]:
+    broker = Redis.from_url(settings.REDIS_URL)
+    return [orjson.loads(message)["headers"]["task"] for message in broker.lrange("celery", 0, -1)]
+
+
 def test_a_finished_job_delivered_again_queues_no_second_webhook(live_broker, gateway, acme, receiver):
     """A second webhook task would be a second retry chain, past LLMOPS_JOBS_WEBHOOK_MAX_ATTEMPTS in all."""
     job = job_of(acme, callback_url=f"{receiver.url}/hook")
 
     job_run_task.apply(args=[job.id])
+    job_services.job_webhook_attempt(job_id=job.id)  # the chain it queued made its first attempt
     job_run_task.apply(args=[job.id])  # delivered again after the first finished the job
 
-    broker = Redis.from_url(settings.REDIS_URL)
-    queued = [orjson.loads(message)["headers"]["task"] for message in broker.lrange("celery", 0, -1)]
-    assert queued == [job_webhook_task.name]
+    assert queued_tasks() == [job_webhook_task.name]
     assert Job.objects.unscoped().get(pk=job.id).status == JobStatus.COMPLETED
+
+
+def test_a_finished_job_whose_worker_died_before_queuing_its_webhook_queues_it_when_delivered_again(
+    live_broker, gateway, acme, receiver
+):
+    job = job_of(acme, callback_url=f"{receiver.url}/hook")
+    run_on_a_new_loop(job_run(job_id=job.id))  # finished and recorded; its worker died before queuing the webhook
+
+    job_run_task.apply(args=[job.id])
+
+    assert queued_tasks() == [job_webhook_task.name]
+
+
+def test_a_noted_hold_is_rebuilt_in_the_period_admission_held_it_in(monkeypatch):
+    """Admitted in the last instant of a day, the chain started in the next: the next run must release the day the
+    hold is in (on the database backend, another day's release would take other requests' reservations)."""
+    admitted = datetime(2026, 12, 4, 23, 59, 59, 900_000, tzinfo=UTC)
+    entry = BudgetEntry(
+        budget_id=7, tenant_id=1, scope="key", team_id=None, key_id=3, model_name="", period="day",
+        limit_usd=Decimal("1"), thresholds=(80, 100), action="block", zone=ZoneInfo("UTC"), version=1,
+    )  # fmt: skip
+    hold = BudgetHold.of(entry, now=admitted)
+    call = SimpleNamespace(
+        reservation=Reservation("req_1", 100, (hold,), "database", Decimal("1"), held_as="req_1:t"),
+        served=SimpleNamespace(name="acme-small"),
+        prompt_tokens_after_compression=12,
+        customer="",
+        created_at=admitted,
+    )
+    notes = []
+    monkeypatch.setattr(job_services, "_job_call_note", lambda *, job_id, note: notes.append(note))
+
+    monkeypatch.setattr(timezone, "now", lambda: admitted + timedelta(seconds=1))
+
+    run_on_a_new_loop(job_services.JobCallNote("job_1").started(call))
+
+    [note] = notes
+    rebuilt = BudgetHold.of(entry, now=datetime.fromisoformat(note["hold"]["reserved_at"]))
+    assert rebuilt.window.key == hold.window.key == "2026-12-04"

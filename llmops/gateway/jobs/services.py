@@ -134,14 +134,18 @@ class JobCallNote:
 
     async def started(self, call: GatewayCall) -> None:
         held = call.reservation
+        hold = None
+        if held is not None:
+            # An instant of every hold's period (the latest of their starts), from which the next run rebuilds the
+            # holds admission made: the chain's own start could fall in the next period.
+            reserved_at = max((budget.window.start for budget in held.holds), default=call.created_at)
+            hold = hold_state(held, reserved_at=reserved_at, customer=call.customer)
         await self._write(
             {
                 "model": call.served.name,
                 "prompt_tokens": call.prompt_tokens_after_compression or 0,
                 "customer": call.customer,
-                "hold": hold_state(held, reserved_at=timezone.now(), customer=call.customer)
-                if held is not None
-                else None,
+                "hold": hold,
             }
         )
 
@@ -159,7 +163,7 @@ async def _interrupted_call_charge(
     snapshot: ConfigSnapshot, principal: KeyPrincipal | None, *, job: Job, note: dict
 ) -> None:
     """The upstream call of the job's last run, whose worker died during it (``note``, its ``Job.call_in_flight``):
-    what it held against the budgets is released, and the call is charged its prompt at the model it was made to, as
+    what it held against the budgets is released, and the call is charged its prompt at the chain's first model, as
     a failed attempt (``worker_lost``): the least a provider bills for a request it received, as for a timeout once
     the request was sent. A charge that fails is logged, and the run goes on."""
     try:
@@ -221,8 +225,8 @@ def _job_finish(*, job_id: str, status_code: int, result: dict, request_id: str,
 
 def _unstorable_answer(where: str, why: str) -> GatewayError:
     return GatewayError(
-        f"The answer's '{where}' {why}, which the job cannot store to give back exactly. The upstream call is charged "
-        "(cost_usd).",
+        f"The answer's '{where}' {why}, which the job cannot store to give back exactly. What the provider billed for "
+        "it is charged (cost_usd).",
         status=502,
         code="upstream_answer_unstorable",
     )
@@ -345,6 +349,20 @@ def job_webhook_attempt(*, job_id: str) -> None:
         raise WebhookDeliveryError(f"callback answered {answer.status_code}")
     jobs_for_workers().filter(pk=job_id).update(
         webhook_state=WebhookState.DELIVERED, webhook_delivered_at=timezone.now()
+    )
+
+
+def job_webhook_unattempted(*, job_id: str) -> bool:
+    """Whether the finished job's webhook is due and was never attempted."""
+    return (
+        jobs_for_workers()
+        .filter(
+            pk=job_id,
+            status__in=(JobStatus.COMPLETED, JobStatus.FAILED),
+            webhook_state=WebhookState.PENDING,
+            webhook_attempts=0,
+        )
+        .exists()
     )
 
 
