@@ -9,7 +9,7 @@ import pytest
 
 from billing.models import UsageRecord
 from tests.factories import ModelFactory
-from tests.gateway.test_routing_live import publish
+from tests.gateway.test_failed_attempts_live import chain
 
 JSON_SCHEMA = {
     "name": "answer",
@@ -103,17 +103,6 @@ def test_a_responses_request_asking_anthropic_for_the_defaults_is_answered(gatew
     answer = response.json()
     assert answer["text"] == {"format": {"type": "text"}, "verbosity": "medium"}
     assert answer["output"][0]["content"][0]["text"]
-
-
-def chain(setup, first, then) -> None:
-    """The tenant's `auto` tries `first`, then `then`."""
-    rule = {
-        "priority": 1,
-        "name": "chain",
-        "match": {"requested_models": ["auto"]},
-        "outcome": {"target_model": first.name, "fallback_models": [then.name]},
-    }
-    publish(setup, [rule], aliases={"auto": {"small": setup.small.name, "large": setup.large.name}})
 
 
 def json_schema_chat(gateway, setup) -> httpx.Response:
