@@ -3,7 +3,9 @@ from decimal import Decimal
 import orjson
 import pytest
 
+from routing import upstream
 from routing.catalog import ModelEntry, ModelPrices, ProviderEntry
+from tests.loops import run
 from tests.providers.anthropic_server import AnthropicServer
 from tests.providers.bedrock_server import BedrockServer
 from tests.servers import serving
@@ -156,3 +158,22 @@ def bedrock_provider(bedrock_server):
     return provider_entry(
         "bedrock", bedrock_server.url, api_key="AKIDTESTONLY:test-secret-key", region="us-east-1", name="bedrock-test"
     )
+
+
+def assert_no_usage_answered_or_streamed(provider: ProviderEntry, model: str) -> None:
+    """An answer of ``model`` that reports no usage reaches the gateway with none, answered or streamed: no usage is
+    not zero tokens, and the gateway counts such an answer itself (llmops.gateway.call.reply_usage, the stream
+    relay's estimate) rather than charge nothing for it."""
+    body = {"model": model, "messages": [user("one two three")]}
+
+    reply = run(upstream.chat_completion(provider, body))
+
+    assert reply.body["usage"] is None and reply.body["choices"][0]["message"]["content"] == "Echo: one two three"
+    streamed = {**body, "stream": True, "stream_options": {"include_usage": True}}
+    chunks = chunks_of(run(collect_stream_of(provider, streamed)))
+    assert streamed_text(chunks) == "Echo: one two three"
+    assert not any("usage" in chunk for chunk in chunks)
+
+
+async def collect_stream_of(provider: ProviderEntry, body: dict) -> list[str]:
+    return await collect_stream(await upstream.open_chat_stream(provider, body))

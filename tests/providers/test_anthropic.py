@@ -11,9 +11,11 @@ from tests.providers.conftest import (
     PNG_DATA_URL,
     WEATHER_TOOL,
     asking_ids,
+    assert_no_usage_answered_or_streamed,
     assert_refused_naming,
     chunks_of,
     collect_stream,
+    collect_stream_of,
     provider_entry,
     streamed_text,
     user,
@@ -92,7 +94,7 @@ def test_an_answer_cut_by_the_context_window_finishes_with_length_and_an_unknown
     body = {"model": f"claude-stop-{stop_reason}", "messages": [{"role": "user", "content": "one two three"}]}
 
     reply = run(upstream.chat_completion(anthropic_provider, body))
-    chunks = chunks_of(run(_open_and_collect(anthropic_provider, {**body, "stream": True})))
+    chunks = chunks_of(run(collect_stream_of(anthropic_provider, {**body, "stream": True})))
 
     assert reply.body["choices"][0]["finish_reason"] == finish_reason
     finished = [choice["finish_reason"] for chunk in chunks for choice in chunk["choices"] if choice["finish_reason"]]
@@ -232,7 +234,7 @@ def test_a_streamed_request_is_refused_before_any_call_too(anthropic_server, ant
     body = {"model": "claude-test", "messages": [user("Hello")], "reasoning_effort": "high", "stream": True}
 
     with pytest.raises(upstream.RequestRefused) as refused:
-        run(_open_and_collect(anthropic_provider, body))
+        run(collect_stream_of(anthropic_provider, body))
 
     assert refused.value.param == "reasoning_effort" and anthropic_server.app.requests == []
 
@@ -297,7 +299,7 @@ def test_usage_counts_cache_reads_and_writes_in_prompt_tokens(anthropic_server, 
 def test_stream_of_text_ends_with_usage_and_done(anthropic_server, anthropic_provider):
     run(upstream.chat_completion(anthropic_provider, cached_prompt_body()))
 
-    events = run(_open_and_collect(anthropic_provider, cached_prompt_body(stream=True)))
+    events = run(collect_stream_of(anthropic_provider, cached_prompt_body(stream=True)))
 
     chunks = chunks_of(events)
     assert anthropic_server.app.requests[-1]["stream"] is True
@@ -314,7 +316,7 @@ def test_stream_of_text_ends_with_usage_and_done(anthropic_server, anthropic_pro
 def test_stream_without_include_usage_has_no_usage_chunk(anthropic_provider):
     body = {"model": "claude-test", "messages": [{"role": "user", "content": "hi"}], "stream": True}
 
-    chunks = chunks_of(run(_open_and_collect(anthropic_provider, body)))
+    chunks = chunks_of(run(collect_stream_of(anthropic_provider, body)))
 
     assert not any("usage" in chunk for chunk in chunks)
 
@@ -328,17 +330,13 @@ def test_stream_of_a_tool_call(anthropic_provider):
         "stream_options": {"include_usage": True},
     }
 
-    chunks = chunks_of(run(_open_and_collect(anthropic_provider, body)))
+    chunks = chunks_of(run(collect_stream_of(anthropic_provider, body)))
 
     calls = [call for chunk in chunks for choice in chunk["choices"] for call in choice["delta"].get("tool_calls", [])]
     assert calls[0]["id"] == "toolu_01" and calls[0]["function"]["name"] == "get_weather"
     assert orjson.loads("".join(call["function"]["arguments"] for call in calls)) == {"city": "Paris"}
     assert {call["index"] for call in calls} == {0}
     assert chunks[-2]["choices"][0]["finish_reason"] == "tool_calls"
-
-
-async def _open_and_collect(provider, body):
-    return await collect_stream(await upstream.open_chat_stream(provider, body))
 
 
 def test_overloaded_529_is_a_server_side_rejection(anthropic_provider):
@@ -365,7 +363,7 @@ def test_overloaded_as_first_stream_event_fails_the_open(anthropic_provider):
 def test_stream_cut_short_has_no_done(anthropic_provider):
     body = {"model": "claude-stream-break", "messages": [{"role": "user", "content": "a b c d"}], "stream": True}
 
-    events = run(_open_and_collect(anthropic_provider, body))
+    events = run(collect_stream_of(anthropic_provider, body))
 
     assert events and "data: [DONE]" not in events
 
@@ -446,7 +444,7 @@ def test_a_malformed_stream_event_or_usage_is_an_invalid_response_from_events(an
     def read(model):
         body = {"model": model, "messages": [user("one two three")], "stream": True}
         body["stream_options"] = {"include_usage": True}
-        return run(_open_and_collect(anthropic_provider, body))
+        return run(collect_stream_of(anthropic_provider, body))
 
     with pytest.raises(upstream.UpstreamInvalidResponse) as excinfo:
         read("claude-malformed-usage")
@@ -458,14 +456,4 @@ def test_a_malformed_stream_event_or_usage_is_an_invalid_response_from_events(an
 
 
 def test_an_answer_that_reports_no_usage_has_none_answered_or_streamed(anthropic_provider):
-    """No usage is not zero tokens: the gateway counts such an answer itself (llmops.gateway.call.reply_usage, the
-    stream relay's estimate) rather than charge nothing for it."""
-    body = {"model": "claude-no-usage", "messages": [user("one two three")]}
-
-    reply = run(upstream.chat_completion(anthropic_provider, body))
-
-    assert reply.body["usage"] is None and reply.body["choices"][0]["message"]["content"] == "Echo: one two three"
-    streamed = {**body, "stream": True, "stream_options": {"include_usage": True}}
-    chunks = chunks_of(run(_open_and_collect(anthropic_provider, streamed)))
-    assert streamed_text(chunks) == "Echo: one two three"
-    assert not any("usage" in chunk for chunk in chunks)
+    assert_no_usage_answered_or_streamed(anthropic_provider, "claude-no-usage")

@@ -14,18 +14,15 @@ from tests.providers.conftest import (
     PNG_DATA_URL,
     WEATHER_TOOL,
     asking_ids,
+    assert_no_usage_answered_or_streamed,
     assert_refused_naming,
     chunks_of,
-    collect_stream,
+    collect_stream_of,
     provider_entry,
     streamed_text,
     user,
 )
 from tests.servers import free_port
-
-
-async def _open_and_collect(provider, body):
-    return await collect_stream(await upstream.open_chat_stream(provider, body))
 
 
 def test_text_reply_with_system_prompt_and_inference_config(bedrock_server, bedrock_provider):
@@ -94,7 +91,7 @@ def test_a_streamed_request_is_refused_before_any_call_too(bedrock_server, bedro
     body = {"model": CLAUDE, "messages": [user("Hello")], "response_format": {"type": "json_object"}, "stream": True}
 
     with pytest.raises(upstream.RequestRefused) as refused:
-        run(_open_and_collect(bedrock_provider, body))
+        run(collect_stream_of(bedrock_provider, body))
 
     assert refused.value.param == "response_format" and bedrock_server.app.requests == []
 
@@ -227,7 +224,7 @@ def test_stream_of_text_with_usage(bedrock_provider):
     run(upstream.chat_completion(bedrock_provider, client_marked_body()))
     body = client_marked_body(stream=True, stream_options={"include_usage": True})
 
-    chunks = chunks_of(run(_open_and_collect(bedrock_provider, body)))
+    chunks = chunks_of(run(collect_stream_of(bedrock_provider, body)))
 
     assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
     assert streamed_text(chunks) == "Echo: hi there"
@@ -239,7 +236,7 @@ def test_stream_of_text_with_usage(bedrock_provider):
 def test_stream_of_a_tool_call(bedrock_provider):
     body = {"model": "nova", "messages": [user("Weather?")], "tools": [WEATHER_TOOL], "stream": True}
 
-    chunks = chunks_of(run(_open_and_collect(bedrock_provider, body)))
+    chunks = chunks_of(run(collect_stream_of(bedrock_provider, body)))
 
     calls = [call for chunk in chunks for choice in chunk["choices"] for call in choice["delta"].get("tool_calls", [])]
     assert calls[0]["id"] == "tooluse_01" and calls[0]["function"]["name"] == "get_weather"
@@ -263,7 +260,7 @@ def test_an_answer_cut_by_the_context_window_finishes_with_length_and_a_malforme
     body = {"model": f"nova-stop-{stop_reason}", "messages": [user("one two three")]}
 
     reply = run(upstream.chat_completion(bedrock_provider, body))
-    chunks = chunks_of(run(_open_and_collect(bedrock_provider, {**body, "stream": True})))
+    chunks = chunks_of(run(collect_stream_of(bedrock_provider, {**body, "stream": True})))
 
     assert reply.body["choices"][0]["finish_reason"] == finish_reason
     finished = [choice["finish_reason"] for chunk in chunks for choice in chunk["choices"] if choice["finish_reason"]]
@@ -376,18 +373,8 @@ def test_malformed_usage_is_an_invalid_response_answered_or_streamed(bedrock_pro
 
     streamed = {**body, "stream": True, "stream_options": {"include_usage": True}}
     with pytest.raises(upstream.UpstreamInvalidResponse):
-        run(_open_and_collect(bedrock_provider, streamed))
+        run(collect_stream_of(bedrock_provider, streamed))
 
 
 def test_an_answer_that_reports_no_usage_has_none_answered_or_streamed(bedrock_provider):
-    """No usage is not zero tokens: the gateway counts such an answer itself (llmops.gateway.call.reply_usage, the
-    stream relay's estimate) rather than charge nothing for it."""
-    body = {"model": "nova-no-usage", "messages": [user("one two three")]}
-
-    reply = run(upstream.chat_completion(bedrock_provider, body))
-
-    assert reply.body["usage"] is None and reply.body["choices"][0]["message"]["content"] == "Echo: one two three"
-    streamed = {**body, "stream": True, "stream_options": {"include_usage": True}}
-    chunks = chunks_of(run(_open_and_collect(bedrock_provider, streamed)))
-    assert streamed_text(chunks) == "Echo: one two three"
-    assert not any("usage" in chunk for chunk in chunks)
+    assert_no_usage_answered_or_streamed(bedrock_provider, "nova-no-usage")
