@@ -232,8 +232,9 @@ def test_an_sns_publish_gives_up_before_the_send_task_is_cut(org, settings, monk
 
 
 def test_an_sns_send_cut_by_the_soft_time_limit_is_a_failed_attempt(org, settings, monkeypatch):
-    """At soft_time_limit the prefork pool raises SoftTimeLimitExceeded in the task from a signal handler; here after
-    1 s, into a publish whose endpoint never answers (botocore would take it for a network error and try again).
+    """At soft_time_limit the prefork pool raises SoftTimeLimitExceeded in the task from a signal handler; here 1 s
+    after the publish is sent, into an endpoint that never answers (botocore would take it for a network error and
+    try again).
     Recorded as a failed attempt, the send is retried and in the end marked failed, not left pending with no attempt
     for the sweep to queue again every 5 minutes."""
     settings.LLMOPS_ALERT_SNS_ALLOWED_ACCOUNTS = [ALLOWED_ACCOUNT]
@@ -245,13 +246,25 @@ def test_an_sns_send_cut_by_the_soft_time_limit_is_a_failed_attempt(org, setting
     def soft_time_limit(signum, frame):
         raise SoftTimeLimitExceeded()
 
+    made = channels._sns_client
+
+    def arm(**kwargs) -> None:  # before-send: a handler's return value would be taken for the answer
+        signal.setitimer(signal.ITIMER_REAL, 1)
+
+    def client_timed_from_its_send(region: str):
+        # The limit runs from the publish's send: a client made slowly on a busy machine would otherwise take the
+        # signal, and the send would wait out its read timeout.
+        client = made(region)
+        client.meta.events.register("before-send.sns", arm)
+        return client
+
+    monkeypatch.setattr(channels, "_sns_client", client_timed_from_its_send)
     with raw_tcp_server(say_nothing) as port:
         monkeypatch.setenv("AWS_ENDPOINT_URL_SNS", f"http://127.0.0.1:{port}")
         monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
         monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
         monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
         previous = signal.signal(signal.SIGALRM, soft_time_limit)
-        signal.setitimer(signal.ITIMER_REAL, 1)
         try:
             raised, failed = failed_attempt(delivery)
         finally:
