@@ -31,7 +31,7 @@ from billing.ledger.costs import format_cost
 from billing.ledger.events import UsageEvent
 from billing.ledger.services import usage_record_create
 from billing.models import Budget
-from core.db import storable
+from core.db import storable, unstorable_part
 from core.jsonl import jsonl_lines, jsonl_row
 from llmops.gateway.batches.models import (
     BATCH_FINISHED,
@@ -55,7 +55,7 @@ from llmops.gateway.chat.validation import (
     validate_storable,
 )
 from llmops.gateway.chat.worst_case import body_worst_case
-from llmops.gateway.errors import GatewayError, invalid_request
+from llmops.gateway.errors import GatewayError, error_body, invalid_request
 from llmops.gateway.snapshot import ConfigSnapshot
 from routing.catalog import ModelEntry
 from routing.providers.prompt_cache import AUTO as PROVIDER_CACHE_AUTO
@@ -79,6 +79,18 @@ def line_request_id(*, batch_id: str, custom_id: str, attempt: int) -> str:
     """The ledger request id of one run of a line: the same after a worker dies, a new one after a retry."""
     digest = hashlib.sha256(f"{batch_id}\x00{custom_id}\x00{attempt}".encode()).hexdigest()
     return f"req_b{digest[:31]}"
+
+
+def unstorable_answer_error(where: str, why: str, *, holder: str, charged_in: str) -> GatewayError:
+    """The failure kept in place of an upstream answer the database could not give back as it was sent (``where`` and
+    ``why``: ``core.db.unstorable_part``), by a job or a batch line (``holder``); the call stays charged, in
+    ``charged_in``."""
+    return GatewayError(
+        f"The answer's '{where}' {why}, which {holder} cannot store to give back exactly. What the provider billed for "
+        f"it is charged ({charged_in}).",
+        status=502,
+        code="upstream_answer_unstorable",
+    )
 
 
 def line_headers(batch_id: str) -> dict[str, str]:
@@ -585,13 +597,20 @@ def line_record(
     """Record one finished run, with its ledger row (``usage``; None for a run that never reached the pipeline's
     end) and those linked to it (``linked``: its compression summaries, its failed attempts the provider may bill),
     and the batch's counters and cost, in one transaction. A transient failure with attempts left sends the line back
-    to pending, unless the gateway said no retry can change it (``retryable``).
+    to pending, unless the gateway said no retry can change it (``retryable``). An answer the database could not give
+    back as it was sent (a NUL character, a number beyond ±2^63) fails the line 502 ``upstream_answer_unstorable``,
+    its ledger rows kept.
 
     Returns False when the claim was lost (another worker took the line over), and records nothing.
     """
     retry = (
         retryable and status_code in TRANSIENT_STATUSES and line.attempt + 1 < settings.LLMOPS_BATCH_LINE_MAX_ATTEMPTS
     )
+    # Decided after the retry, so never retried: the same answer would come back, and be charged, again.
+    unstorable = None if retry else unstorable_part(response_body)
+    if unstorable is not None:
+        error = unstorable_answer_error(*unstorable, holder="the batch", charged_in="the batch's llmops.cost_usd")
+        status_code, response_body = error.status_code, error_body(error)
     succeeded = 200 <= status_code < 300
     held = lines_for_workers(batch_id=batch_id).filter(
         pk=line.id, attempt=line.attempt, status__in=(LineStatus.RUNNING, LineStatus.DELEGATED)

@@ -26,6 +26,7 @@ from core.outbound import OutboundRefused, outbound_post, outbound_url_errors
 from core.webhooks import webhook_headers, webhook_secret_new
 from llmops.gateway.batches.holds import hold_release, hold_state
 from llmops.gateway.batches.models import Job, JobStatus, JobWebhookSecret, WebhookState
+from llmops.gateway.batches.services import unstorable_answer_error
 from llmops.gateway.call import GatewayCall
 from llmops.gateway.chat.completion import chat_completion_run
 from llmops.gateway.chat.recording import finish
@@ -223,21 +224,12 @@ def _job_finish(*, job_id: str, status_code: int, result: dict, request_id: str,
     return bool(finished)
 
 
-def _unstorable_answer(where: str, why: str) -> GatewayError:
-    return GatewayError(
-        f"The answer's '{where}' {why}, which the job cannot store to give back exactly. What the provider billed for "
-        "it is charged (cost_usd).",
-        status=502,
-        code="upstream_answer_unstorable",
-    )
-
-
 async def _job_record(*, job_id: str, status_code: int, body: dict, call: GatewayCall | None) -> bool:
     """Record how the job ended (``_job_finish``); an answer the database could not give back as it was sent (a NUL
     character, a number beyond ±2^63) ends it failed, its call's ledger row kept."""
     unstorable = unstorable_part(body)
     if unstorable is not None:
-        error = _unstorable_answer(*unstorable)
+        error = unstorable_answer_error(*unstorable, holder="the job", charged_in="cost_usd")
         status_code, body = error.status_code, error_body(error)
     return await database_sync_to_async(_job_finish)(
         job_id=job_id,
