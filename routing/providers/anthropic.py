@@ -105,10 +105,11 @@ def _tool_result_block(message: dict) -> dict:
     return block
 
 
-def _messages(openai_messages: list[dict]) -> tuple[list[dict], list[dict]]:
+def _messages(body: dict) -> tuple[list[dict], list[dict]]:
     """System blocks (text only) and Anthropic messages."""
     return conversation(
-        openai_messages,
+        body,
+        api=API,
         system_blocks=lambda content: [block for block in _content_blocks(content) if block["type"] == "text"],
         content_blocks=_content_blocks,
         tool_use_block=_tool_use_block,
@@ -160,11 +161,11 @@ def _with_checkpoints(request: dict, checkpoints: prompt_cache.Checkpoints) -> d
 def messages_request(body: dict, *, checkpoints: prompt_cache.Checkpoints = prompt_cache.NO_CHECKPOINTS) -> dict:
     """OpenAI chat completion request → Anthropic Messages request, with the gateway's prompt-cache ``checkpoints``
     (``prompt_cache.gateway_checkpoints``). The client's own ``cache_control`` is checked first: what Anthropic would
-    refuse or bill beyond the catalog's prices raises CacheControlRefused (``prompt_cache.client_marks``); a parameter
-    this translation would drop although it changes the answer or its cost raises RequestRefused."""
+    refuse or bill beyond the catalog's prices raises CacheControlRefused (``prompt_cache.client_marks``); a field or a
+    message this translation would drop although it changes the answer or its cost raises RequestRefused."""
     refuse_untranslated(API, body)
     prompt_cache.client_marks(body)
-    system, messages = _messages(body["messages"])
+    system, messages = _messages(body)
     request = {
         "model": body["model"],
         "messages": messages,

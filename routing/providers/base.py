@@ -19,6 +19,7 @@ from httpx_sse import EventSource, ServerSentEvent, SSEError
 
 from core.event_loops import PerEventLoop
 from routing.catalog import ModelEntry, ProviderEntry
+from routing.max_tokens import MAX_TOKENS_FIELDS
 from routing.providers.transport import Http1Transport
 
 USER_AGENT = "llmops"
@@ -408,28 +409,38 @@ class UsageFields(NamedTuple):
 
 
 def conversation(
-    openai_messages: list[dict],
+    body: dict,
     *,
+    api: str,
     system_blocks: Callable[[object], list[dict]],
     content_blocks: Callable[[object], list[dict]],
     tool_use_block: Callable[[dict], dict],
     tool_result_blocks: Callable[[dict], list[dict]],
 ) -> tuple[list[dict], list[dict]]:
-    """OpenAI messages as a system prompt apart and alternating user and assistant turns, as Anthropic and Converse
-    take them: consecutive turns of one role merge, and tool results are the user's. The callables build the blocks
-    of the provider's format from a message's content, a tool call, and a tool message."""
+    """The request's OpenAI messages as a system prompt apart and alternating user and assistant turns, as Anthropic
+    and Converse take them: consecutive turns of one role merge, and tool results are the user's. The callables build
+    the blocks of the provider's format from a message's content, a tool call, and a tool message.
+
+    Legacy function calling (an assistant's ``function_call``, a ``function`` message) raises RequestRefused naming
+    it: neither API takes it, and its tool_use would need an id the call never had."""
     system: list[dict] = []
     messages: list[dict] = []
-    for message in openai_messages:
+    for index, message in enumerate(body["messages"]):
         role = message.get("role")
         if role in ("system", "developer"):
             system.extend(system_blocks(message.get("content")))
             continue
         if role == "tool":
             blocks, role = tool_result_blocks(message), "user"
+        elif role == "function":
+            what = "a legacy function message (send the result as a tool message)"
+            raise unsupported_by(api, body, param=f"messages[{index}].role", what=what)
         else:
             blocks = content_blocks(message.get("content"))
             if role == "assistant":
+                if message.get("function_call") is not None:
+                    what = "a legacy function call (send it as tool_calls)"
+                    raise unsupported_by(api, body, param=f"messages[{index}].function_call", what=what)
                 blocks += [tool_use_block(call) for call in message.get("tool_calls") or []]
         if messages and messages[-1]["role"] == role:
             messages[-1]["content"].extend(blocks)
@@ -650,6 +661,39 @@ UNTRANSLATED_PARAMETERS = {
 }
 
 
+# The chat fields the translations take at any value: those they read, and those that ask neither API for anything
+# (an OpenAI account's stored completions, cache routing and abuse tracking, a latency hint, the text modality,
+# `function_call` without `functions`; `user` on Bedrock). With UNTRANSLATED_PARAMETERS, the fields chat validation
+# knows (llmops.gateway.chat.validation.FIELD_CHECKS). Any other field set (Anthropic's own `thinking`, a vLLM or
+# OpenRouter sampler, a typo), which an OpenAI-compatible upstream is sent as it is, is refused: dropped, the answer
+# would ignore it.
+TRANSLATED_FIELDS = frozenset(
+    {
+        "model",
+        "messages",
+        *MAX_TOKENS_FIELDS,
+        "temperature",
+        "top_p",
+        "top_k",
+        "stop",
+        "tools",
+        "tool_choice",
+        "parallel_tool_calls",
+        "stream",
+        "stream_options",
+        "user",
+        "metadata",
+        "store",
+        "prompt_cache_key",
+        "safety_identifier",
+        "prediction",
+        "modalities",
+        "function_call",
+    }
+)
+MAX_ECHOED_NAME_CHARS = 64
+
+
 def unsupported_by(api: str, body: dict, *, param: str, what: str) -> RequestRefused:
     """The refusal, before any call, of ``param``, which asks the model's ``api`` for ``what`` it cannot take."""
     return RequestRefused(
@@ -661,12 +705,25 @@ def unsupported_by(api: str, body: dict, *, param: str, what: str) -> RequestRef
 
 
 def refuse_untranslated(api: str, body: dict) -> None:
-    """Raise RequestRefused for a parameter of UNTRANSLATED_PARAMETERS set to a value that asks for something."""
-    # The body's few fields looked up in the table, not the table's in the body: this runs on every request.
+    """Raise RequestRefused for a parameter of UNTRANSLATED_PARAMETERS set to a value that asks for something, or for
+    a field that is not one of TRANSLATED_FIELDS set at all (null is leaving it out)."""
+    # The body's few fields looked up in the tables, not the tables' in the body: this runs on every request.
     for param, value in body.items():
+        if value is None:
+            continue
         untranslated = UNTRANSLATED_PARAMETERS.get(param)
-        if untranslated is not None and value is not None and not untranslated.asks_nothing(value):
+        if untranslated is None:
+            if param not in TRANSLATED_FIELDS:
+                raise _unknown_field(api, body, param)
+        elif not untranslated.asks_nothing(value):
             raise unsupported_by(api, body, param=param, what=untranslated.what)
+
+
+def _unknown_field(api: str, body: dict, name: str) -> RequestRefused:
+    # A name the client made up is echoed bounded.
+    if len(name) > MAX_ECHOED_NAME_CHARS:
+        name = name[: MAX_ECHOED_NAME_CHARS - 3] + "..."
+    return unsupported_by(api, body, param=name, what=f"the field `{name}` (the gateway does not translate it)")
 
 
 def stop_sequences(body: dict) -> list[str]:

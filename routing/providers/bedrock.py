@@ -187,11 +187,12 @@ def _tool_result_blocks(message: dict) -> list[dict]:
     return [_tool_result_block(message), *([cache_point()] if marked else [])]
 
 
-def _messages(openai_messages: list[dict]) -> tuple[list[dict], list[dict]]:
+def _messages(body: dict) -> tuple[list[dict], list[dict]]:
     """System blocks (a block per text part, so a part's cache point stays where the client put it) and Converse
     messages."""
     return conversation(
-        openai_messages,
+        body,
+        api=API,
         system_blocks=_content_blocks,
         content_blocks=_content_blocks,
         tool_use_block=_tool_use_block,
@@ -244,14 +245,14 @@ def converse_request(body: dict, *, checkpoints: prompt_cache.Checkpoints = prom
     """OpenAI chat completion request → keyword arguments of Converse / ConverseStream, with the gateway's prompt-cache
     ``checkpoints`` (``prompt_cache.gateway_checkpoints``). The client's own ``cache_control`` is checked first: what
     Bedrock would refuse or bill beyond the catalog's prices raises CacheControlRefused (``prompt_cache.client_marks``;
-    a cache point is always of the default, 5-minute cache); a parameter this translation would drop although it
-    changes the answer or its cost raises RequestRefused."""
+    a cache point is always of the default, 5-minute cache); a field or a message this translation would drop although
+    it changes the answer or its cost raises RequestRefused."""
     refuse_untranslated(API, body)
     if body.get("parallel_tool_calls") is False and tools_sent(body):
         # Converse's tool choice has no switch for it: the model could still call several tools at once.
         raise unsupported_by(API, body, param="parallel_tool_calls", what="turning parallel tool calls off")
     prompt_cache.client_marks(body, tools_sent=tools_sent(body))
-    system, messages = _messages(body["messages"])
+    system, messages = _messages(body)
     request = {"modelId": body["model"], "messages": messages}
     if system:
         request["system"] = system

@@ -142,3 +142,63 @@ def test_a_fallback_that_cannot_take_the_parameter_leaves_the_first_models_failu
     assert response.status_code == 502, response.text
     assert response.json()["error"]["code"] != "unsupported_parameter"
     assert anthropic_upstream.app.requests == []
+
+
+THINKING = {"type": "enabled", "budget_tokens": 2000}
+
+
+def thinking_chat(gateway, setup, model: str, *, stream: bool = False) -> httpx.Response:
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": "Capital of France?"}],
+        "max_tokens": 20,
+        "thinking": THINKING,
+        "stream": stream,
+    }
+    return post(gateway, setup.key, "/v1/chat/completions", body)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "streamed"])
+@pytest.mark.parametrize("provider", ["anthropic", "bedrock"])
+def test_a_field_the_translation_does_not_know_asked_of_claude_is_a_400_naming_it_charged_nothing(
+    gateway, acme, request, anthropic_upstream, bedrock_upstream, provider, stream
+):
+    """Anthropic's own `thinking` on the chat form used to be dropped: a 200 answer without the extended thinking (and
+    its budget) asked for, where an OpenAI-compatible upstream is sent it."""
+    model = request.getfixturevalue(f"{provider}_claude")
+
+    response = thinking_chat(gateway, acme, model.name, stream=stream)
+
+    assert_refused_and_charged_nothing(response, "thinking", anthropic_upstream, bedrock_upstream)
+    assert "which cannot take the field `thinking`" in response.json()["error"]["message"]
+
+
+def test_a_fallback_that_takes_the_field_answers_when_claude_cannot(
+    gateway, acme, anthropic_claude, anthropic_upstream
+):
+    chain(acme, anthropic_claude, acme.small)
+
+    response = thinking_chat(gateway, acme, "auto")
+
+    assert response.status_code == 200, response.text
+    assert anthropic_upstream.app.requests == []
+    record = UsageRecord.objects.unscoped().get()
+    assert (record.served_model, record.http_status) == (acme.small.name, 200) and record.cost_usd > 0
+
+
+def test_legacy_function_calling_in_the_history_sent_to_claude_is_a_400_naming_the_message(
+    gateway, acme, anthropic_claude, anthropic_upstream
+):
+    """The assistant's function_call and the function message used to be dropped, or sent with a role Anthropic
+    refuses: the model saw the question without the call or its result."""
+    messages = [
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": None, "function_call": {"name": "get_weather", "arguments": "{}"}},
+        {"role": "function", "name": "get_weather", "content": "18C and sunny"},
+        {"role": "user", "content": "And tomorrow?"},
+    ]
+    body = {"model": anthropic_claude.name, "messages": messages, "max_tokens": 20}
+
+    response = post(gateway, acme.key, "/v1/chat/completions", body)
+
+    assert_refused_and_charged_nothing(response, "messages[1].function_call", anthropic_upstream)

@@ -62,6 +62,33 @@ ASKING_FOR_NOTHING = {
     "functions": [],
 }
 
+# Fields neither adapter translates, which an OpenAI-compatible upstream is sent as they are: Anthropic's own extended
+# thinking, vLLM's and OpenRouter's samplers, a typo. Each used to be dropped.
+UNTRANSLATED_FIELDS = [
+    ("thinking", {"type": "enabled", "budget_tokens": 2000}),
+    ("min_p", 0.1),
+    ("top_a", 0.5),
+    ("repetition_penalty", 1.2),
+    ("temprature", 0.2),
+]
+# Chat fields that ask neither API for anything: taken, and not sent.
+NO_OP_FIELDS = {
+    "store": True,
+    "metadata": {"purpose": "test"},
+    "prompt_cache_key": "tenant-42",
+    "safety_identifier": "user-hash",
+    "prediction": {"type": "content", "content": "Hello"},
+    "modalities": ["text"],
+    "function_call": "auto",
+    # A field no adapter reads, left out as null is.
+    "thinking": None,
+}
+MESSAGES_WITH_LEGACY_FUNCTIONS = [
+    {"role": "user", "content": "Weather in Paris?"},
+    {"role": "assistant", "content": None, "function_call": {"name": "get_weather", "arguments": '{"city": "Paris"}'}},
+    {"role": "function", "name": "get_weather", "content": "18C and sunny"},
+]
+
 
 def asking_ids(cases: list[tuple[str, object]]) -> list[str]:
     return [f"{param}={orjson.dumps(value).decode()}" for param, value in cases]
@@ -71,6 +98,12 @@ def assert_refused_naming(refused, *, param: str, model: str, api: str) -> None:
     """A RequestRefused: a 400 unsupported_parameter naming ``param``, saying why the model's API cannot take it."""
     assert (refused.upstream_status, refused.param, refused.code) == (400, param, "unsupported_parameter")
     assert f"`{model}` is served through {api}, which cannot take" in refused.message
+
+
+def assert_field_refused(refused, *, name: str, model: str, api: str) -> None:
+    """``assert_refused_naming`` a field the adapter does not translate, its message naming it too."""
+    assert_refused_naming(refused, param=name, model=model, api=api)
+    assert f"which cannot take the field `{name}` (the gateway does not translate it)" in refused.message
 
 
 def user(content) -> dict:

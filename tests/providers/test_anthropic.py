@@ -3,14 +3,20 @@
 import orjson
 import pytest
 
+from llmops.gateway.chat.validation import FIELD_CHECKS
 from routing import upstream
+from routing.providers.base import TRANSLATED_FIELDS, UNTRANSLATED_PARAMETERS
 from tests.loops import run
 from tests.providers.conftest import (
     ASKING_FOR_NOTHING,
     ASKING_FOR_SOMETHING,
+    MESSAGES_WITH_LEGACY_FUNCTIONS,
+    NO_OP_FIELDS,
     PNG_DATA_URL,
+    UNTRANSLATED_FIELDS,
     WEATHER_TOOL,
     asking_ids,
+    assert_field_refused,
     assert_no_usage_answered_or_streamed,
     assert_refused_naming,
     chunks_of,
@@ -249,6 +255,95 @@ def test_the_values_that_ask_for_nothing_are_taken_and_not_sent(anthropic_server
     plain, with_tools = anthropic_server.app.requests
     assert set(plain) == {"model", "messages", "max_tokens"}
     assert set(with_tools) == {"model", "messages", "max_tokens", "tools"}
+
+
+API = "Anthropic's Messages API"
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "streamed"])
+@pytest.mark.parametrize(("name", "value"), UNTRANSLATED_FIELDS, ids=asking_ids(UNTRANSLATED_FIELDS))
+def test_a_field_the_translation_does_not_know_is_refused_naming_it_before_any_call(
+    anthropic_server, anthropic_provider, name, value, stream
+):
+    """Such a field used to be dropped: a 200 answer that ignored it (no extended thinking for `thinking`), where an
+    OpenAI-compatible upstream is sent it."""
+    body = {"model": "claude-test", "messages": [user("Hello")], name: value, "stream": stream}
+
+    with pytest.raises(upstream.RequestRefused) as refused:
+        run(
+            collect_stream_of(anthropic_provider, body)
+            if stream
+            else upstream.chat_completion(anthropic_provider, body)
+        )
+
+    assert_field_refused(refused.value, name=name, model="claude-test", api=API)
+    assert anthropic_server.app.requests == []
+
+
+def test_a_long_unknown_field_is_named_cut_short(anthropic_server, anthropic_provider):
+    body = {"model": "claude-test", "messages": [user("Hello")], "x" * 500: 1}
+
+    with pytest.raises(upstream.RequestRefused) as refused:
+        run(upstream.chat_completion(anthropic_provider, body))
+
+    assert refused.value.param == "x" * 61 + "..."
+    assert "x" * 62 not in refused.value.message and anthropic_server.app.requests == []
+
+
+def test_the_chat_fields_that_ask_nothing_of_anthropic_are_taken_and_not_sent(anthropic_server, anthropic_provider):
+    body = {"model": "claude-test", "messages": [user("Hello")], **NO_OP_FIELDS}
+
+    run(upstream.chat_completion(anthropic_provider, body))
+
+    assert set(anthropic_server.app.requests[-1]) == {"model", "messages", "max_tokens"}
+
+
+def test_every_chat_field_validation_knows_is_translated_taken_or_refused_by_value():
+    """A field chat validation comes to know is decided for Anthropic and Bedrock too, not refused by default."""
+    assert TRANSLATED_FIELDS.isdisjoint(UNTRANSLATED_PARAMETERS)
+    assert TRANSLATED_FIELDS | set(UNTRANSLATED_PARAMETERS) == {"model", "messages", *FIELD_CHECKS}
+
+
+@pytest.mark.parametrize(
+    ("messages", "param"),
+    [
+        (MESSAGES_WITH_LEGACY_FUNCTIONS, "messages[1].function_call"),
+        (
+            [
+                MESSAGES_WITH_LEGACY_FUNCTIONS[0],
+                {"role": "assistant", "content": "Checking."},
+                MESSAGES_WITH_LEGACY_FUNCTIONS[2],
+            ],
+            "messages[2].role",
+        ),
+    ],
+    ids=["function_call", "function message"],
+)
+def test_legacy_function_calling_in_the_history_is_refused_naming_the_message(
+    anthropic_server, anthropic_provider, messages, param
+):
+    """The assistant's function_call and the function message used to be dropped (the model saw the question without
+    the call or its result), or sent with a role Anthropic refuses."""
+    body = {"model": "claude-test", "messages": [*messages, user("And tomorrow?")]}
+
+    with pytest.raises(upstream.RequestRefused) as refused:
+        run(upstream.chat_completion(anthropic_provider, body))
+
+    assert_refused_naming(refused.value, param=param, model="claude-test", api=API)
+    assert anthropic_server.app.requests == []
+
+
+def test_a_null_function_call_on_an_assistant_message_is_taken(anthropic_server, anthropic_provider):
+    assistant = {"role": "assistant", "content": "Hi", "function_call": None}
+    body = {"model": "claude-test", "messages": [user("Hello"), assistant, user("Again")]}
+
+    run(upstream.chat_completion(anthropic_provider, body))
+
+    assert [message["role"] for message in anthropic_server.app.requests[-1]["messages"]] == [
+        "user",
+        "assistant",
+        "user",
+    ]
 
 
 def test_consecutive_turns_of_one_role_are_merged_as_anthropic_requires(anthropic_server, anthropic_provider):

@@ -11,9 +11,13 @@ from tests.loops import run
 from tests.providers.conftest import (
     ASKING_FOR_NOTHING,
     ASKING_FOR_SOMETHING,
+    MESSAGES_WITH_LEGACY_FUNCTIONS,
+    NO_OP_FIELDS,
     PNG_DATA_URL,
+    UNTRANSLATED_FIELDS,
     WEATHER_TOOL,
     asking_ids,
+    assert_field_refused,
     assert_no_usage_answered_or_streamed,
     assert_refused_naming,
     chunks_of,
@@ -117,6 +121,62 @@ def test_the_values_that_ask_for_nothing_are_taken_and_not_sent(bedrock_server, 
     run(upstream.chat_completion(bedrock_provider, body))
 
     assert set(bedrock_server.app.requests[-1]) == {"modelId", "messages"}
+
+
+API = "Bedrock's Converse API"
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "streamed"])
+@pytest.mark.parametrize(("name", "value"), UNTRANSLATED_FIELDS, ids=asking_ids(UNTRANSLATED_FIELDS))
+def test_a_field_the_translation_does_not_know_is_refused_naming_it_before_any_call(
+    bedrock_server, bedrock_provider, name, value, stream
+):
+    """Such a field used to be dropped: a 200 answer that ignored it, where an OpenAI-compatible upstream is sent it."""
+    body = {"model": CLAUDE, "messages": [user("Hello")], name: value, "stream": stream}
+
+    with pytest.raises(upstream.RequestRefused) as refused:
+        run(collect_stream_of(bedrock_provider, body) if stream else upstream.chat_completion(bedrock_provider, body))
+
+    assert_field_refused(refused.value, name=name, model=CLAUDE, api=API)
+    assert bedrock_server.app.requests == []
+
+
+def test_the_chat_fields_that_ask_nothing_of_converse_are_taken_and_not_sent(bedrock_server, bedrock_provider):
+    """`user` among them: Converse has no end-user id."""
+    body = {"model": CLAUDE, "messages": [user("Hello")], **NO_OP_FIELDS, "user": "customer-7"}
+
+    run(upstream.chat_completion(bedrock_provider, body))
+
+    assert set(bedrock_server.app.requests[-1]) == {"modelId", "messages"}
+
+
+@pytest.mark.parametrize(
+    ("messages", "param"),
+    [
+        (MESSAGES_WITH_LEGACY_FUNCTIONS, "messages[1].function_call"),
+        (
+            [
+                MESSAGES_WITH_LEGACY_FUNCTIONS[0],
+                {"role": "assistant", "content": "Checking."},
+                MESSAGES_WITH_LEGACY_FUNCTIONS[2],
+            ],
+            "messages[2].role",
+        ),
+    ],
+    ids=["function_call", "function message"],
+)
+def test_legacy_function_calling_in_the_history_is_refused_naming_the_message(
+    bedrock_server, bedrock_provider, messages, param
+):
+    """The assistant's function_call and the function message used to be dropped, or sent with a role Converse
+    refuses."""
+    body = {"model": CLAUDE, "messages": [*messages, user("And tomorrow?")]}
+
+    with pytest.raises(upstream.RequestRefused) as refused:
+        run(upstream.chat_completion(bedrock_provider, body))
+
+    assert_refused_naming(refused.value, param=param, model=CLAUDE, api=API)
+    assert bedrock_server.app.requests == []
 
 
 def test_default_credential_chain_when_no_credential_is_stored(bedrock_server, monkeypatch):
