@@ -13,6 +13,7 @@ from billing.budgets.reservations import SETTLE_SCRIPT
 from billing.budgets.services import budget_create
 from billing.ratelimits import rate_limit_create
 from core import redis as core_redis
+from routing import resilience
 from routing.models import ModelKind
 from routing.services import routing_policy_ensure_default, tenant_model_access_set
 from tests.factories import ModelFactory
@@ -57,6 +58,10 @@ def test_a_chat_completion_goes_to_redis_in_three_writes(gateway, acme, monkeypa
     the request's slot for requests in flight: each write wakes Redis, the dearest part of a round trip on a
     virtual machine (docs/performance.md), so the release does not go in a write of its own after the answer."""
     settings.LLMOPS_TENANT_MAX_INFLIGHT = 8
+    # The breaker asks Redis again once its clean verdict is CLEAN_VERDICT_SECONDS old, which five requests on a
+    # loaded machine can outlast; the verdict is trusted for the whole test so that only the request's writes count.
+    monkeypatch.setattr(resilience, "CLEAN_VERDICT_SECONDS", 600.0)
+    monkeypatch.setattr(resilience, "_clean_until", {})
     routing_policy_ensure_default(tenant=acme.tenant)
     budget_create(tenant=acme.tenant, scope="team", team=acme.team, period="day", limit_usd=Decimal("10"))
     writes: list[list[str]] = []
