@@ -21,6 +21,7 @@ from routing.providers.base import (
     UpstreamRejected,
     UpstreamReply,
     UsageFields,
+    carried_parts,
     chat_completion_reply,
     completion_id,
     conversation,
@@ -67,16 +68,14 @@ def finish_reason(stop_reason) -> str | None:
 
 
 def _content_blocks(content) -> list[dict]:
-    """Text and image parts as Anthropic blocks (a blank text is none: Anthropic refuses it); a part's
-    ``cache_control`` marks a prompt-cache breakpoint."""
+    """Text, refusal and image parts as Anthropic blocks (a blank text is none: Anthropic refuses it); a part's
+    ``cache_control`` marks a prompt-cache breakpoint. A part of another type raises UntranslatedPart."""
     if isinstance(content, str):
         return [] if prompt_cache.blank(content) else [{"type": "text", "text": content}]
     blocks = []
-    for part in content or []:
-        if not prompt_cache.carried_part(part):
-            continue
-        if part["type"] == "text":
-            blocks.append({"type": "text", "text": part["text"]})
+    for part in carried_parts(content or []):
+        if (text := prompt_cache.part_text(part)) is not None:
+            blocks.append({"type": "text", "text": text})
         else:
             url = part["image_url"]["url"]
             inline = parse_data_url(url)

@@ -6,7 +6,7 @@ pipeline reads one shape whatever the provider.
 
 import functools
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -20,6 +20,7 @@ from httpx_sse import EventSource, ServerSentEvent, SSEError
 from core.event_loops import PerEventLoop
 from routing.catalog import ModelEntry, ProviderEntry
 from routing.max_tokens import MAX_TOKENS_FIELDS
+from routing.providers import prompt_cache
 from routing.providers.transport import Http1Transport
 
 USER_AGENT = "llmops"
@@ -408,6 +409,26 @@ class UsageFields(NamedTuple):
         return None if usage is None or usage == {} else self.openai_usage_of(usage)
 
 
+class UntranslatedPart(Exception):
+    """A content part of a ``kind`` neither translation sends, at ``position`` in its message's content, which
+    ``conversation`` refuses naming it."""
+
+    def __init__(self, position: int, kind):
+        super().__init__(position, kind)
+        self.position = position
+        self.kind = kind
+
+
+def carried_parts(content: list) -> Iterator[dict]:
+    """The parts of a message's content that reach the provider as blocks (``prompt_cache.carried_part``: a blank text
+    is none). A part of another type raises UntranslatedPart: a file, whose document neither translation sends."""
+    for position, part in enumerate(content):
+        if part.get("type") not in prompt_cache.CARRIED_PARTS:
+            raise UntranslatedPart(position, part.get("type"))
+        if prompt_cache.carried_part(part):
+            yield part
+
+
 def conversation(
     body: dict,
     *,
@@ -421,31 +442,40 @@ def conversation(
     and Converse take them: consecutive turns of one role merge, and tool results are the user's. The callables build
     the blocks of the provider's format from a message's content, a tool call, and a tool message.
 
-    Legacy function calling (an assistant's ``function_call``, a ``function`` message) raises RequestRefused naming
-    it: neither API takes it, and its tool_use would need an id the call never had."""
+    An assistant's ``refusal`` is text it said, sent as such. Legacy function calling (an assistant's
+    ``function_call``, a ``function`` message) raises RequestRefused naming it: neither API takes it, and its tool_use
+    would need an id the call never had. So does a content part the blocks leave out (UntranslatedPart, a file): the
+    model would answer about a document it never saw."""
     system: list[dict] = []
     messages: list[dict] = []
-    for index, message in enumerate(body["messages"]):
-        role = message.get("role")
-        if role in ("system", "developer"):
-            system.extend(system_blocks(message.get("content")))
-            continue
-        if role == "tool":
-            blocks, role = tool_result_blocks(message), "user"
-        elif role == "function":
-            what = "a legacy function message (send the result as a tool message)"
-            raise unsupported_by(api, body, param=f"messages[{index}].role", what=what)
-        else:
-            blocks = content_blocks(message.get("content"))
-            if role == "assistant":
-                if message.get("function_call") is not None:
-                    what = "a legacy function call (send it as tool_calls)"
-                    raise unsupported_by(api, body, param=f"messages[{index}].function_call", what=what)
-                blocks += [tool_use_block(call) for call in message.get("tool_calls") or []]
-        if messages and messages[-1]["role"] == role:
-            messages[-1]["content"].extend(blocks)
-        else:
-            messages.append({"role": role, "content": blocks})
+    try:
+        for index, message in enumerate(body["messages"]):
+            role = message.get("role")
+            if role in ("system", "developer"):
+                system.extend(system_blocks(message.get("content")))
+                continue
+            if role == "tool":
+                blocks, role = tool_result_blocks(message), "user"
+            elif role == "function":
+                what = "a legacy function message (send the result as a tool message)"
+                raise unsupported_by(api, body, param=f"messages[{index}].role", what=what)
+            else:
+                blocks = content_blocks(message.get("content"))
+                if role == "assistant":
+                    if message.get("function_call") is not None:
+                        what = "a legacy function call (send it as tool_calls)"
+                        raise unsupported_by(api, body, param=f"messages[{index}].function_call", what=what)
+                    if message.get("refusal"):
+                        blocks += content_blocks(message["refusal"])
+                    blocks += [tool_use_block(call) for call in message.get("tool_calls") or []]
+            if messages and messages[-1]["role"] == role:
+                messages[-1]["content"].extend(blocks)
+            else:
+                messages.append({"role": role, "content": blocks})
+    except UntranslatedPart as part:
+        param = f"messages[{index}].content[{part.position}].type"
+        what = f"a content part of type `{part.kind}` (the gateway does not translate it)"
+        raise unsupported_by(api, body, param=param, what=what) from None
     return system, messages
 
 

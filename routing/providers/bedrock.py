@@ -38,6 +38,7 @@ from routing.providers.base import (
     UpstreamReply,
     UpstreamTimeout,
     UsageFields,
+    carried_parts,
     chat_completion_reply,
     conversation,
     elapsed_ms_since,
@@ -148,16 +149,14 @@ def _image_block(url: str) -> dict:
 
 
 def _content_blocks(content) -> list[dict]:
-    """Text and image parts as Converse blocks (a blank text is none: Converse refuses it); a part's ``cache_control``
-    becomes a cache point after its block."""
+    """Text, refusal and image parts as Converse blocks (a blank text is none: Converse refuses it); a part's
+    ``cache_control`` becomes a cache point after its block. A part of another type raises UntranslatedPart."""
     if isinstance(content, str):
         return [] if prompt_cache.blank(content) else [{"text": content}]
     blocks = []
-    for part in content or []:
-        if not prompt_cache.carried_part(part):
-            continue
-        if part["type"] == "text":
-            blocks.append({"text": part["text"]})
+    for part in carried_parts(content or []):
+        if (text := prompt_cache.part_text(part)) is not None:
+            blocks.append({"text": text})
         else:
             blocks.append(_image_block(part["image_url"]["url"]))
         if part.get("cache_control") is not None:

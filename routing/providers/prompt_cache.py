@@ -51,6 +51,9 @@ MAX_CHECKPOINTS = 4
 COUNTED_CHARS_PER_TOKEN = 8
 CHARS_PER_TOKEN_WINDOW = 4
 SYSTEM_ROLES = ("system", "developer")
+# The content parts the translations send as text blocks, and all those they send (CARRIED_PARTS).
+TEXT_PARTS = ("text", "refusal")
+CARRIED_PARTS = (*TEXT_PARTS, "image_url")
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,12 +154,21 @@ class CacheControlRefused(ValueError):
         self.code = code
 
 
+def part_text(part: dict) -> str | None:
+    """The text of a content part the translations send as a text block (held under its type's name): a text, or an
+    assistant's refusal, which is text it said. None for any other part."""
+    kind = part.get("type")
+    return part.get(kind) if kind in TEXT_PARTS else None
+
+
 def carried_part(part: dict) -> bool:
     """Whether a content part reaches Anthropic's or Bedrock's API as a block of its own, its ``cache_control`` with
-    it: a text part with some non-whitespace text (both refuse a blank text block), or an image. Audio, files and
-    refusals are left out."""
-    kind = part.get("type")
-    return kind == "image_url" or (kind == "text" and not blank(part.get("text", "")))
+    it: a text or a refusal with some non-whitespace text (both refuse a blank text block), or an image. The
+    translations refuse a part of any other type (a file)."""
+    if part.get("type") == "image_url":
+        return True
+    text = part_text(part)
+    return text is not None and not blank(text)
 
 
 def blank(text: str) -> bool:
@@ -248,7 +260,7 @@ def _text(content) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return "".join(part["text"] for part in content if isinstance(part, dict) and isinstance(part.get("text"), str))
+        return "".join(text for part in content if isinstance(part, dict) and isinstance(text := part_text(part), str))
     return ""
 
 
@@ -270,6 +282,8 @@ def _history(messages: list[dict]) -> list[dict]:
 
 def _turn_texts(message: dict) -> Iterable[str]:
     yield _text(message.get("content"))
+    if isinstance(message.get("refusal"), str):
+        yield message["refusal"]
     if message.get("tool_calls"):
         yield orjson.dumps(message["tool_calls"]).decode()
 

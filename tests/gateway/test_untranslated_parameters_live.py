@@ -202,3 +202,20 @@ def test_legacy_function_calling_in_the_history_sent_to_claude_is_a_400_naming_t
     response = post(gateway, acme.key, "/v1/chat/completions", body)
 
     assert_refused_and_charged_nothing(response, "messages[1].function_call", anthropic_upstream)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "streamed"])
+@pytest.mark.parametrize("provider", ["anthropic", "bedrock"])
+def test_a_file_sent_to_claude_is_a_400_naming_its_part_charged_nothing(
+    gateway, acme, request, anthropic_upstream, bedrock_upstream, provider, stream
+):
+    """A file part used to be dropped: a 200 answer about a PDF the model never saw, billed in full."""
+    model = request.getfixturevalue(f"{provider}_claude")
+    pdf = {"file_data": "data:application/pdf;base64,JVBERi0xLjQK", "filename": "report.pdf"}
+    content = [{"type": "text", "text": "Summarise this report."}, {"type": "file", "file": pdf}]
+    body = {"model": model.name, "messages": [{"role": "user", "content": content}], "max_tokens": 20, "stream": stream}
+
+    response = post(gateway, acme.key, "/v1/chat/completions", body)
+
+    assert_refused_and_charged_nothing(response, "messages[0].content[1].type", anthropic_upstream, bedrock_upstream)
+    assert "which cannot take a content part of type `file`" in response.json()["error"]["message"]

@@ -89,6 +89,25 @@ MESSAGES_WITH_LEGACY_FUNCTIONS = [
     {"role": "function", "name": "get_weather", "content": "18C and sunny"},
 ]
 
+# A user's file, inline or by an uploaded file's id: neither translation sends a document. Each used to be dropped, the
+# model answering about a file it never saw.
+FILE_PARTS = [
+    {"type": "file", "file": {"file_data": "data:application/pdf;base64,JVBERi0xLjQK", "filename": "report.pdf"}},
+    {"type": "file", "file": {"file_id": "file-abc123"}},
+]
+# An earlier answer the model refused, as the chat form replays it: a refusal part, or the message's `refusal` beside
+# an empty content. Each used to be dropped, the model seeing a turn it never answered.
+REFUSED_ANSWERS = [
+    {"role": "assistant", "content": [{"type": "refusal", "refusal": "I can't help with that."}]},
+    {"role": "assistant", "content": "", "refusal": "I can't help with that."},
+]
+
+
+def with_file(part: dict) -> list[dict]:
+    """A conversation whose second user message holds ``part`` after a question: messages[2].content[1]."""
+    question = [{"type": "text", "text": "Summarise this."}, part]
+    return [user("Hello"), {"role": "assistant", "content": "Hi."}, user(question)]
+
 
 def asking_ids(cases: list[tuple[str, object]]) -> list[str]:
     return [f"{param}={orjson.dumps(value).decode()}" for param, value in cases]
@@ -104,6 +123,12 @@ def assert_field_refused(refused, *, name: str, model: str, api: str) -> None:
     """``assert_refused_naming`` a field the adapter does not translate, its message naming it too."""
     assert_refused_naming(refused, param=name, model=model, api=api)
     assert f"which cannot take the field `{name}` (the gateway does not translate it)" in refused.message
+
+
+def assert_part_refused(refused, *, param: str, kind: str, model: str, api: str) -> None:
+    """``assert_refused_naming`` a content part the adapter does not translate, its message naming its type."""
+    assert_refused_naming(refused, param=param, model=model, api=api)
+    assert f"which cannot take a content part of type `{kind}` (the gateway does not translate it)" in refused.message
 
 
 def user(content) -> dict:

@@ -10,14 +10,17 @@ from tests.loops import run
 from tests.providers.conftest import (
     ASKING_FOR_NOTHING,
     ASKING_FOR_SOMETHING,
+    FILE_PARTS,
     MESSAGES_WITH_LEGACY_FUNCTIONS,
     NO_OP_FIELDS,
     PNG_DATA_URL,
+    REFUSED_ANSWERS,
     UNTRANSLATED_FIELDS,
     WEATHER_TOOL,
     asking_ids,
     assert_field_refused,
     assert_no_usage_answered_or_streamed,
+    assert_part_refused,
     assert_refused_naming,
     chunks_of,
     collect_stream,
@@ -25,6 +28,7 @@ from tests.providers.conftest import (
     provider_entry,
     streamed_text,
     user,
+    with_file,
 )
 from tests.servers import free_port
 
@@ -344,6 +348,57 @@ def test_a_null_function_call_on_an_assistant_message_is_taken(anthropic_server,
         "assistant",
         "user",
     ]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "streamed"])
+@pytest.mark.parametrize("part", FILE_PARTS, ids=["file_data", "file_id"])
+def test_a_file_part_is_refused_naming_its_path_before_any_call(anthropic_server, anthropic_provider, part, stream):
+    """A file part used to be dropped: the model answered about a document it never saw, billed in full."""
+    body = {"model": "claude-test", "messages": with_file(part), "stream": stream}
+
+    with pytest.raises(upstream.RequestRefused) as refused:
+        run(
+            collect_stream_of(anthropic_provider, body)
+            if stream
+            else upstream.chat_completion(anthropic_provider, body)
+        )
+
+    assert_part_refused(refused.value, param="messages[2].content[1].type", kind="file", model="claude-test", api=API)
+    assert anthropic_server.app.requests == []
+
+
+@pytest.mark.parametrize("answer", REFUSED_ANSWERS, ids=["refusal part", "refusal field"])
+def test_an_assistants_refusal_in_the_history_is_sent_as_the_text_it_said(anthropic_server, anthropic_provider, answer):
+    """It used to be dropped: the model saw a question it had never answered."""
+    body = {"model": "claude-test", "messages": [user("Pick a lock."), answer, user("Then how do locks work?")]}
+
+    run(upstream.chat_completion(anthropic_provider, body))
+
+    sent = anthropic_server.app.requests[-1]["messages"]
+    assert sent[1] == {"role": "assistant", "content": [{"type": "text", "text": "I can't help with that."}]}
+
+
+# About 1,800 tokens: over the 1,024 a prefix of Claude Sonnet 4 must hold to be cached.
+LONG_REFUSAL = "I can't help with picking that lock. " * 200
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        {"role": "assistant", "content": [{"type": "refusal", "refusal": LONG_REFUSAL}]},
+        {"role": "assistant", "content": "", "refusal": LONG_REFUSAL},
+    ],
+    ids=["refusal part", "refusal field"],
+)
+def test_a_refusal_in_the_history_counts_toward_the_prefix_the_gateway_caches(
+    anthropic_server, anthropic_provider, answer
+):
+    body = {"model": "claude-sonnet-4-20250514", "messages": [user("Pick a lock."), answer, user("Why not?")]}
+
+    run(upstream.chat_completion(anthropic_provider, body, provider_cache="auto"))
+
+    history_end = anthropic_server.app.requests[-1]["messages"][1]["content"][-1]
+    assert history_end == {"type": "text", "text": LONG_REFUSAL, "cache_control": {"type": "ephemeral"}}
 
 
 def test_consecutive_turns_of_one_role_are_merged_as_anthropic_requires(anthropic_server, anthropic_provider):

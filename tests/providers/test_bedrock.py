@@ -11,20 +11,24 @@ from tests.loops import run
 from tests.providers.conftest import (
     ASKING_FOR_NOTHING,
     ASKING_FOR_SOMETHING,
+    FILE_PARTS,
     MESSAGES_WITH_LEGACY_FUNCTIONS,
     NO_OP_FIELDS,
     PNG_DATA_URL,
+    REFUSED_ANSWERS,
     UNTRANSLATED_FIELDS,
     WEATHER_TOOL,
     asking_ids,
     assert_field_refused,
     assert_no_usage_answered_or_streamed,
+    assert_part_refused,
     assert_refused_naming,
     chunks_of,
     collect_stream_of,
     provider_entry,
     streamed_text,
     user,
+    with_file,
 )
 from tests.servers import free_port
 
@@ -177,6 +181,30 @@ def test_legacy_function_calling_in_the_history_is_refused_naming_the_message(
 
     assert_refused_naming(refused.value, param=param, model=CLAUDE, api=API)
     assert bedrock_server.app.requests == []
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "streamed"])
+@pytest.mark.parametrize("part", FILE_PARTS, ids=["file_data", "file_id"])
+def test_a_file_part_is_refused_naming_its_path_before_any_call(bedrock_server, bedrock_provider, part, stream):
+    """A file part used to be dropped: the model answered about a document it never saw, billed in full."""
+    body = {"model": CLAUDE, "messages": with_file(part), "stream": stream}
+
+    with pytest.raises(upstream.RequestRefused) as refused:
+        run(collect_stream_of(bedrock_provider, body) if stream else upstream.chat_completion(bedrock_provider, body))
+
+    assert_part_refused(refused.value, param="messages[2].content[1].type", kind="file", model=CLAUDE, api=API)
+    assert bedrock_server.app.requests == []
+
+
+@pytest.mark.parametrize("answer", REFUSED_ANSWERS, ids=["refusal part", "refusal field"])
+def test_an_assistants_refusal_in_the_history_is_sent_as_the_text_it_said(bedrock_server, bedrock_provider, answer):
+    """It used to be dropped: the model saw a question it had never answered."""
+    body = {"model": CLAUDE, "messages": [user("Pick a lock."), answer, user("Then how do locks work?")]}
+
+    run(upstream.chat_completion(bedrock_provider, body))
+
+    sent = bedrock_server.app.requests[-1]["messages"]
+    assert sent[1] == {"role": "assistant", "content": [{"text": "I can't help with that."}]}
 
 
 def test_default_credential_chain_when_no_credential_is_stored(bedrock_server, monkeypatch):

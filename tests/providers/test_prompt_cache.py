@@ -172,12 +172,11 @@ def test_a_clients_own_cache_control_is_sent_as_it_is_and_the_gateway_adds_none(
     assert marks_in(to_anthropic(body)) == [{"type": "text", "text": "And my refund?", "cache_control": own}]
 
 
-def test_a_mark_on_a_part_the_adapter_leaves_out_is_not_the_clients_and_the_gateway_marks_the_prefix():
+def test_a_mark_on_a_blank_part_the_adapter_leaves_out_is_not_the_clients_and_the_gateway_marks_the_prefix():
     body = conversation()
     body["messages"][3] = user(
         [
             {"type": "text", "text": "And my refund?"},
-            {"type": "input_audio", "input_audio": {"data": "UklGRg==", "format": "wav"}, "cache_control": EPHEMERAL},
             {"type": "text", "text": "  ", "cache_control": EPHEMERAL},
         ]
     )
