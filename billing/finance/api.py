@@ -7,8 +7,7 @@ a tenant the caller may not export answers 404 exactly like one that does not ex
 from collections.abc import Mapping
 
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.core.files.storage import default_storage
-from django.http import FileResponse, Http404
+from django.http import Http404
 from django.shortcuts import get_object_or_404
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import PolymorphicProxySerializer, extend_schema, extend_schema_field, inline_serializer
@@ -31,6 +30,7 @@ from billing.finance.exports import (
     export_params_parse,
     group_labels,
     is_sync_exportable,
+    stored_csv_response,
     sync_export_max_days,
     usage_export_chunks,
     usage_export_create,
@@ -485,9 +485,4 @@ class UsageExportDownloadView(APIView):
         if export.status != ExportStatus.DONE:
             raise Http404("The export is not ready.")
         filename = export.file_name.rsplit("/", 1)[-1].split("-", 1)[1]
-        return FileResponse(
-            default_storage.open(export.file_name, "rb"),
-            as_attachment=True,
-            filename=filename,
-            content_type="text/csv; charset=utf-8",
-        )
+        return stored_csv_response(request._request, export.file_name, filename=filename)

@@ -20,6 +20,7 @@ import tempfile
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, fields
 from datetime import date
+from functools import partial
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
@@ -27,7 +28,7 @@ from django.core.files import File
 from django.core.files.storage import default_storage
 from django.core.handlers.asgi import ASGIRequest
 from django.db.models import Q, QuerySet
-from django.http import HttpRequest, StreamingHttpResponse
+from django.http import FileResponse, HttpRequest, StreamingHttpResponse
 from django.utils import timezone
 
 from billing.finance.csv_writer import FormulaSafeWriter
@@ -281,6 +282,17 @@ def csv_streaming_response(request: HttpRequest, chunks: Iterator[bytes], *, fil
     streamed = async_chunks(chunks) if isinstance(request, ASGIRequest) else chunks
     response = StreamingHttpResponse(streamed, content_type="text/csv; charset=utf-8")
     response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    return response
+
+
+def stored_csv_response(request: HttpRequest, name: str, *, filename: str) -> FileResponse:
+    """A CSV in storage (an async export's) as an attachment of known length. Under ASGI it is read CHUNK_BYTES at a
+    time through an async iterator, as csv_streaming_response streams, or Django would read the whole file into
+    memory before sending a byte."""
+    stored = default_storage.open(name, "rb")
+    response = FileResponse(stored, as_attachment=True, filename=filename, content_type="text/csv; charset=utf-8")
+    if isinstance(request, ASGIRequest):
+        response.streaming_content = async_chunks(iter(partial(stored.read, CHUNK_BYTES), b""))
     return response
 
 
