@@ -239,8 +239,9 @@ class UsageRecordAdmin(ReadOnlyScopedAdmin):
         tenant = tenant_named(tenants=tenants, slug=tenant_slug) if tenant_slug else tenants.first()
         if tenant is None:
             raise Http404("You may not see any tenant's statement.")
+        today = timezone.now().astimezone(tenant_zone(tenant=tenant)).date()
         try:
-            month = month_start(request.GET.get("month") or timezone.now().date())
+            month = month_start(request.GET.get("month") or today)
         except ValueError:
             return _bad_request(f"Give the month as YYYY-MM, from {FIRST_DAY:%Y-%m} to {LAST_DAY:%Y-%m}.")
         statement = statement_build(tenant=tenant, month=month)

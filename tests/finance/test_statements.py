@@ -90,6 +90,18 @@ def test_statement_of_a_tenant_with_an_unknown_time_zone_counts_utc_days(client,
     assert page.status_code == 200 and "2.25" in page.content.decode()
 
 
+def test_statement_without_a_month_is_the_current_month_in_the_tenants_time_zone(client, march_usage, monkeypatch):
+    """At 04:00 UTC on April 1st it is still March 31st, 21:00, in Los Angeles: its statement is March's."""
+    Tenant.objects.unscoped().filter(pk=march_usage.tenant.pk).update(time_zone="America/Los_Angeles")
+    client.force_login(march_usage.finance_user)
+    monkeypatch.setattr("billing.finance.admin.timezone.now", lambda: datetime(2025, 4, 1, 4, tzinfo=UTC))
+
+    page = client.get(reverse("admin:billing_usage_statement"), {"tenant": "acme"})
+
+    assert page.status_code == 200
+    assert page.context["statement"].month == date(2025, 3, 1) and page.context["month_value"] == "2025-03"
+
+
 @pytest.fixture
 def statements_bucket(settings, monkeypatch):
     """An S3 bucket for statements (moto), as LLMOPS_STATEMENTS_BUCKET; yields its client."""
