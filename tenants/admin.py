@@ -14,9 +14,10 @@ from django.contrib import admin, messages
 from django.contrib.auth import get_user_model
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import models
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponseBadRequest
 from django.utils import timezone
 
+from core.db import storable
 from tenants.deletion import work_in_flight, work_label
 from tenants.models import ApiKey, AuditEvent, Membership, PayloadLog, PayloadLogSettings, Team, Tenant
 from tenants.permissions import Action, TenantAccess
@@ -76,9 +77,25 @@ def adopt_saved_row(*, target: models.Model, source: models.Model) -> None:
 
 
 class ServiceCreateAdmin(admin.ModelAdmin):
-    """Creates rows through the app's service, whose arguments are `add_fields`; the rest is edited afterwards."""
+    """Creates rows through the app's service, whose arguments are `add_fields`; the rest is edited afterwards.
+
+    The base of every model admin here (the tenant-scoped ones and the superusers' catalog), so it also keeps what
+    PostgreSQL text cannot hold (NUL) out of the admin's queries, which would fail with a 500.
+    """
 
     add_fields: tuple[str, ...] = ()
+
+    def changelist_view(self, request, extra_context=None):
+        if not all(storable(text) for name, values in request.GET.lists() for text in (name, *values)):
+            return HttpResponseBadRequest(
+                "A filter or search holds the NUL character (\\u0000), which no row holds.",
+                content_type="text/plain; charset=utf-8",
+            )
+        return super().changelist_view(request, extra_context)
+
+    def get_object(self, request, object_id, from_field=None):
+        # Its change, history and delete pages answer an id holding NUL as a missing row's.
+        return super().get_object(request, object_id, from_field) if storable(object_id) else None
 
     def get_fields(self, request, obj=None):
         if obj is None and self.add_fields:

@@ -229,3 +229,10 @@ def test_superusers_filter_the_catalog_by_provider_and_upstream_name(superuser_c
     by_provider = superuser_client.get(changelist, {"provider__exact": model.provider.pk})
 
     assert list(by_upstream.context["cl"].result_list) == list(by_provider.context["cl"].result_list) == [model]
+
+
+@pytest.mark.parametrize("changelist", ["routing_provider", "routing_model"])
+def test_a_catalog_filter_holding_nul_is_a_400(superuser_client, world: World, changelist):
+    response = superuser_client.get(admin_url(changelist, "changelist"), {"kind": "\x00", "name__startswith": "a\x00"})
+
+    assert response.status_code == 400 and b"NUL" in response.content

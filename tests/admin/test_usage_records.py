@@ -62,3 +62,33 @@ def test_changelist_queries_do_not_grow_with_rows(superuser_client, world: World
         UsageRecordFactory(api_key=world.globex.api_key)
 
     assert changelist_query_count() == few_rows
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"kind": "\x00"},
+        {"served_model": "m\x00"},
+        {"cache_status": "\x00"},
+        {"customer": "alice\x00"},
+        {"request_id__startswith": "\x00"},
+        {"q": "req\x00"},
+        {"kind\x00": "chat"},
+    ],
+)
+def test_a_changelist_filter_or_search_holding_nul_is_a_400(superuser_client, world: World, params):
+    response = superuser_client.get(admin_url("billing_usagerecord", "changelist"), params)
+
+    assert response.status_code == 400
+    assert b"NUL" in response.content
+
+
+def test_a_changelist_filter_without_nul_still_finds_its_rows(superuser_client, world: World):
+    record = world.acme.usage_record
+
+    response = superuser_client.get(
+        admin_url("billing_usagerecord", "changelist"), {"request_id__startswith": record.request_id}
+    )
+
+    assert response.status_code == 200
+    assert list(response.context["cl"].result_list) == [record]

@@ -143,3 +143,14 @@ def test_a_job_whose_id_reads_as_an_escape_opens_from_its_link(client, world: Wo
 
     assert page.status_code == 200 and "req-escaped" in page.content.decode()
     assert link[1] == admin_url("gateway_job", "change", job.pk)
+
+
+@pytest.mark.parametrize("view", ["change", "history"])
+@pytest.mark.parametrize("admin_name", ["gateway_batch", "gateway_job"])
+def test_an_id_holding_nul_answers_as_a_missing_one(client, world: World, admin_name, view):
+    client.force_login(make_user(SUPERUSER, tenant=world.acme.tenant))
+
+    nul = client.get(admin_url(admin_name, view, "batch_\x00"))
+    missing = client.get(admin_url(admin_name, view, "batch_missing"))
+
+    assert nul.status_code == missing.status_code == 302
