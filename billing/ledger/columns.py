@@ -22,6 +22,9 @@ from billing.ledger.costs import format_cents, format_cost
 NO_SERVED_MODEL = "(none)"
 NO_POLICY = "(no policy)"
 UNTAGGED_LABEL = "(untagged)"
+# Joins a request's tags in its tag group's label; the gateway refuses a tag holding it, or one named UNTAGGED_LABEL,
+# so two tag sets never share a label.
+TAG_JOINER = "+"
 NO_CUSTOMER = "(no customer)"
 
 
@@ -192,7 +195,7 @@ def csv_cells(columns: Iterable[Column], *, zone: ZoneInfo) -> Callable[[Mapping
 
 
 def _tag_label(tags: list[str]) -> str:
-    return "+".join(sorted(tags)) if tags else UNTAGGED_LABEL
+    return TAG_JOINER.join(sorted(tags)) if tags else UNTAGGED_LABEL
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,8 +231,9 @@ GROUPINGS = {
         Grouping(
             "tag",
             "Tag set",
-            f"The request's whole tag set, sorted, joined by `+`; `{UNTAGGED_LABEL}` without tags. Tag sets "
-            "partition the ledger, so they reconcile like every other grouping.",
+            f"The request's whole tag set, sorted, joined by `{TAG_JOINER}`; `{UNTAGGED_LABEL}` without tags (no tag "
+            f"holds `{TAG_JOINER}` or is `{UNTAGGED_LABEL}`). Tag sets partition the ledger, so they reconcile like "
+            "every other grouping.",
             lambda zone: F("tags"),
             _tag_label,
         ),

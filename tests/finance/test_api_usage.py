@@ -7,6 +7,8 @@ import pytest
 from django.test import override_settings
 
 from billing.models import UsageExport, UsageRecord
+from llmops.gateway.chat.planning import TAGS_HEADER, request_tags
+from llmops.gateway.errors import GatewayError
 from tenants.models import Role
 from tenants.services import membership_set
 from tests.factories import UserFactory
@@ -77,6 +79,26 @@ def test_export_csv_groups_by_the_request_tag_set(client, acme):
         ("search", "1", "0.0400000000"),
         ("(untagged)", "1", "0.0050000000"),
     }
+
+
+def test_tag_groups_of_the_tag_sets_the_gateway_admits_have_labels_of_their_own(client, acme):
+    """`a+b` is the label of the tag set {a, b}, `(untagged)` that of no tags: the gateway refuses them as tags."""
+    admitted = []
+    for header in ("a+b", "a, b", "(untagged)", ""):
+        try:
+            admitted.append(request_tags({TAGS_HEADER: header}))
+        except GatewayError:
+            continue
+    UsageRecord.objects.bulk_create(
+        [usage_row(acme.keys[0], created_at=DAY, cost="0.1000000000", tags=tags) for tags in admitted]
+    )
+    client.force_login(acme.finance_user)
+
+    exported = csv_rows(client.get("/api/usage/export.csv", {**RANGE, "group_by": "tag"}))
+    listed = client.get("/api/usage/", {**RANGE, "group_by": "tag"}).json()["results"]
+
+    assert sorted(row["tag"] for row in exported) == sorted(row["tag"] for row in listed) == ["(untagged)", "a+b"]
+    assert {row["requests"] for row in exported} == {"1"}
 
 
 @pytest.mark.parametrize(

@@ -12,9 +12,10 @@ SECRETS = [secret for _, _, secret in POSITIVES]
 def test_a_live_request_carrying_every_kind_of_secret_leaves_none_in_the_logs(app_log, acme, gateway):
     prompt = " | ".join(text for _, text, _ in POSITIVES)
     with httpx.Client(base_url=gateway.url, timeout=20) as client:
+        # A card number as a tag (the first secret, an address holding `+`, is no tag the gateway takes).
         ok = client.post(
             "/v1/chat/completions",
-            headers={"Authorization": f"Bearer {acme.key}", "x-llmops-tags": "team=" + SECRETS[0]},
+            headers={"Authorization": f"Bearer {acme.key}", "x-llmops-tags": "team=" + SECRETS[6]},
             json={"model": acme.small.name, "messages": [{"role": "user", "content": prompt}]},
         )
         refused = client.post(

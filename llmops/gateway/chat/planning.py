@@ -8,9 +8,10 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from billing.ledger.columns import TAG_JOINER, UNTAGGED_LABEL
 from llmops.gateway.call import GatewayCall
 from llmops.gateway.chat.summaries import SummaryGate, metered_summarizer
-from llmops.gateway.chat.validation import validate_customer
+from llmops.gateway.chat.validation import _value_error, validate_customer
 from llmops.gateway.errors import GatewayError
 from llmops.gateway.snapshot import ConfigSnapshot
 from routing.cache.keys import cache_control_from_headers, upstream_identity
@@ -82,9 +83,17 @@ def resolve_model(catalog: ModelCatalog, *, tenant_id: int, requested: str) -> M
 
 
 def request_tags(headers: Mapping[str, str]) -> list[str]:
-    """`x-llmops-tags: a, b` → sorted, unique, bounded tags for cost attribution."""
+    """`x-llmops-tags: a, b` → sorted, unique, bounded tags for cost attribution. A tag holding `+` or named
+    `(untagged)` is a 400: a tag group's label joins its tags with `+` and names the requests without tags
+    `(untagged)` (billing.ledger.columns), so either would give two tag groups one label."""
     raw = headers.get(TAGS_HEADER) or ""
-    tags = sorted({tag.strip()[:MAX_TAG_LENGTH] for tag in raw.split(",") if tag.strip()})
+    given = {tag.strip() for tag in raw.split(",") if tag.strip()}
+    if any(TAG_JOINER in tag or tag == UNTAGGED_LABEL for tag in given):
+        raise _value_error(
+            TAGS_HEADER,
+            f"a tag may not hold `{TAG_JOINER}` or be `{UNTAGGED_LABEL}`, which name tag groups in usage reports.",
+        )
+    tags = sorted({tag[:MAX_TAG_LENGTH] for tag in given})
     if len(tags) > MAX_TAGS:
         raise GatewayError(f"At most {MAX_TAGS} tags per request in {TAGS_HEADER}.", status=400, code="too_many_tags")
     return tags
