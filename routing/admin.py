@@ -283,8 +283,9 @@ class CatalogModelAdmin(SuperuserOnlyAdmin):
         ),
         ("Price history", {"fields": ("price_history",)}),
     )
-    # A model's kind is chosen when it is added: policies, budgets and the ledger name the model as what it answers.
-    readonly_fields = ("kind", "created_at", "price_age", "price_history")
+    # A model's name and kind are chosen when it is added: published policies, a rule's fallbacks, budgets and the
+    # ledger name the model, by its name, as what it answers; a rename would leave them naming a model that is gone.
+    readonly_fields = ("name", "kind", "created_at", "price_age", "price_history")
     # Members compare names and prices; which provider serves a model stays with the platform.
     member_fields = (
         "name",

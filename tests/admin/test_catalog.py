@@ -7,6 +7,7 @@ from routing.models import Model, ModelKind, Provider, ProviderKind
 from routing.services import provider_create
 from tenants.models import Role
 from tests.admin.scenario import SUPERUSER, World, admin_url, make_user
+from tests.admin.test_prices import change_form
 
 CREDENTIAL = "sk-live-typed-into-the-admin-1234"
 
@@ -165,6 +166,21 @@ def test_a_model_s_kind_is_chosen_when_it_is_added_and_kept(superuser_client, wo
 
     assert model.kind == ModelKind.EMBEDDING
     assert 'name="kind"' not in page and "Embedding" in page
+
+
+def test_a_model_s_name_is_kept_on_change_as_published_policies_name_it(superuser_client, world: World):
+    model = world.acme.catalog_model
+    url = admin_url("routing_model", "change", model.pk)
+
+    page = superuser_client.get(url).content.decode()
+    # A form posted with a name anyway (crafted, or from a page served before the name was read-only).
+    response = superuser_client.post(url, change_form(world, name="renamed-model", context_window="64000"))
+
+    assert 'name="name"' not in page and model.name in page
+    assert response.status_code == 302
+    model.refresh_from_db()
+    assert (model.name, model.context_window) == ("catalog-small", 64000)
+    assert not Model.objects.filter(name="renamed-model").exists()
 
 
 @pytest.mark.parametrize("role", [Role.OWNER, Role.VIEWER])
