@@ -606,6 +606,13 @@ class RoutingPolicyAdmin(TenantScopedAdmin):
     def create_with_service(self, request, form) -> RoutingPolicy:
         return routing_policy_create(**self.added(form))
 
+    def get_deleted_objects(self, objs, request):
+        deleted, model_count, perms_needed, protected = super().get_deleted_objects(objs, request)
+        # Its versions and audit log are the policy's history: nobody deletes them on their own (their admins are
+        # read-only), and they go with the policy when whoever may delete it does.
+        history = {RoutingPolicyVersion._meta.verbose_name, RoutingPolicyAudit._meta.verbose_name}
+        return deleted, model_count, perms_needed - history, protected
+
     @admin.display(description="test console")
     def test_console(self, policy: RoutingPolicy) -> str:
         url = reverse("admin:routing_routingpolicy_console", args=[policy.pk])

@@ -44,8 +44,9 @@ class RoutingPolicy(TenantOwned, models.Model):
     injection_guard_action = models.CharField(
         max_length=8, choices=InjectionGuardAction.choices, default=InjectionGuardAction.FLAG
     )
+    # Deleting the policy (or its tenant) deletes its versions, the live one too: nothing is left live to protect.
     live_version = models.OneToOneField(
-        "RoutingPolicyVersion", on_delete=models.PROTECT, related_name="+", null=True, blank=True, editable=False
+        "RoutingPolicyVersion", on_delete=models.SET_NULL, related_name="+", null=True, blank=True, editable=False
     )
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -9,10 +9,12 @@ from django.db.models import ProtectedError
 from django.utils import timezone
 
 from llmops.gateway.batches.models import BATCH_FINISHED, Batch, BatchStatus, File, Job, JobStatus
-from tenants.models import ApiKey, Role
+from routing.models import RoutingPolicyAudit
+from routing.services import routing_policy_create_default, tenant_model_access_set
+from tenants.models import ApiKey, Role, Tenant
 from tenants.services import api_key_create, api_key_revoke
 from tests.admin.scenario import SUPERUSER, admin_url, make_user
-from tests.factories import TeamFactory
+from tests.factories import ModelFactory, TeamFactory, TenantFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -153,3 +155,18 @@ def test_a_key_whose_job_is_still_queued_is_deleted_with_it(api_key):
     api_key.delete()
 
     assert not exists(job)
+
+
+def test_a_tenant_whose_routing_policy_is_live_is_deleted_with_it():
+    """The live version protects nothing once its policy goes too: the tenant's policy, versions and their audit log
+    are deleted with it."""
+    tenant, small, large = TenantFactory(), ModelFactory(), ModelFactory()
+    tenant_model_access_set(tenant=tenant, allowed_models=[small, large], default_model=small)
+    policy = routing_policy_create_default(tenant=tenant, small_model=small, large_model=large)
+    tenant_id, version = tenant.pk, policy.live_version
+
+    tenant.delete()
+
+    assert not Tenant._base_manager.filter(pk=tenant_id).exists()
+    assert not exists(policy) and not exists(version)
+    assert not RoutingPolicyAudit.objects.for_tenant(tenant_id).exists()

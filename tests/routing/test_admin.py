@@ -1,15 +1,18 @@
 """The policy admin: the test console and publishing, scoped to the tenant's editors."""
 
+import asyncio
 import json
 
 import pytest
 from django.test import Client
 from django.urls import reverse
 
-from routing.models import RoutingRule
+from llmops.gateway.snapshot import ConfigCache
+from routing.models import RoutingPolicy, RoutingPolicyAudit, RoutingPolicyVersion, RoutingRule
 from routing.services import routing_policy_create_default
 from tenants.models import Role
 from tenants.services import membership_set
+from tests.conftest import _close_other_connections
 from tests.factories import UserFactory
 
 
@@ -53,3 +56,26 @@ def test_the_publish_action_refuses_an_invalid_draft_with_the_rule_named(acme_po
     assert "rule &#x27;enterprise-tier&#x27;: invalid regex" in response.content.decode()
     acme_policy.refresh_from_db()
     assert acme_policy.live_version.number == 1
+
+
+def test_an_editor_deletes_a_policy_with_a_live_version_and_the_next_request_routes_without_it(
+    acme_policy, acme_routing, transactional_db
+):
+    tenant_id = acme_routing.tenant.pk
+    cache = ConfigCache()
+    before = asyncio.run(cache.for_tenant(tenant_id))
+    client = staff_client(acme_routing.tenant, Role.OWNER)
+    url = reverse("admin:routing_routingpolicy_delete", args=[acme_policy.pk])
+
+    page = client.get(url).content.decode()
+    response = client.post(url, {"post": "yes"})
+    after = asyncio.run(cache.for_tenant(tenant_id))
+    _close_other_connections()
+
+    # The live version and the audit log go with their policy: nothing on the page asks for more permissions.
+    assert "Are you sure" in page and "acme v1" in page
+    assert response.status_code == 302
+    assert not RoutingPolicy.objects.for_tenant(tenant_id).exists()
+    assert not RoutingPolicyVersion.objects.for_tenant(tenant_id).exists()
+    assert not RoutingPolicyAudit.objects.for_tenant(tenant_id).exists()
+    assert tenant_id in before.policies and after.policies == {}
