@@ -12,6 +12,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 
+import regex
+
 EMAIL = "[EMAIL]"
 PHONE = "[PHONE]"
 CARD = "[CARD]"
@@ -245,10 +247,16 @@ def _widened(rules: tuple[Rule, ...]) -> re.Pattern:
 SECRET_PREFILTER = _widened(SECRET_RULES)
 
 
+def _compile_custom_pattern(pattern: str) -> regex.Pattern:
+    # The `regex` module, whose substitutions take a timeout: a tenant's pattern may backtrack without end. Its version
+    # 0 reads a pattern as Python's re does.
+    return regex.compile(pattern, regex.V0)
+
+
 @lru_cache(maxsize=256)
-def compile_custom_patterns(patterns: tuple[str, ...]) -> tuple[re.Pattern, ...]:
-    """A tenant's own patterns, compiled once per distinct set. Invalid ones raise re.error (checked at save)."""
-    return tuple(re.compile(pattern) for pattern in patterns if pattern)
+def compile_custom_patterns(patterns: tuple[str, ...]) -> tuple[regex.Pattern, ...]:
+    """A tenant's own patterns, compiled once per distinct set. Invalid ones raise regex.error (checked at save)."""
+    return tuple(_compile_custom_pattern(pattern) for pattern in patterns if pattern)
 
 
 def custom_pattern_errors(patterns: Iterable[str]) -> list[str]:
@@ -258,38 +266,41 @@ def custom_pattern_errors(patterns: Iterable[str]) -> list[str]:
             errors.append(f"{pattern[:40]}…: longer than {MAX_CUSTOM_PATTERN_CHARS} characters")
             continue
         try:
-            re.compile(pattern)
-        except re.error as exc:
+            _compile_custom_pattern(pattern)
+        except regex.error as exc:
             errors.append(f"{pattern}: {exc}")
     return errors
 
 
-def redact(text: str, *, custom_patterns: tuple[re.Pattern, ...] = ()) -> str:
-    """`text` with every recognised secret and personal datum replaced by its typed placeholder."""
+def redact(text: str, *, custom_patterns: tuple[regex.Pattern, ...] = (), pattern_timeout: float | None = None) -> str:
+    """`text` with every recognised secret and personal datum replaced by its typed placeholder. Raises TimeoutError
+    when one of ``custom_patterns`` runs longer than ``pattern_timeout`` seconds."""
     for rule in RULES:
         text = rule.pattern.sub(rule.replacement, text)
     for pattern in custom_patterns:
-        text = pattern.sub(CUSTOM, text)
+        text = pattern.sub(CUSTOM, text, timeout=pattern_timeout)
     return text
 
 
-def _redacted_storable(text: str, custom_patterns: tuple[re.Pattern, ...]) -> str:
+def _redacted_storable(text: str, custom_patterns: tuple[regex.Pattern, ...], pattern_timeout: float | None) -> str:
     # PostgreSQL's jsonb cannot hold NUL: the stored copy shows U+FFFD in its place.
-    return redact(text, custom_patterns=custom_patterns).replace("\x00", "\ufffd")
+    return redact(text, custom_patterns=custom_patterns, pattern_timeout=pattern_timeout).replace("\x00", "\ufffd")
 
 
-def redact_value(value, *, custom_patterns: tuple[re.Pattern, ...] = ()):
+def redact_value(value, *, custom_patterns: tuple[regex.Pattern, ...] = (), pattern_timeout: float | None = None):
     """Redact every string inside a JSON-like value (dict keys included), keeping its shape; the copy can be stored
-    in a jsonb column (NUL becomes U+FFFD)."""
+    in a jsonb column (NUL becomes U+FFFD). Raises TimeoutError as redact does."""
     if isinstance(value, str):
-        return _redacted_storable(value, custom_patterns)
+        return _redacted_storable(value, custom_patterns, pattern_timeout)
     if isinstance(value, dict):
         return {
-            _redacted_storable(str(key), custom_patterns): redact_value(item, custom_patterns=custom_patterns)
+            _redacted_storable(str(key), custom_patterns, pattern_timeout): redact_value(
+                item, custom_patterns=custom_patterns, pattern_timeout=pattern_timeout
+            )
             for key, item in value.items()
         }
     if isinstance(value, list | tuple):
-        return [redact_value(item, custom_patterns=custom_patterns) for item in value]
+        return [redact_value(item, custom_patterns=custom_patterns, pattern_timeout=pattern_timeout) for item in value]
     return value
 
 

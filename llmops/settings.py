@@ -446,6 +446,11 @@ CELERY_BEAT_SCHEDULE["tenants-payload-logs-purge"] = {
 }
 
 # Every periodic task at this interval instead of its schedule, when set: for end-to-end tests, never production.
+# How long one of a tenant's own redaction patterns may run on one string of a payload; past it the payload is stored
+# as [REDACTED] whole (a warning names the tenant), so a pattern that backtracks without end holds no worker thread.
+LLMOPS_PAYLOAD_LOG_PATTERN_TIMEOUT_MS = env.int("LLMOPS_PAYLOAD_LOG_PATTERN_TIMEOUT_MS", default=100)
+if LLMOPS_PAYLOAD_LOG_PATTERN_TIMEOUT_MS < 1:
+    raise ImproperlyConfigured("LLMOPS_PAYLOAD_LOG_PATTERN_TIMEOUT_MS must be at least 1")
 LLMOPS_BEAT_INTERVAL_SECONDS = env.float("LLMOPS_BEAT_INTERVAL_SECONDS", default=0.0)
 if LLMOPS_BEAT_INTERVAL_SECONDS:
     for entry in CELERY_BEAT_SCHEDULE.values():

@@ -4,22 +4,25 @@
 to the database). Each process re-reads a tenant's settings at most every LLMOPS_PAYLOAD_LOG_SETTINGS_TTL_SECONDS.
 """
 
-import re
+import logging
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+import regex
 from django.conf import settings
 from django.db.models import Q
 
-from core.redaction import compile_custom_patterns, redact_value
+from core.redaction import CUSTOM, compile_custom_patterns, redact_value
 from tenants.models import PayloadLog, PayloadLogSettings
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
 class PayloadLogPolicy:
     enabled: bool
-    custom_patterns: tuple[re.Pattern, ...]
+    custom_patterns: tuple[regex.Pattern, ...]
 
 
 DISABLED = PayloadLogPolicy(enabled=False, custom_patterns=())
@@ -52,12 +55,22 @@ def payload_log_record(*, tenant_id: int, request_id: str, request_body, respons
     policy = payload_log_policy(tenant_id=tenant_id)
     if not policy.enabled:
         return None
-    return PayloadLog.objects.create(
-        tenant_id=tenant_id,
-        request_id=request_id,
-        request=redact_value(request_body, custom_patterns=policy.custom_patterns),
-        response=redact_value(response_body, custom_patterns=policy.custom_patterns),
-    )
+    timeout_ms = settings.LLMOPS_PAYLOAD_LOG_PATTERN_TIMEOUT_MS
+    redacting = {"custom_patterns": policy.custom_patterns, "pattern_timeout": timeout_ms / 1000}
+    try:
+        request = redact_value(request_body, **redacting)
+        response = redact_value(response_body, **redacting)
+    except TimeoutError:
+        # What a pattern could not finish may hold what it hides: the row is kept, its payload only the placeholder.
+        logger.warning(
+            "payload log of request %s of tenant %s: a custom redaction pattern ran past %s ms; stored as %s",
+            request_id,
+            tenant_id,
+            timeout_ms,
+            CUSTOM,
+        )
+        request = response = CUSTOM
+    return PayloadLog.objects.create(tenant_id=tenant_id, request_id=request_id, request=request, response=response)
 
 
 def payload_logs_purge(*, now: datetime) -> int:

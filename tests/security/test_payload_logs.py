@@ -1,3 +1,5 @@
+import logging
+import time
 from datetime import timedelta
 
 import pytest
@@ -55,6 +57,28 @@ def test_invalid_patterns_and_retention_are_refused():
         payload_log_settings_set(tenant=tenant, enabled=True, custom_patterns="(unclosed")
     with pytest.raises(ValidationError):
         payload_log_settings_set(tenant=tenant, enabled=True, retention_days=0)
+
+
+@pytest.mark.django_db
+def test_a_tenant_pattern_that_backtracks_without_end_gives_up_and_stores_the_payload_as_the_placeholder(caplog):
+    tenant = TenantFactory()
+    # Seconds of backtracking on the prompt below, in Python's re and in the regex module alike, without a timeout.
+    payload_log_settings_set(tenant=tenant, enabled=True, custom_patterns="PROJ-\\d+\n^(a|a)+$")
+    prompt = "a" * 25 + "!"
+    body = {"model": "m", "messages": [{"role": "user", "content": prompt}]}
+
+    started = time.perf_counter()
+    with caplog.at_level(logging.WARNING, logger="tenants.payload_logs"):
+        row = payload_log_record(tenant_id=tenant.pk, request_id="req_x", request_body=body, response_body=ANSWER)
+    elapsed = time.perf_counter() - started
+
+    assert elapsed < 1, f"payload logging took {elapsed:.2f}s"
+    assert (row.request, row.response) == ("[REDACTED]", "[REDACTED]")
+    (warning,) = caplog.records
+    assert f"tenant {tenant.pk}" in warning.getMessage() and "req_x" in warning.getMessage()
+    assert prompt not in warning.getMessage()
+    # The same patterns redact a payload they finish on.
+    assert _record(tenant, "req_y").request["messages"][0]["content"].endswith("ticket [REDACTED]")
 
 
 @pytest.mark.django_db
