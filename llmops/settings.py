@@ -306,6 +306,12 @@ LLMOPS_CACHE_EMBEDDER_EXPORT_TIMEOUT = env.float("LLMOPS_CACHE_EMBEDDER_EXPORT_T
 # downgrade budget (503 budget_unavailable); "database" counts in BudgetCounter rows instead. Never open.
 # The answer cap set on a request under a budget that sent none, so its reservation is a true worst case.
 LLMOPS_RESERVATION_MAX_TOKENS = env.int("LLMOPS_RESERVATION_MAX_TOKENS", default=4096)
+# How long a routing rule's message_regex may search a request's last user message before the rule counts as not
+# matching (a warning names the tenant and rule): routing runs on the event loop, so a pattern that backtracks without
+# end would stall every tenant's requests on the worker.
+LLMOPS_ROUTING_REGEX_TIMEOUT_MS = env.int("LLMOPS_ROUTING_REGEX_TIMEOUT_MS", default=5)
+if LLMOPS_ROUTING_REGEX_TIMEOUT_MS < 1:
+    raise ImproperlyConfigured("LLMOPS_ROUTING_REGEX_TIMEOUT_MS must be at least 1")
 # Shadow evaluation (docs/quality.md): a sample waiting longer than this in the broker's `shadow` queue is dropped by
 # the worker, and a sample sealed larger than this many bytes is not sampled (the broker holds every waiting one).
 LLMOPS_SHADOW_TASK_EXPIRES_SECONDS = env.float("LLMOPS_SHADOW_TASK_EXPIRES_SECONDS", default=600.0)
@@ -440,17 +446,17 @@ LLMOPS_OUTBOUND_ALLOWLIST = env.list("LLMOPS_OUTBOUND_ALLOWLIST", default=[])
 LLMOPS_SECRET_REFERENCE_TTL_SECONDS = env.float("LLMOPS_SECRET_REFERENCE_TTL_SECONDS", default=300.0)
 # Payload logging (off unless a tenant turns it on): how long a process trusts the settings it read.
 LLMOPS_PAYLOAD_LOG_SETTINGS_TTL_SECONDS = env.float("LLMOPS_PAYLOAD_LOG_SETTINGS_TTL_SECONDS", default=5.0)
+# How long one of a tenant's own redaction patterns may run on one string of a payload; past it the payload is stored
+# as [REDACTED] whole (a warning names the tenant), so a pattern that backtracks without end holds no worker thread.
+LLMOPS_PAYLOAD_LOG_PATTERN_TIMEOUT_MS = env.int("LLMOPS_PAYLOAD_LOG_PATTERN_TIMEOUT_MS", default=100)
+if LLMOPS_PAYLOAD_LOG_PATTERN_TIMEOUT_MS < 1:
+    raise ImproperlyConfigured("LLMOPS_PAYLOAD_LOG_PATTERN_TIMEOUT_MS must be at least 1")
 CELERY_BEAT_SCHEDULE["tenants-payload-logs-purge"] = {
     "task": "tenants.tasks.payload_logs_purge_task",
     "schedule": crontab(minute=40),
 }
 
 # Every periodic task at this interval instead of its schedule, when set: for end-to-end tests, never production.
-# How long one of a tenant's own redaction patterns may run on one string of a payload; past it the payload is stored
-# as [REDACTED] whole (a warning names the tenant), so a pattern that backtracks without end holds no worker thread.
-LLMOPS_PAYLOAD_LOG_PATTERN_TIMEOUT_MS = env.int("LLMOPS_PAYLOAD_LOG_PATTERN_TIMEOUT_MS", default=100)
-if LLMOPS_PAYLOAD_LOG_PATTERN_TIMEOUT_MS < 1:
-    raise ImproperlyConfigured("LLMOPS_PAYLOAD_LOG_PATTERN_TIMEOUT_MS must be at least 1")
 LLMOPS_BEAT_INTERVAL_SECONDS = env.float("LLMOPS_BEAT_INTERVAL_SECONDS", default=0.0)
 if LLMOPS_BEAT_INTERVAL_SECONDS:
     for entry in CELERY_BEAT_SCHEDULE.values():

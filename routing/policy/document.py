@@ -7,8 +7,10 @@ A document is plain JSON so a version row holds the whole policy and a rollback 
      "rules": [{"priority": 10, "name": "...", "match": {...}, "outcome": {...}}]}
 """
 
-import re
+import unicodedata
 from dataclasses import asdict, dataclass, fields
+
+import regex
 
 from routing.providers.prompt_cache import OFF as PROVIDER_CACHE_OFF
 from routing.providers.prompt_cache import PROVIDER_CACHE_MODES
@@ -85,8 +87,8 @@ class CompiledRule:
     prompt_tokens_max: int | None
     has_tools: bool | None
     has_images: bool | None
-    keywords: tuple[str, ...]
-    message_regex: re.Pattern | None
+    keywords: tuple[str, ...]  # as keyword_text gives them
+    message_regex: regex.Pattern | None
     outcome: RuleOutcome
 
 
@@ -125,12 +127,25 @@ def normalized_document(document: dict) -> dict:
     }
 
 
-def compile_regex(pattern: str) -> re.Pattern:
-    return re.compile(pattern, re.IGNORECASE)
+# Raised for an invalid message_regex.
+RegexError = regex.error
+
+
+def compile_regex(pattern: str) -> regex.Pattern:
+    """A rule's message_regex, compiled with the `regex` module, whose searches take a timeout (the engine's). Its
+    version 0 reads a pattern as Python's re does (and takes a few constructs more, such as \\p{L}), with the flags
+    re had, so a pattern published before matches as it did."""
+    return regex.compile(pattern, regex.IGNORECASE | regex.V0)
+
+
+def keyword_text(text: str) -> str:
+    """Text as a rule's keywords and the message are compared: NFC, case-folded, and the dotted i that folding makes
+    of a Turkish `İ` an `i`, so `straße` finds `STRASSE`, a composed `café` a decomposed one, `istanbul` `İSTANBUL`."""
+    return unicodedata.normalize("NFC", text).casefold().replace("i\u0307", "i")
 
 
 def compile_policy(document: dict, *, version: int = 0) -> CompiledPolicy:
-    """Raises re.error for an invalid regex; publish validation refuses those before they reach here."""
+    """Raises RegexError for an invalid regex; publish validation refuses those before they reach here."""
     document = normalized_document(document)
     rules = []
     for rule in document["rules"]:
@@ -147,7 +162,7 @@ def compile_policy(document: dict, *, version: int = 0) -> CompiledPolicy:
                 prompt_tokens_max=match["prompt_tokens_max"],
                 has_tools=match["has_tools"],
                 has_images=match["has_images"],
-                keywords=tuple(keyword.lower() for keyword in match["keywords"]),
+                keywords=tuple(keyword_text(keyword) for keyword in match["keywords"]),
                 message_regex=compile_regex(match["message_regex"]) if match["message_regex"] else None,
                 outcome=RuleOutcome.from_document(outcome),
             )
@@ -203,7 +218,7 @@ def policy_document_errors(
         if match["message_regex"]:
             try:
                 compile_regex(match["message_regex"])
-            except re.error as error:
+            except RegexError as error:
                 errors.append(f"{label}: invalid regex {match['message_regex']!r}: {error}")
         target = outcome["target_model"]
         if target and target not in allowed_models:

@@ -1,11 +1,21 @@
 """Route one request under a compiled policy: pure, no queries, fast enough for every request."""
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
+from django.conf import settings
+
 from routing.catalog import DEFAULT_MODEL_ALIAS, ModelCatalog
 from routing.max_tokens import requested_max_tokens
-from routing.policy.document import AUTO_ALIAS, NO_OUTCOME, CompiledPolicy, CompiledRule, RuleOutcome
+from routing.policy.document import (
+    AUTO_ALIAS,
+    NO_OUTCOME,
+    CompiledPolicy,
+    CompiledRule,
+    RuleOutcome,
+    keyword_text,
+)
 from routing.policy.errors import RoutingRefusal
 from routing.policy.scoring import DifficultyScore, difficulty_score
 
@@ -13,6 +23,8 @@ TASK_TYPE_HEADER = "x-llmops-task-type"
 USER_TIER_HEADER = "x-llmops-user-tier"
 # The ledger's route of a request the difficulty score routed: `<rule>+score`, or `score` when no rule matched.
 SCORED_ROUTE = "score"
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +47,8 @@ class RouteDecision:
     columns, the simulate API and the admin's test console all read.
 
     ``outcome`` is the matched rule's (NO_OUTCOME when none matched) with its target resolved — the requested model,
-    the alias's pick by difficulty score, or the tenant's default — and its fallbacks cut to the tenant's models.
+    the alias's pick by difficulty score, or the tenant's default; a pick of the policy's the tenant may no longer use
+    gives way to its first fallback — and its fallbacks cut to the tenant's models.
     """
 
     outcome: RuleOutcome
@@ -121,8 +134,28 @@ def route_request_from_embeddings(
     )
 
 
-def rule_mismatch(rule: CompiledRule, request: RouteRequest, message_lower: str) -> str:
-    """Why the rule does not match, or "" when it does. Conditions are checked cheapest first."""
+def _regex_mismatch(rule: CompiledRule, request: RouteRequest) -> str:
+    # Routing runs on the event loop: a tenant's pattern that backtracks without end would stall every tenant's
+    # requests on the worker, so the search gives up after a few milliseconds and the rule does not match.
+    timeout_ms = settings.LLMOPS_ROUTING_REGEX_TIMEOUT_MS
+    try:
+        found = rule.message_regex.search(request.last_user_message, timeout=timeout_ms / 1000)
+    except TimeoutError:
+        logger.warning(
+            "routing rule %r of tenant %s: its regex ran past %s ms on the last user message; the rule does not match",
+            rule.name,
+            request.tenant_id,
+            timeout_ms,
+        )
+        return f"regex {rule.message_regex.pattern!r} gave up after {timeout_ms} ms on the last user message"
+    if found is None:
+        return f"regex {rule.message_regex.pattern!r} does not match the last user message"
+    return ""
+
+
+def rule_mismatch(rule: CompiledRule, request: RouteRequest, message_folded: str) -> str:
+    """Why the rule does not match, or "" when it does. Conditions are checked cheapest first.
+    ``message_folded``: the last user message as keyword_text gives it, folded once per request."""
     if rule.requested_models and request.requested_model not in rule.requested_models:
         return f"model {request.requested_model!r} not in {sorted(rule.requested_models)}"
     if rule.task_types and request.task_type.lower() not in rule.task_types:
@@ -139,10 +172,10 @@ def rule_mismatch(rule: CompiledRule, request: RouteRequest, message_lower: str)
         return f"has_tools is {request.has_tools}"
     if rule.has_images is not None and request.has_images != rule.has_images:
         return f"has_images is {request.has_images}"
-    if rule.keywords and not any(keyword in message_lower for keyword in rule.keywords):
+    if rule.keywords and not any(keyword in message_folded for keyword in rule.keywords):
         return f"none of the keywords {list(rule.keywords)} in the last user message"
-    if rule.message_regex is not None and not rule.message_regex.search(request.last_user_message):
-        return f"regex {rule.message_regex.pattern!r} does not match the last user message"
+    if rule.message_regex is not None:
+        return _regex_mismatch(rule, request)
     return ""
 
 
@@ -175,6 +208,18 @@ def _allowed_chain(models: tuple[str, ...], catalog: ModelCatalog, tenant_id: in
     return tuple(model for model in models if model in allowed)
 
 
+def _nothing_available(chain: tuple[str, ...], *, rule_name: str, requested: str) -> RoutingRefusal:
+    by = f"routing rule '{rule_name}'" if rule_name else f"alias `{requested}`"
+    models = " then ".join(f"`{model}`" for model in dict.fromkeys(chain))
+    return RoutingRefusal(
+        f"Your routing policy's {by} sends this request to {models}, none of which your key may use now (removed "
+        "from your tenant's models or switched off). Name a model, or ask an admin to update the routing policy.",
+        status=403,
+        code="model_not_allowed",
+        param="model",
+    )
+
+
 def route_request(
     policy: CompiledPolicy | None,
     request: RouteRequest,
@@ -188,7 +233,8 @@ def route_request(
     The first rule (by priority) that matches decides. A rule without a target keeps the requested
     model, or lets the difficulty score pick when the request names an alias. `auto` and aliases
     that no rule resolves are scored too. Raises RoutingRefusal for an alias the policy lacks.
-    The target is not checked against the tenant's access here; the gateway's model resolution does that.
+    A model the policy picks that the tenant may no longer use gives way to the first fallback it may (RoutingRefusal
+    when none is left); a model the client named is not checked here: the gateway's model resolution refuses it.
     ``scored``: the difficulty score when it is known without the request's message (a replay of a recorded request,
     routing.policy.replay); otherwise it is computed from the request.
     """
@@ -196,9 +242,9 @@ def route_request(
     steps: list[str] = []
     matched: CompiledRule | None = None
     if policy is not None:
-        message_lower = request.last_user_message.lower() if any(rule.keywords for rule in policy.rules) else ""
+        folded = keyword_text(request.last_user_message) if any(rule.keywords for rule in policy.rules) else ""
         for rule in policy.rules:
-            mismatch = rule_mismatch(rule, request, message_lower)
+            mismatch = rule_mismatch(rule, request, folded)
             if not mismatch:
                 matched = rule
                 if trace:
@@ -210,10 +256,13 @@ def route_request(
     rule_name = matched.name if matched else ""
     score: DifficultyScore | None = None
     target = outcome.target_model
+    # The model is the policy's pick (a rule's target, an alias's), not one the client named.
+    picked_by_policy = bool(target)
     alias_note = ""
     if not target:
         alias = policy.aliases.get(requested) if policy is not None else None
         if alias is not None:
+            picked_by_policy = True
             score = scored or difficulty_score(
                 prompt_tokens=request.prompt_tokens,
                 last_user_message=request.last_user_message,
@@ -242,6 +291,18 @@ def route_request(
             target = catalog.access_for(request.tenant_id).default_model or DEFAULT_MODEL_ALIAS
         else:
             target = requested
+    fallbacks = _allowed_chain(
+        tuple(model for model in outcome.fallback_models if model != target), catalog, request.tenant_id
+    )
+    unavailable = ""
+    if picked_by_policy and target not in catalog.access_for(request.tenant_id).allowed_models:
+        # Removed from the tenant's models or switched off after publishing: the first fallback the tenant still has
+        # serves, rather than a refusal naming a model the client never asked for.
+        if not fallbacks:
+            raise _nothing_available((target, *outcome.fallback_models), rule_name=rule_name, requested=requested)
+        unavailable, target, fallbacks = target, fallbacks[0], fallbacks[1:]
+        if trace:
+            steps.append(f"model {unavailable} skipped: the tenant may no longer use it; fallback {target} serves")
     explanation_parts = []
     if rule_name:
         explanation_parts.append(f"rule={rule_name}")
@@ -250,13 +311,12 @@ def route_request(
     if not explanation_parts:
         explanation_parts.append("direct" if policy is not None else "no-policy")
     explanation = f"{' '.join(explanation_parts)} model={target}"
+    if unavailable:
+        explanation += f" unavailable={unavailable}"
     if policy is not None:
         explanation += f" policy=v{policy.version}"
-    fallbacks = tuple(model for model in outcome.fallback_models if model != target)
     return RouteDecision(
-        outcome=replace(
-            outcome, target_model=target, fallback_models=_allowed_chain(fallbacks, catalog, request.tenant_id)
-        ),
+        outcome=replace(outcome, target_model=target, fallback_models=fallbacks),
         rule_name=rule_name,
         difficulty=score,
         routed_to_large=policy is not None and target in policy.large_models,

@@ -1,8 +1,7 @@
 import logging
-import re
 
 from routing.models import RoutingPolicy
-from routing.policy.document import CompiledPolicy, compile_policy
+from routing.policy.document import CompiledPolicy, RegexError, compile_policy
 
 logger = logging.getLogger(__name__)
 
@@ -15,7 +14,7 @@ def build_live_policies(*, tenant_id: int) -> dict[int, CompiledPolicy]:
         version = policy.live_version
         try:
             policies[policy.tenant_id] = compile_policy(version.document, version=version.number)
-        except (re.error, KeyError, TypeError):
+        except (RegexError, KeyError, TypeError):
             # Publishing validates documents, so this is a hand-edited row; the tenant runs without a policy.
             logger.exception("live routing policy v%s of tenant %s does not compile", version.number, policy.tenant_id)
     return policies

@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from routing.catalog import DEFAULT_MODEL_ALIAS, ModelCatalog
-from routing.policy.document import CompiledPolicy, CompiledRule
+from routing.policy.document import CompiledPolicy, CompiledRule, keyword_text
 from routing.policy.engine import RouteRequest, route_request, rule_mismatch
 from routing.policy.errors import RoutingRefusal
 from routing.policy.scoring import (
@@ -148,10 +148,10 @@ def replay_route(policy: CompiledPolicy | None, request: ReplayRequest, catalog:
     matched: CompiledRule | None = None
     scored: DifficultyScore | None = None
     if policy is not None:
-        message_lower = features.last_user_message.lower() if any(rule.keywords for rule in policy.rules) else ""
+        folded = keyword_text(features.last_user_message) if any(rule.keywords for rule in policy.rules) else ""
         for rule in policy.rules:
             unread = _unknown_reads(rule, unknown)
-            if rule_mismatch(_known_part(rule, unread) if unread else rule, features, message_lower):
+            if rule_mismatch(_known_part(rule, unread) if unread else rule, features, folded):
                 continue
             if unread:
                 return ReplayDecision(undecided=f"rule {rule.name} reads {' and '.join(unread)}")

@@ -1,11 +1,9 @@
 """The test console: how a request would be routed under a policy's draft and under its live version."""
 
-import re
-
 from routing.catalog import build_model_catalog
 from routing.injection_guard import inspect_messages
 from routing.models import RoutingPolicy
-from routing.policy.document import CompiledPolicy, compile_policy
+from routing.policy.document import CompiledPolicy, RegexError, compile_policy
 from routing.policy.drafts import policy_draft_document
 from routing.policy.engine import RouteDecision, route_request, route_request_from_body
 from routing.policy.errors import RoutingRefusal
@@ -47,7 +45,7 @@ def routing_simulation(*, policy: RoutingPolicy, body: dict, headers: dict[str, 
     )
     try:
         draft = _decision_view(compile_policy(policy_draft_document(policy=policy)), features, catalog, messages)
-    except re.error as error:
+    except RegexError as error:
         draft = {"invalid": f"the draft does not compile: {error}"}
     live_version = policy.live_version
     live = (

@@ -8,8 +8,9 @@ import httpx
 import pytest
 
 from billing.models import UsageKind, UsageRecord
-from routing.models import RoutingRule
-from routing.services import routing_policy_create_default, routing_policy_publish
+from routing.models import Model, RoutingRule
+from routing.services import routing_policy_create_default, routing_policy_publish, tenant_model_access_set
+from tests.factories import ModelFactory
 
 HARD_QUESTION = (
     "Prove that the integral of 1/x^2 from 1 to infinity converges, then fix this function:\n"
@@ -22,11 +23,11 @@ def default_policy(acme):
     return routing_policy_create_default(tenant=acme.tenant, small_model=acme.small, large_model=acme.large)
 
 
-def chat(gateway, setup, messages):
+def chat(gateway, setup, messages, *, model="auto", headers=None):
     return httpx.post(
         f"{gateway.url}/v1/chat/completions",
-        json={"model": "auto", "max_tokens": 16, "messages": messages},
-        headers={"authorization": f"Bearer {setup.key}"},
+        json={"model": model, "max_tokens": 16, "messages": messages},
+        headers={"authorization": f"Bearer {setup.key}", **(headers or {})},
         timeout=30,
     )
 
@@ -124,3 +125,46 @@ def test_what_compression_cannot_get_under_the_cap_is_refused_not_sent(gateway, 
     assert "after compressing the conversation), over the cap of 4000 tokens" in error["message"]
     assert record_of(response).error_code == "token_cap_exceeded"
     assert mock_upstream.app.requests_served == served_before
+
+
+ENTERPRISE = {"x-llmops-user-tier": "enterprise"}
+
+
+@pytest.mark.parametrize(
+    ("how", "refused_when_named"),
+    [("removed from the tenant", (403, "model_not_allowed")), ("switched off", (404, "model_not_found"))],
+)
+def test_a_target_the_tenant_lost_is_answered_by_the_rules_fallback(
+    gateway, acme, default_policy, how, refused_when_named
+):
+    """The enterprise rule sends `auto` to the large model, falling back to the small one."""
+    if how == "removed from the tenant":
+        tenant_model_access_set(tenant=acme.tenant, allowed_models=[acme.small], default_model=acme.small)
+    else:
+        large = Model.objects.get(pk=acme.large.pk)
+        large.is_active = False
+        large.save()
+
+    response = chat(gateway, acme, [{"role": "user", "content": "Draft a contract"}], headers=ENTERPRISE)
+
+    assert response.status_code == 200, response.text
+    assert response.headers["x-llmops-model"] == acme.small.name
+    assert response.headers["x-llmops-route"] == (
+        f"rule=enterprise-tier model={acme.small.name} unavailable={acme.large.name} policy=v1"
+    )
+    assert (record_of(response).route, record_of(response).served_model) == ("enterprise-tier", acme.small.name)
+    # A client that names the model itself is still refused.
+    named = chat(gateway, acme, [{"role": "user", "content": "hi"}], model=acme.large.name)
+    assert (named.status_code, named.json()["error"]["code"]) == refused_when_named
+
+
+def test_a_policy_pick_with_no_model_left_to_serve_it_is_refused_naming_the_rule(gateway, acme, default_policy):
+    other = ModelFactory(name="acme-other", provider=acme.small.provider)
+    tenant_model_access_set(tenant=acme.tenant, allowed_models=[other], default_model=other)
+
+    response = chat(gateway, acme, [{"role": "user", "content": "Draft a contract"}], headers=ENTERPRISE)
+
+    assert response.status_code == 403, response.text
+    error = response.json()["error"]
+    assert (error["code"], error["param"]) == ("model_not_allowed", "model")
+    assert "routing rule 'enterprise-tier' sends this request to `acme-large` then `acme-small`" in error["message"]

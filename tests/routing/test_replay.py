@@ -115,6 +115,17 @@ def test_the_message_scores_the_alias_when_the_payload_log_has_it():
     assert decision == ReplayDecision(model="large")
 
 
+def test_keywords_match_the_logged_message_as_live_routing_does_whatever_its_case_and_unicode_form():
+    keywords = {"name": "streets", "match": {"keywords": ["STRASSE"]}, "outcome": {"target_model": "mid"}}
+    features = RouteRequest(
+        tenant_id=TENANT_ID, requested_model="mid", prompt_tokens=200, last_user_message="Which Straße?"
+    )
+
+    assert replay_route(policy(keywords), ReplayRequest(features=features), CATALOG) == ReplayDecision(
+        rule="streets", model="mid"
+    )
+
+
 def test_a_rule_that_would_refuse_over_its_cap_refuses_and_an_unknown_count_is_undecided():
     capped = {"name": "capped", "outcome": {"prompt_token_cap": 100, "over_cap_action": "reject"}}
     unknown_count = ReplayRequest(
@@ -133,6 +144,15 @@ def test_what_the_gateway_would_refuse_is_refused():
     assert replay_route(policy(aliases={}), from_ledger(), CATALOG).refused == "unknown_alias"
     assert replay_route(policy(), from_ledger(requested_model="not-granted"), CATALOG).refused == "model_not_allowed"
     assert replay_route(policy(), from_ledger(requested_model="gone"), CATALOG).refused == "model_not_found"
+
+
+def test_a_rule_target_the_tenant_lost_replays_to_its_fallback_as_live_routing_serves_it():
+    lost = {"name": "lost", "outcome": {"target_model": "not-granted", "fallback_models": ["mid"]}}
+    assert replay_route(policy(lost), from_ledger(), CATALOG) == ReplayDecision(rule="lost", model="mid")
+    lost_alone = {"name": "lost", "outcome": {"target_model": "not-granted"}}
+    assert replay_route(policy(lost_alone), from_ledger(), CATALOG) == ReplayDecision(
+        rule="lost", refused="model_not_allowed"
+    )
 
 
 def test_without_a_policy_auto_is_the_tenants_default_model():

@@ -1,9 +1,14 @@
-"""Rule matching for every match field, aliases and the explanation header, under a compiled policy."""
+"""Rule matching for every match field, aliases and the explanation header, under a compiled policy; a regex that
+runs too long, keywords in any case and Unicode form, and a policy's pick the tenant may no longer use."""
+
+import logging
+import time
 
 import pytest
 
 from routing.catalog import ModelCatalog, TenantAccess
 from routing.policy import RouteRequest, RoutingRefusal, compile_policy, route_request, route_request_from_body
+from routing.policy.document import policy_document_errors
 
 TENANT_ID = 7
 CATALOG = ModelCatalog(
@@ -161,3 +166,103 @@ def test_features_come_from_body_metadata_before_headers():
     assert (features.has_tools, features.has_images) == (True, True)
     assert features.last_user_message == "what is in "
     assert (features.requested_max_tokens, features.prompt_tokens, features.team_slug) == (300, 42, "support")
+
+
+# A pattern that backtracks through every way of splitting the run of a's before failing on the "!": seconds of
+# searching in Python's re and in the regex module alike, without a timeout.
+CATASTROPHIC = r"^(a|a)+$"
+
+
+def test_a_regex_that_backtracks_without_end_gives_up_and_counts_as_no_match(caplog):
+    policy = policy_with({"message_regex": CATASTROPHIC})
+    message = "a" * 25 + "!"
+
+    started = time.perf_counter()
+    with caplog.at_level(logging.WARNING, logger="routing.policy.engine"):
+        decision = route_request(policy, request(last_user_message=message), CATALOG, trace=True)
+    elapsed = time.perf_counter() - started
+
+    assert elapsed < 1, f"routing took {elapsed:.2f}s"
+    assert decision.rule_name == ""
+    assert decision.trace[0].startswith(f"rule the-rule (priority 1) skipped: regex {CATASTROPHIC!r} gave up after")
+    (warning,) = caplog.records
+    assert "'the-rule'" in warning.getMessage() and f"tenant {TENANT_ID}" in warning.getMessage()
+    assert message not in warning.getMessage()
+    # The same rule still matches what it was written for.
+    assert route_request(policy, request(last_user_message="aaaa"), CATALOG).rule_name == "the-rule"
+
+
+def test_regexes_are_validated_and_matched_by_the_same_module_case_insensitively():
+    # \p{L} (any letter) is the regex module's; Python's re refused it, so publishing must validate with regex.
+    pattern = r"^\p{L}\w* order #\d+"
+    models = frozenset({"small"})
+    document = {"aliases": {}, "rules": [{"priority": 1, "name": "r", "match": {"message_regex": pattern}}]}
+    assert policy_document_errors(document, allowed_models=models, known_models=models) == []
+    unclosed = {"aliases": {}, "rules": [{"priority": 1, "name": "r", "match": {"message_regex": "(unclosed"}}]}
+    (error,) = policy_document_errors(unclosed, allowed_models=models, known_models=models)
+    assert error.startswith("rule 'r': invalid regex '(unclosed'")
+    policy = policy_with({"message_regex": pattern})
+    assert route_request(policy, request(last_user_message="Élan order #12"), CATALOG).rule_name == "the-rule"
+    assert route_request(policy, request(last_user_message="élan ORDER #12"), CATALOG).rule_name == "the-rule"
+    assert route_request(policy, request(last_user_message="1lan order #12"), CATALOG).rule_name == ""
+
+
+KEYWORD_CASES = [
+    ("straße", "Where is the STRASSE?"),
+    ("STRASSE", "Die Straße ist lang"),
+    ("café", "a CAFE\u0301 nearby"),  # a composed keyword, a decomposed message
+    ("cafe\u0301", "the café"),
+    ("istanbul", "Flights to İSTANBUL"),
+    ("İstanbul", "FLIGHTS TO ISTANBUL"),
+    ("ﬁle", "FILE a claim"),
+]
+
+
+@pytest.mark.parametrize(("keyword", "message"), KEYWORD_CASES, ids=[case[0] for case in KEYWORD_CASES])
+def test_keywords_match_whatever_the_case_and_unicode_form(keyword, message):
+    policy = policy_with({"keywords": [keyword]})
+    assert route_request(policy, request(last_user_message=message), CATALOG).rule_name == "the-rule"
+    assert route_request(policy, request(last_user_message="nothing here"), CATALOG).rule_name == ""
+
+
+GONE_CATALOG = ModelCatalog(
+    models={},
+    access_by_tenant={TENANT_ID: TenantAccess(default_model="small", allowed_models=frozenset({"small", "mid"}))},
+)
+
+
+def test_a_rule_target_the_tenant_lost_gives_way_to_its_first_fallback_and_the_route_says_so():
+    policy = policy_with({}, outcome={"target_model": "large", "fallback_models": ["gone", "mid", "small"]})
+
+    decision = route_request(policy, request(), GONE_CATALOG, trace=True)
+
+    assert (decision.outcome.target_model, decision.outcome.fallback_models) == ("mid", ("small",))
+    assert decision.route == "the-rule"
+    assert decision.explanation == "rule=the-rule model=mid unavailable=large policy=v3"
+    assert decision.trace[-1] == "model large skipped: the tenant may no longer use it; fallback mid serves"
+    assert decision.routed_to_large is False
+
+
+def test_an_alias_pick_the_tenant_lost_gives_way_to_the_rules_fallback():
+    policy = policy_with({}, outcome={"fallback_models": ["small"]}, auto_threshold=0)
+
+    decision = route_request(policy, request(), GONE_CATALOG)
+
+    assert (decision.outcome.target_model, decision.routed_to_large) == ("small", False)
+    assert decision.route == "the-rule+score"
+    assert "->large model=small unavailable=large policy=v3" in decision.explanation
+
+
+def test_a_model_the_client_named_is_left_for_the_gateway_to_refuse():
+    policy = policy_with({}, outcome={"fallback_models": ["small"]})
+    assert route_request(policy, request(requested_model="large"), GONE_CATALOG).outcome.target_model == "large"
+
+
+def test_a_policy_pick_with_nothing_left_the_tenant_may_use_is_refused_naming_the_rule():
+    policy = policy_with({}, outcome={"target_model": "large", "fallback_models": ["gone"]})
+
+    with pytest.raises(RoutingRefusal) as refused:
+        route_request(policy, request(), GONE_CATALOG)
+
+    assert (refused.value.status, refused.value.code, refused.value.param) == (403, "model_not_allowed", "model")
+    assert "routing rule 'the-rule' sends this request to `large` then `gone`, none of which" in refused.value.message
