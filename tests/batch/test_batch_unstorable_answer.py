@@ -5,16 +5,19 @@ again, which would call the upstream and charge the same answer a second time.""
 
 import time
 
-import orjson
 import pytest
 
 from llmops import mock_upstream as mock_upstream_module
 from llmops.gateway.batches.models import Batch, BatchLine
 from llmops.gateway.batches.runner import batch_process
-from llmops.mock_upstream import FILE_PATH, MockUpstream
 from tests.batch.conftest import DELEGATING_PROVIDER, chat_line, provider_model, rows
 from tests.batch.test_batches_live import batch_ledger
-from tests.batch.test_delegation_live import assert_charged_and_released, create, send_answer, team_day_budget
+from tests.batch.test_delegation_live import (
+    ChangesBatchAnswers,
+    assert_charged_and_released,
+    create,
+    team_day_budget,
+)
 from tests.batch.test_job_failures import AnsweringNul
 from tests.loops import run as run_on_a_new_loop
 from tests.servers import serving
@@ -24,23 +27,10 @@ pytestmark = pytest.mark.live
 NUL_LINE = "nul"
 
 
-class NulInBatchAnswers:
-    """The mock upstream, whose batch output files answer the NUL_LINE line with a NUL in its content."""
-
-    def __init__(self):
-        self.upstream = MockUpstream()
-
-    async def __call__(self, scope, receive, send):
-        read = scope["type"] == "http" and scope["method"] == "GET" and FILE_PATH.fullmatch(scope["path"])
-        if not read or read.group(1) not in self.upstream.files:
-            await self.upstream(scope, receive, send)
-            return
-        rows = [orjson.loads(row) for row in self.upstream.files[read.group(1)].splitlines() if row.strip()]
-        for row in rows:
-            answer = (row.get("response") or {}).get("body")
-            if row["custom_id"] == NUL_LINE and isinstance(answer, dict):
-                answer["choices"][0]["message"]["content"] = "a\u0000b"
-        await send_answer(send, b"".join(orjson.dumps(row) + b"\n" for row in rows), content_type=b"jsonl")
+def nul_in_content(custom_id: str, answer: dict) -> None:
+    """Puts a NUL in the content of the NUL_LINE line's answer."""
+    if custom_id == NUL_LINE:
+        answer["choices"][0]["message"]["content"] = "a\u0000b"
 
 
 @pytest.fixture
@@ -50,7 +40,7 @@ def nul_upstream():
 
 @pytest.fixture
 def nul_batch_upstream():
-    yield from serving(NulInBatchAnswers())
+    yield from serving(ChangesBatchAnswers(nul_in_content))
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ provider whose batches cannot be polled, and what compressing them costs."""
 
 import re
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from decimal import Decimal
 from types import SimpleNamespace
@@ -99,6 +100,26 @@ async def send_answer(send, body: bytes, *, status: int = 200, content_type: byt
     """A test server's whole answer to the request it is sent."""
     await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", content_type)]})
     await send({"type": "http.response.body", "body": body})
+
+
+class ChangesBatchAnswers:
+    """The mock upstream, whose batch output files hold each answer as ``change(custom_id, answer)`` leaves it."""
+
+    def __init__(self, change: Callable[[str, dict], None]):
+        self.upstream = MockUpstream()
+        self.change = change
+
+    async def __call__(self, scope, receive, send):
+        read = scope["type"] == "http" and scope["method"] == "GET" and FILE_PATH.fullmatch(scope["path"])
+        if not read or read.group(1) not in self.upstream.files:
+            await self.upstream(scope, receive, send)
+            return
+        rows = [orjson.loads(row) for row in self.upstream.files[read.group(1)].splitlines() if row.strip()]
+        for row in rows:
+            answer = (row.get("response") or {}).get("body")
+            if isinstance(answer, dict):
+                self.change(row["custom_id"], answer)
+        await send_answer(send, b"".join(orjson.dumps(row) + b"\n" for row in rows), content_type=b"jsonl")
 
 
 class PollsFail:
@@ -498,31 +519,17 @@ SPOILED_USAGE = {
 UNMETERED = "unmetered"
 
 
-class SpoilsUsage:
-    """The mock upstream, whose batch output files report the usage of the lines SPOILED_USAGE names as it says, and
-    none for the UNMETERED line."""
-
-    def __init__(self):
-        self.upstream = MockUpstream()
-
-    async def __call__(self, scope, receive, send):
-        read = scope["type"] == "http" and scope["method"] == "GET" and FILE_PATH.fullmatch(scope["path"])
-        if not read or read.group(1) not in self.upstream.files:
-            await self.upstream(scope, receive, send)
-            return
-        rows = [orjson.loads(row) for row in self.upstream.files[read.group(1)].splitlines() if row.strip()]
-        for row in rows:
-            answer = (row.get("response") or {}).get("body")
-            if row["custom_id"] in SPOILED_USAGE and isinstance(answer, dict):
-                answer["usage"] = {**answer["usage"], **SPOILED_USAGE[row["custom_id"]]}
-            if row["custom_id"] == UNMETERED and isinstance(answer, dict):
-                del answer["usage"]
-        await send_answer(send, b"".join(orjson.dumps(row) + b"\n" for row in rows), content_type=b"jsonl")
+def spoil_usage(custom_id: str, answer: dict) -> None:
+    """Reports the usage SPOILED_USAGE names for the line of ``custom_id``, and none for the UNMETERED line."""
+    if custom_id in SPOILED_USAGE:
+        answer["usage"] = {**answer["usage"], **SPOILED_USAGE[custom_id]}
+    if custom_id == UNMETERED:
+        del answer["usage"]
 
 
 @pytest.fixture
 def spoiled_usage():
-    yield from serving(SpoilsUsage())
+    yield from serving(ChangesBatchAnswers(spoil_usage))
 
 
 def test_a_provider_answer_whose_usage_cannot_be_believed_fails_its_line_and_the_others_are_merged(

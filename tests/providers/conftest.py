@@ -88,6 +88,19 @@ MESSAGES_WITH_LEGACY_FUNCTIONS = [
     {"role": "assistant", "content": None, "function_call": {"name": "get_weather", "arguments": '{"city": "Paris"}'}},
     {"role": "function", "name": "get_weather", "content": "18C and sunny"},
 ]
+# A history holding legacy function calling, and the path of the part of it that is refused.
+LEGACY_FUNCTION_HISTORIES = [
+    pytest.param(MESSAGES_WITH_LEGACY_FUNCTIONS, "messages[1].function_call", id="function_call"),
+    pytest.param(
+        [
+            MESSAGES_WITH_LEGACY_FUNCTIONS[0],
+            {"role": "assistant", "content": "Checking."},
+            MESSAGES_WITH_LEGACY_FUNCTIONS[2],
+        ],
+        "messages[2].role",
+        id="function message",
+    ),
+]
 
 # A user's file, inline or by an uploaded file's id: neither translation sends a document. Each used to be dropped, the
 # model answering about a file it never saw.

@@ -11,7 +11,7 @@ from tests.providers.conftest import (
     ASKING_FOR_NOTHING,
     ASKING_FOR_SOMETHING,
     FILE_PARTS,
-    MESSAGES_WITH_LEGACY_FUNCTIONS,
+    LEGACY_FUNCTION_HISTORIES,
     NO_OP_FIELDS,
     PNG_DATA_URL,
     REFUSED_ANSWERS,
@@ -308,21 +308,7 @@ def test_every_chat_field_validation_knows_is_translated_taken_or_refused_by_val
     assert TRANSLATED_FIELDS | set(UNTRANSLATED_PARAMETERS) == {"model", "messages", *FIELD_CHECKS}
 
 
-@pytest.mark.parametrize(
-    ("messages", "param"),
-    [
-        (MESSAGES_WITH_LEGACY_FUNCTIONS, "messages[1].function_call"),
-        (
-            [
-                MESSAGES_WITH_LEGACY_FUNCTIONS[0],
-                {"role": "assistant", "content": "Checking."},
-                MESSAGES_WITH_LEGACY_FUNCTIONS[2],
-            ],
-            "messages[2].role",
-        ),
-    ],
-    ids=["function_call", "function message"],
-)
+@pytest.mark.parametrize(("messages", "param"), LEGACY_FUNCTION_HISTORIES)
 def test_legacy_function_calling_in_the_history_is_refused_naming_the_message(
     anthropic_server, anthropic_provider, messages, param
 ):

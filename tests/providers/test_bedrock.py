@@ -12,7 +12,7 @@ from tests.providers.conftest import (
     ASKING_FOR_NOTHING,
     ASKING_FOR_SOMETHING,
     FILE_PARTS,
-    MESSAGES_WITH_LEGACY_FUNCTIONS,
+    LEGACY_FUNCTION_HISTORIES,
     NO_OP_FIELDS,
     PNG_DATA_URL,
     REFUSED_ANSWERS,
@@ -154,21 +154,7 @@ def test_the_chat_fields_that_ask_nothing_of_converse_are_taken_and_not_sent(bed
     assert set(bedrock_server.app.requests[-1]) == {"modelId", "messages"}
 
 
-@pytest.mark.parametrize(
-    ("messages", "param"),
-    [
-        (MESSAGES_WITH_LEGACY_FUNCTIONS, "messages[1].function_call"),
-        (
-            [
-                MESSAGES_WITH_LEGACY_FUNCTIONS[0],
-                {"role": "assistant", "content": "Checking."},
-                MESSAGES_WITH_LEGACY_FUNCTIONS[2],
-            ],
-            "messages[2].role",
-        ),
-    ],
-    ids=["function_call", "function message"],
-)
+@pytest.mark.parametrize(("messages", "param"), LEGACY_FUNCTION_HISTORIES)
 def test_legacy_function_calling_in_the_history_is_refused_naming_the_message(
     bedrock_server, bedrock_provider, messages, param
 ):
