@@ -306,9 +306,10 @@ LLMOPS_CACHE_EMBEDDER_EXPORT_TIMEOUT = env.float("LLMOPS_CACHE_EMBEDDER_EXPORT_T
 # downgrade budget (503 budget_unavailable); "database" counts in BudgetCounter rows instead. Never open.
 # The answer cap set on a request under a budget that sent none, so its reservation is a true worst case.
 LLMOPS_RESERVATION_MAX_TOKENS = env.int("LLMOPS_RESERVATION_MAX_TOKENS", default=4096)
-# How long a routing rule's message_regex may search a request's last user message before the rule counts as not
-# matching (a warning names the tenant and rule): routing runs on the event loop, so a pattern that backtracks without
-# end would stall every tenant's requests on the worker.
+# How long a routing rule's message_regex may search a request's last user message (plus a little per character of
+# it: routing.policy.engine.regex_timeout_ms) before the rule counts as not matching (a warning names the tenant and
+# rule): routing runs on the event loop, so a pattern that backtracks without end would stall every tenant's requests
+# on the worker.
 LLMOPS_ROUTING_REGEX_TIMEOUT_MS = env.int("LLMOPS_ROUTING_REGEX_TIMEOUT_MS", default=5)
 if LLMOPS_ROUTING_REGEX_TIMEOUT_MS < 1:
     raise ImproperlyConfigured("LLMOPS_ROUTING_REGEX_TIMEOUT_MS must be at least 1")

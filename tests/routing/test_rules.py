@@ -192,6 +192,14 @@ def test_a_regex_that_backtracks_without_end_gives_up_and_counts_as_no_match(cap
     assert route_request(policy, request(last_user_message="aaaa"), CATALOG).rule_name == "the-rule"
 
 
+def test_a_plain_regex_still_matches_a_long_prompt():
+    """The search's time grows with the prompt however simple the pattern; a flat 5 ms gave up on 200 KB."""
+    policy = policy_with({"message_regex": r"(refund|chargeback|invoice)"})
+    message = "lorem ipsum dolor sit amet " * 20_000 + "about my refund"
+
+    assert route_request(policy, request(last_user_message=message), CATALOG).rule_name == "the-rule"
+
+
 def test_regexes_are_validated_and_matched_by_the_same_module_case_insensitively():
     # \p{L} (any letter) is the regex module's; Python's re refused it, so publishing must validate with regex.
     pattern = r"^\p{L}\w* order #\d+"
