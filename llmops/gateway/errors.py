@@ -76,6 +76,18 @@ def invalid_request(message: str, *, param: str | None = None, code: str = "inva
     return GatewayError(message, status=400, code=code, param=param)
 
 
+def unstorable_answer_error(where: str, why: str, *, holder: str, charged_in: str) -> GatewayError:
+    """The failure kept in place of an upstream answer the database could not give back as it was sent (``where`` and
+    ``why``: ``core.db.unstorable_part``), by a job or a batch line (``holder``); the call stays charged, in
+    ``charged_in``."""
+    return GatewayError(
+        f"The answer's '{where}' {why}, which {holder} cannot store to give back exactly. What the provider billed for "
+        f"it is charged ({charged_in}).",
+        status=502,
+        code="upstream_answer_unstorable",
+    )
+
+
 def error_body(error: GatewayError) -> dict:
     """OpenAI's error object, all four fields always present (the SDK and clients read `param` even when null)."""
     return {"error": {"message": error.message, "type": error.error_type, "param": error.param, "code": error.code}}

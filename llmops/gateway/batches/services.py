@@ -55,7 +55,7 @@ from llmops.gateway.chat.validation import (
     validate_storable,
 )
 from llmops.gateway.chat.worst_case import body_worst_case
-from llmops.gateway.errors import GatewayError, error_body, invalid_request
+from llmops.gateway.errors import GatewayError, error_body, invalid_request, unstorable_answer_error
 from llmops.gateway.snapshot import ConfigSnapshot
 from routing.catalog import ModelEntry
 from routing.providers.prompt_cache import AUTO as PROVIDER_CACHE_AUTO
@@ -79,18 +79,6 @@ def line_request_id(*, batch_id: str, custom_id: str, attempt: int) -> str:
     """The ledger request id of one run of a line: the same after a worker dies, a new one after a retry."""
     digest = hashlib.sha256(f"{batch_id}\x00{custom_id}\x00{attempt}".encode()).hexdigest()
     return f"req_b{digest[:31]}"
-
-
-def unstorable_answer_error(where: str, why: str, *, holder: str, charged_in: str) -> GatewayError:
-    """The failure kept in place of an upstream answer the database could not give back as it was sent (``where`` and
-    ``why``: ``core.db.unstorable_part``), by a job or a batch line (``holder``); the call stays charged, in
-    ``charged_in``."""
-    return GatewayError(
-        f"The answer's '{where}' {why}, which {holder} cannot store to give back exactly. What the provider billed for "
-        f"it is charged ({charged_in}).",
-        status=502,
-        code="upstream_answer_unstorable",
-    )
 
 
 def line_headers(batch_id: str) -> dict[str, str]:

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from billing.ledger.columns import TAG_JOINER, UNTAGGED_LABEL
 from llmops.gateway.call import GatewayCall
 from llmops.gateway.chat.summaries import SummaryGate, metered_summarizer
-from llmops.gateway.chat.validation import _value_error, validate_customer
-from llmops.gateway.errors import GatewayError
+from llmops.gateway.chat.validation import validate_customer
+from llmops.gateway.errors import GatewayError, invalid_request
 from llmops.gateway.snapshot import ConfigSnapshot
 from routing.cache.keys import cache_control_from_headers, upstream_identity
 from routing.cache.store import CacheRequest, cache_request_prepare
@@ -89,9 +89,11 @@ def request_tags(headers: Mapping[str, str]) -> list[str]:
     raw = headers.get(TAGS_HEADER) or ""
     given = {tag.strip() for tag in raw.split(",") if tag.strip()}
     if any(TAG_JOINER in tag or tag == UNTAGGED_LABEL for tag in given):
-        raise _value_error(
-            TAGS_HEADER,
-            f"a tag may not hold `{TAG_JOINER}` or be `{UNTAGGED_LABEL}`, which name tag groups in usage reports.",
+        raise invalid_request(
+            f"Invalid value for '{TAGS_HEADER}': a tag may not hold `{TAG_JOINER}` or be `{UNTAGGED_LABEL}`, which "
+            "name tag groups in usage reports.",
+            param=TAGS_HEADER,
+            code="invalid_value",
         )
     tags = sorted({tag[:MAX_TAG_LENGTH] for tag in given})
     if len(tags) > MAX_TAGS:

@@ -26,12 +26,18 @@ from core.outbound import OutboundRefused, outbound_post, outbound_url_errors
 from core.webhooks import webhook_headers, webhook_secret_new
 from llmops.gateway.batches.holds import hold_release, hold_state
 from llmops.gateway.batches.models import Job, JobStatus, JobWebhookSecret, WebhookState
-from llmops.gateway.batches.services import unstorable_answer_error
 from llmops.gateway.call import GatewayCall
 from llmops.gateway.chat.completion import chat_completion_run
 from llmops.gateway.chat.recording import finish
 from llmops.gateway.chat.validation import _type_error, _value_error, validate_chat_request, validate_storable
-from llmops.gateway.errors import GatewayError, as_gateway_error, error_body, internal_error, invalid_request
+from llmops.gateway.errors import (
+    GatewayError,
+    as_gateway_error,
+    error_body,
+    internal_error,
+    invalid_request,
+    unstorable_answer_error,
+)
 from llmops.gateway.snapshot import ConfigSnapshot, config_snapshot
 from tenants.authentication import KeyPrincipal, key_refusal
 
